@@ -1,0 +1,69 @@
+"""Closed-form per-sample gradient geometry for a linear layer ``z = W h + b``.
+
+Why: for a linear layer the per-sample gradient is an outer product, ``g_i = (δ_i h_iᵀ, δ_i)``,
+so its inner product with a task vector and its norm need only the layer's input ``h`` and the
+gradient at its output ``δ``. Last-layer mimic scores therefore cost one forward pass and no
+backward pass, and never materialise a B×P gradient matrix.
+
+Arrays in, arrays out: nothing here knows about models, runs or files.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def cross_entropy_output_grad(logits: Tensor, targets: Tensor) -> Tensor:
+    """δ_i = ∂ℓ_i/∂z_i for unreduced cross-entropy: softmax(z_i) − onehot(y_i)."""
+    grad = torch.softmax(logits, dim=-1)
+    return grad.scatter_add(
+        -1, targets.unsqueeze(-1), torch.full_like(targets, -1, dtype=grad.dtype).unsqueeze(-1)
+    )
+
+
+def linear_grad_dot(
+    features: Tensor, output_grad: Tensor, v_weight: Tensor, v_bias: Tensor | None
+) -> Tensor:
+    """⟨g_i, V⟩ for every sample: δ_iᵀ V_W h_i + δ_iᵀ V_b, summed over positions if any.
+
+    features: (B, D) or (B, T, D); output_grad: (B, C) or (B, T, C); v_weight: (C, D); v_bias: (C,).
+    """
+    dot = ((output_grad @ v_weight) * features).sum(-1)
+    if v_bias is not None:
+        dot = dot + output_grad @ v_bias
+    return dot.reshape(dot.shape[0], -1).sum(-1)
+
+
+def linear_grad_sqnorm(features: Tensor, output_grad: Tensor, has_bias: bool) -> Tensor:
+    """‖g_i‖² for every sample.
+
+    Without positions: ‖δ_i‖² (‖h_i‖² + 1). With positions the weight gradient is Σ_t δ_t h_tᵀ, whose
+    squared Frobenius norm is the Gram form Σ_{t,t'} (h_t·h_t')(δ_t·δ_t'); the bias gradient is Σ_t δ_t.
+    """
+    if features.dim() == 2:
+        sq = (output_grad * output_grad).sum(-1) * (features * features).sum(-1)
+        if has_bias:
+            sq = sq + (output_grad * output_grad).sum(-1)
+        return sq
+    features = features.reshape(features.shape[0], -1, features.shape[-1])
+    output_grad = output_grad.reshape(output_grad.shape[0], -1, output_grad.shape[-1])
+    gram_h = features @ features.transpose(1, 2)
+    gram_d = output_grad @ output_grad.transpose(1, 2)
+    sq = (gram_h * gram_d).sum((1, 2))
+    if has_bias:
+        bias_grad = output_grad.sum(1)
+        sq = sq + (bias_grad * bias_grad).sum(-1)
+    return sq
+
+
+def linear_weighted_grad(
+    features: Tensor, output_grad: Tensor, sample_weights: Tensor, has_bias: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Σ_i w_i g_i for a linear layer in one matmul: (Σ_i w_i δ_i h_iᵀ, Σ_i w_i δ_i)."""
+    weighted = output_grad * sample_weights.reshape(-1, *([1] * (output_grad.dim() - 1)))
+    flat_d = weighted.reshape(-1, weighted.shape[-1])
+    flat_h = features.reshape(-1, features.shape[-1])
+    grad_w = flat_d.transpose(0, 1) @ flat_h
+    grad_b = flat_d.sum(0) if has_bias else None
+    return grad_w, grad_b

@@ -1,0 +1,103 @@
+"""Stage 2: turn per-epoch scores into a keep/drop filter, a per-sample utility and a quality estimate.
+
+The paper describes this stage without shipping code, so the rules are defined here precisely:
+
+- binarise each epoch: ``weight`` ≥ 1/B (B = the sample's batch size, i.e. above-uniform weight),
+  ``proj`` ≥ 0, or a split of that epoch's proj values into two groups (``gmm``: 2-component 1-D
+  Gaussian mixture; ``kmeans``: 2-means), the higher group kept;
+- aggregate votes over epochs: ``majority`` (kept in at least half of the epochs), ``unanimity`` (kept
+  in every epoch), or ``mean`` (mean of B·weight ≥ 1);
+- ``mimic_score`` = fraction of epochs voted *keep*, plus a tie-break in (−0.5/E, 0.5/E) from the mean
+  B·weight (or mean proj) so equal vote counts are still ranked. Higher = more useful, and
+  ``keep`` under majority vote is exactly ``mimic_score ≥ 0.5``.
+
+Plain numpy/pandas: arrays in, arrays out; no torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+BINARISATIONS = ("weight", "proj", "gmm", "kmeans")
+AGGREGATIONS = ("majority", "unanimity", "mean")
+
+
+def _two_group_split(values: np.ndarray, method: str) -> np.ndarray:
+    """Boolean 'upper group' mask from a 1-D two-cluster fit."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2 or np.ptp(values) == 0:
+        return np.ones(len(values), dtype=bool)
+    if method == "kmeans":
+        lo, hi = np.percentile(values, [25, 75])
+        for _ in range(100):
+            upper = np.abs(values - hi) < np.abs(values - lo)
+            if upper.all() or (~upper).all():
+                break
+            new_lo, new_hi = values[~upper].mean(), values[upper].mean()
+            if np.isclose(new_lo, lo) and np.isclose(new_hi, hi):
+                break
+            lo, hi = new_lo, new_hi
+        return np.abs(values - hi) < np.abs(values - lo)
+    from sklearn.mixture import GaussianMixture
+
+    gmm = GaussianMixture(2, random_state=0).fit(values.reshape(-1, 1))
+    upper_component = int(np.argmax(gmm.means_.ravel()))
+    return gmm.predict(values.reshape(-1, 1)) == upper_component
+
+
+def binarise(scores: pd.DataFrame, rule: str = "weight") -> pd.Series:
+    """Per-row keep vote for the long score table (columns epoch, proj, weight, batch_size)."""
+    if rule not in BINARISATIONS:
+        raise ValueError(f"unknown binarisation {rule!r}; choose one of {', '.join(BINARISATIONS)}")
+    if rule == "weight":
+        return pd.Series(scores["weight"].to_numpy() * scores["batch_size"].to_numpy() >= 1.0 - 1e-9, index=scores.index)
+    if rule == "proj":
+        return scores["proj"] >= 0
+    votes = pd.Series(False, index=scores.index)
+    for _, group in scores.groupby("epoch", sort=True):
+        votes.loc[group.index] = _two_group_split(group["proj"].to_numpy(), rule)
+    return votes
+
+
+def aggregate(
+    scores: pd.DataFrame, binarisation: str = "weight", aggregation: str = "majority"
+) -> pd.DataFrame:
+    """Per-sample Stage-2 result indexed by sample_id: ``mimic_score``, ``keep``, ``votes``, ``epochs``."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+    frame = scores.assign(vote=binarise(scores, binarisation).astype(np.float64))
+    if "weight" in frame and "batch_size" in frame:
+        frame["relative_weight"] = frame["weight"] * frame["batch_size"]
+        tiebreak_col = "relative_weight"
+    else:
+        tiebreak_col = "proj"
+    grouped = frame.groupby("sample_id", sort=False)
+    per_sample = pd.DataFrame(
+        {
+            "votes": grouped["vote"].sum(),
+            "epochs": grouped["vote"].count(),
+            "tiebreak": grouped[tiebreak_col].mean(),
+        }
+    )
+    vote_fraction = per_sample["votes"] / per_sample["epochs"]
+    if aggregation == "majority":
+        keep = vote_fraction >= 0.5
+    elif aggregation == "unanimity":
+        keep = vote_fraction >= 1.0
+    else:
+        keep = per_sample["tiebreak"] >= (1.0 if tiebreak_col == "relative_weight" else 0.0)
+    tb = per_sample["tiebreak"].to_numpy()
+    if tiebreak_col == "relative_weight":
+        tb = np.log(np.clip(tb, 1e-12, None))
+    spread = np.nanmax(np.abs(tb)) if len(tb) and np.isfinite(tb).any() else 0.0
+    squashed = np.zeros_like(tb) if spread == 0 else 0.49 * tb / spread  # within (−0.5, 0.5)
+    per_sample["mimic_score"] = vote_fraction + squashed / per_sample["epochs"]
+    per_sample["keep"] = keep.astype(bool)
+    return per_sample[["mimic_score", "keep", "votes", "epochs"]]
+
+
+def quality_estimate(keep: np.ndarray) -> float:
+    """Estimated fraction of useful (clean) samples: the fraction kept."""
+    keep = np.asarray(keep, dtype=bool)
+    return float(keep.mean()) if len(keep) else float("nan")

@@ -1,0 +1,276 @@
+"""Stage-1 training loop: plain training or Grad-Mimic, recording every sample at every epoch.
+
+Why this shape: the mimic layers are a linear head, so each Grad-Mimic step needs only the head's input
+and output gradient (closed form, see ``scoring.linear_head``): the backbone gets the ordinary mean
+gradient from the one backward pass a plain step makes anyway, and the head's gradient is replaced by
+the re-weighted sum Σ_i w_i g_i in one matmul. A Grad-Mimic step therefore costs about a plain step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mimic_explorer.models.heads import find_head
+from mimic_explorer.scoring.linear_head import (
+    cross_entropy_output_grad,
+    linear_grad_dot,
+    linear_grad_sqnorm,
+    linear_weighted_grad,
+)
+from mimic_explorer.scoring.stage1 import METHODS, score_basis, stage1_weights
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    optimizer: str = "adamw"  # or "sgd"
+    method: str = "normed_proj"
+    temperature: float = 1.0
+    reweight: str = "head"  # "head": mimic layers only; "all": every trainable parameter
+    starting_epoch: int = 0  # epochs before this train plainly (scores are still recorded)
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self, num_samples: int) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.batch_size < 1 or self.batch_size > num_samples:
+            raise ValueError(f"batch size {self.batch_size} must be between 1 and the dataset size {num_samples}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
+        if self.reweight not in ("head", "all"):
+            raise ValueError(f"reweight must be 'head' or 'all', got {self.reweight!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EpochRecord:
+    """Per-sample columns for one epoch, in the order samples were seen."""
+
+    epoch: int
+    index: np.ndarray
+    step: np.ndarray
+    batch_size: np.ndarray
+    loss: np.ndarray
+    pred: np.ndarray
+    proj: np.ndarray | None = None
+    cos: np.ndarray | None = None
+    weight: np.ndarray | None = None
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    records: list[EpochRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class TensorBatches:
+    """Seeded, shuffled mini-batches of in-memory tensors, yielding (index, inputs, targets)."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int):
+        self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.targets), generator=generator)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield index, self.inputs[index], self.targets[index]
+
+
+class _HeadInput:
+    """Forward hook that keeps the head's input (the features h) of the latest forward pass."""
+
+    def __init__(self, head: nn.Linear):
+        self.value: torch.Tensor | None = None
+        self._hook = head.register_forward_hook(self._capture)
+
+    def _capture(self, module, inputs, output) -> None:
+        self.value = inputs[0]
+
+    def remove(self) -> None:
+        self._hook.remove()
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _check_finite(losses: torch.Tensor, index: torch.Tensor, what: str) -> None:
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        positions = index[bad.cpu()].tolist()[:10]
+        raise FloatingPointError(f"non-finite {what} for samples at dataset positions {positions}")
+
+
+def train(
+    model: nn.Module,
+    batches: TensorBatches,
+    config: TrainConfig,
+    reference: nn.Module | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place. With ``reference``, Grad-Mimic re-weights the head's gradient.
+
+    Every sample's loss and prediction are recorded at every epoch; with a reference also its
+    proj, cos and Stage-1 weight, computed at the weights the step starts from.
+    """
+    import time
+
+    config.validate(len(batches))
+    device = torch.device(config.device)
+    model.to(device)
+    head_name, head = find_head(model)
+    ref_weight = ref_bias = None
+    if reference is not None:
+        ref_head = dict(reference.named_modules())[head_name]
+        if ref_head.weight.shape != head.weight.shape:
+            raise ValueError(
+                f"reference head {head_name} has shape {tuple(ref_head.weight.shape)}, "
+                f"model has {tuple(head.weight.shape)}"
+            )
+        ref_weight = ref_head.weight.detach().to(device)
+        ref_bias = ref_head.bias.detach().to(device) if ref_head.bias is not None else None
+    has_bias = head.bias is not None
+    optimizer = _make_optimizer(model, config)
+    capture = _HeadInput(head)
+    torch.manual_seed(config.seed)
+    result = TrainResult(model)
+    started = time.perf_counter()
+    steps_per_epoch = math.ceil(len(batches) / config.batch_size)
+    try:
+        step = 0
+        for epoch in range(config.epochs):
+            model.train()
+            cols: dict[str, list] = {k: [] for k in ("index", "step", "batch_size", "loss", "pred", "proj", "cos", "weight")}
+            for index, inputs, targets in batches.epoch(epoch):
+                inputs, targets = inputs.to(device), targets.to(device)
+                logits = model(inputs)
+                losses = F.cross_entropy(logits, targets, reduction="none")
+                _check_finite(losses.detach(), index, "loss")
+                optimizer.zero_grad(set_to_none=True)
+                n = len(targets)
+                if reference is not None:
+                    features = capture.value.detach()
+                    delta = cross_entropy_output_grad(logits.detach(), targets)
+                    v_weight = ref_weight - head.weight.detach()
+                    v_bias = ref_bias - head.bias.detach() if has_bias else None
+                    v_norm = torch.sqrt((v_weight**2).sum() + ((v_bias**2).sum() if has_bias else 0.0))
+                    dot = linear_grad_dot(features, delta, v_weight, v_bias)
+                    proj = -dot / v_norm.clamp_min(1e-12)
+                    g_norm = torch.sqrt(linear_grad_sqnorm(features, delta, has_bias))
+                    cos = proj / g_norm.clamp_min(1e-12)
+                    basis = cos if score_basis(config.method) == "cos" else proj
+                    if epoch >= config.starting_epoch:
+                        weights = stage1_weights(basis, config.method, config.temperature)
+                    else:
+                        weights = torch.full_like(basis, 1.0 / n)
+                    if config.reweight == "all":
+                        (losses * weights).sum().backward()
+                    else:
+                        if any(p.requires_grad for n_, p in model.named_parameters() if not n_.startswith(head_name + ".")):
+                            losses.mean().backward()
+                        grad_w, grad_b = linear_weighted_grad(features, delta, weights, has_bias)
+                        head.weight.grad = grad_w
+                        if has_bias:
+                            head.bias.grad = grad_b
+                    cols["proj"].append(proj.cpu())
+                    cols["cos"].append(cos.cpu())
+                    cols["weight"].append(weights.detach().cpu())
+                else:
+                    losses.mean().backward()
+                optimizer.step()
+                cols["index"].append(index)
+                cols["step"].append(torch.full((n,), step))
+                cols["batch_size"].append(torch.full((n,), n))
+                cols["loss"].append(losses.detach().cpu())
+                cols["pred"].append(logits.detach().argmax(-1).cpu())
+                step += 1
+                if progress is not None:
+                    progress(step, steps_per_epoch * config.epochs)
+            cat = {k: (torch.cat(v).numpy() if v else None) for k, v in cols.items()}
+            record = EpochRecord(epoch=epoch, **cat)
+            result.records.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+    finally:
+        capture.remove()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@torch.no_grad()
+def evaluate_signals(
+    model: nn.Module, reference: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1024
+) -> dict[str, np.ndarray]:
+    """Per-sample end-of-training signals (eval mode): losses under model and reference, the
+    reducible loss (RHO-LOSS), the head-gradient norm (GraNd), and proj at the final weights."""
+    head_name, head = find_head(model)
+    ref_head = dict(reference.named_modules())[head_name]
+    has_bias = head.bias is not None
+    was = (model.training, reference.training)
+    model.eval()
+    reference.eval()
+    capture = _HeadInput(head)
+    out: dict[str, list] = {k: [] for k in ("model_loss", "reference_loss", "grand", "final_proj", "model_pred")}
+    try:
+        v_weight = ref_head.weight - head.weight
+        v_bias = ref_head.bias - head.bias if has_bias else None
+        v_norm = torch.sqrt((v_weight**2).sum() + ((v_bias**2).sum() if has_bias else 0.0)).clamp_min(1e-12)
+        for start in range(0, len(targets), batch_size):
+            x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
+            logits = model(x)
+            features = capture.value
+            delta = cross_entropy_output_grad(logits, y)
+            out["model_loss"].append(F.cross_entropy(logits, y, reduction="none"))
+            out["reference_loss"].append(F.cross_entropy(reference(x), y, reduction="none"))
+            out["grand"].append(torch.sqrt(linear_grad_sqnorm(features, delta, has_bias)))
+            out["final_proj"].append(-linear_grad_dot(features, delta, v_weight, v_bias) / v_norm)
+            out["model_pred"].append(logits.argmax(-1))
+    finally:
+        capture.remove()
+        model.train(was[0])
+        reference.train(was[1])
+    signals = {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
+    signals["reducible_loss"] = signals["model_loss"] - signals["reference_loss"]
+    return signals
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    was = model.training
+    model.eval()
+    try:
+        return float((model(inputs).argmax(-1) == targets).float().mean())
+    finally:
+        model.train(was)
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """A deep copy: references and Grad-Mimic runs start from the *same* initial weights."""
+    return copy.deepcopy(model)
