@@ -1,0 +1,10 @@
+"""Entry for ``panel serve mimic_explorer/app.py [--args RUN]`` (no argument: the demo run)."""
+
+import sys
+
+import panel as pn
+
+from mimic_explorer.ui.page import serve_page
+
+pn.extension(sizing_mode="stretch_width")
+serve_page(sys.argv[1:]).servable(title="mimic_explorer")

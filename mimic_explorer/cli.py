@@ -1,0 +1,173 @@
+"""The ``mimic-explorer`` command.
+
+Convention: progress and notes go to stderr; results to stdout; the last line of stdout of a command
+that makes a run is the run directory. A user-caused error prints one line ``error: …`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  mimic-explorer demo --out runs/demo
+  mimic-explorer export runs/demo --ensemble --format csv --out keep.csv
+  mimic-explorer export runs/demo --quantile 0.3 --per-class --format parquet --out keep.parquet
+  mimic-explorer serve runs/demo
+"""
+
+
+class UserError(Exception):
+    """An error the user caused and can fix; printed as one line, exit status 2."""
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="build the embedded digits demo run (30%% label noise, Grad-Mimic, Stage 2); CPU, seconds",
+        description="Build a complete run directory from scikit-learn's digits: 30%% symmetric label noise, "
+        "a reference trained on clean labels from the same init, a Grad-Mimic run (normed_proj, T=1, batch 32, "
+        "AdamW) recording proj and weight per sample per epoch, and Stage 2 (weight >= 1/B, majority vote).",
+    )
+    p.add_argument("--out", required=True, help="run directory to write (created if missing)")
+    p.add_argument("--epochs", type=int, default=20, help="Grad-Mimic epochs (default 20)")
+    p.add_argument("--noise", type=float, default=0.3, help="symmetric label-noise rate in [0, 1) (default 0.3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    import torch
+
+    from mimic_explorer.demo import DemoConfig, _tqdm_progress, build_demo, format_summary
+
+    if not 0.0 <= args.noise < 1.0:
+        raise UserError(f"--noise must be in [0, 1), got {args.noise}")
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    summary = build_demo(
+        args.out,
+        DemoConfig(noise_rate=args.noise, epochs=args.epochs, seed=args.seed),
+        progress=None if args.quiet else _tqdm_progress(),
+    )
+    print(format_summary(summary))
+    print(Path(args.out).expanduser().resolve())
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a keep-list (csv/json/parquet/npy) and FILE.spec.json from a run",
+        description="Apply one filter rule to a run and write the keep-list plus a reproducible spec "
+        "(FILE.spec.json: rule, resolved thresholds, counts per class, run id, data fingerprint, hash).",
+    )
+    p.add_argument("run", help="run directory")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--ensemble", action="store_true", help="the run's Stage-2 ensemble filter (column keep)")
+    rule.add_argument("--threshold", type=float, metavar="X", help="keep samples with score >= X")
+    rule.add_argument("--quantile", type=float, metavar="Q", help="drop the lowest Q fraction (keep score >= Q-quantile)")
+    rule.add_argument("--keep-count", type=int, metavar="N", help="keep the N highest-scoring samples")
+    rule.add_argument("--spec", metavar="SPEC_JSON", help="re-apply a saved filter spec (refused on another run)")
+    p.add_argument("--per-class", action="store_true", help="resolve --quantile / --keep-count within each class")
+    p.add_argument("--column", default="mimic_score", help="score column to filter on (default mimic_score)")
+    p.add_argument("--format", choices=["csv", "json", "parquet", "npy"], default=None,
+                   help="file format (default: from --out's extension)")
+    p.add_argument("--out", required=True, help="file to write; FILE.spec.json is written beside it")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from mimic_explorer.filters import FilterError, FilterRule, export, rule_from_spec
+    from mimic_explorer.store.reader import RunError, open_run
+
+    try:
+        run = open_run(args.run)
+        if args.spec:
+            try:
+                spec = json.loads(Path(args.spec).read_text())
+            except (OSError, ValueError) as exc:
+                raise UserError(f"cannot read spec {args.spec}: {exc}") from None
+            rule = rule_from_spec(spec, run.meta)
+        elif args.ensemble:
+            rule = FilterRule("ensemble", None, args.column, args.per_class)
+        elif args.threshold is not None:
+            rule = FilterRule("threshold", args.threshold, args.column, args.per_class)
+        elif args.quantile is not None:
+            rule = FilterRule("quantile", args.quantile, args.column, args.per_class)
+        else:
+            rule = FilterRule("keep_count", args.keep_count, args.column, args.per_class)
+        fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
+        if fmt not in ("csv", "json", "parquet", "npy"):
+            raise UserError(f"cannot tell the format from {args.out!r}; pass --format csv|json|parquet|npy")
+        result, spec, out, spec_path = export(run.samples, run.meta, rule, fmt, args.out)
+    except (RunError, FilterError) as exc:
+        raise UserError(str(exc)) from None
+    if result.message:
+        print(f"note: {result.message}", file=sys.stderr)
+    print(f"kept {result.kept} of {result.total} samples; spec {spec['spec_hash']} -> {spec_path}")
+    print(out)
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="open the explorer app on a run (panel serve)",
+                       description="Serve the explorer on RUN (a run directory). Binds to localhost.")
+    p.add_argument("run", nargs="?", help="run directory (default: the cached demo run)")
+    p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
+    p.add_argument("--address", default="localhost", help="address to bind (default localhost)")
+    p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args) -> int:
+    import subprocess
+
+    app = Path(__file__).with_name("app.py")
+    command = [sys.executable, "-m", "panel", "serve", str(app), "--port", str(args.port),
+               "--address", args.address, "--allow-websocket-origin", f"{args.address}:{args.port}"]
+    if args.show:
+        command.append("--show")
+    if args.run:
+        if not Path(args.run).expanduser().is_dir():
+            raise UserError(f"run directory {args.run} does not exist")
+        command += ["--args", str(Path(args.run).expanduser().resolve())]
+    return subprocess.call(command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mimic-explorer",
+        description="Compute, explore and act on Grad-Mimic sample-utility (mimic) scores.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
+    _add_export(sub)
+    _add_serve(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mimic_explorer.store.writer import RunDirectoryError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, RunDirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""The ``Source`` contract every data SPEC implements, and the checks they all share.
+
+Why one base class: the trainer, the scorer and the app must not care whether a pool is a folder,
+a manifest, WebDataset shards or a torchvision dataset. Each source knows its sample ids, labels and
+class names up front (cheap: no image is decoded to open a source), gives random access by position
+(``load(i)``), and reports bad samples instead of raising during iteration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError, ErrorLog
+from mimic_explorer.data.imageio import decode_image
+
+
+def _preview(values: Iterable, limit: int = 5) -> str:
+    values = list(values)
+    text = ", ".join(repr(v) for v in values[:limit])
+    return text + (f", … ({len(values)} in all)" if len(values) > limit else "")
+
+
+def check_unique_ids(sample_ids: np.ndarray, what: str) -> None:
+    """Raise ``DataSourceError`` naming the first duplicated ids (ids key every file the run writes)."""
+    ids = np.asarray(sample_ids, dtype=object)
+    if len(ids) == len(set(ids.tolist())):
+        return
+    values, counts = np.unique(ids.astype(str), return_counts=True)
+    dupes = values[counts > 1]
+    raise DataSourceError(f"duplicate sample ids in {what}: {_preview(dupes.tolist())}; every sample needs a unique id")
+
+
+def check_labels(labels: np.ndarray, class_names: Sequence[str], sample_ids: np.ndarray, what: str, column: str = "label") -> None:
+    """Raise ``DataSourceError`` when a label is outside 0..len(class_names)-1, naming the samples."""
+    labels = np.asarray(labels)
+    bad = (labels < 0) | (labels >= len(class_names))
+    if bad.any():
+        pairs = [f"{sid}={lab}" for sid, lab in zip(np.asarray(sample_ids)[bad][:5], labels[bad][:5])]
+        raise DataSourceError(
+            f"{column} outside the class range 0..{len(class_names) - 1} in {what} "
+            f"({int(bad.sum())} sample(s), e.g. {', '.join(pairs)}); classes: {_preview(class_names, 12)}"
+        )
+
+
+class Source:
+    """A labelled image pool with stable ids and random access.
+
+    Attributes: ``spec`` (the SPEC string), ``kind`` (``digits``/``folder``/``manifest``/``wds``/
+    ``torchvision``), ``sample_ids`` (object array of unique str), ``labels`` (int64), ``class_names``,
+    ``true_labels`` (int64 or None) and ``open_errors`` (samples already known to be unusable when the
+    source was opened, e.g. a manifest row without a label; they are not part of the pool).
+    """
+
+    kind = "abstract"
+
+    def __init__(
+        self,
+        spec: str,
+        sample_ids: Sequence[str] | np.ndarray,
+        labels: Sequence[int] | np.ndarray,
+        class_names: Sequence[str],
+        true_labels: Sequence[int] | np.ndarray | None = None,
+        open_errors: Iterable[BadSample] = (),
+    ):
+        self.spec = spec
+        self.sample_ids = np.asarray([str(s) for s in sample_ids], dtype=object)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = [str(c) for c in class_names]
+        self.true_labels = None if true_labels is None else np.asarray(true_labels, dtype=np.int64)
+        self.open_errors = list(open_errors)
+        if len(self.sample_ids) != len(self.labels):
+            raise DataSourceError(f"{spec}: {len(self.sample_ids)} ids but {len(self.labels)} labels")
+        if len(self.sample_ids) == 0:
+            raise DataSourceError(f"{spec}: the pool has no usable samples")
+        if not self.class_names:
+            raise DataSourceError(f"{spec}: no class names")
+        check_unique_ids(self.sample_ids, spec)
+        check_labels(self.labels, self.class_names, self.sample_ids, spec)
+        if self.true_labels is not None:
+            check_labels(self.true_labels, self.class_names, self.sample_ids, spec, column="true_label")
+        self._position: dict[str, int] | None = None
+        self._sizes: np.ndarray | None = None
+
+    # --- what every source implements -------------------------------------------------------
+    def source_of(self, i: int) -> str:
+        """Where sample ``i`` lives (a file path, ``shard.tar:member``, …), for ``errors.parquet``."""
+        raise NotImplementedError
+
+    def read_bytes(self, i: int) -> bytes | None:
+        """The encoded file of sample ``i`` (None for in-memory sources). Raises ``BadSampleError``."""
+        return None
+
+    def _load(self, i: int) -> Image.Image:
+        data = self.read_bytes(i)
+        return decode_image(data, self.sample_ids[i], self.source_of(i))
+
+    def _sizes_now(self) -> np.ndarray:
+        """Per-sample size in bytes (file or member size; -1 when unknown or missing)."""
+        return np.full(len(self), -1, dtype=np.int64)
+
+    # --- shared behaviour -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec!r}: {len(self)} samples, {len(self.class_names)} classes>"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def sources(self) -> np.ndarray:
+        """``source_of`` for every sample: the ``source`` column of ``samples.parquet``."""
+        return np.asarray([self.source_of(i) for i in range(len(self))], dtype=object)
+
+    def sizes(self) -> np.ndarray:
+        if self._sizes is None:
+            self._sizes = np.asarray(self._sizes_now(), dtype=np.int64)
+        return self._sizes
+
+    def load(self, i: int) -> Image.Image:
+        """Sample at position ``i`` as an RGB ``PIL.Image``. Raises ``BadSampleError`` for a bad file."""
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"position {i} outside 0..{len(self) - 1}")
+        try:
+            return self._load(i)
+        except BadSampleError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a reader failure is one bad sample
+            raise BadSampleError(BadSample(self.sample_ids[i], self.source_of(i), f"{type(exc).__name__}: {exc}")) from exc
+
+    def index_of(self, sample_id: str) -> int:
+        """Position of a sample id (the app looks samples up by id)."""
+        if self._position is None:
+            self._position = {sid: k for k, sid in enumerate(self.sample_ids.tolist())}
+        try:
+            return self._position[str(sample_id)]
+        except KeyError:
+            raise KeyError(f"no sample with id {sample_id!r} in {self.spec}") from None
+
+    def get(self, sample_id: str) -> Image.Image:
+        return self.load(self.index_of(sample_id))
+
+    def iter_images(
+        self, indices: Iterable[int] | None = None, errors: ErrorLog | None = None, workers: int = 0
+    ) -> Iterator[tuple[int, Image.Image]]:
+        """Yield ``(position, RGB image)`` for every good sample, in order; bad ones go to ``errors``.
+
+        The source's ``open_errors`` are added to ``errors`` first, so one log holds everything a
+        run must write to ``errors.parquet``. ``workers > 0`` decodes in that many threads (Pillow
+        releases the GIL while decoding) without changing the order.
+        """
+        if errors is None:
+            errors = ErrorLog()
+        errors.extend(self.open_errors)
+        order = range(len(self)) if indices is None else [int(i) for i in indices]
+
+        def attempt(i: int):
+            try:
+                return i, self.load(i)
+            except BadSampleError as exc:
+                return i, exc.bad
+
+        if workers and workers > 0:
+            with ThreadPoolExecutor(workers) as pool:
+                for i, item in self._ordered_map(pool, attempt, order, workers):
+                    if isinstance(item, BadSample):
+                        errors.add(item)
+                    else:
+                        yield i, item
+            return
+        for i in order:
+            i, item = attempt(i)
+            if isinstance(item, BadSample):
+                errors.add(item)
+            else:
+                yield i, item
+
+    @staticmethod
+    def _ordered_map(pool: ThreadPoolExecutor, fn, order: Sequence[int], workers: int):
+        """``pool.map`` with a bounded window, so a million-sample scan does not queue a million futures."""
+        window = max(4 * workers, 16)
+        pending: deque = deque()
+        for i in order:
+            pending.append(pool.submit(fn, i))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def scan(self, workers: int = 0) -> tuple[np.ndarray, ErrorLog]:
+        """Decode every sample once: (positions of the good ones, log of the bad ones)."""
+        errors = ErrorLog()
+        good = [i for i, _ in self.iter_images(errors=errors, workers=workers)]
+        return np.asarray(good, dtype=np.int64), errors
+
+    def fingerprint(self, content: bool = False) -> str:
+        """sha256 (16 hex) of class names, ids, labels and byte sizes; ``content=True`` also hashes
+        every file's bytes (slow: reads the whole pool)."""
+        digest = hashlib.sha256()
+        digest.update("\x1f".join(self.class_names).encode())
+        digest.update(b"\x1e")
+        sizes = self.sizes()
+        rows = "\n".join(f"{sid}\t{lab}\t{size}" for sid, lab, size in zip(self.sample_ids.tolist(), self.labels.tolist(), sizes.tolist()))
+        digest.update(rows.encode())
+        if self.true_labels is not None:
+            digest.update(b"\x1etrue:")
+            digest.update(self.true_labels.tobytes())
+        if content:
+            digest.update(b"\x1econtent:")
+            for i in range(len(self)):
+                digest.update(self._content_digest(i))
+        return digest.hexdigest()[:16]
+
+    def _content_digest(self, i: int) -> bytes:
+        try:
+            data = self.read_bytes(i)
+            if data is None:
+                data = np.asarray(self.load(i)).tobytes()
+        except BadSampleError as exc:
+            data = f"<bad:{exc.bad.reason}>".encode()
+        return hashlib.sha256(data).digest()
+
+    def describe(self) -> dict:
+        """What a run's ``meta.json`` records about its data."""
+        out = {
+            "spec": self.spec,
+            "kind": self.kind,
+            "num_samples": len(self),
+            "class_names": list(self.class_names),
+            "fingerprint": self.fingerprint(),
+            "has_true_labels": self.true_labels is not None,
+            "open_errors": len(self.open_errors),
+        }
+        return out

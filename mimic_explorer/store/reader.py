@@ -1,0 +1,99 @@
+"""Read a run directory (pandas/pyarrow only; never torch): what the app and exports work from."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mimic_explorer.store.paths import ERRORS, FORMAT_VERSION, META, SAMPLES, SCORES_DIR, SCORES_FILE
+from mimic_explorer.store.thumbs import ThumbnailReader
+
+
+class RunError(Exception):
+    """A run directory cannot be opened; the message names the cause."""
+
+
+class Run:
+    """An opened run directory. ``samples`` and ``scores`` are read on first use."""
+
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any]):
+        self.path = Path(path)
+        self.meta = meta
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, status={self.status!r})"
+
+    @property
+    def status(self) -> str:
+        return self.meta.get("status", "unknown")
+
+    @property
+    def run_id(self) -> str:
+        return self.meta.get("run_id") or self.path.name
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names") or [])
+
+    @cached_property
+    def samples(self) -> pd.DataFrame:
+        frame = pd.read_parquet(self.path / SAMPLES)
+        frame["sample_id"] = frame["sample_id"].astype(str)
+        return frame
+
+    @cached_property
+    def scores(self) -> pd.DataFrame:
+        single = self.path / SCORES_FILE
+        if single.exists():
+            return pd.read_parquet(single)
+        parts = sorted((self.path / SCORES_DIR).glob("*.parquet"))
+        if not parts:
+            return pd.DataFrame(columns=["sample_id", "epoch", "step", "proj", "weight"])
+        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+    @cached_property
+    def errors(self) -> pd.DataFrame:
+        path = self.path / ERRORS
+        return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["sample_id", "path", "reason"])
+
+    @cached_property
+    def thumbnails(self) -> ThumbnailReader:
+        return ThumbnailReader(self.path)
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise RunError(f"run directory {path} does not exist")
+    if not path.is_dir():
+        raise RunError(f"{path} is not a run directory (it is a file)")
+    meta_path = path / META
+    if not meta_path.exists():
+        raise RunError(f"{path} is not a run directory: it has no {META}")
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{meta_path} cannot be read: {exc}") from None
+
+
+def open_run(path: str | os.PathLike, *, require_complete: bool = True) -> Run:
+    """Open a run directory. Raises ``RunError`` (a message naming the cause) when it is missing,
+    written by a newer format, or — unless ``require_complete=False`` — not complete."""
+    meta = read_meta(path)
+    version = meta.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise RunError(
+            f"{path} was written by a newer mimic_explorer (format {version}, this one reads ≤ {FORMAT_VERSION}); upgrade the package"
+        )
+    status = meta.get("status")
+    if require_complete and status != "complete":
+        reason = f": {meta['error']}" if meta.get("error") else ""
+        raise RunError(f"run {path} is not complete (status {status!r}{reason})")
+    if require_complete and not (Path(path) / SAMPLES).exists():
+        raise RunError(f"run {path} says complete but has no {SAMPLES}")
+    return Run(Path(path).expanduser(), meta)

@@ -1,0 +1,88 @@
+"""Thumbnail store: one append-only blob file plus an index of (sample_id, offset, length).
+
+Why: galleries must never decode full images, and a run may hold millions of samples; a single blob
+with an offset index gives any thumbnail with one seek and one read, and stays one file on disk.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from mimic_explorer.store.atomic import write_parquet
+from mimic_explorer.store.paths import THUMBS_DIR
+
+THUMB_SIZE = 96
+BLOB = "thumbs.bin"
+INDEX = "index.parquet"
+
+
+def encode_thumbnail(image, size: int = THUMB_SIZE) -> bytes:
+    """PIL image → WebP bytes at most ``size`` px on its long side (small images are upscaled with
+    nearest-neighbour so 8×8 digits stay crisp)."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    scale = size / max(image.size)
+    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.NEAREST if scale >= 2 else Image.BICUBIC
+    image = image.resize(new_size, resample)
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=85)
+    return buffer.getvalue()
+
+
+class ThumbnailWriter:
+    """Append thumbnails for a run; the index is written atomically on ``close``."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.folder = Path(run_dir) / THUMBS_DIR
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._blob = open(self.folder / BLOB, "wb")
+        self._rows: list[tuple[str, int, int]] = []
+
+    def add(self, sample_id: str, image) -> None:
+        data = image if isinstance(image, bytes) else encode_thumbnail(image)
+        offset = self._blob.tell()
+        self._blob.write(data)
+        self._rows.append((str(sample_id), offset, len(data)))
+
+    def close(self) -> None:
+        self._blob.flush()
+        os.fsync(self._blob.fileno())
+        self._blob.close()
+        frame = pd.DataFrame(self._rows, columns=["sample_id", "offset", "length"])
+        write_parquet(self.folder / INDEX, frame)
+
+    def __enter__(self) -> "ThumbnailWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ThumbnailReader:
+    """Random access to a run's thumbnails by sample id; missing ones return ``None``."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.folder = Path(run_dir) / THUMBS_DIR
+        self._offsets: dict[str, tuple[int, int]] = {}
+        self._fd: int | None = None
+        index = self.folder / INDEX
+        if index.exists() and (self.folder / BLOB).exists():
+            frame = pd.read_parquet(index)
+            self._offsets = dict(zip(frame["sample_id"], zip(frame["offset"].tolist(), frame["length"].tolist())))
+            self._fd = os.open(self.folder / BLOB, os.O_RDONLY)
+
+    def __contains__(self, sample_id: str) -> bool:
+        return sample_id in self._offsets
+
+    def get(self, sample_id: str) -> bytes | None:
+        where = self._offsets.get(sample_id)
+        if where is None or self._fd is None:
+            return None
+        data = os.pread(self._fd, where[1], where[0])  # positional read: safe across server threads
+        return data if len(data) == where[1] else None
