@@ -64,7 +64,8 @@ def expand_braces(pattern: str) -> list[str]:
     else:
         options = ["{" + body + "}"]  # a literal brace, e.g. a file really named a{b}.tar
         return [head + options[0] + t for t in expand_braces(tail)]
-    return [head + o + t for o in options for t in expand_braces(tail)] if options else []
+    tails = expand_braces(tail)
+    return [head + x + t for o in options for x in expand_braces(o) for t in tails]
 
 
 def resolve_shards(pattern: str, spec: str) -> list[str]:

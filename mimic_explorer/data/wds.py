@@ -1,0 +1,278 @@
+"""``wds:PATTERN`` — WebDataset tar shards (``KEY.jpg|jpeg|png|webp`` + ``KEY.cls``) with random access.
+
+Why an index: the app must show any sample of a million-image pool at once, and a scorer may visit
+samples in any order. Reading a tar from the start for each sample is hopeless, so each shard is read
+once to record where every member's bytes are; after that a sample is one ``pread``. The index is
+saved per shard (``.npz``, no pickle) in ``index_dir/wds_index/`` — a run directory when given, else
+``$MIMIC_EXPLORER_CACHE`` or ``~/.cache/mimic_explorer`` — and keyed by the shard's path, size and
+mtime, so a changed shard is re-indexed and an unchanged one never is.
+
+Keys follow WebDataset: everything before the first dot of the member's file name, with its folder
+(``a/b.c.jpg`` has key ``a/b`` and extension ``c.jpg``). Sample ids are the keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError
+from mimic_explorer.data.folder import CLASS_FILE, read_class_file
+from mimic_explorer.data.imageio import IMAGE_EXTENSIONS
+from mimic_explorer.data.shards import resolve_shards
+from mimic_explorer.data.source import Source, _preview
+
+INDEX_VERSION = 1
+INDEX_FOLDER = "wds_index"
+NO_LABEL = -1  # key has no .cls member
+BAD_LABEL = -2  # .cls member is not an integer
+
+
+@dataclass
+class ShardIndex:
+    """Per key of one shard: image member offset/size/extension, label and .cls text location."""
+
+    keys: np.ndarray  # str
+    offset: np.ndarray  # int64, -1 when the key has no image member
+    size: np.ndarray  # int64
+    ext: np.ndarray  # str
+    label: np.ndarray  # int64, NO_LABEL / BAD_LABEL
+    cls_offset: np.ndarray  # int64
+    cls_size: np.ndarray  # int64
+    duplicate: np.ndarray  # bool: the key's image appears more than once in the shard
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, version=np.int64(INDEX_VERSION), **{k: getattr(self, k) for k in self.__dataclass_fields__})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "ShardIndex":
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["version"]) != INDEX_VERSION:
+                raise ValueError("old index version")
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """WebDataset's rule: ``dir/base.ext.more`` → (``dir/base``, ``ext.more``), extension lowercased."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    key = f"{folder}/{stem}" if folder else stem
+    return key, (ext.lower() if dot else "")
+
+
+def build_shard_index(shard: str) -> ShardIndex:
+    """Read a shard's tar headers once (and its small ``.cls`` members) into a ``ShardIndex``."""
+    order: list[str] = []
+    entries: dict[str, dict] = {}
+    try:
+        with tarfile.open(shard, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = split_key(member.name)
+                if not key or key.startswith("__") or not ext:
+                    continue
+                entry = entries.get(key)
+                if entry is None:
+                    entry = entries[key] = {"img": None, "dup": False, "cls": None, "label": NO_LABEL}
+                    order.append(key)
+                if ext in IMAGE_EXTENSIONS:
+                    current = entry["img"]
+                    if current is not None and current[2] == ext:
+                        entry["dup"] = True
+                    if current is None or IMAGE_EXTENSIONS.index(ext) < IMAGE_EXTENSIONS.index(current[2]):
+                        entry["img"] = (member.offset_data, member.size, ext)
+                elif ext == "cls":
+                    handle = tar.extractfile(member)
+                    text = handle.read(64).decode("utf-8", "replace").strip() if handle else ""
+                    entry["cls"] = (member.offset_data, member.size)
+                    try:
+                        entry["label"] = int(text)
+                    except ValueError:
+                        entry["label"] = BAD_LABEL
+    except tarfile.ReadError as exc:
+        raise DataSourceError(
+            f"shard {shard} is not an uncompressed tar file ({exc}); random access needs plain .tar shards"
+        ) from exc
+    n = len(order)
+    index = ShardIndex(
+        keys=np.asarray(order, dtype=str) if n else np.zeros(0, dtype="<U1"),
+        offset=np.full(n, -1, np.int64),
+        size=np.full(n, -1, np.int64),
+        ext=np.full(n, "", dtype="<U4"),
+        label=np.full(n, NO_LABEL, np.int64),
+        cls_offset=np.full(n, -1, np.int64),
+        cls_size=np.full(n, -1, np.int64),
+        duplicate=np.zeros(n, bool),
+    )
+    for k, key in enumerate(order):
+        entry = entries[key]
+        if entry["img"] is not None:
+            index.offset[k], index.size[k], index.ext[k] = entry["img"]
+        if entry["cls"] is not None:
+            index.cls_offset[k], index.cls_size[k] = entry["cls"]
+        index.label[k] = entry["label"]
+        index.duplicate[k] = entry["dup"]
+    return index
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("MIMIC_EXPLORER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mimic_explorer")
+    return Path(base) / INDEX_FOLDER
+
+
+def index_path(shard: str, cache_dir: Path) -> Path:
+    stat = os.stat(shard)
+    name = hashlib.sha256(os.path.realpath(shard).encode()).hexdigest()[:16]
+    return cache_dir / f"{name}-{stat.st_size}-{stat.st_mtime_ns}.npz"
+
+
+def load_or_build_index(shard: str, cache_dir: Path) -> tuple[ShardIndex, Path | None]:
+    """The shard's index from the cache, or built now and saved (stale entries of the shard removed)."""
+    path = index_path(shard, cache_dir)
+    if path.is_file():
+        try:
+            return ShardIndex.load(path), path
+        except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
+            pass
+    index = build_shard_index(shard)
+    try:
+        index.save(path)
+        prefix = path.name.split("-", 1)[0] + "-"
+        for stale in cache_dir.glob(prefix + "*.npz"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    except OSError:
+        return index, None  # read-only cache: the index still works for this process
+    return index, path
+
+
+class WdsSource(Source):
+    kind = "wds"
+
+    def __init__(
+        self,
+        pattern: str,
+        spec: str | None = None,
+        index_dir: str | os.PathLike | None = None,
+        class_names: Sequence[str] | None = None,
+    ):
+        spec = spec or f"wds:{pattern}"
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self.shards = resolve_shards(pattern, spec)
+        self.cache_dir = Path(index_dir) / INDEX_FOLDER if index_dir is not None else default_cache_dir()
+        parts, self.index_files = [], []
+        for shard in self.shards:
+            index, path = load_or_build_index(shard, self.cache_dir)
+            parts.append(index)
+            self.index_files.append(path)
+        shard_of = np.concatenate([np.full(len(p.keys), s, np.int32) for s, p in enumerate(parts)])
+        cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ShardIndex.__dataclass_fields__}
+        keys = cat["keys"].astype(object)
+        if len(keys) == 0:
+            raise DataSourceError(f"{spec}: the shards hold no samples ({', '.join(self.shards)})")
+
+        dup = np.flatnonzero(cat["duplicate"])
+        if len(dup):
+            raise DataSourceError(
+                f"{spec}: duplicate sample ids (the same key twice in one shard): "
+                f"{_preview([f'{keys[k]} in {self.shards[shard_of[k]]}' for k in dup])}"
+            )
+        has_image = cat["offset"] >= 0
+        unlabelled = np.flatnonzero(has_image & (cat["label"] == NO_LABEL))
+        if len(unlabelled):
+            k = unlabelled[0]
+            raise DataSourceError(
+                f"{spec}: shard member without .cls: {keys[k]}.{cat['ext'][k]} in {self.shards[shard_of[k]]} "
+                f"has no {keys[k]}.cls label ({len(unlabelled)} such sample(s))"
+            )
+        garbled = np.flatnonzero(has_image & (cat["label"] == BAD_LABEL))
+        if len(garbled):
+            k = garbled[0]
+            text = self._read(int(shard_of[k]), int(cat["cls_offset"][k]), min(int(cat["cls_size"][k]), 40))
+            raise DataSourceError(
+                f"{spec}: {keys[k]}.cls in {self.shards[shard_of[k]]} is not an integer class index "
+                f"({text!r}; {len(garbled)} such sample(s))"
+            )
+        open_errors = [
+            BadSample(keys[k], f"{self.shards[shard_of[k]]}:{keys[k]}", f"no image member ({'/'.join('.' + e for e in IMAGE_EXTENSIONS)})")
+            for k in np.flatnonzero(~has_image)
+        ]
+        self._shard_of = shard_of[has_image]
+        self._offset = cat["offset"][has_image]
+        self._size = cat["size"][has_image]
+        self._ext = cat["ext"][has_image].astype(object)
+        labels = cat["label"][has_image]
+        if class_names is None:
+            class_file = Path(self.shards[0]).parent / CLASS_FILE
+            if class_file.is_file():
+                class_names = read_class_file(class_file)
+            else:
+                class_names = [str(c) for c in range(int(labels.max()) + 1)] if len(labels) else []
+        super().__init__(spec, keys[has_image], labels, list(class_names), open_errors=open_errors)
+
+    # --- random access ----------------------------------------------------------------------
+    def _fd(self, shard: int) -> int:
+        fd = self._fds.get(shard)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(shard)
+                if fd is None:
+                    fd = self._fds[shard] = os.open(self.shards[shard], os.O_RDONLY)
+        return fd
+
+    def _read(self, shard: int, offset: int, size: int) -> bytes:
+        return os.pread(self._fd(shard), size, offset)
+
+    def source_of(self, i: int) -> str:
+        return f"{self.shards[self._shard_of[i]]}:{self.sample_ids[i]}.{self._ext[i]}"
+
+    def read_bytes(self, i: int) -> bytes:
+        size = int(self._size[i])
+        try:
+            data = self._read(int(self._shard_of[i]), int(self._offset[i]), size)
+        except OSError as exc:
+            raise BadSampleError(BadSample(self.sample_ids[i], self.source_of(i), f"cannot read shard ({exc.strerror or exc})")) from exc
+        if len(data) != size:
+            raise BadSampleError(
+                BadSample(self.sample_ids[i], self.source_of(i), f"shard ends early: read {len(data)} of {size} bytes (shard changed since indexing?)")
+            )
+        return data
+
+    def _sizes_now(self) -> np.ndarray:
+        return self._size.astype(np.int64)
+
+    def close(self) -> None:
+        """Close the shard files (they reopen on the next read)."""
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
