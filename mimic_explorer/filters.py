@@ -166,7 +166,10 @@ def _resolve_one(scores: np.ndarray, kind: str, value: float, n: int) -> tuple[n
         finite = scores[np.isfinite(scores)]
         if len(finite) == 0:
             return np.zeros(n, dtype=bool), None
-        cut = float(np.quantile(finite, value, method="lower")) if value > 0 else float(finite.min())
+        drop = int(np.floor(value * len(finite)))  # the lowest floor(q·n) samples go
+        if drop >= len(finite):
+            return np.zeros(n, dtype=bool), None
+        cut = float(np.partition(finite, drop)[drop])
         return scores >= cut, cut
     return _top_count(scores, int(value))
 

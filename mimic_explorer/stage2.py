@@ -5,8 +5,9 @@ The paper describes this stage without shipping code, so the rules are defined h
 - binarise each epoch: ``weight`` ≥ 1/B (B = the sample's batch size, i.e. above-uniform weight),
   ``proj`` ≥ 0, or a split of that epoch's proj values into two groups (``gmm``: 2-component 1-D
   Gaussian mixture; ``kmeans``: 2-means), the higher group kept;
-- aggregate votes over epochs: ``majority`` (kept in at least half of the epochs), ``unanimity`` (kept
-  in every epoch), or ``mean`` (mean of B·weight ≥ 1);
+- aggregate votes over epochs: ``majority`` (kept in more than half of the epochs; an exact tie is
+  decided by the mean B·weight being ≥ 1), ``unanimity`` (kept in every epoch), or ``mean`` (mean of
+  B·weight ≥ 1);
 - ``mimic_score`` = fraction of epochs voted *keep*, plus a tie-break in (−0.5/E, 0.5/E) from the mean
   B·weight (or mean proj) so equal vote counts are still ranked. Higher = more useful, and
   ``keep`` under majority vote is exactly ``mimic_score ≥ 0.5``.
@@ -81,18 +82,19 @@ def aggregate(
         }
     )
     vote_fraction = per_sample["votes"] / per_sample["epochs"]
-    if aggregation == "majority":
-        keep = vote_fraction >= 0.5
-    elif aggregation == "unanimity":
-        keep = vote_fraction >= 1.0
-    else:
-        keep = per_sample["tiebreak"] >= (1.0 if tiebreak_col == "relative_weight" else 0.0)
     tb = per_sample["tiebreak"].to_numpy()
     if tiebreak_col == "relative_weight":
         tb = np.log(np.clip(tb, 1e-12, None))
     spread = np.nanmax(np.abs(tb)) if len(tb) and np.isfinite(tb).any() else 0.0
     squashed = np.zeros_like(tb) if spread == 0 else 0.49 * tb / spread  # within (−0.5, 0.5)
-    per_sample["mimic_score"] = vote_fraction + squashed / per_sample["epochs"]
+    mimic_score = vote_fraction + squashed / per_sample["epochs"]
+    if aggregation == "majority":
+        keep = mimic_score >= 0.5
+    elif aggregation == "unanimity":
+        keep = vote_fraction >= 1.0
+    else:
+        keep = per_sample["tiebreak"] >= (1.0 if tiebreak_col == "relative_weight" else 0.0)
+    per_sample["mimic_score"] = mimic_score
     per_sample["keep"] = keep.astype(bool)
     return per_sample[["mimic_score", "keep", "votes", "epochs"]]
 
