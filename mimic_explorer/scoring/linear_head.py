@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mimic_explorer.scoring.outer import bias_sqnorm, weight_sqnorm
+
 
 def cross_entropy_output_grad(logits: Tensor, targets: Tensor) -> Tensor:
     """δ_i = ∂ℓ_i/∂z_i for unreduced cross-entropy: softmax(z_i) − onehot(y_i)."""
@@ -23,37 +25,43 @@ def cross_entropy_output_grad(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def linear_grad_dot(
-    features: Tensor, output_grad: Tensor, v_weight: Tensor, v_bias: Tensor | None
+    features: Tensor, output_grad: Tensor, v_weight: Tensor | None, v_bias: Tensor | None
 ) -> Tensor:
     """⟨g_i, V⟩ for every sample: δ_iᵀ V_W h_i + δ_iᵀ V_b, summed over positions if any.
 
-    features: (B, D) or (B, T, D); output_grad: (B, C) or (B, T, C); v_weight: (C, D); v_bias: (C,).
+    features: (B, D) or (B, ..., D); output_grad: (B, C) or (B, ..., C); v_weight: (C, D); v_bias: (C,).
+    A ``None`` part is left out (the weight or the bias is not among the mimic layers).
     """
-    dot = ((output_grad @ v_weight) * features).sum(-1)
+    dot = output_grad.new_zeros(output_grad.shape[:-1])
+    if v_weight is not None:
+        dot = dot + ((output_grad @ v_weight) * features).sum(-1)
     if v_bias is not None:
         dot = dot + output_grad @ v_bias
     return dot.reshape(dot.shape[0], -1).sum(-1)
 
 
-def linear_grad_sqnorm(features: Tensor, output_grad: Tensor, has_bias: bool) -> Tensor:
+def linear_grad_sqnorm(
+    features: Tensor, output_grad: Tensor, has_bias: bool, has_weight: bool = True
+) -> Tensor:
     """‖g_i‖² for every sample.
 
     Without positions: ‖δ_i‖² (‖h_i‖² + 1). With positions the weight gradient is Σ_t δ_t h_tᵀ, whose
-    squared Frobenius norm is the Gram form Σ_{t,t'} (h_t·h_t')(δ_t·δ_t'); the bias gradient is Σ_t δ_t.
+    squared Frobenius norm is the Gram form Σ_{t,t'} (h_t·h_t')(δ_t·δ_t') (or the direct form when
+    that is cheaper, see ``scoring.outer``); the bias gradient is Σ_t δ_t.
     """
     if features.dim() == 2:
-        sq = (output_grad * output_grad).sum(-1) * (features * features).sum(-1)
+        d_sq = (output_grad * output_grad).sum(-1)
+        sq = d_sq * (features * features).sum(-1) if has_weight else torch.zeros_like(d_sq)
         if has_bias:
-            sq = sq + (output_grad * output_grad).sum(-1)
+            sq = sq + d_sq
         return sq
-    features = features.reshape(features.shape[0], -1, features.shape[-1])
-    output_grad = output_grad.reshape(output_grad.shape[0], -1, output_grad.shape[-1])
-    gram_h = features @ features.transpose(1, 2)
-    gram_d = output_grad @ output_grad.transpose(1, 2)
-    sq = (gram_h * gram_d).sum((1, 2))
+    features = features.reshape(features.shape[0], 1, -1, features.shape[-1])
+    output_grad = output_grad.reshape(output_grad.shape[0], 1, -1, output_grad.shape[-1])
+    sq = output_grad.new_zeros(output_grad.shape[0])
+    if has_weight:
+        sq = sq + weight_sqnorm(features, output_grad)
     if has_bias:
-        bias_grad = output_grad.sum(1)
-        sq = sq + (bias_grad * bias_grad).sum(-1)
+        sq = sq + bias_sqnorm(output_grad)
     return sq
 
 

@@ -7,6 +7,8 @@ the uniform weight is 1/B — the Stage-2 binarisation threshold.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -35,3 +37,25 @@ def stage1_weights(scores: Tensor, method: str, temperature: float = 1.0) -> Ten
 def score_basis(method: str) -> str:
     """Which raw score a method weights: 'proj' or 'cos'."""
     return "cos" if method.endswith("cos") else "proj"
+
+
+def reweighted_grads(
+    losses: Tensor, weights: Tensor, params: Sequence[Tensor], retain_graph: bool = False
+) -> tuple[Tensor, ...]:
+    """Σ_i w_i g_i for any mimic layers: one backward of the weighted loss Σ_i w_i ℓ_i.
+
+    Why: for mimic layers other than a linear head (where ``linear_weighted_grad`` is one matmul) the
+    re-weighted gradient is still a single backward pass — the gradient of a weighted sum is the
+    weighted sum of the per-sample gradients. ``weights`` are treated as constants (detached), and
+    the result is returned rather than accumulated into ``.grad``, so the caller decides where it goes.
+    Parameters the loss does not reach get zeros.
+    """
+    if losses.dim() != 1 or weights.shape != losses.shape:
+        raise ValueError(
+            f"losses and weights must both have shape (B,); got {tuple(losses.shape)} and {tuple(weights.shape)}"
+        )
+    params = list(params)
+    grads = torch.autograd.grad(
+        (losses * weights.detach()).sum(), params, retain_graph=retain_graph, allow_unused=True
+    )
+    return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params))

@@ -1,0 +1,56 @@
+"""⟨g_i, v⟩ for any parameter set by forward-mode AD: one dual forward pass for the whole batch.
+
+Why: ⟨∇ℓ_i(θ), v⟩ is the directional derivative of ℓ_i along v. Making the mimic-layer parameters
+dual numbers (primal θ, tangent v) and running the batch forward once yields every sample's
+projection at about the cost of a training step, and — unlike per-sample gradients — needs no B×P
+memory and no saved activations (nothing is recorded for a backward pass).
+
+We use ``torch.autograd.forward_ad`` with ``torch.func.functional_call`` (the same maths as
+``torch.func.jvp``, without functorch's per-op wrapper). The caller provides eval mode and the math
+attention backend (``scoring.context``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mimic_explorer.scoring.checks import per_sample_losses
+from mimic_explorer.scoring.parts import Parts
+
+
+def is_forward_ad_gap(error: BaseException) -> bool:
+    """True for PyTorch's 'no forward-mode rule for this op' errors (the vmap path still works)."""
+    text = str(error)
+    return isinstance(error, (RuntimeError, NotImplementedError)) and (
+        "forward AD" in text or "forward-mode" in text or "forward mode" in text or "jvp" in text
+    )
+
+
+def jvp_parts(
+    model: nn.Module,
+    tangents: dict[str, Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    state: dict[str, Tensor] | None = None,
+    offset: int = 0,
+) -> Parts:
+    """Losses and their directional derivatives along ``tangents`` (name → v) for every sample.
+
+    ``state`` optionally replaces parameters and buffers (a float32 copy of a half-precision model).
+    """
+    state = dict(state or {})
+    params = dict(model.named_parameters())
+    with torch.no_grad(), fwAD.dual_level():
+        tensors = dict(state)
+        for name, tangent in tangents.items():
+            primal = state.get(name, params[name]).detach()
+            tensors[name] = fwAD.make_dual(primal, tangent.to(primal.dtype))
+        logits = functional_call(model, tensors, (inputs,))
+        losses = per_sample_losses(logits, targets, offset)
+        primal, tangent = fwAD.unpack_dual(losses)
+    if tangent is None:  # the loss does not depend on the mimic layers
+        tangent = torch.zeros_like(primal)
+    return Parts(tangent, None, primal)

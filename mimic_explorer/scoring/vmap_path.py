@@ -1,0 +1,75 @@
+"""Per-sample gradients by chunked ``vmap(grad)``: the general fallback and the verification oracle.
+
+Why: it needs no structure (any op with a backward rule works) and gives both ⟨g_i, v⟩ and ‖g_i‖²
+exactly, but it materialises chunk×P gradient entries, so the batch is walked in chunks sized to a
+memory budget. Used for cos norms of parameters ghost norms cannot cover, when forced with
+``path="vmap"``, and when an op lacks a forward-mode rule.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from mimic_explorer.scoring.checks import check_logits, check_target_range
+from mimic_explorer.scoring.parts import Parts
+
+# Per-sample gradient entries one chunk may hold (about 256 MB in float32).
+GRADIENT_ELEMENTS = 1 << 26
+
+
+def auto_chunk(num_params: int, batch: int) -> int:
+    """Largest chunk whose per-sample gradients fit the budget (at least 1, at most 64)."""
+    return max(1, min(batch, 64, GRADIENT_ELEMENTS // max(num_params, 1)))
+
+
+def check_targets_with_probe(model: nn.Module, inputs: Tensor, targets: Tensor, state: dict[str, Tensor]) -> None:
+    """Find C with a one-sample forward and check every target against it (vmap cannot branch on data)."""
+    if inputs.shape[0] == 0:
+        return
+    with torch.no_grad():
+        logits = functional_call(model, state, (inputs[:1],)) if state else model(inputs[:1])
+    check_logits(logits, 1)
+    check_target_range(targets, logits.shape[-1])
+
+
+def vmap_parts(
+    model: nn.Module,
+    v: dict[str, Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    need_dot: bool,
+    need_norm: bool,
+    chunk_size: int | None = None,
+    state: dict[str, Tensor] | None = None,
+) -> Parts:
+    """⟨g_i, v⟩ and/or ‖g_i‖² over the parameters named in ``v``, chunk by chunk."""
+    state = dict(state or {})
+    params = dict(model.named_parameters())
+    primals = {n: state.get(n, params[n]).detach() for n in v}
+    rest = {n: t for n, t in state.items() if n not in primals}
+    num_params = sum(t.numel() for t in primals.values())
+    chunk = chunk_size or auto_chunk(num_params, inputs.shape[0])
+
+    def loss_one(ps: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        logits = functional_call(model, {**rest, **ps}, (x.unsqueeze(0),))
+        return F.cross_entropy(logits, y.unsqueeze(0))
+
+    per_sample = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0))
+    dots, sqnorms, losses = [], [], []
+    with torch.enable_grad():
+        for start in range(0, inputs.shape[0], chunk):
+            grads, loss = per_sample(primals, inputs[start : start + chunk], targets[start : start + chunk])
+            losses.append(loss.detach())
+            if need_dot:
+                dots.append(sum((grads[n].flatten(1) @ v[n].reshape(-1).to(grads[n].dtype)) for n in v))
+            if need_norm:
+                sqnorms.append(sum(grads[n].flatten(1).pow(2).sum(1) for n in v))
+            del grads
+    return Parts(
+        torch.cat(dots) if need_dot else None,
+        torch.cat(sqnorms) if need_norm else None,
+        torch.cat(losses),
+    )
