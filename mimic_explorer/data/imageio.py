@@ -91,7 +91,7 @@ def decode_image(data: bytes, sample_id: str = "", path: str = "") -> Image.Imag
         raise bad(f"image too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         text = str(exc) or type(exc).__name__
-        if "truncated" in text:
+        if "truncated" in text.lower():
             raise bad(f"truncated image data ({text})") from None
         raise bad(f"corrupt image data ({type(exc).__name__}: {text})") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is one bad sample, never a crash
