@@ -267,3 +267,52 @@ def export(
     write_bytes(out, data)
     write_json(spec_path, spec)
     return result, spec, out, spec_path
+
+
+# ---------------------------------------------------------------------------------------- saved with the run
+
+
+def save_to_run(
+    run_dir: str | Path, samples: pd.DataFrame, run_meta: dict[str, Any], rule: FilterRule, export_format: str = "csv"
+) -> tuple[FilterResult, dict[str, Any], Path, Path]:
+    """``export`` into the run's own ``filters/`` folder (the app's "Save to run"), named by the rule's
+    hash so saving the same rule twice replaces the earlier files instead of piling up copies."""
+    from mimic_explorer.store.paths import FILTERS_DIR
+
+    folder = Path(run_dir) / FILTERS_DIR
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise FilterError(f"cannot save into {folder}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(_canonical(rule.to_dict()).encode()).hexdigest()[:12]
+    return export(samples, run_meta, rule, export_format, folder / f"keep-list-{digest}.{export_format}")
+
+
+def saved_specs(run_dir: str | Path) -> list[Path]:
+    """Spec files saved with a run, newest first."""
+    from mimic_explorer.store.paths import FILTERS_DIR
+
+    folder = Path(run_dir) / FILTERS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("*.spec.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def latest_saved_rule(run_dir: str | Path, run_meta: dict[str, Any]) -> tuple[FilterRule, dict[str, Any], Path] | None:
+    """The rule of the most recently saved spec of this run (None if none); ``FilterError`` when that
+    spec is unreadable or belongs to another run."""
+    specs = saved_specs(run_dir)
+    if not specs:
+        return None
+    try:
+        spec = json.loads(specs[0].read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FilterError(f"saved filter {specs[0].name} cannot be read: {exc}") from None
+    try:
+        rule = rule_from_spec(spec, run_meta)
+        rule.validate()
+    except FilterError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FilterError(f"saved filter {specs[0].name} is malformed: {exc}") from None
+    return rule, spec, specs[0]
