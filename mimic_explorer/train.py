@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -83,17 +83,23 @@ class TrainResult:
 
 
 class TensorBatches:
-    """Seeded, shuffled mini-batches of in-memory tensors, yielding (index, inputs, targets)."""
+    """Seeded, shuffled mini-batches of in-memory tensors, yielding (index, inputs, targets).
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int):
+    ``rank``/``world`` split each epoch's permutation into disjoint strided parts (one per process
+    of a distributed run); ``index`` is always the position in the full tensors.
+    """
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int,
+                 rank: int = 0, world: int = 1):
         self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.targets), generator=generator)
+        order = torch.randperm(len(self.targets), generator=generator)[self.rank :: self.world]
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             yield index, self.inputs[index], self.targets[index]
@@ -134,11 +140,22 @@ def train(
     reference: nn.Module | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    start_epoch: int = 0,
+    optimizer_state: dict | None = None,
+    on_checkpoint: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
+    grad_sync: Callable[[nn.Module], None] | None = None,
+    steps_per_epoch: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. With ``reference``, Grad-Mimic re-weights the head's gradient.
 
     Every sample's loss and prediction are recorded at every epoch; with a reference also its
     proj, cos and Stage-1 weight, computed at the weights the step starts from.
+
+    Resuming: ``start_epoch`` and ``optimizer_state`` continue a run whose epochs before
+    ``start_epoch`` are done; ``on_checkpoint(epoch, model, optimizer)`` runs after each epoch's
+    ``on_epoch`` so a caller can persist the state. ``grad_sync(model)`` runs between the gradient
+    computation and the optimizer step (distributed runs average gradients there).
     """
     import time
 
@@ -158,14 +175,17 @@ def train(
         ref_bias = ref_head.bias.detach().to(device) if ref_head.bias is not None else None
     has_bias = head.bias is not None
     optimizer = _make_optimizer(model, config)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     capture = _HeadInput(head)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed * 1_000 + start_epoch)
     result = TrainResult(model)
     started = time.perf_counter()
-    steps_per_epoch = math.ceil(len(batches) / config.batch_size)
+    if steps_per_epoch is None:
+        steps_per_epoch = math.ceil(len(batches) / config.batch_size)
     try:
-        step = 0
-        for epoch in range(config.epochs):
+        for epoch in range(start_epoch, config.epochs):
+            step = epoch * steps_per_epoch
             model.train()
             cols: dict[str, list] = {k: [] for k in ("index", "step", "batch_size", "loss", "pred", "proj", "cos", "weight")}
             for index, inputs, targets in batches.epoch(epoch):
@@ -204,6 +224,8 @@ def train(
                     cols["weight"].append(weights.detach().cpu())
                 else:
                     losses.mean().backward()
+                if grad_sync is not None:
+                    grad_sync(model)
                 optimizer.step()
                 cols["index"].append(index)
                 cols["step"].append(torch.full((n,), step))
@@ -212,12 +234,14 @@ def train(
                 cols["pred"].append(logits.detach().argmax(-1).cpu())
                 step += 1
                 if progress is not None:
-                    progress(step, steps_per_epoch * config.epochs)
+                    progress(min(step, steps_per_epoch * config.epochs), steps_per_epoch * config.epochs)
             cat = {k: (torch.cat(v).numpy() if v else None) for k, v in cols.items()}
             record = EpochRecord(epoch=epoch, **cat)
             result.records.append(record)
             if on_epoch is not None:
                 on_epoch(record)
+            if on_checkpoint is not None:
+                on_checkpoint(epoch, model, optimizer)
     finally:
         capture.remove()
     result.seconds = time.perf_counter() - started
@@ -225,11 +249,13 @@ def train(
 
 
 @torch.no_grad()
-def evaluate_signals(
-    model: nn.Module, reference: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1024
+def collect_signals(
+    model: nn.Module, reference: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    device: str | torch.device = "cpu",
 ) -> dict[str, np.ndarray]:
-    """Per-sample end-of-training signals (eval mode): losses under model and reference, the
-    reducible loss (RHO-LOSS), the head-gradient norm (GraNd), and proj at the final weights."""
+    """Per-sample end-of-training signals (eval mode) over ``(index, inputs, targets)`` batches:
+    losses under model and reference, the reducible loss (RHO-LOSS), the head-gradient norm (GraNd),
+    proj at the final weights and the model's prediction; ``index`` says which sample each row is."""
     head_name, head = find_head(model)
     ref_head = dict(reference.named_modules())[head_name]
     has_bias = head.bias is not None
@@ -237,16 +263,17 @@ def evaluate_signals(
     model.eval()
     reference.eval()
     capture = _HeadInput(head)
-    out: dict[str, list] = {k: [] for k in ("model_loss", "reference_loss", "grand", "final_proj", "model_pred")}
+    out: dict[str, list] = {k: [] for k in ("index", "model_loss", "reference_loss", "grand", "final_proj", "model_pred")}
     try:
         v_weight = ref_head.weight - head.weight
         v_bias = ref_head.bias - head.bias if has_bias else None
         v_norm = torch.sqrt((v_weight**2).sum() + ((v_bias**2).sum() if has_bias else 0.0)).clamp_min(1e-12)
-        for start in range(0, len(targets), batch_size):
-            x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
+        for index, x, y in batches:
+            x, y = x.to(device), y.to(device)
             logits = model(x)
             features = capture.value
             delta = cross_entropy_output_grad(logits, y)
+            out["index"].append(torch.as_tensor(index))
             out["model_loss"].append(F.cross_entropy(logits, y, reduction="none"))
             out["reference_loss"].append(F.cross_entropy(reference(x), y, reduction="none"))
             out["grand"].append(torch.sqrt(linear_grad_sqnorm(features, delta, has_bias)))
@@ -259,6 +286,17 @@ def evaluate_signals(
     signals = {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
     signals["reducible_loss"] = signals["model_loss"] - signals["reference_loss"]
     return signals
+
+
+def evaluate_signals(
+    model: nn.Module, reference: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1024
+) -> dict[str, np.ndarray]:
+    """``collect_signals`` over in-memory tensors, rows in tensor order."""
+    batches = (
+        (torch.arange(s, min(s + batch_size, len(targets))), inputs[s : s + batch_size], targets[s : s + batch_size])
+        for s in range(0, len(targets), batch_size)
+    )
+    return collect_signals(model, reference, batches, inputs.device)
 
 
 @torch.no_grad()
