@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import shutil
 import tarfile
 from pathlib import Path
 
