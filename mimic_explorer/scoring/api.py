@@ -224,12 +224,16 @@ def mimic_scores(
         raise ValueError(f"{type(model).__name__} has no floating-point parameters to score")
     device, model_dtype = first.device, first.dtype
     compute_dtype = _compute_dtype(model_dtype)
-    inputs = inputs.to(device)
-    x_model = inputs.to(model_dtype) if inputs.is_floating_point() else inputs
-    x_compute = inputs.to(compute_dtype) if inputs.is_floating_point() else inputs
-    targets = targets.to(device=device, dtype=torch.long)
 
     with scoring_mode(model, device):
+        if inputs.is_inference():  # made under inference_mode: autograd cannot save it for backward
+            inputs = inputs.clone()
+        if targets.is_inference():
+            targets = targets.clone()
+        inputs = inputs.to(device)
+        x_model = inputs.to(model_dtype) if inputs.is_floating_point() else inputs
+        x_compute = inputs.to(compute_dtype) if inputs.is_floating_point() else inputs
+        targets = targets.to(device=device, dtype=torch.long)
         names, head = _select(model, params, x_model)
         if path == "head" and head is None:
             raise ValueError(

@@ -46,8 +46,10 @@ def mha_fastpath_disabled() -> Iterator[None]:
 
 @contextlib.contextmanager
 def scoring_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode, math attention, no MHA fast path, autocast off (on CPU and the model's device)."""
+    """Eval mode, math attention, no MHA fast path, autocast off (on CPU and the model's device), and
+    autograd available even when the caller is under ``torch.inference_mode()``."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))
         stack.enter_context(preserved_modes(model))
         stack.enter_context(mha_fastpath_disabled())
         stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
