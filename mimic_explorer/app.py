@@ -6,5 +6,5 @@ import panel as pn
 
 from mimic_explorer.ui.page import serve_page
 
-pn.extension(sizing_mode="stretch_width")
+pn.extension("tabulator", sizing_mode="stretch_width")
 serve_page(sys.argv[1:]).servable(title="mimic_explorer")

@@ -1,61 +1,119 @@
-"""Image galleries as one HTML grid of data-URI thumbnails.
+"""Image galleries: one HTML grid of thumbnail cards per gallery, clickable, cheap to update.
 
-Why one HTML string: hundreds of images as hundreds of Panel panes is slow to build and to sync; one
-HTML pane with inline WebP thumbnails (a few KB each) renders at once and needs no file route, so the
-server never serves files from disk.
+Why one component per grid: hundreds of images as hundreds of Panel panes are slow to build and to
+sync; one element holding a grid of inline WebP thumbnails renders at once. A threshold change does
+not resend the images: it sends the list of dropped cards and the browser restyles them. A click
+sends the card's row position back to Python (for the detail view).
 """
 
 from __future__ import annotations
 
-import base64
 import html
+from typing import Callable
 
+import numpy as np
 import pandas as pd
+import param
+from panel.custom import JSComponent
 
-from mimic_explorer.store.thumbs import ThumbnailReader
+from mimic_explorer.ui.thumbnails import ThumbnailSource
 
-PLACEHOLDER = (
-    "data:image/svg+xml;base64,"
-    + base64.b64encode(
-        b'<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96"><rect width="96" height="96" fill="#eee"/>'
-        b'<text x="48" y="52" font-size="11" text-anchor="middle" fill="#999">no image</text></svg>'
-    ).decode()
-)
+CSS = """
+:host { display: block; width: 100%; }
+.me-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(100px, 1fr)); gap: 8px; }
+.me-card { border: 1px solid #d0d7de; border-radius: 8px; padding: 5px; background: #fff; cursor: pointer;
+  font: 11px/1.35 system-ui, -apple-system, "Segoe UI", sans-serif; color: #24292f; transition: opacity .15s; }
+.me-card:hover { box-shadow: 0 2px 8px rgba(0,0,0,.18); border-color: #0969da; }
+.me-card img { width: 100%; aspect-ratio: 1; object-fit: contain; image-rendering: pixelated; display: block;
+  background: #111; border-radius: 5px; }
+.me-id { color: #57606a; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; margin-top: 3px; }
+.me-row { display: flex; justify-content: space-between; gap: 4px; }
+.me-score { font-variant-numeric: tabular-nums; font-weight: 600; }
+.me-card.noisy { border: 2px solid #cf222e; }
+.me-truth { color: #cf222e; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.me-badge::after { content: "kept"; color: #1a7f37; }
+.me-card.dropped { background: #ffebe9; }
+.me-card.dropped img { opacity: .8; }
+.me-card.dropped .me-badge::after { content: "dropped"; color: #cf222e; }
+.me-empty { color: #57606a; font: 13px system-ui, sans-serif; padding: 12px 0; }
+"""
 
-STYLE = """
-<style>
-.me-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(112px,1fr));gap:8px}
-.me-card{border:1px solid #ddd;border-radius:6px;padding:4px;font:11px/1.3 sans-serif;background:#fff}
-.me-card img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;display:block;margin:auto}
-.me-card .id{color:#666;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.me-card.noisy{border-color:#d62728}
-.me-card .drop{color:#d62728}
-</style>
+ESM = """
+export function render({ model, el }) {
+  const root = document.createElement("div");
+  const mark = () => {
+    const dropped = new Set(model.dropped.map(String));
+    root.querySelectorAll(".me-card").forEach(
+      (card) => card.classList.toggle("dropped", dropped.has(card.dataset.pos)));
+  };
+  const draw = () => { root.innerHTML = model.cards; mark(); };
+  root.addEventListener("click", (event) => {
+    const card = event.target.closest(".me-card");
+    if (card) model.send_msg({ pos: Number(card.dataset.pos), id: card.dataset.id });
+  });
+  model.on("cards", draw);
+  model.on("dropped", mark);
+  draw();
+  return root;
+}
 """
 
 
-def thumbnail_uri(thumbs: ThumbnailReader, sample_id: str) -> str:
-    data = thumbs.get(sample_id)
-    if data is None:
-        return PLACEHOLDER
-    return "data:image/webp;base64," + base64.b64encode(data).decode()
+def card_html(position: int, row, uri: str, label_name: Callable, score_column: str, has_pred: bool) -> str:
+    """One card: image, id, label name, score, predicted class; a red border when mislabeled."""
+    sample_id = html.escape(str(row.sample_id))
+    score = getattr(row, score_column)
+    score_text = "nan" if score is None or not np.isfinite(score) else f"{score:.3f}"
+    label = html.escape(label_name(row.label)) if hasattr(row, "label") else "?"
+    pred = f'<span>pred <b>{html.escape(label_name(row.pred))}</b></span>' if has_pred else ""
+    noisy = bool(getattr(row, "is_noisy", False))
+    truth = ""
+    if noisy and hasattr(row, "true_label"):
+        truth = f'<div class="me-truth">true label {html.escape(label_name(row.true_label))}</div>'
+    return (
+        f'<div class="me-card{" noisy" if noisy else ""}" data-pos="{int(position)}" data-id="{sample_id}" '
+        f'title="{sample_id} — click for details">'
+        f'<img src="{uri}" alt="{sample_id}" loading="eager">'
+        f'<div class="me-id">{sample_id}</div>'
+        f'<div class="me-row"><span>label <b>{label}</b></span>{pred}</div>'
+        f'<div class="me-row"><span class="me-score">{score_text}</span><span class="me-badge"></span></div>'
+        f"{truth}</div>"
+    )
 
 
-def gallery_html(rows: pd.DataFrame, thumbs: ThumbnailReader, label_name, score_column: str, threshold: float) -> str:
-    """Cards with image, id, label name, score and (when known) prediction; dropped samples marked."""
-    cards = []
-    for row in rows.itertuples(index=False):
-        sample_id = str(row.sample_id)
-        score = float(getattr(row, score_column))
-        noisy = bool(getattr(row, "is_noisy", False))
-        pred = getattr(row, "pred", None)
-        pred_text = f" · pred {html.escape(label_name(pred))}" if pred is not None else ""
-        status = "" if score >= threshold else ' <span class="drop">dropped</span>'
-        cards.append(
-            f'<div class="me-card{" noisy" if noisy else ""}" title="{html.escape(sample_id)}">'
-            f'<img src="{thumbnail_uri(thumbs, sample_id)}" alt="{html.escape(sample_id)}">'
-            f'<div class="id">{html.escape(sample_id)}</div>'
-            f"<div>label <b>{html.escape(label_name(row.label))}</b>{pred_text}</div>"
-            f"<div>score {score:.3f}{status}</div></div>"
-        )
-    return STYLE + '<div class="me-grid">' + "".join(cards) + "</div>"
+def gallery_html(samples: pd.DataFrame, positions: np.ndarray, thumbs: ThumbnailSource, label_name: Callable,
+                 score_column: str, empty_text: str = "No samples here.") -> str:
+    """The grid for the rows at ``positions`` of ``samples`` (in that order)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) == 0:
+        return f'<div class="me-empty">{html.escape(empty_text)}</div>'
+    rows = samples.iloc[positions]
+    has_pred = "pred" in samples.columns
+    cards = [
+        card_html(pos, row, thumbs.uri(row.sample_id), label_name, score_column, has_pred)
+        for pos, row in zip(positions.tolist(), rows.itertuples(index=False))
+    ]
+    return '<div class="me-grid">' + "".join(cards) + "</div>"
+
+
+class Gallery(JSComponent):
+    """A grid of cards; ``dropped`` (row positions) greys cards out; ``on_click(fn)`` gets (pos, id)."""
+
+    cards = param.String(default="", doc="HTML of the grid (see gallery_html).")
+    dropped = param.List(default=[], item_type=int, doc="Row positions of the shown cards that the filter drops.")
+
+    _esm = ESM
+    _stylesheets = [CSS]
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._click_handlers: list[Callable[[int, str], None]] = []
+
+    def on_click(self, handler: Callable[[int, str], None]) -> None:
+        self._click_handlers.append(handler)
+
+    def _handle_msg(self, msg) -> None:
+        if not isinstance(msg, dict) or "pos" not in msg:
+            return
+        for handler in self._click_handlers:
+            handler(int(msg["pos"]), str(msg.get("id", "")))

@@ -1,28 +1,86 @@
-"""The served page: pick what to open from the command-line arguments, handle every failure in-page."""
+"""The served page: pick what to open from the command-line arguments, handle every failure in-page.
+
+``panel serve mimic_explorer/app.py --args TARGET``: TARGET is a run directory (the explorer), a
+folder of runs (a run picker plus the explorer), or nothing (the cached demo run, built on first
+launch with a progress bar). Anything that cannot be opened becomes a message in the page — never a
+traceback — and the server log gets one line.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import panel as pn
+from panel.viewable import Viewer
 
 from mimic_explorer.store.paths import demo_run_dir
-from mimic_explorer.store.reader import RunError, open_run, read_meta
+from mimic_explorer.store.reader import RunError, read_meta
 from mimic_explorer.ui.explorer import Explorer
 from mimic_explorer.ui.loader import DemoBuild
+from mimic_explorer.ui.runs import RunPicker, is_run_dir
 
 TITLE = "mimic_explorer"
+log = logging.getLogger("mimic_explorer.app")
 
 
-def _error_page(message: str) -> pn.viewable.Viewable:
+def error_alert(message: str) -> pn.pane.Alert:
     return pn.pane.Alert(f"**Cannot open the run.** {message}", alert_type="danger", sizing_mode="stretch_width")
 
 
-def explorer_or_error(path: Path) -> pn.viewable.Viewable:
+def open_explorer(path: Path) -> Explorer | pn.pane.Alert:
+    """An Explorer on ``path``, or an alert saying why not (missing, incomplete, newer format, corrupt)."""
     try:
         return Explorer(path)
     except RunError as exc:
-        return _error_page(str(exc))
+        log.warning("cannot open %s: %s", path, exc)
+        return error_alert(str(exc))
+    except Exception as exc:  # a corrupt parquet file or similar: say so in the page, not as a traceback
+        log.warning("cannot open %s: %s: %s", path, type(exc).__name__, exc)
+        return error_alert(f"{path} could not be read ({type(exc).__name__}: {exc}).")
+
+
+class ExplorerPage(Viewer):
+    """``sidebar`` and ``main`` columns whose contents follow the opened run (or its error)."""
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.sidebar = pn.Column(sizing_mode="stretch_width")
+        self.main = pn.Column(sizing_mode="stretch_width")
+        self.explorer: Explorer | None = None
+        self._picker: RunPicker | None = None
+
+    def show(self, target) -> None:
+        """Fill the page from a run directory, a runs folder, or a ready-made viewable (alert, progress)."""
+        if isinstance(target, (str, Path)):
+            target = Path(target).expanduser()
+            if target.is_dir() and not is_run_dir(target):
+                return self._show_folder(target)
+            target = open_explorer(target)
+        self._place(target)
+
+    def _show_folder(self, folder: Path) -> None:
+        try:
+            self._picker = RunPicker(folder)
+        except RunError as exc:
+            return self._place(error_alert(str(exc)))
+        self._picker.param.watch(lambda e: self._place(open_explorer(e.new)), "value")
+        self._place(open_explorer(self._picker.value))
+
+    def _place(self, content) -> None:
+        picker = [self._picker] if self._picker is not None else []
+        if isinstance(content, Explorer):
+            self.explorer = content
+            self.sidebar[:] = [*picker, content.controls]
+            self.main[:] = [content.main]
+        else:
+            self.explorer = None
+            self.sidebar[:] = picker
+            self.main[:] = [content]
+
+    def __panel__(self):
+        return pn.Row(pn.Column(self.sidebar, width=340), self.main, sizing_mode="stretch_width")
 
 
 def _demo_is_ready(path: Path) -> bool:
@@ -32,39 +90,58 @@ def _demo_is_ready(path: Path) -> bool:
         return False
 
 
-def demo_page() -> pn.viewable.Viewable:
-    """The cached demo run, building it first (with a progress indicator) when it is not there yet."""
+_PERCENT = re.compile(r"^(?P<stage>[^:|]+):\s*(?P<pct>\d+)%")
+
+
+def demo_progress(page: ExplorerPage) -> None:
+    """Open the cached demo run, building it first (progress bar and stage) on the very first launch."""
     path = demo_run_dir()
     if _demo_is_ready(path):
-        return explorer_or_error(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+        return page.show(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return page.show(error_alert(f"cannot create the cache folder {path.parent}: {exc.strerror or exc}"))
     build = DemoBuild.shared(path)
-    status = pn.pane.Markdown("Building the demo run (digits, 30 % label noise) — first launch only…")
-    spinner = pn.indicators.LoadingSpinner(value=True, size=40, name="building demo")
-    detail = pn.pane.Str(build.last_line)
-    body = pn.Column(pn.Row(spinner, status), detail, sizing_mode="stretch_width")
+    status = pn.pane.Markdown("### Building the demo run\nscikit-learn digits, 30 % label noise, a reference "
+                              "trained on clean labels, Grad-Mimic and Stage 2 — first launch only, about a minute "
+                              "at most; later launches open at once.", sizing_mode="stretch_width")
+    spinner = pn.indicators.LoadingSpinner(value=True, size=36, name="building demo", color="primary")
+    bar = pn.indicators.Progress(value=-1, max=100, sizing_mode="stretch_width", bar_color="primary",
+                                 css_classes=["demo-progress"])
+    detail = pn.pane.Str(build.last_line, sizing_mode="stretch_width")
 
     def poll() -> None:
-        detail.object = build.last_line
+        line = build.last_line
+        detail.object = line
+        match = _PERCENT.match(line)
+        if match:
+            bar.value = int(match["pct"])
         if not build.done:
             return
         callback.stop()
         if build.returncode == 0 and _demo_is_ready(path):
-            body[:] = [explorer_or_error(path)]
+            page.show(path)
         else:
-            body[:] = [_error_page(f"building the demo failed:\n\n```\n{build.error}\n```")]
+            page.show(error_alert(f"building the demo failed:\n\n```\n{build.error}\n```"))
 
-    callback = pn.state.add_periodic_callback(poll, period=500)
-    return body
+    page.show(pn.Column(pn.Row(spinner, status), bar, detail, sizing_mode="stretch_width"))
+    callback = pn.state.add_periodic_callback(poll, period=400)
 
 
-def build_page(args: list[str]) -> pn.viewable.Viewable:
-    """``args`` are ``panel serve … --args`` arguments: a run directory, or nothing for the demo."""
+def build_page(args: list[str]) -> ExplorerPage:
+    """``args`` are ``panel serve … --args`` arguments: a run, a runs folder, or nothing for the demo."""
+    page = ExplorerPage()
     if not args:
-        return demo_page()
-    return explorer_or_error(Path(args[0]).expanduser())
+        demo_progress(page)
+    else:
+        page.show(Path(args[0]))
+    return page
 
 
 def serve_page(args: list[str]) -> pn.template.BaseTemplate:
-    template = pn.template.FastListTemplate(title=TITLE, main=[build_page(args)], theme_toggle=False)
-    return template
+    page = build_page(args)
+    return pn.template.FastListTemplate(
+        title=TITLE, sidebar=[page.sidebar], main=[page.main], sidebar_width=340, theme_toggle=False,
+        accent="#0969da", header_background="#24292f", main_layout=None,
+    )

@@ -1,24 +1,35 @@
 """UI-free explorer state: everything the views show, computed from a run with pandas/numpy only.
 
 Why separate: the views stay thin and the logic is testable (and benchmarkable at a million samples)
-without a browser. Nothing here imports panel.
+without a browser. Sorting happens once per score column; after that a threshold change costs a few
+``searchsorted`` calls (see ``counting.RuleCounter``). Nothing here imports panel or torch.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from mimic_explorer.filters import FilterResult, FilterRule, apply_rule
 from mimic_explorer.store.reader import Run
+from mimic_explorer.ui.counting import Counts, RuleCounter
+
+#: Columns that hold identities or categories, never a score to threshold or plot.
+NON_SCORE_COLUMNS = {"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep"}
 
 
 @dataclass
 class Histogram:
+    """Bin edges and counts; ``noisy``: counts of the mislabeled samples alone (ground truth only)."""
+
     edges: np.ndarray
     counts: np.ndarray
+    noisy: np.ndarray | None = None
+    clipped: int = 0  # samples outside the robust range, counted in the edge bins
 
 
 def robust_range(values: np.ndarray, tail: float = 0.001) -> tuple[float, float]:
@@ -32,48 +43,297 @@ def robust_range(values: np.ndarray, tail: float = 0.001) -> tuple[float, float]
     return float(lo), float(hi)
 
 
-def histogram(values: np.ndarray, bins: int = 60) -> Histogram:
+def bin_count(values: np.ndarray, lo: float, hi: float) -> int:
+    """Freedman–Diaconis bins over the robust range, kept between 20 and 120 so bars stay readable."""
     finite = values[np.isfinite(values)]
-    lo, hi = robust_range(finite)
-    counts, edges = np.histogram(np.clip(finite, lo, hi), bins=bins, range=(lo, hi))
-    return Histogram(edges, counts)
+    if len(finite) < 2:
+        return 20
+    q1, q3 = np.quantile(finite, [0.25, 0.75])
+    width = 2 * (q3 - q1) / len(finite) ** (1 / 3)
+    if width <= 0:
+        return 60
+    return int(min(120, max(20, math.ceil((hi - lo) / width))))
+
+
+def histogram(values: np.ndarray, bins: int | None = None, noisy: np.ndarray | None = None,
+              value_range: tuple[float, float] | None = None) -> Histogram:
+    """Counts over a robust range; outliers are clipped into the edge bins rather than stretching them."""
+    finite_mask = np.isfinite(values)
+    finite = values[finite_mask]
+    lo, hi = value_range or robust_range(finite)
+    bins = bins or bin_count(finite, lo, hi)
+    clipped_values = np.clip(finite, lo, hi)
+    counts, edges = np.histogram(clipped_values, bins=bins, range=(lo, hi))
+    noisy_counts = None
+    if noisy is not None:
+        noisy_counts, _ = np.histogram(clipped_values[noisy[finite_mask]], bins=edges)
+    return Histogram(edges, counts, noisy_counts, int(((finite < lo) | (finite > hi)).sum()))
 
 
 class ExplorerState:
-    """A run's samples plus the current filter; recomputes counts on each threshold change."""
+    """A run's samples plus sorted views of one score column; answers every question the views ask."""
 
     def __init__(self, run: Run, column: str = "mimic_score"):
         self.run = run
         self.samples = run.samples
-        self.column = column
-        self.scores = self.samples[column].to_numpy(dtype=np.float64)
-        self.order = np.argsort(self.scores, kind="stable")  # ascending, computed once
         self.class_names = run.class_names
+        self.score_columns = [
+            c for c in self.samples.columns
+            if c not in NON_SCORE_COLUMNS and pd.api.types.is_numeric_dtype(self.samples[c])
+            and not pd.api.types.is_bool_dtype(self.samples[c])
+        ]
+        if not self.score_columns:
+            raise ValueError("the run's samples have no numeric score column")
+        self._counters: dict[str, RuleCounter] = {}
+        self.column = column if column in self.score_columns else self.score_columns[0]
+
+    # ------------------------------------------------------------------ the score column
+
+    @property
+    def column(self) -> str:
+        return self._column
+
+    @column.setter
+    def column(self, column: str) -> None:
+        if column not in self.score_columns:
+            raise ValueError(f"no score column {column!r}; available: {', '.join(self.score_columns)}")
+        self._column = column
+        if column not in self._counters:
+            self._counters[column] = RuleCounter(self.samples, column)
+        self.counter = self._counters[column]
+        self.__dict__.pop("_class_orders", None)
+        self.__dict__.pop("_class_ranks", None)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.counter.scores
+
+    @property
+    def order(self) -> np.ndarray:
+        """Sample positions by score, lowest first (NaN last)."""
+        return self.counter.ascending
 
     @property
     def total(self) -> int:
         return len(self.samples)
 
+    @property
+    def has_truth(self) -> bool:
+        return self.counter.has_truth
+
+    @property
+    def has_ensemble(self) -> bool:
+        return self.counter.ensemble is not None
+
+    def score_range(self) -> tuple[float, float]:
+        """The full finite range of the column (what a typed threshold is checked against)."""
+        values = self.counter.sorted_finite
+        if len(values) == 0:
+            return 0.0, 1.0
+        return float(values[0]), float(values[-1])
+
     def default_threshold(self) -> float:
-        """Start where the run's own ensemble filter would cut, if it has one."""
-        if "keep" in self.samples.columns and self.samples["keep"].any() and (~self.samples["keep"]).any():
-            kept = self.scores[self.samples["keep"].to_numpy(dtype=bool)]
-            return float(np.nanmin(kept))
-        return float(np.nanmedian(self.scores))
+        """Start where the run's own ensemble filter cuts this column, else at the median."""
+        values = self.counter.sorted_finite
+        if len(values) == 0:
+            return 0.0
+        keep = self.counter.ensemble
+        if keep is not None and keep.any() and (~keep).any():
+            kept_scores = self.scores[keep]
+            kept_scores = kept_scores[np.isfinite(kept_scores)]
+            if len(kept_scores):
+                return float(kept_scores.min())
+        return float(np.median(values))
 
-    def apply(self, threshold: float) -> FilterResult:
-        return apply_rule(self.samples, FilterRule("threshold", threshold, self.column))
+    # ------------------------------------------------------------------ rules and counts
 
-    def rule(self, threshold: float) -> FilterRule:
-        return FilterRule("threshold", float(threshold), self.column)
+    def counts(self, rule: FilterRule) -> Counts:
+        """Live counts for a rule on the current column (O(classes · log n))."""
+        return self.counter.counts(self._on_column(rule))
 
-    def lowest(self, k: int) -> pd.DataFrame:
-        return self.samples.iloc[self.order[:k]]
+    def apply(self, rule: FilterRule | float) -> FilterResult:
+        """The authoritative keep mask, from the same code as ``mimic-explorer export``."""
+        if not isinstance(rule, FilterRule):
+            rule = FilterRule("threshold", float(rule), self.column)
+        return apply_rule(self.samples, self._on_column(rule))
 
-    def highest(self, k: int) -> pd.DataFrame:
-        return self.samples.iloc[self.order[::-1][:k]]
+    def _on_column(self, rule: FilterRule) -> FilterRule:
+        if rule.column != self.column and rule.kind != "ensemble":
+            raise ValueError(f"rule is on {rule.column!r} but the state is on {self.column!r}")
+        return rule
 
-    def label_name(self, label: int) -> str:
-        if 0 <= int(label) < len(self.class_names):
-            return self.class_names[int(label)]
+    def cut(self, counts: Counts, label: int | None = None) -> float | None:
+        """The threshold a rule resolved to, overall or for one class (None: no single cut)."""
+        if label is not None and str(label) in counts.thresholds:
+            value = counts.thresholds[str(label)]
+        else:
+            value = counts.thresholds.get("all")
+        return None if value is None or not np.isfinite(value) else float(value)
+
+    def keep_status(self, positions: np.ndarray, rule: FilterRule, counts: Counts) -> np.ndarray:
+        """Whether each of a few samples (gallery cards) is kept, without building the full mask."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if rule.kind == "ensemble":
+            return self.counter.ensemble[positions]
+        if rule.kind == "keep_count":
+            if rule.per_class:
+                codes = self.counter.codes[positions]
+                kept_by_class = np.array([counts.kept_per_class[k] for k in self.counter.class_keys])
+                return self._class_ranks[positions] < kept_by_class[codes]
+            return self._global_ranks[positions] < counts.kept
+        labels = self.samples["label"].to_numpy()[positions] if "label" in self.samples.columns else None
+        scores = self.scores[positions]
+        cuts = np.array([
+            np.nan if (c := self.cut(counts, None if labels is None else int(label))) is None else c
+            for label in (labels if labels is not None else [None] * len(positions))
+        ], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            return scores >= cuts
+
+    @cached_property
+    def _global_ranks(self) -> np.ndarray:
+        ranks = np.empty(self.total, dtype=np.int64)
+        ranks[self.counter.descending] = np.arange(self.total)
+        return ranks
+
+    @cached_property
+    def _class_ranks(self) -> np.ndarray:
+        ranks = np.empty(self.total, dtype=np.int64)
+        for members in self.counter._class_descending:
+            ranks[members] = np.arange(len(members))
+        return ranks
+
+    def retention_table(self, counts: Counts, overrides: dict[int, float] | None = None) -> pd.DataFrame:
+        """Per class, before and after: samples, share of the dataset, kept, share of the kept set,
+        fraction retained, the threshold that applied — the class balance a filter leaves behind."""
+        keys = self.counter.class_keys
+        total = np.array([counts.total_per_class[k] for k in keys], dtype=np.int64)
+        kept = np.array([counts.kept_per_class[k] for k in keys], dtype=np.int64)
+        overrides = overrides or {}
+        frame = pd.DataFrame({
+            "label": self.counter.classes.astype(int),
+            "class": [self.label_name(c) for c in self.counter.classes.tolist()],
+            "samples": total,
+            "share before %": np.round(100 * total / max(total.sum(), 1), 1),
+            "kept": kept,
+            "share after %": np.round(100 * kept / max(kept.sum(), 1), 1),
+            "retained %": np.round(100 * kept / np.maximum(total, 1), 1),
+            "threshold": [self._rounded(self.cut(counts, int(c))) for c in self.counter.classes.tolist()],
+            "override": [overrides.get(int(c), np.nan) for c in self.counter.classes.tolist()],
+        })
+        if self.has_truth:
+            noisy_per_class = self.counter.total_per_group.reshape(-1, 2)[:, 1]
+            frame.insert(7, "mislabeled", noisy_per_class)
+        return frame
+
+    @staticmethod
+    def _rounded(value: float | None) -> float:
+        return np.nan if value is None else round(value, 4)
+
+    # ------------------------------------------------------------------ distributions
+
+    def histogram(self, column: str | None = None, log: bool = False) -> Histogram:
+        column = column or self.column
+        key = ("hist", column)
+        cache = self.__dict__.setdefault("_hist_cache", {})
+        if key not in cache:
+            values = self.samples[column].to_numpy(dtype=np.float64)
+            cache[key] = histogram(values, noisy=self.counter.noisy if self.has_truth else None)
+        return cache[key]
+
+    def class_histograms(self, limit: int = 20) -> tuple[np.ndarray, dict[int, np.ndarray], list[int]]:
+        """Shared bin edges and counts per class (the ``limit`` largest classes) for small multiples."""
+        hist = self.histogram()
+        edges = hist.edges
+        lo, hi = edges[0], edges[-1]
+        finite = np.isfinite(self.scores)
+        bins = len(edges) - 1
+        index = np.clip(((np.clip(self.scores[finite], lo, hi) - lo) / (hi - lo) * bins).astype(np.int64), 0, bins - 1)
+        codes = self.counter.codes[finite]
+        table = np.bincount(codes * bins + index, minlength=len(self.counter.classes) * bins).reshape(-1, bins)
+        largest = np.argsort(-self.counter.total_per_class, kind="stable")[:limit]
+        shown = sorted(int(self.counter.classes[c]) for c in largest)
+        code_of = {int(c): i for i, c in enumerate(self.counter.classes.tolist())}
+        return edges, {label: table[code_of[label]] for label in shown}, shown
+
+    def kept_curve(self) -> pd.DataFrame:
+        lo, hi = robust_range(self.scores)
+        return self.counter.kept_curve(lo=lo, hi=hi)
+
+    # ------------------------------------------------------------------ galleries
+
+    @cached_property
+    def _class_orders(self) -> dict[int, np.ndarray]:
+        return {}
+
+    def _ordered(self, label: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(positions ascending by score, their sorted finite scores), for all samples or one class."""
+        if label is None:
+            order = self.order
+        else:
+            if label not in self._class_orders:
+                labels = self.samples["label"].to_numpy()
+                self._class_orders[label] = self.order[labels[self.order] == label]
+            order = self._class_orders[label]
+        scores = self.scores[order]
+        n_finite = int(np.isfinite(scores).sum())
+        return order[:n_finite], scores[:n_finite]
+
+    def lowest(self, k: int, label: int | None = None) -> np.ndarray:
+        return self._ordered(label)[0][:k]
+
+    def highest(self, k: int, label: int | None = None) -> np.ndarray:
+        return self._ordered(label)[0][::-1][:k]
+
+    def around(self, threshold: float, k: int, label: int | None = None) -> np.ndarray:
+        """The k samples closest to the threshold: half just below it, half at or above it."""
+        order, scores = self._ordered(label)
+        at = int(np.searchsorted(scores, threshold, side="left"))
+        start = max(0, min(at - k // 2, len(order) - k))
+        return order[start:start + k]
+
+    def band(self, lo: float, hi: float, k: int, label: int | None = None) -> np.ndarray:
+        """Up to k samples spread evenly (by rank) across the scores in [lo, hi]."""
+        order, scores = self._ordered(label)
+        i0 = int(np.searchsorted(scores, lo, side="left"))
+        i1 = int(np.searchsorted(scores, hi, side="right"))
+        if i1 <= i0:
+            return order[:0]
+        picks = np.unique(np.linspace(i0, i1 - 1, min(k, i1 - i0)).round().astype(np.int64))
+        return order[picks]
+
+    def rows(self, positions: np.ndarray) -> pd.DataFrame:
+        return self.samples.iloc[np.asarray(positions, dtype=np.int64)]
+
+    # ------------------------------------------------------------------ one sample
+
+    @cached_property
+    def _position_of(self) -> pd.Index:
+        return pd.Index(self.samples["sample_id"])
+
+    def position(self, sample_id: str) -> int | None:
+        """Row position of a sample id (ids are unique in a run), or None when it is not in the run."""
+        try:
+            found = self._position_of.get_loc(str(sample_id))
+        except KeyError:
+            return None
+        if isinstance(found, (int, np.integer)):
+            return int(found)
+        return int(np.flatnonzero(found)[0]) if not isinstance(found, slice) else int(found.start)
+
+    def record(self, position: int) -> dict:
+        """Every column of one sample, with label names resolved (for the detail view)."""
+        row = self.samples.iloc[int(position)].to_dict()
+        for key in ("label", "true_label", "pred"):
+            if key in row and pd.notna(row[key]):
+                row[f"{key} name"] = self.label_name(row[key])
+        return row
+
+    def label_name(self, label) -> str:
+        try:
+            index = int(label)
+        except (TypeError, ValueError):
+            return str(label)
+        if 0 <= index < len(self.class_names):
+            return str(self.class_names[index])
         return str(label)

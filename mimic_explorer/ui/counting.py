@@ -1,0 +1,199 @@
+"""Live counts for a filter rule in O(classes · log n) per change, equal to ``filters.apply_rule``.
+
+Why: at a million samples ``apply_rule`` takes ~0.1 s (it sorts the labels and builds one mask per
+class), too slow to run on every slider tick. The counts a person watches while moving the threshold —
+kept overall, kept per class, and (with ground truth) how many mislabeled samples are dropped — only
+need each (class, is_noisy) group's scores sorted once; a threshold then resolves to a ``searchsorted``
+per group. The keep mask itself, for exports, still comes from ``apply_rule`` (one code path with the
+CLI); tests check that both agree on every rule, including ties and NaN scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from mimic_explorer.filters import FilterRule, _proportional_counts
+
+
+@dataclass
+class Counts:
+    """What a rule keeps, without the mask: per class (string keys, as in ``FilterResult``)."""
+
+    kept: int
+    total: int
+    kept_per_class: dict[str, int]
+    total_per_class: dict[str, int]
+    thresholds: dict[str, float | None]
+    noisy_dropped: int | None = None  # ground truth only: mislabeled samples the rule drops
+    noisy_total: int | None = None
+    dropped: int = 0
+
+    @property
+    def precision(self) -> float | None:
+        """Of the dropped samples, the fraction that are mislabeled (None without ground truth)."""
+        if self.noisy_dropped is None or self.dropped == 0:
+            return None
+        return self.noisy_dropped / self.dropped
+
+    @property
+    def recall(self) -> float | None:
+        """Of the mislabeled samples, the fraction the rule drops."""
+        if self.noisy_dropped is None or not self.noisy_total:
+            return None
+        return self.noisy_dropped / self.noisy_total
+
+
+class RuleCounter:
+    """Sorted per-group scores of one column; answers ``counts(rule)`` without building a mask."""
+
+    def __init__(self, samples: pd.DataFrame, column: str, ascending: np.ndarray | None = None):
+        """``ascending``: ``np.argsort(scores, kind="stable")`` if the caller already has it (saves a sort)."""
+        n = len(samples)
+        self.column = column
+        self.scores = samples[column].to_numpy(dtype=np.float64)
+        labels = samples["label"].to_numpy() if "label" in samples.columns else np.zeros(n, dtype=int)
+        self.classes, self.codes = _encode(labels)
+        self.class_keys = [str(c) for c in self.classes.tolist()]
+        self.has_truth = "is_noisy" in samples.columns
+        self.noisy = samples["is_noisy"].to_numpy(dtype=bool) if self.has_truth else np.zeros(n, dtype=bool)
+        self.ensemble = samples["keep"].to_numpy(dtype=bool) if "keep" in samples.columns else None
+        n_classes = len(self.classes)
+        group = self.codes * 2 + self.noisy
+        if ascending is None:
+            ascending = np.argsort(self.scores, kind="stable")
+        self.ascending = ascending
+        n_finite = int(np.isfinite(self.scores).sum())  # argsort puts NaN last
+        finite_order = ascending[:n_finite]
+        self.sorted_finite = self.scores[finite_order]
+        # a stable sort of the (small-int) group keys keeps each group's scores ascending
+        by_group = finite_order[np.argsort(group[finite_order].astype(np.int32), kind="stable")]
+        grouped = self.scores[by_group]
+        bounds = np.searchsorted(group[by_group], np.arange(2 * n_classes + 1))
+        self._group_sorted = [grouped[bounds[g]:bounds[g + 1]] for g in range(2 * n_classes)]
+        self.total_per_group = np.bincount(group, minlength=2 * n_classes)
+        self.total_per_class = self.total_per_group.reshape(n_classes, 2).sum(axis=1)
+        self.n = n
+
+    # ------------------------------------------------------------------ lazily built helpers
+
+    @cached_property
+    def _class_sorted(self) -> list[np.ndarray]:
+        return [np.sort(np.concatenate(self._group_sorted[2 * c:2 * c + 2])) for c in range(len(self.classes))]
+
+    @cached_property
+    def descending(self) -> np.ndarray:
+        """Sample positions by score, highest first, ties by position: the keep-count order of apply_rule."""
+        return np.argsort(-np.nan_to_num(self.scores, nan=-np.inf), kind="stable")
+
+    @cached_property
+    def _class_descending(self) -> list[np.ndarray]:
+        codes = self.codes[self.descending]
+        return [self.descending[codes == c] for c in range(len(self.classes))]
+
+    # ------------------------------------------------------------------ counting
+
+    def _quantile_cut(self, sorted_values: np.ndarray, q: float) -> float | None:
+        if len(sorted_values) == 0:
+            return None
+        return float(np.quantile(sorted_values, q, method="lower")) if q > 0 else float(sorted_values[0])
+
+    def _kept_at(self, group_thresholds: np.ndarray) -> np.ndarray:
+        """Kept count per group for one threshold per group (score ≥ threshold; NaN never kept)."""
+        kept = np.empty(len(self._group_sorted), dtype=np.int64)
+        for g, values in enumerate(self._group_sorted):
+            t = group_thresholds[g]
+            kept[g] = 0 if t is None or np.isnan(t) else len(values) - np.searchsorted(values, t, side="left")
+        return kept
+
+    def _from_mask_positions(self, positions: np.ndarray) -> np.ndarray:
+        group = self.codes[positions] * 2 + self.noisy[positions]
+        return np.bincount(group, minlength=len(self._group_sorted))
+
+    def counts(self, rule: FilterRule) -> Counts:
+        """The counts ``apply_rule(samples, rule)`` would give (same thresholds, same per-class keys)."""
+        rule.validate()
+        n_classes = len(self.classes)
+        thresholds: dict[str, float | None] = {}
+        if rule.kind == "ensemble":
+            if self.ensemble is None:
+                from mimic_explorer.filters import FilterError
+
+                raise FilterError("the run has no ensemble filter (column 'keep')")
+            kept_groups = self._from_mask_positions(np.flatnonzero(self.ensemble))
+        elif rule.kind == "threshold":
+            value = float(rule.value)
+            per_class = np.full(n_classes, value)
+            thresholds["all"] = value
+            index = {c: i for i, c in enumerate(self.classes.tolist())}
+            for cls, cls_value in rule.class_overrides.items():
+                thresholds[str(cls)] = float(cls_value)
+                if cls in index:
+                    per_class[index[cls]] = float(cls_value)
+            kept_groups = self._kept_at(np.repeat(per_class, 2))
+        elif rule.kind == "quantile" and not rule.per_class:
+            cut = self._quantile_cut(self.sorted_finite, float(rule.value))
+            thresholds["all"] = cut
+            kept_groups = self._kept_at(np.full(2 * n_classes, np.nan if cut is None else cut))
+        elif rule.kind == "quantile":
+            cuts = [self._quantile_cut(values, float(rule.value)) for values in self._class_sorted]
+            thresholds.update({key: cut for key, cut in zip(self.class_keys, cuts)})
+            kept_groups = self._kept_at(np.repeat([np.nan if c is None else c for c in cuts], 2))
+        elif not rule.per_class:  # keep_count
+            count = min(int(rule.value), self.n)
+            top = self.descending[:count]
+            thresholds["all"] = float(self.scores[top[-1]]) if count > 0 else None
+            kept_groups = self._from_mask_positions(top)
+        else:
+            targets = _proportional_counts(self.total_per_class, min(int(rule.value), self.n))
+            kept_groups = np.zeros(2 * n_classes, dtype=np.int64)
+            for c, (key, target) in enumerate(zip(self.class_keys, targets.tolist())):
+                top = self._class_descending[c][:target]
+                thresholds[key] = float(self.scores[top[-1]]) if target > 0 else None
+                noisy_kept = int(self.noisy[top].sum())
+                kept_groups[2 * c], kept_groups[2 * c + 1] = target - noisy_kept, noisy_kept
+        kept_per_class_arr = kept_groups.reshape(n_classes, 2).sum(axis=1)
+        kept = int(kept_per_class_arr.sum())
+        result = Counts(
+            kept=kept,
+            total=self.n,
+            kept_per_class=dict(zip(self.class_keys, map(int, kept_per_class_arr))),
+            total_per_class=dict(zip(self.class_keys, map(int, self.total_per_class))),
+            thresholds=thresholds,
+            dropped=self.n - kept,
+        )
+        if self.has_truth:
+            noisy_total = int(self.total_per_group[1::2].sum())
+            result.noisy_total = noisy_total
+            result.noisy_dropped = noisy_total - int(kept_groups[1::2].sum())
+        return result
+
+    def kept_curve(self, points: int = 400, lo: float | None = None, hi: float | None = None) -> pd.DataFrame:
+        """Kept count versus a single global threshold (and, with ground truth, clean and noisy kept)."""
+        values = self.sorted_finite
+        if len(values) == 0:
+            return pd.DataFrame({"threshold": [0.0], "kept": [0]})
+        lo = float(values[0]) if lo is None else lo
+        hi = float(values[-1]) if hi is None else hi
+        grid = np.linspace(lo, hi, points)
+        frame = pd.DataFrame({"threshold": grid, "kept": len(values) - np.searchsorted(values, grid, side="left")})
+        if self.has_truth:
+            noisy = np.sort(np.concatenate(self._group_sorted[1::2])) if self._group_sorted else np.array([])
+            frame["noisy kept"] = len(noisy) - np.searchsorted(noisy, grid, side="left")
+            frame["clean kept"] = frame["kept"] - frame["noisy kept"]
+        return frame
+
+
+def _encode(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct labels, code per sample) — as ``np.unique(..., return_inverse=True)``, but a
+    table lookup instead of a sort when the labels are small non-negative integers (the usual case)."""
+    if labels.dtype.kind in "iu" and len(labels) and labels.min() >= 0 and labels.max() < 1 << 20:
+        present = np.bincount(labels) > 0
+        classes = np.flatnonzero(present)
+        lookup = np.cumsum(present) - 1
+        return classes.astype(labels.dtype), lookup[labels]
+    classes, codes = np.unique(labels, return_inverse=True)
+    return classes, codes.reshape(-1)

@@ -1,0 +1,76 @@
+"""The detail view of one sample: larger image, its score trajectory over epochs, and every signal."""
+
+from __future__ import annotations
+
+import html
+import math
+
+import holoviews as hv
+import panel as pn
+from panel.viewable import Viewer
+
+from mimic_explorer.ui.epochs import EpochScores
+from mimic_explorer.ui.plots import detail_trajectory
+from mimic_explorer.ui.state import ExplorerState
+from mimic_explorer.ui.thumbnails import ThumbnailSource
+
+CSS = """
+.me-detail img { width: 192px; height: 192px; object-fit: contain; image-rendering: pixelated; background: #111;
+  border-radius: 8px; display: block; }
+.me-detail table { border-collapse: collapse; font: 12px system-ui, sans-serif; margin-top: 8px; width: 100%; }
+.me-detail td { padding: 2px 6px; border-bottom: 1px solid #eaeef2; }
+.me-detail td:first-child { color: #57606a; white-space: nowrap; }
+.me-detail .noisy { color: #cf222e; font-weight: 600; }
+.me-hint { color: #57606a; font: 13px system-ui, sans-serif; }
+"""
+
+
+def _value(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+class DetailView(Viewer):
+    """Shows one sample (``show(position)``); starts with a hint to click an image."""
+
+    def __init__(self, state: ExplorerState, thumbs: ThumbnailSource, epochs: EpochScores, **params):
+        super().__init__(**params)
+        self.state, self.thumbs, self.epochs = state, thumbs, epochs
+        self.position: int | None = None
+        self._info = pn.pane.HTML('<div class="me-hint">Click any image to see it here: larger, with its '
+                                  "trajectory over training and every signal.</div>",
+                                  stylesheets=[CSS], sizing_mode="stretch_width")
+        self._plot = pn.pane.HoloViews(None, sizing_mode="stretch_width")
+        self._layout = pn.Column(pn.pane.Markdown("#### Sample detail", margin=(0, 5)), self._info, self._plot,
+                                 sizing_mode="stretch_width")
+
+    def show(self, position: int) -> None:
+        self.position = int(position)
+        record = self.state.record(position)
+        sample_id = str(record["sample_id"])
+        noisy = bool(record.get("is_noisy", False))
+        rows = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td{' class=noisy' if k == 'is_noisy' and noisy else ''}>{_value(v)}</td></tr>"
+            for k, v in record.items()
+        )
+        title = html.escape(sample_id)
+        flag = ' <span class="noisy">· mislabeled</span>' if noisy else ""
+        self._info.object = (
+            f'<div class="me-detail"><div style="font:600 14px system-ui;margin-bottom:6px">{title}{flag}</div>'
+            f'<img src="{self.thumbs.uri(sample_id)}" alt="{title}"><table>{rows}</table></div>'
+        )
+        try:
+            frame = self.epochs.trajectories([sample_id]) if self.epochs.available else None
+        except (OSError, ValueError) as exc:  # a damaged score part: say so, keep the rest of the view
+            frame, note = None, f"per-epoch scores unreadable: {exc}"
+        else:
+            note = "no per-epoch scores for this sample"
+        if frame is not None and not frame.empty:
+            signals = [s for s in ("proj", "weight") if s in frame.columns]
+            self._plot.object = detail_trajectory(frame, signals)
+        else:
+            self._plot.object = hv.Curve([], "epoch", "value").opts(title=note, width=300, height=160)
+
+    def __panel__(self):
+        return self._layout
