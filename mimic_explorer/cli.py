@@ -59,6 +59,106 @@ def _cmd_demo(args) -> int:
     print(Path(args.out).expanduser().resolve())
     return 0
 
+def _add_run_options(p, command: str) -> None:
+    """Options shared by train and score."""
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="the pool: digits | folder:DIR | manifest:FILE.csv|.parquet | wds:PATTERN | torchvision:NAME:ROOT")
+    p.add_argument("--arch", required=True, metavar="ARCH",
+                   help="mlp, small_cnn, a torchvision model name (resnet18, vit_b_16, ...), or file.py:function")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (the same command twice reuses it)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda (default auto)")
+    p.add_argument("--batch-size", type=int, default=128, help="mini-batch size per process (default 128)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding (default 0)")
+    p.add_argument("--label-noise", type=float, default=0.0, metavar="RATE",
+                   help="inject label noise at RATE in [0, 1) to evaluate detection (default 0: none)")
+    p.add_argument("--noise-type", choices=["symmetric", "asymmetric"], default="symmetric",
+                   help="symmetric: exactly int(RATE*N) labels flipped to a random other class; asymmetric: the "
+                        "CIFAR-10 class-pair map (truck->automobile, bird->airplane, deer->horse, cat<->dog)")
+    p.add_argument("--noise-seed", type=int, default=0, help="seed of the injected noise (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of init and shuffling (default 0)")
+    p.add_argument("--binarise", dest="binarisation", default="weight", choices=["weight", "proj", "gmm", "kmeans"],
+                   help="Stage-2 per-epoch vote (default weight: weight >= 1/B)")
+    p.add_argument("--aggregate", dest="aggregation", default="majority", choices=["majority", "unanimity", "mean"],
+                   help="Stage-2 vote over epochs (default majority)")
+    p.add_argument("--trust-checkpoint", dest="trust_pickle", action="store_true",
+                   help="allow checkpoints that are pickled whole models (runs code from the file: only for files you trust)")
+    p.add_argument("--force", action="store_true", help="recompute even when --out already holds this run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train plainly (to make a reference) or with Grad-Mimic, recording scores per sample per epoch",
+        description="Without --reference: plain training (save it with --save-model to use as a reference). "
+        "With --reference: Grad-Mimic. Every sample's proj, weight, loss and prediction are recorded at every epoch; "
+        "Stage 2 turns them into mimic_score and keep. Use --linear-probe with --init for the valid protocol "
+        "(model and reference share a frozen backbone). Under torchrun each process takes a part of the data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_run_options(p, "train")
+    p.add_argument("--init", metavar="CKPT", help="initial weights (a pretrained backbone; the head is skipped if its shape differs)")
+    p.add_argument("--reference", metavar="CKPT", help="the better model (same architecture and classes); enables Grad-Mimic")
+    p.add_argument("--linear-probe", action="store_true", help="freeze the backbone; train the head on cached features")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--method", choices=["proj", "cos", "normed_proj", "normed_cos"], default="normed_proj",
+                   help="Stage-1 weighting")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of normed_* methods")
+    p.add_argument("--reweight", choices=["head", "all"], default="head",
+                   help="re-weight the mimic layers only, or every trainable parameter")
+    p.add_argument("--starting-epoch", type=int, default=0, help="train plainly before this epoch (scores still recorded)")
+    p.add_argument("--reference-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="Gaussian noise added to the reference's head weights (robustness probe)")
+    p.add_argument("--test-data", metavar="SPEC", help="held-out data for test accuracy")
+    p.add_argument("--save-model", metavar="PATH", help="save the trained weights (state dict + PATH.meta.json)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _options_from(args, command: str):
+    from mimic_explorer.pipeline.options import RunOptions
+
+    names = set(RunOptions.__dataclass_fields__)
+    values = {k: v for k, v in vars(args).items() if k in names and k != "command" and v is not None}
+    return RunOptions(command=command, **values)
+
+
+def _run_command(args, command: str) -> int:
+    from mimic_explorer.data.errors import DataSourceError
+    from mimic_explorer.demo import _tqdm_progress
+    from mimic_explorer.models.checkpoints import CheckpointError
+    from mimic_explorer.models.registry import ArchError
+
+    options = _options_from(args, command)
+    progress = None if options.quiet or int(os.environ.get("RANK", "0")) != 0 else _tqdm_progress()
+    try:
+        if command == "train":
+            from mimic_explorer.pipeline.train_command import run_train as run
+        else:
+            from mimic_explorer.pipeline.score_command import run_score as run
+        outcome = run(options, progress=progress)
+    except (ValueError, DataSourceError, ArchError, CheckpointError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    summary = outcome.summary
+    if "test_accuracy" in summary:
+        print(f"test accuracy: {summary['test_accuracy']:.4f}")
+    if outcome.report:
+        print(outcome.report)
+    elif "estimated_quality" in summary:
+        print(f"estimated quality (fraction kept): {summary['estimated_quality']:.3f}")
+    if summary.get("skipped"):
+        print(f"skipped {summary['skipped']} bad sample(s); see errors.parquet")
+    print(Path(outcome.path).resolve())
+    return 0
+
+
+def _cmd_train(args) -> int:
+    return _run_command(args, "train")
+
 
 def _add_export(sub) -> None:
     p = sub.add_parser(
@@ -149,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
+    _add_train(sub)
     _add_export(sub)
     _add_serve(sub)
     return parser

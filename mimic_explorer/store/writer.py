@@ -11,6 +11,7 @@ import datetime as _dt
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ class RunWriter:
 
     def __init__(self, path: str | os.PathLike, kind: str, config: dict[str, Any]):
         self.path = prepare_run_dir(path)
+        self.started = time.perf_counter()
         self._lock_path = self.path / LOCK
         try:
             fd = os.open(self._lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

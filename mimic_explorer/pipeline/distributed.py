@@ -1,0 +1,99 @@
+"""torch.distributed glue for ``torchrun -m mimic_explorer train|score``.
+
+Why this way: each rank reads a disjoint strided part of every epoch's permutation, records only its
+own samples into its own part files, and averages gradients with one all-reduce per step (the same
+arithmetic DDP does, but after the Grad-Mimic head gradient has been written, which DDP's backward
+hooks would miss). Rank 0 alone finalises the run. Single-process runs get a no-op context.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def average_gradients(self, model: nn.Module) -> None:
+        if not self.active:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def broadcast_object(self, value):
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_ok(self, ok: bool) -> bool:
+        """True when every rank reports ok (used to fail all ranks together)."""
+        if not self.active:
+            return ok
+        flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+        dist.all_reduce(flag)
+        return int(flag.item()) == 0
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device: str) -> DistContext:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return DistContext(rank, world, local_rank)
+
+
+def resolve_device(device: str, ctx: DistContext | None = None) -> str:
+    """``auto`` → ``cuda`` (this rank's GPU) when available, else ``cpu``; a clear error for an
+    unavailable explicit ``cuda``."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+        if device == "cuda" and ctx is not None and ctx.active:
+            device = f"cuda:{ctx.local_rank}"
+    elif device != "cpu":
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device

@@ -1,0 +1,82 @@
+"""One ordered pass over a pool that decodes each image once for both the model and the gallery.
+
+Why: decoding is often the most expensive part of a pass over small images; the same decoded image
+gives the model's input tensor and the 96-px thumbnail, and DataLoader workers do both in parallel.
+Bad files become ``BadSample`` records instead of exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mimic_explorer.data.errors import BadSample, BadSampleError, ErrorLog
+from mimic_explorer.data.source import Source
+from mimic_explorer.store.thumbs import encode_thumbnail
+
+
+class PassBatch(NamedTuple):
+    index: torch.Tensor
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    thumbs: list[bytes | None]
+    bad: list[BadSample]
+
+
+class _PassDataset(Dataset):
+    def __init__(self, source: Source, labels: np.ndarray, transform: Callable, indices: np.ndarray, thumbs: bool):
+        self.source, self.labels, self.transform, self.indices, self.thumbs = source, labels, transform, indices, thumbs
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = int(self.indices[k])
+        try:
+            image = self.source.load(i)
+            tensor = self.transform(image)
+        except BadSampleError as exc:
+            return i, None, exc.bad, None
+        except Exception as exc:  # noqa: BLE001 - one odd image is one bad sample, never a dead run
+            return i, None, BadSample(self.source.sample_ids[i], self.source.source_of(i), f"{type(exc).__name__}: {exc}"), None
+        thumb = encode_thumbnail(image) if self.thumbs else None
+        return i, tensor, int(self.labels[i]), thumb
+
+
+def _collate(items: list) -> PassBatch:
+    good = [it for it in items if it[1] is not None]
+    bad = [it[2] for it in items if it[1] is None]
+    if not good:
+        return PassBatch(torch.zeros(0, dtype=torch.int64), torch.zeros(0), torch.zeros(0, dtype=torch.int64), [], bad)
+    return PassBatch(
+        torch.tensor([it[0] for it in good], dtype=torch.int64),
+        torch.stack([it[1] for it in good]),
+        torch.tensor([it[2] for it in good], dtype=torch.int64),
+        [it[3] for it in good],
+        bad,
+    )
+
+
+def pool_pass(
+    source: Source,
+    labels: np.ndarray,
+    transform: Callable,
+    batch_size: int,
+    *,
+    indices: Sequence[int] | None = None,
+    thumbnails: bool = False,
+    workers: int = 0,
+    errors: ErrorLog | None = None,
+) -> Iterator[PassBatch]:
+    """Batches of good samples in ``indices`` order; bad ones are added to ``errors``."""
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
+    dataset = _PassDataset(source, labels, transform, indices, thumbnails)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate)
+    for batch in loader:
+        if errors is not None:
+            errors.extend(batch.bad)
+        if len(batch.index):
+            yield batch

@@ -1,0 +1,309 @@
+"""``mimic-explorer train``: plain training (to make references) or Grad-Mimic with recording.
+
+Flow: open the pool (inject noise) → build model and reference (checks) → run id / cache / resume →
+[linear probe: cached backbone features] → Stage-1 training, one score part per epoch and rank, a
+resumable state after each epoch → rank 0: signals, Stage 2, evaluation, thumbnails, meta complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mimic_explorer import stage2
+from mimic_explorer.data.errors import ErrorLog
+from mimic_explorer.data.sources import open_source
+from mimic_explorer.fingerprint import state_fingerprint
+from mimic_explorer.models.checkpoints import save_checkpoint
+from mimic_explorer.pipeline.batches import PoolBatches
+from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
+from mimic_explorer.pipeline.features import LinearProbe, extract_features
+from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, format_evaluation, samples_table
+from mimic_explorer.pipeline.options import RunOptions
+from mimic_explorer.pipeline.pool_pass import pool_pass
+from mimic_explorer.pipeline.run_identity import existing_state, make_run_id
+from mimic_explorer.pipeline.setup import DRIFT_WARNING, backbone_distance, build_models, open_pool
+from mimic_explorer.recording import epoch_frame
+from mimic_explorer.store.atomic import atomic_write, write_json, write_parquet
+from mimic_explorer.store.paths import SCORES_DIR
+from mimic_explorer.store.reader import read_meta
+from mimic_explorer.store.thumbs import ThumbnailWriter
+from mimic_explorer.store.writer import RunWriter, prepare_run_dir
+from mimic_explorer.train import TensorBatches, TrainConfig, collect_signals, evaluate_signals, train
+
+STATE = "state.pt"
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class RunOutcome:
+    path: Path
+    summary: dict
+    cached: bool = False
+    report: str = ""
+
+
+def validate(options: RunOptions) -> None:
+    if not (0.0 <= options.label_noise < 1.0):
+        raise ValueError(f"--label-noise must be in [0, 1), got {options.label_noise}")
+    if not options.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {options.temperature}")
+    if options.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {options.epochs}")
+    if options.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
+    if options.reference_noise < 0:
+        raise ValueError(f"--reference-noise must be >= 0, got {options.reference_noise}")
+    if options.binarisation not in stage2.BINARISATIONS:
+        raise ValueError(f"--binarise must be one of {', '.join(stage2.BINARISATIONS)}")
+    if options.aggregation not in stage2.AGGREGATIONS:
+        raise ValueError(f"--aggregate must be one of {', '.join(stage2.AGGREGATIONS)}")
+
+
+def _part_name(epoch: int, ctx: DistContext) -> str:
+    return f"epoch-{epoch:04d}" if not ctx.active else f"epoch-{epoch:04d}-rank{ctx.rank:03d}"
+
+
+def _read_parts(out: Path) -> pd.DataFrame:
+    parts = sorted((out / SCORES_DIR).glob("epoch-*.parquet"))
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
+
+
+def _drop_parts_after(out: Path, epoch: int) -> None:
+    for part in (out / SCORES_DIR).glob("epoch-*.parquet"):
+        if int(part.name.split("-")[1].split(".")[0]) > epoch:
+            part.unlink(missing_ok=True)
+
+
+def run_train(options: RunOptions, progress: Progress | None = None, log: Callable[[str], None] | None = None) -> RunOutcome:
+    """Make (or reuse, or resume) a training run and return where it is and its summary."""
+    log = log or (lambda text: print(text, file=sys.stderr))
+    progress = progress or (lambda stage, done, total: None)
+    validate(options)
+    requested_device = options.device
+    ctx = init_distributed("cuda" if requested_device.startswith("cuda") or (requested_device == "auto" and torch.cuda.is_available()) else "cpu")
+    try:
+        return _run(options, ctx, resolve_device(requested_device, ctx), progress, log)
+    finally:
+        ctx.close()
+
+
+def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress, log) -> RunOutcome:
+    started = time.perf_counter()
+    out = prepare_run_dir(options.out) if ctx.is_main else Path(options.out).expanduser()
+    ctx.barrier()
+    pool = open_pool(options, index_dir=out)
+    if options.batch_size > len(pool.source):
+        raise ValueError(f"--batch-size {options.batch_size} is larger than the dataset ({len(pool.source)} samples)")
+    models = build_models(options, pool.source, device)
+    fingerprints = {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)}),
+                    "init": models.init_fingerprint, "reference": models.reference_fingerprint}
+    run_id = make_run_id("train", options.identity(), fingerprints)
+    state = existing_state(out, run_id)
+    if state == "complete" and not options.force:
+        log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
+        return RunOutcome(out, read_meta(out).get("summary", {}), cached=True)
+    if state == "other" and not options.force:
+        raise ValueError(f"{out} holds a different run ({read_meta(out).get('run_id')}); choose another --out or pass --force")
+    for warning in models.warnings:
+        log("WARNING: " + warning)
+
+    writer = None
+    resume_epoch = -1
+    if ctx.is_main:
+        saved = out / STATE
+        if state == "resumable" and saved.exists() and not options.force:
+            resume_epoch = int(torch.load(saved, weights_only=True)["epoch"])
+        else:
+            saved.unlink(missing_ok=True)
+            for part in (out / SCORES_DIR).glob("*.parquet") if (out / SCORES_DIR).exists() else []:
+                part.unlink()
+        writer = RunWriter(out, kind="train", config=options.to_dict())
+        writer.meta.update(run_id=run_id, class_names=pool.source.class_names, fingerprints=fingerprints,
+                           source={"spec": options.data, **_describe(pool.source)}, method=options.method if options.reference else "plain",
+                           device=device, world_size=ctx.world, noise=pool.noise,
+                           reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
+                           load_reports=models.load_reports, basis=models.basis, same_init=not any("DIFFERENT" in w for w in models.warnings))
+        for warning in models.warnings:
+            writer.warn(warning)
+        writer.flush_meta()
+        _drop_parts_after(out, resume_epoch)
+    resume_epoch = ctx.broadcast_object(resume_epoch)
+    ctx.barrier()
+    try:
+        outcome = _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_epoch, progress, log, started)
+        ok = True
+    except BaseException as exc:
+        ok = False
+        if writer is not None:
+            writer.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        raise
+    finally:
+        if ctx.active:
+            ctx.all_ok(ok)
+    return outcome
+
+
+def _describe(source) -> dict:
+    try:
+        return source.describe()
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_epoch, progress, log, started) -> RunOutcome:
+    source = pool.source
+    errors = ErrorLog()
+    thumbs = ThumbnailWriter(out) if ctx.is_main and not (out / "thumbs" / "index.parquet").exists() else None
+    thumbs_cb = (lambda positions, items: [thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items)]) if thumbs else None
+    config = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, weight_decay=options.weight_decay,
+                         optimizer=options.optimizer, method=options.method, temperature=options.temperature,
+                         reweight=options.reweight, starting_epoch=options.starting_epoch, seed=options.seed, device=device)
+    model, reference = models.model, models.reference
+    timings = {}
+    if options.linear_probe:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        t0 = time.perf_counter()
+        feats = extract_features(model, source, pool.labels, models.transform, device=device, batch_size=max(256, options.batch_size),
+                                 workers=options.workers, on_thumbnails=thumbs_cb, progress=lambda d, t: progress("features", d, t))
+        timings["features_s"] = time.perf_counter() - t0
+        timings["features_cached"] = feats.cached
+        errors.extend(feats.bad)
+        head = dict(model.named_modules())[models.head_name]
+        for p in head.parameters():
+            p.requires_grad_(True)
+        trainable = LinearProbe(head)
+        ref_trainable = LinearProbe(dict(reference.named_modules())[models.head_name]) if reference is not None else None
+        positions = feats.positions
+        targets = torch.from_numpy(pool.labels[positions].copy())
+        batches = TensorBatches(feats.values.to(device), targets.to(device), options.batch_size, options.seed, ctx.rank, ctx.world)
+        ids_of_index = source.sample_ids[positions]
+        local_count = len(range(ctx.rank, len(positions), ctx.world))
+    else:
+        if thumbs is not None:  # fine-tuning decodes in shuffled order; thumbnails get their own pass
+            for batch in pool_pass(source, pool.labels, lambda im: torch.zeros(0), 256, thumbnails=True, workers=options.workers, errors=errors):
+                thumbs_cb(batch.index.numpy(), batch.thumbs)
+        trainable, ref_trainable = model, reference
+        batches = PoolBatches(source, pool.labels, models.transform, options.batch_size, options.seed,
+                              rank=ctx.rank, world=ctx.world, workers=options.workers, errors=errors)
+        ids_of_index = source.sample_ids
+        local_count = len(range(ctx.rank, len(source), ctx.world))
+    if thumbs is not None:
+        thumbs.close()
+    steps_per_epoch = max(1, math.ceil(local_count / options.batch_size))
+    start_epoch, optimizer_state = 0, None
+    if resume_epoch >= 0:
+        saved = torch.load(out / STATE, weights_only=True, map_location=device)
+        trainable.load_state_dict(saved["model"])
+        optimizer_state = saved["optimizer"]
+        start_epoch = resume_epoch + 1
+        log(f"resuming {out} after epoch {resume_epoch}")
+    drift = []
+    init_trainable = copy.deepcopy(trainable).cpu() if not options.linear_probe and reference is not None else None
+
+    def on_epoch(record) -> None:
+        write_parquet(out / SCORES_DIR / f"{_part_name(record.epoch, ctx)}.parquet", epoch_frame(record, ids_of_index))
+
+    def on_checkpoint(epoch, module, optimizer) -> None:
+        if init_trainable is not None:
+            drift.append({"epoch": epoch, "to_reference": backbone_distance(module, reference, models.head_name),
+                          "from_init": backbone_distance(module, init_trainable, models.head_name)})
+        ctx.barrier()  # every rank's part for this epoch is on disk before the state says it is done
+        if ctx.is_main:
+            state = {"epoch": epoch, "model": module.state_dict(), "optimizer": optimizer.state_dict()}
+            atomic_write(out / STATE, lambda tmp: torch.save(state, tmp))
+
+    t0 = time.perf_counter()
+    if start_epoch < options.epochs:
+        train(trainable, batches, config, reference=ref_trainable, on_epoch=on_epoch,
+              progress=lambda d, t: progress("Grad-Mimic" if reference is not None else "training", d, t),
+              start_epoch=start_epoch, optimizer_state=optimizer_state, on_checkpoint=on_checkpoint,
+              grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=steps_per_epoch)
+    timings["train_s"] = time.perf_counter() - t0
+    ctx.barrier()
+    if not ctx.is_main:
+        return RunOutcome(out, {})
+    # ---------------------------------------------------------------- rank 0 finalises
+    if options.save_model:
+        save_checkpoint(model, options.save_model)
+        write_json(Path(str(options.save_model) + ".meta.json"),
+                   {"arch": options.arch, "class_names": source.class_names, "init_fingerprint": models.init_fingerprint,
+                    "run_id": writer.meta["run_id"], "linear_probe": options.linear_probe, "data": options.data})
+    good = np.asarray([i for i in range(len(source)) if source.sample_ids[i] not in errors], dtype=np.int64)
+    samples = samples_table(source.sample_ids[good], source.sources[good], pool.labels[good],
+                            None if pool.true_labels is None else pool.true_labels[good],
+                            None if pool.is_noisy is None else pool.is_noisy[good])
+    summary: dict = {"samples": int(len(samples)), "skipped": len(errors), "epochs": options.epochs}
+    if reference is not None:
+        if options.linear_probe:
+            signals = evaluate_signals(trainable, ref_trainable, batches.inputs, batches.targets)
+            signal_ids = ids_of_index[signals["index"]]
+        else:
+            signal_batches = ((b.index, b.inputs, b.targets) for b in pool_pass(source, pool.labels, models.transform, 256, workers=options.workers))
+            signals = collect_signals(model, reference, signal_batches, device)
+            signal_ids = source.sample_ids[signals["index"]]
+        samples = add_signals(samples, signals, signal_ids)
+        scores = _read_parts(out)
+        samples = add_stage2(samples, scores, options.binarisation, options.aggregation)
+        evaluation = evaluate(samples)
+        summary["estimated_quality"] = stage2.quality_estimate(samples["keep"].to_numpy())
+        if evaluation:
+            summary["detection"] = evaluation["mimic_score"]
+            summary["true_quality"] = evaluation["mimic_score"]["true_quality"]
+        writer.meta["evaluation"] = evaluation
+        writer.meta["stage2"] = {"binarisation": options.binarisation, "aggregation": options.aggregation}
+    else:
+        samples["mimic_score"] = np.nan
+        samples["keep"] = True
+        evaluation = {}
+    if options.test_data:
+        summary["test_accuracy"] = _test_accuracy(options, models, trainable, device, out)
+    if drift:
+        writer.meta["basis"]["drift_per_epoch"] = drift
+        if drift[-1]["to_reference"] > DRIFT_WARNING:
+            message = (f"FEATURE BASIS: the backbone drifted to relative distance {drift[-1]['to_reference']:.2f} from the "
+                       "reference's; head-layer mimic scores may be no better than chance (use a linear probe or less drift)")
+            writer.warn(message)
+            log("WARNING: " + message)
+    writer.write_samples(samples)
+    errors_frame = errors.to_frame()
+    writer.write_errors(errors_frame)
+    if len(errors):
+        log(errors.summary())
+    writer.meta["timings"] = {**timings, "total_s": time.perf_counter() - writer.started}
+    writer.meta["summary"] = summary
+    (out / STATE).unlink(missing_ok=True)
+    writer.complete()
+    return RunOutcome(out, summary, report=format_evaluation(evaluation))
+
+
+def _test_accuracy(options: RunOptions, models, trainable, device: str, out: Path) -> float:
+    """Accuracy on ``--test-data`` (same class list required); linear probes reuse cached features."""
+    test = open_source(options.test_data, index_dir=out)
+    if test.class_names != models.class_names:
+        raise ValueError(f"--test-data has classes {test.class_names[:5]}…, the pool has {models.class_names[:5]}…; they must match")
+    if options.linear_probe:
+        feats = extract_features(models.model, test, test.labels, models.transform, device=device, workers=options.workers)
+        with torch.no_grad():
+            pred = trainable(feats.values.to(device)).argmax(-1).cpu().numpy()
+        return float((pred == test.labels[feats.positions]).mean())
+    correct = total = 0
+    model = models.model
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in pool_pass(test, test.labels, models.transform, 256, workers=options.workers):
+            correct += int((model(batch.inputs.to(device)).argmax(-1).cpu() == batch.targets).sum())
+            total += len(batch.targets)
+    model.train(was)
+    return correct / max(total, 1)
