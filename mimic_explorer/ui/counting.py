@@ -66,11 +66,15 @@ class RuleCounter:
         if ascending is None:
             ascending = np.argsort(self.scores, kind="stable")
         self.ascending = ascending
-        n_finite = int(np.isfinite(self.scores).sum())  # argsort puts NaN last
-        finite_order = ascending[:n_finite]
-        self.sorted_finite = self.scores[finite_order]
+        n_valid = n - int(np.isnan(self.scores).sum())  # argsort puts NaN last (±inf are ordinary values)
+        valid_order = ascending[:n_valid]
+        valid_sorted = self.scores[valid_order]
+        # quantiles use finite scores only (as apply_rule does); infinities sit at the two ends
+        lo, hi = np.searchsorted(valid_sorted, [-np.inf, np.inf], side="right")[0], np.searchsorted(valid_sorted, np.inf)
+        self.sorted_finite = valid_sorted[lo:hi]
         # a stable sort of the (small-int) group keys keeps each group's scores ascending
-        by_group = finite_order[np.argsort(group[finite_order].astype(np.int32), kind="stable")]
+        key_type = np.int16 if 2 * n_classes < 2**15 else np.int64  # int16: numpy's stable sort is a radix sort
+        by_group = valid_order[np.argsort(group[valid_order].astype(key_type), kind="stable")]
         grouped = self.scores[by_group]
         bounds = np.searchsorted(group[by_group], np.arange(2 * n_classes + 1))
         self._group_sorted = [grouped[bounds[g]:bounds[g + 1]] for g in range(2 * n_classes)]
@@ -82,12 +86,32 @@ class RuleCounter:
 
     @cached_property
     def _class_sorted(self) -> list[np.ndarray]:
-        return [np.sort(np.concatenate(self._group_sorted[2 * c:2 * c + 2])) for c in range(len(self.classes))]
+        """Finite scores of each class, ascending (per-class quantiles)."""
+        merged = [np.sort(np.concatenate(self._group_sorted[2 * c:2 * c + 2])) for c in range(len(self.classes))]
+        return [values[np.isfinite(values)] for values in merged]
 
     @cached_property
     def descending(self) -> np.ndarray:
-        """Sample positions by score, highest first, ties by position: the keep-count order of apply_rule."""
-        return np.argsort(-np.nan_to_num(self.scores, nan=-np.inf), kind="stable")
+        """Sample positions by score, highest first, ties by position, NaN last: the keep-count order of
+        apply_rule (``argsort(-nan_to_num(scores, nan=-inf), stable)``), derived from the ascending
+        order in O(n) — reversing it and restoring position order inside each run of equal scores."""
+        nan = np.isnan(self.scores)
+        if np.isneginf(self.scores).any():  # -inf ties with NaN there: take the literal definition
+            return np.argsort(-np.nan_to_num(self.scores, nan=-np.inf), kind="stable")
+        n_valid = len(self.scores) - int(nan.sum())
+        reverse = self.ascending[:n_valid][::-1]
+        values = self.scores[reverse]
+        if len(reverse) == 0:
+            return self.ascending.copy()
+        change = np.empty(len(reverse), dtype=bool)
+        change[0] = True
+        np.not_equal(values[1:], values[:-1], out=change[1:])
+        starts = np.flatnonzero(change)
+        ends = np.append(starts[1:], len(reverse)) - 1
+        group = np.cumsum(change) - 1
+        fixed = np.empty_like(reverse)
+        fixed[starts[group] + ends[group] - np.arange(len(reverse))] = reverse
+        return np.concatenate([fixed, self.ascending[n_valid:]])
 
     @cached_property
     def _class_descending(self) -> list[np.ndarray]:
@@ -96,10 +120,13 @@ class RuleCounter:
 
     # ------------------------------------------------------------------ counting
 
-    def _quantile_cut(self, sorted_values: np.ndarray, q: float) -> float | None:
-        if len(sorted_values) == 0:
+    @staticmethod
+    def _quantile_cut(sorted_values: np.ndarray, q: float) -> float | None:
+        """As ``filters._resolve_one``: the lowest floor(q·n) finite scores go; None when all would."""
+        drop = int(np.floor(q * len(sorted_values)))
+        if len(sorted_values) == 0 or drop >= len(sorted_values):
             return None
-        return float(np.quantile(sorted_values, q, method="lower")) if q > 0 else float(sorted_values[0])
+        return float(sorted_values[drop])
 
     def _kept_at(self, group_thresholds: np.ndarray) -> np.ndarray:
         """Kept count per group for one threshold per group (score ≥ threshold; NaN never kept)."""

@@ -58,7 +58,7 @@ class DetailView(Viewer):
         flag = ' <span class="noisy">· mislabeled</span>' if noisy else ""
         self._info.object = (
             f'<div class="me-detail"><div style="font:600 14px system-ui;margin-bottom:6px">{title}{flag}</div>'
-            f'<img src="{self.thumbs.uri(sample_id)}" alt="{title}"><table>{rows}</table></div>'
+            f'<img src="{self.thumbs.uri(sample_id, self.position)}" alt="{title}"><table>{rows}</table></div>'
         )
         try:
             frame = self.epochs.trajectories([sample_id]) if self.epochs.available else None

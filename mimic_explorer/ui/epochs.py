@@ -60,24 +60,39 @@ class EpochScores:
         frame["sample_id"] = frame["sample_id"].astype(str)
         return frame.groupby(["sample_id", "epoch"], as_index=False)[signals].mean().sort_values(["sample_id", "epoch"])
 
-    def signal(self, signal: str, epoch: int | None = None) -> pd.DataFrame:
-        """``sample_id, epoch, <signal>`` for every sample (one epoch, or all)."""
+    def values(self, signal: str, epoch: int | None = None, noisy_ids=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """One signal's values (one epoch, or all) and, given the mislabeled ids, which rows they are."""
         if self._dataset is None or signal not in self.signals:
-            return pd.DataFrame(columns=["sample_id", "epoch", signal])
+            return np.array([]), None
         flt = None if epoch is None else pc.field("epoch") == epoch
-        frame = self._dataset.to_table(columns=["sample_id", "epoch", signal], filter=flt).to_pandas()
-        frame["sample_id"] = frame["sample_id"].astype(str)
-        return frame
-
-    def quantile_bands(self, signal: str, noisy_ids: set[str] | None = None) -> pd.DataFrame:
-        """Per epoch (and per group clean/mislabeled when ``noisy_ids`` is given): 5/25/50/75/95 %."""
-        frame = self.signal(signal)
-        if frame.empty:
-            return pd.DataFrame(columns=["epoch", "group", *[f"q{int(q * 100)}" for q in QUANTILES]])
+        columns = [signal] + (["sample_id"] if noisy_ids is not None else [])
+        table = self._dataset.to_table(columns=columns, filter=flt)
+        values = table.column(signal).to_numpy().astype(np.float64)
+        noisy = None
         if noisy_ids is not None:
-            frame["group"] = np.where(frame["sample_id"].isin(noisy_ids), "mislabeled", "clean")
-        else:
-            frame["group"] = "all"
-        bands = frame.groupby(["epoch", "group"])[signal].quantile(list(QUANTILES)).unstack()
-        bands.columns = [f"q{int(round(q * 100))}" for q in bands.columns]
-        return bands.reset_index()
+            noisy = pc.is_in(table.column("sample_id"), value_set=noisy_ids).to_numpy(zero_copy_only=False)
+        return values, noisy
+
+    def quantile_bands(self, signal: str, noisy_ids=None) -> pd.DataFrame:
+        """Per epoch (and per group clean / mislabeled when ``noisy_ids`` — a pyarrow array of ids — is
+        given): the 5/25/50/75/95 % quantiles. One score part at a time, so memory stays one epoch."""
+        names = [f"q{int(round(q * 100))}" for q in QUANTILES]
+        rows = []
+        if self._dataset is None or signal not in self.signals:
+            return pd.DataFrame(columns=["epoch", "group", *names])
+        columns = ["epoch", signal] + (["sample_id"] if noisy_ids is not None else [])
+        for fragment in self._dataset.get_fragments():
+            table = fragment.to_table(columns=columns)
+            epochs = table.column("epoch").to_numpy()
+            values = table.column(signal).to_numpy().astype(np.float64)
+            noisy = (pc.is_in(table.column("sample_id"), value_set=noisy_ids).to_numpy(zero_copy_only=False)
+                     if noisy_ids is not None else None)
+            for epoch in np.unique(epochs):
+                in_epoch = epochs == epoch
+                groups = {"all": in_epoch} if noisy is None else {"clean": in_epoch & ~noisy, "mislabeled": in_epoch & noisy}
+                for group, mask in groups.items():
+                    part = values[mask]
+                    part = part[np.isfinite(part)]
+                    if len(part):
+                        rows.append({"epoch": int(epoch), "group": group, **dict(zip(names, np.quantile(part, QUANTILES)))})
+        return pd.DataFrame(rows, columns=["epoch", "group", *names]).sort_values(["group", "epoch"]).reset_index(drop=True)

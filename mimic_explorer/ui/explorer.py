@@ -31,7 +31,7 @@ from mimic_explorer.ui.counting import Counts
 from mimic_explorer.ui.detail import DetailView
 from mimic_explorer.ui.epochs import EpochScores
 from mimic_explorer.ui.gallery import Gallery, gallery_html
-from mimic_explorer.ui.state import ExplorerState, robust_range
+from mimic_explorer.ui.state import ExplorerState, histogram, robust_range
 from mimic_explorer.ui.summary import Summary
 from mimic_explorer.ui.thumbnails import ThumbnailSource
 
@@ -225,7 +225,7 @@ class Explorer(Viewer):
         return float((hi - lo) / 1000) or 0.001
 
     def _default_band(self) -> tuple[float, float]:
-        lo, hi = robust_range(self.state.scores)
+        lo, hi = robust_range(self.state.counter.sorted_finite, presorted=True)
         return (lo + 0.4 * (hi - lo), lo + 0.6 * (hi - lo))
 
     def _download_name(self, fmt: str) -> str:
@@ -256,15 +256,26 @@ class Explorer(Viewer):
         self._thumb_note = pn.pane.Alert(
             "This run has no thumbnails (or they moved): galleries show placeholders; everything else works.",
             alert_type="info", visible=False, sizing_mode="stretch_width")
-        lazy = dict(lazy=True, sizing_mode="stretch_width")
-        self._tabs = pn.Tabs(
-            ("Per class", pn.param.ParamFunction(pn.bind(self._class_plot, self.param.column, self.param.log_counts), **lazy)),
-            ("Kept vs threshold", pn.param.ParamFunction(pn.bind(self._kept_curve_plot, self.param.column), **lazy)),
-            ("Scatter", self._scatter_view()),
-            ("Per epoch", self._epoch_view()),
-            ("Trajectories", self._trajectory_view()),
-            dynamic=True, sizing_mode="stretch_width",
-        )
+        builders = {
+            "Per class": lambda: pn.param.ParamFunction(
+                pn.bind(self._class_plot, self.param.column, self.param.log_counts), sizing_mode="stretch_width"),
+            "Kept vs threshold": lambda: pn.param.ParamFunction(
+                pn.bind(self._kept_curve_plot, self.param.column), sizing_mode="stretch_width"),
+            "Scatter": self._scatter_view,
+            "Per epoch": self._epoch_view,
+            "Trajectories": self._trajectory_view,
+        }
+        self._tab_builders = list(builders.values())
+        self._tabs = pn.Tabs(*[(name, pn.Column(sizing_mode="stretch_width")) for name in builders],
+                             dynamic=True, sizing_mode="stretch_width")
+        self._tabs.param.watch(lambda e: self._open_tab(e.new), "active")
+        self._open_tab(self._tabs.active)
+
+    def _open_tab(self, index: int) -> None:
+        """Build a tab's views the first time it is shown (scores per epoch are only read then)."""
+        holder = self._tabs[index]
+        if len(holder) == 0:
+            holder[:] = [self._tab_builders[index]()]
 
     def _histogram_plot(self):
         hist = self.state.histogram()
@@ -347,7 +358,11 @@ class Explorer(Viewer):
         if not self.epochs.available or not self.epochs.signals:
             return pn.pane.Markdown("This run recorded no per-epoch scores.")
         signal = pn.widgets.Select(name="Signal", options=self.epochs.signals, value=self.epochs.signals[0], width=160)
-        noisy_ids = set(self.samples.loc[self.state.counter.noisy, "sample_id"]) if self.state.has_truth else None
+        noisy_ids = None
+        if self.state.has_truth:
+            import pyarrow as pa
+
+            noisy_ids = pa.array(self.samples["sample_id"].to_numpy()[self.state.counter.noisy].astype(object), pa.string())
 
         def bands(sig: str):
             return pn.pane.HoloViews(plots.epoch_bands_element(self.epochs.quantile_bands(sig, noisy_ids), sig),
@@ -357,11 +372,7 @@ class Explorer(Viewer):
         epoch = pn.widgets.DiscreteSlider(name="Epoch", options=epochs, value=epochs[-1], width=300) if len(epochs) > 1 else None
 
         def epoch_hist(sig: str, ep: int, log: bool):
-            frame = self.epochs.signal(sig, ep)
-            values = frame[sig].to_numpy(dtype=float)
-            noisy = frame["sample_id"].isin(noisy_ids).to_numpy() if noisy_ids is not None else None
-            from mimic_explorer.ui.state import histogram
-
+            values, noisy = self.epochs.values(sig, ep, noisy_ids)
             return pn.pane.HoloViews(plots.histogram_element(histogram(values, noisy=noisy), f"{sig} (epoch {ep})", log),
                                      sizing_mode="stretch_width")
 

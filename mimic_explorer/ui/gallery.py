@@ -90,7 +90,7 @@ def gallery_html(samples: pd.DataFrame, positions: np.ndarray, thumbs: Thumbnail
     rows = samples.iloc[positions]
     has_pred = "pred" in samples.columns
     cards = [
-        card_html(pos, row, thumbs.uri(row.sample_id), label_name, score_column, has_pred)
+        card_html(pos, row, thumbs.uri(row.sample_id, pos), label_name, score_column, has_pred)
         for pos, row in zip(positions.tolist(), rows.itertuples(index=False))
     ]
     return '<div class="me-grid">' + "".join(cards) + "</div>"
