@@ -239,11 +239,12 @@ class Explorer(Viewer):
         frame = self._table_frame()
         editors = {c: None for c in frame.columns}
         editors["override"] = {"type": "number", "step": 0.01}
-        titles = {"samples": "n", "share before %": "before %", "share after %": "after %", "retained %": "retained %",
-                  "mislabeled": "mislab.", "threshold": "cut", "override": "override ✎"}
+        titles = {"samples": "n", "share before %": "before", "share after %": "after", "retained %": "kept %",
+                  "mislabeled": "mislab.", "threshold": "cut", "override": "override"}
         self._table = pn.widgets.Tabulator(
-            frame, show_index=False, sizing_mode="stretch_width", height=340, layout="fit_data_fill",
+            frame, show_index=False, sizing_mode="stretch_width", height=340, layout="fit_columns",
             editors=editors, titles=titles, hidden_columns=["label"], text_align={"class": "left"}, page_size=10,
+            configuration={"columnDefaults": {"headerSort": False}}, widths={"samples": 55, "override": 82},
             pagination="local" if len(self.state.counter.classes) > 10 else None,
             stylesheets=[":host { font-size: 12px; }"],
         )
@@ -257,10 +258,10 @@ class Explorer(Viewer):
             "This run has no thumbnails (or they moved): galleries show placeholders; everything else works.",
             alert_type="info", visible=False, sizing_mode="stretch_width")
         builders = {
-            "Per class": lambda: pn.param.ParamFunction(
-                pn.bind(self._class_plot, self.param.column, self.param.log_counts), sizing_mode="stretch_width"),
             "Kept vs threshold": lambda: pn.param.ParamFunction(
                 pn.bind(self._kept_curve_plot, self.param.column), sizing_mode="stretch_width"),
+            "Per class": lambda: pn.param.ParamFunction(
+                pn.bind(self._class_plot, self.param.column, self.param.log_counts), sizing_mode="stretch_width"),
             "Scatter": self._scatter_view,
             "Per epoch": self._epoch_view,
             "Trajectories": self._trajectory_view,
@@ -659,16 +660,21 @@ class Explorer(Viewer):
     def main(self) -> pn.Column:
         """Summary, distribution and retention, galleries with the detail view, then the other plots."""
         if not hasattr(self, "_main"):
+            legend = ("<span style='font:12px system-ui;color:#57606a'>Red border: mislabeled (ground truth) · "
+                      "pink card: dropped by the current filter · click an image for its detail.</span>")
             galleries = pn.Column(
-                self._thumb_note,
+                self._thumb_note, pn.pane.HTML(legend, margin=(0, 5)) if self.state.has_truth else pn.pane.HTML(
+                    "<span style='font:12px system-ui;color:#57606a'>Pink card: dropped by the current filter · "
+                    "click an image for its detail.</span>", margin=(0, 5)),
                 self._gallery_titles["lowest"], self._galleries["lowest"],
                 self._gallery_titles["highest"], self._galleries["highest"],
                 pn.Row(self._gallery_titles["third"], self._third, align="center"), self._band,
                 self._galleries["third"], sizing_mode="stretch_width",
             )
             table = pn.Column(
-                pn.pane.Markdown("**Per class, before → after.** Type an override to give a class its own threshold.",
-                                 margin=(0, 5)), self._table, width=480)
+                pn.pane.Markdown("**Per class, before → after** (before / after: % of the dataset / of the kept set). "
+                                 "Type an override to give a class its own threshold.",
+                                 margin=(0, 5)), self._table, width=620)
             self._main = pn.Column(
                 self.summary,
                 pn.Row(pn.Column(self._hist, sizing_mode="stretch_width"), table, sizing_mode="stretch_width"),

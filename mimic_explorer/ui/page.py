@@ -9,6 +9,7 @@ traceback — and the server log gets one line.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -139,8 +140,28 @@ def build_page(args: list[str]) -> ExplorerPage:
     return page
 
 
+LOCAL_CLIENTS = {"127.0.0.1", "::1", "localhost"}
+
+
+def client_is_local() -> bool:
+    """Whether this session's browser runs on this machine. ``mimic-explorer serve`` binds to
+    localhost; a bare ``panel serve`` binds to every interface, so the page itself refuses remote
+    clients unless ``MIMIC_EXPLORER_ALLOW_REMOTE=1`` says sharing is intended."""
+    if os.environ.get("MIMIC_EXPLORER_ALLOW_REMOTE") == "1":
+        return True
+    context = getattr(pn.state.curdoc, "session_context", None)
+    request = getattr(context, "request", None) if context is not None else None
+    remote = getattr(request, "remote_ip", None) if request is not None else None
+    return remote is None or remote in LOCAL_CLIENTS or remote.startswith("127.")
+
+
 def serve_page(args: list[str]) -> pn.template.BaseTemplate:
-    page = build_page(args)
+    if not client_is_local():
+        page = ExplorerPage()
+        page.show(pn.pane.Alert("This explorer serves only browsers on its own machine. To share it, start it "
+                                "with `--address` and set `MIMIC_EXPLORER_ALLOW_REMOTE=1`.", alert_type="danger"))
+    else:
+        page = build_page(args)
     return pn.template.FastListTemplate(
         title=TITLE, sidebar=[page.sidebar], main=[page.main], sidebar_width=340, theme_toggle=False,
         accent="#0969da", header_background="#24292f", main_layout=None,
