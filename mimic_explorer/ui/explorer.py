@@ -73,6 +73,7 @@ class Explorer(Viewer):
         self.thumbs = ThumbnailSource(self.run.path)
         self.epochs = EpochScores(self.run.path)
         self._syncing = False
+        self._moving_slider = False
         super().__init__()
         self.param.column.objects = self.state.score_columns
         names = [ALL_CLASSES] + [f"{c}: {self.state.label_name(c)}" for c in self.state.counter.classes.tolist()]
@@ -176,45 +177,45 @@ class Explorer(Viewer):
 
     def _build_widgets(self) -> None:
         lo, hi = self.state.score_range()
-        self._column_select = pn.widgets.Select.from_param(self.param.column, name="Score", sizing_mode="stretch_width")
+        self._column_select = pn.widgets.Select.from_param(self.param.column, label="Score", sizing_mode="stretch_width")
         self._rule_buttons = pn.widgets.RadioButtonGroup(
             options={k: v for k, v in RULE_LABELS.items() if v != "ensemble" or self.state.has_ensemble},
-            value=self.rule, button_type="primary", button_style="outline", sizing_mode="stretch_width")
+            value=self.rule, color="primary", variant="outline", sizing_mode="stretch_width")
         self._rule_buttons.param.watch(lambda e: setattr(self, "rule", e.new), "value")
-        self._slider = pn.widgets.FloatSlider(name="Threshold", start=lo, end=hi, step=self._step(lo, hi),
+        self._slider = pn.widgets.FloatSlider(label="Threshold", start=lo, end=hi, step=self._step(lo, hi),
                                               value=float(np.clip(self.threshold, lo, hi)), format="0.000",
                                               sizing_mode="stretch_width")
         self._slider.param.watch(self._on_slider, "value")
-        self._typed = pn.widgets.FloatInput(name="Type a threshold", value=float(self.threshold), format="0.0000",
+        self._typed = pn.widgets.FloatInput(label="Type a threshold", value=float(self.threshold), format="0.0000",
                                             sizing_mode="stretch_width")
         self._typed.param.watch(self._on_typed, "value")
-        self._quantile = pn.widgets.FloatSlider.from_param(self.param.quantile, name="Drop the lowest fraction",
+        self._quantile = pn.widgets.FloatSlider.from_param(self.param.quantile, label="Drop the lowest fraction",
                                                            step=0.005, sizing_mode="stretch_width")
-        self._keep_n = pn.widgets.IntInput.from_param(self.param.keep_count, name="Keep the top N", start=0,
+        self._keep_n = pn.widgets.IntInput.from_param(self.param.keep_count, label="Keep the top N", start=0,
                                                       end=self.state.total, sizing_mode="stretch_width")
-        self._per_class = pn.widgets.Checkbox.from_param(self.param.per_class, name="Per class (same fraction in every class)")
-        self._clear_overrides = pn.widgets.Button(name="Clear per-class overrides", button_type="light", visible=False)
+        self._per_class = pn.widgets.Checkbox.from_param(self.param.per_class, label="Per class (same fraction in every class)")
+        self._clear_overrides = pn.widgets.Button(label="Clear per-class overrides", color="light", visible=False)
         self._clear_overrides.on_click(lambda e: setattr(self, "class_overrides", {}))
         self._kept = pn.pane.HTML(stylesheets=[KEPT_CSS], sizing_mode="stretch_width", css_classes=["kept-count"])
         self._notice = pn.pane.Alert("", alert_type="warning", visible=False, sizing_mode="stretch_width")
-        self._format = pn.widgets.Select(name="Keep-list format", options=list(FORMATS), value="csv", width=110)
+        self._format = pn.widgets.Select(label="Keep-list format", options=list(FORMATS), value="csv", width=110)
         self._download = pn.widgets.FileDownload(
             callback=self._keep_list_file, filename=self._download_name("csv"), label="Download keep-list",
-            button_type="primary", sizing_mode="stretch_width")
+            color="primary", sizing_mode="stretch_width")
         self._download_spec = pn.widgets.FileDownload(
             callback=self._spec_file, filename=f"keep-list-{self.run.run_id}.spec.json", label="Download spec",
-            button_type="light", sizing_mode="stretch_width")
+            color="light", sizing_mode="stretch_width")
         self._format.param.watch(lambda e: setattr(self._download, "filename", self._download_name(e.new)), "value")
-        self._save = pn.widgets.Button(name="Save to run", button_type="success", sizing_mode="stretch_width",
+        self._save = pn.widgets.Button(label="Save to run", color="success", sizing_mode="stretch_width",
                                        description="Write the keep-list and its spec into the run's filters/ folder")
         self._save.on_click(self._on_save)
-        self._log = pn.widgets.Checkbox.from_param(self.param.log_counts, name="Log counts")
-        self._k = pn.widgets.IntSlider.from_param(self.param.gallery_size, name="Images per gallery", start=4, end=64,
+        self._log = pn.widgets.Checkbox.from_param(self.param.log_counts, label="Log counts")
+        self._k = pn.widgets.IntSlider.from_param(self.param.gallery_size, label="Images per gallery", start=4, end=64,
                                                   sizing_mode="stretch_width")
-        self._gallery_class = pn.widgets.Select.from_param(self.param.gallery_class, name="Gallery class",
+        self._gallery_class = pn.widgets.Select.from_param(self.param.gallery_class, label="Gallery class",
                                                            sizing_mode="stretch_width")
-        self._third = pn.widgets.RadioButtonGroup.from_param(self.param.third_gallery, button_type="light")
-        self._band = pn.widgets.RangeSlider(name="Score band", start=lo, end=hi, step=self._step(lo, hi),
+        self._third = pn.widgets.RadioButtonGroup.from_param(self.param.third_gallery, color="light")
+        self._band = pn.widgets.RangeSlider(label="Score band", start=lo, end=hi, step=self._step(lo, hi),
                                             value=tuple(self.band), format="0.000", sizing_mode="stretch_width",
                                             visible=self.third_gallery == BAND)
         self._band.param.watch(lambda e: setattr(self, "band", tuple(e.new)), "value_throttled")
@@ -325,8 +326,8 @@ class Explorer(Viewer):
         columns = self.state.score_columns
         default_y = next((c for c in ("reference_loss", "proj_mean", "model_loss") if c in columns and c != self.column),
                          columns[1] if len(columns) > 1 else columns[0])
-        x = pn.widgets.Select(name="x", options=columns, value=self.column, width=180)
-        y = pn.widgets.Select(name="y", options=columns, value=default_y, width=180)
+        x = pn.widgets.Select(label="x", options=columns, value=self.column, width=180)
+        y = pn.widgets.Select(label="y", options=columns, value=default_y, width=180)
         self.param.watch(lambda e: setattr(x, "value", e.new), "column")
 
         def view(xcol: str, ycol: str):
@@ -358,7 +359,7 @@ class Explorer(Viewer):
     def _epoch_view(self):
         if not self.epochs.available or not self.epochs.signals:
             return pn.pane.Markdown("This run recorded no per-epoch scores.")
-        signal = pn.widgets.Select(name="Signal", options=self.epochs.signals, value=self.epochs.signals[0], width=160)
+        signal = pn.widgets.Select(label="Signal", options=self.epochs.signals, value=self.epochs.signals[0], width=160)
         noisy_ids = None
         if self.state.has_truth:
             import pyarrow as pa
@@ -370,7 +371,7 @@ class Explorer(Viewer):
                                      sizing_mode="stretch_width")
 
         epochs = self.epochs.epochs
-        epoch = pn.widgets.DiscreteSlider(name="Epoch", options=epochs, value=epochs[-1], width=300) if len(epochs) > 1 else None
+        epoch = pn.widgets.DiscreteSlider(label="Epoch", options=epochs, value=epochs[-1], width=300) if len(epochs) > 1 else None
 
         def epoch_hist(sig: str, ep: int, log: bool):
             values, noisy = self.epochs.values(sig, ep, noisy_ids)
@@ -387,8 +388,8 @@ class Explorer(Viewer):
     def _trajectory_view(self):
         if not self.epochs.available or not self.epochs.signals:
             return pn.pane.Markdown("This run recorded no per-epoch scores.")
-        signal = pn.widgets.Select(name="Signal", options=self.epochs.signals, value=self.epochs.signals[0], width=160)
-        clear = pn.widgets.Button(name="Clear selection", button_type="light", width=140)
+        signal = pn.widgets.Select(label="Signal", options=self.epochs.signals, value=self.epochs.signals[0], width=160)
+        clear = pn.widgets.Button(label="Clear selection", color="light", width=140)
         clear.on_click(lambda e: setattr(self, "selected", []))
 
         def view(sig: str, selected: list[int]):
@@ -435,7 +436,11 @@ class Explorer(Viewer):
         if not self._syncing and self.rule != "threshold":
             self.rule = "threshold"
         lo, hi = self._slider.start, self._slider.end
-        self._slider.value = float(np.clip(self.threshold, lo, hi))
+        self._moving_slider = True  # a value beyond the slider's range is kept, only the handle is clamped
+        try:
+            self._slider.value = float(np.clip(self.threshold, lo, hi))
+        finally:
+            self._moving_slider = False
         if self._typed.value != self.threshold:
             self._typed.value = float(self.threshold)
 
@@ -471,7 +476,7 @@ class Explorer(Viewer):
         self._sync_rule_widgets()
 
     def _on_slider(self, event) -> None:
-        if self._syncing or np.isclose(event.new, self.threshold, rtol=0, atol=self._slider.step / 2):
+        if self._syncing or self._moving_slider or np.isclose(event.new, self.threshold, rtol=0, atol=self._slider.step / 2):
             return
         self.threshold = float(event.new)
 
@@ -487,8 +492,7 @@ class Explorer(Viewer):
             clamped = float(np.clip(value, lo, hi))
             self._notify(f"Threshold {value:g} is outside the range of {self.column} ([{lo:.4g}, {hi:.4g}]); "
                          f"using {clamped:.4g}.", "warning")
-            value = clamped
-            self._typed.value = value
+            value = clamped  # _on_threshold writes it back into the input
         else:
             self._notify("")
         self.threshold = float(value)

@@ -140,33 +140,36 @@ def scatter_element(frame: pd.DataFrame, x: str, y: str, color_by_truth: bool) -
 def epoch_bands_element(bands: pd.DataFrame, signal: str) -> hv.Overlay:
     """Per-epoch 5–95 % and 25–75 % bands with the median, per group (clean / mislabeled / all)."""
     colors = {"clean": BLUE, "mislabeled": RED, "all": BLUE}
+    size = dict(responsive=True, height=320)
     layers = []
     for group, part in bands.groupby("group", sort=True):
         color = colors.get(group, GREY)
         part = part.sort_values("epoch")
-        layers.append(hv.Area(part, "epoch", ["q5", "q95"], label=f"{group} 5–95 %").opts(color=color, alpha=0.15, line_alpha=0))
-        layers.append(hv.Area(part, "epoch", ["q25", "q75"], label=f"{group} 25–75 %").opts(color=color, alpha=0.3, line_alpha=0))
-        layers.append(hv.Curve(part, "epoch", "q50", label=f"{group} median").opts(color=color, line_width=2.5))
+        layers.append(hv.Area(part, "epoch", ["q5", "q95"], label=f"{group} 5–95 %").opts(
+            color=color, alpha=0.15, line_alpha=0, **size))
+        layers.append(hv.Area(part, "epoch", ["q25", "q75"], label=f"{group} 25–75 %").opts(
+            color=color, alpha=0.3, line_alpha=0, **size))
+        layers.append(hv.Curve(part, "epoch", "q50", label=f"{group} median").opts(
+            color=color, line_width=2.5, tools=["hover"], **size))
     if not layers:
-        return hv.Overlay([hv.Curve([], "epoch", signal)])
-    return hv.Overlay(layers).opts(
-        hv.opts.Area(responsive=True, height=320), hv.opts.Curve(responsive=True, height=320, tools=["hover"]),
-    ).opts(title=f"{signal} per epoch (quantile bands)", legend_position="right", ylabel=signal, show_grid=True)
+        return hv.Overlay([hv.Curve([], "epoch", signal).opts(**size)])
+    return hv.Overlay(layers).opts(title=f"{signal} per epoch (quantile bands)", legend_position="right",
+                                   ylabel=signal, show_grid=True)
 
 
 def trajectories_element(frame: pd.DataFrame, signal: str, labels: dict[str, str]) -> hv.Overlay:
     """One line per selected sample over epochs; hover names the sample."""
+    size = dict(responsive=True, height=320)
     layers = []
     for sample_id, part in frame.groupby("sample_id", sort=False):
-        layers.append(hv.Curve(part, "epoch", signal, label=labels.get(sample_id, sample_id)).opts(
-            line_width=2, tools=["hover"]))
-        layers.append(hv.Scatter(part, "epoch", signal, label=labels.get(sample_id, sample_id)).opts(size=5))
+        label = labels.get(sample_id, sample_id)
+        layers.append(hv.Curve(part, "epoch", signal, label=label).opts(line_width=2, tools=["hover"], **size))
+        layers.append(hv.Scatter(part, "epoch", signal, label=label).opts(size=5, **size))
     if not layers:
-        return hv.Overlay([hv.Curve([], "epoch", signal)]).opts(
-            title="Click images to add their trajectories here", responsive=True, height=320)
-    return hv.Overlay(layers).opts(
-        hv.opts.Curve(responsive=True, height=320), hv.opts.Scatter(responsive=True, height=320),
-    ).opts(title=f"{signal} over epochs (selected samples)", legend_position="right", show_grid=True)
+        return hv.Overlay([hv.Curve([], "epoch", signal).opts(**size)]).opts(
+            title="Click images to add their trajectories here")
+    return hv.Overlay(layers).opts(title=f"{signal} over epochs (selected samples)", legend_position="right",
+                                   show_grid=True)
 
 
 def detail_trajectory(frame: pd.DataFrame, signals: list[str]) -> hv.Layout | hv.Curve:

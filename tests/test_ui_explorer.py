@@ -1,0 +1,253 @@
+"""The Explorer and the served page, server side (no browser): Python API, widgets, exports, saved
+filters, bad input shown in the page, every view renders into a Bokeh document, and no torch."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import panel as pn
+import pytest
+from bokeh.document import Document
+
+from mimic_explorer.filters import FilterRule, apply_rule
+from mimic_explorer.store.reader import open_run
+from mimic_explorer.ui import Explorer, ExplorerPage
+from mimic_explorer.ui.page import build_page
+from mimic_explorer.ui.thumbnails import PLACEHOLDER
+from tests.ui_helpers import copy_run, synthetic_run
+
+pn.extension("tabulator")
+
+
+@pytest.fixture
+def run_copy(demo_run, tmp_path):
+    return copy_run(demo_run, tmp_path / "run")
+
+
+def _render(viewable) -> None:
+    pn.panel(viewable).get_root(Document())
+
+
+def test_threshold_from_python_drives_counts_text_table_and_mask(run_copy):
+    explorer = Explorer(run_copy)
+    _render(explorer)
+    samples = explorer.samples
+    explorer.threshold = 0.5
+    expected = apply_rule(samples, FilterRule("threshold", 0.5))
+    assert explorer.counts.kept == expected.kept
+    assert f"Kept: {expected.kept} of {len(samples)}" in explorer._kept.object
+    np.testing.assert_array_equal(explorer.keep_mask, expected.keep)
+    table = explorer._table.value
+    assert table["kept"].sum() == expected.kept and table["samples"].sum() == len(samples)
+    assert explorer._slider.value == pytest.approx(0.5, abs=explorer._slider.step)
+    assert "precision" in explorer._kept.object  # the demo has ground truth
+
+
+def test_rules_switch_and_by_value_starts_at_the_last_cut(run_copy):
+    explorer = Explorer(run_copy)
+    explorer.param.update(rule="quantile", quantile=0.3)
+    q = apply_rule(explorer.samples, FilterRule("quantile", 0.3))
+    assert explorer.counts.kept == q.kept and not explorer._slider.visible and explorer._quantile.visible
+    explorer.rule = "threshold"
+    assert explorer.threshold == pytest.approx(q.thresholds["all"]) and explorer.counts.kept == q.kept
+    explorer.param.update(rule="keep_count", keep_count=500, per_class=True)
+    assert explorer.counts.kept == 500
+    explorer.rule = "ensemble"
+    assert explorer.counts.kept == int(explorer.samples["keep"].sum())
+    explorer.threshold = 0.2  # setting a threshold from Python means "by value"
+    assert explorer.rule == "threshold"
+
+
+def test_class_override_typed_in_the_table(run_copy):
+    explorer = Explorer(run_copy)
+    explorer.threshold = 0.5
+    row = int(np.flatnonzero(explorer._table.value["label"] == 3)[0])
+    explorer._on_table_edit(SimpleNamespace(column="override", row=row, value=0.99))
+    assert explorer.class_overrides == {3: 0.99}
+    expected = apply_rule(explorer.samples, FilterRule("threshold", 0.5, class_overrides={3: 0.99}))
+    assert explorer.counts.kept_per_class == expected.kept_per_class
+    assert explorer._table.value.set_index("label").loc[3, "threshold"] == 0.99
+    explorer._on_table_edit(SimpleNamespace(column="override", row=row, value=None))
+    assert explorer.class_overrides == {}
+
+
+def test_typed_threshold_outside_the_range_is_clamped_with_a_message(run_copy):
+    explorer = Explorer(run_copy)
+    lo, hi = explorer.state.score_range()
+    explorer._typed.value = hi + 100
+    assert explorer.threshold == pytest.approx(hi)
+    assert explorer._notice.visible and "outside the range" in explorer._notice.object
+
+
+def test_empty_selection_is_allowed_and_said(run_copy):
+    explorer = Explorer(run_copy)
+    explorer.threshold = 1e9
+    assert explorer.counts.kept == 0 and "keeps no samples" in explorer._notice.object
+    data = explorer._keep_list_file().getvalue().decode()
+    assert data.strip().splitlines() == ["sample_id,source,label,score,keep"]
+    explorer.threshold = 0.5
+    assert not explorer._notice.visible
+
+
+def test_download_is_the_export_code_path(run_copy):
+    explorer = Explorer(run_copy)
+    explorer.param.update(rule="quantile", quantile=0.4, per_class=True)
+    frame = pd.read_csv(io.BytesIO(explorer._keep_list_file().getvalue()))
+    expected = apply_rule(explorer.samples, explorer.current_rule)
+    assert len(frame) == expected.kept and set(frame["sample_id"]) == set(explorer.samples["sample_id"][expected.keep])
+    spec = json.loads(explorer._spec_file().getvalue())
+    assert spec["rule"]["kind"] == "quantile" and spec["kept"] == expected.kept and spec["run_id"] == explorer.run.run_id
+    explorer._format.value = "npy"
+    assert explorer._download.filename.endswith(".npy")
+    mask = np.load(io.BytesIO(explorer._keep_list_file().getvalue()))
+    np.testing.assert_array_equal(mask, expected.keep)
+
+
+def test_save_to_run_is_restored_on_reload(run_copy):
+    explorer = Explorer(run_copy)
+    explorer.param.update(rule="keep_count", keep_count=900, per_class=True)
+    explorer._on_save()
+    assert explorer._notice.alert_type == "success" and "Saved 900 of" in explorer._notice.object
+    saved = sorted((run_copy / "filters").iterdir())
+    assert [p.suffix for p in saved] == [".csv", ".json"]
+    again = Explorer(run_copy)
+    assert (again.rule, again.keep_count, again.per_class) == ("keep_count", 900, True)
+    assert again.counts.kept == 900 and "Restored the filter" in again._notice.object
+    assert Explorer(run_copy, restore=False).rule == "threshold"
+
+
+def test_unreadable_saved_spec_is_reported_not_fatal(run_copy):
+    (run_copy / "filters").mkdir()
+    (run_copy / "filters" / "x.csv.spec.json").write_text(json.dumps({"rule": {"kind": "threshold", "value": 1},
+                                                                       "run_id": "someone-else"}))
+    explorer = Explorer(run_copy)
+    assert explorer.rule == "threshold" and "not restored" in explorer.message
+
+
+def test_gallery_click_opens_detail_and_trajectory(run_copy):
+    explorer = Explorer(run_copy)
+    _render(explorer)
+    lowest = explorer._shown["lowest"]
+    assert len(lowest) == explorer.gallery_size and explorer._galleries["lowest"].cards.count("me-card") >= 16
+    sample_id = explorer.samples["sample_id"].iloc[lowest[0]]
+    explorer._galleries["lowest"]._handle_msg({"pos": int(lowest[0]), "id": sample_id})
+    assert explorer.selected == [int(lowest[0])]
+    assert sample_id in explorer.detail._info.object and "data:image/webp" in explorer.detail._info.object
+    assert explorer.detail._plot.object is not None
+    explorer.select(explorer.samples["sample_id"].iloc[lowest[1]])
+    assert explorer.selected == [int(lowest[0]), int(lowest[1])]
+    dropped = explorer._galleries["lowest"].dropped
+    assert set(dropped) == {int(p) for p in lowest if not explorer.keep_mask[p]}
+
+
+def test_every_tab_and_column_renders(run_copy):
+    explorer = Explorer(run_copy)
+    root_doc = Document()
+    pn.Row(explorer.controls, explorer.main).get_root(root_doc)
+    for index in range(len(explorer._tabs)):
+        explorer._tabs.active = index
+        assert len(explorer._tabs[index]) == 1
+    explorer.column = "reference_loss"
+    assert explorer.state.column == "reference_loss" and explorer.counts.total == len(explorer.samples)
+    explorer.log_counts = True
+    explorer.param.update(third_gallery="In a score band", band=(0.0, 1.0))
+    explorer.gallery_class = explorer.param.gallery_class.objects[2]
+    explorer.threshold = float(np.median(explorer.state.scores))
+    assert explorer.counts.kept == apply_rule(explorer.samples, FilterRule("threshold", explorer.threshold,
+                                                                           "reference_loss")).kept
+
+
+def test_missing_thumbnails_show_placeholders(run_copy):
+    import shutil
+
+    shutil.rmtree(run_copy / "thumbs")
+    explorer = Explorer(run_copy)
+    assert PLACEHOLDER in explorer._galleries["lowest"].cards and explorer._thumb_note.visible
+
+
+def test_a_large_synthetic_run_is_rasterized_with_datashader(tmp_path):
+    run_dir = synthetic_run(tmp_path / "big", n=60_000, epochs=2, thumbnails=False)
+    explorer = Explorer(run_dir)
+    explorer._tabs.active = explorer._tabs._names.index("Scatter")
+    _render(explorer)
+    scatter = explorer._tabs[explorer._tabs.active][0]
+    view = scatter[1]._pane if hasattr(scatter[1], "_pane") else scatter[1]
+    assert "60,000 points rasterized with Datashader" in view[0].object
+    assert isinstance(view[1], pn.pane.HoloViews)
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "running", "newer", "corrupt", "empty-folder"])
+def test_bad_run_directories_become_messages_in_the_page(tmp_path, demo_run, case):
+    target = tmp_path / "target"
+    if case == "file":
+        target.write_text("x")
+    elif case in ("running", "newer", "corrupt"):
+        copy_run(demo_run, target)
+        meta = json.loads((target / "meta.json").read_text())
+        if case == "running":
+            meta["status"] = "running"
+        if case == "newer":
+            meta["format_version"] = 999
+        (target / "meta.json").write_text(json.dumps(meta))
+        if case == "corrupt":
+            (target / "samples.parquet").write_bytes(b"not parquet")
+    elif case == "empty-folder":
+        target.mkdir()
+    page = build_page([str(target)])
+    assert page.explorer is None
+    alert = page.main[0]
+    assert isinstance(alert, pn.pane.Alert) and alert.alert_type == "danger"
+    expected = {"missing": "does not exist", "file": "is a file", "running": "not complete",
+                "newer": "newer", "corrupt": "could not be read", "empty-folder": "neither a run"}[case]
+    assert expected in alert.object
+    _render(page)
+
+
+def test_runs_folder_gets_a_picker(tmp_path, demo_run):
+    copy_run(demo_run, tmp_path / "runs" / "good")
+    bad = copy_run(demo_run, tmp_path / "runs" / "bad")
+    meta = json.loads((bad / "meta.json").read_text())
+    meta.update(status="failed", error="killed", run_id="bad-run", created="2099-01-01T00:00:00+00:00")
+    (bad / "meta.json").write_text(json.dumps(meta))
+    page = build_page([str(tmp_path / "runs")])
+    assert page.explorer is not None and page.explorer.run.path.name == "good"  # first complete run
+    picker = page._picker
+    picker._select.value = str(bad)
+    assert page.explorer is None and "not complete" in page.main[0].object
+    picker._select.value = str(tmp_path / "runs" / "good")
+    assert page.explorer is not None
+    _render(page)
+
+
+def test_demo_mode_opens_a_cached_demo(monkeypatch, tmp_path, demo_run):
+    from mimic_explorer.store.paths import demo_run_dir
+
+    monkeypatch.setenv("MIMIC_EXPLORER_CACHE", str(tmp_path / "cache"))
+    copy_run(demo_run, demo_run_dir())
+    page = build_page([])
+    assert isinstance(page, ExplorerPage) and page.explorer is not None
+
+
+def test_ui_and_page_building_never_import_torch(demo_run):
+    code = (
+        "import sys\n"
+        "import mimic_explorer.ui, mimic_explorer.ui.page as page\n"
+        "import panel as pn\n"
+        f"p = page.serve_page([{str(demo_run)!r}])\n"
+        "ex = p.main[0][0]\n"
+        "from bokeh.document import Document\n"
+        "p.main[0].get_root(Document())\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok', type(ex).__name__)\n"
+    )
+    env = {**os.environ, "MIMIC_EXPLORER_CACHE": "/nonexistent-cache-for-test"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout
