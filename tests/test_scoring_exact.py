@@ -21,7 +21,7 @@ PARAMS = ["head", "all", "subset"]
 @pytest.fixture(scope="module", params=MODELS)
 def case(request):
     name = request.param
-    model, reference, x, y, subset = build(name)
+    model, reference, x, y, subset = build(name, batch=3 if name == "resnet18" else 4)
     model.train()  # scoring must switch to eval semantics (BatchNorm running stats) by itself
     return name, model, reference, x, y, subset
 

@@ -13,7 +13,7 @@ from torch import nn
 from mimic_explorer import mimic_scores
 from mimic_explorer.models.heads import find_head
 from mimic_explorer.scoring import reweighted_grads
-from mimic_explorer.scoring.ghost import ghost_layers, ghost_sqnorms
+from mimic_explorer.scoring.ghost import ghost_layers, ghost_parts
 from tests.scoring_models import assert_close, oracle, perturbed
 
 PATHS_ALL = ("auto", "jvp", "vmap", "loop")
@@ -111,7 +111,7 @@ def test_conv_variants_and_groupnorm_ghost_norms_are_exact():
     x, y = torch.randn(3, 2, 9, 9).double(), torch.tensor([0, 2, 1])
     names = [n for n, _ in model.named_parameters()]
     assert set(n for attrs in ghost_layers(model, names).values() for n in attrs.values()) == set(names)
-    _, covered, _ = ghost_sqnorms(model.eval(), names, x, y)
+    _, covered = ghost_parts(model.eval(), names, {}, x, y, need_dot=False)
     assert covered == set(names)  # nothing left to the vmap fallback
     _check(model, x, y, "all", names)
 
@@ -136,7 +136,7 @@ def test_ghost_guard_catches_functional_reuse():
     model = SharedWeight().double()
     x, y = torch.randn(4, 6).double(), torch.tensor([0, 3, 1, 2])
     names = [n for n, _ in model.named_parameters()]
-    _, covered, _ = ghost_sqnorms(model.eval(), names, x, y)
+    _, covered = ghost_parts(model.eval(), names, {}, x, y, need_dot=False)
     assert "fc1.weight" not in covered and "head.weight" in covered and "ln.weight" in covered
     _check(model, x, y, "all", names, methods=("cos",))
 

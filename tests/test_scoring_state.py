@@ -47,12 +47,11 @@ def test_model_and_reference_untouched_by_every_path(name):
     reference.eval()
     before, before_ref = _snapshot(model), _snapshot(reference)
     fastpath = torch.backends.mha.get_fastpath_enabled()
-    for params_choice in ("head", "all", subset):
-        for method in ("proj", "cos"):
-            for path in ("auto", "jvp", "vmap", "loop"):
-                mimic_scores(model, reference, x, y, params=params_choice, method=method, path=path)
-                _assert_same(before, _snapshot(model))
-                _assert_same(before_ref, _snapshot(reference))
+    for params_choice, method in (("head", "proj"), ("all", "cos"), (subset, "cos")):
+        for path in ("auto", "jvp", "vmap", "loop"):
+            mimic_scores(model, reference, x, y, params=params_choice, method=method, path=path)
+            _assert_same(before, _snapshot(model))
+            _assert_same(before_ref, _snapshot(reference))
     assert torch.is_grad_enabled()
     assert torch.backends.mha.get_fastpath_enabled() == fastpath
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mimic_explorer.scoring.checks import check_batch, check_finite
 from mimic_explorer.scoring.context import scoring_mode
-from mimic_explorer.scoring.ghost import ghost_sqnorms
+from mimic_explorer.scoring.ghost import ghost_parts
 from mimic_explorer.scoring.head_path import HeadPathUnavailable, head_parts
 from mimic_explorer.scoring.head_trace import trace_head
 from mimic_explorer.scoring.jvp_path import is_forward_ad_gap, jvp_parts
@@ -52,16 +52,12 @@ SCORE_METHODS = ("proj", "cos")
 _HEAD_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], str]]" = weakref.WeakKeyDictionary()
 
 
-def _linear_signature(model: nn.Module) -> tuple[int, ...]:
-    return tuple(id(m) for m in model.modules() if isinstance(m, nn.Linear))
-
-
 def head_name(model: nn.Module, inputs: Tensor) -> str:
     """Name of the Linear producing the logits (traced once per model on one sample, then cached).
 
     Must be called in eval mode (inside ``scoring_mode``).
     """
-    signature = _linear_signature(model)
+    signature = tuple(id(m) for m in model.modules() if isinstance(m, nn.Linear))
     cached = _HEAD_CACHE.get(model)
     if cached is not None and cached[0] == signature:
         return cached[1]
@@ -74,9 +70,8 @@ def head_name(model: nn.Module, inputs: Tensor) -> str:
     return name
 
 
-def _head_param_names(model: nn.Module, name: str) -> list[str]:
+def _head_param_names(model: nn.Module, name: str, known: dict[str, Tensor]) -> list[str]:
     head = model.get_submodule(name) if name else model
-    known = dict(model.named_parameters())
     names = [f"{name}.{attr}" if name else attr for attr in ("weight", "bias") if getattr(head, attr, None) is not None]
     missing = [n for n in names if n not in known]
     if missing:
@@ -84,17 +79,19 @@ def _head_param_names(model: nn.Module, name: str) -> list[str]:
     return names
 
 
-def _select(model: nn.Module, params: str | Sequence[str], inputs: Tensor) -> tuple[list[str], str | None]:
+def _select(
+    model: nn.Module, params: str | Sequence[str], inputs: Tensor, known: dict[str, Tensor]
+) -> tuple[list[str], str | None]:
     """The mimic-layer names, and the head's name when they are the head's weight and/or bias."""
     if params == "head":
         name = head_name(model, inputs)
-        return _head_param_names(model, name), name
+        return _head_param_names(model, name, known), name
     if params == "all":
         names = trainable_names(model)
     elif isinstance(params, str):
         raise ValueError(
             f"params must be 'head', 'all' or a list of parameter names, got the string {params!r}"
-            + (f" (did you mean [{params!r}]?)" if params in dict(model.named_parameters()) else "")
+            + (f" (did you mean [{params!r}]?)" if params in known else "")
         )
     else:
         names = check_param_names(model, params)
@@ -170,14 +167,17 @@ class _Scorer:
         return loop_parts(self.model, self.v, x_compute, y, self.need_norm, self.state)
 
     def _jvp(self, x: Tensor, y: Tensor, offset: int) -> Parts:
-        dot, _, losses = jvp_parts(self.model, self.v, x, y, self.state, offset)
+        """proj: one forward-mode pass. cos: ghost norms and dots for the layers they cover; forward
+        mode for the other parameters' dots and chunked vmap(grad) for their norms."""
         if not self.need_norm:
-            return Parts(dot, None, losses)
-        sq, covered, _ = ghost_sqnorms(self.model, self.names, x, y, self.state, offset)
+            return jvp_parts(self.model, self.v, x, y, self.state, offset)
+        ghost, covered = ghost_parts(self.model, self.names, self.v, x, y, True, self.state, offset)
         rest = {n: t for n, t in self.v.items() if n not in covered}
-        if rest:
-            sq = sq + vmap_parts(self.model, rest, x, y, False, True, self.vmap_chunk, self.state).sqnorm
-        return Parts(dot, sq, losses)
+        if not rest:
+            return ghost
+        dot = ghost.dot + jvp_parts(self.model, rest, x, y, self.state, offset).dot
+        sq = ghost.sqnorm + vmap_parts(self.model, rest, x, y, False, True, self.vmap_chunk, self.state).sqnorm
+        return Parts(dot, sq, ghost.losses)
 
 
 def mimic_scores(
@@ -217,9 +217,10 @@ def mimic_scores(
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    check_reference(model, reference)
+    named = list(model.named_parameters())
+    ref_named = check_reference(model, reference, named)
     batch = check_batch(inputs, targets)
-    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    first = next((p for _, p in named if p.is_floating_point()), None)
     if first is None:
         raise ValueError(f"{type(model).__name__} has no floating-point parameters to score")
     device, model_dtype = first.device, first.dtype
@@ -234,13 +235,14 @@ def mimic_scores(
         x_model = inputs.to(model_dtype) if inputs.is_floating_point() else inputs
         x_compute = inputs.to(compute_dtype) if inputs.is_floating_point() else inputs
         targets = targets.to(device=device, dtype=torch.long)
-        names, head = _select(model, params, x_model)
+        known = dict(named)
+        names, head = _select(model, params, x_model, known)
         if path == "head" and head is None:
             raise ValueError(
                 "path='head' needs params to be the weight and/or bias of the Linear layer that produces "
                 f"the logits; got {names[:4]}{' …' if len(names) > 4 else ''}"
             )
-        v = task_vector(model, reference, names, compute_dtype, device)
+        v = task_vector(known, dict(ref_named), names, compute_dtype, device)
         v_norm = vector_norm(v)
         if batch == 0:
             return torch.zeros(0, dtype=compute_dtype, device=device)

@@ -44,6 +44,10 @@ def mha_fastpath_disabled() -> Iterator[None]:
         mha.set_fastpath_enabled(previous)
 
 
+def _has_mha(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+
+
 @contextlib.contextmanager
 def scoring_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Eval mode, math attention, no MHA fast path, autocast off (on CPU and the model's device), and
@@ -51,7 +55,8 @@ def scoring_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(preserved_modes(model))
-        stack.enter_context(mha_fastpath_disabled())
+        if _has_mha(model):
+            stack.enter_context(mha_fastpath_disabled())
         stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
         for device_type in {"cpu", device.type}:
             if torch.is_autocast_enabled(device_type):

@@ -1,17 +1,19 @@
-"""Ghost norms: ‖g_i‖² for Linear, Conv2d and norm-layer parameters from one ordinary backward pass.
+"""Ghost norms: ‖g_i‖² and ⟨g_i, v⟩ for Linear, Conv2d and norm-layer parameters from one forward and
+one (input-only) backward pass.
 
 Why: cos needs each sample's gradient norm. For a Linear or Conv2d layer the per-sample weight
 gradient is a sum of outer products of the layer's input (unfolded into patches for a convolution)
-and its output gradient, so its norm follows from those two tensors (``scoring.outer``) — one forward
-and one backward for the whole batch, never B×P memory. Norm layers (eval-mode BatchNorm, LayerNorm,
-GroupNorm) are per-sample affine maps of their normalised input x̂, so their weight's per-sample
-gradient is Σ δ ⊙ x̂ and their bias's Σ δ — small enough to build directly.
+and its output gradient δ, so its norm — and its inner product with the task vector — follow from
+those two tensors (``scoring.outer``), never B×P memory. Norm layers (eval-mode BatchNorm, LayerNorm,
+GroupNorm) are per-sample affine maps of their normalised input x̂: their weight's per-sample gradient
+is Σ δ ⊙ x̂ and their bias's Σ δ, small enough to build directly. The backward pass runs to the input
+only, so no weight gradient is ever computed.
 
-Only layers we can see completely qualify: one of those modules with the stock forward, whose
-parameter no other module shares, and that was actually called. As a guard against uses we cannot
-see (a weight also used functionally elsewhere), the per-sample pieces summed over the batch must
-equal the ordinary batch gradient of that parameter; a parameter failing the check, and every other
-parameter, is left to the caller's fallback (chunked ``vmap(grad)``).
+Only uses we can see completely qualify. A parameter is covered when its module is one of those
+types with the stock forward, the module was called, and — watched by a TorchFunctionMode during the
+forward — the parameter fed exactly one op of the expected kind per module call and nothing else
+that carries gradient (a weight also used functionally elsewhere, or shared, is not covered). Every
+other parameter is left to the caller's fallback (forward-mode dot and chunked ``vmap(grad)`` norm).
 """
 
 from __future__ import annotations
@@ -23,34 +25,41 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from mimic_explorer.scoring.checks import per_sample_losses
-from mimic_explorer.scoring.outer import bias_sqnorm, weight_sqnorm, weight_sum
-
+from mimic_explorer.scoring.outer import bias_sqnorm, weight_sqnorm_dot
+from mimic_explorer.scoring.parts import Parts
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
-def _stock(module: nn.Module) -> bool:
-    """A layer whose per-sample gradients we can derive from its input and output gradient."""
-    if isinstance(module, nn.Linear):
-        return type(module).forward is nn.Linear.forward
-    if isinstance(module, nn.Conv2d):
-        return type(module).forward is nn.Conv2d.forward and type(module)._conv_forward is nn.Conv2d._conv_forward
+def _expected_op(module: nn.Module):
+    """The functional op a stock module's forward applies to its weight and bias, or None."""
+    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
+        return F.linear
+    if (
+        isinstance(module, nn.Conv2d)
+        and type(module).forward is nn.Conv2d.forward
+        and type(module)._conv_forward is nn.Conv2d._conv_forward
+    ):
+        return torch.conv2d
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         # eval-mode BatchNorm with running statistics is a per-channel affine map of each sample
-        return (
-            type(module).forward is nn.modules.batchnorm._BatchNorm.forward
-            and module.running_mean is not None
-            and module.running_var is not None
-        )
-    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
-        return type(module).forward in (nn.LayerNorm.forward, nn.GroupNorm.forward)
-    return False
+        stock = type(module).forward is nn.modules.batchnorm._BatchNorm.forward
+        if stock and module.running_mean is not None and module.running_var is not None:
+            return F.batch_norm
+        return None
+    if isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward:
+        return F.layer_norm
+    if isinstance(module, nn.GroupNorm) and type(module).forward is nn.GroupNorm.forward:
+        return F.group_norm
+    return None
 
 
 def ghost_layers(model: nn.Module, names: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Module name → {'weight'|'bias': parameter name} for the parameters ghost norms can cover."""
+    """Module name → {'weight'|'bias': parameter name} for the parameters ghost norms may cover."""
     owners = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     layers: dict[str, dict[str, str]] = {}
     for name in names:
@@ -59,9 +68,31 @@ def ghost_layers(model: nn.Module, names: Sequence[str]) -> dict[str, dict[str, 
             continue
         module = model.get_submodule(module_name) if module_name else model
         param = getattr(module, attr, None)
-        if _stock(module) and isinstance(param, nn.Parameter) and owners[id(param)] == 1:
+        if _expected_op(module) is not None and isinstance(param, nn.Parameter) and owners[id(param)] == 1:
             layers.setdefault(module_name, {})[attr] = name
     return layers
+
+
+class _UseWatch(TorchFunctionMode):
+    """Counts, per watched tensor, its uses by the expected op and flags any other use that carries
+    gradient (inside ``__torch_function__`` the mode is off, so nested calls are not double counted)."""
+
+    def __init__(self, watched: dict[int, tuple[str, object]]):
+        super().__init__()
+        self.watched = watched  # id(tensor) → (name, expected op)
+        self.uses: Counter[str] = Counter()
+        self.foreign: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        hits = [self.watched[id(t)] for t in tree_leaves((args, kwargs)) if id(t) in self.watched]
+        out = func(*args, **kwargs)
+        for name, expected in hits:
+            if func is expected:
+                self.uses[name] += 1
+            elif any(isinstance(o, Tensor) and o.requires_grad for o in tree_leaves(out)):
+                self.foreign.add(name)
+        return out
 
 
 def _same_padding(conv: nn.Conv2d) -> list[int]:
@@ -89,10 +120,8 @@ def conv_patches(conv: nn.Conv2d, h: Tensor) -> Tensor:
 def _position_form(module: nn.Module, h: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
     """(h, δ) as (B, G, T, D) and (B, G, T, C)."""
     if isinstance(module, nn.Conv2d):
-        hp = conv_patches(module, h)
         b, c = d.shape[0], d.shape[1]
-        dp = d.reshape(b, module.groups, c // module.groups, -1).transpose(2, 3)
-        return hp, dp
+        return conv_patches(module, h), d.reshape(b, module.groups, c // module.groups, -1).transpose(2, 3)
     return h.reshape(h.shape[0], 1, -1, h.shape[-1]), d.reshape(d.shape[0], 1, -1, d.shape[-1])
 
 
@@ -111,92 +140,100 @@ def normalized_input(module: nn.Module, h: Tensor) -> Tensor:
 def _norm_per_sample(module: nn.Module, xhat: Tensor, d: Tensor) -> dict[str, Tensor]:
     """Per-sample gradients of a norm layer's weight (Σ δ ⊙ x̂) and bias (Σ δ), shaped (B, *param)."""
     if isinstance(module, nn.LayerNorm):
-        k = len(module.normalized_shape)
-        dims = tuple(range(1, d.dim() - k))
+        dims = tuple(range(1, d.dim() - len(module.normalized_shape)))
     else:  # channels on dim 1
         dims = tuple(range(2, d.dim()))
-    weight = (d * xhat).sum(dims) if dims else d * xhat
-    bias = d.sum(dims) if dims else d
-    return {"weight": weight, "bias": bias}
+    return {"weight": (d * xhat).sum(dims) if dims else d * xhat, "bias": d.sum(dims) if dims else d}
 
 
-def _agrees(estimate: Tensor, exact: Tensor | None) -> bool:
-    if exact is None:
-        return bool((estimate == 0).all())
-    tol = 1e-9 if exact.dtype == torch.float64 else 1e-3
-    scale = exact.abs().max().clamp_min(torch.finfo(exact.dtype).tiny)
-    return bool(((estimate - exact).abs() <= tol * scale).all())
-
-
-def ghost_sqnorms(
+def ghost_parts(
     model: nn.Module,
     names: Sequence[str],
+    v: dict[str, Tensor],
     inputs: Tensor,
     targets: Tensor,
+    need_dot: bool,
     state: dict[str, Tensor] | None = None,
     offset: int = 0,
-) -> tuple[Tensor, set[str], Tensor]:
-    """Σ over covered parameters of ‖g_i‖², the set of covered names, and the losses ℓ_i."""
+) -> tuple[Parts, set[str]]:
+    """Σ over covered parameters of ‖g_i‖² (and ⟨g_i, v⟩ if ``need_dot``), the losses ℓ_i, and the
+    set of covered names."""
     state = dict(state or {})
     batch = inputs.shape[0]
     layers = ghost_layers(model, names)
     params = dict(model.named_parameters())
-    covered_names = [n for attrs in layers.values() for n in attrs.values()]
-    leaves = {n: state.get(n, params[n]).detach().requires_grad_(True) for n in covered_names}
+    modules = {m: (model.get_submodule(m) if m else model) for m in layers}
+    leaves = {n: state.get(n, params[n]).detach().requires_grad_(True) for attrs in layers.values() for n in attrs.values()}
+    watch = _UseWatch({id(leaves[n]): (n, _expected_op(modules[m])) for m, attrs in layers.items() for n in attrs.values()})
     records: dict[str, list[list]] = {m: [] for m in layers}
 
     def make_hook(module_name: str):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             if not (isinstance(output, Tensor) and output.requires_grad and args and isinstance(args[0], Tensor)):
+                records[module_name].append([None, None])  # a call we cannot use: the layer is not covered
                 return
             h = args[0].detach()
-            if isinstance(module, _NORMS):
-                h = normalized_input(module, h)
-            entry = [h, None]
+            entry = [normalized_input(module, h) if isinstance(module, _NORMS) else h, None]
             records[module_name].append(entry)
             output.register_hook(lambda g: entry.__setitem__(1, g.detach()))
 
         return hook
 
-    handles = [model.get_submodule(m).register_forward_hook(make_hook(m)) for m in layers if m]
-    if "" in layers:
-        handles.append(model.register_forward_hook(make_hook("")))
+    handles = [modules[m].register_forward_hook(make_hook(m)) for m in layers]
+    x = inputs.detach().requires_grad_(True) if inputs.is_floating_point() else inputs
     try:
         with torch.enable_grad():
-            logits = functional_call(model, {**state, **leaves}, (inputs,))
+            with watch:
+                logits = functional_call(model, {**state, **leaves}, (x,))
             losses = per_sample_losses(logits, targets, offset)
-            totals = dict(zip(leaves, torch.autograd.grad(losses.sum(), list(leaves.values()), allow_unused=True)))
+            # backward to the input only: every layer's δ, no weight gradients
+            wrt = [x] if x.requires_grad else list(leaves.values())
+            if wrt and losses.requires_grad:
+                torch.autograd.grad(losses.sum(), wrt, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
-    sq = losses.new_zeros(batch).detach()
+    dtype = losses.dtype
+    sq = torch.zeros(batch, dtype=dtype, device=losses.device)
+    dot = torch.zeros_like(sq)
     covered: set[str] = set()
     for module_name, attrs in layers.items():
-        calls = records[module_name]
-        if not calls or any(d is None or h.shape[0] != batch for h, d in calls):
+        calls, module = records[module_name], modules[module_name]
+        usable = bool(calls) and all(h is not None and d is not None and h.shape[0] == batch for h, d in calls)
+        attrs = {a: n for a, n in attrs.items() if usable and n not in watch.foreign and watch.uses[n] == len(calls)}
+        if not attrs:
             continue
-        module = model.get_submodule(module_name) if module_name else model
         if isinstance(module, _NORMS):
-            per_sample = {}
+            per_sample: dict[str, Tensor] = {}
             for h, d in calls:
-                for attr, g in _norm_per_sample(module, h.to(sq.dtype), d.to(sq.dtype)).items():
+                for attr, g in _norm_per_sample(module, h.to(dtype), d.to(dtype)).items():
                     per_sample[attr] = per_sample[attr] + g if attr in per_sample else g
             for attr, name in attrs.items():
-                if _agrees(per_sample[attr].sum(0), totals[name]):
-                    sq = sq + per_sample[attr].flatten(1).pow(2).sum(1)
-                    covered.add(name)
+                g = per_sample[attr].flatten(1)
+                sq = sq + g.pow(2).sum(1)
+                if need_dot:
+                    dot = dot + g @ v[name].reshape(-1).to(dtype)
+                covered.add(name)
             continue
         forms = [_position_form(module, h, d) for h, d in calls]
-        h_all = torch.cat([f[0] for f in forms], dim=2).to(sq.dtype)
-        d_all = torch.cat([f[1] for f in forms], dim=2).to(sq.dtype)
+        if len(forms) == 1:
+            h_all, d_all = forms[0][0].to(dtype), forms[0][1].to(dtype)
+        else:  # repeated calls are more positions of the same layer
+            h_all = torch.cat([f[0] for f in forms], dim=2).to(dtype)
+            d_all = torch.cat([f[1] for f in forms], dim=2).to(dtype)
         if "weight" in attrs:
             name = attrs["weight"]
-            if _agrees(weight_sum(h_all, d_all).reshape(params[name].shape), totals[name]):
-                sq = sq + weight_sqnorm(h_all, d_all)
-                covered.add(name)
+            groups = h_all.shape[1]
+            v_w = v[name].reshape(groups, -1, h_all.shape[-1]).to(dtype) if need_dot else None
+            w_sq, w_dot = weight_sqnorm_dot(h_all, d_all, v_w)
+            sq = sq + w_sq
+            if need_dot:
+                dot = dot + w_dot
+            covered.add(name)
         if "bias" in attrs:
             name = attrs["bias"]
-            if _agrees(d_all.sum((0, 2)).reshape(-1), totals[name]):
-                sq = sq + bias_sqnorm(d_all)
-                covered.add(name)
-    return sq, covered, losses.detach()
+            sq = sq + bias_sqnorm(d_all)
+            if need_dot:
+                dot = dot + d_all.sum(2).flatten(1) @ v[name].reshape(-1).to(dtype)
+            covered.add(name)
+    return Parts(dot if need_dot else None, sq, losses.detach()), covered

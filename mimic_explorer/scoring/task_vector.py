@@ -14,9 +14,13 @@ import torch
 from torch import Tensor, nn
 
 
-def check_reference(model: nn.Module, reference: nn.Module) -> None:
-    """The reference must have the model's parameter names, in order, with the same shapes."""
-    ours = list(model.named_parameters())
+def check_reference(
+    model: nn.Module, reference: nn.Module, ours: list[tuple[str, Tensor]] | None = None
+) -> list[tuple[str, Tensor]]:
+    """The reference must have the model's parameter names, in order, with the same shapes.
+
+    Returns the reference's named parameters (``ours``: the model's, if already listed)."""
+    ours = list(model.named_parameters()) if ours is None else ours
     theirs = list(reference.named_parameters())
     for i in range(max(len(ours), len(theirs))):
         if i >= len(ours):
@@ -33,6 +37,7 @@ def check_reference(model: nn.Module, reference: nn.Module) -> None:
             raise ValueError(
                 f"reference parameter {name!r} has shape {tuple(q.shape)}, the model's has {tuple(p.shape)}"
             )
+    return theirs
 
 
 def trainable_names(model: nn.Module) -> list[str]:
@@ -83,19 +88,20 @@ def owning_linear(model: nn.Module, names: Sequence[str]) -> str | None:
 
 
 def task_vector(
-    model: nn.Module, reference: nn.Module, names: Sequence[str], dtype: torch.dtype, device: torch.device
+    ours: dict[str, Tensor], theirs: dict[str, Tensor], names: Sequence[str], dtype: torch.dtype, device: torch.device
 ) -> dict[str, Tensor]:
-    """v[n] = θ_ref[n] − θ[n] for the names in S, detached, in the compute dtype on the model's device."""
-    ours = dict(model.named_parameters())
-    theirs = dict(reference.named_parameters())
+    """v[n] = θ_ref[n] − θ[n] for the names in S, detached, in the compute dtype on the model's device.
+
+    ``ours`` / ``theirs``: name → parameter of the model / the reference."""
     with torch.no_grad():
         v = {
             n: theirs[n].detach().to(device=device, dtype=dtype) - ours[n].detach().to(dtype=dtype)
             for n in names
         }
-    for n, t in v.items():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"the task vector is non-finite in parameter {n!r} (NaN or inf in model or reference)")
+    if v and not bool(torch.isfinite(torch.stack([t.sum() for t in v.values()])).all()):
+        for n, t in v.items():  # a NaN or inf anywhere makes its parameter's sum non-finite
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"the task vector is non-finite in parameter {n!r} (NaN or inf in model or reference)")
     return v
 
 
