@@ -160,6 +160,27 @@ def _cmd_train(args) -> int:
     return _run_command(args, "train")
 
 
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score every sample of a pool with one fixed checkpoint against a reference",
+        description="Mimic scores of --model against --reference for every sample (one ordered pass, streamed to "
+        "disk in chunks; a killed run resumes). Stage 2 for one checkpoint votes keep when proj >= 0 by default. "
+        "Under torchrun each process scores a disjoint part.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_run_options(p, "score")
+    p.set_defaults(binarisation="proj")
+    p.add_argument("--model", required=True, metavar="CKPT", help="the checkpoint to score")
+    p.add_argument("--reference", required=True, metavar="CKPT", help="the better model (same architecture and classes)")
+    p.add_argument("--params", default="head", help="mimic layers: head, all, or comma-separated parameter names")
+    p.add_argument("--method", dest="score_method", choices=["proj", "cos"], default="proj", help="score to record and vote on")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the per-batch weight column")
+    p.add_argument("--linear-probe", action="store_true", help="score the head on cached backbone features")
+    p.add_argument("--chunk-size", type=int, default=8192, help="samples per part file (the unit a killed run resumes from)")
+    p.set_defaults(func=lambda args: _run_command(args, "score"))
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser(
         "export",
@@ -250,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_train(sub)
+    _add_score(sub)
     _add_export(sub)
     _add_serve(sub)
     return parser

@@ -178,13 +178,13 @@ def train(
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     capture = _HeadInput(head)
-    torch.manual_seed(config.seed * 1_000 + start_epoch)
     result = TrainResult(model)
     started = time.perf_counter()
     if steps_per_epoch is None:
         steps_per_epoch = math.ceil(len(batches) / config.batch_size)
     try:
         for epoch in range(start_epoch, config.epochs):
+            torch.manual_seed(config.seed * 1_000 + epoch)  # per epoch, so a resumed run draws the same numbers
             step = epoch * steps_per_epoch
             model.train()
             cols: dict[str, list] = {k: [] for k in ("index", "step", "batch_size", "loss", "pred", "proj", "cos", "weight")}

@@ -1,0 +1,218 @@
+"""``mimic-explorer score``: mimic scores of one fixed checkpoint against a reference.
+
+Why chunks: a pool of millions is scored in an ordered pass; every chunk of samples is written as its
+own part file (per rank under torchrun) as soon as it is done, so memory stays bounded by the batch,
+a killed run resumes at the first missing chunk, and rank 0 only has to read the parts at the end.
+Within a batch the Stage-1 weight is ``softmax(proj)`` so the same Stage-2 rules apply; the default
+Stage-2 vote for a single checkpoint is ``proj ≥ 0``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from mimic_explorer import stage2
+from mimic_explorer.data.errors import BadSample, ErrorLog
+from mimic_explorer.fingerprint import state_fingerprint
+from mimic_explorer.models.checkpoints import load_checkpoint
+from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
+from mimic_explorer.pipeline.features import LinearProbe, extract_features
+from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evaluation, samples_table
+from mimic_explorer.pipeline.options import RunOptions
+from mimic_explorer.pipeline.pool_pass import pool_pass
+from mimic_explorer.pipeline.run_identity import existing_state, make_run_id
+from mimic_explorer.pipeline.setup import build_models, open_pool
+from mimic_explorer.pipeline.train_command import RunOutcome, validate
+from mimic_explorer.scoring.stage1 import stage1_weights
+from mimic_explorer.store.atomic import write_parquet
+from mimic_explorer.store.paths import SCORES_DIR
+from mimic_explorer.store.reader import read_meta
+from mimic_explorer.store.thumbs import ThumbnailWriter
+from mimic_explorer.store.writer import RunWriter, prepare_run_dir
+
+Progress = Callable[[str, int, int], None]
+
+
+def _parse_params(text: str):
+    return text if text in ("head", "all") else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def run_score(options: RunOptions, progress: Progress | None = None, log: Callable[[str], None] | None = None) -> RunOutcome:
+    log = log or (lambda text: print(text, file=sys.stderr))
+    progress = progress or (lambda stage, done, total: None)
+    validate(options)
+    if not options.model:
+        raise ValueError("score needs --model CKPT (the checkpoint to score)")
+    if not options.reference:
+        raise ValueError("score needs --reference CKPT (the better model)")
+    wants_cuda = options.device.startswith("cuda") or (options.device == "auto" and torch.cuda.is_available())
+    ctx = init_distributed("cuda" if wants_cuda else "cpu")
+    try:
+        return _run(options, ctx, resolve_device(options.device, ctx), progress, log)
+    finally:
+        ctx.close()
+
+
+def _chunk_path(out: Path, chunk: int, ctx: DistContext) -> Path:
+    suffix = f"-rank{ctx.rank:03d}" if ctx.active else ""
+    return out / SCORES_DIR / f"chunk-{chunk:06d}{suffix}.parquet"
+
+
+def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress, log) -> RunOutcome:
+    out = prepare_run_dir(options.out) if ctx.is_main else Path(options.out).expanduser()
+    ctx.barrier()
+    pool = open_pool(options, index_dir=out)
+    models = build_models(options, pool.source, device)
+    load_checkpoint(models.model, options.model, trust_pickle=options.trust_pickle)
+    models.model.eval()
+    fingerprints = {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)}),
+                    "model": state_fingerprint(models.model.state_dict()), "reference": models.reference_fingerprint}
+    run_id = make_run_id("score", options.identity(), fingerprints)
+    state = existing_state(out, run_id)
+    if state == "complete" and not options.force:
+        log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
+        return RunOutcome(out, read_meta(out).get("summary", {}), cached=True)
+    if state == "other" and not options.force:
+        raise ValueError(f"{out} holds a different run ({read_meta(out).get('run_id')}); choose another --out or pass --force")
+    writer = None
+    if ctx.is_main:
+        if state != "resumable" or options.force:
+            for part in (out / SCORES_DIR).glob("*.parquet") if (out / SCORES_DIR).exists() else []:
+                part.unlink()
+        writer = RunWriter(out, kind="score", config=options.to_dict())
+        writer.meta.update(run_id=run_id, class_names=pool.source.class_names, fingerprints=fingerprints,
+                           source={"spec": options.data}, method=f"{options.score_method} (fixed checkpoint)", device=device,
+                           world_size=ctx.world, noise=pool.noise, reference={"path": options.reference},
+                           params=options.params, basis=models.basis)
+        for warning in models.warnings:
+            writer.warn(warning)
+            log("WARNING: " + warning)
+        writer.flush_meta()
+    ctx.barrier()
+    ok = False
+    try:
+        outcome = _score_and_finalize(options, ctx, device, out, pool, models, writer, progress, log)
+        ok = True
+        return outcome
+    except BaseException as exc:
+        if writer is not None:
+            writer.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        raise
+    finally:
+        if ctx.active:
+            ctx.all_ok(ok)
+
+
+def _score_batch(options, models, x, y, params):
+    """proj (and cos) for one batch, plus the loss and prediction at the scored checkpoint."""
+    from mimic_explorer.scoring.api import mimic_scores
+
+    proj = mimic_scores(models.scored, models.scored_reference, x, y, params=params, method="proj")
+    cos = mimic_scores(models.scored, models.scored_reference, x, y, params=params, method="cos") if options.score_method == "cos" else None
+    with torch.no_grad():
+        logits = models.scored(x)
+        loss = F.cross_entropy(logits, y, reduction="none")
+    return proj, cos, loss, logits.argmax(-1)
+
+
+def _score_and_finalize(options, ctx, device, out, pool, models, writer, progress, log) -> RunOutcome:
+    started = time.perf_counter()
+    source = pool.source
+    params = _parse_params(options.params)
+    errors = ErrorLog()
+    need_thumbs = ctx.is_main and not (out / "thumbs" / "index.parquet").exists()
+    thumbs = ThumbnailWriter(out) if need_thumbs else None
+    mine = np.arange(ctx.rank, len(source), ctx.world)
+    models.scored, models.scored_reference = models.model, models.reference
+    feature_values = None
+    if options.linear_probe:
+        if params != "head":
+            raise ValueError("--linear-probe scores the head only; drop --params or use --params head")
+        feats = extract_features(models.model, source, pool.labels, models.transform, device=device, workers=options.workers,
+                                 indices=mine, on_thumbnails=None, progress=lambda d, t: progress("features", d, t))
+        errors.extend(feats.bad)
+        models.scored = LinearProbe(dict(models.model.named_modules())[models.head_name])
+        models.scored_reference = LinearProbe(dict(models.reference.named_modules())[models.head_name])
+        feature_values, feature_pos = feats.values, feats.positions
+    done = 0
+    for chunk, start in enumerate(range(0, len(mine), options.chunk_size)):
+        path = _chunk_path(out, chunk, ctx)
+        indices = mine[start : start + options.chunk_size]
+        if path.exists():  # finished before an interruption
+            done += len(indices)
+            continue
+        rows = []
+        if feature_values is not None:
+            sel = np.flatnonzero(np.isin(feature_pos, indices))
+            batches = ((torch.from_numpy(feature_pos[sel[s : s + options.batch_size]]),
+                        feature_values[sel[s : s + options.batch_size]],
+                        torch.from_numpy(pool.labels[feature_pos[sel[s : s + options.batch_size]]].copy()), [])
+                       for s in range(0, len(sel), options.batch_size))
+        else:
+            batches = ((b.index, b.inputs, b.targets, b.thumbs) for b in pool_pass(
+                source, pool.labels, models.transform, options.batch_size, indices=indices, thumbnails=thumbs is not None,
+                workers=options.workers, errors=errors))
+        for step, (index, x, y, batch_thumbs) in enumerate(batches):
+            x, y = x.to(device), y.to(device)
+            proj, cos, loss, pred = _score_batch(options, models, x, y, params)
+            weights = stage1_weights(proj if options.score_method == "proj" else cos, "normed_" + options.score_method, options.temperature)
+            rows.append(pd.DataFrame({
+                "sample_id": source.sample_ids[index.numpy()].astype(str), "epoch": 0, "step": chunk * 100_000 + step,
+                "proj": proj.double().cpu().numpy(), "weight": weights.double().cpu().numpy(),
+                "cos": cos.double().cpu().numpy() if cos is not None else np.nan, "loss": loss.double().cpu().numpy(),
+                "pred": pred.cpu().numpy().astype(np.int32), "batch_size": np.int32(len(y)),
+            }))
+            if thumbs is not None and batch_thumbs:
+                for p, t in zip(index.numpy(), batch_thumbs):
+                    thumbs.add(source.sample_ids[p], t)
+        frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["sample_id", "epoch", "step", "proj", "weight"])
+        write_parquet(path, frame)
+        done += len(indices)
+        progress("scoring", done, len(mine))
+    if thumbs is not None:
+        if options.linear_probe:  # features came from the cache or another pass: decode for thumbnails alone
+            for i, image in source.iter_images(errors=ErrorLog(), workers=options.workers):
+                thumbs.add(source.sample_ids[i], image)
+        thumbs.close()
+    bad_rows = [(b.sample_id, b.path, b.reason) for b in errors]
+    write_parquet(out / SCORES_DIR / f".errors-rank{ctx.rank:03d}.parquet.part",
+                  pd.DataFrame(bad_rows, columns=["sample_id", "path", "reason"]).astype("string"))
+    ctx.barrier()
+    if not ctx.is_main:
+        return RunOutcome(out, {})
+    scores = pd.concat([pd.read_parquet(p) for p in sorted((out / SCORES_DIR).glob("chunk-*.parquet"))], ignore_index=True)
+    error_parts = sorted((out / SCORES_DIR).glob(".errors-rank*.parquet.part"))
+    all_errors = pd.concat([pd.read_parquet(p) for p in error_parts], ignore_index=True).drop_duplicates("sample_id")
+    for p in error_parts:
+        p.unlink()
+    bad_ids = set(all_errors["sample_id"].astype(str))
+    good = np.asarray([i for i, s in enumerate(source.sample_ids) if s not in bad_ids], dtype=np.int64)
+    samples = samples_table(source.sample_ids[good], source.sources[good], pool.labels[good],
+                            None if pool.true_labels is None else pool.true_labels[good],
+                            None if pool.is_noisy is None else pool.is_noisy[good])
+    per_sample = scores.set_index("sample_id")
+    samples["model_loss"] = samples["sample_id"].map(per_sample["loss"]).astype(np.float64)
+    samples["pred"] = samples["sample_id"].map(per_sample["pred"]).astype("Int64")
+    samples = add_stage2(samples, scores, options.binarisation, options.aggregation)
+    evaluation = evaluate(samples)
+    summary = {"samples": int(len(samples)), "skipped": int(len(all_errors)),
+               "estimated_quality": stage2.quality_estimate(samples["keep"].to_numpy())}
+    if evaluation:
+        summary["detection"] = evaluation["mimic_score"]
+    writer.write_samples(samples)
+    writer.write_errors(all_errors)
+    if len(all_errors):
+        log(f"skipped {len(all_errors)} bad sample(s); see {out / 'errors.parquet'}")
+    writer.meta.update(evaluation=evaluation, summary=summary,
+                       stage2={"binarisation": options.binarisation, "aggregation": options.aggregation},
+                       timings={"score_s": time.perf_counter() - started, "total_s": time.perf_counter() - writer.started})
+    writer.complete()
+    return RunOutcome(out, summary, report=format_evaluation(evaluation))
