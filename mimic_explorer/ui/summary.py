@@ -83,6 +83,12 @@ TILE_CSS = """
 """
 
 
+def _short(path: str) -> str:
+    """The last two parts of a run's path (the full one is the tooltip): enough to tell runs apart."""
+    parts = path.rstrip("/").split("/")
+    return path if len(parts) <= 3 else "…/" + "/".join(parts[-2:])
+
+
 class Summary(Viewer):
     """Tiles with the run's key numbers, then one alert per warning."""
 
@@ -94,7 +100,8 @@ class Summary(Viewer):
         )
         header = (
             f'<div class="me-title">Run <code>{html.escape(run_id)}</code></div>'
-            f'<div class="me-path">{html.escape(path)}</div><div class="me-tiles">{tiles}</div>'
+            f'<div class="me-path" title="{html.escape(path)}">{html.escape(_short(path))}</div>'
+            f'<div class="me-tiles">{tiles}</div>'
         )
         self.warnings = run_warnings(meta)
         self._layout = pn.Column(

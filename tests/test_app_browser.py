@@ -1,0 +1,195 @@
+"""The served app in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+``panel serve mimic_explorer/app.py --args RUN`` on a real demo run: the histogram renders, the
+galleries show at least 2 × k decoded images, moving the "Threshold" slider with the keyboard changes
+"Kept: N of M", "Download keep-list" gives exactly N rows, a click opens the detail view, and the
+server log has no traceback. Also the no-argument demo mode (progress, then the explorer) and a bad
+run directory (a message, not a traceback). Saves the README screenshot to assets/screenshot.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.ui_helpers import ROOT, copy_run
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = ROOT / "assets" / "screenshot.png"
+KEPT = re.compile(r"Kept: (\d+) of (\d+)")
+K = 16  # the explorer's default images per gallery
+
+
+def _need_browser():
+    missing = []
+    if not Path(CHROMIUM).exists():
+        missing.append(CHROMIUM)
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright Python package")
+    if missing:
+        message = f"browser tests need {' and '.join(missing)}"
+        if os.environ.get("MIMIC_EXPLORER_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served(args: list[str], log_path: Path, env: dict | None = None, ready_timeout: float = 180):
+    """``panel serve mimic_explorer/app.py`` on a free localhost port; yields (url, log_path)."""
+    port = _free_port()
+    command = [sys.executable, "-m", "panel", "serve", str(ROOT / "mimic_explorer" / "app.py"), "--port", str(port),
+               "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}"]
+    if args:
+        command += ["--args", *args]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
+        url = f"http://127.0.0.1:{port}/app"
+        try:
+            deadline = time.time() + ready_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"panel serve exited early:\n{log_path.read_text()}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5):
+                        break
+                except OSError:
+                    if time.time() > deadline:
+                        raise AssertionError(f"panel serve did not start:\n{log_path.read_text()}") from None
+                    time.sleep(0.5)
+            yield url, log_path
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _no_traceback(log_path: Path) -> None:
+    text = log_path.read_text()
+    assert "Traceback" not in text, text[-4000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
+
+
+def _kept(page) -> tuple[int, int]:
+    text = page.get_by_text(KEPT).first.inner_text()
+    n, m = KEPT.search(text).groups()
+    return int(n), int(m)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_explorer_in_a_real_browser(browser, demo_run, tmp_path):
+    run = copy_run(demo_run, tmp_path / "run")  # a private copy: nothing saved by other tests is restored
+    with served([str(run)], tmp_path / "serve.log") as (url, log):
+        page = browser.new_page(viewport={"width": 1600, "height": 1050}, accept_downloads=True)
+        page.goto(url, timeout=120_000)
+
+        # the histogram: a Bokeh canvas of real size
+        canvas = page.locator(".bk-Canvas canvas, canvas").first
+        canvas.wait_for(state="visible", timeout=120_000)
+        box = canvas.bounding_box()
+        assert box and box["width"] > 300 and box["height"] > 200
+
+        # galleries: at least 2 × k images, decoded (natural size > 0)
+        images = page.locator(".me-card img")
+        decoded = _wait_for(lambda: (n := images.evaluate_all(
+            "els => els.filter(e => e.complete && e.naturalWidth > 0 && e.naturalHeight > 0).length")) >= 2 * K and n,
+            60, "gallery images")
+        assert decoded >= 2 * K
+
+        # moving the "Threshold" control changes "Kept: N of M"
+        before, total = _kept(page)
+        assert page.get_by_text("Threshold", exact=False).first.is_visible()
+        handle = page.locator(".noUi-handle").first
+        handle.focus()
+        for _ in range(8):
+            handle.press("PageUp")
+        after = _wait_for(lambda: (k := _kept(page)[0]) != before and k, 30, "Kept: N of M to change")
+        assert total == 1438 and after < before
+
+        # the downloaded keep-list has exactly N data rows
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name="Download keep-list").click()
+        rows = list(csv.reader(open(download.value.path(), newline="")))
+        assert rows[0][:2] == ["sample_id", "source"] and len(rows) - 1 == after
+
+        # a click on a card opens the detail view with the larger image
+        card = page.locator(".me-card").nth(3)
+        sample_id = card.get_attribute("data-id")
+        card.click()
+        detail_image = page.locator(".me-detail img")
+        detail_image.wait_for(state="visible", timeout=30_000)
+        assert detail_image.evaluate("e => e.naturalWidth") > 0
+        assert page.get_by_text(sample_id).count() >= 2  # on its card and in the detail view
+
+        page.wait_for_timeout(800)
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+        page.close()
+    _no_traceback(log)
+    assert SCREENSHOT.stat().st_size > 50_000
+
+
+def test_demo_mode_builds_on_first_launch_then_explores(browser, tmp_path):
+    cache = tmp_path / "cache"
+    with served([], tmp_path / "serve.log", env={"MIMIC_EXPLORER_CACHE": str(cache)}) as (url, log):
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(url, timeout=120_000)
+        page.get_by_text("Building the demo run").first.wait_for(state="visible", timeout=60_000)
+        page.get_by_text(KEPT).first.wait_for(state="visible", timeout=300_000)  # the build runs here
+        page.locator("canvas").first.wait_for(state="visible", timeout=60_000)
+        assert _kept(page)[1] == 1438
+        page.close()
+    _no_traceback(log)
+    assert '"status": "complete"' in (cache / "runs" / "demo-v1" / "meta.json").read_text().replace('":"', '": "')
+
+
+def test_bad_run_directory_is_a_message_not_a_traceback(browser, tmp_path):
+    with served([str(tmp_path / "no-such-run")], tmp_path / "serve.log") as (url, log):
+        page = browser.new_page()
+        page.goto(url, timeout=120_000)
+        message = page.get_by_text("Cannot open the run")
+        message.first.wait_for(state="visible", timeout=60_000)
+        assert page.get_by_text("does not exist").count() >= 1
+        page.close()
+    _no_traceback(log)
