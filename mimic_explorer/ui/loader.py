@@ -6,6 +6,7 @@ demo``). One build per server process is shared by all sessions; its last progre
 
 from __future__ import annotations
 
+import atexit
 import subprocess
 import sys
 import threading
@@ -28,6 +29,16 @@ class DemoBuild:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         threading.Thread(target=self._pump, daemon=True).start()
+        atexit.register(self.stop)  # a server that shuts down takes its unfinished build with it
+
+    def stop(self) -> None:
+        """Terminate the build if it is still running (the run directory stays 'running', never 'complete')."""
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
 
     @classmethod
     def shared(cls, out: Path) -> "DemoBuild":

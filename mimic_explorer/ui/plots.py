@@ -29,6 +29,8 @@ def histogram_element(hist: Histogram, column: str, log: bool = False, height: i
     """Counts of ``column`` (robust range); mislabeled samples drawn over the total when known."""
     opts = dict(line_color=None, logy=log, responsive=True, height=height, tools=["hover"],
                 xlabel=column, ylabel="samples (log)" if log else "samples", show_grid=True)
+    if log:  # the axis starts at 0.5: empty bins (drawn at 0.1) stay out of sight, a single sample shows
+        opts["ylim"] = (0.5, max(2.0, float(hist.counts.max()) * 2))
     total = hv.Histogram((hist.edges, _log_safe(hist.counts, log)), kdims=[column], vdims=["samples"], label="all samples")
     layers = [total.opts(color=BLUE, alpha=0.85, **opts)]
     if hist.noisy is not None:
@@ -92,7 +94,8 @@ def class_grid(edges: np.ndarray, per_class: dict[int, np.ndarray], names: dict[
     return {
         label: hv.Histogram((edges, _log_safe(counts, log)), kdims=[column], vdims=["samples"]).opts(
             color=BLUE, line_color=None, logy=log, width=250, height=170, title=f"{names[label]} (n={int(counts.sum())})",
-            xlabel="", ylabel="", toolbar=None, fontsize={"title": 10})
+            xlabel="", ylabel="", toolbar=None, fontsize={"title": 10},
+            **({"ylim": (0.5, max(2.0, float(counts.max()) * 2))} if log else {}))
         for label, counts in per_class.items()
     }
 
