@@ -251,3 +251,24 @@ def test_ui_and_page_building_never_import_torch(demo_run):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "ok" in proc.stdout
+
+
+def test_remote_browsers_are_refused_unless_sharing_is_intended(monkeypatch, demo_run):
+    from mimic_explorer.ui import page as page_module
+
+    def session_from(ip):
+        return SimpleNamespace(session_context=SimpleNamespace(request=SimpleNamespace(remote_ip=ip)))
+
+    monkeypatch.delenv("MIMIC_EXPLORER_ALLOW_REMOTE", raising=False)
+    for ip, local in (("127.0.0.1", True), ("::1", True), ("10.1.2.3", False)):
+        with monkeypatch.context() as m:
+            m.setattr(type(page_module.pn.state), "curdoc", property(lambda self, ip=ip: session_from(ip)))
+            assert page_module.client_is_local() is local
+    monkeypatch.setattr(page_module, "client_is_local", lambda: False)
+    template = page_module.serve_page([str(demo_run)])
+    assert "only browsers on its own machine" in template.main[0][0][0].object
+    monkeypatch.undo()
+    monkeypatch.setenv("MIMIC_EXPLORER_ALLOW_REMOTE", "1")
+    with monkeypatch.context() as m:
+        m.setattr(type(page_module.pn.state), "curdoc", property(lambda self: session_from("10.1.2.3")))
+        assert page_module.client_is_local()
