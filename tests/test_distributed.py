@@ -1,0 +1,68 @@
+"""Real ``torchrun --nproc_per_node=2`` (gloo, CPU) for score and train."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mimic_explorer import open_run
+from tests.conftest import run_cli
+from tests.test_train_cli import COMMON, digits_reference  # noqa: F401 - session fixture
+
+
+def torchrun(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "mimic_explorer", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("model")
+    ckpt = root / "model.pt"
+    proc = run_cli("train", *COMMON, "--epochs", "2", "--label-noise", "0.3", "--out", str(root / "run"), "--save-model", str(ckpt))
+    assert proc.returncode == 0, proc.stderr
+    return ckpt
+
+
+def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp_path):  # noqa: F811
+    args = ["score", "--data", "digits", "--arch", "mlp", "--model", str(other_model), "--reference", str(digits_reference),
+            "--label-noise", "0.3", "--chunk-size", "500", "--quiet", "--device", "cpu"]
+    single = run_cli(*args, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    multi = torchrun(*args, "--out", str(tmp_path / "two"))
+    assert multi.returncode == 0, multi.stderr
+    a, b = open_run(tmp_path / "one"), open_run(tmp_path / "two")
+    assert b.meta["world_size"] == 2
+    assert b.scores["sample_id"].is_unique and len(b.scores) == len(a.scores) == 1797
+    parts = list((tmp_path / "two" / "scores").glob("chunk-*-rank*.parquet"))
+    assert {p.name.split("-rank")[1] for p in parts} == {"000.parquet", "001.parquet"}
+    pa = a.scores.set_index("sample_id").sort_index()
+    pb = b.scores.set_index("sample_id").sort_index()
+    np.testing.assert_allclose(pb["proj"], pa["proj"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(pb["loss"], pa["loss"], rtol=1e-6, atol=1e-9)
+    a_samples = a.samples.set_index("sample_id").sort_index()
+    b_samples = b.samples.set_index("sample_id").sort_index()
+    assert (a_samples["keep"] == b_samples["keep"]).all()
+
+
+def test_torchrun_train_records_every_sample_once_per_epoch(digits_reference, tmp_path):  # noqa: F811
+    out = tmp_path / "ddp"
+    proc = torchrun("train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",
+                    "--device", "cpu", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
+    run = open_run(out)
+    assert run.meta["world_size"] == 2
+    counts = run.scores.groupby(["sample_id", "epoch"]).size()
+    assert (counts == 1).all() and len(counts) == 1797 * 3
+    assert len(run.samples) == 1797 and run.samples["mimic_score"].notna().all()
+    # each rank's Stage-1 weights are a softmax over its own local batch: two local batches per step
+    sums = run.scores.groupby(["epoch", "step"])["weight"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 2.0, rtol=1e-5)
