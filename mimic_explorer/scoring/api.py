@@ -161,23 +161,22 @@ class _Scorer:
                 )
                 self.path = "vmap"
         if self.path == "vmap":
-            if offset == 0:
-                check_targets_with_probe(self.model, x_compute, y, self.state)
+            check_targets_with_probe(self.model, x_compute, y, self.state, offset)
             return vmap_parts(self.model, self.v, x_compute, y, True, self.need_norm, self.vmap_chunk, self.state)
         return loop_parts(self.model, self.v, x_compute, y, self.need_norm, self.state)
 
     def _jvp(self, x: Tensor, y: Tensor, offset: int) -> Parts:
-        """proj: one forward-mode pass. cos: ghost norms and dots for the layers they cover; forward
-        mode for the other parameters' dots and chunked vmap(grad) for their norms."""
+        """proj: one forward-mode pass. cos: ghost norms and dots for the layers they cover, chunked
+        vmap(grad) over the other parameters only."""
         if not self.need_norm:
             return jvp_parts(self.model, self.v, x, y, self.state, offset)
         ghost, covered = ghost_parts(self.model, self.names, self.v, x, y, True, self.state, offset)
         rest = {n: t for n, t in self.v.items() if n not in covered}
         if not rest:
             return ghost
-        dot = ghost.dot + jvp_parts(self.model, rest, x, y, self.state, offset).dot
-        sq = ghost.sqnorm + vmap_parts(self.model, rest, x, y, False, True, self.vmap_chunk, self.state).sqnorm
-        return Parts(dot, sq, ghost.losses)
+        # their per-sample gradients give the dot for free
+        other = vmap_parts(self.model, rest, x, y, True, True, self.vmap_chunk, self.state)
+        return Parts(ghost.dot + other.dot, ghost.sqnorm + other.sqnorm, ghost.losses)
 
 
 def mimic_scores(

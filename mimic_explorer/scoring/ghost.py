@@ -166,16 +166,64 @@ def ghost_parts(
     leaves = {n: state.get(n, params[n]).detach().requires_grad_(True) for attrs in layers.values() for n in attrs.values()}
     watch = _UseWatch({id(leaves[n]): (n, _expected_op(modules[m])) for m, attrs in layers.items() for n in attrs.values()})
     records: dict[str, list[list]] = {m: [] for m in layers}
+    valid: dict[str, dict[str, str]] = {}  # decided after the forward pass, before the backward
+    acc: dict[str, Tensor] = {}
+    covered: set[str] = set()
+
+    def consume(module_name: str, calls: list[list]) -> None:
+        """Add one layer's per-sample ‖g‖² (and ⟨g, v⟩) to the running sums."""
+        module, attrs = modules[module_name], valid[module_name]
+        dtype = acc["sq"].dtype
+        if isinstance(module, _NORMS):
+            per_sample: dict[str, Tensor] = {}
+            for h, d in calls:
+                xhat = normalized_input(module, h.to(dtype))
+                for attr, g in _norm_per_sample(module, xhat, d.to(dtype)).items():
+                    per_sample[attr] = per_sample[attr] + g if attr in per_sample else g
+            for attr, name in attrs.items():
+                g = per_sample[attr].flatten(1)
+                acc["sq"] += g.pow(2).sum(1)
+                if need_dot:
+                    acc["dot"] += g @ v[name].reshape(-1).to(dtype)
+                covered.add(name)
+            return
+        forms = [_position_form(module, h, d) for h, d in calls]
+        if len(forms) == 1:
+            h_all, d_all = forms[0][0].to(dtype), forms[0][1].to(dtype)
+        else:  # repeated calls are more positions of the same layer
+            h_all = torch.cat([f[0] for f in forms], dim=2).to(dtype)
+            d_all = torch.cat([f[1] for f in forms], dim=2).to(dtype)
+        if "weight" in attrs:
+            name = attrs["weight"]
+            v_w = v[name].reshape(h_all.shape[1], -1, h_all.shape[-1]).to(dtype) if need_dot else None
+            w_sq, w_dot = weight_sqnorm_dot(h_all, d_all, v_w)
+            acc["sq"] += w_sq
+            if need_dot:
+                acc["dot"] += w_dot
+            covered.add(name)
+        if "bias" in attrs:
+            name = attrs["bias"]
+            acc["sq"] += bias_sqnorm(d_all)
+            if need_dot:
+                acc["dot"] += d_all.sum(2).flatten(1) @ v[name].reshape(-1).to(dtype)
+            covered.add(name)
+
+    def on_grad(module_name: str, entry: list, grad: Tensor) -> None:
+        entry[1] = grad.detach()
+        # a layer called once is finished as soon as its δ arrives: δ is dropped at once and h is
+        # only referenced (autograd saved it anyway), so scoring adds little to a backward's memory
+        if module_name in valid and len(records[module_name]) == 1:
+            consume(module_name, records[module_name])
+            records[module_name] = []
 
     def make_hook(module_name: str):
         def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
             if not (isinstance(output, Tensor) and output.requires_grad and args and isinstance(args[0], Tensor)):
                 records[module_name].append([None, None])  # a call we cannot use: the layer is not covered
                 return
-            h = args[0].detach()
-            entry = [normalized_input(module, h) if isinstance(module, _NORMS) else h, None]
+            entry = [args[0].detach(), None]
             records[module_name].append(entry)
-            output.register_hook(lambda g: entry.__setitem__(1, g.detach()))
+            output.register_hook(lambda g: on_grad(module_name, entry, g))
 
         return hook
 
@@ -186,6 +234,16 @@ def ghost_parts(
             with watch:
                 logits = functional_call(model, {**state, **leaves}, (x,))
             losses = per_sample_losses(logits, targets, offset)
+            for module_name, attrs in layers.items():
+                calls = records[module_name]
+                usable = bool(calls) and all(h is not None and h.shape[0] == batch for h, _ in calls)
+                keep = {a: n for a, n in attrs.items() if usable and n not in watch.foreign and watch.uses[n] == len(calls)}
+                if keep:
+                    valid[module_name] = keep
+                else:
+                    records[module_name] = []  # not covered: keep nothing alive
+            acc["sq"] = torch.zeros(batch, dtype=losses.dtype, device=losses.device)
+            acc["dot"] = torch.zeros_like(acc["sq"])
             # backward to the input only: every layer's δ, no weight gradients
             wrt = [x] if x.requires_grad else list(leaves.values())
             if wrt and losses.requires_grad:
@@ -193,47 +251,9 @@ def ghost_parts(
     finally:
         for handle in handles:
             handle.remove()
-    dtype = losses.dtype
-    sq = torch.zeros(batch, dtype=dtype, device=losses.device)
-    dot = torch.zeros_like(sq)
-    covered: set[str] = set()
-    for module_name, attrs in layers.items():
-        calls, module = records[module_name], modules[module_name]
-        usable = bool(calls) and all(h is not None and d is not None and h.shape[0] == batch for h, d in calls)
-        attrs = {a: n for a, n in attrs.items() if usable and n not in watch.foreign and watch.uses[n] == len(calls)}
-        if not attrs:
-            continue
-        if isinstance(module, _NORMS):
-            per_sample: dict[str, Tensor] = {}
-            for h, d in calls:
-                for attr, g in _norm_per_sample(module, h.to(dtype), d.to(dtype)).items():
-                    per_sample[attr] = per_sample[attr] + g if attr in per_sample else g
-            for attr, name in attrs.items():
-                g = per_sample[attr].flatten(1)
-                sq = sq + g.pow(2).sum(1)
-                if need_dot:
-                    dot = dot + g @ v[name].reshape(-1).to(dtype)
-                covered.add(name)
-            continue
-        forms = [_position_form(module, h, d) for h, d in calls]
-        if len(forms) == 1:
-            h_all, d_all = forms[0][0].to(dtype), forms[0][1].to(dtype)
-        else:  # repeated calls are more positions of the same layer
-            h_all = torch.cat([f[0] for f in forms], dim=2).to(dtype)
-            d_all = torch.cat([f[1] for f in forms], dim=2).to(dtype)
-        if "weight" in attrs:
-            name = attrs["weight"]
-            groups = h_all.shape[1]
-            v_w = v[name].reshape(groups, -1, h_all.shape[-1]).to(dtype) if need_dot else None
-            w_sq, w_dot = weight_sqnorm_dot(h_all, d_all, v_w)
-            sq = sq + w_sq
-            if need_dot:
-                dot = dot + w_dot
-            covered.add(name)
-        if "bias" in attrs:
-            name = attrs["bias"]
-            sq = sq + bias_sqnorm(d_all)
-            if need_dot:
-                dot = dot + d_all.sum(2).flatten(1) @ v[name].reshape(-1).to(dtype)
-            covered.add(name)
+    for module_name in valid:  # layers called more than once are finished here
+        calls = records[module_name]
+        if calls and all(d is not None for _, d in calls):
+            consume(module_name, calls)
+    sq, dot = acc["sq"], acc["dot"]
     return Parts(dot if need_dot else None, sq, losses.detach()), covered

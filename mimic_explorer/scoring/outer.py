@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Scratch elements a single slice of the batch may use (about 256 MB in float32).
-SCRATCH_ELEMENTS = 1 << 26
+# Scratch elements a single slice of the batch may use (about 64 MB in float32).
+SCRATCH_ELEMENTS = 1 << 24
 
 
 def _use_gram(t: int, c: int, d: int) -> bool:

@@ -25,14 +25,16 @@ def auto_chunk(num_params: int, batch: int) -> int:
     return max(1, min(batch, 64, GRADIENT_ELEMENTS // max(num_params, 1)))
 
 
-def check_targets_with_probe(model: nn.Module, inputs: Tensor, targets: Tensor, state: dict[str, Tensor]) -> None:
+def check_targets_with_probe(
+    model: nn.Module, inputs: Tensor, targets: Tensor, state: dict[str, Tensor] | None, offset: int = 0
+) -> None:
     """Find C with a one-sample forward and check every target against it (vmap cannot branch on data)."""
     if inputs.shape[0] == 0:
         return
     with torch.no_grad():
         logits = functional_call(model, state, (inputs[:1],)) if state else model(inputs[:1])
     check_logits(logits, 1)
-    check_target_range(targets, logits.shape[-1])
+    check_target_range(targets, logits.shape[-1], offset)
 
 
 def vmap_parts(
