@@ -197,8 +197,9 @@ def _add_export(sub) -> None:
     rule.add_argument("--spec", metavar="SPEC_JSON", help="re-apply a saved filter spec (refused on another run)")
     p.add_argument("--per-class", action="store_true", help="resolve --quantile / --keep-count within each class")
     p.add_argument("--column", default="mimic_score", help="score column to filter on (default mimic_score)")
-    p.add_argument("--format", choices=["csv", "json", "parquet", "npy"], default=None,
-                   help="file format (default: from --out's extension)")
+    p.add_argument("--format", choices=["csv", "json", "parquet", "npy", "uids"], default=None,
+                   help="file format (default: from --out's extension); npy = boolean mask in samples.parquet "
+                        "order; uids = DataComp-style sorted 128-bit uid .npy of the kept samples")
     p.add_argument("--out", required=True, help="file to write; FILE.spec.json is written beside it")
     p.set_defaults(func=_cmd_export)
 
@@ -224,8 +225,8 @@ def _cmd_export(args) -> int:
         else:
             rule = FilterRule("keep_count", args.keep_count, args.column, args.per_class)
         fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
-        if fmt not in ("csv", "json", "parquet", "npy"):
-            raise UserError(f"cannot tell the format from {args.out!r}; pass --format csv|json|parquet|npy")
+        if fmt not in ("csv", "json", "parquet", "npy", "uids"):
+            raise UserError(f"cannot tell the format from {args.out!r}; pass --format csv|json|parquet|npy|uids")
         result, spec, out, spec_path = export(run.samples, run.meta, rule, fmt, args.out)
     except (RunError, FilterError) as exc:
         raise UserError(str(exc)) from None
@@ -233,6 +234,33 @@ def _cmd_export(args) -> int:
         print(f"note: {result.message}", file=sys.stderr)
     print(f"kept {result.kept} of {result.total} samples; spec {spec['spec_hash']} -> {spec_path}")
     print(out)
+    return 0
+
+
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list the runs in a folder with status, data, size and date",
+                       description="List run directories under DIR (children and grandchildren), newest first.")
+    p.add_argument("folder", nargs="?", default=".", help="folder holding runs (default: current folder)")
+    p.set_defaults(func=_cmd_runs)
+
+
+def _cmd_runs(args) -> int:
+    from mimic_explorer.store.listing import find_runs
+
+    folder = Path(args.folder).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder")
+    entries = find_runs(folder)
+    if not entries:
+        print(f"no runs under {folder}", file=sys.stderr)
+        return 0
+    print(f"{'status':<10}{'samples':>9}{'MB':>8}  {'created':<17} {'run id':<22} {'data':<40} path")
+    for e in entries:
+        samples = (e.meta.get("summary") or {}).get("samples", "")
+        data = str((e.meta.get("source") or {}).get("spec") or (e.meta.get("config") or {}).get("data", ""))
+        created = e.created[:16].replace("T", " ")
+        megabytes = sum(f.stat().st_size for f in e.path.rglob("*") if f.is_file()) / 1e6
+        print(f"{e.status:<10}{samples!s:>9}{megabytes:>8.1f}  {created:<17} {e.run_id:<22} {data[:40]:<40} {e.path}")
     return 0
 
 
@@ -273,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_score(sub)
     _add_export(sub)
+    _add_runs(sub)
     _add_serve(sub)
     return parser
 

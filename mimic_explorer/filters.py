@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 RULES = ("ensemble", "threshold", "quantile", "keep_count")
-FORMATS = ("csv", "json", "parquet", "npy")
+FORMATS = ("csv", "json", "parquet", "npy", "uids")
 SPEC_VERSION = 1
 
 
@@ -234,13 +234,28 @@ def keep_list(samples: pd.DataFrame, result: FilterResult, column: str) -> pd.Da
     return frame[frame["keep"]].sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
+def datacomp_uids(sample_ids: np.ndarray) -> np.ndarray:
+    """DataComp-style keep-list: 128-bit hex uids as a sorted structured array of two uint64."""
+    ids = [str(s).lower() for s in sample_ids]
+    bad = next((s for s in ids if len(s) != 32 or any(c not in "0123456789abcdef" for c in s)), None)
+    if bad is not None:
+        raise FilterError(f"sample ids are not 128-bit hex uids (e.g. {bad!r}); use csv, json, parquet or npy")
+    pairs = np.array([(int(s[:16], 16), int(s[16:], 16)) for s in ids], dtype=np.dtype("u8,u8"))
+    pairs.sort()
+    return pairs
+
+
 def render_export(samples: pd.DataFrame, result: FilterResult, column: str, export_format: str) -> bytes:
-    """The bytes of a keep-list in one of FORMATS (npy: boolean mask in samples.parquet order)."""
+    """The bytes of a keep-list in one of FORMATS (npy: boolean mask in samples.parquet order;
+    uids: DataComp-style sorted 128-bit uid array of the kept samples)."""
     if export_format not in FORMATS:
         raise FilterError(f"unknown format {export_format!r}; choose one of {', '.join(FORMATS)}")
     buffer = io.BytesIO()
     if export_format == "npy":
         np.save(buffer, result.keep)
+        return buffer.getvalue()
+    if export_format == "uids":
+        np.save(buffer, datacomp_uids(samples["sample_id"].to_numpy()[result.keep]))
         return buffer.getvalue()
     frame = keep_list(samples, result, column)
     if export_format == "csv":

@@ -107,3 +107,27 @@ def test_cli_export_bad_input(demo_run, tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     proc = run_cli("export", str(demo_run), "--threshold", "99", "--out", str(tmp_path / "none.csv"))
     assert proc.returncode == 0 and "keeps no samples" in proc.stderr
+
+
+def test_datacomp_uid_export_is_sorted_pairs(samples):
+    from mimic_explorer.filters import FilterError, render_export
+
+    uids = [f"{i:032x}" for i in (5, 3, 2**100 + 7, 1)] * 25
+    frame = samples.assign(sample_id=[u[:-2] + f"{i:02x}" for i, u in enumerate(uids)])
+    result = apply_rule(frame, FilterRule("keep_count", 10))
+    import io
+
+    pairs = np.load(io.BytesIO(render_export(frame, result, "mimic_score", "uids")))
+    assert pairs.dtype == np.dtype("u8,u8") and len(pairs) == 10
+    assert (np.sort(pairs) == pairs).all()
+    kept = sorted(frame.loc[result.keep, "sample_id"])
+    assert sorted(f"{a:016x}{b:016x}" for a, b in pairs.tolist()) == kept
+    with pytest.raises(FilterError, match="128-bit"):
+        render_export(samples, result, "mimic_score", "uids")
+
+
+def test_cli_runs_lists_runs_with_status(demo_run):
+    proc = run_cli("runs", str(demo_run.parent))
+    assert proc.returncode == 0
+    line = next(l for l in proc.stdout.splitlines() if str(demo_run) in l)
+    assert line.startswith("complete") and "1438" in line

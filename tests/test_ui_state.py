@@ -13,7 +13,7 @@ from mimic_explorer.filters import FilterError, FilterRule, apply_rule, latest_s
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.ui.counting import RuleCounter
 from mimic_explorer.ui.epochs import EpochScores
-from mimic_explorer.ui.runs import find_runs
+from mimic_explorer.store.listing import find_runs
 from mimic_explorer.ui.state import ExplorerState, histogram, robust_range
 from mimic_explorer.ui.summary import BASIS_WARNING, run_warnings, summary_facts
 from mimic_explorer.ui.thumbnails import PLACEHOLDER, ThumbnailSource

@@ -29,6 +29,7 @@ from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evalua
 from mimic_explorer.pipeline.options import RunOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.pipeline.run_identity import existing_state, make_run_id
+from mimic_explorer.pipeline.runlog import tee_log
 from mimic_explorer.pipeline.setup import build_models, open_pool
 from mimic_explorer.pipeline.train_command import RunOutcome, validate
 from mimic_explorer.scoring.stage1 import stage1_weights
@@ -69,6 +70,8 @@ def _chunk_path(out: Path, chunk: int, ctx: DistContext) -> Path:
 def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress, log) -> RunOutcome:
     out = prepare_run_dir(options.out) if ctx.is_main else Path(options.out).expanduser()
     ctx.barrier()
+    log = tee_log(out, log, ctx.rank)
+    log(f"{options.command} {options.data} {options.arch} -> {out} (device {device}, {ctx.world} process(es))")
     pool = open_pool(options, index_dir=out)
     models = build_models(options, pool.source, device)
     load_checkpoint(models.model, options.model, trust_pickle=options.trust_pickle)

@@ -31,6 +31,7 @@ from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, 
 from mimic_explorer.pipeline.options import RunOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.pipeline.run_identity import existing_state, make_run_id
+from mimic_explorer.pipeline.runlog import tee_log
 from mimic_explorer.pipeline.setup import DRIFT_WARNING, backbone_distance, build_models, open_pool
 from mimic_explorer.recording import epoch_frame
 from mimic_explorer.store.atomic import atomic_write, write_json, write_parquet
@@ -101,6 +102,8 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
     started = time.perf_counter()
     out = prepare_run_dir(options.out) if ctx.is_main else Path(options.out).expanduser()
     ctx.barrier()
+    log = tee_log(out, log, ctx.rank)
+    log(f"{options.command} {options.data} {options.arch} -> {out} (device {device}, {ctx.world} process(es))")
     pool = open_pool(options, index_dir=out)
     if options.batch_size > len(pool.source):
         raise ValueError(f"--batch-size {options.batch_size} is larger than the dataset ({len(pool.source)} samples)")

@@ -20,7 +20,8 @@ from mimic_explorer.store.paths import demo_run_dir
 from mimic_explorer.store.reader import RunError, read_meta
 from mimic_explorer.ui.explorer import Explorer
 from mimic_explorer.ui.loader import DemoBuild
-from mimic_explorer.ui.runs import RunPicker, is_run_dir
+from mimic_explorer.store.listing import is_run_dir
+from mimic_explorer.ui.runs import RunPicker
 
 TITLE = "mimic_explorer"
 log = logging.getLogger("mimic_explorer.app")

@@ -1,0 +1,137 @@
+"""Training cost of Grad-Mimic (issue: Grad-Mimic runs).
+
+1. One Grad-Mimic step vs one plain step, full fine-tuning of a torchvision ResNet-18 on 32×32
+   inputs (CPU, or GPU when present): forward, backward, optimizer step; Grad-Mimic adds the
+   closed-form head scores, the softmax weights and the re-weighted head gradient. Steps of the two
+   kinds are interleaved and the median is reported.
+2. A linear-probe run of E epochs (``mimic-explorer train --linear-probe``: backbone features once,
+   E epochs on the head, signals, Stage 2, thumbnails, writes) vs one plain backbone pass over the
+   same data (decode + transform + forward), on real CIFAR-10 shards.
+
+    python benchmarks/bench_training.py [--batch 32] [--repeats 20] [--epochs 20] [--skip-probe]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARDS = ROOT.parent / "shared" / "data" / "cifar10"
+
+
+def step_ratio(batch: int, repeats: int, device: str) -> dict:
+    import torchvision
+
+    from mimic_explorer.models.heads import find_head
+    from mimic_explorer.train import TensorBatches, TrainConfig, train
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).to(device)
+    reference = torchvision.models.resnet18(num_classes=10).to(device)
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in reference.fc.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    x = torch.randn(batch * 2, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch * 2,), device=device)
+
+    class OneStep(TensorBatches):
+        def epoch(self, epoch):
+            yield torch.arange(batch), x[:batch], y[:batch]
+
+    batches = OneStep(x, y, batch, 0)
+    config = TrainConfig(epochs=1, batch_size=batch, device=device)
+
+    def timed(ref) -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        train(model, batches, config, reference=ref)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for _ in range(3):  # warm up both paths
+        timed(None)
+        timed(reference)
+    plain, mimic = [], []
+    for _ in range(repeats):
+        plain.append(timed(None))
+        mimic.append(timed(reference))
+    p, m = statistics.median(plain), statistics.median(mimic)
+    return {"batch": batch, "plain_s": p, "grad_mimic_s": m, "ratio": m / p}
+
+
+def probe_ratio(epochs: int, shards: str) -> dict:
+    from mimic_explorer.data.sources import open_source
+    from mimic_explorer.data.transforms import default_transform
+    from mimic_explorer.models.registry import build_model
+    from mimic_explorer.pipeline.options import RunOptions
+    from mimic_explorer.pipeline.pool_pass import pool_pass
+    from mimic_explorer.pipeline.train_command import run_train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MIMIC_EXPLORER_CACHE"] = tmp  # no feature cache from earlier runs
+        source = open_source(f"wds:{shards}", index_dir=tmp)
+        torch.manual_seed(0)
+        model = build_model("small_cnn", len(source.class_names)).eval()
+        torch.save(model.state_dict(), Path(tmp) / "init.pt")
+        transform = default_transform("small_cnn")
+        start = time.perf_counter()
+        with torch.no_grad():
+            for batch in pool_pass(source, source.labels, transform, 256):
+                model(batch.inputs)
+        backbone_pass = time.perf_counter() - start
+        reference = Path(tmp) / "ref.pt"
+        common = dict(init=str(Path(tmp) / "init.pt"), linear_probe=True, epochs=epochs, batch_size=128, quiet=True)
+        run_train(RunOptions("train", f"wds:{shards}", "small_cnn", str(Path(tmp) / "ref"), save_model=str(reference), **common),
+                  log=lambda s: None)
+        for f in (Path(tmp) / "features").glob("*.pt"):
+            f.unlink()  # the Grad-Mimic run must compute its features itself
+        start = time.perf_counter()
+        run_train(RunOptions("train", f"wds:{shards}", "small_cnn", str(Path(tmp) / "gm"), reference=str(reference),
+                             label_noise=0.3, **common), log=lambda s: None)
+        run_time = time.perf_counter() - start
+        samples = len(source)
+    return {"samples": samples, "epochs": epochs, "backbone_pass_s": backbone_pass, "probe_run_s": run_time,
+            "ratio": run_time / backbone_pass}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--shards", default=str(SHARDS / "train-00.tar"))
+    parser.add_argument("--skip-probe", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    print(f"device: {args.device}; torch threads: {torch.get_num_threads()}")
+    print("| ResNet-18 32×32, full fine-tuning | plain step | Grad-Mimic step | ratio |")
+    print("|---|---|---|---|")
+    for batch in args.batch:
+        r = step_ratio(batch, args.repeats, args.device)
+        print(f"| batch {batch} | {r['plain_s'] * 1e3:.1f} ms | {r['grad_mimic_s'] * 1e3:.1f} ms | {r['ratio']:.3f}× |", flush=True)
+    if not args.skip_probe:
+        if not Path(args.shards).exists():
+            print(f"shards not found: {args.shards}", file=sys.stderr)
+            return 0
+        r = probe_ratio(args.epochs, args.shards)
+        print()
+        print("| linear probe (small_cnn backbone, CIFAR-10 shard) | one backbone pass | whole E-epoch probe run | ratio |")
+        print("|---|---|---|---|")
+        print(f"| {r['samples']} samples, E = {r['epochs']} | {r['backbone_pass_s']:.1f} s | {r['probe_run_s']:.1f} s | {r['ratio']:.2f}× |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

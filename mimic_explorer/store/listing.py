@@ -1,0 +1,62 @@
+"""Finding runs in a folder (UI-free): used by ``mimic-explorer runs`` and the app's run picker.
+
+A run is a folder with a ``meta.json``; a runs folder holds runs as direct children (or
+grandchildren, e.g. ``runs/<project>/<run>``). Runs that are still running, failed or from a newer
+format are listed too, with their status.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mimic_explorer.store.paths import META
+
+
+@dataclass
+class RunEntry:
+    path: Path
+    run_id: str
+    status: str
+    created: str
+    meta: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def label(self) -> str:
+        status = "" if self.status == "complete" else f" [{self.status}]"
+        when = f" · {self.created[:16].replace('T', ' ')}" if self.created else ""
+        return f"{self.run_id}{status}{when}"
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / META).is_file()
+
+
+def _entry(path: Path) -> RunEntry:
+    try:
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return RunEntry(path, path.name, "unreadable", "")
+    return RunEntry(path, str(meta.get("run_id") or path.name), str(meta.get("status", "unknown")), str(meta.get("created", "")), meta)
+
+
+def find_runs(folder: str | Path, depth: int = 2) -> list[RunEntry]:
+    """Runs under ``folder`` (not the folder itself), newest first."""
+    folder = Path(folder)
+    found: list[RunEntry] = []
+    frontier = [folder]
+    for _ in range(depth):
+        next_frontier = []
+        for parent in frontier:
+            try:
+                children = sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                continue
+            for child in children:
+                if is_run_dir(child):
+                    found.append(_entry(child))
+                else:
+                    next_frontier.append(child)
+        frontier = next_frontier
+    return sorted(found, key=lambda e: (e.created, e.run_id), reverse=True)
