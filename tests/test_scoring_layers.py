@@ -192,3 +192,44 @@ def test_reweighted_grads_equal_weighted_sum_of_per_sample_grads():
     assert all(p.grad is None for p in params)
     with pytest.raises(ValueError, match="shape"):
         reweighted_grads(torch.zeros(5), torch.zeros(4), params)
+
+
+class _SignedSquare(torch.autograd.Function):
+    """No jvp and no setup_context: neither forward mode nor torch.func transforms can run it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x.abs()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * 2 * x.abs()
+
+
+class CustomOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.ln = nn.LayerNorm(4)
+        self.b = nn.Linear(4, 2)
+        self.scale = nn.Parameter(torch.ones(4))  # used by a plain multiply: not a ghost layer
+
+    def forward(self, x):
+        return self.b(self.ln(_SignedSquare.apply(self.a(x))) * self.scale)
+
+
+def test_auto_falls_back_when_forward_mode_and_vmap_are_unavailable():
+    torch.manual_seed(0)
+    model = CustomOp().double()
+    reference = perturbed(model)
+    x, y = torch.randn(4, 3).double(), torch.tensor([0, 1, 1, 0])
+    names = [n for n, _ in model.named_parameters()]
+    for method in ("proj", "cos"):
+        expected = oracle(model, reference, x, y, names, method)
+        with pytest.warns(RuntimeWarning, match="falling back"):
+            got = mimic_scores(model, reference, x, y, params="all", method=method)
+        assert_close(got, expected, what=method)
+    with pytest.raises(NotImplementedError, match="jvp"):
+        mimic_scores(model, reference, x, y, params="all", path="jvp")

@@ -6,11 +6,16 @@ forward pass (head) or a training step (any parameter set). Choosing the path is
 
 - ``head``: the mimic layers are the weight and/or bias of the Linear producing the logits → closed
   form from one forward pass (``scoring.head_path``).
-- ``jvp``: any other parameter set → one forward-mode pass gives every ⟨g_i, v⟩
-  (``scoring.jvp_path``); for cos the norms come from ghost norms on Linear/Conv2d layers
-  (``scoring.ghost``) and chunked ``vmap(grad)`` for whatever parameters those cannot cover.
-- ``vmap``: chunked per-sample gradients for everything (fallback when an op has no forward-mode rule).
-- ``loop``: one sample at a time with plain autograd — the test oracle.
+- ``jvp``: any other parameter set. proj: one forward-mode pass gives every ⟨g_i, v⟩
+  (``scoring.jvp_path``), about a training step's time with no per-sample or activation memory.
+  cos: ghost norms and dots for Linear/Conv2d/norm layers from one forward and one input-only backward
+  (``scoring.ghost``), chunked ``vmap(grad)`` for the parameters those cannot cover.
+- ``vmap``: chunked per-sample gradients for everything (``scoring.vmap_path``).
+- ``loop``: one sample at a time with plain autograd — the test oracle (``scoring.loop_path``).
+
+In ``auto`` mode an operation without a forward-mode rule sends the call to ``vmap`` and one that
+torch.func cannot transform (an autograd.Function without ``setup_context``) to ``loop``, each with a
+RuntimeWarning; a forced path raises instead.
 
 Scores are computed with eval-mode semantics (BatchNorm running statistics, no dropout), the math
 attention backend and autocast off; the model comes back exactly as it was (modes, weights, ``.grad``,
@@ -32,7 +37,7 @@ from mimic_explorer.scoring.context import scoring_mode
 from mimic_explorer.scoring.ghost import ghost_parts
 from mimic_explorer.scoring.head_path import HeadPathUnavailable, head_parts
 from mimic_explorer.scoring.head_trace import trace_head
-from mimic_explorer.scoring.jvp_path import is_forward_ad_gap, jvp_parts
+from mimic_explorer.scoring.jvp_path import is_forward_ad_gap, is_transform_gap, jvp_parts
 from mimic_explorer.scoring.loop_path import loop_parts
 from mimic_explorer.scoring.parts import Parts
 from mimic_explorer.scoring.task_vector import (
@@ -162,8 +167,24 @@ class _Scorer:
                 self.path = "vmap"
         if self.path == "vmap":
             check_targets_with_probe(self.model, x_compute, y, self.state, offset)
-            return vmap_parts(self.model, self.v, x_compute, y, True, self.need_norm, self.vmap_chunk, self.state)
+            return self._vmap(self.v, x_compute, y, self.need_norm, offset)
         return loop_parts(self.model, self.v, x_compute, y, self.need_norm, self.state)
+
+    def _vmap(self, v: dict[str, Tensor], x: Tensor, y: Tensor, need_norm: bool, offset: int) -> Parts:
+        """Chunked vmap(grad); in auto mode, the per-sample loop when an op does not support
+        torch.func transforms (e.g. an autograd.Function without ``setup_context``)."""
+        try:
+            return vmap_parts(self.model, v, x, y, True, need_norm, self.vmap_chunk, self.state)
+        except Exception as error:  # noqa: BLE001 — only transform gaps are recoverable
+            if not (self.auto and is_transform_gap(error)):
+                raise
+            warnings.warn(
+                f"torch.func transforms are not available for an operation in this model ({error}); "
+                "falling back to a per-sample loop, which is much slower",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            return loop_parts(self.model, v, x, y, need_norm, self.state)
 
     def _jvp(self, x: Tensor, y: Tensor, offset: int) -> Parts:
         """proj: one forward-mode pass. cos: ghost norms and dots for the layers they cover, chunked
@@ -174,8 +195,7 @@ class _Scorer:
         rest = {n: t for n, t in self.v.items() if n not in covered}
         if not rest:
             return ghost
-        # their per-sample gradients give the dot for free
-        other = vmap_parts(self.model, rest, x, y, True, True, self.vmap_chunk, self.state)
+        other = self._vmap(rest, x, y, True, offset)  # their per-sample gradients give the dot for free
         return Parts(ghost.dot + other.dot, ghost.sqnorm + other.sqnorm, ghost.losses)
 
 

@@ -25,8 +25,15 @@ def is_forward_ad_gap(error: BaseException) -> bool:
     """True for PyTorch's 'no forward-mode rule for this op' errors (the vmap path still works)."""
     text = str(error)
     return isinstance(error, (RuntimeError, NotImplementedError)) and (
-        "forward AD" in text or "forward-mode" in text or "forward mode" in text or "jvp" in text
+        "forward AD" in text or "forward-mode" in text or "forward mode" in text or "jvp function" in text
     )
+
+
+def is_transform_gap(error: BaseException) -> bool:
+    """True for 'this op or autograd.Function does not support torch.func transforms' errors."""
+    text = str(error)
+    keys = ("functorch", "vmap", "torch.func", "setup_context", "Batching rule", "batching rule")
+    return isinstance(error, (RuntimeError, NotImplementedError)) and any(k in text for k in keys)
 
 
 def jvp_parts(
