@@ -20,7 +20,8 @@ How it measures (honest, and the same for every operation):
   memory the operation needed, whoever allocated it (PyTorch's CPU allocator has no peak counter and
   tracemalloc does not see it). The paper's method is measured on its first call. CUDA:
   ``torch.cuda.max_memory_allocated`` minus the allocation before the call.
-- the paper's method on a large model is run in chunks of samples (its whole-batch vmap would need
+- the paper's method runs attention on the math SDPA backend (the fused CPU kernel has no vmap
+  batching rule and would be slower), and on a large model in chunks of samples (its whole-batch vmap would need
   B×P gradient floats: 11 GB for ResNet-18 at B=256); the chunk is shown in the table.
 
 Usage: python benchmarks/bench_scoring.py [--quick] [--device auto|cpu|cuda] [--out FILE.md]
@@ -46,6 +47,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mimic_explorer.scoring import mimic_scores  # noqa: E402
@@ -139,6 +141,10 @@ def make_paper(model: nn.Module, reference: nn.Module, x, y, chunk: int) -> Call
     per_sample_grads = vmap(grad(loss_fn), in_dims=(None, None, 0, 0))
 
     def paper():
+        with sdpa_kernel([SDPBackend.MATH]):  # has vmap batching rules; the fused CPU kernel has none
+            return run()
+
+    def run():
         model.eval()
         params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         buffers = {n: b.detach() for n, b in model.named_buffers()}

@@ -33,7 +33,8 @@ def test_every_path_matches_brute_force(case, params, method):
     chosen = subset if params == "subset" else params
     names = resolve(model, chosen, HEADS[name])
     expected = oracle(model, reference, x, y, names, method)
-    paths = ["auto", "jvp", "vmap", "loop"] + (["head"] if params == "head" else [])
+    # auto picks the head path for "head" and jvp otherwise, so each path runs once per case
+    paths = ["auto", "vmap", "loop"] + (["jvp"] if params == "head" else [])
     for path in paths:
         got = mimic_scores(model, reference, x, y, params=chosen, method=method, path=path)
         assert got.dtype == torch.float64
@@ -69,3 +70,22 @@ def test_all_with_frozen_backbone_is_the_linear_probe_head():
     expected = oracle(model, reference, x, y, ["head.weight", "head.bias"], "proj")
     assert_close(mimic_scores(model, reference, x, y, params="all"), expected)
     assert_close(mimic_scores(model, reference, x, y, params="all", path="head"), expected)
+
+
+def test_auto_dispatches_to_the_cheapest_path(monkeypatch):
+    """auto = head closed form for head parameters, forward mode (+ ghost norms for cos) otherwise."""
+    import mimic_explorer.scoring.api as api
+
+    calls = []
+    for fn in ("head_parts", "jvp_parts", "ghost_parts", "vmap_parts", "loop_parts"):
+        original = getattr(api, fn)
+        monkeypatch.setattr(api, fn, lambda *a, _f=original, _n=fn, **k: calls.append(_n) or _f(*a, **k))
+    model, reference, x, y, _ = build("mlp")
+    expected = {
+        ("head", "proj"): ["head_parts"], ("head", "cos"): ["head_parts"],
+        ("all", "proj"): ["jvp_parts"], ("all", "cos"): ["ghost_parts"],
+    }
+    for (params, method), fns in expected.items():
+        calls.clear()
+        mimic_scores(model, reference, x, y, params=params, method=method)
+        assert calls == fns, (params, method, calls)

@@ -29,7 +29,7 @@ def loop_parts(
     dots, sqnorms, losses = [], [], []
     with torch.enable_grad():
         for i in range(inputs.shape[0]):
-            leaves = {n: state.get(n, params[n]).detach().clone().requires_grad_(True) for n in v}
+            leaves = {n: state.get(n, params[n]).detach().requires_grad_(True) for n in v}
             logits = functional_call(model, {**state, **leaves}, (inputs[i : i + 1],))
             loss = per_sample_losses(logits, targets[i : i + 1], offset=i)[0]
             grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
