@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mimic_explorer import baselines, stage2
+from mimic_explorer import stage2
 from mimic_explorer.data.digits import load_digits_dataset
 from mimic_explorer.data.noise import symmetric_noise
-from mimic_explorer.evaluation import detection_metrics, threshold_at_quality
 from mimic_explorer.fingerprint import dataset_fingerprint, state_fingerprint
 from mimic_explorer.models.small import MLP
-from mimic_explorer.recording import epoch_frame, proj_summaries
+from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, samples_table
+from mimic_explorer.recording import epoch_frame
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.store.writer import RunWriter
 from mimic_explorer.train import TensorBatches, TrainConfig, accuracy, clone_model, evaluate_signals, train
@@ -116,22 +116,10 @@ def _run(writer: RunWriter, config: DemoConfig, progress: Progress) -> dict:
                    reference=reference, on_epoch=on_epoch, progress=stage("Grad-Mimic (noisy labels)"))
     scores = pd.concat(parts, ignore_index=True)
 
-    ensemble = stage2.aggregate(scores, "weight", "majority")
     signals = evaluate_signals(model, reference, x_pool, y_noisy)
-    samples = pd.DataFrame(
-        {
-            "sample_id": pool.sample_ids.astype(str),
-            "source": pool.source,
-            "label": noisy.labels,
-            "true_label": noisy.true_labels,
-            "is_noisy": noisy.is_noisy,
-            "pred": signals["model_pred"].astype(np.int64),
-        }
-    )
-    samples = samples.join(ensemble[["mimic_score", "keep", "votes"]], on="sample_id")
-    samples = samples.join(proj_summaries(scores), on="sample_id")
-    for column in ("reference_loss", "model_loss", "reducible_loss", "grand"):
-        samples[column] = signals[column].astype(np.float64)
+    samples = samples_table(pool.sample_ids, np.full(len(pool), pool.source), noisy.labels, noisy.true_labels, noisy.is_noisy)
+    samples = add_signals(samples, signals, pool.sample_ids[signals["index"]])
+    samples = add_stage2(samples, scores, "weight", "majority")
     writer.write_samples(samples)
 
     with ThumbnailWriter(writer.path) as thumbs:
@@ -143,12 +131,7 @@ def _run(writer: RunWriter, config: DemoConfig, progress: Progress) -> dict:
                 progress("thumbnails", i + 1, len(pool))
 
     quality = stage2.quality_estimate(samples["keep"].to_numpy())
-    evaluation = {"mimic_score": detection_metrics(samples["is_noisy"], samples["mimic_score"], samples["keep"])}
-    for column in baselines.available(samples):
-        if column == "mimic_score":
-            continue
-        util = baselines.utility(samples, column)
-        evaluation[column] = detection_metrics(samples["is_noisy"], util, threshold_at_quality(util, quality))
+    evaluation = evaluate(samples)
     summary = {
         "samples": int(len(samples)),
         "epochs": config.epochs,
