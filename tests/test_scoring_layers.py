@@ -233,3 +233,24 @@ def test_auto_falls_back_when_forward_mode_and_vmap_are_unavailable():
         assert_close(got, expected, what=method)
     with pytest.raises(NotImplementedError, match="jvp"):
         mimic_scores(model, reference, x, y, params="all", path="jvp")
+
+
+class InPlaceTemperature(nn.Module):
+    """The head's output is divided by a temperature in place: the logits object is the head's
+    output, but the logits are not z, so δ_z ≠ softmax − onehot."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        logits = self.head(torch.tanh(self.body(x)))
+        logits /= 3.0
+        return logits
+
+
+def test_head_output_modified_in_place():
+    torch.manual_seed(0)
+    _check(InPlaceTemperature(), torch.randn(3, 6), torch.tensor([0, 3, 1]), "head", ["head.weight", "head.bias"],
+           paths=("auto", "head", "loop"))

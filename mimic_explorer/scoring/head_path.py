@@ -44,13 +44,13 @@ def head_parts(
     offset: int = 0,
 ) -> Parts:
     """⟨g_i, v⟩ (and ‖g_i‖² if ``need_norm``) over the head's weight and/or bias for every sample."""
-    calls: list[tuple[Tensor, Tensor, Tensor]] = []
+    calls: list[tuple[Tensor, Tensor, Tensor, int]] = []
 
     def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
         leaf = output.detach().requires_grad_(True)
         torch.set_grad_enabled(True)  # record only what follows the head; the outer no_grad restores
         passed_on = leaf.clone()
-        calls.append((args[0].detach(), leaf, passed_on))
+        calls.append((args[0].detach(), leaf, passed_on, passed_on._version))
         return passed_on
 
     handle = head.register_forward_hook(hook)
@@ -62,7 +62,8 @@ def head_parts(
                 raise HeadPathUnavailable("the head layer was not called in the model's forward pass")
             logits = check_logits(logits, targets.shape[0])
             check_target_range(targets, logits.shape[-1], offset)
-            if len(calls) == 1 and logits is calls[0][2]:
+            # the logits are the head's output itself (and were not modified in place afterwards)
+            if len(calls) == 1 and logits is calls[0][2] and logits._version == calls[0][3]:
                 logits = logits.detach().to(compute_dtype)
                 losses = F.cross_entropy(logits, targets, reduction="none")
                 deltas = [cross_entropy_output_grad(logits, targets)]
@@ -70,7 +71,7 @@ def head_parts(
                 losses = F.cross_entropy(logits.to(compute_dtype), targets, reduction="none")
                 if not losses.requires_grad:
                     raise HeadPathUnavailable("the operations after the head ran without autograd")
-                leaves = [leaf for _, leaf, _ in calls]
+                leaves = [leaf for _, leaf, _, _ in calls]
                 grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
                 deltas = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
                 losses = losses.detach()
@@ -80,7 +81,7 @@ def head_parts(
         features = calls[0][0].to(compute_dtype)
         delta = deltas[0].to(compute_dtype)
     else:
-        features = torch.cat([_position_form(h) for h, _, _ in calls], dim=1).to(compute_dtype)
+        features = torch.cat([_position_form(h) for h, _, _, _ in calls], dim=1).to(compute_dtype)
         delta = torch.cat([_position_form(d) for d in deltas], dim=1).to(compute_dtype)
     dot = linear_grad_dot(features, delta, v_weight, v_bias)
     sqnorm = None

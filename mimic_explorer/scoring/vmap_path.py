@@ -61,7 +61,10 @@ def vmap_parts(
 
     per_sample = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0))
     dots, sqnorms, losses = [], [], []
-    with torch.enable_grad():
+    # torch.func.grad differentiates inside its own transform even under no_grad; the outer no_grad
+    # stops autograd from also recording a graph to the model's own trainable parameters (which
+    # would keep every chunk's activations alive)
+    with torch.no_grad():
         for start in range(0, inputs.shape[0], chunk):
             grads, loss = per_sample(primals, inputs[start : start + chunk], targets[start : start + chunk])
             losses.append(loss.detach())
