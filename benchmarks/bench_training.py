@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = ROOT.parent / "shared" / "data" / "cifar10"
@@ -31,7 +30,6 @@ SHARDS = ROOT.parent / "shared" / "data" / "cifar10"
 def step_ratio(batch: int, repeats: int, device: str) -> dict:
     import torchvision
 
-    from mimic_explorer.models.heads import find_head
     from mimic_explorer.train import TensorBatches, TrainConfig, train
 
     torch.manual_seed(0)

@@ -43,7 +43,8 @@ def _add_demo(sub) -> None:
 def _cmd_demo(args) -> int:
     import torch
 
-    from mimic_explorer.demo import DemoConfig, _tqdm_progress, build_demo, format_summary
+    from mimic_explorer.demo import DemoConfig, build_demo, format_summary
+    from mimic_explorer.progress import tqdm_progress
 
     if not 0.0 <= args.noise < 1.0:
         raise UserError(f"--noise must be in [0, 1), got {args.noise}")
@@ -53,7 +54,7 @@ def _cmd_demo(args) -> int:
     summary = build_demo(
         args.out,
         DemoConfig(noise_rate=args.noise, epochs=args.epochs, seed=args.seed),
-        progress=None if args.quiet else _tqdm_progress(),
+        progress=None if args.quiet else tqdm_progress(),
     )
     print(format_summary(summary))
     print(Path(args.out).expanduser().resolve())
@@ -127,12 +128,12 @@ def _options_from(args, command: str):
 
 def _run_command(args, command: str) -> int:
     from mimic_explorer.data.errors import DataSourceError
-    from mimic_explorer.demo import _tqdm_progress
+    from mimic_explorer.progress import tqdm_progress
     from mimic_explorer.models.checkpoints import CheckpointError
     from mimic_explorer.models.registry import ArchError
 
     options = _options_from(args, command)
-    progress = None if options.quiet or int(os.environ.get("RANK", "0")) != 0 else _tqdm_progress()
+    progress = None if options.quiet or int(os.environ.get("RANK", "0")) != 0 else tqdm_progress()
     try:
         if command == "train":
             from mimic_explorer.pipeline.train_command import run_train as run

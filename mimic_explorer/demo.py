@@ -9,11 +9,9 @@ every sample at every epoch; Stage 2 (weight ≥ 1/B per epoch, majority vote) g
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -22,6 +20,7 @@ import torch
 from mimic_explorer import stage2
 from mimic_explorer.data.digits import load_digits_dataset
 from mimic_explorer.data.noise import symmetric_noise
+from mimic_explorer.progress import Progress
 from mimic_explorer.fingerprint import dataset_fingerprint, state_fingerprint
 from mimic_explorer.models.small import MLP
 from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, samples_table
@@ -43,25 +42,6 @@ class DemoConfig:
     method: str = "normed_proj"
     temperature: float = 1.0
     seed: int = 0
-
-
-Progress = Callable[[str, int, int], None]
-
-
-def _tqdm_progress() -> Progress:
-    from tqdm.auto import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", file=sys.stderr, leave=True, mininterval=0.2)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return update
 
 
 def build_demo(out: str | Path, config: DemoConfig | None = None, progress: Progress | None = None) -> dict:

@@ -126,11 +126,18 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A sample's loss is NaN or infinite; ``positions`` are the batch's dataset indices concerned."""
+
+    def __init__(self, positions: list[int], what: str = "loss"):
+        self.positions = positions
+        super().__init__(f"non-finite {what} for samples at dataset positions {positions[:10]}")
+
+
 def _check_finite(losses: torch.Tensor, index: torch.Tensor, what: str) -> None:
     bad = ~torch.isfinite(losses)
     if bool(bad.any()):
-        positions = index[bad.cpu()].tolist()[:10]
-        raise FloatingPointError(f"non-finite {what} for samples at dataset positions {positions}")
+        raise NonFiniteLossError(index[bad.cpu()].tolist(), what)
 
 
 def train(
@@ -182,6 +189,8 @@ def train(
     started = time.perf_counter()
     if steps_per_epoch is None:
         steps_per_epoch = math.ceil(len(batches) / config.batch_size)
+    total_samples = len(batches) // getattr(batches, "world", 1) * (config.epochs - start_epoch)
+    seen = 0
     try:
         for epoch in range(start_epoch, config.epochs):
             torch.manual_seed(config.seed * 1_000 + epoch)  # per epoch, so a resumed run draws the same numbers
@@ -233,8 +242,9 @@ def train(
                 cols["loss"].append(losses.detach().cpu())
                 cols["pred"].append(logits.detach().argmax(-1).cpu())
                 step += 1
+                seen += n
                 if progress is not None:
-                    progress(min(step, steps_per_epoch * config.epochs), steps_per_epoch * config.epochs)
+                    progress(seen, total_samples)
             cat = {k: (torch.cat(v).numpy() if v else None) for k, v in cols.items()}
             record = EpochRecord(epoch=epoch, **cat)
             result.records.append(record)

@@ -1,4 +1,4 @@
-"""Shared fixtures: one real demo run per test session (built by the real CLI)."""
+"""Shared fixtures: one real demo run and one digits reference checkpoint per test session, built by the real CLI."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -30,9 +28,14 @@ def demo_run(tmp_path_factory) -> Path:
     return out
 
 
+COMMON = ["--data", "digits", "--arch", "mlp", "--batch-size", "64", "--lr", "1e-4", "--quiet"]
+
+
 @pytest.fixture(scope="session")
-def cifar_shards() -> Path:
-    path = SHARED_DATA / "cifar10"
-    if not (path / "train-00.tar").exists():
-        pytest.skip("../shared/data/cifar10 is not available")
-    return path
+def digits_reference(tmp_path_factory) -> Path:
+    """A plain run on clean digits saved as a reference checkpoint (with its init fingerprint)."""
+    root = tmp_path_factory.mktemp("ref")
+    ckpt = root / "reference.pt"
+    proc = run_cli("train", *COMMON, "--epochs", "6", "--out", str(root / "run"), "--save-model", str(ckpt))
+    assert proc.returncode == 0, proc.stderr
+    return ckpt

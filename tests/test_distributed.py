@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from mimic_explorer import open_run
-from tests.conftest import run_cli
-from tests.test_train_cli import COMMON, digits_reference  # noqa: F401 - session fixture
+from tests.conftest import COMMON, run_cli
 
 
 def torchrun(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -31,7 +30,7 @@ def other_model(tmp_path_factory) -> Path:
     return ckpt
 
 
-def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp_path):  # noqa: F811
+def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp_path):
     args = ["score", "--data", "digits", "--arch", "mlp", "--model", str(other_model), "--reference", str(digits_reference),
             "--label-noise", "0.3", "--chunk-size", "500", "--quiet", "--device", "cpu"]
     single = run_cli(*args, "--out", str(tmp_path / "one"))
@@ -52,7 +51,7 @@ def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp
     assert (a_samples["keep"] == b_samples["keep"]).all()
 
 
-def test_torchrun_train_records_every_sample_once_per_epoch(digits_reference, tmp_path):  # noqa: F811
+def test_torchrun_train_records_every_sample_once_per_epoch(digits_reference, tmp_path):
     out = tmp_path / "ddp"
     proc = torchrun("train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",
                     "--device", "cpu", "--out", str(out))

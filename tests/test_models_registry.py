@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
 
 from mimic_explorer.models.checkpoints import CheckpointError, load_checkpoint, read_state_dict, save_checkpoint
 from mimic_explorer.models.heads import find_head

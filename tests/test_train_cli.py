@@ -15,20 +15,7 @@ import pytest
 import torch
 
 from mimic_explorer import open_run
-from tests.conftest import run_cli
-
-COMMON = ["--data", "digits", "--arch", "mlp", "--batch-size", "64", "--lr", "1e-4", "--quiet"]
-
-
-@pytest.fixture(scope="session")
-def digits_reference(tmp_path_factory) -> Path:
-    """A plain run on clean digits saved as a reference checkpoint (with its init fingerprint)."""
-    root = tmp_path_factory.mktemp("ref")
-    ckpt = root / "reference.pt"
-    proc = run_cli("train", *COMMON, "--epochs", "6", "--out", str(root / "run"), "--save-model", str(ckpt))
-    assert proc.returncode == 0, proc.stderr
-    return ckpt
-
+from tests.conftest import COMMON, run_cli
 
 def _train(out: Path, reference: Path, *extra: str) -> subprocess.CompletedProcess:
     return run_cli("train", *COMMON, "--epochs", "4", "--reference", str(reference), "--label-noise", "0.3",
@@ -142,3 +129,17 @@ def test_score_a_fixed_checkpoint_and_resume_by_chunk(digits_reference, tmp_path
     assert len(list((tmp_path / "s" / "scores").glob("chunk-*.parquet"))) == 6
     # identical model and reference: every score is exactly 0 (and the scorer says so)
     assert np.allclose(run.scores["proj"], 0.0)
+
+
+def test_nan_loss_stops_naming_the_samples_and_marks_the_run_failed(digits_reference, tmp_path):
+    state = torch.load(digits_reference, weights_only=True)
+    state["head.bias"][0] = float("nan")
+    broken = tmp_path / "nan.pt"
+    torch.save(state, broken)
+    out = tmp_path / "nan"
+    proc = run_cli("train", *COMMON, "--epochs", "2", "--init", str(broken), "--reference", str(digits_reference),
+                   "--out", str(out))
+    assert proc.returncode == 2
+    assert "non-finite loss for sample(s) digits-" in proc.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "failed" and "non-finite" in meta["error"]

@@ -17,7 +17,6 @@ import pytest
 from bokeh.document import Document
 
 from mimic_explorer.filters import FilterRule, apply_rule
-from mimic_explorer.store.reader import open_run
 from mimic_explorer.ui import Explorer, ExplorerPage
 from mimic_explorer.ui.page import build_page
 from mimic_explorer.ui.thumbnails import PLACEHOLDER

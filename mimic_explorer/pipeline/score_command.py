@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mimic_explorer import stage2
-from mimic_explorer.data.errors import BadSample, ErrorLog
+from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import load_checkpoint
 from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device

@@ -39,7 +39,7 @@ from mimic_explorer.store.paths import SCORES_DIR
 from mimic_explorer.store.reader import read_meta
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.store.writer import RunWriter, prepare_run_dir
-from mimic_explorer.train import TensorBatches, TrainConfig, collect_signals, evaluate_signals, train
+from mimic_explorer.train import NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals, train
 
 STATE = "state.pt"
 Progress = Callable[[str, int, int], None]
@@ -228,10 +228,16 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
 
     t0 = time.perf_counter()
     if start_epoch < options.epochs:
-        train(trainable, batches, config, reference=ref_trainable, on_epoch=on_epoch,
-              progress=lambda d, t: progress("Grad-Mimic" if reference is not None else "training", d, t),
-              start_epoch=start_epoch, optimizer_state=optimizer_state, on_checkpoint=on_checkpoint,
-              grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=steps_per_epoch)
+        try:
+            train(trainable, batches, config, reference=ref_trainable, on_epoch=on_epoch,
+                  progress=lambda d, t: progress("Grad-Mimic" if reference is not None else "training", d, t),
+                  start_epoch=start_epoch, optimizer_state=optimizer_state, on_checkpoint=on_checkpoint,
+                  grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=steps_per_epoch)
+        except NonFiniteLossError as exc:
+            ids = [str(ids_of_index[p]) for p in exc.positions]
+            more = f" (+{len(ids) - 10} more)" if len(ids) > 10 else ""
+            raise ValueError(f"non-finite loss for sample(s) {', '.join(ids[:10])}{more}; the run is marked failed and "
+                             "the epochs already recorded are kept") from None
     timings["train_s"] = time.perf_counter() - t0
     ctx.barrier()
     if not ctx.is_main:
