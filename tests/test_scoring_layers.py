@@ -254,3 +254,11 @@ def test_head_output_modified_in_place():
     torch.manual_seed(0)
     _check(InPlaceTemperature(), torch.randn(3, 6), torch.tensor([0, 3, 1]), "head", ["head.weight", "head.bias"],
            paths=("auto", "head", "loop"))
+
+
+def test_warns_when_no_linear_produces_the_logits():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Unflatten(1, (2, 4)), nn.Conv1d(2, 3, 4), nn.Flatten())
+    reference = perturbed(model)
+    with pytest.warns(UserWarning, match="no nn.Linear produces the logits"):
+        mimic_scores(model, reference, torch.randn(3, 6), torch.tensor([0, 2, 1]))

@@ -70,8 +70,9 @@ def _chunk_path(out: Path, chunk: int, ctx: DistContext) -> Path:
 def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress, log) -> RunOutcome:
     out = prepare_run_dir(options.out) if ctx.is_main else Path(options.out).expanduser()
     ctx.barrier()
+    tee_log(out, lambda text: None, ctx.rank)(  # the file only: the terminal gets results and problems
+        f"{options.command} {options.data} {options.arch} -> {out} (device {device}, {ctx.world} process(es))")
     log = tee_log(out, log, ctx.rank)
-    log(f"{options.command} {options.data} {options.arch} -> {out} (device {device}, {ctx.world} process(es))")
     pool = open_pool(options, index_dir=out)
     models = build_models(options, pool.source, device)
     load_checkpoint(models.model, options.model, trust_pickle=options.trust_pickle)

@@ -102,8 +102,9 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
     started = time.perf_counter()
     out = prepare_run_dir(options.out) if ctx.is_main else Path(options.out).expanduser()
     ctx.barrier()
+    tee_log(out, lambda text: None, ctx.rank)(  # the file only: the terminal gets results and problems
+        f"{options.command} {options.data} {options.arch} -> {out} (device {device}, {ctx.world} process(es))")
     log = tee_log(out, log, ctx.rank)
-    log(f"{options.command} {options.data} {options.arch} -> {out} (device {device}, {ctx.world} process(es))")
     pool = open_pool(options, index_dir=out)
     if options.batch_size > len(pool.source):
         raise ValueError(f"--batch-size {options.batch_size} is larger than the dataset ({len(pool.source)} samples)")

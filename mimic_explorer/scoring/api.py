@@ -67,7 +67,14 @@ def head_name(model: nn.Module, inputs: Tensor) -> str:
     if cached is not None and cached[0] == signature:
         return cached[1]
     with torch.no_grad():
-        (name, _), _ = trace_head(model, lambda: model(inputs[:1]))
+        (name, module), logits = trace_head(model, lambda: model(inputs[:1]))
+    if isinstance(logits, Tensor) and logits.dim() > 0 and module.out_features != logits.shape[-1]:
+        warnings.warn(
+            f"no nn.Linear produces the logits ({logits.shape[-1]} classes); using {name!r} "
+            f"({module.out_features} outputs) as the head — pass params=[...] to choose the mimic layers",
+            UserWarning,
+            stacklevel=4,
+        )
     try:
         _HEAD_CACHE[model] = (signature, name)
     except TypeError:  # a model that cannot be weakly referenced is simply not cached
