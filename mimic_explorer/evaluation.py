@@ -12,7 +12,7 @@ import numpy as np
 def detection_metrics(is_noisy: np.ndarray, utility: np.ndarray, keep: np.ndarray | None = None) -> dict[str, float]:
     """precision / recall / F1 of ``~keep`` against ``is_noisy``, AUROC and AP of ``-utility``,
     and the quality-estimate error (fraction kept − true clean fraction)."""
-    from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     is_noisy = np.asarray(is_noisy, dtype=bool)
     utility = np.asarray(utility, dtype=np.float64)
@@ -25,9 +25,12 @@ def detection_metrics(is_noisy: np.ndarray, utility: np.ndarray, keep: np.ndarra
         out["ap"] = float(average_precision_score(is_noisy, -finite))
     if keep is not None:
         dropped = ~np.asarray(keep, dtype=bool)
-        out["precision"] = float(precision_score(is_noisy, dropped, zero_division=0))
-        out["recall"] = float(recall_score(is_noisy, dropped, zero_division=0))
-        out["f1"] = float(f1_score(is_noisy, dropped, zero_division=0))
+        true_positives = float((dropped & is_noisy).sum())
+        precision = true_positives / dropped.sum() if dropped.any() else 0.0
+        recall = true_positives / is_noisy.sum() if is_noisy.any() else 0.0
+        out["precision"] = float(precision)
+        out["recall"] = float(recall)
+        out["f1"] = float(2 * precision * recall / (precision + recall)) if precision + recall > 0 else 0.0
         out["estimated_quality"] = float(1.0 - dropped.mean())
         out["quality_error"] = out["estimated_quality"] - out["true_quality"]
     return out

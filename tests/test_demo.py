@@ -81,7 +81,7 @@ def test_demo_thumbnails_are_real_images(demo_run):
     run = open_run(demo_run)
     sample_id = run.samples["sample_id"].iloc[0]
     image = Image.open(io.BytesIO(run.thumbnails.get(sample_id)))
-    assert image.size == (96, 96)
+    assert image.size == (8, 8)  # small images keep their size; the galleries scale them up
     assert np.asarray(image.convert("L")).std() > 10  # a digit, not a blank
 
 

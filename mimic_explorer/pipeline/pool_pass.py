@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mimic_explorer.data.errors import BadSample, BadSampleError, ErrorLog
 from mimic_explorer.data.source import Source
-from mimic_explorer.store.thumbs import encode_thumbnail
+from mimic_explorer.store.thumbs import thumbnail_bytes
 
 
 class PassBatch(NamedTuple):
@@ -42,7 +42,7 @@ class _PassDataset(Dataset):
             return i, None, exc.bad, None
         except Exception as exc:  # noqa: BLE001 - one odd image is one bad sample, never a dead run
             return i, None, BadSample(self.source.sample_ids[i], self.source.source_of(i), f"{type(exc).__name__}: {exc}"), None
-        thumb = encode_thumbnail(image) if self.thumbs else None
+        thumb = thumbnail_bytes(image, self.source.read_bytes(i)) if self.thumbs else None
         return i, tensor, int(self.labels[i]), thumb
 
 

@@ -21,18 +21,38 @@ INDEX = "index.parquet"
 
 
 def encode_thumbnail(image, size: int = THUMB_SIZE) -> bytes:
-    """PIL image → WebP bytes at most ``size`` px on its long side (small images are upscaled with
-    nearest-neighbour so 8×8 digits stay crisp)."""
+    """PIL image → WebP bytes at most ``size`` px on its long side.
+
+    Images already smaller are kept at their own size (the galleries scale them up with CSS): an
+    upscaled 32-px image is nine times the pixels to encode and store and shows nothing more."""
     from PIL import Image
 
     image = image.convert("RGB")
-    scale = size / max(image.size)
-    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    resample = Image.NEAREST if scale >= 2 else Image.BICUBIC
-    image = image.resize(new_size, resample)
+    if max(image.size) > size:
+        scale = size / max(image.size)
+        new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(new_size, Image.BICUBIC)
     buffer = io.BytesIO()
     image.save(buffer, format="WEBP", quality=85)
     return buffer.getvalue()
+
+
+_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"))
+
+
+def image_mime(data: bytes) -> str | None:
+    """The MIME type of encoded image bytes a browser can show, from their magic number."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in _MAGIC if data.startswith(magic)), None)
+
+
+def thumbnail_bytes(image, original: bytes | None, size: int = THUMB_SIZE) -> bytes:
+    """The thumbnail for a decoded image: its original file when that is already small and in a
+    format browsers show (no re-encoding: a 32-px JPEG is its own thumbnail), else ``encode_thumbnail``."""
+    if original is not None and max(image.size) <= size and image_mime(original) is not None and len(original) < 64_000:
+        return original
+    return encode_thumbnail(image, size)
 
 
 class ThumbnailWriter:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mimic_explorer.store.paths import THUMBS_DIR
-from mimic_explorer.store.thumbs import BLOB, INDEX
+from mimic_explorer.store.thumbs import BLOB, INDEX, image_mime
 
 PLACEHOLDER = (
     "data:image/svg+xml;base64,"
@@ -29,7 +29,7 @@ PLACEHOLDER = (
 
 
 class ThumbnailSource:
-    """``uri(sample_id, position)`` → a WebP data URI, or ``PLACEHOLDER`` when the run has none for it.
+    """``uri(sample_id, position)`` → an image data URI, or ``PLACEHOLDER`` when the run has none for it.
 
     The thumbnail index is normally written in ``samples.parquet`` order, so ``position`` (the row in
     samples) is tried first and checked against the id; only when that fails is a hash index of all
@@ -102,7 +102,7 @@ class ThumbnailSource:
         if data is None:
             self.missing += 1
             return PLACEHOLDER
-        uri = "data:image/webp;base64," + base64.b64encode(data).decode()
+        uri = f"data:{image_mime(data) or 'image/webp'};base64," + base64.b64encode(data).decode()
         self._cache[sample_id] = uri
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
