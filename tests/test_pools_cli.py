@@ -76,3 +76,19 @@ def test_same_pool_as_folder_manifest_and_shards_scores_the_same(tmp_path, check
         np.testing.assert_array_equal(samples["label"], folder_samples["label"])
         np.testing.assert_allclose(scores["proj"], folder_scores["proj"], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(scores["loss"], folder_scores["loss"], rtol=1e-5, atol=1e-7)
+
+
+def test_linear_probe_runs_share_cached_features_and_still_get_thumbnails(tmp_path, checkpoints):
+    model, reference = checkpoints
+    cache = tmp_path / "cache"
+    env = {"MIMIC_EXPLORER_CACHE": str(cache)}
+    args = ["train", "--data", f"folder:{FIXTURE}", *SMALL, "--epochs", "2", "--init", str(model), "--linear-probe"]
+    first = run_cli(*args, "--out", str(tmp_path / "a"), env=env)
+    assert first.returncode == 0, first.stderr
+    assert len(list((cache / "features").glob("*.pt"))) == 1
+    second = run_cli(*args, "--reference", str(reference), "--label-noise", "0.3", "--out", str(tmp_path / "b"), env=env)
+    assert second.returncode == 0, second.stderr
+    run = open_run(tmp_path / "b")
+    assert run.meta["timings"]["features_cached"] is True
+    assert len(list((cache / "features").glob("*.pt"))) == 1
+    assert all(run.thumbnails.get(s) for s in run.samples["sample_id"])

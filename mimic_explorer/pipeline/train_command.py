@@ -157,6 +157,12 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
     return outcome
 
 
+def _thumbnail_pass(source, labels, thumbs_cb, workers: int, errors: ErrorLog | None = None) -> None:
+    """Decode every sample once for its thumbnail alone (no model input is made)."""
+    for batch in pool_pass(source, labels, lambda image: torch.zeros(0), 256, thumbnails=True, workers=workers, errors=errors):
+        thumbs_cb(batch.index.numpy(), batch.thumbs)
+
+
 def _describe(source) -> dict:
     try:
         return source.describe()
@@ -182,6 +188,8 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
                                  workers=options.workers, on_thumbnails=thumbs_cb, progress=lambda d, t: progress("features", d, t))
         timings["features_s"] = time.perf_counter() - t0
         timings["features_cached"] = feats.cached
+        if feats.cached and thumbs is not None:  # the cache spared the decode; thumbnails still need one
+            _thumbnail_pass(source, pool.labels, thumbs_cb, options.workers)
         errors.extend(feats.bad)
         head = dict(model.named_modules())[models.head_name]
         for p in head.parameters():
@@ -195,8 +203,7 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
         local_count = len(range(ctx.rank, len(positions), ctx.world))
     else:
         if thumbs is not None:  # fine-tuning decodes in shuffled order; thumbnails get their own pass
-            for batch in pool_pass(source, pool.labels, lambda im: torch.zeros(0), 256, thumbnails=True, workers=options.workers, errors=errors):
-                thumbs_cb(batch.index.numpy(), batch.thumbs)
+            _thumbnail_pass(source, pool.labels, thumbs_cb, options.workers, errors)
         trainable, ref_trainable = model, reference
         batches = PoolBatches(source, pool.labels, models.transform, options.batch_size, options.seed,
                               rank=ctx.rank, world=ctx.world, workers=options.workers, errors=errors)
