@@ -132,7 +132,8 @@ def _score_and_finalize(options, ctx, device, out, pool, models, writer, progres
     source = pool.source
     params = _parse_params(options.params)
     errors = ErrorLog()
-    need_thumbs = ctx.is_main and not (out / "thumbs" / "index.parquet").exists()
+    resuming = any((out / SCORES_DIR).glob("chunk-*.parquet"))
+    need_thumbs = ctx.is_main and not (resuming and (out / "thumbs" / "index.parquet").exists())
     thumbs = ThumbnailWriter(out) if need_thumbs else None
     mine = np.arange(ctx.rank, len(source), ctx.world)
     models.scored, models.scored_reference = models.model, models.reference

@@ -173,7 +173,8 @@ def _describe(source) -> dict:
 def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_epoch, progress, log, started) -> RunOutcome:
     source = pool.source
     errors = ErrorLog()
-    thumbs = ThumbnailWriter(out) if ctx.is_main and not (out / "thumbs" / "index.parquet").exists() else None
+    have_thumbs = resume_epoch >= 0 and (out / "thumbs" / "index.parquet").exists()  # kept only when resuming
+    thumbs = ThumbnailWriter(out) if ctx.is_main and not have_thumbs else None
     thumbs_cb = (lambda positions, items: [thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items)]) if thumbs else None
     config = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, weight_decay=options.weight_decay,
                          optimizer=options.optimizer, method=options.method, temperature=options.temperature,
