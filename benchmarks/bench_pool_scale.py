@@ -54,22 +54,24 @@ def score_pool(path: Path, n: int, dim: int, classes: int, out: Path) -> dict:
     head, ref = torch.nn.Linear(dim, classes), torch.nn.Linear(dim, classes)
     v_w, v_b = (ref.weight - head.weight).detach(), (ref.bias - head.bias).detach()
     v_norm = torch.sqrt((v_w**2).sum() + (v_b**2).sum())
-    labels = np.load(path.with_suffix(".labels.npy"))
-    ids = np.char.add("s", np.arange(n).astype(str))
+    labels = np.load(path.with_suffix(".labels.npy"), mmap_mode="r")
+
+    def ids(start: int, stop: int) -> np.ndarray:  # made per chunk: nothing per-sample is held while scoring
+        return np.char.add("s", np.arange(start, stop).astype(str))
     writer = RunWriter(out, kind="score", config={"benchmark": "pool_scale", "n": n})
     started = time.perf_counter()
     with open(path, "rb") as fh, torch.no_grad():
         for chunk, start in enumerate(range(0, n, CHUNK)):
             rows = min(CHUNK, n - start)
             feats = torch.from_numpy(np.fromfile(fh, dtype=np.float32, count=rows * dim).reshape(rows, dim))
-            y = torch.from_numpy(labels[start : start + rows])
+            y = torch.from_numpy(np.array(labels[start : start + rows]))
             parts = []
             for b in range(0, rows, BATCH):
                 h, t = feats[b : b + BATCH], y[b : b + BATCH]
                 logits = head(h)
                 proj = -linear_grad_dot(h, cross_entropy_output_grad(logits, t), v_w, v_b) / v_norm
                 parts.append(pd.DataFrame({
-                    "sample_id": ids[start + b : start + b + len(t)], "epoch": 0, "step": chunk * 1000 + b // BATCH,
+                    "sample_id": ids(start + b, start + b + len(t)), "epoch": 0, "step": chunk * 1000 + b // BATCH,
                     "proj": proj.double().numpy(), "weight": stage1_weights(proj, "normed_proj").double().numpy(),
                     "loss": F.cross_entropy(logits, t, reduction="none").double().numpy(),
                     "pred": logits.argmax(-1).int().numpy(), "batch_size": np.int32(len(t))}))
@@ -78,7 +80,7 @@ def score_pool(path: Path, n: int, dim: int, classes: int, out: Path) -> dict:
     rss_scoring = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     scores = pd.concat([pd.read_parquet(p, columns=["sample_id", "epoch", "step", "proj", "weight", "batch_size"])
                         for p in sorted((out / "scores").glob("chunk-*.parquet"))], ignore_index=True)
-    samples = add_stage2(samples_table(ids, np.full(n, "synthetic"), labels, None, None), scores, "proj", "majority")
+    samples = add_stage2(samples_table(ids(0, n), np.full(n, "synthetic"), np.asarray(labels), None, None), scores, "proj", "majority")
     writer.write_samples(samples)
     writer.complete(summary={"samples": n, "estimated_quality": stage2.quality_estimate(samples["keep"].to_numpy())})
     total = time.perf_counter() - started

@@ -84,7 +84,7 @@ def extract_features(
     path = cache_dir() / "features" / f"{key}.pt"
     if use_cache and path.exists():
         try:
-            saved = torch.load(path, weights_only=True)
+            saved = torch.load(path, weights_only=True, mmap=True)  # paged in as read, not copied into memory
             bad = [BadSample(*row) for row in saved["bad"]]
             return Features(saved["positions"].numpy(), saved["values"], bad, True)
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted

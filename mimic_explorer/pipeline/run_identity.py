@@ -11,6 +11,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from typing import Callable
+
+from mimic_explorer.store.paths import SCORES_DIR
 from mimic_explorer.store.reader import RunError, read_meta
 
 
@@ -28,3 +31,22 @@ def existing_state(out: Path, run_id: str) -> str:
     if meta.get("run_id") != run_id:
         return "other"
     return "complete" if meta.get("status") == "complete" else "resumable"
+
+
+def reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], None]) -> tuple[str, dict | None]:
+    """The directory's state, and the summary of a finished identical run to return at once (else None).
+
+    Refuses (ValueError) a directory that holds a different run, unless ``force``."""
+    state = existing_state(out, run_id)
+    if state == "complete" and not force:
+        log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
+        return state, read_meta(out).get("summary", {})
+    if state == "other" and not force:
+        raise ValueError(f"{out} holds a different run ({read_meta(out).get('run_id')}); choose another --out or pass --force")
+    return state, None
+
+
+def clear_score_parts(out: Path) -> None:
+    """Remove every recorded score part (a fresh or forced run starts from nothing)."""
+    for part in (out / SCORES_DIR).glob("*.parquet") if (out / SCORES_DIR).exists() else []:
+        part.unlink()

@@ -24,18 +24,18 @@ from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import load_checkpoint
 from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
+from mimic_explorer.pipeline.guard import failure_recorded
 from mimic_explorer.pipeline.features import LinearProbe, extract_features
 from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evaluation, samples_table
 from mimic_explorer.pipeline.options import RunOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
-from mimic_explorer.pipeline.run_identity import existing_state, make_run_id
+from mimic_explorer.pipeline.run_identity import clear_score_parts, make_run_id, reuse_or_refuse
 from mimic_explorer.pipeline.runlog import tee_log
 from mimic_explorer.pipeline.setup import build_models, open_pool
 from mimic_explorer.pipeline.train_command import RunOutcome, validate
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
 from mimic_explorer.store.paths import SCORES_DIR
-from mimic_explorer.store.reader import read_meta
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.store.writer import RunWriter, prepare_run_dir
 
@@ -80,17 +80,13 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
     fingerprints = {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)}),
                     "model": state_fingerprint(models.model.state_dict()), "reference": models.reference_fingerprint}
     run_id = make_run_id("score", options.identity(), fingerprints)
-    state = existing_state(out, run_id)
-    if state == "complete" and not options.force:
-        log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
-        return RunOutcome(out, read_meta(out).get("summary", {}), cached=True)
-    if state == "other" and not options.force:
-        raise ValueError(f"{out} holds a different run ({read_meta(out).get('run_id')}); choose another --out or pass --force")
+    state, finished = reuse_or_refuse(out, run_id, options.force, log)
+    if finished is not None:
+        return RunOutcome(out, finished, cached=True)
     writer = None
     if ctx.is_main:
         if state != "resumable" or options.force:
-            for part in (out / SCORES_DIR).glob("*.parquet") if (out / SCORES_DIR).exists() else []:
-                part.unlink()
+            clear_score_parts(out)
         writer = RunWriter(out, kind="score", config=options.to_dict())
         writer.meta.update(run_id=run_id, class_names=pool.source.class_names, fingerprints=fingerprints,
                            source={"spec": options.data}, method=f"{options.score_method} (fixed checkpoint)", device=device,
@@ -101,18 +97,8 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
             log("WARNING: " + warning)
         writer.flush_meta()
     ctx.barrier()
-    ok = False
-    try:
-        outcome = _score_and_finalize(options, ctx, device, out, pool, models, writer, progress, log)
-        ok = True
-        return outcome
-    except BaseException as exc:
-        if writer is not None:
-            writer.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        raise
-    finally:
-        if ctx.active:
-            ctx.all_ok(ok)
+    with failure_recorded(writer, ctx):
+        return _score_and_finalize(options, ctx, device, out, pool, models, writer, progress, log)
 
 
 def _score_batch(options, models, x, y, params):

@@ -26,17 +26,17 @@ from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import save_checkpoint
 from mimic_explorer.pipeline.batches import PoolBatches
 from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
+from mimic_explorer.pipeline.guard import failure_recorded
 from mimic_explorer.pipeline.features import LinearProbe, extract_features
 from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, format_evaluation, samples_table
 from mimic_explorer.pipeline.options import RunOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
-from mimic_explorer.pipeline.run_identity import existing_state, make_run_id
+from mimic_explorer.pipeline.run_identity import clear_score_parts, make_run_id, reuse_or_refuse
 from mimic_explorer.pipeline.runlog import tee_log
 from mimic_explorer.pipeline.setup import DRIFT_WARNING, backbone_distance, build_models, open_pool
 from mimic_explorer.recording import epoch_frame
 from mimic_explorer.store.atomic import atomic_write, write_json, write_parquet
 from mimic_explorer.store.paths import SCORES_DIR
-from mimic_explorer.store.reader import read_meta
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.store.writer import RunWriter, prepare_run_dir
 from mimic_explorer.train import NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals, train
@@ -99,7 +99,6 @@ def run_train(options: RunOptions, progress: Progress | None = None, log: Callab
 
 
 def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress, log) -> RunOutcome:
-    started = time.perf_counter()
     out = prepare_run_dir(options.out) if ctx.is_main else Path(options.out).expanduser()
     ctx.barrier()
     tee_log(out, lambda text: None, ctx.rank)(  # the file only: the terminal gets results and problems
@@ -112,12 +111,9 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
     fingerprints = {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)}),
                     "init": models.init_fingerprint, "reference": models.reference_fingerprint}
     run_id = make_run_id("train", options.identity(), fingerprints)
-    state = existing_state(out, run_id)
-    if state == "complete" and not options.force:
-        log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
-        return RunOutcome(out, read_meta(out).get("summary", {}), cached=True)
-    if state == "other" and not options.force:
-        raise ValueError(f"{out} holds a different run ({read_meta(out).get('run_id')}); choose another --out or pass --force")
+    state, finished = reuse_or_refuse(out, run_id, options.force, log)
+    if finished is not None:
+        return RunOutcome(out, finished, cached=True)
     for warning in models.warnings:
         log("WARNING: " + warning)
 
@@ -129,8 +125,7 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
             resume_epoch = int(torch.load(saved, weights_only=True)["epoch"])
         else:
             saved.unlink(missing_ok=True)
-            for part in (out / SCORES_DIR).glob("*.parquet") if (out / SCORES_DIR).exists() else []:
-                part.unlink()
+            clear_score_parts(out)
         writer = RunWriter(out, kind="train", config=options.to_dict())
         writer.meta.update(run_id=run_id, class_names=pool.source.class_names, fingerprints=fingerprints,
                            source={"spec": options.data, **_describe(pool.source)}, method=options.method if options.reference else "plain",
@@ -143,18 +138,8 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
         _drop_parts_after(out, resume_epoch)
     resume_epoch = ctx.broadcast_object(resume_epoch)
     ctx.barrier()
-    try:
-        outcome = _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_epoch, progress, log, started)
-        ok = True
-    except BaseException as exc:
-        ok = False
-        if writer is not None:
-            writer.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        raise
-    finally:
-        if ctx.active:
-            ctx.all_ok(ok)
-    return outcome
+    with failure_recorded(writer, ctx):
+        return _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_epoch, progress, log)
 
 
 def _thumbnail_pass(source, labels, thumbs_cb, workers: int, errors: ErrorLog | None = None) -> None:
@@ -170,7 +155,7 @@ def _describe(source) -> dict:
         return {}
 
 
-def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_epoch, progress, log, started) -> RunOutcome:
+def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_epoch, progress, log) -> RunOutcome:
     source = pool.source
     errors = ErrorLog()
     have_thumbs = resume_epoch >= 0 and (out / "thumbs" / "index.parquet").exists()  # kept only when resuming
