@@ -73,7 +73,7 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
     tee_log(out, lambda text: None, ctx.rank)(  # the file only: the terminal gets results and problems
         f"{options.command} {options.data} {options.arch} -> {out} (device {device}, {ctx.world} process(es))")
     log = tee_log(out, log, ctx.rank)
-    pool = open_pool(options, index_dir=out)
+    pool = open_pool(options, index_dir=None)  # shard indexes live in the shared cache: built once per shard, not per run
     models = build_models(options, pool.source, device)
     load_checkpoint(models.model, options.model, trust_pickle=options.trust_pickle)
     models.model.eval()

@@ -104,7 +104,7 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
     tee_log(out, lambda text: None, ctx.rank)(  # the file only: the terminal gets results and problems
         f"{options.command} {options.data} {options.arch} -> {out} (device {device}, {ctx.world} process(es))")
     log = tee_log(out, log, ctx.rank)
-    pool = open_pool(options, index_dir=out)
+    pool = open_pool(options, index_dir=None)  # shard indexes live in the shared cache: built once per shard, not per run
     if options.batch_size > len(pool.source):
         raise ValueError(f"--batch-size {options.batch_size} is larger than the dataset ({len(pool.source)} samples)")
     models = build_models(options, pool.source, device)
@@ -292,7 +292,7 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
 
 def _test_accuracy(options: RunOptions, models, trainable, device: str, out: Path) -> float:
     """Accuracy on ``--test-data`` (same class list required); linear probes reuse cached features."""
-    test = open_source(options.test_data, index_dir=out)
+    test = open_source(options.test_data)
     if test.class_names != models.class_names:
         raise ValueError(f"--test-data has classes {test.class_names[:5]}…, the pool has {models.class_names[:5]}…; they must match")
     if options.linear_probe:
