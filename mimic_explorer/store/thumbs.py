@@ -85,24 +85,38 @@ class ThumbnailWriter:
 
 
 class ThumbnailReader:
-    """Random access to a run's thumbnails by sample id; missing ones return ``None``."""
+    """Random access to a run's thumbnails by sample id; missing ones return ``None``.
+
+    The index stays as arrays (ids in a pandas Index, offsets and lengths as int64), so opening a
+    run of a million samples costs one parquet read, not a million Python tuples."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.folder = Path(run_dir) / THUMBS_DIR
-        self._offsets: dict[str, tuple[int, int]] = {}
+        self._ids = pd.Index([], dtype=object)
+        self._offsets = self._lengths = None
         self._fd: int | None = None
         index = self.folder / INDEX
         if index.exists() and (self.folder / BLOB).exists():
             frame = pd.read_parquet(index)
-            self._offsets = dict(zip(frame["sample_id"], zip(frame["offset"].tolist(), frame["length"].tolist())))
+            self._ids = pd.Index(frame["sample_id"].astype(str))
+            self._offsets = frame["offset"].to_numpy(dtype="int64")
+            self._lengths = frame["length"].to_numpy(dtype="int64")
             self._fd = os.open(self.folder / BLOB, os.O_RDONLY)
 
+    def _position(self, sample_id: str) -> int | None:
+        try:
+            position = self._ids.get_loc(str(sample_id))
+        except KeyError:
+            return None
+        return position if isinstance(position, int) else None  # a duplicated id is not trusted
+
     def __contains__(self, sample_id: str) -> bool:
-        return sample_id in self._offsets
+        return self._position(sample_id) is not None
 
     def get(self, sample_id: str) -> bytes | None:
-        where = self._offsets.get(sample_id)
-        if where is None or self._fd is None:
+        position = self._position(sample_id)
+        if position is None or self._fd is None:
             return None
-        data = os.pread(self._fd, where[1], where[0])  # positional read: safe across server threads
-        return data if len(data) == where[1] else None
+        offset, length = int(self._offsets[position]), int(self._lengths[position])
+        data = os.pread(self._fd, length, offset)  # positional read: safe across server threads
+        return data if len(data) == length else None
