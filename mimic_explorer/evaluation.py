@@ -9,11 +9,44 @@ from __future__ import annotations
 import numpy as np
 
 
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (as in the Mann–Whitney statistic)."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    average = (starts + ends + 1) / 2.0  # mean of the 1-based ranks start+1 .. end
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(average, ends - starts)
+    return ranks
+
+
+def auroc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for ``positive`` (ties count one half)."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    ranks = _average_ranks(np.asarray(score, dtype=np.float64))
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_precision(positive: np.ndarray, score: np.ndarray) -> float:
+    """Average precision: Σ (R_k − R_{k−1}) · P_k over the distinct score thresholds, high to low
+    (the step-wise definition scikit-learn uses)."""
+    positive = np.asarray(positive, dtype=bool)
+    score = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-score, kind="mergesort")
+    sorted_score, hits = score[order], positive[order]
+    last_of_group = np.r_[sorted_score[1:] != sorted_score[:-1], True]
+    true_pos = np.cumsum(hits)[last_of_group]
+    predicted = (np.flatnonzero(last_of_group) + 1).astype(np.float64)
+    precision = true_pos / predicted
+    recall = true_pos / max(int(positive.sum()), 1)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def detection_metrics(is_noisy: np.ndarray, utility: np.ndarray, keep: np.ndarray | None = None) -> dict[str, float]:
     """precision / recall / F1 of ``~keep`` against ``is_noisy``, AUROC and AP of ``-utility``,
     and the quality-estimate error (fraction kept − true clean fraction)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     is_noisy = np.asarray(is_noisy, dtype=bool)
     utility = np.asarray(utility, dtype=np.float64)
     out: dict[str, float] = {"true_quality": float(1.0 - is_noisy.mean())}
@@ -21,8 +54,8 @@ def detection_metrics(is_noisy: np.ndarray, utility: np.ndarray, keep: np.ndarra
         out.update(auroc=float("nan"), ap=float("nan"))
     else:
         finite = np.nan_to_num(utility, nan=np.nanmin(utility) if np.isfinite(utility).any() else 0.0)
-        out["auroc"] = float(roc_auc_score(is_noisy, -finite))
-        out["ap"] = float(average_precision_score(is_noisy, -finite))
+        out["auroc"] = auroc(is_noisy, -finite)
+        out["ap"] = average_precision(is_noisy, -finite)
     if keep is not None:
         dropped = ~np.asarray(keep, dtype=bool)
         true_positives = float((dropped & is_noisy).sum())

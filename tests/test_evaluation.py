@@ -29,3 +29,14 @@ def test_nothing_dropped_gives_zero_precision_not_an_error():
 def test_threshold_at_quality_keeps_the_top_fraction():
     keep = threshold_at_quality(np.array([0.1, 0.9, 0.5, 0.7]), 0.5)
     assert keep.tolist() == [False, True, False, True]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_auroc_and_ap_with_heavy_ties_agree_with_sklearn(seed):
+    from mimic_explorer.evaluation import auroc, average_precision
+
+    rng = np.random.default_rng(seed)
+    positive = rng.random(300) < 0.4
+    score = np.round(rng.normal(size=300) + positive, 1)  # many ties
+    assert auroc(positive, score) == pytest.approx(roc_auc_score(positive, score))
+    assert average_precision(positive, score) == pytest.approx(average_precision_score(positive, score))
