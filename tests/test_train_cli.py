@@ -143,3 +143,47 @@ def test_nan_loss_stops_naming_the_samples_and_marks_the_run_failed(digits_refer
     assert "non-finite loss for sample(s) digits-" in proc.stderr
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "failed" and "non-finite" in meta["error"]
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mimic_explorer", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_kill_9_during_score_resumes_from_the_last_chunk(digits_reference, tmp_path):
+    args = ["score", "--data", "digits", "--arch", "mlp", "--model", str(digits_reference), "--reference", str(digits_reference),
+            "--label-noise", "0.3", "--chunk-size", "60", "--batch-size", "20", "--quiet"]
+    assert run_cli(*args, "--out", str(tmp_path / "whole")).returncode == 0
+    out = tmp_path / "killed"
+    proc = _start([*args, "--out", str(out)])
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "scores").glob("chunk-*.parquet"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "scores").glob("chunk-*.parquet")))
+    assert 3 <= done_before < 30
+    resumed = run_cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = open_run(tmp_path / "whole"), open_run(out)
+    pd.testing.assert_frame_equal(a.scores.sort_values("sample_id").reset_index(drop=True),
+                                  b.scores.sort_values("sample_id").reset_index(drop=True))
+    pd.testing.assert_frame_equal(a.samples, b.samples)
+
+
+def test_two_commands_writing_one_run_directory_are_refused(digits_reference, tmp_path):
+    out = tmp_path / "shared"
+    args = ["train", *COMMON, "--epochs", "40", "--reference", str(digits_reference), "--label-noise", "0.3", "--out", str(out)]
+    first = _start(args)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / ".lock").exists():
+            time.sleep(0.02)
+        parts_before = sorted(p.name for p in (out / "scores").glob("*.parquet"))
+        second = run_cli(*args)
+        assert second.returncode == 2
+        assert "being written by another process" in second.stderr
+        parts_after = sorted(p.name for p in (out / "scores").glob("*.parquet"))
+        assert set(parts_before) <= set(parts_after)  # the refused command deleted nothing
+    finally:
+        first.kill()
+        first.wait()

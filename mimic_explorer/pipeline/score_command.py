@@ -85,9 +85,9 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
         return RunOutcome(out, finished, cached=True)
     writer = None
     if ctx.is_main:
+        writer = RunWriter(out, kind="score", config=options.to_dict())  # takes the lock before anything is touched
         if state != "resumable" or options.force:
             clear_score_parts(out)
-        writer = RunWriter(out, kind="score", config=options.to_dict())
         writer.meta.update(run_id=run_id, class_names=pool.source.class_names, fingerprints=fingerprints,
                            source={"spec": options.data}, method=f"{options.score_method} (fixed checkpoint)", device=device,
                            world_size=ctx.world, noise=pool.noise, reference={"path": options.reference},

@@ -120,13 +120,13 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
     writer = None
     resume_epoch = -1
     if ctx.is_main:
+        writer = RunWriter(out, kind="train", config=options.to_dict())  # takes the lock before anything is touched
         saved = out / STATE
         if state == "resumable" and saved.exists() and not options.force:
             resume_epoch = int(torch.load(saved, weights_only=True)["epoch"])
         else:
             saved.unlink(missing_ok=True)
             clear_score_parts(out)
-        writer = RunWriter(out, kind="train", config=options.to_dict())
         writer.meta.update(run_id=run_id, class_names=pool.source.class_names, fingerprints=fingerprints,
                            source={"spec": options.data, **_describe(pool.source)}, method=options.method if options.reference else "plain",
                            device=device, world_size=ctx.world, noise=pool.noise,
