@@ -103,13 +103,19 @@ def test_demo_out_in_an_unusable_place_is_a_one_line_error(tmp_path):
     assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
 
 
-def test_killed_demo_is_never_opened_as_complete(tmp_path):
-    out = tmp_path / "killed"
+def _demo_with_a_first_epoch_on_disk(out) -> subprocess.Popen:
+    """Start ``mimic-explorer demo`` and return once its first score part exists (mid-run)."""
     proc = subprocess.Popen([sys.executable, "-m", "mimic_explorer", "demo", "--out", str(out), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and not list((out / "scores").glob("epoch-*.parquet")):
         time.sleep(0.05)
+    return proc
+
+
+def test_killed_demo_is_never_opened_as_complete(tmp_path):
+    out = tmp_path / "killed"
+    proc = _demo_with_a_first_epoch_on_disk(out)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     meta = json.loads((out / "meta.json").read_text())
@@ -124,11 +130,7 @@ def test_killed_demo_is_never_opened_as_complete(tmp_path):
 
 def test_interrupted_demo_is_marked_failed(tmp_path):
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "mimic_explorer", "demo", "--out", str(out), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list((out / "scores").glob("epoch-*.parquet")):
-        time.sleep(0.05)
+    proc = _demo_with_a_first_epoch_on_disk(out)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
     meta = json.loads((out / "meta.json").read_text())

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mimic_explorer.data.errors import BadSample, DataSourceError
-from mimic_explorer.data.imageio import read_file
-from mimic_explorer.data.source import Source
+from mimic_explorer.data.files import FileSource
 
 CLASS_FILE = "classes.txt"
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
@@ -48,7 +47,7 @@ def _walk_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
-class FolderSource(Source):
+class FolderSource(FileSource):
     kind = "folder"
 
     def __init__(self, root: str | os.PathLike, spec: str | None = None):
@@ -93,18 +92,3 @@ class FolderSource(Source):
             BadSample(name, str(self.root / name), "file outside any class folder (no label)") for name in loose
         ]
         super().__init__(spec, ids, labels, class_names, open_errors=open_errors)
-
-    def source_of(self, i: int) -> str:
-        return self.paths[i]
-
-    def read_bytes(self, i: int) -> bytes:
-        return read_file(self.paths[i], self.sample_ids[i])
-
-    def _sizes_now(self) -> np.ndarray:
-        sizes = np.empty(len(self), dtype=np.int64)
-        for k, path in enumerate(self.paths.tolist()):
-            try:
-                sizes[k] = os.stat(path).st_size
-            except OSError:
-                sizes[k] = -1
-        return sizes

@@ -20,8 +20,8 @@ import pandas as pd
 
 from mimic_explorer.data.errors import BadSample, DataSourceError
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file
-from mimic_explorer.data.imageio import read_file
-from mimic_explorer.data.source import Source, _preview
+from mimic_explorer.data.files import FileSource
+from mimic_explorer.data.source import _preview
 
 REQUIRED = ("path", "label")
 
@@ -71,7 +71,7 @@ def _to_indices(values: pd.Series, class_names: list[str], column: str, spec: st
     return names.map(lookup).to_numpy(dtype=np.int64)
 
 
-class ManifestSource(Source):
+class ManifestSource(FileSource):
     kind = "manifest"
 
     def __init__(self, file: str | os.PathLike, spec: str | None = None, class_names: Sequence[str] | None = None):
@@ -136,18 +136,3 @@ class ManifestSource(Source):
             dtype=object,
         )
         super().__init__(spec, ids, labels, class_names, true_labels=truth, open_errors=open_errors)
-
-    def source_of(self, i: int) -> str:
-        return self.paths[i]
-
-    def read_bytes(self, i: int) -> bytes:
-        return read_file(self.paths[i], self.sample_ids[i])
-
-    def _sizes_now(self) -> np.ndarray:
-        sizes = np.empty(len(self), dtype=np.int64)
-        for k, path in enumerate(self.paths.tolist()):
-            try:
-                sizes[k] = os.stat(path).st_size
-            except OSError:
-                sizes[k] = -1
-        return sizes

@@ -1,0 +1,31 @@
+"""Sources whose samples are image files on disk, one path per sample (folders and manifests)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mimic_explorer.data.imageio import read_file
+from mimic_explorer.data.source import Source
+
+
+class FileSource(Source):
+    """A ``Source`` whose subclass sets ``self.paths`` (object array, one file path per sample)."""
+
+    paths: np.ndarray
+
+    def source_of(self, i: int) -> str:
+        return self.paths[i]
+
+    def read_bytes(self, i: int) -> bytes:
+        return read_file(self.paths[i], self.sample_ids[i])
+
+    def _sizes_now(self) -> np.ndarray:
+        sizes = np.empty(len(self), dtype=np.int64)
+        for k, path in enumerate(self.paths.tolist()):
+            try:
+                sizes[k] = os.stat(path).st_size
+            except OSError:
+                sizes[k] = -1
+        return sizes
