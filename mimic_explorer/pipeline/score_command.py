@@ -30,14 +30,14 @@ from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evalua
 from mimic_explorer.pipeline.options import RunOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.pipeline.run_identity import clear_score_parts, make_run_id, reuse_or_refuse
-from mimic_explorer.pipeline.runlog import tee_log
+from mimic_explorer.pipeline.runlog import start_run_dir
 from mimic_explorer.pipeline.setup import build_models, open_pool
 from mimic_explorer.pipeline.train_command import RunOutcome, validate
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
 from mimic_explorer.store.paths import SCORES_DIR
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.store.writer import RunWriter, prepare_run_dir
+from mimic_explorer.store.writer import RunWriter
 
 Progress = Callable[[str, int, int], None]
 
@@ -68,12 +68,8 @@ def _chunk_path(out: Path, chunk: int, ctx: DistContext) -> Path:
 
 
 def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress, log) -> RunOutcome:
-    out = prepare_run_dir(options.out) if ctx.is_main else Path(options.out).expanduser()
-    ctx.barrier()
-    tee_log(out, lambda text: None, ctx.rank)(  # the file only: the terminal gets results and problems
-        f"{options.command} {options.data} {options.arch} -> {out} (device {device}, {ctx.world} process(es))")
-    log = tee_log(out, log, ctx.rank)
-    pool = open_pool(options, index_dir=None)  # shard indexes live in the shared cache: built once per shard, not per run
+    out, log = start_run_dir(options, ctx, device, log)
+    pool = open_pool(options)
     models = build_models(options, pool.source, device)
     load_checkpoint(models.model, options.model, trust_pickle=options.trust_pickle)
     models.model.eval()

@@ -39,9 +39,10 @@ class Pool:
     noise: dict
 
 
-def open_pool(options: RunOptions, index_dir: Path | None) -> Pool:
-    """Open ``--data`` and inject ``--label-noise`` (seeded), recording the truth."""
-    source = open_source(options.data, index_dir=index_dir)
+def open_pool(options: RunOptions) -> Pool:
+    """Open ``--data`` and inject ``--label-noise`` (seeded), recording the truth. Shard indexes live
+    in the shared cache: built once per shard, reused by every run."""
+    source = open_source(options.data)
     labels, true_labels, is_noisy, noise = source.labels, source.true_labels, None, {}
     if true_labels is not None:
         is_noisy = labels != true_labels

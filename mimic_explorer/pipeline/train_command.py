@@ -32,13 +32,13 @@ from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, 
 from mimic_explorer.pipeline.options import RunOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.pipeline.run_identity import clear_score_parts, make_run_id, reuse_or_refuse
-from mimic_explorer.pipeline.runlog import tee_log
+from mimic_explorer.pipeline.runlog import start_run_dir
 from mimic_explorer.pipeline.setup import DRIFT_WARNING, backbone_distance, build_models, open_pool
 from mimic_explorer.recording import epoch_frame
 from mimic_explorer.store.atomic import atomic_write, write_json, write_parquet
 from mimic_explorer.store.paths import SCORES_DIR
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.store.writer import RunWriter, prepare_run_dir
+from mimic_explorer.store.writer import RunWriter
 from mimic_explorer.train import NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals, train
 
 STATE = "state.pt"
@@ -99,12 +99,8 @@ def run_train(options: RunOptions, progress: Progress | None = None, log: Callab
 
 
 def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress, log) -> RunOutcome:
-    out = prepare_run_dir(options.out) if ctx.is_main else Path(options.out).expanduser()
-    ctx.barrier()
-    tee_log(out, lambda text: None, ctx.rank)(  # the file only: the terminal gets results and problems
-        f"{options.command} {options.data} {options.arch} -> {out} (device {device}, {ctx.world} process(es))")
-    log = tee_log(out, log, ctx.rank)
-    pool = open_pool(options, index_dir=None)  # shard indexes live in the shared cache: built once per shard, not per run
+    out, log = start_run_dir(options, ctx, device, log)
+    pool = open_pool(options)
     if options.batch_size > len(pool.source):
         raise ValueError(f"--batch-size {options.batch_size} is larger than the dataset ({len(pool.source)} samples)")
     models = build_models(options, pool.source, device)
