@@ -65,8 +65,13 @@ class DistContext:
         return int(flag.item()) == 0
 
     def close(self) -> None:
+        """Leave the group together: a rank that tears gloo down while its peer still talks to it can
+        abort the process (``terminate called without an active exception``)."""
         if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 def init_distributed(device: str) -> DistContext:
