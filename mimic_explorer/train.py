@@ -181,6 +181,8 @@ def train(
         ref_weight = ref_head.weight.detach().to(device)
         ref_bias = ref_head.bias.detach().to(device) if ref_head.bias is not None else None
     has_bias = head.bias is not None
+    # a frozen backbone (linear probe) needs no backward pass at all: the head's gradient is closed form
+    backbone_trains = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(head_name + "."))
     optimizer = _make_optimizer(model, config)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -222,7 +224,7 @@ def train(
                     if config.reweight == "all":
                         (losses * weights).sum().backward()
                     else:
-                        if any(p.requires_grad for n_, p in model.named_parameters() if not n_.startswith(head_name + ".")):
+                        if backbone_trains:
                             losses.mean().backward()
                         grad_w, grad_b = linear_weighted_grad(features, delta, weights, has_bias)
                         head.weight.grad = grad_w

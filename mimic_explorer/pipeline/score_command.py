@@ -97,14 +97,14 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
         return _score_and_finalize(options, ctx, device, out, pool, models, writer, progress, log)
 
 
-def _score_batch(options, models, x, y, params):
+def _score_batch(options, scored, scored_reference, x, y, params):
     """proj (and cos) for one batch, plus the loss and prediction at the scored checkpoint."""
     from mimic_explorer.scoring.api import mimic_scores
 
-    proj = mimic_scores(models.scored, models.scored_reference, x, y, params=params, method="proj")
-    cos = mimic_scores(models.scored, models.scored_reference, x, y, params=params, method="cos") if options.score_method == "cos" else None
+    proj = mimic_scores(scored, scored_reference, x, y, params=params, method="proj")
+    cos = mimic_scores(scored, scored_reference, x, y, params=params, method="cos") if options.score_method == "cos" else None
     with torch.no_grad():
-        logits = models.scored(x)
+        logits = scored(x)
         loss = F.cross_entropy(logits, y, reduction="none")
     return proj, cos, loss, logits.argmax(-1)
 
@@ -118,7 +118,7 @@ def _score_and_finalize(options, ctx, device, out, pool, models, writer, progres
     need_thumbs = ctx.is_main and not (resuming and (out / "thumbs" / "index.parquet").exists())
     thumbs = ThumbnailWriter(out) if need_thumbs else None
     mine = np.arange(ctx.rank, len(source), ctx.world)
-    models.scored, models.scored_reference = models.model, models.reference
+    scored, scored_reference = models.model, models.reference  # linear probes score the head on features
     feature_values = None
     if options.linear_probe:
         if params != "head":
@@ -126,8 +126,8 @@ def _score_and_finalize(options, ctx, device, out, pool, models, writer, progres
         feats = extract_features(models.model, source, pool.labels, models.transform, device=device, workers=options.workers,
                                  indices=mine, on_thumbnails=None, progress=lambda d, t: progress("features", d, t))
         errors.extend(feats.bad)
-        models.scored = LinearProbe(dict(models.model.named_modules())[models.head_name])
-        models.scored_reference = LinearProbe(dict(models.reference.named_modules())[models.head_name])
+        scored = LinearProbe(dict(models.model.named_modules())[models.head_name])
+        scored_reference = LinearProbe(dict(models.reference.named_modules())[models.head_name])
         feature_values, feature_pos = feats.values, feats.positions
     done = 0
     for chunk, start in enumerate(range(0, len(mine), options.chunk_size)):
@@ -149,7 +149,7 @@ def _score_and_finalize(options, ctx, device, out, pool, models, writer, progres
                 workers=options.workers, errors=errors))
         for step, (index, x, y, batch_thumbs) in enumerate(batches):
             x, y = x.to(device), y.to(device)
-            proj, cos, loss, pred = _score_batch(options, models, x, y, params)
+            proj, cos, loss, pred = _score_batch(options, scored, scored_reference, x, y, params)
             weights = stage1_weights(proj if options.score_method == "proj" else cos, "normed_" + options.score_method, options.temperature)
             rows.append(pd.DataFrame({
                 "sample_id": source.sample_ids[index.numpy()].astype(str), "epoch": 0, "step": chunk * 100_000 + step,
