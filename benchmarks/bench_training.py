@@ -120,19 +120,22 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--shards", default=str(SHARDS / "train-00.tar"))
     parser.add_argument("--skip-probe", action="store_true")
+    parser.add_argument("--skip-steps", action="store_true", help="only the linear-probe run")
+    parser.add_argument("--pairs", type=int, default=3, help="alternated (pass, run) pairs of the probe benchmark")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     print(f"device: {args.device}; torch threads: {torch.get_num_threads()}")
-    print("| ResNet-18 32×32, full fine-tuning | plain step | Grad-Mimic step | ratio |")
-    print("|---|---|---|---|")
-    for batch in args.batch:
+    if not args.skip_steps:
+        print("| ResNet-18 32×32, full fine-tuning | plain step | Grad-Mimic step | ratio |")
+        print("|---|---|---|---|")
+    for batch in [] if args.skip_steps else args.batch:
         r = step_ratio(batch, args.repeats, args.device)
         print(f"| batch {batch} | {r['plain_s'] * 1e3:.1f} ms | {r['grad_mimic_s'] * 1e3:.1f} ms | {r['ratio']:.3f}× |", flush=True)
     if not args.skip_probe:
         if not Path(args.shards).exists():
             print(f"shards not found: {args.shards}", file=sys.stderr)
             return 0
-        r = probe_ratio(args.epochs, args.shards)
+        r = probe_ratio(args.epochs, args.shards, args.pairs)
         print()
         print("| linear probe (small_cnn backbone, CIFAR-10 shard) | one backbone pass | whole E-epoch probe run | ratio |")
         print("|---|---|---|---|")

@@ -115,6 +115,9 @@ def _add_train(sub) -> None:
                    help="Gaussian noise added to the reference's head weights (robustness probe)")
     p.add_argument("--test-data", metavar="SPEC", help="held-out data for test accuracy")
     p.add_argument("--save-model", metavar="PATH", help="save the trained weights (state dict + PATH.meta.json)")
+    p.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
+                   help="write recorded epochs and a resumable state at most this often, and after the last epoch "
+                        "(0: after every epoch); a killed run repeats at most this much work")
     p.set_defaults(func=_cmd_train)
 
 

@@ -9,6 +9,7 @@ the re-weighted sum Σ_i w_i g_i in one matmul. A Grad-Mimic step therefore cost
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimic_explorer.models.heads import find_head
+from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.scoring.linear_head import (
     cross_entropy_output_grad,
     linear_grad_dot,
@@ -100,9 +102,16 @@ class TensorBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.targets), generator=generator)[self.rank :: self.world]
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield index, self.inputs[index], self.targets[index]
+        # gather many batches at once (bounded, ~32 MB) and hand out views: a gather per batch costs more
+        # than a probe step's math, a gather per epoch would copy a memory-mapped feature matrix whole
+        row_bytes = max(1, self.inputs[0].numel() * self.inputs.element_size())
+        chunk = max(1, (32 << 20) // (row_bytes * self.batch_size)) * self.batch_size
+        for chunk_start in range(0, len(order), chunk):
+            rows = order[chunk_start : chunk_start + chunk].to(self.inputs.device)
+            inputs, targets = self.inputs.index_select(0, rows), self.targets.index_select(0, rows.to(self.targets.device))
+            for start in range(0, len(rows), self.batch_size):
+                end = start + self.batch_size
+                yield order[chunk_start + start : chunk_start + end], inputs[start:end], targets[start:end]
 
 
 class _HeadInput:
@@ -120,10 +129,15 @@ class _HeadInput:
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9), fused where torch has a fused kernel for the parameters' device
+    (one kernel per step instead of a Python loop over parameters: half the cost of a probe step)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    kind = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.AdamW
+    extra = {"momentum": 0.9} if config.optimizer == "sgd" else {}
+    try:
+        return kind(params, lr=config.lr, weight_decay=config.weight_decay, fused=True, **extra)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return kind(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -159,6 +173,9 @@ def train(
     Every sample's loss and prediction are recorded at every epoch; with a reference also its
     proj, cos and Stage-1 weight, computed at the weights the step starts from.
 
+    A ``LinearProbe`` (the head alone, on cached features) takes a path without autograd: its
+    gradient is the closed form Σ_i w_i δ_i h_iᵀ, so a step is a handful of small matmuls.
+
     Resuming: ``start_epoch`` and ``optimizer_state`` continue a run whose epochs before
     ``start_epoch`` are done; ``on_checkpoint(epoch, model, optimizer)`` runs after each epoch's
     ``on_epoch`` so a caller can persist the state. ``grad_sync(model)`` runs between the gradient
@@ -170,7 +187,7 @@ def train(
     device = torch.device(config.device)
     model.to(device)
     head_name, head = find_head(model)
-    ref_weight = ref_bias = None
+    target = None
     if reference is not None:
         ref_head = dict(reference.named_modules())[head_name]
         if ref_head.weight.shape != head.weight.shape:
@@ -178,11 +195,13 @@ def train(
                 f"reference head {head_name} has shape {tuple(ref_head.weight.shape)}, "
                 f"model has {tuple(head.weight.shape)}"
             )
-        ref_weight = ref_head.weight.detach().to(device)
-        ref_bias = ref_head.bias.detach().to(device) if ref_head.bias is not None else None
-    has_bias = head.bias is not None
-    # a frozen backbone (linear probe) needs no backward pass at all: the head's gradient is closed form
-    backbone_trains = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(head_name + "."))
+        target = (ref_head.weight.detach().to(device), ref_head.bias.detach().to(device) if ref_head.bias is not None else None)
+    if isinstance(model, LinearProbe):
+        step_fn = _probe_step
+    else:
+        # a frozen backbone needs no backward pass at all: the head's gradient is closed form
+        backbone_trains = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(head_name + "."))
+        step_fn = functools.partial(_autograd_step, backbone_trains=backbone_trains)
     optimizer = _make_optimizer(model, config)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -196,58 +215,29 @@ def train(
     try:
         for epoch in range(start_epoch, config.epochs):
             torch.manual_seed(config.seed * 1_000 + epoch)  # per epoch, so a resumed run draws the same numbers
-            step = epoch * steps_per_epoch
             model.train()
-            cols: dict[str, list] = {k: [] for k in ("index", "step", "batch_size", "loss", "pred", "proj", "cos", "weight")}
+            weigh = epoch >= config.starting_epoch
+            cols: dict[str, list] = {k: [] for k in ("index", "loss", "pred", "proj", "cos", "weight")}
+            sizes: list[int] = []
             for index, inputs, targets in batches.epoch(epoch):
                 inputs, targets = inputs.to(device), targets.to(device)
-                logits = model(inputs)
-                losses = F.cross_entropy(logits, targets, reduction="none")
-                _check_finite(losses.detach(), index, "loss")
-                optimizer.zero_grad(set_to_none=True)
-                n = len(targets)
-                if reference is not None:
-                    features = capture.value.detach()
-                    delta = cross_entropy_output_grad(logits.detach(), targets)
-                    v_weight = ref_weight - head.weight.detach()
-                    v_bias = ref_bias - head.bias.detach() if has_bias else None
-                    v_norm = torch.sqrt((v_weight**2).sum() + ((v_bias**2).sum() if has_bias else 0.0))
-                    dot = linear_grad_dot(features, delta, v_weight, v_bias)
-                    proj = -dot / v_norm.clamp_min(1e-12)
-                    g_norm = torch.sqrt(linear_grad_sqnorm(features, delta, has_bias))
-                    cos = proj / g_norm.clamp_min(1e-12)
-                    basis = cos if score_basis(config.method) == "cos" else proj
-                    if epoch >= config.starting_epoch:
-                        weights = stage1_weights(basis, config.method, config.temperature)
-                    else:
-                        weights = torch.full_like(basis, 1.0 / n)
-                    if config.reweight == "all":
-                        (losses * weights).sum().backward()
-                    else:
-                        if backbone_trains:
-                            losses.mean().backward()
-                        grad_w, grad_b = linear_weighted_grad(features, delta, weights, has_bias)
-                        head.weight.grad = grad_w
-                        if has_bias:
-                            head.bias.grad = grad_b
-                    cols["proj"].append(proj.cpu())
-                    cols["cos"].append(cos.cpu())
-                    cols["weight"].append(weights.detach().cpu())
-                else:
-                    losses.mean().backward()
+                if step_fn is not _probe_step:  # the probe step assigns its gradients; nothing accumulates
+                    optimizer.zero_grad(set_to_none=True)
+                out = step_fn(model, head, capture, inputs, targets, index, target, config, weigh)
                 if grad_sync is not None:
                     grad_sync(model)
                 optimizer.step()
                 cols["index"].append(index)
-                cols["step"].append(torch.full((n,), step))
-                cols["batch_size"].append(torch.full((n,), n))
-                cols["loss"].append(losses.detach().cpu())
-                cols["pred"].append(logits.detach().argmax(-1).cpu())
-                step += 1
-                seen += n
+                for key, value in out.items():
+                    cols[key].append(value)
+                sizes.append(len(targets))
+                seen += len(targets)
                 if progress is not None:
                     progress(seen, total_samples)
-            cat = {k: (torch.cat(v).numpy() if v else None) for k, v in cols.items()}
+            cat = {k: (torch.cat(v).cpu().numpy() if v else None) for k, v in cols.items()}
+            counts = np.asarray(sizes, dtype=np.int64)
+            cat["step"] = np.repeat(np.arange(epoch * steps_per_epoch, epoch * steps_per_epoch + len(counts)), counts)
+            cat["batch_size"] = np.repeat(counts, counts)
             record = EpochRecord(epoch=epoch, **cat)
             result.records.append(record)
             if on_epoch is not None:
@@ -258,6 +248,91 @@ def train(
         capture.remove()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _mimic_geometry(features: torch.Tensor, delta: torch.Tensor, head: nn.Linear,
+                    target: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """proj and cos of every sample's head gradient against the task vector (reference − head)."""
+    ref_weight, ref_bias = target
+    has_bias = head.bias is not None
+    v_weight = ref_weight - head.weight.detach()
+    v_bias = ref_bias - head.bias.detach() if has_bias else None
+    v_norm = torch.sqrt((v_weight**2).sum() + ((v_bias**2).sum() if has_bias else 0.0))
+    proj = -linear_grad_dot(features, delta, v_weight, v_bias) / v_norm.clamp_min(1e-12)
+    cos = proj / torch.sqrt(linear_grad_sqnorm(features, delta, has_bias)).clamp_min(1e-12)
+    return proj, cos
+
+
+def _sample_weights(proj: torch.Tensor, cos: torch.Tensor, config: TrainConfig, weigh: bool) -> torch.Tensor:
+    """Stage-1 weights, or uniform ones before ``starting_epoch``."""
+    if not weigh:
+        return torch.full_like(proj, 1.0 / len(proj))
+    return stage1_weights(cos if score_basis(config.method) == "cos" else proj, config.method, config.temperature)
+
+
+@torch.no_grad()
+def _probe_step(model, head, capture, features, targets, index, target, config, weigh) -> dict[str, torch.Tensor]:
+    """One step of a linear probe, all closed form and with as few tensor ops as the math allows
+    (at a few µs each, op count is what a probe step costs): logits, δ, scores, weights, Σ_i w_i g_i.
+
+    ⟨g_i, V⟩ = δ_iᵀ (V_W h_i + V_b) = δ_iᵀ (z_i^ref − z_i): the reference head's logits stand in for
+    the task-vector product.
+    """
+    weight, bias = head.weight, head.bias
+    logits = torch.addmm(bias, features, weight.t()) if bias is not None else features @ weight.t()
+    log_p = torch.log_softmax(logits, dim=-1)
+    losses = -log_p.gather(1, targets[:, None]).squeeze(1)
+    _check_finite(losses, index, "loss")
+    delta = log_p.exp_().scatter_add_(1, targets[:, None], _minus_ones(targets, log_p.dtype))
+    out = {"loss": losses, "pred": logits.argmax(-1)}
+    if target is not None:
+        ref_weight, ref_bias = target
+        ref_logits = torch.addmm(ref_bias, features, ref_weight.t()) if bias is not None else features @ ref_weight.t()
+        v_norm = torch.linalg.vector_norm(ref_weight - weight)
+        if bias is not None:
+            v_norm = torch.hypot(v_norm, torch.linalg.vector_norm(ref_bias - bias))
+        proj = (delta * (logits - ref_logits)).sum(1).div_(v_norm.clamp_min(1e-12))
+        g_sq = (delta * delta).sum(1).mul_((features * features).sum(1).add_(1.0) if bias is not None else (features * features).sum(1))
+        cos = proj / g_sq.sqrt_().clamp_min_(1e-12)
+        weights = _sample_weights(proj, cos, config, weigh)
+        out.update(proj=proj, cos=cos, weight=weights)
+    else:
+        weights = torch.full_like(losses, 1.0 / len(losses))  # plain training: the mean gradient
+    weighted = delta.mul_(weights[:, None])
+    weight.grad = weighted.t() @ features
+    if bias is not None:
+        bias.grad = weighted.sum(0)
+    return out
+
+
+def _minus_ones(targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.full((len(targets), 1), -1.0, dtype=dtype, device=targets.device)
+
+
+def _autograd_step(model, head, capture, inputs, targets, index, target, config, weigh, *, backbone_trains: bool) -> dict[str, torch.Tensor]:
+    """One step of a model with a backbone: one forward and (when the backbone trains) one backward;
+    the head's re-weighted gradient is closed form from the captured head input."""
+    logits = model(inputs)
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    _check_finite(losses.detach(), index, "loss")
+    out = {"loss": losses.detach(), "pred": logits.detach().argmax(-1)}
+    if target is None:
+        losses.mean().backward()
+        return out
+    features = capture.value.detach()
+    delta = cross_entropy_output_grad(logits.detach(), targets)
+    proj, cos = _mimic_geometry(features, delta, head, target)
+    weights = _sample_weights(proj, cos, config, weigh)
+    if config.reweight == "all":
+        (losses * weights).sum().backward()
+    else:
+        if backbone_trains:
+            losses.mean().backward()
+        head.weight.grad, grad_b = linear_weighted_grad(features, delta, weights, head.bias is not None)
+        if head.bias is not None:
+            head.bias.grad = grad_b
+    out.update(proj=proj, cos=cos, weight=weights.detach())
+    return out
 
 
 @torch.no_grad()

@@ -105,3 +105,77 @@ def test_nan_loss_names_the_samples():
     x[5, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="5"):
         train(MLP(12, 4).double(), TensorBatches(x, y, 16, 0), TrainConfig(epochs=1, batch_size=16))
+
+
+class _HeadOnly(torch.nn.Module):
+    """The head alone but not a ``LinearProbe``: ``train`` gives it the autograd path."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x):
+        return self.head(x)
+
+
+@pytest.mark.parametrize("method, optimizer, starting_epoch, with_reference", [
+    ("normed_proj", "adamw", 0, True),
+    ("normed_cos", "sgd", 0, True),
+    ("proj", "adamw", 1, True),
+    ("cos", "sgd", 0, True),
+    ("normed_proj", "adamw", 0, False),
+])
+def test_linear_probe_closed_form_path_equals_autograd(method, optimizer, starting_epoch, with_reference):
+    """The probe's no-autograd step (logits, δ, scores from reference logits, Σ w_i g_i) must train
+    exactly like the autograd step on the same head, and record the same numbers."""
+    from mimic_explorer.models.probe import LinearProbe
+
+    x, y = _data(n=90, d=12, c=4, seed=3)
+    torch.manual_seed(0)
+    init = torch.nn.Linear(12, 4).double()
+    reference = clone_model(init)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    config = TrainConfig(epochs=3, batch_size=32, lr=0.05, optimizer=optimizer, method=method, starting_epoch=starting_epoch)
+    runs = []
+    for wrap in (LinearProbe, _HeadOnly):
+        model = wrap(clone_model(init))
+        ref = wrap(clone_model(reference)) if with_reference else None
+        runs.append((model, train(model, TensorBatches(x, y, 32, 5), config, reference=ref)))
+    (probe, fast), (plain, slow) = runs
+    torch.testing.assert_close(probe.head.weight, plain.head.weight, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(probe.head.bias, plain.head.bias, rtol=1e-9, atol=1e-12)
+    assert not torch.equal(probe.head.weight, init.weight)  # it trained
+    for a, b in zip(fast.records, slow.records):
+        np.testing.assert_array_equal(a.index, b.index)
+        np.testing.assert_array_equal(a.pred, b.pred)
+        np.testing.assert_array_equal(a.step, b.step)
+        np.testing.assert_allclose(a.loss, b.loss, rtol=1e-9)
+        for name in ("proj", "cos", "weight"):
+            if with_reference:
+                np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-8, atol=1e-12)
+            else:
+                assert getattr(a, name) is None and getattr(b, name) is None
+
+
+def test_linear_probe_nan_loss_names_the_samples():
+    from mimic_explorer.models.probe import LinearProbe
+
+    x, y = _data(n=16)
+    x[9, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match="9"):
+        train(LinearProbe(torch.nn.Linear(12, 4).double()), TensorBatches(x, y, 16, 0), TrainConfig(epochs=1, batch_size=16))
+
+
+def test_batches_are_the_seeded_permutation_in_views_of_chunked_gathers():
+    x = torch.arange(50, dtype=torch.float32)[:, None].repeat(1, 3)
+    y = torch.arange(50)
+    batches = TensorBatches(x, y, 8, seed=2, rank=1, world=2)
+    seen = []
+    for index, inputs, targets in batches.epoch(4):
+        assert torch.equal(inputs[:, 0].long(), index) and torch.equal(targets, index)
+        seen.append(index)
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(2 * 100_003 + 4))[1::2]
+    assert torch.equal(torch.cat(seen), order)
+    assert [len(s) for s in seen] == [8, 8, 8, 1]

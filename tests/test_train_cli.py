@@ -72,7 +72,8 @@ def test_a_different_run_in_the_same_directory_is_refused(digits_reference, tmp_
 
 
 def test_kill_9_then_same_command_equals_an_uninterrupted_run(digits_reference, tmp_path):
-    args = ["train", *COMMON, "--epochs", "12", "--reference", str(digits_reference), "--label-noise", "0.3"]
+    args = ["train", *COMMON, "--epochs", "12", "--reference", str(digits_reference), "--label-noise", "0.3",
+            "--checkpoint-every", "0"]
     assert run_cli(*args, "--out", str(tmp_path / "whole")).returncode == 0
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "mimic_explorer", *args, "--out", str(out)],
@@ -87,6 +88,20 @@ def test_kill_9_then_same_command_equals_an_uninterrupted_run(digits_reference, 
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     a, b = open_run(tmp_path / "whole"), open_run(out)
+    key = ["epoch", "step", "sample_id"]
+    pd.testing.assert_frame_equal(a.scores.sort_values(key).reset_index(drop=True), b.scores.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(a.samples, b.samples)
+
+
+def test_checkpoints_on_an_interval_write_fewer_parts_with_the_same_rows(digits_reference, tmp_path):
+    every = _train(tmp_path / "every", digits_reference, "--checkpoint-every", "0")
+    once = _train(tmp_path / "once", digits_reference, "--checkpoint-every", "3600")
+    assert every.returncode == 0 and once.returncode == 0, every.stderr + once.stderr
+    names = lambda out: sorted(p.name for p in (out / "scores").glob("*.parquet"))  # noqa: E731
+    assert names(tmp_path / "every") == [f"epoch-{e:04d}.parquet" for e in range(4)]
+    assert names(tmp_path / "once") == ["epoch-0000-0003.parquet"]  # one checkpoint, after the last epoch
+    assert not (tmp_path / "once" / "state.pt").exists()
+    a, b = open_run(tmp_path / "every"), open_run(tmp_path / "once")
     key = ["epoch", "step", "sample_id"]
     pd.testing.assert_frame_equal(a.scores.sort_values(key).reset_index(drop=True), b.scores.sort_values(key).reset_index(drop=True))
     pd.testing.assert_frame_equal(a.samples, b.samples)

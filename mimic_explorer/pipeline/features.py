@@ -26,17 +26,6 @@ from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.store.paths import cache_dir
 
 
-class LinearProbe(nn.Module):
-    """The head alone, under the same name (``head``) so ``find_head`` and references line up."""
-
-    def __init__(self, head: nn.Linear):
-        super().__init__()
-        self.head = head
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
-
 @dataclass
 class Features:
     positions: np.ndarray  # source positions of the good samples, in pool order

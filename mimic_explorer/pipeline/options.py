@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 #: fields that change how a run is made or reported but not what it computes
-NON_IDENTITY = ("out", "force", "quiet", "save_model", "device", "workers", "trust_pickle", "chunk_size")
+NON_IDENTITY = ("out", "force", "quiet", "save_model", "device", "workers", "trust_pickle", "chunk_size",
+                "checkpoint_every")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RunOptions:
     params: str = "head"  # score: "head" | "all" | comma-separated parameter names
     score_method: str = "proj"  # score: proj | cos
     chunk_size: int = 8192  # score: samples per part file (the unit of resuming)
+    checkpoint_every: float = 10.0  # train: seconds between resumable checkpoints (0: after every epoch)
     device: str = "auto"
     workers: int = 0
     save_model: str | None = None

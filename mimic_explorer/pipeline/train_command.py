@@ -1,8 +1,9 @@
 """``mimic-explorer train``: plain training (to make references) or Grad-Mimic with recording.
 
 Flow: open the pool (inject noise) → build model and reference (checks) → run id / cache / resume →
-[linear probe: cached backbone features] → Stage-1 training, one score part per epoch and rank, a
-resumable state after each epoch → rank 0: signals, Stage 2, evaluation, thumbnails, meta complete.
+[linear probe: cached backbone features] → Stage-1 training; at each checkpoint (time interval, last
+epoch) the recorded epochs as a part file per rank, then a resumable state → rank 0: signals,
+Stage 2, evaluation, meta complete.
 """
 
 from __future__ import annotations
@@ -26,22 +27,22 @@ from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import save_checkpoint
 from mimic_explorer.pipeline.batches import PoolBatches
 from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
+from mimic_explorer.pipeline.epoch_parts import STATE, EpochParts, drop_parts_after
 from mimic_explorer.pipeline.guard import failure_recorded
-from mimic_explorer.pipeline.features import LinearProbe, extract_features
+from mimic_explorer.models.probe import LinearProbe
+from mimic_explorer.pipeline.features import extract_features
 from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, format_evaluation, samples_table
 from mimic_explorer.pipeline.options import RunOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.pipeline.run_identity import clear_score_parts, make_run_id, reuse_or_refuse
 from mimic_explorer.pipeline.runlog import start_run_dir
 from mimic_explorer.pipeline.setup import DRIFT_WARNING, backbone_distance, build_models, open_pool
-from mimic_explorer.recording import epoch_frame
 from mimic_explorer.store.atomic import atomic_write, write_json, write_parquet
 from mimic_explorer.store.paths import SCORES_DIR
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.store.writer import RunWriter
 from mimic_explorer.train import NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals, train
 
-STATE = "state.pt"
 Progress = Callable[[str, int, int], None]
 
 
@@ -70,19 +71,9 @@ def validate(options: RunOptions) -> None:
         raise ValueError(f"--aggregate must be one of {', '.join(stage2.AGGREGATIONS)}")
 
 
-def _part_name(epoch: int, ctx: DistContext) -> str:
-    return f"epoch-{epoch:04d}" if not ctx.active else f"epoch-{epoch:04d}-rank{ctx.rank:03d}"
-
-
 def _read_parts(out: Path) -> pd.DataFrame:
     parts = sorted((out / SCORES_DIR).glob("epoch-*.parquet"))
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
-
-
-def _drop_parts_after(out: Path, epoch: int) -> None:
-    for part in (out / SCORES_DIR).glob("epoch-*.parquet"):
-        if int(part.name.split("-")[1].split(".")[0]) > epoch:
-            part.unlink(missing_ok=True)
 
 
 def run_train(options: RunOptions, progress: Progress | None = None, log: Callable[[str], None] | None = None) -> RunOutcome:
@@ -131,7 +122,7 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
         for warning in models.warnings:
             writer.warn(warning)
         writer.flush_meta()
-        _drop_parts_after(out, resume_epoch)
+        drop_parts_after(out, resume_epoch)
     resume_epoch = ctx.broadcast_object(resume_epoch)
     ctx.barrier()
     with failure_recorded(writer, ctx):
@@ -204,22 +195,19 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
     drift = []
     init_trainable = copy.deepcopy(trainable).cpu() if not options.linear_probe and reference is not None else None
 
-    def on_epoch(record) -> None:
-        write_parquet(out / SCORES_DIR / f"{_part_name(record.epoch, ctx)}.parquet", epoch_frame(record, ids_of_index))
+    parts = EpochParts(out, ids_of_index, ctx, last_epoch=options.epochs - 1, every_s=options.checkpoint_every)
 
     def on_checkpoint(epoch, module, optimizer) -> None:
         if init_trainable is not None:
             drift.append({"epoch": epoch, "to_reference": backbone_distance(module, reference, models.head_name),
                           "from_init": backbone_distance(module, init_trainable, models.head_name)})
-        ctx.barrier()  # every rank's part for this epoch is on disk before the state says it is done
-        if ctx.is_main:
-            state = {"epoch": epoch, "model": module.state_dict(), "optimizer": optimizer.state_dict()}
-            atomic_write(out / STATE, lambda tmp: torch.save(state, tmp))
+        if parts.due(epoch):
+            parts.checkpoint(epoch, lambda: {"model": module.state_dict(), "optimizer": optimizer.state_dict()})
 
     t0 = time.perf_counter()
     if start_epoch < options.epochs:
         try:
-            train(trainable, batches, config, reference=ref_trainable, on_epoch=on_epoch,
+            train(trainable, batches, config, reference=ref_trainable, on_epoch=parts.add,
                   progress=lambda d, t: progress("Grad-Mimic" if reference is not None else "training", d, t),
                   start_epoch=start_epoch, optimizer_state=optimizer_state, on_checkpoint=on_checkpoint,
                   grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=steps_per_epoch)
