@@ -427,3 +427,28 @@ def test_real_cifar_shard(tmp_path):
     for key, label, data in fixture_items():  # the fixture was cut from this shard
         k = src.index_of(key)
         assert src.read_bytes(k) == data and src.labels[k] == label
+
+
+def test_load_encoded_is_load_and_read_bytes_in_one_read(tmp_path):
+    items = fixture_items()
+    write_pool_shards(tmp_path / "shards", items, shards=2)
+    for source in (open_source(f"folder:{FIXTURE}"), open_source(f"wds:{tmp_path / 'shards'}/pool-{{00..01}}.tar", index_dir=tmp_path)):
+        for i in (0, 7, len(source) - 1):
+            image, data = source.load_encoded(i)
+            assert data == source.read_bytes(i) and data[:3] == b"\xff\xd8\xff"
+            assert np.array_equal(np.asarray(image), np.asarray(source.load(i)))
+    digits = open_source("digits")
+    image, data = digits.load_encoded(5)
+    assert data is None and np.array_equal(np.asarray(image), np.asarray(digits.load(5)))
+    with pytest.raises(IndexError):
+        digits.load_encoded(len(digits))
+
+
+def test_load_encoded_turns_a_bad_file_into_a_bad_sample(tmp_path):
+    items = fixture_items()[:4]
+    items[2] = (items[2][0], items[2][1], b"not an image")
+    write_pool_shards(tmp_path / "shards", items, shards=1)
+    source = open_source(f"wds:{tmp_path / 'shards'}/pool-00.tar", index_dir=tmp_path)
+    bad = [i for i, sid in enumerate(source.sample_ids) if sid == items[2][0]][0]
+    with pytest.raises(BadSampleError):
+        source.load_encoded(bad)

@@ -127,11 +127,25 @@ class Source:
 
     def load(self, i: int) -> Image.Image:
         """Sample at position ``i`` as an RGB ``PIL.Image``. Raises ``BadSampleError`` for a bad file."""
+        return self._guarded(i, self._load)
+
+    def load_encoded(self, i: int) -> tuple[Image.Image, bytes | None]:
+        """``load(i)`` and ``read_bytes(i)`` with a single read of the file (bytes None when no file is
+        behind the sample). Why: a pass that keeps small originals as thumbnails needs both."""
+        return self._guarded(i, self._load_encoded)
+
+    def _load_encoded(self, i: int) -> tuple[Image.Image, bytes | None]:
+        data = self.read_bytes(i)
+        if data is None:  # arrays, torchvision objects: the source decodes its own way
+            return self._load(i), None
+        return decode_image(data, self.sample_ids[i], self.source_of(i)), data
+
+    def _guarded(self, i, read):
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(f"position {i} outside 0..{len(self) - 1}")
         try:
-            return self._load(i)
+            return read(i)
         except BadSampleError:
             raise
         except Exception as exc:  # noqa: BLE001 - a reader failure is one bad sample

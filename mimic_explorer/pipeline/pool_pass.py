@@ -36,13 +36,13 @@ class _PassDataset(Dataset):
     def __getitem__(self, k: int):
         i = int(self.indices[k])
         try:
-            image = self.source.load(i)
+            image, original = self.source.load_encoded(i) if self.thumbs else (self.source.load(i), None)
             tensor = self.transform(image)
         except BadSampleError as exc:
             return i, None, exc.bad, None
         except Exception as exc:  # noqa: BLE001 - one odd image is one bad sample, never a dead run
             return i, None, BadSample(self.source.sample_ids[i], self.source.source_of(i), f"{type(exc).__name__}: {exc}"), None
-        thumb = thumbnail_bytes(image, self.source.read_bytes(i)) if self.thumbs else None
+        thumb = thumbnail_bytes(image, original) if self.thumbs else None
         return i, tensor, int(self.labels[i]), thumb
 
 
