@@ -7,14 +7,17 @@
 2. A linear-probe run of E epochs (``mimic-explorer train --linear-probe``: backbone features once,
    E epochs on the head, signals, Stage 2, thumbnails, writes) vs one plain backbone pass over the
    same data (decode + transform + forward), on real CIFAR-10 shards; after a warm-up, the two are
-   alternated three times and the medians compared.
+   alternated ``--pairs`` times and the medians compared; the run's own timings (features, epochs,
+   the rest) are printed too, since on a shared machine the pass alone varies by ±20 %.
 
-    python benchmarks/bench_training.py [--batch 32] [--repeats 20] [--epochs 20] [--skip-probe]
+    python benchmarks/bench_training.py [--batch 32] [--repeats 20] [--epochs 20] [--pairs 5]
+                                        [--skip-probe | --skip-steps]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -98,7 +101,7 @@ def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
         run_train(RunOptions("train", f"wds:{shards}", "small_cnn", str(Path(tmp) / "ref"), save_model=str(reference), **common),
                   log=lambda s: None)  # also warms up decoding, the model and the shard index
         backbone_pass(1024)
-        passes, runs = [], []
+        passes, runs, timings = [], [], []
         for rep in range(repeats):  # alternate the two, so load changes hit both alike
             passes.append(backbone_pass())
             for f in (Path(tmp) / "features").glob("*.pt"):
@@ -107,10 +110,14 @@ def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
             run_train(RunOptions("train", f"wds:{shards}", "small_cnn", str(Path(tmp) / f"gm{rep}"), reference=str(reference),
                                  label_noise=0.3, **common), log=lambda s: None)
             runs.append(time.perf_counter() - start)
+            timings.append(json.loads((Path(tmp) / f"gm{rep}" / "meta.json").read_text())["timings"])
         samples = len(source)
     p, r = statistics.median(passes), statistics.median(runs)
     return {"samples": samples, "epochs": epochs, "backbone_pass_s": p, "probe_run_s": r, "ratio": r / p,
-            "ratios": [b / a for a, b in zip(passes, runs)]}
+            "ratios": [b / a for a, b in zip(passes, runs)],
+            "features_s": statistics.median(t["features_s"] for t in timings),
+            "epochs_s": statistics.median(t["train_s"] for t in timings),
+            "rest_s": statistics.median(w - t["features_s"] - t["train_s"] for w, t in zip(runs, timings))}
 
 
 def main() -> int:
@@ -121,7 +128,7 @@ def main() -> int:
     parser.add_argument("--shards", default=str(SHARDS / "train-00.tar"))
     parser.add_argument("--skip-probe", action="store_true")
     parser.add_argument("--skip-steps", action="store_true", help="only the linear-probe run")
-    parser.add_argument("--pairs", type=int, default=3, help="alternated (pass, run) pairs of the probe benchmark")
+    parser.add_argument("--pairs", type=int, default=5, help="alternated (pass, run) pairs of the probe benchmark")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     print(f"device: {args.device}; torch threads: {torch.get_num_threads()}")
@@ -141,6 +148,8 @@ def main() -> int:
         print("|---|---|---|---|")
         print(f"| {r['samples']} samples, E = {r['epochs']} | {r['backbone_pass_s']:.1f} s | {r['probe_run_s']:.1f} s | {r['ratio']:.2f}× "
               f"(each pair: {', '.join(f'{x:.2f}' for x in r['ratios'])}) |")
+        print(f"\nwithin the run (medians): features + thumbnails {r['features_s']:.2f} s, the {r['epochs']} head epochs "
+              f"incl. checkpoint {r['epochs_s']:.2f} s, everything else {r['rest_s']:.2f} s")
     return 0
 
 
