@@ -17,27 +17,14 @@ SCORE_COLUMNS = ["sample_id", "epoch", "step", "proj", "weight", "cos", "loss", 
 
 def epoch_frame(record: EpochRecord, sample_ids: np.ndarray) -> pd.DataFrame:
     """One epoch's rows in the contract's long format (plus cos, loss, pred, batch_size)."""
-    frame = pd.DataFrame(
-        {
-            "sample_id": np.asarray(sample_ids, dtype=object)[record.index].astype(str),
-            "epoch": np.full(len(record.index), record.epoch, dtype=np.int32),
-            "step": record.step.astype(np.int64),
-            "proj": record.proj.astype(np.float64) if record.proj is not None else np.nan,
-            "weight": record.weight.astype(np.float64) if record.weight is not None else np.nan,
-            "cos": record.cos.astype(np.float64) if record.cos is not None else np.nan,
-            "loss": record.loss.astype(np.float64),
-            "pred": record.pred.astype(np.int32),
-            "batch_size": record.batch_size.astype(np.int32),
-        }
-    )
-    return frame[SCORE_COLUMNS]
+    return epoch_table(record, pa.array(np.asarray(sample_ids, dtype=object).astype(str))).to_pandas()
 
 
 def epoch_table(record: EpochRecord, sample_ids: pa.Array) -> pa.Table:
-    """``epoch_frame`` as an Arrow table, with the ids taken from a prebuilt Arrow array.
+    """One epoch's rows as an Arrow table, ids taken from a prebuilt Arrow array of all sample ids.
 
-    Why: a run writes one table per epoch; taking rows of an Arrow string array is a C++ gather,
-    where building Python strings per row costs more than the epoch of a linear probe itself.
+    Why Arrow: a run builds one table per epoch; taking rows of an Arrow string array is a C++
+    gather, where building Python strings per row costs more than an epoch of a linear probe.
     """
     n = len(record.index)
 
