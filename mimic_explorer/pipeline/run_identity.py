@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-
 from typing import Callable
 
+from mimic_explorer.pipeline.distributed import DistContext
 from mimic_explorer.store.paths import SCORES_DIR
 from mimic_explorer.store.reader import RunError, read_meta
 
@@ -44,6 +44,27 @@ def reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], No
     if state == "other" and not force:
         raise ValueError(f"{out} holds a different run ({read_meta(out).get('run_id')}); choose another --out or pass --force")
     return state, None
+
+
+def agree_on_reuse(ctx: DistContext, out: Path, run_id: str, force: bool,
+                   log: Callable[[str], None]) -> tuple[str, dict | None]:
+    """``reuse_or_refuse`` decided once, by rank 0, and the same answer (or refusal) on every rank.
+
+    Why: rank 0 starts writing ``meta.json`` as soon as it has decided; a slower rank reading the
+    directory after that would see a run in the making and refuse it as a different one.
+    """
+    if not ctx.active:
+        return reuse_or_refuse(out, run_id, force, log)
+    answer: tuple = ()
+    if ctx.is_main:
+        try:
+            answer = ("ok", reuse_or_refuse(out, run_id, force, log))
+        except ValueError as exc:
+            answer = ("refused", str(exc))
+    answer = ctx.broadcast_object(answer)
+    if answer[0] == "refused":
+        raise ValueError(answer[1])
+    return answer[1]
 
 
 def clear_score_parts(out: Path) -> None:

@@ -30,7 +30,7 @@ from mimic_explorer.pipeline.features import extract_features
 from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evaluation, samples_table
 from mimic_explorer.pipeline.options import RunOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
-from mimic_explorer.pipeline.run_identity import clear_score_parts, make_run_id, reuse_or_refuse
+from mimic_explorer.pipeline.run_identity import agree_on_reuse, clear_score_parts, make_run_id
 from mimic_explorer.pipeline.runlog import start_run_dir
 from mimic_explorer.pipeline.setup import build_models, open_pool
 from mimic_explorer.pipeline.train_command import RunOutcome, validate
@@ -77,7 +77,7 @@ def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress,
     fingerprints = {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)}),
                     "model": state_fingerprint(models.model.state_dict()), "reference": models.reference_fingerprint}
     run_id = make_run_id("score", options.identity(), fingerprints)
-    state, finished = reuse_or_refuse(out, run_id, options.force, log)
+    state, finished = agree_on_reuse(ctx, out, run_id, options.force, log)
     if finished is not None:
         return RunOutcome(out, finished, cached=True)
     writer = None
