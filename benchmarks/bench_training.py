@@ -7,7 +7,7 @@
 2. A linear-probe run of E epochs (``mimic-explorer train --linear-probe``: backbone features once,
    E epochs on the head, signals, Stage 2, thumbnails, writes) vs one plain backbone pass over the
    same data (decode + transform + forward), on real CIFAR-10 shards; after a warm-up, the two are
-   alternated ``--pairs`` times and the medians compared; the run's own timings (features, epochs,
+   alternated ``--pairs`` times (ABBA order) and the medians compared; the run's own timings (features, epochs,
    the rest) are printed too, since on a shared machine the pass alone varies by ±20 %.
 
     python benchmarks/bench_training.py [--batch 32] [--repeats 20] [--epochs 20] [--pairs 5]
@@ -102,15 +102,24 @@ def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
                   log=lambda s: None)  # also warms up decoding, the model and the shard index
         backbone_pass(1024)
         passes, runs, timings = [], [], []
-        for rep in range(repeats):  # alternate the two, so load changes hit both alike
-            passes.append(backbone_pass())
+
+        def probe_run(rep: int) -> float:
             for f in (Path(tmp) / "features").glob("*.pt"):
                 f.unlink()  # the Grad-Mimic run must compute its features itself
             start = time.perf_counter()
             run_train(RunOptions("train", f"wds:{shards}", "small_cnn", str(Path(tmp) / f"gm{rep}"), reference=str(reference),
                                  label_noise=0.3, **common), log=lambda s: None)
-            runs.append(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
             timings.append(json.loads((Path(tmp) / f"gm{rep}" / "meta.json").read_text())["timings"])
+            return seconds
+
+        for rep in range(repeats):  # alternate the two, in ABBA order, so load drifts hit both alike
+            if rep % 2 == 0:
+                passes.append(backbone_pass())
+                runs.append(probe_run(rep))
+            else:
+                runs.append(probe_run(rep))
+                passes.append(backbone_pass())
         samples = len(source)
     p, r = statistics.median(passes), statistics.median(runs)
     return {"samples": samples, "epochs": epochs, "backbone_pass_s": p, "probe_run_s": r, "ratio": r / p,
@@ -128,7 +137,7 @@ def main() -> int:
     parser.add_argument("--shards", default=str(SHARDS / "train-00.tar"))
     parser.add_argument("--skip-probe", action="store_true")
     parser.add_argument("--skip-steps", action="store_true", help="only the linear-probe run")
-    parser.add_argument("--pairs", type=int, default=5, help="alternated (pass, run) pairs of the probe benchmark")
+    parser.add_argument("--pairs", type=int, default=6, help="alternated (pass, run) pairs of the probe benchmark")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     print(f"device: {args.device}; torch threads: {torch.get_num_threads()}")
