@@ -23,6 +23,7 @@ from mimic_explorer.models.heads import find_head
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.scoring.linear_head import (
     cross_entropy_output_grad,
+    cross_entropy_with_output_grad,
     linear_grad_dot,
     linear_grad_sqnorm,
     linear_weighted_grad,
@@ -221,8 +222,6 @@ def train(
             sizes: list[int] = []
             for index, inputs, targets in batches.epoch(epoch):
                 inputs, targets = inputs.to(device), targets.to(device)
-                if step_fn is not _probe_step:  # the probe step assigns its gradients; nothing accumulates
-                    optimizer.zero_grad(set_to_none=True)
                 out = step_fn(model, head, capture, inputs, targets, index, target, config, weigh)
                 if grad_sync is not None:
                     grad_sync(model)
@@ -257,7 +256,9 @@ def _mimic_geometry(features: torch.Tensor, delta: torch.Tensor, head: nn.Linear
     has_bias = head.bias is not None
     v_weight = ref_weight - head.weight.detach()
     v_bias = ref_bias - head.bias.detach() if has_bias else None
-    v_norm = torch.sqrt((v_weight**2).sum() + ((v_bias**2).sum() if has_bias else 0.0))
+    v_norm = torch.linalg.vector_norm(v_weight)
+    if has_bias:
+        v_norm = torch.hypot(v_norm, torch.linalg.vector_norm(v_bias))
     proj = -linear_grad_dot(features, delta, v_weight, v_bias) / v_norm.clamp_min(1e-12)
     cos = proj / torch.sqrt(linear_grad_sqnorm(features, delta, has_bias)).clamp_min(1e-12)
     return proj, cos
@@ -272,46 +273,29 @@ def _sample_weights(proj: torch.Tensor, cos: torch.Tensor, config: TrainConfig, 
 
 @torch.no_grad()
 def _probe_step(model, head, capture, features, targets, index, target, config, weigh) -> dict[str, torch.Tensor]:
-    """One step of a linear probe, all closed form and with as few tensor ops as the math allows
-    (at a few µs each, op count is what a probe step costs): logits, δ, scores, weights, Σ_i w_i g_i.
-
-    ⟨g_i, V⟩ = δ_iᵀ (V_W h_i + V_b) = δ_iᵀ (z_i^ref − z_i): the reference head's logits stand in for
-    the task-vector product.
-    """
-    weight, bias = head.weight, head.bias
-    logits = torch.addmm(bias, features, weight.t()) if bias is not None else features @ weight.t()
-    log_p = torch.log_softmax(logits, dim=-1)
-    losses = -log_p.gather(1, targets[:, None]).squeeze(1)
+    """One step of a linear probe, all closed form: no autograd and no module call, since every step
+    of a probe on cached features is a handful of small tensor ops and their dispatch is its cost."""
+    bias = head.bias
+    logits = torch.addmm(bias, features, head.weight.t()) if bias is not None else features @ head.weight.t()
+    losses, delta = cross_entropy_with_output_grad(logits, targets)
     _check_finite(losses, index, "loss")
-    delta = log_p.exp_().scatter_add_(1, targets[:, None], _minus_ones(targets, log_p.dtype))
     out = {"loss": losses, "pred": logits.argmax(-1)}
     if target is not None:
-        ref_weight, ref_bias = target
-        ref_logits = torch.addmm(ref_bias, features, ref_weight.t()) if bias is not None else features @ ref_weight.t()
-        v_norm = torch.linalg.vector_norm(ref_weight - weight)
-        if bias is not None:
-            v_norm = torch.hypot(v_norm, torch.linalg.vector_norm(ref_bias - bias))
-        proj = (delta * (logits - ref_logits)).sum(1).div_(v_norm.clamp_min(1e-12))
-        g_sq = (delta * delta).sum(1).mul_((features * features).sum(1).add_(1.0) if bias is not None else (features * features).sum(1))
-        cos = proj / g_sq.sqrt_().clamp_min_(1e-12)
+        proj, cos = _mimic_geometry(features, delta, head, target)
         weights = _sample_weights(proj, cos, config, weigh)
         out.update(proj=proj, cos=cos, weight=weights)
     else:
         weights = torch.full_like(losses, 1.0 / len(losses))  # plain training: the mean gradient
-    weighted = delta.mul_(weights[:, None])
-    weight.grad = weighted.t() @ features
+    head.weight.grad, grad_b = linear_weighted_grad(features, delta, weights, bias is not None)
     if bias is not None:
-        bias.grad = weighted.sum(0)
+        bias.grad = grad_b
     return out
-
-
-def _minus_ones(targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.full((len(targets), 1), -1.0, dtype=dtype, device=targets.device)
 
 
 def _autograd_step(model, head, capture, inputs, targets, index, target, config, weigh, *, backbone_trains: bool) -> dict[str, torch.Tensor]:
     """One step of a model with a backbone: one forward and (when the backbone trains) one backward;
     the head's re-weighted gradient is closed form from the captured head input."""
+    model.zero_grad(set_to_none=True)
     logits = model(inputs)
     losses = F.cross_entropy(logits, targets, reduction="none")
     _check_finite(losses.detach(), index, "loss")
@@ -359,9 +343,9 @@ def collect_signals(
             x, y = x.to(device), y.to(device)
             logits = model(x)
             features = capture.value
-            delta = cross_entropy_output_grad(logits, y)
+            model_loss, delta = cross_entropy_with_output_grad(logits, y)
             out["index"].append(torch.as_tensor(index))
-            out["model_loss"].append(F.cross_entropy(logits, y, reduction="none"))
+            out["model_loss"].append(model_loss)
             out["reference_loss"].append(F.cross_entropy(reference(x), y, reduction="none"))
             out["grand"].append(torch.sqrt(linear_grad_sqnorm(features, delta, has_bias)))
             out["final_proj"].append(-linear_grad_dot(features, delta, v_weight, v_bias) / v_norm)

@@ -262,3 +262,19 @@ def test_warns_when_no_linear_produces_the_logits():
     reference = perturbed(model)
     with pytest.warns(UserWarning, match="no nn.Linear produces the logits"):
         mimic_scores(model, reference, torch.randn(3, 6), torch.tensor([0, 2, 1]))
+
+
+def test_cross_entropy_with_output_grad_matches_autograd():
+    """One log-softmax gives both the unreduced losses and δ = ∂ℓ_i/∂z_i (with and without positions)."""
+    from mimic_explorer.scoring.linear_head import cross_entropy_output_grad, cross_entropy_with_output_grad
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((7, 5), (3, 4, 6)):
+        logits = (3 * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+        targets = torch.randint(0, shape[-1], shape[:-1], generator=g)
+        losses, delta = cross_entropy_with_output_grad(logits.detach(), targets)
+        expected = F.cross_entropy(logits.reshape(-1, shape[-1]), targets.reshape(-1), reduction="none").reshape(shape[:-1])
+        torch.testing.assert_close(losses, expected.detach(), rtol=1e-12, atol=1e-12)
+        (grad,) = torch.autograd.grad(expected.sum(), logits)
+        torch.testing.assert_close(delta, grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(delta, cross_entropy_output_grad(logits.detach(), targets), rtol=1e-12, atol=1e-12)

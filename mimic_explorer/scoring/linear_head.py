@@ -24,6 +24,15 @@ def cross_entropy_output_grad(logits: Tensor, targets: Tensor) -> Tensor:
     )
 
 
+def cross_entropy_with_output_grad(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(ℓ_i, δ_i) for unreduced cross-entropy from one log-softmax: callers that need the losses
+    and the output gradient of the same logits (a probe step, end-of-run signals) skip a softmax."""
+    log_p = torch.log_softmax(logits, dim=-1)
+    losses = -log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    minus_one = torch.full_like(targets, -1, dtype=log_p.dtype).unsqueeze(-1)
+    return losses, log_p.exp_().scatter_add_(-1, targets.unsqueeze(-1), minus_one)
+
+
 def linear_grad_dot(
     features: Tensor, output_grad: Tensor, v_weight: Tensor | None, v_bias: Tensor | None
 ) -> Tensor:
@@ -32,12 +41,14 @@ def linear_grad_dot(
     features: (B, D) or (B, ..., D); output_grad: (B, C) or (B, ..., C); v_weight: (C, D); v_bias: (C,).
     A ``None`` part is left out (the weight or the bias is not among the mimic layers).
     """
-    dot = output_grad.new_zeros(output_grad.shape[:-1])
+    terms = []
     if v_weight is not None:
-        dot = dot + ((output_grad @ v_weight) * features).sum(-1)
+        terms.append(((output_grad @ v_weight) * features).sum(-1))
     if v_bias is not None:
-        dot = dot + output_grad @ v_bias
-    return dot.reshape(dot.shape[0], -1).sum(-1)
+        terms.append(output_grad @ v_bias)
+    dot = terms[0] + terms[1] if len(terms) == 2 else terms[0] if terms else output_grad.new_zeros(output_grad.shape[:-1])
+    # (B,) already without positions: no reshape and sum (a training step calls this once per batch)
+    return dot if dot.dim() == 1 else dot.reshape(dot.shape[0], -1).sum(-1)
 
 
 def linear_grad_sqnorm(
