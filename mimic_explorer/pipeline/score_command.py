@@ -23,9 +23,9 @@ from mimic_explorer import stage2
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import load_checkpoint
+from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
 from mimic_explorer.pipeline.guard import failure_recorded
-from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.features import extract_features
 from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evaluation, samples_table
 from mimic_explorer.pipeline.options import RunOptions

@@ -25,11 +25,11 @@ from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.sources import open_source
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import save_checkpoint
+from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.batches import PoolBatches
 from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
 from mimic_explorer.pipeline.epoch_parts import STATE, EpochParts, drop_parts_after
 from mimic_explorer.pipeline.guard import failure_recorded
-from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.features import extract_features
 from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, format_evaluation, samples_table
 from mimic_explorer.pipeline.options import RunOptions
@@ -37,7 +37,7 @@ from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.pipeline.run_identity import agree_on_reuse, clear_score_parts, make_run_id
 from mimic_explorer.pipeline.runlog import start_run_dir
 from mimic_explorer.pipeline.setup import DRIFT_WARNING, backbone_distance, build_models, open_pool
-from mimic_explorer.store.atomic import atomic_write, write_json, write_parquet
+from mimic_explorer.store.atomic import write_json
 from mimic_explorer.store.paths import SCORES_DIR
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.store.writer import RunWriter
