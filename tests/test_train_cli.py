@@ -111,6 +111,7 @@ def test_checkpoints_on_an_interval_write_fewer_parts_with_the_same_rows(digits_
     (["--label-noise", "1.0"], "label-noise"),
     (["--temperature", "0"], "temperature"),
     (["--batch-size", "5000"], "larger than the dataset"),
+    (["--checkpoint-every", "-1"], "checkpoint-every"),
 ])
 def test_bad_options_are_one_line_errors(digits_reference, tmp_path, extra, message):
     proc = run_cli("train", *COMMON, "--epochs", "1", "--reference", str(digits_reference), "--out", str(tmp_path / "x"), *extra)

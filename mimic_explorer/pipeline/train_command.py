@@ -65,6 +65,8 @@ def validate(options: RunOptions) -> None:
         raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
     if options.reference_noise < 0:
         raise ValueError(f"--reference-noise must be >= 0, got {options.reference_noise}")
+    if not options.checkpoint_every >= 0:
+        raise ValueError(f"--checkpoint-every must be >= 0 seconds, got {options.checkpoint_every}")
     if options.binarisation not in stage2.BINARISATIONS:
         raise ValueError(f"--binarise must be one of {', '.join(stage2.BINARISATIONS)}")
     if options.aggregation not in stage2.AGGREGATIONS:
