@@ -226,7 +226,7 @@ def test_runs_folder_gets_a_picker(tmp_path, demo_run):
 
 
 def test_demo_mode_opens_a_cached_demo(monkeypatch, tmp_path, demo_run):
-    from mimic_explorer.store.paths import demo_run_dir
+    from mimic_explorer.cache import demo_run_dir
 
     monkeypatch.setenv("MIMIC_EXPLORER_CACHE", str(tmp_path / "cache"))
     copy_run(demo_run, demo_run_dir())

@@ -3,8 +3,8 @@
 Why an index: the app must show any sample of a million-image pool at once, and a scorer may visit
 samples in any order. Reading a tar from the start for each sample is hopeless, so each shard is read
 once to record where every member's bytes are; after that a sample is one ``pread``. The index is
-saved per shard (``.npz``, no pickle) in ``index_dir/wds_index/`` — a run directory when given, else
-``$MIMIC_EXPLORER_CACHE`` or ``~/.cache/mimic_explorer`` — and keyed by the shard's path, size and
+saved per shard (``.npz``, no pickle) in ``cache.shard_index_dir(index_dir)`` — under ``index_dir`` when
+given, else in the per-user cache — and keyed by the shard's path, size and
 mtime, so a changed shard is re-indexed and an unchanged one never is.
 
 Keys follow WebDataset: everything before the first dot of the member's file name, with its folder
@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mimic_explorer.cache import shard_index_dir
 from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file
 from mimic_explorer.data.imageio import IMAGE_EXTENSIONS
@@ -30,7 +31,6 @@ from mimic_explorer.data.shards import resolve_shards
 from mimic_explorer.data.source import Source, _preview
 
 INDEX_VERSION = 1
-INDEX_FOLDER = "wds_index"
 NO_LABEL = -1  # key has no .cls member
 BAD_LABEL = -2  # .cls member is not an integer
 
@@ -127,11 +127,6 @@ def build_shard_index(shard: str) -> ShardIndex:
     return index
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("MIMIC_EXPLORER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mimic_explorer")
-    return Path(base) / INDEX_FOLDER
-
-
 def index_path(shard: str, cache_dir: Path) -> Path:
     stat = os.stat(shard)
     name = hashlib.sha256(os.path.realpath(shard).encode()).hexdigest()[:16]
@@ -172,7 +167,7 @@ class WdsSource(Source):
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
         self.shards = resolve_shards(pattern, spec)
-        self.cache_dir = Path(index_dir) / INDEX_FOLDER if index_dir is not None else default_cache_dir()
+        self.cache_dir = shard_index_dir(index_dir)
         parts, self.index_files = [], []
         for shard in self.shards:
             index, path = load_or_build_index(shard, self.cache_dir)

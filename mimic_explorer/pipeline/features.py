@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mimic_explorer.cache import features_cache_dir
 from mimic_explorer.data.errors import BadSample, ErrorLog
 from mimic_explorer.data.source import Source
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.heads import find_head
 from mimic_explorer.pipeline.pool_pass import pool_pass
-from mimic_explorer.store.paths import cache_dir
 
 
 @dataclass
@@ -70,7 +70,7 @@ def extract_features(
     made from the same decoded images (only on a cache miss)."""
     head_name, head = find_head(model)
     key = feature_key(model, head_name, transform, source, indices)
-    path = cache_dir() / "features" / f"{key}.pt"
+    path = features_cache_dir() / f"{key}.pt"
     if use_cache and path.exists():
         try:
             saved = torch.load(path, weights_only=True, mmap=True)  # paged in as read, not copied into memory
