@@ -49,7 +49,7 @@ def _row(name: str, plain_acc: float | None, gm_acc: float | None, evaluation: d
 
 
 def cifar_rows(work: Path, epochs: int, temperatures: list[float]) -> list[dict]:
-    from mimic_explorer.pipeline.options import RunOptions
+    from mimic_explorer.pipeline.options import TrainOptions
     from mimic_explorer.pipeline.train_command import run_train
 
     pool = f"wds:{SHARDS}/train-{{00..01}}.tar"
@@ -57,25 +57,25 @@ def cifar_rows(work: Path, epochs: int, temperatures: list[float]) -> list[dict]
     backbone = work / "backbone.pt"
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    run_train(RunOptions("train", f"wds:{SHARDS}/train-{{02..03}}.tar", "small_cnn", str(work / "backbone-run"), epochs=6,
-                         batch_size=128, lr=2e-3, save_model=str(backbone), quiet=True), log=say)
+    run_train(TrainOptions(f"wds:{SHARDS}/train-{{02..03}}.tar", "small_cnn", str(work / "backbone-run"), epochs=6,
+                           batch_size=128, lr=2e-3, save_model=str(backbone), quiet=True), log=say)
     say(f"backbone ready ({time.perf_counter() - t0:.0f} s)")
     probe = dict(init=str(backbone), linear_probe=True, epochs=epochs, batch_size=128, lr=1e-3, test_data=test, quiet=True)
     reference = work / "reference.pt"
-    run_train(RunOptions("train", pool, "small_cnn", str(work / "reference-run"), save_model=str(reference), **probe), log=say)
+    run_train(TrainOptions(pool, "small_cnn", str(work / "reference-run"), save_model=str(reference), **probe), log=say)
     rows = []
     settings = [("30% sym", 0.3, "symmetric"), ("50% sym", 0.5, "symmetric"), ("30% asym", 0.3, "asymmetric")]
     for name, rate, kind in settings:
         noise = dict(label_noise=rate, noise_type=kind)
         tag = f"{kind[:4]}{int(rate * 100)}"
-        plain = run_train(RunOptions("train", pool, "small_cnn", str(work / f"plain-{tag}"), **noise, **probe), log=say)
-        gm = run_train(RunOptions("train", pool, "small_cnn", str(work / f"gm-{tag}"), reference=str(reference), **noise, **probe), log=say)
+        plain = run_train(TrainOptions(pool, "small_cnn", str(work / f"plain-{tag}"), **noise, **probe), log=say)
+        gm = run_train(TrainOptions(pool, "small_cnn", str(work / f"gm-{tag}"), reference=str(reference), **noise, **probe), log=say)
         rows.append(_row(f"CIFAR-10 linear probe, {name}", plain.summary["test_accuracy"], gm.summary["test_accuracy"],
                          _evaluation(gm.path)))
         say(f"done {name}")
     for temperature in temperatures:
-        gm = run_train(RunOptions("train", pool, "small_cnn", str(work / f"gm-sym30-T{temperature:g}"), reference=str(reference),
-                                  label_noise=0.3, temperature=temperature, **probe), log=say)
+        gm = run_train(TrainOptions(pool, "small_cnn", str(work / f"gm-sym30-T{temperature:g}"), reference=str(reference),
+                                    label_noise=0.3, temperature=temperature, **probe), log=say)
         rows.append(_row(f"CIFAR-10 probe, 30% sym, T={temperature:g}", None, gm.summary["test_accuracy"], _evaluation(gm.path),
                          "temperature sweep"))
     return rows

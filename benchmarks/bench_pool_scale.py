@@ -75,11 +75,11 @@ def score_pool(path: Path, n: int, dim: int, classes: int, out: Path) -> dict:
                     "proj": proj.double().numpy(), "weight": stage1_weights(proj, "normed_proj").double().numpy(),
                     "loss": F.cross_entropy(logits, t, reduction="none").double().numpy(),
                     "pred": logits.argmax(-1).int().numpy(), "batch_size": np.int32(len(t))}))
-            writer.write_scores(f"chunk-{chunk:06d}", pd.concat(parts, ignore_index=True))
+            writer.write_scores(writer.layout.chunk_part(chunk), pd.concat(parts, ignore_index=True))
     scored = time.perf_counter() - started
     rss_scoring = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     scores = pd.concat([pd.read_parquet(p, columns=["sample_id", "epoch", "step", "proj", "weight", "batch_size"])
-                        for p in sorted((out / "scores").glob("chunk-*.parquet"))], ignore_index=True)
+                        for p in writer.layout.chunk_parts()], ignore_index=True)
     samples = add_stage2(samples_table(ids(0, n), np.full(n, "synthetic"), np.asarray(labels), None, None), scores, "proj", "majority")
     writer.write_samples(samples)
     writer.complete(summary={"samples": n, "estimated_quality": stage2.quality_estimate(samples["keep"].to_numpy())})

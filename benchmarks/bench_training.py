@@ -77,7 +77,7 @@ def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
     from mimic_explorer.data.sources import open_source
     from mimic_explorer.data.transforms import default_transform
     from mimic_explorer.models.registry import build_model
-    from mimic_explorer.pipeline.options import RunOptions
+    from mimic_explorer.pipeline.options import TrainOptions
     from mimic_explorer.pipeline.pool_pass import pool_pass
     from mimic_explorer.pipeline.train_command import run_train
 
@@ -98,7 +98,7 @@ def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
 
         reference = Path(tmp) / "ref.pt"
         common = dict(init=str(Path(tmp) / "init.pt"), linear_probe=True, epochs=epochs, batch_size=128, quiet=True)
-        run_train(RunOptions("train", f"wds:{shards}", "small_cnn", str(Path(tmp) / "ref"), save_model=str(reference), **common),
+        run_train(TrainOptions(f"wds:{shards}", "small_cnn", str(Path(tmp) / "ref"), save_model=str(reference), **common),
                   log=lambda s: None)  # also warms up decoding, the model and the shard index
         backbone_pass(1024)
         passes, runs, timings = [], [], []
@@ -107,8 +107,8 @@ def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
             for f in (Path(tmp) / "features").glob("*.pt"):
                 f.unlink()  # the Grad-Mimic run must compute its features itself
             start = time.perf_counter()
-            run_train(RunOptions("train", f"wds:{shards}", "small_cnn", str(Path(tmp) / f"gm{rep}"), reference=str(reference),
-                                 label_noise=0.3, **common), log=lambda s: None)
+            run_train(TrainOptions(f"wds:{shards}", "small_cnn", str(Path(tmp) / f"gm{rep}"), reference=str(reference),
+                                   label_noise=0.3, **common), log=lambda s: None)
             seconds = time.perf_counter() - start
             timings.append(json.loads((Path(tmp) / f"gm{rep}" / "meta.json").read_text())["timings"])
             return seconds

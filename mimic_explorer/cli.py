@@ -36,6 +36,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--epochs", type=int, default=20, help="Grad-Mimic epochs (default 20)")
     p.add_argument("--noise", type=float, default=0.3, help="symmetric label-noise rate in [0, 1) (default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--force", action="store_true", help="rebuild even when --out already holds this demo run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -46,16 +47,12 @@ def _cmd_demo(args) -> int:
     from mimic_explorer.demo import DemoConfig, build_demo, format_summary
     from mimic_explorer.progress import tqdm_progress
 
-    if not 0.0 <= args.noise < 1.0:
-        raise UserError(f"--noise must be in [0, 1), got {args.noise}")
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    summary = build_demo(
-        args.out,
-        DemoConfig(noise_rate=args.noise, epochs=args.epochs, seed=args.seed),
-        progress=None if args.quiet else tqdm_progress(),
-    )
+    try:
+        summary = build_demo(args.out, DemoConfig(noise_rate=args.noise, epochs=args.epochs, seed=args.seed),
+                             progress=None if args.quiet else tqdm_progress(), force=args.force)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     print(format_summary(summary))
     print(Path(args.out).expanduser().resolve())
     return 0
@@ -122,11 +119,14 @@ def _add_train(sub) -> None:
 
 
 def _options_from(args, command: str):
-    from mimic_explorer.pipeline.options import RunOptions
+    """The command's options dataclass from the parsed arguments (unset optional ones keep their defaults)."""
+    from dataclasses import fields
 
-    names = set(RunOptions.__dataclass_fields__)
-    values = {k: v for k, v in vars(args).items() if k in names and k != "command" and v is not None}
-    return RunOptions(command=command, **values)
+    from mimic_explorer.pipeline.options import ScoreOptions, TrainOptions
+
+    cls = TrainOptions if command == "train" else ScoreOptions
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
 def _run_command(args, command: str) -> int:

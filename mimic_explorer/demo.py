@@ -9,24 +9,24 @@ every sample at every epoch; Stage 2 (weight ≥ 1/B per epoch, majority vote) g
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
 from mimic_explorer import stage2
-from mimic_explorer.data.digits import load_digits_dataset
-from mimic_explorer.data.noise import symmetric_noise
-from mimic_explorer.progress import Progress
+from mimic_explorer.data.digits import ArrayDataset, load_digits_dataset
+from mimic_explorer.data.noise import NoisyLabels, symmetric_noise
 from mimic_explorer.fingerprint import dataset_fingerprint, state_fingerprint
 from mimic_explorer.models.small import MLP
+from mimic_explorer.pipeline.distributed import DistContext
 from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, samples_table
+from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
+from mimic_explorer.progress import Progress
 from mimic_explorer.recording import epoch_frame
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.store.writer import RunWriter
 from mimic_explorer.train import TensorBatches, TrainConfig, accuracy, clone_model, evaluate_signals, train
 
 
@@ -43,28 +43,88 @@ class DemoConfig:
     temperature: float = 1.0
     seed: int = 0
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting (as the ``demo`` command spells it)."""
+        checks = [
+            (0.0 <= self.noise_rate < 1.0, f"--noise must be in [0, 1), got {self.noise_rate}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (0.0 < self.test_fraction < 1.0, f"test_fraction must be in (0, 1), got {self.test_fraction}"),
+            (self.reference_epochs >= 1, f"reference_epochs must be >= 1, got {self.reference_epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
-def build_demo(out: str | Path, config: DemoConfig | None = None, progress: Progress | None = None) -> dict:
-    """Write a complete demo run into ``out`` and return its summary (also in meta.json)."""
-    config = config or DemoConfig()
-    progress = progress or (lambda stage, done, total: None)
-    writer = RunWriter(out, kind="demo", config={"data": "digits", "arch": "mlp", **config.__dict__})
-    try:
-        summary = _run(writer, config, progress)
-    except BaseException as exc:
-        writer.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        raise
-    return summary
+
+@dataclass
+class DemoOptions:
+    """The demo as a run (``pipeline.lifecycle.RunSpec``): where it goes and whether to recompute it."""
+
+    command: ClassVar[str] = "demo"
+    device: ClassVar[str] = "cpu"
+    out: str
+    config: DemoConfig = field(default_factory=DemoConfig)
+    force: bool = False
+
+    def validate(self) -> None:
+        self.config.validate()
+
+    def identity(self) -> dict:
+        return {"command": self.command, **asdict(self.config)}
+
+    def to_dict(self) -> dict:
+        return {"data": "digits", "arch": "mlp", **asdict(self.config)}
+
+    def describe(self) -> str:
+        return "demo digits mlp"
 
 
-def _run(writer: RunWriter, config: DemoConfig, progress: Progress) -> dict:
-    started = time.perf_counter()
+@dataclass
+class DemoInputs:
+    """The split, the noisy labels and the one init every model of the demo starts from."""
+
+    pool: ArrayDataset
+    test: ArrayDataset
+    noisy: NoisyLabels  # of the pool
+    class_names: list[str]
+    init: MLP
+
+
+DemoRun = RunContext[DemoOptions, DemoInputs]
+
+
+def build_demo(out: str, config: DemoConfig | None = None, progress: Progress | None = None, *,
+               force: bool = False, log: Log | None = None) -> dict:
+    """Write a complete demo run into ``out`` (or find it there already) and return its summary."""
+    options = DemoOptions(str(out), config or DemoConfig(), force)
+    outcome = run_lifecycle(options, _prepare, _run, resumable=False, progress=progress, log=log)
+    return outcome.summary
+
+
+def _prepare(options: DemoOptions, ctx: DistContext, device: str) -> Prepared[DemoInputs]:
+    config = options.config
     torch.manual_seed(config.seed)
     data = load_digits_dataset()
     order = np.random.default_rng(config.seed).permutation(len(data))
     n_test = int(round(config.test_fraction * len(data)))
     test, pool = data.subset(order[:n_test]), data.subset(np.sort(order[n_test:]))
     noisy = symmetric_noise(pool.labels, config.noise_rate, len(data.class_names), seed=config.seed)
+    init = MLP(pool.images[0].size, len(data.class_names), (config.hidden,))
+    fingerprints = {"data": dataset_fingerprint(pool.sample_ids, noisy.labels), "init": state_fingerprint(init.state_dict())}
+    facts = dict(class_names=data.class_names, source={"spec": "digits", "root": None}, method=config.method,
+                 reference={"kind": "clean-label training from the same init", "epochs": config.reference_epochs},
+                 noise={"kind": "symmetric", "rate": config.noise_rate, "seed": config.seed, "flipped": int(noisy.is_noisy.sum())},
+                 same_init=True, stage2={"binarisation": "weight", "aggregation": "majority"})
+    return Prepared(DemoInputs(pool, test, noisy, list(data.class_names), init), fingerprints, facts)
+
+
+def _run(run: DemoRun) -> RunOutcome:
+    config, progress, writer, layout = run.options.config, run.progress, run.writer, run.layout
+    pool, test, noisy, init = run.inputs.pool, run.inputs.test, run.inputs.noisy, run.inputs.init
 
     def as_inputs(images: np.ndarray) -> torch.Tensor:
         return torch.tensor(images.reshape(len(images), -1) / 255.0, dtype=torch.float32)
@@ -72,7 +132,6 @@ def _run(writer: RunWriter, config: DemoConfig, progress: Progress) -> dict:
     x_pool, x_test = as_inputs(pool.images), as_inputs(test.images)
     y_noisy, y_clean, y_test = (torch.tensor(a) for a in (noisy.labels, noisy.true_labels, test.labels))
 
-    init = MLP(x_pool.shape[1], len(data.class_names), (config.hidden,))
     base = dict(batch_size=config.batch_size, lr=config.lr, seed=config.seed)
     stage = lambda name: (lambda done, total: progress(name, done, total))  # noqa: E731
 
@@ -89,7 +148,7 @@ def _run(writer: RunWriter, config: DemoConfig, progress: Progress) -> dict:
 
     def on_epoch(record) -> None:
         frame = epoch_frame(record, pool.sample_ids)
-        writer.write_scores(f"epoch-{record.epoch:04d}", frame)
+        writer.write_scores(layout.epoch_part(record.epoch), frame)
         parts.append(frame)
 
     result = train(model, TensorBatches(x_pool, y_noisy, config.batch_size, config.seed), gm_config,
@@ -102,7 +161,7 @@ def _run(writer: RunWriter, config: DemoConfig, progress: Progress) -> dict:
     samples = add_stage2(samples, scores, "weight", "majority")
     writer.write_samples(samples)
 
-    with ThumbnailWriter(writer.path) as thumbs:
+    with ThumbnailWriter(layout.root) as thumbs:
         from PIL import Image
 
         for i, (sample_id, image) in enumerate(zip(pool.sample_ids, pool.images)):
@@ -124,27 +183,11 @@ def _run(writer: RunWriter, config: DemoConfig, progress: Progress) -> dict:
         "true_quality": float(1.0 - noisy.is_noisy.mean()),
         "detection": evaluation["mimic_score"],
     }
-    writer.meta.update(
-        run_id=f"demo-{dataset_fingerprint(pool.sample_ids, noisy.labels)[:8]}",
-        class_names=data.class_names,
-        source={"spec": "digits", "root": None},
-        method=config.method,
-        reference={"kind": "clean-label training from the same init", "epochs": config.reference_epochs},
-        fingerprints={
-            "data": dataset_fingerprint(pool.sample_ids, noisy.labels),
-            "init": state_fingerprint(init.state_dict()),
-            "reference_init": state_fingerprint(init.state_dict()),
-            "reference": state_fingerprint(reference.state_dict()),
-        },
-        same_init=True,
-        device="cpu",
-        stage2={"binarisation": "weight", "aggregation": "majority"},
-        evaluation=evaluation,
-        summary=summary,
-    )
-    writer.meta["timings"] = {"grad_mimic_s": result.seconds, "total_s": time.perf_counter() - started}
-    writer.complete()
-    return summary
+    writer.meta.fingerprints.update(reference_init=state_fingerprint(init.state_dict()),
+                                    reference=state_fingerprint(reference.state_dict()))
+    writer.meta.evaluation = evaluation
+    writer.meta.timings["grad_mimic_s"] = result.seconds
+    return run.outcome(summary)
 
 
 def format_summary(summary: dict) -> str:

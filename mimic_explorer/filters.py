@@ -292,9 +292,9 @@ def save_to_run(
 ) -> tuple[FilterResult, dict[str, Any], Path, Path]:
     """``export`` into the run's own ``filters/`` folder (the app's "Save to run"), named by the rule's
     hash so saving the same rule twice replaces the earlier files instead of piling up copies."""
-    from mimic_explorer.store.paths import FILTERS_DIR
+    from mimic_explorer.store.layout import RunLayout
 
-    folder = Path(run_dir) / FILTERS_DIR
+    folder = RunLayout(run_dir).filters_dir
     try:
         folder.mkdir(exist_ok=True)
     except OSError as exc:
@@ -305,9 +305,9 @@ def save_to_run(
 
 def saved_specs(run_dir: str | Path) -> list[Path]:
     """Spec files saved with a run, newest first."""
-    from mimic_explorer.store.paths import FILTERS_DIR
+    from mimic_explorer.store.layout import RunLayout
 
-    folder = Path(run_dir) / FILTERS_DIR
+    folder = RunLayout(run_dir).filters_dir
     if not folder.is_dir():
         return []
     return sorted(folder.glob("*.spec.json"), key=lambda p: p.stat().st_mtime, reverse=True)

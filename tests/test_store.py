@@ -50,7 +50,7 @@ def test_open_run_errors_name_the_cause(tmp_path):
 
 def test_no_temporary_files_are_left_behind(tmp_path):
     writer = RunWriter(tmp_path / "r", kind="test", config={})
-    writer.write_scores("epoch-0000", pd.DataFrame({"sample_id": ["a"], "epoch": [0]}))
+    writer.write_scores(writer.layout.epoch_part(0), pd.DataFrame({"sample_id": ["a"], "epoch": [0]}))
     writer.complete()
     leftovers = [p for p in (tmp_path / "r").rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []

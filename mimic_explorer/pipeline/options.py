@@ -1,60 +1,142 @@
-"""Options of the run-making commands (``train`` and ``score``), independent of argparse.
+"""Options of the run-making commands, independent of argparse: common to ``train`` and ``score``,
+then each command's own.
 
-Why a dataclass: the CLI, torchrun workers, tests and benchmarks build runs from the same object, and
-its identity-relevant fields (everything but where to write and how to report) define the run id.
+Why dataclasses: the CLI, torchrun workers, tests and benchmarks build runs from the same objects;
+``validate()`` checks every option and every rule between options before the run directory is touched
+(so a bad command writes nothing), and ``identity()`` — everything but where to write and how to
+report — defines the run id. How an option travels from the command line to the scorer is walked
+through in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 #: fields that change how a run is made or reported but not what it computes
 NON_IDENTITY = ("out", "force", "quiet", "save_model", "device", "workers", "trust_pickle", "chunk_size",
                 "checkpoint_every")
+NOISE_TYPES = ("symmetric", "asymmetric")
+OPTIMIZERS = ("adamw", "sgd")
+REWEIGHTS = ("head", "all")
+SCORE_METHODS = ("proj", "cos")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
 
 
 @dataclass
-class RunOptions:
-    command: str  # "train" | "score"
+class CommonOptions:
+    """What both commands need: the pool, the model and its reference, Stage 2, and how to run."""
+
+    command: ClassVar[str] = ""
     data: str
     arch: str
     out: str
     init: str | None = None
     reference: str | None = None
-    model: str | None = None  # score: the fixed checkpoint to score
     linear_probe: bool = False
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    optimizer: str = "adamw"
-    method: str = "normed_proj"
     temperature: float = 1.0
-    reweight: str = "head"
-    starting_epoch: int = 0
     reference_noise: float = 0.0
+    batch_size: int = 128
     label_noise: float = 0.0
     noise_type: str = "symmetric"  # or "asymmetric" (CIFAR-10 map)
     noise_seed: int = 0
     seed: int = 0
-    test_data: str | None = None
     binarisation: str = "weight"
     aggregation: str = "majority"
-    params: str = "head"  # score: "head" | "all" | comma-separated parameter names
-    score_method: str = "proj"  # score: proj | cos
-    chunk_size: int = 8192  # score: samples per part file (the unit of resuming)
-    checkpoint_every: float = 10.0  # train: seconds between resumable checkpoints (0: after every epoch)
     device: str = "auto"
     workers: int = 0
-    save_model: str | None = None
     trust_pickle: bool = False
     force: bool = False
     quiet: bool = False
-    extra: dict = field(default_factory=dict)
 
-    def identity(self) -> dict:
-        """The fields that determine the run's results."""
-        return {k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option (as the command line spells it)."""
+        from mimic_explorer import stage2
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+        _require(bool(self.data), "--data is required")
+        _require(bool(self.arch), "--arch is required")
+        _require(bool(str(self.out)), "--out is required")
+        _require(0.0 <= self.label_noise < 1.0, f"--label-noise must be in [0, 1), got {self.label_noise}")
+        _require(self.noise_type in NOISE_TYPES,
+                 f"unknown --noise-type {self.noise_type!r}; choose symmetric or asymmetric")
+        _require(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
+        _require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        _require(self.reference_noise >= 0, f"--reference-noise must be >= 0, got {self.reference_noise}")
+        _require(self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
+        _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+                 f"unknown device {self.device!r}; use auto, cpu or cuda")
+        _require(self.binarisation in stage2.BINARISATIONS, f"--binarise must be one of {', '.join(stage2.BINARISATIONS)}")
+        _require(self.aggregation in stage2.AGGREGATIONS, f"--aggregate must be one of {', '.join(stage2.AGGREGATIONS)}")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the run's results, and the command."""
+        return {"command": self.command, **{k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option, as ``meta.json`` records it under ``config``."""
+        return {"command": self.command, **asdict(self)}
+
+    def describe(self) -> str:
+        """One line for ``run.log``: what is run on what."""
+        return f"{self.command} {self.data} {self.arch}"
+
+
+@dataclass
+class TrainOptions(CommonOptions):
+    """``train``: plain training (no reference) or Grad-Mimic (with one), recording every epoch."""
+
+    command: ClassVar[str] = "train"
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    optimizer: str = "adamw"
+    method: str = "normed_proj"
+    reweight: str = "head"
+    starting_epoch: int = 0
+    test_data: str | None = None
+    save_model: str | None = None
+    checkpoint_every: float = 10.0  # seconds between resumable checkpoints (0: after every epoch)
+
+    def validate(self) -> None:
+        from mimic_explorer.scoring.stage1 import METHODS
+
+        super().validate()
+        _require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        _require(self.optimizer in OPTIMIZERS, f"unknown --optimizer {self.optimizer!r}; choose adamw or sgd")
+        _require(self.method in METHODS, f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
+        _require(self.reweight in REWEIGHTS, f"--reweight must be head or all, got {self.reweight!r}")
+        _require(self.starting_epoch >= 0, f"--starting-epoch must be >= 0, got {self.starting_epoch}")
+        _require(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 seconds, got {self.checkpoint_every}")
+
+
+@dataclass
+class ScoreOptions(CommonOptions):
+    """``score``: one fixed checkpoint (``model``) against ``reference``, every sample once, in chunks."""
+
+    command: ClassVar[str] = "score"
+    model: str | None = None
+    binarisation: str = "proj"  # one checkpoint: vote keep when proj >= 0
+    params: str = "head"  # "head" | "all" | comma-separated parameter names
+    score_method: str = "proj"  # proj | cos
+    chunk_size: int = 8192  # samples per part file (the unit of resuming)
+
+    def validate(self) -> None:
+        super().validate()
+        _require(bool(self.model), "score needs --model CKPT (the checkpoint to score)")
+        _require(bool(self.reference), "score needs --reference CKPT (the better model)")
+        _require(self.score_method in SCORE_METHODS, f"unknown --method {self.score_method!r}; choose proj or cos")
+        _require(self.chunk_size >= 1, f"--chunk-size must be >= 1, got {self.chunk_size}")
+        _require(bool(self.mimic_params()), "--params names no parameter; use head, all or comma-separated names")
+        _require(not self.linear_probe or self.mimic_params() == "head",
+                 "--linear-probe scores the head only; drop --params or use --params head")
+
+    def mimic_params(self) -> str | list[str]:
+        """``--params`` as the scorer takes it: "head", "all", or a list of parameter names."""
+        text = self.params
+        return text if text in ("head", "all") else [p.strip() for p in text.split(",") if p.strip()]

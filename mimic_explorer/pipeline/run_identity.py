@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from mimic_explorer.pipeline.distributed import DistContext
-from mimic_explorer.store.paths import SCORES_DIR
-from mimic_explorer.store.reader import RunError, read_meta
+from mimic_explorer.store.meta import RunError, read_run_meta
 
 
 def make_run_id(command: str, identity: dict, fingerprints: dict) -> str:
@@ -25,12 +24,12 @@ def make_run_id(command: str, identity: dict, fingerprints: dict) -> str:
 def existing_state(out: Path, run_id: str) -> str:
     """'absent' | 'complete' (same run, reusable) | 'resumable' (same run, unfinished) | 'other'."""
     try:
-        meta = read_meta(out)
+        meta = read_run_meta(out)
     except RunError:
         return "absent"
-    if meta.get("run_id") != run_id:
+    if meta.run_id != run_id:
         return "other"
-    return "complete" if meta.get("status") == "complete" else "resumable"
+    return "complete" if meta.status == "complete" else "resumable"
 
 
 def reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], None]) -> tuple[str, dict | None]:
@@ -40,9 +39,9 @@ def reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], No
     state = existing_state(out, run_id)
     if state == "complete" and not force:
         log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
-        return state, read_meta(out).get("summary", {})
+        return state, read_run_meta(out).summary
     if state == "other" and not force:
-        raise ValueError(f"{out} holds a different run ({read_meta(out).get('run_id')}); choose another --out or pass --force")
+        raise ValueError(f"{out} holds a different run ({read_run_meta(out).run_id}); choose another --out or pass --force")
     return state, None
 
 
@@ -65,9 +64,3 @@ def agree_on_reuse(ctx: DistContext, out: Path, run_id: str, force: bool,
     if answer[0] == "refused":
         raise ValueError(answer[1])
     return answer[1]
-
-
-def clear_score_parts(out: Path) -> None:
-    """Remove every recorded score part (a fresh or forced run starts from nothing)."""
-    for part in (out / SCORES_DIR).glob("*.parquet") if (out / SCORES_DIR).exists() else []:
-        part.unlink()

@@ -9,10 +9,7 @@ Stage-2 vote for a single checkpoint is ``proj ≥ 0``.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -24,78 +21,37 @@ from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import load_checkpoint
 from mimic_explorer.models.probe import LinearProbe
-from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
-from mimic_explorer.pipeline.guard import failure_recorded
+from mimic_explorer.pipeline.distributed import DistContext
 from mimic_explorer.pipeline.features import extract_features
 from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evaluation, samples_table
-from mimic_explorer.pipeline.options import RunOptions
+from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
+from mimic_explorer.pipeline.options import ScoreOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
-from mimic_explorer.pipeline.run_identity import agree_on_reuse, clear_score_parts, make_run_id
-from mimic_explorer.pipeline.runlog import start_run_dir
-from mimic_explorer.pipeline.setup import build_models, open_pool
-from mimic_explorer.pipeline.train_command import RunOutcome, validate
+from mimic_explorer.pipeline.setup import RunInputs, build_models, open_pool, pool_fingerprints
+from mimic_explorer.progress import Progress
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
-from mimic_explorer.store.paths import SCORES_DIR
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.store.writer import RunWriter
 
-Progress = Callable[[str, int, int], None]
-
-
-def _parse_params(text: str):
-    return text if text in ("head", "all") else [p.strip() for p in text.split(",") if p.strip()]
+ScoreRun = RunContext[ScoreOptions, RunInputs]
 
 
-def run_score(options: RunOptions, progress: Progress | None = None, log: Callable[[str], None] | None = None) -> RunOutcome:
-    log = log or (lambda text: print(text, file=sys.stderr))
-    progress = progress or (lambda stage, done, total: None)
-    validate(options)
-    if not options.model:
-        raise ValueError("score needs --model CKPT (the checkpoint to score)")
-    if not options.reference:
-        raise ValueError("score needs --reference CKPT (the better model)")
-    wants_cuda = options.device.startswith("cuda") or (options.device == "auto" and torch.cuda.is_available())
-    ctx = init_distributed("cuda" if wants_cuda else "cpu")
-    try:
-        return _run(options, ctx, resolve_device(options.device, ctx), progress, log)
-    finally:
-        ctx.close()
+def run_score(options: ScoreOptions, progress: Progress | None = None, log: Log | None = None) -> RunOutcome:
+    """Score every sample of the pool (or return the finished run, or resume the unfinished one)."""
+    return run_lifecycle(options, _prepare, _score_and_finalize, progress=progress, log=log)
 
 
-def _chunk_path(out: Path, chunk: int, ctx: DistContext) -> Path:
-    suffix = f"-rank{ctx.rank:03d}" if ctx.active else ""
-    return out / SCORES_DIR / f"chunk-{chunk:06d}{suffix}.parquet"
-
-
-def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress, log) -> RunOutcome:
-    out, log = start_run_dir(options, ctx, device, log)
+def _prepare(options: ScoreOptions, ctx: DistContext, device: str) -> Prepared[RunInputs]:
     pool = open_pool(options)
     models = build_models(options, pool.source, device)
     load_checkpoint(models.model, options.model, trust_pickle=options.trust_pickle)
     models.model.eval()
-    fingerprints = {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)}),
-                    "model": state_fingerprint(models.model.state_dict()), "reference": models.reference_fingerprint}
-    run_id = make_run_id("score", options.identity(), fingerprints)
-    state, finished = agree_on_reuse(ctx, out, run_id, options.force, log)
-    if finished is not None:
-        return RunOutcome(out, finished, cached=True)
-    writer = None
-    if ctx.is_main:
-        writer = RunWriter(out, kind="score", config=options.to_dict())  # takes the lock before anything is touched
-        if state != "resumable" or options.force:
-            clear_score_parts(out)
-        writer.meta.update(run_id=run_id, class_names=pool.source.class_names, fingerprints=fingerprints,
-                           source={"spec": options.data}, method=f"{options.score_method} (fixed checkpoint)", device=device,
-                           world_size=ctx.world, noise=pool.noise, reference={"path": options.reference},
-                           params=options.params, basis=models.basis)
-        for warning in models.warnings:
-            writer.warn(warning)
-            log("WARNING: " + warning)
-        writer.flush_meta()
-    ctx.barrier()
-    with failure_recorded(writer, ctx):
-        return _score_and_finalize(options, ctx, device, out, pool, models, writer, progress, log)
+    fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
+                    "reference": models.reference_fingerprint}
+    facts = dict(class_names=pool.source.class_names, source={"spec": options.data},
+                 method=f"{options.score_method} (fixed checkpoint)", noise=pool.noise,
+                 reference={"path": options.reference}, params=options.params, basis=models.basis)
+    return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings)
 
 
 def _score_batch(options, scored, scored_reference, x, y, params):
@@ -110,20 +66,20 @@ def _score_batch(options, scored, scored_reference, x, y, params):
     return proj, cos, loss, logits.argmax(-1)
 
 
-def _score_and_finalize(options, ctx, device, out, pool, models, writer, progress, log) -> RunOutcome:
+def _score_and_finalize(run: ScoreRun) -> RunOutcome:
+    options, ctx, device, out, writer = run.options, run.dist, run.device, run.out, run.writer
+    pool, models, progress, log, layout = run.inputs.pool, run.inputs.models, run.progress, run.log, run.layout
     started = time.perf_counter()
     source = pool.source
-    params = _parse_params(options.params)
+    params = options.mimic_params()
     errors = ErrorLog()
-    resuming = any((out / SCORES_DIR).glob("chunk-*.parquet"))
-    need_thumbs = ctx.is_main and not (resuming and (out / "thumbs" / "index.parquet").exists())
+    resuming = bool(layout.chunk_parts())
+    need_thumbs = ctx.is_main and not (resuming and layout.thumbs_index.exists())
     thumbs = ThumbnailWriter(out) if need_thumbs else None
     mine = np.arange(ctx.rank, len(source), ctx.world)
     scored, scored_reference = models.model, models.reference  # linear probes score the head on features
     feature_values = None
     if options.linear_probe:
-        if params != "head":
-            raise ValueError("--linear-probe scores the head only; drop --params or use --params head")
         feats = extract_features(models.model, source, pool.labels, models.transform, device=device, workers=options.workers,
                                  indices=mine, on_thumbnails=None, progress=lambda d, t: progress("features", d, t))
         errors.extend(feats.bad)
@@ -132,7 +88,7 @@ def _score_and_finalize(options, ctx, device, out, pool, models, writer, progres
         feature_values, feature_pos = feats.values, feats.positions
     done = 0
     for chunk, start in enumerate(range(0, len(mine), options.chunk_size)):
-        path = _chunk_path(out, chunk, ctx)
+        path = layout.chunk_part(chunk, ctx.rank if ctx.active else None)
         indices = mine[start : start + options.chunk_size]
         if path.exists():  # finished before an interruption
             done += len(indices)
@@ -171,13 +127,13 @@ def _score_and_finalize(options, ctx, device, out, pool, models, writer, progres
                 thumbs.add(source.sample_ids[i], image)
         thumbs.close()
     bad_rows = [(b.sample_id, b.path, b.reason) for b in errors]
-    write_parquet(out / SCORES_DIR / f".errors-rank{ctx.rank:03d}.parquet.part",
+    write_parquet(layout.error_part(ctx.rank),
                   pd.DataFrame(bad_rows, columns=["sample_id", "path", "reason"]).astype("string"))
     ctx.barrier()
     if not ctx.is_main:
-        return RunOutcome(out, {})
-    scores = pd.concat([pd.read_parquet(p) for p in sorted((out / SCORES_DIR).glob("chunk-*.parquet"))], ignore_index=True)
-    error_parts = sorted((out / SCORES_DIR).glob(".errors-rank*.parquet.part"))
+        return run.outcome({})
+    scores = pd.concat([pd.read_parquet(p) for p in layout.chunk_parts()], ignore_index=True)
+    error_parts = layout.error_parts()
     all_errors = pd.concat([pd.read_parquet(p) for p in error_parts], ignore_index=True).drop_duplicates("sample_id")
     for p in error_parts:
         p.unlink()
@@ -198,9 +154,7 @@ def _score_and_finalize(options, ctx, device, out, pool, models, writer, progres
     writer.write_samples(samples)
     writer.write_errors(all_errors)
     if len(all_errors):
-        log(f"skipped {len(all_errors)} bad sample(s); see {out / 'errors.parquet'}")
-    writer.meta.update(evaluation=evaluation, summary=summary,
-                       stage2={"binarisation": options.binarisation, "aggregation": options.aggregation},
-                       timings={"score_s": time.perf_counter() - started, "total_s": time.perf_counter() - writer.started})
-    writer.complete()
-    return RunOutcome(out, summary, report=format_evaluation(evaluation))
+        log(f"skipped {len(all_errors)} bad sample(s); see {layout.errors}")
+    writer.meta.set(evaluation=evaluation, stage2={"binarisation": options.binarisation, "aggregation": options.aggregation},
+                    timings={"score_s": time.perf_counter() - started})
+    return run.outcome(summary, report=format_evaluation(evaluation))

@@ -1,5 +1,5 @@
 """Prepare a run: the pool (with injected noise), the model (with its init) and the reference, and
-the shared-feature-basis checks of DESIGN §2.
+the shared-feature-basis checks (see docs/ARCHITECTURE.md).
 
 Why the checks live here: whether head-layer mimic scores mean anything is decided before training
 starts (same init? same frozen backbone?) and during it (backbone drift), and the answer must reach
@@ -8,9 +8,7 @@ starts (same init? same frozen backbone?) and during it (backbone drift), and th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +22,8 @@ from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import load_checkpoint
 from mimic_explorer.models.heads import find_head
 from mimic_explorer.models.registry import build_model
-from mimic_explorer.pipeline.options import RunOptions
+from mimic_explorer.pipeline.options import CommonOptions
+from mimic_explorer.store.meta import read_checkpoint_sidecar
 
 #: relative distance between model and reference backbones above which head scores are suspect
 DRIFT_WARNING = 0.5
@@ -39,7 +38,7 @@ class Pool:
     noise: dict
 
 
-def open_pool(options: RunOptions) -> Pool:
+def open_pool(options: CommonOptions) -> Pool:
     """Open ``--data`` and inject ``--label-noise`` (seeded), recording the truth. Shard indexes live
     in the shared cache: built once per shard, reused by every run."""
     source = open_source(options.data)
@@ -83,17 +82,6 @@ def backbone_distance(model: nn.Module, reference: nn.Module, head_name: str) ->
     return (num / den) ** 0.5 if den > 0 else 0.0
 
 
-def checkpoint_sidecar(path: str | Path) -> dict:
-    """Metadata written beside checkpoints saved by ``--save-model`` (init fingerprint, arch, …)."""
-    sidecar = Path(str(path) + ".meta.json")
-    if sidecar.exists():
-        try:
-            return json.loads(sidecar.read_text())
-        except ValueError:
-            return {}
-    return {}
-
-
 @dataclass
 class Models:
     model: nn.Module
@@ -107,9 +95,12 @@ class Models:
     load_reports: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     basis: dict = field(default_factory=dict)
+    #: whether model and reference started from the same weights; None when that was not compared
+    #: (no reference, a reference without its init fingerprint, or a linear probe)
+    same_init: bool | None = None
 
 
-def build_models(options: RunOptions, source: Source, device: str) -> Models:
+def build_models(options: CommonOptions, source: Source, device: str) -> Models:
     """Model (+ ``--init``), reference (+ ``--reference``, optional ``--reference-noise``) and checks."""
     transform = default_transform(options.arch)
     shape = input_shape(source, transform)
@@ -145,8 +136,8 @@ def build_models(options: RunOptions, source: Source, device: str) -> Models:
     return models
 
 
-def _check_feature_basis(options: RunOptions, models: Models, reference_path: str) -> None:
-    side = checkpoint_sidecar(reference_path)
+def _check_feature_basis(options: CommonOptions, models: Models, reference_path: str) -> None:
+    side = read_checkpoint_sidecar(reference_path)
     models.reference_init_fingerprint = side.get("init_fingerprint")
     distance = backbone_distance(models.model, models.reference, models.head_name)
     models.basis = {"backbone_distance_at_start": distance, "reference_init_fingerprint": models.reference_init_fingerprint,
@@ -159,6 +150,8 @@ def _check_feature_basis(options: RunOptions, models: Models, reference_path: st
                 "Train the reference as a linear probe on the same --init."
             )
         return
+    if models.reference_init_fingerprint is not None:
+        models.same_init = models.reference_init_fingerprint == models.init_fingerprint
     if models.reference_init_fingerprint is None:
         models.warnings.append(
             "FEATURE BASIS: the reference's initial weights are unknown (no .meta.json beside it), so a shared "
@@ -175,3 +168,16 @@ def _check_feature_basis(options: RunOptions, models: Models, reference_path: st
             f"FEATURE BASIS: model and reference backbones are far apart (relative distance {distance:.2f} > "
             f"{DRIFT_WARNING}); head-layer scores may be no better than chance."
         )
+
+
+@dataclass
+class RunInputs:
+    """What ``train`` and ``score`` prepare before their run directory is touched."""
+
+    pool: Pool
+    models: Models
+
+
+def pool_fingerprints(pool: Pool) -> dict[str, str]:
+    """Fingerprints of the pool's data and of the labels the run uses (noisy ones when injected)."""
+    return {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)})}

@@ -1,20 +1,17 @@
 """``mimic-explorer train``: plain training (to make references) or Grad-Mimic with recording.
 
-Flow: open the pool (inject noise) → build model and reference (checks) → run id / cache / resume →
-[linear probe: cached backbone features] → Stage-1 training; at each checkpoint (time interval, last
-epoch) the recorded epochs as a part file per rank, then a resumable state → rank 0: signals,
-Stage 2, evaluation, meta complete.
+Flow (the run's life around it is ``pipeline.lifecycle``'s): open the pool (inject noise) → build
+model and reference (checks) → run id / cache / resume → [linear probe: cached backbone features] →
+Stage-1 training; at each checkpoint (time interval, last epoch) the recorded epochs as a part file per
+rank, then a resumable state → rank 0: signals, Stage 2, evaluation, meta complete.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -23,118 +20,67 @@ import torch
 from mimic_explorer import stage2
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import save_checkpoint
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.batches import PoolBatches
-from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
-from mimic_explorer.pipeline.epoch_parts import STATE, EpochParts, drop_parts_after
-from mimic_explorer.pipeline.guard import failure_recorded
+from mimic_explorer.pipeline.distributed import DistContext
+from mimic_explorer.pipeline.epoch_parts import EpochParts
 from mimic_explorer.pipeline.features import extract_features
 from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, format_evaluation, samples_table
-from mimic_explorer.pipeline.options import RunOptions
+from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
+from mimic_explorer.pipeline.options import TrainOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
-from mimic_explorer.pipeline.run_identity import agree_on_reuse, clear_score_parts, make_run_id
-from mimic_explorer.pipeline.runlog import start_run_dir
-from mimic_explorer.pipeline.setup import DRIFT_WARNING, backbone_distance, build_models, open_pool
-from mimic_explorer.store.atomic import write_json
-from mimic_explorer.store.paths import SCORES_DIR
+from mimic_explorer.pipeline.setup import (DRIFT_WARNING, RunInputs, backbone_distance, build_models, open_pool,
+                                           pool_fingerprints)
+from mimic_explorer.progress import Progress
+from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.meta import write_checkpoint_sidecar
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.store.writer import RunWriter
 from mimic_explorer.train import NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals, train
 
-Progress = Callable[[str, int, int], None]
+TrainRun = RunContext[TrainOptions, RunInputs]
 
 
-@dataclass
-class RunOutcome:
-    path: Path
-    summary: dict
-    cached: bool = False
-    report: str = ""
-
-
-def validate(options: RunOptions) -> None:
-    if not (0.0 <= options.label_noise < 1.0):
-        raise ValueError(f"--label-noise must be in [0, 1), got {options.label_noise}")
-    if not options.temperature > 0:
-        raise ValueError(f"--temperature must be > 0, got {options.temperature}")
-    if options.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {options.epochs}")
-    if options.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
-    if options.reference_noise < 0:
-        raise ValueError(f"--reference-noise must be >= 0, got {options.reference_noise}")
-    if not options.checkpoint_every >= 0:
-        raise ValueError(f"--checkpoint-every must be >= 0 seconds, got {options.checkpoint_every}")
-    if options.binarisation not in stage2.BINARISATIONS:
-        raise ValueError(f"--binarise must be one of {', '.join(stage2.BINARISATIONS)}")
-    if options.aggregation not in stage2.AGGREGATIONS:
-        raise ValueError(f"--aggregate must be one of {', '.join(stage2.AGGREGATIONS)}")
-
-
-def _read_parts(out: Path) -> pd.DataFrame:
-    parts = sorted((out / SCORES_DIR).glob("epoch-*.parquet"))
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
-
-
-def run_train(options: RunOptions, progress: Progress | None = None, log: Callable[[str], None] | None = None) -> RunOutcome:
+def run_train(options: TrainOptions, progress: Progress | None = None, log: Log | None = None) -> RunOutcome:
     """Make (or reuse, or resume) a training run and return where it is and its summary."""
-    log = log or (lambda text: print(text, file=sys.stderr))
-    progress = progress or (lambda stage, done, total: None)
-    validate(options)
-    requested_device = options.device
-    ctx = init_distributed("cuda" if requested_device.startswith("cuda") or (requested_device == "auto" and torch.cuda.is_available()) else "cpu")
-    try:
-        return _run(options, ctx, resolve_device(requested_device, ctx), progress, log)
-    finally:
-        ctx.close()
+    return run_lifecycle(options, _prepare, _train_and_finalize, progress=progress, log=log)
 
 
-def _run(options: RunOptions, ctx: DistContext, device: str, progress: Progress, log) -> RunOutcome:
-    out, log = start_run_dir(options, ctx, device, log)
+def _prepare(options: TrainOptions, ctx: DistContext, device: str) -> Prepared[RunInputs]:
     pool = open_pool(options)
     if options.batch_size > len(pool.source):
         raise ValueError(f"--batch-size {options.batch_size} is larger than the dataset ({len(pool.source)} samples)")
     models = build_models(options, pool.source, device)
-    fingerprints = {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)}),
-                    "init": models.init_fingerprint, "reference": models.reference_fingerprint}
-    run_id = make_run_id("train", options.identity(), fingerprints)
-    state, finished = agree_on_reuse(ctx, out, run_id, options.force, log)
-    if finished is not None:
-        return RunOutcome(out, finished, cached=True)
-    for warning in models.warnings:
-        log("WARNING: " + warning)
+    fingerprints = {**pool_fingerprints(pool), "init": models.init_fingerprint, "reference": models.reference_fingerprint}
+    facts = dict(class_names=pool.source.class_names, source={"spec": options.data, **_describe(pool.source)},
+                 method=options.method if options.reference else "plain", noise=pool.noise,
+                 reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
+                 load_reports=models.load_reports, basis=models.basis, same_init=models.same_init)
+    return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings)
 
-    writer = None
+
+def _resume_epoch(run: TrainRun) -> int:
+    """The last epoch an unfinished run saved (-1: start afresh), decided by rank 0; epoch parts past
+    it (a kill between a part and its state) are dropped."""
     resume_epoch = -1
-    if ctx.is_main:
-        writer = RunWriter(out, kind="train", config=options.to_dict())  # takes the lock before anything is touched
-        saved = out / STATE
-        if state == "resumable" and saved.exists() and not options.force:
-            resume_epoch = int(torch.load(saved, weights_only=True)["epoch"])
-        else:
-            saved.unlink(missing_ok=True)
-            clear_score_parts(out)
-        writer.meta.update(run_id=run_id, class_names=pool.source.class_names, fingerprints=fingerprints,
-                           source={"spec": options.data, **_describe(pool.source)}, method=options.method if options.reference else "plain",
-                           device=device, world_size=ctx.world, noise=pool.noise,
-                           reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
-                           load_reports=models.load_reports, basis=models.basis, same_init=not any("DIFFERENT" in w for w in models.warnings))
-        for warning in models.warnings:
-            writer.warn(warning)
-        writer.flush_meta()
-        drop_parts_after(out, resume_epoch)
-    resume_epoch = ctx.broadcast_object(resume_epoch)
-    ctx.barrier()
-    with failure_recorded(writer, ctx):
-        return _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_epoch, progress, log)
+    if run.dist.is_main:
+        if run.resuming and run.layout.state.exists():
+            resume_epoch = int(torch.load(run.layout.state, weights_only=True)["epoch"])
+        run.layout.drop_epoch_parts_after(resume_epoch)
+    resume_epoch = run.dist.broadcast_object(resume_epoch)
+    run.dist.barrier()
+    return resume_epoch
 
 
 def _thumbnail_pass(source, labels, thumbs_cb, workers: int, errors: ErrorLog | None = None) -> None:
     """Decode every sample once for its thumbnail alone (no model input is made)."""
     for batch in pool_pass(source, labels, lambda image: torch.zeros(0), 256, thumbnails=True, workers=workers, errors=errors):
         thumbs_cb(batch.index.numpy(), batch.thumbs)
+
+
+def _read_parts(layout: RunLayout) -> pd.DataFrame:
+    parts = layout.epoch_parts()
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
 
 
 def _describe(source) -> dict:
@@ -144,10 +90,13 @@ def _describe(source) -> dict:
         return {}
 
 
-def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_epoch, progress, log) -> RunOutcome:
+def _train_and_finalize(run: TrainRun) -> RunOutcome:
+    options, ctx, device, out, writer = run.options, run.dist, run.device, run.out, run.writer
+    pool, models, progress, log = run.inputs.pool, run.inputs.models, run.progress, run.log
+    resume_epoch = _resume_epoch(run)
     source = pool.source
     errors = ErrorLog()
-    have_thumbs = resume_epoch >= 0 and (out / "thumbs" / "index.parquet").exists()  # kept only when resuming
+    have_thumbs = resume_epoch >= 0 and run.layout.thumbs_index.exists()  # kept only when resuming
     thumbs = ThumbnailWriter(out) if ctx.is_main and not have_thumbs else None
     thumbs_cb = (lambda positions, items: [thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items)]) if thumbs else None
     config = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, weight_decay=options.weight_decay,
@@ -189,7 +138,7 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
     steps_per_epoch = max(1, math.ceil(local_count / options.batch_size))
     start_epoch, optimizer_state = 0, None
     if resume_epoch >= 0:
-        saved = torch.load(out / STATE, weights_only=True, map_location=device)
+        saved = torch.load(run.layout.state, weights_only=True, map_location=device)
         trainable.load_state_dict(saved["model"])
         optimizer_state = saved["optimizer"]
         start_epoch = resume_epoch + 1
@@ -197,7 +146,7 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
     drift = []
     init_trainable = copy.deepcopy(trainable).cpu() if not options.linear_probe and reference is not None else None
 
-    parts = EpochParts(out, ids_of_index, ctx, last_epoch=options.epochs - 1, every_s=options.checkpoint_every)
+    parts = EpochParts(run.layout, ids_of_index, ctx, last_epoch=options.epochs - 1, every_s=options.checkpoint_every)
 
     def on_checkpoint(epoch, module, optimizer) -> None:
         if init_trainable is not None:
@@ -221,13 +170,13 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
     timings["train_s"] = time.perf_counter() - t0
     ctx.barrier()
     if not ctx.is_main:
-        return RunOutcome(out, {})
+        return run.outcome({})
     # ---------------------------------------------------------------- rank 0 finalises
     if options.save_model:
         save_checkpoint(model, options.save_model)
-        write_json(Path(str(options.save_model) + ".meta.json"),
-                   {"arch": options.arch, "class_names": source.class_names, "init_fingerprint": models.init_fingerprint,
-                    "run_id": writer.meta["run_id"], "linear_probe": options.linear_probe, "data": options.data})
+        write_checkpoint_sidecar(options.save_model,
+                                 {"arch": options.arch, "class_names": source.class_names, "init_fingerprint": models.init_fingerprint,
+                                  "run_id": writer.meta.run_id, "linear_probe": options.linear_probe, "data": options.data})
     good = np.asarray([i for i in range(len(source)) if source.sample_ids[i] not in errors], dtype=np.int64)
     samples = samples_table(source.sample_ids[good], source.sources[good], pool.labels[good],
                             None if pool.true_labels is None else pool.true_labels[good],
@@ -242,15 +191,15 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
             signals = collect_signals(model, reference, signal_batches, device)
             signal_ids = source.sample_ids[signals["index"]]
         samples = add_signals(samples, signals, signal_ids)
-        scores = _read_parts(out)
+        scores = _read_parts(run.layout)
         samples = add_stage2(samples, scores, options.binarisation, options.aggregation)
         evaluation = evaluate(samples)
         summary["estimated_quality"] = stage2.quality_estimate(samples["keep"].to_numpy())
         if evaluation:
             summary["detection"] = evaluation["mimic_score"]
             summary["true_quality"] = evaluation["mimic_score"]["true_quality"]
-        writer.meta["evaluation"] = evaluation
-        writer.meta["stage2"] = {"binarisation": options.binarisation, "aggregation": options.aggregation}
+        writer.meta.evaluation = evaluation
+        writer.meta.stage2 = {"binarisation": options.binarisation, "aggregation": options.aggregation}
     else:
         samples["mimic_score"] = np.nan
         samples["keep"] = True
@@ -258,7 +207,7 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
     if options.test_data:
         summary["test_accuracy"] = _test_accuracy(options, models, trainable, device, out)
     if drift:
-        writer.meta["basis"]["drift_per_epoch"] = drift
+        writer.meta.basis["drift_per_epoch"] = drift
         if drift[-1]["to_reference"] > DRIFT_WARNING:
             message = (f"FEATURE BASIS: the backbone drifted to relative distance {drift[-1]['to_reference']:.2f} from the "
                        "reference's; head-layer mimic scores may be no better than chance (use a linear probe or less drift)")
@@ -269,14 +218,11 @@ def _train_and_finalize(options, ctx, device, out, pool, models, writer, resume_
     writer.write_errors(errors_frame)
     if len(errors):
         log(errors.summary())
-    writer.meta["timings"] = {**timings, "total_s": time.perf_counter() - writer.started}
-    writer.meta["summary"] = summary
-    (out / STATE).unlink(missing_ok=True)
-    writer.complete()
-    return RunOutcome(out, summary, report=format_evaluation(evaluation))
+    writer.meta.timings.update(timings)
+    return run.outcome(summary, report=format_evaluation(evaluation))
 
 
-def _test_accuracy(options: RunOptions, models, trainable, device: str, out: Path) -> float:
+def _test_accuracy(options: TrainOptions, models, trainable, device: str, out: Path) -> float:
     """Accuracy on ``--test-data`` (same class list required); linear probes reuse cached features."""
     test = open_source(options.test_data)
     if test.class_names != models.class_names:

@@ -7,11 +7,11 @@ format are listed too, with their status.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mimic_explorer.store.paths import META
+from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.meta import RunError, read_meta
 
 
 @dataclass
@@ -30,13 +30,13 @@ class RunEntry:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / META).is_file()
+    return RunLayout(path).meta.is_file()
 
 
 def _entry(path: Path) -> RunEntry:
     try:
-        meta = json.loads((path / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = read_meta(path)
+    except RunError:
         return RunEntry(path, path.name, "unreadable", "")
     return RunEntry(path, str(meta.get("run_id") or path.name), str(meta.get("status", "unknown")), str(meta.get("created", "")), meta)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cached_property
 from pathlib import Path
@@ -10,12 +9,11 @@ from typing import Any
 
 import pandas as pd
 
-from mimic_explorer.store.paths import ERRORS, FORMAT_VERSION, META, SAMPLES, SCORES_DIR, SCORES_FILE
+from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.meta import FORMAT_VERSION, RunError, read_meta
 from mimic_explorer.store.thumbs import ThumbnailReader
 
-
-class RunError(Exception):
-    """A run directory cannot be opened; the message names the cause."""
+__all__ = ["Run", "RunError", "open_run", "read_meta"]
 
 
 class Run:
@@ -23,6 +21,7 @@ class Run:
 
     def __init__(self, path: str | os.PathLike, meta: dict[str, Any]):
         self.path = Path(path)
+        self.layout = RunLayout(self.path)
         self.meta = meta
 
     def __repr__(self) -> str:
@@ -42,43 +41,25 @@ class Run:
 
     @cached_property
     def samples(self) -> pd.DataFrame:
-        frame = pd.read_parquet(self.path / SAMPLES)
+        frame = pd.read_parquet(self.layout.samples)
         frame["sample_id"] = frame["sample_id"].astype(str)
         return frame
 
     @cached_property
     def scores(self) -> pd.DataFrame:
-        single = self.path / SCORES_FILE
-        if single.exists():
-            return pd.read_parquet(single)
-        parts = sorted((self.path / SCORES_DIR).glob("*.parquet"))
+        parts = self.layout.score_parts()
         if not parts:
             return pd.DataFrame(columns=["sample_id", "epoch", "step", "proj", "weight"])
         return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
 
     @cached_property
     def errors(self) -> pd.DataFrame:
-        path = self.path / ERRORS
+        path = self.layout.errors
         return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["sample_id", "path", "reason"])
 
     @cached_property
     def thumbnails(self) -> ThumbnailReader:
         return ThumbnailReader(self.path)
-
-
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise RunError(f"run directory {path} does not exist")
-    if not path.is_dir():
-        raise RunError(f"{path} is not a run directory (it is a file)")
-    meta_path = path / META
-    if not meta_path.exists():
-        raise RunError(f"{path} is not a run directory: it has no {META}")
-    try:
-        return json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{meta_path} cannot be read: {exc}") from None
 
 
 def open_run(path: str | os.PathLike, *, require_complete: bool = True) -> Run:
@@ -94,6 +75,7 @@ def open_run(path: str | os.PathLike, *, require_complete: bool = True) -> Run:
     if require_complete and status != "complete":
         reason = f": {meta['error']}" if meta.get("error") else ""
         raise RunError(f"run {path} is not complete (status {status!r}{reason})")
-    if require_complete and not (Path(path) / SAMPLES).exists():
-        raise RunError(f"run {path} says complete but has no {SAMPLES}")
-    return Run(Path(path).expanduser(), meta)
+    layout = RunLayout(path)
+    if require_complete and not layout.samples.exists():
+        raise RunError(f"run {path} says complete but has no {layout.samples.name}")
+    return Run(layout.root, meta)

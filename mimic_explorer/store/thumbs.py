@@ -13,11 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from mimic_explorer.store.atomic import write_parquet
-from mimic_explorer.store.paths import THUMBS_DIR
+from mimic_explorer.store.layout import THUMBS_BLOB as BLOB, THUMBS_DIR, THUMBS_INDEX as INDEX
 
 THUMB_SIZE = 96
-BLOB = "thumbs.bin"
-INDEX = "index.parquet"
 
 
 def encode_thumbnail(image, size: int = THUMB_SIZE) -> bytes:

@@ -1,8 +1,10 @@
 """Write a run directory: status in meta.json moves running → complete (or failed, with the reason).
 
 Why: the app and the CLI must never mistake a half-written run for a finished one. Every file is
-written atomically, per-epoch score parts are separate files (so a resumed run continues from the last
-finished epoch), and ``meta.json`` says "complete" only after everything else is on disk.
+written atomically, score parts are separate files (so a resumed run continues from the last finished
+epoch or chunk), and ``meta.json`` says "complete" only after everything else is on disk. ``RunWriter``
+is the only code that creates a run directory, and it takes the lock before writing anything in it
+(see the run-directory contract in docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 
 import pandas as pd
 
-from mimic_explorer.store.atomic import write_json, write_parquet
-from mimic_explorer.store.paths import ERRORS, FORMAT_VERSION, LOCK, META, SAMPLES, SCORES_DIR
+from mimic_explorer.store.atomic import write_parquet
+from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.meta import RunMeta, write_meta
 
 
 class RunDirectoryError(Exception):
@@ -42,9 +45,8 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def prepare_run_dir(path: str | os.PathLike) -> Path:
+def _create_run_dir(path: Path) -> Path:
     """Create ``path`` as a run directory, or raise a one-line error naming the cause."""
-    path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise RunDirectoryError(f"{path} exists and is not a directory")
     try:
@@ -57,74 +59,75 @@ def prepare_run_dir(path: str | os.PathLike) -> Path:
 
 
 class RunWriter:
-    """Owns one run directory while a command writes it (holds a lock file against a second writer)."""
+    """Owns one run directory while a command writes it (holds a lock file against a second writer).
+
+    ``meta`` is the run's ``RunMeta``; set its fields and ``flush_meta()`` to publish them."""
 
     def __init__(self, path: str | os.PathLike, kind: str, config: dict[str, Any]):
-        self.path = prepare_run_dir(path)
+        self.layout = RunLayout(_create_run_dir(RunLayout(path).root))
         self.started = time.perf_counter()
-        self._lock_path = self.path / LOCK
+        self._take_lock()
+        self.layout.scores_dir.mkdir(exist_ok=True)
+        self.meta = RunMeta(kind=kind, status="running", config=config, created=_now(), versions=package_versions(),
+                            command=list(sys.argv))
+        self.flush_meta()
+
+    @property
+    def path(self) -> Path:
+        return self.layout.root
+
+    def _take_lock(self) -> None:
+        lock = self.layout.lock
         try:
-            fd = os.open(self._lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            owner = self._lock_path.read_text().strip() if self._lock_path.exists() else "?"
+            owner = lock.read_text().strip() if lock.exists() else "?"
             if owner.isdigit() and not _pid_alive(int(owner)):
-                self._lock_path.unlink(missing_ok=True)
-                fd = os.open(self._lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                lock.unlink(missing_ok=True)
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             else:
                 raise RunDirectoryError(
                     f"{self.path} is being written by another process (pid {owner}); "
-                    f"wait for it or remove {self._lock_path} if that process is gone"
+                    f"wait for it or remove {lock} if that process is gone"
                 ) from None
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
-        (self.path / SCORES_DIR).mkdir(exist_ok=True)
-        self.meta: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "kind": kind,
-            "status": "running",
-            "config": config,
-            "created": _now(),
-            "versions": package_versions(),
-            "command": sys.argv,
-            "fingerprints": {},
-            "timings": {},
-            "warnings": [],
-        }
-        self.flush_meta()
 
     def flush_meta(self) -> None:
-        write_json(self.path / META, self.meta)
+        write_meta(self.layout, self.meta)
 
-    def write_scores(self, part: str, frame: pd.DataFrame) -> Path:
-        return write_parquet(self.path / SCORES_DIR / f"{part}.parquet", frame)
+    def write_scores(self, part: Path, frame: pd.DataFrame) -> Path:
+        """Write one score part; ``part`` is a path from ``self.layout`` (``epoch_part``, ``chunk_part``)."""
+        return write_parquet(part, frame)
 
     def write_samples(self, frame: pd.DataFrame) -> Path:
-        return write_parquet(self.path / SAMPLES, frame)
+        return write_parquet(self.layout.samples, frame)
 
     def write_errors(self, frame: pd.DataFrame) -> Path:
-        return write_parquet(self.path / ERRORS, frame)
+        return write_parquet(self.layout.errors, frame)
 
     def warn(self, message: str) -> None:
-        self.meta["warnings"].append(message)
+        self.meta.warnings.append(message)
 
-    def complete(self, **extra: Any) -> None:
-        self.meta.update(extra)
-        self.meta["status"] = "complete"
-        self.meta["finished"] = _now()
+    def complete(self, **fields: Any) -> None:
+        """Set ``fields`` of the meta, then mark the run complete (the last write) and release the lock."""
+        self.meta.set(**fields)
+        self.meta.status = "complete"
+        self.meta.finished = _now()
         self.flush_meta()
         self._unlock()
 
     def fail(self, reason: str) -> None:
-        self.meta["status"] = "failed"
-        self.meta["error"] = reason
-        self.meta["finished"] = _now()
+        self.meta.status = "failed"
+        self.meta.error = reason
+        self.meta.finished = _now()
         try:
             self.flush_meta()
         finally:
             self._unlock()
 
     def _unlock(self) -> None:
-        self._lock_path.unlink(missing_ok=True)
+        self.layout.lock.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:

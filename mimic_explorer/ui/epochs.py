@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from mimic_explorer.store.paths import SCORES_DIR, SCORES_FILE
+from mimic_explorer.store.layout import SCORES_DIR, SCORES_FILE
 
 #: Per-epoch signals the app knows how to plot, in the order it offers them.
 SIGNALS = ("proj", "weight", "cos", "loss")

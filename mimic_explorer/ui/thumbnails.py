@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.store.paths import THUMBS_DIR
-from mimic_explorer.store.thumbs import BLOB, INDEX, image_mime
+from mimic_explorer.store.layout import THUMBS_BLOB as BLOB, THUMBS_DIR, THUMBS_INDEX as INDEX
+from mimic_explorer.store.thumbs import image_mime
 
 PLACEHOLDER = (
     "data:image/svg+xml;base64,"

@@ -1,0 +1,189 @@
+"""One run's life, the same for ``train``, ``score`` and ``demo``.
+
+validate → prepare (inputs and their fingerprints; nothing is written) → run id → reuse, refuse or
+resume (rank 0 decides, every rank follows) → ``RunWriter`` (creates the directory and takes its lock
+before anything in it is touched) → the command's work loop, under the failure guard → finalize
+(summary, total time, status complete) → ``RunOutcome``.
+
+Why one module: every command used to run its own copy of this sequence, and the copies drifted (one
+created the directory twice, one never refused a different run). A command now supplies its options,
+a ``prepare`` and a ``work`` function and nothing else about a run's life. The walk from ``--out`` to
+the app is in docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generic, Protocol, TypeVar
+
+import torch
+
+from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
+from mimic_explorer.pipeline.guard import failure_recorded
+from mimic_explorer.pipeline.run_identity import agree_on_reuse, make_run_id
+from mimic_explorer.pipeline.runlog import tee_log
+from mimic_explorer.progress import Progress
+from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.writer import RunDirectoryError, RunWriter
+
+Log = Callable[[str], None]
+Inputs = TypeVar("Inputs")
+Options = TypeVar("Options", bound="RunSpec")
+
+
+class RunSpec(Protocol):
+    """What the lifecycle needs of a command's options (``TrainOptions``, ``ScoreOptions``, the demo's)."""
+
+    command: str  # train | score | demo: the run id's prefix and meta's ``kind``
+    out: str
+    force: bool
+    device: str
+
+    def validate(self) -> None: ...
+    def identity(self) -> dict[str, Any]: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    def describe(self) -> str: ...
+
+
+@dataclass
+class RunOutcome:
+    """Where the run is, its summary (also in ``meta.json``), whether it was already there, and the
+    evaluation table to print."""
+
+    path: Path
+    summary: dict
+    cached: bool = False
+    report: str = ""
+
+
+@dataclass
+class Prepared(Generic[Inputs]):
+    """What a command knows before the run directory is touched."""
+
+    inputs: Inputs  # the command's own prepared objects (pool and models), handed to its work loop
+    fingerprints: dict[str, Any]  # of data, init, model, reference: with the options, the run id
+    facts: dict[str, Any] = field(default_factory=dict)  # ``RunMeta`` fields recorded when the run starts
+    warnings: list[str] = field(default_factory=list)  # printed, and kept in ``meta.json``
+
+
+@dataclass
+class RunContext(Generic[Options, Inputs]):
+    """Everything a command's work loop gets, on every rank."""
+
+    options: Options
+    dist: DistContext
+    device: str
+    layout: RunLayout
+    writer: RunWriter | None  # rank 0 only: the other ranks write their own parts, never meta.json
+    inputs: Inputs
+    resuming: bool  # the directory holds an unfinished run of this id; its parts are kept
+    progress: Progress
+    log: Log
+
+    @property
+    def out(self) -> Path:
+        return self.layout.root
+
+    def outcome(self, summary: dict, report: str = "") -> RunOutcome:
+        return RunOutcome(self.layout.root, summary, report=report)
+
+
+Prepare = Callable[[Options, DistContext, str], Prepared[Inputs]]
+Work = Callable[[RunContext[Options, Inputs]], RunOutcome]
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def run_lifecycle(options: Options, prepare: Prepare, work: Work, *, resumable: bool = True,
+                  progress: Progress | None = None, log: Log | None = None) -> RunOutcome:
+    """Make the run ``options`` describe — or return the finished one ``--out`` already holds, or
+    resume the unfinished one (when ``resumable``), or refuse a different one — and return its outcome.
+
+    Raises ``ValueError`` for bad options or a different run in ``--out`` (before anything is written)
+    and ``RunDirectoryError`` when ``--out`` cannot be used or another process is writing it."""
+    options.validate()
+    dist = init_distributed(_backend_device(options.device))
+    try:
+        device = resolve_device(options.device, dist)
+        return _live(options, prepare, work, dist, device, resumable,
+                     progress or (lambda stage, done, total: None), log or _to_stderr)
+    finally:
+        dist.close()
+
+
+def _backend_device(device: str) -> str:
+    return "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def _live(options: Options, prepare: Prepare, work: Work, dist: DistContext, device: str, resumable: bool,
+          progress: Progress, log: Log) -> RunOutcome:
+    prepared = prepare(options, dist, device)
+    layout = RunLayout(options.out)
+    run_id = make_run_id(options.command, options.identity(), prepared.fingerprints)
+    state, finished = agree_on_reuse(dist, layout.root, run_id, options.force, log)
+    if finished is not None:
+        return RunOutcome(layout.root, finished, cached=True)
+    resuming = resumable and state == "resumable" and not options.force
+    writer = _open_writer(options, dist, layout, run_id, device, prepared, resuming)
+    tee_log(layout.log, lambda text: None, dist.rank)(
+        f"{options.describe()} -> {layout.root} (device {device}, {dist.world} process(es))")
+    log = tee_log(layout.log, log, dist.rank)
+    if dist.is_main:
+        for warning in prepared.warnings:
+            log("WARNING: " + warning)
+    run = RunContext(options, dist, device, layout, writer, prepared.inputs, resuming, progress, log)
+    with failure_recorded(writer, dist):
+        outcome = work(run)
+        if writer is not None:
+            _finalize(writer, outcome)
+        return outcome
+
+
+def _open_writer(options: RunSpec, dist: DistContext, layout: RunLayout, run_id: str, device: str,
+                 prepared: Prepared, resuming: bool) -> RunWriter | None:
+    """Rank 0 creates and locks the run directory, clears what a fresh run must not inherit and
+    records what is known; every rank learns whether it could (so none waits on a refused run)."""
+    writer, failure = None, None
+    if dist.is_main:
+        try:
+            writer = _start_writer(options, dist, layout, run_id, device, prepared, resuming)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            failure = exc
+    refused = dist.broadcast_object(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if refused is not None:
+        raise RunDirectoryError(refused)
+    return writer
+
+
+def _start_writer(options: RunSpec, dist: DistContext, layout: RunLayout, run_id: str, device: str,
+                  prepared: Prepared, resuming: bool) -> RunWriter:
+    writer = RunWriter(layout.root, kind=options.command, config=options.to_dict())  # the lock comes first
+    try:
+        if not resuming:
+            layout.clear_score_parts()
+            layout.state.unlink(missing_ok=True)
+        writer.meta.set(run_id=run_id, fingerprints=dict(prepared.fingerprints), device=device,
+                        world_size=dist.world, **prepared.facts)
+        for warning in prepared.warnings:
+            writer.warn(warning)
+        writer.flush_meta()
+    except BaseException as exc:
+        writer.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    return writer
+
+
+def _finalize(writer: RunWriter, outcome: RunOutcome) -> None:
+    """Rank 0, after the work loop wrote samples and errors: the summary, the total time, no resume
+    point, and — the last write — status complete."""
+    writer.meta.summary = outcome.summary
+    writer.meta.timings["total_s"] = time.perf_counter() - writer.started
+    writer.layout.state.unlink(missing_ok=True)
+    writer.complete()

@@ -1,0 +1,170 @@
+"""The run-directory contract: the name of every file and part a run directory holds.
+
+Why one module: the commands write a run directory, the app and exports read it, and a resumed run
+must find exactly what a killed one left. When every name is spelled here (and nowhere else in the
+package), the contract is one page to read and a rename is one edit; the score parts are listed and
+dropped only here, so resuming and reading agree on which files belong to a run. The layout is
+described for readers in docs/ARCHITECTURE.md (the run-directory contract).
+
+    meta.json            what the run is and its status (``store.meta.RunMeta``)
+    samples.parquet      one row per sample: labels, mimic_score, keep, signals
+    scores/              per-epoch (train, demo) or per-chunk (score) score parts, per rank under torchrun
+    scores.parquet       older runs: every score row in one file
+    errors.parquet       samples that could not be read, with the reason
+    thumbs/              thumbnails: one blob file plus an index of (sample_id, offset, length)
+    filters/             keep-lists and their specs saved from the app
+    index/               the app's per-run indexes
+    state.pt             training state of an unfinished run (resume point)
+    run.log              every message the run printed
+    .lock                the pid of the process writing the run
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+META = "meta.json"
+SAMPLES = "samples.parquet"
+SCORES_DIR = "scores"
+SCORES_FILE = "scores.parquet"
+ERRORS = "errors.parquet"
+THUMBS_DIR = "thumbs"
+THUMBS_BLOB = "thumbs.bin"
+THUMBS_INDEX = "index.parquet"
+FILTERS_DIR = "filters"
+INDEX_DIR = "index"
+LOCK = ".lock"
+STATE = "state.pt"
+LOG = "run.log"
+#: suffix of the metadata file saved beside a checkpoint by ``train --save-model``
+CHECKPOINT_SIDECAR_SUFFIX = ".meta.json"
+
+_EPOCH = "epoch-"
+_CHUNK = "chunk-"
+_ERRORS_PART = ".errors-rank"
+_PART = ".parquet"
+_ERRORS_PART_SUFFIX = ".parquet.part"  # hidden and not ``*.parquet``: never read as a score part
+
+
+def _rank_suffix(rank: int | None) -> str:
+    return "" if rank is None else f"-rank{rank:03d}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run directory (nothing is created or read by building one)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser())
+
+    # ------------------------------------------------------------------------------ files and folders
+    @property
+    def meta(self) -> Path:
+        return self.root / META
+
+    @property
+    def samples(self) -> Path:
+        return self.root / SAMPLES
+
+    @property
+    def errors(self) -> Path:
+        return self.root / ERRORS
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.root / SCORES_DIR
+
+    @property
+    def scores_file(self) -> Path:
+        """The single score file of older runs (newer runs write parts under ``scores_dir``)."""
+        return self.root / SCORES_FILE
+
+    @property
+    def thumbs_dir(self) -> Path:
+        return self.root / THUMBS_DIR
+
+    @property
+    def thumbs_blob(self) -> Path:
+        return self.thumbs_dir / THUMBS_BLOB
+
+    @property
+    def thumbs_index(self) -> Path:
+        return self.thumbs_dir / THUMBS_INDEX
+
+    @property
+    def filters_dir(self) -> Path:
+        return self.root / FILTERS_DIR
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / INDEX_DIR
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG
+
+    # ------------------------------------------------------------------------------ score parts
+    def epoch_part(self, first: int, last: int | None = None, rank: int | None = None) -> Path:
+        """``scores/epoch-FIRST[-LAST][-rankRRR].parquet``: the rows of epochs FIRST..LAST (one rank's)."""
+        span = f"{first:04d}" if last is None or last == first else f"{first:04d}-{last:04d}"
+        return self.scores_dir / f"{_EPOCH}{span}{_rank_suffix(rank)}{_PART}"
+
+    def chunk_part(self, chunk: int, rank: int | None = None) -> Path:
+        """``scores/chunk-NNNNNN[-rankRRR].parquet``: the rows of one chunk of a ``score`` pass."""
+        return self.scores_dir / f"{_CHUNK}{chunk:06d}{_rank_suffix(rank)}{_PART}"
+
+    def error_part(self, rank: int) -> Path:
+        """One rank's bad samples of a ``score`` pass, merged into ``errors`` by rank 0."""
+        return self.scores_dir / f"{_ERRORS_PART}{rank:03d}{_ERRORS_PART_SUFFIX}"
+
+    def _glob(self, pattern: str) -> list[Path]:
+        return sorted(self.scores_dir.glob(pattern)) if self.scores_dir.is_dir() else []
+
+    def epoch_parts(self) -> list[Path]:
+        return self._glob(f"{_EPOCH}*{_PART}")
+
+    def chunk_parts(self) -> list[Path]:
+        return self._glob(f"{_CHUNK}*{_PART}")
+
+    def error_parts(self) -> list[Path]:
+        return self._glob(f"{_ERRORS_PART}*{_ERRORS_PART_SUFFIX}")
+
+    def score_parts(self) -> list[Path]:
+        """Every file holding score rows: the legacy single file when it exists, else every part."""
+        if self.scores_file.exists():
+            return [self.scores_file]
+        return sorted(self.epoch_parts() + self.chunk_parts())
+
+    @staticmethod
+    def part_epochs(path: Path) -> tuple[int, int]:
+        """(first, last) epoch of an epoch part named by ``epoch_part``."""
+        numbers = [int(token) for token in Path(path).name.split(".")[0].split("-")[1:] if token.isdigit()]
+        return numbers[0], numbers[-1]
+
+    def drop_epoch_parts_after(self, epoch: int) -> None:
+        """Remove epoch parts holding any epoch after ``epoch`` (written after the last state a kill left)."""
+        for part in self.epoch_parts():
+            if self.part_epochs(part)[1] > epoch:
+                part.unlink(missing_ok=True)
+
+    def clear_score_parts(self) -> None:
+        """Remove every score and error part (a fresh or forced run starts from nothing)."""
+        for part in self.epoch_parts() + self.chunk_parts() + self.error_parts():
+            part.unlink(missing_ok=True)
+
+
+def checkpoint_sidecar(checkpoint: str | os.PathLike) -> Path:
+    """The metadata file beside a checkpoint saved by ``train --save-model`` (arch, init fingerprint…)."""
+    return Path(str(checkpoint) + CHECKPOINT_SIDECAR_SUFFIX)
