@@ -74,6 +74,18 @@ def test_demo_prints_summary_and_run_dir_last(tmp_path):
     assert "AUROC" in text and "F1" in text and "plain" in text and "Grad-Mimic" in text and "estimated" in text
 
 
+def test_the_same_demo_command_returns_the_finished_run_and_another_is_refused(demo_run):
+    samples = demo_run / "samples.parquet"
+    before = samples.stat().st_mtime_ns
+    again = run_cli("demo", "--out", str(demo_run), "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert "cached" in again.stderr and "AUROC" in again.stdout
+    assert again.stdout.strip().splitlines()[-1] == str(demo_run.resolve())
+    other = run_cli("demo", "--out", str(demo_run), "--epochs", "2", "--quiet")
+    assert other.returncode == 2 and "different run" in other.stderr and "--force" in other.stderr
+    assert samples.stat().st_mtime_ns == before and open_run(demo_run).meta["config"]["epochs"] == 20
+
+
 def test_demo_thumbnails_are_real_images(demo_run):
     from PIL import Image
     import io
