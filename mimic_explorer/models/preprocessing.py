@@ -5,14 +5,15 @@ Why it matters: a pretrained backbone fed another resize, crop or normalisation 
 with gives silently worse features, hence worse mimic scores. So the preprocessing comes from the
 model (timm's data config, the torchvision weights' ``transforms()``), or from what the checkpoint
 records, and what was chosen is recorded (``ImageTransform.describe()``) in meta.json and in the
-feature-cache key. Precedence, lowest first (docs/ARCHITECTURE.md, "where a new model family goes"):
+feature-cache key. Each later step replaces the earlier (docs/ARCHITECTURE.md, "where a new model
+family goes"):
 
-1. the family default (``data.transforms.default_transform``) or an input size the architecture
-   declares (``input_size`` on a ``file.py:function`` factory or on the module it returns);
-2. the model's own: timm's resolved data config, or the torchvision weights' preset;
-3. what the init checkpoint records (a model folder's ``config.json`` ``pretrained_cfg``, or the
+1. the model's own: timm's resolved data config, the torchvision weights' preset, an ``input_size``
+   a ``file.py:function`` architecture declares (on the function or the module it returns), else the
+   family default (``data.transforms.default_transform``);
+2. what the init checkpoint records (a model folder's ``config.json`` ``pretrained_cfg``, or the
    ``preprocessing`` entry of the ``.meta.json`` sidecar that ``--save-model`` writes);
-4. ``--image-size N`` (resize and crop to N), then each ``--transform KEY=VALUE``.
+3. ``--image-size N`` (resize and crop to N), then each ``--transform KEY=VALUE``.
 """
 
 from __future__ import annotations
