@@ -31,6 +31,8 @@ from mimic_explorer.models.heads import find_head
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")
 _PREFIXES = ("module.", "_orig_mod.")
+#: weight files a Hugging Face-style model folder may hold, in order of preference
+FOLDER_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
@@ -74,6 +76,20 @@ class LoadReport:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file, with the ``safetensors`` package when installed (it comes with the
+    ``timm`` extra), else with the built-in reader below: both read tensors, never pickled code."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        return _read_safetensors_builtin(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a valid .safetensors file ({exc})") from exc
+
+
+def _read_safetensors_builtin(path: Path) -> dict[str, torch.Tensor]:
     """A ``.safetensors`` file: 8-byte header length, JSON header, raw little-endian tensor bytes."""
     data = path.read_bytes()
     try:
@@ -128,11 +144,29 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def folder_weights(folder: str | os.PathLike) -> Path:
+    """The weights file of a Hugging Face-style model folder (``model.safetensors`` + ``config.json``)."""
+    folder = Path(folder)
+    for name in FOLDER_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    held = sorted(p.name for p in folder.iterdir())
+    sharded = " (sharded weights, model.safetensors.index.json, are not supported: merge them into one file)" if (
+        "model.safetensors.index.json" in held) else ""
+    raise CheckpointError(
+        f"{folder} is a folder without {' or '.join(FOLDER_WEIGHT_FILES)}{sharded}; a model folder holds "
+        f"model.safetensors and config.json. It holds: {', '.join(held[:10]) or 'nothing'}"
+    )
+
+
 def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """A checkpoint file's state dict (CPU tensors), read without running pickled code unless trusted."""
+    """A checkpoint file's state dict (CPU tensors), read without running pickled code unless trusted.
+    A folder is read as a Hugging Face-style model folder (its ``model.safetensors``)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        path = folder_weights(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
     if path.suffix == ".safetensors":
@@ -176,17 +210,24 @@ def load_checkpoint(
     *,
     head: str | None = None,
     strict: bool = True,
+    ignore: tuple[str, ...] = (),
 ) -> LoadReport:
     """Load ``path`` into ``model`` in place and return a ``LoadReport``.
 
     ``head`` is the classifier's module name (found automatically: the last ``nn.Linear``). Its
     tensors are skipped, keeping their init, when absent from the checkpoint or of another shape.
+    ``ignore`` lists module prefixes whose checkpoint tensors are set aside on purpose (reported as
+    skipped), e.g. the auxiliary heads of torchvision's Inception weights, which scoring never uses.
     Raises ``CheckpointError`` naming the first tensor that does not fit.
     """
     state = read_state_dict(path, trust_pickle=trust_pickle)
     head = _head_name(model, head)
     head_prefix = f"{head}." if head else None
     report = LoadReport(str(path), head)
+    for prefix in ignore:
+        for name in [k for k in state if k.startswith(f"{prefix}.")]:
+            del state[name]
+            report.skipped.append((name, f"{prefix} is not part of this model; ignored"))
     target = model.state_dict()
     chosen: dict[str, torch.Tensor] = {}
     problems: list[str] = []
@@ -235,12 +276,22 @@ def load_checkpoint(
 
 
 def save_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
-    """Save a state dict (never a pickled module) atomically: temp file, then rename."""
+    """Save a state dict (never a pickled module) atomically: temp file, then rename. A path ending in
+    ``.safetensors`` is written in that format (needs the ``safetensors`` package: the ``timm`` extra)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict() if isinstance(model, nn.Module) else dict(model)
     state = {k: v.detach().cpu() for k, v in state.items()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            raise CheckpointError(
+                f"writing {path} needs the safetensors package: pip install 'mimic-explorer[timm]' (or save to a .pt path)"
+            ) from None
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))  # clone: no shared storage
+    else:
+        torch.save(state, tmp)
     os.replace(tmp, path)
     return path

@@ -1,11 +1,16 @@
-"""``build_model(ARCH, num_classes)``: every ARCH form of DESIGN §4 to an ``nn.Module``.
+"""``build_model(ARCH, num_classes)``: every ARCH form to an ``nn.Module`` with random weights.
 
-ARCH forms, tried in this order:
+ARCH forms (docs/ARCHITECTURE.md), tried in this order:
 - a built-in small model: ``mlp``, ``small_cnn`` (``models/small.py``);
+- ``timm:NAME`` (``models/timm_models.py``, the optional timm extra);
+- ``torchvision:NAME[:WEIGHTS]``: the architecture as torchvision builds it for that weights enum
+  member (``models/torchvision_models.py``); the weights themselves are loaded by ``models.build``;
 - a ``file.py:function`` or ``package.module:function`` factory returning an ``nn.Module``
   (called with ``num_classes=`` when it takes it);
 - a torchvision classification model name (``resnet18``, ``vit_b_16``, …), built with
   ``weights=None`` — nothing is ever downloaded; local weights come from ``load_checkpoint``.
+
+``models.build.build_for_run`` is what a run calls: it adds weights, the head and the preprocessing.
 
 Why the head check: mimic scores use the final ``nn.Linear`` (DESIGN §2), so a model without one is
 refused here, with the reason, rather than deep inside scoring; a factory that ignores
@@ -21,6 +26,7 @@ import importlib.util
 import inspect
 import os
 import sys
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -46,6 +52,8 @@ def _small_cnn(num_classes: int, input_shape: Sequence[int] = (3, 32, 32), width
 
 
 BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "small_cnn": _small_cnn}
+#: (C, H, W) the built-in models are made for, and a factory model's head is traced with
+DEFAULT_INPUT_SHAPE = (3, 32, 32)
 _ALIASES = {"smallcnn": "small_cnn", "small-cnn": "small_cnn"}
 # torchvision models whose training-mode output is a tuple unless the auxiliary heads are off.
 _TV_EXTRA = {"inception_v3": {"aux_logits": False, "init_weights": True}, "googlenet": {"aux_logits": False, "init_weights": True}}
@@ -167,34 +175,86 @@ def _check_head(model: nn.Module, num_classes: int, arch: str, example: torch.Te
     return model
 
 
-def build_model(arch: str, num_classes: int, *, input_shape: Sequence[int] = (3, 32, 32), **kwargs) -> nn.Module:
-    """Build an untrained model for ``num_classes`` classes. ``input_shape`` (C, H, W) sizes the
-    built-in models and the probe used to find a factory model's head; ``kwargs`` go to the builder."""
+@dataclass(frozen=True)
+class ArchSpec:
+    """What an ARCH string names: ``family`` is builtin, timm, torchvision or factory; ``name`` the
+    model within it (the whole string for a factory); ``weights`` a torchvision weights enum member."""
+
+    family: str
+    name: str
+    weights: str | None = None
+
+
+def parse_arch(arch: str) -> ArchSpec:
+    """Split ARCH into its family and name (nothing is imported or built; names are checked later)."""
     if not isinstance(arch, str) or not arch.strip():
-        raise ArchError("empty ARCH; give a built-in (mlp, small_cnn), a torchvision model name or file.py:function")
-    if int(num_classes) < 1:
-        raise ArchError(f"num_classes must be ≥ 1, got {num_classes}")
+        raise ArchError(
+            "empty ARCH; give a built-in (mlp, small_cnn), timm:NAME, torchvision:NAME[:WEIGHTS], a torchvision "
+            "model name or file.py:function"
+        )
     arch = arch.strip()
     key = _ALIASES.get(arch.lower(), arch.lower())
     if key in BUILTIN:
-        return BUILTIN[key](num_classes, input_shape=input_shape, **kwargs)
+        return ArchSpec("builtin", key)
+    family, _, rest = arch.partition(":")
+    if family in ("timm", "torchvision") and rest:
+        name, _, weights = rest.partition(":")
+        if not name or (family == "timm" and weights):
+            form = "timm:NAME" if family == "timm" else "torchvision:NAME[:WEIGHTS]"
+            raise ArchError(f"ARCH {arch!r}: expected {form}")
+        return ArchSpec(family, name, weights or None)
     if ":" in arch:
-        model = _call_factory(resolve_factory(arch), num_classes, arch, kwargs)
-        example = torch.zeros(1, *input_shape) if input_shape is not None else None
-        return _check_head(model, num_classes, arch, example)
-    names = torchvision_classifiers()
-    if key in names:
-        import torchvision.models as tvm
+        return ArchSpec("factory", arch)
+    return ArchSpec("torchvision", key)
 
-        options = {**_TV_EXTRA.get(key, {}), **kwargs}
-        try:
-            model = tvm.get_model(key, weights=None, num_classes=num_classes, **options)
-        except Exception as exc:
-            raise ArchError(f"ARCH {arch!r}: torchvision could not build it: {type(exc).__name__}: {exc}") from exc
-        return _check_head(model, num_classes, arch, None)
-    close = difflib.get_close_matches(key, list(BUILTIN) + names, n=3, cutoff=0.6)
+
+def _build_torchvision(spec: ArchSpec, num_classes: int, input_shape: Sequence[int] | None, kwargs: dict) -> nn.Module:
+    import torchvision.models as tvm
+
+    from mimic_explorer.models.torchvision_models import (
+        check_torchvision_name, input_size_options, torchvision_weights, weights_model_options, weights_preprocessing,
+    )
+
+    check_torchvision_name(spec.name)
+    options = dict(_TV_EXTRA.get(spec.name, {}))
+    crop = int(input_shape[-1]) if input_shape is not None else None
+    if spec.weights:
+        weights = torchvision_weights(spec.name, spec.weights)
+        options.update(weights_model_options(spec.name))
+        crop = crop or weights_preprocessing(weights).crop
+    if crop is not None:
+        options.update(input_size_options(spec.name, crop))
+    options.update(kwargs)
+    try:
+        model = tvm.get_model(spec.name, weights=None, num_classes=num_classes, **options)
+    except Exception as exc:
+        raise ArchError(f"ARCH {spec.name!r}: torchvision could not build it: {type(exc).__name__}: {exc}") from exc
+    return _check_head(model, num_classes, spec.name, None)
+
+
+def build_model(arch: str, num_classes: int, *, input_shape: Sequence[int] | None = None, **kwargs) -> nn.Module:
+    """Build an untrained model for ``num_classes`` classes. ``input_shape`` (C, H, W) sizes the
+    built-in models and the probe used to find a factory model's head (default 3×32×32) and, when
+    given, rebuilds fixed-size models (ViTs) for that size; ``kwargs`` go to the builder."""
+    spec = parse_arch(arch)
+    if int(num_classes) < 1:
+        raise ArchError(f"num_classes must be ≥ 1, got {num_classes}")
+    if spec.family == "builtin":
+        return BUILTIN[spec.name](num_classes, input_shape=input_shape or DEFAULT_INPUT_SHAPE, **kwargs)
+    if spec.family == "timm":
+        from mimic_explorer.models.timm_models import build_timm_model
+
+        image_size = int(input_shape[-1]) if input_shape is not None else None
+        return build_timm_model(spec.name, num_classes, image_size=image_size, model_args=kwargs)
+    if spec.family == "factory":
+        model = _call_factory(resolve_factory(arch.strip()), num_classes, arch.strip(), kwargs)
+        return _check_head(model, num_classes, arch.strip(), torch.zeros(1, *(input_shape or DEFAULT_INPUT_SHAPE)))
+    if arch.strip().startswith("torchvision:") or spec.name in torchvision_classifiers():
+        return _build_torchvision(spec, num_classes, input_shape, kwargs)  # an unknown name: close matches listed
+    close = difflib.get_close_matches(spec.name, list(BUILTIN) + torchvision_classifiers(), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ArchError(
-        f"unknown ARCH {arch!r}: not a built-in model ({', '.join(BUILTIN)}), not a torchvision classification "
-        f"model, and not a path/to/file.py:function or package.module:function factory.{hint}"
+        f"unknown ARCH {arch.strip()!r}: not a built-in model ({', '.join(BUILTIN)}), not a torchvision classification "
+        f"model, not timm:NAME or torchvision:NAME[:WEIGHTS], and not a path/to/file.py:function or "
+        f"package.module:function factory.{hint}"
     )
