@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = ROOT.parent / "shared" / "data" / "cifar10"
 WORK = ROOT.parent / "bench_work" / "detection"
+sys.path.insert(0, str(ROOT))  # this checkout's package, not whichever one is installed
 
 
 def digits_rows(work: Path) -> list[dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mimic_explorer import stage2
+from mimic_explorer import baselines, stage2
 from mimic_explorer.baselines import UTILITY_SIGN
 from mimic_explorer.evaluation import detection_metrics
 
@@ -39,7 +39,7 @@ def split(utility: np.ndarray, rule: str) -> np.ndarray:
     2-means ``kmeans`` split (the rule stage 2 applies per epoch)."""
     if rule == "sign":
         return utility >= 0
-    return stage2._two_group_split(utility, rule)
+    return stage2.split_two_groups(utility, rule)
 
 
 def clean_posterior(values: np.ndarray) -> np.ndarray:
@@ -95,9 +95,6 @@ def gm_cells(samples: pd.DataFrame, scores: pd.DataFrame, extra: dict[str, Cell]
             utility = UTILITY_SIGN[column] * samples[column].to_numpy(np.float64)
             for rule in ("gmm", "kmeans"):
                 cells[f"{column}; {rule}"] = (utility, split(utility, rule))
-            if column in ("reference_loss", "model_loss"):  # losses are heavy-tailed: split them in log space
-                logged = -np.log(np.clip(samples[column].to_numpy(np.float64), 1e-12, None))
-                cells[f"{column}; gmm on log"] = (utility, split(logged, "gmm"))
     if "reference_loss" in samples:
         ref = -samples["reference_loss"].to_numpy(np.float64)
         mean_proj = proj.mean(1)
@@ -109,6 +106,9 @@ def gm_cells(samples: pd.DataFrame, scores: pd.DataFrame, extra: dict[str, Cell]
         for name, values in combos.items():
             for rule in ("gmm", "kmeans"):
                 cells[f"{name}; {rule}"] = (values, split(values, rule))
+        combined = baselines.combined_score(cos.mean(1), samples["reference_loss"].to_numpy(np.float64))
+        for rule in ("gmm", "kmeans"):
+            cells[f"combined_score; {rule}"] = (combined, split(combined, rule))
         posterior = (clean_posterior(mean_proj) + clean_posterior(log_ref)) / 2
         cells["posterior-avg(mean proj, −log ref loss); ≥ 0.5"] = (posterior, posterior >= 0.5)
         cells["posterior(mean proj); ≥ 0.5"] = (clean_posterior(mean_proj), clean_posterior(mean_proj) >= 0.5)

@@ -19,7 +19,8 @@ from detection_runs import CLEAN_SETS, LAYER_CELLS, METHOD_CELLS, NOISES, POOL, 
 HEADLINE = {
     "mimic_score (weight ≥ 1/B, majority)": "mimic_score today (weight ≥ 1/B, majority)",
     "mean proj (all epochs); gmm": "mean proj, GMM split",
-    "rank-avg(mean proj, −ref loss); gmm": "rank-avg(mean proj, −ref loss), GMM split",
+    "combined_score; gmm": "**combined_score** (z(mean cos) + z(−log ref loss)), GMM split",
+    "vote gmm / majority": "mimic_score, GMM vote, majority",
     "reference_loss; gmm": "reference loss, GMM split",
     "reducible_loss; gmm": "reducible loss, GMM split",
     "grand; gmm": "GraNd, GMM split",
@@ -102,7 +103,7 @@ def markdown(results: dict) -> str:
     rows = {name: {n: results["settings"][f"clean2k/{n}"].get(name) for n in noises} for name in every}
     lines += _table("Every post-hoc cell, reference on clean2k", noises, rows)
     picks = ["mimic_score (weight ≥ 1/B, majority)", "vote proj / majority", "vote gmm / majority", "mean proj (all epochs); gmm",
-             "mean cos (all epochs); gmm", "rank-avg(mean proj, −ref loss); gmm"]
+             "mean cos (all epochs); gmm", "combined_score; gmm", "reference_loss; gmm"]
     rows = {name: {m: results["methods"][m].get(name) for m in results["methods"]} for name in picks}
     lines += _table("Stage-1 method and temperature (clean10k, sym40)", list(results["methods"]), rows)
     layer_rows = {f"{cell}: {rule}": {"sym40": m} for cell, cells in results["layers"].items() for rule, m in cells.items()}
