@@ -1,4 +1,8 @@
-"""Detection quality on real data, in the paper's experiment shape (issue: Grad-Mimic runs).
+"""Detection quality on real data, in the paper's experiment shape.
+
+Two modes. ``--study`` (issue 15): a reference that never saw the pool, the full study of what moves
+detection; its protocol is in ``detection_runs.py``, its post-hoc cells in ``detection_cells.py``.
+Without it (issue 4), the shared-shards protocol below:
 
 (a) digits, MLP, model and reference from the same init (the demo protocol), 30 % and 50 %
     symmetric noise;
@@ -11,6 +15,10 @@ Everything goes through the real pipeline (``run_train``), so the runs are cache
 invocation reuses every finished run. Prints a markdown table and writes JSON next to it.
 
     python benchmarks/bench_detection.py [--work DIR] [--skip-cifar] [--epochs 20]
+    python benchmarks/bench_detection.py --study [--work DIR]
+
+Runs are kept in ``--work`` (default ``../bench_work/detection`` beside the repository, so they
+outlive a worktree): the study under ``study/``, the issue-4 runs under ``issue4/``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = ROOT.parent / "shared" / "data" / "cifar10"
+WORK = ROOT.parent / "bench_work" / "detection"
+sys.path.insert(0, str(ROOT))  # this checkout's package, not whichever one is installed
 
 
 def digits_rows(work: Path) -> list[dict]:
@@ -104,16 +114,21 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default=str(ROOT / "benchmarks" / "_work" / "detection"), help="where runs are kept")
+    parser.add_argument("--work", default=str(WORK), help="where runs are kept (default: %(default)s)")
+    parser.add_argument("--study", action="store_true", help="the disjoint-reference study (issue 15) instead")
     parser.add_argument("--skip-cifar", action="store_true")
     parser.add_argument("--epochs", type=int, default=20, help="linear-probe epochs")
     parser.add_argument("--temperatures", default="0.5,2,5", help="extra temperatures for the sweep (T=1 is the main row)")
     args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
     import torch
 
     torch.set_num_threads(2)
+    if args.study:
+        from detection_study import run_study
+
+        return run_study(Path(args.work) / "study")
+    work = Path(args.work) / "issue4"
+    work.mkdir(parents=True, exist_ok=True)
     rows = digits_rows(work)
     if not args.skip_cifar:
         if not (SHARDS / "train-00.tar").exists():

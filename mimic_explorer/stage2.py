@@ -12,6 +12,9 @@ The paper describes this stage without shipping code, so the rules are defined h
   B·weight (or mean proj) so equal vote counts are still ranked. Higher = more useful, and
   ``keep`` under majority vote is exactly ``mimic_score ≥ 0.5``.
 
+``split_two_groups`` is the same 2-group rule for any per-sample utility (e.g. the combined score of
+``baselines.combined_score``): the keep threshold of a score that has no natural zero.
+
 Plain numpy/pandas: arrays in, arrays out; no torch.
 """
 
@@ -24,9 +27,14 @@ BINARISATIONS = ("weight", "proj", "gmm", "kmeans")
 AGGREGATIONS = ("majority", "unanimity", "mean")
 
 
-def _two_group_split(values: np.ndarray, method: str) -> np.ndarray:
-    """Boolean 'upper group' mask from a 1-D two-cluster fit."""
+def split_two_groups(values: np.ndarray, method: str = "gmm") -> np.ndarray:
+    """Boolean 'upper group' mask of a 1-D two-cluster fit: ``gmm`` (2-component Gaussian mixture,
+    seeded) or ``kmeans`` (2-means from the quartiles). Fewer than two distinct values: all kept."""
+    if method not in ("gmm", "kmeans"):
+        raise ValueError(f"unknown two-group split {method!r}; choose gmm or kmeans")
     values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("a two-group split needs finite values; drop or fill NaN / inf first")
     if len(values) < 2 or np.ptp(values) == 0:
         return np.ones(len(values), dtype=bool)
     if method == "kmeans":
@@ -47,6 +55,15 @@ def _two_group_split(values: np.ndarray, method: str) -> np.ndarray:
     return gmm.predict(values.reshape(-1, 1)) == upper_component
 
 
+_two_group_split = split_two_groups  # the name earlier code used
+
+
+def mean_per_sample(scores: pd.DataFrame, column: str) -> pd.Series:
+    """Mean of one recorded score column over a sample's epochs, indexed by ``sample_id``
+    (e.g. ``cos`` for ``baselines.combined_score``)."""
+    return scores.groupby("sample_id", sort=False)[column].mean()
+
+
 def binarise(scores: pd.DataFrame, rule: str = "weight") -> pd.Series:
     """Per-row keep vote for the long score table (columns epoch, proj, weight, batch_size)."""
     if rule not in BINARISATIONS:
@@ -57,7 +74,7 @@ def binarise(scores: pd.DataFrame, rule: str = "weight") -> pd.Series:
         return scores["proj"] >= 0
     votes = pd.Series(False, index=scores.index)
     for _, group in scores.groupby("epoch", sort=True):
-        votes.loc[group.index] = _two_group_split(group["proj"].to_numpy(), rule)
+        votes.loc[group.index] = split_two_groups(group["proj"].to_numpy(), rule)
     return votes
 
 
