@@ -118,6 +118,19 @@ def test_labelled_shards_with_extra_text_stay_labelled(tmp_path):
     assert list(src.sample_ids) == ["k0", "k1"] and src.labels.tolist() == [1, 0]
 
 
+def test_indexing_a_labelled_shard_reads_no_text_member(tmp_path, monkeypatch):
+    """The labelled index build stays as it was: .txt/.json members are located, never read."""
+    from mimic_explorer.data import wds as wds_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a labelled shard's text members were read")
+
+    monkeypatch.setattr(wds_module, "read_text", refuse)
+    images = jpegs(2)
+    write_shard(tmp_path / "a.tar", [("k0.jpg", images[0]), ("k0.cls", b"1"), ("k0.json", b"{}"), ("k1.jpg", images[1]), ("k1.cls", b"0")])
+    assert open_source(f"wds:{tmp_path / 'a.tar'}", index_dir=tmp_path).labels.tolist() == [1, 0]
+
+
 @needs_flickr
 def test_real_flickr8k_shards(tmp_path):
     src = open_source(f"wds:{FLICKR}/dev-00.tar", index_dir=tmp_path)
