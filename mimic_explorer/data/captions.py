@@ -59,11 +59,15 @@ def pool_kind(labelled: np.ndarray, captioned: np.ndarray, names: Sequence[str],
     if not labelled.any():
         return PAIRS
     names = np.asarray(names, dtype=object)
-    show = lambda mask: ", ".join(map(str, names[mask][:3].tolist())) + (f" … ({int(mask.sum())} in all)" if mask.sum() > 3 else "")  # noqa: E731
     raise DataSourceError(
-        f"{spec} mixes labelled samples ({label_mark}: {show(labelled)}) and image-text pairs "
-        f"({caption_mark}: {show(captioned)}); a pool is one or the other, so split it into two pools"
+        f"{spec} mixes labelled samples ({label_mark}: {_examples(names, labelled)}) and image-text pairs "
+        f"({caption_mark}: {_examples(names, captioned)}); a pool is one or the other, so split it into two pools"
     )
+
+
+def _examples(names: np.ndarray, mask: np.ndarray, limit: int = 3) -> str:
+    shown = ", ".join(map(str, names[mask][:limit].tolist()))
+    return shown + (f" … ({int(mask.sum())} in all)" if mask.sum() > limit else "")
 
 
 def pack_strings(values: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
