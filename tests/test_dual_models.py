@@ -130,3 +130,21 @@ def test_open_clip_tokenizer_counts_truncation_and_errors_name_the_cause(tiny_co
         build_dual_encoder(f"open_clip:{tiny_config}", init=tmp_path / "other.pt")
     with pytest.raises(ArchError, match="not both"):
         build_dual_encoder(f"open_clip:{tiny_config}", init=tmp_path / "other.pt", pretrained="openai")
+
+
+@pytest.mark.slow
+def test_open_clip_vit_b_32_adapts_with_random_weights():
+    """The issue's example config: ViT-B-32 with random weights, adapted in place, same function."""
+    from mimic_explorer.models.open_clip_dual import OpenClipDualEncoder, OpenClipTokenizer
+
+    torch.manual_seed(0)
+    clip = open_clip.create_model("ViT-B-32", pretrained=None, pretrained_image=False, pretrained_text=False).eval()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    images, captions = torch.randn(1, 3, 224, 224), ["a dog runs on the grass", "two children play in the snow"]
+    with torch.no_grad():
+        want_image, want_text = clip.encode_image(images), clip.encode_text(tokenizer(captions))
+    model = OpenClipDualEncoder(clip, OpenClipTokenizer(tokenizer, 77), "ViT-B-32")
+    assert model.image_projection.weight.shape == (512, 768) and model.text_projection.weight.shape == (512, 512)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), want_image)
+        torch.testing.assert_close(model.encode_text(model.tokenizer.encode(captions).ids), want_text)
