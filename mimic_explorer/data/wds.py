@@ -36,10 +36,11 @@ from mimic_explorer.data.folder import CLASS_FILE, read_class_file
 from mimic_explorer.data.imageio import IMAGE_EXTENSIONS
 from mimic_explorer.data.shards import resolve_shards
 from mimic_explorer.data.source import Source, _preview
-from mimic_explorer.data.wds_text import CAPTION_OK, JSON_BAD, UID_OK, no_text, read_text, text_columns
+from mimic_explorer.data.wds_text import CAPTION_OK, JSON_BAD, UID_OK, no_text, no_text_members, read_text, text_columns
 
 INDEX_VERSION = 2
 _PACKED = ("caption_blob", "caption_start", "uid_blob", "uid_start")  # not one value per key
+_TEXT_MEMBER_FIELDS = tuple(no_text_members(0))  # saved only by shards with .txt/.json members
 INDEX_FOLDER = "wds_index"
 NO_LABEL = -1  # key has no .cls member
 BAD_LABEL = -2  # .cls member is not an integer
@@ -72,8 +73,11 @@ class ShardIndex:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        fields = list(self.__dataclass_fields__)
+        if (self.txt_offset < 0).all() and (self.json_offset < 0).all():
+            fields = [k for k in fields if k not in _TEXT_MEMBER_FIELDS]  # all at their defaults
         with open(tmp, "wb") as handle:
-            np.savez(handle, version=np.int64(INDEX_VERSION), **{k: getattr(self, k) for k in self.__dataclass_fields__})
+            np.savez(handle, version=np.int64(INDEX_VERSION), **{k: getattr(self, k) for k in fields})
         os.replace(tmp, path)
 
     @classmethod
@@ -81,7 +85,10 @@ class ShardIndex:
         with np.load(path, allow_pickle=False) as data:
             if int(data["version"]) != INDEX_VERSION:
                 raise ValueError("old index version")
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            stored = {k: data[k] for k in cls.__dataclass_fields__ if k in data.files}
+        if "txt_offset" not in stored:
+            stored.update(no_text_members(len(stored["keys"])))
+        return cls(**stored)
 
 
 def split_key(name: str) -> tuple[str, str]:

@@ -25,11 +25,17 @@ JSON_ABSENT, UID_OK, UID_ABSENT, JSON_BAD, UID_BAD = 0, 1, 2, 3, 4
 
 def no_text(n: int) -> dict[str, np.ndarray]:
     """The text fields of a shard whose text members were not read (a labelled shard)."""
-    empty_blob, starts = pack_strings([None] * n)
     return {
-        "caption_state": np.zeros(n, np.int8), "caption_blob": empty_blob, "caption_start": starts,
-        "uid_state": np.zeros(n, np.int8), "uid_blob": empty_blob.copy(), "uid_start": starts.copy(),
+        "caption_state": np.zeros(n, np.int8), "caption_blob": np.zeros(0, np.uint8), "caption_start": np.zeros(n + 1, np.int64),
+        "uid_state": np.zeros(n, np.int8), "uid_blob": np.zeros(0, np.uint8), "uid_start": np.zeros(n + 1, np.int64),
     }
+
+
+def no_text_members(n: int) -> dict[str, np.ndarray]:
+    """Every text-related field of a shard without any ``.txt`` or ``.json`` member. Such a shard (every
+    labelled one) saves none of them, so its index is as quick to load as before pairs existed."""
+    absent = {f"{ext}_{what}": np.full(n, -1, np.int64) for ext in ("txt", "json") for what in ("offset", "size")}
+    return absent | no_text(n)
 
 
 def _uid_of(data: bytes) -> tuple[int, str | None]:
