@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from mimic_explorer.data.captions import LABELLED, NO_CLASS, PAIRS
 from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError, ErrorLog
 from mimic_explorer.data.imageio import decode_image
 
@@ -49,12 +50,18 @@ def check_labels(labels: np.ndarray, class_names: Sequence[str], sample_ids: np.
 
 
 class Source:
-    """A labelled image pool with stable ids and random access.
+    """An image pool with stable ids and random access: labelled images, or image-text pairs.
 
     Attributes: ``spec`` (the SPEC string), ``kind`` (``digits``/``folder``/``manifest``/``wds``/
-    ``torchvision``), ``sample_ids`` (object array of unique str), ``labels`` (int64), ``class_names``,
-    ``true_labels`` (int64 or None) and ``open_errors`` (samples already known to be unusable when the
-    source was opened, e.g. a manifest row without a label; they are not part of the pool).
+    ``torchvision``), ``pool_kind`` (``"labelled"`` or ``"pairs"``), ``sample_ids`` (object array of
+    unique str), ``labels`` (int64), ``class_names``, ``true_labels`` (int64 or None), ``captions``
+    (object array of str for a pairs pool, else None) and ``open_errors`` (samples already known to be
+    unusable when the source was opened, e.g. a manifest row without a label or a shard sample without a
+    caption; they are not part of the pool).
+
+    A pairs pool (``captions`` given) has no classes: ``class_names`` is empty and every label is
+    ``NO_CLASS`` (-1), so code that treats a label as a class index fails loudly instead of training on
+    a made-up class. Its "target" is the caption (see docs/ARCHITECTURE.md).
     """
 
     kind = "abstract"
@@ -63,27 +70,36 @@ class Source:
         self,
         spec: str,
         sample_ids: Sequence[str] | np.ndarray,
-        labels: Sequence[int] | np.ndarray,
+        labels: Sequence[int] | np.ndarray | None,
         class_names: Sequence[str],
         true_labels: Sequence[int] | np.ndarray | None = None,
         open_errors: Iterable[BadSample] = (),
+        *,
+        captions: Sequence[str] | np.ndarray | None = None,
     ):
         self.spec = spec
         self.sample_ids = np.asarray([str(s) for s in sample_ids], dtype=object)
+        self.pool_kind = PAIRS if captions is not None else LABELLED
+        if captions is not None and labels is None:
+            labels = np.full(len(self.sample_ids), NO_CLASS, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.class_names = [str(c) for c in class_names]
         self.true_labels = None if true_labels is None else np.asarray(true_labels, dtype=np.int64)
+        self.captions = None if captions is None else np.asarray([str(c) for c in captions], dtype=object)
         self.open_errors = list(open_errors)
         if len(self.sample_ids) != len(self.labels):
             raise DataSourceError(f"{spec}: {len(self.sample_ids)} ids but {len(self.labels)} labels")
+        if self.captions is not None and len(self.captions) != len(self.sample_ids):
+            raise DataSourceError(f"{spec}: {len(self.sample_ids)} ids but {len(self.captions)} captions")
         if len(self.sample_ids) == 0:
             raise DataSourceError(f"{spec}: the pool has no usable samples")
-        if not self.class_names:
-            raise DataSourceError(f"{spec}: no class names")
         check_unique_ids(self.sample_ids, spec)
-        check_labels(self.labels, self.class_names, self.sample_ids, spec)
-        if self.true_labels is not None:
-            check_labels(self.true_labels, self.class_names, self.sample_ids, spec, column="true_label")
+        if self.pool_kind == LABELLED:
+            if not self.class_names:
+                raise DataSourceError(f"{spec}: no class names")
+            check_labels(self.labels, self.class_names, self.sample_ids, spec)
+            if self.true_labels is not None:
+                check_labels(self.true_labels, self.class_names, self.sample_ids, spec, column="true_label")
         self._position: dict[str, int] | None = None
         self._sizes: np.ndarray | None = None
 
@@ -109,7 +125,13 @@ class Source:
         return len(self.sample_ids)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.spec!r}: {len(self)} samples, {len(self.class_names)} classes>"
+        what = "image-text pairs" if self.pool_kind == PAIRS else f"samples, {len(self.class_names)} classes"
+        return f"<{type(self).__name__} {self.spec!r}: {len(self)} {what}>"
+
+    def all_captions(self, i: int) -> list[str]:
+        """Every caption known for pair ``i`` (its own first; sources with more, such as DataComp-style
+        shards whose ``.json`` lists ``all_captions``, override this). Empty for a labelled pool."""
+        return [] if self.captions is None else [self.captions[int(i)]]
 
     @property
     def num_classes(self) -> int:
@@ -217,13 +239,14 @@ class Source:
         return np.asarray(good, dtype=np.int64), errors
 
     def fingerprint(self, content: bool = False) -> str:
-        """sha256 (16 hex) of class names, ids, labels and byte sizes; ``content=True`` also hashes
-        every file's bytes (slow: reads the whole pool)."""
+        """sha256 (16 hex) of class names, ids, labels (captions for a pairs pool) and byte sizes;
+        ``content=True`` also hashes every file's bytes (slow: reads the whole pool)."""
         digest = hashlib.sha256()
         digest.update("\x1f".join(self.class_names).encode())
         digest.update(b"\x1e")
         sizes = self.sizes()
-        rows = "\n".join(f"{sid}\t{lab}\t{size}" for sid, lab, size in zip(self.sample_ids.tolist(), self.labels.tolist(), sizes.tolist()))
+        second = self.labels.tolist() if self.captions is None else self.captions.tolist()
+        rows = "\n".join(f"{sid}\t{lab}\t{size}" for sid, lab, size in zip(self.sample_ids.tolist(), second, sizes.tolist()))
         digest.update(rows.encode())
         if self.true_labels is not None:
             digest.update(b"\x1etrue:")
@@ -248,6 +271,7 @@ class Source:
         out = {
             "spec": self.spec,
             "kind": self.kind,
+            "pool_kind": self.pool_kind,
             "num_samples": len(self),
             "class_names": list(self.class_names),
             "fingerprint": self.fingerprint(),

@@ -1,4 +1,5 @@
-"""``wds:PATTERN`` — WebDataset tar shards (``KEY.jpg|jpeg|png|webp`` + ``KEY.cls``) with random access.
+"""``wds:PATTERN`` — WebDataset tar shards with random access: labelled (``KEY.jpg|jpeg|png|webp`` +
+``KEY.cls``) or image-text pairs (image + ``KEY.txt`` caption [+ ``KEY.json``], DataComp's layout).
 
 Why an index: the app must show any sample of a million-image pool at once, and a scorer may visit
 samples in any order. Reading a tar from the start for each sample is hopeless, so each shard is read
@@ -8,12 +9,18 @@ given, else in the per-user cache — and keyed by the shard's path, size and
 mtime, so a changed shard is re-indexed and an unchanged one never is.
 
 Keys follow WebDataset: everything before the first dot of the member's file name, with its folder
-(``a/b.c.jpg`` has key ``a/b`` and extension ``c.jpg``). Sample ids are the keys.
+(``a/b.c.jpg`` has key ``a/b`` and extension ``c.jpg``). Sample ids are the keys, except in a pairs
+pool whose ``.json`` carries a ``uid``: that uid is the id (DataComp's 128-bit hex uids key its
+subset files). A pool is pairs when its samples carry ``.txt`` and none ``.cls``; samples of both
+kinds in one pool are an error (``data.captions``). In a pairs pool a sample without an image or a
+usable caption, or with an unreadable ``.json``, is a bad sample (``open_errors``); a uid that two
+samples share is an error naming both.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tarfile
 import threading
@@ -24,20 +31,25 @@ from typing import Sequence
 import numpy as np
 
 from mimic_explorer.cache import shard_index_dir
+from mimic_explorer.data.captions import NO_CAPTION, PAIRS, decode_caption, pool_kind
 from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file
 from mimic_explorer.data.imageio import IMAGE_EXTENSIONS
 from mimic_explorer.data.shards import resolve_shards
 from mimic_explorer.data.source import Source, _preview
+from mimic_explorer.data.wds_text import CAPTION_OK, JSON_BAD, UID_OK, no_text, no_text_members, read_text, text_columns
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+_PACKED = ("caption_blob", "caption_start", "uid_blob", "uid_start")  # not one value per key
+_TEXT_MEMBER_FIELDS = tuple(no_text_members(0))  # saved only by shards with .txt/.json members
 NO_LABEL = -1  # key has no .cls member
 BAD_LABEL = -2  # .cls member is not an integer
 
 
 @dataclass
 class ShardIndex:
-    """Per key of one shard: image member offset/size/extension, label and .cls text location."""
+    """Per key of one shard: image member offset/size/extension, label and .cls text location, the
+    ``.txt`` / ``.json`` member locations and (pairs shards only) their text (``data.wds_text``)."""
 
     keys: np.ndarray  # str
     offset: np.ndarray  # int64, -1 when the key has no image member
@@ -47,12 +59,25 @@ class ShardIndex:
     cls_offset: np.ndarray  # int64
     cls_size: np.ndarray  # int64
     duplicate: np.ndarray  # bool: the key's image appears more than once in the shard
+    txt_offset: np.ndarray  # int64, -1 when the key has no .txt member
+    txt_size: np.ndarray  # int64
+    json_offset: np.ndarray  # int64, -1 when the key has no .json member
+    json_size: np.ndarray  # int64
+    caption_state: np.ndarray  # int8 (wds_text codes); the packed fields are not per key
+    caption_blob: np.ndarray  # uint8
+    caption_start: np.ndarray  # int64, len(keys) + 1
+    uid_state: np.ndarray  # int8
+    uid_blob: np.ndarray  # uint8
+    uid_start: np.ndarray  # int64, len(keys) + 1
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        fields = list(self.__dataclass_fields__)
+        if (self.txt_offset < 0).all() and (self.json_offset < 0).all():
+            fields = [k for k in fields if k not in _TEXT_MEMBER_FIELDS]  # all at their defaults
         with open(tmp, "wb") as handle:
-            np.savez(handle, version=np.int64(INDEX_VERSION), **{k: getattr(self, k) for k in self.__dataclass_fields__})
+            np.savez(handle, version=np.int64(INDEX_VERSION), **{k: getattr(self, k) for k in fields})
         os.replace(tmp, path)
 
     @classmethod
@@ -60,7 +85,10 @@ class ShardIndex:
         with np.load(path, allow_pickle=False) as data:
             if int(data["version"]) != INDEX_VERSION:
                 raise ValueError("old index version")
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            stored = {k: data[k] for k in cls.__dataclass_fields__ if k in data.files}
+        if "txt_offset" not in stored:
+            stored.update(no_text_members(len(stored["keys"])))
+        return cls(**stored)
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -85,7 +113,7 @@ def build_shard_index(shard: str) -> ShardIndex:
                     continue
                 entry = entries.get(key)
                 if entry is None:
-                    entry = entries[key] = {"img": None, "dup": False, "cls": None, "label": NO_LABEL}
+                    entry = entries[key] = {"img": None, "dup": False, "cls": None, "label": NO_LABEL, "txt": None, "json": None}
                     order.append(key)
                 if ext in IMAGE_EXTENSIONS:
                     current = entry["img"]
@@ -101,6 +129,8 @@ def build_shard_index(shard: str) -> ShardIndex:
                         entry["label"] = int(text)
                     except ValueError:
                         entry["label"] = BAD_LABEL
+                elif ext in ("txt", "json"):
+                    entry[ext] = (member.offset_data, member.size)
     except tarfile.ReadError as exc:
         raise DataSourceError(
             f"shard {shard} is not an uncompressed tar file ({exc}); random access needs plain .tar shards"
@@ -115,6 +145,11 @@ def build_shard_index(shard: str) -> ShardIndex:
         cls_offset=np.full(n, -1, np.int64),
         cls_size=np.full(n, -1, np.int64),
         duplicate=np.zeros(n, bool),
+        txt_offset=np.full(n, -1, np.int64),
+        txt_size=np.full(n, -1, np.int64),
+        json_offset=np.full(n, -1, np.int64),
+        json_size=np.full(n, -1, np.int64),
+        **no_text(n),
     )
     for k, key in enumerate(order):
         entry = entries[key]
@@ -122,8 +157,16 @@ def build_shard_index(shard: str) -> ShardIndex:
             index.offset[k], index.size[k], index.ext[k] = entry["img"]
         if entry["cls"] is not None:
             index.cls_offset[k], index.cls_size[k] = entry["cls"]
+        if entry["txt"] is not None:
+            index.txt_offset[k], index.txt_size[k] = entry["txt"]
+        if entry["json"] is not None:
+            index.json_offset[k], index.json_size[k] = entry["json"]
         index.label[k] = entry["label"]
         index.duplicate[k] = entry["dup"]
+    if (index.label == NO_LABEL).all() and ((index.txt_offset >= 0).any() or (index.json_offset >= 0).any()):
+        texts = read_text(shard, (index.txt_offset, index.txt_size), (index.json_offset, index.json_size))
+        for name, values in texts.items():
+            setattr(index, name, values)
     return index
 
 
@@ -174,7 +217,7 @@ class WdsSource(Source):
             parts.append(index)
             self.index_files.append(path)
         shard_of = np.concatenate([np.full(len(p.keys), s, np.int32) for s, p in enumerate(parts)])
-        cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ShardIndex.__dataclass_fields__}
+        cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ShardIndex.__dataclass_fields__ if f not in _PACKED}
         keys = cat["keys"].astype(object)
         if len(keys) == 0:
             raise DataSourceError(f"{spec}: the shards hold no samples ({', '.join(self.shards)})")
@@ -186,6 +229,12 @@ class WdsSource(Source):
                 f"{_preview([f'{keys[k]} in {self.shards[shard_of[k]]}' for k in dup])}"
             )
         has_image = cat["offset"] >= 0
+        kind = pool_kind(
+            has_image & (cat["label"] != NO_LABEL), has_image & (cat["txt_offset"] >= 0), keys, spec, ".cls", ".txt without .cls"
+        )
+        if kind == PAIRS:
+            self._open_pairs(spec, parts, shard_of, keys, cat)
+            return
         unlabelled = np.flatnonzero(has_image & (cat["label"] == NO_LABEL))
         if len(unlabelled):
             k = unlabelled[0]
@@ -205,10 +254,7 @@ class WdsSource(Source):
             BadSample(keys[k], f"{self.shards[shard_of[k]]}:{keys[k]}", f"no image member ({'/'.join('.' + e for e in IMAGE_EXTENSIONS)})")
             for k in np.flatnonzero(~has_image)
         ]
-        self._shard_of = shard_of[has_image]
-        self._offset = cat["offset"][has_image]
-        self._size = cat["size"][has_image]
-        self._ext = cat["ext"][has_image].astype(object)
+        self._keep_members(has_image, keys, shard_of, cat)
         labels = cat["label"][has_image]
         if class_names is None:
             class_file = Path(self.shards[0]).parent / CLASS_FILE
@@ -217,6 +263,71 @@ class WdsSource(Source):
             else:
                 class_names = [str(c) for c in range(int(labels.max()) + 1)] if len(labels) else []
         super().__init__(spec, keys[has_image], labels, list(class_names), open_errors=open_errors)
+
+    def _keep_members(self, keep: np.ndarray, keys: np.ndarray, shard_of: np.ndarray, cat: dict) -> None:
+        """Where the kept samples' members are (shard, image offset/size/extension, .json location)."""
+        self._keys = keys[keep]
+        self._shard_of = shard_of[keep]
+        self._offset = cat["offset"][keep]
+        self._size = cat["size"][keep]
+        self._ext = cat["ext"][keep].astype(object)
+        self._json_offset = cat["json_offset"][keep]
+        self._json_size = cat["json_size"][keep]
+
+    def _open_pairs(self, spec: str, parts: list[ShardIndex], shard_of: np.ndarray, keys: np.ndarray, cat: dict) -> None:
+        """Open an image-text pool: ids (the ``.json`` uid when there is one), captions, bad samples."""
+        texts, uids = [], []
+        for part in parts:
+            part_texts, part_uids = text_columns(part)
+            texts += part_texts
+            uids += part_uids
+        texts, uids = np.asarray(texts, dtype=object), np.asarray(uids, dtype=object)
+        ids = np.where(cat["uid_state"] == UID_OK, uids, keys)
+        reasons = np.full(len(keys), None, dtype=object)
+        bad_json = cat["uid_state"] >= JSON_BAD
+        reasons[bad_json] = uids[bad_json]
+        bad_caption = cat["caption_state"] != CAPTION_OK
+        reasons[bad_caption] = [text or f"{NO_CAPTION} (no .txt member)" for text in texts[bad_caption]]
+        reasons[cat["offset"] < 0] = f"no image member ({'/'.join('.' + e for e in IMAGE_EXTENSIONS)})"
+        good = np.asarray([r is None for r in reasons], dtype=bool)
+        self._refuse_duplicate_uids(spec, ids, good, keys, shard_of)
+        open_errors = [BadSample(ids[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reasons[k]) for k in np.flatnonzero(~good)]
+        self._keep_members(good, keys, shard_of, cat)
+        if not good.any():
+            raise DataSourceError(f"{spec}: no sample has both an image and a usable caption ({_preview(b.reason for b in open_errors)})")
+        super().__init__(spec, ids[good], None, [], open_errors=open_errors, captions=texts[good])
+
+    def _refuse_duplicate_uids(self, spec: str, ids: np.ndarray, good: np.ndarray, keys: np.ndarray, shard_of: np.ndarray) -> None:
+        """Raise naming every place a shared id (usually a ``.json`` uid) occurs."""
+        values, counts = np.unique(ids[good].astype(str), return_counts=True)
+        dupes = values[counts > 1]
+        if not len(dupes):
+            return
+        where = [
+            f"{uid} ({', '.join(f'{keys[k]} in {self.shards[shard_of[k]]}' for k in np.flatnonzero(good & (ids == uid))[:3])})"
+            for uid in dupes[:5].tolist()
+        ]
+        raise DataSourceError(
+            f"{spec}: duplicate sample ids (uids shared by several samples): {'; '.join(where)}"
+            + (f" … ({len(dupes)} in all)" if len(dupes) > 5 else "") + "; every pair needs a unique uid"
+        )
+
+    def metadata(self, i: int) -> dict | None:
+        """The parsed ``.json`` member of sample ``i`` (None without one), read now from the shard."""
+        if self._json_offset[i] < 0:
+            return None
+        meta = json.loads(self._read(int(self._shard_of[i]), int(self._json_offset[i]), int(self._json_size[i])).decode("utf-8"))
+        return meta if isinstance(meta, dict) else None
+
+    def all_captions(self, i: int) -> list[str]:
+        """The pair's caption, then the other captions its ``.json`` lists as ``all_captions`` (Flickr8k
+        and COCO-style shards have five per image), without repeats."""
+        own = super().all_captions(i)
+        if not own:
+            return own
+        extra = (self.metadata(i) or {}).get("all_captions") or []
+        texts = [decode_caption(c)[0] for c in extra if isinstance(c, str)]
+        return own + [t for t in dict.fromkeys(texts) if t is not None and t not in own]
 
     # --- random access ----------------------------------------------------------------------
     def _fd(self, shard: int) -> int:
@@ -232,7 +343,7 @@ class WdsSource(Source):
         return os.pread(self._fd(shard), size, offset)
 
     def source_of(self, i: int) -> str:
-        return f"{self.shards[self._shard_of[i]]}:{self.sample_ids[i]}.{self._ext[i]}"
+        return f"{self.shards[self._shard_of[i]]}:{self._keys[i]}.{self._ext[i]}"
 
     def read_bytes(self, i: int) -> bytes:
         size = int(self._size[i])

@@ -159,6 +159,14 @@ def replace_head(model: nn.Module, num_classes: int, head_name: str | None = Non
     return head_name
 
 
+def strip_head(model: nn.Module, example: torch.Tensor | None = None) -> int:
+    """Replace the classifier head by ``nn.Identity`` (in place) and return its input width: what is
+    left maps an image to its features (the image tower of a dual encoder)."""
+    head_name, head = find_head(model, example)
+    _set_submodule(model, head_name, nn.Identity())
+    return head.in_features
+
+
 def _check_head(model: nn.Module, num_classes: int, arch: str, example: torch.Tensor | None) -> nn.Module:
     if not any(isinstance(m, nn.Linear) for m in model.modules()):
         raise ArchError(

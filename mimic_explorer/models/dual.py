@@ -1,0 +1,126 @@
+"""The dual-encoder interface of image-text models, and the module a frozen-tower run trains.
+
+Why an interface: the scorer and the training loop must treat the built-in small dual encoder and an
+open_clip model alike. Both are a ``DualEncoder``: an image tower and a text tower (``image_features``
+/ ``text_features``: whatever comes before the projections), each followed by a linear projection
+``image_projection`` / ``text_projection`` (``nn.Linear`` without bias: the paper's two mimic
+layers, P_img and P_txt, named ``image_projection.weight`` / ``text_projection.weight`` in every
+implementation), and ``logit_scale``, a learnable *log* scale as in CLIP (the scale is its exp).
+
+``forward`` returns a ``DualOutput(image, text, scale)``: the two *un-normalised* embeddings (B, D)
+and the scale (0-dim). The contrastive loss (``scoring.contrastive.InfoNCELoss``) normalises them.
+
+``ProjectionProbe`` is the analogue of ``models.probe.LinearProbe`` for pairs: the towers are frozen,
+their outputs cached once, and only the projections (+ logit scale) train on the cache. It takes ONE
+tensor, the image features and text features concatenated along dim 1, so the scoring paths (which
+slice a tensor batch) work on it unchanged. See docs/ARCHITECTURE.md ("Image-text pairs").
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class DualOutput(NamedTuple):
+    """What a dual encoder returns: un-normalised image and text embeddings (B, D) and the scale s."""
+
+    image: Tensor
+    text: Tensor
+    scale: Tensor
+
+
+class TokenBatch(NamedTuple):
+    """Token ids (N, context_length; 0 pads) and, per caption, whether it was cut to fit."""
+
+    ids: Tensor
+    truncated: np.ndarray
+
+
+class Tokenizer(Protocol):
+    context_length: int
+
+    def encode(self, captions: Sequence[str]) -> TokenBatch: ...
+
+
+class DualEncoder(nn.Module):
+    """Base of every image-text model: towers, linear projections, log logit scale, tokenizer.
+
+    Subclasses set ``image_projection``, ``text_projection`` (``nn.Linear``, no bias),
+    ``logit_scale`` (``nn.Parameter``, 0-dim, log of the scale) and ``tokenizer``, and implement
+    ``image_features`` / ``text_features``.
+    """
+
+    image_projection: nn.Linear
+    text_projection: nn.Linear
+    logit_scale: nn.Parameter
+    tokenizer: Tokenizer
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """The image tower's output (B, image_dim): what ``image_projection`` maps."""
+        raise NotImplementedError
+
+    def text_features(self, tokens: Tensor) -> Tensor:
+        """The text tower's output (B, text_dim): what ``text_projection`` maps."""
+        raise NotImplementedError
+
+    @property
+    def image_dim(self) -> int:
+        return self.image_projection.in_features
+
+    @property
+    def text_dim(self) -> int:
+        return self.text_projection.in_features
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        return self.image_projection(self.image_features(images))
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        return self.text_projection(self.text_features(tokens))
+
+    def tower_features(self, images: Tensor, tokens: Tensor) -> Tensor:
+        """Image and text tower outputs concatenated (B, image_dim + text_dim): a ``ProjectionProbe`` input."""
+        return torch.cat([self.image_features(images), self.text_features(tokens)], dim=1)
+
+    def forward(self, images: Tensor, tokens: Tensor) -> DualOutput:
+        return DualOutput(self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp())
+
+
+class ProjectionProbe(nn.Module):
+    """The projections and logit scale of a dual encoder, applied to cached tower outputs.
+
+    Input: ONE tensor ``(B, image_dim + text_dim)`` = ``DualEncoder.tower_features``. Output: a
+    ``DualOutput``. Parameter names are the dual encoder's own (``image_projection.weight``,
+    ``text_projection.weight``, ``logit_scale``), so a probe and the full model it came from share a
+    reference checkpoint's names.
+    """
+
+    def __init__(self, image_projection: nn.Linear, text_projection: nn.Linear, logit_scale: Tensor | float):
+        super().__init__()
+        self.image_projection = image_projection
+        self.text_projection = text_projection
+        value = logit_scale.detach().clone() if isinstance(logit_scale, Tensor) else torch.tensor(float(logit_scale))
+        self.logit_scale = nn.Parameter(value.reshape(()).to(image_projection.weight.dtype))
+
+    @classmethod
+    def from_dual_encoder(cls, model: DualEncoder) -> "ProjectionProbe":
+        """A probe holding copies of ``model``'s projections and logit scale (the model is untouched)."""
+        return cls(copy.deepcopy(model.image_projection), copy.deepcopy(model.text_projection), model.logit_scale)
+
+    @property
+    def image_dim(self) -> int:
+        return self.image_projection.in_features
+
+    def forward(self, features: Tensor) -> DualOutput:
+        expected = self.image_projection.in_features + self.text_projection.in_features
+        if features.dim() != 2 or features.shape[1] != expected:
+            raise ValueError(
+                f"ProjectionProbe expects (B, {expected}) concatenated tower features "
+                f"({self.image_dim} image + {self.text_projection.in_features} text), got {tuple(features.shape)}"
+            )
+        image, text = features[:, : self.image_dim], features[:, self.image_dim :]
+        return DualOutput(self.image_projection(image), self.text_projection(text), self.logit_scale.exp())

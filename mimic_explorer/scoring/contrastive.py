@@ -1,0 +1,124 @@
+"""The contrastive (CLIP) per-sample loss, the CLIP score and retrieval recall@k.
+
+Why here: mimic scores of image-text pairs are directional derivatives of a per-pair loss, exactly as
+for classification, so the loss plugs into the scorer as a ``PerSampleLoss`` (docs/ARCHITECTURE.md).
+With u_i, t_i the L2-normalised image and text embeddings of pair i and s the logit scale, pair i's
+loss inside a batch of B pairs is its symmetric InfoNCE term
+
+    ℓ_i = ½ [ −log softmax_j(s u_i·t_j)_i − log softmax_j(s u_j·t_i)_i ]
+
+(image→text cross-entropy of row i plus text→image cross-entropy of column i). It depends on every
+pair of the batch (``couples_batch = True``): a pair's loss, and so its mimic score, is relative to the
+batch it was scored in, which a run must record. There is no closed-form output gradient per sample
+(``output_grad`` returns None); the forward-mode path gives ⟨∇ℓ_i, v⟩ for all i in one pass whatever
+the coupling. A batch must hold at least two pairs (one has no negatives).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _unpack(outputs) -> tuple[Tensor, Tensor, Tensor]:
+    """(image embeddings, text embeddings, scale) from a ``DualOutput`` or any 3-sequence."""
+    try:
+        image, text, scale = outputs
+    except (TypeError, ValueError):
+        raise TypeError(
+            "InfoNCELoss expects the outputs of a dual encoder: (image embeddings, text embeddings, logit scale)"
+        ) from None
+    if image.dim() != 2 or text.shape != image.shape:
+        raise ValueError(f"image and text embeddings must both be (B, D), got {tuple(image.shape)} and {tuple(text.shape)}")
+    return image, text, scale
+
+
+def pair_logits(image: Tensor, text: Tensor, scale: Tensor | float) -> Tensor:
+    """(B, B) similarity logits s·u_i·t_j of L2-normalised embeddings (row i: image i against every text)."""
+    return scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+
+
+class InfoNCELoss:
+    """Symmetric InfoNCE per pair (see the module docstring); a ``PerSampleLoss``.
+
+    ``loss(outputs, targets)`` → (B,). ``outputs`` = ``(image, text, scale)`` as a dual encoder's
+    forward returns them (un-normalised embeddings; the loss normalises). ``targets`` is None or
+    ``torch.arange(B)``: pair i's caption is text i. Anything else is refused, because a slice of a
+    larger batch (``arange(k, k+B)``) would silently score against the wrong negatives.
+    """
+
+    couples_batch = True
+
+    def __call__(self, outputs, targets: Tensor | None = None) -> Tensor:
+        image, text, scale = _unpack(outputs)
+        batch = image.shape[0]
+        if batch < 2:
+            raise ValueError(f"InfoNCE needs at least 2 pairs in a batch (the other pairs are the negatives), got {batch}")
+        if targets is not None:
+            expected = torch.arange(batch, device=targets.device)
+            if targets.shape != (batch,) or not torch.equal(targets.to(torch.long), expected):
+                raise ValueError(
+                    "InfoNCE targets must be torch.arange(B) (pair i's caption is text i) or None; "
+                    f"got {targets.tolist()[:6]}… — score a coupled loss on whole batches, never on slices"
+                )
+        logits = pair_logits(image, text, scale)
+        image_to_text = -torch.diagonal(F.log_softmax(logits, dim=1))
+        text_to_image = -torch.diagonal(F.log_softmax(logits, dim=0))
+        return 0.5 * (image_to_text + text_to_image)
+
+    def output_grad(self, outputs, targets: Tensor | None = None) -> None:
+        """None: each pair's loss depends on every output of the batch, so no per-sample closed form."""
+        return None
+
+
+def clip_score(image: Tensor, text: Tensor) -> Tensor:
+    """Cosine of each pair's two embeddings, (B,): DataComp's CLIP score (un-normalised inputs)."""
+    return (F.normalize(image, dim=-1) * F.normalize(text, dim=-1)).sum(-1)
+
+
+def _hits(similarity: Tensor, positives: Tensor, ks: Sequence[int]) -> dict[int, Tensor]:
+    """Per query: is its best positive ranked within the top k (ties counted against it)."""
+    best = torch.where(positives, similarity, torch.full_like(similarity, -torch.inf)).max(dim=1, keepdim=True).values
+    rank = (similarity > best).sum(dim=1)
+    return {k: rank < k for k in ks}
+
+
+def retrieval_recall(
+    image: Tensor,
+    text: Tensor,
+    image_of_text: Tensor | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk: int = 1024,
+) -> dict[str, float]:
+    """Image→text and text→image recall@k on a held-out set.
+
+    ``image`` (N, D) and ``text`` (M, D) embeddings (un-normalised); ``image_of_text`` (M,) gives the
+    image index each text describes (default: text j describes image j, M = N). Image→text recall@k:
+    the fraction of images with at least one of their texts among the k most similar texts;
+    text→image: the fraction of texts whose image is among the k most similar images. Keys
+    ``"i2t@k"`` and ``"t2i@k"``.
+    """
+    image = F.normalize(image.detach().double(), dim=-1)
+    text = F.normalize(text.detach().double(), dim=-1)
+    if image_of_text is None:
+        if len(image) != len(text):
+            raise ValueError(f"{len(image)} images but {len(text)} texts: pass image_of_text")
+        image_of_text = torch.arange(len(text))
+    image_of_text = torch.as_tensor(image_of_text, dtype=torch.long)
+    if image_of_text.shape != (len(text),) or image_of_text.min() < 0 or image_of_text.max() >= len(image):
+        raise ValueError("image_of_text must give, for every text, an image index in 0..N-1")
+    out: dict[str, float] = {}
+    for direction, queries, keys, owner in (
+        ("i2t", image, text, lambda rows: image_of_text.unsqueeze(0) == rows.unsqueeze(1)),
+        ("t2i", text, image, lambda rows: torch.arange(len(image)).unsqueeze(0) == image_of_text[rows].unsqueeze(1)),
+    ):
+        hits = {k: 0 for k in ks}
+        for start in range(0, len(queries), chunk):
+            rows = torch.arange(start, min(start + chunk, len(queries)))
+            for k, hit in _hits(queries[rows] @ keys.T, owner(rows), ks).items():
+                hits[k] += int(hit.sum())
+        out.update({f"{direction}@{k}": hits[k] / len(queries) for k in ks})
+    return out
