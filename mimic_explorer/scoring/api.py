@@ -36,7 +36,7 @@ from mimic_explorer.scoring.checks import check_batch, check_finite
 from mimic_explorer.scoring.context import scoring_mode
 from mimic_explorer.scoring.ghost import ghost_parts
 from mimic_explorer.scoring.head_path import HeadPathUnavailable, head_parts
-from mimic_explorer.scoring.head_trace import trace_head
+from mimic_explorer.models.heads import trace_head
 from mimic_explorer.scoring.jvp_path import is_forward_ad_gap, is_transform_gap, jvp_parts
 from mimic_explorer.scoring.loop_path import loop_parts
 from mimic_explorer.scoring.parts import Parts
