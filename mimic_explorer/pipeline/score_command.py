@@ -124,7 +124,7 @@ def _score_and_finalize(options, ctx, device, out, pool, models, writer, progres
     if options.linear_probe:
         if params != "head":
             raise ValueError("--linear-probe scores the head only; drop --params or use --params head")
-        feats = extract_features(models.model, source, pool.labels, models.transform, device=device, workers=options.workers,
+        feats = extract_features(models.model, source, pool.labels, models.transform, head_name=models.head_name, device=device, workers=options.workers,
                                  indices=mine, on_thumbnails=None, progress=lambda d, t: progress("features", d, t))
         errors.extend(feats.bad)
         scored = LinearProbe(dict(models.model.named_modules())[models.head_name])
