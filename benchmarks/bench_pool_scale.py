@@ -47,6 +47,7 @@ def score_pool(path: Path, n: int, dim: int, classes: int, out: Path) -> dict:
     from mimic_explorer import stage2
     from mimic_explorer.pipeline.finalize import add_stage2, samples_table
     from mimic_explorer.scoring.linear_head import cross_entropy_output_grad, linear_grad_dot
+    from mimic_explorer.scoring.projection import mimic_projection
     from mimic_explorer.scoring.stage1 import stage1_weights
     from mimic_explorer.store.writer import RunWriter
 
@@ -69,7 +70,7 @@ def score_pool(path: Path, n: int, dim: int, classes: int, out: Path) -> dict:
             for b in range(0, rows, BATCH):
                 h, t = feats[b : b + BATCH], y[b : b + BATCH]
                 logits = head(h)
-                proj = -linear_grad_dot(h, cross_entropy_output_grad(logits, t), v_w, v_b) / v_norm
+                proj = mimic_projection(linear_grad_dot(h, cross_entropy_output_grad(logits, t), v_w, v_b), v_norm).proj
                 parts.append(pd.DataFrame({
                     "sample_id": ids(start + b, start + b + len(t)), "epoch": 0, "step": chunk * 1000 + b // BATCH,
                     "proj": proj.double().numpy(), "weight": stage1_weights(proj, "normed_proj").double().numpy(),

@@ -4,6 +4,8 @@ Why this shape: the mimic layers are a linear head, so each Grad-Mimic step need
 and output gradient (closed form, see ``scoring.linear_head``): the backbone gets the ordinary mean
 gradient from the one backward pass a plain step makes anyway, and the head's gradient is replaced by
 the re-weighted sum Σ_i w_i g_i in one matmul. A Grad-Mimic step therefore costs about a plain step.
+The scores themselves come from the run's ``PreparedScorer`` (``scoring.prepared``), refreshed each step
+as the head moves, so training, the end-of-run signals and ``score`` compute them by one function.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.scoring.linear_head import (
     cross_entropy_output_grad,
     cross_entropy_with_output_grad,
-    linear_grad_dot,
-    linear_grad_sqnorm,
     linear_weighted_grad,
 )
+from mimic_explorer.scoring.prepared import PreparedScorer
 from mimic_explorer.scoring.stage1 import METHODS, score_basis, stage1_weights
 
 
@@ -129,6 +130,45 @@ class _HeadInput:
         self._hook.remove()
 
 
+def _head_of(model: nn.Module, head_name: str | None, example: torch.Tensor) -> str:
+    """The head's name: as given (runs trace it once when they build their models), ``head`` for a
+    ``LinearProbe``, else traced on ``example`` (callers such as notebooks that did not pass it)."""
+    if head_name is not None:
+        return head_name
+    if isinstance(model, LinearProbe):
+        return LinearProbe.HEAD
+    return find_head(model, example)[0]
+
+
+class _Steps:
+    """What every step of a run shares, set up at its first batch (the head may be traced on it):
+    the head, the step function, the head-input hook (backbone models) and, for Grad-Mimic, the scorer."""
+
+    def __init__(self, model: nn.Module, reference: nn.Module | None, config: TrainConfig, head_name: str):
+        self.model, self.reference, self.head_name = model, reference, head_name
+        self.head = model.get_submodule(head_name)
+        self.config = config
+        self.scorer: PreparedScorer | None = None
+        self.capture = None
+        if isinstance(model, LinearProbe):
+            self.run = _probe_step
+        else:
+            self.capture = _HeadInput(self.head)
+            # a frozen backbone needs no backward pass at all: the head's gradient is closed form
+            backbone_trains = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(head_name + "."))
+            self.run = functools.partial(_autograd_step, backbone_trains=backbone_trains)
+
+    def prepare_scorer(self) -> PreparedScorer:
+        """The head's scorer (cos included: records keep both), made by the first step once its losses
+        are known to be finite, so a broken model is reported by the samples whose loss it breaks."""
+        self.scorer = PreparedScorer(self.model, self.reference, params="head", method="cos", head_name=self.head_name)
+        return self.scorer
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.remove()
+
+
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum 0.9), fused where torch has a fused kernel for the parameters' device
     (one kernel per step instead of a Python loop over parameters: half the cost of a probe step)."""
@@ -168,8 +208,12 @@ def train(
     on_checkpoint: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
     grad_sync: Callable[[nn.Module], None] | None = None,
     steps_per_epoch: int | None = None,
+    head_name: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. With ``reference``, Grad-Mimic re-weights the head's gradient.
+
+    ``head_name``: the head's qualified name, as found when the run built its models (a
+    ``LinearProbe``'s is known; otherwise it is traced on the first batch).
 
     Every sample's loss and prediction are recorded at every epoch; with a reference also its
     proj, cos and Stage-1 weight, computed at the weights the step starts from.
@@ -187,26 +231,10 @@ def train(
     config.validate(len(batches))
     device = torch.device(config.device)
     model.to(device)
-    head_name, head = find_head(model)
-    target = None
-    if reference is not None:
-        ref_head = dict(reference.named_modules())[head_name]
-        if ref_head.weight.shape != head.weight.shape:
-            raise ValueError(
-                f"reference head {head_name} has shape {tuple(ref_head.weight.shape)}, "
-                f"model has {tuple(head.weight.shape)}"
-            )
-        target = (ref_head.weight.detach().to(device), ref_head.bias.detach().to(device) if ref_head.bias is not None else None)
-    if isinstance(model, LinearProbe):
-        step_fn = _probe_step
-    else:
-        # a frozen backbone needs no backward pass at all: the head's gradient is closed form
-        backbone_trains = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(head_name + "."))
-        step_fn = functools.partial(_autograd_step, backbone_trains=backbone_trains)
     optimizer = _make_optimizer(model, config)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    capture = _HeadInput(head)
+    steps: _Steps | None = None
     result = TrainResult(model)
     started = time.perf_counter()
     if steps_per_epoch is None:
@@ -222,7 +250,9 @@ def train(
             sizes: list[int] = []
             for index, inputs, targets in batches.epoch(epoch):
                 inputs, targets = inputs.to(device), targets.to(device)
-                out = step_fn(model, head, capture, inputs, targets, index, target, config, weigh)
+                if steps is None:
+                    steps = _Steps(model, reference, config, _head_of(model, head_name, inputs))
+                out = steps.run(model, steps, inputs, targets, index, weigh)
                 if grad_sync is not None:
                     grad_sync(model)
                 optimizer.step()
@@ -244,24 +274,10 @@ def train(
             if on_checkpoint is not None:
                 on_checkpoint(epoch, model, optimizer)
     finally:
-        capture.remove()
+        if steps is not None:
+            steps.close()
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _mimic_geometry(features: torch.Tensor, delta: torch.Tensor, head: nn.Linear,
-                    target: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """proj and cos of every sample's head gradient against the task vector (reference − head)."""
-    ref_weight, ref_bias = target
-    has_bias = head.bias is not None
-    v_weight = ref_weight - head.weight.detach()
-    v_bias = ref_bias - head.bias.detach() if has_bias else None
-    v_norm = torch.linalg.vector_norm(v_weight)
-    if has_bias:
-        v_norm = torch.hypot(v_norm, torch.linalg.vector_norm(v_bias))
-    proj = -linear_grad_dot(features, delta, v_weight, v_bias) / v_norm.clamp_min(1e-12)
-    cos = proj / torch.sqrt(linear_grad_sqnorm(features, delta, has_bias)).clamp_min(1e-12)
-    return proj, cos
 
 
 def _sample_weights(proj: torch.Tensor, cos: torch.Tensor, config: TrainConfig, weigh: bool) -> torch.Tensor:
@@ -272,17 +288,20 @@ def _sample_weights(proj: torch.Tensor, cos: torch.Tensor, config: TrainConfig, 
 
 
 @torch.no_grad()
-def _probe_step(model, head, capture, features, targets, index, target, config, weigh) -> dict[str, torch.Tensor]:
+def _probe_step(model, steps: _Steps, features, targets, index, weigh) -> dict[str, torch.Tensor]:
     """One step of a linear probe, all closed form: no autograd and no module call, since every step
     of a probe on cached features is a handful of small tensor ops and their dispatch is its cost."""
+    head = steps.head
     bias = head.bias
     logits = torch.addmm(bias, features, head.weight.t()) if bias is not None else features @ head.weight.t()
     losses, delta = cross_entropy_with_output_grad(logits, targets)
     _check_finite(losses, index, "loss")
     out = {"loss": losses, "pred": logits.argmax(-1)}
-    if target is not None:
-        proj, cos = _mimic_geometry(features, delta, head, target)
-        weights = _sample_weights(proj, cos, config, weigh)
+    if steps.reference is not None:
+        scorer = steps.scorer or steps.prepare_scorer()
+        scorer.refresh()  # the task vector at the weights this step starts from
+        proj, cos, _ = scorer.project_head(features, delta)
+        weights = _sample_weights(proj, cos, steps.config, weigh)
         out.update(proj=proj, cos=cos, weight=weights)
     else:
         weights = torch.full_like(losses, 1.0 / len(losses))  # plain training: the mean gradient
@@ -292,20 +311,23 @@ def _probe_step(model, head, capture, features, targets, index, target, config, 
     return out
 
 
-def _autograd_step(model, head, capture, inputs, targets, index, target, config, weigh, *, backbone_trains: bool) -> dict[str, torch.Tensor]:
+def _autograd_step(model, steps: _Steps, inputs, targets, index, weigh, *, backbone_trains: bool) -> dict[str, torch.Tensor]:
     """One step of a model with a backbone: one forward and (when the backbone trains) one backward;
     the head's re-weighted gradient is closed form from the captured head input."""
+    head, config = steps.head, steps.config
     model.zero_grad(set_to_none=True)
     logits = model(inputs)
     losses = F.cross_entropy(logits, targets, reduction="none")
     _check_finite(losses.detach(), index, "loss")
     out = {"loss": losses.detach(), "pred": logits.detach().argmax(-1)}
-    if target is None:
+    if steps.reference is None:
         losses.mean().backward()
         return out
-    features = capture.value.detach()
+    features = steps.capture.value.detach()
     delta = cross_entropy_output_grad(logits.detach(), targets)
-    proj, cos = _mimic_geometry(features, delta, head, target)
+    scorer = steps.scorer or steps.prepare_scorer()
+    scorer.refresh()
+    proj, cos, _ = scorer.project_head(features, delta)
     weights = _sample_weights(proj, cos, config, weigh)
     if config.reweight == "all":
         (losses * weights).sum().backward()
@@ -322,52 +344,46 @@ def _autograd_step(model, head, capture, inputs, targets, index, target, config,
 @torch.no_grad()
 def collect_signals(
     model: nn.Module, reference: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", *, head_name: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-sample end-of-training signals (eval mode) over ``(index, inputs, targets)`` batches:
     losses under model and reference, the reducible loss (RHO-LOSS), the head-gradient norm (GraNd),
-    proj at the final weights and the model's prediction; ``index`` says which sample each row is."""
-    head_name, head = find_head(model)
-    ref_head = dict(reference.named_modules())[head_name]
-    has_bias = head.bias is not None
-    was = (model.training, reference.training)
-    model.eval()
+    proj at the final weights and the model's prediction; ``index`` says which sample each row is.
+    The model's part comes from one pass of the head scorer per batch; ``head_name`` as for ``train``."""
+    scorer: PreparedScorer | None = None
+    was = reference.training
     reference.eval()
-    capture = _HeadInput(head)
     out: dict[str, list] = {k: [] for k in ("index", "model_loss", "reference_loss", "grand", "final_proj", "model_pred")}
     try:
-        v_weight = ref_head.weight - head.weight
-        v_bias = ref_head.bias - head.bias if has_bias else None
-        v_norm = torch.sqrt((v_weight**2).sum() + ((v_bias**2).sum() if has_bias else 0.0)).clamp_min(1e-12)
         for index, x, y in batches:
             x, y = x.to(device), y.to(device)
-            logits = model(x)
-            features = capture.value
-            model_loss, delta = cross_entropy_with_output_grad(logits, y)
+            if scorer is None:
+                name = _head_of(model, head_name, x)
+                scorer = PreparedScorer(model, reference, params="head", method="cos", head_name=name)
+            scores = scorer(x, y)
             out["index"].append(torch.as_tensor(index))
-            out["model_loss"].append(model_loss)
+            out["model_loss"].append(scores.loss)
             out["reference_loss"].append(F.cross_entropy(reference(x), y, reduction="none"))
-            out["grand"].append(torch.sqrt(linear_grad_sqnorm(features, delta, has_bias)))
-            out["final_proj"].append(-linear_grad_dot(features, delta, v_weight, v_bias) / v_norm)
-            out["model_pred"].append(logits.argmax(-1))
+            out["grand"].append(scores.grad_norm)
+            out["final_proj"].append(scores.proj)
+            out["model_pred"].append(scores.outputs.argmax(-1))
     finally:
-        capture.remove()
-        model.train(was[0])
-        reference.train(was[1])
+        reference.train(was)
     signals = {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
     signals["reducible_loss"] = signals["model_loss"] - signals["reference_loss"]
     return signals
 
 
 def evaluate_signals(
-    model: nn.Module, reference: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1024
+    model: nn.Module, reference: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1024,
+    *, head_name: str | None = None,
 ) -> dict[str, np.ndarray]:
     """``collect_signals`` over in-memory tensors, rows in tensor order."""
     batches = (
         (torch.arange(s, min(s + batch_size, len(targets))), inputs[s : s + batch_size], targets[s : s + batch_size])
         for s in range(0, len(targets), batch_size)
     )
-    return collect_signals(model, reference, batches, inputs.device)
+    return collect_signals(model, reference, batches, inputs.device, head_name=head_name)
 
 
 @torch.no_grad()

@@ -74,7 +74,7 @@ def test_all_with_frozen_backbone_is_the_linear_probe_head():
 
 def test_auto_dispatches_to_the_cheapest_path(monkeypatch):
     """auto = head closed form for head parameters, forward mode (+ ghost norms for cos) otherwise."""
-    import mimic_explorer.scoring.api as api
+    import mimic_explorer.scoring.prepared as api
 
     calls = []
     for fn in ("head_parts", "jvp_parts", "ghost_parts", "vmap_parts", "loop_parts"):

@@ -13,6 +13,8 @@ class LinearProbe(nn.Module):
     head's gradient is closed form), which is what makes an E-epoch probe cost about one backbone pass.
     """
 
+    HEAD = "head"  # the head's qualified name in every LinearProbe
+
     def __init__(self, head: nn.Linear):
         super().__init__()
         self.head = head

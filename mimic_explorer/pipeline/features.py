@@ -22,7 +22,6 @@ from mimic_explorer.cache import features_cache_dir
 from mimic_explorer.data.errors import BadSample, ErrorLog
 from mimic_explorer.data.source import Source
 from mimic_explorer.fingerprint import state_fingerprint
-from mimic_explorer.models.heads import find_head
 from mimic_explorer.pipeline.pool_pass import pool_pass
 
 
@@ -57,6 +56,7 @@ def extract_features(
     labels: np.ndarray,
     transform,
     *,
+    head_name: str,
     device: str = "cpu",
     batch_size: int = 256,
     workers: int = 0,
@@ -66,9 +66,10 @@ def extract_features(
     use_cache: bool = True,
 ) -> Features:
     """Head inputs for every good sample (eval mode), from the cache when the same backbone,
-    transform and data were seen before. ``on_thumbnails(positions, thumbs)`` receives the thumbnails
-    made from the same decoded images (only on a cache miss)."""
-    head_name, head = find_head(model)
+    transform and data were seen before. ``head_name`` is the head as found when the run built its
+    models. ``on_thumbnails(positions, thumbs)`` receives the thumbnails made from the same decoded
+    images (only on a cache miss)."""
+    head = model.get_submodule(head_name)
     key = feature_key(model, head_name, transform, source, indices)
     path = features_cache_dir() / f"{key}.pt"
     if use_cache and path.exists():

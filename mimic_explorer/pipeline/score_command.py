@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from mimic_explorer import stage2
 from mimic_explorer.data.errors import ErrorLog
@@ -54,16 +53,19 @@ def _prepare(options: ScoreOptions, ctx: DistContext, device: str) -> Prepared[R
     return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings)
 
 
-def _score_batch(options, scored, scored_reference, x, y, params):
-    """proj (and cos) for one batch, plus the loss and prediction at the scored checkpoint."""
-    from mimic_explorer.scoring.api import mimic_scores
+def _batch_scorer(options, models, scored, scored_reference, params):
+    """proj (and cos), the loss and the prediction of one batch at the scored checkpoint, from one
+    pass (the reference checked and the task vector computed once, here)."""
+    from mimic_explorer.scoring.prepared import PreparedScorer
 
-    proj = mimic_scores(scored, scored_reference, x, y, params=params, method="proj")
-    cos = mimic_scores(scored, scored_reference, x, y, params=params, method="cos") if options.score_method == "cos" else None
-    with torch.no_grad():
-        logits = scored(x)
-        loss = F.cross_entropy(logits, y, reduction="none")
-    return proj, cos, loss, logits.argmax(-1)
+    head_name = LinearProbe.HEAD if options.linear_probe else models.head_name
+    scorer = PreparedScorer(scored, scored_reference, params=params, method=options.score_method, head_name=head_name)
+
+    def score_batch(x, y):
+        scores = scorer(x, y)
+        return scores.proj, scores.cos, scores.loss, scores.outputs.argmax(-1)
+
+    return score_batch
 
 
 def _score_and_finalize(run: ScoreRun) -> RunOutcome:
@@ -80,12 +82,14 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
     scored, scored_reference = models.model, models.reference  # linear probes score the head on features
     feature_values = None
     if options.linear_probe:
-        feats = extract_features(models.model, source, pool.labels, models.transform, device=device, workers=options.workers,
+        feats = extract_features(models.model, source, pool.labels, models.transform, head_name=models.head_name,
+                                 device=device, workers=options.workers,
                                  indices=mine, on_thumbnails=None, progress=lambda d, t: progress("features", d, t))
         errors.extend(feats.bad)
         scored = LinearProbe(dict(models.model.named_modules())[models.head_name])
         scored_reference = LinearProbe(dict(models.reference.named_modules())[models.head_name])
         feature_values, feature_pos = feats.values, feats.positions
+    score_batch = _batch_scorer(options, models, scored, scored_reference, params)
     done = 0
     for chunk, start in enumerate(range(0, len(mine), options.chunk_size)):
         path = layout.chunk_part(chunk, ctx.rank if ctx.active else None)
@@ -106,7 +110,7 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
                 workers=options.workers, errors=errors))
         for step, (index, x, y, batch_thumbs) in enumerate(batches):
             x, y = x.to(device), y.to(device)
-            proj, cos, loss, pred = _score_batch(options, scored, scored_reference, x, y, params)
+            proj, cos, loss, pred = score_batch(x, y)
             weights = stage1_weights(proj if options.score_method == "proj" else cos, "normed_" + options.score_method, options.temperature)
             rows.append(pd.DataFrame({
                 "sample_id": source.sample_ids[index.numpy()].astype(str), "epoch": 0, "step": chunk * 100_000 + step,

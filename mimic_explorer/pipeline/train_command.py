@@ -108,7 +108,7 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
         for p in model.parameters():
             p.requires_grad_(False)
         t0 = time.perf_counter()
-        feats = extract_features(model, source, pool.labels, models.transform, device=device, batch_size=max(256, options.batch_size),
+        feats = extract_features(model, source, pool.labels, models.transform, head_name=models.head_name, device=device, batch_size=max(256, options.batch_size),
                                  workers=options.workers, on_thumbnails=thumbs_cb, progress=lambda d, t: progress("features", d, t))
         timings["features_s"] = time.perf_counter() - t0
         timings["features_cached"] = feats.cached
@@ -161,7 +161,8 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
             train(trainable, batches, config, reference=ref_trainable, on_epoch=parts.add,
                   progress=lambda d, t: progress("Grad-Mimic" if reference is not None else "training", d, t),
                   start_epoch=start_epoch, optimizer_state=optimizer_state, on_checkpoint=on_checkpoint,
-                  grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=steps_per_epoch)
+                  grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=steps_per_epoch,
+                  head_name=LinearProbe.HEAD if options.linear_probe else models.head_name)
         except NonFiniteLossError as exc:
             ids = [str(ids_of_index[p]) for p in exc.positions]
             more = f" (+{len(ids) - 10} more)" if len(ids) > 10 else ""
@@ -184,11 +185,11 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
     summary: dict = {"samples": int(len(samples)), "skipped": len(errors), "epochs": options.epochs}
     if reference is not None:
         if options.linear_probe:
-            signals = evaluate_signals(trainable, ref_trainable, batches.inputs, batches.targets)
+            signals = evaluate_signals(trainable, ref_trainable, batches.inputs, batches.targets, head_name=LinearProbe.HEAD)
             signal_ids = ids_of_index[signals["index"]]
         else:
             signal_batches = ((b.index, b.inputs, b.targets) for b in pool_pass(source, pool.labels, models.transform, 256, workers=options.workers))
-            signals = collect_signals(model, reference, signal_batches, device)
+            signals = collect_signals(model, reference, signal_batches, device, head_name=models.head_name)
             signal_ids = source.sample_ids[signals["index"]]
         samples = add_signals(samples, signals, signal_ids)
         scores = _read_parts(run.layout)
@@ -228,7 +229,8 @@ def _test_accuracy(options: TrainOptions, models, trainable, device: str, out: P
     if test.class_names != models.class_names:
         raise ValueError(f"--test-data has classes {test.class_names[:5]}…, the pool has {models.class_names[:5]}…; they must match")
     if options.linear_probe:
-        feats = extract_features(models.model, test, test.labels, models.transform, device=device, workers=options.workers)
+        feats = extract_features(models.model, test, test.labels, models.transform, head_name=models.head_name, device=device,
+                                 workers=options.workers)
         with torch.no_grad():
             pred = trainable(feats.values.to(device)).argmax(-1).cpu().numpy()
         return float((pred == test.labels[feats.positions]).mean())

@@ -14,12 +14,16 @@ types with the stock forward, the module was called, and — watched by a TorchF
 forward — the parameter fed exactly one op of the expected kind per module call and nothing else
 that carries gradient (a weight also used functionally elsewhere, or shared, is not covered). Every
 other parameter is left to the caller's fallback (forward-mode dot and chunked ``vmap(grad)`` norm).
+
+Per-sample losses only: the backward of Σ_i ℓ_i gives each layer sample i's own δ_i only when ℓ_i
+depends on sample i alone (a loss that couples the batch takes ``scoring.jacobian_path``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +32,10 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from mimic_explorer.scoring.checks import per_sample_losses
+from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, loss_values
 from mimic_explorer.scoring.outer import bias_sqnorm, weight_sqnorm_dot
 from mimic_explorer.scoring.parts import Parts
+from mimic_explorer.scoring.trees import detached
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -151,13 +156,14 @@ def ghost_parts(
     names: Sequence[str],
     v: dict[str, Tensor],
     inputs: Tensor,
-    targets: Tensor,
+    targets: Any,
     need_dot: bool,
     state: dict[str, Tensor] | None = None,
     offset: int = 0,
+    loss: PerSampleLoss | None = None,
 ) -> tuple[Parts, set[str]]:
-    """Σ over covered parameters of ‖g_i‖² (and ⟨g_i, v⟩ if ``need_dot``), the losses ℓ_i, and the
-    set of covered names."""
+    """Σ over covered parameters of ‖g_i‖² (and ⟨g_i, v⟩ if ``need_dot``), the losses ℓ_i and outputs,
+    and the set of covered names. ``loss``: a per-sample loss (default cross-entropy)."""
     state = dict(state or {})
     batch = inputs.shape[0]
     layers = ghost_layers(model, names)
@@ -233,7 +239,7 @@ def ghost_parts(
         with torch.enable_grad():
             with watch:
                 logits = functional_call(model, {**state, **leaves}, (x,))
-            losses = per_sample_losses(logits, targets, offset)
+            losses = loss_values(loss or CrossEntropyLoss(), logits, targets, batch, offset)
             for module_name, attrs in layers.items():
                 calls = records[module_name]
                 usable = bool(calls) and all(h is not None and h.shape[0] == batch for h, _ in calls)
@@ -256,4 +262,4 @@ def ghost_parts(
         if calls and all(d is not None for _, d in calls):
             consume(module_name, calls)
     sq, dot = acc["sq"], acc["dot"]
-    return Parts(dot if need_dot else None, sq, losses.detach()), covered
+    return Parts(dot if need_dot else None, sq, losses.detach(), detached(logits)), covered

@@ -5,22 +5,22 @@ or repeated calls), so ⟨g_i, v⟩ and ‖g_i‖ need only the head's input h a
 (``scoring.linear_head``). We hook the head: the backbone runs without autograd; the head's output is
 replaced by a fresh leaf so that, when the logits are not the head's output itself (pooling or
 reshaping after the head), δ comes from a backward through the few operations *after* the head only.
-When the logits are the head's output, δ = softmax − onehot with no autograd at all.
+When the logits are the head's output, δ is the loss's closed form (``output_grad``; softmax − onehot
+for cross-entropy) with no autograd at all. Only per-sample losses qualify (``scoring.losses``): for a
+loss that couples the batch, g_i is not an outer product of sample i's own h and δ.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mimic_explorer.scoring.checks import check_logits, check_target_range
-from mimic_explorer.scoring.linear_head import (
-    cross_entropy_output_grad,
-    linear_grad_dot,
-    linear_grad_sqnorm,
-)
+from mimic_explorer.scoring.linear_head import linear_grad_geometry
+from mimic_explorer.scoring.losses import PerSampleLoss, loss_values
 from mimic_explorer.scoring.parts import Parts
+from mimic_explorer.scoring.trees import cast, detached
 
 
 class HeadPathUnavailable(RuntimeError):
@@ -36,14 +36,16 @@ def head_parts(
     model: nn.Module,
     head: nn.Linear,
     inputs: Tensor,
-    targets: Tensor,
+    targets: Any,
     v_weight: Tensor | None,
     v_bias: Tensor | None,
     need_norm: bool,
     compute_dtype: torch.dtype,
-    offset: int = 0,
+    offset: int,
+    loss: PerSampleLoss,
 ) -> Parts:
-    """⟨g_i, v⟩ (and ‖g_i‖² if ``need_norm``) over the head's weight and/or bias for every sample."""
+    """⟨g_i, v⟩ (and ‖g_i‖² if ``need_norm``) over the head's weight and/or bias for every sample,
+    from one forward pass of ``model``; the losses and logits of that pass come along."""
     calls: list[tuple[Tensor, Tensor, Tensor, int]] = []
 
     def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
@@ -60,15 +62,19 @@ def head_parts(
             handle.remove()
             if not calls:
                 raise HeadPathUnavailable("the head layer was not called in the model's forward pass")
-            logits = check_logits(logits, targets.shape[0])
-            check_target_range(targets, logits.shape[-1], offset)
+            batch = inputs.shape[0]
             # the logits are the head's output itself (and were not modified in place afterwards)
             if len(calls) == 1 and logits is calls[0][2] and logits._version == calls[0][3]:
-                logits = logits.detach().to(compute_dtype)
-                losses = F.cross_entropy(logits, targets, reduction="none")
-                deltas = [cross_entropy_output_grad(logits, targets)]
+                logits = logits.detach()
+                computed = logits.to(compute_dtype)
+                losses = loss_values(loss, computed, targets, batch, offset)
+                delta = loss.output_grad(computed, targets)
+                if delta is None:
+                    raise HeadPathUnavailable("the loss has no closed-form output gradient (output_grad)")
+                deltas = [delta]
             else:
-                losses = F.cross_entropy(logits.to(compute_dtype), targets, reduction="none")
+                losses = loss_values(loss, cast(logits, compute_dtype), targets, batch, offset)
+                logits = detached(logits)
                 if not losses.requires_grad:
                     raise HeadPathUnavailable("the operations after the head ran without autograd")
                 leaves = [leaf for _, leaf, _, _ in calls]
@@ -83,8 +89,5 @@ def head_parts(
     else:
         features = torch.cat([_position_form(h) for h, _, _, _ in calls], dim=1).to(compute_dtype)
         delta = torch.cat([_position_form(d) for d in deltas], dim=1).to(compute_dtype)
-    dot = linear_grad_dot(features, delta, v_weight, v_bias)
-    sqnorm = None
-    if need_norm:
-        sqnorm = linear_grad_sqnorm(features, delta, has_bias=v_bias is not None, has_weight=v_weight is not None)
-    return Parts(dot, sqnorm, losses)
+    dot, sqnorm = linear_grad_geometry(features, delta, v_weight, v_bias, need_norm)
+    return Parts(dot, sqnorm, losses, logits)

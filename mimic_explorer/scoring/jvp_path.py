@@ -3,7 +3,8 @@
 Why: ⟨∇ℓ_i(θ), v⟩ is the directional derivative of ℓ_i along v. Making the mimic-layer parameters
 dual numbers (primal θ, tangent v) and running the batch forward once yields every sample's
 projection at about the cost of a training step, and — unlike per-sample gradients — needs no B×P
-memory and no saved activations (nothing is recorded for a backward pass).
+memory and no saved activations (nothing is recorded for a backward pass). It is exact for any loss,
+even one that couples the batch (InfoNCE): the tangent of ℓ_i is ⟨∇ℓ_i, v⟩ whatever ℓ_i depends on.
 
 We use ``torch.autograd.forward_ad`` with ``torch.func.functional_call`` (the same maths as
 ``torch.func.jvp``, without functorch's per-op wrapper). The caller provides eval mode and the math
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import torch
 import torch.autograd.forward_ad as fwAD
+from typing import Any
+
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils._pytree import tree_map
 
-from mimic_explorer.scoring.checks import per_sample_losses
+from mimic_explorer.scoring.losses import PerSampleLoss, loss_values
 from mimic_explorer.scoring.parts import Parts
 
 
@@ -40,11 +44,13 @@ def jvp_parts(
     model: nn.Module,
     tangents: dict[str, Tensor],
     inputs: Tensor,
-    targets: Tensor,
-    state: dict[str, Tensor] | None = None,
-    offset: int = 0,
+    targets: Any,
+    state: dict[str, Tensor] | None,
+    offset: int,
+    loss: PerSampleLoss,
 ) -> Parts:
-    """Losses and their directional derivatives along ``tangents`` (name → v) for every sample.
+    """Losses and their directional derivatives along ``tangents`` (name → v) for every sample, and the
+    model's outputs (primal part).
 
     ``state`` optionally replaces parameters and buffers (a float32 copy of a half-precision model).
     """
@@ -55,9 +61,10 @@ def jvp_parts(
         for name, tangent in tangents.items():
             primal = state.get(name, params[name]).detach()
             tensors[name] = fwAD.make_dual(primal, tangent.to(primal.dtype))
-        logits = functional_call(model, tensors, (inputs,))
-        losses = per_sample_losses(logits, targets, offset)
+        outputs = functional_call(model, tensors, (inputs,))
+        losses = loss_values(loss, outputs, targets, inputs.shape[0], offset)
         primal, tangent = fwAD.unpack_dual(losses)
+        outputs = tree_map(lambda t: fwAD.unpack_dual(t).primal if isinstance(t, Tensor) else t, outputs)
     if tangent is None:  # the loss does not depend on the mimic layers
         tangent = torch.zeros_like(primal)
-    return Parts(tangent, None, primal)
+    return Parts(tangent, None, primal, outputs)

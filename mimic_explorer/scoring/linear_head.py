@@ -76,6 +76,17 @@ def linear_grad_sqnorm(
     return sq
 
 
+def linear_grad_geometry(
+    features: Tensor, output_grad: Tensor, v_weight: Tensor | None, v_bias: Tensor | None, need_norm: bool
+) -> tuple[Tensor, Tensor | None]:
+    """(⟨g_i, V⟩, ‖g_i‖² when ``need_norm``) over the parts of the layer ``v_weight``/``v_bias`` name
+    (a ``None`` part is not among the mimic layers): what the head path and a training step both need."""
+    dot = linear_grad_dot(features, output_grad, v_weight, v_bias)
+    if not need_norm:
+        return dot, None
+    return dot, linear_grad_sqnorm(features, output_grad, has_bias=v_bias is not None, has_weight=v_weight is not None)
+
+
 def linear_weighted_grad(
     features: Tensor, output_grad: Tensor, sample_weights: Tensor, has_bias: bool
 ) -> tuple[Tensor, Tensor | None]:

@@ -2,36 +2,44 @@
 
 Why: every fast path is tested against this. It shares no maths with them — a per-sample forward,
 ``torch.autograd.grad`` of that sample's loss, then explicit dot products — so agreement is evidence.
-Slow by design (B forward/backward passes); use ``path="loop"`` only to verify.
+Slow by design (B forward/backward passes); use ``path="loop"`` only to verify. Per-sample losses only
+(each sample is its own batch of one); a loss that couples the batch takes ``scoring.jacobian_path``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mimic_explorer.scoring.checks import per_sample_losses
+from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, loss_values
 from mimic_explorer.scoring.parts import Parts
+from mimic_explorer.scoring.trees import cat_rows, detached, rows
 
 
 def loop_parts(
     model: nn.Module,
     v: dict[str, Tensor],
     inputs: Tensor,
-    targets: Tensor,
+    targets: Any,
     need_norm: bool,
     state: dict[str, Tensor] | None = None,
+    loss: PerSampleLoss | None = None,
 ) -> Parts:
-    """⟨g_i, v⟩, ‖g_i‖² (if asked) and ℓ_i by a Python loop over the samples."""
+    """⟨g_i, v⟩, ‖g_i‖² (if asked), ℓ_i and the outputs by a Python loop over the samples."""
     state = dict(state or {})
     params = dict(model.named_parameters())
-    dots, sqnorms, losses = [], [], []
+    loss_fn = loss or CrossEntropyLoss()
+    batch = inputs.shape[0]
+    dots, sqnorms, losses, outputs = [], [], [], []
     with torch.enable_grad():
-        for i in range(inputs.shape[0]):
+        for i in range(batch):
             leaves = {n: state.get(n, params[n]).detach().requires_grad_(True) for n in v}
-            logits = functional_call(model, {**state, **leaves}, (inputs[i : i + 1],))
-            loss = per_sample_losses(logits, targets[i : i + 1], offset=i)[0]
+            out = functional_call(model, {**state, **leaves}, (inputs[i : i + 1],))
+            loss = loss_values(loss_fn, out, rows(targets, i, i + 1, batch), 1, offset=i)[0]
+            outputs.append(detached(out))
             grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
             grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves.values())]
             dots.append(sum((g * v[n].to(g.dtype)).sum() for g, n in zip(grads, v)))
@@ -43,4 +51,5 @@ def loop_parts(
         torch.stack(dots) if dots else empty,
         (torch.stack(sqnorms) if sqnorms else empty) if need_norm else None,
         torch.stack(losses) if losses else empty,
+        cat_rows(outputs),
     )

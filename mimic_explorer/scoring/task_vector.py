@@ -106,5 +106,10 @@ def task_vector(
 
 
 def vector_norm(v: dict[str, Tensor]) -> Tensor:
-    """‖v‖ over all parameters in S."""
-    return torch.sqrt(torch.stack([t.pow(2).sum() for t in v.values()]).sum())
+    """‖v‖ over all parameters in S (few ops: a training step recomputes it for the head's weight and bias)."""
+    norms = [torch.linalg.vector_norm(t) for t in v.values()]
+    if len(norms) == 1:
+        return norms[0]
+    if len(norms) == 2:
+        return torch.hypot(norms[0], norms[1])
+    return torch.linalg.vector_norm(torch.stack(norms))

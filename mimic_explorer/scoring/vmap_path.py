@@ -3,18 +3,23 @@
 Why: it needs no structure (any op with a backward rule works) and gives both ⟨g_i, v⟩ and ‖g_i‖²
 exactly, but it materialises chunk×P gradient entries, so the batch is walked in chunks sized to a
 memory budget. Used for cos norms of parameters ghost norms cannot cover, when forced with
-``path="vmap"``, and when an op lacks a forward-mode rule.
+``path="vmap"``, and when an op lacks a forward-mode rule. Per-sample losses only (each sample is its
+own batch of one here); a loss that couples the batch takes ``scoring.jacobian_path``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
+from torch.utils._pytree import tree_map
 
 from mimic_explorer.scoring.checks import check_logits, check_target_range
+from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, loss_values
 from mimic_explorer.scoring.parts import Parts
+from mimic_explorer.scoring.trees import as_batch_of_one, batch_dims, cat_rows, rows
 
 # Per-sample gradient entries one chunk may hold (about 256 MB in float32).
 GRADIENT_ELEMENTS = 1 << 26
@@ -41,33 +46,41 @@ def vmap_parts(
     model: nn.Module,
     v: dict[str, Tensor],
     inputs: Tensor,
-    targets: Tensor,
+    targets: Any,
     need_dot: bool,
     need_norm: bool,
     chunk_size: int | None = None,
     state: dict[str, Tensor] | None = None,
+    loss: PerSampleLoss | None = None,
 ) -> Parts:
-    """⟨g_i, v⟩ and/or ‖g_i‖² over the parameters named in ``v``, chunk by chunk."""
+    """⟨g_i, v⟩ and/or ‖g_i‖² over the parameters named in ``v``, chunk by chunk, with each sample's
+    loss and outputs. ``loss``: a per-sample loss (default cross-entropy)."""
     state = dict(state or {})
     params = dict(model.named_parameters())
     primals = {n: state.get(n, params[n]).detach() for n in v}
     rest = {n: t for n, t in state.items() if n not in primals}
     num_params = sum(t.numel() for t in primals.values())
-    chunk = chunk_size or auto_chunk(num_params, inputs.shape[0])
+    batch = inputs.shape[0]
+    chunk = chunk_size or auto_chunk(num_params, batch)
+    loss = loss or CrossEntropyLoss()
+    y_dims = batch_dims(targets, batch)
 
-    def loss_one(ps: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        logits = functional_call(model, {**rest, **ps}, (x.unsqueeze(0),))
-        return F.cross_entropy(logits, y.unsqueeze(0))
+    def loss_one(ps: dict[str, Tensor], x: Tensor, y: Any) -> tuple[Tensor, Any]:
+        y = as_batch_of_one(y, y_dims)
+        outputs = functional_call(model, {**rest, **ps}, (x.unsqueeze(0),))
+        value = loss_values(loss, outputs, y, 1, check=False)[0]
+        return value, tree_map(lambda t: t[0] if isinstance(t, Tensor) else t, outputs)
 
-    per_sample = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0))
-    dots, sqnorms, losses = [], [], []
+    per_sample = vmap(grad_and_value(loss_one, has_aux=True), in_dims=(None, 0, y_dims))
+    dots, sqnorms, losses, outputs = [], [], [], []
     # torch.func.grad differentiates inside its own transform even under no_grad; the outer no_grad
     # stops autograd from also recording a graph to the model's own trainable parameters (which
     # would keep every chunk's activations alive)
     with torch.no_grad():
-        for start in range(0, inputs.shape[0], chunk):
-            grads, loss = per_sample(primals, inputs[start : start + chunk], targets[start : start + chunk])
-            losses.append(loss.detach())
+        for start in range(0, batch, chunk):
+            grads, (value, out) = per_sample(primals, inputs[start : start + chunk], rows(targets, start, start + chunk, batch))
+            losses.append(value.detach())
+            outputs.append(out)
             if need_dot:
                 dots.append(sum((grads[n].flatten(1) @ v[n].reshape(-1).to(grads[n].dtype)) for n in v))
             if need_norm:
@@ -77,4 +90,5 @@ def vmap_parts(
         torch.cat(dots) if need_dot else None,
         torch.cat(sqnorms) if need_norm else None,
         torch.cat(losses),
+        cat_rows(outputs),
     )
