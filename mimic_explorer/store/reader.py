@@ -10,7 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from mimic_explorer.store.paths import ERRORS, FORMAT_VERSION, META, SAMPLES, SCORES_DIR, SCORES_FILE
+from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.paths import ERRORS, FORMAT_VERSION, META, SAMPLES
+from mimic_explorer.store.scores import EpochScores
 from mimic_explorer.store.thumbs import ThumbnailReader
 
 
@@ -19,7 +21,8 @@ class RunError(Exception):
 
 
 class Run:
-    """An opened run directory. ``samples`` and ``scores`` are read on first use."""
+    """An opened run directory. ``samples`` and ``scores`` are read on first use; ``epoch_scores`` and
+    ``thumbnails`` read only what is asked of them (the app's per-epoch views and galleries)."""
 
     def __init__(self, path: str | os.PathLike, meta: dict[str, Any]):
         self.path = Path(path)
@@ -48,13 +51,16 @@ class Run:
 
     @cached_property
     def scores(self) -> pd.DataFrame:
-        single = self.path / SCORES_FILE
-        if single.exists():
-            return pd.read_parquet(single)
-        parts = sorted((self.path / SCORES_DIR).glob("*.parquet"))
+        """Every per-epoch (or per-chunk) score row in one frame; the app reads ``epoch_scores`` instead."""
+        parts = RunLayout(self.path).score_parts()
         if not parts:
             return pd.DataFrame(columns=["sample_id", "epoch", "step", "proj", "weight"])
         return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+    @cached_property
+    def epoch_scores(self) -> EpochScores:
+        """Lazy per-epoch access: trajectories of a few samples, one epoch's values, quantile bands."""
+        return EpochScores(self.path)
 
     @cached_property
     def errors(self) -> pd.DataFrame:
@@ -63,6 +69,7 @@ class Run:
 
     @cached_property
     def thumbnails(self) -> ThumbnailReader:
+        """Thumbnail bytes by sample id, or faster by id and row position (``get(sample_id, position)``)."""
         return ThumbnailReader(self.path)
 
 

@@ -2,7 +2,7 @@
 
 ``Explorer`` is the whole app for one run (``Explorer(path)`` inline in Jupyter); its parts —
 ``Summary``, ``Gallery``, ``DetailView``, ``RunPicker`` — are usable on their own. UI-free logic lives
-in ``state``, ``counting``, ``epochs``, ``runs`` and ``summary`` (functions), views in the rest.
+in ``state``, ``counting``, ``runs`` and ``summary`` (functions), views in the rest.
 """
 
 from mimic_explorer.ui.detail import DetailView

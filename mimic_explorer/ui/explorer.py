@@ -29,11 +29,10 @@ from mimic_explorer.store.reader import Run, open_run
 from mimic_explorer.ui import plots
 from mimic_explorer.ui.counting import Counts
 from mimic_explorer.ui.detail import DetailView
-from mimic_explorer.ui.epochs import EpochScores
 from mimic_explorer.ui.gallery import Gallery, gallery_html
 from mimic_explorer.ui.state import ExplorerState, histogram, robust_range
 from mimic_explorer.ui.summary import Summary
-from mimic_explorer.ui.thumbnails import ThumbnailSource
+from mimic_explorer.ui.thumbnails import ThumbnailURIs
 
 RULE_LABELS = {"By value": "threshold", "Quantile": "quantile", "Keep count": "keep_count", "Ensemble": "ensemble"}
 ALL_CLASSES = "all classes"
@@ -70,8 +69,8 @@ class Explorer(Viewer):
     def __init__(self, run: Run | str | os.PathLike, *, restore: bool = True, **params):
         self.run = run if isinstance(run, Run) else open_run(run)
         self.state = ExplorerState(self.run, params.pop("column", "mimic_score"))
-        self.thumbs = ThumbnailSource(self.run.path)
-        self.epochs = EpochScores(self.run.path)
+        self.thumbs = ThumbnailURIs(self.run.thumbnails)
+        self.epochs = self.run.epoch_scores
         self._syncing = False
         self._moving_slider = False
         super().__init__()
@@ -362,9 +361,7 @@ class Explorer(Viewer):
         signal = pn.widgets.Select(label="Signal", options=self.epochs.signals, value=self.epochs.signals[0], width=160)
         noisy_ids = None
         if self.state.has_truth:
-            import pyarrow as pa
-
-            noisy_ids = pa.array(self.samples["sample_id"].to_numpy()[self.state.counter.noisy].astype(object), pa.string())
+            noisy_ids = self.epochs.id_set(self.samples["sample_id"].to_numpy()[self.state.counter.noisy])
 
         def bands(sig: str):
             return pn.pane.HoloViews(plots.epoch_bands_element(self.epochs.quantile_bands(sig, noisy_ids), sig),
@@ -572,7 +569,7 @@ class Explorer(Viewer):
         for name in self._galleries:
             self._refresh_gallery(name)
         self._refresh_dropped()
-        self._thumb_note.visible = not self.thumbs.available or self.thumbs.missing > 0
+        self._thumb_note.visible = not self.thumbs.complete
 
     @param.depends("third_gallery", "band", watch=True)
     def _on_third(self) -> None:
