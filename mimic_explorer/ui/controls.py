@@ -65,12 +65,11 @@ class FilterControls(Viewer):
             visible=pn.bind(lambda kind, overrides: kind == "threshold" and bool(overrides), model.param.rule,
                             model.param.class_overrides))
         self.clear_overrides.on_click(lambda event: setattr(model, "class_overrides", {}))
-        self.kept = pn.pane.HTML(pn.bind(self._kept_html, live.param.counts), stylesheets=[KEPT_CSS],
-                                 css_classes=["kept-count"], **wide)
+        self.kept = pn.pane.HTML(self._kept_html(live.counts), stylesheets=[KEPT_CSS], css_classes=["kept-count"], **wide)
         self._layout = pn.Column(self.column, self.rule, self.slider, self.typed, self.quantile, self.keep_n, self.per_class,
                                  self.clear_overrides, self.kept, notice, **wide)
         live.param.watch(self._on_column, "column")
-        live.param.watch(self._say_if_empty, "counts")
+        live.param.watch(self._on_counts, "counts")
         self._say_if_empty()
 
     def _on_typed(self, event) -> None:
@@ -96,7 +95,11 @@ class FilterControls(Viewer):
         lo, hi = self.state.score_range()
         self.slider.param.update(start=lo, end=hi, step=slider_step(lo, hi))
 
-    def _say_if_empty(self, *event) -> None:
+    def _on_counts(self, event) -> None:
+        self.kept.object = self._kept_html(event.new)  # a watcher, not a bound function: half the cost per change
+        self._say_if_empty()
+
+    def _say_if_empty(self) -> None:
         if self.live.counts is not None and self.live.counts.kept == 0:
             self.notice.show(KEEPS_NOTHING, "warning")
         elif self.notice.message == KEEPS_NOTHING:
