@@ -1,6 +1,6 @@
 """Explorer app at a million samples: load time and threshold-change time, server side.
 
-Measures what DESIGN §5 bounds (1 M samples load in under 3 s; a threshold change updates counts and
+Measures the app's speed bounds (1 M samples load in under 3 s; a threshold change updates counts and
 plots in under 0.2 s):
 - load = ``Explorer(run_dir)`` (read samples.parquet, sort once, counts, galleries) plus the first
   render of every visible part into a Bokeh document (what ``panel serve`` does for a new session);
@@ -92,22 +92,23 @@ def main(argv: list[str] | None = None) -> int:
           f"max {max(changes) * 1000:.1f} ms — kept {explorer.counts.kept} of {explorer.counts.total}")
 
     others = {}
-    others["quantile 0.3"] = timed(lambda: explorer.param.update(rule="quantile", quantile=0.3))[0]
+    rule = explorer.filter  # the filter model: several rule parameters in one update
+    others["quantile 0.3"] = timed(lambda: rule.param.update(rule="quantile", quantile=0.3))[0]
     others["quantile 0.3 per class"] = timed(lambda: setattr(explorer, "per_class", True))[0]
-    others["keep-count 600k (first: sorts once)"] = timed(lambda: explorer.param.update(rule="keep_count", per_class=False, keep_count=600_000))[0]
+    others["keep-count 600k (first: sorts once)"] = timed(lambda: rule.param.update(rule="keep_count", per_class=False, keep_count=600_000))[0]
     others["keep-count 650k"] = timed(lambda: setattr(explorer, "keep_count", 650_000))[0]
     others["ensemble"] = timed(lambda: setattr(explorer, "rule", "ensemble"))[0]
-    others["by value + 2 class overrides"] = timed(lambda: explorer.param.update(rule="threshold", class_overrides={1: 0.6, 2: 0.4}))[0]
+    others["by value + 2 class overrides"] = timed(lambda: rule.param.update(rule="threshold", class_overrides={1: 0.6, 2: 0.4}))[0]
     for name, seconds in others.items():
         print(f"  {name}: {seconds * 1000:.1f} ms")
 
-    tabs = explorer._tabs
+    tabs = explorer.more_views.tabs
     for index, name in enumerate(tabs._names):
         if index == 0:
             continue
         seconds, _ = timed(lambda: setattr(tabs, "active", index))
         print(f"first open of tab {name!r}: {seconds:.2f} s")
-    explorer.param.update(rule="threshold", class_overrides={})
+    rule.param.update(rule="threshold", class_overrides={})
     with_tabs = []
     for i in range(25):
         value = lo + (hi - lo) * (0.2 + 0.6 * ((i * 11) % 25) / 25)
@@ -116,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threshold change with every tab rendered (10 per-class plots, scatter, ...): median "
           f"{statistics.median(with_tabs) * 1000:.1f} ms, max {max(with_tabs) * 1000:.1f} ms")
     seconds, _ = timed(lambda: explorer.select(explorer.samples["sample_id"].iloc[12345]))
-    print(f"click on a card (detail view + trajectory read from {len(explorer.epochs.epochs)} epoch parts): {seconds:.2f} s")
-    seconds, _ = timed(lambda: explorer._keep_list_file())
+    print(f"click on a card (detail view + trajectory read from {len(explorer.run.epoch_scores.epochs)} epoch parts): {seconds:.2f} s")
+    seconds, _ = timed(lambda: explorer.exports.keep_list_file())
     print(f"Download keep-list (csv, via filters.apply_rule/render_export): {seconds:.2f} s")
 
     print(f"machine: {cpu_name()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "

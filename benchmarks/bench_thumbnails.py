@@ -58,13 +58,13 @@ def main() -> int:
     run.mkdir(parents=True, exist_ok=True)
     ids, build_s = build(run)
     from mimic_explorer.store.thumbs import ThumbnailReader
-    from mimic_explorer.ui.thumbnails import ThumbnailSource
+    from mimic_explorer.ui.thumbnails import ThumbnailURIs
 
     started = time.perf_counter()
     reader = ThumbnailReader(run)
     open_s = time.perf_counter() - started
     store = timings(reader.get, ids, args.fetches)
-    app = ThumbnailSource(run, cache_size=0)
+    app = ThumbnailURIs(ThumbnailReader(run), cache_size=0)
     gallery = timings(lambda s: app.uri(s), ids, args.fetches)
     size_mb = (run / "thumbs" / "thumbs.bin").stat().st_size / 1e6
     print(f"{len(ids):,} thumbnails, {size_mb:.0f} MB blob; built in {build_s:.0f} s; reader opened in {open_s * 1e3:.0f} ms")

@@ -10,7 +10,7 @@ import pytest
 
 from mimic_explorer import open_run
 from mimic_explorer.pipeline import score_command
-from mimic_explorer.pipeline.options import RunOptions
+from mimic_explorer.pipeline.options import ScoreOptions
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_score_cos_makes_one_forward_per_batch(digits_reference, tmp_path, monke
         return models
 
     monkeypatch.setattr(score_command, "build_models", counted)
-    options = RunOptions("score", "digits", "mlp", str(tmp_path / "s"), model=str(digits_reference),
+    options = ScoreOptions("digits", "mlp", str(tmp_path / "s"), model=str(digits_reference),
                          reference=str(digits_reference), reference_noise=0.05, score_method="cos",
                          batch_size=256, chunk_size=1000, device="cpu", quiet=True)
     score_command.run_score(options, log=lambda text: None)

@@ -41,22 +41,22 @@ def test_threshold_from_python_drives_counts_text_table_and_mask(run_copy):
     explorer.threshold = 0.5
     expected = apply_rule(samples, FilterRule("threshold", 0.5))
     assert explorer.counts.kept == expected.kept
-    assert f"Kept: {expected.kept} of {len(samples)}" in explorer._kept.object
+    assert f"Kept: {expected.kept} of {len(samples)}" in explorer.filter_controls.kept.object
     np.testing.assert_array_equal(explorer.keep_mask, expected.keep)
-    table = explorer._table.value
+    table = explorer.distribution.table.value
     assert table["kept"].sum() == expected.kept and table["samples"].sum() == len(samples)
-    assert explorer._slider.value == pytest.approx(0.5, abs=explorer._slider.step)
-    assert "precision" in explorer._kept.object  # the demo has ground truth
+    assert explorer.filter_controls.slider.value == pytest.approx(0.5, abs=explorer.filter_controls.slider.step)
+    assert "precision" in explorer.filter_controls.kept.object  # the demo has ground truth
 
 
 def test_rules_switch_and_by_value_starts_at_the_last_cut(run_copy):
     explorer = Explorer(run_copy)
-    explorer.param.update(rule="quantile", quantile=0.3)
+    explorer.filter.param.update(rule="quantile", quantile=0.3)
     q = apply_rule(explorer.samples, FilterRule("quantile", 0.3))
-    assert explorer.counts.kept == q.kept and not explorer._slider.visible and explorer._quantile.visible
+    assert explorer.counts.kept == q.kept and not explorer.filter_controls.slider.visible and explorer.filter_controls.quantile.visible
     explorer.rule = "threshold"
     assert explorer.threshold == pytest.approx(q.thresholds["all"]) and explorer.counts.kept == q.kept
-    explorer.param.update(rule="keep_count", keep_count=500, per_class=True)
+    explorer.filter.param.update(rule="keep_count", keep_count=500, per_class=True)
     assert explorer.counts.kept == 500
     explorer.rule = "ensemble"
     assert explorer.counts.kept == int(explorer.samples["keep"].sum())
@@ -67,58 +67,83 @@ def test_rules_switch_and_by_value_starts_at_the_last_cut(run_copy):
 def test_class_override_typed_in_the_table(run_copy):
     explorer = Explorer(run_copy)
     explorer.threshold = 0.5
-    row = int(np.flatnonzero(explorer._table.value["label"] == 3)[0])
-    explorer._on_table_edit(SimpleNamespace(column="override", row=row, value=0.99))
+    row = int(np.flatnonzero(explorer.distribution.table.value["label"] == 3)[0])
+    explorer.distribution.on_table_edit(SimpleNamespace(column="override", row=row, value=0.99))
     assert explorer.class_overrides == {3: 0.99}
     expected = apply_rule(explorer.samples, FilterRule("threshold", 0.5, class_overrides={3: 0.99}))
     assert explorer.counts.kept_per_class == expected.kept_per_class
-    assert explorer._table.value.set_index("label").loc[3, "threshold"] == 0.99
-    explorer._on_table_edit(SimpleNamespace(column="override", row=row, value=None))
+    assert explorer.distribution.table.value.set_index("label").loc[3, "threshold"] == 0.99
+    explorer.distribution.on_table_edit(SimpleNamespace(column="override", row=row, value=None))
     assert explorer.class_overrides == {}
 
 
 def test_typed_threshold_outside_the_range_is_clamped_with_a_message(run_copy):
     explorer = Explorer(run_copy)
     lo, hi = explorer.state.score_range()
-    explorer._typed.value = hi + 100
+    explorer.filter_controls.typed.value = hi + 100
     assert explorer.threshold == pytest.approx(hi)
-    assert explorer._notice.visible and "outside the range" in explorer._notice.object
+    assert explorer.notice.alert.visible and "outside the range" in explorer.notice.alert.object
+
+
+def test_controls_are_views_of_the_filter_model(tmp_path):
+    explorer = Explorer(synthetic_run(tmp_path / "run", n=600, classes=4, epochs=2))
+    controls = explorer.filter_controls
+    controls.slider.value = 0.61
+    assert explorer.threshold == 0.61 and controls.typed.value == 0.61
+    assert explorer.counts.kept == apply_rule(explorer.samples, FilterRule("threshold", 0.61)).kept
+    controls.rule.value = "quantile"
+    assert explorer.rule == "quantile" and controls.quantile.visible and controls.per_class.visible
+    assert not (controls.slider.visible or controls.typed.visible or controls.keep_n.visible)
+    controls.quantile.value, controls.per_class.value = 0.2, True
+    assert explorer.current_rule == FilterRule("quantile", 0.2, per_class=True)
+    explorer.set_rule(FilterRule("keep_count", 300))
+    assert (controls.rule.value, controls.keep_n.value, controls.per_class.value) == ("keep_count", 300, False)
+    explorer.distribution.on_table_edit(SimpleNamespace(column="override", row=0, value=0.9))
+    assert controls.rule.value == "threshold" and controls.clear_overrides.visible
+    controls.clear_overrides.clicks += 1
+    assert explorer.class_overrides == {} and not controls.clear_overrides.visible
+    explorer.threshold = 1e9  # from Python a threshold beyond every score is kept as given: it keeps nothing
+    assert controls.slider.value == 1e9 and explorer.counts.kept == 0
+    lo, hi = explorer.state.score_range()
+    for _ in range(2):  # typed twice: the second time the threshold already is the clamped value
+        controls.typed.value = hi + 5
+        assert explorer.threshold == controls.typed.value == pytest.approx(hi) and "outside the range" in explorer.message
 
 
 def test_empty_selection_is_allowed_and_said(run_copy):
     explorer = Explorer(run_copy)
     explorer.threshold = 1e9
-    assert explorer.counts.kept == 0 and "keeps no samples" in explorer._notice.object
-    data = explorer._keep_list_file().getvalue().decode()
+    assert explorer.counts.kept == 0 and "keeps no samples" in explorer.notice.alert.object
+    data = explorer.exports.keep_list_file().getvalue().decode()
     assert data.strip().splitlines() == ["sample_id,source,label,score,keep"]
     explorer.threshold = 0.5
-    assert not explorer._notice.visible
+    assert not explorer.notice.alert.visible
 
 
 def test_download_is_the_export_code_path(run_copy):
     explorer = Explorer(run_copy)
-    explorer.param.update(rule="quantile", quantile=0.4, per_class=True)
-    frame = pd.read_csv(io.BytesIO(explorer._keep_list_file().getvalue()))
+    explorer.filter.param.update(rule="quantile", quantile=0.4, per_class=True)
+    frame = pd.read_csv(io.BytesIO(explorer.exports.keep_list_file().getvalue()))
     expected = apply_rule(explorer.samples, explorer.current_rule)
     assert len(frame) == expected.kept and set(frame["sample_id"]) == set(explorer.samples["sample_id"][expected.keep])
-    spec = json.loads(explorer._spec_file().getvalue())
+    spec = json.loads(explorer.exports.spec_file().getvalue())
     assert spec["rule"]["kind"] == "quantile" and spec["kept"] == expected.kept and spec["run_id"] == explorer.run.run_id
-    explorer._format.value = "npy"
-    assert explorer._download.filename.endswith(".npy")
-    mask = np.load(io.BytesIO(explorer._keep_list_file().getvalue()))
+    explorer.exports.format.value = "npy"
+    assert explorer.exports.download.filename.endswith(".npy")
+    mask = np.load(io.BytesIO(explorer.exports.keep_list_file().getvalue()))
     np.testing.assert_array_equal(mask, expected.keep)
 
 
 def test_save_to_run_is_restored_on_reload(run_copy):
     explorer = Explorer(run_copy)
-    explorer.param.update(rule="keep_count", keep_count=900, per_class=True)
-    explorer._on_save()
-    assert explorer._notice.alert_type == "success" and "Saved 900 of" in explorer._notice.object
+    explorer.filter.param.update(rule="keep_count", keep_count=900, per_class=True)
+    explorer.exports.save.clicks += 1  # the "Save to run" button
+    assert explorer.notice.alert.alert_type == "success" and "Saved 900 of" in explorer.notice.alert.object
     saved = sorted((run_copy / "filters").iterdir())
     assert [p.suffix for p in saved] == [".csv", ".json"]
     again = Explorer(run_copy)
     assert (again.rule, again.keep_count, again.per_class) == ("keep_count", 900, True)
-    assert again.counts.kept == 900 and "Restored the filter" in again._notice.object
+    assert again.counts.kept == 900 and "Restored the filter" in again.notice.alert.object
     assert Explorer(run_copy, restore=False).rule == "threshold"
 
 
@@ -133,16 +158,16 @@ def test_unreadable_saved_spec_is_reported_not_fatal(run_copy):
 def test_gallery_click_opens_detail_and_trajectory(run_copy):
     explorer = Explorer(run_copy)
     _render(explorer)
-    lowest = explorer._shown["lowest"]
-    assert len(lowest) == explorer.gallery_size and explorer._galleries["lowest"].cards.count("me-card") >= 16
+    lowest = explorer.galleries.shown["lowest"]
+    assert len(lowest) == explorer.galleries.gallery_size and explorer.galleries.galleries["lowest"].cards.count("me-card") >= 16
     sample_id = explorer.samples["sample_id"].iloc[lowest[0]]
-    explorer._galleries["lowest"]._handle_msg({"pos": int(lowest[0]), "id": sample_id})
+    explorer.galleries.galleries["lowest"]._handle_msg({"pos": int(lowest[0]), "id": sample_id})
     assert explorer.selected == [int(lowest[0])]
     assert sample_id in explorer.detail._info.object and "data:image/webp" in explorer.detail._info.object
     assert explorer.detail._plot.object is not None
     explorer.select(explorer.samples["sample_id"].iloc[lowest[1]])
     assert explorer.selected == [int(lowest[0]), int(lowest[1])]
-    dropped = explorer._galleries["lowest"].dropped
+    dropped = explorer.galleries.galleries["lowest"].dropped
     assert set(dropped) == {int(p) for p in lowest if not explorer.keep_mask[p]}
 
 
@@ -150,14 +175,14 @@ def test_every_tab_and_column_renders(run_copy):
     explorer = Explorer(run_copy)
     root_doc = Document()
     pn.Row(explorer.controls, explorer.main).get_root(root_doc)
-    for index in range(len(explorer._tabs)):
-        explorer._tabs.active = index
-        assert len(explorer._tabs[index]) == 1
+    for index in range(len(explorer.more_views.tabs)):
+        explorer.more_views.tabs.active = index
+        assert len(explorer.more_views.tabs[index]) == 1
     explorer.column = "reference_loss"
     assert explorer.state.column == "reference_loss" and explorer.counts.total == len(explorer.samples)
-    explorer.log_counts = True
-    explorer.param.update(third_gallery="In a score band", band=(0.0, 1.0))
-    explorer.gallery_class = explorer.param.gallery_class.objects[2]
+    explorer.distribution.log_counts = True
+    explorer.galleries.param.update(third_gallery="In a score band", band=(0.0, 1.0))
+    explorer.galleries.gallery_class = explorer.galleries.param.gallery_class.objects[2]
     explorer.threshold = float(np.median(explorer.state.scores))
     assert explorer.counts.kept == apply_rule(explorer.samples, FilterRule("threshold", explorer.threshold,
                                                                            "reference_loss")).kept
@@ -168,15 +193,15 @@ def test_missing_thumbnails_show_placeholders(run_copy):
 
     shutil.rmtree(run_copy / "thumbs")
     explorer = Explorer(run_copy)
-    assert PLACEHOLDER in explorer._galleries["lowest"].cards and explorer._thumb_note.visible
+    assert PLACEHOLDER in explorer.galleries.galleries["lowest"].cards and explorer.galleries.thumb_note.visible
 
 
 def test_a_large_synthetic_run_is_rasterized_with_datashader(tmp_path):
     run_dir = synthetic_run(tmp_path / "big", n=60_000, epochs=2, thumbnails=False)
     explorer = Explorer(run_dir)
-    explorer._tabs.active = explorer._tabs._names.index("Scatter")
+    explorer.more_views.tabs.active = explorer.more_views.tabs._names.index("Scatter")
     _render(explorer)
-    scatter = explorer._tabs[explorer._tabs.active][0]
+    scatter = explorer.more_views.tabs[explorer.more_views.tabs.active][0]
     view = scatter[1]._pane if hasattr(scatter[1], "_pane") else scatter[1]
     assert "60,000 points rasterized with Datashader" in view[0].object
     assert isinstance(view[1], pn.pane.HoloViews)

@@ -11,12 +11,13 @@ import pytest
 
 from mimic_explorer.filters import FilterError, FilterRule, apply_rule, latest_saved_rule, save_to_run, saved_specs
 from mimic_explorer.store.reader import open_run
+from mimic_explorer.store.scores import EpochScores
+from mimic_explorer.store.thumbs import ThumbnailReader
 from mimic_explorer.ui.counting import RuleCounter
-from mimic_explorer.ui.epochs import EpochScores
 from mimic_explorer.store.listing import find_runs
 from mimic_explorer.ui.state import ExplorerState, histogram, robust_range
 from mimic_explorer.ui.summary import BASIS_WARNING, run_warnings, summary_facts
-from mimic_explorer.ui.thumbnails import PLACEHOLDER, ThumbnailSource
+from mimic_explorer.ui.thumbnails import PLACEHOLDER, ThumbnailURIs
 from tests.ui_helpers import synthetic_run
 
 
@@ -174,17 +175,15 @@ def test_find_runs_lists_runs_with_their_status(tmp_path, small_run):
 
 
 def test_epoch_scores_trajectories_and_bands(small_run):
-    epochs = EpochScores(small_run)
-    assert epochs.available and epochs.epochs == [0, 1, 2] and "proj" in epochs.signals
     run = open_run(small_run)
+    epochs = run.epoch_scores
+    assert epochs.available and epochs.epochs == [0, 1, 2] and "proj" in epochs.signals
     ids = list(run.samples["sample_id"].iloc[[3, 10]])
     traj = epochs.trajectories(ids)
     assert len(traj) == 6 and set(traj["sample_id"]) == set(ids)
     expected = run.scores.set_index(["sample_id", "epoch"]).loc[(ids[0], 2), "proj"]
     assert traj.set_index(["sample_id", "epoch"]).loc[(ids[0], 2), "proj"] == pytest.approx(expected)
-    import pyarrow as pa
-
-    noisy_ids = pa.array(run.samples.loc[run.samples["is_noisy"], "sample_id"].astype(str).tolist())
+    noisy_ids = epochs.id_set(run.samples.loc[run.samples["is_noisy"], "sample_id"])
     bands = epochs.quantile_bands("proj", noisy_ids)
     assert set(bands["group"]) == {"clean", "mislabeled"} and len(bands) == 6
     last = bands[(bands["epoch"] == 2) & (bands["group"] == "mislabeled")].iloc[0]
@@ -197,15 +196,18 @@ def test_thumbnails_by_position_by_id_and_missing(tmp_path, small_run):
 
     run = open_run(small_run)
     ids = run.samples["sample_id"].tolist()
-    thumbs = ThumbnailSource(small_run)
-    assert thumbs.uri(ids[5], 5).startswith("data:image/webp;base64,")
-    assert thumbs.get(ids[5], 99) == thumbs.get(ids[5], 5)  # wrong position: found by id instead
-    assert thumbs.uri("no-such-sample") == PLACEHOLDER and thumbs.missing == 1
+    reader = run.thumbnails
+    thumbs = ThumbnailURIs(reader)
+    assert thumbs.uri(ids[5], 5).startswith("data:image/webp;base64,") and thumbs.complete
+    assert reader.get(ids[5], 99) == reader.get(ids[5], 5) == reader.get(ids[5])  # wrong or no position: found by id
+    assert ids[5] in reader and "no-such-sample" not in reader
+    assert thumbs.uri("no-such-sample") == PLACEHOLDER and reader.missing == 1 and not thumbs.complete
     moved = shutil.copytree(small_run, tmp_path / "moved")
     (moved / "thumbs" / "thumbs.bin").write_bytes(b"")  # images gone: placeholders, no error
-    assert ThumbnailSource(moved).uri(ids[5], 5) == PLACEHOLDER
+    assert ThumbnailURIs(ThumbnailReader(moved)).uri(ids[5], 5) == PLACEHOLDER
     shutil.rmtree(moved / "thumbs")
-    assert not ThumbnailSource(moved).available and ThumbnailSource(moved).uri(ids[0]) == PLACEHOLDER
+    gone = ThumbnailURIs(ThumbnailReader(moved))
+    assert not gone.reader.available and gone.uri(ids[0]) == PLACEHOLDER and not gone.complete
 
 
 def test_save_to_run_and_restore_the_latest_spec(tmp_path, small_run):

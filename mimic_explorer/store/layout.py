@@ -149,7 +149,9 @@ class RunLayout:
 
     @staticmethod
     def part_epochs(path: Path) -> tuple[int, int]:
-        """(first, last) epoch of an epoch part named by ``epoch_part``."""
+        """(first, last) epoch of an epoch part named by ``epoch_part``; ``ValueError`` for any other file."""
+        if not Path(path).name.startswith(_EPOCH):
+            raise ValueError(f"{Path(path).name} is not an epoch part")
         numbers = [int(token) for token in Path(path).name.split(".")[0].split("-")[1:] if token.isdigit()]
         return numbers[0], numbers[-1]
 

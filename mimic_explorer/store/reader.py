@@ -11,13 +11,15 @@ import pandas as pd
 
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import FORMAT_VERSION, RunError, read_meta
+from mimic_explorer.store.scores import EpochScores
 from mimic_explorer.store.thumbs import ThumbnailReader
 
 __all__ = ["Run", "RunError", "open_run", "read_meta"]
 
 
 class Run:
-    """An opened run directory. ``samples`` and ``scores`` are read on first use."""
+    """An opened run directory. ``samples`` and ``scores`` are read on first use; ``epoch_scores`` and
+    ``thumbnails`` read only what is asked of them (the app's per-epoch views and galleries)."""
 
     def __init__(self, path: str | os.PathLike, meta: dict[str, Any]):
         self.path = Path(path)
@@ -47,10 +49,16 @@ class Run:
 
     @cached_property
     def scores(self) -> pd.DataFrame:
+        """Every per-epoch (or per-chunk) score row in one frame; the app reads ``epoch_scores`` instead."""
         parts = self.layout.score_parts()
         if not parts:
             return pd.DataFrame(columns=["sample_id", "epoch", "step", "proj", "weight"])
         return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+    @cached_property
+    def epoch_scores(self) -> EpochScores:
+        """Lazy per-epoch access: trajectories of a few samples, one epoch's values, quantile bands."""
+        return EpochScores(self.path)
 
     @cached_property
     def errors(self) -> pd.DataFrame:
@@ -59,6 +67,7 @@ class Run:
 
     @cached_property
     def thumbnails(self) -> ThumbnailReader:
+        """Thumbnail bytes by sample id, or faster by id and row position (``get(sample_id, position)``)."""
         return ThumbnailReader(self.path)
 
 

@@ -9,10 +9,10 @@ import holoviews as hv
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.ui.epochs import EpochScores
+from mimic_explorer.store.scores import EpochScores
 from mimic_explorer.ui.plots import detail_trajectory
 from mimic_explorer.ui.state import ExplorerState
-from mimic_explorer.ui.thumbnails import ThumbnailSource
+from mimic_explorer.ui.thumbnails import ThumbnailURIs
 
 CSS = """
 .me-detail img { width: 192px; height: 192px; object-fit: contain; image-rendering: pixelated; background: #111;
@@ -34,7 +34,7 @@ def _value(value) -> str:
 class DetailView(Viewer):
     """Shows one sample (``show(position)``); starts with a hint to click an image."""
 
-    def __init__(self, state: ExplorerState, thumbs: ThumbnailSource, epochs: EpochScores, **params):
+    def __init__(self, state: ExplorerState, thumbs: ThumbnailURIs, epochs: EpochScores, **params):
         super().__init__(**params)
         self.state, self.thumbs, self.epochs = state, thumbs, epochs
         self.position: int | None = None

@@ -16,7 +16,7 @@ import pandas as pd
 import param
 from panel.custom import JSComponent
 
-from mimic_explorer.ui.thumbnails import ThumbnailSource
+from mimic_explorer.ui.thumbnails import ThumbnailURIs
 
 CSS = """
 :host { display: block; width: 100%; }
@@ -81,7 +81,7 @@ def card_html(position: int, row, uri: str, label_name: Callable, score_column: 
     )
 
 
-def gallery_html(samples: pd.DataFrame, positions: np.ndarray, thumbs: ThumbnailSource, label_name: Callable,
+def gallery_html(samples: pd.DataFrame, positions: np.ndarray, thumbs: ThumbnailURIs, label_name: Callable,
                  score_column: str, empty_text: str = "No samples here.") -> str:
     """The grid for the rows at ``positions`` of ``samples`` (in that order)."""
     positions = np.asarray(positions, dtype=np.int64)

@@ -114,7 +114,7 @@ class ExplorerState:
         if column not in self._counters:
             self._counters[column] = RuleCounter(self.samples, column)
         self.counter = self._counters[column]
-        self.__dict__.pop("_class_orders", None)
+        self.__dict__.pop("_orderings", None)
         self.__dict__.pop("_class_ranks", None)
 
     @property
@@ -277,21 +277,21 @@ class ExplorerState:
     # ------------------------------------------------------------------ galleries
 
     @cached_property
-    def _class_orders(self) -> dict[int, np.ndarray]:
+    def _orderings(self) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
         return {}
 
     def _ordered(self, label: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(positions ascending by score, their sorted finite scores), for all samples or one class."""
-        if label is None:
+        """(positions ascending by score, their sorted finite scores), for all samples or one class.
+        Kept per column: the "around the threshold" gallery asks on every threshold change, and
+        gathering a million scores each time would cost more than the rest of the change."""
+        if label not in self._orderings:
             order = self.order
-        else:
-            if label not in self._class_orders:
-                labels = self.samples["label"].to_numpy()
-                self._class_orders[label] = self.order[labels[self.order] == label]
-            order = self._class_orders[label]
-        scores = self.scores[order]
-        n_finite = int(np.isfinite(scores).sum())
-        return order[:n_finite], scores[:n_finite]
+            if label is not None:
+                order = order[self.samples["label"].to_numpy()[order] == label]
+            scores = self.scores[order]
+            n_finite = int(np.isfinite(scores).sum())
+            self._orderings[label] = (order[:n_finite], scores[:n_finite])
+        return self._orderings[label]
 
     def lowest(self, k: int, label: int | None = None) -> np.ndarray:
         return self._ordered(label)[0][:k]

@@ -1,8 +1,9 @@
-"""Per-epoch scores, read lazily: trajectories of a few samples and per-epoch distributions.
+"""Per-epoch scores of a run, read lazily: trajectories of a few samples and per-epoch distributions.
 
 Why lazy and column-wise: the long-format score table is samples × epochs rows (20 M at a million
-samples over 20 epochs). The explorer opens without touching it; a trajectory reads only the rows of
+samples over 20 epochs). The app opens a run without touching it; a trajectory reads only the rows of
 the asked-for ids and a distribution only the columns it plots, through pyarrow's dataset scanner.
+``Run.epoch_scores`` gives one per run; part names come from ``RunLayout`` (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from mimic_explorer.store.layout import SCORES_DIR, SCORES_FILE
+from mimic_explorer.store.layout import RunLayout
 
 #: Per-epoch signals the app knows how to plot, in the order it offers them.
 SIGNALS = ("proj", "weight", "cos", "loss")
@@ -23,12 +25,10 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 class EpochScores:
-    """The per-epoch score parts of one run directory."""
+    """The per-epoch score parts of one run directory (``Run.epoch_scores``)."""
 
     def __init__(self, run_dir: str | Path):
-        run_dir = Path(run_dir)
-        single = run_dir / SCORES_FILE
-        parts = [single] if single.exists() else sorted((run_dir / SCORES_DIR).glob("*.parquet"))
+        parts = RunLayout(Path(run_dir)).score_parts()
         self._dataset = ds.dataset([str(p) for p in parts], format="parquet") if parts else None
 
     @property
@@ -60,8 +60,13 @@ class EpochScores:
         frame["sample_id"] = frame["sample_id"].astype(str)
         return frame.groupby(["sample_id", "epoch"], as_index=False)[signals].mean().sort_values(["sample_id", "epoch"])
 
-    def values(self, signal: str, epoch: int | None = None, noisy_ids=None) -> tuple[np.ndarray, np.ndarray | None]:
-        """One signal's values (one epoch, or all) and, given the mislabeled ids, which rows they are."""
+    @staticmethod
+    def id_set(sample_ids) -> pa.Array:
+        """Ids as the set ``values`` and ``quantile_bands`` mark rows by (build once, pass many times)."""
+        return pa.array(np.asarray(sample_ids, dtype=object), pa.string())
+
+    def values(self, signal: str, epoch: int | None = None, noisy_ids: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """One signal's values (one epoch, or all) and, given the mislabeled ids (``id_set``), which rows they are."""
         if self._dataset is None or signal not in self.signals:
             return np.array([]), None
         flt = None if epoch is None else pc.field("epoch") == epoch
@@ -73,8 +78,8 @@ class EpochScores:
             noisy = pc.is_in(table.column("sample_id"), value_set=noisy_ids).to_numpy(zero_copy_only=False)
         return values, noisy
 
-    def quantile_bands(self, signal: str, noisy_ids=None) -> pd.DataFrame:
-        """Per epoch (and per group clean / mislabeled when ``noisy_ids`` — a pyarrow array of ids — is
+    def quantile_bands(self, signal: str, noisy_ids: pa.Array | None = None) -> pd.DataFrame:
+        """Per epoch (and per group clean / mislabeled when ``noisy_ids`` — from ``id_set`` — is
         given): the 5/25/50/75/95 % quantiles. One score part at a time, so memory stays one epoch."""
         names = [f"q{int(round(q * 100))}" for q in QUANTILES]
         rows = []

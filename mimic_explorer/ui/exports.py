@@ -1,0 +1,69 @@
+"""Export the current filter: download the keep-list or its spec, or save both into the run.
+
+Every path goes through ``filters`` (``apply_rule``, ``render_export``, ``save_to_run``) — the code of
+``mimic-explorer export`` — so what the page hands out is what the command line would write.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+
+import panel as pn
+from panel.viewable import Viewer
+
+from mimic_explorer.filters import FORMATS, FilterError, FilterResult, render_export, save_to_run
+from mimic_explorer.store.reader import Run
+from mimic_explorer.ui.filter_model import FilterModel
+from mimic_explorer.ui.notice import Notice
+from mimic_explorer.ui.state import ExplorerState
+
+
+class ExportPanel(Viewer):
+    """Format, "Download spec", "Download keep-list" and "Save to run" for ``model``'s rule on ``run``."""
+
+    def __init__(self, run: Run, state: ExplorerState, model: FilterModel, notice: Notice, **params):
+        super().__init__(**params)
+        self.run, self.state, self.model, self.notice = run, state, model, notice
+        wide = dict(sizing_mode="stretch_width")
+        self.format = pn.widgets.Select(label="Keep-list format", options=list(FORMATS), value="csv", width=110)
+        self.download = pn.widgets.FileDownload(
+            callback=self.keep_list_file, filename=pn.bind(lambda fmt: f"keep-list-{run.run_id}.{fmt}", self.format),
+            label="Download keep-list", color="primary", **wide)
+        self.download_spec = pn.widgets.FileDownload(
+            callback=self.spec_file, filename=f"keep-list-{run.run_id}.spec.json", label="Download spec",
+            color="light", **wide)
+        self.save = pn.widgets.Button(label="Save to run", color="success", **wide,
+                                      description="Write the keep-list and its spec into the run's filters/ folder")
+        self.save.on_click(self._on_save)
+        self._layout = pn.Column(pn.Row(self.format, self.download_spec, **wide), self.download, self.save, **wide)
+
+    def _result(self) -> FilterResult:
+        return self.state.apply(self.model.to_rule())
+
+    def keep_list_file(self) -> io.BytesIO:
+        """The keep-list of the current rule, in the chosen format."""
+        return io.BytesIO(render_export(self.run.samples, self._result(), self.model.column, self.format.value))
+
+    def spec_file(self) -> io.BytesIO:
+        """The spec of the current rule (what ``filters.build_spec`` writes beside an export)."""
+        spec = self.model.to_spec(self.run.meta, self._result(), self.format.value)
+        return io.BytesIO(json.dumps(spec, indent=1, sort_keys=True).encode())
+
+    def save_to_run(self, export_format: str = "csv"):
+        """Write keep-list + spec into ``RUN/filters/`` (restored when the run is opened again)."""
+        return save_to_run(self.run.path, self.run.samples, self.run.meta, self.model.to_rule(), export_format)
+
+    def _on_save(self, event=None) -> None:
+        try:
+            result, _, out, spec_path = self.save_to_run(self.format.value)
+        except (FilterError, OSError) as exc:
+            self.notice.show(f"Not saved: {exc}", "danger")
+            return
+        when = _dt.datetime.now().strftime("%H:%M:%S")
+        self.notice.show(f"Saved {result.kept} of {result.total} to `{out}` and its spec (`{spec_path.name}`) at {when}; "
+                         "this filter is restored when the run is opened again.", "success")
+
+    def __panel__(self):
+        return self._layout

@@ -1,0 +1,149 @@
+"""The "More views" tabs: kept vs threshold, per class, scatter, per epoch, trajectories.
+
+Each tab is built the first time it is shown, so per-epoch scores are read only when asked for; the
+plots that show the cut take their lines from the shared ``CutLines``.
+"""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+from panel.viewable import Viewer
+
+from mimic_explorer.store.scores import EpochScores
+from mimic_explorer.ui import plots
+from mimic_explorer.ui.cut_lines import CutLines
+from mimic_explorer.ui.galleries import Selection
+from mimic_explorer.ui.live import LiveCounts
+from mimic_explorer.ui.state import ExplorerState, histogram
+
+NO_EPOCHS = "This run recorded no per-epoch scores."
+
+
+class MoreViews(Viewer):
+    """Lazily built tabs; ``log_counts`` is the parameter (of another component) that sets log axes."""
+
+    def __init__(self, state: ExplorerState, live: LiveCounts, lines: CutLines, epochs: EpochScores,
+                 selection: Selection, log_counts, **params):
+        super().__init__(**params)
+        self.state, self.live, self.lines, self.epochs, self.selection = state, live, lines, epochs, selection
+        self.log_counts = log_counts
+        wide = dict(sizing_mode="stretch_width")
+        builders = {
+            "Kept vs threshold": lambda: pn.param.ParamFunction(pn.bind(self._kept_curve, live.param.column), **wide),
+            "Per class": lambda: pn.param.ParamFunction(pn.bind(self._per_class, live.param.column, log_counts), **wide),
+            "Scatter": self._scatter_view,
+            "Per epoch": self._epoch_view,
+            "Trajectories": self._trajectory_view,
+        }
+        self._builders = list(builders.values())
+        self.tabs = pn.Tabs(*[(name, pn.Column(**wide)) for name in builders], dynamic=True, **wide)
+        self.tabs.param.watch(lambda event: self.open_tab(event.new), "active")
+        self.open_tab(self.tabs.active)
+
+    def open_tab(self, index: int) -> None:
+        """Build a tab's views the first time it is shown."""
+        holder = self.tabs[index]
+        if len(holder) == 0:
+            holder[:] = [self._builders[index]()]
+
+    def _kept_curve(self, column: str):
+        curve = self.state.kept_curve()
+        x0 = float(curve["threshold"].iloc[0])
+        lines = self.lines.line("kept-v", x0) * self.lines.line("kept-h", 0.0, horizontal=True)
+        return pn.pane.HoloViews(plots.kept_curve_element(curve, self.state.total) * lines, sizing_mode="stretch_width")
+
+    def _per_class(self, column: str, log: bool):
+        edges, per_class, shown = self.state.class_histograms(limit=20)
+        names = {c: self.state.label_name(c) for c in shown}
+        elements = plots.class_grid(edges, per_class, names, column, log)
+        panels = [element * self.lines.line(f"class-{label}", edges[0]) for label, element in elements.items()]
+        note = "" if len(shown) == len(self.state.counter.classes) else f" (the {len(shown)} largest classes)"
+        layout = hv.Layout(panels).cols(5).opts(shared_axes=False) if panels else hv.Curve([])
+        return pn.Column(pn.pane.Markdown(f"Distribution of **{column}** per class with each class's threshold{note}."),
+                         pn.pane.HoloViews(layout, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+
+    def _scatter_view(self):
+        columns = self.state.score_columns
+        column = self.state.column
+        default_y = next((c for c in ("reference_loss", "proj_mean", "model_loss") if c in columns and c != column),
+                         columns[1] if len(columns) > 1 else columns[0])
+        x = pn.widgets.Select(label="x", options=columns, value=column, width=180)
+        y = pn.widgets.Select(label="y", options=columns, value=default_y, width=180)
+        self.live.param.watch(lambda event: setattr(x, "value", event.new), "column")
+        return pn.Column(pn.Row(x, y), pn.param.ParamFunction(pn.bind(self._scatter, x, y), lazy=True, sizing_mode="stretch_width"),
+                         sizing_mode="stretch_width")
+
+    def _scatter(self, xcol: str, ycol: str):
+        if xcol == ycol:
+            return pn.pane.Markdown("Pick two different scores for x and y.")
+        samples, counter = self.state.samples, self.state.counter
+        frame = pd.DataFrame({xcol: samples[xcol].to_numpy(dtype=float), ycol: samples[ycol].to_numpy(dtype=float),
+                              "sample_id": samples["sample_id"].to_numpy()})
+        if "label" in samples.columns:
+            names = np.array([self.state.label_name(c) for c in counter.classes.tolist()], dtype=object)
+            frame["class"] = names[counter.codes]
+        truth = self.state.has_truth
+        if truth:
+            frame["truth"] = pd.Categorical(np.where(counter.noisy, "mislabeled", "clean"))
+        frame = frame[np.isfinite(frame[xcol]) & np.isfinite(frame[ycol])]
+        element = plots.scatter_element(frame, xcol, ycol, truth)
+        if xcol == self.state.column:
+            element = element * self.lines.line("scatter", float(frame[xcol].min()) if len(frame) else 0.0)
+        big = len(frame) > plots.RASTERIZE_ABOVE
+        note = (f"{len(frame):,} points rasterized with Datashader; hover marks the nearest sample and names it."
+                if big else f"{len(frame):,} points; hover names the sample.")
+        return pn.Column(pn.pane.Markdown(note), pn.pane.HoloViews(element, sizing_mode="stretch_width"),
+                         sizing_mode="stretch_width")
+
+    def _signal_select(self) -> pn.widgets.Select:
+        return pn.widgets.Select(label="Signal", options=self.epochs.signals, value=self.epochs.signals[0], width=160)
+
+    def _epoch_view(self):
+        if not self.epochs.available or not self.epochs.signals:
+            return pn.pane.Markdown(NO_EPOCHS)
+        signal = self._signal_select()
+        samples = self.state.samples
+        noisy_ids = self.epochs.id_set(samples["sample_id"].to_numpy()[self.state.counter.noisy]) if self.state.has_truth else None
+
+        def bands(sig: str):
+            return pn.pane.HoloViews(plots.epoch_bands_element(self.epochs.quantile_bands(sig, noisy_ids), sig),
+                                     sizing_mode="stretch_width")
+
+        def epoch_hist(sig: str, ep: int, log: bool):
+            values, noisy = self.epochs.values(sig, ep, noisy_ids)
+            return pn.pane.HoloViews(plots.histogram_element(histogram(values, noisy=noisy), f"{sig} (epoch {ep})", log),
+                                     sizing_mode="stretch_width")
+
+        epochs = self.epochs.epochs
+        items = [signal, pn.param.ParamFunction(pn.bind(bands, signal), lazy=True, sizing_mode="stretch_width")]
+        if len(epochs) > 1:
+            epoch = pn.widgets.DiscreteSlider(label="Epoch", options=epochs, value=epochs[-1], width=300)
+            items[0] = pn.Row(signal, epoch)
+            items.append(pn.param.ParamFunction(pn.bind(epoch_hist, signal, epoch, self.log_counts), lazy=True,
+                                                sizing_mode="stretch_width"))
+        return pn.Column(*items, sizing_mode="stretch_width")
+
+    def _trajectory_view(self):
+        if not self.epochs.available or not self.epochs.signals:
+            return pn.pane.Markdown(NO_EPOCHS)
+        signal = self._signal_select()
+        clear = pn.widgets.Button(label="Clear selection", color="light", width=140)
+        clear.on_click(lambda event: setattr(self.selection, "positions", []))
+        return pn.Column(pn.Row(signal, clear), pn.pane.Markdown("Click images in the galleries to add samples."),
+                         pn.param.ParamFunction(pn.bind(self._trajectories, signal, self.selection.param.positions),
+                                                lazy=True, sizing_mode="stretch_width"),
+                         sizing_mode="stretch_width")
+
+    def _trajectories(self, signal: str, positions: list[int]):
+        samples = self.state.samples
+        ids = samples["sample_id"].iloc[positions].astype(str).tolist() if positions else []
+        frame = self.epochs.trajectories(ids, [signal])
+        noisy = self.state.counter.noisy  # all False without ground truth
+        labels = {sid: f"{sid} (mislabeled)" if noisy[pos] else sid for pos, sid in zip(positions, ids)}
+        return pn.pane.HoloViews(plots.trajectories_element(frame, signal, labels), sizing_mode="stretch_width")
+
+    def __panel__(self):
+        return self.tabs
