@@ -15,9 +15,9 @@ import pytest
 from mimic_explorer.data.errors import DataSourceError, ErrorLog
 from mimic_explorer.data.noise import caption_noise
 from mimic_explorer.data.sources import open_source
-from tests.test_data_sources import error_of, fixture_items, write_shard
+from tests.data.test_sources import error_of, fixture_items, write_shard
 
-FLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
+FLICKR = Path(__file__).resolve().parents[3] / "shared" / "data" / "flickr8k"
 needs_flickr = pytest.mark.skipif(not (FLICKR / "dev-00.tar").exists(), reason="../shared/data/flickr8k not present")
 
 
@@ -149,7 +149,7 @@ def test_real_flickr8k_shards(tmp_path):
 
 
 def _fixture_paths(count: int) -> list[str]:
-    root = Path(__file__).parent / "fixtures" / "cifar_mini"
+    root = Path(__file__).resolve().parents[1] / "fixtures" / "cifar_mini"
     return [str(p) for p in sorted(root.glob("*/*.jpg"))[:count]]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from mimic_explorer import open_run
 from tests.conftest import run_cli
-from tests.test_data_sources import CLASSES, FIXTURE, fixture_items, make_messy_pool, write_pool_shards
+from tests.data.test_sources import CLASSES, FIXTURE, fixture_items, make_messy_pool, write_pool_shards
 
 SMALL = ["--arch", "small_cnn", "--batch-size", "16", "--quiet"]
 

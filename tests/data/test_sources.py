@@ -23,8 +23,8 @@ from mimic_explorer.data.sources import open_source
 from mimic_explorer.data.torch_dataset import SourceBatches, SourceDataset, collate_good, load_tensors
 from mimic_explorer.data.transforms import default_transform
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cifar_mini"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cifar_mini"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10"
 CLASSES = (FIXTURE / "classes.txt").read_text().split()
 
 
