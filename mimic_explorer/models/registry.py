@@ -192,6 +192,13 @@ class ArchSpec:
     name: str
     weights: str | None = None
 
+    @property
+    def text(self) -> str:
+        """The ARCH string in its canonical form (``small_cnn``, ``timm:NAME``, ``torchvision:NAME:WEIGHTS``…)."""
+        if self.family in ("timm", "torchvision"):
+            return f"{self.family}:{self.name}" + (f":{self.weights}" if self.weights else "")
+        return self.name
+
 
 def parse_arch(arch: str) -> ArchSpec:
     """Split ARCH into its family and name (nothing is imported or built; names are checked later)."""
