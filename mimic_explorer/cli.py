@@ -45,13 +45,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="build the embedded digits demo run (30%% label noise, Grad-Mimic, Stage 2); CPU, seconds",
-        description="Build a complete run directory from scikit-learn's digits: 30%% symmetric label noise, "
-        "a reference trained on clean labels from the same init, a Grad-Mimic run (normed_proj, T=1, batch 32, "
-        "AdamW) recording proj and weight per sample per epoch, and Stage 2 (weight >= 1/B, majority vote).",
-    )
+    p = sub.add_parser("demo", help="build the embedded digits demo run (30%% label noise, Grad-Mimic, Stage 2); CPU, seconds",
+                       description="Build a complete run directory from scikit-learn's digits: 30%% symmetric label "
+                       "noise, a reference trained on clean labels from the same init, a Grad-Mimic run (normed_proj, T=1, "
+                       "batch 32, AdamW) recording proj and weight per sample per epoch, and Stage 2 (weight >= 1/B, "
+                       "majority vote).")
     p.add_argument("--out", required=True, help="run directory to write (created if missing)")
     p.add_argument("--epochs", type=int, default=20, help="Grad-Mimic epochs")
     p.add_argument("--noise", type=float, default=0.3, help="symmetric label-noise rate in [0, 1)")
@@ -76,6 +74,7 @@ def _cmd_demo(args) -> int:
     print(format_summary(summary))
     print(Path(args.out).expanduser().resolve())
     return 0
+
 
 ARCH_HELP = (
     "mlp | small_cnn | timm:NAME[.TAG] (any timm classifier, e.g. timm:resnet50.a1_in1k; the timm extra) | "
@@ -126,14 +125,13 @@ def _add_run_options(p, command: str) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train plainly (to make a reference) or with Grad-Mimic, recording scores per sample per epoch",
-        description="Without --reference: plain training (save it with --save-model to use as a reference). "
-        "With --reference: Grad-Mimic. Every sample's proj, weight, loss and prediction are recorded at every epoch; "
-        "Stage 2 turns them into mimic_score and keep. Use --linear-probe with --init for the valid protocol "
-        "(model and reference share a frozen backbone). Under torchrun each process takes a part of the data.",
-    )
+    p = sub.add_parser("train", help="train plainly (to make a reference) or with Grad-Mimic, recording scores per "
+                       "sample per epoch",
+                       description="Without --reference: plain training (save it with --save-model to use as a "
+                       "reference). With --reference: Grad-Mimic. Every sample's proj, weight, loss and prediction are "
+                       "recorded at every epoch; Stage 2 turns them into mimic_score and keep. Use --linear-probe with "
+                       "--init or --pretrained for the valid protocol (model and reference share a frozen backbone). "
+                       "Under torchrun each process takes a part of the data.")
     _add_run_options(p, "train")
     p.add_argument("--init", metavar="CKPT",
                    help="initial weights (a pretrained backbone): a .pt/.pth/.safetensors state dict or a model folder "
@@ -208,13 +206,10 @@ def _cmd_train(args) -> int:
 
 
 def _add_score(sub) -> None:
-    p = sub.add_parser(
-        "score",
-        help="score every sample of a pool with one fixed checkpoint against a reference",
-        description="Mimic scores of --model against --reference for every sample (one ordered pass, streamed to "
-        "disk in chunks; a killed run resumes). Stage 2 for one checkpoint votes keep when proj >= 0 by default. "
-        "Under torchrun each process scores a disjoint part.",
-    )
+    p = sub.add_parser("score", help="score every sample of a pool with one fixed checkpoint against a reference",
+                       description="Mimic scores of --model against --reference for every sample (one ordered pass, "
+                       "streamed to disk in chunks; a killed run resumes). Stage 2 for one checkpoint votes keep when "
+                       "proj >= 0 by default. Under torchrun each process scores a disjoint part.")
     _add_run_options(p, "score")
     p.set_defaults(binarisation="proj")
     p.add_argument("--model", required=True, metavar="CKPT", help="the checkpoint to score")

@@ -212,7 +212,7 @@ def test_timm_pretrained_without_network_says_to_pass_init(monkeypatch):
 
 def test_timm_missing_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` fail as when it is not installed
-    with pytest.raises(ArchError, match=r"pip install 'mimic-explorer\[timm\]'"):
+    with pytest.raises(ArchError, match=r'pip install -e "\.\[timm\]" in a checkout'):
         build_for_run("timm:resnet18", 10)
 
 
