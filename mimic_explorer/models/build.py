@@ -13,9 +13,9 @@ ARCH forms and what each brings:
 ARCH                           head                                preprocessing (before overrides)
 =============================  ==================================  ==========================================
 ``mlp``, ``small_cnn``         ``head`` (traced)                   32 px, mean/std 0.5
-``file.py:function``,          traced on an example input          ``input_size`` declared on the function or
-``package.module:function``                                        the returned module; else ImageNet 256→224
-                                                                   with a note saying so
+``file.py:function``,          traced on an example input          ``input_size`` declared on the function,
+``package.module:function``                                        the returned module or in the file; else
+                                                                   ImageNet 256→224 with a note saying so
 ``resnet18`` (torchvision)     traced                              the DEFAULT weights' ``transforms()``
 ``torchvision:NAME``           traced                              the DEFAULT weights' ``transforms()``
 ``torchvision:NAME:WEIGHTS``   traced; weights from the torch hub  ``WEIGHTS.transforms()``
@@ -33,6 +33,7 @@ warning.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,13 +140,13 @@ def _builtin(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: boo
 
 def _factory(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: bool, init: InitSource | None) -> _Draft:
     factory = resolve_factory(spec.name)
-    size = crop or declared_input_size(factory)
+    size = crop or declared_input_size(factory, inspect.getmodule(factory))
 
     def make() -> nn.Module:
         return build_model(spec.name, num_classes, input_shape=(3, size, size) if size else None)
 
     model = make()
-    declared = declared_input_size(model, factory)
+    declared = declared_input_size(model, factory, inspect.getmodule(factory))
     if declared is not None:
         base, source, notes = ImageTransform(declared, declared), f"input_size {declared} declared by {spec.name}", []
     else:
@@ -153,7 +154,8 @@ def _factory(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: boo
         source = f"assumed ImageNet default for {spec.name} ({base.crop} px)"
         notes = [] if crop else [
             f"{spec.name} declares no input size, so {base.crop}-px inputs are assumed (resize {base.resize}, crop "
-            f"{base.crop}, ImageNet mean/std). Set input_size = N on the function or on the module it returns, or "
+            f"{base.crop}, ImageNet mean/std). Set input_size = N on the function, on the module it returns or in "
+            "its file, or "
             "pass --image-size N, if it is made for another size (a 32-px CNN fed 224-px images trains ~49x slower)."
         ]
     return _Draft(model, make, _traced_head(spec.name), base, source, notes)

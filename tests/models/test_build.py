@@ -303,6 +303,15 @@ def test_factory_declares_its_input_size_or_is_told_what_is_assumed(tmp_path):
     assert not build_for_run(f"{tmp_path / 'nets.py'}:plain", 10, image_size=32).notes
     with pytest.raises(ArchError, match=r"cannot run a 3×64×64 input.*declare input_size on it or pass --image-size"):
         build_for_run(f"{tmp_path / 'nets.py'}:cifar", 10, image_size=64)
+    (tmp_path / "small.py").write_text(
+        "from torch import nn\n"
+        "input_size = 24  # every factory in this file\n"
+        "def net(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 24 * 24, num_classes))\n"
+    )
+    in_file = build_for_run(f"{tmp_path / 'small.py'}:net", 10)
+    assert in_file.input_shape == (3, 24, 24) and not in_file.notes
+    assert in_file.preprocessing["crop"] == in_file.preprocessing["resize"] == 24
 
 
 def test_sidecar_preprocessing_is_adopted_and_a_contradiction_is_loud(tmp_path):
