@@ -1,18 +1,21 @@
 """Backbones from the command line: timm and torchvision models (random weights, nothing downloaded) and a
 ``file.py:function`` CNN go through ``train``/``score`` end to end on the 30-image CIFAR fixture; each
 run records the preprocessing it used, which is part of the run id and of the feature-cache key; a
-saved probe's preprocessing is adopted by the runs that use it; bad input is a one-line error before
-anything is written."""
+saved probe's preprocessing is adopted by the runs that use it; the same weights as ``.safetensors``
+score identically; bad input is a one-line error before anything is written."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mimic_explorer import open_run
+from mimic_explorer.models.checkpoints import save_checkpoint
 from tests.conftest import run_cli
 from tests.data.test_sources import FIXTURE
 
@@ -106,6 +109,16 @@ def test_score_takes_the_preprocessing_its_model_was_saved_with(tmp_path):
     assert run.meta["load_reports"]["model"]["head"] == "fc" and run.meta["same_init"] is None
     assert not run.meta["warnings"]  # the shared backbone: no feature-basis warning
     assert len(run.scores) == 30 and np.allclose(run.scores["proj"], 0.0)  # model and reference are one checkpoint
+
+    # the same weights as .safetensors (with the same sidecar) load identically: same model, same scores
+    as_safetensors = save_checkpoint(torch.load(probe, weights_only=True), tmp_path / "probe.safetensors")
+    shutil.copy(str(probe) + ".meta.json", str(as_safetensors) + ".meta.json")
+    _ok(run_cli("score", "--data", POOL, "--arch", "timm:test_resnet", "--model", str(as_safetensors), "--reference",
+                str(probe), "--linear-probe", "--quiet", "--out", str(tmp_path / "st"), env=env))
+    from_safetensors = open_run(tmp_path / "st")
+    assert from_safetensors.meta["fingerprints"]["model"] == run.meta["fingerprints"]["model"]
+    assert from_safetensors.meta["model"]["preprocessing"] == run.meta["model"]["preprocessing"]
+    assert np.array_equal(from_safetensors.scores["loss"], run.scores["loss"])
 
 
 @pytest.mark.slow
