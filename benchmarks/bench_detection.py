@@ -6,7 +6,8 @@ Without it (issue 4), the shared-shards protocol below:
 
 (a) digits, MLP, model and reference from the same init (the demo protocol), 30 % and 50 %
     symmetric noise;
-(b) CIFAR-10 shards (../shared/data): a small CNN trained on shards 02–03 is the frozen "pretrained"
+(b) CIFAR-10 shards (../shared/data): a small CNN (or ``--arch``, e.g. ``timm:resnet18`` with
+    ``--image-size 32``) trained from random init on shards 02–03 is the frozen "pretrained"
     backbone; linear probes on shards 00–01 (reference: clean labels; plain and Grad-Mimic: noisy
     labels), shard 04 is the test set; 30 % / 50 % symmetric and 30 % asymmetric noise; plus a
     temperature sweep at 30 % symmetric.
@@ -14,11 +15,12 @@ Without it (issue 4), the shared-shards protocol below:
 Everything goes through the real pipeline (``run_train``), so the runs are cached: a second
 invocation reuses every finished run. Prints a markdown table and writes JSON next to it.
 
-    python benchmarks/bench_detection.py [--work DIR] [--skip-cifar] [--epochs 20]
+    python benchmarks/bench_detection.py [--work DIR] [--skip-cifar] [--epochs 20] [--arch ARCH --image-size N]
     python benchmarks/bench_detection.py --study [--work DIR]
 
 Runs are kept in ``--work`` (default ``../bench_work/detection`` beside the repository, so they
-outlive a worktree): the study under ``study/``, the issue-4 runs under ``issue4/``.
+outlive a worktree): the study under ``study/``, the issue-4 runs under ``issue4/`` (another ``--arch``'s
+CIFAR-10 runs in a sub-folder named after it).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARDS = ROOT.parent / "shared" / "data" / "cifar10"
 WORK = ROOT.parent / "bench_work" / "detection"
 sys.path.insert(0, str(ROOT))  # this checkout's package, not whichever one is installed
+#: the backbone of protocol (b) unless ``--arch`` names another
+DEFAULT_ARCH = "small_cnn"
 
 
 def digits_rows(work: Path) -> list[dict]:
@@ -58,7 +62,10 @@ def _row(name: str, plain_acc: float | None, gm_acc: float | None, evaluation: d
             "note": extra}
 
 
-def cifar_rows(work: Path, epochs: int, temperatures: list[float]) -> list[dict]:
+def cifar_rows(work: Path, epochs: int, temperatures: list[float], arch: str = DEFAULT_ARCH,
+               image_size: int | None = None) -> list[dict]:
+    """Protocol (b) with ``arch`` as the backbone (random init, trained on shards 02–03), fed
+    ``image_size``-px images when given (else the model's own preprocessing)."""
     from mimic_explorer.pipeline.options import TrainOptions
     from mimic_explorer.pipeline.train_command import run_train
 
@@ -66,29 +73,40 @@ def cifar_rows(work: Path, epochs: int, temperatures: list[float]) -> list[dict]
     test = f"wds:{SHARDS}/train-04.tar"
     backbone = work / "backbone.pt"
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    model = dict(image_size=image_size, quiet=True)
     t0 = time.perf_counter()
-    run_train(TrainOptions(f"wds:{SHARDS}/train-{{02..03}}.tar", "small_cnn", str(work / "backbone-run"), epochs=6,
-                           batch_size=128, lr=2e-3, save_model=str(backbone), quiet=True), log=say)
-    say(f"backbone ready ({time.perf_counter() - t0:.0f} s)")
-    probe = dict(init=str(backbone), linear_probe=True, epochs=epochs, batch_size=128, lr=1e-3, test_data=test, quiet=True)
+    trained = run_train(TrainOptions(f"wds:{SHARDS}/train-{{02..03}}.tar", arch, str(work / "backbone-run"), epochs=6,
+                                     batch_size=128, lr=2e-3, save_model=str(backbone), **model), log=say)
+    say(f"backbone ready ({time.perf_counter() - t0:.0f} s{', cached' if trained.cached else ''})")
+    probe = dict(init=str(backbone), linear_probe=True, epochs=epochs, batch_size=128, lr=1e-3, test_data=test, **model)
     reference = work / "reference.pt"
-    run_train(TrainOptions(pool, "small_cnn", str(work / "reference-run"), save_model=str(reference), **probe), log=say)
+    run_train(TrainOptions(pool, arch, str(work / "reference-run"), save_model=str(reference), **probe), log=say)
+    label = "" if arch == DEFAULT_ARCH and image_size is None else f" ({arch}{f', {image_size} px' if image_size else ''})"
     rows = []
     settings = [("30% sym", 0.3, "symmetric"), ("50% sym", 0.5, "symmetric"), ("30% asym", 0.3, "asymmetric")]
     for name, rate, kind in settings:
         noise = dict(label_noise=rate, noise_type=kind)
         tag = f"{kind[:4]}{int(rate * 100)}"
-        plain = run_train(TrainOptions(pool, "small_cnn", str(work / f"plain-{tag}"), **noise, **probe), log=say)
-        gm = run_train(TrainOptions(pool, "small_cnn", str(work / f"gm-{tag}"), reference=str(reference), **noise, **probe), log=say)
-        rows.append(_row(f"CIFAR-10 linear probe, {name}", plain.summary["test_accuracy"], gm.summary["test_accuracy"],
+        plain = run_train(TrainOptions(pool, arch, str(work / f"plain-{tag}"), **noise, **probe), log=say)
+        gm = run_train(TrainOptions(pool, arch, str(work / f"gm-{tag}"), reference=str(reference), **noise, **probe), log=say)
+        rows.append(_row(f"CIFAR-10 linear probe{label}, {name}", plain.summary["test_accuracy"], gm.summary["test_accuracy"],
                          _evaluation(gm.path)))
         say(f"done {name}")
     for temperature in temperatures:
-        gm = run_train(TrainOptions(pool, "small_cnn", str(work / f"gm-sym30-T{temperature:g}"), reference=str(reference),
+        gm = run_train(TrainOptions(pool, arch, str(work / f"gm-sym30-T{temperature:g}"), reference=str(reference),
                                     label_noise=0.3, temperature=temperature, **probe), log=say)
-        rows.append(_row(f"CIFAR-10 probe, 30% sym, T={temperature:g}", None, gm.summary["test_accuracy"], _evaluation(gm.path),
-                         "temperature sweep"))
+        rows.append(_row(f"CIFAR-10 probe{label}, 30% sym, T={temperature:g}", None, gm.summary["test_accuracy"],
+                         _evaluation(gm.path), "temperature sweep"))
     return rows
+
+
+def arch_folder(work: Path, arch: str, image_size: int | None) -> Path:
+    """Where protocol (b)'s runs for ``arch`` are kept: ``work`` itself for the default backbone (as
+    before), a sub-folder named after the ARCH and input size for any other."""
+    if arch == DEFAULT_ARCH and image_size is None:
+        return work
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in arch)
+    return work / (name + (f"-{image_size}px" if image_size else ""))
 
 
 def _evaluation(path: Path) -> dict:
@@ -119,6 +137,12 @@ def main() -> int:
     parser.add_argument("--skip-cifar", action="store_true")
     parser.add_argument("--epochs", type=int, default=20, help="linear-probe epochs")
     parser.add_argument("--temperatures", default="0.5,2,5", help="extra temperatures for the sweep (T=1 is the main row)")
+    parser.add_argument("--arch", default=DEFAULT_ARCH,
+                        help="backbone of the CIFAR-10 protocol, any ARCH train takes, e.g. timm:resnet18 "
+                             "(random init, trained on shards 02-03 like small_cnn) (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="N",
+                        help="feed the CIFAR-10 backbone N-px images (default: the model's own preprocessing; "
+                             "timm:resnet18's is 224 px, far too slow on a CPU: use 32 or 64)")
     args = parser.parse_args()
     import torch
 
@@ -134,7 +158,10 @@ def main() -> int:
         if not (SHARDS / "train-00.tar").exists():
             print(f"CIFAR-10 shards not found at {SHARDS}; skipping (b)", file=sys.stderr)
         else:
-            rows += cifar_rows(work, args.epochs, [float(t) for t in args.temperatures.split(",") if t])
+            folder = arch_folder(work, args.arch, args.image_size)
+            folder.mkdir(parents=True, exist_ok=True)
+            rows += cifar_rows(folder, args.epochs, [float(t) for t in args.temperatures.split(",") if t],
+                               arch=args.arch, image_size=args.image_size)
     (work / "detection.json").write_text(json.dumps(rows, indent=2))
     print(markdown(rows))
     return 0

@@ -24,18 +24,36 @@ class UserError(Exception):
     """An error the user caused and can fix; printed as one line, exit status 2."""
 
 
+class DefaultsOnceFormatter(argparse.HelpFormatter):
+    """Shows an option's default once, at the end of its help: not when the help already says what the
+    default is (in its own words), nor for options without one (None) or flags (False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or "default" in text.lower()):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every subcommand's parser shows its defaults through ``DefaultsOnceFormatter``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsOnceFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _add_demo(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="build the embedded digits demo run (30%% label noise, Grad-Mimic, Stage 2); CPU, seconds",
-        description="Build a complete run directory from scikit-learn's digits: 30%% symmetric label noise, "
-        "a reference trained on clean labels from the same init, a Grad-Mimic run (normed_proj, T=1, batch 32, "
-        "AdamW) recording proj and weight per sample per epoch, and Stage 2 (weight >= 1/B, majority vote).",
-    )
+    p = sub.add_parser("demo", help="build the embedded digits demo run (30%% label noise, Grad-Mimic, Stage 2); CPU, seconds",
+                       description="Build a complete run directory from scikit-learn's digits: 30%% symmetric label "
+                       "noise, a reference trained on clean labels from the same init, a Grad-Mimic run (normed_proj, T=1, "
+                       "batch 32, AdamW) recording proj and weight per sample per epoch, and Stage 2 (weight >= 1/B, "
+                       "majority vote).")
     p.add_argument("--out", required=True, help="run directory to write (created if missing)")
-    p.add_argument("--epochs", type=int, default=20, help="Grad-Mimic epochs (default 20)")
-    p.add_argument("--noise", type=float, default=0.3, help="symmetric label-noise rate in [0, 1) (default 0.3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--epochs", type=int, default=20, help="Grad-Mimic epochs")
+    p.add_argument("--noise", type=float, default=0.3, help="symmetric label-noise rate in [0, 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--force", action="store_true", help="rebuild even when --out already holds this demo run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
@@ -57,27 +75,49 @@ def _cmd_demo(args) -> int:
     print(Path(args.out).expanduser().resolve())
     return 0
 
+
+ARCH_HELP = (
+    "mlp | small_cnn | timm:NAME[.TAG] (any timm classifier, e.g. timm:resnet50.a1_in1k; the timm extra) | "
+    "torchvision:NAME[:WEIGHTS] (e.g. torchvision:resnet50:IMAGENET1K_V2; the weights from the local torch hub "
+    "cache or --init) | a torchvision model name (resnet18, vit_b_16, ...) | path/to/file.py:function | "
+    "package.module:function (a factory returning an nn.Module; it may declare input_size = N)"
+)
+
+
 def _add_run_options(p, command: str) -> None:
     """Options shared by train and score."""
     p.add_argument("--data", required=True, metavar="SPEC",
                    help="the pool: digits | folder:DIR | manifest:FILE.csv|.parquet | wds:PATTERN | torchvision:NAME:ROOT")
-    p.add_argument("--arch", required=True, metavar="ARCH",
-                   help="mlp, small_cnn, a torchvision model name (resnet18, vit_b_16, ...), or file.py:function")
+    p.add_argument("--arch", required=True, metavar="ARCH", help=ARCH_HELP)
+    p.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
+                   help="start from the model's published weights: timm: timm's own loader (needs network access or "
+                        "timm's cache); torchvision: the DEFAULT weights from the local torch hub cache (never "
+                        "downloaded). A TAG names open_clip weights. Not with --init; without it nothing is downloaded")
+    recorded = "--init or --reference" if command == "train" else "--model or --reference"
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="resize and crop images to N px (without it: the preprocessing recorded with "
+                        f"{recorded}, else the model's own: timm's data config, the torchvision weights' "
+                        "transforms, the input_size a file.py:function declares)")
+    p.add_argument("--transform", metavar="TEXT",
+                   help="override preprocessing keys after --image-size, as KEY=VALUE pairs joined by commas: "
+                        "resize=R, crop=C, mean=R,G,B, std=R,G,B, interpolation=bilinear|bicubic|nearest|..., "
+                        "crop_mode=center|squash; keys left out keep the model's values")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (the same command twice reuses it)")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda (default auto)")
-    p.add_argument("--batch-size", type=int, default=128, help="mini-batch size per process (default 128)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding (default 0)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=128, help="mini-batch size per process")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding")
     p.add_argument("--label-noise", type=float, default=0.0, metavar="RATE",
                    help="inject label noise at RATE in [0, 1) to evaluate detection (default 0: none)")
     p.add_argument("--noise-type", choices=["symmetric", "asymmetric"], default="symmetric",
                    help="symmetric: exactly int(RATE*N) labels flipped to a random other class; asymmetric: the "
                         "CIFAR-10 class-pair map (truck->automobile, bird->airplane, deer->horse, cat<->dog)")
-    p.add_argument("--noise-seed", type=int, default=0, help="seed of the injected noise (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of init and shuffling (default 0)")
+    p.add_argument("--noise-seed", type=int, default=0, help="seed of the injected noise")
+    p.add_argument("--seed", type=int, default=0, help="seed of init and shuffling")
+    vote = "weight: weight >= 1/B" if command == "train" else "proj: keep when proj >= 0"
     p.add_argument("--binarise", dest="binarisation", default="weight", choices=["weight", "proj", "gmm", "kmeans"],
-                   help="Stage-2 per-epoch vote (default weight: weight >= 1/B)")
+                   help=f"Stage-2 per-epoch vote (default {vote})")
     p.add_argument("--aggregate", dest="aggregation", default="majority", choices=["majority", "unanimity", "mean"],
-                   help="Stage-2 vote over epochs (default majority)")
+                   help="Stage-2 vote over epochs")
     p.add_argument("--trust-checkpoint", dest="trust_pickle", action="store_true",
                    help="allow checkpoints that are pickled whole models (runs code from the file: only for files you trust)")
     p.add_argument("--force", action="store_true", help="recompute even when --out already holds this run")
@@ -85,23 +125,24 @@ def _add_run_options(p, command: str) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train plainly (to make a reference) or with Grad-Mimic, recording scores per sample per epoch",
-        description="Without --reference: plain training (save it with --save-model to use as a reference). "
-        "With --reference: Grad-Mimic. Every sample's proj, weight, loss and prediction are recorded at every epoch; "
-        "Stage 2 turns them into mimic_score and keep. Use --linear-probe with --init for the valid protocol "
-        "(model and reference share a frozen backbone). Under torchrun each process takes a part of the data.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = sub.add_parser("train", help="train plainly (to make a reference) or with Grad-Mimic, recording scores per "
+                       "sample per epoch",
+                       description="Without --reference: plain training (save it with --save-model to use as a "
+                       "reference). With --reference: Grad-Mimic. Every sample's proj, weight, loss and prediction are "
+                       "recorded at every epoch; Stage 2 turns them into mimic_score and keep. Use --linear-probe with "
+                       "--init or --pretrained for the valid protocol (model and reference share a frozen backbone). "
+                       "Under torchrun each process takes a part of the data.")
     _add_run_options(p, "train")
-    p.add_argument("--init", metavar="CKPT", help="initial weights (a pretrained backbone; the head is skipped if its shape differs)")
+    p.add_argument("--init", metavar="CKPT",
+                   help="initial weights (a pretrained backbone): a .pt/.pth/.safetensors state dict or a model folder "
+                        "(model.safetensors + config.json, e.g. a timm repository from the Hugging Face Hub); the "
+                        "head is skipped if its shape differs, and preprocessing recorded with it is used")
     p.add_argument("--reference", metavar="CKPT", help="the better model (same architecture and classes); enables Grad-Mimic")
     p.add_argument("--linear-probe", action="store_true", help="freeze the backbone; train the head on cached features")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="weight decay of the optimizer")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="optimizer")
     p.add_argument("--method", choices=["proj", "cos", "normed_proj", "normed_cos"], default="normed_proj",
                    help="Stage-1 weighting")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of normed_* methods")
@@ -165,14 +206,10 @@ def _cmd_train(args) -> int:
 
 
 def _add_score(sub) -> None:
-    p = sub.add_parser(
-        "score",
-        help="score every sample of a pool with one fixed checkpoint against a reference",
-        description="Mimic scores of --model against --reference for every sample (one ordered pass, streamed to "
-        "disk in chunks; a killed run resumes). Stage 2 for one checkpoint votes keep when proj >= 0 by default. "
-        "Under torchrun each process scores a disjoint part.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = sub.add_parser("score", help="score every sample of a pool with one fixed checkpoint against a reference",
+                       description="Mimic scores of --model against --reference for every sample (one ordered pass, "
+                       "streamed to disk in chunks; a killed run resumes). Stage 2 for one checkpoint votes keep when "
+                       "proj >= 0 by default. Under torchrun each process scores a disjoint part.")
     _add_run_options(p, "score")
     p.set_defaults(binarisation="proj")
     p.add_argument("--model", required=True, metavar="CKPT", help="the checkpoint to score")
@@ -294,7 +331,7 @@ def _cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mimic-explorer",
         description="Compute, explore and act on Grad-Mimic sample-utility (mimic) scores.",
         epilog=EPILOG,

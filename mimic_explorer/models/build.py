@@ -13,9 +13,9 @@ ARCH forms and what each brings:
 ARCH                           head                                preprocessing (before overrides)
 =============================  ==================================  ==========================================
 ``mlp``, ``small_cnn``         ``head`` (traced)                   32 px, mean/std 0.5
-``file.py:function``,          traced on an example input          ``input_size`` declared on the function or
-``package.module:function``                                        the returned module; else ImageNet 256→224
-                                                                   with a note saying so
+``file.py:function``,          traced on an example input          ``input_size`` declared on the function,
+``package.module:function``                                        the returned module or in the file; else
+                                                                   ImageNet 256→224 with a note saying so
 ``resnet18`` (torchvision)     traced                              the DEFAULT weights' ``transforms()``
 ``torchvision:NAME``           traced                              the DEFAULT weights' ``transforms()``
 ``torchvision:NAME:WEIGHTS``   traced; weights from the torch hub  ``WEIGHTS.transforms()``
@@ -24,17 +24,20 @@ ARCH                           head                                preprocessing
 =============================  ==================================  ==========================================
 
 Then, in order: preprocessing recorded with the init checkpoint (a model folder's ``config.json``
-``pretrained_cfg`` or our sidecar's ``preprocessing``) replaces the model's; ``image_size`` and
-``transform`` override it (``models/preprocessing.py``); a contradiction between the recorded one and
-the one used is a loud warning.
+``pretrained_cfg`` or our sidecar's ``preprocessing``) replaces the model's — or, when the init records
+none, the preprocessing recorded with a checkpoint the run uses beside it (``adopt_from``: the
+``--reference``, the ``--model`` that ``score`` scores); ``image_size`` and ``transform`` override it
+(``models/preprocessing.py``); a contradiction between the recorded one and the one used is a loud
+warning.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -81,8 +84,10 @@ class BuiltModel:
         return self._rebuild()
 
     def describe(self) -> dict:
-        """JSON-able facts for meta.json: family, name, head, preprocessing (+ where it came from), weights."""
+        """JSON-able facts for meta.json: the ARCH (as ``parse_arch`` reads it), family, name, head,
+        preprocessing (+ where it came from), weights and what was loaded."""
         return {
+            "arch": self.arch.text,
             "family": self.arch.family,
             "name": self.arch.name,
             "head": self.head_name,
@@ -135,13 +140,13 @@ def _builtin(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: boo
 
 def _factory(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: bool, init: InitSource | None) -> _Draft:
     factory = resolve_factory(spec.name)
-    size = crop or declared_input_size(factory)
+    size = crop or declared_input_size(factory, inspect.getmodule(factory))
 
     def make() -> nn.Module:
         return build_model(spec.name, num_classes, input_shape=(3, size, size) if size else None)
 
     model = make()
-    declared = declared_input_size(model, factory)
+    declared = declared_input_size(model, factory, inspect.getmodule(factory))
     if declared is not None:
         base, source, notes = ImageTransform(declared, declared), f"input_size {declared} declared by {spec.name}", []
     else:
@@ -149,7 +154,8 @@ def _factory(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: boo
         source = f"assumed ImageNet default for {spec.name} ({base.crop} px)"
         notes = [] if crop else [
             f"{spec.name} declares no input size, so {base.crop}-px inputs are assumed (resize {base.resize}, crop "
-            f"{base.crop}, ImageNet mean/std). Set input_size = N on the function or on the module it returns, or "
+            f"{base.crop}, ImageNet mean/std). Set input_size = N on the function, on the module it returns or in "
+            "its file, or "
             "pass --image-size N, if it is made for another size (a 32-px CNN fed 224-px images trains ~49x slower)."
         ]
     return _Draft(model, make, _traced_head(spec.name), base, source, notes)
@@ -229,6 +235,31 @@ def _folder_crop(source: InitSource | None) -> dict | None:
     return {"crop": int(cfg["input_size"][-1])} if cfg else None
 
 
+def recorded_preprocessing(path: str | os.PathLike) -> dict | None:
+    """The preprocessing (``ImageTransform.describe()`` form) a checkpoint's metadata records — our
+    ``.meta.json`` sidecar's ``preprocessing``, else a model folder's ``pretrained_cfg`` resolved by
+    timm — or None (also when ``path`` does not exist: loading it reports that, naming the flag)."""
+    if not Path(path).expanduser().exists():
+        return None
+    source = open_init(path)
+    if source.recorded_preprocessing is not None:
+        return source.recorded_preprocessing
+    if source.pretrained_cfg:
+        from mimic_explorer.models.timm_models import timm_config_preprocessing
+
+        return timm_config_preprocessing(source.pretrained_cfg).describe()
+    return None
+
+
+def _adopted(adopt_from: Sequence[tuple[str, str | os.PathLike]]) -> tuple[dict | None, str | None]:
+    """The first recorded preprocessing among ``adopt_from`` ((flag, path) pairs), and where it is from."""
+    for flag, path in adopt_from:
+        recorded = recorded_preprocessing(path) if path else None
+        if recorded is not None:
+            return recorded, f"{flag} {Path(path).expanduser()}"
+    return None, None
+
+
 def _load_init(built: _Draft, model: nn.Module, head_name: str, init: InitSource, trust_pickle: bool) -> LoadReport:
     try:
         return load_checkpoint(model, init.path, trust_pickle=trust_pickle, head=head_name, ignore=built.ignore)
@@ -248,6 +279,7 @@ def build_for_run(
     image_size: int | None = None,
     transform: str | Mapping | None = None,
     trust_pickle: bool = False,
+    adopt_from: Sequence[tuple[str, str | os.PathLike]] = (),
 ) -> BuiltModel:
     """Build ``arch`` for ``num_classes`` classes, load its initial weights, find its head and choose its
     preprocessing.
@@ -267,6 +299,10 @@ def build_for_run(
         transform: ``--transform`` text (``"resize=R,crop=C,mean=a,b,c,std=a,b,c,interpolation=bicubic"``)
             or the dict ``parse_transform_text`` returns; keys left out keep the model's value.
         trust_pickle: allow checkpoints holding pickled objects (``--trust-checkpoint``).
+        adopt_from: checkpoints the run uses with this model, as (flag, path) pairs in order of
+            preference (``[("--reference", path)]``): when ``init`` records no preprocessing, the first
+            of them that does supplies it, so a probe trained at ``--image-size 64`` and saved with
+            ``--save-model`` is met at 64 px by the run that uses it. Nothing is loaded from them here.
 
     Returns:
         ``BuiltModel`` (model on CPU in train mode; seed the RNG before calling for reproducible heads).
@@ -290,10 +326,12 @@ def build_for_run(
     source = open_init(init) if init is not None else None
     sidecar_recorded = source.recorded_preprocessing if source else None
     folder_crop = _folder_crop(source) if spec.family == "timm" else None
-    pre_crop = _requested_crop(image_size, overrides, sidecar_recorded or folder_crop)
+    adopted, adopted_where = (None, None) if sidecar_recorded or folder_crop else _adopted(adopt_from)
+    pre_crop = _requested_crop(image_size, overrides, sidecar_recorded or folder_crop or adopted)
     draft = _FAMILIES[spec.family](spec, int(num_classes), pre_crop, pretrained, source)
-    chosen, source_text, notes, warnings = _choose_preprocessing(
-        draft, sidecar_recorded or draft.recorded, source, image_size, overrides)
+    recorded = sidecar_recorded or draft.recorded
+    where = f"--init {source.path}" if recorded else adopted_where
+    chosen, source_text, notes, warnings = _choose_preprocessing(draft, recorded or adopted, where, image_size, overrides)
     model = draft.model
     head_name = draft.head(model, chosen.crop)
     report = None
@@ -311,19 +349,21 @@ def build_for_run(
 
 
 def _choose_preprocessing(
-    draft: _Draft, recorded: dict | None, source: InitSource | None, image_size: int | None, overrides: dict
+    draft: _Draft, recorded: dict | None, where: str | None, image_size: int | None, overrides: dict
 ) -> tuple[ImageTransform, str, list[str], list[str]]:
-    """The preprocessing used (the model's, replaced by what the init records, then overridden), where
-    it came from, notes, and the mismatch warning when an override contradicts the recorded one."""
-    base, base_source, notes, warnings = draft.base, draft.base_source, list(draft.notes), []
+    """The preprocessing used (the model's, replaced by what ``where`` — a checkpoint flag and path —
+    records, then overridden), where it came from, notes, and the mismatch warning when an override
+    contradicts the recorded one."""
+    base, base_source, notes = draft.base, draft.base_source, list(draft.notes)
     if recorded:
-        base, base_source = ImageTransform.from_description(recorded), f"recorded with --init {source.path}"
-        notes.append(f"preprocessing {base_source} is used (it replaces the model's {draft.base_source})")
+        base, base_source = ImageTransform.from_description(recorded), f"recorded with {where}"
     chosen = override_preprocessing(base, image_size=image_size, overrides=overrides)
     source_text = base_source + (f"; --image-size {image_size}" if image_size else "") + (
         f"; --transform {', '.join(sorted(overrides))}" if overrides else "")
-    mismatch = preprocessing_mismatch(recorded, chosen, f"--init {source.path}") if recorded else None
-    return chosen, source_text, notes, warnings + ([mismatch] if mismatch else [])
+    mismatch = preprocessing_mismatch(recorded, chosen, where) if recorded else None
+    if recorded and not mismatch and preprocessing_mismatch(recorded, draft.base, where):  # a change worth a note
+        notes.append(f"preprocessing {base_source} is used (it replaces the model's {draft.base_source})")
+    return chosen, source_text, notes, [mismatch] if mismatch else []
 
 
 def checkpoint_preprocessing_warning(path: str | os.PathLike, transform: ImageTransform, role: str = "--reference") -> str | None:
@@ -333,10 +373,5 @@ def checkpoint_preprocessing_warning(path: str | os.PathLike, transform: ImageTr
     Why: a reference probe trained on features of other inputs than the pool's is compared, in head
     space, with a model that sees different features; its scores then mean little.
     """
-    source = open_init(path)
-    recorded = source.recorded_preprocessing
-    if recorded is None and source.pretrained_cfg:
-        from mimic_explorer.models.timm_models import timm_config_preprocessing
-
-        recorded = timm_config_preprocessing(source.pretrained_cfg).describe()
-    return preprocessing_mismatch(recorded, transform, f"{role} {source.path}") if recorded else None
+    recorded = recorded_preprocessing(path)
+    return preprocessing_mismatch(recorded, transform, f"{role} {Path(path).expanduser()}") if recorded else None

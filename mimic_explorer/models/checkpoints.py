@@ -1,7 +1,8 @@
 """Load weights safely and partially, and say exactly what was loaded.
 
-Why: an init or reference checkpoint decides whether mimic scores mean anything (DESIGN §2: model and
-reference must share a feature basis), so silently half-loading one is worse than failing. Rules:
+Why: an init or reference checkpoint decides whether mimic scores mean anything (model and reference
+must share a feature basis: docs/ARCHITECTURE.md), so silently half-loading one is worse than
+failing. Rules:
 
 - ``torch.load(weights_only=True)``: a pickled whole ``nn.Module`` (arbitrary code on load) is refused
   unless the caller passes ``trust_pickle=True``; ``.safetensors`` files are read without pickle at all;
@@ -288,7 +289,7 @@ def save_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | o
             from safetensors.torch import save_file
         except ImportError:
             raise CheckpointError(
-                f"writing {path} needs the safetensors package: pip install 'mimic-explorer[timm]' (or save to a .pt path)"
+                f"writing {path} needs the safetensors package: pip install -e \".[timm]\" (or save to a .pt path)"
             ) from None
         save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))  # clone: no shared storage
     else:

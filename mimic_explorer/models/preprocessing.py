@@ -155,12 +155,13 @@ def override_preprocessing(
 def declared_input_size(*holders: object) -> int | None:
     """The square input size the first holder declaring ``input_size`` gives (an int N, ``(H, W)`` or
     ``(C, H, W)``), or None when none declares one. A ``file.py:function`` architecture sets it on the
-    function (``make.input_size = 32``) or on the module it returns (``self.input_size = 32``)."""
+    function (``make.input_size = 32``), on the module it returns (``self.input_size = 32``) or in its
+    file (a top-level ``input_size = 32``, for every factory there)."""
     for holder in holders:
         value = getattr(holder, "input_size", None)
         if value is None:
             continue
-        where = getattr(holder, "__qualname__", type(holder).__name__)
+        where = getattr(holder, "__qualname__", None) or getattr(holder, "__file__", None) or type(holder).__name__
         size = tuple(value) if isinstance(value, (tuple, list)) else (value,)
         if not size or len(size) > 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
             raise PreprocessingError(f"{where}.input_size must be N, (H, W) or (C, H, W) in whole pixels, got {value!r}")

@@ -12,9 +12,9 @@ ARCH forms (docs/ARCHITECTURE.md), tried in this order:
 
 ``models.build.build_for_run`` is what a run calls: it adds weights, the head and the preprocessing.
 
-Why the head check: mimic scores use the final ``nn.Linear`` (DESIGN §2), so a model without one is
-refused here, with the reason, rather than deep inside scoring; a factory that ignores
-``num_classes`` gets its head replaced by a fresh ``nn.Linear`` of the right size.
+Why the head check: mimic scores use the final ``nn.Linear`` (docs/ARCHITECTURE.md, "What the tool
+does"), so a model without one is refused here, with the reason, rather than deep inside scoring; a
+factory that ignores ``num_classes`` gets its head replaced by a fresh ``nn.Linear`` of the right size.
 """
 
 from __future__ import annotations
@@ -191,6 +191,13 @@ class ArchSpec:
     family: str
     name: str
     weights: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The ARCH string in its canonical form (``small_cnn``, ``timm:NAME``, ``torchvision:NAME:WEIGHTS``…)."""
+        if self.family in ("timm", "torchvision"):
+            return f"{self.family}:{self.name}" + (f":{self.weights}" if self.weights else "")
+        return self.name
 
 
 def parse_arch(arch: str) -> ArchSpec:

@@ -1,6 +1,6 @@
 """``timm:NAME`` architectures: timm classification models, through timm's own API.
 
-timm is an optional extra (``pip install 'mimic-explorer[timm]'``); nothing here imports it until a
+timm is an optional extra (``pip install -e ".[timm]"`` in a checkout); nothing here imports it until a
 ``timm:`` architecture is asked for. Why timm's API rather than ours: timm knows each model's
 classifier (``get_classifier()``), its input size and normalisation (its resolved data config) and
 how to fetch and adapt its pretrained weights, for some 1,400 architectures. See
@@ -19,7 +19,7 @@ from mimic_explorer.models.preprocessing import transform_from_timm_config
 from mimic_explorer.models.registry import ArchError
 
 TIMM_PREFIX = "timm:"
-TIMM_INSTALL = "pip install 'mimic-explorer[timm]'"
+TIMM_INSTALL = 'pip install -e ".[timm]"'
 LOCAL_WEIGHTS_HINT = (
     "pass --init with a local file instead: a .safetensors/.pt state dict or a Hugging Face-style model folder "
     "(model.safetensors + config.json, e.g. the timm/NAME repository downloaded on a machine with network access)"
@@ -31,7 +31,8 @@ def import_timm():
     try:
         import timm
     except ImportError:
-        raise ArchError(f"timm: architectures need the optional timm package: {TIMM_INSTALL} (or pip install timm)") from None
+        raise ArchError(f"timm: architectures need the optional timm package: {TIMM_INSTALL} in a checkout of "
+                        "mimic_explorer (or pip install timm)") from None
     return timm
 
 

@@ -67,6 +67,7 @@ class Prepared(Generic[Inputs]):
     fingerprints: dict[str, Any]  # of data, init, model, reference: with the options, the run id
     facts: dict[str, Any] = field(default_factory=dict)  # ``RunMeta`` fields recorded when the run starts
     warnings: list[str] = field(default_factory=list)  # printed, and kept in ``meta.json``
+    notes: list[str] = field(default_factory=list)  # defaults that were assumed: printed and in ``run.log``
 
 
 @dataclass
@@ -136,6 +137,8 @@ def _live(options: Options, prepare: Prepare, work: Work, dist: DistContext, dev
     if dist.is_main:
         for warning in prepared.warnings:
             log("WARNING: " + warning)
+        for note in prepared.notes:
+            log("note: " + note)
     run = RunContext(options, dist, device, layout, writer, prepared.inputs, resuming, progress, log)
     with failure_recorded(writer, dist):
         outcome = work(run)

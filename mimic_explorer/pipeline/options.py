@@ -20,6 +20,8 @@ NOISE_TYPES = ("symmetric", "asymmetric")
 OPTIMIZERS = ("adamw", "sgd")
 REWEIGHTS = ("head", "all")
 SCORE_METHODS = ("proj", "cos")
+#: ARCH families (``models.registry.parse_arch``) whose published weights ``--pretrained`` loads
+PRETRAINED_FAMILIES = ("timm", "torchvision")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -36,6 +38,11 @@ class CommonOptions:
     arch: str
     out: str
     init: str | None = None
+    #: the model's published weights: True for its default ones (timm's loader, the torchvision hub
+    #: cache), a TAG for families that name weights by tag (open_clip); never with ``init``
+    pretrained: bool | str = False
+    image_size: int | None = None  # resize and crop to N pixels (``--image-size``)
+    transform: str | None = None  # ``--transform resize=R,crop=C,mean=…,std=…,interpolation=…``
     reference: str | None = None
     linear_probe: bool = False
     temperature: float = 1.0
@@ -71,6 +78,27 @@ class CommonOptions:
                  f"unknown device {self.device!r}; use auto, cpu or cuda")
         _require(self.binarisation in stage2.BINARISATIONS, f"--binarise must be one of {', '.join(stage2.BINARISATIONS)}")
         _require(self.aggregation in stage2.AGGREGATIONS, f"--aggregate must be one of {', '.join(stage2.AGGREGATIONS)}")
+        self._validate_model_choice()
+
+    def _validate_model_choice(self) -> None:
+        """``--arch`` spelled as one of its forms, ``--pretrained`` and ``--init`` not together, and the
+        preprocessing overrides readable (``PreprocessingError``, a ``ValueError``, names the bad part)."""
+        from mimic_explorer.models.preprocessing import check_image_size, parse_transform_text
+        from mimic_explorer.models.registry import parse_arch
+
+        family = parse_arch(self.arch).family
+        if self.pretrained not in (False, None):
+            _require(not self.init, "pass either --pretrained (the model's published weights) or --init (a local file), "
+                                    "not both")
+            _require(family in PRETRAINED_FAMILIES,
+                     f"--pretrained applies to timm:NAME and torchvision models, not to {self.arch!r}; pass --init with a file")
+            _require(not isinstance(self.pretrained, str),
+                     f"--pretrained {self.pretrained!r}: a TAG names open_clip weights; {family} models take no tag "
+                     "(timm: --arch timm:NAME.TAG; torchvision: --arch torchvision:NAME:WEIGHTS; --pretrained alone: "
+                     "the model's default weights)")
+        check_image_size(self.image_size)
+        if self.transform is not None:
+            parse_transform_text(self.transform)
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the run's results, and the command."""

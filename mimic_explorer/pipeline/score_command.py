@@ -18,7 +18,6 @@ import torch
 from mimic_explorer import stage2
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.fingerprint import state_fingerprint
-from mimic_explorer.models.checkpoints import load_checkpoint
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.distributed import DistContext
 from mimic_explorer.pipeline.features import extract_features
@@ -26,7 +25,7 @@ from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evalua
 from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.pipeline.options import ScoreOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
-from mimic_explorer.pipeline.setup import RunInputs, build_models, open_pool, pool_fingerprints
+from mimic_explorer.pipeline.setup import RunInputs, build_models, model_facts, open_pool, pool_fingerprints
 from mimic_explorer.progress import Progress
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
@@ -42,15 +41,14 @@ def run_score(options: ScoreOptions, progress: Progress | None = None, log: Log 
 
 def _prepare(options: ScoreOptions, ctx: DistContext, device: str) -> Prepared[RunInputs]:
     pool = open_pool(options)
-    models = build_models(options, pool.source, device)
-    load_checkpoint(models.model, options.model, trust_pickle=options.trust_pickle)
+    models = build_models(options, pool.source, device)  # the --model checkpoint loaded, head included
     models.model.eval()
     fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
-                    "reference": models.reference_fingerprint}
+                    "reference": models.reference_fingerprint, "preprocessing": models.preprocessing}
     facts = dict(class_names=pool.source.class_names, source={"spec": options.data},
                  method=f"{options.score_method} (fixed checkpoint)", noise=pool.noise,
-                 reference={"path": options.reference}, params=options.params, basis=models.basis)
-    return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings)
+                 reference={"path": options.reference}, params=options.params, **model_facts(models))
+    return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings, models.notes)
 
 
 def _batch_scorer(options, models, scored, scored_reference, params):

@@ -1,6 +1,10 @@
 """Prepare a run: the pool (with injected noise), the model (with its init) and the reference, and
 the shared-feature-basis checks (see docs/ARCHITECTURE.md).
 
+Models come from ``models.build.build_for_run``, which decides architecture, weights, head and
+preprocessing together; the reference is the same architecture (``BuiltModel.twin()``) with its own
+checkpoint loaded, head included.
+
 Why the checks live here: whether head-layer mimic scores mean anything is decided before training
 starts (same init? same frozen backbone?) and during it (backbone drift), and the answer must reach
 ``meta.json`` and the user's terminal, loudly.
@@ -17,11 +21,10 @@ from torch import nn
 from mimic_explorer.data.noise import CIFAR10_ASYMMETRIC, asymmetric_noise, symmetric_noise
 from mimic_explorer.data.source import Source
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.data.transforms import default_transform
+from mimic_explorer.data.transforms import ImageTransform
 from mimic_explorer.fingerprint import state_fingerprint
+from mimic_explorer.models.build import build_for_run, checkpoint_preprocessing_warning
 from mimic_explorer.models.checkpoints import load_checkpoint
-from mimic_explorer.models.heads import find_head
-from mimic_explorer.models.registry import build_model
 from mimic_explorer.pipeline.options import CommonOptions
 from mimic_explorer.store.meta import read_checkpoint_sidecar
 
@@ -59,12 +62,14 @@ def open_pool(options: CommonOptions) -> Pool:
     return Pool(source, labels, true_labels, is_noisy, noise)
 
 
-def input_shape(source: Source, transform) -> tuple[int, ...]:
-    """(C, H, W) the model will see, from the first decodable sample."""
+def check_decodable(source: Source, transform) -> None:
+    """Raise ``ValueError`` when none of the pool's first samples can be decoded and transformed: a
+    pool that cannot feed the model is refused before a run directory is made."""
     for i in range(min(len(source), 50)):
         try:
-            return tuple(transform(source.load(i)).shape)
-        except Exception:  # noqa: BLE001 - a bad first file must not decide the shape
+            transform(source.load(i))
+            return
+        except Exception:  # noqa: BLE001 - a bad first file must not decide alone
             continue
     raise ValueError(f"none of the first samples of {source.spec} could be decoded")
 
@@ -87,46 +92,84 @@ class Models:
     model: nn.Module
     reference: nn.Module | None
     head_name: str
-    transform: object
-    init_fingerprint: str
+    transform: ImageTransform
+    #: fingerprint of the weights the model started from: after ``--init`` for train; for score the
+    #: init the scored ``--model`` was trained from (its sidecar's), None when unknown
+    init_fingerprint: str | None
     class_names: list[str] = field(default_factory=list)
     reference_fingerprint: str | None = None
     reference_init_fingerprint: str | None = None
     load_reports: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: which defaults were assumed (e.g. the input size of a ``file.py:function`` model): stderr and run.log
+    notes: list[str] = field(default_factory=list)
+    #: ``BuiltModel.describe()`` (architecture, head, preprocessing and its source, weights, load report)
+    description: dict = field(default_factory=dict)
+    input_shape: tuple[int, int, int] = (3, 32, 32)
     basis: dict = field(default_factory=dict)
     #: whether model and reference started from the same weights; None when that was not compared
-    #: (no reference, a reference without its init fingerprint, or a linear probe)
+    #: (no reference, a reference or model without its init fingerprint, or a linear probe)
     same_init: bool | None = None
+
+    @property
+    def preprocessing(self) -> dict:
+        """What the model is fed (``ImageTransform.describe()``): meta.json, the checkpoint sidecar."""
+        return self.transform.describe()
+
+
+def _companion_checkpoints(options: CommonOptions) -> list[tuple[str, str]]:
+    """The checkpoints a run uses beside ``--init`` (score's ``--model``, then ``--reference``), as
+    (flag, path): the first that records its preprocessing supplies it when the init records none."""
+    pairs = (("--model", getattr(options, "model", None)), ("--reference", options.reference))
+    return [(flag, path) for flag, path in pairs if path]
+
+
+def _load_same_model(model: nn.Module, path: str, flag: str, head_name: str, options: CommonOptions, classes: int):
+    """Load ``path`` (``--reference`` or score's ``--model``) whole into ``model``: the same architecture
+    trained on the same classes, so its head must load too."""
+    report = load_checkpoint(model, path, trust_pickle=options.trust_pickle, head=head_name)
+    if not report.head_loaded:
+        raise ValueError(
+            f"{flag} {path} does not fit {options.arch} for {classes} classes: its head ({head_name}) was not "
+            f"loaded; {flag} must be the same architecture trained on the same classes"
+        )
+    return report
 
 
 def build_models(options: CommonOptions, source: Source, device: str) -> Models:
-    """Model (+ ``--init``), reference (+ ``--reference``, optional ``--reference-noise``) and checks."""
-    transform = default_transform(options.arch)
-    shape = input_shape(source, transform)
-    torch.manual_seed(options.seed)
+    """Model (+ ``--init`` or ``--pretrained``; score: + ``--model``), reference (+ ``--reference``,
+    optional ``--reference-noise``) and the checks, all built by ``models.build.build_for_run`` (seeded
+    with ``--seed``), which also decides the head and the preprocessing."""
     num_classes = len(source.class_names)
-    model = build_model(options.arch, num_classes, input_shape=shape)
-    head_name, _ = find_head(model, torch.zeros(1, *shape))
-    reports = {}
-    if options.init:
-        reports["init"] = load_checkpoint(model, options.init, trust_pickle=options.trust_pickle).to_dict()
+    torch.manual_seed(options.seed)
+    built = build_for_run(options.arch, num_classes, init=options.init, pretrained=bool(options.pretrained),
+                          image_size=options.image_size, transform=options.transform,
+                          trust_pickle=options.trust_pickle, adopt_from=_companion_checkpoints(options))
+    check_decodable(source, built.transform)
+    model, head_name = built.model, built.head_name
+    reports = {("init" if options.init else "weights"): built.load_report.to_dict()} if built.load_report else {}
     init_fp = state_fingerprint(model.state_dict())
-    models = Models(model.to(device), None, head_name, transform, init_fp, list(source.class_names), load_reports=reports)
+    scored = getattr(options, "model", None)
+    warnings = list(built.warnings)
+    for flag, path in [("--model", scored), ("--reference", options.reference)]:
+        warning = checkpoint_preprocessing_warning(path, built.transform, flag) if path else None
+        if warning and warning not in warnings:
+            warnings.append(warning)
+    if scored:
+        reports["model"] = _load_same_model(model, scored, "--model", head_name, options, num_classes).to_dict()
+        init_fp = read_checkpoint_sidecar(scored).get("init_fingerprint")
+    models = Models(model.to(device), None, head_name, built.transform, init_fp, list(source.class_names),
+                    load_reports=reports, warnings=warnings, notes=list(built.notes),
+                    description={**built.describe(), "notes": list(built.notes)}, input_shape=built.input_shape)
     reference_path = options.reference
     if reference_path:
-        reference = build_model(options.arch, num_classes, input_shape=shape)
-        report = load_checkpoint(reference, reference_path, trust_pickle=options.trust_pickle)
-        if not report.head_loaded:
-            raise ValueError(
-                f"reference {reference_path} does not fit {options.arch} for {num_classes} classes: its head "
-                f"({head_name}) was not loaded; a reference must be the same architecture trained on the same classes"
-            )
+        reference = built.twin()
+        report = _load_same_model(reference, reference_path, "--reference", head_name, options, num_classes)
         reports["reference"] = report.to_dict()
         models.reference_fingerprint = state_fingerprint(reference.state_dict())
         if options.reference_noise > 0:
             generator = torch.Generator().manual_seed(options.seed + 17)
-            head = dict(reference.named_modules())[head_name]
+            head = reference.get_submodule(head_name)
             with torch.no_grad():
                 for p in head.parameters():
                     p.add_(options.reference_noise * torch.randn(p.shape, generator=generator, dtype=p.dtype))
@@ -150,11 +193,13 @@ def _check_feature_basis(options: CommonOptions, models: Models, reference_path:
                 "Train the reference as a linear probe on the same --init."
             )
         return
-    if models.reference_init_fingerprint is not None:
+    if models.reference_init_fingerprint is not None and models.init_fingerprint is not None:
         models.same_init = models.reference_init_fingerprint == models.init_fingerprint
-    if models.reference_init_fingerprint is None:
+    unknown = "reference's" if models.reference_init_fingerprint is None else (
+        "scored model's" if models.init_fingerprint is None else None)
+    if unknown:
         models.warnings.append(
-            "FEATURE BASIS: the reference's initial weights are unknown (no .meta.json beside it), so a shared "
+            f"FEATURE BASIS: the {unknown} initial weights are unknown (no .meta.json beside it), so a shared "
             "init cannot be verified; scores are only meaningful if model and reference started from the same weights."
         )
     elif models.reference_init_fingerprint != models.init_fingerprint:
@@ -176,6 +221,11 @@ class RunInputs:
 
     pool: Pool
     models: Models
+
+
+def model_facts(models: Models) -> dict:
+    """The ``RunMeta`` fields both commands record about their models."""
+    return dict(model=models.description, load_reports=models.load_reports, basis=models.basis, same_init=models.same_init)
 
 
 def pool_fingerprints(pool: Pool) -> dict[str, str]:

@@ -21,6 +21,7 @@ from mimic_explorer import stage2
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.checkpoints import save_checkpoint
+from mimic_explorer.models.init_files import SIDECAR_PREPROCESSING
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.batches import PoolBatches
 from mimic_explorer.pipeline.distributed import DistContext
@@ -30,8 +31,8 @@ from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, 
 from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.pipeline.options import TrainOptions
 from mimic_explorer.pipeline.pool_pass import pool_pass
-from mimic_explorer.pipeline.setup import (DRIFT_WARNING, RunInputs, backbone_distance, build_models, open_pool,
-                                           pool_fingerprints)
+from mimic_explorer.pipeline.setup import (DRIFT_WARNING, RunInputs, backbone_distance, build_models, model_facts,
+                                           open_pool, pool_fingerprints)
 from mimic_explorer.progress import Progress
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import write_checkpoint_sidecar
@@ -51,12 +52,13 @@ def _prepare(options: TrainOptions, ctx: DistContext, device: str) -> Prepared[R
     if options.batch_size > len(pool.source):
         raise ValueError(f"--batch-size {options.batch_size} is larger than the dataset ({len(pool.source)} samples)")
     models = build_models(options, pool.source, device)
-    fingerprints = {**pool_fingerprints(pool), "init": models.init_fingerprint, "reference": models.reference_fingerprint}
+    fingerprints = {**pool_fingerprints(pool), "init": models.init_fingerprint, "reference": models.reference_fingerprint,
+                    "preprocessing": models.preprocessing}
     facts = dict(class_names=pool.source.class_names, source={"spec": options.data, **_describe(pool.source)},
                  method=options.method if options.reference else "plain", noise=pool.noise,
                  reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
-                 load_reports=models.load_reports, basis=models.basis, same_init=models.same_init)
-    return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings)
+                 **model_facts(models))
+    return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings, models.notes)
 
 
 def _resume_epoch(run: TrainRun) -> int:
@@ -177,7 +179,8 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
         save_checkpoint(model, options.save_model)
         write_checkpoint_sidecar(options.save_model,
                                  {"arch": options.arch, "class_names": source.class_names, "init_fingerprint": models.init_fingerprint,
-                                  "run_id": writer.meta.run_id, "linear_probe": options.linear_probe, "data": options.data})
+                                  "run_id": writer.meta.run_id, "linear_probe": options.linear_probe, "data": options.data,
+                                  SIDECAR_PREPROCESSING: models.preprocessing})
     good = np.asarray([i for i in range(len(source)) if source.sample_ids[i] not in errors], dtype=np.int64)
     samples = samples_table(source.sample_ids[good], source.sources[good], pool.labels[good],
                             None if pool.true_labels is None else pool.true_labels[good],

@@ -49,6 +49,8 @@ class RunMeta:
     source: dict[str, Any] = field(default_factory=dict)
     method: str | None = None
     reference: dict[str, Any] | None = None
+    #: the model as built: family, name, head, preprocessing (+ where it came from), weights, load report
+    model: dict[str, Any] = field(default_factory=dict)
     params: str | None = None  # score: the mimic layers
     noise: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, Any] = field(default_factory=dict)

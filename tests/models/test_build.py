@@ -212,7 +212,7 @@ def test_timm_pretrained_without_network_says_to_pass_init(monkeypatch):
 
 def test_timm_missing_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` fail as when it is not installed
-    with pytest.raises(ArchError, match=r"pip install 'mimic-explorer\[timm\]'"):
+    with pytest.raises(ArchError, match=r'pip install -e "\.\[timm\]" in a checkout'):
         build_for_run("timm:resnet18", 10)
 
 
@@ -303,6 +303,15 @@ def test_factory_declares_its_input_size_or_is_told_what_is_assumed(tmp_path):
     assert not build_for_run(f"{tmp_path / 'nets.py'}:plain", 10, image_size=32).notes
     with pytest.raises(ArchError, match=r"cannot run a 3×64×64 input.*declare input_size on it or pass --image-size"):
         build_for_run(f"{tmp_path / 'nets.py'}:cifar", 10, image_size=64)
+    (tmp_path / "small.py").write_text(
+        "from torch import nn\n"
+        "input_size = 24  # every factory in this file\n"
+        "def net(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 24 * 24, num_classes))\n"
+    )
+    in_file = build_for_run(f"{tmp_path / 'small.py'}:net", 10)
+    assert in_file.input_shape == (3, 24, 24) and not in_file.notes
+    assert in_file.preprocessing["crop"] == in_file.preprocessing["resize"] == 24
 
 
 def test_sidecar_preprocessing_is_adopted_and_a_contradiction_is_loud(tmp_path):
