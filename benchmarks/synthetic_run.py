@@ -132,21 +132,30 @@ def write_synthetic_run(path: str | Path, n: int, *, classes: int = 10, epochs: 
         "reference_loss": ref_loss, "model_loss": model_loss, "reducible_loss": model_loss - ref_loss,
         "grand": np.sqrt(model_loss) + rng.gamma(1, 0.2, n),
     })
-    summary = {"samples": n, "epochs": epochs, "estimated_quality": float(keep.mean())}
-    if combined:
-        _add_combined(samples, rng, summary)
-    samples.to_parquet(path / "samples.parquet", index=False)
-    _write_epochs(path, ids, score, model_loss, epochs, rng)
-    if thumbnails:
-        blobs = _thumbnail_blobs(64, seed)
-        _write_thumbnails(path, ids, blobs, np.arange(n) % len(blobs))
-    _write_meta(path, {
+    blobs = _thumbnail_blobs(64, seed) if thumbnails else None
+    return _write_run(path, samples, model_loss, epochs, rng, combined,
+                      None if blobs is None else (blobs, np.arange(n) % len(blobs)), {
         "run_id": f"synthetic-{n}", "class_names": [f"class {c}" for c in range(classes)],
         "config": {"epochs": epochs, "method": "normed_proj", "batch_size": 256, "data": "synthetic"},
         "method": "normed_proj", "reference": {"kind": "synthetic"},
         "source": {"spec": "synthetic", "pool_kind": "labelled"},
-        "fingerprints": {"data": f"synthetic-{n}-{seed}"}, "summary": summary,
+        "fingerprints": {"data": f"synthetic-{n}-{seed}"},
     })
+
+
+def _write_run(path: Path, samples: pd.DataFrame, model_loss: np.ndarray, epochs: int, rng, combined: bool,
+               thumbnails: tuple[list[bytes], np.ndarray] | None, meta: dict) -> Path:
+    """samples.parquet (with the combined score when asked), per-epoch parts, thumbnails, meta.json."""
+    keep = samples["keep"].to_numpy()
+    summary = {"samples": len(samples), "epochs": epochs, "estimated_quality": float(keep.mean())}
+    if combined:
+        _add_combined(samples, rng, summary)
+    samples.to_parquet(path / "samples.parquet", index=False)
+    ids = samples["sample_id"].array
+    _write_epochs(path, ids, samples["mimic_score"].to_numpy(), model_loss, epochs, rng)
+    if thumbnails is not None:
+        _write_thumbnails(path, ids, *thumbnails)
+    _write_meta(path, {**meta, "summary": summary})
     return path
 
 
@@ -193,19 +202,11 @@ def write_synthetic_pairs_run(path: str | Path, n: int, *, epochs: int = 3, nois
         is_noisy=is_noisy, mimic_score=mimic, keep=keep, votes=np.round(mimic.clip(0, 1) * epochs) / epochs,
         proj_mean=(mimic - 0.5) * 2 + rng.normal(0, 0.1, n), clip_score_ref=clip_ref, clip_score_model=clip_model,
         reference_loss=ref_loss, model_loss=model_loss)
-    summary = {"samples": n, "epochs": epochs, "estimated_quality": float(keep.mean())}
-    if combined:
-        _add_combined(samples, rng, summary)
-    samples.to_parquet(path / "samples.parquet", index=False)
-    _write_epochs(path, ids, mimic, model_loss, epochs, rng)
-    if thumbnails:
-        _write_thumbnails(path, ids, blobs, which)
-    _write_meta(path, {
+    return _write_run(path, samples, model_loss, epochs, rng, combined, (blobs, which) if thumbnails else None, {
         "run_id": f"synthetic-pairs-{n}", "class_names": [],
         "config": {"epochs": epochs, "method": "normed_proj", "batch_size": 256, "data": "synthetic-pairs",
                    "mimic_layer": "text"},
         "method": "normed_proj", "reference": {"kind": "synthetic"},
         "source": {"spec": "synthetic-pairs", "pool_kind": "pairs"},
-        "fingerprints": {"data": f"synthetic-pairs-{n}-{seed}"}, "summary": summary,
+        "fingerprints": {"data": f"synthetic-pairs-{n}-{seed}"},
     })
-    return path

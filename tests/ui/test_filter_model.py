@@ -40,8 +40,8 @@ RULES = [
 ]
 
 
-@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.kind}-{r.column}-{r.per_class}")
-def test_a_saved_spec_read_into_the_model_gives_the_same_spec_back(run, tmp_path, frozen_clock, rule):
+def _saved_and_read_back(run, tmp_path, rule) -> tuple[dict, FilterModel, list[str]]:
+    """Save ``rule`` into a copy of the run, read the spec into a model, check it writes the same spec."""
     import shutil
 
     run_dir = shutil.copytree(run.path, tmp_path / "run")
@@ -49,9 +49,15 @@ def test_a_saved_spec_read_into_the_model_gives_the_same_spec_back(run, tmp_path
     spec = json.loads(spec_path.read_text())
     columns = ExplorerState(run).score_columns
     model = FilterModel.from_spec(spec, columns)
-    assert model.to_rule() == rule
+    assert model.to_rule() == rule and len(model.more) == len(rule.clauses) - 1
     again = model.to_spec(run.meta, apply_rule(run.samples, model.to_rule()), spec["format"])
     assert again == spec and again["spec_hash"] == spec["spec_hash"]
+    return spec, model, columns
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.kind}-{r.column}-{r.per_class}")
+def test_a_saved_spec_read_into_the_model_gives_the_same_spec_back(run, tmp_path, frozen_clock, rule):
+    spec, _, columns = _saved_and_read_back(run, tmp_path, rule)
     other = FilterModel(columns=columns, rule="keep_count", keep_count=7, per_class=True, threshold=-3.0)
     other.set_from_spec(spec)
     assert other.to_spec(run.meta, apply_rule(run.samples, other.to_rule()), spec["format"]) == spec
@@ -145,16 +151,7 @@ COMPOUNDS = [
 
 @pytest.mark.parametrize("rule", COMPOUNDS, ids=lambda r: "+".join(c.kind for c in r.clauses))
 def test_a_compound_spec_read_into_the_model_gives_the_same_spec_back(run, tmp_path, frozen_clock, rule):
-    import shutil
-
-    run_dir = shutil.copytree(run.path, tmp_path / "run")
-    _, _, _, spec_path = save_to_run(run_dir, run.samples, run.meta, rule, "json")
-    spec = json.loads(spec_path.read_text())
-    columns = ExplorerState(run).score_columns
-    model = FilterModel.from_spec(spec, columns)
-    assert model.to_rule() == rule and len(model.more) == len(rule.clauses) - 1
-    again = model.to_spec(run.meta, apply_rule(run.samples, model.to_rule()), spec["format"])
-    assert again == spec and again["spec_hash"] == spec["spec_hash"]
+    spec, _, columns = _saved_and_read_back(run, tmp_path, rule)
     other = FilterModel(columns=columns, rule="keep_count", keep_count=7)
     other.add_clause("votes", rule="threshold", threshold=0.2)  # replaced, not kept beside the spec's clauses
     other.set_from_spec(spec)

@@ -69,6 +69,7 @@ def test_caption_search_narrows_the_galleries_and_says_how_many_match(pairs_dir)
     assert state.narrow("") is None and len(state.lowest(500)) == 500
 
 
+@pytest.mark.slow
 def test_pairs_explorer_shows_captions_search_overall_counts_and_no_class_views(pairs_copy):
     explorer = Explorer(pairs_copy)
     _render(explorer)
@@ -113,6 +114,7 @@ def test_the_scatter_of_a_pairs_run_is_mimic_against_the_clip_score(pairs_copy):
     assert {"clip_score_ref", "clip_score_model"} <= set(explorer.filter_controls.column.options)
 
 
+@pytest.mark.slow
 def test_a_large_pairs_scatter_is_rasterized_with_datashader(tmp_path):
     explorer = Explorer(synthetic_pairs_run(tmp_path / "big", n=60_000, epochs=1, thumbnails=False))
     tabs = explorer.more_views.tabs
@@ -153,6 +155,7 @@ def test_a_compound_filter_from_the_controls_changes_kept_and_exports(pairs_copy
     assert explorer.filter.more == [] and controls.boxes == [] and explorer.counts.kept == before
 
 
+@pytest.mark.slow
 def test_a_run_with_a_combined_score_opens_on_it_and_says_why(tmp_path):
     run_dir = synthetic_run(tmp_path / "run", n=600, classes=4, epochs=2, combined=True)
     explorer = Explorer(run_dir)
