@@ -27,7 +27,7 @@ COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 119, 180),
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS = {"white": (245, 245, 245), "black": (25, 25, 25), "grey": (150, 150, 150), "sand": (222, 196, 150)}
 CAPTIONS = (
-    "a {colour} {shape} on a {background} background",
+    "{a} {colour} {shape} on a {background} background",
     "{colour} {shape}, {background} backdrop",
     "close-up of a single {colour} {shape} against {background}",
     "a photograph of a small {colour} {shape} sitting in the middle of a plain {background} background, taken in "
@@ -180,7 +180,7 @@ def write_synthetic_pairs_run(path: str | Path, n: int, *, epochs: int = 3, nois
     blobs, scenes = _shape_scenes()
     which = rng.integers(0, len(scenes), n)
     template = rng.integers(0, len(CAPTIONS), n)
-    true_caption = np.array([CAPTIONS[t].format(**scenes[w]) for t, w in zip(template, which)], dtype=object)
+    true_caption = np.array([CAPTIONS[t].format(a="an" if scenes[w]["colour"][0] in "aeiou" else "a", **scenes[w]) for t, w in zip(template, which)], dtype=object)
     is_noisy = np.zeros(n, dtype=bool)
     is_noisy[rng.permutation(n)[:int(noise * n)]] = True
     caption = true_caption.copy()

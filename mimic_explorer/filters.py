@@ -36,6 +36,14 @@ SPEC_VERSION = 1  # a single clause
 COMPOUND_SPEC_VERSION = 2  # an AND of clauses
 #: The label of every sample of a pool without classes (image-text pairs), as samples.parquet writes it.
 NO_CLASS = -1
+#: A score column whose own Stage-2 split is not the run's ``keep``: the ensemble rule on it uses this.
+OWN_KEEP = {"combined_score": "combined_keep"}
+
+
+def keep_column(column: str) -> str:
+    """The keep column the ensemble rule on ``column`` reads: ``combined_keep`` (the GMM split of the
+    combined score) for ``combined_score``, the run's Stage-2 vote ``keep`` for every other column."""
+    return OWN_KEEP.get(column, "keep")
 
 
 class FilterError(ValueError):
@@ -147,7 +155,7 @@ def describe(rule: Rule) -> str:
     parts = []
     for clause in rule.clauses:
         if clause.kind == "ensemble":
-            parts.append("the run's ensemble filter (keep)")
+            parts.append(f"the run's ensemble filter ({keep_column(clause.column)})")
             continue
         text = f"{clause.column} {_PHRASES[clause.kind].format(float(clause.value))}"
         if clause.per_class:
@@ -236,9 +244,10 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
     n = len(samples)
     thresholds: dict[str, float | None] = {}
     if rule.kind == "ensemble":
-        if "keep" not in samples.columns:
-            raise FilterError("the run has no ensemble filter (column 'keep')")
-        keep = samples["keep"].to_numpy(dtype=bool)
+        own = keep_column(rule.column)
+        if own not in samples.columns:
+            raise FilterError(f"the run has no ensemble filter for {rule.column} (column {own!r})")
+        keep = samples[own].to_numpy(dtype=bool)
     else:
         scores = _scores(samples, rule.column)
         value = float(rule.value)

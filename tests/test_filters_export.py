@@ -330,6 +330,29 @@ def test_cli_bad_rules_say_what_is_wrong(pairs_run, tmp_path, args, message):
 
 def test_cli_uids_of_a_run_without_uids_is_a_clear_error(demo_run, tmp_path):
     proc = run_cli("export", str(demo_run), "--ensemble", "--format", "uids", "--out", str(tmp_path / "k.npy"))
-    assert proc.returncode == 2 and "are not 32-hex-digit (128-bit) uids" in proc.stderr
+    first = open_run(demo_run).samples["sample_id"].iloc[0]  # the first bad id is named
+    assert proc.returncode == 2 and "are not 32-hex-digit (128-bit) uids" in proc.stderr and repr(first) in proc.stderr
     help_text = run_cli("export", "--help").stdout
     assert "--rule COLUMN:KIND=VALUE" in help_text and "clip_score_ref:top=30%" in help_text
+
+
+def test_exports_use_the_combined_score_and_its_own_split(tmp_path):
+    from tests.ui_helpers import synthetic_pairs_run
+
+    run = synthetic_pairs_run(tmp_path / "run", n=400, epochs=1, thumbnails=False, combined=True)
+    samples = open_run(run).samples
+    own = apply_rule(samples, FilterRule("ensemble", None, "combined_score"))
+    assert np.array_equal(own.keep, samples["combined_keep"].to_numpy())  # not the run's keep
+    assert not np.array_equal(own.keep, samples["keep"].to_numpy())
+    assert describe(FilterRule("ensemble", None, "combined_score")) == "the run's ensemble filter (combined_keep)"
+    proc = run_cli("export", str(run), "--ensemble", "--column", "combined_score", "--out", str(tmp_path / "k.npy"))
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.load(tmp_path / "k.npy"), samples["combined_keep"].to_numpy())
+    proc = run_cli("export", str(run), "--rule", "combined_score:top=70%", "--rule", "clip_score_ref:drop=10%",
+                   "--format", "uids", "--out", str(tmp_path / "subset.npy"))
+    expected = apply_rule(samples, all_of([FilterRule("top_fraction", 0.7, "combined_score"),
+                                           FilterRule("quantile", 0.1, "clip_score_ref")]))
+    assert proc.returncode == 0 and len(np.load(tmp_path / "subset.npy")) == expected.kept == 280 - (expected.clauses[0].keep & ~expected.clauses[1].keep).sum()
+    del samples["combined_keep"]
+    with pytest.raises(FilterError, match="no ensemble filter for combined_score .column 'combined_keep'"):
+        apply_rule(samples, FilterRule("ensemble", None, "combined_score"))

@@ -26,8 +26,10 @@ from mimic_explorer.ui.live import LiveCounts
 from mimic_explorer.ui.notice import Notice
 from mimic_explorer.ui.state import ExplorerState
 
-RULE_LABELS = {"By value": "threshold", "Quantile": "quantile", "Top %": "top_fraction", "Keep count": "keep_count",
+RULE_LABELS = {"Value": "threshold", "Quantile": "quantile", "Top %": "top_fraction", "Top N": "keep_count",
                "Ensemble": "ensemble"}
+#: Five rule buttons fit the sidebar with a little less padding.
+RULE_BUTTONS_CSS = ".bk-btn { padding-left: 4px; padding-right: 4px; }"
 KEEPS_NOTHING = "This filter keeps no samples: the keep-list would be empty."
 COMBINED_NOTE = ("Opened on <b>combined_score</b>: on a benchmark with a reference that never saw the pool it ranks "
                  "noisy labels as well as the reference loss and better than mimic_score alone (benchmarks/RESULTS.md).")
@@ -57,7 +59,7 @@ class ClauseWidgets:
         wide = dict(sizing_mode="stretch_width")
         self.column = pn.widgets.Select.from_param(model.param.column, label=column_label, **wide)
         self.rule = pn.widgets.RadioButtonGroup.from_param(model.param.rule, options=rules, color="primary",
-                                                           variant="outline", **wide)
+                                                           variant="outline", stylesheets=[RULE_BUTTONS_CSS], **wide)
         self.slider = pn.widgets.FloatSlider.from_param(
             model.param.threshold, label="Threshold", start=lo, end=hi, step=slider_step(lo, hi), format="0.000",
             visible=rule == "threshold", **wide)

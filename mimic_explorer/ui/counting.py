@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mimic_explorer.filters import (CompoundRule, FilterError, FilterRule, _proportional_counts, class_labels, fraction_cut,
-                                    refuse_per_class_without_classes)
+                                    keep_column, refuse_per_class_without_classes)
 
 
 @dataclass
@@ -66,7 +66,8 @@ class RuleCounter:
         self.class_keys = [str(c) for c in self.classes.tolist()]
         self.has_truth = "is_noisy" in samples.columns
         self.noisy = samples["is_noisy"].to_numpy(dtype=bool) if self.has_truth else np.zeros(n, dtype=bool)
-        self.ensemble = samples["keep"].to_numpy(dtype=bool) if "keep" in samples.columns else None
+        own = keep_column(column)  # the column's own Stage-2 split (combined_keep for combined_score)
+        self.ensemble = samples[own].to_numpy(dtype=bool) if own in samples.columns else None
         n_classes = len(self.classes)
         group = self.codes * 2 + self.noisy
         self.group = group
@@ -147,7 +148,7 @@ class RuleCounter:
         thresholds: dict[str, float | None] = {}
         if rule.kind == "ensemble":
             if self.ensemble is None:
-                raise FilterError("the run has no ensemble filter (column 'keep')")
+                raise FilterError(f"the run has no ensemble filter for {self.column} (column {keep_column(self.column)!r})")
             kept_groups = self._from_mask_positions(np.flatnonzero(self.ensemble))
         elif rule.kind == "threshold":
             value = float(rule.value)

@@ -38,10 +38,11 @@ class Distribution(Viewer):
         editors = {c: None for c in frame.columns}
         if state.has_classes:
             editors["override"] = {"type": "number", "step": 0.01}
+        widths = {"samples": 55, "override": 82} if state.has_classes else {"samples": 55, "class": 210}  # rules in words
         self.table = pn.widgets.Tabulator(
             frame, show_index=False, sizing_mode="stretch_width", height=340, layout="fit_columns",
             editors=editors, titles=TITLES, hidden_columns=["label"], text_align={"class": "left"}, page_size=10,
-            configuration={"columnDefaults": {"headerSort": False}}, widths={"samples": 55, "override": 82},
+            configuration={"columnDefaults": {"headerSort": False}}, widths=widths,
             pagination="local" if len(state.counter.classes) > 10 else None,
             stylesheets=[":host { font-size: 12px; }"],
         )

@@ -23,8 +23,6 @@ NON_SCORE_COLUMNS = {"sample_id", "source", "label", "true_label", "pred", "is_n
 #: Score columns listed first, in this order, when a run has them: the default ranking (issue 15's
 #: combined score where there is one, else the mimic score), then the CLIP scores of a pairs pool.
 LEADING_COLUMNS = ("combined_score", "mimic_score", "clip_score_ref", "clip_score_model")
-#: The keep column that is a score column's own filter (where its default threshold starts).
-OWN_KEEP = {"combined_score": "combined_keep"}
 
 
 @dataclass
@@ -178,8 +176,7 @@ class ExplorerState:
         values = counter.sorted_finite
         if len(values) == 0:
             return 0.0
-        own = OWN_KEEP.get(counter.column)
-        keep = self.samples[own].to_numpy(dtype=bool) if own in self.samples.columns else counter.ensemble
+        keep = counter.ensemble  # the column's own split: combined_keep for combined_score
         if keep is not None and keep.any() and (~keep).any():
             kept_scores = counter.scores[keep]
             kept_scores = kept_scores[np.isfinite(kept_scores)]

@@ -166,6 +166,10 @@ def test_a_run_with_a_combined_score_opens_on_it_and_says_why(tmp_path):
     assert note.visible and "ranks noisy labels as well as the reference loss" in note[0].object and note[0].visible
     cut = samples.loc[samples["combined_keep"], "combined_score"].min()  # starts at the combined filter's own cut
     assert explorer.threshold == pytest.approx(cut) and explorer.counts.kept == int(samples["combined_keep"].sum())
+    explorer.rule = "ensemble"  # on combined_score: its own split, combined_keep
+    assert explorer.counts.kept == int(samples["combined_keep"].sum()) != int(samples["keep"].sum())
+    assert np.array_equal(explorer.keep_mask, samples["combined_keep"].to_numpy())
+    explorer.rule = "threshold"
     switch = note[1]
     assert switch.label == "Show mimic_score instead"
     switch.clicks += 1  # mimic_score, one click away
