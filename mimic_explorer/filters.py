@@ -410,6 +410,18 @@ def datacomp_uids(pool_ids: Sequence[str] | np.ndarray, keep: np.ndarray) -> np.
     DataComp's ``--subset_file`` reads with ``np.load``. Every id of the pool must be a 32-hex-digit
     uid and no uid may occur twice (a subset names each pair once); otherwise ``FilterError`` names
     examples."""
+    lowered = check_uids(pool_ids)
+    kept = lowered[np.asarray(keep, dtype=bool)]
+    halves = np.frombuffer(bytes.fromhex("".join(kept.tolist())), dtype=">u8").reshape(-1, 2)
+    pairs = np.empty(len(halves), dtype=UID_DTYPE)
+    pairs["f0"], pairs["f1"] = halves[:, 0], halves[:, 1]
+    pairs.sort(order=["f0", "f1"])
+    return pairs
+
+
+def check_uids(pool_ids: Sequence[str] | np.ndarray) -> pd.Series:
+    """The pool's ids, lower-cased, when every one is a distinct 32-hex-digit uid (what ``--format uids``
+    needs); ``FilterError`` naming the first offending ids otherwise."""
     ids = pd.Series(np.asarray(pool_ids), dtype=object).astype(str)
     bad = ~ids.str.fullmatch(r"[0-9a-fA-F]{32}")
     if bad.any():
@@ -420,12 +432,7 @@ def datacomp_uids(pool_ids: Sequence[str] | np.ndarray, keep: np.ndarray) -> np.
     if len(repeated):
         raise FilterError(f"{repeated.nunique()} uid(s) occur more than once in the pool, e.g. "
                           f"{_examples(pd.Series(repeated.unique()))}: a DataComp subset names each pair once")
-    kept = lowered[np.asarray(keep, dtype=bool)]
-    halves = np.frombuffer(bytes.fromhex("".join(kept.tolist())), dtype=">u8").reshape(-1, 2)
-    pairs = np.empty(len(halves), dtype=UID_DTYPE)
-    pairs["f0"], pairs["f1"] = halves[:, 0], halves[:, 1]
-    pairs.sort(order=["f0", "f1"])
-    return pairs
+    return lowered
 
 
 def render_export(samples: pd.DataFrame, result: FilterResult, column: str, export_format: str) -> bytes:

@@ -163,7 +163,7 @@ def test_a_run_with_a_combined_score_opens_on_it_and_says_why(tmp_path):
     samples = explorer.samples
     assert explorer.column == "combined_score" and list(explorer.filter_controls.column.options)[:2] == ["combined_score", "mimic_score"]
     note = explorer.filter_controls.score_note
-    assert note.visible and "ranks noisy labels as well as the reference loss" in note[0].object and note[0].visible
+    assert note.visible and "beat mimic_score alone" in note[0].object and "0.004 AUROC" in note[0].object and note[0].visible
     cut = samples.loc[samples["combined_keep"], "combined_score"].min()  # starts at the combined filter's own cut
     assert explorer.threshold == pytest.approx(cut) and explorer.counts.kept == int(samples["combined_keep"].sum())
     explorer.rule = "ensemble"  # on combined_score: its own split, combined_keep
@@ -181,3 +181,11 @@ def test_a_run_with_a_combined_score_opens_on_it_and_says_why(tmp_path):
     assert Explorer(run_dir, column="mimic_score").column == "mimic_score"
     plain = Explorer(synthetic_run(tmp_path / "plain", n=300, classes=3, epochs=1))
     assert plain.column == "mimic_score" and not plain.filter_controls.score_note.visible
+
+
+def test_the_uids_format_on_a_run_without_uids_says_why_and_stays_on_the_old_format(tmp_path):
+    explorer = Explorer(synthetic_run(tmp_path / "run", n=200, classes=3, epochs=1, thumbnails=False))
+    explorer.exports.format.value = "json"
+    explorer.exports.format.value = "uids"
+    assert explorer.exports.format.value == "json"
+    assert "not 32-hex-digit (128-bit) uids, e.g. 'syn-0000000'" in explorer.notice.message
