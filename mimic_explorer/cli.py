@@ -189,7 +189,8 @@ def _add_score(sub) -> None:
 RULE_HELP = """\
 filters:
   one rule: --ensemble | --threshold X | --quantile Q | --top-fraction F | --keep-count N
-            (on --column, default mimic_score; --per-class resolves it within each class)
+            (on --column, default mimic_score; --per-class resolves it within each class;
+            --ensemble --column combined_score keeps the combined score's own split, combined_keep)
   several rules, all of which must keep a sample (AND), each on its own column:
     --rule COLUMN:KIND=VALUE[:per-class]   (repeat --rule; or --rule ensemble for the Stage-2 filter)
       KIND  min    keep COLUMN >= VALUE                      (threshold)
