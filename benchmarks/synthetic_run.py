@@ -3,6 +3,14 @@
 Why: the app's speed bar is set at a million samples, far beyond the digits demo. The run has the
 same files and columns as a real one — samples with ground truth and baseline signals, per-epoch score
 parts, a thumbnail store whose index covers every sample — so loading it exercises the real code paths.
+
+Two kinds: ``write_synthetic_run`` (a labelled pool: classes, injected label noise) and
+``write_synthetic_pairs_run`` (an image-text pool as ``train``/``score`` write it for DataComp-style
+shards: ``sample_id`` a 32-hex-digit uid, ``caption``, no class labels, swapped captions as
+``is_noisy``, the CLIP-score baselines ``clip_score_ref`` / ``clip_score_model`` and the loss under the
+reference; ``meta.json`` says ``source.pool_kind = "pairs"``). The pairs' thumbnails are drawn shapes
+whose clean caption says what is drawn, so a swapped caption is visibly wrong. ``combined=True``
+adds issue 15's ``combined_score`` / ``combined_keep`` and ``summary.combined_quality``.
 """
 
 from __future__ import annotations
@@ -14,6 +22,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 119, 180), "yellow": (238, 201, 0),
+           "purple": (148, 103, 189), "orange": (255, 127, 14)}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUNDS = {"white": (245, 245, 245), "black": (25, 25, 25), "grey": (150, 150, 150), "sand": (222, 196, 150)}
+CAPTIONS = (
+    "{a} {colour} {shape} on a {background} background",
+    "{colour} {shape}, {background} backdrop",
+    "close-up of a single {colour} {shape} against {background}",
+    "a photograph of a small {colour} {shape} sitting in the middle of a plain {background} background, taken in "
+    "soft daylight with slightly blurred edges, a little sensor noise in the corners and nothing else in the frame",
+)
+
+
+def _webp(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=80)
+    return buffer.getvalue()
+
 
 def _thumbnail_blobs(count: int, seed: int) -> list[bytes]:
     from PIL import Image
@@ -22,15 +48,69 @@ def _thumbnail_blobs(count: int, seed: int) -> list[bytes]:
     blobs = []
     for i in range(count):
         pixels = (rng.random((8, 8)) * 255).astype(np.uint8)
-        image = Image.fromarray(pixels, mode="L").resize((96, 96), Image.NEAREST).convert("RGB")
-        buffer = io.BytesIO()
-        image.save(buffer, format="WEBP", quality=80)
-        blobs.append(buffer.getvalue())
+        blobs.append(_webp(Image.fromarray(pixels, mode="L").resize((96, 96), Image.NEAREST).convert("RGB")))
     return blobs
 
 
+def _shape_scenes() -> tuple[list[bytes], list[dict[str, str]]]:
+    """One 96-px picture per (colour, shape, background), and what each shows."""
+    from PIL import Image, ImageDraw
+
+    blobs, scenes = [], []
+    for background, bg in BACKGROUNDS.items():
+        for colour, rgb in COLOURS.items():
+            for shape in SHAPES:
+                image = Image.new("RGB", (96, 96), bg)
+                draw = ImageDraw.Draw(image)
+                box = (22, 22, 74, 74)
+                if shape == "circle":
+                    draw.ellipse(box, fill=rgb)
+                elif shape == "square":
+                    draw.rectangle(box, fill=rgb)
+                else:
+                    draw.polygon([(48, 18), (78, 76), (18, 76)], fill=rgb)
+                blobs.append(_webp(image))
+                scenes.append({"colour": colour, "shape": shape, "background": background})
+    return blobs, scenes
+
+
+def _write_thumbnails(path: Path, ids, blobs: list[bytes], which: np.ndarray) -> None:
+    (path / "thumbs").mkdir(exist_ok=True)
+    offsets = np.cumsum([0] + [len(b) for b in blobs])
+    (path / "thumbs" / "thumbs.bin").write_bytes(b"".join(blobs))
+    pd.DataFrame({"sample_id": ids, "offset": offsets[which], "length": np.diff(offsets)[which]}).to_parquet(
+        path / "thumbs" / "index.parquet", index=False)
+
+
+def _write_epochs(path: Path, ids, score: np.ndarray, loss: np.ndarray, epochs: int, rng, batch: int = 256) -> None:
+    n = len(score)
+    for epoch in range(epochs):
+        drift = (epoch + 1) / epochs
+        proj = (score - 0.5) * 2 * drift + rng.normal(0, 0.3, n)
+        pd.DataFrame({
+            "sample_id": ids, "epoch": np.full(n, epoch, dtype=np.int32), "step": np.arange(n) // batch,
+            "proj": proj, "weight": np.exp(proj) / (batch * np.exp(0.5)), "loss": loss * (2 - drift),
+            "batch_size": np.full(n, batch, dtype=np.int32),
+        }).to_parquet(path / "scores" / f"epoch-{epoch:04d}.parquet", index=False)
+
+
+def _add_combined(samples: pd.DataFrame, rng, summary: dict) -> None:
+    """Issue 15's combined score: a little better separated than mimic_score, its own keep and estimate."""
+    n = len(samples)
+    noisy = samples["is_noisy"].to_numpy()
+    combined = np.where(noisy, rng.normal(-1.2, 0.5, n), rng.normal(0.6, 0.5, n))
+    samples["combined_score"] = combined
+    samples["combined_keep"] = combined >= -0.3
+    summary["combined_quality"] = float(samples["combined_keep"].mean())
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    (path / "meta.json").write_text(json.dumps({"format_version": 1, "kind": "synthetic", "status": "complete",
+                                                "warnings": [], **meta}, indent=1))
+
+
 def write_synthetic_run(path: str | Path, n: int, *, classes: int = 10, epochs: int = 5, noise: float = 0.3,
-                        seed: int = 0, thumbnails: bool = True) -> Path:
+                        seed: int = 0, thumbnails: bool = True, combined: bool = False) -> Path:
     """A complete run of ``n`` samples: 30 % mislabeled samples score low, the rest high."""
     path = Path(path)
     (path / "scores").mkdir(parents=True, exist_ok=True)
@@ -52,31 +132,81 @@ def write_synthetic_run(path: str | Path, n: int, *, classes: int = 10, epochs: 
         "reference_loss": ref_loss, "model_loss": model_loss, "reducible_loss": model_loss - ref_loss,
         "grand": np.sqrt(model_loss) + rng.gamma(1, 0.2, n),
     })
-    samples.to_parquet(path / "samples.parquet", index=False)
-    batch = 256
-    for epoch in range(epochs):
-        drift = (epoch + 1) / epochs
-        proj = (score - 0.5) * 2 * drift + rng.normal(0, 0.3, n)
-        pd.DataFrame({
-            "sample_id": ids, "epoch": np.full(n, epoch, dtype=np.int32), "step": np.arange(n) // batch,
-            "proj": proj, "weight": np.exp(proj) / (batch * np.exp(0.5)), "loss": model_loss * (2 - drift),
-            "batch_size": np.full(n, batch, dtype=np.int32),
-        }).to_parquet(path / "scores" / f"epoch-{epoch:04d}.parquet", index=False)
-    if thumbnails:
-        (path / "thumbs").mkdir(exist_ok=True)
-        blobs = _thumbnail_blobs(64, seed)
-        offsets = np.cumsum([0] + [len(b) for b in blobs])
-        (path / "thumbs" / "thumbs.bin").write_bytes(b"".join(blobs))
-        which = np.arange(n) % len(blobs)
-        pd.DataFrame({"sample_id": ids, "offset": offsets[which], "length": np.diff(offsets)[which]}).to_parquet(
-            path / "thumbs" / "index.parquet", index=False)
-    meta = {
-        "format_version": 1, "kind": "synthetic", "status": "complete", "run_id": f"synthetic-{n}",
-        "class_names": [f"class {c}" for c in range(classes)],
-        "config": {"epochs": epochs, "method": "normed_proj", "batch_size": batch, "data": "synthetic"},
+    blobs = _thumbnail_blobs(64, seed) if thumbnails else None
+    return _write_run(path, samples, model_loss, epochs, rng, combined,
+                      None if blobs is None else (blobs, np.arange(n) % len(blobs)), {
+        "run_id": f"synthetic-{n}", "class_names": [f"class {c}" for c in range(classes)],
+        "config": {"epochs": epochs, "method": "normed_proj", "batch_size": 256, "data": "synthetic"},
         "method": "normed_proj", "reference": {"kind": "synthetic"},
-        "fingerprints": {"data": f"synthetic-{n}-{seed}"}, "warnings": [],
-        "summary": {"samples": n, "epochs": epochs, "estimated_quality": float(keep.mean())},
-    }
-    (path / "meta.json").write_text(json.dumps(meta, indent=1))
+        "source": {"spec": "synthetic", "pool_kind": "labelled"},
+        "fingerprints": {"data": f"synthetic-{n}-{seed}"},
+    })
+
+
+def _write_run(path: Path, samples: pd.DataFrame, model_loss: np.ndarray, epochs: int, rng, combined: bool,
+               thumbnails: tuple[list[bytes], np.ndarray] | None, meta: dict) -> Path:
+    """samples.parquet (with the combined score when asked), per-epoch parts, thumbnails, meta.json."""
+    keep = samples["keep"].to_numpy()
+    summary = {"samples": len(samples), "epochs": epochs, "estimated_quality": float(keep.mean())}
+    if combined:
+        _add_combined(samples, rng, summary)
+    samples.to_parquet(path / "samples.parquet", index=False)
+    ids = samples["sample_id"].array
+    _write_epochs(path, ids, samples["mimic_score"].to_numpy(), model_loss, epochs, rng)
+    if thumbnails is not None:
+        _write_thumbnails(path, ids, *thumbnails)
+    _write_meta(path, {**meta, "summary": summary})
     return path
+
+
+def synthetic_uids(n: int, seed: int) -> list[str]:
+    """``n`` distinct 32-hex-digit uids (DataComp's 128-bit sample ids), reproducible from ``seed``."""
+    raw = np.random.default_rng(seed).bytes(16 * n).hex()
+    uids = [raw[32 * i:32 * (i + 1)] for i in range(n)]
+    assert len(set(uids)) == n  # 128 random bits: a repeat would be news
+    return uids
+
+
+def write_synthetic_pairs_run(path: str | Path, n: int, *, epochs: int = 3, noise: float = 0.3, seed: int = 0,
+                              thumbnails: bool = True, label: str = "none", combined: bool = False) -> Path:
+    """A complete image-text pairs run of ``n`` pairs, a ``noise`` fraction of them with swapped captions
+    (``is_noisy``): those score low on every signal, the CLIP score under the reference most clearly.
+    ``label``: ``"none"`` writes no label column, ``"minus_one"`` a label of -1 for every pair (the
+    two ways a pairs pool may say it has no classes)."""
+    path = Path(path)
+    (path / "scores").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ids = pd.array(synthetic_uids(n, seed), dtype="str")
+    blobs, scenes = _shape_scenes()
+    which = rng.integers(0, len(scenes), n)
+    template = rng.integers(0, len(CAPTIONS), n)
+    true_caption = np.array([CAPTIONS[t].format(a="an" if scenes[w]["colour"][0] in "aeiou" else "a", **scenes[w]) for t, w in zip(template, which)], dtype=object)
+    is_noisy = np.zeros(n, dtype=bool)
+    is_noisy[rng.permutation(n)[:int(noise * n)]] = True
+    caption = true_caption.copy()
+    swapped = np.flatnonzero(is_noisy)
+    caption[swapped] = true_caption[np.roll(swapped, 1)]  # a derangement of the chosen pairs' captions
+    long = template == len(CAPTIONS) - 1  # the paper: captions longer than the context score low
+    mimic = np.where(is_noisy, rng.normal(0.3, 0.15, n), rng.normal(0.7, 0.15, n)) - 0.1 * long
+    clip_ref = np.where(is_noisy, rng.normal(0.17, 0.04, n), rng.normal(0.31, 0.05, n))
+    clip_model = clip_ref + rng.normal(0, 0.05, n)
+    ref_loss = np.where(is_noisy, rng.gamma(6, 0.8, n), rng.gamma(2, 0.5, n))
+    model_loss = ref_loss * rng.uniform(0.6, 1.4, n)
+    keep = mimic >= 0.5
+    samples = pd.DataFrame({"sample_id": ids, "source": "synthetic-pairs", "caption": pd.array(caption, dtype="str")})
+    if label == "minus_one":
+        samples["label"] = np.full(n, -1, dtype=np.int64)
+    elif label != "none":
+        raise ValueError(f"label must be 'none' or 'minus_one', got {label!r}")
+    samples = samples.assign(
+        is_noisy=is_noisy, mimic_score=mimic, keep=keep, votes=np.round(mimic.clip(0, 1) * epochs) / epochs,
+        proj_mean=(mimic - 0.5) * 2 + rng.normal(0, 0.1, n), clip_score_ref=clip_ref, clip_score_model=clip_model,
+        reference_loss=ref_loss, model_loss=model_loss)
+    return _write_run(path, samples, model_loss, epochs, rng, combined, (blobs, which) if thumbnails else None, {
+        "run_id": f"synthetic-pairs-{n}", "class_names": [],
+        "config": {"epochs": epochs, "method": "normed_proj", "batch_size": 256, "data": "synthetic-pairs",
+                   "mimic_layer": "text"},
+        "method": "normed_proj", "reference": {"kind": "synthetic"},
+        "source": {"spec": "synthetic-pairs", "pool_kind": "pairs"},
+        "fingerprints": {"data": f"synthetic-pairs-{n}-{seed}"},
+    })

@@ -16,6 +16,7 @@ EPILOG = """examples:
   mimic-explorer demo --out runs/demo
   mimic-explorer export runs/demo --ensemble --format csv --out keep.csv
   mimic-explorer export runs/demo --quantile 0.3 --per-class --format parquet --out keep.parquet
+  mimic-explorer export runs/pairs --rule clip_score_ref:top=30% --rule mimic_score:drop=15% --format uids --out subset.npy
   mimic-explorer serve runs/demo
 """
 
@@ -222,58 +223,132 @@ def _add_score(sub) -> None:
     p.set_defaults(func=lambda args: _run_command(args, "score"))
 
 
+RULE_HELP = """\
+filters:
+  one rule: --ensemble | --threshold X | --quantile Q | --top-fraction F | --keep-count N
+            (on --column, default mimic_score; --per-class resolves it within each class;
+            --ensemble --column combined_score keeps the combined score's own split, combined_keep)
+  several rules, all of which must keep a sample (AND), each on its own column:
+    --rule COLUMN:KIND=VALUE[:per-class]   (repeat --rule; or --rule ensemble for the Stage-2 filter)
+      KIND  min    keep COLUMN >= VALUE                      (threshold)
+            drop   drop the lowest VALUE fraction of COLUMN  (quantile)
+            top    keep the highest VALUE fraction of COLUMN (top fraction)
+            count  keep the VALUE highest of COLUMN          (keep-count)
+      a fraction may be written as a percentage (top=30%); each rule is resolved on the whole pool,
+      then the keep sets are intersected.
+  e.g. DataComp's "CLIP score top 30 % minus the mimic bottom 15 %":
+    mimic-explorer export RUN --rule clip_score_ref:top=30% --rule mimic_score:drop=15% \\
+        --format uids --out subset.npy
+
+formats: csv, json, parquet (the kept rows: sample_id, source, label, score, keep); npy (a boolean mask in
+samples.parquet order); uids (DataComp's subset file: the kept pairs' 128-bit uids as a sorted NumPy
+array of dtype [('f0','<u8'),('f1','<u8')], high and low 64 bits; every sample id must be a distinct
+32-hex-digit uid)."""
+
+#: --rule KIND words -> FilterRule kinds (the long names are accepted too)
+RULE_KINDS = {"min": "threshold", "threshold": "threshold", "drop": "quantile", "quantile": "quantile",
+              "top": "top_fraction", "top_fraction": "top_fraction", "top-fraction": "top_fraction",
+              "count": "keep_count", "keep_count": "keep_count", "keep-count": "keep_count"}
+
+
+def parse_rule(text: str):
+    """One ``--rule COLUMN:KIND=VALUE[:per-class]`` (or ``ensemble``) as a ``FilterRule``; ``UserError``
+    naming what is wrong otherwise."""
+    from mimic_explorer.filters import FilterRule
+
+    if text.strip() == "ensemble":
+        return FilterRule("ensemble", None)
+    example = "e.g. clip_score_ref:top=30% or mimic_score:drop=0.15:per-class"
+    parts = text.split(":")
+    per_class = len(parts) == 3 and parts[2] in ("per-class", "per_class")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and not per_class) or "=" not in parts[1] or not parts[0]:
+        raise UserError(f"--rule {text!r} is not COLUMN:KIND=VALUE[:per-class] ({example})")
+    word, _, raw = parts[1].partition("=")
+    kind = RULE_KINDS.get(word.strip().lower())
+    if kind is None:
+        raise UserError(f"--rule {text!r}: unknown kind {word!r}; use min, drop, top or count ({example})")
+    raw = raw.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise UserError(f"--rule {text!r}: {raw!r} is not a number ({example})") from None
+    if raw.endswith("%") and kind not in ("quantile", "top_fraction"):
+        raise UserError(f"--rule {text!r}: a percentage is a fraction; {word} takes a plain number")
+    if kind == "keep_count" and value == int(value):
+        value = int(value)
+    return FilterRule(kind, value, parts[0].strip(), per_class)
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="write a keep-list (csv/json/parquet/npy) and FILE.spec.json from a run",
-        description="Apply one filter rule to a run and write the keep-list plus a reproducible spec "
-        "(FILE.spec.json: rule, resolved thresholds, counts per class, run id, data fingerprint, hash).",
+        help="write a keep-list (csv/json/parquet/npy/uids) and FILE.spec.json from a run",
+        description="Apply a filter (one rule, or several ANDed with --rule) to a run and write the keep-list "
+        "plus a reproducible spec (FILE.spec.json: every rule, resolved thresholds, counts per class, run id, "
+        "data fingerprint, hash; re-apply it with --spec).",
+        epilog=RULE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run directory")
     rule = p.add_mutually_exclusive_group(required=True)
     rule.add_argument("--ensemble", action="store_true", help="the run's Stage-2 ensemble filter (column keep)")
     rule.add_argument("--threshold", type=float, metavar="X", help="keep samples with score >= X")
     rule.add_argument("--quantile", type=float, metavar="Q", help="drop the lowest Q fraction (keep score >= Q-quantile)")
+    rule.add_argument("--top-fraction", type=float, metavar="F", help="keep the highest F fraction")
     rule.add_argument("--keep-count", type=int, metavar="N", help="keep the N highest-scoring samples")
+    rule.add_argument("--rule", action="append", metavar="COLUMN:KIND=VALUE",
+                      help="one rule of an AND (repeatable; see 'filters' below)")
     rule.add_argument("--spec", metavar="SPEC_JSON", help="re-apply a saved filter spec (refused on another run)")
-    p.add_argument("--per-class", action="store_true", help="resolve --quantile / --keep-count within each class")
-    p.add_argument("--column", default="mimic_score", help="score column to filter on (default mimic_score)")
+    p.add_argument("--per-class", action="store_true", help="resolve --quantile / --top-fraction / --keep-count within each class")
+    p.add_argument("--column", default=None, help="score column of a one-rule filter (default mimic_score)")
     p.add_argument("--format", choices=["csv", "json", "parquet", "npy", "uids"], default=None,
-                   help="file format (default: from --out's extension); npy = boolean mask in samples.parquet "
-                        "order; uids = DataComp-style sorted 128-bit uid .npy of the kept samples")
+                   help="file format (default: from --out's extension); see 'formats' below")
     p.add_argument("--out", required=True, help="file to write; FILE.spec.json is written beside it")
     p.set_defaults(func=_cmd_export)
 
 
+def _export_rule(args, run):
+    """The filter the export arguments ask for."""
+    from mimic_explorer.filters import FilterRule, all_of, rule_from_spec
+
+    if args.rule:
+        if args.per_class or args.column:
+            raise UserError("with --rule, write the column and ':per-class' into each rule "
+                            "(e.g. --rule mimic_score:drop=15%:per-class), not --column / --per-class")
+        return all_of([parse_rule(text) for text in args.rule])
+    if args.spec:
+        try:
+            spec = json.loads(Path(args.spec).read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read spec {args.spec}: {exc}") from None
+        return rule_from_spec(spec, run.meta)
+    column = args.column or "mimic_score"
+    if args.ensemble:
+        return FilterRule("ensemble", None, column, args.per_class)
+    kind, value = next((k, v) for k, v in (("threshold", args.threshold), ("quantile", args.quantile),
+                                           ("top_fraction", args.top_fraction), ("keep_count", args.keep_count))
+                       if v is not None)
+    return FilterRule(kind, value, column, args.per_class)
+
+
 def _cmd_export(args) -> int:
-    from mimic_explorer.filters import FilterError, FilterRule, export, rule_from_spec
+    from mimic_explorer.filters import FORMATS, FilterError, describe, export
     from mimic_explorer.store.reader import RunError, open_run
 
     try:
         run = open_run(args.run)
-        if args.spec:
-            try:
-                spec = json.loads(Path(args.spec).read_text())
-            except (OSError, ValueError) as exc:
-                raise UserError(f"cannot read spec {args.spec}: {exc}") from None
-            rule = rule_from_spec(spec, run.meta)
-        elif args.ensemble:
-            rule = FilterRule("ensemble", None, args.column, args.per_class)
-        elif args.threshold is not None:
-            rule = FilterRule("threshold", args.threshold, args.column, args.per_class)
-        elif args.quantile is not None:
-            rule = FilterRule("quantile", args.quantile, args.column, args.per_class)
-        else:
-            rule = FilterRule("keep_count", args.keep_count, args.column, args.per_class)
+        rule = _export_rule(args, run)
         fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
-        if fmt not in ("csv", "json", "parquet", "npy", "uids"):
-            raise UserError(f"cannot tell the format from {args.out!r}; pass --format csv|json|parquet|npy|uids")
+        if fmt not in FORMATS:
+            raise UserError(f"cannot tell the format from {args.out!r}; pass --format {'|'.join(FORMATS)}")
         result, spec, out, spec_path = export(run.samples, run.meta, rule, fmt, args.out)
     except (RunError, FilterError) as exc:
         raise UserError(str(exc)) from None
     if result.message:
         print(f"note: {result.message}", file=sys.stderr)
-    print(f"kept {result.kept} of {result.total} samples; spec {spec['spec_hash']} -> {spec_path}")
+    for clause, part in zip(rule.clauses, result.clauses):
+        print(f"  {describe(clause)}: keeps {part.kept} alone", file=sys.stderr)
+    print(f"kept {result.kept} of {result.total} samples ({describe(rule)}); spec {spec['spec_hash']} -> {spec_path}")
     print(out)
     return 0
 

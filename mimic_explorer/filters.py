@@ -1,10 +1,19 @@
-"""Threshold rules → keep mask → keep-list files plus a reproducible filter spec.
+"""Filter rules → keep mask → keep-list files plus a reproducible filter spec.
 
 One code path for the CLI (``mimic-explorer export``) and the app ("Download keep-list", "Save to
-run"): a ``FilterRule`` is resolved against a run's samples into concrete thresholds and a keep mask;
-the spec written beside every export records the rule, the resolved thresholds, the counts overall and
-per class, and the run's identity, and carries its own hash. Re-applying a spec to a different run or
-data is refused. pandas/numpy only.
+run"). A ``FilterRule`` is one clause on one column (threshold, quantile, top fraction, keep-count or
+the run's ensemble filter); a ``CompoundRule`` is an AND of clauses on several columns, each resolved
+on the whole pool on its own and then intersected — DataComp's "CLIP-score top 30 % minus the mimic
+bottom 15 %" is ``all_of([FilterRule("top_fraction", 0.3, "clip_score_ref"), FilterRule("quantile",
+0.15)])``. Either is resolved against a run's samples into concrete thresholds and a keep mask; the
+spec written beside every export records the rule (every clause), the resolved thresholds, the counts
+overall and per class, and the run's identity, and carries its own hash. Re-applying a spec to a
+different run or data is refused. pandas/numpy only. See docs/ARCHITECTURE.md.
+
+Spec forms: a single clause is written as ``{"spec_version": 1, "rule": {...}, "resolved_thresholds":
+{...}}`` — the form every earlier spec has, so those keep loading and a single rule hashes as before;
+an AND is ``{"spec_version": 2, "combine": "and", "rules": [{...}, ...], "resolved_thresholds": [{...},
+...], "kept_by_clause": [n, ...]}``, one entry per clause in order.
 """
 
 from __future__ import annotations
@@ -16,25 +25,43 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
-RULES = ("ensemble", "threshold", "quantile", "keep_count")
+RULES = ("ensemble", "threshold", "quantile", "keep_count", "top_fraction")
 FORMATS = ("csv", "json", "parquet", "npy", "uids")
-SPEC_VERSION = 1
+SPEC_VERSION = 1  # a single clause
+COMPOUND_SPEC_VERSION = 2  # an AND of clauses
+#: The label of every sample of a pool without classes (image-text pairs), as samples.parquet writes it.
+NO_CLASS = -1
+#: A score column whose own Stage-2 split is not the run's ``keep``: the ensemble rule on it uses this.
+OWN_KEEP = {"combined_score": "combined_keep"}
+
+
+def keep_column(column: str) -> str:
+    """The keep column the ensemble rule on ``column`` reads: ``combined_keep`` (the GMM split of the
+    combined score) for ``combined_score``, the run's Stage-2 vote ``keep`` for every other column."""
+    return OWN_KEEP.get(column, "keep")
 
 
 class FilterError(ValueError):
     """A filter rule or export request that cannot be carried out; the message names the cause."""
 
 
+def top_count(fraction: float, n: int) -> int:
+    """How many samples "the top ``fraction``" of ``n`` is: ⌊fraction·n⌋, read so that 0.29·100 is 29
+    (the product is rounded to 6 decimals first: floating point must not cost a sample)."""
+    return int(math.floor(round(fraction * n, 6)))
+
+
 @dataclass
 class FilterRule:
-    """What to keep. ``value``: threshold (keep score ≥ value), quantile q (keep score ≥ the q-quantile,
-    i.e. drop about the lowest q fraction), or keep-count n (the n highest scores). ``per_class`` resolves
-    quantile / keep-count within each class (keep-count split in proportion to class sizes).
+    """One clause. ``value``: threshold (keep score ≥ value), quantile q (keep score ≥ the q-quantile,
+    i.e. drop about the lowest q fraction), top fraction f (keep the ⌊f·n⌋ highest finite scores, ties
+    at the cut kept) or keep-count n (the n highest scores). ``per_class`` resolves quantile / top
+    fraction / keep-count within each class (keep-count split in proportion to class sizes).
     ``class_overrides`` maps a class index to its own threshold (threshold rule only)."""
 
     kind: str = "threshold"
@@ -55,14 +82,18 @@ class FilterRule:
         value = float(self.value)
         if math.isnan(value):
             raise FilterError(f"the {self.kind} value is NaN")
-        if self.kind == "quantile" and not 0.0 <= value <= 1.0:
-            raise FilterError(f"quantile must be in [0, 1], got {value}")
+        if self.kind in ("quantile", "top_fraction") and not 0.0 <= value <= 1.0:
+            raise FilterError(f"{self.kind.replace('_', ' ')} must be in [0, 1], got {value}")
         if self.kind == "keep_count" and (value < 0 or value != int(value)):
             raise FilterError(f"keep-count must be a whole number ≥ 0, got {value}")
         if self.kind == "threshold" and self.per_class and not self.class_overrides:
-            raise FilterError("--per-class applies to --quantile and --keep-count (a threshold is already one value for all classes)")
+            raise FilterError("--per-class applies to --quantile, --top-fraction and --keep-count (a threshold is already one value for all classes)")
         if self.class_overrides and self.kind != "threshold":
             raise FilterError("per-class threshold overrides apply to the threshold rule only")
+
+    @property
+    def clauses(self) -> list["FilterRule"]:
+        return [self]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -76,13 +107,74 @@ class FilterRule:
 
 
 @dataclass
+class CompoundRule:
+    """Keep a sample only when every clause keeps it (AND). Each clause is resolved on the whole pool
+    on its own (a top 30 % is 30 % of the pool, not of what the other clauses left), then the keep
+    masks are intersected. Build one with ``all_of``, which returns a lone clause as itself."""
+
+    clauses: list[FilterRule]
+
+    def validate(self) -> None:
+        if len(self.clauses) < 2:
+            raise FilterError("a compound filter needs at least two clauses (one clause is a FilterRule)")
+        for clause in self.clauses:
+            if not isinstance(clause, FilterRule):
+                raise FilterError(f"a compound filter's clauses are FilterRules, got {type(clause).__name__}")
+            clause.validate()
+
+    @property
+    def column(self) -> str:
+        """The first clause's column (the score a keep-list is sorted by)."""
+        return self.clauses[0].column
+
+    @property
+    def kind(self) -> str:
+        return "all_of"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"combine": "and", "rules": [clause.to_dict() for clause in self.clauses]}
+
+
+Rule = Union[FilterRule, CompoundRule]
+
+
+def all_of(clauses: Sequence[FilterRule]) -> Rule:
+    """The AND of ``clauses``: the clause itself when there is one, else a ``CompoundRule``."""
+    clauses = list(clauses)
+    if not clauses:
+        raise FilterError("a filter needs at least one rule")
+    return clauses[0] if len(clauses) == 1 else CompoundRule(clauses)
+
+
+_PHRASES = {"threshold": "≥ {:.4g}", "quantile": "drop the lowest {:.1%}", "top_fraction": "top {:.1%}",
+            "keep_count": "top {:.0f}"}
+
+
+def describe(rule: Rule) -> str:
+    """A rule in words, e.g. ``clip_score_ref top 30.0 % AND mimic_score drop the lowest 15.0 %``."""
+    parts = []
+    for clause in rule.clauses:
+        if clause.kind == "ensemble":
+            parts.append(f"the run's ensemble filter ({keep_column(clause.column)})")
+            continue
+        text = f"{clause.column} {_PHRASES[clause.kind].format(float(clause.value))}"
+        if clause.per_class:
+            text += " per class"
+        if clause.class_overrides:
+            text += f" ({len(clause.class_overrides)} class override(s))"
+        parts.append(text)
+    return " AND ".join(parts)
+
+
+@dataclass
 class FilterResult:
     keep: np.ndarray  # bool, samples.parquet order
-    thresholds: dict[str, float | None]  # "all" or class index (as str) -> resolved threshold
+    thresholds: dict[str, float | None]  # "all" or class index (as str) -> resolved threshold (a compound: {})
     kept: int
     total: int
     kept_per_class: dict[str, int]
     total_per_class: dict[str, int]
+    clauses: list["FilterResult"] = field(default_factory=list, repr=False)  # a compound's clauses, each alone
 
     @property
     def message(self) -> str | None:
@@ -92,6 +184,25 @@ class FilterResult:
         if self.kept == self.total:
             return "this filter keeps every sample"
         return None
+
+
+def class_labels(samples: pd.DataFrame) -> np.ndarray:
+    """Each sample's class; ``NO_CLASS`` for all when the pool has none (image-text pairs)."""
+    if "label" in samples.columns:
+        return samples["label"].to_numpy()
+    return np.full(len(samples), NO_CLASS, dtype=np.int64)
+
+
+def has_classes(samples: pd.DataFrame) -> bool:
+    """Whether the pool is labelled (a pairs pool has no ``label`` column, or -1 everywhere)."""
+    return "label" in samples.columns and bool((samples["label"].to_numpy() != NO_CLASS).any())
+
+
+def refuse_per_class_without_classes(rule: FilterRule, classes_present: bool) -> None:
+    """A per-class rule on a pool without classes would silently be the overall rule: say so instead."""
+    if rule.per_class and not classes_present:
+        raise FilterError(f"per-class {rule.kind.replace('_', ' ')} needs class labels, and this pool has none "
+                          "(image-text pairs): drop --per-class / ':per-class'")
 
 
 def _scores(samples: pd.DataFrame, column: str) -> np.ndarray:
@@ -120,16 +231,23 @@ def _proportional_counts(sizes: np.ndarray, total: int) -> np.ndarray:
     return np.minimum(counts, sizes)
 
 
-def apply_rule(samples: pd.DataFrame, rule: FilterRule) -> FilterResult:
-    """Resolve ``rule`` on a run's samples into a keep mask and concrete thresholds."""
+def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
+    """Resolve ``rule`` (one clause or an AND of clauses) on a run's samples into a keep mask and
+    concrete thresholds."""
     rule.validate()
+    labels = class_labels(samples)
+    if isinstance(rule, CompoundRule):
+        parts = [apply_rule(samples, clause) for clause in rule.clauses]
+        keep = np.logical_and.reduce([part.keep for part in parts])
+        return _result(keep, labels, {}, parts)
+    refuse_per_class_without_classes(rule, has_classes(samples))
     n = len(samples)
-    labels = samples["label"].to_numpy() if "label" in samples.columns else np.zeros(n, dtype=int)
     thresholds: dict[str, float | None] = {}
     if rule.kind == "ensemble":
-        if "keep" not in samples.columns:
-            raise FilterError("the run has no ensemble filter (column 'keep')")
-        keep = samples["keep"].to_numpy(dtype=bool)
+        own = keep_column(rule.column)
+        if own not in samples.columns:
+            raise FilterError(f"the run has no ensemble filter for {rule.column} (column {own!r})")
+        keep = samples[own].to_numpy(dtype=bool)
     else:
         scores = _scores(samples, rule.column)
         value = float(rule.value)
@@ -153,21 +271,35 @@ def apply_rule(samples: pd.DataFrame, rule: FilterRule) -> FilterResult:
                 target = per_class_counts[cls] if rule.kind == "keep_count" else value
                 sub_keep, thresholds[str(cls)] = _resolve_one(scores[members], rule.kind, target, len(members))
                 keep[members] = sub_keep
+    return _result(keep, labels, thresholds)
+
+
+def _result(keep: np.ndarray, labels: np.ndarray, thresholds: dict[str, float | None],
+            clauses: list[FilterResult] | None = None) -> FilterResult:
     kept_per_class, total_per_class = {}, {}
     for cls in np.unique(labels).tolist():
         members = labels == cls
         kept_per_class[str(cls)] = int(keep[members].sum())
         total_per_class[str(cls)] = int(members.sum())
-    return FilterResult(keep, thresholds, int(keep.sum()), n, kept_per_class, total_per_class)
+    return FilterResult(keep, thresholds, int(keep.sum()), len(keep), kept_per_class, total_per_class, clauses or [])
+
+
+def fraction_cut(sorted_finite: np.ndarray, kind: str, value: float) -> float | None:
+    """The lowest score a quantile (drop the lowest ⌊q·n⌋) or top-fraction (keep the ⌊f·n⌋ highest)
+    rule keeps, from the finite scores sorted ascending; None when it keeps nothing."""
+    n = len(sorted_finite)
+    drop = int(np.floor(value * n)) if kind == "quantile" else n - top_count(value, n)
+    if n == 0 or drop >= n:
+        return None
+    return float(sorted_finite[drop])
 
 
 def _resolve_one(scores: np.ndarray, kind: str, value: float, n: int) -> tuple[np.ndarray, float | None]:
-    if kind == "quantile":
+    if kind in ("quantile", "top_fraction"):
         finite = scores[np.isfinite(scores)]
-        if len(finite) == 0:
-            return np.zeros(n, dtype=bool), None
-        drop = int(np.floor(value * len(finite)))  # the lowest floor(q·n) samples go
-        if drop >= len(finite):
+        n_finite = len(finite)
+        drop = int(np.floor(value * n_finite)) if kind == "quantile" else n_finite - top_count(value, n_finite)
+        if drop >= n_finite:
             return np.zeros(n, dtype=bool), None
         cut = float(np.partition(finite, drop)[drop])
         return scores >= cut, cut
@@ -181,13 +313,19 @@ def _canonical(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def build_spec(run_meta: dict[str, Any], rule: FilterRule, result: FilterResult, export_format: str | None) -> dict[str, Any]:
-    """The reproducible filter spec: rule, resolved thresholds, counts, run identity, own hash."""
+def build_spec(run_meta: dict[str, Any], rule: Rule, result: FilterResult, export_format: str | None) -> dict[str, Any]:
+    """The reproducible filter spec: rule (every clause), resolved thresholds, counts, run identity, own hash."""
     fingerprints = run_meta.get("fingerprints") or {}
+    if isinstance(rule, CompoundRule):
+        described: dict[str, Any] = {
+            "spec_version": COMPOUND_SPEC_VERSION, "combine": "and", "rules": [c.to_dict() for c in rule.clauses],
+            "resolved_thresholds": [part.thresholds for part in result.clauses],
+            "kept_by_clause": [part.kept for part in result.clauses],
+        }
+    else:
+        described = {"spec_version": SPEC_VERSION, "rule": rule.to_dict(), "resolved_thresholds": result.thresholds}
     body = {
-        "spec_version": SPEC_VERSION,
-        "rule": rule.to_dict(),
-        "resolved_thresholds": result.thresholds,
+        **described,
         "kept": result.kept,
         "total": result.total,
         "kept_per_class": result.kept_per_class,
@@ -204,23 +342,48 @@ def build_spec(run_meta: dict[str, Any], rule: FilterRule, result: FilterResult,
     return spec
 
 
-def rule_from_spec(spec: dict[str, Any], run_meta: dict[str, Any]) -> FilterRule:
+def rule_in_spec(spec: Any) -> Rule:
+    """The rule a spec records (one clause, or the AND of its ``rules``), validated; ``FilterError``
+    naming the cause for anything that is not a spec this version can read."""
+    if not isinstance(spec, dict) or not (isinstance(spec.get("rule"), dict) or isinstance(spec.get("rules"), list)):
+        raise FilterError("not a filter spec: it has no 'rule'")
+    version = spec.get("spec_version", SPEC_VERSION)
+    if isinstance(version, int) and version > COMPOUND_SPEC_VERSION:
+        raise FilterError(f"the spec was written by a newer mimic_explorer (spec version {version}; this one reads "
+                          f"≤ {COMPOUND_SPEC_VERSION}); upgrade the package")
+    try:
+        if "rules" in spec:
+            if spec.get("combine", "and") != "and":
+                raise FilterError(f"the spec combines its rules with {spec['combine']!r}; only 'and' is known")
+            rule = all_of([FilterRule.from_dict(data) for data in spec["rules"]])
+        else:
+            rule = FilterRule.from_dict(spec["rule"])
+    except FilterError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FilterError(f"the spec's rule is malformed: {exc!r}") from None
+    rule.validate()
+    return rule
+
+
+def rule_from_spec(spec: dict[str, Any], run_meta: dict[str, Any]) -> Rule:
     """The rule of a saved spec, refusing a spec that was made on another run or other data."""
-    if "rule" not in spec:
+    if not isinstance(spec, dict) or ("rule" not in spec and "rules" not in spec):
         raise FilterError("not a filter spec: it has no 'rule'")
     fingerprints = run_meta.get("fingerprints") or {}
     if spec.get("run_id") != run_meta.get("run_id"):
         raise FilterError(f"the spec was made on run {spec.get('run_id')!r}, not on this run ({run_meta.get('run_id')!r})")
     if spec.get("data_fingerprint") != fingerprints.get("data"):
         raise FilterError("the spec's data fingerprint differs from this run's data: refusing to re-apply it")
-    return FilterRule.from_dict(spec["rule"])
+    return rule_in_spec(spec)
 
 
 # ---------------------------------------------------------------------------------------- export
 
 
 def keep_list(samples: pd.DataFrame, result: FilterResult, column: str) -> pd.DataFrame:
-    """The kept rows: sample_id, source, label, score, keep (sorted by score, highest first)."""
+    """The kept rows: sample_id, source, label, score, keep (sorted by ``column``, highest first; a
+    compound filter's keep-list is sorted by its first clause's column)."""
     score = samples[column] if column in samples.columns else samples.get("mimic_score")
     frame = pd.DataFrame(
         {
@@ -234,15 +397,42 @@ def keep_list(samples: pd.DataFrame, result: FilterResult, column: str) -> pd.Da
     return frame[frame["keep"]].sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def datacomp_uids(sample_ids: np.ndarray) -> np.ndarray:
-    """DataComp-style keep-list: 128-bit hex uids as a sorted structured array of two uint64."""
-    ids = [str(s).lower() for s in sample_ids]
-    bad = next((s for s in ids if len(s) != 32 or any(c not in "0123456789abcdef" for c in s)), None)
-    if bad is not None:
-        raise FilterError(f"sample ids are not 128-bit hex uids (e.g. {bad!r}); use csv, json, parquet or npy")
-    pairs = np.array([(int(s[:16], 16), int(s[16:], 16)) for s in ids], dtype=np.dtype("u8,u8"))
-    pairs.sort()
+UID_DTYPE = np.dtype([("f0", "<u8"), ("f1", "<u8")])
+
+
+def _examples(values: pd.Series, limit: int = 3) -> str:
+    return ", ".join(repr(v) for v in values.head(limit).tolist())
+
+
+def datacomp_uids(pool_ids: Sequence[str] | np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """DataComp's subset format: the kept samples' 128-bit hex uids as a sorted structured array of
+    dtype ``[('f0', '<u8'), ('f1', '<u8')]`` (high and low 64 bits), one row per kept pair — what
+    DataComp's ``--subset_file`` reads with ``np.load``. Every id of the pool must be a 32-hex-digit
+    uid and no uid may occur twice (a subset names each pair once); otherwise ``FilterError`` names
+    examples."""
+    lowered = check_uids(pool_ids)
+    kept = lowered[np.asarray(keep, dtype=bool)]
+    halves = np.frombuffer(bytes.fromhex("".join(kept.tolist())), dtype=">u8").reshape(-1, 2)
+    pairs = np.empty(len(halves), dtype=UID_DTYPE)
+    pairs["f0"], pairs["f1"] = halves[:, 0], halves[:, 1]
+    pairs.sort(order=["f0", "f1"])
     return pairs
+
+
+def check_uids(pool_ids: Sequence[str] | np.ndarray) -> pd.Series:
+    """The pool's ids, lower-cased, when every one is a distinct 32-hex-digit uid (what ``--format uids``
+    needs); ``FilterError`` naming the first offending ids otherwise."""
+    ids = pd.Series(np.asarray(pool_ids), dtype=object).astype(str)
+    bad = ~ids.str.fullmatch(r"[0-9a-fA-F]{32}")
+    if bad.any():
+        raise FilterError(f"{int(bad.sum())} of {len(ids)} sample ids are not 32-hex-digit (128-bit) uids, e.g. "
+                          f"{_examples(ids[bad])}; --format uids needs DataComp uids (use csv, json, parquet or npy)")
+    lowered = ids.str.lower()
+    repeated = lowered[lowered.duplicated(keep=False)]
+    if len(repeated):
+        raise FilterError(f"{repeated.nunique()} uid(s) occur more than once in the pool, e.g. "
+                          f"{_examples(pd.Series(repeated.unique()))}: a DataComp subset names each pair once")
+    return lowered
 
 
 def render_export(samples: pd.DataFrame, result: FilterResult, column: str, export_format: str) -> bytes:
@@ -255,7 +445,7 @@ def render_export(samples: pd.DataFrame, result: FilterResult, column: str, expo
         np.save(buffer, result.keep)
         return buffer.getvalue()
     if export_format == "uids":
-        np.save(buffer, datacomp_uids(samples["sample_id"].to_numpy()[result.keep]))
+        np.save(buffer, datacomp_uids(samples["sample_id"].to_numpy(), result.keep))
         return buffer.getvalue()
     frame = keep_list(samples, result, column)
     if export_format == "csv":
@@ -267,7 +457,7 @@ def render_export(samples: pd.DataFrame, result: FilterResult, column: str, expo
 
 
 def export(
-    samples: pd.DataFrame, run_meta: dict[str, Any], rule: FilterRule, export_format: str, out: str | Path
+    samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_format: str, out: str | Path
 ) -> tuple[FilterResult, dict[str, Any], Path, Path]:
     """Write the keep-list to ``out`` and the spec to ``out.spec.json``, both atomically."""
     from mimic_explorer.store.atomic import write_bytes, write_json
@@ -288,7 +478,7 @@ def export(
 
 
 def save_to_run(
-    run_dir: str | Path, samples: pd.DataFrame, run_meta: dict[str, Any], rule: FilterRule, export_format: str = "csv"
+    run_dir: str | Path, samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_format: str = "csv"
 ) -> tuple[FilterResult, dict[str, Any], Path, Path]:
     """``export`` into the run's own ``filters/`` folder (the app's "Save to run"), named by the rule's
     hash so saving the same rule twice replaces the earlier files instead of piling up copies."""
@@ -313,7 +503,7 @@ def saved_specs(run_dir: str | Path) -> list[Path]:
     return sorted(folder.glob("*.spec.json"), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def latest_saved_rule(run_dir: str | Path, run_meta: dict[str, Any]) -> tuple[FilterRule, dict[str, Any], Path] | None:
+def latest_saved_rule(run_dir: str | Path, run_meta: dict[str, Any]) -> tuple[Rule, dict[str, Any], Path] | None:
     """The rule of the most recently saved spec of this run (None if none); ``FilterError`` when that
     spec is unreadable or belongs to another run."""
     specs = saved_specs(run_dir)
@@ -325,9 +515,6 @@ def latest_saved_rule(run_dir: str | Path, run_meta: dict[str, Any]) -> tuple[Fi
         raise FilterError(f"saved filter {specs[0].name} cannot be read: {exc}") from None
     try:
         rule = rule_from_spec(spec, run_meta)
-        rule.validate()
-    except FilterError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise FilterError(f"saved filter {specs[0].name} is malformed: {exc}") from None
+    except FilterError as exc:
+        raise FilterError(f"saved filter {specs[0].name}: {exc}") from None
     return rule, spec, specs[0]

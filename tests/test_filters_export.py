@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mimic_explorer import open_run
-from mimic_explorer.filters import FilterError, FilterRule, apply_rule, build_spec, rule_from_spec
+from mimic_explorer.filters import (CompoundRule, FilterError, FilterRule, all_of, apply_rule, build_spec, describe,
+                                   render_export, rule_from_spec)
 from tests.conftest import run_cli
 
 
@@ -131,3 +134,225 @@ def test_cli_runs_lists_runs_with_status(demo_run):
     assert proc.returncode == 0
     line = next(l for l in proc.stdout.splitlines() if str(demo_run) in l)
     assert line.startswith("complete") and "1438" in line
+
+
+# ---------------------------------------------------------------------------------------- top fraction, AND, specs
+
+
+def test_top_fraction_keeps_the_highest_fraction_of_finite_scores(samples):
+    s = samples["mimic_score"].to_numpy()
+    top = apply_rule(samples, FilterRule("top_fraction", 0.29))
+    assert top.kept == 29 and set(np.flatnonzero(top.keep)) == set(np.argsort(-s)[:29])  # 0.29·100 is 29, not 28
+    with_nan = samples.assign(mimic_score=np.where(np.arange(100) < 20, np.nan, s))
+    assert apply_rule(with_nan, FilterRule("top_fraction", 0.5)).kept == 40  # half of the 80 finite scores
+    per_class = apply_rule(samples, FilterRule("top_fraction", 0.5, per_class=True))
+    assert per_class.kept_per_class == {"0": 25, "1": 15, "2": 10}
+    assert apply_rule(samples, FilterRule("top_fraction", 0.0)).kept == 0
+    with pytest.raises(FilterError, match=r"top fraction must be in \[0, 1\]"):
+        apply_rule(samples, FilterRule("top_fraction", 1.2))
+
+
+@pytest.fixture
+def scored(samples):
+    rng = np.random.default_rng(1)
+    return samples.assign(clip_score_ref=rng.normal(size=100))
+
+
+def test_an_and_resolves_each_clause_on_the_whole_pool_then_intersects(scored):
+    first, second = FilterRule("top_fraction", 0.3, "clip_score_ref"), FilterRule("quantile", 0.15)
+    rule = all_of([first, second])
+    assert isinstance(rule, CompoundRule) and all_of([first]) is first
+    result = apply_rule(scored, rule)
+    alone = [apply_rule(scored, first), apply_rule(scored, second)]
+    np.testing.assert_array_equal(result.keep, alone[0].keep & alone[1].keep)
+    assert [part.kept for part in result.clauses] == [30, 85]  # each on all 100 samples, not on what the other left
+    assert result.kept == int((alone[0].keep & alone[1].keep).sum()) < 30
+    labels = scored["label"].to_numpy()
+    assert result.kept_per_class == {str(c): int(result.keep[labels == c].sum()) for c in (0, 1, 2)}
+    ensemble_too = apply_rule(scored, all_of([FilterRule("ensemble"), first, FilterRule("keep_count", 50, per_class=True)]))
+    expected = scored["keep"].to_numpy() & alone[0].keep & apply_rule(scored, FilterRule("keep_count", 50, per_class=True)).keep
+    np.testing.assert_array_equal(ensemble_too.keep, expected)
+    assert describe(rule) == "clip_score_ref top 30.0% AND mimic_score drop the lowest 15.0%"
+
+
+def test_bad_compounds_are_refused_with_the_cause(scored):
+    with pytest.raises(FilterError, match="at least two clauses"):
+        apply_rule(scored, CompoundRule([FilterRule("quantile", 0.1)]))
+    with pytest.raises(FilterError, match="at least one rule"):
+        all_of([])
+    with pytest.raises(FilterError, match="no column 'clip'"):
+        apply_rule(scored, all_of([FilterRule("quantile", 0.1), FilterRule("top_fraction", 0.3, "clip")]))
+    with pytest.raises(FilterError, match="quantile must be in"):
+        apply_rule(scored, all_of([FilterRule("quantile", 0.1), FilterRule("quantile", 3.0, "clip_score_ref")]))
+
+
+META = {"run_id": "r1", "fingerprints": {"data": "abc"}, "versions": {"mimic_explorer": "0.1.0"}}
+
+
+def test_a_compound_spec_records_every_clause_and_round_trips(scored):
+    rule = all_of([FilterRule("top_fraction", 0.3, "clip_score_ref"), FilterRule("quantile", 0.15, per_class=True)])
+    result = apply_rule(scored, rule)
+    spec = build_spec(META, rule, result, "uids")
+    assert spec["spec_version"] == 2 and spec["combine"] == "and" and "rule" not in spec
+    assert [r["kind"] for r in spec["rules"]] == ["top_fraction", "quantile"] and spec["rules"][1]["per_class"]
+    assert spec["kept_by_clause"] == [part.kept for part in result.clauses]
+    assert spec["resolved_thresholds"][0]["all"] == result.clauses[0].thresholds["all"]
+    assert set(spec["resolved_thresholds"][1]) == {"0", "1", "2"}
+    assert rule_from_spec(json.loads(json.dumps(spec)), META) == rule
+    again = build_spec(META, rule_from_spec(spec, META), result, "uids")
+    assert again["spec_hash"] == spec["spec_hash"]
+    swapped = build_spec(META, all_of(rule.clauses[::-1]), apply_rule(scored, all_of(rule.clauses[::-1])), "uids")
+    assert swapped["spec_hash"] != spec["spec_hash"]  # the spec records the clauses in order
+
+
+@pytest.mark.parametrize("rule, spec_hash", [
+    (FilterRule("quantile", 0.3, per_class=True), "add62645231055a2"),
+    (FilterRule("threshold", 0.1, class_overrides={1: 0.5}), "de96af2d91f7d0b9"),
+    (FilterRule("keep_count", 10), "4ba37b954dabb6d4"), (FilterRule("ensemble"), "3d796786ba68078e"),
+])
+def test_a_single_rule_spec_is_written_and_hashed_as_before_compounds_existed(samples, rule, spec_hash):
+    spec = build_spec(META, rule, apply_rule(samples, rule), "csv")
+    assert spec["spec_version"] == 1 and "rules" not in spec and spec["spec_hash"] == spec_hash
+    old = {"spec_version": 1, "rule": {"kind": rule.kind, "value": rule.value, "column": "mimic_score"},
+           "run_id": "r1", "data_fingerprint": "abc"}  # a spec written before class overrides were recorded
+    assert rule_from_spec(old, META) == FilterRule(rule.kind, rule.value)
+
+
+def test_specs_this_version_cannot_read_are_refused_with_the_cause():
+    base = {"run_id": "r1", "data_fingerprint": "abc"}
+    rules = [{"kind": "quantile", "value": 0.1}, {"kind": "top_fraction", "value": 0.3, "column": "clip_score_ref"}]
+    with pytest.raises(FilterError, match="newer mimic_explorer"):
+        rule_from_spec({**base, "spec_version": 3, "rules": rules}, META)
+    with pytest.raises(FilterError, match="only 'and'"):
+        rule_from_spec({**base, "spec_version": 2, "combine": "or", "rules": rules}, META)
+    with pytest.raises(FilterError, match="malformed"):
+        rule_from_spec({**base, "spec_version": 2, "rules": [{"value": 0.1}, rules[1]]}, META)
+    with pytest.raises(FilterError, match="not on this run"):
+        rule_from_spec({"run_id": "r2", "data_fingerprint": "abc", "rules": rules}, META)
+
+
+def test_per_class_on_a_pool_without_classes_is_refused(scored):
+    pairs = scored.drop(columns=["label"])
+    for pool in (pairs, scored.assign(label=-1)):
+        with pytest.raises(FilterError, match="needs class labels"):
+            apply_rule(pool, FilterRule("quantile", 0.2, per_class=True))
+        result = apply_rule(pool, all_of([FilterRule("quantile", 0.2), FilterRule("top_fraction", 0.5, "clip_score_ref")]))
+        assert result.kept_per_class == {"-1": result.kept} and result.total_per_class == {"-1": 100}
+
+
+# ---------------------------------------------------------------------------------------- DataComp uids
+
+
+def _uid_pool(samples, uids):
+    return samples.assign(sample_id=uids)
+
+
+def test_uids_export_is_exactly_datacomps_subset_format(samples):
+    rng = np.random.default_rng(3)
+    uids = [rng.bytes(16).hex() for _ in range(100)]
+    uids[7] = "ffffffffffffffff0000000000000001"  # the high half decides the order before the low half
+    uids[8] = "0000000000000001ffffffffffffffff"
+    uids[9] = uids[9].upper()  # hex digits in either case
+    pool = _uid_pool(samples, uids)
+    result = apply_rule(pool, FilterRule("top_fraction", 0.6))
+    pairs = np.load(io.BytesIO(render_export(pool, result, "mimic_score", "uids")))
+    assert pairs.dtype == np.dtype([("f0", "<u8"), ("f1", "<u8")]) and len(pairs) == result.kept == 60
+    assert (np.sort(pairs, order=["f0", "f1"]) == pairs).all()
+    assert pairs.tolist() == sorted(pairs.tolist())
+    kept = sorted(u.lower() for u, k in zip(uids, result.keep) if k)
+    assert sorted(f"{a:016x}{b:016x}" for a, b in pairs.tolist()) == kept
+    everything = np.load(io.BytesIO(render_export(pool, apply_rule(pool, FilterRule("threshold", -1e9)), "mimic_score", "uids")))
+    assert everything[-1].tolist() == (2**64 - 1, 1) and (2**0, 2**64 - 1) in everything.tolist()
+    nothing = np.load(io.BytesIO(render_export(pool, apply_rule(pool, FilterRule("threshold", 1e9)), "mimic_score", "uids")))
+    assert nothing.dtype == pairs.dtype and len(nothing) == 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({3: "not-a-uid"}, r"1 of 100 sample ids are not 32-hex-digit .*'not-a-uid'"),
+    ({3: "0" * 31, 5: "g" * 32}, r"2 of 100 .*'0000000000000000000000000000000', 'gggg"),
+    ({3: "ab" * 16, 40: "AB" * 16}, r"1 uid\(s\) occur more than once in the pool, e\.g\. 'abab"),
+])
+def test_uids_that_are_not_128_bit_hex_or_repeat_are_named(samples, bad, message):
+    uids = [f"{i:032x}" for i in range(100)]
+    for i, uid in bad.items():
+        uids[i] = uid
+    pool = _uid_pool(samples, uids)
+    with pytest.raises(FilterError, match=message):
+        render_export(pool, apply_rule(pool, FilterRule("quantile", 0.5)), "mimic_score", "uids")
+
+
+# ---------------------------------------------------------------------------------------- the CLI on a pairs run
+
+
+@pytest.fixture(scope="module")
+def pairs_run(tmp_path_factory):
+    from tests.ui_helpers import synthetic_pairs_run
+
+    return synthetic_pairs_run(tmp_path_factory.mktemp("pairs") / "run", n=500, epochs=2, thumbnails=False)
+
+
+def test_cli_compound_rules_write_a_datacomp_subset_and_a_reapplicable_spec(pairs_run, tmp_path):
+    out = tmp_path / "subset.npy"
+    proc = run_cli("export", str(pairs_run), "--rule", "clip_score_ref:top=30%", "--rule", "mimic_score:drop=0.15",
+                   "--format", "uids", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    samples = open_run(pairs_run).samples
+    rule = all_of([FilterRule("top_fraction", 0.3, "clip_score_ref"), FilterRule("quantile", 0.15)])
+    expected = apply_rule(samples, rule)
+    pairs = np.load(out)
+    assert pairs.dtype == np.dtype([("f0", "<u8"), ("f1", "<u8")]) and len(pairs) == expected.kept
+    assert sorted(f"{a:016x}{b:016x}" for a, b in pairs.tolist()) == sorted(samples["sample_id"][expected.keep])
+    assert f"kept {expected.kept} of 500" in proc.stdout and "keeps 150 alone" in proc.stderr
+    spec = json.loads((tmp_path / "subset.npy.spec.json").read_text())
+    assert rule_from_spec(spec, open_run(pairs_run).meta) == rule and spec["kept_by_clause"] == [150, 425]
+    again = tmp_path / "again.npy"
+    proc = run_cli("export", str(pairs_run), "--spec", str(out) + ".spec.json", "--format", "uids", "--out", str(again))
+    assert proc.returncode == 0, proc.stderr
+    assert again.read_bytes() == out.read_bytes()
+    assert json.loads((tmp_path / "again.npy.spec.json").read_text())["spec_hash"] == spec["spec_hash"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rule", "clip_score_ref:tip=30%"], "unknown kind 'tip'"),
+    (["--rule", "clip_score_ref:top=3x"], "'3x' is not a number"),
+    (["--rule", "clip_score_ref"], "is not COLUMN:KIND=VALUE"),
+    (["--rule", "mimic_score:min=50%"], "a percentage is a fraction"),
+    (["--rule", "clip_score_ref:top=30%", "--per-class"], "not --column / --per-class"),
+    (["--rule", "mimic_score:drop=0.1:per-class"], "needs class labels"),
+    (["--rule", "clip:top=0.3", "--rule", "mimic_score:min=0"], "no column 'clip'"),
+    (["--rule", "clip_score_ref:top=130%"], r"top fraction must be in \[0, 1\]"),
+])
+def test_cli_bad_rules_say_what_is_wrong(pairs_run, tmp_path, args, message):
+    proc = run_cli("export", str(pairs_run), *args, "--out", str(tmp_path / "k.csv"))
+    assert proc.returncode == 2 and re.search(message, proc.stderr), proc.stderr
+    assert not (tmp_path / "k.csv").exists()
+
+
+def test_cli_uids_of_a_run_without_uids_is_a_clear_error(demo_run, tmp_path):
+    proc = run_cli("export", str(demo_run), "--ensemble", "--format", "uids", "--out", str(tmp_path / "k.npy"))
+    first = open_run(demo_run).samples["sample_id"].iloc[0]  # the first bad id is named
+    assert proc.returncode == 2 and "are not 32-hex-digit (128-bit) uids" in proc.stderr and repr(first) in proc.stderr
+    help_text = run_cli("export", "--help").stdout
+    assert "--rule COLUMN:KIND=VALUE" in help_text and "clip_score_ref:top=30%" in help_text
+
+
+def test_exports_use_the_combined_score_and_its_own_split(tmp_path):
+    from tests.ui_helpers import synthetic_pairs_run
+
+    run = synthetic_pairs_run(tmp_path / "run", n=400, epochs=1, thumbnails=False, combined=True)
+    samples = open_run(run).samples
+    own = apply_rule(samples, FilterRule("ensemble", None, "combined_score"))
+    assert np.array_equal(own.keep, samples["combined_keep"].to_numpy())  # not the run's keep
+    assert not np.array_equal(own.keep, samples["keep"].to_numpy())
+    assert describe(FilterRule("ensemble", None, "combined_score")) == "the run's ensemble filter (combined_keep)"
+    proc = run_cli("export", str(run), "--ensemble", "--column", "combined_score", "--out", str(tmp_path / "k.npy"))
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.load(tmp_path / "k.npy"), samples["combined_keep"].to_numpy())
+    proc = run_cli("export", str(run), "--rule", "combined_score:top=70%", "--rule", "clip_score_ref:drop=10%",
+                   "--format", "uids", "--out", str(tmp_path / "subset.npy"))
+    expected = apply_rule(samples, all_of([FilterRule("top_fraction", 0.7, "combined_score"),
+                                           FilterRule("quantile", 0.1, "clip_score_ref")]))
+    assert proc.returncode == 0 and len(np.load(tmp_path / "subset.npy")) == expected.kept == 280 - (expected.clauses[0].keep & ~expected.clauses[1].keep).sum()
+    del samples["combined_keep"]
+    with pytest.raises(FilterError, match="no ensemble filter for combined_score .column 'combined_keep'"):
+        apply_rule(samples, FilterRule("ensemble", None, "combined_score"))

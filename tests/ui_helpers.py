@@ -21,6 +21,11 @@ def synthetic_run(path: Path, n: int = 600, **kwargs) -> Path:
     return _synthetic_module().write_synthetic_run(path, n, **kwargs)
 
 
+def synthetic_pairs_run(path: Path, n: int = 600, **kwargs) -> Path:
+    """A complete image-text pairs run (uids, captions, CLIP-score baselines), pandas only."""
+    return _synthetic_module().write_synthetic_pairs_run(path, n, **kwargs)
+
+
 def copy_run(run: Path, dest: Path) -> Path:
     """A private copy of a run (tests that save filters into a run must not touch the shared one)."""
     shutil.copytree(run, dest)

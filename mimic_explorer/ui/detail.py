@@ -1,4 +1,5 @@
-"""The detail view of one sample: larger image, its score trajectory over epochs, and every signal."""
+"""The detail view of one sample: larger image, its caption in full (image-text pairs), its score
+trajectory over epochs, and every field of its row — every text field shown whole, wrapped."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import html
 import math
 
 import holoviews as hv
+import numpy as np
 import panel as pn
 from panel.viewable import Viewer
 
@@ -18,7 +20,9 @@ CSS = """
 .me-detail img { width: 192px; height: 192px; object-fit: contain; image-rendering: pixelated; background: #111;
   border-radius: 8px; display: block; }
 .me-detail table { border-collapse: collapse; font: 12px system-ui, sans-serif; margin-top: 8px; width: 100%; }
-.me-detail td { padding: 2px 6px; border-bottom: 1px solid #eaeef2; }
+.me-detail td { padding: 2px 6px; border-bottom: 1px solid #eaeef2; overflow-wrap: anywhere; vertical-align: top; }
+.me-detail img.photo { image-rendering: auto; object-fit: cover; }
+.me-detail .caption { font: 14px/1.4 system-ui, sans-serif; color: #1f2328; margin-top: 8px; overflow-wrap: anywhere; }
 .me-detail td:first-child { color: #57606a; white-space: nowrap; }
 .me-detail .noisy { color: #cf222e; font-weight: 600; }
 .me-hint { color: #57606a; font: 13px system-ui, sans-serif; }
@@ -28,6 +32,8 @@ CSS = """
 def _value(value) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (list, tuple, np.ndarray)):  # e.g. every caption of a photo: one a line
+        return "<br>".join(html.escape(str(v)) for v in value)
     return html.escape(str(value))
 
 
@@ -50,15 +56,19 @@ class DetailView(Viewer):
         record = self.state.record(position)
         sample_id = str(record["sample_id"])
         noisy = bool(record.get("is_noisy", False))
+        caption = record.get("caption")
+        caption_html = f'<div class="caption">{html.escape(str(caption))}</div>' if isinstance(caption, str) else ""
         rows = "".join(
             f"<tr><td>{html.escape(str(k))}</td><td{' class=noisy' if k == 'is_noisy' and noisy else ''}>{_value(v)}</td></tr>"
             for k, v in record.items()
         )
         title = html.escape(sample_id)
-        flag = ' <span class="noisy">· mislabeled</span>' if noisy else ""
+        flag = f' <span class="noisy">· {self.state.noisy_word}</span>' if noisy else ""
+        photo = ' class="photo"' if caption_html else ""
         self._info.object = (
             f'<div class="me-detail"><div style="font:600 14px system-ui;margin-bottom:6px">{title}{flag}</div>'
-            f'<img src="{self.thumbs.uri(sample_id, self.position)}" alt="{title}"><table>{rows}</table></div>'
+            f'<img{photo} src="{self.thumbs.uri(sample_id, self.position)}" alt="{title}">{caption_html}'
+            f"<table>{rows}</table></div>"
         )
         try:
             frame = self.epochs.trajectories([sample_id]) if self.epochs.available else None

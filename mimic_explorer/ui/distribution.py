@@ -2,6 +2,8 @@
 
 The table is where a class gets its own threshold: typing in its "override" cell sets that class in
 the model's ``class_overrides`` (which means "by value"); everything else in it follows the counts.
+A pool without classes (image-text pairs) gets overall counts instead: the filter's row, and for an
+AND of clauses one row per clause counted alone.
 """
 
 from __future__ import annotations
@@ -34,17 +36,21 @@ class Distribution(Viewer):
         self.histogram = pn.pane.HoloViews(self._histogram_plot(), sizing_mode="stretch_width", height=330)
         frame = self._table_frame()
         editors = {c: None for c in frame.columns}
-        editors["override"] = {"type": "number", "step": 0.01}
+        if state.has_classes:
+            editors["override"] = {"type": "number", "step": 0.01}
+        widths = {"samples": 55, "override": 82} if state.has_classes else {"samples": 55, "class": 210}  # rules in words
         self.table = pn.widgets.Tabulator(
             frame, show_index=False, sizing_mode="stretch_width", height=340, layout="fit_columns",
             editors=editors, titles=TITLES, hidden_columns=["label"], text_align={"class": "left"}, page_size=10,
-            configuration={"columnDefaults": {"headerSort": False}}, widths={"samples": 55, "override": 82},
+            configuration={"columnDefaults": {"headerSort": False}}, widths=widths,
             pagination="local" if len(state.counter.classes) > 10 else None,
             stylesheets=[":host { font-size: 12px; }"],
         )
         self.table.on_edit(self.on_table_edit)
         note = pn.pane.Markdown("**Per class, before → after** (before / after: % of the dataset / of the kept set). "
-                                "Type an override to give a class its own threshold.", margin=(0, 5))
+                                "Type an override to give a class its own threshold." if state.has_classes else
+                                "**Before → after** (this pool has no classes; with several rules, each is also "
+                                "counted alone).", margin=(0, 5))
         self._layout = pn.Row(pn.Column(self.histogram, sizing_mode="stretch_width"), pn.Column(note, self.table, width=620),
                               sizing_mode="stretch_width")
         live.param.watch(self._redraw, "column")
@@ -56,16 +62,16 @@ class Distribution(Viewer):
 
     def _histogram_plot(self):
         hist = self.state.histogram()
-        static = plots.histogram_element(hist, self.state.column, self.log_counts)
+        static = plots.histogram_element(hist, self.state.column, self.log_counts, noisy_word=self.state.noisy_word)
         return static * self.lines.line("hist", hist.edges[0])
 
     def _table_frame(self) -> pd.DataFrame:
         overrides = self.model.class_overrides if self.model.rule == "threshold" else {}
-        return self.state.retention_table(self.live.counts, overrides)
+        return self.state.retention_table(self.live.counts, overrides, self.model.to_rule())
 
     def on_table_edit(self, event) -> None:
         """A typed override sets that class's threshold; an emptied cell removes it."""
-        if event.column != "override":
+        if event.column != "override" or not self.state.has_classes:
             return
         label = int(self.table.value.iloc[event.row]["label"])
         overrides = dict(self.model.class_overrides)

@@ -5,8 +5,11 @@
 - ``filter_controls``, ``exports``, ``distribution``, ``galleries`` (with the detail view) and
   ``more_views``: each watches the model or the counts and nothing else.
 
-From Python, ``explorer.threshold = 0.5`` (and the other rule parameters), ``.keep_mask``,
-``.set_rule(...)``, ``.select(id)`` and ``.save_to_run()`` work as in the page, which follows.
+From Python, ``explorer.threshold = 0.5`` (and the other rule parameters of the first clause),
+``.add_clause(column, ...)`` (AND a rule on another column), ``.keep_mask``, ``.set_rule(...)``,
+``.search(text)`` (narrow the galleries to matching captions), ``.select(id)`` and ``.save_to_run()``
+work as in the page, which follows. The page opens on ``combined_score`` where the run has one
+(``ExplorerState.default_column``).
 ``Explorer(run).controls`` and ``.main`` are what a template puts in its sidebar and main area;
 displayed on its own (Jupyter) it is the two side by side. See docs/ARCHITECTURE.md.
 """
@@ -20,7 +23,7 @@ import pandas as pd
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.filters import FilterError, FilterRule, latest_saved_rule
+from mimic_explorer.filters import FilterError, Rule, latest_saved_rule
 from mimic_explorer.store.reader import Run, open_run
 from mimic_explorer.ui.controls import FilterControls
 from mimic_explorer.ui.counting import Counts
@@ -28,7 +31,7 @@ from mimic_explorer.ui.cut_lines import CutLines
 from mimic_explorer.ui.detail import DetailView
 from mimic_explorer.ui.distribution import Distribution
 from mimic_explorer.ui.exports import ExportPanel
-from mimic_explorer.ui.filter_model import RULE_PARAMS, FilterModel
+from mimic_explorer.ui.filter_model import RULE_PARAMS, ClauseModel, FilterModel
 from mimic_explorer.ui.galleries import Galleries, Selection
 from mimic_explorer.ui.live import LiveCounts
 from mimic_explorer.ui.more_views import MoreViews
@@ -55,17 +58,18 @@ class Explorer(Viewer):
 
     column, rule, threshold = _rule_parameter("column"), _rule_parameter("rule"), _rule_parameter("threshold")
     quantile, keep_count = _rule_parameter("quantile"), _rule_parameter("keep_count")
+    top_fraction = _rule_parameter("top_fraction")
     per_class, class_overrides = _rule_parameter("per_class"), _rule_parameter("class_overrides")
 
     def __init__(self, run: Run | str | os.PathLike, *, restore: bool = True, **params):
         super().__init__()
         self.run = run if isinstance(run, Run) else open_run(run)
         given = {name: params.pop(name) for name in RULE_PARAMS if name in params}
-        self.state = ExplorerState(self.run, given.get("column", "mimic_score"))
+        self.state = ExplorerState(self.run, given.get("column"))
         self.notice = Notice()
         self.filter = FilterModel(columns=self.state.score_columns, column=self.state.column,
                                   threshold=self.state.default_threshold(), keep_count=int(round(0.7 * self.state.total)))
-        restored = self._restore() if restore and not ({"rule", "threshold", "quantile", "keep_count"} & set(given)) else ""
+        restored = self._restore() if restore and not ({"rule", "threshold", "quantile", "top_fraction", "keep_count"} & set(given)) else ""
         self.filter.param.update(**given)
         self.live = LiveCounts(self.state, self.filter, self.notice.show)
         self.lines = CutLines(self.state, self.filter, self.live)
@@ -106,8 +110,9 @@ class Explorer(Viewer):
         return self.selection.positions
 
     @property
-    def current_rule(self) -> FilterRule:
-        """The filter as a ``FilterRule`` (what exports and saved specs record)."""
+    def current_rule(self) -> Rule:
+        """The filter as a ``FilterRule``, or a ``CompoundRule`` when clauses are ANDed (what exports
+        and saved specs record)."""
         return self.filter.to_rule()
 
     @property
@@ -115,9 +120,19 @@ class Explorer(Viewer):
         """Boolean mask in ``run.samples`` order for the current filter (the export code path)."""
         return self.state.apply(self.current_rule).keep
 
-    def set_rule(self, rule: FilterRule) -> None:
-        """Show a ``FilterRule`` (e.g. from a spec) in the controls."""
+    def set_rule(self, rule: Rule) -> None:
+        """Show a rule (one clause or an AND, e.g. from a spec) in the controls."""
         self.filter.set_rule(rule)
+
+    def add_clause(self, column: str | None = None, **params) -> ClauseModel:
+        """AND a rule on another column, e.g. ``add_clause("clip_score_ref", rule="top_fraction",
+        top_fraction=0.3)``; returns the clause (its parameters drive the counts like the first's)."""
+        return self.filter.add_clause(column, **params)
+
+    def search(self, text: str) -> int | None:
+        """Narrow the galleries to samples whose caption contains ``text`` (case-insensitive); returns
+        how many match (None for an empty text, which shows every sample again)."""
+        return self.galleries.search(text)
 
     def select(self, sample_id: str) -> None:
         """Open a sample in the detail view and add it to the trajectories (as a click on its card)."""
@@ -143,8 +158,9 @@ class Explorer(Viewer):
         if found is None:
             return ""
         rule, spec, path = found
-        if rule.kind != "ensemble" and rule.column not in self.state.score_columns:
-            return f"Saved filter {path.name} is on column {rule.column!r}, which this run lacks; not restored."
+        missing = [c.column for c in rule.clauses if c.kind != "ensemble" and c.column not in self.state.score_columns]
+        if missing:
+            return f"Saved filter {path.name} is on column {missing[0]!r}, which this run lacks; not restored."
         self.filter.set_rule(rule)
         return f"Restored the filter saved with this run ({path.name}, {spec.get('created', '?')}): kept {spec.get('kept')} of {spec.get('total')}."
 
@@ -161,7 +177,8 @@ class Explorer(Viewer):
             self._controls = pn.Column(
                 pn.pane.Markdown("### Filter", margin=(0, 5)), self.filter_controls,
                 _section("Export"), self.exports,
-                _section("Galleries"), self.galleries.size_slider, self.galleries.class_select, self.distribution.log,
+                _section("Galleries"), self.galleries.search_box, self.galleries.size_slider, self.galleries.class_select,
+                self.distribution.log,
                 sizing_mode="stretch_width")
         return self._controls
 

@@ -13,7 +13,7 @@ import json
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.filters import FORMATS, FilterError, FilterResult, render_export, save_to_run
+from mimic_explorer.filters import FORMATS, FilterError, FilterResult, check_uids, render_export, save_to_run
 from mimic_explorer.store.reader import Run
 from mimic_explorer.ui.filter_model import FilterModel
 from mimic_explorer.ui.notice import Notice
@@ -37,7 +37,18 @@ class ExportPanel(Viewer):
         self.save = pn.widgets.Button(label="Save to run", color="success", **wide,
                                       description="Write the keep-list and its spec into the run's filters/ folder")
         self.save.on_click(self._on_save)
+        self.format.param.watch(self._on_format, "value")
         self._layout = pn.Column(pn.Row(self.format, self.download_spec, **wide), self.download, self.save, **wide)
+
+    def _on_format(self, event) -> None:
+        """``uids`` needs DataComp uids as sample ids: say so at once (and go back) rather than fail the download."""
+        if event.new != "uids":
+            return
+        try:
+            check_uids(self.run.samples["sample_id"].to_numpy())
+        except FilterError as exc:
+            self.notice.show(f"Keep-list format uids is not possible here: {exc}", "warning")
+            self.format.value = event.old
 
     def _result(self) -> FilterResult:
         return self.state.apply(self.model.to_rule())

@@ -1,10 +1,14 @@
 """The three galleries (lowest, highest, around the cut or in a score band) and the sample detail.
 
 Cards are marked kept or dropped by the live counts of the filter; a click opens the sample in the
-detail view and adds it to the ``Selection`` whose trajectories the "More views" tabs plot.
+detail view and adds it to the ``Selection`` whose trajectories the "More views" tabs plot. In a run
+with captions a search box narrows all three galleries to the samples whose caption contains the
+text (``ExplorerState.narrow``), and says how many match.
 """
 
 from __future__ import annotations
+
+import html
 
 import numpy as np
 import panel as pn
@@ -22,6 +26,7 @@ from mimic_explorer.ui.thumbnails import ThumbnailURIs
 ALL_CLASSES = "all classes"
 AROUND, BAND = "Around the threshold", "In a score band"
 HINT = "<span style='font:12px system-ui;color:#57606a'>{}Pink card: dropped by the current filter · click an image for its detail.</span>"
+MATCH_CSS = ".me-match { font: 12px system-ui, sans-serif; color: #57606a; }"
 
 
 def default_band(state: ExplorerState) -> tuple[float, float]:
@@ -47,6 +52,7 @@ class Galleries(Viewer):
     gallery_class = param.Selector(default=ALL_CLASSES, objects=[ALL_CLASSES], doc="Restrict galleries to one class.")
     third_gallery = param.Selector(default=AROUND, objects=[AROUND, BAND])
     band = param.Range(default=(0.0, 1.0), doc="Score band for the third gallery.")
+    caption_query = param.String(default="", doc="Show only samples whose caption contains this (case-insensitive).")
 
     def __init__(self, state: ExplorerState, model: FilterModel, live: LiveCounts, thumbs: ThumbnailURIs,
                  detail: DetailView, selection: Selection, **params):
@@ -57,7 +63,12 @@ class Galleries(Viewer):
         wide = dict(sizing_mode="stretch_width")
         self.size_slider = pn.widgets.IntSlider.from_param(self.param.gallery_size, label="Images per gallery", start=4,
                                                            end=64, **wide)
-        self.class_select = pn.widgets.Select.from_param(self.param.gallery_class, label="Gallery class", **wide)
+        self.class_select = pn.widgets.Select.from_param(self.param.gallery_class, label="Gallery class",
+                                                         visible=state.has_classes, **wide)
+        self.query_input = pn.widgets.TextInput.from_param(self.param.caption_query, name="Search captions",
+                                                           placeholder="a word or phrase, then Enter", **wide)
+        self.match_note = pn.pane.HTML("", stylesheets=[MATCH_CSS], css_classes=["caption-matches"], **wide)
+        self.search_box = pn.Column(self.query_input, self.match_note, visible=state.has_captions, **wide)
         self.third = pn.widgets.RadioButtonGroup.from_param(self.param.third_gallery, color="light")
         self.band_slider = pn.widgets.RangeSlider.from_param(
             self.param.band, label="Score band", start=lo, end=hi, step=slider_step(lo, hi), format="0.000",
@@ -72,7 +83,7 @@ class Galleries(Viewer):
         self.shown: dict[str, np.ndarray] = {}
         self.param.update(**params)
         self.refresh()
-        hint = HINT.format("Red border: mislabeled (ground truth) · " if state.has_truth else "")
+        hint = HINT.format(f"Red border: {state.noisy_word} (ground truth) · " if state.has_truth else "")
         cards = pn.Column(self.thumb_note, pn.pane.HTML(hint, margin=(0, 5)), self.titles["lowest"], self.galleries["lowest"],
                           self.titles["highest"], self.galleries["highest"],
                           pn.Row(self.titles["third"], self.third, align="center"), self.band_slider,
@@ -83,6 +94,20 @@ class Galleries(Viewer):
 
     def _label(self) -> int | None:
         return None if self.gallery_class == ALL_CLASSES else int(self.gallery_class.split(":", 1)[0])
+
+    def search(self, text: str) -> int | None:
+        """Narrow the galleries to captions containing ``text``; how many match (None: not narrowed)."""
+        self.caption_query = text
+        return None if self.state.matches is None else int(self.state.matches.sum())
+
+    @param.depends("caption_query", watch=True)
+    def _on_query(self) -> None:
+        matched = self.state.narrow(self.caption_query)
+        query = html.escape(self.state.query)
+        self.match_note.object = ("" if matched is None else
+                                  f'<span class="me-match">{matched:,} of {self.state.total:,} captions contain '
+                                  f"“{query}”</span>")
+        self.refresh()
 
     def open(self, position: int, sample_id: str = "") -> None:
         """Show a sample in the detail view and add it to the selection (a click on its card)."""
@@ -120,11 +145,15 @@ class Galleries(Viewer):
     def _draw(self, name: str) -> None:
         k, label, column = self.gallery_size, self._label(), self.state.column
         where = "" if label is None else f" in class {self.state.label_name(label)}"
+        if self.state.query:
+            where += f" among captions with “{html.escape(self.state.query)}”"
         empty = "No samples."
         if name == "lowest":
-            positions, title = self.state.lowest(k, label), f"#### Lowest {k} by {column}{where}"
+            positions = self.state.lowest(k, label)
+            title = f"#### Lowest {len(positions)} by {column}{where}"
         elif name == "highest":
-            positions, title = self.state.highest(k, label), f"#### Highest {k} by {column}{where}"
+            positions = self.state.highest(k, label)
+            title = f"#### Highest {len(positions)} by {column}{where}"
         elif self.third_gallery == AROUND:
             cut = self.state.cut(self.live.counts) if self.live.counts is not None else None
             cut = self.model.threshold if cut is None else cut
@@ -134,10 +163,12 @@ class Galleries(Viewer):
             positions = self.state.band(lo, hi, k, label)
             title = f"#### {len(positions)} in the band {lo:.4g} – {hi:.4g}{where}"
             empty = f"No samples with {column} between {lo:.4g} and {hi:.4g}."
+        if self.state.query and len(positions) == 0 and name != "third":
+            empty = f"No caption contains “{self.state.query}”."  # gallery_html escapes it
         self.shown[name] = positions
         self.titles[name].object = title
         self.galleries[name].cards = gallery_html(self.state.samples, positions, self.thumbs, self.state.label_name,
-                                                  column, empty)
+                                                  column, empty, self.state.has_classes)
 
     def _mark_dropped(self) -> None:
         counts = self.live.counts

@@ -3,7 +3,9 @@
 Why one component per grid: hundreds of images as hundreds of Panel panes are slow to build and to
 sync; one element holding a grid of inline WebP thumbnails renders at once. A threshold change does
 not resend the images: it sends the list of dropped cards and the browser restyles them. A click
-sends the card's row position back to Python (for the detail view).
+sends the card's row position back to Python (for the detail view). A sample with a caption (an
+image-text pair) shows it under its image, wrapped to three lines; the full text is the card's hover
+title and is in the detail view.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from mimic_explorer.ui.thumbnails import ThumbnailURIs
 CSS = """
 :host { display: block; width: 100%; }
 .me-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(100px, 1fr)); gap: 8px; }
+.me-grid.pairs { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); }
+.me-grid.pairs img { image-rendering: auto; object-fit: cover; }
+.me-caption { margin-top: 4px; font-size: 12px; line-height: 1.3; color: #1f2328; overflow: hidden;
+  display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow-wrap: anywhere; min-height: 3.9em; }
 .me-card { border: 1px solid #d0d7de; border-radius: 8px; padding: 5px; background: #fff; cursor: pointer;
   font: 11px/1.35 system-ui, -apple-system, "Segoe UI", sans-serif; color: #24292f; transition: opacity .15s; }
 .me-card:hover { box-shadow: 0 2px 8px rgba(0,0,0,.18); border-color: #0969da; }
@@ -59,30 +65,39 @@ export function render({ model, el }) {
 """
 
 
-def card_html(position: int, row, uri: str, label_name: Callable, score_column: str, has_pred: bool) -> str:
-    """One card: image, id, label name, score, predicted class; a red border when mislabeled."""
+def card_html(position: int, row, uri: str, label_name: Callable, score_column: str, has_pred: bool,
+              has_classes: bool = True) -> str:
+    """One card: image, caption (pairs), id, label name (labelled pools), score, predicted class; a red
+    border when the ground truth says the sample is noisy."""
     sample_id = html.escape(str(row.sample_id))
     score = getattr(row, score_column)
     score_text = "nan" if score is None or not np.isfinite(score) else f"{score:.3f}"
-    label = html.escape(label_name(row.label)) if hasattr(row, "label") else "?"
-    pred = f'<span>pred <b>{html.escape(label_name(row.pred))}</b></span>' if has_pred else ""
+    caption = getattr(row, "caption", None)
+    caption = None if caption is None or (isinstance(caption, float) and np.isnan(caption)) else str(caption)
     noisy = bool(getattr(row, "is_noisy", False))
-    truth = ""
-    if noisy and hasattr(row, "true_label"):
-        truth = f'<div class="me-truth">true label {html.escape(label_name(row.true_label))}</div>'
+    lines = ""
+    if caption is not None:
+        lines += f'<div class="me-caption">{html.escape(caption)}</div>'
+    lines += f'<div class="me-id">{sample_id}</div>'
+    if has_classes:
+        label = html.escape(label_name(row.label)) if hasattr(row, "label") else "?"
+        pred = f'<span>pred <b>{html.escape(label_name(row.pred))}</b></span>' if has_pred else ""
+        lines += f'<div class="me-row"><span>label <b>{label}</b></span>{pred}</div>'
+    lines += f'<div class="me-row"><span class="me-score">{score_text}</span><span class="me-badge"></span></div>'
+    if noisy and has_classes and hasattr(row, "true_label"):
+        lines += f'<div class="me-truth">true label {html.escape(label_name(row.true_label))}</div>'
+    elif noisy and not has_classes:
+        lines += '<div class="me-truth">caption swapped</div>'
+    hover = html.escape(f"{caption}\n\n{row.sample_id} — click for details" if caption is not None
+                        else f"{row.sample_id} — click for details")
     return (
         f'<div class="me-card{" noisy" if noisy else ""}" data-pos="{int(position)}" data-id="{sample_id}" '
-        f'title="{sample_id} — click for details">'
-        f'<img src="{uri}" alt="{sample_id}" loading="eager">'
-        f'<div class="me-id">{sample_id}</div>'
-        f'<div class="me-row"><span>label <b>{label}</b></span>{pred}</div>'
-        f'<div class="me-row"><span class="me-score">{score_text}</span><span class="me-badge"></span></div>'
-        f"{truth}</div>"
+        f'title="{hover}"><img src="{uri}" alt="{sample_id}" loading="eager">{lines}</div>'
     )
 
 
 def gallery_html(samples: pd.DataFrame, positions: np.ndarray, thumbs: ThumbnailURIs, label_name: Callable,
-                 score_column: str, empty_text: str = "No samples here.") -> str:
+                 score_column: str, empty_text: str = "No samples here.", has_classes: bool = True) -> str:
     """The grid for the rows at ``positions`` of ``samples`` (in that order)."""
     positions = np.asarray(positions, dtype=np.int64)
     if len(positions) == 0:
@@ -90,10 +105,11 @@ def gallery_html(samples: pd.DataFrame, positions: np.ndarray, thumbs: Thumbnail
     rows = samples.iloc[positions]
     has_pred = "pred" in samples.columns
     cards = [
-        card_html(pos, row, thumbs.uri(row.sample_id, pos), label_name, score_column, has_pred)
+        card_html(pos, row, thumbs.uri(row.sample_id, pos), label_name, score_column, has_pred, has_classes)
         for pos, row in zip(positions.tolist(), rows.itertuples(index=False))
     ]
-    return '<div class="me-grid">' + "".join(cards) + "</div>"
+    kind = " pairs" if "caption" in samples.columns else ""
+    return f'<div class="me-grid{kind}">' + "".join(cards) + "</div>"
 
 
 class Gallery(JSComponent):

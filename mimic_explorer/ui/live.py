@@ -2,8 +2,9 @@
 
 Why a separate piece: every view that follows the filter (the "Kept" line, the retention table, the
 threshold lines, the galleries' kept/dropped marks) wants the same answer, computed once per change
-in O(classes · log n) by ``ExplorerState.counts``. Views watch ``counts`` (rule changes) and
-``column`` (a new score column: new ranges, histograms and galleries), never the rule itself.
+in O(classes · log n) by ``ExplorerState.counts`` (an AND of clauses: a vector comparison per
+clause). Views watch ``counts`` (rule changes) and ``column`` (a new score column for the first
+clause: new ranges, histograms and galleries), never the rule itself.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ class LiveCounts(param.Parameterized):
         super().__init__()
         self.state, self.model, self.notify = state, model, notify
         state.column = model.column
+        model.threshold_for = state.default_threshold
         self.recount()
         self.column = model.column
-        model.param.watch(self._follow, list(RULE_PARAMS))
+        model.param.watch(self._follow, [*RULE_PARAMS, "more"])
 
     def _follow(self, *events: param.parameterized.Event) -> None:
         changed = {event.name for event in events}
@@ -53,4 +55,6 @@ class LiveCounts(param.Parameterized):
             self.notify(str(exc), "danger")
             return
         self.model.resolved_cut = self.state.cut(counts)
+        for clause, part in zip(self.model.more, (counts.clauses or [])[1:]):
+            clause.resolved_cut = self.state.cut(part)
         self.counts = counts

@@ -1,7 +1,9 @@
 """The "More views" tabs: kept vs threshold, per class, scatter, per epoch, trajectories.
 
 Each tab is built the first time it is shown, so per-epoch scores are read only when asked for; the
-plots that show the cut take their lines from the shared ``CutLines``.
+plots that show the cut take their lines from the shared ``CutLines``. A pool without classes
+(image-text pairs) has no "Per class" tab, and its scatter opens on mimic_score against the CLIP score
+under the reference (DataComp's standard filter), rasterized with Datashader past 50 k points.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class MoreViews(Viewer):
             "Per epoch": self._epoch_view,
             "Trajectories": self._trajectory_view,
         }
+        if not state.has_classes:
+            del builders["Per class"]
         self._builders = list(builders.values())
         self.tabs = pn.Tabs(*[(name, pn.Column(**wide)) for name in builders], dynamic=True, **wide)
         self.tabs.param.watch(lambda event: self.open_tab(event.new), "active")
@@ -53,7 +57,7 @@ class MoreViews(Viewer):
         curve = self.state.kept_curve()
         x0 = float(curve["threshold"].iloc[0])
         lines = self.lines.line("kept-v", x0) * self.lines.line("kept-h", 0.0, horizontal=True)
-        return pn.pane.HoloViews(plots.kept_curve_element(curve, self.state.total) * lines, sizing_mode="stretch_width")
+        return pn.pane.HoloViews(plots.kept_curve_element(curve, self.state.total, self.state.noisy_word) * lines, sizing_mode="stretch_width")
 
     def _per_class(self, column: str, log: bool):
         edges, per_class, shown = self.state.class_histograms(limit=20)
@@ -68,8 +72,11 @@ class MoreViews(Viewer):
     def _scatter_view(self):
         columns = self.state.score_columns
         column = self.state.column
-        default_y = next((c for c in ("reference_loss", "proj_mean", "model_loss") if c in columns and c != column),
-                         columns[1] if len(columns) > 1 else columns[0])
+        if "clip_score_ref" in columns and "mimic_score" in columns:  # pairs: mimic against the CLIP score
+            column, default_y = "mimic_score", "clip_score_ref"
+        else:
+            default_y = next((c for c in ("reference_loss", "proj_mean", "model_loss") if c in columns and c != column),
+                             columns[1] if len(columns) > 1 else columns[0])
         x = pn.widgets.Select(label="x", options=columns, value=column, width=180)
         y = pn.widgets.Select(label="y", options=columns, value=default_y, width=180)
         self.live.param.watch(lambda event: setattr(x, "value", event.new), "column")
@@ -82,14 +89,16 @@ class MoreViews(Viewer):
         samples, counter = self.state.samples, self.state.counter
         frame = pd.DataFrame({xcol: samples[xcol].to_numpy(dtype=float), ycol: samples[ycol].to_numpy(dtype=float),
                               "sample_id": samples["sample_id"].to_numpy()})
-        if "label" in samples.columns:
+        if self.state.has_classes:
             names = np.array([self.state.label_name(c) for c in counter.classes.tolist()], dtype=object)
             frame["class"] = names[counter.codes]
+        if self.state.has_captions and len(frame) <= plots.RASTERIZE_ABOVE:  # hover shows it (small runs only)
+            frame["caption"] = samples["caption"].astype(str).str.slice(0, 90).to_numpy()
         truth = self.state.has_truth
         if truth:
-            frame["truth"] = pd.Categorical(np.where(counter.noisy, "mislabeled", "clean"))
+            frame["truth"] = pd.Categorical(np.where(counter.noisy, self.state.noisy_word, "clean"))
         frame = frame[np.isfinite(frame[xcol]) & np.isfinite(frame[ycol])]
-        element = plots.scatter_element(frame, xcol, ycol, truth)
+        element = plots.scatter_element(frame, xcol, ycol, truth, self.state.noisy_word)
         if xcol == self.state.column:
             element = element * self.lines.line("scatter", float(frame[xcol].min()) if len(frame) else 0.0)
         big = len(frame) > plots.RASTERIZE_ABOVE
@@ -114,7 +123,8 @@ class MoreViews(Viewer):
 
         def epoch_hist(sig: str, ep: int, log: bool):
             values, noisy = self.epochs.values(sig, ep, noisy_ids)
-            return pn.pane.HoloViews(plots.histogram_element(histogram(values, noisy=noisy), f"{sig} (epoch {ep})", log),
+            return pn.pane.HoloViews(plots.histogram_element(histogram(values, noisy=noisy), f"{sig} (epoch {ep})", log,
+                                                                     noisy_word=self.state.noisy_word),
                                      sizing_mode="stretch_width")
 
         epochs = self.epochs.epochs
@@ -142,7 +152,7 @@ class MoreViews(Viewer):
         ids = samples["sample_id"].iloc[positions].astype(str).tolist() if positions else []
         frame = self.epochs.trajectories(ids, [signal])
         noisy = self.state.counter.noisy  # all False without ground truth
-        labels = {sid: f"{sid} (mislabeled)" if noisy[pos] else sid for pos, sid in zip(positions, ids)}
+        labels = {sid: f"{sid} ({self.state.noisy_word})" if noisy[pos] else sid for pos, sid in zip(positions, ids)}
         return pn.pane.HoloViews(plots.trajectories_element(frame, signal, labels), sizing_mode="stretch_width")
 
     def __panel__(self):

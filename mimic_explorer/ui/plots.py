@@ -25,8 +25,9 @@ def _log_safe(counts: np.ndarray, log: bool) -> np.ndarray:
     return np.where(counts > 0, counts, 0.1) if log else counts
 
 
-def histogram_element(hist: Histogram, column: str, log: bool = False, height: int = 300) -> hv.Overlay:
-    """Counts of ``column`` (robust range); mislabeled samples drawn over the total when known."""
+def histogram_element(hist: Histogram, column: str, log: bool = False, height: int = 300,
+                      noisy_word: str = "mislabeled") -> hv.Overlay:
+    """Counts of ``column`` (robust range); noisy samples (``noisy_word``) drawn over the total when known."""
     opts = dict(line_color=None, logy=log, responsive=True, height=height, tools=["hover"],
                 xlabel=column, ylabel="samples (log)" if log else "samples", show_grid=True)
     if log:  # the axis starts at 0.5: empty bins (drawn at 0.1) stay out of sight, a single sample shows
@@ -34,7 +35,7 @@ def histogram_element(hist: Histogram, column: str, log: bool = False, height: i
     total = hv.Histogram((hist.edges, _log_safe(hist.counts, log)), kdims=[column], vdims=["samples"], label="all samples")
     layers = [total.opts(color=BLUE, alpha=0.85, **opts)]
     if hist.noisy is not None:
-        noisy = hv.Histogram((hist.edges, _log_safe(hist.noisy, log)), kdims=[column], vdims=["samples"], label="mislabeled (ground truth)")
+        noisy = hv.Histogram((hist.edges, _log_safe(hist.noisy, log)), kdims=[column], vdims=["samples"], label=f"{noisy_word} (ground truth)")
         layers.append(noisy.opts(color=RED, alpha=0.75, **opts))
     overlay = hv.Overlay(layers)
     return overlay.opts(legend_position="top_left", title=f"Distribution of {column}")
@@ -100,38 +101,40 @@ def class_grid(edges: np.ndarray, per_class: dict[int, np.ndarray], names: dict[
     }
 
 
-def kept_curve_element(curve: pd.DataFrame, total: int) -> hv.Overlay:
-    """How many samples a single global threshold keeps, for every threshold (clean / mislabeled too)."""
+def kept_curve_element(curve: pd.DataFrame, total: int, noisy_word: str = "mislabeled") -> hv.Overlay:
+    """How many samples a single global threshold keeps, for every threshold (clean / noisy too)."""
     opts = dict(responsive=True, height=300, tools=["hover"], show_grid=True, ylabel="samples kept", xlabel="threshold")
     layers = [hv.Curve(curve, "threshold", "kept", label="all").opts(color=BLUE, line_width=2.5, **opts)]
     if "clean kept" in curve:
         layers.append(hv.Curve(curve, "threshold", "clean kept", label="clean").opts(color=GREEN, line_width=1.8, **opts))
-        layers.append(hv.Curve(curve, "threshold", "noisy kept", label="mislabeled").opts(color=RED, line_width=1.8, **opts))
+        layers.append(hv.Curve(curve, "threshold", "noisy kept", label=noisy_word).opts(color=RED, line_width=1.8, **opts))
     return hv.Overlay(layers).opts(title=f"Kept versus threshold (of {total})", legend_position="top_right")
 
 
-def scatter_element(frame: pd.DataFrame, x: str, y: str, color_by_truth: bool) -> hv.Element:
-    """Two scores against each other, hover naming the sample. ``frame`` has x, y, sample_id, class,
-    truth. Small runs: one glyph per point. Large: Datashader rasterizes (by truth, when known), and
-    the point nearest the cursor is looked up and shown with its id (``inspect_points``)."""
-    vdims = [c for c in ("sample_id", "class", "truth") if c in frame.columns and c not in (x, y)]
+def scatter_element(frame: pd.DataFrame, x: str, y: str, color_by_truth: bool, noisy: str = "mislabeled") -> hv.Element:
+    """Two scores against each other, hover naming the sample. ``frame`` has x, y, sample_id and,
+    when known, class, caption and truth (``"clean"`` or ``noisy``). Small runs: one glyph per point.
+    Large: Datashader rasterizes (by truth, when known), and the point nearest the cursor is looked up
+    and shown with its id (``inspect_points``)."""
+    vdims = [c for c in ("sample_id", "class", "caption", "truth") if c in frame.columns and c not in (x, y)]
     points = hv.Points(frame, [x, y], vdims)
     common = dict(responsive=True, height=420, show_grid=True, xlabel=x, ylabel=y)
     if len(frame) <= RASTERIZE_ABOVE:
-        hover = [("sample", "@sample_id"), ("class", "@class"), (x, f"@{{{x}}}"), (y, f"@{{{y}}}")]
+        hover = [("sample", "@sample_id")] + [(c, f"@{c}") for c in ("class", "caption") if c in vdims]
+        hover += [(x, f"@{{{x}}}"), (y, f"@{{{y}}}")]
         if color_by_truth:
             hover.append(("truth", "@truth"))
         from bokeh.models import HoverTool
 
         return points.opts(
             color="truth" if color_by_truth else BLUE,
-            cmap={"clean": BLUE, "mislabeled": RED} if color_by_truth else None,
+            cmap={"clean": BLUE, noisy: RED} if color_by_truth else None,
             size=5, alpha=0.6, tools=[HoverTool(tooltips=hover)], legend_position="top_left", **common)
     import datashader as ds
     from holoviews.operation.datashader import datashade, inspect_points, rasterize
 
     if color_by_truth:
-        shaded = datashade(points, aggregator=ds.count_cat("truth"), color_key={"clean": BLUE, "mislabeled": RED},
+        shaded = datashade(points, aggregator=ds.count_cat("truth"), color_key={"clean": BLUE, noisy: RED},
                            min_alpha=60).opts(**common)
     else:
         shaded = rasterize(points).opts(cmap="Blues", cnorm="eq_hist", colorbar=True, **common)

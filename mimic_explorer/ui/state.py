@@ -14,12 +14,15 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.filters import FilterResult, FilterRule, apply_rule
+from mimic_explorer.filters import CompoundRule, FilterResult, FilterRule, Rule, apply_rule, describe, has_classes
 from mimic_explorer.store.reader import Run
-from mimic_explorer.ui.counting import Counts, RuleCounter
+from mimic_explorer.ui.counting import Counts, RuleCounter, compound_counts
 
 #: Columns that hold identities or categories, never a score to threshold or plot.
-NON_SCORE_COLUMNS = {"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep"}
+NON_SCORE_COLUMNS = {"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep", "combined_keep"}
+#: Score columns listed first, in this order, when a run has them: the default ranking (issue 15's
+#: combined score where there is one, else the mimic score), then the CLIP scores of a pairs pool.
+LEADING_COLUMNS = ("combined_score", "mimic_score", "clip_score_ref", "clip_score_model")
 
 
 @dataclass
@@ -86,19 +89,32 @@ def histogram(values: np.ndarray, bins: int | None = None, noisy: np.ndarray | N
 class ExplorerState:
     """A run's samples plus sorted views of one score column; answers every question the views ask."""
 
-    def __init__(self, run: Run, column: str = "mimic_score"):
+    def __init__(self, run: Run, column: str | None = None):
+        """``column``: the score to open on (default ``default_column``)."""
         self.run = run
         self.samples = run.samples
         self.class_names = run.class_names
-        self.score_columns = [
+        numeric = [
             c for c in self.samples.columns
             if c not in NON_SCORE_COLUMNS and pd.api.types.is_numeric_dtype(self.samples[c])
             and not pd.api.types.is_bool_dtype(self.samples[c])
         ]
+        self.score_columns = [c for c in LEADING_COLUMNS if c in numeric] + [c for c in numeric if c not in LEADING_COLUMNS]
         if not self.score_columns:
             raise ValueError("the run's samples have no numeric score column")
+        self.has_classes = has_classes(self.samples)
+        self.has_captions = "caption" in self.samples.columns
+        #: what a ground-truth noisy sample is in this pool's words
+        self.noisy_word = "mislabeled" if self.has_classes or not self.has_captions else "swapped caption"
+        self.query, self.matches = "", None
         self._counters: dict[str, RuleCounter] = {}
-        self.column = column if column in self.score_columns else self.score_columns[0]
+        self.column = column if column in self.score_columns else self.default_column
+
+    @property
+    def default_column(self) -> str:
+        """The score the app opens on: ``combined_score`` where the run has it (it ranks noisy samples
+        better than ``mimic_score`` alone: benchmarks/RESULTS.md, issue 15), else ``mimic_score``."""
+        return next((c for c in ("combined_score", "mimic_score") if c in self.score_columns), self.score_columns[0])
 
     # ------------------------------------------------------------------ the score column
 
@@ -111,11 +127,19 @@ class ExplorerState:
         if column not in self.score_columns:
             raise ValueError(f"no score column {column!r}; available: {', '.join(self.score_columns)}")
         self._column = column
+        self.counter = self.counter_for(column)
+        for cached in ("_orderings", "_class_ranks", "_global_ranks"):
+            self.__dict__.pop(cached, None)
+
+    def counter_for(self, column: str | None) -> RuleCounter:
+        """The (cached) sorted view of any score column (None: the current one)."""
+        if column is None:
+            return self.counter
+        if column not in self.score_columns:
+            raise ValueError(f"no score column {column!r}; available: {', '.join(self.score_columns)}")
         if column not in self._counters:
             self._counters[column] = RuleCounter(self.samples, column)
-        self.counter = self._counters[column]
-        self.__dict__.pop("_orderings", None)
-        self.__dict__.pop("_class_ranks", None)
+        return self._counters[column]
 
     @property
     def scores(self) -> np.ndarray:
@@ -138,21 +162,23 @@ class ExplorerState:
     def has_ensemble(self) -> bool:
         return self.counter.ensemble is not None
 
-    def score_range(self) -> tuple[float, float]:
-        """The full finite range of the column (what a typed threshold is checked against)."""
-        values = self.counter.sorted_finite
+    def score_range(self, column: str | None = None) -> tuple[float, float]:
+        """The full finite range of a column (what a typed threshold is checked against)."""
+        values = self.counter_for(column).sorted_finite
         if len(values) == 0:
             return 0.0, 1.0
         return float(values[0]), float(values[-1])
 
-    def default_threshold(self) -> float:
-        """Start where the run's own ensemble filter cuts this column, else at the median."""
-        values = self.counter.sorted_finite
+    def default_threshold(self, column: str | None = None) -> float:
+        """Start where the column's own filter cuts it (``combined_keep`` for ``combined_score``), else
+        where the run's ensemble filter does, else at the median."""
+        counter = self.counter_for(column)
+        values = counter.sorted_finite
         if len(values) == 0:
             return 0.0
-        keep = self.counter.ensemble
+        keep = counter.ensemble  # the column's own split: combined_keep for combined_score
         if keep is not None and keep.any() and (~keep).any():
-            kept_scores = self.scores[keep]
+            kept_scores = counter.scores[keep]
             kept_scores = kept_scores[np.isfinite(kept_scores)]
             if len(kept_scores):
                 return float(kept_scores.min())
@@ -160,19 +186,24 @@ class ExplorerState:
 
     # ------------------------------------------------------------------ rules and counts
 
-    def counts(self, rule: FilterRule) -> Counts:
-        """Live counts for a rule on the current column (O(classes · log n))."""
-        return self.counter.counts(self._on_column(rule))
+    def counts(self, rule: Rule) -> Counts:
+        """Live counts for a rule whose (first) clause is on the current column: O(classes · log n) for
+        one clause, a vector comparison per clause for an AND (``counting.compound_counts``)."""
+        rule = self._on_column(rule)
+        if isinstance(rule, CompoundRule):
+            return compound_counts(rule, self.counter_for)
+        return self.counter.counts(rule)
 
-    def apply(self, rule: FilterRule | float) -> FilterResult:
+    def apply(self, rule: Rule | float) -> FilterResult:
         """The authoritative keep mask, from the same code as ``mimic-explorer export``."""
-        if not isinstance(rule, FilterRule):
+        if not isinstance(rule, (FilterRule, CompoundRule)):
             rule = FilterRule("threshold", float(rule), self.column)
         return apply_rule(self.samples, self._on_column(rule))
 
-    def _on_column(self, rule: FilterRule) -> FilterRule:
-        if rule.column != self.column and rule.kind != "ensemble":
-            raise ValueError(f"rule is on {rule.column!r} but the state is on {self.column!r}")
+    def _on_column(self, rule: Rule) -> Rule:
+        first = rule.clauses[0]
+        if first.column != self.column and first.kind != "ensemble":
+            raise ValueError(f"rule is on {first.column!r} but the state is on {self.column!r}")
         return rule
 
     def cut(self, counts: Counts, label: int | None = None) -> float | None:
@@ -183,9 +214,12 @@ class ExplorerState:
             value = counts.thresholds.get("all")
         return None if value is None or not np.isfinite(value) else float(value)
 
-    def keep_status(self, positions: np.ndarray, rule: FilterRule, counts: Counts) -> np.ndarray:
-        """Whether each of a few samples (gallery cards) is kept, without building the full mask."""
+    def keep_status(self, positions: np.ndarray, rule: Rule, counts: Counts) -> np.ndarray:
+        """Whether each of a few samples (gallery cards) is kept, without building the full mask (an
+        AND's counts carry theirs)."""
         positions = np.asarray(positions, dtype=np.int64)
+        if counts.keep is not None:
+            return counts.keep[positions]
         if rule.kind == "ensemble":
             return self.counter.ensemble[positions]
         if rule.kind == "keep_count":
@@ -216,9 +250,13 @@ class ExplorerState:
             ranks[members] = np.arange(len(members))
         return ranks
 
-    def retention_table(self, counts: Counts, overrides: dict[int, float] | None = None) -> pd.DataFrame:
+    def retention_table(self, counts: Counts, overrides: dict[int, float] | None = None,
+                        rule: Rule | None = None) -> pd.DataFrame:
         """Per class, before and after: samples, share of the dataset, kept, share of the kept set,
-        fraction retained, the threshold that applied — the class balance a filter leaves behind."""
+        fraction retained, the threshold that applied — the class balance a filter leaves behind. A
+        pool without classes gets ``overall_table`` instead."""
+        if not self.has_classes:
+            return self.overall_table(counts, rule)
         keys = self.counter.class_keys
         total = np.array([counts.total_per_class[k] for k in keys], dtype=np.int64)
         kept = np.array([counts.kept_per_class[k] for k in keys], dtype=np.int64)
@@ -238,6 +276,21 @@ class ExplorerState:
             noisy_per_class = self.counter.total_per_group.reshape(-1, 2)[:, 1]
             frame.insert(7, "mislabeled", noisy_per_class)
         return frame
+
+    def overall_table(self, counts: Counts, rule: Rule | None = None) -> pd.DataFrame:
+        """Before and after over the whole pool (a pool without classes): one row for the filter, and
+        for an AND one row per clause first, each counted alone, so a person sees which clause cuts."""
+        rows = []
+        parts = list(zip(rule.clauses, counts.clauses)) if rule is not None and counts.clauses else []
+        for clause, part in parts + [(None, counts)]:
+            row = {"class": describe(clause) if clause is not None else ("all clauses (AND)" if parts else "all samples"),
+                   "samples": part.total, "kept": part.kept, "dropped": part.dropped,
+                   "retained %": round(100 * part.kept / max(part.total, 1), 1),
+                   "threshold": self._rounded(self.cut(part))}
+            if part.noisy_total is not None:
+                row[f"{self.noisy_word} dropped"] = part.noisy_dropped
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     @staticmethod
     def _rounded(value: float | None) -> float:
@@ -280,12 +333,27 @@ class ExplorerState:
     def _orderings(self) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
         return {}
 
+    def narrow(self, query: str) -> int | None:
+        """Galleries show only samples whose caption contains ``query`` (case-insensitive substring;
+        empty: every sample). Returns how many match (None when not narrowed)."""
+        query = (query or "").strip()
+        if query and not self.has_captions:
+            raise ValueError("this run has no captions to search")
+        self.query = query
+        self.matches = (self.samples["caption"].astype(str).str.contains(query, case=False, regex=False, na=False)
+                        .to_numpy(dtype=bool) if query else None)
+        self.__dict__.pop("_orderings", None)
+        return None if self.matches is None else int(self.matches.sum())
+
     def _ordered(self, label: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(positions ascending by score, their sorted finite scores), for all samples or one class.
-        Kept per column: the "around the threshold" gallery asks on every threshold change, and
-        gathering a million scores each time would cost more than the rest of the change."""
+        """(positions ascending by score, their sorted finite scores), for all samples or one class,
+        among the caption matches when narrowed. Kept per column: the "around the threshold" gallery
+        asks on every threshold change, and gathering a million scores each time would cost more than
+        the rest of the change."""
         if label not in self._orderings:
             order = self.order
+            if self.matches is not None:
+                order = order[self.matches[order]]
             if label is not None:
                 order = order[self.samples["label"].to_numpy()[order] == label]
             scores = self.scores[order]

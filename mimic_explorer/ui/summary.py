@@ -12,6 +12,8 @@ import pandas as pd
 import panel as pn
 from panel.viewable import Viewer
 
+from mimic_explorer.filters import has_classes
+
 BASIS_WARNING = (
     "The model and the reference were not started from the same weights, so they may not share a "
     "feature basis: the task vector — and every mimic score in this run — may be meaningless "
@@ -27,12 +29,16 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def summary_facts(meta: dict[str, Any], samples: pd.DataFrame) -> list[tuple[str, str]]:
-    """(label, value) pairs: samples, classes, epochs, method, reference, quality, detection, accuracy."""
+    """(label, value) pairs: samples, classes (or "image-text pairs"), epochs, method, reference,
+    quality (the mimic filter's and, where the run has one, the combined filter's), detection, accuracy."""
     config = meta.get("config") or {}
     summary = meta.get("summary") or {}
     facts = [("samples", f"{len(samples):,}")]
-    n_classes = len(meta.get("class_names") or []) or (samples["label"].nunique() if "label" in samples else 0)
-    facts.append(("classes", str(n_classes)))
+    if has_classes(samples):
+        n_classes = len(meta.get("class_names") or []) or samples["label"].nunique()
+        facts.append(("classes", str(n_classes)))
+    else:
+        facts.append(("pool", "image-text pairs" if "caption" in samples.columns else "no classes"))
     epochs = summary.get("epochs", config.get("epochs"))
     if epochs is not None:
         facts.append(("epochs", str(epochs)))
@@ -50,6 +56,11 @@ def summary_facts(meta: dict[str, Any], samples: pd.DataFrame) -> list[tuple[str
         quality = float(samples["keep"].mean())
     if quality is not None:
         facts.append(("estimated quality", _fmt(float(quality))))
+    combined = summary.get("combined_quality")
+    if combined is None and "combined_keep" in samples.columns:
+        combined = float(samples["combined_keep"].mean())
+    if combined is not None:
+        facts.append(("quality, combined filter", _fmt(float(combined))))
     if "is_noisy" in samples.columns:
         facts.append(("true quality", _fmt(1.0 - float(samples["is_noisy"].mean()))))
     detection = summary.get("detection") or (meta.get("evaluation") or {}).get("mimic_score") or {}

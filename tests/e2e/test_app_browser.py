@@ -196,3 +196,84 @@ def test_bad_run_directory_is_a_message_not_a_traceback(browser, tmp_path):
         assert page.get_by_text("does not exist").count() >= 1
         page.close()
     _no_traceback(log)
+
+
+PAIRS_SCREENSHOT = Path("/tmp/pairs_app.png")
+SHARE = re.compile(r"drop the lowest ([\d.]+) %")
+TOP = re.compile(r"AND clip_score_ref top ([\d.]+)%")
+
+
+def _kept_line(page) -> str:
+    """The whole "Kept: N of M" block: the count, the rule in words, each further clause."""
+    return "\n".join(page.locator(".me-kept, .me-sub").all_inner_texts())
+
+
+def test_a_pairs_run_with_a_compound_filter_in_a_real_browser(browser, tmp_path):
+    """DataComp's "CLIP score top 30 % AND mimic_score not in its lowest 15 %" set by hand in the page:
+    captions under the images, "Kept: N of M" follows each clause, the uids keep-list has N rows."""
+    import numpy as np
+
+    from mimic_explorer.filters import FilterRule, all_of, apply_rule
+    from mimic_explorer.store.reader import open_run
+    from tests.ui_helpers import synthetic_pairs_run
+
+    run = synthetic_pairs_run(tmp_path / "pairs", n=800, epochs=2)
+    samples = open_run(run).samples
+    with served([str(run)], tmp_path / "serve.log") as (url, log):
+        page = browser.new_page(viewport={"width": 1600, "height": 1200}, accept_downloads=True)
+        page.goto(url, timeout=120_000)
+        page.get_by_text(KEPT).first.wait_for(state="visible", timeout=120_000)
+
+        # captions under the images: every card's caption is its sample's own
+        captions = page.locator(".me-card .me-caption")
+        _wait_for(lambda: captions.count() >= 2 * K, 60, "captions on the cards")
+        by_id = dict(zip(samples["sample_id"], samples["caption"]))
+        cards = page.locator(".me-card")
+        for i in (0, 5, 2 * K - 1):
+            card = cards.nth(i)
+            assert card.locator(".me-caption").inner_text().strip() == by_id[card.get_attribute("data-id")]
+        assert page.locator(".me-card .me-row", has_text="label").count() == 0  # no class labels on pairs
+
+        # first clause: mimic_score, drop the lowest 15 % (Quantile, then the slider down by keyboard)
+        start, total = _kept(page)
+        assert total == 800
+        page.get_by_role("button", name="Quantile").first.click()
+        _wait_for(lambda: SHARE.search(_kept_line(page)), 90, "the quantile rule")
+        handle = page.locator(".noUi-handle:visible").first
+        handle.focus()
+        for _ in range(30):
+            handle.press("ArrowLeft")
+        _wait_for(lambda: "drop the lowest 15.0 %" in _kept_line(page), 90,
+                  "the quantile to reach 0.15")
+
+        # second clause: AND clip_score_ref top 30 %
+        alone, _ = _kept(page)
+        page.get_by_role("button", name="+ AND a rule on another column").click()
+        _wait_for(lambda: "AND clip_score_ref" in _kept_line(page), 90, "the second clause")  # keeps all until moved
+        clause = page.locator(".me-clause")
+        clause.wait_for(state="visible", timeout=60_000)
+        clause.get_by_role("button", name="Top %").click()
+        both = _wait_for(lambda: (k := _kept(page)[0]) < alone and k, 90, "Kept: N of M to follow the second clause")
+        text = _kept_line(page)
+        quantile = float(SHARE.search(text).group(1)) / 100
+        top = float(TOP.search(text).group(1)) / 100
+        expected = apply_rule(samples, all_of([FilterRule("quantile", quantile, "mimic_score"),
+                                               FilterRule("top_fraction", top, "clip_score_ref")]))
+        assert (quantile, top) == (0.15, 0.3) and both == expected.kept and both < start
+
+        # the uids keep-list: DataComp's subset file, one row per kept pair
+        page.locator("select").filter(has_text="uids").select_option("uids")
+        page.wait_for_timeout(500)
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name="Download keep-list").click()
+        pairs = np.load(download.value.path())
+        assert pairs.dtype == np.dtype([("f0", "<u8"), ("f1", "<u8")]) and len(pairs) == both
+        assert np.all(np.sort(pairs, order=["f0", "f1"]) == pairs)
+        kept_ids = samples["sample_id"][expected.keep]
+        assert {f"{hi:016x}{lo:016x}" for hi, lo in pairs.tolist()} == set(kept_ids)
+
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(PAIRS_SCREENSHOT), full_page=False)
+        page.close()
+    _no_traceback(log)
+    assert PAIRS_SCREENSHOT.stat().st_size > 30_000

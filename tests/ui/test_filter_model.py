@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mimic_explorer import filters
-from mimic_explorer.filters import FilterError, FilterRule, apply_rule, build_spec, save_to_run
+from mimic_explorer.filters import CompoundRule, FilterError, FilterRule, all_of, apply_rule, build_spec, save_to_run
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.ui.filter_model import FilterModel
 from mimic_explorer.ui.live import LiveCounts
@@ -40,8 +40,8 @@ RULES = [
 ]
 
 
-@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.kind}-{r.column}-{r.per_class}")
-def test_a_saved_spec_read_into_the_model_gives_the_same_spec_back(run, tmp_path, frozen_clock, rule):
+def _saved_and_read_back(run, tmp_path, rule) -> tuple[dict, FilterModel, list[str]]:
+    """Save ``rule`` into a copy of the run, read the spec into a model, check it writes the same spec."""
     import shutil
 
     run_dir = shutil.copytree(run.path, tmp_path / "run")
@@ -49,9 +49,15 @@ def test_a_saved_spec_read_into_the_model_gives_the_same_spec_back(run, tmp_path
     spec = json.loads(spec_path.read_text())
     columns = ExplorerState(run).score_columns
     model = FilterModel.from_spec(spec, columns)
-    assert model.to_rule() == rule
+    assert model.to_rule() == rule and len(model.more) == len(rule.clauses) - 1
     again = model.to_spec(run.meta, apply_rule(run.samples, model.to_rule()), spec["format"])
     assert again == spec and again["spec_hash"] == spec["spec_hash"]
+    return spec, model, columns
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.kind}-{r.column}-{r.per_class}")
+def test_a_saved_spec_read_into_the_model_gives_the_same_spec_back(run, tmp_path, frozen_clock, rule):
+    spec, _, columns = _saved_and_read_back(run, tmp_path, rule)
     other = FilterModel(columns=columns, rule="keep_count", keep_count=7, per_class=True, threshold=-3.0)
     other.set_from_spec(spec)
     assert other.to_spec(run.meta, apply_rule(run.samples, other.to_rule()), spec["format"]) == spec
@@ -131,3 +137,56 @@ def test_a_rule_that_cannot_be_counted_is_said(run):
     model.rule = "ensemble"
     assert notes == ["danger"] and live.counts is before
     assert np.isfinite(model.resolved_cut)
+
+
+# ---------------------------------------------------------------------------------------- clauses (AND)
+
+COMPOUNDS = [
+    all_of([FilterRule("threshold", 0.42), FilterRule("top_fraction", 0.3, "reference_loss")]),
+    all_of([FilterRule("quantile", 0.15, per_class=True), FilterRule("keep_count", 500, "proj_mean"),
+            FilterRule("threshold", 1.5, "reference_loss", class_overrides={2: 2.0})]),
+    all_of([FilterRule("ensemble"), FilterRule("top_fraction", 0.5, "grand", per_class=True)]),
+]
+
+
+@pytest.mark.parametrize("rule", COMPOUNDS, ids=lambda r: "+".join(c.kind for c in r.clauses))
+def test_a_compound_spec_read_into_the_model_gives_the_same_spec_back(run, tmp_path, frozen_clock, rule):
+    spec, _, columns = _saved_and_read_back(run, tmp_path, rule)
+    other = FilterModel(columns=columns, rule="keep_count", keep_count=7)
+    other.add_clause("votes", rule="threshold", threshold=0.2)  # replaced, not kept beside the spec's clauses
+    other.set_from_spec(spec)
+    assert other.to_spec(run.meta, apply_rule(run.samples, other.to_rule()), spec["format"]) == spec
+    other.set_rule(FilterRule("quantile", 0.2))  # back to one clause: a single-rule spec again
+    assert other.more == [] and other.to_rule() == FilterRule("quantile", 0.2)
+
+
+def test_clauses_are_added_edited_and_removed_and_the_counts_follow(run):
+    state = ExplorerState(run)
+    model = FilterModel(columns=state.score_columns, column="mimic_score", threshold=0.5)
+    live = LiveCounts(state, model, lambda text, kind: None)
+    single = live.counts.kept
+    clause = model.add_clause()  # the first column no clause uses, keeping everything until moved
+    assert clause.column != "mimic_score" and (clause.rule, clause.quantile) == ("quantile", 0.0)
+    assert live.counts.kept == single and isinstance(model.to_rule(), CompoundRule)
+    clause.param.update(column="reference_loss", rule="top_fraction", top_fraction=0.4)
+    expected = apply_rule(run.samples, model.to_rule())
+    assert live.counts.kept == expected.kept < single and live.counts.clauses[1].kept == 320
+    second = model.add_clause("proj_mean", rule="keep_count", keep_count=300)
+    assert live.counts.kept == apply_rule(run.samples, model.to_rule()).kept
+    model.threshold = 0.6  # the first clause still drives as before
+    assert live.counts.kept == apply_rule(run.samples, model.to_rule()).kept
+    clause.rule = "threshold"  # "by value" on a further clause starts where it cut
+    assert clause.threshold == pytest.approx(live.counts.clauses[1].thresholds["all"])
+    second.column = "grand"
+    assert second.clause() == FilterRule("keep_count", 300, "grand")
+    clause.column = "votes"  # a new column: by value restarts at that column's default
+    assert clause.threshold == pytest.approx(state.default_threshold("votes"))
+    assert live.counts.kept == apply_rule(run.samples, model.to_rule()).kept
+    model.remove_clause(clause)
+    model.remove_clause(0)
+    assert model.more == [] and live.counts.kept == apply_rule(run.samples, FilterRule("threshold", 0.6)).kept
+    assert live.counts.clauses is None and live.counts.keep is None
+    clause.threshold = 99.0  # a removed clause no longer moves anything
+    assert live.counts.kept == apply_rule(run.samples, FilterRule("threshold", 0.6)).kept
+    with pytest.raises(FilterError, match="no score column 'nope'"):
+        model.add_clause("nope")

@@ -4,16 +4,18 @@ tables and histograms say what they should, runs/epochs/thumbnails are read corr
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from mimic_explorer.filters import FilterError, FilterRule, apply_rule, latest_saved_rule, save_to_run, saved_specs
+from mimic_explorer.filters import (CompoundRule, FilterError, FilterRule, all_of, apply_rule, latest_saved_rule, save_to_run,
+                                   saved_specs)
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.scores import EpochScores
 from mimic_explorer.store.thumbs import ThumbnailReader
-from mimic_explorer.ui.counting import RuleCounter
+from mimic_explorer.ui.counting import RuleCounter, compound_counts
 from mimic_explorer.store.listing import find_runs
 from mimic_explorer.ui.state import ExplorerState, histogram, robust_range
 from mimic_explorer.ui.summary import BASIS_WARNING, run_warnings, summary_facts
@@ -230,3 +232,80 @@ def test_save_to_run_and_restore_the_latest_spec(tmp_path, small_run):
     spec_path.write_text("{not json")
     with pytest.raises(FilterError, match="cannot be read"):
         latest_saved_rule(run_dir, run.meta)
+
+
+# ---------------------------------------------------------------------------------------- AND of clauses
+
+
+def _two_columns(seed: int, n: int, labels: str = "classes") -> pd.DataFrame:
+    frame = _frame(seed, n, 1, posinf=True)
+    rng = np.random.default_rng(seed + 100)
+    frame["clip_score_ref"] = np.round(rng.normal(size=n), 1)
+    frame.loc[rng.random(n) < 0.03, "clip_score_ref"] = np.nan
+    if labels == "none":
+        frame = frame.drop(columns=["label"])
+    elif labels == "minus_one":
+        frame["label"] = -1
+    return frame
+
+
+COMPOUNDS = [
+    all_of([FilterRule("quantile", 0.15), FilterRule("top_fraction", 0.3, "clip_score_ref")]),
+    all_of([FilterRule("threshold", 0.1, class_overrides={3: -1.0}), FilterRule("keep_count", 400, "clip_score_ref")]),
+    all_of([FilterRule("ensemble"), FilterRule("threshold", 0.0, "clip_score_ref"), FilterRule("top_fraction", 0.9)]),
+    all_of([FilterRule("top_fraction", 0.5, per_class=True), FilterRule("keep_count", 300, "clip_score_ref", per_class=True)]),
+    all_of([FilterRule("quantile", 1.0), FilterRule("quantile", 0.0, "clip_score_ref")]),
+]
+
+
+@pytest.mark.parametrize("labels", ["classes", "none", "minus_one"])
+def test_live_counts_of_an_and_equal_apply_rule(labels):
+    samples = _two_columns(4, 1500, labels)
+    counters = {c: RuleCounter(samples, c) for c in ("mimic_score", "clip_score_ref")}
+    noisy = samples["is_noisy"].to_numpy()
+    for rule in COMPOUNDS + [FilterRule("top_fraction", 0.37), FilterRule("top_fraction", 0.37, "clip_score_ref")]:
+        if labels != "classes" and any(c.per_class or c.class_overrides for c in rule.clauses):
+            continue
+        expected = apply_rule(samples, rule)
+        if isinstance(rule, CompoundRule):
+            got = compound_counts(rule, lambda column: counters[column or "mimic_score"])
+            np.testing.assert_array_equal(got.keep, expected.keep, str(rule))
+            assert [p.kept for p in got.clauses] == [p.kept for p in expected.clauses], rule
+        else:
+            got = counters[rule.column].counts(rule)
+        assert (got.kept, got.kept_per_class, got.total_per_class) == (expected.kept, expected.kept_per_class,
+                                                                      expected.total_per_class), rule
+        assert got.noisy_dropped == int((~expected.keep & noisy).sum()), rule
+
+
+def test_each_clause_mask_from_its_counts_is_apply_rules_mask():
+    samples = _frame(5, 1200, 1, posinf=True, neginf=True)
+    counter = RuleCounter(samples, "mimic_score")
+    for rule in RULES + [FilterRule("top_fraction", 0.4), FilterRule("top_fraction", 0.4, per_class=True)]:
+        np.testing.assert_array_equal(counter.mask(rule, counter.counts(rule)), apply_rule(samples, rule).keep, str(rule))
+
+
+def test_an_and_in_the_explorer_state_marks_cards_and_counts_per_clause(small_run):
+    state = ExplorerState(open_run(small_run))
+    state.column = "mimic_score"
+    rule = all_of([FilterRule("quantile", 0.2), FilterRule("top_fraction", 0.5, "reference_loss")])
+    counts = state.counts(rule)
+    expected = apply_rule(state.samples, rule)
+    assert counts.kept == expected.kept and counts.thresholds == expected.clauses[0].thresholds
+    positions = np.concatenate([state.lowest(30), state.highest(30)])
+    np.testing.assert_array_equal(state.keep_status(positions, rule, counts), expected.keep[positions])
+    np.testing.assert_array_equal(state.apply(rule).keep, expected.keep)
+    with pytest.raises(ValueError, match="rule is on 'reference_loss'"):
+        state.counts(all_of(rule.clauses[::-1]))
+
+
+def test_keep_count_cards_follow_a_new_column():
+    samples = _two_columns(6, 400)
+    run = SimpleNamespace(samples=samples, class_names=[])
+    state = ExplorerState(run, "mimic_score")
+    rule = FilterRule("keep_count", 100)
+    state.keep_status(np.arange(10), rule, state.counts(rule))  # ranks of mimic_score, cached
+    state.column = "clip_score_ref"
+    rule = FilterRule("keep_count", 100, "clip_score_ref")
+    positions = np.arange(400)
+    np.testing.assert_array_equal(state.keep_status(positions, rule, state.counts(rule)), apply_rule(samples, rule).keep)
