@@ -169,6 +169,11 @@ _FALLBACKS = {
     "vmap": ("forward-mode AD is not available for an operation in this model", "chunked vmap(grad)", "slower"),
     "loop": ("torch.func transforms are not available for an operation in this model", "a per-sample loop", "much slower"),
 }
+# the same fallbacks for a loss that couples the batch, whose per-sample gradients are Jacobian rows
+_COUPLED_FALLBACKS = {
+    "vmap": ("rows of the loss vector's Jacobian pulled back under vmap",),
+    "loop": ("rows of the loss vector's Jacobian pulled back one at a time",),
+}
 
 
 class PreparedScorer:
@@ -407,7 +412,13 @@ class PreparedScorer:
         if self.path != "auto" or not gap(error):
             return False
         what, how, cost = _FALLBACKS[to]
-        warnings.warn(f"{what} ({error}); falling back to {how}, which is {cost}", RuntimeWarning, stacklevel=5)
+        if self.loss.couples_batch:
+            (how,) = _COUPLED_FALLBACKS[to]
+        warnings.warn(
+            f"{what} ({error}); falling back to {how}: the scores stay exact, the path is {cost}",
+            RuntimeWarning,
+            stacklevel=5,
+        )
         self._chosen = to
         return True
 

@@ -168,3 +168,62 @@ def test_tuple_inputs_are_checked():
         scorer((images, "captions"), None)
     with pytest.raises(ValueError, match="at least 2 pairs"):
         scorer((images[:1], tokens[:1]), None)
+
+
+class BagOfWordsDual(nn.Module):
+    """A dual encoder whose text tower is an ``nn.EmbeddingBag`` (no forward-mode rule in torch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(20, 6, mode="mean")
+        self.image_projection = nn.Linear(5, 4, bias=False)
+        self.text_projection = nn.Linear(6, 4, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(5.0)))
+
+    def forward(self, images, tokens):
+        from mimic_explorer.models.dual import DualOutput
+
+        return DualOutput(self.image_projection(images), self.text_projection(self.bag(tokens)), self.logit_scale.exp())
+
+
+def test_an_op_without_a_forward_mode_rule_falls_back_exactly_and_says_so():
+    """A mimic layer inside an EmbeddingBag tower: forward mode fails, auto moves to Jacobian rows by
+    vmap with a warning that the scores stay exact — and they equal the per-pair loop. The projection
+    after the bag needs no fallback: the output layer's path starts its tangent after the tower."""
+    torch.manual_seed(0)
+    model = BagOfWordsDual().double()
+    reference = perturbed(model, scale=0.3)
+    inputs = (torch.randn(B, 5, dtype=torch.float64), torch.randint(0, 20, (B, 4), generator=torch.Generator().manual_seed(2)))
+    expected = brute_force(model, reference, inputs, "bag.weight", "proj")
+    with pytest.warns(RuntimeWarning, match="(?s)forward-mode AD is not available.*Jacobian.*the scores stay exact"):
+        got = mimic_scores(model, reference, inputs, None, params=["bag.weight"], loss=InfoNCELoss())
+    assert_close(got, expected, what="EmbeddingBag weight, proj after the fallback")
+    with pytest.raises(Exception, match="forward AD"):
+        mimic_scores(model, reference, inputs, None, params=["bag.weight"], loss=InfoNCELoss(), path="jvp")
+    import warnings
+
+    for method in ("proj", "cos"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            got = mimic_scores(model, reference, inputs, None, params=["text_projection.weight"], method=method, loss=InfoNCELoss())
+        assert_close(got, brute_force(model, reference, inputs, "text_projection.weight", method), what=f"text projection/{method}")
+
+
+@pytest.mark.parametrize("method", ["proj", "cos"])
+def test_a_hand_written_coupled_loss_is_exact_once_declared(method):
+    """``loss=`` takes any callable returning the (B,) losses; wrapped with couples_batch=True, a
+    hand-written InfoNCE gives the brute-force scores of both mimic layers on the frozen-tower probe."""
+    from mimic_explorer.scoring import CallableLoss
+
+    def infonce(outputs, targets):
+        image, text, scale = outputs
+        logits = scale * torch.nn.functional.normalize(image, dim=1) @ torch.nn.functional.normalize(text, dim=1).T
+        diagonal = torch.arange(len(image))
+        ce = torch.nn.functional.cross_entropy
+        return 0.5 * (ce(logits, diagonal, reduction="none") + ce(logits.T, diagonal, reduction="none"))
+
+    model, reference, x = probe_setup()
+    for layer in LAYERS:
+        expected = brute_force(model, reference, x, layer, method)
+        got = mimic_scores(model, reference, x, None, params=[layer], method=method, loss=CallableLoss(infonce, couples_batch=True))
+        assert_close(got, expected, what=f"declared/{layer}/{method}")
