@@ -5,7 +5,9 @@ anything is written."""
 
 from __future__ import annotations
 
+import io
 import re
+import tarfile
 from dataclasses import replace
 
 import numpy as np
@@ -129,3 +131,18 @@ def test_pair_options_on_a_labelled_pool_are_refused(tmp_path):
     with pytest.raises(ValueError, match="--mimic-layer: only for image-text pools"):
         run_score(replace(labelled, caption_noise=0.0, mimic_layer="text"))
     assert not out.exists()
+
+
+def test_bad_pairs_are_recorded_and_skipped(pool, tmp_path):
+    shard = flickr_pool(tmp_path / "messy.tar", 9)
+    with tarfile.open(shard, "a") as tar:  # a photo that is not an image, and a photo without a caption
+        for name, data in (("broken.jpg", b"not a jpeg"), ("broken.txt", b"a caption"), ("mute.jpg", b"\xff\xd8 no caption")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    outcome = run_score(replace(options(pool, tmp_path / "run"), data=f"wds:{shard}"))
+    run = open_run(outcome.path)
+    errors = pd.read_parquet(tmp_path / "run" / "errors.parquet")
+    assert sorted(errors["sample_id"]) == ["broken", "mute"] and len(run.samples) == 9
+    assert "caption" in errors.set_index("sample_id").loc["mute", "reason"]
+    assert run.samples.groupby("score_batch").size().tolist() == [9]  # the ninth pair joined the batch of 8
