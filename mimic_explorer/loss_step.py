@@ -7,9 +7,11 @@ step still costs about a plain one:
 
 - one forward of the model (training mode) gives the losses; a hook keeps the mimic layer's input H
   and output z;
-- the pullback of the loss vector through *the loss alone* (z → ℓ, the model's other outputs held
-  fixed; ``torch.func.vjp``) gives every pair's ⟨g_i, v⟩ and ‖g_i‖ exactly by the scorer's own
-  output-layer algebra (``PreparedScorer.project_output``), coupling included;
+- through *the loss alone* (z → ℓ, the model's other outputs held fixed), one forward-mode pass
+  along T = H Vᵀ gives every pair's ⟨g_i, v⟩ (``torch.func.jvp``; O(B²C) for InfoNCE), coupling
+  included. ‖g_i‖ — needed only when the Stage-1 method weighs cos (``need_cos``) — takes the rows of
+  the loss's Jacobian (``PreparedScorer.project_output``): B pullbacks through the loss, O(B³C) for
+  InfoNCE, which at B = 256 costs more than the step itself; without it the records carry no cos;
 - one backward of the mean loss gives every other parameter the ordinary mean gradient, and the
   mimic layer's gradient is replaced by Σ_i w_i g_i = (∂(wᵀℓ)/∂z)ᵀ H — one more pullback through the
   loss and one matmul.
@@ -28,7 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import vjp
+from torch.func import jvp, vjp
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mimic_explorer.scoring.losses import PerSampleLoss, loss_values
@@ -76,14 +78,14 @@ class LossStep:
 
     ``reweight``: "head" — the mimic layers get Σ w_i g_i, every other parameter the mean gradient;
     "all" — every parameter gets the re-weighted gradient (one backward of Σ w_i ℓ_i).
-    ``weigh(proj, cos, weigh)`` turns scores into Stage-1 weights; ``check(losses, index)`` raises on a
-    non-finite loss before anything is scored.
+    ``weigh(proj, cos, weigh)`` turns scores into Stage-1 weights (``cos`` is None unless
+    ``need_cos``); ``check(losses, index)`` raises on a non-finite loss before anything is scored.
     """
 
     def __init__(self, model: nn.Module, reference: nn.Module | None, loss: PerSampleLoss,
-                 mimic_params: Sequence[str] | None, reweight: str, weigh: Weigh, check: Check):
+                 mimic_params: Sequence[str] | None, reweight: str, weigh: Weigh, check: Check, need_cos: bool = True):
         self.model, self.reference, self.loss = model, reference, loss
-        self.reweight, self.weigh, self.check = reweight, weigh, check
+        self.reweight, self.weigh, self.check, self.need_cos = reweight, weigh, check, need_cos
         self.scorer: PreparedScorer | None = None
         self.io: _LayerIO | None = None
         self._warned = False
@@ -117,10 +119,21 @@ class LossStep:
             losses.mean().backward()
             return out
         self.scorer.refresh()  # the task vector at the weights this step starts from
-        pull_back = self._loss_pull_back(outputs, targets, batch)
-        if pull_back is not None:
+        through_loss = self._through_loss(outputs, targets, batch)
+        pull_back = None
+        if through_loss is not None:
             features = self.io.input.detach()
-            projection = self.scorer.project_output(features, pull_back, batch)
+            z, losses_of = through_loss
+            if self.need_cos:
+                with torch.no_grad():
+                    _, pull_back = vjp(losses_of, z)
+                pull_back = pull_back_of(pull_back)
+                projection = self.scorer.project_output(features, pull_back, batch)
+            else:
+                with torch.no_grad():
+                    _, dot = jvp(losses_of, (z,), (self.scorer.layer_tangent(features).to(z.dtype),))
+                projection = mimic_projection(dot, self.scorer.v_norm)
+                pull_back = self._graph_pull_back(losses)
         else:
             projection, grads = self._per_sample(losses)
         proj, cos = projection.proj, projection.cos
@@ -136,12 +149,14 @@ class LossStep:
                 losses.mean().backward()
             for param, grad in zip(self.params, reweighted):
                 param.grad = grad.to(param.dtype)
-        out.update(proj=proj, cos=cos, weight=weights)
+        out.update(proj=proj, weight=weights)
+        if cos is not None:
+            out["cos"] = cos
         return out
 
-    def _loss_pull_back(self, outputs: Any, targets: Any, batch: int) -> Callable[[Tensor], Tensor] | None:
-        """c ↦ ∂(cᵀℓ)/∂z through the loss alone, when the mimic layer's output z is one of the model's
-        outputs, called once; else None (the general path)."""
+    def _through_loss(self, outputs: Any, targets: Any, batch: int) -> tuple[Tensor, Callable[[Tensor], Tensor]] | None:
+        """(z, z ↦ ℓ with the model's other outputs held fixed) when the mimic layer's output z is one
+        of the model's outputs, called once; else None (the general path)."""
         if self.io is None or self.io.calls != 1:
             return None
         leaves, spec = tree_flatten(outputs)
@@ -153,9 +168,15 @@ class LossStep:
         def losses_of(z: Tensor) -> Tensor:
             return loss_values(self.loss, tree_unflatten(plain[:position] + [z] + plain[position + 1 :], spec), targets, batch)
 
-        with torch.no_grad():
-            _, pull_back = vjp(losses_of, plain[position])
-        return pull_back_of(pull_back)
+        return plain[position], losses_of
+
+    def _graph_pull_back(self, losses: Tensor) -> Callable[[Tensor], Tensor]:
+        """c ↦ ∂(cᵀℓ)/∂z on the step's own graph (no second forward of the loss). z requires grad
+        whenever the mimic layer (or anything before it) trains; a frozen mimic layer is an error."""
+        z = self.io.output
+        if z.requires_grad:
+            return lambda c: torch.autograd.grad(losses, z, c, retain_graph=True)[0]
+        raise RuntimeError("the mimic layer's output does not require grad: is the mimic layer frozen?")
 
     def _layer_grads(self, cotangent: Tensor, features: Tensor) -> list[Tensor]:
         """The mimic layer's weight (and bias) gradient for output cotangent ``cotangent`` (B, …, C)."""

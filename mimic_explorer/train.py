@@ -202,7 +202,8 @@ class _LossSteps:
                  mimic_params: Sequence[str] | None):
         weigh = lambda proj, cos, on: _sample_weights(proj, cos, config, on)  # noqa: E731
         self.step = LossStep(model, reference, loss, mimic_params, config.reweight, weigh,
-                             lambda losses, index: _check_finite(losses, index, "loss"))
+                             lambda losses, index: _check_finite(losses, index, "loss"),
+                             need_cos=score_basis(config.method) == "cos")
         self.scorer = self.step.scorer
 
     def run(self, model, steps, inputs, targets, index, weigh) -> dict[str, torch.Tensor]:

@@ -67,7 +67,8 @@ def test_frozen_tower_mode_equals_training_the_full_model_with_frozen_towers(lay
     assert [len(i) for i, _, _ in pair_batches(features, 6, 4).epoch(0)] == [6, 6, 7]  # the last pair joined
     for got, want in zip(result.records, expected.records):
         np.testing.assert_array_equal(got.index, want.index)
-        for key in ("loss", "proj", "cos", "weight"):
+        assert got.cos is None and want.cos is None  # normed_proj: no Jacobian rows, no cos
+        for key in ("loss", "proj", "weight"):
             np.testing.assert_allclose(getattr(got, key), getattr(want, key), rtol=1e-7, atol=1e-10, err_msg=key)
     for name, p in full.named_parameters():  # trained in place: the model now holds the trained projections
         torch.testing.assert_close(model.get_parameter(name), p, rtol=1e-7, atol=1e-10)
