@@ -20,7 +20,7 @@ warm-up call, then ``--repeats`` rounds in which every operation runs once (so l
 hits all alike); the table gives the median per operation and ratios of medians.
 
     python benchmarks/bench_pairs_speed.py [--repeats 5] [--batch 256] [--vit-batch 16] [--threads 1]
-                                           [--skip-vit] [--markdown]
+                                           [--skip-vit | --skip-builtin] [--json FILE]
 """
 
 from __future__ import annotations
@@ -196,11 +196,12 @@ def main() -> None:
     parser.add_argument("--vit-batch", type=int, default=16, help="pairs a batch for ViT-B-32")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-vit", action="store_true")
+    parser.add_argument("--skip-builtin", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the raw medians here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = []
-    makers = [(builtin, args.batch)] + ([] if args.skip_vit else [(vit_b_32, args.vit_batch)])
+    makers = ([] if args.skip_builtin else [(builtin, args.batch)]) + ([] if args.skip_vit else [(vit_b_32, args.vit_batch)])
     for maker, batch in makers:
         name, model, inputs = maker(batch)
         result = bench_model(name, model, moved_projections(model), inputs, args.repeats)
