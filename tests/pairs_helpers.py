@@ -3,7 +3,7 @@ encoders for them, small enough that a scoring run takes seconds on a CPU.
 
 The pool: the first ``count`` samples of a Flickr8k shard copied into a shard of their own (DataComp's
 layout: ``UID.jpg``, ``UID.txt``, ``UID.json`` with the uid). The models: one small dual encoder
-(``small_dual:small_cnn``, narrow towers), and a reference whose projections and logit scale were
+(``small_cnn`` image tower, narrow towers), and a reference whose projections and logit scale were
 trained a few steps with plain InfoNCE on the pool's clean captions — same towers, so model and
 reference share a feature basis, as the valid protocol needs.
 """
@@ -18,14 +18,15 @@ import pytest
 import torch
 
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.models.dual_checkpoint import dual_transform, parse_dual_arch, save_dual_encoder
+from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer
+from mimic_explorer.pipeline.pairs_setup import dual_transform
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 needs_flickr = pytest.mark.skipif(not (FLICKR / "dev-00.tar").exists(), reason="../shared/data/flickr8k not present")
-ARCH = "small_dual:small_cnn"
+ARCH = "small_cnn"  # the image tower of the built-in dual encoder (--arch small_dual or small_dual:small_cnn)
 SHAPE = (3, 32, 32)
 
 
@@ -73,11 +74,11 @@ def make_checkpoints(pool_spec: str, folder: Path) -> tuple[Path, Path]:
     source = open_source(pool_spec)
     captions = source.captions.tolist()
     model = tiny_dual(captions).eval()
-    transform = dual_transform(model, parse_dual_arch(ARCH), SHAPE)
+    transform = dual_transform(model, {"arch": ARCH, "input_shape": SHAPE})
     images = torch.stack([transform(source.load(i)) for i in range(len(source))])
     tokens = model.tokenizer.encode(captions).ids
     reference = train_projections(model, images, tokens)
     paths = folder / "M.pt", folder / "R.pt"
-    save_dual_encoder(model, paths[0], ARCH, SHAPE)
-    save_dual_encoder(reference, paths[1], ARCH, SHAPE)
+    save_dual_encoder(model, paths[0], arch=ARCH, input_shape=SHAPE)
+    save_dual_encoder(reference, paths[1], arch=ARCH, input_shape=SHAPE)
     return paths

@@ -13,10 +13,12 @@ from typing import Any
 
 from mimic_explorer.data.captions import PAIRS
 
-#: ``--mimic-layer`` → the dual encoder's parameter: the last linear projection of that tower
-MIMIC_LAYERS = {"image": "image_projection.weight", "text": "text_projection.weight"}
+#: ``--mimic-layer``: the last linear projection of that tower (``models.dual.mimic_layer_params``)
+MIMIC_LAYERS = ("image", "text")
 #: the tower scored when neither ``--mimic-layer`` nor ``--params`` names one
 DEFAULT_MIMIC_LAYER = "text"
+#: ``--arch small_dual[:IMAGE_ARCH]``: the built-in dual encoder (``models.small_dual``)
+SMALL_DUAL = "small_dual"
 
 
 def _require(ok: bool, message: str) -> None:
@@ -64,12 +66,13 @@ def check_pool_options(options: Any, pool_kind: str) -> None:
                          f"and {options.data} is a labelled pool; use --params / --label-noise")
 
 
-def pair_mimic_params(options: Any) -> list[str] | str:
+def pair_mimic_params(options: Any, model) -> list[str] | str:
     """The scored parameters of a dual encoder: ``--mimic-layer``'s projection, ``--params`` names
     (or ``all``), or — when neither names one (``--params head``) — the default tower's projection."""
+    from mimic_explorer.models.dual import mimic_layer_params
+
     layer = getattr(options, "mimic_layer", None)
     if layer is None and options.params == "head":
         layer = DEFAULT_MIMIC_LAYER
-    if layer is not None:
-        return [MIMIC_LAYERS[layer]]
-    return options.mimic_params()
+    params = layer if layer is not None else options.mimic_params()
+    return params if params == "all" else mimic_layer_params(model, params)

@@ -9,7 +9,7 @@ directory is touched, so a bad checkpoint or a reference of another shape writes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -18,11 +18,13 @@ from torch import nn
 from mimic_explorer.data.noise import caption_noise
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import CheckpointError
-from mimic_explorer.models.dual import DualEncoder
-from mimic_explorer.models.dual_checkpoint import DualArch, dual_transform, load_dual_encoder, parse_dual_arch
+from mimic_explorer.data.transforms import ImageTransform, default_transform
+from mimic_explorer.models.dual import DualEncoder, tower_differences
+from mimic_explorer.models.dual_checkpoint import load_dual_encoder
+from mimic_explorer.models.dual_registry import build_dual_encoder, is_open_clip
 from mimic_explorer.pipeline.lifecycle import Prepared
 from mimic_explorer.pipeline.options import ScoreOptions
-from mimic_explorer.pipeline.pairs_options import pair_mimic_params
+from mimic_explorer.pipeline.pairs_options import SMALL_DUAL, pair_mimic_params
 from mimic_explorer.pipeline.setup import DRIFT_WARNING, Pool, pool_fingerprints
 
 
@@ -40,7 +42,7 @@ class PairCaptions:
 class PairModels:
     model: DualEncoder
     reference: DualEncoder
-    arch: DualArch
+    arch: str  # as the checkpoint records it: an image ARCH (the built-in model) or open_clip:NAME
     input_shape: tuple[int, int, int]
     transform: object
     params: list[str] | str  # the mimic layers as the scorer takes them
@@ -67,14 +69,10 @@ def pair_captions(pool: Pool, rate: float, seed: int) -> PairCaptions:
     return PairCaptions(true_captions[noisy.order], true_captions, noisy.is_noisy, noise)
 
 
-def _check_same_shape(model: nn.Module, reference: nn.Module, options: ScoreOptions) -> None:
-    """The reference must be the model's architecture, tokenizer included (same words, same ids)."""
-    ours, theirs = model.state_dict(), reference.state_dict()
-    misfit = [k for k in ours if k not in theirs or ours[k].shape != theirs[k].shape] + [k for k in theirs if k not in ours]
-    if misfit:
-        raise CheckpointError(f"--reference {options.reference} is not the same dual encoder as --model {options.model}: "
-                              f"{misfit[0]} differs (a reference must have the model's architecture)")
+def _check_same_tokenizer(model: nn.Module, reference: nn.Module, options: ScoreOptions) -> None:
+    """The same token id must mean the same word to both models."""
     vocab = "text_tower.vocabulary"
+    ours, theirs = model.state_dict(), reference.state_dict()
     if vocab in ours and not torch.equal(ours[vocab], theirs[vocab]):
         raise CheckpointError(f"--reference {options.reference} and --model {options.model} have different vocabularies "
                               "(the same token id would mean different words); build both from one tokenizer")
@@ -89,29 +87,69 @@ def tower_distance(model: nn.Module, reference: nn.Module, mimic: list[str]) -> 
     return (num / den) ** 0.5 if den > 0 else 0.0
 
 
+def saved_arch(arch: str) -> str | None:
+    """``--arch`` as a dual-encoder checkpoint records it: ``small_dual`` → None (any built-in model;
+    the file says which image ARCH), ``small_dual:IMAGE_ARCH`` → IMAGE_ARCH, ``open_clip:NAME`` and a
+    plain image ARCH (the built-in model around it, as ``models.dual_registry`` reads it) as they are."""
+    family, sep, name = arch.strip().partition(":")
+    if family.lower() == SMALL_DUAL:
+        return name.strip() or None
+    return arch.strip()
+
+
+def load_pair_model(path: str, arch: str, flag: str, input_shape=None) -> tuple[DualEncoder, dict]:
+    """(model, its saved config) from a ``models.dual_checkpoint`` file; errors name ``flag``."""
+    try:
+        model, config = load_dual_encoder(path, arch=saved_arch(arch), input_shape=input_shape)
+    except CheckpointError as exc:
+        if not is_open_clip(arch):
+            raise CheckpointError(f"{flag} {exc}") from None
+        model = _native_open_clip(path, arch, flag)  # e.g. a released CLIP's state dict
+        config = {"arch": arch.strip(), "input_shape": list(model.input_shape)}
+    if saved_arch(arch) is None and is_open_clip(config["arch"]):
+        raise CheckpointError(f"{flag} {path} holds an {config['arch']} model, not the built-in small_dual; pass --arch {config['arch']}")
+    return model, config
+
+
+def _native_open_clip(path: str, arch: str, flag: str) -> DualEncoder:
+    """An open_clip model from a state dict in open_clip's own names (not saved by this package)."""
+    try:
+        return build_dual_encoder(arch, init=path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{flag} {exc}") from None
+
+
+def dual_transform(model: DualEncoder, config: dict) -> ImageTransform:
+    """The preprocessing the model expects: open_clip's own (its ``preprocess_cfg``, else OpenAI CLIP's
+    mean/std, bicubic), the image ARCH's default for the built-in model, at the saved input size."""
+    size = int(config["input_shape"][-1])
+    if is_open_clip(config["arch"]):
+        cfg = getattr(getattr(getattr(model, "clip", None), "visual", None), "preprocess_cfg", None) or {}
+        return ImageTransform(size, size, tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+                              tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
+                              interpolation=str(cfg.get("interpolation", "bicubic")))
+    base = default_transform(config["arch"])
+    return base if base.crop == size else replace(base, resize=size, crop=size)
+
+
 def build_pair_models(options: ScoreOptions, device: str) -> PairModels:
-    """Model and reference from ``--model`` / ``--reference`` (``models.dual_checkpoint``), the mimic
-    layers, and the feature-basis check on everything that is not a mimic layer."""
-    arch = parse_dual_arch(options.arch)
-    model, arch, shape = load_dual_encoder(options.model, arch, flag="--model", trust_pickle=options.trust_pickle)
-    reference, _, ref_shape = load_dual_encoder(options.reference, arch, flag="--reference", trust_pickle=options.trust_pickle)
-    if tuple(ref_shape) != tuple(shape):
-        raise CheckpointError(f"--reference {options.reference} takes images of shape {ref_shape}, --model {shape}")
-    _check_same_shape(model, reference, options)
-    params = pair_mimic_params(options)
-    known = dict(model.named_parameters())
-    if isinstance(params, list):
-        absent = [p for p in params if p not in known]
-        if absent:
-            raise ValueError(f"--params {absent[0]!r} is not a parameter of {arch.spell()} (e.g. {', '.join(list(known)[:4])})")
-    mimic = list(known) if params == "all" else list(params)
+    """Model and reference from ``--model`` / ``--reference`` (``models.dual_checkpoint`` files), the
+    mimic layers, and the feature-basis check on everything outside the projections."""
+    model, config = load_pair_model(options.model, options.arch, "--model")
+    reference, _ = load_pair_model(options.reference, config["arch"], "--reference", config["input_shape"])
+    _check_same_tokenizer(model, reference, options)
+    params = pair_mimic_params(options, model)
+    mimic = [n for n, _ in model.named_parameters()] if params == "all" else list(params)
     distance = tower_distance(model, reference, mimic)
+    differing = tower_differences(model, reference)
     warnings = []
-    if distance > DRIFT_WARNING:
-        warnings.append(f"FEATURE BASIS: model and reference differ outside the mimic layers (relative distance {distance:.2f} > "
-                        f"{DRIFT_WARNING}); projection-layer scores assume shared towers and may be no better than chance.")
-    return PairModels(model.to(device).eval(), reference.to(device).eval(), arch, tuple(shape),
-                      dual_transform(model, arch, shape), params, warnings, {"tower_distance": distance})
+    if differing and distance > DRIFT_WARNING:
+        warnings.append(f"FEATURE BASIS: model and reference towers differ ({len(differing)} tensor(s), e.g. {differing[0]}; "
+                        f"relative distance {distance:.2f} > {DRIFT_WARNING}); projection-layer scores assume shared towers "
+                        "and may be no better than chance.")
+    return PairModels(model.to(device).eval(), reference.to(device).eval(), config["arch"], tuple(config["input_shape"]),
+                      dual_transform(model, config), params, warnings,
+                      {"tower_distance": distance, "towers_differ": len(differing)})
 
 
 def prepare_pairs(options: ScoreOptions, pool: Pool, device: str) -> Prepared[PairInputs]:

@@ -87,6 +87,14 @@ class InfoNCELoss:
         """None: each pair's loss depends on every output of the batch, so no per-sample closed form."""
         return None
 
+    def predict(self, outputs) -> Tensor:
+        """(B,) int64: 1 where pair i's image ranks its own caption first among the batch's texts
+        (in-batch image→text top-1), else 0 — what a run records as a pair's ``pred``."""
+        image, text, scale = _unpack(outputs)
+        with torch.no_grad():
+            best = pair_logits(image.detach(), text.detach(), scale.detach() if isinstance(scale, Tensor) else scale).argmax(1)
+        return (best == torch.arange(len(best), device=best.device)).to(torch.long)
+
 
 def clip_score(image: Tensor, text: Tensor) -> Tensor:
     """Cosine of each pair's two embeddings, (B,): DataComp's CLIP score (un-normalised inputs)."""

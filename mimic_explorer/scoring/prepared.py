@@ -347,6 +347,15 @@ class PreparedScorer:
         dot, sqnorm = linear_grad_geometry(features, output_grad, self._v_weight, self._v_bias, self._need_norm)
         return mimic_projection(dot, self.v_norm, sqnorm)
 
+    def layer_tangent(self, features: Tensor) -> Tensor:
+        """T = H Vᵀ + v_b: how a Linear mimic layer's output moves along the task vector, from its
+        input ``features`` (B, …, D). The directional derivative of the loss vector along T is every
+        ⟨g_i, v⟩ at once (one forward-mode pass through what follows the layer), for callers that
+        need proj without the Jacobian rows that cos takes."""
+        if not hasattr(self, "_layer_module"):
+            raise ValueError("layer_tangent needs the mimic layers to be the weight and/or bias of one nn.Linear")
+        return output_tangent(features.to(self.compute_dtype), self._v_weight, self._v_bias, self._layer_module.out_features)
+
     def project_output(self, features: Tensor, pull_back: PullBack, batch: int) -> Projection:
         """proj, cos and ‖g_i‖ of a Linear mimic layer whose output the loss reads directly, from the
         layer's input ``features`` (B, …, D) and ``pull_back``: a cotangent of the (B,) loss vector →

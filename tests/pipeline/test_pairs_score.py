@@ -17,9 +17,9 @@ import torch
 
 from mimic_explorer import open_run
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.models.dual_checkpoint import dual_transform, load_dual_encoder
 from mimic_explorer.pipeline import pairs_score
 from mimic_explorer.pipeline.options import ScoreOptions
+from mimic_explorer.pipeline.pairs_setup import dual_transform, load_pair_model
 from mimic_explorer.pipeline.score_command import run_score
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
@@ -78,9 +78,9 @@ def test_scores_equal_the_scorer_on_the_batch_each_pair_was_scored_in(pool, tmp_
     outcome = run_score(options(pool, tmp_path / "run", mimic_layer="text"))
     samples = open_run(outcome.path).samples
     source = open_source(pool[0])
-    model, arch, shape = load_dual_encoder(pool[1], "small_dual")
-    reference, _, _ = load_dual_encoder(pool[2], "small_dual")
-    rows, inputs = batch_of(samples, 1, source, model.eval(), dual_transform(model, arch, shape))
+    model, config = load_pair_model(pool[1], "small_dual", "--model")
+    reference, _ = load_pair_model(pool[2], "small_dual", "--reference")
+    rows, inputs = batch_of(samples, 1, source, model.eval(), dual_transform(model, config))
     expected = mimic_scores(model, reference, inputs, None, params=["text_projection.weight"], loss=InfoNCELoss())
     np.testing.assert_allclose(rows["proj_last"].to_numpy(), expected.double().numpy(), rtol=1e-4, atol=1e-6)
     with torch.no_grad():
@@ -113,7 +113,7 @@ def test_a_killed_pairs_run_resumes_at_the_first_missing_chunk(pool, tmp_path, m
     (dict(label_noise=0.2), "--label-noise 0.2: only for labelled pools"),
     (dict(linear_probe=True), "--linear-probe: only for labelled pools"),
     (dict(batch_size=1), "--batch-size 1: a pair's InfoNCE loss needs the other pairs"),
-    (dict(arch="small_cnn"), "is not a dual encoder"),
+    (dict(arch="small_dual:mlp"), "built as --arch small_cnn, not mlp"),
     (dict(mimic_layer="text", params="all"), "either --mimic-layer text or --params all"),
 ])
 def test_wrong_options_on_a_pairs_pool_are_refused_before_anything_is_written(pool, tmp_path, change, message):
