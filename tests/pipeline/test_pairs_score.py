@@ -74,14 +74,18 @@ def test_pairs_run_writes_uids_captions_and_every_per_pair_column(pool, tmp_path
     assert all(run.thumbnails.get(s)[8:12] == b"WEBP" for s in samples["sample_id"])  # the photos, for the app
 
 
-def test_scores_equal_the_scorer_on_the_batch_each_pair_was_scored_in(pool, tmp_path):
-    outcome = run_score(options(pool, tmp_path / "run", mimic_layer="text"))
+@pytest.mark.parametrize("layers", [dict(mimic_layer="text"), dict(params="text_tower.mlp.2.weight,text_projection.weight")],
+                         ids=["mimic-layer", "params"])
+def test_scores_equal_the_scorer_on_the_batch_each_pair_was_scored_in(pool, tmp_path, layers):
+    outcome = run_score(options(pool, tmp_path / "run", **layers))
     samples = open_run(outcome.path).samples
     source = open_source(pool[0])
     model, config = load_pair_model(pool[1], "small_dual", "--model")
     reference, _ = load_pair_model(pool[2], "small_dual", "--reference")
     rows, inputs = batch_of(samples, 1, source, model.eval(), dual_transform(model, config))
-    expected = mimic_scores(model, reference, inputs, None, params=["text_projection.weight"], loss=InfoNCELoss())
+    names = ["text_projection.weight"] if "mimic_layer" in layers else layers["params"].split(",")
+    assert open_run(outcome.path).meta["params"] == ",".join(names)
+    expected = mimic_scores(model, reference, inputs, None, params=names, loss=InfoNCELoss())
     np.testing.assert_allclose(rows["proj_last"].to_numpy(), expected.double().numpy(), rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         ref_out = reference.eval()(*inputs)
