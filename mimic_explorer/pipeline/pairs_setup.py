@@ -156,9 +156,9 @@ def prepare_pairs(options: ScoreOptions, pool: Pool, device: str) -> Prepared[Pa
     """The lifecycle's ``prepare`` for a pairs pool (``pool`` already opened by ``setup.open_pool``)."""
     captions = pair_captions(pool, options.caption_noise, options.noise_seed)
     models = build_pair_models(options, device)
-    fingerprints = {**pool_fingerprints(pool), "captions": state_fingerprint({"c": torch.frombuffer(
-        bytearray("\x1f".join(captions.captions.tolist()).encode("utf-8")) or bytearray(1), dtype=torch.uint8)}),
-        "model": state_fingerprint(models.model.state_dict()), "reference": state_fingerprint(models.reference.state_dict())}
+    # the data fingerprint covers the captions; the swapped ones follow from --caption-noise and --noise-seed
+    fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
+                    "reference": state_fingerprint(models.reference.state_dict())}
     layers = models.params if isinstance(models.params, str) else ",".join(models.params)
     facts = dict(class_names=[], source={"spec": options.data, "pool_kind": "pairs"},
                  method=f"{options.score_method} of the symmetric InfoNCE term within each batch of {options.batch_size} pairs "
