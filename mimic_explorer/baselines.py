@@ -32,6 +32,8 @@ UTILITY_SIGN = {
     "proj_last": +1.0,
     "cos_mean": +1.0,
     "combined_score": +1.0,
+    "clip_score_ref": +1.0,  # image-text pairs: cosine of the pair's embeddings under the reference (DataComp's filter)
+    "clip_score_model": +1.0,
 }
 
 

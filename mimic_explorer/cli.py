@@ -220,7 +220,21 @@ def _add_score(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the per-batch weight column")
     p.add_argument("--linear-probe", action="store_true", help="score the head on cached backbone features")
     p.add_argument("--chunk-size", type=int, default=8192, help="samples per part file (the unit a killed run resumes from)")
+    _add_pair_score_options(p)
     p.set_defaults(func=lambda args: _run_command(args, "score"))
+
+
+def _add_pair_score_options(p) -> None:
+    """``score`` on an image-text pool (captions in .txt/.json; --arch small_dual[:IMAGE_ARCH] or open_clip:NAME)."""
+    pairs = p.add_argument_group(
+        "image-text pools", "A pair's loss is its symmetric InfoNCE term within the batch it is scored in (the other pairs "
+        "of the batch are its negatives), so its mimic score is relative to that batch: samples.parquet records score_batch "
+        "and batch_size. Batches follow the pool's order; a pair is never scored alone.")
+    pairs.add_argument("--mimic-layer", choices=["image", "text"], default=argparse.SUPPRESS,
+                       help="score the last linear projection of this tower (text when neither this nor --params names "
+                            "the mimic layers)")
+    pairs.add_argument("--caption-noise", type=float, default=0.0, metavar="RATE",
+                       help="swap the captions of this fraction of pairs among themselves (seeded by --noise-seed; is_noisy recorded)")
 
 
 RULE_HELP = """\

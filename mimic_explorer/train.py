@@ -14,13 +14,14 @@ import copy
 import functools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimic_explorer.loss_step import LossStep
 from mimic_explorer.models.heads import find_head
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.scoring.linear_head import (
@@ -28,8 +29,10 @@ from mimic_explorer.scoring.linear_head import (
     cross_entropy_with_output_grad,
     linear_weighted_grad,
 )
+from mimic_explorer.scoring.losses import PerSampleLoss
 from mimic_explorer.scoring.prepared import PreparedScorer
 from mimic_explorer.scoring.stage1 import METHODS, score_basis, stage1_weights
+from mimic_explorer.scoring.trees import moved
 
 
 @dataclass
@@ -89,31 +92,54 @@ class TrainResult:
 class TensorBatches:
     """Seeded, shuffled mini-batches of in-memory tensors, yielding (index, inputs, targets).
 
-    ``rank``/``world`` split each epoch's permutation into disjoint strided parts (one per process
-    of a distributed run); ``index`` is always the position in the full tensors.
+    ``inputs``: a tensor, or a tuple of tensors sharing their first dimension (a dual encoder's images
+    and tokens), batched alike. ``targets``: a tensor, or None for a loss without labels (InfoNCE:
+    pair i's caption is text i), then yielded as None. ``rank``/``world`` split each epoch's
+    permutation into disjoint strided parts (one per process of a distributed run); ``index`` is
+    always the position in the full tensors. ``min_batch``: a last batch smaller than this joins the
+    one before it (InfoNCE needs two pairs a batch), so every sample is still seen each epoch.
     """
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int,
-                 rank: int = 0, world: int = 1):
+    def __init__(self, inputs: torch.Tensor | tuple[torch.Tensor, ...], targets: torch.Tensor | None, batch_size: int,
+                 seed: int, rank: int = 0, world: int = 1, *, min_batch: int = 1):
         self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.min_batch = rank, world, min_batch
+        self._tensors = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+        self._size = len(self._tensors[0])
+        if any(len(t) != self._size for t in self._tensors) or (targets is not None and len(targets) != self._size):
+            raise ValueError("inputs and targets must share their first dimension (one row per sample)")
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return self._size
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _bounds(self, n: int) -> list[int]:
+        bounds = list(range(0, n, self.batch_size)) + [n]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < self.min_batch:
+            del bounds[-2]
+        return bounds
+
+    def _take(self, rows: torch.Tensor):
+        taken = [t.index_select(0, rows.to(t.device)) for t in self._tensors]
+        inputs = tuple(taken) if isinstance(self.inputs, (tuple, list)) else taken[0]
+        targets = None if self.targets is None else self.targets.index_select(0, rows.to(self.targets.device))
+        return inputs, targets
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor | None]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.targets), generator=generator)[self.rank :: self.world]
+        order = torch.randperm(self._size, generator=generator)[self.rank :: self.world]
+        bounds = self._bounds(len(order))
         # gather many batches at once (bounded, ~32 MB) and hand out views: a gather per batch costs more
         # than a probe step's math, a gather per epoch would copy a memory-mapped feature matrix whole
-        row_bytes = max(1, self.inputs[0].numel() * self.inputs.element_size())
-        chunk = max(1, (32 << 20) // (row_bytes * self.batch_size)) * self.batch_size
-        for chunk_start in range(0, len(order), chunk):
-            rows = order[chunk_start : chunk_start + chunk].to(self.inputs.device)
-            inputs, targets = self.inputs.index_select(0, rows), self.targets.index_select(0, rows.to(self.targets.device))
-            for start in range(0, len(rows), self.batch_size):
-                end = start + self.batch_size
-                yield order[chunk_start + start : chunk_start + end], inputs[start:end], targets[start:end]
+        row_bytes = max(1, sum(t[0].numel() * t.element_size() for t in self._tensors))
+        per_chunk = max(1, (32 << 20) // (row_bytes * self.batch_size))
+        for first in range(0, len(bounds) - 1, per_chunk):
+            last = min(first + per_chunk, len(bounds) - 1)
+            low = bounds[first]
+            inputs, targets = self._take(order[low : bounds[last]])
+            for k in range(first, last):
+                start, end = bounds[k] - low, bounds[k + 1] - low
+                part = tuple(t[start:end] for t in inputs) if isinstance(inputs, tuple) else inputs[start:end]
+                yield order[bounds[k] : bounds[k + 1]], part, None if targets is None else targets[start:end]
 
 
 class _HeadInput:
@@ -169,6 +195,33 @@ class _Steps:
             self.capture.remove()
 
 
+class _LossSteps:
+    """``_Steps`` for a run under a custom per-sample loss: the step is a ``LossStep``."""
+
+    def __init__(self, model: nn.Module, reference: nn.Module | None, config: TrainConfig, loss: PerSampleLoss,
+                 mimic_params: Sequence[str] | None):
+        weigh = lambda proj, cos, on: _sample_weights(proj, cos, config, on)  # noqa: E731
+        self.step = LossStep(model, reference, loss, mimic_params, config.reweight, weigh,
+                             lambda losses, index: _check_finite(losses, index, "loss"),
+                             need_cos=score_basis(config.method) == "cos")
+        self.scorer = self.step.scorer
+
+    def run(self, model, steps, inputs, targets, index, weigh) -> dict[str, torch.Tensor]:
+        return self.step(inputs, targets, index, weigh)
+
+    def close(self) -> None:
+        self.step.close()
+
+
+def _steps_for(model, reference, config, head_name, inputs, loss, mimic_params):
+    """The run's step set-up: the classifier's head path, or a ``LossStep`` under a custom loss."""
+    if loss is None:
+        if mimic_params is not None:
+            raise ValueError("mimic_params is for a custom loss; a classifier's mimic layer is its head (head_name)")
+        return _Steps(model, reference, config, _head_of(model, head_name, inputs))
+    return _LossSteps(model, reference, config, loss, mimic_params)
+
+
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum 0.9), fused where torch has a fused kernel for the parameters' device
     (one kernel per step instead of a Python loop over parameters: half the cost of a probe step)."""
@@ -209,11 +262,20 @@ def train(
     grad_sync: Callable[[nn.Module], None] | None = None,
     steps_per_epoch: int | None = None,
     head_name: str | None = None,
+    loss: PerSampleLoss | None = None,
+    mimic_params: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. With ``reference``, Grad-Mimic re-weights the head's gradient.
 
     ``head_name``: the head's qualified name, as found when the run built its models (a
     ``LinearProbe``'s is known; otherwise it is traced on the first batch).
+
+    ``loss``: any ``scoring.losses.PerSampleLoss`` instead of the classifier's cross-entropy (e.g.
+    ``scoring.contrastive.InfoNCELoss`` for a ``DualEncoder`` or a ``ProjectionProbe``; inputs may
+    then be a tuple such as (images, tokens) and targets None). The step is ``loss_step.LossStep``:
+    Grad-Mimic gives the mimic layers ``mimic_params`` (parameter names, e.g.
+    ``["text_projection.weight"]``) the re-weighted Σ w_i g_i and every other parameter the mean
+    gradient. Without ``loss`` the classification path below is used, unchanged.
 
     Every sample's loss and prediction are recorded at every epoch; with a reference also its
     proj, cos and Stage-1 weight, computed at the weights the step starts from.
@@ -249,9 +311,12 @@ def train(
             cols: dict[str, list] = {k: [] for k in ("index", "loss", "pred", "proj", "cos", "weight")}
             sizes: list[int] = []
             for index, inputs, targets in batches.epoch(epoch):
-                inputs, targets = inputs.to(device), targets.to(device)
+                if loss is None:
+                    inputs, targets = inputs.to(device), targets.to(device)
+                else:
+                    inputs, targets = moved(inputs, device), moved(targets, device)
                 if steps is None:
-                    steps = _Steps(model, reference, config, _head_of(model, head_name, inputs))
+                    steps = _steps_for(model, reference, config, head_name, inputs, loss, mimic_params)
                 out = steps.run(model, steps, inputs, targets, index, weigh)
                 if grad_sync is not None:
                     grad_sync(model)
@@ -259,8 +324,8 @@ def train(
                 cols["index"].append(index)
                 for key, value in out.items():
                     cols[key].append(value)
-                sizes.append(len(targets))
-                seen += len(targets)
+                sizes.append(len(index))
+                seen += len(index)
                 if progress is not None:
                     progress(seen, total_samples)
             cat = {k: (torch.cat(v).cpu().numpy() if v else None) for k, v in cols.items()}

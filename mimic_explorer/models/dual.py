@@ -90,6 +90,48 @@ class DualEncoder(nn.Module):
         return DualOutput(self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp())
 
 
+MIMIC_LAYERS = {"image": "image_projection", "text": "text_projection"}
+
+
+def mimic_layer_params(model: nn.Module, layer: str | Sequence[str]) -> list[str]:
+    """Parameter names of a mimic layer: ``"image"`` / ``"text"`` (the last linear projection of that
+    tower: the weight, and the bias when there is one) or a list of names of ``model``'s parameters.
+
+    Raises ValueError naming the cause: a tower name for a model that is no dual encoder (a
+    classifier has no text projection), or unknown parameter names."""
+    named = dict(model.named_parameters())
+    if isinstance(layer, str):
+        if layer not in MIMIC_LAYERS:
+            raise ValueError(f"mimic layer must be 'image', 'text' or a list of parameter names, got {layer!r}")
+        module = getattr(model, MIMIC_LAYERS[layer], None)
+        if not isinstance(module, nn.Linear):
+            raise ValueError(
+                f"--mimic-layer {layer} needs a dual encoder (image-text model) with a linear "
+                f"{MIMIC_LAYERS[layer]}; {type(model).__name__} has none (a classifier's mimic layer is its head)"
+            )
+        return [f"{MIMIC_LAYERS[layer]}.{attr}" for attr in ("weight", "bias") if f"{MIMIC_LAYERS[layer]}.{attr}" in named]
+    names = list(layer)
+    unknown = [n for n in names if n not in named]
+    if unknown or not names:
+        raise ValueError(f"unknown mimic-layer parameters {unknown[:4]}; choose names from model.named_parameters()")
+    return names
+
+
+def tower_differences(model: nn.Module, reference: nn.Module) -> list[str]:
+    """Names of the tensors outside the projections and logit scale where ``reference`` differs from
+    ``model``: empty when the two share their towers (the feature basis a frozen-tower run assumes)."""
+    skip = tuple(MIMIC_LAYERS.values()) + ("logit_scale",)
+    theirs = dict(reference.state_dict())
+    different = []
+    for name, tensor in model.state_dict().items():
+        if name.startswith(skip):
+            continue
+        other = theirs.get(name)
+        if other is None or other.shape != tensor.shape or not torch.equal(other.to(tensor.device), tensor):
+            different.append(name)
+    return different
+
+
 class ProjectionProbe(nn.Module):
     """The projections and logit scale of a dual encoder, applied to cached tower outputs.
 
@@ -110,6 +152,14 @@ class ProjectionProbe(nn.Module):
     def from_dual_encoder(cls, model: DualEncoder) -> "ProjectionProbe":
         """A probe holding copies of ``model``'s projections and logit scale (the model is untouched)."""
         return cls(copy.deepcopy(model.image_projection), copy.deepcopy(model.text_projection), model.logit_scale)
+
+    @classmethod
+    def sharing(cls, model: DualEncoder) -> "ProjectionProbe":
+        """A probe that *is* ``model``'s projections and logit scale (the same modules and Parameter):
+        training it trains the model in place, as ``LinearProbe(head)`` does for a classifier."""
+        probe = cls(model.image_projection, model.text_projection, 0.0)
+        probe.logit_scale = model.logit_scale
+        return probe
 
     @property
     def image_dim(self) -> int:

@@ -153,9 +153,14 @@ class ScoreOptions(CommonOptions):
     params: str = "head"  # "head" | "all" | comma-separated parameter names
     score_method: str = "proj"  # proj | cos
     chunk_size: int = 8192  # samples per part file (the unit of resuming)
+    mimic_layer: str | None = None  # image-text pools: image | text (pipeline/pairs_options.py)
+    caption_noise: float = 0.0  # image-text pools: fraction of pairs whose captions are swapped
 
     def validate(self) -> None:
+        from mimic_explorer.pipeline.pairs_options import validate_pair_options
+
         super().validate()
+        validate_pair_options(self)
         _require(bool(self.model), "score needs --model CKPT (the checkpoint to score)")
         _require(bool(self.reference), "score needs --reference CKPT (the better model)")
         _require(self.score_method in SCORE_METHODS, f"unknown --method {self.score_method!r}; choose proj or cos")

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from mimic_explorer import stage2
+from mimic_explorer.data.captions import PAIRS
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.probe import LinearProbe
@@ -24,6 +25,8 @@ from mimic_explorer.pipeline.features import extract_features
 from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evaluation, samples_table
 from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.pipeline.options import ScoreOptions
+from mimic_explorer.pipeline.pairs_score import score_pairs
+from mimic_explorer.pipeline.pairs_setup import PairInputs, prepare_pairs
 from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.pipeline.setup import RunInputs, build_models, model_facts, open_pool, pool_fingerprints
 from mimic_explorer.progress import Progress
@@ -41,6 +44,8 @@ def run_score(options: ScoreOptions, progress: Progress | None = None, log: Log 
 
 def _prepare(options: ScoreOptions, ctx: DistContext, device: str) -> Prepared[RunInputs]:
     pool = open_pool(options)
+    if pool.source.pool_kind == PAIRS:  # image-text pairs: pipeline/pairs_setup.py
+        return prepare_pairs(options, pool, device)
     models = build_models(options, pool.source, device)  # the --model checkpoint loaded, head included
     models.model.eval()
     fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
@@ -67,6 +72,8 @@ def _batch_scorer(options, models, scored, scored_reference, params):
 
 
 def _score_and_finalize(run: ScoreRun) -> RunOutcome:
+    if isinstance(run.inputs, PairInputs):  # image-text pairs: pipeline/pairs_score.py
+        return score_pairs(run)
     options, ctx, device, out, writer = run.options, run.dist, run.device, run.out, run.writer
     pool, models, progress, log, layout = run.inputs.pool, run.inputs.models, run.progress, run.log, run.layout
     started = time.perf_counter()

@@ -26,6 +26,7 @@ from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.build import build_for_run, checkpoint_preprocessing_warning
 from mimic_explorer.models.checkpoints import load_checkpoint
 from mimic_explorer.pipeline.options import CommonOptions
+from mimic_explorer.pipeline.pairs_options import check_pool_options
 from mimic_explorer.store.meta import read_checkpoint_sidecar
 
 #: relative distance between model and reference backbones above which head scores are suspect
@@ -45,6 +46,7 @@ def open_pool(options: CommonOptions) -> Pool:
     """Open ``--data`` and inject ``--label-noise`` (seeded), recording the truth. Shard indexes live
     in the shared cache: built once per shard, reused by every run."""
     source = open_source(options.data)
+    check_pool_options(options, source.pool_kind)  # image-text pairs: pipeline/pairs_options.py
     labels, true_labels, is_noisy, noise = source.labels, source.true_labels, None, {}
     if true_labels is not None:
         is_noisy = labels != true_labels

@@ -13,7 +13,7 @@ from mimic_explorer.scoring.linear_head import (
     linear_grad_sqnorm,
     linear_weighted_grad,
 )
-from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss
+from mimic_explorer.scoring.losses import CallableLoss, CrossEntropyLoss, PerSampleLoss
 from mimic_explorer.scoring.prepared import PATHS, SCORE_METHODS, BatchScores, PreparedScorer
 from mimic_explorer.scoring.projection import Projection, mimic_projection
 from mimic_explorer.scoring.stage1 import METHODS, reweighted_grads, score_basis, stage1_weights
@@ -23,6 +23,7 @@ __all__ = [
     "PATHS",
     "SCORE_METHODS",
     "BatchScores",
+    "CallableLoss",
     "CrossEntropyLoss",
     "PerSampleLoss",
     "PreparedScorer",

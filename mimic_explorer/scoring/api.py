@@ -47,9 +47,16 @@ def mimic_scores(
         path: "auto" (cheapest exact path), or force "head", "jvp", "vmap" or "loop" (the oracle).
         chunk_size: samples per slice (bounds memory). Default: the whole batch for head/jvp, a
             memory-budgeted chunk for vmap.
-        loss: per-sample loss ``(outputs, targets) -> (B,)``: a ``scoring.losses.PerSampleLoss``
-            (declares whether it couples the batch, e.g. InfoNCE) or a plain callable (taken as
-            per-sample). Default: cross-entropy.
+        loss: the per-sample loss whose gradients are scored: anything called as
+            ``loss(outputs, targets)`` that returns the (B,) vector of per-sample losses of
+            ``model(inputs)`` (``outputs`` is whatever the model returns: logits, or a dual encoder's
+            ``DualOutput``). Either a ``scoring.losses.PerSampleLoss``, which declares whether ℓ_i
+            depends on other samples (``couples_batch``; ``scoring.contrastive.InfoNCELoss`` does),
+            or a plain callable, taken as per-sample — wrap a hand-written coupled loss in
+            ``scoring.losses.CallableLoss(fn, couples_batch=True)``. Every path is exact for any
+            loss so declared; a coupled loss is evaluated on the whole batch, so a sample's score is
+            relative to the batch it is scored in (``scoring.contrastive``). Default: cross-entropy
+            with integer labels.
 
     Returns:
         1-D tensor of length B on the model's device. A model identical to the reference (on S)

@@ -7,9 +7,13 @@ here each becomes a ValueError saying what is wrong and where.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mimic_explorer.scoring.trees import input_batch_size
 
 MAX_LISTED = 10
 
@@ -23,14 +27,14 @@ def positions_text(mask: Tensor, offset: int = 0) -> str:
     return text
 
 
-def check_batch(inputs: Tensor, targets: Tensor) -> int:
-    """Validate the batch's types and shapes; return its size B."""
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+def check_batch(inputs: Any, targets: Tensor) -> int:
+    """Validate the batch's types and shapes (inputs: a tensor, or a tuple of batched tensors passed
+    as the model's arguments); return its size B."""
+    if not isinstance(inputs, (Tensor, tuple, list)):
+        raise TypeError(f"inputs must be a torch.Tensor or a tuple of batched tensors, got {type(inputs).__name__}")
     if not isinstance(targets, Tensor):
         raise TypeError(f"targets must be a torch.Tensor of class indices, got {type(targets).__name__}")
-    if inputs.dim() == 0:
-        raise ValueError("inputs must have a batch dimension; got a 0-d tensor")
+    batch = input_batch_size(inputs)
     if targets.dim() != 1:
         raise ValueError(
             f"targets must be a 1-D tensor of class indices, shape (B,); got shape {tuple(targets.shape)}"
@@ -38,10 +42,8 @@ def check_batch(inputs: Tensor, targets: Tensor) -> int:
         )
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise ValueError(f"targets must hold integer class indices, got dtype {targets.dtype}")
-    if inputs.shape[0] != targets.shape[0]:
-        raise ValueError(
-            f"inputs and targets have different lengths: {inputs.shape[0]} inputs, {targets.shape[0]} targets"
-        )
+    if batch != targets.shape[0]:
+        raise ValueError(f"inputs and targets have different lengths: {batch} inputs, {targets.shape[0]} targets")
     return int(targets.shape[0])
 
 

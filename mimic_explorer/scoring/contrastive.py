@@ -8,10 +8,24 @@ loss inside a batch of B pairs is its symmetric InfoNCE term
     ℓ_i = ½ [ −log softmax_j(s u_i·t_j)_i − log softmax_j(s u_j·t_i)_i ]
 
 (image→text cross-entropy of row i plus text→image cross-entropy of column i). It depends on every
-pair of the batch (``couples_batch = True``): a pair's loss, and so its mimic score, is relative to the
-batch it was scored in, which a run must record. There is no closed-form output gradient per sample
+pair of the batch (``couples_batch = True``). There is no closed-form output gradient per sample
 (``output_grad`` returns None); the forward-mode path gives ⟨∇ℓ_i, v⟩ for all i in one pass whatever
-the coupling. A batch must hold at least two pairs (one has no negatives).
+the coupling, and the output layer's path (``scoring.output_layer``) serves a projection as the
+mimic layer. A batch must hold at least two pairs (one has no negatives).
+
+What a pair's score means (README paragraph). Under a loss that couples the batch, the mimic score
+of pair i is computed from g_i = ∇θ ℓ_i(batch), the gradient over the mimic layer of pair i's *own*
+InfoNCE term in the batch it was scored in, with the batch's other B − 1 pairs as its negatives:
+proj_i = ⟨−g_i, v⟩ / ‖v‖ and cos_i = proj_i / ‖g_i‖, v = θ_ref − θ on the mimic layer (the last
+linear projection of the image or of the text tower). g_i includes how ℓ_i moves with the negatives'
+embeddings, but not pair i's part in the other pairs' terms ℓ_j (as a negative for them); the sum
+Σ_i g_i is B times the gradient of CLIP's batch loss, so the scores split the batch's gradient step
+exactly. A pair's score is therefore relative to its batch: the same pair scored among other
+negatives gets a different (typically close) value, and scores are most comparable across a pool
+when batches are large and drawn at random. Every run records, for each pair, the batch it was
+scored in (training records carry the step; end-of-run and pool signals a ``batch`` number with the
+batch size), so the numbers can be reproduced and compared within a batch. Scores are exact — equal,
+to float64 precision, to a per-pair autograd loop on the same batch — on every path.
 """
 
 from __future__ import annotations
@@ -72,6 +86,14 @@ class InfoNCELoss:
     def output_grad(self, outputs, targets: Tensor | None = None) -> None:
         """None: each pair's loss depends on every output of the batch, so no per-sample closed form."""
         return None
+
+    def predict(self, outputs) -> Tensor:
+        """(B,) int64: 1 where pair i's image ranks its own caption first among the batch's texts
+        (in-batch image→text top-1), else 0 — what a run records as a pair's ``pred``."""
+        image, text, scale = _unpack(outputs)
+        with torch.no_grad():
+            best = pair_logits(image.detach(), text.detach(), scale.detach() if isinstance(scale, Tensor) else scale).argmax(1)
+        return (best == torch.arange(len(best), device=best.device)).to(torch.long)
 
 
 def clip_score(image: Tensor, text: Tensor) -> Tensor:

@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_leaves
 from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, loss_values
 from mimic_explorer.scoring.outer import bias_sqnorm, weight_sqnorm_dot
 from mimic_explorer.scoring.parts import Parts
-from mimic_explorer.scoring.trees import detached
+from mimic_explorer.scoring.trees import as_args, detached, input_batch_size
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -155,7 +155,7 @@ def ghost_parts(
     model: nn.Module,
     names: Sequence[str],
     v: dict[str, Tensor],
-    inputs: Tensor,
+    inputs: Any,
     targets: Any,
     need_dot: bool,
     state: dict[str, Tensor] | None = None,
@@ -165,7 +165,7 @@ def ghost_parts(
     """Σ over covered parameters of ‖g_i‖² (and ⟨g_i, v⟩ if ``need_dot``), the losses ℓ_i and outputs,
     and the set of covered names. ``loss``: a per-sample loss (default cross-entropy)."""
     state = dict(state or {})
-    batch = inputs.shape[0]
+    batch = input_batch_size(inputs)
     layers = ghost_layers(model, names)
     params = dict(model.named_parameters())
     modules = {m: (model.get_submodule(m) if m else model) for m in layers}
@@ -234,11 +234,12 @@ def ghost_parts(
         return hook
 
     handles = [modules[m].register_forward_hook(make_hook(m)) for m in layers]
-    x = inputs.detach().requires_grad_(True) if inputs.is_floating_point() else inputs
+    # floating inputs become leaves, so the backward below stops at them (integer tokens need none)
+    args = tuple(t.detach().requires_grad_(True) if t.is_floating_point() else t for t in as_args(inputs))
     try:
         with torch.enable_grad():
             with watch:
-                logits = functional_call(model, {**state, **leaves}, (x,))
+                logits = functional_call(model, {**state, **leaves}, args)
             losses = loss_values(loss or CrossEntropyLoss(), logits, targets, batch, offset)
             for module_name, attrs in layers.items():
                 calls = records[module_name]
@@ -251,7 +252,10 @@ def ghost_parts(
             acc["sq"] = torch.zeros(batch, dtype=losses.dtype, device=losses.device)
             acc["dot"] = torch.zeros_like(acc["sq"])
             # backward to the input only: every layer's δ, no weight gradients
-            wrt = [x] if x.requires_grad else list(leaves.values())
+            # several inputs (a dual encoder's images and tokens): a layer may sit on a tower that no
+            # floating input reaches, so the backward goes to the covered weights as well
+            floats = [t for t in args if t.requires_grad]
+            wrt = floats if len(args) == 1 and floats else floats + list(leaves.values())
             if wrt and losses.requires_grad:
                 torch.autograd.grad(losses.sum(), wrt, allow_unused=True)
     finally:

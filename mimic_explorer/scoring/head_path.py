@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from mimic_explorer.scoring.linear_head import linear_grad_geometry
 from mimic_explorer.scoring.losses import PerSampleLoss, loss_values
 from mimic_explorer.scoring.parts import Parts
-from mimic_explorer.scoring.trees import cast, detached
+from mimic_explorer.scoring.trees import as_args, cast, detached, input_batch_size
 
 
 class HeadPathUnavailable(RuntimeError):
@@ -35,7 +35,7 @@ def _position_form(t: Tensor) -> Tensor:
 def head_parts(
     model: nn.Module,
     head: nn.Linear,
-    inputs: Tensor,
+    inputs: Any,
     targets: Any,
     v_weight: Tensor | None,
     v_bias: Tensor | None,
@@ -58,11 +58,11 @@ def head_parts(
     handle = head.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            logits = model(inputs)
+            logits = model(*as_args(inputs))
             handle.remove()
             if not calls:
                 raise HeadPathUnavailable("the head layer was not called in the model's forward pass")
-            batch = inputs.shape[0]
+            batch = input_batch_size(inputs)
             # the logits are the head's output itself (and were not modified in place afterwards)
             if len(calls) == 1 and logits is calls[0][2] and logits._version == calls[0][3]:
                 logits = logits.detach()

@@ -21,7 +21,7 @@ from torch.func import functional_call, vjp, vmap
 
 from mimic_explorer.scoring.losses import PerSampleLoss, loss_values
 from mimic_explorer.scoring.parts import Parts
-from mimic_explorer.scoring.trees import detached
+from mimic_explorer.scoring.trees import as_args, detached, input_batch_size
 
 
 def _reduce(grads: dict[str, Tensor], v: dict[str, Tensor], need_norm: bool) -> tuple[Tensor, Tensor | None]:
@@ -35,7 +35,7 @@ def _reduce(grads: dict[str, Tensor], v: dict[str, Tensor], need_norm: bool) -> 
 def jacobian_parts(
     model: nn.Module,
     v: dict[str, Tensor],
-    inputs: Tensor,
+    inputs: Any,
     targets: Any,
     need_norm: bool,
     chunk: int,
@@ -49,10 +49,11 @@ def jacobian_parts(
     params = dict(model.named_parameters())
     primals = {n: state.get(n, params[n]).detach() for n in v}
     rest = {n: t for n, t in state.items() if n not in primals}
-    batch = inputs.shape[0]
+    batch = input_batch_size(inputs)
+    args = as_args(inputs)
 
     def losses_of(ps: dict[str, Tensor]) -> tuple[Tensor, Any]:
-        outputs = functional_call(model, {**rest, **ps}, (inputs,))
+        outputs = functional_call(model, {**rest, **ps}, args)
         return loss_values(loss, outputs, targets, batch), detached(outputs)
 
     dots, sqnorms = [], []

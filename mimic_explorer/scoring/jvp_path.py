@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_map
 
 from mimic_explorer.scoring.losses import PerSampleLoss, loss_values
 from mimic_explorer.scoring.parts import Parts
+from mimic_explorer.scoring.trees import as_args, input_batch_size
 
 
 def is_forward_ad_gap(error: BaseException) -> bool:
@@ -43,7 +44,7 @@ def is_transform_gap(error: BaseException) -> bool:
 def jvp_parts(
     model: nn.Module,
     tangents: dict[str, Tensor],
-    inputs: Tensor,
+    inputs: Any,
     targets: Any,
     state: dict[str, Tensor] | None,
     offset: int,
@@ -61,8 +62,8 @@ def jvp_parts(
         for name, tangent in tangents.items():
             primal = state.get(name, params[name]).detach()
             tensors[name] = fwAD.make_dual(primal, tangent.to(primal.dtype))
-        outputs = functional_call(model, tensors, (inputs,))
-        losses = loss_values(loss, outputs, targets, inputs.shape[0], offset)
+        outputs = functional_call(model, tensors, as_args(inputs))
+        losses = loss_values(loss, outputs, targets, input_batch_size(inputs), offset)
         primal, tangent = fwAD.unpack_dual(losses)
         outputs = tree_map(lambda t: fwAD.unpack_dual(t).primal if isinstance(t, Tensor) else t, outputs)
     if tangent is None:  # the loss does not depend on the mimic layers

@@ -16,13 +16,13 @@ from torch.func import functional_call
 
 from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, loss_values
 from mimic_explorer.scoring.parts import Parts
-from mimic_explorer.scoring.trees import cat_rows, detached, rows
+from mimic_explorer.scoring.trees import as_args, cat_rows, detached, input_batch_size, rows
 
 
 def loop_parts(
     model: nn.Module,
     v: dict[str, Tensor],
-    inputs: Tensor,
+    inputs: Any,
     targets: Any,
     need_norm: bool,
     state: dict[str, Tensor] | None = None,
@@ -32,12 +32,12 @@ def loop_parts(
     state = dict(state or {})
     params = dict(model.named_parameters())
     loss_fn = loss or CrossEntropyLoss()
-    batch = inputs.shape[0]
+    batch = input_batch_size(inputs)
     dots, sqnorms, losses, outputs = [], [], [], []
     with torch.enable_grad():
         for i in range(batch):
             leaves = {n: state.get(n, params[n]).detach().requires_grad_(True) for n in v}
-            out = functional_call(model, {**state, **leaves}, (inputs[i : i + 1],))
+            out = functional_call(model, {**state, **leaves}, as_args(rows(inputs, i, i + 1, batch)))
             loss = loss_values(loss_fn, out, rows(targets, i, i + 1, batch), 1, offset=i)[0]
             outputs.append(detached(out))
             grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
@@ -46,7 +46,7 @@ def loop_parts(
             if need_norm:
                 sqnorms.append(sum(g.pow(2).sum() for g in grads))
             losses.append(loss.detach())
-    empty = inputs.new_zeros(0)
+    empty = next(iter(v.values())).new_zeros(0)
     return Parts(
         torch.stack(dots) if dots else empty,
         (torch.stack(sqnorms) if sqnorms else empty) if need_norm else None,

@@ -48,13 +48,20 @@ class CrossEntropyLoss:
 
 
 class CallableLoss:
-    """A plain ``(outputs, targets) -> (B,)`` function as a loss: taken to be per-sample
-    (``couples_batch`` False) with no closed-form output gradient, so it never uses the head path."""
+    """A plain ``(outputs, targets) -> (B,)`` function as a loss, with no closed-form output gradient
+    (it never uses the head path).
 
-    couples_batch = False
+    A bare callable passed as ``loss=`` is taken to be per-sample. A function whose ℓ_i reads other
+    samples' outputs (a contrastive loss written by hand) must say so — ``CallableLoss(fn,
+    couples_batch=True)`` — or cos would come from ghost norms and per-sample slices, which assume
+    independence; proj by forward mode is exact either way.
+    """
 
-    def __init__(self, fn: Callable[[Any, Any], Tensor]):
+    def __init__(self, fn: Callable[[Any, Any], Tensor], couples_batch: bool = False):
+        if not callable(fn):
+            raise TypeError(f"CallableLoss needs a callable (outputs, targets) -> (B,), got {type(fn).__name__}")
         self.fn = fn
+        self.couples_batch = bool(couples_batch)
 
     def __call__(self, outputs: Any, targets: Any) -> Tensor:
         return self.fn(outputs, targets)

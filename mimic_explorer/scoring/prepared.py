@@ -13,6 +13,11 @@ Paths (``path="auto"`` picks the cheapest exact one):
 - ``head``: the mimic layers are the weight and/or bias of the Linear producing the logits and the
   loss is per-sample with a closed-form output gradient → closed form from one forward pass
   (``scoring.head_path``).
+- ``output``: the mimic layers are the weight and/or bias of one Linear whose output is one of the
+  model's outputs and the loss couples the batch (a dual encoder's image or text projection under
+  InfoNCE) → proj from one forward with the tangent H Vᵀ entering at the layer's output, cos from the
+  Jacobian of the loss vector with respect to that output, the loss alone (``scoring.output_layer``).
+  When the output turns out not to be one of the model's outputs, ``auto`` moves to ``jvp``.
 - ``jvp``: proj by one forward-mode pass (``scoring.jvp_path``), exact for any loss, coupled or not.
   cos: ghost norms and dots for Linear/Conv2d/norm layers (``scoring.ghost``) plus chunked
   ``vmap(grad)`` for the parameters those cannot cover; for a loss that couples the batch, rows of the
@@ -27,7 +32,9 @@ each with a RuntimeWarning, once (the choice sticks for later batches); a forced
 Scores are computed with eval-mode semantics (BatchNorm running statistics, no dropout), the math
 attention backend and autocast off; the model comes back exactly as it was (modes, weights, ``.grad``,
 ``requires_grad``). Results are on the model's device, in the model's floating dtype (float32 for
-half-precision models). See docs/ARCHITECTURE.md for where the scorer sits.
+half-precision models). Inputs are a tensor, or a tuple of batched tensors passed as the model's
+positional arguments (a dual encoder's images and tokens); a loss that couples the batch is always
+evaluated on the whole batch, never on slices. See docs/ARCHITECTURE.md for where the scorer sits.
 """
 
 from __future__ import annotations
@@ -50,6 +57,13 @@ from mimic_explorer.scoring.jacobian_path import jacobian_parts
 from mimic_explorer.scoring.jvp_path import is_forward_ad_gap, is_transform_gap, jvp_parts
 from mimic_explorer.scoring.linear_head import linear_grad_geometry
 from mimic_explorer.scoring.loop_path import loop_parts
+from mimic_explorer.scoring.output_layer import (
+    OutputLayerUnavailable,
+    PullBack,
+    linear_output_geometry,
+    output_parts,
+    output_tangent,
+)
 from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, as_per_sample_loss, has_closed_form
 from mimic_explorer.scoring.parts import Parts
 from mimic_explorer.scoring.projection import Projection, mimic_projection
@@ -61,10 +75,10 @@ from mimic_explorer.scoring.task_vector import (
     trainable_names,
     vector_norm,
 )
-from mimic_explorer.scoring.trees import cat_rows, moved, rows
+from mimic_explorer.scoring.trees import as_args, cast, cat_rows, input_batch_size, moved, rows
 from mimic_explorer.scoring.vmap_path import auto_chunk, check_targets_with_probe, vmap_parts
 
-PATHS = ("auto", "head", "jvp", "vmap", "loop")
+PATHS = ("auto", "head", "output", "jvp", "vmap", "loop")
 SCORE_METHODS = ("proj", "cos")
 
 # model → (structure signature, head name): tracing the head costs a one-sample forward, once per model.
@@ -82,15 +96,16 @@ class BatchScores:
     grad_norm: Tensor | None = None  # ‖g_i‖ over the mimic layers, when the method is "cos"
 
 
-def traced_head_name(model: nn.Module, inputs: Tensor) -> str:
+def traced_head_name(model: nn.Module, inputs: Any) -> str:
     """Name of the Linear producing the logits, traced on one sample (cached per model), for callers
     that were not given it. Must be called in eval mode (inside ``scoring_mode``)."""
     signature = tuple(id(m) for m in model.modules() if isinstance(m, nn.Linear))
     cached = _HEAD_CACHE.get(model)
     if cached is not None and cached[0] == signature:
         return cached[1]
+    first = as_args(rows(inputs, 0, 1, input_batch_size(inputs)))
     with torch.no_grad():
-        (name, module), logits = trace_head(model, lambda: model(inputs[:1]))
+        (name, module), logits = trace_head(model, lambda: model(*first))
     if isinstance(logits, Tensor) and logits.dim() > 0 and module.out_features != logits.shape[-1]:
         warnings.warn(
             f"no nn.Linear produces the logits ({logits.shape[-1]} classes); using {name!r} "
@@ -114,6 +129,15 @@ def _head_param_names(model: nn.Module, name: str, known: dict[str, Tensor]) -> 
     return names
 
 
+def _auto_path(head: str | None, layer: str | None, closed_form: bool, couples_batch: bool) -> str:
+    """The cheapest exact path: the head's closed form, the output layer's loss Jacobian, or forward mode."""
+    if head is not None and closed_form:
+        return "head"
+    if layer is not None and couples_batch:
+        return "output"
+    return "jvp"
+
+
 def _compute_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if model_dtype in (torch.float16, torch.bfloat16) else model_dtype
 
@@ -134,18 +158,21 @@ def _check_options(method: str, path: str, chunk_size: int | None) -> None:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
-def _check_inputs(inputs: Any) -> int:
-    """A custom loss decides what its targets are; the inputs still carry the batch."""
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if inputs.dim() == 0:
-        raise ValueError("inputs must have a batch dimension; got a 0-d tensor")
-    return int(inputs.shape[0])
+def _as_dtype(inputs: Any, dtype: torch.dtype) -> Any:
+    """Floating inputs in ``dtype`` (a tuple's floating tensors; integer tokens stay as they are)."""
+    if isinstance(inputs, Tensor):
+        return inputs.to(dtype) if inputs.is_floating_point() else inputs
+    return cast(inputs, dtype)
 
 
 _FALLBACKS = {
     "vmap": ("forward-mode AD is not available for an operation in this model", "chunked vmap(grad)", "slower"),
     "loop": ("torch.func transforms are not available for an operation in this model", "a per-sample loop", "much slower"),
+}
+# the same fallbacks for a loss that couples the batch, whose per-sample gradients are Jacobian rows
+_COUPLED_FALLBACKS = {
+    "vmap": ("rows of the loss vector's Jacobian pulled back under vmap",),
+    "loop": ("rows of the loss vector's Jacobian pulled back one at a time",),
 }
 
 
@@ -206,7 +233,7 @@ class PreparedScorer:
             self._prepare(*selected)
 
     # ------------------------------------------------------------------ preparation (once)
-    def _select(self, inputs: Tensor | None) -> tuple[list[str], str | None] | None:
+    def _select(self, inputs: Any) -> tuple[list[str], str | None] | None:
         """The mimic-layer names and the head's name when they are its parameters; None while the head
         still has to be traced and no batch is at hand."""
         known = dict(self._named)
@@ -234,7 +261,7 @@ class PreparedScorer:
             return names, owner if owner == self.head_name else None
         if inputs is None:
             return None
-        return names, owner if inputs.shape[0] > 0 and owner == traced_head_name(self.model, inputs) else None
+        return names, owner if input_batch_size(inputs) > 0 and owner == traced_head_name(self.model, inputs) else None
 
     def _prepare(self, names: list[str], head: str | None) -> None:
         closed_form = has_closed_form(self.loss)
@@ -248,21 +275,28 @@ class PreparedScorer:
                 "path='head' needs a per-sample loss with a closed-form output gradient (output_grad); "
                 + ("this loss couples the batch" if self.loss.couples_batch else "a plain callable has none")
             )
+        # the one Linear the mimic layers belong to, if any (the head, or a dual encoder's projection)
+        layer = head if head is not None else owning_linear(self.model, names)
+        if self.path == "output" and layer is None:
+            raise ValueError(
+                "path='output' needs params to be the weight and/or bias of one nn.Linear; "
+                f"got {names[:4]}{' …' if len(names) > 4 else ''}"
+            )
         self.names, self.head = names, head
-        self._chosen = self.path if self.path != "auto" else ("head" if head is not None and closed_form else "jvp")
-        if head is not None:
-            self._head_module = self.model.get_submodule(head) if head else self.model
-        self._weight_name, self._bias_name = (f"{head}.weight", f"{head}.bias") if head else ("weight", "bias")
+        self._chosen = self.path if self.path != "auto" else _auto_path(head, layer, closed_form, self.loss.couples_batch)
+        if layer is not None:
+            self._layer_module = self.model.get_submodule(layer) if layer else self.model
+        self._weight_name, self._bias_name = (f"{layer}.weight", f"{layer}.bias") if layer else ("weight", "bias")
         ours = dict(self._named)
         # (name, reference tensor in the compute dtype, the model's live parameter): what refresh() reads
         self._pairs = [(n, self._reference_named[n].detach().to(self.device, self.compute_dtype), ours[n]) for n in names]
-        # the training case — the head's weight and bias, already in the compute dtype — refreshes
+        # the training case — one Linear's weight (and bias), already in the compute dtype — refreshes
         # without loops or conversions, since a probe step is a handful of small ops
         self._head_pairs = None
-        if [n for n, _, _ in self._pairs] == [self._weight_name, self._bias_name] and all(
+        if [n for n, _, _ in self._pairs] in ([self._weight_name, self._bias_name], [self._weight_name]) and all(
             p.dtype == self.compute_dtype for _, _, p in self._pairs
         ):
-            self._head_pairs = tuple(t for _, ref, p in self._pairs for t in (ref, p))
+            self._head_pairs = tuple(t for _, ref, p in self._pairs for t in (ref, p)) + (None, None)
         self.v = task_vector(ours, self._reference_named, names, self.compute_dtype, self.device)
         self._set_v(self.v)
         self._state = _float32_state(self.model, self.compute_dtype) if self.compute_dtype != self.model_dtype else None
@@ -286,8 +320,11 @@ class PreparedScorer:
         Cheap by design — one subtraction per mimic-layer tensor and a norm, no checks — since a
         training loop calls it every step."""
         if self._head_pairs is not None:
-            ref_w, w, ref_b, b = self._head_pairs
+            ref_w, w, ref_b, b = self._head_pairs[:4]
             self._v_weight = v_w = ref_w - w.detach()
+            if b is None:  # a bias-free layer (a dual encoder's projection)
+                self.v, self._v_bias, self.v_norm = {self._weight_name: v_w}, None, torch.linalg.vector_norm(v_w)
+                return
             self._v_bias = v_b = ref_b - b.detach()
             self.v = {self._weight_name: v_w, self._bias_name: v_b}
             self.v_norm = torch.hypot(torch.linalg.vector_norm(v_w), torch.linalg.vector_norm(v_b))
@@ -310,15 +347,43 @@ class PreparedScorer:
         dot, sqnorm = linear_grad_geometry(features, output_grad, self._v_weight, self._v_bias, self._need_norm)
         return mimic_projection(dot, self.v_norm, sqnorm)
 
+    def layer_tangent(self, features: Tensor) -> Tensor:
+        """T = H Vᵀ + v_b: how a Linear mimic layer's output moves along the task vector, from its
+        input ``features`` (B, …, D). The directional derivative of the loss vector along T is every
+        ⟨g_i, v⟩ at once (one forward-mode pass through what follows the layer), for callers that
+        need proj without the Jacobian rows that cos takes."""
+        if not hasattr(self, "_layer_module"):
+            raise ValueError("layer_tangent needs the mimic layers to be the weight and/or bias of one nn.Linear")
+        return output_tangent(features.to(self.compute_dtype), self._v_weight, self._v_bias, self._layer_module.out_features)
+
+    def project_output(self, features: Tensor, pull_back: PullBack, batch: int) -> Projection:
+        """proj, cos and ‖g_i‖ of a Linear mimic layer whose output the loss reads directly, from the
+        layer's input ``features`` (B, …, D) and ``pull_back``: a cotangent of the (B,) loss vector →
+        its pullback to the layer's output (rows of the loss's Jacobian; ``scoring.output_layer``).
+
+        For callers that already ran the forward pass (a training step of a dual encoder, in training
+        mode); exact whether or not the loss couples the batch."""
+        if not hasattr(self, "_layer_module"):
+            raise ValueError("project_output needs the mimic layers to be the weight and/or bias of one nn.Linear")
+        features = features.to(self.compute_dtype)
+        layer = self._layer_module
+        tangent = output_tangent(features, self._v_weight, self._v_bias, layer.out_features)
+        dot, sqnorm = linear_output_geometry(
+            pull_back, batch, features, layer.out_features, tangent, self._v_weight is not None, self._v_bias is not None,
+            self.chunk_size,
+        )
+        return mimic_projection(dot, self.v_norm, sqnorm)
+
     # ------------------------------------------------------------------ one batch
-    def __call__(self, inputs: Tensor, targets: Any) -> BatchScores:
-        """Scores, losses and outputs for one batch (see the class)."""
+    def __call__(self, inputs: Any, targets: Any) -> BatchScores:
+        """Scores, losses and outputs for one batch (see the class). ``inputs``: a tensor, or a tuple
+        of batched tensors passed as the model's positional arguments."""
         default_loss = isinstance(self.loss, CrossEntropyLoss)
-        batch = check_batch(inputs, targets) if default_loss else _check_inputs(inputs)
+        batch = check_batch(inputs, targets) if default_loss else input_batch_size(inputs)
         with scoring_mode(self.model, self.device):
             inputs = moved(inputs, self.device)
-            x_model = inputs.to(self.model_dtype) if inputs.is_floating_point() else inputs
-            x_compute = inputs.to(self.compute_dtype) if inputs.is_floating_point() else inputs
+            x_model = _as_dtype(inputs, self.model_dtype)
+            x_compute = _as_dtype(inputs, self.compute_dtype)
             targets = moved(targets, self.device)
             if default_loss:
                 targets = targets.to(dtype=torch.long)
@@ -333,7 +398,10 @@ class PreparedScorer:
                 step = batch if self._chosen in ("vmap", "loop") else (self.chunk_size or batch)
                 vmap_chunk = self.chunk_size or auto_chunk(self._num_params, batch)
                 pieces = [
-                    self._parts(x_model[s : s + step], rows(targets, s, s + step, batch), x_compute[s : s + step], s, vmap_chunk)
+                    self._parts(
+                        rows(x_model, s, s + step, batch), rows(targets, s, s + step, batch),
+                        rows(x_compute, s, s + step, batch), s, vmap_chunk,
+                    )
                     for s in range(0, batch, step)
                 ]
         losses = torch.cat([p.losses for p in pieces])
@@ -353,16 +421,24 @@ class PreparedScorer:
         if self.path != "auto" or not gap(error):
             return False
         what, how, cost = _FALLBACKS[to]
-        warnings.warn(f"{what} ({error}); falling back to {how}, which is {cost}", RuntimeWarning, stacklevel=5)
+        if self.loss.couples_batch:
+            (how,) = _COUPLED_FALLBACKS[to]
+        warnings.warn(
+            f"{what} ({error}); falling back to {how}: the scores stay exact, the path is {cost}",
+            RuntimeWarning,
+            stacklevel=5,
+        )
         self._chosen = to
         return True
 
-    def _parts(self, x: Tensor, y: Any, x_compute: Tensor, offset: int, vmap_chunk: int) -> Parts:
+    def _parts(self, x: Any, y: Any, x_compute: Any, offset: int, vmap_chunk: int) -> Parts:
         """A slice of the batch by the chosen path (per-sample losses)."""
+        if self._chosen == "output":
+            return self._output(x_compute, y)
         if self._chosen == "head":
             try:
                 return head_parts(
-                    self.model, self._head_module, x, y, self._v_weight, self._v_bias,
+                    self.model, self._layer_module, x, y, self._v_weight, self._v_bias,
                     self._need_norm, self.compute_dtype, offset, self.loss,
                 )
             except HeadPathUnavailable as error:
@@ -381,7 +457,7 @@ class PreparedScorer:
             return self._vmap(self.v, x_compute, y, self._need_norm, vmap_chunk)
         return loop_parts(self.model, self.v, x_compute, y, self._need_norm, self._state, self.loss)
 
-    def _vmap(self, v: dict[str, Tensor], x: Tensor, y: Any, need_norm: bool, chunk: int) -> Parts:
+    def _vmap(self, v: dict[str, Tensor], x: Any, y: Any, need_norm: bool, chunk: int) -> Parts:
         """Chunked vmap(grad); in auto mode, the per-sample loop when an op does not support
         torch.func transforms (e.g. an autograd.Function without ``setup_context``)."""
         try:
@@ -391,7 +467,7 @@ class PreparedScorer:
                 raise
             return loop_parts(self.model, v, x, y, need_norm, self._state, self.loss)
 
-    def _jvp(self, x: Tensor, y: Any, offset: int, vmap_chunk: int) -> Parts:
+    def _jvp(self, x: Any, y: Any, offset: int, vmap_chunk: int) -> Parts:
         """proj: one forward-mode pass. cos: ghost norms and dots for the layers they cover, chunked
         vmap(grad) over the other parameters only."""
         if not self._need_norm:
@@ -403,9 +479,31 @@ class PreparedScorer:
         other = self._vmap(rest, x, y, True, vmap_chunk)  # their per-sample gradients give the dot for free
         return Parts(ghost.dot + other.dot, ghost.sqnorm + other.sqnorm, ghost.losses, ghost.outputs)
 
-    def _coupled_parts(self, x: Tensor, y: Any, batch: int) -> Parts:
-        """A loss that couples the batch, on the whole batch: proj by forward mode (exact whatever the
-        coupling); cos, or a forced vmap/loop path, by rows of the loss vector's Jacobian."""
+    def _output(self, x: Any, y: Any) -> Parts:
+        """The output layer's path; forced, it names why it cannot serve this model."""
+        try:
+            return output_parts(
+                self.model, self._layer_module, x, y, self._v_weight, self._v_bias, self._need_norm, self.loss,
+                self._state, self.chunk_size,
+            )
+        except OutputLayerUnavailable as error:
+            if self.path == "output":
+                raise ValueError(f"path='output' cannot be used: {error}") from error
+            raise
+
+    def _coupled_parts(self, x: Any, y: Any, batch: int) -> Parts:
+        """A loss that couples the batch, on the whole batch: a Linear mimic layer whose output is one
+        of the model's outputs by the output layer's path; otherwise proj by forward mode (exact
+        whatever the coupling) and cos, or a forced vmap/loop path, by rows of the loss vector's
+        Jacobian over the mimic layers."""
+        if self._chosen == "output":
+            try:
+                return self._output(x, y)
+            except OutputLayerUnavailable:
+                self._chosen = "jvp"  # the general paths below are exact for any placement of the layer
+            except Exception as error:  # noqa: BLE001 — only forward-AD gaps are recoverable
+                if not self._fall_back(error, "vmap"):
+                    raise
         if self._chosen == "jvp" and not self._need_norm:
             try:
                 return jvp_parts(self.model, self.v, x, y, self._state, 0, self.loss)

@@ -1,10 +1,12 @@
-"""Batches as pytrees: what the scorer does to targets and outputs that need not be single tensors.
+"""Batches as pytrees: what the scorer does to inputs, targets and outputs that need not be single tensors.
 
-Why: a classifier's targets are a (B,) label tensor and its outputs a (B, C) logits tensor, but a
-custom loss may take anything (``None`` for an InfoNCE whose positives are the diagonal, a tuple of
-tensors) and a model may return a tuple (two towers' embeddings). The scoring paths slice, move, cast,
-detach and concatenate them alike: tensor leaves whose first dimension is the batch are split with
-the batch; every other leaf goes along whole.
+Why: a classifier's inputs are one tensor, its targets a (B,) label tensor and its outputs a (B, C)
+logits tensor, but a dual encoder takes two inputs (images, tokens), a custom loss may take anything
+(``None`` for an InfoNCE whose positives are the diagonal, a tuple of tensors) and a model may return
+a tuple (two towers' embeddings). The scoring paths slice, move, cast, detach and concatenate them
+alike: tensor leaves whose first dimension is the batch are split with the batch; every other leaf
+goes along whole. Inputs given as a tuple (or list) are the model's positional arguments
+(``as_args``); every tensor in it carries the batch.
 """
 
 from __future__ import annotations
@@ -24,6 +26,33 @@ def moved(tree: Any, device: torch.device) -> Any:
 def cast(tree: Any, dtype: torch.dtype) -> Any:
     """Floating tensor leaves in ``dtype``."""
     return tree_map(lambda t: t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t, tree)
+
+
+def as_args(inputs: Any) -> tuple:
+    """The model's positional arguments: the tensors of a tuple or list of inputs, or the one input."""
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def input_batch_size(inputs: Any) -> int:
+    """B of a batch of inputs: a tensor's first dimension, or the common first dimension of the
+    tensors of a tuple (or list) of inputs (a dual encoder's images and tokens), checked equal."""
+    if isinstance(inputs, Tensor):
+        if inputs.dim() == 0:
+            raise ValueError("inputs must have a batch dimension; got a 0-d tensor")
+        return int(inputs.shape[0])
+    if not isinstance(inputs, (tuple, list)) or not inputs:
+        raise TypeError(
+            f"inputs must be a torch.Tensor or a tuple of batched tensors (the model's arguments), got {type(inputs).__name__}"
+        )
+    sizes = []
+    for k, t in enumerate(inputs):
+        if not isinstance(t, Tensor) or t.dim() == 0:
+            raise TypeError(f"input {k} of the tuple must be a batched torch.Tensor, got {type(t).__name__}"
+                            + (" (0-d)" if isinstance(t, Tensor) else ""))
+        sizes.append(int(t.shape[0]))
+    if len(set(sizes)) != 1:
+        raise ValueError(f"the inputs of a tuple must share their batch size (first dimension), got {sizes}")
+    return sizes[0]
 
 
 def detached(tree: Any) -> Any:

@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_map
 from mimic_explorer.scoring.checks import check_logits, check_target_range
 from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, loss_values
 from mimic_explorer.scoring.parts import Parts
-from mimic_explorer.scoring.trees import as_batch_of_one, batch_dims, cat_rows, rows
+from mimic_explorer.scoring.trees import as_args, as_batch_of_one, batch_dims, cat_rows, input_batch_size, rows
 
 # Per-sample gradient entries one chunk may hold (about 256 MB in float32).
 GRADIENT_ELEMENTS = 1 << 26
@@ -31,13 +31,15 @@ def auto_chunk(num_params: int, batch: int) -> int:
 
 
 def check_targets_with_probe(
-    model: nn.Module, inputs: Tensor, targets: Tensor, state: dict[str, Tensor] | None, offset: int = 0
+    model: nn.Module, inputs: Any, targets: Tensor, state: dict[str, Tensor] | None, offset: int = 0
 ) -> None:
     """Find C with a one-sample forward and check every target against it (vmap cannot branch on data)."""
-    if inputs.shape[0] == 0:
+    batch = input_batch_size(inputs)
+    if batch == 0:
         return
+    first = as_args(rows(inputs, 0, 1, batch))
     with torch.no_grad():
-        logits = functional_call(model, state, (inputs[:1],)) if state else model(inputs[:1])
+        logits = functional_call(model, state, first) if state else model(*first)
     check_logits(logits, 1)
     check_target_range(targets, logits.shape[-1], offset)
 
@@ -45,7 +47,7 @@ def check_targets_with_probe(
 def vmap_parts(
     model: nn.Module,
     v: dict[str, Tensor],
-    inputs: Tensor,
+    inputs: Any,
     targets: Any,
     need_dot: bool,
     need_norm: bool,
@@ -60,14 +62,14 @@ def vmap_parts(
     primals = {n: state.get(n, params[n]).detach() for n in v}
     rest = {n: t for n, t in state.items() if n not in primals}
     num_params = sum(t.numel() for t in primals.values())
-    batch = inputs.shape[0]
+    batch = input_batch_size(inputs)
     chunk = chunk_size or auto_chunk(num_params, batch)
     loss = loss or CrossEntropyLoss()
     y_dims = batch_dims(targets, batch)
 
-    def loss_one(ps: dict[str, Tensor], x: Tensor, y: Any) -> tuple[Tensor, Any]:
+    def loss_one(ps: dict[str, Tensor], x: Any, y: Any) -> tuple[Tensor, Any]:
         y = as_batch_of_one(y, y_dims)
-        outputs = functional_call(model, {**rest, **ps}, (x.unsqueeze(0),))
+        outputs = functional_call(model, {**rest, **ps}, as_args(tree_map(lambda t: t.unsqueeze(0), x)))
         value = loss_values(loss, outputs, y, 1, check=False)[0]
         return value, tree_map(lambda t: t[0] if isinstance(t, Tensor) else t, outputs)
 
@@ -78,7 +80,7 @@ def vmap_parts(
     # would keep every chunk's activations alive)
     with torch.no_grad():
         for start in range(0, batch, chunk):
-            grads, (value, out) = per_sample(primals, inputs[start : start + chunk], rows(targets, start, start + chunk, batch))
+            grads, (value, out) = per_sample(primals, rows(inputs, start, start + chunk, batch), rows(targets, start, start + chunk, batch))
             losses.append(value.detach())
             outputs.append(out)
             if need_dot:

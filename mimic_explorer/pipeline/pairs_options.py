@@ -1,0 +1,78 @@
+"""Which options belong to which kind of pool, and what ``--mimic-layer`` means.
+
+Why a module: the kind of a pool (labelled images or image-text pairs) is known only once ``--data``
+is opened, so options that make sense for one kind only are checked then — still before the run
+directory is touched — and refused with a message naming the option and the pool's kind. The
+options themselves are checked on their own (range, spelling) by ``validate_pair_options`` from
+``ScoreOptions.validate``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mimic_explorer.data.captions import PAIRS
+
+#: ``--mimic-layer``: the last linear projection of that tower (``models.dual.mimic_layer_params``)
+MIMIC_LAYERS = ("image", "text")
+#: the tower scored when neither ``--mimic-layer`` nor ``--params`` names one
+DEFAULT_MIMIC_LAYER = "text"
+#: ``--arch small_dual[:IMAGE_ARCH]``: the built-in dual encoder (``models.small_dual``)
+SMALL_DUAL = "small_dual"
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def validate_pair_options(options: Any) -> None:
+    """``--mimic-layer`` and ``--caption-noise`` on their own, whatever the pool."""
+    layer = getattr(options, "mimic_layer", None)
+    _require(layer in (None, *MIMIC_LAYERS), f"--mimic-layer must be image or text, got {layer!r}")
+    _require(layer is None or options.params == "head",
+             f"give either --mimic-layer {layer} or --params {options.params}, not both (both name the mimic layers)")
+    rate = getattr(options, "caption_noise", 0.0)
+    _require(0.0 <= rate < 1.0, f"--caption-noise must be in [0, 1), got {rate}")
+
+
+def _labelled_only(options: Any) -> list[str]:
+    named = []
+    if options.label_noise:
+        named.append(f"--label-noise {options.label_noise}")
+    if options.reference_noise:
+        named.append(f"--reference-noise {options.reference_noise}")
+    if options.linear_probe:
+        named.append("--linear-probe")
+    if options.init:
+        named.append("--init")
+    return named
+
+
+def check_pool_options(options: Any, pool_kind: str) -> None:
+    """Refuse, before anything is written, an option that the opened pool's kind cannot use."""
+    if pool_kind == PAIRS:
+        named = _labelled_only(options)
+        if named:
+            raise ValueError(f"{', '.join(named)}: only for labelled pools, and {options.data} is a pool of image-text "
+                             "pairs (use --caption-noise RATE to swap captions)")
+        _require(options.batch_size >= 2, f"--batch-size {options.batch_size}: a pair's InfoNCE loss needs the other pairs "
+                                          "of its batch as negatives, so an image-text pool is scored in batches of at least 2")
+        return
+    named = [f for f, on in (("--mimic-layer", getattr(options, "mimic_layer", None)),
+                            ("--caption-noise", getattr(options, "caption_noise", 0.0))) if on]
+    if named:
+        raise ValueError(f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
+                         f"and {options.data} is a labelled pool; use --params / --label-noise")
+
+
+def pair_mimic_params(options: Any, model) -> list[str] | str:
+    """The scored parameters of a dual encoder: ``--mimic-layer``'s projection, ``--params`` names
+    (or ``all``), or — when neither names one (``--params head``) — the default tower's projection."""
+    from mimic_explorer.models.dual import mimic_layer_params
+
+    layer = getattr(options, "mimic_layer", None)
+    if layer is None and options.params == "head":
+        layer = DEFAULT_MIMIC_LAYER
+    params = layer if layer is not None else options.mimic_params()
+    return params if params == "all" else mimic_layer_params(model, params)

@@ -1,0 +1,84 @@
+"""Tiny image-text pools cut from the real Flickr8k shards and a model/reference pair of built-in dual
+encoders for them, small enough that a scoring run takes seconds on a CPU.
+
+The pool: the first ``count`` samples of a Flickr8k shard copied into a shard of their own (DataComp's
+layout: ``UID.jpg``, ``UID.txt``, ``UID.json`` with the uid). The models: one small dual encoder
+(``small_cnn`` image tower, narrow towers), and a reference whose projections and logit scale were
+trained a few steps with plain InfoNCE on the pool's clean captions — same towers, so model and
+reference share a feature basis, as the valid protocol needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from mimic_explorer.data.sources import open_source
+from mimic_explorer.models.dual_checkpoint import save_dual_encoder
+from mimic_explorer.models.small_dual import build_small_dual_encoder
+from mimic_explorer.models.text import WordTokenizer
+from mimic_explorer.pipeline.pairs_setup import dual_transform
+from mimic_explorer.scoring.contrastive import InfoNCELoss
+
+FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
+needs_flickr = pytest.mark.skipif(not (FLICKR / "dev-00.tar").exists(), reason="../shared/data/flickr8k not present")
+ARCH = "small_cnn"  # the image tower of the built-in dual encoder (--arch small_dual or small_dual:small_cnn)
+SHAPE = (3, 32, 32)
+
+
+def flickr_pool(path: Path, count: int, shard: str = "dev-00.tar") -> Path:
+    """A shard holding the first ``count`` samples (all their members) of a Flickr8k shard."""
+    kept: set[str] = set()
+    with tarfile.open(FLICKR / shard) as src, tarfile.open(path, "w") as out:
+        for member in src:
+            key = member.name.rsplit(".", 1)[0]
+            if key not in kept:
+                if len(kept) == count:
+                    break
+                kept.add(key)
+            out.addfile(member, src.extractfile(member))
+    return path
+
+
+def tiny_dual(captions, seed: int = 0):
+    torch.manual_seed(seed)
+    tokenizer = WordTokenizer.from_captions(captions, context_length=12)
+    return build_small_dual_encoder("small_cnn", tokenizer, embed_dim=16, input_shape=SHAPE, word_dim=16,
+                                    text_hidden=32, text_width=32)
+
+
+def train_projections(model, images: torch.Tensor, tokens: torch.Tensor, steps: int = 30, batch: int = 8, seed: int = 1):
+    """A copy of ``model`` whose projections and logit scale took ``steps`` Adam steps of plain InfoNCE."""
+    reference = copy.deepcopy(model).train()
+    trained = [reference.image_projection.weight, reference.text_projection.weight, reference.logit_scale]
+    for p in reference.parameters():
+        p.requires_grad_(any(p is q for q in trained))
+    optimiser = torch.optim.Adam(trained, lr=1e-2)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        rows = torch.randperm(len(images), generator=generator)[:batch]
+        optimiser.zero_grad()
+        InfoNCELoss()(reference(images[rows], tokens[rows]), None).mean().backward()
+        optimiser.step()
+    for p in reference.parameters():
+        p.requires_grad_(True)
+    return reference.eval()
+
+
+def make_checkpoints(pool_spec: str, folder: Path) -> tuple[Path, Path]:
+    """(M.pt, R.pt) for the pool: the model, and the reference trained from it on the clean pairs."""
+    source = open_source(pool_spec)
+    captions = source.captions.tolist()
+    model = tiny_dual(captions).eval()
+    transform = dual_transform(model, {"arch": ARCH, "input_shape": SHAPE})
+    images = torch.stack([transform(source.load(i)) for i in range(len(source))])
+    tokens = model.tokenizer.encode(captions).ids
+    reference = train_projections(model, images, tokens)
+    paths = folder / "M.pt", folder / "R.pt"
+    save_dual_encoder(model, paths[0], arch=ARCH, input_shape=SHAPE)
+    save_dual_encoder(reference, paths[1], arch=ARCH, input_shape=SHAPE)
+    return paths

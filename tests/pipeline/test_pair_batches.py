@@ -1,0 +1,42 @@
+"""Scoring batches of an image-text pool keep pool order, hold ``size`` pairs, and never leave one alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mimic_explorer.pipeline.pair_batches import chunk_bounds, whole_batches
+from mimic_explorer.pipeline.pool_pass import PassBatch
+
+
+def decoded(sizes: list[int]) -> list[PassBatch]:
+    """Decoded batches of the given sizes (bad pairs already dropped), positions counting up."""
+    out, start = [], 0
+    for n in sizes:
+        index = torch.arange(start, start + n)
+        out.append(PassBatch(index, index.float().view(-1, 1), torch.full((n,), -1), [b"t"] * n, []))
+        start += n
+    return out
+
+
+@pytest.mark.parametrize("sizes, size, expected", [
+    ([4, 4, 4], 4, [4, 4, 4]),
+    ([4, 4, 1], 4, [4, 5]),  # a last pair alone joins the batch before it
+    ([3, 2, 4, 1], 4, [4, 4, 2]),  # bad pairs dropped from decoded batches: re-cut to full batches
+    ([4, 2], 4, [4, 2]),
+    ([1], 4, [1]),  # one pair in all: the caller records it
+    ([], 4, []),
+])
+def test_whole_batches_recut_in_order(sizes, size, expected):
+    batches = list(whole_batches(decoded(sizes), size))
+    assert [len(b.index) for b in batches] == expected
+    positions = torch.cat([b.index for b in batches]).tolist() if batches else []
+    assert positions == list(range(sum(sizes)))
+    assert all(b.inputs.view(-1).tolist() == b.index.float().tolist() and len(b.thumbs) == len(b.index) for b in batches)
+
+
+def test_chunk_bounds_never_end_with_one_position():
+    assert chunk_bounds(30, 12) == [(0, 12), (12, 24), (24, 30)]
+    assert chunk_bounds(25, 12) == [(0, 12), (12, 25)]
+    assert chunk_bounds(1, 12) == [(0, 1)]
+    assert chunk_bounds(0, 12) == []

@@ -1,0 +1,152 @@
+"""``score`` on an image-text pool (a few dozen real Flickr8k pairs, a tiny built-in dual encoder): the
+run's per-pair columns, ids that are the shards' uids, scores equal to the scorer's on the batch each
+pair was scored in, caption noise, resuming by chunk, and options of the wrong pool kind refused before
+anything is written."""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mimic_explorer import open_run
+from mimic_explorer.data.sources import open_source
+from mimic_explorer.pipeline import pairs_score
+from mimic_explorer.pipeline.options import ScoreOptions
+from mimic_explorer.pipeline.pairs_setup import dual_transform, load_pair_model
+from mimic_explorer.pipeline.score_command import run_score
+from mimic_explorer.scoring import mimic_scores
+from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
+from tests.pairs_helpers import flickr_pool, make_checkpoints, needs_flickr
+
+pytestmark = [needs_flickr, pytest.mark.slow]  # real runs: a few seconds each
+
+PAIRS = 26  # batches of 8: 8 + 5 per chunk of 13, a remainder that is not a multiple of the batch
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    spec = f"wds:{flickr_pool(folder / 'pool.tar', PAIRS)}"
+    model, reference = make_checkpoints(spec, folder)
+    return spec, model, reference
+
+
+def options(pool, out, **kw) -> ScoreOptions:
+    spec, model, reference = pool
+    return ScoreOptions(data=spec, arch="small_dual", out=str(out), model=str(model), reference=str(reference),
+                        batch_size=8, chunk_size=13, device="cpu", quiet=True, **kw)
+
+
+def batch_of(samples: pd.DataFrame, number: int, source, model, transform):
+    """The rows of one score batch and the batch itself (images, tokens), rebuilt from the pool."""
+    rows = samples[samples["score_batch"] == number]
+    positions = [source.index_of(s) for s in rows["sample_id"]]
+    images = torch.stack([transform(source.load(p)) for p in positions])
+    return rows, (images, model.tokenizer.encode([source.captions[p] for p in positions]).ids)
+
+
+def test_pairs_run_writes_uids_captions_and_every_per_pair_column(pool, tmp_path):
+    outcome = run_score(options(pool, tmp_path / "run", caption_noise=0.3, score_method="cos", mimic_layer="image"))
+    run = open_run(outcome.path)
+    samples = run.samples
+    assert len(samples) == PAIRS and run.meta["status"] == "complete"
+    assert all(re.fullmatch(r"[0-9a-f]{32}", s) for s in samples["sample_id"])  # the .json uids, DataComp's ids
+    for column in ("caption", "mimic_score", "keep", "clip_score_ref", "clip_score_model", "reference_loss", "model_loss",
+                   "score_batch", "batch_size", "is_noisy", "true_caption"):
+        assert column in samples.columns, column
+    for column in ("mimic_score", "clip_score_ref", "clip_score_model", "reference_loss", "model_loss"):
+        assert np.isfinite(samples[column].to_numpy(dtype=float)).all(), column
+    assert samples["is_noisy"].sum() == int(0.3 * PAIRS)
+    noisy = samples[samples["is_noisy"]]
+    assert (noisy["caption"] != noisy["true_caption"]).all()  # a derangement: no swapped pair kept its caption
+    assert samples.groupby("score_batch").size().tolist() == [8, 5, 8, 5]  # chunk 13 = 8 + 5; never a pair alone
+    assert (samples.groupby("score_batch")["batch_size"].first() == samples.groupby("score_batch").size()).all()
+    assert run.meta["params"] == "image_projection.weight" and run.meta["source"]["pool_kind"] == "pairs"
+    assert run.meta["summary"]["pairs"]["batch_size"] == 8 and "within its scoring batch" in run.meta["summary"]["pairs"]["loss"]
+    assert "clip_score_ref" in run.meta["evaluation"]
+    assert all(run.thumbnails.get(s)[8:12] == b"WEBP" for s in samples["sample_id"])  # the photos, for the app
+
+
+@pytest.mark.parametrize("layers", [dict(mimic_layer="text"), dict(params="text_tower.mlp.2.weight,text_projection.weight")],
+                         ids=["mimic-layer", "params"])
+def test_scores_equal_the_scorer_on_the_batch_each_pair_was_scored_in(pool, tmp_path, layers):
+    outcome = run_score(options(pool, tmp_path / "run", **layers))
+    samples = open_run(outcome.path).samples
+    source = open_source(pool[0])
+    model, config = load_pair_model(pool[1], "small_dual", "--model")
+    reference, _ = load_pair_model(pool[2], "small_dual", "--reference")
+    rows, inputs = batch_of(samples, 1, source, model.eval(), dual_transform(model, config))
+    names = ["text_projection.weight"] if "mimic_layer" in layers else layers["params"].split(",")
+    assert open_run(outcome.path).meta["params"] == ",".join(names)
+    expected = mimic_scores(model, reference, inputs, None, params=names, loss=InfoNCELoss())
+    np.testing.assert_allclose(rows["proj_last"].to_numpy(), expected.double().numpy(), rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        ref_out = reference.eval()(*inputs)
+    np.testing.assert_allclose(rows["clip_score_ref"].to_numpy(), clip_score(ref_out.image, ref_out.text).double().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(rows["reference_loss"].to_numpy(), InfoNCELoss()(ref_out, None).double().numpy(), rtol=1e-5)
+
+
+def test_a_killed_pairs_run_resumes_at_the_first_missing_chunk(pool, tmp_path, monkeypatch):
+    whole = open_run(run_score(options(pool, tmp_path / "whole")).path).samples
+    real, calls = pairs_score._score_chunk, []
+
+    def dies_on_the_second_chunk(run, scorer, indices, chunk, thumbs, errors):
+        calls.append(chunk)
+        if chunk == 1 and len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(run, scorer, indices, chunk, thumbs, errors)
+
+    monkeypatch.setattr(pairs_score, "_score_chunk", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        run_score(options(pool, tmp_path / "resumed"))
+    run_score(options(pool, tmp_path / "resumed"))
+    assert calls == [0, 1, 1]  # chunk 0 was kept, chunk 1 redone
+    resumed = open_run(tmp_path / "resumed").samples
+    pd.testing.assert_series_equal(resumed["mimic_score"], whole["mimic_score"])
+    pd.testing.assert_series_equal(resumed["score_batch"], whole["score_batch"])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(label_noise=0.2), "--label-noise 0.2: only for labelled pools"),
+    (dict(linear_probe=True), "--linear-probe: only for labelled pools"),
+    (dict(batch_size=1), "--batch-size 1: a pair's InfoNCE loss needs the other pairs"),
+    (dict(arch="small_dual:mlp"), "built as --arch small_cnn, not mlp"),
+    (dict(mimic_layer="text", params="all"), "either --mimic-layer text or --params all"),
+])
+def test_wrong_options_on_a_pairs_pool_are_refused_before_anything_is_written(pool, tmp_path, change, message):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_score(replace(options(pool, out), **change))
+    assert not out.exists()
+
+
+def test_pair_options_on_a_labelled_pool_are_refused(tmp_path):
+    out = tmp_path / "run"
+    labelled = ScoreOptions(data="digits", arch="mlp", out=str(out), model="m.pt", reference="r.pt", caption_noise=0.2)
+    with pytest.raises(ValueError, match="--caption-noise: only for image-text pools"):
+        run_score(labelled)
+    with pytest.raises(ValueError, match="--mimic-layer: only for image-text pools"):
+        run_score(replace(labelled, caption_noise=0.0, mimic_layer="text"))
+    assert not out.exists()
+
+
+def test_bad_pairs_are_recorded_and_skipped(pool, tmp_path):
+    shard = flickr_pool(tmp_path / "messy.tar", 9)
+    with tarfile.open(shard, "a") as tar:  # a photo that is not an image, and a photo without a caption
+        for name, data in (("broken.jpg", b"not a jpeg"), ("broken.txt", b"a caption"), ("mute.jpg", b"\xff\xd8 no caption")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    outcome = run_score(replace(options(pool, tmp_path / "run"), data=f"wds:{shard}"))
+    run = open_run(outcome.path)
+    errors = pd.read_parquet(tmp_path / "run" / "errors.parquet")
+    assert sorted(errors["sample_id"]) == ["broken", "mute"] and len(run.samples) == 9
+    assert "caption" in errors.set_index("sample_id").loc["mute", "reason"]
+    assert run.samples.groupby("score_batch").size().tolist() == [9]  # the ninth pair joined the batch of 8
