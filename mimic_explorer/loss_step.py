@@ -9,9 +9,10 @@ step still costs about a plain one:
   and output z;
 - through *the loss alone* (z → ℓ, the model's other outputs held fixed), one forward-mode pass
   along T = H Vᵀ gives every pair's ⟨g_i, v⟩ (``torch.func.jvp``; O(B²C) for InfoNCE), coupling
-  included. ‖g_i‖ — needed only when the Stage-1 method weighs cos (``need_cos``) — takes the rows of
-  the loss's Jacobian (``PreparedScorer.project_output``): B pullbacks through the loss, O(B³C) for
-  InfoNCE, which at B = 256 costs more than the step itself; without it the records carry no cos;
+  included. ‖g_i‖ — computed only when the Stage-1 method weighs cos (``need_cos``; otherwise the
+  records carry no cos) — comes from the loss's closed form when it has one (InfoNCE on a
+  projection's weight: ``scoring.contrastive.projection_grad_sqnorms``), else from the rows of the
+  loss's Jacobian (``PreparedScorer.project_output``: B pullbacks through the loss);
 - one backward of the mean loss gives every other parameter the ordinary mean gradient, and the
   mimic layer's gradient is replaced by Σ_i w_i g_i = (∂(wᵀℓ)/∂z)ᵀ H — one more pullback through the
   loss and one matmul.
@@ -34,7 +35,7 @@ from torch.func import jvp, vjp
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mimic_explorer.scoring.losses import PerSampleLoss, loss_values
-from mimic_explorer.scoring.output_layer import pull_back_of
+from mimic_explorer.scoring.output_layer import closed_form_sqnorm, pull_back_of
 from mimic_explorer.scoring.prepared import PreparedScorer
 from mimic_explorer.scoring.projection import Projection, mimic_projection
 from mimic_explorer.scoring.task_vector import owning_linear
@@ -97,6 +98,7 @@ class LossStep:
         named = dict(model.named_parameters())
         self.params = [named[n] for n in self.scorer.names]
         layer = owning_linear(model, self.scorer.names)
+        self._weight_only = layer is not None and self.scorer.names == [f"{layer}.weight" if layer else "weight"]
         if layer is not None:
             self.layer = model.get_submodule(layer) if layer else model
             self.io = _LayerIO(self.layer)
@@ -124,7 +126,11 @@ class LossStep:
         if through_loss is not None:
             features = self.io.input.detach()
             z, losses_of = through_loss
+            closed = None
             if self.need_cos:
+                position, plain_outputs = self._position
+                closed = closed_form_sqnorm(self.loss, plain_outputs, position, features, self._weight_only)
+            if self.need_cos and closed is None:
                 with torch.no_grad():
                     _, pull_back = vjp(losses_of, z)
                 pull_back = pull_back_of(pull_back)
@@ -132,7 +138,7 @@ class LossStep:
             else:
                 with torch.no_grad():
                     _, dot = jvp(losses_of, (z,), (self.scorer.layer_tangent(features).to(z.dtype),))
-                projection = mimic_projection(dot, self.scorer.v_norm)
+                projection = mimic_projection(dot, self.scorer.v_norm, closed)
                 pull_back = self._graph_pull_back(losses)
         else:
             projection, grads = self._per_sample(losses)
@@ -164,6 +170,7 @@ class LossStep:
         if position is None:
             return None
         plain = [leaf.detach() if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+        self._position = (position, tree_unflatten(plain, spec))
 
         def losses_of(z: Tensor) -> Tensor:
             return loss_values(self.loss, tree_unflatten(plain[:position] + [z] + plain[position + 1 :], spec), targets, batch)

@@ -87,6 +87,15 @@ class InfoNCELoss:
         """None: each pair's loss depends on every output of the batch, so no per-sample closed form."""
         return None
 
+    def linear_output_sqnorm(self, outputs, position: int, features: Tensor) -> Tensor | None:
+        """‖g_i‖² over the weight of a bias-free Linear producing output ``position`` (0: image, 1:
+        text embeddings) from ``features`` (B, D), in closed form (``projection_grad_sqnorms``); None
+        for any other output."""
+        if position not in (0, 1) or features.dim() != 2:
+            return None
+        image, text, scale = _unpack(outputs)
+        return projection_grad_sqnorms(image, text, scale, features, "image" if position == 0 else "text")
+
     def predict(self, outputs) -> Tensor:
         """(B,) int64: 1 where pair i's image ranks its own caption first among the batch's texts
         (in-batch image→text top-1), else 0 — what a run records as a pair's ``pred``."""
@@ -94,6 +103,47 @@ class InfoNCELoss:
         with torch.no_grad():
             best = pair_logits(image.detach(), text.detach(), scale.detach() if isinstance(scale, Tensor) else scale).argmax(1)
         return (best == torch.arange(len(best), device=best.device)).to(torch.long)
+
+
+def projection_grad_sqnorms(image: Tensor, text: Tensor, scale: Tensor | float, features: Tensor, side: str) -> Tensor:
+    """‖∂ℓ_i/∂W‖²_F for every pair i, W the bias-free projection that maps ``features`` (B, D) to the
+    ``side`` ("image" or "text") embeddings — in O(B²(C + D) + B³), where rows of the loss's Jacobian
+    cost O(B³C).
+
+    Derivation (text side; ℓ_i is symmetric in the two sides, S ↔ Sᵀ, so the image side swaps them).
+    With t_j = z_j / n_j, n_j = ‖z_j‖, S = s U Tᵀ, P / Q its row / column softmax:
+    ∂ℓ_i/∂t_j = a_ij u_i + δ_ij e_i, a = ½s(P − I), e_i = ½s(Σ_k Q_ki u_k − u_i); through the
+    normalisation ∂ℓ_i/∂z_j = c_ij u_i + w_ij t_j + δ_ij f_i with c_ij = a_ij / n_j,
+    w_ij = −a_ij (u_i·t_j) / n_j, f_i = (e_i − t_i (t_i·e_i)) / n_i. So g_i = u_i α_iᵀ + Σ_j w_ij t_j h_jᵀ
+    + f_i h_iᵀ (α_i = Σ_j c_ij h_j), whose squared norm expands into B×B Gram products.
+    """
+    if side not in ("image", "text"):
+        raise ValueError(f"side must be 'image' or 'text', got {side!r}")
+    if side == "image":
+        image, text = text, image
+    u = F.normalize(image, dim=-1)
+    n = text.norm(dim=-1).clamp_min(torch.finfo(text.dtype).tiny)
+    t = text / n[:, None]
+    logits = scale * u @ t.T
+    eye = torch.eye(len(u), dtype=u.dtype, device=u.device)
+    a = 0.5 * scale * (torch.softmax(logits, dim=1) - eye)
+    e = 0.5 * scale * (torch.softmax(logits, dim=0).T @ u - u)
+    cosines = u @ t.T  # u_i·t_j
+    c = a / n[None, :]
+    w = -a * cosines / n[None, :]
+    f = (e - t * (t * e).sum(-1, keepdim=True)) / n[:, None]
+    h = features.to(u.dtype)
+    gram = h @ h.T
+    alpha = c @ h
+    alpha_h = alpha @ h.T  # α_i·h_j
+    return (
+        alpha.pow(2).sum(-1)
+        + ((w @ ((t @ t.T) * gram)) * w).sum(-1)
+        + f.pow(2).sum(-1) * gram.diagonal()
+        + 2 * (w * cosines * alpha_h).sum(-1)
+        + 2 * (u * f).sum(-1) * alpha_h.diagonal()
+        + 2 * (w * (f @ t.T) * gram).sum(-1)
+    )
 
 
 def clip_score(image: Tensor, text: Tensor) -> Tensor:

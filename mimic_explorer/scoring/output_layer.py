@@ -12,7 +12,9 @@ i's own h and δ (the classification head's closed form), but it is still cheap:
   T = H Vᵀ + v_b of z. A forward hook makes the layer's output a dual number with that tangent, so
   forward mode carries it through what follows the layer — for a dual encoder, the loss alone — and
   the model's one forward gives all B projections (``output_parts``).
-- ‖g_i‖² = ‖Hᵀ D_i‖² (+ ‖Σ_j D_i[j]‖² with a bias), in the Gram form Σ_{j,k} (h_j·h_k)(D_i[j]·D_i[k])
+- ‖g_i‖² from the loss's closed form when it offers one for a Linear's weight
+  (``linear_output_sqnorm``: InfoNCE does, O(B²(C + D) + B³), see ``scoring.contrastive``); else
+  ‖g_i‖² = ‖Hᵀ D_i‖² (+ ‖Σ_j D_i[j]‖² with a bias), in the Gram form Σ_{j,k} (h_j·h_k)(D_i[j]·D_i[k])
   (N²·C per row once K = H Hᵀ is made; N = B × positions) or the direct form that builds Hᵀ D_i
   (N·C·D per row), whichever is cheaper (``row_geometry``). D comes from pullbacks through the loss
   alone, the model's other outputs held fixed: ``vmap`` over one-hot rows, a chunk of rows at a time
@@ -194,17 +196,32 @@ def output_parts(
             "changed in place, or read by another output)"
         )
 
+    features = calls[0][0].detach().to(primal.dtype)
+    closed = closed_form_sqnorm(loss, tree_unflatten(plain, spec), position, features, v_weight is not None and v_bias is None)
+    if closed is not None:
+        return Parts(dot, closed, primal, outputs)
+
     def losses_of(z: Tensor) -> Tensor:
         return loss_values(loss, tree_unflatten(plain[:position] + [z] + plain[position + 1 :], spec), targets, batch)
 
     with torch.no_grad():  # torch.func differentiates inside its transforms; record nothing else
         _, pull_back = vjp(losses_of, plain[position].detach())
-        features = calls[0][0].detach().to(primal.dtype)
         z = plain[position]
         _, sqnorm = linear_output_geometry(
             pull_back_of(pull_back), batch, features, z.shape[-1], None, v_weight is not None, v_bias is not None, chunk
         )
     return Parts(dot, sqnorm, primal, outputs)
+
+
+def closed_form_sqnorm(loss: PerSampleLoss, outputs: Any, position: int, features: Tensor, weight_only: bool) -> Tensor | None:
+    """‖g_i‖² from the loss's own closed form for a Linear's weight (``linear_output_sqnorm``, e.g.
+    InfoNCE on a dual encoder's projection), when it has one and the mimic layers are that weight
+    alone; else None (the Jacobian rows serve)."""
+    closed = getattr(loss, "linear_output_sqnorm", None)
+    if closed is None or not weight_only:
+        return None
+    with torch.no_grad():
+        return closed(outputs, position, features)
 
 
 def pull_back_of(pull_back: Callable[[Tensor], tuple]) -> PullBack:

@@ -122,3 +122,34 @@ def test_retrieval_recall_counts_hits_with_several_texts_per_image():
     assert recall["t2i@1"] == 0.75 and recall["t2i@2"] == 1.0
     with pytest.raises(ValueError, match="image_of_text"):
         retrieval_recall(image, text)
+
+
+@pytest.mark.parametrize("side", ["image", "text"])
+def test_closed_form_projection_gradient_norms_equal_autograd_per_pair(side):
+    """‖∂ℓ_i/∂W‖² of a projection in closed form (B×B Gram products) equals per-pair autograd, and the
+    scorer's cos on the output layer's path uses it (no Jacobian rows are pulled back)."""
+    import mimic_explorer.scoring.output_layer as output_layer
+    from mimic_explorer.scoring import mimic_scores
+    from mimic_explorer.scoring.contrastive import projection_grad_sqnorms
+    from tests.scoring_models import perturbed
+
+    model, x = probe(), features()
+    layer = model.image_projection if side == "image" else model.text_projection
+    want = []
+    for i in range(B):
+        model.zero_grad(set_to_none=True)
+        InfoNCELoss()(model(x))[i].backward()
+        want.append(layer.weight.grad.pow(2).sum())
+    with torch.no_grad():
+        out = model(x)
+    h = x[:, :IMAGE_DIM] if side == "image" else x[:, IMAGE_DIM:]
+    torch.testing.assert_close(projection_grad_sqnorms(out.image, out.text, out.scale, h, side), torch.stack(want), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="side must be"):
+        projection_grad_sqnorms(out.image, out.text, out.scale, h, "audio")
+    original, rows = output_layer.linear_output_geometry, []
+    output_layer.linear_output_geometry = lambda *a, **k: rows.append(1) or original(*a, **k)
+    try:
+        mimic_scores(model, perturbed(model, 0.3), x, None, params=[f"{side}_projection.weight"], method="cos", loss=InfoNCELoss())
+    finally:
+        output_layer.linear_output_geometry = original
+    assert rows == []
