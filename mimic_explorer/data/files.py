@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
+from mimic_explorer.data.errors import DataSourceError
 from mimic_explorer.data.imageio import read_file
 from mimic_explorer.data.source import Source
+
+
+def existing_path(path: str | os.PathLike, spec: str, what: str, folder: bool) -> Path:
+    """``path`` resolved, when it exists and is a folder (``folder``) or a file; else a
+    ``DataSourceError`` naming the SPEC, what was expected (``what``: "folder", "manifest") and why."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataSourceError(f"{spec}: {what} {path} does not exist")
+    if folder and not path.is_dir():
+        raise DataSourceError(f"{spec}: {path} is not a folder")
+    if not folder and not path.is_file():
+        raise DataSourceError(f"{spec}: {what} {path} is not a file")
+    return path.resolve()
 
 
 class FileSource(Source):

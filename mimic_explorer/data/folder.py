@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mimic_explorer.data.errors import BadSample, DataSourceError
-from mimic_explorer.data.files import FileSource
+from mimic_explorer.data.files import FileSource, existing_path
 
 CLASS_FILE = "classes.txt"
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
@@ -51,13 +51,8 @@ class FolderSource(FileSource):
     kind = "folder"
 
     def __init__(self, root: str | os.PathLike, spec: str | None = None):
-        root = Path(root).expanduser()
-        spec = spec or f"folder:{root}"
-        if not root.exists():
-            raise DataSourceError(f"{spec}: folder {root} does not exist")
-        if not root.is_dir():
-            raise DataSourceError(f"{spec}: {root} is not a folder")
-        self.root = root.resolve()
+        spec = spec or f"folder:{Path(root).expanduser()}"
+        self.root = existing_path(root, spec, "folder", folder=True)
         entries = [e for e in os.scandir(self.root) if not _ignored(e.name)]
         class_dirs = sorted(e.name for e in entries if e.is_dir())
         loose = sorted(e.name for e in entries if not e.is_dir() and e.name != CLASS_FILE)

@@ -28,7 +28,7 @@ import pandas as pd
 from mimic_explorer.data.captions import EMPTY_CAPTION, NO_CAPTION, PAIRS, decode_caption, pool_kind
 from mimic_explorer.data.errors import BadSample, DataSourceError
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file
-from mimic_explorer.data.files import FileSource
+from mimic_explorer.data.files import FileSource, existing_path
 from mimic_explorer.data.source import _preview
 
 REQUIRED = ("path", "label")
@@ -118,13 +118,8 @@ class ManifestSource(FileSource):
     kind = "manifest"
 
     def __init__(self, file: str | os.PathLike, spec: str | None = None, class_names: Sequence[str] | None = None):
-        file = Path(file).expanduser()
-        spec = spec or f"manifest:{file}"
-        if not file.exists():
-            raise DataSourceError(f"{spec}: manifest {file} does not exist")
-        if not file.is_file():
-            raise DataSourceError(f"{spec}: manifest {file} is not a file")
-        self.file = file.resolve()
+        spec = spec or f"manifest:{Path(file).expanduser()}"
+        self.file = existing_path(file, spec, "manifest", folder=False)
         table = _read_table(self.file, spec)
         absent = [c for c in REQUIRED if c not in table.columns and not (c == "label" and CAPTION in table.columns)]
         if absent:

@@ -1,11 +1,27 @@
 """Model architectures, head discovery, checkpoint loading, ``build_for_run`` (what a run calls) and
-image-text dual encoders."""
+image-text dual encoders.
 
-from mimic_explorer.models.build import BuiltModel, build_for_run
-from mimic_explorer.models.dual import DualEncoder, DualOutput, ProjectionProbe
-from mimic_explorer.models.dual_registry import build_dual_encoder
-from mimic_explorer.models.heads import find_head
-from mimic_explorer.models.small import MLP, SmallCNN
+The names below are imported on first use: ``scoring`` imports ``models.heads`` (a torch-only leaf),
+and that must not pull in torchvision, timm, the data layer and every builder (docs/ARCHITECTURE.md).
+"""
 
-__all__ = ["BuiltModel", "DualEncoder", "DualOutput", "MLP", "ProjectionProbe", "SmallCNN", "build_dual_encoder",
-           "build_for_run", "find_head"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "BuiltModel": "build", "build_for_run": "build",
+    "DualEncoder": "dual", "DualOutput": "dual", "ProjectionProbe": "dual",
+    "build_dual_encoder": "dual_registry",
+    "find_head": "heads",
+    "MLP": "small", "SmallCNN": "small",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"mimic_explorer.models.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'mimic_explorer.models' has no attribute {name!r}")

@@ -26,7 +26,7 @@ import pytest
 
 from tests.ui_helpers import ROOT, copy_run
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
 README_SCREENSHOT = ROOT / "assets" / "screenshot.png"

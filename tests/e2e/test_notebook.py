@@ -11,6 +11,8 @@ from nbclient import NotebookClient
 
 from tests.ui_helpers import ROOT, copy_run
 
+pytestmark = pytest.mark.slow  # whole module: real runs or subprocesses
+
 NOTEBOOK = ROOT / "notebooks" / "explore.ipynb"
 
 

@@ -13,6 +13,8 @@ from mimic_explorer import open_run
 from tests.conftest import run_cli
 from tests.data.test_sources import CLASSES, FIXTURE, fixture_items, make_messy_pool, write_pool_shards
 
+pytestmark = pytest.mark.slow  # whole module: real runs or subprocesses
+
 SMALL = ["--arch", "small_cnn", "--batch-size", "16", "--quiet"]
 
 

@@ -17,6 +17,8 @@ import torch
 from mimic_explorer import open_run
 from tests.conftest import COMMON, run_cli
 
+pytestmark = pytest.mark.slow  # whole module: real runs or subprocesses
+
 def _train(out: Path, reference: Path, *extra: str) -> subprocess.CompletedProcess:
     return run_cli("train", *COMMON, "--epochs", "4", "--reference", str(reference), "--label-noise", "0.3",
                    "--out", str(out), *extra)

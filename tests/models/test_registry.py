@@ -31,6 +31,7 @@ def test_builtin_models():
     assert {"mlp", "small_cnn", "resnet18", "vit_b_16"} <= set(list_architectures())
 
 
+@pytest.mark.slow
 def test_torchvision_models_are_built_without_weights():
     model = build_model("resnet18", 5)
     assert model.fc.out_features == 5

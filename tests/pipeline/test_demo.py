@@ -16,6 +16,8 @@ from mimic_explorer import open_run
 from mimic_explorer.store.reader import RunError
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # whole module: real runs or subprocesses
+
 
 def test_demo_run_follows_the_run_directory_contract(demo_run):
     run = open_run(demo_run)

@@ -30,6 +30,7 @@ def other_model(tmp_path_factory) -> Path:
     return ckpt
 
 
+@pytest.mark.slow
 def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp_path):
     args = ["score", "--data", "digits", "--arch", "mlp", "--model", str(other_model), "--reference", str(digits_reference),
             "--label-noise", "0.3", "--chunk-size", "500", "--quiet", "--device", "cpu"]
@@ -51,6 +52,7 @@ def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp
     assert (a_samples["keep"] == b_samples["keep"]).all()
 
 
+@pytest.mark.slow
 def test_torchrun_train_records_every_sample_once_per_epoch(digits_reference, tmp_path):
     out = tmp_path / "ddp"
     proc = torchrun("train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",

@@ -14,7 +14,8 @@ from mimic_explorer import mimic_scores
 from tests.scoring_models import assert_close, build, oracle, resolve
 
 HEADS = {"mlp": "head", "cnn_bn": "head", "resnet18": "fc", "vit": "heads.head"}
-MODELS = list(HEADS)
+# resnet18 takes seconds per case: it runs in the full suite, not the quick loop
+MODELS = [pytest.param(n, marks=pytest.mark.slow) if n == "resnet18" else n for n in HEADS]
 PARAMS = ["head", "all", "subset"]
 
 

@@ -171,6 +171,7 @@ def test_gallery_click_opens_detail_and_trajectory(run_copy):
     assert set(dropped) == {int(p) for p in lowest if not explorer.keep_mask[p]}
 
 
+@pytest.mark.slow
 def test_every_tab_and_column_renders(run_copy):
     explorer = Explorer(run_copy)
     root_doc = Document()

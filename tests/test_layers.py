@@ -1,0 +1,30 @@
+"""The import rules of docs/ARCHITECTURE.md that the structure alone does not enforce."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+COMPUTE = [
+    "mimic_explorer.scoring", "mimic_explorer.data.sources", "mimic_explorer.models", "mimic_explorer.train",
+    "mimic_explorer.stage2", "mimic_explorer.filters", "mimic_explorer.store", "mimic_explorer.pipeline.train_command",
+    "mimic_explorer.pipeline.score_command", "mimic_explorer.demo", "mimic_explorer.cli",
+]
+
+
+def _modules_after_import(modules: list[str]) -> set[str]:
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_compute_code_never_imports_panel():
+    loaded = _modules_after_import(COMPUTE)
+    assert "torch" in loaded  # the check can fail: these modules do pull in their own stack
+    assert not {m for m in loaded if m == "panel" or m.startswith(("panel.", "bokeh", "holoviews"))}
+
+
+def test_scoring_imports_no_other_layer_than_the_head_finder():
+    loaded = _modules_after_import(["mimic_explorer.scoring"])
+    ours = {m for m in loaded if m.startswith("mimic_explorer.") and not m.startswith("mimic_explorer.scoring")}
+    assert ours <= {"mimic_explorer.models", "mimic_explorer.models.heads"}, sorted(ours)
