@@ -17,6 +17,9 @@ gives a keep threshold and a quality estimate.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -45,26 +48,98 @@ def available(samples: pd.DataFrame) -> list[str]:
     return [c for c in UTILITY_SIGN if c in samples.columns]
 
 
+#: positions per block of ``Moments``: chunks of a pool must start at multiples of it
+MOMENT_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class Standardiser:
+    """(v − mean) / std with moments of the whole pool; NaN stays NaN; a constant column gives zeros."""
+
+    mean: float
+    std: float
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(self.mean):
+            return np.full(len(values), np.nan)
+        if self.std > 0:
+            return (values - self.mean) / self.std
+        return np.where(np.isfinite(values), 0.0, np.nan)
+
+
+class Moments:
+    """Mean and standard deviation of the finite values of a column given in chunks of positions.
+
+    Why blocks and ``math.fsum``: chunked and in-memory Stage 2 must write the same bits. The values are
+    summed per block of ``MOMENT_BLOCK`` pool positions with ``fsum`` (correctly rounded, so independent
+    of memory layout and of how a block's values arrived), then the block sums with ``fsum`` (independent
+    of their order). Any chunking whose ranges start at multiples of ``MOMENT_BLOCK`` gives the same
+    moments. The variance is E[v²] − E[v]², ample for standardised scores of order one.
+    """
+
+    def __init__(self) -> None:
+        self._sums: list[float] = []
+        self._squares: list[float] = []
+        self._count = 0
+        self._last_block = -1
+
+    def add(self, values: np.ndarray, positions: np.ndarray | None = None) -> None:
+        """Values at ascending ``positions`` (default 0..n−1), none in a block an earlier call touched."""
+        values = np.asarray(values, dtype=np.float64)
+        positions = np.arange(len(values)) if positions is None else np.asarray(positions, dtype=np.int64)
+        finite = np.isfinite(values)
+        values, blocks = values[finite], positions[finite] // MOMENT_BLOCK
+        if not len(values):
+            return
+        if blocks[0] <= self._last_block or (np.diff(blocks) < 0).any():
+            raise ValueError(f"Moments needs ascending positions in chunks that start at multiples of {MOMENT_BLOCK}")
+        self._last_block = int(blocks[-1])
+        cuts = [0, *(np.flatnonzero(blocks[1:] != blocks[:-1]) + 1).tolist(), len(values)]
+        plain, squares = values.tolist(), (values * values).tolist()
+        self._sums += [math.fsum(plain[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+        self._squares += [math.fsum(squares[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+        self._count += len(values)
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def standardiser(self) -> Standardiser:
+        if not self._count:
+            return Standardiser(float("nan"), float("nan"))
+        mean = math.fsum(self._sums) / self._count
+        variance = max(math.fsum(self._squares) / self._count - mean * mean, 0.0)
+        return Standardiser(mean, math.sqrt(variance))
+
+
 def standardise(values: np.ndarray) -> np.ndarray:
     """(v − mean) / std over the finite values; NaN stays NaN; a constant column becomes zeros."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.full(len(values), np.nan)
-    centre, spread = values[finite].mean(), values[finite].std()
-    return (values - centre) / spread if spread > 0 else np.where(finite, 0.0, np.nan)
+    moments = Moments()
+    moments.add(values)
+    return moments.standardiser()(values)
 
 
-def combined_score(cos_mean: np.ndarray, reference_loss: np.ndarray) -> np.ndarray:
+def reference_utility(reference_loss: np.ndarray) -> np.ndarray:
+    """−log of the loss under the reference (clipped at 1e-6): the loss's half of the combined score."""
+    return -np.log(np.clip(np.asarray(reference_loss, dtype=np.float64), 1e-6, None))
+
+
+def combined_score(cos_mean: np.ndarray, reference_loss: np.ndarray,
+                   scales: tuple[Standardiser, Standardiser] | None = None) -> np.ndarray:
     """Utility (higher = keep) joining the mimic score and the loss under the reference:
     ``(z(cos_mean) + z(−log reference_loss)) / 2`` with z the standardisation over the pool.
 
     ``cos_mean`` is the sample's mean cos over the recorded epochs; the log tames the loss's heavy
     tail so one badly fit sample does not set the scale (losses are clipped at 1e-6 first). Its keep
-    threshold is ``stage2.split_two_groups(score, "gmm")``.
+    threshold is ``stage2.split_two_groups(score, "gmm")``. ``scales``: the two standardisers of the
+    whole pool when the values given are one chunk of it (``Moments``); else computed from the values.
     """
     cos_mean = np.asarray(cos_mean, dtype=np.float64)
     reference_loss = np.asarray(reference_loss, dtype=np.float64)
     if cos_mean.shape != reference_loss.shape:
         raise ValueError(f"cos_mean has shape {cos_mean.shape}, reference_loss {reference_loss.shape}; one value per sample each")
-    return (standardise(cos_mean) + standardise(-np.log(np.clip(reference_loss, 1e-6, None)))) / 2
+    loss_utility = reference_utility(reference_loss)
+    if scales is None:
+        return (standardise(cos_mean) + standardise(loss_utility)) / 2
+    return (scales[0](cos_mean) + scales[1](loss_utility)) / 2

@@ -1,7 +1,8 @@
 """Turn training records into the run directory's tables.
 
-``scores`` is long format (one row per sample per epoch); the per-sample summaries (mean / min / last
-proj) are derived from it so the two can never disagree.
+``scores`` is long format (one row per sample per epoch, its columns and sort order described in
+``store.layout``); the per-sample summaries (mean / min / last proj) are derived from it so the two can
+never disagree.
 """
 
 from __future__ import annotations
@@ -12,29 +13,34 @@ import pyarrow as pa
 
 from mimic_explorer.train import EpochRecord
 
-SCORE_COLUMNS = ["sample_id", "epoch", "step", "proj", "weight", "cos", "loss", "pred", "batch_size"]
+SCORE_COLUMNS = ["sample_id", "epoch", "step", "position", "proj", "weight", "cos", "loss", "pred", "batch_size"]
 
 
-def epoch_frame(record: EpochRecord, sample_ids: np.ndarray) -> pd.DataFrame:
-    """One epoch's rows in the contract's long format (plus cos, loss, pred, batch_size)."""
-    return epoch_table(record, pa.array(np.asarray(sample_ids, dtype=object).astype(str))).to_pandas()
+def epoch_frame(record: EpochRecord, sample_ids: np.ndarray, positions: np.ndarray | None = None) -> pd.DataFrame:
+    """One epoch's rows in the contract's long format (plus position, cos, loss, pred, batch_size)."""
+    return epoch_table(record, pa.array(np.asarray(sample_ids, dtype=object).astype(str)), positions).to_pandas()
 
 
-def epoch_table(record: EpochRecord, sample_ids: pa.Array) -> pa.Table:
+def epoch_table(record: EpochRecord, sample_ids: pa.Array, positions: np.ndarray | None = None) -> pa.Table:
     """One epoch's rows as an Arrow table, ids taken from a prebuilt Arrow array of all sample ids.
+
+    ``record.index`` indexes ``sample_ids`` and ``positions`` (the pool position of each index: the
+    features' positions for a linear probe); without ``positions`` the index is the pool position.
 
     Why Arrow: a run builds one table per epoch; taking rows of an Arrow string array is a C++
     gather, where building Python strings per row costs more than an epoch of a linear probe.
     """
     n = len(record.index)
+    index = np.asarray(record.index, dtype=np.int64)
 
     def floats(values: np.ndarray | None) -> np.ndarray:
         return np.full(n, np.nan) if values is None else values.astype(np.float64)
 
     columns = {
-        "sample_id": sample_ids.take(pa.array(record.index)),
+        "sample_id": sample_ids.take(pa.array(index)),
         "epoch": np.full(n, record.epoch, dtype=np.int32),
         "step": record.step.astype(np.int64),
+        "position": index if positions is None else np.asarray(positions, dtype=np.int64)[index],
         "proj": floats(record.proj),
         "weight": floats(record.weight),
         "cos": floats(record.cos),

@@ -3,7 +3,15 @@
 Why this way: each rank reads a disjoint strided part of every epoch's permutation, records only its
 own samples into its own part files, and averages gradients with one all-reduce per step (the same
 arithmetic DDP does, but after the Grad-Mimic head gradient has been written, which DDP's backward
-hooks would miss). Rank 0 alone finalises the run. Single-process runs get a no-op context.
+hooks would miss). A pass over the pool (feature extraction, ``score``) is cut into chunks of
+positions handed to the ranks in turn (chunk c to rank c mod world), each rank writing its own chunks;
+rank 0 then reads the chunks back in position order, one range at a time, never all at once. Rank 0
+alone finalises the run. Single-process runs get a no-op context.
+
+Across several machines the usual rendezvous flags apply (``torchrun --nnodes N --node-rank I
+--rdzv-backend c10d --rdzv-endpoint HOST:PORT``); ``--out`` must then be on a filesystem every node
+sees, and the feature cache (``MIMIC_EXPLORER_CACHE``) should be too (a node that cannot see another's
+cached chunks extracts them itself).
 """
 
 from __future__ import annotations
@@ -60,9 +68,15 @@ class DistContext:
         """True when every rank reports ok (used to fail all ranks together)."""
         if not self.active:
             return ok
-        flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+        flag = torch.tensor([0 if ok else 1], dtype=torch.int64, device=self._collective_device())
         dist.all_reduce(flag)
         return int(flag.item()) == 0
+
+    def _collective_device(self) -> torch.device:
+        """Where a tensor for a collective must live: this rank's GPU under NCCL, else the CPU."""
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     def close(self) -> None:
         """Leave the group together: a rank that tears gloo down while its peer still talks to it can

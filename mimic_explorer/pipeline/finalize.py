@@ -1,17 +1,47 @@
 """From recorded scores to the run's per-sample table, Stage 2 and evaluation.
 
-Shared by ``train`` and ``score`` so both write the same ``samples.parquet`` columns and the same
-evaluation block in ``meta.json``.
+Shared by ``train``, ``score`` and ``demo`` so all write the same ``samples.parquet`` columns and the
+same evaluation block in ``meta.json``.
+
+Why in chunks: at millions of samples neither the score rows nor the per-sample table fit in memory
+comfortably, so ``finish_samples`` works through the pool one range of positions (``STAGE2_CHUNK``) at
+a time, in two passes: the first gathers what needs the whole pool (``stage2.Stage2Fitter``: the
+tie-break's spread and subsamples for 2-group fits; ``baselines.Moments`` of the combined score's two
+halves; a subsample of the combined score for its GMM keep threshold), the second writes each range's
+rows to ``samples.parquet`` as a row group stream. Signals that cost a model pass (``train``) are
+computed once, in the first pass, and kept in a scratch file in between. ``add_stage2`` is the same
+computation on one range holding the whole pool (the in-memory path, for small pools and tests); the
+two give identical tables. Evaluation reads ``samples.parquet`` back a column at a time and holds
+O(N) arrays (is_noisy, keep, mimic_score and one signal at a time): AUROC and AP rank the whole pool.
+The walk from ``--out`` to the app is in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mimic_explorer import baselines, stage2
+from mimic_explorer.baselines import MOMENT_BLOCK, Moments, Standardiser
 from mimic_explorer.evaluation import detection_metrics, threshold_at_quality
-from mimic_explorer.recording import proj_summaries
+from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.score_rows import ScoreRows
+from mimic_explorer.store.writer import RunWriter
+
+#: pool positions per Stage-2 chunk (a multiple of ``baselines.MOMENT_BLOCK``)
+STAGE2_CHUNK = 65_536
+#: per-sample signal columns, in the order samples.parquet holds them
+SIGNAL_COLUMNS = ("reference_loss", "model_loss", "reducible_loss", "grand")
+#: score-row columns Stage 2 reads
+ROW_COLUMNS = ("epoch", "step", "position", "proj", "weight", "batch_size", "cos")
+COMBINED_COLUMNS = ("combined_score", "combined_keep")
+
+Signals = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 def samples_table(
@@ -30,43 +60,341 @@ def samples_table(
     return frame
 
 
+def signal_columns(signals: dict[str, np.ndarray], rows: int, index: np.ndarray | None = None) -> pd.DataFrame:
+    """Signal arrays (``train.collect_signals``'s names) as samples.parquet columns for ``rows`` samples;
+    ``index``: which of them each signal value belongs to (default: all, in order). Missing: NaN / NA."""
+    index = np.arange(rows) if index is None else np.asarray(index, dtype=np.int64)
+    frame = pd.DataFrame(index=pd.RangeIndex(rows))
+    for name in SIGNAL_COLUMNS:
+        if name in signals:
+            column = np.full(rows, np.nan)
+            column[index] = np.asarray(signals[name], dtype=np.float64)
+            frame[name] = column
+    if "model_pred" in signals:
+        pred = pd.array(np.zeros(rows, dtype=np.int64), dtype="Int64")
+        pred[:] = pd.NA
+        pred[index] = np.asarray(signals["model_pred"], dtype=np.int64)
+        frame["pred"] = pred
+    return frame
+
+
 def add_signals(samples: pd.DataFrame, signals: dict[str, np.ndarray], row_ids: np.ndarray) -> pd.DataFrame:
     """Join per-sample signal arrays (rows identified by ``row_ids``) onto ``samples``."""
-    frame = pd.DataFrame({"sample_id": np.asarray(row_ids, dtype=object).astype(str)})
-    for name in ("reference_loss", "model_loss", "reducible_loss", "grand"):
-        if name in signals:
-            frame[name] = signals[name].astype(np.float64)
-    if "model_pred" in signals:
-        frame["pred"] = signals["model_pred"].astype(np.int64)
-    return samples.merge(frame, on="sample_id", how="left")
+    where = pd.Index(samples["sample_id"]).get_indexer(np.asarray(row_ids, dtype=object).astype(str))
+    found = where >= 0
+    picked = {name: np.asarray(values)[found] for name, values in signals.items() if name != "index"}
+    extra = signal_columns(picked, len(samples), where[found])
+    return pd.concat([samples.reset_index(drop=True), extra], axis=1)
 
 
-def add_stage2(samples: pd.DataFrame, scores: pd.DataFrame, binarisation: str, aggregation: str) -> pd.DataFrame:
-    ensemble = stage2.aggregate(scores, binarisation, aggregation)
-    samples = samples.join(ensemble[["mimic_score", "keep", "votes"]], on="sample_id")
-    samples = samples.join(proj_summaries(scores), on="sample_id")
-    samples["keep"] = samples["keep"].fillna(False).astype(bool)
-    return samples
+def pool_rows(pool) -> Callable[[np.ndarray], pd.DataFrame]:
+    """``samples_table`` columns of the given positions of a ``setup.Pool`` (its labels as trained on)."""
+    source = pool.source
+
+    def rows(positions: np.ndarray) -> pd.DataFrame:
+        return samples_table(source.sample_ids[positions], [source.source_of(int(i)) for i in positions], pool.labels[positions],
+                             None if pool.true_labels is None else pool.true_labels[positions],
+                             None if pool.is_noisy is None else pool.is_noisy[positions])
+
+    return rows
+
+
+def with_positions(errors: pd.DataFrame, sample_ids: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """``errors.parquet`` rows with each bad sample's pool position (−1 for one outside the pool), and
+    the sorted positions of the bad samples in the pool."""
+    ids = errors["sample_id"].astype(str).to_numpy(dtype=object)
+    found = np.flatnonzero(np.isin(sample_ids, ids)) if len(ids) else np.zeros(0, dtype=np.int64)
+    where = dict(zip((str(i) for i in sample_ids[found]), found.tolist()))
+    positions = np.asarray([where.get(i, -1) for i in ids], dtype=np.int64)
+    return errors.assign(position=positions), np.sort(positions[positions >= 0])
+
+
+@dataclass
+class PoolView:
+    """What finishing a run needs of its pool, one range of pool positions at a time."""
+
+    size: int  # pool positions are 0 .. size − 1
+    bad: np.ndarray  # sorted positions without a samples row (errors.parquet)
+    base: Callable[[np.ndarray], pd.DataFrame]  # good positions (ascending) -> ``samples_table`` columns
+    signals: Signals | None = None  # good positions -> per-sample signal arrays (a model pass); ``index``:
+    # the pool position of each value (default: the positions asked for, in order)
+
+    def good(self, start: int, stop: int) -> np.ndarray:
+        positions = np.arange(start, stop, dtype=np.int64)
+        bad = self.bad[(self.bad >= start) & (self.bad < stop)]
+        return np.setdiff1d(positions, bad, assume_unique=True) if len(bad) else positions
+
+
+@dataclass(frozen=True)
+class Stage2Options:
+    """How a run's samples are finished."""
+
+    binarisation: str = "weight"
+    aggregation: str = "majority"
+    scored: bool = True  # False (no reference): mimic_score NaN and every sample kept
+    losses_from_rows: bool = False  # ``score``: model_loss and pred come from the score rows
+    chunk: int = STAGE2_CHUNK
+    cap: int = stage2.FIT_CAP
+
+
+@dataclass
+class Finished:
+    """What finishing wrote: the summary's Stage-2 part and the evaluation (also for ``meta.json``)."""
+
+    summary: dict
+    evaluation: dict[str, dict[str, float]]
+
+
+@dataclass
+class _Combined:
+    """Pass-1 state of the combined score: the moments of its two halves and a subsample for its split."""
+
+    total: int
+    cap: int
+    cos: Moments = field(default_factory=Moments)
+    loss: Moments = field(default_factory=Moments)
+    sample: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    scales: tuple[Standardiser, Standardiser] | None = None
+    split: stage2.TwoGroupSplit | None = None
+
+    def add(self, positions: np.ndarray, cos_mean: np.ndarray, reference_loss: np.ndarray) -> None:
+        self.cos.add(cos_mean, positions)
+        self.loss.add(baselines.reference_utility(reference_loss), positions)
+        chosen = stage2.fit_sample(positions, self.total, self.cap)
+        self.sample.append((positions[chosen], cos_mean[chosen], reference_loss[chosen]))
+
+    def fit(self) -> bool:
+        """Fit the keep threshold; False when no sample has a mean cos (nothing to combine)."""
+        if not self.cos.count or not self.loss.count:
+            return False
+        self.scales = (self.cos.standardiser(), self.loss.standardiser())
+        positions, cos_mean, loss = (np.concatenate(parts) for parts in zip(*self.sample))
+        order = np.argsort(positions, kind="stable")
+        values = baselines.combined_score(cos_mean[order], loss[order], self.scales)
+        self.split = stage2.TwoGroupSplit.fit(values[np.isfinite(values)], "gmm")
+        return True
+
+    def columns(self, cos_mean: np.ndarray, reference_loss: np.ndarray) -> dict[str, np.ndarray]:
+        score = baselines.combined_score(cos_mean, reference_loss, self.scales)
+        return {"combined_score": score, "combined_keep": self.split.upper(score)}
+
+
+class _Finisher:
+    """Stage 2 over ranges of positions: ``observe`` every range (pass 1), ``fit``, then ``finish``
+    every range (pass 2). A range is its samples' base frame (with ``position``) and score rows."""
+
+    def __init__(self, options: Stage2Options, total: int):
+        self.options = options
+        self.fitter = stage2.Stage2Fitter(options.binarisation, options.aggregation, total, options.cap)
+        self.combined = _Combined(total, options.cap)
+        self.combine = False
+        self.fit_result: stage2.Stage2Fit | None = None
+
+    def observe(self, frame: pd.DataFrame, rows: pd.DataFrame) -> None:
+        if not self.options.scored:
+            return
+        self.fitter.add(rows)
+        if "reference_loss" in frame.columns:
+            cos_mean = _per_sample(rows, "cos", frame["position"].to_numpy())
+            self.combined.add(frame["position"].to_numpy(), cos_mean, frame["reference_loss"].to_numpy(np.float64))
+
+    def fit(self) -> None:
+        if self.options.scored:
+            self.fit_result = self.fitter.fit()
+            self.combine = self.combined.fit()
+
+    def finish(self, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+        """The range's samples.parquet rows (without ``position``)."""
+        positions = frame["position"].to_numpy()
+        out = frame.drop(columns="position").reset_index(drop=True)
+        if not self.options.scored:
+            out["mimic_score"] = np.nan
+            out["keep"] = True
+            return out
+        result = self.fit_result.apply(rows).reindex(positions)
+        if self.options.losses_from_rows:
+            out["model_loss"] = _per_sample(rows, "loss", positions)
+            out["pred"] = pd.array(_last_per_sample(rows, "pred", positions), dtype="Int64")
+        for column in stage2.PER_SAMPLE_COLUMNS:
+            if column == "keep":  # a sample without score rows is not kept
+                out[column] = result[column].fillna(False).to_numpy(dtype=bool)
+            else:
+                out[column] = result[column].to_numpy(dtype=np.float64)
+        if self.combine:
+            for name, values in self.combined.columns(out["cos_mean"].to_numpy(), out["reference_loss"].to_numpy()).items():
+                out[name] = values
+        return out
+
+
+def _per_sample(rows: pd.DataFrame, column: str, positions: np.ndarray) -> np.ndarray:
+    """Mean of a score-row column per sample (finite values), at ``positions`` (NaN where none)."""
+    if column not in rows.columns or not len(rows):
+        return np.full(len(positions), np.nan)
+    return stage2.per_sample_mean(rows, column).reindex(positions).to_numpy(np.float64)
+
+
+def _last_per_sample(rows: pd.DataFrame, column: str, positions: np.ndarray) -> np.ndarray:
+    last = rows.drop_duplicates("position", keep="last").set_index("position")[column]
+    return last.reindex(positions).to_numpy(dtype=object)
+
+
+def add_stage2(samples: pd.DataFrame, scores: pd.DataFrame, binarisation: str, aggregation: str, *,
+               positions: np.ndarray | None = None, total: int | None = None, cap: int = stage2.FIT_CAP) -> pd.DataFrame:
+    """The in-memory path: ``samples`` (base columns and signals, one row per sample) with Stage 2's
+    columns added from ``scores`` (every score row), the whole pool as one range. ``positions``: each
+    sample's pool position (default: from the score rows' ``position`` column, else the row order);
+    ``total``: the pool size (default: the last position + 1)."""
+    if positions is None:
+        if "position" in scores.columns and len(scores):
+            by_id = scores.drop_duplicates("sample_id").set_index("sample_id")["position"]
+            positions = by_id.reindex(samples["sample_id"].astype(str)).to_numpy()
+            if np.isnan(positions.astype(np.float64)).any():
+                raise ValueError("some samples have no score rows; give their positions")
+        else:
+            positions = np.arange(len(samples))
+            ids = pd.Index(samples["sample_id"].astype(str))
+            scores = scores.assign(position=ids.get_indexer(scores["sample_id"].astype(str)))
+    positions = np.asarray(positions, dtype=np.int64)
+    frame = samples.reset_index(drop=True).assign(position=positions)
+    order = np.argsort(positions, kind="stable")
+    frame = frame.iloc[order].reset_index(drop=True)
+    rows = stage2.sort_rows(scores[[c for c in scores.columns if c in (*ROW_COLUMNS, "loss", "pred")]])
+    finisher = _Finisher(Stage2Options(binarisation, aggregation, cap=cap),
+                         int(positions.max()) + 1 if total is None and len(positions) else (total or 0))
+    finisher.observe(frame, rows)
+    finisher.fit()
+    out = finisher.finish(frame, rows)
+    return out.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
+
+
+class _Scratch:
+    """The ranges' base frames (with signals) between the two passes: one row group per range in a
+    hidden file of the run directory, so a model pass over the pool runs once."""
+
+    def __init__(self, layout: RunLayout):
+        self.path = layout.scratch("stage2-samples")
+        self._writer: pq.ParquetWriter | None = None
+        self._reader: pq.ParquetFile | None = None
+
+    def put(self, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, preserve_index=False,
+                                     schema=None if self._writer is None else self._writer.schema)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+
+    def get(self, index: int) -> pd.DataFrame:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._reader = pq.ParquetFile(self.path)
+        return self._reader.read_row_group(index).to_pandas()
+
+    def remove(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _ranges(size: int, chunk: int) -> list[tuple[int, int]]:
+    if chunk % MOMENT_BLOCK:
+        raise ValueError(f"the Stage-2 chunk ({chunk}) must be a multiple of {MOMENT_BLOCK} positions")
+    return [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
+
+
+def _base_frame(pool: PoolView, positions: np.ndarray) -> pd.DataFrame:
+    frame = pool.base(positions).reset_index(drop=True)
+    frame.insert(0, "position", positions)
+    if pool.signals is not None:
+        found = dict(pool.signals(positions))
+        rows = np.searchsorted(positions, np.asarray(found.pop("index"), dtype=np.int64)) if "index" in found else None
+        frame = pd.concat([frame, signal_columns(found, len(positions), rows)], axis=1)
+    return frame
+
+
+def finish_samples(writer: RunWriter, pool: PoolView, options: Stage2Options) -> Finished:
+    """Stage 2 and ``samples.parquet`` for a run whose score parts are on disk, in chunks of
+    ``options.chunk`` positions; then the evaluation, read back a column at a time."""
+    layout = writer.layout
+    scores = ScoreRows(layout) if options.scored else None
+    if scores is not None and scores.available and not scores.positioned:
+        raise ValueError("the run's score parts have no position column; they were written by an older version "
+                         "(rerun with --force)")
+    columns = [c for c in (*ROW_COLUMNS, "loss", "pred") if scores is not None and c in scores.columns]
+    finisher = _Finisher(options, pool.size)
+    scratch = _Scratch(layout) if pool.signals is not None else None
+    ranges = _ranges(pool.size, options.chunk)
+
+    def rows_of(start: int, stop: int) -> pd.DataFrame:
+        if scores is None or not scores.available:
+            return pd.DataFrame({c: pd.Series(dtype=np.float64) for c in ("epoch", "position", "proj")})
+        return stage2.sort_rows(scores.range(start, stop, columns))
+
+    try:
+        for start, stop in ranges:  # pass 1: base frames (signals kept in the scratch file), fits
+            frame = _base_frame(pool, pool.good(start, stop))
+            if scratch is not None:
+                scratch.put(frame)
+            if options.scored:
+                finisher.observe(frame, rows_of(start, stop))
+        finisher.fit()
+        with writer.samples_writer() as samples:  # pass 2: each range's rows, streamed
+            for index, (start, stop) in enumerate(ranges):
+                frame = scratch.get(index) if scratch is not None else _base_frame(pool, pool.good(start, stop))
+                samples.write(finisher.finish(frame, rows_of(start, stop) if options.scored else None))
+            if not ranges:
+                samples.write(finisher.finish(_base_frame(pool, np.zeros(0, dtype=np.int64)), rows_of(0, 0)))
+    finally:
+        if scratch is not None:
+            scratch.remove()
+    return _evaluate_file(layout)
+
+
+def _evaluate_file(layout: RunLayout) -> Finished:
+    names = pq.read_schema(layout.samples).names
+    reader = pq.ParquetFile(layout.samples)
+
+    def column(name: str) -> np.ndarray:
+        return reader.read(columns=[name]).column(name).to_numpy(zero_copy_only=False)
+
+    return _evaluate(column, names)
+
+
+def _evaluate(column: Callable[[str], np.ndarray], names: list[str]) -> Finished:
+    keep = column("keep").astype(bool)
+    summary = {"samples": int(len(keep)), "estimated_quality": stage2.quality_estimate(keep)}
+    if "combined_keep" in names:
+        finite = np.isfinite(column("combined_score").astype(np.float64))
+        summary["combined_quality"] = stage2.quality_estimate(column("combined_keep").astype(bool)[finite])
+    evaluation: dict[str, dict[str, float]] = {}
+    if "is_noisy" in names and "mimic_score" in names:
+        mimic = column("mimic_score").astype(np.float64)
+        valid = np.isfinite(mimic)
+        if valid.any():
+            is_noisy = column("is_noisy").astype(bool)[valid]
+            kept = keep[valid]
+            evaluation["mimic_score"] = detection_metrics(is_noisy, mimic[valid], kept)
+            quality = stage2.quality_estimate(kept)
+            for name in baselines.UTILITY_SIGN:
+                if name == "mimic_score" or name not in names:
+                    continue
+                util = baselines.UTILITY_SIGN[name] * column(name).astype(np.float64)[valid]
+                if not np.isfinite(util).all():
+                    continue
+                own = column("combined_keep").astype(bool)[valid] if name == "combined_score" else None
+                evaluation[name] = detection_metrics(is_noisy, util, own if own is not None else threshold_at_quality(util, quality))
+    if evaluation:
+        summary["detection"] = evaluation["mimic_score"]
+        summary["true_quality"] = evaluation["mimic_score"]["true_quality"]
+    return Finished(summary, evaluation)
 
 
 def evaluate(samples: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Detection metrics for mimic_score (its own filter) and every baseline (cut at the same kept
-    fraction), when ground truth exists; empty otherwise."""
-    if "is_noisy" not in samples.columns or "mimic_score" not in samples.columns:
+    """Detection metrics for mimic_score and combined_score (each with its own filter) and every other
+    baseline (cut at mimic_score's kept fraction), when ground truth exists; empty otherwise."""
+    if "keep" not in samples.columns:
         return {}
-    valid = samples[np.isfinite(samples["mimic_score"].to_numpy(dtype=float))]
-    if valid.empty:
-        return {}
-    quality = stage2.quality_estimate(valid["keep"].to_numpy())
-    out = {"mimic_score": detection_metrics(valid["is_noisy"], valid["mimic_score"], valid["keep"])}
-    for column in baselines.available(valid):
-        if column == "mimic_score":
-            continue
-        util = baselines.utility(valid, column)
-        if not np.isfinite(util).all():
-            continue
-        out[column] = detection_metrics(valid["is_noisy"], util, threshold_at_quality(util, quality))
-    return out
+    return _evaluate(lambda name: samples[name].to_numpy(), list(samples.columns)).evaluation
 
 
 def format_evaluation(evaluation: dict[str, dict[str, float]]) -> str:
@@ -79,4 +407,7 @@ def format_evaluation(evaluation: dict[str, dict[str, float]]) -> str:
     m = evaluation["mimic_score"]
     lines.append(f"quality: estimated {m['estimated_quality']:.3f}, true {m['true_quality']:.3f} "
                  f"(error {m['quality_error']:+.3f})")
+    if "combined_score" in evaluation:
+        c = evaluation["combined_score"]
+        lines.append(f"combined_score quality: estimated {c['estimated_quality']:.3f} (error {c['quality_error']:+.3f})")
     return "\n".join(lines)

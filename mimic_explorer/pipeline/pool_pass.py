@@ -80,3 +80,16 @@ def pool_pass(
             errors.extend(batch.bad)
         if len(batch.index):
             yield batch
+
+
+def _no_input(image) -> torch.Tensor:
+    return torch.zeros(0)
+
+
+def thumbnail_pass(source: Source, labels: np.ndarray, on_thumbnails: Callable[[np.ndarray, list], None], workers: int = 0,
+                   *, indices: Sequence[int] | None = None, errors: ErrorLog | None = None, batch_size: int = 256) -> None:
+    """Decode samples once for their thumbnails alone (no model input is made):
+    ``on_thumbnails(positions, thumbs)`` per batch, bad samples into ``errors``."""
+    for batch in pool_pass(source, labels, _no_input, batch_size, indices=indices, thumbnails=True, workers=workers,
+                           errors=errors):
+        on_thumbnails(batch.index.numpy(), batch.thumbs)

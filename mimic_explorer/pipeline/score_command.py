@@ -1,8 +1,10 @@
 """``mimic-explorer score``: mimic scores of one fixed checkpoint against a reference.
 
-Why chunks: a pool of millions is scored in an ordered pass; every chunk of samples is written as its
-own part file (per rank under torchrun) as soon as it is done, so memory stays bounded by the batch,
-a killed run resumes at the first missing chunk, and rank 0 only has to read the parts at the end.
+Why chunks: a pool of millions is scored in an ordered pass; every chunk of contiguous pool positions
+is written as its own part file (chunks go to the ranks in turn under torchrun) as soon as it is done,
+so memory stays bounded by the chunk, a killed run resumes at the first missing chunk, and rank 0
+reads the parts back by position, one range at a time, to finish the run (``pipeline.finalize``).
+A linear probe's features come from the shared feature cache, read a chunk at a time.
 Within a batch the Stage-1 weight is ``softmax(proj)`` so the same Stage-2 rules apply; the default
 Stage-2 vote for a single checkpoint is ``proj ≥ 0``.
 """
@@ -15,24 +17,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mimic_explorer import stage2
 from mimic_explorer.data.captions import PAIRS
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.distributed import DistContext
 from mimic_explorer.pipeline.features import extract_features
-from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evaluation, samples_table
+from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
 from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.pipeline.options import ScoreOptions
 from mimic_explorer.pipeline.pairs_score import score_pairs
 from mimic_explorer.pipeline.pairs_setup import PairInputs, prepare_pairs
-from mimic_explorer.pipeline.pool_pass import pool_pass
+from mimic_explorer.pipeline.pool_pass import pool_pass, thumbnail_pass
 from mimic_explorer.pipeline.setup import RunInputs, build_models, model_facts, open_pool, pool_fingerprints
 from mimic_explorer.progress import Progress
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
 from mimic_explorer.store.thumbs import ThumbnailWriter
+from mimic_explorer.store.writer import write_score_part
 
 ScoreRun = RunContext[ScoreOptions, RunInputs]
 
@@ -78,62 +80,57 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
     pool, models, progress, log, layout = run.inputs.pool, run.inputs.models, run.progress, run.log, run.layout
     started = time.perf_counter()
     source = pool.source
-    params = options.mimic_params()
     errors = ErrorLog()
     resuming = bool(layout.chunk_parts())
     need_thumbs = ctx.is_main and not (resuming and layout.thumbs_index.exists())
     thumbs = ThumbnailWriter(out) if need_thumbs else None
-    mine = np.arange(ctx.rank, len(source), ctx.world)
+    chunks = range(-(-len(source) // options.chunk_size))
+    mine = chunks[ctx.rank :: ctx.world]  # chunk c (positions c·size … (c+1)·size − 1) is rank c mod world's
     scored, scored_reference = models.model, models.reference  # linear probes score the head on features
-    feature_values = None
-    if options.linear_probe:
+    feats = None
+    if options.linear_probe:  # one feature matrix of the whole pool, its chunks shared by the ranks
         feats = extract_features(models.model, source, pool.labels, models.transform, head_name=models.head_name,
-                                 device=device, workers=options.workers,
-                                 indices=mine, on_thumbnails=None, progress=lambda d, t: progress("features", d, t))
+                                 device=device, workers=options.workers, dist=ctx,
+                                 progress=lambda d, t: progress("features", d, t))
         errors.extend(feats.bad)
         scored = LinearProbe(dict(models.model.named_modules())[models.head_name])
         scored_reference = LinearProbe(dict(models.reference.named_modules())[models.head_name])
-        feature_values, feature_pos = feats.values, feats.positions
-    score_batch = _batch_scorer(options, models, scored, scored_reference, params)
-    done = 0
-    for chunk, start in enumerate(range(0, len(mine), options.chunk_size)):
-        path = layout.chunk_part(chunk, ctx.rank if ctx.active else None)
-        indices = mine[start : start + options.chunk_size]
-        if path.exists():  # finished before an interruption
-            done += len(indices)
+    score_batch = _batch_scorer(options, models, scored, scored_reference, options.mimic_params())
+    thumbnailed: set[int] = set()
+    for done, chunk in enumerate(mine, start=1):
+        start, stop = chunk * options.chunk_size, min((chunk + 1) * options.chunk_size, len(source))
+        if layout.chunk_part_of(chunk) is not None:  # finished before an interruption
             continue
-        rows = []
-        if feature_values is not None:
-            sel = np.flatnonzero(np.isin(feature_pos, indices))
-            batches = ((torch.from_numpy(feature_pos[sel[s : s + options.batch_size]]),
-                        feature_values[sel[s : s + options.batch_size]],
-                        torch.from_numpy(pool.labels[feature_pos[sel[s : s + options.batch_size]]].copy()), [])
-                       for s in range(0, len(sel), options.batch_size))
+        if feats is not None:
+            batches = _feature_batches(feats, pool.labels, start, stop, options.batch_size)
         else:
             batches = ((b.index, b.inputs, b.targets, b.thumbs) for b in pool_pass(
-                source, pool.labels, models.transform, options.batch_size, indices=indices, thumbnails=thumbs is not None,
-                workers=options.workers, errors=errors))
+                source, pool.labels, models.transform, options.batch_size, indices=np.arange(start, stop),
+                thumbnails=thumbs is not None, workers=options.workers, errors=errors))
+            if thumbs is not None:
+                thumbnailed.add(chunk)
+        rows = []
         for step, (index, x, y, batch_thumbs) in enumerate(batches):
-            x, y = x.to(device), y.to(device)
-            proj, cos, loss, pred = score_batch(x, y)
+            proj, cos, loss, pred = score_batch(x.to(device), y.to(device))
             weights = stage1_weights(proj if options.score_method == "proj" else cos, "normed_" + options.score_method, options.temperature)
             rows.append(pd.DataFrame({
-                "sample_id": source.sample_ids[index.numpy()].astype(str), "epoch": 0, "step": chunk * 100_000 + step,
+                "sample_id": source.sample_ids[index.numpy()].astype(str), "epoch": np.int32(0),
+                "step": chunk * 100_000 + step, "position": index.numpy().astype(np.int64),
                 "proj": proj.double().cpu().numpy(), "weight": weights.double().cpu().numpy(),
                 "cos": cos.double().cpu().numpy() if cos is not None else np.nan, "loss": loss.double().cpu().numpy(),
                 "pred": pred.cpu().numpy().astype(np.int32), "batch_size": np.int32(len(y)),
             }))
-            if thumbs is not None and batch_thumbs:
-                for p, t in zip(index.numpy(), batch_thumbs):
-                    thumbs.add(source.sample_ids[p], t)
-        frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["sample_id", "epoch", "step", "proj", "weight"])
-        write_parquet(path, frame)
-        done += len(indices)
+            for p, t in zip(index.numpy(), batch_thumbs if thumbs is not None else []):
+                thumbs.add(source.sample_ids[p], t)
+        frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["sample_id", "epoch", "step", "position", "proj", "weight"])
+        write_score_part(layout.chunk_part(chunk, ctx.rank if ctx.active else None), frame)
         progress("scoring", done, len(mine))
-    if thumbs is not None:
-        if options.linear_probe:  # features came from the cache or another pass: decode for thumbnails alone
-            for i, image in source.iter_images(errors=ErrorLog(), workers=options.workers):
-                thumbs.add(source.sample_ids[i], image)
+    if thumbs is not None:  # chunks another rank scored, or scored from features or before a resume
+        add = lambda positions, items: [thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items)]  # noqa: E731
+        for chunk in chunks:
+            if chunk not in thumbnailed:
+                thumbnail_pass(source, pool.labels, add, options.workers,
+                               indices=np.arange(chunk * options.chunk_size, min((chunk + 1) * options.chunk_size, len(source))))
         thumbs.close()
     bad_rows = [(b.sample_id, b.path, b.reason) for b in errors]
     write_parquet(layout.error_part(ctx.rank),
@@ -141,29 +138,29 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
     ctx.barrier()
     if not ctx.is_main:
         return run.outcome({})
-    scores = pd.concat([pd.read_parquet(p) for p in layout.chunk_parts()], ignore_index=True)
     error_parts = layout.error_parts()
     all_errors = pd.concat([pd.read_parquet(p) for p in error_parts], ignore_index=True).drop_duplicates("sample_id")
+    all_errors, bad = with_positions(all_errors, source.sample_ids)
     for p in error_parts:
         p.unlink()
-    bad_ids = set(all_errors["sample_id"].astype(str))
-    good = np.asarray([i for i, s in enumerate(source.sample_ids) if s not in bad_ids], dtype=np.int64)
-    samples = samples_table(source.sample_ids[good], source.sources[good], pool.labels[good],
-                            None if pool.true_labels is None else pool.true_labels[good],
-                            None if pool.is_noisy is None else pool.is_noisy[good])
-    per_sample = scores.set_index("sample_id")
-    samples["model_loss"] = samples["sample_id"].map(per_sample["loss"]).astype(np.float64)
-    samples["pred"] = samples["sample_id"].map(per_sample["pred"]).astype("Int64")
-    samples = add_stage2(samples, scores, options.binarisation, options.aggregation)
-    evaluation = evaluate(samples)
-    summary = {"samples": int(len(samples)), "skipped": int(len(all_errors)),
-               "estimated_quality": stage2.quality_estimate(samples["keep"].to_numpy())}
-    if evaluation:
-        summary["detection"] = evaluation["mimic_score"]
-    writer.write_samples(samples)
+    finished = finish_samples(writer, PoolView(len(source), bad, pool_rows(pool)),
+                              Stage2Options(options.binarisation, options.aggregation, losses_from_rows=True))
     writer.write_errors(all_errors)
     if len(all_errors):
         log(f"skipped {len(all_errors)} bad sample(s); see {layout.errors}")
-    writer.meta.set(evaluation=evaluation, stage2={"binarisation": options.binarisation, "aggregation": options.aggregation},
+    writer.meta.set(evaluation=finished.evaluation, stage2={"binarisation": options.binarisation, "aggregation": options.aggregation},
                     timings={"score_s": time.perf_counter() - started})
-    return run.outcome(summary, report=format_evaluation(evaluation))
+    summary = {**finished.summary, "skipped": int(len(all_errors))}
+    summary.pop("true_quality", None)
+    return run.outcome(summary, report=format_evaluation(finished.evaluation))
+
+
+def _feature_batches(feats, labels: np.ndarray, start: int, stop: int, batch_size: int):
+    """(positions, features, labels, no thumbnails) batches of the pool positions ``start … stop − 1``,
+    the features read from the cache entry by one explicit read (memory stays one chunk)."""
+    lo, hi = feats.rows_between(start, stop)
+    values = torch.from_numpy(feats.rows(lo, hi))
+    positions = np.asarray(feats.positions[lo:hi], dtype=np.int64)
+    targets = torch.from_numpy(np.asarray(labels[positions], dtype=np.int64))
+    for s in range(0, hi - lo, batch_size):
+        yield torch.from_numpy(positions[s : s + batch_size]), values[s : s + batch_size], targets[s : s + batch_size], []

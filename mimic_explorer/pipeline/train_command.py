@@ -14,10 +14,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from mimic_explorer import stage2
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.checkpoints import save_checkpoint
@@ -27,14 +25,13 @@ from mimic_explorer.pipeline.batches import PoolBatches
 from mimic_explorer.pipeline.distributed import DistContext
 from mimic_explorer.pipeline.epoch_parts import EpochParts
 from mimic_explorer.pipeline.features import extract_features
-from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, format_evaluation, samples_table
+from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
 from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.pipeline.options import TrainOptions
-from mimic_explorer.pipeline.pool_pass import pool_pass
+from mimic_explorer.pipeline.pool_pass import pool_pass, thumbnail_pass
 from mimic_explorer.pipeline.setup import (DRIFT_WARNING, RunInputs, backbone_distance, build_models, model_facts,
                                            open_pool, pool_fingerprints)
 from mimic_explorer.progress import Progress
-from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import write_checkpoint_sidecar
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.train import NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals, train
@@ -74,17 +71,6 @@ def _resume_epoch(run: TrainRun) -> int:
     return resume_epoch
 
 
-def _thumbnail_pass(source, labels, thumbs_cb, workers: int, errors: ErrorLog | None = None) -> None:
-    """Decode every sample once for its thumbnail alone (no model input is made)."""
-    for batch in pool_pass(source, labels, lambda image: torch.zeros(0), 256, thumbnails=True, workers=workers, errors=errors):
-        thumbs_cb(batch.index.numpy(), batch.thumbs)
-
-
-def _read_parts(layout: RunLayout) -> pd.DataFrame:
-    parts = layout.epoch_parts()
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
-
-
 def _describe(source) -> dict:
     try:
         return source.describe()
@@ -111,11 +97,11 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
             p.requires_grad_(False)
         t0 = time.perf_counter()
         feats = extract_features(model, source, pool.labels, models.transform, head_name=models.head_name, device=device, batch_size=max(256, options.batch_size),
-                                 workers=options.workers, on_thumbnails=thumbs_cb, progress=lambda d, t: progress("features", d, t))
+                                 workers=options.workers, on_thumbnails=thumbs_cb, progress=lambda d, t: progress("features", d, t), dist=ctx)
         timings["features_s"] = time.perf_counter() - t0
         timings["features_cached"] = feats.cached
         if feats.cached and thumbs is not None:  # the cache spared the decode; thumbnails still need one
-            _thumbnail_pass(source, pool.labels, thumbs_cb, options.workers)
+            thumbnail_pass(source, pool.labels, thumbs_cb, options.workers)
         errors.extend(feats.bad)
         head = dict(model.named_modules())[models.head_name]
         for p in head.parameters():
@@ -129,7 +115,7 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
         local_count = len(range(ctx.rank, len(positions), ctx.world))
     else:
         if thumbs is not None:  # fine-tuning decodes in shuffled order; thumbnails get their own pass
-            _thumbnail_pass(source, pool.labels, thumbs_cb, options.workers, errors)
+            thumbnail_pass(source, pool.labels, thumbs_cb, options.workers, errors=errors)
         trainable, ref_trainable = model, reference
         batches = PoolBatches(source, pool.labels, models.transform, options.batch_size, options.seed,
                               rank=ctx.rank, world=ctx.world, workers=options.workers, errors=errors)
@@ -148,7 +134,8 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
     drift = []
     init_trainable = copy.deepcopy(trainable).cpu() if not options.linear_probe and reference is not None else None
 
-    parts = EpochParts(run.layout, ids_of_index, ctx, last_epoch=options.epochs - 1, every_s=options.checkpoint_every)
+    parts = EpochParts(run.layout, ids_of_index, ctx, last_epoch=options.epochs - 1, every_s=options.checkpoint_every,
+                       positions=feats.positions if options.linear_probe else None)
 
     def on_checkpoint(epoch, module, optimizer) -> None:
         if init_trainable is not None:
@@ -181,33 +168,20 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
                                  {"arch": options.arch, "class_names": source.class_names, "init_fingerprint": models.init_fingerprint,
                                   "run_id": writer.meta.run_id, "linear_probe": options.linear_probe, "data": options.data,
                                   SIDECAR_PREPROCESSING: models.preprocessing})
-    good = np.asarray([i for i in range(len(source)) if source.sample_ids[i] not in errors], dtype=np.int64)
-    samples = samples_table(source.sample_ids[good], source.sources[good], pool.labels[good],
-                            None if pool.true_labels is None else pool.true_labels[good],
-                            None if pool.is_noisy is None else pool.is_noisy[good])
-    summary: dict = {"samples": int(len(samples)), "skipped": len(errors), "epochs": options.epochs}
+    errors_frame, bad = with_positions(errors.to_frame(), source.sample_ids)
+    signals = None
+    if reference is not None and options.linear_probe:
+        signals = _probe_signals(feats, trainable, ref_trainable, batches)
+    elif reference is not None:
+        signals = _pool_signals(model, reference, pool, models, options.workers, device)
+    finished = finish_samples(writer, PoolView(len(source), bad, pool_rows(pool), signals),
+                              Stage2Options(options.binarisation, options.aggregation, scored=reference is not None))
+    summary: dict = {"samples": finished.summary["samples"], "skipped": len(errors), "epochs": options.epochs}
+    evaluation = finished.evaluation
     if reference is not None:
-        if options.linear_probe:
-            signals = evaluate_signals(trainable, ref_trainable, batches.inputs, batches.targets, head_name=LinearProbe.HEAD)
-            signal_ids = ids_of_index[signals["index"]]
-        else:
-            signal_batches = ((b.index, b.inputs, b.targets) for b in pool_pass(source, pool.labels, models.transform, 256, workers=options.workers))
-            signals = collect_signals(model, reference, signal_batches, device, head_name=models.head_name)
-            signal_ids = source.sample_ids[signals["index"]]
-        samples = add_signals(samples, signals, signal_ids)
-        scores = _read_parts(run.layout)
-        samples = add_stage2(samples, scores, options.binarisation, options.aggregation)
-        evaluation = evaluate(samples)
-        summary["estimated_quality"] = stage2.quality_estimate(samples["keep"].to_numpy())
-        if evaluation:
-            summary["detection"] = evaluation["mimic_score"]
-            summary["true_quality"] = evaluation["mimic_score"]["true_quality"]
+        summary.update({k: v for k, v in finished.summary.items() if k != "samples"})
         writer.meta.evaluation = evaluation
         writer.meta.stage2 = {"binarisation": options.binarisation, "aggregation": options.aggregation}
-    else:
-        samples["mimic_score"] = np.nan
-        samples["keep"] = True
-        evaluation = {}
     if options.test_data:
         summary["test_accuracy"] = _test_accuracy(options, models, trainable, device, out)
     if drift:
@@ -217,13 +191,32 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
                        "reference's; head-layer mimic scores may be no better than chance (use a linear probe or less drift)")
             writer.warn(message)
             log("WARNING: " + message)
-    writer.write_samples(samples)
-    errors_frame = errors.to_frame()
     writer.write_errors(errors_frame)
     if len(errors):
         log(errors.summary())
     writer.meta.timings.update(timings)
     return run.outcome(summary, report=format_evaluation(evaluation))
+
+
+def _probe_signals(feats, trainable, ref_trainable, batches):
+    """End-of-run signals of a linear probe for a range of good positions, from the cached features."""
+    def signals(positions: np.ndarray) -> dict:
+        lo, hi = feats.rows_between(int(positions[0]), int(positions[-1]) + 1) if len(positions) else (0, 0)
+        found = evaluate_signals(trainable, ref_trainable, batches.inputs[lo:hi], batches.targets[lo:hi], head_name=LinearProbe.HEAD)
+        found["index"] = np.asarray(feats.positions[lo:hi], dtype=np.int64)[found["index"]]
+        return found
+
+    return signals
+
+
+def _pool_signals(model, reference, pool, models, workers: int, device: str):
+    """End-of-run signals of a fine-tuned model for a range of good positions, decoding their images."""
+    def signals(positions: np.ndarray) -> dict:
+        batches = ((b.index, b.inputs, b.targets) for b in pool_pass(pool.source, pool.labels, models.transform, 256,
+                                                                       indices=positions, workers=workers))
+        return collect_signals(model, reference, batches, device, head_name=models.head_name)
+
+    return signals
 
 
 def _test_accuracy(options: TrainOptions, models, trainable, device: str, out: Path) -> float:

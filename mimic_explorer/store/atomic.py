@@ -17,20 +17,38 @@ import pandas as pd
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then atomically move the result to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    pending = AtomicFile(path)
     try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
-        os.replace(tmp, path)
+        write(pending.tmp)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        pending.abort()
         raise
-    return path
+    return pending.commit()
+
+
+class AtomicFile:
+    """A temporary file beside ``path`` that becomes ``path`` on ``commit`` (fsync, then rename) or
+    disappears on ``abort``: for writers that fill a file over time (``store.writer.SamplesWriter``)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+
+    def commit(self) -> Path:
+        try:
+            with open(self.tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
 
 
 def _umask() -> int:

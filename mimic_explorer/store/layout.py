@@ -10,13 +10,32 @@ described for readers in docs/ARCHITECTURE.md (the run-directory contract).
     samples.parquet      one row per sample: labels, mimic_score, keep, signals
     scores/              per-epoch (train, demo) or per-chunk (score) score parts, per rank under torchrun
     scores.parquet       older runs: every score row in one file
-    errors.parquet       samples that could not be read, with the reason
+    errors.parquet       samples that could not be read, with the reason (and pool position)
     thumbs/              thumbnails: one blob file plus an index of (sample_id, offset, length)
     filters/             keep-lists and their specs saved from the app
     index/               the app's per-run indexes
     state.pt             training state of an unfinished run (resume point)
     run.log              every message the run printed
     .lock                the pid of the process writing the run
+
+Row formats (what a reader may rely on; ``store.score_rows`` reads them):
+
+- **position** is a sample's *pool position*: its index in the ``--data`` source (0 … pool size − 1),
+  known before any image is decoded and the same on every rank. ``samples.parquet`` holds the pool's
+  good samples in ascending position; the bad ones are the rows of ``errors.parquet``, whose
+  ``position`` column (int64) gives where they sit, so row ↔ position needs no string lookup
+  (``score_rows.samples_positions``). Runs written before positions existed have neither column;
+  their readers fall back to ``sample_id``.
+- **Score parts** (``epoch-*.parquet``, ``chunk-*.parquet``) hold the columns ``sample_id`` (string),
+  ``epoch`` (int32), ``step`` (int64: the batch the row was scored in, unique within an epoch across
+  ranks), ``position`` (int64), ``proj``, ``weight``, ``cos``, ``loss`` (float64), ``pred``,
+  ``batch_size`` (int32); each part is sorted by (epoch, position) and written in row groups of at
+  most ``SCORE_ROW_GROUP_ROWS`` rows with min/max statistics, so a filter on ``position`` (one sample,
+  or a range of samples) reads only the row groups that can hold it. A ``score`` chunk part covers the
+  contiguous positions ``[chunk × chunk_size, (chunk + 1) × chunk_size)``; chunks go to ranks in turn
+  (chunk c to rank c mod world), so listing chunk parts by name lists them by position.
+- **samples.parquet** is written in row groups of ``SAMPLES_ROW_GROUP_ROWS`` rows (the last may be
+  shorter), whatever chunk size Stage 2 worked in, so row r is in row group r // SAMPLES_ROW_GROUP_ROWS.
 """
 
 from __future__ import annotations
@@ -40,12 +59,17 @@ STATE = "state.pt"
 LOG = "run.log"
 #: suffix of the metadata file saved beside a checkpoint by ``train --save-model``
 CHECKPOINT_SIDECAR_SUFFIX = ".meta.json"
+#: most rows in one row group of a score part (bounded reads of one sample or a range of samples)
+SCORE_ROW_GROUP_ROWS = 65_536
+#: rows in each row group of samples.parquet (all but the last)
+SAMPLES_ROW_GROUP_ROWS = 65_536
 
 _EPOCH = "epoch-"
 _CHUNK = "chunk-"
 _ERRORS_PART = ".errors-rank"
 _PART = ".parquet"
 _ERRORS_PART_SUFFIX = ".parquet.part"  # hidden and not ``*.parquet``: never read as a score part
+_SCRATCH_SUFFIX = ".scratch"
 
 
 def _rank_suffix(rank: int | None) -> str:
@@ -141,6 +165,17 @@ class RunLayout:
     def error_parts(self) -> list[Path]:
         return self._glob(f"{_ERRORS_PART}*{_ERRORS_PART_SUFFIX}")
 
+    def chunk_part_of(self, chunk: int) -> Path | None:
+        """The finished part of ``chunk`` whichever rank wrote it (a resumed run may have another
+        number of ranks), or None."""
+        found = self._glob(f"{_CHUNK}{chunk:06d}{_PART}") + self._glob(f"{_CHUNK}{chunk:06d}-rank*{_PART}")
+        return found[0] if found else None
+
+    def scratch(self, name: str) -> Path:
+        """A hidden working file of the finishing stage (``scores/.NAME.scratch``): never a score part,
+        removed when the run completes and by ``clear_score_parts``."""
+        return self.scores_dir / f".{name}{_SCRATCH_SUFFIX}"
+
     def score_parts(self) -> list[Path]:
         """Every file holding score rows: the legacy single file when it exists, else every part."""
         if self.scores_file.exists():
@@ -163,7 +198,7 @@ class RunLayout:
 
     def clear_score_parts(self) -> None:
         """Remove every score and error part (a fresh or forced run starts from nothing)."""
-        for part in self.epoch_parts() + self.chunk_parts() + self.error_parts():
+        for part in self.epoch_parts() + self.chunk_parts() + self.error_parts() + self._glob(f".*{_SCRATCH_SUFFIX}"):
             part.unlink(missing_ok=True)
 
 

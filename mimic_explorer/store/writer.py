@@ -5,6 +5,12 @@ written atomically, score parts are separate files (so a resumed run continues f
 epoch or chunk), and ``meta.json`` says "complete" only after everything else is on disk. ``RunWriter``
 is the only code that creates a run directory, and it takes the lock before writing anything in it
 (see the run-directory contract in docs/ARCHITECTURE.md).
+
+Why row groups: at millions of samples a reader wants one sample, or a range of samples, without
+reading the file. Score parts are sorted by (epoch, position) and cut into bounded row groups
+(``write_score_part``); ``samples.parquet`` is streamed in fixed-size row groups as Stage 2 produces
+its chunks (``SamplesWriter``), so neither writer holds the whole table. The formats are described in
+``store.layout``.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from mimic_explorer.store.atomic import write_parquet
-from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.atomic import AtomicFile, atomic_write, write_parquet
+from mimic_explorer.store.layout import SAMPLES_ROW_GROUP_ROWS, SCORE_ROW_GROUP_ROWS, RunLayout
 from mimic_explorer.store.meta import RunMeta, write_meta
 
 
@@ -96,12 +105,19 @@ class RunWriter:
     def flush_meta(self) -> None:
         write_meta(self.layout, self.meta)
 
-    def write_scores(self, part: Path, frame: pd.DataFrame) -> Path:
+    def write_scores(self, part: Path, frame: pd.DataFrame | pa.Table) -> Path:
         """Write one score part; ``part`` is a path from ``self.layout`` (``epoch_part``, ``chunk_part``)."""
-        return write_parquet(part, frame)
+        return write_score_part(part, frame)
 
     def write_samples(self, frame: pd.DataFrame) -> Path:
-        return write_parquet(self.layout.samples, frame)
+        """``samples.parquet`` from one frame, in the same row groups the streaming writer makes."""
+        with self.samples_writer() as samples:
+            samples.write(frame)
+        return self.layout.samples
+
+    def samples_writer(self) -> "SamplesWriter":
+        """Stream ``samples.parquet`` chunk by chunk (published atomically on close)."""
+        return SamplesWriter(self.layout.samples)
 
     def write_errors(self, frame: pd.DataFrame) -> Path:
         return write_parquet(self.layout.errors, frame)
@@ -138,3 +154,90 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def write_score_part(path: str | os.PathLike, rows: pd.DataFrame | pa.Table) -> Path:
+    """Write score rows as one part, atomically: sorted by (epoch, position) when they have both, in
+    row groups of at most ``SCORE_ROW_GROUP_ROWS`` rows that never span two epochs (so each group's
+    position statistics are a tight range). Plain (not dictionary) strings: half the write time of the
+    run's largest files at the same size."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
+    keys = [name for name in ("epoch", "position") if name in table.column_names]
+    if table.num_rows > 1 and keys:
+        table = table.sort_by([(name, "ascending") for name in keys])
+
+    def write(tmp: str) -> None:
+        with pq.ParquetWriter(tmp, table.schema, use_dictionary=False) as writer:
+            for segment in _epoch_segments(table):
+                writer.write_table(segment, row_group_size=SCORE_ROW_GROUP_ROWS)
+
+    return atomic_write(path, write)
+
+
+def _epoch_segments(table: pa.Table) -> list[pa.Table]:
+    """Consecutive runs of one epoch in a table sorted by epoch (the whole table without ``epoch``)."""
+    if "epoch" not in table.column_names or table.num_rows == 0:
+        return [table]
+    epochs = table.column("epoch").to_numpy()
+    cuts = [0, *(np.flatnonzero(epochs[1:] != epochs[:-1]) + 1).tolist(), table.num_rows]
+    return [table.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+class SamplesWriter:
+    """``samples.parquet`` written as chunks of rows arrive, in row groups of exactly ``row_group_rows``
+    rows (the last may be shorter) whatever the chunks' sizes, so the file is the same however Stage 2
+    was chunked. Every chunk must have the first chunk's columns and dtypes. The file appears under its
+    name only on ``close`` (a failure leaves no half-written samples file)."""
+
+    def __init__(self, path: str | os.PathLike, row_group_rows: int = SAMPLES_ROW_GROUP_ROWS):
+        self.path, self.row_group_rows = Path(path), row_group_rows
+        self._file = AtomicFile(self.path)
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
+        if self._schema is None:
+            self._schema = table.schema
+            self._writer = pq.ParquetWriter(self._file.tmp, self._schema)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= self.row_group_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        table = pa.concat_tables(self._pending) if self._pending else None
+        self._pending, self._pending_rows = [], 0
+        if table is None:
+            return
+        full = table.num_rows if final else table.num_rows - table.num_rows % self.row_group_rows
+        for start in range(0, full, self.row_group_rows):
+            self._writer.write_table(table.slice(start, min(self.row_group_rows, full - start)))
+        if full < table.num_rows:
+            self._pending, self._pending_rows = [table.slice(full)], table.num_rows - full
+
+    def close(self) -> Path:
+        """Write what is left and publish the file."""
+        if self._writer is None:
+            raise ValueError(f"no rows were given for {self.path.name}; write at least one (possibly empty) frame")
+        self._flush(final=True)
+        self._writer.close()
+        return self._file.commit()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._file.abort()
+
+    def __enter__(self) -> "SamplesWriter":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()

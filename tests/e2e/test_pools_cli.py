@@ -87,10 +87,10 @@ def test_linear_probe_runs_share_cached_features_and_still_get_thumbnails(tmp_pa
     args = ["train", "--data", f"folder:{FIXTURE}", *SMALL, "--epochs", "2", "--init", str(model), "--linear-probe"]
     first = run_cli(*args, "--out", str(tmp_path / "a"), env=env)
     assert first.returncode == 0, first.stderr
-    assert len(list((cache / "features").glob("*.pt"))) == 1
+    assert len(list((cache / "features").glob("*/entry.json"))) == 1  # one streamed cache entry (a folder)
     second = run_cli(*args, "--reference", str(reference), "--label-noise", "0.3", "--out", str(tmp_path / "b"), env=env)
     assert second.returncode == 0, second.stderr
     run = open_run(tmp_path / "b")
     assert run.meta["timings"]["features_cached"] is True
-    assert len(list((cache / "features").glob("*.pt"))) == 1
+    assert len(list((cache / "features").glob("*/entry.json"))) == 1  # one streamed cache entry (a folder)
     assert all(run.thumbnails.get(s) for s in run.samples["sample_id"])
