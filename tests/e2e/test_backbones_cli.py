@@ -29,7 +29,8 @@ def _cache(tmp_path: Path) -> dict:
 
 
 def _feature_files(tmp_path: Path) -> set[str]:
-    return {p.name for p in (tmp_path / "cache" / "features").glob("*.pt")}
+    """The feature-cache entries (each a folder with its entry.json)."""
+    return {p.parent.name for p in (tmp_path / "cache" / "features").glob("*/entry.json")}
 
 
 def _ok(proc) -> None:
