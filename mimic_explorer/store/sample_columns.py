@@ -90,7 +90,7 @@ class SampleColumns:
     def full(self) -> pd.DataFrame:
         """The whole table in pandas (what an operation this view does not know needs)."""
         log.info("reading all of %s into memory", self.app_index.layout.samples)
-        return self.run.samples if self.run is not None else _read_samples(self.index)
+        return self.run.samples if self.run is not None else _read_samples(self.app_index)
 
     def __getattr__(self, name: str):
         if name.startswith("_") or name in ("app_index", "run"):
