@@ -31,6 +31,7 @@ from mimic_explorer.store.atomic import write_json
 from mimic_explorer.store.histogram import Histogram
 from mimic_explorer.store.index_build import build_index
 from mimic_explorer.store.layout import IndexFiles, RunLayout
+from mimic_explorer.store.trajectory_index import read_trajectories
 
 INDEX_VERSION = 1
 log = logging.getLogger(__name__)
@@ -40,9 +41,13 @@ class IndexUnavailable(OSError):
     """The index cannot be opened or built here (read-only run, full disk...); the message says why."""
 
 
-def _source_identity(samples: Path) -> dict[str, int]:
-    stat = samples.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def _source_identity(layout: RunLayout) -> dict[str, Any]:
+    """Size and mtime of samples.parquet and of every score part: any change makes the index stale."""
+    def identity(path: Path) -> dict[str, int]:
+        stat = path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    return {**identity(layout.samples), "parts": {p.name: identity(p) for p in layout.score_parts()}}
 
 
 def _read_manifest(layout: RunLayout) -> dict[str, Any] | None:
@@ -50,13 +55,13 @@ def _read_manifest(layout: RunLayout) -> dict[str, Any] | None:
     files = IndexFiles(layout.index_dir)
     try:
         manifest = json.loads(files.manifest.read_text(encoding="utf-8"))
-        source = _source_identity(layout.samples)
+        source = _source_identity(layout)
     except (OSError, ValueError):
         return None
     if not isinstance(manifest, dict) or manifest.get("version") != INDEX_VERSION:
         return None
     if manifest.get("source") != source:
-        log.info("index of %s is stale (samples.parquet changed since it was built)", layout.root)
+        log.info("index of %s is stale (samples.parquet or a score part changed since it was built)", layout.root)
         return None
     for name, size in (manifest.get("files") or {}).items():
         try:
@@ -96,8 +101,8 @@ def _rebuild(layout: RunLayout) -> dict[str, Any]:
     building = layout.index_build_dir(token)
     try:
         building.mkdir()
-        source = _source_identity(layout.samples)
-        body = build_index(layout.samples, building)
+        source = _source_identity(layout)
+        body = build_index(layout.samples, building, layout.score_parts())
         manifest = {"version": INDEX_VERSION, "source": source, **body}
         write_json(IndexFiles(building).manifest, manifest)
         old = layout.index_old_dir(token)
@@ -233,6 +238,18 @@ class AppIndex:
         if not classes:
             return None
         return pd.Series(classes["counts"], index=classes["labels"], name="samples")
+
+    # ------------------------------------------------------------------ per epoch
+
+    @property
+    def has_trajectories(self) -> bool:
+        return bool(self.manifest.get("trajectories"))
+
+    def trajectories(self, positions) -> pd.DataFrame:
+        """``EpochScores.trajectories`` of the samples at ``positions``: O(epochs) reads per sample."""
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        ids = self.text.column("sample_id").take(pa.array(positions)).to_pylist()
+        return read_trajectories(self.files, self.manifest["trajectories"], positions, ids)
 
     # ------------------------------------------------------------------ rows
 

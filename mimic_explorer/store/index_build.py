@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from mimic_explorer.store.histogram import histogram
 from mimic_explorer.store.layout import IndexFiles
+from mimic_explorer.store.trajectory_index import build_trajectories
 
 #: Columns that hold identities or categories, never a score to threshold, sort or plot.
 NON_SCORE_COLUMNS = frozenset({"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep"})
@@ -96,10 +97,16 @@ def _histogram_record(values: np.ndarray, sorted_values: np.ndarray, noisy: np.n
             "noisy": None if hist.noisy is None else hist.noisy.tolist()}
 
 
-def build_index(samples: Path, folder: Path) -> dict[str, Any]:
-    """Write the index of ``samples`` into ``folder`` (which exists and is empty); returns the manifest
-    body (without the source's identity, which the caller adds) — every file written is listed with
-    its size, so a truncated file is detected on the next open."""
+def _sample_ids(files: IndexFiles) -> pa.Array | None:
+    table = pa.ipc.open_file(pa.memory_map(str(files.text), "r")).read_all()
+    return table.column("sample_id").combine_chunks() if "sample_id" in table.column_names else None
+
+
+def build_index(samples: Path, folder: Path, score_parts: list[Path] = ()) -> dict[str, Any]:
+    """Write the index of ``samples`` (and the trajectories of its ``score_parts``) into ``folder``
+    (which exists and is empty); returns the manifest body (without the sources' identity, which the
+    caller adds) — every file written is listed with its size, so a truncated file is detected on
+    the next open."""
     parquet = pq.ParquetFile(samples)
     files = IndexFiles(folder)
     numeric, text = plan_columns(parquet)
@@ -127,6 +134,8 @@ def build_index(samples: Path, folder: Path) -> dict[str, Any]:
         found, counts = np.unique(np.asarray(arrays["label"]), return_counts=True)
         classes = {"labels": found.tolist(), "counts": counts.tolist()}
     del arrays
+    ids = _sample_ids(files) if score_parts else None
+    trajectories = build_trajectories(list(score_parts), ids, files) if ids is not None else None
     return {
         "rows": parquet.metadata.num_rows,
         "columns": [field.name for field in parquet.schema_arrow],
@@ -134,5 +143,6 @@ def build_index(samples: Path, folder: Path) -> dict[str, Any]:
         "text": text,
         "scores": scores,
         "classes": classes,
+        "trajectories": trajectories,
         "files": {path.name: path.stat().st_size for path in sorted(folder.iterdir())},
     }

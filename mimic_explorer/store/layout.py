@@ -223,6 +223,15 @@ class IndexFiles:
         """The score column's values in ``order`` (what ``searchsorted`` runs on)."""
         return self.folder / f"sorted-{number:03d}.npy"
 
+    def trajectory(self, number: int) -> Path:
+        """One per-epoch signal as a (samples × epochs) array: a sample's trajectory is one row."""
+        return self.folder / f"trajectory-{number:02d}.npy"
+
+    @property
+    def trajectory_rows(self) -> Path:
+        """How many score rows each (sample, epoch) cell averages (0: the sample has none that epoch)."""
+        return self.folder / "trajectory-rows.npy"
+
 
 def checkpoint_sidecar(checkpoint: str | os.PathLike) -> Path:
     """The metadata file beside a checkpoint saved by ``train --save-model`` (arch, init fingerprint…)."""

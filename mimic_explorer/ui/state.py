@@ -266,6 +266,14 @@ class ExplorerState:
     def rows(self, positions: np.ndarray) -> pd.DataFrame:
         return self.samples.iloc[np.asarray(positions, dtype=np.int64)]
 
+    def trajectories(self, positions) -> pd.DataFrame:
+        """Per-epoch rows (``EpochScores.trajectories``) of a few samples: from the run's index when it
+        holds them (O(epochs) per sample), else read from the score parts."""
+        index = self._app_index
+        if index is not None and index.has_trajectories:
+            return index.trajectories(positions)
+        return self.run.epoch_scores.trajectories(self.rows(positions)["sample_id"].astype(str).tolist())
+
     # ------------------------------------------------------------------ one sample
 
     @cached_property

@@ -193,3 +193,31 @@ def test_two_processes_opening_one_run_build_its_index_once(run_dir):
         assert process.exitcode == 0
     assert builds.qsize() == 1
     _check_equal_to_whole_table(run_dir)
+
+
+def test_trajectories_equal_the_score_parts(run_dir):
+    from mimic_explorer.store.scores import EpochScores
+
+    index = open_index(run_dir)
+    assert index.has_trajectories
+    ids = open_run(run_dir).samples["sample_id"]
+    positions = [2999, 0, 1500]
+    expected = EpochScores(run_dir).trajectories([ids.iloc[p] for p in positions]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(index.trajectories(positions), expected, check_dtype=False)
+
+
+def test_trajectories_of_parts_in_another_order_and_a_changed_part(run_dir):
+    from mimic_explorer.store.scores import EpochScores
+
+    layout = RunLayout(run_dir)
+    part = layout.epoch_parts()[1]
+    shuffled = pd.read_parquet(part).sample(frac=1.0, random_state=0)  # rows in batch order, not samples order
+    shuffled = pd.concat([shuffled, shuffled.iloc[:5].assign(proj=1.0)])  # and a sample twice in one epoch
+    shuffled.to_parquet(part, index=False)
+    index = open_index(run_dir)
+    ids = open_run(run_dir).samples["sample_id"]
+    positions = [int(np.flatnonzero(ids == shuffled["sample_id"].iloc[0])[0]), 10]
+    expected = EpochScores(run_dir).trajectories([ids.iloc[p] for p in positions]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(index.trajectories(positions), expected, check_dtype=False)
+    pd.read_parquet(part).assign(proj=7.0).to_parquet(part, index=False)  # a rewritten part: stale index
+    assert (open_index(run_dir).trajectories([10]).query("epoch == 1")["proj"] == 7.0).all()
