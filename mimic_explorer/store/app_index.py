@@ -33,7 +33,7 @@ from mimic_explorer.store.index_build import build_index
 from mimic_explorer.store.layout import IndexFiles, RunLayout
 from mimic_explorer.store.trajectory_index import read_trajectories
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 log = logging.getLogger(__name__)
 
 
@@ -199,6 +199,15 @@ class AppIndex:
     def sorted_values(self, name: str) -> np.ndarray:
         """``name``'s values (float64) in ``order``."""
         return self._map(self.files.sorted_values(self._score(name)["number"]))
+
+    def grouped(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(non-NaN values ascending, values by (class, mislabeled) group, group bounds) — what the live
+        counter would sort (``score_groups.sort_by_group``); None when the labels are not integers."""
+        record = self._score(name)
+        if record.get("group_bounds") is None:
+            return None
+        return (self.sorted_values(name)[:record["valid"]], self._map(self.files.grouped(record["number"])),
+                np.asarray(record["group_bounds"], dtype=np.int64))
 
     def valid_count(self, name: str) -> int:
         """How many values are not NaN (they come first in ``order``)."""

@@ -11,6 +11,7 @@ locking and the atomic swap are ``store.app_index``'s.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 
 from mimic_explorer.store.histogram import histogram
 from mimic_explorer.store.layout import IndexFiles
+from mimic_explorer.store.score_groups import sort_by_group
 from mimic_explorer.store.trajectory_index import build_trajectories
 
 #: Columns that hold identities or categories, never a score to threshold, sort or plot.
@@ -97,6 +99,18 @@ def _histogram_record(values: np.ndarray, sorted_values: np.ndarray, noisy: np.n
             "noisy": None if hist.noisy is None else hist.noisy.tolist()}
 
 
+def _groups(arrays: dict[str, np.ndarray], noisy: np.ndarray | None, text_labels: bool) -> tuple[np.ndarray, int] | None:
+    """(group of each sample: class code · 2 + mislabeled, number of groups) as the live counter forms
+    them; None when the labels are not integers (the counter then groups them itself)."""
+    if text_labels or ("label" in arrays and arrays["label"].dtype.kind not in "iu"):
+        return None
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    labels = np.asarray(arrays["label"]) if "label" in arrays else np.zeros(n, dtype=np.int64)
+    classes, codes = np.unique(labels, return_inverse=True)
+    group = codes.reshape(-1) * 2 + (noisy if noisy is not None else 0)
+    return group.astype(np.int64), 2 * len(classes)
+
+
 def _sample_ids(files: IndexFiles) -> pa.Array | None:
     table = pa.ipc.open_file(pa.memory_map(str(files.text), "r")).read_all()
     return table.column("sample_id").combine_chunks() if "sample_id" in table.column_names else None
@@ -113,22 +127,28 @@ def build_index(samples: Path, folder: Path, score_parts: list[Path] = ()) -> di
     arrays = _copy_columns(parquet, files, numeric, text)
     noisy = np.asarray(arrays["is_noisy"], dtype=bool) if "is_noisy" in arrays else None
     truth_unreadable = "is_noisy" in text  # nulls in the ground truth: the explorer computes its own histogram
-    scores: dict[str, dict[str, Any]] = {}
-    for number, (name, dtype) in enumerate(numeric):
-        if not is_score_column(name, dtype):
-            continue
+    groups = _groups(arrays, noisy, "label" in text)
+
+    def index_column(number: int, name: str) -> tuple[str, dict[str, Any]]:
         values = np.asarray(arrays[name], dtype=np.float64)
         order = np.argsort(values, kind="stable")  # NaN last, ties by position: RuleCounter's order
         np.save(files.order(number), order)
         sorted_values = values[order]
         np.save(files.sorted_values(number), sorted_values)
-        scores[name] = {
-            "number": number,
-            "valid": int(len(values) - np.isnan(values).sum()),
-            "finite": int(np.isfinite(values).sum()),
+        valid = int(len(values) - np.isnan(values).sum())
+        bounds = None
+        if groups is not None:
+            grouped, bounds = sort_by_group(values, order[:valid], groups[0], groups[1])
+            np.save(files.grouped(number), grouped)
+        return name, {
+            "number": number, "valid": valid, "finite": int(np.isfinite(values).sum()),
+            "group_bounds": None if bounds is None else bounds.tolist(),
             "histogram": None if truth_unreadable else _histogram_record(values, sorted_values, noisy),
         }
-        del values, order, sorted_values
+
+    columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if is_score_column(name, dtype)]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy sorts release the GIL: two columns at a time
+        scores = dict(pool.map(lambda item: index_column(*item), columns))
     classes = None
     if "label" in arrays and arrays["label"].dtype.kind in "iu":
         found, counts = np.unique(np.asarray(arrays["label"]), return_counts=True)

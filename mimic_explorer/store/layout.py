@@ -223,6 +223,10 @@ class IndexFiles:
         """The score column's values in ``order`` (what ``searchsorted`` runs on)."""
         return self.folder / f"sorted-{number:03d}.npy"
 
+    def grouped(self, number: int) -> Path:
+        """The score column's non-NaN values sorted by (class, mislabeled) group, then by value."""
+        return self.folder / f"grouped-{number:03d}.npy"
+
     def trajectory(self, number: int) -> Path:
         """One per-epoch signal as a (samples × epochs) array: a sample's trajectory is one row."""
         return self.folder / f"trajectory-{number:02d}.npy"

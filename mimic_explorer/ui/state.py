@@ -50,8 +50,9 @@ class ExplorerState:
         self._column = column
         if column not in self._counters:
             index = self._app_index
-            stored = index.order(column) if index is not None and column in index.score_columns else None
-            self._counters[column] = RuleCounter(self.samples, column, ascending=stored)
+            stored = index is not None and column in index.score_columns
+            self._counters[column] = RuleCounter(self.samples, column, ascending=index.order(column) if stored else None,
+                                                 stored=index.grouped(column) if stored else None)
         self.counter = self._counters[column]
         self.__dict__.pop("_orderings", None)
         self.__dict__.pop("_class_ranks", None)
