@@ -47,9 +47,9 @@ def _chunks(samples: SampleColumns, keep: np.ndarray, column: str):
     kept = kept[keep[kept]]
     scores = index.column(score_column)
     labels = index.column("label") if index.is_numeric("label") else None
+    text = index.text.select([c for c in ("sample_id", "source") if c in index.text.column_names])
     for start in range(0, len(kept), CHUNK_ROWS):
         positions = kept[start:start + CHUNK_ROWS]
-        text = index.text.select([c for c in ("sample_id", "source") if c in index.text.column_names])
         rows = text.take(pa.array(positions)).to_pandas()
         yield pd.DataFrame({
             "sample_id": rows["sample_id"].astype(str),
