@@ -7,15 +7,24 @@ plots in under 0.2 s):
 - threshold change = setting ``explorer.threshold`` (or another rule) on the rendered explorer, until
   every watcher has run: counts, "Kept: N of M", per-class table, threshold lines on the histogram
   and on the rendered per-class plots, the around-threshold gallery and the kept/dropped marks.
-Lazy tabs (scatter, per-epoch, trajectories) are timed separately, when first opened.
+Lazy tabs (scatter, per-epoch, trajectories) are timed separately, when first opened (``--tabs``).
 
-Usage: python benchmarks/bench_app.py [--samples 1000000] [--run DIR] [--repeat 3]
+Two ways to open a run: ``--path index`` (the default: the app's per-run index, ``store.app_index``,
+built on the first open — *cold open* — and memory-mapped after — *warm open*) and ``--path whole``
+(the older way: all of samples.parquet in pandas, sorted on every open). Also timed: a gallery page
+(three galleries redrawn for a new size), a detail click (a card opened in the detail view), the
+keep-list export to disk, and the server's resident memory.
+
+Usage: python benchmarks/bench_app.py [--samples 1000000] [--run DIR] [--repeat 3] [--path index|whole] [--tabs]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
 
 from synthetic_run import write_synthetic_run  # noqa: E402
 
@@ -45,11 +55,24 @@ def timed(fn):
     return time.perf_counter() - start, value
 
 
+def rss_gb() -> tuple[float, float]:
+    """(resident memory now, peak), in GB."""
+    now = 0.0
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                now = int(line.split()[1]) / 1e6
+    return now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--run", help="reuse/create the synthetic run here (default: a temp dir)")
     parser.add_argument("--repeat", type=int, default=3, help="app loads to time (default 3)")
+    parser.add_argument("--path", choices=("index", "whole"), default="index",
+                        help="open through the app index (default) or read samples.parquet whole")
+    parser.add_argument("--tabs", action="store_true", help="also time the lazy tabs (slow at millions)")
     args = parser.parse_args(argv)
 
     import panel as pn
@@ -68,18 +91,34 @@ def main(argv: list[str] | None = None) -> int:
         write_time, _ = timed(lambda: write_synthetic_run(run_dir, args.samples))
         print(f"wrote synthetic run ({args.samples:,} samples, 5 epochs) in {write_time:.1f} s: {run_dir}")
 
+    from mimic_explorer.store.layout import RunLayout
+
+    if args.path == "whole":
+        from mimic_explorer.ui import state as state_module
+
+        state_module.indexed_samples = lambda run: run.samples
+    print(f"path: {args.path}; {args.samples:,} samples; RSS before opening {rss_gb()[0]:.2f} GB")
+
     def load():
         explorer = Explorer(run_dir, restore=False)
         root = pn.Row(explorer.controls, explorer.main).get_root(Document())
         return explorer, root
 
-    timed(load)  # warm-up: first-time imports and numba/bokeh caches are not what a session pays
+    if args.path == "index":
+        shutil.rmtree(RunLayout(run_dir).index_dir, ignore_errors=True)
+        from mimic_explorer.store.app_index import open_index
+
+        build, _ = timed(lambda: open_index(run_dir))
+        cold, _ = timed(load)
+        print(f"cold open (index build {build:.2f} s, then construct + first render): {build + cold:.2f} s")
+    else:
+        timed(load)  # warm-up: first-time imports and numba/bokeh caches are not what a session pays
     loads = []
     for _ in range(args.repeat):
         seconds, (explorer, root) = timed(load)
         loads.append(seconds)
     construct, _ = timed(lambda: Explorer(run_dir, restore=False))
-    print(f"load (construct + first render), {args.repeat} runs: median {statistics.median(loads):.3f} s, "
+    print(f"warm open (construct + first render), {args.repeat} runs: median {statistics.median(loads):.3f} s, "
           f"max {max(loads):.3f} s (construction alone {construct:.3f} s)")
 
     lo, hi = explorer.state.score_range()
@@ -102,13 +141,29 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in others.items():
         print(f"  {name}: {seconds * 1000:.1f} ms")
 
+    rule.param.update(rule="threshold", class_overrides={})
+    pages = [timed(lambda: setattr(explorer.galleries, "gallery_size", size))[0] for size in (24, 16, 32, 16, 20)]
+    print(f"gallery page (three galleries redrawn, 5 sizes): median {statistics.median(pages) * 1000:.0f} ms, "
+          f"max {max(pages) * 1000:.0f} ms")
+    clicks = [timed(lambda: explorer.galleries.open(int(p)))[0] for p in explorer.galleries.shown["highest"][:5]]
+    print(f"detail click (detail view + trajectory from {len(explorer.run.epoch_scores.epochs)} epoch parts), 5 cards: "
+          f"median {statistics.median(clicks):.2f} s, max {max(clicks):.2f} s")
+    with tempfile.TemporaryDirectory(prefix="bench-keep-") as folder:
+        seconds, out = timed(lambda: explorer.exports.write_keep_list(Path(folder) / "keep.csv"))
+        print(f"keep-list export to disk (csv, {explorer.counts.kept:,} rows, {out.stat().st_size / 1e6:.0f} MB): {seconds:.2f} s")
+    now, peak = rss_gb()
+    print(f"server RSS after open, changes, pages, clicks and export: {now:.2f} GB (peak {peak:.2f} GB)")
+    if not args.tabs:
+        print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, panel {pn.__version__}")
+        if tmp is not None:
+            tmp.cleanup()
+        return 0
     tabs = explorer.more_views.tabs
     for index, name in enumerate(tabs._names):
         if index == 0:
             continue
         seconds, _ = timed(lambda: setattr(tabs, "active", index))
         print(f"first open of tab {name!r}: {seconds:.2f} s")
-    rule.param.update(rule="threshold", class_overrides={})
     with_tabs = []
     for i in range(25):
         value = lo + (hi - lo) * (0.2 + 0.6 * ((i * 11) % 25) / 25)
@@ -116,10 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         with_tabs.append(seconds)
     print(f"threshold change with every tab rendered (10 per-class plots, scatter, ...): median "
           f"{statistics.median(with_tabs) * 1000:.1f} ms, max {max(with_tabs) * 1000:.1f} ms")
-    seconds, _ = timed(lambda: explorer.select(explorer.samples["sample_id"].iloc[12345]))
-    print(f"click on a card (detail view + trajectory read from {len(explorer.run.epoch_scores.epochs)} epoch parts): {seconds:.2f} s")
-    seconds, _ = timed(lambda: explorer.exports.keep_list_file())
-    print(f"Download keep-list (csv, via filters.apply_rule/render_export): {seconds:.2f} s")
 
     print(f"machine: {cpu_name()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
           f"Python {platform.python_version()}, panel {pn.__version__}")

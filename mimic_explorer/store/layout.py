@@ -13,7 +13,10 @@ described for readers in docs/ARCHITECTURE.md (the run-directory contract).
     errors.parquet       samples that could not be read, with the reason (and pool position)
     thumbs/              thumbnails: one blob file plus an index of (sample_id, offset, length)
     filters/             keep-lists and their specs saved from the app
-    index/               the app's per-run indexes
+    index/               the app's per-run indexes (built on first open): manifest.json, one .npy per
+                         numeric column, per score column its ascending order and sorted values, and the
+                         text columns in one Arrow file; built in .index-building-* and renamed into place
+    .index.lock          taken while an index is built, so two app sessions build it once
     state.pt             training state of an unfinished run (resume point)
     run.log              every message the run printed
     .lock                the pid of the process writing the run
@@ -54,6 +57,11 @@ THUMBS_BLOB = "thumbs.bin"
 THUMBS_INDEX = "index.parquet"
 FILTERS_DIR = "filters"
 INDEX_DIR = "index"
+INDEX_LOCK = ".index.lock"
+INDEX_MANIFEST = "manifest.json"
+INDEX_TEXT = "text.arrow"
+_INDEX_BUILDING = ".index-building-"
+_INDEX_OLD = ".index-old-"
 LOCK = ".lock"
 STATE = "state.pt"
 LOG = "run.log"
@@ -128,6 +136,25 @@ class RunLayout:
         return self.root / INDEX_DIR
 
     @property
+    def index_lock(self) -> Path:
+        """Held (``flock``) while the app's index is checked or built: one build however many sessions open."""
+        return self.root / INDEX_LOCK
+
+    def index_build_dir(self, token: str) -> Path:
+        """Where an index is built before it is renamed to ``index_dir`` (hidden; removed if the build fails)."""
+        return self.root / f"{_INDEX_BUILDING}{token}"
+
+    def index_old_dir(self, token: str) -> Path:
+        """Where a stale index is moved aside for the instant a fresh one takes its name."""
+        return self.root / f"{_INDEX_OLD}{token}"
+
+    def index_leftovers(self) -> list[Path]:
+        """Build and set-aside folders a killed build left behind (safe to remove under ``index_lock``)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.name.startswith((_INDEX_BUILDING, _INDEX_OLD)))
+
+    @property
     def lock(self) -> Path:
         return self.root / LOCK
 
@@ -200,6 +227,49 @@ class RunLayout:
         """Remove every score and error part (a fresh or forced run starts from nothing)."""
         for part in self.epoch_parts() + self.chunk_parts() + self.error_parts() + self._glob(f".*{_SCRATCH_SUFFIX}"):
             part.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class IndexFiles:
+    """The files inside one app index folder (the final ``index_dir`` or a build folder).
+
+    Column files are numbered (``column-003.npy``), not named after the column, so any column name is
+    safe; the manifest maps names to numbers."""
+
+    folder: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / INDEX_MANIFEST
+
+    @property
+    def text(self) -> Path:
+        """The non-numeric columns (sample_id, source, ...) as one uncompressed Arrow IPC file (memory-mapped)."""
+        return self.folder / INDEX_TEXT
+
+    def column(self, number: int) -> Path:
+        return self.folder / f"column-{number:03d}.npy"
+
+    def order(self, number: int) -> Path:
+        """Row positions of a score column, ascending (stable, NaN last)."""
+        return self.folder / f"order-{number:03d}.npy"
+
+    def sorted_values(self, number: int) -> Path:
+        """The score column's values in ``order`` (what ``searchsorted`` runs on)."""
+        return self.folder / f"sorted-{number:03d}.npy"
+
+    def grouped(self, number: int) -> Path:
+        """The score column's non-NaN values sorted by (class, mislabeled) group, then by value."""
+        return self.folder / f"grouped-{number:03d}.npy"
+
+    def trajectory(self, number: int) -> Path:
+        """One per-epoch signal as a (samples × epochs) array: a sample's trajectory is one row."""
+        return self.folder / f"trajectory-{number:02d}.npy"
+
+    @property
+    def trajectory_rows(self) -> Path:
+        """How many score rows each (sample, epoch) cell averages (0: the sample has none that epoch)."""
+        return self.folder / "trajectory-rows.npy"
 
 
 def checkpoint_sidecar(checkpoint: str | os.PathLike) -> Path:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from mimic_explorer.filters import (CompoundRule, FilterError, FilterRule, _proportional_counts, class_labels, fraction_cut,
                                     keep_column, refuse_per_class_without_classes)
+from mimic_explorer.store.score_groups import sort_by_group
 
 
 @dataclass
@@ -57,8 +58,11 @@ class Counts:
 class RuleCounter:
     """Sorted per-group scores of one column; answers ``counts(rule)`` without building a mask."""
 
-    def __init__(self, samples: pd.DataFrame, column: str, ascending: np.ndarray | None = None):
-        """``ascending``: ``np.argsort(scores, kind="stable")`` if the caller already has it (saves a sort)."""
+    def __init__(self, samples: pd.DataFrame, column: str, ascending: np.ndarray | None = None,
+                 stored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
+        """``ascending``: ``np.argsort(scores, kind="stable")`` if the caller already has it (saves a sort);
+        ``stored``: (the non-NaN scores ascending, ``score_groups.sort_by_group``'s two arrays) from the
+        run's app index (saves every sort and gather)."""
         n = len(samples)
         self.column = column
         self.scores = samples[column].to_numpy(dtype=np.float64)
@@ -76,15 +80,14 @@ class RuleCounter:
         self.ascending = ascending
         n_valid = n - int(np.isnan(self.scores).sum())  # argsort puts NaN last (±inf are ordinary values)
         valid_order = ascending[:n_valid]
-        valid_sorted = self.scores[valid_order]
+        valid_sorted = self.scores[valid_order] if stored is None else stored[0]
         # quantiles use finite scores only (as apply_rule does); infinities sit at the two ends
         lo, hi = np.searchsorted(valid_sorted, [-np.inf, np.inf], side="right")[0], np.searchsorted(valid_sorted, np.inf)
         self.sorted_finite = valid_sorted[lo:hi]
-        # a stable sort of the (small-int) group keys keeps each group's scores ascending
-        key_type = np.int16 if 2 * n_classes < 2**15 else np.int64  # int16: numpy's stable sort is a radix sort
-        by_group = valid_order[np.argsort(group[valid_order].astype(key_type), kind="stable")]
-        grouped = self.scores[by_group]
-        bounds = np.searchsorted(group[by_group], np.arange(2 * n_classes + 1))
+        if stored is None:
+            grouped, bounds = sort_by_group(self.scores, valid_order, group, 2 * n_classes)
+        else:
+            grouped, bounds = stored[1], stored[2]
         self._group_sorted = [grouped[bounds[g]:bounds[g + 1]] for g in range(2 * n_classes)]
         self.total_per_group = np.bincount(group, minlength=2 * n_classes)
         self.total_per_class = self.total_per_group.reshape(n_classes, 2).sum(axis=1)

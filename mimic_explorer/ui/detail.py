@@ -71,7 +71,7 @@ class DetailView(Viewer):
             f"<table>{rows}</table></div>"
         )
         try:
-            frame = self.epochs.trajectories([sample_id]) if self.epochs.available else None
+            frame = self.state.trajectories([self.position]) if self.epochs.available else None
         except (OSError, ValueError) as exc:  # a damaged score part: say so, keep the rest of the view
             frame, note = None, f"per-epoch scores unreadable: {exc}"
         else:

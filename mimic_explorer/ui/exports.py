@@ -9,11 +9,14 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import tempfile
+from pathlib import Path
 
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.filters import FORMATS, FilterError, FilterResult, check_uids, render_export, save_to_run
+from mimic_explorer.filters import FORMATS, FilterError, FilterResult, check_uids, save_to_run
+from mimic_explorer.store.keep_list_stream import write_keep_list
 from mimic_explorer.store.reader import Run
 from mimic_explorer.ui.filter_model import FilterModel
 from mimic_explorer.ui.notice import Notice
@@ -55,7 +58,12 @@ class ExportPanel(Viewer):
 
     def keep_list_file(self) -> io.BytesIO:
         """The keep-list of the current rule, in the chosen format."""
-        return io.BytesIO(render_export(self.run.samples, self._result(), self.model.column, self.format.value))
+        with tempfile.TemporaryDirectory(prefix="keep-list-") as folder:
+            return io.BytesIO(self.write_keep_list(Path(folder) / f"keep-list.{self.format.value}").read_bytes())
+
+    def write_keep_list(self, out: Path) -> Path:
+        """Write the keep-list to ``out``, streamed from the run's index (never the whole table in memory)."""
+        return write_keep_list(self.state.samples, self._result(), self.model.column, self.format.value, out)
 
     def spec_file(self) -> io.BytesIO:
         """The spec of the current rule (what ``filters.build_spec`` writes beside an export)."""
@@ -64,7 +72,7 @@ class ExportPanel(Viewer):
 
     def save_to_run(self, export_format: str = "csv"):
         """Write keep-list + spec into ``RUN/filters/`` (restored when the run is opened again)."""
-        return save_to_run(self.run.path, self.run.samples, self.run.meta, self.model.to_rule(), export_format)
+        return save_to_run(self.run.path, self.state.samples, self.run.meta, self.model.to_rule(), export_format)
 
     def _on_save(self, event=None) -> None:
         try:

@@ -7,83 +7,21 @@ without a browser. Sorting happens once per score column; after that a threshold
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from mimic_explorer.filters import CompoundRule, FilterResult, FilterRule, Rule, apply_rule, describe, has_classes
+from mimic_explorer.store.histogram import Histogram, histogram, robust_range  # noqa: F401  (the views import them from here)
+from mimic_explorer.store.index_build import NON_SCORE_COLUMNS  # noqa: F401  (identities and categories)
 from mimic_explorer.store.reader import Run
+from mimic_explorer.store.sample_columns import SampleColumns, indexed_samples
 from mimic_explorer.ui.counting import Counts, RuleCounter, compound_counts
 
-#: Columns that hold identities or categories, never a score to threshold or plot.
-NON_SCORE_COLUMNS = {"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep", "combined_keep"}
 #: Score columns listed first, in this order, when a run has them: the default ranking (issue 15's
 #: combined score where there is one, else the mimic score), then the CLIP scores of a pairs pool.
 LEADING_COLUMNS = ("combined_score", "mimic_score", "clip_score_ref", "clip_score_model")
-
-
-@dataclass
-class Histogram:
-    """Bin edges and counts; ``noisy``: counts of the mislabeled samples alone (ground truth only)."""
-
-    edges: np.ndarray
-    counts: np.ndarray
-    noisy: np.ndarray | None = None
-    clipped: int = 0  # samples outside the robust range, counted in the edge bins
-
-
-def sorted_quantile(sorted_values: np.ndarray, q: float) -> float:
-    """``np.quantile`` (linear) of an already sorted array, in O(1)."""
-    position = q * (len(sorted_values) - 1)
-    below = int(np.floor(position))
-    above = min(below + 1, len(sorted_values) - 1)
-    return float(sorted_values[below] + (sorted_values[above] - sorted_values[below]) * (position - below))
-
-
-def robust_range(values: np.ndarray, tail: float = 0.001, presorted: bool = False) -> tuple[float, float]:
-    """Score range without the most extreme 0.1 % at each end (and never empty)."""
-    finite = values if presorted else np.sort(values[np.isfinite(values)])
-    if len(finite) == 0:
-        return 0.0, 1.0
-    if len(finite) > 1000:
-        lo, hi = sorted_quantile(finite, tail), sorted_quantile(finite, 1 - tail)
-    else:
-        lo, hi = float(finite[0]), float(finite[-1])
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    return float(lo), float(hi)
-
-
-def bin_count(sorted_finite: np.ndarray, lo: float, hi: float) -> int:
-    """Freedman–Diaconis bins over the robust range, kept between 20 and 120 so bars stay readable."""
-    if len(sorted_finite) < 2:
-        return 20
-    iqr = sorted_quantile(sorted_finite, 0.75) - sorted_quantile(sorted_finite, 0.25)
-    width = 2 * iqr / len(sorted_finite) ** (1 / 3)
-    if width <= 0:
-        return 60
-    return int(min(120, max(20, math.ceil((hi - lo) / width))))
-
-
-def histogram(values: np.ndarray, bins: int | None = None, noisy: np.ndarray | None = None,
-              value_range: tuple[float, float] | None = None, sorted_finite: np.ndarray | None = None) -> Histogram:
-    """Counts over a robust range; outliers are clipped into the edge bins rather than stretching them.
-    ``sorted_finite``: the finite values already sorted, if the caller has them (saves a sort)."""
-    finite_mask = np.isfinite(values)
-    finite = values[finite_mask]
-    if sorted_finite is None:
-        sorted_finite = np.sort(finite)
-    lo, hi = value_range or robust_range(sorted_finite, presorted=True)
-    bins = bins or bin_count(sorted_finite, lo, hi)
-    clipped_values = np.clip(finite, lo, hi)
-    counts, edges = np.histogram(clipped_values, bins=bins, range=(lo, hi))
-    noisy_counts = None
-    if noisy is not None:
-        noisy_counts, _ = np.histogram(clipped_values[noisy[finite_mask]], bins=edges)
-    return Histogram(edges, counts, noisy_counts, int(((finite < lo) | (finite > hi)).sum()))
 
 
 class ExplorerState:
@@ -92,12 +30,12 @@ class ExplorerState:
     def __init__(self, run: Run, column: str | None = None):
         """``column``: the score to open on (default ``default_column``)."""
         self.run = run
-        self.samples = run.samples
+        self.samples = indexed_samples(run)  # the run's app index (memory-mapped), or the whole table without one
         self.class_names = run.class_names
         numeric = [
             c for c in self.samples.columns
-            if c not in NON_SCORE_COLUMNS and pd.api.types.is_numeric_dtype(self.samples[c])
-            and not pd.api.types.is_bool_dtype(self.samples[c])
+            if c not in NON_SCORE_COLUMNS and pd.api.types.is_numeric_dtype(self.samples.dtypes[c])
+            and not pd.api.types.is_bool_dtype(self.samples.dtypes[c])
         ]
         self.score_columns = [c for c in LEADING_COLUMNS if c in numeric] + [c for c in numeric if c not in LEADING_COLUMNS]
         if not self.score_columns:
@@ -138,8 +76,16 @@ class ExplorerState:
         if column not in self.score_columns:
             raise ValueError(f"no score column {column!r}; available: {', '.join(self.score_columns)}")
         if column not in self._counters:
-            self._counters[column] = RuleCounter(self.samples, column)
+            index = self._app_index
+            stored = index is not None and column in index.score_columns
+            self._counters[column] = RuleCounter(self.samples, column, ascending=index.order(column) if stored else None,
+                                                 stored=index.grouped(column) if stored else None)
         return self._counters[column]
+
+    @property
+    def _app_index(self):
+        """The run's ``AppIndex`` when the samples are read through it (stored orders, histograms)."""
+        return self.samples.app_index if isinstance(self.samples, SampleColumns) else None
 
     @property
     def scores(self) -> np.ndarray:
@@ -302,7 +248,9 @@ class ExplorerState:
         column = column or self.column
         key = ("hist", column)
         cache = self.__dict__.setdefault("_hist_cache", {})
-        if key not in cache:
+        if key not in cache and self._app_index is not None:
+            cache[key] = self._app_index.histogram(column)
+        if cache.get(key) is None:
             values = self.samples[column].to_numpy(dtype=np.float64)
             presorted = self.counter.sorted_finite if column == self.column else None
             cache[key] = histogram(values, noisy=self.counter.noisy if self.has_truth else None, sorted_finite=presorted)
@@ -356,7 +304,8 @@ class ExplorerState:
                 order = order[self.matches[order]]
             if label is not None:
                 order = order[self.samples["label"].to_numpy()[order] == label]
-            scores = self.scores[order]
+            stored = label is None and self.matches is None and self._app_index is not None
+            scores = self._app_index.sorted_values(self.column) if stored else self.scores[order]
             n_finite = int(np.isfinite(scores).sum())
             self._orderings[label] = (order[:n_finite], scores[:n_finite])
         return self._orderings[label]
@@ -386,6 +335,14 @@ class ExplorerState:
 
     def rows(self, positions: np.ndarray) -> pd.DataFrame:
         return self.samples.iloc[np.asarray(positions, dtype=np.int64)]
+
+    def trajectories(self, positions) -> pd.DataFrame:
+        """Per-epoch rows (``EpochScores.trajectories``) of a few samples: from the run's index when it
+        holds them (O(epochs) per sample), else read from the score parts."""
+        index = self._app_index
+        if index is not None and index.has_trajectories:
+            return index.trajectories(positions)
+        return self.run.epoch_scores.trajectories(self.rows(positions)["sample_id"].astype(str).tolist())
 
     # ------------------------------------------------------------------ one sample
 

@@ -1,0 +1,280 @@
+"""The app's per-run index: opened in O(1) when valid, rebuilt (once, atomically) when it is not.
+
+Why: at DataComp scale (12.8 M rows) reading ``samples.parquet`` into pandas and sorting it costs tens
+of seconds and gigabytes on every open. ``open_index(run_dir)`` instead memory-maps what
+``store.index_build`` wrote once per run. An index is trusted only when its manifest names the exact
+``samples.parquet`` it was built from (size, mtime, row count) and every file it lists has the size
+recorded there: a missing, stale or truncated index is rebuilt, never read. A build runs under an
+``flock`` on ``RunLayout.index_lock`` (two sessions opening one run build it once), writes into a
+hidden build folder and renames it into place, so a build that fails — a full disk included — leaves
+the run as it was and its half-written files removed. See docs/ARCHITECTURE.md (the run directory).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from mimic_explorer.store.atomic import write_json
+from mimic_explorer.store.histogram import Histogram
+from mimic_explorer.store.index_build import build_index
+from mimic_explorer.store.layout import IndexFiles, RunLayout
+from mimic_explorer.store.trajectory_index import read_trajectories
+
+INDEX_VERSION = 2
+log = logging.getLogger(__name__)
+
+
+class IndexUnavailable(OSError):
+    """The index cannot be opened or built here (read-only run, full disk...); the message says why."""
+
+
+def _source_identity(layout: RunLayout) -> dict[str, Any]:
+    """Size and mtime of samples.parquet and of every score part: any change makes the index stale."""
+    def identity(path: Path) -> dict[str, int]:
+        stat = path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    return {**identity(layout.samples), "parts": {p.name: identity(p) for p in layout.score_parts()}}
+
+
+def _read_manifest(layout: RunLayout) -> dict[str, Any] | None:
+    """The manifest of a valid index for the current ``samples.parquet``, else None (and why, logged)."""
+    files = IndexFiles(layout.index_dir)
+    try:
+        manifest = json.loads(files.manifest.read_text(encoding="utf-8"))
+        source = _source_identity(layout)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("version") != INDEX_VERSION:
+        return None
+    if manifest.get("source") != source:
+        log.info("index of %s is stale (samples.parquet or a score part changed since it was built)", layout.root)
+        return None
+    for name, size in (manifest.get("files") or {}).items():
+        try:
+            actual = (files.folder / name).stat().st_size
+        except OSError:
+            actual = None
+        if actual != size:
+            log.warning("index file %s of %s is missing or truncated (%s bytes, %s expected)", name, layout.root,
+                        actual, size)
+            return None
+    return manifest
+
+
+@contextmanager
+def _locked(layout: RunLayout) -> Iterator[None]:
+    try:
+        handle = open(layout.index_lock, "a+")
+    except OSError as exc:
+        raise IndexUnavailable(f"cannot lock {layout.index_lock}: {exc.strerror or exc}") from None
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _rebuild(layout: RunLayout) -> dict[str, Any]:
+    """Build into a hidden folder, then swap it in; on any failure remove what was written."""
+    for leftover in layout.index_leftovers():  # a killed build's folders (we hold the lock)
+        _remove(leftover)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    building = layout.index_build_dir(token)
+    try:
+        building.mkdir()
+        source = _source_identity(layout)
+        body = build_index(layout.samples, building, layout.score_parts())
+        manifest = {"version": INDEX_VERSION, "source": source, **body}
+        write_json(IndexFiles(building).manifest, manifest)
+        old = layout.index_old_dir(token)
+        if layout.index_dir.exists():
+            os.replace(layout.index_dir, old)
+        os.replace(building, layout.index_dir)
+        _remove(old)
+    except BaseException:
+        _remove(building)
+        raise
+    return manifest
+
+
+def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> "AppIndex":
+    """The run's index, built first if missing, stale or truncated (``build=False``: raise instead).
+
+    Raises ``IndexUnavailable`` when it cannot be built here (the run folder is read-only, the disk is
+    full, samples.parquet is unreadable); the run itself is untouched and can still be read whole."""
+    layout = RunLayout(Path(run_dir))
+    manifest = _read_manifest(layout)
+    if manifest is None:
+        if not build:
+            raise IndexUnavailable(f"{layout.root} has no valid app index")
+        with _locked(layout):
+            manifest = _read_manifest(layout)  # another session may have built it while we waited
+            if manifest is None:
+                try:
+                    manifest = _rebuild(layout)
+                except (OSError, pa.ArrowException) as exc:
+                    raise IndexUnavailable(f"cannot build the app index of {layout.root}: {exc}") from exc
+    return AppIndex(layout, manifest)
+
+
+class AppIndex:
+    """Memory-mapped columns of one run and the per-score-column orders; nothing is read until asked."""
+
+    def __init__(self, layout: RunLayout, manifest: dict[str, Any]):
+        self.layout = layout
+        self.manifest = manifest
+        self.files = IndexFiles(layout.index_dir)
+        self.n: int = int(manifest["rows"])
+        self.columns: list[str] = list(manifest["columns"])
+        self._numeric = {entry["name"]: entry for entry in manifest["numeric"]}
+        self._scores: dict[str, dict[str, Any]] = manifest["scores"]
+        self._maps: dict[Path, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ columns
+
+    @property
+    def score_columns(self) -> list[str]:
+        """Numeric non-category columns, in the table's order (each has an order and a histogram)."""
+        return [name for name in self.columns if name in self._scores]
+
+    def is_numeric(self, name: str) -> bool:
+        return name in self._numeric
+
+    def dtype(self, name: str) -> np.dtype | None:
+        """The numpy dtype of a numeric column (None for a text column)."""
+        entry = self._numeric.get(name)
+        return None if entry is None else np.dtype(entry["dtype"])
+
+    def _map(self, path: Path) -> np.ndarray:
+        if path not in self._maps:
+            self._maps[path] = np.load(path, mmap_mode="r")
+        return self._maps[path]
+
+    def column(self, name: str) -> np.ndarray:
+        """A numeric column, memory-mapped (read-only)."""
+        if name not in self._numeric:
+            raise KeyError(f"{name!r} is not a numeric column of the index")
+        return self._map(self.files.column(self._numeric[name]["number"]))
+
+    @cached_property
+    def text(self) -> pa.Table:
+        """The text columns (memory-mapped Arrow; ``take`` reads only the rows asked for)."""
+        return pa.ipc.open_file(pa.memory_map(str(self.files.text), "r")).read_all()
+
+    def text_column(self, name: str) -> pd.Series:
+        """A whole text column (``sample_id`` as str, as ``Run.samples`` has it): O(n), read on demand."""
+        series = self.text.column(name).to_pandas().rename(name)
+        return series.astype(str) if name == "sample_id" else series
+
+    # ------------------------------------------------------------------ per score column
+
+    def _score(self, name: str) -> dict[str, Any]:
+        if name not in self._scores:
+            raise KeyError(f"no score column {name!r}; available: {', '.join(self.score_columns)}")
+        return self._scores[name]
+
+    def order(self, name: str) -> np.ndarray:
+        """Row positions by ``name``, ascending (stable: ties by position; NaN last)."""
+        return self._map(self.files.order(self._score(name)["number"]))
+
+    def sorted_values(self, name: str) -> np.ndarray:
+        """``name``'s values (float64) in ``order``."""
+        return self._map(self.files.sorted_values(self._score(name)["number"]))
+
+    def grouped(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(non-NaN values ascending, values by (class, mislabeled) group, group bounds) — what the live
+        counter would sort (``score_groups.sort_by_group``); None when the labels are not integers."""
+        record = self._score(name)
+        if record.get("group_bounds") is None:
+            return None
+        return (self.sorted_values(name)[:record["valid"]], self._map(self.files.grouped(record["number"])),
+                np.asarray(record["group_bounds"], dtype=np.int64))
+
+    def valid_count(self, name: str) -> int:
+        """How many values are not NaN (they come first in ``order``)."""
+        return int(self._score(name)["valid"])
+
+    def finite_count(self, name: str) -> int:
+        return int(self._score(name)["finite"])
+
+    def count_split(self, name: str, threshold: float) -> tuple[int, int]:
+        """(samples with score ≥ threshold, samples with score < threshold), NaN in neither: O(log n)."""
+        valid = self.valid_count(name)
+        below = int(np.searchsorted(self.sorted_values(name)[:valid], threshold, side="left"))
+        return valid - below, below
+
+    def lowest(self, name: str, k: int) -> np.ndarray:
+        """Positions of the k lowest finite scores, lowest first."""
+        return np.asarray(self.order(name)[:min(k, self.finite_count(name))])
+
+    def highest(self, name: str, k: int) -> np.ndarray:
+        """Positions of the k highest finite scores, highest first (ties: later position first)."""
+        finite = self.finite_count(name)
+        return np.asarray(self.order(name)[max(0, finite - k):finite][::-1])
+
+    def histogram(self, name: str) -> Histogram | None:
+        """The stored histogram (with mislabeled counts when the run knows them), None when not stored."""
+        record = self._score(name)["histogram"]
+        if record is None:
+            return None
+        noisy = None if record["noisy"] is None else np.asarray(record["noisy"], dtype=np.int64)
+        return Histogram(np.asarray(record["edges"], dtype=np.float64), np.asarray(record["counts"], dtype=np.int64),
+                         noisy, int(record["clipped"]))
+
+    @property
+    def class_counts(self) -> pd.Series | None:
+        """Samples per label (None when the run has no integer label column)."""
+        classes = self.manifest.get("classes")
+        if not classes:
+            return None
+        return pd.Series(classes["counts"], index=classes["labels"], name="samples")
+
+    # ------------------------------------------------------------------ per epoch
+
+    @property
+    def has_trajectories(self) -> bool:
+        return bool(self.manifest.get("trajectories"))
+
+    def trajectories(self, positions) -> pd.DataFrame:
+        """``EpochScores.trajectories`` of the samples at ``positions``: O(epochs) reads per sample."""
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        ids = self.text.column("sample_id").take(pa.array(positions)).to_pylist()
+        return read_trajectories(self.files, self.manifest["trajectories"], positions, ids)
+
+    # ------------------------------------------------------------------ rows
+
+    def rows(self, positions) -> pd.DataFrame:
+        """Every column of the rows at ``positions`` (in that order, indexed by position), as
+        ``Run.samples.iloc[positions]`` gives them: O(len(positions)) reads, whatever the run's size."""
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if len(positions) and (positions.min() < 0 or positions.max() >= self.n):
+            raise IndexError(f"row positions must lie in [0, {self.n})")
+        index = pd.Index(positions)
+        text = self.text.take(pa.array(positions)).to_pandas() if self.text.num_columns else None
+        if text is not None:
+            text.index = index
+        data = {name: pd.Series(np.asarray(self.column(name)[positions]), index=index) if name in self._numeric
+                else text[name] for name in self.columns}
+        frame = pd.DataFrame(data, index=index)
+        if "sample_id" in frame.columns:
+            frame["sample_id"] = frame["sample_id"].astype(str)
+        return frame

@@ -1,0 +1,74 @@
+"""Score histograms over a robust range: what the distribution plot draws, computed once per column.
+
+Why in store/: the app's per-run index (``store.app_index``) stores each score column's histogram when
+it is built, and the explorer draws the same histogram from a run without an index; one function
+serves both, so the stored bars are the ones the explorer would compute.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Histogram:
+    """Bin edges and counts; ``noisy``: counts of the mislabeled samples alone (ground truth only)."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    noisy: np.ndarray | None = None
+    clipped: int = 0  # samples outside the robust range, counted in the edge bins
+
+
+def sorted_quantile(sorted_values: np.ndarray, q: float) -> float:
+    """``np.quantile`` (linear) of an already sorted array, in O(1)."""
+    position = q * (len(sorted_values) - 1)
+    below = int(np.floor(position))
+    above = min(below + 1, len(sorted_values) - 1)
+    return float(sorted_values[below] + (sorted_values[above] - sorted_values[below]) * (position - below))
+
+
+def robust_range(values: np.ndarray, tail: float = 0.001, presorted: bool = False) -> tuple[float, float]:
+    """Score range without the most extreme 0.1 % at each end (and never empty)."""
+    finite = values if presorted else np.sort(values[np.isfinite(values)])
+    if len(finite) == 0:
+        return 0.0, 1.0
+    if len(finite) > 1000:
+        lo, hi = sorted_quantile(finite, tail), sorted_quantile(finite, 1 - tail)
+    else:
+        lo, hi = float(finite[0]), float(finite[-1])
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return float(lo), float(hi)
+
+
+def bin_count(sorted_finite: np.ndarray, lo: float, hi: float) -> int:
+    """Freedman–Diaconis bins over the robust range, kept between 20 and 120 so bars stay readable."""
+    if len(sorted_finite) < 2:
+        return 20
+    iqr = sorted_quantile(sorted_finite, 0.75) - sorted_quantile(sorted_finite, 0.25)
+    width = 2 * iqr / len(sorted_finite) ** (1 / 3)
+    if width <= 0:
+        return 60
+    return int(min(120, max(20, math.ceil((hi - lo) / width))))
+
+
+def histogram(values: np.ndarray, bins: int | None = None, noisy: np.ndarray | None = None,
+              value_range: tuple[float, float] | None = None, sorted_finite: np.ndarray | None = None) -> Histogram:
+    """Counts over a robust range; outliers are clipped into the edge bins rather than stretching them.
+    ``sorted_finite``: the finite values already sorted, if the caller has them (saves a sort)."""
+    finite_mask = np.isfinite(values)
+    finite = values[finite_mask]
+    if sorted_finite is None:
+        sorted_finite = np.sort(finite)
+    lo, hi = value_range or robust_range(sorted_finite, presorted=True)
+    bins = bins or bin_count(sorted_finite, lo, hi)
+    clipped_values = np.clip(finite, lo, hi)
+    counts, edges = np.histogram(clipped_values, bins=bins, range=(lo, hi))
+    noisy_counts = None
+    if noisy is not None:
+        noisy_counts, _ = np.histogram(clipped_values[noisy[finite_mask]], bins=edges)
+    return Histogram(edges, counts, noisy_counts, int(((finite < lo) | (finite > hi)).sum()))

@@ -1,0 +1,168 @@
+"""Build the app's per-run index from ``samples.parquet``, one record batch at a time.
+
+Why: opening a 12.8 M-sample run must not read the whole table into pandas and sort it. The build
+does that work once per run and leaves files the app memory-maps: every numeric column as a ``.npy``
+(its own dtype, so values and comparisons are exactly the table's), each score column's ascending
+order and sorted values, its histogram, the per-class counts, and the text columns (``sample_id``,
+``source``, ...) in one uncompressed Arrow file for reading rows by position. Peak memory is a few
+copies of one column, never the table. The folder layout is ``store.layout.IndexFiles``; validity,
+locking and the atomic swap are ``store.app_index``'s.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mimic_explorer.store.histogram import histogram
+from mimic_explorer.store.layout import IndexFiles
+from mimic_explorer.store.score_groups import sort_by_group
+from mimic_explorer.store.trajectory_index import build_trajectories
+
+#: Columns that hold identities or categories, never a score to threshold, sort or plot.
+NON_SCORE_COLUMNS = frozenset({"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep", "combined_keep"})
+#: Columns always kept as text (an integer id is still an id, read back as a string as ``Run.samples`` does).
+TEXT_ALWAYS = frozenset({"sample_id"})
+BATCH_ROWS = 1 << 20
+
+
+def _may_have_nulls(metadata: pq.FileMetaData, column: int) -> bool:
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_null_count or stats.null_count > 0:
+            return True
+    return False
+
+
+def plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], list[str]]:
+    """(numeric columns with their numpy dtype, text columns), in the table's order.
+
+    Integer and boolean columns that may hold nulls go to the text file: pandas reads those as
+    float/object, and a ``.npy`` of the raw type would not equal what ``Run.samples`` gives."""
+    numeric, text = [], []
+    for number, field in enumerate(parquet.schema_arrow):
+        kind = field.type
+        plain = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+        if plain and field.name not in TEXT_ALWAYS and (
+                pa.types.is_floating(kind) or not _may_have_nulls(parquet.metadata, number)):
+            numeric.append((field.name, np.dtype(kind.to_pandas_dtype())))
+        else:
+            text.append(field.name)
+    return numeric, text
+
+
+def is_score_column(name: str, dtype: np.dtype) -> bool:
+    """A numeric, non-boolean column that is not an identity or a category."""
+    return name not in NON_SCORE_COLUMNS and dtype.kind in "iuf"
+
+
+def _text_schema(parquet: pq.ParquetFile, text: list[str]) -> pa.Schema:
+    fields = [parquet.schema_arrow.field(name) for name in text]
+    return pa.schema([f.with_type(pa.string()) if f.name in TEXT_ALWAYS else f for f in fields])
+
+
+def _copy_columns(parquet: pq.ParquetFile, files: IndexFiles, numeric: list[tuple[str, np.dtype]],
+                  text: list[str]) -> dict[str, np.ndarray]:
+    """Stream the table into the column files and the text file; returns the column memmaps."""
+    n = parquet.metadata.num_rows
+    arrays = {name: np.lib.format.open_memmap(files.column(number), mode="w+", dtype=dtype, shape=(n,))
+              for number, (name, dtype) in enumerate(numeric)}
+    schema = _text_schema(parquet, text)
+    offset = 0
+    with pa.OSFile(str(files.text), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            rows = batch.num_rows
+            for name, array in arrays.items():
+                array[offset:offset + rows] = batch.column(name).to_numpy(zero_copy_only=False)
+            if text:
+                columns = [batch.column(name).cast(field.type) for name, field in zip(text, schema)]
+                writer.write_batch(pa.record_batch(columns, schema=schema))
+            offset += rows
+    if offset != n:
+        raise OSError(f"samples.parquet gave {offset} rows, its footer says {n}")
+    for array in arrays.values():
+        array.flush()
+    return arrays
+
+
+def _histogram_record(values: np.ndarray, sorted_values: np.ndarray, noisy: np.ndarray | None) -> dict[str, Any]:
+    n_valid = len(values) - int(np.isnan(values).sum())
+    valid = sorted_values[:n_valid]
+    lo, hi = np.searchsorted(valid, -np.inf, side="right"), np.searchsorted(valid, np.inf)
+    hist = histogram(values, noisy=noisy, sorted_finite=valid[lo:hi])
+    return {"edges": hist.edges.tolist(), "counts": hist.counts.tolist(), "clipped": hist.clipped,
+            "noisy": None if hist.noisy is None else hist.noisy.tolist()}
+
+
+def _groups(arrays: dict[str, np.ndarray], noisy: np.ndarray | None, text_labels: bool) -> tuple[np.ndarray, int] | None:
+    """(group of each sample: class code · 2 + mislabeled, number of groups) as the live counter forms
+    them; None when the labels are not integers (the counter then groups them itself)."""
+    if text_labels or ("label" in arrays and arrays["label"].dtype.kind not in "iu"):
+        return None
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    labels = np.asarray(arrays["label"]) if "label" in arrays else np.zeros(n, dtype=np.int64)
+    classes, codes = np.unique(labels, return_inverse=True)
+    group = codes.reshape(-1) * 2 + (noisy if noisy is not None else 0)
+    return group.astype(np.int64), 2 * len(classes)
+
+
+def _sample_ids(files: IndexFiles) -> pa.Array | None:
+    table = pa.ipc.open_file(pa.memory_map(str(files.text), "r")).read_all()
+    return table.column("sample_id").combine_chunks() if "sample_id" in table.column_names else None
+
+
+def build_index(samples: Path, folder: Path, score_parts: list[Path] = ()) -> dict[str, Any]:
+    """Write the index of ``samples`` (and the trajectories of its ``score_parts``) into ``folder``
+    (which exists and is empty); returns the manifest body (without the sources' identity, which the
+    caller adds) — every file written is listed with its size, so a truncated file is detected on
+    the next open."""
+    parquet = pq.ParquetFile(samples)
+    files = IndexFiles(folder)
+    numeric, text = plan_columns(parquet)
+    arrays = _copy_columns(parquet, files, numeric, text)
+    noisy = np.asarray(arrays["is_noisy"], dtype=bool) if "is_noisy" in arrays else None
+    truth_unreadable = "is_noisy" in text  # nulls in the ground truth: the explorer computes its own histogram
+    groups = _groups(arrays, noisy, "label" in text)
+
+    def index_column(number: int, name: str) -> tuple[str, dict[str, Any]]:
+        values = np.asarray(arrays[name], dtype=np.float64)
+        order = np.argsort(values, kind="stable")  # NaN last, ties by position: RuleCounter's order
+        np.save(files.order(number), order)
+        sorted_values = values[order]
+        np.save(files.sorted_values(number), sorted_values)
+        valid = int(len(values) - np.isnan(values).sum())
+        bounds = None
+        if groups is not None:
+            grouped, bounds = sort_by_group(values, order[:valid], groups[0], groups[1])
+            np.save(files.grouped(number), grouped)
+        return name, {
+            "number": number, "valid": valid, "finite": int(np.isfinite(values).sum()),
+            "group_bounds": None if bounds is None else bounds.tolist(),
+            "histogram": None if truth_unreadable else _histogram_record(values, sorted_values, noisy),
+        }
+
+    columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if is_score_column(name, dtype)]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy sorts release the GIL: two columns at a time
+        scores = dict(pool.map(lambda item: index_column(*item), columns))
+    classes = None
+    if "label" in arrays and arrays["label"].dtype.kind in "iu":
+        found, counts = np.unique(np.asarray(arrays["label"]), return_counts=True)
+        classes = {"labels": found.tolist(), "counts": counts.tolist()}
+    del arrays
+    ids = _sample_ids(files) if score_parts else None
+    trajectories = build_trajectories(list(score_parts), ids, files) if ids is not None else None
+    return {
+        "rows": parquet.metadata.num_rows,
+        "columns": [field.name for field in parquet.schema_arrow],
+        "numeric": [{"name": name, "number": number, "dtype": dtype.str} for number, (name, dtype) in enumerate(numeric)],
+        "text": text,
+        "scores": scores,
+        "classes": classes,
+        "trajectories": trajectories,
+        "files": {path.name: path.stat().st_size for path in sorted(folder.iterdir())},
+    }

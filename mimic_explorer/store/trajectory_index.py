@@ -1,0 +1,93 @@
+"""Per-epoch trajectories in the app index: one (samples × epochs) array per signal.
+
+Why: a click on a gallery card shows the sample's trajectory over training. Reading it from the score
+parts means scanning the ``sample_id`` column of every part (samples × epochs strings: 64 M at
+12.8 M samples over 5 epochs, seconds per click). Built once with the rest of the index, a
+trajectory is one row of a memory-mapped array per signal. Values are the mean of the rows of each
+(sample, epoch), as ``EpochScores.trajectories`` gives them. Parts written in ``samples.parquet``
+order (the usual case) map rows to samples by position; any other order goes through one hash
+lookup of the ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mimic_explorer.store.layout import IndexFiles
+from mimic_explorer.store.scores import SIGNALS
+
+BATCH_ROWS = 1 << 20
+
+
+class _Positions:
+    """Sample positions of score rows: by position when a batch repeats the samples' ids in order,
+    else by a hash of the ids (built once, only when needed)."""
+
+    def __init__(self, ids: pa.Array):
+        self.ids = ids
+        self._lookup: pd.Index | None = None
+
+    def of(self, batch_ids: pa.Array, offset: int) -> tuple[np.ndarray, bool]:
+        """(positions, whether they are distinct); -1 for an id the samples do not have."""
+        rows = len(batch_ids)
+        if offset + rows <= len(self.ids) and batch_ids.equals(self.ids.slice(offset, rows)):
+            return np.arange(offset, offset + rows), True
+        if self._lookup is None:
+            self._lookup = pd.Index(self.ids.to_numpy(zero_copy_only=False))
+        return self._lookup.get_indexer(batch_ids.to_numpy(zero_copy_only=False)), False
+
+
+def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> dict[str, Any] | None:
+    """Write the trajectory arrays for the run's score ``parts``; None when it has none.
+    ``ids``: the samples' ids (string array, samples.parquet order)."""
+    if not parts:
+        return None
+    names = set(pq.ParquetFile(parts[0]).schema_arrow.names)  # as EpochScores: the first part's schema
+    signals = [s for s in SIGNALS if s in names]
+    if not signals or "epoch" not in names:
+        return None
+    epochs = np.unique(np.concatenate([pq.read_table(p, columns=["epoch"]).column("epoch").to_numpy() for p in parts]))
+    shape = (len(ids), len(epochs))
+    sums = [np.lib.format.open_memmap(files.trajectory(k), mode="w+", dtype=np.float64, shape=shape)
+            for k in range(len(signals))]
+    rows = np.lib.format.open_memmap(files.trajectory_rows, mode="w+", dtype=np.int32, shape=shape)
+    positions = _Positions(ids)
+    for part in parts:
+        offset = 0
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS, columns=["sample_id", "epoch", *signals]):
+            where, distinct = positions.of(batch.column("sample_id").cast(pa.string()), offset)
+            offset += batch.num_rows
+            known = where >= 0
+            cells = where[known] * len(epochs) + np.searchsorted(epochs, batch.column("epoch").to_numpy()[known])
+            add = _add_distinct if distinct else np.add.at
+            add(rows.reshape(-1), cells, 1)
+            for k, signal in enumerate(signals):
+                values = batch.column(signal).to_numpy(zero_copy_only=False).astype(np.float64)[known]
+                add(sums[k].reshape(-1), cells, values)
+    for array in (*sums, rows):
+        array.flush()
+    return {"signals": signals, "epochs": epochs.tolist()}
+
+
+def _add_distinct(target: np.ndarray, cells: np.ndarray, values) -> None:
+    target[cells] += values  # cells are distinct: plain fancy-index addition is exact (and fast)
+
+
+def read_trajectories(files: IndexFiles, record: dict[str, Any], positions: np.ndarray, ids: list[str]) -> pd.DataFrame:
+    """Rows ``sample_id, epoch, <signals>`` of the samples at ``positions`` (ids ``ids``), sorted by
+    sample id then epoch — ``EpochScores.trajectories``'s frame."""
+    signals, epochs = record["signals"], np.asarray(record["epochs"])
+    rows = np.load(files.trajectory_rows, mmap_mode="r")[positions]
+    sample, epoch = np.nonzero(rows)
+    frame = pd.DataFrame({"sample_id": np.asarray(ids, dtype=object)[sample], "epoch": epochs[epoch]})
+    for k, signal in enumerate(signals):
+        sums = np.load(files.trajectory(k), mmap_mode="r")[positions]
+        frame[signal] = sums[sample, epoch] / rows[sample, epoch]
+    frame["sample_id"] = frame["sample_id"].astype(str)
+    return frame.sort_values(["sample_id", "epoch"], kind="stable").reset_index(drop=True)

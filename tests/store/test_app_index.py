@@ -1,0 +1,223 @@
+"""The app's per-run index: equal to reading samples.parquet whole (on a synthetic and a real run),
+rebuilt when missing, stale or truncated, cleaned up when a build fails (a full disk), built once when
+two processes open a run together."""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mimic_explorer.store import app_index, index_build
+from mimic_explorer.store.app_index import IndexUnavailable, open_index
+from mimic_explorer.store.layout import IndexFiles, RunLayout
+from mimic_explorer.store.reader import open_run
+from mimic_explorer.store.sample_columns import SampleColumns, indexed_samples
+from mimic_explorer.ui.state import histogram
+from tests.ui_helpers import copy_run, synthetic_run
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    path = synthetic_run(tmp_path / "run", n=3000, thumbnails=False)
+    frame = pd.read_parquet(path / "samples.parquet")
+    frame.loc[[3, 17, 2000], "mimic_score"] = np.nan  # NaN and ties must sort as the explorer sorts them
+    frame.loc[[5, 6, 7], "mimic_score"] = 0.5
+    frame.loc[[8], "mimic_score"] = np.inf
+    frame.to_parquet(path / "samples.parquet", index=False, row_group_size=700)  # several row groups
+    return path
+
+
+def _check_equal_to_whole_table(path):
+    samples = open_run(path).samples
+    index = open_index(path)
+    assert index.n == len(samples) and index.columns == list(samples.columns)
+    for column in index.score_columns:
+        values = samples[column].to_numpy(dtype=np.float64)
+        np.testing.assert_array_equal(index.order(column), np.argsort(values, kind="stable"))
+        np.testing.assert_array_equal(index.sorted_values(column), values[np.argsort(values, kind="stable")])
+        for threshold in (np.nanmedian(values), 0.5, -np.inf, np.inf):
+            assert index.count_split(column, threshold) == ((values >= threshold).sum(), (values < threshold).sum())
+        finite = values[np.isfinite(values)]
+        noisy = samples["is_noisy"].to_numpy(dtype=bool) if "is_noisy" in samples else None
+        stored, computed = index.histogram(column), histogram(values, noisy=noisy)
+        np.testing.assert_array_equal(stored.edges, computed.edges)
+        np.testing.assert_array_equal(stored.counts, computed.counts)
+        assert stored.clipped == computed.clipped
+        if noisy is not None:
+            np.testing.assert_array_equal(stored.noisy, computed.noisy)
+        ordered = np.argsort(values, kind="stable")[:len(finite)]  # as the explorer's galleries pick them
+        np.testing.assert_array_equal(index.lowest(column, 10), ordered[:10])
+        np.testing.assert_array_equal(index.highest(column, 10), ordered[::-1][:10])
+    positions = np.array([len(samples) - 1, 0, 5, 5, 1234 % len(samples)])
+    pd.testing.assert_frame_equal(index.rows(positions), samples.iloc[positions])
+    if "label" in samples:
+        counts = samples["label"].value_counts().sort_index()
+        np.testing.assert_array_equal(index.class_counts.to_numpy(), counts.to_numpy())
+    return index, samples
+
+
+def test_index_equals_the_whole_table_on_a_synthetic_run(run_dir):
+    index, samples = _check_equal_to_whole_table(run_dir)
+    assert {"mimic_score", "reference_loss", "grand"} <= set(index.score_columns)
+    assert not {"label", "is_noisy", "keep", "sample_id"} & set(index.score_columns)
+    view = SampleColumns(index)
+    assert len(view) == len(samples) and list(view.columns) == list(samples.columns) and "label" in view
+    pd.testing.assert_series_equal(view["mimic_score"], samples["mimic_score"])
+    pd.testing.assert_series_equal(view["sample_id"], samples["sample_id"])
+    pd.testing.assert_series_equal(view.iloc[7], samples.iloc[7])
+    assert view.iloc[-1]["sample_id"] == samples["sample_id"].iloc[-1]
+    assert view.describe().equals(samples.describe())  # anything else: the whole table
+
+
+@pytest.mark.slow
+def test_index_equals_the_whole_table_on_a_real_run(demo_run, tmp_path):
+    _check_equal_to_whole_table(copy_run(demo_run, tmp_path / "demo"))
+
+
+def _mtimes(path):
+    files = IndexFiles(RunLayout(path).index_dir)
+    return {p.name: p.stat().st_mtime_ns for p in files.folder.iterdir()}
+
+
+def test_a_valid_index_is_reused_and_a_bad_one_rebuilt(run_dir):
+    layout = RunLayout(run_dir)
+    open_index(run_dir)
+    first = _mtimes(run_dir)
+    open_index(run_dir)
+    assert _mtimes(run_dir) == first  # reused, not rebuilt
+
+    files = IndexFiles(layout.index_dir)
+    order = files.order(open_index(run_dir).manifest["scores"]["mimic_score"]["number"])
+    with open(order, "r+b") as fh:  # truncated
+        fh.truncate(order.stat().st_size - 8)
+    index = open_index(run_dir)
+    assert order.stat().st_size == index.manifest["files"][order.name]
+    _check_equal_to_whole_table(run_dir)
+
+    files.column(0).unlink()  # missing
+    open_index(run_dir)
+    assert files.column(0).exists()
+
+    files.manifest.write_text("{not json")  # unreadable manifest
+    assert open_index(run_dir).n == 3000
+
+
+def test_a_changed_samples_file_makes_the_index_stale(run_dir):
+    open_index(run_dir)
+    frame = pd.read_parquet(run_dir / "samples.parquet").iloc[:1000]
+    frame["mimic_score"] = -frame["mimic_score"]
+    time.sleep(0.01)
+    frame.to_parquet(run_dir / "samples.parquet", index=False)
+    with pytest.raises(IndexUnavailable):
+        open_index(run_dir, build=False)
+    index, _ = _check_equal_to_whole_table(run_dir)
+    assert index.n == 1000
+
+
+def test_a_full_disk_during_the_build_leaves_the_run_readable_and_no_half_index(run_dir, monkeypatch):
+    layout = RunLayout(run_dir)
+    real_save = np.save
+    calls = []
+
+    def fill_the_disk(path, array, *args, **kwargs):
+        calls.append(path)
+        if len(calls) >= 3:
+            real_save(path, array[: len(array) // 2])  # half a file written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, array, *args, **kwargs)
+
+    monkeypatch.setattr(index_build.np, "save", fill_the_disk)
+    with pytest.raises(IndexUnavailable, match="No space left"):
+        open_index(run_dir)
+    assert not layout.index_dir.exists() and layout.index_leftovers() == []
+    run = open_run(run_dir)
+    assert isinstance(indexed_samples(run), pd.DataFrame) and len(run.samples) == 3000  # read whole instead
+
+    monkeypatch.setattr(index_build.np, "save", real_save)
+    open_index(run_dir)
+    stale = _mtimes(run_dir)
+    (run_dir / "samples.parquet").touch()  # a stale index whose rebuild fails keeps the run readable too
+    calls.clear()
+    monkeypatch.setattr(index_build.np, "save", fill_the_disk)
+    with pytest.raises(IndexUnavailable):
+        open_index(run_dir)
+    assert layout.index_leftovers() == [] and _mtimes(run_dir) == stale
+
+
+def test_a_killed_build_leaves_folders_the_next_build_removes(run_dir):
+    layout = RunLayout(run_dir)
+    layout.index_build_dir("12345-dead").mkdir()
+    (layout.index_build_dir("12345-dead") / "column-000.npy").write_bytes(b"partial")
+    open_index(run_dir)
+    assert layout.index_leftovers() == []
+
+
+def test_a_read_only_run_opens_without_an_index(run_dir):
+    os.chmod(run_dir, 0o555)
+    try:
+        if os.access(run_dir, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(IndexUnavailable, match="cannot"):
+            open_index(run_dir)
+        assert len(indexed_samples(open_run(run_dir))) == 3000
+    finally:
+        os.chmod(run_dir, 0o755)
+
+
+def _open_and_report(path, builds):
+    real = app_index.build_index
+
+    def counting(*args, **kwargs):
+        builds.put(os.getpid())
+        time.sleep(0.3)  # hold the lock long enough for the other process to queue behind it
+        return real(*args, **kwargs)
+
+    app_index.build_index = counting
+    open_index(path)
+
+
+def test_two_processes_opening_one_run_build_its_index_once(run_dir):
+    context = multiprocessing.get_context("fork")
+    builds = context.Queue()
+    processes = [context.Process(target=_open_and_report, args=(run_dir, builds)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    assert builds.qsize() == 1
+    _check_equal_to_whole_table(run_dir)
+
+
+def test_trajectories_equal_the_score_parts(run_dir):
+    from mimic_explorer.store.scores import EpochScores
+
+    index = open_index(run_dir)
+    assert index.has_trajectories
+    ids = open_run(run_dir).samples["sample_id"]
+    positions = [2999, 0, 1500]
+    expected = EpochScores(run_dir).trajectories([ids.iloc[p] for p in positions]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(index.trajectories(positions), expected, check_dtype=False)
+
+
+def test_trajectories_of_parts_in_another_order_and_a_changed_part(run_dir):
+    from mimic_explorer.store.scores import EpochScores
+
+    layout = RunLayout(run_dir)
+    part = layout.epoch_parts()[1]
+    shuffled = pd.read_parquet(part).sample(frac=1.0, random_state=0)  # rows in batch order, not samples order
+    shuffled = pd.concat([shuffled, shuffled.iloc[:5].assign(proj=1.0)])  # and a sample twice in one epoch
+    shuffled.to_parquet(part, index=False)
+    index = open_index(run_dir)
+    ids = open_run(run_dir).samples["sample_id"]
+    positions = [int(np.flatnonzero(ids == shuffled["sample_id"].iloc[0])[0]), 10]
+    expected = EpochScores(run_dir).trajectories([ids.iloc[p] for p in positions]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(index.trajectories(positions), expected, check_dtype=False)
+    pd.read_parquet(part).assign(proj=7.0).to_parquet(part, index=False)  # a rewritten part: stale index
+    assert (open_index(run_dir).trajectories([10]).query("epoch == 1")["proj"] == 7.0).all()
