@@ -29,11 +29,11 @@ import pyarrow as pa
 
 from mimic_explorer.store.atomic import write_json
 from mimic_explorer.store.histogram import Histogram
-from mimic_explorer.store.index_build import build_index
+from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index
 from mimic_explorer.store.layout import IndexFiles, RunLayout
 from mimic_explorer.store.trajectory_index import read_trajectories
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3  # 3: pandas nullable dtypes restored from the text file
 log = logging.getLogger(__name__)
 
 
@@ -180,9 +180,20 @@ class AppIndex:
         """The text columns (memory-mapped Arrow; ``take`` reads only the rows asked for)."""
         return pa.ipc.open_file(pa.memory_map(str(self.files.text), "r")).read_all()
 
+    @cached_property
+    def _text_dtypes(self) -> dict[str, str]:
+        """Pandas nullable dtypes (``Int64``...) the table was written with, restored on read."""
+        return json.loads((self.text.schema.metadata or {}).get(PANDAS_DTYPES_KEY, b"{}"))
+
+    def _as_written(self, frame: pd.DataFrame) -> pd.DataFrame:
+        for name, dtype in self._text_dtypes.items():
+            if name in frame.columns:
+                frame[name] = frame[name].astype(dtype)
+        return frame
+
     def text_column(self, name: str) -> pd.Series:
         """A whole text column (``sample_id`` as str, as ``Run.samples`` has it): O(n), read on demand."""
-        series = self.text.column(name).to_pandas().rename(name)
+        series = self._as_written(self.text.select([name]).to_pandas())[name].rename(name)
         return series.astype(str) if name == "sample_id" else series
 
     # ------------------------------------------------------------------ per score column
@@ -269,7 +280,7 @@ class AppIndex:
         if len(positions) and (positions.min() < 0 or positions.max() >= self.n):
             raise IndexError(f"row positions must lie in [0, {self.n})")
         index = pd.Index(positions)
-        text = self.text.take(pa.array(positions)).to_pandas() if self.text.num_columns else None
+        text = self._as_written(self.text.take(pa.array(positions)).to_pandas()) if self.text.num_columns else None
         if text is not None:
             text.index = index
         data = {name: pd.Series(np.asarray(self.column(name)[positions]), index=index) if name in self._numeric

@@ -11,6 +11,8 @@ locking and the atomic swap are ``store.app_index``'s.
 
 from __future__ import annotations
 
+import json
+
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,16 +41,26 @@ def _may_have_nulls(metadata: pq.FileMetaData, column: int) -> bool:
     return False
 
 
+def _nullable_in_pandas(schema: pa.Schema) -> set[str]:
+    """Columns the writer stored from a pandas nullable dtype (``Int64``, ``boolean``): pandas reads
+    them back as that extension dtype even without nulls, which a plain ``.npy`` would not equal."""
+    columns = (schema.pandas_metadata or {}).get("columns", [])
+    return {c["name"] for c in columns if str(c.get("numpy_type", "")) in ("Int8", "Int16", "Int32", "Int64", "UInt8",
+                                                                          "UInt16", "UInt32", "UInt64", "boolean")}
+
+
 def plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], list[str]]:
     """(numeric columns with their numpy dtype, text columns), in the table's order.
 
-    Integer and boolean columns that may hold nulls go to the text file: pandas reads those as
-    float/object, and a ``.npy`` of the raw type would not equal what ``Run.samples`` gives."""
+    Integer and boolean columns that may hold nulls, or were written from a pandas nullable dtype, go
+    to the text file: pandas reads those as float/object/``Int64``, and a ``.npy`` of the raw type
+    would not equal what ``Run.samples`` gives."""
     numeric, text = [], []
+    nullable = _nullable_in_pandas(parquet.schema_arrow)
     for number, field in enumerate(parquet.schema_arrow):
         kind = field.type
         plain = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-        if plain and field.name not in TEXT_ALWAYS and (
+        if plain and field.name not in TEXT_ALWAYS and field.name not in nullable and (
                 pa.types.is_floating(kind) or not _may_have_nulls(parquet.metadata, number)):
             numeric.append((field.name, np.dtype(kind.to_pandas_dtype())))
         else:
@@ -61,9 +73,17 @@ def is_score_column(name: str, dtype: np.dtype) -> bool:
     return name not in NON_SCORE_COLUMNS and dtype.kind in "iuf"
 
 
+#: text-file schema metadata key: the pandas nullable dtypes to restore on read ({column: dtype})
+PANDAS_DTYPES_KEY = b"pandas_dtypes"
+
+
 def _text_schema(parquet: pq.ParquetFile, text: list[str]) -> pa.Schema:
     fields = [parquet.schema_arrow.field(name) for name in text]
-    return pa.schema([f.with_type(pa.string()) if f.name in TEXT_ALWAYS else f for f in fields])
+    columns = (parquet.schema_arrow.pandas_metadata or {}).get("columns", [])
+    dtypes = {c["name"]: c["numpy_type"] for c in columns
+              if c["name"] in _nullable_in_pandas(parquet.schema_arrow) and c["name"] in text}
+    return pa.schema([f.with_type(pa.string()) if f.name in TEXT_ALWAYS else f for f in fields],
+                     metadata={PANDAS_DTYPES_KEY: json.dumps(dtypes).encode()})
 
 
 def _copy_columns(parquet: pq.ParquetFile, files: IndexFiles, numeric: list[tuple[str, np.dtype]],

@@ -107,6 +107,8 @@ def _read_samples(index: AppIndex) -> pd.DataFrame:
 def indexed_samples(run: Run) -> SampleColumns | pd.DataFrame:
     """The run's samples through its app index (built on first open), or — when no index can be built
     here (read-only folder, full disk) — ``run.samples`` itself, with the reason logged."""
+    if getattr(run, "path", None) is None:  # samples held in memory, no run directory to index
+        return run.samples
     try:
         return SampleColumns(open_index(run.path), run)
     except IndexUnavailable as exc:

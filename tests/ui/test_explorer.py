@@ -35,7 +35,7 @@ def _render(viewable) -> None:
 
 
 def test_threshold_from_python_drives_counts_text_table_and_mask(run_copy):
-    explorer = Explorer(run_copy)
+    explorer = Explorer(run_copy, column="mimic_score")
     _render(explorer)
     samples = explorer.samples
     explorer.threshold = 0.5
@@ -49,8 +49,15 @@ def test_threshold_from_python_drives_counts_text_table_and_mask(run_copy):
     assert "precision" in explorer.filter_controls.kept.object  # the demo has ground truth
 
 
-def test_rules_switch_and_by_value_starts_at_the_last_cut(run_copy):
+def test_a_real_train_run_opens_on_its_combined_score(run_copy):
     explorer = Explorer(run_copy)
+    assert "combined_score" in explorer.samples.columns  # the demo is a train run with a reference loss
+    assert explorer.state.column == "combined_score"
+    assert explorer.counts.kept == int(explorer.samples["combined_keep"].sum())  # opens at its own split
+
+
+def test_rules_switch_and_by_value_starts_at_the_last_cut(run_copy):
+    explorer = Explorer(run_copy, column="mimic_score")
     explorer.filter.param.update(rule="quantile", quantile=0.3)
     q = apply_rule(explorer.samples, FilterRule("quantile", 0.3))
     assert explorer.counts.kept == q.kept and not explorer.filter_controls.slider.visible and explorer.filter_controls.quantile.visible
@@ -65,7 +72,7 @@ def test_rules_switch_and_by_value_starts_at_the_last_cut(run_copy):
 
 
 def test_class_override_typed_in_the_table(run_copy):
-    explorer = Explorer(run_copy)
+    explorer = Explorer(run_copy, column="mimic_score")
     explorer.threshold = 0.5
     row = int(np.flatnonzero(explorer.distribution.table.value["label"] == 3)[0])
     explorer.distribution.on_table_edit(SimpleNamespace(column="override", row=row, value=0.99))
