@@ -75,11 +75,11 @@ class Study:
 
     # ------------------------------------------------------------------ models
     def make_backbone(self) -> Path:
-        from mimic_explorer.pipeline.options import RunOptions
+        from mimic_explorer.pipeline.options import TrainOptions
         from mimic_explorer.pipeline.train_command import run_train
 
         t0 = time.perf_counter()
-        run_train(RunOptions("train", f"wds:{SHARDS}/train-02.tar", "small_cnn", str(self.work / "backbone-run"), epochs=8,
+        run_train(TrainOptions(f"wds:{SHARDS}/train-02.tar", "small_cnn", str(self.work / "backbone-run"), epochs=8,
                              batch_size=128, lr=2e-3, test_data=TEST, save_model=str(self.backbone), quiet=True), log=say)
         say(f"backbone ready ({time.perf_counter() - t0:.0f} s)")
         return self.backbone
@@ -90,49 +90,49 @@ class Study:
 
     def reference(self, name: str) -> Path:
         """The linear-probe reference trained on clean set ``name``; its checkpoint path."""
-        from mimic_explorer.pipeline.options import RunOptions
+        from mimic_explorer.pipeline.options import TrainOptions
         from mimic_explorer.pipeline.train_command import run_train
 
         count = CLEAN_SETS[name] or 10_000
         path = self.work / f"reference-{name}.pt"
-        run_train(RunOptions("train", self.clean_spec(name), "small_cnn", str(self.work / f"reference-{name}-run"),
+        run_train(TrainOptions(self.clean_spec(name), "small_cnn", str(self.work / f"reference-{name}-run"),
                              save_model=str(path), **self.probe(epochs=PROBE_EPOCHS * 10_000 // count)), log=say)
         return path
 
     def grad_mimic(self, noise: tuple[str, float, str], clean: str = "clean10k", method: str = "normed_proj",
                    temperature: float = 1.0) -> Path:
         """A Grad-Mimic linear-probe run on the noisy pool; its run directory."""
-        from mimic_explorer.pipeline.options import RunOptions
+        from mimic_explorer.pipeline.options import TrainOptions
         from mimic_explorer.pipeline.train_command import run_train
 
         tag, rate, kind = noise
         out = self.work / f"gm-{tag}-{clean}-{method}-T{temperature:g}"
-        run_train(RunOptions("train", POOL, "small_cnn", str(out), reference=str(self.reference(clean)), label_noise=rate,
+        run_train(TrainOptions(POOL, "small_cnn", str(out), reference=str(self.reference(clean)), label_noise=rate,
                              noise_type=kind, method=method, temperature=temperature, **self.probe()), log=say)
         return out
 
     def fine_tuned(self, noise: tuple[str, float, str] | None) -> Path:
         """End-to-end fine-tune from the backbone: the reference (``noise`` None, clean shard 03) or a
         plain model on the noisy pool. Returns the checkpoint."""
-        from mimic_explorer.pipeline.options import RunOptions
+        from mimic_explorer.pipeline.options import TrainOptions
         from mimic_explorer.pipeline.train_command import run_train
 
         name = "reference" if noise is None else f"model-{noise[0]}"
         path = self.work / f"ft-{name}.pt"
         extra = {} if noise is None else dict(label_noise=noise[1], noise_type=noise[2])
         data = f"wds:{CLEAN_SHARD}" if noise is None else POOL
-        run_train(RunOptions("train", data, "small_cnn", str(self.work / f"ft-{name}-run"), init=str(self.backbone), epochs=2,
+        run_train(TrainOptions(data, "small_cnn", str(self.work / f"ft-{name}-run"), init=str(self.backbone), epochs=2,
                              batch_size=128, lr=1e-4, test_data=TEST, save_model=str(path), quiet=True, **extra), log=say)
         return path
 
     def layer_score(self, noise: tuple[str, float, str], cell: str) -> Path:
         """``score`` of the fine-tuned noisy-pool model against the fine-tuned reference, mimic layers ``cell``."""
-        from mimic_explorer.pipeline.options import RunOptions
+        from mimic_explorer.pipeline.options import ScoreOptions
         from mimic_explorer.pipeline.score_command import run_score
 
         model, reference = self.fine_tuned(noise), self.fine_tuned(None)
         out = self.work / f"layers-{noise[0]}-{cell.replace(' + ', '+').replace(' ', '_')}"
-        run_score(RunOptions("score", POOL, "small_cnn", str(out), init=str(self.backbone), model=str(model),
+        run_score(ScoreOptions(POOL, "small_cnn", str(out), init=str(self.backbone), model=str(model),
                              reference=str(reference), label_noise=noise[1], noise_type=noise[2], params=LAYER_CELLS[cell],
                              score_method="proj", binarisation="proj", batch_size=256, quiet=True), log=say)
         return out

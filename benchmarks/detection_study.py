@@ -30,9 +30,9 @@ HEADLINE = {
 
 
 def _noise_options(noise):
-    from mimic_explorer.pipeline.options import RunOptions
+    from mimic_explorer.pipeline.options import TrainOptions
 
-    return RunOptions("train", POOL, "small_cnn", "unused", label_noise=noise[1], noise_type=noise[2])
+    return TrainOptions(POOL, "small_cnn", "unused", label_noise=noise[1], noise_type=noise[2])
 
 
 def _summary(run: Path) -> dict:
