@@ -7,10 +7,10 @@ scale, so the towers decide the feature basis):
 - ``--init`` a dual-encoder checkpoint (``models.dual_checkpoint``): every weight, tokenizer included;
 - ``--init`` an image classifier checkpoint: the image tower (the text tower and the tokenizer are
   built fresh from the pool's captions, seeded by ``--seed``);
-- no ``--init`` but a ``--reference``: the reference's towers and tokenizer with freshly initialised
-  projections and logit scale — model and reference then share one feature basis by construction,
-  the valid protocol for projection-layer mimic scores (a reference trained on clean pairs plays the
-  public checkpoint);
+- no ``--init`` but a ``--reference``: the reference itself with the mimic layer's projection freshly
+  initialised — model and reference then share one feature basis (the towers) and one joint
+  embedding space (the other projection), the valid protocol for projection-layer mimic scores (a
+  reference trained on clean pairs plays the public checkpoint);
 - neither: a fresh built-in dual encoder (vocabulary from the pool's captions).
 
 Why apart from ``pairs_setup``: ``score`` rebuilds two finished checkpoints; ``train`` builds a model
@@ -27,10 +27,9 @@ import torch
 
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import CheckpointError
-from mimic_explorer.models.dual import DualEncoder, mimic_layer_params, tower_differences
+from mimic_explorer.models.dual import MIMIC_LAYERS, DualEncoder, mimic_layer_params, tower_differences
 from mimic_explorer.models.dual_checkpoint import read_dual_checkpoint
 from mimic_explorer.models.dual_registry import build_dual_encoder, is_open_clip
-from mimic_explorer.models.small_dual import INITIAL_LOG_SCALE
 from mimic_explorer.pipeline.lifecycle import Prepared
 from mimic_explorer.pipeline.options import TrainOptions
 from mimic_explorer.pipeline.pairs_options import DEFAULT_MIMIC_LAYER
@@ -71,17 +70,18 @@ def _is_dual_checkpoint(path: str) -> bool:
     return True
 
 
-def _fresh_projections(model: DualEncoder, seed: int) -> DualEncoder:
-    """``model`` with its projections re-initialised (seeded) and the initial logit scale."""
+def _fresh_projection(model: DualEncoder, layer: str, seed: int) -> DualEncoder:
+    """``model`` with the ``layer`` tower's projection re-initialised (seeded). The other projection
+    and the logit scale stay the reference's, so the model's joint embedding space starts aligned with
+    the reference's: a direction toward the reference on the mimic layer then means the same thing
+    for both (fresh projections on both towers would leave the model's space an arbitrary rotation of
+    the reference's)."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model.image_projection.reset_parameters()
-        model.text_projection.reset_parameters()
+        getattr(model, MIMIC_LAYERS[layer]).reset_parameters()
     finally:
         torch.random.set_rng_state(generator_state)
-    with torch.no_grad():
-        model.logit_scale.fill_(INITIAL_LOG_SCALE)
     return model
 
 
@@ -98,9 +98,10 @@ def _build_model(options: TrainOptions, captions: np.ndarray, reference: DualEnc
         model, config = load_pair_model(options.init, options.arch, "--init")
         return model, config, []
     if options.init is None and reference is not None:
-        model = _fresh_projections(copy.deepcopy(reference), options.seed)
-        return model, dict(reference_config), [f"the model starts from the towers of --reference {options.reference} "
-                                               "with fresh projections (one shared feature basis)"]
+        layer = options.mimic_layer or DEFAULT_MIMIC_LAYER
+        model = _fresh_projection(copy.deepcopy(reference), layer, options.seed)
+        return model, dict(reference_config), [f"the model starts from --reference {options.reference} with a fresh "
+                                               f"{layer} projection (one shared feature basis)"]
     if image_arch is None or is_open_clip(image_arch):
         if image_arch is not None:
             raise CheckpointError(f"--arch {options.arch} needs an --init checkpoint (weights of the towers)")
