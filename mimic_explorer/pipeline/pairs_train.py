@@ -31,7 +31,7 @@ from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.dual import ProjectionProbe
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.pair_training import evaluate_pair_signals, tower_features, train_projections
-from mimic_explorer.pipeline.epoch_parts import EpochParts
+from mimic_explorer.pipeline.epoch_parts import EpochParts, resume_epoch
 from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
 from mimic_explorer.pipeline.lifecycle import RunContext, RunOutcome
 from mimic_explorer.pipeline.options import TrainOptions
@@ -69,27 +69,16 @@ def pair_tower_features(models, source, labels, captions: np.ndarray, device: st
     return torch.cat(parts), np.concatenate(positions).astype(np.int64), np.concatenate(truncated)
 
 
-def _resume_epoch(run: PairTrainRun) -> int:
-    resume_epoch = -1
-    if run.dist.is_main:
-        if run.resuming and run.layout.state.exists():
-            resume_epoch = int(torch.load(run.layout.state, weights_only=True)["epoch"])
-        run.layout.drop_epoch_parts_after(resume_epoch)
-    resume_epoch = run.dist.broadcast_object(resume_epoch)
-    run.dist.barrier()
-    return resume_epoch
-
-
 def train_pairs(run: PairTrainRun) -> RunOutcome:
     """Tower outputs once, projections trained (resuming after the last saved epoch), then samples."""
     options, ctx, device, layout = run.options, run.dist, run.device, run.layout
     inputs = run.inputs
     source, models, captions = inputs.pool.source, inputs.models, inputs.captions
-    resume_epoch = _resume_epoch(run)
+    saved_epoch = resume_epoch(run)
     errors = ErrorLog()
     if ctx.is_main:
         errors.extend(source.open_errors)
-    keep_thumbs = resume_epoch >= 0 and layout.thumbs_index.exists()
+    keep_thumbs = saved_epoch >= 0 and layout.thumbs_index.exists()
     thumbs = ThumbnailWriter(run.out) if ctx.is_main and not keep_thumbs else None
     timings: dict = {}
     t0 = time.perf_counter()
@@ -104,11 +93,11 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
                          reweight=options.reweight, starting_epoch=options.starting_epoch, seed=options.seed, device=device)
     probe = ProjectionProbe.sharing(models.model)
     start_epoch, optimizer_state = 0, None
-    if resume_epoch >= 0:
+    if saved_epoch >= 0:
         saved = torch.load(layout.state, weights_only=True, map_location=device)
         probe.load_state_dict(saved["model"])
-        optimizer_state, start_epoch = saved["optimizer"], resume_epoch + 1
-        run.log(f"resuming {run.out} after epoch {resume_epoch}")
+        optimizer_state, start_epoch = saved["optimizer"], saved_epoch + 1
+        run.log(f"resuming {run.out} after epoch {saved_epoch}")
     parts = EpochParts(layout, source.sample_ids[positions], ctx, last_epoch=options.epochs - 1,
                        every_s=options.checkpoint_every, positions=positions)
 
@@ -133,10 +122,8 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
             raise ValueError(f"non-finite loss for pair(s) {', '.join(ids)}; the run is marked failed and the epochs "
                              "already recorded are kept") from None
     timings["train_s"] = time.perf_counter() - t0
-    ctx.barrier()
-    if not ctx.is_main:
-        return run.outcome({})
-    return _finalize(run, probe, features, positions, truncated, errors, timings)
+    ctx.barrier()  # rank 0 finishes the run
+    return _finalize(run, probe, features, positions, truncated, errors, timings) if ctx.is_main else run.outcome({})
 
 
 def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor, positions: np.ndarray,

@@ -24,7 +24,7 @@ from mimic_explorer.models.init_files import SIDECAR_PREPROCESSING
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.batches import PoolBatches
 from mimic_explorer.pipeline.distributed import DistContext
-from mimic_explorer.pipeline.epoch_parts import EpochParts
+from mimic_explorer.pipeline.epoch_parts import EpochParts, resume_epoch as _resume_epoch
 from mimic_explorer.pipeline.features import extract_features
 from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
 from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
@@ -61,19 +61,6 @@ def _prepare(options: TrainOptions, ctx: DistContext, device: str) -> Prepared[R
                  reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
                  **model_facts(models))
     return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings, models.notes)
-
-
-def _resume_epoch(run: TrainRun) -> int:
-    """The last epoch an unfinished run saved (-1: start afresh), decided by rank 0; epoch parts past
-    it (a kill between a part and its state) are dropped."""
-    resume_epoch = -1
-    if run.dist.is_main:
-        if run.resuming and run.layout.state.exists():
-            resume_epoch = int(torch.load(run.layout.state, weights_only=True)["epoch"])
-        run.layout.drop_epoch_parts_after(resume_epoch)
-    resume_epoch = run.dist.broadcast_object(resume_epoch)
-    run.dist.barrier()
-    return resume_epoch
 
 
 def _describe(source) -> dict:

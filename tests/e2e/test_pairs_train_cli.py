@@ -23,9 +23,8 @@ TRAINING = ["--arch", "small_dual", "--frozen-towers", "--epochs", "20", "--batc
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     folder = tmp_path_factory.mktemp("flickr-pair-train")
-    clean = f"wds:{flickr_pool(folder / 'clean.tar', CLEAN, 'train-00.tar')}"
-    pool = f"wds:{flickr_pool(folder / 'pool.tar', POOL, 'train-01.tar')}"
-    return folder, clean, pool
+    cuts = (("clean", CLEAN, "train-00.tar"), ("pool", POOL, "train-01.tar"))  # disjoint photos
+    return (folder, *(f"wds:{flickr_pool(folder / f'{name}.tar', count, shard)}" for name, count, shard in cuts))
 
 
 def test_reference_then_grad_mimic_then_score(shards, tmp_path):
