@@ -17,6 +17,9 @@ from tests.pairs_helpers import flickr_pool, needs_flickr
 pytestmark = [needs_flickr, pytest.mark.slow]  # subprocesses, a few hundred real photos
 
 CLEAN, POOL = 600, 300
+#: one torch thread: a frozen-tower step is a few small matmuls, and two threads on a busy 2-core machine
+#: wait for each other far longer than they compute
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 TRAINING = ["--arch", "small_dual", "--frozen-towers", "--epochs", "20", "--batch-size", "32", "--lr", "0.01", "--quiet"]
 
 
@@ -31,13 +34,13 @@ def test_reference_then_grad_mimic_then_score(shards, tmp_path):
     folder, clean, pool = shards
     reference, model = tmp_path / "R.pt", tmp_path / "M.pt"
     plain = run_cli("train", "--data", clean, *TRAINING, "--out", str(tmp_path / "ref"), "--save-model", str(reference),
-                    "--test-data", pool)
+                    "--test-data", pool, env=ONE_THREAD)
     assert plain.returncode == 0, plain.stderr
     assert "test recall: i2t@1" in plain.stdout and reference.exists()
 
     args = ["train", "--data", pool, *TRAINING, "--reference", str(reference), "--mimic-layer", "text",
             "--caption-noise", "0.3", "--out", str(tmp_path / "gm"), "--save-model", str(model)]
-    mimic = run_cli(*args)
+    mimic = run_cli(*args, env=ONE_THREAD)
     assert mimic.returncode == 0, mimic.stderr
     assert "clip_score_ref" in mimic.stdout and "mimic_score" in mimic.stdout  # the detection table
     run = open_run(tmp_path / "gm")
@@ -55,6 +58,6 @@ def test_reference_then_grad_mimic_then_score(shards, tmp_path):
 
     scored = run_cli("score", "--data", pool, "--arch", "small_dual", "--model", str(model), "--reference", str(reference),
                      "--mimic-layer", "text", "--caption-noise", "0.3", "--batch-size", "32", "--out", str(tmp_path / "score"),
-                     "--quiet")
+                     "--quiet", env=ONE_THREAD)
     assert scored.returncode == 0, scored.stderr
     assert len(open_run(tmp_path / "score").samples) == POOL
