@@ -33,8 +33,8 @@ def pools(tmp_path_factory):
 
 
 def options(data, out, **kw) -> TrainOptions:
-    return TrainOptions(data=data, arch="small_dual", out=str(out), epochs=2, batch_size=8, device="cpu", quiet=True,
-                        **{"frozen_towers": True, **kw})
+    return TrainOptions(data=data, arch="small_dual", out=str(out), batch_size=8, device="cpu", quiet=True,
+                        **{"frozen_towers": True, "epochs": 2, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,28 @@ def test_pair_training_options_on_a_labelled_pool_are_refused(tmp_path):
     with pytest.raises(ValueError, match="--frozen-towers: only for image-text pools"):
         run_train(labelled)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_killed_pair_training_resumes_after_its_last_saved_epoch(pools, reference, tmp_path, monkeypatch):
+    from mimic_explorer.pipeline import pairs_train
+
+    _, _, pool = pools
+    ref_path, _ = reference
+    kw = dict(reference=str(ref_path), caption_noise=0.3, epochs=3, checkpoint_every=0.0)
+    whole = open_run(run_train(options(pool, tmp_path / "whole", **kw)).path).samples
+    real_add, seen = pairs_train.EpochParts.add, []
+
+    def dies_in_epoch_two(self, record):
+        seen.append(record.epoch)
+        if record.epoch == 2 and seen.count(2) == 1:
+            raise KeyboardInterrupt("killed")
+        return real_add(self, record)
+
+    monkeypatch.setattr(pairs_train.EpochParts, "add", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(options(pool, tmp_path / "resumed", **kw))
+    run_train(options(pool, tmp_path / "resumed", **kw))
+    assert seen == [0, 1, 2, 2]  # epochs 0 and 1 were kept, epoch 2 redone
+    resumed = open_run(tmp_path / "resumed").samples
+    np.testing.assert_allclose(resumed["mimic_score"], whole["mimic_score"], rtol=1e-6, atol=1e-9)
