@@ -136,3 +136,27 @@ def test_a_killed_pair_training_resumes_after_its_last_saved_epoch(pools, refere
     assert seen == [0, 1, 2, 2]  # epochs 0 and 1 were kept, epoch 2 redone
     resumed = open_run(tmp_path / "resumed").samples
     np.testing.assert_allclose(resumed["mimic_score"], whole["mimic_score"], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_init_takes_a_dual_checkpoint_whole_or_an_image_classifier_for_the_image_tower(pools, reference, tmp_path):
+    from mimic_explorer.models.checkpoints import save_checkpoint
+    from mimic_explorer.models.registry import build_model
+
+    _, _, pool = pools
+    ref_path, _ = reference
+    saved = tmp_path / "from-dual.pt"
+    run_train(options(pool, tmp_path / "dual", init=str(ref_path), save_model=str(saved)))
+    ref, _ = load_pair_model(str(ref_path), "small_dual", "--reference")
+    trained, _ = load_pair_model(str(saved), "small_dual", "--model")
+    assert tower_differences(trained, ref) == []  # towers and vocabulary from the dual checkpoint, frozen
+    torch.manual_seed(3)
+    classifier = build_model("small_cnn", 10, input_shape=(3, 32, 32))
+    save_checkpoint(classifier, tmp_path / "cnn.pt")
+    saved = tmp_path / "from-cnn.pt"
+    run_train(options(pool, tmp_path / "cnn", init=str(tmp_path / "cnn.pt"), save_model=str(saved)))
+    trained, _ = load_pair_model(str(saved), "small_dual", "--model")
+    ours = {k: v for k, v in classifier.state_dict().items() if v.is_floating_point()}
+    tower = {k.removeprefix("image_tower."): v for k, v in trained.state_dict().items() if k.startswith("image_tower.")}
+    shared = [k for k in tower if k in ours and ours[k].shape == tower[k].shape]
+    assert shared and all(torch.equal(tower[k], ours[k]) for k in shared)  # the image tower is the classifier's
