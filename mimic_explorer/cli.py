@@ -152,12 +152,28 @@ def _add_train(sub) -> None:
     p.add_argument("--starting-epoch", type=int, default=0, help="train plainly before this epoch (scores still recorded)")
     p.add_argument("--reference-noise", type=float, default=0.0, metavar="SIGMA",
                    help="Gaussian noise added to the reference's head weights (robustness probe)")
-    p.add_argument("--test-data", metavar="SPEC", help="held-out data for test accuracy")
-    p.add_argument("--save-model", metavar="PATH", help="save the trained weights (state dict + PATH.meta.json)")
+    p.add_argument("--test-data", metavar="SPEC", help="held-out data for test accuracy (image-text pairs: recall@1/5)")
+    p.add_argument("--save-model", metavar="PATH", help="save the trained weights (state dict + PATH.meta.json; image-text "
+                   "pairs: a dual-encoder checkpoint that score --model/--reference loads)")
     p.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
                    help="write recorded epochs and a resumable state at most this often, and after the last epoch "
                         "(0: after every epoch); a killed run repeats at most this much work")
+    _add_pair_train_options(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _add_pair_train_options(p) -> None:
+    """``train`` on an image-text pool (captions in .txt/.json; --arch small_dual[:IMAGE_ARCH])."""
+    pairs = p.add_argument_group(
+        "image-text pools", "Each pair's loss is its symmetric InfoNCE term within its batch. Without --init, a run with "
+        "--reference starts from the reference's towers with fresh projections (one shared feature basis); --init takes a "
+        "dual-encoder checkpoint (--save-model of a pairs run) or an image classifier checkpoint (the image tower).")
+    pairs.add_argument("--frozen-towers", action="store_true",
+                       help="compute the towers' outputs once and train only the projections and the logit scale on them")
+    pairs.add_argument("--mimic-layer", choices=["image", "text"], default=None,
+                       help="Grad-Mimic re-weights the gradient of this tower's last linear projection (default text)")
+    pairs.add_argument("--caption-noise", type=float, default=0.0, metavar="RATE",
+                       help="swap the captions of this fraction of pairs among themselves (seeded by --noise-seed; is_noisy recorded)")
 
 
 def _options_from(args, command: str):
@@ -192,6 +208,8 @@ def _run_command(args, command: str) -> int:
     summary = outcome.summary
     if "test_accuracy" in summary:
         print(f"test accuracy: {summary['test_accuracy']:.4f}")
+    if "test_recall" in summary:
+        print("test recall: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test_recall"].items()))
     if outcome.report:
         print(outcome.report)
     elif "estimated_quality" in summary:

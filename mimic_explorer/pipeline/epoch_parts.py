@@ -63,3 +63,16 @@ class EpochParts:
             snapshot = {"epoch": epoch, **state()}
             atomic_write(self.layout.state, lambda tmp: torch.save(snapshot, tmp))
         self.since = time.monotonic()
+
+
+def resume_epoch(run) -> int:
+    """The last epoch an unfinished run (a ``lifecycle.RunContext``) saved (-1: start afresh), decided
+    by rank 0; epoch parts past it (a kill between a part and its state) are dropped."""
+    epoch = -1
+    if run.dist.is_main:
+        if run.resuming and run.layout.state.exists():
+            epoch = int(torch.load(run.layout.state, weights_only=True)["epoch"])
+        run.layout.drop_epoch_parts_after(epoch)
+    epoch = run.dist.broadcast_object(epoch)
+    run.dist.barrier()
+    return epoch

@@ -128,11 +128,16 @@ class TrainOptions(CommonOptions):
     test_data: str | None = None
     save_model: str | None = None
     checkpoint_every: float = 10.0  # seconds between resumable checkpoints (0: after every epoch)
+    frozen_towers: bool = False  # image-text pools: train the projections on cached tower outputs
+    mimic_layer: str | None = None  # image-text pools: image | text (pipeline/pairs_options.py)
+    caption_noise: float = 0.0  # image-text pools: fraction of pairs whose captions are swapped
 
     def validate(self) -> None:
+        from mimic_explorer.pipeline.pairs_options import validate_pair_options
         from mimic_explorer.scoring.stage1 import METHODS
 
         super().validate()
+        validate_pair_options(self)
         _require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         _require(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")

@@ -29,9 +29,10 @@ def _require(ok: bool, message: str) -> None:
 def validate_pair_options(options: Any) -> None:
     """``--mimic-layer`` and ``--caption-noise`` on their own, whatever the pool."""
     layer = getattr(options, "mimic_layer", None)
+    params = getattr(options, "params", "head")  # train has no --params
     _require(layer in (None, *MIMIC_LAYERS), f"--mimic-layer must be image or text, got {layer!r}")
-    _require(layer is None or options.params == "head",
-             f"give either --mimic-layer {layer} or --params {options.params}, not both (both name the mimic layers)")
+    _require(layer is None or params == "head",
+             f"give either --mimic-layer {layer} or --params {params}, not both (both name the mimic layers)")
     rate = getattr(options, "caption_noise", 0.0)
     _require(0.0 <= rate < 1.0, f"--caption-noise must be in [0, 1), got {rate}")
 
@@ -44,7 +45,7 @@ def _labelled_only(options: Any) -> list[str]:
         named.append(f"--reference-noise {options.reference_noise}")
     if options.linear_probe:
         named.append("--linear-probe")
-    if options.init:
+    if options.init and options.command != "train":  # train: the towers' initial weights
         named.append("--init")
     return named
 
@@ -60,7 +61,8 @@ def check_pool_options(options: Any, pool_kind: str) -> None:
                                           "of its batch as negatives, so an image-text pool is scored in batches of at least 2")
         return
     named = [f for f, on in (("--mimic-layer", getattr(options, "mimic_layer", None)),
-                            ("--caption-noise", getattr(options, "caption_noise", 0.0))) if on]
+                            ("--caption-noise", getattr(options, "caption_noise", 0.0)),
+                            ("--frozen-towers", getattr(options, "frozen_towers", False))) if on]
     if named:
         raise ValueError(f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
                          f"and {options.data} is a labelled pool; use --params / --label-noise")

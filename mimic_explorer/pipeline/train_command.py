@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mimic_explorer.data.captions import PAIRS
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.checkpoints import save_checkpoint
@@ -23,11 +24,13 @@ from mimic_explorer.models.init_files import SIDECAR_PREPROCESSING
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.batches import PoolBatches
 from mimic_explorer.pipeline.distributed import DistContext
-from mimic_explorer.pipeline.epoch_parts import EpochParts
+from mimic_explorer.pipeline.epoch_parts import EpochParts, resume_epoch as _resume_epoch
 from mimic_explorer.pipeline.features import extract_features
 from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
 from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.pipeline.options import TrainOptions
+from mimic_explorer.pipeline.pairs_train import train_pairs
+from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs, prepare_pair_training
 from mimic_explorer.pipeline.pool_pass import pool_pass, thumbnail_pass
 from mimic_explorer.pipeline.setup import (DRIFT_WARNING, RunInputs, backbone_distance, build_models, model_facts,
                                            open_pool, pool_fingerprints)
@@ -48,6 +51,8 @@ def _prepare(options: TrainOptions, ctx: DistContext, device: str) -> Prepared[R
     pool = open_pool(options)
     if options.batch_size > len(pool.source):
         raise ValueError(f"--batch-size {options.batch_size} is larger than the dataset ({len(pool.source)} samples)")
+    if pool.source.pool_kind == PAIRS:  # image-text pairs: pipeline/pairs_train_setup.py
+        return prepare_pair_training(options, pool, device)
     models = build_models(options, pool.source, device)
     fingerprints = {**pool_fingerprints(pool), "init": models.init_fingerprint, "reference": models.reference_fingerprint,
                     "preprocessing": models.preprocessing}
@@ -58,19 +63,6 @@ def _prepare(options: TrainOptions, ctx: DistContext, device: str) -> Prepared[R
     return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings, models.notes)
 
 
-def _resume_epoch(run: TrainRun) -> int:
-    """The last epoch an unfinished run saved (-1: start afresh), decided by rank 0; epoch parts past
-    it (a kill between a part and its state) are dropped."""
-    resume_epoch = -1
-    if run.dist.is_main:
-        if run.resuming and run.layout.state.exists():
-            resume_epoch = int(torch.load(run.layout.state, weights_only=True)["epoch"])
-        run.layout.drop_epoch_parts_after(resume_epoch)
-    resume_epoch = run.dist.broadcast_object(resume_epoch)
-    run.dist.barrier()
-    return resume_epoch
-
-
 def _describe(source) -> dict:
     try:
         return source.describe()
@@ -79,6 +71,8 @@ def _describe(source) -> dict:
 
 
 def _train_and_finalize(run: TrainRun) -> RunOutcome:
+    if isinstance(run.inputs, PairTrainInputs):  # image-text pairs: pipeline/pairs_train.py
+        return train_pairs(run)
     options, ctx, device, out, writer = run.options, run.dist, run.device, run.out, run.writer
     pool, models, progress, log = run.inputs.pool, run.inputs.models, run.progress, run.log
     resume_epoch = _resume_epoch(run)

@@ -1,0 +1,208 @@
+"""``mimic-explorer train`` on an image-text pool, frozen-tower mode: the work loop.
+
+Flow: one decoding pass computes every good pair's tower outputs (image tower on the image, text
+tower on its caption as trained — swapped when ``--caption-noise`` swapped it) and writes the
+thumbnails; the projections and the logit scale then train on those rows
+(``pair_training.train_projections``): plainly without a reference, with Grad-Mimic on the
+``--mimic-layer`` projection with one. The tower outputs are held in memory for the run (they depend on
+the captions as trained, which the shared image feature cache does not key on): a pool's rows cost
+(image_dim + text_dim) floats each, 2 KB for the built-in model.
+
+Per epoch, every pair's proj/weight/loss (its symmetric InfoNCE term in its training batch) go to the
+run's epoch parts as for a labelled run, so resuming, Stage 2 and the app work unchanged. At the end
+(with a reference) ``pair_training.evaluate_pair_signals`` scores every pair once more in seeded
+random batches of ``--batch-size``: the model and reference losses, the CLIP scores under both, the
+gradient norm, and ``score_batch`` / ``batch_size`` (the batch those numbers are relative to).
+``--test-data`` (pairs) adds image→text and text→image recall@1/5 of the trained model.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mimic_explorer.data.errors import ErrorLog
+from mimic_explorer.data.captions import PAIRS
+from mimic_explorer.data.sources import open_source
+from mimic_explorer.models.dual import ProjectionProbe
+from mimic_explorer.models.dual_checkpoint import save_dual_encoder
+from mimic_explorer.pair_training import evaluate_pair_signals, tower_features, train_projections
+from mimic_explorer.pipeline.epoch_parts import EpochParts, resume_epoch
+from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
+from mimic_explorer.pipeline.lifecycle import RunContext, RunOutcome
+from mimic_explorer.pipeline.options import TrainOptions
+from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs
+from mimic_explorer.pipeline.pool_pass import pool_pass
+from mimic_explorer.scoring.contrastive import retrieval_recall
+from mimic_explorer.store.thumbs import ThumbnailWriter
+from mimic_explorer.train import NonFiniteLossError, TrainConfig
+
+PairTrainRun = RunContext[TrainOptions, PairTrainInputs]
+#: pairs per batch of the decoding pass that computes tower outputs
+FEATURE_BATCH = 256
+#: columns each pair's row of the end-of-run signals adds to samples.parquet beside the standard signals
+PAIR_SIGNAL_COLUMNS = ("clip_score_ref", "clip_score_model", "score_batch", "batch_size")
+
+
+def pair_tower_features(models, source, labels, captions: np.ndarray, device: str, workers: int = 0,
+                        thumbs: ThumbnailWriter | None = None, errors: ErrorLog | None = None
+                        ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(tower outputs, pool positions, caption truncated?) of every good pair, in pool order."""
+    parts, positions, truncated = [], [], []
+    tokenizer = models.model.tokenizer
+    for batch in pool_pass(source, labels, models.transform, FEATURE_BATCH, thumbnails=thumbs is not None,
+                           workers=workers, errors=errors):
+        index = batch.index.numpy()
+        tokens = tokenizer.encode(captions[index].tolist())
+        parts.append(tower_features(models.model, [(batch.inputs, tokens.ids)], device))
+        positions.append(index)
+        truncated.append(np.asarray(tokens.truncated, dtype=bool))
+        if thumbs is not None:
+            for p, t in zip(index, batch.thumbs):
+                thumbs.add(source.sample_ids[p], t)
+    if not parts:
+        raise ValueError(f"no pair of {source.spec} could be decoded")
+    return torch.cat(parts), np.concatenate(positions).astype(np.int64), np.concatenate(truncated)
+
+
+def train_pairs(run: PairTrainRun) -> RunOutcome:
+    """Tower outputs once, projections trained (resuming after the last saved epoch), then samples."""
+    options, ctx, device, layout = run.options, run.dist, run.device, run.layout
+    inputs = run.inputs
+    source, models, captions = inputs.pool.source, inputs.models, inputs.captions
+    saved_epoch = resume_epoch(run)
+    errors = ErrorLog()
+    if ctx.is_main:
+        errors.extend(source.open_errors)
+    keep_thumbs = saved_epoch >= 0 and layout.thumbs_index.exists()
+    thumbs = ThumbnailWriter(run.out) if ctx.is_main and not keep_thumbs else None
+    timings: dict = {}
+    t0 = time.perf_counter()
+    features, positions, truncated = pair_tower_features(models, source, inputs.pool.labels, captions.captions, device,
+                                                         options.workers, thumbs, errors)
+    timings["features_s"] = time.perf_counter() - t0
+    timings["features_cached"] = False  # held in memory for this run only (see the module docstring)
+    if thumbs is not None:
+        thumbs.close()
+    config = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, weight_decay=options.weight_decay,
+                         optimizer=options.optimizer, method=options.method, temperature=options.temperature,
+                         reweight=options.reweight, starting_epoch=options.starting_epoch, seed=options.seed, device=device)
+    probe = ProjectionProbe.sharing(models.model)
+    start_epoch, optimizer_state = 0, None
+    if saved_epoch >= 0:
+        saved = torch.load(layout.state, weights_only=True, map_location=device)
+        probe.load_state_dict(saved["model"])
+        optimizer_state, start_epoch = saved["optimizer"], saved_epoch + 1
+        run.log(f"resuming {run.out} after epoch {saved_epoch}")
+    parts = EpochParts(layout, source.sample_ids[positions], ctx, last_epoch=options.epochs - 1,
+                       every_s=options.checkpoint_every, positions=positions)
+
+    def on_checkpoint(epoch, module, optimizer) -> None:
+        if parts.due(epoch):
+            parts.checkpoint(epoch, lambda: {"model": module.state_dict(), "optimizer": optimizer.state_dict()})
+
+    local = len(range(ctx.rank, len(positions), ctx.world))
+    t0 = time.perf_counter()
+    if start_epoch < options.epochs:
+        try:
+            with warnings.catch_warnings():  # the feature-basis warning was given when the run was prepared
+                warnings.simplefilter("ignore", UserWarning)
+                train_projections(models.model, features, config, models.reference, mimic_layer=models.mimic_layer,
+                                  rank=ctx.rank, world=ctx.world, on_epoch=parts.add, on_checkpoint=on_checkpoint,
+                                  progress=lambda d, t: run.progress("Grad-Mimic" if models.reference is not None else "training", d, t),
+                                  start_epoch=start_epoch, optimizer_state=optimizer_state,
+                                  grad_sync=ctx.average_gradients if ctx.active else None,
+                                  steps_per_epoch=max(1, -(-local // options.batch_size)))
+        except NonFiniteLossError as exc:
+            ids = [str(source.sample_ids[positions[p]]) for p in exc.positions[:10]]
+            raise ValueError(f"non-finite loss for pair(s) {', '.join(ids)}; the run is marked failed and the epochs "
+                             "already recorded are kept") from None
+    timings["train_s"] = time.perf_counter() - t0
+    ctx.barrier()  # rank 0 finishes the run
+    return _finalize(run, probe, features, positions, truncated, errors, timings) if ctx.is_main else run.outcome({})
+
+
+def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor, positions: np.ndarray,
+              truncated: np.ndarray, errors: ErrorLog, timings: dict) -> RunOutcome:
+    options, writer, inputs = run.options, run.writer, run.inputs
+    source, models, captions = inputs.pool.source, inputs.models, inputs.captions
+    if options.save_model:
+        save_dual_encoder(models.model, options.save_model, arch=models.arch, input_shape=models.input_shape,
+                          extra={"run_id": writer.meta.run_id, "data": options.data, "frozen_towers": True})
+    errors_frame, bad = with_positions(errors.to_frame(), source.sample_ids)
+    signals = None
+    if models.reference is not None:
+        found = evaluate_pair_signals(probe, ProjectionProbe.sharing(models.reference), features.to(run.device),
+                                      options.batch_size, mimic_params=models.mimic_layer, seed=options.seed)
+        found["index"] = positions[found["index"]]
+        signals = pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").sort_index()
+    scored = signals is not None
+    finished = finish_samples(writer, PoolView(len(source), bad, _base_rows(inputs, positions, truncated, signals),
+                                               _standard_signals(signals) if scored else None),
+                              Stage2Options(options.binarisation, options.aggregation, scored=scored))
+    summary: dict = {"samples": finished.summary["samples"], "skipped": len(errors), "epochs": options.epochs,
+                     "pairs": {"loss": "symmetric InfoNCE of each pair within its batch", "batch_size": options.batch_size,
+                               "mimic_layer": models.mimic_layer if scored else None, "frozen_towers": True,
+                               "truncated_captions": int(truncated.sum())}}
+    if scored:
+        summary.update({k: v for k, v in finished.summary.items() if k != "samples"})
+        writer.meta.evaluation = finished.evaluation
+        writer.meta.stage2 = {"binarisation": options.binarisation, "aggregation": options.aggregation}
+    if options.test_data:
+        summary["test_recall"] = held_out_recall(options.test_data, models, probe, run.device, options.workers)
+    writer.write_errors(errors_frame)
+    if len(errors):
+        run.log(errors.summary())
+    if truncated.any():
+        run.log(f"{int(truncated.sum())} caption(s) were longer than the text encoder's context and were cut (column caption_truncated)")
+    writer.meta.timings.update(timings)
+    return run.outcome(summary, report=format_evaluation(finished.evaluation) if scored else "")
+
+
+def _base_rows(inputs: PairTrainInputs, positions: np.ndarray, truncated: np.ndarray, signals: pd.DataFrame | None):
+    """samples.parquet's base columns of good positions: the pool's, the caption (and, with swapped
+    captions, the original and ``is_noisy``), whether it was cut, and the per-pair signal columns."""
+    captions = inputs.captions
+    labelled = pool_rows(inputs.pool)
+    cut = pd.Series(truncated, index=positions)
+
+    def rows(good: np.ndarray) -> pd.DataFrame:
+        frame = labelled(good)
+        frame["caption"] = pd.array(captions.captions[good].astype(str), dtype="str")
+        if captions.is_noisy is not None:
+            frame["true_caption"] = pd.array(captions.true_captions[good].astype(str), dtype="str")
+            frame["is_noisy"] = np.asarray(captions.is_noisy[good], dtype=bool)
+        frame["caption_truncated"] = cut.reindex(good).fillna(False).to_numpy(dtype=bool)
+        if signals is not None:
+            for column in PAIR_SIGNAL_COLUMNS:
+                values = signals[column].reindex(good)
+                frame[column] = values.to_numpy(np.float64) if column.startswith("clip") else values.astype("Int64").to_numpy()
+        return frame
+
+    return rows
+
+
+def _standard_signals(signals: pd.DataFrame):
+    """The finaliser's signal callable: the standard per-sample signals of the asked positions."""
+    def at(good: np.ndarray) -> dict:
+        rows = signals.reindex(good).dropna(subset=["model_loss"])
+        found = {k: rows[k].to_numpy() for k in rows.columns if k not in PAIR_SIGNAL_COLUMNS}
+        found["index"] = rows.index.to_numpy(np.int64)
+        return found
+
+    return at
+
+
+def held_out_recall(spec: str, models, probe: ProjectionProbe, device: str, workers: int = 0) -> dict[str, float]:
+    """Image→text and text→image recall@1/5 of the trained model on the held-out pairs ``spec``."""
+    test = open_source(spec)
+    if test.pool_kind != PAIRS:
+        raise ValueError(f"--test-data {spec} is a labelled pool; recall needs image-text pairs")
+    features, _, _ = pair_tower_features(models, test, test.labels, test.captions, device, workers)
+    with torch.no_grad():
+        out = probe(features.to(device))
+    return retrieval_recall(out.image.cpu(), out.text.cpu(), ks=(1, 5))
