@@ -62,6 +62,7 @@ class FeatureEntry:
     # ------------------------------------------------------------------ files
     @property
     def values_path(self) -> Path:
+        """The (rows × dim) feature matrix, memory-mapped; rows are filled chunk by chunk."""
         return self.folder / VALUES
 
     @property

@@ -129,10 +129,12 @@ class RunLayout:
 
     @property
     def filters_dir(self) -> Path:
+        """Keep-lists and their specs saved from the app or ``export --save`` (restored on reopen)."""
         return self.root / FILTERS_DIR
 
     @property
     def index_dir(self) -> Path:
+        """The app's per-run index (``IndexFiles``): built on first open, never the source of truth."""
         return self.root / INDEX_DIR
 
     @property
@@ -240,6 +242,7 @@ class IndexFiles:
 
     @property
     def manifest(self) -> Path:
+        """What the index was built from (sizes and mtimes) and every file's size: stale or truncated is rebuilt."""
         return self.folder / INDEX_MANIFEST
 
     @property
