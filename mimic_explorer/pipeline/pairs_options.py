@@ -64,8 +64,10 @@ def check_pool_options(options: Any, pool_kind: str) -> None:
                             ("--caption-noise", getattr(options, "caption_noise", 0.0)),
                             ("--frozen-towers", getattr(options, "frozen_towers", False))) if on]
     if named:
+        instead = {"--mimic-layer": "--params", "--caption-noise": "--label-noise", "--frozen-towers": "--linear-probe"}
+        hint = ", ".join(f"{instead[n]} instead of {n}" for n in named)
         raise ValueError(f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
-                         f"and {options.data} is a labelled pool; use --params / --label-noise")
+                         f"and {options.data} is a labelled pool; on a labelled pool use {hint}")
 
 
 def pair_mimic_params(options: Any, model) -> list[str] | str:

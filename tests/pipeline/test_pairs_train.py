@@ -108,7 +108,7 @@ def test_pairs_without_frozen_towers_and_labelled_options_are_refused_before_wri
 def test_pair_training_options_on_a_labelled_pool_are_refused(tmp_path):
     out = tmp_path / "run"
     labelled = TrainOptions(data="digits", arch="mlp", out=str(out), frozen_towers=True, quiet=True)
-    with pytest.raises(ValueError, match="--frozen-towers: only for image-text pools"):
+    with pytest.raises(ValueError, match="--frozen-towers: only for image-text pools.*use --linear-probe instead of --frozen-towers"):
         run_train(labelled)
     assert not out.exists()
 
