@@ -18,7 +18,10 @@ import pandas as pd
 def pool_features(backbone: Path, options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sample ids, noisy labels, features) of the pool, from the pipeline's feature cache."""
     from mimic_explorer.data.transforms import default_transform
+    import torch
+
     from mimic_explorer.models.checkpoints import load_checkpoint
+    from mimic_explorer.models.heads import find_head
     from mimic_explorer.models.registry import build_model
     from mimic_explorer.pipeline.features import extract_features
     from mimic_explorer.pipeline.setup import open_pool
@@ -26,7 +29,8 @@ def pool_features(backbone: Path, options) -> tuple[np.ndarray, np.ndarray, np.n
     pool = open_pool(options)
     model = build_model("small_cnn", len(pool.source.class_names), input_shape=(3, 32, 32))
     load_checkpoint(model, backbone)
-    feats = extract_features(model, pool.source, pool.labels, default_transform("small_cnn"))
+    head_name, _ = find_head(model, torch.zeros(1, 3, 32, 32))
+    feats = extract_features(model, pool.source, pool.labels, default_transform("small_cnn"), head_name=head_name)
     positions = feats.positions
     return pool.source.sample_ids[positions].astype(str), pool.labels[positions], feats.values.numpy().astype(np.float64)
 
