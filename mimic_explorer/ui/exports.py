@@ -48,7 +48,7 @@ class ExportPanel(Viewer):
         if event.new != "uids":
             return
         try:
-            check_uids(self.run.samples["sample_id"].to_numpy())
+            check_uids(self.state.samples["sample_id"].to_numpy())
         except FilterError as exc:
             self.notice.show(f"Keep-list format uids is not possible here: {exc}", "warning")
             self.format.value = event.old
