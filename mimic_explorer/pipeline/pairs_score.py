@@ -38,6 +38,7 @@ from mimic_explorer.scoring.contrastive import InfoNCELoss
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
 from mimic_explorer.store.thumbs import ThumbnailWriter
+from mimic_explorer.store.writer import take_error_parts
 
 PairRun = RunContext[ScoreOptions, PairInputs]
 ALONE = "alone in its scoring batch (InfoNCE needs at least one other pair as a negative)"
@@ -110,10 +111,7 @@ def _finalize(run: PairRun, started: float) -> RunOutcome:
     options, layout, writer, inputs = run.options, run.layout, run.writer, run.inputs
     source, captions = inputs.pool.source, inputs.captions
     scores = read_pair_scores(layout.chunk_parts())
-    error_parts = layout.error_parts()
-    all_errors = pd.concat([pd.read_parquet(p) for p in error_parts], ignore_index=True).drop_duplicates("sample_id")
-    for p in error_parts:
-        p.unlink()
+    all_errors = take_error_parts(layout)
     scored = set(scores["sample_id"].astype(str))
     good = np.asarray([i for i, s in enumerate(source.sample_ids) if s in scored], dtype=np.int64)
     samples = samples_table(source.sample_ids[good], source.sources[good], inputs.pool.labels[good], None, None)

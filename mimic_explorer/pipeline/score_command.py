@@ -34,7 +34,7 @@ from mimic_explorer.progress import Progress
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.store.writer import write_score_part
+from mimic_explorer.store.writer import take_error_parts, write_score_part
 
 ScoreRun = RunContext[ScoreOptions, RunInputs]
 
@@ -138,11 +138,7 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
     ctx.barrier()
     if not ctx.is_main:
         return run.outcome({})
-    error_parts = layout.error_parts()
-    all_errors = pd.concat([pd.read_parquet(p) for p in error_parts], ignore_index=True).drop_duplicates("sample_id")
-    all_errors, bad = with_positions(all_errors, source.sample_ids)
-    for p in error_parts:
-        p.unlink()
+    all_errors, bad = with_positions(take_error_parts(layout), source.sample_ids)
     finished = finish_samples(writer, PoolView(len(source), bad, pool_rows(pool)),
                               Stage2Options(options.binarisation, options.aggregation, losses_from_rows=True))
     writer.write_errors(all_errors)

@@ -241,3 +241,13 @@ class SamplesWriter:
             self.close()
         else:
             self.abort()
+
+
+def take_error_parts(layout: RunLayout) -> pd.DataFrame:
+    """Every rank's bad samples of a pass, merged (one row per sample id); the per-rank parts are
+    removed, since ``errors.parquet`` replaces them once the caller writes it."""
+    parts = layout.error_parts()
+    merged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True).drop_duplicates("sample_id")
+    for part in parts:
+        part.unlink()
+    return merged
