@@ -166,10 +166,24 @@ def _add_pair_train_options(p) -> None:
     """``train`` on an image-text pool (captions in .txt/.json; --arch small_dual[:IMAGE_ARCH])."""
     pairs = p.add_argument_group(
         "image-text pools", "Each pair's loss is its symmetric InfoNCE term within its batch. Without --init, a run with "
-        "--reference starts from the reference's towers with fresh projections (one shared feature basis); --init takes a "
-        "dual-encoder checkpoint (--save-model of a pairs run) or an image classifier checkpoint (the image tower).")
+        "--reference starts from the reference's towers with a fresh mimic-layer projection (one shared feature basis); "
+        "--init takes a dual-encoder checkpoint (--save-model of a pairs run) or an image classifier checkpoint (the image "
+        "tower). Without --frozen-towers the built-in small_dual trains plainly, towers included (no --reference): the "
+        "way to make a small 'pretrained' checkpoint, e.g. on clean pairs with --frozen-image-tower --all-captions.")
     pairs.add_argument("--frozen-towers", action="store_true",
-                       help="compute the towers' outputs once and train only the projections and the logit scale on them")
+                       help="compute the towers' outputs once and train only the projections and the logit scale on them "
+                            "(plain, or Grad-Mimic with --reference)")
+    pairs.add_argument("--frozen-image-tower", action="store_true",
+                       help="without --frozen-towers: keep the image tower's weights (its outputs computed once) and train "
+                            "the text tower, both projections and the logit scale")
+    pairs.add_argument("--all-captions", action="store_true",
+                       help="without --frozen-towers: each time a photo is drawn into a batch, pair it with one of its "
+                            "captions (the .json's all_captions, e.g. Flickr8k's five) chosen at random, seeded by --seed "
+                            "and the epoch; the vocabulary is read from all of them. samples.parquet records caption #0")
+    pairs.add_argument("--fresh-projections", action="store_true",
+                       help="re-initialise both projections from --seed (a model trained from fresh projections with the "
+                            "same --seed started from these very values: --init CKPT --fresh-projections restarts its "
+                            "projections from its own initial weights)")
     pairs.add_argument("--mimic-layer", choices=["image", "text"], default=None,
                        help="Grad-Mimic re-weights the gradient of this tower's last linear projection (default text)")
     pairs.add_argument("--caption-noise", type=float, default=0.0, metavar="RATE",

@@ -117,6 +117,28 @@ def mimic_layer_params(model: nn.Module, layer: str | Sequence[str]) -> list[str
     return names
 
 
+#: the seed offset of each tower's projection in ``reset_projections`` (text keeps the run's seed)
+PROJECTION_SEED_OFFSETS = {"text": 0, "image": 1}
+
+
+def reset_projections(model: nn.Module, layers: Sequence[str], seed: int) -> nn.Module:
+    """``model`` with the projections of ``layers`` ("image", "text") re-initialised in place, each
+    from its own seed (``seed`` + ``PROJECTION_SEED_OFFSETS[layer]``), the global generator untouched.
+
+    Why seeded per tower: a run that trains a dual encoder from fresh projections and a later run that
+    asks for fresh projections with the same seed then start from the very same values — the "same
+    init" a projection-layer mimic score needs (as a linear probe shares its head's initial weights
+    with its reference) — whichever towers each run resets."""
+    state = torch.random.get_rng_state()
+    try:
+        for layer in layers:
+            torch.manual_seed(seed + PROJECTION_SEED_OFFSETS[layer])
+            getattr(model, MIMIC_LAYERS[layer]).reset_parameters()
+    finally:
+        torch.random.set_rng_state(state)
+    return model
+
+
 def tower_differences(model: nn.Module, reference: nn.Module) -> list[str]:
     """Names of the tensors outside the projections and logit scale where ``reference`` differs from
     ``model``: empty when the two share their towers (the feature basis a frozen-tower run assumes)."""

@@ -131,6 +131,9 @@ class TrainOptions(CommonOptions):
     frozen_towers: bool = False  # image-text pools: train the projections on cached tower outputs
     mimic_layer: str | None = None  # image-text pools: image | text (pipeline/pairs_options.py)
     caption_noise: float = 0.0  # image-text pools: fraction of pairs whose captions are swapped
+    frozen_image_tower: bool = False  # image-text pools, towers trained: the image tower keeps its weights
+    all_captions: bool = False  # image-text pools, towers trained: each draw pairs a photo with one of its captions
+    fresh_projections: bool = False  # image-text pools: both projections re-initialised (seeded by --seed)
 
     def validate(self) -> None:
         from mimic_explorer.pipeline.pairs_options import validate_pair_options

@@ -35,6 +35,15 @@ def validate_pair_options(options: Any) -> None:
              f"give either --mimic-layer {layer} or --params {params}, not both (both name the mimic layers)")
     rate = getattr(options, "caption_noise", 0.0)
     _require(0.0 <= rate < 1.0, f"--caption-noise must be in [0, 1), got {rate}")
+    frozen = getattr(options, "frozen_towers", False)
+    _require(not (frozen and getattr(options, "frozen_image_tower", False)),
+             "give either --frozen-towers (both towers frozen) or --frozen-image-tower (the text tower trains), not both")
+    _require(not (frozen and getattr(options, "all_captions", False)),
+             "--all-captions draws a caption each time a photo enters a batch, which needs a text tower that runs "
+             "every step; --frozen-towers computes each pair's tower outputs once: drop one of them")
+    _require(not (rate and getattr(options, "all_captions", False)),
+             "--all-captions trains on each photo's own captions; with --caption-noise the swapped captions would "
+             "be mixed with the true ones: drop one of them")
 
 
 def _labelled_only(options: Any) -> list[str]:
@@ -62,12 +71,15 @@ def check_pool_options(options: Any, pool_kind: str) -> None:
         return
     named = [f for f, on in (("--mimic-layer", getattr(options, "mimic_layer", None)),
                             ("--caption-noise", getattr(options, "caption_noise", 0.0)),
-                            ("--frozen-towers", getattr(options, "frozen_towers", False))) if on]
+                            ("--frozen-towers", getattr(options, "frozen_towers", False)),
+                            ("--frozen-image-tower", getattr(options, "frozen_image_tower", False)),
+                            ("--all-captions", getattr(options, "all_captions", False)),
+                            ("--fresh-projections", getattr(options, "fresh_projections", False))) if on]
     if named:
         instead = {"--mimic-layer": "--params", "--caption-noise": "--label-noise", "--frozen-towers": "--linear-probe"}
-        hint = ", ".join(f"{instead[n]} instead of {n}" for n in named)
+        hint = ", ".join(f"{instead[n]} instead of {n}" for n in named if n in instead)
         raise ValueError(f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
-                         f"and {options.data} is a labelled pool; on a labelled pool use {hint}")
+                         f"and {options.data} is a labelled pool" + (f"; on a labelled pool use {hint}" if hint else ""))
 
 
 def pair_mimic_params(options: Any, model) -> list[str] | str:

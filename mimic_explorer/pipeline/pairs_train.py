@@ -1,12 +1,19 @@
-"""``mimic-explorer train`` on an image-text pool, frozen-tower mode: the work loop.
+"""``mimic-explorer train`` on an image-text pool: the work loop (frozen towers, or towers trained).
 
-Flow: one decoding pass computes every good pair's tower outputs (image tower on the image, text
-tower on its caption as trained — swapped when ``--caption-noise`` swapped it) and writes the
-thumbnails; the projections and the logit scale then train on those rows
+Flow, ``--frozen-towers``: one decoding pass computes every good pair's tower outputs (image tower on
+the image, text tower on its caption as trained — swapped when ``--caption-noise`` swapped it) and
+writes the thumbnails; the projections and the logit scale then train on those rows
 (``pair_training.train_projections``): plainly without a reference, with Grad-Mimic on the
 ``--mimic-layer`` projection with one. The tower outputs are held in memory for the run (they depend on
 the captions as trained, which the shared image feature cache does not key on): a pool's rows cost
 (image_dim + text_dim) floats each, 2 KB for the built-in model.
+
+Without ``--frozen-towers`` (plain training of the built-in model, ``tower_training``): the decoding
+pass keeps every good pair's preprocessed image in memory (3·S² floats: 12 KB at 32 px, 48 KB at
+64 px) — or, with ``--frozen-image-tower``, its image-tower output — and the caption tokens (with
+``--all-captions`` all of each photo's captions, one drawn per step); after training, the trained
+model's tower outputs of each pair and its recorded caption go through the same end of run as the
+frozen-tower mode.
 
 Per epoch, every pair's proj/weight/loss (its symmetric InfoNCE term in its training batch) go to the
 run's epoch parts as for a labelled run, so resuming, Stage 2 and the app work unchanged. At the end
@@ -39,6 +46,8 @@ from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs
 from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.scoring.contrastive import retrieval_recall
 from mimic_explorer.store.thumbs import ThumbnailWriter
+from mimic_explorer.tower_training import (caption_sets, draw_counts, image_inputs, trainable_part, train_towers,
+                                           trained_tower_features)
 from mimic_explorer.train import NonFiniteLossError, TrainConfig
 
 PairTrainRun = RunContext[TrainOptions, PairTrainInputs]
@@ -52,13 +61,21 @@ def pair_tower_features(models, source, labels, captions: np.ndarray, device: st
                         thumbs: ThumbnailWriter | None = None, errors: ErrorLog | None = None
                         ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """(tower outputs, pool positions, caption truncated?) of every good pair, in pool order."""
+    return _pair_rows(models, source, labels, captions, workers, thumbs, errors,
+                      lambda images, ids: tower_features(models.model, [(images, ids)], device))
+
+
+def _pair_rows(models, source, labels, captions: np.ndarray, workers: int, thumbs: ThumbnailWriter | None,
+               errors: ErrorLog | None, encode) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """One decoding pass: ``encode(images, token ids)`` of every good pair, its position and whether its
+    caption was cut, in pool order (thumbnails and bad samples recorded on the way)."""
     parts, positions, truncated = [], [], []
     tokenizer = models.model.tokenizer
     for batch in pool_pass(source, labels, models.transform, FEATURE_BATCH, thumbnails=thumbs is not None,
                            workers=workers, errors=errors):
         index = batch.index.numpy()
         tokens = tokenizer.encode(captions[index].tolist())
-        parts.append(tower_features(models.model, [(batch.inputs, tokens.ids)], device))
+        parts.append(encode(batch.inputs, tokens.ids))
         positions.append(index)
         truncated.append(np.asarray(tokens.truncated, dtype=bool))
         if thumbs is not None:
@@ -82,8 +99,14 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
     thumbs = ThumbnailWriter(run.out) if ctx.is_main and not keep_thumbs else None
     timings: dict = {}
     t0 = time.perf_counter()
-    features, positions, truncated = pair_tower_features(models, source, inputs.pool.labels, captions.captions, device,
-                                                         options.workers, thumbs, errors)
+    towers = not options.frozen_towers
+    freeze_image = options.frozen_image_tower
+    if towers:
+        features, positions, truncated = _pair_rows(models, source, inputs.pool.labels, captions.captions, options.workers,
+                                                    thumbs, errors, lambda images, ids: image_inputs(models.model, images, freeze_image, device))
+    else:
+        features, positions, truncated = pair_tower_features(models, source, inputs.pool.labels, captions.captions, device,
+                                                             options.workers, thumbs, errors)
     timings["features_s"] = time.perf_counter() - t0
     timings["features_cached"] = False  # held in memory for this run only (see the module docstring)
     if thumbs is not None:
@@ -92,10 +115,11 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
                          optimizer=options.optimizer, method=options.method, temperature=options.temperature,
                          reweight=options.reweight, starting_epoch=options.starting_epoch, seed=options.seed, device=device)
     probe = ProjectionProbe.sharing(models.model)
+    trained = trainable_part(models.model, freeze_image) if towers else probe
     start_epoch, optimizer_state = 0, None
     if saved_epoch >= 0:
         saved = torch.load(layout.state, weights_only=True, map_location=device)
-        probe.load_state_dict(saved["model"])
+        trained.load_state_dict(saved["model"])
         optimizer_state, start_epoch = saved["optimizer"], saved_epoch + 1
         run.log(f"resuming {run.out} after epoch {saved_epoch}")
     parts = EpochParts(layout, source.sample_ids[positions], ctx, last_epoch=options.epochs - 1,
@@ -106,24 +130,35 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
             parts.checkpoint(epoch, lambda: {"model": module.state_dict(), "optimizer": optimizer.state_dict()})
 
     local = len(range(ctx.rank, len(positions), ctx.world))
+    common = dict(rank=ctx.rank, world=ctx.world, on_epoch=parts.add, on_checkpoint=on_checkpoint,
+                  progress=lambda d, t: run.progress("Grad-Mimic" if models.reference is not None else "training", d, t),
+                  start_epoch=start_epoch, optimizer_state=optimizer_state,
+                  grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=max(1, -(-local // options.batch_size)))
+    if towers:
+        sets = [inputs.caption_sets[p] for p in positions] if inputs.caption_sets is not None else \
+            [[c] for c in captions.captions[positions].tolist()]
+        token_sets, counts = caption_sets(models.model.tokenizer, sets)
+        timings["captions"] = draw_counts(counts)
     t0 = time.perf_counter()
     if start_epoch < options.epochs:
         try:
             with warnings.catch_warnings():  # the feature-basis warning was given when the run was prepared
                 warnings.simplefilter("ignore", UserWarning)
-                train_projections(models.model, features, config, models.reference, mimic_layer=models.mimic_layer,
-                                  rank=ctx.rank, world=ctx.world, on_epoch=parts.add, on_checkpoint=on_checkpoint,
-                                  progress=lambda d, t: run.progress("Grad-Mimic" if models.reference is not None else "training", d, t),
-                                  start_epoch=start_epoch, optimizer_state=optimizer_state,
-                                  grad_sync=ctx.average_gradients if ctx.active else None,
-                                  steps_per_epoch=max(1, -(-local // options.batch_size)))
+                if towers:
+                    train_towers(models.model, features, token_sets, counts, config, freeze_image=freeze_image, **common)
+                else:
+                    train_projections(models.model, features, config, models.reference, mimic_layer=models.mimic_layer, **common)
         except NonFiniteLossError as exc:
             ids = [str(source.sample_ids[positions[p]]) for p in exc.positions[:10]]
             raise ValueError(f"non-finite loss for pair(s) {', '.join(ids)}; the run is marked failed and the epochs "
                              "already recorded are kept") from None
     timings["train_s"] = time.perf_counter() - t0
     ctx.barrier()  # rank 0 finishes the run
-    return _finalize(run, probe, features, positions, truncated, errors, timings) if ctx.is_main else run.outcome({})
+    if not ctx.is_main:
+        return run.outcome({})
+    if towers:  # the trained towers' outputs of each pair and its recorded caption: the frozen-tower end of run
+        features = trained_tower_features(models.model, features, token_sets[:, 0], freeze_image, device)
+    return _finalize(run, probe, features, positions, truncated, errors, timings)
 
 
 def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor, positions: np.ndarray,
@@ -132,7 +167,8 @@ def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor,
     source, models, captions = inputs.pool.source, inputs.models, inputs.captions
     if options.save_model:
         save_dual_encoder(models.model, options.save_model, arch=models.arch, input_shape=models.input_shape,
-                          extra={"run_id": writer.meta.run_id, "data": options.data, "frozen_towers": True})
+                          extra={"run_id": writer.meta.run_id, "data": options.data, "frozen_towers": options.frozen_towers,
+                                 "frozen_image_tower": options.frozen_image_tower, "all_captions": options.all_captions})
     errors_frame, bad = with_positions(errors.to_frame(), source.sample_ids)
     signals = None
     if models.reference is not None:
@@ -146,7 +182,7 @@ def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor,
                               Stage2Options(options.binarisation, options.aggregation, scored=scored))
     summary: dict = {"samples": finished.summary["samples"], "skipped": len(errors), "epochs": options.epochs,
                      "pairs": {"loss": "symmetric InfoNCE of each pair within its batch", "batch_size": options.batch_size,
-                               "mimic_layer": models.mimic_layer if scored else None, "frozen_towers": True,
+                               "mimic_layer": models.mimic_layer if scored else None, "frozen_towers": options.frozen_towers,
                                "truncated_captions": int(truncated.sum())}}
     if scored:
         summary.update({k: v for k, v in finished.summary.items() if k != "samples"})
@@ -154,6 +190,8 @@ def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor,
         writer.meta.stage2 = {"binarisation": options.binarisation, "aggregation": options.aggregation}
     if options.test_data:
         summary["test_recall"] = held_out_recall(options.test_data, models, probe, run.device, options.workers)
+    if "captions" in timings:
+        summary["pairs"].update(towers_trained="text" if options.frozen_image_tower else "both", **timings.pop("captions"))
     writer.write_errors(errors_frame)
     if len(errors):
         run.log(errors.summary())

@@ -1,8 +1,14 @@
-"""Prepare a ``train`` run on an image-text pool: the captions (with ``--caption-noise`` swapped), the
-dual encoder to train, the reference (with ``--reference``: Grad-Mimic) and the feature-basis check.
+"""Prepare a ``train`` run on an image-text pool: the captions (with ``--caption-noise`` swapped; with
+``--all-captions`` every caption of each photo), the dual encoder to train, the reference (with
+``--reference``: Grad-Mimic) and the feature-basis check.
 
-Where the model's weights come from (the frozen-tower mode trains only the projections and the logit
-scale, so the towers decide the feature basis):
+Two ways to train: ``--frozen-towers`` trains only the projections and the logit scale on cached tower
+outputs (so the towers decide the feature basis; plain or Grad-Mimic); without it the towers train
+too (``tower_training``: plain training of the built-in model, the way a small "pretrained" checkpoint
+is made; ``--frozen-image-tower`` keeps the image tower's weights). Grad-Mimic needs a reference that
+shares the model's towers, so it is refused while the towers train.
+
+Where the model's weights come from:
 
 - ``--init`` a dual-encoder checkpoint (``models.dual_checkpoint``): every weight, tokenizer included;
 - ``--init`` an image classifier checkpoint: the image tower (the text tower and the tokenizer are
@@ -13,6 +19,10 @@ scale, so the towers decide the feature basis):
   reference trained on clean pairs plays the public checkpoint);
 - neither: a fresh built-in dual encoder (vocabulary from the pool's captions).
 
+A fresh model's projections, and any model's with ``--fresh-projections``, are set by
+``models.dual.reset_projections`` from ``--seed``: a checkpoint trained from fresh projections and a
+later frozen-tower run with ``--fresh-projections`` and the same seed start from the same values.
+
 Why apart from ``pairs_setup``: ``score`` rebuilds two finished checkpoints; ``train`` builds a model
 from one of four sources and must check it against the reference before anything is written.
 """
@@ -22,12 +32,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import CheckpointError
-from mimic_explorer.models.dual import MIMIC_LAYERS, DualEncoder, mimic_layer_params, tower_differences
+from mimic_explorer.models.dual import MIMIC_LAYERS, DualEncoder, mimic_layer_params, reset_projections, tower_differences
 from mimic_explorer.models.dual_checkpoint import read_dual_checkpoint
 from mimic_explorer.models.dual_registry import build_dual_encoder, is_open_clip
 from mimic_explorer.pipeline.lifecycle import Prepared
@@ -60,6 +69,8 @@ class PairTrainInputs:
     pool: Pool
     captions: PairCaptions
     models: PairTrainModels
+    #: with ``--all-captions``: every caption of each pool position (its own first), else None
+    caption_sets: list[list[str]] | None = None
 
 
 def _is_dual_checkpoint(path: str) -> bool:
@@ -75,14 +86,9 @@ def _fresh_projection(model: DualEncoder, layer: str, seed: int) -> DualEncoder:
     and the logit scale stay the reference's, so the model's joint embedding space starts aligned with
     the reference's: a direction toward the reference on the mimic layer then means the same thing
     for both (fresh projections on both towers would leave the model's space an arbitrary rotation of
-    the reference's)."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        getattr(model, MIMIC_LAYERS[layer]).reset_parameters()
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return model
+    the reference's — unless they are the very values the reference's own training started from,
+    which ``--fresh-projections`` gives for a reference trained from fresh projections)."""
+    return reset_projections(model, [layer], seed)
 
 
 def _input_shape(options: TrainOptions) -> tuple[int, int, int]:
@@ -90,7 +96,7 @@ def _input_shape(options: TrainOptions) -> tuple[int, int, int]:
     return (3, size, size)
 
 
-def _build_model(options: TrainOptions, captions: np.ndarray, reference: DualEncoder | None,
+def _build_model(options: TrainOptions, captions: list[str], reference: DualEncoder | None,
                  reference_config: dict | None) -> tuple[DualEncoder, dict, list[str]]:
     """(model, its config {arch, input_shape}, notes) from the sources the module docstring lists."""
     image_arch = saved_arch(options.arch)
@@ -108,17 +114,21 @@ def _build_model(options: TrainOptions, captions: np.ndarray, reference: DualEnc
         image_arch = DEFAULT_IMAGE_ARCH
     shape = _input_shape(options)
     torch.manual_seed(options.seed)
-    model = build_dual_encoder(image_arch, init=options.init, captions=captions.tolist(), input_shape=shape,
+    model = build_dual_encoder(image_arch, init=options.init, captions=captions, input_shape=shape,
                                trust_pickle=options.trust_pickle)
-    return model, {"arch": image_arch, "input_shape": list(shape)}, []
+    return reset_projections(model, list(MIMIC_LAYERS), options.seed), {"arch": image_arch, "input_shape": list(shape)}, []
 
 
-def build_train_pair_models(options: TrainOptions, captions: np.ndarray, device: str) -> PairTrainModels:
-    """Model and (with ``--reference``) reference of a pairs ``train`` run, and the feature-basis check."""
+def build_train_pair_models(options: TrainOptions, captions: list[str], device: str) -> PairTrainModels:
+    """Model and (with ``--reference``) reference of a pairs ``train`` run, and the feature-basis check.
+    ``captions``: the texts a fresh model's vocabulary is read from."""
     reference, reference_config = None, None
     if options.reference:
         reference, reference_config = load_pair_model(options.reference, options.arch, "--reference")
     model, config, notes = _build_model(options, captions, reference, reference_config)
+    if options.fresh_projections:
+        reset_projections(model, list(MIMIC_LAYERS), options.seed)
+        notes.append(f"both projections re-initialised from --seed {options.seed} (--fresh-projections)")
     warnings = []
     basis: dict = {}
     if reference is not None:
@@ -141,17 +151,46 @@ def build_train_pair_models(options: TrainOptions, captions: np.ndarray, device:
                            shape, dual_transform(model, config), layer, warnings, notes, basis)
 
 
+def _check_tower_training(options: TrainOptions) -> None:
+    """Refuse what training the towers cannot do, before anything is written."""
+    if options.frozen_towers:
+        if options.frozen_image_tower or options.all_captions:
+            raise ValueError("--frozen-image-tower and --all-captions are for training the towers; drop --frozen-towers")
+        return
+    if options.reference:
+        raise ValueError(f"--reference {options.reference} without --frozen-towers: Grad-Mimic on image-text pairs needs "
+                         "the model and the reference to share their towers (one feature basis), which training the towers "
+                         "would break; train the projections with --frozen-towers, or drop --reference to train the "
+                         "towers plainly (e.g. to make a reference)")
+    if is_open_clip(options.arch):
+        raise ValueError(f"training the towers is available for the built-in --arch small_dual; {options.arch} trains with "
+                         "--frozen-towers (its projections on cached tower outputs)")
+
+
+def _caption_sets(pool: Pool) -> list[list[str]]:
+    """Every caption of each position (its own first): what ``--all-captions`` draws from."""
+    source = pool.source
+    return [source.all_captions(i) or [str(source.captions[i])] for i in range(len(source))]
+
+
 def prepare_pair_training(options: TrainOptions, pool: Pool, device: str) -> Prepared[PairTrainInputs]:
     """The lifecycle's ``prepare`` for ``train`` on a pairs pool (``pool`` opened by ``setup.open_pool``)."""
-    if not options.frozen_towers:
-        raise ValueError(f"{options.data} is a pool of image-text pairs: train it with --frozen-towers (the towers' "
-                         "outputs computed once, the projections trained on them); fine-tuning the towers is not available")
+    _check_tower_training(options)
     captions = pair_captions(pool, options.caption_noise, options.noise_seed)
-    models = build_train_pair_models(options, captions.captions, device)
+    sets = _caption_sets(pool) if options.all_captions else None
+    texts = [c for row in sets for c in row] if sets is not None else captions.captions.tolist()
+    models = build_train_pair_models(options, texts, device)
     fingerprints = {**pool_fingerprints(pool), "init": state_fingerprint(models.model.state_dict()),
                     "reference": None if models.reference is None else state_fingerprint(models.reference.state_dict())}
     method = (f"{options.method} Grad-Mimic on the {models.mimic_layer} projection (symmetric InfoNCE within each batch "
-              f"of {options.batch_size} pairs; frozen towers)") if models.reference is not None else "plain (frozen towers)"
+              f"of {options.batch_size} pairs; frozen towers)") if models.reference is not None else f"plain ({_trained_part(options)})"
     facts = dict(class_names=[], source={"spec": options.data, "pool_kind": "pairs"}, method=method, noise=captions.noise,
                  reference={"path": options.reference} if options.reference else None, basis=models.basis)
-    return Prepared(PairTrainInputs(pool, captions, models), fingerprints, facts, models.warnings, models.notes)
+    return Prepared(PairTrainInputs(pool, captions, models, sets), fingerprints, facts, models.warnings, models.notes)
+
+
+def _trained_part(options: TrainOptions) -> str:
+    if options.frozen_towers:
+        return "frozen towers"
+    drawn = "; each step one of every photo's captions" if options.all_captions else ""
+    return ("text tower and projections; image tower frozen" if options.frozen_image_tower else "both towers and projections") + drawn

@@ -1,0 +1,143 @@
+"""Stage 1 on image–text pairs with trainable towers: plain contrastive training of the built-in dual
+encoder, the way a small "pretrained" checkpoint is made.
+
+Why a module of its own: the frozen-tower mode (``pair_training``) trains only the projections on
+cached tower outputs; making the checkpoint that plays the public CLIP needs the text tower (and,
+when asked, the image tower) to learn too. Two choices shape it:
+
+- **The image tower may stay frozen** (``freeze_image=True``): its outputs are computed once and a
+  ``TextSide`` module — the model without its image tower, sharing every other module — trains on
+  them. A small CNN pretrained on another image set keeps its features (a thousand photos would
+  overfit it) and an epoch costs no image convolution. Without it, the preprocessed images are held in
+  memory and the whole model trains (no augmentation).
+- **A photo may carry several captions** (Flickr8k and COCO list five): ``CaptionDraws`` pairs each
+  photo, each time it is drawn into a batch, with one of its captions chosen at random (seeded by the
+  run's seed and the epoch, so a resumed run draws the same), which uses every caption without putting
+  two captions of one photo into one batch as each other's false negatives.
+
+Each pair's loss is its symmetric InfoNCE term within its batch (``scoring.contrastive.InfoNCELoss``);
+the loop is ``train.train`` with that loss, so records, resuming and checkpoints work as elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mimic_explorer.models.dual import DualEncoder, DualOutput, TokenBatch
+from mimic_explorer.scoring.contrastive import InfoNCELoss
+from mimic_explorer.scoring.context import preserved_modes
+from mimic_explorer.train import TensorBatches, TrainConfig, TrainResult, train
+
+
+class TextSide(nn.Module):
+    """A dual encoder without its image tower, on cached image-tower outputs: ``forward(image_features,
+    tokens)`` → ``DualOutput``. It holds the model's own modules under the model's names
+    (``image_projection``, ``text_tower``, ``text_projection``, ``logit_scale``), so training it
+    trains the model in place and a reference's parameter names still match."""
+
+    def __init__(self, model: DualEncoder):
+        super().__init__()
+        self.image_projection = model.image_projection
+        self.text_projection = model.text_projection
+        self.text_tower = model.text_tower
+        self.logit_scale = model.logit_scale
+
+    def forward(self, image_features: Tensor, tokens: Tensor) -> DualOutput:
+        return DualOutput(self.image_projection(image_features), self.text_projection(self.text_tower(tokens)),
+                          self.logit_scale.exp())
+
+
+def caption_sets(tokenizer, captions: Sequence[Sequence[str]]) -> tuple[Tensor, Tensor]:
+    """Every photo's captions as token ids ``(N, K, L)`` (K = the most captions of one photo; missing
+    ones are copies of the first) and how many each photo has ``(N,)``."""
+    if not captions or any(len(c) == 0 for c in captions):
+        raise ValueError("every photo needs at least one caption")
+    width = max(len(c) for c in captions)
+    padded = [list(c) + [c[0]] * (width - len(c)) for c in captions]
+    flat = tokenizer.encode([t for row in padded for t in row]).ids
+    return flat.reshape(len(captions), width, -1), torch.tensor([len(c) for c in captions], dtype=torch.long)
+
+
+class CaptionDraws(TensorBatches):
+    """``TensorBatches`` of (image inputs, caption tokens) where each photo's caption is drawn at random
+    from its ``counts[i]`` captions each time the photo is drawn into a batch (see the module).
+
+    ``images``: (N, …) preprocessed images or image-tower outputs; ``token_sets``: (N, K, L) from
+    ``caption_sets``. With K = 1 every photo keeps its one caption."""
+
+    def __init__(self, images: Tensor, token_sets: Tensor, counts: Tensor, batch_size: int, seed: int,
+                 rank: int = 0, world: int = 1):
+        if batch_size < 2:
+            raise ValueError(f"a batch of image-text pairs needs at least 2 pairs (InfoNCE's negatives), got batch size {batch_size}")
+        super().__init__((images, token_sets, counts), None, batch_size, seed, rank, world, min_batch=2)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Any, None]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7)
+        for index, (images, sets, counts), _ in super().epoch(epoch):
+            draw = (torch.rand(len(index), generator=generator) * counts.cpu()).long().to(sets.device)
+            yield index, (images, sets[torch.arange(len(index), device=sets.device), draw]), None
+
+
+def trainable_part(model: DualEncoder, freeze_image: bool) -> nn.Module:
+    """What the optimiser sees: the whole model, or its ``TextSide`` with the image tower frozen."""
+    if not freeze_image:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    for p in model.image_tower.parameters():
+        p.requires_grad_(False)
+    part = TextSide(model)
+    for p in part.parameters():
+        p.requires_grad_(True)
+    return part
+
+
+@torch.no_grad()
+def image_inputs(model: DualEncoder, images: Tensor, freeze_image: bool, device: str | torch.device = "cpu",
+                 batch_size: int = 256) -> Tensor:
+    """What ``CaptionDraws`` batches: the image-tower outputs (eval mode, on the CPU) when the image
+    tower is frozen, else the preprocessed images themselves."""
+    if not freeze_image:
+        return images
+    with preserved_modes(model):
+        return torch.cat([model.eval().image_features(images[s : s + batch_size].to(device)).cpu()
+                          for s in range(0, len(images), batch_size)])
+
+
+def train_towers(model: DualEncoder, images: Tensor, token_sets: Tensor, counts: Tensor, config: TrainConfig, *,
+                 freeze_image: bool = False, rank: int = 0, world: int = 1, **train_options: Any) -> TrainResult:
+    """Train ``model`` in place under InfoNCE, plainly: the text tower, both projections and the logit
+    scale, and the image tower unless ``freeze_image``. ``images`` are what ``image_inputs`` returns;
+    records' ``index`` are rows of them. ``train_options`` go to ``train`` as they are (resuming,
+    checkpoints, progress, gradient sync)."""
+    part = trainable_part(model, freeze_image)
+    batches = CaptionDraws(images.to(config.device), token_sets.to(config.device), counts.to(config.device),
+                           config.batch_size, config.seed, rank, world)
+    return train(part, batches, config, loss=InfoNCELoss(), **train_options)
+
+
+@torch.no_grad()
+def trained_tower_features(model: DualEncoder, images: Tensor, tokens: TokenBatch | Tensor, freeze_image: bool,
+                           device: str | torch.device = "cpu", batch_size: int = 256) -> Tensor:
+    """(N, image_dim + text_dim) tower outputs of the trained model (eval mode, on the CPU) for each
+    photo and its recorded caption: what a ``ProjectionProbe`` of the model takes, so the end-of-run
+    signals and recall use the frozen-tower code. ``images`` as ``image_inputs`` returned them."""
+    ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
+    parts = []
+    with preserved_modes(model):
+        model.eval()
+        for s in range(0, len(ids), batch_size):
+            x, t = images[s : s + batch_size].to(device), ids[s : s + batch_size].to(device)
+            image = x if freeze_image else model.image_features(x)
+            parts.append(torch.cat([image, model.text_features(t)], dim=1).cpu())
+    return torch.cat(parts)
+
+
+def draw_counts(counts: Tensor) -> dict[str, float]:
+    """How many captions the photos carry: a run's summary line."""
+    values = np.asarray(counts.cpu().numpy(), dtype=np.int64)
+    return {"photos": int(len(values)), "captions": int(values.sum()), "max_per_photo": int(values.max(initial=0))}

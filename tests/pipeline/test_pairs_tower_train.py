@@ -1,0 +1,121 @@
+"""``train`` on an image-text pool with the towers trained (no ``--frozen-towers``): the way a small
+"pretrained" checkpoint is made. Its checkpoint serves as ``--init`` and ``--reference`` of a
+frozen-tower run; ``--all-captions`` draws every caption of each photo; what cannot be done is refused
+before anything is written."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mimic_explorer import open_run
+from mimic_explorer.models.dual import reset_projections, tower_differences
+from mimic_explorer.models.dual_checkpoint import read_dual_checkpoint
+from mimic_explorer.pipeline.options import TrainOptions
+from mimic_explorer.pipeline.pairs_setup import load_pair_model
+from mimic_explorer.pipeline.train_command import run_train
+from tests.pairs_helpers import flickr_pool, needs_flickr
+
+pytestmark = [needs_flickr]
+PAIRS = 24
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tower-train")
+    return folder, f"wds:{flickr_pool(folder / 'dev.tar', PAIRS, 'dev-00.tar')}", f"wds:{flickr_pool(folder / 'pool.tar', PAIRS, 'train-00.tar')}"
+
+
+def options(data, out, **kw) -> TrainOptions:
+    return TrainOptions(data=data, arch="small_dual", out=str(out), batch_size=8, device="cpu", quiet=True, epochs=2, **kw)
+
+
+@pytest.fixture(scope="module")
+def pretrained(pools):
+    folder, dev, pool = pools
+    path = folder / "P.pt"
+    outcome = run_train(options(dev, folder / "pre", frozen_image_tower=True, all_captions=True, save_model=str(path),
+                                test_data=pool, seed=3))
+    return path, outcome
+
+
+@pytest.mark.slow
+def test_text_tower_training_draws_all_captions_keeps_the_image_tower_and_saves_a_dual_checkpoint(pools, pretrained):
+    path, outcome = pretrained
+    summary = outcome.summary
+    assert summary["pairs"]["towers_trained"] == "text" and summary["pairs"]["frozen_towers"] is False
+    assert summary["pairs"]["photos"] == PAIRS and summary["pairs"]["captions"] == 5 * PAIRS  # Flickr8k: five a photo
+    assert set(summary["test_recall"]) == {"i2t@1", "i2t@5", "t2i@1", "t2i@5"}
+    run = open_run(outcome.path)
+    assert len(run.samples) == PAIRS and run.samples["caption"].str.len().gt(0).all()
+    config, state = read_dual_checkpoint(path)
+    assert config["frozen_towers"] is False and config["frozen_image_tower"] is True and config["all_captions"] is True
+    trained, _ = load_pair_model(str(path), "small_dual", "--reference")
+    # the image tower is the fresh model's (seeded by --seed 3), the text tower and projections trained
+    torch.manual_seed(3)
+    from mimic_explorer.models.dual_registry import build_dual_encoder
+
+    fresh = build_dual_encoder("small_cnn", captions=["a"], input_shape=(3, 32, 32))
+    tower = {k: v for k, v in fresh.state_dict().items() if k.startswith("image_tower.")}
+    assert all(torch.equal(state[k], v) for k, v in tower.items())
+    initial = reset_projections(copy.deepcopy(trained), ["image", "text"], seed=3)
+    assert not torch.equal(initial.text_projection.weight, trained.text_projection.weight)
+    # the vocabulary was read from all five captions of each photo, not caption #0 alone
+    first_only = {w for c in run.samples["caption"] for w in c.lower().split()}
+    assert len(trained.tokenizer) - 2 > len(first_only)
+
+
+@pytest.mark.slow
+def test_the_pretrained_checkpoint_is_init_and_reference_of_a_frozen_tower_grad_mimic_run(pools, pretrained, tmp_path):
+    folder, dev, pool = pools
+    path, _ = pretrained
+    saved = tmp_path / "M.pt"
+    outcome = run_train(options(pool, tmp_path / "gm", frozen_towers=True, init=str(path), fresh_projections=True,
+                                reference=str(path), caption_noise=0.3, seed=3, save_model=str(saved)))
+    samples = open_run(outcome.path).samples
+    assert samples["mimic_score"].notna().all() and samples["clip_score_ref"].notna().all()
+    model, _ = load_pair_model(str(saved), "small_dual", "--model")
+    reference, _ = load_pair_model(str(path), "small_dual", "--reference")
+    assert tower_differences(model, reference) == []  # the towers are the checkpoint's, frozen
+
+
+@pytest.mark.slow
+def test_both_towers_train_without_frozen_image_tower(pools, tmp_path):
+    _, dev, _ = pools
+    path = tmp_path / "both.pt"
+    outcome = run_train(options(dev, tmp_path / "both", save_model=str(path), seed=1))
+    assert outcome.summary["pairs"]["towers_trained"] == "both" and outcome.summary["pairs"]["captions"] == PAIRS
+    _, state = read_dual_checkpoint(path)
+    torch.manual_seed(1)
+    from mimic_explorer.models.dual_registry import build_dual_encoder
+
+    fresh = build_dual_encoder("small_cnn", captions=["a"], input_shape=(3, 32, 32)).state_dict()
+    moved = [k for k, v in fresh.items() if k.startswith("image_tower.") and v.is_floating_point() and not torch.equal(state[k], v)]
+    assert moved  # the image tower trained too
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"reference": "R.pt"}, "Grad-Mimic on image-text pairs needs the model and the reference to share their towers"),
+    ({"frozen_towers": True, "all_captions": True}, "--all-captions draws a caption"),
+    ({"frozen_towers": True, "frozen_image_tower": True}, "either --frozen-towers .* or --frozen-image-tower"),
+    ({"all_captions": True, "caption_noise": 0.3}, "--all-captions trains on each photo's own captions"),
+    ({"arch": "open_clip:ViT-B-32"}, "training the towers is available for the built-in --arch small_dual"),
+])
+def test_what_tower_training_cannot_do_is_refused_before_writing(pools, tmp_path, kw, message):
+    _, dev, _ = pools
+    out = tmp_path / "refused"
+    with pytest.raises(ValueError, match=message):
+        run_train(options(dev, out, **kw) if "arch" not in kw else
+                  TrainOptions(data=dev, out=str(out), batch_size=8, device="cpu", quiet=True, **kw))
+    assert not out.exists()
+
+
+def test_tower_training_options_on_a_labelled_pool_are_refused(tmp_path):
+    out = tmp_path / "run"
+    for flag, kw in (("--frozen-image-tower", {"frozen_image_tower": True}), ("--all-captions", {"all_captions": True}),
+                     ("--fresh-projections", {"fresh_projections": True})):
+        with pytest.raises(ValueError, match=f"{flag}: only for image-text pools"):
+            run_train(TrainOptions(data="digits", arch="mlp", out=str(out), quiet=True, **kw))
+        assert not out.exists()

@@ -1,0 +1,106 @@
+"""Training a dual encoder's towers (``tower_training``): a caption drawn per photo per batch, seeded
+and covering every caption; the image tower frozen or not; and seeded projection resets that let a
+later run start from the values a checkpoint's projections started from."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mimic_explorer.models.dual import reset_projections
+from mimic_explorer.tower_training import CaptionDraws, TextSide, caption_sets, image_inputs, train_towers, trainable_part
+from mimic_explorer.train import TrainConfig
+from tests.pairs_helpers import tiny_dual
+
+CAPTIONS = [[f"a dog number {i} runs", f"the dog {i} plays", f"one more dog {i}"] for i in range(6)] + [["a lone cat sits"]]
+
+
+def test_caption_sets_pad_with_the_first_caption_and_count_each_photos_captions():
+    model = tiny_dual([c for row in CAPTIONS for c in row])
+    sets, counts = caption_sets(model.tokenizer, CAPTIONS)
+    assert sets.shape[:2] == (7, 3) and counts.tolist() == [3] * 6 + [1]
+    assert torch.equal(sets[6, 1], sets[6, 0]) and not torch.equal(sets[0, 1], sets[0, 0])
+    with pytest.raises(ValueError, match="at least one caption"):
+        caption_sets(model.tokenizer, [["x"], []])
+
+
+def _drawn(batches: CaptionDraws, sets: torch.Tensor, epoch: int) -> dict[int, int]:
+    """Which caption (by its index in the photo's set) each photo got in ``epoch``."""
+    chosen = {}
+    for index, (_, tokens), targets in batches.epoch(epoch):
+        assert targets is None and len(index) >= 2
+        for row, photo in enumerate(index.tolist()):
+            matches = [k for k in range(sets.shape[1]) if torch.equal(sets[photo, k], tokens[row])]
+            chosen[photo] = matches[0]
+    return chosen
+
+
+def test_caption_draws_are_seeded_per_epoch_stay_within_each_photos_captions_and_use_them_all():
+    model = tiny_dual([c for row in CAPTIONS for c in row])
+    sets, counts = caption_sets(model.tokenizer, CAPTIONS)
+    images = torch.arange(7.0).unsqueeze(1)
+    batches = CaptionDraws(images, sets, counts, 3, seed=5)
+    first = _drawn(batches, sets, 0)
+    assert sorted(first) == list(range(7)) and first == _drawn(CaptionDraws(images, sets, counts, 3, seed=5), sets, 0)
+    assert first[6] == 0  # one caption: always its own
+    used = {(p, k) for e in range(12) for p, k in _drawn(batches, sets, e).items()}
+    assert {(p, k) for p in range(6) for k in range(3)} <= used  # every caption of every photo is drawn
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        CaptionDraws(images, sets, counts, 1, seed=0)
+
+
+def test_text_side_shares_the_models_modules_and_names():
+    model = tiny_dual([c for row in CAPTIONS for c in row])
+    side = TextSide(model)
+    assert {n for n, _ in side.named_parameters()} == {n for n, _ in model.named_parameters() if not n.startswith("image_tower.")}
+    assert side.text_projection.weight is model.text_projection.weight and side.logit_scale is model.logit_scale
+    images = torch.randn(4, 3, 32, 32)
+    tokens = model.tokenizer.encode(["a dog runs", "a cat", "the dog plays", "one more dog"]).ids
+    with torch.no_grad():
+        whole, part = model.eval()(images, tokens), side(model.image_features(images), tokens)
+    for a, b in zip(whole, part):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("freeze_image", [True, False])
+def test_train_towers_trains_the_text_side_and_the_image_tower_only_when_asked(freeze_image):
+    model = tiny_dual([c for row in CAPTIONS for c in row])
+    before = copy.deepcopy(model.state_dict())
+    torch.manual_seed(0)
+    images = image_inputs(model, torch.randn(7, 3, 32, 32), freeze_image)
+    assert images.shape[1] == (model.image_dim if freeze_image else 3)
+    sets, counts = caption_sets(model.tokenizer, CAPTIONS)
+    result = train_towers(model, images, sets, counts, TrainConfig(epochs=2, batch_size=4, lr=1e-2), freeze_image=freeze_image)
+    assert len(result.records) == 2 and sorted(result.records[0].index.tolist()) == list(range(7))
+    after = model.state_dict()
+    changed = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
+    assert "text_tower.embedding.weight" in changed and "text_projection.weight" in changed and "image_projection.weight" in changed
+    image_changed = any(k.startswith("image_tower.") and "running" not in k and "num_batches" not in k for k in changed)
+    assert image_changed is (not freeze_image)
+
+
+def test_trainable_part_freezes_the_image_tower_and_keeps_it_out_of_training_mode():
+    model = tiny_dual(["a dog", "a cat"])
+    part = trainable_part(model, freeze_image=True)
+    assert isinstance(part, TextSide) and not any(p.requires_grad for p in model.image_tower.parameters())
+    model.eval()
+    part.train()
+    assert not model.image_tower.training
+    assert trainable_part(model, freeze_image=False) is model and all(p.requires_grad for p in model.parameters())
+
+
+def test_reset_projections_is_seeded_per_tower_whatever_else_is_reset():
+    model = tiny_dual(["a dog runs", "a cat sits"])
+    both = reset_projections(copy.deepcopy(model), ["image", "text"], seed=4)
+    text_only = reset_projections(copy.deepcopy(model), ["text"], seed=4)
+    image_only = reset_projections(copy.deepcopy(model), ["image"], seed=4)
+    assert torch.equal(both.text_projection.weight, text_only.text_projection.weight)
+    assert torch.equal(both.image_projection.weight, image_only.image_projection.weight)
+    assert torch.equal(text_only.image_projection.weight, model.image_projection.weight)  # untouched
+    other = reset_projections(copy.deepcopy(model), ["text"], seed=5)
+    assert not torch.equal(other.text_projection.weight, text_only.text_projection.weight)
+    state = torch.random.get_rng_state()
+    reset_projections(model, ["text"], seed=4)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left as it was
