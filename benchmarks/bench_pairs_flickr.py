@@ -59,6 +59,7 @@ class Bench:
         self.args, self.work = args, Path(args.work)
         (self.work / "runs").mkdir(parents=True, exist_ok=True)
         self.walls: dict[str, float] = {}
+        self.subset = has_subset_option()
 
     def cli(self, name: str, *argv: str, out: bool = True) -> Path:
         """``mimic-explorer ARGV [--out WORK/runs/NAME]``; returns the run directory."""
@@ -114,29 +115,26 @@ def detection_rows(run: Path) -> dict[str, dict]:
     return {s: evaluation[s] for s in SIGNALS if s in evaluation}
 
 
-def kept_ids(bench: Bench, run: Path, name: str, *rule: str) -> list[str]:
+def keep_list(bench: Bench, run: Path, name: str, *rule: str) -> tuple[Path, list[str]]:
+    """``export`` of a filter on ``run`` as csv: (the file, its kept sample ids)."""
     out = bench.work / "subsets" / f"{name}.csv"
     out.parent.mkdir(exist_ok=True)
     bench.cli(f"export-{name}", "export", str(run), *rule, "--format", "csv", "--out", str(out), out=False)
-    return pd.read_csv(out)["sample_id"].astype(str).tolist()
+    return out, pd.read_csv(out)["sample_id"].astype(str).tolist()
 
 
-def subset_shard(bench: Bench, samples: pd.DataFrame, ids: list[str], name: str) -> str:
-    """A shard of the kept pairs with their captions as in the pool (swapped ones stay swapped), so the
-    subset run trains on exactly what the filter kept; written once per keep-list."""
-    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:10]
-    path = bench.work / "subsets" / f"{name}-{digest}.tar"
+def write_shard(path: Path, shards: list[str], captions: dict[str, str]) -> Path:
+    """A shard of the pairs ``captions`` names, each with that caption (in ``.txt`` and the ``.json``),
+    copied from ``shards``; written once (keyed by the caller's file name)."""
     if path.exists():
-        return f"wds:{path}"
-    captions = samples.set_index("sample_id")["caption"].astype(str).to_dict()
-    keep = set(ids)
+        return path
     partial = path.with_suffix(".part")
     with tarfile.open(partial, "w") as out:
-        for shard in open_source(bench.args.pool).shards:
+        for shard in shards:
             with tarfile.open(shard) as src:
                 for member in src:
                     key, ext = member.name.rsplit(".", 1)
-                    if key not in keep:
+                    if key not in captions:
                         continue
                     data = src.extractfile(member).read()
                     if ext == "txt":
@@ -149,35 +147,53 @@ def subset_shard(bench: Bench, samples: pd.DataFrame, ids: list[str], name: str)
                     info.size = len(data)
                     out.addfile(info, io.BytesIO(data))
     partial.rename(path)
-    return f"wds:{path}"
+    return path
+
+
+def has_subset_option() -> bool:
+    """Whether this checkout's ``train`` takes ``--subset FILE`` (restrict a pool to a keep-list)."""
+    done = subprocess.run([sys.executable, "-m", "mimic_explorer", "train", "--help"], cwd=ROOT, capture_output=True, text=True)
+    return "--subset" in done.stdout
+
+
+def filtered_data(bench: Bench, noisy: Path, captions: dict[str, str], keep_csv: Path, ids: list[str]) -> list[str]:
+    """``--data`` (and ``--subset``) of the pairs a filter kept, with their captions as in the pool:
+    the noisy pool written once, restricted by ``--subset`` when the CLI has it, else a shard of the
+    kept pairs."""
+    if bench.subset:
+        return ["--data", f"wds:{noisy}", "--subset", str(keep_csv)]
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:10]
+    kept = write_shard(noisy.with_name(f"kept-{digest}.tar"), [str(noisy)], {k: captions[k] for k in ids})
+    return ["--data", f"wds:{kept}"]
 
 
 def recall_rows(bench: Bench, p: Path, gm: Path) -> list[dict]:
     """Recall@1/5 of projections trained plainly on the pool and on filtered subsets (30 % noise)."""
     a = bench.args
     samples = open_run(gm).samples
-    noisy = samples.set_index("sample_id")["is_noisy"]
+    swapped = samples.set_index("sample_id")["is_noisy"]
     rows = []
 
     def row(name: str, run: Path, ids: list[str] | None) -> None:
         recall = open_run(run).meta["summary"]["test_recall"]
         kept = len(samples) if ids is None else len(ids)
-        clean = float(1 - noisy.mean()) if ids is None else float(1 - noisy.reindex(ids).mean())
+        clean = float(1 - swapped.mean()) if ids is None else float(1 - swapped.reindex(ids).mean())
         rows.append({"training set": name, "pairs": kept, "clean fraction": round(clean, 3),
                      **{k: round(v, 4) for k, v in recall.items()}})
 
     base = pool_args(bench, p)
     row("pool, no filter (plain)", bench.cli("plain-30", "train", *base, "--caption-noise", "0.3"), None)
+    captions = samples.set_index("sample_id")["caption"].astype(str).to_dict()
+    noisy = write_shard(bench.work / "subsets" / f"noisy-30-{len(captions)}.tar", open_source(a.pool).shards, captions)
+    without_data = base[2:]  # pool_args starts with --data SPEC
     filters = {
         "CLIP-score top 70 %": ("--rule", "clip_score_ref:top=70%"),
         "mimic keep (Stage 2)": ("--ensemble",),
         "CLIP-score top 70 % minus mimic bottom 15 %": ("--rule", "clip_score_ref:top=70%", "--rule", "mimic_score:drop=15%"),
     }
     for k, (name, rule) in enumerate(filters.items()):
-        ids = kept_ids(bench, gm, f"filter{k}", *rule)
-        data = subset_shard(bench, samples, ids, f"filter{k}")
-        args = [x if x != a.pool else data for x in base]
-        row(name, bench.cli(f"subset-{k}", "train", *args), ids)
+        csv, ids = keep_list(bench, gm, f"filter{k}", *rule)
+        row(name, bench.cli(f"subset-{k}", "train", *filtered_data(bench, noisy, captions, csv, ids), *without_data), ids)
     row("pool, Grad-Mimic (no filter)", gm, None)
     return rows
 
