@@ -114,8 +114,9 @@ def _add_run_options(p, command: str) -> None:
                         "CIFAR-10 class-pair map (truck->automobile, bird->airplane, deer->horse, cat<->dog)")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the injected noise")
     p.add_argument("--seed", type=int, default=0, help="seed of init and shuffling")
-    vote = "weight: weight >= 1/B" if command == "train" else "proj: keep when proj >= 0"
-    p.add_argument("--binarise", dest="binarisation", default="weight", choices=["weight", "proj", "gmm", "kmeans"],
+    vote = ("weight (weight >= 1/B) on a labelled pool, gmm (two-group split of each epoch's proj) on image-text pairs"
+            if command == "train" else "proj: keep when proj >= 0")
+    p.add_argument("--binarise", dest="binarisation", default=None, choices=["weight", "proj", "gmm", "kmeans"],
                    help=f"Stage-2 per-epoch vote (default {vote})")
     p.add_argument("--aggregate", dest="aggregation", default="majority", choices=["majority", "unanimity", "mean"],
                    help="Stage-2 vote over epochs")

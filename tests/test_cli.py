@@ -41,7 +41,8 @@ def test_train_and_score_show_their_own_words_or_the_value():
     train = _option_help(_subcommands()["train"])
     assert train["--batch-size"] == "mini-batch size per process (default: 128)"
     assert train["--label-noise"].endswith("(default 0: none)")
-    assert train["--binarise"] == "Stage-2 per-epoch vote (default weight: weight >= 1/B)"
+    assert train["--binarise"] == ("Stage-2 per-epoch vote (default weight (weight >= 1/B) on a labelled pool, gmm "
+                                   "(two-group split of each epoch's proj) on image-text pairs)")
     assert "default" not in train["--init"] and "default" not in train["--linear-probe"]
     score = _option_help(_subcommands()["score"])
     assert score["--binarise"] == "Stage-2 per-epoch vote (default proj: keep when proj >= 0)"

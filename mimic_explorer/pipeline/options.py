@@ -76,7 +76,8 @@ class CommonOptions:
         _require(self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
         _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
                  f"unknown device {self.device!r}; use auto, cpu or cuda")
-        _require(self.binarisation in stage2.BINARISATIONS, f"--binarise must be one of {', '.join(stage2.BINARISATIONS)}")
+        _require(self.binarisation is None or self.binarisation in stage2.BINARISATIONS,
+                 f"--binarise must be one of {', '.join(stage2.BINARISATIONS)}")
         _require(self.aggregation in stage2.AGGREGATIONS, f"--aggregate must be one of {', '.join(stage2.AGGREGATIONS)}")
         self._validate_model_choice()
 
@@ -118,6 +119,8 @@ class TrainOptions(CommonOptions):
     """``train``: plain training (no reference) or Grad-Mimic (with one), recording every epoch."""
 
     command: ClassVar[str] = "train"
+    #: Stage 2's per-epoch vote; None: the pool kind's own (``pairs_options.train_binarisation``)
+    binarisation: str | None = None
     epochs: int = 10
     lr: float = 1e-3
     weight_decay: float = 1e-2

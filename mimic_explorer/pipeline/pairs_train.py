@@ -42,6 +42,7 @@ from mimic_explorer.pipeline.epoch_parts import EpochParts, resume_epoch
 from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
 from mimic_explorer.pipeline.lifecycle import RunContext, RunOutcome
 from mimic_explorer.pipeline.options import TrainOptions
+from mimic_explorer.pipeline.pairs_options import train_binarisation
 from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs
 from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.scoring.contrastive import retrieval_recall
@@ -177,9 +178,10 @@ def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor,
         found["index"] = positions[found["index"]]
         signals = pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").sort_index()
     scored = signals is not None
+    binarisation = train_binarisation(options, PAIRS)
     finished = finish_samples(writer, PoolView(len(source), bad, _base_rows(inputs, positions, truncated, signals),
                                                _standard_signals(signals) if scored else None),
-                              Stage2Options(options.binarisation, options.aggregation, scored=scored))
+                              Stage2Options(binarisation, options.aggregation, scored=scored))
     summary: dict = {"samples": finished.summary["samples"], "skipped": len(errors), "epochs": options.epochs,
                      "pairs": {"loss": "symmetric InfoNCE of each pair within its batch", "batch_size": options.batch_size,
                                "mimic_layer": models.mimic_layer if scored else None, "frozen_towers": options.frozen_towers,
@@ -187,7 +189,7 @@ def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor,
     if scored:
         summary.update({k: v for k, v in finished.summary.items() if k != "samples"})
         writer.meta.evaluation = finished.evaluation
-        writer.meta.stage2 = {"binarisation": options.binarisation, "aggregation": options.aggregation}
+        writer.meta.stage2 = {"binarisation": binarisation, "aggregation": options.aggregation}
     if options.test_data:
         summary["test_recall"] = held_out_recall(options.test_data, models, probe, run.device, options.workers)
     if "captions" in timings:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mimic_explorer.data.captions import PAIRS
+from mimic_explorer.data.captions import LABELLED, PAIRS
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.checkpoints import save_checkpoint
@@ -29,6 +29,7 @@ from mimic_explorer.pipeline.features import extract_features
 from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
 from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.pipeline.options import TrainOptions
+from mimic_explorer.pipeline.pairs_options import train_binarisation
 from mimic_explorer.pipeline.pairs_train import train_pairs
 from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs, prepare_pair_training
 from mimic_explorer.pipeline.pool_pass import pool_pass, thumbnail_pass
@@ -168,14 +169,15 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
         signals = _probe_signals(feats, trainable, ref_trainable, batches)
     elif reference is not None:
         signals = _pool_signals(model, reference, pool, models, options.workers, device)
+    binarisation = train_binarisation(options, LABELLED)
     finished = finish_samples(writer, PoolView(len(source), bad, pool_rows(pool), signals),
-                              Stage2Options(options.binarisation, options.aggregation, scored=reference is not None))
+                              Stage2Options(binarisation, options.aggregation, scored=reference is not None))
     summary: dict = {"samples": finished.summary["samples"], "skipped": len(errors), "epochs": options.epochs}
     evaluation = finished.evaluation
     if reference is not None:
         summary.update({k: v for k, v in finished.summary.items() if k != "samples"})
         writer.meta.evaluation = evaluation
-        writer.meta.stage2 = {"binarisation": options.binarisation, "aggregation": options.aggregation}
+        writer.meta.stage2 = {"binarisation": binarisation, "aggregation": options.aggregation}
     if options.test_data:
         summary["test_accuracy"] = _test_accuracy(options, models, trainable, device, out)
     if drift:

@@ -22,7 +22,15 @@ def _score(**changes) -> ScoreOptions:
 def test_defaults_are_valid():
     _train().validate()
     _score().validate()
-    assert _score().binarisation == "proj" and _train().binarisation == "weight"
+    assert _score().binarisation == "proj" and _train().binarisation is None
+
+
+def test_train_binarisation_is_the_pool_kinds_unless_given():
+    from mimic_explorer.pipeline.pairs_options import train_binarisation
+
+    assert train_binarisation(_train(), "labelled") == "weight" and train_binarisation(_train(), "pairs") == "gmm"
+    assert train_binarisation(_train(binarisation="kmeans"), "pairs") == "kmeans"
+    assert train_binarisation(_train(binarisation="proj"), "labelled") == "proj"
 
 
 @pytest.mark.parametrize("changes, message", [

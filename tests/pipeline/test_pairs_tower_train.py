@@ -74,8 +74,10 @@ def test_the_pretrained_checkpoint_is_init_and_reference_of_a_frozen_tower_grad_
     saved = tmp_path / "M.pt"
     outcome = run_train(options(pool, tmp_path / "gm", frozen_towers=True, init=str(path), fresh_projections=True,
                                 reference=str(path), caption_noise=0.3, seed=3, save_model=str(saved)))
-    samples = open_run(outcome.path).samples
+    run = open_run(outcome.path)
+    samples = run.samples
     assert samples["mimic_score"].notna().all() and samples["clip_score_ref"].notna().all()
+    assert run.meta["stage2"]["binarisation"] == "gmm"  # a pairs run's default Stage-2 vote
     model, _ = load_pair_model(str(saved), "small_dual", "--model")
     reference, _ = load_pair_model(str(path), "small_dual", "--reference")
     assert tower_differences(model, reference) == []  # the towers are the checkpoint's, frozen
