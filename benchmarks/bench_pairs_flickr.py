@@ -10,14 +10,18 @@ never sees a pool photo; the test photos are in neither):
    captions) with the image tower frozen (``--frozen-image-tower``): the text tower, both
    projections and the logit scale learn.
 3. Pool: ``train-00..01`` (4,000 pairs, caption #0 each) with 30 % or 50 % of the captions swapped
-   (``--caption-noise``). Grad-Mimic run: ``train --frozen-towers --init P --fresh-projections
-   --reference P`` — P's towers, frozen; the projections restarted from the values P's own training
-   started from; the text projection as the mimic layer; one run per Stage-2 binarisation.
+   (``--caption-noise``). Scoring run: ``train --frozen-towers --init P --fresh-projections
+   --reference P --starting-epoch E`` — P's towers, frozen; the projections restarted from the
+   values P's own training started from and trained plainly (``--starting-epoch`` = the epochs:
+   uniform weights) while every pair's proj on the text projection is recorded at every step; one
+   run per Stage-2 binarisation. The same with Grad-Mimic re-weighting (no ``--starting-epoch``) at
+   30 % gives its own mimic row and the Grad-Mimic recall row.
 4. Held-out test: ``train-02`` (2,000 photos, caption #0; chance recall@5 = 0.0025).
-5. Recall rows: projections trained plainly from the same start on the pool (no filter), on the pairs
-   kept by the reference CLIP score's top 70 %, by the mimic keep, and by CLIP-score top 70 % minus
-   the mimic bottom 15 % (``export --rule``), each with its captions as in the pool; and the
-   Grad-Mimic run itself. Same epochs for every row (a smaller subset gets fewer steps).
+5. Recall rows: projections trained plainly from the same start on the pool (no filter: the 30 %
+   scoring run itself), on the pairs kept by the reference CLIP score's top 70 %, by the mimic keep
+   (Stage 2 of that run), and by CLIP-score top 70 % minus the mimic bottom 15 % (``export
+   --rule``), each with its captions as in the pool; and the Grad-Mimic re-weighted run. Same
+   epochs for every row (a smaller subset gets fewer steps).
 
 Every run is a ``mimic-explorer`` command; the CLI reuses a finished identical run, so a rerun only
 computes what changed. Runs and files live under ``--work`` (outside the repository). Prints markdown
@@ -60,6 +64,7 @@ class Bench:
         (self.work / "runs").mkdir(parents=True, exist_ok=True)
         self.walls: dict[str, float] = {}
         self.subset = has_subset_option()
+        self.made: dict[str, Path] = {}  # the run that made each model
 
     def cli(self, name: str, *argv: str, out: bool = True) -> Path:
         """``mimic-explorer ARGV [--out WORK/runs/NAME]``; returns the run directory."""
@@ -76,23 +81,27 @@ class Bench:
         print(f"  {name}: {self.walls[name]} s", file=sys.stderr, flush=True)
         return run
 
-    def model(self, name: str, path: Path, *argv: str) -> Path:
-        """A run that saves a model; recomputed (--force) when the model file is missing."""
-        self.cli(name, *argv, "--save-model", str(path), *([] if path.exists() else ["--force"]))
+    def model(self, name: str, *argv: str) -> Path:
+        """A run that saves a model, named by a hash of its command: made once, then reused as it is."""
+        name = f"{name}-{hashlib.sha256(' '.join(argv).encode()).hexdigest()[:10]}"
+        path = self.work / f"{name}.pt"
+        self.made[name.split("-")[0]] = self.work / "runs" / name
+        if not path.exists():
+            self.cli(name, *argv, "--save-model", str(path), "--force")
         return path
 
 
 def image_tower(bench: Bench) -> Path:
     if bench.args.image_tower:
         return Path(bench.args.image_tower)
-    return bench.model("cnn", bench.work / "cnn.pt", "train", "--data", f"wds:{DATA}/cifar10/train-{{00..03}}.tar",
+    return bench.model("cnn", "train", "--data", f"wds:{DATA}/cifar10/train-{{00..03}}.tar",
                        "--arch", "small_cnn", "--epochs", "4", "--batch-size", "128", "--lr", "0.003",
                        "--test-data", f"wds:{DATA}/cifar10/train-04.tar")
 
 
 def pretrained(bench: Bench, cnn: Path) -> Path:
     a = bench.args
-    return bench.model("pretrained", bench.work / "P.pt", "train", "--data", f"wds:{FLICKR}/dev-00.tar", "--arch", "small_dual",
+    return bench.model("pretrained", "train", "--data", f"wds:{FLICKR}/dev-00.tar", "--arch", "small_dual",
                        "--init", str(cnn), "--frozen-image-tower", "--all-captions", "--image-size", str(a.image_size),
                        "--epochs", str(a.pre_epochs), "--lr", str(a.pre_lr), "--weight-decay", str(a.pre_wd),
                        "--batch-size", str(a.batch_size), "--seed", str(a.seed), "--test-data", a.test)
@@ -105,9 +114,13 @@ def pool_args(bench: Bench, p: Path) -> list[str]:
             "--seed", str(a.seed), "--test-data", a.test]
 
 
-def grad_mimic(bench: Bench, p: Path, rate: float, binarise: str) -> Path:
-    return bench.cli(f"gm-{int(rate * 100)}-{binarise}", "train", *pool_args(bench, p), "--reference", str(p),
-                     "--mimic-layer", bench.args.mimic_layer, "--caption-noise", str(rate), "--binarise", binarise)
+def scored(bench: Bench, p: Path, rate: float, binarise: str, reweight: bool = False) -> Path:
+    """A run against P on the noisy pool: scores recorded at every step while the projections train
+    plainly (``--starting-epoch`` = the epochs: uniform weights), or with Grad-Mimic re-weighting."""
+    plain = [] if reweight else ["--starting-epoch", str(bench.args.pool_epochs)]
+    return bench.cli(f"{'gm' if reweight else 'rec'}-{int(rate * 100)}-{binarise}", "train", *pool_args(bench, p), *plain,
+                     "--reference", str(p), "--mimic-layer", bench.args.mimic_layer, "--caption-noise", str(rate),
+                     "--binarise", binarise)
 
 
 def detection_rows(run: Path) -> dict[str, dict]:
@@ -168,7 +181,8 @@ def filtered_data(bench: Bench, noisy: Path, captions: dict[str, str], keep_csv:
 
 
 def recall_rows(bench: Bench, p: Path, gm: Path) -> list[dict]:
-    """Recall@1/5 of projections trained plainly on the pool and on filtered subsets (30 % noise)."""
+    """Recall@1/5 of projections trained plainly on the pool (``gm``: the run whose scores the filters
+    use, trained plainly) and on filtered subsets, and with Grad-Mimic re-weighting (30 % noise)."""
     a = bench.args
     samples = open_run(gm).samples
     swapped = samples.set_index("sample_id")["is_noisy"]
@@ -182,7 +196,7 @@ def recall_rows(bench: Bench, p: Path, gm: Path) -> list[dict]:
                      **{k: round(v, 4) for k, v in recall.items()}})
 
     base = pool_args(bench, p)
-    row("pool, no filter (plain)", bench.cli("plain-30", "train", *base, "--caption-noise", "0.3"), None)
+    row("pool, no filter (plain training)", gm, None)
     captions = samples.set_index("sample_id")["caption"].astype(str).to_dict()
     noisy = write_shard(bench.work / "subsets" / f"noisy-30-{len(captions)}.tar", open_source(a.pool).shards, captions)
     without_data = base[2:]  # pool_args starts with --data SPEC
@@ -194,7 +208,7 @@ def recall_rows(bench: Bench, p: Path, gm: Path) -> list[dict]:
     for k, (name, rule) in enumerate(filters.items()):
         csv, ids = keep_list(bench, gm, f"filter{k}", *rule)
         row(name, bench.cli(f"subset-{k}", "train", *filtered_data(bench, noisy, captions, csv, ids), *without_data), ids)
-    row("pool, Grad-Mimic (no filter)", gm, None)
+    row("pool, Grad-Mimic re-weighting (no filter)", scored(bench, p, 0.3, bench.args.keep_binarise, reweight=True), None)
     return rows
 
 
@@ -229,27 +243,30 @@ def main() -> None:
     bench = Bench(args)
     started = time.perf_counter()
     p = pretrained(bench, image_tower(bench))
-    results: dict = {"options": vars(args), "reference_recall": open_run(bench.work / "runs" / "pretrained").meta["summary"]["test_recall"]}
+    results: dict = {"options": vars(args), "reference_recall": open_run(bench.made["pretrained"]).meta["summary"]["test_recall"]}
     detection, quality = [], []
     for rate in [float(r) for r in args.rates.split(",")]:
         for binarise in BINARISATIONS:
-            run = grad_mimic(bench, p, rate, binarise)
+            run = scored(bench, p, rate, binarise)
             rows = detection_rows(run)
             summary = open_run(run).meta["summary"]
             quality.append({"swapped": rate, "binarise": binarise, "estimated quality": round(summary["estimated_quality"], 3),
                             "true quality": round(summary["true_quality"], 3),
                             "mimic AUROC": round(rows["mimic_score"]["auroc"], 3), "mimic F1": round(rows["mimic_score"]["f1"], 3)})
-            if binarise == "weight":
+            if binarise == args.keep_binarise:
                 detection += [{"swapped": rate, "signal": s, "AUROC": round(m["auroc"], 3), "AP": round(m["ap"], 3),
                                "F1": round(m.get("f1", float("nan")), 3)} for s, m in rows.items()]
     results.update(detection=detection, quality=quality)
-    print("## detection of swapped captions (Stage 2: weight; F1 of baselines cut at mimic's kept fraction)\n")
+    reweighted = detection_rows(scored(bench, p, 0.3, args.keep_binarise, reweight=True))["mimic_score"]
+    detection.append({"swapped": 0.3, "signal": "mimic_score, Grad-Mimic re-weighting", "AUROC": round(reweighted["auroc"], 3),
+                      "AP": round(reweighted["ap"], 3), "F1": round(reweighted["f1"], 3)})
+    print(f"## detection of swapped captions (Stage 2: {args.keep_binarise}; F1 of baselines cut at mimic's kept fraction)\n")
     print(markdown(detection) + "\n")
     print("## Stage-2 binarisation: estimated vs true quality\n")
     print(markdown(quality) + "\n")
     print(f"reference P recall on the test photos: {results['reference_recall']}\n")
     if not args.no_recall:
-        results["recall"] = recall_rows(bench, p, bench.work / "runs" / f"gm-30-{args.keep_binarise}")
+        results["recall"] = recall_rows(bench, p, bench.work / "runs" / f"rec-30-{args.keep_binarise}")
         print("## recall@k on the held-out photos (30 % swapped)\n")
         print(markdown(results["recall"]) + "\n")
     results["walls_s"] = bench.walls
