@@ -141,6 +141,7 @@ def write_shard(path: Path, shards: list[str], captions: dict[str, str]) -> Path
     copied from ``shards``; written once (keyed by the caller's file name)."""
     if path.exists():
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".part")
     with tarfile.open(partial, "w") as out:
         for shard in shards:
