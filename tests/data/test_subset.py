@@ -81,3 +81,23 @@ def test_a_uid_list_against_a_pool_keyed_otherwise_says_so(tmp_path, cifar):
     np.save(path, datacomp_uids(["0" * 31 + "1"], np.ones(1, bool)))
     with pytest.raises(DataSourceError, match="32-hex-digit uids"):
         restrict_to_keep_list(cifar, read_keep_list(path))
+
+
+@needs_flickr
+def test_listed_pairs_the_pool_cannot_use_stay_recorded_as_bad_samples(tmp_path):
+    import io
+    import tarfile
+
+    shard = shard_excerpt(FLICKR / "dev-00.tar", tmp_path / "pairs.tar", 4)
+    with tarfile.open(shard, "a") as tar:  # a photo without a caption: an open error of the pool
+        info = tarfile.TarInfo("mute.jpg")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"\xff\xd8\xff\xe0"))
+    pool = open_source(f"wds:{shard}", index_dir=tmp_path)
+    assert [b.sample_id for b in pool.open_errors] == ["mute"]
+    listed = [pool.sample_ids[0], pool.sample_ids[2], "mute"]
+    subset, report = restrict_to_keep_list(pool, read_keep_list(write_ids(tmp_path / "k.csv", listed)))
+    assert subset.sample_ids.tolist() == listed[:2] and [b.sample_id for b in subset.open_errors] == ["mute"]
+    assert report.facts["unusable"] == 1 and report.facts["missing"] == 0 and report.warnings == []
+    with pytest.raises(DataSourceError, match="the listed samples it holds are unusable: 'no caption"):
+        restrict_to_keep_list(pool, read_keep_list(write_ids(tmp_path / "only.csv", ["mute"])))
