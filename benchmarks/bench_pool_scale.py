@@ -33,6 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, in every phase
 
 CHUNK = 65_536
+#: the pool's labels, int64, one after another (written and read a chunk at a time, like the features)
+LABELS = "labels.bin"
 BATCH = 4096
 
 
@@ -49,16 +51,26 @@ def extract(folder: Path, n: int, dim: int) -> dict:
     rng = np.random.default_rng(0)
     entry = FeatureEntry(folder / "features")
     started = time.perf_counter()
-    with entry.locked():
+    with entry.locked(), open(folder / LABELS, "wb") as labels:
         entry.start("synthetic", n, dim, CHUNK)
         for chunk in range(entry.chunk_count):
             lo, hi = chunk * CHUNK, min((chunk + 1) * CHUNK, n)
             entry.write_positions(lo, np.arange(lo, hi))
             entry.write_rows(lo, rng.standard_normal((hi - lo, dim), dtype=np.float32))
             entry.seal(chunk, [])
+            labels.write(rng.integers(0, 10, hi - lo, dtype=np.int64).tobytes())
         entry.finish()
-    np.save(folder / "labels.npy", rng.integers(0, 10, n))
     return {"features_s": time.perf_counter() - started, "features_rss_mb": _peak_mb()}
+
+
+def read_labels(folder: Path, lo: int, hi: int):
+    """Labels ``lo:hi`` by an explicit read: a memory map of the whole file would count every page it
+    touched in the phase's peak RSS, which then grows with the pool (8 bytes a sample)."""
+    import numpy as np
+
+    with open(folder / LABELS, "rb") as handle:
+        handle.seek(lo * 8)
+        return np.fromfile(handle, dtype=np.int64, count=hi - lo)
 
 
 def score(folder: Path, n: int, dim: int, epochs: int) -> dict:
@@ -78,7 +90,6 @@ def score(folder: Path, n: int, dim: int, epochs: int) -> dict:
     torch.manual_seed(0)
     entry = FeatureEntry(folder / "features")
     assert entry.open_complete()
-    labels = np.load(folder / "labels.npy", mmap_mode="r")
     layout = RunLayout(folder / "run")
     layout.scores_dir.mkdir(parents=True)
     heads = [torch.nn.Linear(dim, 10) for _ in range(epochs)]  # one head per recorded epoch
@@ -87,7 +98,7 @@ def score(folder: Path, n: int, dim: int, epochs: int) -> dict:
     with torch.no_grad():
         for chunk in range(-(-n // CHUNK)):
             lo, hi = chunk * CHUNK, min((chunk + 1) * CHUNK, n)
-            feats, y = torch.from_numpy(entry.read(lo, hi)), torch.from_numpy(np.array(labels[lo:hi]))
+            feats, y = torch.from_numpy(entry.read(lo, hi)), torch.from_numpy(read_labels(folder, lo, hi))
             parts = []
             for epoch, head in enumerate(heads):
                 v_w, v_b = ref.weight - head.weight, ref.bias - head.bias
@@ -115,11 +126,11 @@ def stage_two(folder: Path, n: int) -> dict:
     from mimic_explorer.store.layout import RunLayout
     from mimic_explorer.store.writer import SamplesWriter
 
-    labels = np.load(folder / "labels.npy", mmap_mode="r")
-
     def base(positions):
+        lo = int(positions.min()) if len(positions) else 0
+        labels = read_labels(folder, lo, int(positions.max()) + 1 if len(positions) else 0)
         return samples_table(np.char.add("s", positions.astype(str)), np.full(len(positions), "synthetic"),
-                             np.asarray(labels[positions]), None, None)
+                             labels[positions - lo], None, None)
 
     layout = RunLayout(folder / "run")
     writer = type("Writer", (), {"layout": layout, "samples_writer": lambda self: SamplesWriter(layout.samples)})()

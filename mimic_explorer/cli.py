@@ -89,6 +89,11 @@ def _add_run_options(p, command: str) -> None:
     """Options shared by train and score."""
     p.add_argument("--data", required=True, metavar="SPEC",
                    help="the pool: digits | folder:DIR | manifest:FILE.csv|.parquet | wds:PATTERN | torchvision:NAME:ROOT")
+    p.add_argument("--subset", metavar="FILE",
+                   help="use only the samples this keep-list names (what export writes: .csv/.json/.parquet with a "
+                        "sample_id column, an .npy of ids, or DataComp's --format uids .npy, matched against each "
+                        "pair's 32-hex-digit uid); the rest of the pool is never decoded. Listed ids the pool lacks "
+                        "are counted in a warning; none in the pool is an error. The ids' hash is part of the run id")
     p.add_argument("--arch", required=True, metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
                    help="start from the model's published weights: timm: timm's own loader (needs network access or "

@@ -11,7 +11,6 @@ reference share a feature basis, as the valid protocol needs.
 from __future__ import annotations
 
 import copy
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer
 from mimic_explorer.pipeline.pairs_setup import dual_transform
 from mimic_explorer.scoring.contrastive import InfoNCELoss
+from tests.subset_helpers import shard_excerpt
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 needs_flickr = pytest.mark.skipif(not (FLICKR / "dev-00.tar").exists(), reason="../shared/data/flickr8k not present")
@@ -32,16 +32,7 @@ SHAPE = (3, 32, 32)
 
 def flickr_pool(path: Path, count: int, shard: str = "dev-00.tar") -> Path:
     """A shard holding the first ``count`` samples (all their members) of a Flickr8k shard."""
-    kept: set[str] = set()
-    with tarfile.open(FLICKR / shard) as src, tarfile.open(path, "w") as out:
-        for member in src:
-            key = member.name.rsplit(".", 1)[0]
-            if key not in kept:
-                if len(kept) == count:
-                    break
-                kept.add(key)
-            out.addfile(member, src.extractfile(member))
-    return path
+    return shard_excerpt(FLICKR / shard, path, count)
 
 
 def tiny_dual(captions, seed: int = 0):

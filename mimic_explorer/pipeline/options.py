@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 #: fields that change how a run is made or reported but not what it computes
+#: (``subset`` is the keep-list's path: its content hash is a fingerprint of the run instead, so a moved
+#: or re-saved file with the same ids is the same run)
 NON_IDENTITY = ("out", "force", "quiet", "save_model", "device", "workers", "trust_pickle", "chunk_size",
-                "checkpoint_every")
+                "checkpoint_every", "subset")
 NOISE_TYPES = ("symmetric", "asymmetric")
 OPTIMIZERS = ("adamw", "sgd")
 REWEIGHTS = ("head", "all")
@@ -59,6 +61,7 @@ class CommonOptions:
     trust_pickle: bool = False
     force: bool = False
     quiet: bool = False
+    subset: str | None = None  # a keep-list (``export``'s csv/json/parquet/npy/uids): the pool is its samples only
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option (as the command line spells it)."""
@@ -79,6 +82,10 @@ class CommonOptions:
         _require(self.binarisation is None or self.binarisation in stage2.BINARISATIONS,
                  f"--binarise must be one of {', '.join(stage2.BINARISATIONS)}")
         _require(self.aggregation in stage2.AGGREGATIONS, f"--aggregate must be one of {', '.join(stage2.AGGREGATIONS)}")
+        if self.subset is not None:
+            from mimic_explorer.data.keep_lists import check_keep_list_path
+
+            check_keep_list_path(self.subset)
         self._validate_model_choice()
 
     def _validate_model_choice(self) -> None:

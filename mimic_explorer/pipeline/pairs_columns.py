@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
@@ -24,22 +25,27 @@ from mimic_explorer.scoring.prepared import BatchScores
 
 #: score-row columns of a pairs run beyond the long format's sample_id, epoch, step, proj, weight
 PAIR_COLUMNS = ("clip_score_model", "clip_score_ref", "reference_loss", "truncated")
+#: score-row columns ``pair_samples`` reads (with ``score_batch``, derived from ``step``)
+PAIR_ROW_COLUMNS = ("sample_id", "step", "loss", "batch_size", *PAIR_COLUMNS)
+#: step numbers a chunk's batches may use (``score_step``)
+STEPS_PER_CHUNK = 100_000
 
 
 def _numpy(values: Tensor) -> np.ndarray:
     return values.detach().double().cpu().numpy()
 
 
-def batch_rows(sample_ids: np.ndarray, step: int, scores: BatchScores, weights: Tensor, reference: DualOutput,
-               truncated: np.ndarray) -> pd.DataFrame:
-    """One batch's score rows: proj (cos), the Stage-1 weight, the pair's loss under the model, the
-    CLIP scores under model and reference, the loss under the reference, and whether the caption was cut."""
+def batch_rows(sample_ids: np.ndarray, positions: np.ndarray, step: int, scores: BatchScores, weights: Tensor,
+               reference: DualOutput, truncated: np.ndarray) -> pd.DataFrame:
+    """One batch's score rows: the pairs' pool positions, proj (cos), the Stage-1 weight, the pair's loss
+    under the model, the CLIP scores under model and reference, the loss under the reference, and
+    whether the caption was cut."""
     outputs = scores.outputs
     with torch.no_grad():
         reference_loss = InfoNCELoss()(reference, None)
         return pd.DataFrame({
             "sample_id": np.asarray(sample_ids, dtype=object).astype(str), "epoch": 0, "step": step,
-            "proj": _numpy(scores.proj), "weight": _numpy(weights),
+            "position": np.asarray(positions, dtype=np.int64), "proj": _numpy(scores.proj), "weight": _numpy(weights),
             "cos": _numpy(scores.cos) if scores.cos is not None else np.nan, "loss": _numpy(scores.loss),
             "batch_size": np.int32(len(sample_ids)),
             "clip_score_model": _numpy(clip_score(outputs.image, outputs.text)),
@@ -48,17 +54,30 @@ def batch_rows(sample_ids: np.ndarray, step: int, scores: BatchScores, weights: 
         })
 
 
+def score_step(chunk: int, step: int, rank: int = 0, world: int = 1) -> int:
+    """The ``step`` of the ``step``-th batch of a rank's ``chunk``: unique over the run and ascending in
+    the order of the chunk parts' names (chunk, then rank), so a batch's number follows from it alone."""
+    return (chunk * world + rank) * STEPS_PER_CHUNK + step
+
+
+def batch_steps(parts: Sequence[Path]) -> np.ndarray:
+    """The sorted distinct ``step`` of every scoring batch of the parts (one small column read per part:
+    memory is one value per batch, not per pair)."""
+    found = [np.unique(pq.read_table(path, columns=["step"]).column("step").to_numpy()) for path in parts]
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+def score_batches(steps: np.ndarray, all_steps: np.ndarray) -> np.ndarray:
+    """``score_batch`` of rows with these ``steps``: the batch's number, dense from 0 over the run."""
+    return np.searchsorted(all_steps, np.asarray(steps)).astype(np.int64)
+
+
 def read_pair_scores(parts: Sequence[Path]) -> pd.DataFrame:
-    """Every part's rows with ``score_batch``: the batch's number in part order (dense from 0), so a
-    pair's batch-mates are the rows that share it."""
-    frames, offset = [], 0
-    for path in parts:
-        frame = pd.read_parquet(path)
-        local = pd.factorize(frame["step"], sort=True)[0].astype(np.int64)  # steps are unique per part, not dense
-        frame["score_batch"] = offset + local
-        offset += int(local.max()) + 1 if len(frame) else 0
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    """Every part's rows with ``score_batch`` (the in-memory path, for small pools and tests; a run
+    finishes a range of positions at a time, ``pipeline/pairs_score.py``)."""
+    frame = pd.concat([pd.read_parquet(path) for path in parts], ignore_index=True)
+    frame["score_batch"] = score_batches(frame["step"].to_numpy(), batch_steps(parts))
+    return frame
 
 
 def pair_samples(samples: pd.DataFrame, captions: np.ndarray, true_captions: np.ndarray, positions: np.ndarray,

@@ -13,32 +13,38 @@ pair's ``score_batch`` and ``batch_size``, and the CLIP scores and the reference
 from the same batch (the CLIP scores do not depend on it; the reference loss does).
 
 The run directory is the labelled ``score``'s: chunk parts (a killed run resumes at the first missing
-chunk), thumbnails, ``errors.parquet``, then Stage 2 into ``samples.parquet``.
+chunk; rows carry each pair's pool position), thumbnails, ``errors.parquet``, then Stage 2 into
+``samples.parquet`` one range of pool positions at a time (``pipeline.finalize.finish_samples``, memory
+bounded by the range), the per-pair columns read from the parts for that range only.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
-from mimic_explorer import stage2
 from mimic_explorer.data.errors import BadSample, ErrorLog
 from mimic_explorer.models.dual import DualEncoder, DualOutput
-from mimic_explorer.pipeline.finalize import add_stage2, evaluate, format_evaluation, samples_table
+from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
 from mimic_explorer.pipeline.lifecycle import RunContext, RunOutcome
 from mimic_explorer.pipeline.options import ScoreOptions
 from mimic_explorer.pipeline.pair_batches import chunk_bounds, whole_batches
-from mimic_explorer.pipeline.pairs_columns import batch_rows, pair_samples, read_pair_scores
+from mimic_explorer.pipeline.pairs_columns import (PAIR_ROW_COLUMNS, batch_rows, batch_steps, pair_samples, score_batches,
+                                                   score_step)
 from mimic_explorer.pipeline.pairs_setup import PairInputs
 from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
+from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.store.writer import take_error_parts
+from mimic_explorer.store.writer import take_error_parts, write_score_part
 
 PairRun = RunContext[ScoreOptions, PairInputs]
 ALONE = "alone in its scoring batch (InfoNCE needs at least one other pair as a negative)"
@@ -70,8 +76,9 @@ def _score_chunk(run: PairRun, scorer, indices: np.ndarray, chunk: int, thumbs: 
         signal = scores.proj if options.score_method == "proj" else scores.cos
         weights = stage1_weights(signal, "normed_" + options.score_method, options.temperature)
         reference = _reference_outputs(models.reference, images, ids)
-        rows.append(batch_rows(source.sample_ids[positions], chunk * 100_000 + step, scores, weights, reference, tokens.truncated))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["sample_id", "epoch", "step", "proj", "weight"])
+        rows.append(batch_rows(source.sample_ids[positions], positions, score_step(chunk, step, run.dist.rank, run.dist.world),
+                               scores, weights, reference, tokens.truncated))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["sample_id", "epoch", "step", "position", "proj", "weight"])
 
 
 def score_pairs(run: PairRun) -> RunOutcome:
@@ -94,7 +101,7 @@ def score_pairs(run: PairRun) -> RunOutcome:
     for chunk, (start, stop) in enumerate(chunk_bounds(len(mine), options.chunk_size)):
         path = layout.chunk_part(chunk, ctx.rank if ctx.active else None)
         if not path.exists():  # else finished before an interruption
-            write_parquet(path, _score_chunk(run, scorer, mine[start:stop], chunk, thumbs, errors))
+            write_score_part(path, _score_chunk(run, scorer, mine[start:stop], chunk, thumbs, errors))
         done += stop - start
         run.progress("scoring", done, len(mine))
     if thumbs is not None:
@@ -107,26 +114,42 @@ def score_pairs(run: PairRun) -> RunOutcome:
     return _finalize(run, started)
 
 
+def pair_rows(inputs: PairInputs, layout: RunLayout) -> Callable[[np.ndarray], pd.DataFrame]:
+    """samples.parquet's base columns of good positions (ascending): the pool's, the caption (and,
+    with swapped captions, the original and ``is_noisy``) and the per-pair columns of each pair's score
+    row, read from the chunk parts for those positions only (``store.score_rows.ScoreRows``)."""
+    captions, base = inputs.captions, pool_rows(inputs.pool)
+    rows = ScoreRows(layout)
+    if not rows.positioned:
+        raise ValueError("the run's score parts have no position column; they were written by an older version "
+                         "(rerun with --force)")
+    steps = batch_steps(layout.chunk_parts())
+
+    def at(positions: np.ndarray) -> pd.DataFrame:
+        if len(positions):
+            scores = rows.range(int(positions[0]), int(positions[-1]) + 1, list(PAIR_ROW_COLUMNS))
+        else:
+            scores = pd.DataFrame({c: pd.Series(dtype=object if c == "sample_id" else np.float64) for c in PAIR_ROW_COLUMNS})
+        scores["score_batch"] = score_batches(scores["step"].to_numpy(), steps)
+        return pair_samples(base(positions), captions.captions, captions.true_captions, positions, captions.is_noisy, scores)
+
+    return at
+
+
 def _finalize(run: PairRun, started: float) -> RunOutcome:
+    """Stage 2 into samples.parquet one range of pool positions at a time (``finalize.finish_samples``,
+    as for a labelled run), then errors and meta."""
     options, layout, writer, inputs = run.options, run.layout, run.writer, run.inputs
-    source, captions = inputs.pool.source, inputs.captions
-    scores = read_pair_scores(layout.chunk_parts())
-    all_errors = take_error_parts(layout)
-    scored = set(scores["sample_id"].astype(str))
-    good = np.asarray([i for i, s in enumerate(source.sample_ids) if s in scored], dtype=np.int64)
-    samples = samples_table(source.sample_ids[good], source.sources[good], inputs.pool.labels[good], None, None)
-    samples = pair_samples(samples, captions.captions, captions.true_captions, good, captions.is_noisy, scores)
-    samples = add_stage2(samples, scores, options.binarisation, options.aggregation)
-    evaluation = evaluate(samples)
-    truncated = int(samples["caption_truncated"].sum())
-    summary = {"samples": int(len(samples)), "skipped": int(len(all_errors)),
-               "estimated_quality": stage2.quality_estimate(samples["keep"].to_numpy()),
+    all_errors, bad = with_positions(take_error_parts(layout), inputs.pool.source.sample_ids)
+    finished = finish_samples(writer, PoolView(len(inputs.pool.source), bad, pair_rows(inputs, layout)),
+                              Stage2Options(options.binarisation, options.aggregation))
+    truncated = int(pq.read_table(layout.samples, columns=["caption_truncated"]).column("caption_truncated").to_numpy().sum())
+    summary = {**finished.summary, "skipped": int(len(all_errors)),
                "pairs": {"loss": "symmetric InfoNCE of each pair within its scoring batch", "batch_size": options.batch_size,
-                         "batches": int(scores["score_batch"].nunique()), "mimic_layers": inputs.models.params,
+                         "batches": int(len(batch_steps(layout.chunk_parts()))), "mimic_layers": inputs.models.params,
                          "truncated_captions": truncated}}
-    if evaluation:
-        summary["detection"] = evaluation["mimic_score"]
-    writer.write_samples(samples)
+    summary.pop("true_quality", None)
+    evaluation = finished.evaluation
     writer.write_errors(all_errors)
     if len(all_errors):
         run.log(f"skipped {len(all_errors)} bad pair(s); see {layout.errors}")

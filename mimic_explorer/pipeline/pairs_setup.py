@@ -163,5 +163,6 @@ def prepare_pairs(options: ScoreOptions, pool: Pool, device: str) -> Prepared[Pa
     facts = dict(class_names=[], source={"spec": options.data, "pool_kind": "pairs"},
                  method=f"{options.score_method} of the symmetric InfoNCE term within each batch of {options.batch_size} pairs "
                         "(fixed checkpoint)",
-                 noise=captions.noise, reference={"path": options.reference}, params=layers, basis=models.basis)
-    return Prepared(PairInputs(pool, captions, models), fingerprints, facts, models.warnings)
+                 noise=captions.noise, reference={"path": options.reference}, params=layers, basis=models.basis,
+                 subset=pool.subset)
+    return Prepared(PairInputs(pool, captions, models), fingerprints, facts, pool.warnings + models.warnings)

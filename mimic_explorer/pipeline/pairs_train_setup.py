@@ -185,8 +185,10 @@ def prepare_pair_training(options: TrainOptions, pool: Pool, device: str) -> Pre
     method = (f"{options.method} Grad-Mimic on the {models.mimic_layer} projection (symmetric InfoNCE within each batch "
               f"of {options.batch_size} pairs; frozen towers)") if models.reference is not None else f"plain ({_trained_part(options)})"
     facts = dict(class_names=[], source={"spec": options.data, "pool_kind": "pairs"}, method=method, noise=captions.noise,
-                 reference={"path": options.reference} if options.reference else None, basis=models.basis)
-    return Prepared(PairTrainInputs(pool, captions, models, sets), fingerprints, facts, models.warnings, models.notes)
+                 reference={"path": options.reference} if options.reference else None, basis=models.basis,
+                 subset=pool.subset)
+    return Prepared(PairTrainInputs(pool, captions, models, sets), fingerprints, facts, pool.warnings + models.warnings,
+                    models.notes)
 
 
 def _trained_part(options: TrainOptions) -> str:

@@ -53,9 +53,9 @@ def _prepare(options: ScoreOptions, ctx: DistContext, device: str) -> Prepared[R
     fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
                     "reference": models.reference_fingerprint, "preprocessing": models.preprocessing}
     facts = dict(class_names=pool.source.class_names, source={"spec": options.data},
-                 method=f"{options.score_method} (fixed checkpoint)", noise=pool.noise,
+                 method=f"{options.score_method} (fixed checkpoint)", noise=pool.noise, subset=pool.subset,
                  reference={"path": options.reference}, params=options.params, **model_facts(models))
-    return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings, models.notes)
+    return Prepared(RunInputs(pool, models), fingerprints, facts, pool.warnings + models.warnings, models.notes)
 
 
 def _batch_scorer(options, models, scored, scored_reference, params):

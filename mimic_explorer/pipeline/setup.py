@@ -20,7 +20,9 @@ from torch import nn
 
 from mimic_explorer.data.noise import CIFAR10_ASYMMETRIC, asymmetric_noise, symmetric_noise
 from mimic_explorer.data.source import Source
+from mimic_explorer.data.keep_lists import read_keep_list
 from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.subset import restrict_to_keep_list
 from mimic_explorer.data.transforms import ImageTransform
 from mimic_explorer.fingerprint import state_fingerprint
 from mimic_explorer.models.build import build_for_run, checkpoint_preprocessing_warning
@@ -40,13 +42,22 @@ class Pool:
     true_labels: np.ndarray | None
     is_noisy: np.ndarray | None
     noise: dict
+    #: how ``--subset`` met the pool (``meta.json``'s ``subset``), None without one
+    subset: dict | None = None
+    #: what opening the pool found worth saying (listed ids the pool lacks): printed and kept in meta.json
+    warnings: list[str] = field(default_factory=list)
 
 
 def open_pool(options: CommonOptions) -> Pool:
-    """Open ``--data`` and inject ``--label-noise`` (seeded), recording the truth. Shard indexes live
-    in the shared cache: built once per shard, reused by every run."""
+    """Open ``--data``, keep only the samples ``--subset`` lists (``data.subset``: every command reads
+    the restricted pool, and nothing outside it is decoded) and inject ``--label-noise`` (seeded) into
+    what is left, recording the truth. Shard indexes live in the shared cache: built once per shard,
+    reused by every run."""
     source = open_source(options.data)
     check_pool_options(options, source.pool_kind)  # image-text pairs: pipeline/pairs_options.py
+    subset = None
+    if options.subset:
+        source, subset = restrict_to_keep_list(source, read_keep_list(options.subset))
     labels, true_labels, is_noisy, noise = source.labels, source.true_labels, None, {}
     if true_labels is not None:
         is_noisy = labels != true_labels
@@ -61,7 +72,9 @@ def open_pool(options: CommonOptions) -> Pool:
         labels, true_labels, is_noisy = injected.labels, injected.true_labels, injected.is_noisy
         noise = {"kind": options.noise_type, "rate": options.label_noise, "seed": options.noise_seed,
                  "flipped": int(is_noisy.sum())}
-    return Pool(source, labels, true_labels, is_noisy, noise)
+    if subset is None:
+        return Pool(source, labels, true_labels, is_noisy, noise)
+    return Pool(source, labels, true_labels, is_noisy, noise, subset.facts, subset.warnings)
 
 
 def check_decodable(source: Source, transform) -> None:
@@ -231,5 +244,9 @@ def model_facts(models: Models) -> dict:
 
 
 def pool_fingerprints(pool: Pool) -> dict[str, str]:
-    """Fingerprints of the pool's data and of the labels the run uses (noisy ones when injected)."""
-    return {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)})}
+    """Fingerprints of the pool's data and of the labels the run uses (noisy ones when injected), and
+    with ``--subset`` the keep-list's content hash (the same ids in any file format: the same run)."""
+    found = {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)})}
+    if pool.subset is not None:
+        found["subset"] = pool.subset["sha256"]
+    return found

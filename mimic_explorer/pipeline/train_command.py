@@ -58,10 +58,10 @@ def _prepare(options: TrainOptions, ctx: DistContext, device: str) -> Prepared[R
     fingerprints = {**pool_fingerprints(pool), "init": models.init_fingerprint, "reference": models.reference_fingerprint,
                     "preprocessing": models.preprocessing}
     facts = dict(class_names=pool.source.class_names, source={"spec": options.data, **_describe(pool.source)},
-                 method=options.method if options.reference else "plain", noise=pool.noise,
+                 method=options.method if options.reference else "plain", noise=pool.noise, subset=pool.subset,
                  reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
                  **model_facts(models))
-    return Prepared(RunInputs(pool, models), fingerprints, facts, models.warnings, models.notes)
+    return Prepared(RunInputs(pool, models), fingerprints, facts, pool.warnings + models.warnings, models.notes)
 
 
 def _describe(source) -> dict:

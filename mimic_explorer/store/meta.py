@@ -53,6 +53,9 @@ class RunMeta:
     model: dict[str, Any] = field(default_factory=dict)
     params: str | None = None  # score: the mimic layers
     noise: dict[str, Any] = field(default_factory=dict)
+    #: ``--subset``: the keep-list (path, format, ids, sha256) and how it met the pool (pool_samples,
+    #: kept, missing, missing_examples, unusable); None for a run on the whole pool
+    subset: dict[str, Any] | None = None
     fingerprints: dict[str, Any] = field(default_factory=dict)
     load_reports: dict[str, Any] = field(default_factory=dict)
     basis: dict[str, Any] = field(default_factory=dict)
