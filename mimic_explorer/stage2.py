@@ -204,7 +204,7 @@ class _Samples:
     position: np.ndarray
     starts: np.ndarray
     counts: np.ndarray
-    tiebreak: np.ndarray  # log of mean B·weight, or mean proj: ranks equal vote counts
+    tiebreak: np.ndarray  # log of mean B·weight, or mean proj: ranks equal vote counts (see ``of``)
 
     @classmethod
     def of(cls, rows: pd.DataFrame) -> "_Samples":
@@ -212,11 +212,16 @@ class _Samples:
         starts = np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]]) if len(positions) else np.zeros(0, np.int64)
         counts = np.diff(np.r_[starts, len(positions)])
         samples = cls(positions[starts], starts, counts, np.zeros(len(starts)))
+        mean_proj = samples.mean(rows["proj"].to_numpy(np.float64))
         if "weight" in rows.columns and "batch_size" in rows.columns:
-            relative = samples.mean(rows["weight"].to_numpy(np.float64) * rows["batch_size"].to_numpy(np.float64))
-            samples.tiebreak = np.log(np.clip(relative, 1e-12, None))
+            scaled = rows["weight"].to_numpy(np.float64) * rows["batch_size"].to_numpy(np.float64)
+            relative = samples.mean(scaled)
+            # a sample never re-weighted (every row uniform: B·weight = 1, as when scores are recorded while
+            # training plainly, --starting-epoch = --epochs) is ranked by its mean proj: its weights say nothing
+            uniform = samples.total((np.abs(scaled - 1.0) > 1e-6).astype(np.float64)) == 0
+            samples.tiebreak = np.where(uniform, mean_proj, np.log(np.clip(relative, 1e-12, None)))
         else:
-            samples.tiebreak = samples.mean(rows["proj"].to_numpy(np.float64))
+            samples.tiebreak = mean_proj
         return samples
 
     def total(self, values: np.ndarray) -> np.ndarray:

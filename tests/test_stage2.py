@@ -44,6 +44,22 @@ def test_mimic_score_ranks_by_votes_then_weight():
     assert result["mimic_score"].iloc[0] > result["mimic_score"].iloc[1]  # same votes, higher weight
 
 
+def test_samples_recorded_with_uniform_weights_are_ranked_by_mean_proj():
+    # scores recorded while training plainly: every weight is 1/B, so the weights cannot break ties
+    proj = [[0.5, -0.2, 0.1, -0.9], [0.3, -0.4, 0.2, -0.1]]
+    rows = [dict(sample_id=f"s{i}", epoch=e, step=e, proj=p, weight=0.25, batch_size=4)
+            for e, values in enumerate(proj) for i, p in enumerate(values)]
+    result = stage2.aggregate(pd.DataFrame(rows), "gmm")
+    means = np.mean(proj, axis=0)
+    votes = result["votes"].to_numpy()
+    for a in range(4):
+        for b in range(4):
+            if votes[a] == votes[b] and means[a] > means[b]:
+                assert result["mimic_score"].iloc[a] > result["mimic_score"].iloc[b]
+    assert result["mimic_score"].nunique() == 4  # no ties left
+    assert stage2.aggregate(pd.DataFrame(rows), "weight", "mean")["keep"].tolist() == (means >= 0).tolist()
+
+
 def test_proj_binarisation_and_two_group_splits():
     rng = np.random.default_rng(0)
     proj = np.concatenate([rng.normal(-3, 0.3, 50), rng.normal(2, 0.3, 150)])
