@@ -9,7 +9,8 @@ The paper describes this stage without shipping code, so the rules are defined h
   decided by the mean B·weight being ≥ 1), ``unanimity`` (kept in every epoch), or ``mean`` (mean of
   B·weight ≥ 1);
 - ``mimic_score`` = fraction of epochs voted *keep*, plus a tie-break in (−0.5/E, 0.5/E) from the mean
-  B·weight (or mean proj) so equal vote counts are still ranked. Higher = more useful, and
+  B·weight (or mean proj: without weights, or for a sample never re-weighted — every B·weight 1, as
+  when scores are recorded while training plainly) so equal vote counts are still ranked. Higher = more useful, and
   ``keep`` under majority vote is exactly ``mimic_score ≥ 0.5``.
 
 ``split_two_groups`` is the same 2-group rule for any per-sample utility (e.g. the combined score of
