@@ -9,7 +9,7 @@ COMPUTE = [
     "mimic_explorer.scoring", "mimic_explorer.data.sources", "mimic_explorer.models", "mimic_explorer.train",
     "mimic_explorer.stage2", "mimic_explorer.filters", "mimic_explorer.store", "mimic_explorer.pipeline.train_command",
     "mimic_explorer.pipeline.score_command", "mimic_explorer.demo", "mimic_explorer.cli",
-    "mimic_explorer.pair_training", "mimic_explorer.loss_step", "mimic_explorer.pipeline.pairs_score",
+    "mimic_explorer.pair_training", "mimic_explorer.tower_training", "mimic_explorer.loss_step", "mimic_explorer.pipeline.pairs_score",
     "mimic_explorer.models.dual_checkpoint",
 ]
 
