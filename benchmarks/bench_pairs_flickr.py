@@ -227,16 +227,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/work/bench_work/pairs_flickr")
     parser.add_argument("--image-tower", help="an image classifier checkpoint for the image tower (default: train one)")
-    parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--pool", default=f"wds:{FLICKR}/train-{{00..01}}.tar")
     parser.add_argument("--test", default=f"wds:{FLICKR}/train-02.tar")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pre-epochs", type=int, default=20)
-    parser.add_argument("--pre-lr", type=float, default=2e-3)
-    parser.add_argument("--pre-wd", type=float, default=1.0)
-    parser.add_argument("--pool-epochs", type=int, default=5)
-    parser.add_argument("--pool-lr", type=float, default=3e-3)
+    # sizes and schedules: P's pretraining (--pre-*) and the pool runs (--pool-*)
+    for flag, kind, default in (("--image-size", int, 64), ("--batch-size", int, 128), ("--seed", int, 0),
+                                ("--pre-epochs", int, 20), ("--pre-lr", float, 2e-3), ("--pre-wd", float, 1.0),
+                                ("--pool-epochs", int, 5), ("--pool-lr", float, 3e-3)):
+        parser.add_argument(flag, type=kind, default=default)
     parser.add_argument("--mimic-layer", choices=["text", "image"], default="text")
     parser.add_argument("--rates", default="0.3,0.5")
     parser.add_argument("--keep-binarise", choices=BINARISATIONS, default="gmm",
