@@ -17,11 +17,13 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
+import weakref
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -116,12 +118,29 @@ def _rebuild(layout: RunLayout) -> dict[str, Any]:
     return manifest
 
 
+#: Indexes open in this process, by run folder: every session on a run maps its files once.
+_OPEN: "weakref.WeakValueDictionary[Path, AppIndex]" = weakref.WeakValueDictionary()
+_OPEN_LOCK = threading.Lock()
+
+
 def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> "AppIndex":
     """The run's index, built first if missing, stale or truncated (``build=False``: raise instead).
+    An index already open in this process for the same files is returned as it is (one set of
+    memory maps and shared values per run, however many sessions show it).
 
     Raises ``IndexUnavailable`` when it cannot be built here (the run folder is read-only, the disk is
     full, samples.parquet is unreadable); the run itself is untouched and can still be read whole."""
     layout = RunLayout(Path(run_dir))
+    manifest = _valid_manifest(layout, build)
+    key = layout.root.resolve()
+    with _OPEN_LOCK:
+        index = _OPEN.get(key)
+        if index is None or index.manifest != manifest:
+            index = _OPEN[key] = AppIndex(layout, manifest)
+    return index
+
+
+def _valid_manifest(layout: RunLayout, build: bool) -> dict[str, Any]:
     manifest = _read_manifest(layout)
     if manifest is None:
         if not build:
@@ -133,7 +152,7 @@ def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> "AppIndex":
                     manifest = _rebuild(layout)
                 except (OSError, pa.ArrowException) as exc:
                     raise IndexUnavailable(f"cannot build the app index of {layout.root}: {exc}") from exc
-    return AppIndex(layout, manifest)
+    return manifest
 
 
 class AppIndex:
@@ -148,6 +167,16 @@ class AppIndex:
         self._numeric = {entry["name"]: entry for entry in manifest["numeric"]}
         self._scores: dict[str, dict[str, Any]] = manifest["scores"]
         self._maps: dict[Path, np.ndarray] = {}
+        self._shared: dict[tuple, Any] = {}
+        self._shared_lock = threading.RLock()  # a value may be built from another
+
+    def shared(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """A value derived from this index (a column's sorted counter...), built once by ``build()``
+        and then handed to every reader of the index in this process."""
+        with self._shared_lock:
+            if key not in self._shared:
+                self._shared[key] = build()
+            return self._shared[key]
 
     # ------------------------------------------------------------------ columns
 

@@ -17,7 +17,7 @@ from mimic_explorer.store.histogram import Histogram, histogram, robust_range  #
 from mimic_explorer.store.index_build import NON_SCORE_COLUMNS  # noqa: F401  (identities and categories)
 from mimic_explorer.store.reader import Run
 from mimic_explorer.store.sample_columns import SampleColumns, indexed_samples
-from mimic_explorer.ui.counting import Counts, RuleCounter, compound_counts
+from mimic_explorer.ui.counting import Counts, RuleCounter, SampleGroups, compound_counts
 
 #: Score columns listed first, in this order, when a run has them: the default ranking (issue 15's
 #: combined score where there is one, else the mimic score), then the CLIP scores of a pairs pool.
@@ -66,8 +66,7 @@ class ExplorerState:
             raise ValueError(f"no score column {column!r}; available: {', '.join(self.score_columns)}")
         self._column = column
         self.counter = self.counter_for(column)
-        for cached in ("_orderings", "_class_ranks", "_global_ranks"):
-            self.__dict__.pop(cached, None)
+        self.__dict__.pop("_orderings", None)
 
     def counter_for(self, column: str | None) -> RuleCounter:
         """The (cached) sorted view of any score column (None: the current one)."""
@@ -78,9 +77,21 @@ class ExplorerState:
         if column not in self._counters:
             index = self._app_index
             stored = index is not None and column in index.score_columns
-            self._counters[column] = RuleCounter(self.samples, column, ascending=index.order(column) if stored else None,
-                                                 stored=index.grouped(column) if stored else None)
+            self._counters[column] = self._shared(("counter", column), lambda: RuleCounter(
+                self.samples, column, ascending=index.order(column) if stored else None,
+                stored=index.grouped(column) if stored else None, groups=self.groups))
         return self._counters[column]
+
+    @cached_property
+    def groups(self) -> SampleGroups:
+        """Class codes and (class, mislabeled) groups, one copy for every column's counter."""
+        return self._shared(("groups",), lambda: SampleGroups(self.samples))
+
+    def _shared(self, key: tuple, build):
+        """One value per run in this process when the samples come through the app index (every
+        session on a run shares its counters: memory stays one run's worth, not one per session)."""
+        index = self._app_index
+        return build() if index is None else index.shared(key, build)
 
     @property
     def _app_index(self):
@@ -172,8 +183,8 @@ class ExplorerState:
             if rule.per_class:
                 codes = self.counter.codes[positions]
                 kept_by_class = np.array([counts.kept_per_class[k] for k in self.counter.class_keys])
-                return self._class_ranks[positions] < kept_by_class[codes]
-            return self._global_ranks[positions] < counts.kept
+                return self.counter.class_ranks[positions] < kept_by_class[codes]
+            return self.counter.global_ranks[positions] < counts.kept
         labels = self.samples["label"].to_numpy()[positions] if "label" in self.samples.columns else None
         scores = self.scores[positions]
         cuts = np.array([
@@ -182,19 +193,6 @@ class ExplorerState:
         ], dtype=np.float64)
         with np.errstate(invalid="ignore"):
             return scores >= cuts
-
-    @cached_property
-    def _global_ranks(self) -> np.ndarray:
-        ranks = np.empty(self.total, dtype=np.int64)
-        ranks[self.counter.descending] = np.arange(self.total)
-        return ranks
-
-    @cached_property
-    def _class_ranks(self) -> np.ndarray:
-        ranks = np.empty(self.total, dtype=np.int64)
-        for members in self.counter._class_descending:
-            ranks[members] = np.arange(len(members))
-        return ranks
 
     def retention_table(self, counts: Counts, overrides: dict[int, float] | None = None,
                         rule: Rule | None = None) -> pd.DataFrame:
@@ -264,7 +262,7 @@ class ExplorerState:
         finite = np.isfinite(self.scores)
         bins = len(edges) - 1
         index = np.clip(((np.clip(self.scores[finite], lo, hi) - lo) / (hi - lo) * bins).astype(np.int64), 0, bins - 1)
-        codes = self.counter.codes[finite]
+        codes = self.counter.codes[finite].astype(np.int64)
         table = np.bincount(codes * bins + index, minlength=len(self.counter.classes) * bins).reshape(-1, bins)
         largest = np.argsort(-self.counter.total_per_class, kind="stable")[:limit]
         shown = sorted(int(self.counter.classes[c]) for c in largest)
