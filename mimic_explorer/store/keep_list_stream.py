@@ -49,11 +49,12 @@ def _pieces(samples: SampleColumns, keep: np.ndarray, column: str):
     kept = kept[keep[kept]]
     scores = index.column(score_column)
     labels = index.column("label") if index.is_numeric("label") else None
-    text = index.text.select([c for c in ("sample_id", "source") if c in index.text.column_names])
+    names = [c for c in ("sample_id", "source") if c in index.text.column_names]
     for start in range(0, len(kept), CHUNK_ROWS):
         positions = kept[start:start + CHUNK_ROWS]
-        yield (text.take(pa.array(positions)), None if labels is None else np.asarray(labels[positions]),
+        yield (index.take_text(positions, names), None if labels is None else np.asarray(labels[positions]),
                np.asarray(scores[positions], dtype=np.float64))
+        index.release()  # the pages this chunk mapped: the export's memory stays one chunk's
 
 
 def _frame(piece) -> pd.DataFrame:

@@ -266,7 +266,7 @@ class IndexFiles:
         return self.folder / f"grouped-{number:03d}.npy"
 
     def trajectory(self, number: int) -> Path:
-        """One per-epoch signal as a (samples × epochs) array: a sample's trajectory is one row."""
+        """One per-epoch signal as an (epochs × samples) array: a sample's trajectory is one column."""
         return self.folder / f"trajectory-{number:02d}.npy"
 
     @property

@@ -7,6 +7,7 @@ without a browser. Sorting happens once per score column; after that a threshold
 
 from __future__ import annotations
 
+import functools
 from functools import cached_property
 
 import numpy as np
@@ -22,6 +23,19 @@ from mimic_explorer.ui.counting import Counts, RuleCounter, SampleGroups, compou
 #: Score columns listed first, in this order, when a run has them: the default ranking (issue 15's
 #: combined score where there is one, else the mimic score), then the CLIP scores of a pairs pool.
 LEADING_COLUMNS = ("combined_score", "mimic_score", "clip_score_ref", "clip_score_model")
+
+
+def _releasing(method):
+    """Run ``method``, then unmap the index pages it touched (``AppIndex.release``): a question about
+    the pool reads whole columns, and their pages must not stay in the server's resident memory."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if self._app_index is not None:
+                self._app_index.release()
+    return wrapper
 
 
 class ExplorerState:
@@ -68,6 +82,7 @@ class ExplorerState:
         self.counter = self.counter_for(column)
         self.__dict__.pop("_orderings", None)
 
+    @_releasing
     def counter_for(self, column: str | None) -> RuleCounter:
         """The (cached) sorted view of any score column (None: the current one)."""
         if column is None:
@@ -126,6 +141,7 @@ class ExplorerState:
             return 0.0, 1.0
         return float(values[0]), float(values[-1])
 
+    @_releasing
     def default_threshold(self, column: str | None = None) -> float:
         """Start where the column's own filter cuts it (``combined_keep`` for ``combined_score``), else
         where the run's ensemble filter does, else at the median."""
@@ -143,6 +159,7 @@ class ExplorerState:
 
     # ------------------------------------------------------------------ rules and counts
 
+    @_releasing
     def counts(self, rule: Rule) -> Counts:
         """Live counts for a rule whose (first) clause is on the current column: O(classes · log n) for
         one clause, a vector comparison per clause for an AND (``counting.compound_counts``)."""
@@ -151,6 +168,7 @@ class ExplorerState:
             return compound_counts(rule, self.counter_for)
         return self.counter.counts(rule)
 
+    @_releasing
     def apply(self, rule: Rule | float) -> FilterResult:
         """The authoritative keep mask, from the same code as ``mimic-explorer export``."""
         if not isinstance(rule, (FilterRule, CompoundRule)):
@@ -171,6 +189,7 @@ class ExplorerState:
             value = counts.thresholds.get("all")
         return None if value is None or not np.isfinite(value) else float(value)
 
+    @_releasing
     def keep_status(self, positions: np.ndarray, rule: Rule, counts: Counts) -> np.ndarray:
         """Whether each of a few samples (gallery cards) is kept, without building the full mask (an
         AND's counts carry theirs)."""
@@ -242,6 +261,7 @@ class ExplorerState:
 
     # ------------------------------------------------------------------ distributions
 
+    @_releasing
     def histogram(self, column: str | None = None, log: bool = False) -> Histogram:
         column = column or self.column
         key = ("hist", column)
@@ -254,6 +274,7 @@ class ExplorerState:
             cache[key] = histogram(values, noisy=self.counter.noisy if self.has_truth else None, sorted_finite=presorted)
         return cache[key]
 
+    @_releasing
     def class_histograms(self, limit: int = 20) -> tuple[np.ndarray, dict[int, np.ndarray], list[int]]:
         """Shared bin edges and counts per class (the ``limit`` largest classes) for small multiples."""
         hist = self.histogram()
@@ -269,6 +290,7 @@ class ExplorerState:
         code_of = {int(c): i for i, c in enumerate(self.counter.classes.tolist())}
         return edges, {label: table[code_of[label]] for label in shown}, shown
 
+    @_releasing
     def kept_curve(self) -> pd.DataFrame:
         lo, hi = robust_range(self.counter.sorted_finite, presorted=True)
         return self.counter.kept_curve(lo=lo, hi=hi)
@@ -279,6 +301,7 @@ class ExplorerState:
     def _orderings(self) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
         return {}
 
+    @_releasing
     def narrow(self, query: str) -> int | None:
         """Galleries show only samples whose caption contains ``query`` (case-insensitive substring;
         empty: every sample). Returns how many match (None when not narrowed)."""
@@ -291,6 +314,7 @@ class ExplorerState:
         self.__dict__.pop("_orderings", None)
         return None if self.matches is None else int(self.matches.sum())
 
+    @_releasing
     def _ordered(self, label: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(positions ascending by score, their sorted finite scores), for all samples or one class,
         among the caption matches when narrowed. Kept per column: the "around the threshold" gallery
