@@ -241,12 +241,14 @@ class AppIndex:
         if len(batches) <= 1 or len(positions) == 0:
             return table.take(pa.array(positions))
         starts = np.cumsum([0] + [batch.num_rows for batch in batches])
-        which = np.searchsorted(starts, positions, side="right") - 1
-        by_batch = np.argsort(which, kind="stable")
-        pieces = [batches[b].take(pa.array(positions[by_batch][which[by_batch] == b] - starts[b]))
-                  for b in np.unique(which)]
-        joined = pa.Table.from_batches(pieces, schema=table.schema)
-        return joined.take(pa.array(np.argsort(by_batch)))
+        which = (np.searchsorted(starts, positions, side="right") - 1).astype(np.int16 if len(batches) < 2**15 else np.int64)
+        by_batch = np.argsort(which, kind="stable")  # a radix sort of small ints
+        grouped, bounds = positions[by_batch], np.searchsorted(which[by_batch], np.arange(len(batches) + 1))
+        pieces = [batches[b].take(pa.array(grouped[bounds[b]:bounds[b + 1]] - starts[b]))
+                  for b in range(len(batches)) if bounds[b + 1] > bounds[b]]
+        back = np.empty(len(positions), dtype=np.int64)
+        back[by_batch] = np.arange(len(positions))
+        return pa.Table.from_batches(pieces, schema=table.schema).take(pa.array(back))
 
     @cached_property
     def _text_dtypes(self) -> dict[str, str]:

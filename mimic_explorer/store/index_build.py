@@ -172,7 +172,9 @@ def build_index(samples: Path, folder: Path, score_parts: list[Path] = ()) -> di
     def index_column(number: int, name: str) -> tuple[str, dict[str, Any]]:
         values = read(name).astype(np.float64, copy=False)
         order = stable_argsort(values)  # NaN last, ties by position: RuleCounter's order
-        np.save(files.order(number), order.astype(POSITION_TYPE) if len(order) < 2**31 else order)
+        if len(order) < 2**31:
+            order = order.astype(POSITION_TYPE)  # what is stored, and half the memory from here on
+        np.save(files.order(number), order)
         sorted_values = values[order]
         np.save(files.sorted_values(number), sorted_values)
         valid = int(len(values) - np.isnan(values).sum())
@@ -180,6 +182,8 @@ def build_index(samples: Path, folder: Path, score_parts: list[Path] = ()) -> di
         if groups is not None:
             grouped, bounds = sort_by_group(values, order[:valid], groups[0], groups[1], sorted_values[:valid])
             np.save(files.grouped(number), grouped)
+            del grouped
+        del order
         return name, {
             "number": number, "valid": valid, "finite": int(np.isfinite(values).sum()),
             "group_bounds": None if bounds is None else bounds.tolist(),

@@ -23,21 +23,16 @@ import pyarrow.parquet as pq
 from mimic_explorer.filters import FORMATS, FilterError, FilterResult, render_export
 from mimic_explorer.store.atomic import atomic_write
 from mimic_explorer.store.sample_columns import SampleColumns
+from mimic_explorer.store.stable_order import stable_argsort
 
 CHUNK_ROWS = 1 << 19
 
 
 def descending_positions(index, column: str) -> np.ndarray:
-    """Positions by ``column`` highest first, equal scores by position, NaN last by position (O(n))."""
-    order, values = index.order(column), index.sorted_values(column)
-    valid = index.valid_count(column)
-    if valid == 0:
-        return np.asarray(order)
-    starts = np.flatnonzero(np.concatenate(([True], values[1:valid] != values[:valid - 1])))
-    lengths = np.diff(np.append(starts, valid))
-    group_start = np.repeat(starts[::-1], lengths[::-1])  # the ascending order's runs, last run first
-    within = np.arange(valid) - np.repeat(np.cumsum(lengths[::-1]) - lengths[::-1], lengths[::-1])
-    return np.concatenate([np.asarray(order[:valid])[group_start + within], np.asarray(order[valid:])])
+    """Positions by ``column`` highest first, equal scores by position, NaN last by position: the
+    stable ascending order of the negated scores (NaN stay NaN, so they stay last)."""
+    values = np.negative(np.asarray(index.column(column), dtype=np.float64))
+    return stable_argsort(values)
 
 
 def _pieces(samples: SampleColumns, keep: np.ndarray, column: str):
@@ -68,8 +63,15 @@ def _frame(piece) -> pd.DataFrame:
     })
 
 
-#: characters that make the csv writer quote a field (and anything it might treat specially)
-_QUOTED = r'[,"\r\n\x00]'
+#: bytes that make the csv writer quote a field (and anything it might treat specially)
+_QUOTED = np.zeros(256, dtype=bool)
+_QUOTED[[ord(","), ord('"'), ord("\r"), ord("\n"), 0]] = True
+
+
+def _needs_pandas(values: pa.Array) -> bool:
+    """Whether a text column has a byte the csv writer would quote (checked on its data buffer)."""
+    data = values.buffers()[2]
+    return data is not None and bool(_QUOTED[np.frombuffer(data, dtype=np.uint8)].any())
 
 
 def _csv_text(piece) -> pa.Array | None:
@@ -91,16 +93,15 @@ def _csv_text(piece) -> pa.Array | None:
             return None
         if name == "sample_id" and values.null_count:
             return None
-        values = values.fill_null("")  # pandas writes a missing source as an empty field
-        if pc.any(pc.match_substring_regex(values, _QUOTED)).as_py():
+        values = values.fill_null("").cast(pa.string())  # pandas writes a missing source as an empty field
+        if _needs_pandas(values):
             return None
-        texts.append(values.cast(pa.large_string()))
+        texts.append(values)
     if labels is not None and labels.dtype.kind not in "iu":
         return None
     label_text = pa.array(labels if labels is not None else np.full(len(scores), -1, dtype=np.int64)).cast(pa.string())
-    parts = [texts[0], texts[1], label_text.cast(pa.large_string()), _float_text(scores)]
-    return pc.binary_join_element_wise(*parts, pa.scalar("True" + os.linesep, pa.large_string()),
-                                        pa.scalar(",", pa.large_string()))
+    return pc.binary_join_element_wise(texts[0], texts[1], label_text, _float_text(scores),
+                                       pa.scalar("True" + os.linesep, pa.string()), pa.scalar(",", pa.string()))
 
 
 def _float_text(values: np.ndarray) -> pa.Array:
@@ -108,13 +109,13 @@ def _float_text(values: np.ndarray) -> pa.Array:
     magnitude = np.abs(values)
     with np.errstate(invalid="ignore"):
         plain = (magnitude >= 1e-4) & (magnitude < 1e15) & (values != np.floor(values))  # NaN, ±inf: False
-    text = pa.array(values).cast(pa.large_string())
+    text = pa.array(values).cast(pa.string())
     others = np.flatnonzero(~plain)
     if len(others):
         spelled = ["" if v != v else repr(v) for v in values[others].tolist()]
         mask = np.zeros(len(values), dtype=bool)
         mask[others] = True
-        text = pc.replace_with_mask(text, pa.array(mask), pa.array(spelled, pa.large_string()))
+        text = pc.replace_with_mask(text, pa.array(mask), pa.array(spelled, pa.string()))
     return text
 
 
@@ -128,7 +129,8 @@ def _write_csv_lines(fh, lines: pa.Array) -> None:
     lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
     if len(lines) == 0:
         return
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=len(lines) + 1, offset=lines.offset * 8)
+    width = 8 if pa.types.is_large_string(lines.type) else 4
+    offsets = np.frombuffer(lines.buffers()[1], dtype=f"i{width}", count=len(lines) + 1, offset=lines.offset * width)
     fh.write(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]])
 
 
