@@ -137,8 +137,28 @@ def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> "AppIndex":
     with _OPEN_LOCK:
         index = _OPEN.get(key)
         if index is None or index.manifest != manifest:
-            index = _OPEN[key] = AppIndex(layout, manifest)
+            index = _OPEN[key] = _map_consistent(layout, manifest, build)
     return index
+
+
+def _map_consistent(layout: RunLayout, manifest: dict[str, Any], build: bool, attempts: int = 3) -> "AppIndex":
+    """An ``AppIndex`` with every file mapped, all from the one index its manifest describes.
+
+    Why: another process may replace the index (samples.parquet changed) at any moment. Files mapped
+    before the swap keep their old contents (the mapping holds the file), so mapping everything at
+    once and then finding the same manifest still in place proves the maps are one consistent index;
+    a file mapped later could belong to the next one."""
+    for _ in range(attempts):
+        index = AppIndex(layout, manifest)
+        try:
+            index.map_all()
+        except (OSError, ValueError):
+            index = None
+        again = _read_manifest(layout)
+        if index is not None and again == manifest:
+            return index
+        manifest = again if again is not None else _valid_manifest(layout, build)
+    raise IndexUnavailable(f"the app index of {layout.root} kept changing while it was opened")
 
 
 def _valid_manifest(layout: RunLayout, build: bool) -> dict[str, Any]:
@@ -198,6 +218,24 @@ class AppIndex:
         if path not in self._maps:
             self._maps[path] = np.load(path, mmap_mode="r")
         return self._maps[path]
+
+    def map_all(self) -> None:
+        """Map every file of the index now (no page is read): later reads see these files even if
+        the index is replaced meanwhile. Raises ``OSError`` when a file is missing or not the
+        size the manifest records."""
+        sizes = self.manifest.get("files") or {}
+        for name, size in sizes.items():
+            path = self.files.folder / name
+            if path == self.files.text:
+                mapped = len(self._text_map)
+                self.text  # noqa: B018  (the table over the map, read now)
+            elif path.suffix == ".npy":
+                array = self._map(path)
+                mapped = array._mmap.size() if getattr(array, "_mmap", None) is not None else size
+            else:
+                continue
+            if mapped != size:
+                raise OSError(f"{path} is {mapped} bytes, its manifest says {size}")
 
     def release(self) -> None:
         """Unmap every page of the index this process has touched (they stay in the page cache; the
@@ -339,7 +377,9 @@ class AppIndex:
         """``EpochScores.trajectories`` of the samples at ``positions``: O(epochs) reads per sample."""
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         ids = self.take_text(positions, ["sample_id"]).column("sample_id").to_pylist()
-        frame = read_trajectories(self.files, self.manifest["trajectories"], positions, ids)
+        record = self.manifest["trajectories"]
+        sums = [self._map(self.files.trajectory(k)) for k in range(len(record["signals"]))]
+        frame = read_trajectories(record, self._map(self.files.trajectory_rows), sums, positions, ids)
         self.release()
         return frame
 

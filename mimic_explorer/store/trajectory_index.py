@@ -100,15 +100,17 @@ def _add_distinct(target: np.ndarray, cells: np.ndarray, values) -> None:
     target[cells] += values  # cells are distinct: plain fancy-index addition is exact (and fast)
 
 
-def read_trajectories(files: IndexFiles, record: dict[str, Any], positions: np.ndarray, ids: list[str]) -> pd.DataFrame:
+def read_trajectories(record: dict[str, Any], rows: np.ndarray, sums: list[np.ndarray], positions: np.ndarray,
+                      ids: list[str]) -> pd.DataFrame:
     """Rows ``sample_id, epoch, <signals>`` of the samples at ``positions`` (ids ``ids``), sorted by
-    sample id then epoch — ``EpochScores.trajectories``'s frame."""
+    sample id then epoch — ``EpochScores.trajectories``'s frame. ``rows``, ``sums``: the index's
+    arrays (``IndexFiles.trajectory_rows``, ``IndexFiles.trajectory(k)``), memory-mapped."""
     signals, epochs = record["signals"], np.asarray(record["epochs"])
-    rows = np.load(files.trajectory_rows, mmap_mode="r")[:, positions].T
+    rows = rows[:, positions].T
     sample, epoch = np.nonzero(rows)
     frame = pd.DataFrame({"sample_id": np.asarray(ids, dtype=object)[sample], "epoch": epochs[epoch]})
-    for k, signal in enumerate(signals):
-        sums = np.load(files.trajectory(k), mmap_mode="r")[:, positions].T
-        frame[signal] = sums[sample, epoch] / rows[sample, epoch]
+    for signal, values in zip(signals, sums):
+        values = values[:, positions].T
+        frame[signal] = values[sample, epoch] / rows[sample, epoch]
     frame["sample_id"] = frame["sample_id"].astype(str)
     return frame.sort_values(["sample_id", "epoch"], kind="stable").reset_index(drop=True)
