@@ -50,6 +50,7 @@ def _pieces(samples: SampleColumns, keep: np.ndarray, column: str):
         yield (index.take_text(positions, names), None if labels is None else np.asarray(labels[positions]),
                np.asarray(scores[positions], dtype=np.float64))
         index.release()  # the pages this chunk mapped: the export's memory stays one chunk's
+        pa.default_memory_pool().release_unused()
 
 
 def _frame(piece) -> pd.DataFrame:

@@ -71,10 +71,13 @@ def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> d
             where, distinct = positions.of(batch.column("sample_id").cast(pa.string()), offset)
             offset += batch.num_rows
             known = where >= 0
-            epoch = np.searchsorted(epochs, batch.column("epoch").to_numpy()[known])
-            columns = [batch.column(signal).to_numpy(zero_copy_only=False).astype(np.float64)[known] for signal in signals]
-            _accumulate(rows, sums, epoch, where[known], columns, distinct)
+            keep = slice(None) if known.all() else known
+            epoch = np.searchsorted(epochs, batch.column("epoch").to_numpy()[keep])
+            columns = [batch.column(signal).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[keep]
+                       for signal in signals]
+            _accumulate(rows, sums, epoch, where[keep], columns, distinct)
         del sums, rows  # unmapped: written pages go to the page cache, out of this process
+        pa.default_memory_pool().release_unused()  # the part's decoded batches
     return {"signals": signals, "epochs": epochs.tolist(), "layout": "epochs-by-samples"}
 
 
