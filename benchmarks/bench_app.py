@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warm open (construct + first render), {args.repeat} runs: median {statistics.median(loads):.3f} s, "
           f"max {max(loads):.3f} s (construction alone {construct:.3f} s)")
     if args.path == "index":  # later sessions of one server share the run's index, counters and thumbnails
-        subprocess.run([sys.executable, __file__, "--run", str(run_dir), "--open-only"], check=False)
+        subprocess.run([sys.executable, __file__, "--run", str(run_dir), "--samples", str(args.samples), "--open-only"],
+                       check=False)
 
     lo, hi = explorer.state.score_range()
     changes = []

@@ -25,7 +25,7 @@ from mimic_explorer.store.histogram import histogram
 from mimic_explorer.store.layout import IndexFiles
 from mimic_explorer.store.score_groups import sort_by_group
 from mimic_explorer.store.stable_order import stable_argsort
-from mimic_explorer.store.trajectory_index import build_trajectories
+from mimic_explorer.store.trajectory_index import Positions, build_trajectories
 
 #: Columns that hold identities or categories, never a score to threshold, sort or plot.
 NON_SCORE_COLUMNS = frozenset({"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep", "combined_keep"})
@@ -154,7 +154,25 @@ def _sample_ids(files: IndexFiles) -> pa.Array | None:
     return table.column("sample_id").combine_chunks() if "sample_id" in table.column_names else None
 
 
-def build_index(samples: Path, folder: Path, score_parts: list[Path] = ()) -> dict[str, Any]:
+def build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles) -> bool:
+    """Write each sample's thumbnail (offset, length) by sample position, from the run's thumbnail
+    index (matched by id: by position where it lists the samples in order, else by a hash of the
+    ids). Why: the app then opens without reading millions of thumbnail ids (seconds at 12.8 M)."""
+    offsets = np.full(len(ids), -1, dtype=np.int64)
+    lengths = np.zeros(len(ids), dtype=np.int64)
+    positions, start = Positions(ids), 0
+    for batch in pq.ParquetFile(thumbs_index).iter_batches(batch_size=BATCH_ROWS, columns=["sample_id", "offset", "length"]):
+        where, _ = positions.of(batch.column("sample_id").cast(pa.string()), start)
+        start += batch.num_rows
+        known = where >= 0
+        offsets[where[known]] = batch.column("offset").to_numpy(zero_copy_only=False)[known]
+        lengths[where[known]] = batch.column("length").to_numpy(zero_copy_only=False)[known]
+    np.save(files.thumb_offsets, offsets)
+    np.save(files.thumb_lengths, lengths)
+    return True
+
+
+def build_index(samples: Path, folder: Path, score_parts: list[Path] = (), thumbs_index: Path | None = None) -> dict[str, Any]:
     """Write the index of ``samples`` (and the trajectories of its ``score_parts``) into ``folder``
     (which exists and is empty); returns the manifest body (without the sources' identity, which the
     caller adds) — every file written is listed with its size, so a truncated file is detected on
@@ -200,11 +218,13 @@ def build_index(samples: Path, folder: Path, score_parts: list[Path] = ()) -> di
         }
 
     columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if is_score_column(name, dtype)]
-    ids = _sample_ids(files) if score_parts else None
+    ids = _sample_ids(files) if score_parts or thumbs_index is not None else None
     with ThreadPoolExecutor(max_workers=2) as pool:  # sorts and file writes release the GIL: two at a time
         trajectories = pool.submit(build_trajectories, list(score_parts), ids, files) if ids is not None else None
+        thumbnails = pool.submit(build_thumb_locations, thumbs_index, ids, files) if thumbs_index is not None and ids is not None else None
         scores = dict(pool.map(lambda item: index_column(*item), columns))
         trajectories = trajectories.result() if trajectories is not None else None
+        thumbnails = thumbnails.result() if thumbnails is not None else False
     classes = groups[2] if groups is not None else None
     del labels, noisy, groups
     return {
@@ -215,5 +235,6 @@ def build_index(samples: Path, folder: Path, score_parts: list[Path] = ()) -> di
         "scores": scores,
         "classes": classes,
         "trajectories": trajectories,
+        "thumbnails": thumbnails,
         "files": {path.name: path.stat().st_size for path in sorted(folder.iterdir())},
     }

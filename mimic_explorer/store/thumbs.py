@@ -138,11 +138,23 @@ class ThumbnailReader:
         self._offsets = self._lengths = None
         self._fd: int | None = None
         self._loaded = False
+        self._locate = None
+
+    def locate_with(self, locate) -> None:
+        """Find thumbnails by sample position with ``locate(position) -> (offset, length) | None``
+        (the run's app index) instead of reading this run's thumbnail index into memory."""
+        self._locate = locate
 
     def _load(self) -> None:
         self._loaded = True
         index, blob = self.layout.thumbs_index, self.layout.thumbs_blob
         if not (index.exists() and blob.exists()):
+            return
+        if self._locate is not None:  # positions come from the app index: only the blob is opened
+            try:
+                self._fd = os.open(blob, os.O_RDONLY)
+            except OSError as exc:
+                self.error = str(exc)
             return
         try:
             columns = _read_offsets(index)
@@ -171,14 +183,26 @@ class ThumbnailReader:
             return None
         return int(row) if isinstance(row, (int, np.integer)) else None  # a duplicated id is not trusted
 
+    def _location(self, sample_id: str, position: int | None) -> tuple[int, int] | None:
+        if self._locate is not None and position is not None:
+            return self._locate(int(position))
+        if self._locate is not None:  # an id alone: the thumbnail index is read after all
+            self._locate, self._loaded = None, False
+            os.close(self._fd) if self._fd is not None else None
+            self._fd = None
+            if not self.available:
+                return None
+        row = self._row(sample_id, position)
+        return None if row is None else (int(self._offsets[row]), int(self._lengths[row]))
+
     def get(self, sample_id: str, position: int | None = None) -> bytes | None:
         """The thumbnail bytes, or None (no store, unknown id, truncated blob)."""
-        row = self._row(str(sample_id), position) if self.available else None
+        location = self._location(str(sample_id), position) if self.available else None
         data = None
-        if row is not None:
-            length = int(self._lengths[row])
+        if location is not None:
+            offset, length = location
             try:
-                data = os.pread(self._fd, length, int(self._offsets[row]))
+                data = os.pread(self._fd, length, offset)
             except OSError:
                 data = None
             data = data if data is not None and len(data) == length else None
@@ -187,7 +211,7 @@ class ThumbnailReader:
         return data
 
     def __contains__(self, sample_id: str) -> bool:
-        return self.available and self._row(str(sample_id), None) is not None
+        return self.available and self._location(str(sample_id), None) is not None
 
     def close(self) -> None:
         if self._fd is not None:

@@ -25,7 +25,7 @@ from mimic_explorer.store.scores import SIGNALS
 BATCH_ROWS = 1 << 20
 
 
-class _Positions:
+class Positions:
     """Sample positions of score rows: by position when a batch repeats the samples' ids in order,
     else by a hash of the ids (built once, only when needed)."""
 
@@ -62,7 +62,7 @@ def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> d
     for path in paths:
         np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=shape)  # a sparse file of zeros
     np.lib.format.open_memmap(files.trajectory_rows, mode="w+", dtype=np.int32, shape=shape)
-    positions = _Positions(ids)
+    positions = Positions(ids)
     for part in parts:
         sums = [np.load(path, mmap_mode="r+") for path in paths]
         rows = np.load(files.trajectory_rows, mmap_mode="r+")

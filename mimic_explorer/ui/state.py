@@ -109,6 +109,11 @@ class ExplorerState:
         return build() if index is None else index.shared(key, build)
 
     @property
+    def app_index(self):
+        """The run's ``AppIndex`` when the samples are read through it, else None."""
+        return self._app_index
+
+    @property
     def _app_index(self):
         """The run's ``AppIndex`` when the samples are read through it (stored orders, histograms)."""
         return self.samples.app_index if isinstance(self.samples, SampleColumns) else None

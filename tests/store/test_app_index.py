@@ -259,3 +259,16 @@ def test_trajectories_of_parts_in_another_order_and_a_changed_part(run_dir):
     pd.testing.assert_frame_equal(index.trajectories(positions), expected, check_dtype=False)
     pd.read_parquet(part).assign(proj=7.0).to_parquet(part, index=False)  # a rewritten part: stale index
     assert (open_index(run_dir).trajectories([10]).query("epoch == 1")["proj"] == 7.0).all()
+
+
+def test_thumbnails_by_position_from_the_index_equal_the_thumbnail_store(tmp_path):
+    path = synthetic_run(tmp_path / "thumbs-run", n=400)
+    index = open_index(path)
+    assert index.has_thumbnails
+    whole, by_index = open_run(path).thumbnails, open_run(path).thumbnails
+    by_index.locate_with(index.thumbnail_location)
+    ids = open_run(path).samples["sample_id"]
+    for position in (0, 17, 399):
+        assert by_index.get(ids.iloc[position], position) == whole.get(ids.iloc[position], position) is not None
+    assert by_index._ids is None  # the thumbnail ids were never read
+    assert index.thumbnail_location(400) is None
