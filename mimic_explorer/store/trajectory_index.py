@@ -1,9 +1,9 @@
-"""Per-epoch trajectories in the app index: one (samples × epochs) array per signal.
+"""Per-epoch trajectories in the app index: one (epochs × samples) array per signal.
 
 Why: a click on a gallery card shows the sample's trajectory over training. Reading it from the score
 parts means scanning the ``sample_id`` column of every part (samples × epochs strings: 64 M at
 12.8 M samples over 5 epochs, seconds per click). Built once with the rest of the index, a
-trajectory is one row of a memory-mapped array per signal. Values are the mean of the rows of each
+trajectory is one column of a memory-mapped array per signal. Values are the mean of the rows of each
 (sample, epoch), as ``EpochScores.trajectories`` gives them. Parts written in ``samples.parquet``
 order (the usual case) map rows to samples by position; any other order goes through one hash
 lookup of the ids.
