@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", choices=("index", "whole"), default="index",
                         help="open through the app index (default) or read samples.parquet whole")
     parser.add_argument("--tabs", action="store_true", help="also time the lazy tabs (slow at millions)")
+    parser.add_argument("--open-only", action="store_true",
+                        help="only time one open of an existing --run (what a fresh server process pays)")
     args = parser.parse_args(argv)
 
     import panel as pn
@@ -104,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         root = pn.Row(explorer.controls, explorer.main).get_root(Document())
         return explorer, root
 
+    if args.open_only:
+        seconds, _ = timed(load)
+        print(f"open in a fresh process (index already built): {seconds:.2f} s; RSS {rss_gb()[0]:.2f} GB")
+        return 0
     if args.path == "index":
         shutil.rmtree(RunLayout(run_dir).index_dir, ignore_errors=True)
         from mimic_explorer.store.app_index import open_index
@@ -120,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     construct, _ = timed(lambda: Explorer(run_dir, restore=False))
     print(f"warm open (construct + first render), {args.repeat} runs: median {statistics.median(loads):.3f} s, "
           f"max {max(loads):.3f} s (construction alone {construct:.3f} s)")
+    if args.path == "index":  # later sessions of one server share the run's index, counters and thumbnails
+        subprocess.run([sys.executable, __file__, "--run", str(run_dir), "--samples", str(args.samples), "--open-only"],
+                       check=False)
 
     lo, hi = explorer.state.score_range()
     changes = []

@@ -15,13 +15,16 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import mmap
 import os
 import shutil
+import threading
 import uuid
+import weakref
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -33,7 +36,7 @@ from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index
 from mimic_explorer.store.layout import IndexFiles, RunLayout
 from mimic_explorer.store.trajectory_index import read_trajectories
 
-INDEX_VERSION = 3  # 3: pandas nullable dtypes restored from the text file
+INDEX_VERSION = 4  # 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +50,8 @@ def _source_identity(layout: RunLayout) -> dict[str, Any]:
         stat = path.stat()
         return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
-    return {**identity(layout.samples), "parts": {p.name: identity(p) for p in layout.score_parts()}}
+    thumbs = identity(layout.thumbs_index) if layout.thumbs_index.exists() else None
+    return {**identity(layout.samples), "parts": {p.name: identity(p) for p in layout.score_parts()}, "thumbs": thumbs}
 
 
 def _read_manifest(layout: RunLayout) -> dict[str, Any] | None:
@@ -102,7 +106,8 @@ def _rebuild(layout: RunLayout) -> dict[str, Any]:
     try:
         building.mkdir()
         source = _source_identity(layout)
-        body = build_index(layout.samples, building, layout.score_parts())
+        thumbs = layout.thumbs_index if layout.thumbs_index.exists() else None
+        body = build_index(layout.samples, building, layout.score_parts(), thumbs)
         manifest = {"version": INDEX_VERSION, "source": source, **body}
         write_json(IndexFiles(building).manifest, manifest)
         old = layout.index_old_dir(token)
@@ -116,12 +121,49 @@ def _rebuild(layout: RunLayout) -> dict[str, Any]:
     return manifest
 
 
+#: Indexes open in this process, by run folder: every session on a run maps its files once.
+_OPEN: "weakref.WeakValueDictionary[Path, AppIndex]" = weakref.WeakValueDictionary()
+_OPEN_LOCK = threading.Lock()
+
+
 def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> "AppIndex":
     """The run's index, built first if missing, stale or truncated (``build=False``: raise instead).
+    An index already open in this process for the same files is returned as it is (one set of
+    memory maps and shared values per run, however many sessions show it).
 
     Raises ``IndexUnavailable`` when it cannot be built here (the run folder is read-only, the disk is
     full, samples.parquet is unreadable); the run itself is untouched and can still be read whole."""
     layout = RunLayout(Path(run_dir))
+    manifest = _valid_manifest(layout, build)
+    key = layout.root.resolve()
+    with _OPEN_LOCK:
+        index = _OPEN.get(key)
+        if index is None or index.manifest != manifest:
+            index = _OPEN[key] = _map_consistent(layout, manifest, build)
+    return index
+
+
+def _map_consistent(layout: RunLayout, manifest: dict[str, Any], build: bool, attempts: int = 3) -> "AppIndex":
+    """An ``AppIndex`` with every file mapped, all from the one index its manifest describes.
+
+    Why: another process may replace the index (samples.parquet changed) at any moment. Files mapped
+    before the swap keep their old contents (the mapping holds the file), so mapping everything at
+    once and then finding the same manifest still in place proves the maps are one consistent index;
+    a file mapped later could belong to the next one."""
+    for _ in range(attempts):
+        index = AppIndex(layout, manifest)
+        try:
+            index.map_all()
+        except (OSError, ValueError):
+            index = None
+        again = _read_manifest(layout)
+        if index is not None and again == manifest:
+            return index
+        manifest = again if again is not None else _valid_manifest(layout, build)
+    raise IndexUnavailable(f"the app index of {layout.root} kept changing while it was opened")
+
+
+def _valid_manifest(layout: RunLayout, build: bool) -> dict[str, Any]:
     manifest = _read_manifest(layout)
     if manifest is None:
         if not build:
@@ -133,7 +175,7 @@ def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> "AppIndex":
                     manifest = _rebuild(layout)
                 except (OSError, pa.ArrowException) as exc:
                     raise IndexUnavailable(f"cannot build the app index of {layout.root}: {exc}") from exc
-    return AppIndex(layout, manifest)
+    return manifest
 
 
 class AppIndex:
@@ -148,6 +190,16 @@ class AppIndex:
         self._numeric = {entry["name"]: entry for entry in manifest["numeric"]}
         self._scores: dict[str, dict[str, Any]] = manifest["scores"]
         self._maps: dict[Path, np.ndarray] = {}
+        self._shared: dict[tuple, Any] = {}
+        self._shared_lock = threading.RLock()  # a value may be built from another
+
+    def shared(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """A value derived from this index (a column's sorted counter...), built once by ``build()``
+        and then handed to every reader of the index in this process."""
+        with self._shared_lock:
+            if key not in self._shared:
+                self._shared[key] = build()
+            return self._shared[key]
 
     # ------------------------------------------------------------------ columns
 
@@ -169,6 +221,41 @@ class AppIndex:
             self._maps[path] = np.load(path, mmap_mode="r")
         return self._maps[path]
 
+    def map_all(self) -> None:
+        """Map every file of the index now (no page is read): later reads see these files even if
+        the index is replaced meanwhile. Raises ``OSError`` when a file is missing or not the
+        size the manifest records."""
+        sizes = self.manifest.get("files") or {}
+        for name, size in sizes.items():
+            path = self.files.folder / name
+            if path == self.files.text:
+                mapped = len(self._text_map)
+                self.text  # noqa: B018  (the table over the map, read now)
+            elif path.suffix == ".npy":
+                array = self._map(path)
+                mapped = array._mmap.size() if getattr(array, "_mmap", None) is not None else size
+            else:
+                continue
+            if mapped != size:
+                raise OSError(f"{path} is {mapped} bytes, its manifest says {size}")
+
+    def release(self) -> None:
+        """Unmap every page of the index this process has touched (they stay in the page cache; the
+        next read maps them again from there).
+
+        Why: a mapped page counts in the process's resident memory, and a random read maps far more
+        than it reads (the kernel maps whole folios and the pages around a fault: ~0.4 MB per row
+        read from each column here). Readers call this after an operation, so the server's resident
+        memory is what it holds, not every page it ever looked at."""
+        mappings = [array._mmap for array in list(self._maps.values()) if getattr(array, "_mmap", None) is not None]
+        if "_text_map" in self.__dict__:
+            mappings.append(self._text_map)
+        for mapping in mappings:
+            try:
+                mapping.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError, AttributeError):  # closed, or a platform without madvise
+                pass
+
     def column(self, name: str) -> np.ndarray:
         """A numeric column, memory-mapped (read-only)."""
         if name not in self._numeric:
@@ -176,9 +263,32 @@ class AppIndex:
         return self._map(self.files.column(self._numeric[name]["number"]))
 
     @cached_property
+    def _text_map(self) -> mmap.mmap:
+        with open(self.files.text, "rb") as handle:
+            return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+    @cached_property
     def text(self) -> pa.Table:
-        """The text columns (memory-mapped Arrow; ``take`` reads only the rows asked for)."""
-        return pa.ipc.open_file(pa.memory_map(str(self.files.text), "r")).read_all()
+        """The text columns (memory-mapped Arrow, zero-copy; read rows with ``take_text``)."""
+        return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._text_map))).read_all()
+
+    def take_text(self, positions: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """The text rows at ``positions`` (in that order): each record batch's own ``take``, which
+        reads only those rows (a ``take`` on the whole table joins its batches first: every row)."""
+        table = self.text if columns is None else self.text.select(columns)
+        positions = np.asarray(positions, dtype=np.int64)
+        batches = table.to_batches()
+        if len(batches) <= 1 or len(positions) == 0:
+            return table.take(pa.array(positions))
+        starts = np.cumsum([0] + [batch.num_rows for batch in batches])
+        which = (np.searchsorted(starts, positions, side="right") - 1).astype(np.int16 if len(batches) < 2**15 else np.int64)
+        by_batch = np.argsort(which, kind="stable")  # a radix sort of small ints
+        grouped, bounds = positions[by_batch], np.searchsorted(which[by_batch], np.arange(len(batches) + 1))
+        pieces = [batches[b].take(pa.array(grouped[bounds[b]:bounds[b + 1]] - starts[b]))
+                  for b in range(len(batches)) if bounds[b + 1] > bounds[b]]
+        back = np.empty(len(positions), dtype=np.int64)
+        back[by_batch] = np.arange(len(positions))
+        return pa.Table.from_batches(pieces, schema=table.schema).take(pa.array(back))
 
     @cached_property
     def _text_dtypes(self) -> dict[str, str]:
@@ -268,8 +378,34 @@ class AppIndex:
     def trajectories(self, positions) -> pd.DataFrame:
         """``EpochScores.trajectories`` of the samples at ``positions``: O(epochs) reads per sample."""
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        ids = self.text.column("sample_id").take(pa.array(positions)).to_pylist()
-        return read_trajectories(self.files, self.manifest["trajectories"], positions, ids)
+        ids = self.take_text(positions, ["sample_id"]).column("sample_id").to_pylist()
+        record = self.manifest["trajectories"]
+        sums = [self._map(self.files.trajectory(k)) for k in range(len(record["signals"]))]
+        frame = read_trajectories(record, self._map(self.files.trajectory_rows), sums, positions, ids)
+        self.release()
+        return frame
+
+    # ------------------------------------------------------------------ thumbnails
+
+    @property
+    def has_thumbnails(self) -> bool:
+        return bool(self.manifest.get("thumbnails"))
+
+    def thumbnail_location(self, position: int) -> tuple[int, int] | None:
+        """(offset, length) of the thumbnail of the sample at ``position`` in thumbs.bin, None when
+        it has none: two reads of the index, no thumbnail ids in memory."""
+        if not self.has_thumbnails or not 0 <= position < self.n:
+            return None
+        offset, length = (self._read_int64(path, position) for path in (self.files.thumb_offsets, self.files.thumb_lengths))
+        return None if offset < 0 else (offset, length)
+
+    def _read_int64(self, path: Path, position: int) -> int:
+        """One value of a mapped ``.npy``, its pages unmapped again (a mapped read maps ~0.4 MB)."""
+        array = self._map(path)
+        value = int(array[position])
+        if getattr(array, "_mmap", None) is not None:
+            array._mmap.madvise(mmap.MADV_DONTNEED)
+        return value
 
     # ------------------------------------------------------------------ rows
 
@@ -280,7 +416,7 @@ class AppIndex:
         if len(positions) and (positions.min() < 0 or positions.max() >= self.n):
             raise IndexError(f"row positions must lie in [0, {self.n})")
         index = pd.Index(positions)
-        text = self._as_written(self.text.take(pa.array(positions)).to_pandas()) if self.text.num_columns else None
+        text = self._as_written(self.take_text(positions).to_pandas()) if self.text.num_columns else None
         if text is not None:
             text.index = index
         data = {name: pd.Series(np.asarray(self.column(name)[positions]), index=index) if name in self._numeric
@@ -288,4 +424,5 @@ class AppIndex:
         frame = pd.DataFrame(data, index=index)
         if "sample_id" in frame.columns:
             frame["sample_id"] = frame["sample_id"].astype(str)
+        self.release()
         return frame

@@ -66,9 +66,10 @@ def histogram(values: np.ndarray, bins: int | None = None, noisy: np.ndarray | N
         sorted_finite = np.sort(finite)
     lo, hi = value_range or robust_range(sorted_finite, presorted=True)
     bins = bins or bin_count(sorted_finite, lo, hi)
-    clipped_values = np.clip(finite, lo, hi)
+    clipped = int(((finite < lo) | (finite > hi)).sum())
+    clipped_values = np.clip(finite, lo, hi, out=finite)  # finite is a copy: clipped in place
     counts, edges = np.histogram(clipped_values, bins=bins, range=(lo, hi))
     noisy_counts = None
     if noisy is not None:
         noisy_counts, _ = np.histogram(clipped_values[noisy[finite_mask]], bins=edges)
-    return Histogram(edges, counts, noisy_counts, int(((finite < lo) | (finite > hi)).sum()))
+    return Histogram(edges, counts, noisy_counts, clipped)

@@ -253,6 +253,16 @@ class IndexFiles:
     def column(self, number: int) -> Path:
         return self.folder / f"column-{number:03d}.npy"
 
+    @property
+    def thumb_offsets(self) -> Path:
+        """Each sample's thumbnail offset in thumbs.bin, by sample position (-1: none)."""
+        return self.folder / "thumb-offsets.npy"
+
+    @property
+    def thumb_lengths(self) -> Path:
+        """Each sample's thumbnail length in bytes, by sample position."""
+        return self.folder / "thumb-lengths.npy"
+
     def order(self, number: int) -> Path:
         """Row positions of a score column, ascending (stable, NaN last)."""
         return self.folder / f"order-{number:03d}.npy"
@@ -266,7 +276,7 @@ class IndexFiles:
         return self.folder / f"grouped-{number:03d}.npy"
 
     def trajectory(self, number: int) -> Path:
-        """One per-epoch signal as a (samples × epochs) array: a sample's trajectory is one row."""
+        """One per-epoch signal as an (epochs × samples) array: a sample's trajectory is one column."""
         return self.folder / f"trajectory-{number:02d}.npy"
 
     @property

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +85,45 @@ class ThumbnailWriter:
         self.close()
 
 
+class _Offsets:
+    """The columns of one thumbnail index file as read: ids (Arrow), offsets and lengths (int64)."""
+
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["sample_id", "offset", "length"])
+        self.ids = table.column("sample_id").combine_chunks()
+        self.offsets = _int64(table.column("offset"))
+        self.lengths = _int64(table.column("length"))
+        self.hash: pd.Index | None = None
+
+
+def _int64(column) -> np.ndarray:
+    values = column.to_numpy()  # zero-copy for one chunk without nulls
+    return values if values.dtype == np.int64 else values.astype(np.int64)
+
+
+#: Thumbnail indexes read in this process, by (path, size, mtime): sessions on one run share them.
+_READ: "weakref.WeakValueDictionary[tuple, _Offsets]" = weakref.WeakValueDictionary()
+_READ_LOCK = threading.Lock()
+
+
+def _read_offsets(path: Path) -> _Offsets:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _READ_LOCK:
+        found = _READ.get(key)
+        if found is None:
+            found = _READ[key] = _Offsets(path)
+        return found
+
+
 class ThumbnailReader:
     """Random access to a run's thumbnails: ``get(sample_id, position=None)`` → bytes, or ``None``.
 
     Nothing per sample happens on open: the index is read on first use as Arrow columns (~0.1 s at a
-    million samples, where a dict or pandas Index of every id costs over a second). The index is
+    million samples, where a dict or pandas Index of every id costs over a second), once per process
+    for every reader of the same file (each session on a run has its reader). The index is
     normally written in ``samples.parquet`` order, so ``position`` (the sample's row there) is tried
     first and checked against the id; only when that misses is a hash index of the ids built (once).
     Each thumbnail is then one positional read of the blob (safe across server threads). ``missing``
@@ -98,27 +134,36 @@ class ThumbnailReader:
         self.missing = 0
         self.error = ""
         self._ids = None  # pyarrow array of ids, in index order
-        self._hash: pd.Index | None = None
+        self._columns: _Offsets | None = None
         self._offsets = self._lengths = None
         self._fd: int | None = None
         self._loaded = False
+        self._locate = None
+
+    def locate_with(self, locate) -> None:
+        """Find thumbnails by sample position with ``locate(position) -> (offset, length) | None``
+        (the run's app index) instead of reading this run's thumbnail index into memory."""
+        self._locate = locate
 
     def _load(self) -> None:
         self._loaded = True
         index, blob = self.layout.thumbs_index, self.layout.thumbs_blob
         if not (index.exists() and blob.exists()):
             return
+        if self._locate is not None:  # positions come from the app index: only the blob is opened
+            try:
+                self._fd = os.open(blob, os.O_RDONLY)
+            except OSError as exc:
+                self.error = str(exc)
+            return
         try:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(index, columns=["sample_id", "offset", "length"])
+            columns = _read_offsets(index)
             self._fd = os.open(blob, os.O_RDONLY)
         except (OSError, ValueError, KeyError) as exc:  # unreadable index: no thumbnails, the rest works
             self.error = str(exc)
             return
-        self._ids = table.column("sample_id").combine_chunks()
-        self._offsets = table.column("offset").to_numpy().astype(np.int64)
-        self._lengths = table.column("length").to_numpy().astype(np.int64)
+        self._columns = columns
+        self._ids, self._offsets, self._lengths = columns.ids, columns.offsets, columns.lengths
 
     @property
     def available(self) -> bool:
@@ -130,22 +175,34 @@ class ThumbnailReader:
     def _row(self, sample_id: str, position: int | None) -> int | None:
         if position is not None and 0 <= position < len(self._ids) and self._ids[position].as_py() == sample_id:
             return position
-        if self._hash is None:
-            self._hash = pd.Index(self._ids.to_numpy(zero_copy_only=False).astype(object))
+        if self._columns.hash is None:
+            self._columns.hash = pd.Index(self._ids.to_numpy(zero_copy_only=False).astype(object))
         try:
-            row = self._hash.get_loc(sample_id)
+            row = self._columns.hash.get_loc(sample_id)
         except KeyError:
             return None
         return int(row) if isinstance(row, (int, np.integer)) else None  # a duplicated id is not trusted
 
+    def _location(self, sample_id: str, position: int | None) -> tuple[int, int] | None:
+        if self._locate is not None and position is not None:
+            return self._locate(int(position))
+        if self._locate is not None:  # an id alone: the thumbnail index is read after all
+            self._locate, self._loaded = None, False
+            os.close(self._fd) if self._fd is not None else None
+            self._fd = None
+            if not self.available:
+                return None
+        row = self._row(sample_id, position)
+        return None if row is None else (int(self._offsets[row]), int(self._lengths[row]))
+
     def get(self, sample_id: str, position: int | None = None) -> bytes | None:
         """The thumbnail bytes, or None (no store, unknown id, truncated blob)."""
-        row = self._row(str(sample_id), position) if self.available else None
+        location = self._location(str(sample_id), position) if self.available else None
         data = None
-        if row is not None:
-            length = int(self._lengths[row])
+        if location is not None:
+            offset, length = location
             try:
-                data = os.pread(self._fd, length, int(self._offsets[row]))
+                data = os.pread(self._fd, length, offset)
             except OSError:
                 data = None
             data = data if data is not None and len(data) == length else None
@@ -154,7 +211,7 @@ class ThumbnailReader:
         return data
 
     def __contains__(self, sample_id: str) -> bool:
-        return self.available and self._row(str(sample_id), None) is not None
+        return self.available and self._location(str(sample_id), None) is not None
 
     def close(self) -> None:
         if self._fd is not None:

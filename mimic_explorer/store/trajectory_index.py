@@ -1,9 +1,9 @@
-"""Per-epoch trajectories in the app index: one (samples × epochs) array per signal.
+"""Per-epoch trajectories in the app index: one (epochs × samples) array per signal.
 
 Why: a click on a gallery card shows the sample's trajectory over training. Reading it from the score
 parts means scanning the ``sample_id`` column of every part (samples × epochs strings: 64 M at
 12.8 M samples over 5 epochs, seconds per click). Built once with the rest of the index, a
-trajectory is one row of a memory-mapped array per signal. Values are the mean of the rows of each
+trajectory is one column of a memory-mapped array per signal. Values are the mean of the rows of each
 (sample, epoch), as ``EpochScores.trajectories`` gives them. Parts written in ``samples.parquet``
 order (the usual case) map rows to samples by position; any other order goes through one hash
 lookup of the ids.
@@ -25,7 +25,7 @@ from mimic_explorer.store.scores import SIGNALS
 BATCH_ROWS = 1 << 20
 
 
-class _Positions:
+class Positions:
     """Sample positions of score rows: by position when a batch repeats the samples' ids in order,
     else by a hash of the ids (built once, only when needed)."""
 
@@ -45,7 +45,11 @@ class _Positions:
 
 def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> dict[str, Any] | None:
     """Write the trajectory arrays for the run's score ``parts``; None when it has none.
-    ``ids``: the samples' ids (string array, samples.parquet order)."""
+    ``ids``: the samples' ids (string array, samples.parquet order).
+
+    Arrays are (epochs × samples): a part holds one epoch (or a few) in sample order, so its rows land
+    in one contiguous stretch of each array; the arrays are mapped for one part at a time, so the
+    pages a build has written are released as it goes (resident memory: one part's worth)."""
     if not parts:
         return None
     names = set(pq.ParquetFile(parts[0]).schema_arrow.names)  # as EpochScores: the first part's schema
@@ -53,41 +57,63 @@ def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> d
     if not signals or "epoch" not in names:
         return None
     epochs = np.unique(np.concatenate([pq.read_table(p, columns=["epoch"]).column("epoch").to_numpy() for p in parts]))
-    shape = (len(ids), len(epochs))
-    sums = [np.lib.format.open_memmap(files.trajectory(k), mode="w+", dtype=np.float64, shape=shape)
-            for k in range(len(signals))]
-    rows = np.lib.format.open_memmap(files.trajectory_rows, mode="w+", dtype=np.int32, shape=shape)
-    positions = _Positions(ids)
+    shape = (len(epochs), len(ids))
+    paths = [files.trajectory(k) for k in range(len(signals))]
+    for path in paths:
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=shape)  # a sparse file of zeros
+    np.lib.format.open_memmap(files.trajectory_rows, mode="w+", dtype=np.int32, shape=shape)
+    positions = Positions(ids)
     for part in parts:
+        sums = [np.load(path, mmap_mode="r+") for path in paths]
+        rows = np.load(files.trajectory_rows, mmap_mode="r+")
         offset = 0
         for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS, columns=["sample_id", "epoch", *signals]):
             where, distinct = positions.of(batch.column("sample_id").cast(pa.string()), offset)
             offset += batch.num_rows
             known = where >= 0
-            cells = where[known] * len(epochs) + np.searchsorted(epochs, batch.column("epoch").to_numpy()[known])
-            add = _add_distinct if distinct else np.add.at
-            add(rows.reshape(-1), cells, 1)
-            for k, signal in enumerate(signals):
-                values = batch.column(signal).to_numpy(zero_copy_only=False).astype(np.float64)[known]
-                add(sums[k].reshape(-1), cells, values)
-    for array in (*sums, rows):
-        array.flush()
-    return {"signals": signals, "epochs": epochs.tolist()}
+            keep = slice(None) if known.all() else known
+            epoch = np.searchsorted(epochs, batch.column("epoch").to_numpy()[keep])
+            columns = [batch.column(signal).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[keep]
+                       for signal in signals]
+            _accumulate(rows, sums, epoch, where[keep], columns, distinct)
+        del sums, rows  # unmapped: written pages go to the page cache, out of this process
+        pa.default_memory_pool().release_unused()  # the part's decoded batches
+    return {"signals": signals, "epochs": epochs.tolist(), "layout": "epochs-by-samples"}
+
+
+def _accumulate(rows: np.ndarray, sums: list[np.ndarray], epoch: np.ndarray, where: np.ndarray,
+                columns: list[np.ndarray], distinct: bool) -> None:
+    """Add one batch's rows: a contiguous slice when the batch is one epoch of consecutive samples
+    (the usual case), else an exact unbuffered add per cell."""
+    if distinct and len(where) and epoch[0] == epoch[-1] and (epoch == epoch[0]).all():
+        span = slice(int(where[0]), int(where[0]) + len(where))  # distinct batches are consecutive positions
+        e = int(epoch[0])
+        rows[e, span] += 1
+        for target, values in zip(sums, columns):
+            target[e, span] += values
+        return
+    cells = epoch * rows.shape[1] + where
+    add = _add_distinct if distinct else np.add.at
+    add(rows.reshape(-1), cells, 1)
+    for target, values in zip(sums, columns):
+        add(target.reshape(-1), cells, values)
 
 
 def _add_distinct(target: np.ndarray, cells: np.ndarray, values) -> None:
     target[cells] += values  # cells are distinct: plain fancy-index addition is exact (and fast)
 
 
-def read_trajectories(files: IndexFiles, record: dict[str, Any], positions: np.ndarray, ids: list[str]) -> pd.DataFrame:
+def read_trajectories(record: dict[str, Any], rows: np.ndarray, sums: list[np.ndarray], positions: np.ndarray,
+                      ids: list[str]) -> pd.DataFrame:
     """Rows ``sample_id, epoch, <signals>`` of the samples at ``positions`` (ids ``ids``), sorted by
-    sample id then epoch — ``EpochScores.trajectories``'s frame."""
+    sample id then epoch — ``EpochScores.trajectories``'s frame. ``rows``, ``sums``: the index's
+    arrays (``IndexFiles.trajectory_rows``, ``IndexFiles.trajectory(k)``), memory-mapped."""
     signals, epochs = record["signals"], np.asarray(record["epochs"])
-    rows = np.load(files.trajectory_rows, mmap_mode="r")[positions]
+    rows = rows[:, positions].T
     sample, epoch = np.nonzero(rows)
     frame = pd.DataFrame({"sample_id": np.asarray(ids, dtype=object)[sample], "epoch": epochs[epoch]})
-    for k, signal in enumerate(signals):
-        sums = np.load(files.trajectory(k), mmap_mode="r")[positions]
-        frame[signal] = sums[sample, epoch] / rows[sample, epoch]
+    for signal, values in zip(signals, sums):
+        values = values[:, positions].T
+        frame[signal] = values[sample, epoch] / rows[sample, epoch]
     frame["sample_id"] = frame["sample_id"].astype(str)
     return frame.sort_values(["sample_id", "epoch"], kind="stable").reset_index(drop=True)

@@ -55,41 +55,58 @@ class Counts:
         return self.noisy_dropped / self.noisy_total
 
 
-class RuleCounter:
-    """Sorted per-group scores of one column; answers ``counts(rule)`` without building a mask."""
+class SampleGroups:
+    """Each sample's class code and (class, mislabeled) group: what every column's counter of one run
+    shares, built once per run (``codes``/``group`` in the smallest integer type that holds them)."""
 
-    def __init__(self, samples: pd.DataFrame, column: str, ascending: np.ndarray | None = None,
-                 stored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
-        """``ascending``: ``np.argsort(scores, kind="stable")`` if the caller already has it (saves a sort);
-        ``stored``: (the non-NaN scores ascending, ``score_groups.sort_by_group``'s two arrays) from the
-        run's app index (saves every sort and gather)."""
+    def __init__(self, samples: pd.DataFrame):
         n = len(samples)
-        self.column = column
-        self.scores = samples[column].to_numpy(dtype=np.float64)
         self.classes, self.codes = _encode(class_labels(samples))
         self.class_keys = [str(c) for c in self.classes.tolist()]
         self.has_truth = "is_noisy" in samples.columns
         self.noisy = samples["is_noisy"].to_numpy(dtype=bool) if self.has_truth else np.zeros(n, dtype=bool)
+        n_groups = 2 * len(self.classes)
+        self.group = self.codes * 2 + self.noisy  # codes' type holds 2 · classes
+        self.total_per_group = np.bincount(self.group, minlength=n_groups)
+        self.n = n
+
+
+class RuleCounter:
+    """Sorted per-group scores of one column; answers ``counts(rule)`` without building a mask."""
+
+    def __init__(self, samples: pd.DataFrame, column: str, ascending: np.ndarray | None = None,
+                 stored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, groups: SampleGroups | None = None):
+        """``ascending``: ``np.argsort(scores, kind="stable")`` if the caller already has it (saves a sort);
+        ``stored``: (the non-NaN scores ascending, ``score_groups.sort_by_group``'s two arrays) from the
+        run's app index (saves every sort and gather); ``groups``: the run's ``SampleGroups`` when the
+        caller keeps one for every column (saves an O(n) encoding per column)."""
+        n = len(samples)
+        self.column = column
+        self.scores = samples[column].to_numpy(dtype=np.float64)
+        groups = groups if groups is not None else SampleGroups(samples)
+        self.classes, self.codes, self.class_keys = groups.classes, groups.codes, groups.class_keys
+        self.has_truth, self.noisy, self.group = groups.has_truth, groups.noisy, groups.group
         own = keep_column(column)  # the column's own Stage-2 split (combined_keep for combined_score)
         self.ensemble = samples[own].to_numpy(dtype=bool) if own in samples.columns else None
         n_classes = len(self.classes)
-        group = self.codes * 2 + self.noisy
-        self.group = group
         if ascending is None:
             ascending = np.argsort(self.scores, kind="stable")
         self.ascending = ascending
-        n_valid = n - int(np.isnan(self.scores).sum())  # argsort puts NaN last (±inf are ordinary values)
-        valid_order = ascending[:n_valid]
-        valid_sorted = self.scores[valid_order] if stored is None else stored[0]
+        if stored is None:
+            n_valid = n - int(np.isnan(self.scores).sum())  # argsort puts NaN last (±inf are ordinary values)
+            valid_order = ascending[:n_valid]
+            valid_sorted = self.scores[valid_order]
+        else:
+            valid_sorted = stored[0]
         # quantiles use finite scores only (as apply_rule does); infinities sit at the two ends
         lo, hi = np.searchsorted(valid_sorted, [-np.inf, np.inf], side="right")[0], np.searchsorted(valid_sorted, np.inf)
         self.sorted_finite = valid_sorted[lo:hi]
         if stored is None:
-            grouped, bounds = sort_by_group(self.scores, valid_order, group, 2 * n_classes)
+            grouped, bounds = sort_by_group(self.scores, valid_order, self.group, 2 * n_classes)
         else:
             grouped, bounds = stored[1], stored[2]
         self._group_sorted = [grouped[bounds[g]:bounds[g + 1]] for g in range(2 * n_classes)]
-        self.total_per_group = np.bincount(group, minlength=2 * n_classes)
+        self.total_per_group = groups.total_per_group
         self.total_per_class = self.total_per_group.reshape(n_classes, 2).sum(axis=1)
         self.n = n
 
@@ -129,6 +146,21 @@ class RuleCounter:
         codes = self.codes[self.descending]
         return [self.descending[codes == c] for c in range(len(self.classes))]
 
+    @cached_property
+    def global_ranks(self) -> np.ndarray:
+        """Each sample's rank in ``descending`` (whether a keep-count keeps it: rank < count)."""
+        ranks = np.empty(self.n, dtype=_small_int(self.n))
+        ranks[self.descending] = np.arange(self.n)
+        return ranks
+
+    @cached_property
+    def class_ranks(self) -> np.ndarray:
+        """Each sample's rank in its class's ``descending`` (a per-class keep-count)."""
+        ranks = np.empty(self.n, dtype=_small_int(self.n))
+        for members in self._class_descending:
+            ranks[members] = np.arange(len(members))
+        return ranks
+
     # ------------------------------------------------------------------ counting
 
     def _kept_at(self, group_thresholds: np.ndarray) -> np.ndarray:
@@ -140,8 +172,7 @@ class RuleCounter:
         return kept
 
     def _from_mask_positions(self, positions: np.ndarray) -> np.ndarray:
-        group = self.codes[positions] * 2 + self.noisy[positions]
-        return np.bincount(group, minlength=len(self._group_sorted))
+        return np.bincount(self.group[positions], minlength=len(self._group_sorted))
 
     def counts(self, rule: FilterRule) -> Counts:
         """The counts ``apply_rule(samples, rule)`` would give (same thresholds, same per-class keys)."""
@@ -257,14 +288,20 @@ def compound_counts(rule: CompoundRule, counter_of) -> Counts:
     return result
 
 
+def _small_int(bound: int) -> type:
+    """The smallest signed integer type holding 0..bound (memory: one value per sample)."""
+    return next(kind for kind in (np.int16, np.int32, np.int64) if bound < np.iinfo(kind).max)
+
+
 def _encode(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct labels, code per sample) — as ``np.unique(..., return_inverse=True)``, but a
-    table lookup instead of a sort when the labels are small non-negative integers (the usual case)."""
+    table lookup instead of a sort when the labels are small non-negative integers (the usual case).
+    Codes come in the smallest integer type that holds twice the class count (the group numbers)."""
     if labels.dtype.kind in "iu" and len(labels) and labels.min() >= -1 and labels.max() < 1 << 20:
-        shifted = labels.astype(np.int64) + 1  # -1: the one "class" of a pool without classes
+        shifted = labels + 1  # -1: the one "class" of a pool without classes
         present = np.bincount(shifted) > 0
         classes = np.flatnonzero(present) - 1
-        lookup = np.cumsum(present) - 1
+        lookup = (np.cumsum(present) - 1).astype(_small_int(2 * len(classes) + 1))
         return classes.astype(labels.dtype), lookup[shifted]
     classes, codes = np.unique(labels, return_inverse=True)
-    return classes, codes.reshape(-1)
+    return classes, codes.reshape(-1).astype(_small_int(2 * len(classes) + 1))

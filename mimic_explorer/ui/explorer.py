@@ -73,6 +73,9 @@ class Explorer(Viewer):
         self.filter.param.update(**given)
         self.live = LiveCounts(self.state, self.filter, self.notice.show)
         self.lines = CutLines(self.state, self.filter, self.live)
+        index = self.state.app_index
+        if index is not None and index.has_thumbnails:  # by position from the index: no ids read
+            self.run.thumbnails.locate_with(index.thumbnail_location)
         self.thumbs = ThumbnailURIs(self.run.thumbnails)
         self.selection = Selection()
         self.summary = Summary(self.run.run_id, str(self.run.path), self.run.meta, self.samples)

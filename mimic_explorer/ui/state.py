@@ -7,6 +7,7 @@ without a browser. Sorting happens once per score column; after that a threshold
 
 from __future__ import annotations
 
+import functools
 from functools import cached_property
 
 import numpy as np
@@ -17,11 +18,24 @@ from mimic_explorer.store.histogram import Histogram, histogram, robust_range  #
 from mimic_explorer.store.index_build import NON_SCORE_COLUMNS  # noqa: F401  (identities and categories)
 from mimic_explorer.store.reader import Run
 from mimic_explorer.store.sample_columns import SampleColumns, indexed_samples
-from mimic_explorer.ui.counting import Counts, RuleCounter, compound_counts
+from mimic_explorer.ui.counting import Counts, RuleCounter, SampleGroups, compound_counts
 
 #: Score columns listed first, in this order, when a run has them: the default ranking (issue 15's
 #: combined score where there is one, else the mimic score), then the CLIP scores of a pairs pool.
 LEADING_COLUMNS = ("combined_score", "mimic_score", "clip_score_ref", "clip_score_model")
+
+
+def _releasing(method):
+    """Run ``method``, then unmap the index pages it touched (``AppIndex.release``): a question about
+    the pool reads whole columns, and their pages must not stay in the server's resident memory."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if self._app_index is not None:
+                self._app_index.release()
+    return wrapper
 
 
 class ExplorerState:
@@ -66,9 +80,9 @@ class ExplorerState:
             raise ValueError(f"no score column {column!r}; available: {', '.join(self.score_columns)}")
         self._column = column
         self.counter = self.counter_for(column)
-        for cached in ("_orderings", "_class_ranks", "_global_ranks"):
-            self.__dict__.pop(cached, None)
+        self.__dict__.pop("_orderings", None)
 
+    @_releasing
     def counter_for(self, column: str | None) -> RuleCounter:
         """The (cached) sorted view of any score column (None: the current one)."""
         if column is None:
@@ -78,9 +92,26 @@ class ExplorerState:
         if column not in self._counters:
             index = self._app_index
             stored = index is not None and column in index.score_columns
-            self._counters[column] = RuleCounter(self.samples, column, ascending=index.order(column) if stored else None,
-                                                 stored=index.grouped(column) if stored else None)
+            self._counters[column] = self._shared(("counter", column), lambda: RuleCounter(
+                self.samples, column, ascending=index.order(column) if stored else None,
+                stored=index.grouped(column) if stored else None, groups=self.groups))
         return self._counters[column]
+
+    @cached_property
+    def groups(self) -> SampleGroups:
+        """Class codes and (class, mislabeled) groups, one copy for every column's counter."""
+        return self._shared(("groups",), lambda: SampleGroups(self.samples))
+
+    def _shared(self, key: tuple, build):
+        """One value per run in this process when the samples come through the app index (every
+        session on a run shares its counters: memory stays one run's worth, not one per session)."""
+        index = self._app_index
+        return build() if index is None else index.shared(key, build)
+
+    @property
+    def app_index(self):
+        """The run's ``AppIndex`` when the samples are read through it, else None."""
+        return self._app_index
 
     @property
     def _app_index(self):
@@ -115,6 +146,7 @@ class ExplorerState:
             return 0.0, 1.0
         return float(values[0]), float(values[-1])
 
+    @_releasing
     def default_threshold(self, column: str | None = None) -> float:
         """Start where the column's own filter cuts it (``combined_keep`` for ``combined_score``), else
         where the run's ensemble filter does, else at the median."""
@@ -132,6 +164,7 @@ class ExplorerState:
 
     # ------------------------------------------------------------------ rules and counts
 
+    @_releasing
     def counts(self, rule: Rule) -> Counts:
         """Live counts for a rule whose (first) clause is on the current column: O(classes · log n) for
         one clause, a vector comparison per clause for an AND (``counting.compound_counts``)."""
@@ -140,6 +173,7 @@ class ExplorerState:
             return compound_counts(rule, self.counter_for)
         return self.counter.counts(rule)
 
+    @_releasing
     def apply(self, rule: Rule | float) -> FilterResult:
         """The authoritative keep mask, from the same code as ``mimic-explorer export``."""
         if not isinstance(rule, (FilterRule, CompoundRule)):
@@ -160,6 +194,7 @@ class ExplorerState:
             value = counts.thresholds.get("all")
         return None if value is None or not np.isfinite(value) else float(value)
 
+    @_releasing
     def keep_status(self, positions: np.ndarray, rule: Rule, counts: Counts) -> np.ndarray:
         """Whether each of a few samples (gallery cards) is kept, without building the full mask (an
         AND's counts carry theirs)."""
@@ -172,8 +207,8 @@ class ExplorerState:
             if rule.per_class:
                 codes = self.counter.codes[positions]
                 kept_by_class = np.array([counts.kept_per_class[k] for k in self.counter.class_keys])
-                return self._class_ranks[positions] < kept_by_class[codes]
-            return self._global_ranks[positions] < counts.kept
+                return self.counter.class_ranks[positions] < kept_by_class[codes]
+            return self.counter.global_ranks[positions] < counts.kept
         labels = self.samples["label"].to_numpy()[positions] if "label" in self.samples.columns else None
         scores = self.scores[positions]
         cuts = np.array([
@@ -182,19 +217,6 @@ class ExplorerState:
         ], dtype=np.float64)
         with np.errstate(invalid="ignore"):
             return scores >= cuts
-
-    @cached_property
-    def _global_ranks(self) -> np.ndarray:
-        ranks = np.empty(self.total, dtype=np.int64)
-        ranks[self.counter.descending] = np.arange(self.total)
-        return ranks
-
-    @cached_property
-    def _class_ranks(self) -> np.ndarray:
-        ranks = np.empty(self.total, dtype=np.int64)
-        for members in self.counter._class_descending:
-            ranks[members] = np.arange(len(members))
-        return ranks
 
     def retention_table(self, counts: Counts, overrides: dict[int, float] | None = None,
                         rule: Rule | None = None) -> pd.DataFrame:
@@ -244,6 +266,7 @@ class ExplorerState:
 
     # ------------------------------------------------------------------ distributions
 
+    @_releasing
     def histogram(self, column: str | None = None, log: bool = False) -> Histogram:
         column = column or self.column
         key = ("hist", column)
@@ -256,6 +279,7 @@ class ExplorerState:
             cache[key] = histogram(values, noisy=self.counter.noisy if self.has_truth else None, sorted_finite=presorted)
         return cache[key]
 
+    @_releasing
     def class_histograms(self, limit: int = 20) -> tuple[np.ndarray, dict[int, np.ndarray], list[int]]:
         """Shared bin edges and counts per class (the ``limit`` largest classes) for small multiples."""
         hist = self.histogram()
@@ -264,13 +288,14 @@ class ExplorerState:
         finite = np.isfinite(self.scores)
         bins = len(edges) - 1
         index = np.clip(((np.clip(self.scores[finite], lo, hi) - lo) / (hi - lo) * bins).astype(np.int64), 0, bins - 1)
-        codes = self.counter.codes[finite]
+        codes = self.counter.codes[finite].astype(np.int64)
         table = np.bincount(codes * bins + index, minlength=len(self.counter.classes) * bins).reshape(-1, bins)
         largest = np.argsort(-self.counter.total_per_class, kind="stable")[:limit]
         shown = sorted(int(self.counter.classes[c]) for c in largest)
         code_of = {int(c): i for i, c in enumerate(self.counter.classes.tolist())}
         return edges, {label: table[code_of[label]] for label in shown}, shown
 
+    @_releasing
     def kept_curve(self) -> pd.DataFrame:
         lo, hi = robust_range(self.counter.sorted_finite, presorted=True)
         return self.counter.kept_curve(lo=lo, hi=hi)
@@ -281,6 +306,7 @@ class ExplorerState:
     def _orderings(self) -> dict[int | None, tuple[np.ndarray, np.ndarray]]:
         return {}
 
+    @_releasing
     def narrow(self, query: str) -> int | None:
         """Galleries show only samples whose caption contains ``query`` (case-insensitive substring;
         empty: every sample). Returns how many match (None when not narrowed)."""
@@ -293,6 +319,7 @@ class ExplorerState:
         self.__dict__.pop("_orderings", None)
         return None if self.matches is None else int(self.matches.sum())
 
+    @_releasing
     def _ordered(self, label: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(positions ascending by score, their sorted finite scores), for all samples or one class,
         among the caption matches when narrowed. Kept per column: the "around the threshold" gallery

@@ -120,6 +120,44 @@ def test_a_changed_samples_file_makes_the_index_stale(run_dir):
     assert index.n == 1000
 
 
+def test_an_open_index_keeps_reading_its_own_files_when_another_rebuild_replaces_them(run_dir):
+    old_samples = open_run(run_dir).samples
+    old = open_index(run_dir)
+    frame = old_samples.copy()
+    frame["mimic_score"] = frame["mimic_score"] + 100.0
+    frame["sample_id"] = "new-" + frame["sample_id"]
+    time.sleep(0.01)
+    frame.to_parquet(run_dir / "samples.parquet", index=False)
+    new = open_index(run_dir)  # stale: rebuilt, and swapped into place under the open one
+    assert new is not old
+    positions = np.array([0, 2999, 1500])
+    pd.testing.assert_frame_equal(old.rows(positions), old_samples.iloc[positions])  # not half the new index
+    pd.testing.assert_frame_equal(new.rows(positions), open_run(run_dir).samples.iloc[positions])
+    np.testing.assert_array_equal(old.sorted_values("mimic_score"),
+                                  np.sort(old_samples["mimic_score"].to_numpy()))
+
+
+def test_an_index_replaced_while_it_is_mapped_is_mapped_again(run_dir, monkeypatch):
+    open_index(run_dir)
+    app_index._OPEN.clear()
+    calls = []
+    original = app_index.AppIndex.map_all
+
+    def map_then_rebuild(self):
+        original(self)
+        if not calls:  # the first time: another process replaces the index right after our maps
+            calls.append(1)
+            frame = pd.read_parquet(run_dir / "samples.parquet").iloc[:2000]
+            time.sleep(0.01)
+            frame.to_parquet(run_dir / "samples.parquet", index=False)
+            with app_index._locked(RunLayout(run_dir)):
+                app_index._rebuild(RunLayout(run_dir))
+
+    monkeypatch.setattr(app_index.AppIndex, "map_all", map_then_rebuild)
+    index = open_index(run_dir)
+    assert calls and index.n == 2000 and len(index.column("mimic_score")) == 2000
+
+
 def test_a_full_disk_during_the_build_leaves_the_run_readable_and_no_half_index(run_dir, monkeypatch):
     layout = RunLayout(run_dir)
     real_save = np.save
@@ -221,3 +259,16 @@ def test_trajectories_of_parts_in_another_order_and_a_changed_part(run_dir):
     pd.testing.assert_frame_equal(index.trajectories(positions), expected, check_dtype=False)
     pd.read_parquet(part).assign(proj=7.0).to_parquet(part, index=False)  # a rewritten part: stale index
     assert (open_index(run_dir).trajectories([10]).query("epoch == 1")["proj"] == 7.0).all()
+
+
+def test_thumbnails_by_position_from_the_index_equal_the_thumbnail_store(tmp_path):
+    path = synthetic_run(tmp_path / "thumbs-run", n=400)
+    index = open_index(path)
+    assert index.has_thumbnails
+    whole, by_index = open_run(path).thumbnails, open_run(path).thumbnails
+    by_index.locate_with(index.thumbnail_location)
+    ids = open_run(path).samples["sample_id"]
+    for position in (0, 17, 399):
+        assert by_index.get(ids.iloc[position], position) == whole.get(ids.iloc[position], position) is not None
+    assert by_index._ids is None  # the thumbnail ids were never read
+    assert index.thumbnail_location(400) is None

@@ -50,3 +50,45 @@ def test_kept_rows_come_highest_first_ties_by_position_nan_last(run):
     values = run.samples["mimic_score"].to_numpy()
     expected = pd.Series(values).sort_values(ascending=False, kind="stable").index.to_numpy()
     np.testing.assert_array_equal(keep_list_stream.descending_positions(index, "mimic_score"), expected)
+
+
+EDGE_SCORES = [0.1, 1.0, -0.0, 0.0, 1e-05, 1.5e-4, 1e16, 1234500000000000.0, 123456789.123, np.inf, -np.inf,
+               1 / 3, 2.5e-07, 5e-324, 1.7976931348623157e308, 1e-4, -7.0, -2.5e-9, 4503599627370495.5, np.nan]
+
+
+@pytest.fixture(scope="module")
+def edge_run(tmp_path_factory):
+    """Scores pandas and Arrow spell differently (whole numbers, exponents, -0.0, NaN), sources with
+    nulls, and — in the rows kept last — ids the csv writer must quote."""
+    path = synthetic_run(tmp_path_factory.mktemp("edge") / "run", n=900, thumbnails=False)
+    frame = pd.read_parquet(path / "samples.parquet")
+    rng = np.random.default_rng(3)
+    frame["mimic_score"] = np.where(rng.random(len(frame)) < 0.5, rng.choice(EDGE_SCORES[:14] + EDGE_SCORES[15:] + [1e300], len(frame)),
+                                    rng.normal(size=len(frame)))
+    frame["source"] = frame["source"].astype(object)
+    frame.loc[frame.index % 7 == 0, "source"] = None
+    order = frame["mimic_score"].fillna(-np.inf).sort_values(kind="stable").index[:40]  # kept last
+    frame.loc[order[:10], "sample_id"] = [f'id,{i}' for i in range(10)]
+    frame.loc[order[10:20], "sample_id"] = [f'say "{i}"' for i in range(10)]
+    frame.loc[order[20:25], "sample_id"] = [f"line\n{i}" for i in range(5)]
+    frame.to_parquet(path / "samples.parquet", index=False)
+    return open_run(path)
+
+
+def test_csv_of_edge_values_and_quoted_ids_is_byte_identical(edge_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(keep_list_stream, "CHUNK_ROWS", 200)  # the quoted ids fall in the last chunk only
+    fallbacks = []
+    original = keep_list_stream._csv_text
+    monkeypatch.setattr(keep_list_stream, "_csv_text", lambda piece: fallbacks.append(original(piece)) or fallbacks[-1])
+    samples = indexed_samples(edge_run)
+    rule = FilterRule("keep_count", len(samples))  # every row, NaN scores included
+    out = write_keep_list(samples, apply_rule(samples, rule), rule.column, "csv", tmp_path / "keep.csv")
+    expected = render_export(edge_run.samples, apply_rule(edge_run.samples, rule), rule.column, "csv")
+    assert out.read_bytes() == expected
+    assert [lines is None for lines in fallbacks] == [False] * (len(fallbacks) - 1) + [True]
+
+
+def test_float_text_spells_every_value_as_pandas_does():
+    values = np.array(EDGE_SCORES + list(np.random.default_rng(0).normal(scale=1e6, size=500)), dtype=np.float64)
+    expected = pd.DataFrame({"a": 0, "s": values}).to_csv(index=False, header=False).splitlines()
+    assert [f"0,{v}" for v in keep_list_stream._float_text(values).to_pylist()] == expected
