@@ -163,6 +163,9 @@ def main() -> int:
     parser.add_argument("--phase", nargs=2, metavar=("PHASE", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
+        from mimic_explorer.store.arrow_pool import use_system_allocator
+
+        use_system_allocator()  # as the train and score commands do
         phase, folder = args.phase[0], Path(args.phase[1])
         n = args.sizes[0]
         kwargs = {"features": (folder, n, args.dim), "score": (folder, n, args.dim, args.epochs), "stage2": (folder, n)}[phase]

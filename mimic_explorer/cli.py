@@ -213,6 +213,9 @@ def _run_command(args, command: str) -> int:
     from mimic_explorer.models.checkpoints import CheckpointError
     from mimic_explorer.models.registry import ArchError
 
+    from mimic_explorer.store.arrow_pool import use_system_allocator
+
+    use_system_allocator()  # memory that stays flat with the pool size (see store/arrow_pool.py)
     options = _options_from(args, command)
     progress = None if options.quiet or int(os.environ.get("RANK", "0")) != 0 else tqdm_progress()
     try:
