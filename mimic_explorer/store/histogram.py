@@ -53,7 +53,20 @@ def bin_count(sorted_finite: np.ndarray, lo: float, hi: float) -> int:
     width = 2 * iqr / len(sorted_finite) ** (1 / 3)
     if width <= 0:
         return 60
-    return int(min(120, max(20, math.ceil((hi - lo) / width))))
+    spans = (hi - lo) / width  # inf when the range is wider than the largest float (values near ±1.8e308)
+    return int(min(120, max(20, math.ceil(spans)))) if math.isfinite(spans) else 120
+
+
+#: a quarter of the largest float: a range within ±this has a finite width, and so do its bin edges
+_LARGEST_EDGE = float(np.finfo(np.float64).max) / 4
+
+
+def _representable(lo: float, hi: float) -> tuple[float, float]:
+    """The range narrowed to ±a quarter of the largest float when its width would overflow to infinity
+    (scores near ±1.8e308): the values beyond go to the edge bins and are counted as clipped."""
+    if math.isfinite(hi - lo):
+        return lo, hi
+    return max(lo, -_LARGEST_EDGE), min(hi, _LARGEST_EDGE)
 
 
 def histogram(values: np.ndarray, bins: int | None = None, noisy: np.ndarray | None = None,
@@ -64,7 +77,7 @@ def histogram(values: np.ndarray, bins: int | None = None, noisy: np.ndarray | N
     finite = values[finite_mask]
     if sorted_finite is None:
         sorted_finite = np.sort(finite)
-    lo, hi = value_range or robust_range(sorted_finite, presorted=True)
+    lo, hi = _representable(*(value_range or robust_range(sorted_finite, presorted=True)))
     bins = bins or bin_count(sorted_finite, lo, hi)
     clipped = int(((finite < lo) | (finite > hi)).sum())
     clipped_values = np.clip(finite, lo, hi, out=finite)  # finite is a copy: clipped in place

@@ -1,0 +1,21 @@
+"""Histograms of score columns whose values reach the largest floats (a diverged run's losses)."""
+
+import numpy as np
+
+from mimic_explorer.store.histogram import histogram
+
+
+def test_values_near_the_largest_float_are_binned_not_an_overflow():
+    values = np.array([-1.7e308, 0.0, 1.0, 2.0, 1.7e308] * 10)
+    result = histogram(values)
+    assert result.counts.sum() == len(values)  # nothing lost
+    assert result.clipped == 20  # the two extremes, ten each, sit in the edge bins
+    assert np.isfinite(result.edges).all()
+    assert result.counts[0] == 10 and result.counts[-1] == 10
+
+
+def test_an_ordinary_range_is_unchanged_by_the_guard():
+    values = np.linspace(0.0, 1.0, 1000)  # up to 1,000 values the range is the full one
+    result = histogram(values, bins=10)
+    assert result.edges[0] == 0.0 and result.edges[-1] == 1.0
+    assert result.clipped == 0
