@@ -31,32 +31,6 @@ def sorted_quantile(sorted_values: np.ndarray, q: float) -> float:
     return float(sorted_values[below] + (sorted_values[above] - sorted_values[below]) * (position - below))
 
 
-def robust_range(values: np.ndarray, tail: float = 0.001, presorted: bool = False) -> tuple[float, float]:
-    """Score range without the most extreme 0.1 % at each end (and never empty)."""
-    finite = values if presorted else np.sort(values[np.isfinite(values)])
-    if len(finite) == 0:
-        return 0.0, 1.0
-    if len(finite) > 1000:
-        lo, hi = sorted_quantile(finite, tail), sorted_quantile(finite, 1 - tail)
-    else:
-        lo, hi = float(finite[0]), float(finite[-1])
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    return float(lo), float(hi)
-
-
-def bin_count(sorted_finite: np.ndarray, lo: float, hi: float) -> int:
-    """Freedman–Diaconis bins over the robust range, kept between 20 and 120 so bars stay readable."""
-    if len(sorted_finite) < 2:
-        return 20
-    iqr = sorted_quantile(sorted_finite, 0.75) - sorted_quantile(sorted_finite, 0.25)
-    width = 2 * iqr / len(sorted_finite) ** (1 / 3)
-    if width <= 0:
-        return 60
-    spans = (hi - lo) / width  # inf when the range is wider than the largest float (values near ±1.8e308)
-    return int(min(120, max(20, math.ceil(spans)))) if math.isfinite(spans) else 120
-
-
 #: a quarter of the largest float: a range within ±this has a finite width, and so do its bin edges
 _LARGEST_EDGE = float(np.finfo(np.float64).max) / 4
 
@@ -69,6 +43,32 @@ def _representable(lo: float, hi: float) -> tuple[float, float]:
     return max(lo, -_LARGEST_EDGE), min(hi, _LARGEST_EDGE)
 
 
+def robust_range(values: np.ndarray, tail: float = 0.001, presorted: bool = False) -> tuple[float, float]:
+    """Score range without the most extreme 0.1 % at each end (never empty, and of a finite width, so
+    that every ``hi - lo`` the app computes from it is a number)."""
+    finite = values if presorted else np.sort(values[np.isfinite(values)])
+    if len(finite) == 0:
+        return 0.0, 1.0
+    if len(finite) > 1000:
+        lo, hi = sorted_quantile(finite, tail), sorted_quantile(finite, 1 - tail)
+    else:
+        lo, hi = float(finite[0]), float(finite[-1])
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return _representable(float(lo), float(hi))
+
+
+def bin_count(sorted_finite: np.ndarray, lo: float, hi: float) -> int:
+    """Freedman–Diaconis bins over the robust range, kept between 20 and 120 so bars stay readable."""
+    if len(sorted_finite) < 2:
+        return 20
+    iqr = sorted_quantile(sorted_finite, 0.75) - sorted_quantile(sorted_finite, 0.25)
+    width = 2 * iqr / len(sorted_finite) ** (1 / 3)
+    if width <= 0:
+        return 60
+    return max(20, math.ceil(min(120.0, (hi - lo) / width)))  # capped before ceil: the ratio may overflow to inf
+
+
 def histogram(values: np.ndarray, bins: int | None = None, noisy: np.ndarray | None = None,
               value_range: tuple[float, float] | None = None, sorted_finite: np.ndarray | None = None) -> Histogram:
     """Counts over a robust range; outliers are clipped into the edge bins rather than stretching them.
@@ -77,7 +77,7 @@ def histogram(values: np.ndarray, bins: int | None = None, noisy: np.ndarray | N
     finite = values[finite_mask]
     if sorted_finite is None:
         sorted_finite = np.sort(finite)
-    lo, hi = _representable(*(value_range or robust_range(sorted_finite, presorted=True)))
+    lo, hi = _representable(*value_range) if value_range else robust_range(sorted_finite, presorted=True)
     bins = bins or bin_count(sorted_finite, lo, hi)
     clipped = int(((finite < lo) | (finite > hi)).sum())
     clipped_values = np.clip(finite, lo, hi, out=finite)  # finite is a copy: clipped in place

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mimic_explorer.store.histogram import histogram
+from mimic_explorer.store.histogram import bin_count, histogram, robust_range
 
 
 def test_values_near_the_largest_float_are_binned_not_an_overflow():
@@ -19,3 +19,14 @@ def test_an_ordinary_range_is_unchanged_by_the_guard():
     result = histogram(values, bins=10)
     assert result.edges[0] == 0.0 and result.edges[-1] == 1.0
     assert result.clipped == 0
+
+
+def test_the_robust_range_the_app_computes_widths_from_is_finite():
+    lo, hi = robust_range(np.array([-1.7e308, 0.0, 1.7e308]))
+    assert np.isfinite(hi - lo) and lo < 0 < hi
+
+
+def test_bin_count_caps_a_ratio_that_overflows():
+    # a tiny interquartile range beside a huge span: (hi - lo) / width is inf
+    values = np.sort(np.r_[np.zeros(10), np.full(10, 1e-300), [1e308]])
+    assert bin_count(values, 0.0, 1e308) == 120
