@@ -43,7 +43,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from mimic_explorer import open_run

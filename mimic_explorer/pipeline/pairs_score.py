@@ -114,16 +114,16 @@ def score_pairs(run: PairRun) -> RunOutcome:
     return _finalize(run, started)
 
 
-def pair_rows(inputs: PairInputs, layout: RunLayout) -> Callable[[np.ndarray], pd.DataFrame]:
+def pair_rows(inputs: PairInputs, layout: RunLayout, steps: np.ndarray) -> Callable[[np.ndarray], pd.DataFrame]:
     """samples.parquet's base columns of good positions (ascending): the pool's, the caption (and,
     with swapped captions, the original and ``is_noisy``) and the per-pair columns of each pair's score
-    row, read from the chunk parts for those positions only (``store.score_rows.ScoreRows``)."""
+    row, read from the chunk parts for those positions only (``store.score_rows.ScoreRows``).
+    ``steps``: every scoring batch's step (``pairs_columns.batch_steps``), which numbers the batches."""
     captions, base = inputs.captions, pool_rows(inputs.pool)
     rows = ScoreRows(layout)
     if not rows.positioned:
         raise ValueError("the run's score parts have no position column; they were written by an older version "
                          "(rerun with --force)")
-    steps = batch_steps(layout.chunk_parts())
 
     def at(positions: np.ndarray) -> pd.DataFrame:
         if len(positions):
@@ -141,12 +141,13 @@ def _finalize(run: PairRun, started: float) -> RunOutcome:
     as for a labelled run), then errors and meta."""
     options, layout, writer, inputs = run.options, run.layout, run.writer, run.inputs
     all_errors, bad = with_positions(take_error_parts(layout), inputs.pool.source.sample_ids)
-    finished = finish_samples(writer, PoolView(len(inputs.pool.source), bad, pair_rows(inputs, layout)),
+    steps = batch_steps(layout.chunk_parts())
+    finished = finish_samples(writer, PoolView(len(inputs.pool.source), bad, pair_rows(inputs, layout, steps)),
                               Stage2Options(options.binarisation, options.aggregation))
     truncated = int(pq.read_table(layout.samples, columns=["caption_truncated"]).column("caption_truncated").to_numpy().sum())
     summary = {**finished.summary, "skipped": int(len(all_errors)),
                "pairs": {"loss": "symmetric InfoNCE of each pair within its scoring batch", "batch_size": options.batch_size,
-                         "batches": int(len(batch_steps(layout.chunk_parts()))), "mimic_layers": inputs.models.params,
+                         "batches": int(len(steps)), "mimic_layers": inputs.models.params,
                          "truncated_captions": truncated}}
     summary.pop("true_quality", None)
     evaluation = finished.evaluation

@@ -165,7 +165,7 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
 def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor, positions: np.ndarray,
               truncated: np.ndarray, errors: ErrorLog, timings: dict) -> RunOutcome:
     options, writer, inputs = run.options, run.writer, run.inputs
-    source, models, captions = inputs.pool.source, inputs.models, inputs.captions
+    source, models = inputs.pool.source, inputs.models
     if options.save_model:
         save_dual_encoder(models.model, options.save_model, arch=models.arch, input_shape=models.input_shape,
                           extra={"run_id": writer.meta.run_id, "data": options.data, "frozen_towers": options.frozen_towers,

@@ -100,7 +100,7 @@ def _build_model(options: TrainOptions, captions: list[str], reference: DualEnco
                  reference_config: dict | None) -> tuple[DualEncoder, dict, list[str]]:
     """(model, its config {arch, input_shape}, notes) from the sources the module docstring lists."""
     image_arch = saved_arch(options.arch)
-    if options.init and (_is_dual_checkpoint(options.init) or is_open_clip(options.arch)):
+    if options.init and (is_open_clip(options.arch) or _is_dual_checkpoint(options.init)):  # a string test first: no second read of an open_clip file
         model, config = load_pair_model(options.init, options.arch, "--init")
         return model, config, []
     if options.init is None and reference is not None:
