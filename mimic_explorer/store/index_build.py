@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.histogram import histogram
 from mimic_explorer.store.layout import IndexFiles
 from mimic_explorer.store.score_groups import sort_by_group
@@ -141,12 +142,6 @@ def _groups(labels: np.ndarray | None, n: int, noisy: np.ndarray | None,
     counts = {"labels": classes.tolist(), "counts": np.bincount(codes, minlength=len(classes)).tolist()}
     group = codes.astype(np.int32) * 2 + (noisy if noisy is not None else 0)  # int32: half the memory
     return group, 2 * len(classes), counts if labels is not None else None
-
-
-def release_arrow_memory() -> None:
-    """Hand Arrow's freed memory back to the system (its allocator keeps freed blocks for reuse, which
-    after reading a 12.8 M-row table is a gigabyte the process no longer needs)."""
-    pa.default_memory_pool().release_unused()
 
 
 def _sample_ids(files: IndexFiles) -> pa.Array | None:

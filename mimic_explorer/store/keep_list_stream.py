@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mimic_explorer.filters import FORMATS, FilterError, FilterResult, render_export
+from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.atomic import atomic_write
 from mimic_explorer.store.sample_columns import SampleColumns
 from mimic_explorer.store.stable_order import stable_argsort
@@ -50,7 +51,7 @@ def _pieces(samples: SampleColumns, keep: np.ndarray, column: str):
         yield (index.take_text(positions, names), None if labels is None else np.asarray(labels[positions]),
                np.asarray(scores[positions], dtype=np.float64))
         index.release()  # the pages this chunk mapped: the export's memory stays one chunk's
-        pa.default_memory_pool().release_unused()
+        release_arrow_memory()
 
 
 def _frame(piece) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.layout import IndexFiles
 from mimic_explorer.store.scores import SIGNALS
 
@@ -77,7 +78,7 @@ def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> d
                        for signal in signals]
             _accumulate(rows, sums, epoch, where[keep], columns, distinct)
         del sums, rows  # unmapped: written pages go to the page cache, out of this process
-        pa.default_memory_pool().release_unused()  # the part's decoded batches
+        release_arrow_memory()  # the part's decoded batches
     return {"signals": signals, "epochs": epochs.tolist(), "layout": "epochs-by-samples"}
 
 
