@@ -174,8 +174,10 @@ def _add_pair_train_options(p) -> None:
         "image-text pools", "Each pair's loss is its symmetric InfoNCE term within its batch. Without --init, a run with "
         "--reference starts from the reference's towers with a fresh mimic-layer projection (one shared feature basis); "
         "--init takes a dual-encoder checkpoint (--save-model of a pairs run) or an image classifier checkpoint (the image "
-        "tower). Without --frozen-towers the built-in small_dual trains plainly, towers included (no --reference): the "
-        "way to make a small 'pretrained' checkpoint, e.g. on clean pairs with --frozen-image-tower --all-captions.")
+        "tower). Without --frozen-towers the built-in small_dual trains towers included: plainly (no --reference), the "
+        "way to make a small 'pretrained' checkpoint, e.g. on clean pairs with --frozen-image-tower --all-captions; or "
+        "with --reference, Grad-Mimic on the --mimic-layer projection while the towers learn (their drift from the "
+        "reference's is recorded per epoch and warned about past 0.5).")
     pairs.add_argument("--frozen-towers", action="store_true",
                        help="compute the towers' outputs once and train only the projections and the logit scale on them "
                             "(plain, or Grad-Mimic with --reference)")

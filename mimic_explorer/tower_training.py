@@ -1,9 +1,10 @@
-"""Stage 1 on image–text pairs with trainable towers: plain contrastive training of the built-in dual
-encoder, the way a small "pretrained" checkpoint is made.
+"""Stage 1 on image–text pairs with trainable towers: contrastive training of the built-in dual
+encoder, plainly (the way a small "pretrained" checkpoint is made) or with Grad-Mimic.
 
 Why a module of its own: the frozen-tower mode (``pair_training``) trains only the projections on
 cached tower outputs; making the checkpoint that plays the public CLIP needs the text tower (and,
-when asked, the image tower) to learn too. Two choices shape it:
+when asked, the image tower) to learn too, and the paper's CLIP runs re-weight a projection while
+the towers learn. Three choices shape it:
 
 - **The image tower may stay frozen** (``freeze_image=True``): its outputs are computed once and a
   ``TextSide`` module — the model without its image tower, sharing every other module — trains on
@@ -14,6 +15,12 @@ when asked, the image tower) to learn too. Two choices shape it:
   photo, each time it is drawn into a batch, with one of its captions chosen at random (seeded by the
   run's seed and the epoch, so a resumed run draws the same), which uses every caption without putting
   two captions of one photo into one batch as each other's false negatives.
+- **Grad-Mimic** (``reference=``): the mimic layer (a tower's last linear projection) gets Σ wᵢ gᵢ,
+  every other parameter the mean gradient (``loss_step.LossStep``); the reference runs on the same
+  inputs — with the image tower frozen, on the cached image-tower outputs, so the reference's image
+  tower must be the model's (``image_tower_differences``). The towers drift from the reference's
+  while they learn, and a projection's task vector only means something while they share a basis:
+  callers measure the drift (``pairs_setup.tower_distance``) and warn.
 
 Each pair's loss is its symmetric InfoNCE term within its batch (``scoring.contrastive.InfoNCELoss``);
 the loop is ``train.train`` with that loss, so records, resuming and checkpoints work as elsewhere.
@@ -21,13 +28,14 @@ the loop is ``train.train`` with that loss, so records, resuming and checkpoints
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mimic_explorer.models.dual import DualEncoder, DualOutput, TokenBatch
+from mimic_explorer.models.dual import DualEncoder, DualOutput, mimic_layer_params
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 from mimic_explorer.scoring.context import preserved_modes
 from mimic_explorer.train import TensorBatches, TrainConfig, TrainResult, train
@@ -108,33 +116,43 @@ def image_inputs(model: DualEncoder, images: Tensor, freeze_image: bool, device:
                           for s in range(0, len(images), batch_size)])
 
 
+def image_tower_differences(model: DualEncoder, reference: DualEncoder) -> list[str]:
+    """Names of the image tower's tensors where ``reference`` differs from ``model``: with the image
+    tower frozen the reference scores the model's cached image-tower outputs, valid only when empty."""
+    theirs = reference.image_tower.state_dict()
+    return [name for name, tensor in model.image_tower.state_dict().items()
+            if name not in theirs or theirs[name].shape != tensor.shape or not torch.equal(theirs[name].to(tensor.device), tensor)]
+
+
+def reference_part(reference: DualEncoder, freeze_image: bool) -> nn.Module:
+    """The reference as the trained part sees its inputs: whole, or its ``TextSide`` on cached
+    image-tower outputs (eval mode; its parameters never train)."""
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return (TextSide(reference) if freeze_image else reference).eval()
+
+
 def train_towers(model: DualEncoder, images: Tensor, token_sets: Tensor, counts: Tensor, config: TrainConfig, *,
-                 freeze_image: bool = False, rank: int = 0, world: int = 1, **train_options: Any) -> TrainResult:
-    """Train ``model`` in place under InfoNCE, plainly: the text tower, both projections and the logit
-    scale, and the image tower unless ``freeze_image``. ``images`` are what ``image_inputs`` returns;
-    records' ``index`` are rows of them. ``train_options`` go to ``train`` as they are (resuming,
-    checkpoints, progress, gradient sync)."""
+                 freeze_image: bool = False, reference: DualEncoder | None = None,
+                 mimic_layer: str | Sequence[str] = "text", rank: int = 0, world: int = 1,
+                 **train_options: Any) -> TrainResult:
+    """Train ``model`` in place under InfoNCE: the text tower, both projections and the logit scale,
+    and the image tower unless ``freeze_image``; plainly, or with a ``reference`` Grad-Mimic on
+    ``mimic_layer`` ("image", "text" or parameter names of the trained part). ``images`` are what
+    ``image_inputs`` returns; records' ``index`` are rows of them. ``train_options`` go to ``train``
+    as they are (resuming, checkpoints, progress, gradient sync)."""
+    if reference is not None and freeze_image:
+        differing = image_tower_differences(model, reference)
+        if differing:
+            raise ValueError(f"with the image tower frozen the reference scores the model's cached image-tower outputs, "
+                             f"but the reference's image tower differs from the model's ({len(differing)} tensor(s), e.g. "
+                             f"image_tower.{differing[0]}); train both towers or use a reference with the model's image tower")
     part = trainable_part(model, freeze_image)
+    ref_part = reference_part(reference, freeze_image) if reference is not None else None
+    names = mimic_layer_params(part, mimic_layer) if reference is not None else None
     batches = CaptionDraws(images.to(config.device), token_sets.to(config.device), counts.to(config.device),
                            config.batch_size, config.seed, rank, world)
-    return train(part, batches, config, loss=InfoNCELoss(), **train_options)
-
-
-@torch.no_grad()
-def trained_tower_features(model: DualEncoder, images: Tensor, tokens: TokenBatch | Tensor, freeze_image: bool,
-                           device: str | torch.device = "cpu", batch_size: int = 256) -> Tensor:
-    """(N, image_dim + text_dim) tower outputs of the trained model (eval mode, on the CPU) for each
-    photo and its recorded caption: what a ``ProjectionProbe`` of the model takes, so the end-of-run
-    signals and recall use the frozen-tower code. ``images`` as ``image_inputs`` returned them."""
-    ids = tokens.ids if isinstance(tokens, TokenBatch) else tokens
-    parts = []
-    with preserved_modes(model):
-        model.eval()
-        for s in range(0, len(ids), batch_size):
-            x, t = images[s : s + batch_size].to(device), ids[s : s + batch_size].to(device)
-            image = x if freeze_image else model.image_features(x)
-            parts.append(torch.cat([image, model.text_features(t)], dim=1).cpu())
-    return torch.cat(parts)
+    return train(part, batches, config, reference=ref_part, loss=InfoNCELoss(), mimic_params=names, **train_options)
 
 
 def draw_counts(counts: Tensor) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Training a dual encoder's towers (``tower_training``): a caption drawn per photo per batch, seeded
-and covering every caption; the image tower frozen or not; and seeded projection resets that let a
-later run start from the values a checkpoint's projections started from."""
+and covering every caption; the image tower frozen or not; Grad-Mimic while the towers learn, whose
+recorded proj equals each pair's own InfoNCE gradient by brute-force autograd in float64; and seeded
+projection resets that let a later run start from the values a checkpoint's projections started from."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 from mimic_explorer.models.dual import reset_projections
-from mimic_explorer.tower_training import CaptionDraws, TextSide, caption_sets, image_inputs, train_towers, trainable_part
+from mimic_explorer.scoring.contrastive import InfoNCELoss
+from mimic_explorer.tower_training import (CaptionDraws, TextSide, caption_sets, image_inputs, image_tower_differences,
+                                           reference_part, train_towers, trainable_part)
 from mimic_explorer.train import TrainConfig
 from tests.pairs_helpers import tiny_dual
 
@@ -79,6 +82,66 @@ def test_train_towers_trains_the_text_side_and_the_image_tower_only_when_asked(f
     assert "text_tower.embedding.weight" in changed and "text_projection.weight" in changed and "image_projection.weight" in changed
     image_changed = any(k.startswith("image_tower.") and "running" not in k and "num_batches" not in k for k in changed)
     assert image_changed is (not freeze_image)
+
+
+ONE_CAPTION = [[row[0]] for row in CAPTIONS]
+
+
+def _grad_mimic_setup(freeze_image: bool):
+    """A float64 model, a reference that differs from it in the projections, the text tower and (when
+    the image tower trains) the image tower — as a reference fine-tuned from the model would — and the
+    inputs ``train_towers`` takes."""
+    model = tiny_dual([c for row in CAPTIONS for c in row]).double()
+    reference = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if not (freeze_image and name.startswith("image_tower.")):
+                p.add_(0.3 * p.abs().mean() * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    images = image_inputs(model, torch.randn(7, 3, 32, 32, generator=generator, dtype=torch.float64), freeze_image)
+    sets, counts = caption_sets(model.tokenizer, ONE_CAPTION)
+    return model, reference, images, sets, counts
+
+
+@pytest.mark.parametrize("freeze_image", [True, False])
+@pytest.mark.parametrize("layer", ["text", "image"])
+def test_grad_mimic_with_trainable_towers_records_each_pairs_own_infonce_projection(freeze_image, layer):
+    """One batch of all 7 pairs: epoch 0's proj is −⟨g_i, v⟩/‖v‖ at the starting weights, g_i the
+    gradient of pair i's own InfoNCE term (the batch's other pairs its negatives) on the mimic layer,
+    v = θ_ref − θ there; the towers train (mean gradient) while the mimic layer is re-weighted."""
+    model, reference, images, sets, counts = _grad_mimic_setup(freeze_image)
+    name = f"{layer}_projection.weight"
+    brute = copy.deepcopy(model)
+    part, ref_part = trainable_part(brute, freeze_image).train(), reference_part(reference, freeze_image)
+    param = dict(part.named_parameters())[name]
+    v = (dict(ref_part.named_parameters())[name] - param).detach().reshape(-1)
+    expected = []
+    for i in range(7):
+        part.zero_grad(set_to_none=True)
+        InfoNCELoss()(part(images, sets[:, 0]), None)[i].backward()
+        expected.append(-(param.grad.reshape(-1) @ v) / v.norm())
+    before = copy.deepcopy(model.state_dict())
+    result = train_towers(model, images, sets, counts, TrainConfig(epochs=2, batch_size=7, lr=1e-2), freeze_image=freeze_image,
+                          reference=reference, mimic_layer=layer)
+    first = result.records[0]
+    assert first.proj is not None and first.weight is not None
+    recorded = dict(zip(first.index.tolist(), first.proj.tolist()))
+    torch.testing.assert_close(torch.tensor([recorded[i] for i in range(7)], dtype=torch.float64), torch.stack(expected).detach(),
+                               rtol=1e-5, atol=1e-9)
+    assert abs(sum(first.weight) - 1) < 1e-9  # one batch: the Stage-1 weights are a softmax over its pairs
+    after = model.state_dict()
+    assert not torch.equal(before["text_tower.embedding.weight"], after["text_tower.embedding.weight"])
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("image_tower.") and
+               before[k].is_floating_point() and "running" not in k) is (not freeze_image)
+    assert all(not p.requires_grad for p in reference.parameters())
+
+
+def test_a_frozen_image_tower_that_differs_from_the_references_is_refused():
+    model, reference, images, sets, counts = _grad_mimic_setup(freeze_image=False)  # the reference's image tower moved
+    assert image_tower_differences(model, reference)
+    with pytest.raises(ValueError, match="the reference's image tower differs from the model's"):
+        train_towers(model, image_inputs(model, torch.randn(7, 3, 32, 32, dtype=torch.float64), True), sets, counts,
+                     TrainConfig(epochs=1, batch_size=7), freeze_image=True, reference=reference)
 
 
 def test_trainable_part_freezes_the_image_tower_and_keeps_it_out_of_training_mode():

@@ -8,25 +8,29 @@ writes the thumbnails; the projections and the logit scale then train on those r
 the captions as trained, which the shared image feature cache does not key on): a pool's rows cost
 (image_dim + text_dim) floats each, 2 KB for the built-in model.
 
-Without ``--frozen-towers`` (plain training of the built-in model, ``tower_training``): the decoding
-pass keeps every good pair's preprocessed image in memory (3·S² floats: 12 KB at 32 px, 48 KB at
-64 px) — or, with ``--frozen-image-tower``, its image-tower output — and the caption tokens (with
-``--all-captions`` all of each photo's captions, one drawn per step); after training, the trained
-model's tower outputs of each pair and its recorded caption go through the same end of run as the
-frozen-tower mode.
+Without ``--frozen-towers`` (the built-in model's towers train too, ``tower_training``; plainly, or
+with a reference Grad-Mimic on the ``--mimic-layer`` projection): the decoding pass keeps every good
+pair's preprocessed image in memory (3·S² floats: 12 KB at 32 px, 48 KB at 64 px) — or, with
+``--frozen-image-tower``, its image-tower output — and the caption tokens (with ``--all-captions``
+all of each photo's captions, one drawn per step). With a reference, the towers' drift from the
+reference's is measured after every epoch (``basis.drift_per_epoch`` in meta.json; a warning past
+``DRIFT_WARNING``): a projection's task vector assumes the towers still share a basis.
 
 Per epoch, every pair's proj/weight/loss (its symmetric InfoNCE term in its training batch) go to the
 run's epoch parts as for a labelled run, so resuming, Stage 2 and the app work unchanged. At the end
-(with a reference) ``pair_training.evaluate_pair_signals`` scores every pair once more in seeded
-random batches of ``--batch-size``: the model and reference losses, the CLIP scores under both, the
+(with a reference) ``pair_training.evaluate_pair_signals`` scores every pair once more (with its
+recorded caption; on tower outputs when the towers were frozen, through the towers otherwise) in
+seeded random batches of ``--batch-size``: the model and reference losses, the CLIP scores under both, the
 gradient norm, and ``score_batch`` / ``batch_size`` (the batch those numbers are relative to).
 ``--test-data`` (pairs) adds image→text and text→image recall@1/5 of the trained model.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -35,7 +39,7 @@ import torch
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.captions import PAIRS
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.models.dual import ProjectionProbe
+from mimic_explorer.models.dual import ProjectionProbe, mimic_layer_params
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.pair_training import evaluate_pair_signals, tower_features, train_projections
 from mimic_explorer.pipeline.epoch_parts import EpochParts, resume_epoch
@@ -43,12 +47,13 @@ from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_sam
 from mimic_explorer.pipeline.lifecycle import RunContext, RunOutcome
 from mimic_explorer.pipeline.options import TrainOptions
 from mimic_explorer.pipeline.pairs_options import train_binarisation
+from mimic_explorer.pipeline.pairs_setup import tower_distance
 from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs
 from mimic_explorer.pipeline.pool_pass import pool_pass
 from mimic_explorer.scoring.contrastive import retrieval_recall
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.tower_training import (caption_sets, draw_counts, image_inputs, trainable_part, train_towers,
-                                           trained_tower_features)
+from mimic_explorer.pipeline.setup import DRIFT_WARNING
+from mimic_explorer.tower_training import caption_sets, draw_counts, image_inputs, reference_part, trainable_part, train_towers
 from mimic_explorer.train import NonFiniteLossError, TrainConfig
 
 PairTrainRun = RunContext[TrainOptions, PairTrainInputs]
@@ -56,6 +61,40 @@ PairTrainRun = RunContext[TrainOptions, PairTrainInputs]
 FEATURE_BATCH = 256
 #: columns each pair's row of the end-of-run signals adds to samples.parquet beside the standard signals
 PAIR_SIGNAL_COLUMNS = ("clip_score_ref", "clip_score_model", "score_batch", "batch_size")
+
+
+@dataclass
+class SignalInputs:
+    """What the end-of-run signals score: the trained part and the reference's matching part, on the
+    inputs they take (tower outputs for ``ProjectionProbe``s; (images or image-tower outputs, caption
+    tokens) for dual encoders or their ``TextSide``s), rows in the order of the run's positions."""
+
+    model: torch.nn.Module
+    reference: torch.nn.Module
+    inputs: torch.Tensor | tuple[torch.Tensor, ...]
+
+
+class TowerDrift:
+    """The towers' distance from the reference's (and from where they started) after each epoch of a
+    Grad-Mimic run that trains them: ``pairs_setup.tower_distance`` over everything but the mimic layer."""
+
+    def __init__(self, model, reference, mimic_layer: str):
+        self.model, self.reference = model, reference
+        self.mimic = mimic_layer_params(model, mimic_layer)
+        self.start = copy.deepcopy(model).cpu()
+        self.per_epoch: list[dict] = []
+
+    def measure(self, epoch: int) -> None:
+        self.per_epoch.append({"epoch": epoch, "to_reference": tower_distance(self.model, self.reference, self.mimic),
+                               "from_init": tower_distance(self.model, self.start, self.mimic)})
+
+    def warning(self) -> str | None:
+        last = self.per_epoch[-1]["to_reference"] if self.per_epoch else 0.0
+        if last <= DRIFT_WARNING:
+            return None
+        return (f"FEATURE BASIS: the towers drifted to relative distance {last:.2f} from the reference's (> {DRIFT_WARNING}); "
+                "projection-layer mimic scores assume shared towers and may be no better than chance (train fewer epochs, "
+                "a smaller learning rate, --frozen-image-tower, or --frozen-towers)")
 
 
 def pair_tower_features(models, source, labels, captions: np.ndarray, device: str, workers: int = 0,
@@ -117,6 +156,8 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
                          reweight=options.reweight, starting_epoch=options.starting_epoch, seed=options.seed, device=device)
     probe = ProjectionProbe.sharing(models.model)
     trained = trainable_part(models.model, freeze_image) if towers else probe
+    drift = TowerDrift(models.model, models.reference, models.mimic_layer) \
+        if towers and models.reference is not None and ctx.is_main else None  # before a resumed state is loaded
     start_epoch, optimizer_state = 0, None
     if saved_epoch >= 0:
         saved = torch.load(layout.state, weights_only=True, map_location=device)
@@ -127,6 +168,8 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
                        every_s=options.checkpoint_every, positions=positions)
 
     def on_checkpoint(epoch, module, optimizer) -> None:
+        if drift is not None:
+            drift.measure(epoch)
         if parts.due(epoch):
             parts.checkpoint(epoch, lambda: {"model": module.state_dict(), "optimizer": optimizer.state_dict()})
 
@@ -146,7 +189,8 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
             with warnings.catch_warnings():  # the feature-basis warning was given when the run was prepared
                 warnings.simplefilter("ignore", UserWarning)
                 if towers:
-                    train_towers(models.model, features, token_sets, counts, config, freeze_image=freeze_image, **common)
+                    train_towers(models.model, features, token_sets, counts, config, freeze_image=freeze_image,
+                                 reference=models.reference, mimic_layer=models.mimic_layer, **common)
                 else:
                     train_projections(models.model, features, config, models.reference, mimic_layer=models.mimic_layer, **common)
         except NonFiniteLossError as exc:
@@ -157,12 +201,21 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
     ctx.barrier()  # rank 0 finishes the run
     if not ctx.is_main:
         return run.outcome({})
-    if towers:  # the trained towers' outputs of each pair and its recorded caption: the frozen-tower end of run
-        features = trained_tower_features(models.model, features, token_sets[:, 0], freeze_image, device)
-    return _finalize(run, probe, features, positions, truncated, errors, timings)
+    scored = None
+    if models.reference is not None and towers:  # each pair with its recorded caption, through the trained towers
+        scored = SignalInputs(trained, reference_part(models.reference, freeze_image), (features, token_sets[:, 0]))
+    elif models.reference is not None:
+        scored = SignalInputs(probe, ProjectionProbe.sharing(models.reference), features)
+    if drift is not None:
+        run.writer.meta.basis["drift_per_epoch"] = drift.per_epoch
+        message = drift.warning()
+        if message:
+            run.writer.warn(message)
+            run.log("WARNING: " + message)
+    return _finalize(run, probe, scored, positions, truncated, errors, timings)
 
 
-def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor, positions: np.ndarray,
+def _finalize(run: PairTrainRun, probe: ProjectionProbe, scoring: SignalInputs | None, positions: np.ndarray,
               truncated: np.ndarray, errors: ErrorLog, timings: dict) -> RunOutcome:
     options, writer, inputs = run.options, run.writer, run.inputs
     source, models = inputs.pool.source, inputs.models
@@ -172,9 +225,10 @@ def _finalize(run: PairTrainRun, probe: ProjectionProbe, features: torch.Tensor,
                                  "frozen_image_tower": options.frozen_image_tower, "all_captions": options.all_captions})
     errors_frame, bad = with_positions(errors.to_frame(), source.sample_ids)
     signals = None
-    if models.reference is not None:
-        found = evaluate_pair_signals(probe, ProjectionProbe.sharing(models.reference), features.to(run.device),
-                                      options.batch_size, mimic_params=models.mimic_layer, seed=options.seed)
+    if scoring is not None:
+        rows = tuple(t.to(run.device) for t in scoring.inputs) if isinstance(scoring.inputs, tuple) else scoring.inputs.to(run.device)
+        found = evaluate_pair_signals(scoring.model, scoring.reference, rows, options.batch_size,
+                                      mimic_params=models.mimic_layer, seed=options.seed)
         found["index"] = positions[found["index"]]
         signals = pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").sort_index()
     scored = signals is not None

@@ -4,9 +4,11 @@
 
 Two ways to train: ``--frozen-towers`` trains only the projections and the logit scale on cached tower
 outputs (so the towers decide the feature basis; plain or Grad-Mimic); without it the towers train
-too (``tower_training``: plain training of the built-in model, the way a small "pretrained" checkpoint
-is made; ``--frozen-image-tower`` keeps the image tower's weights). Grad-Mimic needs a reference that
-shares the model's towers, so it is refused while the towers train.
+too (``tower_training``, the built-in model only: plainly, the way a small "pretrained" checkpoint is
+made, or with Grad-Mimic; ``--frozen-image-tower`` keeps the image tower's weights). Grad-Mimic
+assumes model and reference share their towers: checked when the run starts (a warning when they
+differ; an error when a frozen image tower differs from the reference's, whose cached outputs the
+reference would then score wrongly) and, while the towers train, measured per epoch (drift).
 
 Where the model's weights come from:
 
@@ -44,6 +46,7 @@ from mimic_explorer.pipeline.options import TrainOptions
 from mimic_explorer.pipeline.pairs_options import DEFAULT_MIMIC_LAYER
 from mimic_explorer.pipeline.pairs_setup import PairCaptions, dual_transform, load_pair_model, pair_captions, saved_arch
 from mimic_explorer.pipeline.setup import Pool, pool_fingerprints
+from mimic_explorer.tower_training import image_tower_differences
 
 #: the image ARCH of ``--arch small_dual`` when neither the ARCH nor an ``--init`` dual checkpoint names one
 DEFAULT_IMAGE_ARCH = "small_cnn"
@@ -142,8 +145,8 @@ def build_train_pair_models(options: TrainOptions, captions: list[str], device: 
         basis = {"towers_differ": len(differing)}
         if differing:
             warnings.append(f"FEATURE BASIS: model and reference towers differ ({len(differing)} tensor(s), e.g. "
-                            f"{differing[0]}); frozen-tower mimic scores assume one shared feature basis and may be "
-                            "no better than chance")
+                            f"{differing[0]}); projection-layer mimic scores assume one shared feature basis and may be "
+                            "no better than chance (start the model from the reference: no --init)")
     layer = options.mimic_layer or DEFAULT_MIMIC_LAYER
     mimic_layer_params(model, layer)  # an unknown layer fails here, before anything is written
     shape = tuple(int(s) for s in config["input_shape"])
@@ -157,11 +160,6 @@ def _check_tower_training(options: TrainOptions) -> None:
         if options.frozen_image_tower or options.all_captions:
             raise ValueError("--frozen-image-tower and --all-captions are for training the towers; drop --frozen-towers")
         return
-    if options.reference:
-        raise ValueError(f"--reference {options.reference} without --frozen-towers: Grad-Mimic on image-text pairs needs "
-                         "the model and the reference to share their towers (one feature basis), which training the towers "
-                         "would break; train the projections with --frozen-towers, or drop --reference to train the "
-                         "towers plainly (e.g. to make a reference)")
     if is_open_clip(options.arch):
         raise ValueError(f"training the towers is available for the built-in --arch small_dual; {options.arch} trains with "
                          "--frozen-towers (its projections on cached tower outputs)")
@@ -180,10 +178,18 @@ def prepare_pair_training(options: TrainOptions, pool: Pool, device: str) -> Pre
     sets = _caption_sets(pool) if options.all_captions else None
     texts = [c for row in sets for c in row] if sets is not None else captions.captions.tolist()
     models = build_train_pair_models(options, texts, device)
+    if models.reference is not None and options.frozen_image_tower:
+        differing = image_tower_differences(models.model, models.reference)
+        if differing:
+            raise CheckpointError(f"--frozen-image-tower with --reference {options.reference}: the reference would score the "
+                                  f"model's cached image-tower outputs, but its image tower differs ({len(differing)} tensor(s), "
+                                  f"e.g. image_tower.{differing[0]}); start the model from the reference (no --init) or "
+                                  "train both towers")
     fingerprints = {**pool_fingerprints(pool), "init": state_fingerprint(models.model.state_dict()),
                     "reference": None if models.reference is None else state_fingerprint(models.reference.state_dict())}
     method = (f"{options.method} Grad-Mimic on the {models.mimic_layer} projection (symmetric InfoNCE within each batch "
-              f"of {options.batch_size} pairs; frozen towers)") if models.reference is not None else f"plain ({_trained_part(options)})"
+              f"of {options.batch_size} pairs; {_trained_part(options)})") if models.reference is not None \
+        else f"plain ({_trained_part(options)})"
     facts = dict(class_names=[], source={"spec": options.data, "pool_kind": "pairs"}, method=method, noise=captions.noise,
                  reference={"path": options.reference} if options.reference else None, basis=models.basis,
                  subset=pool.subset)
