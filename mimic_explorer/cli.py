@@ -174,7 +174,8 @@ def _add_pair_train_options(p) -> None:
         "image-text pools", "Each pair's loss is its symmetric InfoNCE term within its batch. Without --init, a run with "
         "--reference starts from the reference's towers with a fresh mimic-layer projection (one shared feature basis); "
         "--init takes a dual-encoder checkpoint (--save-model of a pairs run) or an image classifier checkpoint (the image "
-        "tower). Without --frozen-towers the built-in small_dual trains towers included: plainly (no --reference), the "
+        "tower). Without --frozen-towers the model (small_dual or open_clip:NAME) trains towers included, its pairs "
+        "decoded again every epoch while the image tower learns: plainly (no --reference), the "
         "way to make a small 'pretrained' checkpoint, e.g. on clean pairs with --frozen-image-tower --all-captions; or "
         "with --reference, Grad-Mimic on the --mimic-layer projection while the towers learn (their drift from the "
         "reference's is recorded per epoch and warned about past 0.5).")
@@ -182,7 +183,7 @@ def _add_pair_train_options(p) -> None:
                        help="compute the towers' outputs once and train only the projections and the logit scale on them "
                             "(plain, or Grad-Mimic with --reference)")
     pairs.add_argument("--frozen-image-tower", action="store_true",
-                       help="without --frozen-towers: keep the image tower's weights (its outputs computed once) and train "
+                       help="without --frozen-towers (built-in small_dual): keep the image tower's weights (its outputs computed once and held) and train "
                             "the text tower, both projections and the logit scale")
     pairs.add_argument("--all-captions", action="store_true",
                        help="without --frozen-towers: each time a photo is drawn into a batch, pair it with one of its "

@@ -136,11 +136,24 @@ def train_towers(model: DualEncoder, images: Tensor, token_sets: Tensor, counts:
                  freeze_image: bool = False, reference: DualEncoder | None = None,
                  mimic_layer: str | Sequence[str] = "text", rank: int = 0, world: int = 1,
                  **train_options: Any) -> TrainResult:
-    """Train ``model`` in place under InfoNCE: the text tower, both projections and the logit scale,
-    and the image tower unless ``freeze_image``; plainly, or with a ``reference`` Grad-Mimic on
-    ``mimic_layer`` ("image", "text" or parameter names of the trained part). ``images`` are what
-    ``image_inputs`` returns; records' ``index`` are rows of them. ``train_options`` go to ``train``
-    as they are (resuming, checkpoints, progress, gradient sync)."""
+    """Train ``model`` in place under InfoNCE on pairs held in memory: ``images`` as ``image_inputs``
+    returns them, ``token_sets`` / ``counts`` as ``caption_sets`` does; records' ``index`` are their
+    rows. The rest as ``train_tower_batches``."""
+    batches = CaptionDraws(images.to(config.device), token_sets.to(config.device), counts.to(config.device),
+                           config.batch_size, config.seed, rank, world)
+    return train_tower_batches(model, batches, config, freeze_image=freeze_image, reference=reference,
+                               mimic_layer=mimic_layer, **train_options)
+
+
+def train_tower_batches(model: DualEncoder, batches: TensorBatches, config: TrainConfig, *, freeze_image: bool = False,
+                        reference: DualEncoder | None = None, mimic_layer: str | Sequence[str] = "text",
+                        **train_options: Any) -> TrainResult:
+    """Train ``model`` in place under InfoNCE on ``batches`` (anything with ``TensorBatches``'
+    interface yielding (index, (image inputs, tokens), None), e.g. ``CaptionDraws`` or pairs decoded
+    per epoch): the text tower, both projections and the logit scale, and the image tower unless
+    ``freeze_image``; plainly, or with a ``reference`` Grad-Mimic on ``mimic_layer`` ("image", "text"
+    or parameter names of the trained part). ``train_options`` go to ``train`` as they are (resuming,
+    checkpoints, progress, gradient sync)."""
     if reference is not None and freeze_image:
         differing = image_tower_differences(model, reference)
         if differing:
@@ -150,8 +163,6 @@ def train_towers(model: DualEncoder, images: Tensor, token_sets: Tensor, counts:
     part = trainable_part(model, freeze_image)
     ref_part = reference_part(reference, freeze_image) if reference is not None else None
     names = mimic_layer_params(part, mimic_layer) if reference is not None else None
-    batches = CaptionDraws(images.to(config.device), token_sets.to(config.device), counts.to(config.device),
-                           config.batch_size, config.seed, rank, world)
     return train(part, batches, config, reference=ref_part, loss=InfoNCELoss(), mimic_params=names, **train_options)
 
 

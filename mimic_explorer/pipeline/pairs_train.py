@@ -8,11 +8,13 @@ writes the thumbnails; the projections and the logit scale then train on those r
 the captions as trained, which the shared image feature cache does not key on): a pool's rows cost
 (image_dim + text_dim) floats each, 2 KB for the built-in model.
 
-Without ``--frozen-towers`` (the built-in model's towers train too, ``tower_training``; plainly, or
-with a reference Grad-Mimic on the ``--mimic-layer`` projection): the decoding pass keeps every good
-pair's preprocessed image in memory (3·S² floats: 12 KB at 32 px, 48 KB at 64 px) — or, with
-``--frozen-image-tower``, its image-tower output — and the caption tokens (with ``--all-captions``
-all of each photo's captions, one drawn per step). With a reference, the towers' drift from the
+Without ``--frozen-towers`` (the towers train too, ``tower_training``; plainly, or with a reference
+Grad-Mimic on the ``--mimic-layer`` projection) the caption tokens are held (with ``--all-captions``
+all of each photo's captions, one drawn per step). With ``--frozen-image-tower`` the decoding pass
+keeps every good pair's image-tower output in memory; when the image tower learns, the first pass
+only finds the good pairs and writes the thumbnails, and every epoch decodes its pairs again
+(``pair_stream.StreamedPairs``: a preprocessed image is 12 KB at 32 px but 600 KB at open_clip's
+224 px, too much to hold for a pool). With a reference, the towers' drift from the
 reference's is measured after every epoch (``basis.drift_per_epoch`` in meta.json; a warning past
 ``DRIFT_WARNING``): a projection's task vector assumes the towers still share a basis.
 
@@ -30,7 +32,9 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,19 +45,21 @@ from mimic_explorer.data.captions import PAIRS
 from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.dual import ProjectionProbe, mimic_layer_params
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
-from mimic_explorer.pair_training import evaluate_pair_signals, tower_features, train_projections
+from mimic_explorer.pair_training import collect_pair_signals, pair_batches, tower_features, train_projections
 from mimic_explorer.pipeline.epoch_parts import EpochParts, resume_epoch
 from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
 from mimic_explorer.pipeline.lifecycle import RunContext, RunOutcome
 from mimic_explorer.pipeline.options import TrainOptions
 from mimic_explorer.pipeline.pairs_options import train_binarisation
+from mimic_explorer.pipeline.pair_stream import StreamedPairs
 from mimic_explorer.pipeline.pairs_setup import tower_distance
 from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs
-from mimic_explorer.pipeline.pool_pass import pool_pass
+from mimic_explorer.pipeline.pool_pass import no_input, pool_pass
 from mimic_explorer.scoring.contrastive import retrieval_recall
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.pipeline.setup import DRIFT_WARNING
-from mimic_explorer.tower_training import caption_sets, draw_counts, image_inputs, reference_part, trainable_part, train_towers
+from mimic_explorer.tower_training import (caption_sets, draw_counts, image_inputs, reference_part, trainable_part,
+                                           train_tower_batches, train_towers)
 from mimic_explorer.train import NonFiniteLossError, TrainConfig
 
 PairTrainRun = RunContext[TrainOptions, PairTrainInputs]
@@ -65,13 +71,13 @@ PAIR_SIGNAL_COLUMNS = ("clip_score_ref", "clip_score_model", "score_batch", "bat
 
 @dataclass
 class SignalInputs:
-    """What the end-of-run signals score: the trained part and the reference's matching part, on the
-    inputs they take (tower outputs for ``ProjectionProbe``s; (images or image-tower outputs, caption
-    tokens) for dual encoders or their ``TextSide``s), rows in the order of the run's positions."""
+    """What the end-of-run signals score: the trained part and the reference's matching part, on
+    batches of the inputs they take (tower outputs for ``ProjectionProbe``s; (images or image-tower
+    outputs, caption tokens) for dual encoders or their ``TextSide``s), indexed by the run's rows."""
 
     model: torch.nn.Module
     reference: torch.nn.Module
-    inputs: torch.Tensor | tuple[torch.Tensor, ...]
+    batches: Iterable[tuple[torch.Tensor, Any, None]]
 
 
 class TowerDrift:
@@ -106,12 +112,14 @@ def pair_tower_features(models, source, labels, captions: np.ndarray, device: st
 
 
 def _pair_rows(models, source, labels, captions: np.ndarray, workers: int, thumbs: ThumbnailWriter | None,
-               errors: ErrorLog | None, encode) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+               errors: ErrorLog | None, encode, transform=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """One decoding pass: ``encode(images, token ids)`` of every good pair, its position and whether its
-    caption was cut, in pool order (thumbnails and bad samples recorded on the way)."""
+    caption was cut, in pool order (thumbnails and bad samples recorded on the way). ``transform``:
+    the images' preprocessing (default the model's; ``pool_pass.no_input`` makes none)."""
     parts, positions, truncated = [], [], []
     tokenizer = models.model.tokenizer
-    for batch in pool_pass(source, labels, models.transform, FEATURE_BATCH, thumbnails=thumbs is not None,
+    transform = models.transform if transform is None else transform
+    for batch in pool_pass(source, labels, transform, FEATURE_BATCH, thumbnails=thumbs is not None,
                            workers=workers, errors=errors):
         index = batch.index.numpy()
         tokens = tokenizer.encode(captions[index].tolist())
@@ -141,14 +149,18 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
     t0 = time.perf_counter()
     towers = not options.frozen_towers
     freeze_image = options.frozen_image_tower
-    if towers:
+    streamed = towers and not freeze_image  # the image tower learns: its pairs are decoded every epoch
+    if streamed:
         features, positions, truncated = _pair_rows(models, source, inputs.pool.labels, captions.captions, options.workers,
-                                                    thumbs, errors, lambda images, ids: image_inputs(models.model, images, freeze_image, device))
+                                                    thumbs, errors, lambda images, ids: images, transform=no_input)
+    elif towers:
+        features, positions, truncated = _pair_rows(models, source, inputs.pool.labels, captions.captions, options.workers,
+                                                    thumbs, errors, lambda images, ids: image_inputs(models.model, images, True, device))
     else:
         features, positions, truncated = pair_tower_features(models, source, inputs.pool.labels, captions.captions, device,
                                                              options.workers, thumbs, errors)
     timings["features_s"] = time.perf_counter() - t0
-    timings["features_cached"] = False  # held in memory for this run only (see the module docstring)
+    timings["features_cached"] = False  # held in memory for this run only, or decoded per epoch (module docstring)
     if thumbs is not None:
         thumbs.close()
     config = TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, weight_decay=options.weight_decay,
@@ -188,8 +200,14 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
         try:
             with warnings.catch_warnings():  # the feature-basis warning was given when the run was prepared
                 warnings.simplefilter("ignore", UserWarning)
-                if towers:
-                    train_towers(models.model, features, token_sets, counts, config, freeze_image=freeze_image,
+                if streamed:
+                    batches = StreamedPairs(source, inputs.pool.labels, models.transform, positions, token_sets, counts,
+                                            options.batch_size, options.seed, rank=ctx.rank, world=ctx.world,
+                                            workers=options.workers)
+                    train_tower_batches(models.model, batches, config, reference=models.reference,
+                                        mimic_layer=models.mimic_layer, **{k: v for k, v in common.items() if k not in ("rank", "world")})
+                elif towers:
+                    train_towers(models.model, features, token_sets, counts, config, freeze_image=True,
                                  reference=models.reference, mimic_layer=models.mimic_layer, **common)
                 else:
                     train_projections(models.model, features, config, models.reference, mimic_layer=models.mimic_layer, **common)
@@ -202,10 +220,17 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
     if not ctx.is_main:
         return run.outcome({})
     scored = None
-    if models.reference is not None and towers:  # each pair with its recorded caption, through the trained towers
-        scored = SignalInputs(trained, reference_part(models.reference, freeze_image), (features, token_sets[:, 0]))
-    elif models.reference is not None:
-        scored = SignalInputs(probe, ProjectionProbe.sharing(models.reference), features)
+    if models.reference is not None:  # each pair with its recorded caption: seeded random batches, as --batch-size
+        if streamed:
+            batches = StreamedPairs(source, inputs.pool.labels, models.transform, positions, token_sets[:, :1],
+                                    torch.ones(len(positions), dtype=torch.long), options.batch_size, options.seed,
+                                    workers=options.workers).epoch(0)
+        else:
+            rows = (features.to(device), token_sets[:, 0].to(device)) if towers else features.to(device)
+            batches = pair_batches(rows, options.batch_size, options.seed).epoch(0)
+        model_part, reference_side = (trained, reference_part(models.reference, freeze_image)) if towers else \
+            (probe, ProjectionProbe.sharing(models.reference))
+        scored = SignalInputs(model_part, reference_side, batches)
     if drift is not None:
         run.writer.meta.basis["drift_per_epoch"] = drift.per_epoch
         message = drift.warning()
@@ -226,9 +251,8 @@ def _finalize(run: PairTrainRun, probe: ProjectionProbe, scoring: SignalInputs |
     errors_frame, bad = with_positions(errors.to_frame(), source.sample_ids)
     signals = None
     if scoring is not None:
-        rows = tuple(t.to(run.device) for t in scoring.inputs) if isinstance(scoring.inputs, tuple) else scoring.inputs.to(run.device)
-        found = evaluate_pair_signals(scoring.model, scoring.reference, rows, options.batch_size,
-                                      mimic_params=models.mimic_layer, seed=options.seed)
+        found = collect_pair_signals(scoring.model, scoring.reference, scoring.batches, run.device,
+                                     mimic_params=models.mimic_layer)
         found["index"] = positions[found["index"]]
         signals = pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").sort_index()
     scored = signals is not None

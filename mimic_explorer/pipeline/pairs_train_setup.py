@@ -4,8 +4,8 @@
 
 Two ways to train: ``--frozen-towers`` trains only the projections and the logit scale on cached tower
 outputs (so the towers decide the feature basis; plain or Grad-Mimic); without it the towers train
-too (``tower_training``, the built-in model only: plainly, the way a small "pretrained" checkpoint is
-made, or with Grad-Mimic; ``--frozen-image-tower`` keeps the image tower's weights). Grad-Mimic
+too (``tower_training``: plainly, the way a small "pretrained" checkpoint is made, or with
+Grad-Mimic; ``--frozen-image-tower``, for the built-in model, keeps the image tower's weights). Grad-Mimic
 assumes model and reference share their towers: checked when the run starts (a warning when they
 differ; an error when a frozen image tower differs from the reference's, whose cached outputs the
 reference would then score wrongly) and, while the towers train, measured per epoch (drift).
@@ -160,9 +160,9 @@ def _check_tower_training(options: TrainOptions) -> None:
         if options.frozen_image_tower or options.all_captions:
             raise ValueError("--frozen-image-tower and --all-captions are for training the towers; drop --frozen-towers")
         return
-    if is_open_clip(options.arch):
-        raise ValueError(f"training the towers is available for the built-in --arch small_dual; {options.arch} trains with "
-                         "--frozen-towers (its projections on cached tower outputs)")
+    if is_open_clip(options.arch) and options.frozen_image_tower:
+        raise ValueError(f"--frozen-image-tower is available for the built-in --arch small_dual; {options.arch} trains both "
+                         "towers (drop --frozen-image-tower) or its projections alone (--frozen-towers)")
 
 
 def _caption_sets(pool: Pool) -> list[list[str]]:

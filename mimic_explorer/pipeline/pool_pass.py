@@ -82,7 +82,9 @@ def pool_pass(
             yield batch
 
 
-def _no_input(image) -> torch.Tensor:
+def no_input(image) -> torch.Tensor:
+    """A transform that makes no model input: for passes that want the thumbnails or the good
+    positions alone."""
     return torch.zeros(0)
 
 
@@ -90,6 +92,6 @@ def thumbnail_pass(source: Source, labels: np.ndarray, on_thumbnails: Callable[[
                    *, indices: Sequence[int] | None = None, errors: ErrorLog | None = None, batch_size: int = 256) -> None:
     """Decode samples once for their thumbnails alone (no model input is made):
     ``on_thumbnails(positions, thumbs)`` per batch, bad samples into ``errors``."""
-    for batch in pool_pass(source, labels, _no_input, batch_size, indices=indices, thumbnails=True, workers=workers,
+    for batch in pool_pass(source, labels, no_input, batch_size, indices=indices, thumbnails=True, workers=workers,
                            errors=errors):
         on_thumbnails(batch.index.numpy(), batch.thumbs)

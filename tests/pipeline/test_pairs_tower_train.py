@@ -191,7 +191,7 @@ def test_tower_drift_is_measured_outside_the_mimic_layer_and_warns_past_the_thre
     ({"frozen_towers": True, "all_captions": True}, "--all-captions draws a caption"),
     ({"frozen_towers": True, "frozen_image_tower": True}, "either --frozen-towers .* or --frozen-image-tower"),
     ({"all_captions": True, "caption_noise": 0.3}, "--all-captions trains on each photo's own captions"),
-    ({"arch": "open_clip:ViT-B-32"}, "training the towers is available for the built-in --arch small_dual"),
+    ({"arch": "open_clip:ViT-B-32", "frozen_image_tower": True}, "--frozen-image-tower is available for the built-in --arch small_dual"),
 ])
 def test_what_tower_training_cannot_do_is_refused_before_writing(pools, tmp_path, kw, message):
     _, dev, _ = pools
