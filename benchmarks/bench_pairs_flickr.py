@@ -22,10 +22,11 @@ never sees a pool photo; the test photos are in neither):
    (Stage 2 of that run), and by CLIP-score top 70 % minus the mimic bottom 15 % (``export
    --rule``), each with its captions as in the pool; and the Grad-Mimic re-weighted run. Same
    epochs for every row (a smaller subset gets fewer steps).
-6. Trained text tower (``--towers``): the 30 % pool from the same start (P's towers, projections
+6. Trained towers (``--towers``): the 30 % pool from the same start (P's towers, projections
    restarted) with the text tower learning too (``--frozen-image-tower`` instead of
-   ``--frozen-towers``), plainly (scores recorded) and with Grad-Mimic re-weighting: recall, the
-   mimic score's AUROC and the towers' drift from P after the last epoch.
+   ``--frozen-towers``), or both towers (the pairs decoded every epoch), plainly (scores recorded)
+   and with Grad-Mimic re-weighting: recall, the mimic score's AUROC and the towers' drift from P
+   after the last epoch.
 
 Every run is a ``mimic-explorer`` command; the CLI reuses a finished identical run, so a rerun only
 computes what changed. Runs and files live under ``--work`` (outside the repository). Prints markdown
@@ -219,16 +220,20 @@ def recall_rows(bench: Bench, p: Path, gm: Path) -> list[dict]:
 
 
 def tower_rows(bench: Bench, p: Path) -> list[dict]:
-    """Plain vs Grad-Mimic training with the text tower learning (image tower frozen), 30 % swapped."""
+    """Plain vs Grad-Mimic training with the text tower learning (image tower frozen) and with both
+    towers learning, 30 % swapped."""
     a = bench.args
-    base = ["--data", a.pool, "--arch", "small_dual", "--frozen-image-tower", "--init", str(p), "--fresh-projections",
+    base = ["--data", a.pool, "--arch", "small_dual", "--init", str(p), "--fresh-projections",
             "--epochs", str(a.pool_epochs), "--lr", str(a.pool_lr), "--weight-decay", "0", "--batch-size", str(a.batch_size),
             "--seed", str(a.seed), "--test-data", a.test, "--reference", str(p), "--mimic-layer", a.mimic_layer,
             "--caption-noise", "0.3", "--binarise", a.keep_binarise]
     rows = []
-    for name, extra in (("text tower trained, plain (scores recorded)", ["--starting-epoch", str(a.pool_epochs)]),
-                        ("text tower trained, Grad-Mimic re-weighting", [])):
-        run = open_run(bench.cli(f"towers-{'plain' if extra else 'gm'}", "train", *base, *extra))
+    plain = ["--starting-epoch", str(a.pool_epochs)]
+    for name, key, extra in (("text tower trained, plain (scores recorded)", "plain", ["--frozen-image-tower", *plain]),
+                             ("text tower trained, Grad-Mimic re-weighting", "gm", ["--frozen-image-tower"]),
+                             ("both towers trained, plain (scores recorded)", "both-plain", plain),
+                             ("both towers trained, Grad-Mimic re-weighting", "both-gm", [])):
+        run = open_run(bench.cli(f"towers-{key}", "train", *base, *extra))
         evaluation, meta = run.meta["evaluation"], run.meta
         rows.append({"training": name, **{k: round(v, 4) for k, v in meta["summary"]["test_recall"].items()},
                      "mimic AUROC": round(evaluation["mimic_score"]["auroc"], 3),

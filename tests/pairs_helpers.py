@@ -73,3 +73,20 @@ def make_checkpoints(pool_spec: str, folder: Path) -> tuple[Path, Path]:
     save_dual_encoder(model, paths[0], arch=ARCH, input_shape=SHAPE)
     save_dual_encoder(reference, paths[1], arch=ARCH, input_shape=SHAPE)
     return paths
+
+
+def dies_once_in_epoch(monkeypatch, epoch: int) -> list[int]:
+    """Make a pairs ``train`` run raise KeyboardInterrupt the first time it records ``epoch`` (as a
+    killed run would stop, before that epoch is saved); returns the epochs recorded, in order."""
+    from mimic_explorer.pipeline import pairs_train
+
+    real_add, seen = pairs_train.EpochParts.add, []
+
+    def add(self, record):
+        seen.append(record.epoch)
+        if record.epoch == epoch and seen.count(epoch) == 1:
+            raise KeyboardInterrupt("killed")
+        return real_add(self, record)
+
+    monkeypatch.setattr(pairs_train.EpochParts, "add", add)
+    return seen

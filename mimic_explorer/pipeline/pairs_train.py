@@ -175,6 +175,8 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
         saved = torch.load(layout.state, weights_only=True, map_location=device)
         trained.load_state_dict(saved["model"])
         optimizer_state, start_epoch = saved["optimizer"], saved_epoch + 1
+        if drift is not None:
+            drift.per_epoch = list(saved.get("drift", []))  # the epochs measured before the run was stopped
         run.log(f"resuming {run.out} after epoch {saved_epoch}")
     parts = EpochParts(layout, source.sample_ids[positions], ctx, last_epoch=options.epochs - 1,
                        every_s=options.checkpoint_every, positions=positions)
@@ -183,7 +185,8 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
         if drift is not None:
             drift.measure(epoch)
         if parts.due(epoch):
-            parts.checkpoint(epoch, lambda: {"model": module.state_dict(), "optimizer": optimizer.state_dict()})
+            parts.checkpoint(epoch, lambda: {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                                             "drift": [] if drift is None else list(drift.per_epoch)})
 
     local = len(range(ctx.rank, len(positions), ctx.world))
     common = dict(rank=ctx.rank, world=ctx.world, on_epoch=parts.add, on_checkpoint=on_checkpoint,

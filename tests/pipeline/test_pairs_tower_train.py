@@ -24,7 +24,7 @@ from mimic_explorer.pipeline.pairs_train import TowerDrift
 from mimic_explorer.pipeline.train_command import run_train
 from mimic_explorer.scoring.contrastive import clip_score
 from mimic_explorer.tower_training import image_tower_differences
-from tests.pairs_helpers import flickr_pool, needs_flickr, tiny_dual
+from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr, tiny_dual
 
 pytestmark = [needs_flickr]
 PAIRS = 24
@@ -37,7 +37,7 @@ def pools(tmp_path_factory):
 
 
 def options(data, out, **kw) -> TrainOptions:
-    return TrainOptions(data=data, arch="small_dual", out=str(out), batch_size=8, device="cpu", quiet=True, epochs=2, **kw)
+    return TrainOptions(data=data, arch="small_dual", out=str(out), batch_size=8, device="cpu", quiet=True, **{"epochs": 2, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +154,23 @@ def test_grad_mimic_while_both_towers_train(pools, pretrained, tmp_path):
     model, _ = load_pair_model(str(saved), "small_dual", "--model")
     reference, _ = load_pair_model(str(path), "small_dual", "--reference")
     assert image_tower_differences(model, reference)  # the image tower learned too
+
+
+@pytest.mark.slow
+def test_a_killed_grad_mimic_run_with_both_towers_resumes_after_its_last_saved_epoch(pools, pretrained, tmp_path, monkeypatch):
+    _, _, pool = pools
+    path, _ = pretrained
+    kw = dict(reference=str(path), caption_noise=0.3, epochs=3, checkpoint_every=0.0)
+    whole = open_run(run_train(options(pool, tmp_path / "whole", **kw)).path)
+    seen = dies_once_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(options(pool, tmp_path / "resumed", **kw))
+    resumed = open_run(run_train(options(pool, tmp_path / "resumed", **kw)).path)
+    assert seen == [0, 1, 2, 2]  # epochs 0 and 1 were kept, epoch 2 redone on pairs decoded again
+    np.testing.assert_allclose(resumed.samples["mimic_score"], whole.samples["mimic_score"], rtol=1e-5, atol=1e-8)
+    drift, expected = resumed.meta["basis"]["drift_per_epoch"], whole.meta["basis"]["drift_per_epoch"]
+    assert [d["epoch"] for d in drift] == [0, 1, 2]
+    np.testing.assert_allclose([d["to_reference"] for d in drift], [d["to_reference"] for d in expected], rtol=1e-5)
 
 
 @pytest.mark.slow

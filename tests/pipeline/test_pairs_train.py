@@ -18,7 +18,7 @@ from mimic_explorer.pipeline.pairs_setup import dual_transform, load_pair_model
 from mimic_explorer.pipeline.score_command import run_score
 from mimic_explorer.pipeline.train_command import run_train
 from mimic_explorer.scoring.contrastive import clip_score
-from tests.pairs_helpers import flickr_pool, needs_flickr
+from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr
 
 pytestmark = [needs_flickr]
 PAIRS = 24
@@ -115,21 +115,11 @@ def test_pair_training_options_on_a_labelled_pool_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_pair_training_resumes_after_its_last_saved_epoch(pools, reference, tmp_path, monkeypatch):
-    from mimic_explorer.pipeline import pairs_train
-
     _, _, pool = pools
     ref_path, _ = reference
     kw = dict(reference=str(ref_path), caption_noise=0.3, epochs=3, checkpoint_every=0.0)
     whole = open_run(run_train(options(pool, tmp_path / "whole", **kw)).path).samples
-    real_add, seen = pairs_train.EpochParts.add, []
-
-    def dies_in_epoch_two(self, record):
-        seen.append(record.epoch)
-        if record.epoch == 2 and seen.count(2) == 1:
-            raise KeyboardInterrupt("killed")
-        return real_add(self, record)
-
-    monkeypatch.setattr(pairs_train.EpochParts, "add", dies_in_epoch_two)
+    seen = dies_once_in_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_train(options(pool, tmp_path / "resumed", **kw))
     run_train(options(pool, tmp_path / "resumed", **kw))
