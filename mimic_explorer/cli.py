@@ -158,7 +158,7 @@ def _add_train(sub) -> None:
     p.add_argument("--starting-epoch", type=int, default=0, help="train plainly before this epoch (scores still recorded)")
     p.add_argument("--reference-noise", type=float, default=0.0, metavar="SIGMA",
                    help="Gaussian noise added to the reference's head weights (robustness probe)")
-    p.add_argument("--test-data", metavar="SPEC", help="held-out data for test accuracy (image-text pairs: recall@1/5)")
+    p.add_argument("--test-data", metavar="SPEC", help="held-out data for test accuracy (image-text pairs: recall@1/5/10, every caption of each photo)")
     p.add_argument("--save-model", metavar="PATH", help="save the trained weights (state dict + PATH.meta.json; image-text "
                    "pairs: a dual-encoder checkpoint that score --model/--reference loads)")
     p.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",

@@ -24,7 +24,8 @@ run's epoch parts as for a labelled run, so resuming, Stage 2 and the app work u
 recorded caption; on tower outputs when the towers were frozen, through the towers otherwise) in
 seeded random batches of ``--batch-size``: the model and reference losses, the CLIP scores under both, the
 gradient norm, and ``score_batch`` / ``batch_size`` (the batch those numbers are relative to).
-``--test-data`` (pairs) adds image→text and text→image recall@1/5 of the trained model.
+``--test-data`` (pairs) adds image→text and text→image recall@1/5/10 of the trained model, with every
+caption each test photo has.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from mimic_explorer.pipeline.pair_stream import StreamedPairs
 from mimic_explorer.pipeline.pairs_setup import tower_distance
 from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs
 from mimic_explorer.pipeline.pool_pass import no_input, pool_pass
+from mimic_explorer.scoring.context import preserved_modes
 from mimic_explorer.scoring.contrastive import retrieval_recall
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.pipeline.setup import DRIFT_WARNING
@@ -67,6 +69,8 @@ PairTrainRun = RunContext[TrainOptions, PairTrainInputs]
 FEATURE_BATCH = 256
 #: columns each pair's row of the end-of-run signals adds to samples.parquet beside the standard signals
 PAIR_SIGNAL_COLUMNS = ("clip_score_ref", "clip_score_model", "score_batch", "batch_size")
+#: the k of the held-out recall@k (``--test-data``)
+RECALL_AT = (1, 5, 10)
 
 
 @dataclass
@@ -272,7 +276,8 @@ def _finalize(run: PairTrainRun, probe: ProjectionProbe, scoring: SignalInputs |
         writer.meta.evaluation = finished.evaluation
         writer.meta.stage2 = {"binarisation": binarisation, "aggregation": options.aggregation}
     if options.test_data:
-        summary["test_recall"] = held_out_recall(options.test_data, models, probe, run.device, options.workers)
+        summary["test_recall"], summary["test_recall_ranked"] = held_out_recall(options.test_data, models, probe, run.device,
+                                                                                options.workers)
     if "captions" in timings:
         summary["pairs"].update(towers_trained="text" if options.frozen_image_tower else "both", **timings.pop("captions"))
     writer.write_errors(errors_frame)
@@ -318,12 +323,24 @@ def _standard_signals(signals: pd.DataFrame):
     return at
 
 
-def held_out_recall(spec: str, models, probe: ProjectionProbe, device: str, workers: int = 0) -> dict[str, float]:
-    """Image→text and text→image recall@1/5 of the trained model on the held-out pairs ``spec``."""
+def held_out_recall(spec: str, models, probe: ProjectionProbe, device: str,
+                    workers: int = 0) -> tuple[dict[str, float], dict[str, int]]:
+    """Image→text and text→image recall@1/5/10 of the trained model on the held-out pairs ``spec``,
+    with every caption each photo has (Flickr8k's and COCO's five; the standard protocol: a photo
+    retrieves any of its captions, each caption retrieves its photo) — one caption where the
+    shards list no others. Returns (recall, what was ranked: {"photos", "captions"})."""
     test = open_source(spec)
     if test.pool_kind != PAIRS:
         raise ValueError(f"--test-data {spec} is a labelled pool; recall needs image-text pairs")
-    features, _, _ = pair_tower_features(models, test, test.labels, test.captions, device, workers)
-    with torch.no_grad():
-        out = probe(features.to(device))
-    return retrieval_recall(out.image.cpu(), out.text.cpu(), ks=(1, 5))
+    features, positions, _ = pair_tower_features(models, test, test.labels, test.captions, device, workers)
+    captions = [test.all_captions(int(p)) or [str(test.captions[p])] for p in positions]
+    texts = [c for row in captions for c in row]
+    image_of_text = torch.as_tensor(np.repeat(np.arange(len(captions)), [len(row) for row in captions]))
+    model = models.model
+    with torch.no_grad(), preserved_modes(model):
+        image = probe(features.to(device)).image.cpu()
+        model.eval()
+        text = torch.cat([model.encode_text(model.tokenizer.encode(texts[s : s + FEATURE_BATCH]).ids.to(device)).cpu()
+                          for s in range(0, len(texts), FEATURE_BATCH)])
+    return retrieval_recall(image, text, image_of_text, ks=RECALL_AT), {"photos": len(captions), "captions": len(texts)}
+

@@ -55,7 +55,8 @@ def test_text_tower_training_draws_all_captions_keeps_the_image_tower_and_saves_
     summary = outcome.summary
     assert summary["pairs"]["towers_trained"] == "text" and summary["pairs"]["frozen_towers"] is False
     assert summary["pairs"]["photos"] == PAIRS and summary["pairs"]["captions"] == 5 * PAIRS  # Flickr8k: five a photo
-    assert set(summary["test_recall"]) == {"i2t@1", "i2t@5", "t2i@1", "t2i@5"}
+    assert set(summary["test_recall"]) == {"i2t@1", "i2t@5", "i2t@10", "t2i@1", "t2i@5", "t2i@10"}
+    assert summary["test_recall_ranked"] == {"photos": PAIRS, "captions": 5 * PAIRS}  # Flickr8k: five captions a photo
     run = open_run(outcome.path)
     assert len(run.samples) == PAIRS and run.samples["caption"].str.len().gt(0).all()
     config, state = read_dual_checkpoint(path)

@@ -17,7 +17,7 @@ from mimic_explorer.pipeline.options import ScoreOptions, TrainOptions
 from mimic_explorer.pipeline.pairs_setup import dual_transform, load_pair_model
 from mimic_explorer.pipeline.score_command import run_score
 from mimic_explorer.pipeline.train_command import run_train
-from mimic_explorer.scoring.contrastive import clip_score
+from mimic_explorer.scoring.contrastive import clip_score, retrieval_recall
 from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr
 
 pytestmark = [needs_flickr]
@@ -52,10 +52,23 @@ def test_plain_training_saves_a_dual_checkpoint_and_reports_recall(pools, refere
     assert len(samples) == PAIRS and samples["keep"].all() and samples["mimic_score"].isna().all()
     assert samples["caption"].str.len().gt(0).all()
     recall = outcome.summary["test_recall"]
-    assert set(recall) == {"i2t@1", "i2t@5", "t2i@1", "t2i@5"} and all(0 <= v <= 1 for v in recall.values())
+    assert set(recall) == {f"{d}@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} and all(0 <= v <= 1 for v in recall.values())
     assert open_run(outcome.path).meta["summary"]["test_recall"] == recall
     model, config = load_pair_model(str(path), "small_dual", "--reference")
     assert config["arch"] == "small_cnn" and config["frozen_towers"] is True
+    # the saved model's own embeddings of the test photos and of all five captions of each give the same recall
+    _, _, pool = pools
+    source = open_source(pool)
+    transform = dual_transform(model, config)
+    captions = [source.all_captions(i) for i in range(len(source))]
+    assert outcome.summary["test_recall_ranked"] == {"photos": PAIRS, "captions": sum(map(len, captions))} and len(captions[0]) == 5
+    with torch.no_grad():
+        model.eval()
+        image = model.encode_image(torch.stack([transform(source.load(i)) for i in range(len(source))]))
+        text = model.encode_text(model.tokenizer.encode([c for row in captions for c in row]).ids)
+    owner = torch.as_tensor(np.repeat(np.arange(len(captions)), [len(row) for row in captions]))
+    expected = retrieval_recall(image, text, owner, ks=(1, 5, 10))
+    assert recall == pytest.approx(expected, abs=1e-12)
 
 
 @pytest.mark.slow
