@@ -108,14 +108,24 @@ class TensorBatches:
         self._size = len(self._tensors[0])
         if any(len(t) != self._size for t in self._tensors) or (targets is not None and len(targets) != self._size):
             raise ValueError("inputs and targets must share their first dimension (one row per sample)")
+        if self._size < world:
+            raise ValueError(f"{self._size} sample(s) cannot be shared by {world} processes (each needs at least one)")
 
     def __len__(self) -> int:
         return self._size
 
     def _bounds(self, n: int) -> list[int]:
-        bounds = list(range(0, n, self.batch_size)) + [n]
+        """Edges of this rank's batches of its ``n`` samples. Every rank must cut as many batches as the
+        others (each step all-reduces the gradients: a rank with one batch more waits forever for its
+        peers), and the ranks' shares differ by one sample when ``world`` does not divide the pool, which
+        with ``min_batch`` or a share just past a multiple of the batch size changes the count. So the
+        edges are the smallest share's (``len // world``) and a rank holding one sample more puts it in
+        its last batch."""
+        share = self._size // self.world
+        bounds = list(range(0, share, self.batch_size)) + [share]
         if len(bounds) > 2 and bounds[-1] - bounds[-2] < self.min_batch:
             del bounds[-2]
+        bounds[-1] = n
         return bounds
 
     def _take(self, rows: torch.Tensor):
