@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mimic_explorer import open_run
-from tests.conftest import COMMON, run_cli
-
-
-def torchrun(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "mimic_explorer", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+from tests.conftest import COMMON, run_cli, run_torchrun
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +26,7 @@ def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp
             "--label-noise", "0.3", "--chunk-size", "500", "--quiet", "--device", "cpu"]
     single = run_cli(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-    multi = torchrun(*args, "--out", str(tmp_path / "two"))
+    multi = run_torchrun(*args, "--out", str(tmp_path / "two"))
     assert multi.returncode == 0, multi.stderr
     a, b = open_run(tmp_path / "one"), open_run(tmp_path / "two")
     assert b.meta["world_size"] == 2
@@ -55,7 +45,7 @@ def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp
 @pytest.mark.slow
 def test_torchrun_train_records_every_sample_once_per_epoch(digits_reference, tmp_path):
     out = tmp_path / "ddp"
-    proc = torchrun("train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",
+    proc = run_torchrun("train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",
                     "--device", "cpu", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
