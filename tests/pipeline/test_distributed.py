@@ -93,3 +93,18 @@ def test_only_rank_0_decides_reuse_and_every_rank_gets_its_answer(tmp_path):
     main = _Rank(0)
     assert agree_on_reuse(main, out, "train-abc", False, lambda text: None) == ("complete", {"samples": 3})
     assert main.sent == ("ok", ("complete", {"samples": 3}))
+
+
+@pytest.mark.slow
+def test_torchrun_train_finishes_when_one_rank_holds_a_sample_past_a_whole_number_of_batches(tmp_path):
+    """1797 digits in batches of 449: rank 0's 899 samples once made a third batch that rank 1's 898 did
+    not, and rank 0 waited forever in that step's gradient all-reduce. Now both make two batches, and
+    the two batches of a step share its number in every epoch."""
+    out = tmp_path / "ddp"
+    proc = run_torchrun("train", "--data", "digits", "--arch", "mlp", "--batch-size", "449", "--epochs", "2", "--quiet",
+                        "--device", "cpu", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    scores = open_run(out).scores
+    counts = scores.groupby(["sample_id", "epoch"]).size()
+    assert (counts == 1).all() and len(counts) == 1797 * 2
+    assert scores.groupby(["epoch", "step"]).size().tolist() == [898, 899, 898, 899]
