@@ -9,7 +9,7 @@ import torch
 
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.source import Source
-from mimic_explorer.pipeline.pool_pass import pool_pass
+from mimic_explorer.pipeline.pool_pass import at_most, pool_pass
 from mimic_explorer.train import shared_batch_edges
 
 
@@ -30,17 +30,10 @@ class PoolBatches:
         return len(self.source)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """At most as many batches as every other rank (``train.shared_batch_edges``): a rank holding
-        one sample more adds it to its last batch rather than making a batch of its own."""
+        """As many batches as every other rank (``pool_pass.at_most``)."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.source), generator=generator)[self.rank :: self.world].numpy()
         count = len(shared_batch_edges(len(self.source), self.world, self.batch_size)) - 1
-        tail = []
-        for made, batch in enumerate(pool_pass(self.source, self.labels, self.transform, self.batch_size, indices=order,
-                                               workers=self.workers, errors=self.errors)):
-            if made < count - 1:
-                yield batch.index, batch.inputs, batch.targets
-            else:
-                tail.append(batch)
-        if tail:
-            yield tuple(torch.cat([getattr(b, name) for b in tail]) for name in ("index", "inputs", "targets"))
+        for batch in at_most(pool_pass(self.source, self.labels, self.transform, self.batch_size, indices=order,
+                                       workers=self.workers, errors=self.errors), count):
+            yield batch.index, batch.inputs, batch.targets

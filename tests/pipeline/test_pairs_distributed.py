@@ -74,11 +74,12 @@ def test_torchrun_pairs_score_agrees_with_one_process_on_every_batch_free_column
         np.testing.assert_allclose(rows["proj_last"].to_numpy(), expected.double().numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_torchrun_pairs_grad_mimic_records_every_pair_once_per_epoch(pool, tmp_path):
-    spec, _, reference_path = pool
-    out = tmp_path / "ddp"
-    proc = run_torchrun("train", "--data", spec, "--arch", "small_dual", "--frozen-towers", "--reference", str(reference_path),
-                        "--epochs", "2", "--caption-noise", "0.3", *BATCH, "--out", str(out), timeout=300)
+def trained_on_two_ranks(out, *args: str):
+    """A 2-epoch ``torchrun train`` of the built-in dual encoder into ``out``, checked to be complete with
+    every pair recorded once an epoch by one of the two ranks, and the ranks stepping together (one
+    gradient all-reduce a step: rank 0's 14 pairs and rank 1's 13 once made 4 and 3 batches of 4, and
+    the run hung); returns the run and its epoch rows."""
+    proc = run_torchrun("train", "--arch", "small_dual", *args, "--epochs", "2", *BATCH, "--out", str(out), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
     run = open_run(out)
@@ -88,8 +89,15 @@ def test_torchrun_pairs_grad_mimic_records_every_pair_once_per_epoch(pool, tmp_p
     rows = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     counts = rows.groupby(["sample_id", "epoch"]).size()
     assert (counts == 1).all() and len(counts) == PAIRS * 2
-    # the ranks step together (one gradient all-reduce a step): each step holds one local batch of each
-    # rank, whose Stage-1 weights sum to 1 (rank 0's 14 pairs and rank 1's 13 once made 4 and 3 batches of 4)
+    assert rows.groupby("epoch")["step"].nunique().tolist() == [3, 3]  # 14 = 4 + 4 + 6 and 13 = 4 + 4 + 5
+    return run, rows
+
+
+def test_torchrun_pairs_grad_mimic_records_every_pair_once_per_epoch(pool, tmp_path):
+    spec, _, reference_path = pool
+    run, rows = trained_on_two_ranks(tmp_path / "ddp", "--data", spec, "--frozen-towers", "--reference", str(reference_path),
+                                     "--caption-noise", "0.3")
+    # each step holds one local batch of each rank, whose Stage-1 weights sum to 1
     sums = rows.groupby(["epoch", "step"])["weight"].sum()
     np.testing.assert_allclose(sums.to_numpy(), 2.0, rtol=1e-5)
     samples = run.samples
@@ -99,3 +107,9 @@ def test_torchrun_pairs_grad_mimic_records_every_pair_once_per_epoch(pool, tmp_p
         assert np.isfinite(samples[column].to_numpy(dtype=float)).all(), column
     assert samples.groupby("score_batch")["batch_size"].first().sum() == PAIRS
     assert int(samples["is_noisy"].sum()) == int(0.3 * PAIRS)
+
+
+def test_torchrun_pairs_training_the_towers_records_every_pair_once_per_epoch(pool, tmp_path):
+    """The towers train (each epoch's pairs decoded again, ``pipeline/pair_stream.py``)."""
+    run, _ = trained_on_two_ranks(tmp_path / "ddp", "--data", pool[0])
+    assert len(run.samples) == PAIRS and set(run.samples["sample_id"]) == set(open_source(pool[0]).sample_ids)
