@@ -89,6 +89,22 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def shared_batch_edges(size: int, world: int, batch_size: int, min_batch: int = 1) -> list[int]:
+    """Edges of each rank's batches when ``world`` ranks share ``size`` samples strided.
+
+    Why: every rank must cut as many batches as the others (each step all-reduces the gradients: a
+    rank with one batch more waits forever for its peers), and the ranks' shares differ by one sample
+    when ``world`` does not divide ``size``, which changes the count for a share just past a multiple
+    of the batch size, or with ``min_batch`` (a last batch smaller than it joins the one before). So the
+    edges are the smallest share's (``size // world``); a rank holding one sample more puts it in its
+    last batch (the last edge is then its own share)."""
+    share = size // world
+    bounds = list(range(0, share, batch_size)) + [share]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < min_batch:
+        del bounds[-2]
+    return bounds
+
+
 class TensorBatches:
     """Seeded, shuffled mini-batches of in-memory tensors, yielding (index, inputs, targets).
 
@@ -108,14 +124,16 @@ class TensorBatches:
         self._size = len(self._tensors[0])
         if any(len(t) != self._size for t in self._tensors) or (targets is not None and len(targets) != self._size):
             raise ValueError("inputs and targets must share their first dimension (one row per sample)")
+        if self._size < world:
+            raise ValueError(f"{self._size} sample(s) cannot be shared by {world} processes (each needs at least one)")
 
     def __len__(self) -> int:
         return self._size
 
     def _bounds(self, n: int) -> list[int]:
-        bounds = list(range(0, n, self.batch_size)) + [n]
-        if len(bounds) > 2 and bounds[-1] - bounds[-2] < self.min_batch:
-            del bounds[-2]
+        """Edges of this rank's batches of its ``n`` samples (``shared_batch_edges``)."""
+        bounds = shared_batch_edges(self._size, self.world, self.batch_size, self.min_batch)
+        bounds[-1] = n
         return bounds
 
     def _take(self, rows: torch.Tensor):

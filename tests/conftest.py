@@ -19,6 +19,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     )
 
 
+def run_torchrun(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``torchrun --standalone --nproc_per_node=2 -m mimic_explorer ARGS`` (gloo on the CPU, one
+    thread a process so the two ranks share the machine fairly) and return the completed process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "mimic_explorer", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """A complete demo run directory made by ``mimic-explorer demo``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -90,3 +91,17 @@ def dies_once_in_epoch(monkeypatch, epoch: int) -> list[int]:
 
     monkeypatch.setattr(pairs_train.EpochParts, "add", add)
     return seen
+
+
+def scored_pool(folder: Path, count: int) -> tuple[str, Path, Path]:
+    """(``wds:`` spec, M.pt, R.pt): a pool of the first ``count`` dev pairs and its two checkpoints."""
+    spec = f"wds:{flickr_pool(folder / 'pool.tar', count)}"
+    return (spec, *make_checkpoints(spec, folder))
+
+
+def batch_of(samples: pd.DataFrame, number: int, source, model, transform):
+    """The rows of one score batch and the batch itself (images, tokens), rebuilt from the pool."""
+    rows = samples[samples["score_batch"] == number]
+    positions = [source.index_of(s) for s in rows["sample_id"]]
+    images = torch.stack([transform(source.load(p)) for p in positions])
+    return rows, (images, model.tokenizer.encode([source.captions[p] for p in positions]).ids)

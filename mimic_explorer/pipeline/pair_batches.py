@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-import torch
 
-from mimic_explorer.pipeline.pool_pass import PassBatch
+from mimic_explorer.pipeline.pool_pass import PassBatch, concat_batches
 
 
 def chunk_bounds(count: int, size: int) -> list[tuple[int, int]]:
@@ -23,13 +22,6 @@ def chunk_bounds(count: int, size: int) -> list[tuple[int, int]]:
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         bounds[-2:] = [(bounds[-2][0], count)]
     return bounds
-
-
-def _cat(parts: list[PassBatch]) -> PassBatch:
-    if len(parts) == 1:
-        return parts[0]
-    return PassBatch(torch.cat([p.index for p in parts]), torch.cat([p.inputs for p in parts]),
-                     torch.cat([p.targets for p in parts]), [t for p in parts for t in p.thumbs], [])
 
 
 def _split(batch: PassBatch, size: int) -> tuple[PassBatch, PassBatch]:
@@ -49,13 +41,13 @@ def whole_batches(stream: Iterable[PassBatch], size: int) -> Iterator[PassBatch]
         pending.append(batch)
         count += len(batch.index)
         while count >= size:
-            full, rest = _split(_cat(pending), size)
+            full, rest = _split(concat_batches(pending), size)
             if held is not None:
                 yield held
             held, pending, count = full, ([rest] if len(rest.index) else []), len(rest.index)
-    rest = _cat(pending) if pending else None
+    rest = concat_batches(pending) if pending else None
     if rest is not None and len(rest.index) == 1 and held is not None:
-        yield _cat([held, rest])
+        yield concat_batches([held, rest])
         return
     if held is not None:
         yield held

@@ -37,7 +37,7 @@ from mimic_explorer.pipeline.pair_batches import chunk_bounds, whole_batches
 from mimic_explorer.pipeline.pairs_columns import (PAIR_ROW_COLUMNS, batch_rows, batch_steps, pair_samples, score_batches,
                                                    score_step)
 from mimic_explorer.pipeline.pairs_setup import PairInputs
-from mimic_explorer.pipeline.pool_pass import pool_pass
+from mimic_explorer.pipeline.pool_pass import pool_pass, thumbnail_pass
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
@@ -97,14 +97,18 @@ def score_pairs(run: PairRun) -> RunOutcome:
     scorer = PreparedScorer(models.model, models.reference, params=models.params, method=options.score_method,
                             loss=InfoNCELoss())
     mine = np.arange(ctx.rank, len(source), ctx.world)
+    thumbnailed = np.zeros(len(source), dtype=bool) if thumbs is not None else None
     done = 0
     for chunk, (start, stop) in enumerate(chunk_bounds(len(mine), options.chunk_size)):
         path = layout.chunk_part(chunk, ctx.rank if ctx.active else None)
         if not path.exists():  # else finished before an interruption
             write_score_part(path, _score_chunk(run, scorer, mine[start:stop], chunk, thumbs, errors))
+            if thumbnailed is not None:
+                thumbnailed[mine[start:stop]] = True
         done += stop - start
         run.progress("scoring", done, len(mine))
     if thumbs is not None:
+        _thumbnail_the_rest(run, thumbs, thumbnailed)
         thumbs.close()
     write_parquet(layout.error_part(ctx.rank), pd.DataFrame([(b.sample_id, b.path, b.reason) for b in errors],
                                                             columns=["sample_id", "path", "reason"]).astype("string"))
@@ -112,6 +116,22 @@ def score_pairs(run: PairRun) -> RunOutcome:
     if not ctx.is_main:
         return run.outcome({})
     return _finalize(run, started)
+
+
+def _thumbnail_the_rest(run: PairRun, thumbs: ThumbnailWriter, thumbnailed: np.ndarray) -> None:
+    """Rank 0's thumbnails of the pairs it did not decode while scoring: the other ranks' positions and
+    its own chunks scored before an interruption (without this the app shows no photo for them). Bad
+    pairs are not recorded again: the rank that scored them did."""
+    source, window = run.inputs.pool.source, max(run.options.chunk_size, 1)
+
+    def add(positions: np.ndarray, items: list) -> None:
+        for p, t in zip(positions, items):
+            thumbs.add(source.sample_ids[p], t)
+
+    for start in range(0, len(source), window):
+        rest = start + np.flatnonzero(~thumbnailed[start:start + window])
+        if len(rest):
+            thumbnail_pass(source, run.inputs.pool.labels, add, run.options.workers, indices=rest)
 
 
 def pair_rows(inputs: PairInputs, layout: RunLayout, steps: np.ndarray) -> Callable[[np.ndarray], pd.DataFrame]:

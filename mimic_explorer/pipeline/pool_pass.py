@@ -7,7 +7,7 @@ Bad files become ``BadSample`` records instead of exceptions.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +80,28 @@ def pool_pass(
             errors.extend(batch.bad)
         if len(batch.index):
             yield batch
+
+
+def concat_batches(parts: list[PassBatch]) -> PassBatch:
+    """One batch of the good samples of ``parts``, in order (their bad samples were already logged)."""
+    if len(parts) == 1:
+        return parts[0]
+    return PassBatch(torch.cat([p.index for p in parts]), torch.cat([p.inputs for p in parts]),
+                     torch.cat([p.targets for p in parts]), [t for p in parts for t in p.thumbs], [])
+
+
+def at_most(stream: Iterable[PassBatch], count: int) -> Iterator[PassBatch]:
+    """``stream``'s batches, those from the ``count``-th on joined into one: a rank of a distributed
+    run must step as often as the others (``train.shared_batch_edges``), so the one sample its share
+    holds beyond theirs goes into its last batch instead of a batch of its own."""
+    tail = []
+    for made, batch in enumerate(stream):
+        if made < count - 1:
+            yield batch
+        else:
+            tail.append(batch)
+    if tail:
+        yield concat_batches(tail)
 
 
 def no_input(image) -> torch.Tensor:

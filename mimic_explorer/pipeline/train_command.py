@@ -9,7 +9,6 @@ rank, then a resumable state → rank 0: signals, Stage 2, evaluation, meta comp
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 
@@ -38,7 +37,8 @@ from mimic_explorer.pipeline.setup import (DRIFT_WARNING, RunInputs, backbone_di
 from mimic_explorer.progress import Progress
 from mimic_explorer.store.meta import write_checkpoint_sidecar
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.train import NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals, train
+from mimic_explorer.train import (NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals,
+                                   shared_batch_edges, train)
 
 TrainRun = RunContext[TrainOptions, RunInputs]
 
@@ -107,7 +107,7 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
         targets = torch.from_numpy(pool.labels[positions].copy())
         batches = TensorBatches(feats.values.to(device), targets.to(device), options.batch_size, options.seed, ctx.rank, ctx.world)
         ids_of_index = source.sample_ids[positions]
-        local_count = len(range(ctx.rank, len(positions), ctx.world))
+        shared = len(positions)
     else:
         if thumbs is not None:  # fine-tuning decodes in shuffled order; thumbnails get their own pass
             thumbnail_pass(source, pool.labels, thumbs_cb, options.workers, errors=errors)
@@ -115,10 +115,11 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
         batches = PoolBatches(source, pool.labels, models.transform, options.batch_size, options.seed,
                               rank=ctx.rank, world=ctx.world, workers=options.workers, errors=errors)
         ids_of_index = source.sample_ids
-        local_count = len(range(ctx.rank, len(source), ctx.world))
+        shared = len(source)
     if thumbs is not None:
         thumbs.close()
-    steps_per_epoch = max(1, math.ceil(local_count / options.batch_size))
+    # every rank's batch count, so that the ranks' batches of one step share its number
+    steps_per_epoch = max(1, len(shared_batch_edges(shared, ctx.world, options.batch_size)) - 1)
     start_epoch, optimizer_state = 0, None
     if resume_epoch >= 0:
         saved = torch.load(run.layout.state, weights_only=True, map_location=device)

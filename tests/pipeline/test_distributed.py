@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mimic_explorer import open_run
-from tests.conftest import COMMON, run_cli
-
-
-def torchrun(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "mimic_explorer", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+from tests.conftest import COMMON, run_cli, run_torchrun
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +26,7 @@ def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp
             "--label-noise", "0.3", "--chunk-size", "500", "--quiet", "--device", "cpu"]
     single = run_cli(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-    multi = torchrun(*args, "--out", str(tmp_path / "two"))
+    multi = run_torchrun(*args, "--out", str(tmp_path / "two"))
     assert multi.returncode == 0, multi.stderr
     a, b = open_run(tmp_path / "one"), open_run(tmp_path / "two")
     assert b.meta["world_size"] == 2
@@ -55,7 +45,7 @@ def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp
 @pytest.mark.slow
 def test_torchrun_train_records_every_sample_once_per_epoch(digits_reference, tmp_path):
     out = tmp_path / "ddp"
-    proc = torchrun("train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",
+    proc = run_torchrun("train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",
                     "--device", "cpu", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
@@ -103,3 +93,18 @@ def test_only_rank_0_decides_reuse_and_every_rank_gets_its_answer(tmp_path):
     main = _Rank(0)
     assert agree_on_reuse(main, out, "train-abc", False, lambda text: None) == ("complete", {"samples": 3})
     assert main.sent == ("ok", ("complete", {"samples": 3}))
+
+
+@pytest.mark.slow
+def test_torchrun_train_finishes_when_one_rank_holds_a_sample_past_a_whole_number_of_batches(tmp_path):
+    """1797 digits in batches of 449: rank 0's 899 samples once made a third batch that rank 1's 898 did
+    not, and rank 0 waited forever in that step's gradient all-reduce. Now both make two batches, and
+    the two batches of a step share its number in every epoch."""
+    out = tmp_path / "ddp"
+    proc = run_torchrun("train", "--data", "digits", "--arch", "mlp", "--batch-size", "449", "--epochs", "2", "--quiet",
+                        "--device", "cpu", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    scores = open_run(out).scores
+    counts = scores.groupby(["sample_id", "epoch"]).size()
+    assert (counts == 1).all() and len(counts) == 1797 * 2
+    assert scores.groupby(["epoch", "step"]).size().tolist() == [898, 899, 898, 899]

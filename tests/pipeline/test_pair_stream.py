@@ -77,3 +77,13 @@ def test_training_on_the_stream_equals_training_on_the_same_pairs_in_memory(pool
         np.testing.assert_allclose(x.weight, y.weight, rtol=1e-4, atol=1e-6)
     for (name, p), q in zip(held.state_dict().items(), streamed.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_every_rank_makes_as_many_batches(pool):
+    """11 pairs in batches of 4 over two processes: rank 0's 6 pairs once made two batches and rank 1's
+    5 one (a pair alone joins the batch before), and rank 0 then waited forever in the gradient
+    all-reduce of its second step."""
+    source, positions, _, tokens, counts = pool
+    sizes = [[len(b[0]) for b in StreamedPairs(source, source.labels, no_input, positions[:11], tokens[:11], counts[:11], 4,
+                                               seed=3, rank=r, world=2).epoch(0)] for r in range(2)]
+    assert sizes == [[6], [5]]

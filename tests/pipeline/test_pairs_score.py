@@ -23,7 +23,7 @@ from mimic_explorer.pipeline.pairs_setup import dual_transform, load_pair_model
 from mimic_explorer.pipeline.score_command import run_score
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
-from tests.pairs_helpers import flickr_pool, make_checkpoints, needs_flickr
+from tests.pairs_helpers import batch_of, flickr_pool, needs_flickr, scored_pool
 
 pytestmark = [needs_flickr, pytest.mark.slow]  # real runs: a few seconds each
 
@@ -32,24 +32,13 @@ PAIRS = 26  # batches of 8: 8 + 5 per chunk of 13, a remainder that is not a mul
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pairs")
-    spec = f"wds:{flickr_pool(folder / 'pool.tar', PAIRS)}"
-    model, reference = make_checkpoints(spec, folder)
-    return spec, model, reference
+    return scored_pool(tmp_path_factory.mktemp("pairs"), PAIRS)
 
 
 def options(pool, out, **kw) -> ScoreOptions:
     spec, model, reference = pool
     return ScoreOptions(data=spec, arch="small_dual", out=str(out), model=str(model), reference=str(reference),
                         batch_size=8, chunk_size=13, device="cpu", quiet=True, **kw)
-
-
-def batch_of(samples: pd.DataFrame, number: int, source, model, transform):
-    """The rows of one score batch and the batch itself (images, tokens), rebuilt from the pool."""
-    rows = samples[samples["score_batch"] == number]
-    positions = [source.index_of(s) for s in rows["sample_id"]]
-    images = torch.stack([transform(source.load(p)) for p in positions])
-    return rows, (images, model.tokenizer.encode([source.captions[p] for p in positions]).ids)
 
 
 def test_pairs_run_writes_uids_captions_and_every_per_pair_column(pool, tmp_path):
@@ -110,6 +99,8 @@ def test_a_killed_pairs_run_resumes_at_the_first_missing_chunk(pool, tmp_path, m
     assert calls == [0, 1, 1]  # chunk 0 was kept, chunk 1 redone
     resumed = open_run(tmp_path / "resumed").samples
     pd.testing.assert_series_equal(resumed["mimic_score"], whole["mimic_score"])
+    # the photos of chunk 0, scored before the kill, are decoded again for the app
+    assert all(open_run(tmp_path / "resumed").thumbnails.get(s) is not None for s in resumed["sample_id"])
     pd.testing.assert_series_equal(resumed["score_batch"], whole["score_batch"])
 
 
