@@ -62,7 +62,7 @@ from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.pipeline.setup import DRIFT_WARNING
 from mimic_explorer.tower_training import (caption_sets, draw_counts, image_inputs, reference_part, trainable_part,
                                            train_tower_batches, train_towers)
-from mimic_explorer.train import NonFiniteLossError, TrainConfig
+from mimic_explorer.train import NonFiniteLossError, TrainConfig, shared_batch_edges
 
 PairTrainRun = RunContext[TrainOptions, PairTrainInputs]
 #: pairs per batch of the decoding pass that computes tower outputs
@@ -192,11 +192,11 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
             parts.checkpoint(epoch, lambda: {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
                                              "drift": [] if drift is None else list(drift.per_epoch)})
 
-    local = len(range(ctx.rank, len(positions), ctx.world))
+    steps = len(shared_batch_edges(len(positions), ctx.world, options.batch_size, 2)) - 1  # every rank's batch count
     common = dict(rank=ctx.rank, world=ctx.world, on_epoch=parts.add, on_checkpoint=on_checkpoint,
                   progress=lambda d, t: run.progress("Grad-Mimic" if models.reference is not None else "training", d, t),
                   start_epoch=start_epoch, optimizer_state=optimizer_state,
-                  grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=max(1, -(-local // options.batch_size)))
+                  grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=max(1, steps))
     if towers:
         sets = [inputs.caption_sets[p] for p in positions] if inputs.caption_sets is not None else \
             [[c] for c in captions.captions[positions].tolist()]

@@ -90,6 +90,8 @@ def trained_on_two_ranks(out, *args: str):
     counts = rows.groupby(["sample_id", "epoch"]).size()
     assert (counts == 1).all() and len(counts) == PAIRS * 2
     assert rows.groupby("epoch")["step"].nunique().tolist() == [3, 3]  # 14 = 4 + 4 + 6 and 13 = 4 + 4 + 5
+    # step numbers count the ranks' common batches: epoch e holds steps 3e, 3e + 1, 3e + 2 on both ranks
+    assert sorted(rows.groupby("epoch")["step"].unique().map(sorted).tolist()) == [[0, 1, 2], [3, 4, 5]]
     return run, rows
 
 
