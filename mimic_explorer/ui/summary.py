@@ -85,8 +85,9 @@ def run_warnings(meta: dict[str, Any]) -> list[str]:
 
 TILE_CSS = """
 .me-tiles { display: flex; flex-wrap: wrap; gap: 10px; margin: 4px 0 2px 0; }
-.me-tile { background: #f6f8fa; border: 1px solid #d8dee4; border-radius: 8px; padding: 6px 12px; min-width: 92px; }
-.me-tile .v { font: 600 17px system-ui, sans-serif; color: #1f2328; white-space: nowrap; }
+.me-tile { background: #f6f8fa; border: 1px solid #d8dee4; border-radius: 8px; padding: 6px 12px; min-width: 92px;
+           max-width: 100%; box-sizing: border-box; }
+.me-tile .v { font: 600 17px system-ui, sans-serif; color: #1f2328; overflow-wrap: anywhere; }
 .me-tile .k { font: 11px system-ui, sans-serif; color: #57606a; text-transform: uppercase; letter-spacing: .04em; }
 .me-title { font: 600 18px system-ui, sans-serif; margin: 0 0 4px 0; }
 .me-title code { font-size: 15px; color: #0969da; }
