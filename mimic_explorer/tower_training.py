@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mimic_explorer.models.dual import DualEncoder, DualOutput, mimic_layer_params
+from mimic_explorer.models.dual import DualEncoder, DualOutput, mimic_layer_params, tower_differences
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 from mimic_explorer.scoring.context import preserved_modes
 from mimic_explorer.train import TensorBatches, TrainConfig, TrainResult, train
@@ -117,11 +117,10 @@ def image_inputs(model: DualEncoder, images: Tensor, freeze_image: bool, device:
 
 
 def image_tower_differences(model: DualEncoder, reference: DualEncoder) -> list[str]:
-    """Names of the image tower's tensors where ``reference`` differs from ``model``: with the image
-    tower frozen the reference scores the model's cached image-tower outputs, valid only when empty."""
-    theirs = reference.image_tower.state_dict()
-    return [name for name, tensor in model.image_tower.state_dict().items()
-            if name not in theirs or theirs[name].shape != tensor.shape or not torch.equal(theirs[name].to(tensor.device), tensor)]
+    """Names of the image tower's tensors where ``reference`` differs from ``model`` (``tower_differences``
+    restricted to it): with the image tower frozen the reference scores the model's cached image-tower
+    outputs, valid only when empty."""
+    return [name for name in tower_differences(model, reference) if name.startswith("image_tower.")]
 
 
 def reference_part(reference: DualEncoder, freeze_image: bool) -> nn.Module:
@@ -159,7 +158,7 @@ def train_tower_batches(model: DualEncoder, batches: TensorBatches, config: Trai
         if differing:
             raise ValueError(f"with the image tower frozen the reference scores the model's cached image-tower outputs, "
                              f"but the reference's image tower differs from the model's ({len(differing)} tensor(s), e.g. "
-                             f"image_tower.{differing[0]}); train both towers or use a reference with the model's image tower")
+                             f"{differing[0]}); train both towers or use a reference with the model's image tower")
     part = trainable_part(model, freeze_image)
     ref_part = reference_part(reference, freeze_image) if reference is not None else None
     names = mimic_layer_params(part, mimic_layer) if reference is not None else None

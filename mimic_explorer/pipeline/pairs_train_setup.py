@@ -183,7 +183,7 @@ def prepare_pair_training(options: TrainOptions, pool: Pool, device: str) -> Pre
         if differing:
             raise CheckpointError(f"--frozen-image-tower with --reference {options.reference}: the reference would score the "
                                   f"model's cached image-tower outputs, but its image tower differs ({len(differing)} tensor(s), "
-                                  f"e.g. image_tower.{differing[0]}); start the model from the reference (no --init) or "
+                                  f"e.g. {differing[0]}); start the model from the reference (no --init) or "
                                   "train both towers")
     fingerprints = {**pool_fingerprints(pool), "init": state_fingerprint(models.model.state_dict()),
                     "reference": None if models.reference is None else state_fingerprint(models.reference.state_dict())}
