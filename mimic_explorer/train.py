@@ -105,6 +105,11 @@ def shared_batch_edges(size: int, world: int, batch_size: int, min_batch: int = 
     return bounds
 
 
+def shared_batch_count(size: int, world: int, batch_size: int, min_batch: int = 1) -> int:
+    """How many batches every rank cuts an epoch (``shared_batch_edges``): its step count."""
+    return len(shared_batch_edges(size, world, batch_size, min_batch)) - 1
+
+
 class TensorBatches:
     """Seeded, shuffled mini-batches of in-memory tensors, yielding (index, inputs, targets).
 

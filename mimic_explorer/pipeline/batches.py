@@ -10,7 +10,7 @@ import torch
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.source import Source
 from mimic_explorer.pipeline.pool_pass import at_most, pool_pass
-from mimic_explorer.train import shared_batch_edges
+from mimic_explorer.train import shared_batch_count
 
 
 class PoolBatches:
@@ -33,7 +33,7 @@ class PoolBatches:
         """As many batches as every other rank (``pool_pass.at_most``)."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.source), generator=generator)[self.rank :: self.world].numpy()
-        count = len(shared_batch_edges(len(self.source), self.world, self.batch_size)) - 1
+        count = shared_batch_count(len(self.source), self.world, self.batch_size)
         for batch in at_most(pool_pass(self.source, self.labels, self.transform, self.batch_size, indices=order,
                                        workers=self.workers, errors=self.errors), count):
             yield batch.index, batch.inputs, batch.targets

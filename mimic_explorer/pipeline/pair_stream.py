@@ -25,7 +25,7 @@ from torch import Tensor
 from mimic_explorer.data.source import Source
 from mimic_explorer.pipeline.pair_batches import whole_batches
 from mimic_explorer.pipeline.pool_pass import at_most, pool_pass
-from mimic_explorer.train import shared_batch_edges
+from mimic_explorer.train import shared_batch_count
 
 
 class StreamedPairs:
@@ -53,7 +53,7 @@ class StreamedPairs:
         draws = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7)
         stream = pool_pass(self.source, self.labels, self.transform, self.batch_size, indices=self.positions[order],
                            workers=self.workers)  # bad samples were recorded by the run's first pass
-        count = len(shared_batch_edges(len(self.positions), self.world, self.batch_size, min_batch=2)) - 1
+        count = shared_batch_count(len(self.positions), self.world, self.batch_size, min_batch=2)
         for batch in at_most(whole_batches(stream, self.batch_size), count):  # as many as every other rank
             rows = torch.as_tensor(self.row_of[batch.index.numpy()])
             draw = (torch.rand(len(rows), generator=draws) * self.counts[rows]).long()

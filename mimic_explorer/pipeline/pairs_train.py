@@ -20,7 +20,7 @@ reference's is measured after every epoch (``basis.drift_per_epoch`` in meta.jso
 
 Per epoch, every pair's proj/weight/loss (its symmetric InfoNCE term in its training batch) go to the
 run's epoch parts as for a labelled run, so resuming, Stage 2 and the app work unchanged. At the end
-(with a reference) ``pair_training.evaluate_pair_signals`` scores every pair once more (with its
+(with a reference) ``pair_training.collect_pair_signals`` scores every pair once more (with its
 recorded caption; on tower outputs when the towers were frozen, through the towers otherwise) in
 seeded random batches of ``--batch-size``: the model and reference losses, the CLIP scores under both, the
 gradient norm, and ``score_batch`` / ``batch_size`` (the batch those numbers are relative to).
@@ -62,7 +62,7 @@ from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.pipeline.setup import DRIFT_WARNING
 from mimic_explorer.tower_training import (caption_sets, draw_counts, image_inputs, reference_part, trainable_part,
                                            train_tower_batches, train_towers)
-from mimic_explorer.train import NonFiniteLossError, TrainConfig, shared_batch_edges
+from mimic_explorer.train import NonFiniteLossError, TrainConfig, shared_batch_count
 
 PairTrainRun = RunContext[TrainOptions, PairTrainInputs]
 #: pairs per batch of the decoding pass that computes tower outputs
@@ -192,11 +192,10 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
             parts.checkpoint(epoch, lambda: {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
                                              "drift": [] if drift is None else list(drift.per_epoch)})
 
-    steps = len(shared_batch_edges(len(positions), ctx.world, options.batch_size, 2)) - 1  # every rank's batch count
     common = dict(rank=ctx.rank, world=ctx.world, on_epoch=parts.add, on_checkpoint=on_checkpoint,
                   progress=lambda d, t: run.progress("Grad-Mimic" if models.reference is not None else "training", d, t),
                   start_epoch=start_epoch, optimizer_state=optimizer_state,
-                  grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=max(1, steps))
+                  grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=max(1, shared_batch_count(len(positions), ctx.world, options.batch_size, 2)))
     if towers:
         sets = [inputs.caption_sets[p] for p in positions] if inputs.caption_sets is not None else \
             [[c] for c in captions.captions[positions].tolist()]
@@ -244,10 +243,10 @@ def train_pairs(run: PairTrainRun) -> RunOutcome:
         if message:
             run.writer.warn(message)
             run.log("WARNING: " + message)
-    return _finalize(run, probe, scored, positions, truncated, errors, timings)
+    return _finalize(run, scored, positions, truncated, errors, timings)
 
 
-def _finalize(run: PairTrainRun, probe: ProjectionProbe, scoring: SignalInputs | None, positions: np.ndarray,
+def _finalize(run: PairTrainRun, scoring: SignalInputs | None, positions: np.ndarray,
               truncated: np.ndarray, errors: ErrorLog, timings: dict) -> RunOutcome:
     options, writer, inputs = run.options, run.writer, run.inputs
     source, models = inputs.pool.source, inputs.models
@@ -276,7 +275,7 @@ def _finalize(run: PairTrainRun, probe: ProjectionProbe, scoring: SignalInputs |
         writer.meta.evaluation = finished.evaluation
         writer.meta.stage2 = {"binarisation": binarisation, "aggregation": options.aggregation}
     if options.test_data:
-        summary["test_recall"], summary["test_recall_ranked"] = held_out_recall(options.test_data, models, probe, run.device,
+        summary["test_recall"], summary["test_recall_ranked"] = held_out_recall(options.test_data, models, run.device,
                                                                                 options.workers)
     if "captions" in timings:
         summary["pairs"].update(towers_trained="text" if options.frozen_image_tower else "both", **timings.pop("captions"))
@@ -323,8 +322,7 @@ def _standard_signals(signals: pd.DataFrame):
     return at
 
 
-def held_out_recall(spec: str, models, probe: ProjectionProbe, device: str,
-                    workers: int = 0) -> tuple[dict[str, float], dict[str, int]]:
+def held_out_recall(spec: str, models, device: str, workers: int = 0) -> tuple[dict[str, float], dict[str, int]]:
     """Image→text and text→image recall@1/5/10 of the trained model on the held-out pairs ``spec``,
     with every caption each photo has (Flickr8k's and COCO's five; the standard protocol: a photo
     retrieves any of its captions, each caption retrieves its photo) — one caption where the
@@ -332,15 +330,14 @@ def held_out_recall(spec: str, models, probe: ProjectionProbe, device: str,
     test = open_source(spec)
     if test.pool_kind != PAIRS:
         raise ValueError(f"--test-data {spec} is a labelled pool; recall needs image-text pairs")
-    features, positions, _ = pair_tower_features(models, test, test.labels, test.captions, device, workers)
-    captions = [test.all_captions(int(p)) or [str(test.captions[p])] for p in positions]
-    texts = [c for row in captions for c in row]
-    image_of_text = torch.as_tensor(np.repeat(np.arange(len(captions)), [len(row) for row in captions]))
     model = models.model
     with torch.no_grad(), preserved_modes(model):
-        image = probe(features.to(device)).image.cpu()
         model.eval()
+        image, positions, _ = _pair_rows(models, test, test.labels, test.captions, workers, None, None,
+                                         lambda images, ids: model.encode_image(images.to(device)).cpu())
+        captions = [test.all_captions(int(p)) or [str(test.captions[p])] for p in positions]
+        texts = [c for row in captions for c in row]
         text = torch.cat([model.encode_text(model.tokenizer.encode(texts[s : s + FEATURE_BATCH]).ids.to(device)).cpu()
                           for s in range(0, len(texts), FEATURE_BATCH)])
+    image_of_text = torch.as_tensor(np.repeat(np.arange(len(captions)), [len(row) for row in captions]))
     return retrieval_recall(image, text, image_of_text, ks=RECALL_AT), {"photos": len(captions), "captions": len(texts)}
-

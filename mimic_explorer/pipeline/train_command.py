@@ -38,7 +38,7 @@ from mimic_explorer.progress import Progress
 from mimic_explorer.store.meta import write_checkpoint_sidecar
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.train import (NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals,
-                                   shared_batch_edges, train)
+                                   shared_batch_count, train)
 
 TrainRun = RunContext[TrainOptions, RunInputs]
 
@@ -119,7 +119,7 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
     if thumbs is not None:
         thumbs.close()
     # every rank's batch count, so that the ranks' batches of one step share its number
-    steps_per_epoch = max(1, len(shared_batch_edges(shared, ctx.world, options.batch_size)) - 1)
+    steps_per_epoch = max(1, shared_batch_count(shared, ctx.world, options.batch_size))
     start_epoch, optimizer_state = 0, None
     if resume_epoch >= 0:
         saved = torch.load(run.layout.state, weights_only=True, map_location=device)
