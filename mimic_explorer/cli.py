@@ -126,7 +126,8 @@ def _add_run_options(p, command: str) -> None:
     p.add_argument("--aggregate", dest="aggregation", default="majority", choices=["majority", "unanimity", "mean"],
                    help="Stage-2 vote over epochs")
     p.add_argument("--trust-checkpoint", dest="trust_pickle", action="store_true",
-                   help="allow checkpoints that are pickled whole models (runs code from the file: only for files you trust)")
+                   help="allow checkpoints that run code: pickled whole models, and dual-encoder files whose recorded "
+                        "architecture names a file.py:function or module:function to import (only for files you trust)")
     p.add_argument("--force", action="store_true", help="recompute even when --out already holds this run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -97,10 +97,12 @@ def saved_arch(arch: str) -> str | None:
     return arch.strip()
 
 
-def load_pair_model(path: str, arch: str, flag: str, input_shape=None) -> tuple[DualEncoder, dict]:
-    """(model, its saved config) from a ``models.dual_checkpoint`` file; errors name ``flag``."""
+def load_pair_model(path: str, arch: str, flag: str, input_shape=None, trust_code: bool = False) -> tuple[DualEncoder, dict]:
+    """(model, its saved config) from a ``models.dual_checkpoint`` file; errors name ``flag``. With a
+    bare ``--arch small_dual`` the file's own image ARCH is built, never one that names code to import
+    unless ``trust_code`` (``--trust-checkpoint``)."""
     try:
-        model, config = load_dual_encoder(path, arch=saved_arch(arch), input_shape=input_shape)
+        model, config = load_dual_encoder(path, arch=saved_arch(arch), input_shape=input_shape, trust_code=trust_code)
     except CheckpointError as exc:
         if not is_open_clip(arch):
             raise CheckpointError(f"{flag} {exc}") from None
@@ -135,8 +137,9 @@ def dual_transform(model: DualEncoder, config: dict) -> ImageTransform:
 def build_pair_models(options: ScoreOptions, device: str) -> PairModels:
     """Model and reference from ``--model`` / ``--reference`` (``models.dual_checkpoint`` files), the
     mimic layers, and the feature-basis check on everything outside the projections."""
-    model, config = load_pair_model(options.model, options.arch, "--model")
-    reference, _ = load_pair_model(options.reference, config["arch"], "--reference", config["input_shape"])
+    model, config = load_pair_model(options.model, options.arch, "--model", trust_code=options.trust_pickle)
+    reference, _ = load_pair_model(options.reference, config["arch"], "--reference", config["input_shape"],
+                                   trust_code=options.trust_pickle)
     _check_same_tokenizer(model, reference, options)
     params = pair_mimic_params(options, model)
     mimic = [n for n, _ in model.named_parameters()] if params == "all" else list(params)

@@ -104,7 +104,7 @@ def _build_model(options: TrainOptions, captions: list[str], reference: DualEnco
     """(model, its config {arch, input_shape}, notes) from the sources the module docstring lists."""
     image_arch = saved_arch(options.arch)
     if options.init and (is_open_clip(options.arch) or _is_dual_checkpoint(options.init)):  # a string test first: no second read of an open_clip file
-        model, config = load_pair_model(options.init, options.arch, "--init")
+        model, config = load_pair_model(options.init, options.arch, "--init", trust_code=options.trust_pickle)
         return model, config, []
     if options.init is None and reference is not None:
         layer = options.mimic_layer or DEFAULT_MIMIC_LAYER
@@ -127,7 +127,8 @@ def build_train_pair_models(options: TrainOptions, captions: list[str], device: 
     ``captions``: the texts a fresh model's vocabulary is read from."""
     reference, reference_config = None, None
     if options.reference:
-        reference, reference_config = load_pair_model(options.reference, options.arch, "--reference")
+        reference, reference_config = load_pair_model(options.reference, options.arch, "--reference",
+                                                         trust_code=options.trust_pickle)
     model, config, notes = _build_model(options, captions, reference, reference_config)
     if options.fresh_projections:
         reset_projections(model, list(MIMIC_LAYERS), options.seed)
