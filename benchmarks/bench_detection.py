@@ -40,7 +40,7 @@ DEFAULT_ARCH = "small_cnn"
 
 
 def digits_rows(work: Path) -> list[dict]:
-    from mimic_explorer.demo import DemoConfig, build_demo
+    from mimic_explorer.pipeline.demo import DemoConfig, build_demo
     from mimic_explorer.store.reader import open_run
 
     rows = []

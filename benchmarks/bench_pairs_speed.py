@@ -108,7 +108,7 @@ def scoring_ops(model, reference, inputs) -> dict:
 
 def step_ops(model, reference, inputs, mimic: str, prefix: str = "") -> dict:
     """A plain and a Grad-Mimic step (each on its own copy of the model, with its own fused AdamW)."""
-    from mimic_explorer.loss_step import LossStep
+    from mimic_explorer.training.loss_step import LossStep
     from mimic_explorer.scoring.contrastive import InfoNCELoss
     from mimic_explorer.scoring.stage1 import stage1_weights
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mimic_explorer import baselines, stage2
-from mimic_explorer.baselines import UTILITY_SIGN
-from mimic_explorer.evaluation import detection_metrics
+from mimic_explorer.stage2 import baselines
+from mimic_explorer.stage2 import votes as stage2
+from mimic_explorer.stage2.baselines import UTILITY_SIGN
+from mimic_explorer.stage2.evaluation import detection_metrics
 
 Cell = tuple[np.ndarray, np.ndarray]  # (utility, keep)
 

@@ -63,8 +63,8 @@ def _add_demo(sub) -> None:
 def _cmd_demo(args) -> int:
     import torch
 
-    from mimic_explorer.demo import DemoConfig, build_demo, format_summary
-    from mimic_explorer.progress import tqdm_progress
+    from mimic_explorer.pipeline.demo import DemoConfig, build_demo, format_summary
+    from mimic_explorer.util.progress import tqdm_progress
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     try:
@@ -213,7 +213,7 @@ def _options_from(args, command: str):
 
 def _run_command(args, command: str) -> int:
     from mimic_explorer.data.errors import DataSourceError
-    from mimic_explorer.progress import tqdm_progress
+    from mimic_explorer.util.progress import tqdm_progress
     from mimic_explorer.models.checkpoints import CheckpointError
     from mimic_explorer.models.registry import ArchError
 
@@ -313,7 +313,7 @@ RULE_KINDS = {"min": "threshold", "threshold": "threshold", "drop": "quantile", 
 def parse_rule(text: str):
     """One ``--rule COLUMN:KIND=VALUE[:per-class]`` (or ``ensemble``) as a ``FilterRule``; ``UserError``
     naming what is wrong otherwise."""
-    from mimic_explorer.filters import FilterRule
+    from mimic_explorer.filters.rules import FilterRule
 
     if text.strip() == "ensemble":
         return FilterRule("ensemble", None)
@@ -368,7 +368,7 @@ def _add_export(sub) -> None:
 
 def _export_rule(args, run):
     """The filter the export arguments ask for."""
-    from mimic_explorer.filters import FilterRule, all_of, rule_from_spec
+    from mimic_explorer.filters.rules import FilterRule, all_of, rule_from_spec
 
     if args.rule:
         if args.per_class or args.column:
@@ -391,7 +391,7 @@ def _export_rule(args, run):
 
 
 def _cmd_export(args) -> int:
-    from mimic_explorer.filters import FORMATS, FilterError, describe, export
+    from mimic_explorer.filters.rules import FORMATS, FilterError, describe, export
     from mimic_explorer.store.reader import RunError, open_run
 
     try:

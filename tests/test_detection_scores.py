@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mimic_explorer import baselines, stage2
-from mimic_explorer.evaluation import detection_metrics
+from mimic_explorer.stage2 import baselines
+from mimic_explorer.stage2 import votes as stage2
+from mimic_explorer.stage2.evaluation import detection_metrics
 
 
 def _pool(n_clean=600, n_noisy=400, seed=0):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from mimic_explorer.evaluation import detection_metrics, threshold_at_quality
+from mimic_explorer.stage2.evaluation import detection_metrics, threshold_at_quality
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -33,7 +33,7 @@ def test_threshold_at_quality_keeps_the_top_fraction():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_auroc_and_ap_with_heavy_ties_agree_with_sklearn(seed):
-    from mimic_explorer.evaluation import auroc, average_precision
+    from mimic_explorer.stage2.evaluation import auroc, average_precision
 
     rng = np.random.default_rng(seed)
     positive = rng.random(300) < 0.4

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mimic_explorer import open_run
-from mimic_explorer.filters import (CompoundRule, FilterError, FilterRule, all_of, apply_rule, build_spec, describe,
+from mimic_explorer.filters.rules import (CompoundRule, FilterError, FilterRule, all_of, apply_rule, build_spec, describe,
                                    render_export, rule_from_spec)
 from tests.conftest import run_cli
 
@@ -113,7 +113,7 @@ def test_cli_export_bad_input(demo_run, tmp_path):
 
 
 def test_datacomp_uid_export_is_sorted_pairs(samples):
-    from mimic_explorer.filters import FilterError, render_export
+    from mimic_explorer.filters.rules import FilterError, render_export
 
     uids = [f"{i:032x}" for i in (5, 3, 2**100 + 7, 1)] * 25
     frame = samples.assign(sample_id=[u[:-2] + f"{i:02x}" for i, u in enumerate(uids)])

@@ -14,7 +14,7 @@ from mimic_explorer.models.dual import mimic_layer_params, tower_differences
 from mimic_explorer.models.small import MLP
 from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer
-from mimic_explorer.pair_training import (
+from mimic_explorer.training.pair_training import (
     collect_pair_signals,
     evaluate_pair_signals,
     pair_batches,
@@ -23,7 +23,7 @@ from mimic_explorer.pair_training import (
 )
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
-from mimic_explorer.train import TrainConfig, train
+from mimic_explorer.training.loop import TrainConfig, train
 
 WORDS = "dog cat bus man bike snow bird boat lake girl book red sofa grass street".split()
 

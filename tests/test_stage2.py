@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mimic_explorer import stage2
+from mimic_explorer.stage2 import votes as stage2
 
 
 def _scores(weights_by_epoch, batch_size=4):

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mimic_explorer.cache import shard_index_dir
+from mimic_explorer.util.cache import shard_index_dir
 from mimic_explorer.data.captions import NO_CAPTION, PAIRS, decode_caption, pool_kind
 from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file

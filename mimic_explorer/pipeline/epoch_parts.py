@@ -23,11 +23,11 @@ import pyarrow as pa
 import torch
 
 from mimic_explorer.pipeline.distributed import DistContext
-from mimic_explorer.recording import epoch_table
+from mimic_explorer.training.recording import epoch_table
 from mimic_explorer.store.atomic import atomic_write
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.writer import write_score_part
-from mimic_explorer.train import EpochRecord
+from mimic_explorer.training.loop import EpochRecord
 
 
 class EpochParts:

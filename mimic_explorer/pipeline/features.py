@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mimic_explorer.cache import features_cache_dir
+from mimic_explorer.util.cache import features_cache_dir
 from mimic_explorer.data.errors import BadSample, ErrorLog
 from mimic_explorer.data.source import Source
-from mimic_explorer.fingerprint import state_fingerprint
+from mimic_explorer.util.fingerprint import state_fingerprint
 from mimic_explorer.pipeline.distributed import DistContext
 from mimic_explorer.pipeline.feature_cache import FeatureEntry
 from mimic_explorer.pipeline.pool_pass import PassBatch, pool_pass, thumbnail_pass

@@ -26,9 +26,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mimic_explorer import baselines, stage2
-from mimic_explorer.baselines import MOMENT_BLOCK, Moments, Standardiser
-from mimic_explorer.evaluation import detection_metrics, threshold_at_quality
+from mimic_explorer.stage2 import baselines
+from mimic_explorer.stage2 import votes as stage2
+from mimic_explorer.stage2.baselines import MOMENT_BLOCK, Moments, Standardiser
+from mimic_explorer.stage2.evaluation import detection_metrics, threshold_at_quality
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.writer import RunWriter

@@ -25,7 +25,7 @@ from mimic_explorer.pipeline.distributed import DistContext, init_distributed, r
 from mimic_explorer.pipeline.guard import failure_recorded
 from mimic_explorer.pipeline.run_identity import agree_on_reuse, make_run_id
 from mimic_explorer.pipeline.runlog import tee_log
-from mimic_explorer.progress import Progress
+from mimic_explorer.util.progress import Progress
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.writer import RunDirectoryError, RunWriter
 

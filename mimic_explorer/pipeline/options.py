@@ -65,7 +65,7 @@ class CommonOptions:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option (as the command line spells it)."""
-        from mimic_explorer import stage2
+        from mimic_explorer.stage2 import votes as stage2
 
         _require(bool(self.data), "--data is required")
         _require(bool(self.arch), "--arch is required")

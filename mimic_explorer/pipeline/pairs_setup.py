@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mimic_explorer.data.noise import caption_noise
-from mimic_explorer.fingerprint import state_fingerprint
+from mimic_explorer.util.fingerprint import state_fingerprint
 from mimic_explorer.models.checkpoints import CheckpointError
 from mimic_explorer.data.transforms import ImageTransform, default_transform
 from mimic_explorer.models.dual import DualEncoder, tower_differences

@@ -19,7 +19,7 @@ import torch
 
 from mimic_explorer.data.captions import PAIRS
 from mimic_explorer.data.errors import ErrorLog
-from mimic_explorer.fingerprint import state_fingerprint
+from mimic_explorer.util.fingerprint import state_fingerprint
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.pipeline.distributed import DistContext
 from mimic_explorer.pipeline.features import extract_features
@@ -30,7 +30,7 @@ from mimic_explorer.pipeline.pairs_score import score_pairs
 from mimic_explorer.pipeline.pairs_setup import PairInputs, prepare_pairs
 from mimic_explorer.pipeline.pool_pass import pool_pass, thumbnail_pass
 from mimic_explorer.pipeline.setup import RunInputs, build_models, model_facts, open_pool, pool_fingerprints
-from mimic_explorer.progress import Progress
+from mimic_explorer.util.progress import Progress
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
 from mimic_explorer.store.thumbs import ThumbnailWriter

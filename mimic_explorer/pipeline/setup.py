@@ -24,7 +24,7 @@ from mimic_explorer.data.keep_lists import read_keep_list
 from mimic_explorer.data.sources import open_source
 from mimic_explorer.data.subset import restrict_to_keep_list
 from mimic_explorer.data.transforms import ImageTransform
-from mimic_explorer.fingerprint import state_fingerprint
+from mimic_explorer.util.fingerprint import state_fingerprint
 from mimic_explorer.models.build import build_for_run, checkpoint_preprocessing_warning
 from mimic_explorer.models.checkpoints import load_checkpoint
 from mimic_explorer.pipeline.options import CommonOptions

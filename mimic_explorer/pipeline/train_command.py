@@ -34,10 +34,10 @@ from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs, prepare_p
 from mimic_explorer.pipeline.pool_pass import pool_pass, thumbnail_pass
 from mimic_explorer.pipeline.setup import (DRIFT_WARNING, RunInputs, backbone_distance, build_models, model_facts,
                                            open_pool, pool_fingerprints)
-from mimic_explorer.progress import Progress
+from mimic_explorer.util.progress import Progress
 from mimic_explorer.store.meta import write_checkpoint_sidecar
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.train import (NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals,
+from mimic_explorer.training.loop import (NonFiniteLossError, TensorBatches, TrainConfig, collect_signals, evaluate_signals,
                                    shared_batch_count, train)
 
 TrainRun = RunContext[TrainOptions, RunInputs]

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mimic_explorer.filters import FORMATS, FilterError, FilterResult, render_export
+from mimic_explorer.filters.rules import FORMATS, FilterError, FilterResult, render_export
 from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.atomic import atomic_write
 from mimic_explorer.store.sample_columns import SampleColumns

@@ -19,7 +19,7 @@ import numpy as np
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.filters import describe
+from mimic_explorer.filters.rules import describe
 from mimic_explorer.ui.counting import Counts
 from mimic_explorer.ui.filter_model import ClauseModel, FilterModel
 from mimic_explorer.ui.live import LiveCounts

@@ -20,7 +20,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.filters import (CompoundRule, FilterError, FilterRule, _proportional_counts, class_labels, fraction_cut,
+from mimic_explorer.filters.rules import (CompoundRule, FilterError, FilterRule, _proportional_counts, class_labels, fraction_cut,
                                     keep_column, refuse_per_class_without_classes)
 from mimic_explorer.store.score_groups import sort_by_group
 

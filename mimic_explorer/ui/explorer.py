@@ -23,7 +23,7 @@ import pandas as pd
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.filters import FilterError, Rule, latest_saved_rule
+from mimic_explorer.filters.rules import FilterError, Rule, latest_saved_rule
 from mimic_explorer.store.reader import Run, open_run
 from mimic_explorer.ui.controls import FilterControls
 from mimic_explorer.ui.counting import Counts

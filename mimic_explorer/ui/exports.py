@@ -15,7 +15,7 @@ from pathlib import Path
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.filters import FORMATS, FilterError, FilterResult, check_uids, save_to_run
+from mimic_explorer.filters.rules import FORMATS, FilterError, FilterResult, check_uids, save_to_run
 from mimic_explorer.store.keep_list_stream import write_keep_list
 from mimic_explorer.store.reader import Run
 from mimic_explorer.ui.filter_model import FilterModel

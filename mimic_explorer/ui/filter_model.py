@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import param
 
-from mimic_explorer.filters import RULES, FilterError, FilterResult, FilterRule, Rule, all_of, build_spec, rule_in_spec
+from mimic_explorer.filters.rules import RULES, FilterError, FilterResult, FilterRule, Rule, all_of, build_spec, rule_in_spec
 
 #: The parameters that make up a clause (in the order a rule names them).
 RULE_PARAMS = ("column", "rule", "threshold", "quantile", "top_fraction", "keep_count", "per_class", "class_overrides")

@@ -13,7 +13,7 @@ from typing import Callable
 
 import param
 
-from mimic_explorer.filters import FilterError
+from mimic_explorer.filters.rules import FilterError
 from mimic_explorer.ui.counting import Counts
 from mimic_explorer.ui.filter_model import RULE_PARAMS, FilterModel
 from mimic_explorer.ui.state import ExplorerState

@@ -16,7 +16,7 @@ from pathlib import Path
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.cache import demo_run_dir
+from mimic_explorer.util.cache import demo_run_dir
 from mimic_explorer.store.reader import RunError, read_meta
 from mimic_explorer.ui.explorer import Explorer
 from mimic_explorer.ui.loader import DemoBuild

@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.filters import CompoundRule, FilterResult, FilterRule, Rule, apply_rule, describe, has_classes
+from mimic_explorer.filters.rules import CompoundRule, FilterResult, FilterRule, Rule, apply_rule, describe, has_classes
 from mimic_explorer.store.histogram import Histogram, histogram, robust_range  # noqa: F401  (the views import them from here)
 from mimic_explorer.store.index_build import NON_SCORE_COLUMNS  # noqa: F401  (identities and categories)
 from mimic_explorer.store.reader import Run

@@ -12,7 +12,7 @@ import pandas as pd
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.filters import has_classes
+from mimic_explorer.filters.rules import has_classes
 
 BASIS_WARNING = (
     "The model and the reference were not started from the same weights, so they may not share a "

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mimic_explorer.data.keep_lists import KeepListError, read_keep_list
-from mimic_explorer.filters import FilterResult, datacomp_uids, render_export
+from mimic_explorer.filters.rules import FilterResult, datacomp_uids, render_export
 
 IDS = ["000123", "train_cat_0042", "b", "a"]
 UIDS = ["0123456789abcdef0123456789ABCDEF", "ffffffffffffffff0000000000000001", "00000000000000000000000000000002"]

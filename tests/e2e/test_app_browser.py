@@ -228,7 +228,7 @@ def test_a_pairs_run_with_a_compound_filter_in_a_real_browser(browser, tmp_path)
     captions under the images, "Kept: N of M" follows each clause, the uids keep-list has N rows."""
     import numpy as np
 
-    from mimic_explorer.filters import FilterRule, all_of, apply_rule
+    from mimic_explorer.filters.rules import FilterRule, all_of, apply_rule
     from mimic_explorer.store.reader import open_run
     from tests.ui_helpers import synthetic_pairs_run
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mimic_explorer import baselines, stage2
+from mimic_explorer.stage2 import baselines
+from mimic_explorer.stage2 import votes as stage2
 from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, add_stage2, finish_samples
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.score_rows import ScoreRows

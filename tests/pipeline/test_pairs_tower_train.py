@@ -23,7 +23,7 @@ from mimic_explorer.pipeline.pairs_setup import dual_transform, load_pair_model
 from mimic_explorer.pipeline.pairs_train import TowerDrift
 from mimic_explorer.pipeline.train_command import run_train
 from mimic_explorer.scoring.contrastive import clip_score
-from mimic_explorer.tower_training import image_tower_differences
+from mimic_explorer.training.tower_training import image_tower_differences
 from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr, tiny_dual
 
 pytestmark = [needs_flickr]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mimic_explorer.filters import FilterRule, apply_rule, render_export
+from mimic_explorer.filters.rules import FilterRule, apply_rule, render_export
 from mimic_explorer.store import keep_list_stream
 from mimic_explorer.store.keep_list_stream import write_keep_list
 from mimic_explorer.store.reader import open_run

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mimic_explorer.cache import demo_run_dir
+from mimic_explorer.util.cache import demo_run_dir
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import FORMAT_VERSION
 from mimic_explorer.store.reader import open_run

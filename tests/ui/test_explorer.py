@@ -16,7 +16,7 @@ import panel as pn
 import pytest
 from bokeh.document import Document
 
-from mimic_explorer.filters import FilterRule, apply_rule
+from mimic_explorer.filters.rules import FilterRule, apply_rule
 from mimic_explorer.ui import Explorer, ExplorerPage
 from mimic_explorer.ui.page import build_page
 from mimic_explorer.ui.thumbnails import PLACEHOLDER
@@ -259,7 +259,7 @@ def test_runs_folder_gets_a_picker(tmp_path, demo_run):
 
 
 def test_demo_mode_opens_a_cached_demo(monkeypatch, tmp_path, demo_run):
-    from mimic_explorer.cache import demo_run_dir
+    from mimic_explorer.util.cache import demo_run_dir
 
     monkeypatch.setenv("MIMIC_EXPLORER_CACHE", str(tmp_path / "cache"))
     copy_run(demo_run, demo_run_dir())

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mimic_explorer import filters
-from mimic_explorer.filters import CompoundRule, FilterError, FilterRule, all_of, apply_rule, build_spec, save_to_run
+from mimic_explorer.filters import rules as filters
+from mimic_explorer.filters.rules import CompoundRule, FilterError, FilterRule, all_of, apply_rule, build_spec, save_to_run
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.ui.filter_model import FilterModel
 from mimic_explorer.ui.live import LiveCounts

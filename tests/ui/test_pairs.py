@@ -13,7 +13,7 @@ import panel as pn
 import pytest
 from bokeh.document import Document
 
-from mimic_explorer.filters import FilterRule, all_of, apply_rule
+from mimic_explorer.filters.rules import FilterRule, all_of, apply_rule
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.ui import Explorer
 from mimic_explorer.ui.state import ExplorerState

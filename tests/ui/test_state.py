@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mimic_explorer.filters import (CompoundRule, FilterError, FilterRule, all_of, apply_rule, latest_saved_rule, save_to_run,
+from mimic_explorer.filters.rules import (CompoundRule, FilterError, FilterRule, all_of, apply_rule, latest_saved_rule, save_to_run,
                                    saved_specs)
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.scores import EpochScores

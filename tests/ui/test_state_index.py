@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.filters import FilterRule
+from mimic_explorer.filters.rules import FilterRule
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.sample_columns import SampleColumns
 from mimic_explorer.ui import state as state_module

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from mimic_explorer.models.dual import DualEncoder, DualOutput, mimic_layer_params, tower_differences
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 from mimic_explorer.scoring.context import preserved_modes
-from mimic_explorer.train import TensorBatches, TrainConfig, TrainResult, train
+from mimic_explorer.training.loop import TensorBatches, TrainConfig, TrainResult, train
 
 
 class TextSide(nn.Module):

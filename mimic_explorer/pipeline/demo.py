@@ -16,18 +16,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mimic_explorer import stage2
+from mimic_explorer.stage2 import votes as stage2
 from mimic_explorer.data.digits import ArrayDataset, load_digits_dataset
 from mimic_explorer.data.noise import NoisyLabels, symmetric_noise
-from mimic_explorer.fingerprint import dataset_fingerprint, state_fingerprint
+from mimic_explorer.util.fingerprint import dataset_fingerprint, state_fingerprint
 from mimic_explorer.models.small import MLP
 from mimic_explorer.pipeline.distributed import DistContext
 from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, samples_table
 from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
-from mimic_explorer.progress import Progress
-from mimic_explorer.recording import epoch_frame
+from mimic_explorer.util.progress import Progress
+from mimic_explorer.training.recording import epoch_frame
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.train import TensorBatches, TrainConfig, accuracy, clone_model, evaluate_signals, train
+from mimic_explorer.training.loop import TensorBatches, TrainConfig, accuracy, clone_model, evaluate_signals, train
 
 
 @dataclass

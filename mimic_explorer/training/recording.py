@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mimic_explorer.train import EpochRecord
+from mimic_explorer.training.loop import EpochRecord
 
 SCORE_COLUMNS = ["sample_id", "epoch", "step", "position", "proj", "weight", "cos", "loss", "pred", "batch_size"]
 

@@ -26,7 +26,7 @@ from mimic_explorer.scoring.context import preserved_modes
 from mimic_explorer.scoring.losses import PerSampleLoss
 from mimic_explorer.scoring.prepared import PreparedScorer
 from mimic_explorer.scoring.trees import as_args, moved
-from mimic_explorer.train import TensorBatches, TrainConfig, TrainResult, train
+from mimic_explorer.training.loop import TensorBatches, TrainConfig, TrainResult, train
 
 PAIR_SIGNALS = (
     "index", "batch", "batch_size", "model_loss", "reference_loss", "reducible_loss", "grand",
