@@ -40,7 +40,7 @@ DEFAULT_ARCH = "small_cnn"
 
 
 def digits_rows(work: Path) -> list[dict]:
-    from mimic_explorer.pipeline.demo import DemoConfig, build_demo
+    from mimic_explorer.commands.demo import DemoConfig, build_demo
     from mimic_explorer.store.reader import open_run
 
     rows = []
@@ -66,8 +66,8 @@ def cifar_rows(work: Path, epochs: int, temperatures: list[float], arch: str = D
                image_size: int | None = None) -> list[dict]:
     """Protocol (b) with ``arch`` as the backbone (random init, trained on shards 02–03), fed
     ``image_size``-px images when given (else the model's own preprocessing)."""
-    from mimic_explorer.pipeline.options import TrainOptions
-    from mimic_explorer.pipeline.train_command import run_train
+    from mimic_explorer.commands.options import TrainOptions
+    from mimic_explorer.commands.train import run_train
 
     pool = f"wds:{SHARDS}/train-{{00..01}}.tar"
     test = f"wds:{SHARDS}/train-04.tar"

@@ -46,7 +46,7 @@ def extract(folder: Path, n: int, dim: int) -> dict:
     """Phase 1: the synthetic source streamed into a feature cache entry."""
     import numpy as np
 
-    from mimic_explorer.pipeline.feature_cache import FeatureEntry
+    from mimic_explorer.training.feature_cache import FeatureEntry
 
     rng = np.random.default_rng(0)
     entry = FeatureEntry(folder / "features")
@@ -80,7 +80,7 @@ def score(folder: Path, n: int, dim: int, epochs: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from mimic_explorer.pipeline.feature_cache import FeatureEntry
+    from mimic_explorer.training.feature_cache import FeatureEntry
     from mimic_explorer.scoring.linear_head import cross_entropy_output_grad, linear_grad_dot
     from mimic_explorer.scoring.projection import mimic_projection
     from mimic_explorer.scoring.stage1 import stage1_weights
@@ -122,7 +122,7 @@ def stage_two(folder: Path, n: int) -> dict:
     """Phase 3: ``finish_samples`` over the score parts."""
     import numpy as np
 
-    from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, samples_table
+    from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_samples, samples_table
     from mimic_explorer.store.layout import RunLayout
     from mimic_explorer.store.writer import SamplesWriter
 

@@ -77,9 +77,9 @@ def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
     from mimic_explorer.data.sources import open_source
     from mimic_explorer.data.transforms import default_transform
     from mimic_explorer.models.registry import build_model
-    from mimic_explorer.pipeline.options import TrainOptions
-    from mimic_explorer.pipeline.pool_pass import pool_pass
-    from mimic_explorer.pipeline.train_command import run_train
+    from mimic_explorer.commands.options import TrainOptions
+    from mimic_explorer.training.pool_pass import pool_pass
+    from mimic_explorer.commands.train import run_train
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MIMIC_EXPLORER_CACHE"] = tmp  # no feature cache from earlier runs

@@ -75,8 +75,8 @@ class Study:
 
     # ------------------------------------------------------------------ models
     def make_backbone(self) -> Path:
-        from mimic_explorer.pipeline.options import TrainOptions
-        from mimic_explorer.pipeline.train_command import run_train
+        from mimic_explorer.commands.options import TrainOptions
+        from mimic_explorer.commands.train import run_train
 
         t0 = time.perf_counter()
         run_train(TrainOptions(f"wds:{SHARDS}/train-02.tar", "small_cnn", str(self.work / "backbone-run"), epochs=8,
@@ -90,8 +90,8 @@ class Study:
 
     def reference(self, name: str) -> Path:
         """The linear-probe reference trained on clean set ``name``; its checkpoint path."""
-        from mimic_explorer.pipeline.options import TrainOptions
-        from mimic_explorer.pipeline.train_command import run_train
+        from mimic_explorer.commands.options import TrainOptions
+        from mimic_explorer.commands.train import run_train
 
         count = CLEAN_SETS[name] or 10_000
         path = self.work / f"reference-{name}.pt"
@@ -102,8 +102,8 @@ class Study:
     def grad_mimic(self, noise: tuple[str, float, str], clean: str = "clean10k", method: str = "normed_proj",
                    temperature: float = 1.0) -> Path:
         """A Grad-Mimic linear-probe run on the noisy pool; its run directory."""
-        from mimic_explorer.pipeline.options import TrainOptions
-        from mimic_explorer.pipeline.train_command import run_train
+        from mimic_explorer.commands.options import TrainOptions
+        from mimic_explorer.commands.train import run_train
 
         tag, rate, kind = noise
         out = self.work / f"gm-{tag}-{clean}-{method}-T{temperature:g}"
@@ -114,8 +114,8 @@ class Study:
     def fine_tuned(self, noise: tuple[str, float, str] | None) -> Path:
         """End-to-end fine-tune from the backbone: the reference (``noise`` None, clean shard 03) or a
         plain model on the noisy pool. Returns the checkpoint."""
-        from mimic_explorer.pipeline.options import TrainOptions
-        from mimic_explorer.pipeline.train_command import run_train
+        from mimic_explorer.commands.options import TrainOptions
+        from mimic_explorer.commands.train import run_train
 
         name = "reference" if noise is None else f"model-{noise[0]}"
         path = self.work / f"ft-{name}.pt"
@@ -127,8 +127,8 @@ class Study:
 
     def layer_score(self, noise: tuple[str, float, str], cell: str) -> Path:
         """``score`` of the fine-tuned noisy-pool model against the fine-tuned reference, mimic layers ``cell``."""
-        from mimic_explorer.pipeline.options import ScoreOptions
-        from mimic_explorer.pipeline.score_command import run_score
+        from mimic_explorer.commands.options import ScoreOptions
+        from mimic_explorer.commands.score import run_score
 
         model, reference = self.fine_tuned(noise), self.fine_tuned(None)
         out = self.work / f"layers-{noise[0]}-{cell.replace(' + ', '+').replace(' ', '_')}"

@@ -30,7 +30,7 @@ HEADLINE = {
 
 
 def _noise_options(noise):
-    from mimic_explorer.pipeline.options import TrainOptions
+    from mimic_explorer.commands.options import TrainOptions
 
     return TrainOptions(POOL, "small_cnn", "unused", label_noise=noise[1], noise_type=noise[2])
 

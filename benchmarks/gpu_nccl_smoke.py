@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mimic_explorer.pipeline.distributed import DistContext
+from mimic_explorer.util.distributed import DistContext
 
 
 class _AlwaysActive(DistContext):

@@ -63,7 +63,7 @@ def _add_demo(sub) -> None:
 def _cmd_demo(args) -> int:
     import torch
 
-    from mimic_explorer.pipeline.demo import DemoConfig, build_demo, format_summary
+    from mimic_explorer.commands.demo import DemoConfig, build_demo, format_summary
     from mimic_explorer.util.progress import tqdm_progress
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
@@ -204,7 +204,7 @@ def _options_from(args, command: str):
     """The command's options dataclass from the parsed arguments (unset optional ones keep their defaults)."""
     from dataclasses import fields
 
-    from mimic_explorer.pipeline.options import ScoreOptions, TrainOptions
+    from mimic_explorer.commands.options import ScoreOptions, TrainOptions
 
     cls = TrainOptions if command == "train" else ScoreOptions
     names = {f.name for f in fields(cls)}
@@ -224,9 +224,9 @@ def _run_command(args, command: str) -> int:
     progress = None if options.quiet or int(os.environ.get("RANK", "0")) != 0 else tqdm_progress()
     try:
         if command == "train":
-            from mimic_explorer.pipeline.train_command import run_train as run
+            from mimic_explorer.commands.train import run_train as run
         else:
-            from mimic_explorer.pipeline.score_command import run_score as run
+            from mimic_explorer.commands.score import run_score as run
         outcome = run(options, progress=progress)
     except (ValueError, DataSourceError, ArchError, CheckpointError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None

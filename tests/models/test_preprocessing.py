@@ -16,7 +16,7 @@ from mimic_explorer.models.preprocessing import (
     PreprocessingError, declared_input_size, override_preprocessing, parse_transform_text, preprocessing_mismatch,
 )
 from mimic_explorer.models.small import SmallCNN
-from mimic_explorer.pipeline.features import feature_key
+from mimic_explorer.training.features import feature_key
 
 BASE = ImageTransform(256, 224)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.pipeline.batches import PoolBatches
+from mimic_explorer.training.pool_batches import PoolBatches
 
 
 def test_every_rank_decodes_as_many_batches_and_every_sample_once():

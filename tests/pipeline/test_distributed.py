@@ -75,7 +75,7 @@ class _Rank:
 def test_only_rank_0_decides_reuse_and_every_rank_gets_its_answer(tmp_path):
     """A slower rank must not read the run directory itself: rank 0 may already be writing it (a race
     once made rank 1 refuse the run rank 0 had just started)."""
-    from mimic_explorer.pipeline.run_identity import agree_on_reuse
+    from mimic_explorer.commands.run_identity import agree_on_reuse
     from mimic_explorer.store.atomic import write_json
 
     out = tmp_path / "run"

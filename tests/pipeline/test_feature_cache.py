@@ -10,8 +10,8 @@ from mimic_explorer.data.errors import BadSample
 from mimic_explorer.data.memory import DigitsSource
 from mimic_explorer.data.transforms import default_transform
 from mimic_explorer.models.registry import build_model
-from mimic_explorer.pipeline.feature_cache import FeatureEntry
-from mimic_explorer.pipeline.features import HeadInputs, extract_features
+from mimic_explorer.training.feature_cache import FeatureEntry
+from mimic_explorer.training.features import HeadInputs, extract_features
 
 CHUNK = 128
 POOL = np.arange(40, 640, dtype=np.int64)  # 600 requested samples: chunks of 128, 128, 128, 128, 88

@@ -14,7 +14,7 @@ import pytest
 
 from mimic_explorer.stage2 import baselines
 from mimic_explorer.stage2 import votes as stage2
-from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, add_stage2, finish_samples
+from mimic_explorer.commands.finalize import PoolView, Stage2Options, add_stage2, finish_samples
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.writer import SamplesWriter

@@ -10,7 +10,7 @@ from typing import ClassVar
 import pandas as pd
 import pytest
 
-from mimic_explorer.pipeline.lifecycle import Prepared, RunContext, RunOutcome, run_lifecycle
+from mimic_explorer.commands.lifecycle import Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import read_run_meta
 from mimic_explorer.store.writer import RunDirectoryError

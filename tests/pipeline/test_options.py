@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mimic_explorer.pipeline.options import ScoreOptions, TrainOptions
+from mimic_explorer.commands.options import ScoreOptions, TrainOptions
 from tests.conftest import run_cli
 
 
@@ -26,7 +26,7 @@ def test_defaults_are_valid():
 
 
 def test_train_binarisation_is_the_pool_kinds_unless_given():
-    from mimic_explorer.pipeline.pairs_options import train_binarisation
+    from mimic_explorer.tasks.pairs_options import train_binarisation
 
     assert train_binarisation(_train(), "labelled") == "weight" and train_binarisation(_train(), "pairs") == "gmm"
     assert train_binarisation(_train(binarisation="kmeans"), "pairs") == "kmeans"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimic_explorer.pipeline.pair_batches import chunk_bounds, whole_batches
-from mimic_explorer.pipeline.pool_pass import PassBatch
+from mimic_explorer.training.pair_batches import chunk_bounds, whole_batches
+from mimic_explorer.training.pool_pass import PassBatch
 
 
 def decoded(sizes: list[int]) -> list[PassBatch]:

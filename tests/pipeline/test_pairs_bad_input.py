@@ -15,9 +15,9 @@ import pytest
 
 from mimic_explorer import open_run
 from mimic_explorer.data.captions import EMPTY_CAPTION, NO_CAPTION, NOT_UTF8
-from mimic_explorer.pipeline.options import ScoreOptions, TrainOptions
-from mimic_explorer.pipeline.score_command import run_score
-from mimic_explorer.pipeline.train_command import run_train
+from mimic_explorer.commands.options import ScoreOptions, TrainOptions
+from mimic_explorer.commands.score import run_score
+from mimic_explorer.commands.train import run_train
 from tests.pairs_helpers import flickr_pool, make_checkpoints, needs_flickr
 
 pytestmark = [needs_flickr]

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 
 from mimic_explorer import open_run
-from mimic_explorer.pipeline import pairs_score
-from mimic_explorer.pipeline.finalize import Stage2Options, add_stage2, evaluate, samples_table
-from mimic_explorer.pipeline.options import ScoreOptions
-from mimic_explorer.pipeline.pairs_columns import pair_samples, read_pair_scores, score_step
-from mimic_explorer.pipeline.pairs_setup import pair_captions
-from mimic_explorer.pipeline.score_command import run_score
-from mimic_explorer.pipeline.setup import open_pool
+from mimic_explorer.tasks import pairs_score
+from mimic_explorer.commands.finalize import Stage2Options, add_stage2, evaluate, samples_table
+from mimic_explorer.commands.options import ScoreOptions
+from mimic_explorer.tasks.pairs_columns import pair_samples, read_pair_scores, score_step
+from mimic_explorer.tasks.pairs_setup import pair_captions
+from mimic_explorer.commands.score import run_score
+from mimic_explorer.tasks.setup import open_pool
 from mimic_explorer.store.layout import RunLayout
 from tests.pairs_helpers import FLICKR, make_checkpoints, needs_flickr
 from tests.subset_helpers import shard_excerpt

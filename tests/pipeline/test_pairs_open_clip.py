@@ -15,10 +15,10 @@ import torch
 from mimic_explorer import open_run
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.models.dual_registry import build_dual_encoder
-from mimic_explorer.pipeline.options import ScoreOptions, TrainOptions
-from mimic_explorer.pipeline.pairs_setup import load_pair_model
-from mimic_explorer.pipeline.score_command import run_score
-from mimic_explorer.pipeline.train_command import run_train
+from mimic_explorer.commands.options import ScoreOptions, TrainOptions
+from mimic_explorer.tasks.pairs_setup import load_pair_model
+from mimic_explorer.commands.score import run_score
+from mimic_explorer.commands.train import run_train
 from tests.pairs_helpers import flickr_pool, needs_flickr
 
 open_clip = pytest.importorskip("open_clip")

@@ -17,10 +17,10 @@ import torch
 
 from mimic_explorer import open_run
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.pipeline import pairs_score
-from mimic_explorer.pipeline.options import ScoreOptions
-from mimic_explorer.pipeline.pairs_setup import dual_transform, load_pair_model
-from mimic_explorer.pipeline.score_command import run_score
+from mimic_explorer.tasks import pairs_score
+from mimic_explorer.commands.options import ScoreOptions
+from mimic_explorer.tasks.pairs_setup import dual_transform, load_pair_model
+from mimic_explorer.commands.score import run_score
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
 from tests.pairs_helpers import batch_of, flickr_pool, needs_flickr, scored_pool

@@ -18,10 +18,10 @@ from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.checkpoints import CheckpointError
 from mimic_explorer.models.dual import reset_projections, tower_differences
 from mimic_explorer.models.dual_checkpoint import read_dual_checkpoint, save_dual_encoder
-from mimic_explorer.pipeline.options import TrainOptions
-from mimic_explorer.pipeline.pairs_setup import dual_transform, load_pair_model
-from mimic_explorer.pipeline.pairs_train import TowerDrift
-from mimic_explorer.pipeline.train_command import run_train
+from mimic_explorer.commands.options import TrainOptions
+from mimic_explorer.tasks.pairs_setup import dual_transform, load_pair_model
+from mimic_explorer.tasks.pairs_train import TowerDrift
+from mimic_explorer.commands.train import run_train
 from mimic_explorer.scoring.contrastive import clip_score
 from mimic_explorer.training.tower_training import image_tower_differences
 from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr, tiny_dual

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mimic_explorer import open_run
-from mimic_explorer.pipeline import score_command
-from mimic_explorer.pipeline.options import ScoreOptions
+from mimic_explorer.commands import score as score_command
+from mimic_explorer.commands.options import ScoreOptions
 
 
 @pytest.mark.slow

@@ -12,9 +12,9 @@ from mimic_explorer import open_run
 from mimic_explorer.data.wds import WdsSource
 from mimic_explorer.filters.rules import datacomp_uids
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.pipeline.options import ScoreOptions, TrainOptions
-from mimic_explorer.pipeline.score_command import run_score
-from mimic_explorer.pipeline.train_command import run_train
+from mimic_explorer.commands.options import ScoreOptions, TrainOptions
+from mimic_explorer.commands.score import run_score
+from mimic_explorer.commands.train import run_train
 from tests.pairs_helpers import FLICKR, make_checkpoints, needs_flickr
 from tests.subset_helpers import CIFAR, needs_cifar, shard_excerpt, write_ids
 

@@ -21,9 +21,9 @@ from mimic_explorer.data.digits import ArrayDataset, load_digits_dataset
 from mimic_explorer.data.noise import NoisyLabels, symmetric_noise
 from mimic_explorer.util.fingerprint import dataset_fingerprint, state_fingerprint
 from mimic_explorer.models.small import MLP
-from mimic_explorer.pipeline.distributed import DistContext
-from mimic_explorer.pipeline.finalize import add_signals, add_stage2, evaluate, samples_table
-from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
+from mimic_explorer.util.distributed import DistContext
+from mimic_explorer.commands.finalize import add_signals, add_stage2, evaluate, samples_table
+from mimic_explorer.commands.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.util.progress import Progress
 from mimic_explorer.training.recording import epoch_frame
 from mimic_explorer.store.thumbs import ThumbnailWriter

@@ -9,7 +9,7 @@ import torch
 
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.source import Source
-from mimic_explorer.pipeline.pool_pass import at_most, pool_pass
+from mimic_explorer.training.pool_pass import at_most, pool_pass
 from mimic_explorer.training.loop import shared_batch_count
 
 

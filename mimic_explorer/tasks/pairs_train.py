@@ -47,19 +47,19 @@ from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.dual import ProjectionProbe, mimic_layer_params
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.training.pair_training import collect_pair_signals, pair_batches, tower_features, train_projections
-from mimic_explorer.pipeline.epoch_parts import EpochParts, resume_epoch
-from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
-from mimic_explorer.pipeline.lifecycle import RunContext, RunOutcome
-from mimic_explorer.pipeline.options import TrainOptions
-from mimic_explorer.pipeline.pairs_options import train_binarisation
-from mimic_explorer.pipeline.pair_stream import StreamedPairs
-from mimic_explorer.pipeline.pairs_setup import tower_distance
-from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs
-from mimic_explorer.pipeline.pool_pass import no_input, pool_pass
+from mimic_explorer.training.epoch_parts import EpochParts, resume_epoch
+from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
+from mimic_explorer.commands.lifecycle import RunContext, RunOutcome
+from mimic_explorer.commands.options import TrainOptions
+from mimic_explorer.tasks.pairs_options import train_binarisation
+from mimic_explorer.training.pair_stream import StreamedPairs
+from mimic_explorer.tasks.pairs_setup import tower_distance
+from mimic_explorer.tasks.pairs_train_setup import PairTrainInputs
+from mimic_explorer.training.pool_pass import no_input, pool_pass
 from mimic_explorer.scoring.context import preserved_modes
 from mimic_explorer.scoring.contrastive import retrieval_recall
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.pipeline.setup import DRIFT_WARNING
+from mimic_explorer.tasks.setup import DRIFT_WARNING
 from mimic_explorer.training.tower_training import (caption_sets, draw_counts, image_inputs, reference_part, trainable_part,
                                            train_tower_batches, train_towers)
 from mimic_explorer.training.loop import NonFiniteLossError, TrainConfig, shared_batch_count

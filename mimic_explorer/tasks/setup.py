@@ -27,8 +27,8 @@ from mimic_explorer.data.transforms import ImageTransform
 from mimic_explorer.util.fingerprint import state_fingerprint
 from mimic_explorer.models.build import build_for_run, checkpoint_preprocessing_warning
 from mimic_explorer.models.checkpoints import load_checkpoint
-from mimic_explorer.pipeline.options import CommonOptions
-from mimic_explorer.pipeline.pairs_options import check_pool_options
+from mimic_explorer.commands.options import CommonOptions
+from mimic_explorer.tasks.pairs_options import check_pool_options
 from mimic_explorer.store.meta import read_checkpoint_sidecar
 
 #: relative distance between model and reference backbones above which head scores are suspect

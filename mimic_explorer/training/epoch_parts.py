@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from mimic_explorer.pipeline.distributed import DistContext
+from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.training.recording import epoch_table
 from mimic_explorer.store.atomic import atomic_write
 from mimic_explorer.store.layout import RunLayout

@@ -21,10 +21,10 @@ from typing import Any, Callable, Generic, Protocol, TypeVar
 
 import torch
 
-from mimic_explorer.pipeline.distributed import DistContext, init_distributed, resolve_device
-from mimic_explorer.pipeline.guard import failure_recorded
-from mimic_explorer.pipeline.run_identity import agree_on_reuse, make_run_id
-from mimic_explorer.pipeline.runlog import tee_log
+from mimic_explorer.util.distributed import DistContext, init_distributed, resolve_device
+from mimic_explorer.commands.guard import failure_recorded
+from mimic_explorer.commands.run_identity import agree_on_reuse, make_run_id
+from mimic_explorer.commands.runlog import tee_log
 from mimic_explorer.util.progress import Progress
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.writer import RunDirectoryError, RunWriter

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from mimic_explorer.pipeline.distributed import DistContext
+from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.store.writer import RunWriter
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from mimic_explorer.pipeline.distributed import DistContext
+from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.store.meta import RunError, read_run_meta
 
 

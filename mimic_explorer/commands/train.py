@@ -21,18 +21,18 @@ from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.checkpoints import save_checkpoint
 from mimic_explorer.models.init_files import SIDECAR_PREPROCESSING
 from mimic_explorer.models.probe import LinearProbe
-from mimic_explorer.pipeline.batches import PoolBatches
-from mimic_explorer.pipeline.distributed import DistContext
-from mimic_explorer.pipeline.epoch_parts import EpochParts, resume_epoch as _resume_epoch
-from mimic_explorer.pipeline.features import extract_features
-from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
-from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
-from mimic_explorer.pipeline.options import TrainOptions
-from mimic_explorer.pipeline.pairs_options import train_binarisation
-from mimic_explorer.pipeline.pairs_train import train_pairs
-from mimic_explorer.pipeline.pairs_train_setup import PairTrainInputs, prepare_pair_training
-from mimic_explorer.pipeline.pool_pass import pool_pass, thumbnail_pass
-from mimic_explorer.pipeline.setup import (DRIFT_WARNING, RunInputs, backbone_distance, build_models, model_facts,
+from mimic_explorer.training.pool_batches import PoolBatches
+from mimic_explorer.util.distributed import DistContext
+from mimic_explorer.training.epoch_parts import EpochParts, resume_epoch as _resume_epoch
+from mimic_explorer.training.features import extract_features
+from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
+from mimic_explorer.commands.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
+from mimic_explorer.commands.options import TrainOptions
+from mimic_explorer.tasks.pairs_options import train_binarisation
+from mimic_explorer.tasks.pairs_train import train_pairs
+from mimic_explorer.tasks.pairs_train_setup import PairTrainInputs, prepare_pair_training
+from mimic_explorer.training.pool_pass import pool_pass, thumbnail_pass
+from mimic_explorer.tasks.setup import (DRIFT_WARNING, RunInputs, backbone_distance, build_models, model_facts,
                                            open_pool, pool_fingerprints)
 from mimic_explorer.util.progress import Progress
 from mimic_explorer.store.meta import write_checkpoint_sidecar

@@ -30,14 +30,14 @@ import torch
 
 from mimic_explorer.data.errors import BadSample, ErrorLog
 from mimic_explorer.models.dual import DualEncoder, DualOutput
-from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
-from mimic_explorer.pipeline.lifecycle import RunContext, RunOutcome
-from mimic_explorer.pipeline.options import ScoreOptions
-from mimic_explorer.pipeline.pair_batches import chunk_bounds, whole_batches
-from mimic_explorer.pipeline.pairs_columns import (PAIR_ROW_COLUMNS, batch_rows, batch_steps, pair_samples, score_batches,
+from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
+from mimic_explorer.commands.lifecycle import RunContext, RunOutcome
+from mimic_explorer.commands.options import ScoreOptions
+from mimic_explorer.training.pair_batches import chunk_bounds, whole_batches
+from mimic_explorer.tasks.pairs_columns import (PAIR_ROW_COLUMNS, batch_rows, batch_steps, pair_samples, score_batches,
                                                    score_step)
-from mimic_explorer.pipeline.pairs_setup import PairInputs
-from mimic_explorer.pipeline.pool_pass import pool_pass, thumbnail_pass
+from mimic_explorer.tasks.pairs_setup import PairInputs
+from mimic_explorer.training.pool_pass import pool_pass, thumbnail_pass
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet

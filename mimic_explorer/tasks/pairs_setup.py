@@ -22,10 +22,10 @@ from mimic_explorer.data.transforms import ImageTransform, default_transform
 from mimic_explorer.models.dual import DualEncoder, tower_differences
 from mimic_explorer.models.dual_checkpoint import load_dual_encoder
 from mimic_explorer.models.dual_registry import build_dual_encoder, is_open_clip
-from mimic_explorer.pipeline.lifecycle import Prepared
-from mimic_explorer.pipeline.options import ScoreOptions
-from mimic_explorer.pipeline.pairs_options import SMALL_DUAL, pair_mimic_params
-from mimic_explorer.pipeline.setup import DRIFT_WARNING, Pool, pool_fingerprints
+from mimic_explorer.commands.lifecycle import Prepared
+from mimic_explorer.commands.options import ScoreOptions
+from mimic_explorer.tasks.pairs_options import SMALL_DUAL, pair_mimic_params
+from mimic_explorer.tasks.setup import DRIFT_WARNING, Pool, pool_fingerprints
 
 
 @dataclass

@@ -146,7 +146,7 @@ class TrainOptions(CommonOptions):
     fresh_projections: bool = False  # image-text pools: both projections re-initialised (seeded by --seed)
 
     def validate(self) -> None:
-        from mimic_explorer.pipeline.pairs_options import validate_pair_options
+        from mimic_explorer.tasks.pairs_options import validate_pair_options
         from mimic_explorer.scoring.stage1 import METHODS
 
         super().validate()
@@ -175,7 +175,7 @@ class ScoreOptions(CommonOptions):
     caption_noise: float = 0.0  # image-text pools: fraction of pairs whose captions are swapped
 
     def validate(self) -> None:
-        from mimic_explorer.pipeline.pairs_options import validate_pair_options
+        from mimic_explorer.tasks.pairs_options import validate_pair_options
 
         super().validate()
         validate_pair_options(self)

@@ -30,9 +30,9 @@ from mimic_explorer.util.cache import features_cache_dir
 from mimic_explorer.data.errors import BadSample, ErrorLog
 from mimic_explorer.data.source import Source
 from mimic_explorer.util.fingerprint import state_fingerprint
-from mimic_explorer.pipeline.distributed import DistContext
-from mimic_explorer.pipeline.feature_cache import FeatureEntry
-from mimic_explorer.pipeline.pool_pass import PassBatch, pool_pass, thumbnail_pass
+from mimic_explorer.util.distributed import DistContext
+from mimic_explorer.training.feature_cache import FeatureEntry
+from mimic_explorer.training.pool_pass import PassBatch, pool_pass, thumbnail_pass
 
 #: requested samples per chunk of a cache entry: the unit of resuming and of work between ranks
 CHUNK_ROWS = 16_384

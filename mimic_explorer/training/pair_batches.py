@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 
-from mimic_explorer.pipeline.pool_pass import PassBatch, concat_batches
+from mimic_explorer.training.pool_pass import PassBatch, concat_batches
 
 
 def chunk_bounds(count: int, size: int) -> list[tuple[int, int]]:

@@ -21,15 +21,15 @@ from mimic_explorer.data.captions import PAIRS
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.util.fingerprint import state_fingerprint
 from mimic_explorer.models.probe import LinearProbe
-from mimic_explorer.pipeline.distributed import DistContext
-from mimic_explorer.pipeline.features import extract_features
-from mimic_explorer.pipeline.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
-from mimic_explorer.pipeline.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
-from mimic_explorer.pipeline.options import ScoreOptions
-from mimic_explorer.pipeline.pairs_score import score_pairs
-from mimic_explorer.pipeline.pairs_setup import PairInputs, prepare_pairs
-from mimic_explorer.pipeline.pool_pass import pool_pass, thumbnail_pass
-from mimic_explorer.pipeline.setup import RunInputs, build_models, model_facts, open_pool, pool_fingerprints
+from mimic_explorer.util.distributed import DistContext
+from mimic_explorer.training.features import extract_features
+from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, pool_rows, with_positions
+from mimic_explorer.commands.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
+from mimic_explorer.commands.options import ScoreOptions
+from mimic_explorer.tasks.pairs_score import score_pairs
+from mimic_explorer.tasks.pairs_setup import PairInputs, prepare_pairs
+from mimic_explorer.training.pool_pass import pool_pass, thumbnail_pass
+from mimic_explorer.tasks.setup import RunInputs, build_models, model_facts, open_pool, pool_fingerprints
 from mimic_explorer.util.progress import Progress
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from mimic_explorer.data.source import Source
-from mimic_explorer.pipeline.pair_batches import whole_batches
-from mimic_explorer.pipeline.pool_pass import at_most, pool_pass
+from mimic_explorer.training.pair_batches import whole_batches
+from mimic_explorer.training.pool_pass import at_most, pool_pass
 from mimic_explorer.training.loop import shared_batch_count
 
 

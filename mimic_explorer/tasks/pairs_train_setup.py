@@ -41,11 +41,11 @@ from mimic_explorer.models.checkpoints import CheckpointError
 from mimic_explorer.models.dual import MIMIC_LAYERS, DualEncoder, mimic_layer_params, reset_projections, tower_differences
 from mimic_explorer.models.dual_checkpoint import read_dual_checkpoint
 from mimic_explorer.models.dual_registry import build_dual_encoder, is_open_clip
-from mimic_explorer.pipeline.lifecycle import Prepared
-from mimic_explorer.pipeline.options import TrainOptions
-from mimic_explorer.pipeline.pairs_options import DEFAULT_MIMIC_LAYER
-from mimic_explorer.pipeline.pairs_setup import PairCaptions, dual_transform, load_pair_model, pair_captions, saved_arch
-from mimic_explorer.pipeline.setup import Pool, pool_fingerprints
+from mimic_explorer.commands.lifecycle import Prepared
+from mimic_explorer.commands.options import TrainOptions
+from mimic_explorer.tasks.pairs_options import DEFAULT_MIMIC_LAYER
+from mimic_explorer.tasks.pairs_setup import PairCaptions, dual_transform, load_pair_model, pair_captions, saved_arch
+from mimic_explorer.tasks.setup import Pool, pool_fingerprints
 from mimic_explorer.training.tower_training import image_tower_differences
 
 #: the image ARCH of ``--arch small_dual`` when neither the ARCH nor an ``--init`` dual checkpoint names one

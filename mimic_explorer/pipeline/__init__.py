@@ -1,1 +1,0 @@
-"""pipeline/: see docs/ARCHITECTURE.md."""
