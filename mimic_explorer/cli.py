@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from mimic_explorer.util import choices
+
 EPILOG = """examples:
   mimic-explorer demo --out runs/demo
   mimic-explorer export runs/demo --ensemble --format csv --out keep.csv
@@ -114,16 +116,16 @@ def _add_run_options(p, command: str) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding")
     p.add_argument("--label-noise", type=float, default=0.0, metavar="RATE",
                    help="inject label noise at RATE in [0, 1) to evaluate detection (default 0: none)")
-    p.add_argument("--noise-type", choices=["symmetric", "asymmetric"], default="symmetric",
+    p.add_argument("--noise-type", choices=choices.NOISE_TYPES, default="symmetric",
                    help="symmetric: exactly int(RATE*N) labels flipped to a random other class; asymmetric: the "
                         "CIFAR-10 class-pair map (truck->automobile, bird->airplane, deer->horse, cat<->dog)")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the injected noise")
     p.add_argument("--seed", type=int, default=0, help="seed of init and shuffling")
     vote = ("weight (weight >= 1/B) on a labelled pool, gmm (two-group split of each epoch's proj) on image-text pairs"
             if command == "train" else "proj: keep when proj >= 0")
-    p.add_argument("--binarise", dest="binarisation", default=None, choices=["weight", "proj", "gmm", "kmeans"],
+    p.add_argument("--binarise", dest="binarisation", default=None, choices=choices.BINARISATIONS,
                    help=f"Stage-2 per-epoch vote (default {vote})")
-    p.add_argument("--aggregate", dest="aggregation", default="majority", choices=["majority", "unanimity", "mean"],
+    p.add_argument("--aggregate", dest="aggregation", default="majority", choices=choices.AGGREGATIONS,
                    help="Stage-2 vote over epochs")
     p.add_argument("--trust-checkpoint", dest="trust_pickle", action="store_true",
                    help="allow checkpoints that run code: pickled whole models, and dual-encoder files whose recorded "
@@ -150,11 +152,11 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=int, default=10, help="training epochs")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="weight decay of the optimizer")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="optimizer")
-    p.add_argument("--method", choices=["proj", "cos", "normed_proj", "normed_cos"], default="normed_proj",
+    p.add_argument("--optimizer", choices=choices.OPTIMIZERS, default="adamw", help="optimizer")
+    p.add_argument("--method", choices=choices.METHODS, default="normed_proj",
                    help="Stage-1 weighting")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of normed_* methods")
-    p.add_argument("--reweight", choices=["head", "all"], default="head",
+    p.add_argument("--reweight", choices=choices.REWEIGHTS, default="head",
                    help="re-weight the mimic layers only, or every trainable parameter")
     p.add_argument("--starting-epoch", type=int, default=0, help="train plainly before this epoch (scores still recorded)")
     p.add_argument("--reference-noise", type=float, default=0.0, metavar="SIGMA",
@@ -194,7 +196,7 @@ def _add_pair_train_options(p) -> None:
                        help="re-initialise both projections from --seed (a model trained from fresh projections with the "
                             "same --seed started from these very values: --init CKPT --fresh-projections restarts its "
                             "projections from its own initial weights)")
-    pairs.add_argument("--mimic-layer", choices=["image", "text"], default=None,
+    pairs.add_argument("--mimic-layer", choices=choices.MIMIC_LAYERS, default=None,
                        help="Grad-Mimic re-weights the gradient of this tower's last linear projection (default text)")
     pairs.add_argument("--caption-noise", type=float, default=0.0, metavar="RATE",
                        help="swap the captions of this fraction of pairs among themselves (seeded by --noise-seed; is_noisy recorded)")
@@ -261,7 +263,7 @@ def _add_score(sub) -> None:
     p.add_argument("--model", required=True, metavar="CKPT", help="the checkpoint to score")
     p.add_argument("--reference", required=True, metavar="CKPT", help="the better model (same architecture and classes)")
     p.add_argument("--params", default="head", help="mimic layers: head, all, or comma-separated parameter names")
-    p.add_argument("--method", dest="score_method", choices=["proj", "cos"], default="proj", help="score to record and vote on")
+    p.add_argument("--method", dest="score_method", choices=choices.SCORE_METHODS, default="proj", help="score to record and vote on")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the per-batch weight column")
     p.add_argument("--linear-probe", action="store_true", help="score the head on cached backbone features")
     p.add_argument("--chunk-size", type=int, default=8192, help="samples per part file (the unit a killed run resumes from)")
@@ -275,7 +277,7 @@ def _add_pair_score_options(p) -> None:
         "image-text pools", "A pair's loss is its symmetric InfoNCE term within the batch it is scored in (the other pairs "
         "of the batch are its negatives), so its mimic score is relative to that batch: samples.parquet records score_batch "
         "and batch_size. Batches follow the pool's order; a pair is never scored alone.")
-    pairs.add_argument("--mimic-layer", choices=["image", "text"], default=argparse.SUPPRESS,
+    pairs.add_argument("--mimic-layer", choices=choices.MIMIC_LAYERS, default=argparse.SUPPRESS,
                        help="score the last linear projection of this tower (text when neither this nor --params names "
                             "the mimic layers)")
     pairs.add_argument("--caption-noise", type=float, default=0.0, metavar="RATE",

@@ -21,14 +21,16 @@ from mimic_explorer.data.digits import ArrayDataset, load_digits_dataset
 from mimic_explorer.data.noise import NoisyLabels, symmetric_noise
 from mimic_explorer.util.fingerprint import dataset_fingerprint, state_fingerprint
 from mimic_explorer.models.small import MLP
+from mimic_explorer.store.sample_rows import samples_table
 from mimic_explorer.util.distributed import DistContext
-from mimic_explorer.commands.finalize import add_signals, add_stage2, evaluate, samples_table
+from mimic_explorer.commands.finalize import add_signals, add_stage2, evaluate
 from mimic_explorer.commands.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.util.progress import Progress
 from mimic_explorer.training.recording import epoch_frame
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.training.loop import TensorBatches, TrainConfig, accuracy, clone_model, evaluate_signals, train
-
+from mimic_explorer.training.batches import TensorBatches
+from mimic_explorer.training.loop import TrainConfig, accuracy, clone_model, train
+from mimic_explorer.training.signals import evaluate_signals
 
 @dataclass
 class DemoConfig:

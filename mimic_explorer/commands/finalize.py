@@ -31,6 +31,7 @@ from mimic_explorer.stage2 import votes as stage2
 from mimic_explorer.stage2.baselines import MOMENT_BLOCK, Moments, Standardiser
 from mimic_explorer.stage2.evaluation import detection_metrics, threshold_at_quality
 from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.sample_rows import samples_table
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.writer import RunWriter
 
@@ -43,22 +44,6 @@ ROW_COLUMNS = ("epoch", "step", "position", "proj", "weight", "batch_size", "cos
 COMBINED_COLUMNS = ("combined_score", "combined_keep")
 
 Signals = Callable[[np.ndarray], dict[str, np.ndarray]]
-
-
-def samples_table(
-    sample_ids: np.ndarray,
-    sources: np.ndarray,
-    labels: np.ndarray,
-    true_labels: np.ndarray | None,
-    is_noisy: np.ndarray | None,
-) -> pd.DataFrame:
-    frame = pd.DataFrame({"sample_id": np.asarray(sample_ids, dtype=object).astype(str),
-                          "source": np.asarray(sources, dtype=object).astype(str),
-                          "label": np.asarray(labels, dtype=np.int64)})
-    if true_labels is not None:
-        frame["true_label"] = np.asarray(true_labels, dtype=np.int64)
-        frame["is_noisy"] = np.asarray(is_noisy, dtype=bool)
-    return frame
 
 
 def signal_columns(signals: dict[str, np.ndarray], rows: int, index: np.ndarray | None = None) -> pd.DataFrame:
@@ -86,18 +71,6 @@ def add_signals(samples: pd.DataFrame, signals: dict[str, np.ndarray], row_ids: 
     picked = {name: np.asarray(values)[found] for name, values in signals.items() if name != "index"}
     extra = signal_columns(picked, len(samples), where[found])
     return pd.concat([samples.reset_index(drop=True), extra], axis=1)
-
-
-def pool_rows(pool) -> Callable[[np.ndarray], pd.DataFrame]:
-    """``samples_table`` columns of the given positions of a ``setup.Pool`` (its labels as trained on)."""
-    source = pool.source
-
-    def rows(positions: np.ndarray) -> pd.DataFrame:
-        return samples_table(source.sample_ids[positions], [source.source_of(int(i)) for i in positions], pool.labels[positions],
-                             None if pool.true_labels is None else pool.true_labels[positions],
-                             None if pool.is_noisy is None else pool.is_noisy[positions])
-
-    return rows
 
 
 def with_positions(errors: pd.DataFrame, sample_ids: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:

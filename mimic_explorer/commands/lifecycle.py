@@ -25,6 +25,7 @@ from mimic_explorer.util.distributed import DistContext, init_distributed, resol
 from mimic_explorer.commands.guard import failure_recorded
 from mimic_explorer.commands.run_identity import agree_on_reuse, make_run_id
 from mimic_explorer.commands.runlog import tee_log
+from mimic_explorer.tasks.base import Prepared
 from mimic_explorer.util.progress import Progress
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.writer import RunDirectoryError, RunWriter
@@ -57,17 +58,6 @@ class RunOutcome:
     summary: dict
     cached: bool = False
     report: str = ""
-
-
-@dataclass
-class Prepared(Generic[Inputs]):
-    """What a command knows before the run directory is touched."""
-
-    inputs: Inputs  # the command's own prepared objects (pool and models), handed to its work loop
-    fingerprints: dict[str, Any]  # of data, init, model, reference: with the options, the run id
-    facts: dict[str, Any] = field(default_factory=dict)  # ``RunMeta`` fields recorded when the run starts
-    warnings: list[str] = field(default_factory=list)  # printed, and kept in ``meta.json``
-    notes: list[str] = field(default_factory=list)  # defaults that were assumed: printed and in ``run.log``
 
 
 @dataclass

@@ -13,22 +13,43 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from mimic_explorer.util.choices import (AGGREGATIONS, BINARISATIONS, METHODS, MIMIC_LAYERS, NOISE_TYPES, OPTIMIZERS,
+                                             PRETRAINED_FAMILIES, REWEIGHTS, SCORE_METHODS)
+from mimic_explorer.data.keep_lists import check_keep_list_path
+from mimic_explorer.models.preprocessing import check_image_size, parse_transform_text
+from mimic_explorer.models.registry import parse_arch
+
 #: fields that change how a run is made or reported but not what it computes
 #: (``subset`` is the keep-list's path: its content hash is a fingerprint of the run instead, so a moved
 #: or re-saved file with the same ids is the same run)
 NON_IDENTITY = ("out", "force", "quiet", "save_model", "device", "workers", "trust_pickle", "chunk_size",
                 "checkpoint_every", "subset")
-NOISE_TYPES = ("symmetric", "asymmetric")
-OPTIMIZERS = ("adamw", "sgd")
-REWEIGHTS = ("head", "all")
-SCORE_METHODS = ("proj", "cos")
-#: ARCH families (``models.registry.parse_arch``) whose published weights ``--pretrained`` loads
-PRETRAINED_FAMILIES = ("timm", "torchvision")
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+def _validate_image_text_options(options: Any) -> None:
+    """The image-text options on their own (their values and the pairs they may not form); whether the
+    pool can use them at all is its task's to say (``Task.check_options``), once it is opened."""
+    layer = getattr(options, "mimic_layer", None)
+    params = getattr(options, "params", "head")  # train has no --params
+    _require(layer in (None, *MIMIC_LAYERS), f"--mimic-layer must be image or text, got {layer!r}")
+    _require(layer is None or params == "head",
+             f"give either --mimic-layer {layer} or --params {params}, not both (both name the mimic layers)")
+    rate = getattr(options, "caption_noise", 0.0)
+    _require(0.0 <= rate < 1.0, f"--caption-noise must be in [0, 1), got {rate}")
+    frozen = getattr(options, "frozen_towers", False)
+    _require(not (frozen and getattr(options, "frozen_image_tower", False)),
+             "give either --frozen-towers (both towers frozen) or --frozen-image-tower (the text tower trains), not both")
+    _require(not (frozen and getattr(options, "all_captions", False)),
+             "--all-captions draws a caption each time a photo enters a batch, which needs a text tower that runs "
+             "every step; --frozen-towers computes each pair's tower outputs once: drop one of them")
+    _require(not (rate and getattr(options, "all_captions", False)),
+             "--all-captions trains on each photo's own captions; with --caption-noise the swapped captions would "
+             "be mixed with the true ones: drop one of them")
 
 
 @dataclass
@@ -65,8 +86,6 @@ class CommonOptions:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option (as the command line spells it)."""
-        from mimic_explorer.stage2 import votes as stage2
-
         _require(bool(self.data), "--data is required")
         _require(bool(self.arch), "--arch is required")
         _require(bool(str(self.out)), "--out is required")
@@ -79,21 +98,16 @@ class CommonOptions:
         _require(self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
         _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
                  f"unknown device {self.device!r}; use auto, cpu or cuda")
-        _require(self.binarisation is None or self.binarisation in stage2.BINARISATIONS,
-                 f"--binarise must be one of {', '.join(stage2.BINARISATIONS)}")
-        _require(self.aggregation in stage2.AGGREGATIONS, f"--aggregate must be one of {', '.join(stage2.AGGREGATIONS)}")
+        _require(self.binarisation is None or self.binarisation in BINARISATIONS,
+                 f"--binarise must be one of {', '.join(BINARISATIONS)}")
+        _require(self.aggregation in AGGREGATIONS, f"--aggregate must be one of {', '.join(AGGREGATIONS)}")
         if self.subset is not None:
-            from mimic_explorer.data.keep_lists import check_keep_list_path
-
             check_keep_list_path(self.subset)
         self._validate_model_choice()
 
     def _validate_model_choice(self) -> None:
         """``--arch`` spelled as one of its forms, ``--pretrained`` and ``--init`` not together, and the
         preprocessing overrides readable (``PreprocessingError``, a ``ValueError``, names the bad part)."""
-        from mimic_explorer.models.preprocessing import check_image_size, parse_transform_text
-        from mimic_explorer.models.registry import parse_arch
-
         family = parse_arch(self.arch).family
         if self.pretrained not in (False, None):
             _require(not self.init, "pass either --pretrained (the model's published weights) or --init (a local file), "
@@ -126,7 +140,7 @@ class TrainOptions(CommonOptions):
     """``train``: plain training (no reference) or Grad-Mimic (with one), recording every epoch."""
 
     command: ClassVar[str] = "train"
-    #: Stage 2's per-epoch vote; None: the pool kind's own (``pairs_options.train_binarisation``)
+    #: Stage 2's per-epoch vote; None: the task's own (``Task.default_binarisation``)
     binarisation: str | None = None
     epochs: int = 10
     lr: float = 1e-3
@@ -139,18 +153,15 @@ class TrainOptions(CommonOptions):
     save_model: str | None = None
     checkpoint_every: float = 10.0  # seconds between resumable checkpoints (0: after every epoch)
     frozen_towers: bool = False  # image-text pools: train the projections on cached tower outputs
-    mimic_layer: str | None = None  # image-text pools: image | text (pipeline/pairs_options.py)
+    mimic_layer: str | None = None  # image-text pools: image | text (the tower whose projection is the mimic layer)
     caption_noise: float = 0.0  # image-text pools: fraction of pairs whose captions are swapped
     frozen_image_tower: bool = False  # image-text pools, towers trained: the image tower keeps its weights
     all_captions: bool = False  # image-text pools, towers trained: each draw pairs a photo with one of its captions
     fresh_projections: bool = False  # image-text pools: both projections re-initialised (seeded by --seed)
 
     def validate(self) -> None:
-        from mimic_explorer.tasks.pairs_options import validate_pair_options
-        from mimic_explorer.scoring.stage1 import METHODS
-
         super().validate()
-        validate_pair_options(self)
+        _validate_image_text_options(self)
         _require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         _require(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
@@ -171,14 +182,12 @@ class ScoreOptions(CommonOptions):
     params: str = "head"  # "head" | "all" | comma-separated parameter names
     score_method: str = "proj"  # proj | cos
     chunk_size: int = 8192  # samples per part file (the unit of resuming)
-    mimic_layer: str | None = None  # image-text pools: image | text (pipeline/pairs_options.py)
+    mimic_layer: str | None = None  # image-text pools: image | text (the tower whose projection is the mimic layer)
     caption_noise: float = 0.0  # image-text pools: fraction of pairs whose captions are swapped
 
     def validate(self) -> None:
-        from mimic_explorer.tasks.pairs_options import validate_pair_options
-
         super().validate()
-        validate_pair_options(self)
+        _validate_image_text_options(self)
         _require(bool(self.model), "score needs --model CKPT (the checkpoint to score)")
         _require(bool(self.reference), "score needs --reference CKPT (the better model)")
         _require(self.score_method in SCORE_METHODS, f"unknown --method {self.score_method!r}; choose proj or cos")

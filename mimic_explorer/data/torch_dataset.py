@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from mimic_explorer.data.errors import BadSample, BadSampleError, ErrorLog
 from mimic_explorer.data.source import Source
 from mimic_explorer.data.transforms import default_transform
+from mimic_explorer.util.seeds import epoch_generator
 
 Transform = Callable[..., torch.Tensor]
 
@@ -106,7 +107,7 @@ class SourceBatches:
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
         n = len(self.dataset)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)).tolist()
+            order = torch.randperm(n, generator=epoch_generator(self.seed, epoch)).tolist()
         else:
             order = list(range(n))
         chunks = [order[s : s + self.batch_size] for s in range(0, n, self.batch_size)]

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mimic_explorer.util.choices import MIMIC_LAYERS as TOWERS
+
 
 class DualOutput(NamedTuple):
     """What a dual encoder returns: un-normalised image and text embeddings (B, D) and the scale s."""
@@ -90,7 +92,8 @@ class DualEncoder(nn.Module):
         return DualOutput(self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp())
 
 
-MIMIC_LAYERS = {"image": "image_projection", "text": "text_projection"}
+#: each tower's last linear projection: the mimic layer ``--mimic-layer TOWER`` names
+MIMIC_LAYERS = {tower: f"{tower}_projection" for tower in TOWERS}
 
 
 def mimic_layer_params(model: nn.Module, layer: str | Sequence[str]) -> list[str]:

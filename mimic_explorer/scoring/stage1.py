@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-METHODS = ("proj", "cos", "normed_proj", "normed_cos")
+from mimic_explorer.util.choices import METHODS
+
+__all__ = ["METHODS", "score_basis", "stage1_weights"]
 
 
 def stage1_weights(scores: Tensor, method: str, temperature: float = 1.0) -> Tensor:

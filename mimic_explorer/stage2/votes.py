@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-BINARISATIONS = ("weight", "proj", "gmm", "kmeans")
-AGGREGATIONS = ("majority", "unanimity", "mean")
+from mimic_explorer.util.choices import AGGREGATIONS, BINARISATIONS
+
 #: at most this many values (in expectation) feed one 2-group fit; above it, a deterministic subsample
 FIT_CAP = 100_000
 #: the columns of one sample's Stage-2 result, in the order samples.parquet holds them

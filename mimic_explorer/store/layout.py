@@ -74,7 +74,7 @@ SAMPLES_ROW_GROUP_ROWS = 65_536
 
 _EPOCH = "epoch-"
 _CHUNK = "chunk-"
-_ERRORS_PART = ".errors-rank"
+_ERRORS_PART = ".errors-chunk-"
 _PART = ".parquet"
 _ERRORS_PART_SUFFIX = ".parquet.part"  # hidden and not ``*.parquet``: never read as a score part
 _SCRATCH_SUFFIX = ".scratch"
@@ -178,9 +178,10 @@ class RunLayout:
         """``scores/chunk-NNNNNN[-rankRRR].parquet``: the rows of one chunk of a ``score`` pass."""
         return self.scores_dir / f"{_CHUNK}{chunk:06d}{_rank_suffix(rank)}{_PART}"
 
-    def error_part(self, rank: int) -> Path:
-        """One rank's bad samples of a ``score`` pass, merged into ``errors`` by rank 0."""
-        return self.scores_dir / f"{_ERRORS_PART}{rank:03d}{_ERRORS_PART_SUFFIX}"
+    def error_part(self, chunk: int) -> Path:
+        """The bad samples of one chunk of a ``score`` pass, written before the chunk's score part (so
+        a finished chunk's bad samples survive a kill) and merged into ``errors`` by rank 0."""
+        return self.scores_dir / f"{_ERRORS_PART}{chunk:06d}{_ERRORS_PART_SUFFIX}"
 
     def _glob(self, pattern: str) -> list[Path]:
         return sorted(self.scores_dir.glob(pattern)) if self.scores_dir.is_dir() else []

@@ -243,11 +243,17 @@ class SamplesWriter:
             self.abort()
 
 
-def take_error_parts(layout: RunLayout) -> pd.DataFrame:
-    """Every rank's bad samples of a pass, merged (one row per sample id); the per-rank parts are
-    removed, since ``errors.parquet`` replaces them once the caller writes it."""
-    parts = layout.error_parts()
-    merged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True).drop_duplicates("sample_id")
-    for part in parts:
-        part.unlink()
-    return merged
+def read_error_parts(layout: RunLayout) -> pd.DataFrame:
+    """Every chunk's bad samples of a pass, merged (one row per sample id). The parts stay until the
+    run's ``errors.parquet`` is written (``drop_error_parts``), so a finish that dies half-way loses none."""
+    columns = ["sample_id", "path", "reason"]
+    parts = [pd.read_parquet(p) for p in layout.error_parts()]
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in columns})
+    return pd.concat(parts, ignore_index=True).drop_duplicates("sample_id")
+
+
+def drop_error_parts(layout: RunLayout) -> None:
+    """Remove the per-chunk error parts once ``errors.parquet`` holds them."""
+    for part in layout.error_parts():
+        part.unlink(missing_ok=True)

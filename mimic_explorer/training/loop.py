@@ -33,6 +33,7 @@ from mimic_explorer.scoring.losses import PerSampleLoss
 from mimic_explorer.scoring.prepared import PreparedScorer
 from mimic_explorer.scoring.stage1 import METHODS, score_basis, stage1_weights
 from mimic_explorer.scoring.trees import moved
+from mimic_explorer.util.choices import OPTIMIZERS, REWEIGHTS
 
 
 @dataclass
@@ -58,9 +59,9 @@ class TrainConfig:
             raise ValueError(f"batch size {self.batch_size} must be between 1 and the dataset size {num_samples}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
-        if self.optimizer not in ("adamw", "sgd"):
+        if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
-        if self.reweight not in ("head", "all"):
+        if self.reweight not in REWEIGHTS:
             raise ValueError(f"reweight must be 'head' or 'all', got {self.reweight!r}")
 
     def to_dict(self) -> dict:
@@ -89,82 +90,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def shared_batch_edges(size: int, world: int, batch_size: int, min_batch: int = 1) -> list[int]:
-    """Edges of each rank's batches when ``world`` ranks share ``size`` samples strided.
-
-    Why: every rank must cut as many batches as the others (each step all-reduces the gradients: a
-    rank with one batch more waits forever for its peers), and the ranks' shares differ by one sample
-    when ``world`` does not divide ``size``, which changes the count for a share just past a multiple
-    of the batch size, or with ``min_batch`` (a last batch smaller than it joins the one before). So the
-    edges are the smallest share's (``size // world``); a rank holding one sample more puts it in its
-    last batch (the last edge is then its own share)."""
-    share = size // world
-    bounds = list(range(0, share, batch_size)) + [share]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < min_batch:
-        del bounds[-2]
-    return bounds
-
-
-def shared_batch_count(size: int, world: int, batch_size: int, min_batch: int = 1) -> int:
-    """How many batches every rank cuts an epoch (``shared_batch_edges``): its step count."""
-    return len(shared_batch_edges(size, world, batch_size, min_batch)) - 1
-
-
-class TensorBatches:
-    """Seeded, shuffled mini-batches of in-memory tensors, yielding (index, inputs, targets).
-
-    ``inputs``: a tensor, or a tuple of tensors sharing their first dimension (a dual encoder's images
-    and tokens), batched alike. ``targets``: a tensor, or None for a loss without labels (InfoNCE:
-    pair i's caption is text i), then yielded as None. ``rank``/``world`` split each epoch's
-    permutation into disjoint strided parts (one per process of a distributed run); ``index`` is
-    always the position in the full tensors. ``min_batch``: a last batch smaller than this joins the
-    one before it (InfoNCE needs two pairs a batch), so every sample is still seen each epoch.
-    """
-
-    def __init__(self, inputs: torch.Tensor | tuple[torch.Tensor, ...], targets: torch.Tensor | None, batch_size: int,
-                 seed: int, rank: int = 0, world: int = 1, *, min_batch: int = 1):
-        self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
-        self.rank, self.world, self.min_batch = rank, world, min_batch
-        self._tensors = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
-        self._size = len(self._tensors[0])
-        if any(len(t) != self._size for t in self._tensors) or (targets is not None and len(targets) != self._size):
-            raise ValueError("inputs and targets must share their first dimension (one row per sample)")
-        if self._size < world:
-            raise ValueError(f"{self._size} sample(s) cannot be shared by {world} processes (each needs at least one)")
-
-    def __len__(self) -> int:
-        return self._size
-
-    def _bounds(self, n: int) -> list[int]:
-        """Edges of this rank's batches of its ``n`` samples (``shared_batch_edges``)."""
-        bounds = shared_batch_edges(self._size, self.world, self.batch_size, self.min_batch)
-        bounds[-1] = n
-        return bounds
-
-    def _take(self, rows: torch.Tensor):
-        taken = [t.index_select(0, rows.to(t.device)) for t in self._tensors]
-        inputs = tuple(taken) if isinstance(self.inputs, (tuple, list)) else taken[0]
-        targets = None if self.targets is None else self.targets.index_select(0, rows.to(self.targets.device))
-        return inputs, targets
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor | None]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(self._size, generator=generator)[self.rank :: self.world]
-        bounds = self._bounds(len(order))
-        # gather many batches at once (bounded, ~32 MB) and hand out views: a gather per batch costs more
-        # than a probe step's math, a gather per epoch would copy a memory-mapped feature matrix whole
-        row_bytes = max(1, sum(t[0].numel() * t.element_size() for t in self._tensors))
-        per_chunk = max(1, (32 << 20) // (row_bytes * self.batch_size))
-        for first in range(0, len(bounds) - 1, per_chunk):
-            last = min(first + per_chunk, len(bounds) - 1)
-            low = bounds[first]
-            inputs, targets = self._take(order[low : bounds[last]])
-            for k in range(first, last):
-                start, end = bounds[k] - low, bounds[k + 1] - low
-                part = tuple(t[start:end] for t in inputs) if isinstance(inputs, tuple) else inputs[start:end]
-                yield order[bounds[k] : bounds[k + 1]], part, None if targets is None else targets[start:end]
-
-
 class _HeadInput:
     """Forward hook that keeps the head's input (the features h) of the latest forward pass."""
 
@@ -179,7 +104,7 @@ class _HeadInput:
         self._hook.remove()
 
 
-def _head_of(model: nn.Module, head_name: str | None, example: torch.Tensor) -> str:
+def head_of(model: nn.Module, head_name: str | None, example: torch.Tensor) -> str:
     """The head's name: as given (runs trace it once when they build their models), ``head`` for a
     ``LinearProbe``, else traced on ``example`` (callers such as notebooks that did not pass it)."""
     if head_name is not None:
@@ -241,7 +166,7 @@ def _steps_for(model, reference, config, head_name, inputs, loss, mimic_params):
     if loss is None:
         if mimic_params is not None:
             raise ValueError("mimic_params is for a custom loss; a classifier's mimic layer is its head (head_name)")
-        return _Steps(model, reference, config, _head_of(model, head_name, inputs))
+        return _Steps(model, reference, config, head_of(model, head_name, inputs))
     return _LossSteps(model, reference, config, loss, mimic_params)
 
 
@@ -427,51 +352,6 @@ def _autograd_step(model, steps: _Steps, inputs, targets, index, weigh, *, backb
             head.bias.grad = grad_b
     out.update(proj=proj, cos=cos, weight=weights.detach())
     return out
-
-
-@torch.no_grad()
-def collect_signals(
-    model: nn.Module, reference: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    device: str | torch.device = "cpu", *, head_name: str | None = None,
-) -> dict[str, np.ndarray]:
-    """Per-sample end-of-training signals (eval mode) over ``(index, inputs, targets)`` batches:
-    losses under model and reference, the reducible loss (RHO-LOSS), the head-gradient norm (GraNd),
-    proj at the final weights and the model's prediction; ``index`` says which sample each row is.
-    The model's part comes from one pass of the head scorer per batch; ``head_name`` as for ``train``."""
-    scorer: PreparedScorer | None = None
-    was = reference.training
-    reference.eval()
-    out: dict[str, list] = {k: [] for k in ("index", "model_loss", "reference_loss", "grand", "final_proj", "model_pred")}
-    try:
-        for index, x, y in batches:
-            x, y = x.to(device), y.to(device)
-            if scorer is None:
-                name = _head_of(model, head_name, x)
-                scorer = PreparedScorer(model, reference, params="head", method="cos", head_name=name)
-            scores = scorer(x, y)
-            out["index"].append(torch.as_tensor(index))
-            out["model_loss"].append(scores.loss)
-            out["reference_loss"].append(F.cross_entropy(reference(x), y, reduction="none"))
-            out["grand"].append(scores.grad_norm)
-            out["final_proj"].append(scores.proj)
-            out["model_pred"].append(scores.outputs.argmax(-1))
-    finally:
-        reference.train(was)
-    signals = {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
-    signals["reducible_loss"] = signals["model_loss"] - signals["reference_loss"]
-    return signals
-
-
-def evaluate_signals(
-    model: nn.Module, reference: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1024,
-    *, head_name: str | None = None,
-) -> dict[str, np.ndarray]:
-    """``collect_signals`` over in-memory tensors, rows in tensor order."""
-    batches = (
-        (torch.arange(s, min(s + batch_size, len(targets))), inputs[s : s + batch_size], targets[s : s + batch_size])
-        for s in range(0, len(targets), batch_size)
-    )
-    return collect_signals(model, reference, batches, inputs.device, head_name=head_name)
 
 
 @torch.no_grad()

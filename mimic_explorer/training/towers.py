@@ -1,44 +1,106 @@
-"""Stage 1 on image–text pairs with trainable towers: contrastive training of the built-in dual
-encoder, plainly (the way a small "pretrained" checkpoint is made) or with Grad-Mimic.
+"""Stage 1 of a dual encoder: which of its parts train, on which inputs, plainly or with Grad-Mimic.
 
-Why a module of its own: the frozen-tower mode (``pair_training``) trains only the projections on
-cached tower outputs; making the checkpoint that plays the public CLIP needs the text tower (and,
-when asked, the image tower) to learn too, and the paper's CLIP runs re-weight a projection while
-the towers learn. Three choices shape it:
+Three ways a dual encoder trains (``tasks.pairs`` picks one per run):
 
-- **The image tower may stay frozen** (``freeze_image=True``): its outputs are computed once and a
-  ``TextSide`` module — the model without its image tower, sharing every other module — trains on
-  them. A small CNN pretrained on another image set keeps its features (a thousand photos would
-  overfit it) and an epoch costs no image convolution. Without it, the preprocessed images are held in
-  memory and the whole model trains (no augmentation).
-- **A photo may carry several captions** (Flickr8k and COCO list five): ``CaptionDraws`` pairs each
-  photo, each time it is drawn into a batch, with one of its captions chosen at random (seeded by the
-  run's seed and the epoch, so a resumed run draws the same), which uses every caption without putting
-  two captions of one photo into one batch as each other's false negatives.
-- **Grad-Mimic** (``reference=``): the mimic layer (a tower's last linear projection) gets Σ wᵢ gᵢ,
-  every other parameter the mean gradient (``loss_step.LossStep``); the reference runs on the same
-  inputs — with the image tower frozen, on the cached image-tower outputs, so the reference's image
-  tower must be the model's (``image_tower_differences``). The towers drift from the reference's
-  while they learn, and a projection's task vector only means something while they share a basis:
-  callers measure the drift (``pairs_setup.tower_distance``) and warn.
+- **Frozen towers** (the analogue of a linear probe): the towers' outputs are computed once
+  (``tower_features``) and only the projections and the logit scale train on them (a
+  ``ProjectionProbe``, ``train_projections``), so an epoch costs a few matmuls and no text-encoder op
+  ever meets forward mode.
+- **Frozen image tower** (``freeze_image=True``): its outputs are computed once and a ``TextSide`` —
+  the model without its image tower, sharing every other module — trains on them. A small CNN
+  pretrained on another image set keeps its features (a thousand photos would overfit it) and an
+  epoch costs no image convolution.
+- **Both towers learn**: the whole model trains, its images decoded again every epoch
+  (``training.pool_batches.StreamedPairs``) or held (``train_towers``).
 
-Each pair's loss is its symmetric InfoNCE term within its batch (``scoring.contrastive.InfoNCELoss``);
-the loop is ``train.train`` with that loss, so records, resuming and checkpoints work as elsewhere.
+A photo may carry several captions (Flickr8k and COCO list five): ``caption_sets`` holds them and
+``training.batches.CaptionDraws`` draws one per photo per batch. With a reference, Grad-Mimic
+re-weights the mimic layer (a tower's last linear projection: Σ wᵢ gᵢ) and every other parameter gets
+the mean gradient (``training.loss_step.LossStep``); with the image tower frozen the reference runs
+through its own ``TextSide`` on the model's cached image-tower outputs, so its image tower must be the
+model's (``image_tower_differences``). The towers drift from the reference's while they learn, and a
+projection's task vector only means something while they share a basis: runs measure the drift
+(``models.distance``) and warn. Each pair's loss is its symmetric InfoNCE term within its batch
+(``scoring.contrastive.InfoNCELoss``); the loop is ``training.loop.train`` with that loss, so records,
+resuming and checkpoints work as elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mimic_explorer.models.dual import DualEncoder, DualOutput, mimic_layer_params, tower_differences
-from mimic_explorer.scoring.contrastive import InfoNCELoss
+from mimic_explorer.models.dual import DualEncoder, DualOutput, ProjectionProbe, mimic_layer_params, tower_differences
 from mimic_explorer.scoring.context import preserved_modes
-from mimic_explorer.training.loop import TensorBatches, TrainConfig, TrainResult, train
+from mimic_explorer.scoring.contrastive import InfoNCELoss
+from mimic_explorer.training.batches import CaptionDraws, TensorBatches, pair_batches
+from mimic_explorer.training.loop import TrainConfig, TrainResult, train
+
+
+@torch.no_grad()
+def tower_features(model: DualEncoder, batches: Iterable[tuple[Tensor, Tensor]], device: str | torch.device = "cpu") -> Tensor:
+    """(N, image_dim + text_dim) tower outputs of ``(images, tokens)`` batches, in eval mode, on the CPU:
+    what ``train_projections`` and a ``ProjectionProbe`` take."""
+    parts = []
+    with preserved_modes(model):  # eval mode, restored after
+        for images, tokens in batches:
+            parts.append(model.tower_features(images.to(device), tokens.to(device)).cpu())
+    if not parts:
+        raise ValueError("no pairs to compute tower features of")
+    return torch.cat(parts)
+
+
+def projection_probes(model: DualEncoder, reference: DualEncoder | None) -> tuple[ProjectionProbe, ProjectionProbe | None]:
+    """The probes a frozen-tower run trains and scores against: ``model``'s own projections (shared,
+    so training them trains the model) and the reference's. Warns when the reference's towers differ
+    from the model's: its projections then act on features it was not trained on (no shared basis)."""
+    if reference is not None:
+        different = tower_differences(model, reference)
+        if different:
+            warnings.warn(
+                f"the reference's towers differ from the model's in {len(different)} tensors (e.g. {different[0]}): "
+                "frozen-tower scores assume one shared feature basis; use a reference fine-tuned from the "
+                "model's towers with them frozen",
+                UserWarning,
+                stacklevel=3,
+            )
+    return ProjectionProbe.sharing(model), (ProjectionProbe.sharing(reference) if reference is not None else None)
+
+
+def train_projections(
+    model: DualEncoder,
+    features: Tensor,
+    config: TrainConfig,
+    reference: DualEncoder | None = None,
+    *,
+    mimic_layer: str | Sequence[str] = "text",
+    rank: int = 0,
+    world: int = 1,
+    **train_options: Any,
+) -> TrainResult:
+    """The frozen-tower mode: train ``model``'s projections and logit scale in place on cached tower
+    outputs ``features`` (rows = pairs, as ``tower_features`` returns them) under InfoNCE; with a
+    reference, Grad-Mimic on ``mimic_layer`` ("image", "text" or parameter names of the probe).
+
+    Records' ``index`` are rows of ``features``. ``result.model`` is the ``ProjectionProbe`` (whose
+    parameters are the model's). ``rank``/``world`` split the batches as ``TensorBatches`` does;
+    ``train_options`` (``on_epoch``, ``progress``, ``start_epoch``, ``optimizer_state``,
+    ``on_checkpoint``, ``grad_sync``, ``steps_per_epoch``) go to ``train`` as they are.
+    """
+    probe, reference_probe = projection_probes(model, reference)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in probe.parameters():
+        p.requires_grad_(True)
+    names = mimic_layer_params(probe, mimic_layer) if reference is not None else None
+    batches = pair_batches(features.to(config.device), config.batch_size, config.seed, rank, world)
+    return train(probe, batches, config, reference=reference_probe, loss=InfoNCELoss(), mimic_params=names, **train_options)
+
 
 
 class TextSide(nn.Module):
@@ -68,26 +130,6 @@ def caption_sets(tokenizer, captions: Sequence[Sequence[str]]) -> tuple[Tensor, 
     padded = [list(c) + [c[0]] * (width - len(c)) for c in captions]
     flat = tokenizer.encode([t for row in padded for t in row]).ids
     return flat.reshape(len(captions), width, -1), torch.tensor([len(c) for c in captions], dtype=torch.long)
-
-
-class CaptionDraws(TensorBatches):
-    """``TensorBatches`` of (image inputs, caption tokens) where each photo's caption is drawn at random
-    from its ``counts[i]`` captions each time the photo is drawn into a batch (see the module).
-
-    ``images``: (N, …) preprocessed images or image-tower outputs; ``token_sets``: (N, K, L) from
-    ``caption_sets``. With K = 1 every photo keeps its one caption."""
-
-    def __init__(self, images: Tensor, token_sets: Tensor, counts: Tensor, batch_size: int, seed: int,
-                 rank: int = 0, world: int = 1):
-        if batch_size < 2:
-            raise ValueError(f"a batch of image-text pairs needs at least 2 pairs (InfoNCE's negatives), got batch size {batch_size}")
-        super().__init__((images, token_sets, counts), None, batch_size, seed, rank, world, min_batch=2)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Any, None]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7)
-        for index, (images, sets, counts), _ in super().epoch(epoch):
-            draw = (torch.rand(len(index), generator=generator) * counts.cpu()).long().to(sets.device)
-            yield index, (images, sets[torch.arange(len(index), device=sets.device), draw]), None
 
 
 def trainable_part(model: DualEncoder, freeze_image: bool) -> nn.Module:

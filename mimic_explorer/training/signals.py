@@ -1,0 +1,127 @@
+"""Per-sample signals at the end of a run, beside the mimic score: what users compare it with.
+
+Labelled samples (``collect_signals``): the loss under the model and under the reference, the
+reducible loss (RHO-LOSS), the head-gradient norm (GraNd), proj at the final weights and the model's
+prediction. Image-text pairs (``collect_pair_signals``): the same per pair — its InfoNCE term in the
+batch it was scored in, so every row carries that batch's number and size — plus the CLIP score (the
+cosine of a pair's two embeddings, DataComp's standard filter) under the model and the reference.
+Both run in eval mode and compute the model's part with the run's own ``PreparedScorer``, so the
+scores here and those recorded during training come from one function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mimic_explorer.models.dual import mimic_layer_params
+from mimic_explorer.scoring.context import preserved_modes
+from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
+from mimic_explorer.scoring.losses import PerSampleLoss
+from mimic_explorer.scoring.prepared import PreparedScorer
+from mimic_explorer.scoring.trees import as_args, moved
+from mimic_explorer.training.loop import head_of
+
+PAIR_SIGNALS = (
+    "index", "batch", "batch_size", "model_loss", "reference_loss", "reducible_loss", "grand",
+    "final_proj", "final_cos", "model_pred", "clip_score_model", "clip_score_ref",
+)
+
+
+
+@torch.no_grad()
+def collect_signals(
+    model: nn.Module, reference: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    device: str | torch.device = "cpu", *, head_name: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-sample end-of-training signals (eval mode) over ``(index, inputs, targets)`` batches:
+    losses under model and reference, the reducible loss (RHO-LOSS), the head-gradient norm (GraNd),
+    proj at the final weights and the model's prediction; ``index`` says which sample each row is.
+    The model's part comes from one pass of the head scorer per batch; ``head_name`` as for ``train``."""
+    scorer: PreparedScorer | None = None
+    was = reference.training
+    reference.eval()
+    out: dict[str, list] = {k: [] for k in ("index", "model_loss", "reference_loss", "grand", "final_proj", "model_pred")}
+    try:
+        for index, x, y in batches:
+            x, y = x.to(device), y.to(device)
+            if scorer is None:
+                name = head_of(model, head_name, x)
+                scorer = PreparedScorer(model, reference, params="head", method="cos", head_name=name)
+            scores = scorer(x, y)
+            out["index"].append(torch.as_tensor(index))
+            out["model_loss"].append(scores.loss)
+            out["reference_loss"].append(F.cross_entropy(reference(x), y, reduction="none"))
+            out["grand"].append(scores.grad_norm)
+            out["final_proj"].append(scores.proj)
+            out["model_pred"].append(scores.outputs.argmax(-1))
+    finally:
+        reference.train(was)
+    signals = {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
+    signals["reducible_loss"] = signals["model_loss"] - signals["reference_loss"]
+    return signals
+
+
+def evaluate_signals(
+    model: nn.Module, reference: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1024,
+    *, head_name: str | None = None,
+) -> dict[str, np.ndarray]:
+    """``collect_signals`` over in-memory tensors, rows in tensor order."""
+    batches = (
+        (torch.arange(s, min(s + batch_size, len(targets))), inputs[s : s + batch_size], targets[s : s + batch_size])
+        for s in range(0, len(targets), batch_size)
+    )
+    return collect_signals(model, reference, batches, inputs.device, head_name=head_name)
+
+
+@torch.no_grad()
+def collect_pair_signals(
+    model: nn.Module,
+    reference: nn.Module,
+    batches: Iterable[tuple[Tensor, Any, Any]],
+    device: str | torch.device = "cpu",
+    *,
+    mimic_params: str | Sequence[str] = "text",
+    loss: PerSampleLoss | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-pair end-of-run signals (eval mode) over ``(index, inputs, targets)`` batches of a dual
+    encoder (inputs (images, tokens)) or a ``ProjectionProbe`` (inputs: cached tower features).
+
+    Keys (``PAIR_SIGNALS``), one row per pair: ``index``; ``batch`` (0, 1, … in the order given) and
+    ``batch_size`` — the batch each pair was scored in; ``model_loss`` / ``reference_loss`` (its
+    InfoNCE term in that batch) and ``reducible_loss``; ``final_proj`` / ``final_cos`` / ``grand``
+    (‖g_i‖) on the mimic layer at the final weights; ``model_pred`` (in-batch top-1); and
+    ``clip_score_model`` / ``clip_score_ref`` (the cosine of the pair's two embeddings: DataComp's
+    CLIP score, which does not depend on the batch).
+    """
+    loss = loss if loss is not None else InfoNCELoss()
+    names = mimic_layer_params(model, mimic_params)
+    scorer = PreparedScorer(model, reference, params=names, method="cos", loss=loss)
+    out: dict[str, list] = {k: [] for k in PAIR_SIGNALS if k != "reducible_loss"}
+    with preserved_modes(reference):  # eval mode, restored after
+        for number, (index, inputs, targets) in enumerate(batches):
+            inputs, targets = moved(inputs, device), moved(targets, device)
+            scores = scorer(inputs, targets)
+            ref_out = reference(*as_args(inputs))
+            size = len(scores.loss)
+            out["index"].append(torch.as_tensor(index))
+            out["batch"].append(torch.full((size,), number, dtype=torch.long))
+            out["batch_size"].append(torch.full((size,), size, dtype=torch.long))
+            out["model_loss"].append(scores.loss)
+            out["reference_loss"].append(loss(ref_out, targets))
+            out["grand"].append(scores.grad_norm)
+            out["final_proj"].append(scores.proj)
+            out["final_cos"].append(scores.cos)
+            out["model_pred"].append(loss.predict(scores.outputs) if hasattr(loss, "predict") else torch.full((size,), -1))
+            out["clip_score_model"].append(clip_score(scores.outputs[0], scores.outputs[1]))
+            out["clip_score_ref"].append(clip_score(ref_out[0], ref_out[1]))
+    if not out["index"]:
+        raise ValueError("no batches of pairs to collect signals from")
+    signals = {k: torch.cat([t.detach().cpu() for t in v]).numpy() for k, v in out.items()}
+    signals["reducible_loss"] = signals["model_loss"] - signals["reference_loss"]
+    return signals
