@@ -20,6 +20,15 @@ import pandas as pd
 VARYING_META_KEYS = ("timings", "created", "finished", "command", "versions", "device", "run_id", "pid")
 #: config keys that name where the run was written (the temporary folder itself)
 VARYING_CONFIG_KEYS = ("out",)
+#: meta.json fingerprints that hash weights a run trained (``--init`` of a plain run's checkpoint, the
+#: reference, the scored model): a float that moves in its last bit changes the hash, though every score
+#: agrees within the tolerance (here, one thread against two moved the demo reference's hash). Each is
+#: replaced by ``<weights-N>``, N counting the distinct hashes of the run in key order, so which weights
+#: are the same ones (the model's init and the reference's: the feature-basis check) is still compared.
+#: The data, labels and subset fingerprints hash ids and ints: compared as they are.
+WEIGHT_FINGERPRINTS = (("basis", "model_init_fingerprint"), ("basis", "reference_init_fingerprint"),
+                       ("fingerprints", "init"), ("fingerprints", "model"), ("fingerprints", "reference"),
+                       ("fingerprints", "reference_init"))
 #: the order score rows are compared in: epoch first, then the sample's pool position
 SCORE_ORDER = ("epoch", "position", "sample_id")
 
@@ -82,6 +91,12 @@ def _stable_meta(meta: dict) -> dict:
     meta = {k: v for k, v in meta.items() if k not in VARYING_META_KEYS}
     if isinstance(meta.get("config"), dict):
         meta["config"] = {k: v for k, v in meta["config"].items() if k not in VARYING_CONFIG_KEYS}
+    aliases: dict[str, str] = {}
+    for section, key in WEIGHT_FINGERPRINTS:
+        value = (meta.get(section) or {}).get(key) if isinstance(meta.get(section), dict) else None
+        if isinstance(value, str):
+            alias = aliases.setdefault(value, f"<weights-{len(aliases) + 1}>")
+            meta[section] = {**meta[section], key: alias}
     return meta
 
 
