@@ -122,7 +122,8 @@ def stage_two(folder: Path, n: int) -> dict:
     """Phase 3: ``finish_samples`` over the score parts."""
     import numpy as np
 
-    from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_samples, samples_table
+    from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_samples
+    from mimic_explorer.store.sample_rows import samples_table
     from mimic_explorer.store.layout import RunLayout
     from mimic_explorer.store.writer import SamplesWriter
 

@@ -34,7 +34,8 @@ SHARDS = ROOT.parent / "shared" / "data" / "cifar10"
 def step_ratio(batch: int, repeats: int, device: str) -> dict:
     import torchvision
 
-    from mimic_explorer.training.loop import TensorBatches, TrainConfig, train
+    from mimic_explorer.training.batches import TensorBatches
+    from mimic_explorer.training.loop import TrainConfig, train
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).to(device)

@@ -24,7 +24,7 @@ def pool_features(backbone: Path, options) -> tuple[np.ndarray, np.ndarray, np.n
     from mimic_explorer.models.heads import find_head
     from mimic_explorer.models.registry import build_model
     from mimic_explorer.training.features import extract_features
-    from mimic_explorer.tasks.setup import open_pool
+    from mimic_explorer.data.pool import open_pool
 
     pool = open_pool(options)
     model = build_model("small_cnn", len(pool.source.class_names), input_shape=(3, 32, 32))

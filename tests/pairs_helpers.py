@@ -21,7 +21,7 @@ from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer
-from mimic_explorer.tasks.pairs_setup import dual_transform
+from mimic_explorer.tasks.dual_models import dual_transform
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 from tests.subset_helpers import shard_excerpt
 
@@ -79,9 +79,9 @@ def make_checkpoints(pool_spec: str, folder: Path) -> tuple[Path, Path]:
 def dies_once_in_epoch(monkeypatch, epoch: int) -> list[int]:
     """Make a pairs ``train`` run raise KeyboardInterrupt the first time it records ``epoch`` (as a
     killed run would stop, before that epoch is saved); returns the epochs recorded, in order."""
-    from mimic_explorer.tasks import pairs_train
+    from mimic_explorer.training.epoch_parts import EpochParts
 
-    real_add, seen = pairs_train.EpochParts.add, []
+    real_add, seen = EpochParts.add, []
 
     def add(self, record):
         seen.append(record.epoch)
@@ -89,7 +89,7 @@ def dies_once_in_epoch(monkeypatch, epoch: int) -> list[int]:
             raise KeyboardInterrupt("killed")
         return real_add(self, record)
 
-    monkeypatch.setattr(pairs_train.EpochParts, "add", add)
+    monkeypatch.setattr(EpochParts, "add", add)
     return seen
 
 

@@ -14,13 +14,9 @@ from mimic_explorer.models.dual import mimic_layer_params, tower_differences
 from mimic_explorer.models.small import MLP
 from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer
-from mimic_explorer.training.pair_training import (
-    collect_pair_signals,
-    evaluate_pair_signals,
-    pair_batches,
-    tower_features,
-    train_projections,
-)
+from mimic_explorer.training.batches import pair_batches
+from mimic_explorer.training.signals import collect_pair_signals
+from mimic_explorer.training.towers import tower_features, train_projections
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
 from mimic_explorer.training.loop import TrainConfig, train
@@ -90,7 +86,7 @@ def test_a_reference_with_other_towers_is_warned_about():
 def test_pair_signals_are_the_batch_losses_exact_scores_and_clip_scores():
     model, inputs = pairs(n=13)
     reference = reference_of(model)
-    signals = evaluate_pair_signals(model, reference, inputs, batch_size=4, mimic_params="text", seed=1)
+    signals = collect_pair_signals(model, reference, pair_batches(inputs, 4, 1).epoch(0), mimic_params="text")
     assert sorted(signals["index"].tolist()) == list(range(13))
     assert signals["batch"].tolist() == [0] * 4 + [1] * 4 + [2] * 5 and signals["batch_size"].tolist() == [4] * 8 + [5] * 5
     model.eval(), reference.eval()

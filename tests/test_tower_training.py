@@ -12,8 +12,9 @@ import torch
 
 from mimic_explorer.models.dual import reset_projections
 from mimic_explorer.scoring.contrastive import InfoNCELoss
-from mimic_explorer.training.tower_training import (CaptionDraws, TextSide, caption_sets, image_inputs, image_tower_differences,
-                                           reference_part, train_towers, trainable_part)
+from mimic_explorer.training.batches import CaptionDraws
+from mimic_explorer.training.towers import (TextSide, caption_sets, image_inputs, image_tower_differences, reference_part,
+                                            train_towers, trainable_part)
 from mimic_explorer.training.loop import TrainConfig
 from tests.pairs_helpers import tiny_dual
 

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from mimic_explorer.models.small import MLP
 from mimic_explorer.scoring.stage1 import stage1_weights
-from mimic_explorer.training.loop import TensorBatches, TrainConfig, clone_model, train
+from mimic_explorer.training.batches import TensorBatches
+from mimic_explorer.training.loop import TrainConfig, clone_model, train
 
 
 def _data(n=96, d=12, c=4, seed=0):

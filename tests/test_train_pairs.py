@@ -17,7 +17,8 @@ from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 from mimic_explorer.scoring.stage1 import stage1_weights
-from mimic_explorer.training.loop import TensorBatches, TrainConfig, train
+from mimic_explorer.training.batches import TensorBatches
+from mimic_explorer.training.loop import TrainConfig, train
 from tests.scoring_models import perturbed
 
 LAYERS = ["image_projection.weight", "text_projection.weight"]

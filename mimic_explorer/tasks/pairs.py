@@ -378,7 +378,8 @@ class PairsTask:
 
     def check_options(self, options: Any) -> None:
         """Refuse, before anything is written, an option a pairs pool cannot use."""
-        named = [flag for field, flag in LABELLED_ONLY if getattr(options, field, None)]
+        named = [flag if value is True else f"{flag} {value}"
+                 for field, flag in LABELLED_ONLY if (value := getattr(options, field, None))]
         if options.init and options.command != "train":  # train: the towers' initial weights
             named.append("--init")
         if named:

@@ -26,7 +26,10 @@ def test_defaults_are_valid():
 
 
 def test_train_binarisation_is_the_pool_kinds_unless_given():
-    from mimic_explorer.tasks.pairs_options import train_binarisation
+    from mimic_explorer.tasks import LabelledTask, PairsTask
+
+    def train_binarisation(options, kind):
+        return options.binarisation or {"labelled": LabelledTask(), "pairs": PairsTask()}[kind].default_binarisation()
 
     assert train_binarisation(_train(), "labelled") == "weight" and train_binarisation(_train(), "pairs") == "gmm"
     assert train_binarisation(_train(binarisation="kmeans"), "pairs") == "kmeans"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimic_explorer.training.pair_batches import chunk_bounds, whole_batches
+from mimic_explorer.training.pool_batches import chunk_bounds, whole_batches
 from mimic_explorer.training.pool_pass import PassBatch
 
 
@@ -37,6 +37,6 @@ def test_whole_batches_recut_in_order(sizes, size, expected):
 
 def test_chunk_bounds_never_end_with_one_position():
     assert chunk_bounds(30, 12) == [(0, 12), (12, 24), (24, 30)]
-    assert chunk_bounds(25, 12) == [(0, 12), (12, 25)]
+    assert chunk_bounds(25, 12, 2) == [(0, 12), (12, 25)] and chunk_bounds(25, 12) == [(0, 12), (12, 24), (24, 25)]
     assert chunk_bounds(1, 12) == [(0, 1)]
     assert chunk_bounds(0, 12) == []

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.training.pair_stream import StreamedPairs
-from mimic_explorer.tasks.pairs_setup import dual_transform
+from mimic_explorer.training.pool_batches import StreamedPairs
+from mimic_explorer.tasks.dual_models import dual_transform
 from mimic_explorer.training.pool_pass import no_input
-from mimic_explorer.training.tower_training import caption_sets, train_tower_batches, train_towers
+from mimic_explorer.training.towers import caption_sets, train_tower_batches, train_towers
 from mimic_explorer.training.loop import TrainConfig
 from tests.pairs_helpers import SHAPE, flickr_pool, needs_flickr, tiny_dual
 

@@ -18,7 +18,7 @@ import pytest
 
 from mimic_explorer import open_run
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.tasks.pairs_setup import dual_transform, load_pair_model
+from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 from tests.conftest import run_cli, run_torchrun

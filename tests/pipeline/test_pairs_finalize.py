@@ -14,13 +14,15 @@ import pandas as pd
 import pytest
 
 from mimic_explorer import open_run
-from mimic_explorer.tasks import pairs_score
-from mimic_explorer.commands.finalize import Stage2Options, add_stage2, evaluate, samples_table
+from mimic_explorer.commands import score as score_command
+from mimic_explorer.commands.finalize import Stage2Options, add_stage2, evaluate
+from mimic_explorer.store.sample_rows import samples_table
 from mimic_explorer.commands.options import ScoreOptions
-from mimic_explorer.tasks.pairs_columns import pair_samples, read_pair_scores, score_step
-from mimic_explorer.tasks.pairs_setup import pair_captions
+from mimic_explorer.tasks.pairs import batch_steps, pair_samples, score_batches
+from mimic_explorer.commands.score import score_step
+from mimic_explorer.tasks.pairs import pair_captions
 from mimic_explorer.commands.score import run_score
-from mimic_explorer.tasks.setup import open_pool
+from mimic_explorer.data.pool import open_pool
 from mimic_explorer.store.layout import RunLayout
 from tests.pairs_helpers import FLICKR, make_checkpoints, needs_flickr
 from tests.subset_helpers import shard_excerpt
@@ -43,6 +45,13 @@ def with_a_broken_photo(shard, out):
     return out
 
 
+def read_pair_scores(parts) -> pd.DataFrame:
+    """Every part's rows with ``score_batch`` (the whole pool at once)."""
+    frame = pd.concat([pd.read_parquet(path) for path in parts], ignore_index=True)
+    frame["score_batch"] = score_batches(frame["step"].to_numpy(), batch_steps(parts))
+    return frame
+
+
 def in_memory(options: ScoreOptions) -> pd.DataFrame:
     """samples.parquet as the in-memory path makes it from the run's parts (the whole pool at once)."""
     pool = open_pool(options)
@@ -63,7 +72,7 @@ def test_pairs_score_finishes_in_ranges_exactly_as_in_memory(tmp_path, monkeypat
     model, reference = make_checkpoints(f"wds:{clean}", tmp_path)
     options = ScoreOptions(data=spec, arch="small_dual", out=str(tmp_path / "run"), model=str(model), reference=str(reference),
                            batch_size=8, chunk_size=100, caption_noise=0.3, score_method="cos", device="cpu", quiet=True)
-    monkeypatch.setattr(pairs_score, "Stage2Options", functools.partial(Stage2Options, chunk=128))  # 3 ranges
+    monkeypatch.setattr(score_command, "Stage2Options", functools.partial(Stage2Options, chunk=128))  # 3 ranges
     run = open_run(run_score(options).path)
     written = pd.read_parquet(run.layout.samples)
     expected = in_memory(options)
@@ -74,8 +83,7 @@ def test_pairs_score_finishes_in_ranges_exactly_as_in_memory(tmp_path, monkeypat
     assert run.meta["summary"]["pairs"]["batches"] == expected["score_batch"].nunique()
 
 
-def test_batch_steps_follow_the_order_of_the_part_names():
-    world = 3
-    order = [score_step(chunk, step, rank, world) for chunk in range(2) for rank in range(world) for step in range(4)]
+def test_batch_steps_follow_the_pool_order_whatever_the_process_count():
+    order = [score_step(chunk, step) for chunk in range(3) for step in range(4)]
     assert order == sorted(order) and len(set(order)) == len(order)
-    assert score_step(2, 7) == 200_007  # one process: the steps as they always were
+    assert score_step(2, 7) == 200_007  # the steps as they always were

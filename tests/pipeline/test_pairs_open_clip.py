@@ -16,7 +16,7 @@ from mimic_explorer import open_run
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.models.dual_registry import build_dual_encoder
 from mimic_explorer.commands.options import ScoreOptions, TrainOptions
-from mimic_explorer.tasks.pairs_setup import load_pair_model
+from mimic_explorer.tasks.dual_models import load_pair_model
 from mimic_explorer.commands.score import run_score
 from mimic_explorer.commands.train import run_train
 from tests.pairs_helpers import flickr_pool, needs_flickr

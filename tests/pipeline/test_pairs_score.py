@@ -17,9 +17,9 @@ import torch
 
 from mimic_explorer import open_run
 from mimic_explorer.data.sources import open_source
-from mimic_explorer.tasks import pairs_score
+from mimic_explorer.tasks.pairs import PairScoring
 from mimic_explorer.commands.options import ScoreOptions
-from mimic_explorer.tasks.pairs_setup import dual_transform, load_pair_model
+from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from mimic_explorer.commands.score import run_score
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
@@ -84,15 +84,17 @@ def test_scores_equal_the_scorer_on_the_batch_each_pair_was_scored_in(pool, tmp_
 
 def test_a_killed_pairs_run_resumes_at_the_first_missing_chunk(pool, tmp_path, monkeypatch):
     whole = open_run(run_score(options(pool, tmp_path / "whole")).path).samples
-    real, calls = pairs_score._score_chunk, []
+    real, calls = PairScoring.batches, []
+    size = options(pool, tmp_path / "resumed").chunk_size
 
-    def dies_on_the_second_chunk(run, scorer, indices, chunk, thumbs, errors):
+    def dies_on_the_second_chunk(self, start, stop, passes):
+        chunk = start // size
         calls.append(chunk)
         if chunk == 1 and len(calls) == 2:
             raise KeyboardInterrupt("killed")
-        return real(run, scorer, indices, chunk, thumbs, errors)
+        return real(self, start, stop, passes)
 
-    monkeypatch.setattr(pairs_score, "_score_chunk", dies_on_the_second_chunk)
+    monkeypatch.setattr(PairScoring, "batches", dies_on_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_score(options(pool, tmp_path / "resumed"))
     run_score(options(pool, tmp_path / "resumed"))

@@ -14,8 +14,8 @@ from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer
 from mimic_explorer.commands.options import ScoreOptions
-from mimic_explorer.tasks.pairs_options import pair_mimic_params
-from mimic_explorer.tasks.pairs_setup import build_pair_models, dual_transform, load_pair_model, saved_arch
+from mimic_explorer.tasks.dual_models import pair_mimic_params
+from mimic_explorer.tasks.dual_models import build_pair_models, dual_transform, load_pair_model, saved_arch
 
 CAPTIONS = ["a dog runs on the grass", "two cats sleep on a sofa", "a red bus in the street"]
 SHAPE = (3, 8, 8)

@@ -19,11 +19,14 @@ from mimic_explorer.models.checkpoints import CheckpointError
 from mimic_explorer.models.dual import reset_projections, tower_differences
 from mimic_explorer.models.dual_checkpoint import read_dual_checkpoint, save_dual_encoder
 from mimic_explorer.commands.options import TrainOptions
-from mimic_explorer.tasks.pairs_setup import dual_transform, load_pair_model
-from mimic_explorer.tasks.pairs_train import TowerDrift
+from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
+from mimic_explorer.models.distance import outside_params
+from mimic_explorer.models.dual import mimic_layer_params
+from mimic_explorer.tasks.pairs import TOWERS_ADVICE
+from mimic_explorer.training.drift import DriftMeter
 from mimic_explorer.commands.train import run_train
 from mimic_explorer.scoring.contrastive import clip_score
-from mimic_explorer.training.tower_training import image_tower_differences
+from mimic_explorer.training.towers import image_tower_differences
 from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr, tiny_dual
 
 pytestmark = [needs_flickr]
@@ -192,7 +195,7 @@ def test_a_frozen_image_tower_unlike_the_references_is_refused_before_writing(po
 def test_tower_drift_is_measured_outside_the_mimic_layer_and_warns_past_the_threshold():
     model = tiny_dual(["a dog runs", "a cat sits"])
     reference = copy.deepcopy(model)
-    drift = TowerDrift(model, reference, "text")
+    drift = DriftMeter(model, reference, outside_params(mimic_layer_params(model, "text")), "towers", TOWERS_ADVICE)
     with torch.no_grad():
         model.text_projection.weight.mul_(5.0)  # the mimic layer: not drift
     drift.measure(0)

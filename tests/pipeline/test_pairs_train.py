@@ -14,7 +14,7 @@ from mimic_explorer import open_run
 from mimic_explorer.data.sources import open_source
 from mimic_explorer.models.dual import tower_differences
 from mimic_explorer.commands.options import ScoreOptions, TrainOptions
-from mimic_explorer.tasks.pairs_setup import dual_transform, load_pair_model
+from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from mimic_explorer.commands.score import run_score
 from mimic_explorer.commands.train import run_train
 from mimic_explorer.scoring.contrastive import clip_score, retrieval_recall

@@ -10,6 +10,7 @@ import pytest
 
 from mimic_explorer import open_run
 from mimic_explorer.commands import score as score_command
+from mimic_explorer.tasks import labelled as labelled_task
 from mimic_explorer.commands.options import ScoreOptions
 
 
@@ -17,14 +18,14 @@ from mimic_explorer.commands.options import ScoreOptions
 def test_score_cos_makes_one_forward_per_batch(digits_reference, tmp_path, monkeypatch):
     monkeypatch.setenv("MIMIC_EXPLORER_CACHE", str(tmp_path / "cache"))
     forwards = [0]
-    build_models = score_command.build_models
+    build_models = labelled_task.build_models
 
     def counted(*args, **kwargs):
         models = build_models(*args, **kwargs)
         models.model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
         return models
 
-    monkeypatch.setattr(score_command, "build_models", counted)
+    monkeypatch.setattr(labelled_task, "build_models", counted)
     options = ScoreOptions("digits", "mlp", str(tmp_path / "s"), model=str(digits_reference),
                          reference=str(digits_reference), reference_noise=0.05, score_method="cos",
                          batch_size=256, chunk_size=1000, device="cpu", quiet=True)

@@ -16,7 +16,9 @@ from mimic_explorer import mimic_scores
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.models.small import MLP
 from mimic_explorer.scoring import PreparedScorer
-from mimic_explorer.training.loop import TensorBatches, TrainConfig, clone_model, evaluate_signals, train
+from mimic_explorer.training.batches import TensorBatches
+from mimic_explorer.training.loop import TrainConfig, clone_model, train
+from mimic_explorer.training.signals import evaluate_signals
 from tests.scoring_models import assert_close, build, oracle, perturbed
 
 
