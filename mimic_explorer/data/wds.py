@@ -14,7 +14,21 @@ pool whose ``.json`` carries a ``uid``: that uid is the id (DataComp's 128-bit h
 subset files). A pool is pairs when its samples carry ``.txt`` and none ``.cls``; samples of both
 kinds in one pool are an error (``data.captions``). In a pairs pool a sample without an image or a
 usable caption, or with an unreadable ``.json``, is a bad sample (``open_errors``); a uid that two
-samples share is an error naming both.
+samples share, or two uids that differ only in case, are an error naming both.
+
+Labels: a ``.cls`` is parsed strictly (``data.labels``). One that is not an integer (``nan``, ``3.5``,
+``cat``) is a bad sample; one outside the classes of ``classes.txt`` beside the first shard (or the
+``class_names`` given), a negative one, or, without declared classes, one that implies far more
+classes than the pool has samples (``data.labels.implied_class_limit``) is an error naming the
+sample and its shard.
+
+Truncated shards: a shard is read to its end or reported (``data.tar_scan``). A shard cut at a member
+header, inside a header, inside a member's data or at a damaged header keeps every sample before the
+cut; the sample the cut fell in is a bad sample when it lacks an image, a label or caption, or a kind
+of member every other sample of its shard has (a pair cut before its ``.json`` would otherwise change
+its id from the uid to the key). The shard itself becomes an entry of ``pool_errors`` (so also of
+``open_errors``; id ``SHARD@BYTE``, the byte where its readable part ends) and a line of ``warnings``.
+Both are kept in the cached index, so every later open reports them again.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ from mimic_explorer.util.cache import shard_index_dir
 from mimic_explorer.data.captions import NO_CAPTION, PAIRS, decode_caption, pool_kind
 from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file
-from mimic_explorer.data.imageio import IMAGE_EXTENSIONS
+from mimic_explorer.data.imageio import IMAGE_EXTENSIONS, MAX_FILE_BYTES_ENV, max_file_bytes
 from mimic_explorer.data.labels import cell_text, implied_classes_message, parse_label, too_many_implied
 from mimic_explorer.data.shards import resolve_shards
 from mimic_explorer.data.source import Source, _preview, uid_case_twins, uid_twins_text
@@ -260,6 +274,10 @@ class WdsSource(Source):
         spec = spec or f"wds:{pattern}"
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
+        try:
+            self.max_bytes = max_file_bytes()
+        except DataSourceError as exc:
+            raise DataSourceError(f"{spec}: {exc}") from None
         self.shards = resolve_shards(pattern, spec)
         self.cache_dir = shard_index_dir(index_dir)
         parts, self.index_files = [], []
@@ -274,7 +292,7 @@ class WdsSource(Source):
         if len(keys) == 0:
             damage = f"; {'; '.join(self._shard_warnings)}" if self._shard_warnings else ""
             raise DataSourceError(f"{spec}: the shards hold no samples ({', '.join(self.shards)}){damage}")
-        self._cut = np.asarray([cut_reasons.get(int(s)) if cut else None for s, cut in zip(shard_of, cat["incomplete"])], dtype=object)
+        self._cut_reasons = {int(k): cut_reasons[int(shard_of[k])] for k in np.flatnonzero(cat["incomplete"])}
 
         dup = np.flatnonzero(cat["duplicate"])
         if len(dup):
@@ -315,7 +333,7 @@ class WdsSource(Source):
     def _open_labelled(self, spec: str, shard_of: np.ndarray, keys: np.ndarray, cat: dict, class_names: Sequence[str] | None) -> None:
         """Open a labelled pool: a key without an image, one a truncation cut short and a ``.cls`` that
         is not an integer are bad samples; a missing ``.cls`` or a label outside the classes is an error."""
-        has_image, state, cut = cat["offset"] >= 0, cat["label_state"], self._cut != None  # noqa: E711 - elementwise
+        has_image, state, cut = cat["offset"] >= 0, cat["label_state"], cat["incomplete"]
         unlabelled = np.flatnonzero(has_image & ~cut & (state == LABEL_ABSENT))
         if len(unlabelled):
             k = unlabelled[0]
@@ -323,13 +341,17 @@ class WdsSource(Source):
                 f"{spec}: shard member without .cls: {keys[k]}.{cat['ext'][k]} in {self.shards[shard_of[k]]} "
                 f"has no {keys[k]}.cls label ({len(unlabelled)} such sample(s))"
             )
-        reasons = np.full(len(keys), None, dtype=object)
-        garbled = np.flatnonzero(state == LABEL_NOT_INTEGER)
-        reasons[garbled] = [f"{keys[k]}.cls holds {self._cls_text(k, shard_of, cat)}: not an integer class index" for k in garbled]
-        reasons[~has_image] = f"no image member ({'/'.join('.' + e for e in IMAGE_EXTENSIONS)})"
-        reasons[cut] = self._cut[cut]
-        good = np.asarray([r is None for r in reasons], dtype=bool)
-        open_errors = [BadSample(keys[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reasons[k]) for k in np.flatnonzero(~good)]
+        garbled = state == LABEL_NOT_INTEGER
+        good = has_image & ~cut & ~garbled
+
+        def reason(k: int) -> str:
+            if k in self._cut_reasons:
+                return self._cut_reasons[k]
+            if not has_image[k]:
+                return f"no image member ({'/'.join('.' + e for e in IMAGE_EXTENSIONS)})"
+            return f"{keys[k]}.cls holds {self._cls_text(k, shard_of, cat)}: not an integer class index"
+
+        open_errors = [BadSample(keys[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reason(int(k))) for k in np.flatnonzero(~good)]
         if not good.any():
             raise DataSourceError(f"{spec}: no sample has both an image and a usable .cls label ({_preview(b.reason for b in open_errors)})")
         class_names = self._class_names(spec, np.flatnonzero(good), shard_of, keys, cat, class_names)
@@ -398,8 +420,8 @@ class WdsSource(Source):
         bad_caption = cat["caption_state"] != CAPTION_OK
         reasons[bad_caption] = [text or f"{NO_CAPTION} (no .txt member)" for text in texts[bad_caption]]
         reasons[cat["offset"] < 0] = f"no image member ({'/'.join('.' + e for e in IMAGE_EXTENSIONS)})"
-        cut = self._cut != None  # noqa: E711 - elementwise
-        reasons[cut] = self._cut[cut]
+        for k, why in self._cut_reasons.items():
+            reasons[k] = why
         good = np.asarray([r is None for r in reasons], dtype=bool)
         self._refuse_duplicate_uids(spec, ids, good, keys, shard_of)
         open_errors = [BadSample(ids[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reasons[k]) for k in np.flatnonzero(~good)]
@@ -465,6 +487,9 @@ class WdsSource(Source):
 
     def read_bytes(self, i: int) -> bytes:
         size = int(self._size[i])
+        if size > self.max_bytes:  # the same cap as image files (``imageio.MAX_FILE_BYTES``)
+            raise BadSampleError(BadSample(self.sample_ids[i], self.source_of(i), f"image member too large ({size:,} bytes; "
+                                           f"the cap is {self.max_bytes:,}, set {MAX_FILE_BYTES_ENV} to change it)"))
         try:
             data = self._read(int(self._shard_of[i]), int(self._offset[i]), size)
         except OSError as exc:

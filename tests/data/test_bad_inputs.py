@@ -431,6 +431,16 @@ def test_the_size_cap_comes_from_the_environment(tmp_path, monkeypatch):
         f"manifest:{tmp_path / 'm.csv'}: {MAX_FILE_BYTES_ENV}='lots' is not a positive whole number of bytes (default {MAX_FILE_BYTES})")
 
 
+def test_an_over_cap_shard_member_is_a_bad_sample(tmp_path, monkeypatch):
+    write_shard(tmp_path / "a.tar", labelled_members(count=3))
+    monkeypatch.setenv(MAX_FILE_BYTES_ENV, str(len(ITEMS[1][2]) - 1))
+    source = open_source(f"wds:{tmp_path / 'a.tar'}", index_dir=tmp_path / "idx")
+    with pytest.raises(BadSampleError) as info:
+        source.load(1)
+    assert info.value.bad.reason == (f"image member too large ({len(ITEMS[1][2]):,} bytes; the cap is {len(ITEMS[1][2]) - 1:,}, "
+                                     f"set {MAX_FILE_BYTES_ENV} to change it)")
+
+
 def test_read_file_reads_a_regular_file_whole(tmp_path):
     path = tmp_path / "x.bin"
     path.write_bytes(b"\x00\x01" * 100_000)
