@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mimic_explorer.data.errors import BadSample, BadSampleError
+from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError
 
 #: File extensions treated as images when a format needs to pick a member (WebDataset).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -101,20 +102,106 @@ def decode_image(data: bytes, sample_id: str = "", path: str = "") -> Image.Imag
     return rgb
 
 
-def read_file(path: str | os.PathLike, sample_id: str = "") -> bytes:
-    """Read a whole file; a missing or unreadable file raises ``BadSampleError`` (not ``OSError``)."""
+#: Default cap on one image file's size: 256 MiB, the size of an uncompressed 8-bit RGB picture at
+#: Pillow's decompression-bomb warning limit (``Image.MAX_IMAGE_PIXELS`` = 89,478,485 pixels × 3
+#: bytes). An encoded image is smaller than its pixels, so a real image file past this size decodes
+#: to a picture Pillow warns about or refuses anyway, while reading it whole could exhaust memory
+#: (a path to ``/dev/zero`` or a stray video never ends or fills RAM). ``MAX_FILE_BYTES_ENV``
+#: overrides it (a whole number of bytes) for pools of very large scans.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_FILE_BYTES_ENV = "MIMIC_EXPLORER_MAX_FILE_BYTES"
+
+
+def max_file_bytes() -> int:
+    """The cap on one image file's size: ``$MIMIC_EXPLORER_MAX_FILE_BYTES`` or ``MAX_FILE_BYTES``.
+
+    Raises ``DataSourceError`` (one line) when the variable is set but not a positive whole number."""
+    raw = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_FILE_BYTES
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        reason = "file missing"
-    except PermissionError:
-        reason = "permission denied"
-    except IsADirectoryError:
-        reason = "is a directory, not a file"
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise DataSourceError(f"{MAX_FILE_BYTES_ENV}={raw!r} is not a positive whole number of bytes (default {MAX_FILE_BYTES})")
+    return value
+
+
+def file_problem(st: os.stat_result, max_bytes: int) -> str | None:
+    """Why a file with this ``stat`` cannot be a sample's image (not a regular file, or over the cap),
+    or None when it can."""
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+        return f"is {kind}, not a regular file"
+    if st.st_size > max_bytes:
+        return f"file too large ({st.st_size:,} bytes; the cap is {max_bytes:,}, set {MAX_FILE_BYTES_ENV} to change it)"
+    return None
+
+
+def check_file(path: str | os.PathLike, sample_id: str = "", max_bytes: int | None = None) -> None:
+    """Raise ``BadSampleError`` unless ``path`` is a regular file within the size cap (for readers that
+    open the file themselves, such as torchvision datasets). ``stat`` never blocks, even on a FIFO."""
+    try:
+        problem = file_problem(os.stat(path), max_file_bytes() if max_bytes is None else max_bytes)
     except OSError as exc:
-        reason = f"cannot read file ({exc.strerror or exc})"
-    raise BadSampleError(BadSample(str(sample_id), str(path), reason))
+        problem = _os_reason(exc)
+    if problem:
+        raise BadSampleError(BadSample(str(sample_id), str(path), problem))
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file missing"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    return f"cannot read file ({exc.strerror or exc})"
+
+
+def _read_at_most(fd: int, limit: int, expected: int) -> bytes:
+    """Up to ``limit`` bytes of ``fd``, asking for ``expected`` first (the file's size + 1, so a file
+    that did not change is read in one call and never gets a ``limit``-sized buffer)."""
+    parts, total = [], 0
+    while total < limit:
+        chunk = os.read(fd, min(max(expected - total, 1 << 16), limit - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def read_file(path: str | os.PathLike, sample_id: str = "", max_bytes: int | None = None) -> bytes:
+    """Read a whole image file; a missing, unreadable, non-regular (FIFO, device, directory) or
+    over-cap file raises ``BadSampleError`` (not ``OSError``) at once.
+
+    Why open before checking: the check is made on the opened file (``fstat``), so nothing can swap
+    the path between check and read, and the open itself is non-blocking, so a FIFO without a writer
+    cannot hang the run. At most ``max_bytes`` + 1 bytes are read, even from a file that grows."""
+    max_bytes = max_file_bytes() if max_bytes is None else max_bytes
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise BadSampleError(BadSample(str(sample_id), str(path), _os_reason(exc))) from None
+    try:
+        info = os.fstat(fd)
+        problem = file_problem(info, max_bytes)
+        if problem is None:
+            data = _read_at_most(fd, max_bytes + 1, info.st_size + 1)
+            if len(data) <= max_bytes:
+                return data
+            problem = f"file too large (more than {max_bytes:,} bytes; set {MAX_FILE_BYTES_ENV} to change the cap)"
+    except OSError as exc:
+        problem = _os_reason(exc)
+    finally:
+        os.close(fd)
+    raise BadSampleError(BadSample(str(sample_id), str(path), problem))
 
 
 def array_to_rgb(array: np.ndarray) -> Image.Image:

@@ -3,11 +3,15 @@ of ``path``, ``caption`` [, ``sample_id``] for image-text pairs.
 
 Why a manifest: real pools live in many folders, or labels come from a database; a table says exactly
 which file has which label. ``path`` is relative to the manifest's folder or absolute. ``label`` and
-``true_label`` are class indices or class names. Class names come from, in order: the ``class_names``
-argument, a ``classes.txt`` beside the manifest, the sorted set of names used, or ``0..max`` for
-integer labels. A row without a path or a label is a bad sample (recorded, not part of the pool);
-a label outside the classes, an unknown class name or a duplicated id is an error: it means the
-manifest and the class list disagree, and no run should start on that.
+``true_label`` are class indices or class names, parsed strictly (``data.labels``): a column with any
+integer holds integers, and one of its cells that is not an integer (``nan``, ``inf``, ``3.5``) is a
+bad sample naming the row and the value, so no other label changes its number. Class names come
+from, in order: the ``class_names`` argument, a ``classes.txt`` beside the manifest, the sorted set
+of names used, or ``0..max`` for integer labels, where a range far beyond the pool's size is an
+error (``data.labels.implied_class_limit``). A row without a path or a label is a bad sample
+(recorded, not part of the pool); a label outside the classes, an unknown class name, a
+``true_label`` that is empty or not an integer, or a duplicated id is an error naming the row: it
+means the manifest and the class list disagree, and no run should start on that.
 
 A manifest with a ``caption`` column and no ``label`` column (or only empty labels) is a pairs pool.
 A row without a path or a usable caption (missing, blank, not UTF-8) is a bad sample; rows with a
@@ -19,6 +23,7 @@ column are an error naming the row.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +34,7 @@ from mimic_explorer.data.captions import EMPTY_CAPTION, NO_CAPTION, PAIRS, decod
 from mimic_explorer.data.errors import BadSample, DataSourceError
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file
 from mimic_explorer.data.files import FileSource, existing_path
+from mimic_explorer.data.labels import cell_text, implied_classes_message, mixed_beyond_repair, parse_column, too_many_implied
 from mimic_explorer.data.source import _preview
 
 REQUIRED = ("path", "label")
@@ -86,32 +92,51 @@ def _is_na(value: object) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
-def _as_ints(values: pd.Series) -> np.ndarray | None:
-    """Integer labels when every value is an integer (``3``, ``"3"``, ``3.0``), else None (names)."""
-    if pd.api.types.is_bool_dtype(values):
-        return None
-    numeric = pd.to_numeric(values, errors="coerce") if not pd.api.types.is_numeric_dtype(values) else values
-    numeric = np.asarray(numeric, dtype=np.float64)
-    if np.isnan(numeric).any() or not np.all(np.isfinite(numeric)):
-        return None
-    if not np.all(numeric == np.round(numeric)):
-        return None
-    return numeric.astype(np.int64)
+def _numeric(series: pd.Series) -> bool:
+    """A numeric (not boolean) column type: its cells are numbers, never class names."""
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
-def _to_indices(values: pd.Series, class_names: list[str], column: str, spec: str) -> np.ndarray:
-    ints = _as_ints(values)
-    if ints is not None:
-        return ints  # range-checked by Source
-    names = values.astype(str).str.strip()
-    lookup = {name: k for k, name in enumerate(class_names)}
-    unknown = sorted(set(names.tolist()) - set(lookup))
-    if unknown:
-        raise DataSourceError(
-            f"{spec}: {column} class name(s) not in the class list: {_preview(unknown)}; "
-            f"classes: {_preview(class_names, 12)}"
-        )
-    return names.map(lookup).to_numpy(dtype=np.int64)
+def _quoted(value: object) -> str:
+    return repr(cell_text(value))
+
+
+@dataclass
+class _LabelColumn:
+    """One label column over the kept rows: its cells, their integers (``data.labels``), where each
+    row sits in the table and its sample id (for messages that name the row)."""
+
+    name: str
+    integer: bool
+    cells: list
+    parsed: list[int | None]
+    rows: np.ndarray  # 0-based table rows of the kept samples
+    ids: list[str]
+
+    def indices(self, spec: str, class_names: list[str], declared_from: str) -> np.ndarray:
+        """Class indices of the cells; a label outside the classes or an unknown name is an error
+        naming the first such row (the manifest and the class list disagree: no run should start)."""
+        count = len(class_names)
+        if self.integer:
+            outside = [j for j, value in enumerate(self.parsed) if not 0 <= value < count]
+            if outside:
+                j = outside[0]
+                raise DataSourceError(
+                    f"{spec}: {self.name} outside the class range 0..{count - 1} in row {self.rows[j] + 1} "
+                    f"(sample {self.ids[j]!r}: {self.name}={cell_text(self.cells[j])}; {len(outside)} row(s) in all); "
+                    f"classes: {_preview(class_names, 12)} ({declared_from})"
+                )
+            return np.asarray(self.parsed, dtype=np.int64)
+        names = [cell_text(c, limit=10**6) for c in self.cells]
+        lookup = {name: k for k, name in enumerate(class_names)}
+        unknown = sorted(set(names) - set(lookup))
+        if unknown:
+            first = next(j for j, name in enumerate(names) if name not in lookup)
+            raise DataSourceError(
+                f"{spec}: {self.name} class name(s) not in the class list: {_preview(unknown)} (first in row "
+                f"{self.rows[first] + 1}); classes: {_preview(class_names, 12)} ({declared_from})"
+            )
+        return np.asarray([lookup[name] for name in names], dtype=np.int64)
 
 
 class ManifestSource(FileSource):
@@ -144,38 +169,94 @@ class ManifestSource(FileSource):
             self._open_pairs(spec, table[CAPTION].tolist(), ids, paths, bad_path)
             return
         bad_label = ~labelled
+        label_cells = table["label"].tolist() if "label" in table.columns else [None] * len(table)
+        integer, parsed = self._parse_labels(spec, table, label_cells, labelled)
+        not_integer = labelled & np.asarray([integer and p is None for p in parsed], dtype=bool)
         open_errors = [
-            BadSample(ids[k], paths[k] or "", "manifest row has no " + ("path" if bad_path[k] else "label"))
-            for k in np.flatnonzero(bad_path | bad_label)
+            BadSample(ids[k], paths[k] or "", self._bad_row_reason(k, bad_path, bad_label, label_cells))
+            for k in np.flatnonzero(bad_path | bad_label | not_integer)
         ]
-        keep = ~(bad_path | bad_label)
+        keep = ~(bad_path | bad_label | not_integer)
         rows = np.flatnonzero(keep)
-        table = table[keep].reset_index(drop=True)
         ids = [ids[k] for k in rows]
         paths = [paths[k] for k in rows]
-        if len(table) == 0:
-            raise DataSourceError(f"{spec}: no manifest row has both a path and a label")
+        if len(rows) == 0:
+            raise DataSourceError(f"{spec}: no manifest row has both a path and a usable label ({_preview(b.reason for b in open_errors)})")
 
-        has_truth = "true_label" in table.columns
-        if has_truth and _missing(table["true_label"]).any():
-            raise DataSourceError(f"{spec}: true_label is empty in {int(_missing(table['true_label']).sum())} row(s); give it for every row or drop the column")
-        label_columns = [table["label"]] + ([table["true_label"]] if has_truth else [])
-
+        columns = [_LabelColumn("label", integer, [label_cells[k] for k in rows], [parsed[k] for k in rows], rows, ids)]
+        if "true_label" in table.columns:
+            columns.append(self._parse_truth(spec, table["true_label"], rows, ids))
+        declared_from = "the class list given"
         if class_names is None and (self.file.parent / CLASS_FILE).is_file():
             class_names = read_class_file(self.file.parent / CLASS_FILE)
+            declared_from = str(self.file.parent / CLASS_FILE)
         if class_names is None:
-            named = [col for col in label_columns if _as_ints(col) is None]
-            if named:
-                class_names = sorted(set().union(*(set(col.astype(str).str.strip()) for col in named)))
-            else:
-                top = max(int(_as_ints(col).max()) for col in label_columns)
-                class_names = [str(k) for k in range(max(top, 0) + 1)]
+            class_names, declared_from = self._undeclared_classes(spec, columns), "classes made from the labels"
         class_names = list(class_names)
-        labels = _to_indices(table["label"], class_names, "label", spec)
-        truth = _to_indices(table["true_label"], class_names, "true_label", spec) if has_truth else None
+        labels, *truth = [column.indices(spec, class_names, declared_from) for column in columns]
 
         self._set_paths(paths)
-        super().__init__(spec, ids, labels, class_names, true_labels=truth, open_errors=open_errors)
+        super().__init__(spec, ids, labels, class_names, true_labels=truth[0] if truth else None, open_errors=open_errors)
+
+    @staticmethod
+    def _parse_labels(spec: str, table: pd.DataFrame, cells: list, labelled: np.ndarray) -> tuple[bool, list[int | None]]:
+        """(the label column holds integers, each row's integer or None) over the rows with a label
+        (``data.labels``); a column mixed beyond repair is an error naming a row of each kind."""
+        rows = np.flatnonzero(labelled)
+        integer, found = parse_column([cells[k] for k in rows], "label" in table.columns and _numeric(table["label"]))
+        parsed: list[int | None] = [None] * len(cells)
+        for k, value in zip(rows, found):
+            parsed[k] = value
+        if integer and mixed_beyond_repair(found):
+            odd = [k for k, value in zip(rows, found) if value is None]
+            good = [k for k, value in zip(rows, found) if value is not None]
+            example = f"row {good[0] + 1}: {_quoted(cells[good[0]])}" if good else "none"
+            raise DataSourceError(
+                f"{spec}: the label column mixes integer class indices ({example}) with {len(odd)} of {len(rows)} "
+                f"value(s) that are not (row {odd[0] + 1}: {_quoted(cells[odd[0]])}); give class indices or class names, not both"
+            )
+        return integer, parsed
+
+    @staticmethod
+    def _bad_row_reason(k: int, bad_path: np.ndarray, bad_label: np.ndarray, cells: list) -> str:
+        if bad_path[k]:
+            return "manifest row has no path"
+        if bad_label[k]:
+            return "manifest row has no label"
+        return f"label {_quoted(cells[k])} in row {k + 1} is not an integer class index (the label column holds integers)"
+
+    @staticmethod
+    def _parse_truth(spec: str, series: pd.Series, rows: np.ndarray, ids: list[str]) -> "_LabelColumn":
+        """The ``true_label`` cells of the kept rows: ground truth must be whole, so an empty cell or a
+        non-integer in an integer column is an error naming the row, not a bad sample."""
+        missing = _missing(series)[rows]
+        if missing.any():
+            raise DataSourceError(f"{spec}: true_label is empty in {int(missing.sum())} row(s) (first: row {rows[missing][0] + 1}); give it for every row or drop the column")
+        cells = series.tolist()
+        cells = [cells[k] for k in rows]
+        integer, parsed = parse_column(cells, _numeric(series))
+        odd = [j for j, value in enumerate(parsed) if value is None]
+        if integer and odd:
+            raise DataSourceError(
+                f"{spec}: true_label {_quoted(cells[odd[0]])} in row {rows[odd[0]] + 1} is not an integer class index "
+                f"(the true_label column holds integers; {len(odd)} such row(s))"
+            )
+        return _LabelColumn("true_label", integer, cells, parsed, rows, ids)
+
+    @staticmethod
+    def _undeclared_classes(spec: str, columns: list["_LabelColumn"]) -> list[str]:
+        """Class names when none are declared: the sorted names a names column uses, else ``0..max``
+        of the integer labels, refused when that range is far beyond the pool (``data.labels``)."""
+        named = [column for column in columns if not column.integer]
+        if named:
+            return sorted(set().union(*({cell_text(c, limit=10**6) for c in column.cells} for column in named)))
+        column, j = max(((column, j) for column in columns for j in range(len(column.cells))), key=lambda cj: cj[0].parsed[cj[1]])
+        top, samples = column.parsed[j], len(column.cells)
+        if too_many_implied(top, samples):
+            where = f"in row {column.rows[j] + 1} (sample {column.ids[j]!r})" + ("" if column.name == "label" else " of true_label")
+            raise DataSourceError(f"{spec}: " + implied_classes_message(_quoted(column.cells[j]), where, top, samples, "in classes.txt beside the manifest"))
+        return [str(k) for k in range(max(top, 0) + 1)]
+
 
     def _set_paths(self, paths: list[str]) -> None:
         base = self.file.parent

@@ -9,6 +9,7 @@ class names up front (cheap: no image is decoded to open a source), gives random
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, Sequence
@@ -27,14 +28,50 @@ def _preview(values: Iterable, limit: int = 5) -> str:
     return text + (f", … ({len(values)} in all)" if len(values) > limit else "")
 
 
+#: A DataComp uid: 32 hex digits, one 128-bit number whatever the case of its letters.
+UID_PATTERN = re.compile(r"[0-9a-fA-F]{32}")
+
+
 def check_unique_ids(sample_ids: np.ndarray, what: str) -> None:
-    """Raise ``DataSourceError`` naming the first duplicated ids (ids key every file the run writes)."""
+    """Raise ``DataSourceError`` naming the first duplicated ids (ids key every file the run writes),
+    or two 32-hex-digit uids that differ only in case (``uid_case_twins``)."""
     ids = np.asarray(sample_ids, dtype=object)
-    if len(ids) == len(set(ids.tolist())):
-        return
-    values, counts = np.unique(ids.astype(str), return_counts=True)
-    dupes = values[counts > 1]
-    raise DataSourceError(f"duplicate sample ids in {what}: {_preview(dupes.tolist())}; every sample needs a unique id")
+    if len(ids) != len(set(ids.tolist())):
+        values, counts = np.unique(ids.astype(str), return_counts=True)
+        dupes = values[counts > 1]
+        raise DataSourceError(f"duplicate sample ids in {what}: {_preview(dupes.tolist())}; every sample needs a unique id")
+    twins = uid_case_twins(ids.tolist())
+    if twins:
+        raise DataSourceError(f"sample ids in {what} {uid_twins_text(twins)}")
+
+
+def uid_case_twins(ids: Sequence[str]) -> list[list[str]]:
+    """Groups of distinct ids that are the same 32-hex-digit uid but for the case of their letters.
+
+    Why refused when a pool opens: a uid is a 128-bit number, so ``ABC…`` and ``abc…`` name one pair in
+    a DataComp subset file (``export --format uids``) and in a ``--subset`` uid list, which match
+    without regard to case; accepted here, such a pool failed only at export. Ids that are not uids
+    (file paths such as ``cat/A.jpg`` and ``cat/a.jpg``) may differ only in case."""
+    text = "\n".join(ids)
+    if text.lower() == text:  # no upper-case letter anywhere: no twins (the common, fast case)
+        return []
+    lowered = [i.lower() for i in ids]
+    if len(set(lowered)) == len(lowered):
+        return []
+    groups: dict[str, list[str]] = {}
+    for original, low in zip(ids, lowered):
+        if UID_PATTERN.fullmatch(original):
+            groups.setdefault(low, []).append(original)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def uid_twins_text(twins: list[list[str]], where=lambda uid: "") -> str:
+    """The end of the one-line refusal of ``uid_case_twins`` groups (``where(uid)`` may say where each
+    occurs)."""
+    first = " and ".join(f"{uid!r}{where(uid)}" for uid in twins[0])
+    more = f" ({len(twins)} such groups)" if len(twins) > 1 else ""
+    return (f"differ only in case: {first}{more} are one 128-bit uid, and DataComp subsets and uid keep-lists "
+            "ignore case; every pair needs a unique uid")
 
 
 def check_labels(labels: np.ndarray, class_names: Sequence[str], sample_ids: np.ndarray, what: str, column: str = "label") -> None:
@@ -55,9 +92,13 @@ class Source:
     Attributes: ``spec`` (the SPEC string), ``kind`` (``digits``/``folder``/``manifest``/``wds``/
     ``torchvision``), ``pool_kind`` (``"labelled"`` or ``"pairs"``), ``sample_ids`` (object array of
     unique str), ``labels`` (int64), ``class_names``, ``true_labels`` (int64 or None), ``captions``
-    (object array of str for a pairs pool, else None) and ``open_errors`` (samples already known to be
-    unusable when the source was opened, e.g. a manifest row without a label or a shard sample without a
-    caption; they are not part of the pool).
+    (object array of str for a pairs pool, else None), ``open_errors`` (samples already known to be
+    unusable when the source was opened, e.g. a manifest row without a label or a shard sample without
+    a caption; they are not part of the pool), ``pool_errors`` (entries about the pool's files rather
+    than one sample, such as a truncated shard with the byte where it ends; they lead ``open_errors``
+    too, so whoever writes ``open_errors`` to ``errors.parquet`` lists them) and ``warnings`` (one line
+    each: what opening found that a run must print and keep in ``meta.json``, e.g. that a shard lost
+    its tail). Labelled pools and image-text pairs expose all three the same way.
 
     A pairs pool (``captions`` given) has no classes: ``class_names`` is empty and every label is
     ``NO_CLASS`` (-1), so code that treats a label as a class index fails loudly instead of training on
@@ -76,6 +117,8 @@ class Source:
         open_errors: Iterable[BadSample] = (),
         *,
         captions: Sequence[str] | np.ndarray | None = None,
+        pool_errors: Iterable[BadSample] = (),
+        warnings: Iterable[str] = (),
     ):
         self.spec = spec
         self.sample_ids = np.asarray([str(s) for s in sample_ids], dtype=object)
@@ -86,7 +129,9 @@ class Source:
         self.class_names = [str(c) for c in class_names]
         self.true_labels = None if true_labels is None else np.asarray(true_labels, dtype=np.int64)
         self.captions = None if captions is None else np.asarray([str(c) for c in captions], dtype=object)
-        self.open_errors = list(open_errors)
+        self.pool_errors = list(pool_errors)
+        self.open_errors = self.pool_errors + list(open_errors)
+        self.warnings = [str(w) for w in warnings]
         if len(self.sample_ids) != len(self.labels):
             raise DataSourceError(f"{spec}: {len(self.sample_ids)} ids but {len(self.labels)} labels")
         if self.captions is not None and len(self.captions) != len(self.sample_ids):
@@ -277,5 +322,6 @@ class Source:
             "fingerprint": self.fingerprint(),
             "has_true_labels": self.true_labels is not None,
             "open_errors": len(self.open_errors),
+            "warnings": list(self.warnings),
         }
         return out

@@ -41,6 +41,7 @@ class SubsetSource(Source):
             base.spec, base.sample_ids[positions], base.labels[positions], base.class_names,
             None if base.true_labels is None else base.true_labels[positions], open_errors,
             captions=None if base.captions is None else base.captions[positions],
+            pool_errors=base.pool_errors, warnings=base.warnings,  # a damaged shard stays reported in a view
         )
 
     def source_of(self, i: int) -> str:

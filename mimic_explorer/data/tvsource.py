@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from mimic_explorer.data.errors import DataSourceError
-from mimic_explorer.data.imageio import array_to_rgb, to_rgb
+from mimic_explorer.data.imageio import array_to_rgb, check_file, max_file_bytes, to_rgb
 from mimic_explorer.data.source import Source
 
 
@@ -120,6 +120,8 @@ class TorchvisionSource(Source):
         else:
             width = len(str(len(self.dataset) - 1))
             ids = [f"{self.name.lower()}-{self.split}-{i:0{width}d}" for i in range(len(self.dataset))]
+        self.max_bytes = max_file_bytes()
+        self._check_paths = bool(self._paths) and os.path.exists(self._paths[0])  # real files, not other records
         super().__init__(spec, ids, labels, [str(c) for c in classes])
 
     def source_of(self, i: int) -> str:
@@ -128,6 +130,8 @@ class TorchvisionSource(Source):
         return f"torchvision:{self.name}/{self.split}:{self.root}#{i}"
 
     def _load(self, i: int) -> Image.Image:
+        if self._check_paths:  # torchvision opens the file itself: refuse a FIFO, device or huge file first
+            check_file(self._paths[i], self.sample_ids[i], self.max_bytes)
         image = self.dataset[i][0]
         if isinstance(image, Image.Image):
             return to_rgb(image)
