@@ -32,12 +32,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from mimic_explorer.models.arch_names import ArchError, torchvision_classifiers
 from mimic_explorer.models.heads import find_head
 from mimic_explorer.models.small import MLP, SmallCNN
-
-
-class ArchError(ValueError):
-    """An ARCH string that names nothing buildable, or builds something without a linear head."""
 
 
 def _mlp(num_classes: int, input_shape: Sequence[int] = (3, 32, 32), hidden: Sequence[int] = (128,)) -> nn.Module:
@@ -57,13 +54,6 @@ DEFAULT_INPUT_SHAPE = (3, 32, 32)
 _ALIASES = {"smallcnn": "small_cnn", "small-cnn": "small_cnn"}
 # torchvision models whose training-mode output is a tuple unless the auxiliary heads are off.
 _TV_EXTRA = {"inception_v3": {"aux_logits": False, "init_weights": True}, "googlenet": {"aux_logits": False, "init_weights": True}}
-
-
-def torchvision_classifiers() -> list[str]:
-    """Names of torchvision's image classification models (not detection/segmentation/video)."""
-    import torchvision.models as tvm
-
-    return sorted(tvm.list_models(module=tvm))
 
 
 def list_architectures() -> list[str]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from mimic_explorer.data.transforms import ImageTransform
 from mimic_explorer.models.preprocessing import transform_from_timm_config
-from mimic_explorer.models.registry import ArchError
+from mimic_explorer.models.arch_names import ArchError
 
 TIMM_PREFIX = "timm:"
 TIMM_INSTALL = 'pip install -e ".[timm]"'

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import torch
 
 from mimic_explorer.data.transforms import ImageTransform, image_transform_from_preset
-from mimic_explorer.models.registry import ArchError, torchvision_classifiers
+from mimic_explorer.models.arch_names import ArchError, torchvision_classifiers
 
 TORCHVISION_PREFIX = "torchvision:"
 #: checkpoint modules torchvision's weights hold but a model built for scoring leaves out
