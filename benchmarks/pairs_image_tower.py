@@ -1,6 +1,6 @@
 """Pretrain the image tower of the image-text prototype: ``small_cnn`` on CIFAR-10 shards 00-03.
 
-Why: the miniature of the paper's DataComp experiment (benchmarks/pairs_prototype.py) needs a
+Why: the miniature of the paper's DataComp experiment (benchmarks/bench_pairs_flickr.py) needs a
 "pretrained" image tower that never saw a Flickr8k photo. A small CNN trained on 40,000 CIFAR-10
 images (random crop + flip) is the stand-in; shard 04 measures its accuracy. Its state dict (a
 ``SmallCNN`` for 10 classes) is what ``--init`` of the built-in dual encoder's image side loads.
@@ -17,7 +17,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

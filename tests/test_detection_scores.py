@@ -74,13 +74,6 @@ def test_split_two_groups_refuses_nan_and_unknown_rules():
         stage2.split_two_groups(np.array([0.0, 1.0]), "otsu")
 
 
-def test_mean_per_sample_averages_a_column_over_epochs():
-    scores = pd.DataFrame({"sample_id": ["a", "b", "a", "b"], "epoch": [0, 0, 1, 1], "cos": [0.1, -0.2, 0.3, 0.0]})
-    means = stage2.mean_per_sample(scores, "cos")
-    assert means["a"] == pytest.approx(0.2)
-    assert means["b"] == pytest.approx(-0.1)
-
-
 def test_cos_mean_and_combined_score_are_utilities():
     frame = pd.DataFrame({"cos_mean": [0.1, -0.1], "combined_score": [1.0, -1.0]})
     assert baselines.available(frame) == ["cos_mean", "combined_score"]

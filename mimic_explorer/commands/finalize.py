@@ -31,7 +31,6 @@ from mimic_explorer.stage2 import votes as stage2
 from mimic_explorer.stage2.baselines import MOMENT_BLOCK, Moments, Standardiser
 from mimic_explorer.stage2.evaluation import detection_metrics, threshold_at_quality
 from mimic_explorer.store.layout import RunLayout
-from mimic_explorer.store.sample_rows import samples_table
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.writer import RunWriter
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import operator
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -141,8 +140,3 @@ def default_transform(arch: str | None = None) -> ImageTransform:
     return preset if preset is not None else ImageTransform(256, 224)
 
 
-def describe_transform(transform: Callable) -> dict:
-    """A JSON-able description of any transform (for meta.json)."""
-    if hasattr(transform, "describe"):
-        return transform.describe()
-    return {"callable": f"{getattr(transform, '__module__', '?')}.{getattr(transform, '__qualname__', repr(transform))}"}

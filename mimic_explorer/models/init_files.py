@@ -53,10 +53,6 @@ class InitSource:
     sidecar: dict = field(default_factory=dict)  # PATH.meta.json ({} when absent)
 
     @property
-    def is_folder(self) -> bool:
-        return self.path.is_dir()
-
-    @property
     def architecture(self) -> str | None:
         """The architecture the metadata names (config.json ``architecture``, else the sidecar's ``arch``)."""
         return self.config.get("architecture") or self.sidecar.get("arch")

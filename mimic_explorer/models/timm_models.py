@@ -53,11 +53,6 @@ def check_timm_name(name: str) -> None:
             raise ArchError(f"timm has no pretrained tag {tag!r} for {base}.{hint}")
 
 
-def timm_model_names() -> list[str]:
-    """Every timm architecture name (without pretrained tags)."""
-    return list(import_timm().list_models())
-
-
 def build_timm_model(
     name: str,
     num_classes: int,

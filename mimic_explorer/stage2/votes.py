@@ -136,15 +136,6 @@ def split_two_groups(values: np.ndarray, method: str = "gmm", *, positions: np.n
     return split.upper(values)
 
 
-_two_group_split = split_two_groups  # the name earlier code used
-
-
-def mean_per_sample(scores: pd.DataFrame, column: str) -> pd.Series:
-    """Mean of one recorded score column over a sample's epochs, indexed by ``sample_id``
-    (e.g. ``cos`` for ``baselines.combined_score``)."""
-    return scores.groupby("sample_id", sort=False)[column].mean()
-
-
 def _check_rules(binarisation: str, aggregation: str = "majority") -> None:
     if binarisation not in BINARISATIONS:
         raise ValueError(f"unknown binarisation {binarisation!r}; choose one of {', '.join(BINARISATIONS)}")

@@ -14,7 +14,7 @@ import copy
 import functools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mimic_explorer.data.errors import DataSourceError, ErrorLog
+from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.noise import caption_noise
 from mimic_explorer.data.sources import open_source
 from tests.data.test_sources import error_of, fixture_items, write_shard

@@ -16,7 +16,7 @@ from PIL import Image
 import mimic_explorer
 from mimic_explorer.data.transforms import ImageTransform
 from mimic_explorer.models.build import build_for_run, checkpoint_preprocessing_warning
-from mimic_explorer.models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from mimic_explorer.models.checkpoints import CheckpointError, save_checkpoint
 from mimic_explorer.models.heads import find_head
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.models.registry import ArchError

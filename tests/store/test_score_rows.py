@@ -10,7 +10,7 @@ import pytest
 
 from mimic_explorer.store import writer as writer_module
 from mimic_explorer.store.layout import RunLayout
-from mimic_explorer.store.score_rows import SamplePositions, ScoreRows
+from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.writer import SamplesWriter, write_score_part
 
 CHUNK = 100
@@ -54,14 +54,6 @@ def test_each_score_part_is_sorted_by_epoch_then_position_in_bounded_row_groups(
     table = part.read().to_pandas()
     assert table[["epoch", "position"]].equals(table.sort_values(["epoch", "position"])[["epoch", "position"]].reset_index(drop=True))
     assert max(part.metadata.row_group(g).num_rows for g in range(part.num_row_groups)) <= 30
-
-
-def test_samples_rows_and_pool_positions_map_both_ways_around_bad_samples():
-    positions = SamplePositions(size=10, bad=np.array([0, 4, 5, 9]))
-    good = np.array([1, 2, 3, 6, 7, 8])
-    np.testing.assert_array_equal(positions.of_rows(np.arange(6)), good)
-    np.testing.assert_array_equal(positions.rows_of(good), np.arange(6))
-    np.testing.assert_array_equal(positions.rows_of([0, 4, 9]), [-1, -1, -1])
 
 
 def test_samples_parquet_has_the_same_row_groups_whatever_the_chunks(tmp_path):
