@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimic_explorer.training.batches import TensorBatches
 from mimic_explorer.training.loss_step import LossStep
 from mimic_explorer.models.heads import find_head
 from mimic_explorer.models.probe import LinearProbe
