@@ -1,16 +1,20 @@
 """Real ``torchrun --nproc_per_node=2`` (gloo, CPU) on an image-text pool (27 real Flickr8k pairs, tiny
 built-in dual encoders): ``score`` and Grad-Mimic ``train --frozen-towers``.
 
-What two processes guarantee for ``score``: each rank scores the pool positions ``rank, rank + world,
-…`` (``pipeline/pairs_score.py``), cut into its own chunks and batches, so the scoring batches are not
-the single process's. A pair's caption and its CLIP scores under model and reference (the cosine of its
-own two embeddings) do not depend on the batch and equal the single process's; its loss, reference
-loss and mimic score are its InfoNCE term *within its batch*, so they differ from the single process's
-and are checked instead against the scorer on the batch the run recorded (``score_batch``): that batch
-holds pairs of one rank only, and every pair sits in exactly one batch.
+What two processes guarantee for ``score``: chunk c (contiguous pool positions) goes to rank c mod 2 and
+is cut into batches by the pool's order alone (``commands/score.py``), so every pair is scored with the
+batch-mates one process gives it: the two runs agree on every column, the batch-relative ones (a pair's
+loss and mimic score are its InfoNCE term *within its batch*) included — and a run killed under two
+processes resumes in one and gives the uninterrupted result.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +29,7 @@ from tests.conftest import run_cli, run_torchrun
 from tests.pairs_helpers import batch_of, needs_flickr, scored_pool
 
 pytestmark = [needs_flickr, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
 
 PAIRS = 27  # odd: rank 0 holds 14 pairs, rank 1 13
 BATCH = ["--batch-size", "4", "--device", "cpu", "--quiet"]
@@ -37,10 +42,30 @@ def pool(tmp_path_factory):
     return scored_pool(tmp_path_factory.mktemp("pairs-ddp"), PAIRS)
 
 
-def test_torchrun_pairs_score_agrees_with_one_process_on_every_batch_free_column(pool, tmp_path):
+SCORE_COLUMNS_EXACT = ["sample_id", "caption", "caption_truncated", "score_batch", "batch_size"]
+
+
+def _score_args(pool, chunk_size: int) -> list[str]:
     spec, model_path, reference_path = pool
-    args = ["score", "--data", spec, "--arch", "small_dual", "--model", str(model_path), "--reference", str(reference_path),
-            "--chunk-size", "7", *BATCH]
+    return ["score", "--data", spec, "--arch", "small_dual", "--model", str(model_path), "--reference", str(reference_path),
+            "--chunk-size", str(chunk_size), *BATCH]
+
+
+def _same_samples(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Two runs' samples agree: ids, captions and batches exactly, every number within float noise."""
+    a, b = a.sort_values("sample_id").reset_index(drop=True), b.sort_values("sample_id").reset_index(drop=True)
+    assert list(a.columns) == list(b.columns) and b["sample_id"].is_unique and len(b) == PAIRS
+    for column in SCORE_COLUMNS_EXACT:
+        assert a[column].tolist() == b[column].tolist(), column
+    for column in a.columns:
+        if column not in SCORE_COLUMNS_EXACT and pd.api.types.is_float_dtype(a[column]):
+            np.testing.assert_allclose(b[column], a[column], rtol=1e-5, atol=1e-6, err_msg=column)
+
+
+def test_torchrun_pairs_score_equals_one_process(pool, tmp_path):
+    """Chunks of contiguous positions go to the ranks in turn and are cut into batches by the pool's
+    order alone, so two processes score every pair with the batch-mates one process gives it."""
+    args = _score_args(pool, 7)
     single = run_cli(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     multi = run_torchrun(*args, "--out", str(tmp_path / "two"), timeout=300)
@@ -49,29 +74,48 @@ def test_torchrun_pairs_score_agrees_with_one_process_on_every_batch_free_column
     assert two.meta["world_size"] == 2 and two.meta["status"] == "complete"
     parts = sorted(p.name for p in (tmp_path / "two" / "scores").glob("chunk-*-rank*.parquet"))
     assert {name.split("-rank")[1] for name in parts} == {"000.parquet", "001.parquet"}
-    a = one.samples.set_index("sample_id").sort_index()
-    b = two.samples.set_index("sample_id").sort_index()
-    assert b.index.is_unique and len(b) == PAIRS and (a.index == b.index).all()
-    assert (a["caption"] == b["caption"]).all() and (a["caption_truncated"] == b["caption_truncated"]).all()
-    for column in BATCH_FREE:
-        np.testing.assert_allclose(b[column], a[column], rtol=1e-6, atol=1e-6, err_msg=column)
-    # every pair in exactly one batch, each batch of one rank's pairs (positions of one parity), sizes recorded
-    source = open_source(spec)
+    _same_samples(one.samples, two.samples)
+    assert all(two.thumbnails.get(s) is not None for s in two.samples["sample_id"])  # every rank's pairs, for the app
+    # every pair in exactly one batch of consecutive pool positions; the batch-relative columns are the
+    # scorer's on the batch each pair was scored in
+    source = open_source(two.meta["config"]["data"])
     batches = two.samples.assign(position=[source.index_of(s) for s in two.samples["sample_id"]]).groupby("score_batch")
     sizes = batches.size()
-    assert (batches["batch_size"].nunique() == 1).all() and (batches["batch_size"].first() == sizes).all()
-    assert sizes.sum() == PAIRS and (sizes >= 2).all()
-    assert (batches["position"].agg(lambda p: (p % 2).nunique()) == 1).all()
-    assert sorted(sizes.index) == list(range(len(sizes)))
-    assert all(two.thumbnails.get(s) is not None for s in two.samples["sample_id"])  # every rank's pairs, for the app
-    # the batch-relative columns are the scorer's on the batch each pair was scored in
-    model, config = load_pair_model(str(model_path), "small_dual", "--model")
-    reference, _ = load_pair_model(str(reference_path), "small_dual", "--reference")
+    assert (batches["batch_size"].first() == sizes).all() and sizes.sum() == PAIRS and (sizes >= 2).all()
+    assert (batches["position"].agg(lambda p: p.max() - p.min() + 1) == sizes).all()
+    model, config = load_pair_model(str(pool[1]), "small_dual", "--model")
+    reference, _ = load_pair_model(str(pool[2]), "small_dual", "--reference")
     names = two.meta["params"].split(",")
     for number in sizes.index:
         rows, inputs = batch_of(two.samples, number, source, model.eval(), dual_transform(model, config))
         expected = mimic_scores(model, reference.eval(), inputs, None, params=names, loss=InfoNCELoss())
         np.testing.assert_allclose(rows["proj_last"].to_numpy(), expected.double().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_pairs_score_killed_under_torchrun_resumes_in_one_process(pool, tmp_path):
+    """kill -9 of one rank of ``torchrun --nproc_per_node=2 score`` after its second chunk part, then the
+    same command in one process: the run completes with every pair once, equal to an uninterrupted run."""
+    args = _score_args(pool, 3)  # 9 chunks: rank 0 scores 0, 2, 4, 6, 8
+    out = tmp_path / "killed"
+    killer = Path(__file__).resolve().parents[1] / "faults" / "killer.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MIMIC_EXPLORER_KILL_AFTER": "2",
+           "MIMIC_EXPLORER_KILL_MATCH": "-rank000.parquet", "MIMIC_EXPLORER_KILL_RANK": "0"}
+    killed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(killer),
+                             *args, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode != 0
+    written = {p.name for p in (out / "scores").glob("chunk-*.parquet")}
+    assert {"chunk-000000-rank000.parquet", "chunk-000002-rank000.parquet"} <= written and len(written) < 9
+    assert json.loads((out / "meta.json").read_text())["status"] == "running"  # killed: nothing marked it failed
+    resumed = run_cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    whole = run_cli(*args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    run = open_run(out)
+    assert run.meta["status"] == "complete" and not (out / ".lock").exists()
+    rows = pd.concat([pd.read_parquet(p) for p in run.layout.chunk_parts()], ignore_index=True)
+    assert rows["sample_id"].is_unique and len(rows) == PAIRS  # every pair scored exactly once
+    _same_samples(open_run(tmp_path / "whole").samples, run.samples)
+    assert not list(out.rglob("*.tmp*")) and not run.layout.error_parts()
 
 
 def trained_on_two_ranks(out, *args: str):
