@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from mimic_explorer import open_run
-from mimic_explorer.filters.rules import (CompoundRule, FilterError, FilterRule, all_of, apply_rule, build_spec, describe,
-                                   render_export, rule_from_spec)
+from mimic_explorer.filters.formats import render_export
+from mimic_explorer.filters.rules import CompoundRule, FilterError, FilterRule, all_of, apply_rule, describe
+from mimic_explorer.filters.hashing import content_hash
+from mimic_explorer.filters.spec import build_spec, rule_from_spec
 from tests.conftest import run_cli
 
 
@@ -113,8 +115,6 @@ def test_cli_export_bad_input(demo_run, tmp_path):
 
 
 def test_datacomp_uid_export_is_sorted_pairs(samples):
-    from mimic_explorer.filters.rules import FilterError, render_export
-
     uids = [f"{i:032x}" for i in (5, 3, 2**100 + 7, 1)] * 25
     frame = samples.assign(sample_id=[u[:-2] + f"{i:02x}" for i, u in enumerate(uids)])
     result = apply_rule(frame, FilterRule("keep_count", 10))
@@ -214,7 +214,8 @@ def test_a_single_rule_spec_is_written_and_hashed_as_before_compounds_existed(sa
     spec = build_spec(META, rule, apply_rule(samples, rule), "csv")
     assert spec["spec_version"] == 1 and "rules" not in spec and spec["spec_hash"] == spec_hash
     old = {"spec_version": 1, "rule": {"kind": rule.kind, "value": rule.value, "column": "mimic_score"},
-           "run_id": "r1", "data_fingerprint": "abc"}  # a spec written before class overrides were recorded
+           "run_id": "r1", "data_fingerprint": "abc"}  # a rule without per_class and overrides: read with their defaults
+    old["spec_hash"] = content_hash(old)
     assert rule_from_spec(old, META) == FilterRule(rule.kind, rule.value)
 
 
@@ -225,7 +226,7 @@ def test_specs_this_version_cannot_read_are_refused_with_the_cause():
         rule_from_spec({**base, "spec_version": 3, "rules": rules}, META)
     with pytest.raises(FilterError, match="only 'and'"):
         rule_from_spec({**base, "spec_version": 2, "combine": "or", "rules": rules}, META)
-    with pytest.raises(FilterError, match="malformed"):
+    with pytest.raises(FilterError, match="rule 1: a rule has no 'kind'"):
         rule_from_spec({**base, "spec_version": 2, "rules": [{"value": 0.1}, rules[1]]}, META)
     with pytest.raises(FilterError, match="not on this run"):
         rule_from_spec({"run_id": "r2", "data_fingerprint": "abc", "rules": rules}, META)

@@ -7,7 +7,7 @@ import sys
 
 COMPUTE = [
     "mimic_explorer.scoring", "mimic_explorer.data.sources", "mimic_explorer.models", "mimic_explorer.training.loop",
-    "mimic_explorer.stage2.votes", "mimic_explorer.filters.rules", "mimic_explorer.store", "mimic_explorer.pipeline.train_command",
+    "mimic_explorer.stage2.votes", "mimic_explorer.filters", "mimic_explorer.store", "mimic_explorer.store.filter_files", "mimic_explorer.pipeline.train_command",
     "mimic_explorer.pipeline.score_command", "mimic_explorer.pipeline.demo", "mimic_explorer.cli",
     "mimic_explorer.training.pair_training", "mimic_explorer.training.tower_training", "mimic_explorer.training.loss_step", "mimic_explorer.pipeline.pairs_score",
     "mimic_explorer.models.dual_checkpoint",

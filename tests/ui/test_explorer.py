@@ -237,7 +237,7 @@ def test_bad_run_directories_become_messages_in_the_page(tmp_path, demo_run, cas
     alert = page.main[0]
     assert isinstance(alert, pn.pane.Alert) and alert.alert_type == "danger"
     expected = {"missing": "does not exist", "file": "is a file", "running": "not complete",
-                "newer": "newer", "corrupt": "could not be read", "empty-folder": "neither a run"}[case]
+                "newer": "newer", "corrupt": "truncated or not a Parquet file", "empty-folder": "neither a run"}[case]
     assert expected in alert.object
     _render(page)
 
