@@ -297,8 +297,9 @@ def _scores(samples: pd.DataFrame, column: str) -> np.ndarray:
         raise FilterError(f"the run has no column {column!r}; available: {', '.join(map(str, samples.columns))}")
     dtype = samples.dtypes[column]
     if not pd.api.types.is_numeric_dtype(dtype):
-        raise FilterError(f"column {column!r} holds {'text' if dtype == object else dtype} values, not scores; a rule "
-                          f"cuts a numeric column: {', '.join(numeric_columns(samples))}")
+        held = "text" if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype) else f"{dtype}"
+        raise FilterError(f"column {column!r} holds {held} values, not scores; a rule cuts a numeric column: "
+                          f"{', '.join(numeric_columns(samples))}")
     try:
         return samples[column].to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as exc:

@@ -56,6 +56,14 @@ class AtomicFile:
             os.unlink(self.tmp)
 
 
+class PartlyCommitted(OSError):
+    """``commit_in_order`` failed after renaming some of its files (``renamed``), not all."""
+
+    def __init__(self, code: int | None, reason: str, renamed: list[Path]):
+        super().__init__(code, reason)
+        self.renamed = renamed
+
+
 def commit_in_order(files: Sequence[AtomicFile]) -> None:
     """Commit several temporary files as one change as far as a file system allows: every file is
     synced first (a full disk or an I/O error fails before anything is replaced), then each is renamed
@@ -69,9 +77,12 @@ def commit_in_order(files: Sequence[AtomicFile]) -> None:
         while pending:
             os.replace(pending[0].tmp, pending[0].path)
             pending.pop(0)
-    except BaseException:
+    except BaseException as exc:
         for file in pending:
             file.abort()
+        if isinstance(exc, OSError) and len(pending) < len(files):
+            renamed = [file.path for file in files if file not in pending]
+            raise PartlyCommitted(exc.errno, exc.strerror or str(exc), renamed) from exc
         raise
     for folder in dict.fromkeys(file.path.parent for file in files):
         _sync_folder(folder)

@@ -31,7 +31,7 @@ from mimic_explorer.filters.formats import FORMATS, check_format
 from mimic_explorer.filters.hashing import mask_sha256, rule_digest
 from mimic_explorer.filters.rules import FilterError, FilterResult, Rule, apply_rule
 from mimic_explorer.filters.spec import MAX_SPEC_BYTES, SpecError, build_spec, check_reapplied, parse_spec_json, rule_from_spec
-from mimic_explorer.store.atomic import AtomicFile, json_default, commit_in_order
+from mimic_explorer.store.atomic import AtomicFile, PartlyCommitted, commit_in_order, json_default
 from mimic_explorer.store.keep_list_stream import write_keep_list_into
 from mimic_explorer.store.layout import SPEC_SUFFIX, RunLayout, keep_list_of, spec_beside
 
@@ -112,11 +112,10 @@ def write_pair(samples: pd.DataFrame, result: FilterResult, column: str, export_
         current = out
         commit_in_order([spec_file, keep_file])
     except OSError as exc:
-        torn = len(files) == 2 and not os.path.exists(files[1].tmp) and os.path.exists(files[0].tmp)
         for file in files:
             file.abort()
         reason = exc.strerror or str(exc)
-        if torn:
+        if isinstance(exc, PartlyCommitted):
             raise ExportError(f"cannot write {out}: {reason}; its spec {spec_path.name} was replaced but the keep-list "
                               "was not, so the two no longer match: export again") from None
         raise ExportError(f"cannot write {current}: {reason}; nothing was replaced (a previous {out.name} and its spec "
