@@ -7,7 +7,6 @@ that makes a run is the run directory. A user-caused error prints one line ``err
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

@@ -14,8 +14,8 @@ import pytest
 
 from mimic_explorer import open_run
 from mimic_explorer.filters.formats import render_export
-from mimic_explorer.filters.rules import CompoundRule, FilterError, FilterRule, all_of, apply_rule, describe
 from mimic_explorer.filters.hashing import content_hash
+from mimic_explorer.filters.rules import CompoundRule, FilterError, FilterRule, all_of, apply_rule, describe
 from mimic_explorer.filters.spec import build_spec, rule_from_spec
 from tests.conftest import run_cli
 
@@ -384,7 +384,7 @@ def _saved_spec(demo_run, folder, *rule):
 
 
 def test_cli_refuses_an_edited_spec_naming_the_edit(demo_run, tmp_path, capsys):
-    first, spec = _saved_spec(demo_run, tmp_path, "--threshold", "0.5")
+    _, spec = _saved_spec(demo_run, tmp_path, "--threshold", "0.5")
     spec["rule"]["value"] = 2.5  # the hash left alone: before, this was re-applied without a word
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(spec))

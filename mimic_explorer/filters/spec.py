@@ -31,8 +31,18 @@ import pandas as pd
 
 from mimic_explorer.filters.formats import FORMATS
 from mimic_explorer.filters.hashing import content_hash, mask_sha256
-from mimic_explorer.filters.rules import (MAX_CLAUSES, CompoundRule, FilterError, FilterResult, FilterRule, Rule, all_of,
-                                          is_number, refuse_too_many_clauses, shown)
+from mimic_explorer.filters.rules import (
+    MAX_CLAUSES,
+    CompoundRule,
+    FilterError,
+    FilterResult,
+    FilterRule,
+    Rule,
+    all_of,
+    is_number,
+    refuse_too_many_clauses,
+    shown,
+)
 from mimic_explorer.filters.spec_edits import explain_edit
 
 SPEC_VERSION = 1  # a single clause

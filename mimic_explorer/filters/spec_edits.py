@@ -58,14 +58,15 @@ def _clauses(spec: dict[str, Any]) -> list[tuple[str, dict, Any, Any]]:
     return []
 
 
-def _path_of(spec: dict[str, Any], label: str) -> tuple[str, int | None]:
+def _path_of(label: str) -> tuple[str, int | None]:
+    """Where clause ``label`` sits in a spec: ("rules", index) in an AND, ("rule", None) alone."""
     return ("rules", int(label.split()[1]) - 1) if label.startswith("rule ") else ("rule", None)
 
 
 def _with_clause(spec: dict[str, Any], label: str, **changes: Any) -> dict[str, Any]:
-    """A copy of ``spec`` whose clause ``label`` has ``changes`` (a value of ``_REMOVE`` drops a key)."""
+    """A copy of ``spec`` whose clause ``label`` has ``changes``."""
     undone = copy.deepcopy(spec)
-    key, index = _path_of(spec, label)
+    key, index = _path_of(label)
     clause = undone[key] if index is None else undone[key][index]
     for name, value in changes.items():
         clause[name] = value

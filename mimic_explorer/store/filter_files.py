@@ -27,10 +27,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.filters.formats import FORMATS, check_format
+from mimic_explorer.filters.formats import check_format
 from mimic_explorer.filters.hashing import mask_sha256, rule_digest
 from mimic_explorer.filters.rules import FilterError, FilterResult, Rule, apply_rule
-from mimic_explorer.filters.spec import MAX_SPEC_BYTES, SpecError, build_spec, check_reapplied, parse_spec_json, rule_from_spec
+from mimic_explorer.filters.spec import (
+    MAX_SPEC_BYTES,
+    SpecError,
+    build_spec,
+    check_reapplied,
+    parse_spec_json,
+    rule_from_spec,
+)
 from mimic_explorer.store.atomic import AtomicFile, PartlyCommitted, commit_in_order, json_default
 from mimic_explorer.store.keep_list_stream import write_keep_list_into
 from mimic_explorer.store.layout import SPEC_SUFFIX, RunLayout, keep_list_of, spec_beside
@@ -236,7 +243,13 @@ def saved_specs(run_dir: str | os.PathLike) -> list[Path]:
     folder = RunLayout(run_dir).filters_dir
     if not folder.is_dir():
         return []
-    return sorted(folder.glob(f"*{SPEC_SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    found = []
+    for path in folder.glob(f"*{SPEC_SUFFIX}"):
+        try:
+            found.append((path.stat().st_mtime, path))
+        except OSError:  # removed while listed (another session saving the same rule)
+            continue
+    return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
 
 
 @dataclass
@@ -267,5 +280,16 @@ def latest_saved_rule(run_dir: str | os.PathLike, run_meta: dict[str, Any],
     return SavedFilter(rule, spec, path, pair_problem(keep_list_of(path), spec))
 
 
-__all__ = ["ExportError", "FORMATS", "SavedFilter", "check_target", "export", "file_facts", "latest_saved_rule",
-           "pair_problem", "read_spec_file", "save_to_run", "saved_specs", "write_pair"]
+__all__ = [
+    "ExportError",
+    "SavedFilter",
+    "check_target",
+    "export",
+    "file_facts",
+    "latest_saved_rule",
+    "pair_problem",
+    "read_spec_file",
+    "save_to_run",
+    "saved_specs",
+    "write_pair",
+]

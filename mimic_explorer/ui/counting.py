@@ -20,8 +20,16 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.filters.rules import (CompoundRule, FilterError, FilterRule, class_labels, fraction_cut, keep_column,
-                                          proportional_counts, refuse_per_class_without_classes)
+from mimic_explorer.filters.rules import (
+    CompoundRule,
+    FilterError,
+    FilterRule,
+    class_labels,
+    fraction_cut,
+    keep_column,
+    proportional_counts,
+    refuse_per_class_without_classes,
+)
 from mimic_explorer.store.score_groups import sort_by_group
 
 

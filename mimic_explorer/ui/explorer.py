@@ -159,7 +159,7 @@ class Explorer(Viewer):
         said); returns it (``_restored_text`` says what happened once the counts exist), or why it was
         not taken on."""
         try:
-            found = latest_saved_rule(self.run.path, self.run.meta)
+            found = latest_saved_rule(self.run.path, self.run.meta, self.state.samples)
         except FilterError as exc:
             self.notice.show(f"Saved filter not restored: {exc}", "warning")
             return None

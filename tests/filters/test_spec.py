@@ -14,8 +14,15 @@ import pytest
 
 from mimic_explorer.filters.hashing import content_hash, mask_sha256
 from mimic_explorer.filters.rules import FilterRule, all_of, apply_rule
-from mimic_explorer.filters.spec import (MAX_SPEC_BYTES, SpecError, build_spec, check_reapplied, parse_spec_json,
-                                         rule_from_spec, rule_in_spec)
+from mimic_explorer.filters.spec import (
+    MAX_SPEC_BYTES,
+    SpecError,
+    build_spec,
+    check_reapplied,
+    parse_spec_json,
+    rule_from_spec,
+    rule_in_spec,
+)
 from mimic_explorer.store.reader import open_run
 from tests.ui_helpers import synthetic_run
 

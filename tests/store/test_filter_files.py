@@ -17,8 +17,15 @@ import pytest
 from mimic_explorer.filters.rules import FilterRule, apply_rule
 from mimic_explorer.filters.spec import SpecError
 from mimic_explorer.store import atomic, filter_files
-from mimic_explorer.store.filter_files import (ExportError, export, file_facts, latest_saved_rule, pair_problem, read_spec_file,
-                                               save_to_run)
+from mimic_explorer.store.filter_files import (
+    ExportError,
+    export,
+    file_facts,
+    latest_saved_rule,
+    pair_problem,
+    read_spec_file,
+    save_to_run,
+)
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.sample_columns import indexed_samples
 from tests.ui_helpers import synthetic_run

@@ -87,6 +87,22 @@ def test_bad_specs_and_unknown_columns_are_refused_with_the_cause():
     assert (model.rule, model.column) == ("ensemble", "mimic_score")
 
 
+def test_a_spec_read_into_the_model_is_verified(run, frozen_clock):
+    rule = FilterRule("quantile", 0.25, "proj_mean", per_class=True)
+    spec = json.loads(json.dumps(build_spec(run.meta, rule, apply_rule(run.samples, rule), "csv")))
+    model = FilterModel.from_spec(spec, ExplorerState(run).score_columns)
+    assert model.to_rule() == rule
+    for edit, message in [({"per_class": False}, "per_class is false but the hashed spec says true"),
+                          ({"value": 0.5}, "content hashes to"), ({"per_class": "false"}, "per_class is true or false, got 'false'"),
+                          ({"column": "grand"}, "content hashes to")]:
+        edited = {**spec, "rule": {**spec["rule"], **edit}}
+        with pytest.raises(FilterError, match=message):
+            FilterModel.from_spec(edited)
+        with pytest.raises(FilterError, match=message):
+            model.set_from_spec(edited)
+        assert model.to_rule() == rule  # a refused spec changes nothing
+
+
 def test_edits_imply_the_rule_a_person_means():
     model = FilterModel(rule="quantile", threshold=0.1, resolved_cut=0.33)
     model.threshold = 0.6  # giving a threshold means "by value", at that threshold

@@ -12,11 +12,11 @@ import pytest
 
 from mimic_explorer.filters.rules import CompoundRule, FilterError, FilterRule, all_of, apply_rule
 from mimic_explorer.store.filter_files import latest_saved_rule, save_to_run, saved_specs
+from mimic_explorer.store.listing import find_runs
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.scores import EpochScores
 from mimic_explorer.store.thumbs import ThumbnailReader
 from mimic_explorer.ui.counting import RuleCounter, compound_counts
-from mimic_explorer.store.listing import find_runs
 from mimic_explorer.ui.state import ExplorerState, histogram, robust_range
 from mimic_explorer.ui.summary import BASIS_WARNING, run_warnings, summary_facts
 from mimic_explorer.ui.thumbnails import PLACEHOLDER, ThumbnailURIs
