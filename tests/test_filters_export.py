@@ -377,14 +377,14 @@ def _one_line_error(code: int, err: str) -> str:
     return err
 
 
-def _saved_spec(demo_run, folder, *rule):
+def _saved_spec(capsys, demo_run, folder, *rule):
     out = folder / "first.csv"
-    assert run_cli("export", str(demo_run), *rule, "--out", str(out)).returncode == 0
+    assert _main(capsys, demo_run, *rule, "--out", out)[0] == 0
     return out, json.loads((folder / "first.csv.spec.json").read_text())
 
 
 def test_cli_refuses_an_edited_spec_naming_the_edit(demo_run, tmp_path, capsys):
-    _, spec = _saved_spec(demo_run, tmp_path, "--threshold", "0.5")
+    _, spec = _saved_spec(capsys, demo_run, tmp_path, "--threshold", "0.5")
     spec["rule"]["value"] = 2.5  # the hash left alone: before, this was re-applied without a word
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(spec))
@@ -400,7 +400,7 @@ def test_cli_refuses_a_spec_whose_run_now_keeps_other_samples(demo_run, tmp_path
     import shutil
 
     run = shutil.copytree(demo_run, tmp_path / "run")
-    first, _ = _saved_spec(run, tmp_path, "--keep-count", "500")
+    first, _ = _saved_spec(capsys, run, tmp_path, "--keep-count", "500")
     samples = pd.read_parquet(run / "samples.parquet")
     samples["mimic_score"] = samples["mimic_score"].to_numpy()[::-1]  # the same run id and data, other scores
     samples.to_parquet(run / "samples.parquet", index=False)
@@ -419,7 +419,7 @@ def test_cli_refuses_a_spec_whose_run_now_keeps_other_samples(demo_run, tmp_path
     (lambda s: s.update(spec_hash=None), r"no valid spec_hash"),
 ])
 def test_cli_spec_values_of_the_wrong_type_are_one_line(demo_run, tmp_path, capsys, edit, message):
-    _, spec = _saved_spec(demo_run, tmp_path, "--quantile", "0.3", "--per-class")
+    _, spec = _saved_spec(capsys, demo_run, tmp_path, "--quantile", "0.3", "--per-class")
     edit(spec)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(spec))

@@ -39,7 +39,7 @@ def descending_positions(index, column: str) -> np.ndarray:
 
 def _pieces(samples: SampleColumns, keep: np.ndarray, column: str):
     """Kept rows, highest score first, a chunk at a time: (ids and sources as Arrow, labels or None,
-    scores as float64) — ``filters.keep_list``'s columns before they become a frame or csv text."""
+    scores as float64) — ``filters.formats.keep_list``'s columns before they become a frame or csv text."""
     index = samples.app_index
     score_column = column if column in index.score_columns else "mimic_score"
     kept = descending_positions(index, score_column)
