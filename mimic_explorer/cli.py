@@ -7,7 +7,6 @@ that makes a run is the run directory. A user-caused error prints one line ``err
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -369,47 +368,52 @@ def _add_export(sub) -> None:
 
 
 def _export_rule(args, run):
-    """The filter the export arguments ask for."""
-    from mimic_explorer.filters.rules import FilterRule, all_of, rule_from_spec
+    """The filter the export arguments ask for, and the spec it was read from (None without --spec)."""
+    from mimic_explorer.filters.rules import FilterRule, all_of
+    from mimic_explorer.filters.spec import rule_from_spec
+    from mimic_explorer.store.filter_files import read_spec_file
 
     if args.rule:
         if args.per_class or args.column:
             raise UserError("with --rule, write the column and ':per-class' into each rule "
                             "(e.g. --rule mimic_score:drop=15%:per-class), not --column / --per-class")
-        return all_of([parse_rule(text) for text in args.rule])
+        return all_of([parse_rule(text) for text in args.rule]), None
     if args.spec:
-        try:
-            spec = json.loads(Path(args.spec).read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read spec {args.spec}: {exc}") from None
-        return rule_from_spec(spec, run.meta)
+        spec = read_spec_file(args.spec)
+        return rule_from_spec(spec, run.meta, run.samples), spec
     column = args.column or "mimic_score"
     if args.ensemble:
-        return FilterRule("ensemble", None, column, args.per_class)
+        return FilterRule("ensemble", None, column, args.per_class), None
     kind, value = next((k, v) for k, v in (("threshold", args.threshold), ("quantile", args.quantile),
                                            ("top_fraction", args.top_fraction), ("keep_count", args.keep_count))
                        if v is not None)
-    return FilterRule(kind, value, column, args.per_class)
+    return FilterRule(kind, value, column, args.per_class), None
 
 
 def _cmd_export(args) -> int:
-    from mimic_explorer.filters.rules import FORMATS, FilterError, describe, export
+    from mimic_explorer.filters.formats import FORMATS
+    from mimic_explorer.filters.rules import FilterError, describe
+    from mimic_explorer.filters.spec import SpecError
+    from mimic_explorer.store.filter_files import check_target, export
     from mimic_explorer.store.reader import RunError, open_run
 
     try:
-        run = open_run(args.run)
-        rule = _export_rule(args, run)
         fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
         if fmt not in FORMATS:
             raise UserError(f"cannot tell the format from {args.out!r}; pass --format {'|'.join(FORMATS)}")
-        result, spec, out, spec_path = export(run.samples, run.meta, rule, fmt, args.out)
+        check_target(args.out, fmt)  # a missing folder or a folder as --out is said before the run is read
+        run = open_run(args.run)
+        rule, spec = _export_rule(args, run)
+        result, written, out, spec_path = export(run.samples, run.meta, rule, fmt, args.out, reapplying=spec)
+    except SpecError as exc:
+        raise UserError(f"spec {args.spec}: {exc}" if args.spec else str(exc)) from None
     except (RunError, FilterError) as exc:
         raise UserError(str(exc)) from None
     if result.message:
         print(f"note: {result.message}", file=sys.stderr)
     for clause, part in zip(rule.clauses, result.clauses):
         print(f"  {describe(clause)}: keeps {part.kept} alone", file=sys.stderr)
-    print(f"kept {result.kept} of {result.total} samples ({describe(rule)}); spec {spec['spec_hash']} -> {spec_path}")
+    print(f"kept {result.kept} of {result.total} samples ({describe(rule)}); spec {written['spec_hash']} -> {spec_path}")
     print(out)
     return 0
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import re
 
 import numpy as np
@@ -11,8 +13,10 @@ import pandas as pd
 import pytest
 
 from mimic_explorer import open_run
-from mimic_explorer.filters.rules import (CompoundRule, FilterError, FilterRule, all_of, apply_rule, build_spec, describe,
-                                   render_export, rule_from_spec)
+from mimic_explorer.filters.formats import render_export
+from mimic_explorer.filters.hashing import content_hash
+from mimic_explorer.filters.rules import CompoundRule, FilterError, FilterRule, all_of, apply_rule, describe
+from mimic_explorer.filters.spec import build_spec, rule_from_spec
 from tests.conftest import run_cli
 
 
@@ -113,8 +117,6 @@ def test_cli_export_bad_input(demo_run, tmp_path):
 
 
 def test_datacomp_uid_export_is_sorted_pairs(samples):
-    from mimic_explorer.filters.rules import FilterError, render_export
-
     uids = [f"{i:032x}" for i in (5, 3, 2**100 + 7, 1)] * 25
     frame = samples.assign(sample_id=[u[:-2] + f"{i:02x}" for i, u in enumerate(uids)])
     result = apply_rule(frame, FilterRule("keep_count", 10))
@@ -214,7 +216,8 @@ def test_a_single_rule_spec_is_written_and_hashed_as_before_compounds_existed(sa
     spec = build_spec(META, rule, apply_rule(samples, rule), "csv")
     assert spec["spec_version"] == 1 and "rules" not in spec and spec["spec_hash"] == spec_hash
     old = {"spec_version": 1, "rule": {"kind": rule.kind, "value": rule.value, "column": "mimic_score"},
-           "run_id": "r1", "data_fingerprint": "abc"}  # a spec written before class overrides were recorded
+           "run_id": "r1", "data_fingerprint": "abc"}  # a rule without per_class and overrides: read with their defaults
+    old["spec_hash"] = content_hash(old)
     assert rule_from_spec(old, META) == FilterRule(rule.kind, rule.value)
 
 
@@ -225,7 +228,7 @@ def test_specs_this_version_cannot_read_are_refused_with_the_cause():
         rule_from_spec({**base, "spec_version": 3, "rules": rules}, META)
     with pytest.raises(FilterError, match="only 'and'"):
         rule_from_spec({**base, "spec_version": 2, "combine": "or", "rules": rules}, META)
-    with pytest.raises(FilterError, match="malformed"):
+    with pytest.raises(FilterError, match="rule 1: a rule has no 'kind'"):
         rule_from_spec({**base, "spec_version": 2, "rules": [{"value": 0.1}, rules[1]]}, META)
     with pytest.raises(FilterError, match="not on this run"):
         rule_from_spec({"run_id": "r2", "data_fingerprint": "abc", "rules": rules}, META)
@@ -356,3 +359,94 @@ def test_exports_use_the_combined_score_and_its_own_split(tmp_path):
     del samples["combined_keep"]
     with pytest.raises(FilterError, match="no ensemble filter for combined_score .column 'combined_keep'"):
         apply_rule(samples, FilterRule("ensemble", None, "combined_score"))
+
+
+# ---------------------------------------------------------------------------------------- one-line errors, verified specs
+
+
+def _main(capsys, *args: str) -> tuple[int, str]:
+    """The real CLI in this process: its exit status and what it printed on stderr."""
+    from mimic_explorer.cli import main
+
+    code = main(["export", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def _one_line_error(code: int, err: str) -> str:
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _saved_spec(capsys, demo_run, folder, *rule):
+    out = folder / "first.csv"
+    assert _main(capsys, demo_run, *rule, "--out", out)[0] == 0
+    return out, json.loads((folder / "first.csv.spec.json").read_text())
+
+
+def test_cli_refuses_an_edited_spec_naming_the_edit(demo_run, tmp_path, capsys):
+    _, spec = _saved_spec(capsys, demo_run, tmp_path, "--threshold", "0.5")
+    spec["rule"]["value"] = 2.5  # the hash left alone: before, this was re-applied without a word
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(spec))
+    err = _one_line_error(*_main(capsys, demo_run, "--spec", edited, "--out", tmp_path / "again.csv"))
+    assert f"spec {edited}: the spec was edited after it was written (the rule's threshold is 2.5 but the hashed spec says 0.5)" in err
+    assert not (tmp_path / "again.csv").exists() and not (tmp_path / "again.csv.spec.json").exists()
+    spec["rule"]["value"], spec["kept"] = 0.5, spec["kept"] - 1
+    edited.write_text(json.dumps(spec))
+    assert "kept is" in _one_line_error(*_main(capsys, demo_run, "--spec", edited, "--out", tmp_path / "again.csv"))
+
+
+def test_cli_refuses_a_spec_whose_run_now_keeps_other_samples(demo_run, tmp_path, capsys):
+    import shutil
+
+    run = shutil.copytree(demo_run, tmp_path / "run")
+    first, _ = _saved_spec(capsys, run, tmp_path, "--keep-count", "500")
+    samples = pd.read_parquet(run / "samples.parquet")
+    samples["mimic_score"] = samples["mimic_score"].to_numpy()[::-1]  # the same run id and data, other scores
+    samples.to_parquet(run / "samples.parquet", index=False)
+    err = _one_line_error(*_main(capsys, run, "--spec", f"{first}.spec.json", "--out", tmp_path / "again.csv"))
+    assert "keeps the same number (500) but other samples (keep_mask_sha256 differs)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.csv", "first.csv.spec.json", "run"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s["rule"].update(value=[1]), r"the spec's rule: the quantile value must be a number, got \[1\]"),
+    (lambda s: s["rule"].update(value="abc"), r"the quantile value must be a number, got 'abc'"),
+    (lambda s: s["rule"].update(per_class="false"), r"per_class is true or false, got 'false'"),
+    (lambda s: s["rule"].update(kind="median"), r"unknown rule 'median'"),
+    (lambda s: s.update(rules=[s.pop("rule")] * 10_000, spec_version=2), r"10000 rules in one filter; at most 64"),
+    (lambda s: s.update(rules=[s.pop("rule")] * 200_000, spec_version=2), r"20,\d{3},\d{3} bytes is too large for a filter spec"),
+    (lambda s: s.update(spec_hash=None), r"no valid spec_hash"),
+])
+def test_cli_spec_values_of_the_wrong_type_are_one_line(demo_run, tmp_path, capsys, edit, message):
+    _, spec = _saved_spec(capsys, demo_run, tmp_path, "--quantile", "0.3", "--per-class")
+    edit(spec)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(spec))
+    assert re.search(message, _one_line_error(*_main(capsys, demo_run, "--spec", bad, "--out", tmp_path / "k.csv")))
+    assert not (tmp_path / "k.csv").exists()
+
+
+def test_cli_files_that_cannot_be_read_or_written_are_one_line(demo_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    truncated = shutil.copytree(demo_run, tmp_path / "truncated")
+    data = (truncated / "samples.parquet").read_bytes()
+    (truncated / "samples.parquet").write_bytes(data[: len(data) // 2])
+    err = _one_line_error(*_main(capsys, truncated, "--ensemble", "--out", tmp_path / "k.csv"))
+    assert f"cannot read {truncated / 'samples.parquet'}" in err and "truncated or not a Parquet file" in err
+    (tmp_path / "folder.csv").mkdir()
+    assert "folder.csv: it is a folder" in _one_line_error(*_main(capsys, demo_run, "--ensemble", "--out", tmp_path / "folder.csv"))
+    assert "sample_id' holds text values, not scores" in _one_line_error(
+        *_main(capsys, demo_run, "--rule", "sample_id:min=1", "--out", tmp_path / "k.csv"))
+    os.mkfifo(tmp_path / "fifo.json")
+    assert "not a regular file" in _one_line_error(*_main(capsys, demo_run, "--spec", tmp_path / "fifo.json", "--out", tmp_path / "k.csv"))
+    from mimic_explorer.store import atomic
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)  # as a read-only folder refuses (the tests may run as root)
+    err = _one_line_error(*_main(capsys, demo_run, "--ensemble", "--out", tmp_path / "k.csv"))
+    assert f"cannot write {tmp_path / 'k.csv'}: Permission denied" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.json", "folder.csv", "truncated"]

@@ -1,43 +1,41 @@
-"""Filter rules → keep mask → keep-list files plus a reproducible filter spec.
+"""Filter rules → keep mask: frames in, arrays out (pandas/numpy only, no files).
 
-One code path for the CLI (``mimic-explorer export``) and the app ("Download keep-list", "Save to
-run"). A ``FilterRule`` is one clause on one column (threshold, quantile, top fraction, keep-count or
-the run's ensemble filter); a ``CompoundRule`` is an AND of clauses on several columns, each resolved
-on the whole pool on its own and then intersected — DataComp's "CLIP-score top 30 % minus the mimic
+A ``FilterRule`` is one clause on one column (threshold, quantile, top fraction, keep-count or the
+run's ensemble filter); a ``CompoundRule`` is an AND of clauses on several columns, each resolved on
+the whole pool on its own and then intersected — DataComp's "CLIP-score top 30 % minus the mimic
 bottom 15 %" is ``all_of([FilterRule("top_fraction", 0.3, "clip_score_ref"), FilterRule("quantile",
-0.15)])``. Either is resolved against a run's samples into concrete thresholds and a keep mask; the
-spec written beside every export records the rule (every clause), the resolved thresholds, the counts
-overall and per class, and the run's identity, and carries its own hash. Re-applying a spec to a
-different run or data is refused. pandas/numpy only. See docs/ARCHITECTURE.md.
+0.15)])``. ``apply_rule`` resolves either against a run's samples (a DataFrame, or the app's
+``SampleColumns``) into concrete thresholds and a keep mask.
 
-Spec forms: a single clause is written as ``{"spec_version": 1, "rule": {...}, "resolved_thresholds":
-{...}}`` — the form every earlier spec has, so those keep loading and a single rule hashes as before;
-an AND is ``{"spec_version": 2, "combine": "and", "rules": [{...}, ...], "resolved_thresholds": [{...},
-...], "kept_by_clause": [n, ...]}``, one entry per clause in order.
+Rules arrive from people (the CLI, the app) and from files (specs), so ``validate`` checks every
+field by type and range and names the cause in one line: a threshold of ``[1]`` or ``"abc"``, a
+``per_class`` of ``"false"`` (text, which Python would read as true), an unknown kind, a rule on a
+text column, more than ``MAX_CLAUSES`` clauses. See docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import io
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import numbers
+from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 RULES = ("ensemble", "threshold", "quantile", "keep_count", "top_fraction")
-FORMATS = ("csv", "json", "parquet", "npy", "uids")
-SPEC_VERSION = 1  # a single clause
-COMPOUND_SPEC_VERSION = 2  # an AND of clauses
 #: The label of every sample of a pool without classes (image-text pairs), as samples.parquet writes it.
 NO_CLASS = -1
 #: A score column whose own Stage-2 split is not the run's ``keep``: the ensemble rule on it uses this.
 OWN_KEEP = {"combined_score": "combined_keep"}
+#: Most clauses in one AND. Each clause is resolved over the whole pool and holds its own mask (n bytes
+#: each: 64 clauses at 12.8 M samples are 0.8 GB), and the filters people use have two or three; a
+#: spec naming thousands of rules is a broken or hostile file, not a filter.
+MAX_CLAUSES = 64
+#: Most per-class threshold overrides in one clause (more classes than ImageNet-21k's 21,841).
+MAX_CLASS_OVERRIDES = 100_000
+#: Longest column name a rule may name (column names are identifiers, not documents).
+MAX_COLUMN_CHARS = 256
 
 
 def keep_column(column: str) -> str:
@@ -56,6 +54,24 @@ def top_count(fraction: float, n: int) -> int:
     return int(math.floor(round(fraction * n, 6)))
 
 
+def shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message names a bad value, never a
+    megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def is_number(value: Any) -> bool:
+    """A real number that is not a truth value (JSON ``true`` is no threshold)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _plain_number(value: Any) -> int | float:
+    """``value`` as a Python int or float: what a spec hashes and JSON writes back the same way
+    (a NumPy integer would be hashed as text but written as a number)."""
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
 @dataclass
 class FilterRule:
     """One clause. ``value``: threshold (keep score ≥ value), quantile q (keep score ≥ the q-quantile,
@@ -71,39 +87,90 @@ class FilterRule:
     class_overrides: dict[int, float] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.kind not in RULES:
-            raise FilterError(f"unknown rule {self.kind!r}; choose one of {', '.join(RULES)}")
+        """Raise ``FilterError`` naming the first field whose type or range is wrong."""
+        if not isinstance(self.kind, str) or self.kind not in RULES:
+            raise FilterError(f"unknown rule {shown(self.kind)}; choose one of {', '.join(RULES)}")
+        if not isinstance(self.column, str) or not self.column or len(self.column) > MAX_COLUMN_CHARS:
+            raise FilterError(f"a rule's column is a column name (text of 1 to {MAX_COLUMN_CHARS} characters), "
+                              f"got {shown(self.column)}")
+        if not isinstance(self.per_class, (bool, np.bool_)):
+            raise FilterError(f"per_class is true or false, got {shown(self.per_class)}")
+        self._validate_overrides()
         if self.kind == "ensemble":
             if self.per_class or self.class_overrides:
                 raise FilterError("the ensemble filter is fixed per sample; --per-class does not apply to it")
             return
         if self.value is None:
             raise FilterError(f"the {self.kind} rule needs a value")
+        if not is_number(self.value):
+            raise FilterError(f"the {self.kind.replace('_', ' ')} value must be a number, got {shown(self.value)}")
         value = float(self.value)
         if math.isnan(value):
             raise FilterError(f"the {self.kind} value is NaN")
         if self.kind in ("quantile", "top_fraction") and not 0.0 <= value <= 1.0:
             raise FilterError(f"{self.kind.replace('_', ' ')} must be in [0, 1], got {value}")
-        if self.kind == "keep_count" and (value < 0 or value != int(value)):
+        if self.kind == "keep_count" and (not math.isfinite(value) or value < 0 or value != int(value)):
             raise FilterError(f"keep-count must be a whole number ≥ 0, got {value}")
         if self.kind == "threshold" and self.per_class and not self.class_overrides:
             raise FilterError("--per-class applies to --quantile, --top-fraction and --keep-count (a threshold is already one value for all classes)")
         if self.class_overrides and self.kind != "threshold":
             raise FilterError("per-class threshold overrides apply to the threshold rule only")
 
+    def _validate_overrides(self) -> None:
+        overrides = self.class_overrides
+        if not isinstance(overrides, dict):
+            raise FilterError(f"class_overrides maps a class to its threshold, got {shown(overrides)}")
+        if len(overrides) > MAX_CLASS_OVERRIDES:
+            raise FilterError(f"{len(overrides)} class overrides; at most {MAX_CLASS_OVERRIDES:,} are read")
+        for cls, value in overrides.items():
+            if not isinstance(cls, numbers.Integral) or isinstance(cls, (bool, np.bool_)):
+                raise FilterError(f"a class override's class is a class index, got {shown(cls)}")
+            if not is_number(value) or math.isnan(float(value)):
+                raise FilterError(f"the override of class {cls} must be a number, got {shown(value)}")
+
     @property
     def clauses(self) -> list["FilterRule"]:
         return [self]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["class_overrides"] = {str(k): float(v) for k, v in self.class_overrides.items()}
-        return data
+        """The clause as JSON values (what a spec records and hashes)."""
+        return {
+            "kind": self.kind,
+            "value": None if self.value is None else _plain_number(self.value),
+            "column": self.column,
+            "per_class": bool(self.per_class),
+            "class_overrides": {str(k): float(v) for k, v in self.class_overrides.items()},
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FilterRule":
-        overrides = {int(k): float(v) for k, v in (data.get("class_overrides") or {}).items()}
-        return cls(data["kind"], data.get("value"), data.get("column", "mimic_score"), bool(data.get("per_class")), overrides)
+    def from_dict(cls, data: Any) -> "FilterRule":
+        """A clause from its ``to_dict`` form, read strictly: ``FilterError`` naming a missing or
+        unknown field or a value of the wrong type (``per_class: "false"`` is refused, not read as
+        true; an override's class must be an index written as text, as JSON keys are)."""
+        if not isinstance(data, dict):
+            raise FilterError(f"a rule is an object with kind, value and column, got {shown(data)}")
+        unknown = sorted(set(data) - {"kind", "value", "column", "per_class", "class_overrides"})
+        if unknown:
+            raise FilterError(f"unknown field {shown(unknown[0])} in a rule (fields: kind, value, column, per_class, class_overrides)")
+        if "kind" not in data:
+            raise FilterError("a rule has no 'kind'")
+        overrides = data.get("class_overrides") or {}
+        if not isinstance(overrides, dict):
+            raise FilterError(f"class_overrides maps a class to its threshold, got {shown(overrides)}")
+        if len(overrides) > MAX_CLASS_OVERRIDES:
+            raise FilterError(f"{len(overrides)} class overrides; at most {MAX_CLASS_OVERRIDES:,} are read")
+        parsed: dict[int, Any] = {}
+        for key, value in overrides.items():
+            text = str(key).strip()
+            if not text.lstrip("-").isdigit() or len(text) > 12:
+                raise FilterError(f"a class override's class is a class index, got {shown(key)}")
+            parsed[int(text)] = value
+        per_class = data.get("per_class", False)
+        rule = cls(data["kind"], data.get("value"), data.get("column", "mimic_score"),
+                   False if per_class is None else per_class, parsed)
+        rule.validate()
+        rule.class_overrides = {k: float(v) for k, v in parsed.items()}
+        return rule
 
 
 @dataclass
@@ -115,12 +182,17 @@ class CompoundRule:
     clauses: list[FilterRule]
 
     def validate(self) -> None:
+        """Raise ``FilterError`` for too few or too many clauses, or naming the first bad clause."""
         if len(self.clauses) < 2:
             raise FilterError("a compound filter needs at least two clauses (one clause is a FilterRule)")
-        for clause in self.clauses:
+        refuse_too_many_clauses(len(self.clauses))
+        for number, clause in enumerate(self.clauses, 1):
             if not isinstance(clause, FilterRule):
                 raise FilterError(f"a compound filter's clauses are FilterRules, got {type(clause).__name__}")
-            clause.validate()
+            try:
+                clause.validate()
+            except FilterError as exc:
+                raise FilterError(f"rule {number}: {exc}") from None
 
     @property
     def column(self) -> str:
@@ -138,11 +210,19 @@ class CompoundRule:
 Rule = Union[FilterRule, CompoundRule]
 
 
+def refuse_too_many_clauses(count: int) -> None:
+    """``FilterError`` when a filter has more than ``MAX_CLAUSES`` clauses, saying why there is a cap."""
+    if count > MAX_CLAUSES:
+        raise FilterError(f"{count} rules in one filter; at most {MAX_CLAUSES} are accepted (each rule is "
+                          "resolved over the whole pool with its own mask, and real filters have a few)")
+
+
 def all_of(clauses: Sequence[FilterRule]) -> Rule:
     """The AND of ``clauses``: the clause itself when there is one, else a ``CompoundRule``."""
     clauses = list(clauses)
     if not clauses:
         raise FilterError("a filter needs at least one rule")
+    refuse_too_many_clauses(len(clauses))
     return clauses[0] if len(clauses) == 1 else CompoundRule(clauses)
 
 
@@ -168,6 +248,8 @@ def describe(rule: Rule) -> str:
 
 @dataclass
 class FilterResult:
+    """A rule resolved on a run: the keep mask and what a spec records about it."""
+
     keep: np.ndarray  # bool, samples.parquet order
     thresholds: dict[str, float | None]  # "all" or class index (as str) -> resolved threshold (a compound: {})
     kept: int
@@ -205,10 +287,23 @@ def refuse_per_class_without_classes(rule: FilterRule, classes_present: bool) ->
                           "(image-text pairs): drop --per-class / ':per-class'")
 
 
+def numeric_columns(samples: pd.DataFrame) -> list[str]:
+    """The columns a rule can cut (numbers or truth values), in the table's order."""
+    return [str(name) for name, dtype in samples.dtypes.items() if pd.api.types.is_numeric_dtype(dtype)]
+
+
 def _scores(samples: pd.DataFrame, column: str) -> np.ndarray:
     if column not in samples.columns:
         raise FilterError(f"the run has no column {column!r}; available: {', '.join(map(str, samples.columns))}")
-    return samples[column].to_numpy(dtype=np.float64)
+    dtype = samples.dtypes[column]
+    if not pd.api.types.is_numeric_dtype(dtype):
+        held = "text" if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype) else f"{dtype}"
+        raise FilterError(f"column {column!r} holds {held} values, not scores; a rule cuts a numeric column: "
+                          f"{', '.join(numeric_columns(samples))}")
+    try:
+        return samples[column].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise FilterError(f"column {column!r} cannot be read as scores ({exc})") from None
 
 
 def _top_count(scores: np.ndarray, count: int) -> tuple[np.ndarray, float | None]:
@@ -221,8 +316,9 @@ def _top_count(scores: np.ndarray, count: int) -> tuple[np.ndarray, float | None
     return keep, float(scores[order[count - 1]])
 
 
-def _proportional_counts(sizes: np.ndarray, total: int) -> np.ndarray:
-    """Split ``total`` over groups in proportion to ``sizes`` (largest remainder, deterministic)."""
+def proportional_counts(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over groups in proportion to ``sizes`` (largest remainder, deterministic): how a
+    per-class keep-count is shared out, here and in the app's live counts."""
     exact = sizes * (total / max(sizes.sum(), 1))
     counts = np.floor(exact).astype(int)
     remainder = total - counts.sum()
@@ -232,8 +328,22 @@ def _proportional_counts(sizes: np.ndarray, total: int) -> np.ndarray:
 
 
 def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
-    """Resolve ``rule`` (one clause or an AND of clauses) on a run's samples into a keep mask and
-    concrete thresholds."""
+    """Resolve ``rule`` on a run's samples into a keep mask and concrete thresholds.
+
+    Parameters
+    ----------
+    samples
+        ``samples.parquet`` as a DataFrame (or the app's ``SampleColumns``): the rule's columns, and
+        ``label`` for per-class rules.
+    rule
+        One clause or an AND of clauses; validated first.
+
+    Returns
+    -------
+    FilterResult
+        The keep mask in row order, resolved thresholds, counts overall and per class (a compound's
+        clauses each resolved alone in ``clauses``). ``FilterError`` names a bad rule or column.
+    """
     rule.validate()
     labels = class_labels(samples)
     if isinstance(rule, CompoundRule):
@@ -265,7 +375,7 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
             classes = np.unique(labels)
             if rule.kind == "keep_count":
                 sizes = np.array([(labels == c).sum() for c in classes])
-                per_class_counts = dict(zip(classes.tolist(), _proportional_counts(sizes, min(int(value), n)).tolist()))
+                per_class_counts = dict(zip(classes.tolist(), proportional_counts(sizes, min(int(value), n)).tolist()))
             for cls in classes.tolist():
                 members = np.flatnonzero(labels == cls)
                 target = per_class_counts[cls] if rule.kind == "keep_count" else value
@@ -304,217 +414,3 @@ def _resolve_one(scores: np.ndarray, kind: str, value: float, n: int) -> tuple[n
         cut = float(np.partition(finite, drop)[drop])
         return scores >= cut, cut
     return _top_count(scores, int(value))
-
-
-# ---------------------------------------------------------------------------------------- spec
-
-
-def _canonical(data: dict[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def build_spec(run_meta: dict[str, Any], rule: Rule, result: FilterResult, export_format: str | None) -> dict[str, Any]:
-    """The reproducible filter spec: rule (every clause), resolved thresholds, counts, run identity, own hash."""
-    fingerprints = run_meta.get("fingerprints") or {}
-    if isinstance(rule, CompoundRule):
-        described: dict[str, Any] = {
-            "spec_version": COMPOUND_SPEC_VERSION, "combine": "and", "rules": [c.to_dict() for c in rule.clauses],
-            "resolved_thresholds": [part.thresholds for part in result.clauses],
-            "kept_by_clause": [part.kept for part in result.clauses],
-        }
-    else:
-        described = {"spec_version": SPEC_VERSION, "rule": rule.to_dict(), "resolved_thresholds": result.thresholds}
-    body = {
-        **described,
-        "kept": result.kept,
-        "total": result.total,
-        "kept_per_class": result.kept_per_class,
-        "total_per_class": result.total_per_class,
-        "run_id": run_meta.get("run_id"),
-        "data_fingerprint": fingerprints.get("data"),
-        "versions": run_meta.get("versions", {}),
-        "format": export_format,
-        "keep_mask_sha256": hashlib.sha256(np.packbits(result.keep).tobytes()).hexdigest(),
-    }
-    spec = dict(body)
-    spec["spec_hash"] = hashlib.sha256(_canonical(body).encode()).hexdigest()[:16]
-    spec["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    return spec
-
-
-def rule_in_spec(spec: Any) -> Rule:
-    """The rule a spec records (one clause, or the AND of its ``rules``), validated; ``FilterError``
-    naming the cause for anything that is not a spec this version can read."""
-    if not isinstance(spec, dict) or not (isinstance(spec.get("rule"), dict) or isinstance(spec.get("rules"), list)):
-        raise FilterError("not a filter spec: it has no 'rule'")
-    version = spec.get("spec_version", SPEC_VERSION)
-    if isinstance(version, int) and version > COMPOUND_SPEC_VERSION:
-        raise FilterError(f"the spec was written by a newer mimic_explorer (spec version {version}; this one reads "
-                          f"≤ {COMPOUND_SPEC_VERSION}); upgrade the package")
-    try:
-        if "rules" in spec:
-            if spec.get("combine", "and") != "and":
-                raise FilterError(f"the spec combines its rules with {spec['combine']!r}; only 'and' is known")
-            rule = all_of([FilterRule.from_dict(data) for data in spec["rules"]])
-        else:
-            rule = FilterRule.from_dict(spec["rule"])
-    except FilterError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise FilterError(f"the spec's rule is malformed: {exc!r}") from None
-    rule.validate()
-    return rule
-
-
-def rule_from_spec(spec: dict[str, Any], run_meta: dict[str, Any]) -> Rule:
-    """The rule of a saved spec, refusing a spec that was made on another run or other data."""
-    if not isinstance(spec, dict) or ("rule" not in spec and "rules" not in spec):
-        raise FilterError("not a filter spec: it has no 'rule'")
-    fingerprints = run_meta.get("fingerprints") or {}
-    if spec.get("run_id") != run_meta.get("run_id"):
-        raise FilterError(f"the spec was made on run {spec.get('run_id')!r}, not on this run ({run_meta.get('run_id')!r})")
-    if spec.get("data_fingerprint") != fingerprints.get("data"):
-        raise FilterError("the spec's data fingerprint differs from this run's data: refusing to re-apply it")
-    return rule_in_spec(spec)
-
-
-# ---------------------------------------------------------------------------------------- export
-
-
-def keep_list(samples: pd.DataFrame, result: FilterResult, column: str) -> pd.DataFrame:
-    """The kept rows: sample_id, source, label, score, keep (sorted by ``column``, highest first; a
-    compound filter's keep-list is sorted by its first clause's column)."""
-    score = samples[column] if column in samples.columns else samples.get("mimic_score")
-    frame = pd.DataFrame(
-        {
-            "sample_id": samples["sample_id"].astype(str),
-            "source": samples["source"] if "source" in samples.columns else "",
-            "label": samples["label"] if "label" in samples.columns else -1,
-            "score": score.astype(np.float64) if score is not None else np.nan,
-            "keep": result.keep,
-        }
-    )
-    return frame[frame["keep"]].sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-
-
-UID_DTYPE = np.dtype([("f0", "<u8"), ("f1", "<u8")])
-
-
-def _examples(values: pd.Series, limit: int = 3) -> str:
-    return ", ".join(repr(v) for v in values.head(limit).tolist())
-
-
-def datacomp_uids(pool_ids: Sequence[str] | np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """DataComp's subset format: the kept samples' 128-bit hex uids as a sorted structured array of
-    dtype ``[('f0', '<u8'), ('f1', '<u8')]`` (high and low 64 bits), one row per kept pair — what
-    DataComp's ``--subset_file`` reads with ``np.load``. Every id of the pool must be a 32-hex-digit
-    uid and no uid may occur twice (a subset names each pair once); otherwise ``FilterError`` names
-    examples."""
-    lowered = check_uids(pool_ids)
-    kept = lowered[np.asarray(keep, dtype=bool)]
-    halves = np.frombuffer(bytes.fromhex("".join(kept.tolist())), dtype=">u8").reshape(-1, 2)
-    pairs = np.empty(len(halves), dtype=UID_DTYPE)
-    pairs["f0"], pairs["f1"] = halves[:, 0], halves[:, 1]
-    pairs.sort(order=["f0", "f1"])
-    return pairs
-
-
-def check_uids(pool_ids: Sequence[str] | np.ndarray) -> pd.Series:
-    """The pool's ids, lower-cased, when every one is a distinct 32-hex-digit uid (what ``--format uids``
-    needs); ``FilterError`` naming the first offending ids otherwise."""
-    ids = pd.Series(np.asarray(pool_ids), dtype=object).astype(str)
-    bad = ~ids.str.fullmatch(r"[0-9a-fA-F]{32}")
-    if bad.any():
-        raise FilterError(f"{int(bad.sum())} of {len(ids)} sample ids are not 32-hex-digit (128-bit) uids, e.g. "
-                          f"{_examples(ids[bad])}; --format uids needs DataComp uids (use csv, json, parquet or npy)")
-    lowered = ids.str.lower()
-    repeated = lowered[lowered.duplicated(keep=False)]
-    if len(repeated):
-        raise FilterError(f"{repeated.nunique()} uid(s) occur more than once in the pool, e.g. "
-                          f"{_examples(pd.Series(repeated.unique()))}: a DataComp subset names each pair once")
-    return lowered
-
-
-def render_export(samples: pd.DataFrame, result: FilterResult, column: str, export_format: str) -> bytes:
-    """The bytes of a keep-list in one of FORMATS (npy: boolean mask in samples.parquet order;
-    uids: DataComp-style sorted 128-bit uid array of the kept samples)."""
-    if export_format not in FORMATS:
-        raise FilterError(f"unknown format {export_format!r}; choose one of {', '.join(FORMATS)}")
-    buffer = io.BytesIO()
-    if export_format == "npy":
-        np.save(buffer, result.keep)
-        return buffer.getvalue()
-    if export_format == "uids":
-        np.save(buffer, datacomp_uids(samples["sample_id"].to_numpy(), result.keep))
-        return buffer.getvalue()
-    frame = keep_list(samples, result, column)
-    if export_format == "csv":
-        return frame.to_csv(index=False).encode()
-    if export_format == "json":
-        return frame.to_json(orient="records", indent=1).encode()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
-def export(
-    samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_format: str, out: str | Path
-) -> tuple[FilterResult, dict[str, Any], Path, Path]:
-    """Write the keep-list to ``out`` and the spec to ``out.spec.json``, both atomically."""
-    from mimic_explorer.store.atomic import write_bytes, write_json
-
-    out = Path(out).expanduser()
-    if not out.parent.is_dir():
-        raise FilterError(f"cannot write {out}: folder {out.parent} does not exist")
-    result = apply_rule(samples, rule)
-    data = render_export(samples, result, rule.column, export_format)
-    spec = build_spec(run_meta, rule, result, export_format)
-    spec_path = out.with_name(out.name + ".spec.json")
-    write_bytes(out, data)
-    write_json(spec_path, spec)
-    return result, spec, out, spec_path
-
-
-# ---------------------------------------------------------------------------------------- saved with the run
-
-
-def save_to_run(
-    run_dir: str | Path, samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_format: str = "csv"
-) -> tuple[FilterResult, dict[str, Any], Path, Path]:
-    """``export`` into the run's own ``filters/`` folder (the app's "Save to run"), named by the rule's
-    hash so saving the same rule twice replaces the earlier files instead of piling up copies."""
-    from mimic_explorer.store.layout import RunLayout
-
-    folder = RunLayout(run_dir).filters_dir
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise FilterError(f"cannot save into {folder}: {exc.strerror or exc}") from None
-    digest = hashlib.sha256(_canonical(rule.to_dict()).encode()).hexdigest()[:12]
-    return export(samples, run_meta, rule, export_format, folder / f"keep-list-{digest}.{export_format}")
-
-
-def saved_specs(run_dir: str | Path) -> list[Path]:
-    """Spec files saved with a run, newest first."""
-    from mimic_explorer.store.layout import RunLayout
-
-    folder = RunLayout(run_dir).filters_dir
-    if not folder.is_dir():
-        return []
-    return sorted(folder.glob("*.spec.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def latest_saved_rule(run_dir: str | Path, run_meta: dict[str, Any]) -> tuple[Rule, dict[str, Any], Path] | None:
-    """The rule of the most recently saved spec of this run (None if none); ``FilterError`` when that
-    spec is unreadable or belongs to another run."""
-    specs = saved_specs(run_dir)
-    if not specs:
-        return None
-    try:
-        spec = json.loads(specs[0].read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FilterError(f"saved filter {specs[0].name} cannot be read: {exc}") from None
-    try:
-        rule = rule_from_spec(spec, run_meta)
-    except FilterError as exc:
-        raise FilterError(f"saved filter {specs[0].name}: {exc}") from None
-    return rule, spec, specs[0]

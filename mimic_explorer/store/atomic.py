@@ -10,8 +10,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 
@@ -37,18 +38,68 @@ class AtomicFile:
 
     def commit(self) -> Path:
         try:
-            with open(self.tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
+            self.sync()
             os.replace(self.tmp, self.path)
         except BaseException:
             self.abort()
             raise
         return self.path
 
+    def sync(self) -> None:
+        """Make the temporary file durable and give it ordinary permissions, without renaming it."""
+        with open(self.tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
+
     def abort(self) -> None:
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
+
+
+class PartlyCommitted(OSError):
+    """``commit_in_order`` failed after renaming some of its files (``renamed``), not all."""
+
+    def __init__(self, code: int | None, reason: str, renamed: list[Path]):
+        super().__init__(code, reason)
+        self.renamed = renamed
+
+
+def commit_in_order(files: Sequence[AtomicFile]) -> None:
+    """Commit several temporary files as one change as far as a file system allows: every file is
+    synced first (a full disk or an I/O error fails before anything is replaced), then each is renamed
+    in the order given, then the folders are synced. Only a crash between two renames can leave some
+    renamed and not others, so put last the file whose presence says the change is complete. On an
+    error every file not yet renamed is removed."""
+    pending = list(files)
+    try:
+        for file in pending:
+            file.sync()
+        while pending:
+            os.replace(pending[0].tmp, pending[0].path)
+            pending.pop(0)
+    except BaseException as exc:
+        for file in pending:
+            file.abort()
+        if isinstance(exc, OSError) and len(pending) < len(files):
+            renamed = [file.path for file in files if file not in pending]
+            raise PartlyCommitted(exc.errno, exc.strerror or str(exc), renamed) from exc
+        raise
+    for folder in dict.fromkeys(file.path.parent for file in files):
+        _sync_folder(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder so that renames in it survive a power cut (skipped where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -60,7 +111,7 @@ def _umask() -> int:
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     def _write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=_json_default)
+            json.dump(data, fh, indent=2, sort_keys=True, default=json_default)
             fh.write("\n")
 
     return atomic_write(path, _write)
@@ -78,9 +129,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, _write)
 
 
-def _json_default(value: Any) -> Any:
-    import numpy as np
-
+def json_default(value: Any) -> Any:
+    """What ``json.dump`` writes for the NumPy values, arrays and paths a run's JSON files hold."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -1,5 +1,5 @@
-"""Write a keep-list to disk in chunks from the app index: the file ``filters.render_export`` would
-give, without building the kept rows as one frame.
+"""Write a keep-list to disk in chunks from the app index: the file ``filters.formats.render_export``
+would give, without building the kept rows as one frame.
 
 Why: at 12.8 M samples the in-memory export builds a frame of every sample, sorts it and renders it
 in one piece (minutes, gigabytes). The index already holds each score column's order, so the kept
@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mimic_explorer.filters.rules import FORMATS, FilterError, FilterResult, render_export
+from mimic_explorer.filters.formats import check_format, render_export
+from mimic_explorer.filters.rules import FilterResult
 from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.atomic import atomic_write
 from mimic_explorer.store.sample_columns import SampleColumns
@@ -38,7 +39,7 @@ def descending_positions(index, column: str) -> np.ndarray:
 
 def _pieces(samples: SampleColumns, keep: np.ndarray, column: str):
     """Kept rows, highest score first, a chunk at a time: (ids and sources as Arrow, labels or None,
-    scores as float64) — ``filters.keep_list``'s columns before they become a frame or csv text."""
+    scores as float64) — ``filters.formats.keep_list``'s columns before they become a frame or csv text."""
     index = samples.app_index
     score_column = column if column in index.score_columns else "mimic_score"
     kept = descending_positions(index, score_column)
@@ -146,49 +147,66 @@ def _streamable(samples, column: str) -> bool:
 
 
 def write_keep_list(samples, result: FilterResult, column: str, export_format: str, out: str | os.PathLike) -> Path:
-    """Write the keep-list of ``result`` in ``export_format`` to ``out`` (atomically); streamed when
-    ``samples`` is read through an index, else ``filters.render_export`` of the whole table."""
-    if export_format not in FORMATS:
-        raise FilterError(f"unknown format {export_format!r}; choose one of {', '.join(FORMATS)}")
-    if export_format == "npy":
-        def save_mask(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                np.save(fh, result.keep)
+    """Write the keep-list of ``result`` in ``export_format`` to ``out`` atomically (a download's file;
+    an export with its spec goes through ``store.filter_files.export``)."""
+    check_format(export_format)
+    return atomic_write(out, lambda tmp: write_keep_list_into(samples, result, column, export_format, tmp))
 
-        return atomic_write(out, save_mask)
+
+def write_keep_list_into(samples, result: FilterResult, column: str, export_format: str, path: str | os.PathLike) -> None:
+    """Write the keep-list of ``result`` in ``export_format`` into ``path`` (a temporary file the caller
+    renames): streamed when ``samples`` is read through an index, else ``render_export`` of the whole
+    table.
+
+    Parameters
+    ----------
+    samples
+        ``SampleColumns`` (the app index) or the samples DataFrame.
+    result
+        ``apply_rule(samples, rule)``.
+    column
+        The score column the rows are sorted by (the rule's first clause's).
+    export_format
+        One of ``filters.formats.FORMATS``.
+    path
+        The file to fill (created or truncated).
+    """
+    check_format(export_format)
+    if export_format == "npy":
+        with open(path, "wb") as fh:
+            np.save(fh, result.keep)
+        return
     if export_format in ("json", "uids") or not _streamable(samples, column):
         data = render_export(samples, result, column, export_format)
-        return atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
-
-    def write(tmp: str) -> None:
-        if export_format == "csv":
-            with open(tmp, "wb") as fh:
-                header = True
-                for piece in _pieces(samples, result.keep, column):
-                    lines = _csv_text(piece)
-                    if lines is None:
-                        fh.write(_frame(piece).to_csv(index=False, header=header).encode("utf-8"))
-                    else:
-                        if header:
-                            fh.write(_frame(_first_rows(piece, 0)).to_csv(index=False).encode("utf-8"))
-                        _write_csv_lines(fh, lines)
-                    header = False
-                if header:  # nothing kept: the header alone, as render_export writes it
-                    fh.write(render_export(_no_rows(samples), _empty(result), column, "csv"))
-            return
-        writer = None
-        try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return
+    if export_format == "csv":
+        with open(path, "wb") as fh:
+            header = True
             for piece in _pieces(samples, result.keep, column):
-                table = pa.Table.from_pandas(_frame(piece), preserve_index=False)
-                writer = writer or pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-            if writer is None:
-                Path(tmp).write_bytes(render_export(_no_rows(samples), _empty(result), column, "parquet"))
-        finally:
-            if writer is not None:
-                writer.close()
-
-    return atomic_write(out, write)
+                lines = _csv_text(piece)
+                if lines is None:
+                    fh.write(_frame(piece).to_csv(index=False, header=header).encode("utf-8"))
+                else:
+                    if header:
+                        fh.write(_frame(_first_rows(piece, 0)).to_csv(index=False).encode("utf-8"))
+                    _write_csv_lines(fh, lines)
+                header = False
+            if header:  # nothing kept: the header alone, as render_export writes it
+                fh.write(render_export(_no_rows(samples), _empty(result), column, "csv"))
+        return
+    writer = None
+    try:
+        for piece in _pieces(samples, result.keep, column):
+            table = pa.Table.from_pandas(_frame(piece), preserve_index=False)
+            writer = writer or pq.ParquetWriter(str(path), table.schema)
+            writer.write_table(table)
+        if writer is None:
+            Path(path).write_bytes(render_export(_no_rows(samples), _empty(result), column, "parquet"))
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _no_rows(samples: SampleColumns) -> pd.DataFrame:

@@ -67,6 +67,8 @@ STATE = "state.pt"
 LOG = "run.log"
 #: suffix of the metadata file saved beside a checkpoint by ``train --save-model``
 CHECKPOINT_SIDECAR_SUFFIX = ".meta.json"
+#: suffix of the filter spec written beside every keep-list (``keep.csv`` -> ``keep.csv.spec.json``)
+SPEC_SUFFIX = ".spec.json"
 #: most rows in one row group of a score part (bounded reads of one sample or a range of samples)
 SCORE_ROW_GROUP_ROWS = 65_536
 #: rows in each row group of samples.parquet (all but the last)
@@ -129,7 +131,7 @@ class RunLayout:
 
     @property
     def filters_dir(self) -> Path:
-        """Keep-lists and their specs saved from the app or ``export --save`` (restored on reopen)."""
+        """Keep-lists and their specs saved from the app (restored on reopen)."""
         return self.root / FILTERS_DIR
 
     @property
@@ -289,3 +291,13 @@ class IndexFiles:
 def checkpoint_sidecar(checkpoint: str | os.PathLike) -> Path:
     """The metadata file beside a checkpoint saved by ``train --save-model`` (arch, init fingerprint…)."""
     return Path(str(checkpoint) + CHECKPOINT_SIDECAR_SUFFIX)
+
+
+def spec_beside(keep_list: str | os.PathLike) -> Path:
+    """The filter spec written beside a keep-list (``keep.csv`` -> ``keep.csv.spec.json``)."""
+    return Path(str(keep_list) + SPEC_SUFFIX)
+
+
+def keep_list_of(spec: str | os.PathLike) -> Path:
+    """The keep-list a spec file describes (``keep.csv.spec.json`` -> ``keep.csv``)."""
+    return Path(str(spec)[: -len(SPEC_SUFFIX)] if str(spec).endswith(SPEC_SUFFIX) else spec)

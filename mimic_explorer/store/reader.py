@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import FORMAT_VERSION, RunError, read_meta
@@ -43,7 +44,16 @@ class Run:
 
     @cached_property
     def samples(self) -> pd.DataFrame:
-        frame = pd.read_parquet(self.layout.samples)
+        """``samples.parquet`` whole; ``RunError`` naming the file when it is truncated or not Parquet."""
+        path = self.layout.samples
+        try:
+            frame = pd.read_parquet(path)
+        except (pa.ArrowException, OSError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc).split(". ")[0]
+            raise RunError(f"cannot read {path}: {reason} (truncated or not a Parquet file?); "
+                           "run the command that made the run again") from None
+        if "sample_id" not in frame.columns:
+            raise RunError(f"{path} has no sample_id column: not a run's samples table")
         frame["sample_id"] = frame["sample_id"].astype(str)
         return frame
 

@@ -20,8 +20,16 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.filters.rules import (CompoundRule, FilterError, FilterRule, _proportional_counts, class_labels, fraction_cut,
-                                    keep_column, refuse_per_class_without_classes)
+from mimic_explorer.filters.rules import (
+    CompoundRule,
+    FilterError,
+    FilterRule,
+    class_labels,
+    fraction_cut,
+    keep_column,
+    proportional_counts,
+    refuse_per_class_without_classes,
+)
 from mimic_explorer.store.score_groups import sort_by_group
 
 
@@ -208,7 +216,7 @@ class RuleCounter:
             thresholds["all"] = float(self.scores[top[-1]]) if count > 0 else None
             kept_groups = self._from_mask_positions(top)
         else:
-            targets = _proportional_counts(self.total_per_class, min(int(rule.value), self.n))
+            targets = proportional_counts(self.total_per_class, min(int(rule.value), self.n))
             kept_groups = np.zeros(2 * n_classes, dtype=np.int64)
             for c, (key, target) in enumerate(zip(self.class_keys, targets.tolist())):
                 top = self._class_descending[c][:target]

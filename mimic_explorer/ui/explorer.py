@@ -23,7 +23,8 @@ import pandas as pd
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.filters.rules import FilterError, Rule, latest_saved_rule
+from mimic_explorer.filters.rules import FilterError, Rule
+from mimic_explorer.store.filter_files import SavedFilter, latest_saved_rule
 from mimic_explorer.store.reader import Run, open_run
 from mimic_explorer.ui.controls import FilterControls
 from mimic_explorer.ui.counting import Counts
@@ -69,7 +70,7 @@ class Explorer(Viewer):
         self.notice = Notice()
         self.filter = FilterModel(columns=self.state.score_columns, column=self.state.column,
                                   threshold=self.state.default_threshold(), keep_count=int(round(0.7 * self.state.total)))
-        restored = self._restore() if restore and not ({"rule", "threshold", "quantile", "top_fraction", "keep_count"} & set(given)) else ""
+        restored = self._restore() if restore and not ({"rule", "threshold", "quantile", "top_fraction", "keep_count"} & set(given)) else None
         self.filter.param.update(**given)
         self.live = LiveCounts(self.state, self.filter, self.notice.show)
         self.lines = CutLines(self.state, self.filter, self.live)
@@ -88,7 +89,9 @@ class Explorer(Viewer):
         self.more_views = MoreViews(self.state, self.live, self.lines, self.run.epoch_scores, self.selection,
                                     self.distribution.param.log_counts)
         self.live.param.watch(self._move_lines, "counts")
-        if restored:
+        if isinstance(restored, SavedFilter):
+            self.notice.show(*self._restored_text(restored))
+        elif restored:
             self.notice.show(restored, "info")
 
     # ------------------------------------------------------------------ Python API
@@ -151,21 +154,35 @@ class Explorer(Viewer):
 
     # ------------------------------------------------------------------ internals
 
-    def _restore(self) -> str:
-        """Take on the filter last saved with the run; the text says what happened."""
+    def _restore(self) -> SavedFilter | str | None:
+        """Take on the filter last saved with the run (its spec verified: an edited spec is refused and
+        said); returns it (``_restored_text`` says what happened once the counts exist), or why it was
+        not taken on."""
         try:
-            found = latest_saved_rule(self.run.path, self.run.meta)
+            found = latest_saved_rule(self.run.path, self.run.meta, self.state.samples)
         except FilterError as exc:
             self.notice.show(f"Saved filter not restored: {exc}", "warning")
-            return ""
+            return None
         if found is None:
-            return ""
-        rule, spec, path = found
-        missing = [c.column for c in rule.clauses if c.kind != "ensemble" and c.column not in self.state.score_columns]
+            return None
+        missing = [c.column for c in found.rule.clauses if c.kind != "ensemble" and c.column not in self.state.score_columns]
         if missing:
-            return f"Saved filter {path.name} is on column {missing[0]!r}, which this run lacks; not restored."
-        self.filter.set_rule(rule)
-        return f"Restored the filter saved with this run ({path.name}, {spec.get('created', '?')}): kept {spec.get('kept')} of {spec.get('total')}."
+            return f"Saved filter {found.spec_path.name} is on column {missing[0]!r}, which this run lacks; not restored."
+        self.filter.set_rule(found.rule)
+        return found
+
+    def _restored_text(self, saved: SavedFilter) -> tuple[str, str]:
+        """What the restore did, and the notice's kind: a warning when the saved filter keeps other counts
+        now than when it was saved, or its keep-list is not the one its spec describes."""
+        spec, counts = saved.spec, self.live.counts
+        text = (f"Restored the filter saved with this run ({saved.spec_path.name}, {spec.get('created', '?')}): "
+                f"kept {spec.get('kept')} of {spec.get('total')}.")
+        problems = []
+        if counts is not None and (counts.kept != spec.get("kept") or counts.kept_per_class != spec.get("kept_per_class")):
+            problems.append(f"It keeps {counts.kept} now: this run's samples changed since it was saved.")
+        if saved.keep_list_problem:
+            problems.append(f"Its keep-list does not match: {saved.keep_list_problem}.")
+        return " ".join([text, *problems]), "warning" if problems else "info"
 
     def _move_lines(self, event=None) -> None:
         self.lines.move()

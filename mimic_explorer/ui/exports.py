@@ -1,7 +1,8 @@
 """Export the current filter: download the keep-list or its spec, or save both into the run.
 
-Every path goes through ``filters`` (``apply_rule``, ``render_export``, ``save_to_run``) — the code of
-``mimic-explorer export`` — so what the page hands out is what the command line would write.
+Every path goes through the code of ``mimic-explorer export`` (``filters.rules.apply_rule``, the
+streamed keep-list of ``store/keep_list_stream.py``, ``store/filter_files.save_to_run``), so what the
+page hands out is what the command line would write.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.filters.rules import FORMATS, FilterError, FilterResult, check_uids, save_to_run
+from mimic_explorer.filters.formats import FORMATS, check_uids
+from mimic_explorer.filters.rules import FilterError, FilterResult
+from mimic_explorer.store.filter_files import save_to_run
 from mimic_explorer.store.keep_list_stream import write_keep_list
 from mimic_explorer.store.reader import Run
 from mimic_explorer.ui.filter_model import FilterModel
@@ -66,7 +69,7 @@ class ExportPanel(Viewer):
         return write_keep_list(self.state.samples, self._result(), self.model.column, self.format.value, out)
 
     def spec_file(self) -> io.BytesIO:
-        """The spec of the current rule (what ``filters.build_spec`` writes beside an export)."""
+        """The spec of the current rule (what ``filters.spec.build_spec`` writes beside an export)."""
         spec = self.model.to_spec(self.run.meta, self._result(), self.format.value)
         return io.BytesIO(json.dumps(spec, indent=1, sort_keys=True).encode())
 

@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 
 import param
 
-from mimic_explorer.filters.rules import RULES, FilterError, FilterResult, FilterRule, Rule, all_of, build_spec, rule_in_spec
+from mimic_explorer.filters.rules import RULES, FilterError, FilterResult, FilterRule, Rule, all_of
+from mimic_explorer.filters.spec import build_spec, rule_in_spec
 
 #: The parameters that make up a clause (in the order a rule names them).
 RULE_PARAMS = ("column", "rule", "threshold", "quantile", "top_fraction", "keep_count", "per_class", "class_overrides")
@@ -166,16 +167,18 @@ class FilterModel(ClauseModel):
     # ------------------------------------------------------------------ spec
 
     def to_spec(self, run_meta: dict[str, Any], result: FilterResult, export_format: str | None) -> dict[str, Any]:
-        """The filter spec of this rule (``filters.build_spec``); ``result`` is the rule applied to the run."""
+        """The filter spec of this rule (``filters.spec.build_spec``); ``result`` is the rule applied to the run."""
         return build_spec(run_meta, self.to_rule(), result, export_format)
 
     def set_from_spec(self, spec: dict[str, Any]) -> None:
-        """Take on the rule of a saved spec (whose run the caller has checked: ``filters.rule_from_spec``)."""
+        """Take on the rule of a saved spec: its values checked and its hash verified (``SpecError``, a
+        ``FilterError``, names an edit); whose run it is, the caller checks (``filters.spec.rule_from_spec``)."""
         self.set_rule(rule_in_spec(spec))
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], columns: Sequence[str] | None = None) -> "FilterModel":
-        """A model holding the rule of ``spec``; ``columns``: the run's score columns (default: the spec's)."""
+        """A model holding the rule of ``spec`` (verified as in ``set_from_spec``); ``columns``: the run's
+        score columns (default: the spec's)."""
         rule = rule_in_spec(spec)
         model = cls(columns=list(columns) if columns is not None else list(dict.fromkeys(c.column for c in rule.clauses)))
         model.set_rule(rule)

@@ -11,14 +11,15 @@ import pandas as pd
 import pytest
 
 from mimic_explorer.data.keep_lists import KeepListError, read_keep_list
-from mimic_explorer.filters.rules import FilterResult, datacomp_uids, render_export
+from mimic_explorer.filters.formats import datacomp_uids, render_export
+from mimic_explorer.filters.rules import FilterResult
 
 IDS = ["000123", "train_cat_0042", "b", "a"]
 UIDS = ["0123456789abcdef0123456789ABCDEF", "ffffffffffffffff0000000000000001", "00000000000000000000000000000002"]
 
 
 def exported(tmp_path, fmt: str, ids=IDS) -> str:
-    """A keep-list written by ``filters.render_export`` (the code behind ``mimic-explorer export``)."""
+    """A keep-list written by ``filters.formats.render_export`` (the code behind ``mimic-explorer export``)."""
     samples = pd.DataFrame({"sample_id": ids, "source": "x", "label": 0, "mimic_score": np.arange(len(ids), dtype=float)})
     keep = np.ones(len(ids), dtype=bool)
     result = FilterResult(keep=keep, thresholds={}, kept=len(ids), total=len(ids), kept_per_class={}, total_per_class={})

@@ -10,7 +10,7 @@ import pytest
 
 from mimic_explorer import open_run
 from mimic_explorer.data.wds import WdsSource
-from mimic_explorer.filters.rules import datacomp_uids
+from mimic_explorer.filters.formats import datacomp_uids
 from mimic_explorer.data.sources import open_source
 from mimic_explorer.commands.options import ScoreOptions, TrainOptions
 from mimic_explorer.commands.score import run_score

@@ -1,4 +1,4 @@
-"""The streamed keep-list equals the in-memory export (filters.render_export) for every rule and format."""
+"""The streamed keep-list equals the in-memory export (filters.formats.render_export) for every rule and format."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mimic_explorer.filters.rules import FilterRule, apply_rule, render_export
+from mimic_explorer.filters.formats import render_export
+from mimic_explorer.filters.rules import FilterRule, apply_rule
 from mimic_explorer.store import keep_list_stream
 from mimic_explorer.store.keep_list_stream import write_keep_list
 from mimic_explorer.store.reader import open_run

@@ -162,6 +162,24 @@ def test_unreadable_saved_spec_is_reported_not_fatal(run_copy):
     assert explorer.rule == "threshold" and "not restored" in explorer.message
 
 
+def test_an_edited_saved_filter_is_refused_and_a_torn_pair_is_said(run_copy):
+    explorer = Explorer(run_copy)
+    explorer.filter.param.update(rule="keep_count", keep_count=700, per_class=False)
+    _, spec, out, spec_path = explorer.save_to_run("csv")
+    spec["rule"]["value"] = 100  # edited by hand, hash left alone
+    spec_path.write_text(json.dumps(spec))
+    edited = Explorer(run_copy)
+    assert edited.rule != "keep_count" and edited.notice.alert.alert_type == "warning"
+    assert ("Saved filter not restored: saved filter keep-list-" in edited.message
+            and "the rule's keep-count is 100 but the hashed spec says 700" in edited.message)
+    spec["rule"]["value"] = 700
+    spec_path.write_text(json.dumps(spec))
+    out.write_text(out.read_text() + "extra,row,0,0.0,True\n")  # no longer the keep-list its spec describes
+    torn = Explorer(run_copy)
+    assert (torn.rule, torn.keep_count, torn.counts.kept) == ("keep_count", 700, 700)
+    assert torn.notice.alert.alert_type == "warning" and "Its keep-list does not match" in torn.message
+
+
 def test_gallery_click_opens_detail_and_trajectory(run_copy):
     explorer = Explorer(run_copy)
     _render(explorer)
@@ -237,7 +255,7 @@ def test_bad_run_directories_become_messages_in_the_page(tmp_path, demo_run, cas
     alert = page.main[0]
     assert isinstance(alert, pn.pane.Alert) and alert.alert_type == "danger"
     expected = {"missing": "does not exist", "file": "is a file", "running": "not complete",
-                "newer": "newer", "corrupt": "could not be read", "empty-folder": "neither a run"}[case]
+                "newer": "newer", "corrupt": "truncated or not a Parquet file", "empty-folder": "neither a run"}[case]
     assert expected in alert.object
     _render(page)
 

@@ -10,8 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mimic_explorer.filters import rules as filters
-from mimic_explorer.filters.rules import CompoundRule, FilterError, FilterRule, all_of, apply_rule, build_spec, save_to_run
+from mimic_explorer.filters import spec as filter_spec
+from mimic_explorer.filters.rules import CompoundRule, FilterError, FilterRule, all_of, apply_rule
+from mimic_explorer.filters.spec import build_spec
+from mimic_explorer.store.filter_files import file_facts, save_to_run
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.ui.filter_model import FilterModel
 from mimic_explorer.ui.live import LiveCounts
@@ -29,7 +31,7 @@ def frozen_clock(monkeypatch):
     """Specs carry their creation time; freeze it so a spec written twice is equal to the letter."""
     fixed = real_datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=real_datetime.timezone.utc)
     clock = SimpleNamespace(now=lambda tz=None: fixed)
-    monkeypatch.setattr(filters, "_dt", SimpleNamespace(datetime=clock, timezone=real_datetime.timezone))
+    monkeypatch.setattr(filter_spec, "_dt", SimpleNamespace(datetime=clock, timezone=real_datetime.timezone))
 
 
 RULES = [
@@ -45,8 +47,10 @@ def _saved_and_read_back(run, tmp_path, rule) -> tuple[dict, FilterModel, list[s
     import shutil
 
     run_dir = shutil.copytree(run.path, tmp_path / "run")
-    _, _, _, spec_path = save_to_run(run_dir, run.samples, run.meta, rule, "json")
-    spec = json.loads(spec_path.read_text())
+    _, _, out, spec_path = save_to_run(run_dir, run.samples, run.meta, rule, "json")
+    saved = json.loads(spec_path.read_text())
+    assert saved.pop("keep_list") == file_facts(out)  # the file's attestation, outside the hash
+    spec = saved
     columns = ExplorerState(run).score_columns
     model = FilterModel.from_spec(spec, columns)
     assert model.to_rule() == rule and len(model.more) == len(rule.clauses) - 1
@@ -74,13 +78,29 @@ def test_bad_specs_and_unknown_columns_are_refused_with_the_cause():
         FilterModel.from_spec({"kept": 3})
     with pytest.raises(FilterError, match="quantile must be in"):
         FilterModel.from_spec({"rule": {"kind": "quantile", "value": 3}})
-    with pytest.raises(FilterError, match="malformed"):
+    with pytest.raises(FilterError, match="has no 'kind'"):
         FilterModel.from_spec({"rule": {"value": 3}})
     model = FilterModel(columns=["mimic_score"])
     with pytest.raises(FilterError, match="no score column 'grand'"):
         model.set_rule(FilterRule("threshold", 0.5, "grand"))
     model.set_rule(FilterRule("ensemble", None, "grand"))  # the ensemble filter ignores the column
     assert (model.rule, model.column) == ("ensemble", "mimic_score")
+
+
+def test_a_spec_read_into_the_model_is_verified(run, frozen_clock):
+    rule = FilterRule("quantile", 0.25, "proj_mean", per_class=True)
+    spec = json.loads(json.dumps(build_spec(run.meta, rule, apply_rule(run.samples, rule), "csv")))
+    model = FilterModel.from_spec(spec, ExplorerState(run).score_columns)
+    assert model.to_rule() == rule
+    for edit, message in [({"per_class": False}, "per_class is false but the hashed spec says true"),
+                          ({"value": 0.5}, "content hashes to"), ({"per_class": "false"}, "per_class is true or false, got 'false'"),
+                          ({"column": "grand"}, "content hashes to")]:
+        edited = {**spec, "rule": {**spec["rule"], **edit}}
+        with pytest.raises(FilterError, match=message):
+            FilterModel.from_spec(edited)
+        with pytest.raises(FilterError, match=message):
+            model.set_from_spec(edited)
+        assert model.to_rule() == rule  # a refused spec changes nothing
 
 
 def test_edits_imply_the_rule_a_person_means():

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mimic_explorer.filters.rules import (CompoundRule, FilterError, FilterRule, all_of, apply_rule, latest_saved_rule, save_to_run,
-                                   saved_specs)
+from mimic_explorer.filters.rules import CompoundRule, FilterError, FilterRule, all_of, apply_rule
+from mimic_explorer.store.filter_files import latest_saved_rule, save_to_run, saved_specs
+from mimic_explorer.store.listing import find_runs
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.scores import EpochScores
 from mimic_explorer.store.thumbs import ThumbnailReader
 from mimic_explorer.ui.counting import RuleCounter, compound_counts
-from mimic_explorer.store.listing import find_runs
 from mimic_explorer.ui.state import ExplorerState, histogram, robust_range
 from mimic_explorer.ui.summary import BASIS_WARNING, run_warnings, summary_facts
 from mimic_explorer.ui.thumbnails import PLACEHOLDER, ThumbnailURIs
@@ -224,13 +224,13 @@ def test_save_to_run_and_restore_the_latest_spec(tmp_path, small_run):
     assert len(pd.read_csv(out)) == result.kept == spec["kept"]
     save_to_run(run_dir, run.samples, run.meta, rule, "csv")  # same rule again: same files, not a second copy
     assert len(saved_specs(run_dir)) == 1
-    restored, restored_spec, _ = latest_saved_rule(run_dir, run.meta)
-    assert restored == rule and restored_spec["kept"] == result.kept
+    saved = latest_saved_rule(run_dir, run.meta)
+    assert saved.rule == rule and saved.spec["kept"] == result.kept and saved.keep_list_problem is None
     other = dict(run.meta, run_id="another-run")
     with pytest.raises(FilterError, match="another run|not on this run"):
         latest_saved_rule(run_dir, other)
     spec_path.write_text("{not json")
-    with pytest.raises(FilterError, match="cannot be read"):
+    with pytest.raises(FilterError, match=f"saved filter {spec_path.name}: not JSON"):
         latest_saved_rule(run_dir, run.meta)
 
 
