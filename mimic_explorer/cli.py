@@ -441,7 +441,8 @@ def _cmd_runs(args) -> int:
 
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="open the explorer app on a run (panel serve)",
-                       description="Serve the explorer on RUN (a run directory). Binds to localhost.")
+                       description="Serve the explorer on RUN (a run directory or a folder of runs). Binds to "
+                       "localhost. Ctrl-C or SIGTERM stops the server (and anything it started).")
     p.add_argument("run", nargs="?", help="run directory (default: the cached demo run)")
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     p.add_argument("--address", default="localhost", help="address to bind (default localhost)")
@@ -449,8 +450,34 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+def _check_port_free(address: str, port: int) -> None:
+    """``UserError`` when something already listens on ``address:port`` (the server would die with a
+    traceback-laden log instead). The server binds with SO_REUSEADDR, so this check does too."""
+    import errno
+    import socket
+
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port} is not a port number (1-65535)")
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"--address {address!r} cannot be resolved: {exc.strerror or exc}") from None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise UserError(f"port {port} on {address} is already in use; pick another with --port") from None
+
+
 def _cmd_serve(args) -> int:
-    import subprocess
+    """``panel serve app.py`` as a child in its own process group, stopped with everything it started
+    when this command is stopped (util/process_group.py says why a child and not an in-process server)."""
+    import signal
+
+    from mimic_explorer.util.process_group import run_process_group
 
     app = Path(__file__).with_name("app.py")
     command = [sys.executable, "-m", "panel", "serve", str(app), "--port", str(args.port),
@@ -461,7 +488,12 @@ def _cmd_serve(args) -> int:
         if not Path(args.run).expanduser().is_dir():
             raise UserError(f"run directory {args.run} does not exist")
         command += ["--args", str(Path(args.run).expanduser().resolve())]
-    return subprocess.call(command)
+    _check_port_free(args.address, args.port)
+
+    def say_stopping(signum: int) -> None:
+        print(f"stopping the server ({signal.Signals(signum).name})", file=sys.stderr)
+
+    return run_process_group(command, on_stop=say_stopping)
 
 
 def build_parser() -> argparse.ArgumentParser:
