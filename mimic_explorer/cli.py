@@ -64,8 +64,10 @@ def _cmd_demo(args) -> int:
     import torch
 
     from mimic_explorer.pipeline.demo import DemoConfig, build_demo, format_summary
+    from mimic_explorer.store.targets import check_run_target
     from mimic_explorer.util.progress import tqdm_progress
 
+    check_run_target(args.out)  # before anything is computed
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     try:
         summary = build_demo(args.out, DemoConfig(noise_rate=args.noise, epochs=args.epochs, seed=args.seed),
@@ -221,6 +223,7 @@ def _run_command(args, command: str) -> int:
 
     use_system_allocator()  # memory that stays flat with the pool size (see store/arrow_pool.py)
     options = _options_from(args, command)
+    _check_outputs(options)
     progress = None if options.quiet or int(os.environ.get("RANK", "0")) != 0 else tqdm_progress()
     try:
         if command == "train":
@@ -245,6 +248,19 @@ def _run_command(args, command: str) -> int:
         print(f"skipped {summary['skipped']} bad sample(s); see errors.parquet")
     print(Path(outcome.path).resolve())
     return 0
+
+
+def _check_outputs(options) -> None:
+    """Refuse, before any work, a ``--out`` that cannot become a run directory and a ``--save-model``
+    that cannot be written (a folder, or in a read-only place): one line, exit status 2."""
+    from mimic_explorer.store.targets import OutputFileError, check_output_file, check_run_target
+
+    check_run_target(options.out)
+    if getattr(options, "save_model", None):
+        try:
+            check_output_file(options.save_model, "--save-model")
+        except OutputFileError as exc:
+            raise UserError(str(exc)) from None
 
 
 def _cmd_train(args) -> int:
@@ -393,6 +409,7 @@ def _export_rule(args, run):
 def _cmd_export(args) -> int:
     from mimic_explorer.filters.rules import FORMATS, FilterError, describe, export
     from mimic_explorer.store.reader import RunError, open_run
+    from mimic_explorer.store.targets import OutputFileError, check_output_file
 
     try:
         run = open_run(args.run)
@@ -400,8 +417,9 @@ def _cmd_export(args) -> int:
         fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
         if fmt not in FORMATS:
             raise UserError(f"cannot tell the format from {args.out!r}; pass --format {'|'.join(FORMATS)}")
+        check_output_file(args.out, "--out")
         result, spec, out, spec_path = export(run.samples, run.meta, rule, fmt, args.out)
-    except (RunError, FilterError) as exc:
+    except (RunError, FilterError, OutputFileError) as exc:
         raise UserError(str(exc)) from None
     if result.message:
         print(f"note: {result.message}", file=sys.stderr)
@@ -431,12 +449,28 @@ def _cmd_runs(args) -> int:
         return 0
     print(f"{'status':<10}{'samples':>9}{'MB':>8}  {'created':<17} {'run id':<22} {'data':<40} path")
     for e in entries:
-        samples = (e.meta.get("summary") or {}).get("samples", "")
-        data = str((e.meta.get("source") or {}).get("spec") or (e.meta.get("config") or {}).get("data", ""))
+        samples = e.meta.get("summary", {}).get("samples", "")
+        data = str(e.meta.get("source", {}).get("spec") or e.meta.get("config", {}).get("data", ""))
         created = e.created[:16].replace("T", " ")
-        megabytes = sum(f.stat().st_size for f in e.path.rglob("*") if f.is_file()) / 1e6
-        print(f"{e.status:<10}{samples!s:>9}{megabytes:>8.1f}  {created:<17} {e.run_id:<22} {data[:40]:<40} {e.path}")
-    return 0
+        note = f"  ({e.note})" if e.note and not e.problem else ""
+        print(f"{e.status:<10}{samples!s:>9}{_megabytes(e.path):>8.1f}  {created:<17} {e.run_id:<22} {data[:40]:<40} "
+              f"{e.path}{note}")
+    unreadable = [e for e in entries if e.problem]
+    for e in unreadable:
+        print(f"error: {e.problem}", file=sys.stderr)
+    return 2 if unreadable else 0
+
+
+def _megabytes(path: Path) -> float:
+    """The size of everything under ``path`` (files that vanish or cannot be read while counting: 0)."""
+    total = 0
+    for item in path.rglob("*"):
+        try:
+            if item.is_file():
+                total += item.stat().st_size
+        except OSError:
+            pass
+    return total / 1e6
 
 
 def _add_serve(sub) -> None:
@@ -514,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mimic_explorer.store.writer import RunDirectoryError
+    from mimic_explorer.store.targets import RunDirectoryError  # stdlib only: `serve` need not load pyarrow
 
     parser = build_parser()
     args = parser.parse_args(argv)

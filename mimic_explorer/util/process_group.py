@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 #: signals that stop the child's group (and then the parent)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -79,7 +79,9 @@ def run_process_group(command: Sequence[str], *, stop_timeout: float = 10.0,
         The child's exit status; ``128 + signum`` when a stop signal ended it (130 for SIGINT, 143 for
         SIGTERM), as a shell reports a process stopped by that signal.
     """
-    proc = subprocess.Popen(list(command), start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+    # preexec_fn only calls prctl (looked up beforehand); `serve` starts no thread before this point
+    proc = subprocess.Popen(list(command), start_new_session=True,
+                            preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509
     pgid = proc.pid  # a new session's leader leads its own process group
     received: list[int] = []
     deadline: list[float] = []

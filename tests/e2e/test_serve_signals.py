@@ -166,17 +166,6 @@ def test_the_first_launch_demo_build_stops_with_the_server(tmp_path):
     assert not meta.exists() or json.loads(meta.read_text())["status"] != "complete"
 
 
-def test_a_port_in_use_is_refused_before_anything_starts(run, tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        proc = subprocess.run([*_serve(run, port), "--address", "127.0.0.1"], capture_output=True, text=True,
-                              timeout=120, cwd=ROOT)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: port {port} on 127.0.0.1 is already in use; pick another with --port"
-
-
 # --- websocket helpers: the Bokeh protocol spoken directly, as the browser's BokehJS does ----------
 
 
