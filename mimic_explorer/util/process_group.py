@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 
 #: signals that stop the child's group (and then the parent)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None)
 _PR_SET_PDEATHSIG = 1
 
 
