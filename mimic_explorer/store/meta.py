@@ -9,8 +9,8 @@ kept (``extra``) and written back unchanged. Tolerant is not lax: a known field 
 list where the summary belongs, a ``format_version`` of ``"9"``) is a ``RunError`` naming the file,
 the field and the value, because every reader after this one trusts the shape. A run of a newer
 format reads (so ``runs`` can list it) but ``check_format`` refuses to open it. ``meta.json`` is parsed
-here and nowhere else. The fields
-are listed for readers in docs/ARCHITECTURE.md (the run-directory contract).
+here and nowhere else. The fields are listed for readers in docs/ARCHITECTURE.md (the run-directory
+contract).
 """
 
 from __future__ import annotations
