@@ -81,10 +81,12 @@ def _wait_for(predicate, timeout: float, what: str):
 @contextmanager
 def _started(command: list[str], log_path: Path, env: dict | None = None, ready: str | None = None):
     """Start ``command``, wait until ``ready`` (a URL) answers 200, yield the process; whatever is
-    left of it and its descendants is killed afterwards."""
+    left of it and its descendants afterwards (also when a test fails, e.g. an orphaned server) is
+    killed: the ones seen once it was ready, and its own process group."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
+    seen: list[psutil.Process] = []
     try:
         if ready:
             deadline = time.monotonic() + START_TIMEOUT
@@ -94,19 +96,22 @@ def _started(command: list[str], log_path: Path, env: dict | None = None, ready:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"the server did not answer {ready}:\n{log_path.read_text()}")
                 time.sleep(0.5)
+            seen = psutil.Process(proc.pid).children(recursive=True)
         yield proc
     finally:
         try:
-            leftovers = psutil.Process(proc.pid).children(recursive=True)
+            seen += psutil.Process(proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
-            leftovers = []
-        for p in [*leftovers]:
+            pass
+        for process in seen:
             try:
-                p.kill()
+                process.kill()
             except psutil.NoSuchProcess:
                 pass
-        if proc.poll() is None:
-            proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         proc.wait(timeout=STOP_TIMEOUT)
 
 
