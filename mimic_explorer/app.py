@@ -5,6 +5,8 @@ import sys
 import panel as pn
 
 from mimic_explorer.ui.page import serve_page
+from mimic_explorer.ui.server_errors import install_terse_error_replies
 
+install_terse_error_replies()  # the browser gets one-line error replies; tracebacks stay in the server log
 pn.extension("tabulator", sizing_mode="stretch_width")
 serve_page(sys.argv[1:]).servable(title="mimic_explorer")

@@ -65,8 +65,10 @@ def _cmd_demo(args) -> int:
     import torch
 
     from mimic_explorer.commands.demo import DemoConfig, build_demo, format_summary
+    from mimic_explorer.store.targets import check_run_target
     from mimic_explorer.util.progress import tqdm_progress
 
+    check_run_target(args.out)  # before anything is computed
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     try:
         summary = build_demo(args.out, DemoConfig(noise_rate=args.noise, epochs=args.epochs, seed=args.seed),
@@ -222,6 +224,7 @@ def _run_command(args, command: str) -> int:
 
     use_system_allocator()  # memory that stays flat with the pool size (see store/arrow_pool.py)
     options = _options_from(args, command)
+    _check_outputs(options)
     progress = None if options.quiet or int(os.environ.get("RANK", "0")) != 0 else tqdm_progress()
     try:
         if command == "train":
@@ -246,6 +249,19 @@ def _run_command(args, command: str) -> int:
         print(f"skipped {summary['skipped']} bad sample(s); see errors.parquet")
     print(Path(outcome.path).resolve())
     return 0
+
+
+def _check_outputs(options) -> None:
+    """Refuse, before any work, a ``--out`` that cannot become a run directory and a ``--save-model``
+    that cannot be written (a folder, or in a read-only place): one line, exit status 2."""
+    from mimic_explorer.store.targets import OutputFileError, check_output_file, check_run_target
+
+    check_run_target(options.out)
+    if getattr(options, "save_model", None):
+        try:
+            check_output_file(options.save_model, "--save-model")
+        except OutputFileError as exc:
+            raise UserError(str(exc)) from None
 
 
 def _cmd_train(args) -> int:
@@ -396,18 +412,20 @@ def _cmd_export(args) -> int:
     from mimic_explorer.filters.spec import SpecError
     from mimic_explorer.store.filter_files import check_target, export
     from mimic_explorer.store.reader import RunError, open_run
+    from mimic_explorer.store.targets import OutputFileError, check_output_file
 
     try:
         fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
         if fmt not in FORMATS:
             raise UserError(f"cannot tell the format from {args.out!r}; pass --format {'|'.join(FORMATS)}")
         check_target(args.out, fmt)  # a missing folder or a folder as --out is said before the run is read
+        check_output_file(args.out, "--out")
         run = open_run(args.run)
         rule, spec = _export_rule(args, run)
         result, written, out, spec_path = export(run.samples, run.meta, rule, fmt, args.out, reapplying=spec)
     except SpecError as exc:
         raise UserError(f"spec {args.spec}: {exc}" if args.spec else str(exc)) from None
-    except (RunError, FilterError) as exc:
+    except (RunError, FilterError, OutputFileError) as exc:
         raise UserError(str(exc)) from None
     if result.message:
         print(f"note: {result.message}", file=sys.stderr)
@@ -437,17 +455,34 @@ def _cmd_runs(args) -> int:
         return 0
     print(f"{'status':<10}{'samples':>9}{'MB':>8}  {'created':<17} {'run id':<22} {'data':<40} path")
     for e in entries:
-        samples = (e.meta.get("summary") or {}).get("samples", "")
-        data = str((e.meta.get("source") or {}).get("spec") or (e.meta.get("config") or {}).get("data", ""))
+        samples = e.meta.get("summary", {}).get("samples", "")
+        data = str(e.meta.get("source", {}).get("spec") or e.meta.get("config", {}).get("data", ""))
         created = e.created[:16].replace("T", " ")
-        megabytes = sum(f.stat().st_size for f in e.path.rglob("*") if f.is_file()) / 1e6
-        print(f"{e.status:<10}{samples!s:>9}{megabytes:>8.1f}  {created:<17} {e.run_id:<22} {data[:40]:<40} {e.path}")
-    return 0
+        note = f"  ({e.note})" if e.note and not e.problem else ""
+        print(f"{e.status:<10}{samples!s:>9}{_megabytes(e.path):>8.1f}  {created:<17} {e.run_id:<22} {data[:40]:<40} "
+              f"{e.path}{note}")
+    unreadable = [e for e in entries if e.problem]
+    for e in unreadable:
+        print(f"error: {e.problem}", file=sys.stderr)
+    return 2 if unreadable else 0
+
+
+def _megabytes(path: Path) -> float:
+    """The size of everything under ``path`` (files that vanish or cannot be read while counting: 0)."""
+    total = 0
+    for item in path.rglob("*"):
+        try:
+            if item.is_file():
+                total += item.stat().st_size
+        except OSError:
+            pass
+    return total / 1e6
 
 
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="open the explorer app on a run (panel serve)",
-                       description="Serve the explorer on RUN (a run directory). Binds to localhost.")
+                       description="Serve the explorer on RUN (a run directory or a folder of runs). Binds to "
+                       "localhost. Ctrl-C or SIGTERM stops the server (and anything it started).")
     p.add_argument("run", nargs="?", help="run directory (default: the cached demo run)")
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     p.add_argument("--address", default="localhost", help="address to bind (default localhost)")
@@ -455,8 +490,34 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+def _check_port_free(address: str, port: int) -> None:
+    """``UserError`` when something already listens on ``address:port`` (the server would die with a
+    traceback-laden log instead). The server binds with SO_REUSEADDR, so this check does too."""
+    import errno
+    import socket
+
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port} is not a port number (1-65535)")
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"--address {address!r} cannot be resolved: {exc.strerror or exc}") from None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise UserError(f"port {port} on {address} is already in use; pick another with --port") from None
+
+
 def _cmd_serve(args) -> int:
-    import subprocess
+    """``panel serve app.py`` as a child in its own process group, stopped with everything it started
+    when this command is stopped (util/process_group.py says why a child and not an in-process server)."""
+    import signal
+
+    from mimic_explorer.util.process_group import run_process_group
 
     app = Path(__file__).with_name("app.py")
     command = [sys.executable, "-m", "panel", "serve", str(app), "--port", str(args.port),
@@ -467,7 +528,12 @@ def _cmd_serve(args) -> int:
         if not Path(args.run).expanduser().is_dir():
             raise UserError(f"run directory {args.run} does not exist")
         command += ["--args", str(Path(args.run).expanduser().resolve())]
-    return subprocess.call(command)
+    _check_port_free(args.address, args.port)
+
+    def say_stopping(signum: int) -> None:
+        print(f"stopping the server ({signal.Signals(signum).name})", file=sys.stderr)
+
+    return run_process_group(command, on_stop=say_stopping)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -488,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mimic_explorer.store.writer import RunDirectoryError
+    from mimic_explorer.store.targets import RunDirectoryError  # stdlib only: `serve` need not load pyarrow
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -2,7 +2,8 @@
 
 A run is a folder with a ``meta.json``; a runs folder holds runs as direct children (or
 grandchildren, e.g. ``runs/<project>/<run>``). Runs that are still running, failed or from a newer
-format are listed too, with their status.
+format are listed too, with their status; a run whose ``meta.json`` cannot be read is listed as
+``unreadable`` with the reason (``problem``), never dropped and never taken for the whole listing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mimic_explorer.store.layout import RunLayout
-from mimic_explorer.store.meta import RunError, read_meta
+from mimic_explorer.store.meta import FORMAT_VERSION, RunError, read_meta
 
 
 @dataclass
@@ -21,6 +22,18 @@ class RunEntry:
     status: str
     created: str
     meta: dict = field(default_factory=dict, repr=False)
+    #: why the run's meta.json cannot be read (one line naming the file); empty for a readable run
+    problem: str = ""
+
+    @property
+    def note(self) -> str:
+        """What the listing should add after the path: the problem, or a newer format."""
+        if self.problem:
+            return self.problem
+        version = self.meta.get("format_version", 0)
+        if version > FORMAT_VERSION:
+            return f"format {version}: written by a newer mimic_explorer, upgrade to open it"
+        return ""
 
     @property
     def label(self) -> str:
@@ -36,13 +49,13 @@ def is_run_dir(path: Path) -> bool:
 def _entry(path: Path) -> RunEntry:
     try:
         meta = read_meta(path)
-    except RunError:
-        return RunEntry(path, path.name, "unreadable", "")
+    except RunError as exc:
+        return RunEntry(path, path.name, "unreadable", "", problem=str(exc))
     return RunEntry(path, str(meta.get("run_id") or path.name), str(meta.get("status", "unknown")), str(meta.get("created", "")), meta)
 
 
 def find_runs(folder: str | Path, depth: int = 2) -> list[RunEntry]:
-    """Runs under ``folder`` (not the folder itself), newest first."""
+    """Runs under ``folder`` (not the folder itself), newest first; unreadable ones last."""
     folder = Path(folder)
     found: list[RunEntry] = []
     frontier = [folder]
@@ -59,4 +72,4 @@ def find_runs(folder: str | Path, depth: int = 2) -> list[RunEntry]:
                 else:
                     next_frontier.append(child)
         frontier = next_frontier
-    return sorted(found, key=lambda e: (e.created, e.run_id), reverse=True)
+    return sorted(found, key=lambda e: (not e.problem, e.created, e.run_id), reverse=True)

@@ -5,8 +5,12 @@ the exports and ``mimic-explorer runs`` read one shape; a fact (``same_init``, `
 field set where it is known, never recovered later from a message's text. Why tolerant: run
 directories outlive the package version that wrote them; a missing field takes its default, a
 ``null`` where a mapping or list is expected reads as empty, and a key this version does not know is
-kept (``extra``) and written back unchanged. ``meta.json`` is parsed here and nowhere else. The fields
-are listed for readers in docs/ARCHITECTURE.md (the run-directory contract).
+kept (``extra``) and written back unchanged. Tolerant is not lax: a known field of the wrong kind (a
+list where the summary belongs, a ``format_version`` of ``"9"``) is a ``RunError`` naming the file,
+the field and the value, because every reader after this one trusts the shape. A run of a newer
+format reads (so ``runs`` can list it) but ``check_format`` refuses to open it. ``meta.json`` is parsed
+here and nowhere else. The fields are listed for readers in docs/ARCHITECTURE.md (the run-directory
+contract).
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ class RunMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunMeta":
-        """Tolerant: older metas (no ``format_version``, no ``kind``, missing or null fields) still read."""
+        """Tolerant: older metas (no ``format_version``, no ``kind``, missing or null fields) still read.
+        ``ValueError`` naming the field when a known field holds a value of the wrong kind."""
         values: dict[str, Any] = {"status": "unknown", "format_version": 0}
         for f in dataclasses.fields(cls):
             if f.name == "extra" or f.name not in data:
@@ -92,9 +97,55 @@ class RunMeta:
             value = data[f.name]
             if value is None and (f.default_factory is not dataclasses.MISSING or f.default is not None):
                 continue  # null where a value belongs: read as the default (an empty mapping or list…)
+            if f.name != "format_version":  # checked below, with a message about versions
+                _check_kind(f.name, value)
             values[f.name] = value
+        _check_version(values["format_version"])
         extra = {k: v for k, v in data.items() if k not in _field_names()}
         return cls(**values, extra=extra)
+
+
+#: what each field's annotation allows, as JSON kinds (``int`` never admits a bool)
+_KINDS = {"dict": dict, "list": list, "str": str, "int": int, "bool": bool, "None": type(None)}
+_KIND_WORDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "true or false",
+               float: "a number", type(None): "null"}
+
+
+def _allowed_kinds(name: str) -> tuple[type, ...]:
+    annotation = next(f.type for f in dataclasses.fields(RunMeta) if f.name == name)
+    return tuple(_KINDS[part.strip().split("[")[0]] for part in str(annotation).split("|"))
+
+
+def _kind_word(kind: type) -> str:
+    return _KIND_WORDS.get(kind, kind.__name__)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _check_kind(name: str, value: Any) -> None:
+    allowed = _allowed_kinds(name)
+    is_bool = isinstance(value, bool)
+    if any(isinstance(value, kind) and (kind is bool or not is_bool) for kind in allowed):
+        return
+    expected = " or ".join(_kind_word(kind) for kind in allowed if kind is not type(None))
+    raise ValueError(f"{name!r} should be {expected}, not {_kind_word(type(value))} ({_short(value)})")
+
+
+def _check_version(version: Any) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"format_version {_short(version)} is not a format version "
+                         f"(this mimic_explorer reads 0 to {FORMAT_VERSION})")
+
+
+def check_format(meta: "RunMeta | dict[str, Any]", path: str | os.PathLike) -> None:
+    """``RunError`` when the run in ``path`` was written in a newer format than this package reads."""
+    version = meta.format_version if isinstance(meta, RunMeta) else meta.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise RunError(f"{RunLayout(path).meta} is format {version}, written by a newer mimic_explorer "
+                       f"(this one reads formats up to {FORMAT_VERSION}); upgrade the package")
 
 
 def _field_names() -> set[str]:

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mimic_explorer.store.layout import RunLayout
-from mimic_explorer.store.meta import FORMAT_VERSION, RunError, read_meta
+from mimic_explorer.store.meta import RunError, check_format, read_meta
 from mimic_explorer.store.scores import EpochScores
 from mimic_explorer.store.thumbs import ThumbnailReader
 
@@ -85,11 +85,7 @@ def open_run(path: str | os.PathLike, *, require_complete: bool = True) -> Run:
     """Open a run directory. Raises ``RunError`` (a message naming the cause) when it is missing,
     written by a newer format, or — unless ``require_complete=False`` — not complete."""
     meta = read_meta(path)
-    version = meta.get("format_version", 0)
-    if version > FORMAT_VERSION:
-        raise RunError(
-            f"{path} was written by a newer mimic_explorer (format {version}, this one reads ≤ {FORMAT_VERSION}); upgrade the package"
-        )
+    check_format(meta, path)
     status = meta.get("status")
     if require_complete and status != "complete":
         reason = f": {meta['error']}" if meta.get("error") else ""

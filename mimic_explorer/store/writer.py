@@ -31,10 +31,7 @@ import pyarrow.parquet as pq
 from mimic_explorer.store.atomic import AtomicFile, atomic_write, write_parquet
 from mimic_explorer.store.layout import SAMPLES_ROW_GROUP_ROWS, SCORE_ROW_GROUP_ROWS, RunLayout
 from mimic_explorer.store.meta import RunMeta, write_meta
-
-
-class RunDirectoryError(Exception):
-    """The run directory cannot be used (exists as a file, not writable, locked by another writer)."""
+from mimic_explorer.store.targets import RunDirectoryError, check_run_target
 
 
 def _now() -> str:
@@ -56,8 +53,7 @@ def package_versions() -> dict[str, str]:
 
 def _create_run_dir(path: Path) -> Path:
     """Create ``path`` as a run directory, or raise a one-line error naming the cause."""
-    if path.exists() and not path.is_dir():
-        raise RunDirectoryError(f"{path} exists and is not a directory")
+    check_run_target(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -8,6 +8,7 @@ traceback — and the server log gets one line.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -144,16 +145,44 @@ def build_page(args: list[str]) -> ExplorerPage:
 LOCAL_CLIENTS = {"127.0.0.1", "::1", "localhost"}
 
 
+def _is_loopback(name: str) -> bool:
+    """``localhost``, 127.0.0.0/8, ``::1`` (also IPv4-mapped, ``::ffff:127.0.0.1``)."""
+    if name in LOCAL_CLIENTS:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _host_name(host: str) -> str:
+    """The name in a ``Host`` header, without its port (``[::1]:5006`` → ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host[1:]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 def client_is_local() -> bool:
-    """Whether this session's browser runs on this machine. ``mimic-explorer serve`` binds to
-    localhost; a bare ``panel serve`` binds to every interface, so the page itself refuses remote
-    clients unless ``MIMIC_EXPLORER_ALLOW_REMOTE=1`` says sharing is intended."""
+    """Whether this session's browser runs on this machine and asked for this machine by a loopback
+    name. ``mimic-explorer serve`` binds to localhost; a bare ``panel serve`` binds to every interface,
+    so the page itself refuses remote clients unless ``MIMIC_EXPLORER_ALLOW_REMOTE=1`` says sharing is
+    intended. The ``Host`` check matters too: Tornado lets a websocket whose origin equals the
+    ``Host`` header through without Bokeh's origin allowlist, so a page that rebinds its own domain
+    name to 127.0.0.1 would otherwise reach the app from a local browser."""
     if os.environ.get("MIMIC_EXPLORER_ALLOW_REMOTE") == "1":
         return True
     context = getattr(pn.state.curdoc, "session_context", None)
     request = getattr(context, "request", None) if context is not None else None
-    remote = getattr(request, "remote_ip", None) if request is not None else None
-    return remote is None or remote in LOCAL_CLIENTS or remote.startswith("127.")
+    if request is None:
+        return True  # not served (a notebook, a test building the page): nobody to refuse
+    remote = getattr(request, "remote_ip", None)
+    host = getattr(request, "host", None)
+    if remote is not None and not _is_loopback(remote):
+        return False
+    return host is None or _is_loopback(_host_name(host))
 
 
 def serve_page(args: list[str]) -> pn.template.BaseTemplate:

@@ -306,19 +306,22 @@ def test_ui_and_page_building_never_import_torch(demo_run):
 def test_remote_browsers_are_refused_unless_sharing_is_intended(monkeypatch, demo_run):
     from mimic_explorer.ui import page as page_module
 
-    def session_from(ip):
-        return SimpleNamespace(session_context=SimpleNamespace(request=SimpleNamespace(remote_ip=ip)))
+    def session_from(ip, host=None):
+        return SimpleNamespace(session_context=SimpleNamespace(request=SimpleNamespace(remote_ip=ip, host=host)))
 
     monkeypatch.delenv("MIMIC_EXPLORER_ALLOW_REMOTE", raising=False)
-    for ip, local in (("127.0.0.1", True), ("::1", True), ("10.1.2.3", False)):
+    cases = (("127.0.0.1", "127.0.0.1:5006", True), ("::1", "[::1]:5006", True), ("127.0.0.1", "localhost:5006", True),
+             ("::ffff:127.0.0.1", None, True), ("10.1.2.3", None, False), ("10.1.2.3", "localhost:5006", False),
+             ("127.0.0.1", "rebound.example:5006", False), ("127.0.0.1", "10.1.2.3:5006", False))
+    for ip, host, local in cases:
         with monkeypatch.context() as m:
-            m.setattr(type(page_module.pn.state), "curdoc", property(lambda self, ip=ip: session_from(ip)))
-            assert page_module.client_is_local() is local
+            m.setattr(type(page_module.pn.state), "curdoc", property(lambda self, ip=ip, host=host: session_from(ip, host)))
+            assert page_module.client_is_local() is local, (ip, host)
     monkeypatch.setattr(page_module, "client_is_local", lambda: False)
     template = page_module.serve_page([str(demo_run)])
     assert "only browsers on its own machine" in template.main[0][0][0].object
     monkeypatch.undo()
     monkeypatch.setenv("MIMIC_EXPLORER_ALLOW_REMOTE", "1")
     with monkeypatch.context() as m:
-        m.setattr(type(page_module.pn.state), "curdoc", property(lambda self: session_from("10.1.2.3")))
+        m.setattr(type(page_module.pn.state), "curdoc", property(lambda self: session_from("10.1.2.3", "example.org")))
         assert page_module.client_is_local()
