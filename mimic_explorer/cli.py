@@ -418,8 +418,8 @@ def _cmd_export(args) -> int:
         fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
         if fmt not in FORMATS:
             raise UserError(f"cannot tell the format from {args.out!r}; pass --format {'|'.join(FORMATS)}")
-        check_target(args.out, fmt)  # a missing folder or a folder as --out is said before the run is read
-        check_output_file(args.out, "--out")
+        check_output_file(args.out, "--out")  # a folder, or an unwritable place, is said before the run is read
+        check_target(args.out, fmt)  # ... and a folder where the spec goes
         run = open_run(args.run)
         rule, spec = _export_rule(args, run)
         result, written, out, spec_path = export(run.samples, run.meta, rule, fmt, args.out, reapplying=spec)

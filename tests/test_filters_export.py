@@ -436,7 +436,7 @@ def test_cli_files_that_cannot_be_read_or_written_are_one_line(demo_run, tmp_pat
     err = _one_line_error(*_main(capsys, truncated, "--ensemble", "--out", tmp_path / "k.csv"))
     assert f"cannot read {truncated / 'samples.parquet'}" in err and "truncated or not a Parquet file" in err
     (tmp_path / "folder.csv").mkdir()
-    assert "folder.csv: it is a folder" in _one_line_error(*_main(capsys, demo_run, "--ensemble", "--out", tmp_path / "folder.csv"))
+    assert "folder.csv is a directory; name a file" in _one_line_error(*_main(capsys, demo_run, "--ensemble", "--out", tmp_path / "folder.csv"))
     assert "sample_id' holds text values, not scores" in _one_line_error(
         *_main(capsys, demo_run, "--rule", "sample_id:min=1", "--out", tmp_path / "k.csv"))
     os.mkfifo(tmp_path / "fifo.json")
