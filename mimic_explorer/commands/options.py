@@ -18,6 +18,7 @@ from mimic_explorer.util.choices import (AGGREGATIONS, BINARISATIONS, METHODS, M
 from mimic_explorer.data.keep_lists import check_keep_list_path
 from mimic_explorer.models.preprocessing import check_image_size, parse_transform_text
 from mimic_explorer.models.registry import parse_arch
+from mimic_explorer.store.targets import check_output_file, check_run_target
 
 #: fields that change how a run is made or reported but not what it computes
 #: (``subset`` is the keep-list's path: its content hash is a fingerprint of the run instead, so a moved
@@ -104,6 +105,7 @@ class CommonOptions:
         if self.subset is not None:
             check_keep_list_path(self.subset)
         self._validate_model_choice()
+        check_run_target(self.out)  # a file, or a place no folder can be made, is said before any work
 
     def _validate_model_choice(self) -> None:
         """``--arch`` spelled as one of its forms, ``--pretrained`` and ``--init`` not together, and the
@@ -170,6 +172,8 @@ class TrainOptions(CommonOptions):
         _require(self.reweight in REWEIGHTS, f"--reweight must be head or all, got {self.reweight!r}")
         _require(self.starting_epoch >= 0, f"--starting-epoch must be >= 0, got {self.starting_epoch}")
         _require(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 seconds, got {self.checkpoint_every}")
+        if self.save_model:
+            check_output_file(self.save_model, "--save-model")  # not after the training it would lose
 
 
 @dataclass

@@ -7,6 +7,9 @@ from typing import Any
 
 from mimic_explorer.data.pool import open_pool
 from mimic_explorer.data.sources import open_source
+from mimic_explorer.filters.spec import SpecError
+from mimic_explorer.store.filter_files import pair_problem, read_spec_file
+from mimic_explorer.store.layout import spec_beside
 from mimic_explorer.tasks import task_for
 from mimic_explorer.tasks.base import Job, Prepared
 
@@ -16,6 +19,8 @@ def prepare_job(options: Any, device: str, *, check_size: bool = False) -> Prepa
     model built), open the pool and have the task prepare the command's models.
 
     ``check_size``: refuse a batch larger than the pool (``train``: a batch must fit the data)."""
+    if options.subset:
+        _check_subset_pair(options.subset)
     source = open_source(options.data)
     task = task_for(source)
     task.check_options(options)
@@ -25,3 +30,18 @@ def prepare_job(options: Any, device: str, *, check_size: bool = False) -> Prepa
     if options.command == "train":
         return task.prepare_train(options, pool, device)
     return task.prepare_score(options, pool, device)
+
+
+def _check_subset_pair(keep_list: str) -> None:
+    """A ``--subset`` keep-list written by ``export`` must still be the one its spec (beside it)
+    describes: a list edited or swapped after its spec was written is refused, naming why."""
+    spec_path = spec_beside(keep_list)
+    if not spec_path.is_file():
+        return  # a keep-list from elsewhere (a DataComp subset, a hand-made list): nothing to check it against
+    try:
+        spec = read_spec_file(spec_path)
+    except SpecError as exc:
+        raise ValueError(f"--subset {keep_list}: its spec {spec_path} cannot be read: {exc}") from None
+    problem = pair_problem(keep_list, spec)
+    if problem is not None:
+        raise ValueError(f"--subset {keep_list} does not match its spec {spec_path}: {problem}")

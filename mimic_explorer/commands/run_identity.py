@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from mimic_explorer.util.distributed import DistContext
-from mimic_explorer.store.meta import RunError, read_run_meta
+from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.meta import RunError, check_format, read_run_meta
 
 
 def make_run_id(command: str, identity: dict, fingerprints: dict) -> str:
@@ -21,27 +22,33 @@ def make_run_id(command: str, identity: dict, fingerprints: dict) -> str:
     return f"{command}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
-def existing_state(out: Path, run_id: str) -> str:
-    """'absent' | 'complete' (same run, reusable) | 'resumable' (same run, unfinished) | 'other'."""
+def existing_state(out: Path, run_id: str) -> tuple[str, str]:
+    """(state, why): 'absent' | 'complete' (same run, reusable) | 'resumable' (same run, unfinished) |
+    'other' (a different run, a ``meta.json`` that cannot be read, or one of a newer format — never
+    overwritten unless forced; ``why`` names it)."""
+    layout = RunLayout(out)
+    if not layout.meta.exists():
+        return "absent", ""
     try:
         meta = read_run_meta(out)
-    except RunError:
-        return "absent"
+        check_format(meta, out)
+    except RunError as exc:
+        return "other", str(exc)
     if meta.run_id != run_id:
-        return "other"
-    return "complete" if meta.status == "complete" else "resumable"
+        return "other", f"{out} holds a different run ({meta.run_id})"
+    return ("complete" if meta.status == "complete" else "resumable"), ""
 
 
 def reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], None]) -> tuple[str, dict | None]:
     """The directory's state, and the summary of a finished identical run to return at once (else None).
 
-    Refuses (ValueError) a directory that holds a different run, unless ``force``."""
-    state = existing_state(out, run_id)
+    Refuses (ValueError) a directory that holds a different run or a run it cannot read, unless ``force``."""
+    state, why = existing_state(out, run_id)
     if state == "complete" and not force:
         log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
         return state, read_run_meta(out).summary
     if state == "other" and not force:
-        raise ValueError(f"{out} holds a different run ({read_run_meta(out).run_id}); choose another --out or pass --force")
+        raise ValueError(f"{why}; choose another --out or pass --force")
     return state, None
 
 

@@ -113,6 +113,21 @@ def test_a_different_run_is_refused_before_anything_is_touched(tmp_path):
     assert len(layout.chunk_parts()) == 2  # the forced run started from nothing
 
 
+@pytest.mark.parametrize("meta, why", [('{"status": "complete", ', "cannot be read"),
+                                       ('{"status": "complete", "format_version": 9, "run_id": "x"}', "is format 9")])
+def test_a_run_directory_it_cannot_read_is_refused_untouched_unless_forced(tmp_path, meta, why):
+    """An unreadable or newer-format meta.json in --out is never taken for an empty folder and overwritten."""
+    layout = RunLayout(tmp_path / "run")
+    layout.root.mkdir()
+    layout.meta.write_text(meta)
+    (layout.root / "precious.parquet").write_bytes(b"keep me")
+    options = StandIn(str(layout.root))
+    with pytest.raises(ValueError, match=why):
+        _run(options)
+    assert options.calls == [] and layout.meta.read_text() == meta and (layout.root / "precious.parquet").exists()
+    assert _run(StandIn(str(layout.root), force=True)).summary == {"samples": 3}
+
+
 def test_bad_options_write_nothing(tmp_path):
     with pytest.raises(ValueError, match="--chunks must be >= 1"):
         _run(StandIn(str(tmp_path / "run"), chunks=0))
