@@ -52,7 +52,7 @@ from pathlib import Path
 import pandas as pd
 
 from mimic_explorer import open_run
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

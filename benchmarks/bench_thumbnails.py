@@ -21,7 +21,7 @@ SHARDS = ROOT.parent / "shared" / "data" / "cifar10"
 
 
 def build(run: Path) -> tuple[list[str], float]:
-    from mimic_explorer.data.sources import open_source
+    from mimic_explorer.data.specs import open_source
     from mimic_explorer.store.thumbs import ThumbnailWriter, thumbnail_bytes
 
     source = open_source(f"wds:{SHARDS}/train-{{00..04}}.tar", index_dir=run)

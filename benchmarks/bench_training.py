@@ -75,7 +75,7 @@ def step_ratio(batch: int, repeats: int, device: str) -> dict:
 
 
 def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
-    from mimic_explorer.data.sources import open_source
+    from mimic_explorer.data.specs import open_source
     from mimic_explorer.data.transforms import default_transform
     from mimic_explorer.models.registry import build_model
     from mimic_explorer.commands.options import TrainOptions

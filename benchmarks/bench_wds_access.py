@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10" / "train-0{0..4}.tar"
 

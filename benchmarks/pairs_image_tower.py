@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.data.transforms import ImageTransform
 from mimic_explorer.models.checkpoints import save_checkpoint
 from mimic_explorer.models.small import SmallCNN

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 COMPUTE = [
-    "mimic_explorer.scoring", "mimic_explorer.data.sources", "mimic_explorer.models", "mimic_explorer.training.loop",
+    "mimic_explorer.scoring", "mimic_explorer.data.specs", "mimic_explorer.models", "mimic_explorer.training.loop",
     "mimic_explorer.stage2.votes", "mimic_explorer.filters", "mimic_explorer.store", "mimic_explorer.store.filter_files",
     "mimic_explorer.commands.train", "mimic_explorer.commands.score", "mimic_explorer.commands.demo", "mimic_explorer.cli",
     "mimic_explorer.training.towers", "mimic_explorer.training.loss_step", "mimic_explorer.tasks", "mimic_explorer.tasks.pairs",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mimic_explorer.data.pool import open_pool
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.filters.spec import SpecError
 from mimic_explorer.store.filter_files import pair_problem, read_spec_file
 from mimic_explorer.store.layout import spec_beside

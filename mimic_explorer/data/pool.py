@@ -17,7 +17,7 @@ import torch
 from mimic_explorer.data.keep_lists import read_keep_list
 from mimic_explorer.data.noise import CIFAR10_ASYMMETRIC, asymmetric_noise, symmetric_noise
 from mimic_explorer.data.source import Source
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.data.subset import restrict_to_keep_list
 from mimic_explorer.util.fingerprint import state_fingerprint
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from mimic_explorer.data.pool import Pool, pool_fingerprints
 from mimic_explorer.data.source import Source
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.models.checkpoints import save_checkpoint
 from mimic_explorer.models.distance import outside_head
 from mimic_explorer.models.init_files import SIDECAR_PREPROCESSING

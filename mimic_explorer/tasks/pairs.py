@@ -39,7 +39,7 @@ from mimic_explorer.data.captions import PAIRS
 from mimic_explorer.data.errors import BadSample, ErrorLog
 from mimic_explorer.data.noise import caption_noise
 from mimic_explorer.data.pool import Pool, pool_fingerprints
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.models.checkpoints import CheckpointError
 from mimic_explorer.models.distance import outside_params
 from mimic_explorer.models.dual import ProjectionProbe, mimic_layer_params

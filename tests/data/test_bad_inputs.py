@@ -27,7 +27,7 @@ from mimic_explorer.data.errors import BadSample, BadSampleError
 from mimic_explorer.data.imageio import MAX_FILE_BYTES, MAX_FILE_BYTES_ENV, read_file
 from mimic_explorer.data.keep_lists import read_keep_list
 from mimic_explorer.data.labels import parse_label
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.data.subset import restrict_to_keep_list
 from tests.data.test_sources import FIXTURE, error_of, fixture_items, write_shard
 

@@ -14,7 +14,7 @@ import pytest
 
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.noise import caption_noise
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from tests.data.test_sources import error_of, fixture_items, write_shard
 
 FLICKR = Path(__file__).resolve().parents[3] / "shared" / "data" / "flickr8k"

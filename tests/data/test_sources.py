@@ -19,7 +19,7 @@ from mimic_explorer.data import wds as wds_module
 from mimic_explorer.data.errors import BadSampleError, DataSourceError, ErrorLog
 from mimic_explorer.data.imageio import decode_image
 from mimic_explorer.data.shards import expand_braces
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.data.torch_dataset import SourceBatches, SourceDataset, collate_good, load_tensors
 from mimic_explorer.data.transforms import default_transform
 

@@ -9,7 +9,7 @@ import pytest
 
 from mimic_explorer.data.errors import DataSourceError
 from mimic_explorer.data.keep_lists import read_keep_list
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.data.subset import SubsetSource, restrict_to_keep_list
 from mimic_explorer.filters.formats import datacomp_uids
 from tests.pairs_helpers import FLICKR, needs_flickr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.training.pool_batches import PoolBatches
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.training.pool_batches import StreamedPairs
 from mimic_explorer.tasks.dual_models import dual_transform
 from mimic_explorer.training.pool_pass import no_input

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from mimic_explorer import open_run
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss

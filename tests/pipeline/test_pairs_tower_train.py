@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mimic_explorer import open_run
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.models.checkpoints import CheckpointError
 from mimic_explorer.models.dual import reset_projections, tower_differences
 from mimic_explorer.models.dual_checkpoint import read_dual_checkpoint, save_dual_encoder

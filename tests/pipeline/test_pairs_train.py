@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mimic_explorer import open_run
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.models.dual import tower_differences
 from mimic_explorer.commands.options import ScoreOptions, TrainOptions
 from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model

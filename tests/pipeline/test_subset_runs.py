@@ -11,7 +11,7 @@ import pytest
 from mimic_explorer import open_run
 from mimic_explorer.data.wds import WdsSource
 from mimic_explorer.filters.formats import datacomp_uids
-from mimic_explorer.data.sources import open_source
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.commands.options import ScoreOptions, TrainOptions
 from mimic_explorer.commands.score import run_score
 from mimic_explorer.commands.train import run_train
