@@ -220,21 +220,15 @@ class FrozenTowersMode(_PairMode):
         return self._collect(held, self.probe, ProjectionProbe.sharing(self.models.reference), rows.epoch(0))
 
 
-class FrozenImageTowerMode(_PairMode):
-    """The image tower's outputs computed once and held; the text tower, both projections and the
-    logit scale train (the built-in model)."""
-
-    name = "frozen image tower"
-    freeze_image = True
+class _TowersLearn(_PairMode):
+    """What the two modes whose towers learn share: the trained part (the model, or its ``TextSide``
+    with the image tower frozen), the reference as that part sees its inputs, and the caption sets."""
 
     def __init__(self, job: Job, options: Any, run: Any):
         super().__init__(job, options, run)
-        self.trained = trainable_part(self.models.model, True)
+        self.trained = trainable_part(self.models.model, self.freeze_image)
         reference = self.models.reference
-        self.reference_side = reference_part(reference, True) if reference is not None else None
-
-    def _encode(self, images, ids):
-        return image_inputs(self.models.model, images, True, self.run.device)
+        self.reference_side = reference_part(reference, self.freeze_image) if reference is not None else None
 
     def parts(self) -> tuple[nn.Module, nn.Module | None]:
         return self.trained, self.reference_side
@@ -243,6 +237,17 @@ class FrozenImageTowerMode(_PairMode):
         held = super().first_pass(passes)
         self._token_sets(held)
         return held
+
+
+class FrozenImageTowerMode(_TowersLearn):
+    """The image tower's outputs computed once and held; the text tower, both projections and the
+    logit scale train (the built-in model)."""
+
+    name = "frozen image tower"
+    freeze_image = True
+
+    def _encode(self, images, ids):
+        return image_inputs(self.models.model, images, True, self.run.device)
 
     def batches(self, held: Held) -> CaptionDraws:
         device, dist = self.run.device, self.run.dist
@@ -256,30 +261,16 @@ class FrozenImageTowerMode(_PairMode):
         return self._collect(held, self.trained, self.reference_side, rows.epoch(0))
 
 
-class BothTowersMode(_PairMode):
+class BothTowersMode(_TowersLearn):
     """Both towers learn: the first pass finds the good pairs, every epoch decodes them again."""
 
     name = "both towers"
-
-    def __init__(self, job: Job, options: Any, run: Any):
-        super().__init__(job, options, run)
-        self.trained = trainable_part(self.models.model, False)
-        reference = self.models.reference
-        self.reference_side = reference_part(reference, False) if reference is not None else None
 
     def _encode(self, images, ids):
         return images
 
     def _transform(self):
         return no_input
-
-    def parts(self) -> tuple[nn.Module, nn.Module | None]:
-        return self.trained, self.reference_side
-
-    def first_pass(self, passes: Passes) -> Held:
-        held = super().first_pass(passes)
-        self._token_sets(held)
-        return held
 
     def _stream(self, held: Held, token_sets, counts, rank: int = 0, world: int = 1) -> StreamedPairs:
         job, options = self.job, self.options
