@@ -28,6 +28,7 @@ from mimic_explorer.commands.runlog import tee_log
 from mimic_explorer.tasks.base import Prepared
 from mimic_explorer.util.progress import Progress
 from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.meta import read_run_meta
 from mimic_explorer.store.writer import RunDirectoryError, RunWriter
 
 Log = Callable[[str], None]
@@ -120,6 +121,8 @@ def _live(options: Options, prepare: Prepare, work: Work, dist: DistContext, dev
     if finished is not None:
         return RunOutcome(layout.root, finished, cached=True)
     resuming = resumable and state == "resumable" and not options.force
+    if resuming and not getattr(options, "resumes_on_any_process_count", True):
+        _check_same_process_count(layout, dist, options.command)
     writer = _open_writer(options, dist, layout, run_id, device, prepared, resuming)
     tee_log(layout.log, lambda text: None, dist.rank)(
         f"{options.describe()} -> {layout.root} (device {device}, {dist.world} process(es))")
@@ -135,6 +138,17 @@ def _live(options: Options, prepare: Prepare, work: Work, dist: DistContext, dev
         if writer is not None:
             _finalize(writer, outcome)
         return outcome
+
+
+def _check_same_process_count(layout: RunLayout, dist: DistContext, command: str) -> None:
+    """Refuse, before anything is touched, to resume a run on another number of processes when its
+    command cannot: a training run's batches are each rank's part of the epoch's permutation, so a
+    run started on N processes and finished on M would train on neither's batches."""
+    started = read_run_meta(layout.root).world_size
+    if started and started != dist.world:
+        how = "without torchrun" if started == 1 else f"under torchrun --nproc_per_node={started} (in all)"
+        raise ValueError(f"{layout.root} holds an unfinished {command} run started with {started} process(es), and "
+                         f"this one has {dist.world}: resume it {how}, or pass --force to start it afresh")
 
 
 def _open_writer(options: RunSpec, dist: DistContext, layout: RunLayout, run_id: str, device: str,

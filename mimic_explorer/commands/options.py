@@ -142,6 +142,8 @@ class TrainOptions(CommonOptions):
     """``train``: plain training (no reference) or Grad-Mimic (with one), recording every epoch."""
 
     command: ClassVar[str] = "train"
+    #: each rank trains on its part of every epoch's permutation: a resume needs the process count it began with
+    resumes_on_any_process_count: ClassVar[bool] = False
     #: Stage 2's per-epoch vote; None: the task's own (``Task.default_binarisation``)
     binarisation: str | None = None
     epochs: int = 10
@@ -181,6 +183,8 @@ class ScoreOptions(CommonOptions):
     """``score``: one fixed checkpoint (``model``) against ``reference``, every sample once, in chunks."""
 
     command: ClassVar[str] = "score"
+    #: chunks and batches follow the pool's order alone: a run resumes on any number of processes
+    resumes_on_any_process_count: ClassVar[bool] = True
     model: str | None = None
     binarisation: str = "proj"  # one checkpoint: vote keep when proj >= 0
     params: str = "head"  # "head" | "all" | comma-separated parameter names

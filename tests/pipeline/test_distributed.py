@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,8 @@ import pytest
 
 from mimic_explorer import open_run
 from tests.conftest import COMMON, run_cli, run_torchrun
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +113,32 @@ def test_torchrun_train_finishes_when_one_rank_holds_a_sample_past_a_whole_numbe
     counts = scores.groupby(["sample_id", "epoch"]).size()
     assert (counts == 1).all() and len(counts) == 1797 * 2
     assert scores.groupby(["epoch", "step"]).size().tolist() == [898, 899, 898, 899]
+
+
+@pytest.mark.slow
+def test_a_train_killed_under_torchrun_resumes_only_on_its_own_process_count(digits_reference, tmp_path):
+    """Each rank trains on its part of every epoch's permutation, so a run started on two processes is
+    refused in one (naming the count, nothing touched) and resumed on two: equal to an uninterrupted run."""
+    args = ["train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",
+            "--device", "cpu", "--checkpoint-every", "0"]
+    out = tmp_path / "killed"
+    killer = Path(__file__).resolve().parents[1] / "faults" / "killer.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MIMIC_EXPLORER_KILL_AFTER": "1",
+           "MIMIC_EXPLORER_KILL_MATCH": "state.pt", "MIMIC_EXPLORER_KILL_RANK": "0"}
+    killed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(killer),
+                             *args, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode != 0 and (out / "state.pt").exists()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"}
+    alone = run_cli(*args, "--out", str(out))
+    assert alone.returncode == 2 and "started with 2 process(es)" in alone.stderr and "torchrun" in alone.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"} == before
+    resumed = run_torchrun(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    whole = run_torchrun(*args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    a, b = open_run(tmp_path / "whole"), open_run(out)
+    assert b.meta["status"] == "complete" and len(b.scores) == len(a.scores) == 1797 * 3
+    pa = a.scores.set_index(["sample_id", "epoch"]).sort_index()
+    pb = b.scores.set_index(["sample_id", "epoch"]).sort_index()
+    np.testing.assert_allclose(pb["proj"], pa["proj"], rtol=1e-5, atol=1e-8)
+    assert (a.samples.set_index("sample_id")["keep"].sort_index() == b.samples.set_index("sample_id")["keep"].sort_index()).all()
