@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mimic_explorer.models.checkpoints import CheckpointError
+from mimic_explorer.models.checkpoints import CheckpointError, is_pickle_refusal
 from mimic_explorer.models.dual import DualEncoder
 from mimic_explorer.models.dual_registry import build_dual_encoder, is_open_clip
 from mimic_explorer.models.registry import ArchError, parse_arch
@@ -70,8 +70,14 @@ def read_dual_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
         raise CheckpointError(f"dual encoder checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - garbage, pickled objects, truncated files
-        raise CheckpointError(f"{path} is not a readable dual encoder checkpoint: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    except Exception as exc:  # noqa: BLE001 - garbage, pickled objects, truncated files: each a one-line refusal
+        if is_pickle_refusal(exc):
+            raise CheckpointError(
+                f"{path} contains pickled Python objects (for example a whole model saved with torch.save(model)); "
+                "loading it could run arbitrary code, so it is refused. A dual-encoder checkpoint holds tensors and "
+                "plain values only: write it with train --save-model on an image-text pool") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path} is not a readable dual encoder checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(obj, dict) or obj.get("format") != DUAL_FORMAT:
         held = f"a dict with keys {', '.join(map(str, list(obj)[:6]))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise CheckpointError(

@@ -108,3 +108,20 @@ def test_every_command_refuses_a_checkpoint_naming_code(tmp_path, capsys):
         assert refusal in err and "Traceback" not in err, (name, err)
         assert not marker.exists(), f"{name} imported the file the checkpoint named"
         assert not (out / "meta.json").exists(), name
+
+
+def test_a_pickled_dual_checkpoint_is_refused_in_one_whole_sentence(tmp_path):
+    """The refusal names the cause and how to fix it, never cut off mid-sentence; no payload runs."""
+    marker = tmp_path / "RAN"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"format": "mimic_explorer.dual_encoder", "version": 1, "config": {}, "state_dict": {}, "x": Payload()},
+               tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError) as refused:
+        load_dual_encoder(tmp_path / "pickled.pt")
+    message = str(refused.value)
+    assert "contains pickled Python objects" in message and message.endswith("on an image-text pool")
+    assert "\n" not in message and not marker.exists()
