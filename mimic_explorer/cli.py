@@ -216,11 +216,10 @@ def _options_from(args, command: str):
 
 def _run_command(args, command: str) -> int:
     from mimic_explorer.data.errors import DataSourceError
-    from mimic_explorer.util.progress import tqdm_progress
     from mimic_explorer.models.checkpoints import CheckpointError
     from mimic_explorer.models.registry import ArchError
-
     from mimic_explorer.store.arrow_pool import use_system_allocator
+    from mimic_explorer.util.progress import tqdm_progress
 
     use_system_allocator()  # memory that stays flat with the pool size (see store/arrow_pool.py)
     options = _options_from(args, command)
@@ -429,7 +428,7 @@ def _cmd_export(args) -> int:
         raise UserError(str(exc)) from None
     if result.message:
         print(f"note: {result.message}", file=sys.stderr)
-    for clause, part in zip(rule.clauses, result.clauses):
+    for clause, part in zip(rule.clauses, result.clauses, strict=False):
         print(f"  {describe(clause)}: keeps {part.kept} alone", file=sys.stderr)
     print(f"kept {result.kept} of {result.total} samples ({describe(rule)}); spec {written['spec_hash']} -> {spec_path}")
     print(out)

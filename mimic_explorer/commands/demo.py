@@ -16,21 +16,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mimic_explorer.stage2 import votes as stage2
-from mimic_explorer.data.digits import ArrayDataset, load_digits_dataset
-from mimic_explorer.data.noise import NoisyLabels, symmetric_noise
-from mimic_explorer.util.fingerprint import dataset_fingerprint, state_fingerprint
-from mimic_explorer.models.small import MLP
-from mimic_explorer.store.sample_rows import samples_table
-from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.commands.finalize import add_signals, add_stage2, evaluate
 from mimic_explorer.commands.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
-from mimic_explorer.util.progress import Progress
-from mimic_explorer.training.recording import epoch_frame
+from mimic_explorer.data.digits import ArrayDataset, load_digits_dataset
+from mimic_explorer.data.noise import NoisyLabels, symmetric_noise
+from mimic_explorer.models.small import MLP
+from mimic_explorer.stage2 import votes as stage2
+from mimic_explorer.store.sample_rows import samples_table
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.training.batches import TensorBatches
 from mimic_explorer.training.loop import TrainConfig, accuracy, clone_model, train
+from mimic_explorer.training.recording import epoch_frame
 from mimic_explorer.training.signals import evaluate_signals
+from mimic_explorer.util.distributed import DistContext
+from mimic_explorer.util.fingerprint import dataset_fingerprint, state_fingerprint
+from mimic_explorer.util.progress import Progress
+
 
 @dataclass
 class DemoConfig:
@@ -112,7 +113,7 @@ def _prepare(options: DemoOptions, ctx: DistContext, device: str) -> Prepared[De
     torch.manual_seed(config.seed)
     data = load_digits_dataset()
     order = np.random.default_rng(config.seed).permutation(len(data))
-    n_test = int(round(config.test_fraction * len(data)))
+    n_test = round(config.test_fraction * len(data))
     test, pool = data.subset(order[:n_test]), data.subset(np.sort(order[n_test:]))
     noisy = symmetric_noise(pool.labels, config.noise_rate, len(data.class_names), seed=config.seed)
     init = MLP(pool.images[0].size, len(data.class_names), (config.hidden,))
@@ -166,7 +167,7 @@ def _run(run: DemoRun) -> RunOutcome:
     with ThumbnailWriter(layout.root) as thumbs:
         from PIL import Image
 
-        for i, (sample_id, image) in enumerate(zip(pool.sample_ids, pool.images)):
+        for i, (sample_id, image) in enumerate(zip(pool.sample_ids, pool.images, strict=True)):
             thumbs.add(sample_id, Image.fromarray(image, mode="L"))
             if i % 200 == 0 or i == len(pool) - 1:
                 progress("thumbnails", i + 1, len(pool))
@@ -174,7 +175,7 @@ def _run(run: DemoRun) -> RunOutcome:
     quality = stage2.quality_estimate(samples["keep"].to_numpy())
     evaluation = evaluate(samples)
     summary = {
-        "samples": int(len(samples)),
+        "samples": len(samples),
         "epochs": config.epochs,
         "test_accuracy": {
             "reference": accuracy(reference, x_test, y_test),
@@ -198,8 +199,10 @@ def format_summary(summary: dict) -> str:
         [
             f"samples: {summary['samples']}   epochs: {summary['epochs']}",
             f"test accuracy   reference {acc['reference']:.3f}   plain {acc['plain']:.3f}   Grad-Mimic {acc['grad_mimic']:.3f}",
-            f"noisy-label detection   AUROC {det['auroc']:.3f}   AP {det['ap']:.3f}   "
-            f"precision {det['precision']:.3f}   recall {det['recall']:.3f}   F1 {det['f1']:.3f}",
+            (
+                f"noisy-label detection   AUROC {det['auroc']:.3f}   AP {det['ap']:.3f}   "
+                f"precision {det['precision']:.3f}   recall {det['recall']:.3f}   F1 {det['f1']:.3f}"
+            ),
             f"quality   estimated {summary['estimated_quality']:.3f}   true {summary['true_quality']:.3f}",
         ]
     )

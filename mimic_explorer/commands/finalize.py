@@ -18,8 +18,8 @@ The walk from ``--out`` to the app is in docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -77,7 +77,7 @@ def with_positions(errors: pd.DataFrame, sample_ids: np.ndarray) -> tuple[pd.Dat
     the sorted positions of the bad samples in the pool."""
     ids = errors["sample_id"].astype(str).to_numpy(dtype=object)
     found = np.flatnonzero(np.isin(sample_ids, ids)) if len(ids) else np.zeros(0, dtype=np.int64)
-    where = dict(zip((str(i) for i in sample_ids[found]), found.tolist()))
+    where = dict(zip((str(i) for i in sample_ids[found]), found.tolist(), strict=True))
     positions = np.asarray([where.get(i, -1) for i in ids], dtype=np.int64)
     return errors.assign(position=positions), np.sort(positions[positions >= 0])
 
@@ -141,7 +141,7 @@ class _Combined:
         if not self.cos.count or not self.loss.count:
             return False
         self.scales = (self.cos.standardiser(), self.loss.standardiser())
-        positions, cos_mean, loss = (np.concatenate(parts) for parts in zip(*self.sample))
+        positions, cos_mean, loss = (np.concatenate(parts) for parts in zip(*self.sample, strict=True))
         order = np.argsort(positions, kind="stable")
         values = baselines.combined_score(cos_mean[order], loss[order], self.scales)
         self.split = stage2.TwoGroupSplit.fit(values[np.isfinite(values)], "gmm")
@@ -335,7 +335,7 @@ def _evaluate_file(layout: RunLayout) -> Finished:
 
 def _evaluate(column: Callable[[str], np.ndarray], names: list[str]) -> Finished:
     keep = column("keep").astype(bool)
-    summary = {"samples": int(len(keep)), "estimated_quality": stage2.quality_estimate(keep)}
+    summary = {"samples": len(keep), "estimated_quality": stage2.quality_estimate(keep)}
     if "combined_keep" in names:
         finite = np.isfinite(column("combined_score").astype(np.float64))
         summary["combined_quality"] = stage2.quality_estimate(column("combined_keep").astype(bool)[finite])

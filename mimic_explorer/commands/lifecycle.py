@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
-from mimic_explorer.util.distributed import DistContext, init_distributed, resolve_device
 from mimic_explorer.commands.guard import failure_recorded
 from mimic_explorer.commands.run_identity import agree_on_reuse, make_run_id
 from mimic_explorer.commands.runlog import tee_log
-from mimic_explorer.tasks.base import Prepared
-from mimic_explorer.util.progress import Progress
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import read_run_meta
 from mimic_explorer.store.writer import RunDirectoryError, RunWriter
+from mimic_explorer.tasks.base import Prepared
+from mimic_explorer.util.distributed import DistContext, init_distributed, resolve_device
+from mimic_explorer.util.progress import Progress
 
 Log = Callable[[str], None]
 Inputs = TypeVar("Inputs")

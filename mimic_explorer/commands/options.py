@@ -13,12 +13,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from mimic_explorer.util.choices import (AGGREGATIONS, BINARISATIONS, METHODS, MIMIC_LAYERS, NOISE_TYPES, OPTIMIZERS,
-                                             PRETRAINED_FAMILIES, REWEIGHTS, SCORE_METHODS)
 from mimic_explorer.data.keep_lists import check_keep_list_path
 from mimic_explorer.models.preprocessing import check_image_size, parse_transform_text
 from mimic_explorer.models.registry import parse_arch
 from mimic_explorer.store.targets import check_output_file, check_run_target
+from mimic_explorer.util.choices import (
+    AGGREGATIONS,
+    BINARISATIONS,
+    METHODS,
+    MIMIC_LAYERS,
+    NOISE_TYPES,
+    OPTIMIZERS,
+    PRETRAINED_FAMILIES,
+    REWEIGHTS,
+    SCORE_METHODS,
+)
 
 #: fields that change how a run is made or reported but not what it computes
 #: (``subset`` is the keep-list's path: its content hash is a fingerprint of the run instead, so a moved

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import RunError, check_format, read_run_meta
+from mimic_explorer.util.distributed import DistContext
 
 
 def make_run_id(command: str, identity: dict, fingerprints: dict) -> str:

@@ -115,7 +115,7 @@ def _thumbnail_the_rest(job: Job, options: ScoreOptions, thumbs: ThumbnailWriter
     source = job.pool.source
 
     def add(positions: np.ndarray, items: list) -> None:
-        for p, t in zip(positions, items):
+        for p, t in zip(positions, items, strict=True):
             thumbs.add(source.sample_ids[p], t)
 
     for chunk, (start, stop) in enumerate(chunks):
@@ -133,7 +133,7 @@ def _finalize(run: ScoreRun, errors: ErrorLog, started: float) -> RunOutcome:
     finished = finish_samples(writer, PoolView(len(job.pool.source), bad, task.score_base_rows(job, layout)),
                               Stage2Options(options.binarisation, options.aggregation,
                                             losses_from_rows=task.losses_from_rows()))
-    summary = {**finished.summary, "skipped": int(len(all_errors)), **task.score_summary(job, options, layout, run.log)}
+    summary = {**finished.summary, "skipped": len(all_errors), **task.score_summary(job, options, layout, run.log)}
     summary.pop("true_quality", None)
     writer.write_errors(all_errors)
     drop_error_parts(layout)

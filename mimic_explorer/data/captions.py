@@ -10,7 +10,7 @@ error naming examples of each (see docs/ARCHITECTURE.md, "Image-text pairs").
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -22,7 +22,7 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: np.ndarray) -> "ArrayDataset":
+    def subset(self, index: np.ndarray) -> ArrayDataset:
         return ArrayDataset(self.sample_ids[index], self.images[index], self.labels[index], self.class_names, self.source)
 
 

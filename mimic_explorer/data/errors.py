@@ -9,9 +9,9 @@ a caller can write ``errors.parquet`` and say how many were skipped.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 ERROR_COLUMNS = ["sample_id", "path", "reason"]
 

@@ -31,7 +31,7 @@ _WHITE = (255, 255, 255)
 
 def _composite_on_white(image: Image.Image) -> Image.Image:
     rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+    background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 

@@ -159,10 +159,10 @@ def _read_npy(file: Path) -> tuple[str, list[str]]:
     if dtype.names is not None:
         if len(dtype.names) == 2 and all(dtype[n] == np.dtype("<u8") or dtype[n] == np.dtype(">u8") for n in dtype.names):
             high, low = (array[n].astype(np.uint64).ravel() for n in dtype.names)
-            return UIDS, [f"{int(h):016x}{int(l):016x}" for h, l in zip(high.tolist(), low.tolist())]
+            return UIDS, [f"{int(h):016x}{int(lo):016x}" for h, lo in zip(high.tolist(), low.tolist(), strict=True)]
         raise KeepListError(f"--subset {file}: a structured array of dtype {dtype} is not DataComp's uid format "
                             "(two unsigned 64-bit fields, u8,u8)")
-    if dtype == bool:
+    if dtype == np.dtype(bool):
         raise KeepListError(f"--subset {file}: a boolean mask (export --format npy) marks rows of the run it was exported "
                             "from, not samples; export the keep-list with --format csv, parquet, json or uids")
     if dtype.kind in ("U", "S"):

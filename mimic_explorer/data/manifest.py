@@ -23,18 +23,24 @@ column are an error naming the row.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from mimic_explorer.data.captions import EMPTY_CAPTION, NO_CAPTION, PAIRS, decode_caption, pool_kind
 from mimic_explorer.data.errors import BadSample, DataSourceError
-from mimic_explorer.data.folder import CLASS_FILE, read_class_file
 from mimic_explorer.data.files import FileSource, existing_path
-from mimic_explorer.data.labels import cell_text, implied_classes_message, mixed_beyond_repair, parse_column, too_many_implied
+from mimic_explorer.data.folder import CLASS_FILE, read_class_file
+from mimic_explorer.data.labels import (
+    cell_text,
+    implied_classes_message,
+    mixed_beyond_repair,
+    parse_column,
+    too_many_implied,
+)
 from mimic_explorer.data.source import _preview
 
 REQUIRED = ("path", "label")
@@ -73,7 +79,7 @@ def _read_table(file: Path, spec: str) -> pd.DataFrame:
             return pd.read_parquet(file)
     except DataSourceError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad manifest
+    except Exception as exc:  # any parser failure is a bad manifest
         raise DataSourceError(f"{spec}: cannot read manifest {file}: {exc}") from exc
     raise DataSourceError(f"{spec}: a manifest must be a .csv or .parquet file, got {file.name}")
 
@@ -156,12 +162,12 @@ class ManifestSource(FileSource):
             raise DataSourceError(f"{spec}: manifest has no rows")
         table = table.reset_index(drop=True)
         bad_path = _missing(table["path"])
-        paths = [None if miss else str(v).strip() for v, miss in zip(table["path"].tolist(), bad_path)]
+        paths = [None if miss else str(v).strip() for v, miss in zip(table["path"].tolist(), bad_path, strict=True)]
         given = table["sample_id"].tolist() if "sample_id" in table.columns else [None] * len(table)
         no_id = _missing(table["sample_id"]) if "sample_id" in table.columns else np.ones(len(table), bool)
         ids = [
             str(sid).strip() if not miss else (path.replace("\\", "/") if path else f"row {k + 1}")
-            for k, (sid, miss, path) in enumerate(zip(given, no_id, paths))
+            for k, (sid, miss, path) in enumerate(zip(given, no_id, paths, strict=True))
         ]
         labelled = ~_missing(table["label"]) if "label" in table.columns else np.zeros(len(table), bool)
         captioned = ~_blank_captions(table[CAPTION]) if CAPTION in table.columns else np.zeros(len(table), bool)
@@ -205,11 +211,11 @@ class ManifestSource(FileSource):
         rows = np.flatnonzero(labelled)
         integer, found = parse_column([cells[k] for k in rows], "label" in table.columns and _numeric(table["label"]))
         parsed: list[int | None] = [None] * len(cells)
-        for k, value in zip(rows, found):
+        for k, value in zip(rows, found, strict=True):
             parsed[k] = value
         if integer and mixed_beyond_repair(found):
-            odd = [k for k, value in zip(rows, found) if value is None]
-            good = [k for k, value in zip(rows, found) if value is not None]
+            odd = [k for k, value in zip(rows, found, strict=True) if value is None]
+            good = [k for k, value in zip(rows, found, strict=True) if value is not None]
             example = f"row {good[0] + 1}: {_quoted(cells[good[0]])}" if good else "none"
             raise DataSourceError(
                 f"{spec}: the label column mixes integer class indices ({example}) with {len(odd)} of {len(rows)} "
@@ -226,7 +232,7 @@ class ManifestSource(FileSource):
         return f"label {_quoted(cells[k])} in row {k + 1} is not an integer class index (the label column holds integers)"
 
     @staticmethod
-    def _parse_truth(spec: str, series: pd.Series, rows: np.ndarray, ids: list[str]) -> "_LabelColumn":
+    def _parse_truth(spec: str, series: pd.Series, rows: np.ndarray, ids: list[str]) -> _LabelColumn:
         """The ``true_label`` cells of the kept rows: ground truth must be whole, so an empty cell or a
         non-integer in an integer column is an error naming the row, not a bad sample."""
         missing = _missing(series)[rows]
@@ -244,7 +250,7 @@ class ManifestSource(FileSource):
         return _LabelColumn("true_label", integer, cells, parsed, rows, ids)
 
     @staticmethod
-    def _undeclared_classes(spec: str, columns: list["_LabelColumn"]) -> list[str]:
+    def _undeclared_classes(spec: str, columns: list[_LabelColumn]) -> list[str]:
         """Class names when none are declared: the sorted names a names column uses, else ``0..max``
         of the integer labels, refused when that range is far beyond the pool (``data.labels``)."""
         named = [column for column in columns if not column.integer]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -59,7 +59,7 @@ def uid_case_twins(ids: Sequence[str]) -> list[list[str]]:
     if len(set(lowered)) == len(lowered):
         return []
     groups: dict[str, list[str]] = {}
-    for original, low in zip(ids, lowered):
+    for original, low in zip(ids, lowered, strict=True):
         if UID_PATTERN.fullmatch(original):
             groups.setdefault(low, []).append(original)
     return [group for group in groups.values() if len(group) > 1]
@@ -79,7 +79,7 @@ def check_labels(labels: np.ndarray, class_names: Sequence[str], sample_ids: np.
     labels = np.asarray(labels)
     bad = (labels < 0) | (labels >= len(class_names))
     if bad.any():
-        pairs = [f"{sid}={lab}" for sid, lab in zip(np.asarray(sample_ids)[bad][:5], labels[bad][:5])]
+        pairs = [f"{sid}={lab}" for sid, lab in zip(np.asarray(sample_ids)[bad][:5], labels[bad][:5], strict=True)]
         raise DataSourceError(
             f"{column} outside the class range 0..{len(class_names) - 1} in {what} "
             f"({int(bad.sum())} sample(s), e.g. {', '.join(pairs)}); classes: {_preview(class_names, 12)}"
@@ -215,7 +215,7 @@ class Source:
             return read(i)
         except BadSampleError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a reader failure is one bad sample
+        except Exception as exc:  # a reader failure is one bad sample
             raise BadSampleError(BadSample(self.sample_ids[i], self.source_of(i), f"{type(exc).__name__}: {exc}")) from exc
 
     def index_of(self, sample_id: str) -> int:
@@ -291,7 +291,7 @@ class Source:
         digest.update(b"\x1e")
         sizes = self.sizes()
         second = self.labels.tolist() if self.captions is None else self.captions.tolist()
-        rows = "\n".join(f"{sid}\t{lab}\t{size}" for sid, lab, size in zip(self.sample_ids.tolist(), second, sizes.tolist()))
+        rows = "\n".join(f"{sid}\t{lab}\t{size}" for sid, lab, size in zip(self.sample_ids.tolist(), second, sizes.tolist(), strict=True))
         digest.update(rows.encode())
         if self.true_labels is not None:
             digest.update(b"\x1etrue:")

@@ -97,7 +97,7 @@ def restrict_to_keep_list(source: Source, keep: KeepList) -> tuple[SubsetSource,
             f"(listed e.g. {_preview(listed.tolist()[:EXAMPLES])}; the pool has e.g. {_preview(pool_ids.tolist()[:EXAMPLES])})"
             + hint + ("; the listed samples it holds are unusable: " + _preview(b.reason for b in unusable) if unusable else "")
         )
-    facts = {**keep.describe(), "pool_samples": len(source), "kept": int(len(positions)), "unusable": len(unusable),
+    facts = {**keep.describe(), "pool_samples": len(source), "kept": len(positions), "unusable": len(unusable),
              "missing": len(missing), "missing_examples": missing[:EXAMPLES]}
     warnings = []
     if missing:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import tarfile
-from typing import Iterator
+from collections.abc import Iterator
 
 BLOCK = 512  # tar's header and padding unit
 

@@ -67,7 +67,7 @@ class ImageTransform:
             raise ValueError(f"preprocessing crop_mode {self.crop_mode!r} is not one of {', '.join(CROP_MODES)}")
 
     @classmethod
-    def from_description(cls, description: dict) -> "ImageTransform":
+    def from_description(cls, description: dict) -> ImageTransform:
         """The transform a ``describe()`` dict (meta.json, a checkpoint's sidecar) stands for."""
         known = {k: description[k] for k in ("resize", "crop", "mean", "std", "interpolation", "crop_mode") if k in description}
         return cls(**known)
@@ -85,7 +85,7 @@ class ImageTransform:
             image = image.resize(size, _RESAMPLE[self.interpolation])
             width, height = size
         if (width, height) != (self.crop, self.crop):
-            left, top = int(round((width - self.crop) / 2.0)), int(round((height - self.crop) / 2.0))
+            left, top = round((width - self.crop) / 2.0), round((height - self.crop) / 2.0)
             image = image.crop((left, top, left + self.crop, top + self.crop))  # pads with black if smaller
         array = np.asarray(image, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)

@@ -99,7 +99,7 @@ class TorchvisionSource(Source):
             self.dataset = cls(str(root.resolve()), **kwargs)
         except ImportError as exc:
             raise DataSourceError(f"{spec}: torchvision.datasets.{cls.__name__} needs a package that is missing: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError/FileNotFoundError/…
+        except Exception as exc:  # torchvision raises RuntimeError/FileNotFoundError/…
             raise DataSourceError(
                 f"{spec}: torchvision.datasets.{cls.__name__} is not on disk under {root} "
                 f"(downloads are disabled; place the dataset's files there first). torchvision said: {exc}"

@@ -33,18 +33,18 @@ Both are kept in the cached index, so every later open reports them again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tarfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from mimic_explorer.util.cache import shard_index_dir
 from mimic_explorer.data.captions import NO_CAPTION, PAIRS, decode_caption, pool_kind
 from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file
@@ -54,6 +54,7 @@ from mimic_explorer.data.shards import resolve_shards
 from mimic_explorer.data.source import Source, _preview, uid_case_twins, uid_twins_text
 from mimic_explorer.data.tar_scan import TarScan
 from mimic_explorer.data.wds_text import CAPTION_OK, JSON_BAD, UID_OK, no_text, no_text_members, read_text, text_columns
+from mimic_explorer.util.cache import shard_index_dir
 
 INDEX_VERSION = 3
 _PACKED = ("caption_blob", "caption_start", "uid_blob", "uid_start")  # not one value per key
@@ -105,7 +106,7 @@ class ShardIndex:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "ShardIndex":
+    def load(cls, path: Path) -> ShardIndex:
         with np.load(path, allow_pickle=False) as data:
             if int(data["version"]) != INDEX_VERSION:
                 raise ValueError("old index version")
@@ -439,7 +440,7 @@ class WdsSource(Source):
         if not len(dupes):
             twins = uid_case_twins(ids[good].tolist())
             if twins:
-                position = {uid: k for k, uid in zip(np.flatnonzero(good).tolist(), ids[good].tolist())}
+                position = {uid: k for k, uid in zip(np.flatnonzero(good).tolist(), ids[good].tolist(), strict=True)}
                 raise DataSourceError(f"{spec}: uids " + uid_twins_text(
                     twins, lambda uid: f" ({keys[position[uid]]} in {self.shards[shard_of[position[uid]]]})"))
             return
@@ -511,10 +512,8 @@ class WdsSource(Source):
             self._fds.clear()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit anything may already be gone
             self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

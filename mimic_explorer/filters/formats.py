@@ -13,7 +13,7 @@ Where the bytes go (atomically, streamed from the app index, beside their spec) 
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,7 +52,7 @@ class FilterError(ValueError):
 def top_count(fraction: float, n: int) -> int:
     """How many samples "the top ``fraction``" of ``n`` is: ⌊fraction·n⌋, read so that 0.29·100 is 29
     (the product is rounded to 6 decimals first: floating point must not cost a sample)."""
-    return int(math.floor(round(fraction * n, 6)))
+    return math.floor(round(fraction * n, 6))
 
 
 def shown(value: Any, limit: int = 40) -> str:
@@ -129,7 +130,7 @@ class FilterRule:
                 raise FilterError(f"the override of class {cls} must be a number, got {shown(value)}")
 
     @property
-    def clauses(self) -> list["FilterRule"]:
+    def clauses(self) -> list[FilterRule]:
         return [self]
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,7 +144,7 @@ class FilterRule:
         }
 
     @classmethod
-    def from_dict(cls, data: Any) -> "FilterRule":
+    def from_dict(cls, data: Any) -> FilterRule:
         """A clause from its ``to_dict`` form, read strictly: ``FilterError`` naming a missing or
         unknown field or a value of the wrong type (``per_class: "false"`` is refused, not read as
         true; an override's class must be an index written as text, as JSON keys are)."""
@@ -207,7 +208,7 @@ class CompoundRule:
         return {"combine": "and", "rules": [clause.to_dict() for clause in self.clauses]}
 
 
-Rule = Union[FilterRule, CompoundRule]
+Rule = FilterRule | CompoundRule
 
 
 def refuse_too_many_clauses(count: int) -> None:
@@ -256,7 +257,7 @@ class FilterResult:
     total: int
     kept_per_class: dict[str, int]
     total_per_class: dict[str, int]
-    clauses: list["FilterResult"] = field(default_factory=list, repr=False)  # a compound's clauses, each alone
+    clauses: list[FilterResult] = field(default_factory=list, repr=False)  # a compound's clauses, each alone
 
     @property
     def message(self) -> str | None:
@@ -375,7 +376,7 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
             classes = np.unique(labels)
             if rule.kind == "keep_count":
                 sizes = np.array([(labels == c).sum() for c in classes])
-                per_class_counts = dict(zip(classes.tolist(), proportional_counts(sizes, min(int(value), n)).tolist()))
+                per_class_counts = dict(zip(classes.tolist(), proportional_counts(sizes, min(int(value), n)).tolist(), strict=True))
             for cls in classes.tolist():
                 members = np.flatnonzero(labels == cls)
                 target = per_class_counts[cls] if rule.kind == "keep_count" else value

@@ -100,7 +100,7 @@ def build_spec(run_meta: dict[str, Any], rule: Rule, result: FilterResult, expor
         "keep_mask_sha256": mask_sha256(result.keep),
     }
     spec["spec_hash"] = content_hash(spec)
-    spec["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    spec["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return spec
 
 

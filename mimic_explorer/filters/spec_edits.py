@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 

@@ -21,9 +21,9 @@ import json
 import os
 import pickle
 import struct
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -96,7 +96,7 @@ def _read_safetensors_builtin(path: Path) -> dict[str, torch.Tensor]:
     try:
         (length,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8 : 8 + length])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckpointError(f"{path} is not a valid .safetensors file ({exc})") from exc
     body = memoryview(data)[8 + length :]
     out = {}
@@ -190,7 +190,7 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc2:
             raise CheckpointError(f"{path} could not be unpickled: {type(exc2).__name__}: {exc2}") from exc2
-    except Exception as exc:  # noqa: BLE001 - zip errors, EOF, garbage
+    except Exception as exc:  # zip errors, EOF, garbage
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: {exc}") from exc
     return _strip_prefixes(_extract_state(obj, path))
 

@@ -19,7 +19,8 @@ slice a tensor batch) work on it unchanged. See docs/ARCHITECTURE.md ("Image-tex
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple, Protocol, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -145,7 +146,7 @@ def reset_projections(model: nn.Module, layers: Sequence[str], seed: int) -> nn.
 def tower_differences(model: nn.Module, reference: nn.Module) -> list[str]:
     """Names of the tensors outside the projections and logit scale where ``reference`` differs from
     ``model``: empty when the two share their towers (the feature basis a frozen-tower run assumes)."""
-    skip = tuple(MIMIC_LAYERS.values()) + ("logit_scale",)
+    skip = (*MIMIC_LAYERS.values(), "logit_scale")
     theirs = dict(reference.state_dict())
     different = []
     for name, tensor in model.state_dict().items():
@@ -174,12 +175,12 @@ class ProjectionProbe(nn.Module):
         self.logit_scale = nn.Parameter(value.reshape(()).to(image_projection.weight.dtype))
 
     @classmethod
-    def from_dual_encoder(cls, model: DualEncoder) -> "ProjectionProbe":
+    def from_dual_encoder(cls, model: DualEncoder) -> ProjectionProbe:
         """A probe holding copies of ``model``'s projections and logit scale (the model is untouched)."""
         return cls(copy.deepcopy(model.image_projection), copy.deepcopy(model.text_projection), model.logit_scale)
 
     @classmethod
-    def sharing(cls, model: DualEncoder) -> "ProjectionProbe":
+    def sharing(cls, model: DualEncoder) -> ProjectionProbe:
         """A probe that *is* ``model``'s projections and logit scale (the same modules and Parameter):
         training it trains the model in place, as ``LinearProbe(head)`` does for a classifier."""
         probe = cls(model.image_projection, model.text_projection, 0.0)

@@ -12,8 +12,9 @@ is a dict ``{"format", "version", "config", "state_dict"}`` of tensors and plain
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -70,7 +71,7 @@ def read_dual_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
         raise CheckpointError(f"dual encoder checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - garbage, pickled objects, truncated files
+    except Exception as exc:  # garbage, pickled objects, truncated files
         raise CheckpointError(f"{path} is not a readable dual encoder checkpoint: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict) or obj.get("format") != DUAL_FORMAT:
         held = f"a dict with keys {', '.join(map(str, list(obj)[:6]))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"

@@ -11,7 +11,7 @@ checkpoint that initialises the image tower only (then ``captions`` build the to
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from mimic_explorer.models.checkpoints import read_state_dict
 from mimic_explorer.models.dual import DualEncoder

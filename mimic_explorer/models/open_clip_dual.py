@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -179,7 +179,7 @@ def build_open_clip_dual_encoder(
         else:
             clip = open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False)
         tokenizer = open_clip.get_tokenizer(name)
-    except Exception as exc:  # noqa: BLE001 - a download or hub failure: say what to do instead
+    except Exception as exc:  # a download or hub failure: say what to do instead
         what = f"pretrained weights {pretrained!r}" if pretrained else "the model or its tokenizer"
         raise ArchError(
             f"open_clip could not load {what} for {name} ({type(exc).__name__}: {str(exc)[:200]}); without network access, "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from mimic_explorer.data.transforms import CROP_MODES, INTERPOLATIONS, ImageTransform
 
@@ -215,7 +215,7 @@ def preprocessing_mismatch(recorded: Mapping, used: ImageTransform, where: str) 
             continue
         before, after = recorded[key], now[key]
         same = (
-            len(before) == len(after) and all(math.isclose(float(a), float(b), abs_tol=1e-6) for a, b in zip(before, after))
+            len(before) == len(after) and all(math.isclose(float(a), float(b), abs_tol=1e-6) for a, b in zip(before, after, strict=True))
             if key in _CHANNEL_KEYS else before == after
         )
         if not same:

@@ -26,8 +26,8 @@ import importlib.util
 import inspect
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -217,7 +217,11 @@ def _build_torchvision(spec: ArchSpec, num_classes: int, input_shape: Sequence[i
     import torchvision.models as tvm
 
     from mimic_explorer.models.torchvision_models import (
-        check_torchvision_name, input_size_options, torchvision_weights, weights_model_options, weights_preprocessing,
+        check_torchvision_name,
+        input_size_options,
+        torchvision_weights,
+        weights_model_options,
+        weights_preprocessing,
     )
 
     check_torchvision_name(spec.name)

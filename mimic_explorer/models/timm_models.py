@@ -10,13 +10,13 @@ docs/ARCHITECTURE.md ("where a new model family goes").
 from __future__ import annotations
 
 import difflib
-from typing import Mapping
+from collections.abc import Mapping
 
 from torch import nn
 
 from mimic_explorer.data.transforms import ImageTransform
-from mimic_explorer.models.preprocessing import transform_from_timm_config
 from mimic_explorer.models.arch_names import ArchError
+from mimic_explorer.models.preprocessing import transform_from_timm_config
 
 TIMM_PREFIX = "timm:"
 TIMM_INSTALL = 'pip install -e ".[timm]"'
@@ -73,7 +73,7 @@ def build_timm_model(
         kwargs.setdefault("img_size", image_size)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - timm and the hub raise many kinds; the reason is kept
+    except Exception as exc:  # timm and the hub raise many kinds; the reason is kept
         reason = f"{type(exc).__name__}: {exc}"
         if pretrained:
             raise ArchError(f"timm could not load the pretrained weights of {name} ({reason}). {LOCAL_WEIGHTS_HINT}") from exc

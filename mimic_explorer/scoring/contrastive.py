@@ -30,7 +30,7 @@ to float64 precision, to a per-pair autograd loop on the same batch — on every
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +187,7 @@ def retrieval_recall(
         ("i2t", image, text, lambda rows: image_of_text.unsqueeze(0) == rows.unsqueeze(1)),
         ("t2i", text, image, lambda rows: torch.arange(len(image)).unsqueeze(0) == image_of_text[rows].unsqueeze(1)),
     ):
-        hits = {k: 0 for k in ks}
+        hits = dict.fromkeys(ks, 0)
         for start in range(0, len(queries), chunk):
             rows = torch.arange(start, min(start + chunk, len(queries)))
             for k, hit in _hits(queries[rows] @ keys.T, owner(rows), ks).items():

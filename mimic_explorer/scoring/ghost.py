@@ -102,7 +102,7 @@ class _UseWatch(TorchFunctionMode):
 
 def _same_padding(conv: nn.Conv2d) -> list[int]:
     pads: list[int] = []
-    for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation)):
+    for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation), strict=True):
         total = d * (k - 1)
         pads += [total // 2, total - total // 2]
     return pads

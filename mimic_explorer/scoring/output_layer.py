@@ -202,7 +202,7 @@ def output_parts(
         return Parts(dot, closed, primal, outputs)
 
     def losses_of(z: Tensor) -> Tensor:
-        return loss_values(loss, tree_unflatten(plain[:position] + [z] + plain[position + 1 :], spec), targets, batch)
+        return loss_values(loss, tree_unflatten([*plain[:position], z, *plain[position + 1 :]], spec), targets, batch)
 
     with torch.no_grad():  # torch.func differentiates inside its transforms; record nothing else
         _, pull_back = vjp(losses_of, plain[position].detach())

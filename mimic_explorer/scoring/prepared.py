@@ -39,6 +39,7 @@ evaluated on the whole batch, never on slices. See docs/ARCHITECTURE.md for wher
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -57,6 +58,7 @@ from mimic_explorer.scoring.jacobian_path import jacobian_parts
 from mimic_explorer.scoring.jvp_path import is_forward_ad_gap, is_transform_gap, jvp_parts
 from mimic_explorer.scoring.linear_head import linear_grad_geometry
 from mimic_explorer.scoring.loop_path import loop_parts
+from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, as_per_sample_loss, has_closed_form
 from mimic_explorer.scoring.output_layer import (
     OutputLayerUnavailable,
     PullBack,
@@ -64,7 +66,6 @@ from mimic_explorer.scoring.output_layer import (
     output_parts,
     output_tangent,
 )
-from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, as_per_sample_loss, has_closed_form
 from mimic_explorer.scoring.parts import Parts
 from mimic_explorer.scoring.projection import Projection, mimic_projection
 from mimic_explorer.scoring.task_vector import (
@@ -82,7 +83,7 @@ PATHS = ("auto", "head", "output", "jvp", "vmap", "loop")
 SCORE_METHODS = ("proj", "cos")
 
 # model → (structure signature, head name): tracing the head costs a one-sample forward, once per model.
-_HEAD_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], str]]" = weakref.WeakKeyDictionary()
+_HEAD_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,8 @@ def traced_head_name(model: nn.Module, inputs: Any) -> str:
             UserWarning,
             stacklevel=5,
         )
-    try:
+    with contextlib.suppress(TypeError):  # a model that cannot be weakly referenced is simply not cached
         _HEAD_CACHE[model] = (signature, name)
-    except TypeError:  # a model that cannot be weakly referenced is simply not cached
-        pass
     return name
 
 
@@ -296,7 +295,7 @@ class PreparedScorer:
         if [n for n, _, _ in self._pairs] in ([self._weight_name, self._bias_name], [self._weight_name]) and all(
             p.dtype == self.compute_dtype for _, _, p in self._pairs
         ):
-            self._head_pairs = tuple(t for _, ref, p in self._pairs for t in (ref, p)) + (None, None)
+            self._head_pairs = (*(t for _, ref, p in self._pairs for t in (ref, p)), None, None)
         self.v = task_vector(ours, self._reference_named, names, self.compute_dtype, self.device)
         self._set_v(self.v)
         self._state = _float32_state(self.model, self.compute_dtype) if self.compute_dtype != self.model_dtype else None
@@ -448,7 +447,7 @@ class PreparedScorer:
         if self._chosen == "jvp":
             try:
                 return self._jvp(x_compute, y, offset, vmap_chunk)
-            except Exception as error:  # noqa: BLE001 — only forward-AD gaps are recoverable
+            except Exception as error:  # only forward-AD gaps are recoverable
                 if not self._fall_back(error, "vmap"):
                     raise
         if self._chosen == "vmap":
@@ -462,7 +461,7 @@ class PreparedScorer:
         torch.func transforms (e.g. an autograd.Function without ``setup_context``)."""
         try:
             return vmap_parts(self.model, v, x, y, True, need_norm, chunk, self._state, self.loss)
-        except Exception as error:  # noqa: BLE001 — only transform gaps are recoverable
+        except Exception as error:  # only transform gaps are recoverable
             if not self._fall_back(error, "loop"):
                 raise
             return loop_parts(self.model, v, x, y, need_norm, self._state, self.loss)
@@ -501,20 +500,20 @@ class PreparedScorer:
                 return self._output(x, y)
             except OutputLayerUnavailable:
                 self._chosen = "jvp"  # the general paths below are exact for any placement of the layer
-            except Exception as error:  # noqa: BLE001 — only forward-AD gaps are recoverable
+            except Exception as error:  # only forward-AD gaps are recoverable
                 if not self._fall_back(error, "vmap"):
                     raise
         if self._chosen == "jvp" and not self._need_norm:
             try:
                 return jvp_parts(self.model, self.v, x, y, self._state, 0, self.loss)
-            except Exception as error:  # noqa: BLE001 — only forward-AD gaps are recoverable
+            except Exception as error:  # only forward-AD gaps are recoverable
                 if not self._fall_back(error, "vmap"):
                     raise
         chunk = self.chunk_size or auto_chunk(self._num_params, batch)
         if self._chosen in ("jvp", "vmap"):
             try:
                 return jacobian_parts(self.model, self.v, x, y, self._need_norm, chunk, self._state, self.loss)
-            except Exception as error:  # noqa: BLE001 — only transform gaps are recoverable
+            except Exception as error:  # only transform gaps are recoverable
                 if not self._fall_back(error, "loop"):
                     raise
         return jacobian_parts(self.model, self.v, x, y, self._need_norm, chunk, self._state, self.loss, vectorized=False)

@@ -84,7 +84,7 @@ def as_batch_of_one(tree: Any, dims: Any) -> Any:
         return tree.unsqueeze(0) if dims == 0 else tree
     leaves, spec = tree_flatten(tree)
     flags = tree_flatten(dims, is_leaf=lambda d: d is None)[0]
-    return tree_unflatten([t.unsqueeze(0) if d == 0 else t for t, d in zip(leaves, flags)], spec)
+    return tree_unflatten([t.unsqueeze(0) if d == 0 else t for t, d in zip(leaves, flags, strict=True)], spec)
 
 
 def cat_rows(trees: list[Any]) -> Any:
@@ -97,5 +97,5 @@ def cat_rows(trees: list[Any]) -> Any:
         return trees[0]
     flat = [tree_flatten(t)[0] for t in trees]
     spec = tree_flatten(trees[0])[1]
-    joined = [torch.cat(parts) if isinstance(parts[0], Tensor) and parts[0].dim() > 0 else parts[0] for parts in zip(*flat)]
+    joined = [torch.cat(parts) if isinstance(parts[0], Tensor) and parts[0].dim() > 0 else parts[0] for parts in zip(*flat, strict=True)]
     return tree_unflatten(joined, spec)

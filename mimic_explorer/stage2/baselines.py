@@ -17,6 +17,7 @@ gives a keep threshold and a quality estimate.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -97,8 +98,8 @@ class Moments:
         self._last_block = int(blocks[-1])
         cuts = [0, *(np.flatnonzero(blocks[1:] != blocks[:-1]) + 1).tolist(), len(values)]
         plain, squares = values.tolist(), (values * values).tolist()
-        self._sums += [math.fsum(plain[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-        self._squares += [math.fsum(squares[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+        self._sums += [math.fsum(plain[a:b]) for a, b in itertools.pairwise(cuts)]
+        self._squares += [math.fsum(squares[a:b]) for a, b in itertools.pairwise(cuts)]
         self._count += len(values)
 
     @property

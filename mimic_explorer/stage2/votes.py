@@ -75,7 +75,7 @@ class TwoGroupSplit:
     upper_component: int = 0
 
     @classmethod
-    def fit(cls, values: np.ndarray, method: str) -> "TwoGroupSplit":
+    def fit(cls, values: np.ndarray, method: str) -> TwoGroupSplit:
         if method not in ("gmm", "kmeans"):
             raise ValueError(f"unknown two-group split {method!r}; choose gmm or kmeans")
         values = np.asarray(values, dtype=np.float64)
@@ -103,7 +103,7 @@ class TwoGroupSplit:
             return finite & (np.abs(values - hi) < np.abs(values - lo))
         log_density = np.stack([
             -0.5 * (np.log(2 * np.pi) + (values * p - m * p) ** 2) + np.log(p) + w
-            for m, p, w in zip(self.means, self.precisions, self.log_weights)
+            for m, p, w in zip(self.means, self.precisions, self.log_weights, strict=True)
         ])
         return finite & (np.argmax(log_density, axis=0) == self.upper_component)
 
@@ -199,7 +199,7 @@ class _Samples:
     tiebreak: np.ndarray  # log of mean B·weight, or mean proj: ranks equal vote counts (see ``of``)
 
     @classmethod
-    def of(cls, rows: pd.DataFrame) -> "_Samples":
+    def of(cls, rows: pd.DataFrame) -> _Samples:
         positions = rows["position"].to_numpy(np.int64)
         starts = np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]]) if len(positions) else np.zeros(0, np.int64)
         counts = np.diff(np.r_[starts, len(positions)])

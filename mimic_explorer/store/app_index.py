@@ -12,6 +12,7 @@ the run as it was and its half-written files removed. See docs/ARCHITECTURE.md (
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -21,10 +22,11 @@ import shutil
 import threading
 import uuid
 import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -82,7 +84,7 @@ def _read_manifest(layout: RunLayout) -> dict[str, Any] | None:
 @contextmanager
 def _locked(layout: RunLayout) -> Iterator[None]:
     try:
-        handle = open(layout.index_lock, "a+")
+        handle = open(layout.index_lock, "a+")  # noqa: SIM115 - opened alone so that an OSError names the lock
     except OSError as exc:
         raise IndexUnavailable(f"cannot lock {layout.index_lock}: {exc.strerror or exc}") from None
     with handle:
@@ -122,11 +124,11 @@ def _rebuild(layout: RunLayout) -> dict[str, Any]:
 
 
 #: Indexes open in this process, by run folder: every session on a run maps its files once.
-_OPEN: "weakref.WeakValueDictionary[Path, AppIndex]" = weakref.WeakValueDictionary()
+_OPEN: weakref.WeakValueDictionary[Path, AppIndex] = weakref.WeakValueDictionary()
 _OPEN_LOCK = threading.Lock()
 
 
-def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> "AppIndex":
+def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> AppIndex:
     """The run's index, built first if missing, stale or truncated (``build=False``: raise instead).
     An index already open in this process for the same files is returned as it is (one set of
     memory maps and shared values per run, however many sessions show it).
@@ -143,7 +145,7 @@ def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> "AppIndex":
     return index
 
 
-def _map_consistent(layout: RunLayout, manifest: dict[str, Any], build: bool, attempts: int = 3) -> "AppIndex":
+def _map_consistent(layout: RunLayout, manifest: dict[str, Any], build: bool, attempts: int = 3) -> AppIndex:
     """An ``AppIndex`` with every file mapped, all from the one index its manifest describes.
 
     Why: another process may replace the index (samples.parquet changed) at any moment. Files mapped
@@ -251,10 +253,8 @@ class AppIndex:
         if "_text_map" in self.__dict__:
             mappings.append(self._text_map)
         for mapping in mappings:
-            try:
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or a platform without madvise
                 mapping.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError, AttributeError):  # closed, or a platform without madvise
-                pass
 
     def column(self, name: str) -> np.ndarray:
         """A numeric column, memory-mapped (read-only)."""

@@ -12,7 +12,6 @@ locking and the atomic swap are ``store.app_index``'s.
 from __future__ import annotations
 
 import json
-
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,7 @@ def _copy_columns(parquet: pq.ParquetFile, files: IndexFiles, numeric: list[tupl
     try:
         for number, (name, dtype) in enumerate(numeric):
             header = np.lib.format.open_memmap(files.column(number), mode="w+", dtype=dtype, shape=(n,)).offset
-            sinks[name] = open(files.column(number), "r+b")
+            sinks[name] = open(files.column(number), "r+b")  # noqa: SIM115 - one per column, closed in the finally
             sinks[name].seek(header)
         schema = _text_schema(parquet, text)
         offset = 0
@@ -111,7 +110,7 @@ def _copy_columns(parquet: pq.ParquetFile, files: IndexFiles, numeric: list[tupl
                     values = batch.column(name).to_numpy(zero_copy_only=False)
                     sinks[name].write(memoryview(np.ascontiguousarray(values, dtype=dtype)).cast("B"))
                 if text:
-                    columns = [batch.column(name).cast(field.type) for name, field in zip(text, schema)]
+                    columns = [batch.column(name).cast(field.type) for name, field in zip(text, schema, strict=True)]
                     writer.write_batch(pa.record_batch(columns, schema=schema))
                 offset += batch.num_rows
         if offset != n:
@@ -221,7 +220,7 @@ def build_index(samples: Path, folder: Path, score_parts: list[Path] = (), thumb
         trajectories = trajectories.result() if trajectories is not None else None
         thumbnails = thumbnails.result() if thumbnails is not None else False
     classes = groups[2] if groups is not None else None
-    del labels, noisy, groups
+    labels = noisy = groups = None  # released before the manifest is built (the closures above hold them)
     return {
         "rows": n_rows,
         "columns": column_names,

@@ -87,7 +87,7 @@ class RunMeta:
         return {**self.extra, **data}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunMeta":
+    def from_dict(cls, data: dict[str, Any]) -> RunMeta:
         """Tolerant: older metas (no ``format_version``, no ``kind``, missing or null fields) still read.
         ``ValueError`` naming the field when a known field holds a value of the wrong kind."""
         values: dict[str, Any] = {"status": "unknown", "format_version": 0}
@@ -140,7 +140,7 @@ def _check_version(version: Any) -> None:
                          f"(this mimic_explorer reads 0 to {FORMAT_VERSION})")
 
 
-def check_format(meta: "RunMeta | dict[str, Any]", path: str | os.PathLike) -> None:
+def check_format(meta: RunMeta | dict[str, Any], path: str | os.PathLike) -> None:
     """``RunError`` when the run in ``path`` was written in a newer format than this package reads."""
     version = meta.format_version if isinstance(meta, RunMeta) else meta.get("format_version", 0)
     if version > FORMAT_VERSION:

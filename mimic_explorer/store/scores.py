@@ -81,7 +81,7 @@ class EpochScores:
     def quantile_bands(self, signal: str, noisy_ids: pa.Array | None = None) -> pd.DataFrame:
         """Per epoch (and per group clean / mislabeled when ``noisy_ids`` — from ``id_set`` — is
         given): the 5/25/50/75/95 % quantiles. One score part at a time, so memory stays one epoch."""
-        names = [f"q{int(round(q * 100))}" for q in QUANTILES]
+        names = [f"q{round(q * 100)}" for q in QUANTILES]
         rows = []
         if self._dataset is None or signal not in self.signals:
             return pd.DataFrame(columns=["epoch", "group", *names])
@@ -99,5 +99,5 @@ class EpochScores:
                     part = values[mask]
                     part = part[np.isfinite(part)]
                     if len(part):
-                        rows.append({"epoch": int(epoch), "group": group, **dict(zip(names, np.quantile(part, QUANTILES)))})
+                        rows.append({"epoch": int(epoch), "group": group, **dict(zip(names, np.quantile(part, QUANTILES), strict=True))})
         return pd.DataFrame(rows, columns=["epoch", "group", *names]).sort_values(["group", "epoch"]).reset_index(drop=True)

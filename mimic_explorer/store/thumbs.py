@@ -6,6 +6,7 @@ with an offset index gives any thumbnail with one seek and one read, and stays o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -62,7 +63,7 @@ class ThumbnailWriter:
     def __init__(self, run_dir: str | os.PathLike):
         self.layout = RunLayout(Path(run_dir))
         self.layout.thumbs_dir.mkdir(parents=True, exist_ok=True)
-        self._blob = open(self.layout.thumbs_blob, "wb")
+        self._blob = open(self.layout.thumbs_blob, "wb")  # noqa: SIM115 - open while thumbnails are added; close() shuts it
         self._rows: list[tuple[str, int, int]] = []
 
     def add(self, sample_id: str, image) -> None:
@@ -78,7 +79,7 @@ class ThumbnailWriter:
         frame = pd.DataFrame(self._rows, columns=["sample_id", "offset", "length"])
         write_parquet(self.layout.thumbs_index, frame)
 
-    def __enter__(self) -> "ThumbnailWriter":
+    def __enter__(self) -> ThumbnailWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -104,7 +105,7 @@ def _int64(column) -> np.ndarray:
 
 
 #: Thumbnail indexes read in this process, by (path, size, mtime): sessions on one run share them.
-_READ: "weakref.WeakValueDictionary[tuple, _Offsets]" = weakref.WeakValueDictionary()
+_READ: weakref.WeakValueDictionary[tuple, _Offsets] = weakref.WeakValueDictionary()
 _READ_LOCK = threading.Lock()
 
 
@@ -219,7 +220,5 @@ class ThumbnailReader:
             self._fd = None
 
     def __del__(self) -> None:  # one descriptor per open run; give it back when the reader goes
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit anything may already be gone
             self.close()
-        except Exception:
-            pass

@@ -15,7 +15,9 @@ its chunks (``SamplesWriter``), so neither writer holds the whole table. The for
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import itertools
 import os
 import platform
 import sys
@@ -35,7 +37,7 @@ from mimic_explorer.store.targets import RunDirectoryError, check_run_target
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str]:
@@ -44,10 +46,8 @@ def package_versions() -> dict[str, str]:
 
     versions = {"python": platform.python_version()}
     for name in ("mimic-explorer", "torch", "torchvision", "numpy", "pandas", "pyarrow", "scikit-learn"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -111,7 +111,7 @@ class RunWriter:
             samples.write(frame)
         return self.layout.samples
 
-    def samples_writer(self) -> "SamplesWriter":
+    def samples_writer(self) -> SamplesWriter:
         """Stream ``samples.parquet`` chunk by chunk (published atomically on close)."""
         return SamplesWriter(self.layout.samples)
 
@@ -176,7 +176,7 @@ def _epoch_segments(table: pa.Table) -> list[pa.Table]:
         return [table]
     epochs = table.column("epoch").to_numpy()
     cuts = [0, *(np.flatnonzero(epochs[1:] != epochs[:-1]) + 1).tolist(), table.num_rows]
-    return [table.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [table.slice(a, b - a) for a, b in itertools.pairwise(cuts)]
 
 
 class SamplesWriter:
@@ -229,7 +229,7 @@ class SamplesWriter:
             self._writer.close()
         self._file.abort()
 
-    def __enter__(self) -> "SamplesWriter":
+    def __enter__(self) -> SamplesWriter:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

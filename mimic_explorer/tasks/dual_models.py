@@ -31,7 +31,13 @@ from torch import nn
 from mimic_explorer.data.transforms import ImageTransform, default_transform
 from mimic_explorer.models.checkpoints import CheckpointError
 from mimic_explorer.models.distance import DRIFT_WARNING, outside_params, relative_distance
-from mimic_explorer.models.dual import MIMIC_LAYERS, DualEncoder, mimic_layer_params, reset_projections, tower_differences
+from mimic_explorer.models.dual import (
+    MIMIC_LAYERS,
+    DualEncoder,
+    mimic_layer_params,
+    reset_projections,
+    tower_differences,
+)
 from mimic_explorer.models.dual_checkpoint import load_dual_encoder, read_dual_checkpoint
 from mimic_explorer.models.dual_registry import build_dual_encoder, is_open_clip
 from mimic_explorer.tasks.base import Models
@@ -53,7 +59,7 @@ def saved_arch(arch: str) -> str | None:
     """``--arch`` as a dual-encoder checkpoint records it: ``small_dual`` → None (any built-in model;
     the file says which image ARCH), ``small_dual:IMAGE_ARCH`` → IMAGE_ARCH, ``open_clip:NAME`` and a
     plain image ARCH (the built-in model around it, as ``models.dual_registry`` reads it) as they are."""
-    family, sep, name = arch.strip().partition(":")
+    family, _, name = arch.strip().partition(":")
     if family.lower() == SMALL_DUAL:
         return name.strip() or None
     return arch.strip()
@@ -171,8 +177,8 @@ def _build_model(options, captions: list[str], reference: DualEncoder | None,
     if options.init is None and reference is not None:
         layer = options.mimic_layer or DEFAULT_MIMIC_LAYER
         model = _fresh_projection(copy.deepcopy(reference), layer, options.seed)
-        return model, dict(reference_config), [f"the model starts from --reference {options.reference} with a fresh "
-                                               f"{layer} projection (one shared feature basis)"]
+        note = f"the model starts from --reference {options.reference} with a fresh {layer} projection (one shared feature basis)"
+        return model, dict(reference_config), [note]
     if image_arch is None or is_open_clip(image_arch):
         if image_arch is not None:
             raise CheckpointError(f"--arch {options.arch} needs an --init checkpoint (weights of the towers)")

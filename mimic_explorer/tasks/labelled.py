@@ -19,7 +19,8 @@ drivers:
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -93,7 +94,7 @@ class LinearProbeMode:
         job, options, run = self.job, self.options, self.run
         models, source = job.models, job.pool.source
         thumbs = passes.thumbs
-        on_thumbs = (lambda positions, items: [thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items)]) \
+        on_thumbs = (lambda positions, items: [thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items, strict=True)]) \
             if thumbs is not None else None
         started = time.perf_counter()
         feats = extract_features(models.model, source, job.pool.labels, models.transform, head_name=models.head_name,
@@ -149,7 +150,7 @@ class FineTuneMode:
         if passes.thumbs is not None:  # fine-tuning decodes in shuffled order; thumbnails get their own pass
             thumbs = passes.thumbs
             thumbnail_pass(source, job.pool.labels, lambda positions, items: [thumbs.add(source.sample_ids[p], t)
-                                                                               for p, t in zip(positions, items)],
+                                                                               for p, t in zip(positions, items, strict=True)],
                            self.options.workers, errors=passes.errors)
         self.errors = passes.errors
         return Held(np.arange(len(source), dtype=np.int64))
@@ -219,7 +220,7 @@ class LabelledScoring:
                                errors=passes.errors):
             positions = batch.index.numpy()
             if thumbs is not None:
-                for p, t in zip(positions, batch.thumbs):
+                for p, t in zip(positions, batch.thumbs, strict=True):
                     thumbs.add(source.sample_ids[p], t)
             yield ScoreBatch(positions, batch.inputs.to(self.run.device), batch.targets.to(self.run.device))
 

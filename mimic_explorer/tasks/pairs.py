@@ -26,8 +26,9 @@ alone. What this task adds to the commands' shared drivers:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,7 @@ from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.tasks.base import Held, Job, Passes, Prepared, ScoreBatch
-from mimic_explorer.tasks.dual_models import (DEFAULT_MIMIC_LAYER, build_pair_models, build_train_pair_models)
+from mimic_explorer.tasks.dual_models import DEFAULT_MIMIC_LAYER, build_pair_models, build_train_pair_models
 from mimic_explorer.tasks.labelled import pool_rows
 from mimic_explorer.training.batches import MIN_PAIR_BATCH, CaptionDraws, pair_batches
 from mimic_explorer.training.drift import DriftMeter
@@ -60,8 +61,15 @@ from mimic_explorer.training.pool_batches import StreamedPairs, whole_batches
 from mimic_explorer.training.pool_pass import no_input, pool_pass
 from mimic_explorer.training.recording import score_rows
 from mimic_explorer.training.signals import collect_pair_signals
-from mimic_explorer.training.towers import (caption_sets, draw_counts, image_inputs, image_tower_differences,
-                                            reference_part, tower_features, trainable_part)
+from mimic_explorer.training.towers import (
+    caption_sets,
+    draw_counts,
+    image_inputs,
+    image_tower_differences,
+    reference_part,
+    tower_features,
+    trainable_part,
+)
 from mimic_explorer.util.fingerprint import state_fingerprint
 
 #: pairs per batch of the decoding pass that computes tower outputs
@@ -126,7 +134,7 @@ def pair_rows_pass(models, source, labels, captions: np.ndarray, workers: int, t
         positions.append(index)
         truncated.append(np.asarray(tokens.truncated, dtype=bool))
         if thumbs is not None:
-            for p, t in zip(index, batch.thumbs):
+            for p, t in zip(index, batch.thumbs, strict=True):
                 thumbs.add(source.sample_ids[p], t)
     if not parts:
         raise ValueError(f"no pair of {source.spec} could be decoded")
@@ -312,7 +320,7 @@ class PairScoring:
         for batch in whole_batches(stream, options.batch_size):
             positions = batch.index.numpy()
             if passes.thumbs is not None:
-                for p, t in zip(positions, batch.thumbs):
+                for p, t in zip(positions, batch.thumbs, strict=True):
                     passes.thumbs.add(source.sample_ids[p], t)
             if len(positions) < MIN_PAIR_BATCH:
                 passes.errors.add(BadSample(source.sample_ids[positions[0]], source.source_of(int(positions[0])), ALONE))
@@ -540,7 +548,7 @@ class PairsTask:
         if truncated:
             log(f"{truncated} caption(s) were longer than the text encoder's context and were cut (column caption_truncated)")
         return {"pairs": {"loss": "symmetric InfoNCE of each pair within its scoring batch", "batch_size": options.batch_size,
-                          "batches": int(len(self._steps(layout))), "mimic_layers": job.models.mimic_layers,
+                          "batches": len(self._steps(layout)), "mimic_layers": job.models.mimic_layers,
                           "truncated_captions": truncated}}
 
 
@@ -572,4 +580,4 @@ def held_out_recall(spec: str, models, device: str, workers: int = 0) -> tuple[d
     return retrieval_recall(image, text, image_of_text, ks=RECALL_AT), {"photos": len(captions), "captions": len(texts)}
 
 
-__all__ = ["DEFAULT_MIMIC_LAYER", "PairCaptions", "PairsTask", "pair_captions", "held_out_recall"]
+__all__ = ["DEFAULT_MIMIC_LAYER", "PairCaptions", "PairsTask", "held_out_recall", "pair_captions"]

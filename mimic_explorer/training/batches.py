@@ -9,7 +9,8 @@ rows from the pool every epoch are in ``training.pool_batches``.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor

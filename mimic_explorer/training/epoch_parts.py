@@ -16,18 +16,18 @@ are not on disk; parts beyond the state's epoch (a kill between the two writes) 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from mimic_explorer.util.distributed import DistContext
-from mimic_explorer.training.recording import epoch_table
 from mimic_explorer.store.atomic import atomic_write
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.writer import write_score_part
 from mimic_explorer.training.loop import EpochRecord
+from mimic_explorer.training.recording import epoch_table
+from mimic_explorer.util.distributed import DistContext
 
 
 class EpochParts:

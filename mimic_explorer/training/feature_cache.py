@@ -32,9 +32,9 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -86,7 +86,7 @@ class FeatureEntry:
 
     # ------------------------------------------------------------------ opening
     @contextmanager
-    def locked(self) -> Iterator["FeatureEntry"]:
+    def locked(self) -> Iterator[FeatureEntry]:
         """Hold the entry's lock: one process at a time fills (or finishes) it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / LOCK, "a") as handle:
@@ -195,7 +195,7 @@ class FeatureEntry:
                 bad.append((int(row), BadSample(sample_id, path, reason)))
         bad.sort(key=lambda item: item[0])
         bad_rows = np.asarray([row for row, _ in bad], dtype=np.int64)
-        positions = {int(row): int(p) for row, p in zip(bad_rows, self.read_positions(bad_rows))} if len(bad_rows) else {}
+        positions = {int(row): int(p) for row, p in zip(bad_rows, self.read_positions(bad_rows), strict=True)} if len(bad_rows) else {}
         rows = int(self.header["rows"])
         good_rows = rows - len(bad_rows)
         if len(bad_rows):

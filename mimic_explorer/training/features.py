@@ -18,21 +18,22 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from mimic_explorer.util.cache import features_cache_dir
 from mimic_explorer.data.errors import BadSample, ErrorLog
 from mimic_explorer.data.source import Source
-from mimic_explorer.util.fingerprint import state_fingerprint
-from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.training.feature_cache import FeatureEntry
 from mimic_explorer.training.pool_pass import PassBatch, pool_pass, thumbnail_pass
+from mimic_explorer.util.cache import features_cache_dir
+from mimic_explorer.util.distributed import DistContext
+from mimic_explorer.util.fingerprint import state_fingerprint
 
 #: requested samples per chunk of a cache entry: the unit of resuming and of work between ranks
 CHUNK_ROWS = 16_384

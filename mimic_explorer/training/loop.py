@@ -13,16 +13,14 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimic_explorer.training.batches import TensorBatches
-from mimic_explorer.training.loss_step import LossStep
 from mimic_explorer.models.heads import find_head
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.scoring.linear_head import (
@@ -34,6 +32,8 @@ from mimic_explorer.scoring.losses import PerSampleLoss
 from mimic_explorer.scoring.prepared import PreparedScorer
 from mimic_explorer.scoring.stage1 import METHODS, score_basis, stage1_weights
 from mimic_explorer.scoring.trees import moved
+from mimic_explorer.training.batches import TensorBatches
+from mimic_explorer.training.loss_step import LossStep
 from mimic_explorer.util.choices import OPTIMIZERS, REWEIGHTS
 
 

@@ -153,7 +153,7 @@ class LossStep:
                 reweighted = [torch.einsum("b,b...->...", weights.to(g.dtype), g) for g in grads]
             if any(p.requires_grad for p in model.parameters() if all(p is not q for q in self.params)):
                 losses.mean().backward()
-            for param, grad in zip(self.params, reweighted):
+            for param, grad in zip(self.params, reweighted, strict=True):
                 param.grad = grad.to(param.dtype)
         out.update(proj=proj, weight=weights)
         if cos is not None:
@@ -173,7 +173,7 @@ class LossStep:
         self._position = (position, tree_unflatten(plain, spec))
 
         def losses_of(z: Tensor) -> Tensor:
-            return loss_values(self.loss, tree_unflatten(plain[:position] + [z] + plain[position + 1 :], spec), targets, batch)
+            return loss_values(self.loss, tree_unflatten([*plain[:position], z, *plain[position + 1 :]], spec), targets, batch)
 
         return plain[position], losses_of
 
@@ -210,8 +210,8 @@ class LossStep:
         except RuntimeError:
             rows = [torch.autograd.grad(losses[i], self.params, retain_graph=True, allow_unused=True) for i in range(batch)]
             grads = [torch.stack([r[k] if r[k] is not None else torch.zeros_like(p) for r in rows]) for k, p in enumerate(self.params)]
-        grads = [torch.zeros(batch, *p.shape, dtype=p.dtype, device=p.device) if g is None else g.detach() for g, p in zip(grads, self.params)]
+        grads = [torch.zeros(batch, *p.shape, dtype=p.dtype, device=p.device) if g is None else g.detach() for g, p in zip(grads, self.params, strict=True)]
         v = [self.scorer.v[n] for n in self.scorer.names]
-        dot = sum(g.flatten(1) @ t.reshape(-1).to(g.dtype) for g, t in zip(grads, v))
+        dot = sum(g.flatten(1) @ t.reshape(-1).to(g.dtype) for g, t in zip(grads, v, strict=True))
         sqnorm = sum(g.flatten(1).pow(2).sum(1) for g in grads)
         return mimic_projection(dot, self.scorer.v_norm, sqnorm), grads

@@ -210,4 +210,4 @@ def train_tower_batches(model: DualEncoder, batches: TensorBatches, config: Trai
 def draw_counts(counts: Tensor) -> dict[str, float]:
     """How many captions the photos carry: a run's summary line."""
     values = np.asarray(counts.cpu().numpy(), dtype=np.int64)
-    return {"photos": int(len(values)), "captions": int(values.sum()), "max_per_photo": int(values.max(initial=0))}
+    return {"photos": len(values), "captions": int(values.sum()), "max_per_photo": int(values.max(initial=0))}

@@ -210,7 +210,7 @@ class FilterControls(Viewer):
         text = (f'<div class="me-kept">Kept: {counts.kept} of {counts.total}</div>'
                 f'<div class="me-sub">{share:.1f} % kept · {counts.dropped} dropped · {html.escape(detail)}'
                 + (f" (alone {first.kept})" if counts.clauses else "") + "</div>")
-        for clause, part in zip(model.more, (counts.clauses or [])[1:]):
+        for clause, part in zip(model.more, (counts.clauses or [])[1:], strict=False):
             rule = clause.clause()
             part_cut = self.state.cut(part)
             resolved = f" → ≥ {part_cut:.4g}" if rule.kind != "threshold" and part_cut is not None else ""

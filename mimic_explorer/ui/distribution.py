@@ -35,7 +35,7 @@ class Distribution(Viewer):
         self.log = pn.widgets.Checkbox.from_param(self.param.log_counts, label="Log counts")
         self.histogram = pn.pane.HoloViews(self._histogram_plot(), sizing_mode="stretch_width", height=330)
         frame = self._table_frame()
-        editors = {c: None for c in frame.columns}
+        editors = dict.fromkeys(frame.columns)
         if state.has_classes:
             editors["override"] = {"type": "number", "step": 0.01}
         widths = {"samples": 55, "override": 82} if state.has_classes else {"samples": 55, "class": 210}  # rules in words

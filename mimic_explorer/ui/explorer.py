@@ -69,7 +69,7 @@ class Explorer(Viewer):
         self.state = ExplorerState(self.run, given.get("column"))
         self.notice = Notice()
         self.filter = FilterModel(columns=self.state.score_columns, column=self.state.column,
-                                  threshold=self.state.default_threshold(), keep_count=int(round(0.7 * self.state.total)))
+                                  threshold=self.state.default_threshold(), keep_count=round(0.7 * self.state.total))
         restored = self._restore() if restore and not ({"rule", "threshold", "quantile", "top_fraction", "keep_count"} & set(given)) else None
         self.filter.param.update(**given)
         self.live = LiveCounts(self.state, self.filter, self.notice.show)

@@ -14,7 +14,8 @@ clause's parameters and ``more`` and nothing else.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import param
 
@@ -176,7 +177,7 @@ class FilterModel(ClauseModel):
         self.set_rule(rule_in_spec(spec))
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], columns: Sequence[str] | None = None) -> "FilterModel":
+    def from_spec(cls, spec: dict[str, Any], columns: Sequence[str] | None = None) -> FilterModel:
         """A model holding the rule of ``spec`` (verified as in ``set_from_spec``); ``columns``: the run's
         score columns (default: the spec's)."""
         rule = rule_in_spec(spec)

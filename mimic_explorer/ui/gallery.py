@@ -11,7 +11,8 @@ title and is in the detail view.
 from __future__ import annotations
 
 import html
-from typing import Callable
+from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -106,7 +107,7 @@ def gallery_html(samples: pd.DataFrame, positions: np.ndarray, thumbs: Thumbnail
     has_pred = "pred" in samples.columns
     cards = [
         card_html(pos, row, thumbs.uri(row.sample_id, pos), label_name, score_column, has_pred, has_classes)
-        for pos, row in zip(positions.tolist(), rows.itertuples(index=False))
+        for pos, row in zip(positions.tolist(), rows.itertuples(index=False), strict=True)
     ]
     kind = " pairs" if "caption" in samples.columns else ""
     return f'<div class="me-grid{kind}">' + "".join(cards) + "</div>"
@@ -119,7 +120,7 @@ class Gallery(JSComponent):
     dropped = param.List(default=[], item_type=int, doc="Row positions of the shown cards that the filter drops.")
 
     _esm = ESM
-    _stylesheets = [CSS]
+    _stylesheets: ClassVar[list[str]] = [CSS]
 
     def __init__(self, **params):
         super().__init__(**params)

@@ -9,7 +9,7 @@ clause: new ranges, histograms and galleries), never the rule itself.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import param
 
@@ -55,6 +55,6 @@ class LiveCounts(param.Parameterized):
             self.notify(str(exc), "danger")
             return
         self.model.resolved_cut = self.state.cut(counts)
-        for clause, part in zip(self.model.more, (counts.clauses or [])[1:]):
+        for clause, part in zip(self.model.more, (counts.clauses or [])[1:], strict=False):
             clause.resolved_cut = self.state.cut(part)
         self.counts = counts

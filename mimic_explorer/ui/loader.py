@@ -17,7 +17,7 @@ class DemoBuild:
     """A single background ``mimic-explorer demo`` run whose progress is readable from any thread."""
 
     _lock = threading.Lock()
-    _current: "DemoBuild | None" = None
+    _current: DemoBuild | None = None
 
     def __init__(self, out: Path):
         self.out = out
@@ -41,7 +41,7 @@ class DemoBuild:
                 self._proc.kill()
 
     @classmethod
-    def shared(cls, out: Path) -> "DemoBuild":
+    def shared(cls, out: Path) -> DemoBuild:
         with cls._lock:
             if cls._current is None or (cls._current.returncode not in (None, 0)):
                 cls._current = cls(out)
@@ -58,7 +58,7 @@ class DemoBuild:
                 text = line.decode(errors="replace").strip()
                 if text:
                     self.last_line = text
-                    tail = (tail + [text])[-5:]
+                    tail = [*tail, text][-5:]
         self.returncode = self._proc.wait()
         if self.returncode != 0:
             self.error = "\n".join(tail)

@@ -152,7 +152,7 @@ class MoreViews(Viewer):
         ids = samples["sample_id"].iloc[positions].astype(str).tolist() if positions else []
         frame = self.epochs.trajectories(ids, [signal])
         noisy = self.state.counter.noisy  # all False without ground truth
-        labels = {sid: f"{sid} ({self.state.noisy_word})" if noisy[pos] else sid for pos, sid in zip(positions, ids)}
+        labels = {sid: f"{sid} ({self.state.noisy_word})" if noisy[pos] else sid for pos, sid in zip(positions, ids, strict=True)}
         return pn.pane.HoloViews(plots.trajectories_element(frame, signal, labels), sizing_mode="stretch_width")
 
     def __panel__(self):

@@ -17,12 +17,12 @@ from pathlib import Path
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.util.cache import demo_run_dir
+from mimic_explorer.store.listing import is_run_dir
 from mimic_explorer.store.reader import RunError, read_meta
 from mimic_explorer.ui.explorer import Explorer
 from mimic_explorer.ui.loader import DemoBuild
-from mimic_explorer.store.listing import is_run_dir
 from mimic_explorer.ui.runs import RunPicker
+from mimic_explorer.util.cache import demo_run_dir
 
 TITLE = "mimic_explorer"
 log = logging.getLogger("mimic_explorer.app")
@@ -39,7 +39,7 @@ def open_explorer(path: Path) -> Explorer | pn.pane.Alert:
     except RunError as exc:
         log.warning("cannot open %s: %s", path, exc)
         return error_alert(str(exc))
-    except Exception as exc:  # a corrupt parquet file or similar: say so in the page, not as a traceback
+    except Exception as exc:  # noqa: BLE001 - a corrupt parquet file or similar: said in the page, not as a traceback
         log.warning("cannot open %s: %s: %s", path, type(exc).__name__, exc)
         return error_alert(f"{path} could not be read ({type(exc).__name__}: {exc}).")
 

@@ -8,7 +8,7 @@ lines move on each change, and they move in Bokeh directly (``Spans``).
 from __future__ import annotations
 
 import holoviews as hv
-import holoviews.plotting.bokeh  # noqa: F401  (options below are bokeh options; works without hv.extension)
+import holoviews.plotting.bokeh  # options below are bokeh options; works without hv.extension
 import numpy as np
 import pandas as pd
 

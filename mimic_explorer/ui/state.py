@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from mimic_explorer.filters.rules import CompoundRule, FilterResult, FilterRule, Rule, apply_rule, describe, has_classes
-from mimic_explorer.store.histogram import Histogram, histogram, robust_range  # noqa: F401  (the views import them from here)
-from mimic_explorer.store.index_build import NON_SCORE_COLUMNS  # noqa: F401  (identities and categories)
+from mimic_explorer.store.histogram import Histogram, histogram, robust_range  # the views import them from here
+from mimic_explorer.store.index_build import NON_SCORE_COLUMNS  # identities and categories
 from mimic_explorer.store.reader import Run
 from mimic_explorer.store.sample_columns import SampleColumns, indexed_samples
 from mimic_explorer.ui.counting import Counts, RuleCounter, SampleGroups, compound_counts
@@ -249,8 +249,8 @@ class ExplorerState:
         """Before and after over the whole pool (a pool without classes): one row for the filter, and
         for an AND one row per clause first, each counted alone, so a person sees which clause cuts."""
         rows = []
-        parts = list(zip(rule.clauses, counts.clauses)) if rule is not None and counts.clauses else []
-        for clause, part in parts + [(None, counts)]:
+        parts = list(zip(rule.clauses, counts.clauses, strict=False)) if rule is not None and counts.clauses else []
+        for clause, part in [*parts, (None, counts)]:
             row = {"class": describe(clause) if clause is not None else ("all clauses (AND)" if parts else "all samples"),
                    "samples": part.total, "kept": part.kept, "dropped": part.dropped,
                    "retained %": round(100 * part.kept / max(part.total, 1), 1),

@@ -8,7 +8,7 @@ tell whether model and reference started from the same weights.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

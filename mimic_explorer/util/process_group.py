@@ -19,6 +19,7 @@ Standard library only (see the layers in docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -126,7 +127,5 @@ def _stop_group(proc: subprocess.Popen, pgid: int, stop_timeout: float) -> None:
             return
         time.sleep(0.05)
     _signal_group(pgid, signal.SIGKILL)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=stop_timeout)
-    except subprocess.TimeoutExpired:
-        pass
