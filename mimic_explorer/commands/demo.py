@@ -117,11 +117,24 @@ def _prepare(options: DemoOptions, ctx: DistContext, device: str) -> Prepared[De
     test, pool = data.subset(order[:n_test]), data.subset(np.sort(order[n_test:]))
     noisy = symmetric_noise(pool.labels, config.noise_rate, len(data.class_names), seed=config.seed)
     init = MLP(pool.images[0].size, len(data.class_names), (config.hidden,))
-    fingerprints = {"data": dataset_fingerprint(pool.sample_ids, noisy.labels), "init": state_fingerprint(init.state_dict())}
-    facts = dict(class_names=data.class_names, source={"spec": "digits", "root": None}, method=config.method,
-                 reference={"kind": "clean-label training from the same init", "epochs": config.reference_epochs},
-                 noise={"kind": "symmetric", "rate": config.noise_rate, "seed": config.seed, "flipped": int(noisy.is_noisy.sum())},
-                 same_init=True, stage2={"binarisation": "weight", "aggregation": "majority"})
+    fingerprints = {
+        "data": dataset_fingerprint(pool.sample_ids, noisy.labels),
+        "init": state_fingerprint(init.state_dict()),
+    }
+    facts = dict(
+        class_names=data.class_names,
+        source={"spec": "digits", "root": None},
+        method=config.method,
+        reference={"kind": "clean-label training from the same init", "epochs": config.reference_epochs},
+        noise={
+            "kind": "symmetric",
+            "rate": config.noise_rate,
+            "seed": config.seed,
+            "flipped": int(noisy.is_noisy.sum()),
+        },
+        same_init=True,
+        stage2={"binarisation": "weight", "aggregation": "majority"},
+    )
     return Prepared(DemoInputs(pool, test, noisy, list(data.class_names), init), fingerprints, facts)
 
 
@@ -159,7 +172,9 @@ def _run(run: DemoRun) -> RunOutcome:
     scores = pd.concat(parts, ignore_index=True)
 
     signals = evaluate_signals(model, reference, x_pool, y_noisy)
-    samples = samples_table(pool.sample_ids, np.full(len(pool), pool.source), noisy.labels, noisy.true_labels, noisy.is_noisy)
+    samples = samples_table(
+        pool.sample_ids, np.full(len(pool), pool.source), noisy.labels, noisy.true_labels, noisy.is_noisy
+    )
     samples = add_signals(samples, signals, pool.sample_ids[signals["index"]])
     samples = add_stage2(samples, scores, "weight", "majority")
     writer.write_samples(samples)

@@ -194,7 +194,9 @@ class _Finisher:
             else:
                 out[column] = result[column].to_numpy(dtype=np.float64)
         if self.combine:
-            for name, values in self.combined.columns(out["cos_mean"].to_numpy(), out["reference_loss"].to_numpy()).items():
+            for name, values in self.combined.columns(
+                out["cos_mean"].to_numpy(), out["reference_loss"].to_numpy()
+            ).items():
                 out[name] = values
         return out
 
@@ -211,8 +213,16 @@ def _last_per_sample(rows: pd.DataFrame, column: str, positions: np.ndarray) -> 
     return last.reindex(positions).to_numpy(dtype=object)
 
 
-def add_stage2(samples: pd.DataFrame, scores: pd.DataFrame, binarisation: str, aggregation: str, *,
-               positions: np.ndarray | None = None, total: int | None = None, cap: int = stage2.FIT_CAP) -> pd.DataFrame:
+def add_stage2(
+    samples: pd.DataFrame,
+    scores: pd.DataFrame,
+    binarisation: str,
+    aggregation: str,
+    *,
+    positions: np.ndarray | None = None,
+    total: int | None = None,
+    cap: int = stage2.FIT_CAP,
+) -> pd.DataFrame:
     """The in-memory path: ``samples`` (base columns and signals, one row per sample) with Stage 2's
     columns added from ``scores`` (every score row), the whole pool as one range. ``positions``: each
     sample's pool position (default: from the score rows' ``position`` column, else the row order);
@@ -355,7 +365,9 @@ def _evaluate(column: Callable[[str], np.ndarray], names: list[str]) -> Finished
                 if not np.isfinite(util).all():
                     continue
                 own = column("combined_keep").astype(bool)[valid] if name == "combined_score" else None
-                evaluation[name] = detection_metrics(is_noisy, util, own if own is not None else threshold_at_quality(util, quality))
+                evaluation[name] = detection_metrics(
+                    is_noisy, util, own if own is not None else threshold_at_quality(util, quality)
+                )
     if evaluation:
         summary["detection"] = evaluation["mimic_score"]
         summary["true_quality"] = evaluation["mimic_score"]["true_quality"]
@@ -382,5 +394,7 @@ def format_evaluation(evaluation: dict[str, dict[str, float]]) -> str:
                  f"(error {m['quality_error']:+.3f})")
     if "combined_score" in evaluation:
         c = evaluation["combined_score"]
-        lines.append(f"combined_score quality: estimated {c['estimated_quality']:.3f} (error {c['quality_error']:+.3f})")
+        lines.append(
+            f"combined_score quality: estimated {c['estimated_quality']:.3f} (error {c['quality_error']:+.3f})"
+        )
     return "\n".join(lines)

@@ -52,8 +52,10 @@ def _validate_image_text_options(options: Any) -> None:
     rate = getattr(options, "caption_noise", 0.0)
     _require(0.0 <= rate < 1.0, f"--caption-noise must be in [0, 1), got {rate}")
     frozen = getattr(options, "frozen_towers", False)
-    _require(not (frozen and getattr(options, "frozen_image_tower", False)),
-             "give either --frozen-towers (both towers frozen) or --frozen-image-tower (the text tower trains), not both")
+    _require(
+        not (frozen and getattr(options, "frozen_image_tower", False)),
+        "give either --frozen-towers (both towers frozen) or --frozen-image-tower (the text tower trains), not both",
+    )
     _require(not (frozen and getattr(options, "all_captions", False)),
              "--all-captions draws a caption each time a photo enters a batch, which needs a text tower that runs "
              "every step; --frozen-towers computes each pair's tower outputs once: drop one of them")
@@ -121,10 +123,14 @@ class CommonOptions:
         preprocessing overrides readable (``PreprocessingError``, a ``ValueError``, names the bad part)."""
         family = parse_arch(self.arch).family
         if self.pretrained not in (False, None):
-            _require(not self.init, "pass either --pretrained (the model's published weights) or --init (a local file), "
-                                    "not both")
-            _require(family in PRETRAINED_FAMILIES,
-                     f"--pretrained applies to timm:NAME and torchvision models, not to {self.arch!r}; pass --init with a file")
+            _require(
+                not self.init,
+                "pass either --pretrained (the model's published weights) or --init (a local file), not both",
+            )
+            _require(
+                family in PRETRAINED_FAMILIES,
+                f"--pretrained applies to timm:NAME and torchvision models, not to {self.arch!r}; pass --init with a file",
+            )
             _require(not isinstance(self.pretrained, str),
                      f"--pretrained {self.pretrained!r}: a TAG names open_clip weights; {family} models take no tag "
                      "(timm: --arch timm:NAME.TAG; torchvision: --arch torchvision:NAME:WEIGHTS; --pretrained alone: "

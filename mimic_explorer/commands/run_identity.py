@@ -18,7 +18,9 @@ from mimic_explorer.util.distributed import DistContext
 
 
 def make_run_id(command: str, identity: dict, fingerprints: dict) -> str:
-    payload = json.dumps({"command": command, "options": identity, "fingerprints": fingerprints}, sort_keys=True, default=str)
+    payload = json.dumps(
+        {"command": command, "options": identity, "fingerprints": fingerprints}, sort_keys=True, default=str
+    )
     return f"{command}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 

@@ -108,7 +108,9 @@ def _concat(rows: list) -> pd.DataFrame:
     return pa.concat_tables(rows)
 
 
-def _thumbnail_the_rest(job: Job, options: ScoreOptions, thumbs: ThumbnailWriter, chunks, thumbnailed: set[int]) -> None:
+def _thumbnail_the_rest(
+    job: Job, options: ScoreOptions, thumbs: ThumbnailWriter, chunks, thumbnailed: set[int]
+) -> None:
     """Rank 0's thumbnails of the samples it did not decode while scoring: other ranks' chunks, its own
     chunks scored before an interruption, a linear probe's (scored from features) — without them the
     app shows no image. Bad samples are not recorded again: the chunk that scored them did."""

@@ -41,16 +41,28 @@ def _prepare(options: TrainOptions, ctx: DistContext, device: str) -> Prepared[J
 
 
 def _config(options: TrainOptions, device: str) -> TrainConfig:
-    return TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, weight_decay=options.weight_decay,
-                       optimizer=options.optimizer, method=options.method, temperature=options.temperature,
-                       reweight=options.reweight, starting_epoch=options.starting_epoch, seed=options.seed, device=device)
+    return TrainConfig(
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        weight_decay=options.weight_decay,
+        optimizer=options.optimizer,
+        method=options.method,
+        temperature=options.temperature,
+        reweight=options.reweight,
+        starting_epoch=options.starting_epoch,
+        seed=options.seed,
+        device=device,
+    )
 
 
 def _non_finite(job: Job, exc: NonFiniteLossError, positions) -> ValueError:
     ids = [str(job.sample_ids[positions[p]]) for p in exc.positions]
     more = f" (+{len(ids) - 10} more)" if len(ids) > 10 else ""
-    return ValueError(f"non-finite loss for {job.task.noun}(s) {', '.join(ids[:10])}{more}; the run is marked failed and "
-                      "the epochs already recorded are kept")
+    return ValueError(
+        f"non-finite loss for {job.task.noun}(s) {', '.join(ids[:10])}{more}; the run is marked failed and "
+        "the epochs already recorded are kept"
+    )
 
 
 def _train_and_finalize(run: TrainRun) -> RunOutcome:

@@ -44,7 +44,9 @@ def decode_caption(data: bytes | str | None) -> tuple[str | None, str | None]:
     return text, None
 
 
-def pool_kind(labelled: np.ndarray, captioned: np.ndarray, names: Sequence[str], spec: str, label_mark: str, caption_mark: str) -> str:
+def pool_kind(
+    labelled: np.ndarray, captioned: np.ndarray, names: Sequence[str], spec: str, label_mark: str, caption_mark: str
+) -> str:
     """``PAIRS`` when some samples carry a caption and none a label, else ``LABELLED``.
 
     ``labelled`` / ``captioned`` are per-sample flags (a sample with both counts as labelled: a caption

@@ -23,7 +23,9 @@ class ArrayDataset:
         return len(self.labels)
 
     def subset(self, index: np.ndarray) -> ArrayDataset:
-        return ArrayDataset(self.sample_ids[index], self.images[index], self.labels[index], self.class_names, self.source)
+        return ArrayDataset(
+            self.sample_ids[index], self.images[index], self.labels[index], self.class_names, self.source
+        )
 
 
 def load_digits_dataset() -> ArrayDataset:

@@ -124,7 +124,9 @@ def max_file_bytes() -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise DataSourceError(f"{MAX_FILE_BYTES_ENV}={raw!r} is not a positive whole number of bytes (default {MAX_FILE_BYTES})")
+        raise DataSourceError(
+            f"{MAX_FILE_BYTES_ENV}={raw!r} is not a positive whole number of bytes (default {MAX_FILE_BYTES})"
+        )
     return value
 
 
@@ -135,8 +137,17 @@ def file_problem(st: os.stat_result, max_bytes: int) -> str | None:
     if stat.S_ISDIR(mode):
         return "is a directory, not a file"
     if not stat.S_ISREG(mode):
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
-                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+        kind = (
+            "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a character device"
+            if stat.S_ISCHR(mode)
+            else "a block device"
+            if stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a special file"
+        )
         return f"is {kind}, not a regular file"
     if st.st_size > max_bytes:
         return f"file too large ({st.st_size:,} bytes; the cap is {max_bytes:,}, set {MAX_FILE_BYTES_ENV} to change it)"
@@ -186,7 +197,9 @@ def read_file(path: str | os.PathLike, sample_id: str = "", max_bytes: int | Non
     cannot hang the run. At most ``max_bytes`` + 1 bytes are read, even from a file that grows."""
     max_bytes = max_file_bytes() if max_bytes is None else max_bytes
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
+        fd = os.open(
+            path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+        )
     except OSError as exc:
         raise BadSampleError(BadSample(str(sample_id), str(path), _os_reason(exc))) from None
     try:

@@ -91,7 +91,10 @@ def _missing(series: pd.Series) -> np.ndarray:
 
 def _blank_captions(series: pd.Series) -> np.ndarray:
     """``_missing`` for a caption column, which may hold bytes or undecodable (surrogate) text."""
-    return np.asarray([decode_caption(None if _is_na(v) else v)[1] in (NO_CAPTION, EMPTY_CAPTION) for v in series.tolist()], dtype=bool)
+    return np.asarray(
+        [decode_caption(None if _is_na(v) else v)[1] in (NO_CAPTION, EMPTY_CAPTION) for v in series.tolist()],
+        dtype=bool,
+    )
 
 
 def _is_na(value: object) -> bool:
@@ -187,7 +190,9 @@ class ManifestSource(FileSource):
         ids = [ids[k] for k in rows]
         paths = [paths[k] for k in rows]
         if len(rows) == 0:
-            raise DataSourceError(f"{spec}: no manifest row has both a path and a usable label ({_preview(b.reason for b in open_errors)})")
+            raise DataSourceError(
+                f"{spec}: no manifest row has both a path and a usable label ({_preview(b.reason for b in open_errors)})"
+            )
 
         columns = [_LabelColumn("label", integer, [label_cells[k] for k in rows], [parsed[k] for k in rows], rows, ids)]
         if "true_label" in table.columns:
@@ -202,10 +207,14 @@ class ManifestSource(FileSource):
         labels, *truth = [column.indices(spec, class_names, declared_from) for column in columns]
 
         self._set_paths(paths)
-        super().__init__(spec, ids, labels, class_names, true_labels=truth[0] if truth else None, open_errors=open_errors)
+        super().__init__(
+            spec, ids, labels, class_names, true_labels=truth[0] if truth else None, open_errors=open_errors
+        )
 
     @staticmethod
-    def _parse_labels(spec: str, table: pd.DataFrame, cells: list, labelled: np.ndarray) -> tuple[bool, list[int | None]]:
+    def _parse_labels(
+        spec: str, table: pd.DataFrame, cells: list, labelled: np.ndarray
+    ) -> tuple[bool, list[int | None]]:
         """(the label column holds integers, each row's integer or None) over the rows with a label
         (``data.labels``); a column mixed beyond repair is an error naming a row of each kind."""
         rows = np.flatnonzero(labelled)
@@ -229,7 +238,9 @@ class ManifestSource(FileSource):
             return "manifest row has no path"
         if bad_label[k]:
             return "manifest row has no label"
-        return f"label {_quoted(cells[k])} in row {k + 1} is not an integer class index (the label column holds integers)"
+        return (
+            f"label {_quoted(cells[k])} in row {k + 1} is not an integer class index (the label column holds integers)"
+        )
 
     @staticmethod
     def _parse_truth(spec: str, series: pd.Series, rows: np.ndarray, ids: list[str]) -> _LabelColumn:
@@ -237,7 +248,9 @@ class ManifestSource(FileSource):
         non-integer in an integer column is an error naming the row, not a bad sample."""
         missing = _missing(series)[rows]
         if missing.any():
-            raise DataSourceError(f"{spec}: true_label is empty in {int(missing.sum())} row(s) (first: row {rows[missing][0] + 1}); give it for every row or drop the column")
+            raise DataSourceError(
+                f"{spec}: true_label is empty in {int(missing.sum())} row(s) (first: row {rows[missing][0] + 1}); give it for every row or drop the column"
+            )
         cells = series.tolist()
         cells = [cells[k] for k in rows]
         integer, parsed = parse_column(cells, _numeric(series))
@@ -256,11 +269,20 @@ class ManifestSource(FileSource):
         named = [column for column in columns if not column.integer]
         if named:
             return sorted(set().union(*({cell_text(c, limit=10**6) for c in column.cells} for column in named)))
-        column, j = max(((column, j) for column in columns for j in range(len(column.cells))), key=lambda cj: cj[0].parsed[cj[1]])
+        column, j = max(
+            ((column, j) for column in columns for j in range(len(column.cells))), key=lambda cj: cj[0].parsed[cj[1]]
+        )
         top, samples = column.parsed[j], len(column.cells)
         if too_many_implied(top, samples):
-            where = f"in row {column.rows[j] + 1} (sample {column.ids[j]!r})" + ("" if column.name == "label" else " of true_label")
-            raise DataSourceError(f"{spec}: " + implied_classes_message(_quoted(column.cells[j]), where, top, samples, "in classes.txt beside the manifest"))
+            where = f"in row {column.rows[j] + 1} (sample {column.ids[j]!r})" + (
+                "" if column.name == "label" else " of true_label"
+            )
+            raise DataSourceError(
+                f"{spec}: "
+                + implied_classes_message(
+                    _quoted(column.cells[j]), where, top, samples, "in classes.txt beside the manifest"
+                )
+            )
         return [str(k) for k in range(max(top, 0) + 1)]
 
 
@@ -271,13 +293,19 @@ class ManifestSource(FileSource):
             dtype=object,
         )
 
-    def _open_pairs(self, spec: str, cells: list, ids: list[str], paths: list[str | None], bad_path: np.ndarray) -> None:
+    def _open_pairs(
+        self, spec: str, cells: list, ids: list[str], paths: list[str | None], bad_path: np.ndarray
+    ) -> None:
         """Open an image-text manifest: a row needs a path and a usable caption, else it is a bad sample."""
         captions, open_errors, good = [], [], []
         for k, cell in enumerate(cells):
             text, reason = decode_caption(None if _is_na(cell) else cell)
             if bad_path[k] or text is None:
-                why = "manifest row has no path" if bad_path[k] else ("manifest row has no caption" if reason in (NO_CAPTION, EMPTY_CAPTION) else reason)
+                why = (
+                    "manifest row has no path"
+                    if bad_path[k]
+                    else ("manifest row has no caption" if reason in (NO_CAPTION, EMPTY_CAPTION) else reason)
+                )
                 open_errors.append(BadSample(ids[k], paths[k] or "", why))
                 continue
             captions.append(text)

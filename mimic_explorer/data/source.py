@@ -39,7 +39,9 @@ def check_unique_ids(sample_ids: np.ndarray, what: str) -> None:
     if len(ids) != len(set(ids.tolist())):
         values, counts = np.unique(ids.astype(str), return_counts=True)
         dupes = values[counts > 1]
-        raise DataSourceError(f"duplicate sample ids in {what}: {_preview(dupes.tolist())}; every sample needs a unique id")
+        raise DataSourceError(
+            f"duplicate sample ids in {what}: {_preview(dupes.tolist())}; every sample needs a unique id"
+        )
     twins = uid_case_twins(ids.tolist())
     if twins:
         raise DataSourceError(f"sample ids in {what} {uid_twins_text(twins)}")
@@ -74,7 +76,9 @@ def uid_twins_text(twins: list[list[str]], where=lambda uid: "") -> str:
             "ignore case; every pair needs a unique uid")
 
 
-def check_labels(labels: np.ndarray, class_names: Sequence[str], sample_ids: np.ndarray, what: str, column: str = "label") -> None:
+def check_labels(
+    labels: np.ndarray, class_names: Sequence[str], sample_ids: np.ndarray, what: str, column: str = "label"
+) -> None:
     """Raise ``DataSourceError`` when a label is outside 0..len(class_names)-1, naming the samples."""
     labels = np.asarray(labels)
     bad = (labels < 0) | (labels >= len(class_names))
@@ -216,7 +220,9 @@ class Source:
         except BadSampleError:
             raise
         except Exception as exc:  # a reader failure is one bad sample
-            raise BadSampleError(BadSample(self.sample_ids[i], self.source_of(i), f"{type(exc).__name__}: {exc}")) from exc
+            raise BadSampleError(
+                BadSample(self.sample_ids[i], self.source_of(i), f"{type(exc).__name__}: {exc}")
+            ) from exc
 
     def index_of(self, sample_id: str) -> int:
         """Position of a sample id (the app looks samples up by id)."""
@@ -291,7 +297,10 @@ class Source:
         digest.update(b"\x1e")
         sizes = self.sizes()
         second = self.labels.tolist() if self.captions is None else self.captions.tolist()
-        rows = "\n".join(f"{sid}\t{lab}\t{size}" for sid, lab, size in zip(self.sample_ids.tolist(), second, sizes.tolist(), strict=True))
+        rows = "\n".join(
+            f"{sid}\t{lab}\t{size}"
+            for sid, lab, size in zip(self.sample_ids.tolist(), second, sizes.tolist(), strict=True)
+        )
         digest.update(rows.encode())
         if self.true_labels is not None:
             digest.update(b"\x1etrue:")

@@ -95,7 +95,12 @@ def restrict_to_keep_list(source: Source, keep: KeepList) -> tuple[SubsetSource,
         raise DataSourceError(
             f"--subset {keep.path}: none of its {len(listed)} id(s) is a usable sample of {source.spec} "
             f"(listed e.g. {_preview(listed.tolist()[:EXAMPLES])}; the pool has e.g. {_preview(pool_ids.tolist()[:EXAMPLES])})"
-            + hint + ("; the listed samples it holds are unusable: " + _preview(b.reason for b in unusable) if unusable else "")
+            + hint
+            + (
+                "; the listed samples it holds are unusable: " + _preview(b.reason for b in unusable)
+                if unusable
+                else ""
+            )
         )
     facts = {**keep.describe(), "pool_samples": len(source), "kept": len(positions), "unusable": len(unusable),
              "missing": len(missing), "missing_examples": missing[:EXAMPLES]}
@@ -103,5 +108,6 @@ def restrict_to_keep_list(source: Source, keep: KeepList) -> tuple[SubsetSource,
     if missing:
         warnings.append(
             f"SUBSET: {len(missing)} of the {len(listed)} id(s) in --subset {keep.path} are not in the pool {source.spec} "
-            f"(e.g. {', '.join(missing[:EXAMPLES])}); the run uses the {len(positions)} listed sample(s) it has")
+            f"(e.g. {', '.join(missing[:EXAMPLES])}); the run uses the {len(positions)} listed sample(s) it has"
+        )
     return SubsetSource(source, positions, open_errors=unusable), SubsetReport(facts, warnings)

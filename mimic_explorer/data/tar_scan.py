@@ -53,7 +53,9 @@ class TarScan:
                 data_end = member.offset_data + (member.size if member.isreg() else 0)
                 if data_end > self.size:
                     present = max(self.size - member.offset_data, 0)
-                    self._stop(member.offset, f"member {member.name} is cut off, {present} of {member.size} data bytes present")
+                    self._stop(
+                        member.offset, f"member {member.name} is cut off, {present} of {member.size} data bytes present"
+                    )
                     self.cut_member = member.name
                     return
                 yield member
@@ -81,4 +83,6 @@ class TarScan:
         elif len(block) < BLOCK:
             self._stop(offset, f"a member header there is cut off, {len(block)} of {BLOCK} bytes present")
         else:
-            self._stop(offset, "the member header there is damaged (not a tar header), so nothing after it can be found")
+            self._stop(
+                offset, "the member header there is damaged (not a tar header), so nothing after it can be found"
+            )

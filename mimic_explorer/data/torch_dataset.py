@@ -40,7 +40,11 @@ def _load_item(source: Source, transform: Transform, i: int):
     try:
         return i, transform(image), int(source.labels[i])
     except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image is one bad sample
-        return i, None, BadSample(source.sample_ids[i], source.source_of(i), f"transform failed ({type(exc).__name__}: {exc})")
+        return (
+            i,
+            None,
+            BadSample(source.sample_ids[i], source.source_of(i), f"transform failed ({type(exc).__name__}: {exc})"),
+        )
 
 
 class SourceDataset(Dataset):
@@ -50,7 +54,14 @@ class SourceDataset(Dataset):
     Use ``collate_good`` as the DataLoader's ``collate_fn``.
     """
 
-    def __init__(self, source: Source, transform: Transform | None = None, *, arch: str | None = None, indices: Sequence[int] | None = None):
+    def __init__(
+        self,
+        source: Source,
+        transform: Transform | None = None,
+        *,
+        arch: str | None = None,
+        indices: Sequence[int] | None = None,
+    ):
         self.source = source
         self.transform = transform if transform is not None else default_transform(arch)
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -156,7 +167,12 @@ def load_tensors(
         try:
             return i, image, transform(image), None
         except Exception as exc:  # noqa: BLE001
-            return i, None, None, BadSample(source.sample_ids[i], source.source_of(i), f"transform failed ({type(exc).__name__}: {exc})")
+            return (
+                i,
+                None,
+                None,
+                BadSample(source.sample_ids[i], source.source_of(i), f"transform failed ({type(exc).__name__}: {exc})"),
+            )
 
     positions, tensors = [], []
     results: Iterable

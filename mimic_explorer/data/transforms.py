@@ -57,19 +57,27 @@ class ImageTransform:
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) != 3:
-                raise ValueError(f"preprocessing {name} needs 3 values (one per RGB channel), got {len(values)}: {list(values)}")
+                raise ValueError(
+                    f"preprocessing {name} needs 3 values (one per RGB channel), got {len(values)}: {list(values)}"
+                )
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if any(v <= 0 for v in self.std):
             raise ValueError(f"preprocessing std values must be > 0, got {list(self.std)}")
         if self.interpolation not in _RESAMPLE:
-            raise ValueError(f"preprocessing interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+            raise ValueError(
+                f"preprocessing interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+            )
         if self.crop_mode not in CROP_MODES:
             raise ValueError(f"preprocessing crop_mode {self.crop_mode!r} is not one of {', '.join(CROP_MODES)}")
 
     @classmethod
     def from_description(cls, description: dict) -> ImageTransform:
         """The transform a ``describe()`` dict (meta.json, a checkpoint's sidecar) stands for."""
-        known = {k: description[k] for k in ("resize", "crop", "mean", "std", "interpolation", "crop_mode") if k in description}
+        known = {
+            k: description[k]
+            for k in ("resize", "crop", "mean", "std", "interpolation", "crop_mode")
+            if k in description
+        }
         return cls(**known)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:

@@ -98,7 +98,9 @@ class TorchvisionSource(Source):
         try:
             self.dataset = cls(str(root.resolve()), **kwargs)
         except ImportError as exc:
-            raise DataSourceError(f"{spec}: torchvision.datasets.{cls.__name__} needs a package that is missing: {exc}") from exc
+            raise DataSourceError(
+                f"{spec}: torchvision.datasets.{cls.__name__} needs a package that is missing: {exc}"
+            ) from exc
         except Exception as exc:  # torchvision raises RuntimeError/FileNotFoundError/…
             raise DataSourceError(
                 f"{spec}: torchvision.datasets.{cls.__name__} is not on disk under {root} "

@@ -180,7 +180,9 @@ def build_shard_index(shard: str) -> ShardIndex:
                     entry["img"] = (member.offset_data, member.size, ext)
             elif ext == "cls":
                 entry["cls"] = (member.offset_data, member.size)
-                entry["label"], entry["state"] = _cls_label(os.pread(fd, min(member.size, _CLS_READ), member.offset_data), member.size)
+                entry["label"], entry["state"] = _cls_label(
+                    os.pread(fd, min(member.size, _CLS_READ), member.offset_data), member.size
+                )
             elif ext in ("txt", "json"):
                 entry[ext] = (member.offset_data, member.size)
     except tarfile.ReadError as exc:
@@ -287,7 +289,11 @@ class WdsSource(Source):
             parts.append(index)
             self.index_files.append(path)
         shard_of = np.concatenate([np.full(len(p.keys), s, np.int32) for s, p in enumerate(parts)])
-        cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ShardIndex.__dataclass_fields__ if f not in _PACKED + _PER_SHARD}
+        cat = {
+            f: np.concatenate([getattr(p, f) for p in parts])
+            for f in ShardIndex.__dataclass_fields__
+            if f not in _PACKED + _PER_SHARD
+        }
         keys = cat["keys"].astype(object)
         self._shard_errors, self._shard_warnings, cut_reasons = self._truncations(parts)
         if len(keys) == 0:
@@ -303,7 +309,12 @@ class WdsSource(Source):
             )
         has_image = cat["offset"] >= 0
         kind = pool_kind(
-            has_image & (cat["label_state"] != LABEL_ABSENT), has_image & (cat["txt_offset"] >= 0), keys, spec, ".cls", ".txt without .cls"
+            has_image & (cat["label_state"] != LABEL_ABSENT),
+            has_image & (cat["txt_offset"] >= 0),
+            keys,
+            spec,
+            ".cls",
+            ".txt without .cls",
         )
         if kind == PAIRS:
             self._open_pairs(spec, parts, shard_of, keys, cat)
@@ -329,9 +340,13 @@ class WdsSource(Source):
 
     def _cls_text(self, k: int, shard_of: np.ndarray, cat: dict) -> str:
         """A ``.cls`` member's text as messages quote it."""
-        return repr(cell_text(self._read(int(shard_of[k]), int(cat["cls_offset"][k]), min(int(cat["cls_size"][k]), _CLS_READ))))
+        return repr(
+            cell_text(self._read(int(shard_of[k]), int(cat["cls_offset"][k]), min(int(cat["cls_size"][k]), _CLS_READ)))
+        )
 
-    def _open_labelled(self, spec: str, shard_of: np.ndarray, keys: np.ndarray, cat: dict, class_names: Sequence[str] | None) -> None:
+    def _open_labelled(
+        self, spec: str, shard_of: np.ndarray, keys: np.ndarray, cat: dict, class_names: Sequence[str] | None
+    ) -> None:
         """Open a labelled pool: a key without an image, one a truncation cut short and a ``.cls`` that
         is not an integer are bad samples; a missing ``.cls`` or a label outside the classes is an error."""
         has_image, state, cut = cat["offset"] >= 0, cat["label_state"], cat["incomplete"]
@@ -352,9 +367,13 @@ class WdsSource(Source):
                 return f"no image member ({'/'.join('.' + e for e in IMAGE_EXTENSIONS)})"
             return f"{keys[k]}.cls holds {self._cls_text(k, shard_of, cat)}: not an integer class index"
 
-        open_errors = [BadSample(keys[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reason(int(k))) for k in np.flatnonzero(~good)]
+        open_errors = [
+            BadSample(keys[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reason(int(k))) for k in np.flatnonzero(~good)
+        ]
         if not good.any():
-            raise DataSourceError(f"{spec}: no sample has both an image and a usable .cls label ({_preview(b.reason for b in open_errors)})")
+            raise DataSourceError(
+                f"{spec}: no sample has both an image and a usable .cls label ({_preview(b.reason for b in open_errors)})"
+            )
         class_names = self._class_names(spec, np.flatnonzero(good), shard_of, keys, cat, class_names)
         self._keep_members(good, keys, shard_of, cat)
         super().__init__(spec, keys[good], cat["label"][good], class_names, open_errors=open_errors,
@@ -378,13 +397,23 @@ class WdsSource(Source):
             top_k = good[np.argmax(labels[good])]
             top = int(labels[top_k])
             for k in good[state[good] == LABEL_HUGE]:  # beyond int64: the largest label, unless negative
-                value = parse_label(self._read(int(shard_of[k]), int(cat["cls_offset"][k]), min(int(cat["cls_size"][k]), _CLS_READ)))
+                value = parse_label(
+                    self._read(int(shard_of[k]), int(cat["cls_offset"][k]), min(int(cat["cls_size"][k]), _CLS_READ))
+                )
                 if value is not None and value > 0:
                     top_k, top = k, value
                     break
             if too_many_implied(top, len(good)):
-                raise DataSourceError(f"{spec}: " + implied_classes_message(
-                    self._cls_text(top_k, shard_of, cat), where(top_k), top, len(good), "in classes.txt beside the shards"))
+                raise DataSourceError(
+                    f"{spec}: "
+                    + implied_classes_message(
+                        self._cls_text(top_k, shard_of, cat),
+                        where(top_k),
+                        top,
+                        len(good),
+                        "in classes.txt beside the shards",
+                    )
+                )
             class_names, declared_from = [str(c) for c in range(max(top, 0) + 1)], "classes made from the labels"
         count = len(class_names)
         outside = good[(state[good] == LABEL_HUGE) | (labels[good] < 0) | (labels[good] >= count)]
@@ -406,7 +435,9 @@ class WdsSource(Source):
         self._json_offset = cat["json_offset"][keep]
         self._json_size = cat["json_size"][keep]
 
-    def _open_pairs(self, spec: str, parts: list[ShardIndex], shard_of: np.ndarray, keys: np.ndarray, cat: dict) -> None:
+    def _open_pairs(
+        self, spec: str, parts: list[ShardIndex], shard_of: np.ndarray, keys: np.ndarray, cat: dict
+    ) -> None:
         """Open an image-text pool: ids (the ``.json`` uid when there is one), captions, bad samples."""
         texts, uids = [], []
         for part in parts:
@@ -425,14 +456,20 @@ class WdsSource(Source):
             reasons[k] = why
         good = np.asarray([r is None for r in reasons], dtype=bool)
         self._refuse_duplicate_uids(spec, ids, good, keys, shard_of)
-        open_errors = [BadSample(ids[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reasons[k]) for k in np.flatnonzero(~good)]
+        open_errors = [
+            BadSample(ids[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reasons[k]) for k in np.flatnonzero(~good)
+        ]
         self._keep_members(good, keys, shard_of, cat)
         if not good.any():
-            raise DataSourceError(f"{spec}: no sample has both an image and a usable caption ({_preview(b.reason for b in open_errors)})")
+            raise DataSourceError(
+                f"{spec}: no sample has both an image and a usable caption ({_preview(b.reason for b in open_errors)})"
+            )
         super().__init__(spec, ids[good], None, [], open_errors=open_errors, captions=texts[good],
                          pool_errors=self._shard_errors, warnings=self._shard_warnings)
 
-    def _refuse_duplicate_uids(self, spec: str, ids: np.ndarray, good: np.ndarray, keys: np.ndarray, shard_of: np.ndarray) -> None:
+    def _refuse_duplicate_uids(
+        self, spec: str, ids: np.ndarray, good: np.ndarray, keys: np.ndarray, shard_of: np.ndarray
+    ) -> None:
         """Raise naming every place a shared id (usually a ``.json`` uid) occurs, or where two uids that
         differ only in case occur (``source.uid_case_twins``)."""
         values, counts = np.unique(ids[good].astype(str), return_counts=True)
@@ -457,7 +494,9 @@ class WdsSource(Source):
         """The parsed ``.json`` member of sample ``i`` (None without one), read now from the shard."""
         if self._json_offset[i] < 0:
             return None
-        meta = json.loads(self._read(int(self._shard_of[i]), int(self._json_offset[i]), int(self._json_size[i])).decode("utf-8"))
+        meta = json.loads(
+            self._read(int(self._shard_of[i]), int(self._json_offset[i]), int(self._json_size[i])).decode("utf-8")
+        )
         return meta if isinstance(meta, dict) else None
 
     def all_captions(self, i: int) -> list[str]:
@@ -489,15 +528,27 @@ class WdsSource(Source):
     def read_bytes(self, i: int) -> bytes:
         size = int(self._size[i])
         if size > self.max_bytes:  # the same cap as image files (``imageio.MAX_FILE_BYTES``)
-            raise BadSampleError(BadSample(self.sample_ids[i], self.source_of(i), f"image member too large ({size:,} bytes; "
-                                           f"the cap is {self.max_bytes:,}, set {MAX_FILE_BYTES_ENV} to change it)"))
+            raise BadSampleError(
+                BadSample(
+                    self.sample_ids[i],
+                    self.source_of(i),
+                    f"image member too large ({size:,} bytes; "
+                    f"the cap is {self.max_bytes:,}, set {MAX_FILE_BYTES_ENV} to change it)",
+                )
+            )
         try:
             data = self._read(int(self._shard_of[i]), int(self._offset[i]), size)
         except OSError as exc:
-            raise BadSampleError(BadSample(self.sample_ids[i], self.source_of(i), f"cannot read shard ({exc.strerror or exc})")) from exc
+            raise BadSampleError(
+                BadSample(self.sample_ids[i], self.source_of(i), f"cannot read shard ({exc.strerror or exc})")
+            ) from exc
         if len(data) != size:
             raise BadSampleError(
-                BadSample(self.sample_ids[i], self.source_of(i), f"shard ends early: read {len(data)} of {size} bytes (shard changed since indexing?)")
+                BadSample(
+                    self.sample_ids[i],
+                    self.source_of(i),
+                    f"shard ends early: read {len(data)} of {size} bytes (shard changed since indexing?)",
+                )
             )
         return data
 

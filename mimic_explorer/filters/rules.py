@@ -113,7 +113,9 @@ class FilterRule:
         if self.kind == "keep_count" and (not math.isfinite(value) or value < 0 or value != int(value)):
             raise FilterError(f"keep-count must be a whole number ≥ 0, got {value}")
         if self.kind == "threshold" and self.per_class and not self.class_overrides:
-            raise FilterError("--per-class applies to --quantile, --top-fraction and --keep-count (a threshold is already one value for all classes)")
+            raise FilterError(
+                "--per-class applies to --quantile, --top-fraction and --keep-count (a threshold is already one value for all classes)"
+            )
         if self.class_overrides and self.kind != "threshold":
             raise FilterError("per-class threshold overrides apply to the threshold rule only")
 
@@ -152,7 +154,9 @@ class FilterRule:
             raise FilterError(f"a rule is an object with kind, value and column, got {shown(data)}")
         unknown = sorted(set(data) - {"kind", "value", "column", "per_class", "class_overrides"})
         if unknown:
-            raise FilterError(f"unknown field {shown(unknown[0])} in a rule (fields: kind, value, column, per_class, class_overrides)")
+            raise FilterError(
+                f"unknown field {shown(unknown[0])} in a rule (fields: kind, value, column, per_class, class_overrides)"
+            )
         if "kind" not in data:
             raise FilterError("a rule has no 'kind'")
         overrides = data.get("class_overrides") or {}
@@ -376,7 +380,9 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
             classes = np.unique(labels)
             if rule.kind == "keep_count":
                 sizes = np.array([(labels == c).sum() for c in classes])
-                per_class_counts = dict(zip(classes.tolist(), proportional_counts(sizes, min(int(value), n)).tolist(), strict=True))
+                per_class_counts = dict(
+                    zip(classes.tolist(), proportional_counts(sizes, min(int(value), n)).tolist(), strict=True)
+                )
             for cls in classes.tolist():
                 members = np.flatnonzero(labels == cls)
                 target = per_class_counts[cls] if rule.kind == "keep_count" else value

@@ -112,7 +112,9 @@ def parse_spec_json(data: bytes | str) -> dict[str, Any]:
     JSON (or nests too deep to parse), or JSON that is not an object."""
     size = len(data.encode("utf-8") if isinstance(data, str) else data)
     if size > MAX_SPEC_BYTES:
-        raise SpecError(f"{size:,} bytes is too large for a filter spec (at most {MAX_SPEC_BYTES // 2**20} MiB are read)")
+        raise SpecError(
+            f"{size:,} bytes is too large for a filter spec (at most {MAX_SPEC_BYTES // 2**20} MiB are read)"
+        )
     try:
         spec = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -150,7 +152,9 @@ def _check_fields(spec: dict[str, Any]) -> None:
     for name in ("run_id", "data_fingerprint"):
         if spec.get(name) is not None and not isinstance(spec[name], str):
             raise SpecError(f"{name} is text, got {shown(spec[name])}")
-    if "keep_mask_sha256" in spec and not (isinstance(spec["keep_mask_sha256"], str) and _HEX64.fullmatch(spec["keep_mask_sha256"])):
+    if "keep_mask_sha256" in spec and not (
+        isinstance(spec["keep_mask_sha256"], str) and _HEX64.fullmatch(spec["keep_mask_sha256"])
+    ):
         raise SpecError(f"keep_mask_sha256 is 64 hex digits, got {shown(spec['keep_mask_sha256'])}")
 
 
@@ -225,7 +229,9 @@ def rule_from_spec(spec: Any, run_meta: dict[str, Any], samples: pd.DataFrame | 
     rule = _rule_of(spec)
     fingerprints = run_meta.get("fingerprints") or {}
     if spec.get("run_id") != run_meta.get("run_id"):
-        raise SpecError(f"the spec was made on run {spec.get('run_id')!r}, not on this run ({run_meta.get('run_id')!r})")
+        raise SpecError(
+            f"the spec was made on run {spec.get('run_id')!r}, not on this run ({run_meta.get('run_id')!r})"
+        )
     if spec.get("data_fingerprint") != fingerprints.get("data"):
         raise SpecError("the spec's data fingerprint differs from this run's data: refusing to re-apply it")
     verify_spec(spec, samples)

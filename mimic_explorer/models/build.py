@@ -167,7 +167,9 @@ def _factory(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: boo
     return _Draft(model, make, _traced_head(spec.name), base, source, notes)
 
 
-def _torchvision(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: bool, init: InitSource | None) -> _Draft:
+def _torchvision(
+    spec: ArchSpec, num_classes: int, crop: int | None, pretrained: bool, init: InitSource | None
+) -> _Draft:
     from mimic_explorer.models.torchvision_models import (
         AUXILIARY_HEADS,
         describe_weights,
@@ -186,7 +188,13 @@ def _torchvision(spec: ArchSpec, num_classes: int, crop: int | None, pretrained:
         def make() -> nn.Module:
             return build_model(f"torchvision:{spec.name}", num_classes, input_shape=(3, size, size))
 
-        return _Draft(make(), make, _traced_head(arch), base, f"torchvision default for {spec.name} (the DEFAULT weights' transforms())")
+        return _Draft(
+            make(),
+            make,
+            _traced_head(arch),
+            base,
+            f"torchvision default for {spec.name} (the DEFAULT weights' transforms())",
+        )
     weights = torchvision_weights(spec.name, spec.weights)
     hub_file = None if init else hub_checkpoint_path(weights)
     if hub_file is not None and not hub_file.is_file():
@@ -334,7 +342,9 @@ def build_for_run(
     if pretrained and init is not None:
         raise ArchError("pass either --pretrained (the model's published weights) or --init (a local file), not both")
     if pretrained and spec.family not in ("timm", "torchvision"):
-        raise ArchError(f"--pretrained applies to timm:NAME and torchvision models, not to {arch!r}; pass --init with a file")
+        raise ArchError(
+            f"--pretrained applies to timm:NAME and torchvision models, not to {arch!r}; pass --init with a file"
+        )
     overrides = parse_transform_text(transform) if isinstance(transform, str) else dict(transform or {})
     check_image_size(image_size)
     source = open_init(init) if init is not None else None
@@ -345,7 +355,9 @@ def build_for_run(
     draft = _FAMILIES[spec.family](spec, int(num_classes), pre_crop, pretrained, source)
     recorded = sidecar_recorded or draft.recorded
     where = f"--init {source.path}" if recorded else adopted_where
-    chosen, source_text, notes, warnings = _choose_preprocessing(draft, recorded or adopted, where, image_size, overrides)
+    chosen, source_text, notes, warnings = _choose_preprocessing(
+        draft, recorded or adopted, where, image_size, overrides
+    )
     model = draft.model
     head_name = draft.head(model, chosen.crop)
     report = None
@@ -380,7 +392,9 @@ def _choose_preprocessing(
     return chosen, source_text, notes, [mismatch] if mismatch else []
 
 
-def checkpoint_preprocessing_warning(path: str | os.PathLike, transform: ImageTransform, role: str = "--reference") -> str | None:
+def checkpoint_preprocessing_warning(
+    path: str | os.PathLike, transform: ImageTransform, role: str = "--reference"
+) -> str | None:
     """The loud warning when the checkpoint at ``path`` (a ``--reference``) records other preprocessing
     than ``transform`` — in its ``.meta.json`` sidecar or a model folder's ``pretrained_cfg`` — or None.
 

@@ -65,7 +65,9 @@ class LoadReport:
         if self.skipped:
             parts.append("skipped " + "; ".join(f"{n} ({why})" for n, why in self.skipped))
         if self.missing:
-            parts.append(f"{len(self.missing)} model tensor(s) not in the checkpoint kept their init: {', '.join(self.missing[:5])}")
+            parts.append(
+                f"{len(self.missing)} model tensor(s) not in the checkpoint kept their init: {', '.join(self.missing[:5])}"
+            )
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} checkpoint tensor(s) unused: {', '.join(self.unexpected[:5])}")
         return "; ".join(parts)
@@ -178,7 +180,9 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
         text = str(exc)
         unsafe = isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text or "weights_only" in text
         if not unsafe:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: {text.splitlines()[0] if text else ''}") from exc
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            ) from exc
         if not trust_pickle:
             raise CheckpointError(
                 f"{path} contains pickled Python objects (for example a whole nn.Module saved with "
@@ -247,7 +251,10 @@ def load_checkpoint(
         if tuple(source.shape) != tuple(tensor.shape):
             if in_head:
                 report.skipped.append(
-                    (name, f"head shape differs: checkpoint {tuple(source.shape)} vs model {tuple(tensor.shape)}; kept at its initial values")
+                    (
+                        name,
+                        f"head shape differs: checkpoint {tuple(source.shape)} vs model {tuple(tensor.shape)}; kept at its initial values",
+                    )
                 )
                 continue
             raise CheckpointError(
@@ -271,7 +278,9 @@ def load_checkpoint(
                 f"{tuple(state[first].shape)} has no counterpart in the model ({len(report.unexpected)} unused tensor(s) in all)"
             )
     if not chosen:
-        raise CheckpointError(f"checkpoint {path} shares no tensor with {type(model).__name__}; is it for another architecture?")
+        raise CheckpointError(
+            f"checkpoint {path} shares no tensor with {type(model).__name__}; is it for another architecture?"
+        )
     model.load_state_dict(chosen, strict=False)
     return report
 

@@ -113,7 +113,9 @@ def mimic_layer_params(model: nn.Module, layer: str | Sequence[str]) -> list[str
                 f"--mimic-layer {layer} needs a dual encoder (image-text model) with a linear "
                 f"{MIMIC_LAYERS[layer]}; {type(model).__name__} has none (a classifier's mimic layer is its head)"
             )
-        return [f"{MIMIC_LAYERS[layer]}.{attr}" for attr in ("weight", "bias") if f"{MIMIC_LAYERS[layer]}.{attr}" in named]
+        return [
+            f"{MIMIC_LAYERS[layer]}.{attr}" for attr in ("weight", "bias") if f"{MIMIC_LAYERS[layer]}.{attr}" in named
+        ]
     names = list(layer)
     unknown = [n for n in names if n not in named]
     if unknown or not names:

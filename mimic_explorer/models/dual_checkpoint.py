@@ -72,15 +72,23 @@ def read_dual_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # garbage, pickled objects, truncated files
-        raise CheckpointError(f"{path} is not a readable dual encoder checkpoint: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        raise CheckpointError(
+            f"{path} is not a readable dual encoder checkpoint: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from exc
     if not isinstance(obj, dict) or obj.get("format") != DUAL_FORMAT:
-        held = f"a dict with keys {', '.join(map(str, list(obj)[:6]))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        held = (
+            f"a dict with keys {', '.join(map(str, list(obj)[:6]))}"
+            if isinstance(obj, dict)
+            else f"a {type(obj).__name__}"
+        )
         raise CheckpointError(
             f"{path} is not a dual encoder checkpoint saved by mimic-explorer (it holds {held}); pass it as the "
             "initial weights of a model built from its ARCH instead (--init)"
         )
     if int(obj.get("version", 0)) > DUAL_FORMAT_VERSION:
-        raise CheckpointError(f"{path} was saved by a newer mimic-explorer (format version {obj['version']}); upgrade to read it")
+        raise CheckpointError(
+            f"{path} was saved by a newer mimic-explorer (format version {obj['version']}); upgrade to read it"
+        )
     return dict(obj["config"]), dict(obj["state_dict"])
 
 
@@ -108,15 +116,20 @@ def _checked_config(config: Any, path: Path, trusted_arch: bool, trust_code: boo
         raise CheckpointError(
             f"{path} records the architecture {arch!r}, which would import and run code named by the file; a checkpoint "
             f"never chooses code to run. Name it yourself (--arch small_dual:{arch}) or pass --trust-checkpoint if you "
-            "trust where the file came from")
+            "trust where the file came from"
+        )
     shape = config.get("input_shape")
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
-        raise CheckpointError(f"{path} records input_shape {shape!r}; expected three integers (channels, height, width)")
+        raise CheckpointError(
+            f"{path} records input_shape {shape!r}; expected three integers (channels, height, width)"
+        )
     channels, height, width = (int(s) for s in shape)
     if not (1 <= channels <= MAX_INPUT_CHANNELS and 1 <= height <= MAX_INPUT_SIDE and 1 <= width <= MAX_INPUT_SIDE):
-        raise CheckpointError(f"{path} records input_shape {list(shape)}, outside 1–{MAX_INPUT_CHANNELS} channels and "
-                              f"1–{MAX_INPUT_SIDE} pixels a side; the file is damaged or not a mimic-explorer checkpoint")
+        raise CheckpointError(
+            f"{path} records input_shape {list(shape)}, outside 1–{MAX_INPUT_CHANNELS} channels and "
+            f"1–{MAX_INPUT_SIDE} pixels a side; the file is damaged or not a mimic-explorer checkpoint"
+        )
     return arch.strip(), (channels, height, width)
 
 
@@ -132,8 +145,10 @@ def _check_image_tower_fits(arch: str, shape: tuple[int, int, int], state: dict[
     flat = shape[0] * shape[1] * shape[2]
     if first is None or first.dim() != 2 or int(first.shape[1]) != flat:
         found = None if first is None else list(first.shape)
-        raise CheckpointError(f"{path} records input_shape {list(shape)} ({flat} inputs), but its mlp image tower's first "
-                              f"layer has shape {found}; the config does not match the weights")
+        raise CheckpointError(
+            f"{path} records input_shape {list(shape)} ({flat} inputs), but its mlp image tower's first "
+            f"layer has shape {found}; the config does not match the weights"
+        )
 
 
 def load_dual_encoder(

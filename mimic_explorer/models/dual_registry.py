@@ -42,7 +42,9 @@ def build_dual_encoder(
     if is_open_clip(arch):
         return build_open_clip_dual_encoder(arch.strip()[len(PREFIX):], init=init, pretrained=pretrained)
     if pretrained:
-        raise ArchError(f"--pretrained {pretrained!r} is for open_clip:NAME models; the built-in {arch} takes a local --init file")
+        raise ArchError(
+            f"--pretrained {pretrained!r} is for open_clip:NAME models; the built-in {arch} takes a local --init file"
+        )
     if init is not None:
         state = read_state_dict(init, trust_pickle=trust_pickle)
         if DUAL_STATE_MARK in state:

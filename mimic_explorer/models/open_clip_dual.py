@@ -90,7 +90,9 @@ class OpenClipDualEncoder(DualEncoder):
     def __init__(self, clip: nn.Module, tokenizer: OpenClipTokenizer, name: str = ""):
         super().__init__()
         if getattr(clip, "logit_bias", None) is not None:
-            raise ArchError(f"open_clip:{name} has a logit_bias (a sigmoid-loss model such as SigLIP); only CLIP's softmax InfoNCE is supported")
+            raise ArchError(
+                f"open_clip:{name} has a logit_bias (a sigmoid-loss model such as SigLIP); only CLIP's softmax InfoNCE is supported"
+            )
         visual_proj = getattr(clip.visual, "proj", None)
         if not isinstance(visual_proj, (nn.Parameter, nn.Linear)):
             raise ArchError(
@@ -131,12 +133,27 @@ class OpenClipDualEncoder(DualEncoder):
         native = dict(state)
         text_key = f"{self._text_prefix}text_projection"
         text_linear = f"{text_key}.weight" in native  # some configs already use an nn.Linear there
-        missing = [k for k in ("visual.proj", f"{text_key}.weight" if text_linear else text_key, "logit_scale") if k not in native]
+        missing = [
+            k
+            for k in ("visual.proj", f"{text_key}.weight" if text_linear else text_key, "logit_scale")
+            if k not in native
+        ]
         if missing:
-            raise CheckpointError(f"not an open_clip state dict for open_clip:{self.name}: it lacks {', '.join(missing)}")
-        out = {"image_projection.weight": native.pop("visual.proj").T, "logit_scale": native.pop("logit_scale").reshape(())}
+            raise CheckpointError(
+                f"not an open_clip state dict for open_clip:{self.name}: it lacks {', '.join(missing)}"
+            )
+        out = {
+            "image_projection.weight": native.pop("visual.proj").T,
+            "logit_scale": native.pop("logit_scale").reshape(()),
+        }
         if text_linear:
-            out.update({f"text_projection.{k}": native.pop(f"{text_key}.{k}") for k in ("weight", "bias") if f"{text_key}.{k}" in native})
+            out.update(
+                {
+                    f"text_projection.{k}": native.pop(f"{text_key}.{k}")
+                    for k in ("weight", "bias")
+                    if f"{text_key}.{k}" in native
+                }
+            )
         else:
             out["text_projection.weight"] = native.pop(text_key).T
         out.update({f"clip.{k}": v for k, v in native.items()})
@@ -156,7 +173,9 @@ class OpenClipDualEncoder(DualEncoder):
         wrong = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
         if wrong:
             k = wrong[0]
-            raise CheckpointError(f"checkpoint {path} does not fit open_clip:{self.name}: {k} is {tuple(state[k].shape)}, the model's {tuple(own[k].shape)}")
+            raise CheckpointError(
+                f"checkpoint {path} does not fit open_clip:{self.name}: {k} is {tuple(state[k].shape)}, the model's {tuple(own[k].shape)}"
+            )
         self.load_state_dict(state)
 
 
@@ -170,7 +189,9 @@ def build_open_clip_dual_encoder(
     known = open_clip.list_models()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)
-        raise ArchError(f"open_clip has no model config {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        raise ArchError(
+            f"open_clip has no model config {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
     if pretrained and init:
         raise ArchError("give either a local --init file or --pretrained TAG for an open_clip model, not both")
     try:

@@ -50,7 +50,9 @@ class WordTokenizer:
         self._index = {w: k for k, w in enumerate(vocabulary)}
 
     @classmethod
-    def from_captions(cls, captions: Iterable[str], context_length: int = 32, min_count: int = 1, max_size: int | None = None) -> WordTokenizer:
+    def from_captions(
+        cls, captions: Iterable[str], context_length: int = 32, min_count: int = 1, max_size: int | None = None
+    ) -> WordTokenizer:
         """The words of ``captions`` seen at least ``min_count`` times, most frequent first (ties by word)."""
         counts = Counter(w for caption in captions for w in words(caption))
         kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))

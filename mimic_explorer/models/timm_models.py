@@ -69,14 +69,21 @@ def build_timm_model(
     check_timm_name(name)
     kwargs = dict(model_args or {})
     cfg = timm.models.get_pretrained_cfg(name)
-    if image_size is not None and cfg is not None and cfg.fixed_input_size and tuple(cfg.input_size[-2:]) != (image_size, image_size):
+    if (
+        image_size is not None
+        and cfg is not None
+        and cfg.fixed_input_size
+        and tuple(cfg.input_size[-2:]) != (image_size, image_size)
+    ):
         kwargs.setdefault("img_size", image_size)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except Exception as exc:  # timm and the hub raise many kinds; the reason is kept
         reason = f"{type(exc).__name__}: {exc}"
         if pretrained:
-            raise ArchError(f"timm could not load the pretrained weights of {name} ({reason}). {LOCAL_WEIGHTS_HINT}") from exc
+            raise ArchError(
+                f"timm could not load the pretrained weights of {name} ({reason}). {LOCAL_WEIGHTS_HINT}"
+            ) from exc
         if "img_size" in kwargs and "img_size" not in (model_args or {}):
             reason += f" (building it for {image_size}-px inputs; its native size is {cfg.input_size[-1]})"
         raise ArchError(f"timm could not build {name}: {reason}") from exc

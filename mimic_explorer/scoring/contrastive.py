@@ -46,7 +46,9 @@ def _unpack(outputs) -> tuple[Tensor, Tensor, Tensor]:
             "InfoNCELoss expects the outputs of a dual encoder: (image embeddings, text embeddings, logit scale)"
         ) from None
     if image.dim() != 2 or text.shape != image.shape:
-        raise ValueError(f"image and text embeddings must both be (B, D), got {tuple(image.shape)} and {tuple(text.shape)}")
+        raise ValueError(
+            f"image and text embeddings must both be (B, D), got {tuple(image.shape)} and {tuple(text.shape)}"
+        )
     return image, text, scale
 
 
@@ -70,7 +72,9 @@ class InfoNCELoss:
         image, text, scale = _unpack(outputs)
         batch = image.shape[0]
         if batch < 2:
-            raise ValueError(f"InfoNCE needs at least 2 pairs in a batch (the other pairs are the negatives), got {batch}")
+            raise ValueError(
+                f"InfoNCE needs at least 2 pairs in a batch (the other pairs are the negatives), got {batch}"
+            )
         if targets is not None:
             expected = torch.arange(batch, device=targets.device)
             if targets.shape != (batch,) or not torch.equal(targets.to(torch.long), expected):
@@ -101,7 +105,9 @@ class InfoNCELoss:
         (in-batch image→text top-1), else 0 — what a run records as a pair's ``pred``."""
         image, text, scale = _unpack(outputs)
         with torch.no_grad():
-            best = pair_logits(image.detach(), text.detach(), scale.detach() if isinstance(scale, Tensor) else scale).argmax(1)
+            best = pair_logits(
+                image.detach(), text.detach(), scale.detach() if isinstance(scale, Tensor) else scale
+            ).argmax(1)
         return (best == torch.arange(len(best), device=best.device)).to(torch.long)
 
 

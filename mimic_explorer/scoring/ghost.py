@@ -169,8 +169,12 @@ def ghost_parts(
     layers = ghost_layers(model, names)
     params = dict(model.named_parameters())
     modules = {m: (model.get_submodule(m) if m else model) for m in layers}
-    leaves = {n: state.get(n, params[n]).detach().requires_grad_(True) for attrs in layers.values() for n in attrs.values()}
-    watch = _UseWatch({id(leaves[n]): (n, _expected_op(modules[m])) for m, attrs in layers.items() for n in attrs.values()})
+    leaves = {
+        n: state.get(n, params[n]).detach().requires_grad_(True) for attrs in layers.values() for n in attrs.values()
+    }
+    watch = _UseWatch(
+        {id(leaves[n]): (n, _expected_op(modules[m])) for m, attrs in layers.items() for n in attrs.values()}
+    )
     records: dict[str, list[list]] = {m: [] for m in layers}
     valid: dict[str, dict[str, str]] = {}  # decided after the forward pass, before the backward
     acc: dict[str, Tensor] = {}
@@ -244,7 +248,9 @@ def ghost_parts(
             for module_name, attrs in layers.items():
                 calls = records[module_name]
                 usable = bool(calls) and all(h is not None and h.shape[0] == batch for h, _ in calls)
-                keep = {a: n for a, n in attrs.items() if usable and n not in watch.foreign and watch.uses[n] == len(calls)}
+                keep = {
+                    a: n for a, n in attrs.items() if usable and n not in watch.foreign and watch.uses[n] == len(calls)
+                }
                 if keep:
                     valid[module_name] = keep
                 else:

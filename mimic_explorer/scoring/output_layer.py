@@ -197,7 +197,9 @@ def output_parts(
         )
 
     features = calls[0][0].detach().to(primal.dtype)
-    closed = closed_form_sqnorm(loss, tree_unflatten(plain, spec), position, features, v_weight is not None and v_bias is None)
+    closed = closed_form_sqnorm(
+        loss, tree_unflatten(plain, spec), position, features, v_weight is not None and v_bias is None
+    )
     if closed is not None:
         return Parts(dot, closed, primal, outputs)
 
@@ -213,7 +215,9 @@ def output_parts(
     return Parts(dot, sqnorm, primal, outputs)
 
 
-def closed_form_sqnorm(loss: PerSampleLoss, outputs: Any, position: int, features: Tensor, weight_only: bool) -> Tensor | None:
+def closed_form_sqnorm(
+    loss: PerSampleLoss, outputs: Any, position: int, features: Tensor, weight_only: bool
+) -> Tensor | None:
     """‖g_i‖² from the loss's own closed form for a Linear's weight (``linear_output_sqnorm``, e.g.
     InfoNCE on a dual encoder's projection), when it has one and the mimic layers are that weight
     alone; else None (the Jacobian rows serve)."""

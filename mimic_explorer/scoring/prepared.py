@@ -166,7 +166,11 @@ def _as_dtype(inputs: Any, dtype: torch.dtype) -> Any:
 
 _FALLBACKS = {
     "vmap": ("forward-mode AD is not available for an operation in this model", "chunked vmap(grad)", "slower"),
-    "loop": ("torch.func transforms are not available for an operation in this model", "a per-sample loop", "much slower"),
+    "loop": (
+        "torch.func transforms are not available for an operation in this model",
+        "a per-sample loop",
+        "much slower",
+    ),
 }
 # the same fallbacks for a loss that couples the batch, whose per-sample gradients are Jacobian rows
 _COUPLED_FALLBACKS = {
@@ -282,13 +286,17 @@ class PreparedScorer:
                 f"got {names[:4]}{' …' if len(names) > 4 else ''}"
             )
         self.names, self.head = names, head
-        self._chosen = self.path if self.path != "auto" else _auto_path(head, layer, closed_form, self.loss.couples_batch)
+        self._chosen = (
+            self.path if self.path != "auto" else _auto_path(head, layer, closed_form, self.loss.couples_batch)
+        )
         if layer is not None:
             self._layer_module = self.model.get_submodule(layer) if layer else self.model
         self._weight_name, self._bias_name = (f"{layer}.weight", f"{layer}.bias") if layer else ("weight", "bias")
         ours = dict(self._named)
         # (name, reference tensor in the compute dtype, the model's live parameter): what refresh() reads
-        self._pairs = [(n, self._reference_named[n].detach().to(self.device, self.compute_dtype), ours[n]) for n in names]
+        self._pairs = [
+            (n, self._reference_named[n].detach().to(self.device, self.compute_dtype), ours[n]) for n in names
+        ]
         # the training case — one Linear's weight (and bias), already in the compute dtype — refreshes
         # without loops or conversions, since a probe step is a handful of small ops
         self._head_pairs = None
@@ -353,7 +361,9 @@ class PreparedScorer:
         need proj without the Jacobian rows that cos takes."""
         if not hasattr(self, "_layer_module"):
             raise ValueError("layer_tangent needs the mimic layers to be the weight and/or bias of one nn.Linear")
-        return output_tangent(features.to(self.compute_dtype), self._v_weight, self._v_bias, self._layer_module.out_features)
+        return output_tangent(
+            features.to(self.compute_dtype), self._v_weight, self._v_bias, self._layer_module.out_features
+        )
 
     def project_output(self, features: Tensor, pull_back: PullBack, batch: int) -> Projection:
         """proj, cos and ‖g_i‖ of a Linear mimic layer whose output the loss reads directly, from the
@@ -368,7 +378,13 @@ class PreparedScorer:
         layer = self._layer_module
         tangent = output_tangent(features, self._v_weight, self._v_bias, layer.out_features)
         dot, sqnorm = linear_output_geometry(
-            pull_back, batch, features, layer.out_features, tangent, self._v_weight is not None, self._v_bias is not None,
+            pull_back,
+            batch,
+            features,
+            layer.out_features,
+            tangent,
+            self._v_weight is not None,
+            self._v_bias is not None,
             self.chunk_size,
         )
         return mimic_projection(dot, self.v_norm, sqnorm)
@@ -390,7 +406,9 @@ class PreparedScorer:
                 self._prepare(*self._select(x_model))
             if batch == 0:
                 empty = torch.zeros(0, dtype=self.compute_dtype, device=self.device)
-                return BatchScores(empty, empty if self._need_norm else None, empty, None, empty if self._need_norm else None)
+                return BatchScores(
+                    empty, empty if self._need_norm else None, empty, None, empty if self._need_norm else None
+                )
             if self.loss.couples_batch:
                 pieces = [self._coupled_parts(x_compute, targets, batch)]
             else:
@@ -516,4 +534,6 @@ class PreparedScorer:
             except Exception as error:  # only transform gaps are recoverable
                 if not self._fall_back(error, "loop"):
                     raise
-        return jacobian_parts(self.model, self.v, x, y, self._need_norm, chunk, self._state, self.loss, vectorized=False)
+        return jacobian_parts(
+            self.model, self.v, x, y, self._need_norm, chunk, self._state, self.loss, vectorized=False
+        )

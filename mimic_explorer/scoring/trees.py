@@ -97,5 +97,8 @@ def cat_rows(trees: list[Any]) -> Any:
         return trees[0]
     flat = [tree_flatten(t)[0] for t in trees]
     spec = tree_flatten(trees[0])[1]
-    joined = [torch.cat(parts) if isinstance(parts[0], Tensor) and parts[0].dim() > 0 else parts[0] for parts in zip(*flat, strict=True)]
+    joined = [
+        torch.cat(parts) if isinstance(parts[0], Tensor) and parts[0].dim() > 0 else parts[0]
+        for parts in zip(*flat, strict=True)
+    ]
     return tree_unflatten(joined, spec)

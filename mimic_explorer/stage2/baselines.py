@@ -139,7 +139,9 @@ def combined_score(cos_mean: np.ndarray, reference_loss: np.ndarray,
     cos_mean = np.asarray(cos_mean, dtype=np.float64)
     reference_loss = np.asarray(reference_loss, dtype=np.float64)
     if cos_mean.shape != reference_loss.shape:
-        raise ValueError(f"cos_mean has shape {cos_mean.shape}, reference_loss {reference_loss.shape}; one value per sample each")
+        raise ValueError(
+            f"cos_mean has shape {cos_mean.shape}, reference_loss {reference_loss.shape}; one value per sample each"
+        )
     loss_utility = reference_utility(reference_loss)
     if scales is None:
         return (standardise(cos_mean) + standardise(loss_utility)) / 2

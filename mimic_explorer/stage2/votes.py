@@ -201,7 +201,9 @@ class _Samples:
     @classmethod
     def of(cls, rows: pd.DataFrame) -> _Samples:
         positions = rows["position"].to_numpy(np.int64)
-        starts = np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]]) if len(positions) else np.zeros(0, np.int64)
+        starts = (
+            np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]]) if len(positions) else np.zeros(0, np.int64)
+        )
         counts = np.diff(np.r_[starts, len(positions)])
         samples = cls(positions[starts], starts, counts, np.zeros(len(starts)))
         mean_proj = samples.mean(rows["proj"].to_numpy(np.float64))

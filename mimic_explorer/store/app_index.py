@@ -38,7 +38,9 @@ from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index
 from mimic_explorer.store.layout import IndexFiles, RunLayout
 from mimic_explorer.store.trajectory_index import read_trajectories
 
-INDEX_VERSION = 4  # 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders
+INDEX_VERSION = (
+    4  # 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders
+)
 log = logging.getLogger(__name__)
 
 
@@ -281,7 +283,9 @@ class AppIndex:
         if len(batches) <= 1 or len(positions) == 0:
             return table.take(pa.array(positions))
         starts = np.cumsum([0] + [batch.num_rows for batch in batches])
-        which = (np.searchsorted(starts, positions, side="right") - 1).astype(np.int16 if len(batches) < 2**15 else np.int64)
+        which = (np.searchsorted(starts, positions, side="right") - 1).astype(
+            np.int16 if len(batches) < 2**15 else np.int64
+        )
         by_batch = np.argsort(which, kind="stable")  # a radix sort of small ints
         grouped, bounds = positions[by_batch], np.searchsorted(which[by_batch], np.arange(len(batches) + 1))
         pieces = [batches[b].take(pa.array(grouped[bounds[b]:bounds[b + 1]] - starts[b]))
@@ -396,7 +400,9 @@ class AppIndex:
         it has none: two reads of the index, no thumbnail ids in memory."""
         if not self.has_thumbnails or not 0 <= position < self.n:
             return None
-        offset, length = (self._read_int64(path, position) for path in (self.files.thumb_offsets, self.files.thumb_lengths))
+        offset, length = (
+            self._read_int64(path, position) for path in (self.files.thumb_offsets, self.files.thumb_lengths)
+        )
         return None if offset < 0 else (offset, length)
 
     def _read_int64(self, path: Path, position: int) -> int:

@@ -95,7 +95,9 @@ def export(samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_f
     result = apply_rule(samples, rule)
     if reapplying is not None:
         check_reapplied(reapplying, result)
-    spec = write_pair(samples, result, rule.column, export_format, out, build_spec(run_meta, rule, result, export_format))
+    spec = write_pair(
+        samples, result, rule.column, export_format, out, build_spec(run_meta, rule, result, export_format)
+    )
     return result, spec, out, spec_path
 
 
@@ -167,7 +169,9 @@ def read_spec_file(path: str | os.PathLike) -> dict[str, Any]:
     if not stat.S_ISREG(info.st_mode):
         raise SpecError("cannot read it: not a regular file")
     if info.st_size > MAX_SPEC_BYTES:
-        raise SpecError(f"{info.st_size:,} bytes is too large for a filter spec (at most {MAX_SPEC_BYTES // 2**20} MiB are read)")
+        raise SpecError(
+            f"{info.st_size:,} bytes is too large for a filter spec (at most {MAX_SPEC_BYTES // 2**20} MiB are read)"
+        )
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_SPEC_BYTES + 1)

@@ -28,7 +28,9 @@ from mimic_explorer.store.stable_order import stable_argsort
 from mimic_explorer.store.trajectory_index import Positions, build_trajectories
 
 #: Columns that hold identities or categories, never a score to threshold, sort or plot.
-NON_SCORE_COLUMNS = frozenset({"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep", "combined_keep"})
+NON_SCORE_COLUMNS = frozenset(
+    {"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep", "combined_keep"}
+)
 #: Columns always kept as text (an integer id is still an id, read back as a string as ``Run.samples`` does).
 TEXT_ALWAYS = frozenset({"sample_id"})
 BATCH_ROWS = 1 << 20
@@ -155,7 +157,9 @@ def build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles) 
     offsets = np.full(len(ids), -1, dtype=np.int64)
     lengths = np.zeros(len(ids), dtype=np.int64)
     positions, start = Positions(ids), 0
-    for batch in pq.ParquetFile(thumbs_index).iter_batches(batch_size=BATCH_ROWS, columns=["sample_id", "offset", "length"]):
+    for batch in pq.ParquetFile(thumbs_index).iter_batches(
+        batch_size=BATCH_ROWS, columns=["sample_id", "offset", "length"]
+    ):
         where, _ = positions.of(batch.column("sample_id").cast(pa.string()), start)
         start += batch.num_rows
         known = where >= 0
@@ -166,7 +170,9 @@ def build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles) 
     return True
 
 
-def build_index(samples: Path, folder: Path, score_parts: list[Path] = (), thumbs_index: Path | None = None) -> dict[str, Any]:
+def build_index(
+    samples: Path, folder: Path, score_parts: list[Path] = (), thumbs_index: Path | None = None
+) -> dict[str, Any]:
     """Write the index of ``samples`` (and the trajectories of its ``score_parts``) into ``folder``
     (which exists and is empty); returns the manifest body (without the sources' identity, which the
     caller adds) — every file written is listed with its size, so a truncated file is detected on
@@ -215,7 +221,11 @@ def build_index(samples: Path, folder: Path, score_parts: list[Path] = (), thumb
     ids = _sample_ids(files) if score_parts or thumbs_index is not None else None
     with ThreadPoolExecutor(max_workers=2) as pool:  # sorts and file writes release the GIL: two at a time
         trajectories = pool.submit(build_trajectories, list(score_parts), ids, files) if ids is not None else None
-        thumbnails = pool.submit(build_thumb_locations, thumbs_index, ids, files) if thumbs_index is not None and ids is not None else None
+        thumbnails = (
+            pool.submit(build_thumb_locations, thumbs_index, ids, files)
+            if thumbs_index is not None and ids is not None
+            else None
+        )
         scores = dict(pool.map(lambda item: index_column(*item), columns))
         trajectories = trajectories.result() if trajectories is not None else None
         thumbnails = thumbnails.result() if thumbnails is not None else False
@@ -224,7 +234,9 @@ def build_index(samples: Path, folder: Path, score_parts: list[Path] = (), thumb
     return {
         "rows": n_rows,
         "columns": column_names,
-        "numeric": [{"name": name, "number": number, "dtype": dtype.str} for number, (name, dtype) in enumerate(numeric)],
+        "numeric": [
+            {"name": name, "number": number, "dtype": dtype.str} for number, (name, dtype) in enumerate(numeric)
+        ],
         "text": text,
         "scores": scores,
         "classes": classes,

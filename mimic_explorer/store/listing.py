@@ -51,7 +51,13 @@ def _entry(path: Path) -> RunEntry:
         meta = read_meta(path)
     except RunError as exc:
         return RunEntry(path, path.name, "unreadable", "", problem=str(exc))
-    return RunEntry(path, str(meta.get("run_id") or path.name), str(meta.get("status", "unknown")), str(meta.get("created", "")), meta)
+    return RunEntry(
+        path,
+        str(meta.get("run_id") or path.name),
+        str(meta.get("status", "unknown")),
+        str(meta.get("created", "")),
+        meta,
+    )
 
 
 def find_runs(folder: str | Path, depth: int = 2) -> list[RunEntry]:

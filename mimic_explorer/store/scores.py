@@ -65,7 +65,9 @@ class EpochScores:
         """Ids as the set ``values`` and ``quantile_bands`` mark rows by (build once, pass many times)."""
         return pa.array(np.asarray(sample_ids, dtype=object), pa.string())
 
-    def values(self, signal: str, epoch: int | None = None, noisy_ids: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def values(
+        self, signal: str, epoch: int | None = None, noisy_ids: pa.Array | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """One signal's values (one epoch, or all) and, given the mislabeled ids (``id_set``), which rows they are."""
         if self._dataset is None or signal not in self.signals:
             return np.array([]), None
@@ -94,10 +96,22 @@ class EpochScores:
                      if noisy_ids is not None else None)
             for epoch in np.unique(epochs):
                 in_epoch = epochs == epoch
-                groups = {"all": in_epoch} if noisy is None else {"clean": in_epoch & ~noisy, "mislabeled": in_epoch & noisy}
+                groups = (
+                    {"all": in_epoch} if noisy is None else {"clean": in_epoch & ~noisy, "mislabeled": in_epoch & noisy}
+                )
                 for group, mask in groups.items():
                     part = values[mask]
                     part = part[np.isfinite(part)]
                     if len(part):
-                        rows.append({"epoch": int(epoch), "group": group, **dict(zip(names, np.quantile(part, QUANTILES), strict=True))})
-        return pd.DataFrame(rows, columns=["epoch", "group", *names]).sort_values(["group", "epoch"]).reset_index(drop=True)
+                        rows.append(
+                            {
+                                "epoch": int(epoch),
+                                "group": group,
+                                **dict(zip(names, np.quantile(part, QUANTILES), strict=True)),
+                            }
+                        )
+        return (
+            pd.DataFrame(rows, columns=["epoch", "group", *names])
+            .sort_values(["group", "epoch"])
+            .reset_index(drop=True)
+        )

@@ -96,8 +96,11 @@ def _check_feature_basis(options, models: Models, reference_path: str) -> None:
     side = read_checkpoint_sidecar(reference_path)
     models.reference_init_fingerprint = side.get("init_fingerprint")
     distance = backbone_distance(models.model, models.reference, models.head_name)
-    models.basis = {"backbone_distance_at_start": distance, "reference_init_fingerprint": models.reference_init_fingerprint,
-                    "model_init_fingerprint": models.init_fingerprint}
+    models.basis = {
+        "backbone_distance_at_start": distance,
+        "reference_init_fingerprint": models.reference_init_fingerprint,
+        "model_init_fingerprint": models.init_fingerprint,
+    }
     if options.linear_probe:
         if distance > 1e-6:
             models.warnings.append(
@@ -130,6 +133,6 @@ def _check_feature_basis(options, models: Models, reference_path: str) -> None:
 
 def model_facts(models: Models) -> dict:
     """The ``RunMeta`` fields both commands record about their models."""
-    return dict(model=models.description, load_reports=models.load_reports, basis=models.basis, same_init=models.same_init)
-
-
+    return dict(
+        model=models.description, load_reports=models.load_reports, basis=models.basis, same_init=models.same_init
+    )

@@ -49,9 +49,14 @@ from mimic_explorer.training.signals import collect_signals, evaluate_signals
 from mimic_explorer.util.fingerprint import state_fingerprint
 
 #: options only an image-text pool can use, with what a labelled pool offers instead
-IMAGE_TEXT_ONLY = {"--mimic-layer": ("mimic_layer", "--params"), "--caption-noise": ("caption_noise", "--label-noise"),
-                   "--frozen-towers": ("frozen_towers", "--linear-probe"), "--frozen-image-tower": ("frozen_image_tower", None),
-                   "--all-captions": ("all_captions", None), "--fresh-projections": ("fresh_projections", None)}
+IMAGE_TEXT_ONLY = {
+    "--mimic-layer": ("mimic_layer", "--params"),
+    "--caption-noise": ("caption_noise", "--label-noise"),
+    "--frozen-towers": ("frozen_towers", "--linear-probe"),
+    "--frozen-image-tower": ("frozen_image_tower", None),
+    "--all-captions": ("all_captions", None),
+    "--fresh-projections": ("fresh_projections", None),
+}
 #: the backbone's drift warning ends with this advice
 FINE_TUNE_ADVICE = "head-layer mimic scores may be no better than chance (use a linear probe or less drift)"
 
@@ -87,15 +92,24 @@ class LinearProbeMode:
         for p in head.parameters():
             p.requires_grad_(True)
         self.trained = LinearProbe(head)
-        self.reference = LinearProbe(models.reference.get_submodule(models.head_name)) if models.reference is not None else None
+        self.reference = (
+            LinearProbe(models.reference.get_submodule(models.head_name)) if models.reference is not None else None
+        )
         self.features: Features | None = None
 
     def first_pass(self, passes: Passes) -> Held:
         job, options, run = self.job, self.options, self.run
         models, source = job.models, job.pool.source
         thumbs = passes.thumbs
-        on_thumbs = (lambda positions, items: [thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items, strict=True)]) \
-            if thumbs is not None else None
+        on_thumbs = (
+            (
+                lambda positions, items: [
+                    thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items, strict=True)
+                ]
+            )
+            if thumbs is not None
+            else None
+        )
         started = time.perf_counter()
         feats = extract_features(models.model, source, job.pool.labels, models.transform, head_name=models.head_name,
                                  device=run.device, batch_size=max(256, options.batch_size), workers=options.workers,
@@ -115,7 +129,9 @@ class LinearProbeMode:
     def batches(self, held: Held) -> TensorBatches:
         targets = torch.from_numpy(self.job.pool.labels[held.positions].copy())
         device, options, dist = self.run.device, self.options, self.run.dist
-        return TensorBatches(held.rows.to(device), targets.to(device), options.batch_size, options.seed, dist.rank, dist.world)
+        return TensorBatches(
+            held.rows.to(device), targets.to(device), options.batch_size, options.seed, dist.rank, dist.world
+        )
 
     def loop_options(self) -> dict:
         return {"head_name": LinearProbe.HEAD}
@@ -129,7 +145,9 @@ class LinearProbeMode:
 
         def signals(positions: np.ndarray) -> dict:
             lo, hi = feats.rows_between(int(positions[0]), int(positions[-1]) + 1) if len(positions) else (0, 0)
-            found = evaluate_signals(trained, reference, batches.inputs[lo:hi], batches.targets[lo:hi], head_name=LinearProbe.HEAD)
+            found = evaluate_signals(
+                trained, reference, batches.inputs[lo:hi], batches.targets[lo:hi], head_name=LinearProbe.HEAD
+            )
             found["index"] = np.asarray(feats.positions[lo:hi], dtype=np.int64)[found["index"]]
             return found
 
@@ -149,9 +167,15 @@ class FineTuneMode:
         source = job.pool.source
         if passes.thumbs is not None:  # fine-tuning decodes in shuffled order; thumbnails get their own pass
             thumbs = passes.thumbs
-            thumbnail_pass(source, job.pool.labels, lambda positions, items: [thumbs.add(source.sample_ids[p], t)
-                                                                               for p, t in zip(positions, items, strict=True)],
-                           self.options.workers, errors=passes.errors)
+            thumbnail_pass(
+                source,
+                job.pool.labels,
+                lambda positions, items: [
+                    thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items, strict=True)
+                ],
+                self.options.workers,
+                errors=passes.errors,
+            )
         self.errors = passes.errors
         return Held(np.arange(len(source), dtype=np.int64))
 
@@ -174,7 +198,9 @@ class FineTuneMode:
 
     def signals(self, held: Held, batches: PoolBatches):
         job, options = self.job, self.options
-        return _pool_signals(job.models.model, job.models.reference, job.pool, job.models, options.workers, self.run.device)
+        return _pool_signals(
+            job.models.model, job.models.reference, job.pool, job.models, options.workers, self.run.device
+        )
 
 
 class LabelledScoring:
@@ -249,8 +275,10 @@ class LabelledTask:
         named = [flag for flag, (field, _) in IMAGE_TEXT_ONLY.items() if getattr(options, field, None)]
         if named:
             hint = ", ".join(f"{IMAGE_TEXT_ONLY[n][1]} instead of {n}" for n in named if IMAGE_TEXT_ONLY[n][1])
-            raise ValueError(f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
-                             f"and {options.data} is a labelled pool" + (f"; on a labelled pool use {hint}" if hint else ""))
+            raise ValueError(
+                f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
+                f"and {options.data} is a labelled pool" + (f"; on a labelled pool use {hint}" if hint else "")
+            )
 
     def default_binarisation(self) -> str:
         """Stage 2's per-epoch vote of a ``train`` run: weight ≥ 1/B."""
@@ -259,12 +287,21 @@ class LabelledTask:
     # ------------------------------------------------------------------ preparing
     def prepare_train(self, options: Any, pool: Pool, device: str) -> Prepared:
         models = build_models(options, pool.source, device)
-        fingerprints = {**pool_fingerprints(pool), "init": models.init_fingerprint, "reference": models.reference_fingerprint,
-                        "preprocessing": models.preprocessing}
-        facts = dict(class_names=pool.source.class_names, source={"spec": options.data, **_describe(pool.source)},
-                     method=options.method if options.reference else "plain", noise=pool.noise, subset=pool.subset,
-                     reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
-                     **model_facts(models))
+        fingerprints = {
+            **pool_fingerprints(pool),
+            "init": models.init_fingerprint,
+            "reference": models.reference_fingerprint,
+            "preprocessing": models.preprocessing,
+        }
+        facts = dict(
+            class_names=pool.source.class_names,
+            source={"spec": options.data, **_describe(pool.source)},
+            method=options.method if options.reference else "plain",
+            noise=pool.noise,
+            subset=pool.subset,
+            reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
+            **model_facts(models),
+        )
         return Prepared(Job(self, pool, models), fingerprints, facts, pool.warnings + models.warnings, models.notes)
 
     def prepare_score(self, options: Any, pool: Pool, device: str) -> Prepared:
@@ -323,9 +360,13 @@ def pool_rows(pool: Pool):
     source = pool.source
 
     def rows(positions: np.ndarray) -> pd.DataFrame:
-        return samples_table(source.sample_ids[positions], [source.source_of(int(i)) for i in positions], pool.labels[positions],
-                             None if pool.true_labels is None else pool.true_labels[positions],
-                             None if pool.is_noisy is None else pool.is_noisy[positions])
+        return samples_table(
+            source.sample_ids[positions],
+            [source.source_of(int(i)) for i in positions],
+            pool.labels[positions],
+            None if pool.true_labels is None else pool.true_labels[positions],
+            None if pool.is_noisy is None else pool.is_noisy[positions],
+        )
 
     return rows
 
@@ -334,10 +375,19 @@ def test_accuracy(options: Any, models: Models, trainable: nn.Module, device: st
     """Accuracy on ``--test-data`` (same class list required); linear probes reuse cached features."""
     test = open_source(options.test_data)
     if test.class_names != models.class_names:
-        raise ValueError(f"--test-data has classes {test.class_names[:5]}…, the pool has {models.class_names[:5]}…; they must match")
+        raise ValueError(
+            f"--test-data has classes {test.class_names[:5]}…, the pool has {models.class_names[:5]}…; they must match"
+        )
     if options.linear_probe:
-        feats = extract_features(models.model, test, test.labels, models.transform, head_name=models.head_name, device=device,
-                                 workers=options.workers)
+        feats = extract_features(
+            models.model,
+            test,
+            test.labels,
+            models.transform,
+            head_name=models.head_name,
+            device=device,
+            workers=options.workers,
+        )
         with torch.no_grad():
             pred = trainable(feats.values.to(device)).argmax(-1).cpu().numpy()
         return float((pred == test.labels[feats.positions]).mean())

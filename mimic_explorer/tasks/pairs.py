@@ -84,10 +84,16 @@ PAIR_ROW_COLUMNS = ("sample_id", "step", "loss", "batch_size", *PAIR_COLUMNS)
 RECALL_AT = (1, 5, 10)
 ALONE = "alone in its scoring batch (InfoNCE needs at least one other pair as a negative)"
 #: options only a labelled pool can use
-LABELLED_ONLY = (("label_noise", "--label-noise"), ("reference_noise", "--reference-noise"), ("linear_probe", "--linear-probe"))
+LABELLED_ONLY = (
+    ("label_noise", "--label-noise"),
+    ("reference_noise", "--reference-noise"),
+    ("linear_probe", "--linear-probe"),
+)
 #: the towers' drift warning ends with this advice
-TOWERS_ADVICE = ("projection-layer mimic scores assume shared towers and may be no better than chance (train fewer epochs, "
-                 "a smaller learning rate, --frozen-image-tower, or --frozen-towers)")
+TOWERS_ADVICE = (
+    "projection-layer mimic scores assume shared towers and may be no better than chance (train fewer epochs, "
+    "a smaller learning rate, --frozen-image-tower, or --frozen-towers)"
+)
 
 
 @dataclass
@@ -185,11 +191,18 @@ class _PairMode:
         models = self.models
         if models.reference is None:
             return None
-        return DriftMeter(models.model, models.reference, outside_params(mimic_layer_params(models.model, models.mimic_layers)),
-                          "towers", TOWERS_ADVICE)
+        return DriftMeter(
+            models.model,
+            models.reference,
+            outside_params(mimic_layer_params(models.model, models.mimic_layers)),
+            "towers",
+            TOWERS_ADVICE,
+        )
 
     def _collect(self, held: Held, model_part: nn.Module, reference_side: nn.Module, batches) -> pd.DataFrame:
-        found = collect_pair_signals(model_part, reference_side, batches, self.run.device, mimic_params=self.models.mimic_layers)
+        found = collect_pair_signals(
+            model_part, reference_side, batches, self.run.device, mimic_params=self.models.mimic_layers
+        )
         found["index"] = held.positions[found["index"]]
         return pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").sort_index()
 
@@ -218,7 +231,9 @@ class FrozenTowersMode(_PairMode):
 
     def batches(self, held: Held):
         dist = self.run.dist
-        return pair_batches(held.rows.to(self.run.device), self.options.batch_size, self.options.seed, dist.rank, dist.world)
+        return pair_batches(
+            held.rows.to(self.run.device), self.options.batch_size, self.options.seed, dist.rank, dist.world
+        )
 
     def drift(self) -> DriftMeter | None:
         return None  # frozen towers cannot drift
@@ -282,8 +297,19 @@ class BothTowersMode(_TowersLearn):
 
     def _stream(self, held: Held, token_sets, counts, rank: int = 0, world: int = 1) -> StreamedPairs:
         job, options = self.job, self.options
-        return StreamedPairs(job.pool.source, job.pool.labels, self.models.transform, held.positions, token_sets, counts,
-                             options.batch_size, options.seed, rank=rank, world=world, workers=options.workers)
+        return StreamedPairs(
+            job.pool.source,
+            job.pool.labels,
+            self.models.transform,
+            held.positions,
+            token_sets,
+            counts,
+            options.batch_size,
+            options.seed,
+            rank=rank,
+            world=world,
+            workers=options.workers,
+        )
 
     def batches(self, held: Held) -> StreamedPairs:
         dist = self.run.dist
@@ -309,21 +335,36 @@ class PairScoring:
 
     def scorer(self) -> PreparedScorer:
         models = self.job.models
-        return PreparedScorer(models.model, models.reference, params=models.mimic_layers, method=self.options.score_method,
-                              loss=InfoNCELoss())
+        return PreparedScorer(
+            models.model,
+            models.reference,
+            params=models.mimic_layers,
+            method=self.options.score_method,
+            loss=InfoNCELoss(),
+        )
 
     def batches(self, start: int, stop: int, passes: Passes) -> Iterator[ScoreBatch]:
         job, options = self.job, self.options
         source, models, captions = job.pool.source, job.models, job.data.captions
-        stream = pool_pass(source, job.pool.labels, models.transform, options.batch_size, indices=np.arange(start, stop),
-                           thumbnails=passes.thumbs is not None, workers=options.workers, errors=passes.errors)
+        stream = pool_pass(
+            source,
+            job.pool.labels,
+            models.transform,
+            options.batch_size,
+            indices=np.arange(start, stop),
+            thumbnails=passes.thumbs is not None,
+            workers=options.workers,
+            errors=passes.errors,
+        )
         for batch in whole_batches(stream, options.batch_size):
             positions = batch.index.numpy()
             if passes.thumbs is not None:
                 for p, t in zip(positions, batch.thumbs, strict=True):
                     passes.thumbs.add(source.sample_ids[p], t)
             if len(positions) < MIN_PAIR_BATCH:
-                passes.errors.add(BadSample(source.sample_ids[positions[0]], source.source_of(int(positions[0])), ALONE))
+                passes.errors.add(
+                    BadSample(source.sample_ids[positions[0]], source.source_of(int(positions[0])), ALONE)
+                )
                 continue
             tokens = models.model.tokenizer.encode(captions[positions].tolist())
             inputs = (batch.inputs.to(self.run.device), tokens.ids.to(self.run.device))
@@ -385,15 +426,21 @@ class PairsTask:
             raise ValueError(f"{', '.join(named)}: only for labelled pools, and {options.data} is a pool of image-text "
                              "pairs (use --caption-noise RATE to swap captions)")
         if options.batch_size < MIN_PAIR_BATCH:
-            raise ValueError(f"--batch-size {options.batch_size}: a pair's InfoNCE loss needs the other pairs of its batch "
-                             f"as negatives, so an image-text pool is scored in batches of at least {MIN_PAIR_BATCH}")
+            raise ValueError(
+                f"--batch-size {options.batch_size}: a pair's InfoNCE loss needs the other pairs of its batch "
+                f"as negatives, so an image-text pool is scored in batches of at least {MIN_PAIR_BATCH}"
+            )
         if options.command != "train":
             return
         if options.frozen_towers and (options.frozen_image_tower or options.all_captions):
-            raise ValueError("--frozen-image-tower and --all-captions are for training the towers; drop --frozen-towers")
+            raise ValueError(
+                "--frozen-image-tower and --all-captions are for training the towers; drop --frozen-towers"
+            )
         if not options.frozen_towers and is_open_clip(options.arch) and options.frozen_image_tower:
-            raise ValueError(f"--frozen-image-tower is available for the built-in --arch small_dual; {options.arch} trains "
-                             "both towers (drop --frozen-image-tower) or its projections alone (--frozen-towers)")
+            raise ValueError(
+                f"--frozen-image-tower is available for the built-in --arch small_dual; {options.arch} trains "
+                "both towers (drop --frozen-image-tower) or its projections alone (--frozen-towers)"
+            )
 
     def default_binarisation(self) -> str:
         """Stage 2's per-epoch vote of a ``train`` run: the two-group GMM split of each epoch's proj —
@@ -412,11 +459,17 @@ class PairsTask:
         fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
                         "reference": state_fingerprint(models.reference.state_dict())}
         layers = models.mimic_layers if isinstance(models.mimic_layers, str) else ",".join(models.mimic_layers)
-        facts = dict(class_names=[], source={"spec": options.data, "pool_kind": "pairs"},
-                     method=f"{options.score_method} of the symmetric InfoNCE term within each batch of {options.batch_size} "
-                            "pairs (fixed checkpoint)",
-                     noise=captions.noise, reference={"path": options.reference}, params=layers, basis=models.basis,
-                     subset=pool.subset)
+        facts = dict(
+            class_names=[],
+            source={"spec": options.data, "pool_kind": "pairs"},
+            method=f"{options.score_method} of the symmetric InfoNCE term within each batch of {options.batch_size} "
+            "pairs (fixed checkpoint)",
+            noise=captions.noise,
+            reference={"path": options.reference},
+            params=layers,
+            basis=models.basis,
+            subset=pool.subset,
+        )
         return Prepared(Job(self, pool, models, captions), fingerprints, facts, pool.warnings + models.warnings)
 
     def prepare_train(self, options: Any, pool: Pool, device: str) -> Prepared:
@@ -427,24 +480,44 @@ class PairsTask:
         if models.reference is not None and options.frozen_image_tower:
             differing = image_tower_differences(models.model, models.reference)
             if differing:
-                raise CheckpointError(f"--frozen-image-tower with --reference {options.reference}: the reference would score "
-                                      f"the model's cached image-tower outputs, but its image tower differs ({len(differing)} "
-                                      f"tensor(s), e.g. {differing[0]}); start the model from the reference (no --init) or "
-                                      "train both towers")
-        fingerprints = {**pool_fingerprints(pool), "init": state_fingerprint(models.model.state_dict()),
-                        "reference": None if models.reference is None else state_fingerprint(models.reference.state_dict())}
-        method = (f"{options.method} Grad-Mimic on the {models.mimic_layers} projection (symmetric InfoNCE within each batch "
-                  f"of {options.batch_size} pairs; {_trained_part(options)})") if models.reference is not None \
+                raise CheckpointError(
+                    f"--frozen-image-tower with --reference {options.reference}: the reference would score "
+                    f"the model's cached image-tower outputs, but its image tower differs ({len(differing)} "
+                    f"tensor(s), e.g. {differing[0]}); start the model from the reference (no --init) or "
+                    "train both towers"
+                )
+        fingerprints = {
+            **pool_fingerprints(pool),
+            "init": state_fingerprint(models.model.state_dict()),
+            "reference": None if models.reference is None else state_fingerprint(models.reference.state_dict()),
+        }
+        method = (
+            (
+                f"{options.method} Grad-Mimic on the {models.mimic_layers} projection (symmetric InfoNCE within each batch "
+                f"of {options.batch_size} pairs; {_trained_part(options)})"
+            )
+            if models.reference is not None
             else f"plain ({_trained_part(options)})"
-        facts = dict(class_names=[], source={"spec": options.data, "pool_kind": "pairs"}, method=method, noise=captions.noise,
-                     reference={"path": options.reference} if options.reference else None, basis=models.basis,
-                     subset=pool.subset)
-        return Prepared(Job(self, pool, models, captions), fingerprints, facts, pool.warnings + models.warnings, models.notes)
+        )
+        facts = dict(
+            class_names=[],
+            source={"spec": options.data, "pool_kind": "pairs"},
+            method=method,
+            noise=captions.noise,
+            reference={"path": options.reference} if options.reference else None,
+            basis=models.basis,
+            subset=pool.subset,
+        )
+        return Prepared(
+            Job(self, pool, models, captions), fingerprints, facts, pool.warnings + models.warnings, models.notes
+        )
 
     def train_mode(self, job: Job, options: Any, run: Any) -> _PairMode:
         if options.frozen_towers:
             return FrozenTowersMode(job, options, run)
-        return FrozenImageTowerMode(job, options, run) if options.frozen_image_tower else BothTowersMode(job, options, run)
+        return (
+            FrozenImageTowerMode(job, options, run) if options.frozen_image_tower else BothTowersMode(job, options, run)
+        )
 
     def score_mode(self, job: Job, options: Any, run: Any) -> PairScoring:
         return PairScoring(job, options, run)
@@ -479,7 +552,9 @@ class PairsTask:
             if signals is not None:
                 for column in PAIR_SIGNAL_COLUMNS:
                     values = signals[column].reindex(good)
-                    frame[column] = values.to_numpy(np.float64) if column.startswith("clip") else values.astype("Int64").to_numpy()
+                    frame[column] = (
+                        values.to_numpy(np.float64) if column.startswith("clip") else values.astype("Int64").to_numpy()
+                    )
             return frame
 
         def standard(good: np.ndarray) -> dict:
@@ -505,9 +580,13 @@ class PairsTask:
             if len(positions):
                 scores = rows.range(int(positions[0]), int(positions[-1]) + 1, list(PAIR_ROW_COLUMNS))
             else:
-                scores = pd.DataFrame({c: pd.Series(dtype=object if c == "sample_id" else np.float64) for c in PAIR_ROW_COLUMNS})
+                scores = pd.DataFrame(
+                    {c: pd.Series(dtype=object if c == "sample_id" else np.float64) for c in PAIR_ROW_COLUMNS}
+                )
             scores["score_batch"] = score_batches(scores["step"].to_numpy(), steps)
-            return pair_samples(base(positions), captions.captions, captions.true_captions, positions, captions.is_noisy, scores)
+            return pair_samples(
+                base(positions), captions.captions, captions.true_captions, positions, captions.is_noisy, scores
+            )
 
         return at
 
@@ -522,9 +601,19 @@ class PairsTask:
     # ------------------------------------------------------------------ the end of a run
     def save_model(self, job: Job, options: Any, meta: Any, held: Held) -> None:
         models = job.models
-        save_dual_encoder(models.model, options.save_model, arch=models.arch, input_shape=models.input_shape,
-                          extra={"run_id": meta.run_id, "data": options.data, "frozen_towers": options.frozen_towers,
-                                 "frozen_image_tower": options.frozen_image_tower, "all_captions": options.all_captions})
+        save_dual_encoder(
+            models.model,
+            options.save_model,
+            arch=models.arch,
+            input_shape=models.input_shape,
+            extra={
+                "run_id": meta.run_id,
+                "data": options.data,
+                "frozen_towers": options.frozen_towers,
+                "frozen_image_tower": options.frozen_image_tower,
+                "all_captions": options.all_captions,
+            },
+        )
 
     def held_out(self, job: Job, options: Any, trained: nn.Module, device: str) -> dict:
         recall, ranked = held_out_recall(options.test_data, job.models, device, options.workers)
@@ -546,17 +635,29 @@ class PairsTask:
         truncated = int(pq.read_table(layout.samples, columns=["caption_truncated"]).column("caption_truncated")
                         .to_numpy().sum())
         if truncated:
-            log(f"{truncated} caption(s) were longer than the text encoder's context and were cut (column caption_truncated)")
-        return {"pairs": {"loss": "symmetric InfoNCE of each pair within its scoring batch", "batch_size": options.batch_size,
-                          "batches": len(self._steps(layout)), "mimic_layers": job.models.mimic_layers,
-                          "truncated_captions": truncated}}
+            log(
+                f"{truncated} caption(s) were longer than the text encoder's context and were cut (column caption_truncated)"
+            )
+        return {
+            "pairs": {
+                "loss": "symmetric InfoNCE of each pair within its scoring batch",
+                "batch_size": options.batch_size,
+                "batches": len(self._steps(layout)),
+                "mimic_layers": job.models.mimic_layers,
+                "truncated_captions": truncated,
+            }
+        }
 
 
 def _trained_part(options: Any) -> str:
     if options.frozen_towers:
         return "frozen towers"
     drawn = "; each step one of every photo's captions" if options.all_captions else ""
-    return ("text tower and projections; image tower frozen" if options.frozen_image_tower else "both towers and projections") + drawn
+    return (
+        "text tower and projections; image tower frozen"
+        if options.frozen_image_tower
+        else "both towers and projections"
+    ) + drawn
 
 
 def held_out_recall(spec: str, models, device: str, workers: int = 0) -> tuple[dict[str, float], dict[str, int]]:

@@ -55,7 +55,9 @@ class EpochParts:
     def checkpoint(self, epoch: int, state: Callable[[], dict]) -> None:
         """Write the pending rows as one part, wait for every rank's part, then the state (rank 0)."""
         if self.pending:
-            part = self.layout.epoch_part(self.pending[0][0], self.pending[-1][0], self.ctx.rank if self.ctx.active else None)
+            part = self.layout.epoch_part(
+                self.pending[0][0], self.pending[-1][0], self.ctx.rank if self.ctx.active else None
+            )
             write_score_part(part, pa.concat_tables([table for _, table in self.pending]))
             self.pending = []
         self.ctx.barrier()

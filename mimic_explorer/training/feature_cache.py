@@ -127,7 +127,11 @@ class FeatureEntry:
         header = self._read_header()
         if header is not None and header.get("state") == "complete" and self.open_complete():
             return
-        if header is not None and header.get("state") == "filling" and all(header.get(k) == v for k, v in wanted.items()):
+        if (
+            header is not None
+            and header.get("state") == "filling"
+            and all(header.get(k) == v for k, v in wanted.items())
+        ):
             self.header = header
             try:
                 if (self.values_path.stat().st_size == rows * dim * 4
@@ -195,14 +199,21 @@ class FeatureEntry:
                 bad.append((int(row), BadSample(sample_id, path, reason)))
         bad.sort(key=lambda item: item[0])
         bad_rows = np.asarray([row for row, _ in bad], dtype=np.int64)
-        positions = {int(row): int(p) for row, p in zip(bad_rows, self.read_positions(bad_rows), strict=True)} if len(bad_rows) else {}
+        positions = (
+            {int(row): int(p) for row, p in zip(bad_rows, self.read_positions(bad_rows), strict=True)}
+            if len(bad_rows)
+            else {}
+        )
         rows = int(self.header["rows"])
         good_rows = rows - len(bad_rows)
         if len(bad_rows):
             self.header["state"] = "compacting"  # a kill from here on leaves an entry that is rebuilt
             write_json(self.folder / HEADER, self.header)
             self._compact(bad_rows, rows)
-        for path, size in ((self.values_path, good_rows * self.row_bytes), (self.positions_path, good_rows * _ROW_BYTES_POSITION)):
+        for path, size in (
+            (self.values_path, good_rows * self.row_bytes),
+            (self.positions_path, good_rows * _ROW_BYTES_POSITION),
+        ):
             with open(path, "r+b") as handle:
                 os.ftruncate(handle.fileno(), size)
                 os.fsync(handle.fileno())
@@ -233,7 +244,9 @@ class FeatureEntry:
         return self._read(self.values_path, lo, hi, self.dim, np.float32)
 
     def read_positions(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray([self._read(self.positions_path, int(r), int(r) + 1, 1, np.int64)[0, 0] for r in rows], dtype=np.int64)
+        return np.asarray(
+            [self._read(self.positions_path, int(r), int(r) + 1, 1, np.int64)[0, 0] for r in rows], dtype=np.int64
+        )
 
     def _read(self, path: Path, lo: int, hi: int, width: int, dtype) -> np.ndarray:
         out = np.empty((max(hi - lo, 0), width), dtype=dtype)
@@ -262,7 +275,10 @@ class FeatureEntry:
         return np.memmap(self.positions_path, dtype=np.int64, mode="r", shape=(self.rows,))
 
     def bad(self) -> list[BadSample]:
-        return [BadSample(sample_id, path, reason) for _, sample_id, path, reason in json.loads((self.folder / BAD).read_text())]
+        return [
+            BadSample(sample_id, path, reason)
+            for _, sample_id, path, reason in json.loads((self.folder / BAD).read_text())
+        ]
 
 
 def _pwrite_all(path: Path, data: memoryview, offset: int) -> None:

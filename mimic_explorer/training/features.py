@@ -108,7 +108,9 @@ def feature_key(model: nn.Module, head_name: str, transform, source: Source, ind
         "backbone": backbone_fingerprint(model, head_name),
         "transform": describe() if describe else repr(transform),
         "data": source.fingerprint(),
-        "indices": hashlib.sha256(np.asarray(indices if indices is not None else [], dtype=np.int64).tobytes()).hexdigest(),
+        "indices": hashlib.sha256(
+            np.asarray(indices if indices is not None else [], dtype=np.int64).tobytes()
+        ).hexdigest(),
         "extract": (extractor or HeadInputs(head_name)).describe(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -206,7 +208,9 @@ def _extract(entry: FeatureEntry, key: str, model: nn.Module, source: Source, la
              requested: np.ndarray, ctx: DistContext, chunk_rows: int) -> Features:
     if ctx.all_ok(entry.open_complete()):
         return _features(entry, cached=True)
-    work = _Pass(model, source, labels, transform, extractor, device, batch_size, workers, on_thumbnails, progress, requested)
+    work = _Pass(
+        model, source, labels, transform, extractor, device, batch_size, workers, on_thumbnails, progress, requested
+    )
     was_training = model.training
     model.eval()
     mine: set[int] = set()
@@ -227,7 +231,13 @@ def _extract(entry: FeatureEntry, key: str, model: nn.Module, source: Source, la
     if on_thumbnails is not None:  # chunks another rank (or a killed run) extracted: decode for thumbnails
         for chunk in range(-(-len(requested) // chunk_rows)):
             if chunk not in mine:
-                thumbnail_pass(source, labels, on_thumbnails, workers, indices=requested[chunk * chunk_rows : (chunk + 1) * chunk_rows])
+                thumbnail_pass(
+                    source,
+                    labels,
+                    on_thumbnails,
+                    workers,
+                    indices=requested[chunk * chunk_rows : (chunk + 1) * chunk_rows],
+                )
     return _features(entry, cached=False)
 
 

@@ -130,7 +130,9 @@ class _Steps:
         else:
             self.capture = _HeadInput(self.head)
             # a frozen backbone needs no backward pass at all: the head's gradient is closed form
-            backbone_trains = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(head_name + "."))
+            backbone_trains = any(
+                p.requires_grad for n, p in model.named_parameters() if not n.startswith(head_name + ".")
+            )
             self.run = functools.partial(_autograd_step, backbone_trains=backbone_trains)
 
     def prepare_scorer(self) -> PreparedScorer:
@@ -325,7 +327,9 @@ def _probe_step(model, steps: _Steps, features, targets, index, weigh) -> dict[s
     return out
 
 
-def _autograd_step(model, steps: _Steps, inputs, targets, index, weigh, *, backbone_trains: bool) -> dict[str, torch.Tensor]:
+def _autograd_step(
+    model, steps: _Steps, inputs, targets, index, weigh, *, backbone_trains: bool
+) -> dict[str, torch.Tensor]:
     """One step of a model with a backbone: one forward and (when the backbone trains) one backward;
     the head's re-weighted gradient is closed form from the captured head input."""
     head, config = steps.head, steps.config

@@ -99,8 +99,21 @@ class StreamedPairs:
     the index every other pairs source records); ``token_sets`` (rows, K, L) and ``counts`` (rows,)
     as ``training.towers.caption_sets`` returns them."""
 
-    def __init__(self, source: Source, labels: np.ndarray, transform: Callable, positions: np.ndarray, token_sets: Tensor,
-                 counts: Tensor, batch_size: int, seed: int, *, rank: int = 0, world: int = 1, workers: int = 0):
+    def __init__(
+        self,
+        source: Source,
+        labels: np.ndarray,
+        transform: Callable,
+        positions: np.ndarray,
+        token_sets: Tensor,
+        counts: Tensor,
+        batch_size: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        workers: int = 0,
+    ):
         check_pair_batch_size(batch_size)
         self.source, self.labels, self.transform = source, labels, transform
         self.positions = np.asarray(positions, dtype=np.int64)

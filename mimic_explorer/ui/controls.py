@@ -127,12 +127,18 @@ class FilterControls(Viewer):
         self.score_note = self._score_note()
         self.clauses = pn.Column(**wide)
         self.boxes: list[ClauseControls] = []  # the further clauses' boxes, in the order of model.more
-        self.add_clause = pn.widgets.Button(label="+ AND a rule on another column", color="light", **wide,
-                                            disabled=len(state.score_columns) < 2,
-                                            description="Keep only samples that every rule keeps, e.g. CLIP score top 30 % "
-                                                        "AND mimic_score not in its lowest 15 %")
+        self.add_clause = pn.widgets.Button(
+            label="+ AND a rule on another column",
+            color="light",
+            **wide,
+            disabled=len(state.score_columns) < 2,
+            description="Keep only samples that every rule keeps, e.g. CLIP score top 30 % "
+            "AND mimic_score not in its lowest 15 %",
+        )
         self.add_clause.on_click(lambda event: model.add_clause())
-        self.kept = pn.pane.HTML(self._kept_html(live.counts), stylesheets=[KEPT_CSS], css_classes=["kept-count"], **wide)
+        self.kept = pn.pane.HTML(
+            self._kept_html(live.counts), stylesheets=[KEPT_CSS], css_classes=["kept-count"], **wide
+        )
         self._layout = pn.Column(self.score_note, self.column, self.rule, self.slider, self.typed, self.quantile,
                                  self.top_fraction, self.keep_n, self.per_class, self.clear_overrides, self.clauses,
                                  self.add_clause, self.kept, notice, **wide)
@@ -149,8 +155,11 @@ class FilterControls(Viewer):
         switch = pn.widgets.Button(label=(column == "combined_score").rx.where("Show mimic_score instead",
                                                                                "Show combined_score"),
                                    color="light", sizing_mode="stretch_width")
-        switch.on_click(lambda event: setattr(self.model, "column",
-                                              "mimic_score" if self.model.column == "combined_score" else "combined_score"))
+        switch.on_click(
+            lambda event: setattr(
+                self.model, "column", "mimic_score" if self.model.column == "combined_score" else "combined_score"
+            )
+        )
         note = pn.pane.HTML(COMBINED_NOTE, stylesheets=[KEPT_CSS], css_classes=["me-note"], sizing_mode="stretch_width",
                             visible=column == "combined_score")
         return pn.Column(note, switch, sizing_mode="stretch_width", css_classes=["score-note"])
@@ -198,11 +207,13 @@ class FilterControls(Viewer):
         share = 100 * counts.kept / max(counts.total, 1)
         first = counts.clauses[0] if counts.clauses else counts
         cut = self.state.cut(first)
-        detail = {"threshold": f"{column} ≥ {model.threshold:.4g}",
-                  "quantile": f"drop the lowest {100 * model.quantile:.1f} %" + (" per class" if model.per_class else ""),
-                  "top_fraction": f"top {100 * model.top_fraction:.1f} %" + (" per class" if model.per_class else ""),
-                  "keep_count": f"top {model.keep_count}" + (" per class (proportional)" if model.per_class else ""),
-                  "ensemble": "the run's ensemble filter (Stage 2 vote)"}[model.rule]
+        detail = {
+            "threshold": f"{column} ≥ {model.threshold:.4g}",
+            "quantile": f"drop the lowest {100 * model.quantile:.1f} %" + (" per class" if model.per_class else ""),
+            "top_fraction": f"top {100 * model.top_fraction:.1f} %" + (" per class" if model.per_class else ""),
+            "keep_count": f"top {model.keep_count}" + (" per class (proportional)" if model.per_class else ""),
+            "ensemble": "the run's ensemble filter (Stage 2 vote)",
+        }[model.rule]
         if model.rule != "threshold" and cut is not None:
             detail += f" → {column} ≥ {cut:.4g}"
         if model.rule == "threshold" and model.class_overrides:
@@ -218,9 +229,11 @@ class FilterControls(Viewer):
         if counts.noisy_total:
             precision = "–" if counts.precision is None else f"{counts.precision:.3f}"
             recall = "–" if counts.recall is None else f"{counts.recall:.3f}"
-            text += (f'<div class="me-pr">Dropped vs ground truth: precision <b>{precision}</b> · recall <b>{recall}</b>'
-                     f' <span class="me-sub">({counts.noisy_dropped} of {counts.noisy_total} {self.state.noisy_word} '
-                     "dropped)</span></div>")
+            text += (
+                f'<div class="me-pr">Dropped vs ground truth: precision <b>{precision}</b> · recall <b>{recall}</b>'
+                f' <span class="me-sub">({counts.noisy_dropped} of {counts.noisy_total} {self.state.noisy_word} '
+                "dropped)</span></div>"
+            )
         return text
 
     def __panel__(self):

@@ -107,7 +107,10 @@ class RuleCounter:
         else:
             valid_sorted = stored[0]
         # quantiles use finite scores only (as apply_rule does); infinities sit at the two ends
-        lo, hi = np.searchsorted(valid_sorted, [-np.inf, np.inf], side="right")[0], np.searchsorted(valid_sorted, np.inf)
+        lo, hi = (
+            np.searchsorted(valid_sorted, [-np.inf, np.inf], side="right")[0],
+            np.searchsorted(valid_sorted, np.inf),
+        )
         self.sorted_finite = valid_sorted[lo:hi]
         if stored is None:
             grouped, bounds = sort_by_group(self.scores, valid_order, self.group, 2 * n_classes)
@@ -190,7 +193,9 @@ class RuleCounter:
         thresholds: dict[str, float | None] = {}
         if rule.kind == "ensemble":
             if self.ensemble is None:
-                raise FilterError(f"the run has no ensemble filter for {self.column} (column {keep_column(self.column)!r})")
+                raise FilterError(
+                    f"the run has no ensemble filter for {self.column} (column {keep_column(self.column)!r})"
+                )
             kept_groups = self._from_mask_positions(np.flatnonzero(self.ensemble))
         elif rule.kind == "threshold":
             value = float(rule.value)

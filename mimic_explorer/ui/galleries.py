@@ -57,8 +57,17 @@ class Galleries(Viewer):
     def __init__(self, state: ExplorerState, model: FilterModel, live: LiveCounts, thumbs: ThumbnailURIs,
                  detail: DetailView, selection: Selection, **params):
         super().__init__(band=default_band(state))
-        self.state, self.model, self.live, self.thumbs, self.detail, self.selection = state, model, live, thumbs, detail, selection
-        self.param.gallery_class.objects = [ALL_CLASSES] + [f"{c}: {state.label_name(c)}" for c in state.counter.classes.tolist()]
+        self.state, self.model, self.live, self.thumbs, self.detail, self.selection = (
+            state,
+            model,
+            live,
+            thumbs,
+            detail,
+            selection,
+        )
+        self.param.gallery_class.objects = [ALL_CLASSES] + [
+            f"{c}: {state.label_name(c)}" for c in state.counter.classes.tolist()
+        ]
         lo, hi = state.score_range()
         wide = dict(sizing_mode="stretch_width")
         self.size_slider = pn.widgets.IntSlider.from_param(self.param.gallery_size, label="Images per gallery", start=4,
@@ -84,10 +93,18 @@ class Galleries(Viewer):
         self.param.update(**params)
         self.refresh()
         hint = HINT.format(f"Red border: {state.noisy_word} (ground truth) · " if state.has_truth else "")
-        cards = pn.Column(self.thumb_note, pn.pane.HTML(hint, margin=(0, 5)), self.titles["lowest"], self.galleries["lowest"],
-                          self.titles["highest"], self.galleries["highest"],
-                          pn.Row(self.titles["third"], self.third, align="center"), self.band_slider,
-                          self.galleries["third"], **wide)
+        cards = pn.Column(
+            self.thumb_note,
+            pn.pane.HTML(hint, margin=(0, 5)),
+            self.titles["lowest"],
+            self.galleries["lowest"],
+            self.titles["highest"],
+            self.galleries["highest"],
+            pn.Row(self.titles["third"], self.third, align="center"),
+            self.band_slider,
+            self.galleries["third"],
+            **wide,
+        )
         self._layout = pn.Row(cards, pn.Column(detail, width=340, styles={"position": "sticky", "top": "0"}), **wide)
         live.param.watch(self._on_counts, "counts")
         live.param.watch(self._on_column, "column")

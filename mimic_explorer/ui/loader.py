@@ -51,7 +51,11 @@ class DemoBuild:
         buffer = b""
         tail: list[str] = []
         assert self._proc.stderr is not None
-        while chunk := self._proc.stderr.read1(4096) if hasattr(self._proc.stderr, "read1") else self._proc.stderr.read(4096):
+        while (
+            chunk := self._proc.stderr.read1(4096)
+            if hasattr(self._proc.stderr, "read1")
+            else self._proc.stderr.read(4096)
+        ):
             buffer += chunk
             *lines, buffer = buffer.replace(b"\r", b"\n").split(b"\n")
             for line in lines:

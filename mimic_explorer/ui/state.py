@@ -51,7 +51,9 @@ class ExplorerState:
             if c not in NON_SCORE_COLUMNS and pd.api.types.is_numeric_dtype(self.samples.dtypes[c])
             and not pd.api.types.is_bool_dtype(self.samples.dtypes[c])
         ]
-        self.score_columns = [c for c in LEADING_COLUMNS if c in numeric] + [c for c in numeric if c not in LEADING_COLUMNS]
+        self.score_columns = [c for c in LEADING_COLUMNS if c in numeric] + [
+            c for c in numeric if c not in LEADING_COLUMNS
+        ]
         if not self.score_columns:
             raise ValueError("the run's samples have no numeric score column")
         self.has_classes = has_classes(self.samples)
@@ -251,10 +253,14 @@ class ExplorerState:
         rows = []
         parts = list(zip(rule.clauses, counts.clauses, strict=False)) if rule is not None and counts.clauses else []
         for clause, part in [*parts, (None, counts)]:
-            row = {"class": describe(clause) if clause is not None else ("all clauses (AND)" if parts else "all samples"),
-                   "samples": part.total, "kept": part.kept, "dropped": part.dropped,
-                   "retained %": round(100 * part.kept / max(part.total, 1), 1),
-                   "threshold": self._rounded(self.cut(part))}
+            row = {
+                "class": describe(clause) if clause is not None else ("all clauses (AND)" if parts else "all samples"),
+                "samples": part.total,
+                "kept": part.kept,
+                "dropped": part.dropped,
+                "retained %": round(100 * part.kept / max(part.total, 1), 1),
+                "threshold": self._rounded(self.cut(part)),
+            }
             if part.noisy_total is not None:
                 row[f"{self.noisy_word} dropped"] = part.noisy_dropped
             rows.append(row)
@@ -276,7 +282,9 @@ class ExplorerState:
         if cache.get(key) is None:
             values = self.samples[column].to_numpy(dtype=np.float64)
             presorted = self.counter.sorted_finite if column == self.column else None
-            cache[key] = histogram(values, noisy=self.counter.noisy if self.has_truth else None, sorted_finite=presorted)
+            cache[key] = histogram(
+                values, noisy=self.counter.noisy if self.has_truth else None, sorted_finite=presorted
+            )
         return cache[key]
 
     @_releasing

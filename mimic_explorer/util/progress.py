@@ -16,7 +16,9 @@ def tqdm_progress() -> Progress:
     def update(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="sample", unit_scale=True, file=sys.stderr, leave=True, mininterval=0.2)
+            bar = bars[stage] = tqdm(
+                total=total, desc=stage, unit="sample", unit_scale=True, file=sys.stderr, leave=True, mininterval=0.2
+            )
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
