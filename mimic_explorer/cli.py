@@ -17,7 +17,8 @@ EPILOG = """examples:
   mimic-explorer demo --out runs/demo
   mimic-explorer export runs/demo --ensemble --format csv --out keep.csv
   mimic-explorer export runs/demo --quantile 0.3 --per-class --format parquet --out keep.parquet
-  mimic-explorer export runs/pairs --rule clip_score_ref:top=30% --rule mimic_score:drop=15% --format uids --out subset.npy
+  mimic-explorer export runs/pairs --rule clip_score_ref:top=30% --rule mimic_score:drop=15% \\
+      --format uids --out subset.npy
   mimic-explorer serve runs/demo
 """
 
@@ -196,13 +197,13 @@ def _add_pair_train_options(p) -> None:
     pairs = p.add_argument_group(
         "image-text pools",
         "Each pair's loss is its symmetric InfoNCE term within its batch. Without --init, a run with "
-        "--reference starts from the reference's towers with a fresh mimic-layer projection (one shared feature basis); "
-        "--init takes a dual-encoder checkpoint (--save-model of a pairs run) or an image classifier checkpoint (the image "
-        "tower). Without --frozen-towers the model (small_dual or open_clip:NAME) trains towers included, its pairs "
-        "decoded again every epoch while the image tower learns: plainly (no --reference), the "
-        "way to make a small 'pretrained' checkpoint, e.g. on clean pairs with --frozen-image-tower --all-captions; or "
-        "with --reference, Grad-Mimic on the --mimic-layer projection while the towers learn (their drift from the "
-        "reference's is recorded per epoch and warned about past 0.5).",
+        "--reference starts from the reference's towers with a fresh mimic-layer projection (one shared feature "
+        "basis); --init takes a dual-encoder checkpoint (--save-model of a pairs run) or an image classifier "
+        "checkpoint (the image tower). Without --frozen-towers the model (small_dual or open_clip:NAME) trains "
+        "towers included, its pairs decoded again every epoch while the image tower learns: plainly (no "
+        "--reference), the way to make a small 'pretrained' checkpoint, e.g. on clean pairs with "
+        "--frozen-image-tower --all-captions; or with --reference, Grad-Mimic on the --mimic-layer projection while "
+        "the towers learn (their drift from the reference's is recorded per epoch and warned about past 0.5).",
     )
     pairs.add_argument(
         "--frozen-towers",
@@ -213,8 +214,8 @@ def _add_pair_train_options(p) -> None:
     pairs.add_argument(
         "--frozen-image-tower",
         action="store_true",
-        help="without --frozen-towers (built-in small_dual): keep the image tower's weights (its outputs computed once and held) and train "
-        "the text tower, both projections and the logit scale",
+        help="without --frozen-towers (built-in small_dual): keep the image tower's weights (its outputs computed "
+        "once and held) and train the text tower, both projections and the logit scale",
     )
     pairs.add_argument(
         "--all-captions",
@@ -338,8 +339,8 @@ def _add_pair_score_options(p) -> None:
     pairs = p.add_argument_group(
         "image-text pools",
         "A pair's loss is its symmetric InfoNCE term within the batch it is scored in (the other pairs "
-        "of the batch are its negatives), so its mimic score is relative to that batch: samples.parquet records score_batch "
-        "and batch_size. Batches follow the pool's order; a pair is never scored alone.",
+        "of the batch are its negatives), so its mimic score is relative to that batch: samples.parquet records "
+        "score_batch and batch_size. Batches follow the pool's order; a pair is never scored alone.",
     )
     pairs.add_argument("--mimic-layer", choices=choices.MIMIC_LAYERS, default=argparse.SUPPRESS,
                        help="score the last linear projection of this tower (text when neither this nor --params names "

@@ -213,7 +213,10 @@ def format_summary(summary: dict) -> str:
     return "\n".join(
         [
             f"samples: {summary['samples']}   epochs: {summary['epochs']}",
-            f"test accuracy   reference {acc['reference']:.3f}   plain {acc['plain']:.3f}   Grad-Mimic {acc['grad_mimic']:.3f}",
+            (
+                f"test accuracy   reference {acc['reference']:.3f}   plain {acc['plain']:.3f}   Grad-Mimic "
+                f"{acc['grad_mimic']:.3f}"
+            ),
             (
                 f"noisy-label detection   AUROC {det['auroc']:.3f}   AP {det['ap']:.3f}   "
                 f"precision {det['precision']:.3f}   recall {det['recall']:.3f}   F1 {det['f1']:.3f}"

@@ -129,7 +129,10 @@ class CommonOptions:
             )
             _require(
                 family in PRETRAINED_FAMILIES,
-                f"--pretrained applies to timm:NAME and torchvision models, not to {self.arch!r}; pass --init with a file",
+                (
+                    f"--pretrained applies to timm:NAME and torchvision models, not to {self.arch!r}; pass --init with "
+                    "a file"
+                ),
             )
             _require(not isinstance(self.pretrained, str),
                      f"--pretrained {self.pretrained!r}: a TAG names open_clip weights; {family} models take no tag "

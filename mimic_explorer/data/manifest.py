@@ -191,7 +191,8 @@ class ManifestSource(FileSource):
         paths = [paths[k] for k in rows]
         if len(rows) == 0:
             raise DataSourceError(
-                f"{spec}: no manifest row has both a path and a usable label ({_preview(b.reason for b in open_errors)})"
+                f"{spec}: no manifest row has both a path and a usable label "
+                f"({_preview(b.reason for b in open_errors)})"
             )
 
         columns = [_LabelColumn("label", integer, [label_cells[k] for k in rows], [parsed[k] for k in rows], rows, ids)]
@@ -228,7 +229,8 @@ class ManifestSource(FileSource):
             example = f"row {good[0] + 1}: {_quoted(cells[good[0]])}" if good else "none"
             raise DataSourceError(
                 f"{spec}: the label column mixes integer class indices ({example}) with {len(odd)} of {len(rows)} "
-                f"value(s) that are not (row {odd[0] + 1}: {_quoted(cells[odd[0]])}); give class indices or class names, not both"
+                f"value(s) that are not (row {odd[0] + 1}: {_quoted(cells[odd[0]])}); give class indices or class "
+                "names, not both"
             )
         return integer, parsed
 
@@ -249,7 +251,8 @@ class ManifestSource(FileSource):
         missing = _missing(series)[rows]
         if missing.any():
             raise DataSourceError(
-                f"{spec}: true_label is empty in {int(missing.sum())} row(s) (first: row {rows[missing][0] + 1}); give it for every row or drop the column"
+                f"{spec}: true_label is empty in {int(missing.sum())} row(s) (first: row {rows[missing][0] + 1}); give "
+                "it for every row or drop the column"
             )
         cells = series.tolist()
         cells = [cells[k] for k in rows]

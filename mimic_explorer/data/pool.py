@@ -37,8 +37,8 @@ class Pool:
 
 def open_pool(options, source: Source | None = None) -> Pool:
     """Open ``--data`` (``options``: a command's options; ``source``: the pool already opened, when the
-    caller had to look at its kind first), keep only the samples ``--subset`` lists (``data.subset``: every command reads
-    the restricted pool, and nothing outside it is decoded) and inject ``--label-noise`` (seeded) into
+    caller had to look at its kind first), keep only the samples ``--subset`` lists (``data.subset``: every
+    command reads the restricted pool, and nothing outside it is decoded) and inject ``--label-noise`` (seeded) into
     what is left, recording the truth. Shard indexes live in the shared cache: built once per shard,
     reused by every run."""
     source = open_source(options.data) if source is None else source

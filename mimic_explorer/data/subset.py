@@ -94,7 +94,8 @@ def restrict_to_keep_list(source: Source, keep: KeepList) -> tuple[SubsetSource,
             hint = " (a DataComp uid list matches pools whose ids are 32-hex-digit uids, e.g. shards with a .json uid)"
         raise DataSourceError(
             f"--subset {keep.path}: none of its {len(listed)} id(s) is a usable sample of {source.spec} "
-            f"(listed e.g. {_preview(listed.tolist()[:EXAMPLES])}; the pool has e.g. {_preview(pool_ids.tolist()[:EXAMPLES])})"
+            f"(listed e.g. {_preview(listed.tolist()[:EXAMPLES])}; the pool has e.g. "
+            f"{_preview(pool_ids.tolist()[:EXAMPLES])})"
             + hint
             + (
                 "; the listed samples it holds are unusable: " + _preview(b.reason for b in unusable)
@@ -107,7 +108,8 @@ def restrict_to_keep_list(source: Source, keep: KeepList) -> tuple[SubsetSource,
     warnings = []
     if missing:
         warnings.append(
-            f"SUBSET: {len(missing)} of the {len(listed)} id(s) in --subset {keep.path} are not in the pool {source.spec} "
-            f"(e.g. {', '.join(missing[:EXAMPLES])}); the run uses the {len(positions)} listed sample(s) it has"
+            f"SUBSET: {len(missing)} of the {len(listed)} id(s) in --subset {keep.path} are not in the pool "
+            f"{source.spec} (e.g. {', '.join(missing[:EXAMPLES])}); the run uses the {len(positions)} listed "
+            "sample(s) it has"
         )
     return SubsetSource(source, positions, open_errors=unusable), SubsetReport(facts, warnings)

@@ -372,7 +372,8 @@ class WdsSource(Source):
         ]
         if not good.any():
             raise DataSourceError(
-                f"{spec}: no sample has both an image and a usable .cls label ({_preview(b.reason for b in open_errors)})"
+                f"{spec}: no sample has both an image and a usable .cls label "
+                f"({_preview(b.reason for b in open_errors)})"
             )
         class_names = self._class_names(spec, np.flatnonzero(good), shard_of, keys, cat, class_names)
         self._keep_members(good, keys, shard_of, cat)
@@ -420,8 +421,8 @@ class WdsSource(Source):
         if len(outside):
             k = outside[0]
             raise DataSourceError(
-                f"{spec}: label {self._cls_text(k, shard_of, cat)} {where(k)} is outside the class range 0..{count - 1} "
-                f"({len(outside)} sample(s)); classes: {_preview(class_names, 12)} ({declared_from})"
+                f"{spec}: label {self._cls_text(k, shard_of, cat)} {where(k)} is outside the class range "
+                f"0..{count - 1} ({len(outside)} sample(s)); classes: {_preview(class_names, 12)} ({declared_from})"
             )
         return list(class_names)
 
@@ -481,10 +482,10 @@ class WdsSource(Source):
                 raise DataSourceError(f"{spec}: uids " + uid_twins_text(
                     twins, lambda uid: f" ({keys[position[uid]]} in {self.shards[shard_of[position[uid]]]})"))
             return
-        where = [
-            f"{uid} ({', '.join(f'{keys[k]} in {self.shards[shard_of[k]]}' for k in np.flatnonzero(good & (ids == uid))[:3])})"
-            for uid in dupes[:5].tolist()
-        ]
+        where = []
+        for uid in dupes[:5].tolist():
+            found = np.flatnonzero(good & (ids == uid))[:3]
+            where.append(f"{uid} ({', '.join(f'{keys[k]} in {self.shards[shard_of[k]]}' for k in found)})")
         raise DataSourceError(
             f"{spec}: duplicate sample ids (uids shared by several samples): {'; '.join(where)}"
             + (f" … ({len(dupes)} in all)" if len(dupes) > 5 else "") + "; every pair needs a unique uid"

@@ -114,7 +114,8 @@ class FilterRule:
             raise FilterError(f"keep-count must be a whole number ≥ 0, got {value}")
         if self.kind == "threshold" and self.per_class and not self.class_overrides:
             raise FilterError(
-                "--per-class applies to --quantile, --top-fraction and --keep-count (a threshold is already one value for all classes)"
+                "--per-class applies to --quantile, --top-fraction and --keep-count (a threshold is already one value "
+                "for all classes)"
             )
         if self.class_overrides and self.kind != "threshold":
             raise FilterError("per-class threshold overrides apply to the threshold rule only")

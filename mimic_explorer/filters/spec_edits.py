@@ -102,7 +102,10 @@ def _single_edits(spec: dict[str, Any], samples: pd.DataFrame | None) -> Iterato
             for cls, override in list(overrides.items())[:32]:
                 if cls in resolved and resolved[cls] != override:
                     yield (
-                        f"{label}'s threshold for class {cls} is {override!r} but the hashed spec says {resolved[cls]!r}",
+                        (
+                            f"{label}'s threshold for class {cls} is {override!r} but the hashed spec says "
+                            f"{resolved[cls]!r}"
+                        ),
                         _with_clause(spec, label, class_overrides={**overrides, cls: resolved[cls]}),
                     )
             for cls in [c for c in resolved if c != "all" and c not in overrides][:32]:
@@ -116,7 +119,10 @@ def _single_edits(spec: dict[str, Any], samples: pd.DataFrame | None) -> Iterato
         if isinstance(clause.get("per_class"), bool):
             flipped = not clause["per_class"]
             yield (
-                f"{label}'s per_class is {str(clause['per_class']).lower()} but the hashed spec says {str(flipped).lower()}",
+                (
+                    f"{label}'s per_class is {str(clause['per_class']).lower()} but the hashed spec says "
+                    f"{str(flipped).lower()}"
+                ),
                 _with_clause(spec, label, per_class=flipped),
             )
         elif "per_class" in clause:

@@ -66,7 +66,8 @@ class LoadReport:
             parts.append("skipped " + "; ".join(f"{n} ({why})" for n, why in self.skipped))
         if self.missing:
             parts.append(
-                f"{len(self.missing)} model tensor(s) not in the checkpoint kept their init: {', '.join(self.missing[:5])}"
+                f"{len(self.missing)} model tensor(s) not in the checkpoint kept their init: "
+                f"{', '.join(self.missing[:5])}"
             )
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} checkpoint tensor(s) unused: {', '.join(self.unexpected[:5])}")
@@ -181,7 +182,8 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
         unsafe = isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text or "weights_only" in text
         if not unsafe:
             raise CheckpointError(
-                f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+                f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: "
+                f"{text.splitlines()[0] if text else ''}"
             ) from exc
         if not trust_pickle:
             raise CheckpointError(
@@ -253,7 +255,10 @@ def load_checkpoint(
                 report.skipped.append(
                     (
                         name,
-                        f"head shape differs: checkpoint {tuple(source.shape)} vs model {tuple(tensor.shape)}; kept at its initial values",
+                        (
+                            f"head shape differs: checkpoint {tuple(source.shape)} vs model {tuple(tensor.shape)}; "
+                            "kept at its initial values"
+                        ),
                     )
                 )
                 continue
@@ -275,7 +280,8 @@ def load_checkpoint(
             first = report.unexpected[0]
             raise CheckpointError(
                 f"checkpoint {path} does not fit {type(model).__name__}: first mismatched tensor {first} "
-                f"{tuple(state[first].shape)} has no counterpart in the model ({len(report.unexpected)} unused tensor(s) in all)"
+                f"{tuple(state[first].shape)} has no counterpart in the model ({len(report.unexpected)} unused "
+                "tensor(s) in all)"
             )
     if not chosen:
         raise CheckpointError(

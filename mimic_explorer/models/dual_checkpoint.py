@@ -114,9 +114,9 @@ def _checked_config(config: Any, path: Path, trusted_arch: bool, trust_code: boo
         raise CheckpointError(f"{path} records no architecture (config 'arch'); it was not saved by mimic-explorer")
     if names_code(arch) and not (trusted_arch or trust_code):
         raise CheckpointError(
-            f"{path} records the architecture {arch!r}, which would import and run code named by the file; a checkpoint "
-            f"never chooses code to run. Name it yourself (--arch small_dual:{arch}) or pass --trust-checkpoint if you "
-            "trust where the file came from"
+            f"{path} records the architecture {arch!r}, which would import and run code named by the file; a "
+            f"checkpoint never chooses code to run. Name it yourself (--arch small_dual:{arch}) or pass "
+            "--trust-checkpoint if you trust where the file came from"
         )
     shape = config.get("input_shape")
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3

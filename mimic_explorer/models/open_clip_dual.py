@@ -91,7 +91,8 @@ class OpenClipDualEncoder(DualEncoder):
         super().__init__()
         if getattr(clip, "logit_bias", None) is not None:
             raise ArchError(
-                f"open_clip:{name} has a logit_bias (a sigmoid-loss model such as SigLIP); only CLIP's softmax InfoNCE is supported"
+                f"open_clip:{name} has a logit_bias (a sigmoid-loss model such as SigLIP); only CLIP's softmax InfoNCE "
+                "is supported"
             )
         visual_proj = getattr(clip.visual, "proj", None)
         if not isinstance(visual_proj, (nn.Parameter, nn.Linear)):
@@ -167,14 +168,15 @@ class OpenClipDualEncoder(DualEncoder):
         unexpected = [k for k in state if k not in own]
         if missing or unexpected:
             raise CheckpointError(
-                f"checkpoint {path} does not fit open_clip:{self.name}: {len(missing)} tensor(s) missing (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unused (e.g. {unexpected[:3]})"
+                f"checkpoint {path} does not fit open_clip:{self.name}: {len(missing)} tensor(s) missing (e.g. "
+                f"{missing[:3]}), {len(unexpected)} unused (e.g. {unexpected[:3]})"
             )
         wrong = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
         if wrong:
             k = wrong[0]
             raise CheckpointError(
-                f"checkpoint {path} does not fit open_clip:{self.name}: {k} is {tuple(state[k].shape)}, the model's {tuple(own[k].shape)}"
+                f"checkpoint {path} does not fit open_clip:{self.name}: {k} is {tuple(state[k].shape)}, the model's "
+                f"{tuple(own[k].shape)}"
             )
         self.load_state_dict(state)
 
@@ -203,8 +205,8 @@ def build_open_clip_dual_encoder(
     except Exception as exc:  # a download or hub failure: say what to do instead
         what = f"pretrained weights {pretrained!r}" if pretrained else "the model or its tokenizer"
         raise ArchError(
-            f"open_clip could not load {what} for {name} ({type(exc).__name__}: {str(exc)[:200]}); without network access, "
-            "download the weights on a machine that has it and pass the local file with --init"
+            f"open_clip could not load {what} for {name} ({type(exc).__name__}: {str(exc)[:200]}); without network "
+            "access, download the weights on a machine that has it and pass the local file with --init"
         ) from exc
     context = int(getattr(clip, "context_length", 0) or getattr(tokenizer, "context_length", 77))
     model = OpenClipDualEncoder(clip, OpenClipTokenizer(tokenizer, context), name)

@@ -42,7 +42,8 @@ def input_batch_size(inputs: Any) -> int:
         return int(inputs.shape[0])
     if not isinstance(inputs, (tuple, list)) or not inputs:
         raise TypeError(
-            f"inputs must be a torch.Tensor or a tuple of batched tensors (the model's arguments), got {type(inputs).__name__}"
+            "inputs must be a torch.Tensor or a tuple of batched tensors (the model's arguments), got "
+            f"{type(inputs).__name__}"
         )
     sizes = []
     for k, t in enumerate(inputs):

@@ -222,7 +222,10 @@ def _count_problem(keep_list: Path, spec: dict[str, Any]) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is not the keep-list described
         return f"{keep_list.name} cannot be read as {fmt} ({type(exc).__name__}: {exc})"
     if count != kept:
-        return f"{keep_list.name} lists {count} samples but its spec records kept {kept!r}: they come from different exports"
+        return (
+            f"{keep_list.name} lists {count} samples but its spec records kept {kept!r}: they come from different "
+            "exports"
+        )
     return None
 
 

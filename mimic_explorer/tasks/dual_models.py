@@ -194,7 +194,10 @@ def _build_model(options, captions: list[str], reference: DualEncoder | None,
     if options.init is None and reference is not None:
         layer = options.mimic_layer or DEFAULT_MIMIC_LAYER
         model = _fresh_projection(copy.deepcopy(reference), layer, options.seed)
-        note = f"the model starts from --reference {options.reference} with a fresh {layer} projection (one shared feature basis)"
+        note = (
+            f"the model starts from --reference {options.reference} with a fresh {layer} projection (one shared "
+            "feature basis)"
+        )
         return model, dict(reference_config), [note]
     if image_arch is None or is_open_clip(image_arch):
         if image_arch is not None:

@@ -493,8 +493,8 @@ class PairsTask:
         }
         method = (
             (
-                f"{options.method} Grad-Mimic on the {models.mimic_layers} projection (symmetric InfoNCE within each batch "
-                f"of {options.batch_size} pairs; {_trained_part(options)})"
+                f"{options.method} Grad-Mimic on the {models.mimic_layers} projection (symmetric InfoNCE within each "
+                f"batch of {options.batch_size} pairs; {_trained_part(options)})"
             )
             if models.reference is not None
             else f"plain ({_trained_part(options)})"
@@ -636,7 +636,8 @@ class PairsTask:
                         .to_numpy().sum())
         if truncated:
             log(
-                f"{truncated} caption(s) were longer than the text encoder's context and were cut (column caption_truncated)"
+                f"{truncated} caption(s) were longer than the text encoder's context and were cut (column "
+                "caption_truncated)"
             )
         return {
             "pairs": {

@@ -58,8 +58,9 @@ class DetailView(Viewer):
         noisy = bool(record.get("is_noisy", False))
         caption = record.get("caption")
         caption_html = f'<div class="caption">{html.escape(str(caption))}</div>' if isinstance(caption, str) else ""
+        marked = ' class=noisy' if noisy else ""
         rows = "".join(
-            f"<tr><td>{html.escape(str(k))}</td><td{' class=noisy' if k == 'is_noisy' and noisy else ''}>{_value(v)}</td></tr>"
+            f"<tr><td>{html.escape(str(k))}</td><td{marked if k == 'is_noisy' else ''}>{_value(v)}</td></tr>"
             for k, v in record.items()
         )
         title = html.escape(sample_id)

@@ -25,7 +25,10 @@ from mimic_explorer.ui.thumbnails import ThumbnailURIs
 
 ALL_CLASSES = "all classes"
 AROUND, BAND = "Around the threshold", "In a score band"
-HINT = "<span style='font:12px system-ui;color:#57606a'>{}Pink card: dropped by the current filter · click an image for its detail.</span>"
+HINT = (
+    "<span style='font:12px system-ui;color:#57606a'>{}Pink card: dropped by the current filter · click an image "
+    "for its detail.</span>"
+)
 MATCH_CSS = ".me-match { font: 12px system-ui, sans-serif; color: #57606a; }"
 
 

@@ -27,7 +27,8 @@ CSS = """
 .me-grid.pairs { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); }
 .me-grid.pairs img { image-rendering: auto; object-fit: cover; }
 .me-caption { margin-top: 4px; font-size: 12px; line-height: 1.3; color: #1f2328; overflow: hidden;
-  display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow-wrap: anywhere; min-height: 3.9em; }
+  display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow-wrap: anywhere;
+  min-height: 3.9em; }
 .me-card { border: 1px solid #d0d7de; border-radius: 8px; padding: 5px; background: #fff; cursor: pointer;
   font: 11px/1.35 system-ui, -apple-system, "Segoe UI", sans-serif; color: #24292f; transition: opacity .15s; }
 .me-card:hover { box-shadow: 0 2px 8px rgba(0,0,0,.18); border-color: #0969da; }
