@@ -27,7 +27,7 @@ class UserError(Exception):
     """An error the user caused and can fix; printed as one line, exit status 2."""
 
 
-class DefaultsOnceFormatter(argparse.HelpFormatter):
+class _DefaultsOnceFormatter(argparse.HelpFormatter):
     """Shows an option's default once, at the end of its help: not when the help already says what the
     default is (in its own words), nor for options without one (None) or flags (False)."""
 
@@ -40,10 +40,10 @@ class DefaultsOnceFormatter(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Every subcommand's parser shows its defaults through ``DefaultsOnceFormatter``."""
+    """Every subcommand's parser shows its defaults through ``_DefaultsOnceFormatter``."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", DefaultsOnceFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsOnceFormatter)
         super().__init__(*args, **kwargs)
 
 
@@ -382,7 +382,7 @@ RULE_KINDS = {"min": "threshold", "threshold": "threshold", "drop": "quantile", 
               "count": "keep_count", "keep_count": "keep_count", "keep-count": "keep_count"}
 
 
-def parse_rule(text: str):
+def _parse_rule(text: str):
     """One ``--rule COLUMN:KIND=VALUE[:per-class]`` (or ``ensemble``) as a ``FilterRule``; ``UserError``
     naming what is wrong otherwise."""
     from mimic_explorer.filters.rules import FilterRule
@@ -452,7 +452,7 @@ def _export_rule(args, run):
         if args.per_class or args.column:
             raise UserError("with --rule, write the column and ':per-class' into each rule "
                             "(e.g. --rule mimic_score:drop=15%:per-class), not --column / --per-class")
-        return all_of([parse_rule(text) for text in args.rule]), None
+        return all_of([_parse_rule(text) for text in args.rule]), None
     if args.spec:
         spec = read_spec_file(args.spec)
         return rule_from_spec(spec, run.meta, run.samples), spec

@@ -64,7 +64,7 @@ class DemoConfig:
 
 
 @dataclass
-class DemoOptions:
+class _DemoOptions:
     """The demo as a run (``pipeline.lifecycle.RunSpec``): where it goes and whether to recompute it."""
 
     command: ClassVar[str] = "demo"
@@ -87,7 +87,7 @@ class DemoOptions:
 
 
 @dataclass
-class DemoInputs:
+class _DemoInputs:
     """The split, the noisy labels and the one init every model of the demo starts from."""
 
     pool: ArrayDataset
@@ -97,18 +97,18 @@ class DemoInputs:
     init: MLP
 
 
-DemoRun = RunContext[DemoOptions, DemoInputs]
+DemoRun = RunContext[_DemoOptions, _DemoInputs]
 
 
 def build_demo(out: str, config: DemoConfig | None = None, progress: Progress | None = None, *,
                force: bool = False, log: Log | None = None) -> dict:
     """Write a complete demo run into ``out`` (or find it there already) and return its summary."""
-    options = DemoOptions(str(out), config or DemoConfig(), force)
+    options = _DemoOptions(str(out), config or DemoConfig(), force)
     outcome = run_lifecycle(options, _prepare, _run, resumable=False, progress=progress, log=log)
     return outcome.summary
 
 
-def _prepare(options: DemoOptions, ctx: DistContext, device: str) -> Prepared[DemoInputs]:
+def _prepare(options: _DemoOptions, ctx: DistContext, device: str) -> Prepared[_DemoInputs]:
     config = options.config
     torch.manual_seed(config.seed)
     data = load_digits_dataset()
@@ -135,7 +135,7 @@ def _prepare(options: DemoOptions, ctx: DistContext, device: str) -> Prepared[De
         same_init=True,
         stage2={"binarisation": "weight", "aggregation": "majority"},
     )
-    return Prepared(DemoInputs(pool, test, noisy, list(data.class_names), init), fingerprints, facts)
+    return Prepared(_DemoInputs(pool, test, noisy, list(data.class_names), init), fingerprints, facts)
 
 
 def _run(run: DemoRun) -> RunOutcome:

@@ -45,7 +45,7 @@ COMBINED_COLUMNS = ("combined_score", "combined_keep")
 Signals = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def signal_columns(signals: dict[str, np.ndarray], rows: int, index: np.ndarray | None = None) -> pd.DataFrame:
+def _signal_columns(signals: dict[str, np.ndarray], rows: int, index: np.ndarray | None = None) -> pd.DataFrame:
     """Signal arrays (``train.collect_signals``'s names) as samples.parquet columns for ``rows`` samples;
     ``index``: which of them each signal value belongs to (default: all, in order). Missing: NaN / NA."""
     index = np.arange(rows) if index is None else np.asarray(index, dtype=np.int64)
@@ -68,7 +68,7 @@ def add_signals(samples: pd.DataFrame, signals: dict[str, np.ndarray], row_ids: 
     where = pd.Index(samples["sample_id"]).get_indexer(np.asarray(row_ids, dtype=object).astype(str))
     found = where >= 0
     picked = {name: np.asarray(values)[found] for name, values in signals.items() if name != "index"}
-    extra = signal_columns(picked, len(samples), where[found])
+    extra = _signal_columns(picked, len(samples), where[found])
     return pd.concat([samples.reset_index(drop=True), extra], axis=1)
 
 
@@ -291,7 +291,7 @@ def _base_frame(pool: PoolView, positions: np.ndarray) -> pd.DataFrame:
     if pool.signals is not None:
         found = dict(pool.signals(positions))
         rows = np.searchsorted(positions, np.asarray(found.pop("index"), dtype=np.int64)) if "index" in found else None
-        frame = pd.concat([frame, signal_columns(found, len(positions), rows)], axis=1)
+        frame = pd.concat([frame, _signal_columns(found, len(positions), rows)], axis=1)
     return frame
 
 

@@ -130,7 +130,7 @@ def max_file_bytes() -> int:
     return value
 
 
-def file_problem(st: os.stat_result, max_bytes: int) -> str | None:
+def _file_problem(st: os.stat_result, max_bytes: int) -> str | None:
     """Why a file with this ``stat`` cannot be a sample's image (not a regular file, or over the cap),
     or None when it can."""
     mode = st.st_mode
@@ -158,7 +158,7 @@ def check_file(path: str | os.PathLike, sample_id: str = "", max_bytes: int | No
     """Raise ``BadSampleError`` unless ``path`` is a regular file within the size cap (for readers that
     open the file themselves, such as torchvision datasets). ``stat`` never blocks, even on a FIFO."""
     try:
-        problem = file_problem(os.stat(path), max_file_bytes() if max_bytes is None else max_bytes)
+        problem = _file_problem(os.stat(path), max_file_bytes() if max_bytes is None else max_bytes)
     except OSError as exc:
         problem = _os_reason(exc)
     if problem:
@@ -204,7 +204,7 @@ def read_file(path: str | os.PathLike, sample_id: str = "", max_bytes: int | Non
         raise BadSampleError(BadSample(str(sample_id), str(path), _os_reason(exc))) from None
     try:
         info = os.fstat(fd)
-        problem = file_problem(info, max_bytes)
+        problem = _file_problem(info, max_bytes)
         if problem is None:
             data = _read_at_most(fd, max_bytes + 1, info.st_size + 1)
             if len(data) <= max_bytes:

@@ -59,7 +59,7 @@ class KeepList:
                 "rows": self.rows, "sha256": self.sha256}
 
 
-def keep_list_format(path: str | os.PathLike) -> str:
+def _keep_list_format(path: str | os.PathLike) -> str:
     """The format of ``path`` by its extension; ``KeepListError`` naming the known ones otherwise."""
     suffix = Path(path).suffix.lower()
     if suffix not in EXTENSIONS:
@@ -76,7 +76,7 @@ def check_keep_list_path(path: str | os.PathLike) -> None:
         raise KeepListError(f"--subset {path}: no such file")
     if not file.is_file():
         raise KeepListError(f"--subset {path}: not a file")
-    keep_list_format(file)
+    _keep_list_format(file)
 
 
 def read_keep_list(path: str | os.PathLike) -> KeepList:
@@ -84,7 +84,7 @@ def read_keep_list(path: str | os.PathLike) -> KeepList:
     missing or unreadable file, an unknown format, a table without ``sample_id`` or a list of no ids."""
     check_keep_list_path(path)
     file = Path(path).expanduser()
-    fmt = keep_list_format(file)
+    fmt = _keep_list_format(file)
     try:
         if fmt == "npy":
             fmt, values = _read_npy(file)

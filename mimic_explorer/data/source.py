@@ -32,7 +32,7 @@ def _preview(values: Iterable, limit: int = 5) -> str:
 UID_PATTERN = re.compile(r"[0-9a-fA-F]{32}")
 
 
-def check_unique_ids(sample_ids: np.ndarray, what: str) -> None:
+def _check_unique_ids(sample_ids: np.ndarray, what: str) -> None:
     """Raise ``DataSourceError`` naming the first duplicated ids (ids key every file the run writes),
     or two 32-hex-digit uids that differ only in case (``uid_case_twins``)."""
     ids = np.asarray(sample_ids, dtype=object)
@@ -76,7 +76,7 @@ def uid_twins_text(twins: list[list[str]], where=lambda uid: "") -> str:
             "ignore case; every pair needs a unique uid")
 
 
-def check_labels(
+def _check_labels(
     labels: np.ndarray, class_names: Sequence[str], sample_ids: np.ndarray, what: str, column: str = "label"
 ) -> None:
     """Raise ``DataSourceError`` when a label is outside 0..len(class_names)-1, naming the samples."""
@@ -142,13 +142,13 @@ class Source:
             raise DataSourceError(f"{spec}: {len(self.sample_ids)} ids but {len(self.captions)} captions")
         if len(self.sample_ids) == 0:
             raise DataSourceError(f"{spec}: the pool has no usable samples")
-        check_unique_ids(self.sample_ids, spec)
+        _check_unique_ids(self.sample_ids, spec)
         if self.pool_kind == LABELLED:
             if not self.class_names:
                 raise DataSourceError(f"{spec}: no class names")
-            check_labels(self.labels, self.class_names, self.sample_ids, spec)
+            _check_labels(self.labels, self.class_names, self.sample_ids, spec)
             if self.true_labels is not None:
-                check_labels(self.true_labels, self.class_names, self.sample_ids, spec, column="true_label")
+                _check_labels(self.true_labels, self.class_names, self.sample_ids, spec, column="true_label")
         self._position: dict[str, int] | None = None
         self._sizes: np.ndarray | None = None
 

@@ -32,7 +32,7 @@ def _dataset_classes() -> dict[str, type]:
     }
 
 
-def resolve_dataset_class(name: str, spec: str) -> type:
+def _resolve_dataset_class(name: str, spec: str) -> type:
     classes = _dataset_classes()
     lowered = {k.lower(): k for k in classes}
     if name.lower() not in lowered:
@@ -82,7 +82,7 @@ class TorchvisionSource(Source):
         root = Path(root).expanduser()
         if not root.exists():
             raise DataSourceError(f"{spec}: root folder {root} does not exist (downloads are disabled)")
-        cls = resolve_dataset_class(name, spec)
+        cls = _resolve_dataset_class(name, spec)
         params = inspect.signature(cls).parameters
         if "root" not in params:
             raise DataSourceError(f"{spec}: torchvision.datasets.{cls.__name__} does not read files from a root folder")

@@ -116,7 +116,7 @@ class ShardIndex:
         return cls(**stored)
 
 
-def split_key(name: str) -> tuple[str, str]:
+def _split_key(name: str) -> tuple[str, str]:
     """WebDataset's rule: ``dir/base.ext.more`` → (``dir/base``, ``ext.more``), extension lowercased."""
     folder, _, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
@@ -168,7 +168,7 @@ def build_shard_index(shard: str) -> ShardIndex:
         for member in scan.members():
             if not member.isfile():
                 continue
-            key, ext = split_key(member.name)
+            key, ext = _split_key(member.name)
             if not key or key.startswith("__") or not ext:
                 continue
             entry = entry_of(key)
@@ -193,7 +193,7 @@ def build_shard_index(shard: str) -> ShardIndex:
         os.close(fd)
     cut_key = None
     if scan.cut_member is not None:  # the sample whose member the end of the file cut off
-        key, ext = split_key(scan.cut_member)
+        key, ext = _split_key(scan.cut_member)
         if key and not key.startswith("__") and ext:
             cut_key = key
             entry_of(key)
@@ -238,15 +238,15 @@ def build_shard_index(shard: str) -> ShardIndex:
     return index
 
 
-def index_path(shard: str, cache_dir: Path) -> Path:
+def _index_path(shard: str, cache_dir: Path) -> Path:
     stat = os.stat(shard)
     name = hashlib.sha256(os.path.realpath(shard).encode()).hexdigest()[:16]
     return cache_dir / f"{name}-{stat.st_size}-{stat.st_mtime_ns}.npz"
 
 
-def load_or_build_index(shard: str, cache_dir: Path) -> tuple[ShardIndex, Path | None]:
+def _load_or_build_index(shard: str, cache_dir: Path) -> tuple[ShardIndex, Path | None]:
     """The shard's index from the cache, or built now and saved (stale entries of the shard removed)."""
-    path = index_path(shard, cache_dir)
+    path = _index_path(shard, cache_dir)
     if path.is_file():
         try:
             return ShardIndex.load(path), path
@@ -285,7 +285,7 @@ class WdsSource(Source):
         self.cache_dir = shard_index_dir(index_dir)
         parts, self.index_files = [], []
         for shard in self.shards:
-            index, path = load_or_build_index(shard, self.cache_dir)
+            index, path = _load_or_build_index(shard, self.cache_dir)
             parts.append(index)
             self.index_files.append(path)
         shard_of = np.concatenate([np.full(len(p.keys), s, np.int32) for s, p in enumerate(parts)])

@@ -49,7 +49,7 @@ class FilterError(ValueError):
     """A filter rule or export request that cannot be carried out; the message names the cause."""
 
 
-def top_count(fraction: float, n: int) -> int:
+def _fraction_count(fraction: float, n: int) -> int:
     """How many samples "the top ``fraction``" of ``n`` is: ⌊fraction·n⌋, read so that 0.29·100 is 29
     (the product is rounded to 6 decimals first: floating point must not cost a sample)."""
     return math.floor(round(fraction * n, 6))
@@ -406,7 +406,7 @@ def fraction_cut(sorted_finite: np.ndarray, kind: str, value: float) -> float | 
     """The lowest score a quantile (drop the lowest ⌊q·n⌋) or top-fraction (keep the ⌊f·n⌋ highest)
     rule keeps, from the finite scores sorted ascending; None when it keeps nothing."""
     n = len(sorted_finite)
-    drop = int(np.floor(value * n)) if kind == "quantile" else n - top_count(value, n)
+    drop = int(np.floor(value * n)) if kind == "quantile" else n - _fraction_count(value, n)
     if n == 0 or drop >= n:
         return None
     return float(sorted_finite[drop])
@@ -416,7 +416,7 @@ def _resolve_one(scores: np.ndarray, kind: str, value: float, n: int) -> tuple[n
     if kind in ("quantile", "top_fraction"):
         finite = scores[np.isfinite(scores)]
         n_finite = len(finite)
-        drop = int(np.floor(value * n_finite)) if kind == "quantile" else n_finite - top_count(value, n_finite)
+        drop = int(np.floor(value * n_finite)) if kind == "quantile" else n_finite - _fraction_count(value, n_finite)
         if drop >= n_finite:
             return np.zeros(n, dtype=bool), None
         cut = float(np.partition(finite, drop)[drop])

@@ -187,7 +187,7 @@ def _rule_of(spec: dict[str, Any]) -> Rule:
         raise SpecError(f"the spec's rule: {exc}") from None
 
 
-def verify_spec(spec: dict[str, Any], samples: pd.DataFrame | None = None) -> None:
+def _verify_spec(spec: dict[str, Any], samples: pd.DataFrame | None = None) -> None:
     """Refuse a spec whose content does not hash to its ``spec_hash``, naming what was edited.
 
     ``samples`` (the run's, optional) lets the message say what the edited rule keeps on this run when
@@ -205,7 +205,7 @@ def rule_in_spec(spec: Any, samples: pd.DataFrame | None = None) -> Rule:
     """The rule a spec records: every value checked by type and range, then the spec's hash verified.
     ``SpecError`` (a ``FilterError``) naming the cause for anything else."""
     rule = _rule_of(spec)
-    verify_spec(spec, samples)
+    _verify_spec(spec, samples)
     return rule
 
 
@@ -234,7 +234,7 @@ def rule_from_spec(spec: Any, run_meta: dict[str, Any], samples: pd.DataFrame | 
         )
     if spec.get("data_fingerprint") != fingerprints.get("data"):
         raise SpecError("the spec's data fingerprint differs from this run's data: refusing to re-apply it")
-    verify_spec(spec, samples)
+    _verify_spec(spec, samples)
     return rule
 
 

@@ -34,7 +34,7 @@ from mimic_explorer.models.registry import ArchError
 PREFIX = "open_clip:"
 
 
-def import_open_clip():
+def _import_open_clip():
     """The ``open_clip`` module, or an ``ArchError`` saying how to install it."""
     try:
         import open_clip
@@ -186,7 +186,7 @@ def build_open_clip_dual_encoder(
 ) -> OpenClipDualEncoder:
     """``open_clip:NAME`` (NAME with or without the prefix): random weights, a local ``init`` file, or
     open_clip's own ``pretrained`` loader (needs network; never used by the tests)."""
-    open_clip = import_open_clip()
+    open_clip = _import_open_clip()
     name = name[len(PREFIX):] if name.startswith(PREFIX) else name
     known = open_clip.list_models()
     if name not in known:

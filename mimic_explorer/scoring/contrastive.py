@@ -52,7 +52,7 @@ def _unpack(outputs) -> tuple[Tensor, Tensor, Tensor]:
     return image, text, scale
 
 
-def pair_logits(image: Tensor, text: Tensor, scale: Tensor | float) -> Tensor:
+def _pair_logits(image: Tensor, text: Tensor, scale: Tensor | float) -> Tensor:
     """(B, B) similarity logits s·u_i·t_j of L2-normalised embeddings (row i: image i against every text)."""
     return scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
 
@@ -82,7 +82,7 @@ class InfoNCELoss:
                     "InfoNCE targets must be torch.arange(B) (pair i's caption is text i) or None; "
                     f"got {targets.tolist()[:6]}… — score a coupled loss on whole batches, never on slices"
                 )
-        logits = pair_logits(image, text, scale)
+        logits = _pair_logits(image, text, scale)
         image_to_text = -torch.diagonal(F.log_softmax(logits, dim=1))
         text_to_image = -torch.diagonal(F.log_softmax(logits, dim=0))
         return 0.5 * (image_to_text + text_to_image)
@@ -105,7 +105,7 @@ class InfoNCELoss:
         (in-batch image→text top-1), else 0 — what a run records as a pair's ``pred``."""
         image, text, scale = _unpack(outputs)
         with torch.no_grad():
-            best = pair_logits(
+            best = _pair_logits(
                 image.detach(), text.detach(), scale.detach() if isinstance(scale, Tensor) else scale
             ).argmax(1)
         return (best == torch.arange(len(best), device=best.device)).to(torch.long)

@@ -108,7 +108,7 @@ def _same_padding(conv: nn.Conv2d) -> list[int]:
     return pads
 
 
-def conv_patches(conv: nn.Conv2d, h: Tensor) -> Tensor:
+def _conv_patches(conv: nn.Conv2d, h: Tensor) -> Tensor:
     """The Conv2d input as (B, G, L, Cin/G·kh·kw) patches, matching the weight's layout."""
     padding: tuple[int, ...] | int = 0
     if conv.padding_mode != "zeros":
@@ -126,11 +126,11 @@ def _position_form(module: nn.Module, h: Tensor, d: Tensor) -> tuple[Tensor, Ten
     """(h, δ) as (B, G, T, D) and (B, G, T, C)."""
     if isinstance(module, nn.Conv2d):
         b, c = d.shape[0], d.shape[1]
-        return conv_patches(module, h), d.reshape(b, module.groups, c // module.groups, -1).transpose(2, 3)
+        return _conv_patches(module, h), d.reshape(b, module.groups, c // module.groups, -1).transpose(2, 3)
     return h.reshape(h.shape[0], 1, -1, h.shape[-1]), d.reshape(d.shape[0], 1, -1, d.shape[-1])
 
 
-def normalized_input(module: nn.Module, h: Tensor) -> Tensor:
+def _normalized_input(module: nn.Module, h: Tensor) -> Tensor:
     """x̂, the norm layer's input before its affine weight and bias (eval mode for BatchNorm)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         shape = (1, -1) + (1,) * (h.dim() - 2)
@@ -187,7 +187,7 @@ def ghost_parts(
         if isinstance(module, _NORMS):
             per_sample: dict[str, Tensor] = {}
             for h, d in calls:
-                xhat = normalized_input(module, h.to(dtype))
+                xhat = _normalized_input(module, h.to(dtype))
                 for attr, g in _norm_per_sample(module, xhat, d.to(dtype)).items():
                     per_sample[attr] = per_sample[attr] + g if attr in per_sample else g
             for attr, name in attrs.items():

@@ -66,7 +66,7 @@ def _uses_gram(positions: int, width: int) -> bool:
     return positions <= width
 
 
-def row_chunk(batch: int, positions: int, out_features: int, width: int) -> int:
+def _row_chunk(batch: int, positions: int, out_features: int, width: int) -> int:
     """Jacobian rows per chunk so that rows × (N·C entries + the form's scratch) fits the budget."""
     scratch = positions * out_features if _uses_gram(positions, width) else out_features * width
     return max(1, min(batch, JACOBIAN_ELEMENTS // max(1, positions * out_features + scratch)))
@@ -115,7 +115,7 @@ def linear_output_geometry(
     positions, width = h.shape
     eye = torch.eye(batch, dtype=h.dtype, device=h.device)
     gram = h @ h.T if has_weight and _uses_gram(positions, width) else None
-    step = chunk or row_chunk(batch, positions, out_features, width)
+    step = chunk or _row_chunk(batch, positions, out_features, width)
     dots, sqnorms = [], []
     for start in range(0, batch, step):
         rows = vmap(pull_back)(eye[start : start + step])

@@ -60,7 +60,7 @@ def detached(tree: Any) -> Any:
     return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, tree)
 
 
-def is_batched(leaf: Any, batch: int) -> bool:
+def _is_batched(leaf: Any, batch: int) -> bool:
     return isinstance(leaf, Tensor) and leaf.dim() > 0 and leaf.shape[0] == batch
 
 
@@ -68,15 +68,15 @@ def rows(tree: Any, start: int, stop: int, batch: int) -> Any:
     """Rows ``start:stop`` of every batched tensor leaf."""
     if isinstance(tree, Tensor):  # the common case, without the pytree walk
         return tree[start:stop]
-    return tree_map(lambda t: t[start:stop] if is_batched(t, batch) else t, tree)
+    return tree_map(lambda t: t[start:stop] if _is_batched(t, batch) else t, tree)
 
 
 def batch_dims(tree: Any, batch: int) -> Any:
     """``vmap`` in_dims for ``tree``: 0 for batched tensor leaves, None for the rest."""
     if isinstance(tree, Tensor):
-        return 0 if is_batched(tree, batch) else None
+        return 0 if _is_batched(tree, batch) else None
     leaves, spec = tree_flatten(tree)
-    return tree_unflatten([0 if is_batched(t, batch) else None for t in leaves], spec)
+    return tree_unflatten([0 if _is_batched(t, batch) else None for t in leaves], spec)
 
 
 def as_batch_of_one(tree: Any, dims: Any) -> Any:

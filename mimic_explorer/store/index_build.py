@@ -54,7 +54,7 @@ def _nullable_in_pandas(schema: pa.Schema) -> set[str]:
                                                                           "UInt16", "UInt32", "UInt64", "boolean")}
 
 
-def plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], list[str]]:
+def _plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], list[str]]:
     """(numeric columns with their numpy dtype, text columns), in the table's order.
 
     Integer and boolean columns that may hold nulls, or were written from a pandas nullable dtype, go
@@ -73,7 +73,7 @@ def plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], l
     return numeric, text
 
 
-def is_score_column(name: str, dtype: np.dtype) -> bool:
+def _is_score_column(name: str, dtype: np.dtype) -> bool:
     """A numeric, non-boolean column that is not an identity or a category."""
     return name not in NON_SCORE_COLUMNS and dtype.kind in "iuf"
 
@@ -150,7 +150,7 @@ def _sample_ids(files: IndexFiles) -> pa.Array | None:
     return table.column("sample_id").combine_chunks() if "sample_id" in table.column_names else None
 
 
-def build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles) -> bool:
+def _build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles) -> bool:
     """Write each sample's thumbnail (offset, length) by sample position, from the run's thumbnail
     index (matched by id: by position where it lists the samples in order, else by a hash of the
     ids). Why: the app then opens without reading millions of thumbnail ids (seconds at 12.8 M)."""
@@ -179,7 +179,7 @@ def build_index(
     the next open."""
     parquet = pq.ParquetFile(samples)
     files = IndexFiles(folder)
-    numeric, text = plan_columns(parquet)
+    numeric, text = _plan_columns(parquet)
     _copy_columns(parquet, files, numeric, text)
     n_rows, column_names = parquet.metadata.num_rows, [field.name for field in parquet.schema_arrow]
     del parquet  # the reader keeps what it decoded (the size of the table) until it goes
@@ -217,12 +217,12 @@ def build_index(
             "histogram": None if truth_unreadable else _histogram_record(values, sorted_values, noisy),
         }
 
-    columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if is_score_column(name, dtype)]
+    columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if _is_score_column(name, dtype)]
     ids = _sample_ids(files) if score_parts or thumbs_index is not None else None
     with ThreadPoolExecutor(max_workers=2) as pool:  # sorts and file writes release the GIL: two at a time
         trajectories = pool.submit(build_trajectories, list(score_parts), ids, files) if ids is not None else None
         thumbnails = (
-            pool.submit(build_thumb_locations, thumbs_index, ids, files)
+            pool.submit(_build_thumb_locations, thumbs_index, ids, files)
             if thumbs_index is not None and ids is not None
             else None
         )

@@ -22,7 +22,7 @@ from mimic_explorer.store.layout import RunLayout
 THUMB_SIZE = 96
 
 
-def encode_thumbnail(image, size: int = THUMB_SIZE) -> bytes:
+def _encode_thumbnail(image, size: int = THUMB_SIZE) -> bytes:
     """PIL image → WebP bytes at most ``size`` px on its long side.
 
     Images already smaller are kept at their own size (the galleries scale them up with CSS): an
@@ -51,10 +51,10 @@ def image_mime(data: bytes) -> str | None:
 
 def thumbnail_bytes(image, original: bytes | None, size: int = THUMB_SIZE) -> bytes:
     """The thumbnail for a decoded image: its original file when that is already small and in a
-    format browsers show (no re-encoding: a 32-px JPEG is its own thumbnail), else ``encode_thumbnail``."""
+    format browsers show (no re-encoding: a 32-px JPEG is its own thumbnail), else ``_encode_thumbnail``."""
     if original is not None and max(image.size) <= size and image_mime(original) is not None and len(original) < 64_000:
         return original
-    return encode_thumbnail(image, size)
+    return _encode_thumbnail(image, size)
 
 
 class ThumbnailWriter:
@@ -67,7 +67,7 @@ class ThumbnailWriter:
         self._rows: list[tuple[str, int, int]] = []
 
     def add(self, sample_id: str, image) -> None:
-        data = image if isinstance(image, bytes) else encode_thumbnail(image)
+        data = image if isinstance(image, bytes) else _encode_thumbnail(image)
         offset = self._blob.tell()
         self._blob.write(data)
         self._rows.append((str(sample_id), offset, len(data)))

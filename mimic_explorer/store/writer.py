@@ -40,7 +40,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def package_versions() -> dict[str, str]:
+def _package_versions() -> dict[str, str]:
     """Versions of the packages that determine a run's numbers."""
     from importlib import metadata
 
@@ -73,7 +73,7 @@ class RunWriter:
         self.started = time.perf_counter()
         self._take_lock()
         self.layout.scores_dir.mkdir(exist_ok=True)
-        self.meta = RunMeta(kind=kind, status="running", config=config, created=_now(), versions=package_versions(),
+        self.meta = RunMeta(kind=kind, status="running", config=config, created=_now(), versions=_package_versions(),
                             command=list(sys.argv))
         self.flush_meta()
 

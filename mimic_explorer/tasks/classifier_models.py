@@ -24,7 +24,7 @@ from mimic_explorer.tasks.base import Models
 from mimic_explorer.util.fingerprint import state_fingerprint
 
 
-def backbone_distance(model: nn.Module, reference: nn.Module, head_name: str) -> float:
+def _backbone_distance(model: nn.Module, reference: nn.Module, head_name: str) -> float:
     """‖θ_backbone − θ_ref_backbone‖ / ‖θ_ref_backbone‖ (0 for a shared frozen backbone)."""
     return relative_distance(model, reference, outside_head(head_name))
 
@@ -95,7 +95,7 @@ def build_models(options, source: Source, device: str) -> Models:
 def _check_feature_basis(options, models: Models, reference_path: str) -> None:
     side = read_checkpoint_sidecar(reference_path)
     models.reference_init_fingerprint = side.get("init_fingerprint")
-    distance = backbone_distance(models.model, models.reference, models.head_name)
+    distance = _backbone_distance(models.model, models.reference, models.head_name)
     models.basis = {
         "backbone_distance_at_start": distance,
         "reference_init_fingerprint": models.reference_init_fingerprint,

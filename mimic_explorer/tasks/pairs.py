@@ -124,7 +124,7 @@ def _caption_sets(pool: Pool) -> list[list[str]]:
     return [source.all_captions(i) or [str(source.captions[i])] for i in range(len(source))]
 
 
-def pair_rows_pass(models, source, labels, captions: np.ndarray, workers: int, thumbs: ThumbnailWriter | None,
+def _pair_rows_pass(models, source, labels, captions: np.ndarray, workers: int, thumbs: ThumbnailWriter | None,
                    errors: ErrorLog | None, encode, transform=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """One decoding pass: ``encode(images, token ids)`` of every good pair, its position and whether its
     caption was cut, in pool order (thumbnails and bad samples recorded on the way). ``transform``:
@@ -166,7 +166,7 @@ class _PairMode:
     def first_pass(self, passes: Passes) -> Held:
         job, options = self.job, self.options
         started = time.perf_counter()
-        rows, positions, truncated = pair_rows_pass(self.models, job.pool.source, job.pool.labels, job.data.captions,
+        rows, positions, truncated = _pair_rows_pass(self.models, job.pool.source, job.pool.labels, job.data.captions,
                                                     options.workers, passes.thumbs, passes.errors, self._encode,
                                                     transform=self._transform())
         passes.timings["features_s"] = time.perf_counter() - started
@@ -672,7 +672,7 @@ def held_out_recall(spec: str, models, device: str, workers: int = 0) -> tuple[d
     model = models.model
     with torch.no_grad(), preserved_modes(model):
         model.eval()
-        image, positions, _ = pair_rows_pass(models, test, test.labels, test.captions, workers, None, None,
+        image, positions, _ = _pair_rows_pass(models, test, test.labels, test.captions, workers, None, None,
                                              lambda images, ids: model.encode_image(images.to(device)).cpu())
         captions = [test.all_captions(int(p)) or [str(test.captions[p])] for p in positions]
         texts = [c for row in captions for c in row]

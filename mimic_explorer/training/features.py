@@ -96,7 +96,7 @@ class Features:
         return int(np.searchsorted(self.positions, start)), int(np.searchsorted(self.positions, stop))
 
 
-def backbone_fingerprint(model: nn.Module, head_name: str) -> str:
+def _backbone_fingerprint(model: nn.Module, head_name: str) -> str:
     prefix = head_name + "."
     return state_fingerprint({k: v for k, v in model.state_dict().items() if not k.startswith(prefix)})
 
@@ -105,7 +105,7 @@ def feature_key(model: nn.Module, head_name: str, transform, source: Source, ind
                 extractor: FeatureExtractor | None = None) -> str:
     describe = getattr(transform, "describe", None)
     parts = {
-        "backbone": backbone_fingerprint(model, head_name),
+        "backbone": _backbone_fingerprint(model, head_name),
         "transform": describe() if describe else repr(transform),
         "data": source.fingerprint(),
         "indices": hashlib.sha256(

@@ -57,7 +57,7 @@ def tower_features(
     return torch.cat(parts)
 
 
-def projection_probes(
+def _projection_probes(
     model: DualEncoder, reference: DualEncoder | None
 ) -> tuple[ProjectionProbe, ProjectionProbe | None]:
     """The probes a frozen-tower run trains and scores against: ``model``'s own projections (shared,
@@ -96,7 +96,7 @@ def train_projections(
     ``train_options`` (``on_epoch``, ``progress``, ``start_epoch``, ``optimizer_state``,
     ``on_checkpoint``, ``grad_sync``, ``steps_per_epoch``) go to ``train`` as they are.
     """
-    probe, reference_probe = projection_probes(model, reference)
+    probe, reference_probe = _projection_probes(model, reference)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in probe.parameters():

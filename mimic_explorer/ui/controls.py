@@ -49,7 +49,7 @@ def slider_step(lo: float, hi: float) -> float:
     return float((hi - lo) / 1000) or 0.001
 
 
-class ClauseWidgets:
+class _ClauseWidgets:
     """The views of one clause's parameters: column, rule and the value each rule uses (the threshold
     slider follows the clause's column range). ``rules``: the rule labels offered."""
 
@@ -84,13 +84,13 @@ class ClauseWidgets:
         return [self.slider, self.quantile, self.top_fraction, self.keep_n, self.per_class]
 
 
-class ClauseControls(Viewer):
+class _ClauseControls(Viewer):
     """One further clause in a box: "AND", its column, a remove button, its rule and value."""
 
     def __init__(self, clause: ClauseModel, model: FilterModel, state: ExplorerState, **params):
         super().__init__(**params)
         self.clause = clause
-        self.widgets = ClauseWidgets(clause, state, {k: v for k, v in RULE_LABELS.items() if v != "ensemble"},
+        self.widgets = _ClauseWidgets(clause, state, {k: v for k, v in RULE_LABELS.items() if v != "ensemble"},
                                      column_label="AND on")
         self.remove = pn.widgets.Button(label="✕", description="Remove this clause", color="light", width=40,
                                         align="end")
@@ -112,7 +112,7 @@ class FilterControls(Viewer):
         self.model, self.live, self.state, self.notice = model, live, state, notice
         wide = dict(sizing_mode="stretch_width")
         rules = {k: v for k, v in RULE_LABELS.items() if v != "ensemble" or state.has_ensemble}
-        self.first = ClauseWidgets(model, state, rules)
+        self.first = _ClauseWidgets(model, state, rules)
         self.column, self.rule, self.slider = self.first.column, self.first.rule, self.first.slider
         self.quantile, self.top_fraction, self.keep_n = self.first.quantile, self.first.top_fraction, self.first.keep_n
         self.per_class = self.first.per_class
@@ -126,7 +126,7 @@ class FilterControls(Viewer):
         self.clear_overrides.on_click(lambda event: setattr(model, "class_overrides", {}))
         self.score_note = self._score_note()
         self.clauses = pn.Column(**wide)
-        self.boxes: list[ClauseControls] = []  # the further clauses' boxes, in the order of model.more
+        self.boxes: list[_ClauseControls] = []  # the further clauses' boxes, in the order of model.more
         self.add_clause = pn.widgets.Button(
             label="+ AND a rule on another column",
             color="light",
@@ -168,7 +168,7 @@ class FilterControls(Viewer):
         """Rebuild the boxes of the further clauses when one is added or removed (not on their edits)."""
         if [id(box.clause) for box in self.boxes] != [id(c) for c in self.model.more]:
             boxes = {id(box.clause): box for box in self.boxes}
-            self.boxes = [boxes.get(id(c)) or ClauseControls(c, self.model, self.state) for c in self.model.more]
+            self.boxes = [boxes.get(id(c)) or _ClauseControls(c, self.model, self.state) for c in self.model.more]
             self.clauses[:] = self.boxes
 
     def _on_typed(self, event) -> None:

@@ -32,7 +32,7 @@ HINT = (
 MATCH_CSS = ".me-match { font: 12px system-ui, sans-serif; color: #57606a; }"
 
 
-def default_band(state: ExplorerState) -> tuple[float, float]:
+def _default_band(state: ExplorerState) -> tuple[float, float]:
     """The middle fifth of the column's robust range."""
     lo, hi = robust_range(state.counter.sorted_finite, presorted=True)
     return (lo + 0.4 * (hi - lo), lo + 0.6 * (hi - lo))
@@ -59,7 +59,7 @@ class Galleries(Viewer):
 
     def __init__(self, state: ExplorerState, model: FilterModel, live: LiveCounts, thumbs: ThumbnailURIs,
                  detail: DetailView, selection: Selection, **params):
-        super().__init__(band=default_band(state))
+        super().__init__(band=_default_band(state))
         self.state, self.model, self.live, self.thumbs, self.detail, self.selection = (
             state,
             model,
@@ -157,7 +157,7 @@ class Galleries(Viewer):
     def _on_column(self, event) -> None:
         lo, hi = self.state.score_range()
         self.band_slider.param.update(start=lo, end=hi, step=slider_step(lo, hi))
-        self.band = default_band(self.state)
+        self.band = _default_band(self.state)
         self.refresh()
 
     # ------------------------------------------------------------------ drawing

@@ -67,7 +67,7 @@ export function render({ model, el }) {
 """
 
 
-def card_html(position: int, row, uri: str, label_name: Callable, score_column: str, has_pred: bool,
+def _card_html(position: int, row, uri: str, label_name: Callable, score_column: str, has_pred: bool,
               has_classes: bool = True) -> str:
     """One card: image, caption (pairs), id, label name (labelled pools), score, predicted class; a red
     border when the ground truth says the sample is noisy."""
@@ -107,7 +107,7 @@ def gallery_html(samples: pd.DataFrame, positions: np.ndarray, thumbs: Thumbnail
     rows = samples.iloc[positions]
     has_pred = "pred" in samples.columns
     cards = [
-        card_html(pos, row, thumbs.uri(row.sample_id, pos), label_name, score_column, has_pred, has_classes)
+        _card_html(pos, row, thumbs.uri(row.sample_id, pos), label_name, score_column, has_pred, has_classes)
         for pos, row in zip(positions.tolist(), rows.itertuples(index=False), strict=True)
     ]
     kind = " pairs" if "caption" in samples.columns else ""
