@@ -598,6 +598,8 @@ def _cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mimic-explorer`` parser, one subcommand per command (their choices come from ``util.choices``). Built apart
+    from ``main`` so that tests and docs read the help text without running anything."""
     parser = _Parser(
         prog="mimic-explorer",
         description="Compute, explore and act on Grad-Mimic sample-utility (mimic) scores.",
@@ -615,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status. A mistake of the user's
+    (``UserError``, ``RunDirectoryError``) is one line ``error: ...`` and status 2, never a traceback; Ctrl-C is status
+    130."""
     from mimic_explorer.store.targets import RunDirectoryError  # stdlib only: `serve` need not load pyarrow
 
     parser = build_parser()

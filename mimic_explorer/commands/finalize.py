@@ -93,6 +93,7 @@ class PoolView:
     # the pool position of each value (default: the positions asked for, in order)
 
     def good(self, start: int, stop: int) -> np.ndarray:
+        """The positions in [start, stop) that have a samples row (the bad ones left out), ascending."""
         positions = np.arange(start, stop, dtype=np.int64)
         bad = self.bad[(self.bad >= start) & (self.bad < stop)]
         return np.setdiff1d(positions, bad, assume_unique=True) if len(bad) else positions
@@ -131,6 +132,8 @@ class _Combined:
     split: stage2.TwoGroupSplit | None = None
 
     def add(self, positions: np.ndarray, cos_mean: np.ndarray, reference_loss: np.ndarray) -> None:
+        """Take one range's mean cos and reference loss into the moments, and a seeded subsample of it for the split
+        (the pool need not fit in memory)."""
         self.cos.add(cos_mean, positions)
         self.loss.add(baselines.reference_utility(reference_loss), positions)
         chosen = stage2.fit_sample(positions, self.total, self.cap)
@@ -148,6 +151,7 @@ class _Combined:
         return True
 
     def columns(self, cos_mean: np.ndarray, reference_loss: np.ndarray) -> dict[str, np.ndarray]:
+        """``combined_score`` and ``combined_keep`` of one range, with the scales and the split ``fit`` found."""
         score = baselines.combined_score(cos_mean, reference_loss, self.scales)
         return {"combined_score": score, "combined_keep": self.split.upper(score)}
 
@@ -164,6 +168,7 @@ class _Finisher:
         self.fit_result: stage2.Stage2Fit | None = None
 
     def observe(self, frame: pd.DataFrame, rows: pd.DataFrame) -> None:
+        """Pass 1 over a range: its score rows into the Stage-2 fitter, its combined-score halves into their moments."""
         if not self.options.scored:
             return
         self.fitter.add(rows)
@@ -172,6 +177,7 @@ class _Finisher:
             self.combined.add(frame["position"].to_numpy(), cos_mean, frame["reference_loss"].to_numpy(np.float64))
 
     def fit(self) -> None:
+        """Fit Stage 2 (and the combined score, where the run has one) on what the ranges contributed."""
         if self.options.scored:
             self.fit_result = self.fitter.fit()
             self.combine = self.combined.fit()
@@ -260,6 +266,7 @@ class _Scratch:
         self._reader: pq.ParquetFile | None = None
 
     def put(self, frame: pd.DataFrame) -> None:
+        """Append one range's base frame as the next row group (the schema of the first one holds for all)."""
         table = pa.Table.from_pandas(frame, preserve_index=False,
                                      schema=None if self._writer is None else self._writer.schema)
         if self._writer is None:
@@ -267,6 +274,7 @@ class _Scratch:
         self._writer.write_table(table, row_group_size=max(1, table.num_rows))
 
     def get(self, index: int) -> pd.DataFrame:
+        """Range ``index``'s base frame (the first read closes the writer: pass 1 is over)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -274,6 +282,7 @@ class _Scratch:
         return self._reader.read_row_group(index).to_pandas()
 
     def remove(self) -> None:
+        """Delete the scratch file (it only lives between the two passes)."""
         if self._writer is not None:
             self._writer.close()
         self.path.unlink(missing_ok=True)
@@ -383,6 +392,8 @@ def evaluate(samples: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def format_evaluation(evaluation: dict[str, dict[str, float]]) -> str:
+    """The evaluation as the table ``train`` and ``score`` print: AUROC, AP, precision, recall and F1 per signal, then
+    the estimated against the true quality."""
     if not evaluation:
         return ""
     lines = [f"{'signal':<16}{'AUROC':>8}{'AP':>8}{'prec':>8}{'recall':>8}{'F1':>8}"]

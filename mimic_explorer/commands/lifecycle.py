@@ -45,10 +45,17 @@ class RunSpec(Protocol):
     force: bool
     device: str
 
-    def validate(self) -> None: ...
-    def identity(self) -> dict[str, Any]: ...
-    def to_dict(self) -> dict[str, Any]: ...
-    def describe(self) -> str: ...
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option, before anything is written."""
+
+    def identity(self) -> dict[str, Any]:
+        """The options that decide the run's numbers (hashed into the run id with the fingerprints)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option, as ``meta.json`` records it under ``config``."""
+
+    def describe(self) -> str:
+        """One line for ``run.log``: what is run on what."""
 
 
 @dataclass
@@ -78,9 +85,11 @@ class RunContext(Generic[Options, Inputs]):
 
     @property
     def out(self) -> Path:
+        """The run directory."""
         return self.layout.root
 
     def outcome(self, summary: dict, report: str = "") -> RunOutcome:
+        """The outcome of this run with ``summary`` (and the evaluation table ``report``)."""
         return RunOutcome(self.layout.root, summary, report=report)
 
 

@@ -18,6 +18,9 @@ from mimic_explorer.util.distributed import DistContext
 
 
 def make_run_id(command: str, identity: dict, fingerprints: dict) -> str:
+    """The run id: the command and a hash of the options and fingerprints that decide the results. The same command on
+    the same data and models gives the same id, so a finished run is reused and an unfinished one resumed; any change
+    gives another id."""
     payload = json.dumps(
         {"command": command, "options": identity, "fingerprints": fingerprints}, sort_keys=True, default=str
     )

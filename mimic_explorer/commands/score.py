@@ -47,7 +47,35 @@ STEPS_PER_CHUNK = 100_000
 
 
 def run_score(options: ScoreOptions, progress: Progress | None = None, log: Log | None = None) -> RunOutcome:
-    """Score every sample of the pool (or return the finished run, or resume the unfinished one)."""
+    """Score every sample of the pool (or return the finished run, or resume the unfinished one).
+
+    The same as ``mimic-explorer score``: the pool is cut into chunks of ``options.chunk_size``
+    positions, chunk c goes to process c mod world under ``torchrun``, and a killed run resumes from
+    the first missing chunk on any number of processes.
+
+    Parameters
+    ----------
+    options
+        The checkpoint, its reference and the pool to score (``ScoreOptions``).
+    progress
+        Called as ``progress(stage, done, total)`` as the work advances (default: nothing).
+    log
+        Called with each line for the person running it (default: standard error); also kept in ``run.log``.
+
+    Returns
+    -------
+    RunOutcome
+        The run directory (``path``), the summary also written to ``meta.json``, whether the run was
+        already there (``cached``) and the evaluation table (``report``).
+
+    Raises
+    ------
+    ValueError
+        A bad option, or ``options.out`` holding a different or unreadable run (unless ``force``); said
+        before anything is written.
+    RunDirectoryError
+        ``options.out`` cannot be used, or another process is writing it.
+    """
     return run_lifecycle(options, _prepare, _score_and_finalize, progress=progress, log=log)
 
 

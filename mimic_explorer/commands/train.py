@@ -32,7 +32,35 @@ TrainRun = RunContext[TrainOptions, Job]
 
 
 def run_train(options: TrainOptions, progress: Progress | None = None, log: Log | None = None) -> RunOutcome:
-    """Make (or reuse, or resume) a training run and return where it is and its summary."""
+    """Make (or reuse, or resume) a training run and return where it is and its summary.
+
+    The same as ``mimic-explorer train``: under ``torchrun`` every process calls it and each trains on
+    its part of every epoch. A run killed part-way resumes from its last checkpoint when called again
+    with the same options (on the process count it began with).
+
+    Parameters
+    ----------
+    options
+        What to train and where to write it (``TrainOptions``).
+    progress
+        Called as ``progress(stage, done, total)`` as the work advances (default: nothing).
+    log
+        Called with each line for the person running it (default: standard error); also kept in ``run.log``.
+
+    Returns
+    -------
+    RunOutcome
+        The run directory (``path``), the summary also written to ``meta.json``, whether the run was
+        already there (``cached``) and the evaluation table (``report``).
+
+    Raises
+    ------
+    ValueError
+        A bad option, or ``options.out`` holding a different or unreadable run (unless ``force``); said
+        before anything is written.
+    RunDirectoryError
+        ``options.out`` cannot be used, or another process is writing it.
+    """
     return run_lifecycle(options, _prepare, _train_and_finalize, progress=progress, log=log)
 
 

@@ -23,6 +23,7 @@ class ArrayDataset:
         return len(self.labels)
 
     def subset(self, index: np.ndarray) -> ArrayDataset:
+        """The samples at ``index``, in that order (the demo's split into pool and held-out digits)."""
         return ArrayDataset(
             self.sample_ids[index], self.images[index], self.labels[index], self.class_names, self.source
         )

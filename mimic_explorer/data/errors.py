@@ -45,9 +45,11 @@ class ErrorLog:
         self.extend(items)
 
     def add(self, bad: BadSample) -> None:
+        """Record ``bad`` unless its sample is already recorded (the first reason is the one kept)."""
         self._items.setdefault(bad.sample_id, bad)
 
     def extend(self, items: Iterable[BadSample]) -> None:
+        """Record every sample of ``items``, as ``add`` does."""
         for bad in items:
             self.add(bad)
 
@@ -62,6 +64,7 @@ class ErrorLog:
 
     @property
     def sample_ids(self) -> list[str]:
+        """The ids of the recorded samples, in the order they were first recorded."""
         return list(self._items)
 
     def to_frame(self):

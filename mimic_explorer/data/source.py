@@ -184,6 +184,7 @@ class Source:
 
     @property
     def num_classes(self) -> int:
+        """How many classes the pool has (0 for image-text pairs)."""
         return len(self.class_names)
 
     @property
@@ -192,6 +193,8 @@ class Source:
         return np.asarray([self.source_of(i) for i in range(len(self))], dtype=object)
 
     def sizes(self) -> np.ndarray:
+        """Every sample's size in bytes (-1 when unknown), measured once and then kept: the data fingerprint hashes
+        them, so a file that changes size changes the fingerprint."""
         if self._sizes is None:
             self._sizes = np.asarray(self._sizes_now(), dtype=np.int64)
         return self._sizes
@@ -234,6 +237,7 @@ class Source:
             raise KeyError(f"no sample with id {sample_id!r} in {self.spec}") from None
 
     def get(self, sample_id: str) -> Image.Image:
+        """The sample with id ``sample_id`` as an RGB image (a notebook's way in; runs use positions)."""
         return self.load(self.index_of(sample_id))
 
     def iter_images(

@@ -45,9 +45,11 @@ class SubsetSource(Source):
         )
 
     def source_of(self, i: int) -> str:
+        """Where the base source keeps this sample."""
         return self.base.source_of(int(self.positions[i]))
 
     def read_bytes(self, i: int) -> bytes | None:
+        """The base source's bytes of this sample."""
         return self.base.read_bytes(int(self.positions[i]))
 
     def _load(self, i: int) -> Image.Image:
@@ -60,9 +62,11 @@ class SubsetSource(Source):
         return self.base.sizes()[self.positions]
 
     def all_captions(self, i: int) -> list[str]:
+        """The base source's captions of this pair."""
         return self.base.all_captions(int(self.positions[i]))
 
     def describe(self) -> dict:
+        """The base source's description with the size of the whole pool the subset came from."""
         return {**super().describe(), "pool_samples": len(self.base)}
 
 

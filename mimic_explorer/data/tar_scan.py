@@ -36,6 +36,7 @@ class TarScan:
 
     @property
     def truncated(self) -> bool:
+        """Whether the archive ended before its end-of-archive marker (known after the pass)."""
         return self.truncated_at >= 0
 
     def members(self) -> Iterator[tarfile.TarInfo]:

@@ -26,6 +26,8 @@ Transform = Callable[..., torch.Tensor]
 
 
 class Batch(NamedTuple):
+    """One decoded mini-batch: the source positions of its good samples, their inputs and targets, and the samples that
+    could not be read (dropped from the batch, reported, never fatal)."""
     index: torch.Tensor  # int64 source positions of the good samples
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -117,6 +119,8 @@ class SourceBatches:
         return len(self.dataset)
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
+        """The mini-batches of epoch ``epoch`` (shuffled by seed and epoch when ``shuffle``, so a resumed run draws
+        the same ones), decoded by ``num_workers`` DataLoader workers."""
         n = len(self.dataset)
         if self.shuffle:
             order = torch.randperm(n, generator=epoch_generator(self.seed, epoch)).tolist()
@@ -133,6 +137,8 @@ class SourceBatches:
                 yield batch
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(index, inputs, targets)`` per batch: the interface the training loop takes from ``TensorBatches`` too (bad
+        samples go to ``self.errors``)."""
         for batch in self.batches(epoch):
             yield batch.index, batch.inputs, batch.targets
 

@@ -75,6 +75,8 @@ def _paths_of(dataset) -> list[str] | None:
 
 
 class TorchvisionSource(Source):
+    """``torchvision:NAME[/SPLIT]:ROOT``: a torchvision dataset already on disk, opened with ``download=False`` (see the
+    module). Raises ``DataSourceError`` saying where the files must be."""
     kind = "torchvision"
 
     def __init__(self, name: str, root: str | os.PathLike, split: str | None = None, spec: str | None = None):
@@ -127,6 +129,7 @@ class TorchvisionSource(Source):
         super().__init__(spec, ids, labels, [str(c) for c in classes])
 
     def source_of(self, i: int) -> str:
+        """The image file's path when the dataset keeps files, else ``torchvision:NAME/SPLIT:ROOT#i``."""
         if self._paths is not None:
             return self._paths[i]
         return f"torchvision:{self.name}/{self.split}:{self.root}#{i}"

@@ -96,6 +96,8 @@ class ShardIndex:
     truncation: np.ndarray  # 0-d str: what was found there ("" when whole)
 
     def save(self, path: Path) -> None:
+        """Write the index to ``path`` atomically (a temporary name, then a rename): shard indexes live in a cache that
+        concurrent runs share."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         fields = list(self.__dataclass_fields__)
@@ -107,6 +109,8 @@ class ShardIndex:
 
     @classmethod
     def load(cls, path: Path) -> ShardIndex:
+        """Read an index ``save`` wrote. Raises ``ValueError`` for an index of another version (the caller rebuilds it).
+        """
         with np.load(path, allow_pickle=False) as data:
             if int(data["version"]) != INDEX_VERSION:
                 raise ValueError("old index version")
@@ -265,6 +269,8 @@ def _load_or_build_index(shard: str, cache_dir: Path) -> tuple[ShardIndex, Path 
 
 
 class WdsSource(Source):
+    """``wds:PATTERN``: WebDataset tar shards, indexed once per shard into the shared cache and read by offset (see the
+    module). Raises ``DataSourceError`` naming the shard and the sample for a pool no run should start on."""
     kind = "wds"
 
     def __init__(
@@ -524,9 +530,11 @@ class WdsSource(Source):
         return os.pread(self._fd(shard), size, offset)
 
     def source_of(self, i: int) -> str:
+        """``shard.tar:key.ext``: the shard and the image member of sample ``i``."""
         return f"{self.shards[self._shard_of[i]]}:{self._keys[i]}.{self._ext[i]}"
 
     def read_bytes(self, i: int) -> bytes:
+        """The image member's bytes, read at its recorded offset; a member over the size cap is a bad sample."""
         size = int(self._size[i])
         if size > self.max_bytes:  # the same cap as image files (``imageio.MAX_FILE_BYTES``)
             raise BadSampleError(

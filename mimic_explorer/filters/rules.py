@@ -134,6 +134,7 @@ class FilterRule:
 
     @property
     def clauses(self) -> list[FilterRule]:
+        """One clause, itself: rules and ANDs of rules are walked the same way (``rule.clauses``)."""
         return [self]
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,9 +208,11 @@ class CompoundRule:
 
     @property
     def kind(self) -> str:
+        """``all_of``: what a spec records as the kind of an AND."""
         return "all_of"
 
     def to_dict(self) -> dict[str, Any]:
+        """The AND as JSON values: ``{"combine": "and", "rules": [...]}`` (what a spec records and hashes)."""
         return {"combine": "and", "rules": [clause.to_dict() for clause in self.clauses]}
 
 

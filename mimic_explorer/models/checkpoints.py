@@ -61,6 +61,8 @@ class LoadReport:
         return self.head is not None and not any(n.startswith(f"{self.head}.") for n, _ in self.skipped)
 
     def summary(self) -> str:
+        """One line for the run log: how many tensors were loaded, which were skipped and why, which are missing or
+        unused."""
         parts = [f"loaded {len(self.loaded)} tensor(s) from {self.path}"]
         if self.skipped:
             parts.append("skipped " + "; ".join(f"{n} ({why})" for n, why in self.skipped))
@@ -74,6 +76,7 @@ class LoadReport:
         return "; ".join(parts)
 
     def to_dict(self) -> dict:
+        """The report as JSON values, for ``meta.json``."""
         out = asdict(self)
         out["skipped"] = [{"name": n, "reason": r} for n, r in self.skipped]
         return out

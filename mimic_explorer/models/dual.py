@@ -45,6 +45,8 @@ class TokenBatch(NamedTuple):
 
 
 class Tokenizer(Protocol):
+    """Captions to token ids for a dual encoder's text tower (``WordTokenizer``, open_clip's). A protocol, so every
+    model family brings its own and the pipeline only calls ``encode``."""
     context_length: int
 
     def encode(self, captions: Sequence[str]) -> TokenBatch: ...
@@ -73,16 +75,20 @@ class DualEncoder(nn.Module):
 
     @property
     def image_dim(self) -> int:
+        """The width of the image tower's output (the image projection's input)."""
         return self.image_projection.in_features
 
     @property
     def text_dim(self) -> int:
+        """The width of the text tower's output (the text projection's input)."""
         return self.text_projection.in_features
 
     def encode_image(self, images: Tensor) -> Tensor:
+        """Image embeddings (B, D): the tower's output through the image projection (not normalised)."""
         return self.image_projection(self.image_features(images))
 
     def encode_text(self, tokens: Tensor) -> Tensor:
+        """Text embeddings (B, D): the tower's output through the text projection (not normalised)."""
         return self.text_projection(self.text_features(tokens))
 
     def tower_features(self, images: Tensor, tokens: Tensor) -> Tensor:
@@ -90,6 +96,7 @@ class DualEncoder(nn.Module):
         return torch.cat([self.image_features(images), self.text_features(tokens)], dim=1)
 
     def forward(self, images: Tensor, tokens: Tensor) -> DualOutput:
+        """Both embeddings and the logit scale s = exp(``logit_scale``): what InfoNCE takes."""
         return DualOutput(self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp())
 
 
@@ -191,9 +198,12 @@ class ProjectionProbe(nn.Module):
 
     @property
     def image_dim(self) -> int:
+        """The width of the image tower's output: the first ``image_dim`` columns of the input."""
         return self.image_projection.in_features
 
     def forward(self, features: Tensor) -> DualOutput:
+        """The ``DualOutput`` of cached tower outputs (B, image_dim + text_dim). Raises ``ValueError`` for an input of
+        another shape, naming the expected one."""
         expected = self.image_projection.in_features + self.text_projection.in_features
         if features.dim() != 2 or features.shape[1] != expected:
             raise ValueError(

@@ -24,6 +24,7 @@ DUAL_STATE_MARK = "text_tower.vocabulary"
 
 
 def is_open_clip(arch: str) -> bool:
+    """Whether ARCH names an open_clip model (``open_clip:NAME``, any case)."""
     return arch.strip().lower().startswith(PREFIX)
 
 

@@ -54,6 +54,8 @@ class OpenClipTokenizer:
         self.context_length = int(context_length)
 
     def encode(self, captions: Sequence[str]) -> TokenBatch:
+        """Token ids for ``captions`` and, per caption, whether it was longer than the context and was cut (counted so a
+        run can say how many captions it truncated)."""
         captions = list(captions)
         ids = self.tokenizer(captions, context_length=self.context_length)
         if hasattr(self.tokenizer, "encode") and hasattr(self.tokenizer, "sot_token_id"):
@@ -113,18 +115,22 @@ class OpenClipDualEncoder(DualEncoder):
 
     @property
     def tokenizer(self) -> OpenClipTokenizer:  # type: ignore[override]
+        """open_clip's tokenizer behind the ``Tokenizer`` protocol."""
         return self._tokenizer
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """The (channels, height, width) of the images the visual tower expects."""
         size = self.clip.visual.image_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (3, int(size[0]), int(size[1]))
 
     def image_features(self, images: Tensor) -> Tensor:
+        """The visual tower's output with open_clip's own projection left out (``image_projection`` applies it)."""
         return self.clip.encode_image(images)
 
     def text_features(self, tokens: Tensor) -> Tensor:
+        """The text tower's output with open_clip's own projection left out (``text_projection`` applies it)."""
         return self.clip.encode_text(tokens)
 
     def adapt_state(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -60,6 +60,7 @@ _TV_EXTRA = {
 
 
 def list_architectures() -> list[str]:
+    """The names ``--arch`` accepts without a prefix: the built-in models and torchvision's classifiers."""
     return sorted(BUILTIN) + torchvision_classifiers()
 
 

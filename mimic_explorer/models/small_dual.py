@@ -44,12 +44,15 @@ class SmallDualEncoder(DualEncoder):
 
     @property
     def tokenizer(self) -> WordTokenizer:  # type: ignore[override]
+        """The text tower's word tokenizer (its vocabulary is a buffer of the model, saved with it)."""
         return self.text_tower.tokenizer
 
     def image_features(self, images: Tensor) -> Tensor:
+        """The image tower's output (B, image_dim)."""
         return self.image_tower(images)
 
     def text_features(self, tokens: Tensor) -> Tensor:
+        """The text tower's output (B, text_dim): a masked mean of word embeddings through an MLP."""
         return self.text_tower(tokens)
 
 

@@ -82,6 +82,8 @@ class WordTokenizer:
 
     @classmethod
     def from_buffer(cls, buffer: Tensor, context_length: int) -> WordTokenizer:
+        """The tokenizer a model saved as its ``vocabulary`` buffer (``to_buffer``): a saved dual encoder brings its own
+        vocabulary."""
         return cls(bytes(buffer.to(torch.uint8).tolist()).decode("utf-8").split("\n"), context_length)
 
 
@@ -105,6 +107,7 @@ class BagOfWordsText(nn.Module):
         self.width = width if hidden else embed_dim
 
     def forward(self, tokens: Tensor) -> Tensor:
+        """One vector per caption (B, width): the mean of its word embeddings (pads left out) through the MLP."""
         mask = (tokens > 0).to(self.embedding.weight.dtype).unsqueeze(-1)
         pooled = (self.embedding(tokens) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return self.mlp(pooled)

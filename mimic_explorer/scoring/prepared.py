@@ -187,7 +187,7 @@ class PreparedScorer:
         params: "head" (the Linear producing the logits), "all" (the trainable parameters; every
             parameter when none is trainable) or a list of names from ``model.named_parameters()``.
         method: "proj", or "cos" (then proj, cos and ‖g_i‖ come from the same pass).
-        head_name: the head's qualified name when the caller knows it (``pipeline.setup`` traces it
+        head_name: the head's qualified name when the caller knows it (``tasks.classifier_models`` traces it
             once per run); otherwise it is traced on the first batch.
         loss: a ``scoring.losses.PerSampleLoss`` or a plain callable ``(outputs, targets) -> (B,)``
             (default: cross-entropy with integer labels). Targets are whatever the loss accepts.

@@ -57,6 +57,7 @@ def input_batch_size(inputs: Any) -> int:
 
 
 def detached(tree: Any) -> Any:
+    """``tree`` with every tensor detached (the outputs a scoring path returns hold no graph)."""
     return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, tree)
 
 

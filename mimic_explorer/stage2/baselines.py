@@ -42,10 +42,13 @@ UTILITY_SIGN = {
 
 
 def utility(samples: pd.DataFrame, column: str) -> np.ndarray:
+    """Column ``column`` as a utility (higher = more useful, by ``UTILITY_SIGN``), so every signal is ranked and
+    evaluated the same way."""
     return UTILITY_SIGN[column] * samples[column].to_numpy(dtype=np.float64)
 
 
 def available(samples: pd.DataFrame) -> list[str]:
+    """The signals of ``UTILITY_SIGN`` that ``samples`` has, in that order."""
     return [c for c in UTILITY_SIGN if c in samples.columns]
 
 
@@ -104,9 +107,11 @@ class Moments:
 
     @property
     def count(self) -> int:
+        """How many finite values were added."""
         return self._count
 
     def standardiser(self) -> Standardiser:
+        """The standardiser (v − mean) / std of the values added; NaN when none was finite."""
         if not self._count:
             return Standardiser(float("nan"), float("nan"))
         mean = math.fsum(self._sums) / self._count

@@ -213,6 +213,7 @@ class AppIndex:
         return [name for name in self.columns if name in self._scores]
 
     def is_numeric(self, name: str) -> bool:
+        """Whether ``name`` is a numeric column (memory-mapped) rather than a text one."""
         return name in self._numeric
 
     def dtype(self, name: str) -> np.dtype | None:
@@ -339,6 +340,7 @@ class AppIndex:
         return int(self._score(name)["valid"])
 
     def finite_count(self, name: str) -> int:
+        """How many samples have a finite ``name`` score (NaN and ±inf left out)."""
         return int(self._score(name)["finite"])
 
     def count_split(self, name: str, threshold: float) -> tuple[int, int]:
@@ -377,6 +379,7 @@ class AppIndex:
 
     @property
     def has_trajectories(self) -> bool:
+        """Whether the index holds per-epoch trajectories (runs with score parts do)."""
         return bool(self.manifest.get("trajectories"))
 
     def trajectories(self, positions) -> pd.DataFrame:
@@ -393,6 +396,7 @@ class AppIndex:
 
     @property
     def has_thumbnails(self) -> bool:
+        """Whether the index can find a sample's thumbnail (the run has thumbnails)."""
         return bool(self.manifest.get("thumbnails"))
 
     def thumbnail_location(self, position: int) -> tuple[int, int] | None:

@@ -83,6 +83,7 @@ class RunMeta:
             setattr(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
+        """The meta as ``meta.json`` holds it: every field, and the keys of other versions kept as they were."""
         data = {name: getattr(self, name) for name in _field_names() if name != "extra"}
         return {**self.extra, **data}
 
@@ -198,4 +199,6 @@ def read_checkpoint_sidecar(checkpoint: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_checkpoint_sidecar(checkpoint: str | os.PathLike, info: dict[str, Any]) -> Path:
+    """Write ``info`` (what the model is: architecture, init fingerprint, preprocessing…) beside ``checkpoint`` as its
+    sidecar (``layout.checkpoint_sidecar``), atomically: a later run that loads the checkpoint reads it there."""
     return write_json(checkpoint_sidecar(checkpoint), info)

@@ -32,14 +32,17 @@ class Run:
 
     @property
     def status(self) -> str:
+        """``running``, ``complete`` or ``failed`` (``unknown`` for a meta without one)."""
         return self.meta.get("status", "unknown")
 
     @property
     def run_id(self) -> str:
+        """The run id (the folder name for a meta without one)."""
         return self.meta.get("run_id") or self.path.name
 
     @property
     def class_names(self) -> list[str]:
+        """The pool's class names (empty for image-text pairs)."""
         return list(self.meta.get("class_names") or [])
 
     @cached_property
@@ -72,6 +75,7 @@ class Run:
 
     @cached_property
     def errors(self) -> pd.DataFrame:
+        """``errors.parquet`` whole: the samples that could not be read (empty when there were none)."""
         path = self.layout.errors
         return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["sample_id", "path", "reason"])
 

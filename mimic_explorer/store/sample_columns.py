@@ -54,10 +54,12 @@ class SampleColumns:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(rows, columns), as a DataFrame says it."""
         return self.app_index.n, len(self.app_index.columns)
 
     @cached_property
     def columns(self) -> pd.Index:
+        """The column names, as a DataFrame has them."""
         return pd.Index(self.app_index.columns)
 
     @cached_property
@@ -80,10 +82,12 @@ class SampleColumns:
         return self._series[name]
 
     def get(self, name: str, default: Any = None):
+        """Column ``name``, or ``default`` when the table has no such column (as ``DataFrame.get``)."""
         return self[name] if name in self else default  # noqa: SIM401 - this is the get that rule would call
 
     @property
     def iloc(self) -> _Rows:
+        """Rows by position, as ``DataFrame.iloc`` (read from the index, not the whole table)."""
         return _Rows(self)
 
     @cached_property

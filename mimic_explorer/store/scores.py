@@ -33,10 +33,12 @@ class EpochScores:
 
     @property
     def available(self) -> bool:
+        """Whether the run has score parts."""
         return self._dataset is not None
 
     @cached_property
     def signals(self) -> list[str]:
+        """The per-epoch signals the parts hold, in the order the app offers them (``SIGNALS``)."""
         if self._dataset is None:
             return []
         names = set(self._dataset.schema.names)
@@ -44,6 +46,7 @@ class EpochScores:
 
     @cached_property
     def epochs(self) -> list[int]:
+        """The epochs the parts hold, ascending."""
         if self._dataset is None:
             return []
         column = self._dataset.to_table(columns=["epoch"]).column("epoch")

@@ -67,12 +67,15 @@ class ThumbnailWriter:
         self._rows: list[tuple[str, int, int]] = []
 
     def add(self, sample_id: str, image) -> None:
+        """Append one sample's thumbnail: encoded bytes as they are, or an image encoded here."""
         data = image if isinstance(image, bytes) else _encode_thumbnail(image)
         offset = self._blob.tell()
         self._blob.write(data)
         self._rows.append((str(sample_id), offset, len(data)))
 
     def close(self) -> None:
+        """Write the blob to disk, then the index (atomically): a thumbnail is findable only once its bytes are synced.
+        """
         self._blob.flush()
         os.fsync(self._blob.fileno())
         self._blob.close()
@@ -215,6 +218,7 @@ class ThumbnailReader:
         return self.available and self._location(str(sample_id), None) is not None
 
     def close(self) -> None:
+        """Give the file descriptor back (a later read opens it again)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

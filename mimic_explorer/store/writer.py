@@ -79,6 +79,7 @@ class RunWriter:
 
     @property
     def path(self) -> Path:
+        """The run directory."""
         return self.layout.root
 
     def _take_lock(self) -> None:
@@ -99,6 +100,7 @@ class RunWriter:
         os.close(fd)
 
     def flush_meta(self) -> None:
+        """Write the meta as it stands to ``meta.json`` (atomically)."""
         write_meta(self.layout, self.meta)
 
     def write_scores(self, part: Path, frame: pd.DataFrame | pa.Table) -> Path:
@@ -116,9 +118,11 @@ class RunWriter:
         return SamplesWriter(self.layout.samples)
 
     def write_errors(self, frame: pd.DataFrame) -> Path:
+        """Write ``errors.parquet`` (atomically)."""
         return write_parquet(self.layout.errors, frame)
 
     def warn(self, message: str) -> None:
+        """Keep ``message`` in the meta's warnings (written with the next ``flush_meta``)."""
         self.meta.warnings.append(message)
 
     def complete(self, **fields: Any) -> None:
@@ -130,6 +134,8 @@ class RunWriter:
         self._unlock()
 
     def fail(self, reason: str) -> None:
+        """Mark the run failed with ``reason``, write the meta and release the lock: a failed run says why, and the next
+        run may take the directory."""
         self.meta.status = "failed"
         self.meta.error = reason
         self.meta.finished = _now()
@@ -195,6 +201,8 @@ class SamplesWriter:
         self.rows = 0
 
     def write(self, frame: pd.DataFrame) -> None:
+        """Append ``frame``'s rows (the first frame's columns and dtypes for all); full row groups are written as they
+        fill."""
         table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
         if self._schema is None:
             self._schema = table.schema
@@ -225,6 +233,7 @@ class SamplesWriter:
         return self._file.commit()
 
     def abort(self) -> None:
+        """Close and remove the temporary file: no ``samples.parquet`` appears."""
         if self._writer is not None:
             self._writer.close()
         self._file.abort()

@@ -7,7 +7,7 @@ everything to a kill. Here the matrix is a preallocated file written with plain 
 chunk of rows at a time, each chunk sealed by a marker file once its rows are flushed; a killed
 extraction continues at its first unsealed chunk, and the ranks of a distributed run fill disjoint
 chunks of the same file. Readers memory-map the finished matrix (``values``) or read row ranges with
-explicit reads (``read``), which keeps a streaming reader's memory flat. ``pipeline.features`` decides
+explicit reads (``read``), which keeps a streaming reader's memory flat. ``training.features`` decides
 what goes in; this module only knows the files. See docs/ARCHITECTURE.md.
 
 Entry folder ``<cache>/features/<key>/``:

@@ -5,7 +5,7 @@ once (keyed by backbone weights, transform, data and what is extracted) turns an
 backbone pass plus E cheap passes over a (N, D) matrix, and lets the reference probe, the plain probe
 and the Grad-Mimic probe of one experiment — and ``train`` and ``score`` — share a single pass.
 
-Why streamed: the matrix is written to its cache entry (``pipeline.feature_cache``) chunk by chunk as
+Why streamed: the matrix is written to its cache entry (``training.feature_cache``) chunk by chunk as
 batches are decoded, so extraction memory stays one batch whatever the pool's size, a killed
 extraction resumes at its first unfinished chunk, and under torchrun the ranks fill disjoint chunks of
 one entry. What a batch contributes is a ``FeatureExtractor`` (by default the head's inputs); a model
