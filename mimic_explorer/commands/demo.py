@@ -37,6 +37,7 @@ from mimic_explorer.util.progress import Progress
 class DemoConfig:
     """Settings of the demo run: label noise, held-out split, epochs, MLP width, Stage-1 method and seed. The defaults
     give a run of seconds on a CPU in which the mimic score visibly finds the flipped labels."""
+
     noise_rate: float = 0.3
     test_fraction: float = 0.2
     epochs: int = 20

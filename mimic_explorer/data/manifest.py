@@ -151,6 +151,7 @@ class _LabelColumn:
 class ManifestSource(FileSource):
     """``manifest:FILE.csv|.parquet``: a table naming each sample's file and label (or caption), read strictly (see the
     module). Raises ``DataSourceError`` naming the row and the value for a table no run should start on."""
+
     kind = "manifest"
 
     def __init__(self, file: str | os.PathLike, spec: str | None = None, class_names: Sequence[str] | None = None):

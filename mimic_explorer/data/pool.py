@@ -27,6 +27,7 @@ class Pool:
     """The pool a run trains on or scores: the source (restricted to ``--subset``), the labels used (noisy when noise
     was injected), the truth and what was injected (``noise``), and how the keep-list met the pool (``subset``). Every
     command reads its samples through this one object."""
+
     source: Source
     labels: np.ndarray  # labels used for training (noisy when noise was injected)
     true_labels: np.ndarray | None

@@ -28,6 +28,7 @@ Transform = Callable[..., torch.Tensor]
 class Batch(NamedTuple):
     """One decoded mini-batch: the source positions of its good samples, their inputs and targets, and the samples that
     could not be read (dropped from the batch, reported, never fatal)."""
+
     index: torch.Tensor  # int64 source positions of the good samples
     inputs: torch.Tensor
     targets: torch.Tensor

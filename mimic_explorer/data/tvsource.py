@@ -77,6 +77,7 @@ def _paths_of(dataset) -> list[str] | None:
 class TorchvisionSource(Source):
     """``torchvision:NAME[/SPLIT]:ROOT``: a torchvision dataset already on disk, opened with ``download=False`` (see the
     module). Raises ``DataSourceError`` saying where the files must be."""
+
     kind = "torchvision"
 
     def __init__(self, name: str, root: str | os.PathLike, split: str | None = None, spec: str | None = None):

@@ -271,6 +271,7 @@ def _load_or_build_index(shard: str, cache_dir: Path) -> tuple[ShardIndex, Path 
 class WdsSource(Source):
     """``wds:PATTERN``: WebDataset tar shards, indexed once per shard into the shared cache and read by offset (see the
     module). Raises ``DataSourceError`` naming the shard and the sample for a pool no run should start on."""
+
     kind = "wds"
 
     def __init__(

@@ -47,6 +47,7 @@ class TokenBatch(NamedTuple):
 class Tokenizer(Protocol):
     """Captions to token ids for a dual encoder's text tower (``WordTokenizer``, open_clip's). A protocol, so every
     model family brings its own and the pipeline only calls ``encode``."""
+
     context_length: int
 
     def encode(self, captions: Sequence[str]) -> TokenBatch: ...

@@ -19,6 +19,7 @@ from mimic_explorer.store.meta import FORMAT_VERSION, RunError, read_meta
 class RunEntry:
     """One run directory as the app's run picker and ``mimic-explorer runs`` show it: where it is, its id, status and
     creation time, its ``meta.json``, and why it cannot be read (``problem``) when it cannot."""
+
     path: Path
     run_id: str
     status: str

@@ -98,6 +98,8 @@ class LinearProbeMode:
         self.features: Features | None = None
 
     def first_pass(self, passes: Passes) -> Held:
+        """Extract the backbone's features of the whole pool once (from the shared cache when another run already did),
+        with thumbnails and bad samples on the way; the rows the head trains on."""
         job, options, run = self.job, self.options, self.run
         models, source = job.models, job.pool.source
         thumbs = passes.thumbs
@@ -124,9 +126,11 @@ class LinearProbeMode:
         return Held(feats.positions, feats.values)
 
     def parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """(the head as a ``LinearProbe``, the reference's head likewise): what trains, and what it is compared with."""
         return self.trained, self.reference
 
     def batches(self, held: Held) -> TensorBatches:
+        """The cached features and their labels as seeded mini-batches on the run's device (this rank's share)."""
         targets = torch.from_numpy(self.job.pool.labels[held.positions].copy())
         device, options, dist = self.run.device, self.options, self.run.dist
         return TensorBatches(
@@ -134,9 +138,11 @@ class LinearProbeMode:
         )
 
     def loop_options(self) -> dict:
+        """The probe's head name, so the loop takes its closed-form, no-autograd step."""
         return {"head_name": LinearProbe.HEAD}
 
     def drift(self) -> DriftMeter | None:
+        """None: a frozen backbone cannot drift."""
         return None  # a frozen backbone cannot drift
 
     def signals(self, held: Held, batches: TensorBatches):
@@ -163,6 +169,7 @@ class FineTuneMode:
         self.job, self.options, self.run = job, options, run
 
     def first_pass(self, passes: Passes) -> Held:
+        """Only thumbnails and bad samples (in pool order): fine-tuning decodes the images again every epoch."""
         job = self.job
         source = job.pool.source
         if passes.thumbs is not None:  # fine-tuning decodes in shuffled order; thumbnails get their own pass
@@ -180,23 +187,30 @@ class FineTuneMode:
         return Held(np.arange(len(source), dtype=np.int64))
 
     def parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """(the whole model, the reference): everything trains."""
         return self.job.models.model, self.job.models.reference
 
     def batches(self, held: Held) -> PoolBatches:
+        """Images decoded every epoch (``PoolBatches``), shuffled by seed and epoch, this rank's share."""
         job, options, dist = self.job, self.options, self.run.dist
         return PoolBatches(job.pool.source, job.pool.labels, job.models.transform, options.batch_size, options.seed,
                            rank=dist.rank, world=dist.world, workers=options.workers, errors=self.errors)
 
     def loop_options(self) -> dict:
+        """The head's name as traced when the models were built."""
         return {"head_name": self.job.models.head_name}
 
     def drift(self) -> DriftMeter | None:
+        """A meter of the backbone's distance from the reference's (with a reference): fine-tuning makes the shared
+        feature basis drift, and the scores mean less as it does."""
         models = self.job.models
         if models.reference is None:
             return None
         return DriftMeter(models.model, models.reference, outside_head(models.head_name), "backbone", FINE_TUNE_ADVICE)
 
     def signals(self, held: Held, batches: PoolBatches):
+        """The end-of-run signals as a function of a range of good positions, decoding their images (Stage 2 asks one
+        range at a time, so the pool never has to fit in memory)."""
         job, options = self.job, self.options
         return _pool_signals(
             job.models.model, job.models.reference, job.pool, job.models, options.workers, self.run.device
@@ -214,9 +228,12 @@ class LabelledScoring:
         self.scored, self.scored_reference = models.model, models.reference
 
     def decodes(self) -> bool:
+        """Whether the batches decode images (not with ``--linear-probe``: they read cached features)."""
         return not self.options.linear_probe
 
     def prepare(self, passes: Passes) -> None:
+        """With ``--linear-probe``: the pool's features, extracted once and shared by the ranks, and the heads as
+        probes; nothing otherwise."""
         job, options, run = self.job, self.options, self.run
         models = job.models
         if not options.linear_probe:
@@ -230,6 +247,8 @@ class LabelledScoring:
         self.scored_reference = LinearProbe(models.reference.get_submodule(models.head_name))
 
     def scorer(self) -> PreparedScorer:
+        """The scorer of the run: the heads on features (``--linear-probe``), or the ``--params`` layers of the whole
+        checkpoint."""
         head_name = LinearProbe.HEAD if self.options.linear_probe else self.job.models.head_name
         return PreparedScorer(self.scored, self.scored_reference, params=self.options.mimic_params(),
                               method=self.options.score_method, head_name=head_name)
@@ -286,6 +305,8 @@ class LabelledTask:
 
     # ------------------------------------------------------------------ preparing
     def prepare_train(self, options: Any, pool: Pool, device: str) -> Prepared:
+        """Build and check model and reference of a ``train`` run (``tasks.classifier_models``): the job, the
+        fingerprints of data, init, reference and preprocessing, and the facts ``meta.json`` records."""
         models = build_models(options, pool.source, device)
         fingerprints = {
             **pool_fingerprints(pool),
@@ -305,6 +326,8 @@ class LabelledTask:
         return Prepared(Job(self, pool, models), fingerprints, facts, pool.warnings + models.warnings, models.notes)
 
     def prepare_score(self, options: Any, pool: Pool, device: str) -> Prepared:
+        """Load and check the ``--model`` checkpoint and its reference: the job, the fingerprints of data, model,
+        reference and preprocessing, and the facts ``meta.json`` records."""
         models = build_models(options, pool.source, device)  # the --model checkpoint loaded, head included
         models.model.eval()
         fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
@@ -315,24 +338,31 @@ class LabelledTask:
         return Prepared(Job(self, pool, models), fingerprints, facts, pool.warnings + models.warnings, models.notes)
 
     def train_mode(self, job: Job, options: Any, run: Any):
+        """``LinearProbeMode`` with ``--linear-probe``, else ``FineTuneMode``."""
         return LinearProbeMode(job, options, run) if options.linear_probe else FineTuneMode(job, options, run)
 
     def score_mode(self, job: Job, options: Any, run: Any) -> LabelledScoring:
+        """``LabelledScoring``."""
         return LabelledScoring(job, options, run)
 
     # ------------------------------------------------------------------ rows
     def score_rows(self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int) -> Any:
+        """The score rows of one batch: proj, Stage-1 weight, cos, loss and the predicted class."""
         return score_rows(job.sample_ids, batch.positions, epoch=0, step=step, proj=scores.proj, weight=weights,
                           cos=scores.cos, loss=scores.loss, pred=scores.outputs.argmax(-1))
 
     def train_rows(self, job: Job, held: Held, signals: Any):
+        """The pool's base columns (labels as trained on, the truth when known) and the signals as they are."""
         return pool_rows(job.pool), signals
 
     def score_base_rows(self, job: Job, layout: Any):
+        """The pool's base columns."""
         return pool_rows(job.pool)
 
     # ------------------------------------------------------------------ the end of a run
     def save_model(self, job: Job, options: Any, meta: Any, held: Held) -> None:
+        """Save the trained classifier and its sidecar (architecture, classes, init fingerprint, preprocessing), so it
+        can be a later run's ``--reference`` or ``--init``."""
         models = job.models
         save_checkpoint(models.model, options.save_model)
         write_checkpoint_sidecar(options.save_model,
@@ -342,12 +372,15 @@ class LabelledTask:
                                   SIDECAR_PREPROCESSING: models.preprocessing})
 
     def held_out(self, job: Job, options: Any, trained: nn.Module, device: str) -> dict:
+        """``test_accuracy`` of the trained model on ``--test-data``."""
         return {"test_accuracy": test_accuracy(options, job.models, trained, device)}
 
     def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log) -> dict:
+        """Nothing: a labelled run's summary is the commands' own."""
         return {}
 
     def score_summary(self, job: Job, options: Any, layout: Any, log) -> dict:
+        """Nothing: a labelled run's summary is the commands' own."""
         return {}
 
     def losses_from_rows(self) -> bool:

@@ -164,6 +164,8 @@ class _PairMode:
         return None
 
     def first_pass(self, passes: Passes) -> Held:
+        """Decode every pair once: the rows the mode holds (tower outputs, image inputs, or nothing), which pairs are
+        good, which captions were cut, thumbnails and bad pairs on the way."""
         job, options = self.job, self.options
         started = time.perf_counter()
         rows, positions, truncated = _pair_rows_pass(self.models, job.pool.source, job.pool.labels, job.data.captions,
@@ -182,12 +184,16 @@ class _PairMode:
         held.extra["captions"] = draw_counts(held.extra["counts"])
 
     def loop_options(self) -> dict:
+        """The InfoNCE loss and, with a reference, the parameters of the mimic layers (the projection named by
+        ``--mimic-layer``) for Grad-Mimic to re-weight."""
         trained, _ = self.parts()
         reference = self.models.reference
         names = mimic_layer_params(trained, self.models.mimic_layers) if reference is not None else None
         return {"loss": InfoNCELoss(), "mimic_params": names}
 
     def drift(self) -> DriftMeter | None:
+        """A meter of the towers' distance from the reference's (with a reference): towers that learn move the shared
+        feature basis the projection scores assume."""
         models = self.models
         if models.reference is None:
             return None
@@ -227,18 +233,22 @@ class FrozenTowersMode(_PairMode):
         return tower_features(self.models.model, [(images, ids)], self.run.device)
 
     def parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """(a probe that *is* the model's projections and logit scale, the reference's likewise)."""
         return self.probe, self.reference_probe
 
     def batches(self, held: Held):
+        """The held tower outputs as seeded batches of at least two pairs, this rank's share."""
         dist = self.run.dist
         return pair_batches(
             held.rows.to(self.run.device), self.options.batch_size, self.options.seed, dist.rank, dist.world
         )
 
     def drift(self) -> DriftMeter | None:
+        """None: frozen towers cannot drift."""
         return None  # frozen towers cannot drift
 
     def signals(self, held: Held, batches) -> pd.DataFrame:
+        """The per-pair end-of-run signals (CLIP scores, reference loss, score batch) over the held outputs."""
         rows = pair_batches(held.rows.to(self.run.device), self.options.batch_size, self.options.seed)
         return self._collect(held, self.probe, ProjectionProbe.sharing(self.models.reference), rows.epoch(0))
 
@@ -254,9 +264,11 @@ class _TowersLearn(_PairMode):
         self.reference_side = reference_part(reference, self.freeze_image) if reference is not None else None
 
     def parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """(the model, or its text side with the image tower frozen; the reference as that part sees its inputs)."""
         return self.trained, self.reference_side
 
     def first_pass(self, passes: Passes) -> Held:
+        """The first pass, then every good pair's caption set as token ids."""
         held = super().first_pass(passes)
         self._token_sets(held)
         return held
@@ -273,11 +285,14 @@ class FrozenImageTowerMode(_TowersLearn):
         return image_inputs(self.models.model, images, True, self.run.device)
 
     def batches(self, held: Held) -> CaptionDraws:
+        """The held image inputs with a caption drawn from each photo's set every epoch (``CaptionDraws``), this rank's
+        share."""
         device, dist = self.run.device, self.run.dist
         return CaptionDraws(held.rows.to(device), held.extra["token_sets"].to(device), held.extra["counts"].to(device),
                             self.options.batch_size, self.options.seed, dist.rank, dist.world)
 
     def signals(self, held: Held, batches) -> pd.DataFrame:
+        """The per-pair end-of-run signals, each photo with its own caption."""
         device = self.run.device
         rows = pair_batches((held.rows.to(device), held.extra["token_sets"][:, 0].to(device)), self.options.batch_size,
                             self.options.seed)
@@ -312,10 +327,12 @@ class BothTowersMode(_TowersLearn):
         )
 
     def batches(self, held: Held) -> StreamedPairs:
+        """Pairs decoded again every epoch (``StreamedPairs``), this rank's share."""
         dist = self.run.dist
         return self._stream(held, held.extra["token_sets"], held.extra["counts"], dist.rank, dist.world)
 
     def signals(self, held: Held, batches) -> pd.DataFrame:
+        """The per-pair end-of-run signals, each photo with its own caption, from one more decoded pass."""
         stream = self._stream(held, held.extra["token_sets"][:, :1], torch.ones(len(held.positions), dtype=torch.long))
         return self._collect(held, self.trained, self.reference_side, stream.epoch(0))
 
@@ -328,12 +345,15 @@ class PairScoring:
         self.job, self.options, self.run = job, options, run
 
     def decodes(self) -> bool:
+        """True: scoring decodes every pair (thumbnails come with it)."""
         return True
 
     def prepare(self, passes: Passes) -> None:
+        """Nothing is computed ahead: every batch is decoded."""
         return None
 
     def scorer(self) -> PreparedScorer:
+        """The scorer of the run: the mimic-layer projection under the symmetric InfoNCE loss."""
         models = self.job.models
         return PreparedScorer(
             models.model,
@@ -344,6 +364,8 @@ class PairScoring:
         )
 
     def batches(self, start: int, stop: int, passes: Passes) -> Iterator[ScoreBatch]:
+        """Batches of the positions ``start … stop − 1`` in pool order, tokenized; a pair left alone in a batch cannot
+        be scored (InfoNCE needs a negative) and is a bad sample."""
         job, options = self.job, self.options
         source, models, captions = job.pool.source, job.models, job.data.captions
         stream = pool_pass(
@@ -449,10 +471,13 @@ class PairsTask:
         return "gmm"
 
     def losses_from_rows(self) -> bool:
+        """False: a pair's loss depends on its batch, so the score rows' loss is not a per-sample column."""
         return False
 
     # ------------------------------------------------------------------ preparing
     def prepare_score(self, options: Any, pool: Pool, device: str) -> Prepared:
+        """Load the dual-encoder checkpoint and its reference, swap captions when asked: the job, the fingerprints of
+        data, model and reference, and the facts ``meta.json`` records."""
         captions = pair_captions(pool, options.caption_noise, options.noise_seed)
         models = build_pair_models(options, device)
         # the data fingerprint covers the captions; the swapped ones follow from --caption-noise and --noise-seed
@@ -473,6 +498,8 @@ class PairsTask:
         return Prepared(Job(self, pool, models, captions), fingerprints, facts, pool.warnings + models.warnings)
 
     def prepare_train(self, options: Any, pool: Pool, device: str) -> Prepared:
+        """Build the dual encoder to train (from ``--init``, the reference's towers or fresh) and check it against the
+        reference: the job, the fingerprints, and the facts ``meta.json`` records."""
         captions = pair_captions(pool, options.caption_noise, options.noise_seed)
         captions.sets = _caption_sets(pool) if options.all_captions else None
         texts = [c for row in captions.sets for c in row] if captions.sets is not None else captions.captions.tolist()
@@ -513,6 +540,7 @@ class PairsTask:
         )
 
     def train_mode(self, job: Job, options: Any, run: Any) -> _PairMode:
+        """``FrozenTowersMode``, ``FrozenImageTowerMode`` or ``BothTowersMode``, as the options say."""
         if options.frozen_towers:
             return FrozenTowersMode(job, options, run)
         return (
@@ -520,10 +548,13 @@ class PairsTask:
         )
 
     def score_mode(self, job: Job, options: Any, run: Any) -> PairScoring:
+        """``PairScoring``."""
         return PairScoring(job, options, run)
 
     # ------------------------------------------------------------------ rows
     def score_rows(self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int):
+        """The score rows of one batch with the pairs' own columns: CLIP score under model and reference, the
+        reference's loss, and whether the caption was cut."""
         images, ids = batch.inputs
         with torch.no_grad():
             reference = job.models.reference(images, ids)
@@ -600,6 +631,8 @@ class PairsTask:
 
     # ------------------------------------------------------------------ the end of a run
     def save_model(self, job: Job, options: Any, meta: Any, held: Held) -> None:
+        """Save the trained dual encoder with its architecture and input shape, so it can be a later run's
+        ``--reference``, ``--model`` or ``--init``."""
         models = job.models
         save_dual_encoder(
             models.model,
@@ -616,10 +649,13 @@ class PairsTask:
         )
 
     def held_out(self, job: Job, options: Any, trained: nn.Module, device: str) -> dict:
+        """``test_recall`` (recall@1/5/10 over every caption of each held-out photo) of the trained model."""
         recall, ranked = held_out_recall(options.test_data, job.models, device, options.workers)
         return {"test_recall": recall, "test_recall_ranked": ranked}
 
     def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log) -> dict:
+        """The pairs' part of the summary: the loss, batch size, mimic layer, what trained and how many captions were
+        cut (said to ``log`` too)."""
         truncated = held.extra["truncated"]
         pairs = {"loss": "symmetric InfoNCE of each pair within its batch", "batch_size": options.batch_size,
                  "mimic_layer": job.models.mimic_layers if scored else None, "frozen_towers": options.frozen_towers,
@@ -632,6 +668,8 @@ class PairsTask:
         return {"pairs": pairs}
 
     def score_summary(self, job: Job, options: Any, layout: RunLayout, log) -> dict:
+        """The pairs' part of the summary: the loss, batch size, number of scoring batches, mimic layers and how many
+        captions were cut (said to ``log`` too)."""
         truncated = int(pq.read_table(layout.samples, columns=["caption_truncated"]).column("caption_truncated")
                         .to_numpy().sum())
         if truncated:

@@ -44,6 +44,7 @@ class EpochParts:
         self.since = time.monotonic()
 
     def add(self, record: EpochRecord) -> None:
+        """Hold one epoch's rows until the next checkpoint writes them."""
         self.pending.append((record.epoch, epoch_table(record, self.ids, self.positions)))
 
     def due(self, epoch: int) -> bool:

@@ -67,6 +67,7 @@ class FeatureEntry:
 
     @property
     def positions_path(self) -> Path:
+        """The pool position of each matrix row (int64), filled chunk by chunk with the rows."""
         return self.folder / POSITIONS
 
     def _marker(self, chunk: int) -> Path:
@@ -74,14 +75,17 @@ class FeatureEntry:
 
     @property
     def dim(self) -> int:
+        """Columns of the matrix."""
         return int(self.header["dim"])
 
     @property
     def rows(self) -> int:
+        """Rows of the matrix: the good ones once the entry is complete, every requested one while it is filled."""
         return int(self.header["good_rows"] if self.header.get("state") == "complete" else self.header["rows"])
 
     @property
     def row_bytes(self) -> int:
+        """Bytes per matrix row (float32)."""
         return self.dim * 4
 
     # ------------------------------------------------------------------ opening
@@ -160,13 +164,16 @@ class FeatureEntry:
     # ------------------------------------------------------------------ filling
     @property
     def chunk_rows(self) -> int:
+        """Rows per chunk: the unit that is filled, sealed and (after a kill) filled again."""
         return int(self.header["chunk_rows"])
 
     @property
     def chunk_count(self) -> int:
+        """How many chunks the requested rows make."""
         return -(-int(self.header["rows"]) // self.chunk_rows)
 
     def sealed(self, chunk: int) -> bool:
+        """Whether chunk ``chunk`` is finished (its marker exists, written only after its rows)."""
         return self._marker(chunk).exists()
 
     def write_rows(self, first_row: int, values: np.ndarray) -> None:
@@ -177,6 +184,7 @@ class FeatureEntry:
         _pwrite_all(self.values_path, memoryview(data).cast("B"), first_row * self.row_bytes)
 
     def write_positions(self, first_row: int, positions: np.ndarray) -> None:
+        """The pool positions of rows ``first_row …``, by positional writes (as ``write_rows``)."""
         data = np.ascontiguousarray(positions, dtype=np.int64)
         _pwrite_all(self.positions_path, memoryview(data).cast("B"), first_row * _ROW_BYTES_POSITION)
 
@@ -244,6 +252,7 @@ class FeatureEntry:
         return self._read(self.values_path, lo, hi, self.dim, np.float32)
 
     def read_positions(self, rows: np.ndarray) -> np.ndarray:
+        """The pool positions of matrix rows ``rows``."""
         return np.asarray(
             [self._read(self.positions_path, int(r), int(r) + 1, 1, np.int64)[0, 0] for r in rows], dtype=np.int64
         )
@@ -270,11 +279,13 @@ class FeatureEntry:
         return np.memmap(self.values_path, dtype=np.float32, mode="c", shape=(self.rows, self.dim))
 
     def positions(self) -> np.ndarray:
+        """The pool position of every row, memory-mapped (read-only)."""
         if self.rows == 0:
             return np.zeros(0, dtype=np.int64)
         return np.memmap(self.positions_path, dtype=np.int64, mode="r", shape=(self.rows,))
 
     def bad(self) -> list[BadSample]:
+        """The samples that could not be read when the entry was filled (a cached run reports them again)."""
         return [
             BadSample(sample_id, path, reason)
             for _, sample_id, path, reason in json.loads((self.folder / BAD).read_text())

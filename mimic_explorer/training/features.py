@@ -62,9 +62,11 @@ class HeadInputs:
         self.head_name = head_name
 
     def describe(self) -> str:
+        """``head-inputs:NAME``: part of the cache key, so another extractor never reads these features."""
         return f"head-inputs:{self.head_name}"
 
     def dim(self, model: nn.Module) -> int:
+        """The head's input width."""
         return int(model.get_submodule(self.head_name).in_features)
 
     def __call__(self, model: nn.Module, batch: PassBatch, device: str) -> torch.Tensor:
@@ -79,6 +81,9 @@ class HeadInputs:
 
 @dataclass
 class Features:
+    """The cached features of a pass: the good samples' pool positions, their (N, D) matrix (memory-mapped from the
+    cache entry), the bad samples, and whether the entry was already there."""
+
     positions: np.ndarray  # source positions of the good samples, in requested order (memory-mapped)
     values: torch.Tensor  # (N, D) float32 head inputs, memory-mapped from the cache entry
     bad: list[BadSample]
@@ -103,6 +108,9 @@ def _backbone_fingerprint(model: nn.Module, head_name: str) -> str:
 
 def feature_key(model: nn.Module, head_name: str, transform, source: Source, indices: np.ndarray | None,
                 extractor: FeatureExtractor | None = None) -> str:
+    """The cache entry's key: a hash of the backbone's weights (head left out), the preprocessing, the data fingerprint,
+    the requested positions and the extractor. Anything that changes the features changes the key; training another head
+    on the same backbone finds the entry."""
     describe = getattr(transform, "describe", None)
     parts = {
         "backbone": _backbone_fingerprint(model, head_name),
@@ -134,6 +142,7 @@ class _Pass:
     done: int = 0
 
     def chunk(self, entry: FeatureEntry, chunk: int) -> np.ndarray:
+        """The requested positions of chunk ``chunk``."""
         first = chunk * entry.chunk_rows
         return self.requested[first : first + entry.chunk_rows]
 
@@ -158,6 +167,7 @@ class _Pass:
         entry.seal(chunk, [(row_of_id[b.sample_id], b) for b in errors if b.sample_id in row_of_id])
 
     def advance(self, count: int) -> None:
+        """Count ``count`` more samples done and report progress."""
         self.done += count
         if self.progress is not None:
             self.progress(self.done, len(self.requested))

@@ -70,6 +70,7 @@ class _LayerIO:
         self.calls += 1
 
     def remove(self) -> None:
+        """Stop capturing."""
         self._hook.remove()
 
 
@@ -106,6 +107,7 @@ class LossStep:
             self.io = _LayerIO(self.layer)
 
     def close(self) -> None:
+        """Remove the mimic layer's hook."""
         if self.io is not None:
             self.io.remove()
 

@@ -127,6 +127,9 @@ class StreamedPairs:
         return len(self.positions)
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Any, None]]:
+        """``(rows, (images, tokens), None)`` per batch of epoch ``epoch``: the plan's order decoded again, in batches
+        that never leave a pair alone, each photo with a drawn caption; every rank takes as many batches as the others.
+        """
         order = self.plan.order(epoch).numpy()
         draws = draw_captions(self.plan, epoch)
         stream = pool_pass(self.source, self.labels, self.transform, self.batch_size, indices=self.positions[order],

@@ -20,6 +20,9 @@ from mimic_explorer.store.thumbs import thumbnail_bytes
 
 
 class PassBatch(NamedTuple):
+    """One decoded batch of a pass over the pool: source positions, inputs, targets, thumbnails (when asked) and the
+    samples that could not be read."""
+
     index: torch.Tensor
     inputs: torch.Tensor
     targets: torch.Tensor

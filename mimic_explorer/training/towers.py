@@ -122,6 +122,7 @@ class TextSide(nn.Module):
         self.logit_scale = model.logit_scale
 
     def forward(self, image_features: Tensor, tokens: Tensor) -> DualOutput:
+        """The ``DualOutput`` of cached image-tower outputs and caption tokens."""
         return DualOutput(self.image_projection(image_features), self.text_projection(self.text_tower(tokens)),
                           self.logit_scale.exp())
 
