@@ -208,6 +208,7 @@ class TrainOptions(CommonOptions):
     """``train``: plain training (no reference) or Grad-Mimic (with one), recording every epoch.
 
     ``run_train(TrainOptions(...))`` is the same run as ``mimic-explorer train`` with those options.
+    Every field of ``CommonOptions`` applies too; below are ``train``'s own.
 
     Parameters
     ----------
@@ -230,8 +231,6 @@ class TrainOptions(CommonOptions):
     frozen_towers, frozen_image_tower, all_captions, fresh_projections, mimic_layer, caption_noise
         Image-text pools only: what trains, how captions are drawn, and which tower's projection is the
         mimic layer (see ``mimic-explorer train --help``).
-    **common
-        Every field of ``CommonOptions``.
 
     Raises
     ------
@@ -284,6 +283,7 @@ class ScoreOptions(CommonOptions):
     """``score``: one fixed checkpoint (``model``) against ``reference``, every sample once, in chunks.
 
     ``run_score(ScoreOptions(...))`` is the same run as ``mimic-explorer score`` with those options.
+    Every field of ``CommonOptions`` applies too; below are ``score``'s own.
 
     Parameters
     ----------
@@ -299,8 +299,6 @@ class ScoreOptions(CommonOptions):
         Samples per part file: the unit a killed run resumes from.
     mimic_layer, caption_noise
         Image-text pools only: the tower whose last projection is scored, and swapped captions.
-    **common
-        Every field of ``CommonOptions``.
 
     Raises
     ------

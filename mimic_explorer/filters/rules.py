@@ -227,7 +227,23 @@ def refuse_too_many_clauses(count: int) -> None:
 
 
 def all_of(clauses: Sequence[FilterRule]) -> Rule:
-    """The AND of ``clauses``: the clause itself when there is one, else a ``CompoundRule``."""
+    """The AND of ``clauses``: the clause itself when there is one, else a ``CompoundRule``.
+
+    Parameters
+    ----------
+    clauses
+        One to ``MAX_CLAUSES`` clauses.
+
+    Returns
+    -------
+    Rule
+        The lone clause, or a ``CompoundRule`` of them all (each resolved on the whole pool on its own).
+
+    Raises
+    ------
+    FilterError
+        No clause, or more than ``MAX_CLAUSES`` (said with the reason for the cap).
+    """
     clauses = list(clauses)
     if not clauses:
         raise FilterError("a filter needs at least one rule")
@@ -240,7 +256,18 @@ _PHRASES = {"threshold": "≥ {:.4g}", "quantile": "drop the lowest {:.1%}", "to
 
 
 def describe(rule: Rule) -> str:
-    """A rule in words, e.g. ``clip_score_ref top 30.0 % AND mimic_score drop the lowest 15.0 %``."""
+    """A rule in words, e.g. ``clip_score_ref top 30.0 % AND mimic_score drop the lowest 15.0 %``.
+
+    Parameters
+    ----------
+    rule
+        One clause or an AND of clauses.
+
+    Returns
+    -------
+    str
+        The rule as the CLI, the app and the spec's readers show it.
+    """
     parts = []
     for clause in rule.clauses:
         if clause.kind == "ensemble":
@@ -351,7 +378,12 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
     -------
     FilterResult
         The keep mask in row order, resolved thresholds, counts overall and per class (a compound's
-        clauses each resolved alone in ``clauses``). ``FilterError`` names a bad rule or column.
+        clauses each resolved alone in ``clauses``).
+
+    Raises
+    ------
+    FilterError
+        A bad rule (its first wrong field) or a column the samples lack.
     """
     rule.validate()
     labels = class_labels(samples)

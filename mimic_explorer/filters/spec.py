@@ -203,7 +203,27 @@ def _verify_spec(spec: dict[str, Any], samples: pd.DataFrame | None = None) -> N
 
 def rule_in_spec(spec: Any, samples: pd.DataFrame | None = None) -> Rule:
     """The rule a spec records: every value checked by type and range, then the spec's hash verified.
-    ``SpecError`` (a ``FilterError``) naming the cause for anything else."""
+
+    Unlike ``rule_from_spec`` it does not compare the spec with a run: for reading a spec on its own.
+
+    Parameters
+    ----------
+    spec
+        The spec, as JSON values (``parse_spec_json`` of the file).
+    samples
+        A run's samples, optional: only used to say what an edited rule keeps.
+
+    Returns
+    -------
+    Rule
+        The verified rule.
+
+    Raises
+    ------
+    SpecError
+        A value of the wrong type or range, a spec of a newer version, or one edited after it was
+        written (naming what was edited); a ``FilterError``.
+    """
     rule = _rule_of(spec)
     _verify_spec(spec, samples)
     return rule
@@ -224,7 +244,13 @@ def rule_from_spec(spec: Any, run_meta: dict[str, Any], samples: pd.DataFrame | 
     Returns
     -------
     Rule
-        The verified rule. ``SpecError`` names a bad value, another run or other data, or an edit.
+        The verified rule.
+
+    Raises
+    ------
+    SpecError
+        A bad value, a spec of another run or other data, or an edit after it was written, named; a
+        ``FilterError``.
     """
     rule = _rule_of(spec)
     fingerprints = run_meta.get("fingerprints") or {}

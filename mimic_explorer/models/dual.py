@@ -50,7 +50,8 @@ class Tokenizer(Protocol):
 
     context_length: int
 
-    def encode(self, captions: Sequence[str]) -> TokenBatch: ...
+    def encode(self, captions: Sequence[str]) -> TokenBatch:
+        """Token ids for ``captions`` and, per caption, whether it was cut to fit the context."""
 
 
 class DualEncoder(nn.Module):

@@ -182,22 +182,39 @@ _COUPLED_FALLBACKS = {
 class PreparedScorer:
     """Mimic scores of ``model`` against ``reference`` on the mimic layers ``params``, batch by batch.
 
-    Args:
-        model, reference: same architecture (parameter names and shapes must match; checked here, once).
-        params: "head" (the Linear producing the logits), "all" (the trainable parameters; every
-            parameter when none is trainable) or a list of names from ``model.named_parameters()``.
-        method: "proj", or "cos" (then proj, cos and ‖g_i‖ come from the same pass).
-        head_name: the head's qualified name when the caller knows it (``tasks.classifier_models`` traces it
-            once per run); otherwise it is traced on the first batch.
-        loss: a ``scoring.losses.PerSampleLoss`` or a plain callable ``(outputs, targets) -> (B,)``
-            (default: cross-entropy with integer labels). Targets are whatever the loss accepts.
-        path: "auto" (cheapest exact path), or force "head", "jvp", "vmap" or "loop" (see the module).
-        chunk_size: samples per slice (bounds memory). Default: the whole batch for head/jvp, a
-            memory-budgeted chunk for vmap. A loss that couples the batch is always evaluated on the
-            whole batch; there ``chunk_size`` bounds the Jacobian rows computed at once.
+    Everything about the pair is resolved once (the mimic layers, the path, the reference check, the
+    task vector), then ``scorer(inputs, targets)`` scores one batch in one pass. The task vector is
+    read when the scorer is prepared; call ``refresh()`` after the model's weights move (the
+    reference is taken as fixed).
 
-    The task vector is read when the scorer is prepared; call ``refresh()`` after the model's weights
-    move (the reference is taken as fixed).
+    Parameters
+    ----------
+    model, reference
+        The same architecture (parameter names and shapes must match; checked here, once).
+    params
+        ``"head"`` (the Linear producing the logits), ``"all"`` (the trainable parameters; every
+        parameter when none is trainable) or a list of names from ``model.named_parameters()``.
+    method
+        ``"proj"``, or ``"cos"`` (then proj, cos and ‖g_i‖ come from the same pass).
+    head_name
+        The head's qualified name when the caller knows it (``tasks.classifier_models`` traces it once
+        per run); otherwise it is traced on the first batch.
+    loss
+        A ``scoring.losses.PerSampleLoss`` or a plain callable ``(outputs, targets) -> (B,)`` (default:
+        cross-entropy with integer labels). Targets are whatever the loss accepts.
+    path
+        ``"auto"`` (the cheapest exact path), or force ``"head"``, ``"output"``, ``"jvp"``, ``"vmap"`` or
+        ``"loop"`` (see the module).
+    chunk_size
+        Samples per slice (bounds memory). Default: the whole batch for head/jvp, a memory-budgeted
+        chunk for vmap. A loss that couples the batch is always evaluated on the whole batch; there
+        ``chunk_size`` bounds the Jacobian rows computed at once.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``method`` or ``path``, ``params`` the model lacks, a reference that does not match
+        the model, or a forced path that cannot be used with these mimic layers or this loss.
     """
 
     def __init__(
@@ -391,8 +408,26 @@ class PreparedScorer:
 
     # ------------------------------------------------------------------ one batch
     def __call__(self, inputs: Any, targets: Any) -> BatchScores:
-        """Scores, losses and outputs for one batch (see the class). ``inputs``: a tensor, or a tuple
-        of batched tensors passed as the model's positional arguments."""
+        """Scores, losses and outputs for one batch, from one pass of the model on the head path.
+
+        Parameters
+        ----------
+        inputs
+            A tensor, or a tuple of batched tensors passed as the model's positional arguments.
+        targets
+            Whatever the loss takes: (B,) class indices for cross-entropy, None for InfoNCE.
+
+        Returns
+        -------
+        BatchScores
+            ``proj``, ``cos`` (with ``method="cos"``), ``loss`` and the detached ``outputs``, (B,) each.
+
+        Raises
+        ------
+        ValueError
+            A batch that does not fit the model or the loss, or a non-finite loss or score (naming the
+            sample positions).
+        """
         default_loss = isinstance(self.loss, CrossEntropyLoss)
         batch = check_batch(inputs, targets) if default_loss else input_batch_size(inputs)
         with scoring_mode(self.model, self.device):

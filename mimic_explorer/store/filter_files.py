@@ -88,8 +88,16 @@ def export(samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_f
     Returns
     -------
     tuple
-        (result, spec, keep-list path, spec path). ``FilterError`` (``ExportError`` for files) names
-        the cause of a failure, and then neither file has changed.
+        (result, spec, keep-list path, spec path).
+
+    Raises
+    ------
+    FilterError
+        A bad rule or column, or a re-applied spec whose keep mask is not the one it recorded; nothing
+        is written.
+    ExportError
+        A place that cannot be written (a ``FilterError`` too): nothing is replaced, or, when the disk
+        fails between the two renames, the message says the spec was replaced and the keep-list not.
     """
     out, spec_path = check_target(out, export_format)
     result = apply_rule(samples, rule)

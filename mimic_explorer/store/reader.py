@@ -86,8 +86,28 @@ class Run:
 
 
 def open_run(path: str | os.PathLike, *, require_complete: bool = True) -> Run:
-    """Open a run directory. Raises ``RunError`` (a message naming the cause) when it is missing,
-    written by a newer format, or — unless ``require_complete=False`` — not complete."""
+    """Open a run directory, as the app, ``export`` and notebooks do.
+
+    Parameters
+    ----------
+    path
+        The run directory (what ``train``, ``score`` or ``demo`` wrote with ``--out``).
+    require_complete
+        Refuse a run that is still running or failed (False opens it anyway, e.g. to look at a
+        failed run's ``meta.json``).
+
+    Returns
+    -------
+    Run
+        The opened run: ``meta``, and ``samples``, ``scores``, ``epoch_scores``, ``thumbnails`` read on
+        first use.
+
+    Raises
+    ------
+    RunError
+        The directory is missing, has no readable ``meta.json``, was written by a newer format, or is
+        not complete (unless ``require_complete=False``); one line naming the cause.
+    """
     meta = read_meta(path)
     check_format(meta, path)
     status = meta.get("status")

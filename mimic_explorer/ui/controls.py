@@ -81,6 +81,7 @@ class _ClauseWidgets:
 
     @property
     def values(self) -> list:
+        """The value widgets (one is visible at a time: the rule decides which), for laying them out together."""
         return [self.slider, self.quantile, self.top_fraction, self.keep_n, self.per_class]
 
 

@@ -52,6 +52,8 @@ class DetailView(Viewer):
                                  sizing_mode="stretch_width")
 
     def show(self, position: int) -> None:
+        """Show the sample at row ``position``: its thumbnail, caption, every column, and its per-epoch trajectory when
+        the run has one."""
         self.position = int(position)
         record = self.state.record(position)
         sample_id = str(record["sample_id"])

@@ -53,9 +53,29 @@ def _section(title: str) -> pn.pane.Markdown:
 
 
 class Explorer(Viewer):
-    """Explore one run: ``Explorer(run_or_path, restore=True, **rule_and_display_parameters)``.
+    """Explore one run: distributions, galleries, live counts of a filter rule, and exports.
 
-    ``restore``: start from the filter last saved with the run (unless a rule is given here)."""
+    Shown by ``mimic-explorer serve`` and inline in Jupyter; its parameters (the rule's column,
+    rule, threshold, quantile, …) are also a Python API for setting the filter from a notebook.
+
+    Parameters
+    ----------
+    run
+        An opened ``Run`` or the path of a run directory.
+    restore
+        Start from the filter last saved with the run (unless a rule is given here).
+    **params
+        The rule's parameters (``column``, ``rule``, ``threshold``, ``quantile``, ``top_fraction``,
+        ``keep_count``, ``per_class``, ``class_overrides``) and display ones of the distribution and
+        the galleries.
+
+    Raises
+    ------
+    RunError
+        ``run`` is a path that is not a complete run directory (``store.reader.open_run``).
+    ValueError
+        A ``column`` the run has no scores for.
+    """
 
     column, rule, threshold = _rule_parameter("column"), _rule_parameter("rule"), _rule_parameter("threshold")
     quantile, keep_count = _rule_parameter("quantile"), _rule_parameter("keep_count")
@@ -104,6 +124,7 @@ class Explorer(Viewer):
 
     @property
     def samples(self) -> pd.DataFrame:
+        """The run's samples (through its app index where it has one: memory-mapped columns, not the whole table)."""
         return self.state.samples
 
     @property

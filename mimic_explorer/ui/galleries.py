@@ -45,6 +45,7 @@ class Selection(param.Parameterized):
     limit = 8
 
     def add(self, position: int) -> None:
+        """Add ``position`` as the most recent pick (once), dropping the oldest beyond ``limit``."""
         self.positions = ([p for p in self.positions if p != position] + [int(position)])[-self.limit:]
 
 

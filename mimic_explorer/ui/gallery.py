@@ -128,6 +128,7 @@ class Gallery(JSComponent):
         self._click_handlers: list[Callable[[int, str], None]] = []
 
     def on_click(self, handler: Callable[[int, str], None]) -> None:
+        """Call ``handler(position, sample_id)`` when a card is clicked."""
         self._click_handlers.append(handler)
 
     def _handle_msg(self, msg) -> None:

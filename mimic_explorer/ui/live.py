@@ -49,6 +49,8 @@ class LiveCounts(param.Parameterized):
         self.column = self.model.column
 
     def recount(self) -> None:
+        """Count the current rule again and move the resolved cut; a rule the counter refuses is shown as a notice and
+        the last counts stay."""
         try:
             counts = self.state.counts(self.model.to_rule())
         except (FilterError, ValueError) as exc:

@@ -42,6 +42,7 @@ class DemoBuild:
 
     @classmethod
     def shared(cls, out: Path) -> DemoBuild:
+        """The build of ``out`` every session shares: started once, started again only after a failed one."""
         with cls._lock:
             if cls._current is None or (cls._current.returncode not in (None, 0)):
                 cls._current = cls(out)
@@ -69,4 +70,5 @@ class DemoBuild:
 
     @property
     def done(self) -> bool:
+        """Whether the build process has ended."""
         return self.returncode is not None

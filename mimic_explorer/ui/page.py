@@ -186,6 +186,8 @@ def client_is_local() -> bool:
 
 
 def serve_page(args: list[str]) -> pn.template.BaseTemplate:
+    """The served page for ``args`` (the ``--args`` of ``panel serve``): the explorer of a run, a picker, the demo being
+    built, or a refusal for a browser on another machine."""
     if not client_is_local():
         page = ExplorerPage()
         page.show(pn.pane.Alert("This explorer serves only browsers on its own machine. To share it, start it "

@@ -62,6 +62,8 @@ class Spans:
         self._values: dict[str, float | None] = {}
 
     def line(self, key: str, value: float | None, fallback: float = 0.0, horizontal: bool = False):
+        """A dashed line for ``key`` at ``value`` (at ``fallback`` and hidden while it is None), whose Span is
+        remembered once Bokeh renders it."""
         self._models[key] = {}
         self._values[key] = value
         visible = value is not None and np.isfinite(value)
@@ -81,6 +83,7 @@ class Spans:
         return remember
 
     def move(self, value_of) -> None:
+        """Set every remembered Span from ``value_of(key)`` (None hides the line)."""
         for key, models in self._models.items():
             value = value_of(key)
             self._values[key] = value
@@ -92,6 +95,7 @@ class Spans:
                     span.visible = visible
 
     def forget(self, prefix: str) -> None:
+        """Forget the lines whose key starts with ``prefix`` (their plots are gone)."""
         for key in [k for k in self._models if k.startswith(prefix)]:
             del self._models[key]
 

@@ -74,10 +74,12 @@ class ExplorerState:
 
     @property
     def column(self) -> str:
+        """The score column every view shows."""
         return self._column
 
     @column.setter
     def column(self, column: str) -> None:
+        """Switch every view to ``column``; ``ValueError`` names the columns when there is no such one."""
         if column not in self.score_columns:
             raise ValueError(f"no score column {column!r}; available: {', '.join(self.score_columns)}")
         self._column = column
@@ -122,6 +124,7 @@ class ExplorerState:
 
     @property
     def scores(self) -> np.ndarray:
+        """The current column's scores, by row position."""
         return self.counter.scores
 
     @property
@@ -131,14 +134,17 @@ class ExplorerState:
 
     @property
     def total(self) -> int:
+        """How many samples the run has."""
         return len(self.samples)
 
     @property
     def has_truth(self) -> bool:
+        """Whether the run knows which samples are noisy (ground truth), so views can show it."""
         return self.counter.has_truth
 
     @property
     def has_ensemble(self) -> bool:
+        """Whether the run has Stage 2's ensemble vote (``keep``), so the ensemble rule is offered."""
         return self.counter.ensemble is not None
 
     def score_range(self, column: str | None = None) -> tuple[float, float]:
@@ -274,6 +280,8 @@ class ExplorerState:
 
     @_releasing
     def histogram(self, column: str | None = None, log: bool = False) -> Histogram:
+        """The histogram of ``column`` (the current one by default): from the run's index when it holds one, else
+        computed once and kept."""
         column = column or self.column
         key = ("hist", column)
         cache = self.__dict__.setdefault("_hist_cache", {})
@@ -305,6 +313,7 @@ class ExplorerState:
 
     @_releasing
     def kept_curve(self) -> pd.DataFrame:
+        """How many samples a threshold keeps, over the column's robust range (the kept-vs-threshold plot)."""
         lo, hi = robust_range(self.counter.sorted_finite, presorted=True)
         return self.counter.kept_curve(lo=lo, hi=hi)
 
@@ -346,9 +355,11 @@ class ExplorerState:
         return self._orderings[label]
 
     def lowest(self, k: int, label: int | None = None) -> np.ndarray:
+        """The row positions of the ``k`` lowest-scoring samples (of class ``label`` when given)."""
         return self._ordered(label)[0][:k]
 
     def highest(self, k: int, label: int | None = None) -> np.ndarray:
+        """The row positions of the ``k`` highest-scoring samples (of class ``label`` when given)."""
         return self._ordered(label)[0][::-1][:k]
 
     def around(self, threshold: float, k: int, label: int | None = None) -> np.ndarray:
@@ -369,6 +380,7 @@ class ExplorerState:
         return order[picks]
 
     def rows(self, positions: np.ndarray) -> pd.DataFrame:
+        """The samples at row ``positions`` (read by position, not the whole table)."""
         return self.samples.iloc[np.asarray(positions, dtype=np.int64)]
 
     def trajectories(self, positions) -> pd.DataFrame:
@@ -404,6 +416,7 @@ class ExplorerState:
         return row
 
     def label_name(self, label) -> str:
+        """The class name of ``label``, or the label itself when it is not a class index."""
         try:
             index = int(label)
         except (TypeError, ValueError):

@@ -37,6 +37,8 @@ class ThumbnailURIs:
         return self.reader.available and self.reader.missing == 0
 
     def uri(self, sample_id: str, position: int | None = None) -> str:
+        """A data URI of the sample's thumbnail (``position`` finds it without an id lookup), or ``PLACEHOLDER``; the
+        latest ones are kept, as galleries ask again on every change."""
         sample_id = str(sample_id)
         cached = self._cache.get(sample_id)
         if cached is not None:

@@ -29,6 +29,7 @@ def _hash_arrays(*arrays: Iterable) -> str:
 
 
 def dataset_fingerprint(sample_ids: np.ndarray, labels: np.ndarray) -> str:
+    """A hash of the ids and labels of an in-memory pool (the demo's): the run id changes when either does."""
     return _hash_arrays(np.asarray(sample_ids, dtype=object), np.asarray(labels, dtype=np.int64))
 
 

@@ -9,6 +9,7 @@ Progress = Callable[[str, int, int], None]
 
 
 def tqdm_progress() -> Progress:
+    """A ``Progress`` that draws one tqdm bar per stage on standard error, counted in samples."""
     from tqdm.auto import tqdm
 
     bars: dict[str, tqdm] = {}
