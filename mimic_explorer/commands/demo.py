@@ -9,6 +9,7 @@ every sample at every epoch; Stage 2 (weight ≥ 1/B per epoch, majority vote) g
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
@@ -186,7 +187,9 @@ def _run(run: DemoRun) -> RunOutcome:
     y_noisy, y_clean, y_test = (torch.tensor(a) for a in (noisy.labels, noisy.true_labels, test.labels))
 
     base = dict(batch_size=config.batch_size, lr=config.lr, seed=config.seed)
-    stage = lambda name: (lambda done, total: progress(name, done, total))  # noqa: E731
+
+    def stage(name: str) -> Callable[[int, int], None]:
+        return lambda done, total: progress(name, done, total)
 
     reference = clone_model(init)
     train(reference, TensorBatches(x_pool, y_clean, config.batch_size, config.seed + 1),

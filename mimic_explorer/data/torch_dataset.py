@@ -173,7 +173,7 @@ def load_tensors(
             return i, None, None, exc.bad
         try:
             return i, image, transform(image), None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - an image the transform cannot take is one bad sample
             return (
                 i,
                 None,

@@ -109,8 +109,8 @@ class ShardIndex:
 
     @classmethod
     def load(cls, path: Path) -> ShardIndex:
-        """Read an index ``save`` wrote. Raises ``ValueError`` for an index of another version (the caller rebuilds it).
-        """
+        """Read an index ``save`` wrote. Raises ``ValueError`` for an index of another version (the caller
+        rebuilds it)."""
         with np.load(path, allow_pickle=False) as data:
             if int(data["version"]) != INDEX_VERSION:
                 raise ValueError("old index version")

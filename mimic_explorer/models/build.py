@@ -156,14 +156,13 @@ def _factory(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: boo
     else:
         base = default_transform(spec.name)
         source = f"assumed ImageNet default for {spec.name} ({base.crop} px)"
-        notes = [] if crop else [
-            (
-                f"{spec.name} declares no input size, so {base.crop}-px inputs are assumed (resize {base.resize}, "
-                f"crop {base.crop}, ImageNet mean/std). Set input_size = N on the function, on the module it returns "
-                "or in its file, or pass --image-size N, if it is made for another size (a 32-px CNN fed 224-px "
-                "images trains ~49x slower)."
-            )
-        ]
+        note = (
+            f"{spec.name} declares no input size, so {base.crop}-px inputs are assumed (resize {base.resize}, "
+            f"crop {base.crop}, ImageNet mean/std). Set input_size = N on the function, on the module it returns "
+            "or in its file, or pass --image-size N, if it is made for another size (a 32-px CNN fed 224-px "
+            "images trains ~49x slower)."
+        )
+        notes = [] if crop else [note]
     return _Draft(model, make, _traced_head(spec.name), base, source, notes)
 
 

@@ -235,7 +235,7 @@ class AppIndex:
             path = self.files.folder / name
             if path == self.files.text:
                 mapped = len(self._text_map)
-                self.text  # noqa: B018  (the table over the map, read now)
+                self.text  # noqa: B018 - a cached property: the table over the map, read now
             elif path.suffix == ".npy":
                 array = self._map(path)
                 mapped = array._mmap.size() if getattr(array, "_mmap", None) is not None else size

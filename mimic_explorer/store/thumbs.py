@@ -74,8 +74,8 @@ class ThumbnailWriter:
         self._rows.append((str(sample_id), offset, len(data)))
 
     def close(self) -> None:
-        """Write the blob to disk, then the index (atomically): a thumbnail is findable only once its bytes are synced.
-        """
+        """Write the blob to disk, then the index (atomically): a thumbnail is findable only once its bytes
+        are synced."""
         self._blob.flush()
         os.fsync(self._blob.fileno())
         self._blob.close()

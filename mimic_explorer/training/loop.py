@@ -180,7 +180,10 @@ class _LossSteps:
 
     def __init__(self, model: nn.Module, reference: nn.Module | None, config: TrainConfig, loss: PerSampleLoss,
                  mimic_params: Sequence[str] | None):
-        weigh = lambda proj, cos, on: _sample_weights(proj, cos, config, on)  # noqa: E731
+
+        def weigh(proj, cos, on):
+            return _sample_weights(proj, cos, config, on)
+
         self.step = LossStep(model, reference, loss, mimic_params, config.reweight, weigh,
                              lambda losses, index: _check_finite(losses, index, "loss"),
                              need_cos=score_basis(config.method) == "cos")

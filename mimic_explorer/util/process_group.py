@@ -82,7 +82,7 @@ def run_process_group(command: Sequence[str], *, stop_timeout: float = 10.0,
     """
     # preexec_fn only calls prctl (looked up beforehand); `serve` starts no thread before this point
     proc = subprocess.Popen(list(command), start_new_session=True,
-                            preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509
+                            preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509 - no thread yet (above)
     pgid = proc.pid  # a new session's leader leads its own process group
     received: list[int] = []
     deadline: list[float] = []
