@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+from datetime import UTC
 from typing import Any
 
 import pandas as pd
@@ -100,7 +101,7 @@ def build_spec(run_meta: dict[str, Any], rule: Rule, result: FilterResult, expor
         "keep_mask_sha256": mask_sha256(result.keep),
     }
     spec["spec_hash"] = content_hash(spec)
-    spec["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    spec["created"] = _dt.datetime.now(UTC).isoformat(timespec="seconds")  # the clock is read through _dt
     return spec
 
 
