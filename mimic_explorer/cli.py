@@ -17,7 +17,8 @@ EPILOG = """examples:
   mimic-explorer demo --out runs/demo
   mimic-explorer export runs/demo --ensemble --format csv --out keep.csv
   mimic-explorer export runs/demo --quantile 0.3 --per-class --format parquet --out keep.parquet
-  mimic-explorer export runs/pairs --rule clip_score_ref:top=30% --rule mimic_score:drop=15% --format uids --out subset.npy
+  mimic-explorer export runs/pairs --rule clip_score_ref:top=30% --rule mimic_score:drop=15% \\
+      --format uids --out subset.npy
   mimic-explorer serve runs/demo
 """
 
@@ -26,7 +27,7 @@ class UserError(Exception):
     """An error the user caused and can fix; printed as one line, exit status 2."""
 
 
-class DefaultsOnceFormatter(argparse.HelpFormatter):
+class _DefaultsOnceFormatter(argparse.HelpFormatter):
     """Shows an option's default once, at the end of its help: not when the help already says what the
     default is (in its own words), nor for options without one (None) or flags (False)."""
 
@@ -39,19 +40,22 @@ class DefaultsOnceFormatter(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Every subcommand's parser shows its defaults through ``DefaultsOnceFormatter``."""
+    """Every subcommand's parser shows its defaults through ``_DefaultsOnceFormatter``."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", DefaultsOnceFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsOnceFormatter)
         super().__init__(*args, **kwargs)
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="build the embedded digits demo run (30%% label noise, Grad-Mimic, Stage 2); CPU, seconds",
-                       description="Build a complete run directory from scikit-learn's digits: 30%% symmetric label "
-                       "noise, a reference trained on clean labels from the same init, a Grad-Mimic run (normed_proj, T=1, "
-                       "batch 32, AdamW) recording proj and weight per sample per epoch, and Stage 2 (weight >= 1/B, "
-                       "majority vote).")
+    p = sub.add_parser(
+        "demo",
+        help="build the embedded digits demo run (30%% label noise, Grad-Mimic, Stage 2); CPU, seconds",
+        description="Build a complete run directory from scikit-learn's digits: 30%% symmetric label "
+        "noise, a reference trained on clean labels from the same init, a Grad-Mimic run (normed_proj, T=1, "
+        "batch 32, AdamW) recording proj and weight per sample per epoch, and Stage 2 (weight >= 1/B, "
+        "majority vote).",
+    )
     p.add_argument("--out", required=True, help="run directory to write (created if missing)")
     p.add_argument("--epochs", type=int, default=20, help="Grad-Mimic epochs")
     p.add_argument("--noise", type=float, default=0.3, help="symmetric label-noise rate in [0, 1)")
@@ -90,8 +94,12 @@ ARCH_HELP = (
 
 def _add_run_options(p, command: str) -> None:
     """Options shared by train and score."""
-    p.add_argument("--data", required=True, metavar="SPEC",
-                   help="the pool: digits | folder:DIR | manifest:FILE.csv|.parquet | wds:PATTERN | torchvision:NAME:ROOT")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="SPEC",
+        help="the pool: digits | folder:DIR | manifest:FILE.csv|.parquet | wds:PATTERN | torchvision:NAME:ROOT",
+    )
     p.add_argument("--subset", metavar="FILE",
                    help="use only the samples this keep-list names (what export writes: .csv/.json/.parquet with a "
                         "sample_id column, an .npy of ids, or DataComp's --format uids .npy, matched against each "
@@ -148,7 +156,9 @@ def _add_train(sub) -> None:
                    help="initial weights (a pretrained backbone): a .pt/.pth/.safetensors state dict or a model folder "
                         "(model.safetensors + config.json, e.g. a timm repository from the Hugging Face Hub); the "
                         "head is skipped if its shape differs, and preprocessing recorded with it is used")
-    p.add_argument("--reference", metavar="CKPT", help="the better model (same architecture and classes); enables Grad-Mimic")
+    p.add_argument(
+        "--reference", metavar="CKPT", help="the better model (same architecture and classes); enables Grad-Mimic"
+    )
     p.add_argument("--linear-probe", action="store_true", help="freeze the backbone; train the head on cached features")
     p.add_argument("--epochs", type=int, default=10, help="training epochs")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
@@ -159,12 +169,22 @@ def _add_train(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of normed_* methods")
     p.add_argument("--reweight", choices=choices.REWEIGHTS, default="head",
                    help="re-weight the mimic layers only, or every trainable parameter")
-    p.add_argument("--starting-epoch", type=int, default=0, help="train plainly before this epoch (scores still recorded)")
+    p.add_argument(
+        "--starting-epoch", type=int, default=0, help="train plainly before this epoch (scores still recorded)"
+    )
     p.add_argument("--reference-noise", type=float, default=0.0, metavar="SIGMA",
                    help="Gaussian noise added to the reference's head weights (robustness probe)")
-    p.add_argument("--test-data", metavar="SPEC", help="held-out data for test accuracy (image-text pairs: recall@1/5/10, every caption of each photo)")
-    p.add_argument("--save-model", metavar="PATH", help="save the trained weights (state dict + PATH.meta.json; image-text "
-                   "pairs: a dual-encoder checkpoint that score --model/--reference loads)")
+    p.add_argument(
+        "--test-data",
+        metavar="SPEC",
+        help="held-out data for test accuracy (image-text pairs: recall@1/5/10, every caption of each photo)",
+    )
+    p.add_argument(
+        "--save-model",
+        metavar="PATH",
+        help="save the trained weights (state dict + PATH.meta.json; image-text "
+        "pairs: a dual-encoder checkpoint that score --model/--reference loads)",
+    )
     p.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
                    help="write recorded epochs and a resumable state at most this often, and after the last epoch "
                         "(0: after every epoch); a killed run repeats at most this much work")
@@ -175,32 +195,51 @@ def _add_train(sub) -> None:
 def _add_pair_train_options(p) -> None:
     """``train`` on an image-text pool (captions in .txt/.json; --arch small_dual[:IMAGE_ARCH])."""
     pairs = p.add_argument_group(
-        "image-text pools", "Each pair's loss is its symmetric InfoNCE term within its batch. Without --init, a run with "
-        "--reference starts from the reference's towers with a fresh mimic-layer projection (one shared feature basis); "
-        "--init takes a dual-encoder checkpoint (--save-model of a pairs run) or an image classifier checkpoint (the image "
-        "tower). Without --frozen-towers the model (small_dual or open_clip:NAME) trains towers included, its pairs "
-        "decoded again every epoch while the image tower learns: plainly (no --reference), the "
-        "way to make a small 'pretrained' checkpoint, e.g. on clean pairs with --frozen-image-tower --all-captions; or "
-        "with --reference, Grad-Mimic on the --mimic-layer projection while the towers learn (their drift from the "
-        "reference's is recorded per epoch and warned about past 0.5).")
-    pairs.add_argument("--frozen-towers", action="store_true",
-                       help="compute the towers' outputs once and train only the projections and the logit scale on them "
-                            "(plain, or Grad-Mimic with --reference)")
-    pairs.add_argument("--frozen-image-tower", action="store_true",
-                       help="without --frozen-towers (built-in small_dual): keep the image tower's weights (its outputs computed once and held) and train "
-                            "the text tower, both projections and the logit scale")
-    pairs.add_argument("--all-captions", action="store_true",
-                       help="without --frozen-towers: each time a photo is drawn into a batch, pair it with one of its "
-                            "captions (the .json's all_captions, e.g. Flickr8k's five) chosen at random, seeded by --seed "
-                            "and the epoch; the vocabulary is read from all of them. samples.parquet records caption #0")
-    pairs.add_argument("--fresh-projections", action="store_true",
-                       help="re-initialise both projections from --seed (a model trained from fresh projections with the "
-                            "same --seed started from these very values: --init CKPT --fresh-projections restarts its "
-                            "projections from its own initial weights)")
+        "image-text pools",
+        "Each pair's loss is its symmetric InfoNCE term within its batch. Without --init, a run with "
+        "--reference starts from the reference's towers with a fresh mimic-layer projection (one shared feature "
+        "basis); --init takes a dual-encoder checkpoint (--save-model of a pairs run) or an image classifier "
+        "checkpoint (the image tower). Without --frozen-towers the model (small_dual or open_clip:NAME) trains "
+        "towers included, its pairs decoded again every epoch while the image tower learns: plainly (no "
+        "--reference), the way to make a small 'pretrained' checkpoint, e.g. on clean pairs with "
+        "--frozen-image-tower --all-captions; or with --reference, Grad-Mimic on the --mimic-layer projection while "
+        "the towers learn (their drift from the reference's is recorded per epoch and warned about past 0.5).",
+    )
+    pairs.add_argument(
+        "--frozen-towers",
+        action="store_true",
+        help="compute the towers' outputs once and train only the projections and the logit scale on them "
+        "(plain, or Grad-Mimic with --reference)",
+    )
+    pairs.add_argument(
+        "--frozen-image-tower",
+        action="store_true",
+        help="without --frozen-towers (built-in small_dual): keep the image tower's weights (its outputs computed "
+        "once and held) and train the text tower, both projections and the logit scale",
+    )
+    pairs.add_argument(
+        "--all-captions",
+        action="store_true",
+        help="without --frozen-towers: each time a photo is drawn into a batch, pair it with one of its "
+        "captions (the .json's all_captions, e.g. Flickr8k's five) chosen at random, seeded by --seed "
+        "and the epoch; the vocabulary is read from all of them. samples.parquet records caption #0",
+    )
+    pairs.add_argument(
+        "--fresh-projections",
+        action="store_true",
+        help="re-initialise both projections from --seed (a model trained from fresh projections with the "
+        "same --seed started from these very values: --init CKPT --fresh-projections restarts its "
+        "projections from its own initial weights)",
+    )
     pairs.add_argument("--mimic-layer", choices=choices.MIMIC_LAYERS, default=None,
                        help="Grad-Mimic re-weights the gradient of this tower's last linear projection (default text)")
-    pairs.add_argument("--caption-noise", type=float, default=0.0, metavar="RATE",
-                       help="swap the captions of this fraction of pairs among themselves (seeded by --noise-seed; is_noisy recorded)")
+    pairs.add_argument(
+        "--caption-noise",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="swap the captions of this fraction of pairs among themselves (seeded by --noise-seed; is_noisy recorded)",
+    )
 
 
 def _options_from(args, command: str):
@@ -216,11 +255,10 @@ def _options_from(args, command: str):
 
 def _run_command(args, command: str) -> int:
     from mimic_explorer.data.errors import DataSourceError
-    from mimic_explorer.util.progress import tqdm_progress
     from mimic_explorer.models.checkpoints import CheckpointError
     from mimic_explorer.models.registry import ArchError
-
     from mimic_explorer.store.arrow_pool import use_system_allocator
+    from mimic_explorer.util.progress import tqdm_progress
 
     use_system_allocator()  # memory that stays flat with the pool size (see store/arrow_pool.py)
     options = _options_from(args, command)
@@ -276,12 +314,22 @@ def _add_score(sub) -> None:
     _add_run_options(p, "score")
     p.set_defaults(binarisation="proj")
     p.add_argument("--model", required=True, metavar="CKPT", help="the checkpoint to score")
-    p.add_argument("--reference", required=True, metavar="CKPT", help="the better model (same architecture and classes)")
+    p.add_argument(
+        "--reference", required=True, metavar="CKPT", help="the better model (same architecture and classes)"
+    )
     p.add_argument("--params", default="head", help="mimic layers: head, all, or comma-separated parameter names")
-    p.add_argument("--method", dest="score_method", choices=choices.SCORE_METHODS, default="proj", help="score to record and vote on")
+    p.add_argument(
+        "--method",
+        dest="score_method",
+        choices=choices.SCORE_METHODS,
+        default="proj",
+        help="score to record and vote on",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the per-batch weight column")
     p.add_argument("--linear-probe", action="store_true", help="score the head on cached backbone features")
-    p.add_argument("--chunk-size", type=int, default=8192, help="samples per part file (the unit a killed run resumes from)")
+    p.add_argument(
+        "--chunk-size", type=int, default=8192, help="samples per part file (the unit a killed run resumes from)"
+    )
     _add_pair_score_options(p)
     p.set_defaults(func=lambda args: _run_command(args, "score"))
 
@@ -289,14 +337,21 @@ def _add_score(sub) -> None:
 def _add_pair_score_options(p) -> None:
     """``score`` on an image-text pool (captions in .txt/.json; --arch small_dual[:IMAGE_ARCH] or open_clip:NAME)."""
     pairs = p.add_argument_group(
-        "image-text pools", "A pair's loss is its symmetric InfoNCE term within the batch it is scored in (the other pairs "
-        "of the batch are its negatives), so its mimic score is relative to that batch: samples.parquet records score_batch "
-        "and batch_size. Batches follow the pool's order; a pair is never scored alone.")
+        "image-text pools",
+        "A pair's loss is its symmetric InfoNCE term within the batch it is scored in (the other pairs "
+        "of the batch are its negatives), so its mimic score is relative to that batch: samples.parquet records "
+        "score_batch and batch_size. Batches follow the pool's order; a pair is never scored alone.",
+    )
     pairs.add_argument("--mimic-layer", choices=choices.MIMIC_LAYERS, default=argparse.SUPPRESS,
                        help="score the last linear projection of this tower (text when neither this nor --params names "
                             "the mimic layers)")
-    pairs.add_argument("--caption-noise", type=float, default=0.0, metavar="RATE",
-                       help="swap the captions of this fraction of pairs among themselves (seeded by --noise-seed; is_noisy recorded)")
+    pairs.add_argument(
+        "--caption-noise",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="swap the captions of this fraction of pairs among themselves (seeded by --noise-seed; is_noisy recorded)",
+    )
 
 
 RULE_HELP = """\
@@ -327,7 +382,7 @@ RULE_KINDS = {"min": "threshold", "threshold": "threshold", "drop": "quantile", 
               "count": "keep_count", "keep_count": "keep_count", "keep-count": "keep_count"}
 
 
-def parse_rule(text: str):
+def _parse_rule(text: str):
     """One ``--rule COLUMN:KIND=VALUE[:per-class]`` (or ``ensemble``) as a ``FilterRule``; ``UserError``
     naming what is wrong otherwise."""
     from mimic_explorer.filters.rules import FilterRule
@@ -369,13 +424,17 @@ def _add_export(sub) -> None:
     rule = p.add_mutually_exclusive_group(required=True)
     rule.add_argument("--ensemble", action="store_true", help="the run's Stage-2 ensemble filter (column keep)")
     rule.add_argument("--threshold", type=float, metavar="X", help="keep samples with score >= X")
-    rule.add_argument("--quantile", type=float, metavar="Q", help="drop the lowest Q fraction (keep score >= Q-quantile)")
+    rule.add_argument(
+        "--quantile", type=float, metavar="Q", help="drop the lowest Q fraction (keep score >= Q-quantile)"
+    )
     rule.add_argument("--top-fraction", type=float, metavar="F", help="keep the highest F fraction")
     rule.add_argument("--keep-count", type=int, metavar="N", help="keep the N highest-scoring samples")
     rule.add_argument("--rule", action="append", metavar="COLUMN:KIND=VALUE",
                       help="one rule of an AND (repeatable; see 'filters' below)")
     rule.add_argument("--spec", metavar="SPEC_JSON", help="re-apply a saved filter spec (refused on another run)")
-    p.add_argument("--per-class", action="store_true", help="resolve --quantile / --top-fraction / --keep-count within each class")
+    p.add_argument(
+        "--per-class", action="store_true", help="resolve --quantile / --top-fraction / --keep-count within each class"
+    )
     p.add_argument("--column", default=None, help="score column of a one-rule filter (default mimic_score)")
     p.add_argument("--format", choices=["csv", "json", "parquet", "npy", "uids"], default=None,
                    help="file format (default: from --out's extension); see 'formats' below")
@@ -393,7 +452,7 @@ def _export_rule(args, run):
         if args.per_class or args.column:
             raise UserError("with --rule, write the column and ':per-class' into each rule "
                             "(e.g. --rule mimic_score:drop=15%:per-class), not --column / --per-class")
-        return all_of([parse_rule(text) for text in args.rule]), None
+        return all_of([_parse_rule(text) for text in args.rule]), None
     if args.spec:
         spec = read_spec_file(args.spec)
         return rule_from_spec(spec, run.meta, run.samples), spec
@@ -429,9 +488,11 @@ def _cmd_export(args) -> int:
         raise UserError(str(exc)) from None
     if result.message:
         print(f"note: {result.message}", file=sys.stderr)
-    for clause, part in zip(rule.clauses, result.clauses):
+    for clause, part in zip(rule.clauses, result.clauses, strict=False):
         print(f"  {describe(clause)}: keeps {part.kept} alone", file=sys.stderr)
-    print(f"kept {result.kept} of {result.total} samples ({describe(rule)}); spec {written['spec_hash']} -> {spec_path}")
+    print(
+        f"kept {result.kept} of {result.total} samples ({describe(rule)}); spec {written['spec_hash']} -> {spec_path}"
+    )
     print(out)
     return 0
 
@@ -537,6 +598,8 @@ def _cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mimic-explorer`` parser, one subcommand per command (their choices come from ``util.choices``). Built apart
+    from ``main`` so that tests and docs read the help text without running anything."""
     parser = _Parser(
         prog="mimic-explorer",
         description="Compute, explore and act on Grad-Mimic sample-utility (mimic) scores.",
@@ -554,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status. A mistake of the user's
+    (``UserError``, ``RunDirectoryError``) is one line ``error: ...`` and status 2, never a traceback; Ctrl-C is status
+    130."""
     from mimic_explorer.store.targets import RunDirectoryError  # stdlib only: `serve` need not load pyarrow
 
     parser = build_parser()

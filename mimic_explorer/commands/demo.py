@@ -9,6 +9,7 @@ every sample at every epoch; Stage 2 (weight ≥ 1/B per epoch, majority vote) g
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
@@ -16,24 +17,28 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mimic_explorer.stage2 import votes as stage2
-from mimic_explorer.data.digits import ArrayDataset, load_digits_dataset
-from mimic_explorer.data.noise import NoisyLabels, symmetric_noise
-from mimic_explorer.util.fingerprint import dataset_fingerprint, state_fingerprint
-from mimic_explorer.models.small import MLP
-from mimic_explorer.store.sample_rows import samples_table
-from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.commands.finalize import add_signals, add_stage2, evaluate
 from mimic_explorer.commands.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
-from mimic_explorer.util.progress import Progress
-from mimic_explorer.training.recording import epoch_frame
+from mimic_explorer.data.digits import ArrayDataset, load_digits_dataset
+from mimic_explorer.data.noise import NoisyLabels, symmetric_noise
+from mimic_explorer.models.small import MLP
+from mimic_explorer.stage2 import votes as stage2
+from mimic_explorer.store.sample_rows import samples_table
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.training.batches import TensorBatches
 from mimic_explorer.training.loop import TrainConfig, accuracy, clone_model, train
+from mimic_explorer.training.recording import epoch_frame
 from mimic_explorer.training.signals import evaluate_signals
+from mimic_explorer.util.distributed import DistContext
+from mimic_explorer.util.fingerprint import dataset_fingerprint, state_fingerprint
+from mimic_explorer.util.progress import Progress
+
 
 @dataclass
 class DemoConfig:
+    """Settings of the demo run: label noise, held-out split, epochs, MLP width, Stage-1 method and seed. The defaults
+    give a run of seconds on a CPU in which the mimic score visibly finds the flipped labels."""
+
     noise_rate: float = 0.3
     test_fraction: float = 0.2
     epochs: int = 20
@@ -63,8 +68,8 @@ class DemoConfig:
 
 
 @dataclass
-class DemoOptions:
-    """The demo as a run (``pipeline.lifecycle.RunSpec``): where it goes and whether to recompute it."""
+class _DemoOptions:
+    """The demo as a run (``commands.lifecycle.RunSpec``): where it goes and whether to recompute it."""
 
     command: ClassVar[str] = "demo"
     device: ClassVar[str] = "cpu"
@@ -73,20 +78,24 @@ class DemoOptions:
     force: bool = False
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting, before anything is written."""
         self.config.validate()
 
     def identity(self) -> dict:
+        """The demo's settings and the command: what decides its numbers, so the run id changes with them."""
         return {"command": self.command, **asdict(self.config)}
 
     def to_dict(self) -> dict:
+        """What ``meta.json`` records under ``config``: the settings, with the fixed data and architecture."""
         return {"data": "digits", "arch": "mlp", **asdict(self.config)}
 
     def describe(self) -> str:
+        """One line for ``run.log``."""
         return "demo digits mlp"
 
 
 @dataclass
-class DemoInputs:
+class _DemoInputs:
     """The split, the noisy labels and the one init every model of the demo starts from."""
 
     pool: ArrayDataset
@@ -96,32 +105,75 @@ class DemoInputs:
     init: MLP
 
 
-DemoRun = RunContext[DemoOptions, DemoInputs]
+DemoRun = RunContext[_DemoOptions, _DemoInputs]
 
 
 def build_demo(out: str, config: DemoConfig | None = None, progress: Progress | None = None, *,
                force: bool = False, log: Log | None = None) -> dict:
-    """Write a complete demo run into ``out`` (or find it there already) and return its summary."""
-    options = DemoOptions(str(out), config or DemoConfig(), force)
+    """Write a complete demo run into ``out`` (or find it there already) and return its summary.
+
+    The demo shows the whole tool in seconds on a CPU and needs nothing downloaded: the digits, label
+    noise, a clean reference, a plain and a Grad-Mimic run from one init, Stage 2 and thumbnails.
+
+    Parameters
+    ----------
+    out
+        The run directory.
+    config
+        The demo's settings (default: ``DemoConfig()``).
+    progress
+        Called as ``progress(stage, done, total)`` as the work advances (default: nothing).
+    force
+        Recompute even when ``out`` already holds the demo (or holds another run).
+    log
+        Called with each line for the person running it (default: standard error).
+
+    Returns
+    -------
+    dict
+        The run's summary (also in ``meta.json``): test accuracy of the reference, plain and Grad-Mimic
+        models, the noisy-label detection metrics, and the estimated and true quality.
+
+    Raises
+    ------
+    ValueError
+        A bad setting in ``config``, or ``out`` holding a different run (unless ``force``).
+    RunDirectoryError
+        ``out`` cannot be used, or another process is writing it.
+    """
+    options = _DemoOptions(str(out), config or DemoConfig(), force)
     outcome = run_lifecycle(options, _prepare, _run, resumable=False, progress=progress, log=log)
     return outcome.summary
 
 
-def _prepare(options: DemoOptions, ctx: DistContext, device: str) -> Prepared[DemoInputs]:
+def _prepare(options: _DemoOptions, ctx: DistContext, device: str) -> Prepared[_DemoInputs]:
     config = options.config
     torch.manual_seed(config.seed)
     data = load_digits_dataset()
     order = np.random.default_rng(config.seed).permutation(len(data))
-    n_test = int(round(config.test_fraction * len(data)))
+    n_test = round(config.test_fraction * len(data))
     test, pool = data.subset(order[:n_test]), data.subset(np.sort(order[n_test:]))
     noisy = symmetric_noise(pool.labels, config.noise_rate, len(data.class_names), seed=config.seed)
     init = MLP(pool.images[0].size, len(data.class_names), (config.hidden,))
-    fingerprints = {"data": dataset_fingerprint(pool.sample_ids, noisy.labels), "init": state_fingerprint(init.state_dict())}
-    facts = dict(class_names=data.class_names, source={"spec": "digits", "root": None}, method=config.method,
-                 reference={"kind": "clean-label training from the same init", "epochs": config.reference_epochs},
-                 noise={"kind": "symmetric", "rate": config.noise_rate, "seed": config.seed, "flipped": int(noisy.is_noisy.sum())},
-                 same_init=True, stage2={"binarisation": "weight", "aggregation": "majority"})
-    return Prepared(DemoInputs(pool, test, noisy, list(data.class_names), init), fingerprints, facts)
+    fingerprints = {
+        "data": dataset_fingerprint(pool.sample_ids, noisy.labels),
+        "init": state_fingerprint(init.state_dict()),
+    }
+    facts = dict(
+        class_names=data.class_names,
+        source={"spec": "digits", "root": None},
+        method=config.method,
+        reference={"kind": "clean-label training from the same init", "epochs": config.reference_epochs},
+        noise={
+            "kind": "symmetric",
+            "rate": config.noise_rate,
+            "seed": config.seed,
+            "flipped": int(noisy.is_noisy.sum()),
+        },
+        same_init=True,
+        stage2={"binarisation": "weight", "aggregation": "majority"},
+    )
+    return Prepared(_DemoInputs(pool, test, noisy, list(data.class_names), init), fingerprints, facts)
 
 
 def _run(run: DemoRun) -> RunOutcome:
@@ -135,7 +187,9 @@ def _run(run: DemoRun) -> RunOutcome:
     y_noisy, y_clean, y_test = (torch.tensor(a) for a in (noisy.labels, noisy.true_labels, test.labels))
 
     base = dict(batch_size=config.batch_size, lr=config.lr, seed=config.seed)
-    stage = lambda name: (lambda done, total: progress(name, done, total))  # noqa: E731
+
+    def stage(name: str) -> Callable[[int, int], None]:
+        return lambda done, total: progress(name, done, total)
 
     reference = clone_model(init)
     train(reference, TensorBatches(x_pool, y_clean, config.batch_size, config.seed + 1),
@@ -158,7 +212,9 @@ def _run(run: DemoRun) -> RunOutcome:
     scores = pd.concat(parts, ignore_index=True)
 
     signals = evaluate_signals(model, reference, x_pool, y_noisy)
-    samples = samples_table(pool.sample_ids, np.full(len(pool), pool.source), noisy.labels, noisy.true_labels, noisy.is_noisy)
+    samples = samples_table(
+        pool.sample_ids, np.full(len(pool), pool.source), noisy.labels, noisy.true_labels, noisy.is_noisy
+    )
     samples = add_signals(samples, signals, pool.sample_ids[signals["index"]])
     samples = add_stage2(samples, scores, "weight", "majority")
     writer.write_samples(samples)
@@ -166,7 +222,7 @@ def _run(run: DemoRun) -> RunOutcome:
     with ThumbnailWriter(layout.root) as thumbs:
         from PIL import Image
 
-        for i, (sample_id, image) in enumerate(zip(pool.sample_ids, pool.images)):
+        for i, (sample_id, image) in enumerate(zip(pool.sample_ids, pool.images, strict=True)):
             thumbs.add(sample_id, Image.fromarray(image, mode="L"))
             if i % 200 == 0 or i == len(pool) - 1:
                 progress("thumbnails", i + 1, len(pool))
@@ -174,7 +230,7 @@ def _run(run: DemoRun) -> RunOutcome:
     quality = stage2.quality_estimate(samples["keep"].to_numpy())
     evaluation = evaluate(samples)
     summary = {
-        "samples": int(len(samples)),
+        "samples": len(samples),
         "epochs": config.epochs,
         "test_accuracy": {
             "reference": accuracy(reference, x_test, y_test),
@@ -193,13 +249,20 @@ def _run(run: DemoRun) -> RunOutcome:
 
 
 def format_summary(summary: dict) -> str:
+    """The demo's summary as the few lines ``mimic-explorer demo`` prints: test accuracy of the three models,
+    noisy-label detection, estimated and true quality."""
     acc, det = summary["test_accuracy"], summary["detection"]
     return "\n".join(
         [
             f"samples: {summary['samples']}   epochs: {summary['epochs']}",
-            f"test accuracy   reference {acc['reference']:.3f}   plain {acc['plain']:.3f}   Grad-Mimic {acc['grad_mimic']:.3f}",
-            f"noisy-label detection   AUROC {det['auroc']:.3f}   AP {det['ap']:.3f}   "
-            f"precision {det['precision']:.3f}   recall {det['recall']:.3f}   F1 {det['f1']:.3f}",
+            (
+                f"test accuracy   reference {acc['reference']:.3f}   plain {acc['plain']:.3f}   Grad-Mimic "
+                f"{acc['grad_mimic']:.3f}"
+            ),
+            (
+                f"noisy-label detection   AUROC {det['auroc']:.3f}   AP {det['ap']:.3f}   "
+                f"precision {det['precision']:.3f}   recall {det['recall']:.3f}   F1 {det['f1']:.3f}"
+            ),
             f"quality   estimated {summary['estimated_quality']:.3f}   true {summary['true_quality']:.3f}",
         ]
     )

@@ -18,8 +18,8 @@ The walk from ``--out`` to the app is in docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ COMBINED_COLUMNS = ("combined_score", "combined_keep")
 Signals = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def signal_columns(signals: dict[str, np.ndarray], rows: int, index: np.ndarray | None = None) -> pd.DataFrame:
+def _signal_columns(signals: dict[str, np.ndarray], rows: int, index: np.ndarray | None = None) -> pd.DataFrame:
     """Signal arrays (``train.collect_signals``'s names) as samples.parquet columns for ``rows`` samples;
     ``index``: which of them each signal value belongs to (default: all, in order). Missing: NaN / NA."""
     index = np.arange(rows) if index is None else np.asarray(index, dtype=np.int64)
@@ -68,7 +68,7 @@ def add_signals(samples: pd.DataFrame, signals: dict[str, np.ndarray], row_ids: 
     where = pd.Index(samples["sample_id"]).get_indexer(np.asarray(row_ids, dtype=object).astype(str))
     found = where >= 0
     picked = {name: np.asarray(values)[found] for name, values in signals.items() if name != "index"}
-    extra = signal_columns(picked, len(samples), where[found])
+    extra = _signal_columns(picked, len(samples), where[found])
     return pd.concat([samples.reset_index(drop=True), extra], axis=1)
 
 
@@ -77,7 +77,7 @@ def with_positions(errors: pd.DataFrame, sample_ids: np.ndarray) -> tuple[pd.Dat
     the sorted positions of the bad samples in the pool."""
     ids = errors["sample_id"].astype(str).to_numpy(dtype=object)
     found = np.flatnonzero(np.isin(sample_ids, ids)) if len(ids) else np.zeros(0, dtype=np.int64)
-    where = dict(zip((str(i) for i in sample_ids[found]), found.tolist()))
+    where = dict(zip((str(i) for i in sample_ids[found]), found.tolist(), strict=True))
     positions = np.asarray([where.get(i, -1) for i in ids], dtype=np.int64)
     return errors.assign(position=positions), np.sort(positions[positions >= 0])
 
@@ -93,6 +93,7 @@ class PoolView:
     # the pool position of each value (default: the positions asked for, in order)
 
     def good(self, start: int, stop: int) -> np.ndarray:
+        """The positions in [start, stop) that have a samples row (the bad ones left out), ascending."""
         positions = np.arange(start, stop, dtype=np.int64)
         bad = self.bad[(self.bad >= start) & (self.bad < stop)]
         return np.setdiff1d(positions, bad, assume_unique=True) if len(bad) else positions
@@ -131,6 +132,8 @@ class _Combined:
     split: stage2.TwoGroupSplit | None = None
 
     def add(self, positions: np.ndarray, cos_mean: np.ndarray, reference_loss: np.ndarray) -> None:
+        """Take one range's mean cos and reference loss into the moments, and a seeded subsample of it for the split
+        (the pool need not fit in memory)."""
         self.cos.add(cos_mean, positions)
         self.loss.add(baselines.reference_utility(reference_loss), positions)
         chosen = stage2.fit_sample(positions, self.total, self.cap)
@@ -141,13 +144,14 @@ class _Combined:
         if not self.cos.count or not self.loss.count:
             return False
         self.scales = (self.cos.standardiser(), self.loss.standardiser())
-        positions, cos_mean, loss = (np.concatenate(parts) for parts in zip(*self.sample))
+        positions, cos_mean, loss = (np.concatenate(parts) for parts in zip(*self.sample, strict=True))
         order = np.argsort(positions, kind="stable")
         values = baselines.combined_score(cos_mean[order], loss[order], self.scales)
         self.split = stage2.TwoGroupSplit.fit(values[np.isfinite(values)], "gmm")
         return True
 
     def columns(self, cos_mean: np.ndarray, reference_loss: np.ndarray) -> dict[str, np.ndarray]:
+        """``combined_score`` and ``combined_keep`` of one range, with the scales and the split ``fit`` found."""
         score = baselines.combined_score(cos_mean, reference_loss, self.scales)
         return {"combined_score": score, "combined_keep": self.split.upper(score)}
 
@@ -164,6 +168,7 @@ class _Finisher:
         self.fit_result: stage2.Stage2Fit | None = None
 
     def observe(self, frame: pd.DataFrame, rows: pd.DataFrame) -> None:
+        """Pass 1 over a range: its score rows into the Stage-2 fitter, its combined-score halves into their moments."""
         if not self.options.scored:
             return
         self.fitter.add(rows)
@@ -172,6 +177,7 @@ class _Finisher:
             self.combined.add(frame["position"].to_numpy(), cos_mean, frame["reference_loss"].to_numpy(np.float64))
 
     def fit(self) -> None:
+        """Fit Stage 2 (and the combined score, where the run has one) on what the ranges contributed."""
         if self.options.scored:
             self.fit_result = self.fitter.fit()
             self.combine = self.combined.fit()
@@ -194,7 +200,9 @@ class _Finisher:
             else:
                 out[column] = result[column].to_numpy(dtype=np.float64)
         if self.combine:
-            for name, values in self.combined.columns(out["cos_mean"].to_numpy(), out["reference_loss"].to_numpy()).items():
+            for name, values in self.combined.columns(
+                out["cos_mean"].to_numpy(), out["reference_loss"].to_numpy()
+            ).items():
                 out[name] = values
         return out
 
@@ -211,8 +219,16 @@ def _last_per_sample(rows: pd.DataFrame, column: str, positions: np.ndarray) -> 
     return last.reindex(positions).to_numpy(dtype=object)
 
 
-def add_stage2(samples: pd.DataFrame, scores: pd.DataFrame, binarisation: str, aggregation: str, *,
-               positions: np.ndarray | None = None, total: int | None = None, cap: int = stage2.FIT_CAP) -> pd.DataFrame:
+def add_stage2(
+    samples: pd.DataFrame,
+    scores: pd.DataFrame,
+    binarisation: str,
+    aggregation: str,
+    *,
+    positions: np.ndarray | None = None,
+    total: int | None = None,
+    cap: int = stage2.FIT_CAP,
+) -> pd.DataFrame:
     """The in-memory path: ``samples`` (base columns and signals, one row per sample) with Stage 2's
     columns added from ``scores`` (every score row), the whole pool as one range. ``positions``: each
     sample's pool position (default: from the score rows' ``position`` column, else the row order);
@@ -250,6 +266,7 @@ class _Scratch:
         self._reader: pq.ParquetFile | None = None
 
     def put(self, frame: pd.DataFrame) -> None:
+        """Append one range's base frame as the next row group (the schema of the first one holds for all)."""
         table = pa.Table.from_pandas(frame, preserve_index=False,
                                      schema=None if self._writer is None else self._writer.schema)
         if self._writer is None:
@@ -257,6 +274,7 @@ class _Scratch:
         self._writer.write_table(table, row_group_size=max(1, table.num_rows))
 
     def get(self, index: int) -> pd.DataFrame:
+        """Range ``index``'s base frame (the first read closes the writer: pass 1 is over)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -264,6 +282,7 @@ class _Scratch:
         return self._reader.read_row_group(index).to_pandas()
 
     def remove(self) -> None:
+        """Delete the scratch file (it only lives between the two passes)."""
         if self._writer is not None:
             self._writer.close()
         self.path.unlink(missing_ok=True)
@@ -281,7 +300,7 @@ def _base_frame(pool: PoolView, positions: np.ndarray) -> pd.DataFrame:
     if pool.signals is not None:
         found = dict(pool.signals(positions))
         rows = np.searchsorted(positions, np.asarray(found.pop("index"), dtype=np.int64)) if "index" in found else None
-        frame = pd.concat([frame, signal_columns(found, len(positions), rows)], axis=1)
+        frame = pd.concat([frame, _signal_columns(found, len(positions), rows)], axis=1)
     return frame
 
 
@@ -335,7 +354,7 @@ def _evaluate_file(layout: RunLayout) -> Finished:
 
 def _evaluate(column: Callable[[str], np.ndarray], names: list[str]) -> Finished:
     keep = column("keep").astype(bool)
-    summary = {"samples": int(len(keep)), "estimated_quality": stage2.quality_estimate(keep)}
+    summary = {"samples": len(keep), "estimated_quality": stage2.quality_estimate(keep)}
     if "combined_keep" in names:
         finite = np.isfinite(column("combined_score").astype(np.float64))
         summary["combined_quality"] = stage2.quality_estimate(column("combined_keep").astype(bool)[finite])
@@ -355,7 +374,9 @@ def _evaluate(column: Callable[[str], np.ndarray], names: list[str]) -> Finished
                 if not np.isfinite(util).all():
                     continue
                 own = column("combined_keep").astype(bool)[valid] if name == "combined_score" else None
-                evaluation[name] = detection_metrics(is_noisy, util, own if own is not None else threshold_at_quality(util, quality))
+                evaluation[name] = detection_metrics(
+                    is_noisy, util, own if own is not None else threshold_at_quality(util, quality)
+                )
     if evaluation:
         summary["detection"] = evaluation["mimic_score"]
         summary["true_quality"] = evaluation["mimic_score"]["true_quality"]
@@ -371,6 +392,8 @@ def evaluate(samples: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def format_evaluation(evaluation: dict[str, dict[str, float]]) -> str:
+    """The evaluation as the table ``train`` and ``score`` print: AUROC, AP, precision, recall and F1 per signal, then
+    the estimated against the true quality."""
     if not evaluation:
         return ""
     lines = [f"{'signal':<16}{'AUROC':>8}{'AP':>8}{'prec':>8}{'recall':>8}{'F1':>8}"]
@@ -382,5 +405,7 @@ def format_evaluation(evaluation: dict[str, dict[str, float]]) -> str:
                  f"(error {m['quality_error']:+.3f})")
     if "combined_score" in evaluation:
         c = evaluation["combined_score"]
-        lines.append(f"combined_score quality: estimated {c['estimated_quality']:.3f} (error {c['quality_error']:+.3f})")
+        lines.append(
+            f"combined_score quality: estimated {c['estimated_quality']:.3f} (error {c['quality_error']:+.3f})"
+        )
     return "\n".join(lines)

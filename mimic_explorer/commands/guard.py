@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.store.writer import RunWriter
+from mimic_explorer.util.distributed import DistContext
 
 
 @contextmanager

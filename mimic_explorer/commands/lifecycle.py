@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
-from mimic_explorer.util.distributed import DistContext, init_distributed, resolve_device
 from mimic_explorer.commands.guard import failure_recorded
 from mimic_explorer.commands.run_identity import agree_on_reuse, make_run_id
 from mimic_explorer.commands.runlog import tee_log
-from mimic_explorer.tasks.base import Prepared
-from mimic_explorer.util.progress import Progress
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import read_run_meta
 from mimic_explorer.store.writer import RunDirectoryError, RunWriter
+from mimic_explorer.tasks.base import Prepared
+from mimic_explorer.util.distributed import DistContext, init_distributed, resolve_device
+from mimic_explorer.util.progress import Progress
 
 Log = Callable[[str], None]
 Inputs = TypeVar("Inputs")
@@ -44,10 +45,17 @@ class RunSpec(Protocol):
     force: bool
     device: str
 
-    def validate(self) -> None: ...
-    def identity(self) -> dict[str, Any]: ...
-    def to_dict(self) -> dict[str, Any]: ...
-    def describe(self) -> str: ...
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option, before anything is written."""
+
+    def identity(self) -> dict[str, Any]:
+        """The options that decide the run's numbers (hashed into the run id with the fingerprints)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option, as ``meta.json`` records it under ``config``."""
+
+    def describe(self) -> str:
+        """One line for ``run.log``: what is run on what."""
 
 
 @dataclass
@@ -77,9 +85,11 @@ class RunContext(Generic[Options, Inputs]):
 
     @property
     def out(self) -> Path:
+        """The run directory."""
         return self.layout.root
 
     def outcome(self, summary: dict, report: str = "") -> RunOutcome:
+        """The outcome of this run with ``summary`` (and the evaluation table ``report``)."""
         return RunOutcome(self.layout.root, summary, report=report)
 
 

@@ -13,12 +13,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from mimic_explorer.util.choices import (AGGREGATIONS, BINARISATIONS, METHODS, MIMIC_LAYERS, NOISE_TYPES, OPTIMIZERS,
-                                             PRETRAINED_FAMILIES, REWEIGHTS, SCORE_METHODS)
 from mimic_explorer.data.keep_lists import check_keep_list_path
 from mimic_explorer.models.preprocessing import check_image_size, parse_transform_text
 from mimic_explorer.models.registry import parse_arch
 from mimic_explorer.store.targets import check_output_file, check_run_target
+from mimic_explorer.util.choices import (
+    AGGREGATIONS,
+    BINARISATIONS,
+    METHODS,
+    MIMIC_LAYERS,
+    NOISE_TYPES,
+    OPTIMIZERS,
+    PRETRAINED_FAMILIES,
+    REWEIGHTS,
+    SCORE_METHODS,
+)
 
 #: fields that change how a run is made or reported but not what it computes
 #: (``subset`` is the keep-list's path: its content hash is a fingerprint of the run instead, so a moved
@@ -43,8 +52,10 @@ def _validate_image_text_options(options: Any) -> None:
     rate = getattr(options, "caption_noise", 0.0)
     _require(0.0 <= rate < 1.0, f"--caption-noise must be in [0, 1), got {rate}")
     frozen = getattr(options, "frozen_towers", False)
-    _require(not (frozen and getattr(options, "frozen_image_tower", False)),
-             "give either --frozen-towers (both towers frozen) or --frozen-image-tower (the text tower trains), not both")
+    _require(
+        not (frozen and getattr(options, "frozen_image_tower", False)),
+        "give either --frozen-towers (both towers frozen) or --frozen-image-tower (the text tower trains), not both",
+    )
     _require(not (frozen and getattr(options, "all_captions", False)),
              "--all-captions draws a caption each time a photo enters a batch, which needs a text tower that runs "
              "every step; --frozen-towers computes each pair's tower outputs once: drop one of them")
@@ -55,7 +66,55 @@ def _validate_image_text_options(options: Any) -> None:
 
 @dataclass
 class CommonOptions:
-    """What both commands need: the pool, the model and its reference, Stage 2, and how to run."""
+    """What both commands need: the pool, the model and its reference, Stage 2, and how to run.
+
+    Each field is the command-line option of the same name (``--binarise`` and ``--aggregate`` for the
+    last two Stage-2 fields); Python callers get the same checks from ``validate()``.
+
+    Parameters
+    ----------
+    data
+        The pool: ``digits``, ``folder:DIR``, ``manifest:FILE``, ``wds:PATTERN`` or ``torchvision:NAME:ROOT``.
+    arch
+        The architecture: ``mlp``, ``small_cnn``, ``timm:NAME``, ``torchvision:NAME``, ``open_clip:NAME``,
+        ``small_dual[:IMAGE_ARCH]``, or a factory ``file.py:function`` / ``module:function``.
+    out
+        The run directory; the same options twice reuse it.
+    init
+        Initial weights (a state dict file or a model folder), e.g. the shared pretrained backbone.
+    pretrained
+        The model's published weights: True for its default ones, a TAG for open_clip; never with ``init``.
+    image_size, transform
+        Preprocessing overrides (``--image-size N``, ``--transform KEY=VALUE,...``).
+    reference
+        The better model's checkpoint; without it ``train`` trains plainly.
+    linear_probe
+        Freeze the backbone and train (or score) the head on cached features: the valid protocol.
+    temperature
+        Softmax temperature T of the Stage-1 weights.
+    reference_noise
+        Gaussian noise added to the reference's head (a robustness probe).
+    batch_size
+        Mini-batch size per process.
+    label_noise, noise_type, noise_seed
+        Label noise injected into the pool to measure detection (the truth is recorded).
+    seed
+        Seed of initialisation and shuffling.
+    binarisation, aggregation
+        Stage 2: the per-epoch vote and the vote over epochs.
+    device
+        ``auto``, ``cpu`` or ``cuda[:N]``.
+    workers
+        DataLoader worker processes for decoding.
+    trust_pickle
+        Allow checkpoints that run code (``--trust-checkpoint``): only for files one trusts.
+    force
+        Recompute even when ``out`` holds this run, or holds another one.
+    quiet
+        No progress bars.
+    subset
+        A keep-list (what ``export`` writes): the pool is its samples only.
+    """
 
     command: ClassVar[str] = ""
     data: str
@@ -112,10 +171,17 @@ class CommonOptions:
         preprocessing overrides readable (``PreprocessingError``, a ``ValueError``, names the bad part)."""
         family = parse_arch(self.arch).family
         if self.pretrained not in (False, None):
-            _require(not self.init, "pass either --pretrained (the model's published weights) or --init (a local file), "
-                                    "not both")
-            _require(family in PRETRAINED_FAMILIES,
-                     f"--pretrained applies to timm:NAME and torchvision models, not to {self.arch!r}; pass --init with a file")
+            _require(
+                not self.init,
+                "pass either --pretrained (the model's published weights) or --init (a local file), not both",
+            )
+            _require(
+                family in PRETRAINED_FAMILIES,
+                (
+                    f"--pretrained applies to timm:NAME and torchvision models, not to {self.arch!r}; pass --init with "
+                    "a file"
+                ),
+            )
             _require(not isinstance(self.pretrained, str),
                      f"--pretrained {self.pretrained!r}: a TAG names open_clip weights; {family} models take no tag "
                      "(timm: --arch timm:NAME.TAG; torchvision: --arch torchvision:NAME:WEIGHTS; --pretrained alone: "
@@ -139,7 +205,39 @@ class CommonOptions:
 
 @dataclass
 class TrainOptions(CommonOptions):
-    """``train``: plain training (no reference) or Grad-Mimic (with one), recording every epoch."""
+    """``train``: plain training (no reference) or Grad-Mimic (with one), recording every epoch.
+
+    ``run_train(TrainOptions(...))`` is the same run as ``mimic-explorer train`` with those options.
+    Every field of ``CommonOptions`` applies too; below are ``train``'s own.
+
+    Parameters
+    ----------
+    binarisation
+        Stage 2's per-epoch vote; None takes the task's own (``weight`` for labelled images, ``gmm`` for pairs).
+    epochs, lr, weight_decay, optimizer
+        The training schedule (``optimizer``: ``adamw`` or ``sgd``).
+    method
+        The Stage-1 weighting: ``proj``, ``cos``, ``normed_proj`` or ``normed_cos``.
+    reweight
+        Re-weight the mimic layers only (``head``) or every trainable parameter (``all``).
+    starting_epoch
+        Train plainly before this epoch (scores are still recorded).
+    test_data
+        Held-out data: test accuracy, or recall@1/5/10 for image-text pairs.
+    save_model
+        Where to save the trained weights (with a ``.meta.json`` beside them).
+    checkpoint_every
+        Seconds between resumable checkpoints (0: after every epoch): a killed run repeats at most this much.
+    frozen_towers, frozen_image_tower, all_captions, fresh_projections, mimic_layer, caption_noise
+        Image-text pools only: what trains, how captions are drawn, and which tower's projection is the
+        mimic layer (see ``mimic-explorer train --help``).
+
+    Raises
+    ------
+    ValueError
+        From ``validate()`` (called by ``run_train`` before anything is written): the first bad option,
+        named as the command line spells it.
+    """
 
     command: ClassVar[str] = "train"
     #: each rank trains on its part of every epoch's permutation: a resume needs the process count it began with
@@ -164,6 +262,8 @@ class TrainOptions(CommonOptions):
     fresh_projections: bool = False  # image-text pools: both projections re-initialised (seeded by --seed)
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option (as the command line spells it), ``--save-model`` included,
+        so that a bad output place is said before the training it would lose."""
         super().validate()
         _validate_image_text_options(self)
         _require(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
@@ -180,7 +280,32 @@ class TrainOptions(CommonOptions):
 
 @dataclass
 class ScoreOptions(CommonOptions):
-    """``score``: one fixed checkpoint (``model``) against ``reference``, every sample once, in chunks."""
+    """``score``: one fixed checkpoint (``model``) against ``reference``, every sample once, in chunks.
+
+    ``run_score(ScoreOptions(...))`` is the same run as ``mimic-explorer score`` with those options.
+    Every field of ``CommonOptions`` applies too; below are ``score``'s own.
+
+    Parameters
+    ----------
+    model
+        The checkpoint to score (required, as is ``reference``).
+    binarisation
+        Stage 2's vote; ``proj`` keeps a sample when its proj is >= 0 (one checkpoint, one epoch).
+    params
+        The mimic layers: ``head``, ``all``, or comma-separated parameter names.
+    score_method
+        ``proj`` or ``cos``: the score recorded and voted on (``--method``).
+    chunk_size
+        Samples per part file: the unit a killed run resumes from.
+    mimic_layer, caption_noise
+        Image-text pools only: the tower whose last projection is scored, and swapped captions.
+
+    Raises
+    ------
+    ValueError
+        From ``validate()`` (called by ``run_score`` before anything is written): the first bad option,
+        named as the command line spells it.
+    """
 
     command: ClassVar[str] = "score"
     #: chunks and batches follow the pool's order alone: a run resumes on any number of processes
@@ -194,6 +319,8 @@ class ScoreOptions(CommonOptions):
     caption_noise: float = 0.0  # image-text pools: fraction of pairs whose captions are swapped
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option (as the command line spells it): ``score`` needs ``--model``
+        and ``--reference``, and ``--params`` must name a parameter."""
         super().validate()
         _validate_image_text_options(self)
         _require(bool(self.model), "score needs --model CKPT (the checkpoint to score)")

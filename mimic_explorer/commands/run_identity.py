@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import RunError, check_format, read_run_meta
+from mimic_explorer.util.distributed import DistContext
 
 
 def make_run_id(command: str, identity: dict, fingerprints: dict) -> str:
-    payload = json.dumps({"command": command, "options": identity, "fingerprints": fingerprints}, sort_keys=True, default=str)
+    """The run id: the command and a hash of the options and fingerprints that decide the results. The same command on
+    the same data and models gives the same id, so a finished run is reused and an unfinished one resumed; any change
+    gives another id."""
+    payload = json.dumps(
+        {"command": command, "options": identity, "fingerprints": fingerprints}, sort_keys=True, default=str
+    )
     return f"{command}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
-def existing_state(out: Path, run_id: str) -> tuple[str, str]:
+def _existing_state(out: Path, run_id: str) -> tuple[str, str]:
     """(state, why): 'absent' | 'complete' (same run, reusable) | 'resumable' (same run, unfinished) |
     'other' (a different run, a ``meta.json`` that cannot be read, or one of a newer format — never
     overwritten unless forced; ``why`` names it)."""
@@ -39,11 +44,11 @@ def existing_state(out: Path, run_id: str) -> tuple[str, str]:
     return ("complete" if meta.status == "complete" else "resumable"), ""
 
 
-def reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], None]) -> tuple[str, dict | None]:
+def _reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], None]) -> tuple[str, dict | None]:
     """The directory's state, and the summary of a finished identical run to return at once (else None).
 
     Refuses (ValueError) a directory that holds a different run or a run it cannot read, unless ``force``."""
-    state, why = existing_state(out, run_id)
+    state, why = _existing_state(out, run_id)
     if state == "complete" and not force:
         log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
         return state, read_run_meta(out).summary
@@ -54,17 +59,17 @@ def reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], No
 
 def agree_on_reuse(ctx: DistContext, out: Path, run_id: str, force: bool,
                    log: Callable[[str], None]) -> tuple[str, dict | None]:
-    """``reuse_or_refuse`` decided once, by rank 0, and the same answer (or refusal) on every rank.
+    """``_reuse_or_refuse`` decided once, by rank 0, and the same answer (or refusal) on every rank.
 
     Why: rank 0 starts writing ``meta.json`` as soon as it has decided; a slower rank reading the
     directory after that would see a run in the making and refuse it as a different one.
     """
     if not ctx.active:
-        return reuse_or_refuse(out, run_id, force, log)
+        return _reuse_or_refuse(out, run_id, force, log)
     answer: tuple = ()
     if ctx.is_main:
         try:
-            answer = ("ok", reuse_or_refuse(out, run_id, force, log))
+            answer = ("ok", _reuse_or_refuse(out, run_id, force, log))
         except ValueError as exc:
             answer = ("refused", str(exc))
     answer = ctx.broadcast_object(answer)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def tee_log(path: Path, log: Callable[[str], None], rank: int = 0) -> Callable[[str], None]:

@@ -47,7 +47,35 @@ STEPS_PER_CHUNK = 100_000
 
 
 def run_score(options: ScoreOptions, progress: Progress | None = None, log: Log | None = None) -> RunOutcome:
-    """Score every sample of the pool (or return the finished run, or resume the unfinished one)."""
+    """Score every sample of the pool (or return the finished run, or resume the unfinished one).
+
+    The same as ``mimic-explorer score``: the pool is cut into chunks of ``options.chunk_size``
+    positions, chunk c goes to process c mod world under ``torchrun``, and a killed run resumes from
+    the first missing chunk on any number of processes.
+
+    Parameters
+    ----------
+    options
+        The checkpoint, its reference and the pool to score (``ScoreOptions``).
+    progress
+        Called as ``progress(stage, done, total)`` as the work advances (default: nothing).
+    log
+        Called with each line for the person running it (default: standard error); also kept in ``run.log``.
+
+    Returns
+    -------
+    RunOutcome
+        The run directory (``path``), the summary also written to ``meta.json``, whether the run was
+        already there (``cached``) and the evaluation table (``report``).
+
+    Raises
+    ------
+    ValueError
+        A bad option, or ``options.out`` holding a different or unreadable run (unless ``force``); said
+        before anything is written.
+    RunDirectoryError
+        ``options.out`` cannot be used, or another process is writing it.
+    """
     return run_lifecycle(options, _prepare, _score_and_finalize, progress=progress, log=log)
 
 
@@ -108,14 +136,16 @@ def _concat(rows: list) -> pd.DataFrame:
     return pa.concat_tables(rows)
 
 
-def _thumbnail_the_rest(job: Job, options: ScoreOptions, thumbs: ThumbnailWriter, chunks, thumbnailed: set[int]) -> None:
+def _thumbnail_the_rest(
+    job: Job, options: ScoreOptions, thumbs: ThumbnailWriter, chunks, thumbnailed: set[int]
+) -> None:
     """Rank 0's thumbnails of the samples it did not decode while scoring: other ranks' chunks, its own
     chunks scored before an interruption, a linear probe's (scored from features) — without them the
     app shows no image. Bad samples are not recorded again: the chunk that scored them did."""
     source = job.pool.source
 
     def add(positions: np.ndarray, items: list) -> None:
-        for p, t in zip(positions, items):
+        for p, t in zip(positions, items, strict=True):
             thumbs.add(source.sample_ids[p], t)
 
     for chunk, (start, stop) in enumerate(chunks):
@@ -133,7 +163,7 @@ def _finalize(run: ScoreRun, errors: ErrorLog, started: float) -> RunOutcome:
     finished = finish_samples(writer, PoolView(len(job.pool.source), bad, task.score_base_rows(job, layout)),
                               Stage2Options(options.binarisation, options.aggregation,
                                             losses_from_rows=task.losses_from_rows()))
-    summary = {**finished.summary, "skipped": int(len(all_errors)), **task.score_summary(job, options, layout, run.log)}
+    summary = {**finished.summary, "skipped": len(all_errors), **task.score_summary(job, options, layout, run.log)}
     summary.pop("true_quality", None)
     writer.write_errors(all_errors)
     drop_error_parts(layout)

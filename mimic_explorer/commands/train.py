@@ -32,7 +32,35 @@ TrainRun = RunContext[TrainOptions, Job]
 
 
 def run_train(options: TrainOptions, progress: Progress | None = None, log: Log | None = None) -> RunOutcome:
-    """Make (or reuse, or resume) a training run and return where it is and its summary."""
+    """Make (or reuse, or resume) a training run and return where it is and its summary.
+
+    The same as ``mimic-explorer train``: under ``torchrun`` every process calls it and each trains on
+    its part of every epoch. A run killed part-way resumes from its last checkpoint when called again
+    with the same options (on the process count it began with).
+
+    Parameters
+    ----------
+    options
+        What to train and where to write it (``TrainOptions``).
+    progress
+        Called as ``progress(stage, done, total)`` as the work advances (default: nothing).
+    log
+        Called with each line for the person running it (default: standard error); also kept in ``run.log``.
+
+    Returns
+    -------
+    RunOutcome
+        The run directory (``path``), the summary also written to ``meta.json``, whether the run was
+        already there (``cached``) and the evaluation table (``report``).
+
+    Raises
+    ------
+    ValueError
+        A bad option, or ``options.out`` holding a different or unreadable run (unless ``force``); said
+        before anything is written.
+    RunDirectoryError
+        ``options.out`` cannot be used, or another process is writing it.
+    """
     return run_lifecycle(options, _prepare, _train_and_finalize, progress=progress, log=log)
 
 
@@ -41,16 +69,28 @@ def _prepare(options: TrainOptions, ctx: DistContext, device: str) -> Prepared[J
 
 
 def _config(options: TrainOptions, device: str) -> TrainConfig:
-    return TrainConfig(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, weight_decay=options.weight_decay,
-                       optimizer=options.optimizer, method=options.method, temperature=options.temperature,
-                       reweight=options.reweight, starting_epoch=options.starting_epoch, seed=options.seed, device=device)
+    return TrainConfig(
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        weight_decay=options.weight_decay,
+        optimizer=options.optimizer,
+        method=options.method,
+        temperature=options.temperature,
+        reweight=options.reweight,
+        starting_epoch=options.starting_epoch,
+        seed=options.seed,
+        device=device,
+    )
 
 
 def _non_finite(job: Job, exc: NonFiniteLossError, positions) -> ValueError:
     ids = [str(job.sample_ids[positions[p]]) for p in exc.positions]
     more = f" (+{len(ids) - 10} more)" if len(ids) > 10 else ""
-    return ValueError(f"non-finite loss for {job.task.noun}(s) {', '.join(ids[:10])}{more}; the run is marked failed and "
-                      "the epochs already recorded are kept")
+    return ValueError(
+        f"non-finite loss for {job.task.noun}(s) {', '.join(ids[:10])}{more}; the run is marked failed and "
+        "the epochs already recorded are kept"
+    )
 
 
 def _train_and_finalize(run: TrainRun) -> RunOutcome:

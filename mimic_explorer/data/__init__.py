@@ -11,8 +11,8 @@ from mimic_explorer.data.noise import (
 )
 
 __all__ = [
-    "ArrayDataset",
     "CIFAR10_ASYMMETRIC",
+    "ArrayDataset",
     "NoisyCaptions",
     "NoisyLabels",
     "asymmetric_noise",

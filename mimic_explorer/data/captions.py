@@ -10,7 +10,7 @@ error naming examples of each (see docs/ARCHITECTURE.md, "Image-text pairs").
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,7 +44,9 @@ def decode_caption(data: bytes | str | None) -> tuple[str | None, str | None]:
     return text, None
 
 
-def pool_kind(labelled: np.ndarray, captioned: np.ndarray, names: Sequence[str], spec: str, label_mark: str, caption_mark: str) -> str:
+def pool_kind(
+    labelled: np.ndarray, captioned: np.ndarray, names: Sequence[str], spec: str, label_mark: str, caption_mark: str
+) -> str:
     """``PAIRS`` when some samples carry a caption and none a label, else ``LABELLED``.
 
     ``labelled`` / ``captioned`` are per-sample flags (a sample with both counts as labelled: a caption

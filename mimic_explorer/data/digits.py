@@ -22,8 +22,11 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: np.ndarray) -> "ArrayDataset":
-        return ArrayDataset(self.sample_ids[index], self.images[index], self.labels[index], self.class_names, self.source)
+    def subset(self, index: np.ndarray) -> ArrayDataset:
+        """The samples at ``index``, in that order (the demo's split into pool and held-out digits)."""
+        return ArrayDataset(
+            self.sample_ids[index], self.images[index], self.labels[index], self.class_names, self.source
+        )
 
 
 def load_digits_dataset() -> ArrayDataset:

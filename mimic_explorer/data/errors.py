@@ -9,9 +9,9 @@ a caller can write ``errors.parquet`` and say how many were skipped.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 ERROR_COLUMNS = ["sample_id", "path", "reason"]
 
@@ -45,9 +45,11 @@ class ErrorLog:
         self.extend(items)
 
     def add(self, bad: BadSample) -> None:
+        """Record ``bad`` unless its sample is already recorded (the first reason is the one kept)."""
         self._items.setdefault(bad.sample_id, bad)
 
     def extend(self, items: Iterable[BadSample]) -> None:
+        """Record every sample of ``items``, as ``add`` does."""
         for bad in items:
             self.add(bad)
 
@@ -62,6 +64,7 @@ class ErrorLog:
 
     @property
     def sample_ids(self) -> list[str]:
+        """The ids of the recorded samples, in the order they were first recorded."""
         return list(self._items)
 
     def to_frame(self):

@@ -44,9 +44,11 @@ class FileSource(Source):
         super().__init__(spec, *args, **kwargs)
 
     def source_of(self, i: int) -> str:
+        """The file's path, as given by the folder or the manifest (the ``source`` column)."""
         return self.paths[i]
 
     def read_bytes(self, i: int) -> bytes:
+        """The file's bytes, read only when it is a regular file under the size cap (``imageio.read_file``)."""
         return read_file(self.paths[i], self.sample_ids[i], self.max_bytes)
 
     def _sizes_now(self) -> np.ndarray:

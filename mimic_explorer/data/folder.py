@@ -48,6 +48,9 @@ def _walk_files(folder: Path) -> list[str]:
 
 
 class FolderSource(FileSource):
+    """``folder:DIR``: one sub-folder per class, every file below it a sample (see the module). Raises
+    ``DataSourceError`` naming the SPEC when DIR is missing, has no class folders or no samples."""
+
     kind = "folder"
 
     def __init__(self, root: str | os.PathLike, spec: str | None = None):

@@ -31,7 +31,7 @@ _WHITE = (255, 255, 255)
 
 def _composite_on_white(image: Image.Image) -> Image.Image:
     rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+    background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
@@ -124,19 +124,30 @@ def max_file_bytes() -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise DataSourceError(f"{MAX_FILE_BYTES_ENV}={raw!r} is not a positive whole number of bytes (default {MAX_FILE_BYTES})")
+        raise DataSourceError(
+            f"{MAX_FILE_BYTES_ENV}={raw!r} is not a positive whole number of bytes (default {MAX_FILE_BYTES})"
+        )
     return value
 
 
-def file_problem(st: os.stat_result, max_bytes: int) -> str | None:
+def _file_problem(st: os.stat_result, max_bytes: int) -> str | None:
     """Why a file with this ``stat`` cannot be a sample's image (not a regular file, or over the cap),
     or None when it can."""
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         return "is a directory, not a file"
     if not stat.S_ISREG(mode):
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
-                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+        kind = (
+            "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a character device"
+            if stat.S_ISCHR(mode)
+            else "a block device"
+            if stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a special file"
+        )
         return f"is {kind}, not a regular file"
     if st.st_size > max_bytes:
         return f"file too large ({st.st_size:,} bytes; the cap is {max_bytes:,}, set {MAX_FILE_BYTES_ENV} to change it)"
@@ -147,7 +158,7 @@ def check_file(path: str | os.PathLike, sample_id: str = "", max_bytes: int | No
     """Raise ``BadSampleError`` unless ``path`` is a regular file within the size cap (for readers that
     open the file themselves, such as torchvision datasets). ``stat`` never blocks, even on a FIFO."""
     try:
-        problem = file_problem(os.stat(path), max_file_bytes() if max_bytes is None else max_bytes)
+        problem = _file_problem(os.stat(path), max_file_bytes() if max_bytes is None else max_bytes)
     except OSError as exc:
         problem = _os_reason(exc)
     if problem:
@@ -186,12 +197,14 @@ def read_file(path: str | os.PathLike, sample_id: str = "", max_bytes: int | Non
     cannot hang the run. At most ``max_bytes`` + 1 bytes are read, even from a file that grows."""
     max_bytes = max_file_bytes() if max_bytes is None else max_bytes
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
+        fd = os.open(
+            path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+        )
     except OSError as exc:
         raise BadSampleError(BadSample(str(sample_id), str(path), _os_reason(exc))) from None
     try:
         info = os.fstat(fd)
-        problem = file_problem(info, max_bytes)
+        problem = _file_problem(info, max_bytes)
         if problem is None:
             data = _read_at_most(fd, max_bytes + 1, info.st_size + 1)
             if len(data) <= max_bytes:

@@ -59,7 +59,7 @@ class KeepList:
                 "rows": self.rows, "sha256": self.sha256}
 
 
-def keep_list_format(path: str | os.PathLike) -> str:
+def _keep_list_format(path: str | os.PathLike) -> str:
     """The format of ``path`` by its extension; ``KeepListError`` naming the known ones otherwise."""
     suffix = Path(path).suffix.lower()
     if suffix not in EXTENSIONS:
@@ -76,7 +76,7 @@ def check_keep_list_path(path: str | os.PathLike) -> None:
         raise KeepListError(f"--subset {path}: no such file")
     if not file.is_file():
         raise KeepListError(f"--subset {path}: not a file")
-    keep_list_format(file)
+    _keep_list_format(file)
 
 
 def read_keep_list(path: str | os.PathLike) -> KeepList:
@@ -84,7 +84,7 @@ def read_keep_list(path: str | os.PathLike) -> KeepList:
     missing or unreadable file, an unknown format, a table without ``sample_id`` or a list of no ids."""
     check_keep_list_path(path)
     file = Path(path).expanduser()
-    fmt = keep_list_format(file)
+    fmt = _keep_list_format(file)
     try:
         if fmt == "npy":
             fmt, values = _read_npy(file)
@@ -106,8 +106,10 @@ def read_keep_list(path: str | os.PathLike) -> KeepList:
 def _from_frame(frame, file: Path) -> list[str]:
     """The ``sample_id`` column of an exported table, without the rows whose ``keep`` is false."""
     if ID_COLUMN not in frame.columns:
-        raise KeepListError(f"--subset {file}: no {ID_COLUMN!r} column (columns: {', '.join(map(str, frame.columns)) or 'none'}); "
-                            "a keep-list names samples by id, as mimic-explorer export writes it")
+        raise KeepListError(
+            f"--subset {file}: no {ID_COLUMN!r} column (columns: {', '.join(map(str, frame.columns)) or 'none'}); "
+            "a keep-list names samples by id, as mimic-explorer export writes it"
+        )
     if KEEP_COLUMN in frame.columns:
         keep = frame[KEEP_COLUMN]
         if keep.dtype != bool:
@@ -142,8 +144,10 @@ def _read_json(file: Path) -> list[str]:
         if ID_COLUMN in frame.columns:
             frame[ID_COLUMN] = [None if v is None else str(v) for v in frame[ID_COLUMN]]
         return _from_frame(frame, file)
-    raise KeepListError(f"--subset {file}: a JSON keep-list is a list of records with {ID_COLUMN!r} (what export writes) "
-                        "or a list of id strings")
+    raise KeepListError(
+        f"--subset {file}: a JSON keep-list is a list of records with {ID_COLUMN!r} (what export writes) "
+        "or a list of id strings"
+    )
 
 
 def _read_npy(file: Path) -> tuple[str, list[str]]:
@@ -157,14 +161,18 @@ def _read_npy(file: Path) -> tuple[str, list[str]]:
         raise
     dtype = array.dtype
     if dtype.names is not None:
-        if len(dtype.names) == 2 and all(dtype[n] == np.dtype("<u8") or dtype[n] == np.dtype(">u8") for n in dtype.names):
+        if len(dtype.names) == 2 and all(
+            dtype[n] == np.dtype("<u8") or dtype[n] == np.dtype(">u8") for n in dtype.names
+        ):
             high, low = (array[n].astype(np.uint64).ravel() for n in dtype.names)
-            return UIDS, [f"{int(h):016x}{int(l):016x}" for h, l in zip(high.tolist(), low.tolist())]
+            return UIDS, [f"{int(h):016x}{int(lo):016x}" for h, lo in zip(high.tolist(), low.tolist(), strict=True)]
         raise KeepListError(f"--subset {file}: a structured array of dtype {dtype} is not DataComp's uid format "
                             "(two unsigned 64-bit fields, u8,u8)")
-    if dtype == bool:
-        raise KeepListError(f"--subset {file}: a boolean mask (export --format npy) marks rows of the run it was exported "
-                            "from, not samples; export the keep-list with --format csv, parquet, json or uids")
+    if dtype == np.dtype(bool):
+        raise KeepListError(
+            f"--subset {file}: a boolean mask (export --format npy) marks rows of the run it was exported "
+            "from, not samples; export the keep-list with --format csv, parquet, json or uids"
+        )
     if dtype.kind in ("U", "S"):
         values = array.ravel().tolist()
         return "npy", [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]

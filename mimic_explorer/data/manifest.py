@@ -23,18 +23,24 @@ column are an error naming the row.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from mimic_explorer.data.captions import EMPTY_CAPTION, NO_CAPTION, PAIRS, decode_caption, pool_kind
 from mimic_explorer.data.errors import BadSample, DataSourceError
-from mimic_explorer.data.folder import CLASS_FILE, read_class_file
 from mimic_explorer.data.files import FileSource, existing_path
-from mimic_explorer.data.labels import cell_text, implied_classes_message, mixed_beyond_repair, parse_column, too_many_implied
+from mimic_explorer.data.folder import CLASS_FILE, read_class_file
+from mimic_explorer.data.labels import (
+    cell_text,
+    implied_classes_message,
+    mixed_beyond_repair,
+    parse_column,
+    too_many_implied,
+)
 from mimic_explorer.data.source import _preview
 
 REQUIRED = ("path", "label")
@@ -73,7 +79,7 @@ def _read_table(file: Path, spec: str) -> pd.DataFrame:
             return pd.read_parquet(file)
     except DataSourceError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad manifest
+    except Exception as exc:  # any parser failure is a bad manifest
         raise DataSourceError(f"{spec}: cannot read manifest {file}: {exc}") from exc
     raise DataSourceError(f"{spec}: a manifest must be a .csv or .parquet file, got {file.name}")
 
@@ -85,7 +91,10 @@ def _missing(series: pd.Series) -> np.ndarray:
 
 def _blank_captions(series: pd.Series) -> np.ndarray:
     """``_missing`` for a caption column, which may hold bytes or undecodable (surrogate) text."""
-    return np.asarray([decode_caption(None if _is_na(v) else v)[1] in (NO_CAPTION, EMPTY_CAPTION) for v in series.tolist()], dtype=bool)
+    return np.asarray(
+        [decode_caption(None if _is_na(v) else v)[1] in (NO_CAPTION, EMPTY_CAPTION) for v in series.tolist()],
+        dtype=bool,
+    )
 
 
 def _is_na(value: object) -> bool:
@@ -140,6 +149,9 @@ class _LabelColumn:
 
 
 class ManifestSource(FileSource):
+    """``manifest:FILE.csv|.parquet``: a table naming each sample's file and label (or caption), read strictly (see the
+    module). Raises ``DataSourceError`` naming the row and the value for a table no run should start on."""
+
     kind = "manifest"
 
     def __init__(self, file: str | os.PathLike, spec: str | None = None, class_names: Sequence[str] | None = None):
@@ -156,12 +168,12 @@ class ManifestSource(FileSource):
             raise DataSourceError(f"{spec}: manifest has no rows")
         table = table.reset_index(drop=True)
         bad_path = _missing(table["path"])
-        paths = [None if miss else str(v).strip() for v, miss in zip(table["path"].tolist(), bad_path)]
+        paths = [None if miss else str(v).strip() for v, miss in zip(table["path"].tolist(), bad_path, strict=True)]
         given = table["sample_id"].tolist() if "sample_id" in table.columns else [None] * len(table)
         no_id = _missing(table["sample_id"]) if "sample_id" in table.columns else np.ones(len(table), bool)
         ids = [
             str(sid).strip() if not miss else (path.replace("\\", "/") if path else f"row {k + 1}")
-            for k, (sid, miss, path) in enumerate(zip(given, no_id, paths))
+            for k, (sid, miss, path) in enumerate(zip(given, no_id, paths, strict=True))
         ]
         labelled = ~_missing(table["label"]) if "label" in table.columns else np.zeros(len(table), bool)
         captioned = ~_blank_captions(table[CAPTION]) if CAPTION in table.columns else np.zeros(len(table), bool)
@@ -181,7 +193,10 @@ class ManifestSource(FileSource):
         ids = [ids[k] for k in rows]
         paths = [paths[k] for k in rows]
         if len(rows) == 0:
-            raise DataSourceError(f"{spec}: no manifest row has both a path and a usable label ({_preview(b.reason for b in open_errors)})")
+            raise DataSourceError(
+                f"{spec}: no manifest row has both a path and a usable label "
+                f"({_preview(b.reason for b in open_errors)})"
+            )
 
         columns = [_LabelColumn("label", integer, [label_cells[k] for k in rows], [parsed[k] for k in rows], rows, ids)]
         if "true_label" in table.columns:
@@ -196,24 +211,29 @@ class ManifestSource(FileSource):
         labels, *truth = [column.indices(spec, class_names, declared_from) for column in columns]
 
         self._set_paths(paths)
-        super().__init__(spec, ids, labels, class_names, true_labels=truth[0] if truth else None, open_errors=open_errors)
+        super().__init__(
+            spec, ids, labels, class_names, true_labels=truth[0] if truth else None, open_errors=open_errors
+        )
 
     @staticmethod
-    def _parse_labels(spec: str, table: pd.DataFrame, cells: list, labelled: np.ndarray) -> tuple[bool, list[int | None]]:
+    def _parse_labels(
+        spec: str, table: pd.DataFrame, cells: list, labelled: np.ndarray
+    ) -> tuple[bool, list[int | None]]:
         """(the label column holds integers, each row's integer or None) over the rows with a label
         (``data.labels``); a column mixed beyond repair is an error naming a row of each kind."""
         rows = np.flatnonzero(labelled)
         integer, found = parse_column([cells[k] for k in rows], "label" in table.columns and _numeric(table["label"]))
         parsed: list[int | None] = [None] * len(cells)
-        for k, value in zip(rows, found):
+        for k, value in zip(rows, found, strict=True):
             parsed[k] = value
         if integer and mixed_beyond_repair(found):
-            odd = [k for k, value in zip(rows, found) if value is None]
-            good = [k for k, value in zip(rows, found) if value is not None]
+            odd = [k for k, value in zip(rows, found, strict=True) if value is None]
+            good = [k for k, value in zip(rows, found, strict=True) if value is not None]
             example = f"row {good[0] + 1}: {_quoted(cells[good[0]])}" if good else "none"
             raise DataSourceError(
                 f"{spec}: the label column mixes integer class indices ({example}) with {len(odd)} of {len(rows)} "
-                f"value(s) that are not (row {odd[0] + 1}: {_quoted(cells[odd[0]])}); give class indices or class names, not both"
+                f"value(s) that are not (row {odd[0] + 1}: {_quoted(cells[odd[0]])}); give class indices or class "
+                "names, not both"
             )
         return integer, parsed
 
@@ -223,15 +243,20 @@ class ManifestSource(FileSource):
             return "manifest row has no path"
         if bad_label[k]:
             return "manifest row has no label"
-        return f"label {_quoted(cells[k])} in row {k + 1} is not an integer class index (the label column holds integers)"
+        return (
+            f"label {_quoted(cells[k])} in row {k + 1} is not an integer class index (the label column holds integers)"
+        )
 
     @staticmethod
-    def _parse_truth(spec: str, series: pd.Series, rows: np.ndarray, ids: list[str]) -> "_LabelColumn":
+    def _parse_truth(spec: str, series: pd.Series, rows: np.ndarray, ids: list[str]) -> _LabelColumn:
         """The ``true_label`` cells of the kept rows: ground truth must be whole, so an empty cell or a
         non-integer in an integer column is an error naming the row, not a bad sample."""
         missing = _missing(series)[rows]
         if missing.any():
-            raise DataSourceError(f"{spec}: true_label is empty in {int(missing.sum())} row(s) (first: row {rows[missing][0] + 1}); give it for every row or drop the column")
+            raise DataSourceError(
+                f"{spec}: true_label is empty in {int(missing.sum())} row(s) (first: row {rows[missing][0] + 1}); give "
+                "it for every row or drop the column"
+            )
         cells = series.tolist()
         cells = [cells[k] for k in rows]
         integer, parsed = parse_column(cells, _numeric(series))
@@ -244,17 +269,26 @@ class ManifestSource(FileSource):
         return _LabelColumn("true_label", integer, cells, parsed, rows, ids)
 
     @staticmethod
-    def _undeclared_classes(spec: str, columns: list["_LabelColumn"]) -> list[str]:
+    def _undeclared_classes(spec: str, columns: list[_LabelColumn]) -> list[str]:
         """Class names when none are declared: the sorted names a names column uses, else ``0..max``
         of the integer labels, refused when that range is far beyond the pool (``data.labels``)."""
         named = [column for column in columns if not column.integer]
         if named:
             return sorted(set().union(*({cell_text(c, limit=10**6) for c in column.cells} for column in named)))
-        column, j = max(((column, j) for column in columns for j in range(len(column.cells))), key=lambda cj: cj[0].parsed[cj[1]])
+        column, j = max(
+            ((column, j) for column in columns for j in range(len(column.cells))), key=lambda cj: cj[0].parsed[cj[1]]
+        )
         top, samples = column.parsed[j], len(column.cells)
         if too_many_implied(top, samples):
-            where = f"in row {column.rows[j] + 1} (sample {column.ids[j]!r})" + ("" if column.name == "label" else " of true_label")
-            raise DataSourceError(f"{spec}: " + implied_classes_message(_quoted(column.cells[j]), where, top, samples, "in classes.txt beside the manifest"))
+            where = f"in row {column.rows[j] + 1} (sample {column.ids[j]!r})" + (
+                "" if column.name == "label" else " of true_label"
+            )
+            raise DataSourceError(
+                f"{spec}: "
+                + implied_classes_message(
+                    _quoted(column.cells[j]), where, top, samples, "in classes.txt beside the manifest"
+                )
+            )
         return [str(k) for k in range(max(top, 0) + 1)]
 
 
@@ -265,13 +299,19 @@ class ManifestSource(FileSource):
             dtype=object,
         )
 
-    def _open_pairs(self, spec: str, cells: list, ids: list[str], paths: list[str | None], bad_path: np.ndarray) -> None:
+    def _open_pairs(
+        self, spec: str, cells: list, ids: list[str], paths: list[str | None], bad_path: np.ndarray
+    ) -> None:
         """Open an image-text manifest: a row needs a path and a usable caption, else it is a bad sample."""
         captions, open_errors, good = [], [], []
         for k, cell in enumerate(cells):
             text, reason = decode_caption(None if _is_na(cell) else cell)
             if bad_path[k] or text is None:
-                why = "manifest row has no path" if bad_path[k] else ("manifest row has no caption" if reason in (NO_CAPTION, EMPTY_CAPTION) else reason)
+                why = (
+                    "manifest row has no path"
+                    if bad_path[k]
+                    else ("manifest row has no caption" if reason in (NO_CAPTION, EMPTY_CAPTION) else reason)
+                )
                 open_errors.append(BadSample(ids[k], paths[k] or "", why))
                 continue
             captions.append(text)

@@ -24,6 +24,7 @@ class ArraySource(Source):
         super().__init__(spec or data.source, data.sample_ids, data.labels, data.class_names, true_labels=true_labels)
 
     def source_of(self, i: int) -> str:
+        """The dataset's name (every sample of an in-memory pool comes from the same place)."""
         return str(self.data.source)
 
     def _load(self, i: int) -> Image.Image:

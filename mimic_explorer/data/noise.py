@@ -21,6 +21,9 @@ CIFAR10_ASYMMETRIC = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
 
 @dataclass(frozen=True)
 class NoisyLabels:
+    """Labels after injected noise (``labels``, what training sees), the truth (``true_labels``) and which changed
+    (``is_noisy``): the truth is kept so a run can measure how well its scores find the noise."""
+
     labels: np.ndarray  # labels used for training
     true_labels: np.ndarray
     is_noisy: np.ndarray  # bool
@@ -69,6 +72,9 @@ def asymmetric_noise(
 
 @dataclass(frozen=True)
 class NoisyCaptions:
+    """Captions after injected noise: pair i carries the caption of pair ``order[i]``; ``is_noisy`` marks the pairs
+    whose caption is not their own."""
+
     order: np.ndarray  # int64: pair i now carries the caption of pair order[i]
     is_noisy: np.ndarray  # bool: order[i] != i
 

@@ -24,6 +24,10 @@ from mimic_explorer.util.fingerprint import state_fingerprint
 
 @dataclass
 class Pool:
+    """The pool a run trains on or scores: the source (restricted to ``--subset``), the labels used (noisy when noise
+    was injected), the truth and what was injected (``noise``), and how the keep-list met the pool (``subset``). Every
+    command reads its samples through this one object."""
+
     source: Source
     labels: np.ndarray  # labels used for training (noisy when noise was injected)
     true_labels: np.ndarray | None
@@ -37,8 +41,8 @@ class Pool:
 
 def open_pool(options, source: Source | None = None) -> Pool:
     """Open ``--data`` (``options``: a command's options; ``source``: the pool already opened, when the
-    caller had to look at its kind first), keep only the samples ``--subset`` lists (``data.subset``: every command reads
-    the restricted pool, and nothing outside it is decoded) and inject ``--label-noise`` (seeded) into
+    caller had to look at its kind first), keep only the samples ``--subset`` lists (``data.subset``: every
+    command reads the restricted pool, and nothing outside it is decoded) and inject ``--label-noise`` (seeded) into
     what is left, recording the truth. Shard indexes live in the shared cache: built once per shard,
     reused by every run."""
     source = open_source(options.data) if source is None else source

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -32,14 +32,16 @@ def _preview(values: Iterable, limit: int = 5) -> str:
 UID_PATTERN = re.compile(r"[0-9a-fA-F]{32}")
 
 
-def check_unique_ids(sample_ids: np.ndarray, what: str) -> None:
+def _check_unique_ids(sample_ids: np.ndarray, what: str) -> None:
     """Raise ``DataSourceError`` naming the first duplicated ids (ids key every file the run writes),
     or two 32-hex-digit uids that differ only in case (``uid_case_twins``)."""
     ids = np.asarray(sample_ids, dtype=object)
     if len(ids) != len(set(ids.tolist())):
         values, counts = np.unique(ids.astype(str), return_counts=True)
         dupes = values[counts > 1]
-        raise DataSourceError(f"duplicate sample ids in {what}: {_preview(dupes.tolist())}; every sample needs a unique id")
+        raise DataSourceError(
+            f"duplicate sample ids in {what}: {_preview(dupes.tolist())}; every sample needs a unique id"
+        )
     twins = uid_case_twins(ids.tolist())
     if twins:
         raise DataSourceError(f"sample ids in {what} {uid_twins_text(twins)}")
@@ -59,7 +61,7 @@ def uid_case_twins(ids: Sequence[str]) -> list[list[str]]:
     if len(set(lowered)) == len(lowered):
         return []
     groups: dict[str, list[str]] = {}
-    for original, low in zip(ids, lowered):
+    for original, low in zip(ids, lowered, strict=True):
         if UID_PATTERN.fullmatch(original):
             groups.setdefault(low, []).append(original)
     return [group for group in groups.values() if len(group) > 1]
@@ -74,12 +76,14 @@ def uid_twins_text(twins: list[list[str]], where=lambda uid: "") -> str:
             "ignore case; every pair needs a unique uid")
 
 
-def check_labels(labels: np.ndarray, class_names: Sequence[str], sample_ids: np.ndarray, what: str, column: str = "label") -> None:
+def _check_labels(
+    labels: np.ndarray, class_names: Sequence[str], sample_ids: np.ndarray, what: str, column: str = "label"
+) -> None:
     """Raise ``DataSourceError`` when a label is outside 0..len(class_names)-1, naming the samples."""
     labels = np.asarray(labels)
     bad = (labels < 0) | (labels >= len(class_names))
     if bad.any():
-        pairs = [f"{sid}={lab}" for sid, lab in zip(np.asarray(sample_ids)[bad][:5], labels[bad][:5])]
+        pairs = [f"{sid}={lab}" for sid, lab in zip(np.asarray(sample_ids)[bad][:5], labels[bad][:5], strict=True)]
         raise DataSourceError(
             f"{column} outside the class range 0..{len(class_names) - 1} in {what} "
             f"({int(bad.sum())} sample(s), e.g. {', '.join(pairs)}); classes: {_preview(class_names, 12)}"
@@ -138,13 +142,13 @@ class Source:
             raise DataSourceError(f"{spec}: {len(self.sample_ids)} ids but {len(self.captions)} captions")
         if len(self.sample_ids) == 0:
             raise DataSourceError(f"{spec}: the pool has no usable samples")
-        check_unique_ids(self.sample_ids, spec)
+        _check_unique_ids(self.sample_ids, spec)
         if self.pool_kind == LABELLED:
             if not self.class_names:
                 raise DataSourceError(f"{spec}: no class names")
-            check_labels(self.labels, self.class_names, self.sample_ids, spec)
+            _check_labels(self.labels, self.class_names, self.sample_ids, spec)
             if self.true_labels is not None:
-                check_labels(self.true_labels, self.class_names, self.sample_ids, spec, column="true_label")
+                _check_labels(self.true_labels, self.class_names, self.sample_ids, spec, column="true_label")
         self._position: dict[str, int] | None = None
         self._sizes: np.ndarray | None = None
 
@@ -180,6 +184,7 @@ class Source:
 
     @property
     def num_classes(self) -> int:
+        """How many classes the pool has (0 for image-text pairs)."""
         return len(self.class_names)
 
     @property
@@ -188,6 +193,8 @@ class Source:
         return np.asarray([self.source_of(i) for i in range(len(self))], dtype=object)
 
     def sizes(self) -> np.ndarray:
+        """Every sample's size in bytes (-1 when unknown), measured once and then kept: the data fingerprint hashes
+        them, so a file that changes size changes the fingerprint."""
         if self._sizes is None:
             self._sizes = np.asarray(self._sizes_now(), dtype=np.int64)
         return self._sizes
@@ -215,8 +222,10 @@ class Source:
             return read(i)
         except BadSampleError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a reader failure is one bad sample
-            raise BadSampleError(BadSample(self.sample_ids[i], self.source_of(i), f"{type(exc).__name__}: {exc}")) from exc
+        except Exception as exc:  # a reader failure is one bad sample
+            raise BadSampleError(
+                BadSample(self.sample_ids[i], self.source_of(i), f"{type(exc).__name__}: {exc}")
+            ) from exc
 
     def index_of(self, sample_id: str) -> int:
         """Position of a sample id (the app looks samples up by id)."""
@@ -228,6 +237,7 @@ class Source:
             raise KeyError(f"no sample with id {sample_id!r} in {self.spec}") from None
 
     def get(self, sample_id: str) -> Image.Image:
+        """The sample with id ``sample_id`` as an RGB image (a notebook's way in; runs use positions)."""
         return self.load(self.index_of(sample_id))
 
     def iter_images(
@@ -291,7 +301,10 @@ class Source:
         digest.update(b"\x1e")
         sizes = self.sizes()
         second = self.labels.tolist() if self.captions is None else self.captions.tolist()
-        rows = "\n".join(f"{sid}\t{lab}\t{size}" for sid, lab, size in zip(self.sample_ids.tolist(), second, sizes.tolist()))
+        rows = "\n".join(
+            f"{sid}\t{lab}\t{size}"
+            for sid, lab, size in zip(self.sample_ids.tolist(), second, sizes.tolist(), strict=True)
+        )
         digest.update(rows.encode())
         if self.true_labels is not None:
             digest.update(b"\x1etrue:")

@@ -8,7 +8,7 @@ never image pixels, so it is quick even for large pools; decoding happens in ``l
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError, ErrorLog
 from mimic_explorer.data.source import Source
@@ -22,11 +22,11 @@ SPEC_FORMS = (
 )
 
 __all__ = [
+    "SPEC_FORMS",
     "BadSample",
     "BadSampleError",
     "DataSourceError",
     "ErrorLog",
-    "SPEC_FORMS",
     "Source",
     "open_source",
 ]

@@ -45,9 +45,11 @@ class SubsetSource(Source):
         )
 
     def source_of(self, i: int) -> str:
+        """Where the base source keeps this sample."""
         return self.base.source_of(int(self.positions[i]))
 
     def read_bytes(self, i: int) -> bytes | None:
+        """The base source's bytes of this sample."""
         return self.base.read_bytes(int(self.positions[i]))
 
     def _load(self, i: int) -> Image.Image:
@@ -60,9 +62,11 @@ class SubsetSource(Source):
         return self.base.sizes()[self.positions]
 
     def all_captions(self, i: int) -> list[str]:
+        """The base source's captions of this pair."""
         return self.base.all_captions(int(self.positions[i]))
 
     def describe(self) -> dict:
+        """The base source's description with the size of the whole pool the subset came from."""
         return {**super().describe(), "pool_samples": len(self.base)}
 
 
@@ -94,14 +98,22 @@ def restrict_to_keep_list(source: Source, keep: KeepList) -> tuple[SubsetSource,
             hint = " (a DataComp uid list matches pools whose ids are 32-hex-digit uids, e.g. shards with a .json uid)"
         raise DataSourceError(
             f"--subset {keep.path}: none of its {len(listed)} id(s) is a usable sample of {source.spec} "
-            f"(listed e.g. {_preview(listed.tolist()[:EXAMPLES])}; the pool has e.g. {_preview(pool_ids.tolist()[:EXAMPLES])})"
-            + hint + ("; the listed samples it holds are unusable: " + _preview(b.reason for b in unusable) if unusable else "")
+            f"(listed e.g. {_preview(listed.tolist()[:EXAMPLES])}; the pool has e.g. "
+            f"{_preview(pool_ids.tolist()[:EXAMPLES])})"
+            + hint
+            + (
+                "; the listed samples it holds are unusable: " + _preview(b.reason for b in unusable)
+                if unusable
+                else ""
+            )
         )
-    facts = {**keep.describe(), "pool_samples": len(source), "kept": int(len(positions)), "unusable": len(unusable),
+    facts = {**keep.describe(), "pool_samples": len(source), "kept": len(positions), "unusable": len(unusable),
              "missing": len(missing), "missing_examples": missing[:EXAMPLES]}
     warnings = []
     if missing:
         warnings.append(
-            f"SUBSET: {len(missing)} of the {len(listed)} id(s) in --subset {keep.path} are not in the pool {source.spec} "
-            f"(e.g. {', '.join(missing[:EXAMPLES])}); the run uses the {len(positions)} listed sample(s) it has")
+            f"SUBSET: {len(missing)} of the {len(listed)} id(s) in --subset {keep.path} are not in the pool "
+            f"{source.spec} (e.g. {', '.join(missing[:EXAMPLES])}); the run uses the {len(positions)} listed "
+            "sample(s) it has"
+        )
     return SubsetSource(source, positions, open_errors=unusable), SubsetReport(facts, warnings)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import tarfile
-from typing import Iterator
+from collections.abc import Iterator
 
 BLOCK = 512  # tar's header and padding unit
 
@@ -36,6 +36,7 @@ class TarScan:
 
     @property
     def truncated(self) -> bool:
+        """Whether the archive ended before its end-of-archive marker (known after the pass)."""
         return self.truncated_at >= 0
 
     def members(self) -> Iterator[tarfile.TarInfo]:
@@ -53,7 +54,9 @@ class TarScan:
                 data_end = member.offset_data + (member.size if member.isreg() else 0)
                 if data_end > self.size:
                     present = max(self.size - member.offset_data, 0)
-                    self._stop(member.offset, f"member {member.name} is cut off, {present} of {member.size} data bytes present")
+                    self._stop(
+                        member.offset, f"member {member.name} is cut off, {present} of {member.size} data bytes present"
+                    )
                     self.cut_member = member.name
                     return
                 yield member
@@ -81,4 +84,6 @@ class TarScan:
         elif len(block) < BLOCK:
             self._stop(offset, f"a member header there is cut off, {len(block)} of {BLOCK} bytes present")
         else:
-            self._stop(offset, "the member header there is damaged (not a tar header), so nothing after it can be found")
+            self._stop(
+                offset, "the member header there is damaged (not a tar header), so nothing after it can be found"
+            )

@@ -9,8 +9,9 @@ position in the source so every recorded score maps back to its sample id
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ Transform = Callable[..., torch.Tensor]
 
 
 class Batch(NamedTuple):
+    """One decoded mini-batch: the source positions of its good samples, their inputs and targets, and the samples that
+    could not be read (dropped from the batch, reported, never fatal)."""
+
     index: torch.Tensor  # int64 source positions of the good samples
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -39,7 +43,11 @@ def _load_item(source: Source, transform: Transform, i: int):
     try:
         return i, transform(image), int(source.labels[i])
     except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image is one bad sample
-        return i, None, BadSample(source.sample_ids[i], source.source_of(i), f"transform failed ({type(exc).__name__}: {exc})")
+        return (
+            i,
+            None,
+            BadSample(source.sample_ids[i], source.source_of(i), f"transform failed ({type(exc).__name__}: {exc})"),
+        )
 
 
 class SourceDataset(Dataset):
@@ -49,7 +57,14 @@ class SourceDataset(Dataset):
     Use ``collate_good`` as the DataLoader's ``collate_fn``.
     """
 
-    def __init__(self, source: Source, transform: Transform | None = None, *, arch: str | None = None, indices: Sequence[int] | None = None):
+    def __init__(
+        self,
+        source: Source,
+        transform: Transform | None = None,
+        *,
+        arch: str | None = None,
+        indices: Sequence[int] | None = None,
+    ):
         self.source = source
         self.transform = transform if transform is not None else default_transform(arch)
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -105,6 +120,8 @@ class SourceBatches:
         return len(self.dataset)
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
+        """The mini-batches of epoch ``epoch`` (shuffled by seed and epoch when ``shuffle``, so a resumed run draws
+        the same ones), decoded by ``num_workers`` DataLoader workers."""
         n = len(self.dataset)
         if self.shuffle:
             order = torch.randperm(n, generator=epoch_generator(self.seed, epoch)).tolist()
@@ -121,6 +138,8 @@ class SourceBatches:
                 yield batch
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(index, inputs, targets)`` per batch: the interface the training loop takes from ``TensorBatches`` too (bad
+        samples go to ``self.errors``)."""
         for batch in self.batches(epoch):
             yield batch.index, batch.inputs, batch.targets
 
@@ -154,8 +173,13 @@ def load_tensors(
             return i, None, None, exc.bad
         try:
             return i, image, transform(image), None
-        except Exception as exc:  # noqa: BLE001
-            return i, None, None, BadSample(source.sample_ids[i], source.source_of(i), f"transform failed ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # noqa: BLE001 - an image the transform cannot take is one bad sample
+            return (
+                i,
+                None,
+                None,
+                BadSample(source.sample_ids[i], source.source_of(i), f"transform failed ({type(exc).__name__}: {exc})"),
+            )
 
     positions, tensors = [], []
     results: Iterable

@@ -57,19 +57,27 @@ class ImageTransform:
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) != 3:
-                raise ValueError(f"preprocessing {name} needs 3 values (one per RGB channel), got {len(values)}: {list(values)}")
+                raise ValueError(
+                    f"preprocessing {name} needs 3 values (one per RGB channel), got {len(values)}: {list(values)}"
+                )
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if any(v <= 0 for v in self.std):
             raise ValueError(f"preprocessing std values must be > 0, got {list(self.std)}")
         if self.interpolation not in _RESAMPLE:
-            raise ValueError(f"preprocessing interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+            raise ValueError(
+                f"preprocessing interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+            )
         if self.crop_mode not in CROP_MODES:
             raise ValueError(f"preprocessing crop_mode {self.crop_mode!r} is not one of {', '.join(CROP_MODES)}")
 
     @classmethod
-    def from_description(cls, description: dict) -> "ImageTransform":
+    def from_description(cls, description: dict) -> ImageTransform:
         """The transform a ``describe()`` dict (meta.json, a checkpoint's sidecar) stands for."""
-        known = {k: description[k] for k in ("resize", "crop", "mean", "std", "interpolation", "crop_mode") if k in description}
+        known = {
+            k: description[k]
+            for k in ("resize", "crop", "mean", "std", "interpolation", "crop_mode")
+            if k in description
+        }
         return cls(**known)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
@@ -85,7 +93,7 @@ class ImageTransform:
             image = image.resize(size, _RESAMPLE[self.interpolation])
             width, height = size
         if (width, height) != (self.crop, self.crop):
-            left, top = int(round((width - self.crop) / 2.0)), int(round((height - self.crop) / 2.0))
+            left, top = round((width - self.crop) / 2.0), round((height - self.crop) / 2.0)
             image = image.crop((left, top, left + self.crop, top + self.crop))  # pads with black if smaller
         array = np.asarray(image, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)

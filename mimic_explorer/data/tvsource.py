@@ -32,7 +32,7 @@ def _dataset_classes() -> dict[str, type]:
     }
 
 
-def resolve_dataset_class(name: str, spec: str) -> type:
+def _resolve_dataset_class(name: str, spec: str) -> type:
     classes = _dataset_classes()
     lowered = {k.lower(): k for k in classes}
     if name.lower() not in lowered:
@@ -75,6 +75,9 @@ def _paths_of(dataset) -> list[str] | None:
 
 
 class TorchvisionSource(Source):
+    """``torchvision:NAME[/SPLIT]:ROOT``: a torchvision dataset already on disk, opened with ``download=False`` (see the
+    module). Raises ``DataSourceError`` saying where the files must be."""
+
     kind = "torchvision"
 
     def __init__(self, name: str, root: str | os.PathLike, split: str | None = None, spec: str | None = None):
@@ -82,7 +85,7 @@ class TorchvisionSource(Source):
         root = Path(root).expanduser()
         if not root.exists():
             raise DataSourceError(f"{spec}: root folder {root} does not exist (downloads are disabled)")
-        cls = resolve_dataset_class(name, spec)
+        cls = _resolve_dataset_class(name, spec)
         params = inspect.signature(cls).parameters
         if "root" not in params:
             raise DataSourceError(f"{spec}: torchvision.datasets.{cls.__name__} does not read files from a root folder")
@@ -98,8 +101,10 @@ class TorchvisionSource(Source):
         try:
             self.dataset = cls(str(root.resolve()), **kwargs)
         except ImportError as exc:
-            raise DataSourceError(f"{spec}: torchvision.datasets.{cls.__name__} needs a package that is missing: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError/FileNotFoundError/…
+            raise DataSourceError(
+                f"{spec}: torchvision.datasets.{cls.__name__} needs a package that is missing: {exc}"
+            ) from exc
+        except Exception as exc:  # torchvision raises RuntimeError/FileNotFoundError/…
             raise DataSourceError(
                 f"{spec}: torchvision.datasets.{cls.__name__} is not on disk under {root} "
                 f"(downloads are disabled; place the dataset's files there first). torchvision said: {exc}"
@@ -125,6 +130,7 @@ class TorchvisionSource(Source):
         super().__init__(spec, ids, labels, [str(c) for c in classes])
 
     def source_of(self, i: int) -> str:
+        """The image file's path when the dataset keeps files, else ``torchvision:NAME/SPLIT:ROOT#i``."""
         if self._paths is not None:
             return self._paths[i]
         return f"torchvision:{self.name}/{self.split}:{self.root}#{i}"

@@ -33,18 +33,18 @@ Both are kept in the cached index, so every later open reports them again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tarfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from mimic_explorer.util.cache import shard_index_dir
 from mimic_explorer.data.captions import NO_CAPTION, PAIRS, decode_caption, pool_kind
 from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file
@@ -54,6 +54,7 @@ from mimic_explorer.data.shards import resolve_shards
 from mimic_explorer.data.source import Source, _preview, uid_case_twins, uid_twins_text
 from mimic_explorer.data.tar_scan import TarScan
 from mimic_explorer.data.wds_text import CAPTION_OK, JSON_BAD, UID_OK, no_text, no_text_members, read_text, text_columns
+from mimic_explorer.util.cache import shard_index_dir
 
 INDEX_VERSION = 3
 _PACKED = ("caption_blob", "caption_start", "uid_blob", "uid_start")  # not one value per key
@@ -95,6 +96,8 @@ class ShardIndex:
     truncation: np.ndarray  # 0-d str: what was found there ("" when whole)
 
     def save(self, path: Path) -> None:
+        """Write the index to ``path`` atomically (a temporary name, then a rename): shard indexes live in a cache that
+        concurrent runs share."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         fields = list(self.__dataclass_fields__)
@@ -105,7 +108,9 @@ class ShardIndex:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "ShardIndex":
+    def load(cls, path: Path) -> ShardIndex:
+        """Read an index ``save`` wrote. Raises ``ValueError`` for an index of another version (the caller
+        rebuilds it)."""
         with np.load(path, allow_pickle=False) as data:
             if int(data["version"]) != INDEX_VERSION:
                 raise ValueError("old index version")
@@ -115,7 +120,7 @@ class ShardIndex:
         return cls(**stored)
 
 
-def split_key(name: str) -> tuple[str, str]:
+def _split_key(name: str) -> tuple[str, str]:
     """WebDataset's rule: ``dir/base.ext.more`` → (``dir/base``, ``ext.more``), extension lowercased."""
     folder, _, base = name.rpartition("/")
     stem, dot, ext = base.partition(".")
@@ -167,7 +172,7 @@ def build_shard_index(shard: str) -> ShardIndex:
         for member in scan.members():
             if not member.isfile():
                 continue
-            key, ext = split_key(member.name)
+            key, ext = _split_key(member.name)
             if not key or key.startswith("__") or not ext:
                 continue
             entry = entry_of(key)
@@ -179,7 +184,9 @@ def build_shard_index(shard: str) -> ShardIndex:
                     entry["img"] = (member.offset_data, member.size, ext)
             elif ext == "cls":
                 entry["cls"] = (member.offset_data, member.size)
-                entry["label"], entry["state"] = _cls_label(os.pread(fd, min(member.size, _CLS_READ), member.offset_data), member.size)
+                entry["label"], entry["state"] = _cls_label(
+                    os.pread(fd, min(member.size, _CLS_READ), member.offset_data), member.size
+                )
             elif ext in ("txt", "json"):
                 entry[ext] = (member.offset_data, member.size)
     except tarfile.ReadError as exc:
@@ -190,7 +197,7 @@ def build_shard_index(shard: str) -> ShardIndex:
         os.close(fd)
     cut_key = None
     if scan.cut_member is not None:  # the sample whose member the end of the file cut off
-        key, ext = split_key(scan.cut_member)
+        key, ext = _split_key(scan.cut_member)
         if key and not key.startswith("__") and ext:
             cut_key = key
             entry_of(key)
@@ -235,15 +242,15 @@ def build_shard_index(shard: str) -> ShardIndex:
     return index
 
 
-def index_path(shard: str, cache_dir: Path) -> Path:
+def _index_path(shard: str, cache_dir: Path) -> Path:
     stat = os.stat(shard)
     name = hashlib.sha256(os.path.realpath(shard).encode()).hexdigest()[:16]
     return cache_dir / f"{name}-{stat.st_size}-{stat.st_mtime_ns}.npz"
 
 
-def load_or_build_index(shard: str, cache_dir: Path) -> tuple[ShardIndex, Path | None]:
+def _load_or_build_index(shard: str, cache_dir: Path) -> tuple[ShardIndex, Path | None]:
     """The shard's index from the cache, or built now and saved (stale entries of the shard removed)."""
-    path = index_path(shard, cache_dir)
+    path = _index_path(shard, cache_dir)
     if path.is_file():
         try:
             return ShardIndex.load(path), path
@@ -262,6 +269,9 @@ def load_or_build_index(shard: str, cache_dir: Path) -> tuple[ShardIndex, Path |
 
 
 class WdsSource(Source):
+    """``wds:PATTERN``: WebDataset tar shards, indexed once per shard into the shared cache and read by offset (see the
+    module). Raises ``DataSourceError`` naming the shard and the sample for a pool no run should start on."""
+
     kind = "wds"
 
     def __init__(
@@ -282,11 +292,15 @@ class WdsSource(Source):
         self.cache_dir = shard_index_dir(index_dir)
         parts, self.index_files = [], []
         for shard in self.shards:
-            index, path = load_or_build_index(shard, self.cache_dir)
+            index, path = _load_or_build_index(shard, self.cache_dir)
             parts.append(index)
             self.index_files.append(path)
         shard_of = np.concatenate([np.full(len(p.keys), s, np.int32) for s, p in enumerate(parts)])
-        cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ShardIndex.__dataclass_fields__ if f not in _PACKED + _PER_SHARD}
+        cat = {
+            f: np.concatenate([getattr(p, f) for p in parts])
+            for f in ShardIndex.__dataclass_fields__
+            if f not in _PACKED + _PER_SHARD
+        }
         keys = cat["keys"].astype(object)
         self._shard_errors, self._shard_warnings, cut_reasons = self._truncations(parts)
         if len(keys) == 0:
@@ -302,7 +316,12 @@ class WdsSource(Source):
             )
         has_image = cat["offset"] >= 0
         kind = pool_kind(
-            has_image & (cat["label_state"] != LABEL_ABSENT), has_image & (cat["txt_offset"] >= 0), keys, spec, ".cls", ".txt without .cls"
+            has_image & (cat["label_state"] != LABEL_ABSENT),
+            has_image & (cat["txt_offset"] >= 0),
+            keys,
+            spec,
+            ".cls",
+            ".txt without .cls",
         )
         if kind == PAIRS:
             self._open_pairs(spec, parts, shard_of, keys, cat)
@@ -328,9 +347,13 @@ class WdsSource(Source):
 
     def _cls_text(self, k: int, shard_of: np.ndarray, cat: dict) -> str:
         """A ``.cls`` member's text as messages quote it."""
-        return repr(cell_text(self._read(int(shard_of[k]), int(cat["cls_offset"][k]), min(int(cat["cls_size"][k]), _CLS_READ))))
+        return repr(
+            cell_text(self._read(int(shard_of[k]), int(cat["cls_offset"][k]), min(int(cat["cls_size"][k]), _CLS_READ)))
+        )
 
-    def _open_labelled(self, spec: str, shard_of: np.ndarray, keys: np.ndarray, cat: dict, class_names: Sequence[str] | None) -> None:
+    def _open_labelled(
+        self, spec: str, shard_of: np.ndarray, keys: np.ndarray, cat: dict, class_names: Sequence[str] | None
+    ) -> None:
         """Open a labelled pool: a key without an image, one a truncation cut short and a ``.cls`` that
         is not an integer are bad samples; a missing ``.cls`` or a label outside the classes is an error."""
         has_image, state, cut = cat["offset"] >= 0, cat["label_state"], cat["incomplete"]
@@ -351,9 +374,14 @@ class WdsSource(Source):
                 return f"no image member ({'/'.join('.' + e for e in IMAGE_EXTENSIONS)})"
             return f"{keys[k]}.cls holds {self._cls_text(k, shard_of, cat)}: not an integer class index"
 
-        open_errors = [BadSample(keys[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reason(int(k))) for k in np.flatnonzero(~good)]
+        open_errors = [
+            BadSample(keys[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reason(int(k))) for k in np.flatnonzero(~good)
+        ]
         if not good.any():
-            raise DataSourceError(f"{spec}: no sample has both an image and a usable .cls label ({_preview(b.reason for b in open_errors)})")
+            raise DataSourceError(
+                f"{spec}: no sample has both an image and a usable .cls label "
+                f"({_preview(b.reason for b in open_errors)})"
+            )
         class_names = self._class_names(spec, np.flatnonzero(good), shard_of, keys, cat, class_names)
         self._keep_members(good, keys, shard_of, cat)
         super().__init__(spec, keys[good], cat["label"][good], class_names, open_errors=open_errors,
@@ -377,21 +405,31 @@ class WdsSource(Source):
             top_k = good[np.argmax(labels[good])]
             top = int(labels[top_k])
             for k in good[state[good] == LABEL_HUGE]:  # beyond int64: the largest label, unless negative
-                value = parse_label(self._read(int(shard_of[k]), int(cat["cls_offset"][k]), min(int(cat["cls_size"][k]), _CLS_READ)))
+                value = parse_label(
+                    self._read(int(shard_of[k]), int(cat["cls_offset"][k]), min(int(cat["cls_size"][k]), _CLS_READ))
+                )
                 if value is not None and value > 0:
                     top_k, top = k, value
                     break
             if too_many_implied(top, len(good)):
-                raise DataSourceError(f"{spec}: " + implied_classes_message(
-                    self._cls_text(top_k, shard_of, cat), where(top_k), top, len(good), "in classes.txt beside the shards"))
+                raise DataSourceError(
+                    f"{spec}: "
+                    + implied_classes_message(
+                        self._cls_text(top_k, shard_of, cat),
+                        where(top_k),
+                        top,
+                        len(good),
+                        "in classes.txt beside the shards",
+                    )
+                )
             class_names, declared_from = [str(c) for c in range(max(top, 0) + 1)], "classes made from the labels"
         count = len(class_names)
         outside = good[(state[good] == LABEL_HUGE) | (labels[good] < 0) | (labels[good] >= count)]
         if len(outside):
             k = outside[0]
             raise DataSourceError(
-                f"{spec}: label {self._cls_text(k, shard_of, cat)} {where(k)} is outside the class range 0..{count - 1} "
-                f"({len(outside)} sample(s)); classes: {_preview(class_names, 12)} ({declared_from})"
+                f"{spec}: label {self._cls_text(k, shard_of, cat)} {where(k)} is outside the class range "
+                f"0..{count - 1} ({len(outside)} sample(s)); classes: {_preview(class_names, 12)} ({declared_from})"
             )
         return list(class_names)
 
@@ -405,7 +443,9 @@ class WdsSource(Source):
         self._json_offset = cat["json_offset"][keep]
         self._json_size = cat["json_size"][keep]
 
-    def _open_pairs(self, spec: str, parts: list[ShardIndex], shard_of: np.ndarray, keys: np.ndarray, cat: dict) -> None:
+    def _open_pairs(
+        self, spec: str, parts: list[ShardIndex], shard_of: np.ndarray, keys: np.ndarray, cat: dict
+    ) -> None:
         """Open an image-text pool: ids (the ``.json`` uid when there is one), captions, bad samples."""
         texts, uids = [], []
         for part in parts:
@@ -424,14 +464,20 @@ class WdsSource(Source):
             reasons[k] = why
         good = np.asarray([r is None for r in reasons], dtype=bool)
         self._refuse_duplicate_uids(spec, ids, good, keys, shard_of)
-        open_errors = [BadSample(ids[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reasons[k]) for k in np.flatnonzero(~good)]
+        open_errors = [
+            BadSample(ids[k], f"{self.shards[shard_of[k]]}:{keys[k]}", reasons[k]) for k in np.flatnonzero(~good)
+        ]
         self._keep_members(good, keys, shard_of, cat)
         if not good.any():
-            raise DataSourceError(f"{spec}: no sample has both an image and a usable caption ({_preview(b.reason for b in open_errors)})")
+            raise DataSourceError(
+                f"{spec}: no sample has both an image and a usable caption ({_preview(b.reason for b in open_errors)})"
+            )
         super().__init__(spec, ids[good], None, [], open_errors=open_errors, captions=texts[good],
                          pool_errors=self._shard_errors, warnings=self._shard_warnings)
 
-    def _refuse_duplicate_uids(self, spec: str, ids: np.ndarray, good: np.ndarray, keys: np.ndarray, shard_of: np.ndarray) -> None:
+    def _refuse_duplicate_uids(
+        self, spec: str, ids: np.ndarray, good: np.ndarray, keys: np.ndarray, shard_of: np.ndarray
+    ) -> None:
         """Raise naming every place a shared id (usually a ``.json`` uid) occurs, or where two uids that
         differ only in case occur (``source.uid_case_twins``)."""
         values, counts = np.unique(ids[good].astype(str), return_counts=True)
@@ -439,14 +485,14 @@ class WdsSource(Source):
         if not len(dupes):
             twins = uid_case_twins(ids[good].tolist())
             if twins:
-                position = {uid: k for k, uid in zip(np.flatnonzero(good).tolist(), ids[good].tolist())}
+                position = {uid: k for k, uid in zip(np.flatnonzero(good).tolist(), ids[good].tolist(), strict=True)}
                 raise DataSourceError(f"{spec}: uids " + uid_twins_text(
                     twins, lambda uid: f" ({keys[position[uid]]} in {self.shards[shard_of[position[uid]]]})"))
             return
-        where = [
-            f"{uid} ({', '.join(f'{keys[k]} in {self.shards[shard_of[k]]}' for k in np.flatnonzero(good & (ids == uid))[:3])})"
-            for uid in dupes[:5].tolist()
-        ]
+        where = []
+        for uid in dupes[:5].tolist():
+            found = np.flatnonzero(good & (ids == uid))[:3]
+            where.append(f"{uid} ({', '.join(f'{keys[k]} in {self.shards[shard_of[k]]}' for k in found)})")
         raise DataSourceError(
             f"{spec}: duplicate sample ids (uids shared by several samples): {'; '.join(where)}"
             + (f" … ({len(dupes)} in all)" if len(dupes) > 5 else "") + "; every pair needs a unique uid"
@@ -456,7 +502,9 @@ class WdsSource(Source):
         """The parsed ``.json`` member of sample ``i`` (None without one), read now from the shard."""
         if self._json_offset[i] < 0:
             return None
-        meta = json.loads(self._read(int(self._shard_of[i]), int(self._json_offset[i]), int(self._json_size[i])).decode("utf-8"))
+        meta = json.loads(
+            self._read(int(self._shard_of[i]), int(self._json_offset[i]), int(self._json_size[i])).decode("utf-8")
+        )
         return meta if isinstance(meta, dict) else None
 
     def all_captions(self, i: int) -> list[str]:
@@ -483,20 +531,34 @@ class WdsSource(Source):
         return os.pread(self._fd(shard), size, offset)
 
     def source_of(self, i: int) -> str:
+        """``shard.tar:key.ext``: the shard and the image member of sample ``i``."""
         return f"{self.shards[self._shard_of[i]]}:{self._keys[i]}.{self._ext[i]}"
 
     def read_bytes(self, i: int) -> bytes:
+        """The image member's bytes, read at its recorded offset; a member over the size cap is a bad sample."""
         size = int(self._size[i])
         if size > self.max_bytes:  # the same cap as image files (``imageio.MAX_FILE_BYTES``)
-            raise BadSampleError(BadSample(self.sample_ids[i], self.source_of(i), f"image member too large ({size:,} bytes; "
-                                           f"the cap is {self.max_bytes:,}, set {MAX_FILE_BYTES_ENV} to change it)"))
+            raise BadSampleError(
+                BadSample(
+                    self.sample_ids[i],
+                    self.source_of(i),
+                    f"image member too large ({size:,} bytes; "
+                    f"the cap is {self.max_bytes:,}, set {MAX_FILE_BYTES_ENV} to change it)",
+                )
+            )
         try:
             data = self._read(int(self._shard_of[i]), int(self._offset[i]), size)
         except OSError as exc:
-            raise BadSampleError(BadSample(self.sample_ids[i], self.source_of(i), f"cannot read shard ({exc.strerror or exc})")) from exc
+            raise BadSampleError(
+                BadSample(self.sample_ids[i], self.source_of(i), f"cannot read shard ({exc.strerror or exc})")
+            ) from exc
         if len(data) != size:
             raise BadSampleError(
-                BadSample(self.sample_ids[i], self.source_of(i), f"shard ends early: read {len(data)} of {size} bytes (shard changed since indexing?)")
+                BadSample(
+                    self.sample_ids[i],
+                    self.source_of(i),
+                    f"shard ends early: read {len(data)} of {size} bytes (shard changed since indexing?)",
+                )
             )
         return data
 
@@ -511,10 +573,8 @@ class WdsSource(Source):
             self._fds.clear()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit anything may already be gone
             self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -26,8 +26,12 @@ JSON_ABSENT, UID_OK, UID_ABSENT, JSON_BAD, UID_BAD = 0, 1, 2, 3, 4
 def no_text(n: int) -> dict[str, np.ndarray]:
     """The text fields of a shard whose text members were not read (a labelled shard)."""
     return {
-        "caption_state": np.zeros(n, np.int8), "caption_blob": np.zeros(0, np.uint8), "caption_start": np.zeros(n + 1, np.int64),
-        "uid_state": np.zeros(n, np.int8), "uid_blob": np.zeros(0, np.uint8), "uid_start": np.zeros(n + 1, np.int64),
+        "caption_state": np.zeros(n, np.int8),
+        "caption_blob": np.zeros(0, np.uint8),
+        "caption_start": np.zeros(n + 1, np.int64),
+        "uid_state": np.zeros(n, np.int8),
+        "uid_blob": np.zeros(0, np.uint8),
+        "uid_start": np.zeros(n + 1, np.int64),
     }
 
 
@@ -54,7 +58,9 @@ def _uid_of(data: bytes) -> tuple[int, str | None]:
     return UID_OK, str(uid).strip()
 
 
-def read_text(shard: str, txt: tuple[np.ndarray, np.ndarray], meta: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+def read_text(
+    shard: str, txt: tuple[np.ndarray, np.ndarray], meta: tuple[np.ndarray, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Read every ``.txt`` and ``.json`` member of a shard (``(offsets, sizes)``, offset -1 = absent).
 
     A bad caption or ``.json`` packs its *reason* in place of the text, so the source can say why.

@@ -13,7 +13,7 @@ Where the bytes go (atomically, streamed from the app index, beside their spec) 
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,11 +51,27 @@ def _examples(values: pd.Series, limit: int = 3) -> str:
 
 
 def datacomp_uids(pool_ids: Sequence[str] | np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """DataComp's subset format: the kept samples' 128-bit hex uids as a sorted structured array of
-    dtype ``[('f0', '<u8'), ('f1', '<u8')]`` (high and low 64 bits), one row per kept pair — what
-    DataComp's ``--subset_file`` reads with ``np.load``. Every id of the pool must be a 32-hex-digit
-    uid and no uid may occur twice (a subset names each pair once); otherwise ``FilterError`` names
-    examples."""
+    """DataComp's subset format: the kept samples' uids as DataComp's ``--subset_file`` reads them.
+
+    Parameters
+    ----------
+    pool_ids
+        Every sample id of the pool, each a 32-hex-digit (128-bit) uid.
+    keep
+        The keep mask, in the order of ``pool_ids``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The kept uids as a sorted structured array of dtype ``[('f0', '<u8'), ('f1', '<u8')]`` (high
+        and low 64 bits), one row per kept pair: what ``np.load`` gives DataComp.
+
+    Raises
+    ------
+    FilterError
+        An id that is not a 32-hex-digit uid, or a uid that occurs twice (a subset names each pair
+        once), with examples.
+    """
     lowered = check_uids(pool_ids)
     kept = lowered[np.asarray(keep, dtype=bool)]
     halves = np.frombuffer(bytes.fromhex("".join(kept.tolist())), dtype=">u8").reshape(-1, 2)
@@ -100,6 +116,11 @@ def render_export(samples: pd.DataFrame, result: FilterResult, column: str, expo
     bytes
         The file's content (npy: the boolean mask in samples.parquet order; uids: the sorted
         DataComp uid array of the kept samples).
+
+    Raises
+    ------
+    FilterError
+        An unknown format, or (uids) ids that are not unique 32-hex-digit uids.
     """
     check_format(export_format)
     buffer = io.BytesIO()

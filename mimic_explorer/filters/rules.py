@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,10 +49,10 @@ class FilterError(ValueError):
     """A filter rule or export request that cannot be carried out; the message names the cause."""
 
 
-def top_count(fraction: float, n: int) -> int:
+def _fraction_count(fraction: float, n: int) -> int:
     """How many samples "the top ``fraction``" of ``n`` is: ⌊fraction·n⌋, read so that 0.29·100 is 29
     (the product is rounded to 6 decimals first: floating point must not cost a sample)."""
-    return int(math.floor(round(fraction * n, 6)))
+    return math.floor(round(fraction * n, 6))
 
 
 def shown(value: Any, limit: int = 40) -> str:
@@ -112,7 +113,10 @@ class FilterRule:
         if self.kind == "keep_count" and (not math.isfinite(value) or value < 0 or value != int(value)):
             raise FilterError(f"keep-count must be a whole number ≥ 0, got {value}")
         if self.kind == "threshold" and self.per_class and not self.class_overrides:
-            raise FilterError("--per-class applies to --quantile, --top-fraction and --keep-count (a threshold is already one value for all classes)")
+            raise FilterError(
+                "--per-class applies to --quantile, --top-fraction and --keep-count (a threshold is already one value "
+                "for all classes)"
+            )
         if self.class_overrides and self.kind != "threshold":
             raise FilterError("per-class threshold overrides apply to the threshold rule only")
 
@@ -129,7 +133,8 @@ class FilterRule:
                 raise FilterError(f"the override of class {cls} must be a number, got {shown(value)}")
 
     @property
-    def clauses(self) -> list["FilterRule"]:
+    def clauses(self) -> list[FilterRule]:
+        """One clause, itself: rules and ANDs of rules are walked the same way (``rule.clauses``)."""
         return [self]
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,7 +148,7 @@ class FilterRule:
         }
 
     @classmethod
-    def from_dict(cls, data: Any) -> "FilterRule":
+    def from_dict(cls, data: Any) -> FilterRule:
         """A clause from its ``to_dict`` form, read strictly: ``FilterError`` naming a missing or
         unknown field or a value of the wrong type (``per_class: "false"`` is refused, not read as
         true; an override's class must be an index written as text, as JSON keys are)."""
@@ -151,7 +156,9 @@ class FilterRule:
             raise FilterError(f"a rule is an object with kind, value and column, got {shown(data)}")
         unknown = sorted(set(data) - {"kind", "value", "column", "per_class", "class_overrides"})
         if unknown:
-            raise FilterError(f"unknown field {shown(unknown[0])} in a rule (fields: kind, value, column, per_class, class_overrides)")
+            raise FilterError(
+                f"unknown field {shown(unknown[0])} in a rule (fields: kind, value, column, per_class, class_overrides)"
+            )
         if "kind" not in data:
             raise FilterError("a rule has no 'kind'")
         overrides = data.get("class_overrides") or {}
@@ -201,13 +208,15 @@ class CompoundRule:
 
     @property
     def kind(self) -> str:
+        """``all_of``: what a spec records as the kind of an AND."""
         return "all_of"
 
     def to_dict(self) -> dict[str, Any]:
+        """The AND as JSON values: ``{"combine": "and", "rules": [...]}`` (what a spec records and hashes)."""
         return {"combine": "and", "rules": [clause.to_dict() for clause in self.clauses]}
 
 
-Rule = Union[FilterRule, CompoundRule]
+Rule = FilterRule | CompoundRule
 
 
 def refuse_too_many_clauses(count: int) -> None:
@@ -218,7 +227,23 @@ def refuse_too_many_clauses(count: int) -> None:
 
 
 def all_of(clauses: Sequence[FilterRule]) -> Rule:
-    """The AND of ``clauses``: the clause itself when there is one, else a ``CompoundRule``."""
+    """The AND of ``clauses``: the clause itself when there is one, else a ``CompoundRule``.
+
+    Parameters
+    ----------
+    clauses
+        One to ``MAX_CLAUSES`` clauses.
+
+    Returns
+    -------
+    Rule
+        The lone clause, or a ``CompoundRule`` of them all (each resolved on the whole pool on its own).
+
+    Raises
+    ------
+    FilterError
+        No clause, or more than ``MAX_CLAUSES`` (said with the reason for the cap).
+    """
     clauses = list(clauses)
     if not clauses:
         raise FilterError("a filter needs at least one rule")
@@ -231,7 +256,18 @@ _PHRASES = {"threshold": "≥ {:.4g}", "quantile": "drop the lowest {:.1%}", "to
 
 
 def describe(rule: Rule) -> str:
-    """A rule in words, e.g. ``clip_score_ref top 30.0 % AND mimic_score drop the lowest 15.0 %``."""
+    """A rule in words, e.g. ``clip_score_ref top 30.0 % AND mimic_score drop the lowest 15.0 %``.
+
+    Parameters
+    ----------
+    rule
+        One clause or an AND of clauses.
+
+    Returns
+    -------
+    str
+        The rule as the CLI, the app and the spec's readers show it.
+    """
     parts = []
     for clause in rule.clauses:
         if clause.kind == "ensemble":
@@ -256,7 +292,7 @@ class FilterResult:
     total: int
     kept_per_class: dict[str, int]
     total_per_class: dict[str, int]
-    clauses: list["FilterResult"] = field(default_factory=list, repr=False)  # a compound's clauses, each alone
+    clauses: list[FilterResult] = field(default_factory=list, repr=False)  # a compound's clauses, each alone
 
     @property
     def message(self) -> str | None:
@@ -342,7 +378,12 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
     -------
     FilterResult
         The keep mask in row order, resolved thresholds, counts overall and per class (a compound's
-        clauses each resolved alone in ``clauses``). ``FilterError`` names a bad rule or column.
+        clauses each resolved alone in ``clauses``).
+
+    Raises
+    ------
+    FilterError
+        A bad rule (its first wrong field) or a column the samples lack.
     """
     rule.validate()
     labels = class_labels(samples)
@@ -375,7 +416,9 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
             classes = np.unique(labels)
             if rule.kind == "keep_count":
                 sizes = np.array([(labels == c).sum() for c in classes])
-                per_class_counts = dict(zip(classes.tolist(), proportional_counts(sizes, min(int(value), n)).tolist()))
+                per_class_counts = dict(
+                    zip(classes.tolist(), proportional_counts(sizes, min(int(value), n)).tolist(), strict=True)
+                )
             for cls in classes.tolist():
                 members = np.flatnonzero(labels == cls)
                 target = per_class_counts[cls] if rule.kind == "keep_count" else value
@@ -398,7 +441,7 @@ def fraction_cut(sorted_finite: np.ndarray, kind: str, value: float) -> float | 
     """The lowest score a quantile (drop the lowest ⌊q·n⌋) or top-fraction (keep the ⌊f·n⌋ highest)
     rule keeps, from the finite scores sorted ascending; None when it keeps nothing."""
     n = len(sorted_finite)
-    drop = int(np.floor(value * n)) if kind == "quantile" else n - top_count(value, n)
+    drop = int(np.floor(value * n)) if kind == "quantile" else n - _fraction_count(value, n)
     if n == 0 or drop >= n:
         return None
     return float(sorted_finite[drop])
@@ -408,7 +451,7 @@ def _resolve_one(scores: np.ndarray, kind: str, value: float, n: int) -> tuple[n
     if kind in ("quantile", "top_fraction"):
         finite = scores[np.isfinite(scores)]
         n_finite = len(finite)
-        drop = int(np.floor(value * n_finite)) if kind == "quantile" else n_finite - top_count(value, n_finite)
+        drop = int(np.floor(value * n_finite)) if kind == "quantile" else n_finite - _fraction_count(value, n_finite)
         if drop >= n_finite:
             return np.zeros(n, dtype=bool), None
         cut = float(np.partition(finite, drop)[drop])

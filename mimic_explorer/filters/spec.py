@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+from datetime import UTC
 from typing import Any
 
 import pandas as pd
@@ -100,7 +101,7 @@ def build_spec(run_meta: dict[str, Any], rule: Rule, result: FilterResult, expor
         "keep_mask_sha256": mask_sha256(result.keep),
     }
     spec["spec_hash"] = content_hash(spec)
-    spec["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    spec["created"] = _dt.datetime.now(UTC).isoformat(timespec="seconds")  # the clock is read through _dt
     return spec
 
 
@@ -112,7 +113,9 @@ def parse_spec_json(data: bytes | str) -> dict[str, Any]:
     JSON (or nests too deep to parse), or JSON that is not an object."""
     size = len(data.encode("utf-8") if isinstance(data, str) else data)
     if size > MAX_SPEC_BYTES:
-        raise SpecError(f"{size:,} bytes is too large for a filter spec (at most {MAX_SPEC_BYTES // 2**20} MiB are read)")
+        raise SpecError(
+            f"{size:,} bytes is too large for a filter spec (at most {MAX_SPEC_BYTES // 2**20} MiB are read)"
+        )
     try:
         spec = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -150,7 +153,9 @@ def _check_fields(spec: dict[str, Any]) -> None:
     for name in ("run_id", "data_fingerprint"):
         if spec.get(name) is not None and not isinstance(spec[name], str):
             raise SpecError(f"{name} is text, got {shown(spec[name])}")
-    if "keep_mask_sha256" in spec and not (isinstance(spec["keep_mask_sha256"], str) and _HEX64.fullmatch(spec["keep_mask_sha256"])):
+    if "keep_mask_sha256" in spec and not (
+        isinstance(spec["keep_mask_sha256"], str) and _HEX64.fullmatch(spec["keep_mask_sha256"])
+    ):
         raise SpecError(f"keep_mask_sha256 is 64 hex digits, got {shown(spec['keep_mask_sha256'])}")
 
 
@@ -183,7 +188,7 @@ def _rule_of(spec: dict[str, Any]) -> Rule:
         raise SpecError(f"the spec's rule: {exc}") from None
 
 
-def verify_spec(spec: dict[str, Any], samples: pd.DataFrame | None = None) -> None:
+def _verify_spec(spec: dict[str, Any], samples: pd.DataFrame | None = None) -> None:
     """Refuse a spec whose content does not hash to its ``spec_hash``, naming what was edited.
 
     ``samples`` (the run's, optional) lets the message say what the edited rule keeps on this run when
@@ -199,9 +204,29 @@ def verify_spec(spec: dict[str, Any], samples: pd.DataFrame | None = None) -> No
 
 def rule_in_spec(spec: Any, samples: pd.DataFrame | None = None) -> Rule:
     """The rule a spec records: every value checked by type and range, then the spec's hash verified.
-    ``SpecError`` (a ``FilterError``) naming the cause for anything else."""
+
+    Unlike ``rule_from_spec`` it does not compare the spec with a run: for reading a spec on its own.
+
+    Parameters
+    ----------
+    spec
+        The spec, as JSON values (``parse_spec_json`` of the file).
+    samples
+        A run's samples, optional: only used to say what an edited rule keeps.
+
+    Returns
+    -------
+    Rule
+        The verified rule.
+
+    Raises
+    ------
+    SpecError
+        A value of the wrong type or range, a spec of a newer version, or one edited after it was
+        written (naming what was edited); a ``FilterError``.
+    """
     rule = _rule_of(spec)
-    verify_spec(spec, samples)
+    _verify_spec(spec, samples)
     return rule
 
 
@@ -220,15 +245,23 @@ def rule_from_spec(spec: Any, run_meta: dict[str, Any], samples: pd.DataFrame | 
     Returns
     -------
     Rule
-        The verified rule. ``SpecError`` names a bad value, another run or other data, or an edit.
+        The verified rule.
+
+    Raises
+    ------
+    SpecError
+        A bad value, a spec of another run or other data, or an edit after it was written, named; a
+        ``FilterError``.
     """
     rule = _rule_of(spec)
     fingerprints = run_meta.get("fingerprints") or {}
     if spec.get("run_id") != run_meta.get("run_id"):
-        raise SpecError(f"the spec was made on run {spec.get('run_id')!r}, not on this run ({run_meta.get('run_id')!r})")
+        raise SpecError(
+            f"the spec was made on run {spec.get('run_id')!r}, not on this run ({run_meta.get('run_id')!r})"
+        )
     if spec.get("data_fingerprint") != fingerprints.get("data"):
         raise SpecError("the spec's data fingerprint differs from this run's data: refusing to re-apply it")
-    verify_spec(spec, samples)
+    _verify_spec(spec, samples)
     return rule
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -85,31 +86,57 @@ def _single_edits(spec: dict[str, Any], samples: pd.DataFrame | None) -> Iterato
     clauses = _clauses(spec)
     for label, clause, resolved, kept in clauses:
         kind, value = clause.get("kind"), clause.get("value")
-        if kind == "threshold" and isinstance(resolved, dict) and is_number(resolved.get("all")) and resolved["all"] != value:
+        if (
+            kind == "threshold"
+            and isinstance(resolved, dict)
+            and is_number(resolved.get("all"))
+            and resolved["all"] != value
+        ):
             for original in _numbers_like(resolved["all"]):
-                yield f"{label}'s threshold is {value!r} but the hashed spec says {original!r}", _with_clause(spec, label, value=original)
+                yield (
+                    f"{label}'s threshold is {value!r} but the hashed spec says {original!r}",
+                    _with_clause(spec, label, value=original),
+                )
         overrides = clause.get("class_overrides")
         if kind == "threshold" and isinstance(overrides, dict) and isinstance(resolved, dict):
             for cls, override in list(overrides.items())[:32]:
                 if cls in resolved and resolved[cls] != override:
-                    yield (f"{label}'s threshold for class {cls} is {override!r} but the hashed spec says {resolved[cls]!r}",
-                           _with_clause(spec, label, class_overrides={**overrides, cls: resolved[cls]}))
+                    yield (
+                        (
+                            f"{label}'s threshold for class {cls} is {override!r} but the hashed spec says "
+                            f"{resolved[cls]!r}"
+                        ),
+                        _with_clause(spec, label, class_overrides={**overrides, cls: resolved[cls]}),
+                    )
             for cls in [c for c in resolved if c != "all" and c not in overrides][:32]:
                 yield (f"{label}'s threshold for class {cls} was removed (the hashed spec says {resolved[cls]!r})",
                        _with_clause(spec, label, class_overrides={**overrides, cls: resolved[cls]}))
         if kind == "keep_count" and not clause.get("per_class") and is_number(kept) and kept != value:
-            yield f"{label}'s keep-count is {value!r} but the hashed spec says {kept!r}", _with_clause(spec, label, value=kept)
+            yield (
+                f"{label}'s keep-count is {value!r} but the hashed spec says {kept!r}",
+                _with_clause(spec, label, value=kept),
+            )
         if isinstance(clause.get("per_class"), bool):
             flipped = not clause["per_class"]
-            yield (f"{label}'s per_class is {str(clause['per_class']).lower()} but the hashed spec says {str(flipped).lower()}",
-                   _with_clause(spec, label, per_class=flipped))
+            yield (
+                (
+                    f"{label}'s per_class is {str(clause['per_class']).lower()} but the hashed spec says "
+                    f"{str(flipped).lower()}"
+                ),
+                _with_clause(spec, label, per_class=flipped),
+            )
         elif "per_class" in clause:
             for original in (True, False):
-                yield (f"{label}'s per_class is {clause['per_class']!r} but the hashed spec says {str(original).lower()}",
-                       _with_clause(spec, label, per_class=original))
+                yield (
+                    f"{label}'s per_class is {clause['per_class']!r} but the hashed spec says {str(original).lower()}",
+                    _with_clause(spec, label, per_class=original),
+                )
         for other in RULES:
             if other != kind:
-                yield f"{label}'s kind is {kind!r} but the hashed spec says {other!r}", _with_clause(spec, label, kind=other)
+                yield (
+                    f"{label}'s kind is {kind!r} but the hashed spec says {other!r}",
+                    _with_clause(spec, label, kind=other),
+                )
         columns = [c.get("column") for _, c, _, _ in clauses] + ["mimic_score"]
         if samples is not None:
             columns += numeric_columns(samples)
@@ -118,14 +145,24 @@ def _single_edits(spec: dict[str, Any], samples: pd.DataFrame | None) -> Iterato
                    _with_clause(spec, label, column=column))
     for name, per_class in (("kept", "kept_per_class"), ("total", "total_per_class")):
         counts = spec.get(per_class)
-        if isinstance(counts, dict) and all(is_number(v) for v in counts.values()) and sum(counts.values()) != spec.get(name):
-            yield f"{name} is {spec.get(name)!r} but the hashed spec says {sum(counts.values())}", {**spec, name: sum(counts.values())}
+        if (
+            isinstance(counts, dict)
+            and all(is_number(v) for v in counts.values())
+            and sum(counts.values()) != spec.get(name)
+        ):
+            yield (
+                f"{name} is {spec.get(name)!r} but the hashed spec says {sum(counts.values())}",
+                {**spec, name: sum(counts.values())},
+            )
     for fmt in (*FORMATS, None):
         if fmt != spec.get("format"):
             yield f"format is {spec.get('format')!r} but the hashed spec says {fmt!r}", {**spec, "format": fmt}
     for version in (1, 2):
         if version != spec.get("spec_version"):
-            yield f"spec_version is {spec.get('spec_version')!r} but the hashed spec says {version}", {**spec, "spec_version": version}
+            yield (
+                f"spec_version is {spec.get('spec_version')!r} but the hashed spec says {version}",
+                {**spec, "spec_version": version},
+            )
     for name in sorted(set(spec) - KNOWN_FIELDS):
         yield f"field {name!r} was added", {k: v for k, v in spec.items() if k != name}
 
@@ -135,7 +172,12 @@ def _disagreements(spec: dict[str, Any], samples: pd.DataFrame | None) -> list[s
     facts = []
     for label, clause, resolved, _ in _clauses(spec):
         value = clause.get("value")
-        if clause.get("kind") == "threshold" and isinstance(resolved, dict) and "all" in resolved and resolved["all"] != value:
+        if (
+            clause.get("kind") == "threshold"
+            and isinstance(resolved, dict)
+            and "all" in resolved
+            and resolved["all"] != value
+        ):
             facts.append(f"{label}'s threshold is {value!r} but it resolved to {resolved['all']!r} when written")
     if samples is not None:
         try:

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -47,7 +47,11 @@ from mimic_explorer.models.checkpoints import CheckpointError, LoadReport, load_
 from mimic_explorer.models.heads import find_head
 from mimic_explorer.models.init_files import InitSource, open_init
 from mimic_explorer.models.preprocessing import (
-    check_image_size, declared_input_size, override_preprocessing, parse_transform_text, preprocessing_mismatch,
+    check_image_size,
+    declared_input_size,
+    override_preprocessing,
+    parse_transform_text,
+    preprocessing_mismatch,
 )
 from mimic_explorer.models.registry import ArchError, ArchSpec, build_model, parse_arch, resolve_factory
 
@@ -119,7 +123,7 @@ def _traced_head(arch: str) -> Callable[[nn.Module, int], str]:
     def head(model: nn.Module, crop: int) -> str:
         try:
             return find_head(model, torch.zeros(1, 3, crop, crop))[0]
-        except Exception as exc:  # noqa: BLE001 - the model's own error, with the size that caused it
+        except Exception as exc:  # the model's own error, with the size that caused it
             raise ArchError(
                 f"ARCH {arch!r}: the model cannot run a 3×{crop}×{crop} input ({type(exc).__name__}: {exc}); if it is "
                 "made for another size, declare input_size on it or pass --image-size N"
@@ -152,18 +156,25 @@ def _factory(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: boo
     else:
         base = default_transform(spec.name)
         source = f"assumed ImageNet default for {spec.name} ({base.crop} px)"
-        notes = [] if crop else [
-            f"{spec.name} declares no input size, so {base.crop}-px inputs are assumed (resize {base.resize}, crop "
-            f"{base.crop}, ImageNet mean/std). Set input_size = N on the function, on the module it returns or in "
-            "its file, or "
-            "pass --image-size N, if it is made for another size (a 32-px CNN fed 224-px images trains ~49x slower)."
-        ]
+        note = (
+            f"{spec.name} declares no input size, so {base.crop}-px inputs are assumed (resize {base.resize}, "
+            f"crop {base.crop}, ImageNet mean/std). Set input_size = N on the function, on the module it returns "
+            "or in its file, or pass --image-size N, if it is made for another size (a 32-px CNN fed 224-px "
+            "images trains ~49x slower)."
+        )
+        notes = [] if crop else [note]
     return _Draft(model, make, _traced_head(spec.name), base, source, notes)
 
 
-def _torchvision(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: bool, init: InitSource | None) -> _Draft:
+def _torchvision(
+    spec: ArchSpec, num_classes: int, crop: int | None, pretrained: bool, init: InitSource | None
+) -> _Draft:
     from mimic_explorer.models.torchvision_models import (
-        AUXILIARY_HEADS, describe_weights, hub_checkpoint_path, torchvision_weights, weights_preprocessing,
+        AUXILIARY_HEADS,
+        describe_weights,
+        hub_checkpoint_path,
+        torchvision_weights,
+        weights_preprocessing,
     )
 
     if pretrained and not spec.weights:
@@ -176,7 +187,13 @@ def _torchvision(spec: ArchSpec, num_classes: int, crop: int | None, pretrained:
         def make() -> nn.Module:
             return build_model(f"torchvision:{spec.name}", num_classes, input_shape=(3, size, size))
 
-        return _Draft(make(), make, _traced_head(arch), base, f"torchvision default for {spec.name} (the DEFAULT weights' transforms())")
+        return _Draft(
+            make(),
+            make,
+            _traced_head(arch),
+            base,
+            f"torchvision default for {spec.name} (the DEFAULT weights' transforms())",
+        )
     weights = torchvision_weights(spec.name, spec.weights)
     hub_file = None if init else hub_checkpoint_path(weights)
     if hub_file is not None and not hub_file.is_file():
@@ -198,7 +215,11 @@ def _torchvision(spec: ArchSpec, num_classes: int, crop: int | None, pretrained:
 
 def _timm(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: bool, init: InitSource | None) -> _Draft:
     from mimic_explorer.models.timm_models import (
-        build_timm_model, check_timm_name, timm_config_preprocessing, timm_head_name, timm_preprocessing,
+        build_timm_model,
+        check_timm_name,
+        timm_config_preprocessing,
+        timm_head_name,
+        timm_preprocessing,
     )
 
     check_timm_name(spec.name)
@@ -320,7 +341,9 @@ def build_for_run(
     if pretrained and init is not None:
         raise ArchError("pass either --pretrained (the model's published weights) or --init (a local file), not both")
     if pretrained and spec.family not in ("timm", "torchvision"):
-        raise ArchError(f"--pretrained applies to timm:NAME and torchvision models, not to {arch!r}; pass --init with a file")
+        raise ArchError(
+            f"--pretrained applies to timm:NAME and torchvision models, not to {arch!r}; pass --init with a file"
+        )
     overrides = parse_transform_text(transform) if isinstance(transform, str) else dict(transform or {})
     check_image_size(image_size)
     source = open_init(init) if init is not None else None
@@ -331,7 +354,9 @@ def build_for_run(
     draft = _FAMILIES[spec.family](spec, int(num_classes), pre_crop, pretrained, source)
     recorded = sidecar_recorded or draft.recorded
     where = f"--init {source.path}" if recorded else adopted_where
-    chosen, source_text, notes, warnings = _choose_preprocessing(draft, recorded or adopted, where, image_size, overrides)
+    chosen, source_text, notes, warnings = _choose_preprocessing(
+        draft, recorded or adopted, where, image_size, overrides
+    )
     model = draft.model
     head_name = draft.head(model, chosen.crop)
     report = None
@@ -366,7 +391,9 @@ def _choose_preprocessing(
     return chosen, source_text, notes, [mismatch] if mismatch else []
 
 
-def checkpoint_preprocessing_warning(path: str | os.PathLike, transform: ImageTransform, role: str = "--reference") -> str | None:
+def checkpoint_preprocessing_warning(
+    path: str | os.PathLike, transform: ImageTransform, role: str = "--reference"
+) -> str | None:
     """The loud warning when the checkpoint at ``path`` (a ``--reference``) records other preprocessing
     than ``transform`` — in its ``.meta.json`` sidecar or a model folder's ``pretrained_cfg`` — or None.
 

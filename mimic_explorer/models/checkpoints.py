@@ -21,9 +21,9 @@ import json
 import os
 import pickle
 import struct
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -61,16 +61,22 @@ class LoadReport:
         return self.head is not None and not any(n.startswith(f"{self.head}.") for n, _ in self.skipped)
 
     def summary(self) -> str:
+        """One line for the run log: how many tensors were loaded, which were skipped and why, which are missing or
+        unused."""
         parts = [f"loaded {len(self.loaded)} tensor(s) from {self.path}"]
         if self.skipped:
             parts.append("skipped " + "; ".join(f"{n} ({why})" for n, why in self.skipped))
         if self.missing:
-            parts.append(f"{len(self.missing)} model tensor(s) not in the checkpoint kept their init: {', '.join(self.missing[:5])}")
+            parts.append(
+                f"{len(self.missing)} model tensor(s) not in the checkpoint kept their init: "
+                f"{', '.join(self.missing[:5])}"
+            )
         if self.unexpected:
             parts.append(f"{len(self.unexpected)} checkpoint tensor(s) unused: {', '.join(self.unexpected[:5])}")
         return "; ".join(parts)
 
     def to_dict(self) -> dict:
+        """The report as JSON values, for ``meta.json``."""
         out = asdict(self)
         out["skipped"] = [{"name": n, "reason": r} for n, r in self.skipped]
         return out
@@ -96,7 +102,7 @@ def _read_safetensors_builtin(path: Path) -> dict[str, torch.Tensor]:
     try:
         (length,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8 : 8 + length])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckpointError(f"{path} is not a valid .safetensors file ({exc})") from exc
     body = memoryview(data)[8 + length :]
     out = {}
@@ -182,8 +188,12 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
         text = str(exc)
-        if not (isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text or "weights_only" in text):
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: {text.splitlines()[0] if text else ''}") from exc
+        unsafe = isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text or "weights_only" in text
+        if not unsafe:
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: "
+                f"{text.splitlines()[0] if text else ''}"
+            ) from exc
         if not trust_pickle:
             raise CheckpointError(
                 f"{path} contains pickled Python objects (for example a whole nn.Module saved with "
@@ -195,7 +205,7 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc2:
             raise CheckpointError(f"{path} could not be unpickled: {type(exc2).__name__}: {exc2}") from exc2
-    except Exception as exc:  # noqa: BLE001 - zip errors, EOF, garbage
+    except Exception as exc:  # zip errors, EOF, garbage
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(exc).__name__}: {exc}") from exc
     return _strip_prefixes(_extract_state(obj, path))
 
@@ -252,7 +262,13 @@ def load_checkpoint(
         if tuple(source.shape) != tuple(tensor.shape):
             if in_head:
                 report.skipped.append(
-                    (name, f"head shape differs: checkpoint {tuple(source.shape)} vs model {tuple(tensor.shape)}; kept at its initial values")
+                    (
+                        name,
+                        (
+                            f"head shape differs: checkpoint {tuple(source.shape)} vs model {tuple(tensor.shape)}; "
+                            "kept at its initial values"
+                        ),
+                    )
                 )
                 continue
             raise CheckpointError(
@@ -273,10 +289,13 @@ def load_checkpoint(
             first = report.unexpected[0]
             raise CheckpointError(
                 f"checkpoint {path} does not fit {type(model).__name__}: first mismatched tensor {first} "
-                f"{tuple(state[first].shape)} has no counterpart in the model ({len(report.unexpected)} unused tensor(s) in all)"
+                f"{tuple(state[first].shape)} has no counterpart in the model ({len(report.unexpected)} unused "
+                "tensor(s) in all)"
             )
     if not chosen:
-        raise CheckpointError(f"checkpoint {path} shares no tensor with {type(model).__name__}; is it for another architecture?")
+        raise CheckpointError(
+            f"checkpoint {path} shares no tensor with {type(model).__name__}; is it for another architecture?"
+        )
     model.load_state_dict(chosen, strict=False)
     return report
 

@@ -19,7 +19,8 @@ slice a tensor batch) work on it unchanged. See docs/ARCHITECTURE.md ("Image-tex
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple, Protocol, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -44,9 +45,13 @@ class TokenBatch(NamedTuple):
 
 
 class Tokenizer(Protocol):
+    """Captions to token ids for a dual encoder's text tower (``WordTokenizer``, open_clip's). A protocol, so every
+    model family brings its own and the pipeline only calls ``encode``."""
+
     context_length: int
 
-    def encode(self, captions: Sequence[str]) -> TokenBatch: ...
+    def encode(self, captions: Sequence[str]) -> TokenBatch:
+        """Token ids for ``captions`` and, per caption, whether it was cut to fit the context."""
 
 
 class DualEncoder(nn.Module):
@@ -72,16 +77,20 @@ class DualEncoder(nn.Module):
 
     @property
     def image_dim(self) -> int:
+        """The width of the image tower's output (the image projection's input)."""
         return self.image_projection.in_features
 
     @property
     def text_dim(self) -> int:
+        """The width of the text tower's output (the text projection's input)."""
         return self.text_projection.in_features
 
     def encode_image(self, images: Tensor) -> Tensor:
+        """Image embeddings (B, D): the tower's output through the image projection (not normalised)."""
         return self.image_projection(self.image_features(images))
 
     def encode_text(self, tokens: Tensor) -> Tensor:
+        """Text embeddings (B, D): the tower's output through the text projection (not normalised)."""
         return self.text_projection(self.text_features(tokens))
 
     def tower_features(self, images: Tensor, tokens: Tensor) -> Tensor:
@@ -89,6 +98,7 @@ class DualEncoder(nn.Module):
         return torch.cat([self.image_features(images), self.text_features(tokens)], dim=1)
 
     def forward(self, images: Tensor, tokens: Tensor) -> DualOutput:
+        """Both embeddings and the logit scale s = exp(``logit_scale``): what InfoNCE takes."""
         return DualOutput(self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp())
 
 
@@ -112,7 +122,9 @@ def mimic_layer_params(model: nn.Module, layer: str | Sequence[str]) -> list[str
                 f"--mimic-layer {layer} needs a dual encoder (image-text model) with a linear "
                 f"{MIMIC_LAYERS[layer]}; {type(model).__name__} has none (a classifier's mimic layer is its head)"
             )
-        return [f"{MIMIC_LAYERS[layer]}.{attr}" for attr in ("weight", "bias") if f"{MIMIC_LAYERS[layer]}.{attr}" in named]
+        return [
+            f"{MIMIC_LAYERS[layer]}.{attr}" for attr in ("weight", "bias") if f"{MIMIC_LAYERS[layer]}.{attr}" in named
+        ]
     names = list(layer)
     unknown = [n for n in names if n not in named]
     if unknown or not names:
@@ -145,7 +157,7 @@ def reset_projections(model: nn.Module, layers: Sequence[str], seed: int) -> nn.
 def tower_differences(model: nn.Module, reference: nn.Module) -> list[str]:
     """Names of the tensors outside the projections and logit scale where ``reference`` differs from
     ``model``: empty when the two share their towers (the feature basis a frozen-tower run assumes)."""
-    skip = tuple(MIMIC_LAYERS.values()) + ("logit_scale",)
+    skip = (*MIMIC_LAYERS.values(), "logit_scale")
     theirs = dict(reference.state_dict())
     different = []
     for name, tensor in model.state_dict().items():
@@ -174,12 +186,12 @@ class ProjectionProbe(nn.Module):
         self.logit_scale = nn.Parameter(value.reshape(()).to(image_projection.weight.dtype))
 
     @classmethod
-    def from_dual_encoder(cls, model: DualEncoder) -> "ProjectionProbe":
+    def from_dual_encoder(cls, model: DualEncoder) -> ProjectionProbe:
         """A probe holding copies of ``model``'s projections and logit scale (the model is untouched)."""
         return cls(copy.deepcopy(model.image_projection), copy.deepcopy(model.text_projection), model.logit_scale)
 
     @classmethod
-    def sharing(cls, model: DualEncoder) -> "ProjectionProbe":
+    def sharing(cls, model: DualEncoder) -> ProjectionProbe:
         """A probe that *is* ``model``'s projections and logit scale (the same modules and Parameter):
         training it trains the model in place, as ``LinearProbe(head)`` does for a classifier."""
         probe = cls(model.image_projection, model.text_projection, 0.0)
@@ -188,9 +200,12 @@ class ProjectionProbe(nn.Module):
 
     @property
     def image_dim(self) -> int:
+        """The width of the image tower's output: the first ``image_dim`` columns of the input."""
         return self.image_projection.in_features
 
     def forward(self, features: Tensor) -> DualOutput:
+        """The ``DualOutput`` of cached tower outputs (B, image_dim + text_dim). Raises ``ValueError`` for an input of
+        another shape, naming the expected one."""
         expected = self.image_projection.in_features + self.text_projection.in_features
         if features.dim() != 2 or features.shape[1] != expected:
             raise ValueError(

@@ -12,8 +12,9 @@ is a dict ``{"format", "version", "config", "state_dict"}`` of tensors and plain
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -75,17 +76,26 @@ def read_dual_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
             raise CheckpointError(
                 f"{path} contains pickled Python objects (for example a whole model saved with torch.save(model)); "
                 "loading it could run arbitrary code, so it is refused. A dual-encoder checkpoint holds tensors and "
-                "plain values only: write it with train --save-model on an image-text pool") from None
+                "plain values only: write it with train --save-model on an image-text pool"
+            ) from None
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"{path} is not a readable dual encoder checkpoint ({type(exc).__name__}: {first})") from None
+        raise CheckpointError(
+            f"{path} is not a readable dual encoder checkpoint ({type(exc).__name__}: {first})"
+        ) from None
     if not isinstance(obj, dict) or obj.get("format") != DUAL_FORMAT:
-        held = f"a dict with keys {', '.join(map(str, list(obj)[:6]))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        held = (
+            f"a dict with keys {', '.join(map(str, list(obj)[:6]))}"
+            if isinstance(obj, dict)
+            else f"a {type(obj).__name__}"
+        )
         raise CheckpointError(
             f"{path} is not a dual encoder checkpoint saved by mimic-explorer (it holds {held}); pass it as the "
             "initial weights of a model built from its ARCH instead (--init)"
         )
     if int(obj.get("version", 0)) > DUAL_FORMAT_VERSION:
-        raise CheckpointError(f"{path} was saved by a newer mimic-explorer (format version {obj['version']}); upgrade to read it")
+        raise CheckpointError(
+            f"{path} was saved by a newer mimic-explorer (format version {obj['version']}); upgrade to read it"
+        )
     return dict(obj["config"]), dict(obj["state_dict"])
 
 
@@ -111,17 +121,22 @@ def _checked_config(config: Any, path: Path, trusted_arch: bool, trust_code: boo
         raise CheckpointError(f"{path} records no architecture (config 'arch'); it was not saved by mimic-explorer")
     if names_code(arch) and not (trusted_arch or trust_code):
         raise CheckpointError(
-            f"{path} records the architecture {arch!r}, which would import and run code named by the file; a checkpoint "
-            f"never chooses code to run. Name it yourself (--arch small_dual:{arch}) or pass --trust-checkpoint if you "
-            "trust where the file came from")
+            f"{path} records the architecture {arch!r}, which would import and run code named by the file; a "
+            f"checkpoint never chooses code to run. Name it yourself (--arch small_dual:{arch}) or pass "
+            "--trust-checkpoint if you trust where the file came from"
+        )
     shape = config.get("input_shape")
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
-        raise CheckpointError(f"{path} records input_shape {shape!r}; expected three integers (channels, height, width)")
+        raise CheckpointError(
+            f"{path} records input_shape {shape!r}; expected three integers (channels, height, width)"
+        )
     channels, height, width = (int(s) for s in shape)
     if not (1 <= channels <= MAX_INPUT_CHANNELS and 1 <= height <= MAX_INPUT_SIDE and 1 <= width <= MAX_INPUT_SIDE):
-        raise CheckpointError(f"{path} records input_shape {list(shape)}, outside 1–{MAX_INPUT_CHANNELS} channels and "
-                              f"1–{MAX_INPUT_SIDE} pixels a side; the file is damaged or not a mimic-explorer checkpoint")
+        raise CheckpointError(
+            f"{path} records input_shape {list(shape)}, outside 1–{MAX_INPUT_CHANNELS} channels and "
+            f"1–{MAX_INPUT_SIDE} pixels a side; the file is damaged or not a mimic-explorer checkpoint"
+        )
     return arch.strip(), (channels, height, width)
 
 
@@ -137,8 +152,10 @@ def _check_image_tower_fits(arch: str, shape: tuple[int, int, int], state: dict[
     flat = shape[0] * shape[1] * shape[2]
     if first is None or first.dim() != 2 or int(first.shape[1]) != flat:
         found = None if first is None else list(first.shape)
-        raise CheckpointError(f"{path} records input_shape {list(shape)} ({flat} inputs), but its mlp image tower's first "
-                              f"layer has shape {found}; the config does not match the weights")
+        raise CheckpointError(
+            f"{path} records input_shape {list(shape)} ({flat} inputs), but its mlp image tower's first "
+            f"layer has shape {found}; the config does not match the weights"
+        )
 
 
 def load_dual_encoder(

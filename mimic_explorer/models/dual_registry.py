@@ -11,7 +11,7 @@ checkpoint that initialises the image tower only (then ``captions`` build the to
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from mimic_explorer.models.checkpoints import read_state_dict
 from mimic_explorer.models.dual import DualEncoder
@@ -24,6 +24,7 @@ DUAL_STATE_MARK = "text_tower.vocabulary"
 
 
 def is_open_clip(arch: str) -> bool:
+    """Whether ARCH names an open_clip model (``open_clip:NAME``, any case)."""
     return arch.strip().lower().startswith(PREFIX)
 
 
@@ -42,7 +43,9 @@ def build_dual_encoder(
     if is_open_clip(arch):
         return build_open_clip_dual_encoder(arch.strip()[len(PREFIX):], init=init, pretrained=pretrained)
     if pretrained:
-        raise ArchError(f"--pretrained {pretrained!r} is for open_clip:NAME models; the built-in {arch} takes a local --init file")
+        raise ArchError(
+            f"--pretrained {pretrained!r} is for open_clip:NAME models; the built-in {arch} takes a local --init file"
+        )
     if init is not None:
         state = read_state_dict(init, trust_pickle=trust_pickle)
         if DUAL_STATE_MARK in state:

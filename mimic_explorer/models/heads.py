@@ -1,7 +1,7 @@
 """Find the classifier head: the ``nn.Linear`` whose output is the model's logits.
 
 What the head is, is a property of the model, so it lives here; it is found once, when a run builds
-its models (``pipeline.setup``), and the name is passed down to training, feature extraction and
+its models (``tasks.classifier_models``), and the name is passed down to training, feature extraction and
 scoring. This module imports torch only and nothing from the package, so ``scoring`` (the lowest
 layer) may import it: it is the one leaf of ``models`` below scoring (see docs/ARCHITECTURE.md).
 

@@ -21,7 +21,7 @@ from mimic_explorer.models.checkpoints import CheckpointError, folder_weights
 SIDECAR_PREPROCESSING = "preprocessing"
 
 
-def read_json_file(path: Path) -> dict:
+def _read_json_file(path: Path) -> dict:
     """A JSON object from ``path``; ``CheckpointError`` naming the file when it is not one."""
     try:
         value = json.loads(path.read_text())
@@ -32,13 +32,13 @@ def read_json_file(path: Path) -> dict:
     return value
 
 
-def read_sidecar(path: str | os.PathLike) -> dict:
+def _read_sidecar(path: str | os.PathLike) -> dict:
     """The ``PATH.meta.json`` written beside a checkpoint by ``--save-model``; {} when absent or unreadable."""
     sidecar = Path(str(path) + ".meta.json")
     if not sidecar.is_file():
         return {}
     try:
-        return read_json_file(sidecar)
+        return _read_json_file(sidecar)
     except CheckpointError:
         return {}
 
@@ -84,6 +84,6 @@ def open_init(path: str | os.PathLike) -> InitSource:
         raise CheckpointError(f"--init {path} does not exist")
     if path.is_dir():
         config_file = path / "config.json"
-        config = read_json_file(config_file) if config_file.is_file() else {}
-        return InitSource(path, folder_weights(path), config, read_sidecar(path))
-    return InitSource(path, path, {}, read_sidecar(path))
+        config = _read_json_file(config_file) if config_file.is_file() else {}
+        return InitSource(path, folder_weights(path), config, _read_sidecar(path))
+    return InitSource(path, path, {}, _read_sidecar(path))

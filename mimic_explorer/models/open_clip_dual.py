@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from mimic_explorer.models.registry import ArchError
 PREFIX = "open_clip:"
 
 
-def import_open_clip():
+def _import_open_clip():
     """The ``open_clip`` module, or an ``ArchError`` saying how to install it."""
     try:
         import open_clip
@@ -54,6 +54,8 @@ class OpenClipTokenizer:
         self.context_length = int(context_length)
 
     def encode(self, captions: Sequence[str]) -> TokenBatch:
+        """Token ids for ``captions`` and, per caption, whether it was longer than the context and was cut (counted so a
+        run can say how many captions it truncated)."""
         captions = list(captions)
         ids = self.tokenizer(captions, context_length=self.context_length)
         if hasattr(self.tokenizer, "encode") and hasattr(self.tokenizer, "sot_token_id"):
@@ -90,7 +92,10 @@ class OpenClipDualEncoder(DualEncoder):
     def __init__(self, clip: nn.Module, tokenizer: OpenClipTokenizer, name: str = ""):
         super().__init__()
         if getattr(clip, "logit_bias", None) is not None:
-            raise ArchError(f"open_clip:{name} has a logit_bias (a sigmoid-loss model such as SigLIP); only CLIP's softmax InfoNCE is supported")
+            raise ArchError(
+                f"open_clip:{name} has a logit_bias (a sigmoid-loss model such as SigLIP); only CLIP's softmax InfoNCE "
+                "is supported"
+            )
         visual_proj = getattr(clip.visual, "proj", None)
         if not isinstance(visual_proj, (nn.Parameter, nn.Linear)):
             raise ArchError(
@@ -110,18 +115,22 @@ class OpenClipDualEncoder(DualEncoder):
 
     @property
     def tokenizer(self) -> OpenClipTokenizer:  # type: ignore[override]
+        """open_clip's tokenizer behind the ``Tokenizer`` protocol."""
         return self._tokenizer
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """The (channels, height, width) of the images the visual tower expects."""
         size = self.clip.visual.image_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (3, int(size[0]), int(size[1]))
 
     def image_features(self, images: Tensor) -> Tensor:
+        """The visual tower's output with open_clip's own projection left out (``image_projection`` applies it)."""
         return self.clip.encode_image(images)
 
     def text_features(self, tokens: Tensor) -> Tensor:
+        """The text tower's output with open_clip's own projection left out (``text_projection`` applies it)."""
         return self.clip.encode_text(tokens)
 
     def adapt_state(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -131,12 +140,27 @@ class OpenClipDualEncoder(DualEncoder):
         native = dict(state)
         text_key = f"{self._text_prefix}text_projection"
         text_linear = f"{text_key}.weight" in native  # some configs already use an nn.Linear there
-        missing = [k for k in ("visual.proj", f"{text_key}.weight" if text_linear else text_key, "logit_scale") if k not in native]
+        missing = [
+            k
+            for k in ("visual.proj", f"{text_key}.weight" if text_linear else text_key, "logit_scale")
+            if k not in native
+        ]
         if missing:
-            raise CheckpointError(f"not an open_clip state dict for open_clip:{self.name}: it lacks {', '.join(missing)}")
-        out = {"image_projection.weight": native.pop("visual.proj").T, "logit_scale": native.pop("logit_scale").reshape(())}
+            raise CheckpointError(
+                f"not an open_clip state dict for open_clip:{self.name}: it lacks {', '.join(missing)}"
+            )
+        out = {
+            "image_projection.weight": native.pop("visual.proj").T,
+            "logit_scale": native.pop("logit_scale").reshape(()),
+        }
         if text_linear:
-            out.update({f"text_projection.{k}": native.pop(f"{text_key}.{k}") for k in ("weight", "bias") if f"{text_key}.{k}" in native})
+            out.update(
+                {
+                    f"text_projection.{k}": native.pop(f"{text_key}.{k}")
+                    for k in ("weight", "bias")
+                    if f"{text_key}.{k}" in native
+                }
+            )
         else:
             out["text_projection.weight"] = native.pop(text_key).T
         out.update({f"clip.{k}": v for k, v in native.items()})
@@ -150,13 +174,16 @@ class OpenClipDualEncoder(DualEncoder):
         unexpected = [k for k in state if k not in own]
         if missing or unexpected:
             raise CheckpointError(
-                f"checkpoint {path} does not fit open_clip:{self.name}: {len(missing)} tensor(s) missing (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unused (e.g. {unexpected[:3]})"
+                f"checkpoint {path} does not fit open_clip:{self.name}: {len(missing)} tensor(s) missing (e.g. "
+                f"{missing[:3]}), {len(unexpected)} unused (e.g. {unexpected[:3]})"
             )
         wrong = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
         if wrong:
             k = wrong[0]
-            raise CheckpointError(f"checkpoint {path} does not fit open_clip:{self.name}: {k} is {tuple(state[k].shape)}, the model's {tuple(own[k].shape)}")
+            raise CheckpointError(
+                f"checkpoint {path} does not fit open_clip:{self.name}: {k} is {tuple(state[k].shape)}, the model's "
+                f"{tuple(own[k].shape)}"
+            )
         self.load_state_dict(state)
 
 
@@ -165,12 +192,14 @@ def build_open_clip_dual_encoder(
 ) -> OpenClipDualEncoder:
     """``open_clip:NAME`` (NAME with or without the prefix): random weights, a local ``init`` file, or
     open_clip's own ``pretrained`` loader (needs network; never used by the tests)."""
-    open_clip = import_open_clip()
+    open_clip = _import_open_clip()
     name = name[len(PREFIX):] if name.startswith(PREFIX) else name
     known = open_clip.list_models()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)
-        raise ArchError(f"open_clip has no model config {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        raise ArchError(
+            f"open_clip has no model config {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
     if pretrained and init:
         raise ArchError("give either a local --init file or --pretrained TAG for an open_clip model, not both")
     try:
@@ -179,11 +208,11 @@ def build_open_clip_dual_encoder(
         else:
             clip = open_clip.create_model(name, pretrained=None, pretrained_image=False, pretrained_text=False)
         tokenizer = open_clip.get_tokenizer(name)
-    except Exception as exc:  # noqa: BLE001 - a download or hub failure: say what to do instead
+    except Exception as exc:  # a download or hub failure: say what to do instead
         what = f"pretrained weights {pretrained!r}" if pretrained else "the model or its tokenizer"
         raise ArchError(
-            f"open_clip could not load {what} for {name} ({type(exc).__name__}: {str(exc)[:200]}); without network access, "
-            "download the weights on a machine that has it and pass the local file with --init"
+            f"open_clip could not load {what} for {name} ({type(exc).__name__}: {str(exc)[:200]}); without network "
+            "access, download the weights on a machine that has it and pass the local file with --init"
         ) from exc
     context = int(getattr(clip, "context_length", 0) or getattr(tokenizer, "context_length", 77))
     model = OpenClipDualEncoder(clip, OpenClipTokenizer(tokenizer, context), name)

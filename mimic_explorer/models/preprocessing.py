@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from mimic_explorer.data.transforms import CROP_MODES, INTERPOLATIONS, ImageTransform
 
@@ -38,11 +38,15 @@ class PreprocessingError(ValueError):
 
 def _pixels(key: str, values: list[str], text: str) -> int:
     if len(values) != 1:
-        raise PreprocessingError(f"--transform {text!r}: {key} takes one whole number of pixels, got {','.join(values)!r}")
+        raise PreprocessingError(
+            f"--transform {text!r}: {key} takes one whole number of pixels, got {','.join(values)!r}"
+        )
     try:
         number = int(values[0])
     except ValueError:
-        raise PreprocessingError(f"--transform {text!r}: {key} must be a whole number of pixels, got {values[0]!r}") from None
+        raise PreprocessingError(
+            f"--transform {text!r}: {key} must be a whole number of pixels, got {values[0]!r}"
+        ) from None
     if number < 1:
         raise PreprocessingError(f"--transform {text!r}: {key} must be at least 1 pixel, got {number}")
     return number
@@ -60,7 +64,9 @@ def _channels(key: str, values: list[str], text: str) -> tuple[float, float, flo
             f"--transform {text!r}: {key} needs 3 values (R,G,B) or one for all channels, got {len(numbers)}"
         )
     if any(not math.isfinite(n) for n in numbers) or (key == "std" and any(n <= 0 for n in numbers)):
-        raise PreprocessingError(f"--transform {text!r}: {key} values must be finite{' and > 0' if key == 'std' else ''}, got {numbers}")
+        raise PreprocessingError(
+            f"--transform {text!r}: {key} values must be finite{' and > 0' if key == 'std' else ''}, got {numbers}"
+        )
     return (numbers[0], numbers[1], numbers[2])
 
 
@@ -91,7 +97,9 @@ def parse_transform_text(text: str) -> dict:
             if key not in TRANSFORM_KEYS:
                 close = difflib.get_close_matches(key, TRANSFORM_KEYS, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise PreprocessingError(f"--transform {text!r}: unknown key {key!r}{hint}; keys: {', '.join(TRANSFORM_KEYS)}")
+                raise PreprocessingError(
+                    f"--transform {text!r}: unknown key {key!r}{hint}; keys: {', '.join(TRANSFORM_KEYS)}"
+                )
             if key in raw:
                 raise PreprocessingError(f"--transform {text!r}: {key} is given twice")
             current = key
@@ -139,7 +147,9 @@ def override_preprocessing(
         overrides = parse_transform_text(overrides)
     unknown = sorted(set(overrides or {}) - set(TRANSFORM_KEYS))
     if unknown:
-        raise PreprocessingError(f"unknown preprocessing key(s) {', '.join(unknown)}; keys: {', '.join(TRANSFORM_KEYS)}")
+        raise PreprocessingError(
+            f"unknown preprocessing key(s) {', '.join(unknown)}; keys: {', '.join(TRANSFORM_KEYS)}"
+        )
     fields.update(overrides or {})
     if fields["crop_mode"] == "center" and fields["resize"] < fields["crop"]:
         raise PreprocessingError(
@@ -164,7 +174,9 @@ def declared_input_size(*holders: object) -> int | None:
         where = getattr(holder, "__qualname__", None) or getattr(holder, "__file__", None) or type(holder).__name__
         size = tuple(value) if isinstance(value, (tuple, list)) else (value,)
         if not size or len(size) > 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-            raise PreprocessingError(f"{where}.input_size must be N, (H, W) or (C, H, W) in whole pixels, got {value!r}")
+            raise PreprocessingError(
+                f"{where}.input_size must be N, (H, W) or (C, H, W) in whole pixels, got {value!r}"
+            )
         if len(size) == 3 and size[0] != 3:
             raise PreprocessingError(
                 f"{where}.input_size {value!r} declares {size[0]} channel(s); images are fed as 3-channel RGB"
@@ -215,8 +227,10 @@ def preprocessing_mismatch(recorded: Mapping, used: ImageTransform, where: str) 
             continue
         before, after = recorded[key], now[key]
         same = (
-            len(before) == len(after) and all(math.isclose(float(a), float(b), abs_tol=1e-6) for a, b in zip(before, after))
-            if key in _CHANNEL_KEYS else before == after
+            len(before) == len(after)
+            and all(math.isclose(float(a), float(b), abs_tol=1e-6) for a, b in zip(before, after, strict=True))
+            if key in _CHANNEL_KEYS
+            else before == after
         )
         if not same:
             differences.append(f"{key} {before} -> {after}")

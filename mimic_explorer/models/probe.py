@@ -20,4 +20,5 @@ class LinearProbe(nn.Module):
         self.head = head
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """The head's logits for cached backbone features."""
         return self.head(features)

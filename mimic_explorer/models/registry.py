@@ -26,8 +26,8 @@ import importlib.util
 import inspect
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -53,10 +53,14 @@ BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "small_cnn": _small
 DEFAULT_INPUT_SHAPE = (3, 32, 32)
 _ALIASES = {"smallcnn": "small_cnn", "small-cnn": "small_cnn"}
 # torchvision models whose training-mode output is a tuple unless the auxiliary heads are off.
-_TV_EXTRA = {"inception_v3": {"aux_logits": False, "init_weights": True}, "googlenet": {"aux_logits": False, "init_weights": True}}
+_TV_EXTRA = {
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+    "googlenet": {"aux_logits": False, "init_weights": True},
+}
 
 
 def list_architectures() -> list[str]:
+    """The names ``--arch`` accepts without a prefix: the built-in models and torchvision's classifiers."""
     return sorted(BUILTIN) + torchvision_classifiers()
 
 
@@ -97,15 +101,25 @@ def resolve_factory(arch: str) -> Callable[..., nn.Module]:
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
-            raise ArchError(f"ARCH {arch!r}: no Python module named {exc.name!r} (is the package installed / on PYTHONPATH?)") from exc
+            raise ArchError(
+                f"ARCH {arch!r}: no Python module named {exc.name!r} (is the package installed / on PYTHONPATH?)"
+            ) from exc
         except Exception as exc:
             raise ArchError(f"ARCH {arch!r}: importing {target} failed: {type(exc).__name__}: {exc}") from exc
         where = f"module {target}"
     factory = getattr(module, func, None)
     if factory is None or not callable(factory):
-        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__]
+        found = [
+            n
+            for n, v in vars(module).items()
+            if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__
+        ]
         close = difflib.get_close_matches(func, found, n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else f"callables defined there: {', '.join(sorted(found)) or 'none'}"
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else f"callables defined there: {', '.join(sorted(found)) or 'none'}"
+        )
         raise ArchError(f"ARCH {arch!r}: {where} has no function {func!r}; {hint}")
     return factory
 
@@ -217,7 +231,11 @@ def _build_torchvision(spec: ArchSpec, num_classes: int, input_shape: Sequence[i
     import torchvision.models as tvm
 
     from mimic_explorer.models.torchvision_models import (
-        check_torchvision_name, input_size_options, torchvision_weights, weights_model_options, weights_preprocessing,
+        check_torchvision_name,
+        input_size_options,
+        torchvision_weights,
+        weights_model_options,
+        weights_preprocessing,
     )
 
     check_torchvision_name(spec.name)

@@ -20,6 +20,7 @@ class MLP(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's logits for a batch of images (flattened first)."""
         return self.head(self.backbone(x))
 
 
@@ -47,4 +48,5 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's logits for a batch of images."""
         return self.head(self.backbone(x))

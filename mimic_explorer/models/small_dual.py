@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,16 +44,21 @@ class SmallDualEncoder(DualEncoder):
 
     @property
     def tokenizer(self) -> WordTokenizer:  # type: ignore[override]
+        """The text tower's word tokenizer (its vocabulary is a buffer of the model, saved with it)."""
         return self.text_tower.tokenizer
 
     def image_features(self, images: Tensor) -> Tensor:
+        """The image tower's output (B, image_dim)."""
         return self.image_tower(images)
 
     def text_features(self, tokens: Tensor) -> Tensor:
+        """The text tower's output (B, text_dim): a masked mean of word embeddings through an MLP."""
         return self.text_tower(tokens)
 
 
-def image_tower(arch: str, input_shape: Sequence[int] = (3, 32, 32), init: str | os.PathLike | None = None) -> tuple[nn.Module, int]:
+def image_tower(
+    arch: str, input_shape: Sequence[int] = (3, 32, 32), init: str | os.PathLike | None = None
+) -> tuple[nn.Module, int]:
     """(the image ARCH without its classifier head, its feature width), loaded from an image
     classifier checkpoint ``init`` when given (its head, of any class count, is dropped)."""
     model = build_model(arch, 1, input_shape=input_shape)
@@ -88,7 +93,12 @@ def small_dual_encoder_from_state(
     ``weights_only=True``): tokenizer and sizes come from its tensors, then every tensor is loaded."""
     if not isinstance(state, Mapping):
         state = read_state_dict(state)
-    needed = ("text_tower.vocabulary", "text_tower.context_length", "text_tower.embedding.weight", "image_projection.weight")
+    needed = (
+        "text_tower.vocabulary",
+        "text_tower.context_length",
+        "text_tower.embedding.weight",
+        "image_projection.weight",
+    )
     absent = [k for k in needed if k not in state]
     if absent:
         raise CheckpointError(f"not a built-in dual encoder checkpoint: it lacks {', '.join(absent)}")
@@ -96,11 +106,20 @@ def small_dual_encoder_from_state(
     word_dim = state["text_tower.embedding.weight"].shape[1]
     hidden = state["text_tower.mlp.0.weight"].shape[0] if "text_tower.mlp.0.weight" in state else 0
     width = state["text_tower.mlp.2.weight"].shape[0] if hidden else word_dim
-    model = build_small_dual_encoder(image_arch, tokenizer, embed_dim=state["image_projection.weight"].shape[0], input_shape=input_shape,
-                                     word_dim=word_dim, text_hidden=hidden, text_width=width)
+    model = build_small_dual_encoder(
+        image_arch,
+        tokenizer,
+        embed_dim=state["image_projection.weight"].shape[0],
+        input_shape=input_shape,
+        word_dim=word_dim,
+        text_hidden=hidden,
+        text_width=width,
+    )
     missing = [k for k in model.state_dict() if k not in state]
     unexpected = [k for k in state if k not in model.state_dict()]
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint does not fit a {image_arch} dual encoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise CheckpointError(
+            f"checkpoint does not fit a {image_arch} dual encoder: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     model.load_state_dict(dict(state))
     return model

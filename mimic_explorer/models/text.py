@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,9 @@ class WordTokenizer:
         self._index = {w: k for k, w in enumerate(vocabulary)}
 
     @classmethod
-    def from_captions(cls, captions: Iterable[str], context_length: int = 32, min_count: int = 1, max_size: int | None = None) -> "WordTokenizer":
+    def from_captions(
+        cls, captions: Iterable[str], context_length: int = 32, min_count: int = 1, max_size: int | None = None
+    ) -> WordTokenizer:
         """The words of ``captions`` seen at least ``min_count`` times, most frequent first (ties by word)."""
         counts = Counter(w for caption in captions for w in words(caption))
         kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
@@ -58,7 +60,7 @@ class WordTokenizer:
             kept = kept[: max(0, int(max_size) - 2)]
         if not kept:
             raise ValueError("no words in the captions to build a vocabulary from")
-        return cls([PAD, UNK] + kept, context_length)
+        return cls([PAD, UNK, *kept], context_length)
 
     def __len__(self) -> int:
         return len(self.vocabulary)
@@ -79,7 +81,9 @@ class WordTokenizer:
         return torch.frombuffer(bytearray("\n".join(self.vocabulary).encode("utf-8")), dtype=torch.uint8).clone()
 
     @classmethod
-    def from_buffer(cls, buffer: Tensor, context_length: int) -> "WordTokenizer":
+    def from_buffer(cls, buffer: Tensor, context_length: int) -> WordTokenizer:
+        """The tokenizer a model saved as its ``vocabulary`` buffer (``to_buffer``): a saved dual encoder brings its own
+        vocabulary."""
         return cls(bytes(buffer.to(torch.uint8).tolist()).decode("utf-8").split("\n"), context_length)
 
 
@@ -103,6 +107,7 @@ class BagOfWordsText(nn.Module):
         self.width = width if hidden else embed_dim
 
     def forward(self, tokens: Tensor) -> Tensor:
+        """One vector per caption (B, width): the mean of its word embeddings (pads left out) through the MLP."""
         mask = (tokens > 0).to(self.embedding.weight.dtype).unsqueeze(-1)
         pooled = (self.embedding(tokens) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return self.mlp(pooled)

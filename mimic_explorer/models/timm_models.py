@@ -10,13 +10,13 @@ docs/ARCHITECTURE.md ("where a new model family goes").
 from __future__ import annotations
 
 import difflib
-from typing import Mapping
+from collections.abc import Mapping
 
 from torch import nn
 
 from mimic_explorer.data.transforms import ImageTransform
-from mimic_explorer.models.preprocessing import transform_from_timm_config
 from mimic_explorer.models.arch_names import ArchError
+from mimic_explorer.models.preprocessing import transform_from_timm_config
 
 TIMM_PREFIX = "timm:"
 TIMM_INSTALL = 'pip install -e ".[timm]"'
@@ -26,7 +26,7 @@ LOCAL_WEIGHTS_HINT = (
 )
 
 
-def import_timm():
+def _import_timm():
     """The ``timm`` module, or an ``ArchError`` saying which extra to install."""
     try:
         import timm
@@ -39,7 +39,7 @@ def import_timm():
 def check_timm_name(name: str) -> None:
     """Raise ``ArchError`` unless ``name`` (``arch`` or ``arch.pretrained_tag``) is a timm model;
     the message lists the closest names timm knows."""
-    timm = import_timm()
+    timm = _import_timm()
     base, _, tag = name.partition(".")
     if not base or not timm.is_model(base):
         close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
@@ -65,18 +65,25 @@ def build_timm_model(
     when ``pretrained`` (it needs network access or timm's local cache; the error otherwise says to
     use ``--init``). ``image_size`` rebuilds fixed-size models (ViTs) for that input size;
     ``model_args`` are extra constructor arguments (a model folder's ``config.json`` ``model_args``)."""
-    timm = import_timm()
+    timm = _import_timm()
     check_timm_name(name)
     kwargs = dict(model_args or {})
     cfg = timm.models.get_pretrained_cfg(name)
-    if image_size is not None and cfg is not None and cfg.fixed_input_size and tuple(cfg.input_size[-2:]) != (image_size, image_size):
+    if (
+        image_size is not None
+        and cfg is not None
+        and cfg.fixed_input_size
+        and tuple(cfg.input_size[-2:]) != (image_size, image_size)
+    ):
         kwargs.setdefault("img_size", image_size)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - timm and the hub raise many kinds; the reason is kept
+    except Exception as exc:  # timm and the hub raise many kinds; the reason is kept
         reason = f"{type(exc).__name__}: {exc}"
         if pretrained:
-            raise ArchError(f"timm could not load the pretrained weights of {name} ({reason}). {LOCAL_WEIGHTS_HINT}") from exc
+            raise ArchError(
+                f"timm could not load the pretrained weights of {name} ({reason}). {LOCAL_WEIGHTS_HINT}"
+            ) from exc
         if "img_size" in kwargs and "img_size" not in (model_args or {}):
             reason += f" (building it for {image_size}-px inputs; its native size is {cfg.input_size[-1]})"
         raise ArchError(f"timm could not build {name}: {reason}") from exc
@@ -106,10 +113,10 @@ def timm_head_name(model: nn.Module) -> str:
 
 def timm_preprocessing(model: nn.Module) -> ImageTransform:
     """The eval preprocessing timm resolves for ``model`` (``timm.data.resolve_model_data_config``)."""
-    return transform_from_timm_config(import_timm().data.resolve_model_data_config(model))
+    return transform_from_timm_config(_import_timm().data.resolve_model_data_config(model))
 
 
 def timm_config_preprocessing(pretrained_cfg: Mapping) -> ImageTransform:
     """The eval preprocessing a ``pretrained_cfg`` (a model folder's ``config.json``) stands for,
     resolved by timm (which fills crop_pct, interpolation, … the file leaves out)."""
-    return transform_from_timm_config(import_timm().data.resolve_data_config(pretrained_cfg=dict(pretrained_cfg)))
+    return transform_from_timm_config(_import_timm().data.resolve_data_config(pretrained_cfg=dict(pretrained_cfg)))

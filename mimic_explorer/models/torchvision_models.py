@@ -74,7 +74,8 @@ def input_size_options(name: str, crop: int) -> dict:
 
 
 def weights_preprocessing(weights) -> ImageTransform:
-    """The preprocessing of ``weights.transforms()`` as an ``ImageTransform`` (same resize, crop, mean, std, interpolation)."""
+    """The preprocessing of ``weights.transforms()`` as an ``ImageTransform`` (same resize, crop, mean, std,
+    interpolation)."""
     return image_transform_from_preset(weights.transforms())
 
 

@@ -18,7 +18,7 @@ from mimic_explorer.scoring.trees import input_batch_size
 MAX_LISTED = 10
 
 
-def positions_text(mask: Tensor, offset: int = 0) -> str:
+def _positions_text(mask: Tensor, offset: int = 0) -> str:
     """'3, 17, 40' (at most MAX_LISTED positions, then a count) for the True entries of ``mask``."""
     where = (torch.nonzero(mask.reshape(-1)).reshape(-1) + offset).tolist()
     text = ", ".join(str(i) for i in where[:MAX_LISTED])
@@ -54,7 +54,7 @@ def check_target_range(targets: Tensor, num_classes: int, offset: int = 0) -> No
         values = sorted(set(targets[bad].tolist()))[:MAX_LISTED]
         raise ValueError(
             f"targets out of range for {num_classes} classes (valid: 0..{num_classes - 1}): "
-            f"values {values} at positions {positions_text(bad, offset)}"
+            f"values {values} at positions {_positions_text(bad, offset)}"
         )
 
 
@@ -80,4 +80,4 @@ def check_finite(values: Tensor, what: str, offset: int = 0) -> None:
     """Raise naming the sample positions where ``values`` is NaN or infinite."""
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
-        raise ValueError(f"non-finite {what} at sample positions {positions_text(bad, offset)}")
+        raise ValueError(f"non-finite {what} at sample positions {_positions_text(bad, offset)}")

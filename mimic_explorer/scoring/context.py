@@ -30,7 +30,7 @@ def preserved_modes(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def mha_fastpath_disabled() -> Iterator[None]:
+def _mha_fastpath_disabled() -> Iterator[None]:
     """Route nn.MultiheadAttention through its composite (differentiable in both modes) code path."""
     mha = getattr(torch.backends, "mha", None)
     if mha is None or not hasattr(mha, "set_fastpath_enabled"):
@@ -56,7 +56,7 @@ def scoring_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(preserved_modes(model))
         if _has_mha(model):
-            stack.enter_context(mha_fastpath_disabled())
+            stack.enter_context(_mha_fastpath_disabled())
         stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
         for device_type in {"cpu", device.type}:
             if torch.is_autocast_enabled(device_type):

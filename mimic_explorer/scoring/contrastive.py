@@ -30,7 +30,7 @@ to float64 precision, to a per-pair autograd loop on the same batch — on every
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,11 +46,13 @@ def _unpack(outputs) -> tuple[Tensor, Tensor, Tensor]:
             "InfoNCELoss expects the outputs of a dual encoder: (image embeddings, text embeddings, logit scale)"
         ) from None
     if image.dim() != 2 or text.shape != image.shape:
-        raise ValueError(f"image and text embeddings must both be (B, D), got {tuple(image.shape)} and {tuple(text.shape)}")
+        raise ValueError(
+            f"image and text embeddings must both be (B, D), got {tuple(image.shape)} and {tuple(text.shape)}"
+        )
     return image, text, scale
 
 
-def pair_logits(image: Tensor, text: Tensor, scale: Tensor | float) -> Tensor:
+def _pair_logits(image: Tensor, text: Tensor, scale: Tensor | float) -> Tensor:
     """(B, B) similarity logits s·u_i·t_j of L2-normalised embeddings (row i: image i against every text)."""
     return scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
 
@@ -70,7 +72,9 @@ class InfoNCELoss:
         image, text, scale = _unpack(outputs)
         batch = image.shape[0]
         if batch < 2:
-            raise ValueError(f"InfoNCE needs at least 2 pairs in a batch (the other pairs are the negatives), got {batch}")
+            raise ValueError(
+                f"InfoNCE needs at least 2 pairs in a batch (the other pairs are the negatives), got {batch}"
+            )
         if targets is not None:
             expected = torch.arange(batch, device=targets.device)
             if targets.shape != (batch,) or not torch.equal(targets.to(torch.long), expected):
@@ -78,7 +82,7 @@ class InfoNCELoss:
                     "InfoNCE targets must be torch.arange(B) (pair i's caption is text i) or None; "
                     f"got {targets.tolist()[:6]}… — score a coupled loss on whole batches, never on slices"
                 )
-        logits = pair_logits(image, text, scale)
+        logits = _pair_logits(image, text, scale)
         image_to_text = -torch.diagonal(F.log_softmax(logits, dim=1))
         text_to_image = -torch.diagonal(F.log_softmax(logits, dim=0))
         return 0.5 * (image_to_text + text_to_image)
@@ -101,7 +105,9 @@ class InfoNCELoss:
         (in-batch image→text top-1), else 0 — what a run records as a pair's ``pred``."""
         image, text, scale = _unpack(outputs)
         with torch.no_grad():
-            best = pair_logits(image.detach(), text.detach(), scale.detach() if isinstance(scale, Tensor) else scale).argmax(1)
+            best = _pair_logits(
+                image.detach(), text.detach(), scale.detach() if isinstance(scale, Tensor) else scale
+            ).argmax(1)
         return (best == torch.arange(len(best), device=best.device)).to(torch.long)
 
 
@@ -187,7 +193,7 @@ def retrieval_recall(
         ("i2t", image, text, lambda rows: image_of_text.unsqueeze(0) == rows.unsqueeze(1)),
         ("t2i", text, image, lambda rows: torch.arange(len(image)).unsqueeze(0) == image_of_text[rows].unsqueeze(1)),
     ):
-        hits = {k: 0 for k in ks}
+        hits = dict.fromkeys(ks, 0)
         for start in range(0, len(queries), chunk):
             rows = torch.arange(start, min(start + chunk, len(queries)))
             for k, hit in _hits(queries[rows] @ keys.T, owner(rows), ks).items():

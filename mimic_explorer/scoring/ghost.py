@@ -102,13 +102,13 @@ class _UseWatch(TorchFunctionMode):
 
 def _same_padding(conv: nn.Conv2d) -> list[int]:
     pads: list[int] = []
-    for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation)):
+    for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation), strict=True):
         total = d * (k - 1)
         pads += [total // 2, total - total // 2]
     return pads
 
 
-def conv_patches(conv: nn.Conv2d, h: Tensor) -> Tensor:
+def _conv_patches(conv: nn.Conv2d, h: Tensor) -> Tensor:
     """The Conv2d input as (B, G, L, Cin/G·kh·kw) patches, matching the weight's layout."""
     padding: tuple[int, ...] | int = 0
     if conv.padding_mode != "zeros":
@@ -126,11 +126,11 @@ def _position_form(module: nn.Module, h: Tensor, d: Tensor) -> tuple[Tensor, Ten
     """(h, δ) as (B, G, T, D) and (B, G, T, C)."""
     if isinstance(module, nn.Conv2d):
         b, c = d.shape[0], d.shape[1]
-        return conv_patches(module, h), d.reshape(b, module.groups, c // module.groups, -1).transpose(2, 3)
+        return _conv_patches(module, h), d.reshape(b, module.groups, c // module.groups, -1).transpose(2, 3)
     return h.reshape(h.shape[0], 1, -1, h.shape[-1]), d.reshape(d.shape[0], 1, -1, d.shape[-1])
 
 
-def normalized_input(module: nn.Module, h: Tensor) -> Tensor:
+def _normalized_input(module: nn.Module, h: Tensor) -> Tensor:
     """x̂, the norm layer's input before its affine weight and bias (eval mode for BatchNorm)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         shape = (1, -1) + (1,) * (h.dim() - 2)
@@ -169,8 +169,12 @@ def ghost_parts(
     layers = ghost_layers(model, names)
     params = dict(model.named_parameters())
     modules = {m: (model.get_submodule(m) if m else model) for m in layers}
-    leaves = {n: state.get(n, params[n]).detach().requires_grad_(True) for attrs in layers.values() for n in attrs.values()}
-    watch = _UseWatch({id(leaves[n]): (n, _expected_op(modules[m])) for m, attrs in layers.items() for n in attrs.values()})
+    leaves = {
+        n: state.get(n, params[n]).detach().requires_grad_(True) for attrs in layers.values() for n in attrs.values()
+    }
+    watch = _UseWatch(
+        {id(leaves[n]): (n, _expected_op(modules[m])) for m, attrs in layers.items() for n in attrs.values()}
+    )
     records: dict[str, list[list]] = {m: [] for m in layers}
     valid: dict[str, dict[str, str]] = {}  # decided after the forward pass, before the backward
     acc: dict[str, Tensor] = {}
@@ -183,7 +187,7 @@ def ghost_parts(
         if isinstance(module, _NORMS):
             per_sample: dict[str, Tensor] = {}
             for h, d in calls:
-                xhat = normalized_input(module, h.to(dtype))
+                xhat = _normalized_input(module, h.to(dtype))
                 for attr, g in _norm_per_sample(module, xhat, d.to(dtype)).items():
                     per_sample[attr] = per_sample[attr] + g if attr in per_sample else g
             for attr, name in attrs.items():
@@ -244,7 +248,9 @@ def ghost_parts(
             for module_name, attrs in layers.items():
                 calls = records[module_name]
                 usable = bool(calls) and all(h is not None and h.shape[0] == batch for h, _ in calls)
-                keep = {a: n for a, n in attrs.items() if usable and n not in watch.foreign and watch.uses[n] == len(calls)}
+                keep = {
+                    a: n for a, n in attrs.items() if usable and n not in watch.foreign and watch.uses[n] == len(calls)
+                }
                 if keep:
                     valid[module_name] = keep
                 else:

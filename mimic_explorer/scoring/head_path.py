@@ -79,7 +79,7 @@ def head_parts(
                     raise HeadPathUnavailable("the operations after the head ran without autograd")
                 leaves = [leaf for _, leaf, _, _ in calls]
                 grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
-                deltas = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
+                deltas = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves, strict=True)]
                 losses = losses.detach()
     finally:
         handle.remove()

@@ -73,7 +73,10 @@ def jacobian_parts(
             losses, outputs = losses_of(leaves)
             for i in range(batch):
                 grads = torch.autograd.grad(losses[i], list(leaves.values()), retain_graph=True, allow_unused=True)
-                per_row = {n: (torch.zeros_like(p) if g is None else g).unsqueeze(0) for (n, p), g in zip(leaves.items(), grads)}
+                per_row = {
+                    n: (torch.zeros_like(p) if g is None else g).unsqueeze(0)
+                    for (n, p), g in zip(leaves.items(), grads, strict=True)
+                }
                 dot, sqnorm = _reduce(per_row, v, need_norm)
                 dots.append(dot)
                 sqnorms.append(sqnorm)

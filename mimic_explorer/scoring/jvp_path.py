@@ -13,10 +13,10 @@ attention backend (``scoring.context``).
 
 from __future__ import annotations
 
-import torch
-import torch.autograd.forward_ad as fwAD
 from typing import Any
 
+import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_map

@@ -46,7 +46,9 @@ def linear_grad_dot(
         terms.append(((output_grad @ v_weight) * features).sum(-1))
     if v_bias is not None:
         terms.append(output_grad @ v_bias)
-    dot = terms[0] + terms[1] if len(terms) == 2 else terms[0] if terms else output_grad.new_zeros(output_grad.shape[:-1])
+    dot = (
+        terms[0] + terms[1] if len(terms) == 2 else terms[0] if terms else output_grad.new_zeros(output_grad.shape[:-1])
+    )
     # (B,) already without positions: no reshape and sum (a training step calls this once per batch)
     return dot if dot.dim() == 1 else dot.reshape(dot.shape[0], -1).sum(-1)
 

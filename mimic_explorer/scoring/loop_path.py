@@ -41,8 +41,8 @@ def loop_parts(
             loss = loss_values(loss_fn, out, rows(targets, i, i + 1, batch), 1, offset=i)[0]
             outputs.append(detached(out))
             grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-            grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves.values())]
-            dots.append(sum((g * v[n].to(g.dtype)).sum() for g, n in zip(grads, v)))
+            grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves.values(), strict=True)]
+            dots.append(sum((g * v[n].to(g.dtype)).sum() for g, n in zip(grads, v, strict=True)))
             if need_norm:
                 sqnorms.append(sum(g.pow(2).sum() for g in grads))
             losses.append(loss.detach())

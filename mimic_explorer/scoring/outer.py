@@ -3,8 +3,8 @@
 Why: a Linear or Conv2d layer's per-sample weight gradient is G_i = Σ_t δ_{i,t} h_{i,t}ᵀ (t runs over
 tokens, spatial positions or repeated calls). ‖G_i‖² has two exact forms: the Gram ("ghost") form
 Σ_{t,t'} (h_t·h_t')(δ_t·δ_t'), which costs B·T²·(C+D), and the direct form that builds G_i, which costs
-B·T·C·D and B·C·D memory (and gives ⟨G_i, V⟩ for free). We pick the cheaper per layer and walk the batch in slices so neither form
-needs more than a bounded amount of scratch memory.
+B·T·C·D and B·C·D memory (and gives ⟨G_i, V⟩ for free). We pick the cheaper per layer and walk the batch in
+slices so neither form needs more than a bounded amount of scratch memory.
 
 Shapes: ``h`` (B, G, T, D) and ``d`` (B, G, T, C); G groups (1 for Linear, ``groups`` for Conv2d) are
 independent blocks of the weight, so their squared norms add.

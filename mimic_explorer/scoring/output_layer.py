@@ -66,7 +66,7 @@ def _uses_gram(positions: int, width: int) -> bool:
     return positions <= width
 
 
-def row_chunk(batch: int, positions: int, out_features: int, width: int) -> int:
+def _row_chunk(batch: int, positions: int, out_features: int, width: int) -> int:
     """Jacobian rows per chunk so that rows × (N·C entries + the form's scratch) fits the budget."""
     scratch = positions * out_features if _uses_gram(positions, width) else out_features * width
     return max(1, min(batch, JACOBIAN_ELEMENTS // max(1, positions * out_features + scratch)))
@@ -115,7 +115,7 @@ def linear_output_geometry(
     positions, width = h.shape
     eye = torch.eye(batch, dtype=h.dtype, device=h.device)
     gram = h @ h.T if has_weight and _uses_gram(positions, width) else None
-    step = chunk or row_chunk(batch, positions, out_features, width)
+    step = chunk or _row_chunk(batch, positions, out_features, width)
     dots, sqnorms = [], []
     for start in range(0, batch, step):
         rows = vmap(pull_back)(eye[start : start + step])
@@ -197,12 +197,14 @@ def output_parts(
         )
 
     features = calls[0][0].detach().to(primal.dtype)
-    closed = closed_form_sqnorm(loss, tree_unflatten(plain, spec), position, features, v_weight is not None and v_bias is None)
+    closed = closed_form_sqnorm(
+        loss, tree_unflatten(plain, spec), position, features, v_weight is not None and v_bias is None
+    )
     if closed is not None:
         return Parts(dot, closed, primal, outputs)
 
     def losses_of(z: Tensor) -> Tensor:
-        return loss_values(loss, tree_unflatten(plain[:position] + [z] + plain[position + 1 :], spec), targets, batch)
+        return loss_values(loss, tree_unflatten([*plain[:position], z, *plain[position + 1 :]], spec), targets, batch)
 
     with torch.no_grad():  # torch.func differentiates inside its transforms; record nothing else
         _, pull_back = vjp(losses_of, plain[position].detach())
@@ -213,7 +215,9 @@ def output_parts(
     return Parts(dot, sqnorm, primal, outputs)
 
 
-def closed_form_sqnorm(loss: PerSampleLoss, outputs: Any, position: int, features: Tensor, weight_only: bool) -> Tensor | None:
+def closed_form_sqnorm(
+    loss: PerSampleLoss, outputs: Any, position: int, features: Tensor, weight_only: bool
+) -> Tensor | None:
     """‖g_i‖² from the loss's own closed form for a Linear's weight (``linear_output_sqnorm``, e.g.
     InfoNCE on a dual encoder's projection), when it has one and the mimic layers are that weight
     alone; else None (the Jacobian rows serve)."""

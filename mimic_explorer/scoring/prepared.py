@@ -39,6 +39,7 @@ evaluated on the whole batch, never on slices. See docs/ARCHITECTURE.md for wher
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -57,6 +58,7 @@ from mimic_explorer.scoring.jacobian_path import jacobian_parts
 from mimic_explorer.scoring.jvp_path import is_forward_ad_gap, is_transform_gap, jvp_parts
 from mimic_explorer.scoring.linear_head import linear_grad_geometry
 from mimic_explorer.scoring.loop_path import loop_parts
+from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, as_per_sample_loss, has_closed_form
 from mimic_explorer.scoring.output_layer import (
     OutputLayerUnavailable,
     PullBack,
@@ -64,7 +66,6 @@ from mimic_explorer.scoring.output_layer import (
     output_parts,
     output_tangent,
 )
-from mimic_explorer.scoring.losses import CrossEntropyLoss, PerSampleLoss, as_per_sample_loss, has_closed_form
 from mimic_explorer.scoring.parts import Parts
 from mimic_explorer.scoring.projection import Projection, mimic_projection
 from mimic_explorer.scoring.task_vector import (
@@ -82,7 +83,7 @@ PATHS = ("auto", "head", "output", "jvp", "vmap", "loop")
 SCORE_METHODS = ("proj", "cos")
 
 # model → (structure signature, head name): tracing the head costs a one-sample forward, once per model.
-_HEAD_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], str]]" = weakref.WeakKeyDictionary()
+_HEAD_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,8 @@ def traced_head_name(model: nn.Module, inputs: Any) -> str:
             UserWarning,
             stacklevel=5,
         )
-    try:
+    with contextlib.suppress(TypeError):  # a model that cannot be weakly referenced is simply not cached
         _HEAD_CACHE[model] = (signature, name)
-    except TypeError:  # a model that cannot be weakly referenced is simply not cached
-        pass
     return name
 
 
@@ -167,7 +166,11 @@ def _as_dtype(inputs: Any, dtype: torch.dtype) -> Any:
 
 _FALLBACKS = {
     "vmap": ("forward-mode AD is not available for an operation in this model", "chunked vmap(grad)", "slower"),
-    "loop": ("torch.func transforms are not available for an operation in this model", "a per-sample loop", "much slower"),
+    "loop": (
+        "torch.func transforms are not available for an operation in this model",
+        "a per-sample loop",
+        "much slower",
+    ),
 }
 # the same fallbacks for a loss that couples the batch, whose per-sample gradients are Jacobian rows
 _COUPLED_FALLBACKS = {
@@ -179,22 +182,39 @@ _COUPLED_FALLBACKS = {
 class PreparedScorer:
     """Mimic scores of ``model`` against ``reference`` on the mimic layers ``params``, batch by batch.
 
-    Args:
-        model, reference: same architecture (parameter names and shapes must match; checked here, once).
-        params: "head" (the Linear producing the logits), "all" (the trainable parameters; every
-            parameter when none is trainable) or a list of names from ``model.named_parameters()``.
-        method: "proj", or "cos" (then proj, cos and ‖g_i‖ come from the same pass).
-        head_name: the head's qualified name when the caller knows it (``pipeline.setup`` traces it
-            once per run); otherwise it is traced on the first batch.
-        loss: a ``scoring.losses.PerSampleLoss`` or a plain callable ``(outputs, targets) -> (B,)``
-            (default: cross-entropy with integer labels). Targets are whatever the loss accepts.
-        path: "auto" (cheapest exact path), or force "head", "jvp", "vmap" or "loop" (see the module).
-        chunk_size: samples per slice (bounds memory). Default: the whole batch for head/jvp, a
-            memory-budgeted chunk for vmap. A loss that couples the batch is always evaluated on the
-            whole batch; there ``chunk_size`` bounds the Jacobian rows computed at once.
+    Everything about the pair is resolved once (the mimic layers, the path, the reference check, the
+    task vector), then ``scorer(inputs, targets)`` scores one batch in one pass. The task vector is
+    read when the scorer is prepared; call ``refresh()`` after the model's weights move (the
+    reference is taken as fixed).
 
-    The task vector is read when the scorer is prepared; call ``refresh()`` after the model's weights
-    move (the reference is taken as fixed).
+    Parameters
+    ----------
+    model, reference
+        The same architecture (parameter names and shapes must match; checked here, once).
+    params
+        ``"head"`` (the Linear producing the logits), ``"all"`` (the trainable parameters; every
+        parameter when none is trainable) or a list of names from ``model.named_parameters()``.
+    method
+        ``"proj"``, or ``"cos"`` (then proj, cos and ‖g_i‖ come from the same pass).
+    head_name
+        The head's qualified name when the caller knows it (``tasks.classifier_models`` traces it once
+        per run); otherwise it is traced on the first batch.
+    loss
+        A ``scoring.losses.PerSampleLoss`` or a plain callable ``(outputs, targets) -> (B,)`` (default:
+        cross-entropy with integer labels). Targets are whatever the loss accepts.
+    path
+        ``"auto"`` (the cheapest exact path), or force ``"head"``, ``"output"``, ``"jvp"``, ``"vmap"`` or
+        ``"loop"`` (see the module).
+    chunk_size
+        Samples per slice (bounds memory). Default: the whole batch for head/jvp, a memory-budgeted
+        chunk for vmap. A loss that couples the batch is always evaluated on the whole batch; there
+        ``chunk_size`` bounds the Jacobian rows computed at once.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``method`` or ``path``, ``params`` the model lacks, a reference that does not match
+        the model, or a forced path that cannot be used with these mimic layers or this loss.
     """
 
     def __init__(
@@ -283,20 +303,24 @@ class PreparedScorer:
                 f"got {names[:4]}{' …' if len(names) > 4 else ''}"
             )
         self.names, self.head = names, head
-        self._chosen = self.path if self.path != "auto" else _auto_path(head, layer, closed_form, self.loss.couples_batch)
+        self._chosen = (
+            self.path if self.path != "auto" else _auto_path(head, layer, closed_form, self.loss.couples_batch)
+        )
         if layer is not None:
             self._layer_module = self.model.get_submodule(layer) if layer else self.model
         self._weight_name, self._bias_name = (f"{layer}.weight", f"{layer}.bias") if layer else ("weight", "bias")
         ours = dict(self._named)
         # (name, reference tensor in the compute dtype, the model's live parameter): what refresh() reads
-        self._pairs = [(n, self._reference_named[n].detach().to(self.device, self.compute_dtype), ours[n]) for n in names]
+        self._pairs = [
+            (n, self._reference_named[n].detach().to(self.device, self.compute_dtype), ours[n]) for n in names
+        ]
         # the training case — one Linear's weight (and bias), already in the compute dtype — refreshes
         # without loops or conversions, since a probe step is a handful of small ops
         self._head_pairs = None
         if [n for n, _, _ in self._pairs] in ([self._weight_name, self._bias_name], [self._weight_name]) and all(
             p.dtype == self.compute_dtype for _, _, p in self._pairs
         ):
-            self._head_pairs = tuple(t for _, ref, p in self._pairs for t in (ref, p)) + (None, None)
+            self._head_pairs = (*(t for _, ref, p in self._pairs for t in (ref, p)), None, None)
         self.v = task_vector(ours, self._reference_named, names, self.compute_dtype, self.device)
         self._set_v(self.v)
         self._state = _float32_state(self.model, self.compute_dtype) if self.compute_dtype != self.model_dtype else None
@@ -354,7 +378,9 @@ class PreparedScorer:
         need proj without the Jacobian rows that cos takes."""
         if not hasattr(self, "_layer_module"):
             raise ValueError("layer_tangent needs the mimic layers to be the weight and/or bias of one nn.Linear")
-        return output_tangent(features.to(self.compute_dtype), self._v_weight, self._v_bias, self._layer_module.out_features)
+        return output_tangent(
+            features.to(self.compute_dtype), self._v_weight, self._v_bias, self._layer_module.out_features
+        )
 
     def project_output(self, features: Tensor, pull_back: PullBack, batch: int) -> Projection:
         """proj, cos and ‖g_i‖ of a Linear mimic layer whose output the loss reads directly, from the
@@ -369,15 +395,39 @@ class PreparedScorer:
         layer = self._layer_module
         tangent = output_tangent(features, self._v_weight, self._v_bias, layer.out_features)
         dot, sqnorm = linear_output_geometry(
-            pull_back, batch, features, layer.out_features, tangent, self._v_weight is not None, self._v_bias is not None,
+            pull_back,
+            batch,
+            features,
+            layer.out_features,
+            tangent,
+            self._v_weight is not None,
+            self._v_bias is not None,
             self.chunk_size,
         )
         return mimic_projection(dot, self.v_norm, sqnorm)
 
     # ------------------------------------------------------------------ one batch
     def __call__(self, inputs: Any, targets: Any) -> BatchScores:
-        """Scores, losses and outputs for one batch (see the class). ``inputs``: a tensor, or a tuple
-        of batched tensors passed as the model's positional arguments."""
+        """Scores, losses and outputs for one batch, from one pass of the model on the head path.
+
+        Parameters
+        ----------
+        inputs
+            A tensor, or a tuple of batched tensors passed as the model's positional arguments.
+        targets
+            Whatever the loss takes: (B,) class indices for cross-entropy, None for InfoNCE.
+
+        Returns
+        -------
+        BatchScores
+            ``proj``, ``cos`` (with ``method="cos"``), ``loss`` and the detached ``outputs``, (B,) each.
+
+        Raises
+        ------
+        ValueError
+            A batch that does not fit the model or the loss, or a non-finite loss or score (naming the
+            sample positions).
+        """
         default_loss = isinstance(self.loss, CrossEntropyLoss)
         batch = check_batch(inputs, targets) if default_loss else input_batch_size(inputs)
         with scoring_mode(self.model, self.device):
@@ -391,7 +441,9 @@ class PreparedScorer:
                 self._prepare(*self._select(x_model))
             if batch == 0:
                 empty = torch.zeros(0, dtype=self.compute_dtype, device=self.device)
-                return BatchScores(empty, empty if self._need_norm else None, empty, None, empty if self._need_norm else None)
+                return BatchScores(
+                    empty, empty if self._need_norm else None, empty, None, empty if self._need_norm else None
+                )
             if self.loss.couples_batch:
                 pieces = [self._coupled_parts(x_compute, targets, batch)]
             else:
@@ -448,7 +500,7 @@ class PreparedScorer:
         if self._chosen == "jvp":
             try:
                 return self._jvp(x_compute, y, offset, vmap_chunk)
-            except Exception as error:  # noqa: BLE001 — only forward-AD gaps are recoverable
+            except Exception as error:  # only forward-AD gaps are recoverable
                 if not self._fall_back(error, "vmap"):
                     raise
         if self._chosen == "vmap":
@@ -462,7 +514,7 @@ class PreparedScorer:
         torch.func transforms (e.g. an autograd.Function without ``setup_context``)."""
         try:
             return vmap_parts(self.model, v, x, y, True, need_norm, chunk, self._state, self.loss)
-        except Exception as error:  # noqa: BLE001 — only transform gaps are recoverable
+        except Exception as error:  # only transform gaps are recoverable
             if not self._fall_back(error, "loop"):
                 raise
             return loop_parts(self.model, v, x, y, need_norm, self._state, self.loss)
@@ -501,20 +553,22 @@ class PreparedScorer:
                 return self._output(x, y)
             except OutputLayerUnavailable:
                 self._chosen = "jvp"  # the general paths below are exact for any placement of the layer
-            except Exception as error:  # noqa: BLE001 — only forward-AD gaps are recoverable
+            except Exception as error:  # only forward-AD gaps are recoverable
                 if not self._fall_back(error, "vmap"):
                     raise
         if self._chosen == "jvp" and not self._need_norm:
             try:
                 return jvp_parts(self.model, self.v, x, y, self._state, 0, self.loss)
-            except Exception as error:  # noqa: BLE001 — only forward-AD gaps are recoverable
+            except Exception as error:  # only forward-AD gaps are recoverable
                 if not self._fall_back(error, "vmap"):
                     raise
         chunk = self.chunk_size or auto_chunk(self._num_params, batch)
         if self._chosen in ("jvp", "vmap"):
             try:
                 return jacobian_parts(self.model, self.v, x, y, self._need_norm, chunk, self._state, self.loss)
-            except Exception as error:  # noqa: BLE001 — only transform gaps are recoverable
+            except Exception as error:  # only transform gaps are recoverable
                 if not self._fall_back(error, "loop"):
                     raise
-        return jacobian_parts(self.model, self.v, x, y, self._need_norm, chunk, self._state, self.loss, vectorized=False)
+        return jacobian_parts(
+            self.model, self.v, x, y, self._need_norm, chunk, self._state, self.loss, vectorized=False
+        )

@@ -60,4 +60,4 @@ def reweighted_grads(
     grads = torch.autograd.grad(
         (losses * weights.detach()).sum(), params, retain_graph=retain_graph, allow_unused=True
     )
-    return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params))
+    return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True))

@@ -42,7 +42,8 @@ def input_batch_size(inputs: Any) -> int:
         return int(inputs.shape[0])
     if not isinstance(inputs, (tuple, list)) or not inputs:
         raise TypeError(
-            f"inputs must be a torch.Tensor or a tuple of batched tensors (the model's arguments), got {type(inputs).__name__}"
+            "inputs must be a torch.Tensor or a tuple of batched tensors (the model's arguments), got "
+            f"{type(inputs).__name__}"
         )
     sizes = []
     for k, t in enumerate(inputs):
@@ -56,10 +57,11 @@ def input_batch_size(inputs: Any) -> int:
 
 
 def detached(tree: Any) -> Any:
+    """``tree`` with every tensor detached (the outputs a scoring path returns hold no graph)."""
     return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, tree)
 
 
-def is_batched(leaf: Any, batch: int) -> bool:
+def _is_batched(leaf: Any, batch: int) -> bool:
     return isinstance(leaf, Tensor) and leaf.dim() > 0 and leaf.shape[0] == batch
 
 
@@ -67,15 +69,15 @@ def rows(tree: Any, start: int, stop: int, batch: int) -> Any:
     """Rows ``start:stop`` of every batched tensor leaf."""
     if isinstance(tree, Tensor):  # the common case, without the pytree walk
         return tree[start:stop]
-    return tree_map(lambda t: t[start:stop] if is_batched(t, batch) else t, tree)
+    return tree_map(lambda t: t[start:stop] if _is_batched(t, batch) else t, tree)
 
 
 def batch_dims(tree: Any, batch: int) -> Any:
     """``vmap`` in_dims for ``tree``: 0 for batched tensor leaves, None for the rest."""
     if isinstance(tree, Tensor):
-        return 0 if is_batched(tree, batch) else None
+        return 0 if _is_batched(tree, batch) else None
     leaves, spec = tree_flatten(tree)
-    return tree_unflatten([0 if is_batched(t, batch) else None for t in leaves], spec)
+    return tree_unflatten([0 if _is_batched(t, batch) else None for t in leaves], spec)
 
 
 def as_batch_of_one(tree: Any, dims: Any) -> Any:
@@ -84,7 +86,7 @@ def as_batch_of_one(tree: Any, dims: Any) -> Any:
         return tree.unsqueeze(0) if dims == 0 else tree
     leaves, spec = tree_flatten(tree)
     flags = tree_flatten(dims, is_leaf=lambda d: d is None)[0]
-    return tree_unflatten([t.unsqueeze(0) if d == 0 else t for t, d in zip(leaves, flags)], spec)
+    return tree_unflatten([t.unsqueeze(0) if d == 0 else t for t, d in zip(leaves, flags, strict=True)], spec)
 
 
 def cat_rows(trees: list[Any]) -> Any:
@@ -97,5 +99,8 @@ def cat_rows(trees: list[Any]) -> Any:
         return trees[0]
     flat = [tree_flatten(t)[0] for t in trees]
     spec = tree_flatten(trees[0])[1]
-    joined = [torch.cat(parts) if isinstance(parts[0], Tensor) and parts[0].dim() > 0 else parts[0] for parts in zip(*flat)]
+    joined = [
+        torch.cat(parts) if isinstance(parts[0], Tensor) and parts[0].dim() > 0 else parts[0]
+        for parts in zip(*flat, strict=True)
+    ]
     return tree_unflatten(joined, spec)

@@ -80,7 +80,9 @@ def vmap_parts(
     # would keep every chunk's activations alive)
     with torch.no_grad():
         for start in range(0, batch, chunk):
-            grads, (value, out) = per_sample(primals, rows(inputs, start, start + chunk, batch), rows(targets, start, start + chunk, batch))
+            grads, (value, out) = per_sample(
+                primals, rows(inputs, start, start + chunk, batch), rows(targets, start, start + chunk, batch)
+            )
             losses.append(value.detach())
             outputs.append(out)
             if need_dot:

@@ -17,6 +17,7 @@ gives a keep threshold and a quality estimate.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -41,10 +42,13 @@ UTILITY_SIGN = {
 
 
 def utility(samples: pd.DataFrame, column: str) -> np.ndarray:
+    """Column ``column`` as a utility (higher = more useful, by ``UTILITY_SIGN``), so every signal is ranked and
+    evaluated the same way."""
     return UTILITY_SIGN[column] * samples[column].to_numpy(dtype=np.float64)
 
 
 def available(samples: pd.DataFrame) -> list[str]:
+    """The signals of ``UTILITY_SIGN`` that ``samples`` has, in that order."""
     return [c for c in UTILITY_SIGN if c in samples.columns]
 
 
@@ -97,15 +101,17 @@ class Moments:
         self._last_block = int(blocks[-1])
         cuts = [0, *(np.flatnonzero(blocks[1:] != blocks[:-1]) + 1).tolist(), len(values)]
         plain, squares = values.tolist(), (values * values).tolist()
-        self._sums += [math.fsum(plain[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-        self._squares += [math.fsum(squares[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+        self._sums += [math.fsum(plain[a:b]) for a, b in itertools.pairwise(cuts)]
+        self._squares += [math.fsum(squares[a:b]) for a, b in itertools.pairwise(cuts)]
         self._count += len(values)
 
     @property
     def count(self) -> int:
+        """How many finite values were added."""
         return self._count
 
     def standardiser(self) -> Standardiser:
+        """The standardiser (v − mean) / std of the values added; NaN when none was finite."""
         if not self._count:
             return Standardiser(float("nan"), float("nan"))
         mean = math.fsum(self._sums) / self._count
@@ -138,7 +144,9 @@ def combined_score(cos_mean: np.ndarray, reference_loss: np.ndarray,
     cos_mean = np.asarray(cos_mean, dtype=np.float64)
     reference_loss = np.asarray(reference_loss, dtype=np.float64)
     if cos_mean.shape != reference_loss.shape:
-        raise ValueError(f"cos_mean has shape {cos_mean.shape}, reference_loss {reference_loss.shape}; one value per sample each")
+        raise ValueError(
+            f"cos_mean has shape {cos_mean.shape}, reference_loss {reference_loss.shape}; one value per sample each"
+        )
     loss_utility = reference_utility(reference_loss)
     if scales is None:
         return (standardise(cos_mean) + standardise(loss_utility)) / 2

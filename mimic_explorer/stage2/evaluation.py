@@ -72,7 +72,7 @@ def detection_metrics(is_noisy: np.ndarray, utility: np.ndarray, keep: np.ndarra
 def threshold_at_quality(utility: np.ndarray, quality: float) -> np.ndarray:
     """Keep mask of the top ``quality`` fraction by utility (for baselines without their own filter)."""
     utility = np.asarray(utility, dtype=np.float64)
-    keep_count = int(round(quality * len(utility)))
+    keep_count = round(quality * len(utility))
     order = np.argsort(-utility, kind="stable")
     keep = np.zeros(len(utility), dtype=bool)
     keep[order[:keep_count]] = True

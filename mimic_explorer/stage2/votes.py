@@ -17,7 +17,7 @@ The paper describes this stage without shipping code, so the rules are defined h
 ``baselines.combined_score``): the keep threshold of a score that has no natural zero.
 
 Why fits and chunks: at millions of samples the score rows do not fit in memory at once, so Stage 2
-runs in two passes over ranges of pool positions (``pipeline.finalize``): ``Stage2Fitter`` gathers
+runs in two passes over ranges of pool positions (``commands.finalize``): ``Stage2Fitter`` gathers
 what the rules need from the whole pool (the tie-break's spread, each epoch's values for a 2-group
 fit), ``Stage2Fit.apply`` then scores one range at a time. A 2-group fit sees at most ``FIT_CAP``
 values, a subsample chosen by a hash of the pool position (``fit_sample``), so the fit — and every
@@ -75,7 +75,9 @@ class TwoGroupSplit:
     upper_component: int = 0
 
     @classmethod
-    def fit(cls, values: np.ndarray, method: str) -> "TwoGroupSplit":
+    def fit(cls, values: np.ndarray, method: str) -> TwoGroupSplit:
+        """Fit the split on ``values`` (finite, in a fixed order: the fit is seeded and order-sensitive). Raises
+        ``ValueError`` for another method or for non-finite values."""
         if method not in ("gmm", "kmeans"):
             raise ValueError(f"unknown two-group split {method!r}; choose gmm or kmeans")
         values = np.asarray(values, dtype=np.float64)
@@ -94,6 +96,8 @@ class TwoGroupSplit:
                    upper_component=int(np.argmax(gmm.means_.ravel())))
 
     def upper(self, values: np.ndarray) -> np.ndarray:
+        """Whether each value belongs to the upper group (False for NaN), element by element, so marks predicted in
+        chunks equal marks predicted at once."""
         values = np.asarray(values, dtype=np.float64)
         finite = np.isfinite(values)
         if self.everything:
@@ -103,7 +107,7 @@ class TwoGroupSplit:
             return finite & (np.abs(values - hi) < np.abs(values - lo))
         log_density = np.stack([
             -0.5 * (np.log(2 * np.pi) + (values * p - m * p) ** 2) + np.log(p) + w
-            for m, p, w in zip(self.means, self.precisions, self.log_weights)
+            for m, p, w in zip(self.means, self.precisions, self.log_weights, strict=True)
         ])
         return finite & (np.argmax(log_density, axis=0) == self.upper_component)
 
@@ -199,9 +203,13 @@ class _Samples:
     tiebreak: np.ndarray  # log of mean B·weight, or mean proj: ranks equal vote counts (see ``of``)
 
     @classmethod
-    def of(cls, rows: pd.DataFrame) -> "_Samples":
+    def of(cls, rows: pd.DataFrame) -> _Samples:
+        """The samples of rows sorted by ``sort_rows``, with the tie-break of equal vote counts: the log of the mean
+        B·weight where rows have weights, else the mean proj."""
         positions = rows["position"].to_numpy(np.int64)
-        starts = np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]]) if len(positions) else np.zeros(0, np.int64)
+        starts = (
+            np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]]) if len(positions) else np.zeros(0, np.int64)
+        )
         counts = np.diff(np.r_[starts, len(positions)])
         samples = cls(positions[starts], starts, counts, np.zeros(len(starts)))
         mean_proj = samples.mean(rows["proj"].to_numpy(np.float64))
@@ -217,6 +225,7 @@ class _Samples:
         return samples
 
     def total(self, values: np.ndarray) -> np.ndarray:
+        """Sum of ``values`` (one per row) per sample."""
         return np.add.reduceat(values, self.starts) if len(self.starts) else np.zeros(0)
 
     def mean(self, values: np.ndarray) -> np.ndarray:
@@ -226,9 +235,11 @@ class _Samples:
             return self.total(np.where(finite, values, 0.0)) / self.total(finite.astype(np.float64))
 
     def minimum(self, values: np.ndarray) -> np.ndarray:
+        """Minimum of ``values`` per sample (NaN only where all are NaN)."""
         return np.fmin.reduceat(values, self.starts) if len(self.starts) else np.zeros(0)
 
     def last(self, values: np.ndarray) -> np.ndarray:
+        """Each sample's value in its last row (the latest epoch and step)."""
         return values[self.starts + self.counts - 1]
 
 
@@ -295,6 +306,8 @@ class Stage2Fitter:
         self.add_votes(rows)
 
     def add_votes(self, rows: pd.DataFrame) -> None:
+        """For ``gmm``/``kmeans``: each epoch's proj values of a seeded subsample of the rows (at most ``cap`` over the
+        pool), kept to fit that epoch's split."""
         if self.binarisation not in ("gmm", "kmeans"):
             return
         positions = rows["position"].to_numpy(np.int64)
@@ -316,6 +329,7 @@ class Stage2Fitter:
         return splits
 
     def fit(self) -> Stage2Fit:
+        """Pass 1 is over: the fitted rule that ``Stage2Fit.apply`` runs on every range in pass 2."""
         return Stage2Fit(self.binarisation, self.aggregation, self.splits(), self.spread)
 
 

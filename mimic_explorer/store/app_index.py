@@ -12,6 +12,7 @@ the run as it was and its half-written files removed. See docs/ARCHITECTURE.md (
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -21,10 +22,11 @@ import shutil
 import threading
 import uuid
 import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,7 +38,9 @@ from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index
 from mimic_explorer.store.layout import IndexFiles, RunLayout
 from mimic_explorer.store.trajectory_index import read_trajectories
 
-INDEX_VERSION = 4  # 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders
+INDEX_VERSION = (
+    4  # 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders
+)
 log = logging.getLogger(__name__)
 
 
@@ -82,7 +86,7 @@ def _read_manifest(layout: RunLayout) -> dict[str, Any] | None:
 @contextmanager
 def _locked(layout: RunLayout) -> Iterator[None]:
     try:
-        handle = open(layout.index_lock, "a+")
+        handle = open(layout.index_lock, "a+")  # noqa: SIM115 - opened alone so that an OSError names the lock
     except OSError as exc:
         raise IndexUnavailable(f"cannot lock {layout.index_lock}: {exc.strerror or exc}") from None
     with handle:
@@ -122,11 +126,11 @@ def _rebuild(layout: RunLayout) -> dict[str, Any]:
 
 
 #: Indexes open in this process, by run folder: every session on a run maps its files once.
-_OPEN: "weakref.WeakValueDictionary[Path, AppIndex]" = weakref.WeakValueDictionary()
+_OPEN: weakref.WeakValueDictionary[Path, AppIndex] = weakref.WeakValueDictionary()
 _OPEN_LOCK = threading.Lock()
 
 
-def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> "AppIndex":
+def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> AppIndex:
     """The run's index, built first if missing, stale or truncated (``build=False``: raise instead).
     An index already open in this process for the same files is returned as it is (one set of
     memory maps and shared values per run, however many sessions show it).
@@ -143,7 +147,7 @@ def open_index(run_dir: str | os.PathLike, *, build: bool = True) -> "AppIndex":
     return index
 
 
-def _map_consistent(layout: RunLayout, manifest: dict[str, Any], build: bool, attempts: int = 3) -> "AppIndex":
+def _map_consistent(layout: RunLayout, manifest: dict[str, Any], build: bool, attempts: int = 3) -> AppIndex:
     """An ``AppIndex`` with every file mapped, all from the one index its manifest describes.
 
     Why: another process may replace the index (samples.parquet changed) at any moment. Files mapped
@@ -209,6 +213,7 @@ class AppIndex:
         return [name for name in self.columns if name in self._scores]
 
     def is_numeric(self, name: str) -> bool:
+        """Whether ``name`` is a numeric column (memory-mapped) rather than a text one."""
         return name in self._numeric
 
     def dtype(self, name: str) -> np.dtype | None:
@@ -230,7 +235,7 @@ class AppIndex:
             path = self.files.folder / name
             if path == self.files.text:
                 mapped = len(self._text_map)
-                self.text  # noqa: B018  (the table over the map, read now)
+                self.text  # noqa: B018 - a cached property: the table over the map, read now
             elif path.suffix == ".npy":
                 array = self._map(path)
                 mapped = array._mmap.size() if getattr(array, "_mmap", None) is not None else size
@@ -251,10 +256,8 @@ class AppIndex:
         if "_text_map" in self.__dict__:
             mappings.append(self._text_map)
         for mapping in mappings:
-            try:
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or a platform without madvise
                 mapping.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError, AttributeError):  # closed, or a platform without madvise
-                pass
 
     def column(self, name: str) -> np.ndarray:
         """A numeric column, memory-mapped (read-only)."""
@@ -281,7 +284,9 @@ class AppIndex:
         if len(batches) <= 1 or len(positions) == 0:
             return table.take(pa.array(positions))
         starts = np.cumsum([0] + [batch.num_rows for batch in batches])
-        which = (np.searchsorted(starts, positions, side="right") - 1).astype(np.int16 if len(batches) < 2**15 else np.int64)
+        which = (np.searchsorted(starts, positions, side="right") - 1).astype(
+            np.int16 if len(batches) < 2**15 else np.int64
+        )
         by_batch = np.argsort(which, kind="stable")  # a radix sort of small ints
         grouped, bounds = positions[by_batch], np.searchsorted(which[by_batch], np.arange(len(batches) + 1))
         pieces = [batches[b].take(pa.array(grouped[bounds[b]:bounds[b + 1]] - starts[b]))
@@ -335,6 +340,7 @@ class AppIndex:
         return int(self._score(name)["valid"])
 
     def finite_count(self, name: str) -> int:
+        """How many samples have a finite ``name`` score (NaN and ±inf left out)."""
         return int(self._score(name)["finite"])
 
     def count_split(self, name: str, threshold: float) -> tuple[int, int]:
@@ -373,6 +379,7 @@ class AppIndex:
 
     @property
     def has_trajectories(self) -> bool:
+        """Whether the index holds per-epoch trajectories (runs with score parts do)."""
         return bool(self.manifest.get("trajectories"))
 
     def trajectories(self, positions) -> pd.DataFrame:
@@ -389,6 +396,7 @@ class AppIndex:
 
     @property
     def has_thumbnails(self) -> bool:
+        """Whether the index can find a sample's thumbnail (the run has thumbnails)."""
         return bool(self.manifest.get("thumbnails"))
 
     def thumbnail_location(self, position: int) -> tuple[int, int] | None:
@@ -396,7 +404,9 @@ class AppIndex:
         it has none: two reads of the index, no thumbnail ids in memory."""
         if not self.has_thumbnails or not 0 <= position < self.n:
             return None
-        offset, length = (self._read_int64(path, position) for path in (self.files.thumb_offsets, self.files.thumb_lengths))
+        offset, length = (
+            self._read_int64(path, position) for path in (self.files.thumb_offsets, self.files.thumb_lengths)
+        )
         return None if offset < 0 else (offset, length)
 
     def _read_int64(self, path: Path, position: int) -> int:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,8 @@ class AtomicFile:
         os.close(fd)
 
     def commit(self) -> Path:
+        """fsync the temporary file and rename it to ``path`` (on failure it is removed and the error raised); returns
+        ``path``."""
         try:
             self.sync()
             os.replace(self.tmp, self.path)
@@ -52,6 +55,7 @@ class AtomicFile:
         os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
 
     def abort(self) -> None:
+        """Remove the temporary file: ``path`` stays as it was."""
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
 
@@ -109,6 +113,7 @@ def _umask() -> int:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented, key-sorted JSON to ``path`` atomically (numpy values converted)."""
     def _write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=True, default=json_default)
@@ -118,10 +123,12 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 
 def write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """Write ``frame`` (without its index) as Parquet to ``path`` atomically."""
     return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
     def _write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)

@@ -88,14 +88,24 @@ def export(samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_f
     Returns
     -------
     tuple
-        (result, spec, keep-list path, spec path). ``FilterError`` (``ExportError`` for files) names
-        the cause of a failure, and then neither file has changed.
+        (result, spec, keep-list path, spec path).
+
+    Raises
+    ------
+    FilterError
+        A bad rule or column, or a re-applied spec whose keep mask is not the one it recorded; nothing
+        is written.
+    ExportError
+        A place that cannot be written (a ``FilterError`` too): nothing is replaced, or, when the disk
+        fails between the two renames, the message says the spec was replaced and the keep-list not.
     """
     out, spec_path = check_target(out, export_format)
     result = apply_rule(samples, rule)
     if reapplying is not None:
         check_reapplied(reapplying, result)
-    spec = write_pair(samples, result, rule.column, export_format, out, build_spec(run_meta, rule, result, export_format))
+    spec = write_pair(
+        samples, result, rule.column, export_format, out, build_spec(run_meta, rule, result, export_format)
+    )
     return result, spec, out, spec_path
 
 
@@ -167,7 +177,9 @@ def read_spec_file(path: str | os.PathLike) -> dict[str, Any]:
     if not stat.S_ISREG(info.st_mode):
         raise SpecError("cannot read it: not a regular file")
     if info.st_size > MAX_SPEC_BYTES:
-        raise SpecError(f"{info.st_size:,} bytes is too large for a filter spec (at most {MAX_SPEC_BYTES // 2**20} MiB are read)")
+        raise SpecError(
+            f"{info.st_size:,} bytes is too large for a filter spec (at most {MAX_SPEC_BYTES // 2**20} MiB are read)"
+        )
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_SPEC_BYTES + 1)
@@ -218,7 +230,10 @@ def _count_problem(keep_list: Path, spec: dict[str, Any]) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is not the keep-list described
         return f"{keep_list.name} cannot be read as {fmt} ({type(exc).__name__}: {exc})"
     if count != kept:
-        return f"{keep_list.name} lists {count} samples but its spec records kept {kept!r}: they come from different exports"
+        return (
+            f"{keep_list.name} lists {count} samples but its spec records kept {kept!r}: they come from different "
+            "exports"
+        )
     return None
 
 

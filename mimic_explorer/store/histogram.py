@@ -23,7 +23,7 @@ class Histogram:
     clipped: int = 0  # samples outside the robust range, counted in the edge bins
 
 
-def sorted_quantile(sorted_values: np.ndarray, q: float) -> float:
+def _sorted_quantile(sorted_values: np.ndarray, q: float) -> float:
     """``np.quantile`` (linear) of an already sorted array, in O(1)."""
     position = q * (len(sorted_values) - 1)
     below = int(np.floor(position))
@@ -50,7 +50,7 @@ def robust_range(values: np.ndarray, tail: float = 0.001, presorted: bool = Fals
     if len(finite) == 0:
         return 0.0, 1.0
     if len(finite) > 1000:
-        lo, hi = sorted_quantile(finite, tail), sorted_quantile(finite, 1 - tail)
+        lo, hi = _sorted_quantile(finite, tail), _sorted_quantile(finite, 1 - tail)
     else:
         lo, hi = float(finite[0]), float(finite[-1])
     if hi <= lo:
@@ -62,7 +62,7 @@ def bin_count(sorted_finite: np.ndarray, lo: float, hi: float) -> int:
     """Freedman–Diaconis bins over the robust range, kept between 20 and 120 so bars stay readable."""
     if len(sorted_finite) < 2:
         return 20
-    iqr = sorted_quantile(sorted_finite, 0.75) - sorted_quantile(sorted_finite, 0.25)
+    iqr = _sorted_quantile(sorted_finite, 0.75) - _sorted_quantile(sorted_finite, 0.25)
     width = 2 * iqr / len(sorted_finite) ** (1 / 3)
     if width <= 0:
         return 60

@@ -12,7 +12,6 @@ locking and the atomic swap are ``store.app_index``'s.
 from __future__ import annotations
 
 import json
-
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,9 @@ from mimic_explorer.store.stable_order import stable_argsort
 from mimic_explorer.store.trajectory_index import Positions, build_trajectories
 
 #: Columns that hold identities or categories, never a score to threshold, sort or plot.
-NON_SCORE_COLUMNS = frozenset({"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep", "combined_keep"})
+NON_SCORE_COLUMNS = frozenset(
+    {"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep", "combined_keep"}
+)
 #: Columns always kept as text (an integer id is still an id, read back as a string as ``Run.samples`` does).
 TEXT_ALWAYS = frozenset({"sample_id"})
 BATCH_ROWS = 1 << 20
@@ -53,7 +54,7 @@ def _nullable_in_pandas(schema: pa.Schema) -> set[str]:
                                                                           "UInt16", "UInt32", "UInt64", "boolean")}
 
 
-def plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], list[str]]:
+def _plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], list[str]]:
     """(numeric columns with their numpy dtype, text columns), in the table's order.
 
     Integer and boolean columns that may hold nulls, or were written from a pandas nullable dtype, go
@@ -72,7 +73,7 @@ def plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], l
     return numeric, text
 
 
-def is_score_column(name: str, dtype: np.dtype) -> bool:
+def _is_score_column(name: str, dtype: np.dtype) -> bool:
     """A numeric, non-boolean column that is not an identity or a category."""
     return name not in NON_SCORE_COLUMNS and dtype.kind in "iuf"
 
@@ -101,7 +102,7 @@ def _copy_columns(parquet: pq.ParquetFile, files: IndexFiles, numeric: list[tupl
     try:
         for number, (name, dtype) in enumerate(numeric):
             header = np.lib.format.open_memmap(files.column(number), mode="w+", dtype=dtype, shape=(n,)).offset
-            sinks[name] = open(files.column(number), "r+b")
+            sinks[name] = open(files.column(number), "r+b")  # noqa: SIM115 - one per column, closed in the finally
             sinks[name].seek(header)
         schema = _text_schema(parquet, text)
         offset = 0
@@ -111,7 +112,7 @@ def _copy_columns(parquet: pq.ParquetFile, files: IndexFiles, numeric: list[tupl
                     values = batch.column(name).to_numpy(zero_copy_only=False)
                     sinks[name].write(memoryview(np.ascontiguousarray(values, dtype=dtype)).cast("B"))
                 if text:
-                    columns = [batch.column(name).cast(field.type) for name, field in zip(text, schema)]
+                    columns = [batch.column(name).cast(field.type) for name, field in zip(text, schema, strict=True)]
                     writer.write_batch(pa.record_batch(columns, schema=schema))
                 offset += batch.num_rows
         if offset != n:
@@ -149,14 +150,16 @@ def _sample_ids(files: IndexFiles) -> pa.Array | None:
     return table.column("sample_id").combine_chunks() if "sample_id" in table.column_names else None
 
 
-def build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles) -> bool:
+def _build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles) -> bool:
     """Write each sample's thumbnail (offset, length) by sample position, from the run's thumbnail
     index (matched by id: by position where it lists the samples in order, else by a hash of the
     ids). Why: the app then opens without reading millions of thumbnail ids (seconds at 12.8 M)."""
     offsets = np.full(len(ids), -1, dtype=np.int64)
     lengths = np.zeros(len(ids), dtype=np.int64)
     positions, start = Positions(ids), 0
-    for batch in pq.ParquetFile(thumbs_index).iter_batches(batch_size=BATCH_ROWS, columns=["sample_id", "offset", "length"]):
+    for batch in pq.ParquetFile(thumbs_index).iter_batches(
+        batch_size=BATCH_ROWS, columns=["sample_id", "offset", "length"]
+    ):
         where, _ = positions.of(batch.column("sample_id").cast(pa.string()), start)
         start += batch.num_rows
         known = where >= 0
@@ -167,14 +170,16 @@ def build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles) 
     return True
 
 
-def build_index(samples: Path, folder: Path, score_parts: list[Path] = (), thumbs_index: Path | None = None) -> dict[str, Any]:
+def build_index(
+    samples: Path, folder: Path, score_parts: list[Path] = (), thumbs_index: Path | None = None
+) -> dict[str, Any]:
     """Write the index of ``samples`` (and the trajectories of its ``score_parts``) into ``folder``
     (which exists and is empty); returns the manifest body (without the sources' identity, which the
     caller adds) — every file written is listed with its size, so a truncated file is detected on
     the next open."""
     parquet = pq.ParquetFile(samples)
     files = IndexFiles(folder)
-    numeric, text = plan_columns(parquet)
+    numeric, text = _plan_columns(parquet)
     _copy_columns(parquet, files, numeric, text)
     n_rows, column_names = parquet.metadata.num_rows, [field.name for field in parquet.schema_arrow]
     del parquet  # the reader keeps what it decoded (the size of the table) until it goes
@@ -212,20 +217,26 @@ def build_index(samples: Path, folder: Path, score_parts: list[Path] = (), thumb
             "histogram": None if truth_unreadable else _histogram_record(values, sorted_values, noisy),
         }
 
-    columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if is_score_column(name, dtype)]
+    columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if _is_score_column(name, dtype)]
     ids = _sample_ids(files) if score_parts or thumbs_index is not None else None
     with ThreadPoolExecutor(max_workers=2) as pool:  # sorts and file writes release the GIL: two at a time
         trajectories = pool.submit(build_trajectories, list(score_parts), ids, files) if ids is not None else None
-        thumbnails = pool.submit(build_thumb_locations, thumbs_index, ids, files) if thumbs_index is not None and ids is not None else None
+        thumbnails = (
+            pool.submit(_build_thumb_locations, thumbs_index, ids, files)
+            if thumbs_index is not None and ids is not None
+            else None
+        )
         scores = dict(pool.map(lambda item: index_column(*item), columns))
         trajectories = trajectories.result() if trajectories is not None else None
         thumbnails = thumbnails.result() if thumbnails is not None else False
     classes = groups[2] if groups is not None else None
-    del labels, noisy, groups
+    labels = noisy = groups = None  # released before the manifest is built (the closures above hold them)
     return {
         "rows": n_rows,
         "columns": column_names,
-        "numeric": [{"name": name, "number": number, "dtype": dtype.str} for number, (name, dtype) in enumerate(numeric)],
+        "numeric": [
+            {"name": name, "number": number, "dtype": dtype.str} for number, (name, dtype) in enumerate(numeric)
+        ],
         "text": text,
         "scores": scores,
         "classes": classes,

@@ -153,7 +153,9 @@ def write_keep_list(samples, result: FilterResult, column: str, export_format: s
     return atomic_write(out, lambda tmp: write_keep_list_into(samples, result, column, export_format, tmp))
 
 
-def write_keep_list_into(samples, result: FilterResult, column: str, export_format: str, path: str | os.PathLike) -> None:
+def write_keep_list_into(
+    samples, result: FilterResult, column: str, export_format: str, path: str | os.PathLike
+) -> None:
     """Write the keep-list of ``result`` in ``export_format`` into ``path`` (a temporary file the caller
     renames): streamed when ``samples`` is read through an index, else ``render_export`` of the whole
     table.

@@ -98,18 +98,22 @@ class RunLayout:
     # ------------------------------------------------------------------------------ files and folders
     @property
     def meta(self) -> Path:
+        """``meta.json``: what the run is and its status."""
         return self.root / META
 
     @property
     def samples(self) -> Path:
+        """``samples.parquet``: one row per good sample, with its Stage-2 result and signals."""
         return self.root / SAMPLES
 
     @property
     def errors(self) -> Path:
+        """``errors.parquet``: the samples that could not be read, with the reason."""
         return self.root / ERRORS
 
     @property
     def scores_dir(self) -> Path:
+        """``scores/``: the score parts (per epoch, or per chunk for ``score``)."""
         return self.root / SCORES_DIR
 
     @property
@@ -119,14 +123,17 @@ class RunLayout:
 
     @property
     def thumbs_dir(self) -> Path:
+        """``thumbs/``: the thumbnails' blob and index."""
         return self.root / THUMBS_DIR
 
     @property
     def thumbs_blob(self) -> Path:
+        """``thumbs/thumbs.bin``: every thumbnail's bytes, one after another."""
         return self.thumbs_dir / THUMBS_BLOB
 
     @property
     def thumbs_index(self) -> Path:
+        """``thumbs/index.parquet``: (sample_id, offset, length) of every thumbnail in the blob."""
         return self.thumbs_dir / THUMBS_INDEX
 
     @property
@@ -160,14 +167,17 @@ class RunLayout:
 
     @property
     def lock(self) -> Path:
+        """``.lock``: holds the pid of the process writing the run (one writer at a time)."""
         return self.root / LOCK
 
     @property
     def state(self) -> Path:
+        """``state.pt``: the training state an unfinished run resumes from."""
         return self.root / STATE
 
     @property
     def log(self) -> Path:
+        """``run.log``: every message the run printed."""
         return self.root / LOG
 
     # ------------------------------------------------------------------------------ score parts
@@ -189,12 +199,15 @@ class RunLayout:
         return sorted(self.scores_dir.glob(pattern)) if self.scores_dir.is_dir() else []
 
     def epoch_parts(self) -> list[Path]:
+        """The per-epoch score parts present, sorted."""
         return self._glob(f"{_EPOCH}*{_PART}")
 
     def chunk_parts(self) -> list[Path]:
+        """The per-chunk score parts present (``score``), sorted."""
         return self._glob(f"{_CHUNK}*{_PART}")
 
     def error_parts(self) -> list[Path]:
+        """The per-chunk error parts present (bad samples of the chunks written so far), sorted."""
         return self._glob(f"{_ERRORS_PART}*{_ERRORS_PART_SUFFIX}")
 
     def chunk_part_of(self, chunk: int) -> Path | None:
@@ -254,6 +267,7 @@ class IndexFiles:
         return self.folder / INDEX_TEXT
 
     def column(self, number: int) -> Path:
+        """The ``.npy`` file of numeric column ``number`` (the manifest maps names to numbers)."""
         return self.folder / f"column-{number:03d}.npy"
 
     @property

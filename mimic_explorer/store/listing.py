@@ -17,6 +17,9 @@ from mimic_explorer.store.meta import FORMAT_VERSION, RunError, read_meta
 
 @dataclass
 class RunEntry:
+    """One run directory as the app's run picker and ``mimic-explorer runs`` show it: where it is, its id, status and
+    creation time, its ``meta.json``, and why it cannot be read (``problem``) when it cannot."""
+
     path: Path
     run_id: str
     status: str
@@ -37,12 +40,14 @@ class RunEntry:
 
     @property
     def label(self) -> str:
+        """The run as one line of a picker: its id, its status unless complete, and when it was created."""
         status = "" if self.status == "complete" else f" [{self.status}]"
         when = f" · {self.created[:16].replace('T', ' ')}" if self.created else ""
         return f"{self.run_id}{status}{when}"
 
 
 def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds a run (a ``meta.json``), readable or not."""
     return RunLayout(path).meta.is_file()
 
 
@@ -51,7 +56,13 @@ def _entry(path: Path) -> RunEntry:
         meta = read_meta(path)
     except RunError as exc:
         return RunEntry(path, path.name, "unreadable", "", problem=str(exc))
-    return RunEntry(path, str(meta.get("run_id") or path.name), str(meta.get("status", "unknown")), str(meta.get("created", "")), meta)
+    return RunEntry(
+        path,
+        str(meta.get("run_id") or path.name),
+        str(meta.get("status", "unknown")),
+        str(meta.get("created", "")),
+        meta,
+    )
 
 
 def find_runs(folder: str | Path, depth: int = 2) -> list[RunEntry]:

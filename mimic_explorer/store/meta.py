@@ -83,11 +83,12 @@ class RunMeta:
             setattr(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
+        """The meta as ``meta.json`` holds it: every field, and the keys of other versions kept as they were."""
         data = {name: getattr(self, name) for name in _field_names() if name != "extra"}
         return {**self.extra, **data}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunMeta":
+    def from_dict(cls, data: dict[str, Any]) -> RunMeta:
         """Tolerant: older metas (no ``format_version``, no ``kind``, missing or null fields) still read.
         ``ValueError`` naming the field when a known field holds a value of the wrong kind."""
         values: dict[str, Any] = {"status": "unknown", "format_version": 0}
@@ -140,7 +141,7 @@ def _check_version(version: Any) -> None:
                          f"(this mimic_explorer reads 0 to {FORMAT_VERSION})")
 
 
-def check_format(meta: "RunMeta | dict[str, Any]", path: str | os.PathLike) -> None:
+def check_format(meta: RunMeta | dict[str, Any], path: str | os.PathLike) -> None:
     """``RunError`` when the run in ``path`` was written in a newer format than this package reads."""
     version = meta.format_version if isinstance(meta, RunMeta) else meta.get("format_version", 0)
     if version > FORMAT_VERSION:
@@ -198,4 +199,6 @@ def read_checkpoint_sidecar(checkpoint: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_checkpoint_sidecar(checkpoint: str | os.PathLike, info: dict[str, Any]) -> Path:
+    """Write ``info`` (what the model is: architecture, init fingerprint, preprocessing…) beside ``checkpoint`` as its
+    sidecar (``layout.checkpoint_sidecar``), atomically: a later run that loads the checkpoint reads it there."""
     return write_json(checkpoint_sidecar(checkpoint), info)

@@ -32,14 +32,17 @@ class Run:
 
     @property
     def status(self) -> str:
+        """``running``, ``complete`` or ``failed`` (``unknown`` for a meta without one)."""
         return self.meta.get("status", "unknown")
 
     @property
     def run_id(self) -> str:
+        """The run id (the folder name for a meta without one)."""
         return self.meta.get("run_id") or self.path.name
 
     @property
     def class_names(self) -> list[str]:
+        """The pool's class names (empty for image-text pairs)."""
         return list(self.meta.get("class_names") or [])
 
     @cached_property
@@ -72,6 +75,7 @@ class Run:
 
     @cached_property
     def errors(self) -> pd.DataFrame:
+        """``errors.parquet`` whole: the samples that could not be read (empty when there were none)."""
         path = self.layout.errors
         return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["sample_id", "path", "reason"])
 
@@ -82,8 +86,28 @@ class Run:
 
 
 def open_run(path: str | os.PathLike, *, require_complete: bool = True) -> Run:
-    """Open a run directory. Raises ``RunError`` (a message naming the cause) when it is missing,
-    written by a newer format, or — unless ``require_complete=False`` — not complete."""
+    """Open a run directory, as the app, ``export`` and notebooks do.
+
+    Parameters
+    ----------
+    path
+        The run directory (what ``train``, ``score`` or ``demo`` wrote with ``--out``).
+    require_complete
+        Refuse a run that is still running or failed (False opens it anyway, e.g. to look at a
+        failed run's ``meta.json``).
+
+    Returns
+    -------
+    Run
+        The opened run: ``meta``, and ``samples``, ``scores``, ``epoch_scores``, ``thumbnails`` read on
+        first use.
+
+    Raises
+    ------
+    RunError
+        The directory is missing, has no readable ``meta.json``, was written by a newer format, or is
+        not complete (unless ``require_complete=False``); one line naming the cause.
+    """
     meta = read_meta(path)
     check_format(meta, path)
     status = meta.get("status")

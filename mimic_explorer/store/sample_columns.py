@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class _Rows:
     """``samples.iloc[...]``: positions read through the index; anything else through the full frame."""
 
-    def __init__(self, owner: "SampleColumns"):
+    def __init__(self, owner: SampleColumns):
         self._owner = owner
 
     def __getitem__(self, key):
@@ -54,10 +54,12 @@ class SampleColumns:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(rows, columns), as a DataFrame says it."""
         return self.app_index.n, len(self.app_index.columns)
 
     @cached_property
     def columns(self) -> pd.Index:
+        """The column names, as a DataFrame has them."""
         return pd.Index(self.app_index.columns)
 
     @cached_property
@@ -80,10 +82,12 @@ class SampleColumns:
         return self._series[name]
 
     def get(self, name: str, default: Any = None):
-        return self[name] if name in self else default
+        """Column ``name``, or ``default`` when the table has no such column (as ``DataFrame.get``)."""
+        return self[name] if name in self else default  # noqa: SIM401 - this is the get that rule would call
 
     @property
     def iloc(self) -> _Rows:
+        """Rows by position, as ``DataFrame.iloc`` (read from the index, not the whole table)."""
         return _Rows(self)
 
     @cached_property

@@ -18,6 +18,9 @@ def samples_table(
     true_labels: np.ndarray | None,
     is_noisy: np.ndarray | None,
 ) -> pd.DataFrame:
+    """The base columns of ``samples.parquet`` (``sample_id``, ``source``, ``label``, and ``true_label`` and
+    ``is_noisy`` when the truth is known), one row per sample: the one place they are built, for every command and task.
+    """
     frame = pd.DataFrame({"sample_id": np.asarray(sample_ids, dtype=object).astype(str),
                           "source": np.asarray(sources, dtype=object).astype(str),
                           "label": np.asarray(labels, dtype=np.int64)})

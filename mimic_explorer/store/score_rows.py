@@ -63,10 +63,12 @@ class ScoreRows:
 
     @property
     def available(self) -> bool:
+        """Whether the run has score parts."""
         return bool(self.parts)
 
     @property
     def columns(self) -> list[str]:
+        """The columns of the score rows (those of the first part)."""
         return list(self._meta[0].schema.names) if self._meta else []
 
     def row_groups(self, start: int, stop: int) -> list[tuple[Path, int]]:

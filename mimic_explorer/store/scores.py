@@ -33,10 +33,12 @@ class EpochScores:
 
     @property
     def available(self) -> bool:
+        """Whether the run has score parts."""
         return self._dataset is not None
 
     @cached_property
     def signals(self) -> list[str]:
+        """The per-epoch signals the parts hold, in the order the app offers them (``SIGNALS``)."""
         if self._dataset is None:
             return []
         names = set(self._dataset.schema.names)
@@ -44,6 +46,7 @@ class EpochScores:
 
     @cached_property
     def epochs(self) -> list[int]:
+        """The epochs the parts hold, ascending."""
         if self._dataset is None:
             return []
         column = self._dataset.to_table(columns=["epoch"]).column("epoch")
@@ -65,7 +68,9 @@ class EpochScores:
         """Ids as the set ``values`` and ``quantile_bands`` mark rows by (build once, pass many times)."""
         return pa.array(np.asarray(sample_ids, dtype=object), pa.string())
 
-    def values(self, signal: str, epoch: int | None = None, noisy_ids: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def values(
+        self, signal: str, epoch: int | None = None, noisy_ids: pa.Array | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """One signal's values (one epoch, or all) and, given the mislabeled ids (``id_set``), which rows they are."""
         if self._dataset is None or signal not in self.signals:
             return np.array([]), None
@@ -81,7 +86,7 @@ class EpochScores:
     def quantile_bands(self, signal: str, noisy_ids: pa.Array | None = None) -> pd.DataFrame:
         """Per epoch (and per group clean / mislabeled when ``noisy_ids`` — from ``id_set`` — is
         given): the 5/25/50/75/95 % quantiles. One score part at a time, so memory stays one epoch."""
-        names = [f"q{int(round(q * 100))}" for q in QUANTILES]
+        names = [f"q{round(q * 100)}" for q in QUANTILES]
         rows = []
         if self._dataset is None or signal not in self.signals:
             return pd.DataFrame(columns=["epoch", "group", *names])
@@ -94,10 +99,22 @@ class EpochScores:
                      if noisy_ids is not None else None)
             for epoch in np.unique(epochs):
                 in_epoch = epochs == epoch
-                groups = {"all": in_epoch} if noisy is None else {"clean": in_epoch & ~noisy, "mislabeled": in_epoch & noisy}
+                groups = (
+                    {"all": in_epoch} if noisy is None else {"clean": in_epoch & ~noisy, "mislabeled": in_epoch & noisy}
+                )
                 for group, mask in groups.items():
                     part = values[mask]
                     part = part[np.isfinite(part)]
                     if len(part):
-                        rows.append({"epoch": int(epoch), "group": group, **dict(zip(names, np.quantile(part, QUANTILES)))})
-        return pd.DataFrame(rows, columns=["epoch", "group", *names]).sort_values(["group", "epoch"]).reset_index(drop=True)
+                        rows.append(
+                            {
+                                "epoch": int(epoch),
+                                "group": group,
+                                **dict(zip(names, np.quantile(part, QUANTILES), strict=True)),
+                            }
+                        )
+        return (
+            pd.DataFrame(rows, columns=["epoch", "group", *names])
+            .sort_values(["group", "epoch"])
+            .reset_index(drop=True)
+        )

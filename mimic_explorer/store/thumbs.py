@@ -6,6 +6,7 @@ with an offset index gives any thumbnail with one seek and one read, and stays o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -21,7 +22,7 @@ from mimic_explorer.store.layout import RunLayout
 THUMB_SIZE = 96
 
 
-def encode_thumbnail(image, size: int = THUMB_SIZE) -> bytes:
+def _encode_thumbnail(image, size: int = THUMB_SIZE) -> bytes:
     """PIL image → WebP bytes at most ``size`` px on its long side.
 
     Images already smaller are kept at their own size (the galleries scale them up with CSS): an
@@ -50,10 +51,10 @@ def image_mime(data: bytes) -> str | None:
 
 def thumbnail_bytes(image, original: bytes | None, size: int = THUMB_SIZE) -> bytes:
     """The thumbnail for a decoded image: its original file when that is already small and in a
-    format browsers show (no re-encoding: a 32-px JPEG is its own thumbnail), else ``encode_thumbnail``."""
+    format browsers show (no re-encoding: a 32-px JPEG is its own thumbnail), else ``_encode_thumbnail``."""
     if original is not None and max(image.size) <= size and image_mime(original) is not None and len(original) < 64_000:
         return original
-    return encode_thumbnail(image, size)
+    return _encode_thumbnail(image, size)
 
 
 class ThumbnailWriter:
@@ -62,23 +63,26 @@ class ThumbnailWriter:
     def __init__(self, run_dir: str | os.PathLike):
         self.layout = RunLayout(Path(run_dir))
         self.layout.thumbs_dir.mkdir(parents=True, exist_ok=True)
-        self._blob = open(self.layout.thumbs_blob, "wb")
+        self._blob = open(self.layout.thumbs_blob, "wb")  # noqa: SIM115 - open while thumbnails are added; close() shuts it
         self._rows: list[tuple[str, int, int]] = []
 
     def add(self, sample_id: str, image) -> None:
-        data = image if isinstance(image, bytes) else encode_thumbnail(image)
+        """Append one sample's thumbnail: encoded bytes as they are, or an image encoded here."""
+        data = image if isinstance(image, bytes) else _encode_thumbnail(image)
         offset = self._blob.tell()
         self._blob.write(data)
         self._rows.append((str(sample_id), offset, len(data)))
 
     def close(self) -> None:
+        """Write the blob to disk, then the index (atomically): a thumbnail is findable only once its bytes
+        are synced."""
         self._blob.flush()
         os.fsync(self._blob.fileno())
         self._blob.close()
         frame = pd.DataFrame(self._rows, columns=["sample_id", "offset", "length"])
         write_parquet(self.layout.thumbs_index, frame)
 
-    def __enter__(self) -> "ThumbnailWriter":
+    def __enter__(self) -> ThumbnailWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -104,7 +108,7 @@ def _int64(column) -> np.ndarray:
 
 
 #: Thumbnail indexes read in this process, by (path, size, mtime): sessions on one run share them.
-_READ: "weakref.WeakValueDictionary[tuple, _Offsets]" = weakref.WeakValueDictionary()
+_READ: weakref.WeakValueDictionary[tuple, _Offsets] = weakref.WeakValueDictionary()
 _READ_LOCK = threading.Lock()
 
 
@@ -214,12 +218,11 @@ class ThumbnailReader:
         return self.available and self._location(str(sample_id), None) is not None
 
     def close(self) -> None:
+        """Give the file descriptor back (a later read opens it again)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
     def __del__(self) -> None:  # one descriptor per open run; give it back when the reader goes
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit anything may already be gone
             self.close()
-        except Exception:
-            pass

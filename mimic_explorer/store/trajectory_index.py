@@ -90,13 +90,13 @@ def _accumulate(rows: np.ndarray, sums: list[np.ndarray], epoch: np.ndarray, whe
         span = slice(int(where[0]), int(where[0]) + len(where))  # distinct batches are consecutive positions
         e = int(epoch[0])
         rows[e, span] += 1
-        for target, values in zip(sums, columns):
+        for target, values in zip(sums, columns, strict=True):
             target[e, span] += values
         return
     cells = epoch * rows.shape[1] + where
     add = _add_distinct if distinct else np.add.at
     add(rows.reshape(-1), cells, 1)
-    for target, values in zip(sums, columns):
+    for target, values in zip(sums, columns, strict=True):
         add(target.reshape(-1), cells, values)
 
 
@@ -113,7 +113,7 @@ def read_trajectories(record: dict[str, Any], rows: np.ndarray, sums: list[np.nd
     rows = rows[:, positions].T
     sample, epoch = np.nonzero(rows)
     frame = pd.DataFrame({"sample_id": np.asarray(ids, dtype=object)[sample], "epoch": epochs[epoch]})
-    for signal, values in zip(signals, sums):
+    for signal, values in zip(signals, sums, strict=True):
         values = values[:, positions].T
         frame[signal] = values[sample, epoch] / rows[sample, epoch]
     frame["sample_id"] = frame["sample_id"].astype(str)

@@ -15,7 +15,9 @@ its chunks (``SamplesWriter``), so neither writer holds the whole table. The for
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import itertools
 import os
 import platform
 import sys
@@ -35,19 +37,17 @@ from mimic_explorer.store.targets import RunDirectoryError, check_run_target
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def package_versions() -> dict[str, str]:
+def _package_versions() -> dict[str, str]:
     """Versions of the packages that determine a run's numbers."""
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
     for name in ("mimic-explorer", "torch", "torchvision", "numpy", "pandas", "pyarrow", "scikit-learn"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -73,12 +73,13 @@ class RunWriter:
         self.started = time.perf_counter()
         self._take_lock()
         self.layout.scores_dir.mkdir(exist_ok=True)
-        self.meta = RunMeta(kind=kind, status="running", config=config, created=_now(), versions=package_versions(),
+        self.meta = RunMeta(kind=kind, status="running", config=config, created=_now(), versions=_package_versions(),
                             command=list(sys.argv))
         self.flush_meta()
 
     @property
     def path(self) -> Path:
+        """The run directory."""
         return self.layout.root
 
     def _take_lock(self) -> None:
@@ -99,6 +100,7 @@ class RunWriter:
         os.close(fd)
 
     def flush_meta(self) -> None:
+        """Write the meta as it stands to ``meta.json`` (atomically)."""
         write_meta(self.layout, self.meta)
 
     def write_scores(self, part: Path, frame: pd.DataFrame | pa.Table) -> Path:
@@ -111,14 +113,16 @@ class RunWriter:
             samples.write(frame)
         return self.layout.samples
 
-    def samples_writer(self) -> "SamplesWriter":
+    def samples_writer(self) -> SamplesWriter:
         """Stream ``samples.parquet`` chunk by chunk (published atomically on close)."""
         return SamplesWriter(self.layout.samples)
 
     def write_errors(self, frame: pd.DataFrame) -> Path:
+        """Write ``errors.parquet`` (atomically)."""
         return write_parquet(self.layout.errors, frame)
 
     def warn(self, message: str) -> None:
+        """Keep ``message`` in the meta's warnings (written with the next ``flush_meta``)."""
         self.meta.warnings.append(message)
 
     def complete(self, **fields: Any) -> None:
@@ -130,6 +134,8 @@ class RunWriter:
         self._unlock()
 
     def fail(self, reason: str) -> None:
+        """Mark the run failed with ``reason``, write the meta and release the lock: a failed run says why, and the next
+        run may take the directory."""
         self.meta.status = "failed"
         self.meta.error = reason
         self.meta.finished = _now()
@@ -176,7 +182,7 @@ def _epoch_segments(table: pa.Table) -> list[pa.Table]:
         return [table]
     epochs = table.column("epoch").to_numpy()
     cuts = [0, *(np.flatnonzero(epochs[1:] != epochs[:-1]) + 1).tolist(), table.num_rows]
-    return [table.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [table.slice(a, b - a) for a, b in itertools.pairwise(cuts)]
 
 
 class SamplesWriter:
@@ -195,6 +201,8 @@ class SamplesWriter:
         self.rows = 0
 
     def write(self, frame: pd.DataFrame) -> None:
+        """Append ``frame``'s rows (the first frame's columns and dtypes for all); full row groups are written as they
+        fill."""
         table = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
         if self._schema is None:
             self._schema = table.schema
@@ -225,11 +233,12 @@ class SamplesWriter:
         return self._file.commit()
 
     def abort(self) -> None:
+        """Close and remove the temporary file: no ``samples.parquet`` appears."""
         if self._writer is not None:
             self._writer.close()
         self._file.abort()
 
-    def __enter__(self) -> "SamplesWriter":
+    def __enter__(self) -> SamplesWriter:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

@@ -14,5 +14,18 @@ from mimic_explorer.tasks.pairs import PairsTask
 
 
 def task_for(source: Source) -> Task:
-    """The task of a pool: image-text pairs when its samples carry captions, else labelled images."""
+    """The task of a pool: image-text pairs when its samples carry captions, else labelled images.
+
+    The one place that reads the pool's kind: the commands ask the task, never the modality.
+
+    Parameters
+    ----------
+    source
+        The opened pool (``data.specs.open_source``).
+
+    Returns
+    -------
+    Task
+        ``PairsTask()`` or ``LabelledTask()``.
+    """
     return PairsTask() if source.pool_kind == PAIRS else LabelledTask()

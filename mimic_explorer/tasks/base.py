@@ -14,8 +14,9 @@ The task × mode table is in docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,7 @@ class Job:
 
     @property
     def sample_ids(self) -> np.ndarray:
+        """The ids of the pool's samples, by pool position."""
         return self.pool.source.sample_ids
 
 
@@ -146,7 +148,7 @@ class TrainMode(Protocol):
         """A meter of the shared part's drift when this mode trains beyond the mimic layers (with a reference)."""
         ...
 
-    def signals(self, held: Held) -> Any:
+    def signals(self, held: Held, batches: Any) -> Any:
         """The end-of-run signals' raw values (the task turns them into samples columns); with a reference only."""
         ...
 
@@ -189,17 +191,47 @@ class Task(Protocol):
     min_batch: int  # the fewest samples a batch may hold (InfoNCE: two)
     loss: PerSampleLoss | None  # None: the classifier's closed-form cross-entropy
 
-    def check_options(self, options: Any) -> None: ...
-    def prepare_train(self, options: Any, pool: Pool, device: str) -> Any: ...
-    def prepare_score(self, options: Any, pool: Pool, device: str) -> Any: ...
-    def train_mode(self, job: Job, options: Any, run: Any) -> TrainMode: ...
-    def score_mode(self, job: Job, options: Any, run: Any) -> ScoreMode: ...
-    def default_binarisation(self) -> str: ...
-    def score_rows(self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int) -> pd.DataFrame: ...
-    def train_rows(self, job: Job, held: Held, signals: Any) -> tuple[BaseRows, Signals | None]: ...
-    def score_base_rows(self, job: Job, layout: Any) -> BaseRows: ...
-    def save_model(self, job: Job, options: Any, meta: Any, held: Held) -> None: ...
-    def held_out(self, job: Job, options: Any, trained: nn.Module, device: str) -> dict: ...
-    def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log: Callable[[str], None]) -> dict: ...
-    def score_summary(self, job: Job, options: Any, layout: Any, log: Callable[[str], None]) -> dict: ...
-    def losses_from_rows(self) -> bool: ...
+    def check_options(self, options: Any) -> None:
+        """Raise ``ValueError`` for an option this task cannot use, before anything is written."""
+
+    def prepare_train(self, options: Any, pool: Pool, device: str) -> Any:
+        """Build and check the models of a ``train`` run: a ``Prepared`` with the ``Job``, the
+        fingerprints of data, init and reference, and the facts ``meta.json`` records."""
+
+    def prepare_score(self, options: Any, pool: Pool, device: str) -> Any:
+        """Build and check the model and reference of a ``score`` run: a ``Prepared`` as for ``train``."""
+
+    def train_mode(self, job: Job, options: Any, run: Any) -> TrainMode:
+        """The way this run trains (the options choose: linear probe, fine-tune, frozen towers …)."""
+
+    def score_mode(self, job: Job, options: Any, run: Any) -> ScoreMode:
+        """The way this run scores a fixed checkpoint."""
+
+    def default_binarisation(self) -> str:
+        """Stage 2's per-epoch vote of a ``train`` run when ``--binarise`` is not given."""
+
+    def score_rows(
+        self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int
+    ) -> pd.DataFrame:
+        """The score rows of one scoring batch (``training.recording.score_rows`` plus the task's columns)."""
+
+    def train_rows(self, job: Job, held: Held, signals: Any) -> tuple[BaseRows, Signals | None]:
+        """``samples.parquet``'s base columns of a trained run, and its end-of-run signals as columns."""
+
+    def score_base_rows(self, job: Job, layout: Any) -> BaseRows:
+        """``samples.parquet``'s base columns of a scored run."""
+
+    def save_model(self, job: Job, options: Any, meta: Any, held: Held) -> None:
+        """``--save-model``: the trained weights and what a later run needs to load them."""
+
+    def held_out(self, job: Job, options: Any, trained: nn.Module, device: str) -> dict:
+        """``--test-data``: the held-out metric of the trained model (accuracy; recall@k)."""
+
+    def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log: Callable[[str], None]) -> dict:
+        """The task's part of a ``train`` run's summary (said to ``log`` where a person should know)."""
+
+    def score_summary(self, job: Job, options: Any, layout: Any, log: Callable[[str], None]) -> dict:
+        """The task's part of a ``score`` run's summary (said to ``log`` where a person should know)."""
+
+    def losses_from_rows(self) -> bool:
+        """Whether a scored sample's model loss and prediction come from its score rows."""

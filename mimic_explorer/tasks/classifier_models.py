@@ -24,7 +24,7 @@ from mimic_explorer.tasks.base import Models
 from mimic_explorer.util.fingerprint import state_fingerprint
 
 
-def backbone_distance(model: nn.Module, reference: nn.Module, head_name: str) -> float:
+def _backbone_distance(model: nn.Module, reference: nn.Module, head_name: str) -> float:
     """‖θ_backbone − θ_ref_backbone‖ / ‖θ_ref_backbone‖ (0 for a shared frozen backbone)."""
     return relative_distance(model, reference, outside_head(head_name))
 
@@ -95,9 +95,12 @@ def build_models(options, source: Source, device: str) -> Models:
 def _check_feature_basis(options, models: Models, reference_path: str) -> None:
     side = read_checkpoint_sidecar(reference_path)
     models.reference_init_fingerprint = side.get("init_fingerprint")
-    distance = backbone_distance(models.model, models.reference, models.head_name)
-    models.basis = {"backbone_distance_at_start": distance, "reference_init_fingerprint": models.reference_init_fingerprint,
-                    "model_init_fingerprint": models.init_fingerprint}
+    distance = _backbone_distance(models.model, models.reference, models.head_name)
+    models.basis = {
+        "backbone_distance_at_start": distance,
+        "reference_init_fingerprint": models.reference_init_fingerprint,
+        "model_init_fingerprint": models.init_fingerprint,
+    }
     if options.linear_probe:
         if distance > 1e-6:
             models.warnings.append(
@@ -130,6 +133,6 @@ def _check_feature_basis(options, models: Models, reference_path: str) -> None:
 
 def model_facts(models: Models) -> dict:
     """The ``RunMeta`` fields both commands record about their models."""
-    return dict(model=models.description, load_reports=models.load_reports, basis=models.basis, same_init=models.same_init)
-
-
+    return dict(
+        model=models.description, load_reports=models.load_reports, basis=models.basis, same_init=models.same_init
+    )

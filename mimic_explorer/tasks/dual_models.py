@@ -31,7 +31,13 @@ from torch import nn
 from mimic_explorer.data.transforms import ImageTransform, default_transform
 from mimic_explorer.models.checkpoints import CheckpointError
 from mimic_explorer.models.distance import DRIFT_WARNING, outside_params, relative_distance
-from mimic_explorer.models.dual import MIMIC_LAYERS, DualEncoder, mimic_layer_params, reset_projections, tower_differences
+from mimic_explorer.models.dual import (
+    MIMIC_LAYERS,
+    DualEncoder,
+    mimic_layer_params,
+    reset_projections,
+    tower_differences,
+)
 from mimic_explorer.models.dual_checkpoint import load_dual_encoder, read_dual_checkpoint
 from mimic_explorer.models.dual_registry import build_dual_encoder, is_open_clip
 from mimic_explorer.tasks.base import Models
@@ -53,13 +59,15 @@ def saved_arch(arch: str) -> str | None:
     """``--arch`` as a dual-encoder checkpoint records it: ``small_dual`` → None (any built-in model;
     the file says which image ARCH), ``small_dual:IMAGE_ARCH`` → IMAGE_ARCH, ``open_clip:NAME`` and a
     plain image ARCH (the built-in model around it, as ``models.dual_registry`` reads it) as they are."""
-    family, sep, name = arch.strip().partition(":")
+    family, _, name = arch.strip().partition(":")
     if family.lower() == SMALL_DUAL:
         return name.strip() or None
     return arch.strip()
 
 
-def load_pair_model(path: str, arch: str, flag: str, input_shape=None, trust_code: bool = False) -> tuple[DualEncoder, dict]:
+def load_pair_model(
+    path: str, arch: str, flag: str, input_shape=None, trust_code: bool = False
+) -> tuple[DualEncoder, dict]:
     """(model, its saved config) from a ``models.dual_checkpoint`` file; errors name ``flag``. With a
     bare ``--arch small_dual`` the file's own image ARCH is built, never one that names code to import
     unless ``trust_code`` (``--trust-checkpoint``)."""
@@ -71,7 +79,9 @@ def load_pair_model(path: str, arch: str, flag: str, input_shape=None, trust_cod
         model = _native_open_clip(path, arch, flag)  # e.g. a released CLIP's state dict
         config = {"arch": arch.strip(), "input_shape": list(model.input_shape)}
     if saved_arch(arch) is None and is_open_clip(config["arch"]):
-        raise CheckpointError(f"{flag} {path} holds an {config['arch']} model, not the built-in small_dual; pass --arch {config['arch']}")
+        raise CheckpointError(
+            f"{flag} {path} holds an {config['arch']} model, not the built-in small_dual; pass --arch {config['arch']}"
+        )
     return model, config
 
 
@@ -101,8 +111,10 @@ def _check_same_tokenizer(model: nn.Module, reference: nn.Module, options) -> No
     vocab = "text_tower.vocabulary"
     ours, theirs = model.state_dict(), reference.state_dict()
     if vocab in ours and not torch.equal(ours[vocab], theirs[vocab]):
-        raise CheckpointError(f"--reference {options.reference} and --model {options.model} have different vocabularies "
-                              "(the same token id would mean different words); build both from one tokenizer")
+        raise CheckpointError(
+            f"--reference {options.reference} and --model {options.model} have different vocabularies "
+            "(the same token id would mean different words); build both from one tokenizer"
+        )
 
 
 def pair_mimic_params(options, model) -> list[str] | str:
@@ -130,12 +142,21 @@ def build_pair_models(options, device: str) -> Models:
     differing = tower_differences(model, reference)
     warnings = []
     if differing and distance > DRIFT_WARNING:
-        warnings.append(f"FEATURE BASIS: model and reference towers differ ({len(differing)} tensor(s), e.g. {differing[0]}; "
-                        f"relative distance {distance:.2f} > {DRIFT_WARNING}); projection-layer scores assume shared towers "
-                        "and may be no better than chance.")
-    return Models(model.to(device).eval(), reference.to(device).eval(), dual_transform(model, config), arch=config["arch"],
-                  input_shape=tuple(config["input_shape"]), mimic_layers=params, warnings=warnings,
-                  basis={"tower_distance": distance, "towers_differ": len(differing)})
+        warnings.append(
+            f"FEATURE BASIS: model and reference towers differ ({len(differing)} tensor(s), e.g. {differing[0]}; "
+            f"relative distance {distance:.2f} > {DRIFT_WARNING}); projection-layer scores assume shared towers "
+            "and may be no better than chance."
+        )
+    return Models(
+        model.to(device).eval(),
+        reference.to(device).eval(),
+        dual_transform(model, config),
+        arch=config["arch"],
+        input_shape=tuple(config["input_shape"]),
+        mimic_layers=params,
+        warnings=warnings,
+        basis={"tower_distance": distance, "towers_differ": len(differing)},
+    )
 
 
 def _is_dual_checkpoint(path: str) -> bool:
@@ -165,14 +186,19 @@ def _build_model(options, captions: list[str], reference: DualEncoder | None,
                  reference_config: dict | None) -> tuple[DualEncoder, dict, list[str]]:
     """(model, its config {arch, input_shape}, notes) from the sources the module docstring lists."""
     image_arch = saved_arch(options.arch)
-    if options.init and (is_open_clip(options.arch) or _is_dual_checkpoint(options.init)):  # a string test first: no second read of an open_clip file
+    if options.init and (
+        is_open_clip(options.arch) or _is_dual_checkpoint(options.init)
+    ):  # a string test first: no second read of an open_clip file
         model, config = load_pair_model(options.init, options.arch, "--init", trust_code=options.trust_pickle)
         return model, config, []
     if options.init is None and reference is not None:
         layer = options.mimic_layer or DEFAULT_MIMIC_LAYER
         model = _fresh_projection(copy.deepcopy(reference), layer, options.seed)
-        return model, dict(reference_config), [f"the model starts from --reference {options.reference} with a fresh "
-                                               f"{layer} projection (one shared feature basis)"]
+        note = (
+            f"the model starts from --reference {options.reference} with a fresh {layer} projection (one shared "
+            "feature basis)"
+        )
+        return model, dict(reference_config), [note]
     if image_arch is None or is_open_clip(image_arch):
         if image_arch is not None:
             raise CheckpointError(f"--arch {options.arch} needs an --init checkpoint (weights of the towers)")
@@ -181,7 +207,11 @@ def _build_model(options, captions: list[str], reference: DualEncoder | None,
     torch.manual_seed(options.seed)
     model = build_dual_encoder(image_arch, init=options.init, captions=captions, input_shape=shape,
                                trust_pickle=options.trust_pickle)
-    return reset_projections(model, list(MIMIC_LAYERS), options.seed), {"arch": image_arch, "input_shape": list(shape)}, []
+    return (
+        reset_projections(model, list(MIMIC_LAYERS), options.seed),
+        {"arch": image_arch, "input_shape": list(shape)},
+        [],
+    )
 
 
 def build_train_pair_models(options, captions: list[str], device: str) -> Models:
@@ -207,13 +237,22 @@ def build_train_pair_models(options, captions: list[str], device: str) -> Models
         differing = tower_differences(model, reference)
         basis = {"towers_differ": len(differing)}
         if differing:
-            warnings.append(f"FEATURE BASIS: model and reference towers differ ({len(differing)} tensor(s), e.g. "
-                            f"{differing[0]}); projection-layer mimic scores assume one shared feature basis and may be "
-                            "no better than chance (start the model from the reference: no --init)")
+            warnings.append(
+                f"FEATURE BASIS: model and reference towers differ ({len(differing)} tensor(s), e.g. "
+                f"{differing[0]}); projection-layer mimic scores assume one shared feature basis and may be "
+                "no better than chance (start the model from the reference: no --init)"
+            )
     layer = options.mimic_layer or DEFAULT_MIMIC_LAYER
     mimic_layer_params(model, layer)  # an unknown layer fails here, before anything is written
     shape = tuple(int(s) for s in config["input_shape"])
-    return Models(model.to(device), None if reference is None else reference.to(device).eval(), dual_transform(model, config),
-                  arch=config["arch"], input_shape=shape, mimic_layers=layer, warnings=warnings, notes=notes, basis=basis)
-
-
+    return Models(
+        model.to(device),
+        None if reference is None else reference.to(device).eval(),
+        dual_transform(model, config),
+        arch=config["arch"],
+        input_shape=shape,
+        mimic_layers=layer,
+        warnings=warnings,
+        notes=notes,
+        basis=basis,
+    )

@@ -19,7 +19,8 @@ drivers:
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,9 +49,14 @@ from mimic_explorer.training.signals import collect_signals, evaluate_signals
 from mimic_explorer.util.fingerprint import state_fingerprint
 
 #: options only an image-text pool can use, with what a labelled pool offers instead
-IMAGE_TEXT_ONLY = {"--mimic-layer": ("mimic_layer", "--params"), "--caption-noise": ("caption_noise", "--label-noise"),
-                   "--frozen-towers": ("frozen_towers", "--linear-probe"), "--frozen-image-tower": ("frozen_image_tower", None),
-                   "--all-captions": ("all_captions", None), "--fresh-projections": ("fresh_projections", None)}
+IMAGE_TEXT_ONLY = {
+    "--mimic-layer": ("mimic_layer", "--params"),
+    "--caption-noise": ("caption_noise", "--label-noise"),
+    "--frozen-towers": ("frozen_towers", "--linear-probe"),
+    "--frozen-image-tower": ("frozen_image_tower", None),
+    "--all-captions": ("all_captions", None),
+    "--fresh-projections": ("fresh_projections", None),
+}
 #: the backbone's drift warning ends with this advice
 FINE_TUNE_ADVICE = "head-layer mimic scores may be no better than chance (use a linear probe or less drift)"
 
@@ -86,15 +92,26 @@ class LinearProbeMode:
         for p in head.parameters():
             p.requires_grad_(True)
         self.trained = LinearProbe(head)
-        self.reference = LinearProbe(models.reference.get_submodule(models.head_name)) if models.reference is not None else None
+        self.reference = (
+            LinearProbe(models.reference.get_submodule(models.head_name)) if models.reference is not None else None
+        )
         self.features: Features | None = None
 
     def first_pass(self, passes: Passes) -> Held:
+        """Extract the backbone's features of the whole pool once (from the shared cache when another run already did),
+        with thumbnails and bad samples on the way; the rows the head trains on."""
         job, options, run = self.job, self.options, self.run
         models, source = job.models, job.pool.source
         thumbs = passes.thumbs
-        on_thumbs = (lambda positions, items: [thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items)]) \
-            if thumbs is not None else None
+        on_thumbs = (
+            (
+                lambda positions, items: [
+                    thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items, strict=True)
+                ]
+            )
+            if thumbs is not None
+            else None
+        )
         started = time.perf_counter()
         feats = extract_features(models.model, source, job.pool.labels, models.transform, head_name=models.head_name,
                                  device=run.device, batch_size=max(256, options.batch_size), workers=options.workers,
@@ -109,17 +126,23 @@ class LinearProbeMode:
         return Held(feats.positions, feats.values)
 
     def parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """(the head as a ``LinearProbe``, the reference's head likewise): what trains, and what it is compared with."""
         return self.trained, self.reference
 
     def batches(self, held: Held) -> TensorBatches:
+        """The cached features and their labels as seeded mini-batches on the run's device (this rank's share)."""
         targets = torch.from_numpy(self.job.pool.labels[held.positions].copy())
         device, options, dist = self.run.device, self.options, self.run.dist
-        return TensorBatches(held.rows.to(device), targets.to(device), options.batch_size, options.seed, dist.rank, dist.world)
+        return TensorBatches(
+            held.rows.to(device), targets.to(device), options.batch_size, options.seed, dist.rank, dist.world
+        )
 
     def loop_options(self) -> dict:
+        """The probe's head name, so the loop takes its closed-form, no-autograd step."""
         return {"head_name": LinearProbe.HEAD}
 
     def drift(self) -> DriftMeter | None:
+        """None: a frozen backbone cannot drift."""
         return None  # a frozen backbone cannot drift
 
     def signals(self, held: Held, batches: TensorBatches):
@@ -128,7 +151,9 @@ class LinearProbeMode:
 
         def signals(positions: np.ndarray) -> dict:
             lo, hi = feats.rows_between(int(positions[0]), int(positions[-1]) + 1) if len(positions) else (0, 0)
-            found = evaluate_signals(trained, reference, batches.inputs[lo:hi], batches.targets[lo:hi], head_name=LinearProbe.HEAD)
+            found = evaluate_signals(
+                trained, reference, batches.inputs[lo:hi], batches.targets[lo:hi], head_name=LinearProbe.HEAD
+            )
             found["index"] = np.asarray(feats.positions[lo:hi], dtype=np.int64)[found["index"]]
             return found
 
@@ -144,36 +169,52 @@ class FineTuneMode:
         self.job, self.options, self.run = job, options, run
 
     def first_pass(self, passes: Passes) -> Held:
+        """Only thumbnails and bad samples (in pool order): fine-tuning decodes the images again every epoch."""
         job = self.job
         source = job.pool.source
         if passes.thumbs is not None:  # fine-tuning decodes in shuffled order; thumbnails get their own pass
             thumbs = passes.thumbs
-            thumbnail_pass(source, job.pool.labels, lambda positions, items: [thumbs.add(source.sample_ids[p], t)
-                                                                               for p, t in zip(positions, items)],
-                           self.options.workers, errors=passes.errors)
+            thumbnail_pass(
+                source,
+                job.pool.labels,
+                lambda positions, items: [
+                    thumbs.add(source.sample_ids[p], t) for p, t in zip(positions, items, strict=True)
+                ],
+                self.options.workers,
+                errors=passes.errors,
+            )
         self.errors = passes.errors
         return Held(np.arange(len(source), dtype=np.int64))
 
     def parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """(the whole model, the reference): everything trains."""
         return self.job.models.model, self.job.models.reference
 
     def batches(self, held: Held) -> PoolBatches:
+        """Images decoded every epoch (``PoolBatches``), shuffled by seed and epoch, this rank's share."""
         job, options, dist = self.job, self.options, self.run.dist
         return PoolBatches(job.pool.source, job.pool.labels, job.models.transform, options.batch_size, options.seed,
                            rank=dist.rank, world=dist.world, workers=options.workers, errors=self.errors)
 
     def loop_options(self) -> dict:
+        """The head's name as traced when the models were built."""
         return {"head_name": self.job.models.head_name}
 
     def drift(self) -> DriftMeter | None:
+        """A meter of the backbone's distance from the reference's (with a reference): fine-tuning makes the shared
+        feature basis drift, and the scores mean less as it does."""
         models = self.job.models
         if models.reference is None:
             return None
         return DriftMeter(models.model, models.reference, outside_head(models.head_name), "backbone", FINE_TUNE_ADVICE)
 
     def signals(self, held: Held, batches: PoolBatches):
+        """The end-of-run signals as a function of a range of good positions, decoding their images (Stage 2 asks one
+        range at a time, so the pool never has to fit in memory)."""
         job, options = self.job, self.options
-        return _pool_signals(job.models.model, job.models.reference, job.pool, job.models, options.workers, self.run.device)
+        return _pool_signals(
+            job.models.model, job.models.reference, job.pool, job.models, options.workers, self.run.device
+        )
 
 
 class LabelledScoring:
@@ -187,9 +228,12 @@ class LabelledScoring:
         self.scored, self.scored_reference = models.model, models.reference
 
     def decodes(self) -> bool:
+        """Whether the batches decode images (not with ``--linear-probe``: they read cached features)."""
         return not self.options.linear_probe
 
     def prepare(self, passes: Passes) -> None:
+        """With ``--linear-probe``: the pool's features, extracted once and shared by the ranks, and the heads as
+        probes; nothing otherwise."""
         job, options, run = self.job, self.options, self.run
         models = job.models
         if not options.linear_probe:
@@ -203,6 +247,8 @@ class LabelledScoring:
         self.scored_reference = LinearProbe(models.reference.get_submodule(models.head_name))
 
     def scorer(self) -> PreparedScorer:
+        """The scorer of the run: the heads on features (``--linear-probe``), or the ``--params`` layers of the whole
+        checkpoint."""
         head_name = LinearProbe.HEAD if self.options.linear_probe else self.job.models.head_name
         return PreparedScorer(self.scored, self.scored_reference, params=self.options.mimic_params(),
                               method=self.options.score_method, head_name=head_name)
@@ -219,7 +265,7 @@ class LabelledScoring:
                                errors=passes.errors):
             positions = batch.index.numpy()
             if thumbs is not None:
-                for p, t in zip(positions, batch.thumbs):
+                for p, t in zip(positions, batch.thumbs, strict=True):
                     thumbs.add(source.sample_ids[p], t)
             yield ScoreBatch(positions, batch.inputs.to(self.run.device), batch.targets.to(self.run.device))
 
@@ -248,8 +294,10 @@ class LabelledTask:
         named = [flag for flag, (field, _) in IMAGE_TEXT_ONLY.items() if getattr(options, field, None)]
         if named:
             hint = ", ".join(f"{IMAGE_TEXT_ONLY[n][1]} instead of {n}" for n in named if IMAGE_TEXT_ONLY[n][1])
-            raise ValueError(f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
-                             f"and {options.data} is a labelled pool" + (f"; on a labelled pool use {hint}" if hint else ""))
+            raise ValueError(
+                f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
+                f"and {options.data} is a labelled pool" + (f"; on a labelled pool use {hint}" if hint else "")
+            )
 
     def default_binarisation(self) -> str:
         """Stage 2's per-epoch vote of a ``train`` run: weight ≥ 1/B."""
@@ -257,16 +305,29 @@ class LabelledTask:
 
     # ------------------------------------------------------------------ preparing
     def prepare_train(self, options: Any, pool: Pool, device: str) -> Prepared:
+        """Build and check model and reference of a ``train`` run (``tasks.classifier_models``): the job, the
+        fingerprints of data, init, reference and preprocessing, and the facts ``meta.json`` records."""
         models = build_models(options, pool.source, device)
-        fingerprints = {**pool_fingerprints(pool), "init": models.init_fingerprint, "reference": models.reference_fingerprint,
-                        "preprocessing": models.preprocessing}
-        facts = dict(class_names=pool.source.class_names, source={"spec": options.data, **_describe(pool.source)},
-                     method=options.method if options.reference else "plain", noise=pool.noise, subset=pool.subset,
-                     reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
-                     **model_facts(models))
+        fingerprints = {
+            **pool_fingerprints(pool),
+            "init": models.init_fingerprint,
+            "reference": models.reference_fingerprint,
+            "preprocessing": models.preprocessing,
+        }
+        facts = dict(
+            class_names=pool.source.class_names,
+            source={"spec": options.data, **_describe(pool.source)},
+            method=options.method if options.reference else "plain",
+            noise=pool.noise,
+            subset=pool.subset,
+            reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
+            **model_facts(models),
+        )
         return Prepared(Job(self, pool, models), fingerprints, facts, pool.warnings + models.warnings, models.notes)
 
     def prepare_score(self, options: Any, pool: Pool, device: str) -> Prepared:
+        """Load and check the ``--model`` checkpoint and its reference: the job, the fingerprints of data, model,
+        reference and preprocessing, and the facts ``meta.json`` records."""
         models = build_models(options, pool.source, device)  # the --model checkpoint loaded, head included
         models.model.eval()
         fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
@@ -277,24 +338,31 @@ class LabelledTask:
         return Prepared(Job(self, pool, models), fingerprints, facts, pool.warnings + models.warnings, models.notes)
 
     def train_mode(self, job: Job, options: Any, run: Any):
+        """``LinearProbeMode`` with ``--linear-probe``, else ``FineTuneMode``."""
         return LinearProbeMode(job, options, run) if options.linear_probe else FineTuneMode(job, options, run)
 
     def score_mode(self, job: Job, options: Any, run: Any) -> LabelledScoring:
+        """``LabelledScoring``."""
         return LabelledScoring(job, options, run)
 
     # ------------------------------------------------------------------ rows
     def score_rows(self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int) -> Any:
+        """The score rows of one batch: proj, Stage-1 weight, cos, loss and the predicted class."""
         return score_rows(job.sample_ids, batch.positions, epoch=0, step=step, proj=scores.proj, weight=weights,
                           cos=scores.cos, loss=scores.loss, pred=scores.outputs.argmax(-1))
 
     def train_rows(self, job: Job, held: Held, signals: Any):
+        """The pool's base columns (labels as trained on, the truth when known) and the signals as they are."""
         return pool_rows(job.pool), signals
 
     def score_base_rows(self, job: Job, layout: Any):
+        """The pool's base columns."""
         return pool_rows(job.pool)
 
     # ------------------------------------------------------------------ the end of a run
     def save_model(self, job: Job, options: Any, meta: Any, held: Held) -> None:
+        """Save the trained classifier and its sidecar (architecture, classes, init fingerprint, preprocessing), so it
+        can be a later run's ``--reference`` or ``--init``."""
         models = job.models
         save_checkpoint(models.model, options.save_model)
         write_checkpoint_sidecar(options.save_model,
@@ -304,12 +372,15 @@ class LabelledTask:
                                   SIDECAR_PREPROCESSING: models.preprocessing})
 
     def held_out(self, job: Job, options: Any, trained: nn.Module, device: str) -> dict:
+        """``test_accuracy`` of the trained model on ``--test-data``."""
         return {"test_accuracy": test_accuracy(options, job.models, trained, device)}
 
     def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log) -> dict:
+        """Nothing: a labelled run's summary is the commands' own."""
         return {}
 
     def score_summary(self, job: Job, options: Any, layout: Any, log) -> dict:
+        """Nothing: a labelled run's summary is the commands' own."""
         return {}
 
     def losses_from_rows(self) -> bool:
@@ -322,9 +393,13 @@ def pool_rows(pool: Pool):
     source = pool.source
 
     def rows(positions: np.ndarray) -> pd.DataFrame:
-        return samples_table(source.sample_ids[positions], [source.source_of(int(i)) for i in positions], pool.labels[positions],
-                             None if pool.true_labels is None else pool.true_labels[positions],
-                             None if pool.is_noisy is None else pool.is_noisy[positions])
+        return samples_table(
+            source.sample_ids[positions],
+            [source.source_of(int(i)) for i in positions],
+            pool.labels[positions],
+            None if pool.true_labels is None else pool.true_labels[positions],
+            None if pool.is_noisy is None else pool.is_noisy[positions],
+        )
 
     return rows
 
@@ -333,10 +408,19 @@ def test_accuracy(options: Any, models: Models, trainable: nn.Module, device: st
     """Accuracy on ``--test-data`` (same class list required); linear probes reuse cached features."""
     test = open_source(options.test_data)
     if test.class_names != models.class_names:
-        raise ValueError(f"--test-data has classes {test.class_names[:5]}…, the pool has {models.class_names[:5]}…; they must match")
+        raise ValueError(
+            f"--test-data has classes {test.class_names[:5]}…, the pool has {models.class_names[:5]}…; they must match"
+        )
     if options.linear_probe:
-        feats = extract_features(models.model, test, test.labels, models.transform, head_name=models.head_name, device=device,
-                                 workers=options.workers)
+        feats = extract_features(
+            models.model,
+            test,
+            test.labels,
+            models.transform,
+            head_name=models.head_name,
+            device=device,
+            workers=options.workers,
+        )
         with torch.no_grad():
             pred = trainable(feats.values.to(device)).argmax(-1).cpu().numpy()
         return float((pred == test.labels[feats.positions]).mean())

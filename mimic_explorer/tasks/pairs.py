@@ -26,8 +26,9 @@ alone. What this task adds to the commands' shared drivers:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,7 @@ from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.tasks.base import Held, Job, Passes, Prepared, ScoreBatch
-from mimic_explorer.tasks.dual_models import (DEFAULT_MIMIC_LAYER, build_pair_models, build_train_pair_models)
+from mimic_explorer.tasks.dual_models import DEFAULT_MIMIC_LAYER, build_pair_models, build_train_pair_models
 from mimic_explorer.tasks.labelled import pool_rows
 from mimic_explorer.training.batches import MIN_PAIR_BATCH, CaptionDraws, pair_batches
 from mimic_explorer.training.drift import DriftMeter
@@ -60,8 +61,15 @@ from mimic_explorer.training.pool_batches import StreamedPairs, whole_batches
 from mimic_explorer.training.pool_pass import no_input, pool_pass
 from mimic_explorer.training.recording import score_rows
 from mimic_explorer.training.signals import collect_pair_signals
-from mimic_explorer.training.towers import (caption_sets, draw_counts, image_inputs, image_tower_differences,
-                                            reference_part, tower_features, trainable_part)
+from mimic_explorer.training.towers import (
+    caption_sets,
+    draw_counts,
+    image_inputs,
+    image_tower_differences,
+    reference_part,
+    tower_features,
+    trainable_part,
+)
 from mimic_explorer.util.fingerprint import state_fingerprint
 
 #: pairs per batch of the decoding pass that computes tower outputs
@@ -76,10 +84,16 @@ PAIR_ROW_COLUMNS = ("sample_id", "step", "loss", "batch_size", *PAIR_COLUMNS)
 RECALL_AT = (1, 5, 10)
 ALONE = "alone in its scoring batch (InfoNCE needs at least one other pair as a negative)"
 #: options only a labelled pool can use
-LABELLED_ONLY = (("label_noise", "--label-noise"), ("reference_noise", "--reference-noise"), ("linear_probe", "--linear-probe"))
+LABELLED_ONLY = (
+    ("label_noise", "--label-noise"),
+    ("reference_noise", "--reference-noise"),
+    ("linear_probe", "--linear-probe"),
+)
 #: the towers' drift warning ends with this advice
-TOWERS_ADVICE = ("projection-layer mimic scores assume shared towers and may be no better than chance (train fewer epochs, "
-                 "a smaller learning rate, --frozen-image-tower, or --frozen-towers)")
+TOWERS_ADVICE = (
+    "projection-layer mimic scores assume shared towers and may be no better than chance (train fewer epochs, "
+    "a smaller learning rate, --frozen-image-tower, or --frozen-towers)"
+)
 
 
 @dataclass
@@ -110,7 +124,7 @@ def _caption_sets(pool: Pool) -> list[list[str]]:
     return [source.all_captions(i) or [str(source.captions[i])] for i in range(len(source))]
 
 
-def pair_rows_pass(models, source, labels, captions: np.ndarray, workers: int, thumbs: ThumbnailWriter | None,
+def _pair_rows_pass(models, source, labels, captions: np.ndarray, workers: int, thumbs: ThumbnailWriter | None,
                    errors: ErrorLog | None, encode, transform=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """One decoding pass: ``encode(images, token ids)`` of every good pair, its position and whether its
     caption was cut, in pool order (thumbnails and bad samples recorded on the way). ``transform``:
@@ -126,7 +140,7 @@ def pair_rows_pass(models, source, labels, captions: np.ndarray, workers: int, t
         positions.append(index)
         truncated.append(np.asarray(tokens.truncated, dtype=bool))
         if thumbs is not None:
-            for p, t in zip(index, batch.thumbs):
+            for p, t in zip(index, batch.thumbs, strict=True):
                 thumbs.add(source.sample_ids[p], t)
     if not parts:
         raise ValueError(f"no pair of {source.spec} could be decoded")
@@ -150,9 +164,11 @@ class _PairMode:
         return None
 
     def first_pass(self, passes: Passes) -> Held:
+        """Decode every pair once: the rows the mode holds (tower outputs, image inputs, or nothing), which pairs are
+        good, which captions were cut, thumbnails and bad pairs on the way."""
         job, options = self.job, self.options
         started = time.perf_counter()
-        rows, positions, truncated = pair_rows_pass(self.models, job.pool.source, job.pool.labels, job.data.captions,
+        rows, positions, truncated = _pair_rows_pass(self.models, job.pool.source, job.pool.labels, job.data.captions,
                                                     options.workers, passes.thumbs, passes.errors, self._encode,
                                                     transform=self._transform())
         passes.timings["features_s"] = time.perf_counter() - started
@@ -168,20 +184,31 @@ class _PairMode:
         held.extra["captions"] = draw_counts(held.extra["counts"])
 
     def loop_options(self) -> dict:
+        """The InfoNCE loss and, with a reference, the parameters of the mimic layers (the projection named by
+        ``--mimic-layer``) for Grad-Mimic to re-weight."""
         trained, _ = self.parts()
         reference = self.models.reference
         names = mimic_layer_params(trained, self.models.mimic_layers) if reference is not None else None
         return {"loss": InfoNCELoss(), "mimic_params": names}
 
     def drift(self) -> DriftMeter | None:
+        """A meter of the towers' distance from the reference's (with a reference): towers that learn move the shared
+        feature basis the projection scores assume."""
         models = self.models
         if models.reference is None:
             return None
-        return DriftMeter(models.model, models.reference, outside_params(mimic_layer_params(models.model, models.mimic_layers)),
-                          "towers", TOWERS_ADVICE)
+        return DriftMeter(
+            models.model,
+            models.reference,
+            outside_params(mimic_layer_params(models.model, models.mimic_layers)),
+            "towers",
+            TOWERS_ADVICE,
+        )
 
     def _collect(self, held: Held, model_part: nn.Module, reference_side: nn.Module, batches) -> pd.DataFrame:
-        found = collect_pair_signals(model_part, reference_side, batches, self.run.device, mimic_params=self.models.mimic_layers)
+        found = collect_pair_signals(
+            model_part, reference_side, batches, self.run.device, mimic_params=self.models.mimic_layers
+        )
         found["index"] = held.positions[found["index"]]
         return pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").sort_index()
 
@@ -206,16 +233,22 @@ class FrozenTowersMode(_PairMode):
         return tower_features(self.models.model, [(images, ids)], self.run.device)
 
     def parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """(a probe that *is* the model's projections and logit scale, the reference's likewise)."""
         return self.probe, self.reference_probe
 
     def batches(self, held: Held):
+        """The held tower outputs as seeded batches of at least two pairs, this rank's share."""
         dist = self.run.dist
-        return pair_batches(held.rows.to(self.run.device), self.options.batch_size, self.options.seed, dist.rank, dist.world)
+        return pair_batches(
+            held.rows.to(self.run.device), self.options.batch_size, self.options.seed, dist.rank, dist.world
+        )
 
     def drift(self) -> DriftMeter | None:
+        """None: frozen towers cannot drift."""
         return None  # frozen towers cannot drift
 
     def signals(self, held: Held, batches) -> pd.DataFrame:
+        """The per-pair end-of-run signals (CLIP scores, reference loss, score batch) over the held outputs."""
         rows = pair_batches(held.rows.to(self.run.device), self.options.batch_size, self.options.seed)
         return self._collect(held, self.probe, ProjectionProbe.sharing(self.models.reference), rows.epoch(0))
 
@@ -231,9 +264,11 @@ class _TowersLearn(_PairMode):
         self.reference_side = reference_part(reference, self.freeze_image) if reference is not None else None
 
     def parts(self) -> tuple[nn.Module, nn.Module | None]:
+        """(the model, or its text side with the image tower frozen; the reference as that part sees its inputs)."""
         return self.trained, self.reference_side
 
     def first_pass(self, passes: Passes) -> Held:
+        """The first pass, then every good pair's caption set as token ids."""
         held = super().first_pass(passes)
         self._token_sets(held)
         return held
@@ -250,11 +285,14 @@ class FrozenImageTowerMode(_TowersLearn):
         return image_inputs(self.models.model, images, True, self.run.device)
 
     def batches(self, held: Held) -> CaptionDraws:
+        """The held image inputs with a caption drawn from each photo's set every epoch (``CaptionDraws``), this rank's
+        share."""
         device, dist = self.run.device, self.run.dist
         return CaptionDraws(held.rows.to(device), held.extra["token_sets"].to(device), held.extra["counts"].to(device),
                             self.options.batch_size, self.options.seed, dist.rank, dist.world)
 
     def signals(self, held: Held, batches) -> pd.DataFrame:
+        """The per-pair end-of-run signals, each photo with its own caption."""
         device = self.run.device
         rows = pair_batches((held.rows.to(device), held.extra["token_sets"][:, 0].to(device)), self.options.batch_size,
                             self.options.seed)
@@ -274,14 +312,27 @@ class BothTowersMode(_TowersLearn):
 
     def _stream(self, held: Held, token_sets, counts, rank: int = 0, world: int = 1) -> StreamedPairs:
         job, options = self.job, self.options
-        return StreamedPairs(job.pool.source, job.pool.labels, self.models.transform, held.positions, token_sets, counts,
-                             options.batch_size, options.seed, rank=rank, world=world, workers=options.workers)
+        return StreamedPairs(
+            job.pool.source,
+            job.pool.labels,
+            self.models.transform,
+            held.positions,
+            token_sets,
+            counts,
+            options.batch_size,
+            options.seed,
+            rank=rank,
+            world=world,
+            workers=options.workers,
+        )
 
     def batches(self, held: Held) -> StreamedPairs:
+        """Pairs decoded again every epoch (``StreamedPairs``), this rank's share."""
         dist = self.run.dist
         return self._stream(held, held.extra["token_sets"], held.extra["counts"], dist.rank, dist.world)
 
     def signals(self, held: Held, batches) -> pd.DataFrame:
+        """The per-pair end-of-run signals, each photo with its own caption, from one more decoded pass."""
         stream = self._stream(held, held.extra["token_sets"][:, :1], torch.ones(len(held.positions), dtype=torch.long))
         return self._collect(held, self.trained, self.reference_side, stream.epoch(0))
 
@@ -294,28 +345,48 @@ class PairScoring:
         self.job, self.options, self.run = job, options, run
 
     def decodes(self) -> bool:
+        """True: scoring decodes every pair (thumbnails come with it)."""
         return True
 
     def prepare(self, passes: Passes) -> None:
+        """Nothing is computed ahead: every batch is decoded."""
         return None
 
     def scorer(self) -> PreparedScorer:
+        """The scorer of the run: the mimic-layer projection under the symmetric InfoNCE loss."""
         models = self.job.models
-        return PreparedScorer(models.model, models.reference, params=models.mimic_layers, method=self.options.score_method,
-                              loss=InfoNCELoss())
+        return PreparedScorer(
+            models.model,
+            models.reference,
+            params=models.mimic_layers,
+            method=self.options.score_method,
+            loss=InfoNCELoss(),
+        )
 
     def batches(self, start: int, stop: int, passes: Passes) -> Iterator[ScoreBatch]:
+        """Batches of the positions ``start … stop − 1`` in pool order, tokenized; a pair left alone in a batch cannot
+        be scored (InfoNCE needs a negative) and is a bad sample."""
         job, options = self.job, self.options
         source, models, captions = job.pool.source, job.models, job.data.captions
-        stream = pool_pass(source, job.pool.labels, models.transform, options.batch_size, indices=np.arange(start, stop),
-                           thumbnails=passes.thumbs is not None, workers=options.workers, errors=passes.errors)
+        stream = pool_pass(
+            source,
+            job.pool.labels,
+            models.transform,
+            options.batch_size,
+            indices=np.arange(start, stop),
+            thumbnails=passes.thumbs is not None,
+            workers=options.workers,
+            errors=passes.errors,
+        )
         for batch in whole_batches(stream, options.batch_size):
             positions = batch.index.numpy()
             if passes.thumbs is not None:
-                for p, t in zip(positions, batch.thumbs):
+                for p, t in zip(positions, batch.thumbs, strict=True):
                     passes.thumbs.add(source.sample_ids[p], t)
             if len(positions) < MIN_PAIR_BATCH:
-                passes.errors.add(BadSample(source.sample_ids[positions[0]], source.source_of(int(positions[0])), ALONE))
+                passes.errors.add(
+                    BadSample(source.sample_ids[positions[0]], source.source_of(int(positions[0])), ALONE)
+                )
                 continue
             tokens = models.model.tokenizer.encode(captions[positions].tolist())
             inputs = (batch.inputs.to(self.run.device), tokens.ids.to(self.run.device))
@@ -377,15 +448,21 @@ class PairsTask:
             raise ValueError(f"{', '.join(named)}: only for labelled pools, and {options.data} is a pool of image-text "
                              "pairs (use --caption-noise RATE to swap captions)")
         if options.batch_size < MIN_PAIR_BATCH:
-            raise ValueError(f"--batch-size {options.batch_size}: a pair's InfoNCE loss needs the other pairs of its batch "
-                             f"as negatives, so an image-text pool is scored in batches of at least {MIN_PAIR_BATCH}")
+            raise ValueError(
+                f"--batch-size {options.batch_size}: a pair's InfoNCE loss needs the other pairs of its batch "
+                f"as negatives, so an image-text pool is scored in batches of at least {MIN_PAIR_BATCH}"
+            )
         if options.command != "train":
             return
         if options.frozen_towers and (options.frozen_image_tower or options.all_captions):
-            raise ValueError("--frozen-image-tower and --all-captions are for training the towers; drop --frozen-towers")
+            raise ValueError(
+                "--frozen-image-tower and --all-captions are for training the towers; drop --frozen-towers"
+            )
         if not options.frozen_towers and is_open_clip(options.arch) and options.frozen_image_tower:
-            raise ValueError(f"--frozen-image-tower is available for the built-in --arch small_dual; {options.arch} trains "
-                             "both towers (drop --frozen-image-tower) or its projections alone (--frozen-towers)")
+            raise ValueError(
+                f"--frozen-image-tower is available for the built-in --arch small_dual; {options.arch} trains "
+                "both towers (drop --frozen-image-tower) or its projections alone (--frozen-towers)"
+            )
 
     def default_binarisation(self) -> str:
         """Stage 2's per-epoch vote of a ``train`` run: the two-group GMM split of each epoch's proj —
@@ -394,24 +471,35 @@ class PairsTask:
         return "gmm"
 
     def losses_from_rows(self) -> bool:
+        """False: a pair's loss depends on its batch, so the score rows' loss is not a per-sample column."""
         return False
 
     # ------------------------------------------------------------------ preparing
     def prepare_score(self, options: Any, pool: Pool, device: str) -> Prepared:
+        """Load the dual-encoder checkpoint and its reference, swap captions when asked: the job, the fingerprints of
+        data, model and reference, and the facts ``meta.json`` records."""
         captions = pair_captions(pool, options.caption_noise, options.noise_seed)
         models = build_pair_models(options, device)
         # the data fingerprint covers the captions; the swapped ones follow from --caption-noise and --noise-seed
         fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
                         "reference": state_fingerprint(models.reference.state_dict())}
         layers = models.mimic_layers if isinstance(models.mimic_layers, str) else ",".join(models.mimic_layers)
-        facts = dict(class_names=[], source={"spec": options.data, "pool_kind": "pairs"},
-                     method=f"{options.score_method} of the symmetric InfoNCE term within each batch of {options.batch_size} "
-                            "pairs (fixed checkpoint)",
-                     noise=captions.noise, reference={"path": options.reference}, params=layers, basis=models.basis,
-                     subset=pool.subset)
+        facts = dict(
+            class_names=[],
+            source={"spec": options.data, "pool_kind": "pairs"},
+            method=f"{options.score_method} of the symmetric InfoNCE term within each batch of {options.batch_size} "
+            "pairs (fixed checkpoint)",
+            noise=captions.noise,
+            reference={"path": options.reference},
+            params=layers,
+            basis=models.basis,
+            subset=pool.subset,
+        )
         return Prepared(Job(self, pool, models, captions), fingerprints, facts, pool.warnings + models.warnings)
 
     def prepare_train(self, options: Any, pool: Pool, device: str) -> Prepared:
+        """Build the dual encoder to train (from ``--init``, the reference's towers or fresh) and check it against the
+        reference: the job, the fingerprints, and the facts ``meta.json`` records."""
         captions = pair_captions(pool, options.caption_noise, options.noise_seed)
         captions.sets = _caption_sets(pool) if options.all_captions else None
         texts = [c for row in captions.sets for c in row] if captions.sets is not None else captions.captions.tolist()
@@ -419,30 +507,54 @@ class PairsTask:
         if models.reference is not None and options.frozen_image_tower:
             differing = image_tower_differences(models.model, models.reference)
             if differing:
-                raise CheckpointError(f"--frozen-image-tower with --reference {options.reference}: the reference would score "
-                                      f"the model's cached image-tower outputs, but its image tower differs ({len(differing)} "
-                                      f"tensor(s), e.g. {differing[0]}); start the model from the reference (no --init) or "
-                                      "train both towers")
-        fingerprints = {**pool_fingerprints(pool), "init": state_fingerprint(models.model.state_dict()),
-                        "reference": None if models.reference is None else state_fingerprint(models.reference.state_dict())}
-        method = (f"{options.method} Grad-Mimic on the {models.mimic_layers} projection (symmetric InfoNCE within each batch "
-                  f"of {options.batch_size} pairs; {_trained_part(options)})") if models.reference is not None \
+                raise CheckpointError(
+                    f"--frozen-image-tower with --reference {options.reference}: the reference would score "
+                    f"the model's cached image-tower outputs, but its image tower differs ({len(differing)} "
+                    f"tensor(s), e.g. {differing[0]}); start the model from the reference (no --init) or "
+                    "train both towers"
+                )
+        fingerprints = {
+            **pool_fingerprints(pool),
+            "init": state_fingerprint(models.model.state_dict()),
+            "reference": None if models.reference is None else state_fingerprint(models.reference.state_dict()),
+        }
+        method = (
+            (
+                f"{options.method} Grad-Mimic on the {models.mimic_layers} projection (symmetric InfoNCE within each "
+                f"batch of {options.batch_size} pairs; {_trained_part(options)})"
+            )
+            if models.reference is not None
             else f"plain ({_trained_part(options)})"
-        facts = dict(class_names=[], source={"spec": options.data, "pool_kind": "pairs"}, method=method, noise=captions.noise,
-                     reference={"path": options.reference} if options.reference else None, basis=models.basis,
-                     subset=pool.subset)
-        return Prepared(Job(self, pool, models, captions), fingerprints, facts, pool.warnings + models.warnings, models.notes)
+        )
+        facts = dict(
+            class_names=[],
+            source={"spec": options.data, "pool_kind": "pairs"},
+            method=method,
+            noise=captions.noise,
+            reference={"path": options.reference} if options.reference else None,
+            basis=models.basis,
+            subset=pool.subset,
+        )
+        return Prepared(
+            Job(self, pool, models, captions), fingerprints, facts, pool.warnings + models.warnings, models.notes
+        )
 
     def train_mode(self, job: Job, options: Any, run: Any) -> _PairMode:
+        """``FrozenTowersMode``, ``FrozenImageTowerMode`` or ``BothTowersMode``, as the options say."""
         if options.frozen_towers:
             return FrozenTowersMode(job, options, run)
-        return FrozenImageTowerMode(job, options, run) if options.frozen_image_tower else BothTowersMode(job, options, run)
+        return (
+            FrozenImageTowerMode(job, options, run) if options.frozen_image_tower else BothTowersMode(job, options, run)
+        )
 
     def score_mode(self, job: Job, options: Any, run: Any) -> PairScoring:
+        """``PairScoring``."""
         return PairScoring(job, options, run)
 
     # ------------------------------------------------------------------ rows
     def score_rows(self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int):
+        """The score rows of one batch with the pairs' own columns: CLIP score under model and reference, the
+        reference's loss, and whether the caption was cut."""
         images, ids = batch.inputs
         with torch.no_grad():
             reference = job.models.reference(images, ids)
@@ -471,7 +583,9 @@ class PairsTask:
             if signals is not None:
                 for column in PAIR_SIGNAL_COLUMNS:
                     values = signals[column].reindex(good)
-                    frame[column] = values.to_numpy(np.float64) if column.startswith("clip") else values.astype("Int64").to_numpy()
+                    frame[column] = (
+                        values.to_numpy(np.float64) if column.startswith("clip") else values.astype("Int64").to_numpy()
+                    )
             return frame
 
         def standard(good: np.ndarray) -> dict:
@@ -497,9 +611,13 @@ class PairsTask:
             if len(positions):
                 scores = rows.range(int(positions[0]), int(positions[-1]) + 1, list(PAIR_ROW_COLUMNS))
             else:
-                scores = pd.DataFrame({c: pd.Series(dtype=object if c == "sample_id" else np.float64) for c in PAIR_ROW_COLUMNS})
+                scores = pd.DataFrame(
+                    {c: pd.Series(dtype=object if c == "sample_id" else np.float64) for c in PAIR_ROW_COLUMNS}
+                )
             scores["score_batch"] = score_batches(scores["step"].to_numpy(), steps)
-            return pair_samples(base(positions), captions.captions, captions.true_captions, positions, captions.is_noisy, scores)
+            return pair_samples(
+                base(positions), captions.captions, captions.true_captions, positions, captions.is_noisy, scores
+            )
 
         return at
 
@@ -513,16 +631,31 @@ class PairsTask:
 
     # ------------------------------------------------------------------ the end of a run
     def save_model(self, job: Job, options: Any, meta: Any, held: Held) -> None:
+        """Save the trained dual encoder with its architecture and input shape, so it can be a later run's
+        ``--reference``, ``--model`` or ``--init``."""
         models = job.models
-        save_dual_encoder(models.model, options.save_model, arch=models.arch, input_shape=models.input_shape,
-                          extra={"run_id": meta.run_id, "data": options.data, "frozen_towers": options.frozen_towers,
-                                 "frozen_image_tower": options.frozen_image_tower, "all_captions": options.all_captions})
+        save_dual_encoder(
+            models.model,
+            options.save_model,
+            arch=models.arch,
+            input_shape=models.input_shape,
+            extra={
+                "run_id": meta.run_id,
+                "data": options.data,
+                "frozen_towers": options.frozen_towers,
+                "frozen_image_tower": options.frozen_image_tower,
+                "all_captions": options.all_captions,
+            },
+        )
 
     def held_out(self, job: Job, options: Any, trained: nn.Module, device: str) -> dict:
+        """``test_recall`` (recall@1/5/10 over every caption of each held-out photo) of the trained model."""
         recall, ranked = held_out_recall(options.test_data, job.models, device, options.workers)
         return {"test_recall": recall, "test_recall_ranked": ranked}
 
     def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log) -> dict:
+        """The pairs' part of the summary: the loss, batch size, mimic layer, what trained and how many captions were
+        cut (said to ``log`` too)."""
         truncated = held.extra["truncated"]
         pairs = {"loss": "symmetric InfoNCE of each pair within its batch", "batch_size": options.batch_size,
                  "mimic_layer": job.models.mimic_layers if scored else None, "frozen_towers": options.frozen_towers,
@@ -535,20 +668,35 @@ class PairsTask:
         return {"pairs": pairs}
 
     def score_summary(self, job: Job, options: Any, layout: RunLayout, log) -> dict:
+        """The pairs' part of the summary: the loss, batch size, number of scoring batches, mimic layers and how many
+        captions were cut (said to ``log`` too)."""
         truncated = int(pq.read_table(layout.samples, columns=["caption_truncated"]).column("caption_truncated")
                         .to_numpy().sum())
         if truncated:
-            log(f"{truncated} caption(s) were longer than the text encoder's context and were cut (column caption_truncated)")
-        return {"pairs": {"loss": "symmetric InfoNCE of each pair within its scoring batch", "batch_size": options.batch_size,
-                          "batches": int(len(self._steps(layout))), "mimic_layers": job.models.mimic_layers,
-                          "truncated_captions": truncated}}
+            log(
+                f"{truncated} caption(s) were longer than the text encoder's context and were cut (column "
+                "caption_truncated)"
+            )
+        return {
+            "pairs": {
+                "loss": "symmetric InfoNCE of each pair within its scoring batch",
+                "batch_size": options.batch_size,
+                "batches": len(self._steps(layout)),
+                "mimic_layers": job.models.mimic_layers,
+                "truncated_captions": truncated,
+            }
+        }
 
 
 def _trained_part(options: Any) -> str:
     if options.frozen_towers:
         return "frozen towers"
     drawn = "; each step one of every photo's captions" if options.all_captions else ""
-    return ("text tower and projections; image tower frozen" if options.frozen_image_tower else "both towers and projections") + drawn
+    return (
+        "text tower and projections; image tower frozen"
+        if options.frozen_image_tower
+        else "both towers and projections"
+    ) + drawn
 
 
 def held_out_recall(spec: str, models, device: str, workers: int = 0) -> tuple[dict[str, float], dict[str, int]]:
@@ -562,7 +710,7 @@ def held_out_recall(spec: str, models, device: str, workers: int = 0) -> tuple[d
     model = models.model
     with torch.no_grad(), preserved_modes(model):
         model.eval()
-        image, positions, _ = pair_rows_pass(models, test, test.labels, test.captions, workers, None, None,
+        image, positions, _ = _pair_rows_pass(models, test, test.labels, test.captions, workers, None, None,
                                              lambda images, ids: model.encode_image(images.to(device)).cpu())
         captions = [test.all_captions(int(p)) or [str(test.captions[p])] for p in positions]
         texts = [c for row in captions for c in row]
@@ -572,4 +720,4 @@ def held_out_recall(spec: str, models, device: str, workers: int = 0) -> tuple[d
     return retrieval_recall(image, text, image_of_text, ks=RECALL_AT), {"photos": len(captions), "captions": len(texts)}
 
 
-__all__ = ["DEFAULT_MIMIC_LAYER", "PairCaptions", "PairsTask", "pair_captions", "held_out_recall"]
+__all__ = ["DEFAULT_MIMIC_LAYER", "PairCaptions", "PairsTask", "held_out_recall", "pair_captions"]

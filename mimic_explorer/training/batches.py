@@ -9,7 +9,8 @@ rows from the pool every epoch are in ``training.pool_batches``.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -60,6 +61,8 @@ class TensorBatches:
         return inputs, targets
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Any, Tensor | None]]:
+        """``(index, inputs, targets)`` per batch of epoch ``epoch``: the plan's seeded order and batch edges, this
+        rank's share (so a held, a streamed and a resumed run draw the same batches)."""
         order = self.plan.order(epoch)
         bounds = self.plan.edges(len(order))
         # gather many batches at once (bounded, ~32 MB) and hand out views: a gather per batch costs more
@@ -104,6 +107,8 @@ class CaptionDraws(TensorBatches):
         super().__init__((images, token_sets, counts), None, batch_size, seed, rank, world, min_batch=MIN_PAIR_BATCH)
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Any, None]]:
+        """``(index, (images, tokens), None)`` per batch: each photo with one of its captions, drawn by the epoch's
+        seeded generator."""
         generator = draw_captions(self.plan, epoch)
         for index, (images, sets, counts), _ in super().epoch(epoch):
             draw = (torch.rand(len(index), generator=generator) * counts.cpu()).long().to(sets.device)

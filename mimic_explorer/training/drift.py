@@ -31,6 +31,8 @@ class DriftMeter:
         self.per_epoch: list[dict] = []
 
     def measure(self, epoch: int) -> None:
+        """Record, after epoch ``epoch``, the relative distance of the part outside the mimic layers to the reference's
+        and to where the run began."""
         self.per_epoch.append({"epoch": epoch,
                                "to_reference": relative_distance(self.model, self.reference, self.excluded),
                                "from_init": relative_distance(self.model, self.start, self.excluded)})

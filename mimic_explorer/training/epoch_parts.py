@@ -16,18 +16,18 @@ are not on disk; parts beyond the state's epoch (a kill between the two writes) 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from mimic_explorer.util.distributed import DistContext
-from mimic_explorer.training.recording import epoch_table
 from mimic_explorer.store.atomic import atomic_write
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.writer import write_score_part
 from mimic_explorer.training.loop import EpochRecord
+from mimic_explorer.training.recording import epoch_table
+from mimic_explorer.util.distributed import DistContext
 
 
 class EpochParts:
@@ -44,6 +44,7 @@ class EpochParts:
         self.since = time.monotonic()
 
     def add(self, record: EpochRecord) -> None:
+        """Hold one epoch's rows until the next checkpoint writes them."""
         self.pending.append((record.epoch, epoch_table(record, self.ids, self.positions)))
 
     def due(self, epoch: int) -> bool:
@@ -55,7 +56,9 @@ class EpochParts:
     def checkpoint(self, epoch: int, state: Callable[[], dict]) -> None:
         """Write the pending rows as one part, wait for every rank's part, then the state (rank 0)."""
         if self.pending:
-            part = self.layout.epoch_part(self.pending[0][0], self.pending[-1][0], self.ctx.rank if self.ctx.active else None)
+            part = self.layout.epoch_part(
+                self.pending[0][0], self.pending[-1][0], self.ctx.rank if self.ctx.active else None
+            )
             write_score_part(part, pa.concat_tables([table for _, table in self.pending]))
             self.pending = []
         self.ctx.barrier()

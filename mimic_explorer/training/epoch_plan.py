@@ -32,7 +32,7 @@ def shared_batch_edges(size: int, world: int, batch_size: int, min_batch: int = 
     """Edges of each rank's batches when ``world`` ranks share ``size`` samples strided (module
     docstring): the smallest share's edges, its last one being that share's end."""
     share = size // world
-    bounds = list(range(0, share, batch_size)) + [share]
+    bounds = [*range(0, share, batch_size), share]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < min_batch:
         del bounds[-2]
     return bounds

@@ -7,7 +7,7 @@ everything to a kill. Here the matrix is a preallocated file written with plain 
 chunk of rows at a time, each chunk sealed by a marker file once its rows are flushed; a killed
 extraction continues at its first unsealed chunk, and the ranks of a distributed run fill disjoint
 chunks of the same file. Readers memory-map the finished matrix (``values``) or read row ranges with
-explicit reads (``read``), which keeps a streaming reader's memory flat. ``pipeline.features`` decides
+explicit reads (``read``), which keeps a streaming reader's memory flat. ``training.features`` decides
 what goes in; this module only knows the files. See docs/ARCHITECTURE.md.
 
 Entry folder ``<cache>/features/<key>/``:
@@ -32,9 +32,9 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -67,6 +67,7 @@ class FeatureEntry:
 
     @property
     def positions_path(self) -> Path:
+        """The pool position of each matrix row (int64), filled chunk by chunk with the rows."""
         return self.folder / POSITIONS
 
     def _marker(self, chunk: int) -> Path:
@@ -74,19 +75,22 @@ class FeatureEntry:
 
     @property
     def dim(self) -> int:
+        """Columns of the matrix."""
         return int(self.header["dim"])
 
     @property
     def rows(self) -> int:
+        """Rows of the matrix: the good ones once the entry is complete, every requested one while it is filled."""
         return int(self.header["good_rows"] if self.header.get("state") == "complete" else self.header["rows"])
 
     @property
     def row_bytes(self) -> int:
+        """Bytes per matrix row (float32)."""
         return self.dim * 4
 
     # ------------------------------------------------------------------ opening
     @contextmanager
-    def locked(self) -> Iterator["FeatureEntry"]:
+    def locked(self) -> Iterator[FeatureEntry]:
         """Hold the entry's lock: one process at a time fills (or finishes) it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / LOCK, "a") as handle:
@@ -127,7 +131,11 @@ class FeatureEntry:
         header = self._read_header()
         if header is not None and header.get("state") == "complete" and self.open_complete():
             return
-        if header is not None and header.get("state") == "filling" and all(header.get(k) == v for k, v in wanted.items()):
+        if (
+            header is not None
+            and header.get("state") == "filling"
+            and all(header.get(k) == v for k, v in wanted.items())
+        ):
             self.header = header
             try:
                 if (self.values_path.stat().st_size == rows * dim * 4
@@ -156,13 +164,16 @@ class FeatureEntry:
     # ------------------------------------------------------------------ filling
     @property
     def chunk_rows(self) -> int:
+        """Rows per chunk: the unit that is filled, sealed and (after a kill) filled again."""
         return int(self.header["chunk_rows"])
 
     @property
     def chunk_count(self) -> int:
+        """How many chunks the requested rows make."""
         return -(-int(self.header["rows"]) // self.chunk_rows)
 
     def sealed(self, chunk: int) -> bool:
+        """Whether chunk ``chunk`` is finished (its marker exists, written only after its rows)."""
         return self._marker(chunk).exists()
 
     def write_rows(self, first_row: int, values: np.ndarray) -> None:
@@ -173,6 +184,7 @@ class FeatureEntry:
         _pwrite_all(self.values_path, memoryview(data).cast("B"), first_row * self.row_bytes)
 
     def write_positions(self, first_row: int, positions: np.ndarray) -> None:
+        """The pool positions of rows ``first_row …``, by positional writes (as ``write_rows``)."""
         data = np.ascontiguousarray(positions, dtype=np.int64)
         _pwrite_all(self.positions_path, memoryview(data).cast("B"), first_row * _ROW_BYTES_POSITION)
 
@@ -195,14 +207,21 @@ class FeatureEntry:
                 bad.append((int(row), BadSample(sample_id, path, reason)))
         bad.sort(key=lambda item: item[0])
         bad_rows = np.asarray([row for row, _ in bad], dtype=np.int64)
-        positions = {int(row): int(p) for row, p in zip(bad_rows, self.read_positions(bad_rows))} if len(bad_rows) else {}
+        positions = (
+            {int(row): int(p) for row, p in zip(bad_rows, self.read_positions(bad_rows), strict=True)}
+            if len(bad_rows)
+            else {}
+        )
         rows = int(self.header["rows"])
         good_rows = rows - len(bad_rows)
         if len(bad_rows):
             self.header["state"] = "compacting"  # a kill from here on leaves an entry that is rebuilt
             write_json(self.folder / HEADER, self.header)
             self._compact(bad_rows, rows)
-        for path, size in ((self.values_path, good_rows * self.row_bytes), (self.positions_path, good_rows * _ROW_BYTES_POSITION)):
+        for path, size in (
+            (self.values_path, good_rows * self.row_bytes),
+            (self.positions_path, good_rows * _ROW_BYTES_POSITION),
+        ):
             with open(path, "r+b") as handle:
                 os.ftruncate(handle.fileno(), size)
                 os.fsync(handle.fileno())
@@ -233,7 +252,10 @@ class FeatureEntry:
         return self._read(self.values_path, lo, hi, self.dim, np.float32)
 
     def read_positions(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray([self._read(self.positions_path, int(r), int(r) + 1, 1, np.int64)[0, 0] for r in rows], dtype=np.int64)
+        """The pool positions of matrix rows ``rows``."""
+        return np.asarray(
+            [self._read(self.positions_path, int(r), int(r) + 1, 1, np.int64)[0, 0] for r in rows], dtype=np.int64
+        )
 
     def _read(self, path: Path, lo: int, hi: int, width: int, dtype) -> np.ndarray:
         out = np.empty((max(hi - lo, 0), width), dtype=dtype)
@@ -257,12 +279,17 @@ class FeatureEntry:
         return np.memmap(self.values_path, dtype=np.float32, mode="c", shape=(self.rows, self.dim))
 
     def positions(self) -> np.ndarray:
+        """The pool position of every row, memory-mapped (read-only)."""
         if self.rows == 0:
             return np.zeros(0, dtype=np.int64)
         return np.memmap(self.positions_path, dtype=np.int64, mode="r", shape=(self.rows,))
 
     def bad(self) -> list[BadSample]:
-        return [BadSample(sample_id, path, reason) for _, sample_id, path, reason in json.loads((self.folder / BAD).read_text())]
+        """The samples that could not be read when the entry was filled (a cached run reports them again)."""
+        return [
+            BadSample(sample_id, path, reason)
+            for _, sample_id, path, reason in json.loads((self.folder / BAD).read_text())
+        ]
 
 
 def _pwrite_all(path: Path, data: memoryview, offset: int) -> None:

@@ -5,7 +5,7 @@ once (keyed by backbone weights, transform, data and what is extracted) turns an
 backbone pass plus E cheap passes over a (N, D) matrix, and lets the reference probe, the plain probe
 and the Grad-Mimic probe of one experiment — and ``train`` and ``score`` — share a single pass.
 
-Why streamed: the matrix is written to its cache entry (``pipeline.feature_cache``) chunk by chunk as
+Why streamed: the matrix is written to its cache entry (``training.feature_cache``) chunk by chunk as
 batches are decoded, so extraction memory stays one batch whatever the pool's size, a killed
 extraction resumes at its first unfinished chunk, and under torchrun the ranks fill disjoint chunks of
 one entry. What a batch contributes is a ``FeatureExtractor`` (by default the head's inputs); a model
@@ -18,21 +18,22 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from mimic_explorer.util.cache import features_cache_dir
 from mimic_explorer.data.errors import BadSample, ErrorLog
 from mimic_explorer.data.source import Source
-from mimic_explorer.util.fingerprint import state_fingerprint
-from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.training.feature_cache import FeatureEntry
 from mimic_explorer.training.pool_pass import PassBatch, pool_pass, thumbnail_pass
+from mimic_explorer.util.cache import features_cache_dir
+from mimic_explorer.util.distributed import DistContext
+from mimic_explorer.util.fingerprint import state_fingerprint
 
 #: requested samples per chunk of a cache entry: the unit of resuming and of work between ranks
 CHUNK_ROWS = 16_384
@@ -61,9 +62,11 @@ class HeadInputs:
         self.head_name = head_name
 
     def describe(self) -> str:
+        """``head-inputs:NAME``: part of the cache key, so another extractor never reads these features."""
         return f"head-inputs:{self.head_name}"
 
     def dim(self, model: nn.Module) -> int:
+        """The head's input width."""
         return int(model.get_submodule(self.head_name).in_features)
 
     def __call__(self, model: nn.Module, batch: PassBatch, device: str) -> torch.Tensor:
@@ -78,6 +81,9 @@ class HeadInputs:
 
 @dataclass
 class Features:
+    """The cached features of a pass: the good samples' pool positions, their (N, D) matrix (memory-mapped from the
+    cache entry), the bad samples, and whether the entry was already there."""
+
     positions: np.ndarray  # source positions of the good samples, in requested order (memory-mapped)
     values: torch.Tensor  # (N, D) float32 head inputs, memory-mapped from the cache entry
     bad: list[BadSample]
@@ -95,19 +101,24 @@ class Features:
         return int(np.searchsorted(self.positions, start)), int(np.searchsorted(self.positions, stop))
 
 
-def backbone_fingerprint(model: nn.Module, head_name: str) -> str:
+def _backbone_fingerprint(model: nn.Module, head_name: str) -> str:
     prefix = head_name + "."
     return state_fingerprint({k: v for k, v in model.state_dict().items() if not k.startswith(prefix)})
 
 
 def feature_key(model: nn.Module, head_name: str, transform, source: Source, indices: np.ndarray | None,
                 extractor: FeatureExtractor | None = None) -> str:
+    """The cache entry's key: a hash of the backbone's weights (head left out), the preprocessing, the data fingerprint,
+    the requested positions and the extractor. Anything that changes the features changes the key; training another head
+    on the same backbone finds the entry."""
     describe = getattr(transform, "describe", None)
     parts = {
-        "backbone": backbone_fingerprint(model, head_name),
+        "backbone": _backbone_fingerprint(model, head_name),
         "transform": describe() if describe else repr(transform),
         "data": source.fingerprint(),
-        "indices": hashlib.sha256(np.asarray(indices if indices is not None else [], dtype=np.int64).tobytes()).hexdigest(),
+        "indices": hashlib.sha256(
+            np.asarray(indices if indices is not None else [], dtype=np.int64).tobytes()
+        ).hexdigest(),
         "extract": (extractor or HeadInputs(head_name)).describe(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -131,6 +142,7 @@ class _Pass:
     done: int = 0
 
     def chunk(self, entry: FeatureEntry, chunk: int) -> np.ndarray:
+        """The requested positions of chunk ``chunk``."""
         first = chunk * entry.chunk_rows
         return self.requested[first : first + entry.chunk_rows]
 
@@ -155,6 +167,7 @@ class _Pass:
         entry.seal(chunk, [(row_of_id[b.sample_id], b) for b in errors if b.sample_id in row_of_id])
 
     def advance(self, count: int) -> None:
+        """Count ``count`` more samples done and report progress."""
         self.done += count
         if self.progress is not None:
             self.progress(self.done, len(self.requested))
@@ -205,7 +218,9 @@ def _extract(entry: FeatureEntry, key: str, model: nn.Module, source: Source, la
              requested: np.ndarray, ctx: DistContext, chunk_rows: int) -> Features:
     if ctx.all_ok(entry.open_complete()):
         return _features(entry, cached=True)
-    work = _Pass(model, source, labels, transform, extractor, device, batch_size, workers, on_thumbnails, progress, requested)
+    work = _Pass(
+        model, source, labels, transform, extractor, device, batch_size, workers, on_thumbnails, progress, requested
+    )
     was_training = model.training
     model.eval()
     mine: set[int] = set()
@@ -226,7 +241,13 @@ def _extract(entry: FeatureEntry, key: str, model: nn.Module, source: Source, la
     if on_thumbnails is not None:  # chunks another rank (or a killed run) extracted: decode for thumbnails
         for chunk in range(-(-len(requested) // chunk_rows)):
             if chunk not in mine:
-                thumbnail_pass(source, labels, on_thumbnails, workers, indices=requested[chunk * chunk_rows : (chunk + 1) * chunk_rows])
+                thumbnail_pass(
+                    source,
+                    labels,
+                    on_thumbnails,
+                    workers,
+                    indices=requested[chunk * chunk_rows : (chunk + 1) * chunk_rows],
+                )
     return _features(entry, cached=False)
 
 

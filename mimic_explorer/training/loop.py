@@ -13,16 +13,14 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimic_explorer.training.batches import TensorBatches
-from mimic_explorer.training.loss_step import LossStep
 from mimic_explorer.models.heads import find_head
 from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.scoring.linear_head import (
@@ -34,11 +32,34 @@ from mimic_explorer.scoring.losses import PerSampleLoss
 from mimic_explorer.scoring.prepared import PreparedScorer
 from mimic_explorer.scoring.stage1 import METHODS, score_basis, stage1_weights
 from mimic_explorer.scoring.trees import moved
+from mimic_explorer.training.batches import TensorBatches
+from mimic_explorer.training.loss_step import LossStep
 from mimic_explorer.util.choices import OPTIMIZERS, REWEIGHTS
 
 
 @dataclass
 class TrainConfig:
+    """How ``train`` trains: the schedule, the Stage-1 weighting, the seed and the device.
+
+    Parameters
+    ----------
+    epochs, batch_size, lr, weight_decay
+        The schedule.
+    optimizer
+        ``adamw`` or ``sgd``.
+    method, temperature
+        The Stage-1 weighting (``proj``, ``cos``, ``normed_proj``, ``normed_cos``) and the
+        softmax temperature T of the ``normed_*`` ones.
+    reweight
+        ``head``: only the mimic layers get the re-weighted gradient; ``all``: every trainable parameter.
+    starting_epoch
+        Epochs before this one train plainly (scores are still recorded).
+    seed
+        Seed of the shuffles and of each epoch's random numbers.
+    device
+        Where the model trains.
+    """
+
     epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-3
@@ -52,6 +73,8 @@ class TrainConfig:
     device: str = "cpu"
 
     def validate(self, num_samples: int) -> None:
+        """Raise ``ValueError`` naming the first bad setting (``num_samples``: the size of the data, which bounds the
+        batch size)."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not self.temperature > 0:
@@ -66,6 +89,7 @@ class TrainConfig:
             raise ValueError(f"reweight must be 'head' or 'all', got {self.reweight!r}")
 
     def to_dict(self) -> dict:
+        """The settings as JSON values."""
         return asdict(self)
 
 
@@ -86,6 +110,9 @@ class EpochRecord:
 
 @dataclass
 class TrainResult:
+    """What ``train`` returns: the trained model (the one passed in), every epoch's record and the seconds the training
+    took."""
+
     model: nn.Module
     records: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
@@ -102,6 +129,7 @@ class _HeadInput:
         self.value = inputs[0]
 
     def remove(self) -> None:
+        """Stop capturing."""
         self._hook.remove()
 
 
@@ -130,7 +158,9 @@ class _Steps:
         else:
             self.capture = _HeadInput(self.head)
             # a frozen backbone needs no backward pass at all: the head's gradient is closed form
-            backbone_trains = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(head_name + "."))
+            backbone_trains = any(
+                p.requires_grad for n, p in model.named_parameters() if not n.startswith(head_name + ".")
+            )
             self.run = functools.partial(_autograd_step, backbone_trains=backbone_trains)
 
     def prepare_scorer(self) -> PreparedScorer:
@@ -140,6 +170,7 @@ class _Steps:
         return self.scorer
 
     def close(self) -> None:
+        """Remove the head-input hook."""
         if self.capture is not None:
             self.capture.remove()
 
@@ -149,16 +180,21 @@ class _LossSteps:
 
     def __init__(self, model: nn.Module, reference: nn.Module | None, config: TrainConfig, loss: PerSampleLoss,
                  mimic_params: Sequence[str] | None):
-        weigh = lambda proj, cos, on: _sample_weights(proj, cos, config, on)  # noqa: E731
+
+        def weigh(proj, cos, on):
+            return _sample_weights(proj, cos, config, on)
+
         self.step = LossStep(model, reference, loss, mimic_params, config.reweight, weigh,
                              lambda losses, index: _check_finite(losses, index, "loss"),
                              need_cos=score_basis(config.method) == "cos")
         self.scorer = self.step.scorer
 
     def run(self, model, steps, inputs, targets, index, weigh) -> dict[str, torch.Tensor]:
+        """One step of the ``LossStep``."""
         return self.step(inputs, targets, index, weigh)
 
     def close(self) -> None:
+        """Remove the ``LossStep``'s hook."""
         self.step.close()
 
 
@@ -214,28 +250,62 @@ def train(
     loss: PerSampleLoss | None = None,
     mimic_params: Sequence[str] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place. With ``reference``, Grad-Mimic re-weights the head's gradient.
+    """Train ``model`` in place. With ``reference``, Grad-Mimic re-weights the mimic layers' gradient.
 
-    ``head_name``: the head's qualified name, as found when the run built its models (a
-    ``LinearProbe``'s is known; otherwise it is traced on the first batch).
+    Every sample's loss and prediction are recorded at every epoch; with a reference also its proj,
+    cos and Stage-1 weight, computed at the weights the step starts from. A ``LinearProbe`` (the head
+    alone, on cached features) takes a path without autograd: its gradient is the closed form
+    Σ_i w_i δ_i h_iᵀ, so a step is a handful of small matmuls. With ``loss`` the step is
+    ``loss_step.LossStep``: the mimic layers ``mimic_params`` get the re-weighted Σ w_i g_i and every
+    other parameter the mean gradient.
 
-    ``loss``: any ``scoring.losses.PerSampleLoss`` instead of the classifier's cross-entropy (e.g.
-    ``scoring.contrastive.InfoNCELoss`` for a ``DualEncoder`` or a ``ProjectionProbe``; inputs may
-    then be a tuple such as (images, tokens) and targets None). The step is ``loss_step.LossStep``:
-    Grad-Mimic gives the mimic layers ``mimic_params`` (parameter names, e.g.
-    ``["text_projection.weight"]``) the re-weighted Σ w_i g_i and every other parameter the mean
-    gradient. Without ``loss`` the classification path below is used, unchanged.
+    Parameters
+    ----------
+    model
+        The model to train (a classifier, a ``LinearProbe``, a ``DualEncoder`` or a part of one).
+    batches
+        The epochs' mini-batches: ``len(batches)`` samples, ``batches.epoch(e)`` yielding
+        ``(index, inputs, targets)`` (``TensorBatches``, ``PoolBatches``, ``StreamedPairs``, …).
+    config
+        The schedule, the Stage-1 method, the seed and the device (``TrainConfig``).
+    reference
+        The better model (same architecture); None trains plainly.
+    on_epoch
+        Called with each epoch's ``EpochRecord`` (runs write it as a score part).
+    progress
+        Called as ``progress(samples_done, samples_total)``.
+    start_epoch, optimizer_state
+        Resume a run whose epochs before ``start_epoch`` are done, from its optimizer state.
+    on_checkpoint
+        Called as ``on_checkpoint(epoch, model, optimizer)`` after each epoch's ``on_epoch``, so a caller
+        can persist the state.
+    grad_sync
+        Called with the model between the gradient computation and the optimizer step (distributed runs
+        average the gradients there).
+    steps_per_epoch
+        How many steps an epoch counts in the ``step`` column (default: ⌈len(batches) / batch_size⌉;
+        distributed runs pass their plan's batch count, which every rank shares).
+    head_name
+        The head's qualified name, as found when the run built its models (traced on the first batch
+        when None).
+    loss
+        A ``scoring.losses.PerSampleLoss`` instead of the classifier's cross-entropy (e.g.
+        ``scoring.contrastive.InfoNCELoss`` for a dual encoder: inputs may then be a tuple such as
+        (images, tokens) and targets None).
+    mimic_params
+        With ``loss``: the names of the mimic layers' parameters (e.g. ``["text_projection.weight"]``).
 
-    Every sample's loss and prediction are recorded at every epoch; with a reference also its
-    proj, cos and Stage-1 weight, computed at the weights the step starts from.
+    Returns
+    -------
+    TrainResult
+        The trained model, every epoch's ``EpochRecord`` and the seconds the training took.
 
-    A ``LinearProbe`` (the head alone, on cached features) takes a path without autograd: its
-    gradient is the closed form Σ_i w_i δ_i h_iᵀ, so a step is a handful of small matmuls.
-
-    Resuming: ``start_epoch`` and ``optimizer_state`` continue a run whose epochs before
-    ``start_epoch`` are done; ``on_checkpoint(epoch, model, optimizer)`` runs after each epoch's
-    ``on_epoch`` so a caller can persist the state. ``grad_sync(model)`` runs between the gradient
-    computation and the optimizer step (distributed runs average gradients there).
+    Raises
+    ------
+    ValueError
+        A bad ``config``, named by ``TrainConfig.validate``.
+    NonFiniteLossError
+        A sample's loss (or score) is NaN or infinite; names the samples.
     """
     import time
 
@@ -325,7 +395,9 @@ def _probe_step(model, steps: _Steps, features, targets, index, weigh) -> dict[s
     return out
 
 
-def _autograd_step(model, steps: _Steps, inputs, targets, index, weigh, *, backbone_trains: bool) -> dict[str, torch.Tensor]:
+def _autograd_step(
+    model, steps: _Steps, inputs, targets, index, weigh, *, backbone_trains: bool
+) -> dict[str, torch.Tensor]:
     """One step of a model with a backbone: one forward and (when the backbone trains) one backward;
     the head's re-weighted gradient is closed form from the captured head input."""
     head, config = steps.head, steps.config
@@ -357,6 +429,7 @@ def _autograd_step(model, steps: _Steps, inputs, targets, index, weigh, *, backb
 
 @torch.no_grad()
 def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy of ``model`` on ``inputs`` (in eval mode, which is restored afterwards)."""
     was = model.training
     model.eval()
     try:

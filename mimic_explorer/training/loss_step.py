@@ -70,6 +70,7 @@ class _LayerIO:
         self.calls += 1
 
     def remove(self) -> None:
+        """Stop capturing."""
         self._hook.remove()
 
 
@@ -93,7 +94,9 @@ class LossStep:
         if reference is None:
             return
         if not mimic_params:
-            raise ValueError("Grad-Mimic under a custom loss needs mimic_params: the names of the mimic-layer parameters")
+            raise ValueError(
+                "Grad-Mimic under a custom loss needs mimic_params: the names of the mimic-layer parameters"
+            )
         self.scorer = PreparedScorer(model, reference, params=list(mimic_params), method="cos", loss=loss)
         named = dict(model.named_parameters())
         self.params = [named[n] for n in self.scorer.names]
@@ -104,6 +107,7 @@ class LossStep:
             self.io = _LayerIO(self.layer)
 
     def close(self) -> None:
+        """Remove the mimic layer's hook."""
         if self.io is not None:
             self.io.remove()
 
@@ -153,7 +157,7 @@ class LossStep:
                 reweighted = [torch.einsum("b,b...->...", weights.to(g.dtype), g) for g in grads]
             if any(p.requires_grad for p in model.parameters() if all(p is not q for q in self.params)):
                 losses.mean().backward()
-            for param, grad in zip(self.params, reweighted):
+            for param, grad in zip(self.params, reweighted, strict=True):
                 param.grad = grad.to(param.dtype)
         out.update(proj=proj, weight=weights)
         if cos is not None:
@@ -173,7 +177,9 @@ class LossStep:
         self._position = (position, tree_unflatten(plain, spec))
 
         def losses_of(z: Tensor) -> Tensor:
-            return loss_values(self.loss, tree_unflatten(plain[:position] + [z] + plain[position + 1 :], spec), targets, batch)
+            return loss_values(
+                self.loss, tree_unflatten([*plain[:position], z, *plain[position + 1 :]], spec), targets, batch
+            )
 
         return plain[position], losses_of
 
@@ -189,7 +195,10 @@ class LossStep:
         """The mimic layer's weight (and bias) gradient for output cotangent ``cotangent`` (B, …, C)."""
         names = self.scorer.names
         flat_out = cotangent.reshape(-1, cotangent.shape[-1])
-        grads = {"weight": flat_out.T @ features.reshape(-1, features.shape[-1]).to(flat_out.dtype), "bias": flat_out.sum(0)}
+        grads = {
+            "weight": flat_out.T @ features.reshape(-1, features.shape[-1]).to(flat_out.dtype),
+            "bias": flat_out.sum(0),
+        }
         return [grads[n.rsplit(".", 1)[-1]] for n in names]
 
     def _per_sample(self, losses: Tensor) -> tuple[Projection, list[Tensor]]:
@@ -206,12 +215,22 @@ class LossStep:
         batch = losses.shape[0]
         eye = torch.eye(batch, dtype=losses.dtype, device=losses.device)
         try:
-            grads = torch.autograd.grad(losses, self.params, eye, retain_graph=True, is_grads_batched=True, allow_unused=True)
+            grads = torch.autograd.grad(
+                losses, self.params, eye, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
         except RuntimeError:
-            rows = [torch.autograd.grad(losses[i], self.params, retain_graph=True, allow_unused=True) for i in range(batch)]
-            grads = [torch.stack([r[k] if r[k] is not None else torch.zeros_like(p) for r in rows]) for k, p in enumerate(self.params)]
-        grads = [torch.zeros(batch, *p.shape, dtype=p.dtype, device=p.device) if g is None else g.detach() for g, p in zip(grads, self.params)]
+            rows = [
+                torch.autograd.grad(losses[i], self.params, retain_graph=True, allow_unused=True) for i in range(batch)
+            ]
+            grads = [
+                torch.stack([r[k] if r[k] is not None else torch.zeros_like(p) for r in rows])
+                for k, p in enumerate(self.params)
+            ]
+        grads = [
+            torch.zeros(batch, *p.shape, dtype=p.dtype, device=p.device) if g is None else g.detach()
+            for g, p in zip(grads, self.params, strict=True)
+        ]
         v = [self.scorer.v[n] for n in self.scorer.names]
-        dot = sum(g.flatten(1) @ t.reshape(-1).to(g.dtype) for g, t in zip(grads, v))
+        dot = sum(g.flatten(1) @ t.reshape(-1).to(g.dtype) for g, t in zip(grads, v, strict=True))
         sqnorm = sum(g.flatten(1).pow(2).sum(1) for g in grads)
         return mimic_projection(dot, self.scorer.v_norm, sqnorm), grads

@@ -99,8 +99,21 @@ class StreamedPairs:
     the index every other pairs source records); ``token_sets`` (rows, K, L) and ``counts`` (rows,)
     as ``training.towers.caption_sets`` returns them."""
 
-    def __init__(self, source: Source, labels: np.ndarray, transform: Callable, positions: np.ndarray, token_sets: Tensor,
-                 counts: Tensor, batch_size: int, seed: int, *, rank: int = 0, world: int = 1, workers: int = 0):
+    def __init__(
+        self,
+        source: Source,
+        labels: np.ndarray,
+        transform: Callable,
+        positions: np.ndarray,
+        token_sets: Tensor,
+        counts: Tensor,
+        batch_size: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        workers: int = 0,
+    ):
         check_pair_batch_size(batch_size)
         self.source, self.labels, self.transform = source, labels, transform
         self.positions = np.asarray(positions, dtype=np.int64)
@@ -114,6 +127,9 @@ class StreamedPairs:
         return len(self.positions)
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Any, None]]:
+        """``(rows, (images, tokens), None)`` per batch of epoch ``epoch``: the plan's order decoded again, in batches
+        that never leave a pair alone, each photo with a drawn caption; every rank takes as many batches as the others.
+        """
         order = self.plan.order(epoch).numpy()
         draws = draw_captions(self.plan, epoch)
         stream = pool_pass(self.source, self.labels, self.transform, self.batch_size, indices=self.positions[order],

@@ -7,7 +7,8 @@ Bad files become ``BadSample`` records instead of exceptions.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from mimic_explorer.store.thumbs import thumbnail_bytes
 
 
 class PassBatch(NamedTuple):
+    """One decoded batch of a pass over the pool: source positions, inputs, targets, thumbnails (when asked) and the
+    samples that could not be read."""
+
     index: torch.Tensor
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -41,7 +45,12 @@ class _PassDataset(Dataset):
         except BadSampleError as exc:
             return i, None, exc.bad, None
         except Exception as exc:  # noqa: BLE001 - one odd image is one bad sample, never a dead run
-            return i, None, BadSample(self.source.sample_ids[i], self.source.source_of(i), f"{type(exc).__name__}: {exc}"), None
+            return (
+                i,
+                None,
+                BadSample(self.source.sample_ids[i], self.source.source_of(i), f"{type(exc).__name__}: {exc}"),
+                None,
+            )
         thumb = thumbnail_bytes(image, original) if self.thumbs else None
         return i, tensor, int(self.labels[i]), thumb
 
@@ -110,8 +119,16 @@ def no_input(image) -> torch.Tensor:
     return torch.zeros(0)
 
 
-def thumbnail_pass(source: Source, labels: np.ndarray, on_thumbnails: Callable[[np.ndarray, list], None], workers: int = 0,
-                   *, indices: Sequence[int] | None = None, errors: ErrorLog | None = None, batch_size: int = 256) -> None:
+def thumbnail_pass(
+    source: Source,
+    labels: np.ndarray,
+    on_thumbnails: Callable[[np.ndarray, list], None],
+    workers: int = 0,
+    *,
+    indices: Sequence[int] | None = None,
+    errors: ErrorLog | None = None,
+    batch_size: int = 256,
+) -> None:
     """Decode samples once for their thumbnails alone (no model input is made):
     ``on_thumbnails(positions, thumbs)`` per batch, bad samples into ``errors``."""
     for batch in pool_pass(source, labels, no_input, batch_size, indices=indices, thumbnails=True, workers=workers,

@@ -46,7 +46,9 @@ def collect_signals(
     scorer: PreparedScorer | None = None
     was = reference.training
     reference.eval()
-    out: dict[str, list] = {k: [] for k in ("index", "model_loss", "reference_loss", "grand", "final_proj", "model_pred")}
+    out: dict[str, list] = {
+        k: [] for k in ("index", "model_loss", "reference_loss", "grand", "final_proj", "model_pred")
+    }
     try:
         for index, x, y in batches:
             x, y = x.to(device), y.to(device)
@@ -117,7 +119,9 @@ def collect_pair_signals(
             out["grand"].append(scores.grad_norm)
             out["final_proj"].append(scores.proj)
             out["final_cos"].append(scores.cos)
-            out["model_pred"].append(loss.predict(scores.outputs) if hasattr(loss, "predict") else torch.full((size,), -1))
+            out["model_pred"].append(
+                loss.predict(scores.outputs) if hasattr(loss, "predict") else torch.full((size,), -1)
+            )
             out["clip_score_model"].append(clip_score(scores.outputs[0], scores.outputs[1]))
             out["clip_score_ref"].append(clip_score(ref_out[0], ref_out[1]))
     if not out["index"]:

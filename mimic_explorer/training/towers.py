@@ -43,7 +43,9 @@ from mimic_explorer.training.loop import TrainConfig, TrainResult, train
 
 
 @torch.no_grad()
-def tower_features(model: DualEncoder, batches: Iterable[tuple[Tensor, Tensor]], device: str | torch.device = "cpu") -> Tensor:
+def tower_features(
+    model: DualEncoder, batches: Iterable[tuple[Tensor, Tensor]], device: str | torch.device = "cpu"
+) -> Tensor:
     """(N, image_dim + text_dim) tower outputs of ``(images, tokens)`` batches, in eval mode, on the CPU:
     what ``train_projections`` and a ``ProjectionProbe`` take."""
     parts = []
@@ -55,7 +57,9 @@ def tower_features(model: DualEncoder, batches: Iterable[tuple[Tensor, Tensor]],
     return torch.cat(parts)
 
 
-def projection_probes(model: DualEncoder, reference: DualEncoder | None) -> tuple[ProjectionProbe, ProjectionProbe | None]:
+def _projection_probes(
+    model: DualEncoder, reference: DualEncoder | None
+) -> tuple[ProjectionProbe, ProjectionProbe | None]:
     """The probes a frozen-tower run trains and scores against: ``model``'s own projections (shared,
     so training them trains the model) and the reference's. Warns when the reference's towers differ
     from the model's: its projections then act on features it was not trained on (no shared basis)."""
@@ -92,15 +96,16 @@ def train_projections(
     ``train_options`` (``on_epoch``, ``progress``, ``start_epoch``, ``optimizer_state``,
     ``on_checkpoint``, ``grad_sync``, ``steps_per_epoch``) go to ``train`` as they are.
     """
-    probe, reference_probe = projection_probes(model, reference)
+    probe, reference_probe = _projection_probes(model, reference)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in probe.parameters():
         p.requires_grad_(True)
     names = mimic_layer_params(probe, mimic_layer) if reference is not None else None
     batches = pair_batches(features.to(config.device), config.batch_size, config.seed, rank, world)
-    return train(probe, batches, config, reference=reference_probe, loss=InfoNCELoss(), mimic_params=names, **train_options)
-
+    return train(
+        probe, batches, config, reference=reference_probe, loss=InfoNCELoss(), mimic_params=names, **train_options
+    )
 
 
 class TextSide(nn.Module):
@@ -117,6 +122,7 @@ class TextSide(nn.Module):
         self.logit_scale = model.logit_scale
 
     def forward(self, image_features: Tensor, tokens: Tensor) -> DualOutput:
+        """The ``DualOutput`` of cached image-tower outputs and caption tokens."""
         return DualOutput(self.image_projection(image_features), self.text_projection(self.text_tower(tokens)),
                           self.logit_scale.exp())
 
@@ -198,9 +204,11 @@ def train_tower_batches(model: DualEncoder, batches: TensorBatches, config: Trai
     if reference is not None and freeze_image:
         differing = image_tower_differences(model, reference)
         if differing:
-            raise ValueError(f"with the image tower frozen the reference scores the model's cached image-tower outputs, "
-                             f"but the reference's image tower differs from the model's ({len(differing)} tensor(s), e.g. "
-                             f"{differing[0]}); train both towers or use a reference with the model's image tower")
+            raise ValueError(
+                f"with the image tower frozen the reference scores the model's cached image-tower outputs, "
+                f"but the reference's image tower differs from the model's ({len(differing)} tensor(s), e.g. "
+                f"{differing[0]}); train both towers or use a reference with the model's image tower"
+            )
     part = trainable_part(model, freeze_image)
     ref_part = reference_part(reference, freeze_image) if reference is not None else None
     names = mimic_layer_params(part, mimic_layer) if reference is not None else None
@@ -210,4 +218,4 @@ def train_tower_batches(model: DualEncoder, batches: TensorBatches, config: Trai
 def draw_counts(counts: Tensor) -> dict[str, float]:
     """How many captions the photos carry: a run's summary line."""
     values = np.asarray(counts.cpu().numpy(), dtype=np.int64)
-    return {"photos": int(len(values)), "captions": int(values.sum()), "max_per_photo": int(values.max(initial=0))}
+    return {"photos": len(values), "captions": int(values.sum()), "max_per_photo": int(values.max(initial=0))}

@@ -49,7 +49,7 @@ def slider_step(lo: float, hi: float) -> float:
     return float((hi - lo) / 1000) or 0.001
 
 
-class ClauseWidgets:
+class _ClauseWidgets:
     """The views of one clause's parameters: column, rule and the value each rule uses (the threshold
     slider follows the clause's column range). ``rules``: the rule labels offered."""
 
@@ -81,16 +81,17 @@ class ClauseWidgets:
 
     @property
     def values(self) -> list:
+        """The value widgets (one is visible at a time: the rule decides which), for laying them out together."""
         return [self.slider, self.quantile, self.top_fraction, self.keep_n, self.per_class]
 
 
-class ClauseControls(Viewer):
+class _ClauseControls(Viewer):
     """One further clause in a box: "AND", its column, a remove button, its rule and value."""
 
     def __init__(self, clause: ClauseModel, model: FilterModel, state: ExplorerState, **params):
         super().__init__(**params)
         self.clause = clause
-        self.widgets = ClauseWidgets(clause, state, {k: v for k, v in RULE_LABELS.items() if v != "ensemble"},
+        self.widgets = _ClauseWidgets(clause, state, {k: v for k, v in RULE_LABELS.items() if v != "ensemble"},
                                      column_label="AND on")
         self.remove = pn.widgets.Button(label="✕", description="Remove this clause", color="light", width=40,
                                         align="end")
@@ -112,7 +113,7 @@ class FilterControls(Viewer):
         self.model, self.live, self.state, self.notice = model, live, state, notice
         wide = dict(sizing_mode="stretch_width")
         rules = {k: v for k, v in RULE_LABELS.items() if v != "ensemble" or state.has_ensemble}
-        self.first = ClauseWidgets(model, state, rules)
+        self.first = _ClauseWidgets(model, state, rules)
         self.column, self.rule, self.slider = self.first.column, self.first.rule, self.first.slider
         self.quantile, self.top_fraction, self.keep_n = self.first.quantile, self.first.top_fraction, self.first.keep_n
         self.per_class = self.first.per_class
@@ -126,13 +127,19 @@ class FilterControls(Viewer):
         self.clear_overrides.on_click(lambda event: setattr(model, "class_overrides", {}))
         self.score_note = self._score_note()
         self.clauses = pn.Column(**wide)
-        self.boxes: list[ClauseControls] = []  # the further clauses' boxes, in the order of model.more
-        self.add_clause = pn.widgets.Button(label="+ AND a rule on another column", color="light", **wide,
-                                            disabled=len(state.score_columns) < 2,
-                                            description="Keep only samples that every rule keeps, e.g. CLIP score top 30 % "
-                                                        "AND mimic_score not in its lowest 15 %")
+        self.boxes: list[_ClauseControls] = []  # the further clauses' boxes, in the order of model.more
+        self.add_clause = pn.widgets.Button(
+            label="+ AND a rule on another column",
+            color="light",
+            **wide,
+            disabled=len(state.score_columns) < 2,
+            description="Keep only samples that every rule keeps, e.g. CLIP score top 30 % "
+            "AND mimic_score not in its lowest 15 %",
+        )
         self.add_clause.on_click(lambda event: model.add_clause())
-        self.kept = pn.pane.HTML(self._kept_html(live.counts), stylesheets=[KEPT_CSS], css_classes=["kept-count"], **wide)
+        self.kept = pn.pane.HTML(
+            self._kept_html(live.counts), stylesheets=[KEPT_CSS], css_classes=["kept-count"], **wide
+        )
         self._layout = pn.Column(self.score_note, self.column, self.rule, self.slider, self.typed, self.quantile,
                                  self.top_fraction, self.keep_n, self.per_class, self.clear_overrides, self.clauses,
                                  self.add_clause, self.kept, notice, **wide)
@@ -149,8 +156,11 @@ class FilterControls(Viewer):
         switch = pn.widgets.Button(label=(column == "combined_score").rx.where("Show mimic_score instead",
                                                                                "Show combined_score"),
                                    color="light", sizing_mode="stretch_width")
-        switch.on_click(lambda event: setattr(self.model, "column",
-                                              "mimic_score" if self.model.column == "combined_score" else "combined_score"))
+        switch.on_click(
+            lambda event: setattr(
+                self.model, "column", "mimic_score" if self.model.column == "combined_score" else "combined_score"
+            )
+        )
         note = pn.pane.HTML(COMBINED_NOTE, stylesheets=[KEPT_CSS], css_classes=["me-note"], sizing_mode="stretch_width",
                             visible=column == "combined_score")
         return pn.Column(note, switch, sizing_mode="stretch_width", css_classes=["score-note"])
@@ -159,7 +169,7 @@ class FilterControls(Viewer):
         """Rebuild the boxes of the further clauses when one is added or removed (not on their edits)."""
         if [id(box.clause) for box in self.boxes] != [id(c) for c in self.model.more]:
             boxes = {id(box.clause): box for box in self.boxes}
-            self.boxes = [boxes.get(id(c)) or ClauseControls(c, self.model, self.state) for c in self.model.more]
+            self.boxes = [boxes.get(id(c)) or _ClauseControls(c, self.model, self.state) for c in self.model.more]
             self.clauses[:] = self.boxes
 
     def _on_typed(self, event) -> None:
@@ -198,11 +208,13 @@ class FilterControls(Viewer):
         share = 100 * counts.kept / max(counts.total, 1)
         first = counts.clauses[0] if counts.clauses else counts
         cut = self.state.cut(first)
-        detail = {"threshold": f"{column} ≥ {model.threshold:.4g}",
-                  "quantile": f"drop the lowest {100 * model.quantile:.1f} %" + (" per class" if model.per_class else ""),
-                  "top_fraction": f"top {100 * model.top_fraction:.1f} %" + (" per class" if model.per_class else ""),
-                  "keep_count": f"top {model.keep_count}" + (" per class (proportional)" if model.per_class else ""),
-                  "ensemble": "the run's ensemble filter (Stage 2 vote)"}[model.rule]
+        detail = {
+            "threshold": f"{column} ≥ {model.threshold:.4g}",
+            "quantile": f"drop the lowest {100 * model.quantile:.1f} %" + (" per class" if model.per_class else ""),
+            "top_fraction": f"top {100 * model.top_fraction:.1f} %" + (" per class" if model.per_class else ""),
+            "keep_count": f"top {model.keep_count}" + (" per class (proportional)" if model.per_class else ""),
+            "ensemble": "the run's ensemble filter (Stage 2 vote)",
+        }[model.rule]
         if model.rule != "threshold" and cut is not None:
             detail += f" → {column} ≥ {cut:.4g}"
         if model.rule == "threshold" and model.class_overrides:
@@ -210,7 +222,7 @@ class FilterControls(Viewer):
         text = (f'<div class="me-kept">Kept: {counts.kept} of {counts.total}</div>'
                 f'<div class="me-sub">{share:.1f} % kept · {counts.dropped} dropped · {html.escape(detail)}'
                 + (f" (alone {first.kept})" if counts.clauses else "") + "</div>")
-        for clause, part in zip(model.more, (counts.clauses or [])[1:]):
+        for clause, part in zip(model.more, (counts.clauses or [])[1:], strict=False):
             rule = clause.clause()
             part_cut = self.state.cut(part)
             resolved = f" → ≥ {part_cut:.4g}" if rule.kind != "threshold" and part_cut is not None else ""
@@ -218,9 +230,11 @@ class FilterControls(Viewer):
         if counts.noisy_total:
             precision = "–" if counts.precision is None else f"{counts.precision:.3f}"
             recall = "–" if counts.recall is None else f"{counts.recall:.3f}"
-            text += (f'<div class="me-pr">Dropped vs ground truth: precision <b>{precision}</b> · recall <b>{recall}</b>'
-                     f' <span class="me-sub">({counts.noisy_dropped} of {counts.noisy_total} {self.state.noisy_word} '
-                     "dropped)</span></div>")
+            text += (
+                f'<div class="me-pr">Dropped vs ground truth: precision <b>{precision}</b> · recall <b>{recall}</b>'
+                f' <span class="me-sub">({counts.noisy_dropped} of {counts.noisy_total} {self.state.noisy_word} '
+                "dropped)</span></div>"
+            )
         return text
 
     def __panel__(self):

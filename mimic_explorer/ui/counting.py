@@ -45,7 +45,7 @@ class Counts:
     noisy_dropped: int | None = None  # ground truth only: mislabeled samples the rule drops
     noisy_total: int | None = None
     dropped: int = 0
-    clauses: list["Counts"] | None = field(default=None, repr=False)  # an AND: each clause counted alone
+    clauses: list[Counts] | None = field(default=None, repr=False)  # an AND: each clause counted alone
     keep: np.ndarray | None = field(default=None, repr=False)  # an AND: the keep mask it was counted from
 
     @property
@@ -107,7 +107,10 @@ class RuleCounter:
         else:
             valid_sorted = stored[0]
         # quantiles use finite scores only (as apply_rule does); infinities sit at the two ends
-        lo, hi = np.searchsorted(valid_sorted, [-np.inf, np.inf], side="right")[0], np.searchsorted(valid_sorted, np.inf)
+        lo, hi = (
+            np.searchsorted(valid_sorted, [-np.inf, np.inf], side="right")[0],
+            np.searchsorted(valid_sorted, np.inf),
+        )
         self.sorted_finite = valid_sorted[lo:hi]
         if stored is None:
             grouped, bounds = sort_by_group(self.scores, valid_order, self.group, 2 * n_classes)
@@ -190,7 +193,9 @@ class RuleCounter:
         thresholds: dict[str, float | None] = {}
         if rule.kind == "ensemble":
             if self.ensemble is None:
-                raise FilterError(f"the run has no ensemble filter for {self.column} (column {keep_column(self.column)!r})")
+                raise FilterError(
+                    f"the run has no ensemble filter for {self.column} (column {keep_column(self.column)!r})"
+                )
             kept_groups = self._from_mask_positions(np.flatnonzero(self.ensemble))
         elif rule.kind == "threshold":
             value = float(rule.value)
@@ -208,7 +213,7 @@ class RuleCounter:
             kept_groups = self._kept_at(np.full(2 * n_classes, np.nan if cut is None else cut))
         elif rule.kind in ("quantile", "top_fraction"):
             cuts = [fraction_cut(values, rule.kind, float(rule.value)) for values in self._class_sorted]
-            thresholds.update({key: cut for key, cut in zip(self.class_keys, cuts)})
+            thresholds.update(dict(zip(self.class_keys, cuts, strict=True)))
             kept_groups = self._kept_at(np.repeat([np.nan if c is None else c for c in cuts], 2))
         elif not rule.per_class:  # keep_count
             count = min(int(rule.value), self.n)
@@ -218,7 +223,7 @@ class RuleCounter:
         else:
             targets = proportional_counts(self.total_per_class, min(int(rule.value), self.n))
             kept_groups = np.zeros(2 * n_classes, dtype=np.int64)
-            for c, (key, target) in enumerate(zip(self.class_keys, targets.tolist())):
+            for c, (key, target) in enumerate(zip(self.class_keys, targets.tolist(), strict=True)):
                 top = self._class_descending[c][:target]
                 thresholds[key] = float(self.scores[top[-1]]) if target > 0 else None
                 noisy_kept = int(self.noisy[top].sum())
@@ -231,8 +236,8 @@ class RuleCounter:
         result = Counts(
             kept=kept,
             total=self.n,
-            kept_per_class=dict(zip(self.class_keys, map(int, kept_per_class_arr))),
-            total_per_class=dict(zip(self.class_keys, map(int, self.total_per_class))),
+            kept_per_class=dict(zip(self.class_keys, map(int, kept_per_class_arr), strict=True)),
+            total_per_class=dict(zip(self.class_keys, map(int, self.total_per_class), strict=True)),
             thresholds=thresholds,
             dropped=self.n - kept,
         )

@@ -24,6 +24,8 @@ class CutLines:
         self.spans = plots.Spans()
 
     def value(self, key: str) -> float | None:
+        """Where line ``key`` belongs under the current counts (None before the first count, or where the rule has no
+        such cut)."""
         counts = self.live.counts
         if counts is None:
             return None
@@ -36,7 +38,9 @@ class CutLines:
         return self.state.cut(counts)
 
     def line(self, key: str, fallback: float = 0.0, horizontal: bool = False):
+        """A line element for ``key`` at its current place (at ``fallback`` while it has none)."""
         return self.spans.line(key, self.value(key), fallback, horizontal=horizontal)
 
     def move(self) -> None:
+        """Move every line to its place under the new counts."""
         self.spans.move(self.value)

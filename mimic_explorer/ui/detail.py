@@ -52,14 +52,17 @@ class DetailView(Viewer):
                                  sizing_mode="stretch_width")
 
     def show(self, position: int) -> None:
+        """Show the sample at row ``position``: its thumbnail, caption, every column, and its per-epoch trajectory when
+        the run has one."""
         self.position = int(position)
         record = self.state.record(position)
         sample_id = str(record["sample_id"])
         noisy = bool(record.get("is_noisy", False))
         caption = record.get("caption")
         caption_html = f'<div class="caption">{html.escape(str(caption))}</div>' if isinstance(caption, str) else ""
+        marked = ' class=noisy' if noisy else ""
         rows = "".join(
-            f"<tr><td>{html.escape(str(k))}</td><td{' class=noisy' if k == 'is_noisy' and noisy else ''}>{_value(v)}</td></tr>"
+            f"<tr><td>{html.escape(str(k))}</td><td{marked if k == 'is_noisy' else ''}>{_value(v)}</td></tr>"
             for k, v in record.items()
         )
         title = html.escape(sample_id)

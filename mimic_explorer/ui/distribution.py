@@ -35,10 +35,12 @@ class Distribution(Viewer):
         self.log = pn.widgets.Checkbox.from_param(self.param.log_counts, label="Log counts")
         self.histogram = pn.pane.HoloViews(self._histogram_plot(), sizing_mode="stretch_width", height=330)
         frame = self._table_frame()
-        editors = {c: None for c in frame.columns}
+        editors = dict.fromkeys(frame.columns)
         if state.has_classes:
             editors["override"] = {"type": "number", "step": 0.01}
-        widths = {"samples": 55, "override": 82} if state.has_classes else {"samples": 55, "class": 210}  # rules in words
+        widths = (
+            {"samples": 55, "override": 82} if state.has_classes else {"samples": 55, "class": 210}
+        )  # rules in words
         self.table = pn.widgets.Tabulator(
             frame, show_index=False, sizing_mode="stretch_width", height=340, layout="fit_columns",
             editors=editors, titles=TITLES, hidden_columns=["label"], text_align={"class": "left"}, page_size=10,
@@ -51,8 +53,11 @@ class Distribution(Viewer):
                                 "Type an override to give a class its own threshold." if state.has_classes else
                                 "**Before → after** (this pool has no classes; with several rules, each is also "
                                 "counted alone).", margin=(0, 5))
-        self._layout = pn.Row(pn.Column(self.histogram, sizing_mode="stretch_width"), pn.Column(note, self.table, width=620),
-                              sizing_mode="stretch_width")
+        self._layout = pn.Row(
+            pn.Column(self.histogram, sizing_mode="stretch_width"),
+            pn.Column(note, self.table, width=620),
+            sizing_mode="stretch_width",
+        )
         live.param.watch(self._redraw, "column")
         live.param.watch(lambda event: setattr(self.table, "value", self._table_frame()), "counts")
 

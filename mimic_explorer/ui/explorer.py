@@ -53,9 +53,29 @@ def _section(title: str) -> pn.pane.Markdown:
 
 
 class Explorer(Viewer):
-    """Explore one run: ``Explorer(run_or_path, restore=True, **rule_and_display_parameters)``.
+    """Explore one run: distributions, galleries, live counts of a filter rule, and exports.
 
-    ``restore``: start from the filter last saved with the run (unless a rule is given here)."""
+    Shown by ``mimic-explorer serve`` and inline in Jupyter; its parameters (the rule's column,
+    rule, threshold, quantile, …) are also a Python API for setting the filter from a notebook.
+
+    Parameters
+    ----------
+    run
+        An opened ``Run`` or the path of a run directory.
+    restore
+        Start from the filter last saved with the run (unless a rule is given here).
+    **params
+        The rule's parameters (``column``, ``rule``, ``threshold``, ``quantile``, ``top_fraction``,
+        ``keep_count``, ``per_class``, ``class_overrides``) and display ones of the distribution and
+        the galleries.
+
+    Raises
+    ------
+    RunError
+        ``run`` is a path that is not a complete run directory (``store.reader.open_run``).
+    ValueError
+        A ``column`` the run has no scores for.
+    """
 
     column, rule, threshold = _rule_parameter("column"), _rule_parameter("rule"), _rule_parameter("threshold")
     quantile, keep_count = _rule_parameter("quantile"), _rule_parameter("keep_count")
@@ -69,8 +89,12 @@ class Explorer(Viewer):
         self.state = ExplorerState(self.run, given.get("column"))
         self.notice = Notice()
         self.filter = FilterModel(columns=self.state.score_columns, column=self.state.column,
-                                  threshold=self.state.default_threshold(), keep_count=int(round(0.7 * self.state.total)))
-        restored = self._restore() if restore and not ({"rule", "threshold", "quantile", "top_fraction", "keep_count"} & set(given)) else None
+                                  threshold=self.state.default_threshold(), keep_count=round(0.7 * self.state.total))
+        restored = (
+            self._restore()
+            if restore and not ({"rule", "threshold", "quantile", "top_fraction", "keep_count"} & set(given))
+            else None
+        )
         self.filter.param.update(**given)
         self.live = LiveCounts(self.state, self.filter, self.notice.show)
         self.lines = CutLines(self.state, self.filter, self.live)
@@ -85,7 +109,9 @@ class Explorer(Viewer):
         self.distribution = Distribution(self.state, self.filter, self.live, self.lines,
                                          **{k: params.pop(k) for k in list(params) if k in Distribution.param})
         self.detail = DetailView(self.state, self.thumbs, self.run.epoch_scores)
-        self.galleries = Galleries(self.state, self.filter, self.live, self.thumbs, self.detail, self.selection, **params)
+        self.galleries = Galleries(
+            self.state, self.filter, self.live, self.thumbs, self.detail, self.selection, **params
+        )
         self.more_views = MoreViews(self.state, self.live, self.lines, self.run.epoch_scores, self.selection,
                                     self.distribution.param.log_counts)
         self.live.param.watch(self._move_lines, "counts")
@@ -98,6 +124,7 @@ class Explorer(Viewer):
 
     @property
     def samples(self) -> pd.DataFrame:
+        """The run's samples (through its app index where it has one: memory-mapped columns, not the whole table)."""
         return self.state.samples
 
     @property
@@ -165,9 +192,13 @@ class Explorer(Viewer):
             return None
         if found is None:
             return None
-        missing = [c.column for c in found.rule.clauses if c.kind != "ensemble" and c.column not in self.state.score_columns]
+        missing = [
+            c.column for c in found.rule.clauses if c.kind != "ensemble" and c.column not in self.state.score_columns
+        ]
         if missing:
-            return f"Saved filter {found.spec_path.name} is on column {missing[0]!r}, which this run lacks; not restored."
+            return (
+                f"Saved filter {found.spec_path.name} is on column {missing[0]!r}, which this run lacks; not restored."
+            )
         self.filter.set_rule(found.rule)
         return found
 
@@ -178,7 +209,9 @@ class Explorer(Viewer):
         text = (f"Restored the filter saved with this run ({saved.spec_path.name}, {spec.get('created', '?')}): "
                 f"kept {spec.get('kept')} of {spec.get('total')}.")
         problems = []
-        if counts is not None and (counts.kept != spec.get("kept") or counts.kept_per_class != spec.get("kept_per_class")):
+        if counts is not None and (
+            counts.kept != spec.get("kept") or counts.kept_per_class != spec.get("kept_per_class")
+        ):
             problems.append(f"It keeps {counts.kept} now: this run's samples changed since it was saved.")
         if saved.keep_list_problem:
             problems.append(f"Its keep-list does not match: {saved.keep_list_problem}.")
@@ -195,11 +228,17 @@ class Explorer(Viewer):
         """The filter, export and gallery controls (a template's sidebar)."""
         if not hasattr(self, "_controls"):
             self._controls = pn.Column(
-                pn.pane.Markdown("### Filter", margin=(0, 5)), self.filter_controls,
-                _section("Export"), self.exports,
-                _section("Galleries"), self.galleries.search_box, self.galleries.size_slider, self.galleries.class_select,
+                pn.pane.Markdown("### Filter", margin=(0, 5)),
+                self.filter_controls,
+                _section("Export"),
+                self.exports,
+                _section("Galleries"),
+                self.galleries.search_box,
+                self.galleries.size_slider,
+                self.galleries.class_select,
                 self.distribution.log,
-                sizing_mode="stretch_width")
+                sizing_mode="stretch_width",
+            )
         return self._controls
 
     @property

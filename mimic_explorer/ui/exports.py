@@ -84,8 +84,11 @@ class ExportPanel(Viewer):
             self.notice.show(f"Not saved: {exc}", "danger")
             return
         when = _dt.datetime.now().strftime("%H:%M:%S")
-        self.notice.show(f"Saved {result.kept} of {result.total} to `{out}` and its spec (`{spec_path.name}`) at {when}; "
-                         "this filter is restored when the run is opened again.", "success")
+        self.notice.show(
+            f"Saved {result.kept} of {result.total} to `{out}` and its spec (`{spec_path.name}`) at {when}; "
+            "this filter is restored when the run is opened again.",
+            "success",
+        )
 
     def __panel__(self):
         return self._layout

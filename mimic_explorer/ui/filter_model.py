@@ -14,7 +14,8 @@ clause's parameters and ``more`` and nothing else.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import param
 
@@ -41,8 +42,12 @@ class ClauseModel(param.Parameterized):
     keep_count = param.Integer(default=0, bounds=(0, None), doc="Keep the N highest-scoring samples.")
     per_class = param.Boolean(default=False, doc="Quantile / top fraction / keep-count within each class.")
     class_overrides = param.Dict(default={}, doc="Per-class thresholds {label: value} (rule 'threshold').")
-    resolved_cut = param.Number(default=None, allow_None=True, precedence=-1,
-                                doc="Where the current rule cuts the column (set by whoever counts it); not part of the rule.")
+    resolved_cut = param.Number(
+        default=None,
+        allow_None=True,
+        precedence=-1,
+        doc="Where the current rule cuts the column (set by whoever counts it); not part of the rule.",
+    )
 
     def __init__(self, columns: Sequence[str] | None = None, **params):
         super().__init__()
@@ -57,7 +62,9 @@ class ClauseModel(param.Parameterized):
         if "rule" in changed:
             if self.rule == "threshold" and "threshold" not in changed and self.resolved_cut is not None:
                 self.threshold = self.resolved_cut
-        elif self.rule != "threshold" and ("threshold" in changed or ("class_overrides" in changed and self.class_overrides)):
+        elif self.rule != "threshold" and (
+            "threshold" in changed or ("class_overrides" in changed and self.class_overrides)
+        ):
             # the given threshold replaces the old rule's cut, so "by value" must not start there
             self.param.update(rule="threshold", resolved_cut=None)
 
@@ -79,7 +86,9 @@ class ClauseModel(param.Parameterized):
         if rule.column in self.param.column.objects:
             updates["column"] = rule.column
         elif rule.kind != "ensemble":  # the ensemble filter ignores the column
-            raise FilterError(f"no score column {rule.column!r} here; available: {', '.join(self.param.column.objects)}")
+            raise FilterError(
+                f"no score column {rule.column!r} here; available: {', '.join(self.param.column.objects)}"
+            )
         if rule.kind == "threshold":
             updates.update(threshold=float(rule.value), class_overrides=dict(rule.class_overrides))
         elif rule.kind in ("quantile", "top_fraction"):
@@ -176,10 +185,12 @@ class FilterModel(ClauseModel):
         self.set_rule(rule_in_spec(spec))
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], columns: Sequence[str] | None = None) -> "FilterModel":
+    def from_spec(cls, spec: dict[str, Any], columns: Sequence[str] | None = None) -> FilterModel:
         """A model holding the rule of ``spec`` (verified as in ``set_from_spec``); ``columns``: the run's
         score columns (default: the spec's)."""
         rule = rule_in_spec(spec)
-        model = cls(columns=list(columns) if columns is not None else list(dict.fromkeys(c.column for c in rule.clauses)))
+        model = cls(
+            columns=list(columns) if columns is not None else list(dict.fromkeys(c.column for c in rule.clauses))
+        )
         model.set_rule(rule)
         return model

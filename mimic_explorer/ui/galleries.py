@@ -25,11 +25,14 @@ from mimic_explorer.ui.thumbnails import ThumbnailURIs
 
 ALL_CLASSES = "all classes"
 AROUND, BAND = "Around the threshold", "In a score band"
-HINT = "<span style='font:12px system-ui;color:#57606a'>{}Pink card: dropped by the current filter · click an image for its detail.</span>"
+HINT = (
+    "<span style='font:12px system-ui;color:#57606a'>{}Pink card: dropped by the current filter · click an image "
+    "for its detail.</span>"
+)
 MATCH_CSS = ".me-match { font: 12px system-ui, sans-serif; color: #57606a; }"
 
 
-def default_band(state: ExplorerState) -> tuple[float, float]:
+def _default_band(state: ExplorerState) -> tuple[float, float]:
     """The middle fifth of the column's robust range."""
     lo, hi = robust_range(state.counter.sorted_finite, presorted=True)
     return (lo + 0.4 * (hi - lo), lo + 0.6 * (hi - lo))
@@ -42,6 +45,7 @@ class Selection(param.Parameterized):
     limit = 8
 
     def add(self, position: int) -> None:
+        """Add ``position`` as the most recent pick (once), dropping the oldest beyond ``limit``."""
         self.positions = ([p for p in self.positions if p != position] + [int(position)])[-self.limit:]
 
 
@@ -56,9 +60,18 @@ class Galleries(Viewer):
 
     def __init__(self, state: ExplorerState, model: FilterModel, live: LiveCounts, thumbs: ThumbnailURIs,
                  detail: DetailView, selection: Selection, **params):
-        super().__init__(band=default_band(state))
-        self.state, self.model, self.live, self.thumbs, self.detail, self.selection = state, model, live, thumbs, detail, selection
-        self.param.gallery_class.objects = [ALL_CLASSES] + [f"{c}: {state.label_name(c)}" for c in state.counter.classes.tolist()]
+        super().__init__(band=_default_band(state))
+        self.state, self.model, self.live, self.thumbs, self.detail, self.selection = (
+            state,
+            model,
+            live,
+            thumbs,
+            detail,
+            selection,
+        )
+        self.param.gallery_class.objects = [ALL_CLASSES] + [
+            f"{c}: {state.label_name(c)}" for c in state.counter.classes.tolist()
+        ]
         lo, hi = state.score_range()
         wide = dict(sizing_mode="stretch_width")
         self.size_slider = pn.widgets.IntSlider.from_param(self.param.gallery_size, label="Images per gallery", start=4,
@@ -84,10 +97,18 @@ class Galleries(Viewer):
         self.param.update(**params)
         self.refresh()
         hint = HINT.format(f"Red border: {state.noisy_word} (ground truth) · " if state.has_truth else "")
-        cards = pn.Column(self.thumb_note, pn.pane.HTML(hint, margin=(0, 5)), self.titles["lowest"], self.galleries["lowest"],
-                          self.titles["highest"], self.galleries["highest"],
-                          pn.Row(self.titles["third"], self.third, align="center"), self.band_slider,
-                          self.galleries["third"], **wide)
+        cards = pn.Column(
+            self.thumb_note,
+            pn.pane.HTML(hint, margin=(0, 5)),
+            self.titles["lowest"],
+            self.galleries["lowest"],
+            self.titles["highest"],
+            self.galleries["highest"],
+            pn.Row(self.titles["third"], self.third, align="center"),
+            self.band_slider,
+            self.galleries["third"],
+            **wide,
+        )
         self._layout = pn.Row(cards, pn.Column(detail, width=340, styles={"position": "sticky", "top": "0"}), **wide)
         live.param.watch(self._on_counts, "counts")
         live.param.watch(self._on_column, "column")
@@ -137,7 +158,7 @@ class Galleries(Viewer):
     def _on_column(self, event) -> None:
         lo, hi = self.state.score_range()
         self.band_slider.param.update(start=lo, end=hi, step=slider_step(lo, hi))
-        self.band = default_band(self.state)
+        self.band = _default_band(self.state)
         self.refresh()
 
     # ------------------------------------------------------------------ drawing

@@ -11,7 +11,8 @@ title and is in the detail view.
 from __future__ import annotations
 
 import html
-from typing import Callable
+from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,8 @@ CSS = """
 .me-grid.pairs { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); }
 .me-grid.pairs img { image-rendering: auto; object-fit: cover; }
 .me-caption { margin-top: 4px; font-size: 12px; line-height: 1.3; color: #1f2328; overflow: hidden;
-  display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow-wrap: anywhere; min-height: 3.9em; }
+  display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow-wrap: anywhere;
+  min-height: 3.9em; }
 .me-card { border: 1px solid #d0d7de; border-radius: 8px; padding: 5px; background: #fff; cursor: pointer;
   font: 11px/1.35 system-ui, -apple-system, "Segoe UI", sans-serif; color: #24292f; transition: opacity .15s; }
 .me-card:hover { box-shadow: 0 2px 8px rgba(0,0,0,.18); border-color: #0969da; }
@@ -65,7 +67,7 @@ export function render({ model, el }) {
 """
 
 
-def card_html(position: int, row, uri: str, label_name: Callable, score_column: str, has_pred: bool,
+def _card_html(position: int, row, uri: str, label_name: Callable, score_column: str, has_pred: bool,
               has_classes: bool = True) -> str:
     """One card: image, caption (pairs), id, label name (labelled pools), score, predicted class; a red
     border when the ground truth says the sample is noisy."""
@@ -105,8 +107,8 @@ def gallery_html(samples: pd.DataFrame, positions: np.ndarray, thumbs: Thumbnail
     rows = samples.iloc[positions]
     has_pred = "pred" in samples.columns
     cards = [
-        card_html(pos, row, thumbs.uri(row.sample_id, pos), label_name, score_column, has_pred, has_classes)
-        for pos, row in zip(positions.tolist(), rows.itertuples(index=False))
+        _card_html(pos, row, thumbs.uri(row.sample_id, pos), label_name, score_column, has_pred, has_classes)
+        for pos, row in zip(positions.tolist(), rows.itertuples(index=False), strict=True)
     ]
     kind = " pairs" if "caption" in samples.columns else ""
     return f'<div class="me-grid{kind}">' + "".join(cards) + "</div>"
@@ -119,13 +121,14 @@ class Gallery(JSComponent):
     dropped = param.List(default=[], item_type=int, doc="Row positions of the shown cards that the filter drops.")
 
     _esm = ESM
-    _stylesheets = [CSS]
+    _stylesheets: ClassVar[list[str]] = [CSS]
 
     def __init__(self, **params):
         super().__init__(**params)
         self._click_handlers: list[Callable[[int, str], None]] = []
 
     def on_click(self, handler: Callable[[int, str], None]) -> None:
+        """Call ``handler(position, sample_id)`` when a card is clicked."""
         self._click_handlers.append(handler)
 
     def _handle_msg(self, msg) -> None:

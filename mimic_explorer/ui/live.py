@@ -9,7 +9,7 @@ clause: new ranges, histograms and galleries), never the rule itself.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import param
 
@@ -49,12 +49,14 @@ class LiveCounts(param.Parameterized):
         self.column = self.model.column
 
     def recount(self) -> None:
+        """Count the current rule again and move the resolved cut; a rule the counter refuses is shown as a notice and
+        the last counts stay."""
         try:
             counts = self.state.counts(self.model.to_rule())
         except (FilterError, ValueError) as exc:
             self.notify(str(exc), "danger")
             return
         self.model.resolved_cut = self.state.cut(counts)
-        for clause, part in zip(self.model.more, (counts.clauses or [])[1:]):
+        for clause, part in zip(self.model.more, (counts.clauses or [])[1:], strict=False):
             clause.resolved_cut = self.state.cut(part)
         self.counts = counts

@@ -17,7 +17,7 @@ class DemoBuild:
     """A single background ``mimic-explorer demo`` run whose progress is readable from any thread."""
 
     _lock = threading.Lock()
-    _current: "DemoBuild | None" = None
+    _current: DemoBuild | None = None
 
     def __init__(self, out: Path):
         self.out = out
@@ -41,7 +41,8 @@ class DemoBuild:
                 self._proc.kill()
 
     @classmethod
-    def shared(cls, out: Path) -> "DemoBuild":
+    def shared(cls, out: Path) -> DemoBuild:
+        """The build of ``out`` every session shares: started once, started again only after a failed one."""
         with cls._lock:
             if cls._current is None or (cls._current.returncode not in (None, 0)):
                 cls._current = cls(out)
@@ -51,18 +52,23 @@ class DemoBuild:
         buffer = b""
         tail: list[str] = []
         assert self._proc.stderr is not None
-        while chunk := self._proc.stderr.read1(4096) if hasattr(self._proc.stderr, "read1") else self._proc.stderr.read(4096):
+        while (
+            chunk := self._proc.stderr.read1(4096)
+            if hasattr(self._proc.stderr, "read1")
+            else self._proc.stderr.read(4096)
+        ):
             buffer += chunk
             *lines, buffer = buffer.replace(b"\r", b"\n").split(b"\n")
             for line in lines:
                 text = line.decode(errors="replace").strip()
                 if text:
                     self.last_line = text
-                    tail = (tail + [text])[-5:]
+                    tail = [*tail, text][-5:]
         self.returncode = self._proc.wait()
         if self.returncode != 0:
             self.error = "\n".join(tail)
 
     @property
     def done(self) -> bool:
+        """Whether the build process has ended."""
         return self.returncode is not None

@@ -35,7 +35,9 @@ class MoreViews(Viewer):
         wide = dict(sizing_mode="stretch_width")
         builders = {
             "Kept vs threshold": lambda: pn.param.ParamFunction(pn.bind(self._kept_curve, live.param.column), **wide),
-            "Per class": lambda: pn.param.ParamFunction(pn.bind(self._per_class, live.param.column, log_counts), **wide),
+            "Per class": lambda: pn.param.ParamFunction(
+                pn.bind(self._per_class, live.param.column, log_counts), **wide
+            ),
             "Scatter": self._scatter_view,
             "Per epoch": self._epoch_view,
             "Trajectories": self._trajectory_view,
@@ -57,7 +59,10 @@ class MoreViews(Viewer):
         curve = self.state.kept_curve()
         x0 = float(curve["threshold"].iloc[0])
         lines = self.lines.line("kept-v", x0) * self.lines.line("kept-h", 0.0, horizontal=True)
-        return pn.pane.HoloViews(plots.kept_curve_element(curve, self.state.total, self.state.noisy_word) * lines, sizing_mode="stretch_width")
+        return pn.pane.HoloViews(
+            plots.kept_curve_element(curve, self.state.total, self.state.noisy_word) * lines,
+            sizing_mode="stretch_width",
+        )
 
     def _per_class(self, column: str, log: bool):
         edges, per_class, shown = self.state.class_histograms(limit=20)
@@ -80,8 +85,11 @@ class MoreViews(Viewer):
         x = pn.widgets.Select(label="x", options=columns, value=column, width=180)
         y = pn.widgets.Select(label="y", options=columns, value=default_y, width=180)
         self.live.param.watch(lambda event: setattr(x, "value", event.new), "column")
-        return pn.Column(pn.Row(x, y), pn.param.ParamFunction(pn.bind(self._scatter, x, y), lazy=True, sizing_mode="stretch_width"),
-                         sizing_mode="stretch_width")
+        return pn.Column(
+            pn.Row(x, y),
+            pn.param.ParamFunction(pn.bind(self._scatter, x, y), lazy=True, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
 
     def _scatter(self, xcol: str, ycol: str):
         if xcol == ycol:
@@ -115,7 +123,11 @@ class MoreViews(Viewer):
             return pn.pane.Markdown(NO_EPOCHS)
         signal = self._signal_select()
         samples = self.state.samples
-        noisy_ids = self.epochs.id_set(samples["sample_id"].to_numpy()[self.state.counter.noisy]) if self.state.has_truth else None
+        noisy_ids = (
+            self.epochs.id_set(samples["sample_id"].to_numpy()[self.state.counter.noisy])
+            if self.state.has_truth
+            else None
+        )
 
         def bands(sig: str):
             return pn.pane.HoloViews(plots.epoch_bands_element(self.epochs.quantile_bands(sig, noisy_ids), sig),
@@ -152,7 +164,10 @@ class MoreViews(Viewer):
         ids = samples["sample_id"].iloc[positions].astype(str).tolist() if positions else []
         frame = self.epochs.trajectories(ids, [signal])
         noisy = self.state.counter.noisy  # all False without ground truth
-        labels = {sid: f"{sid} ({self.state.noisy_word})" if noisy[pos] else sid for pos, sid in zip(positions, ids)}
+        labels = {
+            sid: f"{sid} ({self.state.noisy_word})" if noisy[pos] else sid
+            for pos, sid in zip(positions, ids, strict=True)
+        }
         return pn.pane.HoloViews(plots.trajectories_element(frame, signal, labels), sizing_mode="stretch_width")
 
     def __panel__(self):

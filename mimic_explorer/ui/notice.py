@@ -21,6 +21,7 @@ class Notice(Viewer):
                                    visible=self.param.message.rx().rx.bool(), sizing_mode="stretch_width")
 
     def show(self, text: str, kind: str = "warning") -> None:
+        """Show ``text`` as a notice of ``kind`` (``warning`` for an unknown kind)."""
         self.param.update(message=text, kind=kind if kind in KINDS else "warning")
 
     def __panel__(self):

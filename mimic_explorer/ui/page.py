@@ -17,31 +17,31 @@ from pathlib import Path
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.util.cache import demo_run_dir
+from mimic_explorer.store.listing import is_run_dir
 from mimic_explorer.store.reader import RunError, read_meta
 from mimic_explorer.ui.explorer import Explorer
 from mimic_explorer.ui.loader import DemoBuild
-from mimic_explorer.store.listing import is_run_dir
 from mimic_explorer.ui.runs import RunPicker
+from mimic_explorer.util.cache import demo_run_dir
 
 TITLE = "mimic_explorer"
 log = logging.getLogger("mimic_explorer.app")
 
 
-def error_alert(message: str) -> pn.pane.Alert:
+def _error_alert(message: str) -> pn.pane.Alert:
     return pn.pane.Alert(f"**Cannot open the run.** {message}", alert_type="danger", sizing_mode="stretch_width")
 
 
-def open_explorer(path: Path) -> Explorer | pn.pane.Alert:
+def _open_explorer(path: Path) -> Explorer | pn.pane.Alert:
     """An Explorer on ``path``, or an alert saying why not (missing, incomplete, newer format, corrupt)."""
     try:
         return Explorer(path)
     except RunError as exc:
         log.warning("cannot open %s: %s", path, exc)
-        return error_alert(str(exc))
-    except Exception as exc:  # a corrupt parquet file or similar: say so in the page, not as a traceback
+        return _error_alert(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a corrupt parquet file or similar: said in the page, not as a traceback
         log.warning("cannot open %s: %s: %s", path, type(exc).__name__, exc)
-        return error_alert(f"{path} could not be read ({type(exc).__name__}: {exc}).")
+        return _error_alert(f"{path} could not be read ({type(exc).__name__}: {exc}).")
 
 
 class ExplorerPage(Viewer):
@@ -60,16 +60,16 @@ class ExplorerPage(Viewer):
             target = Path(target).expanduser()
             if target.is_dir() and not is_run_dir(target):
                 return self._show_folder(target)
-            target = open_explorer(target)
+            target = _open_explorer(target)
         self._place(target)
 
     def _show_folder(self, folder: Path) -> None:
         try:
             self._picker = RunPicker(folder)
         except RunError as exc:
-            return self._place(error_alert(str(exc)))
-        self._picker.param.watch(lambda e: self._place(open_explorer(e.new)), "value")
-        self._place(open_explorer(self._picker.value))
+            return self._place(_error_alert(str(exc)))
+        self._picker.param.watch(lambda e: self._place(_open_explorer(e.new)), "value")
+        self._place(_open_explorer(self._picker.value))
 
     def _place(self, content) -> None:
         picker = [self._picker] if self._picker is not None else []
@@ -96,7 +96,7 @@ def _demo_is_ready(path: Path) -> bool:
 _PERCENT = re.compile(r"^(?P<stage>[^:|]+):\s*(?P<pct>\d+)%")
 
 
-def demo_progress(page: ExplorerPage) -> None:
+def _demo_progress(page: ExplorerPage) -> None:
     """Open the cached demo run, building it first (progress bar and stage) on the very first launch."""
     path = demo_run_dir()
     if _demo_is_ready(path):
@@ -104,7 +104,7 @@ def demo_progress(page: ExplorerPage) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return page.show(error_alert(f"cannot create the cache folder {path.parent}: {exc.strerror or exc}"))
+        return page.show(_error_alert(f"cannot create the cache folder {path.parent}: {exc.strerror or exc}"))
     build = DemoBuild.shared(path)
     status = pn.pane.Markdown("### Building the demo run\nscikit-learn digits, 30 % label noise, a reference "
                               "trained on clean labels, Grad-Mimic and Stage 2 — first launch only, about a minute "
@@ -126,7 +126,7 @@ def demo_progress(page: ExplorerPage) -> None:
         if build.returncode == 0 and _demo_is_ready(path):
             page.show(path)
         else:
-            page.show(error_alert(f"building the demo failed:\n\n```\n{build.error}\n```"))
+            page.show(_error_alert(f"building the demo failed:\n\n```\n{build.error}\n```"))
 
     page.show(pn.Column(pn.Row(spinner, status), bar, detail, sizing_mode="stretch_width"))
     callback = pn.state.add_periodic_callback(poll, period=400)
@@ -136,7 +136,7 @@ def build_page(args: list[str]) -> ExplorerPage:
     """``args`` are ``panel serve … --args`` arguments: a run, a runs folder, or nothing for the demo."""
     page = ExplorerPage()
     if not args:
-        demo_progress(page)
+        _demo_progress(page)
     else:
         page.show(Path(args[0]))
     return page
@@ -186,6 +186,8 @@ def client_is_local() -> bool:
 
 
 def serve_page(args: list[str]) -> pn.template.BaseTemplate:
+    """The served page for ``args`` (the ``--args`` of ``panel serve``): the explorer of a run, a picker, the demo being
+    built, or a refusal for a browser on another machine."""
     if not client_is_local():
         page = ExplorerPage()
         page.show(pn.pane.Alert("This explorer serves only browsers on its own machine. To share it, start it "

@@ -8,7 +8,7 @@ lines move on each change, and they move in Bokeh directly (``Spans``).
 from __future__ import annotations
 
 import holoviews as hv
-import holoviews.plotting.bokeh  # noqa: F401  (options below are bokeh options; works without hv.extension)
+import holoviews.plotting.bokeh  # options below are bokeh options; works without hv.extension
 import numpy as np
 import pandas as pd
 
@@ -32,10 +32,17 @@ def histogram_element(hist: Histogram, column: str, log: bool = False, height: i
                 xlabel=column, ylabel="samples (log)" if log else "samples", show_grid=True)
     if log:  # the axis starts at 0.5: empty bins (drawn at 0.1) stay out of sight, a single sample shows
         opts["ylim"] = (0.5, max(2.0, float(hist.counts.max()) * 2))
-    total = hv.Histogram((hist.edges, _log_safe(hist.counts, log)), kdims=[column], vdims=["samples"], label="all samples")
+    total = hv.Histogram(
+        (hist.edges, _log_safe(hist.counts, log)), kdims=[column], vdims=["samples"], label="all samples"
+    )
     layers = [total.opts(color=BLUE, alpha=0.85, **opts)]
     if hist.noisy is not None:
-        noisy = hv.Histogram((hist.edges, _log_safe(hist.noisy, log)), kdims=[column], vdims=["samples"], label=f"{noisy_word} (ground truth)")
+        noisy = hv.Histogram(
+            (hist.edges, _log_safe(hist.noisy, log)),
+            kdims=[column],
+            vdims=["samples"],
+            label=f"{noisy_word} (ground truth)",
+        )
         layers.append(noisy.opts(color=RED, alpha=0.75, **opts))
     overlay = hv.Overlay(layers)
     return overlay.opts(legend_position="top_left", title=f"Distribution of {column}")
@@ -55,6 +62,8 @@ class Spans:
         self._values: dict[str, float | None] = {}
 
     def line(self, key: str, value: float | None, fallback: float = 0.0, horizontal: bool = False):
+        """A dashed line for ``key`` at ``value`` (at ``fallback`` and hidden while it is None), whose Span is
+        remembered once Bokeh renders it."""
         self._models[key] = {}
         self._values[key] = value
         visible = value is not None and np.isfinite(value)
@@ -74,6 +83,7 @@ class Spans:
         return remember
 
     def move(self, value_of) -> None:
+        """Set every remembered Span from ``value_of(key)`` (None hides the line)."""
         for key, models in self._models.items():
             value = value_of(key)
             self._values[key] = value
@@ -85,6 +95,7 @@ class Spans:
                     span.visible = visible
 
     def forget(self, prefix: str) -> None:
+        """Forget the lines whose key starts with ``prefix`` (their plots are gone)."""
         for key in [k for k in self._models if k.startswith(prefix)]:
             del self._models[key]
 
@@ -94,9 +105,18 @@ def class_grid(edges: np.ndarray, per_class: dict[int, np.ndarray], names: dict[
     """One small histogram per class, sharing bins; the caller overlays each class's threshold line."""
     return {
         label: hv.Histogram((edges, _log_safe(counts, log)), kdims=[column], vdims=["samples"]).opts(
-            color=BLUE, line_color=None, logy=log, width=250, height=170, title=f"{names[label]} (n={int(counts.sum())})",
-            xlabel="", ylabel="", toolbar=None, fontsize={"title": 10},
-            **({"ylim": (0.5, max(2.0, float(counts.max()) * 2))} if log else {}))
+            color=BLUE,
+            line_color=None,
+            logy=log,
+            width=250,
+            height=170,
+            title=f"{names[label]} (n={int(counts.sum())})",
+            xlabel="",
+            ylabel="",
+            toolbar=None,
+            fontsize={"title": 10},
+            **({"ylim": (0.5, max(2.0, float(counts.max()) * 2))} if log else {}),
+        )
         for label, counts in per_class.items()
     }
 
@@ -106,8 +126,12 @@ def kept_curve_element(curve: pd.DataFrame, total: int, noisy_word: str = "misla
     opts = dict(responsive=True, height=300, tools=["hover"], show_grid=True, ylabel="samples kept", xlabel="threshold")
     layers = [hv.Curve(curve, "threshold", "kept", label="all").opts(color=BLUE, line_width=2.5, **opts)]
     if "clean kept" in curve:
-        layers.append(hv.Curve(curve, "threshold", "clean kept", label="clean").opts(color=GREEN, line_width=1.8, **opts))
-        layers.append(hv.Curve(curve, "threshold", "noisy kept", label=noisy_word).opts(color=RED, line_width=1.8, **opts))
+        layers.append(
+            hv.Curve(curve, "threshold", "clean kept", label="clean").opts(color=GREEN, line_width=1.8, **opts)
+        )
+        layers.append(
+            hv.Curve(curve, "threshold", "noisy kept", label=noisy_word).opts(color=RED, line_width=1.8, **opts)
+        )
     return hv.Overlay(layers).opts(title=f"Kept versus threshold (of {total})", legend_position="top_right")
 
 
@@ -183,8 +207,10 @@ def detail_trajectory(frame: pd.DataFrame, signals: list[str]) -> hv.Layout | hv
     if frame.empty or not signals:
         return hv.Curve([], "epoch", "value").opts(title="no per-epoch scores recorded", width=300, height=160)
     curves = [
-        (hv.Curve(frame, "epoch", s).opts(color=BLUE, line_width=2, tools=["hover"])
-         * hv.Scatter(frame, "epoch", s).opts(color=BLUE, size=5)).opts(title=s, width=310, height=150, show_grid=True, xlabel="")
+        (
+            hv.Curve(frame, "epoch", s).opts(color=BLUE, line_width=2, tools=["hover"])
+            * hv.Scatter(frame, "epoch", s).opts(color=BLUE, size=5)
+        ).opts(title=s, width=310, height=150, show_grid=True, xlabel="")
         for s in signals
     ]
     return hv.Layout(curves).cols(1).opts(shared_axes=False)

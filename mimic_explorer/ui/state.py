@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from mimic_explorer.filters.rules import CompoundRule, FilterResult, FilterRule, Rule, apply_rule, describe, has_classes
-from mimic_explorer.store.histogram import Histogram, histogram, robust_range  # noqa: F401  (the views import them from here)
-from mimic_explorer.store.index_build import NON_SCORE_COLUMNS  # noqa: F401  (identities and categories)
+from mimic_explorer.store.histogram import Histogram, histogram, robust_range  # the views import them from here
+from mimic_explorer.store.index_build import NON_SCORE_COLUMNS  # identities and categories
 from mimic_explorer.store.reader import Run
 from mimic_explorer.store.sample_columns import SampleColumns, indexed_samples
 from mimic_explorer.ui.counting import Counts, RuleCounter, SampleGroups, compound_counts
@@ -51,7 +51,9 @@ class ExplorerState:
             if c not in NON_SCORE_COLUMNS and pd.api.types.is_numeric_dtype(self.samples.dtypes[c])
             and not pd.api.types.is_bool_dtype(self.samples.dtypes[c])
         ]
-        self.score_columns = [c for c in LEADING_COLUMNS if c in numeric] + [c for c in numeric if c not in LEADING_COLUMNS]
+        self.score_columns = [c for c in LEADING_COLUMNS if c in numeric] + [
+            c for c in numeric if c not in LEADING_COLUMNS
+        ]
         if not self.score_columns:
             raise ValueError("the run's samples have no numeric score column")
         self.has_classes = has_classes(self.samples)
@@ -72,10 +74,12 @@ class ExplorerState:
 
     @property
     def column(self) -> str:
+        """The score column every view shows."""
         return self._column
 
     @column.setter
     def column(self, column: str) -> None:
+        """Switch every view to ``column``; ``ValueError`` names the columns when there is no such one."""
         if column not in self.score_columns:
             raise ValueError(f"no score column {column!r}; available: {', '.join(self.score_columns)}")
         self._column = column
@@ -120,6 +124,7 @@ class ExplorerState:
 
     @property
     def scores(self) -> np.ndarray:
+        """The current column's scores, by row position."""
         return self.counter.scores
 
     @property
@@ -129,14 +134,17 @@ class ExplorerState:
 
     @property
     def total(self) -> int:
+        """How many samples the run has."""
         return len(self.samples)
 
     @property
     def has_truth(self) -> bool:
+        """Whether the run knows which samples are noisy (ground truth), so views can show it."""
         return self.counter.has_truth
 
     @property
     def has_ensemble(self) -> bool:
+        """Whether the run has Stage 2's ensemble vote (``keep``), so the ensemble rule is offered."""
         return self.counter.ensemble is not None
 
     def score_range(self, column: str | None = None) -> tuple[float, float]:
@@ -249,12 +257,16 @@ class ExplorerState:
         """Before and after over the whole pool (a pool without classes): one row for the filter, and
         for an AND one row per clause first, each counted alone, so a person sees which clause cuts."""
         rows = []
-        parts = list(zip(rule.clauses, counts.clauses)) if rule is not None and counts.clauses else []
-        for clause, part in parts + [(None, counts)]:
-            row = {"class": describe(clause) if clause is not None else ("all clauses (AND)" if parts else "all samples"),
-                   "samples": part.total, "kept": part.kept, "dropped": part.dropped,
-                   "retained %": round(100 * part.kept / max(part.total, 1), 1),
-                   "threshold": self._rounded(self.cut(part))}
+        parts = list(zip(rule.clauses, counts.clauses, strict=False)) if rule is not None and counts.clauses else []
+        for clause, part in [*parts, (None, counts)]:
+            row = {
+                "class": describe(clause) if clause is not None else ("all clauses (AND)" if parts else "all samples"),
+                "samples": part.total,
+                "kept": part.kept,
+                "dropped": part.dropped,
+                "retained %": round(100 * part.kept / max(part.total, 1), 1),
+                "threshold": self._rounded(self.cut(part)),
+            }
             if part.noisy_total is not None:
                 row[f"{self.noisy_word} dropped"] = part.noisy_dropped
             rows.append(row)
@@ -268,6 +280,8 @@ class ExplorerState:
 
     @_releasing
     def histogram(self, column: str | None = None, log: bool = False) -> Histogram:
+        """The histogram of ``column`` (the current one by default): from the run's index when it holds one, else
+        computed once and kept."""
         column = column or self.column
         key = ("hist", column)
         cache = self.__dict__.setdefault("_hist_cache", {})
@@ -276,7 +290,9 @@ class ExplorerState:
         if cache.get(key) is None:
             values = self.samples[column].to_numpy(dtype=np.float64)
             presorted = self.counter.sorted_finite if column == self.column else None
-            cache[key] = histogram(values, noisy=self.counter.noisy if self.has_truth else None, sorted_finite=presorted)
+            cache[key] = histogram(
+                values, noisy=self.counter.noisy if self.has_truth else None, sorted_finite=presorted
+            )
         return cache[key]
 
     @_releasing
@@ -297,6 +313,7 @@ class ExplorerState:
 
     @_releasing
     def kept_curve(self) -> pd.DataFrame:
+        """How many samples a threshold keeps, over the column's robust range (the kept-vs-threshold plot)."""
         lo, hi = robust_range(self.counter.sorted_finite, presorted=True)
         return self.counter.kept_curve(lo=lo, hi=hi)
 
@@ -338,9 +355,11 @@ class ExplorerState:
         return self._orderings[label]
 
     def lowest(self, k: int, label: int | None = None) -> np.ndarray:
+        """The row positions of the ``k`` lowest-scoring samples (of class ``label`` when given)."""
         return self._ordered(label)[0][:k]
 
     def highest(self, k: int, label: int | None = None) -> np.ndarray:
+        """The row positions of the ``k`` highest-scoring samples (of class ``label`` when given)."""
         return self._ordered(label)[0][::-1][:k]
 
     def around(self, threshold: float, k: int, label: int | None = None) -> np.ndarray:
@@ -361,6 +380,7 @@ class ExplorerState:
         return order[picks]
 
     def rows(self, positions: np.ndarray) -> pd.DataFrame:
+        """The samples at row ``positions`` (read by position, not the whole table)."""
         return self.samples.iloc[np.asarray(positions, dtype=np.int64)]
 
     def trajectories(self, positions) -> pd.DataFrame:
@@ -396,6 +416,7 @@ class ExplorerState:
         return row
 
     def label_name(self, label) -> str:
+        """The class name of ``label``, or the label itself when it is not a class index."""
         try:
             index = int(label)
         except (TypeError, ValueError):

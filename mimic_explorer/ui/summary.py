@@ -118,7 +118,10 @@ class Summary(Viewer):
         self.warnings = run_warnings(meta)
         self._layout = pn.Column(
             pn.pane.HTML(header, stylesheets=[TILE_CSS], sizing_mode="stretch_width"),
-            *[pn.pane.Alert(f"**Warning.** {w}", alert_type="warning", sizing_mode="stretch_width") for w in self.warnings],
+            *[
+                pn.pane.Alert(f"**Warning.** {w}", alert_type="warning", sizing_mode="stretch_width")
+                for w in self.warnings
+            ],
             sizing_mode="stretch_width",
         )
 

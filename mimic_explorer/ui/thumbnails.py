@@ -17,7 +17,8 @@ PLACEHOLDER = (
     + base64.b64encode(
         b'<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96"><rect width="96" height="96" fill="#eceff1"/>'
         b'<path d="M28 64l14-18 10 12 8-9 12 15z" fill="#b0bec5"/><circle cx="38" cy="36" r="6" fill="#b0bec5"/>'
-        b'<text x="48" y="86" font-size="10" font-family="sans-serif" text-anchor="middle" fill="#78909c">no image</text></svg>'
+        b'<text x="48" y="86" font-size="10" font-family="sans-serif" text-anchor="middle" '
+        b'fill="#78909c">no image</text></svg>'
     ).decode()
 )
 
@@ -36,6 +37,8 @@ class ThumbnailURIs:
         return self.reader.available and self.reader.missing == 0
 
     def uri(self, sample_id: str, position: int | None = None) -> str:
+        """A data URI of the sample's thumbnail (``position`` finds it without an id lookup), or ``PLACEHOLDER``; the
+        latest ones are kept, as galleries ask again on every change."""
         sample_id = str(sample_id)
         cached = self._cache.get(sample_id)
         if cached is not None:

@@ -27,23 +27,31 @@ from torch import nn
 
 @dataclass
 class DistContext:
+    """This process's place in a ``torchrun`` job (rank, world size, local rank); a single process is rank 0 of 1 and
+    every collective below is then a no-op."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @property
     def active(self) -> bool:
+        """Whether there is more than one process."""
         return self.world > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the one that writes ``meta.json`` and finalises the run)."""
         return self.rank == 0
 
     def barrier(self) -> None:
+        """Wait for every rank."""
         if self.active:
             dist.barrier()
 
     def average_gradients(self, model: nn.Module) -> None:
+        """Average ``model``'s gradients over the ranks with one all-reduce (after the Grad-Mimic head gradient is
+        written, which DDP's hooks would miss)."""
         if not self.active:
             return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -58,6 +66,7 @@ class DistContext:
             offset += g.numel()
 
     def broadcast_object(self, value):
+        """``value`` as rank 0 has it, on every rank (rank 0 decides, the others follow)."""
         if not self.active:
             return value
         box = [value]

@@ -8,12 +8,12 @@ tell whether model and reference started from the same weights.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 
-def hash_arrays(*arrays: Iterable) -> str:
+def _hash_arrays(*arrays: Iterable) -> str:
     digest = hashlib.sha256()
     for array in arrays:
         array = np.asarray(array)
@@ -29,7 +29,8 @@ def hash_arrays(*arrays: Iterable) -> str:
 
 
 def dataset_fingerprint(sample_ids: np.ndarray, labels: np.ndarray) -> str:
-    return hash_arrays(np.asarray(sample_ids, dtype=object), np.asarray(labels, dtype=np.int64))
+    """A hash of the ids and labels of an in-memory pool (the demo's): the run id changes when either does."""
+    return _hash_arrays(np.asarray(sample_ids, dtype=object), np.asarray(labels, dtype=np.int64))
 
 
 def state_fingerprint(state_dict: Mapping) -> str:

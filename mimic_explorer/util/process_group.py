@@ -19,6 +19,7 @@ Standard library only (see the layers in docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -81,7 +82,7 @@ def run_process_group(command: Sequence[str], *, stop_timeout: float = 10.0,
     """
     # preexec_fn only calls prctl (looked up beforehand); `serve` starts no thread before this point
     proc = subprocess.Popen(list(command), start_new_session=True,
-                            preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509
+                            preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509 - no thread yet (above)
     pgid = proc.pid  # a new session's leader leads its own process group
     received: list[int] = []
     deadline: list[float] = []
@@ -126,7 +127,5 @@ def _stop_group(proc: subprocess.Popen, pgid: int, stop_timeout: float) -> None:
             return
         time.sleep(0.05)
     _signal_group(pgid, signal.SIGKILL)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=stop_timeout)
-    except subprocess.TimeoutExpired:
-        pass
