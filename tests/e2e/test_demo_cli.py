@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from mimic_explorer import open_run
 from mimic_explorer.store.reader import RunError
 from tests.conftest import run_cli
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow  # whole module: real runs or subprocesses
 
@@ -121,9 +121,13 @@ def _demo_with_a_first_epoch_on_disk(out) -> subprocess.Popen:
     """Start ``mimic-explorer demo`` and return once its first score part exists (mid-run)."""
     proc = subprocess.Popen([sys.executable, "-m", "mimic_explorer", "demo", "--out", str(out), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list((out / "scores").glob("epoch-*.parquet")):
-        time.sleep(0.05)
+    try:
+        wait_for(lambda: list((out / "scores").glob("epoch-*.parquet")), 60, "the demo's first epoch part",
+                 process=proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return proc
 
 
