@@ -235,6 +235,7 @@ def test_a_killed_score_resumes_at_its_first_missing_chunk_and_equals_an_uninter
     assert first.written == [0, 1]
     kept = {p.name: p.stat().st_mtime_ns for p in RunLayout(out).chunk_parts()}
     assert sorted(kept) == sorted(RunLayout(out).chunk_part(c).name for c in (0, 1))
+    monkeypatch.undo()  # the writer as it is, watched again
     again = ChunkParts(monkeypatch, out, chunks)
     resumed = open_run(run_score(task.score_options(out)).path)
     assert again.written == list(range(2, chunks))  # chunks 0 and 1 were not scored again

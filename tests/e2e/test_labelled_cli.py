@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mimic_explorer import open_run
-from tests.conftest import COMMON, run_cli
+from tests.conftest import COMMON, run_cli, run_cli_killed
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow  # whole module: real runs or subprocesses
@@ -75,14 +75,8 @@ def test_kill_9_then_same_command_equals_an_uninterrupted_run(digits_reference, 
             "--checkpoint-every", "0"]
     assert run_cli(*args, "--out", str(tmp_path / "whole")).returncode == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mimic_explorer", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: len(list((out / "scores").glob("epoch-*.parquet"))) >= 3, 120, "three epoch parts",
-                 process=proc, interval=0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    killed = run_cli_killed(3, "epoch-", *args, "--out", str(out))  # kill -9 right after the third epoch part
+    assert killed.returncode == -signal.SIGKILL
     assert json.loads((out / "meta.json").read_text())["status"] == "running"
     resumed = run_cli(*args, "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr
