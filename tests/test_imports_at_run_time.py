@@ -1,16 +1,14 @@
 """The import rules of docs/ARCHITECTURE.md seen at run time: what importing a module really loads, in a
-fresh interpreter — compute code never loads panel, the app's code never loads torch, scoring loads no
-other layer than the head finder. ``tests/test_import_graph.py`` checks the import statements
-themselves (function-level ones included); this file catches what a statement hides, such as a
-dependency that imports torch or panel in its turn."""
+fresh interpreter — compute code never loads panel, scoring loads no other layer than the head finder.
+``tests/test_import_graph.py`` checks the import statements themselves (function-level ones
+included); this file catches what a statement hides, such as a dependency that imports panel in its
+turn. The other direction (the app never loads torch) is checked where the page is built:
+``tests/ui/test_explorer.py::test_ui_and_page_building_never_import_torch``."""
 
 from __future__ import annotations
 
-import pkgutil
 import subprocess
 import sys
-
-import mimic_explorer.ui
 
 COMPUTE = [
     "mimic_explorer.scoring", "mimic_explorer.data.specs", "mimic_explorer.models", "mimic_explorer.training.loop",
@@ -19,8 +17,6 @@ COMPUTE = [
     "mimic_explorer.training.towers", "mimic_explorer.training.loss_step", "mimic_explorer.tasks", "mimic_explorer.tasks.pairs",
     "mimic_explorer.models.dual_checkpoint",
 ]
-#: every module of the app's package (the page, the explorer and its views)
-UI = sorted(m.name for m in pkgutil.walk_packages(mimic_explorer.ui.__path__, "mimic_explorer.ui."))
 
 
 def _modules_after_import(modules: list[str]) -> set[str]:
@@ -33,13 +29,6 @@ def test_compute_code_never_imports_panel():
     loaded = _modules_after_import(COMPUTE)
     assert "torch" in loaded  # the check can fail: these modules do pull in their own stack
     assert not {m for m in loaded if m == "panel" or m.startswith(("panel.", "bokeh", "holoviews"))}
-
-
-def test_the_app_code_never_imports_torch():
-    assert len(UI) > 10 and "mimic_explorer.ui.page" in UI
-    loaded = _modules_after_import(UI)
-    assert "panel" in loaded  # the check can fail: the app's modules do pull in their own stack
-    assert not {m for m in loaded if m == "torch" or m.startswith(("torch.", "torchvision", "timm", "open_clip"))}
 
 
 def test_scoring_imports_no_other_layer_than_the_head_finder():
