@@ -54,8 +54,8 @@ step() {
     echo "| $name | $status | $(( $(date +%s) - start )) | $name.log |" >> "$RESULTS"
 }
 
-step cuda_tests 200 "'$PY' -m pytest -q --collect-only tests/pipeline/test_cuda.py" -- \
-    "$PY" -m pytest -q -p no:cacheprovider tests/pipeline/test_cuda.py
+step cuda_tests 200 "'$PY' -m pytest -q --collect-only tests/e2e/test_cuda_cli.py" -- \
+    "$PY" -m pytest -q -p no:cacheprovider tests/e2e/test_cuda_cli.py
 step bench_scoring 220 "'$PY' -m py_compile benchmarks/bench_scoring.py" -- \
     "$PY" benchmarks/bench_scoring.py --device cuda --rounds 5 --budget 5 --out "$OUT/bench_scoring.md"
 step torchrun_nccl 60 "'$PY' -m py_compile benchmarks/gpu_nccl_smoke.py" -- \

@@ -19,6 +19,19 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     )
 
 
+KILLER = Path(__file__).resolve().parent / "faults" / "killer.py"
+
+
+def run_cli_killed(after: int, match: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``mimic-explorer ARGS`` and kill it (SIGKILL) right after the ``after``-th committed file whose
+    name contains ``match`` (``tests/faults/killer.py``); return the completed process. Why not a kill
+    sent by the test once such a file shows up: a fast run may finish in between, and the test would
+    then look at a complete run instead of a killed one."""
+    env = {**os.environ, "PYTHONPATH": str(KILLER.parents[2]), "MIMIC_EXPLORER_KILL_AFTER": str(after),
+           "MIMIC_EXPLORER_KILL_MATCH": match}
+    return subprocess.run([sys.executable, str(KILLER), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def run_torchrun(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``torchrun --standalone --nproc_per_node=2 -m mimic_explorer ARGS`` (gloo on the CPU, one
     thread a process so the two ranks share the machine fairly) and return the completed process."""

@@ -29,7 +29,7 @@ def test_the_dry_run_checks_every_step_and_records_it_as_skipped(tmp_path):
     for name in STEPS:
         log = (out / f"{name}.log").read_text()
         assert "would run: " in log
-    assert "tests/pipeline/test_cuda.py" in (out / "cuda_tests.log").read_text()
+    assert "tests/e2e/test_cuda_cli.py" in (out / "cuda_tests.log").read_text()
     assert "3 tests collected" in (out / "cuda_tests.log").read_text()
     assert not (out / "torchrun-train").exists()  # nothing that needs CUDA ran
 

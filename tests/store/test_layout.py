@@ -1,6 +1,6 @@
-"""The run-directory contract: part names carry their epochs, chunks and ranks; resuming drops what a
-kill left past the last saved state; a fresh run clears every part; no other package module spells a
-run file's name."""
+"""The run-directory contract (``store/layout.RunLayout``): every file where the contract puts it; part
+names carry their epochs, chunks and ranks; resuming drops what a kill left past the last saved state;
+a fresh run clears every part; no other package module spells a run file's name."""
 
 from __future__ import annotations
 
@@ -73,6 +73,18 @@ def test_clearing_removes_every_part_and_nothing_else(tmp_path):
     _touch(layout, ["epoch-0000.parquet", "chunk-000003-rank000.parquet", layout.error_part(0).name, "notes.txt"])
     layout.clear_score_parts()
     assert [p.name for p in layout.scores_dir.iterdir()] == ["notes.txt"]
+
+
+def test_files_sit_where_the_run_directory_contract_says(tmp_path):
+    layout = RunLayout(str(tmp_path))
+    assert layout.root == tmp_path and layout == RunLayout(tmp_path)
+    names = {name: getattr(layout, name).relative_to(tmp_path).as_posix() for name in
+             ("meta", "samples", "errors", "scores_dir", "scores_file", "thumbs_dir", "thumbs_blob", "thumbs_index",
+              "filters_dir", "lock", "state", "log", "index_dir")}
+    assert names == {"meta": "meta.json", "samples": "samples.parquet", "errors": "errors.parquet", "scores_dir": "scores",
+                     "scores_file": "scores.parquet", "thumbs_dir": "thumbs", "thumbs_blob": "thumbs/thumbs.bin",
+                     "thumbs_index": "thumbs/index.parquet", "filters_dir": "filters", "lock": ".lock",
+                     "state": "state.pt", "log": "run.log", "index_dir": "index"}
 
 
 def test_a_run_written_through_the_layout_reads_back(tmp_path):

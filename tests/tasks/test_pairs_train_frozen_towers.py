@@ -1,12 +1,12 @@
 """``train`` on an image-text pool in the frozen-tower mode (a few dozen real Flickr8k pairs): plain
 training saves a dual checkpoint that ``score`` loads; Grad-Mimic against it records every epoch and
-writes the per-pair columns, whose CLIP scores equal the reference's own on each pair; options of the
-wrong pool kind are refused before anything is written."""
+writes the per-pair columns, whose CLIP scores equal the reference's own on each pair; a killed run
+resumes after its last saved epoch; ``--init`` takes a dual checkpoint or an image classifier. What
+every task's ``train`` does is in tests/commands/test_task_contract.py."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -49,8 +49,7 @@ def reference(pools):
 def test_plain_training_saves_a_dual_checkpoint_and_reports_recall(pools, reference):
     path, outcome = reference
     samples = open_run(outcome.path).samples
-    assert len(samples) == PAIRS and samples["keep"].all() and samples["mimic_score"].isna().all()
-    assert samples["caption"].str.len().gt(0).all()
+    assert len(samples) == PAIRS and samples["caption"].str.len().gt(0).all()
     recall = outcome.summary["test_recall"]
     assert set(recall) == {f"{d}@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} and all(0 <= v <= 1 for v in recall.values())
     assert open_run(outcome.path).meta["summary"]["test_recall"] == recall
@@ -87,8 +86,6 @@ def test_grad_mimic_records_epochs_and_per_pair_columns_that_score_can_reproduce
     assert (samples["batch_size"] >= 2).all() and samples["score_batch"].nunique() == PAIRS // 8
     swapped = samples[samples["is_noisy"]]
     assert (swapped["caption"] != swapped["true_caption"]).all()
-    rows = pd.concat([pd.read_parquet(p) for p in run.layout.epoch_parts()])
-    assert sorted(rows["epoch"].unique()) == [0, 1] and len(rows) == 2 * PAIRS
     # the model started from the reference's towers: only projections and logit scale differ
     model, _ = load_pair_model(str(model_path), "small_dual", "--model")
     ref, config = load_pair_model(str(ref_path), "small_dual", "--reference")
@@ -106,24 +103,6 @@ def test_grad_mimic_records_epochs_and_per_pair_columns_that_score_can_reproduce
     scored = run_score(ScoreOptions(data=pool, arch="small_dual", out=str(tmp_path / "score"), model=str(model_path),
                                     reference=str(ref_path), mimic_layer="image", batch_size=8, device="cpu", quiet=True))
     assert len(open_run(scored.path).samples) == PAIRS
-
-
-def test_labelled_options_are_refused_before_writing(pools, tmp_path):
-    _, _, pool = pools
-    for kw, message in (({"linear_probe": True}, "--linear-probe: only for labelled"),
-                        ({"label_noise": 0.2}, "--label-noise 0.2: only for labelled")):
-        out = tmp_path / "refused"
-        with pytest.raises(ValueError, match=message):
-            run_train(options(pool, out, **kw))
-        assert not out.exists()
-
-
-def test_pair_training_options_on_a_labelled_pool_are_refused(tmp_path):
-    out = tmp_path / "run"
-    labelled = TrainOptions(data="digits", arch="mlp", out=str(out), frozen_towers=True, quiet=True)
-    with pytest.raises(ValueError, match="--frozen-towers: only for image-text pools.*use --linear-probe instead of --frozen-towers"):
-        run_train(labelled)
-    assert not out.exists()
 
 
 @pytest.mark.slow

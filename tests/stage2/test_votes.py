@@ -1,3 +1,5 @@
+"""Stage 2's per-epoch votes and their aggregation (``stage2/votes``): keep rules, ranks, the quality estimate."""
+
 import numpy as np
 import pandas as pd
 import pytest

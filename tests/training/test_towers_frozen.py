@@ -1,6 +1,7 @@
-"""The frozen-tower mode (projections trained on cached tower outputs) equals training the full dual
-encoder with its towers frozen, record for record; the end-of-run pair signals are what they claim
-(losses in the recorded batch, the scorer's exact proj/cos, CLIP scores); mimic layers are named."""
+"""The frozen-tower mode (``training/towers.train_projections``: projections trained on cached tower
+outputs) equals training the full dual encoder with its towers frozen, record for record; the end-of-run
+pair signals (``training/signals.collect_pair_signals``) are what they claim (losses in the recorded
+batch, the scorer's exact proj/cos, CLIP scores); mimic layers are named."""
 
 from __future__ import annotations
 

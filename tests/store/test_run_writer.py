@@ -1,4 +1,5 @@
-"""Run directories: atomic writes, the writer lock, and clear errors when opening."""
+"""Run directories as ``store/writer.RunWriter`` writes them and ``store/reader.open_run`` opens them: atomic
+writes, the writer lock, a run complete only once completed, and clear errors when opening."""
 
 from __future__ import annotations
 

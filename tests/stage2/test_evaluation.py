@@ -1,3 +1,5 @@
+"""Detection metrics of a keep/drop split and a score (``stage2/evaluation``) against scikit-learn's."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score

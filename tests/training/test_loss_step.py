@@ -1,7 +1,8 @@
-"""Stage-1 training under a custom loss (InfoNCE on image–text pairs): the Grad-Mimic step gives the
-mimic layer exactly Σ w_i g_i (g_i = ∇ of pair i's own loss in its batch, by brute-force autograd) and
-every other parameter the mean gradient, for both mimic layers, on the frozen-tower probe and on the
-built-in dual encoder; plain training lowers the loss; classification keeps its own path."""
+"""Stage-1 training under a custom loss (``training/loss_step.LossStep``, InfoNCE on image–text pairs):
+the Grad-Mimic step gives the mimic layer exactly Σ w_i g_i (g_i = ∇ of pair i's own loss in its batch,
+by brute-force autograd) and every other parameter the mean gradient, for both mimic layers, on the
+frozen-tower probe and on the built-in dual encoder; plain training lowers the loss; classification
+keeps its own path."""
 
 from __future__ import annotations
 

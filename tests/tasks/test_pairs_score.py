@@ -1,29 +1,26 @@
 """``score`` on an image-text pool (a few dozen real Flickr8k pairs, a tiny built-in dual encoder): the
 run's per-pair columns, ids that are the shards' uids, scores equal to the scorer's on the batch each
-pair was scored in, caption noise, resuming by chunk, and options of the wrong pool kind refused before
-anything is written."""
+pair was scored in, caption noise, and options a pairs pool cannot take refused before anything is
+written. What every task's ``score`` does (every sample once, resuming, bad samples, the other task's
+options) is in tests/commands/test_task_contract.py."""
 
 from __future__ import annotations
 
-import io
 import re
-import tarfile
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from mimic_explorer import open_run
 from mimic_explorer.data.specs import open_source
-from mimic_explorer.tasks.pairs import PairScoring
 from mimic_explorer.commands.options import ScoreOptions
 from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from mimic_explorer.commands.score import run_score
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
-from tests.pairs_helpers import batch_of, flickr_pool, needs_flickr, scored_pool
+from tests.pairs_helpers import batch_of, needs_flickr, scored_pool
 
 pytestmark = [needs_flickr, pytest.mark.slow]  # real runs: a few seconds each
 
@@ -82,33 +79,7 @@ def test_scores_equal_the_scorer_on_the_batch_each_pair_was_scored_in(pool, tmp_
     np.testing.assert_allclose(rows["reference_loss"].to_numpy(), InfoNCELoss()(ref_out, None).double().numpy(), rtol=1e-5)
 
 
-def test_a_killed_pairs_run_resumes_at_the_first_missing_chunk(pool, tmp_path, monkeypatch):
-    whole = open_run(run_score(options(pool, tmp_path / "whole")).path).samples
-    real, calls = PairScoring.batches, []
-    size = options(pool, tmp_path / "resumed").chunk_size
-
-    def dies_on_the_second_chunk(self, start, stop, passes):
-        chunk = start // size
-        calls.append(chunk)
-        if chunk == 1 and len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real(self, start, stop, passes)
-
-    monkeypatch.setattr(PairScoring, "batches", dies_on_the_second_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        run_score(options(pool, tmp_path / "resumed"))
-    run_score(options(pool, tmp_path / "resumed"))
-    assert calls == [0, 1, 1]  # chunk 0 was kept, chunk 1 redone
-    resumed = open_run(tmp_path / "resumed").samples
-    pd.testing.assert_series_equal(resumed["mimic_score"], whole["mimic_score"])
-    # the photos of chunk 0, scored before the kill, are decoded again for the app
-    assert all(open_run(tmp_path / "resumed").thumbnails.get(s) is not None for s in resumed["sample_id"])
-    pd.testing.assert_series_equal(resumed["score_batch"], whole["score_batch"])
-
-
 @pytest.mark.parametrize("change, message", [
-    (dict(label_noise=0.2), "--label-noise 0.2: only for labelled pools"),
-    (dict(linear_probe=True), "--linear-probe: only for labelled pools"),
     (dict(batch_size=1), "--batch-size 1: a pair's InfoNCE loss needs the other pairs"),
     (dict(arch="small_dual:mlp"), "built as --arch small_cnn, not mlp"),
     (dict(mimic_layer="text", params="all"), "either --mimic-layer text or --params all"),
@@ -118,28 +89,3 @@ def test_wrong_options_on_a_pairs_pool_are_refused_before_anything_is_written(po
     with pytest.raises(ValueError, match=re.escape(message)):
         run_score(replace(options(pool, out), **change))
     assert not out.exists()
-
-
-def test_pair_options_on_a_labelled_pool_are_refused(tmp_path):
-    out = tmp_path / "run"
-    labelled = ScoreOptions(data="digits", arch="mlp", out=str(out), model="m.pt", reference="r.pt", caption_noise=0.2)
-    with pytest.raises(ValueError, match="--caption-noise: only for image-text pools"):
-        run_score(labelled)
-    with pytest.raises(ValueError, match="--mimic-layer: only for image-text pools"):
-        run_score(replace(labelled, caption_noise=0.0, mimic_layer="text"))
-    assert not out.exists()
-
-
-def test_bad_pairs_are_recorded_and_skipped(pool, tmp_path):
-    shard = flickr_pool(tmp_path / "messy.tar", 9)
-    with tarfile.open(shard, "a") as tar:  # a photo that is not an image, and a photo without a caption
-        for name, data in (("broken.jpg", b"not a jpeg"), ("broken.txt", b"a caption"), ("mute.jpg", b"\xff\xd8 no caption")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    outcome = run_score(replace(options(pool, tmp_path / "run"), data=f"wds:{shard}"))
-    run = open_run(outcome.path)
-    errors = pd.read_parquet(tmp_path / "run" / "errors.parquet")
-    assert sorted(errors["sample_id"]) == ["broken", "mute"] and len(run.samples) == 9
-    assert "caption" in errors.set_index("sample_id").loc["mute", "reason"]
-    assert run.samples.groupby("score_batch").size().tolist() == [9]  # the ninth pair joined the batch of 8

@@ -1,4 +1,4 @@
-"""Training a dual encoder's towers (``tower_training``): a caption drawn per photo per batch, seeded
+"""Training a dual encoder's towers (``training/towers``): a caption drawn per photo per batch, seeded
 and covering every caption; the image tower frozen or not; Grad-Mimic while the towers learn, whose
 recorded proj equals each pair's own InfoNCE gradient by brute-force autograd in float64; and seeded
 projection resets that let a later run start from the values a checkpoint's projections started from."""

@@ -156,6 +156,6 @@ def test_torchrun_pairs_grad_mimic_records_every_pair_once_per_epoch(pool, tmp_p
 
 
 def test_torchrun_pairs_training_the_towers_records_every_pair_once_per_epoch(pool, tmp_path):
-    """The towers train (each epoch's pairs decoded again, ``pipeline/pair_stream.py``)."""
+    """The towers train (each epoch's pairs decoded again, ``training/pool_batches.StreamedPairs``)."""
     run, _ = trained_on_two_ranks(tmp_path / "ddp", "--data", pool[0])
     assert len(run.samples) == PAIRS and set(run.samples["sample_id"]) == set(open_source(pool[0]).sample_ids)

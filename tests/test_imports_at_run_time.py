@@ -1,4 +1,9 @@
-"""The import rules of docs/ARCHITECTURE.md that the structure alone does not enforce."""
+"""The import rules of docs/ARCHITECTURE.md seen at run time: what importing a module really loads, in a
+fresh interpreter — compute code never loads panel, scoring loads no other layer than the head finder.
+``tests/test_import_graph.py`` checks the import statements themselves (function-level ones
+included); this file catches what a statement hides, such as a dependency that imports panel in its
+turn. The other direction (the app never loads torch) is checked where the page is built:
+``tests/ui/test_explorer.py::test_ui_and_page_building_never_import_torch``."""
 
 from __future__ import annotations
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from mimic_explorer import open_run
 from mimic_explorer.store.reader import RunError
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_killed
 
 pytestmark = pytest.mark.slow  # whole module: real runs or subprocesses
 
@@ -117,21 +115,10 @@ def test_demo_out_in_an_unusable_place_is_a_one_line_error(tmp_path):
     assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
 
 
-def _demo_with_a_first_epoch_on_disk(out) -> subprocess.Popen:
-    """Start ``mimic-explorer demo`` and return once its first score part exists (mid-run)."""
-    proc = subprocess.Popen([sys.executable, "-m", "mimic_explorer", "demo", "--out", str(out), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list((out / "scores").glob("epoch-*.parquet")):
-        time.sleep(0.05)
-    return proc
-
-
 def test_killed_demo_is_never_opened_as_complete(tmp_path):
     out = tmp_path / "killed"
-    proc = _demo_with_a_first_epoch_on_disk(out)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = run_cli_killed(1, "epoch-", "demo", "--out", str(out), "--quiet")  # kill -9 after the first epoch part
+    assert killed.returncode == -signal.SIGKILL
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "running"
     with pytest.raises(RunError, match="not complete"):
@@ -142,11 +129,27 @@ def test_killed_demo_is_never_opened_as_complete(tmp_path):
     assert open_run(out).status == "complete"
 
 
-def test_interrupted_demo_is_marked_failed(tmp_path):
+def test_interrupted_demo_is_marked_failed(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first epoch part (a KeyboardInterrupt raised right after it is committed, where
+    Python's SIGINT handler would raise it): the run is marked failed, and the command exits 130."""
+    import torch
+
+    from mimic_explorer.cli import main
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the demo asks for more: not in this process
     out = tmp_path / "interrupted"
-    proc = _demo_with_a_first_epoch_on_disk(out)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if os.path.basename(dst).startswith("epoch-"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace)
+    status = main(["demo", "--out", str(out), "--quiet"])
+    monkeypatch.undo()
+    assert status == 130
+    assert "interrupted" in capsys.readouterr().err
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "failed"
     with pytest.raises(RunError):

@@ -1,4 +1,7 @@
-"""Real ``torchrun --nproc_per_node=2`` (gloo, CPU) for score and train."""
+"""Real ``torchrun --nproc_per_node=2`` (gloo, CPU) on a labelled pool (the digits): ``score`` equals one
+process; ``train`` records every sample once an epoch with the ranks stepping together, and a train
+killed under two processes resumes only under two (its twin on image-text pairs:
+``test_pairs_torchrun.py``)."""
 
 from __future__ import annotations
 
@@ -62,42 +65,6 @@ def test_torchrun_train_records_every_sample_once_per_epoch(digits_reference, tm
     # each rank's Stage-1 weights are a softmax over its own local batch: two local batches per step
     sums = run.scores.groupby(["epoch", "step"])["weight"].sum()
     np.testing.assert_allclose(sums.to_numpy(), 2.0, rtol=1e-5)
-
-
-class _Rank:
-    """A stand-in for one process of a distributed run: what rank 0 broadcasts is ``said``."""
-
-    def __init__(self, rank: int, said=None):
-        self.active, self.rank, self.is_main, self.said, self.sent = True, rank, rank == 0, said, None
-
-    def broadcast_object(self, value):
-        if self.is_main:
-            self.sent = value
-            return value
-        return self.said
-
-
-def test_only_rank_0_decides_reuse_and_every_rank_gets_its_answer(tmp_path):
-    """A slower rank must not read the run directory itself: rank 0 may already be writing it (a race
-    once made rank 1 refuse the run rank 0 had just started)."""
-    from mimic_explorer.commands.run_identity import agree_on_reuse
-    from mimic_explorer.store.atomic import write_json
-
-    out = tmp_path / "run"
-    out.mkdir()
-    write_json(out / "meta.json", {"status": "running", "run_id": None})  # rank 0's run in the making
-    main = _Rank(0)
-    with pytest.raises(ValueError, match="different run"):
-        agree_on_reuse(main, out, "train-abc", False, lambda text: None)
-    assert main.sent[0] == "refused"
-    # the other ranks follow rank 0, whatever the directory shows them
-    assert agree_on_reuse(_Rank(1, ("ok", ("absent", None))), out, "train-abc", False, lambda text: None) == ("absent", None)
-    with pytest.raises(ValueError, match="holds a different run"):
-        agree_on_reuse(_Rank(1, main.sent), out, "train-abc", False, lambda text: None)
-    write_json(out / "meta.json", {"status": "complete", "run_id": "train-abc", "summary": {"samples": 3}})
-    main = _Rank(0)
-    assert agree_on_reuse(main, out, "train-abc", False, lambda text: None) == ("complete", {"samples": 3})
-    assert main.sent == ("ok", ("complete", {"samples": 3}))
 
 
 @pytest.mark.slow

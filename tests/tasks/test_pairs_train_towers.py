@@ -2,7 +2,8 @@
 small "pretrained" checkpoint is made — its checkpoint serves as ``--init`` and ``--reference`` of a
 frozen-tower run; ``--all-captions`` draws every caption of each photo — and with Grad-Mimic against
 such a checkpoint while the towers learn (drift recorded per epoch, end-of-run signals through the
-trained towers); what cannot be done is refused before anything is written."""
+trained towers); what cannot be done is refused before anything is written (a labelled pool's refusal
+of these options is in tests/commands/test_task_contract.py)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,10 @@ from mimic_explorer.models.dual import reset_projections, tower_differences
 from mimic_explorer.models.dual_checkpoint import read_dual_checkpoint, save_dual_encoder
 from mimic_explorer.commands.options import TrainOptions
 from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
-from mimic_explorer.models.distance import outside_params
-from mimic_explorer.models.dual import mimic_layer_params
-from mimic_explorer.tasks.pairs import TOWERS_ADVICE
-from mimic_explorer.training.drift import DriftMeter
 from mimic_explorer.commands.train import run_train
 from mimic_explorer.scoring.contrastive import clip_score
 from mimic_explorer.training.towers import image_tower_differences
-from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr, tiny_dual
+from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr
 
 pytestmark = [needs_flickr]
 PAIRS = 24
@@ -192,22 +189,6 @@ def test_a_frozen_image_tower_unlike_the_references_is_refused_before_writing(po
     assert not out.exists()
 
 
-def test_tower_drift_is_measured_outside_the_mimic_layer_and_warns_past_the_threshold():
-    model = tiny_dual(["a dog runs", "a cat sits"])
-    reference = copy.deepcopy(model)
-    drift = DriftMeter(model, reference, outside_params(mimic_layer_params(model, "text")), "towers", TOWERS_ADVICE)
-    with torch.no_grad():
-        model.text_projection.weight.mul_(5.0)  # the mimic layer: not drift
-    drift.measure(0)
-    assert drift.per_epoch[0]["to_reference"] == 0 and drift.warning() is None
-    with torch.no_grad():
-        for p in model.text_tower.parameters():
-            p.mul_(3.0)
-    drift.measure(1)
-    assert drift.per_epoch[1]["to_reference"] > 0.5 and drift.per_epoch[1]["from_init"] == drift.per_epoch[1]["to_reference"]
-    assert "FEATURE BASIS: the towers drifted" in drift.warning()
-
-
 @pytest.mark.parametrize("kw, message", [
     ({"frozen_towers": True, "all_captions": True}, "--all-captions draws a caption"),
     ({"frozen_towers": True, "frozen_image_tower": True}, "either --frozen-towers .* or --frozen-image-tower"),
@@ -221,12 +202,3 @@ def test_what_tower_training_cannot_do_is_refused_before_writing(pools, tmp_path
         run_train(options(dev, out, **kw) if "arch" not in kw else
                   TrainOptions(data=dev, out=str(out), batch_size=8, device="cpu", quiet=True, **kw))
     assert not out.exists()
-
-
-def test_tower_training_options_on_a_labelled_pool_are_refused(tmp_path):
-    out = tmp_path / "run"
-    for flag, kw in (("--frozen-image-tower", {"frozen_image_tower": True}), ("--all-captions", {"all_captions": True}),
-                     ("--fresh-projections", {"fresh_projections": True})):
-        with pytest.raises(ValueError, match=f"{flag}: only for image-text pools"):
-            run_train(TrainOptions(data="digits", arch="mlp", out=str(out), quiet=True, **kw))
-        assert not out.exists()

@@ -1,7 +1,7 @@
-"""Pairs decoded every epoch (``pipeline.pair_stream.StreamedPairs``) for training a dual encoder whose
+"""Pairs decoded every epoch (``training/pool_batches.StreamedPairs``) for training a dual encoder whose
 image tower learns: each epoch covers every good pair once, never a pair alone, split disjointly over
 ranks, with a caption drawn from each photo's set; and training on the stream gives the very weights
-and records that training on the same pairs held in memory (``tower_training.CaptionDraws``) gives."""
+and records that training on the same pairs held in memory (``training/batches.CaptionDraws``) gives."""
 
 from __future__ import annotations
 
