@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
 
-from synthetic_run import write_synthetic_run  # noqa: E402
+from synthetic_run import write_synthetic_run
 
 
 def cpu_name() -> str:
@@ -70,11 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--run", help="reuse/create the synthetic run here (default: a temp dir)")
     parser.add_argument("--repeat", type=int, default=3, help="app loads to time (default 3)")
-    parser.add_argument("--path", choices=("index", "whole"), default="index",
-                        help="open through the app index (default) or read samples.parquet whole")
+    parser.add_argument(
+        "--path",
+        choices=("index", "whole"),
+        default="index",
+        help="open through the app index (default) or read samples.parquet whole",
+    )
     parser.add_argument("--tabs", action="store_true", help="also time the lazy tabs (slow at millions)")
-    parser.add_argument("--open-only", action="store_true",
-                        help="only time one open of an existing --run (what a fresh server process pays)")
+    parser.add_argument(
+        "--open-only",
+        action="store_true",
+        help="only time one open of an existing --run (what a fresh server process pays)",
+    )
     args = parser.parse_args(argv)
 
     import panel as pn
@@ -121,14 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         timed(load)  # warm-up: first-time imports and numba/bokeh caches are not what a session pays
     loads = []
     for _ in range(args.repeat):
-        seconds, (explorer, root) = timed(load)
+        seconds, (explorer, _root) = timed(load)
         loads.append(seconds)
     construct, _ = timed(lambda: Explorer(run_dir, restore=False))
-    print(f"warm open (construct + first render), {args.repeat} runs: median {statistics.median(loads):.3f} s, "
-          f"max {max(loads):.3f} s (construction alone {construct:.3f} s)")
+    print(
+        f"warm open (construct + first render), {args.repeat} runs: median {statistics.median(loads):.3f} s, "
+        f"max {max(loads):.3f} s (construction alone {construct:.3f} s)"
+    )
     if args.path == "index":  # later sessions of one server share the run's index, counters and thumbnails
-        subprocess.run([sys.executable, __file__, "--run", str(run_dir), "--samples", str(args.samples), "--open-only"],
-                       check=False)
+        subprocess.run(
+            [sys.executable, __file__, "--run", str(run_dir), "--samples", str(args.samples), "--open-only"],
+            check=False,
+        )
 
     lo, hi = explorer.state.score_range()
     changes = []
@@ -136,34 +147,48 @@ def main(argv: list[str] | None = None) -> int:
         value = lo + (hi - lo) * (0.2 + 0.6 * ((i * 7) % 25) / 25)
         seconds, _ = timed(lambda: setattr(explorer, "threshold", value))
         changes.append(seconds)
-    print(f"threshold change (25 values): median {statistics.median(changes) * 1000:.1f} ms, "
-          f"max {max(changes) * 1000:.1f} ms — kept {explorer.counts.kept} of {explorer.counts.total}")
+    print(
+        f"threshold change (25 values): median {statistics.median(changes) * 1000:.1f} ms, "
+        f"max {max(changes) * 1000:.1f} ms — kept {explorer.counts.kept} of {explorer.counts.total}"
+    )
 
     others = {}
     rule = explorer.filter  # the filter model: several rule parameters in one update
     others["quantile 0.3"] = timed(lambda: rule.param.update(rule="quantile", quantile=0.3))[0]
     others["quantile 0.3 per class"] = timed(lambda: setattr(explorer, "per_class", True))[0]
-    others["keep-count 600k (first: sorts once)"] = timed(lambda: rule.param.update(rule="keep_count", per_class=False, keep_count=600_000))[0]
+    others["keep-count 600k (first: sorts once)"] = timed(
+        lambda: rule.param.update(rule="keep_count", per_class=False, keep_count=600_000)
+    )[0]
     others["keep-count 650k"] = timed(lambda: setattr(explorer, "keep_count", 650_000))[0]
     others["ensemble"] = timed(lambda: setattr(explorer, "rule", "ensemble"))[0]
-    others["by value + 2 class overrides"] = timed(lambda: rule.param.update(rule="threshold", class_overrides={1: 0.6, 2: 0.4}))[0]
+    others["by value + 2 class overrides"] = timed(
+        lambda: rule.param.update(rule="threshold", class_overrides={1: 0.6, 2: 0.4})
+    )[0]
     for name, seconds in others.items():
         print(f"  {name}: {seconds * 1000:.1f} ms")
 
     rule.param.update(rule="threshold", class_overrides={})
     pages = [timed(lambda: setattr(explorer.galleries, "gallery_size", size))[0] for size in (24, 16, 32, 16, 20)]
-    print(f"gallery page (three galleries redrawn, 5 sizes): median {statistics.median(pages) * 1000:.0f} ms, "
-          f"max {max(pages) * 1000:.0f} ms")
+    print(
+        f"gallery page (three galleries redrawn, 5 sizes): median {statistics.median(pages) * 1000:.0f} ms, "
+        f"max {max(pages) * 1000:.0f} ms"
+    )
     clicks = [timed(lambda: explorer.galleries.open(int(p)))[0] for p in explorer.galleries.shown["highest"][:5]]
-    print(f"detail click (detail view + trajectory from {len(explorer.run.epoch_scores.epochs)} epoch parts), 5 cards: "
-          f"median {statistics.median(clicks):.2f} s, max {max(clicks):.2f} s")
+    print(
+        f"detail click (detail view + trajectory from {len(explorer.run.epoch_scores.epochs)} epoch parts), 5 cards: "
+        f"median {statistics.median(clicks):.2f} s, max {max(clicks):.2f} s"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-keep-") as folder:
         seconds, out = timed(lambda: explorer.exports.write_keep_list(Path(folder) / "keep.csv"))
-        print(f"keep-list export to disk (csv, {explorer.counts.kept:,} rows, {out.stat().st_size / 1e6:.0f} MB): {seconds:.2f} s")
+        print(
+            f"keep-list export to disk (csv, {explorer.counts.kept:,} rows, {out.stat().st_size / 1e6:.0f} MB): {seconds:.2f} s"
+        )
     now, peak = rss_gb()
     print(f"server RSS after open, changes, pages, clicks and export: {now:.2f} GB (peak {peak:.2f} GB)")
     if not args.tabs:
-        print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, panel {pn.__version__}")
+        print(
+            f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, panel {pn.__version__}"
+        )
         if tmp is not None:
             tmp.cleanup()
         return 0
@@ -178,11 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         value = lo + (hi - lo) * (0.2 + 0.6 * ((i * 11) % 25) / 25)
         seconds, _ = timed(lambda: setattr(explorer, "threshold", value))
         with_tabs.append(seconds)
-    print(f"threshold change with every tab rendered (10 per-class plots, scatter, ...): median "
-          f"{statistics.median(with_tabs) * 1000:.1f} ms, max {max(with_tabs) * 1000:.1f} ms")
+    print(
+        f"threshold change with every tab rendered (10 per-class plots, scatter, ...): median "
+        f"{statistics.median(with_tabs) * 1000:.1f} ms, max {max(with_tabs) * 1000:.1f} ms"
+    )
 
-    print(f"machine: {cpu_name()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
-          f"Python {platform.python_version()}, panel {pn.__version__}")
+    print(
+        f"machine: {cpu_name()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
+        f"Python {platform.python_version()}, panel {pn.__version__}"
+    )
     ok = statistics.median(loads) < 3.0 and statistics.median(changes) < 0.2 and statistics.median(with_tabs) < 0.2
     print("PASS" if ok else "FAIL", "(load < 3 s, threshold change < 0.2 s)")
     if tmp is not None:

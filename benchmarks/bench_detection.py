@@ -48,22 +48,38 @@ def digits_rows(work: Path) -> list[dict]:
         out = work / f"digits-{int(noise * 100)}"
         summary = build_demo(out, DemoConfig(noise_rate=noise))
         evaluation = open_run(out).meta["evaluation"]
-        rows.append(_row(f"digits MLP, {int(noise * 100)}% sym", summary["test_accuracy"]["plain"],
-                         summary["test_accuracy"]["grad_mimic"], evaluation))
+        rows.append(
+            _row(
+                f"digits MLP, {int(noise * 100)}% sym",
+                summary["test_accuracy"]["plain"],
+                summary["test_accuracy"]["grad_mimic"],
+                evaluation,
+            )
+        )
     return rows
 
 
 def _row(name: str, plain_acc: float | None, gm_acc: float | None, evaluation: dict, extra: str = "") -> dict:
     m = evaluation["mimic_score"]
-    return {"setting": name, "plain_acc": plain_acc, "gm_acc": gm_acc, "auroc": m["auroc"], "ap": m["ap"],
-            "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-            "estimated_quality": m["estimated_quality"], "true_quality": m["true_quality"],
-            "baselines": {k: {"auroc": v["auroc"], "f1": v.get("f1")} for k, v in evaluation.items() if k != "mimic_score"},
-            "note": extra}
+    return {
+        "setting": name,
+        "plain_acc": plain_acc,
+        "gm_acc": gm_acc,
+        "auroc": m["auroc"],
+        "ap": m["ap"],
+        "precision": m["precision"],
+        "recall": m["recall"],
+        "f1": m["f1"],
+        "estimated_quality": m["estimated_quality"],
+        "true_quality": m["true_quality"],
+        "baselines": {k: {"auroc": v["auroc"], "f1": v.get("f1")} for k, v in evaluation.items() if k != "mimic_score"},
+        "note": extra,
+    }
 
 
-def cifar_rows(work: Path, epochs: int, temperatures: list[float], arch: str = DEFAULT_ARCH,
-               image_size: int | None = None) -> list[dict]:
+def cifar_rows(
+    work: Path, epochs: int, temperatures: list[float], arch: str = DEFAULT_ARCH, image_size: int | None = None
+) -> list[dict]:
     """Protocol (b) with ``arch`` as the backbone (random init, trained on shards 02–03), fed
     ``image_size``-px images when given (else the model's own preprocessing)."""
     from mimic_explorer.commands.options import TrainOptions
@@ -75,28 +91,66 @@ def cifar_rows(work: Path, epochs: int, temperatures: list[float], arch: str = D
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     model = dict(image_size=image_size, quiet=True)
     t0 = time.perf_counter()
-    trained = run_train(TrainOptions(f"wds:{SHARDS}/train-{{02..03}}.tar", arch, str(work / "backbone-run"), epochs=6,
-                                     batch_size=128, lr=2e-3, save_model=str(backbone), **model), log=say)
+    trained = run_train(
+        TrainOptions(
+            f"wds:{SHARDS}/train-{{02..03}}.tar",
+            arch,
+            str(work / "backbone-run"),
+            epochs=6,
+            batch_size=128,
+            lr=2e-3,
+            save_model=str(backbone),
+            **model,
+        ),
+        log=say,
+    )
     say(f"backbone ready ({time.perf_counter() - t0:.0f} s{', cached' if trained.cached else ''})")
     probe = dict(init=str(backbone), linear_probe=True, epochs=epochs, batch_size=128, lr=1e-3, test_data=test, **model)
     reference = work / "reference.pt"
     run_train(TrainOptions(pool, arch, str(work / "reference-run"), save_model=str(reference), **probe), log=say)
-    label = "" if arch == DEFAULT_ARCH and image_size is None else f" ({arch}{f', {image_size} px' if image_size else ''})"
+    label = (
+        "" if arch == DEFAULT_ARCH and image_size is None else f" ({arch}{f', {image_size} px' if image_size else ''})"
+    )
     rows = []
     settings = [("30% sym", 0.3, "symmetric"), ("50% sym", 0.5, "symmetric"), ("30% asym", 0.3, "asymmetric")]
     for name, rate, kind in settings:
         noise = dict(label_noise=rate, noise_type=kind)
         tag = f"{kind[:4]}{int(rate * 100)}"
         plain = run_train(TrainOptions(pool, arch, str(work / f"plain-{tag}"), **noise, **probe), log=say)
-        gm = run_train(TrainOptions(pool, arch, str(work / f"gm-{tag}"), reference=str(reference), **noise, **probe), log=say)
-        rows.append(_row(f"CIFAR-10 linear probe{label}, {name}", plain.summary["test_accuracy"], gm.summary["test_accuracy"],
-                         _evaluation(gm.path)))
+        gm = run_train(
+            TrainOptions(pool, arch, str(work / f"gm-{tag}"), reference=str(reference), **noise, **probe), log=say
+        )
+        rows.append(
+            _row(
+                f"CIFAR-10 linear probe{label}, {name}",
+                plain.summary["test_accuracy"],
+                gm.summary["test_accuracy"],
+                _evaluation(gm.path),
+            )
+        )
         say(f"done {name}")
     for temperature in temperatures:
-        gm = run_train(TrainOptions(pool, arch, str(work / f"gm-sym30-T{temperature:g}"), reference=str(reference),
-                                    label_noise=0.3, temperature=temperature, **probe), log=say)
-        rows.append(_row(f"CIFAR-10 probe{label}, 30% sym, T={temperature:g}", None, gm.summary["test_accuracy"],
-                         _evaluation(gm.path), "temperature sweep"))
+        gm = run_train(
+            TrainOptions(
+                pool,
+                arch,
+                str(work / f"gm-sym30-T{temperature:g}"),
+                reference=str(reference),
+                label_noise=0.3,
+                temperature=temperature,
+                **probe,
+            ),
+            log=say,
+        )
+        rows.append(
+            _row(
+                f"CIFAR-10 probe{label}, 30% sym, T={temperature:g}",
+                None,
+                gm.summary["test_accuracy"],
+                _evaluation(gm.path),
+                "temperature sweep",
+            )
+        )
     return rows
 
 
@@ -119,14 +173,20 @@ def markdown(rows: list[dict]) -> str:
     def fmt(value):
         return "–" if value is None else f"{value:.3f}"
 
-    lines = ["| setting | plain acc | Grad-Mimic acc | AUROC | AP | precision | recall | F1 | est. quality | true quality | baselines AUROC (ref loss / reducible / GraNd / model loss) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | plain acc | Grad-Mimic acc | AUROC | AP | precision | recall | F1 | est. quality | true quality | baselines AUROC (ref loss / reducible / GraNd / model loss) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         b = r["baselines"]
-        base = " / ".join(fmt(b.get(k, {}).get("auroc")) for k in ("reference_loss", "reducible_loss", "grand", "model_loss"))
-        lines.append(f"| {r['setting']} | {fmt(r['plain_acc'])} | {fmt(r['gm_acc'])} | {fmt(r['auroc'])} | {fmt(r['ap'])} | "
-                     f"{fmt(r['precision'])} | {fmt(r['recall'])} | {fmt(r['f1'])} | {fmt(r['estimated_quality'])} | "
-                     f"{fmt(r['true_quality'])} | {base} |")
+        base = " / ".join(
+            fmt(b.get(k, {}).get("auroc")) for k in ("reference_loss", "reducible_loss", "grand", "model_loss")
+        )
+        lines.append(
+            f"| {r['setting']} | {fmt(r['plain_acc'])} | {fmt(r['gm_acc'])} | {fmt(r['auroc'])} | {fmt(r['ap'])} | "
+            f"{fmt(r['precision'])} | {fmt(r['recall'])} | {fmt(r['f1'])} | {fmt(r['estimated_quality'])} | "
+            f"{fmt(r['true_quality'])} | {base} |"
+        )
     return "\n".join(lines)
 
 
@@ -136,13 +196,23 @@ def main() -> int:
     parser.add_argument("--study", action="store_true", help="the disjoint-reference study (issue 15) instead")
     parser.add_argument("--skip-cifar", action="store_true")
     parser.add_argument("--epochs", type=int, default=20, help="linear-probe epochs")
-    parser.add_argument("--temperatures", default="0.5,2,5", help="extra temperatures for the sweep (T=1 is the main row)")
-    parser.add_argument("--arch", default=DEFAULT_ARCH,
-                        help="backbone of the CIFAR-10 protocol, any ARCH train takes, e.g. timm:resnet18 "
-                             "(random init, trained on shards 02-03 like small_cnn) (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=None, metavar="N",
-                        help="feed the CIFAR-10 backbone N-px images (default: the model's own preprocessing; "
-                             "timm:resnet18's is 224 px, far too slow on a CPU: use 32 or 64)")
+    parser.add_argument(
+        "--temperatures", default="0.5,2,5", help="extra temperatures for the sweep (T=1 is the main row)"
+    )
+    parser.add_argument(
+        "--arch",
+        default=DEFAULT_ARCH,
+        help="backbone of the CIFAR-10 protocol, any ARCH train takes, e.g. timm:resnet18 "
+        "(random init, trained on shards 02-03 like small_cnn) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="feed the CIFAR-10 backbone N-px images (default: the model's own preprocessing; "
+        "timm:resnet18's is 224 px, far too slow on a CPU: use 32 or 64)",
+    )
     args = parser.parse_args()
     import torch
 
@@ -160,8 +230,13 @@ def main() -> int:
         else:
             folder = arch_folder(work, args.arch, args.image_size)
             folder.mkdir(parents=True, exist_ok=True)
-            rows += cifar_rows(folder, args.epochs, [float(t) for t in args.temperatures.split(",") if t],
-                               arch=args.arch, image_size=args.image_size)
+            rows += cifar_rows(
+                folder,
+                args.epochs,
+                [float(t) for t in args.temperatures.split(",") if t],
+                arch=args.arch,
+                image_size=args.image_size,
+            )
     (work / "detection.json").write_text(json.dumps(rows, indent=2))
     print(markdown(rows))
     return 0

@@ -57,7 +57,15 @@ from mimic_explorer.data.specs import open_source
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 FLICKR = DATA / "flickr8k"
-SIGNALS = ("mimic_score", "proj_mean", "clip_score_ref", "clip_score_model", "reference_loss", "model_loss", "combined_score")
+SIGNALS = (
+    "mimic_score",
+    "proj_mean",
+    "clip_score_ref",
+    "clip_score_model",
+    "reference_loss",
+    "model_loss",
+    "combined_score",
+)
 BINARISATIONS = ("weight", "gmm", "kmeans")
 
 
@@ -81,7 +89,7 @@ class Bench:
         started = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         if done.returncode != 0 and "holds a different run" in done.stderr:  # an earlier protocol's run: redo it
-            done = subprocess.run(command + ["--force"], cwd=ROOT, env=env, capture_output=True, text=True)
+            done = subprocess.run([*command, "--force"], cwd=ROOT, env=env, capture_output=True, text=True)
         self.walls[name] = round(time.perf_counter() - started, 1)
         (self.work / "logs").mkdir(exist_ok=True)
         (self.work / "logs" / f"{name}.log").write_text(" ".join(command) + "\n" + done.stdout + done.stderr)
@@ -103,33 +111,98 @@ class Bench:
 def image_tower(bench: Bench) -> Path:
     if bench.args.image_tower:
         return Path(bench.args.image_tower)
-    return bench.model("cnn", "train", "--data", f"wds:{DATA}/cifar10/train-{{00..03}}.tar",
-                       "--arch", "small_cnn", "--epochs", "4", "--batch-size", "128", "--lr", "0.003",
-                       "--test-data", f"wds:{DATA}/cifar10/train-04.tar")
+    return bench.model(
+        "cnn",
+        "train",
+        "--data",
+        f"wds:{DATA}/cifar10/train-{{00..03}}.tar",
+        "--arch",
+        "small_cnn",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "128",
+        "--lr",
+        "0.003",
+        "--test-data",
+        f"wds:{DATA}/cifar10/train-04.tar",
+    )
 
 
 def pretrained(bench: Bench, cnn: Path) -> Path:
     a = bench.args
-    return bench.model("pretrained", "train", "--data", f"wds:{FLICKR}/dev-00.tar", "--arch", "small_dual",
-                       "--init", str(cnn), "--frozen-image-tower", "--all-captions", "--image-size", str(a.image_size),
-                       "--epochs", str(a.pre_epochs), "--lr", str(a.pre_lr), "--weight-decay", str(a.pre_wd),
-                       "--batch-size", str(a.batch_size), "--seed", str(a.seed), "--test-data", a.test)
+    return bench.model(
+        "pretrained",
+        "train",
+        "--data",
+        f"wds:{FLICKR}/dev-00.tar",
+        "--arch",
+        "small_dual",
+        "--init",
+        str(cnn),
+        "--frozen-image-tower",
+        "--all-captions",
+        "--image-size",
+        str(a.image_size),
+        "--epochs",
+        str(a.pre_epochs),
+        "--lr",
+        str(a.pre_lr),
+        "--weight-decay",
+        str(a.pre_wd),
+        "--batch-size",
+        str(a.batch_size),
+        "--seed",
+        str(a.seed),
+        "--test-data",
+        a.test,
+    )
 
 
 def pool_args(bench: Bench, p: Path) -> list[str]:
     a = bench.args
-    return ["--data", a.pool, "--arch", "small_dual", "--frozen-towers", "--init", str(p), "--fresh-projections",
-            "--epochs", str(a.pool_epochs), "--lr", str(a.pool_lr), "--weight-decay", "0", "--batch-size", str(a.batch_size),
-            "--seed", str(a.seed), "--test-data", a.test]
+    return [
+        "--data",
+        a.pool,
+        "--arch",
+        "small_dual",
+        "--frozen-towers",
+        "--init",
+        str(p),
+        "--fresh-projections",
+        "--epochs",
+        str(a.pool_epochs),
+        "--lr",
+        str(a.pool_lr),
+        "--weight-decay",
+        "0",
+        "--batch-size",
+        str(a.batch_size),
+        "--seed",
+        str(a.seed),
+        "--test-data",
+        a.test,
+    ]
 
 
 def scored(bench: Bench, p: Path, rate: float, binarise: str, reweight: bool = False) -> Path:
     """A run against P on the noisy pool: scores recorded at every step while the projections train
     plainly (``--starting-epoch`` = the epochs: uniform weights), or with Grad-Mimic re-weighting."""
     plain = [] if reweight else ["--starting-epoch", str(bench.args.pool_epochs)]
-    return bench.cli(f"{'gm' if reweight else 'rec'}-{int(rate * 100)}-{binarise}", "train", *pool_args(bench, p), *plain,
-                     "--reference", str(p), "--mimic-layer", bench.args.mimic_layer, "--caption-noise", str(rate),
-                     "--binarise", binarise)
+    return bench.cli(
+        f"{'gm' if reweight else 'rec'}-{int(rate * 100)}-{binarise}",
+        "train",
+        *pool_args(bench, p),
+        *plain,
+        "--reference",
+        str(p),
+        "--mimic-layer",
+        bench.args.mimic_layer,
+        "--caption-noise",
+        str(rate),
+        "--binarise",
+        binarise,
+    )
 
 
 def detection_rows(run: Path) -> dict[str, dict]:
@@ -175,7 +248,9 @@ def write_shard(path: Path, shards: list[str], captions: dict[str, str]) -> Path
 
 def has_subset_option() -> bool:
     """Whether this checkout's ``train`` takes ``--subset FILE`` (restrict a pool to a keep-list)."""
-    done = subprocess.run([sys.executable, "-m", "mimic_explorer", "train", "--help"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "mimic_explorer", "train", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
     return "--subset" in done.stdout
 
 
@@ -202,8 +277,14 @@ def recall_rows(bench: Bench, p: Path, gm: Path) -> list[dict]:
         recall = open_run(run).meta["summary"]["test_recall"]
         kept = len(samples) if ids is None else len(ids)
         clean = float(1 - swapped.mean()) if ids is None else float(1 - swapped.reindex(ids).mean())
-        rows.append({"training set": name, "pairs": kept, "clean fraction": round(clean, 3),
-                     **{k: round(v, 4) for k, v in recall.items()}})
+        rows.append(
+            {
+                "training set": name,
+                "pairs": kept,
+                "clean fraction": round(clean, 3),
+                **{k: round(v, 4) for k, v in recall.items()},
+            }
+        )
 
     base = pool_args(bench, p)
     row("pool, no filter (plain training)", gm, None)
@@ -213,12 +294,25 @@ def recall_rows(bench: Bench, p: Path, gm: Path) -> list[dict]:
     filters = {
         "CLIP-score top 70 %": ("--rule", "clip_score_ref:top=70%"),
         "mimic keep (Stage 2)": ("--ensemble",),
-        "CLIP-score top 70 % minus mimic bottom 15 %": ("--rule", "clip_score_ref:top=70%", "--rule", "mimic_score:drop=15%"),
+        "CLIP-score top 70 % minus mimic bottom 15 %": (
+            "--rule",
+            "clip_score_ref:top=70%",
+            "--rule",
+            "mimic_score:drop=15%",
+        ),
     }
     for k, (name, rule) in enumerate(filters.items()):
         csv, ids = keep_list(bench, gm, f"filter{k}", *rule)
-        row(name, bench.cli(f"subset-{k}", "train", *filtered_data(bench, noisy, captions, csv, ids), *without_data), ids)
-    row("pool, Grad-Mimic re-weighting (no filter)", scored(bench, p, 0.3, bench.args.keep_binarise, reweight=True), None)
+        row(
+            name,
+            bench.cli(f"subset-{k}", "train", *filtered_data(bench, noisy, captions, csv, ids), *without_data),
+            ids,
+        )
+    row(
+        "pool, Grad-Mimic re-weighting (no filter)",
+        scored(bench, p, 0.3, bench.args.keep_binarise, reweight=True),
+        None,
+    )
     return rows
 
 
@@ -226,28 +320,63 @@ def tower_rows(bench: Bench, p: Path) -> list[dict]:
     """Plain vs Grad-Mimic training with the text tower learning (image tower frozen) and with both
     towers learning, 30 % swapped."""
     a = bench.args
-    base = ["--data", a.pool, "--arch", "small_dual", "--init", str(p), "--fresh-projections",
-            "--epochs", str(a.pool_epochs), "--lr", str(a.pool_lr), "--weight-decay", "0", "--batch-size", str(a.batch_size),
-            "--seed", str(a.seed), "--test-data", a.test, "--reference", str(p), "--mimic-layer", a.mimic_layer,
-            "--caption-noise", "0.3", "--binarise", a.keep_binarise]
+    base = [
+        "--data",
+        a.pool,
+        "--arch",
+        "small_dual",
+        "--init",
+        str(p),
+        "--fresh-projections",
+        "--epochs",
+        str(a.pool_epochs),
+        "--lr",
+        str(a.pool_lr),
+        "--weight-decay",
+        "0",
+        "--batch-size",
+        str(a.batch_size),
+        "--seed",
+        str(a.seed),
+        "--test-data",
+        a.test,
+        "--reference",
+        str(p),
+        "--mimic-layer",
+        a.mimic_layer,
+        "--caption-noise",
+        "0.3",
+        "--binarise",
+        a.keep_binarise,
+    ]
     rows = []
     plain = ["--starting-epoch", str(a.pool_epochs)]
-    for name, key, extra in (("text tower trained, plain (scores recorded)", "plain", ["--frozen-image-tower", *plain]),
-                             ("text tower trained, Grad-Mimic re-weighting", "gm", ["--frozen-image-tower"]),
-                             ("both towers trained, plain (scores recorded)", "both-plain", plain),
-                             ("both towers trained, Grad-Mimic re-weighting", "both-gm", [])):
+    for name, key, extra in (
+        ("text tower trained, plain (scores recorded)", "plain", ["--frozen-image-tower", *plain]),
+        ("text tower trained, Grad-Mimic re-weighting", "gm", ["--frozen-image-tower"]),
+        ("both towers trained, plain (scores recorded)", "both-plain", plain),
+        ("both towers trained, Grad-Mimic re-weighting", "both-gm", []),
+    ):
         run = open_run(bench.cli(f"towers-{key}", "train", *base, *extra))
         evaluation, meta = run.meta["evaluation"], run.meta
-        rows.append({"training": name, **{k: round(v, 4) for k, v in meta["summary"]["test_recall"].items()},
-                     "mimic AUROC": round(evaluation["mimic_score"]["auroc"], 3),
-                     "clip_score_model AUROC": round(evaluation["clip_score_model"]["auroc"], 3),
-                     "drift to P": round(meta["basis"]["drift_per_epoch"][-1]["to_reference"], 3)})
+        rows.append(
+            {
+                "training": name,
+                **{k: round(v, 4) for k, v in meta["summary"]["test_recall"].items()},
+                "mimic AUROC": round(evaluation["mimic_score"]["auroc"], 3),
+                "clip_score_model AUROC": round(evaluation["clip_score_model"]["auroc"], 3),
+                "drift to P": round(meta["basis"]["drift_per_epoch"][-1]["to_reference"], 3),
+            }
+        )
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|",
+    ]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[h]:.3f}" if isinstance(r[h], float) else str(r[h]) for h in head) + " |")
     return "\n".join(lines)
@@ -260,14 +389,25 @@ def main() -> None:
     parser.add_argument("--pool", default=f"wds:{FLICKR}/train-{{00..01}}.tar")
     parser.add_argument("--test", default=f"wds:{FLICKR}/train-02.tar")
     # sizes and schedules: P's pretraining (--pre-*) and the pool runs (--pool-*)
-    for flag, kind, default in (("--image-size", int, 64), ("--batch-size", int, 128), ("--seed", int, 0),
-                                ("--pre-epochs", int, 20), ("--pre-lr", float, 2e-3), ("--pre-wd", float, 1.0),
-                                ("--pool-epochs", int, 5), ("--pool-lr", float, 3e-3)):
+    for flag, kind, default in (
+        ("--image-size", int, 64),
+        ("--batch-size", int, 128),
+        ("--seed", int, 0),
+        ("--pre-epochs", int, 20),
+        ("--pre-lr", float, 2e-3),
+        ("--pre-wd", float, 1.0),
+        ("--pool-epochs", int, 5),
+        ("--pool-lr", float, 3e-3),
+    ):
         parser.add_argument(flag, type=kind, default=default)
     parser.add_argument("--mimic-layer", choices=["text", "image"], default="text")
     parser.add_argument("--rates", default="0.3,0.5")
-    parser.add_argument("--keep-binarise", choices=BINARISATIONS, default="gmm",
-                        help="the Stage-2 binarisation whose keep column the mimic filters use")
+    parser.add_argument(
+        "--keep-binarise",
+        choices=BINARISATIONS,
+        default="gmm",
+        help="the Stage-2 binarisation whose keep column the mimic filters use",
+    )
     parser.add_argument("--no-recall", action="store_true", help="skip the filtered-subset recall rows")
     parser.add_argument("--towers", action="store_true", help="also plain vs Grad-Mimic with the towers trained")
     parser.add_argument("--force", action="store_true", help="redo every run (the CLI otherwise reuses finished ones)")
@@ -275,24 +415,51 @@ def main() -> None:
     bench = Bench(args)
     started = time.perf_counter()
     p = pretrained(bench, image_tower(bench))
-    results: dict = {"options": vars(args), "reference_recall": open_run(bench.made["pretrained"]).meta["summary"]["test_recall"]}
+    results: dict = {
+        "options": vars(args),
+        "reference_recall": open_run(bench.made["pretrained"]).meta["summary"]["test_recall"],
+    }
     detection, quality = [], []
     for rate in [float(r) for r in args.rates.split(",")]:
         for binarise in BINARISATIONS:
             run = scored(bench, p, rate, binarise)
             rows = detection_rows(run)
             summary = open_run(run).meta["summary"]
-            quality.append({"swapped": rate, "binarise": binarise, "estimated quality": round(summary["estimated_quality"], 3),
-                            "true quality": round(summary["true_quality"], 3),
-                            "mimic AUROC": round(rows["mimic_score"]["auroc"], 3), "mimic F1": round(rows["mimic_score"]["f1"], 3)})
+            quality.append(
+                {
+                    "swapped": rate,
+                    "binarise": binarise,
+                    "estimated quality": round(summary["estimated_quality"], 3),
+                    "true quality": round(summary["true_quality"], 3),
+                    "mimic AUROC": round(rows["mimic_score"]["auroc"], 3),
+                    "mimic F1": round(rows["mimic_score"]["f1"], 3),
+                }
+            )
             if binarise == args.keep_binarise:
-                detection += [{"swapped": rate, "signal": s, "AUROC": round(m["auroc"], 3), "AP": round(m["ap"], 3),
-                               "F1": round(m.get("f1", float("nan")), 3)} for s, m in rows.items()]
+                detection += [
+                    {
+                        "swapped": rate,
+                        "signal": s,
+                        "AUROC": round(m["auroc"], 3),
+                        "AP": round(m["ap"], 3),
+                        "F1": round(m.get("f1", float("nan")), 3),
+                    }
+                    for s, m in rows.items()
+                ]
     results.update(detection=detection, quality=quality)
     reweighted = detection_rows(scored(bench, p, 0.3, args.keep_binarise, reweight=True))["mimic_score"]
-    detection.append({"swapped": 0.3, "signal": "mimic_score, Grad-Mimic re-weighting", "AUROC": round(reweighted["auroc"], 3),
-                      "AP": round(reweighted["ap"], 3), "F1": round(reweighted["f1"], 3)})
-    print(f"## detection of swapped captions (Stage 2: {args.keep_binarise}; F1 of baselines cut at mimic's kept fraction)\n")
+    detection.append(
+        {
+            "swapped": 0.3,
+            "signal": "mimic_score, Grad-Mimic re-weighting",
+            "AUROC": round(reweighted["auroc"], 3),
+            "AP": round(reweighted["ap"], 3),
+            "F1": round(reweighted["f1"], 3),
+        }
+    )
+    print(
+        f"## detection of swapped captions (Stage 2: {args.keep_binarise}; F1 of baselines cut at mimic's kept fraction)\n"
+    )
     print(markdown(detection) + "\n")
     print("## Stage-2 binarisation: estimated vs true quality\n")
     print(markdown(quality) + "\n")

@@ -101,27 +101,39 @@ def scoring_ops(model, reference, inputs) -> dict:
     ops = {"forward": forward}
     for layer in ("image", "text"):
         for method in ("proj", "cos"):
-            scorer = PreparedScorer(model, reference, params=[f"{layer}_projection.weight"], method=method, loss=InfoNCELoss())
+            scorer = PreparedScorer(
+                model, reference, params=[f"{layer}_projection.weight"], method=method, loss=InfoNCELoss()
+            )
             ops[f"{layer} {method}"] = lambda s=scorer: s(inputs, None)
     return ops
 
 
 def step_ops(model, reference, inputs, mimic: str, prefix: str = "") -> dict:
     """A plain and a Grad-Mimic step (each on its own copy of the model, with its own fused AdamW)."""
-    from mimic_explorer.training.loss_step import LossStep
     from mimic_explorer.scoring.contrastive import InfoNCELoss
     from mimic_explorer.scoring.stage1 import stage1_weights
+    from mimic_explorer.training.loss_step import LossStep
 
     index = torch.arange(len(inputs[0]))
     ops = {}
-    kinds = (("plain step", None, "normed_proj"), ("Grad-Mimic step", reference, "normed_proj"),
-             ("Grad-Mimic cos step", reference, "normed_cos"))
+    kinds = (
+        ("plain step", None, "normed_proj"),
+        ("Grad-Mimic step", reference, "normed_proj"),
+        ("Grad-Mimic cos step", reference, "normed_cos"),
+    )
     for kind, ref, method in kinds:
         copy_ = copy.deepcopy(model).train()
         optimizer = torch.optim.AdamW([p for p in copy_.parameters() if p.requires_grad], lr=1e-5, fused=True)
-        step = LossStep(copy_, ref, InfoNCELoss(), [mimic] if ref is not None else None, "head",
-                        lambda proj, cos, on, m=method: stage1_weights(cos if m.endswith("cos") else proj, m),
-                        lambda losses, idx: None, need_cos=method.endswith("cos"))
+        step = LossStep(
+            copy_,
+            ref,
+            InfoNCELoss(),
+            [mimic] if ref is not None else None,
+            "head",
+            lambda proj, cos, on, m=method: stage1_weights(cos if m.endswith("cos") else proj, m),
+            lambda losses, idx: None,
+            need_cos=method.endswith("cos"),
+        )
 
         def run(step=step, optimizer=optimizer):
             step(inputs, None, index, True)
@@ -141,7 +153,9 @@ def bench_model(name: str, model, reference, inputs, repeats: int) -> dict:
     with torch.no_grad():
         features = model.eval().tower_features(*inputs)
     probe, probe_ref = ProjectionProbe.from_dual_encoder(model), ProjectionProbe.from_dual_encoder(reference)
-    result["probe_steps"] = interleaved(step_ops(probe, probe_ref, (features,), "text_projection.weight"), max(repeats, 20))
+    result["probe_steps"] = interleaved(
+        step_ops(probe, probe_ref, (features,), "text_projection.weight"), max(repeats, 20)
+    )
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -201,14 +215,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = []
-    makers = ([] if args.skip_builtin else [(builtin, args.batch)]) + ([] if args.skip_vit else [(vit_b_32, args.vit_batch)])
+    makers = ([] if args.skip_builtin else [(builtin, args.batch)]) + (
+        [] if args.skip_vit else [(vit_b_32, args.vit_batch)]
+    )
     for maker, batch in makers:
         name, model, inputs = maker(batch)
         result = bench_model(name, model, moved_projections(model), inputs, args.repeats)
         print(json.dumps(result), flush=True)
         results.append(result)
-    print(f"\ntorch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
-          f"repeats {args.repeats}; load average {open('/proc/loadavg').read().split()[:3]}")
+    print(
+        f"\ntorch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
+        f"repeats {args.repeats}; load average {open('/proc/loadavg').read().split()[:3]}"
+    )
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -80,12 +80,12 @@ def score(folder: Path, n: int, dim: int, epochs: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from mimic_explorer.training.feature_cache import FeatureEntry
     from mimic_explorer.scoring.linear_head import cross_entropy_output_grad, linear_grad_dot
     from mimic_explorer.scoring.projection import mimic_projection
     from mimic_explorer.scoring.stage1 import stage1_weights
     from mimic_explorer.store.layout import RunLayout
     from mimic_explorer.store.writer import write_score_part
+    from mimic_explorer.training.feature_cache import FeatureEntry
 
     torch.manual_seed(0)
     entry = FeatureEntry(folder / "features")
@@ -106,14 +106,26 @@ def score(folder: Path, n: int, dim: int, epochs: int) -> dict:
                 for b in range(0, hi - lo, BATCH):
                     h, t = feats[b : b + BATCH], y[b : b + BATCH]
                     logits = head(h)
-                    proj = mimic_projection(linear_grad_dot(h, cross_entropy_output_grad(logits, t), v_w, v_b), v_norm).proj
+                    proj = mimic_projection(
+                        linear_grad_dot(h, cross_entropy_output_grad(logits, t), v_w, v_b), v_norm
+                    ).proj
                     positions = np.arange(lo + b, lo + b + len(t))
-                    parts.append(pd.DataFrame({
-                        "sample_id": np.char.add("s", positions.astype(str)), "epoch": np.int32(epoch),
-                        "step": np.int64(chunk * 1000 + b // BATCH), "position": positions,
-                        "proj": proj.double().numpy(), "weight": stage1_weights(proj, "normed_proj").double().numpy(),
-                        "cos": np.nan, "loss": F.cross_entropy(logits, t, reduction="none").double().numpy(),
-                        "pred": logits.argmax(-1).int().numpy(), "batch_size": np.int32(len(t))}))
+                    parts.append(
+                        pd.DataFrame(
+                            {
+                                "sample_id": np.char.add("s", positions.astype(str)),
+                                "epoch": np.int32(epoch),
+                                "step": np.int64(chunk * 1000 + b // BATCH),
+                                "position": positions,
+                                "proj": proj.double().numpy(),
+                                "weight": stage1_weights(proj, "normed_proj").double().numpy(),
+                                "cos": np.nan,
+                                "loss": F.cross_entropy(logits, t, reduction="none").double().numpy(),
+                                "pred": logits.argmax(-1).int().numpy(),
+                                "batch_size": np.int32(len(t)),
+                            }
+                        )
+                    )
             write_score_part(layout.chunk_part(chunk), pd.concat(parts, ignore_index=True))
     return {"score_s": time.perf_counter() - started, "score_rss_mb": _peak_mb()}
 
@@ -123,32 +135,53 @@ def stage_two(folder: Path, n: int) -> dict:
     import numpy as np
 
     from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_samples
-    from mimic_explorer.store.sample_rows import samples_table
     from mimic_explorer.store.layout import RunLayout
+    from mimic_explorer.store.sample_rows import samples_table
     from mimic_explorer.store.writer import SamplesWriter
 
     def base(positions):
         lo = int(positions.min()) if len(positions) else 0
         labels = read_labels(folder, lo, int(positions.max()) + 1 if len(positions) else 0)
-        return samples_table(np.char.add("s", positions.astype(str)), np.full(len(positions), "synthetic"),
-                             labels[positions - lo], None, None)
+        return samples_table(
+            np.char.add("s", positions.astype(str)),
+            np.full(len(positions), "synthetic"),
+            labels[positions - lo],
+            None,
+            None,
+        )
 
     layout = RunLayout(folder / "run")
     writer = type("Writer", (), {"layout": layout, "samples_writer": lambda self: SamplesWriter(layout.samples)})()
     before = _peak_mb()
     started = time.perf_counter()
-    finished = finish_samples(writer, PoolView(n, np.zeros(0, dtype=np.int64), base),
-                              Stage2Options("proj", "majority", losses_from_rows=True))
-    return {"stage2_s": time.perf_counter() - started, "stage2_rss_mb": _peak_mb(), "stage2_start_rss_mb": before,
-            "quality": finished.summary["estimated_quality"]}
+    finished = finish_samples(
+        writer, PoolView(n, np.zeros(0, dtype=np.int64), base), Stage2Options("proj", "majority", losses_from_rows=True)
+    )
+    return {
+        "stage2_s": time.perf_counter() - started,
+        "stage2_rss_mb": _peak_mb(),
+        "stage2_start_rss_mb": before,
+        "quality": finished.summary["estimated_quality"],
+    }
 
 
 PHASES = {"features": extract, "score": score, "stage2": stage_two}
 
 
 def _child(phase: str, folder: Path, args) -> dict:
-    command = [sys.executable, __file__, "--phase", phase, str(folder), "--dim", str(args.dim), "--epochs", str(args.epochs),
-               "--sizes", str(args.size_of_child)]
+    command = [
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        str(folder),
+        "--dim",
+        str(args.dim),
+        "--epochs",
+        str(args.epochs),
+        "--sizes",
+        str(args.size_of_child),
+    ]
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"phase {phase} failed:\n{proc.stderr}")
@@ -169,11 +202,17 @@ def main() -> int:
         use_system_allocator()  # as the train and score commands do
         phase, folder = args.phase[0], Path(args.phase[1])
         n = args.sizes[0]
-        kwargs = {"features": (folder, n, args.dim), "score": (folder, n, args.dim, args.epochs), "stage2": (folder, n)}[phase]
+        kwargs = {
+            "features": (folder, n, args.dim),
+            "score": (folder, n, args.dim, args.epochs),
+            "stage2": (folder, n),
+        }[phase]
         print(json.dumps(PHASES[phase](*kwargs)))
         return 0
-    print(f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, python {platform.python_version()}; "
-          f"dim {args.dim}, {args.epochs} epochs of score rows")
+    print(
+        f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, python {platform.python_version()}; "
+        f"dim {args.dim}, {args.epochs} epochs of score rows"
+    )
     print("| pool | features: time, peak RSS | scoring: time, peak RSS | Stage 2: time, peak RSS | est. quality |")
     print("|---|---|---|---|---|")
     for n in args.sizes:
@@ -183,9 +222,11 @@ def main() -> int:
             r = {}
             for phase in PHASES:
                 r.update(_child(phase, folder, args))
-            print(f"| {n:,} | {r['features_s']:.1f} s, {r['features_rss_mb']:.0f} MB | {r['score_s']:.1f} s, "
-                  f"{r['score_rss_mb']:.0f} MB | {r['stage2_s']:.1f} s, {r['stage2_rss_mb']:.0f} MB | {r['quality']:.3f} |",
-                  flush=True)
+            print(
+                f"| {n:,} | {r['features_s']:.1f} s, {r['features_rss_mb']:.0f} MB | {r['score_s']:.1f} s, "
+                f"{r['score_rss_mb']:.0f} MB | {r['stage2_s']:.1f} s, {r['stage2_rss_mb']:.0f} MB | {r['quality']:.3f} |",
+                flush=True,
+            )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     return 0

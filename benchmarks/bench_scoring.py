@@ -39,8 +39,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,13 +50,14 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mimic_explorer.scoring import mimic_scores  # noqa: E402
+from mimic_explorer.scoring import mimic_scores
 
 OPS = ("forward", "train_step", "head", "all_proj", "all_cos", "paper")
 PAPER_GRAD_BYTES = 2 << 30  # per-sample gradient memory one chunk of the paper's method may use
 
 
 # ---------------------------------------------------------------- models
+
 
 def build_model(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...], int]:
     torch.manual_seed(seed)
@@ -95,12 +96,15 @@ def paper_chunk(model: nn.Module, batch: int) -> int:
 
 # ---------------------------------------------------------------- operations
 
+
 def make_op(op: str, model: nn.Module, reference: nn.Module, x, y) -> Callable[[], object]:
     if op == "forward":
+
         def forward():
             model.eval()
             with torch.no_grad():
                 return model(x)
+
         return forward
     if op == "train_step":
         trained = copy.deepcopy(model).train()
@@ -158,10 +162,12 @@ def make_paper(model: nn.Module, reference: nn.Module, x, y, chunk: int) -> Call
                 scores.append(-(flat @ v) / v_norm)
             del grads
         return torch.stack(scores)
+
     return paper
 
 
 # ---------------------------------------------------------------- measuring
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -246,6 +252,7 @@ def time_ops(name: str, batch: int, device: torch.device, ops: list[str], rounds
 
 # ---------------------------------------------------------------- reporting
 
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
@@ -277,9 +284,13 @@ def table(results: list[dict]) -> str:
             f"| {t['all_cos'] * 1e3:.1f} ms ({t['all_cos'] / step:.2f}×) "
             f"| {t['paper'] * 1e3:.0f} ms ({t['paper'] / step:.1f}×{chunk}) |"
         )
-    lines += ["", "Ratios of the medians (timed calls after the warm-up in brackets; 0 = the warm-up call alone):", "",
-              "| model | batch | head / fwd | all proj / step | all cos / step | paper / step |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "Ratios of the medians (timed calls after the warm-up in brackets; 0 = the warm-up call alone):",
+        "",
+        "| model | batch | head / fwd | all proj / step | all cos / step | paper / step |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         m, n = r["median"], r["calls"]
         fwd, step = m["forward"], m["train_step"]
@@ -301,23 +312,25 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="batch 32 only, fewer rounds (about a minute on 2 CPU cores)")
+    parser.add_argument(
+        "--quick", action="store_true", help="batch 32 only, fewer rounds (about a minute on 2 CPU cores)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--models", default="resnet18,vit")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default 32,256; --quick: 32)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; --quick: 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    parser.add_argument("--budget", type=float, default=None, help="seconds of repeated calls per op (default 15; --quick: 5)")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds of repeated calls per op (default 15; --quick: 5)"
+    )
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
     parser.add_argument("--_memory", nargs=3, metavar=("OP", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--_cold", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args._memory:
         op, name, batch = args._memory
         print(json.dumps({"bytes": peak_memory_here(op, name, int(batch), device, warm=not args._cold)}))
@@ -335,18 +348,35 @@ def main(argv: list[str] | None = None) -> None:
             times, medians, counts = time_ops(name, batch, device, list(OPS), rounds, budget_s=args.budget)
             # the paper's method is slow and its memory is its per-sample gradients: one cold call
             memory = (
-                {op: 0 for op in OPS}
+                dict.fromkeys(OPS, 0)
                 if args.no_memory
                 else {op: peak_memory(op, name, batch, device, args.threads, warm=op != "paper") for op in OPS}
             )
             results.append(
-                {"model": name, "batch": batch, "time": times, "median": medians, "calls": counts,
-                 "memory": memory, "paper_chunk": chunk}
+                {
+                    "model": name,
+                    "batch": batch,
+                    "time": times,
+                    "median": medians,
+                    "calls": counts,
+                    "memory": memory,
+                    "paper_chunk": chunk,
+                }
             )
-            print(f"# {name} B={batch}: " + ", ".join(
-                f"{k} best {v * 1e3:.1f} / median {medians[k] * 1e3:.1f} ms ({counts[k]} calls)" for k, v in times.items()
-            ) + "; MB " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in memory.items()), file=sys.stderr, flush=True)
-    text = f"Machine: {machine(device)}. Total benchmark time {time.perf_counter() - started:.0f} s.\n\n" + table(results)
+            print(
+                f"# {name} B={batch}: "
+                + ", ".join(
+                    f"{k} best {v * 1e3:.1f} / median {medians[k] * 1e3:.1f} ms ({counts[k]} calls)"
+                    for k, v in times.items()
+                )
+                + "; MB "
+                + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in memory.items()),
+                file=sys.stderr,
+                flush=True,
+            )
+    text = f"Machine: {machine(device)}. Total benchmark time {time.perf_counter() - started:.0f} s.\n\n" + table(
+        results
+    )
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

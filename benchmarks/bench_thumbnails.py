@@ -45,8 +45,12 @@ def timings(fetch, ids: list[str], count: int) -> dict:
         out.append(time.perf_counter() - start)
         assert data, sample_id
     out.sort()
-    return {"mean_ms": 1e3 * statistics.mean(out), "p50_ms": 1e3 * out[len(out) // 2],
-            "p99_ms": 1e3 * out[int(len(out) * 0.99)], "max_ms": 1e3 * out[-1]}
+    return {
+        "mean_ms": 1e3 * statistics.mean(out),
+        "p50_ms": 1e3 * out[len(out) // 2],
+        "p99_ms": 1e3 * out[int(len(out) * 0.99)],
+        "max_ms": 1e3 * out[-1],
+    }
 
 
 def main() -> int:
@@ -67,11 +71,15 @@ def main() -> int:
     app = ThumbnailURIs(ThumbnailReader(run), cache_size=0)
     gallery = timings(lambda s: app.uri(s), ids, args.fetches)
     size_mb = (run / "thumbs" / "thumbs.bin").stat().st_size / 1e6
-    print(f"{len(ids):,} thumbnails, {size_mb:.0f} MB blob; built in {build_s:.0f} s; reader opened in {open_s * 1e3:.0f} ms")
+    print(
+        f"{len(ids):,} thumbnails, {size_mb:.0f} MB blob; built in {build_s:.0f} s; reader opened in {open_s * 1e3:.0f} ms"
+    )
     print("| random fetch by id | mean | p50 | p99 | max |")
     print("|---|---|---|---|---|")
     for name, t in (("store reader (bytes)", store), ("app gallery lookup (data URI)", gallery)):
-        print(f"| {name} | {t['mean_ms']:.3f} ms | {t['p50_ms']:.3f} ms | {t['p99_ms']:.3f} ms | {t['max_ms']:.3f} ms |")
+        print(
+            f"| {name} | {t['mean_ms']:.3f} ms | {t['p50_ms']:.3f} ms | {t['p99_ms']:.3f} ms | {t['max_ms']:.3f} ms |"
+        )
     return 0
 
 

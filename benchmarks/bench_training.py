@@ -75,12 +75,12 @@ def step_ratio(batch: int, repeats: int, device: str) -> dict:
 
 
 def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
+    from mimic_explorer.commands.options import TrainOptions
+    from mimic_explorer.commands.train import run_train
     from mimic_explorer.data.specs import open_source
     from mimic_explorer.data.transforms import default_transform
     from mimic_explorer.models.registry import build_model
-    from mimic_explorer.commands.options import TrainOptions
     from mimic_explorer.training.pool_pass import pool_pass
-    from mimic_explorer.commands.train import run_train
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MIMIC_EXPLORER_CACHE"] = tmp  # no feature cache from earlier runs
@@ -93,14 +93,18 @@ def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
         def backbone_pass(limit: int | None = None) -> float:
             start = time.perf_counter()
             with torch.no_grad():
-                for batch in pool_pass(source, source.labels, transform, 256, indices=None if limit is None else range(limit)):
+                for batch in pool_pass(
+                    source, source.labels, transform, 256, indices=None if limit is None else range(limit)
+                ):
                     model(batch.inputs)
             return time.perf_counter() - start
 
         reference = Path(tmp) / "ref.pt"
         common = dict(init=str(Path(tmp) / "init.pt"), linear_probe=True, epochs=epochs, batch_size=128, quiet=True)
-        run_train(TrainOptions(f"wds:{shards}", "small_cnn", str(Path(tmp) / "ref"), save_model=str(reference), **common),
-                  log=lambda s: None)  # also warms up decoding, the model and the shard index
+        run_train(
+            TrainOptions(f"wds:{shards}", "small_cnn", str(Path(tmp) / "ref"), save_model=str(reference), **common),
+            log=lambda s: None,
+        )  # also warms up decoding, the model and the shard index
         backbone_pass(1024)
         passes, runs, timings = [], [], []
 
@@ -108,8 +112,17 @@ def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
             for f in (Path(tmp) / "features").glob("*.pt"):
                 f.unlink()  # the Grad-Mimic run must compute its features itself
             start = time.perf_counter()
-            run_train(TrainOptions(f"wds:{shards}", "small_cnn", str(Path(tmp) / f"gm{rep}"), reference=str(reference),
-                                   label_noise=0.3, **common), log=lambda s: None)
+            run_train(
+                TrainOptions(
+                    f"wds:{shards}",
+                    "small_cnn",
+                    str(Path(tmp) / f"gm{rep}"),
+                    reference=str(reference),
+                    label_noise=0.3,
+                    **common,
+                ),
+                log=lambda s: None,
+            )
             seconds = time.perf_counter() - start
             timings.append(json.loads((Path(tmp) / f"gm{rep}" / "meta.json").read_text())["timings"])
             return seconds
@@ -123,11 +136,17 @@ def probe_ratio(epochs: int, shards: str, repeats: int = 3) -> dict:
                 passes.append(backbone_pass())
         samples = len(source)
     p, r = statistics.median(passes), statistics.median(runs)
-    return {"samples": samples, "epochs": epochs, "backbone_pass_s": p, "probe_run_s": r, "ratio": r / p,
-            "ratios": [b / a for a, b in zip(passes, runs)],
-            "features_s": statistics.median(t["features_s"] for t in timings),
-            "epochs_s": statistics.median(t["train_s"] for t in timings),
-            "rest_s": statistics.median(w - t["features_s"] - t["train_s"] for w, t in zip(runs, timings))}
+    return {
+        "samples": samples,
+        "epochs": epochs,
+        "backbone_pass_s": p,
+        "probe_run_s": r,
+        "ratio": r / p,
+        "ratios": [b / a for a, b in zip(passes, runs)],
+        "features_s": statistics.median(t["features_s"] for t in timings),
+        "epochs_s": statistics.median(t["train_s"] for t in timings),
+        "rest_s": statistics.median(w - t["features_s"] - t["train_s"] for w, t in zip(runs, timings)),
+    }
 
 
 def main() -> int:
@@ -147,19 +166,28 @@ def main() -> int:
         print("|---|---|---|---|")
     for batch in [] if args.skip_steps else args.batch:
         r = step_ratio(batch, args.repeats, args.device)
-        print(f"| batch {batch} | {r['plain_s'] * 1e3:.1f} ms | {r['grad_mimic_s'] * 1e3:.1f} ms | {r['ratio']:.3f}× |", flush=True)
+        print(
+            f"| batch {batch} | {r['plain_s'] * 1e3:.1f} ms | {r['grad_mimic_s'] * 1e3:.1f} ms | {r['ratio']:.3f}× |",
+            flush=True,
+        )
     if not args.skip_probe:
         if not Path(args.shards).exists():
             print(f"shards not found: {args.shards}", file=sys.stderr)
             return 0
         r = probe_ratio(args.epochs, args.shards, args.pairs)
         print()
-        print("| linear probe (small_cnn backbone, CIFAR-10 shard) | one backbone pass | whole E-epoch probe run | ratio |")
+        print(
+            "| linear probe (small_cnn backbone, CIFAR-10 shard) | one backbone pass | whole E-epoch probe run | ratio |"
+        )
         print("|---|---|---|---|")
-        print(f"| {r['samples']} samples, E = {r['epochs']} | {r['backbone_pass_s']:.1f} s | {r['probe_run_s']:.1f} s | {r['ratio']:.2f}× "
-              f"(each pair: {', '.join(f'{x:.2f}' for x in r['ratios'])}) |")
-        print(f"\nwithin the run (medians): features + thumbnails {r['features_s']:.2f} s, the {r['epochs']} head epochs "
-              f"incl. checkpoint {r['epochs_s']:.2f} s, everything else {r['rest_s']:.2f} s")
+        print(
+            f"| {r['samples']} samples, E = {r['epochs']} | {r['backbone_pass_s']:.1f} s | {r['probe_run_s']:.1f} s | {r['ratio']:.2f}× "
+            f"(each pair: {', '.join(f'{x:.2f}' for x in r['ratios'])}) |"
+        )
+        print(
+            f"\nwithin the run (medians): features + thumbnails {r['features_s']:.2f} s, the {r['epochs']} head epochs "
+            f"incl. checkpoint {r['epochs_s']:.2f} s, everything else {r['rest_s']:.2f} s"
+        )
     return 0
 
 

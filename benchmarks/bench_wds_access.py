@@ -25,7 +25,12 @@ DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifa
 
 def percentiles(values: list[float]) -> dict:
     ms = np.asarray(values) * 1e3
-    return {"mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
+    return {
+        "mean_ms": float(ms.mean()),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+    }
 
 
 def main() -> None:

@@ -75,22 +75,30 @@ def gm_cells(samples: pd.DataFrame, scores: pd.DataFrame, extra: dict[str, Cell]
     cos = per_epoch(scores, "cos", order)
     epochs = proj.shape[1]
     cells: dict[str, Cell] = {}
-    cells["mimic_score (weight ≥ 1/B, majority)"] = (samples["mimic_score"].to_numpy(float), samples["keep"].to_numpy(bool))
+    cells["mimic_score (weight ≥ 1/B, majority)"] = (
+        samples["mimic_score"].to_numpy(float),
+        samples["keep"].to_numpy(bool),
+    )
     for binarisation in stage2.BINARISATIONS:
         for aggregation in ("majority", "unanimity"):
             cells[f"vote {binarisation} / {aggregation}"] = stage2_cell(scores, order, binarisation, aggregation)
     cells["vote: mean B·weight ≥ 1"] = stage2_cell(scores, order, "weight", "mean")
     k = min(5, epochs)
-    aggregates = {"mean proj (all epochs)": proj.mean(1), f"mean proj, last {k}": proj[:, -k:].mean(1),
-                  f"mean proj, first {k}": proj[:, :k].mean(1), "proj, last epoch": proj[:, -1],
-                  "mean cos (all epochs)": cos.mean(1)}
+    aggregates = {
+        "mean proj (all epochs)": proj.mean(1),
+        f"mean proj, last {k}": proj[:, -k:].mean(1),
+        f"mean proj, first {k}": proj[:, :k].mean(1),
+        "proj, last epoch": proj[:, -1],
+        "mean cos (all epochs)": cos.mean(1),
+    }
     for name, values in aggregates.items():
         for rule in ("sign", "gmm", "kmeans"):
             cells[f"{name}; {rule}"] = (values, split(values, rule))
     for first in (1, 3, 5, 10):
         if first < epochs:
-            cells[f"first {first} epochs: vote weight / majority"] = stage2_cell(scores[scores["epoch"] < first], order,
-                                                                                "weight", "majority")
+            cells[f"first {first} epochs: vote weight / majority"] = stage2_cell(
+                scores[scores["epoch"] < first], order, "weight", "majority"
+            )
     for column in ("reference_loss", "reducible_loss", "grand", "model_loss"):
         if column in samples:
             utility = UTILITY_SIGN[column] * samples[column].to_numpy(np.float64)
@@ -99,8 +107,13 @@ def gm_cells(samples: pd.DataFrame, scores: pd.DataFrame, extra: dict[str, Cell]
     if "reference_loss" in samples:
         ref = -samples["reference_loss"].to_numpy(np.float64)
         mean_proj = proj.mean(1)
-        combos = {"rank-avg(mean proj, −ref loss)": (ranks01(mean_proj) + ranks01(ref)) / 2,
-                  "rank-avg(mimic_score, −ref loss)": (ranks01(cells["mimic_score (weight ≥ 1/B, majority)"][0]) + ranks01(ref)) / 2}
+        combos = {
+            "rank-avg(mean proj, −ref loss)": (ranks01(mean_proj) + ranks01(ref)) / 2,
+            "rank-avg(mimic_score, −ref loss)": (
+                ranks01(cells["mimic_score (weight ≥ 1/B, majority)"][0]) + ranks01(ref)
+            )
+            / 2,
+        }
         log_ref = -np.log(np.clip(samples["reference_loss"].to_numpy(np.float64), 1e-12, None))
         zscore = lambda v: (v - v.mean()) / v.std()  # noqa: E731
         combos["z-avg(mean proj, −log ref loss)"] = (zscore(mean_proj) + zscore(log_ref)) / 2

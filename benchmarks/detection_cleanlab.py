@@ -17,14 +17,14 @@ import pandas as pd
 
 def pool_features(backbone: Path, options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sample ids, noisy labels, features) of the pool, from the pipeline's feature cache."""
-    from mimic_explorer.data.transforms import default_transform
     import torch
 
+    from mimic_explorer.data.pool import open_pool
+    from mimic_explorer.data.transforms import default_transform
     from mimic_explorer.models.checkpoints import load_checkpoint
     from mimic_explorer.models.heads import find_head
     from mimic_explorer.models.registry import build_model
     from mimic_explorer.training.features import extract_features
-    from mimic_explorer.data.pool import open_pool
 
     pool = open_pool(options)
     model = build_model("small_cnn", len(pool.source.class_names), input_shape=(3, 32, 32))
@@ -32,11 +32,16 @@ def pool_features(backbone: Path, options) -> tuple[np.ndarray, np.ndarray, np.n
     head_name, _ = find_head(model, torch.zeros(1, 3, 32, 32))
     feats = extract_features(model, pool.source, pool.labels, default_transform("small_cnn"), head_name=head_name)
     positions = feats.positions
-    return pool.source.sample_ids[positions].astype(str), pool.labels[positions], feats.values.numpy().astype(np.float64)
+    return (
+        pool.source.sample_ids[positions].astype(str),
+        pool.labels[positions],
+        feats.values.numpy().astype(np.float64),
+    )
 
 
-def _softmax_regression(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classes: int,
-                        steps: int = 200) -> np.ndarray:
+def _softmax_regression(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classes: int, steps: int = 200
+) -> np.ndarray:
     """Full-batch multinomial logistic regression (Adam, lr 0.05, L2 1e-4) in numpy; test probabilities.
 
     Why not scikit-learn's LogisticRegression: on this shared 2-core machine its lbfgs took 107 s for
@@ -110,5 +115,7 @@ def cleanlab_cells(samples: pd.DataFrame, backbone: Path, reference: Path, optio
     labels, features = labels[position], features[position]
     if not np.array_equal(labels, samples["label"].to_numpy()):
         raise RuntimeError("the run's labels differ from the re-injected noisy labels")
-    return {"cleanlab (5-fold CV probs)": cleanlab_cell(labels, cross_validated_probs(features, labels, cache)),
-            "cleanlab (reference probs)": cleanlab_cell(labels, reference_probs(features, reference))}
+    return {
+        "cleanlab (5-fold CV probs)": cleanlab_cell(labels, cross_validated_probs(features, labels, cache)),
+        "cleanlab (reference probs)": cleanlab_cell(labels, reference_probs(features, reference)),
+    }

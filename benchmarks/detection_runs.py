@@ -28,9 +28,9 @@ from __future__ import annotations
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = ROOT.parent / "shared" / "data" / "cifar10"
@@ -39,8 +39,12 @@ TEST = f"wds:{SHARDS}/train-04.tar"
 CLEAN_SHARD = SHARDS / "train-03.tar"
 
 #: (tag, rate, kind) of every noise setting
-NOISES = [("sym20", 0.2, "symmetric"), ("sym40", 0.4, "symmetric"), ("sym60", 0.6, "symmetric"),
-          ("asym40", 0.4, "asymmetric")]
+NOISES = [
+    ("sym20", 0.2, "symmetric"),
+    ("sym40", 0.4, "symmetric"),
+    ("sym60", 0.6, "symmetric"),
+    ("asym40", 0.4, "asymmetric"),
+]
 #: clean-set name -> number of clean images (None: the whole shard 03)
 CLEAN_SETS = {"clean10k": None, "clean2k": 2000}
 #: Stage-1 method / temperature cells, at 40 % symmetric noise with the 10k reference
@@ -68,8 +72,15 @@ class Study:
         return self.work / "backbone.pt"
 
     def probe(self, **extra) -> dict:
-        options = dict(init=str(self.backbone), linear_probe=True, epochs=PROBE_EPOCHS, batch_size=128, lr=1e-3,
-                       test_data=TEST, quiet=True)
+        options = dict(
+            init=str(self.backbone),
+            linear_probe=True,
+            epochs=PROBE_EPOCHS,
+            batch_size=128,
+            lr=1e-3,
+            test_data=TEST,
+            quiet=True,
+        )
         options.update(extra)
         return options
 
@@ -79,8 +90,20 @@ class Study:
         from mimic_explorer.commands.train import run_train
 
         t0 = time.perf_counter()
-        run_train(TrainOptions(f"wds:{SHARDS}/train-02.tar", "small_cnn", str(self.work / "backbone-run"), epochs=8,
-                             batch_size=128, lr=2e-3, test_data=TEST, save_model=str(self.backbone), quiet=True), log=say)
+        run_train(
+            TrainOptions(
+                f"wds:{SHARDS}/train-02.tar",
+                "small_cnn",
+                str(self.work / "backbone-run"),
+                epochs=8,
+                batch_size=128,
+                lr=2e-3,
+                test_data=TEST,
+                save_model=str(self.backbone),
+                quiet=True,
+            ),
+            log=say,
+        )
         say(f"backbone ready ({time.perf_counter() - t0:.0f} s)")
         return self.backbone
 
@@ -95,20 +118,45 @@ class Study:
 
         count = CLEAN_SETS[name] or 10_000
         path = self.work / f"reference-{name}.pt"
-        run_train(TrainOptions(self.clean_spec(name), "small_cnn", str(self.work / f"reference-{name}-run"),
-                             save_model=str(path), **self.probe(epochs=PROBE_EPOCHS * 10_000 // count)), log=say)
+        run_train(
+            TrainOptions(
+                self.clean_spec(name),
+                "small_cnn",
+                str(self.work / f"reference-{name}-run"),
+                save_model=str(path),
+                **self.probe(epochs=PROBE_EPOCHS * 10_000 // count),
+            ),
+            log=say,
+        )
         return path
 
-    def grad_mimic(self, noise: tuple[str, float, str], clean: str = "clean10k", method: str = "normed_proj",
-                   temperature: float = 1.0) -> Path:
+    def grad_mimic(
+        self,
+        noise: tuple[str, float, str],
+        clean: str = "clean10k",
+        method: str = "normed_proj",
+        temperature: float = 1.0,
+    ) -> Path:
         """A Grad-Mimic linear-probe run on the noisy pool; its run directory."""
         from mimic_explorer.commands.options import TrainOptions
         from mimic_explorer.commands.train import run_train
 
         tag, rate, kind = noise
         out = self.work / f"gm-{tag}-{clean}-{method}-T{temperature:g}"
-        run_train(TrainOptions(POOL, "small_cnn", str(out), reference=str(self.reference(clean)), label_noise=rate,
-                             noise_type=kind, method=method, temperature=temperature, **self.probe()), log=say)
+        run_train(
+            TrainOptions(
+                POOL,
+                "small_cnn",
+                str(out),
+                reference=str(self.reference(clean)),
+                label_noise=rate,
+                noise_type=kind,
+                method=method,
+                temperature=temperature,
+                **self.probe(),
+            ),
+            log=say,
+        )
         return out
 
     def fine_tuned(self, noise: tuple[str, float, str] | None) -> Path:
@@ -121,8 +169,22 @@ class Study:
         path = self.work / f"ft-{name}.pt"
         extra = {} if noise is None else dict(label_noise=noise[1], noise_type=noise[2])
         data = f"wds:{CLEAN_SHARD}" if noise is None else POOL
-        run_train(TrainOptions(data, "small_cnn", str(self.work / f"ft-{name}-run"), init=str(self.backbone), epochs=2,
-                             batch_size=128, lr=1e-4, test_data=TEST, save_model=str(path), quiet=True, **extra), log=say)
+        run_train(
+            TrainOptions(
+                data,
+                "small_cnn",
+                str(self.work / f"ft-{name}-run"),
+                init=str(self.backbone),
+                epochs=2,
+                batch_size=128,
+                lr=1e-4,
+                test_data=TEST,
+                save_model=str(path),
+                quiet=True,
+                **extra,
+            ),
+            log=say,
+        )
         return path
 
     def layer_score(self, noise: tuple[str, float, str], cell: str) -> Path:
@@ -132,9 +194,24 @@ class Study:
 
         model, reference = self.fine_tuned(noise), self.fine_tuned(None)
         out = self.work / f"layers-{noise[0]}-{cell.replace(' + ', '+').replace(' ', '_')}"
-        run_score(ScoreOptions(POOL, "small_cnn", str(out), init=str(self.backbone), model=str(model),
-                             reference=str(reference), label_noise=noise[1], noise_type=noise[2], params=LAYER_CELLS[cell],
-                             score_method="proj", binarisation="proj", batch_size=256, quiet=True), log=say)
+        run_score(
+            ScoreOptions(
+                POOL,
+                "small_cnn",
+                str(out),
+                init=str(self.backbone),
+                model=str(model),
+                reference=str(reference),
+                label_noise=noise[1],
+                noise_type=noise[2],
+                params=LAYER_CELLS[cell],
+                score_method="proj",
+                binarisation="proj",
+                batch_size=256,
+                quiet=True,
+            ),
+            log=say,
+        )
         return out
 
 

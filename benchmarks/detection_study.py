@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from detection_cells import evaluate_cells, gm_cells, load, metrics, split
 from detection_runs import CLEAN_SETS, LAYER_CELLS, METHOD_CELLS, NOISES, POOL, Study, say
 
@@ -46,8 +45,12 @@ def collect(work: Path) -> dict:
 
     study = Study(work)
     study.make_backbone()
-    out: dict = {"accuracy": {"backbone (shard 02)": _summary(work / "backbone-run").get("test_accuracy")},
-                 "settings": {}, "methods": {}, "layers": {}}
+    out: dict = {
+        "accuracy": {"backbone (shard 02)": _summary(work / "backbone-run").get("test_accuracy")},
+        "settings": {},
+        "methods": {},
+        "layers": {},
+    }
     for clean in CLEAN_SETS:
         reference = study.reference(clean)
         out["accuracy"][f"reference {clean}"] = _summary(work / f"reference-{clean}-run").get("test_accuracy")
@@ -68,12 +71,16 @@ def collect(work: Path) -> dict:
         samples, scores = load(run)
         proj = scores.groupby("sample_id")["proj"].mean().reindex(samples["sample_id"]).to_numpy(np.float64)
         is_noisy = samples["is_noisy"].to_numpy(bool)
-        out["layers"][cell] = {f"proj; {rule}": metrics(is_noisy, (proj, split(proj, rule))) for rule in ("sign", "gmm", "kmeans")}
+        out["layers"][cell] = {
+            f"proj; {rule}": metrics(is_noisy, (proj, split(proj, rule))) for rule in ("sign", "gmm", "kmeans")
+        }
         loss = -samples["model_loss"].to_numpy(np.float64)
         out["layers"][cell]["model loss; gmm"] = metrics(is_noisy, (loss, split(loss, "gmm")))
     for noise in (NOISES[1],):
-        out["accuracy"][f"fine-tuned reference"] = _summary(work / "ft-reference-run").get("test_accuracy")
-        out["accuracy"][f"fine-tuned model {noise[0]}"] = _summary(work / f"ft-model-{noise[0]}-run").get("test_accuracy")
+        out["accuracy"]["fine-tuned reference"] = _summary(work / "ft-reference-run").get("test_accuracy")
+        out["accuracy"][f"fine-tuned model {noise[0]}"] = _summary(work / f"ft-model-{noise[0]}-run").get(
+            "test_accuracy"
+        )
     return out
 
 
@@ -84,29 +91,49 @@ def _cell(m: dict | None) -> str:
 
 
 def _table(title: str, columns: list[str], rows: dict[str, dict[str, dict | None]]) -> list[str]:
-    lines = [f"**{title}** (each cell: AUROC / AP / F1 / quality-estimate error)", "",
-             "| signal | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines = [
+        f"**{title}** (each cell: AUROC / AP / F1 / quality-estimate error)",
+        "",
+        "| signal | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
     for name, cells in rows.items():
         lines.append(f"| {name} | " + " | ".join(_cell(cells.get(c)) for c in columns) + " |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def markdown(results: dict) -> str:
     noises = [n[0] for n in NOISES]
-    lines = ["Test accuracy (shard 04): " + ", ".join(f"{k} {v:.3f}" for k, v in results["accuracy"].items() if v is not None), ""]
+    lines = [
+        "Test accuracy (shard 04): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in results["accuracy"].items() if v is not None),
+        "",
+    ]
     for clean in CLEAN_SETS:
-        rows = {shown: {n: results["settings"][f"{clean}/{n}"].get(name) for n in noises} for name, shown in HEADLINE.items()}
+        rows = {
+            shown: {n: results["settings"][f"{clean}/{n}"].get(name) for n in noises}
+            for name, shown in HEADLINE.items()
+        }
         lines += _table(f"Headline, reference on {clean}", noises, rows)
     every = results["settings"]["clean10k/sym40"]
     rows = {name: {n: results["settings"][f"clean10k/{n}"].get(name) for n in noises} for name in every}
     lines += _table("Every post-hoc cell, reference on clean10k", noises, rows)
     rows = {name: {n: results["settings"][f"clean2k/{n}"].get(name) for n in noises} for name in every}
     lines += _table("Every post-hoc cell, reference on clean2k", noises, rows)
-    picks = ["mimic_score (weight ≥ 1/B, majority)", "vote proj / majority", "vote gmm / majority", "mean proj (all epochs); gmm",
-             "mean cos (all epochs); gmm", "combined_score; gmm", "reference_loss; gmm"]
+    picks = [
+        "mimic_score (weight ≥ 1/B, majority)",
+        "vote proj / majority",
+        "vote gmm / majority",
+        "mean proj (all epochs); gmm",
+        "mean cos (all epochs); gmm",
+        "combined_score; gmm",
+        "reference_loss; gmm",
+    ]
     rows = {name: {m: results["methods"][m].get(name) for m in results["methods"]} for name in picks}
     lines += _table("Stage-1 method and temperature (clean10k, sym40)", list(results["methods"]), rows)
-    layer_rows = {f"{cell}: {rule}": {"sym40": m} for cell, cells in results["layers"].items() for rule, m in cells.items()}
+    layer_rows = {
+        f"{cell}: {rule}": {"sym40": m} for cell, cells in results["layers"].items() for rule, m in cells.items()
+    }
     lines += _table("Mimic layers (end-to-end fine-tuned pair, score of one checkpoint, sym40)", ["sym40"], layer_rows)
     return "\n".join(lines)
 

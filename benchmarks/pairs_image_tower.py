@@ -92,8 +92,17 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             schedule.step()
-        print(json.dumps({"epoch": epoch, "loss": round(loss.item(), 3), "test_acc": round(accuracy(model, xt, yt), 4),
-                          "elapsed_s": round(time.perf_counter() - started, 1)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "epoch": epoch,
+                    "loss": round(loss.item(), 3),
+                    "test_acc": round(accuracy(model, xt, yt), 4),
+                    "elapsed_s": round(time.perf_counter() - started, 1),
+                }
+            ),
+            flush=True,
+        )
     save_checkpoint(model, args.out)
     print(args.out)
 

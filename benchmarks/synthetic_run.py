@@ -22,8 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 119, 180), "yellow": (238, 201, 0),
-           "purple": (148, 103, 189), "orange": (255, 127, 14)}
+COLOURS = {
+    "red": (214, 39, 40),
+    "green": (44, 160, 44),
+    "blue": (31, 119, 180),
+    "yellow": (238, 201, 0),
+    "purple": (148, 103, 189),
+    "orange": (255, 127, 14),
+}
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS = {"white": (245, 245, 245), "black": (25, 25, 25), "grey": (150, 150, 150), "sand": (222, 196, 150)}
 CAPTIONS = (
@@ -46,7 +52,7 @@ def _thumbnail_blobs(count: int, seed: int) -> list[bytes]:
 
     rng = np.random.default_rng(seed)
     blobs = []
-    for i in range(count):
+    for _i in range(count):
         pixels = (rng.random((8, 8)) * 255).astype(np.uint8)
         blobs.append(_webp(Image.fromarray(pixels, mode="L").resize((96, 96), Image.NEAREST).convert("RGB")))
     return blobs
@@ -79,7 +85,8 @@ def _write_thumbnails(path: Path, ids, blobs: list[bytes], which: np.ndarray) ->
     offsets = np.cumsum([0] + [len(b) for b in blobs])
     (path / "thumbs" / "thumbs.bin").write_bytes(b"".join(blobs))
     pd.DataFrame({"sample_id": ids, "offset": offsets[which], "length": np.diff(offsets)[which]}).to_parquet(
-        path / "thumbs" / "index.parquet", index=False)
+        path / "thumbs" / "index.parquet", index=False
+    )
 
 
 def _write_epochs(path: Path, ids, score: np.ndarray, loss: np.ndarray, epochs: int, rng, batch: int = 256) -> None:
@@ -87,11 +94,17 @@ def _write_epochs(path: Path, ids, score: np.ndarray, loss: np.ndarray, epochs: 
     for epoch in range(epochs):
         drift = (epoch + 1) / epochs
         proj = (score - 0.5) * 2 * drift + rng.normal(0, 0.3, n)
-        pd.DataFrame({
-            "sample_id": ids, "epoch": np.full(n, epoch, dtype=np.int32), "step": np.arange(n) // batch,
-            "proj": proj, "weight": np.exp(proj) / (batch * np.exp(0.5)), "loss": loss * (2 - drift),
-            "batch_size": np.full(n, batch, dtype=np.int32),
-        }).to_parquet(path / "scores" / f"epoch-{epoch:04d}.parquet", index=False)
+        pd.DataFrame(
+            {
+                "sample_id": ids,
+                "epoch": np.full(n, epoch, dtype=np.int32),
+                "step": np.arange(n) // batch,
+                "proj": proj,
+                "weight": np.exp(proj) / (batch * np.exp(0.5)),
+                "loss": loss * (2 - drift),
+                "batch_size": np.full(n, batch, dtype=np.int32),
+            }
+        ).to_parquet(path / "scores" / f"epoch-{epoch:04d}.parquet", index=False)
 
 
 def _add_combined(samples: pd.DataFrame, rng, summary: dict) -> None:
@@ -105,12 +118,22 @@ def _add_combined(samples: pd.DataFrame, rng, summary: dict) -> None:
 
 
 def _write_meta(path: Path, meta: dict) -> None:
-    (path / "meta.json").write_text(json.dumps({"format_version": 1, "kind": "synthetic", "status": "complete",
-                                                "warnings": [], **meta}, indent=1))
+    (path / "meta.json").write_text(
+        json.dumps({"format_version": 1, "kind": "synthetic", "status": "complete", "warnings": [], **meta}, indent=1)
+    )
 
 
-def write_synthetic_run(path: str | Path, n: int, *, classes: int = 10, epochs: int = 5, noise: float = 0.3,
-                        seed: int = 0, thumbnails: bool = True, combined: bool = False) -> Path:
+def write_synthetic_run(
+    path: str | Path,
+    n: int,
+    *,
+    classes: int = 10,
+    epochs: int = 5,
+    noise: float = 0.3,
+    seed: int = 0,
+    thumbnails: bool = True,
+    combined: bool = False,
+) -> Path:
     """A complete run of ``n`` samples: 30 % mislabeled samples score low, the rest high."""
     path = Path(path)
     (path / "scores").mkdir(parents=True, exist_ok=True)
@@ -124,27 +147,57 @@ def write_synthetic_run(path: str | Path, n: int, *, classes: int = 10, epochs: 
     pred = np.where(rng.random(n) < 0.9, true_label, rng.integers(0, classes, n))
     ref_loss = np.where(is_noisy, rng.gamma(4, 0.8, n), rng.gamma(1, 0.1, n))
     model_loss = ref_loss * rng.uniform(0.5, 1.5, n)
-    samples = pd.DataFrame({
-        "sample_id": ids, "source": "synthetic", "label": label, "true_label": true_label,
-        "is_noisy": is_noisy, "pred": pred, "mimic_score": score, "keep": keep,
-        "votes": np.round(score * epochs) / epochs, "proj_mean": (score - 0.5) * 2 + rng.normal(0, 0.1, n),
-        "proj_min": (score - 0.9) * 2, "proj_last": (score - 0.5) * 2 + rng.normal(0, 0.3, n),
-        "reference_loss": ref_loss, "model_loss": model_loss, "reducible_loss": model_loss - ref_loss,
-        "grand": np.sqrt(model_loss) + rng.gamma(1, 0.2, n),
-    })
+    samples = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "source": "synthetic",
+            "label": label,
+            "true_label": true_label,
+            "is_noisy": is_noisy,
+            "pred": pred,
+            "mimic_score": score,
+            "keep": keep,
+            "votes": np.round(score * epochs) / epochs,
+            "proj_mean": (score - 0.5) * 2 + rng.normal(0, 0.1, n),
+            "proj_min": (score - 0.9) * 2,
+            "proj_last": (score - 0.5) * 2 + rng.normal(0, 0.3, n),
+            "reference_loss": ref_loss,
+            "model_loss": model_loss,
+            "reducible_loss": model_loss - ref_loss,
+            "grand": np.sqrt(model_loss) + rng.gamma(1, 0.2, n),
+        }
+    )
     blobs = _thumbnail_blobs(64, seed) if thumbnails else None
-    return _write_run(path, samples, model_loss, epochs, rng, combined,
-                      None if blobs is None else (blobs, np.arange(n) % len(blobs)), {
-        "run_id": f"synthetic-{n}", "class_names": [f"class {c}" for c in range(classes)],
-        "config": {"epochs": epochs, "method": "normed_proj", "batch_size": 256, "data": "synthetic"},
-        "method": "normed_proj", "reference": {"kind": "synthetic"},
-        "source": {"spec": "synthetic", "pool_kind": "labelled"},
-        "fingerprints": {"data": f"synthetic-{n}-{seed}"},
-    })
+    return _write_run(
+        path,
+        samples,
+        model_loss,
+        epochs,
+        rng,
+        combined,
+        None if blobs is None else (blobs, np.arange(n) % len(blobs)),
+        {
+            "run_id": f"synthetic-{n}",
+            "class_names": [f"class {c}" for c in range(classes)],
+            "config": {"epochs": epochs, "method": "normed_proj", "batch_size": 256, "data": "synthetic"},
+            "method": "normed_proj",
+            "reference": {"kind": "synthetic"},
+            "source": {"spec": "synthetic", "pool_kind": "labelled"},
+            "fingerprints": {"data": f"synthetic-{n}-{seed}"},
+        },
+    )
 
 
-def _write_run(path: Path, samples: pd.DataFrame, model_loss: np.ndarray, epochs: int, rng, combined: bool,
-               thumbnails: tuple[list[bytes], np.ndarray] | None, meta: dict) -> Path:
+def _write_run(
+    path: Path,
+    samples: pd.DataFrame,
+    model_loss: np.ndarray,
+    epochs: int,
+    rng,
+    combined: bool,
+    thumbnails: tuple[list[bytes], np.ndarray] | None,
+    meta: dict,
+) -> Path:
     """samples.parquet (with the combined score when asked), per-epoch parts, thumbnails, meta.json."""
     keep = samples["keep"].to_numpy()
     summary = {"samples": len(samples), "epochs": epochs, "estimated_quality": float(keep.mean())}
@@ -162,13 +215,22 @@ def _write_run(path: Path, samples: pd.DataFrame, model_loss: np.ndarray, epochs
 def synthetic_uids(n: int, seed: int) -> list[str]:
     """``n`` distinct 32-hex-digit uids (DataComp's 128-bit sample ids), reproducible from ``seed``."""
     raw = np.random.default_rng(seed).bytes(16 * n).hex()
-    uids = [raw[32 * i:32 * (i + 1)] for i in range(n)]
+    uids = [raw[32 * i : 32 * (i + 1)] for i in range(n)]
     assert len(set(uids)) == n  # 128 random bits: a repeat would be news
     return uids
 
 
-def write_synthetic_pairs_run(path: str | Path, n: int, *, epochs: int = 3, noise: float = 0.3, seed: int = 0,
-                              thumbnails: bool = True, label: str = "none", combined: bool = False) -> Path:
+def write_synthetic_pairs_run(
+    path: str | Path,
+    n: int,
+    *,
+    epochs: int = 3,
+    noise: float = 0.3,
+    seed: int = 0,
+    thumbnails: bool = True,
+    label: str = "none",
+    combined: bool = False,
+) -> Path:
     """A complete image-text pairs run of ``n`` pairs, a ``noise`` fraction of them with swapped captions
     (``is_noisy``): those score low on every signal, the CLIP score under the reference most clearly.
     ``label``: ``"none"`` writes no label column, ``"minus_one"`` a label of -1 for every pair (the
@@ -180,9 +242,15 @@ def write_synthetic_pairs_run(path: str | Path, n: int, *, epochs: int = 3, nois
     blobs, scenes = _shape_scenes()
     which = rng.integers(0, len(scenes), n)
     template = rng.integers(0, len(CAPTIONS), n)
-    true_caption = np.array([CAPTIONS[t].format(a="an" if scenes[w]["colour"][0] in "aeiou" else "a", **scenes[w]) for t, w in zip(template, which)], dtype=object)
+    true_caption = np.array(
+        [
+            CAPTIONS[t].format(a="an" if scenes[w]["colour"][0] in "aeiou" else "a", **scenes[w])
+            for t, w in zip(template, which)
+        ],
+        dtype=object,
+    )
     is_noisy = np.zeros(n, dtype=bool)
-    is_noisy[rng.permutation(n)[:int(noise * n)]] = True
+    is_noisy[rng.permutation(n)[: int(noise * n)]] = True
     caption = true_caption.copy()
     swapped = np.flatnonzero(is_noisy)
     caption[swapped] = true_caption[np.roll(swapped, 1)]  # a derangement of the chosen pairs' captions
@@ -199,14 +267,37 @@ def write_synthetic_pairs_run(path: str | Path, n: int, *, epochs: int = 3, nois
     elif label != "none":
         raise ValueError(f"label must be 'none' or 'minus_one', got {label!r}")
     samples = samples.assign(
-        is_noisy=is_noisy, mimic_score=mimic, keep=keep, votes=np.round(mimic.clip(0, 1) * epochs) / epochs,
-        proj_mean=(mimic - 0.5) * 2 + rng.normal(0, 0.1, n), clip_score_ref=clip_ref, clip_score_model=clip_model,
-        reference_loss=ref_loss, model_loss=model_loss)
-    return _write_run(path, samples, model_loss, epochs, rng, combined, (blobs, which) if thumbnails else None, {
-        "run_id": f"synthetic-pairs-{n}", "class_names": [],
-        "config": {"epochs": epochs, "method": "normed_proj", "batch_size": 256, "data": "synthetic-pairs",
-                   "mimic_layer": "text"},
-        "method": "normed_proj", "reference": {"kind": "synthetic"},
-        "source": {"spec": "synthetic-pairs", "pool_kind": "pairs"},
-        "fingerprints": {"data": f"synthetic-pairs-{n}-{seed}"},
-    })
+        is_noisy=is_noisy,
+        mimic_score=mimic,
+        keep=keep,
+        votes=np.round(mimic.clip(0, 1) * epochs) / epochs,
+        proj_mean=(mimic - 0.5) * 2 + rng.normal(0, 0.1, n),
+        clip_score_ref=clip_ref,
+        clip_score_model=clip_model,
+        reference_loss=ref_loss,
+        model_loss=model_loss,
+    )
+    return _write_run(
+        path,
+        samples,
+        model_loss,
+        epochs,
+        rng,
+        combined,
+        (blobs, which) if thumbnails else None,
+        {
+            "run_id": f"synthetic-pairs-{n}",
+            "class_names": [],
+            "config": {
+                "epochs": epochs,
+                "method": "normed_proj",
+                "batch_size": 256,
+                "data": "synthetic-pairs",
+                "mimic_layer": "text",
+            },
+            "method": "normed_proj",
+            "reference": {"kind": "synthetic"},
+            "source": {"spec": "synthetic-pairs", "pool_kind": "pairs"},
+            "fingerprints": {"data": f"synthetic-pairs-{n}-{seed}"},
+        },
+    )

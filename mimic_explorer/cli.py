@@ -33,8 +33,13 @@ class _DefaultsOnceFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (not action.option_strings or action.default is None or action.default is False
-                or action.default == argparse.SUPPRESS or "default" in text.lower()):
+        if (
+            not action.option_strings
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or "default" in text.lower()
+        ):
             return text
         return text + " (default: %(default)s)"
 
@@ -75,8 +80,12 @@ def _cmd_demo(args) -> int:
     check_run_target(args.out)  # before anything is computed
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     try:
-        summary = build_demo(args.out, DemoConfig(noise_rate=args.noise, epochs=args.epochs, seed=args.seed),
-                             progress=None if args.quiet else tqdm_progress(), force=args.force)
+        summary = build_demo(
+            args.out,
+            DemoConfig(noise_rate=args.noise, epochs=args.epochs, seed=args.seed),
+            progress=None if args.quiet else tqdm_progress(),
+            force=args.force,
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from None
     print(format_summary(summary))
@@ -100,62 +109,109 @@ def _add_run_options(p, command: str) -> None:
         metavar="SPEC",
         help="the pool: digits | folder:DIR | manifest:FILE.csv|.parquet | wds:PATTERN | torchvision:NAME:ROOT",
     )
-    p.add_argument("--subset", metavar="FILE",
-                   help="use only the samples this keep-list names (what export writes: .csv/.json/.parquet with a "
-                        "sample_id column, an .npy of ids, or DataComp's --format uids .npy, matched against each "
-                        "pair's 32-hex-digit uid); the rest of the pool is never decoded. Listed ids the pool lacks "
-                        "are counted in a warning; none in the pool is an error. The ids' hash is part of the run id")
+    p.add_argument(
+        "--subset",
+        metavar="FILE",
+        help="use only the samples this keep-list names (what export writes: .csv/.json/.parquet with a "
+        "sample_id column, an .npy of ids, or DataComp's --format uids .npy, matched against each "
+        "pair's 32-hex-digit uid); the rest of the pool is never decoded. Listed ids the pool lacks "
+        "are counted in a warning; none in the pool is an error. The ids' hash is part of the run id",
+    )
     p.add_argument("--arch", required=True, metavar="ARCH", help=ARCH_HELP)
-    p.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
-                   help="start from the model's published weights: timm: timm's own loader (needs network access or "
-                        "timm's cache); torchvision: the DEFAULT weights from the local torch hub cache (never "
-                        "downloaded). A TAG names open_clip weights. Not with --init; without it nothing is downloaded")
+    p.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="TAG",
+        help="start from the model's published weights: timm: timm's own loader (needs network access or "
+        "timm's cache); torchvision: the DEFAULT weights from the local torch hub cache (never "
+        "downloaded). A TAG names open_clip weights. Not with --init; without it nothing is downloaded",
+    )
     recorded = "--init or --reference" if command == "train" else "--model or --reference"
-    p.add_argument("--image-size", type=int, metavar="N",
-                   help="resize and crop images to N px (without it: the preprocessing recorded with "
-                        f"{recorded}, else the model's own: timm's data config, the torchvision weights' "
-                        "transforms, the input_size a file.py:function declares)")
-    p.add_argument("--transform", metavar="TEXT",
-                   help="override preprocessing keys after --image-size, as KEY=VALUE pairs joined by commas: "
-                        "resize=R, crop=C, mean=R,G,B, std=R,G,B, interpolation=bilinear|bicubic|nearest|..., "
-                        "crop_mode=center|squash; keys left out keep the model's values")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        metavar="N",
+        help="resize and crop images to N px (without it: the preprocessing recorded with "
+        f"{recorded}, else the model's own: timm's data config, the torchvision weights' "
+        "transforms, the input_size a file.py:function declares)",
+    )
+    p.add_argument(
+        "--transform",
+        metavar="TEXT",
+        help="override preprocessing keys after --image-size, as KEY=VALUE pairs joined by commas: "
+        "resize=R, crop=C, mean=R,G,B, std=R,G,B, interpolation=bilinear|bicubic|nearest|..., "
+        "crop_mode=center|squash; keys left out keep the model's values",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (the same command twice reuses it)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=128, help="mini-batch size per process")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding")
-    p.add_argument("--label-noise", type=float, default=0.0, metavar="RATE",
-                   help="inject label noise at RATE in [0, 1) to evaluate detection (default 0: none)")
-    p.add_argument("--noise-type", choices=choices.NOISE_TYPES, default="symmetric",
-                   help="symmetric: exactly int(RATE*N) labels flipped to a random other class; asymmetric: the "
-                        "CIFAR-10 class-pair map (truck->automobile, bird->airplane, deer->horse, cat<->dog)")
+    p.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="inject label noise at RATE in [0, 1) to evaluate detection (default 0: none)",
+    )
+    p.add_argument(
+        "--noise-type",
+        choices=choices.NOISE_TYPES,
+        default="symmetric",
+        help="symmetric: exactly int(RATE*N) labels flipped to a random other class; asymmetric: the "
+        "CIFAR-10 class-pair map (truck->automobile, bird->airplane, deer->horse, cat<->dog)",
+    )
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the injected noise")
     p.add_argument("--seed", type=int, default=0, help="seed of init and shuffling")
-    vote = ("weight (weight >= 1/B) on a labelled pool, gmm (two-group split of each epoch's proj) on image-text pairs"
-            if command == "train" else "proj: keep when proj >= 0")
-    p.add_argument("--binarise", dest="binarisation", default=None, choices=choices.BINARISATIONS,
-                   help=f"Stage-2 per-epoch vote (default {vote})")
-    p.add_argument("--aggregate", dest="aggregation", default="majority", choices=choices.AGGREGATIONS,
-                   help="Stage-2 vote over epochs")
-    p.add_argument("--trust-checkpoint", dest="trust_pickle", action="store_true",
-                   help="allow checkpoints that run code: pickled whole models, and dual-encoder files whose recorded "
-                        "architecture names a file.py:function or module:function to import (only for files you trust)")
+    vote = (
+        "weight (weight >= 1/B) on a labelled pool, gmm (two-group split of each epoch's proj) on image-text pairs"
+        if command == "train"
+        else "proj: keep when proj >= 0"
+    )
+    p.add_argument(
+        "--binarise",
+        dest="binarisation",
+        default=None,
+        choices=choices.BINARISATIONS,
+        help=f"Stage-2 per-epoch vote (default {vote})",
+    )
+    p.add_argument(
+        "--aggregate",
+        dest="aggregation",
+        default="majority",
+        choices=choices.AGGREGATIONS,
+        help="Stage-2 vote over epochs",
+    )
+    p.add_argument(
+        "--trust-checkpoint",
+        dest="trust_pickle",
+        action="store_true",
+        help="allow checkpoints that run code: pickled whole models, and dual-encoder files whose recorded "
+        "architecture names a file.py:function or module:function to import (only for files you trust)",
+    )
     p.add_argument("--force", action="store_true", help="recompute even when --out already holds this run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train plainly (to make a reference) or with Grad-Mimic, recording scores per "
-                       "sample per epoch",
-                       description="Without --reference: plain training (save it with --save-model to use as a "
-                       "reference). With --reference: Grad-Mimic. Every sample's proj, weight, loss and prediction are "
-                       "recorded at every epoch; Stage 2 turns them into mimic_score and keep. Use --linear-probe with "
-                       "--init or --pretrained for the valid protocol (model and reference share a frozen backbone). "
-                       "Under torchrun each process takes a part of the data.")
+    p = sub.add_parser(
+        "train",
+        help="train plainly (to make a reference) or with Grad-Mimic, recording scores per sample per epoch",
+        description="Without --reference: plain training (save it with --save-model to use as a "
+        "reference). With --reference: Grad-Mimic. Every sample's proj, weight, loss and prediction are "
+        "recorded at every epoch; Stage 2 turns them into mimic_score and keep. Use --linear-probe with "
+        "--init or --pretrained for the valid protocol (model and reference share a frozen backbone). "
+        "Under torchrun each process takes a part of the data.",
+    )
     _add_run_options(p, "train")
-    p.add_argument("--init", metavar="CKPT",
-                   help="initial weights (a pretrained backbone): a .pt/.pth/.safetensors state dict or a model folder "
-                        "(model.safetensors + config.json, e.g. a timm repository from the Hugging Face Hub); the "
-                        "head is skipped if its shape differs, and preprocessing recorded with it is used")
+    p.add_argument(
+        "--init",
+        metavar="CKPT",
+        help="initial weights (a pretrained backbone): a .pt/.pth/.safetensors state dict or a model folder "
+        "(model.safetensors + config.json, e.g. a timm repository from the Hugging Face Hub); the "
+        "head is skipped if its shape differs, and preprocessing recorded with it is used",
+    )
     p.add_argument(
         "--reference", metavar="CKPT", help="the better model (same architecture and classes); enables Grad-Mimic"
     )
@@ -164,16 +220,24 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="weight decay of the optimizer")
     p.add_argument("--optimizer", choices=choices.OPTIMIZERS, default="adamw", help="optimizer")
-    p.add_argument("--method", choices=choices.METHODS, default="normed_proj",
-                   help="Stage-1 weighting")
+    p.add_argument("--method", choices=choices.METHODS, default="normed_proj", help="Stage-1 weighting")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T of normed_* methods")
-    p.add_argument("--reweight", choices=choices.REWEIGHTS, default="head",
-                   help="re-weight the mimic layers only, or every trainable parameter")
+    p.add_argument(
+        "--reweight",
+        choices=choices.REWEIGHTS,
+        default="head",
+        help="re-weight the mimic layers only, or every trainable parameter",
+    )
     p.add_argument(
         "--starting-epoch", type=int, default=0, help="train plainly before this epoch (scores still recorded)"
     )
-    p.add_argument("--reference-noise", type=float, default=0.0, metavar="SIGMA",
-                   help="Gaussian noise added to the reference's head weights (robustness probe)")
+    p.add_argument(
+        "--reference-noise",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="Gaussian noise added to the reference's head weights (robustness probe)",
+    )
     p.add_argument(
         "--test-data",
         metavar="SPEC",
@@ -185,9 +249,14 @@ def _add_train(sub) -> None:
         help="save the trained weights (state dict + PATH.meta.json; image-text "
         "pairs: a dual-encoder checkpoint that score --model/--reference loads)",
     )
-    p.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
-                   help="write recorded epochs and a resumable state at most this often, and after the last epoch "
-                        "(0: after every epoch); a killed run repeats at most this much work")
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="write recorded epochs and a resumable state at most this often, and after the last epoch "
+        "(0: after every epoch); a killed run repeats at most this much work",
+    )
     _add_pair_train_options(p)
     p.set_defaults(func=_cmd_train)
 
@@ -231,8 +300,12 @@ def _add_pair_train_options(p) -> None:
         "same --seed started from these very values: --init CKPT --fresh-projections restarts its "
         "projections from its own initial weights)",
     )
-    pairs.add_argument("--mimic-layer", choices=choices.MIMIC_LAYERS, default=None,
-                       help="Grad-Mimic re-weights the gradient of this tower's last linear projection (default text)")
+    pairs.add_argument(
+        "--mimic-layer",
+        choices=choices.MIMIC_LAYERS,
+        default=None,
+        help="Grad-Mimic re-weights the gradient of this tower's last linear projection (default text)",
+    )
     pairs.add_argument(
         "--caption-noise",
         type=float,
@@ -307,10 +380,13 @@ def _cmd_train(args) -> int:
 
 
 def _add_score(sub) -> None:
-    p = sub.add_parser("score", help="score every sample of a pool with one fixed checkpoint against a reference",
-                       description="Mimic scores of --model against --reference for every sample (one ordered pass, "
-                       "streamed to disk in chunks; a killed run resumes). Stage 2 for one checkpoint votes keep when "
-                       "proj >= 0 by default. Under torchrun each process scores a disjoint part.")
+    p = sub.add_parser(
+        "score",
+        help="score every sample of a pool with one fixed checkpoint against a reference",
+        description="Mimic scores of --model against --reference for every sample (one ordered pass, "
+        "streamed to disk in chunks; a killed run resumes). Stage 2 for one checkpoint votes keep when "
+        "proj >= 0 by default. Under torchrun each process scores a disjoint part.",
+    )
     _add_run_options(p, "score")
     p.set_defaults(binarisation="proj")
     p.add_argument("--model", required=True, metavar="CKPT", help="the checkpoint to score")
@@ -342,9 +418,13 @@ def _add_pair_score_options(p) -> None:
         "of the batch are its negatives), so its mimic score is relative to that batch: samples.parquet records "
         "score_batch and batch_size. Batches follow the pool's order; a pair is never scored alone.",
     )
-    pairs.add_argument("--mimic-layer", choices=choices.MIMIC_LAYERS, default=argparse.SUPPRESS,
-                       help="score the last linear projection of this tower (text when neither this nor --params names "
-                            "the mimic layers)")
+    pairs.add_argument(
+        "--mimic-layer",
+        choices=choices.MIMIC_LAYERS,
+        default=argparse.SUPPRESS,
+        help="score the last linear projection of this tower (text when neither this nor --params names "
+        "the mimic layers)",
+    )
     pairs.add_argument(
         "--caption-noise",
         type=float,
@@ -377,9 +457,18 @@ array of dtype [('f0','<u8'),('f1','<u8')], high and low 64 bits; every sample i
 32-hex-digit uid)."""
 
 #: --rule KIND words -> FilterRule kinds (the long names are accepted too)
-RULE_KINDS = {"min": "threshold", "threshold": "threshold", "drop": "quantile", "quantile": "quantile",
-              "top": "top_fraction", "top_fraction": "top_fraction", "top-fraction": "top_fraction",
-              "count": "keep_count", "keep_count": "keep_count", "keep-count": "keep_count"}
+RULE_KINDS = {
+    "min": "threshold",
+    "threshold": "threshold",
+    "drop": "quantile",
+    "quantile": "quantile",
+    "top": "top_fraction",
+    "top_fraction": "top_fraction",
+    "top-fraction": "top_fraction",
+    "count": "keep_count",
+    "keep_count": "keep_count",
+    "keep-count": "keep_count",
+}
 
 
 def _parse_rule(text: str):
@@ -429,15 +518,23 @@ def _add_export(sub) -> None:
     )
     rule.add_argument("--top-fraction", type=float, metavar="F", help="keep the highest F fraction")
     rule.add_argument("--keep-count", type=int, metavar="N", help="keep the N highest-scoring samples")
-    rule.add_argument("--rule", action="append", metavar="COLUMN:KIND=VALUE",
-                      help="one rule of an AND (repeatable; see 'filters' below)")
+    rule.add_argument(
+        "--rule",
+        action="append",
+        metavar="COLUMN:KIND=VALUE",
+        help="one rule of an AND (repeatable; see 'filters' below)",
+    )
     rule.add_argument("--spec", metavar="SPEC_JSON", help="re-apply a saved filter spec (refused on another run)")
     p.add_argument(
         "--per-class", action="store_true", help="resolve --quantile / --top-fraction / --keep-count within each class"
     )
     p.add_argument("--column", default=None, help="score column of a one-rule filter (default mimic_score)")
-    p.add_argument("--format", choices=["csv", "json", "parquet", "npy", "uids"], default=None,
-                   help="file format (default: from --out's extension); see 'formats' below")
+    p.add_argument(
+        "--format",
+        choices=["csv", "json", "parquet", "npy", "uids"],
+        default=None,
+        help="file format (default: from --out's extension); see 'formats' below",
+    )
     p.add_argument("--out", required=True, help="file to write; FILE.spec.json is written beside it")
     p.set_defaults(func=_cmd_export)
 
@@ -450,8 +547,10 @@ def _export_rule(args, run):
 
     if args.rule:
         if args.per_class or args.column:
-            raise UserError("with --rule, write the column and ':per-class' into each rule "
-                            "(e.g. --rule mimic_score:drop=15%:per-class), not --column / --per-class")
+            raise UserError(
+                "with --rule, write the column and ':per-class' into each rule "
+                "(e.g. --rule mimic_score:drop=15%:per-class), not --column / --per-class"
+            )
         return all_of([_parse_rule(text) for text in args.rule]), None
     if args.spec:
         spec = read_spec_file(args.spec)
@@ -459,9 +558,16 @@ def _export_rule(args, run):
     column = args.column or "mimic_score"
     if args.ensemble:
         return FilterRule("ensemble", None, column, args.per_class), None
-    kind, value = next((k, v) for k, v in (("threshold", args.threshold), ("quantile", args.quantile),
-                                           ("top_fraction", args.top_fraction), ("keep_count", args.keep_count))
-                       if v is not None)
+    kind, value = next(
+        (k, v)
+        for k, v in (
+            ("threshold", args.threshold),
+            ("quantile", args.quantile),
+            ("top_fraction", args.top_fraction),
+            ("keep_count", args.keep_count),
+        )
+        if v is not None
+    )
     return FilterRule(kind, value, column, args.per_class), None
 
 
@@ -498,8 +604,11 @@ def _cmd_export(args) -> int:
 
 
 def _add_runs(sub) -> None:
-    p = sub.add_parser("runs", help="list the runs in a folder with status, data, size and date",
-                       description="List run directories under DIR (children and grandchildren), newest first.")
+    p = sub.add_parser(
+        "runs",
+        help="list the runs in a folder with status, data, size and date",
+        description="List run directories under DIR (children and grandchildren), newest first.",
+    )
     p.add_argument("folder", nargs="?", default=".", help="folder holding runs (default: current folder)")
     p.set_defaults(func=_cmd_runs)
 
@@ -520,8 +629,10 @@ def _cmd_runs(args) -> int:
         data = str(e.meta.get("source", {}).get("spec") or e.meta.get("config", {}).get("data", ""))
         created = e.created[:16].replace("T", " ")
         note = f"  ({e.note})" if e.note and not e.problem else ""
-        print(f"{e.status:<10}{samples!s:>9}{_megabytes(e.path):>8.1f}  {created:<17} {e.run_id:<22} {data[:40]:<40} "
-              f"{e.path}{note}")
+        print(
+            f"{e.status:<10}{samples!s:>9}{_megabytes(e.path):>8.1f}  {created:<17} {e.run_id:<22} {data[:40]:<40} "
+            f"{e.path}{note}"
+        )
     unreadable = [e for e in entries if e.problem]
     for e in unreadable:
         print(f"error: {e.problem}", file=sys.stderr)
@@ -541,9 +652,12 @@ def _megabytes(path: Path) -> float:
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="open the explorer app on a run (panel serve)",
-                       description="Serve the explorer on RUN (a run directory or a folder of runs). Binds to "
-                       "localhost. Ctrl-C or SIGTERM stops the server (and anything it started).")
+    p = sub.add_parser(
+        "serve",
+        help="open the explorer app on a run (panel serve)",
+        description="Serve the explorer on RUN (a run directory or a folder of runs). Binds to "
+        "localhost. Ctrl-C or SIGTERM stops the server (and anything it started).",
+    )
     p.add_argument("run", nargs="?", help="run directory (default: the cached demo run)")
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     p.add_argument("--address", default="localhost", help="address to bind (default localhost)")
@@ -581,8 +695,19 @@ def _cmd_serve(args) -> int:
     from mimic_explorer.util.process_group import run_process_group
 
     app = Path(__file__).with_name("app.py")
-    command = [sys.executable, "-m", "panel", "serve", str(app), "--port", str(args.port),
-               "--address", args.address, "--allow-websocket-origin", f"{args.address}:{args.port}"]
+    command = [
+        sys.executable,
+        "-m",
+        "panel",
+        "serve",
+        str(app),
+        "--port",
+        str(args.port),
+        "--address",
+        args.address,
+        "--allow-websocket-origin",
+        f"{args.address}:{args.port}",
+    ]
     if args.show:
         command.append("--show")
     if args.run:

@@ -15,7 +15,10 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "mimic_explorer", *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
     )
 
 
@@ -27,16 +30,30 @@ def run_cli_killed(after: int, match: str, *args: str, timeout: float = 300) -> 
     name contains ``match`` (``tests/faults/killer.py``); return the completed process. Why not a kill
     sent by the test once such a file shows up: a fast run may finish in between, and the test would
     then look at a complete run instead of a killed one."""
-    env = {**os.environ, "PYTHONPATH": str(KILLER.parents[2]), "MIMIC_EXPLORER_KILL_AFTER": str(after),
-           "MIMIC_EXPLORER_KILL_MATCH": match}
-    return subprocess.run([sys.executable, str(KILLER), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(KILLER.parents[2]),
+        "MIMIC_EXPLORER_KILL_AFTER": str(after),
+        "MIMIC_EXPLORER_KILL_MATCH": match,
+    }
+    return subprocess.run(
+        [sys.executable, str(KILLER), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def run_torchrun(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``torchrun --standalone --nproc_per_node=2 -m mimic_explorer ARGS`` (gloo on the CPU, one
     thread a process so the two ranks share the machine fairly) and return the completed process."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "mimic_explorer", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mimic_explorer",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -21,8 +21,8 @@ from mimic_explorer.data.specs import open_source
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer
-from mimic_explorer.tasks.dual_models import dual_transform
 from mimic_explorer.scoring.contrastive import InfoNCELoss
+from mimic_explorer.tasks.dual_models import dual_transform
 from tests.subset_helpers import shard_excerpt
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
@@ -39,11 +39,14 @@ def flickr_pool(path: Path, count: int, shard: str = "dev-00.tar") -> Path:
 def tiny_dual(captions, seed: int = 0):
     torch.manual_seed(seed)
     tokenizer = WordTokenizer.from_captions(captions, context_length=12)
-    return build_small_dual_encoder("small_cnn", tokenizer, embed_dim=16, input_shape=SHAPE, word_dim=16,
-                                    text_hidden=32, text_width=32)
+    return build_small_dual_encoder(
+        "small_cnn", tokenizer, embed_dim=16, input_shape=SHAPE, word_dim=16, text_hidden=32, text_width=32
+    )
 
 
-def train_projections(model, images: torch.Tensor, tokens: torch.Tensor, steps: int = 30, batch: int = 8, seed: int = 1):
+def train_projections(
+    model, images: torch.Tensor, tokens: torch.Tensor, steps: int = 30, batch: int = 8, seed: int = 1
+):
     """A copy of ``model`` whose projections and logit scale took ``steps`` Adam steps of plain InfoNCE."""
     reference = copy.deepcopy(model).train()
     trained = [reference.image_projection.weight, reference.text_projection.weight, reference.logit_scale]

@@ -32,8 +32,11 @@ def test_benchmarks_do_import_the_package():
 @pytest.mark.parametrize("module", sorted({m for _, m, _ in IMPORTS}))
 def test_every_name_a_benchmark_imports_exists(module):
     loaded = importlib.import_module(module)
-    missing = [f"{file}: {name}" for file, m, name in IMPORTS if m == module and not hasattr(loaded, name)
-               and not _is_submodule(module, name)]
+    missing = [
+        f"{file}: {name}"
+        for file, m, name in IMPORTS
+        if m == module and not hasattr(loaded, name) and not _is_submodule(module, name)
+    ]
     assert not missing, f"{module} has no {missing}"
 
 

@@ -31,8 +31,11 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 def _option_help(parser: argparse.ArgumentParser) -> dict[str, str]:
     """Each option's help as printed (wrapping undone)."""
     formatter = parser._get_formatter()
-    return {a.option_strings[-1]: " ".join(formatter._expand_help(a).split())
-            for a in parser._actions if a.option_strings and a.help}
+    return {
+        a.option_strings[-1]: " ".join(formatter._expand_help(a).split())
+        for a in parser._actions
+        if a.option_strings and a.help
+    }
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "score", "export", "runs", "serve"])
@@ -52,8 +55,10 @@ def test_train_and_score_show_their_own_words_or_the_value():
     train = _option_help(_subcommands()["train"])
     assert train["--batch-size"] == "mini-batch size per process (default: 128)"
     assert train["--label-noise"].endswith("(default 0: none)")
-    assert train["--binarise"] == ("Stage-2 per-epoch vote (default weight (weight >= 1/B) on a labelled pool, gmm "
-                                   "(two-group split of each epoch's proj) on image-text pairs)")
+    assert train["--binarise"] == (
+        "Stage-2 per-epoch vote (default weight (weight >= 1/B) on a labelled pool, gmm "
+        "(two-group split of each epoch's proj) on image-text pairs)"
+    )
     assert "default" not in train["--init"] and "default" not in train["--linear-probe"]
     score = _option_help(_subcommands()["score"])
     assert score["--binarise"] == "Stage-2 per-epoch vote (default proj: keep when proj >= 0)"
@@ -81,8 +86,12 @@ def read_only_folder(tmp_path):
         folder.chmod(0o755)
         return
     folder.chmod(0o755)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                             capture_output=True, check=False).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
     if not mounted:
         pytest.skip("this user can write anywhere and cannot mount a read-only folder")
     try:
@@ -93,10 +102,24 @@ def read_only_folder(tmp_path):
 
 def _command(name: str, out: Path, tmp_path: Path) -> list[str]:
     """The cheapest form of each run-making command (each is refused before it reads anything)."""
-    return {"demo": ["demo", "--epochs", "1", "--quiet", "--out", str(out)],
-            "train": ["train", "--data", "digits", "--arch", "mlp", "--epochs", "1", "--quiet", "--out", str(out)],
-            "score": ["score", "--data", "digits", "--arch", "mlp", "--model", str(tmp_path / "m.pt"),
-                      "--reference", str(tmp_path / "r.pt"), "--quiet", "--out", str(out)]}[name]
+    return {
+        "demo": ["demo", "--epochs", "1", "--quiet", "--out", str(out)],
+        "train": ["train", "--data", "digits", "--arch", "mlp", "--epochs", "1", "--quiet", "--out", str(out)],
+        "score": [
+            "score",
+            "--data",
+            "digits",
+            "--arch",
+            "mlp",
+            "--model",
+            str(tmp_path / "m.pt"),
+            "--reference",
+            str(tmp_path / "r.pt"),
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+    }[name]
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "score"])
@@ -124,12 +147,17 @@ def test_out_that_is_a_read_only_folder_is_one_line(read_only_folder, tmp_path, 
     assert list(read_only_folder.iterdir()) == []
 
 
-def test_save_model_onto_a_folder_or_into_a_read_only_one_is_refused_before_training(read_only_folder, tmp_path,
-                                                                                     capsys):
+def test_save_model_onto_a_folder_or_into_a_read_only_one_is_refused_before_training(
+    read_only_folder, tmp_path, capsys
+):
     out = tmp_path / "run"
-    for target, reason in ((tmp_path, f"--save-model {tmp_path} is a directory; name a file"),
-                           (read_only_folder / "m.pt", (f"cannot write --save-model {read_only_folder / 'm.pt'}: "
-                                                        f"{read_only_folder} is not writable"))):
+    for target, reason in (
+        (tmp_path, f"--save-model {tmp_path} is a directory; name a file"),
+        (
+            read_only_folder / "m.pt",
+            (f"cannot write --save-model {read_only_folder / 'm.pt'}: {read_only_folder} is not writable"),
+        ),
+    ):
         assert main([*_command("train", out, tmp_path), "--save-model", str(target)]) == 2
         assert _one_error_line(capsys) == f"error: {reason}"
         assert not out.exists()
@@ -165,10 +193,14 @@ def test_runs_lists_the_readable_runs_and_names_each_unreadable_one(tmp_path, ca
     assert {row.split()[0] for row in rows[1:]} == {"unreadable"}
     errors = sorted(err.strip().splitlines())
     assert errors == [
-        (f"error: {tmp_path / 'project' / 'wrong-kind' / 'meta.json'} cannot be read: 'summary' should be an "
-         "object, not a list ([1])"),
-        (f"error: {tmp_path / 'truncated' / 'meta.json'} cannot be read: Expecting property name enclosed in "
-         "double quotes: line 1 column 24 (char 23)"),
+        (
+            f"error: {tmp_path / 'project' / 'wrong-kind' / 'meta.json'} cannot be read: 'summary' should be an "
+            "object, not a list ([1])"
+        ),
+        (
+            f"error: {tmp_path / 'truncated' / 'meta.json'} cannot be read: Expecting property name enclosed in "
+            "double quotes: line 1 column 24 (char 23)"
+        ),
     ]
 
 
@@ -182,8 +214,10 @@ def test_a_meta_format_version_that_is_not_a_version_is_one_line_naming_file_and
     run = _set_meta(synthetic_run(tmp_path / "runs" / "run", n=50), format_version="9")
     keep = tmp_path / "keep.csv"
     assert main(["export", str(run), "--ensemble", "--out", str(keep)]) == 2
-    assert _one_error_line(capsys) == (f'error: {run / "meta.json"} cannot be read: format_version "9" is not a '
-                                       "format version (this mimic_explorer reads 0 to 1)")
+    assert _one_error_line(capsys) == (
+        f'error: {run / "meta.json"} cannot be read: format_version "9" is not a '
+        "format version (this mimic_explorer reads 0 to 1)"
+    )
     assert not keep.exists()
     assert main(["runs", str(tmp_path / "runs")]) == 2
     out, err = capsys.readouterr()
@@ -193,11 +227,15 @@ def test_a_meta_format_version_that_is_not_a_version_is_one_line_naming_file_and
 def test_a_meta_of_a_newer_format_is_one_line_on_open_and_listed_with_a_note(tmp_path, capsys):
     run = _set_meta(synthetic_run(tmp_path / "runs" / "run", n=50), format_version=9)
     assert main(["export", str(run), "--ensemble", "--out", str(tmp_path / "keep.csv")]) == 2
-    assert _one_error_line(capsys) == (f"error: {run / 'meta.json'} is format 9, written by a newer mimic_explorer "
-                                       "(this one reads formats up to 1); upgrade the package")
+    assert _one_error_line(capsys) == (
+        f"error: {run / 'meta.json'} is format 9, written by a newer mimic_explorer "
+        "(this one reads formats up to 1); upgrade the package"
+    )
     assert main(["runs", str(tmp_path / "runs")]) == 0
     row = capsys.readouterr().out.splitlines()[1]
-    assert row.startswith("complete") and row.endswith("(format 9: written by a newer mimic_explorer, upgrade to open it)")
+    assert row.startswith("complete") and row.endswith(
+        "(format 9: written by a newer mimic_explorer, upgrade to open it)"
+    )
 
 
 def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path, capsys):

@@ -18,14 +18,18 @@ STEPS = ("cuda_tests", "bench_scoring", "torchrun_nccl", "torchrun_train", "torc
 def test_the_dry_run_checks_every_step_and_records_it_as_skipped(tmp_path):
     out = tmp_path / "gpu"
     env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_DRY_RUN": "1"}
-    proc = subprocess.run(["bash", str(SCRIPT), str(out)], cwd=SCRIPT.parents[1], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(out)], cwd=SCRIPT.parents[1], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = (out / "results.md").read_text()
     assert "- mode: dry-run" in results and "steps not ok: 0" in results
-    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in results.splitlines()
-            if line.startswith("| ") and not line.startswith("| step") and not line.startswith("| ---")}
-    assert rows == {name: "skipped (no CUDA): ready" for name in STEPS}
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2].strip()
+        for line in results.splitlines()
+        if line.startswith("| ") and not line.startswith("| step") and not line.startswith("| ---")
+    }
+    assert rows == dict.fromkeys(STEPS, "skipped (no CUDA): ready")
     for name in STEPS:
         log = (out / f"{name}.log").read_text()
         assert "would run: " in log

@@ -127,4 +127,7 @@ def test_packages_import_only_downward():
 def test_an_upward_import_would_be_seen():
     graph = import_graph()
     assert any(_layer(_package(t)) < _layer(_package(m)) for m, ts in graph.items() for t in ts)  # downward ones exist
-    assert "mimic_explorer.commands.train" in graph and "mimic_explorer.training.loop" in graph["mimic_explorer.commands.train"]
+    assert (
+        "mimic_explorer.commands.train" in graph
+        and "mimic_explorer.training.loop" in graph["mimic_explorer.commands.train"]
+    )

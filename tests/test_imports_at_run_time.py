@@ -11,10 +11,22 @@ import subprocess
 import sys
 
 COMPUTE = [
-    "mimic_explorer.scoring", "mimic_explorer.data.specs", "mimic_explorer.models", "mimic_explorer.training.loop",
-    "mimic_explorer.stage2.votes", "mimic_explorer.filters", "mimic_explorer.store", "mimic_explorer.store.filter_files",
-    "mimic_explorer.commands.train", "mimic_explorer.commands.score", "mimic_explorer.commands.demo", "mimic_explorer.cli",
-    "mimic_explorer.training.towers", "mimic_explorer.training.loss_step", "mimic_explorer.tasks", "mimic_explorer.tasks.pairs",
+    "mimic_explorer.scoring",
+    "mimic_explorer.data.specs",
+    "mimic_explorer.models",
+    "mimic_explorer.training.loop",
+    "mimic_explorer.stage2.votes",
+    "mimic_explorer.filters",
+    "mimic_explorer.store",
+    "mimic_explorer.store.filter_files",
+    "mimic_explorer.commands.train",
+    "mimic_explorer.commands.score",
+    "mimic_explorer.commands.demo",
+    "mimic_explorer.cli",
+    "mimic_explorer.training.towers",
+    "mimic_explorer.training.loss_step",
+    "mimic_explorer.tasks",
+    "mimic_explorer.tasks.pairs",
     "mimic_explorer.models.dual_checkpoint",
 ]
 
@@ -34,5 +46,9 @@ def test_compute_code_never_imports_panel():
 def test_scoring_imports_no_other_layer_than_the_head_finder():
     loaded = _modules_after_import(["mimic_explorer.scoring"])
     ours = {m for m in loaded if m.startswith("mimic_explorer.") and not m.startswith("mimic_explorer.scoring")}
-    assert ours <= {"mimic_explorer.models", "mimic_explorer.models.heads", "mimic_explorer.util", "mimic_explorer.util.choices"}, \
-        sorted(ours)
+    assert ours <= {
+        "mimic_explorer.models",
+        "mimic_explorer.models.heads",
+        "mimic_explorer.util",
+        "mimic_explorer.util.choices",
+    }, sorted(ours)

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, *, process: subprocess.Popen | None = None,
-             interval: float = 0.05) -> T:
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    process: subprocess.Popen | None = None,
+    interval: float = 0.05,
+) -> T:
     """Poll ``predicate`` until it returns a true value, and return that value.
 
     Parameters

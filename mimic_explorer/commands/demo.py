@@ -108,8 +108,14 @@ class _DemoInputs:
 DemoRun = RunContext[_DemoOptions, _DemoInputs]
 
 
-def build_demo(out: str, config: DemoConfig | None = None, progress: Progress | None = None, *,
-               force: bool = False, log: Log | None = None) -> dict:
+def build_demo(
+    out: str,
+    config: DemoConfig | None = None,
+    progress: Progress | None = None,
+    *,
+    force: bool = False,
+    log: Log | None = None,
+) -> dict:
     """Write a complete demo run into ``out`` (or find it there already) and return its summary.
 
     The demo shows the whole tool in seconds on a CPU and needs nothing downloaded: the digits, label
@@ -192,11 +198,19 @@ def _run(run: DemoRun) -> RunOutcome:
         return lambda done, total: progress(name, done, total)
 
     reference = clone_model(init)
-    train(reference, TensorBatches(x_pool, y_clean, config.batch_size, config.seed + 1),
-          TrainConfig(epochs=config.reference_epochs, **base), progress=stage("reference (clean labels)"))
+    train(
+        reference,
+        TensorBatches(x_pool, y_clean, config.batch_size, config.seed + 1),
+        TrainConfig(epochs=config.reference_epochs, **base),
+        progress=stage("reference (clean labels)"),
+    )
     plain = clone_model(init)
-    train(plain, TensorBatches(x_pool, y_noisy, config.batch_size, config.seed),
-          TrainConfig(epochs=config.epochs, **base), progress=stage("plain training (noisy labels)"))
+    train(
+        plain,
+        TensorBatches(x_pool, y_noisy, config.batch_size, config.seed),
+        TrainConfig(epochs=config.epochs, **base),
+        progress=stage("plain training (noisy labels)"),
+    )
 
     model = clone_model(init)
     gm_config = TrainConfig(epochs=config.epochs, method=config.method, temperature=config.temperature, **base)
@@ -207,8 +221,14 @@ def _run(run: DemoRun) -> RunOutcome:
         writer.write_scores(layout.epoch_part(record.epoch), frame)
         parts.append(frame)
 
-    result = train(model, TensorBatches(x_pool, y_noisy, config.batch_size, config.seed), gm_config,
-                   reference=reference, on_epoch=on_epoch, progress=stage("Grad-Mimic (noisy labels)"))
+    result = train(
+        model,
+        TensorBatches(x_pool, y_noisy, config.batch_size, config.seed),
+        gm_config,
+        reference=reference,
+        on_epoch=on_epoch,
+        progress=stage("Grad-Mimic (noisy labels)"),
+    )
     scores = pd.concat(parts, ignore_index=True)
 
     signals = evaluate_signals(model, reference, x_pool, y_noisy)
@@ -241,8 +261,9 @@ def _run(run: DemoRun) -> RunOutcome:
         "true_quality": float(1.0 - noisy.is_noisy.mean()),
         "detection": evaluation["mimic_score"],
     }
-    writer.meta.fingerprints.update(reference_init=state_fingerprint(init.state_dict()),
-                                    reference=state_fingerprint(reference.state_dict()))
+    writer.meta.fingerprints.update(
+        reference_init=state_fingerprint(init.state_dict()), reference=state_fingerprint(reference.state_dict())
+    )
     writer.meta.evaluation = evaluation
     writer.meta.timings["grad_mimic_s"] = result.seconds
     return run.outcome(summary)

@@ -248,8 +248,10 @@ def add_stage2(
     order = np.argsort(positions, kind="stable")
     frame = frame.iloc[order].reset_index(drop=True)
     rows = stage2.sort_rows(scores[[c for c in scores.columns if c in (*ROW_COLUMNS, "loss", "pred")]])
-    finisher = _Finisher(Stage2Options(binarisation, aggregation, cap=cap),
-                         int(positions.max()) + 1 if total is None and len(positions) else (total or 0))
+    finisher = _Finisher(
+        Stage2Options(binarisation, aggregation, cap=cap),
+        int(positions.max()) + 1 if total is None and len(positions) else (total or 0),
+    )
     finisher.observe(frame, rows)
     finisher.fit()
     out = finisher.finish(frame, rows)
@@ -267,8 +269,9 @@ class _Scratch:
 
     def put(self, frame: pd.DataFrame) -> None:
         """Append one range's base frame as the next row group (the schema of the first one holds for all)."""
-        table = pa.Table.from_pandas(frame, preserve_index=False,
-                                     schema=None if self._writer is None else self._writer.schema)
+        table = pa.Table.from_pandas(
+            frame, preserve_index=False, schema=None if self._writer is None else self._writer.schema
+        )
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.path, table.schema)
         self._writer.write_table(table, row_group_size=max(1, table.num_rows))
@@ -310,8 +313,9 @@ def finish_samples(writer: RunWriter, pool: PoolView, options: Stage2Options) ->
     layout = writer.layout
     scores = ScoreRows(layout) if options.scored else None
     if scores is not None and scores.available and not scores.positioned:
-        raise ValueError("the run's score parts have no position column; they were written by an older version "
-                         "(rerun with --force)")
+        raise ValueError(
+            "the run's score parts have no position column; they were written by an older version (rerun with --force)"
+        )
     columns = [c for c in (*ROW_COLUMNS, "loss", "pred") if scores is not None and c in scores.columns]
     finisher = _Finisher(options, pool.size)
     scratch = _Scratch(layout) if pool.signals is not None else None
@@ -398,11 +402,15 @@ def format_evaluation(evaluation: dict[str, dict[str, float]]) -> str:
         return ""
     lines = [f"{'signal':<16}{'AUROC':>8}{'AP':>8}{'prec':>8}{'recall':>8}{'F1':>8}"]
     for name, m in evaluation.items():
-        lines.append(f"{name:<16}{m['auroc']:>8.3f}{m['ap']:>8.3f}{m.get('precision', float('nan')):>8.3f}"
-                     f"{m.get('recall', float('nan')):>8.3f}{m.get('f1', float('nan')):>8.3f}")
+        lines.append(
+            f"{name:<16}{m['auroc']:>8.3f}{m['ap']:>8.3f}{m.get('precision', float('nan')):>8.3f}"
+            f"{m.get('recall', float('nan')):>8.3f}{m.get('f1', float('nan')):>8.3f}"
+        )
     m = evaluation["mimic_score"]
-    lines.append(f"quality: estimated {m['estimated_quality']:.3f}, true {m['true_quality']:.3f} "
-                 f"(error {m['quality_error']:+.3f})")
+    lines.append(
+        f"quality: estimated {m['estimated_quality']:.3f}, true {m['true_quality']:.3f} "
+        f"(error {m['quality_error']:+.3f})"
+    )
     if "combined_score" in evaluation:
         c = evaluation["combined_score"]
         lines.append(

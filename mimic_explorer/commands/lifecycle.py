@@ -101,8 +101,15 @@ def _to_stderr(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def run_lifecycle(options: Options, prepare: Prepare, work: Work, *, resumable: bool = True,
-                  progress: Progress | None = None, log: Log | None = None) -> RunOutcome:
+def run_lifecycle(
+    options: Options,
+    prepare: Prepare,
+    work: Work,
+    *,
+    resumable: bool = True,
+    progress: Progress | None = None,
+    log: Log | None = None,
+) -> RunOutcome:
     """Make the run ``options`` describe — or return the finished one ``--out`` already holds, or
     resume the unfinished one (when ``resumable``), or refuse a different one — and return its outcome.
 
@@ -112,8 +119,16 @@ def run_lifecycle(options: Options, prepare: Prepare, work: Work, *, resumable: 
     dist = init_distributed(_backend_device(options.device))
     try:
         device = resolve_device(options.device, dist)
-        return _live(options, prepare, work, dist, device, resumable,
-                     progress or (lambda stage, done, total: None), log or _to_stderr)
+        return _live(
+            options,
+            prepare,
+            work,
+            dist,
+            device,
+            resumable,
+            progress or (lambda stage, done, total: None),
+            log or _to_stderr,
+        )
     finally:
         dist.close()
 
@@ -122,8 +137,16 @@ def _backend_device(device: str) -> str:
     return "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def _live(options: Options, prepare: Prepare, work: Work, dist: DistContext, device: str, resumable: bool,
-          progress: Progress, log: Log) -> RunOutcome:
+def _live(
+    options: Options,
+    prepare: Prepare,
+    work: Work,
+    dist: DistContext,
+    device: str,
+    resumable: bool,
+    progress: Progress,
+    log: Log,
+) -> RunOutcome:
     prepared = prepare(options, dist, device)
     layout = RunLayout(options.out)
     run_id = make_run_id(options.command, options.identity(), prepared.fingerprints)
@@ -135,7 +158,8 @@ def _live(options: Options, prepare: Prepare, work: Work, dist: DistContext, dev
         _check_same_process_count(layout, dist, options.command)
     writer = _open_writer(options, dist, layout, run_id, device, prepared, resuming)
     tee_log(layout.log, lambda text: None, dist.rank)(
-        f"{options.describe()} -> {layout.root} (device {device}, {dist.world} process(es))")
+        f"{options.describe()} -> {layout.root} (device {device}, {dist.world} process(es))"
+    )
     log = tee_log(layout.log, log, dist.rank)
     if dist.is_main:
         for warning in prepared.warnings:
@@ -157,12 +181,15 @@ def _check_same_process_count(layout: RunLayout, dist: DistContext, command: str
     started = read_run_meta(layout.root).world_size
     if started and started != dist.world:
         how = "without torchrun" if started == 1 else f"under torchrun --nproc_per_node={started} (in all)"
-        raise ValueError(f"{layout.root} holds an unfinished {command} run started with {started} process(es), and "
-                         f"this one has {dist.world}: resume it {how}, or pass --force to start it afresh")
+        raise ValueError(
+            f"{layout.root} holds an unfinished {command} run started with {started} process(es), and "
+            f"this one has {dist.world}: resume it {how}, or pass --force to start it afresh"
+        )
 
 
-def _open_writer(options: RunSpec, dist: DistContext, layout: RunLayout, run_id: str, device: str,
-                 prepared: Prepared, resuming: bool) -> RunWriter | None:
+def _open_writer(
+    options: RunSpec, dist: DistContext, layout: RunLayout, run_id: str, device: str, prepared: Prepared, resuming: bool
+) -> RunWriter | None:
     """Rank 0 creates and locks the run directory, clears what a fresh run must not inherit and
     records what is known; every rank learns whether it could (so none waits on a refused run)."""
     writer, failure = None, None
@@ -179,15 +206,21 @@ def _open_writer(options: RunSpec, dist: DistContext, layout: RunLayout, run_id:
     return writer
 
 
-def _start_writer(options: RunSpec, dist: DistContext, layout: RunLayout, run_id: str, device: str,
-                  prepared: Prepared, resuming: bool) -> RunWriter:
+def _start_writer(
+    options: RunSpec, dist: DistContext, layout: RunLayout, run_id: str, device: str, prepared: Prepared, resuming: bool
+) -> RunWriter:
     writer = RunWriter(layout.root, kind=options.command, config=options.to_dict())  # the lock comes first
     try:
         if not resuming:
             layout.clear_score_parts()
             layout.state.unlink(missing_ok=True)
-        writer.meta.set(run_id=run_id, fingerprints=dict(prepared.fingerprints), device=device,
-                        world_size=dist.world, **prepared.facts)
+        writer.meta.set(
+            run_id=run_id,
+            fingerprints=dict(prepared.fingerprints),
+            device=device,
+            world_size=dist.world,
+            **prepared.facts,
+        )
         for warning in prepared.warnings:
             writer.warn(warning)
         writer.flush_meta()

@@ -32,8 +32,18 @@ from mimic_explorer.util.choices import (
 #: fields that change how a run is made or reported but not what it computes
 #: (``subset`` is the keep-list's path: its content hash is a fingerprint of the run instead, so a moved
 #: or re-saved file with the same ids is the same run)
-NON_IDENTITY = ("out", "force", "quiet", "save_model", "device", "workers", "trust_pickle", "chunk_size",
-                "checkpoint_every", "subset")
+NON_IDENTITY = (
+    "out",
+    "force",
+    "quiet",
+    "save_model",
+    "device",
+    "workers",
+    "trust_pickle",
+    "chunk_size",
+    "checkpoint_every",
+    "subset",
+)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -47,8 +57,10 @@ def _validate_image_text_options(options: Any) -> None:
     layer = getattr(options, "mimic_layer", None)
     params = getattr(options, "params", "head")  # train has no --params
     _require(layer in (None, *MIMIC_LAYERS), f"--mimic-layer must be image or text, got {layer!r}")
-    _require(layer is None or params == "head",
-             f"give either --mimic-layer {layer} or --params {params}, not both (both name the mimic layers)")
+    _require(
+        layer is None or params == "head",
+        f"give either --mimic-layer {layer} or --params {params}, not both (both name the mimic layers)",
+    )
     rate = getattr(options, "caption_noise", 0.0)
     _require(0.0 <= rate < 1.0, f"--caption-noise must be in [0, 1), got {rate}")
     frozen = getattr(options, "frozen_towers", False)
@@ -56,12 +68,16 @@ def _validate_image_text_options(options: Any) -> None:
         not (frozen and getattr(options, "frozen_image_tower", False)),
         "give either --frozen-towers (both towers frozen) or --frozen-image-tower (the text tower trains), not both",
     )
-    _require(not (frozen and getattr(options, "all_captions", False)),
-             "--all-captions draws a caption each time a photo enters a batch, which needs a text tower that runs "
-             "every step; --frozen-towers computes each pair's tower outputs once: drop one of them")
-    _require(not (rate and getattr(options, "all_captions", False)),
-             "--all-captions trains on each photo's own captions; with --caption-noise the swapped captions would "
-             "be mixed with the true ones: drop one of them")
+    _require(
+        not (frozen and getattr(options, "all_captions", False)),
+        "--all-captions draws a caption each time a photo enters a batch, which needs a text tower that runs "
+        "every step; --frozen-towers computes each pair's tower outputs once: drop one of them",
+    )
+    _require(
+        not (rate and getattr(options, "all_captions", False)),
+        "--all-captions trains on each photo's own captions; with --caption-noise the swapped captions would "
+        "be mixed with the true ones: drop one of them",
+    )
 
 
 @dataclass
@@ -150,16 +166,21 @@ class CommonOptions:
         _require(bool(self.arch), "--arch is required")
         _require(bool(str(self.out)), "--out is required")
         _require(0.0 <= self.label_noise < 1.0, f"--label-noise must be in [0, 1), got {self.label_noise}")
-        _require(self.noise_type in NOISE_TYPES,
-                 f"unknown --noise-type {self.noise_type!r}; choose symmetric or asymmetric")
+        _require(
+            self.noise_type in NOISE_TYPES, f"unknown --noise-type {self.noise_type!r}; choose symmetric or asymmetric"
+        )
         _require(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
         _require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         _require(self.reference_noise >= 0, f"--reference-noise must be >= 0, got {self.reference_noise}")
         _require(self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
-        _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
-                 f"unknown device {self.device!r}; use auto, cpu or cuda")
-        _require(self.binarisation is None or self.binarisation in BINARISATIONS,
-                 f"--binarise must be one of {', '.join(BINARISATIONS)}")
+        _require(
+            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+            f"unknown device {self.device!r}; use auto, cpu or cuda",
+        )
+        _require(
+            self.binarisation is None or self.binarisation in BINARISATIONS,
+            f"--binarise must be one of {', '.join(BINARISATIONS)}",
+        )
         _require(self.aggregation in AGGREGATIONS, f"--aggregate must be one of {', '.join(AGGREGATIONS)}")
         if self.subset is not None:
             check_keep_list_path(self.subset)
@@ -182,10 +203,12 @@ class CommonOptions:
                     "a file"
                 ),
             )
-            _require(not isinstance(self.pretrained, str),
-                     f"--pretrained {self.pretrained!r}: a TAG names open_clip weights; {family} models take no tag "
-                     "(timm: --arch timm:NAME.TAG; torchvision: --arch torchvision:NAME:WEIGHTS; --pretrained alone: "
-                     "the model's default weights)")
+            _require(
+                not isinstance(self.pretrained, str),
+                f"--pretrained {self.pretrained!r}: a TAG names open_clip weights; {family} models take no tag "
+                "(timm: --arch timm:NAME.TAG; torchvision: --arch torchvision:NAME:WEIGHTS; --pretrained alone: "
+                "the model's default weights)",
+            )
         check_image_size(self.image_size)
         if self.transform is not None:
             parse_transform_text(self.transform)
@@ -328,8 +351,10 @@ class ScoreOptions(CommonOptions):
         _require(self.score_method in SCORE_METHODS, f"unknown --method {self.score_method!r}; choose proj or cos")
         _require(self.chunk_size >= 1, f"--chunk-size must be >= 1, got {self.chunk_size}")
         _require(bool(self.mimic_params()), "--params names no parameter; use head, all or comma-separated names")
-        _require(not self.linear_probe or self.mimic_params() == "head",
-                 "--linear-probe scores the head only; drop --params or use --params head")
+        _require(
+            not self.linear_probe or self.mimic_params() == "head",
+            "--linear-probe scores the head only; drop --params or use --params head",
+        )
 
     def mimic_params(self) -> str | list[str]:
         """``--params`` as the scorer takes it: "head", "all", or a list of parameter names."""

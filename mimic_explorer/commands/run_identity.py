@@ -57,8 +57,9 @@ def _reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], N
     return state, None
 
 
-def agree_on_reuse(ctx: DistContext, out: Path, run_id: str, force: bool,
-                   log: Callable[[str], None]) -> tuple[str, dict | None]:
+def agree_on_reuse(
+    ctx: DistContext, out: Path, run_id: str, force: bool, log: Callable[[str], None]
+) -> tuple[str, dict | None]:
     """``_reuse_or_refuse`` decided once, by rank 0, and the same answer (or refusal) on every rank.
 
     Why: rank 0 starts writing ``meta.json`` as soon as it has decided; a slower rank reading the

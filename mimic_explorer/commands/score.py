@@ -160,16 +160,20 @@ def _finalize(run: ScoreRun, errors: ErrorLog, started: float) -> RunOutcome:
     task = job.task
     merged = pd.concat([errors.to_frame(), read_error_parts(layout)], ignore_index=True).drop_duplicates("sample_id")
     all_errors, bad = with_positions(merged, job.sample_ids)
-    finished = finish_samples(writer, PoolView(len(job.pool.source), bad, task.score_base_rows(job, layout)),
-                              Stage2Options(options.binarisation, options.aggregation,
-                                            losses_from_rows=task.losses_from_rows()))
+    finished = finish_samples(
+        writer,
+        PoolView(len(job.pool.source), bad, task.score_base_rows(job, layout)),
+        Stage2Options(options.binarisation, options.aggregation, losses_from_rows=task.losses_from_rows()),
+    )
     summary = {**finished.summary, "skipped": len(all_errors), **task.score_summary(job, options, layout, run.log)}
     summary.pop("true_quality", None)
     writer.write_errors(all_errors)
     drop_error_parts(layout)
     if len(all_errors):
         run.log(f"skipped {len(all_errors)} bad {task.noun}(s); see {layout.errors}")
-    writer.meta.set(evaluation=finished.evaluation, stage2={"binarisation": options.binarisation,
-                                                            "aggregation": options.aggregation},
-                    timings={"score_s": time.perf_counter() - started})
+    writer.meta.set(
+        evaluation=finished.evaluation,
+        stage2={"binarisation": options.binarisation, "aggregation": options.aggregation},
+        timings={"score_s": time.perf_counter() - started},
+    )
     return run.outcome(summary, report=format_evaluation(finished.evaluation))

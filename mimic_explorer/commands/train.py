@@ -118,25 +118,46 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
         if drift is not None:
             drift.per_epoch = list(saved.get("drift", []))  # the epochs measured before the run was stopped
         run.log(f"resuming {run.out} after epoch {saved_epoch}")
-    parts = EpochParts(layout, job.sample_ids[held.positions], ctx, last_epoch=options.epochs - 1,
-                       every_s=options.checkpoint_every, positions=held.positions)
+    parts = EpochParts(
+        layout,
+        job.sample_ids[held.positions],
+        ctx,
+        last_epoch=options.epochs - 1,
+        every_s=options.checkpoint_every,
+        positions=held.positions,
+    )
 
     def on_checkpoint(epoch, module, optimizer) -> None:
         if drift is not None:
             drift.measure(epoch)
         if parts.due(epoch):
-            parts.checkpoint(epoch, lambda: {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                                             "drift": [] if drift is None else list(drift.per_epoch)})
+            parts.checkpoint(
+                epoch,
+                lambda: {
+                    "model": module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "drift": [] if drift is None else list(drift.per_epoch),
+                },
+            )
 
     scored = models.reference is not None
     started = time.perf_counter()
     if start_epoch < options.epochs:
         try:
-            train(trained, batches, _config(options, run.device), reference=reference_part, on_epoch=parts.add,
-                  progress=lambda d, t: run.progress("Grad-Mimic" if scored else "training", d, t),
-                  start_epoch=start_epoch, optimizer_state=optimizer_state, on_checkpoint=on_checkpoint,
-                  grad_sync=ctx.average_gradients if ctx.active else None, steps_per_epoch=batches.plan.batch_count,
-                  **mode.loop_options())
+            train(
+                trained,
+                batches,
+                _config(options, run.device),
+                reference=reference_part,
+                on_epoch=parts.add,
+                progress=lambda d, t: run.progress("Grad-Mimic" if scored else "training", d, t),
+                start_epoch=start_epoch,
+                optimizer_state=optimizer_state,
+                on_checkpoint=on_checkpoint,
+                grad_sync=ctx.average_gradients if ctx.active else None,
+                steps_per_epoch=batches.plan.batch_count,
+                **mode.loop_options(),
+            )
         except NonFiniteLossError as exc:
             raise _non_finite(job, exc, held.positions) from None
     timings["train_s"] = time.perf_counter() - started
@@ -157,10 +178,17 @@ def _finalize(run: TrainRun, mode, held, batches, trained, errors: ErrorLog, dri
     errors_frame, bad = with_positions(errors.to_frame(), source.sample_ids)
     base, signals = task.train_rows(job, held, mode.signals(held, batches) if scored else None)
     binarisation = options.binarisation or task.default_binarisation()
-    finished = finish_samples(writer, PoolView(len(source), bad, base, signals),
-                              Stage2Options(binarisation, options.aggregation, scored=scored))
-    summary: dict = {"samples": finished.summary["samples"], "skipped": len(errors), "epochs": options.epochs,
-                     **task.train_summary(job, options, held, scored, run.log)}
+    finished = finish_samples(
+        writer,
+        PoolView(len(source), bad, base, signals),
+        Stage2Options(binarisation, options.aggregation, scored=scored),
+    )
+    summary: dict = {
+        "samples": finished.summary["samples"],
+        "skipped": len(errors),
+        "epochs": options.epochs,
+        **task.train_summary(job, options, held, scored, run.log),
+    }
     if scored:
         summary.update({k: v for k, v in finished.summary.items() if k != "samples"})
         writer.meta.evaluation = finished.evaluation

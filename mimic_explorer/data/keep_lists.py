@@ -55,8 +55,13 @@ class KeepList:
 
     def describe(self) -> dict:
         """What ``meta.json`` records about the keep-list (the ids themselves are not copied)."""
-        return {"path": str(Path(self.path).resolve()), "format": self.format, "ids": len(self.ids),
-                "rows": self.rows, "sha256": self.sha256}
+        return {
+            "path": str(Path(self.path).resolve()),
+            "format": self.format,
+            "ids": len(self.ids),
+            "rows": self.rows,
+            "sha256": self.sha256,
+        }
 
 
 def _keep_list_format(path: str | os.PathLike) -> str:
@@ -64,8 +69,10 @@ def _keep_list_format(path: str | os.PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in EXTENSIONS:
         known = ", ".join(sorted(EXTENSIONS))
-        raise KeepListError(f"--subset {path}: unknown keep-list format {suffix or '(no extension)'!r}; "
-                            f"use a file that mimic-explorer export writes ({known})")
+        raise KeepListError(
+            f"--subset {path}: unknown keep-list format {suffix or '(no extension)'!r}; "
+            f"use a file that mimic-explorer export writes ({known})"
+        )
     return EXTENSIONS[suffix]
 
 
@@ -156,8 +163,10 @@ def _read_npy(file: Path) -> tuple[str, list[str]]:
         array = np.load(file, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
-            raise KeepListError(f"--subset {file}: the array holds Python objects, which are not loaded (unsafe); "
-                                "save ids as a string array (numpy.array(ids, dtype=str))") from None
+            raise KeepListError(
+                f"--subset {file}: the array holds Python objects, which are not loaded (unsafe); "
+                "save ids as a string array (numpy.array(ids, dtype=str))"
+            ) from None
         raise
     dtype = array.dtype
     if dtype.names is not None:
@@ -166,8 +175,10 @@ def _read_npy(file: Path) -> tuple[str, list[str]]:
         ):
             high, low = (array[n].astype(np.uint64).ravel() for n in dtype.names)
             return UIDS, [f"{int(h):016x}{int(lo):016x}" for h, lo in zip(high.tolist(), low.tolist(), strict=True)]
-        raise KeepListError(f"--subset {file}: a structured array of dtype {dtype} is not DataComp's uid format "
-                            "(two unsigned 64-bit fields, u8,u8)")
+        raise KeepListError(
+            f"--subset {file}: a structured array of dtype {dtype} is not DataComp's uid format "
+            "(two unsigned 64-bit fields, u8,u8)"
+        )
     if dtype == np.dtype(bool):
         raise KeepListError(
             f"--subset {file}: a boolean mask (export --format npy) marks rows of the run it was exported "
@@ -176,5 +187,7 @@ def _read_npy(file: Path) -> tuple[str, list[str]]:
     if dtype.kind in ("U", "S"):
         values = array.ravel().tolist()
         return "npy", [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
-    raise KeepListError(f"--subset {file}: an array of {dtype} names no sample; a keep-list .npy holds id strings or "
-                        "DataComp uids (u8,u8)")
+    raise KeepListError(
+        f"--subset {file}: an array of {dtype} names no sample; a keep-list .npy holds id strings or "
+        "DataComp uids (u8,u8)"
+    )

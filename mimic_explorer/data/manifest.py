@@ -291,7 +291,6 @@ class ManifestSource(FileSource):
             )
         return [str(k) for k in range(max(top, 0) + 1)]
 
-
     def _set_paths(self, paths: list[str]) -> None:
         base = self.file.parent
         self.paths = np.asarray(

@@ -51,9 +51,7 @@ def symmetric_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int
     return NoisyLabels(noisy, labels, flags)
 
 
-def asymmetric_noise(
-    labels: np.ndarray, rate: float, class_map: dict[int, int], seed: int = 0
-) -> NoisyLabels:
+def asymmetric_noise(labels: np.ndarray, rate: float, class_map: dict[int, int], seed: int = 0) -> NoisyLabels:
     """For each source class in ``class_map``, flip exactly int(rate·n_class) of its samples to the target."""
     _check_rate(rate)
     labels = np.asarray(labels, dtype=np.int64)

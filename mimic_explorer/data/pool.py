@@ -61,8 +61,12 @@ def open_pool(options, source: Source | None = None) -> Pool:
         else:
             raise ValueError(f"unknown --noise-type {options.noise_type!r}; choose symmetric or asymmetric")
         labels, true_labels, is_noisy = injected.labels, injected.true_labels, injected.is_noisy
-        noise = {"kind": options.noise_type, "rate": options.label_noise, "seed": options.noise_seed,
-                 "flipped": int(is_noisy.sum())}
+        noise = {
+            "kind": options.noise_type,
+            "rate": options.label_noise,
+            "seed": options.noise_seed,
+            "flipped": int(is_noisy.sum()),
+        }
     warnings = list(getattr(source, "warnings", []))  # what opening found (a truncated shard), printed and in meta.json
     if subset is None:
         return Pool(source, labels, true_labels, is_noisy, noise, warnings=warnings)

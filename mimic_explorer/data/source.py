@@ -72,8 +72,10 @@ def uid_twins_text(twins: list[list[str]], where=lambda uid: "") -> str:
     occurs)."""
     first = " and ".join(f"{uid!r}{where(uid)}" for uid in twins[0])
     more = f" ({len(twins)} such groups)" if len(twins) > 1 else ""
-    return (f"differ only in case: {first}{more} are one 128-bit uid, and DataComp subsets and uid keep-lists "
-            "ignore case; every pair needs a unique uid")
+    return (
+        f"differ only in case: {first}{more} are one 128-bit uid, and DataComp subsets and uid keep-lists "
+        "ignore case; every pair needs a unique uid"
+    )
 
 
 def _check_labels(

@@ -38,10 +38,15 @@ class SubsetSource(Source):
         self.base, self.positions = base, positions
         self.kind = base.kind
         super().__init__(
-            base.spec, base.sample_ids[positions], base.labels[positions], base.class_names,
-            None if base.true_labels is None else base.true_labels[positions], open_errors,
+            base.spec,
+            base.sample_ids[positions],
+            base.labels[positions],
+            base.class_names,
+            None if base.true_labels is None else base.true_labels[positions],
+            open_errors,
             captions=None if base.captions is None else base.captions[positions],
-            pool_errors=base.pool_errors, warnings=base.warnings,  # a damaged shard stays reported in a view
+            pool_errors=base.pool_errors,
+            warnings=base.warnings,  # a damaged shard stays reported in a view
         )
 
     def source_of(self, i: int) -> str:
@@ -107,8 +112,14 @@ def restrict_to_keep_list(source: Source, keep: KeepList) -> tuple[SubsetSource,
                 else ""
             )
         )
-    facts = {**keep.describe(), "pool_samples": len(source), "kept": len(positions), "unusable": len(unusable),
-             "missing": len(missing), "missing_examples": missing[:EXAMPLES]}
+    facts = {
+        **keep.describe(),
+        "pool_samples": len(source),
+        "kept": len(positions),
+        "unusable": len(unusable),
+        "missing": len(missing),
+        "missing_examples": missing[:EXAMPLES],
+    }
     warnings = []
     if missing:
         warnings.append(

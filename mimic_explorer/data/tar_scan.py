@@ -66,8 +66,11 @@ class TarScan:
 
     def _unreadable_header(self, offset: int, exc: Exception) -> None:
         if offset > self.size:  # the last member's data is whole, its padding is not
-            self._stop(self.size, "the file ends inside the padding after a complete member, before the end-of-archive "
-                                  "marker, so any members that followed are missing")
+            self._stop(
+                self.size,
+                "the file ends inside the padding after a complete member, before the end-of-archive "
+                "marker, so any members that followed are missing",
+            )
         else:
             self._stop(offset, f"the member header there cannot be read ({exc}), so nothing after it can be found")
 
@@ -79,8 +82,11 @@ class TarScan:
         if len(block) == BLOCK and not any(block):
             return
         if not block:
-            self._stop(offset, "the file ends after a complete member without tar's end-of-archive marker, so the "
-                               "members that followed are missing")
+            self._stop(
+                offset,
+                "the file ends after a complete member without tar's end-of-archive marker, so the "
+                "members that followed are missing",
+            )
         elif len(block) < BLOCK:
             self._stop(offset, f"a member header there is cut off, {len(block)} of {BLOCK} bytes present")
         else:

@@ -129,7 +129,10 @@ class SourceBatches:
             order = list(range(n))
         chunks = [order[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
         loader = DataLoader(
-            self.dataset, batch_sampler=chunks, collate_fn=collate_good, num_workers=self.num_workers,
+            self.dataset,
+            batch_sampler=chunks,
+            collate_fn=collate_good,
+            num_workers=self.num_workers,
             persistent_workers=False,
         )
         for batch in loader:

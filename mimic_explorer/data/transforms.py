@@ -21,8 +21,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_ARCHS = ("mlp", "small_cnn")
 
 _RESAMPLE = {
-    "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
-    "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+    "box": Image.BOX,
+    "hamming": Image.HAMMING,
 }
 INTERPOLATIONS = tuple(_RESAMPLE)
 #: "center" keeps the aspect ratio (shorter side to ``resize``); "squash" resizes both sides to ``resize``
@@ -120,7 +124,10 @@ def image_transform_from_preset(preset) -> ImageTransform:
 
     interpolation = getattr(preset.interpolation, "value", "bilinear")
     return ImageTransform(
-        first(preset.resize_size), first(preset.crop_size), tuple(preset.mean), tuple(preset.std),
+        first(preset.resize_size),
+        first(preset.crop_size),
+        tuple(preset.mean),
+        tuple(preset.std),
         interpolation if interpolation in _RESAMPLE else "bilinear",
     )
 
@@ -146,5 +153,3 @@ def default_transform(arch: str | None = None) -> ImageTransform:
         return ImageTransform(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     preset = _torchvision_preset(arch)
     return preset if preset is not None else ImageTransform(256, 224)
-
-

@@ -161,8 +161,15 @@ def build_shard_index(shard: str) -> ShardIndex:
     def entry_of(key: str) -> dict:
         entry = entries.get(key)
         if entry is None:
-            entry = entries[key] = {"img": None, "dup": False, "cls": None, "label": 0, "state": LABEL_ABSENT,
-                                    "txt": None, "json": None}
+            entry = entries[key] = {
+                "img": None,
+                "dup": False,
+                "cls": None,
+                "label": 0,
+                "state": LABEL_ABSENT,
+                "txt": None,
+                "json": None,
+            }
             order.append(key)
         return entry
 
@@ -384,11 +391,25 @@ class WdsSource(Source):
             )
         class_names = self._class_names(spec, np.flatnonzero(good), shard_of, keys, cat, class_names)
         self._keep_members(good, keys, shard_of, cat)
-        super().__init__(spec, keys[good], cat["label"][good], class_names, open_errors=open_errors,
-                         pool_errors=self._shard_errors, warnings=self._shard_warnings)
+        super().__init__(
+            spec,
+            keys[good],
+            cat["label"][good],
+            class_names,
+            open_errors=open_errors,
+            pool_errors=self._shard_errors,
+            warnings=self._shard_warnings,
+        )
 
-    def _class_names(self, spec: str, good: np.ndarray, shard_of: np.ndarray, keys: np.ndarray, cat: dict,
-                     class_names: Sequence[str] | None) -> list[str]:
+    def _class_names(
+        self,
+        spec: str,
+        good: np.ndarray,
+        shard_of: np.ndarray,
+        keys: np.ndarray,
+        cat: dict,
+        class_names: Sequence[str] | None,
+    ) -> list[str]:
         """The declared classes (``class_names``, else ``classes.txt`` beside the first shard) with every
         label inside them, or ``0..max label`` when that range suits the pool's size (``data.labels``);
         else an error naming the sample."""
@@ -472,8 +493,16 @@ class WdsSource(Source):
             raise DataSourceError(
                 f"{spec}: no sample has both an image and a usable caption ({_preview(b.reason for b in open_errors)})"
             )
-        super().__init__(spec, ids[good], None, [], open_errors=open_errors, captions=texts[good],
-                         pool_errors=self._shard_errors, warnings=self._shard_warnings)
+        super().__init__(
+            spec,
+            ids[good],
+            None,
+            [],
+            open_errors=open_errors,
+            captions=texts[good],
+            pool_errors=self._shard_errors,
+            warnings=self._shard_warnings,
+        )
 
     def _refuse_duplicate_uids(
         self, spec: str, ids: np.ndarray, good: np.ndarray, keys: np.ndarray, shard_of: np.ndarray
@@ -486,8 +515,12 @@ class WdsSource(Source):
             twins = uid_case_twins(ids[good].tolist())
             if twins:
                 position = {uid: k for k, uid in zip(np.flatnonzero(good).tolist(), ids[good].tolist(), strict=True)}
-                raise DataSourceError(f"{spec}: uids " + uid_twins_text(
-                    twins, lambda uid: f" ({keys[position[uid]]} in {self.shards[shard_of[position[uid]]]})"))
+                raise DataSourceError(
+                    f"{spec}: uids "
+                    + uid_twins_text(
+                        twins, lambda uid: f" ({keys[position[uid]]} in {self.shards[shard_of[position[uid]]]})"
+                    )
+                )
             return
         where = []
         for uid in dupes[:5].tolist():
@@ -495,7 +528,8 @@ class WdsSource(Source):
             where.append(f"{uid} ({', '.join(f'{keys[k]} in {self.shards[shard_of[k]]}' for k in found)})")
         raise DataSourceError(
             f"{spec}: duplicate sample ids (uids shared by several samples): {'; '.join(where)}"
-            + (f" … ({len(dupes)} in all)" if len(dupes) > 5 else "") + "; every pair needs a unique uid"
+            + (f" … ({len(dupes)} in all)" if len(dupes) > 5 else "")
+            + "; every pair needs a unique uid"
         )
 
     def metadata(self, i: int) -> dict | None:

@@ -83,8 +83,12 @@ def read_text(
     caption_blob, caption_start = pack_strings(captions)
     uid_blob, uid_start = pack_strings(uids)
     return {
-        "caption_state": caption_state, "caption_blob": caption_blob, "caption_start": caption_start,
-        "uid_state": uid_state, "uid_blob": uid_blob, "uid_start": uid_start,
+        "caption_state": caption_state,
+        "caption_blob": caption_blob,
+        "caption_start": caption_start,
+        "uid_state": uid_state,
+        "uid_blob": uid_blob,
+        "uid_start": uid_start,
     }
 
 

@@ -11,16 +11,31 @@ Writing keep-lists and specs to disk (atomically, as a pair, streamed from the a
 
 from mimic_explorer.filters.formats import FORMATS, datacomp_uids, render_export
 from mimic_explorer.filters.rules import (
-           CompoundRule,
-           FilterError,
-           FilterResult,
-           FilterRule,
-           Rule,
-           all_of,
-           apply_rule,
-           describe,
+    CompoundRule,
+    FilterError,
+    FilterResult,
+    FilterRule,
+    Rule,
+    all_of,
+    apply_rule,
+    describe,
 )
 from mimic_explorer.filters.spec import SpecError, build_spec, rule_from_spec, rule_in_spec
 
-__all__ = ["FORMATS", "CompoundRule", "FilterError", "FilterResult", "FilterRule", "Rule", "SpecError", "all_of",
-           "apply_rule", "build_spec", "datacomp_uids", "describe", "render_export", "rule_from_spec", "rule_in_spec"]
+__all__ = [
+    "FORMATS",
+    "CompoundRule",
+    "FilterError",
+    "FilterResult",
+    "FilterRule",
+    "Rule",
+    "SpecError",
+    "all_of",
+    "apply_rule",
+    "build_spec",
+    "datacomp_uids",
+    "describe",
+    "render_export",
+    "rule_from_spec",
+    "rule_in_spec",
+]

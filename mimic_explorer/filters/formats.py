@@ -87,13 +87,17 @@ def check_uids(pool_ids: Sequence[str] | np.ndarray) -> pd.Series:
     ids = pd.Series(np.asarray(pool_ids), dtype=object).astype(str)
     bad = ~ids.str.fullmatch(r"[0-9a-fA-F]{32}")
     if bad.any():
-        raise FilterError(f"{int(bad.sum())} of {len(ids)} sample ids are not 32-hex-digit (128-bit) uids, e.g. "
-                          f"{_examples(ids[bad])}; --format uids needs DataComp uids (use csv, json, parquet or npy)")
+        raise FilterError(
+            f"{int(bad.sum())} of {len(ids)} sample ids are not 32-hex-digit (128-bit) uids, e.g. "
+            f"{_examples(ids[bad])}; --format uids needs DataComp uids (use csv, json, parquet or npy)"
+        )
     lowered = ids.str.lower()
     repeated = lowered[lowered.duplicated(keep=False)]
     if len(repeated):
-        raise FilterError(f"{repeated.nunique()} uid(s) occur more than once in the pool, e.g. "
-                          f"{_examples(pd.Series(repeated.unique()))}: a DataComp subset names each pair once")
+        raise FilterError(
+            f"{repeated.nunique()} uid(s) occur more than once in the pool, e.g. "
+            f"{_examples(pd.Series(repeated.unique()))}: a DataComp subset names each pair once"
+        )
     return lowered
 
 

@@ -92,8 +92,10 @@ class FilterRule:
         if not isinstance(self.kind, str) or self.kind not in RULES:
             raise FilterError(f"unknown rule {shown(self.kind)}; choose one of {', '.join(RULES)}")
         if not isinstance(self.column, str) or not self.column or len(self.column) > MAX_COLUMN_CHARS:
-            raise FilterError(f"a rule's column is a column name (text of 1 to {MAX_COLUMN_CHARS} characters), "
-                              f"got {shown(self.column)}")
+            raise FilterError(
+                f"a rule's column is a column name (text of 1 to {MAX_COLUMN_CHARS} characters), "
+                f"got {shown(self.column)}"
+            )
         if not isinstance(self.per_class, (bool, np.bool_)):
             raise FilterError(f"per_class is true or false, got {shown(self.per_class)}")
         self._validate_overrides()
@@ -173,8 +175,13 @@ class FilterRule:
                 raise FilterError(f"a class override's class is a class index, got {shown(key)}")
             parsed[int(text)] = value
         per_class = data.get("per_class", False)
-        rule = cls(data["kind"], data.get("value"), data.get("column", "mimic_score"),
-                   False if per_class is None else per_class, parsed)
+        rule = cls(
+            data["kind"],
+            data.get("value"),
+            data.get("column", "mimic_score"),
+            False if per_class is None else per_class,
+            parsed,
+        )
         rule.validate()
         rule.class_overrides = {k: float(v) for k, v in parsed.items()}
         return rule
@@ -222,8 +229,10 @@ Rule = FilterRule | CompoundRule
 def refuse_too_many_clauses(count: int) -> None:
     """``FilterError`` when a filter has more than ``MAX_CLAUSES`` clauses, saying why there is a cap."""
     if count > MAX_CLAUSES:
-        raise FilterError(f"{count} rules in one filter; at most {MAX_CLAUSES} are accepted (each rule is "
-                          "resolved over the whole pool with its own mask, and real filters have a few)")
+        raise FilterError(
+            f"{count} rules in one filter; at most {MAX_CLAUSES} are accepted (each rule is "
+            "resolved over the whole pool with its own mask, and real filters have a few)"
+        )
 
 
 def all_of(clauses: Sequence[FilterRule]) -> Rule:
@@ -251,8 +260,12 @@ def all_of(clauses: Sequence[FilterRule]) -> Rule:
     return clauses[0] if len(clauses) == 1 else CompoundRule(clauses)
 
 
-_PHRASES = {"threshold": "≥ {:.4g}", "quantile": "drop the lowest {:.1%}", "top_fraction": "top {:.1%}",
-            "keep_count": "top {:.0f}"}
+_PHRASES = {
+    "threshold": "≥ {:.4g}",
+    "quantile": "drop the lowest {:.1%}",
+    "top_fraction": "top {:.1%}",
+    "keep_count": "top {:.0f}",
+}
 
 
 def describe(rule: Rule) -> str:
@@ -319,8 +332,10 @@ def has_classes(samples: pd.DataFrame) -> bool:
 def refuse_per_class_without_classes(rule: FilterRule, classes_present: bool) -> None:
     """A per-class rule on a pool without classes would silently be the overall rule: say so instead."""
     if rule.per_class and not classes_present:
-        raise FilterError(f"per-class {rule.kind.replace('_', ' ')} needs class labels, and this pool has none "
-                          "(image-text pairs): drop --per-class / ':per-class'")
+        raise FilterError(
+            f"per-class {rule.kind.replace('_', ' ')} needs class labels, and this pool has none "
+            "(image-text pairs): drop --per-class / ':per-class'"
+        )
 
 
 def numeric_columns(samples: pd.DataFrame) -> list[str]:
@@ -334,8 +349,10 @@ def _scores(samples: pd.DataFrame, column: str) -> np.ndarray:
     dtype = samples.dtypes[column]
     if not pd.api.types.is_numeric_dtype(dtype):
         held = "text" if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype) else f"{dtype}"
-        raise FilterError(f"column {column!r} holds {held} values, not scores; a rule cuts a numeric column: "
-                          f"{', '.join(numeric_columns(samples))}")
+        raise FilterError(
+            f"column {column!r} holds {held} values, not scores; a rule cuts a numeric column: "
+            f"{', '.join(numeric_columns(samples))}"
+        )
     try:
         return samples[column].to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -427,8 +444,9 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
     return _result(keep, labels, thresholds)
 
 
-def _result(keep: np.ndarray, labels: np.ndarray, thresholds: dict[str, float | None],
-            clauses: list[FilterResult] | None = None) -> FilterResult:
+def _result(
+    keep: np.ndarray, labels: np.ndarray, thresholds: dict[str, float | None], clauses: list[FilterResult] | None = None
+) -> FilterResult:
     kept_per_class, total_per_class = {}, {}
     for cls in np.unique(labels).tolist():
         members = labels == cls

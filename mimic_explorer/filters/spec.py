@@ -82,7 +82,9 @@ def build_spec(run_meta: dict[str, Any], rule: Rule, result: FilterResult, expor
     fingerprints = run_meta.get("fingerprints") or {}
     if isinstance(rule, CompoundRule):
         described: dict[str, Any] = {
-            "spec_version": COMPOUND_SPEC_VERSION, "combine": "and", "rules": [c.to_dict() for c in rule.clauses],
+            "spec_version": COMPOUND_SPEC_VERSION,
+            "combine": "and",
+            "rules": [c.to_dict() for c in rule.clauses],
             "resolved_thresholds": [part.thresholds for part in result.clauses],
             "kept_by_clause": [part.kept for part in result.clauses],
         }
@@ -131,8 +133,10 @@ def _spec_version(spec: dict[str, Any]) -> int:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise SpecError(f"spec_version is a whole number ≥ 1, got {shown(version)}")
     if version > COMPOUND_SPEC_VERSION:
-        raise SpecError(f"the spec was written by a newer mimic_explorer (spec version {version}; this one reads "
-                        f"≤ {COMPOUND_SPEC_VERSION}); upgrade the package")
+        raise SpecError(
+            f"the spec was written by a newer mimic_explorer (spec version {version}; this one reads "
+            f"≤ {COMPOUND_SPEC_VERSION}); upgrade the package"
+        )
     return version
 
 
@@ -195,11 +199,15 @@ def _verify_spec(spec: dict[str, Any], samples: pd.DataFrame | None = None) -> N
     no single edit explains the mismatch."""
     recorded = spec.get("spec_hash")
     if not isinstance(recorded, str) or not _HEX16.fullmatch(recorded):
-        raise SpecError("the spec has no valid spec_hash, so it cannot be verified; a spec that mimic-explorer "
-                        "writes always has one: export the filter again")
+        raise SpecError(
+            "the spec has no valid spec_hash, so it cannot be verified; a spec that mimic-explorer "
+            "writes always has one: export the filter again"
+        )
     if content_hash(spec) != recorded:
-        raise SpecError(f"the spec was edited after it was written ({explain_edit(spec, recorded, samples)}); "
-                        "refusing it: export the filter again instead of editing its spec")
+        raise SpecError(
+            f"the spec was edited after it was written ({explain_edit(spec, recorded, samples)}); "
+            "refusing it: export the filter again instead of editing its spec"
+        )
 
 
 def rule_in_spec(spec: Any, samples: pd.DataFrame | None = None) -> Rule:
@@ -272,7 +280,12 @@ def check_reapplied(spec: dict[str, Any], result: FilterResult) -> None:
     if recorded is None or recorded == mask_sha256(result.keep):
         return
     kept = spec.get("kept")
-    which = (f"the same number ({result.kept}) but other samples" if kept == result.kept
-             else f"{result.kept} samples, not the {kept} it records")
-    raise SpecError(f"re-applied to this run, the spec's rule keeps {which} (keep_mask_sha256 differs): the run's "
-                    "samples changed since the spec was written; export the rule itself to accept the new keep-list")
+    which = (
+        f"the same number ({result.kept}) but other samples"
+        if kept == result.kept
+        else f"{result.kept} samples, not the {kept} it records"
+    )
+    raise SpecError(
+        f"re-applied to this run, the spec's rule keeps {which} (keep_mask_sha256 differs): the run's "
+        "samples changed since the spec was written; export the rule itself to accept the new keep-list"
+    )

@@ -23,10 +23,28 @@ from mimic_explorer.filters.hashing import content_hash
 from mimic_explorer.filters.rules import RULES, FilterError, FilterRule, all_of, apply_rule, is_number, numeric_columns
 
 #: Fields a spec this version writes; a field beyond these that breaks the hash was added by hand.
-KNOWN_FIELDS = frozenset({
-    "spec_version", "rule", "rules", "combine", "resolved_thresholds", "kept_by_clause", "kept", "total",
-    "kept_per_class", "total_per_class", "run_id", "data_fingerprint", "versions", "format", "keep_mask_sha256",
-    "spec_hash", "created", "keep_list"})
+KNOWN_FIELDS = frozenset(
+    {
+        "spec_version",
+        "rule",
+        "rules",
+        "combine",
+        "resolved_thresholds",
+        "kept_by_clause",
+        "kept",
+        "total",
+        "kept_per_class",
+        "total_per_class",
+        "run_id",
+        "data_fingerprint",
+        "versions",
+        "format",
+        "keep_mask_sha256",
+        "spec_hash",
+        "created",
+        "keep_list",
+    }
+)
 #: Most single edits tried before giving up on finding the one that was made.
 MAX_TRIES = 256
 
@@ -50,10 +68,16 @@ def _clauses(spec: dict[str, Any]) -> list[tuple[str, dict, Any, Any]]:
     if isinstance(spec.get("rules"), list):
         thresholds = spec.get("resolved_thresholds")
         kept = spec.get("kept_by_clause")
-        return [(f"rule {i + 1}", clause,
-                 thresholds[i] if isinstance(thresholds, list) and i < len(thresholds) else None,
-                 kept[i] if isinstance(kept, list) and i < len(kept) else None)
-                for i, clause in enumerate(spec["rules"]) if isinstance(clause, dict)]
+        return [
+            (
+                f"rule {i + 1}",
+                clause,
+                thresholds[i] if isinstance(thresholds, list) and i < len(thresholds) else None,
+                kept[i] if isinstance(kept, list) and i < len(kept) else None,
+            )
+            for i, clause in enumerate(spec["rules"])
+            if isinstance(clause, dict)
+        ]
     if isinstance(spec.get("rule"), dict):
         return [("the rule", spec["rule"], spec.get("resolved_thresholds"), spec.get("kept"))]
     return []
@@ -109,8 +133,10 @@ def _single_edits(spec: dict[str, Any], samples: pd.DataFrame | None) -> Iterato
                         _with_clause(spec, label, class_overrides={**overrides, cls: resolved[cls]}),
                     )
             for cls in [c for c in resolved if c != "all" and c not in overrides][:32]:
-                yield (f"{label}'s threshold for class {cls} was removed (the hashed spec says {resolved[cls]!r})",
-                       _with_clause(spec, label, class_overrides={**overrides, cls: resolved[cls]}))
+                yield (
+                    f"{label}'s threshold for class {cls} was removed (the hashed spec says {resolved[cls]!r})",
+                    _with_clause(spec, label, class_overrides={**overrides, cls: resolved[cls]}),
+                )
         if kind == "keep_count" and not clause.get("per_class") and is_number(kept) and kept != value:
             yield (
                 f"{label}'s keep-count is {value!r} but the hashed spec says {kept!r}",
@@ -141,8 +167,10 @@ def _single_edits(spec: dict[str, Any], samples: pd.DataFrame | None) -> Iterato
         if samples is not None:
             columns += numeric_columns(samples)
         for column in dict.fromkeys(c for c in columns if isinstance(c, str) and c != clause.get("column")):
-            yield (f"{label}'s column is {clause.get('column')!r} but the hashed spec says {column!r}",
-                   _with_clause(spec, label, column=column))
+            yield (
+                f"{label}'s column is {clause.get('column')!r} but the hashed spec says {column!r}",
+                _with_clause(spec, label, column=column),
+            )
     for name, per_class in (("kept", "kept_per_class"), ("total", "total_per_class")):
         counts = spec.get(per_class)
         if (

@@ -11,11 +11,15 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "BuiltModel": "build", "build_for_run": "build",
-    "DualEncoder": "dual", "DualOutput": "dual", "ProjectionProbe": "dual",
+    "BuiltModel": "build",
+    "build_for_run": "build",
+    "DualEncoder": "dual",
+    "DualOutput": "dual",
+    "ProjectionProbe": "dual",
     "build_dual_encoder": "dual_registry",
     "find_head": "heads",
-    "MLP": "small", "SmallCNN": "small",
+    "MLP": "small",
+    "SmallCNN": "small",
 }
 
 __all__ = sorted(_WHERE)

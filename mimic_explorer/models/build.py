@@ -208,8 +208,14 @@ def _torchvision(
         return build_model(arch, num_classes, input_shape=(3, size, size))
 
     return _Draft(
-        make_weighted(), make_weighted, _traced_head(arch), base, f"{weights!r}.transforms()", weights_file=hub_file,
-        ignore=AUXILIARY_HEADS.get(spec.name, ()), weights=describe_weights(weights),
+        make_weighted(),
+        make_weighted,
+        _traced_head(arch),
+        base,
+        f"{weights!r}.transforms()",
+        weights_file=hub_file,
+        ignore=AUXILIARY_HEADS.get(spec.name, ()),
+        weights=describe_weights(weights),
     )
 
 
@@ -235,8 +241,16 @@ def _timm(spec: ArchSpec, num_classes: int, crop: int | None, pretrained: bool, 
         notes.append(f"timm's 'border' crop mode of {spec.name} (pad, no crop) is approximated by a centre crop")
     recorded = timm_config_preprocessing(init.pretrained_cfg).describe() if init and init.pretrained_cfg else None
     weights = {"timm_pretrained": model.pretrained_cfg.get("hf_hub_id") or spec.name} if pretrained else None
-    return _Draft(model, make, lambda m, _crop: timm_head_name(m), timm_preprocessing(model),
-                  f"timm data config of {spec.name}", notes, weights=weights, recorded=recorded)
+    return _Draft(
+        model,
+        make,
+        lambda m, _crop: timm_head_name(m),
+        timm_preprocessing(model),
+        f"timm data config of {spec.name}",
+        notes,
+        weights=weights,
+        recorded=recorded,
+    )
 
 
 _FAMILIES = {"builtin": _builtin, "factory": _factory, "torchvision": _torchvision, "timm": _timm}
@@ -369,8 +383,9 @@ def build_for_run(
 
         report = load_checkpoint(model, draft.weights_file, head=head_name, ignore=draft.ignore)
         warnings += filter(None, [hub_file_warning(draft.weights_file)])
-    return BuiltModel(model, head_name, chosen, chosen.describe(), source_text, report, warnings, notes, spec,
-                      weights, draft.rebuild)
+    return BuiltModel(
+        model, head_name, chosen, chosen.describe(), source_text, report, warnings, notes, spec, weights, draft.rebuild
+    )
 
 
 def _choose_preprocessing(
@@ -383,8 +398,11 @@ def _choose_preprocessing(
     if recorded:
         base, base_source = ImageTransform.from_description(recorded), f"recorded with {where}"
     chosen = override_preprocessing(base, image_size=image_size, overrides=overrides)
-    source_text = base_source + (f"; --image-size {image_size}" if image_size else "") + (
-        f"; --transform {', '.join(sorted(overrides))}" if overrides else "")
+    source_text = (
+        base_source
+        + (f"; --image-size {image_size}" if image_size else "")
+        + (f"; --transform {', '.join(sorted(overrides))}" if overrides else "")
+    )
     mismatch = preprocessing_mismatch(recorded, chosen, where) if recorded else None
     if recorded and not mismatch and preprocessing_mismatch(recorded, draft.base, where):  # a change worth a note
         notes.append(f"preprocessing {base_source} is used (it replaces the model's {draft.base_source})")

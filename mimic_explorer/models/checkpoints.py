@@ -35,8 +35,16 @@ _PREFIXES = ("module.", "_orig_mod.")
 #: weight files a Hugging Face-style model folder may hold, in order of preference
 FOLDER_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
@@ -158,8 +166,11 @@ def folder_weights(folder: str | os.PathLike) -> Path:
         if (folder / name).is_file():
             return folder / name
     held = sorted(p.name for p in folder.iterdir())
-    sharded = " (sharded weights, model.safetensors.index.json, are not supported: merge them into one file)" if (
-        "model.safetensors.index.json" in held) else ""
+    sharded = (
+        " (sharded weights, model.safetensors.index.json, are not supported: merge them into one file)"
+        if ("model.safetensors.index.json" in held)
+        else ""
+    )
     raise CheckpointError(
         f"{folder} is a folder without {' or '.join(FOLDER_WEIGHT_FILES)}{sharded}; a model folder holds "
         f"model.safetensors and config.json. It holds: {', '.join(held[:10]) or 'nothing'}"
@@ -313,7 +324,7 @@ def save_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | o
             from safetensors.torch import save_file
         except ImportError:
             raise CheckpointError(
-                f"writing {path} needs the safetensors package: pip install -e \".[timm]\" (or save to a .pt path)"
+                f'writing {path} needs the safetensors package: pip install -e ".[timm]" (or save to a .pt path)'
             ) from None
         save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))  # clone: no shared storage
     else:

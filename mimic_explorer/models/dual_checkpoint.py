@@ -126,8 +126,11 @@ def _checked_config(config: Any, path: Path, trusted_arch: bool, trust_code: boo
             "--trust-checkpoint if you trust where the file came from"
         )
     shape = config.get("input_shape")
-    if (not isinstance(shape, (list, tuple)) or len(shape) != 3
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
+    if (
+        not isinstance(shape, (list, tuple))
+        or len(shape) != 3
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+    ):
         raise CheckpointError(
             f"{path} records input_shape {shape!r}; expected three integers (channels, height, width)"
         )
@@ -159,7 +162,10 @@ def _check_image_tower_fits(arch: str, shape: tuple[int, int, int], state: dict[
 
 
 def load_dual_encoder(
-    path: str | os.PathLike, *, arch: str | None = None, input_shape: Sequence[int] | None = None,
+    path: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    input_shape: Sequence[int] | None = None,
     trust_code: bool = False,
 ) -> tuple[DualEncoder, dict[str, Any]]:
     """Rebuild the dual encoder saved at ``path``: (model, its config).

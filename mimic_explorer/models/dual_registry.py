@@ -41,7 +41,7 @@ def build_dual_encoder(
 ) -> DualEncoder:
     """A dual encoder for ``arch`` (see the module docstring); ``pretrained`` is open_clip only."""
     if is_open_clip(arch):
-        return build_open_clip_dual_encoder(arch.strip()[len(PREFIX):], init=init, pretrained=pretrained)
+        return build_open_clip_dual_encoder(arch.strip()[len(PREFIX) :], init=init, pretrained=pretrained)
     if pretrained:
         raise ArchError(
             f"--pretrained {pretrained!r} is for open_clip:NAME models; the built-in {arch} takes a local --init file"

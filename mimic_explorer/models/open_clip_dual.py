@@ -41,7 +41,7 @@ def _import_open_clip():
     except ImportError as exc:
         raise ArchError(
             f"ARCH open_clip:NAME needs the optional package open_clip_torch ({exc}); install it with "
-            "pip install -e \".[clip]\" (or pip install open_clip_torch)"
+            'pip install -e ".[clip]" (or pip install open_clip_torch)'
         ) from exc
     return open_clip
 
@@ -193,7 +193,7 @@ def build_open_clip_dual_encoder(
     """``open_clip:NAME`` (NAME with or without the prefix): random weights, a local ``init`` file, or
     open_clip's own ``pretrained`` loader (needs network; never used by the tests)."""
     open_clip = _import_open_clip()
-    name = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    name = name[len(PREFIX) :] if name.startswith(PREFIX) else name
     known = open_clip.list_models()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)

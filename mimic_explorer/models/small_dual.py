@@ -33,8 +33,14 @@ class SmallDualEncoder(DualEncoder):
     """``image_tower`` (image ARCH minus head) → ``image_projection``; ``text_tower``
     (``BagOfWordsText``) → ``text_projection``; ``logit_scale`` (log)."""
 
-    def __init__(self, image_tower: nn.Module, image_dim: int, text_tower: BagOfWordsText, embed_dim: int = 64,
-                 log_scale: float = INITIAL_LOG_SCALE):
+    def __init__(
+        self,
+        image_tower: nn.Module,
+        image_dim: int,
+        text_tower: BagOfWordsText,
+        embed_dim: int = 64,
+        log_scale: float = INITIAL_LOG_SCALE,
+    ):
         super().__init__()
         self.image_tower = image_tower
         self.text_tower = text_tower

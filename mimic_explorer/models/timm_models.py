@@ -31,8 +31,10 @@ def _import_timm():
     try:
         import timm
     except ImportError:
-        raise ArchError(f"timm: architectures need the optional timm package: {TIMM_INSTALL} in a checkout of "
-                        "mimic_explorer (or pip install timm)") from None
+        raise ArchError(
+            f"timm: architectures need the optional timm package: {TIMM_INSTALL} in a checkout of "
+            "mimic_explorer (or pip install timm)"
+        ) from None
     return timm
 
 

@@ -82,8 +82,6 @@ def mimic_scores(
         does not match the model, a forced path that cannot be used, or non-finite losses or scores
         (naming the samples).
     """
-    scorer = PreparedScorer(
-        model, reference, params=params, method=method, path=path, chunk_size=chunk_size, loss=loss
-    )
+    scorer = PreparedScorer(model, reference, params=params, method=method, path=path, chunk_size=chunk_size, loss=loss)
     scores = scorer(inputs, targets)
     return scores.cos if method == "cos" else scores.proj

@@ -19,9 +19,7 @@ from mimic_explorer.scoring.outer import bias_sqnorm, weight_sqnorm
 def cross_entropy_output_grad(logits: Tensor, targets: Tensor) -> Tensor:
     """δ_i = ∂ℓ_i/∂z_i for unreduced cross-entropy: softmax(z_i) − onehot(y_i)."""
     grad = torch.softmax(logits, dim=-1)
-    return grad.scatter_add(
-        -1, targets.unsqueeze(-1), torch.full_like(targets, -1, dtype=grad.dtype).unsqueeze(-1)
-    )
+    return grad.scatter_add(-1, targets.unsqueeze(-1), torch.full_like(targets, -1, dtype=grad.dtype).unsqueeze(-1))
 
 
 def cross_entropy_with_output_grad(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -33,9 +31,7 @@ def cross_entropy_with_output_grad(logits: Tensor, targets: Tensor) -> tuple[Ten
     return losses, log_p.exp_().scatter_add_(-1, targets.unsqueeze(-1), minus_one)
 
 
-def linear_grad_dot(
-    features: Tensor, output_grad: Tensor, v_weight: Tensor | None, v_bias: Tensor | None
-) -> Tensor:
+def linear_grad_dot(features: Tensor, output_grad: Tensor, v_weight: Tensor | None, v_bias: Tensor | None) -> Tensor:
     """⟨g_i, V⟩ for every sample: δ_iᵀ V_W h_i + δ_iᵀ V_b, summed over positions if any.
 
     features: (B, D) or (B, ..., D); output_grad: (B, C) or (B, ..., C); v_weight: (C, D); v_bias: (C,).
@@ -53,9 +49,7 @@ def linear_grad_dot(
     return dot if dot.dim() == 1 else dot.reshape(dot.shape[0], -1).sum(-1)
 
 
-def linear_grad_sqnorm(
-    features: Tensor, output_grad: Tensor, has_bias: bool, has_weight: bool = True
-) -> Tensor:
+def linear_grad_sqnorm(features: Tensor, output_grad: Tensor, has_bias: bool, has_weight: bool = True) -> Tensor:
     """‖g_i‖² for every sample.
 
     Without positions: ‖δ_i‖² (‖h_i‖² + 1). With positions the weight gradient is Σ_t δ_t h_tᵀ, whose

@@ -451,8 +451,11 @@ class PreparedScorer:
                 vmap_chunk = self.chunk_size or auto_chunk(self._num_params, batch)
                 pieces = [
                     self._parts(
-                        rows(x_model, s, s + step, batch), rows(targets, s, s + step, batch),
-                        rows(x_compute, s, s + step, batch), s, vmap_chunk,
+                        rows(x_model, s, s + step, batch),
+                        rows(targets, s, s + step, batch),
+                        rows(x_compute, s, s + step, batch),
+                        s,
+                        vmap_chunk,
                     )
                     for s in range(0, batch, step)
                 ]
@@ -490,8 +493,16 @@ class PreparedScorer:
         if self._chosen == "head":
             try:
                 return head_parts(
-                    self.model, self._layer_module, x, y, self._v_weight, self._v_bias,
-                    self._need_norm, self.compute_dtype, offset, self.loss,
+                    self.model,
+                    self._layer_module,
+                    x,
+                    y,
+                    self._v_weight,
+                    self._v_bias,
+                    self._need_norm,
+                    self.compute_dtype,
+                    offset,
+                    self.loss,
                 )
             except HeadPathUnavailable as error:
                 if self.path != "auto":
@@ -535,8 +546,16 @@ class PreparedScorer:
         """The output layer's path; forced, it names why it cannot serve this model."""
         try:
             return output_parts(
-                self.model, self._layer_module, x, y, self._v_weight, self._v_bias, self._need_norm, self.loss,
-                self._state, self.chunk_size,
+                self.model,
+                self._layer_module,
+                x,
+                y,
+                self._v_weight,
+                self._v_bias,
+                self._need_norm,
+                self.loss,
+                self._state,
+                self.chunk_size,
             )
         except OutputLayerUnavailable as error:
             if self.path == "output":

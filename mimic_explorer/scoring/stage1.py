@@ -57,7 +57,5 @@ def reweighted_grads(
             f"losses and weights must both have shape (B,); got {tuple(losses.shape)} and {tuple(weights.shape)}"
         )
     params = list(params)
-    grads = torch.autograd.grad(
-        (losses * weights.detach()).sum(), params, retain_graph=retain_graph, allow_unused=True
-    )
+    grads = torch.autograd.grad((losses * weights.detach()).sum(), params, retain_graph=retain_graph, allow_unused=True)
     return tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True))

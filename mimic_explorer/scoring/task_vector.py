@@ -51,9 +51,7 @@ def trainable_names(model: nn.Module) -> list[str]:
 def check_param_names(model: nn.Module, names: Sequence[str]) -> list[str]:
     """Validate an explicit list of parameter names; keep their order, drop duplicates."""
     if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
-        raise TypeError(
-            f"params must be 'head', 'all' or a list of parameter names, got {names!r}"
-        )
+        raise TypeError(f"params must be 'head', 'all' or a list of parameter names, got {names!r}")
     known = dict(model.named_parameters())
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -94,10 +92,7 @@ def task_vector(
 
     ``ours`` / ``theirs``: name → parameter of the model / the reference."""
     with torch.no_grad():
-        v = {
-            n: theirs[n].detach().to(device=device, dtype=dtype) - ours[n].detach().to(dtype=dtype)
-            for n in names
-        }
+        v = {n: theirs[n].detach().to(device=device, dtype=dtype) - ours[n].detach().to(dtype=dtype) for n in names}
     if v and not bool(torch.isfinite(torch.stack([t.sum() for t in v.values()])).all()):
         for n, t in v.items():  # a NaN or inf anywhere makes its parameter's sum non-finite
             if not bool(torch.isfinite(t).all()):

@@ -48,8 +48,10 @@ def input_batch_size(inputs: Any) -> int:
     sizes = []
     for k, t in enumerate(inputs):
         if not isinstance(t, Tensor) or t.dim() == 0:
-            raise TypeError(f"input {k} of the tuple must be a batched torch.Tensor, got {type(t).__name__}"
-                            + (" (0-d)" if isinstance(t, Tensor) else ""))
+            raise TypeError(
+                f"input {k} of the tuple must be a batched torch.Tensor, got {type(t).__name__}"
+                + (" (0-d)" if isinstance(t, Tensor) else "")
+            )
         sizes.append(int(t.shape[0]))
     if len(set(sizes)) != 1:
         raise ValueError(f"the inputs of a tuple must share their batch size (first dimension), got {sizes}")

@@ -131,8 +131,9 @@ def reference_utility(reference_loss: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(np.asarray(reference_loss, dtype=np.float64), 1e-6, None))
 
 
-def combined_score(cos_mean: np.ndarray, reference_loss: np.ndarray,
-                   scales: tuple[Standardiser, Standardiser] | None = None) -> np.ndarray:
+def combined_score(
+    cos_mean: np.ndarray, reference_loss: np.ndarray, scales: tuple[Standardiser, Standardiser] | None = None
+) -> np.ndarray:
     """Utility (higher = keep) joining the mimic score and the loss under the reference:
     ``(z(cos_mean) + z(−log reference_loss)) / 2`` with z the standardisation over the pool.
 

@@ -90,10 +90,13 @@ class TwoGroupSplit:
         from sklearn.mixture import GaussianMixture
 
         gmm = GaussianMixture(2, random_state=0).fit(values.reshape(-1, 1))
-        return cls(method, means=tuple(float(m) for m in gmm.means_.ravel()),
-                   precisions=tuple(float(p) for p in gmm.precisions_cholesky_.ravel()),
-                   log_weights=tuple(float(w) for w in np.log(gmm.weights_)),
-                   upper_component=int(np.argmax(gmm.means_.ravel())))
+        return cls(
+            method,
+            means=tuple(float(m) for m in gmm.means_.ravel()),
+            precisions=tuple(float(p) for p in gmm.precisions_cholesky_.ravel()),
+            log_weights=tuple(float(w) for w in np.log(gmm.weights_)),
+            upper_component=int(np.argmax(gmm.means_.ravel())),
+        )
 
     def upper(self, values: np.ndarray) -> np.ndarray:
         """Whether each value belongs to the upper group (False for NaN), element by element, so marks predicted in
@@ -105,10 +108,12 @@ class TwoGroupSplit:
         if self.method == "kmeans":
             lo, hi = self.centres
             return finite & (np.abs(values - hi) < np.abs(values - lo))
-        log_density = np.stack([
-            -0.5 * (np.log(2 * np.pi) + (values * p - m * p) ** 2) + np.log(p) + w
-            for m, p, w in zip(self.means, self.precisions, self.log_weights, strict=True)
-        ])
+        log_density = np.stack(
+            [
+                -0.5 * (np.log(2 * np.pi) + (values * p - m * p) ** 2) + np.log(p) + w
+                for m, p, w in zip(self.means, self.precisions, self.log_weights, strict=True)
+            ]
+        )
         return finite & (np.argmax(log_density, axis=0) == self.upper_component)
 
 
@@ -125,8 +130,9 @@ def _two_means(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def split_two_groups(values: np.ndarray, method: str = "gmm", *, positions: np.ndarray | None = None,
-                     cap: int = FIT_CAP) -> np.ndarray:
+def split_two_groups(
+    values: np.ndarray, method: str = "gmm", *, positions: np.ndarray | None = None, cap: int = FIT_CAP
+) -> np.ndarray:
     """Boolean 'upper group' mask of a 1-D two-cluster fit (``gmm`` or ``kmeans``, see
     ``TwoGroupSplit``), fitted on at most ``cap`` values chosen by ``fit_sample`` (``positions``
     default to 0..n−1). Fewer than two distinct values: all kept."""
@@ -275,11 +281,19 @@ class Stage2Fit:
             keep = samples.tiebreak >= 0.0
         proj = rows["proj"].to_numpy(np.float64)
         cos = rows["cos"].to_numpy(np.float64) if "cos" in rows.columns else np.full(len(rows), np.nan)
-        return pd.DataFrame({
-            "mimic_score": mimic_score, "keep": keep.astype(bool), "votes": votes,
-            "proj_mean": samples.mean(proj), "proj_min": samples.minimum(proj), "proj_last": samples.last(proj),
-            "cos_mean": samples.mean(cos), "epochs": samples.counts.astype(np.int64),
-        }, index=pd.Index(samples.position, name="position"))
+        return pd.DataFrame(
+            {
+                "mimic_score": mimic_score,
+                "keep": keep.astype(bool),
+                "votes": votes,
+                "proj_mean": samples.mean(proj),
+                "proj_min": samples.minimum(proj),
+                "proj_last": samples.last(proj),
+                "cos_mean": samples.mean(cos),
+                "epochs": samples.counts.astype(np.int64),
+            },
+            index=pd.Index(samples.position, name="position"),
+        )
 
 
 @dataclass
@@ -333,8 +347,9 @@ class Stage2Fitter:
         return Stage2Fit(self.binarisation, self.aggregation, self.splits(), self.spread)
 
 
-def aggregate(scores: pd.DataFrame, binarisation: str = "weight", aggregation: str = "majority", *,
-              cap: int = FIT_CAP) -> pd.DataFrame:
+def aggregate(
+    scores: pd.DataFrame, binarisation: str = "weight", aggregation: str = "majority", *, cap: int = FIT_CAP
+) -> pd.DataFrame:
     """Per-sample Stage-2 result indexed by sample_id: ``mimic_score``, ``keep``, ``votes``, ``epochs``
     (the in-memory path: one range holding the whole pool)."""
     _check_rules(binarisation, aggregation)

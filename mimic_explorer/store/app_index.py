@@ -50,6 +50,7 @@ class IndexUnavailable(OSError):
 
 def _source_identity(layout: RunLayout) -> dict[str, Any]:
     """Size and mtime of samples.parquet and of every score part: any change makes the index stale."""
+
     def identity(path: Path) -> dict[str, int]:
         stat = path.stat()
         return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -77,8 +78,9 @@ def _read_manifest(layout: RunLayout) -> dict[str, Any] | None:
         except OSError:
             actual = None
         if actual != size:
-            log.warning("index file %s of %s is missing or truncated (%s bytes, %s expected)", name, layout.root,
-                        actual, size)
+            log.warning(
+                "index file %s of %s is missing or truncated (%s bytes, %s expected)", name, layout.root, actual, size
+            )
             return None
     return manifest
 
@@ -289,8 +291,11 @@ class AppIndex:
         )
         by_batch = np.argsort(which, kind="stable")  # a radix sort of small ints
         grouped, bounds = positions[by_batch], np.searchsorted(which[by_batch], np.arange(len(batches) + 1))
-        pieces = [batches[b].take(pa.array(grouped[bounds[b]:bounds[b + 1]] - starts[b]))
-                  for b in range(len(batches)) if bounds[b + 1] > bounds[b]]
+        pieces = [
+            batches[b].take(pa.array(grouped[bounds[b] : bounds[b + 1]] - starts[b]))
+            for b in range(len(batches))
+            if bounds[b + 1] > bounds[b]
+        ]
         back = np.empty(len(positions), dtype=np.int64)
         back[by_batch] = np.arange(len(positions))
         return pa.Table.from_batches(pieces, schema=table.schema).take(pa.array(back))
@@ -332,8 +337,11 @@ class AppIndex:
         record = self._score(name)
         if record.get("group_bounds") is None:
             return None
-        return (self.sorted_values(name)[:record["valid"]], self._map(self.files.grouped(record["number"])),
-                np.asarray(record["group_bounds"], dtype=np.int64))
+        return (
+            self.sorted_values(name)[: record["valid"]],
+            self._map(self.files.grouped(record["number"])),
+            np.asarray(record["group_bounds"], dtype=np.int64),
+        )
 
     def valid_count(self, name: str) -> int:
         """How many values are not NaN (they come first in ``order``)."""
@@ -351,12 +359,12 @@ class AppIndex:
 
     def lowest(self, name: str, k: int) -> np.ndarray:
         """Positions of the k lowest finite scores, lowest first."""
-        return np.asarray(self.order(name)[:min(k, self.finite_count(name))])
+        return np.asarray(self.order(name)[: min(k, self.finite_count(name))])
 
     def highest(self, name: str, k: int) -> np.ndarray:
         """Positions of the k highest finite scores, highest first (ties: later position first)."""
         finite = self.finite_count(name)
-        return np.asarray(self.order(name)[max(0, finite - k):finite][::-1])
+        return np.asarray(self.order(name)[max(0, finite - k) : finite][::-1])
 
     def histogram(self, name: str) -> Histogram | None:
         """The stored histogram (with mislabeled counts when the run knows them), None when not stored."""
@@ -364,8 +372,12 @@ class AppIndex:
         if record is None:
             return None
         noisy = None if record["noisy"] is None else np.asarray(record["noisy"], dtype=np.int64)
-        return Histogram(np.asarray(record["edges"], dtype=np.float64), np.asarray(record["counts"], dtype=np.int64),
-                         noisy, int(record["clipped"]))
+        return Histogram(
+            np.asarray(record["edges"], dtype=np.float64),
+            np.asarray(record["counts"], dtype=np.int64),
+            noisy,
+            int(record["clipped"]),
+        )
 
     @property
     def class_counts(self) -> pd.Series | None:
@@ -429,8 +441,12 @@ class AppIndex:
         text = self._as_written(self.take_text(positions).to_pandas()) if self.text.num_columns else None
         if text is not None:
             text.index = index
-        data = {name: pd.Series(np.asarray(self.column(name)[positions]), index=index) if name in self._numeric
-                else text[name] for name in self.columns}
+        data = {
+            name: pd.Series(np.asarray(self.column(name)[positions]), index=index)
+            if name in self._numeric
+            else text[name]
+            for name in self.columns
+        }
         frame = pd.DataFrame(data, index=index)
         if "sample_id" in frame.columns:
             frame["sample_id"] = frame["sample_id"].astype(str)

@@ -114,6 +114,7 @@ def _umask() -> int:
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented, key-sorted JSON to ``path`` atomically (numpy values converted)."""
+
     def _write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=True, default=json_default)
@@ -129,6 +130,7 @@ def write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
+
     def _write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)

@@ -66,8 +66,15 @@ def check_target(out: str | os.PathLike, export_format: str) -> tuple[Path, Path
     return out, spec_path
 
 
-def export(samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_format: str, out: str | os.PathLike, *,
-           reapplying: dict[str, Any] | None = None) -> tuple[FilterResult, dict[str, Any], Path, Path]:
+def export(
+    samples: pd.DataFrame,
+    run_meta: dict[str, Any],
+    rule: Rule,
+    export_format: str,
+    out: str | os.PathLike,
+    *,
+    reapplying: dict[str, Any] | None = None,
+) -> tuple[FilterResult, dict[str, Any], Path, Path]:
     """Apply ``rule`` to a run's samples and write the keep-list to ``out`` and its spec beside it.
 
     Parameters
@@ -109,8 +116,9 @@ def export(samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_f
     return result, spec, out, spec_path
 
 
-def write_pair(samples: pd.DataFrame, result: FilterResult, column: str, export_format: str, out: Path,
-               spec: dict[str, Any]) -> dict[str, Any]:
+def write_pair(
+    samples: pd.DataFrame, result: FilterResult, column: str, export_format: str, out: Path, spec: dict[str, Any]
+) -> dict[str, Any]:
     """Write keep-list and spec as one change (see the module docstring); returns the spec as written,
     with the keep-list's size and sha256. Temporary files never outlive a failure."""
     spec_path = spec_beside(out)
@@ -133,10 +141,14 @@ def write_pair(samples: pd.DataFrame, result: FilterResult, column: str, export_
             file.abort()
         reason = exc.strerror or str(exc)
         if isinstance(exc, PartlyCommitted):
-            raise ExportError(f"cannot write {out}: {reason}; its spec {spec_path.name} was replaced but the keep-list "
-                              "was not, so the two no longer match: export again") from None
-        raise ExportError(f"cannot write {current}: {reason}; nothing was replaced (a previous {out.name} and its spec "
-                          "are as they were)") from None
+            raise ExportError(
+                f"cannot write {out}: {reason}; its spec {spec_path.name} was replaced but the keep-list "
+                "was not, so the two no longer match: export again"
+            ) from None
+        raise ExportError(
+            f"cannot write {current}: {reason}; nothing was replaced (a previous {out.name} and its spec "
+            "are as they were)"
+        ) from None
     except BaseException:
         for file in files:
             file.abort()
@@ -199,8 +211,10 @@ def pair_problem(keep_list: str | os.PathLike, spec: dict[str, Any]) -> str | No
     if isinstance(facts, dict) and isinstance(facts.get("sha256"), str):
         found = file_facts(keep_list)
         if found != {"bytes": facts.get("bytes"), "sha256": facts["sha256"]}:
-            return (f"{keep_list.name} is not the keep-list its spec describes ({found['bytes']:,} bytes, the spec "
-                    f"records {facts.get('bytes')!r} bytes and another sha256): they come from different exports")
+            return (
+                f"{keep_list.name} is not the keep-list its spec describes ({found['bytes']:,} bytes, the spec "
+                f"records {facts.get('bytes')!r} bytes and another sha256): they come from different exports"
+            )
         return None
     return _count_problem(keep_list, spec)
 
@@ -240,8 +254,9 @@ def _count_problem(keep_list: Path, spec: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------------------------------- saved with the run
 
 
-def save_to_run(run_dir: str | os.PathLike, samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule,
-                export_format: str = "csv") -> tuple[FilterResult, dict[str, Any], Path, Path]:
+def save_to_run(
+    run_dir: str | os.PathLike, samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_format: str = "csv"
+) -> tuple[FilterResult, dict[str, Any], Path, Path]:
     """``export`` into the run's own ``filters/`` folder (the app's "Save to run"), named by the rule's
     hash so saving the same rule twice replaces the earlier pair instead of piling up copies."""
     check_format(export_format)
@@ -278,8 +293,9 @@ class SavedFilter:
     keep_list_problem: str | None = None
 
 
-def latest_saved_rule(run_dir: str | os.PathLike, run_meta: dict[str, Any],
-                      samples: pd.DataFrame | None = None) -> SavedFilter | None:
+def latest_saved_rule(
+    run_dir: str | os.PathLike, run_meta: dict[str, Any], samples: pd.DataFrame | None = None
+) -> SavedFilter | None:
     """The most recently saved filter of this run (None if none). ``FilterError`` when its spec is
     unreadable, has a bad value, belongs to another run or was edited; a keep-list that does not match
     its spec is reported in ``keep_list_problem`` (the rule itself is still good)."""

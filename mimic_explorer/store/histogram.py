@@ -69,8 +69,13 @@ def bin_count(sorted_finite: np.ndarray, lo: float, hi: float) -> int:
     return max(20, math.ceil(min(120.0, (hi - lo) / width)))  # capped before ceil: the ratio may overflow to inf
 
 
-def histogram(values: np.ndarray, bins: int | None = None, noisy: np.ndarray | None = None,
-              value_range: tuple[float, float] | None = None, sorted_finite: np.ndarray | None = None) -> Histogram:
+def histogram(
+    values: np.ndarray,
+    bins: int | None = None,
+    noisy: np.ndarray | None = None,
+    value_range: tuple[float, float] | None = None,
+    sorted_finite: np.ndarray | None = None,
+) -> Histogram:
     """Counts over a robust range; outliers are clipped into the edge bins rather than stretching them.
     ``sorted_finite``: the finite values already sorted, if the caller has them (saves a sort)."""
     finite_mask = np.isfinite(values)

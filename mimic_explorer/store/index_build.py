@@ -50,8 +50,12 @@ def _nullable_in_pandas(schema: pa.Schema) -> set[str]:
     """Columns the writer stored from a pandas nullable dtype (``Int64``, ``boolean``): pandas reads
     them back as that extension dtype even without nulls, which a plain ``.npy`` would not equal."""
     columns = (schema.pandas_metadata or {}).get("columns", [])
-    return {c["name"] for c in columns if str(c.get("numpy_type", "")) in ("Int8", "Int16", "Int32", "Int64", "UInt8",
-                                                                          "UInt16", "UInt32", "UInt64", "boolean")}
+    return {
+        c["name"]
+        for c in columns
+        if str(c.get("numpy_type", ""))
+        in ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "boolean")
+    }
 
 
 def _plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], list[str]]:
@@ -65,8 +69,12 @@ def _plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], 
     for number, field in enumerate(parquet.schema_arrow):
         kind = field.type
         plain = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-        if plain and field.name not in TEXT_ALWAYS and field.name not in nullable and (
-                pa.types.is_floating(kind) or not _may_have_nulls(parquet.metadata, number)):
+        if (
+            plain
+            and field.name not in TEXT_ALWAYS
+            and field.name not in nullable
+            and (pa.types.is_floating(kind) or not _may_have_nulls(parquet.metadata, number))
+        ):
             numeric.append((field.name, np.dtype(kind.to_pandas_dtype())))
         else:
             text.append(field.name)
@@ -85,14 +93,20 @@ PANDAS_DTYPES_KEY = b"pandas_dtypes"
 def _text_schema(parquet: pq.ParquetFile, text: list[str]) -> pa.Schema:
     fields = [parquet.schema_arrow.field(name) for name in text]
     columns = (parquet.schema_arrow.pandas_metadata or {}).get("columns", [])
-    dtypes = {c["name"]: c["numpy_type"] for c in columns
-              if c["name"] in _nullable_in_pandas(parquet.schema_arrow) and c["name"] in text}
-    return pa.schema([f.with_type(pa.string()) if f.name in TEXT_ALWAYS else f for f in fields],
-                     metadata={PANDAS_DTYPES_KEY: json.dumps(dtypes).encode()})
+    dtypes = {
+        c["name"]: c["numpy_type"]
+        for c in columns
+        if c["name"] in _nullable_in_pandas(parquet.schema_arrow) and c["name"] in text
+    }
+    return pa.schema(
+        [f.with_type(pa.string()) if f.name in TEXT_ALWAYS else f for f in fields],
+        metadata={PANDAS_DTYPES_KEY: json.dumps(dtypes).encode()},
+    )
 
 
-def _copy_columns(parquet: pq.ParquetFile, files: IndexFiles, numeric: list[tuple[str, np.dtype]],
-                  text: list[str]) -> None:
+def _copy_columns(
+    parquet: pq.ParquetFile, files: IndexFiles, numeric: list[tuple[str, np.dtype]], text: list[str]
+) -> None:
     """Stream the table into the column files and the text file, through file writes (not memory
     maps: pages written stay out of the process's resident memory). No file is synced on its own:
     the manifest, written last and synced, makes the index valid, and the journal writes the data
@@ -127,12 +141,17 @@ def _histogram_record(values: np.ndarray, sorted_values: np.ndarray, noisy: np.n
     valid = sorted_values[:n_valid]
     lo, hi = np.searchsorted(valid, -np.inf, side="right"), np.searchsorted(valid, np.inf)
     hist = histogram(values, noisy=noisy, sorted_finite=valid[lo:hi])
-    return {"edges": hist.edges.tolist(), "counts": hist.counts.tolist(), "clipped": hist.clipped,
-            "noisy": None if hist.noisy is None else hist.noisy.tolist()}
+    return {
+        "edges": hist.edges.tolist(),
+        "counts": hist.counts.tolist(),
+        "clipped": hist.clipped,
+        "noisy": None if hist.noisy is None else hist.noisy.tolist(),
+    }
 
 
-def _groups(labels: np.ndarray | None, n: int, noisy: np.ndarray | None,
-            text_labels: bool) -> tuple[np.ndarray, int, dict[str, list] | None] | None:
+def _groups(
+    labels: np.ndarray | None, n: int, noisy: np.ndarray | None, text_labels: bool
+) -> tuple[np.ndarray, int, dict[str, list] | None] | None:
     """(group of each sample: class code · 2 + mislabeled, number of groups, the labels and their
     counts) as the live counter forms them; None when the labels are not integers (the counter then
     groups them itself)."""
@@ -212,7 +231,9 @@ def build_index(
             del grouped
         del order
         return name, {
-            "number": number, "valid": valid, "finite": int(np.isfinite(values).sum()),
+            "number": number,
+            "valid": valid,
+            "finite": int(np.isfinite(values).sum()),
             "group_bounds": None if bounds is None else bounds.tolist(),
             "histogram": None if truth_unreadable else _histogram_record(values, sorted_values, noisy),
         }

@@ -48,22 +48,27 @@ def _pieces(samples: SampleColumns, keep: np.ndarray, column: str):
     labels = index.column("label") if index.is_numeric("label") else None
     names = [c for c in ("sample_id", "source") if c in index.text.column_names]
     for start in range(0, len(kept), CHUNK_ROWS):
-        positions = kept[start:start + CHUNK_ROWS]
-        yield (index.take_text(positions, names), None if labels is None else np.asarray(labels[positions]),
-               np.asarray(scores[positions], dtype=np.float64))
+        positions = kept[start : start + CHUNK_ROWS]
+        yield (
+            index.take_text(positions, names),
+            None if labels is None else np.asarray(labels[positions]),
+            np.asarray(scores[positions], dtype=np.float64),
+        )
         index.release()  # the pages this chunk mapped: the export's memory stays one chunk's
         release_arrow_memory()
 
 
 def _frame(piece) -> pd.DataFrame:
     rows, labels, scores = piece
-    return pd.DataFrame({
-        "sample_id": rows.column("sample_id").to_pandas().astype(str),
-        "source": rows.column("source").to_pandas() if "source" in rows.column_names else "",
-        "label": labels if labels is not None else -1,
-        "score": scores,
-        "keep": True,
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": rows.column("sample_id").to_pandas().astype(str),
+            "source": rows.column("source").to_pandas() if "source" in rows.column_names else "",
+            "label": labels if labels is not None else -1,
+            "score": scores,
+            "keep": True,
+        }
+    )
 
 
 #: bytes that make the csv writer quote a field (and anything it might treat specially)
@@ -103,8 +108,14 @@ def _csv_text(piece) -> pa.Array | None:
     if labels is not None and labels.dtype.kind not in "iu":
         return None
     label_text = pa.array(labels if labels is not None else np.full(len(scores), -1, dtype=np.int64)).cast(pa.string())
-    return pc.binary_join_element_wise(texts[0], texts[1], label_text, _float_text(scores),
-                                       pa.scalar("True" + os.linesep, pa.string()), pa.scalar(",", pa.string()))
+    return pc.binary_join_element_wise(
+        texts[0],
+        texts[1],
+        label_text,
+        _float_text(scores),
+        pa.scalar("True" + os.linesep, pa.string()),
+        pa.scalar(",", pa.string()),
+    )
 
 
 def _float_text(values: np.ndarray) -> pa.Array:
@@ -134,7 +145,7 @@ def _write_csv_lines(fh, lines: pa.Array) -> None:
         return
     width = 8 if pa.types.is_large_string(lines.type) else 4
     offsets = np.frombuffer(lines.buffers()[1], dtype=f"i{width}", count=len(lines) + 1, offset=lines.offset * width)
-    fh.write(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]])
+    fh.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
 
 
 def _streamable(samples, column: str) -> bool:

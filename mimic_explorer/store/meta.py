@@ -108,8 +108,15 @@ class RunMeta:
 
 #: what each field's annotation allows, as JSON kinds (``int`` never admits a bool)
 _KINDS = {"dict": dict, "list": list, "str": str, "int": int, "bool": bool, "None": type(None)}
-_KIND_WORDS = {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "true or false",
-               float: "a number", type(None): "null"}
+_KIND_WORDS = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    float: "a number",
+    type(None): "null",
+}
 
 
 def _allowed_kinds(name: str) -> tuple[type, ...]:
@@ -137,16 +144,20 @@ def _check_kind(name: str, value: Any) -> None:
 
 def _check_version(version: Any) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise ValueError(f"format_version {_short(version)} is not a format version "
-                         f"(this mimic_explorer reads 0 to {FORMAT_VERSION})")
+        raise ValueError(
+            f"format_version {_short(version)} is not a format version "
+            f"(this mimic_explorer reads 0 to {FORMAT_VERSION})"
+        )
 
 
 def check_format(meta: RunMeta | dict[str, Any], path: str | os.PathLike) -> None:
     """``RunError`` when the run in ``path`` was written in a newer format than this package reads."""
     version = meta.format_version if isinstance(meta, RunMeta) else meta.get("format_version", 0)
     if version > FORMAT_VERSION:
-        raise RunError(f"{RunLayout(path).meta} is format {version}, written by a newer mimic_explorer "
-                       f"(this one reads formats up to {FORMAT_VERSION}); upgrade the package")
+        raise RunError(
+            f"{RunLayout(path).meta} is format {version}, written by a newer mimic_explorer "
+            f"(this one reads formats up to {FORMAT_VERSION}); upgrade the package"
+        )
 
 
 def _field_names() -> set[str]:

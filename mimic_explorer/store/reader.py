@@ -53,8 +53,10 @@ class Run:
             frame = pd.read_parquet(path)
         except (pa.ArrowException, OSError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc).split(". ")[0]
-            raise RunError(f"cannot read {path}: {reason} (truncated or not a Parquet file?); "
-                           "run the command that made the run again") from None
+            raise RunError(
+                f"cannot read {path}: {reason} (truncated or not a Parquet file?); "
+                "run the command that made the run again"
+            ) from None
         if "sample_id" not in frame.columns:
             raise RunError(f"{path} has no sample_id column: not a run's samples table")
         frame["sample_id"] = frame["sample_id"].astype(str)

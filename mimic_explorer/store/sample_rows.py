@@ -21,9 +21,13 @@ def samples_table(
     """The base columns of ``samples.parquet`` (``sample_id``, ``source``, ``label``, and ``true_label`` and
     ``is_noisy`` when the truth is known), one row per sample: the one place they are built, for every command and task.
     """
-    frame = pd.DataFrame({"sample_id": np.asarray(sample_ids, dtype=object).astype(str),
-                          "source": np.asarray(sources, dtype=object).astype(str),
-                          "label": np.asarray(labels, dtype=np.int64)})
+    frame = pd.DataFrame(
+        {
+            "sample_id": np.asarray(sample_ids, dtype=object).astype(str),
+            "source": np.asarray(sources, dtype=object).astype(str),
+            "label": np.asarray(labels, dtype=np.int64),
+        }
+    )
     if true_labels is not None:
         frame["true_label"] = np.asarray(true_labels, dtype=np.int64)
         frame["is_noisy"] = np.asarray(is_noisy, dtype=bool)

@@ -10,8 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def sort_by_group(values: np.ndarray, valid_order: np.ndarray, group: np.ndarray, n_groups: int,
-                  sorted_values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sort_by_group(
+    values: np.ndarray,
+    valid_order: np.ndarray,
+    group: np.ndarray,
+    n_groups: int,
+    sorted_values: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(values of ``valid_order`` re-sorted by group, then by value; the bounds of each group in it).
     ``valid_order``: positions of the non-NaN values, ascending by value; ``group``: small ints;
     ``sorted_values``: ``values[valid_order]`` if the caller has it (one random gather less)."""

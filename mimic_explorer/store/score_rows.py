@@ -132,5 +132,7 @@ class ScoreRows:
 
     def _require_positions(self) -> None:
         if not self.positioned:
-            raise ValueError("this run's score parts have no position column (written before positions were "
-                             "recorded); read them by sample id")
+            raise ValueError(
+                "this run's score parts have no position column (written before positions were "
+                "recorded); read them by sample id"
+            )

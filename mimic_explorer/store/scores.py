@@ -95,8 +95,11 @@ class EpochScores:
             table = fragment.to_table(columns=columns)
             epochs = table.column("epoch").to_numpy()
             values = table.column(signal).to_numpy().astype(np.float64)
-            noisy = (pc.is_in(table.column("sample_id"), value_set=noisy_ids).to_numpy(zero_copy_only=False)
-                     if noisy_ids is not None else None)
+            noisy = (
+                pc.is_in(table.column("sample_id"), value_set=noisy_ids).to_numpy(zero_copy_only=False)
+                if noisy_ids is not None
+                else None
+            )
             for epoch in np.unique(epochs):
                 in_epoch = epochs == epoch
                 groups = (

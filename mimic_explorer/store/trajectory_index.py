@@ -74,16 +74,24 @@ def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> d
             known = where >= 0
             keep = slice(None) if known.all() else known
             epoch = np.searchsorted(epochs, batch.column("epoch").to_numpy()[keep])
-            columns = [batch.column(signal).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[keep]
-                       for signal in signals]
+            columns = [
+                batch.column(signal).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[keep]
+                for signal in signals
+            ]
             _accumulate(rows, sums, epoch, where[keep], columns, distinct)
         del sums, rows  # unmapped: written pages go to the page cache, out of this process
         release_arrow_memory()  # the part's decoded batches
     return {"signals": signals, "epochs": epochs.tolist(), "layout": "epochs-by-samples"}
 
 
-def _accumulate(rows: np.ndarray, sums: list[np.ndarray], epoch: np.ndarray, where: np.ndarray,
-                columns: list[np.ndarray], distinct: bool) -> None:
+def _accumulate(
+    rows: np.ndarray,
+    sums: list[np.ndarray],
+    epoch: np.ndarray,
+    where: np.ndarray,
+    columns: list[np.ndarray],
+    distinct: bool,
+) -> None:
     """Add one batch's rows: a contiguous slice when the batch is one epoch of consecutive samples
     (the usual case), else an exact unbuffered add per cell."""
     if distinct and len(where) and epoch[0] == epoch[-1] and (epoch == epoch[0]).all():
@@ -104,8 +112,9 @@ def _add_distinct(target: np.ndarray, cells: np.ndarray, values) -> None:
     target[cells] += values  # cells are distinct: plain fancy-index addition is exact (and fast)
 
 
-def read_trajectories(record: dict[str, Any], rows: np.ndarray, sums: list[np.ndarray], positions: np.ndarray,
-                      ids: list[str]) -> pd.DataFrame:
+def read_trajectories(
+    record: dict[str, Any], rows: np.ndarray, sums: list[np.ndarray], positions: np.ndarray, ids: list[str]
+) -> pd.DataFrame:
     """Rows ``sample_id, epoch, <signals>`` of the samples at ``positions`` (ids ``ids``), sorted by
     sample id then epoch — ``EpochScores.trajectories``'s frame. ``rows``, ``sums``: the index's
     arrays (``IndexFiles.trajectory_rows``, ``IndexFiles.trajectory(k)``), memory-mapped."""

@@ -73,8 +73,14 @@ class RunWriter:
         self.started = time.perf_counter()
         self._take_lock()
         self.layout.scores_dir.mkdir(exist_ok=True)
-        self.meta = RunMeta(kind=kind, status="running", config=config, created=_now(), versions=_package_versions(),
-                            command=list(sys.argv))
+        self.meta = RunMeta(
+            kind=kind,
+            status="running",
+            config=config,
+            created=_now(),
+            versions=_package_versions(),
+            command=list(sys.argv),
+        )
         self.flush_meta()
 
     @property

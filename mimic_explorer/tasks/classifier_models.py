@@ -54,9 +54,16 @@ def build_models(options, source: Source, device: str) -> Models:
     with ``--seed``), which also decides the head and the preprocessing."""
     num_classes = len(source.class_names)
     torch.manual_seed(options.seed)
-    built = build_for_run(options.arch, num_classes, init=options.init, pretrained=bool(options.pretrained),
-                          image_size=options.image_size, transform=options.transform,
-                          trust_pickle=options.trust_pickle, adopt_from=_companion_checkpoints(options))
+    built = build_for_run(
+        options.arch,
+        num_classes,
+        init=options.init,
+        pretrained=bool(options.pretrained),
+        image_size=options.image_size,
+        transform=options.transform,
+        trust_pickle=options.trust_pickle,
+        adopt_from=_companion_checkpoints(options),
+    )
     check_decodable(source, built.transform)
     model, head_name = built.model, built.head_name
     reports = {("init" if options.init else "weights"): built.load_report.to_dict()} if built.load_report else {}
@@ -70,10 +77,20 @@ def build_models(options, source: Source, device: str) -> Models:
     if scored:
         reports["model"] = _load_same_model(model, scored, "--model", head_name, options, num_classes).to_dict()
         init_fp = read_checkpoint_sidecar(scored).get("init_fingerprint")
-    models = Models(model.to(device), None, built.transform, arch=options.arch, input_shape=built.input_shape,
-                    class_names=list(source.class_names), head_name=head_name, init_fingerprint=init_fp,
-                    load_reports=reports, warnings=warnings, notes=list(built.notes),
-                    description={**built.describe(), "notes": list(built.notes)})
+    models = Models(
+        model.to(device),
+        None,
+        built.transform,
+        arch=options.arch,
+        input_shape=built.input_shape,
+        class_names=list(source.class_names),
+        head_name=head_name,
+        init_fingerprint=init_fp,
+        load_reports=reports,
+        warnings=warnings,
+        notes=list(built.notes),
+        description={**built.describe(), "notes": list(built.notes)},
+    )
     reference_path = options.reference
     if reference_path:
         reference = built.twin()
@@ -111,8 +128,11 @@ def _check_feature_basis(options, models: Models, reference_path: str) -> None:
         return
     if models.reference_init_fingerprint is not None and models.init_fingerprint is not None:
         models.same_init = models.reference_init_fingerprint == models.init_fingerprint
-    unknown = "reference's" if models.reference_init_fingerprint is None else (
-        "scored model's" if models.init_fingerprint is None else None)
+    unknown = (
+        "reference's"
+        if models.reference_init_fingerprint is None
+        else ("scored model's" if models.init_fingerprint is None else None)
+    )
     if unknown:
         models.warnings.append(
             f"FEATURE BASIS: the {unknown} initial weights are unknown (no .meta.json beside it), so a shared "

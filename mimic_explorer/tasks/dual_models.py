@@ -99,9 +99,13 @@ def dual_transform(model: DualEncoder, config: dict) -> ImageTransform:
     size = int(config["input_shape"][-1])
     if is_open_clip(config["arch"]):
         cfg = getattr(getattr(getattr(model, "clip", None), "visual", None), "preprocess_cfg", None) or {}
-        return ImageTransform(size, size, tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-                              tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
-                              interpolation=str(cfg.get("interpolation", "bicubic")))
+        return ImageTransform(
+            size,
+            size,
+            tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+            tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
+            interpolation=str(cfg.get("interpolation", "bicubic")),
+        )
     base = default_transform(config["arch"])
     return base if base.crop == size else replace(base, resize=size, crop=size)
 
@@ -133,8 +137,9 @@ def build_pair_models(options, device: str) -> Models:
     """Model and reference from ``--model`` / ``--reference`` (``models.dual_checkpoint`` files), the
     mimic layers, and the feature-basis check on everything outside the projections."""
     model, config = load_pair_model(options.model, options.arch, "--model", trust_code=options.trust_pickle)
-    reference, _ = load_pair_model(options.reference, config["arch"], "--reference", config["input_shape"],
-                                   trust_code=options.trust_pickle)
+    reference, _ = load_pair_model(
+        options.reference, config["arch"], "--reference", config["input_shape"], trust_code=options.trust_pickle
+    )
     _check_same_tokenizer(model, reference, options)
     params = pair_mimic_params(options, model)
     mimic = [n for n, _ in model.named_parameters()] if params == "all" else list(params)
@@ -182,8 +187,9 @@ def _input_shape(options) -> tuple[int, int, int]:
     return (3, size, size)
 
 
-def _build_model(options, captions: list[str], reference: DualEncoder | None,
-                 reference_config: dict | None) -> tuple[DualEncoder, dict, list[str]]:
+def _build_model(
+    options, captions: list[str], reference: DualEncoder | None, reference_config: dict | None
+) -> tuple[DualEncoder, dict, list[str]]:
     """(model, its config {arch, input_shape}, notes) from the sources the module docstring lists."""
     image_arch = saved_arch(options.arch)
     if options.init and (
@@ -205,8 +211,9 @@ def _build_model(options, captions: list[str], reference: DualEncoder | None,
         image_arch = DEFAULT_IMAGE_ARCH
     shape = _input_shape(options)
     torch.manual_seed(options.seed)
-    model = build_dual_encoder(image_arch, init=options.init, captions=captions, input_shape=shape,
-                               trust_pickle=options.trust_pickle)
+    model = build_dual_encoder(
+        image_arch, init=options.init, captions=captions, input_shape=shape, trust_pickle=options.trust_pickle
+    )
     return (
         reset_projections(model, list(MIMIC_LAYERS), options.seed),
         {"arch": image_arch, "input_shape": list(shape)},
@@ -219,8 +226,9 @@ def build_train_pair_models(options, captions: list[str], device: str) -> Models
     ``captions``: the texts a fresh model's vocabulary is read from."""
     reference, reference_config = None, None
     if options.reference:
-        reference, reference_config = load_pair_model(options.reference, options.arch, "--reference",
-                                                         trust_code=options.trust_pickle)
+        reference, reference_config = load_pair_model(
+            options.reference, options.arch, "--reference", trust_code=options.trust_pickle
+        )
     model, config, notes = _build_model(options, captions, reference, reference_config)
     if options.fresh_projections:
         reset_projections(model, list(MIMIC_LAYERS), options.seed)
@@ -231,9 +239,11 @@ def build_train_pair_models(options, captions: list[str], device: str) -> Models
         vocab = "text_tower.vocabulary"
         ours, theirs = model.state_dict(), reference.state_dict()
         if vocab in ours and (vocab not in theirs or not torch.equal(ours[vocab], theirs[vocab])):
-            raise CheckpointError(f"--reference {options.reference} has another vocabulary than the model (the same "
-                                  "token id would mean different words); start the model from the reference's towers "
-                                  "(no --init) or from the dual checkpoint the reference was trained from")
+            raise CheckpointError(
+                f"--reference {options.reference} has another vocabulary than the model (the same "
+                "token id would mean different words); start the model from the reference's towers "
+                "(no --init) or from the dual checkpoint the reference was trained from"
+            )
         differing = tower_differences(model, reference)
         basis = {"towers_differ": len(differing)}
         if differing:

@@ -70,9 +70,12 @@ def _describe(source: Source) -> dict:
 
 def _pool_signals(model: nn.Module, reference: nn.Module, pool: Pool, models: Models, workers: int, device: str):
     """End-of-run signals of a fine-tuned model for a range of good positions, decoding their images."""
+
     def signals(positions: np.ndarray) -> dict:
-        batches = ((b.index, b.inputs, b.targets) for b in pool_pass(pool.source, pool.labels, models.transform, 256,
-                                                                       indices=positions, workers=workers))
+        batches = (
+            (b.index, b.inputs, b.targets)
+            for b in pool_pass(pool.source, pool.labels, models.transform, 256, indices=positions, workers=workers)
+        )
         return collect_signals(model, reference, batches, device, head_name=models.head_name)
 
     return signals
@@ -113,10 +116,19 @@ class LinearProbeMode:
             else None
         )
         started = time.perf_counter()
-        feats = extract_features(models.model, source, job.pool.labels, models.transform, head_name=models.head_name,
-                                 device=run.device, batch_size=max(256, options.batch_size), workers=options.workers,
-                                 on_thumbnails=on_thumbs, progress=lambda d, t: passes.progress("features", d, t),
-                                 dist=run.dist)
+        feats = extract_features(
+            models.model,
+            source,
+            job.pool.labels,
+            models.transform,
+            head_name=models.head_name,
+            device=run.device,
+            batch_size=max(256, options.batch_size),
+            workers=options.workers,
+            on_thumbnails=on_thumbs,
+            progress=lambda d, t: passes.progress("features", d, t),
+            dist=run.dist,
+        )
         passes.timings["features_s"] = time.perf_counter() - started
         passes.timings["features_cached"] = feats.cached
         if feats.cached and on_thumbs is not None:  # the cache spared the decode; thumbnails still need one
@@ -193,8 +205,17 @@ class FineTuneMode:
     def batches(self, held: Held) -> PoolBatches:
         """Images decoded every epoch (``PoolBatches``), shuffled by seed and epoch, this rank's share."""
         job, options, dist = self.job, self.options, self.run.dist
-        return PoolBatches(job.pool.source, job.pool.labels, job.models.transform, options.batch_size, options.seed,
-                           rank=dist.rank, world=dist.world, workers=options.workers, errors=self.errors)
+        return PoolBatches(
+            job.pool.source,
+            job.pool.labels,
+            job.models.transform,
+            options.batch_size,
+            options.seed,
+            rank=dist.rank,
+            world=dist.world,
+            workers=options.workers,
+            errors=self.errors,
+        )
 
     def loop_options(self) -> dict:
         """The head's name as traced when the models were built."""
@@ -239,9 +260,17 @@ class LabelledScoring:
         if not options.linear_probe:
             return
         # one feature matrix of the whole pool, its chunks shared by the ranks
-        self.features = extract_features(models.model, job.pool.source, job.pool.labels, models.transform,
-                                         head_name=models.head_name, device=run.device, workers=options.workers,
-                                         dist=run.dist, progress=lambda d, t: passes.progress("features", d, t))
+        self.features = extract_features(
+            models.model,
+            job.pool.source,
+            job.pool.labels,
+            models.transform,
+            head_name=models.head_name,
+            device=run.device,
+            workers=options.workers,
+            dist=run.dist,
+            progress=lambda d, t: passes.progress("features", d, t),
+        )
         passes.errors.extend(self.features.bad)
         self.scored = LinearProbe(models.model.get_submodule(models.head_name))
         self.scored_reference = LinearProbe(models.reference.get_submodule(models.head_name))
@@ -250,8 +279,13 @@ class LabelledScoring:
         """The scorer of the run: the heads on features (``--linear-probe``), or the ``--params`` layers of the whole
         checkpoint."""
         head_name = LinearProbe.HEAD if self.options.linear_probe else self.job.models.head_name
-        return PreparedScorer(self.scored, self.scored_reference, params=self.options.mimic_params(),
-                              method=self.options.score_method, head_name=head_name)
+        return PreparedScorer(
+            self.scored,
+            self.scored_reference,
+            params=self.options.mimic_params(),
+            method=self.options.score_method,
+            head_name=head_name,
+        )
 
     def batches(self, start: int, stop: int, passes: Passes) -> Iterator[ScoreBatch]:
         """Batches of the positions ``start … stop − 1`` on the run's device."""
@@ -260,9 +294,16 @@ class LabelledScoring:
             yield from self._feature_batches(start, stop)
             return
         source, thumbs = job.pool.source, passes.thumbs
-        for batch in pool_pass(source, job.pool.labels, job.models.transform, options.batch_size,
-                               indices=np.arange(start, stop), thumbnails=thumbs is not None, workers=options.workers,
-                               errors=passes.errors):
+        for batch in pool_pass(
+            source,
+            job.pool.labels,
+            job.models.transform,
+            options.batch_size,
+            indices=np.arange(start, stop),
+            thumbnails=thumbs is not None,
+            workers=options.workers,
+            errors=passes.errors,
+        ):
             positions = batch.index.numpy()
             if thumbs is not None:
                 for p, t in zip(positions, batch.thumbs, strict=True):
@@ -330,11 +371,22 @@ class LabelledTask:
         reference and preprocessing, and the facts ``meta.json`` records."""
         models = build_models(options, pool.source, device)  # the --model checkpoint loaded, head included
         models.model.eval()
-        fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
-                        "reference": models.reference_fingerprint, "preprocessing": models.preprocessing}
-        facts = dict(class_names=pool.source.class_names, source={"spec": options.data},
-                     method=f"{options.score_method} (fixed checkpoint)", noise=pool.noise, subset=pool.subset,
-                     reference={"path": options.reference}, params=options.params, **model_facts(models))
+        fingerprints = {
+            **pool_fingerprints(pool),
+            "model": state_fingerprint(models.model.state_dict()),
+            "reference": models.reference_fingerprint,
+            "preprocessing": models.preprocessing,
+        }
+        facts = dict(
+            class_names=pool.source.class_names,
+            source={"spec": options.data},
+            method=f"{options.score_method} (fixed checkpoint)",
+            noise=pool.noise,
+            subset=pool.subset,
+            reference={"path": options.reference},
+            params=options.params,
+            **model_facts(models),
+        )
         return Prepared(Job(self, pool, models), fingerprints, facts, pool.warnings + models.warnings, models.notes)
 
     def train_mode(self, job: Job, options: Any, run: Any):
@@ -348,8 +400,17 @@ class LabelledTask:
     # ------------------------------------------------------------------ rows
     def score_rows(self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int) -> Any:
         """The score rows of one batch: proj, Stage-1 weight, cos, loss and the predicted class."""
-        return score_rows(job.sample_ids, batch.positions, epoch=0, step=step, proj=scores.proj, weight=weights,
-                          cos=scores.cos, loss=scores.loss, pred=scores.outputs.argmax(-1))
+        return score_rows(
+            job.sample_ids,
+            batch.positions,
+            epoch=0,
+            step=step,
+            proj=scores.proj,
+            weight=weights,
+            cos=scores.cos,
+            loss=scores.loss,
+            pred=scores.outputs.argmax(-1),
+        )
 
     def train_rows(self, job: Job, held: Held, signals: Any):
         """The pool's base columns (labels as trained on, the truth when known) and the signals as they are."""
@@ -365,11 +426,18 @@ class LabelledTask:
         can be a later run's ``--reference`` or ``--init``."""
         models = job.models
         save_checkpoint(models.model, options.save_model)
-        write_checkpoint_sidecar(options.save_model,
-                                 {"arch": options.arch, "class_names": job.pool.source.class_names,
-                                  "init_fingerprint": models.init_fingerprint, "run_id": meta.run_id,
-                                  "linear_probe": options.linear_probe, "data": options.data,
-                                  SIDECAR_PREPROCESSING: models.preprocessing})
+        write_checkpoint_sidecar(
+            options.save_model,
+            {
+                "arch": options.arch,
+                "class_names": job.pool.source.class_names,
+                "init_fingerprint": models.init_fingerprint,
+                "run_id": meta.run_id,
+                "linear_probe": options.linear_probe,
+                "data": options.data,
+                SIDECAR_PREPROCESSING: models.preprocessing,
+            },
+        )
 
     def held_out(self, job: Job, options: Any, trained: nn.Module, device: str) -> dict:
         """``test_accuracy`` of the trained model on ``--test-data``."""

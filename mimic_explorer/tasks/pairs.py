@@ -124,16 +124,26 @@ def _caption_sets(pool: Pool) -> list[list[str]]:
     return [source.all_captions(i) or [str(source.captions[i])] for i in range(len(source))]
 
 
-def _pair_rows_pass(models, source, labels, captions: np.ndarray, workers: int, thumbs: ThumbnailWriter | None,
-                   errors: ErrorLog | None, encode, transform=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def _pair_rows_pass(
+    models,
+    source,
+    labels,
+    captions: np.ndarray,
+    workers: int,
+    thumbs: ThumbnailWriter | None,
+    errors: ErrorLog | None,
+    encode,
+    transform=None,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """One decoding pass: ``encode(images, token ids)`` of every good pair, its position and whether its
     caption was cut, in pool order (thumbnails and bad samples recorded on the way). ``transform``:
     the images' preprocessing (default the model's; ``pool_pass.no_input`` makes none)."""
     parts, positions, truncated = [], [], []
     tokenizer = models.model.tokenizer
     transform = models.transform if transform is None else transform
-    for batch in pool_pass(source, labels, transform, FEATURE_BATCH, thumbnails=thumbs is not None,
-                           workers=workers, errors=errors):
+    for batch in pool_pass(
+        source, labels, transform, FEATURE_BATCH, thumbnails=thumbs is not None, workers=workers, errors=errors
+    ):
         index = batch.index.numpy()
         tokens = tokenizer.encode(captions[index].tolist())
         parts.append(encode(batch.inputs, tokens.ids))
@@ -168,9 +178,17 @@ class _PairMode:
         good, which captions were cut, thumbnails and bad pairs on the way."""
         job, options = self.job, self.options
         started = time.perf_counter()
-        rows, positions, truncated = _pair_rows_pass(self.models, job.pool.source, job.pool.labels, job.data.captions,
-                                                    options.workers, passes.thumbs, passes.errors, self._encode,
-                                                    transform=self._transform())
+        rows, positions, truncated = _pair_rows_pass(
+            self.models,
+            job.pool.source,
+            job.pool.labels,
+            job.data.captions,
+            options.workers,
+            passes.thumbs,
+            passes.errors,
+            self._encode,
+            transform=self._transform(),
+        )
         passes.timings["features_s"] = time.perf_counter() - started
         passes.timings["features_cached"] = False  # held for this run only, or decoded per epoch (module docstring)
         return Held(positions, rows, {"truncated": truncated})
@@ -178,8 +196,11 @@ class _PairMode:
     def _token_sets(self, held: Held) -> None:
         """Each good pair's caption set as token ids (every caption with ``--all-captions``)."""
         captions = self.job.data
-        sets = [captions.sets[p] for p in held.positions] if captions.sets is not None else \
-            [[c] for c in captions.captions[held.positions].tolist()]
+        sets = (
+            [captions.sets[p] for p in held.positions]
+            if captions.sets is not None
+            else [[c] for c in captions.captions[held.positions].tolist()]
+        )
         held.extra["token_sets"], held.extra["counts"] = caption_sets(self.models.model.tokenizer, sets)
         held.extra["captions"] = draw_counts(held.extra["counts"])
 
@@ -288,14 +309,24 @@ class FrozenImageTowerMode(_TowersLearn):
         """The held image inputs with a caption drawn from each photo's set every epoch (``CaptionDraws``), this rank's
         share."""
         device, dist = self.run.device, self.run.dist
-        return CaptionDraws(held.rows.to(device), held.extra["token_sets"].to(device), held.extra["counts"].to(device),
-                            self.options.batch_size, self.options.seed, dist.rank, dist.world)
+        return CaptionDraws(
+            held.rows.to(device),
+            held.extra["token_sets"].to(device),
+            held.extra["counts"].to(device),
+            self.options.batch_size,
+            self.options.seed,
+            dist.rank,
+            dist.world,
+        )
 
     def signals(self, held: Held, batches) -> pd.DataFrame:
         """The per-pair end-of-run signals, each photo with its own caption."""
         device = self.run.device
-        rows = pair_batches((held.rows.to(device), held.extra["token_sets"][:, 0].to(device)), self.options.batch_size,
-                            self.options.seed)
+        rows = pair_batches(
+            (held.rows.to(device), held.extra["token_sets"][:, 0].to(device)),
+            self.options.batch_size,
+            self.options.seed,
+        )
         return self._collect(held, self.trained, self.reference_side, rows.epoch(0))
 
 
@@ -409,8 +440,14 @@ def score_batches(steps: np.ndarray, all_steps: np.ndarray) -> np.ndarray:
     return np.searchsorted(all_steps, np.asarray(steps)).astype(np.int64)
 
 
-def pair_samples(samples: pd.DataFrame, captions: np.ndarray, true_captions: np.ndarray, positions: np.ndarray,
-                 is_noisy: np.ndarray | None, scores: pd.DataFrame) -> pd.DataFrame:
+def pair_samples(
+    samples: pd.DataFrame,
+    captions: np.ndarray,
+    true_captions: np.ndarray,
+    positions: np.ndarray,
+    is_noisy: np.ndarray | None,
+    scores: pd.DataFrame,
+) -> pd.DataFrame:
     """``samples`` (one row per good pair, at pool ``positions``) with its caption (and, when captions
     were swapped, the original and ``is_noisy``), and the per-pair columns of its score row."""
     samples = samples.copy()
@@ -440,13 +477,18 @@ class PairsTask:
 
     def check_options(self, options: Any) -> None:
         """Refuse, before anything is written, an option a pairs pool cannot use."""
-        named = [flag if value is True else f"{flag} {value}"
-                 for field, flag in LABELLED_ONLY if (value := getattr(options, field, None))]
+        named = [
+            flag if value is True else f"{flag} {value}"
+            for field, flag in LABELLED_ONLY
+            if (value := getattr(options, field, None))
+        ]
         if options.init and options.command != "train":  # train: the towers' initial weights
             named.append("--init")
         if named:
-            raise ValueError(f"{', '.join(named)}: only for labelled pools, and {options.data} is a pool of image-text "
-                             "pairs (use --caption-noise RATE to swap captions)")
+            raise ValueError(
+                f"{', '.join(named)}: only for labelled pools, and {options.data} is a pool of image-text "
+                "pairs (use --caption-noise RATE to swap captions)"
+            )
         if options.batch_size < MIN_PAIR_BATCH:
             raise ValueError(
                 f"--batch-size {options.batch_size}: a pair's InfoNCE loss needs the other pairs of its batch "
@@ -481,8 +523,11 @@ class PairsTask:
         captions = pair_captions(pool, options.caption_noise, options.noise_seed)
         models = build_pair_models(options, device)
         # the data fingerprint covers the captions; the swapped ones follow from --caption-noise and --noise-seed
-        fingerprints = {**pool_fingerprints(pool), "model": state_fingerprint(models.model.state_dict()),
-                        "reference": state_fingerprint(models.reference.state_dict())}
+        fingerprints = {
+            **pool_fingerprints(pool),
+            "model": state_fingerprint(models.model.state_dict()),
+            "reference": state_fingerprint(models.reference.state_dict()),
+        }
         layers = models.mimic_layers if isinstance(models.mimic_layers, str) else ",".join(models.mimic_layers)
         facts = dict(
             class_names=[],
@@ -560,11 +605,24 @@ class PairsTask:
             reference = job.models.reference(images, ids)
             reference_loss = InfoNCELoss()(reference, None)
         outputs = scores.outputs
-        extra = {"clip_score_model": _numpy(clip_score(outputs.image, outputs.text)),
-                 "clip_score_ref": _numpy(clip_score(reference.image, reference.text)),
-                 "reference_loss": _numpy(reference_loss), "truncated": batch.extra["truncated"]}
-        return score_rows(job.sample_ids, batch.positions, epoch=0, step=step, proj=scores.proj, weight=weights,
-                          cos=scores.cos, loss=scores.loss, pred=None, extra=extra)
+        extra = {
+            "clip_score_model": _numpy(clip_score(outputs.image, outputs.text)),
+            "clip_score_ref": _numpy(clip_score(reference.image, reference.text)),
+            "reference_loss": _numpy(reference_loss),
+            "truncated": batch.extra["truncated"],
+        }
+        return score_rows(
+            job.sample_ids,
+            batch.positions,
+            epoch=0,
+            step=step,
+            proj=scores.proj,
+            weight=weights,
+            cos=scores.cos,
+            loss=scores.loss,
+            pred=None,
+            extra=extra,
+        )
 
     def train_rows(self, job: Job, held: Held, signals: pd.DataFrame | None):
         """samples.parquet's base columns of good positions — the pool's, the caption (and, with swapped
@@ -603,8 +661,10 @@ class PairsTask:
         captions, base = job.data, pool_rows(job.pool)
         rows = ScoreRows(layout)
         if not rows.positioned:
-            raise ValueError("the run's score parts have no position column; they were written by an older version "
-                             "(rerun with --force)")
+            raise ValueError(
+                "the run's score parts have no position column; they were written by an older version "
+                "(rerun with --force)"
+            )
         steps = self._steps(layout)
 
         def at(positions: np.ndarray) -> pd.DataFrame:
@@ -657,21 +717,28 @@ class PairsTask:
         """The pairs' part of the summary: the loss, batch size, mimic layer, what trained and how many captions were
         cut (said to ``log`` too)."""
         truncated = held.extra["truncated"]
-        pairs = {"loss": "symmetric InfoNCE of each pair within its batch", "batch_size": options.batch_size,
-                 "mimic_layer": job.models.mimic_layers if scored else None, "frozen_towers": options.frozen_towers,
-                 "truncated_captions": int(truncated.sum())}
+        pairs = {
+            "loss": "symmetric InfoNCE of each pair within its batch",
+            "batch_size": options.batch_size,
+            "mimic_layer": job.models.mimic_layers if scored else None,
+            "frozen_towers": options.frozen_towers,
+            "truncated_captions": int(truncated.sum()),
+        }
         if "captions" in held.extra:
             pairs.update(towers_trained="text" if options.frozen_image_tower else "both", **held.extra["captions"])
         if truncated.any():
-            log(f"{int(truncated.sum())} caption(s) were longer than the text encoder's context and were cut "
-                "(column caption_truncated)")
+            log(
+                f"{int(truncated.sum())} caption(s) were longer than the text encoder's context and were cut "
+                "(column caption_truncated)"
+            )
         return {"pairs": pairs}
 
     def score_summary(self, job: Job, options: Any, layout: RunLayout, log) -> dict:
         """The pairs' part of the summary: the loss, batch size, number of scoring batches, mimic layers and how many
         captions were cut (said to ``log`` too)."""
-        truncated = int(pq.read_table(layout.samples, columns=["caption_truncated"]).column("caption_truncated")
-                        .to_numpy().sum())
+        truncated = int(
+            pq.read_table(layout.samples, columns=["caption_truncated"]).column("caption_truncated").to_numpy().sum()
+        )
         if truncated:
             log(
                 f"{truncated} caption(s) were longer than the text encoder's context and were cut (column "
@@ -710,12 +777,24 @@ def held_out_recall(spec: str, models, device: str, workers: int = 0) -> tuple[d
     model = models.model
     with torch.no_grad(), preserved_modes(model):
         model.eval()
-        image, positions, _ = _pair_rows_pass(models, test, test.labels, test.captions, workers, None, None,
-                                             lambda images, ids: model.encode_image(images.to(device)).cpu())
+        image, positions, _ = _pair_rows_pass(
+            models,
+            test,
+            test.labels,
+            test.captions,
+            workers,
+            None,
+            None,
+            lambda images, ids: model.encode_image(images.to(device)).cpu(),
+        )
         captions = [test.all_captions(int(p)) or [str(test.captions[p])] for p in positions]
         texts = [c for row in captions for c in row]
-        text = torch.cat([model.encode_text(model.tokenizer.encode(texts[s : s + FEATURE_BATCH]).ids.to(device)).cpu()
-                          for s in range(0, len(texts), FEATURE_BATCH)])
+        text = torch.cat(
+            [
+                model.encode_text(model.tokenizer.encode(texts[s : s + FEATURE_BATCH]).ids.to(device)).cpu()
+                for s in range(0, len(texts), FEATURE_BATCH)
+            ]
+        )
     image_of_text = torch.as_tensor(np.repeat(np.arange(len(captions)), [len(row) for row in captions]))
     return retrieval_recall(image, text, image_of_text, ks=RECALL_AT), {"photos": len(captions), "captions": len(texts)}
 

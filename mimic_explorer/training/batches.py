@@ -24,8 +24,10 @@ MIN_PAIR_BATCH = 2
 def check_pair_batch_size(batch_size: int) -> None:
     """Refuse a pairs batch size below ``MIN_PAIR_BATCH`` with the reason."""
     if batch_size < MIN_PAIR_BATCH:
-        raise ValueError(f"a batch of image-text pairs needs at least {MIN_PAIR_BATCH} pairs (InfoNCE's negatives), "
-                         f"got batch size {batch_size}")
+        raise ValueError(
+            f"a batch of image-text pairs needs at least {MIN_PAIR_BATCH} pairs (InfoNCE's negatives), "
+            f"got batch size {batch_size}"
+        )
 
 
 class TensorBatches:
@@ -39,8 +41,17 @@ class TensorBatches:
     one before it (InfoNCE needs two pairs a batch), so every sample is still seen each epoch.
     """
 
-    def __init__(self, inputs: Tensor | tuple[Tensor, ...], targets: Tensor | None, batch_size: int,
-                 seed: int, rank: int = 0, world: int = 1, *, min_batch: int = 1):
+    def __init__(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        targets: Tensor | None,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        *,
+        min_batch: int = 1,
+    ):
         self.inputs, self.targets, self.batch_size, self.seed = inputs, targets, batch_size, seed
         self.rank, self.world, self.min_batch = rank, world, min_batch
         self._tensors = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
@@ -79,8 +90,9 @@ class TensorBatches:
                 yield order[bounds[k] : bounds[k + 1]], part, None if targets is None else targets[start:end]
 
 
-def pair_batches(inputs: Tensor | tuple[Tensor, ...], batch_size: int, seed: int, rank: int = 0,
-                 world: int = 1) -> TensorBatches:
+def pair_batches(
+    inputs: Tensor | tuple[Tensor, ...], batch_size: int, seed: int, rank: int = 0, world: int = 1
+) -> TensorBatches:
     """Seeded shuffled batches of pairs (no targets: pair i's caption is text i); a last batch of one
     pair joins the one before, since InfoNCE needs negatives."""
     check_pair_batch_size(batch_size)
@@ -101,8 +113,16 @@ class CaptionDraws(TensorBatches):
     ``images``: (N, …) preprocessed images or image-tower outputs; ``token_sets``: (N, K, L) from
     ``training.towers.caption_sets``. With K = 1 every photo keeps its one caption."""
 
-    def __init__(self, images: Tensor, token_sets: Tensor, counts: Tensor, batch_size: int, seed: int,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        images: Tensor,
+        token_sets: Tensor,
+        counts: Tensor,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
         check_pair_batch_size(batch_size)
         super().__init__((images, token_sets, counts), None, batch_size, seed, rank, world, min_batch=MIN_PAIR_BATCH)
 

@@ -33,14 +33,20 @@ class DriftMeter:
     def measure(self, epoch: int) -> None:
         """Record, after epoch ``epoch``, the relative distance of the part outside the mimic layers to the reference's
         and to where the run began."""
-        self.per_epoch.append({"epoch": epoch,
-                               "to_reference": relative_distance(self.model, self.reference, self.excluded),
-                               "from_init": relative_distance(self.model, self.start, self.excluded)})
+        self.per_epoch.append(
+            {
+                "epoch": epoch,
+                "to_reference": relative_distance(self.model, self.reference, self.excluded),
+                "from_init": relative_distance(self.model, self.start, self.excluded),
+            }
+        )
 
     def warning(self) -> str | None:
         """The FEATURE BASIS warning when the last measured distance to the reference passed ``DRIFT_WARNING``."""
         last = self.per_epoch[-1]["to_reference"] if self.per_epoch else 0.0
         if last <= DRIFT_WARNING:
             return None
-        return (f"FEATURE BASIS: the {self.part} drifted to relative distance {last:.2f} from the reference's "
-                f"(> {DRIFT_WARNING}); {self.advice}")
+        return (
+            f"FEATURE BASIS: the {self.part} drifted to relative distance {last:.2f} from the reference's "
+            f"(> {DRIFT_WARNING}); {self.advice}"
+        )

@@ -33,8 +33,15 @@ from mimic_explorer.util.distributed import DistContext
 class EpochParts:
     """Collects each epoch's rows and, when a checkpoint is due, writes them and the training state."""
 
-    def __init__(self, layout: RunLayout, sample_ids: np.ndarray, ctx: DistContext, last_epoch: int, every_s: float,
-                 positions: np.ndarray | None = None):
+    def __init__(
+        self,
+        layout: RunLayout,
+        sample_ids: np.ndarray,
+        ctx: DistContext,
+        last_epoch: int,
+        every_s: float,
+        positions: np.ndarray | None = None,
+    ):
         """``sample_ids`` and ``positions`` (pool positions; default: the index itself) per index the
         training loop records (a linear probe's index is a row of its feature matrix)."""
         self.layout, self.ctx, self.last_epoch, self.every_s = layout, ctx, last_epoch, every_s

@@ -114,8 +114,10 @@ class FeatureEntry:
             return False
         self.header = header
         try:
-            sizes_ok = (self.values_path.stat().st_size == self.rows * self.row_bytes
-                        and self.positions_path.stat().st_size == self.rows * _ROW_BYTES_POSITION)
+            sizes_ok = (
+                self.values_path.stat().st_size == self.rows * self.row_bytes
+                and self.positions_path.stat().st_size == self.rows * _ROW_BYTES_POSITION
+            )
             json.loads((self.folder / BAD).read_text())
         except (OSError, ValueError, KeyError):
             sizes_ok = False
@@ -126,8 +128,14 @@ class FeatureEntry:
     def start(self, key: str, rows: int, dim: int, chunk_rows: int) -> None:
         """Open the entry for filling: resume a matching unfinished one, else (re)create it with both
         files preallocated (sparse). Call under ``locked``; a finished entry is left as it is."""
-        wanted = {"format": FORMAT, "key": key, "rows": int(rows), "dim": int(dim), "dtype": "float32",
-                  "chunk_rows": int(chunk_rows)}
+        wanted = {
+            "format": FORMAT,
+            "key": key,
+            "rows": int(rows),
+            "dim": int(dim),
+            "dtype": "float32",
+            "chunk_rows": int(chunk_rows),
+        }
         header = self._read_header()
         if header is not None and header.get("state") == "complete" and self.open_complete():
             return
@@ -138,8 +146,10 @@ class FeatureEntry:
         ):
             self.header = header
             try:
-                if (self.values_path.stat().st_size == rows * dim * 4
-                        and self.positions_path.stat().st_size == rows * _ROW_BYTES_POSITION):
+                if (
+                    self.values_path.stat().st_size == rows * dim * 4
+                    and self.positions_path.stat().st_size == rows * _ROW_BYTES_POSITION
+                ):
                     return
             except OSError:
                 pass

@@ -106,8 +106,14 @@ def _backbone_fingerprint(model: nn.Module, head_name: str) -> str:
     return state_fingerprint({k: v for k, v in model.state_dict().items() if not k.startswith(prefix)})
 
 
-def feature_key(model: nn.Module, head_name: str, transform, source: Source, indices: np.ndarray | None,
-                extractor: FeatureExtractor | None = None) -> str:
+def feature_key(
+    model: nn.Module,
+    head_name: str,
+    transform,
+    source: Source,
+    indices: np.ndarray | None,
+    extractor: FeatureExtractor | None = None,
+) -> str:
     """The cache entry's key: a hash of the backbone's weights (head left out), the preprocessing, the data fingerprint,
     the requested positions and the extractor. Anything that changes the features changes the key; training another head
     on the same backbone finds the entry."""
@@ -153,8 +159,16 @@ class _Pass:
         entry.write_positions(first, positions)
         row_of = {int(p): first + k for k, p in enumerate(positions)}
         errors = ErrorLog()
-        for batch in pool_pass(self.source, self.labels, self.transform, self.batch_size, indices=positions,
-                               thumbnails=self.on_thumbnails is not None, workers=self.workers, errors=errors):
+        for batch in pool_pass(
+            self.source,
+            self.labels,
+            self.transform,
+            self.batch_size,
+            indices=positions,
+            thumbnails=self.on_thumbnails is not None,
+            workers=self.workers,
+            errors=errors,
+        ):
             values = self.extractor(self.model, batch, self.device).detach().float().cpu().numpy()
             rows = np.asarray([row_of[p] for p in batch.index.tolist()], dtype=np.int64)
             block = np.zeros((rows[-1] - rows[0] + 1, values.shape[1]), dtype=np.float32)
@@ -204,18 +218,63 @@ def extract_features(
     key = feature_key(model, head_name, transform, source, indices, extractor)
     if not use_cache:
         with tempfile.TemporaryDirectory(prefix="features-") as folder:
-            features = _extract(FeatureEntry(Path(folder) / key), key, model, source, labels, transform, extractor,
-                                device, batch_size, workers, on_thumbnails, progress, requested, ctx, chunk_rows)
-            return Features(np.array(features.positions), torch.from_numpy(np.array(features.values.numpy())),
-                            features.bad, False)
+            features = _extract(
+                FeatureEntry(Path(folder) / key),
+                key,
+                model,
+                source,
+                labels,
+                transform,
+                extractor,
+                device,
+                batch_size,
+                workers,
+                on_thumbnails,
+                progress,
+                requested,
+                ctx,
+                chunk_rows,
+            )
+            return Features(
+                np.array(features.positions), torch.from_numpy(np.array(features.values.numpy())), features.bad, False
+            )
     (features_cache_dir() / f"{key}.pt").unlink(missing_ok=True)  # an earlier version's entry: never trusted
-    return _extract(FeatureEntry(features_cache_dir() / key), key, model, source, labels, transform, extractor,
-                    device, batch_size, workers, on_thumbnails, progress, requested, ctx, chunk_rows)
+    return _extract(
+        FeatureEntry(features_cache_dir() / key),
+        key,
+        model,
+        source,
+        labels,
+        transform,
+        extractor,
+        device,
+        batch_size,
+        workers,
+        on_thumbnails,
+        progress,
+        requested,
+        ctx,
+        chunk_rows,
+    )
 
 
-def _extract(entry: FeatureEntry, key: str, model: nn.Module, source: Source, labels: np.ndarray, transform,
-             extractor: FeatureExtractor, device: str, batch_size: int, workers: int, on_thumbnails, progress,
-             requested: np.ndarray, ctx: DistContext, chunk_rows: int) -> Features:
+def _extract(
+    entry: FeatureEntry,
+    key: str,
+    model: nn.Module,
+    source: Source,
+    labels: np.ndarray,
+    transform,
+    extractor: FeatureExtractor,
+    device: str,
+    batch_size: int,
+    workers: int,
+    on_thumbnails,
+    progress,
+    requested: np.ndarray,
+    ctx: DistContext,
+    chunk_rows: int,
+) -> Features:
     if ctx.all_ok(entry.open_complete()):
         return _features(entry, cached=True)
     work = _Pass(

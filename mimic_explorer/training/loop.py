@@ -178,15 +178,28 @@ class _Steps:
 class _LossSteps:
     """``_Steps`` for a run under a custom per-sample loss: the step is a ``LossStep``."""
 
-    def __init__(self, model: nn.Module, reference: nn.Module | None, config: TrainConfig, loss: PerSampleLoss,
-                 mimic_params: Sequence[str] | None):
+    def __init__(
+        self,
+        model: nn.Module,
+        reference: nn.Module | None,
+        config: TrainConfig,
+        loss: PerSampleLoss,
+        mimic_params: Sequence[str] | None,
+    ):
 
         def weigh(proj, cos, on):
             return _sample_weights(proj, cos, config, on)
 
-        self.step = LossStep(model, reference, loss, mimic_params, config.reweight, weigh,
-                             lambda losses, index: _check_finite(losses, index, "loss"),
-                             need_cos=score_basis(config.method) == "cos")
+        self.step = LossStep(
+            model,
+            reference,
+            loss,
+            mimic_params,
+            config.reweight,
+            weigh,
+            lambda losses, index: _check_finite(losses, index, "loss"),
+            need_cos=score_basis(config.method) == "cos",
+        )
         self.scorer = self.step.scorer
 
     def run(self, model, steps, inputs, targets, index, weigh) -> dict[str, torch.Tensor]:

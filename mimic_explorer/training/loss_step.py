@@ -84,8 +84,17 @@ class LossStep:
     ``need_cos``); ``check(losses, index)`` raises on a non-finite loss before anything is scored.
     """
 
-    def __init__(self, model: nn.Module, reference: nn.Module | None, loss: PerSampleLoss,
-                 mimic_params: Sequence[str] | None, reweight: str, weigh: Weigh, check: Check, need_cos: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        reference: nn.Module | None,
+        loss: PerSampleLoss,
+        mimic_params: Sequence[str] | None,
+        reweight: str,
+        weigh: Weigh,
+        check: Check,
+        need_cos: bool = True,
+    ):
         self.model, self.reference, self.loss = model, reference, loss
         self.reweight, self.weigh, self.check, self.need_cos = reweight, weigh, check, need_cos
         self.scorer: PreparedScorer | None = None

@@ -32,8 +32,19 @@ class PoolBatches:
     """``TensorBatches``' interface over decoded samples: ``epoch(e)`` yields (pool position, inputs,
     targets); bad samples drop out of their batch and are logged once."""
 
-    def __init__(self, source: Source, labels: np.ndarray, transform: Callable, batch_size: int, seed: int,
-                 *, rank: int = 0, world: int = 1, workers: int = 0, errors: ErrorLog | None = None):
+    def __init__(
+        self,
+        source: Source,
+        labels: np.ndarray,
+        transform: Callable,
+        batch_size: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        workers: int = 0,
+        errors: ErrorLog | None = None,
+    ):
         self.source, self.labels, self.transform = source, labels, transform
         self.batch_size, self.seed, self.rank, self.world, self.workers = batch_size, seed, rank, world, workers
         self.errors = errors if errors is not None else ErrorLog()
@@ -45,8 +56,18 @@ class PoolBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """As many batches as every other rank (``pool_pass.at_most``)."""
         order = self.plan.order(epoch).numpy()
-        for batch in at_most(pool_pass(self.source, self.labels, self.transform, self.batch_size, indices=order,
-                                       workers=self.workers, errors=self.errors), self.plan.batch_count):
+        for batch in at_most(
+            pool_pass(
+                self.source,
+                self.labels,
+                self.transform,
+                self.batch_size,
+                indices=order,
+                workers=self.workers,
+                errors=self.errors,
+            ),
+            self.plan.batch_count,
+        ):
             yield batch.index, batch.inputs, batch.targets
 
 
@@ -132,8 +153,14 @@ class StreamedPairs:
         """
         order = self.plan.order(epoch).numpy()
         draws = draw_captions(self.plan, epoch)
-        stream = pool_pass(self.source, self.labels, self.transform, self.batch_size, indices=self.positions[order],
-                           workers=self.workers)  # bad samples were recorded by the run's first pass
+        stream = pool_pass(
+            self.source,
+            self.labels,
+            self.transform,
+            self.batch_size,
+            indices=self.positions[order],
+            workers=self.workers,
+        )  # bad samples were recorded by the run's first pass
         for batch in at_most(whole_batches(stream, self.batch_size), self.plan.batch_count):
             rows = torch.as_tensor(self.row_of[batch.index.numpy()])
             draw = (torch.rand(len(rows), generator=draws) * self.counts[rows]).long()

@@ -95,8 +95,13 @@ def concat_batches(parts: list[PassBatch]) -> PassBatch:
     """One batch of the good samples of ``parts``, in order (their bad samples were already logged)."""
     if len(parts) == 1:
         return parts[0]
-    return PassBatch(torch.cat([p.index for p in parts]), torch.cat([p.inputs for p in parts]),
-                     torch.cat([p.targets for p in parts]), [t for p in parts for t in p.thumbs], [])
+    return PassBatch(
+        torch.cat([p.index for p in parts]),
+        torch.cat([p.inputs for p in parts]),
+        torch.cat([p.targets for p in parts]),
+        [t for p in parts for t in p.thumbs],
+        [],
+    )
 
 
 def at_most(stream: Iterable[PassBatch], count: int) -> Iterator[PassBatch]:
@@ -131,6 +136,7 @@ def thumbnail_pass(
 ) -> None:
     """Decode samples once for their thumbnails alone (no model input is made):
     ``on_thumbnails(positions, thumbs)`` per batch, bad samples into ``errors``."""
-    for batch in pool_pass(source, labels, no_input, batch_size, indices=indices, thumbnails=True, workers=workers,
-                           errors=errors):
+    for batch in pool_pass(
+        source, labels, no_input, batch_size, indices=indices, thumbnails=True, workers=workers, errors=errors
+    ):
         on_thumbnails(batch.index.numpy(), batch.thumbs)

@@ -40,10 +40,21 @@ def _ints(values: Values | int, n: int, dtype) -> np.ndarray:
     return np.asarray(values, dtype=dtype)
 
 
-def score_rows(sample_ids: pa.Array | np.ndarray, index: np.ndarray, *, epoch: int, step: np.ndarray | int,
-               proj: Values, weight: Values, cos: Values, loss: Values, pred: Values,
-               batch_size: np.ndarray | int | None = None, positions: np.ndarray | None = None,
-               extra: Mapping[str, np.ndarray] | None = None) -> pa.Table:
+def score_rows(
+    sample_ids: pa.Array | np.ndarray,
+    index: np.ndarray,
+    *,
+    epoch: int,
+    step: np.ndarray | int,
+    proj: Values,
+    weight: Values,
+    cos: Values,
+    loss: Values,
+    pred: Values,
+    batch_size: np.ndarray | int | None = None,
+    positions: np.ndarray | None = None,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> pa.Table:
     """Score rows of the samples ``index`` (rows of ``sample_ids``; their pool positions are
     ``positions[index]``, or ``index`` itself without ``positions``).
 
@@ -78,9 +89,19 @@ def epoch_table(record: EpochRecord, sample_ids: pa.Array, positions: np.ndarray
 
     ``record.index`` indexes ``sample_ids`` and ``positions`` (the pool position of each index: the
     features' positions for a linear probe); without ``positions`` the index is the pool position."""
-    return score_rows(sample_ids, record.index, epoch=record.epoch, step=record.step, proj=record.proj,
-                      weight=record.weight, cos=record.cos, loss=record.loss, pred=record.pred,
-                      batch_size=record.batch_size, positions=positions)
+    return score_rows(
+        sample_ids,
+        record.index,
+        epoch=record.epoch,
+        step=record.step,
+        proj=record.proj,
+        weight=record.weight,
+        cos=record.cos,
+        loss=record.loss,
+        pred=record.pred,
+        batch_size=record.batch_size,
+        positions=positions,
+    )
 
 
 def epoch_frame(record: EpochRecord, sample_ids: np.ndarray, positions: np.ndarray | None = None):

@@ -28,16 +28,29 @@ from mimic_explorer.scoring.trees import as_args, moved
 from mimic_explorer.training.loop import head_of
 
 PAIR_SIGNALS = (
-    "index", "batch", "batch_size", "model_loss", "reference_loss", "reducible_loss", "grand",
-    "final_proj", "final_cos", "model_pred", "clip_score_model", "clip_score_ref",
+    "index",
+    "batch",
+    "batch_size",
+    "model_loss",
+    "reference_loss",
+    "reducible_loss",
+    "grand",
+    "final_proj",
+    "final_cos",
+    "model_pred",
+    "clip_score_model",
+    "clip_score_ref",
 )
-
 
 
 @torch.no_grad()
 def collect_signals(
-    model: nn.Module, reference: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    device: str | torch.device = "cpu", *, head_name: str | None = None,
+    model: nn.Module,
+    reference: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    device: str | torch.device = "cpu",
+    *,
+    head_name: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-sample end-of-training signals (eval mode) over ``(index, inputs, targets)`` batches:
     losses under model and reference, the reducible loss (RHO-LOSS), the head-gradient norm (GraNd),
@@ -70,8 +83,13 @@ def collect_signals(
 
 
 def evaluate_signals(
-    model: nn.Module, reference: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 1024,
-    *, head_name: str | None = None,
+    model: nn.Module,
+    reference: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int = 1024,
+    *,
+    head_name: str | None = None,
 ) -> dict[str, np.ndarray]:
     """``collect_signals`` over in-memory tensors, rows in tensor order."""
     batches = (

@@ -123,8 +123,9 @@ class TextSide(nn.Module):
 
     def forward(self, image_features: Tensor, tokens: Tensor) -> DualOutput:
         """The ``DualOutput`` of cached image-tower outputs and caption tokens."""
-        return DualOutput(self.image_projection(image_features), self.text_projection(self.text_tower(tokens)),
-                          self.logit_scale.exp())
+        return DualOutput(
+            self.image_projection(image_features), self.text_projection(self.text_tower(tokens)), self.logit_scale.exp()
+        )
 
 
 def caption_sets(tokenizer, captions: Sequence[Sequence[str]]) -> tuple[Tensor, Tensor]:
@@ -153,15 +154,20 @@ def trainable_part(model: DualEncoder, freeze_image: bool) -> nn.Module:
 
 
 @torch.no_grad()
-def image_inputs(model: DualEncoder, images: Tensor, freeze_image: bool, device: str | torch.device = "cpu",
-                 batch_size: int = 256) -> Tensor:
+def image_inputs(
+    model: DualEncoder, images: Tensor, freeze_image: bool, device: str | torch.device = "cpu", batch_size: int = 256
+) -> Tensor:
     """What ``CaptionDraws`` batches: the image-tower outputs (eval mode, on the CPU) when the image
     tower is frozen, else the preprocessed images themselves."""
     if not freeze_image:
         return images
     with preserved_modes(model):
-        return torch.cat([model.eval().image_features(images[s : s + batch_size].to(device)).cpu()
-                          for s in range(0, len(images), batch_size)])
+        return torch.cat(
+            [
+                model.eval().image_features(images[s : s + batch_size].to(device)).cpu()
+                for s in range(0, len(images), batch_size)
+            ]
+        )
 
 
 def image_tower_differences(model: DualEncoder, reference: DualEncoder) -> list[str]:
@@ -179,22 +185,47 @@ def reference_part(reference: DualEncoder, freeze_image: bool) -> nn.Module:
     return (TextSide(reference) if freeze_image else reference).eval()
 
 
-def train_towers(model: DualEncoder, images: Tensor, token_sets: Tensor, counts: Tensor, config: TrainConfig, *,
-                 freeze_image: bool = False, reference: DualEncoder | None = None,
-                 mimic_layer: str | Sequence[str] = "text", rank: int = 0, world: int = 1,
-                 **train_options: Any) -> TrainResult:
+def train_towers(
+    model: DualEncoder,
+    images: Tensor,
+    token_sets: Tensor,
+    counts: Tensor,
+    config: TrainConfig,
+    *,
+    freeze_image: bool = False,
+    reference: DualEncoder | None = None,
+    mimic_layer: str | Sequence[str] = "text",
+    rank: int = 0,
+    world: int = 1,
+    **train_options: Any,
+) -> TrainResult:
     """Train ``model`` in place under InfoNCE on pairs held in memory: ``images`` as ``image_inputs``
     returns them, ``token_sets`` / ``counts`` as ``caption_sets`` does; records' ``index`` are their
     rows. The rest as ``train_tower_batches``."""
-    batches = CaptionDraws(images.to(config.device), token_sets.to(config.device), counts.to(config.device),
-                           config.batch_size, config.seed, rank, world)
-    return train_tower_batches(model, batches, config, freeze_image=freeze_image, reference=reference,
-                               mimic_layer=mimic_layer, **train_options)
+    batches = CaptionDraws(
+        images.to(config.device),
+        token_sets.to(config.device),
+        counts.to(config.device),
+        config.batch_size,
+        config.seed,
+        rank,
+        world,
+    )
+    return train_tower_batches(
+        model, batches, config, freeze_image=freeze_image, reference=reference, mimic_layer=mimic_layer, **train_options
+    )
 
 
-def train_tower_batches(model: DualEncoder, batches: TensorBatches, config: TrainConfig, *, freeze_image: bool = False,
-                        reference: DualEncoder | None = None, mimic_layer: str | Sequence[str] = "text",
-                        **train_options: Any) -> TrainResult:
+def train_tower_batches(
+    model: DualEncoder,
+    batches: TensorBatches,
+    config: TrainConfig,
+    *,
+    freeze_image: bool = False,
+    reference: DualEncoder | None = None,
+    mimic_layer: str | Sequence[str] = "text",
+    **train_options: Any,
+) -> TrainResult:
     """Train ``model`` in place under InfoNCE on ``batches`` (anything with ``TensorBatches``'
     interface yielding (index, (image inputs, tokens), None), e.g. ``CaptionDraws`` or pairs decoded
     per epoch): the text tower, both projections and the logit scale, and the image tower unless

@@ -20,5 +20,17 @@ from mimic_explorer.ui.page import ExplorerPage
 from mimic_explorer.ui.runs import RunPicker
 from mimic_explorer.ui.summary import Summary
 
-__all__ = ["DetailView", "Distribution", "Explorer", "ExplorerPage", "ExportPanel", "FilterControls", "FilterModel",
-           "Galleries", "Gallery", "MoreViews", "RunPicker", "Summary"]
+__all__ = [
+    "DetailView",
+    "Distribution",
+    "Explorer",
+    "ExplorerPage",
+    "ExportPanel",
+    "FilterControls",
+    "FilterModel",
+    "Galleries",
+    "Gallery",
+    "MoreViews",
+    "RunPicker",
+    "Summary",
+]

@@ -26,14 +26,21 @@ from mimic_explorer.ui.live import LiveCounts
 from mimic_explorer.ui.notice import Notice
 from mimic_explorer.ui.state import ExplorerState
 
-RULE_LABELS = {"Value": "threshold", "Quantile": "quantile", "Top %": "top_fraction", "Top N": "keep_count",
-               "Ensemble": "ensemble"}
+RULE_LABELS = {
+    "Value": "threshold",
+    "Quantile": "quantile",
+    "Top %": "top_fraction",
+    "Top N": "keep_count",
+    "Ensemble": "ensemble",
+}
 #: Five rule buttons fit the sidebar with a little less padding.
 RULE_BUTTONS_CSS = ".bk-btn { padding-left: 4px; padding-right: 4px; }"
 KEEPS_NOTHING = "This filter keeps no samples: the keep-list would be empty."
-COMBINED_NOTE = ("Opened on <b>combined_score</b> (mimic and reference loss, averaged as z-scores): on the benchmark "
-                 "whose reference never saw the pool it beat mimic_score alone and came within about 0.004 AUROC "
-                 "of the reference loss (benchmarks/RESULTS.md).")
+COMBINED_NOTE = (
+    "Opened on <b>combined_score</b> (mimic and reference loss, averaged as z-scores): on the benchmark "
+    "whose reference never saw the pool it beat mimic_score alone and came within about 0.004 AUROC "
+    "of the reference loss (benchmarks/RESULTS.md)."
+)
 
 KEPT_CSS = """
 .me-kept { font: 600 20px system-ui, sans-serif; color: #1f2328; }
@@ -59,20 +66,38 @@ class _ClauseWidgets:
         lo, hi = state.score_range(model.column)
         wide = dict(sizing_mode="stretch_width")
         self.column = pn.widgets.Select.from_param(model.param.column, label=column_label, **wide)
-        self.rule = pn.widgets.RadioButtonGroup.from_param(model.param.rule, options=rules, color="primary",
-                                                           variant="outline", stylesheets=[RULE_BUTTONS_CSS], **wide)
+        self.rule = pn.widgets.RadioButtonGroup.from_param(
+            model.param.rule, options=rules, color="primary", variant="outline", stylesheets=[RULE_BUTTONS_CSS], **wide
+        )
         self.slider = pn.widgets.FloatSlider.from_param(
-            model.param.threshold, label="Threshold", start=lo, end=hi, step=slider_step(lo, hi), format="0.000",
-            visible=rule == "threshold", **wide)
-        self.quantile = pn.widgets.FloatSlider.from_param(model.param.quantile, label="Drop the lowest fraction",
-                                                          step=0.005, visible=rule == "quantile", **wide)
-        self.top_fraction = pn.widgets.FloatSlider.from_param(model.param.top_fraction, label="Keep the top fraction",
-                                                              step=0.005, visible=rule == "top_fraction", **wide)
-        self.keep_n = pn.widgets.IntInput.from_param(model.param.keep_count, label="Keep the top N", start=0,
-                                                     end=state.total, visible=rule == "keep_count", **wide)
+            model.param.threshold,
+            label="Threshold",
+            start=lo,
+            end=hi,
+            step=slider_step(lo, hi),
+            format="0.000",
+            visible=rule == "threshold",
+            **wide,
+        )
+        self.quantile = pn.widgets.FloatSlider.from_param(
+            model.param.quantile, label="Drop the lowest fraction", step=0.005, visible=rule == "quantile", **wide
+        )
+        self.top_fraction = pn.widgets.FloatSlider.from_param(
+            model.param.top_fraction, label="Keep the top fraction", step=0.005, visible=rule == "top_fraction", **wide
+        )
+        self.keep_n = pn.widgets.IntInput.from_param(
+            model.param.keep_count,
+            label="Keep the top N",
+            start=0,
+            end=state.total,
+            visible=rule == "keep_count",
+            **wide,
+        )
         self.per_class = pn.widgets.Checkbox.from_param(
-            model.param.per_class, label="Per class (same fraction in every class)",
-            visible=rule.rx.in_(("quantile", "top_fraction", "keep_count")) if state.has_classes else False)
+            model.param.per_class,
+            label="Per class (same fraction in every class)",
+            visible=rule.rx.in_(("quantile", "top_fraction", "keep_count")) if state.has_classes else False,
+        )
         model.param.watch(self._on_column, "column")
 
     def _on_column(self, event) -> None:
@@ -91,15 +116,21 @@ class _ClauseControls(Viewer):
     def __init__(self, clause: ClauseModel, model: FilterModel, state: ExplorerState, **params):
         super().__init__(**params)
         self.clause = clause
-        self.widgets = _ClauseWidgets(clause, state, {k: v for k, v in RULE_LABELS.items() if v != "ensemble"},
-                                     column_label="AND on")
-        self.remove = pn.widgets.Button(label="✕", description="Remove this clause", color="light", width=40,
-                                        align="end")
+        self.widgets = _ClauseWidgets(
+            clause, state, {k: v for k, v in RULE_LABELS.items() if v != "ensemble"}, column_label="AND on"
+        )
+        self.remove = pn.widgets.Button(
+            label="✕", description="Remove this clause", color="light", width=40, align="end"
+        )
         self.remove.on_click(lambda event: model.remove_clause(clause))
-        self._layout = pn.Column(pn.Row(self.widgets.column, self.remove, sizing_mode="stretch_width"),
-                                 self.widgets.rule, *self.widgets.values, css_classes=["me-clause"],
-                                 styles={"border": "1px solid #d0d7de", "border-radius": "8px"},
-                                 sizing_mode="stretch_width")
+        self._layout = pn.Column(
+            pn.Row(self.widgets.column, self.remove, sizing_mode="stretch_width"),
+            self.widgets.rule,
+            *self.widgets.values,
+            css_classes=["me-clause"],
+            styles={"border": "1px solid #d0d7de", "border-radius": "8px"},
+            sizing_mode="stretch_width",
+        )
 
     def __panel__(self):
         return self._layout
@@ -117,13 +148,23 @@ class FilterControls(Viewer):
         self.column, self.rule, self.slider = self.first.column, self.first.rule, self.first.slider
         self.quantile, self.top_fraction, self.keep_n = self.first.quantile, self.first.top_fraction, self.first.keep_n
         self.per_class = self.first.per_class
-        self.typed = pn.widgets.FloatInput(label="Type a threshold", value=model.param.threshold, format="0.0000",
-                                           visible=model.param.rule.rx() == "threshold", **wide)
+        self.typed = pn.widgets.FloatInput(
+            label="Type a threshold",
+            value=model.param.threshold,
+            format="0.0000",
+            visible=model.param.rule.rx() == "threshold",
+            **wide,
+        )
         self.typed.param.watch(self._on_typed, "value")
         self.clear_overrides = pn.widgets.Button(
-            label="Clear per-class overrides", color="light",
-            visible=pn.bind(lambda kind, overrides: kind == "threshold" and bool(overrides), model.param.rule,
-                            model.param.class_overrides))
+            label="Clear per-class overrides",
+            color="light",
+            visible=pn.bind(
+                lambda kind, overrides: kind == "threshold" and bool(overrides),
+                model.param.rule,
+                model.param.class_overrides,
+            ),
+        )
         self.clear_overrides.on_click(lambda event: setattr(model, "class_overrides", {}))
         self.score_note = self._score_note()
         self.clauses = pn.Column(**wide)
@@ -140,9 +181,23 @@ class FilterControls(Viewer):
         self.kept = pn.pane.HTML(
             self._kept_html(live.counts), stylesheets=[KEPT_CSS], css_classes=["kept-count"], **wide
         )
-        self._layout = pn.Column(self.score_note, self.column, self.rule, self.slider, self.typed, self.quantile,
-                                 self.top_fraction, self.keep_n, self.per_class, self.clear_overrides, self.clauses,
-                                 self.add_clause, self.kept, notice, **wide)
+        self._layout = pn.Column(
+            self.score_note,
+            self.column,
+            self.rule,
+            self.slider,
+            self.typed,
+            self.quantile,
+            self.top_fraction,
+            self.keep_n,
+            self.per_class,
+            self.clear_overrides,
+            self.clauses,
+            self.add_clause,
+            self.kept,
+            notice,
+            **wide,
+        )
         model.param.watch(self._on_more, "more")
         live.param.watch(self._on_counts, "counts")
         self._on_more()
@@ -153,16 +208,23 @@ class FilterControls(Viewer):
         if "combined_score" not in self.state.score_columns or "mimic_score" not in self.state.score_columns:
             return pn.Column(visible=False)
         column = self.model.param.column.rx()
-        switch = pn.widgets.Button(label=(column == "combined_score").rx.where("Show mimic_score instead",
-                                                                               "Show combined_score"),
-                                   color="light", sizing_mode="stretch_width")
+        switch = pn.widgets.Button(
+            label=(column == "combined_score").rx.where("Show mimic_score instead", "Show combined_score"),
+            color="light",
+            sizing_mode="stretch_width",
+        )
         switch.on_click(
             lambda event: setattr(
                 self.model, "column", "mimic_score" if self.model.column == "combined_score" else "combined_score"
             )
         )
-        note = pn.pane.HTML(COMBINED_NOTE, stylesheets=[KEPT_CSS], css_classes=["me-note"], sizing_mode="stretch_width",
-                            visible=column == "combined_score")
+        note = pn.pane.HTML(
+            COMBINED_NOTE,
+            stylesheets=[KEPT_CSS],
+            css_classes=["me-note"],
+            sizing_mode="stretch_width",
+            visible=column == "combined_score",
+        )
         return pn.Column(note, switch, sizing_mode="stretch_width", css_classes=["score-note"])
 
     def _on_more(self, event=None) -> None:
@@ -184,8 +246,11 @@ class FilterControls(Viewer):
             self.notice.show("")
         else:
             clamped = float(np.clip(value, lo, hi))
-            self.notice.show(f"Threshold {value:g} is outside the range of {self.model.column} ([{lo:.4g}, {hi:.4g}]); "
-                             f"using {clamped:.4g}.", "warning")
+            self.notice.show(
+                f"Threshold {value:g} is outside the range of {self.model.column} ([{lo:.4g}, {hi:.4g}]); "
+                f"using {clamped:.4g}.",
+                "warning",
+            )
             value = clamped
         self.model.threshold = float(value)
         if self.typed.value != value:  # the threshold already was the clamped value: show it anyway
@@ -219,9 +284,12 @@ class FilterControls(Viewer):
             detail += f" → {column} ≥ {cut:.4g}"
         if model.rule == "threshold" and model.class_overrides:
             detail += f" · {len(model.class_overrides)} class override(s)"
-        text = (f'<div class="me-kept">Kept: {counts.kept} of {counts.total}</div>'
-                f'<div class="me-sub">{share:.1f} % kept · {counts.dropped} dropped · {html.escape(detail)}'
-                + (f" (alone {first.kept})" if counts.clauses else "") + "</div>")
+        text = (
+            f'<div class="me-kept">Kept: {counts.kept} of {counts.total}</div>'
+            f'<div class="me-sub">{share:.1f} % kept · {counts.dropped} dropped · {html.escape(detail)}'
+            + (f" (alone {first.kept})" if counts.clauses else "")
+            + "</div>"
+        )
         for clause, part in zip(model.more, (counts.clauses or [])[1:], strict=False):
             rule = clause.clause()
             part_cut = self.state.cut(part)

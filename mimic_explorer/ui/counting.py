@@ -82,8 +82,14 @@ class SampleGroups:
 class RuleCounter:
     """Sorted per-group scores of one column; answers ``counts(rule)`` without building a mask."""
 
-    def __init__(self, samples: pd.DataFrame, column: str, ascending: np.ndarray | None = None,
-                 stored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, groups: SampleGroups | None = None):
+    def __init__(
+        self,
+        samples: pd.DataFrame,
+        column: str,
+        ascending: np.ndarray | None = None,
+        stored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        groups: SampleGroups | None = None,
+    ):
         """``ascending``: ``np.argsort(scores, kind="stable")`` if the caller already has it (saves a sort);
         ``stored``: (the non-NaN scores ascending, ``score_groups.sort_by_group``'s two arrays) from the
         run's app index (saves every sort and gather); ``groups``: the run's ``SampleGroups`` when the
@@ -116,7 +122,7 @@ class RuleCounter:
             grouped, bounds = sort_by_group(self.scores, valid_order, self.group, 2 * n_classes)
         else:
             grouped, bounds = stored[1], stored[2]
-        self._group_sorted = [grouped[bounds[g]:bounds[g + 1]] for g in range(2 * n_classes)]
+        self._group_sorted = [grouped[bounds[g] : bounds[g + 1]] for g in range(2 * n_classes)]
         self.total_per_group = groups.total_per_group
         self.total_per_class = self.total_per_group.reshape(n_classes, 2).sum(axis=1)
         self.n = n
@@ -126,7 +132,7 @@ class RuleCounter:
     @cached_property
     def _class_sorted(self) -> list[np.ndarray]:
         """Finite scores of each class, ascending (per-class quantiles)."""
-        merged = [np.sort(np.concatenate(self._group_sorted[2 * c:2 * c + 2])) for c in range(len(self.classes))]
+        merged = [np.sort(np.concatenate(self._group_sorted[2 * c : 2 * c + 2])) for c in range(len(self.classes))]
         return [values[np.isfinite(values)] for values in merged]
 
     @cached_property
@@ -257,15 +263,14 @@ class RuleCounter:
             keep = np.zeros(self.n, dtype=bool)
             if rule.per_class:
                 for c, key in enumerate(self.class_keys):
-                    keep[self._class_descending[c][:counts.kept_per_class[key]]] = True
+                    keep[self._class_descending[c][: counts.kept_per_class[key]]] = True
             else:
-                keep[self.descending[:counts.kept]] = True
+                keep[self.descending[: counts.kept]] = True
             return keep
         overall = counts.thresholds.get("all")
         cuts = np.array([counts.thresholds.get(key, overall) for key in self.class_keys], dtype=np.float64)
         with np.errstate(invalid="ignore"):
             return self.scores >= cuts[self.codes]  # a None cut (keeps nothing) is NaN: never ≥
-
 
     def kept_curve(self, points: int = 400, lo: float | None = None, hi: float | None = None) -> pd.DataFrame:
         """Kept count versus a single global threshold (and, with ground truth, clean and noisy kept)."""

@@ -44,12 +44,16 @@ class DetailView(Viewer):
         super().__init__(**params)
         self.state, self.thumbs, self.epochs = state, thumbs, epochs
         self.position: int | None = None
-        self._info = pn.pane.HTML('<div class="me-hint">Click any image to see it here: larger, with its '
-                                  "trajectory over training and every signal.</div>",
-                                  stylesheets=[CSS], sizing_mode="stretch_width")
+        self._info = pn.pane.HTML(
+            '<div class="me-hint">Click any image to see it here: larger, with its '
+            "trajectory over training and every signal.</div>",
+            stylesheets=[CSS],
+            sizing_mode="stretch_width",
+        )
         self._plot = pn.pane.HoloViews(None, sizing_mode="stretch_width")
-        self._layout = pn.Column(pn.pane.Markdown("#### Sample detail", margin=(0, 5)), self._info, self._plot,
-                                 sizing_mode="stretch_width")
+        self._layout = pn.Column(
+            pn.pane.Markdown("#### Sample detail", margin=(0, 5)), self._info, self._plot, sizing_mode="stretch_width"
+        )
 
     def show(self, position: int) -> None:
         """Show the sample at row ``position``: its thumbnail, caption, every column, and its per-epoch trajectory when
@@ -60,7 +64,7 @@ class DetailView(Viewer):
         noisy = bool(record.get("is_noisy", False))
         caption = record.get("caption")
         caption_html = f'<div class="caption">{html.escape(str(caption))}</div>' if isinstance(caption, str) else ""
-        marked = ' class=noisy' if noisy else ""
+        marked = " class=noisy" if noisy else ""
         rows = "".join(
             f"<tr><td>{html.escape(str(k))}</td><td{marked if k == 'is_noisy' else ''}>{_value(v)}</td></tr>"
             for k, v in record.items()

@@ -20,8 +20,15 @@ from mimic_explorer.ui.filter_model import FilterModel
 from mimic_explorer.ui.live import LiveCounts
 from mimic_explorer.ui.state import ExplorerState
 
-TITLES = {"samples": "n", "share before %": "before", "share after %": "after", "retained %": "kept %",
-          "mislabeled": "mislab.", "threshold": "cut", "override": "override"}
+TITLES = {
+    "samples": "n",
+    "share before %": "before",
+    "share after %": "after",
+    "retained %": "kept %",
+    "mislabeled": "mislab.",
+    "threshold": "cut",
+    "override": "override",
+}
 
 
 class Distribution(Viewer):
@@ -42,17 +49,29 @@ class Distribution(Viewer):
             {"samples": 55, "override": 82} if state.has_classes else {"samples": 55, "class": 210}
         )  # rules in words
         self.table = pn.widgets.Tabulator(
-            frame, show_index=False, sizing_mode="stretch_width", height=340, layout="fit_columns",
-            editors=editors, titles=TITLES, hidden_columns=["label"], text_align={"class": "left"}, page_size=10,
-            configuration={"columnDefaults": {"headerSort": False}}, widths=widths,
+            frame,
+            show_index=False,
+            sizing_mode="stretch_width",
+            height=340,
+            layout="fit_columns",
+            editors=editors,
+            titles=TITLES,
+            hidden_columns=["label"],
+            text_align={"class": "left"},
+            page_size=10,
+            configuration={"columnDefaults": {"headerSort": False}},
+            widths=widths,
             pagination="local" if len(state.counter.classes) > 10 else None,
             stylesheets=[":host { font-size: 12px; }"],
         )
         self.table.on_edit(self.on_table_edit)
-        note = pn.pane.Markdown("**Per class, before → after** (before / after: % of the dataset / of the kept set). "
-                                "Type an override to give a class its own threshold." if state.has_classes else
-                                "**Before → after** (this pool has no classes; with several rules, each is also "
-                                "counted alone).", margin=(0, 5))
+        note = pn.pane.Markdown(
+            "**Per class, before → after** (before / after: % of the dataset / of the kept set). "
+            "Type an override to give a class its own threshold."
+            if state.has_classes
+            else "**Before → after** (this pool has no classes; with several rules, each is also counted alone).",
+            margin=(0, 5),
+        )
         self._layout = pn.Row(
             pn.Column(self.histogram, sizing_mode="stretch_width"),
             pn.Column(note, self.table, width=620),

@@ -44,8 +44,11 @@ from mimic_explorer.ui.thumbnails import ThumbnailURIs
 
 def _rule_parameter(name: str) -> property:
     """``explorer.<name>`` reads and sets the filter model's parameter of that name."""
-    return property(lambda self: getattr(self.filter, name), lambda self, value: setattr(self.filter, name, value),
-                    doc=FilterModel.param[name].doc)
+    return property(
+        lambda self: getattr(self.filter, name),
+        lambda self, value: setattr(self.filter, name, value),
+        doc=FilterModel.param[name].doc,
+    )
 
 
 def _section(title: str) -> pn.pane.Markdown:
@@ -88,8 +91,12 @@ class Explorer(Viewer):
         given = {name: params.pop(name) for name in RULE_PARAMS if name in params}
         self.state = ExplorerState(self.run, given.get("column"))
         self.notice = Notice()
-        self.filter = FilterModel(columns=self.state.score_columns, column=self.state.column,
-                                  threshold=self.state.default_threshold(), keep_count=round(0.7 * self.state.total))
+        self.filter = FilterModel(
+            columns=self.state.score_columns,
+            column=self.state.column,
+            threshold=self.state.default_threshold(),
+            keep_count=round(0.7 * self.state.total),
+        )
         restored = (
             self._restore()
             if restore and not ({"rule", "threshold", "quantile", "top_fraction", "keep_count"} & set(given))
@@ -106,14 +113,20 @@ class Explorer(Viewer):
         self.summary = Summary(self.run.run_id, str(self.run.path), self.run.meta, self.samples)
         self.filter_controls = FilterControls(self.filter, self.live, self.state, self.notice)
         self.exports = ExportPanel(self.run, self.state, self.filter, self.notice)
-        self.distribution = Distribution(self.state, self.filter, self.live, self.lines,
-                                         **{k: params.pop(k) for k in list(params) if k in Distribution.param})
+        self.distribution = Distribution(
+            self.state,
+            self.filter,
+            self.live,
+            self.lines,
+            **{k: params.pop(k) for k in list(params) if k in Distribution.param},
+        )
         self.detail = DetailView(self.state, self.thumbs, self.run.epoch_scores)
         self.galleries = Galleries(
             self.state, self.filter, self.live, self.thumbs, self.detail, self.selection, **params
         )
-        self.more_views = MoreViews(self.state, self.live, self.lines, self.run.epoch_scores, self.selection,
-                                    self.distribution.param.log_counts)
+        self.more_views = MoreViews(
+            self.state, self.live, self.lines, self.run.epoch_scores, self.selection, self.distribution.param.log_counts
+        )
         self.live.param.watch(self._move_lines, "counts")
         if isinstance(restored, SavedFilter):
             self.notice.show(*self._restored_text(restored))
@@ -206,8 +219,10 @@ class Explorer(Viewer):
         """What the restore did, and the notice's kind: a warning when the saved filter keeps other counts
         now than when it was saved, or its keep-list is not the one its spec describes."""
         spec, counts = saved.spec, self.live.counts
-        text = (f"Restored the filter saved with this run ({saved.spec_path.name}, {spec.get('created', '?')}): "
-                f"kept {spec.get('kept')} of {spec.get('total')}.")
+        text = (
+            f"Restored the filter saved with this run ({saved.spec_path.name}, {spec.get('created', '?')}): "
+            f"kept {spec.get('kept')} of {spec.get('total')}."
+        )
         problems = []
         if counts is not None and (
             counts.kept != spec.get("kept") or counts.kept_per_class != spec.get("kept_per_class")
@@ -245,8 +260,14 @@ class Explorer(Viewer):
     def main(self) -> pn.Column:
         """Summary, distribution and retention, galleries with the detail view, then the other plots."""
         if not hasattr(self, "_main"):
-            self._main = pn.Column(self.summary, self.distribution, self.galleries, _section("More views"),
-                                   self.more_views, sizing_mode="stretch_width")
+            self._main = pn.Column(
+                self.summary,
+                self.distribution,
+                self.galleries,
+                _section("More views"),
+                self.more_views,
+                sizing_mode="stretch_width",
+            )
         return self._main
 
     def __panel__(self):

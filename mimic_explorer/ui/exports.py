@@ -35,13 +35,25 @@ class ExportPanel(Viewer):
         wide = dict(sizing_mode="stretch_width")
         self.format = pn.widgets.Select(label="Keep-list format", options=list(FORMATS), value="csv", width=110)
         self.download = pn.widgets.FileDownload(
-            callback=self.keep_list_file, filename=pn.bind(lambda fmt: f"keep-list-{run.run_id}.{fmt}", self.format),
-            label="Download keep-list", color="primary", **wide)
+            callback=self.keep_list_file,
+            filename=pn.bind(lambda fmt: f"keep-list-{run.run_id}.{fmt}", self.format),
+            label="Download keep-list",
+            color="primary",
+            **wide,
+        )
         self.download_spec = pn.widgets.FileDownload(
-            callback=self.spec_file, filename=f"keep-list-{run.run_id}.spec.json", label="Download spec",
-            color="light", **wide)
-        self.save = pn.widgets.Button(label="Save to run", color="success", **wide,
-                                      description="Write the keep-list and its spec into the run's filters/ folder")
+            callback=self.spec_file,
+            filename=f"keep-list-{run.run_id}.spec.json",
+            label="Download spec",
+            color="light",
+            **wide,
+        )
+        self.save = pn.widgets.Button(
+            label="Save to run",
+            color="success",
+            **wide,
+            description="Write the keep-list and its spec into the run's filters/ folder",
+        )
         self.save.on_click(self._on_save)
         self.format.param.watch(self._on_format, "value")
         self._layout = pn.Column(pn.Row(self.format, self.download_spec, **wide), self.download, self.save, **wide)

@@ -75,8 +75,11 @@ class ClauseModel(param.Parameterized):
         if self.rule == "threshold":
             overrides = {int(k): float(v) for k, v in self.class_overrides.items()}
             return FilterRule("threshold", float(self.threshold), self.column, False, overrides)
-        value = {"quantile": float(self.quantile), "top_fraction": float(self.top_fraction),
-                 "keep_count": int(self.keep_count)}[self.rule]
+        value = {
+            "quantile": float(self.quantile),
+            "top_fraction": float(self.top_fraction),
+            "keep_count": int(self.keep_count),
+        }[self.rule]
         return FilterRule(self.rule, value, self.column, bool(self.per_class))
 
     def clause_updates(self, rule: FilterRule) -> dict[str, Any]:
@@ -103,8 +106,11 @@ class FilterModel(ClauseModel):
     ANDed with it. ``to_rule()`` is a ``FilterRule`` while ``more`` is empty (exactly as before there
     were clauses), a ``CompoundRule`` otherwise."""
 
-    more = param.List(default=[], item_type=ClauseModel,
-                      doc="Further clauses; a sample is kept only when every clause keeps it (AND).")
+    more = param.List(
+        default=[],
+        item_type=ClauseModel,
+        doc="Further clauses; a sample is kept only when every clause keeps it (AND).",
+    )
 
     def __init__(self, columns: Sequence[str] | None = None, **params):
         super().__init__(columns, **params)

@@ -46,7 +46,7 @@ class Selection(param.Parameterized):
 
     def add(self, position: int) -> None:
         """Add ``position`` as the most recent pick (once), dropping the oldest beyond ``limit``."""
-        self.positions = ([p for p in self.positions if p != position] + [int(position)])[-self.limit:]
+        self.positions = ([p for p in self.positions if p != position] + [int(position)])[-self.limit :]
 
 
 class Galleries(Viewer):
@@ -58,8 +58,16 @@ class Galleries(Viewer):
     band = param.Range(default=(0.0, 1.0), doc="Score band for the third gallery.")
     caption_query = param.String(default="", doc="Show only samples whose caption contains this (case-insensitive).")
 
-    def __init__(self, state: ExplorerState, model: FilterModel, live: LiveCounts, thumbs: ThumbnailURIs,
-                 detail: DetailView, selection: Selection, **params):
+    def __init__(
+        self,
+        state: ExplorerState,
+        model: FilterModel,
+        live: LiveCounts,
+        thumbs: ThumbnailURIs,
+        detail: DetailView,
+        selection: Selection,
+        **params,
+    ):
         super().__init__(band=_default_band(state))
         self.state, self.model, self.live, self.thumbs, self.detail, self.selection = (
             state,
@@ -74,25 +82,39 @@ class Galleries(Viewer):
         ]
         lo, hi = state.score_range()
         wide = dict(sizing_mode="stretch_width")
-        self.size_slider = pn.widgets.IntSlider.from_param(self.param.gallery_size, label="Images per gallery", start=4,
-                                                           end=64, **wide)
-        self.class_select = pn.widgets.Select.from_param(self.param.gallery_class, label="Gallery class",
-                                                         visible=state.has_classes, **wide)
-        self.query_input = pn.widgets.TextInput.from_param(self.param.caption_query, name="Search captions",
-                                                           placeholder="a word or phrase, then Enter", **wide)
+        self.size_slider = pn.widgets.IntSlider.from_param(
+            self.param.gallery_size, label="Images per gallery", start=4, end=64, **wide
+        )
+        self.class_select = pn.widgets.Select.from_param(
+            self.param.gallery_class, label="Gallery class", visible=state.has_classes, **wide
+        )
+        self.query_input = pn.widgets.TextInput.from_param(
+            self.param.caption_query, name="Search captions", placeholder="a word or phrase, then Enter", **wide
+        )
         self.match_note = pn.pane.HTML("", stylesheets=[MATCH_CSS], css_classes=["caption-matches"], **wide)
         self.search_box = pn.Column(self.query_input, self.match_note, visible=state.has_captions, **wide)
         self.third = pn.widgets.RadioButtonGroup.from_param(self.param.third_gallery, color="light")
         self.band_slider = pn.widgets.RangeSlider.from_param(
-            self.param.band, label="Score band", start=lo, end=hi, step=slider_step(lo, hi), format="0.000",
-            throttled=True, visible=self.param.third_gallery.rx() == BAND, **wide)
+            self.param.band,
+            label="Score band",
+            start=lo,
+            end=hi,
+            step=slider_step(lo, hi),
+            format="0.000",
+            throttled=True,
+            visible=self.param.third_gallery.rx() == BAND,
+            **wide,
+        )
         self.galleries = {name: Gallery(**wide) for name in ("lowest", "highest", "third")}
         for gallery in self.galleries.values():
             gallery.on_click(self.open)
         self.titles = {name: pn.pane.Markdown("", margin=(10, 5, 0, 5)) for name in self.galleries}
         self.thumb_note = pn.pane.Alert(
             "This run has no thumbnails (or they moved): galleries show placeholders; everything else works.",
-            alert_type="info", visible=False, **wide)
+            alert_type="info",
+            visible=False,
+            **wide,
+        )
         self.shown: dict[str, np.ndarray] = {}
         self.param.update(**params)
         self.refresh()
@@ -125,9 +147,11 @@ class Galleries(Viewer):
     def _on_query(self) -> None:
         matched = self.state.narrow(self.caption_query)
         query = html.escape(self.state.query)
-        self.match_note.object = ("" if matched is None else
-                                  f'<span class="me-match">{matched:,} of {self.state.total:,} captions contain '
-                                  f"“{query}”</span>")
+        self.match_note.object = (
+            ""
+            if matched is None
+            else f'<span class="me-match">{matched:,} of {self.state.total:,} captions contain “{query}”</span>'
+        )
         self.refresh()
 
     def open(self, position: int, sample_id: str = "") -> None:
@@ -188,8 +212,9 @@ class Galleries(Viewer):
             empty = f"No caption contains “{self.state.query}”."  # gallery_html escapes it
         self.shown[name] = positions
         self.titles[name].object = title
-        self.galleries[name].cards = gallery_html(self.state.samples, positions, self.thumbs, self.state.label_name,
-                                                  column, empty, self.state.has_classes)
+        self.galleries[name].cards = gallery_html(
+            self.state.samples, positions, self.thumbs, self.state.label_name, column, empty, self.state.has_classes
+        )
 
     def _mark_dropped(self) -> None:
         counts = self.live.counts

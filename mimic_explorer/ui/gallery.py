@@ -67,8 +67,9 @@ export function render({ model, el }) {
 """
 
 
-def _card_html(position: int, row, uri: str, label_name: Callable, score_column: str, has_pred: bool,
-              has_classes: bool = True) -> str:
+def _card_html(
+    position: int, row, uri: str, label_name: Callable, score_column: str, has_pred: bool, has_classes: bool = True
+) -> str:
     """One card: image, caption (pairs), id, label name (labelled pools), score, predicted class; a red
     border when the ground truth says the sample is noisy."""
     sample_id = html.escape(str(row.sample_id))
@@ -83,23 +84,33 @@ def _card_html(position: int, row, uri: str, label_name: Callable, score_column:
     lines += f'<div class="me-id">{sample_id}</div>'
     if has_classes:
         label = html.escape(label_name(row.label)) if hasattr(row, "label") else "?"
-        pred = f'<span>pred <b>{html.escape(label_name(row.pred))}</b></span>' if has_pred else ""
+        pred = f"<span>pred <b>{html.escape(label_name(row.pred))}</b></span>" if has_pred else ""
         lines += f'<div class="me-row"><span>label <b>{label}</b></span>{pred}</div>'
     lines += f'<div class="me-row"><span class="me-score">{score_text}</span><span class="me-badge"></span></div>'
     if noisy and has_classes and hasattr(row, "true_label"):
         lines += f'<div class="me-truth">true label {html.escape(label_name(row.true_label))}</div>'
     elif noisy and not has_classes:
         lines += '<div class="me-truth">caption swapped</div>'
-    hover = html.escape(f"{caption}\n\n{row.sample_id} — click for details" if caption is not None
-                        else f"{row.sample_id} — click for details")
+    hover = html.escape(
+        f"{caption}\n\n{row.sample_id} — click for details"
+        if caption is not None
+        else f"{row.sample_id} — click for details"
+    )
     return (
         f'<div class="me-card{" noisy" if noisy else ""}" data-pos="{int(position)}" data-id="{sample_id}" '
         f'title="{hover}"><img src="{uri}" alt="{sample_id}" loading="eager">{lines}</div>'
     )
 
 
-def gallery_html(samples: pd.DataFrame, positions: np.ndarray, thumbs: ThumbnailURIs, label_name: Callable,
-                 score_column: str, empty_text: str = "No samples here.", has_classes: bool = True) -> str:
+def gallery_html(
+    samples: pd.DataFrame,
+    positions: np.ndarray,
+    thumbs: ThumbnailURIs,
+    label_name: Callable,
+    score_column: str,
+    empty_text: str = "No samples here.",
+    has_classes: bool = True,
+) -> str:
     """The grid for the rows at ``positions`` of ``samples`` (in that order)."""
     positions = np.asarray(positions, dtype=np.int64)
     if len(positions) == 0:

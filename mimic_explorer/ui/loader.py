@@ -26,7 +26,8 @@ class DemoBuild:
         self.error = ""
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "mimic_explorer", "demo", "--out", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         threading.Thread(target=self._pump, daemon=True).start()
         atexit.register(self.stop)  # a server that shuts down takes its unfinished build with it

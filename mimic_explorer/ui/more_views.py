@@ -27,8 +27,16 @@ NO_EPOCHS = "This run recorded no per-epoch scores."
 class MoreViews(Viewer):
     """Lazily built tabs; ``log_counts`` is the parameter (of another component) that sets log axes."""
 
-    def __init__(self, state: ExplorerState, live: LiveCounts, lines: CutLines, epochs: EpochScores,
-                 selection: Selection, log_counts, **params):
+    def __init__(
+        self,
+        state: ExplorerState,
+        live: LiveCounts,
+        lines: CutLines,
+        epochs: EpochScores,
+        selection: Selection,
+        log_counts,
+        **params,
+    ):
         super().__init__(**params)
         self.state, self.live, self.lines, self.epochs, self.selection = state, live, lines, epochs, selection
         self.log_counts = log_counts
@@ -71,8 +79,11 @@ class MoreViews(Viewer):
         panels = [element * self.lines.line(f"class-{label}", edges[0]) for label, element in elements.items()]
         note = "" if len(shown) == len(self.state.counter.classes) else f" (the {len(shown)} largest classes)"
         layout = hv.Layout(panels).cols(5).opts(shared_axes=False) if panels else hv.Curve([])
-        return pn.Column(pn.pane.Markdown(f"Distribution of **{column}** per class with each class's threshold{note}."),
-                         pn.pane.HoloViews(layout, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+        return pn.Column(
+            pn.pane.Markdown(f"Distribution of **{column}** per class with each class's threshold{note}."),
+            pn.pane.HoloViews(layout, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
 
     def _scatter_view(self):
         columns = self.state.score_columns
@@ -80,8 +91,10 @@ class MoreViews(Viewer):
         if "clip_score_ref" in columns and "mimic_score" in columns:  # pairs: mimic against the CLIP score
             column, default_y = "mimic_score", "clip_score_ref"
         else:
-            default_y = next((c for c in ("reference_loss", "proj_mean", "model_loss") if c in columns and c != column),
-                             columns[1] if len(columns) > 1 else columns[0])
+            default_y = next(
+                (c for c in ("reference_loss", "proj_mean", "model_loss") if c in columns and c != column),
+                columns[1] if len(columns) > 1 else columns[0],
+            )
         x = pn.widgets.Select(label="x", options=columns, value=column, width=180)
         y = pn.widgets.Select(label="y", options=columns, value=default_y, width=180)
         self.live.param.watch(lambda event: setattr(x, "value", event.new), "column")
@@ -95,8 +108,13 @@ class MoreViews(Viewer):
         if xcol == ycol:
             return pn.pane.Markdown("Pick two different scores for x and y.")
         samples, counter = self.state.samples, self.state.counter
-        frame = pd.DataFrame({xcol: samples[xcol].to_numpy(dtype=float), ycol: samples[ycol].to_numpy(dtype=float),
-                              "sample_id": samples["sample_id"].to_numpy()})
+        frame = pd.DataFrame(
+            {
+                xcol: samples[xcol].to_numpy(dtype=float),
+                ycol: samples[ycol].to_numpy(dtype=float),
+                "sample_id": samples["sample_id"].to_numpy(),
+            }
+        )
         if self.state.has_classes:
             names = np.array([self.state.label_name(c) for c in counter.classes.tolist()], dtype=object)
             frame["class"] = names[counter.codes]
@@ -110,10 +128,14 @@ class MoreViews(Viewer):
         if xcol == self.state.column:
             element = element * self.lines.line("scatter", float(frame[xcol].min()) if len(frame) else 0.0)
         big = len(frame) > plots.RASTERIZE_ABOVE
-        note = (f"{len(frame):,} points rasterized with Datashader; hover marks the nearest sample and names it."
-                if big else f"{len(frame):,} points; hover names the sample.")
-        return pn.Column(pn.pane.Markdown(note), pn.pane.HoloViews(element, sizing_mode="stretch_width"),
-                         sizing_mode="stretch_width")
+        note = (
+            f"{len(frame):,} points rasterized with Datashader; hover marks the nearest sample and names it."
+            if big
+            else f"{len(frame):,} points; hover names the sample."
+        )
+        return pn.Column(
+            pn.pane.Markdown(note), pn.pane.HoloViews(element, sizing_mode="stretch_width"), sizing_mode="stretch_width"
+        )
 
     def _signal_select(self) -> pn.widgets.Select:
         return pn.widgets.Select(label="Signal", options=self.epochs.signals, value=self.epochs.signals[0], width=160)
@@ -130,22 +152,29 @@ class MoreViews(Viewer):
         )
 
         def bands(sig: str):
-            return pn.pane.HoloViews(plots.epoch_bands_element(self.epochs.quantile_bands(sig, noisy_ids), sig),
-                                     sizing_mode="stretch_width")
+            return pn.pane.HoloViews(
+                plots.epoch_bands_element(self.epochs.quantile_bands(sig, noisy_ids), sig), sizing_mode="stretch_width"
+            )
 
         def epoch_hist(sig: str, ep: int, log: bool):
             values, noisy = self.epochs.values(sig, ep, noisy_ids)
-            return pn.pane.HoloViews(plots.histogram_element(histogram(values, noisy=noisy), f"{sig} (epoch {ep})", log,
-                                                                     noisy_word=self.state.noisy_word),
-                                     sizing_mode="stretch_width")
+            return pn.pane.HoloViews(
+                plots.histogram_element(
+                    histogram(values, noisy=noisy), f"{sig} (epoch {ep})", log, noisy_word=self.state.noisy_word
+                ),
+                sizing_mode="stretch_width",
+            )
 
         epochs = self.epochs.epochs
         items = [signal, pn.param.ParamFunction(pn.bind(bands, signal), lazy=True, sizing_mode="stretch_width")]
         if len(epochs) > 1:
             epoch = pn.widgets.DiscreteSlider(label="Epoch", options=epochs, value=epochs[-1], width=300)
             items[0] = pn.Row(signal, epoch)
-            items.append(pn.param.ParamFunction(pn.bind(epoch_hist, signal, epoch, self.log_counts), lazy=True,
-                                                sizing_mode="stretch_width"))
+            items.append(
+                pn.param.ParamFunction(
+                    pn.bind(epoch_hist, signal, epoch, self.log_counts), lazy=True, sizing_mode="stretch_width"
+                )
+            )
         return pn.Column(*items, sizing_mode="stretch_width")
 
     def _trajectory_view(self):
@@ -154,10 +183,16 @@ class MoreViews(Viewer):
         signal = self._signal_select()
         clear = pn.widgets.Button(label="Clear selection", color="light", width=140)
         clear.on_click(lambda event: setattr(self.selection, "positions", []))
-        return pn.Column(pn.Row(signal, clear), pn.pane.Markdown("Click images in the galleries to add samples."),
-                         pn.param.ParamFunction(pn.bind(self._trajectories, signal, self.selection.param.positions),
-                                                lazy=True, sizing_mode="stretch_width"),
-                         sizing_mode="stretch_width")
+        return pn.Column(
+            pn.Row(signal, clear),
+            pn.pane.Markdown("Click images in the galleries to add samples."),
+            pn.param.ParamFunction(
+                pn.bind(self._trajectories, signal, self.selection.param.positions),
+                lazy=True,
+                sizing_mode="stretch_width",
+            ),
+            sizing_mode="stretch_width",
+        )
 
     def _trajectories(self, signal: str, positions: list[int]):
         samples = self.state.samples

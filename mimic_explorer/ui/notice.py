@@ -17,8 +17,12 @@ class Notice(Viewer):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self.alert = pn.pane.Alert(self.param.message, alert_type=self.param.kind,
-                                   visible=self.param.message.rx().rx.bool(), sizing_mode="stretch_width")
+        self.alert = pn.pane.Alert(
+            self.param.message,
+            alert_type=self.param.kind,
+            visible=self.param.message.rx().rx.bool(),
+            sizing_mode="stretch_width",
+        )
 
     def show(self, text: str, kind: str = "warning") -> None:
         """Show ``text`` as a notice of ``kind`` (``warning`` for an unknown kind)."""

@@ -106,12 +106,16 @@ def _demo_progress(page: ExplorerPage) -> None:
     except OSError as exc:
         return page.show(_error_alert(f"cannot create the cache folder {path.parent}: {exc.strerror or exc}"))
     build = DemoBuild.shared(path)
-    status = pn.pane.Markdown("### Building the demo run\nscikit-learn digits, 30 % label noise, a reference "
-                              "trained on clean labels, Grad-Mimic and Stage 2 — first launch only, about a minute "
-                              "at most; later launches open at once.", sizing_mode="stretch_width")
+    status = pn.pane.Markdown(
+        "### Building the demo run\nscikit-learn digits, 30 % label noise, a reference "
+        "trained on clean labels, Grad-Mimic and Stage 2 — first launch only, about a minute "
+        "at most; later launches open at once.",
+        sizing_mode="stretch_width",
+    )
     spinner = pn.indicators.LoadingSpinner(value=True, size=36, name="building demo", color="primary")
-    bar = pn.indicators.Progress(value=-1, max=100, sizing_mode="stretch_width", bar_color="primary",
-                                 css_classes=["demo-progress"])
+    bar = pn.indicators.Progress(
+        value=-1, max=100, sizing_mode="stretch_width", bar_color="primary", css_classes=["demo-progress"]
+    )
     detail = pn.pane.Str(build.last_line, sizing_mode="stretch_width")
 
     def poll() -> None:
@@ -161,7 +165,7 @@ def _host_name(host: str) -> str:
     """The name in a ``Host`` header, without its port (``[::1]:5006`` → ``::1``)."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host[1:]
+        return host[1 : host.find("]")] if "]" in host else host[1:]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
@@ -190,11 +194,22 @@ def serve_page(args: list[str]) -> pn.template.BaseTemplate:
     built, or a refusal for a browser on another machine."""
     if not client_is_local():
         page = ExplorerPage()
-        page.show(pn.pane.Alert("This explorer serves only browsers on its own machine. To share it, start it "
-                                "with `--address` and set `MIMIC_EXPLORER_ALLOW_REMOTE=1`.", alert_type="danger"))
+        page.show(
+            pn.pane.Alert(
+                "This explorer serves only browsers on its own machine. To share it, start it "
+                "with `--address` and set `MIMIC_EXPLORER_ALLOW_REMOTE=1`.",
+                alert_type="danger",
+            )
+        )
     else:
         page = build_page(args)
     return pn.template.FastListTemplate(
-        title=TITLE, sidebar=[page.sidebar], main=[page.main], sidebar_width=340, theme_toggle=False,
-        accent="#0969da", header_background="#24292f", main_layout=None,
+        title=TITLE,
+        sidebar=[page.sidebar],
+        main=[page.main],
+        sidebar_width=340,
+        theme_toggle=False,
+        accent="#0969da",
+        header_background="#24292f",
+        main_layout=None,
     )

@@ -25,11 +25,20 @@ def _log_safe(counts: np.ndarray, log: bool) -> np.ndarray:
     return np.where(counts > 0, counts, 0.1) if log else counts
 
 
-def histogram_element(hist: Histogram, column: str, log: bool = False, height: int = 300,
-                      noisy_word: str = "mislabeled") -> hv.Overlay:
+def histogram_element(
+    hist: Histogram, column: str, log: bool = False, height: int = 300, noisy_word: str = "mislabeled"
+) -> hv.Overlay:
     """Counts of ``column`` (robust range); noisy samples (``noisy_word``) drawn over the total when known."""
-    opts = dict(line_color=None, logy=log, responsive=True, height=height, tools=["hover"],
-                xlabel=column, ylabel="samples (log)" if log else "samples", show_grid=True)
+    opts = dict(
+        line_color=None,
+        logy=log,
+        responsive=True,
+        height=height,
+        tools=["hover"],
+        xlabel=column,
+        ylabel="samples (log)" if log else "samples",
+        show_grid=True,
+    )
     if log:  # the axis starts at 0.5: empty bins (drawn at 0.1) stay out of sight, a single sample shows
         opts["ylim"] = (0.5, max(2.0, float(hist.counts.max()) * 2))
     total = hv.Histogram(
@@ -80,6 +89,7 @@ class Spans:
             span.visible = value is not None and bool(np.isfinite(value))
             if span.visible:
                 span.location = float(value)
+
         return remember
 
     def move(self, value_of) -> None:
@@ -100,8 +110,9 @@ class Spans:
             del self._models[key]
 
 
-def class_grid(edges: np.ndarray, per_class: dict[int, np.ndarray], names: dict[int, str], column: str,
-               log: bool = False) -> dict[int, hv.Histogram]:
+def class_grid(
+    edges: np.ndarray, per_class: dict[int, np.ndarray], names: dict[int, str], column: str, log: bool = False
+) -> dict[int, hv.Histogram]:
     """One small histogram per class, sharing bins; the caller overlays each class's threshold line."""
     return {
         label: hv.Histogram((edges, _log_safe(counts, log)), kdims=[column], vdims=["samples"]).opts(
@@ -153,17 +164,24 @@ def scatter_element(frame: pd.DataFrame, x: str, y: str, color_by_truth: bool, n
         return points.opts(
             color="truth" if color_by_truth else BLUE,
             cmap={"clean": BLUE, noisy: RED} if color_by_truth else None,
-            size=5, alpha=0.6, tools=[HoverTool(tooltips=hover)], legend_position="top_left", **common)
+            size=5,
+            alpha=0.6,
+            tools=[HoverTool(tooltips=hover)],
+            legend_position="top_left",
+            **common,
+        )
     import datashader as ds
     from holoviews.operation.datashader import datashade, inspect_points, rasterize
 
     if color_by_truth:
-        shaded = datashade(points, aggregator=ds.count_cat("truth"), color_key={"clean": BLUE, noisy: RED},
-                           min_alpha=60).opts(**common)
+        shaded = datashade(
+            points, aggregator=ds.count_cat("truth"), color_key={"clean": BLUE, noisy: RED}, min_alpha=60
+        ).opts(**common)
     else:
         shaded = rasterize(points).opts(cmap="Blues", cnorm="eq_hist", colorbar=True, **common)
     nearest = inspect_points.instance(max_indicators=1, pixels=6)(shaded).opts(
-        color="black", fill_alpha=0, line_width=2, size=12, tools=["hover"], responsive=True, height=420)
+        color="black", fill_alpha=0, line_width=2, size=12, tools=["hover"], responsive=True, height=420
+    )
     return shaded * nearest
 
 
@@ -175,16 +193,26 @@ def epoch_bands_element(bands: pd.DataFrame, signal: str) -> hv.Overlay:
     for group, part in bands.groupby("group", sort=True):
         color = colors.get(group, GREY)
         part = part.sort_values("epoch")
-        layers.append(hv.Area(part, "epoch", ["q5", "q95"], label=f"{group} 5–95 %").opts(
-            color=color, alpha=0.15, line_alpha=0, **size))
-        layers.append(hv.Area(part, "epoch", ["q25", "q75"], label=f"{group} 25–75 %").opts(
-            color=color, alpha=0.3, line_alpha=0, **size))
-        layers.append(hv.Curve(part, "epoch", "q50", label=f"{group} median").opts(
-            color=color, line_width=2.5, tools=["hover"], **size))
+        layers.append(
+            hv.Area(part, "epoch", ["q5", "q95"], label=f"{group} 5–95 %").opts(
+                color=color, alpha=0.15, line_alpha=0, **size
+            )
+        )
+        layers.append(
+            hv.Area(part, "epoch", ["q25", "q75"], label=f"{group} 25–75 %").opts(
+                color=color, alpha=0.3, line_alpha=0, **size
+            )
+        )
+        layers.append(
+            hv.Curve(part, "epoch", "q50", label=f"{group} median").opts(
+                color=color, line_width=2.5, tools=["hover"], **size
+            )
+        )
     if not layers:
         return hv.Overlay([hv.Curve([], "epoch", signal).opts(**size)])
-    return hv.Overlay(layers).opts(title=f"{signal} per epoch (quantile bands)", legend_position="right",
-                                   ylabel=signal, show_grid=True)
+    return hv.Overlay(layers).opts(
+        title=f"{signal} per epoch (quantile bands)", legend_position="right", ylabel=signal, show_grid=True
+    )
 
 
 def trajectories_element(frame: pd.DataFrame, signal: str, labels: dict[str, str]) -> hv.Overlay:
@@ -197,9 +225,11 @@ def trajectories_element(frame: pd.DataFrame, signal: str, labels: dict[str, str
         layers.append(hv.Scatter(part, "epoch", signal, label=label).opts(size=5, **size))
     if not layers:
         return hv.Overlay([hv.Curve([], "epoch", signal).opts(**size)]).opts(
-            title="Click images to add their trajectories here")
-    return hv.Overlay(layers).opts(title=f"{signal} over epochs (selected samples)", legend_position="right",
-                                   show_grid=True)
+            title="Click images to add their trajectories here"
+        )
+    return hv.Overlay(layers).opts(
+        title=f"{signal} over epochs (selected samples)", legend_position="right", show_grid=True
+    )
 
 
 def detail_trajectory(frame: pd.DataFrame, signals: list[str]) -> hv.Layout | hv.Curve:

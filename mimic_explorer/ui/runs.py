@@ -29,8 +29,12 @@ class RunPicker(Viewer):
             raise RunError(f"{self.folder} is neither a run directory nor a folder of runs (no meta.json found)")
         options = {e.label: str(e.path) for e in self.entries}
         complete = next((e for e in self.entries if e.status == "complete"), self.entries[0])
-        self._select = pn.widgets.Select(label=f"Run ({len(self.entries)} in {self.folder.name or self.folder})",
-                                         options=options, value=str(complete.path), sizing_mode="stretch_width")
+        self._select = pn.widgets.Select(
+            label=f"Run ({len(self.entries)} in {self.folder.name or self.folder})",
+            options=options,
+            value=str(complete.path),
+            sizing_mode="stretch_width",
+        )
         self._select.param.watch(lambda e: setattr(self, "value", Path(e.new)), "value")
         self.value = complete.path
 

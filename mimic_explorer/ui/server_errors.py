@@ -31,7 +31,7 @@ def one_line_reason(error: BaseException | None, fallback: str = "") -> str:
         lines = str(error).strip().splitlines()
         head = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
     if len(head) > MAX_REASON:
-        head = head[:MAX_REASON - 1] + "…"
+        head = head[: MAX_REASON - 1] + "…"
     return f"{head} (details in the server log)"
 
 

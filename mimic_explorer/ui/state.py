@@ -28,6 +28,7 @@ LEADING_COLUMNS = ("combined_score", "mimic_score", "clip_score_ref", "clip_scor
 def _releasing(method):
     """Run ``method``, then unmap the index pages it touched (``AppIndex.release``): a question about
     the pool reads whole columns, and their pages must not stay in the server's resident memory."""
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
@@ -35,6 +36,7 @@ def _releasing(method):
         finally:
             if self._app_index is not None:
                 self._app_index.release()
+
     return wrapper
 
 
@@ -47,8 +49,10 @@ class ExplorerState:
         self.samples = indexed_samples(run)  # the run's app index (memory-mapped), or the whole table without one
         self.class_names = run.class_names
         numeric = [
-            c for c in self.samples.columns
-            if c not in NON_SCORE_COLUMNS and pd.api.types.is_numeric_dtype(self.samples.dtypes[c])
+            c
+            for c in self.samples.columns
+            if c not in NON_SCORE_COLUMNS
+            and pd.api.types.is_numeric_dtype(self.samples.dtypes[c])
             and not pd.api.types.is_bool_dtype(self.samples.dtypes[c])
         ]
         self.score_columns = [c for c in LEADING_COLUMNS if c in numeric] + [
@@ -96,9 +100,16 @@ class ExplorerState:
         if column not in self._counters:
             index = self._app_index
             stored = index is not None and column in index.score_columns
-            self._counters[column] = self._shared(("counter", column), lambda: RuleCounter(
-                self.samples, column, ascending=index.order(column) if stored else None,
-                stored=index.grouped(column) if stored else None, groups=self.groups))
+            self._counters[column] = self._shared(
+                ("counter", column),
+                lambda: RuleCounter(
+                    self.samples,
+                    column,
+                    ascending=index.order(column) if stored else None,
+                    stored=index.grouped(column) if stored else None,
+                    groups=self.groups,
+                ),
+            )
         return self._counters[column]
 
     @cached_property
@@ -219,15 +230,19 @@ class ExplorerState:
             return self.counter.global_ranks[positions] < counts.kept
         labels = self.samples["label"].to_numpy()[positions] if "label" in self.samples.columns else None
         scores = self.scores[positions]
-        cuts = np.array([
-            np.nan if (c := self.cut(counts, None if labels is None else int(label))) is None else c
-            for label in (labels if labels is not None else [None] * len(positions))
-        ], dtype=np.float64)
+        cuts = np.array(
+            [
+                np.nan if (c := self.cut(counts, None if labels is None else int(label))) is None else c
+                for label in (labels if labels is not None else [None] * len(positions))
+            ],
+            dtype=np.float64,
+        )
         with np.errstate(invalid="ignore"):
             return scores >= cuts
 
-    def retention_table(self, counts: Counts, overrides: dict[int, float] | None = None,
-                        rule: Rule | None = None) -> pd.DataFrame:
+    def retention_table(
+        self, counts: Counts, overrides: dict[int, float] | None = None, rule: Rule | None = None
+    ) -> pd.DataFrame:
         """Per class, before and after: samples, share of the dataset, kept, share of the kept set,
         fraction retained, the threshold that applied — the class balance a filter leaves behind. A
         pool without classes gets ``overall_table`` instead."""
@@ -237,17 +252,19 @@ class ExplorerState:
         total = np.array([counts.total_per_class[k] for k in keys], dtype=np.int64)
         kept = np.array([counts.kept_per_class[k] for k in keys], dtype=np.int64)
         overrides = overrides or {}
-        frame = pd.DataFrame({
-            "label": self.counter.classes.astype(int),
-            "class": [self.label_name(c) for c in self.counter.classes.tolist()],
-            "samples": total,
-            "share before %": np.round(100 * total / max(total.sum(), 1), 1),
-            "kept": kept,
-            "share after %": np.round(100 * kept / max(kept.sum(), 1), 1),
-            "retained %": np.round(100 * kept / np.maximum(total, 1), 1),
-            "threshold": [self._rounded(self.cut(counts, int(c))) for c in self.counter.classes.tolist()],
-            "override": [overrides.get(int(c), np.nan) for c in self.counter.classes.tolist()],
-        })
+        frame = pd.DataFrame(
+            {
+                "label": self.counter.classes.astype(int),
+                "class": [self.label_name(c) for c in self.counter.classes.tolist()],
+                "samples": total,
+                "share before %": np.round(100 * total / max(total.sum(), 1), 1),
+                "kept": kept,
+                "share after %": np.round(100 * kept / max(kept.sum(), 1), 1),
+                "retained %": np.round(100 * kept / np.maximum(total, 1), 1),
+                "threshold": [self._rounded(self.cut(counts, int(c))) for c in self.counter.classes.tolist()],
+                "override": [overrides.get(int(c), np.nan) for c in self.counter.classes.tolist()],
+            }
+        )
         if self.has_truth:
             noisy_per_class = self.counter.total_per_group.reshape(-1, 2)[:, 1]
             frame.insert(7, "mislabeled", noisy_per_class)
@@ -331,8 +348,14 @@ class ExplorerState:
         if query and not self.has_captions:
             raise ValueError("this run has no captions to search")
         self.query = query
-        self.matches = (self.samples["caption"].astype(str).str.contains(query, case=False, regex=False, na=False)
-                        .to_numpy(dtype=bool) if query else None)
+        self.matches = (
+            self.samples["caption"]
+            .astype(str)
+            .str.contains(query, case=False, regex=False, na=False)
+            .to_numpy(dtype=bool)
+            if query
+            else None
+        )
         self.__dict__.pop("_orderings", None)
         return None if self.matches is None else int(self.matches.sum())
 
@@ -367,7 +390,7 @@ class ExplorerState:
         order, scores = self._ordered(label)
         at = int(np.searchsorted(scores, threshold, side="left"))
         start = max(0, min(at - k // 2, len(order) - k))
-        return order[start:start + k]
+        return order[start : start + k]
 
     def band(self, lo: float, hi: float, k: int, label: int | None = None) -> np.ndarray:
         """Up to k samples spread evenly (by rank) across the scores in [lo, hi]."""

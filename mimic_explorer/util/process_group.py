@@ -61,8 +61,9 @@ def _signal_group(pgid: int, signum: int) -> bool:
     return True
 
 
-def run_process_group(command: Sequence[str], *, stop_timeout: float = 10.0,
-                      on_stop: Callable[[int], None] | None = None) -> int:
+def run_process_group(
+    command: Sequence[str], *, stop_timeout: float = 10.0, on_stop: Callable[[int], None] | None = None
+) -> int:
     """Run ``command`` in its own process group until it exits or this process is asked to stop.
 
     Parameters
@@ -81,8 +82,7 @@ def run_process_group(command: Sequence[str], *, stop_timeout: float = 10.0,
         SIGTERM), as a shell reports a process stopped by that signal.
     """
     # preexec_fn only calls prctl (looked up beforehand); `serve` starts no thread before this point
-    proc = subprocess.Popen(list(command), start_new_session=True,
-                            preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509 - no thread yet (above)
+    proc = subprocess.Popen(list(command), start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509 - no thread yet (above)
     pgid = proc.pid  # a new session's leader leads its own process group
     received: list[int] = []
     deadline: list[float] = []

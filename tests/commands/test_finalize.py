@@ -12,9 +12,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from mimic_explorer.commands.finalize import PoolView, Stage2Options, add_stage2, finish_samples
 from mimic_explorer.stage2 import baselines
 from mimic_explorer.stage2 import votes as stage2
-from mimic_explorer.commands.finalize import PoolView, Stage2Options, add_stage2, finish_samples
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.writer import SamplesWriter
@@ -29,8 +29,18 @@ SIGNALS = ["reference_loss", "model_loss", "reducible_loss", "grand"]
 @pytest.fixture(scope="module")
 def real_run(digits_reference, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finalize") / "run"
-    proc = run_cli("train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",
-                   "--out", str(out))
+    proc = run_cli(
+        "train",
+        *COMMON,
+        "--epochs",
+        "3",
+        "--reference",
+        str(digits_reference),
+        "--label-noise",
+        "0.3",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -62,8 +72,12 @@ def _refinish(run: Path, tmp_path: Path, options: Stage2Options, row_group_rows:
     samples = pd.read_parquet(run / "samples.parquet")
     signals = {name: samples[name].to_numpy() for name in SIGNALS}
     signals["model_pred"] = samples["pred"].to_numpy(dtype=np.int64)
-    pool = PoolView(len(samples), np.zeros(0, dtype=np.int64), lambda positions: samples[BASE].iloc[positions],
-                    lambda positions: {name: values[positions] for name, values in signals.items()})
+    pool = PoolView(
+        len(samples),
+        np.zeros(0, dtype=np.int64),
+        lambda positions: samples[BASE].iloc[positions],
+        lambda positions: {name: values[positions] for name, values in signals.items()},
+    )
     layout = RunLayout(copy)
     writer = SimpleNamespace(layout=layout, samples_writer=lambda: SamplesWriter(layout.samples, row_group_rows))
     finished = finish_samples(writer, pool, options)
@@ -80,7 +94,9 @@ def _in_memory(run: Path, tmp_path: Path, binarisation: str, cap: int) -> pd.Dat
 
 
 def test_chunked_stage2_writes_the_same_samples_as_the_run_and_as_the_in_memory_path(real_run, tmp_path):
-    chunked, finished = _refinish(real_run, tmp_path, Stage2Options("weight", "majority", chunk=256), row_group_rows=500)
+    chunked, finished = _refinish(
+        real_run, tmp_path, Stage2Options("weight", "majority", chunk=256), row_group_rows=500
+    )
     written = pd.read_parquet(real_run / "samples.parquet")
     pd.testing.assert_frame_equal(chunked, written, check_exact=True)
     pd.testing.assert_frame_equal(chunked, _in_memory(real_run, tmp_path, "weight", stage2.FIT_CAP), check_exact=True)

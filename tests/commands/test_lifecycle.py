@@ -62,7 +62,7 @@ def _work(run: RunContext[StandIn, list[str]]) -> RunOutcome:
 
 
 def _run(options: StandIn, resumable: bool = True, messages: list | None = None) -> RunOutcome:
-    log = (messages.append if messages is not None else lambda text: None)
+    log = messages.append if messages is not None else lambda text: None
     return run_lifecycle(options, _prepare, _work, resumable=resumable, log=log)
 
 
@@ -113,8 +113,13 @@ def test_a_different_run_is_refused_before_anything_is_touched(tmp_path):
     assert len(layout.chunk_parts()) == 2  # the forced run started from nothing
 
 
-@pytest.mark.parametrize("meta, why", [('{"status": "complete", ', "cannot be read"),
-                                       ('{"status": "complete", "format_version": 9, "run_id": "x"}', "is format 9")])
+@pytest.mark.parametrize(
+    "meta, why",
+    [
+        ('{"status": "complete", ', "cannot be read"),
+        ('{"status": "complete", "format_version": 9, "run_id": "x"}', "is format 9"),
+    ],
+)
 def test_a_run_directory_it_cannot_read_is_refused_untouched_unless_forced(tmp_path, meta, why):
     """An unreadable or newer-format meta.json in --out is never taken for an empty folder and overwritten."""
     layout = RunLayout(tmp_path / "run")

@@ -33,7 +33,10 @@ def test_only_rank_0_decides_reuse_and_every_rank_gets_its_answer(tmp_path):
         agree_on_reuse(main, out, "train-abc", False, lambda text: None)
     assert main.sent[0] == "refused"
     # the other ranks follow rank 0, whatever the directory shows them
-    assert agree_on_reuse(_Rank(1, ("ok", ("absent", None))), out, "train-abc", False, lambda text: None) == ("absent", None)
+    assert agree_on_reuse(_Rank(1, ("ok", ("absent", None))), out, "train-abc", False, lambda text: None) == (
+        "absent",
+        None,
+    )
     with pytest.raises(ValueError, match="holds a different run"):
         agree_on_reuse(_Rank(1, main.sent), out, "train-abc", False, lambda text: None)
     write_json(out / "meta.json", {"status": "complete", "run_id": "train-abc", "summary": {"samples": 3}})

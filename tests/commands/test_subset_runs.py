@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from mimic_explorer import open_run
-from mimic_explorer.data.wds import WdsSource
-from mimic_explorer.filters.formats import datacomp_uids
-from mimic_explorer.data.specs import open_source
 from mimic_explorer.commands.options import ScoreOptions, TrainOptions
 from mimic_explorer.commands.score import run_score
 from mimic_explorer.commands.train import run_train
+from mimic_explorer.data.specs import open_source
+from mimic_explorer.data.wds import WdsSource
+from mimic_explorer.filters.formats import datacomp_uids
 from tests.pairs_helpers import FLICKR, make_checkpoints, needs_flickr
 from tests.subset_helpers import CIFAR, needs_cifar, shard_excerpt, write_ids
 
@@ -50,45 +50,76 @@ def decoded_ids(monkeypatch) -> list[str]:
 
 
 def train_options(spec, out, subset, **kw) -> TrainOptions:
-    return TrainOptions(data=spec, arch="small_cnn", out=str(out), subset=str(subset), batch_size=4, device="cpu",
-                        quiet=True, **{"epochs": 1, **kw})
+    return TrainOptions(
+        data=spec,
+        arch="small_cnn",
+        out=str(out),
+        subset=str(subset),
+        batch_size=4,
+        device="cpu",
+        quiet=True,
+        **{"epochs": 1, **kw},
+    )
 
 
 @needs_cifar
 @pytest.mark.slow
 def test_a_linear_probe_trains_on_the_listed_samples_only(cifar, tmp_path, monkeypatch, private_cache):
-    folder, spec, listed = cifar
-    keep = write_ids(tmp_path / "keep.csv", listed + ["train_cat_99999", "elsewhere"])
+    _folder, spec, listed = cifar
+    keep = write_ids(tmp_path / "keep.csv", [*listed, "train_cat_99999", "elsewhere"])
     read = decoded_ids(monkeypatch)
-    outcome = run_train(train_options(spec, tmp_path / "run", keep, linear_probe=True, save_model=str(tmp_path / "M.pt")))
+    outcome = run_train(
+        train_options(spec, tmp_path / "run", keep, linear_probe=True, save_model=str(tmp_path / "M.pt"))
+    )
     run = open_run(outcome.path)
     assert run.samples["sample_id"].tolist() == listed  # pool order, which the keep-list also follows here
     assert set(read) == set(listed)  # nothing outside the subset was decoded
     subset = run.meta["subset"]
-    assert subset["kept"] == 12 and subset["missing"] == 2 and subset["pool_samples"] == POOL and subset["format"] == "csv"
+    assert (
+        subset["kept"] == 12 and subset["missing"] == 2 and subset["pool_samples"] == POOL and subset["format"] == "csv"
+    )
     assert run.meta["fingerprints"]["subset"] == subset["sha256"]
     assert any(w.startswith("SUBSET: 2 of the 14 id(s)") for w in run.meta["warnings"])
     # the same ids as parquet: the same run, returned at once; other ids: another run
-    again = run_train(train_options(spec, tmp_path / "run", write_ids(tmp_path / "keep.parquet", listed[::-1] + ["elsewhere", "train_cat_99999"]),
-                                    linear_probe=True))
+    again = run_train(
+        train_options(
+            spec,
+            tmp_path / "run",
+            write_ids(tmp_path / "keep.parquet", [*listed[::-1], "elsewhere", "train_cat_99999"]),
+            linear_probe=True,
+        )
+    )
     assert again.cached
     with pytest.raises(ValueError, match="holds a different run"):
-        run_train(train_options(spec, tmp_path / "run", write_ids(tmp_path / "fewer.csv", listed[:6]), linear_probe=True))
+        run_train(
+            train_options(spec, tmp_path / "run", write_ids(tmp_path / "fewer.csv", listed[:6]), linear_probe=True)
+        )
 
 
 @needs_cifar
 @pytest.mark.slow
 def test_fine_tuning_and_score_use_the_subset(cifar, tmp_path, monkeypatch, private_cache):
-    folder, spec, listed = cifar
+    _folder, spec, listed = cifar
     keep = write_ids(tmp_path / "keep.npy", listed[:8])
     model, reference = tmp_path / "M.pt", tmp_path / "R.pt"
     run_train(train_options(spec, tmp_path / "m", keep, save_model=str(model)))
     run_train(train_options(spec, tmp_path / "r", keep, save_model=str(reference), epochs=2))
     read = decoded_ids(monkeypatch)
     for name, kw in (("score", {}), ("probe", {"linear_probe": True})):
-        outcome = run_score(ScoreOptions(data=spec, arch="small_cnn", out=str(tmp_path / name), subset=str(keep),
-                                         model=str(model), reference=str(reference), batch_size=4, device="cpu",
-                                         quiet=True, **kw))
+        outcome = run_score(
+            ScoreOptions(
+                data=spec,
+                arch="small_cnn",
+                out=str(tmp_path / name),
+                subset=str(keep),
+                model=str(model),
+                reference=str(reference),
+                batch_size=4,
+                device="cpu",
+                quiet=True,
+                **kw,
+            )
+        )
         samples = open_run(outcome.path).samples
         assert samples["sample_id"].tolist() == listed[:8] and np.isfinite(samples["mimic_score"]).all()
         assert open_run(outcome.path).meta["subset"]["format"] == "npy"
@@ -96,11 +127,14 @@ def test_fine_tuning_and_score_use_the_subset(cifar, tmp_path, monkeypatch, priv
 
 
 @needs_cifar
-@pytest.mark.parametrize("name, content, cause", [
-    ("absent.csv", None, "no such file"),
-    ("keep.txt", "a\n", "unknown keep-list format"),
-    ("keep.json", '["nowhere", "else"]', "none of its 2 id"),
-])
+@pytest.mark.parametrize(
+    "name, content, cause",
+    [
+        ("absent.csv", None, "no such file"),
+        ("keep.txt", "a\n", "unknown keep-list format"),
+        ("keep.json", '["nowhere", "else"]', "none of its 2 id"),
+    ],
+)
 def test_a_bad_keep_list_is_refused_before_anything_is_written(cifar, tmp_path, name, content, cause, private_cache):
     _, spec, _ = cifar
     path = tmp_path / name
@@ -122,7 +156,7 @@ def pairs(tmp_path_factory):
     mask = np.zeros(len(ids), dtype=bool)
     mask[np.arange(0, 24, 3)] = mask[np.arange(1, 24, 3)] = True
     uids = folder / "subset.npy"
-    np.save(uids, datacomp_uids(list(ids) + ["f" * 32], np.append(mask, True)))  # one uid the pool lacks
+    np.save(uids, datacomp_uids([*list(ids), "f" * 32], np.append(mask, True)))  # one uid the pool lacks
     return spec, model, reference, uids, [str(s) for s in ids[mask]]
 
 
@@ -131,11 +165,34 @@ def pairs(tmp_path_factory):
 def test_pairs_score_and_frozen_tower_training_use_the_uid_subset(pairs, tmp_path, monkeypatch, private_cache):
     spec, model, reference, uids, kept = pairs
     read = decoded_ids(monkeypatch)
-    scored = run_score(ScoreOptions(data=spec, arch="small_dual", out=str(tmp_path / "score"), subset=str(uids),
-                                    model=str(model), reference=str(reference), batch_size=8, device="cpu", quiet=True))
-    trained = run_train(TrainOptions(data=spec, arch="small_dual", out=str(tmp_path / "train"), subset=str(uids),
-                                     reference=str(reference), frozen_towers=True, caption_noise=0.25, epochs=1,
-                                     batch_size=8, device="cpu", quiet=True))
+    scored = run_score(
+        ScoreOptions(
+            data=spec,
+            arch="small_dual",
+            out=str(tmp_path / "score"),
+            subset=str(uids),
+            model=str(model),
+            reference=str(reference),
+            batch_size=8,
+            device="cpu",
+            quiet=True,
+        )
+    )
+    trained = run_train(
+        TrainOptions(
+            data=spec,
+            arch="small_dual",
+            out=str(tmp_path / "train"),
+            subset=str(uids),
+            reference=str(reference),
+            frozen_towers=True,
+            caption_noise=0.25,
+            epochs=1,
+            batch_size=8,
+            device="cpu",
+            quiet=True,
+        )
+    )
     assert set(read) == set(kept)
     for outcome in (scored, trained):
         run = open_run(outcome.path)
@@ -162,8 +219,27 @@ def test_the_command_line_reports_missing_ids_and_refuses_an_unknown_format(cifa
 
     _, spec, listed = cifar
     env = {"MIMIC_EXPLORER_CACHE": str(tmp_path / "cache")}
-    common = ["train", "--data", spec, "--arch", "small_cnn", "--linear-probe", "--epochs", "1", "--batch-size", "4", "--quiet"]
-    proc = run_cli(*common, "--subset", str(write_ids(tmp_path / "k.csv", listed[:5] + ["gone"])), "--out", str(tmp_path / "run"), env=env)
+    common = [
+        "train",
+        "--data",
+        spec,
+        "--arch",
+        "small_cnn",
+        "--linear-probe",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
+    proc = run_cli(
+        *common,
+        "--subset",
+        str(write_ids(tmp_path / "k.csv", [*listed[:5], "gone"])),
+        "--out",
+        str(tmp_path / "run"),
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "SUBSET: 1 of the 6 id(s)" in proc.stderr and "gone" in proc.stderr
     assert open_run(proc.stdout.strip().splitlines()[-1]).samples["sample_id"].tolist() == listed[:5]

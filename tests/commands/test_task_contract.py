@@ -87,25 +87,51 @@ class TaskCase:
 IMAGE_TEXT_ONLY = "only for image-text pools"
 LABELLED_ONLY = "only for labelled pools"
 CASES = [
-    TaskCase("labelled", labelled_pool, "cat/broken.jpg", "small_cnn", {}, "weight", {
-        "train": [({"caption_noise": 0.3}, f"--caption-noise: {IMAGE_TEXT_ONLY}"),
-                  ({"mimic_layer": "text"}, f"--mimic-layer: {IMAGE_TEXT_ONLY}"),
-                  ({"frozen_towers": True},
-                   f"--frozen-towers: {IMAGE_TEXT_ONLY}.*use --linear-probe instead of --frozen-towers"),
-                  ({"frozen_image_tower": True}, f"--frozen-image-tower: {IMAGE_TEXT_ONLY}"),
-                  ({"all_captions": True}, f"--all-captions: {IMAGE_TEXT_ONLY}"),
-                  ({"fresh_projections": True}, f"--fresh-projections: {IMAGE_TEXT_ONLY}")],
-        "score": [({"caption_noise": 0.3}, f"--caption-noise: {IMAGE_TEXT_ONLY}"),
-                  ({"mimic_layer": "image"}, f"--mimic-layer: {IMAGE_TEXT_ONLY}")],
-    }),
-    TaskCase("pairs", pairs_pool, "broken", "small_dual", {"frozen_towers": True}, "gmm", {
-        "train": [({"label_noise": 0.2}, f"--label-noise 0.2: {LABELLED_ONLY}"),
-                  ({"linear_probe": True}, f"--linear-probe: {LABELLED_ONLY}"),
-                  ({"reference_noise": 0.1}, f"--reference-noise 0.1: {LABELLED_ONLY}")],
-        "score": [({"label_noise": 0.2}, f"--label-noise 0.2: {LABELLED_ONLY}"),
-                  ({"linear_probe": True}, f"--linear-probe: {LABELLED_ONLY}"),
-                  ({"init": "base.pt"}, f"--init: {LABELLED_ONLY}")],
-    }),
+    TaskCase(
+        "labelled",
+        labelled_pool,
+        "cat/broken.jpg",
+        "small_cnn",
+        {},
+        "weight",
+        {
+            "train": [
+                ({"caption_noise": 0.3}, f"--caption-noise: {IMAGE_TEXT_ONLY}"),
+                ({"mimic_layer": "text"}, f"--mimic-layer: {IMAGE_TEXT_ONLY}"),
+                (
+                    {"frozen_towers": True},
+                    f"--frozen-towers: {IMAGE_TEXT_ONLY}.*use --linear-probe instead of --frozen-towers",
+                ),
+                ({"frozen_image_tower": True}, f"--frozen-image-tower: {IMAGE_TEXT_ONLY}"),
+                ({"all_captions": True}, f"--all-captions: {IMAGE_TEXT_ONLY}"),
+                ({"fresh_projections": True}, f"--fresh-projections: {IMAGE_TEXT_ONLY}"),
+            ],
+            "score": [
+                ({"caption_noise": 0.3}, f"--caption-noise: {IMAGE_TEXT_ONLY}"),
+                ({"mimic_layer": "image"}, f"--mimic-layer: {IMAGE_TEXT_ONLY}"),
+            ],
+        },
+    ),
+    TaskCase(
+        "pairs",
+        pairs_pool,
+        "broken",
+        "small_dual",
+        {"frozen_towers": True},
+        "gmm",
+        {
+            "train": [
+                ({"label_noise": 0.2}, f"--label-noise 0.2: {LABELLED_ONLY}"),
+                ({"linear_probe": True}, f"--linear-probe: {LABELLED_ONLY}"),
+                ({"reference_noise": 0.1}, f"--reference-noise 0.1: {LABELLED_ONLY}"),
+            ],
+            "score": [
+                ({"label_noise": 0.2}, f"--label-noise 0.2: {LABELLED_ONLY}"),
+                ({"linear_probe": True}, f"--linear-probe: {LABELLED_ONLY}"),
+                ({"init": "base.pt"}, f"--init: {LABELLED_ONLY}"),
+            ],
+        },
+    ),
 ]
 
 
@@ -119,12 +145,23 @@ class TaskRuns:
         self.data = case.make_pool(root)
 
     def train_options(self, out: Path, **changes) -> TrainOptions:
-        return TrainOptions(data=self.data, arch=self.case.arch, out=str(out), checkpoint_every=0.0,
-                            **{**HOW, "epochs": 1, **self.case.train_mode, **changes})
+        return TrainOptions(
+            data=self.data,
+            arch=self.case.arch,
+            out=str(out),
+            checkpoint_every=0.0,
+            **{**HOW, "epochs": 1, **self.case.train_mode, **changes},
+        )
 
     def score_options(self, out: Path, **changes) -> ScoreOptions:
-        return ScoreOptions(data=self.data, arch=self.case.arch, out=str(out), model=str(self.root / "model.pt"),
-                            reference=str(self.root / "reference.pt"), **{**HOW, "chunk_size": 8, **changes})
+        return ScoreOptions(
+            data=self.data,
+            arch=self.case.arch,
+            out=str(out),
+            model=str(self.root / "model.pt"),
+            reference=str(self.root / "reference.pt"),
+            **{**HOW, "chunk_size": 8, **changes},
+        )
 
     @cached_property
     def good_ids(self) -> list[str]:
@@ -141,8 +178,12 @@ class TaskRuns:
     @cached_property
     def grad_mimic(self) -> Run:
         self.plain  # noqa: B018 - its weights are the reference
-        options = self.train_options(self.root / "grad-mimic", epochs=2, reference=str(self.root / "reference.pt"),
-                                     save_model=str(self.root / "model.pt"))
+        options = self.train_options(
+            self.root / "grad-mimic",
+            epochs=2,
+            reference=str(self.root / "reference.pt"),
+            save_model=str(self.root / "model.pt"),
+        )
         return open_run(run_train(options).path)
 
     @cached_property
@@ -220,8 +261,9 @@ class ChunkParts:
 
 def _files(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``folder``: its size and modification time, by relative path."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
 
 
 def test_a_killed_score_resumes_at_its_first_missing_chunk_and_equals_an_uninterrupted_run(task, tmp_path, monkeypatch):
@@ -242,8 +284,11 @@ def test_a_killed_score_resumes_at_its_first_missing_chunk_and_equals_an_uninter
     assert {p.name: p.stat().st_mtime_ns for p in RunLayout(out).chunk_parts() if p.name in kept} == kept  # untouched
     pd.testing.assert_frame_equal(resumed.samples, whole.samples, check_exact=True)
     by_id = ["sample_id"]
-    pd.testing.assert_frame_equal(resumed.scores.sort_values(by_id).reset_index(drop=True),
-                                  whole.scores.sort_values(by_id).reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(
+        resumed.scores.sort_values(by_id).reset_index(drop=True),
+        whole.scores.sort_values(by_id).reset_index(drop=True),
+        check_exact=True,
+    )
     pd.testing.assert_frame_equal(resumed.errors, whole.errors)  # a bad sample found before the kill is kept
     assert all(resumed.thumbnails.get(s) is not None for s in task.good_ids)  # chunks 0 and 1 too
 

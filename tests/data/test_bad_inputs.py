@@ -40,8 +40,14 @@ def csv_manifest(folder: Path, labels: list, *, classes: list[str] | None = None
     """A manifest of ``len(labels)`` rows pointing at real photos (row k: sample ``s{k}``)."""
     folder.mkdir(parents=True, exist_ok=True)
     photos = [str(FIXTURE / "cat" / name) for name in sorted(os.listdir(FIXTURE / "cat"))]
-    frame = pd.DataFrame({"path": [photos[k % len(photos)] for k in range(len(labels))], "label": labels,
-                          "sample_id": [f"s{k}" for k in range(len(labels))], **columns})
+    frame = pd.DataFrame(
+        {
+            "path": [photos[k % len(photos)] for k in range(len(labels))],
+            "label": labels,
+            "sample_id": [f"s{k}" for k in range(len(labels))],
+            **columns,
+        }
+    )
     frame.to_csv(folder / "m.csv", index=False)
     if classes is not None:
         (folder / "classes.txt").write_text("\n".join(classes) + "\n")
@@ -84,7 +90,9 @@ def test_one_non_integer_label_is_one_bad_sample_and_every_other_label_keeps_its
     assert source.class_names == [str(k) for k in range(11)]
     assert list(source.sample_ids) == [f"s{k}" for k in range(30) if k != 5]
     assert source.labels.tolist() == [v for k, v in enumerate(LABELS) if k != 5]  # "2" is 2, "10" is 10
-    assert reasons(source) == {"s5": f"label {cell!r} in row 6 is not an integer class index (the label column holds integers)"}
+    assert reasons(source) == {
+        "s5": f"label {cell!r} in row 6 is not an integer class index (the label column holds integers)"
+    }
 
 
 def test_integer_labels_written_as_floats_are_integers(tmp_path):
@@ -97,10 +105,14 @@ def test_a_parquet_float_column_with_inf_keeps_its_integers(tmp_path):
     photo = str(next((FIXTURE / "dog").iterdir()))
     values = [float(v) for v in LABELS]
     values[7] = float("inf")
-    pd.DataFrame({"path": [photo] * 30, "label": values, "sample_id": [f"s{k}" for k in range(30)]}).to_parquet(tmp_path / "m.parquet")
+    pd.DataFrame({"path": [photo] * 30, "label": values, "sample_id": [f"s{k}" for k in range(30)]}).to_parquet(
+        tmp_path / "m.parquet"
+    )
     source = open_source(f"manifest:{tmp_path / 'm.parquet'}")
     assert source.labels.tolist() == [v for k, v in enumerate(LABELS) if k != 7]
-    assert reasons(source) == {"s7": "label 'inf' in row 8 is not an integer class index (the label column holds integers)"}
+    assert reasons(source) == {
+        "s7": "label 'inf' in row 8 is not an integer class index (the label column holds integers)"
+    }
 
 
 def test_a_names_column_stays_names(tmp_path):
@@ -110,12 +122,15 @@ def test_a_names_column_stays_names(tmp_path):
 
 def test_a_column_mixing_names_and_integers_is_an_error_naming_both(tmp_path):
     message = error_of(csv_manifest(tmp_path, ["cat", "dog", "7", "bird"]))
-    assert message == (f"manifest:{tmp_path / 'm.csv'}: the label column mixes integer class indices (row 3: '7') with 3 of 4 "
-                       "value(s) that are not (row 1: 'cat'); give class indices or class names, not both")
+    assert message == (
+        f"manifest:{tmp_path / 'm.csv'}: the label column mixes integer class indices (row 3: '7') with 3 of 4 "
+        "value(s) that are not (row 1: 'cat'); give class indices or class names, not both"
+    )
 
 
-@pytest.mark.parametrize(("cell", "count"), [("1000000", "1,000,001"), ("1e23", "about 1e+23"),
-                                              ("9" * 60, "more than 10^40")])
+@pytest.mark.parametrize(
+    ("cell", "count"), [("1000000", "1,000,001"), ("1e23", "about 1e+23"), ("9" * 60, "more than 10^40")]
+)
 def test_a_label_far_beyond_the_pool_without_declared_classes_is_an_error_naming_the_row(tmp_path, cell, count):
     labels = [str(v) for v in LABELS]
     labels[5] = cell
@@ -145,19 +160,35 @@ def test_labels_outside_declared_classes_are_an_error_naming_the_row(tmp_path):
         f"classes: '0', '1', '2', '3', '4', '5', '6', '7', '8', '9' ({tmp_path / 'classes.txt'})"
     )
     spec = csv_manifest(tmp_path / "neg", ["0", "-1", "2"])
-    assert error_of(spec) == (f"{spec}: label outside the class range 0..2 in row 2 (sample 's1': label=-1; 1 row(s) in all); "
-                              "classes: '0', '1', '2' (classes made from the labels)")
+    assert error_of(spec) == (
+        f"{spec}: label outside the class range 0..2 in row 2 (sample 's1': label=-1; 1 row(s) in all); "
+        "classes: '0', '1', '2' (classes made from the labels)"
+    )
 
 
 def test_a_true_label_that_is_not_an_integer_is_an_error_naming_the_row(tmp_path):
     spec = csv_manifest(tmp_path, ["0", "1", "2"], true_label=["0", "nan", "2"])
-    assert error_of(spec) == (f"{spec}: true_label 'nan' in row 2 is not an integer class index "
-                              "(the true_label column holds integers; 1 such row(s))")
+    assert error_of(spec) == (
+        f"{spec}: true_label 'nan' in row 2 is not an integer class index "
+        "(the true_label column holds integers; 1 such row(s))"
+    )
 
 
 def test_parse_label_rules():
-    assert [parse_label(v) for v in ("7", " -1 ", "+3", "7.0", "1e3", b"4\n", 5, 6.0, np.int64(2))] == [7, -1, 3, 7, 1000, 4, 5, 6, 2]
-    assert [parse_label(v) for v in ("nan", "inf", "3.5", "1_000", "\u0663", True, None, "", float("nan"), b"\xff")] == [None] * 10
+    assert [parse_label(v) for v in ("7", " -1 ", "+3", "7.0", "1e3", b"4\n", 5, 6.0, np.int64(2))] == [
+        7,
+        -1,
+        3,
+        7,
+        1000,
+        4,
+        5,
+        6,
+        2,
+    ]
+    assert [
+        parse_label(v) for v in ("nan", "inf", "3.5", "1_000", "\u0663", True, None, "", float("nan"), b"\xff")
+    ] == [None] * 10
     assert parse_label("1e23") == int(1e23) and parse_label("9" * 5000) == 10**40
 
 
@@ -178,24 +209,40 @@ def test_a_cls_that_is_not_an_integer_is_one_bad_sample(tmp_path):
     keys = [key for key, _, _ in ITEMS]
     assert list(source.sample_ids) == [k for j, k in enumerate(keys) if j not in (3, 8)]
     assert source.labels.tolist() == [lab for j, (_, lab, _) in enumerate(ITEMS) if j not in (3, 8)]
-    assert reasons(source) == {keys[3]: f"{keys[3]}.cls holds 'nan': not an integer class index",
-                               keys[8]: f"{keys[8]}.cls holds '3.5': not an integer class index"}
+    assert reasons(source) == {
+        keys[3]: f"{keys[3]}.cls holds 'nan': not an integer class index",
+        keys[8]: f"{keys[8]}.cls holds '3.5': not an integer class index",
+    }
     assert [b.path for b in source.open_errors] == [f"{shard}:{keys[3]}", f"{shard}:{keys[8]}"]
 
 
-@pytest.mark.parametrize(("text", "tail"), [
-    (b"-1", "is outside the class range 0..9 (1 sample(s)); classes: '0', '1', '2', '3', '4', '5', '6', '7', '8', '9' "
-            "(classes made from the labels)"),
-    (b"99", "would make 100 classes for 30 sample(s); without a class list labels may span at most max(samples, 10) = 30 "
-            "classes, so this looks like a typo: fix the label or list the classes in classes.txt beside the shards"),
-    (b"99999999999999999999999", "would make about 1e+23 classes for 30 sample(s); without a class list labels may span at "
-                                 "most max(samples, 10) = 30 classes, so this looks like a typo: fix the label or list the "
-                                 "classes in classes.txt beside the shards"),
-])
+@pytest.mark.parametrize(
+    ("text", "tail"),
+    [
+        (
+            b"-1",
+            "is outside the class range 0..9 (1 sample(s)); classes: '0', '1', '2', '3', '4', '5', '6', '7', '8', '9' "
+            "(classes made from the labels)",
+        ),
+        (
+            b"99",
+            "would make 100 classes for 30 sample(s); without a class list labels may span at most max(samples, 10) = 30 "
+            "classes, so this looks like a typo: fix the label or list the classes in classes.txt beside the shards",
+        ),
+        (
+            b"99999999999999999999999",
+            "would make about 1e+23 classes for 30 sample(s); without a class list labels may span at "
+            "most max(samples, 10) = 30 classes, so this looks like a typo: fix the label or list the "
+            "classes in classes.txt beside the shards",
+        ),
+    ],
+)
 def test_a_cls_outside_the_range_is_an_error_naming_the_sample(tmp_path, text, tail):
     spec, shard = shard_with(tmp_path, {3: text})
     key = ITEMS[3][0]
-    assert error_of(spec, index_dir=tmp_path / "idx") == f"{spec}: label {text.decode()!r} in {key}.cls of {shard} {tail}"
+    assert (
+        error_of(spec, index_dir=tmp_path / "idx") == f"{spec}: label {text.decode()!r} in {key}.cls of {shard} {tail}"
+    )
 
 
 def test_a_cls_beyond_classes_txt_is_an_error_naming_the_sample(tmp_path):
@@ -209,7 +256,8 @@ def test_a_cls_beyond_classes_txt_is_an_error_naming_the_sample(tmp_path):
 def test_shards_of_names_only_are_refused_with_the_reason(tmp_path):
     write_shard(tmp_path / "b.tar", [("k1.jpg", JPEG), ("k1.cls", b"cat")])
     assert error_of(f"wds:{tmp_path / 'b.tar'}", index_dir=tmp_path) == (
-        f"wds:{tmp_path / 'b.tar'}: no sample has both an image and a usable .cls label (\"k1.cls holds 'cat': not an integer class index\")")
+        f"wds:{tmp_path / 'b.tar'}: no sample has both an image and a usable .cls label (\"k1.cls holds 'cat': not an integer class index\")"
+    )
 
 
 # --- truncated shards --------------------------------------------------------------------------------
@@ -227,7 +275,9 @@ def whole_shard(tmp_path) -> tuple[Path, list[tarfile.TarInfo]]:
 def test_the_whole_shard_has_no_warning(whole_shard, tmp_path):
     shard, _ = whole_shard
     source = open_source(f"wds:{shard}", index_dir=tmp_path / "idx")
-    assert len(source) == 30 and source.open_errors == [] and source.warnings == [] and source.describe()["warnings"] == []
+    assert (
+        len(source) == 30 and source.open_errors == [] and source.warnings == [] and source.describe()["warnings"] == []
+    )
 
 
 def test_a_shard_cut_at_a_member_header_keeps_its_samples_and_says_where_it_ends(whole_shard, tmp_path):
@@ -237,8 +287,10 @@ def test_a_shard_cut_at_a_member_header_keeps_its_samples_and_says_where_it_ends
     source = open_source(f"wds:{short}", index_dir=tmp_path / "idx")
     assert list(source.sample_ids) == [key for key, _, _ in ITEMS[:15]]
     assert source.labels.tolist() == [lab for _, lab, _ in ITEMS[:15]]
-    stops = (f"stops at byte {at} of {at}: the file ends after a complete member without tar's end-of-archive marker, "
-             "so the members that followed are missing; the 15 sample(s) before it are read, whatever followed is lost")
+    stops = (
+        f"stops at byte {at} of {at}: the file ends after a complete member without tar's end-of-archive marker, "
+        "so the members that followed are missing; the 15 sample(s) before it are read, whatever followed is lost"
+    )
     assert source.open_errors == [BadSample(f"{short}@{at}", str(short), f"truncated shard: {stops}")]
     assert source.pool_errors == source.open_errors
     assert source.warnings == [f"TRUNCATED SHARD: {short} {stops} (re-download or re-write the shard)"]
@@ -257,11 +309,13 @@ def test_a_shard_cut_inside_a_members_data_keeps_every_complete_sample(whole_sha
     key = ITEMS[15][0]
     assert reasons(source) == {
         f"{short}@{image.offset}": f"truncated shard: stops at byte {image.offset} of {image.offset_data + 100}: {detail}; "
-                                   "the 15 sample(s) before it are read, whatever followed is lost",
+        "the 15 sample(s) before it are read, whatever followed is lost",
         key: f"incomplete sample: the shard is truncated at byte {image.offset} within it: {detail}",
     }
     assert source.open_errors[1].path == f"{short}:{key}"
-    assert len(source.warnings) == 1 and source.warnings[0].startswith(f"TRUNCATED SHARD: {short} stops at byte {image.offset} ")
+    assert len(source.warnings) == 1 and source.warnings[0].startswith(
+        f"TRUNCATED SHARD: {short} stops at byte {image.offset} "
+    )
 
 
 def test_a_shard_cut_between_a_samples_members_drops_that_sample_only(whole_shard, tmp_path):
@@ -271,8 +325,10 @@ def test_a_shard_cut_between_a_samples_members_drops_that_sample_only(whole_shar
     source = open_source(f"wds:{short}", index_dir=tmp_path / "idx")  # not "member without .cls" for the pool
     assert list(source.sample_ids) == [key for key, _, _ in ITEMS[:15]]
     key = ITEMS[15][0]
-    assert reasons(source)[key] == (f"incomplete sample: the shard is truncated at byte {label.offset} within it: the file ends "
-                                    "after a complete member without tar's end-of-archive marker, so the members that followed are missing")
+    assert reasons(source)[key] == (
+        f"incomplete sample: the shard is truncated at byte {label.offset} within it: the file ends "
+        "after a complete member without tar's end-of-archive marker, so the members that followed are missing"
+    )
     assert [b.sample_id for b in source.open_errors] == [f"{short}@{label.offset}", key]
 
 
@@ -283,15 +339,24 @@ def test_a_shard_cut_inside_a_header_or_with_a_damaged_header(whole_shard, tmp_p
     source = open_source(f"wds:{short}", index_dir=tmp_path / "idx")
     assert len(source) == 20
     assert source.open_errors[0] == BadSample(
-        f"{short}@{at}", str(short), f"truncated shard: stops at byte {at} of {at + 100}: a member header there is cut off, 100 of 512 "
-                                     "bytes present; the 20 sample(s) before it are read, whatever followed is lost")
+        f"{short}@{at}",
+        str(short),
+        f"truncated shard: stops at byte {at} of {at + 100}: a member header there is cut off, 100 of 512 "
+        "bytes present; the 20 sample(s) before it are read, whatever followed is lost",
+    )
     damaged = bytearray(shard.read_bytes())
     damaged[at : at + 512] = b"x" * 512
     (tmp_path / "damaged").mkdir()
     (tmp_path / "damaged" / "pool-00.tar").write_bytes(bytes(damaged))
     source = open_source(f"wds:{tmp_path / 'damaged' / 'pool-00.tar'}", index_dir=tmp_path / "idx")
-    assert len(source) == 20 and (f"stops at byte {at} of {len(damaged)}: the member header there is damaged (not a tar header), "
-                                  "so nothing after it can be found") in source.warnings[0]
+    assert (
+        len(source) == 20
+        and (
+            f"stops at byte {at} of {len(damaged)}: the member header there is damaged (not a tar header), "
+            "so nothing after it can be found"
+        )
+        in source.warnings[0]
+    )
 
 
 def test_a_shard_whose_last_padding_is_cut_loses_nothing_but_is_reported(whole_shard, tmp_path):
@@ -300,9 +365,11 @@ def test_a_shard_whose_last_padding_is_cut_loses_nothing_but_is_reported(whole_s
     short = cut(shard, end, "padding")
     source = open_source(f"wds:{short}", index_dir=tmp_path / "idx")
     assert len(source) == 30
-    assert source.warnings == [f"TRUNCATED SHARD: {short} stops at byte {end} of {end}: the file ends inside the padding after a "
-                               "complete member, before the end-of-archive marker, so any members that followed are missing; the 30 "
-                               "sample(s) before it are read, whatever followed is lost (re-download or re-write the shard)"]
+    assert source.warnings == [
+        f"TRUNCATED SHARD: {short} stops at byte {end} of {end}: the file ends inside the padding after a "
+        "complete member, before the end-of-archive marker, so any members that followed are missing; the 30 "
+        "sample(s) before it are read, whatever followed is lost (re-download or re-write the shard)"
+    ]
 
 
 def test_truncation_is_kept_in_the_cached_index_and_through_a_subset(whole_shard, tmp_path, monkeypatch):
@@ -333,13 +400,19 @@ def test_only_the_truncated_shard_of_several_is_reported(tmp_path):
     source = open_source(f"wds:{folder}/pool-{{00..01}}.tar", index_dir=tmp_path / "idx")
     assert list(source.sample_ids) == [key for key, _, _ in ITEMS[:10]] + [f"b-{key}" for key, _, _ in ITEMS[:15]]
     assert [b.sample_id for b in source.open_errors] == [f"{folder / 'pool-01.tar'}@{at}"]
-    assert len(source.warnings) == 1 and source.warnings[0].startswith(f"TRUNCATED SHARD: {folder / 'pool-01.tar'} stops at byte {at} ")
+    assert len(source.warnings) == 1 and source.warnings[0].startswith(
+        f"TRUNCATED SHARD: {folder / 'pool-01.tar'} stops at byte {at} "
+    )
 
 
 def test_a_truncated_pairs_shard_reports_the_same_way_and_keeps_every_uid(tmp_path):
     members = []
     for k, (_, _, data) in enumerate(ITEMS[:10]):
-        members += [(f"p{k}.jpg", data), (f"p{k}.txt", f"caption {k}".encode()), (f"p{k}.json", json.dumps({"uid": f"{k:032x}"}).encode())]
+        members += [
+            (f"p{k}.jpg", data),
+            (f"p{k}.txt", f"caption {k}".encode()),
+            (f"p{k}.json", json.dumps({"uid": f"{k:032x}"}).encode()),
+        ]
     shard = tmp_path / "pairs.tar"
     write_shard(shard, members)
     at = member_offsets(shard)[20].offset  # p6.json: its image and caption are whole, its uid is lost
@@ -349,10 +422,10 @@ def test_a_truncated_pairs_shard_reports_the_same_way_and_keeps_every_uid(tmp_pa
     assert list(source.sample_ids) == [f"{k:032x}" for k in range(6)]  # p6 is not kept under its key
     assert reasons(source) == {
         f"{short}@{at}": f"truncated shard: stops at byte {at} of {at}: the file ends after a complete member without tar's "
-                         "end-of-archive marker, so the members that followed are missing; the 6 sample(s) before it are read, "
-                         "whatever followed is lost",
+        "end-of-archive marker, so the members that followed are missing; the 6 sample(s) before it are read, "
+        "whatever followed is lost",
         "p6": f"incomplete sample: the shard is truncated at byte {at} within it: the file ends after a complete member without "
-              "tar's end-of-archive marker, so the members that followed are missing",
+        "tar's end-of-archive marker, so the members that followed are missing",
     }
     assert len(source.warnings) == 1
 
@@ -363,7 +436,8 @@ def test_a_shard_with_no_complete_member_is_refused_naming_the_cut(tmp_path):
     short = cut(tmp_path / "a.tar", first.offset_data + 10, "nothing")
     assert error_of(f"wds:{short}", index_dir=tmp_path / "idx") == (
         f"wds:{short}: no sample has both an image and a usable .cls label ('incomplete sample: the shard is truncated at byte 0 "
-        f"within it: member {first.name} is cut off, 10 of {first.size} data bytes present')")
+        f"within it: member {first.name} is cut off, 10 of {first.size} data bytes present')"
+    )
 
 
 # --- files that are not what they claim -----------------------------------------------------------------
@@ -387,7 +461,9 @@ def test_a_fifo_a_device_a_directory_and_a_huge_file_are_bad_samples(tmp_path):
     with open(tmp_path / "huge.jpg", "wb") as handle:  # sparse: no disk used
         handle.truncate(MAX_FILE_BYTES + 1)
     paths = [photo, "pipe.jpg", "/dev/zero", "folder.jpg", "huge.jpg", "missing.jpg"]
-    pd.DataFrame({"path": paths, "label": [0, 1, 0, 1, 0, 1], "sample_id": list("abcdef")}).to_csv(tmp_path / "m.csv", index=False)
+    pd.DataFrame({"path": paths, "label": [0, 1, 0, 1, 0, 1], "sample_id": list("abcdef")}).to_csv(
+        tmp_path / "m.csv", index=False
+    )
     source = open_source(f"manifest:{tmp_path / 'm.csv'}")
     good, errors = scan_with_guard(source)
     assert good.tolist() == [0]
@@ -406,7 +482,9 @@ def test_a_fifo_in_a_class_folder_is_a_bad_sample(tmp_path):
     (tmp_path / "pool" / "cat" / "a.jpg").write_bytes(JPEG)
     os.mkfifo(tmp_path / "pool" / "cat" / "b.jpg")
     good, errors = scan_with_guard(open_source(f"folder:{tmp_path / 'pool'}"))
-    assert good.tolist() == [0] and [(b.sample_id, b.reason) for b in errors] == [("cat/b.jpg", "is a FIFO (named pipe), not a regular file")]
+    assert good.tolist() == [0] and [(b.sample_id, b.reason) for b in errors] == [
+        ("cat/b.jpg", "is a FIFO (named pipe), not a regular file")
+    ]
 
 
 def test_the_size_cap_comes_from_the_environment(tmp_path, monkeypatch):
@@ -419,11 +497,13 @@ def test_the_size_cap_comes_from_the_environment(tmp_path, monkeypatch):
     source = open_source(f"manifest:{tmp_path / 'm.csv'}")
     with pytest.raises(BadSampleError) as info:
         source.load(0)
-    assert info.value.bad.reason == (f"file too large ({len(JPEG):,} bytes; the cap is {len(JPEG) - 1:,}, "
-                                     f"set {MAX_FILE_BYTES_ENV} to change it)")
+    assert info.value.bad.reason == (
+        f"file too large ({len(JPEG):,} bytes; the cap is {len(JPEG) - 1:,}, set {MAX_FILE_BYTES_ENV} to change it)"
+    )
     monkeypatch.setenv(MAX_FILE_BYTES_ENV, "lots")
     assert error_of(f"manifest:{tmp_path / 'm.csv'}") == (
-        f"manifest:{tmp_path / 'm.csv'}: {MAX_FILE_BYTES_ENV}='lots' is not a positive whole number of bytes (default {MAX_FILE_BYTES})")
+        f"manifest:{tmp_path / 'm.csv'}: {MAX_FILE_BYTES_ENV}='lots' is not a positive whole number of bytes (default {MAX_FILE_BYTES})"
+    )
 
 
 def test_an_over_cap_shard_member_is_a_bad_sample(tmp_path, monkeypatch):
@@ -432,8 +512,10 @@ def test_an_over_cap_shard_member_is_a_bad_sample(tmp_path, monkeypatch):
     source = open_source(f"wds:{tmp_path / 'a.tar'}", index_dir=tmp_path / "idx")
     with pytest.raises(BadSampleError) as info:
         source.load(1)
-    assert info.value.bad.reason == (f"image member too large ({len(ITEMS[1][2]):,} bytes; the cap is {len(ITEMS[1][2]) - 1:,}, "
-                                     f"set {MAX_FILE_BYTES_ENV} to change it)")
+    assert info.value.bad.reason == (
+        f"image member too large ({len(ITEMS[1][2]):,} bytes; the cap is {len(ITEMS[1][2]) - 1:,}, "
+        f"set {MAX_FILE_BYTES_ENV} to change it)"
+    )
 
 
 def test_read_file_reads_a_regular_file_whole(tmp_path):
@@ -451,20 +533,30 @@ def test_uids_that_differ_only_in_case_are_refused_when_shards_open(tmp_path):
     upper, lower = "AB" * 16, "ab" * 16
     members = []
     for key, uid, data in (("k0", upper, ITEMS[0][2]), ("k1", "cd" * 16, ITEMS[1][2]), ("k2", lower, ITEMS[2][2])):
-        members += [(f"{key}.jpg", data), (f"{key}.txt", b"a caption"), (f"{key}.json", json.dumps({"uid": uid}).encode())]
+        members += [
+            (f"{key}.jpg", data),
+            (f"{key}.txt", b"a caption"),
+            (f"{key}.json", json.dumps({"uid": uid}).encode()),
+        ]
     write_shard(tmp_path / "p.tar", members)
     assert error_of(f"wds:{tmp_path / 'p.tar'}", index_dir=tmp_path) == (
         f"wds:{tmp_path / 'p.tar'}: uids differ only in case: {upper!r} (k0 in {tmp_path / 'p.tar'}) and {lower!r} (k2 in "
-        f"{tmp_path / 'p.tar'}) are one 128-bit uid, and DataComp subsets and uid keep-lists ignore case; every pair needs a unique uid")
+        f"{tmp_path / 'p.tar'}) are one 128-bit uid, and DataComp subsets and uid keep-lists ignore case; every pair needs a unique uid"
+    )
 
 
 def test_uids_that_differ_only_in_case_are_refused_in_a_manifest_but_paths_may(tmp_path):
     photo = str(next((FIXTURE / "cat").iterdir()))
-    pd.DataFrame({"path": [photo] * 2, "caption": ["one", "two"], "sample_id": ["0F" * 16, "0f" * 16]}).to_csv(tmp_path / "m.csv", index=False)
+    pd.DataFrame({"path": [photo] * 2, "caption": ["one", "two"], "sample_id": ["0F" * 16, "0f" * 16]}).to_csv(
+        tmp_path / "m.csv", index=False
+    )
     assert error_of(f"manifest:{tmp_path / 'm.csv'}") == (
         f"sample ids in manifest:{tmp_path / 'm.csv'} differ only in case: {'0F' * 16!r} and {'0f' * 16!r} are one 128-bit uid, "
-        "and DataComp subsets and uid keep-lists ignore case; every pair needs a unique uid")
-    pd.DataFrame({"path": [photo] * 2, "label": [0, 1], "sample_id": ["cat/A.jpg", "cat/a.jpg"]}).to_csv(tmp_path / "n.csv", index=False)
+        "and DataComp subsets and uid keep-lists ignore case; every pair needs a unique uid"
+    )
+    pd.DataFrame({"path": [photo] * 2, "label": [0, 1], "sample_id": ["cat/A.jpg", "cat/a.jpg"]}).to_csv(
+        tmp_path / "n.csv", index=False
+    )
     assert list(open_source(f"manifest:{tmp_path / 'n.csv'}").sample_ids) == ["cat/A.jpg", "cat/a.jpg"]
 
 
@@ -493,7 +585,7 @@ def test_member_names_with_dots_or_a_root_and_symlink_members_are_never_followed
 
 def test_duplicate_keys_in_a_truncated_shard_are_still_refused(tmp_path):
     members = labelled_members(count=4)
-    write_shard(tmp_path / "a.tar", members[:4] + [(f"{ITEMS[1][0]}.jpg", JPEG)] + members[4:])
+    write_shard(tmp_path / "a.tar", [*members[:4], (f"{ITEMS[1][0]}.jpg", JPEG), *members[4:]])
     short = cut(tmp_path / "a.tar", member_offsets(tmp_path / "a.tar")[-1].offset, "dup")
     message = error_of(f"wds:{short}", index_dir=tmp_path / "idx")
     assert message == f"wds:{short}: duplicate sample ids (the same key twice in one shard): '{ITEMS[1][0]} in {short}'"

@@ -25,7 +25,9 @@ def jpegs(count: int) -> list[bytes]:
     return [data for _, _, data in fixture_items()[:count]]
 
 
-def pair_members(key: str, image: bytes | None, caption: bytes | None, meta: dict | bytes | None = None) -> list[tuple[str, bytes]]:
+def pair_members(
+    key: str, image: bytes | None, caption: bytes | None, meta: dict | bytes | None = None
+) -> list[tuple[str, bytes]]:
     members = [] if image is None else [(f"{key}.jpg", image)]
     if caption is not None:
         members.append((f"{key}.txt", caption))
@@ -40,7 +42,9 @@ def pair_members(key: str, image: bytes | None, caption: bytes | None, meta: dic
 def test_caption_shards_open_as_pairs_with_uids_as_ids(tmp_path):
     images = jpegs(3)
     members = (
-        pair_members("k0", images[0], b"A dog runs .\n", {"uid": "00ff" * 8, "all_captions": ["A dog runs .", "A dog .", " "]})
+        pair_members(
+            "k0", images[0], b"A dog runs .\n", {"uid": "00ff" * 8, "all_captions": ["A dog runs .", "A dog .", " "]}
+        )
         + pair_members("k1", images[1], "Un caf\u00e9 .".encode(), {"caption": "no uid here"})
         + pair_members("k2", images[2], b"two cats", None)
     )
@@ -89,7 +93,10 @@ def test_bad_pairs_are_recorded_and_skipped(tmp_path):
 
 def test_duplicate_uids_are_an_error_naming_them(tmp_path):
     images = jpegs(3)
-    write_shard(tmp_path / "a.tar", pair_members("k0", images[0], b"one", {"uid": "abc"}) + pair_members("k1", images[1], b"two"))
+    write_shard(
+        tmp_path / "a.tar",
+        pair_members("k0", images[0], b"one", {"uid": "abc"}) + pair_members("k1", images[1], b"two"),
+    )
     write_shard(tmp_path / "b.tar", pair_members("k2", images[2], b"three", {"uid": "abc"}))
     message = error_of(f"wds:{tmp_path}/{{a,b}}.tar", index_dir=tmp_path)
     assert "duplicate sample ids" in message and "abc" in message
@@ -111,8 +118,17 @@ def test_mixing_labels_and_captions_is_an_error_naming_examples(tmp_path):
 
 def test_labelled_shards_with_extra_text_stay_labelled(tmp_path):
     images = jpegs(2)
-    write_shard(tmp_path / "a.tar", [("k0.jpg", images[0]), ("k0.cls", b"1"), ("k0.txt", b"cat"), ("k0.json", b'{"uid": "z"}'),
-                                     ("k1.jpg", images[1]), ("k1.cls", b"0")])
+    write_shard(
+        tmp_path / "a.tar",
+        [
+            ("k0.jpg", images[0]),
+            ("k0.cls", b"1"),
+            ("k0.txt", b"cat"),
+            ("k0.json", b'{"uid": "z"}'),
+            ("k1.jpg", images[1]),
+            ("k1.cls", b"0"),
+        ],
+    )
     src = open_source(f"wds:{tmp_path / 'a.tar'}", index_dir=tmp_path)
     assert src.pool_kind == "labelled" and src.captions is None and src.all_captions(0) == []
     assert list(src.sample_ids) == ["k0", "k1"] and src.labels.tolist() == [1, 0]
@@ -127,7 +143,10 @@ def test_indexing_a_labelled_shard_reads_no_text_member(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wds_module, "read_text", refuse)
     images = jpegs(2)
-    write_shard(tmp_path / "a.tar", [("k0.jpg", images[0]), ("k0.cls", b"1"), ("k0.json", b"{}"), ("k1.jpg", images[1]), ("k1.cls", b"0")])
+    write_shard(
+        tmp_path / "a.tar",
+        [("k0.jpg", images[0]), ("k0.cls", b"1"), ("k0.json", b"{}"), ("k1.jpg", images[1]), ("k1.cls", b"0")],
+    )
     assert open_source(f"wds:{tmp_path / 'a.tar'}", index_dir=tmp_path).labels.tolist() == [1, 0]
 
 
@@ -155,8 +174,13 @@ def _fixture_paths(count: int) -> list[str]:
 
 def test_caption_manifest_opens_as_pairs_and_records_bad_rows(tmp_path):
     paths = _fixture_paths(4)
-    frame = pd.DataFrame({"path": paths + [""], "caption": ["a plane", "", "  a car  ", "x", "no path"],
-                          "sample_id": ["a", "b", "c", "d", "e"]})
+    frame = pd.DataFrame(
+        {
+            "path": [*paths, ""],
+            "caption": ["a plane", "", "  a car  ", "x", "no path"],
+            "sample_id": ["a", "b", "c", "d", "e"],
+        }
+    )
     frame.to_csv(tmp_path / "m.csv", index=False)
     raw = (tmp_path / "m.csv").read_bytes().replace(b",x,", b",caf\xe9,")  # one Latin-1 caption
     (tmp_path / "m.csv").write_bytes(raw)
@@ -164,16 +188,24 @@ def test_caption_manifest_opens_as_pairs_and_records_bad_rows(tmp_path):
     assert src.pool_kind == "pairs" and list(src.sample_ids) == ["a", "c"]
     assert list(src.captions) == ["a plane", "a car"]
     reasons = {b.sample_id: b.reason for b in src.open_errors}
-    assert reasons == {"b": "manifest row has no caption", "d": "caption is not UTF-8 text", "e": "manifest row has no path"}
+    assert reasons == {
+        "b": "manifest row has no caption",
+        "d": "caption is not UTF-8 text",
+        "e": "manifest row has no path",
+    }
     src.load(1)
 
 
 def test_caption_manifest_parquet_bytes_and_errors(tmp_path):
     paths = _fixture_paths(3)
-    pd.DataFrame({"path": paths, "caption": [b"bytes caption", "caf\u00e9".encode("latin-1"), "text"]}).to_parquet(tmp_path / "m.parquet")
+    pd.DataFrame({"path": paths, "caption": [b"bytes caption", "caf\u00e9".encode("latin-1"), "text"]}).to_parquet(
+        tmp_path / "m.parquet"
+    )
     src = open_source(f"manifest:{tmp_path / 'm.parquet'}")
     assert list(src.captions) == ["bytes caption", "text"] and len(src.open_errors) == 1
-    pd.DataFrame({"path": paths, "label": ["0", "", ""], "caption": ["", "a dog", "a cat"]}).to_csv(tmp_path / "mix.csv", index=False)
+    pd.DataFrame({"path": paths, "label": ["0", "", ""], "caption": ["", "a dog", "a cat"]}).to_csv(
+        tmp_path / "mix.csv", index=False
+    )
     message = error_of(f"manifest:{tmp_path / 'mix.csv'}")
     assert "mixes labelled samples" in message and "caption without label" in message
     pd.DataFrame({"file": paths}).to_csv(tmp_path / "none.csv", index=False)
@@ -202,7 +234,9 @@ def test_caption_noise_is_a_seeded_derangement_of_exactly_the_chosen_pairs(n, ra
     noisy = caption_noise(n, rate, seed=3)
     assert noisy.is_noisy.sum() == int(rate * n)
     moved = np.flatnonzero(noisy.is_noisy)
-    assert (noisy.order[moved] != moved).all() and (noisy.order[~noisy.is_noisy] == np.flatnonzero(~noisy.is_noisy)).all()
+    assert (noisy.order[moved] != moved).all() and (
+        noisy.order[~noisy.is_noisy] == np.flatnonzero(~noisy.is_noisy)
+    ).all()
     assert sorted(noisy.order[moved].tolist()) == moved.tolist()  # permuted among themselves
     assert sorted(noisy.order.tolist()) == list(range(n))
     again, other = caption_noise(n, rate, seed=3), caption_noise(n, rate, seed=4)

@@ -82,7 +82,10 @@ def test_same_pool_as_folder_manifest_and_shards_gives_same_samples(tmp_path):
     manifest = open_source(f"manifest:{tmp_path / 'pool.csv'}")
     # manifest 2: parquet, absolute paths, integer labels, no id column (id = the path as written)
     pd.DataFrame(
-        {"path": [str(FIXTURE / CLASSES[lab] / f"{key}.jpg") for key, lab, _ in items], "label": [lab for _, lab, _ in items]}
+        {
+            "path": [str(FIXTURE / CLASSES[lab] / f"{key}.jpg") for key, lab, _ in items],
+            "label": [lab for _, lab, _ in items],
+        }
     ).to_parquet(tmp_path / "pool.parquet")
     manifest2 = open_source(f"manifest:{tmp_path / 'pool.parquet'}")
 
@@ -167,7 +170,7 @@ def test_folder_pool_with_2_percent_bad_files_loads_every_good_sample(tmp_path):
 
     # the same through the in-memory loader and through DataLoader batches
     log = ErrorLog()
-    pos, x, y = load_tensors(src, arch="small_cnn", errors=log, workers=2)
+    pos, x, _y = load_tensors(src, arch="small_cnn", errors=log, workers=2)
     assert len(pos) == 98 and x.shape == (98, 3, 32, 32) and set(log.sample_ids) == set(expected_bad)
     batches = SourceBatches(src, batch_size=16, seed=1, arch="small_cnn")
     seen = np.concatenate([index.numpy() for index, inputs, targets in batches.epoch(0)])
@@ -195,7 +198,12 @@ def test_load_raises_bad_sample_error_and_iteration_does_not(tmp_path):
 
 def test_corrupt_and_empty_bytes_have_reasons():
     jpeg = fixture_items()[0][2]
-    for data, fragment in [(b"", "empty"), (b"hello world", "not an image"), (jpeg[:200], "truncated"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "")]:
+    for data, fragment in [
+        (b"", "empty"),
+        (b"hello world", "not an image"),
+        (jpeg[:200], "truncated"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, ""),
+    ]:
         with pytest.raises(BadSampleError) as info:
             decode_image(data, "x", "x.jpg")
         assert fragment in info.value.bad.reason
@@ -229,7 +237,9 @@ def test_every_colour_mode_becomes_the_same_rgb():
     palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
     palette.putpixel((1, 0), 1)
     palette.info["transparency"] = 1
-    assert np.asarray(decode_image(_encode(palette, "PNG", transparency=1))).tolist() == [[[255, 0, 0], [255, 255, 255]]]
+    assert np.asarray(decode_image(_encode(palette, "PNG", transparency=1))).tolist() == [
+        [[255, 0, 0], [255, 255, 255]]
+    ]
 
     cmyk = decode_image(_encode(Image.new("CMYK", (8, 8), (0, 0, 0, 0)), "JPEG", quality=95))
     assert cmyk.mode == "RGB" and np.asarray(cmyk).min() >= 250  # no ink = white
@@ -252,7 +262,9 @@ def test_shard_index_is_built_once_and_rebuilt_when_a_shard_changes(tmp_path, mo
     write_pool_shards(tmp_path / "s", items, shards=2)
     spec = f"wds:{tmp_path / 's'}/pool-*.tar"
     first = open_source(spec, index_dir=tmp_path / "run")
-    assert len(first) == 30 and all(p is not None and p.parent == tmp_path / "run" / "wds_index" for p in first.index_files)
+    assert len(first) == 30 and all(
+        p is not None and p.parent == tmp_path / "run" / "wds_index" for p in first.index_files
+    )
 
     def refuse(shard):
         raise AssertionError("index rebuilt although the shard did not change")
@@ -286,7 +298,14 @@ def test_shards_keys_with_folders_and_without_images(tmp_path):
     jpeg = fixture_items()[0][2]
     write_shard(
         tmp_path / "a.tar",
-        [("x/s1.jpg", jpeg), ("x/s1.cls", b"2"), ("s2.meta.json", b"{}"), ("s2.cls", b"1"), ("s3.JPEG", jpeg), ("s3.cls", b" 0\n")],
+        [
+            ("x/s1.jpg", jpeg),
+            ("x/s1.cls", b"2"),
+            ("s2.meta.json", b"{}"),
+            ("s2.cls", b"1"),
+            ("s3.JPEG", jpeg),
+            ("s3.cls", b" 0\n"),
+        ],
     )
     src = open_source(f"wds:{tmp_path / 'a.tar'}", index_dir=tmp_path)
     assert list(src.sample_ids) == ["x/s1", "s3"] and src.labels.tolist() == [2, 0]
@@ -341,7 +360,9 @@ def test_manifest_errors(tmp_path):
     path = str(FIXTURE / "cat" / os.listdir(FIXTURE / "cat")[0])
     assert "missing column(s) label" in error_of(_manifest(tmp_path, pd.DataFrame({"path": [path]})))
     assert "missing column(s) path" in error_of(_manifest(tmp_path, pd.DataFrame({"file": [path], "label": [1]})))
-    message = error_of(_manifest(tmp_path, pd.DataFrame({"path": [path, path + "x"], "label": [1, 7]}), classes=["a", "b", "c"]))
+    message = error_of(
+        _manifest(tmp_path, pd.DataFrame({"path": [path, path + "x"], "label": [1, 7]}), classes=["a", "b", "c"])
+    )
     assert "outside the class range 0..2" in message and "=7" in message
     message = error_of(_manifest(tmp_path, pd.DataFrame({"path": [path], "label": ["zebra"]}), classes=["cat", "dog"]))
     assert "not in the class list" in message and "zebra" in message
@@ -349,7 +370,9 @@ def test_manifest_errors(tmp_path):
     assert "outside the class range" in error_of(_manifest(tmp_path, pd.DataFrame({"path": [path], "label": [-1]})))
     message = error_of(_manifest(tmp_path, pd.DataFrame({"path": [path, path], "label": [0, 1]})))
     assert "duplicate sample ids" in message
-    message = error_of(_manifest(tmp_path, pd.DataFrame({"path": [path, path], "label": [0, 1], "sample_id": ["a", "a"]})))
+    message = error_of(
+        _manifest(tmp_path, pd.DataFrame({"path": [path, path], "label": [0, 1], "sample_id": ["a", "a"]}))
+    )
     assert "duplicate sample ids" in message and "'a'" in message
     message = error_of(_manifest(tmp_path, pd.DataFrame({"path": [path], "label": [0]}), name="m.txt"))
     assert ".csv or .parquet" in message
@@ -369,7 +392,10 @@ def test_manifest_messy_rows_true_labels_and_class_names(tmp_path):
     assert src.class_names == ["cat", "dog"]
     assert list(src.sample_ids) == ["a", "d", "missing/file.jpg"]
     assert src.labels.tolist() == [0, 1, 0] and src.true_labels.tolist() == [0, 0, 0]
-    assert {b.sample_id: b.reason for b in src.open_errors} == {"b": "manifest row has no label", "c": "manifest row has no path"}
+    assert {b.sample_id: b.reason for b in src.open_errors} == {
+        "b": "manifest row has no label",
+        "c": "manifest row has no path",
+    }
     errors = ErrorLog()
     assert [i for i, _ in src.iter_images(errors=errors)] == [0, 1]
     assert {b.sample_id for b in errors} == {"b", "c", "missing/file.jpg"}
@@ -406,7 +432,9 @@ def test_default_transforms_per_architecture():
     assert default_transform("my_models.py:make").crop == 224
     x = default_transform("resnet18")(image)
     assert x.shape == (3, 224, 224)
-    assert torch.allclose(x[:, 100, 100], torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225]), atol=1e-4)
+    assert torch.allclose(
+        x[:, 100, 100], torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225]), atol=1e-4
+    )
     custom = lambda img: torch.zeros(1)  # noqa: E731 - any callable overrides the default
     assert SourceDataset(open_source(f"folder:{FIXTURE}"), custom)[0][1].shape == (1,)
 
@@ -432,7 +460,10 @@ def test_real_cifar_shard(tmp_path):
 def test_load_encoded_is_load_and_read_bytes_in_one_read(tmp_path):
     items = fixture_items()
     write_pool_shards(tmp_path / "shards", items, shards=2)
-    for source in (open_source(f"folder:{FIXTURE}"), open_source(f"wds:{tmp_path / 'shards'}/pool-{{00..01}}.tar", index_dir=tmp_path)):
+    for source in (
+        open_source(f"folder:{FIXTURE}"),
+        open_source(f"wds:{tmp_path / 'shards'}/pool-{{00..01}}.tar", index_dir=tmp_path),
+    ):
         for i in (0, 7, len(source) - 1):
             image, data = source.load_encoded(i)
             assert data == source.read_bytes(i) and data[:3] == b"\xff\xd8\xff"
@@ -449,6 +480,6 @@ def test_load_encoded_turns_a_bad_file_into_a_bad_sample(tmp_path):
     items[2] = (items[2][0], items[2][1], b"not an image")
     write_pool_shards(tmp_path / "shards", items, shards=1)
     source = open_source(f"wds:{tmp_path / 'shards'}/pool-00.tar", index_dir=tmp_path)
-    bad = [i for i, sid in enumerate(source.sample_ids) if sid == items[2][0]][0]
+    bad = next(i for i, sid in enumerate(source.sample_ids) if sid == items[2][0])
     with pytest.raises(BadSampleError):
         source.load_encoded(bad)

@@ -40,13 +40,15 @@ def test_the_view_holds_the_listed_samples_in_pool_order_and_reads_only_them(cif
         del cifar.read_bytes
     assert sorted(read) == [3, 8, 17, 31] and len(images) == 4
     assert np.array_equal(np.asarray(images[2]), np.asarray(cifar.load(17)))
-    assert subset.source_of(3) == cifar.source_of(31) and subset.sizes().tolist() == cifar.sizes()[[3, 8, 17, 31]].tolist()
+    assert (
+        subset.source_of(3) == cifar.source_of(31) and subset.sizes().tolist() == cifar.sizes()[[3, 8, 17, 31]].tolist()
+    )
     assert subset.fingerprint() != cifar.fingerprint()
 
 
 @needs_cifar
 def test_listed_ids_the_pool_lacks_are_counted_and_named(cifar, tmp_path):
-    listed = list(cifar.sample_ids[:5]) + ["train_cat_99999", "elsewhere"]
+    listed = [*list(cifar.sample_ids[:5]), "train_cat_99999", "elsewhere"]
     subset, report = restrict_to_keep_list(cifar, read_keep_list(write_ids(tmp_path / "k.parquet", listed)))
     assert len(subset) == 5
     assert report.facts["missing"] == 2 and sorted(report.facts["missing_examples"]) == ["elsewhere", "train_cat_99999"]

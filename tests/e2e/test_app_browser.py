@@ -59,13 +59,25 @@ def _free_port() -> int:
 def served(args: list[str], log_path: Path, env: dict | None = None, ready_timeout: float = 180):
     """``panel serve mimic_explorer/app.py`` on a free localhost port; yields (url, log_path)."""
     port = _free_port()
-    command = [sys.executable, "-m", "panel", "serve", str(ROOT / "mimic_explorer" / "app.py"), "--port", str(port),
-               "--address", "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}"]
+    command = [
+        sys.executable,
+        "-m",
+        "panel",
+        "serve",
+        str(ROOT / "mimic_explorer" / "app.py"),
+        "--port",
+        str(port),
+        "--address",
+        "127.0.0.1",
+        "--allow-websocket-origin",
+        f"127.0.0.1:{port}",
+    ]
     if args:
         command += ["--args", *args]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})}
+        )
         url = f"http://127.0.0.1:{port}/app"
         try:
             deadline = time.time() + ready_timeout
@@ -121,7 +133,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 def _settled_kept(page, quiet: float = 1.5) -> int:
-    """"Kept: N" once it has stopped changing for ``quiet`` seconds."""
+    """ "Kept: N" once it has stopped changing for ``quiet`` seconds."""
     last, since = _kept(page)[0], time.monotonic()
     deadline = since + 60
     while time.monotonic() < deadline:
@@ -148,9 +160,19 @@ def test_explorer_in_a_real_browser(browser, demo_run, tmp_path):
 
         # galleries: at least 2 × k images, decoded (natural size > 0)
         images = page.locator(".me-card img")
-        decoded = _wait_for(lambda: (n := images.evaluate_all(
-            "els => els.filter(e => e.complete && e.naturalWidth > 0 && e.naturalHeight > 0).length")) >= 2 * K and n,
-            60, "gallery images")
+        decoded = _wait_for(
+            lambda: (
+                (
+                    n := images.evaluate_all(
+                        "els => els.filter(e => e.complete && e.naturalWidth > 0 && e.naturalHeight > 0).length"
+                    )
+                )
+                >= 2 * K
+                and n
+            ),
+            60,
+            "gallery images",
+        )
         assert decoded >= 2 * K
 
         # moving the "Threshold" control changes "Kept: N of M"
@@ -258,8 +280,7 @@ def test_a_pairs_run_with_a_compound_filter_in_a_real_browser(browser, tmp_path)
         handle.focus()
         for _ in range(30):
             handle.press("ArrowLeft")
-        _wait_for(lambda: "drop the lowest 15.0 %" in _kept_line(page), 90,
-                  "the quantile to reach 0.15")
+        _wait_for(lambda: "drop the lowest 15.0 %" in _kept_line(page), 90, "the quantile to reach 0.15")
 
         # second clause: AND clip_score_ref top 30 %
         alone, _ = _kept(page)
@@ -272,8 +293,12 @@ def test_a_pairs_run_with_a_compound_filter_in_a_real_browser(browser, tmp_path)
         text = _kept_line(page)
         quantile = float(SHARE.search(text).group(1)) / 100
         top = float(TOP.search(text).group(1)) / 100
-        expected = apply_rule(samples, all_of([FilterRule("quantile", quantile, "mimic_score"),
-                                               FilterRule("top_fraction", top, "clip_score_ref")]))
+        expected = apply_rule(
+            samples,
+            all_of(
+                [FilterRule("quantile", quantile, "mimic_score"), FilterRule("top_fraction", top, "clip_score_ref")]
+            ),
+        )
         assert (quantile, top) == (0.15, 0.3) and both == expected.kept and both < start
 
         # the uids keep-list: DataComp's subset file, one row per kept pair

@@ -47,8 +47,12 @@ def test_timm_linear_probe_records_its_preprocessing_and_keys_run_and_features_b
     meta = open_run(tmp_path / "a").meta
     config = timm.data.resolve_model_data_config(timm.create_model("resnet18"))
     assert meta["model"]["preprocessing"] == {
-        "resize": 32, "crop": 32, "mean": pytest.approx(list(config["mean"])), "std": pytest.approx(list(config["std"])),
-        "interpolation": config["interpolation"]}
+        "resize": 32,
+        "crop": 32,
+        "mean": pytest.approx(list(config["mean"])),
+        "std": pytest.approx(list(config["std"])),
+        "interpolation": config["interpolation"],
+    }
     assert meta["model"]["preprocessing_source"] == "timm data config of resnet18; --image-size 32"
     assert meta["model"]["arch"] == "timm:resnet18" and meta["model"]["head"] == "fc"
     assert meta["fingerprints"]["preprocessing"] == meta["model"]["preprocessing"]
@@ -76,9 +80,13 @@ def test_torchvision_probe_and_its_reference_share_the_preprocessing_the_probe_w
     _ok(run_cli(*common, "--image-size", "40", "--out", str(tmp_path / "ref"), "--save-model", str(reference), env=env))
     sidecar = json.loads(Path(str(reference) + ".meta.json").read_text())
     assert sidecar["preprocessing"] == open_run(tmp_path / "ref").meta["model"]["preprocessing"]
-    assert sidecar["preprocessing"]["crop"] == 40 and sidecar["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert sidecar["preprocessing"]["crop"] == 40 and sidecar["preprocessing"]["mean"] == pytest.approx(
+        [0.485, 0.456, 0.406]
+    )
 
-    adopted = run_cli(*common, "--reference", str(reference), "--label-noise", "0.3", "--out", str(tmp_path / "gm"), env=env)
+    adopted = run_cli(
+        *common, "--reference", str(reference), "--label-noise", "0.3", "--out", str(tmp_path / "gm"), env=env
+    )
     _ok(adopted)
     assert f"note: preprocessing recorded with --reference {reference} is used" in adopted.stderr
     meta = open_run(tmp_path / "gm").meta
@@ -87,10 +95,22 @@ def test_torchvision_probe_and_its_reference_share_the_preprocessing_the_probe_w
     assert meta["basis"]["backbone_distance_at_start"] == 0.0  # same seed, same random backbone
     assert "note: preprocessing recorded" in (tmp_path / "gm" / "run.log").read_text()
 
-    contradicted = run_cli(*common, "--reference", str(reference), "--label-noise", "0.3", "--image-size", "32",
-                           "--out", str(tmp_path / "gm32"), env=env)
+    contradicted = run_cli(
+        *common,
+        "--reference",
+        str(reference),
+        "--label-noise",
+        "0.3",
+        "--image-size",
+        "32",
+        "--out",
+        str(tmp_path / "gm32"),
+        env=env,
+    )
     _ok(contradicted)
-    assert "WARNING: PREPROCESSING MISMATCH: --reference" in contradicted.stderr and "crop 40 -> 32" in contradicted.stderr
+    assert (
+        "WARNING: PREPROCESSING MISMATCH: --reference" in contradicted.stderr and "crop 40 -> 32" in contradicted.stderr
+    )
     assert any("PREPROCESSING MISMATCH" in w for w in open_run(tmp_path / "gm32").meta["warnings"])
 
 
@@ -99,10 +119,37 @@ def test_score_takes_the_preprocessing_its_model_was_saved_with(tmp_path):
     pytest.importorskip("timm")
     env = _cache(tmp_path)
     probe = tmp_path / "probe.pt"
-    _ok(run_cli("train", *PROBE, "--arch", "timm:test_resnet", "--image-size", "40", "--out", str(tmp_path / "t"),
-                "--save-model", str(probe), env=env))
-    proc = run_cli("score", "--data", POOL, "--arch", "timm:test_resnet", "--model", str(probe), "--reference", str(probe),
-                   "--linear-probe", "--quiet", "--out", str(tmp_path / "s"), env=env)
+    _ok(
+        run_cli(
+            "train",
+            *PROBE,
+            "--arch",
+            "timm:test_resnet",
+            "--image-size",
+            "40",
+            "--out",
+            str(tmp_path / "t"),
+            "--save-model",
+            str(probe),
+            env=env,
+        )
+    )
+    proc = run_cli(
+        "score",
+        "--data",
+        POOL,
+        "--arch",
+        "timm:test_resnet",
+        "--model",
+        str(probe),
+        "--reference",
+        str(probe),
+        "--linear-probe",
+        "--quiet",
+        "--out",
+        str(tmp_path / "s"),
+        env=env,
+    )
     _ok(proc)
     run = open_run(tmp_path / "s")
     assert run.meta["model"]["preprocessing"]["crop"] == 40
@@ -114,8 +161,24 @@ def test_score_takes_the_preprocessing_its_model_was_saved_with(tmp_path):
     # the same weights as .safetensors (with the same sidecar) load identically: same model, same scores
     as_safetensors = save_checkpoint(torch.load(probe, weights_only=True), tmp_path / "probe.safetensors")
     shutil.copy(str(probe) + ".meta.json", str(as_safetensors) + ".meta.json")
-    _ok(run_cli("score", "--data", POOL, "--arch", "timm:test_resnet", "--model", str(as_safetensors), "--reference",
-                str(probe), "--linear-probe", "--quiet", "--out", str(tmp_path / "st"), env=env))
+    _ok(
+        run_cli(
+            "score",
+            "--data",
+            POOL,
+            "--arch",
+            "timm:test_resnet",
+            "--model",
+            str(as_safetensors),
+            "--reference",
+            str(probe),
+            "--linear-probe",
+            "--quiet",
+            "--out",
+            str(tmp_path / "st"),
+            env=env,
+        )
+    )
     from_safetensors = open_run(tmp_path / "st")
     assert from_safetensors.meta["fingerprints"]["model"] == run.meta["fingerprints"]["model"]
     assert from_safetensors.meta["model"]["preprocessing"] == run.meta["model"]["preprocessing"]
@@ -123,10 +186,16 @@ def test_score_takes_the_preprocessing_its_model_was_saved_with(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("arch", "head"), [
-    ("timm:test_vit", "head"), ("timm:test_convnext", "head.fc"), ("timm:test_efficientnet", "classifier"),
-    ("torchvision:mobilenet_v3_small", "classifier.3"), ("torchvision:resnet18", "fc"),
-])
+@pytest.mark.parametrize(
+    ("arch", "head"),
+    [
+        ("timm:test_vit", "head"),
+        ("timm:test_convnext", "head.fc"),
+        ("timm:test_efficientnet", "classifier"),
+        ("torchvision:mobilenet_v3_small", "classifier.3"),
+        ("torchvision:resnet18", "fc"),
+    ],
+)
 def test_the_linear_probe_protocol_runs_on_each_backbone_family(tmp_path, arch, head):
     """Reference probe on clean labels, Grad-Mimic probe on noisy ones, then ``score`` of the one against
     the other: the head is found in each run and the scores are real numbers that are not all zero."""
@@ -136,10 +205,40 @@ def test_the_linear_probe_protocol_runs_on_each_backbone_family(tmp_path, arch, 
     reference, model = tmp_path / "reference.pt", tmp_path / "model.pt"
     common = ["train", *PROBE, "--arch", arch]
     _ok(run_cli(*common, "--image-size", "32", "--out", str(tmp_path / "ref"), "--save-model", str(reference), env=env))
-    _ok(run_cli(*common, "--reference", str(reference), "--label-noise", "0.3", "--out", str(tmp_path / "gm"),
-                "--save-model", str(model), env=env))
-    _ok(run_cli("score", "--data", POOL, "--arch", arch, "--model", str(model), "--reference", str(reference),
-                "--linear-probe", "--label-noise", "0.3", "--quiet", "--out", str(tmp_path / "s"), env=env))
+    _ok(
+        run_cli(
+            *common,
+            "--reference",
+            str(reference),
+            "--label-noise",
+            "0.3",
+            "--out",
+            str(tmp_path / "gm"),
+            "--save-model",
+            str(model),
+            env=env,
+        )
+    )
+    _ok(
+        run_cli(
+            "score",
+            "--data",
+            POOL,
+            "--arch",
+            arch,
+            "--model",
+            str(model),
+            "--reference",
+            str(reference),
+            "--linear-probe",
+            "--label-noise",
+            "0.3",
+            "--quiet",
+            "--out",
+            str(tmp_path / "s"),
+            env=env,
+        )
+    )
     assert open_run(tmp_path / "gm").meta["timings"]["features_cached"] is True  # one backbone, one preprocessing
     for name in ("ref", "gm", "s"):
         meta = open_run(tmp_path / name).meta
@@ -192,15 +291,24 @@ def test_a_file_cnn_gets_the_input_size_it_declares_or_is_told_the_size_assumed(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra, message", [
-    (["--arch", "timm:resnet19"], "error: timm has no model 'resnet19'. Did you mean resnet18"),
-    (["--arch", "timm:resnet18", "--pretrained", "--init", "backbone.pt"], "error: pass either --pretrained"),
-    (["--arch", "timm:resnet18", "--pretrained", "laion2b"], "error: --pretrained 'laion2b': a TAG names open_clip weights"),
-    (["--arch", "small_cnn", "--pretrained"], "error: --pretrained applies to timm:NAME and torchvision models"),
-    (["--arch", "small_cnn", "--transform", "resize=big"], "error: --transform 'resize=big': resize must be a whole number"),
-    (["--arch", "small_cnn", "--transform", "crop=32,sise=40"], "unknown key 'sise'"),
-    (["--arch", "small_cnn", "--image-size", "0"], "error: --image-size must be a positive whole number"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--arch", "timm:resnet19"], "error: timm has no model 'resnet19'. Did you mean resnet18"),
+        (["--arch", "timm:resnet18", "--pretrained", "--init", "backbone.pt"], "error: pass either --pretrained"),
+        (
+            ["--arch", "timm:resnet18", "--pretrained", "laion2b"],
+            "error: --pretrained 'laion2b': a TAG names open_clip weights",
+        ),
+        (["--arch", "small_cnn", "--pretrained"], "error: --pretrained applies to timm:NAME and torchvision models"),
+        (
+            ["--arch", "small_cnn", "--transform", "resize=big"],
+            "error: --transform 'resize=big': resize must be a whole number",
+        ),
+        (["--arch", "small_cnn", "--transform", "crop=32,sise=40"], "unknown key 'sise'"),
+        (["--arch", "small_cnn", "--image-size", "0"], "error: --image-size must be a positive whole number"),
+    ],
+)
 def test_bad_model_choices_are_one_line_errors_before_anything_is_written(tmp_path, extra, message):
     pytest.importorskip("timm")
     proc = run_cli("train", "--data", POOL, "--batch-size", "8", "--quiet", "--out", str(tmp_path / "run"), *extra)

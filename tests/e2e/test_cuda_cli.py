@@ -21,8 +21,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available()
 def noisy_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("model")
     ckpt = root / "model.pt"
-    proc = run_cli("train", *COMMON, "--epochs", "2", "--label-noise", "0.3", "--device", "cpu",
-                   "--out", str(root / "run"), "--save-model", str(ckpt))
+    proc = run_cli(
+        "train",
+        *COMMON,
+        "--epochs",
+        "2",
+        "--label-noise",
+        "0.3",
+        "--device",
+        "cpu",
+        "--out",
+        str(root / "run"),
+        "--save-model",
+        str(ckpt),
+    )
     assert proc.returncode == 0, proc.stderr
     return ckpt
 
@@ -31,9 +43,28 @@ def noisy_model(tmp_path_factory) -> Path:
 def test_scoring_on_cuda_equals_scoring_on_cpu(digits_reference, noisy_model, tmp_path, extra):
     runs = {}
     for device in ("cpu", "cuda"):
-        proc = run_cli("score", "--data", "digits", "--arch", "mlp", "--model", str(noisy_model), "--reference",
-                       str(digits_reference), "--label-noise", "0.3", "--chunk-size", "500", "--quiet", "--device", device,
-                       "--out", str(tmp_path / device), *extra, env={"MIMIC_EXPLORER_CACHE": str(tmp_path / f"cache-{device}")})
+        proc = run_cli(
+            "score",
+            "--data",
+            "digits",
+            "--arch",
+            "mlp",
+            "--model",
+            str(noisy_model),
+            "--reference",
+            str(digits_reference),
+            "--label-noise",
+            "0.3",
+            "--chunk-size",
+            "500",
+            "--quiet",
+            "--device",
+            device,
+            "--out",
+            str(tmp_path / device),
+            *extra,
+            env={"MIMIC_EXPLORER_CACHE": str(tmp_path / f"cache-{device}")},
+        )
         assert proc.returncode == 0, proc.stderr
         runs[device] = open_run(tmp_path / device)
     cpu, gpu = (runs[d].scores.set_index("sample_id").sort_index() for d in ("cpu", "cuda"))
@@ -44,8 +75,20 @@ def test_scoring_on_cuda_equals_scoring_on_cpu(digits_reference, noisy_model, tm
 
 
 def test_training_on_cuda_records_every_sample_and_detects_noise(digits_reference, tmp_path):
-    proc = run_cli("train", *COMMON, "--epochs", "4", "--reference", str(digits_reference), "--label-noise", "0.3",
-                   "--device", "cuda", "--out", str(tmp_path / "run"))
+    proc = run_cli(
+        "train",
+        *COMMON,
+        "--epochs",
+        "4",
+        "--reference",
+        str(digits_reference),
+        "--label-noise",
+        "0.3",
+        "--device",
+        "cuda",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert proc.returncode == 0, proc.stderr
     run = open_run(tmp_path / "run")
     assert run.scores.groupby("sample_id")["epoch"].nunique().eq(4).all()

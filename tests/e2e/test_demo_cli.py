@@ -23,8 +23,21 @@ def test_demo_run_follows_the_run_directory_contract(demo_run):
     for key in ("config", "fingerprints", "versions", "device", "timings"):
         assert key in run.meta
     samples = run.samples
-    for column in ("sample_id", "source", "label", "mimic_score", "keep", "true_label", "is_noisy",
-                   "reference_loss", "reducible_loss", "grand", "proj_mean", "proj_min", "proj_last"):
+    for column in (
+        "sample_id",
+        "source",
+        "label",
+        "mimic_score",
+        "keep",
+        "true_label",
+        "is_noisy",
+        "reference_loss",
+        "reducible_loss",
+        "grand",
+        "proj_mean",
+        "proj_min",
+        "proj_last",
+    ):
         assert column in samples.columns, column
     assert samples["sample_id"].is_unique
     assert samples["keep"].dtype == bool
@@ -87,8 +100,9 @@ def test_the_same_demo_command_returns_the_finished_run_and_another_is_refused(d
 
 
 def test_demo_thumbnails_are_real_images(demo_run):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     run = open_run(demo_run)
     sample_id = run.samples["sample_id"].iloc[0]

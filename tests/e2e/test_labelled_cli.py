@@ -22,9 +22,21 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow  # whole module: real runs or subprocesses
 
+
 def _train(out: Path, reference: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli("train", *COMMON, "--epochs", "4", "--reference", str(reference), "--label-noise", "0.3",
-                   "--out", str(out), *extra)
+    return run_cli(
+        "train",
+        *COMMON,
+        "--epochs",
+        "4",
+        "--reference",
+        str(reference),
+        "--label-noise",
+        "0.3",
+        "--out",
+        str(out),
+        *extra,
+    )
 
 
 def test_reference_checkpoint_has_its_init_fingerprint(digits_reference):
@@ -45,7 +57,16 @@ def test_grad_mimic_on_noisy_labels_writes_every_signal_and_detects_the_noise(di
     assert samples["is_noisy"].sum() == int(0.3 * 1797)
     for column in ("proj", "weight", "loss", "pred", "cos"):
         assert scores[column].notna().all(), column
-    for column in ("reference_loss", "reducible_loss", "grand", "proj_mean", "proj_min", "proj_last", "mimic_score", "keep"):
+    for column in (
+        "reference_loss",
+        "reducible_loss",
+        "grand",
+        "proj_mean",
+        "proj_min",
+        "proj_last",
+        "mimic_score",
+        "keep",
+    ):
         assert samples[column].notna().all(), column
     evaluation = run.meta["evaluation"]
     assert {"mimic_score", "reference_loss", "reducible_loss", "grand"} <= set(evaluation)
@@ -71,8 +92,18 @@ def test_same_command_twice_hits_the_cache_and_force_recomputes(digits_reference
 
 
 def test_kill_9_then_same_command_equals_an_uninterrupted_run(digits_reference, tmp_path):
-    args = ["train", *COMMON, "--epochs", "12", "--reference", str(digits_reference), "--label-noise", "0.3",
-            "--checkpoint-every", "0"]
+    args = [
+        "train",
+        *COMMON,
+        "--epochs",
+        "12",
+        "--reference",
+        str(digits_reference),
+        "--label-noise",
+        "0.3",
+        "--checkpoint-every",
+        "0",
+    ]
     assert run_cli(*args, "--out", str(tmp_path / "whole")).returncode == 0
     out = tmp_path / "killed"
     killed = run_cli_killed(3, "epoch-", *args, "--out", str(out))  # kill -9 right after the third epoch part
@@ -83,7 +114,9 @@ def test_kill_9_then_same_command_equals_an_uninterrupted_run(digits_reference, 
     assert "resuming" in resumed.stderr
     a, b = open_run(tmp_path / "whole"), open_run(out)
     key = ["epoch", "step", "sample_id"]
-    pd.testing.assert_frame_equal(a.scores.sort_values(key).reset_index(drop=True), b.scores.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        a.scores.sort_values(key).reset_index(drop=True), b.scores.sort_values(key).reset_index(drop=True)
+    )
     pd.testing.assert_frame_equal(a.samples, b.samples)
 
 
@@ -97,26 +130,50 @@ def test_checkpoints_on_an_interval_write_fewer_parts_with_the_same_rows(digits_
     assert not (tmp_path / "once" / "state.pt").exists()
     a, b = open_run(tmp_path / "every"), open_run(tmp_path / "once")
     key = ["epoch", "step", "sample_id"]
-    pd.testing.assert_frame_equal(a.scores.sort_values(key).reset_index(drop=True), b.scores.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        a.scores.sort_values(key).reset_index(drop=True), b.scores.sort_values(key).reset_index(drop=True)
+    )
     pd.testing.assert_frame_equal(a.samples, b.samples)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--label-noise", "1.0"], "label-noise"),
-    (["--temperature", "0"], "temperature"),
-    (["--batch-size", "5000"], "larger than the dataset"),
-    (["--checkpoint-every", "-1"], "checkpoint-every"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--label-noise", "1.0"], "label-noise"),
+        (["--temperature", "0"], "temperature"),
+        (["--batch-size", "5000"], "larger than the dataset"),
+        (["--checkpoint-every", "-1"], "checkpoint-every"),
+    ],
+)
 def test_bad_options_are_one_line_errors(digits_reference, tmp_path, extra, message):
-    proc = run_cli("train", *COMMON, "--epochs", "1", "--reference", str(digits_reference), "--out", str(tmp_path / "x"), *extra)
+    proc = run_cli(
+        "train", *COMMON, "--epochs", "1", "--reference", str(digits_reference), "--out", str(tmp_path / "x"), *extra
+    )
     assert proc.returncode == 2
     assert message in proc.stderr and proc.stderr.startswith("error:")
 
 
 def test_reference_of_another_architecture_is_refused(tmp_path):
     other = tmp_path / "cnn.pt"
-    assert run_cli("train", "--data", "digits", "--arch", "small_cnn", "--epochs", "1", "--batch-size", "256", "--quiet",
-                   "--out", str(tmp_path / "cnn"), "--save-model", str(other)).returncode == 0
+    assert (
+        run_cli(
+            "train",
+            "--data",
+            "digits",
+            "--arch",
+            "small_cnn",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "256",
+            "--quiet",
+            "--out",
+            str(tmp_path / "cnn"),
+            "--save-model",
+            str(other),
+        ).returncode
+        == 0
+    )
     proc = run_cli("train", *COMMON, "--epochs", "1", "--reference", str(other), "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "first mismatched tensor" in proc.stderr
 
@@ -130,8 +187,22 @@ def test_reference_from_another_init_is_warned_and_recorded(digits_reference, tm
 
 
 def test_a_checkpoint_scored_against_itself_scores_0_in_every_chunk(digits_reference, tmp_path):
-    args = ["score", "--data", "digits", "--arch", "mlp", "--model", str(digits_reference), "--reference", str(digits_reference),
-            "--label-noise", "0.3", "--chunk-size", "300", "--quiet"]
+    args = [
+        "score",
+        "--data",
+        "digits",
+        "--arch",
+        "mlp",
+        "--model",
+        str(digits_reference),
+        "--reference",
+        str(digits_reference),
+        "--label-noise",
+        "0.3",
+        "--chunk-size",
+        "300",
+        "--quiet",
+    ]
     proc = run_cli(*args, "--out", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr
     run = open_run(tmp_path / "s")
@@ -146,8 +217,18 @@ def test_nan_loss_stops_naming_the_samples_and_marks_the_run_failed(digits_refer
     broken = tmp_path / "nan.pt"
     torch.save(state, broken)
     out = tmp_path / "nan"
-    proc = run_cli("train", *COMMON, "--epochs", "2", "--init", str(broken), "--reference", str(digits_reference),
-                   "--out", str(out))
+    proc = run_cli(
+        "train",
+        *COMMON,
+        "--epochs",
+        "2",
+        "--init",
+        str(broken),
+        "--reference",
+        str(digits_reference),
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 2
     assert "non-finite loss for sample(s) digits-" in proc.stderr
     meta = json.loads((out / "meta.json").read_text())
@@ -155,12 +236,25 @@ def test_nan_loss_stops_naming_the_samples_and_marks_the_run_failed(digits_refer
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mimic_explorer", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mimic_explorer", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def test_two_commands_writing_one_run_directory_are_refused(digits_reference, tmp_path):
     out = tmp_path / "shared"
-    args = ["train", *COMMON, "--epochs", "40", "--reference", str(digits_reference), "--label-noise", "0.3", "--out", str(out)]
+    args = [
+        "train",
+        *COMMON,
+        "--epochs",
+        "40",
+        "--reference",
+        str(digits_reference),
+        "--label-noise",
+        "0.3",
+        "--out",
+        str(out),
+    ]
     first = _start(args)
     try:
         wait_for((out / ".lock").exists, 60, "the first command's lock", process=first, interval=0.02)

@@ -21,10 +21,15 @@ def kernel_name(tmp_path, monkeypatch) -> str:
     """A kernelspec that starts *this* Python (the venv's), whatever ``python`` is on PATH."""
     spec_dir = tmp_path / "jupyter" / "kernels" / "mimic-explorer-test"
     spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "mimic_explorer tests", "language": "python",
-    }))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "mimic_explorer tests",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     return "mimic-explorer-test"
 
@@ -33,12 +38,18 @@ def test_explore_notebook_runs_top_to_bottom(demo_run, tmp_path, monkeypatch, ke
     run = copy_run(demo_run, tmp_path / "run")
     monkeypatch.setenv("MIMIC_EXPLORER_RUN", str(run))  # the notebook builds the demo itself without it
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(notebook, kernel_name=kernel_name, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = {i: "".join(o.get("text", "") + json.dumps(o.get("data", {})) for o in cell.get("outputs", []))
-               for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"}
+    NotebookClient(
+        notebook, kernel_name=kernel_name, timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = {
+        i: "".join(o.get("text", "") + json.dumps(o.get("data", {})) for o in cell.get("outputs", []))
+        for i, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code"
+    }
     text = "\n".join(outputs.values())
     assert "Traceback" not in text and "Error" not in "".join(
-        o.get("ename", "") for c in notebook.cells for o in c.get("outputs", []))
+        o.get("ename", "") for c in notebook.cells for o in c.get("outputs", [])
+    )
     assert "1438 samples;" in text and "mimic_score" in text
     assert "Kept: " in text and "precision" in text
     assert "application/vnd.holoviews_load.v0+json" in text or "application/vnd.bokehjs_exec.v0+json" in text

@@ -27,14 +27,34 @@ def shards(tmp_path_factory):
 def test_score_cli_on_flickr_shards_with_caption_noise(shards, tmp_path):
     spec, model, reference = shards
     out = tmp_path / "run"
-    args = ["score", "--data", spec, "--arch", "small_dual", "--model", str(model), "--reference", str(reference),
-            "--mimic-layer", "text", "--caption-noise", "0.3", "--batch-size", "8", "--out", str(out), "--quiet"]
+    args = [
+        "score",
+        "--data",
+        spec,
+        "--arch",
+        "small_dual",
+        "--model",
+        str(model),
+        "--reference",
+        str(reference),
+        "--mimic-layer",
+        "text",
+        "--caption-noise",
+        "0.3",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     assert "clip_score_ref" in proc.stdout and "mimic_score" in proc.stdout  # the detection table, every signal
     samples = open_run(out).samples
     assert len(samples) == 40 and samples["is_noisy"].sum() == 12
-    assert all(re.fullmatch(r"[0-9a-f]{32}", s) for s in samples["sample_id"])  # uids: what `export --format uids` writes
+    assert all(
+        re.fullmatch(r"[0-9a-f]{32}", s) for s in samples["sample_id"]
+    )  # uids: what `export --format uids` writes
     for column in ("mimic_score", "clip_score_ref", "clip_score_model", "reference_loss", "model_loss"):
         assert np.isfinite(samples[column].to_numpy(dtype=float)).all(), column
     assert samples["caption"].str.len().gt(0).all() and samples["score_batch"].nunique() == 5

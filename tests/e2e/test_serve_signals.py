@@ -84,8 +84,14 @@ def _started(command: list[str], log_path: Path, env: dict | None = None, ready:
     left of it and its descendants afterwards (also when a test fails, e.g. an orphaned server) is
     killed: the ones seen once it was ready, and its own process group."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     seen: list[psutil.Process] = []
     try:
         if ready:
@@ -165,8 +171,13 @@ def test_the_first_launch_demo_build_stops_with_the_server(tmp_path):
     """No RUN and an empty cache: opening the page starts the demo build, a grandchild of serve."""
     port = _free_port()
     cache = tmp_path / "cache"
-    with _started(_serve(None, port), tmp_path / "serve.log", env={"MIMIC_EXPLORER_CACHE": str(cache)},
-                  ready=f"http://127.0.0.1:{port}/app") as proc:
+    with _started(
+        _serve(None, port),
+        tmp_path / "serve.log",
+        env={"MIMIC_EXPLORER_CACHE": str(cache)},
+        ready=f"http://127.0.0.1:{port}/app",
+    ) as proc:
+
         def build_started():
             found = [p for p in psutil.Process(proc.pid).children(recursive=True) if "demo" in p.cmdline()]
             return found or None
@@ -191,8 +202,9 @@ async def _session(host: str, port: int, token: str, origin: str | None, host_he
     headers = {"Origin": origin} if origin else {}
     if host_header:
         headers["Host"] = host_header
-    ws = await websocket_connect(HTTPRequest(f"ws://{host}:{port}/app/ws", headers=headers),
-                                 subprotocols=["bokeh", token])
+    ws = await websocket_connect(
+        HTTPRequest(f"ws://{host}:{port}/app/ws", headers=headers), subprotocols=["bokeh", token]
+    )
     receiver = Receiver(Protocol())
 
     async def receive():
@@ -218,8 +230,9 @@ async def _session(host: str, port: int, token: str, origin: str | None, host_he
 def _page_token(host: str, port: int, host_header: str | None = None) -> str:
     """Open the page as a browser would; the session token the page carries for its websocket."""
     headers = {"Host": host_header} if host_header else {}
-    with urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/app", headers=headers),
-                                timeout=60) as response:
+    with urllib.request.urlopen(
+        urllib.request.Request(f"http://{host}:{port}/app", headers=headers), timeout=60
+    ) as response:
         html = response.read().decode()
     return re.search(r'"token":\s*"([^"]+)"', html).group(1)
 
@@ -227,6 +240,7 @@ def _page_token(host: str, port: int, host_header: str | None = None) -> str:
 def _document_text(host: str, port: int, host_header: str | None = None) -> str:
     """What the session's document says, pulled over the websocket the way the page's BokehJS does
     (same origin as the page, as a browser sends it)."""
+
     async def pull():
         origin = f"http://{host_header or f'{host}:{port}'}"
         ws, request = await _session(host, port, _page_token(host, port, host_header), origin, host_header)
@@ -251,8 +265,17 @@ def test_a_bare_panel_serve_listens_everywhere_but_serves_only_local_browsers(ru
     if other is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
     port = _free_port()
-    command = [sys.executable, "-m", "panel", "serve", str(ROOT / "mimic_explorer" / "app.py"), "--port", str(port),
-               "--args", str(run)]  # the README's command without --address
+    command = [
+        sys.executable,
+        "-m",
+        "panel",
+        "serve",
+        str(ROOT / "mimic_explorer" / "app.py"),
+        "--port",
+        str(port),
+        "--args",
+        str(run),
+    ]  # the README's command without --address
     env = {k: v for k, v in os.environ.items() if k != "MIMIC_EXPLORER_ALLOW_REMOTE"}
     with _started(command, tmp_path / "bare.log", env=env, ready=f"http://127.0.0.1:{port}/app") as proc:
         assert _answers(f"http://{other}:{port}/app")  # it does listen beyond loopback
@@ -281,9 +304,11 @@ def test_a_failing_websocket_message_gets_one_line_and_the_log_the_traceback(run
     port = _free_port()
     log = tmp_path / "serve.log"
     with _started(_serve(run, port), log, ready=f"http://127.0.0.1:{port}/app") as proc:
+
         async def bad_patch():
-            ws, request = await _session("127.0.0.1", port, _page_token("127.0.0.1", port),
-                                         origin=f"http://localhost:{port}")
+            ws, request = await _session(
+                "127.0.0.1", port, _page_token("127.0.0.1", port), origin=f"http://localhost:{port}"
+            )
             event = {"kind": "ModelChanged", "model": {"id": "no-such-model"}, "attr": "value", "new": 1}
             reply = await request("bad-1", "PATCH-DOC", {"events": [event]})
             ws.close()

@@ -24,8 +24,15 @@ from tests.conftest import run_cli
 def samples():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], [50, 30, 20])
-    return pd.DataFrame({"sample_id": [f"s{i}" for i in range(100)], "source": "t", "label": labels,
-                         "mimic_score": rng.normal(size=100), "keep": rng.random(100) > 0.3})
+    return pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(100)],
+            "source": "t",
+            "label": labels,
+            "mimic_score": rng.normal(size=100),
+            "keep": rng.random(100) > 0.3,
+        }
+    )
 
 
 def test_threshold_quantile_keepcount_and_ensemble(samples):
@@ -51,13 +58,16 @@ def test_class_overrides(samples):
     assert result.kept_per_class == {"0": 0, "1": 0, "2": 20}
 
 
-@pytest.mark.parametrize("rule, message", [
-    (FilterRule("quantile", 1.5), r"\[0, 1\]"),
-    (FilterRule("threshold", float("nan")), "NaN"),
-    (FilterRule("keep_count", -1), "keep-count"),
-    (FilterRule("threshold", 0.0, column="nope"), "no column"),
-    (FilterRule("ensemble", per_class=True), "per-class"),
-])
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        (FilterRule("quantile", 1.5), r"\[0, 1\]"),
+        (FilterRule("threshold", float("nan")), "NaN"),
+        (FilterRule("keep_count", -1), "keep-count"),
+        (FilterRule("threshold", 0.0, column="nope"), "no column"),
+        (FilterRule("ensemble", per_class=True), "per-class"),
+    ],
+)
 def test_bad_rules_are_refused_with_the_cause(samples, rule, message):
     with pytest.raises(FilterError, match=message):
         apply_rule(samples, rule)
@@ -171,8 +181,14 @@ def test_an_and_resolves_each_clause_on_the_whole_pool_then_intersects(scored):
     assert result.kept == int((alone[0].keep & alone[1].keep).sum()) < 30
     labels = scored["label"].to_numpy()
     assert result.kept_per_class == {str(c): int(result.keep[labels == c].sum()) for c in (0, 1, 2)}
-    ensemble_too = apply_rule(scored, all_of([FilterRule("ensemble"), first, FilterRule("keep_count", 50, per_class=True)]))
-    expected = scored["keep"].to_numpy() & alone[0].keep & apply_rule(scored, FilterRule("keep_count", 50, per_class=True)).keep
+    ensemble_too = apply_rule(
+        scored, all_of([FilterRule("ensemble"), first, FilterRule("keep_count", 50, per_class=True)])
+    )
+    expected = (
+        scored["keep"].to_numpy()
+        & alone[0].keep
+        & apply_rule(scored, FilterRule("keep_count", 50, per_class=True)).keep
+    )
     np.testing.assert_array_equal(ensemble_too.keep, expected)
     assert describe(rule) == "clip_score_ref top 30.0% AND mimic_score drop the lowest 15.0%"
 
@@ -207,16 +223,24 @@ def test_a_compound_spec_records_every_clause_and_round_trips(scored):
     assert swapped["spec_hash"] != spec["spec_hash"]  # the spec records the clauses in order
 
 
-@pytest.mark.parametrize("rule, spec_hash", [
-    (FilterRule("quantile", 0.3, per_class=True), "add62645231055a2"),
-    (FilterRule("threshold", 0.1, class_overrides={1: 0.5}), "de96af2d91f7d0b9"),
-    (FilterRule("keep_count", 10), "4ba37b954dabb6d4"), (FilterRule("ensemble"), "3d796786ba68078e"),
-])
+@pytest.mark.parametrize(
+    "rule, spec_hash",
+    [
+        (FilterRule("quantile", 0.3, per_class=True), "add62645231055a2"),
+        (FilterRule("threshold", 0.1, class_overrides={1: 0.5}), "de96af2d91f7d0b9"),
+        (FilterRule("keep_count", 10), "4ba37b954dabb6d4"),
+        (FilterRule("ensemble"), "3d796786ba68078e"),
+    ],
+)
 def test_a_single_rule_spec_is_written_and_hashed_as_before_compounds_existed(samples, rule, spec_hash):
     spec = build_spec(META, rule, apply_rule(samples, rule), "csv")
     assert spec["spec_version"] == 1 and "rules" not in spec and spec["spec_hash"] == spec_hash
-    old = {"spec_version": 1, "rule": {"kind": rule.kind, "value": rule.value, "column": "mimic_score"},
-           "run_id": "r1", "data_fingerprint": "abc"}  # a rule without per_class and overrides: read with their defaults
+    old = {
+        "spec_version": 1,
+        "rule": {"kind": rule.kind, "value": rule.value, "column": "mimic_score"},
+        "run_id": "r1",
+        "data_fingerprint": "abc",
+    }  # a rule without per_class and overrides: read with their defaults
     old["spec_hash"] = content_hash(old)
     assert rule_from_spec(old, META) == FilterRule(rule.kind, rule.value)
 
@@ -239,7 +263,9 @@ def test_per_class_on_a_pool_without_classes_is_refused(scored):
     for pool in (pairs, scored.assign(label=-1)):
         with pytest.raises(FilterError, match="needs class labels"):
             apply_rule(pool, FilterRule("quantile", 0.2, per_class=True))
-        result = apply_rule(pool, all_of([FilterRule("quantile", 0.2), FilterRule("top_fraction", 0.5, "clip_score_ref")]))
+        result = apply_rule(
+            pool, all_of([FilterRule("quantile", 0.2), FilterRule("top_fraction", 0.5, "clip_score_ref")])
+        )
         assert result.kept_per_class == {"-1": result.kept} and result.total_per_class == {"-1": 100}
 
 
@@ -264,17 +290,24 @@ def test_uids_export_is_exactly_datacomps_subset_format(samples):
     assert pairs.tolist() == sorted(pairs.tolist())
     kept = sorted(u.lower() for u, k in zip(uids, result.keep) if k)
     assert sorted(f"{a:016x}{b:016x}" for a, b in pairs.tolist()) == kept
-    everything = np.load(io.BytesIO(render_export(pool, apply_rule(pool, FilterRule("threshold", -1e9)), "mimic_score", "uids")))
+    everything = np.load(
+        io.BytesIO(render_export(pool, apply_rule(pool, FilterRule("threshold", -1e9)), "mimic_score", "uids"))
+    )
     assert everything[-1].tolist() == (2**64 - 1, 1) and (2**0, 2**64 - 1) in everything.tolist()
-    nothing = np.load(io.BytesIO(render_export(pool, apply_rule(pool, FilterRule("threshold", 1e9)), "mimic_score", "uids")))
+    nothing = np.load(
+        io.BytesIO(render_export(pool, apply_rule(pool, FilterRule("threshold", 1e9)), "mimic_score", "uids"))
+    )
     assert nothing.dtype == pairs.dtype and len(nothing) == 0
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({3: "not-a-uid"}, r"1 of 100 sample ids are not 32-hex-digit .*'not-a-uid'"),
-    ({3: "0" * 31, 5: "g" * 32}, r"2 of 100 .*'0000000000000000000000000000000', 'gggg"),
-    ({3: "ab" * 16, 40: "AB" * 16}, r"1 uid\(s\) occur more than once in the pool, e\.g\. 'abab"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({3: "not-a-uid"}, r"1 of 100 sample ids are not 32-hex-digit .*'not-a-uid'"),
+        ({3: "0" * 31, 5: "g" * 32}, r"2 of 100 .*'0000000000000000000000000000000', 'gggg"),
+        ({3: "ab" * 16, 40: "AB" * 16}, r"1 uid\(s\) occur more than once in the pool, e\.g\. 'abab"),
+    ],
+)
 def test_uids_that_are_not_128_bit_hex_or_repeat_are_named(samples, bad, message):
     uids = [f"{i:032x}" for i in range(100)]
     for i, uid in bad.items():
@@ -296,8 +329,18 @@ def pairs_run(tmp_path_factory):
 
 def test_cli_compound_rules_write_a_datacomp_subset_and_a_reapplicable_spec(pairs_run, tmp_path):
     out = tmp_path / "subset.npy"
-    proc = run_cli("export", str(pairs_run), "--rule", "clip_score_ref:top=30%", "--rule", "mimic_score:drop=0.15",
-                   "--format", "uids", "--out", str(out))
+    proc = run_cli(
+        "export",
+        str(pairs_run),
+        "--rule",
+        "clip_score_ref:top=30%",
+        "--rule",
+        "mimic_score:drop=0.15",
+        "--format",
+        "uids",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     samples = open_run(pairs_run).samples
     rule = all_of([FilterRule("top_fraction", 0.3, "clip_score_ref"), FilterRule("quantile", 0.15)])
@@ -315,16 +358,19 @@ def test_cli_compound_rules_write_a_datacomp_subset_and_a_reapplicable_spec(pair
     assert json.loads((tmp_path / "again.npy.spec.json").read_text())["spec_hash"] == spec["spec_hash"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--rule", "clip_score_ref:tip=30%"], "unknown kind 'tip'"),
-    (["--rule", "clip_score_ref:top=3x"], "'3x' is not a number"),
-    (["--rule", "clip_score_ref"], "is not COLUMN:KIND=VALUE"),
-    (["--rule", "mimic_score:min=50%"], "a percentage is a fraction"),
-    (["--rule", "clip_score_ref:top=30%", "--per-class"], "not --column / --per-class"),
-    (["--rule", "mimic_score:drop=0.1:per-class"], "needs class labels"),
-    (["--rule", "clip:top=0.3", "--rule", "mimic_score:min=0"], "no column 'clip'"),
-    (["--rule", "clip_score_ref:top=130%"], r"top fraction must be in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rule", "clip_score_ref:tip=30%"], "unknown kind 'tip'"),
+        (["--rule", "clip_score_ref:top=3x"], "'3x' is not a number"),
+        (["--rule", "clip_score_ref"], "is not COLUMN:KIND=VALUE"),
+        (["--rule", "mimic_score:min=50%"], "a percentage is a fraction"),
+        (["--rule", "clip_score_ref:top=30%", "--per-class"], "not --column / --per-class"),
+        (["--rule", "mimic_score:drop=0.1:per-class"], "needs class labels"),
+        (["--rule", "clip:top=0.3", "--rule", "mimic_score:min=0"], "no column 'clip'"),
+        (["--rule", "clip_score_ref:top=130%"], r"top fraction must be in \[0, 1\]"),
+    ],
+)
 def test_cli_bad_rules_say_what_is_wrong(pairs_run, tmp_path, args, message):
     proc = run_cli("export", str(pairs_run), *args, "--out", str(tmp_path / "k.csv"))
     assert proc.returncode == 2 and re.search(message, proc.stderr), proc.stderr
@@ -351,11 +397,28 @@ def test_exports_use_the_combined_score_and_its_own_split(tmp_path):
     proc = run_cli("export", str(run), "--ensemble", "--column", "combined_score", "--out", str(tmp_path / "k.npy"))
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(np.load(tmp_path / "k.npy"), samples["combined_keep"].to_numpy())
-    proc = run_cli("export", str(run), "--rule", "combined_score:top=70%", "--rule", "clip_score_ref:drop=10%",
-                   "--format", "uids", "--out", str(tmp_path / "subset.npy"))
-    expected = apply_rule(samples, all_of([FilterRule("top_fraction", 0.7, "combined_score"),
-                                           FilterRule("quantile", 0.1, "clip_score_ref")]))
-    assert proc.returncode == 0 and len(np.load(tmp_path / "subset.npy")) == expected.kept == 280 - (expected.clauses[0].keep & ~expected.clauses[1].keep).sum()
+    proc = run_cli(
+        "export",
+        str(run),
+        "--rule",
+        "combined_score:top=70%",
+        "--rule",
+        "clip_score_ref:drop=10%",
+        "--format",
+        "uids",
+        "--out",
+        str(tmp_path / "subset.npy"),
+    )
+    expected = apply_rule(
+        samples,
+        all_of([FilterRule("top_fraction", 0.7, "combined_score"), FilterRule("quantile", 0.1, "clip_score_ref")]),
+    )
+    assert (
+        proc.returncode == 0
+        and len(np.load(tmp_path / "subset.npy"))
+        == expected.kept
+        == 280 - (expected.clauses[0].keep & ~expected.clauses[1].keep).sum()
+    )
     del samples["combined_keep"]
     with pytest.raises(FilterError, match="no ensemble filter for combined_score .column 'combined_keep'"):
         apply_rule(samples, FilterRule("ensemble", None, "combined_score"))
@@ -389,7 +452,10 @@ def test_cli_refuses_an_edited_spec_naming_the_edit(demo_run, tmp_path, capsys):
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(spec))
     err = _one_line_error(*_main(capsys, demo_run, "--spec", edited, "--out", tmp_path / "again.csv"))
-    assert f"spec {edited}: the spec was edited after it was written (the rule's threshold is 2.5 but the hashed spec says 0.5)" in err
+    assert (
+        f"spec {edited}: the spec was edited after it was written (the rule's threshold is 2.5 but the hashed spec says 0.5)"
+        in err
+    )
     assert not (tmp_path / "again.csv").exists() and not (tmp_path / "again.csv.spec.json").exists()
     spec["rule"]["value"], spec["kept"] = 0.5, spec["kept"] - 1
     edited.write_text(json.dumps(spec))
@@ -409,15 +475,21 @@ def test_cli_refuses_a_spec_whose_run_now_keeps_other_samples(demo_run, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.csv", "first.csv.spec.json", "run"]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s["rule"].update(value=[1]), r"the spec's rule: the quantile value must be a number, got \[1\]"),
-    (lambda s: s["rule"].update(value="abc"), r"the quantile value must be a number, got 'abc'"),
-    (lambda s: s["rule"].update(per_class="false"), r"per_class is true or false, got 'false'"),
-    (lambda s: s["rule"].update(kind="median"), r"unknown rule 'median'"),
-    (lambda s: s.update(rules=[s.pop("rule")] * 10_000, spec_version=2), r"10000 rules in one filter; at most 64"),
-    (lambda s: s.update(rules=[s.pop("rule")] * 200_000, spec_version=2), r"20,\d{3},\d{3} bytes is too large for a filter spec"),
-    (lambda s: s.update(spec_hash=None), r"no valid spec_hash"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s["rule"].update(value=[1]), r"the spec's rule: the quantile value must be a number, got \[1\]"),
+        (lambda s: s["rule"].update(value="abc"), r"the quantile value must be a number, got 'abc'"),
+        (lambda s: s["rule"].update(per_class="false"), r"per_class is true or false, got 'false'"),
+        (lambda s: s["rule"].update(kind="median"), r"unknown rule 'median'"),
+        (lambda s: s.update(rules=[s.pop("rule")] * 10_000, spec_version=2), r"10000 rules in one filter; at most 64"),
+        (
+            lambda s: s.update(rules=[s.pop("rule")] * 200_000, spec_version=2),
+            r"20,\d{3},\d{3} bytes is too large for a filter spec",
+        ),
+        (lambda s: s.update(spec_hash=None), r"no valid spec_hash"),
+    ],
+)
 def test_cli_spec_values_of_the_wrong_type_are_one_line(demo_run, tmp_path, capsys, edit, message):
     _, spec = _saved_spec(capsys, demo_run, tmp_path, "--quantile", "0.3", "--per-class")
     edit(spec)
@@ -436,17 +508,24 @@ def test_cli_files_that_cannot_be_read_or_written_are_one_line(demo_run, tmp_pat
     err = _one_line_error(*_main(capsys, truncated, "--ensemble", "--out", tmp_path / "k.csv"))
     assert f"cannot read {truncated / 'samples.parquet'}" in err and "truncated or not a Parquet file" in err
     (tmp_path / "folder.csv").mkdir()
-    assert "folder.csv is a directory; name a file" in _one_line_error(*_main(capsys, demo_run, "--ensemble", "--out", tmp_path / "folder.csv"))
+    assert "folder.csv is a directory; name a file" in _one_line_error(
+        *_main(capsys, demo_run, "--ensemble", "--out", tmp_path / "folder.csv")
+    )
     assert "sample_id' holds text values, not scores" in _one_line_error(
-        *_main(capsys, demo_run, "--rule", "sample_id:min=1", "--out", tmp_path / "k.csv"))
+        *_main(capsys, demo_run, "--rule", "sample_id:min=1", "--out", tmp_path / "k.csv")
+    )
     os.mkfifo(tmp_path / "fifo.json")
-    assert "not a regular file" in _one_line_error(*_main(capsys, demo_run, "--spec", tmp_path / "fifo.json", "--out", tmp_path / "k.csv"))
+    assert "not a regular file" in _one_line_error(
+        *_main(capsys, demo_run, "--spec", tmp_path / "fifo.json", "--out", tmp_path / "k.csv")
+    )
     from mimic_explorer.store import atomic
 
     def read_only(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)  # as a read-only folder refuses (the tests may run as root)
+    monkeypatch.setattr(
+        atomic.tempfile, "mkstemp", read_only
+    )  # as a read-only folder refuses (the tests may run as root)
     err = _one_line_error(*_main(capsys, demo_run, "--ensemble", "--out", tmp_path / "k.csv"))
     assert f"cannot write {tmp_path / 'k.csv'}: Permission denied" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.json", "folder.csv", "truncated"]

@@ -13,32 +13,51 @@ from mimic_explorer.filters.rules import MAX_CLAUSES, CompoundRule, FilterError,
 @pytest.fixture
 def samples():
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"sample_id": [f"s{i}" for i in range(60)], "source": "t", "label": np.arange(60) % 3,
-                         "mimic_score": rng.normal(size=60), "keep": rng.random(60) > 0.3,
-                         "caption": [f"a photo {i}" for i in range(60)]})
+    return pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(60)],
+            "source": "t",
+            "label": np.arange(60) % 3,
+            "mimic_score": rng.normal(size=60),
+            "keep": rng.random(60) > 0.3,
+            "caption": [f"a photo {i}" for i in range(60)],
+        }
+    )
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"kind": "threshold", "value": [1]}, r"threshold value must be a number, got \[1\]"),
-    ({"kind": "threshold", "value": "abc"}, r"threshold value must be a number, got 'abc'"),
-    ({"kind": "quantile", "value": "0.3"}, r"quantile value must be a number, got '0.3'"),
-    ({"kind": "top_fraction", "value": True}, r"top fraction value must be a number, got True"),
-    ({"kind": "threshold", "value": {"x": 1}}, r"must be a number"),
-    ({"kind": "keep_count", "value": float("inf")}, r"keep-count must be a whole number ≥ 0, got inf"),
-    ({"kind": "keep_count", "value": 2.5}, r"keep-count must be a whole number"),
-    ({"kind": "quantile", "value": 0.3, "per_class": "false"}, r"per_class is true or false, got 'false'"),
-    ({"kind": "quantile", "value": 0.3, "per_class": 1}, r"per_class is true or false, got 1"),
-    ({"kind": "bogus", "value": 1}, r"unknown rule 'bogus'; choose one of ensemble, threshold"),
-    ({"kind": ["threshold"], "value": 1}, r"unknown rule \['threshold'\]"),
-    ({"kind": "threshold", "value": 1, "column": 7}, r"column is a column name .*got 7"),
-    ({"kind": "threshold", "value": 1, "column": "x" * 1000}, r"column is a column name .*…"),
-    ({"kind": "threshold", "value": 1, "class_overrides": {"two": 0.5}}, r"class override's class is a class index, got 'two'"),
-    ({"kind": "threshold", "value": 1, "class_overrides": {"2": "high"}}, r"override of class 2 must be a number, got 'high'"),
-    ({"kind": "threshold", "value": 1, "class_overrides": [1, 2]}, r"class_overrides maps a class to its threshold"),
-    ({"kind": "threshold", "value": 1, "valeu": 2}, r"unknown field 'valeu' in a rule"),
-    ({"value": 1}, r"a rule has no 'kind'"),
-    ("threshold", r"a rule is an object"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"kind": "threshold", "value": [1]}, r"threshold value must be a number, got \[1\]"),
+        ({"kind": "threshold", "value": "abc"}, r"threshold value must be a number, got 'abc'"),
+        ({"kind": "quantile", "value": "0.3"}, r"quantile value must be a number, got '0.3'"),
+        ({"kind": "top_fraction", "value": True}, r"top fraction value must be a number, got True"),
+        ({"kind": "threshold", "value": {"x": 1}}, r"must be a number"),
+        ({"kind": "keep_count", "value": float("inf")}, r"keep-count must be a whole number ≥ 0, got inf"),
+        ({"kind": "keep_count", "value": 2.5}, r"keep-count must be a whole number"),
+        ({"kind": "quantile", "value": 0.3, "per_class": "false"}, r"per_class is true or false, got 'false'"),
+        ({"kind": "quantile", "value": 0.3, "per_class": 1}, r"per_class is true or false, got 1"),
+        ({"kind": "bogus", "value": 1}, r"unknown rule 'bogus'; choose one of ensemble, threshold"),
+        ({"kind": ["threshold"], "value": 1}, r"unknown rule \['threshold'\]"),
+        ({"kind": "threshold", "value": 1, "column": 7}, r"column is a column name .*got 7"),
+        ({"kind": "threshold", "value": 1, "column": "x" * 1000}, r"column is a column name .*…"),
+        (
+            {"kind": "threshold", "value": 1, "class_overrides": {"two": 0.5}},
+            r"class override's class is a class index, got 'two'",
+        ),
+        (
+            {"kind": "threshold", "value": 1, "class_overrides": {"2": "high"}},
+            r"override of class 2 must be a number, got 'high'",
+        ),
+        (
+            {"kind": "threshold", "value": 1, "class_overrides": [1, 2]},
+            r"class_overrides maps a class to its threshold",
+        ),
+        ({"kind": "threshold", "value": 1, "valeu": 2}, r"unknown field 'valeu' in a rule"),
+        ({"value": 1}, r"a rule has no 'kind'"),
+        ("threshold", r"a rule is an object"),
+    ],
+)
 def test_a_rule_read_from_json_refuses_each_bad_value_by_name(data, message):
     with pytest.raises(FilterError, match=message):
         FilterRule.from_dict(data)
@@ -54,8 +73,11 @@ def test_a_rule_read_from_json_keeps_good_values_and_their_defaults():
 
 
 def test_a_rule_built_in_python_is_checked_the_same_way(samples):
-    for rule, message in [(FilterRule("threshold", "0.5"), "must be a number"), (FilterRule("quantile", 0.2, per_class="yes"), "per_class"),
-                          (FilterRule("threshold", 0.5, class_overrides={"1": 0.2}), "class index")]:
+    for rule, message in [
+        (FilterRule("threshold", "0.5"), "must be a number"),
+        (FilterRule("quantile", 0.2, per_class="yes"), "per_class"),
+        (FilterRule("threshold", 0.5, class_overrides={"1": 0.2}), "class index"),
+    ]:
         with pytest.raises(FilterError, match=message):
             apply_rule(samples, rule)
     # NumPy numbers are numbers, and a spec records them as plain JSON numbers
@@ -65,8 +87,11 @@ def test_a_rule_built_in_python_is_checked_the_same_way(samples):
 
 @pytest.mark.parametrize("column", ["sample_id", "caption", "source"])
 def test_a_rule_on_a_text_column_names_the_numeric_ones(samples, column):
-    with pytest.raises(FilterError, match=rf"column '{column}' holds text values, not scores; a rule cuts a numeric column: "
-                                          r"label, mimic_score, keep"):
+    with pytest.raises(
+        FilterError,
+        match=rf"column '{column}' holds text values, not scores; a rule cuts a numeric column: "
+        r"label, mimic_score, keep",
+    ):
         apply_rule(samples, FilterRule("threshold", 1.0, column))
 
 

@@ -39,9 +39,15 @@ def fixture_run(tmp_path_factory):
 @pytest.fixture
 def samples():
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"sample_id": [f"s{i}" for i in range(100)], "label": np.repeat([0, 1, 2], [50, 30, 20]),
-                         "mimic_score": rng.normal(size=100), "clip_score_ref": rng.normal(size=100),
-                         "keep": rng.random(100) > 0.3})
+    return pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(100)],
+            "label": np.repeat([0, 1, 2], [50, 30, 20]),
+            "mimic_score": rng.normal(size=100),
+            "clip_score_ref": rng.normal(size=100),
+            "keep": rng.random(100) > 0.3,
+        }
+    )
 
 
 @pytest.mark.parametrize("name", ["threshold.csv.spec.json", "compound.parquet.spec.json"])
@@ -69,17 +75,31 @@ def _edited(spec, edit):
 COMPOUND = all_of([FilterRule("keep_count", 40, "clip_score_ref"), FilterRule("quantile", 0.2, per_class=True)])
 EDITS = [
     (None, lambda s: s["rule"].update(value=0.8), r"the rule's threshold is 0.8 but the hashed spec says 0.3"),
-    (None, lambda s: s["rule"]["class_overrides"].update({"1": 0.9}),
-     r"the rule's threshold for class 1 is 0.9 but the hashed spec says 0.5"),
+    (
+        None,
+        lambda s: s["rule"]["class_overrides"].update({"1": 0.9}),
+        r"the rule's threshold for class 1 is 0.9 but the hashed spec says 0.5",
+    ),
     (None, lambda s: s["rule"]["class_overrides"].pop("1"), r"the rule's threshold for class 1 was removed"),
-    (None, lambda s: s["rule"].update(column="clip_score_ref"),
-     r"the rule's column is 'clip_score_ref' but the hashed spec says 'mimic_score'"),
+    (
+        None,
+        lambda s: s["rule"].update(column="clip_score_ref"),
+        r"the rule's column is 'clip_score_ref' but the hashed spec says 'mimic_score'",
+    ),
     (None, lambda s: s.update(kept=s["kept"] + 1), r"kept is \d+ but the hashed spec says \d+"),
     (None, lambda s: s.update(format="npy"), r"format is 'npy' but the hashed spec says 'csv'"),
     (None, lambda s: s.update(note="mine"), r"field 'note' was added"),
     (COMPOUND, lambda s: s["rules"][0].update(value=10), r"rule 1's keep-count is 10 but the hashed spec says 40"),
-    (COMPOUND, lambda s: s["rules"][1].update(per_class=False), r"rule 2's per_class is false but the hashed spec says true"),
-    (COMPOUND, lambda s: s["rules"][1].update(kind="top_fraction"), r"rule 2's kind is 'top_fraction' but the hashed spec says 'quantile'"),
+    (
+        COMPOUND,
+        lambda s: s["rules"][1].update(per_class=False),
+        r"rule 2's per_class is false but the hashed spec says true",
+    ),
+    (
+        COMPOUND,
+        lambda s: s["rules"][1].update(kind="top_fraction"),
+        r"rule 2's kind is 'top_fraction' but the hashed spec says 'quantile'",
+    ),
 ]
 
 
@@ -108,13 +128,20 @@ def test_unhashed_fields_may_change_and_a_missing_hash_is_refused(samples):
             rule_in_spec({**spec, "spec_hash": bad})
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("kept", -1, r"kept is a whole number ≥ 0, got -1"), ("kept", "168", r"kept is a whole number ≥ 0, got '168'"),
-    ("kept", 10**6, r"kept \(1000000\) is more than total \(100\)"), ("format", "xlsx", r"format is one of csv"),
-    ("run_id", 5, r"run_id is text, got 5"), ("keep_mask_sha256", "zz", r"keep_mask_sha256 is 64 hex digits"),
-    ("kept_per_class", {"0": -3}, r"kept_per_class maps each class to a count ≥ 0"), ("spec_version", "1", r"spec_version is a whole number"),
-    ("spec_version", 3, r"written by a newer mimic_explorer"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("kept", -1, r"kept is a whole number ≥ 0, got -1"),
+        ("kept", "168", r"kept is a whole number ≥ 0, got '168'"),
+        ("kept", 10**6, r"kept \(1000000\) is more than total \(100\)"),
+        ("format", "xlsx", r"format is one of csv"),
+        ("run_id", 5, r"run_id is text, got 5"),
+        ("keep_mask_sha256", "zz", r"keep_mask_sha256 is 64 hex digits"),
+        ("kept_per_class", {"0": -3}, r"kept_per_class maps each class to a count ≥ 0"),
+        ("spec_version", "1", r"spec_version is a whole number"),
+        ("spec_version", 3, r"written by a newer mimic_explorer"),
+    ],
+)
 def test_each_recorded_fact_is_checked_by_type_and_range(samples, field, value, message):
     with pytest.raises(SpecError, match=message):
         rule_in_spec({**_spec(samples), field: value})
@@ -132,11 +159,16 @@ def test_a_spec_of_many_rules_is_refused_before_they_are_read(samples, monkeypat
         rule_in_spec({**spec, "rules": []})
 
 
-@pytest.mark.parametrize("text, message", [
-    (b"{not json", r"not JSON"), (b"[" * 100_000 + b"]" * 100_000, r"not JSON: it nests too deep"),
-    (b"[1, 2]", r"a JSON object is expected, got list"), (b'"spec"', r"got str"),
-    (b" " * (MAX_SPEC_BYTES + 1), r"too large for a filter spec \(at most 16 MiB"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"{not json", r"not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, r"not JSON: it nests too deep"),
+        (b"[1, 2]", r"a JSON object is expected, got list"),
+        (b'"spec"', r"got str"),
+        (b" " * (MAX_SPEC_BYTES + 1), r"too large for a filter spec \(at most 16 MiB"),
+    ],
+)
 def test_text_that_is_no_spec_is_refused_in_one_line(text, message):
     with pytest.raises(SpecError, match=message):
         parse_spec_json(text)

@@ -107,8 +107,11 @@ def _float_column(where: str, pairs: list[tuple], keys: list[str]) -> str | None
         diff = np.abs(a - e)
         rel = diff / np.abs(e)
     finite = np.isfinite(diff)
-    worst = (f"max abs diff {np.max(diff[finite]):.3g}, max rel diff {np.nanmax(np.where(finite, rel, np.nan)):.3g}"
-             if finite.any() else "NaN/inf where the other side is finite")
+    worst = (
+        f"max abs diff {np.max(diff[finite]):.3g}, max rel diff {np.nanmax(np.where(finite, rel, np.nan)):.3g}"
+        if finite.any()
+        else "NaN/inf where the other side is finite"
+    )
     shown = "; ".join(f"{_keys_text(keys, [k])}: expected {x!r} got {y!r}" for k, x, y in bad[:SHOWN_ROWS])
     more = " …" if len(bad) > SHOWN_ROWS else ""
     return f"{where}: {len(bad)} of {len(pairs)} rows differ ({worst}); {shown}{more}"
@@ -129,7 +132,11 @@ def compare_values(expected, actual, path: str = "meta") -> list[str]:
     Numbers compare within the tolerance when either is a float; a bool only equals a bool.
     """
     if isinstance(expected, dict) and isinstance(actual, dict):
-        lines = [f"{path}.{k}: missing from the new run (expected {_short(expected[k])})" for k in expected if k not in actual]
+        lines = [
+            f"{path}.{k}: missing from the new run (expected {_short(expected[k])})"
+            for k in expected
+            if k not in actual
+        ]
         lines += [f"{path}.{k}: not in the golden file (got {_short(actual[k])})" for k in actual if k not in expected]
         for k in expected:
             if k in actual:
@@ -148,7 +155,9 @@ def compare_values(expected, actual, path: str = "meta") -> list[str]:
         if ok:
             return []
         rel = abs(actual - expected) / abs(expected) if expected else math.inf
-        return [f"{path}: expected {expected!r} got {actual!r} (abs diff {abs(actual - expected):.3g}, rel diff {rel:.3g})"]
+        return [
+            f"{path}: expected {expected!r} got {actual!r} (abs diff {abs(actual - expected):.3g}, rel diff {rel:.3g})"
+        ]
     if type(expected) is type(actual) and expected == actual:
         return []
     return [f"{path}: expected {_short(expected)} got {_short(actual)}"]

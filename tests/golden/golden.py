@@ -51,18 +51,25 @@ def check_golden(case: str, run_dir: Path, placeholders: dict[str, str]) -> None
         folder.mkdir(parents=True, exist_ok=True)
         write_table(samples, folder / "samples.json")
         write_table(scores, folder / "scores.json")
-        (folder / "meta.json").write_text(json.dumps(snapshot.meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
-                                          encoding="utf-8")
+        (folder / "meta.json").write_text(
+            json.dumps(snapshot.meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         pytest.skip(f"rewrote the golden files of {case} in {folder} ({UPDATE_ENV}=1): review the diff and commit it")
     absent = [name for name in FILES if not (folder / name).exists()]
     if absent:
-        pytest.fail(f"golden case {case}: {', '.join(absent)} missing from {folder}; "
-                    f"run `{UPDATE_ENV}=1 python -m pytest tests/golden` to write them", pytrace=False)
+        pytest.fail(
+            f"golden case {case}: {', '.join(absent)} missing from {folder}; "
+            f"run `{UPDATE_ENV}=1 python -m pytest tests/golden` to write them",
+            pytrace=False,
+        )
     lines = compare_tables("samples", read_table(folder / "samples.json"), samples, ["sample_id"])
     lines += compare_tables("scores", read_table(folder / "scores.json"), scores, ["epoch", "sample_id"])
     lines += compare_values(json.loads((folder / "meta.json").read_text(encoding="utf-8")), snapshot.meta)
     if lines:
         shown = lines[:SHOWN_LINES] + ([f"… and {len(lines) - SHOWN_LINES} more"] if len(lines) > SHOWN_LINES else [])
-        pytest.fail(f"golden case {case}: the run differs from {folder} in {len(lines)} place(s):\n  "
-                    + "\n  ".join(shown) + f"\n(if the change is intended: {UPDATE_ENV}=1 python -m pytest tests/golden)",
-                    pytrace=False)
+        pytest.fail(
+            f"golden case {case}: the run differs from {folder} in {len(lines)} place(s):\n  "
+            + "\n  ".join(shown)
+            + f"\n(if the change is intended: {UPDATE_ENV}=1 python -m pytest tests/golden)",
+            pytrace=False,
+        )

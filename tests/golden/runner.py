@@ -54,6 +54,8 @@ def run_command(args: list[str], out: Path) -> Path:
     printed = stdout.getvalue().strip().splitlines()
     out = Path(out).resolve()
     if not printed or Path(printed[-1]) != out:
-        pytest.fail(f"mimic-explorer {args[0]} did not end its output with the run directory {out}: {printed[-1:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"mimic-explorer {args[0]} did not end its output with the run directory {out}: {printed[-1:]}",
+            pytrace=False,
+        )
     return out

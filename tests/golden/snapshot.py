@@ -26,9 +26,14 @@ VARYING_CONFIG_KEYS = ("out",)
 #: replaced by ``<weights-N>``, N counting the distinct hashes of the run in key order, so which weights
 #: are the same ones (the model's init and the reference's: the feature-basis check) is still compared.
 #: The data, labels and subset fingerprints hash ids and ints: compared as they are.
-WEIGHT_FINGERPRINTS = (("basis", "model_init_fingerprint"), ("basis", "reference_init_fingerprint"),
-                       ("fingerprints", "init"), ("fingerprints", "model"), ("fingerprints", "reference"),
-                       ("fingerprints", "reference_init"))
+WEIGHT_FINGERPRINTS = (
+    ("basis", "model_init_fingerprint"),
+    ("basis", "reference_init_fingerprint"),
+    ("fingerprints", "init"),
+    ("fingerprints", "model"),
+    ("fingerprints", "reference"),
+    ("fingerprints", "reference_init"),
+)
 #: the order score rows are compared in: epoch first, then the sample's pool position
 SCORE_ORDER = ("epoch", "position", "sample_id")
 

@@ -78,12 +78,16 @@ def write_table(table: Table, path: Path) -> None:
     """Write ``table`` as JSON: the header on the first lines, then one row a line."""
     rows = ",\n".join("  " + json.dumps(row, ensure_ascii=False, allow_nan=False) for row in table.rows)
     text = (
-        "{\n"
-        f' "columns": {json.dumps(table.columns)},\n'
-        f' "kinds": {json.dumps(table.kinds)},\n'
-        f' "rows": [\n{rows}\n ]\n'
-        "}\n"
-    ) if table.rows else json.dumps({"columns": table.columns, "kinds": table.kinds, "rows": []}, indent=1) + "\n"
+        (
+            "{\n"
+            f' "columns": {json.dumps(table.columns)},\n'
+            f' "kinds": {json.dumps(table.kinds)},\n'
+            f' "rows": [\n{rows}\n ]\n'
+            "}\n"
+        )
+        if table.rows
+        else json.dumps({"columns": table.columns, "kinds": table.kinds, "rows": []}, indent=1) + "\n"
+    )
     path.write_text(text, encoding="utf-8")
 
 

@@ -18,8 +18,15 @@ from tests.golden.tables import Table, read_table, table_from_frame, write_table
 
 
 def _frame(**changes) -> pd.DataFrame:
-    frame = pd.DataFrame({"sample_id": ["a", "b", "c"], "label": [0, 1, 2], "keep": [True, False, True],
-                          "proj": [0.5, -1.25, math.nan], "caption": ["x", None, "z"]})
+    frame = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "label": [0, 1, 2],
+            "keep": [True, False, True],
+            "proj": [0.5, -1.25, math.nan],
+            "caption": ["x", None, "z"],
+        }
+    )
     for column, (row, value) in changes.items():
         frame.loc[row, column] = value
     return frame
@@ -44,7 +51,11 @@ def test_equal_tables_agree_and_a_float_within_tolerance_passes():
 
 def test_a_float_past_the_tolerance_names_column_row_and_size():
     (line,) = _diff(proj=(1, -1.25 * (1 + 10 * RTOL)))
-    assert line.startswith("samples.proj: 1 of 3 rows differ") and "sample_id='b'" in line and "max rel diff 0.0001" in line
+    assert (
+        line.startswith("samples.proj: 1 of 3 rows differ")
+        and "sample_id='b'" in line
+        and "max rel diff 0.0001" in line
+    )
 
 
 def test_ints_bools_strings_and_nan_must_match_exactly():
@@ -75,8 +86,13 @@ def test_a_table_survives_its_json_file(tmp_path):
 
 def test_meta_values_compare_by_key_path():
     expected = {"summary": {"auroc": 0.75, "samples": 30, "flag": True}, "warnings": ["a"]}
-    assert compare_values(expected, {"summary": {"auroc": 0.75 + 1e-9, "samples": 30, "flag": True}, "warnings": ["a"]}) == []
-    lines = compare_values(expected, {"summary": {"auroc": 0.8, "samples": 31, "flag": 1}, "warnings": ["a", "b"], "new": 1})
+    assert (
+        compare_values(expected, {"summary": {"auroc": 0.75 + 1e-9, "samples": 30, "flag": True}, "warnings": ["a"]})
+        == []
+    )
+    lines = compare_values(
+        expected, {"summary": {"auroc": 0.8, "samples": 31, "flag": 1}, "warnings": ["a", "b"], "new": 1}
+    )
     assert any(line.startswith("meta.summary.auroc: expected 0.75 got 0.8") for line in lines)
     assert "meta.summary.samples: expected 30 got 31 (abs diff 1, rel diff 0.0333)" in lines
     assert "meta.summary.flag: expected True got 1" in lines  # a bool is not a number

@@ -67,29 +67,63 @@ def plain_run(workspace) -> Path:
 @pytest.fixture(scope="module")
 def probe_reference_run(workspace, plain_run) -> Path:
     """A linear probe on the backbone, trained on the clean labels: the reference of the probe cases."""
-    return workspace.run("train_linear_probe_plain", [*LABELLED_TRAIN, "--init", workspace.file("base.pt"), "--linear-probe",
-                                                      "--save-model", workspace.file("probe_ref.pt")])
+    return workspace.run(
+        "train_linear_probe_plain",
+        [
+            *LABELLED_TRAIN,
+            "--init",
+            workspace.file("base.pt"),
+            "--linear-probe",
+            "--save-model",
+            workspace.file("probe_ref.pt"),
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
 def probe_grad_mimic_run(workspace, probe_reference_run) -> Path:
-    return workspace.run("train_linear_probe_grad_mimic", [
-        *LABELLED_TRAIN, "--init", workspace.file("base.pt"), "--linear-probe", "--reference", workspace.file("probe_ref.pt"),
-        "--label-noise", "0.3", "--save-model", workspace.file("probe_gm.pt")])
+    return workspace.run(
+        "train_linear_probe_grad_mimic",
+        [
+            *LABELLED_TRAIN,
+            "--init",
+            workspace.file("base.pt"),
+            "--linear-probe",
+            "--reference",
+            workspace.file("probe_ref.pt"),
+            "--label-noise",
+            "0.3",
+            "--save-model",
+            workspace.file("probe_gm.pt"),
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
 def finetune_reference_run(workspace, plain_run) -> Path:
     """The whole network fine-tuned from the backbone on the clean labels: the fine-tune cases' reference."""
-    return workspace.run("train_finetune_plain", [*LABELLED_TRAIN, "--init", workspace.file("base.pt"),
-                                                  "--save-model", workspace.file("ft_ref.pt")])
+    return workspace.run(
+        "train_finetune_plain",
+        [*LABELLED_TRAIN, "--init", workspace.file("base.pt"), "--save-model", workspace.file("ft_ref.pt")],
+    )
 
 
 @pytest.fixture(scope="module")
 def finetune_grad_mimic_run(workspace, finetune_reference_run) -> Path:
-    return workspace.run("train_finetune_grad_mimic", [
-        *LABELLED_TRAIN, "--init", workspace.file("base.pt"), "--reference", workspace.file("ft_ref.pt"),
-        "--label-noise", "0.3", "--save-model", workspace.file("ft_gm.pt")])
+    return workspace.run(
+        "train_finetune_grad_mimic",
+        [
+            *LABELLED_TRAIN,
+            "--init",
+            workspace.file("base.pt"),
+            "--reference",
+            workspace.file("ft_ref.pt"),
+            "--label-noise",
+            "0.3",
+            "--save-model",
+            workspace.file("ft_gm.pt"),
+        ],
+    )
 
 
 # --- image-text pairs: a small 'pretrained' dual encoder, Grad-Mimic in the three tower modes, score
@@ -98,17 +132,29 @@ def finetune_grad_mimic_run(workspace, finetune_reference_run) -> Path:
 @pytest.fixture(scope="module")
 def pairs_pretrained_run(workspace) -> Path:
     """Plain training of the text tower and projections on every caption: the pairs cases' reference."""
-    return workspace.run("pairs_train_text_tower_plain", [*PAIRED_TRAIN, "--frozen-image-tower", "--all-captions",
-                                                          "--save-model", workspace.file("P.pt")])
+    return workspace.run(
+        "pairs_train_text_tower_plain",
+        [*PAIRED_TRAIN, "--frozen-image-tower", "--all-captions", "--save-model", workspace.file("P.pt")],
+    )
 
 
 @pytest.fixture(scope="module")
 def pairs_frozen_towers_run(workspace, pairs_pretrained_run) -> Path:
     """Grad-Mimic on the projections over frozen towers; the model starts from the reference with a fresh
     text projection (no --init)."""
-    return workspace.run("pairs_train_frozen_towers_grad_mimic", [
-        *PAIRED_TRAIN, "--frozen-towers", "--reference", workspace.file("P.pt"), "--caption-noise", "0.3",
-        "--save-model", workspace.file("M.pt")])
+    return workspace.run(
+        "pairs_train_frozen_towers_grad_mimic",
+        [
+            *PAIRED_TRAIN,
+            "--frozen-towers",
+            "--reference",
+            workspace.file("P.pt"),
+            "--caption-noise",
+            "0.3",
+            "--save-model",
+            workspace.file("M.pt"),
+        ],
+    )
 
 
 @pytest.mark.slow  # the demo's reference always trains 30 epochs on 1,438 digits: seconds
@@ -137,16 +183,41 @@ def test_train_finetune_grad_mimic(workspace, finetune_grad_mimic_run):
 
 
 def test_score_linear_probe(workspace, probe_grad_mimic_run):
-    run = workspace.run("score_linear_probe", [
-        "score", *LABELLED, "--model", workspace.file("probe_gm.pt"), "--reference", workspace.file("probe_ref.pt"),
-        "--linear-probe", "--label-noise", "0.3"])
+    run = workspace.run(
+        "score_linear_probe",
+        [
+            "score",
+            *LABELLED,
+            "--model",
+            workspace.file("probe_gm.pt"),
+            "--reference",
+            workspace.file("probe_ref.pt"),
+            "--linear-probe",
+            "--label-noise",
+            "0.3",
+        ],
+    )
     workspace.check("score_linear_probe", run)
 
 
 def test_score_finetuned_all_params_cos(workspace, finetune_grad_mimic_run):
-    run = workspace.run("score_finetuned_all_params_cos", [
-        "score", *LABELLED, "--model", workspace.file("ft_gm.pt"), "--reference", workspace.file("ft_ref.pt"),
-        "--params", "all", "--method", "cos", "--label-noise", "0.3"])
+    run = workspace.run(
+        "score_finetuned_all_params_cos",
+        [
+            "score",
+            *LABELLED,
+            "--model",
+            workspace.file("ft_gm.pt"),
+            "--reference",
+            workspace.file("ft_ref.pt"),
+            "--params",
+            "all",
+            "--method",
+            "cos",
+            "--label-noise",
+            "0.3",
+        ],
+    )
     workspace.check("score_finetuned_all_params_cos", run)
 
 
@@ -159,19 +230,34 @@ def test_pairs_train_frozen_towers_grad_mimic(workspace, pairs_frozen_towers_run
 
 
 def test_pairs_train_frozen_image_tower_grad_mimic(workspace, pairs_pretrained_run):
-    run = workspace.run("pairs_train_frozen_image_tower_grad_mimic", [
-        *PAIRED_TRAIN, "--frozen-image-tower", "--reference", workspace.file("P.pt"), "--caption-noise", "0.3"])
+    run = workspace.run(
+        "pairs_train_frozen_image_tower_grad_mimic",
+        [*PAIRED_TRAIN, "--frozen-image-tower", "--reference", workspace.file("P.pt"), "--caption-noise", "0.3"],
+    )
     workspace.check("pairs_train_frozen_image_tower_grad_mimic", run)
 
 
 def test_pairs_train_both_towers_grad_mimic(workspace, pairs_pretrained_run):
     """Both towers learn: the streamed mode, each epoch's pairs decoded again."""
-    run = workspace.run("pairs_train_both_towers_grad_mimic", [
-        *PAIRED_TRAIN, "--reference", workspace.file("P.pt"), "--mimic-layer", "image", "--caption-noise", "0.3"])
+    run = workspace.run(
+        "pairs_train_both_towers_grad_mimic",
+        [*PAIRED_TRAIN, "--reference", workspace.file("P.pt"), "--mimic-layer", "image", "--caption-noise", "0.3"],
+    )
     workspace.check("pairs_train_both_towers_grad_mimic", run)
 
 
 def test_pairs_score(workspace, pairs_frozen_towers_run):
-    run = workspace.run("pairs_score", [
-        "score", *PAIRED, "--model", workspace.file("M.pt"), "--reference", workspace.file("P.pt"), "--caption-noise", "0.3"])
+    run = workspace.run(
+        "pairs_score",
+        [
+            "score",
+            *PAIRED,
+            "--model",
+            workspace.file("M.pt"),
+            "--reference",
+            workspace.file("P.pt"),
+            "--caption-noise",
+            "0.3",
+        ],
+    )
     workspace.check("pairs_score", run)

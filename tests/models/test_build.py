@@ -29,7 +29,9 @@ def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def head_inputs_and_logits(model: torch.nn.Module, head_name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def head_inputs_and_logits(
+    model: torch.nn.Module, head_name: str, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """What the head receives (the backbone's features) and the model's logits, in eval mode."""
     captured = []
     hook = model.get_submodule(head_name).register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
@@ -52,14 +54,18 @@ def check_scores_and_probe(built) -> None:
     reference = built.twin().eval()
     reference.load_state_dict(model.state_dict())  # the shared backbone of the valid protocol
     with torch.no_grad():
-        reference.get_submodule(built.head_name).weight.add_(0.1 * torch.randn_like(reference.get_submodule(built.head_name).weight))
+        reference.get_submodule(built.head_name).weight.add_(
+            0.1 * torch.randn_like(reference.get_submodule(built.head_name).weight)
+        )
     scores = mimic_explorer.mimic_scores(model, reference, x, y)
     assert scores.shape == (4,) and torch.isfinite(scores).all() and scores.abs().max() > 0
     features, logits = head_inputs_and_logits(model, built.head_name, x)
     assert features.shape == (4, model.get_submodule(built.head_name).in_features)
     probe = LinearProbe(model.get_submodule(built.head_name))
     assert torch.allclose(probe(features), logits, atol=1e-5)
-    probe_scores = mimic_explorer.mimic_scores(probe, LinearProbe(reference.get_submodule(built.head_name)), features, y)
+    probe_scores = mimic_explorer.mimic_scores(
+        probe, LinearProbe(reference.get_submodule(built.head_name)), features, y
+    )
     assert torch.allclose(probe_scores, scores, atol=1e-5)
 
 
@@ -68,8 +74,12 @@ def check_scores_and_probe(built) -> None:
 
 @pytest.mark.parametrize(
     ("arch", "image_size", "head"),
-    [("timm:test_resnet", 32, "fc"), ("timm:test_vit", 32, "head"), ("timm:test_convnext", 32, "head.fc"),
-     ("timm:test_efficientnet", 32, "classifier")],
+    [
+        ("timm:test_resnet", 32, "fc"),
+        ("timm:test_vit", 32, "head"),
+        ("timm:test_convnext", 32, "head.fc"),
+        ("timm:test_efficientnet", 32, "classifier"),
+    ],
 )
 def test_timm_models_build_find_their_head_and_score(arch, image_size, head):
     timm = pytest.importorskip("timm")
@@ -97,10 +107,13 @@ def test_recorded_preprocessing_equals_timms_own(arch):
     timm = pytest.importorskip("timm")
     built = build_for_run(arch, NUM_CLASSES)
     config = timm.data.resolve_model_data_config(built.model)
-    resize, crop, to_tensor, normalize = timm.data.create_transform(**config, is_training=False).transforms
+    resize, crop, _to_tensor, normalize = timm.data.create_transform(**config, is_training=False).transforms
     assert built.preprocessing == {
-        "resize": resize.size, "crop": crop.size[0], "mean": pytest.approx(normalize.mean.tolist()),
-        "std": pytest.approx(normalize.std.tolist()), "interpolation": resize.interpolation.value,
+        "resize": resize.size,
+        "crop": crop.size[0],
+        "mean": pytest.approx(normalize.mean.tolist()),
+        "std": pytest.approx(normalize.std.tolist()),
+        "interpolation": resize.interpolation.value,
     }
     assert built.preprocessing_source == f"timm data config of {arch.removeprefix('timm:')}"
     image = random_image(300, 300)
@@ -128,21 +141,35 @@ def test_timm_model_folder_and_safetensors_round_trip(tmp_path):
     from_pt = build_for_run("timm:test_resnet", 1000, init=pt, image_size=32)
     from_st = build_for_run("timm:test_resnet", 1000, init=st, image_size=32)
     for name, tensor in source.state_dict().items():
-        assert torch.equal(from_st.model.state_dict()[name], tensor) and torch.equal(from_pt.model.state_dict()[name], tensor)
+        assert torch.equal(from_st.model.state_dict()[name], tensor) and torch.equal(
+            from_pt.model.state_dict()[name], tensor
+        )
     report_pt, report_st = from_pt.load_report.to_dict(), from_st.load_report.to_dict()
     assert report_pt.pop("path") != report_st.pop("path") and report_pt == report_st and from_st.load_report.head_loaded
 
     folder = tmp_path / "hf"
     folder.mkdir()
     save_checkpoint(source, folder / "model.safetensors")
-    pretrained_cfg = {"input_size": [3, 48, 48], "crop_pct": 0.75, "interpolation": "bilinear",
-                      "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    (folder / "config.json").write_text(json.dumps(
-        {"architecture": "test_resnet", "num_classes": 1000, "pretrained_cfg": pretrained_cfg}))
+    pretrained_cfg = {
+        "input_size": [3, 48, 48],
+        "crop_pct": 0.75,
+        "interpolation": "bilinear",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+    }
+    (folder / "config.json").write_text(
+        json.dumps({"architecture": "test_resnet", "num_classes": 1000, "pretrained_cfg": pretrained_cfg})
+    )
     built = build_for_run("timm:test_resnet", 10, init=folder)
     assert [n for n, _ in built.load_report.skipped] == ["fc.weight", "fc.bias"]  # 1000-class head kept at its init
     assert torch.equal(built.model.conv1[0].weight, source.conv1[0].weight)
-    assert built.preprocessing == {"resize": 64, "crop": 48, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+    assert built.preprocessing == {
+        "resize": 64,
+        "crop": 48,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "interpolation": "bilinear",
+    }
     assert built.input_shape == (3, 48, 48) and not built.warnings
     assert any("recorded with --init" in note for note in built.notes)
     overridden = build_for_run("timm:test_resnet", 10, init=folder, transform="mean=0.4,std=0.2")
@@ -202,7 +229,9 @@ def test_timm_pretrained_without_network_says_to_pass_init(monkeypatch):
         return real(name, pretrained=False, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(ArchError, match=r"could not load the pretrained weights of test_resnet.*couldn't connect.*pass --init"):
+    with pytest.raises(
+        ArchError, match=r"could not load the pretrained weights of test_resnet.*couldn't connect.*pass --init"
+    ):
         build_for_run("timm:test_resnet", 10, pretrained=True)
     with pytest.raises(ArchError, match="either --pretrained .* or --init"):
         build_for_run("timm:test_resnet", 10, pretrained=True, init="w.pt")
@@ -245,7 +274,9 @@ def test_torchvision_weights_come_from_the_hub_cache_with_their_own_transforms(m
 
     weights = MobileNet_V3_Small_Weights.IMAGENET1K_V1
     arch = "torchvision:mobilenet_v3_small:IMAGENET1K_V1"
-    with pytest.raises(CheckpointError, match=r"not in the local torch hub cache: looked for .*mobilenet_v3_small-\w+\.pth.*--init"):
+    with pytest.raises(
+        CheckpointError, match=r"not in the local torch hub cache: looked for .*mobilenet_v3_small-\w+\.pth.*--init"
+    ):
         monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
         build_for_run(arch, NUM_CLASSES)
     torch.manual_seed(2)
@@ -254,12 +285,19 @@ def test_torchvision_weights_come_from_the_hub_cache_with_their_own_transforms(m
     built = build_for_run(arch, NUM_CLASSES)
     assert built.load_report.path == str(path) and not built.load_report.head_loaded
     assert torch.equal(built.model.features[0][0].weight, published.features[0][0].weight)
-    assert built.weights["weights"] == "MobileNet_V3_Small_Weights.IMAGENET1K_V1" and built.weights["categories"] == 1000
+    assert (
+        built.weights["weights"] == "MobileNet_V3_Small_Weights.IMAGENET1K_V1" and built.weights["categories"] == 1000
+    )
     (warning,) = built.warnings  # our stand-in file does not have the published file's hash
     assert warning.startswith("WEIGHTS FILE") and str(path) in warning
     preset = weights.transforms()
-    assert built.preprocessing == {"resize": preset.resize_size[0], "crop": preset.crop_size[0], "mean": list(preset.mean),
-                                   "std": list(preset.std), "interpolation": preset.interpolation.value}
+    assert built.preprocessing == {
+        "resize": preset.resize_size[0],
+        "crop": preset.crop_size[0],
+        "mean": list(preset.mean),
+        "std": list(preset.std),
+        "interpolation": preset.interpolation.value,
+    }
     image = random_image(300, 300)
     assert torch.allclose(built.transform(image), preset(image), atol=1e-5)
     full = build_for_run(arch, 1000)
@@ -269,11 +307,16 @@ def test_torchvision_weights_come_from_the_hub_cache_with_their_own_transforms(m
 
 def test_torchvision_names_and_weights_that_do_not_exist(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(CheckpointError, match=rf"ResNet18_Weights.IMAGENET1K_V1 are not in .* looked for {tmp_path}/checkpoints/resnet18-"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"ResNet18_Weights.IMAGENET1K_V1 are not in .* looked for {tmp_path}/checkpoints/resnet18-",
+    ):
         build_for_run("resnet18", 10, pretrained=True)  # --pretrained: the DEFAULT weights, from the hub cache only
     with pytest.raises(ArchError, match=r"no classification model 'resnet5'\. Did you mean .*resnet50"):
         build_for_run("torchvision:resnet5", 10)
-    with pytest.raises(ArchError, match=r"no weights 'IMAGENET1K_V3'.*ResNet50_Weights has: IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"):
+    with pytest.raises(
+        ArchError, match=r"no weights 'IMAGENET1K_V3'.*ResNet50_Weights has: IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"
+    ):
         build_for_run("torchvision:resnet50:IMAGENET1K_V3", 10)
 
 
@@ -329,7 +372,13 @@ def test_sidecar_preprocessing_is_adopted_and_a_contradiction_is_loud(tmp_path):
 
 def test_builtin_models_keep_their_defaults_and_take_overrides():
     built = build_for_run("small_cnn", 10)
-    assert built.preprocessing == {"resize": 32, "crop": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+    assert built.preprocessing == {
+        "resize": 32,
+        "crop": 32,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "interpolation": "bilinear",
+    }
     mlp = build_for_run("mlp", 10, image_size=16, transform="interpolation=bicubic")
     assert mlp.model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
     assert mlp.preprocessing["interpolation"] == "bicubic"

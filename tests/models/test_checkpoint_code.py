@@ -21,9 +21,11 @@ def _evil_tower(folder) -> tuple[str, object]:
     """(ARCH naming a file whose import writes a marker, the marker's path)."""
     marker = folder / "IMPORTED"
     code = folder / "evil_tower.py"
-    code.write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
-                    "from mimic_explorer.models.small import SmallCNN\n"
-                    "def make(num_classes=1):\n    return SmallCNN(num_classes)\n")
+    code.write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from mimic_explorer.models.small import SmallCNN\n"
+        "def make(num_classes=1):\n    return SmallCNN(num_classes)\n"
+    )
     return f"{code}:make", marker
 
 
@@ -39,8 +41,10 @@ def _retarget(path, arch=None, input_shape=None) -> None:
 
 def test_which_architectures_name_code():
     assert names_code("evil.py:make") and names_code("os:system") and names_code("package.module:function")
-    assert not any(names_code(a) for a in ("small_cnn", "mlp", "resnet18", "timm:resnet18", "torchvision:resnet18",
-                                           "open_clip:ViT-B-32"))
+    assert not any(
+        names_code(a)
+        for a in ("small_cnn", "mlp", "resnet18", "timm:resnet18", "torchvision:resnet18", "open_clip:ViT-B-32")
+    )
 
 
 @pytest.mark.parametrize("hostile", ["file", "module"])
@@ -60,12 +64,19 @@ def test_trusting_the_file_runs_its_code(tmp_path):
     arch, marker = _evil_tower(tmp_path)
     path = save_dual_encoder(tiny_dual(CAPTIONS), tmp_path / "dual.pt", arch="small_cnn", input_shape=SHAPE)
     _retarget(path, arch=arch)
-    model, config = load_dual_encoder(path, trust_code=True)  # the file's SmallCNN tower fits the saved tensors
+    _model, config = load_dual_encoder(path, trust_code=True)  # the file's SmallCNN tower fits the saved tensors
     assert marker.read_text() == "ran" and config["arch"] == arch
 
 
-@pytest.mark.parametrize("shape, cause", [([3, 20000, 20000], "outside 1"), ([3, 32], "three integers"),
-                                          ([3, "32", 32], "three integers"), ([99, 32, 32], "outside 1")])
+@pytest.mark.parametrize(
+    "shape, cause",
+    [
+        ([3, 20000, 20000], "outside 1"),
+        ([3, 32], "three integers"),
+        ([3, "32", 32], "three integers"),
+        ([99, 32, 32], "outside 1"),
+    ],
+)
 def test_absurd_input_shapes_are_refused_before_building(tmp_path, shape, cause):
     path = save_dual_encoder(tiny_dual(CAPTIONS), tmp_path / "dual.pt", arch="small_cnn", input_shape=SHAPE)
     _retarget(path, input_shape=shape)
@@ -118,8 +129,10 @@ def test_a_pickled_dual_checkpoint_is_refused_in_one_whole_sentence(tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    torch.save({"format": "mimic_explorer.dual_encoder", "version": 1, "config": {}, "state_dict": {}, "x": Payload()},
-               tmp_path / "pickled.pt")
+    torch.save(
+        {"format": "mimic_explorer.dual_encoder", "version": 1, "config": {}, "state_dict": {}, "x": Payload()},
+        tmp_path / "pickled.pt",
+    )
     with pytest.raises(CheckpointError) as refused:
         load_dual_encoder(tmp_path / "pickled.pt")
     message = str(refused.value)

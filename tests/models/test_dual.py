@@ -21,7 +21,7 @@ CAPTIONS = ["A dog runs on the grass .", "Two children play in the snow .", "A m
 
 
 def test_word_tokenizer_counts_truncated_captions_and_maps_unknown_words():
-    tokenizer = WordTokenizer.from_captions(CAPTIONS + ["a dog"], context_length=5)
+    tokenizer = WordTokenizer.from_captions([*CAPTIONS, "a dog"], context_length=5)
     assert tokenizer.vocabulary[:3] == ["<pad>", "<unk>", "a"]  # most frequent word first
     batch = tokenizer.encode(["A dog runs", "a purple zebra", "A man rides a red bike down a hill", ""])
     assert batch.ids.shape == (4, 5) and batch.ids.dtype == torch.int64
@@ -36,7 +36,9 @@ def test_word_tokenizer_counts_truncated_captions_and_maps_unknown_words():
 def test_built_in_dual_encoder_round_trips_through_a_weights_only_checkpoint(tmp_path):
     model = build_dual_encoder("small_cnn", captions=CAPTIONS, context_length=6, embed_dim=8)
     assert isinstance(model, DualEncoder) and isinstance(model.text_projection, nn.Linear)
-    assert {"image_projection.weight", "text_projection.weight", "logit_scale"} <= {n for n, _ in model.named_parameters()}
+    assert {"image_projection.weight", "text_projection.weight", "logit_scale"} <= {
+        n for n, _ in model.named_parameters()
+    }
     save_checkpoint(model, tmp_path / "dual.pt")
     raw = torch.load(tmp_path / "dual.pt", weights_only=True)
     assert raw["text_tower.vocabulary"].dtype == torch.uint8
@@ -68,7 +70,11 @@ def test_projection_probe_on_cached_tower_outputs_equals_the_full_model():
     model = build_dual_encoder("mlp", captions=CAPTIONS, input_shape=(3, 8, 8), embed_dim=8).eval()
     images, tokens = torch.randn(3, 3, 8, 8), model.tokenizer.encode(CAPTIONS).ids
     probe = ProjectionProbe.from_dual_encoder(model)
-    assert sorted(n for n, _ in probe.named_parameters()) == ["image_projection.weight", "logit_scale", "text_projection.weight"]
+    assert sorted(n for n, _ in probe.named_parameters()) == [
+        "image_projection.weight",
+        "logit_scale",
+        "text_projection.weight",
+    ]
     with torch.no_grad():
         cached = model.tower_features(images, tokens)
         for a, b in zip(probe(cached), model(images, tokens)):

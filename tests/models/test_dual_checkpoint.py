@@ -29,9 +29,17 @@ def test_built_in_dual_encoder_round_trips_with_its_config(tmp_path):
     with torch.no_grad():
         model.logit_scale.fill_(2.5)
         model.text_projection.weight.mul_(3)
-    path = save_dual_encoder(model, tmp_path / "sub" / "dual.pt", arch=" small_cnn", input_shape=(3, 16, 16), extra={"run_id": "r1"})
+    path = save_dual_encoder(
+        model, tmp_path / "sub" / "dual.pt", arch=" small_cnn", input_shape=(3, 16, 16), extra={"run_id": "r1"}
+    )
     config, state = read_dual_checkpoint(path)
-    assert config == {"arch": "small_cnn", "input_shape": [3, 16, 16], "embed_dim": 8, "context_length": 7, "run_id": "r1"}
+    assert config == {
+        "arch": "small_cnn",
+        "input_shape": [3, 16, 16],
+        "embed_dim": 8,
+        "context_length": 7,
+        "run_id": "r1",
+    }
     assert "text_tower.vocabulary" in state
     loaded, config = load_dual_encoder(path, arch="small_cnn", input_shape=(3, 16, 16))
     assert loaded.tokenizer.vocabulary == model.tokenizer.vocabulary and loaded.tokenizer.context_length == 7
@@ -62,13 +70,18 @@ def test_mismatches_and_other_files_are_refused_with_the_cause(tmp_path):
 
 def test_open_clip_dual_encoder_round_trips(tmp_path):
     open_clip = pytest.importorskip("open_clip")
-    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-              "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     (tmp_path / "mimic-tiny-clip-ckpt.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / "mimic-tiny-clip-ckpt.json")
     torch.manual_seed(0)
     model = build_dual_encoder("open_clip:mimic-tiny-clip-ckpt")
-    path = save_dual_encoder(model, tmp_path / "clip.pt", arch="open_clip: mimic-tiny-clip-ckpt", input_shape=model.input_shape)
+    path = save_dual_encoder(
+        model, tmp_path / "clip.pt", arch="open_clip: mimic-tiny-clip-ckpt", input_shape=model.input_shape
+    )
     loaded, config = load_dual_encoder(path, arch="open_clip:mimic-tiny-clip-ckpt")
     assert config["arch"] == "open_clip:mimic-tiny-clip-ckpt" and config["context_length"] == 12
     _same_function(model, loaded, torch.randn(2, 3, 32, 32), model.tokenizer.encode(["a dog", "a cat"]).ids)

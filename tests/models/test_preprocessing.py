@@ -13,7 +13,11 @@ from mimic_explorer.data.memory import ArraySource
 from mimic_explorer.data.transforms import ImageTransform, default_transform
 from mimic_explorer.models.checkpoints import load_checkpoint, save_checkpoint
 from mimic_explorer.models.preprocessing import (
-    PreprocessingError, declared_input_size, override_preprocessing, parse_transform_text, preprocessing_mismatch,
+    PreprocessingError,
+    declared_input_size,
+    override_preprocessing,
+    parse_transform_text,
+    preprocessing_mismatch,
 )
 from mimic_explorer.models.small import SmallCNN
 from mimic_explorer.training.features import feature_key
@@ -29,8 +33,14 @@ def parse_error(text: str) -> str:
 
 def test_transform_text_is_parsed_into_typed_values():
     parsed = parse_transform_text("resize=40, crop=32,mean=0.5,0.4,0.3,std=0.2,interpolation=BICUBIC,crop-mode=squash")
-    assert parsed == {"resize": 40, "crop": 32, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.2, 0.2),
-                      "interpolation": "bicubic", "crop_mode": "squash"}
+    assert parsed == {
+        "resize": 40,
+        "crop": 32,
+        "mean": (0.5, 0.4, 0.3),
+        "std": (0.2, 0.2, 0.2),
+        "interpolation": "bicubic",
+        "crop_mode": "squash",
+    }
     assert parse_transform_text("crop=28") == {"crop": 28}
 
 
@@ -96,7 +106,12 @@ def test_squash_resizes_both_sides_and_describe_keeps_earlier_keys():
     assert "crop_mode" not in centre.describe()  # descriptions (and cache keys) of earlier runs are unchanged
     assert ImageTransform.from_description(squash.describe()) == squash
     assert default_transform("small_cnn").describe() == {
-        "resize": 32, "crop": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+        "resize": 32,
+        "crop": 32,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "interpolation": "bilinear",
+    }
 
 
 def test_declared_input_sizes():
@@ -128,7 +143,9 @@ def test_mismatch_warning_lists_each_difference():
     assert preprocessing_mismatch({"crop": 224}, ImageTransform(300, 224), "x.pt") is None  # only recorded keys count
     warning = preprocessing_mismatch(recorded, ImageTransform(32, 32), "--init x.pt")
     assert warning.startswith("PREPROCESSING MISMATCH: --init x.pt was trained")
-    assert "resize 256 -> 32" in warning and "crop 224 -> 32" in warning and "interpolation bicubic -> bilinear" in warning
+    assert (
+        "resize 256 -> 32" in warning and "crop 224 -> 32" in warning and "interpolation bicubic -> bilinear" in warning
+    )
 
 
 def test_feature_cache_key_changes_with_the_preprocessing():
@@ -141,9 +158,13 @@ def test_feature_cache_key_changes_with_the_preprocessing():
         return feature_key(model, "head", transform, source, None)
 
     assert key(ImageTransform(32, 32)) == key(ImageTransform(32, 32))
-    others = [ImageTransform(36, 32), ImageTransform(32, 32, interpolation="bicubic"),
-              ImageTransform(32, 32, mean=(0.5, 0.5, 0.5)), ImageTransform(32, 32, crop_mode="squash"),
-              override_preprocessing(ImageTransform(32, 32), image_size=28)]
+    others = [
+        ImageTransform(36, 32),
+        ImageTransform(32, 32, interpolation="bicubic"),
+        ImageTransform(32, 32, mean=(0.5, 0.5, 0.5)),
+        ImageTransform(32, 32, crop_mode="squash"),
+        override_preprocessing(ImageTransform(32, 32), image_size=28),
+    ]
     assert len({key(ImageTransform(32, 32))} | {key(t) for t in others}) == 1 + len(others)
 
 

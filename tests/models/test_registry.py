@@ -83,7 +83,9 @@ def test_arch_strings_that_name_nothing(tmp_path):
     assert "no Python module named 'no_such_pkg'" in arch_error("no_such_pkg.nets:make")
     assert "empty ARCH" in arch_error("  ")
     (tmp_path / "broken.py").write_text("import torch\nraise RuntimeError('boom')\n")
-    assert "importing" in arch_error(f"{tmp_path / 'broken.py'}:make") and "boom" in arch_error(f"{tmp_path / 'broken.py'}:make")
+    assert "importing" in arch_error(f"{tmp_path / 'broken.py'}:make") and "boom" in arch_error(
+        f"{tmp_path / 'broken.py'}:make"
+    )
     assert "no nn.Linear classifier head" in arch_error("squeezenet1_0")
 
 
@@ -135,10 +137,15 @@ def test_torchvision_backbone_with_imagenet_head_into_ten_classes(tmp_path):
 
 def test_checkpoint_that_does_not_fit_names_the_first_mismatched_tensor(tmp_path):
     path = save_checkpoint(build_model("small_cnn", 10, width=16), tmp_path / "narrow.pt")
-    with pytest.raises(CheckpointError, match=r"first mismatched tensor backbone\.0\.0\.weight: checkpoint \(16, 3, 3, 3\) vs model \(32, 3, 3, 3\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"first mismatched tensor backbone\.0\.0\.weight: checkpoint \(16, 3, 3, 3\) vs model \(32, 3, 3, 3\)",
+    ):
         load_checkpoint(build_model("small_cnn", 10), path)
     other = save_checkpoint(build_model("mlp", 10), tmp_path / "mlp.pt")
-    with pytest.raises(CheckpointError, match=r"first mismatched tensor backbone\.0\.0\.weight \(32, 3, 3, 3\) is missing"):
+    with pytest.raises(
+        CheckpointError, match=r"first mismatched tensor backbone\.0\.0\.weight \(32, 3, 3, 3\) is missing"
+    ):
         load_checkpoint(build_model("small_cnn", 10), other)
     extra = dict(build_model("small_cnn", 10).state_dict(), **{"aux.weight": torch.zeros(2)})
     torch.save(extra, tmp_path / "extra.pt")

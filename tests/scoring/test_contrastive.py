@@ -21,7 +21,9 @@ B, IMAGE_DIM, TEXT_DIM, EMBED = 7, 5, 6, 4
 
 def probe(seed: int = 0) -> ProjectionProbe:
     torch.manual_seed(seed)
-    model = ProjectionProbe(torch.nn.Linear(IMAGE_DIM, EMBED, bias=False), torch.nn.Linear(TEXT_DIM, EMBED, bias=False), math.log(5.0))
+    model = ProjectionProbe(
+        torch.nn.Linear(IMAGE_DIM, EMBED, bias=False), torch.nn.Linear(TEXT_DIM, EMBED, bias=False), math.log(5.0)
+    )
     return model.double()
 
 
@@ -74,7 +76,9 @@ def test_forward_mode_works_through_the_built_in_text_tower():
     """Embedding + masked mean has forward-mode rules (EmbeddingBag has none): a text-side layer of
     the full built-in model gets exact directional derivatives too."""
     tokenizer = WordTokenizer.from_captions(["a dog runs", "two cats sleep on a sofa", "a red bus"], context_length=4)
-    model = build_small_dual_encoder("mlp", tokenizer, embed_dim=4, input_shape=(3, 4, 4), word_dim=5, text_hidden=6, text_width=6).double()
+    model = build_small_dual_encoder(
+        "mlp", tokenizer, embed_dim=4, input_shape=(3, 4, 4), word_dim=5, text_hidden=6, text_width=6
+    ).double()
     model.eval()
     images = torch.randn(3, 3, 4, 4, dtype=torch.float64)
     tokens = tokenizer.encode(["a dog runs", "two cats sleep on a sofa", "a blue bus"]).ids
@@ -143,13 +147,23 @@ def test_closed_form_projection_gradient_norms_equal_autograd_per_pair(side):
     with torch.no_grad():
         out = model(x)
     h = x[:, :IMAGE_DIM] if side == "image" else x[:, IMAGE_DIM:]
-    torch.testing.assert_close(projection_grad_sqnorms(out.image, out.text, out.scale, h, side), torch.stack(want), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        projection_grad_sqnorms(out.image, out.text, out.scale, h, side), torch.stack(want), rtol=1e-10, atol=1e-12
+    )
     with pytest.raises(ValueError, match="side must be"):
         projection_grad_sqnorms(out.image, out.text, out.scale, h, "audio")
     original, rows = output_layer.linear_output_geometry, []
     output_layer.linear_output_geometry = lambda *a, **k: rows.append(1) or original(*a, **k)
     try:
-        mimic_scores(model, perturbed(model, 0.3), x, None, params=[f"{side}_projection.weight"], method="cos", loss=InfoNCELoss())
+        mimic_scores(
+            model,
+            perturbed(model, 0.3),
+            x,
+            None,
+            params=[f"{side}_projection.weight"],
+            method="cos",
+            loss=InfoNCELoss(),
+        )
     finally:
         output_layer.linear_output_geometry = original
     assert rows == []

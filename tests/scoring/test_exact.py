@@ -83,8 +83,10 @@ def test_auto_dispatches_to_the_cheapest_path(monkeypatch):
         monkeypatch.setattr(api, fn, lambda *a, _f=original, _n=fn, **k: calls.append(_n) or _f(*a, **k))
     model, reference, x, y, _ = build("mlp")
     expected = {
-        ("head", "proj"): ["head_parts"], ("head", "cos"): ["head_parts"],
-        ("all", "proj"): ["jvp_parts"], ("all", "cos"): ["ghost_parts"],
+        ("head", "proj"): ["head_parts"],
+        ("head", "cos"): ["head_parts"],
+        ("all", "proj"): ["jvp_parts"],
+        ("all", "cos"): ["ghost_parts"],
     }
     for (params, method), fns in expected.items():
         calls.clear()

@@ -70,22 +70,40 @@ class HeadFirst(nn.Module):
 
 def test_head_with_token_positions():
     torch.manual_seed(0)
-    _check(TokenHead(), torch.randn(3, 5, 6), torch.tensor([0, 3, 1]), "head", ["head.weight", "head.bias"],
-           paths=PATHS_ALL + ("head",))
+    _check(
+        TokenHead(),
+        torch.randn(3, 5, 6),
+        torch.tensor([0, 3, 1]),
+        "head",
+        ["head.weight", "head.bias"],
+        paths=(*PATHS_ALL, "head"),
+    )
 
 
 def test_head_called_twice():
     torch.manual_seed(0)
-    _check(TwiceHead(), torch.randn(3, 6), torch.tensor([0, 3, 1]), "head", ["head.weight", "head.bias"],
-           paths=PATHS_ALL + ("head",))
+    _check(
+        TwiceHead(),
+        torch.randn(3, 6),
+        torch.tensor([0, 3, 1]),
+        "head",
+        ["head.weight", "head.bias"],
+        paths=(*PATHS_ALL, "head"),
+    )
 
 
 def test_head_not_last_in_children():
     torch.manual_seed(0)
     model = HeadFirst()
     assert find_head(model, torch.randn(1, 6))[0] == "classifier"
-    _check(model, torch.randn(3, 6), torch.tensor([0, 3, 1]), "head", ["classifier.weight", "classifier.bias"],
-           paths=("auto", "head", "loop"))
+    _check(
+        model,
+        torch.randn(3, 6),
+        torch.tensor([0, 3, 1]),
+        "head",
+        ["classifier.weight", "classifier.bias"],
+        paths=("auto", "head", "loop"),
+    )
 
 
 class ConvZoo(nn.Module):
@@ -110,7 +128,7 @@ def test_conv_variants_and_groupnorm_ghost_norms_are_exact():
     model = ConvZoo().double()
     x, y = torch.randn(3, 2, 9, 9).double(), torch.tensor([0, 2, 1])
     names = [n for n, _ in model.named_parameters()]
-    assert set(n for attrs in ghost_layers(model, names).values() for n in attrs.values()) == set(names)
+    assert {n for attrs in ghost_layers(model, names).values() for n in attrs.values()} == set(names)
     _, covered = ghost_parts(model.eval(), names, {}, x, y, need_dot=False)
     assert covered == set(names)  # nothing left to the vmap fallback
     _check(model, x, y, "all", names)
@@ -252,8 +270,14 @@ class InPlaceTemperature(nn.Module):
 
 def test_head_output_modified_in_place():
     torch.manual_seed(0)
-    _check(InPlaceTemperature(), torch.randn(3, 6), torch.tensor([0, 3, 1]), "head", ["head.weight", "head.bias"],
-           paths=("auto", "head", "loop"))
+    _check(
+        InPlaceTemperature(),
+        torch.randn(3, 6),
+        torch.tensor([0, 3, 1]),
+        "head",
+        ["head.weight", "head.bias"],
+        paths=("auto", "head", "loop"),
+    )
 
 
 def test_warns_when_no_linear_produces_the_logits():
@@ -273,7 +297,9 @@ def test_cross_entropy_with_output_grad_matches_autograd():
         logits = (3 * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_(True)
         targets = torch.randint(0, shape[-1], shape[:-1], generator=g)
         losses, delta = cross_entropy_with_output_grad(logits.detach(), targets)
-        expected = F.cross_entropy(logits.reshape(-1, shape[-1]), targets.reshape(-1), reduction="none").reshape(shape[:-1])
+        expected = F.cross_entropy(logits.reshape(-1, shape[-1]), targets.reshape(-1), reduction="none").reshape(
+            shape[:-1]
+        )
         torch.testing.assert_close(losses, expected.detach(), rtol=1e-12, atol=1e-12)
         (grad,) = torch.autograd.grad(expected.sum(), logits)
         torch.testing.assert_close(delta, grad, rtol=1e-12, atol=1e-12)

@@ -60,7 +60,9 @@ class SymmetricInfoNCE:
         if targets is None:  # the positives are the diagonal
             targets = torch.arange(len(u), device=u.device)
         logits = self.scale * u @ t.T
-        return 0.5 * (F.cross_entropy(logits, targets, reduction="none") + F.cross_entropy(logits.T, targets, reduction="none"))
+        return 0.5 * (
+            F.cross_entropy(logits, targets, reduction="none") + F.cross_entropy(logits.T, targets, reduction="none")
+        )
 
     def output_grad(self, outputs, targets):
         return None
@@ -117,8 +119,10 @@ def test_declaring_the_coupling_matters(towers):
     model, reference, x, targets = towers
     loss = SymmetricInfoNCE()
     exact = brute_force(model, reference, x, targets, TEXT, loss, "cos")
-    assert_close(mimic_scores(model, reference, x, targets, params=TEXT, method="proj", loss=loss.__call__),
-                 brute_force(model, reference, x, targets, TEXT, loss, "proj"))
+    assert_close(
+        mimic_scores(model, reference, x, targets, params=TEXT, method="proj", loss=loss.__call__),
+        brute_force(model, reference, x, targets, TEXT, loss, "proj"),
+    )
     undeclared = mimic_scores(model, reference, x, targets, params=TEXT, method="cos", loss=loss.__call__)
     assert float((undeclared - exact).abs().max()) > 1e-3
 
@@ -128,7 +132,9 @@ def test_targets_are_whatever_the_loss_accepts(towers):
     for method in ("proj", "cos"):
         expected = mimic_scores(model, reference, x, targets, params=IMAGE, method=method, loss=SymmetricInfoNCE())
         for path in ("auto", "vmap", "loop"):
-            got = mimic_scores(model, reference, x, None, params=IMAGE, method=method, path=path, loss=SymmetricInfoNCE())
+            got = mimic_scores(
+                model, reference, x, None, params=IMAGE, method=method, path=path, loss=SymmetricInfoNCE()
+            )
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
 
 
@@ -169,7 +175,9 @@ def test_per_sample_custom_losses_match_brute_force(params, method):
         paths = ("auto", "jvp", "vmap", "loop") + (("head",) if params == "head" and loss is not smoothed_ce else ())
         for path in paths:
             got = mimic_scores(model, reference, x, y, params=params, method=method, path=path, loss=loss)
-            assert_close(got, expected, what=f"{getattr(loss, '__name__', type(loss).__name__)}/{params}/{method}/{path}")
+            assert_close(
+                got, expected, what=f"{getattr(loss, '__name__', type(loss).__name__)}/{params}/{method}/{path}"
+            )
 
 
 def test_auto_uses_the_head_closed_form_only_when_the_loss_gives_one(monkeypatch):

@@ -23,8 +23,15 @@ from tests.scoring_models import assert_close, perturbed
 
 B = 7
 LAYERS = ["image_projection.weight", "text_projection.weight"]
-CAPTIONS = ["a dog runs on the grass", "two cats sleep on a sofa", "a red bus in the street", "a man rides a bike",
-            "children play in the snow", "a bird on a branch", "a boat on the lake"]
+CAPTIONS = [
+    "a dog runs on the grass",
+    "two cats sleep on a sofa",
+    "a red bus in the street",
+    "a man rides a bike",
+    "children play in the snow",
+    "a bird on a branch",
+    "a boat on the lake",
+]
 
 
 def probe_setup():
@@ -41,8 +48,9 @@ def dual_setup():
     6 features → direct form) on images and token ids."""
     torch.manual_seed(0)
     tokenizer = WordTokenizer.from_captions(CAPTIONS, context_length=6)
-    model = build_small_dual_encoder("mlp", tokenizer, embed_dim=4, input_shape=(3, 4, 4), word_dim=5,
-                                     text_hidden=6, text_width=6).double()
+    model = build_small_dual_encoder(
+        "mlp", tokenizer, embed_dim=4, input_shape=(3, 4, 4), word_dim=5, text_hidden=6, text_width=6
+    ).double()
     images = torch.randn(B, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     tokens = tokenizer.encode(CAPTIONS).ids
     return model, perturbed(model, scale=0.3), (images, tokens)
@@ -112,9 +120,13 @@ def test_every_path_agrees_on_pairs_with_tuple_inputs(layer):
     for method in ("proj", "cos"):
         expected = brute_force(model, reference, inputs, layer, method)
         for path in ("output", "jvp", "vmap", "loop"):
-            got = mimic_scores(model, reference, inputs, targets, params=[layer], method=method, path=path, loss=InfoNCELoss())
+            got = mimic_scores(
+                model, reference, inputs, targets, params=[layer], method=method, path=path, loss=InfoNCELoss()
+            )
             assert_close(got, expected, what=f"{layer}/{method}/{path}")
-        chunked = mimic_scores(model, reference, inputs, None, params=[layer], method=method, loss=InfoNCELoss(), chunk_size=3)
+        chunked = mimic_scores(
+            model, reference, inputs, None, params=[layer], method=method, loss=InfoNCELoss(), chunk_size=3
+        )
         assert_close(chunked, expected, what=f"{layer}/{method}/rows in chunks of 3")
 
 
@@ -134,12 +146,16 @@ def test_a_layer_whose_output_is_not_a_model_output_falls_back_exactly():
     model, reference, x = probe_setup()
     wrapped, wrapped_ref = Normalised(model), Normalised(reference)
     layer = "probe.text_projection.weight"
-    direct = mimic_scores(model, reference, x, None, params=["text_projection.weight"], method="cos", loss=InfoNCELoss())
+    direct = mimic_scores(
+        model, reference, x, None, params=["text_projection.weight"], method="cos", loss=InfoNCELoss()
+    )
     got = mimic_scores(wrapped, wrapped_ref, x, None, params=[layer], method="cos", loss=InfoNCELoss())
     assert_close(got, direct, what="normalised after the layer")  # InfoNCE normalises anyway: same scores
     proj = mimic_scores(wrapped, wrapped_ref, x, None, params=[layer], method="proj", loss=InfoNCELoss(), path="output")
     assert_close(proj, mimic_scores(model, reference, x, None, params=["text_projection.weight"], loss=InfoNCELoss()))
-    with pytest.raises(ValueError, match="path='output' cannot be used: the mimic layer's output is not one of the model's outputs"):
+    with pytest.raises(
+        ValueError, match="path='output' cannot be used: the mimic layer's output is not one of the model's outputs"
+    ):
         mimic_scores(wrapped, wrapped_ref, x, None, params=[layer], method="cos", loss=InfoNCELoss(), path="output")
     with pytest.raises(ValueError, match="path='output' needs params to be the weight and/or bias of one nn.Linear"):
         mimic_scores(model, reference, x, None, params=["logit_scale"], loss=InfoNCELoss(), path="output")
@@ -193,7 +209,10 @@ def test_an_op_without_a_forward_mode_rule_falls_back_exactly_and_says_so():
     torch.manual_seed(0)
     model = BagOfWordsDual().double()
     reference = perturbed(model, scale=0.3)
-    inputs = (torch.randn(B, 5, dtype=torch.float64), torch.randint(0, 20, (B, 4), generator=torch.Generator().manual_seed(2)))
+    inputs = (
+        torch.randn(B, 5, dtype=torch.float64),
+        torch.randint(0, 20, (B, 4), generator=torch.Generator().manual_seed(2)),
+    )
     expected = brute_force(model, reference, inputs, "bag.weight", "proj")
     with pytest.warns(RuntimeWarning, match="(?s)forward-mode AD is not available.*Jacobian.*the scores stay exact"):
         got = mimic_scores(model, reference, inputs, None, params=["bag.weight"], loss=InfoNCELoss())
@@ -205,8 +224,14 @@ def test_an_op_without_a_forward_mode_rule_falls_back_exactly_and_says_so():
     for method in ("proj", "cos"):
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
-            got = mimic_scores(model, reference, inputs, None, params=["text_projection.weight"], method=method, loss=InfoNCELoss())
-        assert_close(got, brute_force(model, reference, inputs, "text_projection.weight", method), what=f"text projection/{method}")
+            got = mimic_scores(
+                model, reference, inputs, None, params=["text_projection.weight"], method=method, loss=InfoNCELoss()
+            )
+        assert_close(
+            got,
+            brute_force(model, reference, inputs, "text_projection.weight", method),
+            what=f"text projection/{method}",
+        )
 
 
 @pytest.mark.parametrize("method", ["proj", "cos"])
@@ -225,5 +250,7 @@ def test_a_hand_written_coupled_loss_is_exact_once_declared(method):
     model, reference, x = probe_setup()
     for layer in LAYERS:
         expected = brute_force(model, reference, x, layer, method)
-        got = mimic_scores(model, reference, x, None, params=[layer], method=method, loss=CallableLoss(infonce, couples_batch=True))
+        got = mimic_scores(
+            model, reference, x, None, params=[layer], method=method, loss=CallableLoss(infonce, couples_batch=True)
+        )
         assert_close(got, expected, what=f"declared/{layer}/{method}")

@@ -55,7 +55,9 @@ def test_reference_checked_and_task_vector_made_once_for_many_batches(monkeypatc
     counts = {"check_reference": 0, "task_vector": 0, "traced_head_name": 0}
     for fn in counts:
         original = getattr(prepared, fn)
-        monkeypatch.setattr(prepared, fn, lambda *a, _f=original, _n=fn, **k: counts.__setitem__(_n, counts[_n] + 1) or _f(*a, **k))
+        monkeypatch.setattr(
+            prepared, fn, lambda *a, _f=original, _n=fn, **k: counts.__setitem__(_n, counts[_n] + 1) or _f(*a, **k)
+        )
     model, reference, x, y, _ = build("mlp", batch=6)
     for params, traced in (("head", 1), ("all", 0), (["head.bias"], 1)):  # "all" is not one Linear: nothing to trace
         counts.update(dict.fromkeys(counts, 0))

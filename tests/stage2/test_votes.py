@@ -11,8 +11,16 @@ def _scores(weights_by_epoch, batch_size=4):
     rows = []
     for epoch, weights in enumerate(weights_by_epoch):
         for i, w in enumerate(weights):
-            rows.append(dict(sample_id=f"s{i}", epoch=epoch, step=epoch, proj=np.log(w * batch_size),
-                             weight=w, batch_size=batch_size))
+            rows.append(
+                dict(
+                    sample_id=f"s{i}",
+                    epoch=epoch,
+                    step=epoch,
+                    proj=np.log(w * batch_size),
+                    weight=w,
+                    batch_size=batch_size,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -49,8 +57,11 @@ def test_mimic_score_ranks_by_votes_then_weight():
 def test_samples_recorded_with_uniform_weights_are_ranked_by_mean_proj():
     # scores recorded while training plainly: every weight is 1/B, so the weights cannot break ties
     proj = [[0.5, -0.2, 0.1, -0.9], [0.3, -0.4, 0.2, -0.1]]
-    rows = [dict(sample_id=f"s{i}", epoch=e, step=e, proj=p, weight=0.25, batch_size=4)
-            for e, values in enumerate(proj) for i, p in enumerate(values)]
+    rows = [
+        dict(sample_id=f"s{i}", epoch=e, step=e, proj=p, weight=0.25, batch_size=4)
+        for e, values in enumerate(proj)
+        for i, p in enumerate(values)
+    ]
     result = stage2.aggregate(pd.DataFrame(rows), "gmm")
     means = np.mean(proj, axis=0)
     votes = result["votes"].to_numpy()
@@ -65,8 +76,9 @@ def test_samples_recorded_with_uniform_weights_are_ranked_by_mean_proj():
 def test_proj_binarisation_and_two_group_splits():
     rng = np.random.default_rng(0)
     proj = np.concatenate([rng.normal(-3, 0.3, 50), rng.normal(2, 0.3, 150)])
-    scores = pd.DataFrame(dict(sample_id=[f"s{i}" for i in range(200)], epoch=0, step=0, proj=proj,
-                               weight=1 / 200, batch_size=200))
+    scores = pd.DataFrame(
+        dict(sample_id=[f"s{i}" for i in range(200)], epoch=0, step=0, proj=proj, weight=1 / 200, batch_size=200)
+    )
     truth = proj > 0
     np.testing.assert_array_equal(stage2.binarise(scores, "proj"), truth)
     np.testing.assert_array_equal(stage2.binarise(scores, "kmeans"), truth)

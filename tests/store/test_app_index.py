@@ -51,7 +51,7 @@ def _check_equal_to_whole_table(path):
         assert stored.clipped == computed.clipped
         if noisy is not None:
             np.testing.assert_array_equal(stored.noisy, computed.noisy)
-        ordered = np.argsort(values, kind="stable")[:len(finite)]  # as the explorer's galleries pick them
+        ordered = np.argsort(values, kind="stable")[: len(finite)]  # as the explorer's galleries pick them
         np.testing.assert_array_equal(index.lowest(column, 10), ordered[:10])
         np.testing.assert_array_equal(index.highest(column, 10), ordered[::-1][:10])
     positions = np.array([len(samples) - 1, 0, 5, 5, 1234 % len(samples)])
@@ -133,8 +133,7 @@ def test_an_open_index_keeps_reading_its_own_files_when_another_rebuild_replaces
     positions = np.array([0, 2999, 1500])
     pd.testing.assert_frame_equal(old.rows(positions), old_samples.iloc[positions])  # not half the new index
     pd.testing.assert_frame_equal(new.rows(positions), open_run(run_dir).samples.iloc[positions])
-    np.testing.assert_array_equal(old.sorted_values("mimic_score"),
-                                  np.sort(old_samples["mimic_score"].to_numpy()))
+    np.testing.assert_array_equal(old.sorted_values("mimic_score"), np.sort(old_samples["mimic_score"].to_numpy()))
 
 
 def test_an_index_replaced_while_it_is_mapped_is_mapped_again(run_dir, monkeypatch):

@@ -58,19 +58,24 @@ def test_an_export_records_its_keep_list_in_the_spec(run, samples, tmp_path):
 
 def _full_disk_after(written: int, path_at: int):
     """A writer that puts ``written`` bytes into its file (argument ``path_at``), then finds the disk full."""
+
     def write(*args):
         Path(args[path_at]).write_bytes(b"x" * written)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     return write
 
 
 @pytest.mark.parametrize("failing, path_at", [("_write_spec_file", 0), ("write_keep_list_into", -1)])
-def test_a_full_disk_at_either_write_leaves_the_previous_pair_and_no_temporary_file(run, samples, tmp_path, monkeypatch, failing,
-                                                                                   path_at):
+def test_a_full_disk_at_either_write_leaves_the_previous_pair_and_no_temporary_file(
+    run, samples, tmp_path, monkeypatch, failing, path_at
+):
     export(samples, run.meta, FilterRule("quantile", 0.3), "csv", tmp_path / "keep.csv")
     before = _pair(tmp_path)
     monkeypatch.setattr(filter_files, failing, _full_disk_after(100, path_at))
-    with pytest.raises(ExportError, match=r"cannot write .*keep\.csv(\.spec\.json)?: No space left on device; nothing was replaced"):
+    with pytest.raises(
+        ExportError, match=r"cannot write .*keep\.csv(\.spec\.json)?: No space left on device; nothing was replaced"
+    ):
         export(samples, run.meta, FilterRule("quantile", 0.9), "csv", tmp_path / "keep.csv")
     assert _pair(tmp_path) == before  # same names, same bytes: no temporary file either
     spec = json.loads((tmp_path / "keep.csv.spec.json").read_text())
@@ -81,7 +86,9 @@ def test_a_read_only_folder_is_one_line_and_writes_nothing(run, tmp_path, monkey
     def refused(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(atomic.tempfile, "mkstemp", refused)  # root may write anywhere: refuse as a read-only folder does
+    monkeypatch.setattr(
+        atomic.tempfile, "mkstemp", refused
+    )  # root may write anywhere: refuse as a read-only folder does
     with pytest.raises(ExportError, match=r"cannot write .*keep\.npy: Permission denied; nothing was replaced"):
         export(run.samples, run.meta, FilterRule("ensemble"), "npy", tmp_path / "keep.npy")
     assert list(tmp_path.iterdir()) == []
@@ -137,8 +144,10 @@ def test_a_spec_written_before_keep_list_hashes_is_checked_by_count(tmp_path):
     assert pair_problem(tmp_path / "keep.csv", spec) is None
     lines = (tmp_path / "keep.csv").read_text().splitlines(keepends=True)
     (tmp_path / "keep.csv").write_text("".join(lines[:-3]))
-    assert pair_problem(tmp_path / "keep.csv", spec) == (f"keep.csv lists {spec['kept'] - 3} samples but its spec records kept "
-                                                         f"{spec['kept']}: they come from different exports")
+    assert pair_problem(tmp_path / "keep.csv", spec) == (
+        f"keep.csv lists {spec['kept'] - 3} samples but its spec records kept "
+        f"{spec['kept']}: they come from different exports"
+    )
     mask = np.zeros(300, dtype=bool)
     np.save(tmp_path / "keep.npy", mask)
     assert "keep_mask_sha256 differs" in pair_problem(tmp_path / "keep.npy", {**spec, "format": "npy"})
@@ -169,8 +178,11 @@ def test_the_latest_saved_filter_is_verified_and_its_keep_list_checked(run, tmp_
     assert "not the keep-list its spec describes" in latest_saved_rule(run_dir, run.meta).keep_list_problem
     spec["rule"]["value"] = 0.1
     spec_path.write_text(json.dumps(spec))
-    with pytest.raises(SpecError, match=rf"saved filter {spec_path.name}: the spec was edited after it was written "
-                                        r"\(the rule's threshold is 0.1 but the hashed spec says 0.5\)"):
+    with pytest.raises(
+        SpecError,
+        match=rf"saved filter {spec_path.name}: the spec was edited after it was written "
+        r"\(the rule's threshold is 0.1 but the hashed spec says 0.5\)",
+    ):
         latest_saved_rule(run_dir, run.meta)
 
 

@@ -16,9 +16,14 @@ from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.sample_columns import indexed_samples
 from tests.ui_helpers import synthetic_run
 
-RULES = [FilterRule("threshold", 0.5), FilterRule("quantile", 0.3, per_class=True), FilterRule("keep_count", 0),
-         FilterRule("ensemble"), FilterRule("threshold", 0.2, column="reference_loss"),
-         FilterRule("keep_count", 777, column="grand")]
+RULES = [
+    FilterRule("threshold", 0.5),
+    FilterRule("quantile", 0.3, per_class=True),
+    FilterRule("keep_count", 0),
+    FilterRule("ensemble"),
+    FilterRule("threshold", 0.2, column="reference_loss"),
+    FilterRule("keep_count", 777, column="grand"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +58,28 @@ def test_kept_rows_come_highest_first_ties_by_position_nan_last(run):
     np.testing.assert_array_equal(keep_list_stream.descending_positions(index, "mimic_score"), expected)
 
 
-EDGE_SCORES = [0.1, 1.0, -0.0, 0.0, 1e-05, 1.5e-4, 1e16, 1234500000000000.0, 123456789.123, np.inf, -np.inf,
-               1 / 3, 2.5e-07, 5e-324, 1.7976931348623157e308, 1e-4, -7.0, -2.5e-9, 4503599627370495.5, np.nan]
+EDGE_SCORES = [
+    0.1,
+    1.0,
+    -0.0,
+    0.0,
+    1e-05,
+    1.5e-4,
+    1e16,
+    1234500000000000.0,
+    123456789.123,
+    np.inf,
+    -np.inf,
+    1 / 3,
+    2.5e-07,
+    5e-324,
+    1.7976931348623157e308,
+    1e-4,
+    -7.0,
+    -2.5e-9,
+    4503599627370495.5,
+    np.nan,
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +89,15 @@ def edge_run(tmp_path_factory):
     path = synthetic_run(tmp_path_factory.mktemp("edge") / "run", n=900, thumbnails=False)
     frame = pd.read_parquet(path / "samples.parquet")
     rng = np.random.default_rng(3)
-    frame["mimic_score"] = np.where(rng.random(len(frame)) < 0.5, rng.choice(EDGE_SCORES[:14] + EDGE_SCORES[15:] + [1e300], len(frame)),
-                                    rng.normal(size=len(frame)))
+    frame["mimic_score"] = np.where(
+        rng.random(len(frame)) < 0.5,
+        rng.choice(EDGE_SCORES[:14] + EDGE_SCORES[15:] + [1e300], len(frame)),
+        rng.normal(size=len(frame)),
+    )
     frame["source"] = frame["source"].astype(object)
     frame.loc[frame.index % 7 == 0, "source"] = None
     order = frame["mimic_score"].fillna(-np.inf).sort_values(kind="stable").index[:40]  # kept last
-    frame.loc[order[:10], "sample_id"] = [f'id,{i}' for i in range(10)]
+    frame.loc[order[:10], "sample_id"] = [f"id,{i}" for i in range(10)]
     frame.loc[order[10:20], "sample_id"] = [f'say "{i}"' for i in range(10)]
     frame.loc[order[20:25], "sample_id"] = [f"line\n{i}" for i in range(5)]
     frame.to_parquet(path / "samples.parquet", index=False)

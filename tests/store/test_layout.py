@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from mimic_explorer.util.cache import demo_run_dir
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import FORMAT_VERSION
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.writer import RunWriter
+from mimic_explorer.util.cache import demo_run_dir
 
 PACKAGE = Path(__file__).resolve().parents[2] / "mimic_explorer"
 
@@ -47,23 +47,46 @@ def _touch(layout: RunLayout, names: list[str]) -> None:
 
 def test_parts_reaching_past_the_saved_epoch_are_dropped(tmp_path):
     layout = RunLayout(tmp_path)
-    _touch(layout, ["epoch-0000-0004.parquet", "epoch-0005-0009.parquet", "epoch-0003-rank001.parquet",
-                    "epoch-0006-rank000.parquet", "epoch-0002-0007-rank001.parquet", "chunk-000001.parquet"])
+    _touch(
+        layout,
+        [
+            "epoch-0000-0004.parquet",
+            "epoch-0005-0009.parquet",
+            "epoch-0003-rank001.parquet",
+            "epoch-0006-rank000.parquet",
+            "epoch-0002-0007-rank001.parquet",
+            "chunk-000001.parquet",
+        ],
+    )
     layout.drop_epoch_parts_after(4)
-    assert sorted(p.name for p in layout.scores_dir.iterdir()) == ["chunk-000001.parquet", "epoch-0000-0004.parquet",
-                                                                   "epoch-0003-rank001.parquet"]
+    assert sorted(p.name for p in layout.scores_dir.iterdir()) == [
+        "chunk-000001.parquet",
+        "epoch-0000-0004.parquet",
+        "epoch-0003-rank001.parquet",
+    ]
 
 
 def test_listing_tells_epoch_chunk_and_error_parts_apart(tmp_path):
     layout = RunLayout(tmp_path)
     assert layout.score_parts() == layout.epoch_parts() == layout.chunk_parts() == layout.error_parts() == []
-    _touch(layout, ["epoch-0001.parquet", "epoch-0000.parquet", "chunk-000000-rank001.parquet",
-                    layout.error_part(1).name, "notes.txt"])
+    _touch(
+        layout,
+        [
+            "epoch-0001.parquet",
+            "epoch-0000.parquet",
+            "chunk-000000-rank001.parquet",
+            layout.error_part(1).name,
+            "notes.txt",
+        ],
+    )
     assert [p.name for p in layout.epoch_parts()] == ["epoch-0000.parquet", "epoch-0001.parquet"]
     assert [p.name for p in layout.chunk_parts()] == ["chunk-000000-rank001.parquet"]
     assert layout.error_parts() == [layout.error_part(1)]
-    assert [p.name for p in layout.score_parts()] == ["chunk-000000-rank001.parquet", "epoch-0000.parquet",
-                                                      "epoch-0001.parquet"]
+    assert [p.name for p in layout.score_parts()] == [
+        "chunk-000000-rank001.parquet",
+        "epoch-0000.parquet",
+        "epoch-0001.parquet",
+    ]
     layout.scores_file.write_bytes(b"")  # an older run's single file wins over any part
     assert layout.score_parts() == [layout.scores_file]
 
@@ -78,13 +101,39 @@ def test_clearing_removes_every_part_and_nothing_else(tmp_path):
 def test_files_sit_where_the_run_directory_contract_says(tmp_path):
     layout = RunLayout(str(tmp_path))
     assert layout.root == tmp_path and layout == RunLayout(tmp_path)
-    names = {name: getattr(layout, name).relative_to(tmp_path).as_posix() for name in
-             ("meta", "samples", "errors", "scores_dir", "scores_file", "thumbs_dir", "thumbs_blob", "thumbs_index",
-              "filters_dir", "lock", "state", "log", "index_dir")}
-    assert names == {"meta": "meta.json", "samples": "samples.parquet", "errors": "errors.parquet", "scores_dir": "scores",
-                     "scores_file": "scores.parquet", "thumbs_dir": "thumbs", "thumbs_blob": "thumbs/thumbs.bin",
-                     "thumbs_index": "thumbs/index.parquet", "filters_dir": "filters", "lock": ".lock",
-                     "state": "state.pt", "log": "run.log", "index_dir": "index"}
+    names = {
+        name: getattr(layout, name).relative_to(tmp_path).as_posix()
+        for name in (
+            "meta",
+            "samples",
+            "errors",
+            "scores_dir",
+            "scores_file",
+            "thumbs_dir",
+            "thumbs_blob",
+            "thumbs_index",
+            "filters_dir",
+            "lock",
+            "state",
+            "log",
+            "index_dir",
+        )
+    }
+    assert names == {
+        "meta": "meta.json",
+        "samples": "samples.parquet",
+        "errors": "errors.parquet",
+        "scores_dir": "scores",
+        "scores_file": "scores.parquet",
+        "thumbs_dir": "thumbs",
+        "thumbs_blob": "thumbs/thumbs.bin",
+        "thumbs_index": "thumbs/index.parquet",
+        "filters_dir": "filters",
+        "lock": ".lock",
+        "state": "state.pt",
+        "log": "run.log",
+        "index_dir": "index",
+    }
 
 
 def test_a_run_written_through_the_layout_reads_back(tmp_path):
@@ -104,8 +153,17 @@ def test_the_demo_run_folder_names_the_format_it_was_written_in():
 
 
 #: run files and part-name prefixes only store/layout.py may spell in code
-RUN_FILE_NAMES = ("meta.json", "samples.parquet", "scores.parquet", "errors.parquet", "index.parquet", "thumbs.bin",
-                  "state.pt", "run.log", ".lock")
+RUN_FILE_NAMES = (
+    "meta.json",
+    "samples.parquet",
+    "scores.parquet",
+    "errors.parquet",
+    "index.parquet",
+    "thumbs.bin",
+    "state.pt",
+    "run.log",
+    ".lock",
+)
 PART_PREFIXES = ("epoch-", "chunk-", ".errors-rank")
 
 
@@ -118,9 +176,14 @@ def _names_a_run_file(text: str) -> bool:
 
 
 def _code_strings(tree: ast.AST):
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             yield node.lineno, node.value

@@ -10,8 +10,16 @@ import pytest
 
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.listing import find_runs
-from mimic_explorer.store.meta import (FORMAT_VERSION, RunError, RunMeta, check_format, read_checkpoint_sidecar,
-                                       read_meta, read_run_meta, write_checkpoint_sidecar)
+from mimic_explorer.store.meta import (
+    FORMAT_VERSION,
+    RunError,
+    RunMeta,
+    check_format,
+    read_checkpoint_sidecar,
+    read_meta,
+    read_run_meta,
+    write_checkpoint_sidecar,
+)
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.writer import RunWriter
 
@@ -35,8 +43,18 @@ def test_setting_an_unknown_field_is_an_error_not_a_new_key():
 
 def test_an_older_meta_reads_with_defaults_and_keeps_what_it_does_not_know(tmp_path):
     layout = RunLayout(tmp_path)
-    layout.meta.write_text(json.dumps({"status": "complete", "run_id": "train-old", "warnings": None, "noise": None,
-                                       "format_version": None, "custom": {"kept": 1}}))
+    layout.meta.write_text(
+        json.dumps(
+            {
+                "status": "complete",
+                "run_id": "train-old",
+                "warnings": None,
+                "noise": None,
+                "format_version": None,
+                "custom": {"kept": 1},
+            }
+        )
+    )
     meta = read_run_meta(tmp_path)
     assert meta.format_version == 0 and meta.kind == "unknown" and meta.same_init is None
     assert meta.warnings == [] and meta.noise == {} and meta.extra == {"custom": {"kept": 1}}
@@ -58,14 +76,17 @@ def test_checkpoint_sidecars_round_trip_and_a_broken_one_reads_as_unknown(tmp_pa
     assert read_checkpoint_sidecar(checkpoint) == {}
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("summary", [1], "'summary' should be an object, not a list ([1])"),
-    ("class_names", "cat,dog", "'class_names' should be a list, not a string (\"cat,dog\")"),
-    ("world_size", True, "'world_size' should be an integer, not true or false (true)"),
-    ("run_id", 5, "'run_id' should be a string, not an integer (5)"),
-    ("reference", [], "'reference' should be an object, not a list ([])"),
-    ("same_init", "yes", "'same_init' should be true or false, not a string (\"yes\")"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("summary", [1], "'summary' should be an object, not a list ([1])"),
+        ("class_names", "cat,dog", "'class_names' should be a list, not a string (\"cat,dog\")"),
+        ("world_size", True, "'world_size' should be an integer, not true or false (true)"),
+        ("run_id", 5, "'run_id' should be a string, not an integer (5)"),
+        ("reference", [], "'reference' should be an object, not a list ([])"),
+        ("same_init", "yes", "'same_init' should be true or false, not a string (\"yes\")"),
+    ],
+)
 def test_a_known_field_of_the_wrong_kind_is_one_line_naming_the_file_and_field(tmp_path, field, value, words):
     layout = RunLayout(tmp_path)
     layout.meta.write_text(json.dumps({"status": "complete", field: value}))
@@ -81,7 +102,9 @@ def test_a_format_version_that_is_not_a_version_is_refused_naming_it(tmp_path, v
     with pytest.raises(RunError) as raised:
         read_run_meta(tmp_path)
     message = str(raised.value)
-    assert message.startswith(f"{layout.meta} cannot be read: format_version {json.dumps(version)} is not a format version")
+    assert message.startswith(
+        f"{layout.meta} cannot be read: format_version {json.dumps(version)} is not a format version"
+    )
     assert "\n" not in message
 
 
@@ -106,5 +129,7 @@ def test_find_runs_lists_an_unreadable_run_last_with_its_reason(tmp_path):
     entries = find_runs(tmp_path)
     assert [e.run_id for e in entries] == ["train-good", "bad"]
     assert entries[0].problem == "" and entries[0].note == ""
-    assert entries[1].status == "unreadable" and entries[1].problem.startswith(f"{tmp_path / 'bad' / 'meta.json'} cannot be read: ")
+    assert entries[1].status == "unreadable" and entries[1].problem.startswith(
+        f"{tmp_path / 'bad' / 'meta.json'} cannot be read: "
+    )
     assert "[unreadable]" in entries[1].label

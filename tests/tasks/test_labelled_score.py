@@ -10,8 +10,8 @@ import pytest
 
 from mimic_explorer import open_run
 from mimic_explorer.commands import score as score_command
-from mimic_explorer.tasks import labelled as labelled_task
 from mimic_explorer.commands.options import ScoreOptions
+from mimic_explorer.tasks import labelled as labelled_task
 
 
 @pytest.mark.slow
@@ -26,9 +26,19 @@ def test_score_cos_makes_one_forward_per_batch(digits_reference, tmp_path, monke
         return models
 
     monkeypatch.setattr(labelled_task, "build_models", counted)
-    options = ScoreOptions("digits", "mlp", str(tmp_path / "s"), model=str(digits_reference),
-                         reference=str(digits_reference), reference_noise=0.05, score_method="cos",
-                         batch_size=256, chunk_size=1000, device="cpu", quiet=True)
+    options = ScoreOptions(
+        "digits",
+        "mlp",
+        str(tmp_path / "s"),
+        model=str(digits_reference),
+        reference=str(digits_reference),
+        reference_noise=0.05,
+        score_method="cos",
+        batch_size=256,
+        chunk_size=1000,
+        device="cpu",
+        quiet=True,
+    )
     score_command.run_score(options, log=lambda text: None)
     scores = open_run(tmp_path / "s").scores
     batches = math.ceil(1000 / 256) + math.ceil(797 / 256)  # two chunks of the 1,797 digits

@@ -23,15 +23,33 @@ ROOT = Path(__file__).resolve().parents[2]
 def other_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("model")
     ckpt = root / "model.pt"
-    proc = run_cli("train", *COMMON, "--epochs", "2", "--label-noise", "0.3", "--out", str(root / "run"), "--save-model", str(ckpt))
+    proc = run_cli(
+        "train", *COMMON, "--epochs", "2", "--label-noise", "0.3", "--out", str(root / "run"), "--save-model", str(ckpt)
+    )
     assert proc.returncode == 0, proc.stderr
     return ckpt
 
 
 @pytest.mark.slow
 def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp_path):
-    args = ["score", "--data", "digits", "--arch", "mlp", "--model", str(other_model), "--reference", str(digits_reference),
-            "--label-noise", "0.3", "--chunk-size", "500", "--quiet", "--device", "cpu"]
+    args = [
+        "score",
+        "--data",
+        "digits",
+        "--arch",
+        "mlp",
+        "--model",
+        str(other_model),
+        "--reference",
+        str(digits_reference),
+        "--label-noise",
+        "0.3",
+        "--chunk-size",
+        "500",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     single = run_cli(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     multi = run_torchrun(*args, "--out", str(tmp_path / "two"))
@@ -53,8 +71,20 @@ def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp
 @pytest.mark.slow
 def test_torchrun_train_records_every_sample_once_per_epoch(digits_reference, tmp_path):
     out = tmp_path / "ddp"
-    proc = run_torchrun("train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",
-                    "--device", "cpu", "--out", str(out))
+    proc = run_torchrun(
+        "train",
+        *COMMON,
+        "--epochs",
+        "3",
+        "--reference",
+        str(digits_reference),
+        "--label-noise",
+        "0.3",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
     run = open_run(out)
@@ -73,8 +103,23 @@ def test_torchrun_train_finishes_when_one_rank_holds_a_sample_past_a_whole_numbe
     not, and rank 0 waited forever in that step's gradient all-reduce. Now both make two batches, and
     the two batches of a step share its number in every epoch."""
     out = tmp_path / "ddp"
-    proc = run_torchrun("train", "--data", "digits", "--arch", "mlp", "--batch-size", "449", "--epochs", "2", "--quiet",
-                        "--device", "cpu", "--out", str(out), timeout=300)
+    proc = run_torchrun(
+        "train",
+        "--data",
+        "digits",
+        "--arch",
+        "mlp",
+        "--batch-size",
+        "449",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     scores = open_run(out).scores
     counts = scores.groupby(["sample_id", "epoch"]).size()
@@ -86,14 +131,47 @@ def test_torchrun_train_finishes_when_one_rank_holds_a_sample_past_a_whole_numbe
 def test_a_train_killed_under_torchrun_resumes_only_on_its_own_process_count(digits_reference, tmp_path):
     """Each rank trains on its part of every epoch's permutation, so a run started on two processes is
     refused in one (naming the count, nothing touched) and resumed on two: equal to an uninterrupted run."""
-    args = ["train", *COMMON, "--epochs", "3", "--reference", str(digits_reference), "--label-noise", "0.3",
-            "--device", "cpu", "--checkpoint-every", "0"]
+    args = [
+        "train",
+        *COMMON,
+        "--epochs",
+        "3",
+        "--reference",
+        str(digits_reference),
+        "--label-noise",
+        "0.3",
+        "--device",
+        "cpu",
+        "--checkpoint-every",
+        "0",
+    ]
     out = tmp_path / "killed"
     killer = Path(__file__).resolve().parents[1] / "faults" / "killer.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MIMIC_EXPLORER_KILL_AFTER": "1",
-           "MIMIC_EXPLORER_KILL_MATCH": "state.pt", "MIMIC_EXPLORER_KILL_RANK": "0"}
-    killed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(killer),
-                             *args, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "MIMIC_EXPLORER_KILL_AFTER": "1",
+        "MIMIC_EXPLORER_KILL_MATCH": "state.pt",
+        "MIMIC_EXPLORER_KILL_RANK": "0",
+    }
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(killer),
+            *args,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert killed.returncode != 0 and (out / "state.pt").exists()
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"}
     alone = run_cli(*args, "--out", str(out))
@@ -108,4 +186,6 @@ def test_a_train_killed_under_torchrun_resumes_only_on_its_own_process_count(dig
     pa = a.scores.set_index(["sample_id", "epoch"]).sort_index()
     pb = b.scores.set_index(["sample_id", "epoch"]).sort_index()
     np.testing.assert_allclose(pb["proj"], pa["proj"], rtol=1e-5, atol=1e-8)
-    assert (a.samples.set_index("sample_id")["keep"].sort_index() == b.samples.set_index("sample_id")["keep"].sort_index()).all()
+    assert (
+        a.samples.set_index("sample_id")["keep"].sort_index() == b.samples.set_index("sample_id")["keep"].sort_index()
+    ).all()

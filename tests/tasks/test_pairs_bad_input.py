@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from mimic_explorer import open_run
-from mimic_explorer.data.captions import EMPTY_CAPTION, NO_CAPTION, NOT_UTF8
 from mimic_explorer.commands.options import ScoreOptions, TrainOptions
 from mimic_explorer.commands.score import run_score
 from mimic_explorer.commands.train import run_train
+from mimic_explorer.data.captions import EMPTY_CAPTION, NO_CAPTION, NOT_UTF8
 from tests.pairs_helpers import flickr_pool, make_checkpoints, needs_flickr
 
 pytestmark = [needs_flickr]
@@ -36,8 +36,15 @@ def messy_shard(tmp_path_factory):
     with tarfile.open(clean) as src, tarfile.open(shard, "w") as dst:
         for member in src:
             dst.addfile(member, src.extractfile(member))
-        for name, data in (("broken.jpg", b"not a jpeg"), ("broken.txt", b"a caption"), ("mute.jpg", photo),
-                           ("blank.jpg", photo), ("blank.txt", b"  \n"), ("latin.jpg", photo), ("latin.txt", b"caf\xe9 au lait")):
+        for name, data in (
+            ("broken.jpg", b"not a jpeg"),
+            ("broken.txt", b"a caption"),
+            ("mute.jpg", photo),
+            ("blank.jpg", photo),
+            ("blank.txt", b"  \n"),
+            ("latin.jpg", photo),
+            ("latin.txt", b"caf\xe9 au lait"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             dst.addfile(info, io.BytesIO(data))
@@ -72,8 +79,20 @@ def check_truncation(run) -> None:
 @pytest.mark.slow
 def test_score_records_bad_pairs_and_counts_cut_captions(messy, tmp_path):
     spec, model, reference = messy
-    run = open_run(run_score(ScoreOptions(data=spec, arch="small_dual", out=str(tmp_path / "run"), model=str(model),
-                                          reference=str(reference), batch_size=4, device="cpu", quiet=True)).path)
+    run = open_run(
+        run_score(
+            ScoreOptions(
+                data=spec,
+                arch="small_dual",
+                out=str(tmp_path / "run"),
+                model=str(model),
+                reference=str(reference),
+                batch_size=4,
+                device="cpu",
+                quiet=True,
+            )
+        ).path
+    )
     check_errors(run)
     check_truncation(run)
 
@@ -81,8 +100,21 @@ def test_score_records_bad_pairs_and_counts_cut_captions(messy, tmp_path):
 @pytest.mark.slow
 def test_frozen_tower_training_records_bad_pairs_and_counts_cut_captions(messy, tmp_path):
     spec, _, reference = messy
-    run = open_run(run_train(TrainOptions(data=spec, arch="small_dual", out=str(tmp_path / "run"), reference=str(reference),
-                                          frozen_towers=True, epochs=1, batch_size=4, device="cpu", quiet=True)).path)
+    run = open_run(
+        run_train(
+            TrainOptions(
+                data=spec,
+                arch="small_dual",
+                out=str(tmp_path / "run"),
+                reference=str(reference),
+                frozen_towers=True,
+                epochs=1,
+                batch_size=4,
+                device="cpu",
+                quiet=True,
+            )
+        ).path
+    )
     check_errors(run)
     check_truncation(run)
 
@@ -91,6 +123,9 @@ def test_training_pairs_in_batches_of_one_is_refused_before_writing(messy_shard,
     _, _, spec = messy_shard
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="--batch-size 1: a pair's InfoNCE loss needs the other pairs"):
-        run_train(TrainOptions(data=spec, arch="small_dual", out=str(out), frozen_towers=True, batch_size=1, device="cpu",
-                               quiet=True))
+        run_train(
+            TrainOptions(
+                data=spec, arch="small_dual", out=str(out), frozen_towers=True, batch_size=1, device="cpu", quiet=True
+            )
+        )
     assert not out.exists()

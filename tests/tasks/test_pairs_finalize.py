@@ -16,14 +16,12 @@ import pytest
 from mimic_explorer import open_run
 from mimic_explorer.commands import score as score_command
 from mimic_explorer.commands.finalize import Stage2Options, add_stage2, evaluate
-from mimic_explorer.store.sample_rows import samples_table
 from mimic_explorer.commands.options import ScoreOptions
-from mimic_explorer.tasks.pairs import batch_steps, pair_samples, score_batches
-from mimic_explorer.commands.score import score_step
-from mimic_explorer.tasks.pairs import pair_captions
-from mimic_explorer.commands.score import run_score
+from mimic_explorer.commands.score import run_score, score_step
 from mimic_explorer.data.pool import open_pool
 from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.sample_rows import samples_table
+from mimic_explorer.tasks.pairs import batch_steps, pair_captions, pair_samples, score_batches
 from tests.pairs_helpers import FLICKR, make_checkpoints, needs_flickr
 from tests.subset_helpers import shard_excerpt
 
@@ -40,7 +38,7 @@ def with_a_broken_photo(shard, out):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             dst.addfile(info, io.BytesIO(data))
-        for member in members[3 * 150:]:
+        for member in members[3 * 150 :]:
             dst.addfile(member, src.extractfile(member))
     return out
 
@@ -70,8 +68,19 @@ def test_pairs_score_finishes_in_ranges_exactly_as_in_memory(tmp_path, monkeypat
     clean = shard_excerpt(FLICKR / "train-02.tar", tmp_path / "clean" / "pool.tar", PAIRS)
     spec = f"wds:{with_a_broken_photo(clean, tmp_path / 'pool.tar')}"
     model, reference = make_checkpoints(f"wds:{clean}", tmp_path)
-    options = ScoreOptions(data=spec, arch="small_dual", out=str(tmp_path / "run"), model=str(model), reference=str(reference),
-                           batch_size=8, chunk_size=100, caption_noise=0.3, score_method="cos", device="cpu", quiet=True)
+    options = ScoreOptions(
+        data=spec,
+        arch="small_dual",
+        out=str(tmp_path / "run"),
+        model=str(model),
+        reference=str(reference),
+        batch_size=8,
+        chunk_size=100,
+        caption_noise=0.3,
+        score_method="cos",
+        device="cpu",
+        quiet=True,
+    )
     monkeypatch.setattr(score_command, "Stage2Options", functools.partial(Stage2Options, chunk=128))  # 3 ranges
     run = open_run(run_score(options).path)
     written = pd.read_parquet(run.layout.samples)

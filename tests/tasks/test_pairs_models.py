@@ -9,13 +9,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mimic_explorer.commands.options import ScoreOptions
 from mimic_explorer.models.checkpoints import CheckpointError
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer
-from mimic_explorer.commands.options import ScoreOptions
-from mimic_explorer.tasks.dual_models import pair_mimic_params
-from mimic_explorer.tasks.dual_models import build_pair_models, dual_transform, load_pair_model, saved_arch
+from mimic_explorer.tasks.dual_models import (
+    build_pair_models,
+    dual_transform,
+    load_pair_model,
+    pair_mimic_params,
+    saved_arch,
+)
 
 CAPTIONS = ["a dog runs on the grass", "two cats sleep on a sofa", "a red bus in the street"]
 SHAPE = (3, 8, 8)
@@ -24,7 +29,9 @@ SHAPE = (3, 8, 8)
 def tiny(captions=CAPTIONS, seed: int = 0):
     torch.manual_seed(seed)
     tokenizer = WordTokenizer.from_captions(captions, context_length=5)
-    return build_small_dual_encoder("mlp", tokenizer, embed_dim=4, input_shape=SHAPE, word_dim=5, text_hidden=6, text_width=6)
+    return build_small_dual_encoder(
+        "mlp", tokenizer, embed_dim=4, input_shape=SHAPE, word_dim=5, text_hidden=6, text_width=6
+    )
 
 
 def saved(tmp_path, name: str, model) -> str:
@@ -32,7 +39,9 @@ def saved(tmp_path, name: str, model) -> str:
 
 
 def score_options(tmp_path, model: str, reference: str, **kw) -> ScoreOptions:
-    return ScoreOptions(data="unused", arch="small_dual", out=str(tmp_path / "run"), model=model, reference=reference, **kw)
+    return ScoreOptions(
+        data="unused", arch="small_dual", out=str(tmp_path / "run"), model=model, reference=reference, **kw
+    )
 
 
 def test_saved_arch_reads_every_dual_form():
@@ -42,9 +51,11 @@ def test_saved_arch_reads_every_dual_form():
 
 def test_checkpoint_of_another_arch_is_refused_naming_the_flag(tmp_path):
     path = saved(tmp_path, "m.pt", tiny())
-    model, config = load_pair_model(path, "small_dual", "--model")
+    _model, config = load_pair_model(path, "small_dual", "--model")
     assert config["arch"] == "mlp" and tuple(config["input_shape"]) == SHAPE
-    with pytest.raises(CheckpointError, match="--reference .*m.pt holds a dual encoder built as --arch mlp, not small_cnn"):
+    with pytest.raises(
+        CheckpointError, match="--reference .*m.pt holds a dual encoder built as --arch mlp, not small_cnn"
+    ):
         load_pair_model(path, "small_dual:small_cnn", "--reference")
     torch.save({"fc.weight": torch.zeros(2, 3)}, tmp_path / "classifier.pt")
     with pytest.raises(CheckpointError, match="--model .*classifier.pt is not a dual encoder checkpoint"):
@@ -59,25 +70,36 @@ def test_preprocessing_follows_the_image_arch_at_the_saved_size(tmp_path):
 
 def test_mimic_layers_from_mimic_layer_params_or_the_default_text_projection():
     model = tiny()
-    pick = lambda **kw: pair_mimic_params(SimpleNamespace(**{"mimic_layer": None, "params": "head", **kw},
-                                                          mimic_params=lambda: kw.get("params")), model)
+    pick = lambda **kw: pair_mimic_params(
+        SimpleNamespace(**{"mimic_layer": None, "params": "head", **kw}, mimic_params=lambda: kw.get("params")), model
+    )
     assert pick() == ["text_projection.weight"]
     assert pick(mimic_layer="image") == ["image_projection.weight"]
     assert pick(params="all") == "all"
     with pytest.raises(ValueError, match="unknown mimic-layer parameters"):
-        pair_mimic_params(SimpleNamespace(mimic_layer=None, params="fc.weight", mimic_params=lambda: ["fc.weight"]), model)
+        pair_mimic_params(
+            SimpleNamespace(mimic_layer=None, params="fc.weight", mimic_params=lambda: ["fc.weight"]), model
+        )
 
 
 def test_reference_with_other_vocabulary_is_refused_and_drifted_towers_warned(tmp_path):
     model = tiny()
     other_words = tiny(["completely different words here", "and more of them now", "yet another caption"])
     with pytest.raises(CheckpointError, match="different vocabularies"):
-        build_pair_models(score_options(tmp_path, saved(tmp_path, "m.pt", model), saved(tmp_path, "o.pt", other_words)), "cpu")
+        build_pair_models(
+            score_options(tmp_path, saved(tmp_path, "m.pt", model), saved(tmp_path, "o.pt", other_words)), "cpu"
+        )
     shared = copy.deepcopy(model)
     with torch.no_grad():
         shared.text_projection.weight.add_(1.0)  # only the projection moved: the valid protocol
-    models = build_pair_models(score_options(tmp_path, saved(tmp_path, "m.pt", model), saved(tmp_path, "s.pt", shared)), "cpu")
+    models = build_pair_models(
+        score_options(tmp_path, saved(tmp_path, "m.pt", model), saved(tmp_path, "s.pt", shared)), "cpu"
+    )
     assert models.warnings == [] and models.basis["tower_distance"] == 0.0
     drifted = tiny(seed=5)  # same vocabulary, other random towers
-    models = build_pair_models(score_options(tmp_path, saved(tmp_path, "m.pt", model), saved(tmp_path, "d.pt", drifted)), "cpu")
-    assert len(models.warnings) == 1 and models.warnings[0].startswith("FEATURE BASIS: model and reference towers differ")
+    models = build_pair_models(
+        score_options(tmp_path, saved(tmp_path, "m.pt", model), saved(tmp_path, "d.pt", drifted)), "cpu"
+    )
+    assert len(models.warnings) == 1 and models.warnings[0].startswith(
+        "FEATURE BASIS: model and reference towers differ"
+    )

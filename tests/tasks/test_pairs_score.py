@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from mimic_explorer import open_run
-from mimic_explorer.data.specs import open_source
 from mimic_explorer.commands.options import ScoreOptions
-from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from mimic_explorer.commands.score import run_score
+from mimic_explorer.data.specs import open_source
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
+from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from tests.pairs_helpers import batch_of, needs_flickr, scored_pool
 
 pytestmark = [needs_flickr, pytest.mark.slow]  # real runs: a few seconds each
@@ -34,8 +34,18 @@ def pool(tmp_path_factory):
 
 def options(pool, out, **kw) -> ScoreOptions:
     spec, model, reference = pool
-    return ScoreOptions(data=spec, arch="small_dual", out=str(out), model=str(model), reference=str(reference),
-                        batch_size=8, chunk_size=13, device="cpu", quiet=True, **kw)
+    return ScoreOptions(
+        data=spec,
+        arch="small_dual",
+        out=str(out),
+        model=str(model),
+        reference=str(reference),
+        batch_size=8,
+        chunk_size=13,
+        device="cpu",
+        quiet=True,
+        **kw,
+    )
 
 
 def test_pairs_run_writes_uids_captions_and_every_per_pair_column(pool, tmp_path):
@@ -44,8 +54,19 @@ def test_pairs_run_writes_uids_captions_and_every_per_pair_column(pool, tmp_path
     samples = run.samples
     assert len(samples) == PAIRS and run.meta["status"] == "complete"
     assert all(re.fullmatch(r"[0-9a-f]{32}", s) for s in samples["sample_id"])  # the .json uids, DataComp's ids
-    for column in ("caption", "mimic_score", "keep", "clip_score_ref", "clip_score_model", "reference_loss", "model_loss",
-                   "score_batch", "batch_size", "is_noisy", "true_caption"):
+    for column in (
+        "caption",
+        "mimic_score",
+        "keep",
+        "clip_score_ref",
+        "clip_score_model",
+        "reference_loss",
+        "model_loss",
+        "score_batch",
+        "batch_size",
+        "is_noisy",
+        "true_caption",
+    ):
         assert column in samples.columns, column
     for column in ("mimic_score", "clip_score_ref", "clip_score_model", "reference_loss", "model_loss"):
         assert np.isfinite(samples[column].to_numpy(dtype=float)).all(), column
@@ -55,13 +76,19 @@ def test_pairs_run_writes_uids_captions_and_every_per_pair_column(pool, tmp_path
     assert samples.groupby("score_batch").size().tolist() == [8, 5, 8, 5]  # chunk 13 = 8 + 5; never a pair alone
     assert (samples.groupby("score_batch")["batch_size"].first() == samples.groupby("score_batch").size()).all()
     assert run.meta["params"] == "image_projection.weight" and run.meta["source"]["pool_kind"] == "pairs"
-    assert run.meta["summary"]["pairs"]["batch_size"] == 8 and "within its scoring batch" in run.meta["summary"]["pairs"]["loss"]
+    assert (
+        run.meta["summary"]["pairs"]["batch_size"] == 8
+        and "within its scoring batch" in run.meta["summary"]["pairs"]["loss"]
+    )
     assert "clip_score_ref" in run.meta["evaluation"]
     assert all(run.thumbnails.get(s)[8:12] == b"WEBP" for s in samples["sample_id"])  # the photos, for the app
 
 
-@pytest.mark.parametrize("layers", [dict(mimic_layer="text"), dict(params="text_tower.mlp.2.weight,text_projection.weight")],
-                         ids=["mimic-layer", "params"])
+@pytest.mark.parametrize(
+    "layers",
+    [dict(mimic_layer="text"), dict(params="text_tower.mlp.2.weight,text_projection.weight")],
+    ids=["mimic-layer", "params"],
+)
 def test_scores_equal_the_scorer_on_the_batch_each_pair_was_scored_in(pool, tmp_path, layers):
     outcome = run_score(options(pool, tmp_path / "run", **layers))
     samples = open_run(outcome.path).samples
@@ -75,15 +102,22 @@ def test_scores_equal_the_scorer_on_the_batch_each_pair_was_scored_in(pool, tmp_
     np.testing.assert_allclose(rows["proj_last"].to_numpy(), expected.double().numpy(), rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         ref_out = reference.eval()(*inputs)
-    np.testing.assert_allclose(rows["clip_score_ref"].to_numpy(), clip_score(ref_out.image, ref_out.text).double().numpy(), rtol=1e-5)
-    np.testing.assert_allclose(rows["reference_loss"].to_numpy(), InfoNCELoss()(ref_out, None).double().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        rows["clip_score_ref"].to_numpy(), clip_score(ref_out.image, ref_out.text).double().numpy(), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        rows["reference_loss"].to_numpy(), InfoNCELoss()(ref_out, None).double().numpy(), rtol=1e-5
+    )
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(batch_size=1), "--batch-size 1: a pair's InfoNCE loss needs the other pairs"),
-    (dict(arch="small_dual:mlp"), "built as --arch small_cnn, not mlp"),
-    (dict(mimic_layer="text", params="all"), "either --mimic-layer text or --params all"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(batch_size=1), "--batch-size 1: a pair's InfoNCE loss needs the other pairs"),
+        (dict(arch="small_dual:mlp"), "built as --arch small_cnn, not mlp"),
+        (dict(mimic_layer="text", params="all"), "either --mimic-layer text or --params all"),
+    ],
+)
 def test_wrong_options_on_a_pairs_pool_are_refused_before_anything_is_written(pool, tmp_path, change, message):
     out = tmp_path / "run"
     with pytest.raises(ValueError, match=re.escape(message)):

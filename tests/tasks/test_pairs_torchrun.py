@@ -22,9 +22,9 @@ import pytest
 
 from mimic_explorer import open_run
 from mimic_explorer.data.specs import open_source
-from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss
+from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from tests.conftest import run_cli, run_torchrun
 from tests.pairs_helpers import batch_of, needs_flickr, scored_pool
 
@@ -47,8 +47,20 @@ SCORE_COLUMNS_EXACT = ["sample_id", "caption", "caption_truncated", "score_batch
 
 def _score_args(pool, chunk_size: int) -> list[str]:
     spec, model_path, reference_path = pool
-    return ["score", "--data", spec, "--arch", "small_dual", "--model", str(model_path), "--reference", str(reference_path),
-            "--chunk-size", str(chunk_size), *BATCH]
+    return [
+        "score",
+        "--data",
+        spec,
+        "--arch",
+        "small_dual",
+        "--model",
+        str(model_path),
+        "--reference",
+        str(reference_path),
+        "--chunk-size",
+        str(chunk_size),
+        *BATCH,
+    ]
 
 
 def _same_samples(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -98,10 +110,31 @@ def test_pairs_score_killed_under_torchrun_resumes_in_one_process(pool, tmp_path
     args = _score_args(pool, 3)  # 9 chunks: rank 0 scores 0, 2, 4, 6, 8
     out = tmp_path / "killed"
     killer = Path(__file__).resolve().parents[1] / "faults" / "killer.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MIMIC_EXPLORER_KILL_AFTER": "2",
-           "MIMIC_EXPLORER_KILL_MATCH": "-rank000.parquet", "MIMIC_EXPLORER_KILL_RANK": "0"}
-    killed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(killer),
-                             *args, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "MIMIC_EXPLORER_KILL_AFTER": "2",
+        "MIMIC_EXPLORER_KILL_MATCH": "-rank000.parquet",
+        "MIMIC_EXPLORER_KILL_RANK": "0",
+    }
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(killer),
+            *args,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert killed.returncode != 0
     written = {p.name for p in (out / "scores").glob("chunk-*.parquet")}
     assert {"chunk-000000-rank000.parquet", "chunk-000002-rank000.parquet"} <= written and len(written) < 9
@@ -141,8 +174,16 @@ def trained_on_two_ranks(out, *args: str):
 
 def test_torchrun_pairs_grad_mimic_records_every_pair_once_per_epoch(pool, tmp_path):
     spec, _, reference_path = pool
-    run, rows = trained_on_two_ranks(tmp_path / "ddp", "--data", spec, "--frozen-towers", "--reference", str(reference_path),
-                                     "--caption-noise", "0.3")
+    run, rows = trained_on_two_ranks(
+        tmp_path / "ddp",
+        "--data",
+        spec,
+        "--frozen-towers",
+        "--reference",
+        str(reference_path),
+        "--caption-noise",
+        "0.3",
+    )
     # each step holds one local batch of each rank, whose Stage-1 weights sum to 1
     sums = rows.groupby(["epoch", "step"])["weight"].sum()
     np.testing.assert_allclose(sums.to_numpy(), 2.0, rtol=1e-5)

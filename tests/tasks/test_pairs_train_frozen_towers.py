@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from mimic_explorer import open_run
-from mimic_explorer.data.specs import open_source
-from mimic_explorer.models.dual import tower_differences
 from mimic_explorer.commands.options import ScoreOptions, TrainOptions
-from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from mimic_explorer.commands.score import run_score
 from mimic_explorer.commands.train import run_train
+from mimic_explorer.data.specs import open_source
+from mimic_explorer.models.dual import tower_differences
 from mimic_explorer.scoring.contrastive import clip_score, retrieval_recall
+from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr
 
 pytestmark = [needs_flickr]
@@ -33,8 +33,15 @@ def pools(tmp_path_factory):
 
 
 def options(data, out, **kw) -> TrainOptions:
-    return TrainOptions(data=data, arch="small_dual", out=str(out), batch_size=8, device="cpu", quiet=True,
-                        **{"frozen_towers": True, "epochs": 2, **kw})
+    return TrainOptions(
+        data=data,
+        arch="small_dual",
+        out=str(out),
+        batch_size=8,
+        device="cpu",
+        quiet=True,
+        **{"frozen_towers": True, "epochs": 2, **kw},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,9 @@ def test_plain_training_saves_a_dual_checkpoint_and_reports_recall(pools, refere
     samples = open_run(outcome.path).samples
     assert len(samples) == PAIRS and samples["caption"].str.len().gt(0).all()
     recall = outcome.summary["test_recall"]
-    assert set(recall) == {f"{d}@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} and all(0 <= v <= 1 for v in recall.values())
+    assert set(recall) == {f"{d}@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} and all(
+        0 <= v <= 1 for v in recall.values()
+    )
     assert open_run(outcome.path).meta["summary"]["test_recall"] == recall
     model, config = load_pair_model(str(path), "small_dual", "--reference")
     assert config["arch"] == "small_cnn" and config["frozen_towers"] is True
@@ -60,7 +69,10 @@ def test_plain_training_saves_a_dual_checkpoint_and_reports_recall(pools, refere
     source = open_source(pool)
     transform = dual_transform(model, config)
     captions = [source.all_captions(i) for i in range(len(source))]
-    assert outcome.summary["test_recall_ranked"] == {"photos": PAIRS, "captions": sum(map(len, captions))} and len(captions[0]) == 5
+    assert (
+        outcome.summary["test_recall_ranked"] == {"photos": PAIRS, "captions": sum(map(len, captions))}
+        and len(captions[0]) == 5
+    )
     with torch.no_grad():
         model.eval()
         image = model.encode_image(torch.stack([transform(source.load(i)) for i in range(len(source))]))
@@ -72,11 +84,19 @@ def test_plain_training_saves_a_dual_checkpoint_and_reports_recall(pools, refere
 
 @pytest.mark.slow
 def test_grad_mimic_records_epochs_and_per_pair_columns_that_score_can_reproduce(pools, reference, tmp_path):
-    folder, clean, pool = pools
+    _folder, _clean, pool = pools
     ref_path, _ = reference
     model_path = tmp_path / "M.pt"
-    outcome = run_train(options(pool, tmp_path / "gm", reference=str(ref_path), caption_noise=0.3, mimic_layer="image",
-                                save_model=str(model_path)))
+    outcome = run_train(
+        options(
+            pool,
+            tmp_path / "gm",
+            reference=str(ref_path),
+            caption_noise=0.3,
+            mimic_layer="image",
+            save_model=str(model_path),
+        )
+    )
     run = open_run(outcome.path)
     samples = run.samples
     assert len(samples) == PAIRS and int(samples["is_noisy"].sum()) == int(0.3 * PAIRS)
@@ -100,8 +120,19 @@ def test_grad_mimic_records_epochs_and_per_pair_columns_that_score_can_reproduce
         out = ref.eval()(images, ref.tokenizer.encode(samples["caption"].tolist()).ids)
     np.testing.assert_allclose(samples["clip_score_ref"], clip_score(out.image, out.text).double().numpy(), atol=1e-5)
     # score loads the trained checkpoint and the reference
-    scored = run_score(ScoreOptions(data=pool, arch="small_dual", out=str(tmp_path / "score"), model=str(model_path),
-                                    reference=str(ref_path), mimic_layer="image", batch_size=8, device="cpu", quiet=True))
+    scored = run_score(
+        ScoreOptions(
+            data=pool,
+            arch="small_dual",
+            out=str(tmp_path / "score"),
+            model=str(model_path),
+            reference=str(ref_path),
+            mimic_layer="image",
+            batch_size=8,
+            device="cpu",
+            quiet=True,
+        )
+    )
     assert len(open_run(scored.path).samples) == PAIRS
 
 

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from mimic_explorer import open_run
+from mimic_explorer.commands.options import TrainOptions
+from mimic_explorer.commands.train import run_train
 from mimic_explorer.data.specs import open_source
 from mimic_explorer.models.checkpoints import CheckpointError
 from mimic_explorer.models.dual import reset_projections, tower_differences
 from mimic_explorer.models.dual_checkpoint import read_dual_checkpoint, save_dual_encoder
-from mimic_explorer.commands.options import TrainOptions
-from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
-from mimic_explorer.commands.train import run_train
 from mimic_explorer.scoring.contrastive import clip_score
+from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from mimic_explorer.training.towers import image_tower_differences
 from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr
 
@@ -33,19 +33,34 @@ PAIRS = 24
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tower-train")
-    return folder, f"wds:{flickr_pool(folder / 'dev.tar', PAIRS, 'dev-00.tar')}", f"wds:{flickr_pool(folder / 'pool.tar', PAIRS, 'train-00.tar')}"
+    return (
+        folder,
+        f"wds:{flickr_pool(folder / 'dev.tar', PAIRS, 'dev-00.tar')}",
+        f"wds:{flickr_pool(folder / 'pool.tar', PAIRS, 'train-00.tar')}",
+    )
 
 
 def options(data, out, **kw) -> TrainOptions:
-    return TrainOptions(data=data, arch="small_dual", out=str(out), batch_size=8, device="cpu", quiet=True, **{"epochs": 2, **kw})
+    return TrainOptions(
+        data=data, arch="small_dual", out=str(out), batch_size=8, device="cpu", quiet=True, **{"epochs": 2, **kw}
+    )
 
 
 @pytest.fixture(scope="module")
 def pretrained(pools):
     folder, dev, pool = pools
     path = folder / "P.pt"
-    outcome = run_train(options(dev, folder / "pre", frozen_image_tower=True, all_captions=True, save_model=str(path),
-                                test_data=pool, seed=3))
+    outcome = run_train(
+        options(
+            dev,
+            folder / "pre",
+            frozen_image_tower=True,
+            all_captions=True,
+            save_model=str(path),
+            test_data=pool,
+            seed=3,
+        )
+    )
     return path, outcome
 
 
@@ -78,11 +93,22 @@ def test_text_tower_training_draws_all_captions_keeps_the_image_tower_and_saves_
 
 @pytest.mark.slow
 def test_the_pretrained_checkpoint_is_init_and_reference_of_a_frozen_tower_grad_mimic_run(pools, pretrained, tmp_path):
-    folder, dev, pool = pools
+    _folder, _dev, pool = pools
     path, _ = pretrained
     saved = tmp_path / "M.pt"
-    outcome = run_train(options(pool, tmp_path / "gm", frozen_towers=True, init=str(path), fresh_projections=True,
-                                reference=str(path), caption_noise=0.3, seed=3, save_model=str(saved)))
+    outcome = run_train(
+        options(
+            pool,
+            tmp_path / "gm",
+            frozen_towers=True,
+            init=str(path),
+            fresh_projections=True,
+            reference=str(path),
+            caption_noise=0.3,
+            seed=3,
+            save_model=str(saved),
+        )
+    )
     run = open_run(outcome.path)
     samples = run.samples
     assert samples["mimic_score"].notna().all() and samples["clip_score_ref"].notna().all()
@@ -103,7 +129,11 @@ def test_both_towers_train_without_frozen_image_tower(pools, tmp_path):
     from mimic_explorer.models.dual_registry import build_dual_encoder
 
     fresh = build_dual_encoder("small_cnn", captions=["a"], input_shape=(3, 32, 32)).state_dict()
-    moved = [k for k, v in fresh.items() if k.startswith("image_tower.") and v.is_floating_point() and not torch.equal(state[k], v)]
+    moved = [
+        k
+        for k, v in fresh.items()
+        if k.startswith("image_tower.") and v.is_floating_point() and not torch.equal(state[k], v)
+    ]
     assert moved  # the image tower trained too
 
 
@@ -118,12 +148,23 @@ def _clip_scores(model, config, pool: str, samples) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_grad_mimic_while_the_text_tower_trains_scores_every_pair_through_the_trained_towers(pools, pretrained, tmp_path):
-    folder, dev, pool = pools
+def test_grad_mimic_while_the_text_tower_trains_scores_every_pair_through_the_trained_towers(
+    pools, pretrained, tmp_path
+):
+    _folder, _dev, pool = pools
     path, _ = pretrained
     saved = tmp_path / "M.pt"
-    outcome = run_train(options(pool, tmp_path / "gm", reference=str(path), frozen_image_tower=True, caption_noise=0.3,
-                                seed=3, save_model=str(saved)))
+    outcome = run_train(
+        options(
+            pool,
+            tmp_path / "gm",
+            reference=str(path),
+            frozen_image_tower=True,
+            caption_noise=0.3,
+            seed=3,
+            save_model=str(saved),
+        )
+    )
     run = open_run(outcome.path)
     samples = run.samples
     assert len(samples) == PAIRS and int(samples["is_noisy"].sum()) == int(0.3 * PAIRS)
@@ -149,7 +190,9 @@ def test_grad_mimic_while_both_towers_train(pools, pretrained, tmp_path):
     _, _, pool = pools
     path, _ = pretrained
     saved = tmp_path / "both.pt"
-    outcome = run_train(options(pool, tmp_path / "both", reference=str(path), mimic_layer="image", save_model=str(saved)))
+    outcome = run_train(
+        options(pool, tmp_path / "both", reference=str(path), mimic_layer="image", save_model=str(saved))
+    )
     samples = open_run(outcome.path).samples
     assert samples["mimic_score"].notna().all() and outcome.summary["pairs"]["towers_trained"] == "both"
     model, _ = load_pair_model(str(saved), "small_dual", "--model")
@@ -158,7 +201,9 @@ def test_grad_mimic_while_both_towers_train(pools, pretrained, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_grad_mimic_run_with_both_towers_resumes_after_its_last_saved_epoch(pools, pretrained, tmp_path, monkeypatch):
+def test_a_killed_grad_mimic_run_with_both_towers_resumes_after_its_last_saved_epoch(
+    pools, pretrained, tmp_path, monkeypatch
+):
     _, _, pool = pools
     path, _ = pretrained
     kw = dict(reference=str(path), caption_noise=0.3, epochs=3, checkpoint_every=0.0)
@@ -189,16 +234,25 @@ def test_a_frozen_image_tower_unlike_the_references_is_refused_before_writing(po
     assert not out.exists()
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"frozen_towers": True, "all_captions": True}, "--all-captions draws a caption"),
-    ({"frozen_towers": True, "frozen_image_tower": True}, "either --frozen-towers .* or --frozen-image-tower"),
-    ({"all_captions": True, "caption_noise": 0.3}, "--all-captions trains on each photo's own captions"),
-    ({"arch": "open_clip:ViT-B-32", "frozen_image_tower": True}, "--frozen-image-tower is available for the built-in --arch small_dual"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"frozen_towers": True, "all_captions": True}, "--all-captions draws a caption"),
+        ({"frozen_towers": True, "frozen_image_tower": True}, "either --frozen-towers .* or --frozen-image-tower"),
+        ({"all_captions": True, "caption_noise": 0.3}, "--all-captions trains on each photo's own captions"),
+        (
+            {"arch": "open_clip:ViT-B-32", "frozen_image_tower": True},
+            "--frozen-image-tower is available for the built-in --arch small_dual",
+        ),
+    ],
+)
 def test_what_tower_training_cannot_do_is_refused_before_writing(pools, tmp_path, kw, message):
     _, dev, _ = pools
     out = tmp_path / "refused"
     with pytest.raises(ValueError, match=message):
-        run_train(options(dev, out, **kw) if "arch" not in kw else
-                  TrainOptions(data=dev, out=str(out), batch_size=8, device="cpu", quiet=True, **kw))
+        run_train(
+            options(dev, out, **kw)
+            if "arch" not in kw
+            else TrainOptions(data=dev, out=str(out), batch_size=8, device="cpu", quiet=True, **kw)
+        )
     assert not out.exists()

@@ -22,13 +22,17 @@ def test_batches_are_the_seeded_permutation_in_views_of_chunked_gathers():
     assert [len(s) for s in seen] == [8, 8, 8, 1]
 
 
-@pytest.mark.parametrize("size, batch, min_batch", [(27, 4, 2), (11, 4, 2), (129, 64, 1), (50, 8, 1), (9, 8, 2), (3, 2, 2)])
+@pytest.mark.parametrize(
+    "size, batch, min_batch", [(27, 4, 2), (11, 4, 2), (129, 64, 1), (50, 8, 1), (9, 8, 2), (3, 2, 2)]
+)
 def test_every_rank_cuts_as_many_batches_each_epoch(size, batch, min_batch):
     """Each step all-reduces the gradients, so a rank with one batch more than its peer waits forever
     (27 pairs in batches of 4 over two processes once gave rank 0 four batches and rank 1 three)."""
     x = torch.arange(size, dtype=torch.float32)[:, None]
-    ranks = [[index for index, _, _ in TensorBatches(x, None, batch, 0, rank, 2, min_batch=min_batch).epoch(1)]
-             for rank in (0, 1)]
+    ranks = [
+        [index for index, _, _ in TensorBatches(x, None, batch, 0, rank, 2, min_batch=min_batch).epoch(1)]
+        for rank in (0, 1)
+    ]
     assert len(ranks[0]) == len(ranks[1])
     seen = torch.cat([index for batches in ranks for index in batches])
     assert sorted(seen.tolist()) == list(range(size))  # every sample once

@@ -26,5 +26,8 @@ def test_tower_drift_is_measured_outside_the_mimic_layer_and_warns_past_the_thre
         for p in model.text_tower.parameters():
             p.mul_(3.0)
     drift.measure(1)
-    assert drift.per_epoch[1]["to_reference"] > 0.5 and drift.per_epoch[1]["from_init"] == drift.per_epoch[1]["to_reference"]
+    assert (
+        drift.per_epoch[1]["to_reference"] > 0.5
+        and drift.per_epoch[1]["from_init"] == drift.per_epoch[1]["to_reference"]
+    )
     assert "FEATURE BASIS: the towers drifted" in drift.warning()

@@ -43,8 +43,17 @@ def setup(tmp_path, monkeypatch):
 
 def _extract(setup, **kwargs):
     model, source, transform = setup
-    return extract_features(model, source, source.labels, transform, head_name="head", batch_size=64,
-                            indices=POOL, chunk_rows=CHUNK, **kwargs)
+    return extract_features(
+        model,
+        source,
+        source.labels,
+        transform,
+        head_name="head",
+        batch_size=64,
+        indices=POOL,
+        chunk_rows=CHUNK,
+        **kwargs,
+    )
 
 
 def test_an_interrupted_extraction_resumes_at_its_first_unsealed_chunk_with_identical_features(setup):
@@ -79,7 +88,7 @@ def test_finishing_squeezes_out_bad_rows_and_records_their_positions(tmp_path):
         entry.start("key", rows=5, dim=2, chunk_rows=3)
     values = np.arange(10, dtype=np.float32).reshape(5, 2)
     positions = np.array([7, 8, 9, 10, 11])
-    for chunk, (lo, hi) in enumerate([(0, 3), (3, 5)]):
+    for _chunk, (lo, hi) in enumerate([(0, 3), (3, 5)]):
         entry.write_positions(lo, positions[lo:hi])
         entry.write_rows(lo, values[lo:hi])
     entry.seal(0, [(1, BadSample("s8", "p8", "unreadable"))])

@@ -83,13 +83,15 @@ def test_training_is_deterministic_and_records_every_sample_each_epoch():
     runs = []
     for _ in range(2):
         model = clone_model(init)
-        result = train(model, TensorBatches(x, y, 16, 7), TrainConfig(epochs=3, batch_size=16, seed=7), reference=reference)
+        result = train(
+            model, TensorBatches(x, y, 16, 7), TrainConfig(epochs=3, batch_size=16, seed=7), reference=reference
+        )
         runs.append((model, result))
     for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
         assert torch.equal(p, q)
     for record in runs[0][1].records:
         assert sorted(record.index.tolist()) == list(range(70))
-        np.testing.assert_allclose(np.bincount(record.step, weights=record.weight)[record.step.min():], 1.0, rtol=1e-5)
+        np.testing.assert_allclose(np.bincount(record.step, weights=record.weight)[record.step.min() :], 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -120,13 +122,16 @@ class _HeadOnly(torch.nn.Module):
         return self.head(x)
 
 
-@pytest.mark.parametrize("method, optimizer, starting_epoch, with_reference", [
-    ("normed_proj", "adamw", 0, True),
-    ("normed_cos", "sgd", 0, True),
-    ("proj", "adamw", 1, True),
-    ("cos", "sgd", 0, True),
-    ("normed_proj", "adamw", 0, False),
-])
+@pytest.mark.parametrize(
+    "method, optimizer, starting_epoch, with_reference",
+    [
+        ("normed_proj", "adamw", 0, True),
+        ("normed_cos", "sgd", 0, True),
+        ("proj", "adamw", 1, True),
+        ("cos", "sgd", 0, True),
+        ("normed_proj", "adamw", 0, False),
+    ],
+)
 def test_linear_probe_closed_form_path_equals_autograd(method, optimizer, starting_epoch, with_reference):
     """The probe's no-autograd step (logits, δ, scores from reference logits, Σ w_i g_i) must train
     exactly like the autograd step on the same head, and record the same numbers."""
@@ -139,7 +144,9 @@ def test_linear_probe_closed_form_path_equals_autograd(method, optimizer, starti
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.5 * torch.randn_like(p))
-    config = TrainConfig(epochs=3, batch_size=32, lr=0.05, optimizer=optimizer, method=method, starting_epoch=starting_epoch)
+    config = TrainConfig(
+        epochs=3, batch_size=32, lr=0.05, optimizer=optimizer, method=method, starting_epoch=starting_epoch
+    )
     runs = []
     for wrap in (LinearProbe, _HeadOnly):
         model = wrap(clone_model(init))
@@ -167,4 +174,8 @@ def test_linear_probe_nan_loss_names_the_samples():
     x, y = _data(n=16)
     x[9, 3] = float("nan")
     with pytest.raises(FloatingPointError, match="9"):
-        train(LinearProbe(torch.nn.Linear(12, 4).double()), TensorBatches(x, y, 16, 0), TrainConfig(epochs=1, batch_size=16))
+        train(
+            LinearProbe(torch.nn.Linear(12, 4).double()),
+            TensorBatches(x, y, 16, 0),
+            TrainConfig(epochs=1, batch_size=16),
+        )

@@ -23,8 +23,16 @@ from mimic_explorer.training.loop import TrainConfig, train
 from tests.scoring_models import perturbed
 
 LAYERS = ["image_projection.weight", "text_projection.weight"]
-CAPTIONS = ["a dog runs on the grass", "two cats sleep on a sofa", "a red bus in the street", "a man rides a bike",
-            "children play in the snow", "a bird on a branch", "a boat on the lake", "a girl reads a book"]
+CAPTIONS = [
+    "a dog runs on the grass",
+    "two cats sleep on a sofa",
+    "a red bus in the street",
+    "a man rides a bike",
+    "children play in the snow",
+    "a bird on a branch",
+    "a boat on the lake",
+    "a girl reads a book",
+]
 
 
 def probe_data(n=8):
@@ -37,8 +45,9 @@ def probe_data(n=8):
 def dual_data():
     torch.manual_seed(0)
     tokenizer = WordTokenizer.from_captions(CAPTIONS, context_length=6)
-    model = build_small_dual_encoder("mlp", tokenizer, embed_dim=4, input_shape=(3, 4, 4), word_dim=5,
-                                     text_hidden=6, text_width=6).double()
+    model = build_small_dual_encoder(
+        "mlp", tokenizer, embed_dim=4, input_shape=(3, 4, 4), word_dim=5, text_hidden=6, text_width=6
+    ).double()
     images = torch.randn(len(CAPTIONS), 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     return model, perturbed(model, scale=0.3), (images, tokenizer.encode(CAPTIONS).ids)
 
@@ -68,7 +77,9 @@ def expected_step(model, reference, inputs, layer, method):
 @pytest.mark.parametrize("setup", [probe_data, dual_data], ids=["probe", "small_dual"])
 @pytest.mark.parametrize("layer", LAYERS, ids=["image", "text"])
 @pytest.mark.parametrize("method", ["normed_cos", "normed_proj"])
-def test_grad_mimic_step_gives_the_mimic_layer_the_reweighted_sum_and_the_rest_the_mean(setup, layer, method, monkeypatch):
+def test_grad_mimic_step_gives_the_mimic_layer_the_reweighted_sum_and_the_rest_the_mean(
+    setup, layer, method, monkeypatch
+):
     """normed_cos takes the Jacobian rows (records carry cos); normed_proj one forward-mode pass
     through the loss (no cos recorded: it would cost B pullbacks)."""
     model, reference, inputs = setup()
@@ -80,8 +91,15 @@ def test_grad_mimic_step_gives_the_mimic_layer_the_reweighted_sum_and_the_rest_t
     before = {n: p.detach().clone() for n, p in trained.named_parameters()}
     sgd = torch.optim.SGD
     monkeypatch.setattr(torch.optim, "SGD", lambda params, **kw: sgd(params, lr=kw["lr"]))  # no momentum
-    result = train(trained, TensorBatches(inputs, None, len(proj), seed=0), config, reference=reference,
-                   loss=InfoNCELoss(), mimic_params=[layer], on_epoch=lambda r: seen.update(r=r))
+    result = train(
+        trained,
+        TensorBatches(inputs, None, len(proj), seed=0),
+        config,
+        reference=reference,
+        loss=InfoNCELoss(),
+        mimic_params=[layer],
+        on_epoch=lambda r: seen.update(r=r),
+    )
     record = seen["r"]
     order = torch.as_tensor(record.index)
     torch.testing.assert_close(torch.as_tensor(record.proj), proj[order].detach(), rtol=1e-5, atol=1e-8)
@@ -109,11 +127,18 @@ def test_plain_training_of_pairs_lowers_the_loss_and_batches_of_one_join_the_one
 def test_a_mimic_layer_inside_a_tower_takes_the_exact_batched_backward_and_says_so():
     model, reference, inputs = dual_data()
     layer = "text_tower.mlp.2.weight"
-    proj, cos, weights, _ = expected_step(model, reference, inputs, layer, "normed_cos")
+    proj, cos, _weights, _ = expected_step(model, reference, inputs, layer, "normed_cos")
     seen = {}
     with pytest.warns(RuntimeWarning, match="batched backward \\(exact"):
-        train(copy.deepcopy(model), TensorBatches(inputs, None, 8, seed=0), TrainConfig(epochs=1, batch_size=8, method="normed_cos"),
-              reference=reference, loss=InfoNCELoss(), mimic_params=[layer], on_epoch=lambda r: seen.update(r=r))
+        train(
+            copy.deepcopy(model),
+            TensorBatches(inputs, None, 8, seed=0),
+            TrainConfig(epochs=1, batch_size=8, method="normed_cos"),
+            reference=reference,
+            loss=InfoNCELoss(),
+            mimic_params=[layer],
+            on_epoch=lambda r: seen.update(r=r),
+        )
     order = torch.as_tensor(seen["r"].index)
     torch.testing.assert_close(torch.as_tensor(seen["r"].proj), proj[order].detach(), rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(torch.as_tensor(seen["r"].cos), cos[order].detach(), rtol=1e-5, atol=1e-8)

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from mimic_explorer.data.specs import open_source
-from mimic_explorer.training.pool_batches import StreamedPairs
 from mimic_explorer.tasks.dual_models import dual_transform
+from mimic_explorer.training.loop import TrainConfig
+from mimic_explorer.training.pool_batches import StreamedPairs
 from mimic_explorer.training.pool_pass import no_input
 from mimic_explorer.training.towers import caption_sets, train_tower_batches, train_towers
-from mimic_explorer.training.loop import TrainConfig
 from tests.pairs_helpers import SHAPE, flickr_pool, needs_flickr, tiny_dual
 
 pytestmark = [needs_flickr]
@@ -35,7 +35,9 @@ def pool(tmp_path_factory):
 
 def _stream(pool, transform=no_input, **kw) -> StreamedPairs:
     source, positions, _, tokens, counts = pool
-    return StreamedPairs(source, source.labels, transform, positions, tokens, counts, kw.pop("batch_size", 5), seed=3, **kw)
+    return StreamedPairs(
+        source, source.labels, transform, positions, tokens, counts, kw.pop("batch_size", 5), seed=3, **kw
+    )
 
 
 def test_every_good_pair_once_an_epoch_never_alone_with_one_of_its_own_captions(pool):
@@ -43,7 +45,9 @@ def test_every_good_pair_once_an_epoch_never_alone_with_one_of_its_own_captions(
     batches = list(_stream(pool).epoch(0))
     rows = torch.cat([b[0] for b in batches]).tolist()
     assert sorted(rows) == list(range(len(positions))) and [len(b[0]) for b in batches] == [5, 5, 2]
-    assert [len(b[0]) for b in _stream(pool, batch_size=11).epoch(0)] == [12]  # a last pair alone joins the batch before
+    assert [len(b[0]) for b in _stream(pool, batch_size=11).epoch(0)] == [
+        12
+    ]  # a last pair alone joins the batch before
     for index, (images, drawn), targets in batches:
         assert targets is None and images.shape[0] == len(index)
         for row, caption in zip(index.tolist(), drawn):
@@ -84,6 +88,13 @@ def test_every_rank_makes_as_many_batches(pool):
     5 one (a pair alone joins the batch before), and rank 0 then waited forever in the gradient
     all-reduce of its second step."""
     source, positions, _, tokens, counts = pool
-    sizes = [[len(b[0]) for b in StreamedPairs(source, source.labels, no_input, positions[:11], tokens[:11], counts[:11], 4,
-                                               seed=3, rank=r, world=2).epoch(0)] for r in range(2)]
+    sizes = [
+        [
+            len(b[0])
+            for b in StreamedPairs(
+                source, source.labels, no_input, positions[:11], tokens[:11], counts[:11], 4, seed=3, rank=r, world=2
+            ).epoch(0)
+        ]
+        for r in range(2)
+    ]
     assert sizes == [[6], [5]]

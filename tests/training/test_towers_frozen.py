@@ -15,14 +15,14 @@ from mimic_explorer.models.dual import mimic_layer_params, tower_differences
 from mimic_explorer.models.small import MLP
 from mimic_explorer.models.small_dual import build_small_dual_encoder
 from mimic_explorer.models.text import WordTokenizer
-from mimic_explorer.training.batches import pair_batches
-from mimic_explorer.training.signals import collect_pair_signals
-from mimic_explorer.training.towers import tower_features, train_projections
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
+from mimic_explorer.training.batches import pair_batches
 from mimic_explorer.training.loop import TrainConfig, train
+from mimic_explorer.training.signals import collect_pair_signals
+from mimic_explorer.training.towers import tower_features, train_projections
 
-WORDS = "dog cat bus man bike snow bird boat lake girl book red sofa grass street".split()
+WORDS = ["dog", "cat", "bus", "man", "bike", "snow", "bird", "boat", "lake", "girl", "book", "red", "sofa", "grass", "street"]
 
 
 def pairs(n=20, seed=0):
@@ -30,7 +30,9 @@ def pairs(n=20, seed=0):
     captions = [" ".join(WORDS[int(k)] for k in torch.randint(0, len(WORDS), (4,), generator=gen)) for _ in range(n)]
     torch.manual_seed(seed)
     tokenizer = WordTokenizer.from_captions(captions, context_length=5)
-    model = build_small_dual_encoder("mlp", tokenizer, embed_dim=6, input_shape=(3, 4, 4), word_dim=5, text_hidden=8, text_width=7).double()
+    model = build_small_dual_encoder(
+        "mlp", tokenizer, embed_dim=6, input_shape=(3, 4, 4), word_dim=5, text_hidden=8, text_width=7
+    ).double()
     images = torch.randn(n, 3, 4, 4, generator=gen, dtype=torch.float64)
     return model, (images, tokenizer.encode(captions).ids)
 
@@ -54,8 +56,14 @@ def test_frozen_tower_mode_equals_training_the_full_model_with_frozen_towers(lay
     full = copy.deepcopy(model)
     for name, p in full.named_parameters():
         p.requires_grad_(name.startswith(("image_projection", "text_projection", "logit_scale")))
-    expected = train(full, pair_batches(inputs, 6, config.seed), config, reference=reference, loss=InfoNCELoss(),
-                     mimic_params=mimic_layer_params(full, layer))
+    expected = train(
+        full,
+        pair_batches(inputs, 6, config.seed),
+        config,
+        reference=reference,
+        loss=InfoNCELoss(),
+        mimic_params=mimic_layer_params(full, layer),
+    )
     features = tower_features(model, [inputs])
     assert features.shape == (19, model.image_dim + model.text_dim)
     towers_before = copy.deepcopy(model.image_tower.state_dict())
@@ -89,7 +97,9 @@ def test_pair_signals_are_the_batch_losses_exact_scores_and_clip_scores():
     reference = reference_of(model)
     signals = collect_pair_signals(model, reference, pair_batches(inputs, 4, 1).epoch(0), mimic_params="text")
     assert sorted(signals["index"].tolist()) == list(range(13))
-    assert signals["batch"].tolist() == [0] * 4 + [1] * 4 + [2] * 5 and signals["batch_size"].tolist() == [4] * 8 + [5] * 5
+    assert (
+        signals["batch"].tolist() == [0] * 4 + [1] * 4 + [2] * 5 and signals["batch_size"].tolist() == [4] * 8 + [5] * 5
+    )
     model.eval(), reference.eval()
     for number, (index, batch, _) in enumerate(pair_batches(inputs, 4, 1).epoch(0)):
         rows = signals["batch"] == number
@@ -99,9 +109,13 @@ def test_pair_signals_are_the_batch_losses_exact_scores_and_clip_scores():
         np.testing.assert_allclose(signals["model_loss"][rows], InfoNCELoss()(out).numpy(), rtol=1e-10)
         np.testing.assert_allclose(signals["reference_loss"][rows], InfoNCELoss()(ref).numpy(), rtol=1e-10)
         np.testing.assert_allclose(signals["clip_score_ref"][rows], clip_score(ref.image, ref.text).numpy(), rtol=1e-10)
-        np.testing.assert_allclose(signals["clip_score_model"][rows], clip_score(out.image, out.text).numpy(), rtol=1e-10)
+        np.testing.assert_allclose(
+            signals["clip_score_model"][rows], clip_score(out.image, out.text).numpy(), rtol=1e-10
+        )
         for key, method in (("final_proj", "proj"), ("final_cos", "cos")):
-            want = mimic_scores(model, reference, batch, None, params=["text_projection.weight"], method=method, loss=InfoNCELoss())
+            want = mimic_scores(
+                model, reference, batch, None, params=["text_projection.weight"], method=method, loss=InfoNCELoss()
+            )
             np.testing.assert_allclose(signals[key][rows], want.numpy(), rtol=1e-8)
     np.testing.assert_allclose(signals["final_proj"], signals["final_cos"] * signals["grand"], rtol=1e-10)
     np.testing.assert_allclose(signals["reducible_loss"], signals["model_loss"] - signals["reference_loss"])

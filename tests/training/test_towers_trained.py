@@ -13,12 +13,21 @@ import torch
 from mimic_explorer.models.dual import reset_projections
 from mimic_explorer.scoring.contrastive import InfoNCELoss
 from mimic_explorer.training.batches import CaptionDraws
-from mimic_explorer.training.towers import (TextSide, caption_sets, image_inputs, image_tower_differences, reference_part,
-                                            train_towers, trainable_part)
 from mimic_explorer.training.loop import TrainConfig
+from mimic_explorer.training.towers import (
+    TextSide,
+    caption_sets,
+    image_inputs,
+    image_tower_differences,
+    reference_part,
+    train_towers,
+    trainable_part,
+)
 from tests.pairs_helpers import tiny_dual
 
-CAPTIONS = [[f"a dog number {i} runs", f"the dog {i} plays", f"one more dog {i}"] for i in range(6)] + [["a lone cat sits"]]
+CAPTIONS = [[f"a dog number {i} runs", f"the dog {i} plays", f"one more dog {i}"] for i in range(6)] + [
+    ["a lone cat sits"]
+]
 
 
 def test_caption_sets_pad_with_the_first_caption_and_count_each_photos_captions():
@@ -58,7 +67,9 @@ def test_caption_draws_are_seeded_per_epoch_stay_within_each_photos_captions_and
 def test_text_side_shares_the_models_modules_and_names():
     model = tiny_dual([c for row in CAPTIONS for c in row])
     side = TextSide(model)
-    assert {n for n, _ in side.named_parameters()} == {n for n, _ in model.named_parameters() if not n.startswith("image_tower.")}
+    assert {n for n, _ in side.named_parameters()} == {
+        n for n, _ in model.named_parameters() if not n.startswith("image_tower.")
+    }
     assert side.text_projection.weight is model.text_projection.weight and side.logit_scale is model.logit_scale
     images = torch.randn(4, 3, 32, 32)
     tokens = model.tokenizer.encode(["a dog runs", "a cat", "the dog plays", "one more dog"]).ids
@@ -76,11 +87,17 @@ def test_train_towers_trains_the_text_side_and_the_image_tower_only_when_asked(f
     images = image_inputs(model, torch.randn(7, 3, 32, 32), freeze_image)
     assert images.shape[1] == (model.image_dim if freeze_image else 3)
     sets, counts = caption_sets(model.tokenizer, CAPTIONS)
-    result = train_towers(model, images, sets, counts, TrainConfig(epochs=2, batch_size=4, lr=1e-2), freeze_image=freeze_image)
+    result = train_towers(
+        model, images, sets, counts, TrainConfig(epochs=2, batch_size=4, lr=1e-2), freeze_image=freeze_image
+    )
     assert len(result.records) == 2 and sorted(result.records[0].index.tolist()) == list(range(7))
     after = model.state_dict()
     changed = {k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
-    assert "text_tower.embedding.weight" in changed and "text_projection.weight" in changed and "image_projection.weight" in changed
+    assert (
+        "text_tower.embedding.weight" in changed
+        and "text_projection.weight" in changed
+        and "image_projection.weight" in changed
+    )
     image_changed = any(k.startswith("image_tower.") and "running" not in k and "num_batches" not in k for k in changed)
     assert image_changed is (not freeze_image)
 
@@ -122,27 +139,49 @@ def test_grad_mimic_with_trainable_towers_records_each_pairs_own_infonce_project
         InfoNCELoss()(part(images, sets[:, 0]), None)[i].backward()
         expected.append(-(param.grad.reshape(-1) @ v) / v.norm())
     before = copy.deepcopy(model.state_dict())
-    result = train_towers(model, images, sets, counts, TrainConfig(epochs=2, batch_size=7, lr=1e-2), freeze_image=freeze_image,
-                          reference=reference, mimic_layer=layer)
+    result = train_towers(
+        model,
+        images,
+        sets,
+        counts,
+        TrainConfig(epochs=2, batch_size=7, lr=1e-2),
+        freeze_image=freeze_image,
+        reference=reference,
+        mimic_layer=layer,
+    )
     first = result.records[0]
     assert first.proj is not None and first.weight is not None
     recorded = dict(zip(first.index.tolist(), first.proj.tolist()))
-    torch.testing.assert_close(torch.tensor([recorded[i] for i in range(7)], dtype=torch.float64), torch.stack(expected).detach(),
-                               rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(
+        torch.tensor([recorded[i] for i in range(7)], dtype=torch.float64),
+        torch.stack(expected).detach(),
+        rtol=1e-5,
+        atol=1e-9,
+    )
     assert abs(sum(first.weight) - 1) < 1e-9  # one batch: the Stage-1 weights are a softmax over its pairs
     after = model.state_dict()
     assert not torch.equal(before["text_tower.embedding.weight"], after["text_tower.embedding.weight"])
-    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("image_tower.") and
-               before[k].is_floating_point() and "running" not in k) is (not freeze_image)
+    assert any(
+        not torch.equal(before[k], after[k])
+        for k in before
+        if k.startswith("image_tower.") and before[k].is_floating_point() and "running" not in k
+    ) is (not freeze_image)
     assert all(not p.requires_grad for p in reference.parameters())
 
 
 def test_a_frozen_image_tower_that_differs_from_the_references_is_refused():
-    model, reference, images, sets, counts = _grad_mimic_setup(freeze_image=False)  # the reference's image tower moved
+    model, reference, _images, sets, counts = _grad_mimic_setup(freeze_image=False)  # the reference's image tower moved
     assert image_tower_differences(model, reference)
     with pytest.raises(ValueError, match="the reference's image tower differs from the model's"):
-        train_towers(model, image_inputs(model, torch.randn(7, 3, 32, 32, dtype=torch.float64), True), sets, counts,
-                     TrainConfig(epochs=1, batch_size=7), freeze_image=True, reference=reference)
+        train_towers(
+            model,
+            image_inputs(model, torch.randn(7, 3, 32, 32, dtype=torch.float64), True),
+            sets,
+            counts,
+            TrainConfig(epochs=1, batch_size=7),
+            freeze_image=True,
+            reference=reference,
+        )
 
 
 def test_trainable_part_freezes_the_image_tower_and_keeps_it_out_of_training_mode():

@@ -60,7 +60,11 @@ def test_rules_switch_and_by_value_starts_at_the_last_cut(run_copy):
     explorer = Explorer(run_copy, column="mimic_score")
     explorer.filter.param.update(rule="quantile", quantile=0.3)
     q = apply_rule(explorer.samples, FilterRule("quantile", 0.3))
-    assert explorer.counts.kept == q.kept and not explorer.filter_controls.slider.visible and explorer.filter_controls.quantile.visible
+    assert (
+        explorer.counts.kept == q.kept
+        and not explorer.filter_controls.slider.visible
+        and explorer.filter_controls.quantile.visible
+    )
     explorer.rule = "threshold"
     assert explorer.threshold == pytest.approx(q.thresholds["all"]) and explorer.counts.kept == q.kept
     explorer.filter.param.update(rule="keep_count", keep_count=500, per_class=True)
@@ -86,7 +90,7 @@ def test_class_override_typed_in_the_table(run_copy):
 
 def test_typed_threshold_outside_the_range_is_clamped_with_a_message(run_copy):
     explorer = Explorer(run_copy)
-    lo, hi = explorer.state.score_range()
+    _lo, hi = explorer.state.score_range()
     explorer.filter_controls.typed.value = hi + 100
     assert explorer.threshold == pytest.approx(hi)
     assert explorer.notice.alert.visible and "outside the range" in explorer.notice.alert.object
@@ -111,10 +115,12 @@ def test_controls_are_views_of_the_filter_model(tmp_path):
     assert explorer.class_overrides == {} and not controls.clear_overrides.visible
     explorer.threshold = 1e9  # from Python a threshold beyond every score is kept as given: it keeps nothing
     assert controls.slider.value == 1e9 and explorer.counts.kept == 0
-    lo, hi = explorer.state.score_range()
+    _lo, hi = explorer.state.score_range()
     for _ in range(2):  # typed twice: the second time the threshold already is the clamped value
         controls.typed.value = hi + 5
-        assert explorer.threshold == controls.typed.value == pytest.approx(hi) and "outside the range" in explorer.message
+        assert (
+            explorer.threshold == controls.typed.value == pytest.approx(hi) and "outside the range" in explorer.message
+        )
 
 
 def test_empty_selection_is_allowed_and_said(run_copy):
@@ -134,7 +140,9 @@ def test_download_is_the_export_code_path(run_copy):
     expected = apply_rule(explorer.samples, explorer.current_rule)
     assert len(frame) == expected.kept and set(frame["sample_id"]) == set(explorer.samples["sample_id"][expected.keep])
     spec = json.loads(explorer.exports.spec_file().getvalue())
-    assert spec["rule"]["kind"] == "quantile" and spec["kept"] == expected.kept and spec["run_id"] == explorer.run.run_id
+    assert (
+        spec["rule"]["kind"] == "quantile" and spec["kept"] == expected.kept and spec["run_id"] == explorer.run.run_id
+    )
     explorer.exports.format.value = "npy"
     assert explorer.exports.download.filename.endswith(".npy")
     mask = np.load(io.BytesIO(explorer.exports.keep_list_file().getvalue()))
@@ -156,8 +164,9 @@ def test_save_to_run_is_restored_on_reload(run_copy):
 
 def test_unreadable_saved_spec_is_reported_not_fatal(run_copy):
     (run_copy / "filters").mkdir()
-    (run_copy / "filters" / "x.csv.spec.json").write_text(json.dumps({"rule": {"kind": "threshold", "value": 1},
-                                                                       "run_id": "someone-else"}))
+    (run_copy / "filters" / "x.csv.spec.json").write_text(
+        json.dumps({"rule": {"kind": "threshold", "value": 1}, "run_id": "someone-else"})
+    )
     explorer = Explorer(run_copy)
     assert explorer.rule == "threshold" and "not restored" in explorer.message
 
@@ -170,8 +179,10 @@ def test_an_edited_saved_filter_is_refused_and_a_torn_pair_is_said(run_copy):
     spec_path.write_text(json.dumps(spec))
     edited = Explorer(run_copy)
     assert edited.rule != "keep_count" and edited.notice.alert.alert_type == "warning"
-    assert ("Saved filter not restored: saved filter keep-list-" in edited.message
-            and "the rule's keep-count is 100 but the hashed spec says 700" in edited.message)
+    assert (
+        "Saved filter not restored: saved filter keep-list-" in edited.message
+        and "the rule's keep-count is 100 but the hashed spec says 700" in edited.message
+    )
     spec["rule"]["value"] = 700
     spec_path.write_text(json.dumps(spec))
     out.write_text(out.read_text() + "extra,row,0,0.0,True\n")  # no longer the keep-list its spec describes
@@ -184,7 +195,10 @@ def test_gallery_click_opens_detail_and_trajectory(run_copy):
     explorer = Explorer(run_copy)
     _render(explorer)
     lowest = explorer.galleries.shown["lowest"]
-    assert len(lowest) == explorer.galleries.gallery_size and explorer.galleries.galleries["lowest"].cards.count("me-card") >= 16
+    assert (
+        len(lowest) == explorer.galleries.gallery_size
+        and explorer.galleries.galleries["lowest"].cards.count("me-card") >= 16
+    )
     sample_id = explorer.samples["sample_id"].iloc[lowest[0]]
     explorer.galleries.galleries["lowest"]._handle_msg({"pos": int(lowest[0]), "id": sample_id})
     assert explorer.selected == [int(lowest[0])]
@@ -210,8 +224,10 @@ def test_every_tab_and_column_renders(run_copy):
     explorer.galleries.param.update(third_gallery="In a score band", band=(0.0, 1.0))
     explorer.galleries.gallery_class = explorer.galleries.param.gallery_class.objects[2]
     explorer.threshold = float(np.median(explorer.state.scores))
-    assert explorer.counts.kept == apply_rule(explorer.samples, FilterRule("threshold", explorer.threshold,
-                                                                           "reference_loss")).kept
+    assert (
+        explorer.counts.kept
+        == apply_rule(explorer.samples, FilterRule("threshold", explorer.threshold, "reference_loss")).kept
+    )
 
 
 def test_missing_thumbnails_show_placeholders(run_copy):
@@ -254,8 +270,14 @@ def test_bad_run_directories_become_messages_in_the_page(tmp_path, demo_run, cas
     assert page.explorer is None
     alert = page.main[0]
     assert isinstance(alert, pn.pane.Alert) and alert.alert_type == "danger"
-    expected = {"missing": "does not exist", "file": "is a file", "running": "not complete",
-                "newer": "newer", "corrupt": "truncated or not a Parquet file", "empty-folder": "neither a run"}[case]
+    expected = {
+        "missing": "does not exist",
+        "file": "is a file",
+        "running": "not complete",
+        "newer": "newer",
+        "corrupt": "truncated or not a Parquet file",
+        "empty-folder": "neither a run",
+    }[case]
     assert expected in alert.object
     _render(page)
 
@@ -310,12 +332,21 @@ def test_remote_browsers_are_refused_unless_sharing_is_intended(monkeypatch, dem
         return SimpleNamespace(session_context=SimpleNamespace(request=SimpleNamespace(remote_ip=ip, host=host)))
 
     monkeypatch.delenv("MIMIC_EXPLORER_ALLOW_REMOTE", raising=False)
-    cases = (("127.0.0.1", "127.0.0.1:5006", True), ("::1", "[::1]:5006", True), ("127.0.0.1", "localhost:5006", True),
-             ("::ffff:127.0.0.1", None, True), ("10.1.2.3", None, False), ("10.1.2.3", "localhost:5006", False),
-             ("127.0.0.1", "rebound.example:5006", False), ("127.0.0.1", "10.1.2.3:5006", False))
+    cases = (
+        ("127.0.0.1", "127.0.0.1:5006", True),
+        ("::1", "[::1]:5006", True),
+        ("127.0.0.1", "localhost:5006", True),
+        ("::ffff:127.0.0.1", None, True),
+        ("10.1.2.3", None, False),
+        ("10.1.2.3", "localhost:5006", False),
+        ("127.0.0.1", "rebound.example:5006", False),
+        ("127.0.0.1", "10.1.2.3:5006", False),
+    )
     for ip, host, local in cases:
         with monkeypatch.context() as m:
-            m.setattr(type(page_module.pn.state), "curdoc", property(lambda self, ip=ip, host=host: session_from(ip, host)))
+            m.setattr(
+                type(page_module.pn.state), "curdoc", property(lambda self, ip=ip, host=host: session_from(ip, host))
+            )
             assert page_module.client_is_local() is local, (ip, host)
     monkeypatch.setattr(page_module, "client_is_local", lambda: False)
     template = page_module.serve_page([str(demo_run)])

@@ -29,7 +29,7 @@ def run(tmp_path_factory):
 @pytest.fixture
 def frozen_clock(monkeypatch):
     """Specs carry their creation time; freeze it so a spec written twice is equal to the letter."""
-    fixed = real_datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=real_datetime.timezone.utc)
+    fixed = real_datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=real_datetime.UTC)
     clock = SimpleNamespace(now=lambda tz=None: fixed)
     monkeypatch.setattr(filter_spec, "_dt", SimpleNamespace(datetime=clock, timezone=real_datetime.timezone))
 
@@ -37,8 +37,11 @@ def frozen_clock(monkeypatch):
 RULES = [
     FilterRule("threshold", 0.42, class_overrides={1: 0.7, 3: 0.1}),
     FilterRule("threshold", 1.5, "reference_loss"),
-    FilterRule("quantile", 0.3), FilterRule("quantile", 0.25, "proj_mean", per_class=True),
-    FilterRule("keep_count", 123), FilterRule("keep_count", 500, per_class=True), FilterRule("ensemble"),
+    FilterRule("quantile", 0.3),
+    FilterRule("quantile", 0.25, "proj_mean", per_class=True),
+    FilterRule("keep_count", 123),
+    FilterRule("keep_count", 500, per_class=True),
+    FilterRule("ensemble"),
 ]
 
 
@@ -70,7 +73,9 @@ def test_a_saved_spec_read_into_the_model_gives_the_same_spec_back(run, tmp_path
 def test_the_spec_is_what_build_spec_writes(run, frozen_clock):
     model = FilterModel(columns=["mimic_score", "reference_loss"], rule="quantile", quantile=0.4, per_class=True)
     result = apply_rule(run.samples, model.to_rule())
-    assert model.to_spec(run.meta, result, "csv") == build_spec(run.meta, FilterRule("quantile", 0.4, per_class=True), result, "csv")
+    assert model.to_spec(run.meta, result, "csv") == build_spec(
+        run.meta, FilterRule("quantile", 0.4, per_class=True), result, "csv"
+    )
 
 
 def test_bad_specs_and_unknown_columns_are_refused_with_the_cause():
@@ -92,9 +97,12 @@ def test_a_spec_read_into_the_model_is_verified(run, frozen_clock):
     spec = json.loads(json.dumps(build_spec(run.meta, rule, apply_rule(run.samples, rule), "csv")))
     model = FilterModel.from_spec(spec, ExplorerState(run).score_columns)
     assert model.to_rule() == rule
-    for edit, message in [({"per_class": False}, "per_class is false but the hashed spec says true"),
-                          ({"value": 0.5}, "content hashes to"), ({"per_class": "false"}, "per_class is true or false, got 'false'"),
-                          ({"column": "grand"}, "content hashes to")]:
+    for edit, message in [
+        ({"per_class": False}, "per_class is false but the hashed spec says true"),
+        ({"value": 0.5}, "content hashes to"),
+        ({"per_class": "false"}, "per_class is true or false, got 'false'"),
+        ({"column": "grand"}, "content hashes to"),
+    ]:
         edited = {**spec, "rule": {**spec["rule"], **edit}}
         with pytest.raises(FilterError, match=message):
             FilterModel.from_spec(edited)
@@ -126,8 +134,14 @@ def test_live_counts_follow_the_model_and_equal_apply_rule(run):
     notes = []
     model = FilterModel(columns=state.score_columns, threshold=0.5)
     live = LiveCounts(state, model, lambda text, kind: notes.append((text, kind)))
-    changes = [dict(threshold=0.3), dict(rule="quantile", quantile=0.2, per_class=True), dict(keep_count=77, rule="keep_count"),
-               dict(rule="ensemble"), dict(rule="threshold", class_overrides={0: 0.9}), dict(column="proj_mean")]
+    changes = [
+        dict(threshold=0.3),
+        dict(rule="quantile", quantile=0.2, per_class=True),
+        dict(keep_count=77, rule="keep_count"),
+        dict(rule="ensemble"),
+        dict(rule="threshold", class_overrides={0: 0.9}),
+        dict(column="proj_mean"),
+    ]
     for change in changes:
         model.param.update(**change)
         expected = apply_rule(run.samples, model.to_rule())
@@ -163,8 +177,13 @@ def test_a_rule_that_cannot_be_counted_is_said(run):
 
 COMPOUNDS = [
     all_of([FilterRule("threshold", 0.42), FilterRule("top_fraction", 0.3, "reference_loss")]),
-    all_of([FilterRule("quantile", 0.15, per_class=True), FilterRule("keep_count", 500, "proj_mean"),
-            FilterRule("threshold", 1.5, "reference_loss", class_overrides={2: 2.0})]),
+    all_of(
+        [
+            FilterRule("quantile", 0.15, per_class=True),
+            FilterRule("keep_count", 500, "proj_mean"),
+            FilterRule("threshold", 1.5, "reference_loss", class_overrides={2: 2.0}),
+        ]
+    ),
     all_of([FilterRule("ensemble"), FilterRule("top_fraction", 0.5, "grand", per_class=True)]),
 ]
 

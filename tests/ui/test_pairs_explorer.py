@@ -42,7 +42,11 @@ def test_a_pairs_pool_has_no_classes_and_counts_overall(tmp_path, label):
     run = open_run(synthetic_pairs_run(tmp_path / "run", n=300, epochs=1, thumbnails=False, label=label))
     state = ExplorerState(run)
     assert not state.has_classes and state.has_captions and state.noisy_word == "swapped caption"
-    assert state.column == "mimic_score" and state.score_columns[:3] == ["mimic_score", "clip_score_ref", "clip_score_model"]
+    assert state.column == "mimic_score" and state.score_columns[:3] == [
+        "mimic_score",
+        "clip_score_ref",
+        "clip_score_model",
+    ]
     rule = all_of([FilterRule("threshold", 0.5), FilterRule("top_fraction", 0.3, "clip_score_ref")])
     counts = state.counts(rule)
     table = state.retention_table(counts, {}, rule)
@@ -50,7 +54,10 @@ def test_a_pairs_pool_has_no_classes_and_counts_overall(tmp_path, label):
     assert list(table["kept"]) == [counts.clauses[0].kept, 90, counts.kept] and (table["samples"] == 300).all()
     assert list(table["swapped caption dropped"]) == [c.noisy_dropped for c in counts.clauses] + [counts.noisy_dropped]
     single = state.retention_table(state.counts(FilterRule("threshold", 0.5)))
-    assert list(single["class"]) == ["all samples"] and single["kept"].iloc[0] == apply_rule(run.samples, FilterRule("threshold", 0.5)).kept
+    assert (
+        list(single["class"]) == ["all samples"]
+        and single["kept"].iloc[0] == apply_rule(run.samples, FilterRule("threshold", 0.5)).kept
+    )
     facts = dict(summary_facts(run.meta, run.samples))
     assert facts["pool"] == "image-text pairs" and "classes" not in facts
 
@@ -78,7 +85,9 @@ def test_pairs_explorer_shows_captions_search_overall_counts_and_no_class_views(
     first = int(explorer.galleries.shown["lowest"][0])
     assert 'class="me-grid pairs"' in cards and cards.count('class="me-caption"') == explorer.galleries.gallery_size
     caption = samples["caption"].iloc[first]
-    assert f'<div class="me-caption">{caption}</div>' in cards and f'title="{caption}' in cards  # wrapped; full on hover
+    assert (
+        f'<div class="me-caption">{caption}</div>' in cards and f'title="{caption}' in cards
+    )  # wrapped; full on hover
     assert "label <b>" not in cards and "caption swapped" in cards
     assert not explorer.galleries.class_select.visible and explorer.galleries.search_box.visible
     assert not explorer.filter_controls.per_class.visible
@@ -139,7 +148,10 @@ def test_a_compound_filter_from_the_controls_changes_kept_and_exports(pairs_copy
     rule = all_of([FilterRule("threshold", explorer.threshold), FilterRule("top_fraction", 0.3, "clip_score_ref")])
     expected = apply_rule(explorer.samples, rule)
     assert explorer.current_rule == rule and explorer.counts.kept == expected.kept < before
-    assert f"Kept: {expected.kept} of 500" in controls.kept.object and "AND clip_score_ref top 30.0%" in controls.kept.object
+    assert (
+        f"Kept: {expected.kept} of 500" in controls.kept.object
+        and "AND clip_score_ref top 30.0%" in controls.kept.object
+    )
     shown = explorer.galleries.shown["highest"]
     assert set(explorer.galleries.galleries["highest"].dropped) == {int(p) for p in shown if not expected.keep[p]}
     explorer.exports.format.value = "uids"
@@ -161,9 +173,17 @@ def test_a_run_with_a_combined_score_opens_on_it_and_says_why(tmp_path):
     explorer = Explorer(run_dir)
     _render(explorer)
     samples = explorer.samples
-    assert explorer.column == "combined_score" and list(explorer.filter_controls.column.options)[:2] == ["combined_score", "mimic_score"]
+    assert explorer.column == "combined_score" and list(explorer.filter_controls.column.options)[:2] == [
+        "combined_score",
+        "mimic_score",
+    ]
     note = explorer.filter_controls.score_note
-    assert note.visible and "beat mimic_score alone" in note[0].object and "0.004 AUROC" in note[0].object and note[0].visible
+    assert (
+        note.visible
+        and "beat mimic_score alone" in note[0].object
+        and "0.004 AUROC" in note[0].object
+        and note[0].visible
+    )
     cut = samples.loc[samples["combined_keep"], "combined_score"].min()  # starts at the combined filter's own cut
     assert explorer.threshold == pytest.approx(cut) and explorer.counts.kept == int(samples["combined_keep"].sum())
     explorer.rule = "ensemble"  # on combined_score: its own split, combined_keep
@@ -177,7 +197,9 @@ def test_a_run_with_a_combined_score_opens_on_it_and_says_why(tmp_path):
     switch.clicks += 1
     assert explorer.column == "combined_score"
     facts = dict(summary_facts(explorer.run.meta, samples))
-    assert facts["quality, combined filter"] == f"{samples['combined_keep'].mean():.3f}" and "estimated quality" in facts
+    assert (
+        facts["quality, combined filter"] == f"{samples['combined_keep'].mean():.3f}" and "estimated quality" in facts
+    )
     assert Explorer(run_dir, column="mimic_score").column == "mimic_score"
     plain = Explorer(synthetic_run(tmp_path / "plain", n=300, classes=3, epochs=1))
     assert plain.column == "mimic_score" and not plain.filter_controls.score_note.visible

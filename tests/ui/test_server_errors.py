@@ -57,8 +57,9 @@ def test_a_raising_callback_is_answered_with_one_line_and_the_log_keeps_the_trac
     text = reply.content["text"]
     assert "\n" not in text
     assert text == "ValueError: the value 7 is not allowed (details in the server log)"
-    logged = "\n".join(r.getMessage() + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
-                       for r in caplog.records)
+    logged = "\n".join(
+        r.getMessage() + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "") for r in caplog.records
+    )
     assert "Traceback" in logged and "second line of the message" in logged
 
 
@@ -73,4 +74,7 @@ def test_the_reason_is_one_bounded_line():
     assert one_line_reason(RuntimeError()) == "RuntimeError (details in the server log)"
     long = one_line_reason(ValueError("y" * 1000))
     assert "\n" not in long and len(long) <= MAX_REASON + len(" (details in the server log)")
-    assert one_line_reason(None, "UnknownReferenceError('a')\nmore") == "UnknownReferenceError('a') (details in the server log)"
+    assert (
+        one_line_reason(None, "UnknownReferenceError('a')\nmore")
+        == "UnknownReferenceError('a') (details in the server log)"
+    )

@@ -23,7 +23,9 @@ from mimic_explorer.ui.thumbnails import PLACEHOLDER, ThumbnailURIs
 from tests.ui_helpers import synthetic_run
 
 
-def _frame(seed: int, n: int, decimals: int, nan: float = 0.05, posinf: bool = False, neginf: bool = False) -> pd.DataFrame:
+def _frame(
+    seed: int, n: int, decimals: int, nan: float = 0.05, posinf: bool = False, neginf: bool = False
+) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     scores = np.round(rng.normal(size=n), decimals)  # few decimals: many ties
     scores[rng.random(n) < nan] = np.nan
@@ -31,16 +33,31 @@ def _frame(seed: int, n: int, decimals: int, nan: float = 0.05, posinf: bool = F
         scores[rng.random(n) < 0.02] = np.inf
     if neginf:
         scores[rng.random(n) < 0.02] = -np.inf
-    return pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "label": rng.integers(0, 6, n) * 3,
-                         "is_noisy": rng.random(n) < 0.3, "keep": rng.random(n) < 0.7, "mimic_score": scores})
+    return pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(n)],
+            "label": rng.integers(0, 6, n) * 3,
+            "is_noisy": rng.random(n) < 0.3,
+            "keep": rng.random(n) < 0.7,
+            "mimic_score": scores,
+        }
+    )
 
 
 RULES = [
-    FilterRule("threshold", 0.3), FilterRule("threshold", float("inf")), FilterRule("threshold", -5.0),
+    FilterRule("threshold", 0.3),
+    FilterRule("threshold", float("inf")),
+    FilterRule("threshold", -5.0),
     FilterRule("threshold", 0.1, class_overrides={3: -1.0, 99: 0.0}),
-    FilterRule("quantile", 0.0), FilterRule("quantile", 0.25), FilterRule("quantile", 1.0),
-    FilterRule("quantile", 0.9, per_class=True), FilterRule("keep_count", 0), FilterRule("keep_count", 137),
-    FilterRule("keep_count", 10_000), FilterRule("keep_count", 137, per_class=True), FilterRule("ensemble"),
+    FilterRule("quantile", 0.0),
+    FilterRule("quantile", 0.25),
+    FilterRule("quantile", 1.0),
+    FilterRule("quantile", 0.9, per_class=True),
+    FilterRule("keep_count", 0),
+    FilterRule("keep_count", 137),
+    FilterRule("keep_count", 10_000),
+    FilterRule("keep_count", 137, per_class=True),
+    FilterRule("ensemble"),
 ]
 
 
@@ -48,8 +65,9 @@ def _clean(thresholds: dict) -> dict:
     return {k: None if v is None or np.isnan(v) else v for k, v in thresholds.items()}
 
 
-@pytest.mark.parametrize("case", [(0, 2000, 1, False, False), (1, 777, 2, True, False), (2, 300, 0, True, True),
-                                  (3, 1, 1, False, False)])
+@pytest.mark.parametrize(
+    "case", [(0, 2000, 1, False, False), (1, 777, 2, True, False), (2, 300, 0, True, True), (3, 1, 1, False, False)]
+)
 def test_live_counts_equal_apply_rule_on_every_rule(case):
     seed, n, decimals, posinf, neginf = case
     samples = _frame(seed, n, decimals, posinf=posinf, neginf=neginf)
@@ -73,9 +91,14 @@ def test_descending_order_is_apply_rules_keep_count_order():
 
 
 def test_precision_recall_at_threshold():
-    samples = pd.DataFrame({"sample_id": list("abcdef"), "label": [0, 0, 0, 1, 1, 1],
-                            "is_noisy": [True, True, False, False, True, False],
-                            "mimic_score": [0.1, 0.2, 0.9, 0.15, 0.8, 0.95]})
+    samples = pd.DataFrame(
+        {
+            "sample_id": list("abcdef"),
+            "label": [0, 0, 0, 1, 1, 1],
+            "is_noisy": [True, True, False, False, True, False],
+            "mimic_score": [0.1, 0.2, 0.9, 0.15, 0.8, 0.95],
+        }
+    )
     counts = RuleCounter(samples, "mimic_score").counts(FilterRule("threshold", 0.5))
     # dropped: a, b, d (scores < 0.5); mislabeled among them: a, b -> precision 2/3; recall 2/3 (e is kept)
     assert counts.dropped == 3 and counts.noisy_dropped == 2 and counts.noisy_total == 3
@@ -113,12 +136,19 @@ def test_galleries_pick_lowest_highest_around_and_band(small_run):
 def test_keep_status_of_cards_matches_the_export_mask(small_run):
     state = ExplorerState(open_run(small_run))
     positions = np.concatenate([state.lowest(20), state.highest(20), state.around(0.5, 20)])
-    rules = [FilterRule("threshold", 0.5), FilterRule("threshold", 0.5, class_overrides={1: 0.8}),
-             FilterRule("quantile", 0.3, per_class=True), FilterRule("keep_count", 250),
-             FilterRule("keep_count", 250, per_class=True), FilterRule("ensemble")]
+    rules = [
+        FilterRule("threshold", 0.5),
+        FilterRule("threshold", 0.5, class_overrides={1: 0.8}),
+        FilterRule("quantile", 0.3, per_class=True),
+        FilterRule("keep_count", 250),
+        FilterRule("keep_count", 250, per_class=True),
+        FilterRule("ensemble"),
+    ]
     for rule in rules:
         mask = state.apply(rule).keep
-        np.testing.assert_array_equal(state.keep_status(positions, rule, state.counts(rule)), mask[positions], str(rule))
+        np.testing.assert_array_equal(
+            state.keep_status(positions, rule, state.counts(rule)), mask[positions], str(rule)
+        )
 
 
 def test_retention_table_before_and_after(small_run):
@@ -253,7 +283,12 @@ COMPOUNDS = [
     all_of([FilterRule("quantile", 0.15), FilterRule("top_fraction", 0.3, "clip_score_ref")]),
     all_of([FilterRule("threshold", 0.1, class_overrides={3: -1.0}), FilterRule("keep_count", 400, "clip_score_ref")]),
     all_of([FilterRule("ensemble"), FilterRule("threshold", 0.0, "clip_score_ref"), FilterRule("top_fraction", 0.9)]),
-    all_of([FilterRule("top_fraction", 0.5, per_class=True), FilterRule("keep_count", 300, "clip_score_ref", per_class=True)]),
+    all_of(
+        [
+            FilterRule("top_fraction", 0.5, per_class=True),
+            FilterRule("keep_count", 300, "clip_score_ref", per_class=True),
+        ]
+    ),
     all_of([FilterRule("quantile", 1.0), FilterRule("quantile", 0.0, "clip_score_ref")]),
 ]
 
@@ -263,7 +298,7 @@ def test_live_counts_of_an_and_equal_apply_rule(labels):
     samples = _two_columns(4, 1500, labels)
     counters = {c: RuleCounter(samples, c) for c in ("mimic_score", "clip_score_ref")}
     noisy = samples["is_noisy"].to_numpy()
-    for rule in COMPOUNDS + [FilterRule("top_fraction", 0.37), FilterRule("top_fraction", 0.37, "clip_score_ref")]:
+    for rule in [*COMPOUNDS, FilterRule("top_fraction", 0.37), FilterRule("top_fraction", 0.37, "clip_score_ref")]:
         if labels != "classes" and any(c.per_class or c.class_overrides for c in rule.clauses):
             continue
         expected = apply_rule(samples, rule)
@@ -273,16 +308,21 @@ def test_live_counts_of_an_and_equal_apply_rule(labels):
             assert [p.kept for p in got.clauses] == [p.kept for p in expected.clauses], rule
         else:
             got = counters[rule.column].counts(rule)
-        assert (got.kept, got.kept_per_class, got.total_per_class) == (expected.kept, expected.kept_per_class,
-                                                                      expected.total_per_class), rule
+        assert (got.kept, got.kept_per_class, got.total_per_class) == (
+            expected.kept,
+            expected.kept_per_class,
+            expected.total_per_class,
+        ), rule
         assert got.noisy_dropped == int((~expected.keep & noisy).sum()), rule
 
 
 def test_each_clause_mask_from_its_counts_is_apply_rules_mask():
     samples = _frame(5, 1200, 1, posinf=True, neginf=True)
     counter = RuleCounter(samples, "mimic_score")
-    for rule in RULES + [FilterRule("top_fraction", 0.4), FilterRule("top_fraction", 0.4, per_class=True)]:
-        np.testing.assert_array_equal(counter.mask(rule, counter.counts(rule)), apply_rule(samples, rule).keep, str(rule))
+    for rule in [*RULES, FilterRule("top_fraction", 0.4), FilterRule("top_fraction", 0.4, per_class=True)]:
+        np.testing.assert_array_equal(
+            counter.mask(rule, counter.counts(rule)), apply_rule(samples, rule).keep, str(rule)
+        )
 
 
 def test_an_and_in_the_explorer_state_marks_cards_and_counts_per_clause(small_run):
@@ -308,4 +348,6 @@ def test_keep_count_cards_follow_a_new_column():
     state.column = "clip_score_ref"
     rule = FilterRule("keep_count", 100, "clip_score_ref")
     positions = np.arange(400)
-    np.testing.assert_array_equal(state.keep_status(positions, rule, state.counts(rule)), apply_rule(samples, rule).keep)
+    np.testing.assert_array_equal(
+        state.keep_status(positions, rule, state.counts(rule)), apply_rule(samples, rule).keep
+    )

@@ -12,8 +12,13 @@ from mimic_explorer.ui import state as state_module
 from mimic_explorer.ui.state import ExplorerState
 from tests.ui_helpers import synthetic_run
 
-RULES = [FilterRule("threshold", 0.5), FilterRule("threshold", 0.4, class_overrides={2: 0.7}),
-         FilterRule("quantile", 0.3, per_class=True), FilterRule("keep_count", 900), FilterRule("ensemble")]
+RULES = [
+    FilterRule("threshold", 0.5),
+    FilterRule("threshold", 0.4, class_overrides={2: 0.7}),
+    FilterRule("quantile", 0.3, per_class=True),
+    FilterRule("keep_count", 900),
+    FilterRule("ensemble"),
+]
 
 
 def test_state_through_the_index_equals_the_state_on_the_whole_table(tmp_path, monkeypatch):
@@ -35,14 +40,18 @@ def test_state_through_the_index_equals_the_state_on_the_whole_table(tmp_path, m
             np.testing.assert_array_equal(indexed.highest(16, label), whole.highest(16, label))
             cut = whole.default_threshold()
             np.testing.assert_array_equal(indexed.around(cut, 16, label), whole.around(cut, 16, label))
-            np.testing.assert_array_equal(indexed.band(cut - 0.1, cut + 0.1, 16, label), whole.band(cut - 0.1, cut + 0.1, 16, label))
+            np.testing.assert_array_equal(
+                indexed.band(cut - 0.1, cut + 0.1, 16, label), whole.band(cut - 0.1, cut + 0.1, 16, label)
+            )
         for rule in RULES:
             rule = FilterRule(rule.kind, rule.value, column, rule.per_class, rule.class_overrides)
             counts = indexed.counts(rule)
             assert counts == whole.counts(rule)
             np.testing.assert_array_equal(indexed.apply(rule).keep, whole.apply(rule).keep)
             positions = indexed.highest(10)
-            np.testing.assert_array_equal(indexed.keep_status(positions, rule, counts), whole.keep_status(positions, rule, counts))
+            np.testing.assert_array_equal(
+                indexed.keep_status(positions, rule, counts), whole.keep_status(positions, rule, counts)
+            )
             pd.testing.assert_frame_equal(indexed.retention_table(counts), whole.retention_table(counts))
     positions = whole.lowest(8)
     pd.testing.assert_frame_equal(indexed.rows(positions), whole.rows(positions))
