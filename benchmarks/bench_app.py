@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     changes = []
     for i in range(25):
         value = lo + (hi - lo) * (0.2 + 0.6 * ((i * 7) % 25) / 25)
-        seconds, _ = timed(lambda: setattr(explorer, "threshold", value))
+        seconds, _ = timed(lambda value=value: setattr(explorer, "threshold", value))
         changes.append(seconds)
     print(
         f"threshold change (25 values): median {statistics.median(changes) * 1000:.1f} ms, "
@@ -168,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {seconds * 1000:.1f} ms")
 
     rule.param.update(rule="threshold", class_overrides={})
-    pages = [timed(lambda: setattr(explorer.galleries, "gallery_size", size))[0] for size in (24, 16, 32, 16, 20)]
+    pages = [
+        timed(lambda size=size: setattr(explorer.galleries, "gallery_size", size))[0] for size in (24, 16, 32, 16, 20)
+    ]
     print(
         f"gallery page (three galleries redrawn, 5 sizes): median {statistics.median(pages) * 1000:.0f} ms, "
         f"max {max(pages) * 1000:.0f} ms"
     )
-    clicks = [timed(lambda: explorer.galleries.open(int(p)))[0] for p in explorer.galleries.shown["highest"][:5]]
+    clicks = [timed(lambda p=p: explorer.galleries.open(int(p)))[0] for p in explorer.galleries.shown["highest"][:5]]
     print(
         f"detail click (detail view + trajectory from {len(explorer.run.epoch_scores.epochs)} epoch parts), 5 cards: "
         f"median {statistics.median(clicks):.2f} s, max {max(clicks):.2f} s"
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-keep-") as folder:
         seconds, out = timed(lambda: explorer.exports.write_keep_list(Path(folder) / "keep.csv"))
         print(
-            f"keep-list export to disk (csv, {explorer.counts.kept:,} rows, {out.stat().st_size / 1e6:.0f} MB): {seconds:.2f} s"
+            f"keep-list export to disk (csv, {explorer.counts.kept:,} rows, {out.stat().st_size / 1e6:.0f} MB): "
+            f"{seconds:.2f} s"
         )
     now, peak = rss_gb()
     print(f"server RSS after open, changes, pages, clicks and export: {now:.2f} GB (peak {peak:.2f} GB)")
@@ -196,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     for index, name in enumerate(tabs._names):
         if index == 0:
             continue
-        seconds, _ = timed(lambda: setattr(tabs, "active", index))
+        seconds, _ = timed(lambda index=index: setattr(tabs, "active", index))
         print(f"first open of tab {name!r}: {seconds:.2f} s")
     with_tabs = []
     for i in range(25):
         value = lo + (hi - lo) * (0.2 + 0.6 * ((i * 11) % 25) / 25)
-        seconds, _ = timed(lambda: setattr(explorer, "threshold", value))
+        seconds, _ = timed(lambda value=value: setattr(explorer, "threshold", value))
         with_tabs.append(seconds)
     print(
         f"threshold change with every tab rendered (10 per-class plots, scatter, ...): median "

@@ -174,7 +174,10 @@ def markdown(rows: list[dict]) -> str:
         return "–" if value is None else f"{value:.3f}"
 
     lines = [
-        "| setting | plain acc | Grad-Mimic acc | AUROC | AP | precision | recall | F1 | est. quality | true quality | baselines AUROC (ref loss / reducible / GraNd / model loss) |",
+        (
+            "| setting | plain acc | Grad-Mimic acc | AUROC | AP | precision | recall | F1 | est. quality "
+            "| true quality | baselines AUROC (ref loss / reducible / GraNd / model loss) |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -458,7 +458,8 @@ def main() -> None:
         }
     )
     print(
-        f"## detection of swapped captions (Stage 2: {args.keep_binarise}; F1 of baselines cut at mimic's kept fraction)\n"
+        f"## detection of swapped captions (Stage 2: {args.keep_binarise}; "
+        "F1 of baselines cut at mimic's kept fraction)\n"
     )
     print(markdown(detection) + "\n")
     print("## Stage-2 binarisation: estimated vs true quality\n")

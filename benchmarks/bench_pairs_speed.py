@@ -12,8 +12,9 @@ tower on 32×32 photos + bag-of-words text tower) and open_clip ``ViT-B-32`` wit
    scores, softmax weights, re-weighted projection gradient, mean gradient for the rest) against
    **a plain step** (forward, backward of the mean InfoNCE), each followed by a fused AdamW step,
    every parameter trainable. Bar: ≤ 1.1× for the default method ``normed_proj`` (proj by one
-   forward-mode pass through the loss); ``normed_cos`` (Jacobian rows for ‖g_i‖) is shown beside it. The frozen-tower mode's step (``ProjectionProbe`` on
-   cached tower outputs) is measured too, for information: a step of a few small matmuls.
+   forward-mode pass through the loss); ``normed_cos`` (Jacobian rows for ‖g_i‖) is shown beside it.
+   The frozen-tower mode's step (``ProjectionProbe`` on cached tower outputs) is measured too, for
+   information: a step of a few small matmuls.
 
 Reference = the model with its projections moved a little (towers shared). Each operation gets one
 warm-up call, then ``--repeats`` rounds in which every operation runs once (so load from other jobs
@@ -180,9 +181,11 @@ def vit_b_32(batch: int):
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| model | batch | tower forward | image proj (× fwd) | text proj (× fwd) | image cos (× fwd) | text cos (× fwd) "
-        "| plain step | Grad-Mimic step (× plain) | GM step, normed_cos (× plain) | frozen-tower plain step "
-        "| frozen-tower GM step (× plain) | frozen-tower GM, normed_cos (× plain) |",
+        (
+            "| model | batch | tower forward | image proj (× fwd) | text proj (× fwd) | image cos (× fwd) "
+            "| text cos (× fwd) | plain step | Grad-Mimic step (× plain) | GM step, normed_cos (× plain) "
+            "| frozen-tower plain step | frozen-tower GM step (× plain) | frozen-tower GM, normed_cos (× plain) |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -194,9 +197,11 @@ def table(results: list[dict]) -> str:
             return f"{value * 1e3:.1f} ms ({'**' + ratio + '**' if bold else ratio})"
 
         lines.append(
-            f"| {r['model']} | {r['batch']} | {fwd * 1e3:.1f} ms | {cell(s['image proj'], fwd, True)} | {cell(s['text proj'], fwd, True)} "
+            f"| {r['model']} | {r['batch']} | {fwd * 1e3:.1f} ms | {cell(s['image proj'], fwd, True)} "
+            f"| {cell(s['text proj'], fwd, True)} "
             f"| {cell(s['image cos'], fwd)} | {cell(s['text cos'], fwd)} | {t['plain step'] * 1e3:.1f} ms "
-            f"| {cell(t['Grad-Mimic step'], t['plain step'], True)} | {cell(t['Grad-Mimic cos step'], t['plain step'])} "
+            f"| {cell(t['Grad-Mimic step'], t['plain step'], True)} "
+            f"| {cell(t['Grad-Mimic cos step'], t['plain step'])} "
             f"| {p['plain step'] * 1e3:.2f} ms | {cell(p['Grad-Mimic step'], p['plain step'])} "
             f"| {cell(p['Grad-Mimic cos step'], p['plain step'])} |"
         )
@@ -225,7 +230,7 @@ def main() -> None:
         results.append(result)
     print(
         f"\ntorch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
-        f"repeats {args.repeats}; load average {open('/proc/loadavg').read().split()[:3]}"
+        f"repeats {args.repeats}; load average {Path('/proc/loadavg').read_text().split()[:3]}"
     )
     print(table(results))
     if args.json:

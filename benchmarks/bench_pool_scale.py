@@ -210,8 +210,8 @@ def main() -> int:
         print(json.dumps(PHASES[phase](*kwargs)))
         return 0
     print(
-        f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, python {platform.python_version()}; "
-        f"dim {args.dim}, {args.epochs} epochs of score rows"
+        f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, "
+        f"python {platform.python_version()}; dim {args.dim}, {args.epochs} epochs of score rows"
     )
     print("| pool | features: time, peak RSS | scoring: time, peak RSS | Stage 2: time, peak RSS | est. quality |")
     print("|---|---|---|---|---|")
@@ -224,7 +224,8 @@ def main() -> int:
                 r.update(_child(phase, folder, args))
             print(
                 f"| {n:,} | {r['features_s']:.1f} s, {r['features_rss_mb']:.0f} MB | {r['score_s']:.1f} s, "
-                f"{r['score_rss_mb']:.0f} MB | {r['stage2_s']:.1f} s, {r['stage2_rss_mb']:.0f} MB | {r['quality']:.3f} |",
+                f"{r['score_rss_mb']:.0f} MB | {r['stage2_s']:.1f} s, {r['stage2_rss_mb']:.0f} MB "
+                f"| {r['quality']:.3f} |",
                 flush=True,
             )
         finally:

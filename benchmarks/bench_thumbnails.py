@@ -72,7 +72,8 @@ def main() -> int:
     gallery = timings(lambda s: app.uri(s), ids, args.fetches)
     size_mb = (run / "thumbs" / "thumbs.bin").stat().st_size / 1e6
     print(
-        f"{len(ids):,} thumbnails, {size_mb:.0f} MB blob; built in {build_s:.0f} s; reader opened in {open_s * 1e3:.0f} ms"
+        f"{len(ids):,} thumbnails, {size_mb:.0f} MB blob; built in {build_s:.0f} s; "
+        f"reader opened in {open_s * 1e3:.0f} ms"
     )
     print("| random fetch by id | mean | p50 | p99 | max |")
     print("|---|---|---|---|---|")

@@ -177,11 +177,13 @@ def main() -> int:
         r = probe_ratio(args.epochs, args.shards, args.pairs)
         print()
         print(
-            "| linear probe (small_cnn backbone, CIFAR-10 shard) | one backbone pass | whole E-epoch probe run | ratio |"
+            "| linear probe (small_cnn backbone, CIFAR-10 shard) | one backbone pass | whole E-epoch probe run "
+            "| ratio |"
         )
         print("|---|---|---|---|")
         print(
-            f"| {r['samples']} samples, E = {r['epochs']} | {r['backbone_pass_s']:.1f} s | {r['probe_run_s']:.1f} s | {r['ratio']:.2f}× "
+            f"| {r['samples']} samples, E = {r['epochs']} | {r['backbone_pass_s']:.1f} s "
+            f"| {r['probe_run_s']:.1f} s | {r['ratio']:.2f}× "
             f"(each pair: {', '.join(f'{x:.2f}' for x in r['ratios'])}) |"
         )
         print(

@@ -36,8 +36,10 @@ CAPTIONS = (
     "{a} {colour} {shape} on a {background} background",
     "{colour} {shape}, {background} backdrop",
     "close-up of a single {colour} {shape} against {background}",
-    "a photograph of a small {colour} {shape} sitting in the middle of a plain {background} background, taken in "
-    "soft daylight with slightly blurred edges, a little sensor noise in the corners and nothing else in the frame",
+    (
+        "a photograph of a small {colour} {shape} sitting in the middle of a plain {background} background, taken in "
+        "soft daylight with slightly blurred edges, a little sensor noise in the corners and nothing else in the frame"
+    ),
 )
 
 

@@ -136,7 +136,8 @@ def test_a_label_far_beyond_the_pool_without_declared_classes_is_an_error_naming
     labels[5] = cell
     quoted = repr(cell if len(cell) <= 40 else cell[:40] + "…")
     assert error_of(csv_manifest(tmp_path, labels)) == (
-        f"manifest:{tmp_path / 'm.csv'}: label {quoted} in row 6 (sample 's5') would make {count} classes for 30 sample(s); "
+        f"manifest:{tmp_path / 'm.csv'}: label {quoted} in row 6 (sample 's5') would make {count} classes "
+        "for 30 sample(s); "
         "without a class list labels may span at most max(samples, 10) = 30 classes, so this looks like a typo: "
         "fix the label or list the classes in classes.txt beside the manifest"
     )
@@ -221,19 +222,26 @@ def test_a_cls_that_is_not_an_integer_is_one_bad_sample(tmp_path):
     [
         (
             b"-1",
-            "is outside the class range 0..9 (1 sample(s)); classes: '0', '1', '2', '3', '4', '5', '6', '7', '8', '9' "
-            "(classes made from the labels)",
+            (
+                "is outside the class range 0..9 (1 sample(s)); "
+                "classes: '0', '1', '2', '3', '4', '5', '6', '7', '8', '9' (classes made from the labels)"
+            ),
         ),
         (
             b"99",
-            "would make 100 classes for 30 sample(s); without a class list labels may span at most max(samples, 10) = 30 "
-            "classes, so this looks like a typo: fix the label or list the classes in classes.txt beside the shards",
+            (
+                "would make 100 classes for 30 sample(s); without a class list labels may span at most "
+                "max(samples, 10) = 30 classes, so this looks like a typo: fix the label or list the classes in "
+                "classes.txt beside the shards"
+            ),
         ),
         (
             b"99999999999999999999999",
-            "would make about 1e+23 classes for 30 sample(s); without a class list labels may span at "
-            "most max(samples, 10) = 30 classes, so this looks like a typo: fix the label or list the "
-            "classes in classes.txt beside the shards",
+            (
+                "would make about 1e+23 classes for 30 sample(s); without a class list labels may span at "
+                "most max(samples, 10) = 30 classes, so this looks like a typo: fix the label or list the "
+                "classes in classes.txt beside the shards"
+            ),
         ),
     ],
 )
@@ -256,7 +264,8 @@ def test_a_cls_beyond_classes_txt_is_an_error_naming_the_sample(tmp_path):
 def test_shards_of_names_only_are_refused_with_the_reason(tmp_path):
     write_shard(tmp_path / "b.tar", [("k1.jpg", JPEG), ("k1.cls", b"cat")])
     assert error_of(f"wds:{tmp_path / 'b.tar'}", index_dir=tmp_path) == (
-        f"wds:{tmp_path / 'b.tar'}: no sample has both an image and a usable .cls label (\"k1.cls holds 'cat': not an integer class index\")"
+        f"wds:{tmp_path / 'b.tar'}: no sample has both an image and a usable .cls label "
+        "(\"k1.cls holds 'cat': not an integer class index\")"
     )
 
 
@@ -308,8 +317,8 @@ def test_a_shard_cut_inside_a_members_data_keeps_every_complete_sample(whole_sha
     detail = f"member {image.name} is cut off, 100 of {image.size} data bytes present"
     key = ITEMS[15][0]
     assert reasons(source) == {
-        f"{short}@{image.offset}": f"truncated shard: stops at byte {image.offset} of {image.offset_data + 100}: {detail}; "
-        "the 15 sample(s) before it are read, whatever followed is lost",
+        f"{short}@{image.offset}": f"truncated shard: stops at byte {image.offset} of {image.offset_data + 100}: "
+        f"{detail}; the 15 sample(s) before it are read, whatever followed is lost",
         key: f"incomplete sample: the shard is truncated at byte {image.offset} within it: {detail}",
     }
     assert source.open_errors[1].path == f"{short}:{key}"
@@ -366,9 +375,11 @@ def test_a_shard_whose_last_padding_is_cut_loses_nothing_but_is_reported(whole_s
     source = open_source(f"wds:{short}", index_dir=tmp_path / "idx")
     assert len(source) == 30
     assert source.warnings == [
-        f"TRUNCATED SHARD: {short} stops at byte {end} of {end}: the file ends inside the padding after a "
-        "complete member, before the end-of-archive marker, so any members that followed are missing; the 30 "
-        "sample(s) before it are read, whatever followed is lost (re-download or re-write the shard)"
+        (
+            f"TRUNCATED SHARD: {short} stops at byte {end} of {end}: the file ends inside the padding after a "
+            "complete member, before the end-of-archive marker, so any members that followed are missing; the 30 "
+            "sample(s) before it are read, whatever followed is lost (re-download or re-write the shard)"
+        )
     ]
 
 
@@ -421,11 +432,11 @@ def test_a_truncated_pairs_shard_reports_the_same_way_and_keeps_every_uid(tmp_pa
     assert source.pool_kind == "pairs"
     assert list(source.sample_ids) == [f"{k:032x}" for k in range(6)]  # p6 is not kept under its key
     assert reasons(source) == {
-        f"{short}@{at}": f"truncated shard: stops at byte {at} of {at}: the file ends after a complete member without tar's "
-        "end-of-archive marker, so the members that followed are missing; the 6 sample(s) before it are read, "
-        "whatever followed is lost",
-        "p6": f"incomplete sample: the shard is truncated at byte {at} within it: the file ends after a complete member without "
-        "tar's end-of-archive marker, so the members that followed are missing",
+        f"{short}@{at}": f"truncated shard: stops at byte {at} of {at}: the file ends after a complete member "
+        "without tar's end-of-archive marker, so the members that followed are missing; the 6 sample(s) before it "
+        "are read, whatever followed is lost",
+        "p6": f"incomplete sample: the shard is truncated at byte {at} within it: the file ends after a complete "
+        "member without tar's end-of-archive marker, so the members that followed are missing",
     }
     assert len(source.warnings) == 1
 
@@ -435,8 +446,8 @@ def test_a_shard_with_no_complete_member_is_refused_naming_the_cut(tmp_path):
     first = member_offsets(tmp_path / "a.tar")[0]
     short = cut(tmp_path / "a.tar", first.offset_data + 10, "nothing")
     assert error_of(f"wds:{short}", index_dir=tmp_path / "idx") == (
-        f"wds:{short}: no sample has both an image and a usable .cls label ('incomplete sample: the shard is truncated at byte 0 "
-        f"within it: member {first.name} is cut off, 10 of {first.size} data bytes present')"
+        f"wds:{short}: no sample has both an image and a usable .cls label ('incomplete sample: the shard is "
+        f"truncated at byte 0 within it: member {first.name} is cut off, 10 of {first.size} data bytes present')"
     )
 
 
@@ -471,7 +482,10 @@ def test_a_fifo_a_device_a_directory_and_a_huge_file_are_bad_samples(tmp_path):
         "b": "is a FIFO (named pipe), not a regular file",
         "c": "is a character device, not a regular file",
         "d": "is a directory, not a file",
-        "e": f"file too large ({MAX_FILE_BYTES + 1:,} bytes; the cap is {MAX_FILE_BYTES:,}, set {MAX_FILE_BYTES_ENV} to change it)",
+        "e": (
+            f"file too large ({MAX_FILE_BYTES + 1:,} bytes; the cap is {MAX_FILE_BYTES:,}, "
+            f"set {MAX_FILE_BYTES_ENV} to change it)"
+        ),
         "f": "file missing",
     }
 
@@ -502,7 +516,8 @@ def test_the_size_cap_comes_from_the_environment(tmp_path, monkeypatch):
     )
     monkeypatch.setenv(MAX_FILE_BYTES_ENV, "lots")
     assert error_of(f"manifest:{tmp_path / 'm.csv'}") == (
-        f"manifest:{tmp_path / 'm.csv'}: {MAX_FILE_BYTES_ENV}='lots' is not a positive whole number of bytes (default {MAX_FILE_BYTES})"
+        f"manifest:{tmp_path / 'm.csv'}: {MAX_FILE_BYTES_ENV}='lots' is not a positive whole number of bytes "
+        f"(default {MAX_FILE_BYTES})"
     )
 
 
@@ -540,8 +555,9 @@ def test_uids_that_differ_only_in_case_are_refused_when_shards_open(tmp_path):
         ]
     write_shard(tmp_path / "p.tar", members)
     assert error_of(f"wds:{tmp_path / 'p.tar'}", index_dir=tmp_path) == (
-        f"wds:{tmp_path / 'p.tar'}: uids differ only in case: {upper!r} (k0 in {tmp_path / 'p.tar'}) and {lower!r} (k2 in "
-        f"{tmp_path / 'p.tar'}) are one 128-bit uid, and DataComp subsets and uid keep-lists ignore case; every pair needs a unique uid"
+        f"wds:{tmp_path / 'p.tar'}: uids differ only in case: {upper!r} (k0 in {tmp_path / 'p.tar'}) and "
+        f"{lower!r} (k2 in {tmp_path / 'p.tar'}) are one 128-bit uid, and DataComp subsets and uid keep-lists "
+        "ignore case; every pair needs a unique uid"
     )
 
 
@@ -551,8 +567,8 @@ def test_uids_that_differ_only_in_case_are_refused_in_a_manifest_but_paths_may(t
         tmp_path / "m.csv", index=False
     )
     assert error_of(f"manifest:{tmp_path / 'm.csv'}") == (
-        f"sample ids in manifest:{tmp_path / 'm.csv'} differ only in case: {'0F' * 16!r} and {'0f' * 16!r} are one 128-bit uid, "
-        "and DataComp subsets and uid keep-lists ignore case; every pair needs a unique uid"
+        f"sample ids in manifest:{tmp_path / 'm.csv'} differ only in case: {'0F' * 16!r} and {'0f' * 16!r} "
+        "are one 128-bit uid, and DataComp subsets and uid keep-lists ignore case; every pair needs a unique uid"
     )
     pd.DataFrame({"path": [photo] * 2, "label": [0, 1], "sample_id": ["cat/A.jpg", "cat/a.jpg"]}).to_csv(
         tmp_path / "n.csv", index=False

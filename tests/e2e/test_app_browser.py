@@ -189,7 +189,8 @@ def test_explorer_in_a_real_browser(browser, demo_run, tmp_path):
         # the downloaded keep-list has exactly N data rows
         with page.expect_download(timeout=60_000) as download:
             page.get_by_role("button", name="Download keep-list").click()
-        rows = list(csv.reader(open(download.value.path(), newline="")))
+        with open(download.value.path(), newline="") as keep_list:
+            rows = list(csv.reader(keep_list))
         assert rows[0][:2] == ["sample_id", "source"] and len(rows) - 1 == after
 
         # a click on a card opens the detail view with the larger image

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
@@ -105,19 +105,13 @@ def _started(command: list[str], log_path: Path, env: dict | None = None, ready:
             seen = psutil.Process(proc.pid).children(recursive=True)
         yield proc
     finally:
-        try:
+        with suppress(psutil.NoSuchProcess):
             seen += psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            pass
         for process in seen:
-            try:
+            with suppress(psutil.NoSuchProcess):
                 process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        try:
+        with suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         proc.wait(timeout=STOP_TIMEOUT)
 
 

@@ -144,7 +144,7 @@ def test_datacomp_uid_export_is_sorted_pairs(samples):
 def test_cli_runs_lists_runs_with_status(demo_run):
     proc = run_cli("runs", str(demo_run.parent))
     assert proc.returncode == 0
-    line = next(l for l in proc.stdout.splitlines() if str(demo_run) in l)
+    line = next(text for text in proc.stdout.splitlines() if str(demo_run) in text)
     assert line.startswith("complete") and "1438" in line
 
 
@@ -424,7 +424,7 @@ def test_exports_use_the_combined_score_and_its_own_split(tmp_path):
         apply_rule(samples, FilterRule("ensemble", None, "combined_score"))
 
 
-# ---------------------------------------------------------------------------------------- one-line errors, verified specs
+# ------------------------------------------------------------------------------------ one-line errors, verified specs
 
 
 def _main(capsys, *args: str) -> tuple[int, str]:
@@ -453,8 +453,8 @@ def test_cli_refuses_an_edited_spec_naming_the_edit(demo_run, tmp_path, capsys):
     edited.write_text(json.dumps(spec))
     err = _one_line_error(*_main(capsys, demo_run, "--spec", edited, "--out", tmp_path / "again.csv"))
     assert (
-        f"spec {edited}: the spec was edited after it was written (the rule's threshold is 2.5 but the hashed spec says 0.5)"
-        in err
+        f"spec {edited}: the spec was edited after it was written "
+        "(the rule's threshold is 2.5 but the hashed spec says 0.5)" in err
     )
     assert not (tmp_path / "again.csv").exists() and not (tmp_path / "again.csv.spec.json").exists()
     spec["rule"]["value"], spec["kept"] = 0.5, spec["kept"] - 1

@@ -51,7 +51,9 @@ def test_factory_from_file_and_module(tmp_path):
             from parts import WIDTH
 
             def tiny(num_classes):
-                return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, WIDTH), nn.ReLU(), nn.Linear(WIDTH, num_classes))
+                return nn.Sequential(
+                    nn.Flatten(), nn.Linear(3 * 32 * 32, WIDTH), nn.ReLU(), nn.Linear(WIDTH, num_classes)
+                )
 
             def fixed():  # ignores the dataset: a 1000-class model whose head must be replaced
                 return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 20), nn.Linear(20, 1000))

@@ -70,9 +70,13 @@ def test_preprocessing_follows_the_image_arch_at_the_saved_size(tmp_path):
 
 def test_mimic_layers_from_mimic_layer_params_or_the_default_text_projection():
     model = tiny()
-    pick = lambda **kw: pair_mimic_params(
-        SimpleNamespace(**{"mimic_layer": None, "params": "head", **kw}, mimic_params=lambda: kw.get("params")), model
-    )
+
+    def pick(**kw):
+        return pair_mimic_params(
+            SimpleNamespace(**{"mimic_layer": None, "params": "head", **kw}, mimic_params=lambda: kw.get("params")),
+            model,
+        )
+
     assert pick() == ["text_projection.weight"]
     assert pick(mimic_layer="image") == ["image_projection.weight"]
     assert pick(params="all") == "all"

@@ -22,7 +22,23 @@ from mimic_explorer.training.loop import TrainConfig, train
 from mimic_explorer.training.signals import collect_pair_signals
 from mimic_explorer.training.towers import tower_features, train_projections
 
-WORDS = ["dog", "cat", "bus", "man", "bike", "snow", "bird", "boat", "lake", "girl", "book", "red", "sofa", "grass", "street"]
+WORDS = [
+    "dog",
+    "cat",
+    "bus",
+    "man",
+    "bike",
+    "snow",
+    "bird",
+    "boat",
+    "lake",
+    "girl",
+    "book",
+    "red",
+    "sofa",
+    "grass",
+    "street",
+]
 
 
 def pairs(n=20, seed=0):
