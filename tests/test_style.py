@@ -15,8 +15,9 @@ TREES = ["mimic_explorer", "tests", "benchmarks"]
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess:
-    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    if not Path(ruff).exists():
+    beside = Path(sys.executable).with_name("ruff")  # the one the dev extra installed, not another on PATH
+    ruff = str(beside) if beside.exists() else shutil.which("ruff")
+    if ruff is None:
         pytest.fail("ruff is not installed: pip install -e '.[dev]' installs it")
     return subprocess.run([ruff, *args, *TREES], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
