@@ -107,7 +107,10 @@ def _add_run_options(p, command: str) -> None:
         "--data",
         required=True,
         metavar="SPEC",
-        help="the pool: digits | folder:DIR | manifest:FILE.csv|.parquet | wds:PATTERN | torchvision:NAME:ROOT",
+        help="the pool: digits | folder:DIR | manifest:FILE.csv|.parquet | wds:PATTERN (local shards, or "
+        "https://, s3://, gs:// URLs or pipe:COMMAND, each shard fetched once into the cache) | "
+        "torchvision:NAME:ROOT | hf:PATH_OR_NAME[:SPLIT][?image=COL&label=COL&caption=COL&id=COL] (a datasets "
+        "save_to_disk folder, .parquet/.arrow files or a Hub name; the hf extra)",
     )
     p.add_argument(
         "--subset",
@@ -116,6 +119,14 @@ def _add_run_options(p, command: str) -> None:
         "sample_id column, an .npy of ids, or DataComp's --format uids .npy, matched against each "
         "pair's 32-hex-digit uid); the rest of the pool is never decoded. Listed ids the pool lacks "
         "are counted in a warning; none in the pool is an error. The ids' hash is part of the run id",
+    )
+    p.add_argument(
+        "--metadata",
+        metavar="FILE_OR_GLOB",
+        help="parquet file(s) whose columns are joined into samples.parquet by uid (or sample_id), e.g. DataComp's "
+        "metadata with clip_l14_similarity_score, usable in export --rule and the app; without it the .parquet "
+        "beside each shard is joined when present. Ids the pool lacks are counted in a warning; the files' content "
+        "hash is part of the run id",
     )
     p.add_argument("--arch", required=True, metavar="ARCH", help=ARCH_HELP)
     p.add_argument(

@@ -361,6 +361,7 @@ class LabelledTask:
             method=options.method if options.reference else "plain",
             noise=pool.noise,
             subset=pool.subset,
+            metadata=None if pool.metadata is None else pool.metadata.facts,
             reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
             **model_facts(models),
         )
@@ -383,6 +384,7 @@ class LabelledTask:
             method=f"{options.score_method} (fixed checkpoint)",
             noise=pool.noise,
             subset=pool.subset,
+            metadata=None if pool.metadata is None else pool.metadata.facts,
             reference={"path": options.reference},
             params=options.params,
             **model_facts(models),
@@ -457,17 +459,20 @@ class LabelledTask:
 
 
 def pool_rows(pool: Pool):
-    """``samples.parquet``'s base columns of given positions of the pool (its labels as trained on)."""
+    """``samples.parquet``'s base columns of given positions of the pool (its labels as trained on), then the
+    pool's joined metadata columns (``Pool.extra_rows``): the one place both tasks' rows start from."""
     source = pool.source
 
     def rows(positions: np.ndarray) -> pd.DataFrame:
-        return samples_table(
+        frame = samples_table(
             source.sample_ids[positions],
             [source.source_of(int(i)) for i in positions],
             pool.labels[positions],
             None if pool.true_labels is None else pool.true_labels[positions],
             None if pool.is_noisy is None else pool.is_noisy[positions],
         )
+        extra = pool.extra_rows(positions)
+        return frame if extra is None else pd.concat([frame, extra], axis=1)
 
     return rows
 

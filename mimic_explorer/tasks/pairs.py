@@ -539,6 +539,7 @@ class PairsTask:
             params=layers,
             basis=models.basis,
             subset=pool.subset,
+            metadata=None if pool.metadata is None else pool.metadata.facts,
         )
         return Prepared(Job(self, pool, models, captions), fingerprints, facts, pool.warnings + models.warnings)
 
@@ -579,6 +580,7 @@ class PairsTask:
             reference={"path": options.reference} if options.reference else None,
             basis=models.basis,
             subset=pool.subset,
+            metadata=None if pool.metadata is None else pool.metadata.facts,
         )
         return Prepared(
             Job(self, pool, models, captions), fingerprints, facts, pool.warnings + models.warnings, models.notes
