@@ -122,17 +122,29 @@ def beside(name: str, file_name: str) -> str | None:
 
 def fetch_optional(name: str | None, spec: str, cache: Path | None = None) -> Path | None:
     """A small file published beside the shards (``classes.txt``, DataComp's ``.parquet``), or None when the server
-    has no such file; any other failure is an error as for a shard."""
+    has no such file (remembered in the cache, so it is asked for once); any other failure is an error as for a
+    shard."""
     if name is None:
         return None
+    cache = remote_shard_dir() if cache is None else Path(cache)
+    absent = _folder(cache, name) / ".absent"
+    if absent.is_file():  # asked before: a pool of many shards asks once, not at every open
+        return None
     try:
-        return fetch(name, spec, remote_shard_dir() if cache is None else Path(cache), attempts())
+        return fetch(name, spec, cache, attempts())
     except _Missing:
+        absent.parent.mkdir(parents=True, exist_ok=True)
+        absent.touch()
         return None
 
 
 class _Missing(DataSourceError):
     """The server says the file does not exist."""
+
+
+def _folder(cache: Path, name: str) -> Path:
+    """The cache folder of one remote file (named by the hash of its URL or command)."""
+    return cache / hashlib.sha256(name.encode()).hexdigest()[:24]
 
 
 def _local_name(name: str) -> str:
@@ -145,7 +157,7 @@ def _local_name(name: str) -> str:
 
 def fetch(name: str, spec: str, cache: Path, tries: int) -> Path:
     """The complete local copy of one remote file, fetched now unless a complete one is already cached."""
-    folder = cache / hashlib.sha256(name.encode()).hexdigest()[:24]
+    folder = _folder(cache, name)
     target = folder / _local_name(name)
     if _complete(target, name):
         return target
