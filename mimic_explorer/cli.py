@@ -465,7 +465,9 @@ filters:
 formats: csv, json, parquet (the kept rows: sample_id, source, label, score, keep); npy (a boolean mask in
 samples.parquet order); uids (DataComp's subset file: the kept pairs' 128-bit uids as a sorted NumPy
 array of dtype [('f0','<u8'),('f1','<u8')], high and low 64 bits; every sample id must be a distinct
-32-hex-digit uid)."""
+32-hex-digit uid); hf (a Hugging Face datasets folder, load_from_disk: the kept rows of an hf: run's dataset with
+the run's columns joined, run_NAME where the dataset has the name; for other runs the run's columns; the hf
+extra)."""
 
 #: --rule KIND words -> FilterRule kinds (the long names are accepted too)
 RULE_KINDS = {
@@ -542,11 +544,13 @@ def _add_export(sub) -> None:
     p.add_argument("--column", default=None, help="score column of a one-rule filter (default mimic_score)")
     p.add_argument(
         "--format",
-        choices=["csv", "json", "parquet", "npy", "uids"],
+        choices=["csv", "json", "parquet", "npy", "uids", "hf"],
         default=None,
         help="file format (default: from --out's extension); see 'formats' below",
     )
-    p.add_argument("--out", required=True, help="file to write; FILE.spec.json is written beside it")
+    p.add_argument(
+        "--out", required=True, help="file to write (a folder for --format hf); OUT.spec.json is written beside it"
+    )
     p.set_defaults(func=_cmd_export)
 
 
@@ -583,7 +587,7 @@ def _export_rule(args, run):
 
 
 def _cmd_export(args) -> int:
-    from mimic_explorer.filters.formats import FORMATS
+    from mimic_explorer.filters.formats import EXPORT_FORMATS, FOLDER_FORMATS
     from mimic_explorer.filters.rules import FilterError, describe
     from mimic_explorer.filters.spec import SpecError
     from mimic_explorer.store.filter_files import check_target, export
@@ -592,9 +596,12 @@ def _cmd_export(args) -> int:
 
     try:
         fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
-        if fmt not in FORMATS:
-            raise UserError(f"cannot tell the format from {args.out!r}; pass --format {'|'.join(FORMATS)}")
-        check_output_file(args.out, "--out")  # a folder, or an unwritable place, is said before the run is read
+        if fmt not in EXPORT_FORMATS:
+            raise UserError(f"cannot tell the format from {args.out!r}; pass --format {'|'.join(EXPORT_FORMATS)}")
+        if fmt not in FOLDER_FORMATS:
+            check_output_file(args.out, "--out")  # a folder, or an unwritable place, is said before the run is read
+        else:
+            check_output_file(str(args.out).rstrip("/") + ".spec.json", "--out's spec")  # the folder's place
         check_target(args.out, fmt)  # ... and a folder where the spec goes
         run = open_run(args.run)
         rule, spec = _export_rule(args, run)

@@ -204,3 +204,38 @@ def test_bad_metadata_and_an_unreachable_shard_write_nothing(tmp_path, capsys, l
         err = capsys.readouterr().err.strip()
         assert status == 2 and err.startswith("error: ") and cause in err and "\n" not in err, err
         assert not out.exists()
+
+
+def test_export_hf_gives_the_original_rows_with_the_run_columns(tmp_path, capsys, labelled_checkpoints):
+    model, reference = labelled_checkpoints
+    cifar_dataset().save_to_disk(str(tmp_path / "hf"))
+    run = run_score(capsys, f"hf:{tmp_path / 'hf'}?id=key", tmp_path / "run", model, reference)
+    out = tmp_path / "kept"
+    args = ["export", str(tmp_path / "run"), "--top-fraction", "0.5", "--format", "hf", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    kept = datasets.load_from_disk(str(out))
+    samples = run.samples
+    expected = samples[apply_rule(samples, FilterRule("top_fraction", 0.5, "mimic_score")).keep]
+    assert len(kept) == len(expected) == 15
+    assert kept["key"] == expected["sample_id"].tolist()  # the original rows, in their order
+    assert kept.features["img"].__class__.__name__ == "Image" and kept.features["label"].names[0] == "airplane"
+    assert kept["label"] == kept["run_label"]  # the run's label beside the dataset's own (no noise injected)
+    np.testing.assert_allclose(kept["mimic_score"], expected["mimic_score"])
+    original = cifar_dataset()
+    rows = {key: k for k, key in enumerate(original["key"])}
+    assert kept[0]["img"].tobytes() == original[rows[kept[0]["key"]]]["img"].tobytes()
+    spec = (tmp_path / "kept.spec.json").read_text()
+    assert '"format": "hf"' in spec
+    # the spec verifies against the folder it describes; an edited folder no longer matches
+    from mimic_explorer.store.filter_files import pair_problem, read_spec_file
+
+    assert pair_problem(out, read_spec_file(tmp_path / "kept.spec.json")) is None
+    # exporting again replaces the folder as one change; a file in the way is one line
+    assert main([*args[:3], "0.2", *args[4:]]) == 0
+    assert len(datasets.load_from_disk(str(out))) == 6
+    (out / "extra.txt").write_text("x")
+    assert "not the keep-list its spec describes" in pair_problem(out, read_spec_file(tmp_path / "kept.spec.json"))
+    (tmp_path / "file").write_text("x")
+    assert main([*args[:-1], str(tmp_path / "file")]) == 2
+    assert "it is a file (--format hf writes a folder)" in capsys.readouterr().err
