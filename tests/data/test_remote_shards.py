@@ -132,3 +132,20 @@ def test_remote_patterns_expand_braces_without_touching_the_network():
     ]
     assert remote.beside("https://h/x/p-00.tar", "classes.txt") == "https://h/x/classes.txt"
     assert remote.beside("pipe:cat a.tar", "classes.txt") is None
+
+
+def test_fsspec_urls_are_fetched_through_their_filesystem(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    folder = tmp_path / "local"
+    write_pool_shards(folder, fixture_items(), shards=2)
+    memory = fsspec.filesystem("memory")
+    for name in ("pool-00.tar", "pool-01.tar", "classes.txt"):
+        memory.pipe(f"/bucket/{name}", (folder / name).read_bytes())
+    try:
+        fetched = open_source("wds:memory://bucket/pool-{00..01}.tar")
+        same_pool(fetched, open_source(f"wds:{folder}/pool-{{00..01}}.tar"))
+        assert fetched.class_names[0] == "airplane"
+        with pytest.raises(DataSourceError, match="cannot fetch memory://bucket/pool-02.tar: no such file"):
+            open_source("wds:memory://bucket/pool-02.tar")
+    finally:
+        memory.rm("/bucket", recursive=True)
