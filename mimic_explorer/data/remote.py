@@ -162,7 +162,7 @@ def fetch(name: str, spec: str, cache: Path, tries: int) -> Path:
     if _complete(target, name):
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".lock"):
+    with _locked(folder / "fetching.lock"):
         if _complete(target, name):  # another process fetched it while this one waited
             return target
         return _fetch_locked(name, spec, target, tries)
