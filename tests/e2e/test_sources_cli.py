@@ -239,3 +239,26 @@ def test_export_hf_gives_the_original_rows_with_the_run_columns(tmp_path, capsys
     (tmp_path / "file").write_text("x")
     assert main([*args[:-1], str(tmp_path / "file")]) == 2
     assert "it is a file (--format hf writes a folder)" in capsys.readouterr().err
+
+
+def test_torchrun_fetches_each_remote_shard_once_and_scores_as_one_process(tmp_path, capsys, labelled_checkpoints):
+    from tests.conftest import run_torchrun
+
+    model, reference = labelled_checkpoints
+    shards = tmp_path / "www"
+    write_pool_shards(shards, fixture_items(), shards=2)
+    cifar_dataset().save_to_disk(str(tmp_path / "hf"))
+    expected = by_stem(run_score(capsys, f"folder:{FIXTURE}", tmp_path / "one", model, reference))
+    with ShardServer(shards) as server:
+        specs = {"http": f"wds:{server.url}/pool-{{00..01}}.tar", "hf": f"hf:{tmp_path / 'hf'}?id=key"}
+        for name, spec in specs.items():
+            args = ["score", "--data", spec, *SMALL, "--model", str(model), "--reference", str(reference)]
+            proc = run_torchrun(*args, "--chunk-size", "8", "--out", str(tmp_path / name))
+            assert proc.returncode == 0, proc.stderr
+            run = open_run(tmp_path / name)
+            assert run.meta["world_size"] == 2
+            found = by_stem(run)
+            assert list(found.index) == list(expected.index)
+            np.testing.assert_allclose(found["proj"], expected["proj"], rtol=1e-5, atol=1e-7)
+        fetched = [n for n, _ in server.requests if n.endswith(".tar")]
+    assert sorted(fetched) == ["pool-00.tar", "pool-01.tar"]  # two ranks, one fetch of each shard
