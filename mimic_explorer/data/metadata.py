@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mimic_explorer.data.errors import DataSourceError
@@ -101,9 +102,13 @@ def files_sha256(files: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def _match_key(values: Sequence[str]) -> np.ndarray:
-    """Ids as the join compares them: 32-hex-digit uids lower-cased (one 128-bit number), others as they are."""
-    return np.asarray([v.lower() if UID_PATTERN.fullmatch(v) else v for v in values], dtype=object)
+def _match_key(values) -> pa.Array:
+    """Ids as the join compares them (Arrow, vectorised: a pool has millions): 32-hex-digit uids lower-cased (one
+    128-bit number), others as they are."""
+    values = pa.array(values, type=pa.string()) if not isinstance(values, pa.Array | pa.ChunkedArray) else values
+    values = values.cast(pa.string())
+    is_uid = pc.match_substring_regex(values, f"^{UID_PATTERN.pattern}$")
+    return pc.if_else(is_uid, pc.utf8_lower(values), values)
 
 
 def _scalar(kind: pa.DataType) -> bool:
@@ -205,28 +210,29 @@ def join_metadata(sample_ids: np.ndarray, files: Sequence[Path], origin: str) ->
         table = pa.concat_tables(parts, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise DataSourceError(f"{origin}: the files' columns do not agree ({exc})") from None
-    keys = _match_key([str(k) for k in table.column("__key__").to_pylist()])
-    listed = pd.Index(keys)
-    if not listed.is_unique:
-        repeated = listed[listed.duplicated()].unique().tolist()
+    keys = _match_key(table.column("__key__")).combine_chunks()
+    counts = pc.value_counts(keys)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(repeated):
         raise DataSourceError(
-            f"{origin}: {len(repeated)} {key}(s) occur more than once, e.g. {', '.join(map(str, repeated[:3]))}; "
-            "each sample needs one metadata row"
+            f"{origin}: {len(repeated)} {key}(s) occur more than once, e.g. "
+            f"{', '.join(map(str, repeated[:3].to_pylist()))}; each sample needs one metadata row"
         )
-    where = listed.get_indexer(_match_key([str(s) for s in sample_ids]))
-    found = where >= 0
-    aligned = table.drop_columns(["__key__"]).take(pa.array(where, mask=~found))
+    pool_keys = _match_key(np.asarray(sample_ids, dtype=object).astype(str).tolist())
+    where = pc.index_in(pool_keys, value_set=keys)
+    found = np.asarray(where.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    aligned = table.drop_columns(["__key__"]).take(where)
     names = {(PREFIX + c if c in RESERVED else c): c for c in wanted}
     aligned = aligned.rename_columns(list(names))
-    outside = len(listed) - int(found.sum())
+    rows = len(keys)
+    outside = rows - int(found.sum())
     uncovered = int((~found).sum())
     warnings = []
     if outside:
-        inside = np.zeros(len(listed), dtype=bool)
-        inside[where[found]] = True
-        examples = [str(k) for k in np.asarray(keys)[~inside][:EXAMPLES]]
+        inside = pc.is_in(keys, value_set=pool_keys)
+        examples = [str(k) for k in keys.filter(pc.invert(inside))[:EXAMPLES].to_pylist()]
         warnings.append(
-            f"METADATA: {outside} of the {len(listed)} {key}(s) in {origin} are not in the pool "
+            f"METADATA: {outside} of the {rows} {key}(s) in {origin} are not in the pool "
             f"(e.g. {', '.join(examples)}); their rows are not used"
         )
     if uncovered:
@@ -243,7 +249,7 @@ def join_metadata(sample_ids: np.ndarray, files: Sequence[Path], origin: str) ->
         "sha256": files_sha256(files),
         "columns": list(names),
         "renamed": renamed,
-        "rows": len(listed),
+        "rows": rows,
         "matched": int(found.sum()),
         "not_in_pool": outside,
         "samples_without_row": uncovered,
