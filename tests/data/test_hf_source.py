@@ -59,6 +59,8 @@ def test_a_save_to_disk_folder_is_the_folder_pool_it_was_made_from(cifar_folder,
     cifar_dataset().to_parquet(str(tmp_path / "cifar.parquet"))
     parquet = open_source(f"hf:{tmp_path / 'cifar.parquet'}?id=key")
     assert parquet.fingerprint() == hf.fingerprint() and parquet.class_names == CLASSES
+    arrow = open_source(f"hf:{next(cifar_folder.glob('*.arrow'))}?id=key")  # one Arrow file of the folder
+    assert arrow.fingerprint() == hf.fingerprint()
     # workers get a pickled copy that reads the same bytes
     copy = pickle.loads(pickle.dumps(hf))
     assert copy.read_bytes(7) == hf.read_bytes(7) == (FIXTURE / folder.sample_ids[7]).read_bytes()
