@@ -41,6 +41,11 @@ class Pool:
     #: ``--metadata`` (or the parquet beside each shard) joined by id: columns every task's base rows append
     metadata: PoolMetadata | None = None
 
+    def source_facts(self) -> dict:
+        """What ``meta.json``'s ``source`` adds about the pool's metadata (``metadata``: files, key, sha256, joined
+        columns and how the ids met the pool); nothing without metadata."""
+        return {} if self.metadata is None else {"metadata": self.metadata.facts}
+
     def extra_rows(self, positions: np.ndarray):
         """The joined metadata columns at ``positions`` (None without metadata): what ``samples.parquet`` adds
         after the base columns, for every task."""

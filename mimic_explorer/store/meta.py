@@ -60,9 +60,6 @@ class RunMeta:
     #: ``--subset``: the keep-list (path, format, ids, sha256) and how it met the pool (pool_samples,
     #: kept, missing, missing_examples, unusable); None for a run on the whole pool
     subset: dict[str, Any] | None = None
-    #: ``--metadata`` (or the parquet beside the shards): files, key, sha256, joined columns and how the ids met the
-    #: pool (matched, not_in_pool, samples_without_row); None without metadata
-    metadata: dict[str, Any] | None = None
     fingerprints: dict[str, Any] = field(default_factory=dict)
     load_reports: dict[str, Any] = field(default_factory=dict)
     basis: dict[str, Any] = field(default_factory=dict)

@@ -357,11 +357,10 @@ class LabelledTask:
         }
         facts = dict(
             class_names=pool.source.class_names,
-            source={"spec": options.data, **_describe(pool.source)},
+            source={"spec": options.data, **_describe(pool.source), **pool.source_facts()},
             method=options.method if options.reference else "plain",
             noise=pool.noise,
             subset=pool.subset,
-            metadata=None if pool.metadata is None else pool.metadata.facts,
             reference={"path": options.reference, "noise": options.reference_noise} if options.reference else None,
             **model_facts(models),
         )
@@ -380,11 +379,10 @@ class LabelledTask:
         }
         facts = dict(
             class_names=pool.source.class_names,
-            source={"spec": options.data},
+            source={"spec": options.data, **pool.source_facts()},
             method=f"{options.score_method} (fixed checkpoint)",
             noise=pool.noise,
             subset=pool.subset,
-            metadata=None if pool.metadata is None else pool.metadata.facts,
             reference={"path": options.reference},
             params=options.params,
             **model_facts(models),

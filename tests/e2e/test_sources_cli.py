@@ -141,7 +141,8 @@ def test_datacomp_layout_rule_on_the_published_score_and_mimic_score_exports_uid
     samples = run.samples
     expected = published.set_index("uid").loc[samples["sample_id"], "clip_l14_similarity_score"].to_numpy()
     np.testing.assert_allclose(samples["clip_l14_similarity_score"], expected)
-    assert run.meta["metadata"]["matched"] == 24 and run.meta["metadata"]["not_in_pool"] == 2
+    facts = run.meta["source"]["metadata"]
+    assert facts["matched"] == 24 and facts["not_in_pool"] == 2 and facts["key"] == "uid"
     assert any(w.startswith("METADATA: 2 of the 26 uid(s)") for w in run.meta["warnings"])
     assert "clip_l14_similarity_score" in open_index(tmp_path / "run").score_columns  # a column of the app
     out = tmp_path / "subset.npy"
