@@ -107,7 +107,10 @@ def _add_run_options(p, command: str) -> None:
         "--data",
         required=True,
         metavar="SPEC",
-        help="the pool: digits | folder:DIR | manifest:FILE.csv|.parquet | wds:PATTERN | torchvision:NAME:ROOT",
+        help="the pool: digits | folder:DIR | manifest:FILE.csv|.parquet | wds:PATTERN (local shards, or "
+        "https://, s3://, gs:// URLs or pipe:COMMAND, each shard fetched once into the cache) | "
+        "torchvision:NAME:ROOT | hf:PATH_OR_NAME[:SPLIT][?image=COL&label=COL&caption=COL&id=COL] (a datasets "
+        "save_to_disk folder, .parquet/.arrow files or a Hub name; the hf extra)",
     )
     p.add_argument(
         "--subset",
@@ -116,6 +119,14 @@ def _add_run_options(p, command: str) -> None:
         "sample_id column, an .npy of ids, or DataComp's --format uids .npy, matched against each "
         "pair's 32-hex-digit uid); the rest of the pool is never decoded. Listed ids the pool lacks "
         "are counted in a warning; none in the pool is an error. The ids' hash is part of the run id",
+    )
+    p.add_argument(
+        "--metadata",
+        metavar="FILE_OR_GLOB",
+        help="parquet file(s) whose columns are joined into samples.parquet by uid (or sample_id), e.g. DataComp's "
+        "metadata with clip_l14_similarity_score, usable in export --rule and the app; without it the .parquet "
+        "beside each shard is joined when present. Ids the pool lacks are counted in a warning; the files' content "
+        "hash is part of the run id",
     )
     p.add_argument("--arch", required=True, metavar="ARCH", help=ARCH_HELP)
     p.add_argument(
@@ -454,7 +465,9 @@ filters:
 formats: csv, json, parquet (the kept rows: sample_id, source, label, score, keep); npy (a boolean mask in
 samples.parquet order); uids (DataComp's subset file: the kept pairs' 128-bit uids as a sorted NumPy
 array of dtype [('f0','<u8'),('f1','<u8')], high and low 64 bits; every sample id must be a distinct
-32-hex-digit uid)."""
+32-hex-digit uid); hf (a Hugging Face datasets folder, load_from_disk: the kept rows of an hf: run's dataset with
+the run's columns joined, run_NAME where the dataset has the name; for other runs the run's columns; the hf
+extra)."""
 
 #: --rule KIND words -> FilterRule kinds (the long names are accepted too)
 RULE_KINDS = {
@@ -531,11 +544,13 @@ def _add_export(sub) -> None:
     p.add_argument("--column", default=None, help="score column of a one-rule filter (default mimic_score)")
     p.add_argument(
         "--format",
-        choices=["csv", "json", "parquet", "npy", "uids"],
+        choices=["csv", "json", "parquet", "npy", "uids", "hf"],
         default=None,
         help="file format (default: from --out's extension); see 'formats' below",
     )
-    p.add_argument("--out", required=True, help="file to write; FILE.spec.json is written beside it")
+    p.add_argument(
+        "--out", required=True, help="file to write (a folder for --format hf); OUT.spec.json is written beside it"
+    )
     p.set_defaults(func=_cmd_export)
 
 
@@ -572,7 +587,7 @@ def _export_rule(args, run):
 
 
 def _cmd_export(args) -> int:
-    from mimic_explorer.filters.formats import FORMATS
+    from mimic_explorer.filters.formats import EXPORT_FORMATS, FOLDER_FORMATS
     from mimic_explorer.filters.rules import FilterError, describe
     from mimic_explorer.filters.spec import SpecError
     from mimic_explorer.store.filter_files import check_target, export
@@ -581,9 +596,12 @@ def _cmd_export(args) -> int:
 
     try:
         fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
-        if fmt not in FORMATS:
-            raise UserError(f"cannot tell the format from {args.out!r}; pass --format {'|'.join(FORMATS)}")
-        check_output_file(args.out, "--out")  # a folder, or an unwritable place, is said before the run is read
+        if fmt not in EXPORT_FORMATS:
+            raise UserError(f"cannot tell the format from {args.out!r}; pass --format {'|'.join(EXPORT_FORMATS)}")
+        if fmt not in FOLDER_FORMATS:
+            check_output_file(args.out, "--out")  # a folder, or an unwritable place, is said before the run is read
+        else:
+            check_output_file(str(args.out).rstrip("/") + ".spec.json", "--out's spec")  # the folder's place
         check_target(args.out, fmt)  # ... and a folder where the spec goes
         run = open_run(args.run)
         rule, spec = _export_rule(args, run)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from mimic_explorer.data.keep_lists import check_keep_list_path
+from mimic_explorer.data.metadata import metadata_files
 from mimic_explorer.models.preprocessing import check_image_size, parse_transform_text
 from mimic_explorer.models.registry import parse_arch
 from mimic_explorer.store.targets import check_output_file, check_run_target
@@ -31,7 +32,7 @@ from mimic_explorer.util.choices import (
 
 #: fields that change how a run is made or reported but not what it computes
 #: (``subset`` is the keep-list's path: its content hash is a fingerprint of the run instead, so a moved
-#: or re-saved file with the same ids is the same run)
+#: or re-saved file with the same ids is the same run; ``metadata`` likewise: its files' content hash is a fingerprint)
 NON_IDENTITY = (
     "out",
     "force",
@@ -43,6 +44,7 @@ NON_IDENTITY = (
     "chunk_size",
     "checkpoint_every",
     "subset",
+    "metadata",
 )
 
 
@@ -90,7 +92,8 @@ class CommonOptions:
     Parameters
     ----------
     data
-        The pool: ``digits``, ``folder:DIR``, ``manifest:FILE``, ``wds:PATTERN`` or ``torchvision:NAME:ROOT``.
+        The pool: ``digits``, ``folder:DIR``, ``manifest:FILE``, ``wds:PATTERN`` (local, ``https://``, ``s3://``,
+        ``gs://`` or ``pipe:COMMAND``), ``torchvision:NAME:ROOT`` or ``hf:PATH_OR_NAME[:SPLIT]``.
     arch
         The architecture: ``mlp``, ``small_cnn``, ``timm:NAME``, ``torchvision:NAME``, ``open_clip:NAME``,
         ``small_dual[:IMAGE_ARCH]``, or a factory ``file.py:function`` / ``module:function``.
@@ -130,6 +133,9 @@ class CommonOptions:
         No progress bars.
     subset
         A keep-list (what ``export`` writes): the pool is its samples only.
+    metadata
+        Parquet file(s) (a path or a glob) whose columns are joined by ``uid`` or ``sample_id`` into
+        ``samples.parquet`` (DataComp's metadata); without it, the ``.parquet`` beside each shard is joined.
     """
 
     command: ClassVar[str] = ""
@@ -159,6 +165,7 @@ class CommonOptions:
     force: bool = False
     quiet: bool = False
     subset: str | None = None  # a keep-list (``export``'s csv/json/parquet/npy/uids): the pool is its samples only
+    metadata: str | None = None  # parquet file(s) joined by uid/sample_id into samples.parquet (``data.metadata``)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option (as the command line spells it)."""
@@ -184,6 +191,8 @@ class CommonOptions:
         _require(self.aggregation in AGGREGATIONS, f"--aggregate must be one of {', '.join(AGGREGATIONS)}")
         if self.subset is not None:
             check_keep_list_path(self.subset)
+        if self.metadata is not None:
+            metadata_files(self.metadata)
         self._validate_model_choice()
         check_run_target(self.out)  # a file, or a place no folder can be made, is said before any work
 

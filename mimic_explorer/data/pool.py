@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mimic_explorer.data.keep_lists import read_keep_list
+from mimic_explorer.data.metadata import PoolMetadata, join_metadata, metadata_files
 from mimic_explorer.data.noise import CIFAR10_ASYMMETRIC, asymmetric_noise, symmetric_noise
 from mimic_explorer.data.source import Source
 from mimic_explorer.data.specs import open_source
@@ -37,6 +38,18 @@ class Pool:
     subset: dict | None = None
     #: what opening the pool found worth saying (listed ids the pool lacks): printed and kept in meta.json
     warnings: list[str] = field(default_factory=list)
+    #: ``--metadata`` (or the parquet beside each shard) joined by id: columns every task's base rows append
+    metadata: PoolMetadata | None = None
+
+    def source_facts(self) -> dict:
+        """What ``meta.json``'s ``source`` adds about the pool's metadata (``metadata``: files, key, sha256, joined
+        columns and how the ids met the pool); nothing without metadata."""
+        return {} if self.metadata is None else {"metadata": self.metadata.facts}
+
+    def extra_rows(self, positions: np.ndarray):
+        """The joined metadata columns at ``positions`` (None without metadata): what ``samples.parquet`` adds
+        after the base columns, for every task."""
+        return None if self.metadata is None else self.metadata.rows(positions)
 
 
 def open_pool(options, source: Source | None = None) -> Pool:
@@ -68,9 +81,25 @@ def open_pool(options, source: Source | None = None) -> Pool:
             "flipped": int(is_noisy.sum()),
         }
     warnings = list(getattr(source, "warnings", []))  # what opening found (a truncated shard), printed and in meta.json
-    if subset is None:
-        return Pool(source, labels, true_labels, is_noisy, noise, warnings=warnings)
-    return Pool(source, labels, true_labels, is_noisy, noise, subset.facts, warnings + subset.warnings)
+    if subset is not None:
+        warnings += subset.warnings
+    metadata = open_metadata(source, getattr(options, "metadata", None))
+    if metadata is not None:
+        warnings += metadata.warnings
+    return Pool(
+        source, labels, true_labels, is_noisy, noise, None if subset is None else subset.facts, warnings, metadata
+    )
+
+
+def open_metadata(source: Source, pattern: str | None) -> PoolMetadata | None:
+    """``--metadata PATTERN`` joined onto the pool, else the parquet files published beside its shards
+    (DataComp's layout, ``Source.beside_metadata``), else None (``data.metadata``)."""
+    if pattern:
+        return join_metadata(source.sample_ids, metadata_files(pattern), f"--metadata {pattern}")
+    beside = source.beside_metadata()
+    if not beside:
+        return None
+    return join_metadata(source.sample_ids, beside, "the parquet beside the shards")
 
 
 def check_decodable(source: Source, transform) -> None:
@@ -86,9 +115,12 @@ def check_decodable(source: Source, transform) -> None:
 
 
 def pool_fingerprints(pool: Pool) -> dict[str, str]:
-    """Fingerprints of the pool's data and of the labels the run uses (noisy ones when injected), and
-    with ``--subset`` the keep-list's content hash (the same ids in any file format: the same run)."""
+    """Fingerprints of the pool's data and of the labels the run uses (noisy ones when injected), with
+    ``--subset`` the keep-list's content hash (the same ids in any file format: the same run), and with metadata
+    the content hash of its files."""
     found = {"data": pool.source.fingerprint(), "labels": state_fingerprint({"l": torch.from_numpy(pool.labels)})}
     if pool.subset is not None:
         found["subset"] = pool.subset["sha256"]
+    if pool.metadata is not None:
+        found["metadata"] = pool.metadata.sha256
     return found

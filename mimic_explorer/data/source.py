@@ -179,6 +179,11 @@ class Source:
         what = "image-text pairs" if self.pool_kind == PAIRS else f"samples, {len(self.class_names)} classes"
         return f"<{type(self).__name__} {self.spec!r}: {len(self)} {what}>"
 
+    def beside_metadata(self) -> list:
+        """Metadata files published beside the pool's files (DataComp's ``.parquet`` beside each shard), joined by
+        id when no ``--metadata`` is given (``data.metadata``); none for most sources."""
+        return []
+
     def all_captions(self, i: int) -> list[str]:
         """Every caption known for pair ``i`` (its own first; sources with more, such as DataComp-style
         shards whose ``.json`` lists ``all_captions``, override this). Empty for a labelled pool."""

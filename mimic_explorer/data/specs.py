@@ -1,8 +1,9 @@
 """``open_source(SPEC)``: the one entry point from a data SPEC (DESIGN §4) to a ``Source``.
 
 SPEC forms: ``digits``, ``folder:DIR``, ``manifest:FILE.csv|.parquet``, ``wds:PATTERN``,
-``torchvision:NAME[/SPLIT]:ROOT``. Opening reads names, labels and (for shards) the member index,
-never image pixels, so it is quick even for large pools; decoding happens in ``load``/``iter_images``.
+``torchvision:NAME[/SPLIT]:ROOT``, ``hf:PATH_OR_NAME[:SPLIT]`` (``data.hf``). Opening reads names, labels and (for
+shards) the member index, never image pixels, so it is quick even for large pools; decoding happens in
+``load``/``iter_images``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ SPEC_FORMS = (
     "manifest:FILE.csv|.parquet",
     "wds:PATTERN",
     "torchvision:NAME[/SPLIT]:ROOT",
+    "hf:PATH_OR_NAME[:SPLIT]",
 )
 
 __all__ = [
@@ -52,7 +54,7 @@ def open_source(
         from mimic_explorer.data.memory import DigitsSource
 
         return DigitsSource(spec)
-    if sep and not rest and kind in ("folder", "manifest", "wds", "torchvision"):
+    if sep and not rest and kind in ("folder", "manifest", "wds", "torchvision", "hf"):
         raise DataSourceError(f"data SPEC {spec!r} names no path; use one of: {', '.join(SPEC_FORMS)}")
     if kind == "folder" and sep:
         from mimic_explorer.data.folder import FolderSource
@@ -66,6 +68,10 @@ def open_source(
         from mimic_explorer.data.wds import WdsSource
 
         return WdsSource(rest, spec=spec, index_dir=index_dir, class_names=class_names)
+    if kind == "hf" and sep:
+        from mimic_explorer.data.hf import HfSource
+
+        return HfSource(rest, spec=spec)
     if kind == "torchvision" and sep:
         from mimic_explorer.data.tvsource import TorchvisionSource
 

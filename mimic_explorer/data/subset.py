@@ -66,6 +66,10 @@ class SubsetSource(Source):
     def _sizes_now(self) -> np.ndarray:
         return self.base.sizes()[self.positions]
 
+    def beside_metadata(self) -> list:
+        """The base source's metadata files (joined on the subset's ids)."""
+        return self.base.beside_metadata()
+
     def all_captions(self, i: int) -> list[str]:
         """The base source's captions of this pair."""
         return self.base.all_captions(int(self.positions[i]))

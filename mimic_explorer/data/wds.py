@@ -29,6 +29,11 @@ of member every other sample of its shard has (a pair cut before its ``.json`` w
 its id from the uid to the key). The shard itself becomes an entry of ``pool_errors`` (so also of
 ``open_errors``; id ``SHARD@BYTE``, the byte where its readable part ends) and a line of ``warnings``.
 Both are kept in the cached index, so every later open reports them again.
+
+Remote shards (``https://…``, ``s3://…``, ``gs://…``, ``pipe:COMMAND``) are fetched whole into the cache once,
+verified complete, and then indexed and read like local ones (``data.remote`` says why); ``shards`` names them
+as the pattern does (messages, the ``source`` column), ``shard_files`` are the files read. ``classes.txt`` and
+DataComp's ``NAME.parquet`` are fetched from beside them when the server has them.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceErro
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file
 from mimic_explorer.data.imageio import IMAGE_EXTENSIONS, MAX_FILE_BYTES_ENV, max_file_bytes
 from mimic_explorer.data.labels import cell_text, implied_classes_message, parse_label, too_many_implied
+from mimic_explorer.data.remote import beside, fetch_optional, fetch_shards, is_remote
 from mimic_explorer.data.shards import resolve_shards
 from mimic_explorer.data.source import Source, _preview, uid_case_twins, uid_twins_text
 from mimic_explorer.data.tar_scan import TarScan
@@ -289,16 +295,23 @@ class WdsSource(Source):
         class_names: Sequence[str] | None = None,
     ):
         spec = spec or f"wds:{pattern}"
+        self.spec = spec  # before ``Source.__init__``: messages and remote fetches name it while the pool opens
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
         try:
             self.max_bytes = max_file_bytes()
         except DataSourceError as exc:
             raise DataSourceError(f"{spec}: {exc}") from None
-        self.shards = resolve_shards(pattern, spec)
+        if is_remote(pattern):
+            fetched = fetch_shards(pattern, spec)
+            self.shards = [f.name for f in fetched]
+            self.shard_files = [str(f.path) for f in fetched]
+        else:
+            self.shards = resolve_shards(pattern, spec)
+            self.shard_files = list(self.shards)
         self.cache_dir = shard_index_dir(index_dir)
         parts, self.index_files = [], []
-        for shard in self.shards:
+        for shard in self.shard_files:
             index, path = _load_or_build_index(shard, self.cache_dir)
             parts.append(index)
             self.index_files.append(path)
@@ -414,8 +427,8 @@ class WdsSource(Source):
         label inside them, or ``0..max label`` when that range suits the pool's size (``data.labels``);
         else an error naming the sample."""
         declared_from = "the class list given"
-        class_file = Path(self.shards[0]).parent / CLASS_FILE
-        if class_names is None and class_file.is_file():
+        class_file = self._beside_first(CLASS_FILE)
+        if class_names is None and class_file is not None and class_file.is_file():
             class_names, declared_from = read_class_file(class_file), str(class_file)
         state, labels = cat["label_state"], cat["label"]
 
@@ -532,6 +545,27 @@ class WdsSource(Source):
             + "; every pair needs a unique uid"
         )
 
+    def _beside_first(self, file_name: str) -> Path | None:
+        """``file_name`` in the first shard's folder (fetched when the shards are remote), or None without one."""
+        first = self.shards[0]
+        if not is_remote(first):
+            return Path(first).parent / file_name
+        return fetch_optional(beside(first, file_name), self.spec)
+
+    def beside_metadata(self) -> list[Path]:
+        """DataComp's layout: ``NAME.parquet`` beside a shard ``NAME.tar``, for every shard that has one (fetched
+        beside remote URLs; a ``pipe:`` command has none)."""
+        found = []
+        for name in self.shards:
+            stem = name.rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".parquet"
+            if is_remote(name):
+                path = fetch_optional(beside(name, stem), self.spec)
+            else:
+                path = Path(name).with_suffix(".parquet")
+            if path is not None and path.is_file():
+                found.append(path)
+        return found
+
     def metadata(self, i: int) -> dict | None:
         """The parsed ``.json`` member of sample ``i`` (None without one), read now from the shard."""
         if self._json_offset[i] < 0:
@@ -558,7 +592,7 @@ class WdsSource(Source):
             with self._lock:
                 fd = self._fds.get(shard)
                 if fd is None:
-                    fd = self._fds[shard] = os.open(self.shards[shard], os.O_RDONLY)
+                    fd = self._fds[shard] = os.open(self.shard_files[shard], os.O_RDONLY)
         return fd
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:

@@ -4,7 +4,9 @@
   score first (``keep_list``);
 - ``npy``: the boolean keep mask in samples.parquet order;
 - ``uids``: DataComp's subset file, the kept pairs' 128-bit uids as a sorted ``u8,u8`` array
-  (``datacomp_uids``).
+  (``datacomp_uids``);
+- ``hf`` (``FOLDER_FORMATS``): a Hugging Face ``datasets`` folder of the kept rows, the original ones with the
+  run's columns joined (``store/hf_export.py``); a folder, so the app's file downloads do not offer it.
 
 Where the bytes go (atomically, streamed from the app index, beside their spec) is ``store/``'s job:
 ``store/keep_list_stream.py`` and ``store/filter_files.py``. See docs/ARCHITECTURE.md.
@@ -21,13 +23,17 @@ import pandas as pd
 from mimic_explorer.filters.rules import FilterError, FilterResult
 
 FORMATS = ("csv", "json", "parquet", "npy", "uids")
+#: formats written as a folder rather than a file
+FOLDER_FORMATS = ("hf",)
+#: every format ``export`` writes (and a spec may record)
+EXPORT_FORMATS = (*FORMATS, *FOLDER_FORMATS)
 UID_DTYPE = np.dtype([("f0", "<u8"), ("f1", "<u8")])
 
 
 def check_format(export_format: str) -> None:
     """``FilterError`` naming the known formats when ``export_format`` is not one of them."""
-    if export_format not in FORMATS:
-        raise FilterError(f"unknown format {export_format!r}; choose one of {', '.join(FORMATS)}")
+    if export_format not in EXPORT_FORMATS:
+        raise FilterError(f"unknown format {export_format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
 
 
 def keep_list(samples: pd.DataFrame, result: FilterResult, column: str) -> pd.DataFrame:

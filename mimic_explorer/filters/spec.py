@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from mimic_explorer.filters.formats import FORMATS
+from mimic_explorer.filters.formats import EXPORT_FORMATS
 from mimic_explorer.filters.hashing import content_hash, mask_sha256
 from mimic_explorer.filters.rules import (
     MAX_CLAUSES,
@@ -152,8 +152,8 @@ def _check_fields(spec: dict[str, Any]) -> None:
         counts = spec.get(name, {})
         if not isinstance(counts, dict) or not all(is_number(v) and v >= 0 for v in counts.values()):
             raise SpecError(f"{name} maps each class to a count ≥ 0, got {shown(counts)}")
-    if spec.get("format") is not None and spec.get("format") not in FORMATS:
-        raise SpecError(f"format is one of {', '.join(FORMATS)}, got {shown(spec.get('format'))}")
+    if spec.get("format") is not None and spec.get("format") not in EXPORT_FORMATS:
+        raise SpecError(f"format is one of {', '.join(EXPORT_FORMATS)}, got {shown(spec.get('format'))}")
     for name in ("run_id", "data_fingerprint"):
         if spec.get(name) is not None and not isinstance(spec[name], str):
             raise SpecError(f"{name} is text, got {shown(spec[name])}")

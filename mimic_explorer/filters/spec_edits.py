@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from mimic_explorer.filters.formats import FORMATS
+from mimic_explorer.filters.formats import EXPORT_FORMATS
 from mimic_explorer.filters.hashing import content_hash
 from mimic_explorer.filters.rules import RULES, FilterError, FilterRule, all_of, apply_rule, is_number, numeric_columns
 
@@ -182,7 +182,7 @@ def _single_edits(spec: dict[str, Any], samples: pd.DataFrame | None) -> Iterato
                 f"{name} is {spec.get(name)!r} but the hashed spec says {sum(counts.values())}",
                 {**spec, name: sum(counts.values())},
             )
-    for fmt in (*FORMATS, None):
+    for fmt in (*EXPORT_FORMATS, None):
         if fmt != spec.get("format"):
             yield f"format is {spec.get('format')!r} but the hashed spec says {fmt!r}", {**spec, "format": fmt}
     for version in (1, 2):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.filters.formats import check_format
+from mimic_explorer.filters.formats import FOLDER_FORMATS, check_format
 from mimic_explorer.filters.hashing import mask_sha256, rule_digest
 from mimic_explorer.filters.rules import FilterError, FilterResult, Rule, apply_rule
 from mimic_explorer.filters.spec import (
@@ -39,6 +40,7 @@ from mimic_explorer.filters.spec import (
     rule_from_spec,
 )
 from mimic_explorer.store.atomic import AtomicFile, PartlyCommitted, commit_in_order, json_default
+from mimic_explorer.store.hf_export import HfExportError, folder_facts, replace_folder, write_hf_folder
 from mimic_explorer.store.keep_list_stream import write_keep_list_into
 from mimic_explorer.store.layout import SPEC_SUFFIX, RunLayout, keep_list_of, spec_beside
 
@@ -60,6 +62,12 @@ def check_target(out: str | os.PathLike, export_format: str) -> tuple[Path, Path
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist")
     spec_path = spec_beside(out)
+    if export_format in FOLDER_FORMATS:
+        if out.exists() and not out.is_dir():
+            raise ExportError(f"cannot write {out}: it is a file (--format {export_format} writes a folder)")
+        if spec_path.is_dir():
+            raise ExportError(f"cannot write {spec_path}: it is a folder")
+        return out, spec_path
     for path in (out, spec_path):
         if path.is_dir():
             raise ExportError(f"cannot write {path}: it is a folder (--out names the keep-list file to write)")
@@ -110,9 +118,11 @@ def export(
     result = apply_rule(samples, rule)
     if reapplying is not None:
         check_reapplied(reapplying, result)
-    spec = write_pair(
-        samples, result, rule.column, export_format, out, build_spec(run_meta, rule, result, export_format)
-    )
+    spec = build_spec(run_meta, rule, result, export_format)
+    if export_format in FOLDER_FORMATS:
+        spec = write_folder_pair(samples, result, run_meta, out, spec)
+    else:
+        spec = write_pair(samples, result, rule.column, export_format, out, spec)
     return result, spec, out, spec_path
 
 
@@ -156,6 +166,42 @@ def write_pair(
     return spec
 
 
+def write_folder_pair(
+    samples: pd.DataFrame, result: FilterResult, run_meta: dict[str, Any], out: Path, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """A folder export (``--format hf``) and its spec as one change: the folder written under a temporary name and
+    hashed into the spec, the spec renamed into place, then the folder (``store/hf_export.py``). Returns the spec
+    as written."""
+    spec_path = spec_beside(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    spec_file: AtomicFile | None = None
+    committed = False
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_hf_folder(samples, result.keep, run_meta, tmp)
+        spec = {**spec, "keep_list": folder_facts(tmp)}
+        spec_file = AtomicFile(spec_path)
+        _write_spec_file(spec_file.tmp, spec)
+        spec_file.commit()
+        committed = True
+        replace_folder(tmp, out)
+    except HfExportError as exc:
+        raise ExportError(f"cannot write {out}: {exc}; nothing was replaced") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if committed:
+            raise ExportError(
+                f"cannot write {out}: {reason}; its spec {spec_path.name} was replaced but the folder was not, so the "
+                "two no longer match: export again"
+            ) from None
+        raise ExportError(f"cannot write {out}: {reason}; nothing was replaced") from None
+    finally:
+        if spec_file is not None and not committed:
+            spec_file.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return spec
+
+
 def _write_spec_file(path: str | os.PathLike, spec: dict[str, Any]) -> None:
     """The spec's JSON into ``path`` (a temporary file)."""
     with open(path, "w", encoding="utf-8") as fh:
@@ -164,7 +210,10 @@ def _write_spec_file(path: str | os.PathLike, spec: dict[str, Any]) -> None:
 
 
 def file_facts(path: str | os.PathLike) -> dict[str, Any]:
-    """A file's size and sha256: what a spec records of its keep-list."""
+    """A file's size and sha256 (a folder export's: ``hf_export.folder_facts``): what a spec records of its
+    keep-list."""
+    if Path(path).is_dir():
+        return folder_facts(path)
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as fh:
@@ -205,7 +254,7 @@ def pair_problem(keep_list: str | os.PathLike, spec: dict[str, Any]) -> str | No
     and sha256 (specs written since they are recorded), else what the file holds against ``kept``
     (the mask's hash for npy)."""
     keep_list = Path(keep_list)
-    if not keep_list.is_file():
+    if not keep_list.is_file() and not (keep_list.is_dir() and spec.get("format") in FOLDER_FORMATS):
         return f"its keep-list {keep_list.name} is missing"
     facts = spec.get("keep_list")
     if isinstance(facts, dict) and isinstance(facts.get("sha256"), str):
@@ -322,5 +371,6 @@ __all__ = [
     "read_spec_file",
     "save_to_run",
     "saved_specs",
+    "write_folder_pair",
     "write_pair",
 ]

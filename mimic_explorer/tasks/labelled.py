@@ -357,7 +357,7 @@ class LabelledTask:
         }
         facts = dict(
             class_names=pool.source.class_names,
-            source={"spec": options.data, **_describe(pool.source)},
+            source={"spec": options.data, **_describe(pool.source), **pool.source_facts()},
             method=options.method if options.reference else "plain",
             noise=pool.noise,
             subset=pool.subset,
@@ -379,7 +379,7 @@ class LabelledTask:
         }
         facts = dict(
             class_names=pool.source.class_names,
-            source={"spec": options.data},
+            source={"spec": options.data, **pool.source_facts()},
             method=f"{options.score_method} (fixed checkpoint)",
             noise=pool.noise,
             subset=pool.subset,
@@ -457,17 +457,20 @@ class LabelledTask:
 
 
 def pool_rows(pool: Pool):
-    """``samples.parquet``'s base columns of given positions of the pool (its labels as trained on)."""
+    """``samples.parquet``'s base columns of given positions of the pool (its labels as trained on), then the
+    pool's joined metadata columns (``Pool.extra_rows``): the one place both tasks' rows start from."""
     source = pool.source
 
     def rows(positions: np.ndarray) -> pd.DataFrame:
-        return samples_table(
+        frame = samples_table(
             source.sample_ids[positions],
             [source.source_of(int(i)) for i in positions],
             pool.labels[positions],
             None if pool.true_labels is None else pool.true_labels[positions],
             None if pool.is_noisy is None else pool.is_noisy[positions],
         )
+        extra = pool.extra_rows(positions)
+        return frame if extra is None else pd.concat([frame, extra], axis=1)
 
     return rows
 

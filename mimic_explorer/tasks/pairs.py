@@ -531,7 +531,7 @@ class PairsTask:
         layers = models.mimic_layers if isinstance(models.mimic_layers, str) else ",".join(models.mimic_layers)
         facts = dict(
             class_names=[],
-            source={"spec": options.data, "pool_kind": "pairs"},
+            source={"spec": options.data, "pool_kind": "pairs", **pool.source_facts()},
             method=f"{options.score_method} of the symmetric InfoNCE term within each batch of {options.batch_size} "
             "pairs (fixed checkpoint)",
             noise=captions.noise,
@@ -573,7 +573,7 @@ class PairsTask:
         )
         facts = dict(
             class_names=[],
-            source={"spec": options.data, "pool_kind": "pairs"},
+            source={"spec": options.data, "pool_kind": "pairs", **pool.source_facts()},
             method=method,
             noise=captions.noise,
             reference={"path": options.reference} if options.reference else None,

@@ -43,3 +43,15 @@ def shard_index_dir(base: str | os.PathLike | None = None) -> Path:
 def demo_run_dir() -> Path:
     """The cached demo run the app opens when started without arguments."""
     return cache_dir() / "runs" / DEMO_RUN
+
+
+def hf_cache_dir() -> Path:
+    """Where ``hf:`` datasets read from parquet files or the Hub keep their Arrow copies (``datasets``'
+    own ``cache_dir``), so that they live and are cleared with the rest of this cache."""
+    return cache_dir() / "hf"
+
+
+def remote_shard_dir() -> Path:
+    """Local copies of remote WebDataset shards (``wds:https://…``, ``s3://…``, ``pipe:…``), each fetched once
+    and read by offset like a local shard."""
+    return cache_dir() / "remote_shards"

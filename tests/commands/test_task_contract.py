@@ -13,6 +13,9 @@ not an image.
 - a bad sample is in errors.parquet with its reason, and in neither samples.parquet nor the score rows;
 - a run directory holding a different run is refused and left untouched.
 
+Each task runs on its usual pool and on another way in (an ``hf:`` folder, a ``pipe:`` shard), which must
+give the same guarantees.
+
 Why one suite: the commands never ask which modality they run (docs/ARCHITECTURE.md), so the
 guarantees are the commands', and a check written once cannot drift between the tasks the way two
 copies did. What only one task does is tested in ``tests/tasks`` (``test_labelled_*``,
@@ -25,7 +28,7 @@ import io
 import re
 import shutil
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -66,6 +69,24 @@ def pairs_pool(folder: Path) -> str:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return f"wds:{shard}"
+
+
+def labelled_hf_pool(folder: Path) -> str:
+    """The 30 CIFAR-10 fixture images as a ``datasets`` folder (``hf:``), with a row ``broken`` that is not an image."""
+    datasets = pytest.importorskip("datasets")
+    from tests.source_helpers import cifar_dataset
+
+    pool = cifar_dataset()
+    broken = datasets.Dataset.from_dict(
+        {"img": [{"bytes": NOT_AN_IMAGE, "path": None}], "label": [3], "key": ["broken"]}, features=pool.features
+    )
+    datasets.concatenate_datasets([pool, broken]).save_to_disk(str(folder / "hf"))
+    return f"hf:{folder / 'hf'}?id=key"
+
+
+def piped_pairs_pool(folder: Path) -> str:
+    """``pairs_pool``'s shard read as ``pipe:cat SHARD`` (a remote shard, fetched once into the cache)."""
+    return "wds:pipe:cat " + pairs_pool(folder).removeprefix("wds:")
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,11 @@ CASES = [
             ],
         },
     ),
+]
+#: the same guarantees on the other ways in: a ``datasets`` folder and a shard fetched through ``pipe:``
+CASES += [
+    replace(CASES[0], name="labelled-hf", make_pool=labelled_hf_pool, bad_id="broken"),
+    replace(CASES[1], name="pairs-pipe", make_pool=piped_pairs_pool),
 ]
 
 
