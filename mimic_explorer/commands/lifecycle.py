@@ -171,20 +171,10 @@ def _open_writer(options: RunSpec, dist: DistContext, layout: RunLayout, run_id:
 
 def _start_writer(options: RunSpec, dist: DistContext, layout: RunLayout, run_id: str, device: str,
                   prepared: Prepared, resuming: bool) -> RunWriter:
-    writer = RunWriter(layout.root, kind=options.command, config=options.to_dict())  # the lock comes first
-    try:
-        if not resuming:
-            layout.clear_score_parts()
-            layout.state.unlink(missing_ok=True)
-        writer.meta.set(run_id=run_id, fingerprints=dict(prepared.fingerprints), device=device,
-                        world_size=dist.world, **prepared.facts)
-        for warning in prepared.warnings:
-            writer.warn(warning)
-        writer.flush_meta()
-    except BaseException as exc:
-        writer.fail(f"{type(exc).__name__}: {exc}")
-        raise
-    return writer
+    # the lock comes first; the first meta.json written names the run (a kill at any point leaves a run to resume)
+    facts = dict(run_id=run_id, fingerprints=dict(prepared.fingerprints), device=device, world_size=dist.world,
+                 warnings=list(prepared.warnings), **prepared.facts)
+    return RunWriter(layout.root, kind=options.command, config=options.to_dict(), facts=facts, fresh=not resuming)
 
 
 def _finalize(writer: RunWriter, outcome: RunOutcome) -> None:

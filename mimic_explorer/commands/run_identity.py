@@ -15,6 +15,7 @@ from typing import Callable
 from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import RunError, check_format, read_run_meta
+from mimic_explorer.store.writer import remove_stale_lock
 
 
 def make_run_id(command: str, identity: dict, fingerprints: dict) -> str:
@@ -45,6 +46,7 @@ def reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], No
     Refuses (ValueError) a directory that holds a different run or a run it cannot read, unless ``force``."""
     state, why = existing_state(out, run_id)
     if state == "complete" and not force:
+        remove_stale_lock(RunLayout(out))
         log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
         return state, read_run_meta(out).summary
     if state == "other" and not force:

@@ -17,6 +17,7 @@ failing. Rules:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pickle
@@ -283,16 +284,34 @@ def save_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | o
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict() if isinstance(model, nn.Module) else dict(model)
     state = {k: v.detach().cpu() for k, v in state.items()}
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import save_file
-        except ImportError:
-            raise CheckpointError(
-                f"writing {path} needs the safetensors package: pip install -e \".[timm]\" (or save to a .pt path)"
-            ) from None
-        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))  # clone: no shared storage
-    else:
-        torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors.torch import save_file
+            except ImportError:
+                raise CheckpointError(
+                    f"writing {path} needs the safetensors package: pip install -e \".[timm]\" (or save to a .pt path)"
+                ) from None
+            save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))  # clone: no shared storage
+        else:
+            torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of ``path`` that a writer killed while saving left (its process gone)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                tmp.unlink(missing_ok=True)
+            except PermissionError:
+                pass

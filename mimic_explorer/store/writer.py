@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mimic_explorer.store.atomic import AtomicFile, atomic_write, write_parquet
+from mimic_explorer.store.atomic import AtomicFile, atomic_write, remove_stale_temporaries, write_parquet
 from mimic_explorer.store.layout import SAMPLES_ROW_GROUP_ROWS, SCORE_ROW_GROUP_ROWS, RunLayout
 from mimic_explorer.store.meta import RunMeta, write_meta
 from mimic_explorer.store.targets import RunDirectoryError, check_run_target
@@ -66,16 +66,31 @@ def _create_run_dir(path: Path) -> Path:
 class RunWriter:
     """Owns one run directory while a command writes it (holds a lock file against a second writer).
 
-    ``meta`` is the run's ``RunMeta``; set its fields and ``flush_meta()`` to publish them."""
+    ``meta`` is the run's ``RunMeta``; set its fields and ``flush_meta()`` to publish them. ``facts``
+    are fields known before the run starts (its ``run_id`` above all): they are in the first
+    ``meta.json`` written, so a kill at any point leaves a directory that says which run it holds.
+    ``fresh``: the score parts and resumable state of an earlier run are removed before that first
+    write (a directory never says it holds this run while it still holds another's parts)."""
 
-    def __init__(self, path: str | os.PathLike, kind: str, config: dict[str, Any]):
+    def __init__(self, path: str | os.PathLike, kind: str, config: dict[str, Any], facts: dict[str, Any] | None = None,
+                 fresh: bool = False):
         self.layout = RunLayout(_create_run_dir(RunLayout(path).root))
         self.started = time.perf_counter()
         self._take_lock()
-        self.layout.scores_dir.mkdir(exist_ok=True)
-        self.meta = RunMeta(kind=kind, status="running", config=config, created=_now(), versions=package_versions(),
-                            command=list(sys.argv))
-        self.flush_meta()
+        try:
+            for folder in (self.layout.root, self.layout.scores_dir, self.layout.thumbs_dir):
+                remove_stale_temporaries(folder, any_writer=True)  # a killed writer's: we hold the lock
+            if fresh:
+                self.layout.clear_score_parts()
+                self.layout.state.unlink(missing_ok=True)
+            self.layout.scores_dir.mkdir(exist_ok=True)
+            self.meta = RunMeta(kind=kind, status="running", config=config, created=_now(), versions=package_versions(),
+                                command=list(sys.argv))
+            self.meta.set(**(facts or {}))
+            self.flush_meta()
+        except BaseException:
+            self._unlock()
+            raise
 
     @property
     def path(self) -> Path:
@@ -95,7 +110,12 @@ class RunWriter:
                     f"{self.path} is being written by another process (pid {owner}); "
                     f"wait for it or remove {lock} if that process is gone"
                 ) from None
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        except BaseException:  # a full disk: no lock without its owner's pid (no later writer could take it)
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+            raise
         os.close(fd)
 
     def flush_meta(self) -> None:
@@ -140,6 +160,17 @@ class RunWriter:
 
     def _unlock(self) -> None:
         self.layout.lock.unlink(missing_ok=True)
+
+
+def remove_stale_lock(layout: RunLayout) -> None:
+    """Remove the ``.lock`` of a writer that is gone: one killed after it marked its run complete and
+    before it let go of the lock leaves a finished run that is then only ever read, never written."""
+    try:
+        owner = layout.lock.read_text().strip()
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            layout.lock.unlink(missing_ok=True)
+    except OSError:  # no lock, or a read-only run: nothing to do
+        pass
 
 
 def _pid_alive(pid: int) -> bool:

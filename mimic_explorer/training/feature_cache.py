@@ -39,7 +39,7 @@ from typing import Iterator
 import numpy as np
 
 from mimic_explorer.data.errors import BadSample
-from mimic_explorer.store.atomic import write_json
+from mimic_explorer.store.atomic import remove_stale_temporaries, write_json
 
 FORMAT = "mimic-features-2"
 HEADER = "entry.json"
@@ -124,6 +124,8 @@ class FeatureEntry:
         files preallocated (sparse). Call under ``locked``; a finished entry is left as it is."""
         wanted = {"format": FORMAT, "key": key, "rows": int(rows), "dim": int(dim), "dtype": "float32",
                   "chunk_rows": int(chunk_rows)}
+        for folder in (self.folder, self.folder / CHUNKS):  # a killed filler's temporary files
+            remove_stale_temporaries(folder)
         header = self._read_header()
         if header is not None and header.get("state") == "complete" and self.open_complete():
             return
