@@ -124,16 +124,16 @@ def _live(options: Options, prepare: Prepare, work: Work, dist: DistContext, dev
     if resuming and not getattr(options, "resumes_on_any_process_count", True):
         _check_same_process_count(layout, dist, options.command)
     writer = _open_writer(options, dist, layout, run_id, device, prepared, resuming)
-    tee_log(layout.log, lambda text: None, dist.rank)(
-        f"{options.describe()} -> {layout.root} (device {device}, {dist.world} process(es))")
-    log = tee_log(layout.log, log, dist.rank)
-    if dist.is_main:
-        for warning in prepared.warnings:
-            log("WARNING: " + warning)
-        for note in prepared.notes:
-            log("note: " + note)
-    run = RunContext(options, dist, device, layout, writer, prepared.inputs, resuming, progress, log)
-    with failure_recorded(writer, dist):
+    with failure_recorded(writer, dist):  # from here on whatever fails (writing run.log too) lets go of the lock
+        tee_log(layout.log, lambda text: None, dist.rank)(
+            f"{options.describe()} -> {layout.root} (device {device}, {dist.world} process(es))")
+        log = tee_log(layout.log, log, dist.rank)
+        if dist.is_main:
+            for warning in prepared.warnings:
+                log("WARNING: " + warning)
+            for note in prepared.notes:
+                log("note: " + note)
+        run = RunContext(options, dist, device, layout, writer, prepared.inputs, resuming, progress, log)
         outcome = work(run)
         if writer is not None:
             _finalize(writer, outcome)

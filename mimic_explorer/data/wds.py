@@ -45,6 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from mimic_explorer.util.cache import shard_index_dir
+from mimic_explorer.util.processes import process_alive
 from mimic_explorer.data.captions import NO_CAPTION, PAIRS, decode_caption, pool_kind
 from mimic_explorer.data.errors import BadSample, BadSampleError, DataSourceError
 from mimic_explorer.data.folder import CLASS_FILE, read_class_file
@@ -100,9 +101,13 @@ class ShardIndex:
         fields = list(self.__dataclass_fields__)
         if (self.txt_offset < 0).all() and (self.json_offset < 0).all():
             fields = [k for k in fields if k not in _TEXT_MEMBER_FIELDS]  # all at their defaults
-        with open(tmp, "wb") as handle:
-            np.savez(handle, version=np.int64(INDEX_VERSION), **{k: getattr(self, k) for k in fields})
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, version=np.int64(INDEX_VERSION), **{k: getattr(self, k) for k in fields})
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path) -> "ShardIndex":
@@ -251,8 +256,12 @@ def load_or_build_index(shard: str, cache_dir: Path) -> tuple[ShardIndex, Path |
             pass
     index = build_shard_index(shard)
     try:
-        index.save(path)
         prefix = path.name.split("-", 1)[0] + "-"
+        for tmp in cache_dir.glob(f".{prefix}*.npz.tmp-*"):  # of a process killed while it saved this shard's index
+            pid = tmp.name.rsplit(".tmp-", 1)[-1].split("-")[0]
+            if pid.isdigit() and not process_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+        index.save(path)
         for stale in cache_dir.glob(prefix + "*.npz"):
             if stale != path:
                 stale.unlink(missing_ok=True)

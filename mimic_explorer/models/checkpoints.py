@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mimic_explorer.models.heads import find_head
+from mimic_explorer.util.processes import process_alive
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -308,10 +309,5 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Remove the temporary files of ``path`` that a writer killed while saving left (its process gone)."""
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                tmp.unlink(missing_ok=True)
-            except PermissionError:
-                pass
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)

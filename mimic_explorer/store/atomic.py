@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from mimic_explorer.util.processes import process_alive
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then atomically move the result to ``path``."""
@@ -78,23 +80,13 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None,
     for path in folder.glob(glob.escape(prefix) + "*" + TEMPORARY_SUFFIX):
         parts = path.name[: -len(TEMPORARY_SUFFIX)].rsplit(".", 2)  # [".NAME", PID, random letters]
         pid = parts[1] if len(parts) == 3 else ""
-        if any_writer or (pid.isdigit() and not _process_alive(int(pid))):
+        if any_writer or (pid.isdigit() and not process_alive(int(pid))):
             try:
                 path.unlink()
             except FileNotFoundError:
                 continue
             removed.append(path)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class PartlyCommitted(OSError):

@@ -251,14 +251,22 @@ class SamplesWriter:
         """Write what is left and publish the file."""
         if self._writer is None:
             raise ValueError(f"no rows were given for {self.path.name}; write at least one (possibly empty) frame")
-        self._flush(final=True)
-        self._writer.close()
+        try:
+            self._flush(final=True)
+            self._writer.close()
+        except BaseException:
+            self.abort()
+            raise
         return self._file.commit()
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._file.abort()
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except (OSError, pa.ArrowException):  # a full disk fails the close too: the file goes all the same
+            pass
+        finally:
+            self._file.abort()
 
     def __enter__(self) -> "SamplesWriter":
         return self

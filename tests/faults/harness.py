@@ -142,10 +142,12 @@ class Recording:
         return [Point(kind, n, self.commits[n - 1]) for kind, n in chosen]
 
     def named_point(self, kind: str, name: str, occurrence: int) -> Point:
-        """The kill ``kind`` at the ``occurrence``-th commit (Python index: -1 is the last) of the file ``name``."""
-        numbers = [n for n, committed in enumerate(self.commits, start=1) if committed == name]
+        """The kill ``kind`` at the ``occurrence``-th commit (Python index: -1 is the last) of a file whose
+        name is ``name`` or, for a name that starts with a dot, ends with it (``.npz``)."""
+        numbers = [n for n, committed in enumerate(self.commits, start=1)
+                   if committed == name or (name.startswith(".") and committed.endswith(name))]
         assert numbers, f"the run never committed {name}: {self.commits}"
-        return Point(kind, numbers[occurrence], name)
+        return Point(kind, numbers[occurrence], self.commits[numbers[occurrence] - 1])
 
     def full_disk_points(self, label: str, count: int) -> list[Point]:
         rng = random.Random(zlib.crc32(f"{SEED}-{label}-enospc".encode()))

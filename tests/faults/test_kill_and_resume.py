@@ -65,6 +65,7 @@ NAMED_KILLS = [
     ("train labelled, fine-tune", "before", SAVED[1], -1),  # ... and its sidecar
     ("train labelled, fine-tune", "after", "meta.json", -1),  # marked complete, its lock not yet gone
     ("score pairs", "after", "meta.json", 0),  # the first meta.json: it must say which run the directory holds
+    ("score pairs", "before", ".npz", 0),  # the shard's index written into the cache, not yet in place
     ("export", "after", "keep.csv.spec.json", 0),  # the new spec beside the previous keep-list
     ("app index rebuild (stale)", "after", "index", 0),  # the new index in place, the stale one set aside
 ]
