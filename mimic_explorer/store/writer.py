@@ -69,8 +69,8 @@ class RunWriter:
     ``meta`` is the run's ``RunMeta``; set its fields and ``flush_meta()`` to publish them. ``facts``
     are fields known before the run starts (its ``run_id`` above all): they are in the first
     ``meta.json`` written, so a kill at any point leaves a directory that says which run it holds.
-    ``fresh``: the score parts and resumable state of an earlier run are removed before that first
-    write (a directory never says it holds this run while it still holds another's parts)."""
+    ``fresh``: the score parts, resumable state and bad samples of an earlier run are removed before
+    that first write (a directory never says it holds this run while it still holds another's parts)."""
 
     def __init__(self, path: str | os.PathLike, kind: str, config: dict[str, Any], facts: dict[str, Any] | None = None,
                  fresh: bool = False):
@@ -83,6 +83,7 @@ class RunWriter:
             if fresh:
                 self.layout.clear_score_parts()
                 self.layout.state.unlink(missing_ok=True)
+                self.layout.errors.unlink(missing_ok=True)
             self.layout.scores_dir.mkdir(exist_ok=True)
             self.meta = RunMeta(kind=kind, status="running", config=config, created=_now(), versions=package_versions(),
                                 command=list(sys.argv))
@@ -279,10 +280,15 @@ class SamplesWriter:
 
 
 def read_error_parts(layout: RunLayout) -> pd.DataFrame:
-    """Every chunk's bad samples of a pass, merged (one row per sample id). The parts stay until the
-    run's ``errors.parquet`` is written (``drop_error_parts``), so a finish that dies half-way loses none."""
+    """Every bad sample the run found so far (one row per sample id): its error parts, and the run's
+    ``errors.parquet`` once written. The parts stay until ``errors.parquet`` holds them
+    (``drop_error_parts``), and ``errors.parquet`` is read too because a run killed after dropping
+    them, before it was marked complete, is resumed: a finish that dies half-way loses none. (A fresh
+    run removes an earlier run's ``errors.parquet`` before it starts, ``RunWriter(fresh=True)``.)"""
     columns = ["sample_id", "path", "reason"]
     parts = [pd.read_parquet(p) for p in layout.error_parts()]
+    if layout.errors.exists():
+        parts.append(pd.read_parquet(layout.errors, columns=columns))
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype="string") for c in columns})
     return pd.concat(parts, ignore_index=True).drop_duplicates("sample_id")

@@ -64,6 +64,9 @@ NAMED_KILLS = [
     ("train labelled, fine-tune", "before", SAVED[0], -1),  # the saved model written, not yet in place
     ("train labelled, fine-tune", "before", SAVED[1], -1),  # ... and its sidecar
     ("train labelled, fine-tune", "after", "meta.json", -1),  # marked complete, its lock not yet gone
+    # errors.parquet written and the error parts dropped, the run not yet marked complete
+    ("train labelled, fine-tune", "before", "meta.json", -1),
+    ("score labelled, all params", "before", "meta.json", -1),
     ("score pairs", "after", "meta.json", 0),  # the first meta.json: it must say which run the directory holds
     ("score pairs", "before", ".npz", 0),  # the shard's index written into the cache, not yet in place
     ("export", "after", "keep.csv.spec.json", 0),  # the new spec beside the previous keep-list
