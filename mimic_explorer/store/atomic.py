@@ -67,7 +67,9 @@ class AtomicFile:
 TEMPORARY_SUFFIX = ".tmp"
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None, *, any_writer: bool = False) -> list[Path]:
+def remove_stale_temporaries(
+    folder: str | os.PathLike, name: str | None = None, *, any_writer: bool = False
+) -> list[Path]:
     """Remove the temporary files ``AtomicFile`` writers left in ``folder`` when they were killed: of the
     file ``name`` (default: of any file) whose writing process is gone — or, with ``any_writer``, every
     one (for a caller that holds the folder's lock, so no other writer can be at work in it). Returns

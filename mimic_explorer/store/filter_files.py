@@ -38,7 +38,13 @@ from mimic_explorer.filters.spec import (
     parse_spec_json,
     rule_from_spec,
 )
-from mimic_explorer.store.atomic import AtomicFile, PartlyCommitted, commit_in_order, json_default, remove_stale_temporaries
+from mimic_explorer.store.atomic import (
+    AtomicFile,
+    PartlyCommitted,
+    commit_in_order,
+    json_default,
+    remove_stale_temporaries,
+)
 from mimic_explorer.store.keep_list_stream import write_keep_list_into
 from mimic_explorer.store.layout import SPEC_SUFFIX, RunLayout, keep_list_of, spec_beside
 

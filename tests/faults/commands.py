@@ -49,7 +49,10 @@ class RunCommand:
         folder.mkdir(parents=True, exist_ok=True)
 
     def run(self, zygote: Zygote, space: Workspace, folder: Path, env: dict | None = None) -> Result:
-        return zygote.cli([*self.argv(space, folder), "--out", folder / "run"], env={"MIMIC_EXPLORER_CACHE": folder / "cache", **(env or {})})
+        return zygote.cli(
+            [*self.argv(space, folder), "--out", folder / "run"],
+            env={"MIMIC_EXPLORER_CACHE": folder / "cache", **(env or {})},
+        )
 
     def assert_same(self, baseline: Path, folder: Path) -> None:
         assert_same_run(baseline / "run", folder / "run")
@@ -75,7 +78,7 @@ class ExportCommand:
     """``export`` of a finished Grad-Mimic run over a previous export of another filter (the pair
     ``keep.csv`` + ``keep.csv.spec.json`` it replaces)."""
 
-    RULES = ["--rule", "clip_score_ref:top=60%", "--rule", "mimic_score:drop=20%"]
+    RULES = ("--rule", "clip_score_ref:top=60%", "--rule", "mimic_score:drop=20%")
 
     def __init__(self, name: str, kills: int, fulls: int):
         self.name, self.kills, self.fulls = name, kills, fulls
@@ -88,16 +91,18 @@ class ExportCommand:
         previous = space.root / "previous-export"
         if not previous.exists():
             previous.mkdir()
-            made = space.zygote.cli(["export", self.source(space), "--quantile", "0.5", "--format", "csv",
-                                     "--out", previous / "keep.csv"])
+            made = space.zygote.cli(
+                ["export", self.source(space), "--quantile", "0.5", "--format", "csv", "--out", previous / "keep.csv"]
+            )
             assert made.rc == 0, made.stderr
         self.previous = {name: (previous / name).read_bytes() for name in ("keep.csv", "keep.csv.spec.json")}
         for name in self.previous:
             shutil.copy2(previous / name, folder / name)
 
     def run(self, zygote: Zygote, space: Workspace, folder: Path, env: dict | None = None) -> Result:
-        return zygote.cli(["export", self.source(space), *self.RULES, "--format", "csv", "--out", folder / "keep.csv"],
-                          env=env)
+        return zygote.cli(
+            ["export", self.source(space), *self.RULES, "--format", "csv", "--out", folder / "keep.csv"], env=env
+        )
 
     def assert_same(self, baseline: Path, folder: Path) -> None:
         assert files_of(folder) == {"keep.csv", "keep.csv.spec.json"}, sorted(files_of(folder))
@@ -147,7 +152,9 @@ class AppIndexCommand:
         assert_clean(run)
         assert files_of(run) == files_of(expected), sorted(files_of(run) ^ files_of(expected))
         for name in sorted(files_of(expected / "index")):
-            assert (run / "index" / name).read_bytes() == (expected / "index" / name).read_bytes(), f"index/{name} differs"
+            assert (run / "index" / name).read_bytes() == (expected / "index" / name).read_bytes(), (
+                f"index/{name} differs"
+            )
 
     def assert_failed_cleanly(self, result: Result, folder: Path) -> None:
         """A full disk while the index is built: the app still opens the run (from the whole table), and
@@ -158,36 +165,118 @@ class AppIndexCommand:
 
 
 def _labelled_train(space: Workspace, *extra) -> list[str]:
-    return ["train", *space.labelled, "--epochs", "3", "--checkpoint-every", "0", "--init", space.file("base.pt"),
-            "--label-noise", "0.3", *extra]
+    return [
+        "train",
+        *space.labelled,
+        "--epochs",
+        "3",
+        "--checkpoint-every",
+        "0",
+        "--init",
+        space.file("base.pt"),
+        "--label-noise",
+        "0.3",
+        *extra,
+    ]
 
 
 def _pairs_train(space: Workspace, *extra) -> list[str]:
-    return ["train", *space.paired, "--epochs", "3", "--checkpoint-every", "0", "--reference", space.file("P.pt"),
-            "--caption-noise", "0.3", *extra]
+    return [
+        "train",
+        *space.paired,
+        "--epochs",
+        "3",
+        "--checkpoint-every",
+        "0",
+        "--reference",
+        space.file("P.pt"),
+        "--caption-noise",
+        "0.3",
+        *extra,
+    ]
 
 
-COMMANDS = {c.name: c for c in [
-    RunCommand("train labelled, linear probe",
-               lambda s, f: _labelled_train(s, "--linear-probe", "--reference", s.file("probe_ref.pt")), kills=4, fulls=2),
-    RunCommand("train labelled, fine-tune",
-               lambda s, f: _labelled_train(s, "--reference", s.file("ft_ref.pt"), "--save-model", f / SAVED[0]), kills=4, fulls=2),
-    RunCommand("train pairs, frozen towers", lambda s, f: _pairs_train(s, "--frozen-towers"), kills=4, fulls=2),
-    RunCommand("train pairs, both towers", lambda s, f: _pairs_train(s, "--mimic-layer", "image"), kills=4, fulls=2),
-    RunCommand("score labelled, all params",
-               lambda s, f: ["score", *s.labelled, "--model", s.file("base.pt"), "--reference", s.file("ft_ref.pt"),
-                          "--params", "all", "--method", "cos", "--label-noise", "0.3", "--chunk-size", "8"], kills=4, fulls=2),
-    RunCommand("score labelled, linear probe",
-               lambda s, f: ["score", *s.labelled, "--model", s.file("base.pt"), "--reference", s.file("probe_ref.pt"),
-                          "--linear-probe", "--label-noise", "0.3", "--chunk-size", "8"], kills=3, fulls=1),
-    RunCommand("score pairs",
-               lambda s, f: ["score", *s.paired, "--model", s.file("M.pt"), "--reference", s.file("P.pt"),
-                          "--caption-noise", "0.3", "--chunk-size", "8"], kills=4, fulls=2),
-    ExportCommand("export", kills=4, fulls=2),
-    AppIndexCommand("app index build", kills=3, fulls=1, stale=False),
-    AppIndexCommand("app index rebuild (stale)", kills=3, fulls=1, stale=True),
-    RunCommand("demo", lambda s, f: ["demo", "--epochs", "3", "--seed", "0", "--quiet"], kills=3, fulls=2),
-]}
+COMMANDS = {
+    c.name: c
+    for c in [
+        RunCommand(
+            "train labelled, linear probe",
+            lambda s, f: _labelled_train(s, "--linear-probe", "--reference", s.file("probe_ref.pt")),
+            kills=4,
+            fulls=2,
+        ),
+        RunCommand(
+            "train labelled, fine-tune",
+            lambda s, f: _labelled_train(s, "--reference", s.file("ft_ref.pt"), "--save-model", f / SAVED[0]),
+            kills=4,
+            fulls=2,
+        ),
+        RunCommand("train pairs, frozen towers", lambda s, f: _pairs_train(s, "--frozen-towers"), kills=4, fulls=2),
+        RunCommand(
+            "train pairs, both towers", lambda s, f: _pairs_train(s, "--mimic-layer", "image"), kills=4, fulls=2
+        ),
+        RunCommand(
+            "score labelled, all params",
+            lambda s, f: [
+                "score",
+                *s.labelled,
+                "--model",
+                s.file("base.pt"),
+                "--reference",
+                s.file("ft_ref.pt"),
+                "--params",
+                "all",
+                "--method",
+                "cos",
+                "--label-noise",
+                "0.3",
+                "--chunk-size",
+                "8",
+            ],
+            kills=4,
+            fulls=2,
+        ),
+        RunCommand(
+            "score labelled, linear probe",
+            lambda s, f: [
+                "score",
+                *s.labelled,
+                "--model",
+                s.file("base.pt"),
+                "--reference",
+                s.file("probe_ref.pt"),
+                "--linear-probe",
+                "--label-noise",
+                "0.3",
+                "--chunk-size",
+                "8",
+            ],
+            kills=3,
+            fulls=1,
+        ),
+        RunCommand(
+            "score pairs",
+            lambda s, f: [
+                "score",
+                *s.paired,
+                "--model",
+                s.file("M.pt"),
+                "--reference",
+                s.file("P.pt"),
+                "--caption-noise",
+                "0.3",
+                "--chunk-size",
+                "8",
+            ],
+            kills=4,
+            fulls=2,
+        ),
+        ExportCommand("export", kills=4, fulls=2),
+        AppIndexCommand("app index build", kills=3, fulls=1, stale=False),
+        AppIndexCommand("app index rebuild (stale)", kills=3, fulls=1, stale=True),
+        RunCommand("demo", lambda s, f: ["demo", "--epochs", "3", "--seed", "0", "--quiet"], kills=3, fulls=2),
+    ]
+}
 
 
 @dataclass
@@ -196,8 +285,6 @@ class Baseline:
 
     folder: Path
     recording: Recording
-
-
 
 
 def make_baseline(command, space: Workspace, zygote: Zygote, folder: Path) -> Baseline:

@@ -64,8 +64,15 @@ class Zygote:
         env = {k: v for k, v in os.environ.items() if k not in FAULT_VARIABLES}
         env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
         self.log = open(scratch / "zygote.log", "w")  # noqa: SIM115 - closed in close()
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "faults" / "zygote.py")], cwd=ROOT, env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "faults" / "zygote.py")],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
         ready = self.process.stdout.readline()
         if not ready:
             raise RuntimeError(f"the zygote did not start: {(scratch / 'zygote.log').read_text()[-3000:]}")
@@ -75,8 +82,14 @@ class Zygote:
     def _request(self, request: dict, env: dict | None, timeout: float) -> Result:
         number = next(self.numbers)
         out, err = self.scratch / f"{number:05d}.out", self.scratch / f"{number:05d}.err"
-        request = {**request, "env": {k: str(v) for k, v in (env or {}).items()}, "unset": list(FAULT_VARIABLES),
-                   "stdout": str(out), "stderr": str(err), "timeout": timeout}
+        request = {
+            **request,
+            "env": {k: str(v) for k, v in (env or {}).items()},
+            "unset": list(FAULT_VARIABLES),
+            "stdout": str(out),
+            "stderr": str(err),
+            "timeout": timeout,
+        }
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         answer = self.process.stdout.readline()
@@ -127,7 +140,7 @@ class Recording:
     writes: list[str] = field(default_factory=list)
 
     @classmethod
-    def read(cls, path: Path) -> "Recording":
+    def read(cls, path: Path) -> Recording:
         found = cls()
         for line in path.read_text().splitlines() if path.exists() else []:
             kind, _rank, name = line.split(" ", 2)
@@ -144,8 +157,11 @@ class Recording:
     def named_point(self, kind: str, name: str, occurrence: int) -> Point:
         """The kill ``kind`` at the ``occurrence``-th commit (Python index: -1 is the last) of a file whose
         name is ``name`` or, for a name that starts with a dot, ends with it (``.npz``)."""
-        numbers = [n for n, committed in enumerate(self.commits, start=1)
-                   if committed == name or (name.startswith(".") and committed.endswith(name))]
+        numbers = [
+            n
+            for n, committed in enumerate(self.commits, start=1)
+            if committed == name or (name.startswith(".") and committed.endswith(name))
+        ]
         assert numbers, f"the run never committed {name}: {self.commits}"
         return Point(kind, numbers[occurrence], self.commits[numbers[occurrence] - 1])
 
@@ -180,8 +196,11 @@ def leftovers(folder: Path) -> list[str]:
 def temporaries(folder: Path) -> list[str]:
     """Temporary files and folders under ``folder`` (a failed command may leave its committed parts —
     what a rerun resumes from — but never a file it was still writing) and a run's ``.lock``."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if ".tmp" in p.name or p.name.startswith((".index-building-", ".index-old-")) or p.name == ".lock")
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if ".tmp" in p.name or p.name.startswith((".index-building-", ".index-old-")) or p.name == ".lock"
+    )
 
 
 def assert_clean(folder: Path) -> None:
@@ -196,11 +215,12 @@ def _compare(expected, actual, where: str) -> None:
             _compare(expected[key], actual[key], f"{where}.{key}")
     elif isinstance(expected, list) and isinstance(actual, list):
         assert len(expected) == len(actual), f"{where}: {len(actual)} items, {len(expected)} expected"
-        for i, (a, b) in enumerate(zip(expected, actual)):
+        for i, (a, b) in enumerate(zip(expected, actual, strict=True)):
             _compare(a, b, f"{where}[{i}]")
     elif isinstance(expected, float) and isinstance(actual, (int, float)) and not isinstance(actual, bool):
-        assert (np.isnan(expected) and np.isnan(actual)) or abs(expected - actual) <= TOLERANCE, \
+        assert (np.isnan(expected) and np.isnan(actual)) or abs(expected - actual) <= TOLERANCE, (
             f"{where}: {actual} != {expected}"
+        )
     else:
         assert expected == actual, f"{where}: {actual!r} != {expected!r}"
 
@@ -214,8 +234,14 @@ def meta_facts(run: Path, ignore: set[str] = frozenset()) -> dict:
 def assert_same_frames(expected: pd.DataFrame, actual: pd.DataFrame, what: str) -> None:
     assert list(actual.columns) == list(expected.columns), f"{what}: columns {list(actual.columns)}"
     assert len(actual) == len(expected), f"{what}: {len(actual)} rows, {len(expected)} expected"
-    pd.testing.assert_frame_equal(actual.reset_index(drop=True), expected.reset_index(drop=True), check_exact=False,
-                                  atol=TOLERANCE, rtol=0, obj=what)
+    pd.testing.assert_frame_equal(
+        actual.reset_index(drop=True),
+        expected.reset_index(drop=True),
+        check_exact=False,
+        atol=TOLERANCE,
+        rtol=0,
+        obj=what,
+    )
 
 
 def score_rows(run: Path) -> pd.DataFrame:
@@ -233,23 +259,29 @@ def thumbnails(run: Path) -> dict[str, bytes]:
         return {}
     blob = (run / "thumbs" / "thumbs.bin").read_bytes()
     rows = pd.read_parquet(index)
-    return {str(s): blob[o : o + n] for s, o, n in zip(rows["sample_id"], rows["offset"], rows["length"])}
+    return {str(s): blob[o : o + n] for s, o, n in zip(rows["sample_id"], rows["offset"], rows["length"], strict=True)}
 
 
-def assert_same_run(expected: Path, actual: Path, *, ignore_meta: set[str] = frozenset(), same_files: bool = True) -> None:
+def assert_same_run(
+    expected: Path, actual: Path, *, ignore_meta: set[str] = frozenset(), same_files: bool = True
+) -> None:
     """``actual`` holds the run ``expected`` holds (module docstring), finished and clean."""
     meta = json.loads((actual / "meta.json").read_text())
     assert meta["status"] == "complete", f"status {meta['status']}: {meta.get('error')}"
     assert not (actual / ".lock").exists(), "the run's .lock is left"
     assert_clean(actual)
     if same_files:
-        assert files_of(actual) == files_of(expected), \
-            f"files differ: {sorted(files_of(actual) ^ files_of(expected))}"
+        assert files_of(actual) == files_of(expected), f"files differ: {sorted(files_of(actual) ^ files_of(expected))}"
     _compare(meta_facts(expected, ignore_meta), meta_facts(actual, ignore_meta), "meta")
-    assert_same_frames(pd.read_parquet(expected / "samples.parquet"), pd.read_parquet(actual / "samples.parquet"), "samples")
+    assert_same_frames(
+        pd.read_parquet(expected / "samples.parquet"), pd.read_parquet(actual / "samples.parquet"), "samples"
+    )
     if (expected / "errors.parquet").exists() or (actual / "errors.parquet").exists():
-        assert_same_frames(pd.read_parquet(expected / "errors.parquet").sort_values("sample_id"),
-                           pd.read_parquet(actual / "errors.parquet").sort_values("sample_id"), "errors")
+        assert_same_frames(
+            pd.read_parquet(expected / "errors.parquet").sort_values("sample_id"),
+            pd.read_parquet(actual / "errors.parquet").sort_values("sample_id"),
+            "errors",
+        )
     assert_same_frames(score_rows(expected), score_rows(actual), "score rows")
     assert thumbnails(actual) == thumbnails(expected), "thumbnails differ"
 
@@ -273,31 +305,43 @@ def assert_whole_or_absent(folder: Path) -> None:
 # ------------------------------------------------------------------------------------------ the tally
 
 
+#: the kinds of fault a trial tries, as the tally's columns name them
+FAULT_KINDS = {
+    "kill": "kill -9",
+    "enospc": "full disk (injected)",
+    "tmpfs": "full disk (tmpfs)",
+    "process_count": "process count",
+}
+
+
 @dataclass
 class Tally:
-    """Per command: fault points tried, survived and runs lost — the figures of benchmarks/RESULTS.md."""
+    """Per command: fault points tried by kind, survived and runs lost — the figures of benchmarks/RESULTS.md."""
 
     rows: dict = field(default_factory=dict)
 
     def _row(self, command: str) -> dict:
-        return self.rows.setdefault(command, {"kill": 0, "enospc": 0, "process_count": 0, "survived": 0, "lost": 0})
+        return self.rows.setdefault(command, {**dict.fromkeys(FAULT_KINDS, 0), "survived": 0, "lost": 0})
 
-    def trial(self, command: str, kind: str) -> "_Trial":
+    def trial(self, command: str, kind: str) -> _Trial:
         return _Trial(self._row(command), kind)
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.rows, indent=2, sort_keys=True) + "\n")
 
     def table(self) -> str:
-        lines = ["command                      kill  full-disk  process-count  survived  lost"]
-        total = {"kill": 0, "enospc": 0, "process_count": 0, "survived": 0, "lost": 0}
+        """A Markdown table: one row per command, and the totals."""
+        keys = [*FAULT_KINDS, "survived", "lost"]
+        lines = [
+            "| command | " + " | ".join([*FAULT_KINDS.values(), "faults survived", "runs lost"]) + " |",
+            "|---" * (len(keys) + 1) + "|",
+        ]
+        total = dict.fromkeys(keys, 0)
         for command, row in sorted(self.rows.items()):
-            lines.append(f"{command:<28} {row['kill']:>4}  {row['enospc']:>9}  {row['process_count']:>13}  "
-                         f"{row['survived']:>8}  {row['lost']:>4}")
-            for key in total:
-                total[key] += row[key]
-        lines.append(f"{'total':<28} {total['kill']:>4}  {total['enospc']:>9}  {total['process_count']:>13}  "
-                     f"{total['survived']:>8}  {total['lost']:>4}")
+            lines.append(f"| {command} | " + " | ".join(str(row[k]) for k in keys) + " |")
+            for k in keys:
+                total[k] += row[k]
+        lines.append("| **total** | " + " | ".join(f"**{total[k]}**" for k in keys) + " |")
         return "\n".join(lines)
 
 
@@ -307,7 +351,7 @@ class _Trial:
     def __init__(self, row: dict, kind: str):
         self.row, self.kind = row, kind
 
-    def __enter__(self) -> "_Trial":
+    def __enter__(self) -> _Trial:
         self.row[self.kind] += 1
         return self
 

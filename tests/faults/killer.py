@@ -89,7 +89,11 @@ def arm() -> None:
 
     os.replace = replace
     if full_from > 0 or record is not None:
-        os.write, os.pwrite, os.fsync = guarded(os.write, "write"), guarded(os.pwrite, "pwrite"), guarded(os.fsync, "fsync")
+        os.write, os.pwrite, os.fsync = (
+            guarded(os.write, "write"),
+            guarded(os.pwrite, "pwrite"),
+            guarded(os.fsync, "fsync"),
+        )
 
 
 # the name the tests of the distributed commands have used

@@ -34,7 +34,10 @@ LABELS = [k % 11 for k in range(30)]
 BAD_ROW = 5
 #: seconds a run of 30 tiny images may take here, however loaded the machine: a hang fails
 TIMEOUT = 90
-NOT_REGULAR = {"fifo": "is a FIFO (named pipe), not a regular file", "dev-zero": "is a character device, not a regular file"}
+NOT_REGULAR = {
+    "fifo": "is a FIFO (named pipe), not a regular file",
+    "dev-zero": "is a character device, not a regular file",
+}
 
 
 def manifest(folder: Path, labels: list, paths: dict[int, str] | None = None) -> str:
@@ -59,9 +62,14 @@ def train_and_score(zygote: Zygote, spec: str, model: Path, reference: Path, fol
     """A plain one-epoch ``train`` and a ``score`` of ``model`` against ``reference`` on the pool ``spec``."""
     common = ["--data", spec, "--arch", "small_cnn", "--batch-size", "8", "--seed", "0", *QUIET_CPU]
     runs = {"train": folder / "train", "score": folder / "score"}
-    run(zygote, ["train", *common, "--epochs", "1", "--checkpoint-every", "0", "--out", runs["train"]], folder / "cache")
-    run(zygote, ["score", *common, "--model", model, "--reference", reference, "--params", "all", "--out", runs["score"]],
-        folder / "cache")
+    run(
+        zygote, ["train", *common, "--epochs", "1", "--checkpoint-every", "0", "--out", runs["train"]], folder / "cache"
+    )
+    run(
+        zygote,
+        ["score", *common, "--model", model, "--reference", reference, "--params", "all", "--out", runs["score"]],
+        folder / "cache",
+    )
     return runs
 
 
@@ -70,8 +78,22 @@ def eleven_classes(tmp_path_factory, zygote) -> tuple[Path, Path]:
     """(model, reference) for the manifests' 11 classes: a plain run, and one more epoch from it."""
     root = tmp_path_factory.mktemp("eleven")
     spec = manifest(root / "clean", LABELS)
-    common = ["train", "--data", spec, "--arch", "small_cnn", "--batch-size", "8", "--seed", "0", "--epochs", "1",
-              "--checkpoint-every", "0", *QUIET_CPU]
+    common = [
+        "train",
+        "--data",
+        spec,
+        "--arch",
+        "small_cnn",
+        "--batch-size",
+        "8",
+        "--seed",
+        "0",
+        "--epochs",
+        "1",
+        "--checkpoint-every",
+        "0",
+        *QUIET_CPU,
+    ]
     run(zygote, [*common, "--save-model", root / "m.pt", "--out", root / "m"], root / "cache")
     run(zygote, [*common, "--init", root / "m.pt", "--save-model", root / "r.pt", "--out", root / "r"], root / "cache")
     return root / "m.pt", root / "r.pt"
@@ -102,26 +124,33 @@ def test_a_shard_cut_inside_a_members_data_lists_the_shard_and_where_it_ends(wor
     (shard.parent / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     with tarfile.open(shard, "w") as tar:
         for photo in PHOTOS:
-            for name, data in ((f"{photo.stem}.jpg", photo.read_bytes()), (f"{photo.stem}.cls",
-                                                                           str(CLASSES.index(photo.parent.name)).encode())):
+            for name, data in (
+                (f"{photo.stem}.jpg", photo.read_bytes()),
+                (f"{photo.stem}.cls", str(CLASSES.index(photo.parent.name)).encode()),
+            ):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     with tarfile.open(shard) as tar:
         image = tar.getmembers()[30]  # sample 15's photo
     shard.write_bytes(shard.read_bytes()[: image.offset_data + 100])
-    runs = train_and_score(zygote, f"wds:{shard}", Path(workspace.file("base.pt")), Path(workspace.file("ft_ref.pt")),
-                           tmp_path)
+    runs = train_and_score(
+        zygote, f"wds:{shard}", Path(workspace.file("base.pt")), Path(workspace.file("ft_ref.pt")), tmp_path
+    )
     where = f"{shard}@{image.offset}"
     for command, run_dir in runs.items():
         assert pd.read_parquet(run_dir / "samples.parquet")["sample_id"].tolist() == [p.stem for p in PHOTOS[:15]]
         errors = errors_of(run_dir)
         assert set(errors) == {where, PHOTOS[15].stem}, command
         assert errors[where][0] == str(shard)
-        assert errors[where][1].startswith(f"truncated shard: stops at byte {image.offset} of {image.offset_data + 100}: "
-                                           f"member {image.name} is cut off"), errors[where]
+        assert errors[where][1].startswith(
+            f"truncated shard: stops at byte {image.offset} of {image.offset_data + 100}: "
+            f"member {image.name} is cut off"
+        ), errors[where]
         warnings = json.loads((run_dir / "meta.json").read_text())["warnings"]
-        assert [w for w in warnings if w.startswith(f"TRUNCATED SHARD: {shard} stops at byte {image.offset} ")], warnings
+        assert [w for w in warnings if w.startswith(f"TRUNCATED SHARD: {shard} stops at byte {image.offset} ")], (
+            warnings
+        )
         log = (run_dir / "run.log").read_text()
         assert f"WARNING: TRUNCATED SHARD: {shard} stops at byte {image.offset} " in log, command
 
@@ -133,9 +162,26 @@ def test_the_cli_prints_the_truncated_shard_as_a_warning_line(workspace, zygote,
     with tarfile.open(source) as tar:
         member = tar.getmembers()[30]
     shard.write_bytes(source.read_bytes()[: member.offset_data + 10])
-    result = run(zygote, ["score", "--data", f"wds:{shard}", "--arch", "small_dual", "--batch-size", "8", *QUIET_CPU,
-                          "--model", workspace.file("M.pt"), "--reference", workspace.file("P.pt"),
-                          "--out", tmp_path / "run"], tmp_path / "cache")
+    result = run(
+        zygote,
+        [
+            "score",
+            "--data",
+            f"wds:{shard}",
+            "--arch",
+            "small_dual",
+            "--batch-size",
+            "8",
+            *QUIET_CPU,
+            "--model",
+            workspace.file("M.pt"),
+            "--reference",
+            workspace.file("P.pt"),
+            "--out",
+            tmp_path / "run",
+        ],
+        tmp_path / "cache",
+    )
     lines = [line for line in result.stderr.splitlines() if line.startswith("WARNING: TRUNCATED SHARD:")]
     assert len(lines) == 1 and f"{shard} stops at byte {member.offset} " in lines[0], result.stderr
 

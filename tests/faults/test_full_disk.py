@@ -24,8 +24,19 @@ from tests.faults.harness import SEED
 pytestmark = pytest.mark.slow
 
 #: commands put on a full disk, and how many seeded sizes each
-CASES = {"train labelled, fine-tune": 2, "train pairs, both towers": 1, "score pairs": 1, "export": 1,
-         "app index build": 1, "demo": 1}
+CASES = {
+    "train labelled, linear probe": 1,
+    "train labelled, fine-tune": 2,
+    "train pairs, frozen towers": 1,
+    "train pairs, both towers": 1,
+    "score labelled, all params": 1,
+    "score labelled, linear probe": 1,
+    "score pairs": 1,
+    "export": 2,
+    "app index build": 1,
+    "app index rebuild (stale)": 1,
+    "demo": 1,
+}
 ROOMY_KB = 65536
 
 
@@ -55,14 +66,17 @@ def _footprint_kb(folder: Path) -> int:
 
 @pytest.mark.parametrize("name,number", [pytest.param(n, i, id=f"{n}-{i}") for n, k in CASES.items() for i in range(k)])
 def test_a_command_on_a_full_disk_fails_in_one_line_and_run_again_on_a_larger_one_gives_the_uninterrupted_result(
-        name, number, disk, baselines, zygote, workspace, tally):
+    name, number, disk, baselines, zygote, workspace, tally
+):
     command, baseline = COMMANDS[name], baselines(name)
     command.prepare(workspace, baseline.folder, disk)  # what the command finds there before it starts
     # what the command writes: every file of its uninterrupted run, or the index an app's open adds
     written = baseline.folder / "run" / "index" if isinstance(command, AppIndexCommand) else baseline.folder
     footprint = _footprint_kb(written) + 4 * len(list(written.rglob("*")))  # a tmpfs page at least per file
-    room = random.Random(zlib.crc32(f"{SEED}-{name}-tmpfs".encode())).sample(range(4, 2 * footprint), CASES[name])[number]
-    with tally.trial(name, "enospc"):
+    room = random.Random(zlib.crc32(f"{SEED}-{name}-tmpfs".encode())).sample(range(4, 2 * footprint), CASES[name])[
+        number
+    ]
+    with tally.trial(name, "tmpfs"):
         assert _mount(disk, _used_kb(disk) + room, remount=True).returncode == 0
         failed = command.run(zygote, workspace, disk)
         print(f"{name}: {room} KB free -> exit {failed.rc}")

@@ -22,13 +22,17 @@ pytestmark = pytest.mark.slow
 
 
 def _cases(kind: str) -> list:
-    return [pytest.param(name, i, id=f"{name}-{i}") for name, command in COMMANDS.items()
-            for i in range(command.kills if kind == "kill" else command.fulls)]
+    return [
+        pytest.param(name, i, id=f"{name}-{i}")
+        for name, command in COMMANDS.items()
+        for i in range(command.kills if kind == "kill" else command.fulls)
+    ]
 
 
 @pytest.mark.parametrize("name,number", _cases("kill"))
-def test_a_killed_command_run_again_gives_the_uninterrupted_result(name, number, baselines, zygote, workspace, tally,
-                                                                    tmp_path):
+def test_a_killed_command_run_again_gives_the_uninterrupted_result(
+    name, number, baselines, zygote, workspace, tally, tmp_path
+):
     command, baseline = COMMANDS[name], baselines(name)
     point = baseline.recording.kill_points(name, command.kills)[number]
     with tally.trial(name, "kill"):
@@ -42,7 +46,8 @@ def test_a_killed_command_run_again_gives_the_uninterrupted_result(name, number,
 
 @pytest.mark.parametrize("name,number", _cases("enospc"))
 def test_a_full_disk_fails_in_one_line_and_the_command_run_again_gives_the_uninterrupted_result(
-        name, number, baselines, zygote, workspace, tally, tmp_path):
+    name, number, baselines, zygote, workspace, tally, tmp_path
+):
     command, baseline = COMMANDS[name], baselines(name)
     point = baseline.recording.full_disk_points(name, command.fulls)[number]
     with tally.trial(name, "enospc"):
@@ -74,10 +79,12 @@ NAMED_KILLS = [
 ]
 
 
-@pytest.mark.parametrize("name,kind,file,occurrence", [pytest.param(*case, id=f"{case[0]}-{case[1]}-{case[2]}")
-                                                        for case in NAMED_KILLS])
+@pytest.mark.parametrize(
+    "name,kind,file,occurrence", [pytest.param(*case, id=f"{case[0]}-{case[1]}-{case[2]}") for case in NAMED_KILLS]
+)
 def test_a_command_killed_where_a_kill_once_lost_a_run_gives_the_uninterrupted_result(
-        name, kind, file, occurrence, baselines, zygote, workspace, tally, tmp_path):
+    name, kind, file, occurrence, baselines, zygote, workspace, tally, tmp_path
+):
     command, baseline = COMMANDS[name], baselines(name)
     point = baseline.recording.named_point(kind, file, occurrence)
     with tally.trial(name, "kill"):

@@ -34,10 +34,21 @@ WORLD = 2
 def torchrun(argv: list, cache: Path, kill: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 killer.py ARGV`` on the CPU, one thread a process."""
     env = {k: v for k, v in os.environ.items() if k not in FAULT_VARIABLES}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), MIMIC_EXPLORER_CACHE=str(cache),
-               **{k: str(v) for k, v in (kill or {}).items()})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", str(KILLER),
-               *[str(a) for a in argv]]
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+        MIMIC_EXPLORER_CACHE=str(cache),
+        **{k: str(v) for k, v in (kill or {}).items()},
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD}",
+        str(KILLER),
+        *[str(a) for a in argv],
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
@@ -49,8 +60,9 @@ def _kill_point(label: str, parts_per_rank: list[int], match: str) -> dict:
 
 
 @pytest.mark.parametrize("name", ["score labelled, all params", "score pairs"])
-def test_a_score_killed_under_torchrun_finishes_in_one_process_as_the_uninterrupted_run(name, baselines, zygote,
-                                                                                         workspace, tally, tmp_path):
+def test_a_score_killed_under_torchrun_finishes_in_one_process_as_the_uninterrupted_run(
+    name, baselines, zygote, workspace, tally, tmp_path
+):
     command, baseline = COMMANDS[name], baselines(name)
     chunks = len(list((baseline.folder / "run" / "scores").glob("chunk-*.parquet")))
     kill = _kill_point(name, [len(range(rank, chunks, WORLD)) for rank in range(WORLD)], "-rank")
@@ -59,7 +71,8 @@ def test_a_score_killed_under_torchrun_finishes_in_one_process_as_the_uninterrup
         killed = torchrun(argv, tmp_path / "cache", kill)
         assert killed.returncode != 0, f"{kill}: not killed"
         meta = json.loads((tmp_path / "run" / "meta.json").read_text())
-        assert meta["status"] == "running" and meta["world_size"] == WORLD
+        # the killed rank says nothing; the other one is stopped by torchrun, or sees its peer gone and says failed
+        assert meta["status"] in ("running", "failed") and meta["world_size"] == WORLD
         written = list((tmp_path / "run" / "scores").glob("chunk-*-rank*.parquet"))
         assert 0 < len(written) <= chunks, f"{kill}: {len(written)} of {chunks} chunk parts written"
         alone = command.run(zygote, workspace, tmp_path)
@@ -67,8 +80,9 @@ def test_a_score_killed_under_torchrun_finishes_in_one_process_as_the_uninterrup
         assert_same_run(baseline.folder / "run", tmp_path / "run", same_files=False)
 
 
-def test_a_train_killed_under_torchrun_is_refused_in_one_process_and_resumed_under_torchrun(workspace, zygote, tally,
-                                                                                          tmp_path):
+def test_a_train_killed_under_torchrun_is_refused_in_one_process_and_resumed_under_torchrun(
+    workspace, zygote, tally, tmp_path
+):
     name = "train labelled, linear probe"
     command = COMMANDS[name]
     killed_dir, whole_dir = tmp_path / "killed", tmp_path / "whole"
@@ -84,7 +98,9 @@ def test_a_train_killed_under_torchrun_is_refused_in_one_process_and_resumed_und
         lines = alone.error_lines()
         assert alone.rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), alone.stderr[-3000:]
         assert f"started with {WORLD} process(es)" in lines[0] and f"--nproc_per_node={WORLD}" in lines[0], lines[0]
-        assert {p: p.stat().st_mtime_ns for p in (killed_dir / "run").rglob("*")} == before, "the refused run touched files"
+        assert {p: p.stat().st_mtime_ns for p in (killed_dir / "run").rglob("*")} == before, (
+            "the refused run touched files"
+        )
         resumed = torchrun([*argv, "--out", killed_dir / "run"], tmp_path / "cache")
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         whole = torchrun([*argv, "--out", whole_dir / "run"], tmp_path / "cache")

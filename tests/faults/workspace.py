@@ -16,6 +16,7 @@ SEEDS = ["--seed", "0", "--noise-seed", "0"]
 #: bytes no image decoder reads: the bad sample every pool of the suite holds
 NOT_AN_IMAGE = b"\xff\xd8\xff\xe0 this is not a jpeg " * 8
 
+
 def labelled_pool(folder: Path) -> Path:
     """``tests/fixtures/cifar_mini`` (30 images) plus one file that is not an image."""
     shutil.copytree(FIXTURES / "cifar_mini", folder)
@@ -28,8 +29,11 @@ def pairs_pool(path: Path) -> Path:
     shutil.copy(FIXTURES / "flickr_mini" / "pairs.tar", path)
     uid = "0" * 31 + "1"
     with tarfile.open(path, "a") as tar:
-        for name, data in ((f"{uid}.jpg", NOT_AN_IMAGE), (f"{uid}.txt", b"a photo that cannot be decoded"),
-                           (f"{uid}.json", b'{"uid": "%s"}' % uid.encode())):
+        for name, data in (
+            (f"{uid}.jpg", NOT_AN_IMAGE),
+            (f"{uid}.txt", b"a photo that cannot be decoded"),
+            (f"{uid}.json", b'{"uid": "%s"}' % uid.encode()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -63,10 +67,10 @@ class Workspace:
         return ["--data", self.pairs, "--arch", "small_dual", "--batch-size", "8", *SEEDS, *QUIET_CPU]
 
     def make(self, name: str, argv: list[str]) -> None:
-        result = self.zygote.cli([*argv, "--out", self.root / "setup" / name],
-                                 env={"MIMIC_EXPLORER_CACHE": self.root / "setup-cache"})
+        result = self.zygote.cli(
+            [*argv, "--out", self.root / "setup" / name], env={"MIMIC_EXPLORER_CACHE": self.root / "setup-cache"}
+        )
         assert result.rc == 0, f"{name}: {result.stderr[-3000:]}"
-
 
 
 def make_workspace(root: Path, zygote: Zygote) -> Workspace:
@@ -79,10 +83,37 @@ def make_workspace(root: Path, zygote: Zygote) -> Workspace:
     pairs_pool(space.root / "pairs.tar")
     train = ["train", "--epochs", "2", "--checkpoint-every", "0"]
     space.make("base", [*train, *space.labelled, "--save-model", space.file("base.pt")])
-    space.make("probe_ref", [*train, *space.labelled, "--init", space.file("base.pt"), "--linear-probe",
-                             "--save-model", space.file("probe_ref.pt")])
-    space.make("ft_ref", [*train, *space.labelled, "--init", space.file("base.pt"), "--save-model", space.file("ft_ref.pt")])
-    space.make("pairs_ref", [*train, *space.paired, "--frozen-image-tower", "--all-captions", "--save-model", space.file("P.pt")])
-    space.make("pairs_model", [*train, *space.paired, "--frozen-towers", "--reference", space.file("P.pt"),
-                               "--caption-noise", "0.3", "--save-model", space.file("M.pt")])
+    space.make(
+        "probe_ref",
+        [
+            *train,
+            *space.labelled,
+            "--init",
+            space.file("base.pt"),
+            "--linear-probe",
+            "--save-model",
+            space.file("probe_ref.pt"),
+        ],
+    )
+    space.make(
+        "ft_ref", [*train, *space.labelled, "--init", space.file("base.pt"), "--save-model", space.file("ft_ref.pt")]
+    )
+    space.make(
+        "pairs_ref",
+        [*train, *space.paired, "--frozen-image-tower", "--all-captions", "--save-model", space.file("P.pt")],
+    )
+    space.make(
+        "pairs_model",
+        [
+            *train,
+            *space.paired,
+            "--frozen-towers",
+            "--reference",
+            space.file("P.pt"),
+            "--caption-noise",
+            "0.3",
+            "--save-model",
+            space.file("M.pt"),
+        ],
+    )
     return space

@@ -19,6 +19,7 @@ command that asks for more threads (``demo``) keeps one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -28,21 +29,34 @@ import time
 import traceback
 
 WARM_MODULES = (
-    "torch", "torchvision", "pandas", "pyarrow.parquet", "numpy", "PIL.Image", "sklearn.metrics",
-    "mimic_explorer.cli", "mimic_explorer.commands.train", "mimic_explorer.commands.score", "mimic_explorer.commands.demo",
-    "mimic_explorer.commands.finalize", "mimic_explorer.tasks.labelled", "mimic_explorer.tasks.pairs",
-    "mimic_explorer.store.app_index", "mimic_explorer.store.reader", "mimic_explorer.store.filter_files",
-    "mimic_explorer.ui.state", "mimic_explorer.data.specs", "mimic_explorer.data.digits",
+    "torch",
+    "torchvision",
+    "pandas",
+    "pyarrow.parquet",
+    "numpy",
+    "PIL.Image",
+    "sklearn.metrics",
+    "mimic_explorer.cli",
+    "mimic_explorer.commands.train",
+    "mimic_explorer.commands.score",
+    "mimic_explorer.commands.demo",
+    "mimic_explorer.commands.finalize",
+    "mimic_explorer.tasks.labelled",
+    "mimic_explorer.tasks.pairs",
+    "mimic_explorer.store.app_index",
+    "mimic_explorer.store.reader",
+    "mimic_explorer.store.filter_files",
+    "mimic_explorer.ui.state",
+    "mimic_explorer.data.specs",
+    "mimic_explorer.data.digits",
 )
 
 
 def _warm() -> None:
     """Import what every command imports, and let torch initialise its kernels once."""
     for name in WARM_MODULES:
-        try:
+        with contextlib.suppress(ImportError):  # an optional package: its commands import it themselves
             importlib.import_module(name)
-        except ImportError:
-            pass
     import torch
 
     torch.set_num_threads(1)
