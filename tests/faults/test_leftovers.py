@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -133,7 +134,12 @@ def test_a_checkpoint_save_removes_a_killed_savers_temporary_and_its_own_on_fail
     stale.write_bytes(b"half")
     checkpoints.save_checkpoint({"w": torch.zeros(2)}, tmp_path / "m.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
-    monkeypatch.setattr(torch, "save", lambda obj, path: (open(path, "wb").write(b"half"), full_disk()))
+
+    def half_then_full(obj, path):
+        Path(path).write_bytes(b"half")
+        full_disk()
+
+    monkeypatch.setattr(torch, "save", half_then_full)
     with pytest.raises(OSError):
         checkpoints.save_checkpoint({"w": torch.ones(2)}, tmp_path / "m.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
