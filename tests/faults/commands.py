@@ -274,7 +274,7 @@ COMMANDS = {
         ExportCommand("export", kills=4, fulls=2),
         AppIndexCommand("app index build", kills=3, fulls=1, stale=False),
         AppIndexCommand("app index rebuild (stale)", kills=3, fulls=1, stale=True),
-        RunCommand("demo", lambda s, f: ["demo", "--epochs", "3", "--seed", "0", "--quiet"], kills=3, fulls=2),
+        RunCommand("demo", lambda s, f: ["demo", "--epochs", "3", "--seed", "0", "--quiet"], kills=3, fulls=1),
     ]
 }
 
