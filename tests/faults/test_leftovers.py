@@ -161,3 +161,14 @@ def test_a_shard_index_save_that_fails_leaves_no_temporary(tmp_path, monkeypatch
 def test_write_json_leaves_only_the_file(tmp_path):
     write_json(tmp_path / "a.json", {"a": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_run_whose_log_cannot_be_written_lets_go_of_its_lock_and_says_failed(tmp_path, monkeypatch):
+    from mimic_explorer.commands import lifecycle
+    from mimic_explorer.commands.demo import DemoConfig, build_demo
+
+    monkeypatch.setattr(lifecycle, "tee_log", lambda *args: full_disk)  # run.log on a full disk
+    with pytest.raises(OSError):
+        build_demo(str(tmp_path / "run"), DemoConfig(epochs=1, reference_epochs=1), log=lambda text: None)
+    assert not (tmp_path / "run" / ".lock").exists()
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["status"] == "failed"
