@@ -7,6 +7,7 @@ that makes a run is the run directory. A user-caused error prints one line ``err
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -775,6 +776,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"error: {exc.strerror or exc}{where}; free some space and run the same command again "
+            "(a run resumes where it stopped)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -157,17 +157,17 @@ def _live(
     if resuming and not getattr(options, "resumes_on_any_process_count", True):
         _check_same_process_count(layout, dist, options.command)
     writer = _open_writer(options, dist, layout, run_id, device, prepared, resuming)
-    tee_log(layout.log, lambda text: None, dist.rank)(
-        f"{options.describe()} -> {layout.root} (device {device}, {dist.world} process(es))"
-    )
-    log = tee_log(layout.log, log, dist.rank)
-    if dist.is_main:
-        for warning in prepared.warnings:
-            log("WARNING: " + warning)
-        for note in prepared.notes:
-            log("note: " + note)
-    run = RunContext(options, dist, device, layout, writer, prepared.inputs, resuming, progress, log)
-    with failure_recorded(writer, dist):
+    with failure_recorded(writer, dist):  # from here on whatever fails (writing run.log too) lets go of the lock
+        tee_log(layout.log, lambda text: None, dist.rank)(
+            f"{options.describe()} -> {layout.root} (device {device}, {dist.world} process(es))"
+        )
+        log = tee_log(layout.log, log, dist.rank)
+        if dist.is_main:
+            for warning in prepared.warnings:
+                log("WARNING: " + warning)
+            for note in prepared.notes:
+                log("note: " + note)
+        run = RunContext(options, dist, device, layout, writer, prepared.inputs, resuming, progress, log)
         outcome = work(run)
         if writer is not None:
             _finalize(writer, outcome)
@@ -209,25 +209,16 @@ def _open_writer(
 def _start_writer(
     options: RunSpec, dist: DistContext, layout: RunLayout, run_id: str, device: str, prepared: Prepared, resuming: bool
 ) -> RunWriter:
-    writer = RunWriter(layout.root, kind=options.command, config=options.to_dict())  # the lock comes first
-    try:
-        if not resuming:
-            layout.clear_score_parts()
-            layout.state.unlink(missing_ok=True)
-        writer.meta.set(
-            run_id=run_id,
-            fingerprints=dict(prepared.fingerprints),
-            device=device,
-            world_size=dist.world,
-            **prepared.facts,
-        )
-        for warning in prepared.warnings:
-            writer.warn(warning)
-        writer.flush_meta()
-    except BaseException as exc:
-        writer.fail(f"{type(exc).__name__}: {exc}")
-        raise
-    return writer
+    # the lock comes first; the first meta.json written names the run (a kill at any point leaves a run to resume)
+    facts = dict(
+        run_id=run_id,
+        fingerprints=dict(prepared.fingerprints),
+        device=device,
+        world_size=dist.world,
+        warnings=list(prepared.warnings),
+        **prepared.facts,
+    )
+    return RunWriter(layout.root, kind=options.command, config=options.to_dict(), facts=facts, fresh=not resuming)
 
 
 def _finalize(writer: RunWriter, outcome: RunOutcome) -> None:

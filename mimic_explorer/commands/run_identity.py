@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import RunError, check_format, read_run_meta
+from mimic_explorer.store.writer import remove_stale_lock
 from mimic_explorer.util.distributed import DistContext
 
 
@@ -50,6 +51,7 @@ def _reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], N
     Refuses (ValueError) a directory that holds a different run or a run it cannot read, unless ``force``."""
     state, why = _existing_state(out, run_id)
     if state == "complete" and not force:
+        remove_stale_lock(RunLayout(out))
         log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
         return state, read_run_meta(out).summary
     if state == "other" and not force:

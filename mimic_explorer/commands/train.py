@@ -20,8 +20,10 @@ from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_sam
 from mimic_explorer.commands.lifecycle import Log, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.commands.options import TrainOptions
 from mimic_explorer.commands.prepare import prepare_job
-from mimic_explorer.data.errors import ErrorLog
+from mimic_explorer.data.errors import ERROR_COLUMNS, BadSample, ErrorLog
+from mimic_explorer.store.atomic import write_parquet
 from mimic_explorer.store.thumbs import ThumbnailWriter
+from mimic_explorer.store.writer import drop_error_parts, read_error_parts
 from mimic_explorer.tasks.base import Job, Passes, Prepared
 from mimic_explorer.training.epoch_parts import EpochParts, resume_epoch
 from mimic_explorer.training.loop import NonFiniteLossError, TrainConfig, train
@@ -105,8 +107,11 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
     thumbs = ThumbnailWriter(run.out) if ctx.is_main and not keep_thumbs else None
     timings: dict[str, Any] = {}
     held = mode.first_pass(Passes(thumbs, errors, timings, run.progress))
-    if thumbs is not None:
+    if thumbs is not None:  # the first pass's bad samples, then the thumbnails' index that marks the pass done
+        write_parquet(layout.first_pass_errors, errors.to_frame())
         thumbs.close()
+    elif ctx.is_main:  # resumed: a fine-tune's first pass was skipped, and with it the bad samples it found
+        errors.extend(BadSample(*row) for row in read_error_parts(layout)[list(ERROR_COLUMNS)].itertuples(index=False))
     trained, reference_part = mode.parts()
     batches = mode.batches(held)
     drift = mode.drift() if ctx.is_main else None  # before a resumed state is loaded: it keeps where the run began
@@ -202,6 +207,7 @@ def _finalize(run: TrainRun, mode, held, batches, trained, errors: ErrorLog, dri
             writer.warn(message)
             run.log("WARNING: " + message)
     writer.write_errors(errors_frame)
+    drop_error_parts(run.layout)
     if len(errors):
         run.log(errors.summary())
     writer.meta.timings.update(timings)

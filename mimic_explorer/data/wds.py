@@ -61,6 +61,7 @@ from mimic_explorer.data.source import Source, _preview, uid_case_twins, uid_twi
 from mimic_explorer.data.tar_scan import TarScan
 from mimic_explorer.data.wds_text import CAPTION_OK, JSON_BAD, UID_OK, no_text, no_text_members, read_text, text_columns
 from mimic_explorer.util.cache import shard_index_dir
+from mimic_explorer.util.processes import process_alive
 
 INDEX_VERSION = 3
 _PACKED = ("caption_blob", "caption_start", "uid_blob", "uid_start")  # not one value per key
@@ -109,9 +110,13 @@ class ShardIndex:
         fields = list(self.__dataclass_fields__)
         if (self.txt_offset < 0).all() and (self.json_offset < 0).all():
             fields = [k for k in fields if k not in _TEXT_MEMBER_FIELDS]  # all at their defaults
-        with open(tmp, "wb") as handle:
-            np.savez(handle, version=np.int64(INDEX_VERSION), **{k: getattr(self, k) for k in fields})
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, version=np.int64(INDEX_VERSION), **{k: getattr(self, k) for k in fields})
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path) -> ShardIndex:
@@ -271,8 +276,12 @@ def _load_or_build_index(shard: str, cache_dir: Path) -> tuple[ShardIndex, Path 
             pass
     index = build_shard_index(shard)
     try:
-        index.save(path)
         prefix = path.name.split("-", 1)[0] + "-"
+        for tmp in cache_dir.glob(f".{prefix}*.npz.tmp-*"):  # of a process killed while it saved this shard's index
+            pid = tmp.name.rsplit(".tmp-", 1)[-1].split("-")[0]
+            if pid.isdigit() and not process_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+        index.save(path)
         for stale in cache_dir.glob(prefix + "*.npz"):
             if stale != path:
                 stale.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ failing. Rules:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pickle
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from mimic_explorer.models.heads import find_head
+from mimic_explorer.util.processes import process_alive
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -318,16 +320,29 @@ def save_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | o
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict() if isinstance(model, nn.Module) else dict(model)
     state = {k: v.detach().cpu() for k, v in state.items()}
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import save_file
-        except ImportError:
-            raise CheckpointError(
-                f'writing {path} needs the safetensors package: pip install -e ".[timm]" (or save to a .pt path)'
-            ) from None
-        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))  # clone: no shared storage
-    else:
-        torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors.torch import save_file
+            except ImportError:
+                raise CheckpointError(
+                    f'writing {path} needs the safetensors package: pip install -e ".[timm]" (or save to a .pt path)'
+                ) from None
+            save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp))  # clone: no shared storage
+        else:
+            torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of ``path`` that a writer killed while saving left (its process gone)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)

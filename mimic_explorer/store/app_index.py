@@ -169,8 +169,21 @@ def _map_consistent(layout: RunLayout, manifest: dict[str, Any], build: bool, at
     raise IndexUnavailable(f"the app index of {layout.root} kept changing while it was opened")
 
 
+def _clear_leftovers(layout: RunLayout) -> None:
+    """Remove the folders a build killed after its swap left beside a valid index (the stale index it
+    set aside), under the lock that a build in progress holds; on a read-only run they stay."""
+    try:
+        with _locked(layout):
+            for leftover in layout.index_leftovers():
+                _remove(leftover)
+    except IndexUnavailable:
+        pass
+
+
 def _valid_manifest(layout: RunLayout, build: bool) -> dict[str, Any]:
     manifest = _read_manifest(layout)
+    if manifest is not None and build and layout.index_leftovers():
+        _clear_leftovers(layout)
     if manifest is None:
         if not build:
             raise IndexUnavailable(f"{layout.root} has no valid app index")

@@ -2,10 +2,15 @@
 
 Why: a run killed mid-write must never leave a half-written file under its final name; a reader
 either sees the old file or the complete new one.
+
+Temporary files are named ``.NAME.PID.XXXXXXXX.tmp`` (hidden, beside ``NAME``, with the writing
+process's id): a kill -9 or a power cut leaves one behind, and the next writer removes those whose
+process is gone (``remove_stale_temporaries``) — or every one in a folder whose lock it holds.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -15,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from mimic_explorer.util.processes import process_alive
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -34,7 +41,9 @@ class AtomicFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, self.tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX, dir=self.path.parent
+        )
         os.close(fd)
 
     def commit(self) -> Path:
@@ -58,6 +67,33 @@ class AtomicFile:
         """Remove the temporary file: ``path`` stays as it was."""
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
+
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def remove_stale_temporaries(
+    folder: str | os.PathLike, name: str | None = None, *, any_writer: bool = False
+) -> list[Path]:
+    """Remove the temporary files ``AtomicFile`` writers left in ``folder`` when they were killed: of the
+    file ``name`` (default: of any file) whose writing process is gone — or, with ``any_writer``, every
+    one (for a caller that holds the folder's lock, so no other writer can be at work in it). Returns
+    what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    prefix = f".{name}." if name is not None else "."
+    removed = []
+    for path in folder.glob(glob.escape(prefix) + "*" + TEMPORARY_SUFFIX):
+        parts = path.name[: -len(TEMPORARY_SUFFIX)].rsplit(".", 2)  # [".NAME", PID, random letters]
+        pid = parts[1] if len(parts) == 3 else ""
+        if any_writer or (pid.isdigit() and not process_alive(int(pid))):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed
 
 
 class PartlyCommitted(OSError):

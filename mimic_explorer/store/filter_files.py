@@ -39,7 +39,13 @@ from mimic_explorer.filters.spec import (
     parse_spec_json,
     rule_from_spec,
 )
-from mimic_explorer.store.atomic import AtomicFile, PartlyCommitted, commit_in_order, json_default
+from mimic_explorer.store.atomic import (
+    AtomicFile,
+    PartlyCommitted,
+    commit_in_order,
+    json_default,
+    remove_stale_temporaries,
+)
 from mimic_explorer.store.hf_export import HfExportError, folder_facts, replace_folder, write_hf_folder
 from mimic_explorer.store.keep_list_stream import write_keep_list_into
 from mimic_explorer.store.layout import SPEC_SUFFIX, RunLayout, keep_list_of, spec_beside
@@ -135,6 +141,8 @@ def write_pair(
     files: list[AtomicFile] = []
     current = out
     try:
+        for path in (out, spec_path):  # an export killed while writing left its temporary files
+            remove_stale_temporaries(path.parent, path.name)
         files.append(AtomicFile(out))
         current = spec_path
         files.append(AtomicFile(spec_path))

@@ -195,6 +195,13 @@ class RunLayout:
         a finished chunk's bad samples survive a kill) and merged into ``errors`` by rank 0."""
         return self.scores_dir / f"{_ERRORS_PART}{chunk:06d}{_ERRORS_PART_SUFFIX}"
 
+    @property
+    def first_pass_errors(self) -> Path:
+        """The bad samples a ``train`` run's first pass found, written before the thumbnails' index (which
+        marks that pass done): a resumed run keeps the thumbnails and skips the pass, and reads them here.
+        One of the ``error_parts``, so it goes with them."""
+        return self.scores_dir / f"{_ERRORS_PART}first-pass{_ERRORS_PART_SUFFIX}"
+
     def _glob(self, pattern: str) -> list[Path]:
         return sorted(self.scores_dir.glob(pattern)) if self.scores_dir.is_dir() else []
 

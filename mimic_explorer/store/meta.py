@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mimic_explorer.store.atomic import write_json
+from mimic_explorer.store.atomic import remove_stale_temporaries, write_json
 from mimic_explorer.store.layout import RunLayout, checkpoint_sidecar
 
 #: the run-directory format this package writes (and the newest it reads)
@@ -212,4 +212,6 @@ def read_checkpoint_sidecar(checkpoint: str | os.PathLike) -> dict[str, Any]:
 def write_checkpoint_sidecar(checkpoint: str | os.PathLike, info: dict[str, Any]) -> Path:
     """Write ``info`` (what the model is: architecture, init fingerprint, preprocessing…) beside ``checkpoint`` as its
     sidecar (``layout.checkpoint_sidecar``), atomically: a later run that loads the checkpoint reads it there."""
-    return write_json(checkpoint_sidecar(checkpoint), info)
+    path = checkpoint_sidecar(checkpoint)
+    remove_stale_temporaries(path.parent, path.name)  # of a run killed while it wrote this file
+    return write_json(path, info)

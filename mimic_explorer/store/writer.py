@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mimic_explorer.store.atomic import AtomicFile, atomic_write, write_parquet
+from mimic_explorer.store.atomic import AtomicFile, atomic_write, remove_stale_temporaries, write_parquet
 from mimic_explorer.store.layout import SAMPLES_ROW_GROUP_ROWS, SCORE_ROW_GROUP_ROWS, RunLayout
 from mimic_explorer.store.meta import RunMeta, write_meta
 from mimic_explorer.store.targets import RunDirectoryError, check_run_target
@@ -66,22 +66,44 @@ def _create_run_dir(path: Path) -> Path:
 class RunWriter:
     """Owns one run directory while a command writes it (holds a lock file against a second writer).
 
-    ``meta`` is the run's ``RunMeta``; set its fields and ``flush_meta()`` to publish them."""
+    ``meta`` is the run's ``RunMeta``; set its fields and ``flush_meta()`` to publish them. ``facts``
+    are fields known before the run starts (its ``run_id`` above all): they are in the first
+    ``meta.json`` written, so a kill at any point leaves a directory that says which run it holds.
+    ``fresh``: the score parts, resumable state and bad samples of an earlier run are removed before
+    that first write (a directory never says it holds this run while it still holds another's parts)."""
 
-    def __init__(self, path: str | os.PathLike, kind: str, config: dict[str, Any]):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        kind: str,
+        config: dict[str, Any],
+        facts: dict[str, Any] | None = None,
+        fresh: bool = False,
+    ):
         self.layout = RunLayout(_create_run_dir(RunLayout(path).root))
         self.started = time.perf_counter()
         self._take_lock()
-        self.layout.scores_dir.mkdir(exist_ok=True)
-        self.meta = RunMeta(
-            kind=kind,
-            status="running",
-            config=config,
-            created=_now(),
-            versions=_package_versions(),
-            command=list(sys.argv),
-        )
-        self.flush_meta()
+        try:
+            for folder in (self.layout.root, self.layout.scores_dir, self.layout.thumbs_dir):
+                remove_stale_temporaries(folder, any_writer=True)  # a killed writer's: we hold the lock
+            if fresh:
+                self.layout.clear_score_parts()
+                self.layout.state.unlink(missing_ok=True)
+                self.layout.errors.unlink(missing_ok=True)
+            self.layout.scores_dir.mkdir(exist_ok=True)
+            self.meta = RunMeta(
+                kind=kind,
+                status="running",
+                config=config,
+                created=_now(),
+                versions=_package_versions(),
+                command=list(sys.argv),
+            )
+            self.meta.set(**(facts or {}))
+            self.flush_meta()
+        except BaseException:
+            self._unlock()
+            raise
 
     @property
     def path(self) -> Path:
@@ -102,7 +124,12 @@ class RunWriter:
                     f"{self.path} is being written by another process (pid {owner}); "
                     f"wait for it or remove {lock} if that process is gone"
                 ) from None
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        except BaseException:  # a full disk: no lock without its owner's pid (no later writer could take it)
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+            raise
         os.close(fd)
 
     def flush_meta(self) -> None:
@@ -152,6 +179,17 @@ class RunWriter:
 
     def _unlock(self) -> None:
         self.layout.lock.unlink(missing_ok=True)
+
+
+def remove_stale_lock(layout: RunLayout) -> None:
+    """Remove the ``.lock`` of a writer that is gone: one killed after it marked its run complete and
+    before it let go of the lock leaves a finished run that is then only ever read, never written."""
+    try:
+        owner = layout.lock.read_text().strip()
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            layout.lock.unlink(missing_ok=True)
+    except OSError:  # no lock, or a read-only run: nothing to do
+        pass
 
 
 def _pid_alive(pid: int) -> bool:
@@ -234,15 +272,23 @@ class SamplesWriter:
         """Write what is left and publish the file."""
         if self._writer is None:
             raise ValueError(f"no rows were given for {self.path.name}; write at least one (possibly empty) frame")
-        self._flush(final=True)
-        self._writer.close()
+        try:
+            self._flush(final=True)
+            self._writer.close()
+        except BaseException:
+            self.abort()
+            raise
         return self._file.commit()
 
     def abort(self) -> None:
         """Close and remove the temporary file: no ``samples.parquet`` appears."""
-        if self._writer is not None:
-            self._writer.close()
-        self._file.abort()
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except (OSError, pa.ArrowException):  # a full disk fails the close too: the file goes all the same
+            pass
+        finally:
+            self._file.abort()
 
     def __enter__(self) -> SamplesWriter:
         return self
@@ -255,10 +301,15 @@ class SamplesWriter:
 
 
 def read_error_parts(layout: RunLayout) -> pd.DataFrame:
-    """Every chunk's bad samples of a pass, merged (one row per sample id). The parts stay until the
-    run's ``errors.parquet`` is written (``drop_error_parts``), so a finish that dies half-way loses none."""
+    """Every bad sample the run found so far (one row per sample id): its error parts, and the run's
+    ``errors.parquet`` once written. The parts stay until ``errors.parquet`` holds them
+    (``drop_error_parts``), and ``errors.parquet`` is read too because a run killed after dropping
+    them, before it was marked complete, is resumed: a finish that dies half-way loses none. (A fresh
+    run removes an earlier run's ``errors.parquet`` before it starts, ``RunWriter(fresh=True)``.)"""
     columns = ["sample_id", "path", "reason"]
     parts = [pd.read_parquet(p) for p in layout.error_parts()]
+    if layout.errors.exists():
+        parts.append(pd.read_parquet(layout.errors, columns=columns))
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype="string") for c in columns})
     return pd.concat(parts, ignore_index=True).drop_duplicates("sample_id")

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from mimic_explorer.data.errors import BadSample
-from mimic_explorer.store.atomic import write_json
+from mimic_explorer.store.atomic import remove_stale_temporaries, write_json
 
 FORMAT = "mimic-features-2"
 HEADER = "entry.json"
@@ -136,6 +136,8 @@ class FeatureEntry:
             "dtype": "float32",
             "chunk_rows": int(chunk_rows),
         }
+        for folder in (self.folder, self.folder / CHUNKS):  # a killed filler's temporary files
+            remove_stale_temporaries(folder)
         header = self._read_header()
         if header is not None and header.get("state") == "complete" and self.open_complete():
             return
