@@ -318,7 +318,12 @@ def _add_pair_train_options(p) -> None:
         default=None,
         help="Grad-Mimic re-weights the gradient of this tower's last linear projection (default text)",
     )
-    pairs.add_argument(
+    _add_caption_noise(pairs)
+
+
+def _add_caption_noise(group) -> None:
+    """``--caption-noise`` of ``train`` and ``score`` on an image-text pool."""
+    group.add_argument(
         "--caption-noise",
         type=float,
         default=0.0,
@@ -437,13 +442,7 @@ def _add_pair_score_options(p) -> None:
         help="score the last linear projection of this tower (text when neither this nor --params names "
         "the mimic layers)",
     )
-    pairs.add_argument(
-        "--caption-noise",
-        type=float,
-        default=0.0,
-        metavar="RATE",
-        help="swap the captions of this fraction of pairs among themselves (seeded by --noise-seed; is_noisy recorded)",
-    )
+    _add_caption_noise(pairs)
 
 
 RULE_HELP = """\

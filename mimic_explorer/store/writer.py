@@ -34,6 +34,7 @@ from mimic_explorer.store.atomic import AtomicFile, atomic_write, remove_stale_t
 from mimic_explorer.store.layout import SAMPLES_ROW_GROUP_ROWS, SCORE_ROW_GROUP_ROWS, RunLayout
 from mimic_explorer.store.meta import RunMeta, write_meta
 from mimic_explorer.store.targets import RunDirectoryError, check_run_target
+from mimic_explorer.util.processes import process_alive
 
 
 def _now() -> str:
@@ -116,7 +117,7 @@ class RunWriter:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             owner = lock.read_text().strip() if lock.exists() else "?"
-            if owner.isdigit() and not _pid_alive(int(owner)):
+            if owner.isdigit() and not process_alive(int(owner)):
                 lock.unlink(missing_ok=True)
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             else:
@@ -186,20 +187,10 @@ def remove_stale_lock(layout: RunLayout) -> None:
     before it let go of the lock leaves a finished run that is then only ever read, never written."""
     try:
         owner = layout.lock.read_text().strip()
-        if owner.isdigit() and not _pid_alive(int(owner)):
+        if owner.isdigit() and not process_alive(int(owner)):
             layout.lock.unlink(missing_ok=True)
     except OSError:  # no lock, or a read-only run: nothing to do
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_score_part(path: str | os.PathLike, rows: pd.DataFrame | pa.Table) -> Path:

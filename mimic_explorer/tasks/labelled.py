@@ -44,7 +44,7 @@ from mimic_explorer.training.drift import DriftMeter
 from mimic_explorer.training.features import Features, extract_features
 from mimic_explorer.training.pool_batches import PoolBatches
 from mimic_explorer.training.pool_pass import pool_pass, thumbnail_pass
-from mimic_explorer.training.recording import score_rows
+from mimic_explorer.training.recording import scored_batch_rows
 from mimic_explorer.training.signals import collect_signals, evaluate_signals
 from mimic_explorer.util.fingerprint import state_fingerprint
 
@@ -400,17 +400,7 @@ class LabelledTask:
     # ------------------------------------------------------------------ rows
     def score_rows(self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int) -> Any:
         """The score rows of one batch: proj, Stage-1 weight, cos, loss and the predicted class."""
-        return score_rows(
-            job.sample_ids,
-            batch.positions,
-            epoch=0,
-            step=step,
-            proj=scores.proj,
-            weight=weights,
-            cos=scores.cos,
-            loss=scores.loss,
-            pred=scores.outputs.argmax(-1),
-        )
+        return scored_batch_rows(job.sample_ids, batch.positions, step, scores, weights, pred=scores.outputs.argmax(-1))
 
     def train_rows(self, job: Job, held: Held, signals: Any):
         """The pool's base columns (labels as trained on, the truth when known) and the signals as they are."""

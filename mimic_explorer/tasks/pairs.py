@@ -59,7 +59,7 @@ from mimic_explorer.training.batches import MIN_PAIR_BATCH, CaptionDraws, pair_b
 from mimic_explorer.training.drift import DriftMeter
 from mimic_explorer.training.pool_batches import StreamedPairs, whole_batches
 from mimic_explorer.training.pool_pass import no_input, pool_pass
-from mimic_explorer.training.recording import score_rows
+from mimic_explorer.training.recording import scored_batch_rows
 from mimic_explorer.training.signals import collect_pair_signals
 from mimic_explorer.training.towers import (
     caption_sets,
@@ -611,18 +611,7 @@ class PairsTask:
             "reference_loss": _numpy(reference_loss),
             "truncated": batch.extra["truncated"],
         }
-        return score_rows(
-            job.sample_ids,
-            batch.positions,
-            epoch=0,
-            step=step,
-            proj=scores.proj,
-            weight=weights,
-            cos=scores.cos,
-            loss=scores.loss,
-            pred=None,
-            extra=extra,
-        )
+        return scored_batch_rows(job.sample_ids, batch.positions, step, scores, weights, extra=extra)
 
     def train_rows(self, job: Job, held: Held, signals: pd.DataFrame | None):
         """samples.parquet's base columns of good positions — the pool's, the caption (and, with swapped

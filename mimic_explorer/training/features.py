@@ -15,6 +15,7 @@ own. See docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tempfile
@@ -216,46 +217,31 @@ def extract_features(
     ctx = dist or DistContext()
     requested = np.arange(len(source), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
     key = feature_key(model, head_name, transform, source, indices, extractor)
+    extract = functools.partial(
+        _extract,
+        key=key,
+        model=model,
+        source=source,
+        labels=labels,
+        transform=transform,
+        extractor=extractor,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        on_thumbnails=on_thumbnails,
+        progress=progress,
+        requested=requested,
+        ctx=ctx,
+        chunk_rows=chunk_rows,
+    )
     if not use_cache:
         with tempfile.TemporaryDirectory(prefix="features-") as folder:
-            features = _extract(
-                FeatureEntry(Path(folder) / key),
-                key,
-                model,
-                source,
-                labels,
-                transform,
-                extractor,
-                device,
-                batch_size,
-                workers,
-                on_thumbnails,
-                progress,
-                requested,
-                ctx,
-                chunk_rows,
-            )
+            features = extract(FeatureEntry(Path(folder) / key))
             return Features(
                 np.array(features.positions), torch.from_numpy(np.array(features.values.numpy())), features.bad, False
             )
     (features_cache_dir() / f"{key}.pt").unlink(missing_ok=True)  # an earlier version's entry: never trusted
-    return _extract(
-        FeatureEntry(features_cache_dir() / key),
-        key,
-        model,
-        source,
-        labels,
-        transform,
-        extractor,
-        device,
-        batch_size,
-        workers,
-        on_thumbnails,
-        progress,
-        requested,
-        ctx,
-        chunk_rows,
-    )
+    return extract(FeatureEntry(features_cache_dir() / key))
 
 
 def _extract(

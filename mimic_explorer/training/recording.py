@@ -107,3 +107,28 @@ def epoch_table(record: EpochRecord, sample_ids: pa.Array, positions: np.ndarray
 def epoch_frame(record: EpochRecord, sample_ids: np.ndarray, positions: np.ndarray | None = None):
     """``epoch_table`` as a pandas frame (the demo keeps its few epochs in memory)."""
     return epoch_table(record, pa.array(np.asarray(sample_ids, dtype=object).astype(str)), positions).to_pandas()
+
+
+def scored_batch_rows(
+    sample_ids: pa.Array | np.ndarray,
+    positions: np.ndarray,
+    step: int,
+    scores,
+    weights: torch.Tensor,
+    pred: Values = None,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> pa.Table:
+    """The rows of one batch a fixed checkpoint scored (``score``: epoch 0): its ``BatchScores``' proj, cos
+    and loss with the batch's Stage-1 weights, and the task's prediction and extra columns."""
+    return score_rows(
+        sample_ids,
+        positions,
+        epoch=0,
+        step=step,
+        proj=scores.proj,
+        weight=weights,
+        cos=scores.cos,
+        loss=scores.loss,
+        pred=pred,
+        extra=extra,
+    )
