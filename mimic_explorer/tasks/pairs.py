@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,7 +60,7 @@ from mimic_explorer.training.drift import DriftMeter
 from mimic_explorer.training.pool_batches import StreamedPairs, whole_batches
 from mimic_explorer.training.pool_pass import no_input, pool_pass
 from mimic_explorer.training.recording import score_rows
-from mimic_explorer.training.signals import collect_pair_signals
+from mimic_explorer.training.signals import PAIR_EMBEDDINGS, collect_pair_signals
 from mimic_explorer.training.towers import (
     caption_sets,
     draw_counts,
@@ -157,6 +157,15 @@ def _pair_rows_pass(
     return torch.cat(parts), np.concatenate(positions).astype(np.int64), np.concatenate(truncated)
 
 
+@dataclass
+class PairSignals:
+    """The per-pair end-of-run signals: one row per pair indexed by pool position (ascending), and the
+    reference's image and caption embeddings (``training.signals.PAIR_EMBEDDINGS``) in the same row order."""
+
+    frame: pd.DataFrame
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class _PairMode:
     """What the three training modes share: the first pass's shape, the caption sets, the loop's options."""
 
@@ -226,12 +235,15 @@ class _PairMode:
             TOWERS_ADVICE,
         )
 
-    def _collect(self, held: Held, model_part: nn.Module, reference_side: nn.Module, batches) -> pd.DataFrame:
+    def _collect(self, held: Held, model_part: nn.Module, reference_side: nn.Module, batches) -> PairSignals:
         found = collect_pair_signals(
             model_part, reference_side, batches, self.run.device, mimic_params=self.models.mimic_layers
         )
         found["index"] = held.positions[found["index"]]
-        return pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").sort_index()
+        order = np.argsort(found["index"], kind="stable")
+        vectors = {name: found.pop(name)[order] for name in PAIR_EMBEDDINGS if name in found}
+        frame = pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").iloc[order]
+        return PairSignals(frame, vectors)
 
 
 class FrozenTowersMode(_PairMode):
@@ -268,7 +280,7 @@ class FrozenTowersMode(_PairMode):
         """None: frozen towers cannot drift."""
         return None  # frozen towers cannot drift
 
-    def signals(self, held: Held, batches) -> pd.DataFrame:
+    def signals(self, held: Held, batches) -> PairSignals:
         """The per-pair end-of-run signals (CLIP scores, reference loss, score batch) over the held outputs."""
         rows = pair_batches(held.rows.to(self.run.device), self.options.batch_size, self.options.seed)
         return self._collect(held, self.probe, ProjectionProbe.sharing(self.models.reference), rows.epoch(0))
@@ -319,7 +331,7 @@ class FrozenImageTowerMode(_TowersLearn):
             dist.world,
         )
 
-    def signals(self, held: Held, batches) -> pd.DataFrame:
+    def signals(self, held: Held, batches) -> PairSignals:
         """The per-pair end-of-run signals, each photo with its own caption."""
         device = self.run.device
         rows = pair_batches(
@@ -362,7 +374,7 @@ class BothTowersMode(_TowersLearn):
         dist = self.run.dist
         return self._stream(held, held.extra["token_sets"], held.extra["counts"], dist.rank, dist.world)
 
-    def signals(self, held: Held, batches) -> pd.DataFrame:
+    def signals(self, held: Held, batches) -> PairSignals:
         """The per-pair end-of-run signals, each photo with its own caption, from one more decoded pass."""
         stream = self._stream(held, held.extra["token_sets"][:, :1], torch.ones(len(held.positions), dtype=torch.long))
         return self._collect(held, self.trained, self.reference_side, stream.epoch(0))
@@ -624,12 +636,13 @@ class PairsTask:
             extra=extra,
         )
 
-    def train_rows(self, job: Job, held: Held, signals: pd.DataFrame | None):
+    def train_rows(self, job: Job, held: Held, found: PairSignals | None):
         """samples.parquet's base columns of good positions — the pool's, the caption (and, with swapped
         captions, the original and ``is_noisy``), whether it was cut, the per-pair signal columns — and
         the standard signals."""
         captions, labelled = job.data, pool_rows(job.pool)
         cut = pd.Series(held.extra["truncated"], index=held.positions)
+        signals = None if found is None else found.frame
 
         def rows(good: np.ndarray) -> pd.DataFrame:
             frame = labelled(good)
@@ -647,10 +660,14 @@ class PairsTask:
             return frame
 
         def standard(good: np.ndarray) -> dict:
-            found_rows = signals.reindex(good).dropna(subset=["model_loss"])
-            found = {k: found_rows[k].to_numpy() for k in found_rows.columns if k not in PAIR_SIGNAL_COLUMNS}
-            found["index"] = found_rows.index.to_numpy(np.int64)
-            return found
+            where = signals.index.get_indexer(good)
+            where = where[where >= 0]
+            where = where[~np.isnan(signals["model_loss"].to_numpy(np.float64)[where])]
+            found_rows = signals.iloc[where]
+            values = {k: found_rows[k].to_numpy() for k in found_rows.columns if k not in PAIR_SIGNAL_COLUMNS}
+            values["index"] = found_rows.index.to_numpy(np.int64)
+            values.update({name: vectors[where] for name, vectors in found.vectors.items()})
+            return values
 
         return rows, (standard if signals is not None else None)
 

@@ -433,7 +433,7 @@ class ExplorerState:
     def record(self, position: int) -> dict:
         """Every column of one sample, with label names resolved (for the detail view)."""
         row = self.samples.iloc[int(position)].to_dict()
-        for key in ("label", "true_label", "pred"):
+        for key in ("label", "true_label", "pred", "ref_pred"):
             if key in row and pd.notna(row[key]):
                 row[f"{key} name"] = self.label_name(row[key])
         return row
