@@ -29,6 +29,7 @@ import pandas as pd
 
 from mimic_explorer.filters.formats import check_format
 from mimic_explorer.filters.hashing import mask_sha256, rule_digest
+from mimic_explorer.filters.reviews import AppliedReviews, apply_reviews
 from mimic_explorer.filters.rules import FilterError, FilterResult, Rule, apply_rule
 from mimic_explorer.filters.spec import (
     MAX_SPEC_BYTES,
@@ -74,6 +75,7 @@ def export(
     out: str | os.PathLike,
     *,
     reapplying: dict[str, Any] | None = None,
+    reviews: AppliedReviews | None = None,
 ) -> tuple[FilterResult, dict[str, Any], Path, Path]:
     """Apply ``rule`` to a run's samples and write the keep-list to ``out`` and its spec beside it.
 
@@ -91,6 +93,9 @@ def export(
         The keep-list file; the spec is ``out`` + ``.spec.json``.
     reapplying
         The spec ``rule`` was read from, if any: the new keep mask must be the one it recorded.
+    reviews
+        Review decisions laid over the rule (``filters.reviews.apply_reviews``) and recorded in the spec;
+        None (or none in the log) leaves the rule's keep-list as it is.
 
     Returns
     -------
@@ -108,10 +113,13 @@ def export(
     """
     out, spec_path = check_target(out, export_format)
     result = apply_rule(samples, rule)
+    facts = None
+    if reviews is not None and reviews.rows:
+        result, facts = apply_reviews(samples, result, reviews), reviews.facts()
     if reapplying is not None:
         check_reapplied(reapplying, result)
     spec = write_pair(
-        samples, result, rule.column, export_format, out, build_spec(run_meta, rule, result, export_format)
+        samples, result, rule.column, export_format, out, build_spec(run_meta, rule, result, export_format, facts)
     )
     return result, spec, out, spec_path
 

@@ -23,6 +23,7 @@ described for readers in docs/ARCHITECTURE.md (the run-directory contract).
     neighbours/          approximate-nearest-neighbour indexes of the embeddings (``SOURCE.hnsw``), built on
                          request ("more like this" on large pools)
     reviews.parquet      per-sample decisions (keep, drop, relabel) appended over time; the latest per sample wins
+    .reviews.lock        taken while a decision is appended
     index/               the app's per-run indexes (built on first open): manifest.json, one .npy per
                          numeric column, per score column its ascending order and sorted values, and the
                          text columns in one Arrow file; built in .index-building-* and renamed into place
@@ -71,6 +72,7 @@ EMBEDDINGS_DIR = "embeddings"
 MAPS_DIR = "maps"
 NEIGHBOURS_DIR = "neighbours"
 REVIEWS = "reviews.parquet"
+REVIEWS_LOCK = ".reviews.lock"
 INDEX_DIR = "index"
 INDEX_LOCK = ".index.lock"
 INDEX_MANIFEST = "manifest.json"
@@ -205,6 +207,11 @@ class RunLayout:
     def reviews(self) -> Path:
         """``reviews.parquet``: per-sample decisions, appended; the latest per sample wins."""
         return self.root / REVIEWS
+
+    @property
+    def reviews_lock(self) -> Path:
+        """Held (``flock``) while a decision is appended to ``reviews``: two sessions marking at once both land."""
+        return self.root / REVIEWS_LOCK
 
     @property
     def index_dir(self) -> Path:
