@@ -547,7 +547,7 @@ def _add_export(sub) -> None:
         "--reviews",
         choices=choices.REVIEW_MODES,
         default="apply",
-        help="apply the run's review decisions on top of the rule, or ignore them (see 'reviews' below)",
+        help="apply the run's review decisions on top of the rule (default), or ignore them; see 'reviews' below",
     )
     p.add_argument("--out", required=True, help="file to write; FILE.spec.json is written beside it")
     p.set_defaults(func=_cmd_export)

@@ -57,9 +57,7 @@ def _grad_mimic(root: Path, base: Path, name: str, *mode: str) -> Path:
     reference = root / f"{name}-ref.pt"
     init = ["--init", str(base), *mode]
     run_command([*_labelled(root), *init, "--save-model", str(reference)], root / f"{name}-ref")
-    return run_command(
-        [*_labelled(root), *init, "--reference", str(reference), "--label-noise", "0.3"], root / name
-    )
+    return run_command([*_labelled(root), *init, "--reference", str(reference), "--label-noise", "0.3"], root / name)
 
 
 @pytest.fixture(scope="module", params=["linear-probe", "fine-tune"])
@@ -89,9 +87,8 @@ def test_a_linear_probe_keeps_its_backbone_features_as_the_embedding(root, label
         pytest.skip("the features a reference head reads back are a linear probe's")
     state = torch.load(root / "linear-probe-ref.pt", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
-    weight, bias = next(
-        (state[k], state[k.replace("weight", "bias")]) for k in state if k.endswith("weight") and state[k].shape[0] == 10
-    )
+    head = next(k for k in state if k.endswith("weight") and state[k].shape[0] == 10)
+    weight, bias = state[head], state[head.replace("weight", "bias")]
     features = torch.from_numpy(np.load(RunLayout(labelled_run).embedding("image")).astype(np.float32))
     probs = torch.softmax(features @ weight.float().T + bias.float(), dim=1).numpy()
     np.testing.assert_allclose(probs, np.load(RunLayout(labelled_run).reference_probs), atol=5e-3)
