@@ -263,7 +263,13 @@ def _count_problem(keep_list: Path, spec: dict[str, Any]) -> str | None:
 
 
 def save_to_run(
-    run_dir: str | os.PathLike, samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_format: str = "csv"
+    run_dir: str | os.PathLike,
+    samples: pd.DataFrame,
+    run_meta: dict[str, Any],
+    rule: Rule,
+    export_format: str = "csv",
+    *,
+    reviews: AppliedReviews | None = None,
 ) -> tuple[FilterResult, dict[str, Any], Path, Path]:
     """``export`` into the run's own ``filters/`` folder (the app's "Save to run"), named by the rule's
     hash so saving the same rule twice replaces the earlier pair instead of piling up copies."""
@@ -273,7 +279,8 @@ def save_to_run(
         folder.mkdir(exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot save into {folder}: {exc.strerror or exc}") from None
-    return export(samples, run_meta, rule, export_format, folder / f"keep-list-{rule_digest(rule)}.{export_format}")
+    out = folder / f"keep-list-{rule_digest(rule)}.{export_format}"
+    return export(samples, run_meta, rule, export_format, out, reviews=reviews)
 
 
 def saved_specs(run_dir: str | os.PathLike) -> list[Path]:
