@@ -132,7 +132,7 @@ class MapView(Viewer):
         )
         self.plot = pn.pane.HoloViews(None, height=HEIGHT, sizing_mode="stretch_width", css_classes=["map-plot"])
         self.colour_select = pn.widgets.Select.from_param(self.param.colouring, name="Colour by", width=200)
-        self.search = pn.widgets.TextInput(name="Highlight captions containing", width=260, visible=state.has_captions)
+        self.search = pn.widgets.TextInput(label="Highlight captions containing", width=260, visible=state.has_captions)
         self.clear = pn.widgets.Button(label="Clear selection", color="light", width=130)
         self.export_selection = pn.widgets.FileDownload(
             callback=self.selection_file,
