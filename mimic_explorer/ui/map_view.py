@@ -157,7 +157,7 @@ class MapView(Viewer):
         self.search.param.watch(self._on_search, "value")
         self.selected: np.ndarray | None = None
         self._body = pn.Column(**wide)
-        self._layout = pn.Column(self._body, **wide)
+        self._layout = pn.Column(self._body, css_classes=["map-view"], **wide)
         self._built = False
         live.param.watch(self._on_counts, "counts")
 
@@ -259,7 +259,7 @@ class MapView(Viewer):
             shaded = rasterize(points, aggregator=ds.mean("c")).opts(
                 cmap="viridis", colorbar=True, clabel=self.state.column, **common
             )
-            element = dynspread(shaded, threshold=0.6, max_px=3)
+            element = dynspread(shaded, threshold=0.6, max_px=3, how="max")  # spread means, never sum them
         box = hv.streams.BoundsXY(source=shaded)
         lasso = hv.streams.Lasso(source=shaded)
         tap = hv.streams.Tap(source=shaded)
