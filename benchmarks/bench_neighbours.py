@@ -110,6 +110,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--methods", nargs="+", default=["hnswlib", "faiss-hnsw", "faiss-ivf"], help="which ANN methods to time"
+    )
     args = parser.parse_args()
     k = 10
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} build threads")
@@ -120,11 +123,18 @@ def main() -> None:
         queries = np.random.default_rng(1).choice(rows, args.queries, replace=False)
         truth, exact_s = exact_truth(vectors, queries, k)
         print(f"| {rows:,} | {args.dim} | exact (numpy, chunked) | 0 | {1000 * exact_s:.1f} | 1.000 |", flush=True)
-        for name, run in (
-            ("hnswlib HNSW (M 16, ef 100/64)", lambda v, q: bench_hnswlib(v, q, k, args.threads)),
-            ("faiss HNSWFlat (M 16, ef 100/64)", lambda v, q: bench_faiss(v, q, k, args.threads, "hnsw")),
-            ("faiss IVFFlat (4√n lists, nprobe 16)", lambda v, q: bench_faiss(v, q, k, args.threads, "ivf")),
-        ):
+        methods = {
+            "hnswlib": ("hnswlib HNSW (M 16, ef 100/64)", lambda v, q: bench_hnswlib(v, q, k, args.threads)),
+            "faiss-hnsw": (
+                "faiss HNSWFlat (M 16, ef 100/64)",
+                lambda v, q: bench_faiss(v, q, k, args.threads, "hnsw"),
+            ),
+            "faiss-ivf": (
+                "faiss IVFFlat (4√n lists, nprobe 16)",
+                lambda v, q: bench_faiss(v, q, k, args.threads, "ivf"),
+            ),
+        }
+        for name, run in (methods[m] for m in args.methods):
             found = run(vectors, queries)
             print(
                 f"| {rows:,} | {args.dim} | {name} | {found['build_s']:.1f} | {found['query_ms']:.2f} | "

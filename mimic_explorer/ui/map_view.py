@@ -358,15 +358,22 @@ class MapView(Viewer):
         return len(self.selected), int(self._kept_mask()[self.selected].sum())
 
     def _say_selection(self) -> None:
+        held = len(self.model.selected_ids)
+        note = (
+            f' <span class="hint">· the filter keeps only a selection of {held:,} samples ("AND into the filter" '
+            "with nothing selected takes it out)</span>"
+            if held
+            else ""
+        )
         found = self.selected_counts()
         if found is None:
             self.header.object = (
                 '<div class="me-selected"><span class="hint">Drag a box or a lasso on the map to select '
-                "samples; the galleries then show the selection.</span></div>"
+                f"samples; the galleries then show the selection.</span>{note}</div>"
             )
             return
         n, kept = found
-        self.header.object = f'<div class="me-selected">selected {n:,} · kept {kept:,}</div>'
+        self.header.object = f'<div class="me-selected">selected {n:,} · kept {kept:,}{note}</div>'
 
     def selection_file(self) -> io.BytesIO:
         """The selected samples as a csv keep-list (every selected row, whatever the filter keeps)."""
