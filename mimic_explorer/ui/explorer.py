@@ -188,7 +188,7 @@ class Explorer(Viewer):
             self.map_view.set_selection(None)
             return
         ids = [str(i) for i in ids]
-        where = self.state._position_of.get_indexer(ids)
+        where = self.state.positions_of(ids)
         if (where < 0).any():
             unknown = [i for i, w in zip(ids, where, strict=True) if w < 0]
             raise ValueError(f"{len(unknown)} of the {len(ids)} ids are not in this run: {unknown[:3]}")

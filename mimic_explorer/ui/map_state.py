@@ -179,7 +179,7 @@ class MapState:
             latest = applied_now(self.layout).decisions
         except ReviewError:
             return out
-        where = self.state._position_of.get_indexer(latest["sample_id"].astype(str))
+        where = self.state.positions_of(latest["sample_id"])
         found = where >= 0
         out[where[found]] = latest["decision"].to_numpy()[found]
         return out

@@ -239,8 +239,8 @@ class MapView(Viewer):
 
         frame, categorical = self._frame()
         points = hv.Points(frame, ["x", "y"], ["c"])
-        common = dict(responsive=True, height=HEIGHT, tools=["box_select", "lasso_select", "tap"], active_tools=[])
-        common["active_tools"] = ["box_select"]
+        tools = ["box_select", "lasso_select", "tap"]
+        common = dict(responsive=True, height=HEIGHT, tools=tools, active_tools=["box_select"])
         if categorical:
             categories = [str(c) for c in frame["c"].cat.categories]
             shaded = dynspread(

@@ -384,9 +384,13 @@ class ExplorerState:
         self.matches = matches
         self.__dict__.pop("_orderings", None)
 
+    def positions_of(self, sample_ids) -> np.ndarray:
+        """Row positions of many sample ids at once (−1 for an id not in the run)."""
+        return self._position_of.get_indexer([str(i) for i in sample_ids])
+
     def ids_mask(self, clause: FilterRule) -> np.ndarray:
         """The keep mask of an ids clause (a selection ANDed into the filter), by row."""
-        where = self._position_of.get_indexer(list(clause.ids))
+        where = self.positions_of(clause.ids)
         if (where < 0).any():
             raise ValueError(f"{int((where < 0).sum())} of the selection's ids are not in this run")
         keep = np.zeros(self.total, dtype=bool)

@@ -127,3 +127,14 @@ def test_applying_no_reviews_changes_nothing(run):
     same = apply_reviews(run.samples, result, AppliedReviews.of(read_reviews(run.layout)))
     assert same is result and np.array_equal(same.keep, run.samples["keep"].to_numpy())
     assert RunLayout(run.path).reviews == run.layout.reviews
+
+
+def test_a_run_reads_its_reviews_and_vectors_from_python(tmp_path):
+    run = open_run(synthetic_run(tmp_path / "vectors", n=40, classes=3, thumbnails=False, embeddings=6))
+    assert run.reviews.empty
+    _append(run, ["syn-0000002"], "relabel", label="class 1")
+    assert run.reviews[["sample_id", "decision", "label_name"]].values.tolist() == [
+        ["syn-0000002", "relabel", "class 1"]
+    ]
+    assert run.reference_probs.shape == (40, 3) and run.embedding("image").shape == (40, 6)
+    assert run.embedding("text") is None
