@@ -271,7 +271,10 @@ class MapView(Viewer):
         self._streams = (box, lasso, tap, pointer)
         highlight = hv.DynamicMap(self._selected_points, streams=[hv.streams.Params(self, ["version"])])
         marks = dynspread(datashade(highlight, cmap=["#111111"], min_alpha=255), threshold=0.9, max_px=2)
-        self.plot.object = element * marks
+        import holoviews.plotting.bokeh  # noqa: F401 - registers the bokeh options the next line names
+
+        # one legend of the categories (datashade's layers would each add theirs)
+        self.plot.object = (element * marks).opts(hv.opts.RGB(show_legend=False))
 
     def _selected_points(self, version: int) -> hv.Points:
         coords = self.map.coords
