@@ -102,3 +102,23 @@ def test_user_coordinates_become_the_map_and_bad_files_are_refused_whole(tmp_pat
     with pytest.raises(MapError, match="cannot read"):
         import_coords(RunLayout(run), ids, tmp_path / "bad.parquet")
     np.testing.assert_array_equal(current_map(RunLayout(run), 30)[1], coords)  # the good map is untouched
+
+
+def test_the_map_command_makes_a_layout_or_keeps_coordinates_and_says_what_is_wrong(tmp_path, capsys):
+    from mimic_explorer.cli import main
+
+    run = synthetic_run(tmp_path / "run", n=120, embeddings=8, thumbnails=False)
+    assert main(["map", str(run), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(run)
+    assert RunLayout(run).map_names() == ["image-pca"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sample_id,x,y\nsyn-0000000,1,2\nsyn-0000000,3,4\n")
+    assert main(["map", str(run), "--coords", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bad.csv: sample id 'syn-0000000' appears more than once") and "\n" not in err
+    assert RunLayout(run).map_names() == ["image-pca"]  # nothing kept
+    assert main(["map", str(run), "--source", "text"]) == 2
+    assert "no text embeddings" in capsys.readouterr().err
+    bare = synthetic_run(tmp_path / "bare", n=20, thumbnails=False)
+    assert main(["map", str(bare)]) == 2
+    assert "has no embeddings to map" in capsys.readouterr().err
