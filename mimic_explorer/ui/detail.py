@@ -50,6 +50,8 @@ class DetailView(Viewer):
         self.similar: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None
         #: select rows on the map (the neighbours); set with ``similar``
         self.select_rows: Callable[[np.ndarray], None] | None = None
+        #: list the neighbours with every sample shown (when they are cheap), not only on "More like this"
+        self.auto_similar = False
         self.neighbours = np.zeros(0, dtype=np.int64)
         self.more_button = pn.widgets.Button(
             label="More like this", color="light", visible=False, css_classes=["more-like-this"]
@@ -113,6 +115,8 @@ class DetailView(Viewer):
             self._plot.object = detail_trajectory(frame, signals)
         else:
             self._plot.object = hv.Curve([], "epoch", "value").opts(title=note, width=300, height=160)
+        if self.auto_similar and self.similar is not None:
+            self.show_similar()
 
     def show_similar(self, k: int = 12) -> np.ndarray:
         """The ``k`` samples most like the one shown, as a gallery under it ("More like this"); returns their rows."""

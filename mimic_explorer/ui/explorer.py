@@ -44,6 +44,11 @@ from mimic_explorer.ui.summary import Summary
 from mimic_explorer.ui.thumbnails import ThumbnailURIs
 
 
+#: pools up to this size list a sample's neighbours with its detail at once (an exact search of ~50 ms);
+#: larger ones on "More like this"
+AUTO_NEIGHBOURS_MAX = 50_000
+
+
 def _rule_parameter(name: str) -> property:
     """``explorer.<name>`` reads and sets the filter model's parameter of that name."""
     return property(
@@ -136,6 +141,7 @@ class Explorer(Viewer):
         if self.map_view.map.has_neighbours:
             self.detail.similar = self.map_view.map.more_like_this
             self.detail.select_rows = self._select_rows
+            self.detail.auto_similar = self.state.total <= AUTO_NEIGHBOURS_MAX
         self.more_views = MoreViews(
             self.state,
             self.live,
