@@ -43,7 +43,6 @@ from mimic_explorer.ui.state import ExplorerState
 from mimic_explorer.ui.summary import Summary
 from mimic_explorer.ui.thumbnails import ThumbnailURIs
 
-
 #: pools up to this size list a sample's neighbours with its detail at once (an exact search of ~50 ms);
 #: larger ones on "More like this"
 AUTO_NEIGHBOURS_MAX = 50_000
