@@ -124,7 +124,7 @@ def main() -> int:
     ids_file.write_text("\n".join(samples["sample_id"][chosen]) + "\n")
     assert cli(["review", str(run_dir), "--ids-file", str(ids_file), "--decision", "drop", "--note", "map"]) == 0
     out = work / "keep-reviewed.csv"
-    assert cli(["export", str(run_dir), "--threshold", "-1e300", "--out", str(out)]) == 0
+    assert cli(["export", str(run_dir), "--quantile", "0", "--out", str(out)]) == 0
     kept = set(pd.read_csv(out, dtype={"sample_id": str})["sample_id"])
     dropped_by_export = ~samples["sample_id"].isin(kept).to_numpy()
     assert (dropped_by_export == chosen).all()

@@ -134,8 +134,9 @@ class MapState:
         counts = pd.Series(labels[labels >= 0]).value_counts()
         top = np.sort(counts.index.to_numpy()[: MAX_CATEGORIES - 1])
         codes = pd.Index(top).get_indexer(labels)
-        codes = np.where(codes < 0, len(top), codes)
-        categories = [self.state.label_name(v) for v in top.tolist()] + ["(other)"]
+        others = codes < 0
+        codes = np.where(others, len(top), codes)
+        categories = [self.state.label_name(v) for v in top.tolist()] + (["(other)"] if others.any() else [])
         return pd.Categorical.from_codes(codes, categories=list(dict.fromkeys(categories)))
 
     def values(self, colouring: str, keep: np.ndarray | None = None, query: str = "") -> np.ndarray | pd.Categorical:
