@@ -293,6 +293,10 @@ class RunLayout:
         removed when the run completes and by ``clear_score_parts``."""
         return self.scores_dir / f".{name}{_SCRATCH_SUFFIX}"
 
+    def scratch_files(self) -> list[Path]:
+        """The finishing stage's working files present (removed when the run completes)."""
+        return self._glob(f".*{_SCRATCH_SUFFIX}")
+
     def score_parts(self) -> list[Path]:
         """Every file holding score rows: the legacy single file when it exists, else every part."""
         if self.scores_file.exists():

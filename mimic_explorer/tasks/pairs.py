@@ -50,6 +50,7 @@ from mimic_explorer.scoring.context import preserved_modes
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score, retrieval_recall
 from mimic_explorer.scoring.prepared import BatchScores, PreparedScorer
 from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.run_arrays import RowArrayWriter, read_row_array
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.tasks.base import Held, Job, Passes, Prepared, ScoreBatch
@@ -160,10 +161,12 @@ def _pair_rows_pass(
 @dataclass
 class PairSignals:
     """The per-pair end-of-run signals: one row per pair indexed by pool position (ascending), and the
-    reference's image and caption embeddings (``training.signals.PAIR_EMBEDDINGS``) in the same row order."""
+    reference's image and caption embeddings (``training.signals.PAIR_EMBEDDINGS``, memory-mapped from
+    scratch files of the run) by held row: frame row i is held row ``rows[i]``."""
 
     frame: pd.DataFrame
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: np.ndarray | None = None
 
 
 class _PairMode:
@@ -236,14 +239,37 @@ class _PairMode:
         )
 
     def _collect(self, held: Held, model_part: nn.Module, reference_side: nn.Module, batches) -> PairSignals:
-        found = collect_pair_signals(
-            model_part, reference_side, batches, self.run.device, mimic_params=self.models.mimic_layers
-        )
-        found["index"] = held.positions[found["index"]]
+        """The per-pair signals, and the reference's embeddings written batch by batch to scratch files of the run
+        by held row (millions of pairs' vectors never sit in memory), read back memory-mapped."""
+        layout = self.run.layout
+        writers = {
+            name: RowArrayWriter(layout.scratch(name), len(held.positions), np.float16) for name in PAIR_EMBEDDINGS
+        }
+
+        def keep_vectors(index: np.ndarray, found: dict[str, np.ndarray]) -> None:
+            for name, values in found.items():
+                writers[name].write(index, values)
+
+        try:
+            found = collect_pair_signals(
+                model_part,
+                reference_side,
+                batches,
+                self.run.device,
+                mimic_params=self.models.mimic_layers,
+                vectors=keep_vectors,
+            )
+            paths = {name: writer.commit() for name, writer in writers.items()}
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        held_rows = np.asarray(found["index"], dtype=np.int64)
+        found["index"] = held.positions[held_rows]
         order = np.argsort(found["index"], kind="stable")
-        vectors = {name: found.pop(name)[order] for name in PAIR_EMBEDDINGS if name in found}
         frame = pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").iloc[order]
-        return PairSignals(frame, vectors)
+        vectors = {name: read_row_array(path) for name, path in paths.items() if path is not None}
+        return PairSignals(frame, vectors, held_rows[order])
 
 
 class FrozenTowersMode(_PairMode):
@@ -666,7 +692,7 @@ class PairsTask:
             found_rows = signals.iloc[where]
             values = {k: found_rows[k].to_numpy() for k in found_rows.columns if k not in PAIR_SIGNAL_COLUMNS}
             values["index"] = found_rows.index.to_numpy(np.int64)
-            values.update({name: vectors[where] for name, vectors in found.vectors.items()})
+            values.update({name: np.asarray(vectors[found.rows[where]]) for name, vectors in found.vectors.items()})
             return values
 
         return rows, (standard if signals is not None else None)

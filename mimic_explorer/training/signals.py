@@ -11,7 +11,7 @@ scores here and those recorded during training come from one function.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -140,6 +140,7 @@ def collect_pair_signals(
     *,
     mimic_params: str | Sequence[str] = "text",
     loss: PerSampleLoss | None = None,
+    vectors: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-pair end-of-run signals (eval mode) over ``(index, inputs, targets)`` batches of a dual
     encoder (inputs (images, tokens)) or a ``ProjectionProbe`` (inputs: cached tower features).
@@ -150,7 +151,9 @@ def collect_pair_signals(
     (‖g_i‖) on the mimic layer at the final weights; ``model_pred`` (in-batch top-1); and
     ``clip_score_model`` / ``clip_score_ref`` (the cosine of the pair's two embeddings: DataComp's
     CLIP score, which does not depend on the batch); and ``PAIR_EMBEDDINGS``, (pairs, dim) float16: the
-    pair's image and caption embeddings under the reference, unit length (the map's vectors).
+    pair's image and caption embeddings under the reference, unit length (the map's vectors) — or, with
+    ``vectors``, handed to ``vectors(index, {name: values})`` batch by batch and not returned (a pool of
+    millions of pairs keeps its embeddings on disk, not in memory).
     """
     loss = loss if loss is not None else InfoNCELoss()
     names = mimic_layer_params(model, mimic_params)
@@ -175,10 +178,17 @@ def collect_pair_signals(
             )
             out["clip_score_model"].append(clip_score(scores.outputs[0], scores.outputs[1]))
             out["clip_score_ref"].append(clip_score(ref_out[0], ref_out[1]))
-            out["embedding_image"].append(F.normalize(ref_out[0].float(), dim=-1).to(torch.float16))
-            out["embedding_text"].append(F.normalize(ref_out[1].float(), dim=-1).to(torch.float16))
+            embedded = {
+                "embedding_image": F.normalize(ref_out[0].float(), dim=-1).to(torch.float16),
+                "embedding_text": F.normalize(ref_out[1].float(), dim=-1).to(torch.float16),
+            }
+            if vectors is None:
+                for name, values in embedded.items():
+                    out[name].append(values)
+            else:
+                vectors(np.asarray(index), {name: v.cpu().numpy() for name, v in embedded.items()})
     if not out["index"]:
         raise ValueError("no batches of pairs to collect signals from")
-    signals = {k: torch.cat([t.detach().cpu() for t in v]).numpy() for k, v in out.items()}
+    signals = {k: torch.cat([t.detach().cpu() for t in v]).numpy() for k, v in out.items() if v}
     signals["reducible_loss"] = signals["model_loss"] - signals["reference_loss"]
     return signals

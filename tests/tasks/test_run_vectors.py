@@ -107,3 +107,4 @@ def test_pairs_keep_the_references_image_and_caption_embeddings(root):
     np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, atol=2e-3)
     np.testing.assert_allclose((image * text).sum(axis=1), samples["clip_score_ref"].to_numpy(), atol=5e-3)
     assert not layout.reference_probs.exists() and "ref_pred" not in samples.columns
+    assert layout.scratch_files() == []  # the embeddings' scratch files are gone once the run is complete
