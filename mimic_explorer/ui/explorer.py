@@ -24,9 +24,11 @@ import pandas as pd
 import panel as pn
 from panel.viewable import Viewer
 
+from mimic_explorer.filters.reviews import apply_reviews
 from mimic_explorer.filters.rules import IDS, FilterError, Rule
 from mimic_explorer.store.filter_files import SavedFilter, latest_saved_rule
 from mimic_explorer.store.reader import Run, open_run
+from mimic_explorer.store.reviews import ReviewError, applied_for_spec
 from mimic_explorer.ui.controls import FilterControls
 from mimic_explorer.ui.counting import Counts
 from mimic_explorer.ui.cut_lines import CutLines
@@ -292,10 +294,18 @@ class Explorer(Viewer):
             f"kept {spec.get('kept')} of {spec.get('total')}."
         )
         problems = []
-        if counts is not None and (
-            counts.kept != spec.get("kept") or counts.kept_per_class != spec.get("kept_per_class")
-        ):
-            problems.append(f"It keeps {counts.kept} now: this run's samples changed since it was saved.")
+        kept, kept_per_class = (None, None) if counts is None else (counts.kept, counts.kept_per_class)
+        if spec.get("reviews"):  # saved with review decisions on top: count them as the spec did
+            try:
+                reviews = applied_for_spec(self.run.layout, spec["reviews"])
+            except ReviewError as exc:
+                problems.append(f"Its review decisions cannot be re-applied: {exc}.")
+            else:
+                result = apply_reviews(self.samples, self.state.apply(saved.rule), reviews)
+                kept, kept_per_class = result.kept, result.kept_per_class
+                text += f" It applied {spec['reviews']['samples']} review decisions (the page's exports apply all)."
+        if kept is not None and (kept != spec.get("kept") or kept_per_class != spec.get("kept_per_class")):
+            problems.append(f"It keeps {kept} now: this run's samples changed since it was saved.")
         if saved.keep_list_problem:
             problems.append(f"Its keep-list does not match: {saved.keep_list_problem}.")
         return " ".join([text, *problems]), "warning" if problems else "info"

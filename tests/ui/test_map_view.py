@@ -162,3 +162,14 @@ def test_a_run_without_embeddings_says_how_to_get_a_map(tmp_path):
     assert not ex.map_view._built
     assert "no embeddings" in ex.map_view._body[0].object and "--coords" in ex.map_view._body[0].object
     assert ex.detail.similar is None
+
+
+def test_a_filter_saved_with_review_decisions_restores_without_a_false_alarm(tmp_path):
+    run = synthetic_run(tmp_path / "saved", n=200, classes=3, embeddings=4, thumbnails=False)
+    ex = Explorer(run)
+    kept = ex.samples["sample_id"][ex.keep_mask].iloc[:2].tolist()
+    ex.review(kept, "drop")
+    result, spec, _, _ = ex.save_to_run()
+    assert spec["reviews"]["samples"] == 2 and result.kept == int(ex.keep_mask.sum()) - 2
+    again = Explorer(run)
+    assert "applied 2 review decisions" in again.message and "changed since" not in again.message
