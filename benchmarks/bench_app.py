@@ -15,7 +15,13 @@ built on the first open — *cold open* — and memory-mapped after — *warm op
 (three galleries redrawn for a new size), a detail click (a card opened in the detail view), the
 keep-list export to disk, and the server's resident memory.
 
+With ``--map`` (the run gets 64-d float16 embeddings): the Map view's rows — the PCA layout made as
+``mimic-explorer map`` makes it (and, with hnswlib installed, the neighbour index), the Map tab's first
+render with the layout kept, a box and a lasso selection (galleries, "selected N · kept K" and the
+highlight updated), and "more like this" (exact, and HNSW when built).
+
 Usage: python benchmarks/bench_app.py [--samples 1000000] [--run DIR] [--repeat 3] [--path index|whole] [--tabs]
+       [--map]
 """
 
 from __future__ import annotations
@@ -65,6 +71,59 @@ def rss_gb() -> tuple[float, float]:
     return now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
+def time_map(run_dir: Path, explorer) -> None:
+    """The Map view's rows (see the module docstring)."""
+    import numpy as np
+    import panel as pn
+    from bokeh.document import Document
+
+    from mimic_explorer.maps.neighbours import hnswlib_available
+    from mimic_explorer.maps.run_map import make_map
+    from mimic_explorer.store.layout import RunLayout
+    from mimic_explorer.ui import Explorer
+
+    layout = RunLayout(run_dir)
+    n = explorer.state.total
+    seconds, _ = timed(lambda: make_map(layout, n, method="pca", neighbours=False))
+    print(f"map: PCA layout made and kept (mimic-explorer map): {seconds:.1f} s")
+    if hnswlib_available():
+        from mimic_explorer.maps.neighbours import build_hnsw_index
+        from mimic_explorer.store.run_arrays import read_row_array
+
+        vectors = read_row_array(layout.embedding("image"), n)
+        seconds, _ = timed(lambda: build_hnsw_index(vectors, layout.neighbour_index("image")))
+        print(f"map: HNSW neighbour index built: {seconds:.1f} s")
+    tab = explorer.more_views.tabs._names.index("Map")
+
+    def open_map():
+        fresh = Explorer(run_dir, restore=False)
+        pn.Row(fresh.controls, fresh.main).get_root(Document())
+        started = time.perf_counter()
+        fresh.more_views.tabs.active = tab
+        fresh.more_views.tabs[tab].get_root(Document())
+        return time.perf_counter() - started, fresh
+
+    open_map()  # warm-up: first-time imports and numba compilation of Datashader
+    first, explorer = open_map()
+    print(f"map: Map tab's first render, layout kept (warm): {first:.2f} s")
+    view = explorer.map_view
+    coords = np.asarray(view.map.coords)
+    lo, hi = np.nanpercentile(coords, 30, axis=0), np.nanpercentile(coords, 60, axis=0)
+    boxes = [timed(lambda: view._on_box((lo[0], lo[1], hi[0], hi[1])))[0] for _ in range(3)]
+    print(
+        f"map: box selection ({len(view.selected):,} selected; galleries, counts, highlight): median "
+        f"{statistics.median(boxes):.3f} s"
+    )
+    triangle = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [lo[0], hi[1]]])
+    lassos = [timed(lambda: view._on_lasso(triangle))[0] for _ in range(3)]
+    print(f"map: lasso selection ({len(view.selected):,} selected): median {statistics.median(lassos):.3f} s")
+    view.map._search = None
+    rows = np.random.default_rng(0).choice(n, 5, replace=False)
+    similar = [timed(lambda r=r: view.map.more_like_this(int(r), 12))[0] for r in rows]
+    kind = type(view.map._search).__name__
+    print(f"map: more like this ({kind}, 5 samples): median {statistics.median(similar) * 1000:.1f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
@@ -77,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         help="open through the app index (default) or read samples.parquet whole",
     )
     parser.add_argument("--tabs", action="store_true", help="also time the lazy tabs (slow at millions)")
+    parser.add_argument("--map", action="store_true", help="the run has embeddings: time the Map view's rows")
     parser.add_argument(
         "--open-only",
         action="store_true",
@@ -97,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="bench-app-")
         run_dir = Path(tmp.name) / "run"
     if not (run_dir / "meta.json").exists():
-        write_time, _ = timed(lambda: write_synthetic_run(run_dir, args.samples))
+        write_time, _ = timed(lambda: write_synthetic_run(run_dir, args.samples, embeddings=64 if args.map else 0))
         print(f"wrote synthetic run ({args.samples:,} samples, 5 epochs) in {write_time:.1f} s: {run_dir}")
 
     from mimic_explorer.store.layout import RunLayout
@@ -188,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     now, peak = rss_gb()
     print(f"server RSS after open, changes, pages, clicks and export: {now:.2f} GB (peak {peak:.2f} GB)")
+    if args.map:
+        time_map(run_dir, explorer)
     if not args.tabs:
         print(
             f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, panel {pn.__version__}"

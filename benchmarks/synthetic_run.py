@@ -135,8 +135,11 @@ def write_synthetic_run(
     seed: int = 0,
     thumbnails: bool = True,
     combined: bool = False,
+    embeddings: int = 0,
 ) -> Path:
-    """A complete run of ``n`` samples: 30 % mislabeled samples score low, the rest high."""
+    """A complete run of ``n`` samples: 30 % mislabeled samples score low, the rest high. ``embeddings``: the
+    width of an image embedding per sample (0: none), each near its true class's centre, with the reference's
+    suggested label (``ref_pred``, ``ref_prob``) and class probabilities as a Grad-Mimic train run keeps them."""
     path = Path(path)
     (path / "scores").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -169,7 +172,12 @@ def write_synthetic_run(
             "grand": np.sqrt(model_loss) + rng.gamma(1, 0.2, n),
         }
     )
+    if embeddings:
+        samples["ref_pred"] = pred
+        samples["ref_prob"] = rng.uniform(0.4, 1.0, n)
     blobs = _thumbnail_blobs(64, seed) if thumbnails else None
+    if embeddings:
+        write_synthetic_vectors(path, true_label, classes, embeddings, seed, pred, samples["ref_prob"].to_numpy())
     return _write_run(
         path,
         samples,
@@ -188,6 +196,44 @@ def write_synthetic_run(
             "fingerprints": {"data": f"synthetic-{n}-{seed}"},
         },
     )
+
+
+def write_synthetic_vectors(
+    path: Path,
+    groups: np.ndarray,
+    classes: int,
+    dim: int,
+    seed: int,
+    pred: np.ndarray | None = None,
+    prob: np.ndarray | None = None,
+    name: str = "image",
+) -> None:
+    """``embeddings/NAME.npy``: float16 vectors near one centre per group, written a block at a time (12.8 M rows
+    stay out of memory); with ``pred``, also ``reference_probs.npy`` (``prob`` on the predicted class)."""
+    rng = np.random.default_rng(seed + 7)
+    centres = rng.standard_normal((max(classes, 1), dim)).astype(np.float32) * 3
+    folder = path / "embeddings"
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(groups)
+    vectors = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=(n, dim))
+    probs = (
+        np.lib.format.open_memmap(path / "reference_probs.npy", mode="w+", dtype=np.float32, shape=(n, classes))
+        if pred is not None
+        else None
+    )
+    for start in range(0, n, 1 << 20):
+        stop = min(n, start + (1 << 20))
+        block = centres[groups[start:stop]] + rng.standard_normal((stop - start, dim)).astype(np.float32)
+        vectors[start:stop] = block
+        if probs is not None:
+            rest = (1 - prob[start:stop]) / max(classes - 1, 1)
+            filled = np.repeat(rest[:, None], classes, axis=1).astype(np.float32)
+            filled[np.arange(stop - start), pred[start:stop]] = prob[start:stop]
+            probs[start:stop] = filled
+    vectors.flush()
+    del vectors
+    if probs is not None:
+        probs.flush()
 
 
 def _write_run(
@@ -232,6 +278,7 @@ def write_synthetic_pairs_run(
     thumbnails: bool = True,
     label: str = "none",
     combined: bool = False,
+    embeddings: int = 0,
 ) -> Path:
     """A complete image-text pairs run of ``n`` pairs, a ``noise`` fraction of them with swapped captions
     (``is_noisy``): those score low on every signal, the CLIP score under the reference most clearly.
@@ -279,6 +326,11 @@ def write_synthetic_pairs_run(
         reference_loss=ref_loss,
         model_loss=model_loss,
     )
+    if embeddings:  # the photo's scene, and the caption's (a swapped caption sits with another scene)
+        scene_of_caption = which.copy()
+        scene_of_caption[swapped] = which[np.roll(swapped, 1)]
+        write_synthetic_vectors(path, which, len(scenes), embeddings, seed, name="image")
+        write_synthetic_vectors(path, scene_of_caption, len(scenes), embeddings, seed, name="text")
     return _write_run(
         path,
         samples,

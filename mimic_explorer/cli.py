@@ -20,6 +20,8 @@ EPILOG = """examples:
   mimic-explorer export runs/demo --quantile 0.3 --per-class --format parquet --out keep.parquet
   mimic-explorer export runs/pairs --rule clip_score_ref:top=30% --rule mimic_score:drop=15% \\
       --format uids --out subset.npy
+  mimic-explorer review runs/demo --ids digits-0002 digits-0009 --decision drop
+  mimic-explorer map runs/demo --method pca
   mimic-explorer serve runs/demo
 """
 
@@ -467,7 +469,13 @@ samples.parquet order); uids (DataComp's subset file: the kept pairs' 128-bit ui
 array of dtype [('f0','<u8'),('f1','<u8')], high and low 64 bits; every sample id must be a distinct
 32-hex-digit uid); hf (a Hugging Face datasets folder, load_from_disk: the kept rows of an hf: run's dataset with
 the run's columns joined, run_NAME where the dataset has the name; for other runs the run's columns; the hf
-extra)."""
+extra); reviews (the run's review decisions alone, latest per sample, as csv, json or parquet by --out's
+extension; no rule needed).
+
+reviews: decisions recorded with `mimic-explorer review` or the app (keep, drop, relabel) are applied on
+top of the rule by default (--reviews ignore leaves them out): keep and relabel keep a sample, drop drops
+it, and csv/json/parquet keep-lists gain label_reviewed when a decision relabels. The spec records how
+many decisions were applied and their sha256, so --spec gives the same keep-list after later reviews."""
 
 #: --rule KIND words -> FilterRule kinds (the long names are accepted too)
 RULE_KINDS = {
@@ -523,7 +531,7 @@ def _add_export(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run directory")
-    rule = p.add_mutually_exclusive_group(required=True)
+    rule = p.add_mutually_exclusive_group()
     rule.add_argument("--ensemble", action="store_true", help="the run's Stage-2 ensemble filter (column keep)")
     rule.add_argument("--threshold", type=float, metavar="X", help="keep samples with score >= X")
     rule.add_argument(
@@ -544,9 +552,15 @@ def _add_export(sub) -> None:
     p.add_argument("--column", default=None, help="score column of a one-rule filter (default mimic_score)")
     p.add_argument(
         "--format",
-        choices=["csv", "json", "parquet", "npy", "uids", "hf"],
+        choices=["csv", "json", "parquet", "npy", "uids", "hf", "reviews"],
         default=None,
         help="file format (default: from --out's extension); see 'formats' below",
+    )
+    p.add_argument(
+        "--reviews",
+        choices=choices.REVIEW_MODES,
+        default="apply",
+        help="apply the run's review decisions on top of the rule (default), or ignore them; see 'reviews' below",
     )
     p.add_argument(
         "--out", required=True, help="file to write (a folder for --format hf); OUT.spec.json is written beside it"
@@ -586,18 +600,71 @@ def _export_rule(args, run):
     return FilterRule(kind, value, column, args.per_class), None
 
 
+def _export_reviews(args, run):
+    """The review decisions an export applies: those its ``--spec`` applied, all of the run's with ``--reviews
+    apply`` (the default), none with ``--reviews ignore``."""
+    from mimic_explorer.store.reviews import applied_for_spec, applied_now
+
+    if args.spec:
+        from mimic_explorer.filters.spec import reviews_in_spec
+        from mimic_explorer.store.filter_files import read_spec_file
+
+        recorded = reviews_in_spec(read_spec_file(args.spec))
+        return None if recorded is None else applied_for_spec(run.layout, recorded)
+    return applied_now(run.layout) if args.reviews == "apply" else None
+
+
+def _write_reviews_file(args, run) -> int:
+    """``export --format reviews``: the run's decisions alone (latest per sample), by --out's extension."""
+    from mimic_explorer.store.atomic import atomic_write
+    from mimic_explorer.store.reviews import reviews_table
+
+    if args.spec or args.rule or args.ensemble or _one_rule_value(args) is not None:
+        raise UserError("--format reviews writes the run's review decisions alone: drop the filter options")
+    table = reviews_table(run.layout, run.class_names)
+    table["time"] = table["time"].astype(str)
+    suffix = Path(args.out).suffix.lower()
+
+    def write(tmp: str) -> None:
+        if suffix == ".csv":
+            table.to_csv(tmp, index=False)
+        elif suffix == ".json":
+            table.to_json(tmp, orient="records", indent=1)
+        else:
+            table.to_parquet(tmp, index=False)
+
+    out = atomic_write(Path(args.out).expanduser(), write)
+    counts = ", ".join(f"{k} {v}" for k, v in table["decision"].value_counts().items())
+    print(f"{len(table)} reviewed samples ({counts or 'none'})")
+    print(out)
+    return 0
+
+
+def _one_rule_value(args):
+    return next((v for v in (args.threshold, args.quantile, args.top_fraction, args.keep_count) if v is not None), None)
+
+
 def _cmd_export(args) -> int:
     from mimic_explorer.filters.formats import EXPORT_FORMATS, FOLDER_FORMATS
     from mimic_explorer.filters.rules import FilterError, describe
     from mimic_explorer.filters.spec import SpecError
     from mimic_explorer.store.filter_files import check_target, export
     from mimic_explorer.store.reader import RunError, open_run
+    from mimic_explorer.store.reviews import ReviewError
     from mimic_explorer.store.targets import OutputFileError, check_output_file
 
     try:
         fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
+        if args.format == "reviews":
+            check_output_file(args.out, "--out")
+            return _write_reviews_file(args, open_run(args.run))
         if fmt not in EXPORT_FORMATS:
             raise UserError(f"cannot tell the format from {args.out!r}; pass --format {'|'.join(EXPORT_FORMATS)}")
+        if not (args.spec or args.rule or args.ensemble or _one_rule_value(args) is not None):
+            raise UserError(
+                "give a filter: one of --ensemble, --threshold, --quantile, --top-fraction, --keep-count, "
+                "--rule or --spec"
+            )
         if fmt not in FOLDER_FORMATS:
             check_output_file(args.out, "--out")  # a folder, or an unwritable place, is said before the run is read
         else:
@@ -605,19 +672,129 @@ def _cmd_export(args) -> int:
         check_target(args.out, fmt)  # ... and a folder where the spec goes
         run = open_run(args.run)
         rule, spec = _export_rule(args, run)
-        result, written, out, spec_path = export(run.samples, run.meta, rule, fmt, args.out, reapplying=spec)
+        reviews = _export_reviews(args, run)
+        result, written, out, spec_path = export(
+            run.samples, run.meta, rule, fmt, args.out, reapplying=spec, reviews=reviews
+        )
     except SpecError as exc:
         raise UserError(f"spec {args.spec}: {exc}" if args.spec else str(exc)) from None
-    except (RunError, FilterError, OutputFileError) as exc:
+    except (RunError, FilterError, OutputFileError, ReviewError) as exc:
         raise UserError(str(exc)) from None
     if result.message:
         print(f"note: {result.message}", file=sys.stderr)
+    if reviews is not None and reviews.rows:
+        applied = f"{len(reviews.decisions)} samples ({reviews.rows} log rows)"
+        print(f"  review decisions applied: {applied}", file=sys.stderr)
     for clause, part in zip(rule.clauses, result.clauses, strict=False):
         print(f"  {describe(clause)}: keeps {part.kept} alone", file=sys.stderr)
     print(
         f"kept {result.kept} of {result.total} samples ({describe(rule)}); spec {written['spec_hash']} -> {spec_path}"
     )
     print(out)
+    return 0
+
+
+def _add_review(sub) -> None:
+    p = sub.add_parser(
+        "review",
+        help="record a decision (keep, drop, relabel) for samples of a run, or list the decisions",
+        description="Append one decision per sample to RUN/reviews.parquet (the latest per sample wins). "
+        "export applies them on top of its rule (--reviews apply, the default). Without --decision, list the "
+        "latest decision of every reviewed sample.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--ids", nargs="+", metavar="ID", help="sample ids to decide on")
+    p.add_argument("--ids-file", metavar="FILE", help="a file of sample ids, one a line (or a csv with sample_id)")
+    p.add_argument("--decision", choices=choices.REVIEW_DECISIONS, help="keep, drop or relabel")
+    p.add_argument("--label", metavar="CLASS", help="relabel: the class (name or index) the samples belong to")
+    p.add_argument("--note", default="", help="a note kept with each decision")
+    p.set_defaults(func=_cmd_review)
+
+
+def _review_ids(args) -> list[str]:
+    ids = list(args.ids or [])
+    if args.ids_file:
+        path = Path(args.ids_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"--ids-file {path} does not exist")
+        text = path.read_text(encoding="utf-8").splitlines()
+        if text and text[0].split(",")[0].strip() == "sample_id":
+            import pandas as pd
+
+            ids += pd.read_csv(path, usecols=["sample_id"], dtype=str)["sample_id"].tolist()
+        else:
+            ids += [line.strip() for line in text if line.strip()]
+    return ids
+
+
+def _cmd_review(args) -> int:
+    from mimic_explorer.store.reader import RunError, open_run
+    from mimic_explorer.store.reviews import ReviewError, append_reviews, reviews_table
+
+    try:
+        run = open_run(args.run)
+        if args.decision is None:
+            if args.ids or args.ids_file or args.label:
+                raise UserError("--ids, --ids-file and --label go with --decision")
+            table = reviews_table(run.layout, run.class_names)
+            print(table.to_string(index=False) if len(table) else "no review decisions in this run")
+            return 0
+        ids = _review_ids(args)
+        if not ids:
+            raise UserError("give the samples to decide on: --ids ID … or --ids-file FILE")
+        rows = append_reviews(
+            run.layout,
+            ids,
+            args.decision,
+            run_ids=run.samples["sample_id"].to_numpy(),
+            class_names=run.class_names,
+            label=args.label,
+            note=args.note,
+        )
+    except (RunError, ReviewError) as exc:
+        raise UserError(str(exc)) from None
+    target = f" to {run.class_names[int(rows['label'].iloc[0])]}" if args.decision == "relabel" else ""
+    print(f"recorded {args.decision}{target} for {len(rows)} sample(s) in {run.layout.reviews}")
+    return 0
+
+
+def _add_map(sub) -> None:
+    p = sub.add_parser(
+        "map",
+        help="lay out a run's embeddings in 2-D for the app's Map view (PCA, UMAP) or bring your own x, y",
+        description="Compute (again) the 2-D layout the app's Map view shows, from the embeddings the run kept "
+        "(labelled: the head's inputs; pairs: the reference's image or caption embeddings), and keep it in "
+        "RUN/maps/. On pools past 200,000 samples, also build the nearest-neighbour index for 'more like "
+        "this' when hnswlib is installed. --coords keeps your own coordinates instead (a parquet or csv of "
+        "sample_id, x, y naming every sample once).",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--method", choices=choices.MAP_METHODS, default="pca", help="pca, or umap (needs umap-learn)")
+    p.add_argument("--source", choices=choices.MAP_SOURCES, default=None, help="which embedding (default: image)")
+    p.add_argument("--coords", metavar="FILE", help="your own coordinates: sample_id, x, y")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_map)
+
+
+def _cmd_map(args) -> int:
+    from mimic_explorer.maps.layout2d import MapError
+    from mimic_explorer.maps.run_map import import_coords, make_map
+    from mimic_explorer.store.reader import RunError, open_run
+    from mimic_explorer.util.progress import tqdm_progress
+
+    try:
+        run = open_run(args.run)
+        samples = run.samples
+        if args.coords:
+            import_coords(run.layout, samples["sample_id"].to_numpy(), args.coords)
+            name = "coords"
+        else:
+            progress = (lambda stage, done, total: None) if args.quiet else tqdm_progress()
+            name, _ = make_map(run.layout, len(samples), args.source, args.method, progress)
+    except (RunError, MapError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"map {name}: {len(samples)} samples -> {run.layout.map_coords(name)}")
+    print(run.layout.root)
     return 0
 
 
@@ -754,6 +931,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_score(sub)
     _add_export(sub)
+    _add_review(sub)
+    _add_map(sub)
     _add_runs(sub)
     _add_serve(sub)
     return parser

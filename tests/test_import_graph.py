@@ -21,6 +21,7 @@ LAYERS = [
     {"models"},
     {"stage2", "filters"},
     {"store"},
+    {"maps"},
     {"training"},
     {"tasks"},
     {"commands"},

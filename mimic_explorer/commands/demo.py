@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mimic_explorer.commands.finalize import add_signals, add_stage2, evaluate
+from mimic_explorer.commands.finalize import add_signals, add_stage2, evaluate, write_signal_arrays
 from mimic_explorer.commands.lifecycle import Log, Prepared, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.data.digits import ArrayDataset, load_digits_dataset
 from mimic_explorer.data.noise import NoisyLabels, symmetric_noise
@@ -236,6 +236,7 @@ def _run(run: DemoRun) -> RunOutcome:
         pool.sample_ids, np.full(len(pool), pool.source), noisy.labels, noisy.true_labels, noisy.is_noisy
     )
     samples = add_signals(samples, signals, pool.sample_ids[signals["index"]])
+    write_signal_arrays(layout, signals, signals["index"], len(samples))  # the pool is all good, in order
     samples = add_stage2(samples, scores, "weight", "majority")
     writer.write_samples(samples)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ from mimic_explorer.stage2 import votes as stage2
 from mimic_explorer.stage2.baselines import MOMENT_BLOCK, Moments, Standardiser
 from mimic_explorer.stage2.evaluation import detection_metrics, threshold_at_quality
 from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.run_arrays import RowArrayWriter
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.writer import RunWriter
 
@@ -38,6 +40,10 @@ from mimic_explorer.store.writer import RunWriter
 STAGE2_CHUNK = 65_536
 #: per-sample signal columns, in the order samples.parquet holds them
 SIGNAL_COLUMNS = ("reference_loss", "model_loss", "reducible_loss", "grand")
+#: the suggested label: the reference's predicted class and its probability (labelled train runs)
+SUGGESTION_COLUMNS = ("ref_pred", "ref_prob")
+#: signals that are a vector per sample, written as run arrays (row r = samples.parquet row r), and their dtype
+ROW_ARRAYS = {"reference_probs": np.float32, "embedding_image": np.float16, "embedding_text": np.float16}
 #: score-row columns Stage 2 reads
 ROW_COLUMNS = ("epoch", "step", "position", "proj", "weight", "batch_size", "cos")
 COMBINED_COLUMNS = ("combined_score", "combined_keep")
@@ -55,19 +61,72 @@ def _signal_columns(signals: dict[str, np.ndarray], rows: int, index: np.ndarray
             column = np.full(rows, np.nan)
             column[index] = np.asarray(signals[name], dtype=np.float64)
             frame[name] = column
-    if "model_pred" in signals:
-        pred = pd.array(np.zeros(rows, dtype=np.int64), dtype="Int64")
-        pred[:] = pd.NA
-        pred[index] = np.asarray(signals["model_pred"], dtype=np.int64)
-        frame["pred"] = pred
+    for name, column in (("model_pred", "pred"), ("ref_pred", "ref_pred")):
+        if name in signals:
+            pred = pd.array(np.zeros(rows, dtype=np.int64), dtype="Int64")
+            pred[:] = pd.NA
+            pred[index] = np.asarray(signals[name], dtype=np.int64)
+            frame[column] = pred
+    if "ref_prob" in signals:
+        column = np.full(rows, np.nan)
+        column[index] = np.asarray(signals["ref_prob"], dtype=np.float64)
+        frame["ref_prob"] = column
     return frame
+
+
+def array_path(layout: RunLayout, name: str) -> Path:
+    """Where the run array of signal ``name`` (one of ``ROW_ARRAYS``) is written."""
+    if name == "reference_probs":
+        return layout.reference_probs
+    return layout.embedding(name.removeprefix("embedding_"))
+
+
+class RowArrays:
+    """The vector-per-sample signals of a run (``ROW_ARRAYS``), filled one range at a time by samples row and
+    published together when the samples are (``commit``); a failure leaves none of them."""
+
+    def __init__(self, layout: RunLayout, rows: int):
+        self.layout, self.rows = layout, rows
+        self.writers: dict[str, RowArrayWriter] = {}
+
+    def take(self, found: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        """Pop the vector signals out of ``found`` (one range's signals) and store them at samples rows ``rows``."""
+        for name, dtype in ROW_ARRAYS.items():
+            values = found.pop(name, None)
+            if values is None or not len(values):
+                continue
+            if name not in self.writers:
+                self.writers[name] = RowArrayWriter(array_path(self.layout, name), self.rows, dtype)
+            self.writers[name].write(rows, np.asarray(values).reshape(len(values), -1))
+
+    def commit(self) -> list[Path]:
+        """Publish every array given (rows never given are NaN)."""
+        return [path for writer in self.writers.values() if (path := writer.commit()) is not None]
+
+    def abort(self) -> None:
+        """Remove every temporary array."""
+        for writer in self.writers.values():
+            writer.abort()
+
+
+def write_signal_arrays(layout: RunLayout, signals: dict[str, np.ndarray], rows: np.ndarray, total: int) -> None:
+    """The in-memory path (``demo``): the vector signals of the whole pool as run arrays, value i at samples row
+    ``rows[i]`` of ``total``."""
+    arrays = RowArrays(layout, total)
+    try:
+        arrays.take(dict(signals), np.asarray(rows, dtype=np.int64))
+        arrays.commit()
+    except BaseException:
+        arrays.abort()
+        raise
 
 
 def add_signals(samples: pd.DataFrame, signals: dict[str, np.ndarray], row_ids: np.ndarray) -> pd.DataFrame:
     """Join per-sample signal arrays (rows identified by ``row_ids``) onto ``samples``."""
     where = pd.Index(samples["sample_id"]).get_indexer(np.asarray(row_ids, dtype=object).astype(str))
     found = where >= 0
-    picked = {name: np.asarray(values)[found] for name, values in signals.items() if name != "index"}
+    skipped = {"index", *ROW_ARRAYS}
+    picked = {name: np.asarray(values)[found] for name, values in signals.items() if name not in skipped}
     extra = _signal_columns(picked, len(samples), where[found])
     return pd.concat([samples.reset_index(drop=True), extra], axis=1)
 
@@ -297,12 +356,20 @@ def _ranges(size: int, chunk: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
 
 
-def _base_frame(pool: PoolView, positions: np.ndarray) -> pd.DataFrame:
+def _base_frame(
+    pool: PoolView, positions: np.ndarray, arrays: RowArrays | None = None, first_row: int = 0
+) -> pd.DataFrame:
+    """One range's base columns and signal columns; its vector signals go to ``arrays`` (samples rows from
+    ``first_row``), or are dropped without it."""
     frame = pool.base(positions).reset_index(drop=True)
     frame.insert(0, "position", positions)
     if pool.signals is not None:
         found = dict(pool.signals(positions))
         rows = np.searchsorted(positions, np.asarray(found.pop("index"), dtype=np.int64)) if "index" in found else None
+        if arrays is not None:
+            arrays.take(found, first_row + (np.arange(len(positions)) if rows is None else rows))
+        for name in ROW_ARRAYS:
+            found.pop(name, None)
         frame = pd.concat([frame, _signal_columns(found, len(positions), rows)], axis=1)
     return frame
 
@@ -319,6 +386,7 @@ def finish_samples(writer: RunWriter, pool: PoolView, options: Stage2Options) ->
     columns = [c for c in (*ROW_COLUMNS, "loss", "pred") if scores is not None and c in scores.columns]
     finisher = _Finisher(options, pool.size)
     scratch = _Scratch(layout) if pool.signals is not None else None
+    arrays = RowArrays(layout, pool.size - len(pool.bad)) if pool.signals is not None else None
     ranges = _ranges(pool.size, options.chunk)
 
     def rows_of(start: int, stop: int) -> pd.DataFrame:
@@ -327,19 +395,28 @@ def finish_samples(writer: RunWriter, pool: PoolView, options: Stage2Options) ->
         return stage2.sort_rows(scores.range(start, stop, columns))
 
     try:
+        first_row = 0
         for start, stop in ranges:  # pass 1: base frames (signals kept in the scratch file), fits
-            frame = _base_frame(pool, pool.good(start, stop))
+            good = pool.good(start, stop)
+            frame = _base_frame(pool, good, arrays, first_row)
+            first_row += len(good)
             if scratch is not None:
                 scratch.put(frame)
             if options.scored:
                 finisher.observe(frame, rows_of(start, stop))
         finisher.fit()
+        if arrays is not None:  # complete now; published before samples.parquet, which says the run's rows
+            arrays.commit()
         with writer.samples_writer() as samples:  # pass 2: each range's rows, streamed
             for index, (start, stop) in enumerate(ranges):
                 frame = scratch.get(index) if scratch is not None else _base_frame(pool, pool.good(start, stop))
                 samples.write(finisher.finish(frame, rows_of(start, stop) if options.scored else None))
             if not ranges:
                 samples.write(finisher.finish(_base_frame(pool, np.zeros(0, dtype=np.int64)), rows_of(0, 0)))
+    except BaseException:
+        if arrays is not None:
+            arrays.abort()
+        raise
     finally:
         if scratch is not None:
             scratch.remove()

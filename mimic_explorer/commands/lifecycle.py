@@ -227,4 +227,6 @@ def _finalize(writer: RunWriter, outcome: RunOutcome) -> None:
     writer.meta.summary = outcome.summary
     writer.meta.timings["total_s"] = time.perf_counter() - writer.started
     writer.layout.state.unlink(missing_ok=True)
+    for scratch in writer.layout.scratch_files():  # what the finishing stage kept between its passes
+        scratch.unlink(missing_ok=True)
     writer.complete()

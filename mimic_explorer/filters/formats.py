@@ -38,7 +38,8 @@ def check_format(export_format: str) -> None:
 
 def keep_list(samples: pd.DataFrame, result: FilterResult, column: str) -> pd.DataFrame:
     """The kept rows: sample_id, source, label, score, keep (sorted by ``column``, highest first; a
-    compound filter's keep-list is sorted by its first clause's column)."""
+    compound filter's keep-list is sorted by its first clause's column); ``label_reviewed`` after
+    ``label`` when review decisions relabel samples (``result.label_reviewed``)."""
     score = samples[column] if column in samples.columns else samples.get("mimic_score")
     frame = pd.DataFrame(
         {
@@ -49,6 +50,8 @@ def keep_list(samples: pd.DataFrame, result: FilterResult, column: str) -> pd.Da
             "keep": result.keep,
         }
     )
+    if result.label_reviewed is not None:
+        frame.insert(3, "label_reviewed", result.label_reviewed)
     return frame[frame["keep"]].sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 

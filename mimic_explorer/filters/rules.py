@@ -15,6 +15,7 @@ text column, more than ``MAX_CLAUSES`` clauses. See docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from collections.abc import Sequence
@@ -25,6 +26,10 @@ import numpy as np
 import pandas as pd
 
 RULES = ("ensemble", "threshold", "quantile", "keep_count", "top_fraction")
+#: The clause that keeps a set of samples named by id (a selection on the map ANDed into the filter).
+IDS = "ids"
+#: Most ids one ids clause may name (a spec of at most ``spec.MAX_SPEC_BYTES`` holds about 400 k 32-digit uids).
+MAX_IDS = 1_000_000
 #: The label of every sample of a pool without classes (image-text pairs), as samples.parquet writes it.
 NO_CLASS = -1
 #: A score column whose own Stage-2 split is not the run's ``keep``: the ensemble rule on it uses this.
@@ -79,18 +84,23 @@ class FilterRule:
     i.e. drop about the lowest q fraction), top fraction f (keep the ⌊f·n⌋ highest finite scores, ties
     at the cut kept) or keep-count n (the n highest scores). ``per_class`` resolves quantile / top
     fraction / keep-count within each class (keep-count split in proportion to class sizes).
-    ``class_overrides`` maps a class index to its own threshold (threshold rule only)."""
+    ``class_overrides`` maps a class index to its own threshold (threshold rule only). The ``ids``
+    clause keeps exactly the samples named in ``ids`` (``selection``; its column is ``sample_id``)."""
 
     kind: str = "threshold"
     value: float | None = None
     column: str = "mimic_score"
     per_class: bool = False
     class_overrides: dict[int, float] = field(default_factory=dict)
+    ids: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Raise ``FilterError`` naming the first field whose type or range is wrong."""
+        if self.kind == IDS:
+            self._validate_ids()
+            return
         if not isinstance(self.kind, str) or self.kind not in RULES:
-            raise FilterError(f"unknown rule {shown(self.kind)}; choose one of {', '.join(RULES)}")
+            raise FilterError(f"unknown rule {shown(self.kind)}; choose one of {', '.join(RULES)} (or {IDS})")
         if not isinstance(self.column, str) or not self.column or len(self.column) > MAX_COLUMN_CHARS:
             raise FilterError(
                 f"a rule's column is a column name (text of 1 to {MAX_COLUMN_CHARS} characters), "
@@ -122,6 +132,22 @@ class FilterRule:
         if self.class_overrides and self.kind != "threshold":
             raise FilterError("per-class threshold overrides apply to the threshold rule only")
 
+    def _validate_ids(self) -> None:
+        ids = self.ids
+        if not isinstance(ids, (tuple, list)) or not all(isinstance(i, str) for i in ids):
+            raise FilterError(f"an ids clause names its samples as a list of ids (text), got {shown(ids)}")
+        if not ids:
+            raise FilterError("an ids clause needs at least one sample id (an empty selection keeps nothing)")
+        if len(ids) > MAX_IDS:
+            raise FilterError(f"{len(ids):,} ids in one clause; at most {MAX_IDS:,} are accepted")
+        if self.value is not None or self.per_class or self.class_overrides:
+            raise FilterError("an ids clause has no value, per-class setting or overrides")
+
+    @property
+    def ids_sha256(self) -> str:
+        """sha256 of the clause's ids (sorted, one per line): how a spec names a selection."""
+        return ids_sha256(self.ids)
+
     def _validate_overrides(self) -> None:
         overrides = self.class_overrides
         if not isinstance(overrides, dict):
@@ -140,7 +166,11 @@ class FilterRule:
         return [self]
 
     def to_dict(self) -> dict[str, Any]:
-        """The clause as JSON values (what a spec records and hashes)."""
+        """The clause as JSON values (what a spec records and hashes); an ids clause adds its sorted ids and
+        their sha256 (the other kinds are written as they always were)."""
+        if self.kind == IDS:
+            ids = sorted(self.ids)
+            return {"kind": IDS, "column": "sample_id", "ids": ids, "ids_sha256": ids_sha256(ids)}
         return {
             "kind": self.kind,
             "value": None if self.value is None else _plain_number(self.value),
@@ -156,6 +186,8 @@ class FilterRule:
         true; an override's class must be an index written as text, as JSON keys are)."""
         if not isinstance(data, dict):
             raise FilterError(f"a rule is an object with kind, value and column, got {shown(data)}")
+        if data.get("kind") == IDS:
+            return cls._ids_from_dict(data)
         unknown = sorted(set(data) - {"kind", "value", "column", "per_class", "class_overrides"})
         if unknown:
             raise FilterError(
@@ -185,6 +217,32 @@ class FilterRule:
         rule.validate()
         rule.class_overrides = {k: float(v) for k, v in parsed.items()}
         return rule
+
+    @classmethod
+    def _ids_from_dict(cls, data: dict) -> FilterRule:
+        unknown = sorted(set(data) - {"kind", "column", "ids", "ids_sha256"})
+        if unknown:
+            raise FilterError(
+                f"unknown field {shown(unknown[0])} in an ids rule (fields: kind, column, ids, ids_sha256)"
+            )
+        ids = data.get("ids")
+        if not isinstance(ids, list):
+            raise FilterError(f"an ids rule's ids are a list of sample ids, got {shown(ids)}")
+        rule = cls(IDS, None, "sample_id", False, {}, tuple(ids))
+        rule.validate()
+        if "ids_sha256" in data and data["ids_sha256"] != ids_sha256(ids):
+            raise FilterError("the ids of an ids rule do not hash to its ids_sha256: the list was edited")
+        return rule
+
+
+def ids_sha256(ids) -> str:
+    """sha256 of sample ids, sorted, one per line."""
+    return hashlib.sha256("".join(f"{i}\n" for i in sorted(ids)).encode()).hexdigest()
+
+
+def selection(ids) -> FilterRule:
+    """The clause that keeps exactly the samples ``ids`` (duplicates dropped): AND it into a filter."""
+    return FilterRule(IDS, None, "sample_id", False, {}, tuple(sorted({str(i) for i in ids})))
 
 
 @dataclass
@@ -286,6 +344,9 @@ def describe(rule: Rule) -> str:
         if clause.kind == "ensemble":
             parts.append(f"the run's ensemble filter ({keep_column(clause.column)})")
             continue
+        if clause.kind == IDS:
+            parts.append(f"the {len(clause.ids):,} selected samples (ids {clause.ids_sha256[:12]})")
+            continue
         text = f"{clause.column} {_PHRASES[clause.kind].format(float(clause.value))}"
         if clause.per_class:
             text += " per class"
@@ -306,6 +367,8 @@ class FilterResult:
     kept_per_class: dict[str, int]
     total_per_class: dict[str, int]
     clauses: list[FilterResult] = field(default_factory=list, repr=False)  # a compound's clauses, each alone
+    #: each sample's label after review decisions (relabels applied), when any decision relabels (``filters.reviews``)
+    label_reviewed: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def message(self) -> str | None:
@@ -408,9 +471,11 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
         parts = [apply_rule(samples, clause) for clause in rule.clauses]
         keep = np.logical_and.reduce([part.keep for part in parts])
         return _result(keep, labels, {}, parts)
-    refuse_per_class_without_classes(rule, has_classes(samples))
     n = len(samples)
     thresholds: dict[str, float | None] = {}
+    if rule.kind == IDS:
+        return _result(ids_mask(samples, rule), labels, thresholds)
+    refuse_per_class_without_classes(rule, has_classes(samples))
     if rule.kind == "ensemble":
         own = keep_column(rule.column)
         if own not in samples.columns:
@@ -442,6 +507,20 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
                 sub_keep, thresholds[str(cls)] = _resolve_one(scores[members], rule.kind, target, len(members))
                 keep[members] = sub_keep
     return _result(keep, labels, thresholds)
+
+
+def ids_mask(samples: pd.DataFrame, rule: FilterRule) -> np.ndarray:
+    """The keep mask of an ids clause; ``FilterError`` when some of its ids are not in the run."""
+    where = pd.Index(np.asarray(samples["sample_id"]).astype(str)).get_indexer(list(rule.ids))
+    missing = np.flatnonzero(where < 0)
+    if len(missing):
+        examples = ", ".join(repr(rule.ids[i]) for i in missing[:3])
+        raise FilterError(
+            f"{len(missing)} of the selection's {len(rule.ids)} sample ids are not in this run: {examples}"
+        )
+    keep = np.zeros(len(samples), dtype=bool)
+    keep[where] = True
+    return keep
 
 
 def _result(

@@ -59,7 +59,13 @@ class SpecError(FilterError):
     """A spec that cannot be read, does not verify, or does not belong here; the message names why."""
 
 
-def build_spec(run_meta: dict[str, Any], rule: Rule, result: FilterResult, export_format: str | None) -> dict[str, Any]:
+def build_spec(
+    run_meta: dict[str, Any],
+    rule: Rule,
+    result: FilterResult,
+    export_format: str | None,
+    reviews: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The reproducible filter spec of ``rule`` resolved on a run.
 
     Parameters
@@ -72,6 +78,10 @@ def build_spec(run_meta: dict[str, Any], rule: Rule, result: FilterResult, expor
         ``apply_rule(samples, rule)`` on that run.
     export_format
         The keep-list's format (None for a spec alone).
+    reviews
+        What the review decisions applied on top of the rule were (``filters.reviews.AppliedReviews.facts``:
+        rows of the review log read, samples decided, sha256); None when none were applied (the field is
+        then left out, so a spec without reviews is the same as before reviews existed).
 
     Returns
     -------
@@ -102,6 +112,8 @@ def build_spec(run_meta: dict[str, Any], rule: Rule, result: FilterResult, expor
         "format": export_format,
         "keep_mask_sha256": mask_sha256(result.keep),
     }
+    if reviews is not None:
+        spec["reviews"] = dict(reviews)
     spec["spec_hash"] = content_hash(spec)
     spec["created"] = _dt.datetime.now(UTC).isoformat(timespec="seconds")  # the clock is read through _dt
     return spec
@@ -157,10 +169,29 @@ def _check_fields(spec: dict[str, Any]) -> None:
     for name in ("run_id", "data_fingerprint"):
         if spec.get(name) is not None and not isinstance(spec[name], str):
             raise SpecError(f"{name} is text, got {shown(spec[name])}")
+    if "reviews" in spec:
+        _check_reviews(spec["reviews"])
     if "keep_mask_sha256" in spec and not (
         isinstance(spec["keep_mask_sha256"], str) and _HEX64.fullmatch(spec["keep_mask_sha256"])
     ):
         raise SpecError(f"keep_mask_sha256 is 64 hex digits, got {shown(spec['keep_mask_sha256'])}")
+
+
+def _check_reviews(reviews: Any) -> None:
+    """The ``reviews`` field: rows read and samples decided (whole numbers ≥ 0) and the rows' sha256."""
+    if not isinstance(reviews, dict) or set(reviews) != {"rows", "samples", "sha256"}:
+        raise SpecError(f"reviews records rows, samples and sha256, got {shown(reviews)}")
+    for name in ("rows", "samples"):
+        value = reviews[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SpecError(f"reviews.{name} is a whole number ≥ 0, got {shown(value)}")
+    if not (isinstance(reviews["sha256"], str) and _HEX64.fullmatch(reviews["sha256"])):
+        raise SpecError(f"reviews.sha256 is 64 hex digits, got {shown(reviews['sha256'])}")
+
+
+def reviews_in_spec(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The review decisions a (verified) spec applied (rows, samples, sha256), or None when it applied none."""
+    return spec.get("reviews")
 
 
 def _rule_of(spec: dict[str, Any]) -> Rule:

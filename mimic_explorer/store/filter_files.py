@@ -30,6 +30,7 @@ import pandas as pd
 
 from mimic_explorer.filters.formats import FOLDER_FORMATS, check_format
 from mimic_explorer.filters.hashing import mask_sha256, rule_digest
+from mimic_explorer.filters.reviews import AppliedReviews, apply_reviews
 from mimic_explorer.filters.rules import FilterError, FilterResult, Rule, apply_rule
 from mimic_explorer.filters.spec import (
     MAX_SPEC_BYTES,
@@ -88,6 +89,7 @@ def export(
     out: str | os.PathLike,
     *,
     reapplying: dict[str, Any] | None = None,
+    reviews: AppliedReviews | None = None,
 ) -> tuple[FilterResult, dict[str, Any], Path, Path]:
     """Apply ``rule`` to a run's samples and write the keep-list to ``out`` and its spec beside it.
 
@@ -105,6 +107,9 @@ def export(
         The keep-list file; the spec is ``out`` + ``.spec.json``.
     reapplying
         The spec ``rule`` was read from, if any: the new keep mask must be the one it recorded.
+    reviews
+        Review decisions laid over the rule (``filters.reviews.apply_reviews``) and recorded in the spec;
+        None (or none in the log) leaves the rule's keep-list as it is.
 
     Returns
     -------
@@ -122,9 +127,12 @@ def export(
     """
     out, spec_path = check_target(out, export_format)
     result = apply_rule(samples, rule)
+    facts = None
+    if reviews is not None and reviews.rows:
+        result, facts = apply_reviews(samples, result, reviews), reviews.facts()
     if reapplying is not None:
         check_reapplied(reapplying, result)
-    spec = build_spec(run_meta, rule, result, export_format)
+    spec = build_spec(run_meta, rule, result, export_format, facts)
     if export_format in FOLDER_FORMATS:
         spec = write_folder_pair(samples, result, run_meta, out, spec)
     else:
@@ -312,7 +320,13 @@ def _count_problem(keep_list: Path, spec: dict[str, Any]) -> str | None:
 
 
 def save_to_run(
-    run_dir: str | os.PathLike, samples: pd.DataFrame, run_meta: dict[str, Any], rule: Rule, export_format: str = "csv"
+    run_dir: str | os.PathLike,
+    samples: pd.DataFrame,
+    run_meta: dict[str, Any],
+    rule: Rule,
+    export_format: str = "csv",
+    *,
+    reviews: AppliedReviews | None = None,
 ) -> tuple[FilterResult, dict[str, Any], Path, Path]:
     """``export`` into the run's own ``filters/`` folder (the app's "Save to run"), named by the rule's
     hash so saving the same rule twice replaces the earlier pair instead of piling up copies."""
@@ -322,7 +336,8 @@ def save_to_run(
         folder.mkdir(exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot save into {folder}: {exc.strerror or exc}") from None
-    return export(samples, run_meta, rule, export_format, folder / f"keep-list-{rule_digest(rule)}.{export_format}")
+    out = folder / f"keep-list-{rule_digest(rule)}.{export_format}"
+    return export(samples, run_meta, rule, export_format, out, reviews=reviews)
 
 
 def saved_specs(run_dir: str | os.PathLike) -> list[Path]:

@@ -29,7 +29,7 @@ from mimic_explorer.store.trajectory_index import Positions, build_trajectories
 
 #: Columns that hold identities or categories, never a score to threshold, sort or plot.
 NON_SCORE_COLUMNS = frozenset(
-    {"sample_id", "source", "label", "true_label", "pred", "is_noisy", "keep", "combined_keep"}
+    {"sample_id", "source", "label", "true_label", "pred", "ref_pred", "is_noisy", "keep", "combined_keep"}
 )
 #: Columns always kept as text (an integer id is still an id, read back as a string as ``Run.samples`` does).
 TEXT_ALWAYS = frozenset({"sample_id"})

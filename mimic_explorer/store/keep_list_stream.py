@@ -37,9 +37,10 @@ def descending_positions(index, column: str) -> np.ndarray:
     return stable_argsort(values)
 
 
-def _pieces(samples: SampleColumns, keep: np.ndarray, column: str):
+def _pieces(samples: SampleColumns, keep: np.ndarray, column: str, reviewed: np.ndarray | None = None):
     """Kept rows, highest score first, a chunk at a time: (ids and sources as Arrow, labels or None,
-    scores as float64) — ``filters.formats.keep_list``'s columns before they become a frame or csv text."""
+    scores as float64, labels after review or None) — ``filters.formats.keep_list``'s columns before they
+    become a frame or csv text."""
     index = samples.app_index
     score_column = column if column in index.score_columns else "mimic_score"
     kept = descending_positions(index, score_column)
@@ -53,14 +54,15 @@ def _pieces(samples: SampleColumns, keep: np.ndarray, column: str):
             index.take_text(positions, names),
             None if labels is None else np.asarray(labels[positions]),
             np.asarray(scores[positions], dtype=np.float64),
+            None if reviewed is None else reviewed[positions],
         )
         index.release()  # the pages this chunk mapped: the export's memory stays one chunk's
         release_arrow_memory()
 
 
 def _frame(piece) -> pd.DataFrame:
-    rows, labels, scores = piece
-    return pd.DataFrame(
+    rows, labels, scores, reviewed = piece
+    frame = pd.DataFrame(
         {
             "sample_id": rows.column("sample_id").to_pandas().astype(str),
             "source": rows.column("source").to_pandas() if "source" in rows.column_names else "",
@@ -69,6 +71,9 @@ def _frame(piece) -> pd.DataFrame:
             "keep": True,
         }
     )
+    if reviewed is not None:
+        frame.insert(3, "label_reviewed", reviewed)
+    return frame
 
 
 #: bytes that make the csv writer quote a field (and anything it might treat specially)
@@ -90,7 +95,9 @@ def _csv_text(piece) -> pa.Array | None:
     Why: pandas formats floats at ~3 µs a row (25 s for 7.5 M kept rows); Arrow formats them in C as
     the same shortest round-trip digits wherever both use plain decimal notation, so only the few
     others (whole numbers, exponents, NaN) are formatted by Python's ``repr``, which pandas matches."""
-    rows, labels, scores = piece
+    rows, labels, scores, reviewed = piece
+    if reviewed is not None:  # relabelled samples: the column only pandas writes here
+        return None
     texts = []
     for name in ("sample_id", "source"):
         if name not in rows.column_names:
@@ -134,8 +141,13 @@ def _float_text(values: np.ndarray) -> pa.Array:
 
 
 def _first_rows(piece, k: int):
-    rows, labels, scores = piece
-    return rows.slice(0, k), None if labels is None else labels[:k], scores[:k]
+    rows, labels, scores, reviewed = piece
+    return (
+        rows.slice(0, k),
+        None if labels is None else labels[:k],
+        scores[:k],
+        None if reviewed is None else reviewed[:k],
+    )
 
 
 def _write_csv_lines(fh, lines: pa.Array) -> None:
@@ -197,7 +209,7 @@ def write_keep_list_into(
     if export_format == "csv":
         with open(path, "wb") as fh:
             header = True
-            for piece in _pieces(samples, result.keep, column):
+            for piece in _pieces(samples, result.keep, column, result.label_reviewed):
                 lines = _csv_text(piece)
                 if lines is None:
                     fh.write(_frame(piece).to_csv(index=False, header=header).encode("utf-8"))
@@ -211,7 +223,7 @@ def write_keep_list_into(
         return
     writer = None
     try:
-        for piece in _pieces(samples, result.keep, column):
+        for piece in _pieces(samples, result.keep, column, result.label_reviewed):
             table = pa.Table.from_pandas(_frame(piece), preserve_index=False)
             writer = writer or pq.ParquetWriter(str(path), table.schema)
             writer.write_table(table)
@@ -227,4 +239,5 @@ def _no_rows(samples: SampleColumns) -> pd.DataFrame:
 
 
 def _empty(result: FilterResult) -> FilterResult:
-    return FilterResult(np.zeros(0, dtype=bool), result.thresholds, 0, 0, {}, {})
+    reviewed = None if result.label_reviewed is None else np.zeros(0, dtype=np.int64)
+    return FilterResult(np.zeros(0, dtype=bool), result.thresholds, 0, 0, {}, {}, label_reviewed=reviewed)

@@ -13,6 +13,17 @@ described for readers in docs/ARCHITECTURE.md (the run-directory contract).
     errors.parquet       samples that could not be read, with the reason (and pool position)
     thumbs/              thumbnails: one blob file plus an index of (sample_id, offset, length)
     filters/             keep-lists and their specs saved from the app
+    reference_probs.npy  labelled train runs: the reference's class probabilities, (samples, classes) float32,
+                         row r = samples.parquet row r (cleanlab's ``pred_probs``)
+    embeddings/          one vector per sample, float16, row r = samples.parquet row r: ``image.npy``
+                         (a classifier's head inputs, a pair's image embedding under the reference) and
+                         ``text.npy`` (a pair's caption embedding under the reference)
+    maps/                2-D layouts of the samples: ``NAME.npy`` (samples, 2) float32 by row and
+                         ``NAME.json`` (how it was made); NAME is SOURCE-METHOD or ``coords`` (the user's own)
+    neighbours/          approximate-nearest-neighbour indexes of the embeddings (``SOURCE.hnsw``), built on
+                         request ("more like this" on large pools)
+    reviews.parquet      per-sample decisions (keep, drop, relabel) appended over time; the latest per sample wins
+    .reviews.lock        taken while a decision is appended
     index/               the app's per-run indexes (built on first open): manifest.json, one .npy per
                          numeric column, per score column its ascending order and sorted values, and the
                          text columns in one Arrow file; built in .index-building-* and renamed into place
@@ -56,6 +67,12 @@ THUMBS_DIR = "thumbs"
 THUMBS_BLOB = "thumbs.bin"
 THUMBS_INDEX = "index.parquet"
 FILTERS_DIR = "filters"
+REFERENCE_PROBS = "reference_probs.npy"
+EMBEDDINGS_DIR = "embeddings"
+MAPS_DIR = "maps"
+NEIGHBOURS_DIR = "neighbours"
+REVIEWS = "reviews.parquet"
+REVIEWS_LOCK = ".reviews.lock"
 INDEX_DIR = "index"
 INDEX_LOCK = ".index.lock"
 INDEX_MANIFEST = "manifest.json"
@@ -140,6 +157,61 @@ class RunLayout:
     def filters_dir(self) -> Path:
         """Keep-lists and their specs saved from the app (restored on reopen)."""
         return self.root / FILTERS_DIR
+
+    @property
+    def reference_probs(self) -> Path:
+        """``reference_probs.npy``: the reference's class probabilities, one row per samples.parquet row."""
+        return self.root / REFERENCE_PROBS
+
+    @property
+    def embeddings_dir(self) -> Path:
+        """``embeddings/``: one vector per sample (float16), row r = samples.parquet row r."""
+        return self.root / EMBEDDINGS_DIR
+
+    def embedding(self, source: str) -> Path:
+        """``embeddings/SOURCE.npy`` (``image`` or ``text``)."""
+        return self.embeddings_dir / f"{source}.npy"
+
+    def embedding_sources(self) -> list[str]:
+        """The embeddings the run holds (``image``, ``text``), sorted."""
+        if not self.embeddings_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.embeddings_dir.glob("*.npy") if not p.name.startswith("."))
+
+    @property
+    def maps_dir(self) -> Path:
+        """``maps/``: 2-D layouts of the samples."""
+        return self.root / MAPS_DIR
+
+    def map_coords(self, name: str) -> Path:
+        """``maps/NAME.npy``: (samples, 2) float32 coordinates by samples.parquet row."""
+        return self.maps_dir / f"{name}.npy"
+
+    def map_info(self, name: str) -> Path:
+        """``maps/NAME.json``: how the layout was made (method, source, rows, when)."""
+        return self.maps_dir / f"{name}.json"
+
+    def map_names(self) -> list[str]:
+        """The layouts the run holds (those with both their files), sorted."""
+        if not self.maps_dir.is_dir():
+            return []
+        return sorted(
+            p.stem for p in self.maps_dir.glob("*.npy") if not p.name.startswith(".") and self.map_info(p.stem).exists()
+        )
+
+    def neighbour_index(self, source: str) -> Path:
+        """``neighbours/SOURCE.hnsw``: an approximate-nearest-neighbour index of ``embedding(source)``."""
+        return self.root / NEIGHBOURS_DIR / f"{source}.hnsw"
+
+    @property
+    def reviews(self) -> Path:
+        """``reviews.parquet``: per-sample decisions, appended; the latest per sample wins."""
+        return self.root / REVIEWS
+
+    @property
+    def reviews_lock(self) -> Path:
+        """Held (``flock``) while a decision is appended to ``reviews``: two sessions marking at once both land."""
+        return self.root / REVIEWS_LOCK
 
     @property
     def index_dir(self) -> Path:
@@ -227,6 +299,10 @@ class RunLayout:
         """A hidden working file of the finishing stage (``scores/.NAME.scratch``): never a score part,
         removed when the run completes and by ``clear_score_parts``."""
         return self.scores_dir / f".{name}{_SCRATCH_SUFFIX}"
+
+    def scratch_files(self) -> list[Path]:
+        """The finishing stage's working files present (removed when the run completes)."""
+        return self._glob(f".*{_SCRATCH_SUFFIX}")
 
     def score_parts(self) -> list[Path]:
         """Every file holding score rows: the legacy single file when it exists, else every part."""

@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -80,6 +81,27 @@ class Run:
         """``errors.parquet`` whole: the samples that could not be read (empty when there were none)."""
         path = self.layout.errors
         return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["sample_id", "path", "reason"])
+
+    @property
+    def reviews(self) -> pd.DataFrame:
+        """The latest review decision of every reviewed sample (``sample_id, decision, label, note, time,
+        label_name``; empty when there are none), read from ``reviews.parquet`` on every access."""
+        from mimic_explorer.store.reviews import reviews_table
+
+        return reviews_table(self.layout, self.class_names)
+
+    @property
+    def reference_probs(self) -> np.ndarray | None:
+        """The reference's class probabilities, (samples, classes) float32 memory-mapped, row r = ``samples`` row r
+        (labelled train runs; None otherwise): cleanlab's ``pred_probs``."""
+        path = self.layout.reference_probs
+        return np.load(path, mmap_mode="r") if path.exists() else None
+
+    def embedding(self, source: str = "image") -> np.ndarray | None:
+        """The run's ``source`` embeddings (``image`` or ``text``), (samples, dim) float16 memory-mapped, row r =
+        ``samples`` row r; None when the run has none."""
+        path = self.layout.embedding(source)
+        return np.load(path, mmap_mode="r") if path.exists() else None
 
     @cached_property
     def thumbnails(self) -> ThumbnailReader:

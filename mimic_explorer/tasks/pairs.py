@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,7 @@ from mimic_explorer.scoring.context import preserved_modes
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score, retrieval_recall
 from mimic_explorer.scoring.prepared import BatchScores, PreparedScorer
 from mimic_explorer.store.layout import RunLayout
+from mimic_explorer.store.run_arrays import RowArrayWriter, read_row_array
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.tasks.base import Held, Job, Passes, Prepared, ScoreBatch
@@ -60,7 +61,7 @@ from mimic_explorer.training.drift import DriftMeter
 from mimic_explorer.training.pool_batches import StreamedPairs, whole_batches
 from mimic_explorer.training.pool_pass import no_input, pool_pass
 from mimic_explorer.training.recording import scored_batch_rows
-from mimic_explorer.training.signals import collect_pair_signals
+from mimic_explorer.training.signals import PAIR_EMBEDDINGS, collect_pair_signals
 from mimic_explorer.training.towers import (
     caption_sets,
     draw_counts,
@@ -157,6 +158,17 @@ def _pair_rows_pass(
     return torch.cat(parts), np.concatenate(positions).astype(np.int64), np.concatenate(truncated)
 
 
+@dataclass
+class PairSignals:
+    """The per-pair end-of-run signals: one row per pair indexed by pool position (ascending), and the
+    reference's image and caption embeddings (``training.signals.PAIR_EMBEDDINGS``, memory-mapped from
+    scratch files of the run) by held row: frame row i is held row ``rows[i]``."""
+
+    frame: pd.DataFrame
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: np.ndarray | None = None
+
+
 class _PairMode:
     """What the three training modes share: the first pass's shape, the caption sets, the loop's options."""
 
@@ -226,12 +238,38 @@ class _PairMode:
             TOWERS_ADVICE,
         )
 
-    def _collect(self, held: Held, model_part: nn.Module, reference_side: nn.Module, batches) -> pd.DataFrame:
-        found = collect_pair_signals(
-            model_part, reference_side, batches, self.run.device, mimic_params=self.models.mimic_layers
-        )
-        found["index"] = held.positions[found["index"]]
-        return pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").sort_index()
+    def _collect(self, held: Held, model_part: nn.Module, reference_side: nn.Module, batches) -> PairSignals:
+        """The per-pair signals, and the reference's embeddings written batch by batch to scratch files of the run
+        by held row (millions of pairs' vectors never sit in memory), read back memory-mapped."""
+        layout = self.run.layout
+        writers = {
+            name: RowArrayWriter(layout.scratch(name), len(held.positions), np.float16) for name in PAIR_EMBEDDINGS
+        }
+
+        def keep_vectors(index: np.ndarray, found: dict[str, np.ndarray]) -> None:
+            for name, values in found.items():
+                writers[name].write(index, values)
+
+        try:
+            found = collect_pair_signals(
+                model_part,
+                reference_side,
+                batches,
+                self.run.device,
+                mimic_params=self.models.mimic_layers,
+                vectors=keep_vectors,
+            )
+            paths = {name: writer.commit() for name, writer in writers.items()}
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        held_rows = np.asarray(found["index"], dtype=np.int64)
+        found["index"] = held.positions[held_rows]
+        order = np.argsort(found["index"], kind="stable")
+        frame = pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").iloc[order]
+        vectors = {name: read_row_array(path) for name, path in paths.items() if path is not None}
+        return PairSignals(frame, vectors, held_rows[order])
 
 
 class FrozenTowersMode(_PairMode):
@@ -268,7 +306,7 @@ class FrozenTowersMode(_PairMode):
         """None: frozen towers cannot drift."""
         return None  # frozen towers cannot drift
 
-    def signals(self, held: Held, batches) -> pd.DataFrame:
+    def signals(self, held: Held, batches) -> PairSignals:
         """The per-pair end-of-run signals (CLIP scores, reference loss, score batch) over the held outputs."""
         rows = pair_batches(held.rows.to(self.run.device), self.options.batch_size, self.options.seed)
         return self._collect(held, self.probe, ProjectionProbe.sharing(self.models.reference), rows.epoch(0))
@@ -319,7 +357,7 @@ class FrozenImageTowerMode(_TowersLearn):
             dist.world,
         )
 
-    def signals(self, held: Held, batches) -> pd.DataFrame:
+    def signals(self, held: Held, batches) -> PairSignals:
         """The per-pair end-of-run signals, each photo with its own caption."""
         device = self.run.device
         rows = pair_batches(
@@ -362,7 +400,7 @@ class BothTowersMode(_TowersLearn):
         dist = self.run.dist
         return self._stream(held, held.extra["token_sets"], held.extra["counts"], dist.rank, dist.world)
 
-    def signals(self, held: Held, batches) -> pd.DataFrame:
+    def signals(self, held: Held, batches) -> PairSignals:
         """The per-pair end-of-run signals, each photo with its own caption, from one more decoded pass."""
         stream = self._stream(held, held.extra["token_sets"][:, :1], torch.ones(len(held.positions), dtype=torch.long))
         return self._collect(held, self.trained, self.reference_side, stream.epoch(0))
@@ -613,12 +651,13 @@ class PairsTask:
         }
         return scored_batch_rows(job.sample_ids, batch.positions, step, scores, weights, extra=extra)
 
-    def train_rows(self, job: Job, held: Held, signals: pd.DataFrame | None):
+    def train_rows(self, job: Job, held: Held, found: PairSignals | None):
         """samples.parquet's base columns of good positions — the pool's, the caption (and, with swapped
         captions, the original and ``is_noisy``), whether it was cut, the per-pair signal columns — and
         the standard signals."""
         captions, labelled = job.data, pool_rows(job.pool)
         cut = pd.Series(held.extra["truncated"], index=held.positions)
+        signals = None if found is None else found.frame
 
         def rows(good: np.ndarray) -> pd.DataFrame:
             frame = labelled(good)
@@ -636,10 +675,14 @@ class PairsTask:
             return frame
 
         def standard(good: np.ndarray) -> dict:
-            found_rows = signals.reindex(good).dropna(subset=["model_loss"])
-            found = {k: found_rows[k].to_numpy() for k in found_rows.columns if k not in PAIR_SIGNAL_COLUMNS}
-            found["index"] = found_rows.index.to_numpy(np.int64)
-            return found
+            where = signals.index.get_indexer(good)
+            where = where[where >= 0]
+            where = where[~np.isnan(signals["model_loss"].to_numpy(np.float64)[where])]
+            found_rows = signals.iloc[where]
+            values = {k: found_rows[k].to_numpy() for k in found_rows.columns if k not in PAIR_SIGNAL_COLUMNS}
+            values["index"] = found_rows.index.to_numpy(np.int64)
+            values.update({name: np.asarray(vectors[found.rows[where]]) for name, vectors in found.vectors.items()})
+            return values
 
         return rows, (standard if signals is not None else None)
 

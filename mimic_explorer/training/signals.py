@@ -11,7 +11,7 @@ scores here and those recorded during training come from one function.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,15 @@ PAIR_SIGNALS = (
     "clip_score_model",
     "clip_score_ref",
 )
+#: the reference's embeddings of each pair's photo and caption (vectors: run arrays, not samples columns)
+PAIR_EMBEDDINGS = ("embedding_image", "embedding_text")
+
+
+def _pooled(inputs: Tensor) -> Tensor:
+    """A head's input as one vector per sample: token or spatial positions averaged ((B, T, F) → (B, F))."""
+    if inputs.ndim <= 2:
+        return inputs
+    return inputs.reshape(inputs.shape[0], -1, inputs.shape[-1]).mean(dim=1)
 
 
 @torch.no_grad()
@@ -55,29 +64,52 @@ def collect_signals(
     """Per-sample end-of-training signals (eval mode) over ``(index, inputs, targets)`` batches:
     losses under model and reference, the reducible loss (RHO-LOSS), the head-gradient norm (GraNd),
     proj at the final weights and the model's prediction; ``index`` says which sample each row is.
-    The model's part comes from one pass of the head scorer per batch; ``head_name`` as for ``train``."""
+    The model's part comes from one pass of the head scorer per batch; ``head_name`` as for ``train``.
+
+    The same pass gives the suggested label and the map's vectors: the reference's predicted class
+    and its probability (``ref_pred``, ``ref_prob``), its class probabilities (``reference_probs``,
+    (B, classes) float32: cleanlab's ``pred_probs``) and the model's head inputs (``embedding_image``,
+    float16: a linear probe's cached backbone features, a fine-tuned network's penultimate features
+    at the end of the run)."""
     scorer: PreparedScorer | None = None
     was = reference.training
     reference.eval()
-    out: dict[str, list] = {
-        k: [] for k in ("index", "model_loss", "reference_loss", "grand", "final_proj", "model_pred")
-    }
+    keys = ("index", "model_loss", "reference_loss", "grand", "final_proj", "model_pred", "ref_pred", "ref_prob")
+    out: dict[str, list] = {k: [] for k in (*keys, "reference_probs", "embedding_image")}
+    captured: list[Tensor] = []
+    hook = None
     try:
         for index, x, y in batches:
             x, y = x.to(device), y.to(device)
             if scorer is None:
                 name = head_of(model, head_name, x)
                 scorer = PreparedScorer(model, reference, params="head", method="cos", head_name=name)
+                hook = model.get_submodule(name).register_forward_hook(
+                    lambda module, args, output: captured.append(_pooled(args[0].detach()))
+                )
+            captured.clear()
             scores = scorer(x, y)
+            logits = reference(x)
+            probs = torch.softmax(logits.float(), dim=-1)
             out["index"].append(torch.as_tensor(index))
             out["model_loss"].append(scores.loss)
-            out["reference_loss"].append(F.cross_entropy(reference(x), y, reduction="none"))
+            out["reference_loss"].append(F.cross_entropy(logits, y, reduction="none"))
             out["grand"].append(scores.grad_norm)
             out["final_proj"].append(scores.proj)
             out["model_pred"].append(scores.outputs.argmax(-1))
+            best = probs.max(dim=-1)
+            out["ref_pred"].append(best.indices)
+            out["ref_prob"].append(best.values)
+            out["reference_probs"].append(probs)
+            if captured:
+                out["embedding_image"].append(captured[-1].reshape(len(y), -1).to(torch.float16))
     finally:
         reference.train(was)
-    signals = {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
+        if hook is not None:
+            hook.remove()
+    if not out["index"]:
+        return {"index": np.zeros(0, dtype=np.int64)}
+    signals = {k: torch.cat(v).cpu().numpy() for k, v in out.items() if v}
     signals["reducible_loss"] = signals["model_loss"] - signals["reference_loss"]
     return signals
 
@@ -108,6 +140,7 @@ def collect_pair_signals(
     *,
     mimic_params: str | Sequence[str] = "text",
     loss: PerSampleLoss | None = None,
+    vectors: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-pair end-of-run signals (eval mode) over ``(index, inputs, targets)`` batches of a dual
     encoder (inputs (images, tokens)) or a ``ProjectionProbe`` (inputs: cached tower features).
@@ -117,12 +150,15 @@ def collect_pair_signals(
     InfoNCE term in that batch) and ``reducible_loss``; ``final_proj`` / ``final_cos`` / ``grand``
     (‖g_i‖) on the mimic layer at the final weights; ``model_pred`` (in-batch top-1); and
     ``clip_score_model`` / ``clip_score_ref`` (the cosine of the pair's two embeddings: DataComp's
-    CLIP score, which does not depend on the batch).
+    CLIP score, which does not depend on the batch); and ``PAIR_EMBEDDINGS``, (pairs, dim) float16: the
+    pair's image and caption embeddings under the reference, unit length (the map's vectors) — or, with
+    ``vectors``, handed to ``vectors(index, {name: values})`` batch by batch and not returned (a pool of
+    millions of pairs keeps its embeddings on disk, not in memory).
     """
     loss = loss if loss is not None else InfoNCELoss()
     names = mimic_layer_params(model, mimic_params)
     scorer = PreparedScorer(model, reference, params=names, method="cos", loss=loss)
-    out: dict[str, list] = {k: [] for k in PAIR_SIGNALS if k != "reducible_loss"}
+    out: dict[str, list] = {k: [] for k in (*PAIR_SIGNALS, *PAIR_EMBEDDINGS) if k != "reducible_loss"}
     with preserved_modes(reference):  # eval mode, restored after
         for number, (index, inputs, targets) in enumerate(batches):
             inputs, targets = moved(inputs, device), moved(targets, device)
@@ -142,8 +178,17 @@ def collect_pair_signals(
             )
             out["clip_score_model"].append(clip_score(scores.outputs[0], scores.outputs[1]))
             out["clip_score_ref"].append(clip_score(ref_out[0], ref_out[1]))
+            embedded = {
+                "embedding_image": F.normalize(ref_out[0].float(), dim=-1).to(torch.float16),
+                "embedding_text": F.normalize(ref_out[1].float(), dim=-1).to(torch.float16),
+            }
+            if vectors is None:
+                for name, values in embedded.items():
+                    out[name].append(values)
+            else:
+                vectors(np.asarray(index), {name: v.cpu().numpy() for name, v in embedded.items()})
     if not out["index"]:
         raise ValueError("no batches of pairs to collect signals from")
-    signals = {k: torch.cat([t.detach().cpu() for t in v]).numpy() for k, v in out.items()}
+    signals = {k: torch.cat([t.detach().cpu() for t in v]).numpy() for k, v in out.items() if v}
     signals["reducible_loss"] = signals["model_loss"] - signals["reference_loss"]
     return signals

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mimic_explorer.filters.rules import (
+    IDS,
     CompoundRule,
     FilterError,
     FilterRule,
@@ -288,18 +289,24 @@ class RuleCounter:
         return frame
 
 
-def compound_counts(rule: CompoundRule, counter_of) -> Counts:
+def compound_counts(rule: CompoundRule, counter_of, ids_mask=None) -> Counts:
     """Counts of an AND of clauses, equal to ``apply_rule(samples, rule)``; ``counter_of(column)`` gives
-    the ``RuleCounter`` of a column (all built on the same samples). The result carries the AND's keep
-    mask and each clause's own counts; its ``thresholds`` are the first clause's."""
+    the ``RuleCounter`` of a column (all built on the same samples), ``ids_mask(clause)`` the mask of an
+    ids clause (a selection). The result carries the AND's keep mask and each clause's own counts; its
+    ``thresholds`` are the first clause's."""
     rule.validate()
     keep, parts = None, []
     for clause in rule.clauses:
-        counter = counter_of(clause.column if clause.kind != "ensemble" else None)
-        part = counter.counts(clause)
+        if clause.kind == IDS:
+            counter = counter_of(None)
+            mask = ids_mask(clause)
+            part = counter._counts(np.bincount(counter.group[mask], minlength=len(counter._group_sorted)), {})
+        else:
+            counter = counter_of(clause.column if clause.kind != "ensemble" else None)
+            part = counter.counts(clause)
+            mask = counter.mask(clause, part)
         parts.append(part)
-        mask = counter.mask(clause, part)
-        keep = mask if keep is None else np.logical_and(keep, mask, out=keep)
+        keep = mask.copy() if keep is None else np.logical_and(keep, mask, out=keep)
     kept_groups = np.bincount(counter.group[keep], minlength=len(counter._group_sorted))
     result = counter._counts(kept_groups, dict(parts[0].thresholds))
     result.clauses, result.keep = parts, keep

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 
 import holoviews as hv
 import numpy as np
@@ -12,6 +13,7 @@ import panel as pn
 from panel.viewable import Viewer
 
 from mimic_explorer.store.scores import EpochScores
+from mimic_explorer.ui.gallery import Gallery, gallery_html
 from mimic_explorer.ui.plots import detail_trajectory
 from mimic_explorer.ui.state import ExplorerState
 from mimic_explorer.ui.thumbnails import ThumbnailURIs
@@ -44,6 +46,23 @@ class DetailView(Viewer):
         super().__init__(**params)
         self.state, self.thumbs, self.epochs = state, thumbs, epochs
         self.position: int | None = None
+        #: (position, k) -> (rows, similarities) of its nearest neighbours; set when the run has embeddings
+        self.similar: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None
+        #: select rows on the map (the neighbours); set with ``similar``
+        self.select_rows: Callable[[np.ndarray], None] | None = None
+        #: list the neighbours with every sample shown (when they are cheap), not only on "More like this"
+        self.auto_similar = False
+        self.neighbours = np.zeros(0, dtype=np.int64)
+        self.more_button = pn.widgets.Button(
+            label="More like this", color="light", visible=False, css_classes=["more-like-this"]
+        )
+        self.select_neighbours = pn.widgets.Button(label="Select these on the map", color="light", visible=False)
+        self.more_gallery = Gallery(sizing_mode="stretch_width")
+        self.more_gallery.on_click(lambda position, sample_id: self.show(position))
+        self.more_button.on_click(lambda event: self.show_similar())
+        self.select_neighbours.on_click(
+            lambda event: self.select_rows(self.neighbours) if self.select_rows is not None else None
+        )
         self._info = pn.pane.HTML(
             '<div class="me-hint">Click any image to see it here: larger, with its '
             "trajectory over training and every signal.</div>",
@@ -52,13 +71,21 @@ class DetailView(Viewer):
         )
         self._plot = pn.pane.HoloViews(None, sizing_mode="stretch_width")
         self._layout = pn.Column(
-            pn.pane.Markdown("#### Sample detail", margin=(0, 5)), self._info, self._plot, sizing_mode="stretch_width"
+            pn.pane.Markdown("#### Sample detail", margin=(0, 5)),
+            self._info,
+            self._plot,
+            self.more_button,
+            self.more_gallery,
+            self.select_neighbours,
+            sizing_mode="stretch_width",
         )
 
     def show(self, position: int) -> None:
         """Show the sample at row ``position``: its thumbnail, caption, every column, and its per-epoch trajectory when
         the run has one."""
         self.position = int(position)
+        self.more_button.visible = self.similar is not None
+        self.more_gallery.cards, self.select_neighbours.visible = "", False
         record = self.state.record(position)
         sample_id = str(record["sample_id"])
         noisy = bool(record.get("is_noisy", False))
@@ -88,6 +115,26 @@ class DetailView(Viewer):
             self._plot.object = detail_trajectory(frame, signals)
         else:
             self._plot.object = hv.Curve([], "epoch", "value").opts(title=note, width=300, height=160)
+        if self.auto_similar and self.similar is not None:
+            self.show_similar()
+
+    def show_similar(self, k: int = 12) -> np.ndarray:
+        """The ``k`` samples most like the one shown, as a gallery under it ("More like this"); returns their rows."""
+        if self.similar is None or self.position is None:
+            return np.zeros(0, dtype=np.int64)
+        rows, _ = self.similar(self.position, k)
+        self.neighbours = np.asarray(rows, dtype=np.int64)
+        self.more_gallery.cards = gallery_html(
+            self.state.samples,
+            self.neighbours,
+            self.thumbs,
+            self.state.label_name,
+            self.state.column,
+            "No neighbours (this sample has no embedding).",
+            self.state.has_classes,
+        )
+        self.select_neighbours.visible = self.select_rows is not None and len(self.neighbours) > 0
+        return self.neighbours
 
     def __panel__(self):
         return self._layout

@@ -8,8 +8,9 @@
 From Python, ``explorer.threshold = 0.5`` (and the other rule parameters of the first clause),
 ``.add_clause(column, ...)`` (AND a rule on another column), ``.keep_mask``, ``.set_rule(...)``,
 ``.search(text)`` (narrow the galleries to matching captions), ``.select(id)`` and ``.save_to_run()``
-work as in the page, which follows. The page opens on ``combined_score`` where the run has one
-(``ExplorerState.default_column``).
+work as in the page, which follows; ``.selection`` (the ids selected on the map, settable),
+``.review(ids, "drop")`` and ``.more_like_this(id)`` are the Map view's. The page opens on
+``combined_score`` where the run has one (``ExplorerState.default_column``).
 ``Explorer(run).controls`` and ``.main`` are what a template puts in its sidebar and main area;
 displayed on its own (Jupyter) it is the two side by side. See docs/ARCHITECTURE.md.
 """
@@ -23,9 +24,11 @@ import pandas as pd
 import panel as pn
 from panel.viewable import Viewer
 
-from mimic_explorer.filters.rules import FilterError, Rule
+from mimic_explorer.filters.reviews import apply_reviews
+from mimic_explorer.filters.rules import IDS, FilterError, Rule
 from mimic_explorer.store.filter_files import SavedFilter, latest_saved_rule
 from mimic_explorer.store.reader import Run, open_run
+from mimic_explorer.store.reviews import ReviewError, applied_for_spec
 from mimic_explorer.ui.controls import FilterControls
 from mimic_explorer.ui.counting import Counts
 from mimic_explorer.ui.cut_lines import CutLines
@@ -35,11 +38,16 @@ from mimic_explorer.ui.exports import ExportPanel
 from mimic_explorer.ui.filter_model import RULE_PARAMS, ClauseModel, FilterModel
 from mimic_explorer.ui.galleries import Galleries, Selection
 from mimic_explorer.ui.live import LiveCounts
+from mimic_explorer.ui.map_view import MapView
 from mimic_explorer.ui.more_views import MoreViews
 from mimic_explorer.ui.notice import Notice
 from mimic_explorer.ui.state import ExplorerState
 from mimic_explorer.ui.summary import Summary
 from mimic_explorer.ui.thumbnails import ThumbnailURIs
+
+#: pools up to this size list a sample's neighbours with its detail at once (an exact search of ~50 ms);
+#: larger ones on "More like this"
+AUTO_NEIGHBOURS_MAX = 50_000
 
 
 def _rule_parameter(name: str) -> property:
@@ -109,7 +117,7 @@ class Explorer(Viewer):
         if index is not None and index.has_thumbnails:  # by position from the index: no ids read
             self.run.thumbnails.locate_with(index.thumbnail_location)
         self.thumbs = ThumbnailURIs(self.run.thumbnails)
-        self.selection = Selection()
+        self.picks = Selection()
         self.summary = Summary(self.run.run_id, str(self.run.path), self.run.meta, self.samples)
         self.filter_controls = FilterControls(self.filter, self.live, self.state, self.notice)
         self.exports = ExportPanel(self.run, self.state, self.filter, self.notice)
@@ -121,11 +129,28 @@ class Explorer(Viewer):
             **{k: params.pop(k) for k in list(params) if k in Distribution.param},
         )
         self.detail = DetailView(self.state, self.thumbs, self.run.epoch_scores)
-        self.galleries = Galleries(
-            self.state, self.filter, self.live, self.thumbs, self.detail, self.selection, **params
+        self.galleries = Galleries(self.state, self.filter, self.live, self.thumbs, self.detail, self.picks, **params)
+        self.map_view = MapView(
+            self.state,
+            self.filter,
+            self.live,
+            self.thumbs,
+            self.notice,
+            open_sample=self.galleries.open,
+            on_selection=self.galleries.refresh,
         )
+        if self.map_view.map.has_neighbours:
+            self.detail.similar = self.map_view.map.more_like_this
+            self.detail.select_rows = self._select_rows
+            self.detail.auto_similar = self.state.total <= AUTO_NEIGHBOURS_MAX
         self.more_views = MoreViews(
-            self.state, self.live, self.lines, self.run.epoch_scores, self.selection, self.distribution.param.log_counts
+            self.state,
+            self.live,
+            self.lines,
+            self.run.epoch_scores,
+            self.picks,
+            self.distribution.param.log_counts,
+            map_view=self.map_view,
         )
         self.live.param.watch(self._move_lines, "counts")
         if isinstance(restored, SavedFilter):
@@ -153,7 +178,50 @@ class Explorer(Viewer):
     @property
     def selected(self) -> list[int]:
         """Row positions of the clicked samples (their trajectories are plotted)."""
-        return self.selection.positions
+        return self.picks.positions
+
+    @property
+    def selection(self) -> list[str] | None:
+        """The sample ids selected on the map (None: no selection); set it to a list of ids to select them (the
+        galleries and the "selected N · kept K" line follow), or to None to clear it."""
+        chosen = self.map_view.selected
+        if chosen is None:
+            return None
+        return self.samples["sample_id"].to_numpy()[chosen].astype(str).tolist()
+
+    @selection.setter
+    def selection(self, ids) -> None:
+        if ids is None:
+            self.map_view.set_selection(None)
+            return
+        ids = [str(i) for i in ids]
+        where = self.state.positions_of(ids)
+        if (where < 0).any():
+            unknown = [i for i, w in zip(ids, where, strict=True) if w < 0]
+            raise ValueError(f"{len(unknown)} of the {len(ids)} ids are not in this run: {unknown[:3]}")
+        self.map_view.set_selection(where)
+
+    @property
+    def selection_counts(self) -> tuple[int, int] | None:
+        """(selected, of them kept by the current filter) — the map's "selected N · kept K" — or None."""
+        return self.map_view.selected_counts()
+
+    def review(self, ids, decision: str, label=None, note: str = "") -> int:
+        """Record a decision (``keep``, ``drop`` or ``relabel`` with ``label``, a class name or index) for the samples
+        ``ids`` in the run's review log; exports apply it on top of the filter. Returns how many were recorded.
+        ``ValueError`` (one line, nothing written) for an id not in the run or a class that does not exist."""
+        return self.map_view.review(ids, decision, label, note)
+
+    def more_like_this(self, sample_id: str, k: int = 12) -> list[str]:
+        """The ids of the ``k`` samples most like ``sample_id`` in the map's embedding (nearest first)."""
+        position = self.state.position(sample_id)
+        if position is None:
+            raise ValueError(f"no sample {sample_id!r} in this run")
+        rows, _ = self.map_view.map.more_like_this(position, k)
+        return self.samples["sample_id"].to_numpy()[rows].astype(str).tolist()
+
+    def _select_rows(self, rows) -> None:
+        self.map_view.set_selection(rows)
 
     @property
     def current_rule(self) -> Rule:
@@ -206,7 +274,9 @@ class Explorer(Viewer):
         if found is None:
             return None
         missing = [
-            c.column for c in found.rule.clauses if c.kind != "ensemble" and c.column not in self.state.score_columns
+            c.column
+            for c in found.rule.clauses
+            if c.kind not in ("ensemble", IDS) and c.column not in self.state.score_columns
         ]
         if missing:
             return (
@@ -224,10 +294,18 @@ class Explorer(Viewer):
             f"kept {spec.get('kept')} of {spec.get('total')}."
         )
         problems = []
-        if counts is not None and (
-            counts.kept != spec.get("kept") or counts.kept_per_class != spec.get("kept_per_class")
-        ):
-            problems.append(f"It keeps {counts.kept} now: this run's samples changed since it was saved.")
+        kept, kept_per_class = (None, None) if counts is None else (counts.kept, counts.kept_per_class)
+        if spec.get("reviews"):  # saved with review decisions on top: count them as the spec did
+            try:
+                reviews = applied_for_spec(self.run.layout, spec["reviews"])
+            except ReviewError as exc:
+                problems.append(f"Its review decisions cannot be re-applied: {exc}.")
+            else:
+                result = apply_reviews(self.samples, self.state.apply(saved.rule), reviews)
+                kept, kept_per_class = result.kept, result.kept_per_class
+                text += f" It applied {spec['reviews']['samples']} review decisions (the page's exports apply all)."
+        if kept is not None and (kept != spec.get("kept") or kept_per_class != spec.get("kept_per_class")):
+            problems.append(f"It keeps {kept} now: this run's samples changed since it was saved.")
         if saved.keep_list_problem:
             problems.append(f"Its keep-list does not match: {saved.keep_list_problem}.")
         return " ".join([text, *problems]), "warning" if problems else "info"

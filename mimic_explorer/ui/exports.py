@@ -17,10 +17,13 @@ import panel as pn
 from panel.viewable import Viewer
 
 from mimic_explorer.filters.formats import FORMATS, check_uids
+from mimic_explorer.filters.reviews import AppliedReviews, apply_reviews
 from mimic_explorer.filters.rules import FilterError, FilterResult
+from mimic_explorer.filters.spec import build_spec
 from mimic_explorer.store.filter_files import save_to_run
 from mimic_explorer.store.keep_list_stream import write_keep_list
 from mimic_explorer.store.reader import Run
+from mimic_explorer.store.reviews import ReviewError, applied_now
 from mimic_explorer.ui.filter_model import FilterModel
 from mimic_explorer.ui.notice import Notice
 from mimic_explorer.ui.state import ExplorerState
@@ -68,8 +71,20 @@ class ExportPanel(Viewer):
             self.notice.show(f"Keep-list format uids is not possible here: {exc}", "warning")
             self.format.value = event.old
 
+    def reviews(self) -> AppliedReviews | None:
+        """The run's review decisions (latest per sample), applied to every export of the page; None when there are
+        none (or the log cannot be read: said as a notice)."""
+        try:
+            found = applied_now(self.run.layout)
+        except ReviewError as exc:
+            self.notice.show(f"Review decisions not applied: {exc}", "warning")
+            return None
+        return found if found.rows else None
+
     def _result(self) -> FilterResult:
-        return self.state.apply(self.model.to_rule())
+        result = self.state.apply(self.model.to_rule())
+        reviews = self.reviews()
+        return result if reviews is None else apply_reviews(self.state.samples, result, reviews)
 
     def keep_list_file(self) -> io.BytesIO:
         """The keep-list of the current rule, in the chosen format."""
@@ -82,12 +97,26 @@ class ExportPanel(Viewer):
 
     def spec_file(self) -> io.BytesIO:
         """The spec of the current rule (what ``filters.spec.build_spec`` writes beside an export)."""
-        spec = self.model.to_spec(self.run.meta, self._result(), self.format.value)
+        reviews = self.reviews()
+        spec = build_spec(
+            self.run.meta,
+            self.model.to_rule(),
+            self._result(),
+            self.format.value,
+            None if reviews is None else reviews.facts(),
+        )
         return io.BytesIO(json.dumps(spec, indent=1, sort_keys=True).encode())
 
     def save_to_run(self, export_format: str = "csv"):
         """Write keep-list + spec into ``RUN/filters/`` (restored when the run is opened again)."""
-        return save_to_run(self.run.path, self.state.samples, self.run.meta, self.model.to_rule(), export_format)
+        return save_to_run(
+            self.run.path,
+            self.state.samples,
+            self.run.meta,
+            self.model.to_rule(),
+            export_format,
+            reviews=self.reviews(),
+        )
 
     def _on_save(self, event=None) -> None:
         try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import param
 
-from mimic_explorer.filters.rules import RULES, FilterError, FilterResult, FilterRule, Rule, all_of
+from mimic_explorer.filters.rules import IDS, RULES, FilterError, FilterResult, FilterRule, Rule, all_of, selection
 from mimic_explorer.filters.spec import build_spec, rule_in_spec
 
 #: The parameters that make up a clause (in the order a rule names them).
@@ -111,6 +111,11 @@ class FilterModel(ClauseModel):
         item_type=ClauseModel,
         doc="Further clauses; a sample is kept only when every clause keeps it (AND).",
     )
+    selected_ids = param.List(
+        default=[],
+        item_type=str,
+        doc="A selection ANDed into the filter: only these samples are kept (an ids clause, last); empty: none.",
+    )
 
     def __init__(self, columns: Sequence[str] | None = None, **params):
         super().__init__(columns, **params)
@@ -164,20 +169,28 @@ class FilterModel(ClauseModel):
     # ------------------------------------------------------------------ rule
 
     def to_rule(self) -> Rule:
-        """The rule these parameters describe (what exports and specs record)."""
-        return all_of([self.clause(), *(c.clause() for c in self.more)])
+        """The rule these parameters describe (what exports and specs record); a selection ANDed in is its last
+        clause (``filters.rules.selection``)."""
+        clauses = [self.clause(), *(c.clause() for c in self.more)]
+        if self.selected_ids:
+            clauses.append(selection(self.selected_ids))
+        return all_of(clauses)
 
     def set_rule(self, rule: Rule) -> None:
         """Take on ``rule`` (one clause or an AND) in one update; parameters it does not use keep their values."""
         rule.validate()
-        first, *others = rule.clauses
+        chosen = [c for c in rule.clauses if c.kind == IDS]
+        first, *others = [c for c in rule.clauses if c.kind != IDS]
+        if len(chosen) > 1:
+            raise FilterError("a filter holds at most one selection (ids clause)")
         columns = list(self.param.column.objects)
         more = []
         for clause in others:
             model = ClauseModel(columns=columns)
             model.param.update(**model.clause_updates(clause))
             more.append(model)
-        self.param.update(**self.clause_updates(first), more=more)
+        ids = list(chosen[0].ids) if chosen else []
+        self.param.update(**self.clause_updates(first), more=more, selected_ids=ids)
 
     # ------------------------------------------------------------------ spec
 
@@ -196,7 +209,9 @@ class FilterModel(ClauseModel):
         score columns (default: the spec's)."""
         rule = rule_in_spec(spec)
         model = cls(
-            columns=list(columns) if columns is not None else list(dict.fromkeys(c.column for c in rule.clauses))
+            columns=list(columns)
+            if columns is not None
+            else list(dict.fromkeys(c.column for c in rule.clauses if c.kind != IDS))
         )
         model.set_rule(rule)
         return model

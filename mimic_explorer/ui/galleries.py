@@ -192,6 +192,8 @@ class Galleries(Viewer):
         where = "" if label is None else f" in class {self.state.label_name(label)}"
         if self.state.query:
             where += f" among captions with “{html.escape(self.state.query)}”"
+        if self.state.selected is not None:
+            where += f" among the {len(self.state.selected):,} selected on the map"
         empty = "No samples."
         if name == "lowest":
             positions = self.state.lowest(k, label)
@@ -210,6 +212,8 @@ class Galleries(Viewer):
             empty = f"No samples with {column} between {lo:.4g} and {hi:.4g}."
         if self.state.query and len(positions) == 0 and name != "third":
             empty = f"No caption contains “{self.state.query}”."  # gallery_html escapes it
+        if self.state.selected is not None and len(positions) == 0 and name != "third":
+            empty = "No selected sample here."
         self.shown[name] = positions
         self.titles[name].object = title
         self.galleries[name].cards = gallery_html(

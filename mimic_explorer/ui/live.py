@@ -32,7 +32,7 @@ class LiveCounts(param.Parameterized):
         model.threshold_for = state.default_threshold
         self.recount()
         self.column = model.column
-        model.param.watch(self._follow, [*RULE_PARAMS, "more"])
+        model.param.watch(self._follow, [*RULE_PARAMS, "more", "selected_ids"])
 
     def _follow(self, *events: param.parameterized.Event) -> None:
         changed = {event.name for event in events}

@@ -1,4 +1,4 @@
-"""The "More views" tabs: kept vs threshold, per class, scatter, per epoch, trajectories.
+"""The "More views" tabs: kept vs threshold, the map, per class, scatter, per epoch, trajectories.
 
 Each tab is built the first time it is shown, so per-epoch scores are read only when asked for; the
 plots that show the cut take their lines from the shared ``CutLines``. A pool without classes
@@ -35,14 +35,17 @@ class MoreViews(Viewer):
         epochs: EpochScores,
         selection: Selection,
         log_counts,
+        map_view=None,
         **params,
     ):
         super().__init__(**params)
         self.state, self.live, self.lines, self.epochs, self.selection = state, live, lines, epochs, selection
         self.log_counts = log_counts
+        self.map_view = map_view
         wide = dict(sizing_mode="stretch_width")
         builders = {
             "Kept vs threshold": lambda: pn.param.ParamFunction(pn.bind(self._kept_curve, live.param.column), **wide),
+            "Map": self._map,
             "Per class": lambda: pn.param.ParamFunction(
                 pn.bind(self._per_class, live.param.column, log_counts), **wide
             ),
@@ -52,6 +55,8 @@ class MoreViews(Viewer):
         }
         if not state.has_classes:
             del builders["Per class"]
+        if map_view is None:
+            del builders["Map"]
         self._builders = list(builders.values())
         self.tabs = pn.Tabs(*[(name, pn.Column(**wide)) for name in builders], dynamic=True, **wide)
         self.tabs.param.watch(lambda event: self.open_tab(event.new), "active")
@@ -62,6 +67,10 @@ class MoreViews(Viewer):
         holder = self.tabs[index]
         if len(holder) == 0:
             holder[:] = [self._builders[index]()]
+
+    def _map(self):
+        self.map_view.build()
+        return self.map_view
 
     def _kept_curve(self, column: str):
         curve = self.state.kept_curve()

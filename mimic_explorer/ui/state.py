@@ -65,6 +65,9 @@ class ExplorerState:
         #: what a ground-truth noisy sample is in this pool's words
         self.noisy_word = "mislabeled" if self.has_classes or not self.has_captions else "swapped caption"
         self.query, self.matches = "", None
+        #: the samples selected on the map (row positions, ascending), None when nothing is selected
+        self.selected: np.ndarray | None = None
+        self._caption_matches: np.ndarray | None = None
         self._counters: dict[str, RuleCounter] = {}
         self.column = column if column in self.score_columns else self.default_column
 
@@ -189,7 +192,7 @@ class ExplorerState:
         one clause, a vector comparison per clause for an AND (``counting.compound_counts``)."""
         rule = self._on_column(rule)
         if isinstance(rule, CompoundRule):
-            return compound_counts(rule, self.counter_for)
+            return compound_counts(rule, self.counter_for, self.ids_mask)
         return self.counter.counts(rule)
 
     @_releasing
@@ -348,16 +351,51 @@ class ExplorerState:
         if query and not self.has_captions:
             raise ValueError("this run has no captions to search")
         self.query = query
-        self.matches = (
+        self._caption_matches = self.caption_matches(query) if query else None
+        self._combine_matches()
+        return None if self._caption_matches is None else int(self._caption_matches.sum())
+
+    def caption_matches(self, query: str) -> np.ndarray:
+        """Which samples' captions contain ``query`` (case-insensitive), by row (the map highlights them)."""
+        return (
             self.samples["caption"]
             .astype(str)
             .str.contains(query, case=False, regex=False, na=False)
             .to_numpy(dtype=bool)
-            if query
-            else None
         )
+
+    def select(self, positions: np.ndarray | None) -> int | None:
+        """Galleries show only the samples at row ``positions`` (a selection on the map; None: every sample).
+        Returns how many are selected (None when nothing is)."""
+        if positions is None:
+            self.selected = None
+        else:
+            self.selected = np.unique(np.asarray(positions, dtype=np.int64))
+        self._combine_matches()
+        return None if self.selected is None else len(self.selected)
+
+    def _combine_matches(self) -> None:
+        """``matches``: the caption matches AND the selection (None when neither narrows)."""
+        matches = self._caption_matches
+        if self.selected is not None:
+            chosen = np.zeros(self.total, dtype=bool)
+            chosen[self.selected] = True
+            matches = chosen if matches is None else matches & chosen
+        self.matches = matches
         self.__dict__.pop("_orderings", None)
-        return None if self.matches is None else int(self.matches.sum())
+
+    def positions_of(self, sample_ids) -> np.ndarray:
+        """Row positions of many sample ids at once (−1 for an id not in the run)."""
+        return self._position_of.get_indexer([str(i) for i in sample_ids])
+
+    def ids_mask(self, clause: FilterRule) -> np.ndarray:
+        """The keep mask of an ids clause (a selection ANDed into the filter), by row."""
+        where = self.positions_of(clause.ids)
+        if (where < 0).any():
+            raise ValueError(f"{int((where < 0).sum())} of the selection's ids are not in this run")
+        keep = np.zeros(self.total, dtype=bool)
+        keep[where] = True
+        return keep
 
     @_releasing
     def _ordered(self, label: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -433,7 +471,7 @@ class ExplorerState:
     def record(self, position: int) -> dict:
         """Every column of one sample, with label names resolved (for the detail view)."""
         row = self.samples.iloc[int(position)].to_dict()
-        for key in ("label", "true_label", "pred"):
+        for key in ("label", "true_label", "pred", "ref_pred"):
             if key in row and pd.notna(row[key]):
                 row[f"{key} name"] = self.label_name(row[key])
         return row

@@ -27,3 +27,11 @@ NOISE_TYPES = ("symmetric", "asymmetric")
 MIMIC_LAYERS = ("image", "text")
 #: ARCH families (``models.registry.parse_arch``) whose published weights ``--pretrained`` loads
 PRETRAINED_FAMILIES = ("timm", "torchvision")
+#: ``map --method``: how a run's embeddings are laid out in 2-D (``maps.layout2d``); umap needs the ``umap`` extra
+MAP_METHODS = ("pca", "umap")
+#: ``map --source``: which embedding of the run is laid out (a pair has both; a labelled sample its image's)
+MAP_SOURCES = ("image", "text")
+#: ``review --decision``: what a person decided about a sample (``store.reviews``)
+REVIEW_DECISIONS = ("keep", "drop", "relabel")
+#: ``export --reviews``: whether the run's review decisions change the keep-list
+REVIEW_MODES = ("apply", "ignore")

@@ -72,6 +72,8 @@ def _refinish(run: Path, tmp_path: Path, options: Stage2Options, row_group_rows:
     samples = pd.read_parquet(run / "samples.parquet")
     signals = {name: samples[name].to_numpy() for name in SIGNALS}
     signals["model_pred"] = samples["pred"].to_numpy(dtype=np.int64)
+    signals["ref_pred"] = samples["ref_pred"].to_numpy(dtype=np.int64)
+    signals["ref_prob"] = samples["ref_prob"].to_numpy()
     pool = PoolView(
         len(samples),
         np.zeros(0, dtype=np.int64),
@@ -85,7 +87,7 @@ def _refinish(run: Path, tmp_path: Path, options: Stage2Options, row_group_rows:
 
 
 def _in_memory(run: Path, tmp_path: Path, binarisation: str, cap: int) -> pd.DataFrame:
-    samples = pd.read_parquet(run / "samples.parquet")[[*BASE, *SIGNALS, "pred"]]
+    samples = pd.read_parquet(run / "samples.parquet")[[*BASE, *SIGNALS, "pred", "ref_pred", "ref_prob"]]
     frame = add_stage2(samples, _scores(run), binarisation, "majority", cap=cap)
     path = tmp_path / f"in-memory-{binarisation}.parquet"
     with SamplesWriter(path) as writer:

@@ -121,3 +121,35 @@ def test_float_text_spells_every_value_as_pandas_does():
     values = np.array(EDGE_SCORES + list(np.random.default_rng(0).normal(scale=1e6, size=500)), dtype=np.float64)
     expected = pd.DataFrame({"a": 0, "s": values}).to_csv(index=False, header=False).splitlines()
     assert [f"0,{v}" for v in keep_list_stream._float_text(values).to_pylist()] == expected
+
+
+@pytest.mark.parametrize("export_format", ["csv", "parquet", "json"])
+def test_a_relabel_review_streams_label_reviewed_as_the_in_memory_export(run, export_format, tmp_path, monkeypatch):
+    from mimic_explorer.filters.reviews import AppliedReviews, apply_reviews
+
+    monkeypatch.setattr(keep_list_stream, "CHUNK_ROWS", 300)
+    ids = run.samples["sample_id"].iloc[[3, 333, 1999]].astype(str).tolist()
+    log = pd.DataFrame(
+        {
+            "sample_id": ids,
+            "decision": ["relabel", "drop", "keep"],
+            "label": pd.array([7, None, None], dtype="Int64"),
+            "note": "",
+            "time": pd.Timestamp("2026-01-01", tz="UTC"),
+        }
+    )
+    reviews = AppliedReviews.of(log)
+    rule = FilterRule("threshold", 0.5)
+    samples = indexed_samples(run)
+    result = apply_reviews(samples, apply_rule(samples, rule), reviews)
+    in_memory = apply_reviews(run.samples, apply_rule(run.samples, rule), reviews)
+    expected = render_export(run.samples, in_memory, rule.column, export_format)
+    out = write_keep_list(samples, result, rule.column, export_format, tmp_path / f"keep.{export_format}")
+    if export_format == "parquet":
+        found = pd.read_parquet(out)
+        pd.testing.assert_frame_equal(found, pd.read_parquet(io.BytesIO(expected)))
+    else:
+        assert out.read_bytes() == expected
+        found = pd.read_csv(out, dtype={"sample_id": str}) if export_format == "csv" else pd.read_json(out)
+    found = found.set_index(found["sample_id"].astype(str))
+    assert found.loc[ids[0], "label_reviewed"] == 7 and ids[1] not in found.index and ids[2] in found.index

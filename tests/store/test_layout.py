@@ -117,6 +117,11 @@ def test_files_sit_where_the_run_directory_contract_says(tmp_path):
             "state",
             "log",
             "index_dir",
+            "reference_probs",
+            "embeddings_dir",
+            "maps_dir",
+            "reviews",
+            "reviews_lock",
         )
     }
     assert names == {
@@ -133,7 +138,16 @@ def test_files_sit_where_the_run_directory_contract_says(tmp_path):
         "state": "state.pt",
         "log": "run.log",
         "index_dir": "index",
+        "reference_probs": "reference_probs.npy",
+        "embeddings_dir": "embeddings",
+        "maps_dir": "maps",
+        "reviews": "reviews.parquet",
+        "reviews_lock": ".reviews.lock",
     }
+    assert layout.embedding("text").relative_to(tmp_path).as_posix() == "embeddings/text.npy"
+    assert layout.map_coords("image-pca").relative_to(tmp_path).as_posix() == "maps/image-pca.npy"
+    assert layout.map_info("coords").relative_to(tmp_path).as_posix() == "maps/coords.json"
+    assert layout.neighbour_index("image").relative_to(tmp_path).as_posix() == "neighbours/image.hnsw"
 
 
 def test_a_run_written_through_the_layout_reads_back(tmp_path):
@@ -163,6 +177,9 @@ RUN_FILE_NAMES = (
     "state.pt",
     "run.log",
     ".lock",
+    "reference_probs.npy",
+    "reviews.parquet",
+    ".reviews.lock",
 )
 PART_PREFIXES = ("epoch-", "chunk-", ".errors-rank")
 
