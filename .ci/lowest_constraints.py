@@ -38,8 +38,10 @@ def lower_bounds(extras: list[str]) -> dict[str, str]:
     return bounds
 
 
-def _normal(version: str) -> tuple:
-    return tuple(int(p) for p in re.findall(r"\d+", version.split("+")[0]))
+def _normal(version: str, length: int = 4) -> tuple:
+    """The release numbers of ``version``, padded with zeros (``1.26`` is ``1.26.0``)."""
+    numbers = [int(p) for p in re.findall(r"\d+", version.split("+")[0])]
+    return tuple(numbers + [0] * (length - len(numbers)))
 
 
 def main() -> int:
@@ -54,8 +56,7 @@ def main() -> int:
     wrong = []
     for name, version in bounds.items():
         installed = metadata.version(name)
-        padded = max(len(_normal(installed)), len(_normal(version)))
-        same = _normal(installed) + (0,) * padded == _normal(version) + (0,) * padded
+        same = _normal(installed) == _normal(version)
         print(f"{name:18} {installed:14} {'lower bound' if same else 'NOT the lower bound ' + version}")
         if not same:
             wrong.append(name)
