@@ -23,7 +23,8 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -224,13 +225,24 @@ def _given_paths(model: Any, reference: Any, arch: str | None, transform: Any, s
     return names, Given(source, transform=source.model_inputs() if tensors else None)
 
 
-def _options(cls, base: dict, extra: dict) -> Any:
+def _check_names(cls, extra: dict) -> None:
+    """Refuse keyword options that are no field of ``cls``, naming the ones it takes."""
     unknown = sorted(set(extra) - _option_names(cls))
     if unknown:
         raise ValueError(
             f"unknown option(s) {', '.join(unknown)}; {cls.__name__} takes: {', '.join(sorted(_option_names(cls)))}"
         )
-    return cls(**{**base, **extra})
+
+
+@contextmanager
+def _removed_on_failure(folder: tempfile.TemporaryDirectory | None) -> Iterator[None]:
+    """A temporary run directory whose run failed is removed at once (the error holds on to it otherwise)."""
+    try:
+        yield
+    except BaseException:
+        if folder is not None:
+            folder.cleanup()
+        raise
 
 
 def _out(out: str | os.PathLike | None):
@@ -314,6 +326,7 @@ def score(
         names, given = _given_paths(model, reference, arch, transform, source)
     if names["reference"] is None:
         raise ValueError("score needs a reference (the better model)")
+    _check_names(ScoreOptions, options)
     run_dir, keep_alive = _out(out)
     params_text = params if isinstance(params, str) else ",".join(params)
     base = dict(
@@ -325,8 +338,9 @@ def score(
         quiet=not progress,
         **names,
     )
-    run_options = _options(ScoreOptions, base, options)
-    outcome = run_score(run_options, tqdm_progress() if progress else None, log, given=given)
+    run_options = ScoreOptions(**{**base, **options})
+    with _removed_on_failure(keep_alive):
+        outcome = run_score(run_options, tqdm_progress() if progress else None, log, given=given)
     return Result(outcome, DatasetPositions.of_source(source), keep_alive=keep_alive)
 
 
@@ -383,6 +397,7 @@ def train(
     else:
         names, given = _given_paths(model, reference, arch, transform, source)
         names["init"] = names.pop("model")  # train starts from the checkpoint: --init
+    _check_names(TrainOptions, options)
     run_dir, keep_alive = _out(out)
     saved = Path(run_dir) / TRAINED_MODEL
     base = dict(
@@ -395,8 +410,9 @@ def train(
         save_model=str(saved),
         **names,
     )
-    run_options = _options(TrainOptions, base, options)
-    outcome = run_train(run_options, tqdm_progress() if progress else None, log, given=given)
+    run_options = TrainOptions(**{**base, **options})
+    with _removed_on_failure(keep_alive):
+        outcome = run_train(run_options, tqdm_progress() if progress else None, log, given=given)
     result = Result(outcome, DatasetPositions.of_source(source), model_path=saved, keep_alive=keep_alive)
     result.model = _trained(given.model, saved, run_options, result.run.class_names)
     return result

@@ -226,8 +226,9 @@ class CommonOptions:
         return {"command": self.command, **{k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}}
 
     def to_dict(self) -> dict[str, Any]:
-        """Every option, as ``meta.json`` records it under ``config``."""
-        return {"command": self.command, **asdict(self)}
+        """Every option, as ``meta.json`` records it under ``config`` — but ``threads``: how a process shares its
+        machine, which a resumed run may do differently; ``run.log`` says how many threads each start used."""
+        return {"command": self.command, **{k: v for k, v in asdict(self).items() if k != "threads"}}
 
     def describe(self) -> str:
         """One line for ``run.log``: what is run on what."""
