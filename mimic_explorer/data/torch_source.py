@@ -83,6 +83,9 @@ def _resolve_columns(item: Mapping, features: Mapping | None, columns: Mapping[s
     """Which key of a dict item is the image, the label, the caption and the id (``columns`` first)."""
     found: dict[str, str | None] = {k: columns.get(k) for k in ("image", "label", "caption", "id")}
     keys = list(item)
+    for role, key in found.items():
+        if key is not None and key not in item:
+            raise DataSourceError(f"columns names {role} {key!r}, which the items lack (columns: {', '.join(keys)})")
     by_feature = dict(features or {})
     if found["image"] is None:
         typed = [k for k in keys if _feature_kind(by_feature.get(k)) == "Image"]
@@ -97,16 +100,12 @@ def _resolve_columns(item: Mapping, features: Mapping | None, columns: Mapping[s
             found["caption"] = next((k for k in keys if k.lower() in CAPTION_KEYS and isinstance(item[k], str)), None)
     if found["id"] is None:
         found["id"] = next((k for k in keys if k.lower() in ID_KEYS), None)
-    missing = [k for k in ("image",) if found[k] is None or found[k] not in item]
-    if missing or (found["label"] is None and found["caption"] is None):
-        what = "an image" if missing else "a label or a caption"
+    if found["image"] is None or (found["label"] is None and found["caption"] is None):
+        what = "an image" if found["image"] is None else "a label or a caption"
         raise DataSourceError(
             f"the dataset's items have no column that is {what} (columns: {', '.join(map(str, keys))}); "
             "name them with columns={'image': ..., 'label': ...} (or 'caption')"
         )
-    for role, key in found.items():
-        if key is not None and key not in item:
-            raise DataSourceError(f"columns names {role} {key!r}, which the items lack (columns: {', '.join(keys)})")
     return found
 
 
