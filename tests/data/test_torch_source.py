@@ -78,9 +78,7 @@ def test_an_item_that_fails_or_differs_in_kind_is_a_bad_sample_not_a_dead_pool()
         def __getitem__(self, i):
             raise OSError("unreadable")
 
-    with pytest.raises(
-        DataSourceError, match=r"Gone: the dataset has no usable items \(the first: OSError"
-    ):
+    with pytest.raises(DataSourceError, match=r"Gone: the dataset has no usable items \(the first: OSError"):
         TorchSource(Gone([0, 0]))
 
 
