@@ -42,14 +42,12 @@ from mimic_explorer.data.transforms import ImageTransform
 from mimic_explorer.models.build import build_for_run
 from mimic_explorer.models.checkpoints import load_checkpoint
 from mimic_explorer.models.preprocessing import declared_input_size
+from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.reader import Run, open_run
 from mimic_explorer.tasks.base import Given
 from mimic_explorer.util.progress import tqdm_progress
 
 __all__ = ["DatasetPositions", "Result", "score", "train"]
-
-#: the file ``train`` saves the trained weights to, inside the run directory (a cached run's model is read back)
-TRAINED_MODEL = "trained_model.pt"
 
 
 class Result:
@@ -399,7 +397,7 @@ def train(
         names["init"] = names.pop("model")  # train starts from the checkpoint: --init
     _check_names(TrainOptions, options)
     run_dir, keep_alive = _out(out)
-    saved = Path(run_dir) / TRAINED_MODEL
+    saved = RunLayout(run_dir).trained_model  # read back when the run is found finished
     base = dict(
         data=spec,
         out=run_dir,
