@@ -4,9 +4,10 @@ What it measures (benchmarks/RESULTS.md, "Threads"): the same Grad-Mimic run —
 ``--arch small_dual --frozen-towers``, a reference made first by a plain run — started as a fresh
 process for each setting: torch's own default (``OMP_NUM_THREADS`` and ``MIMIC_EXPLORER_THREADS``
 unset and the command's choice switched off: ``--threads`` equal to ``torch.get_num_threads()`` of a
-fresh interpreter), the command's default (``util.threads``: the cores this process may use), and
+fresh interpreter), the command's default (``util.threads``: the free cores this process may use), and
 ``--threads 1``; each alone and beside a second process that keeps one core busy
-(``python -c "while True: pass"``). Wall time of the whole command and the run's own ``train_s``.
+(``python -c "while True: pass"``). Wall time of the whole command, the run's own ``train_s``, the
+threads its ``run.log`` names and the machine's 1-minute load average after it.
 
     python benchmarks/bench_threads.py [--pairs 512] [--epochs 5] [--repeat 2]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -43,8 +45,9 @@ def _torch_default() -> int:
     return int(subprocess.run([sys.executable, "-c", code], env=_environment(), capture_output=True, text=True).stdout)
 
 
-def _train(args: list[str], timeout: float) -> tuple[float, float | None]:
-    """(wall seconds, the run's train_s) of ``mimic-explorer train ARGS``; (timeout, None) when it ran out."""
+def _train(args: list[str], timeout: float) -> tuple[float, float | None, str]:
+    """(wall seconds, the run's train_s, the threads its run.log names) of ``mimic-explorer train ARGS``;
+    (timeout, None, "?") when it ran out."""
     started = time.perf_counter()
     try:
         done = subprocess.run(
@@ -55,12 +58,13 @@ def _train(args: list[str], timeout: float) -> tuple[float, float | None]:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        return timeout, None
+        return timeout, None, "?"
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(done.stderr[-2000:])
     out = Path(done.stdout.strip().splitlines()[-1])
-    return wall, json.loads((out / "meta.json").read_text())["timings"]["train_s"]
+    threads = re.findall(r"(\d+) thread\(s\)", (out / "run.log").read_text())[-1]
+    return wall, json.loads((out / "meta.json").read_text())["timings"]["train_s"], threads
 
 
 def main() -> None:
@@ -89,9 +93,11 @@ def main() -> None:
         try:
             for name, extra in settings.items():
                 for k in range(args.repeat):
-                    wall, train_s = _train([*grad_mimic, *extra, "--out", str(WORK / f"gm-{k}")], args.timeout)
+                    wall, train_s, threads = _train([*grad_mimic, *extra, "--out", str(WORK / f"gm-{k}")], args.timeout)
                     shown = "stopped" if train_s is None else f"{train_s:.2f}"
-                    print(f"{'busy' if busy else 'idle'} | {name} | wall {wall:.2f} s | train_s {shown}", flush=True)
+                    load = os.getloadavg()[0]
+                    line = f"{name} | {threads} | wall {wall:.2f} s | train_s {shown} | load after {load:.1f}"
+                    print(f"{'busy' if busy else 'idle'} | {line}", flush=True)
         finally:
             if spinner is not None:
                 spinner.kill()

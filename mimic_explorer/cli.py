@@ -77,8 +77,8 @@ def _add_threads(p) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="torch's intra-op threads (default: $MIMIC_EXPLORER_THREADS, else the cores this process may use "
-        "shared among the torchrun processes on this machine; on a machine shared with busy processes use fewer)",
+        help="torch's intra-op threads (default: $MIMIC_EXPLORER_THREADS, else the cores this process may use that "
+        "the machine's other work leaves free (its load average), shared among the torchrun processes on this machine)",
     )
 
 

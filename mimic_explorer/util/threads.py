@@ -5,13 +5,21 @@ may actually use. In a container limited by a CPU quota, under a CPU affinity ma
 batch scheduler's cpuset) or with several torchrun ranks on one machine, that is more threads than
 cores; OpenMP threads then spin waiting for each other while the kernel runs something else, and a
 run slows down many times over (measured in benchmarks/RESULTS.md, "Threads"). So a command asks for
-the cores it may use — the affinity mask, capped by a cgroup CPU quota where one is set — divided by
-the torchrun processes on this machine (``LOCAL_WORLD_SIZE``).
+the cores it may use — the affinity mask, capped by a cgroup CPU quota where one is set — less the
+cores the machine's other work keeps busy, divided by the torchrun processes on this machine
+(``LOCAL_WORLD_SIZE``).
+
+Why the busy cores count: on a machine shared with other busy processes, threads beyond the free
+cores wait on each other just the same (a frozen-tower pairs run took 3-10× longer with two threads
+than with one on a loaded 2-core machine, RESULTS.md). The busy cores are the 1-minute load average
+(rounded), read when the run starts; it is used only when this process may use every core of the
+machine — inside a smaller cpuset or quota, the machine's load says nothing about our share. The
+load lags by about a minute, so a machine that has just become idle can still give fewer threads
+for a run started then; ``--threads`` overrides.
 
 Who decides, first match wins: ``--threads N`` (``threads=`` from Python), the environment variable
 ``MIMIC_EXPLORER_THREADS``, ``OMP_NUM_THREADS`` (torch already honours it: left alone), then the
-default above. What a machine's *other* processes are doing is not known here: on a machine shared
-with busy neighbours, ``--threads 1`` (or the variable) is the setting to use.
+default above.
 """
 
 from __future__ import annotations
@@ -73,14 +81,39 @@ def usable_cores(root: Path = CGROUP_ROOT) -> int:
     return max(1, cores)
 
 
-def default_threads(env: Mapping[str, str] | None = None, root: Path = CGROUP_ROOT) -> int:
-    """``usable_cores()`` shared among the torchrun processes on this machine (``LOCAL_WORLD_SIZE``), at least 1."""
+def machine_load() -> float | None:
+    """The machine's 1-minute load average (runnable processes), or None where it cannot be read."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def free_cores(root: Path = CGROUP_ROOT, load: float | None = None, machine_cores: int | None = None) -> int:
+    """``usable_cores()`` less the cores the machine's other work keeps busy (``load``, rounded; default: the
+    1-minute load average) — only when this process may use every core of the machine (``machine_cores``,
+    default ``os.cpu_count()``); at least 1."""
+    cores = usable_cores(root)
+    machine_cores = machine_cores or os.cpu_count() or cores
+    load = machine_load() if load is None else load
+    if load is None or cores < machine_cores:
+        return cores
+    return max(1, cores - round(load))
+
+
+def default_threads(
+    env: Mapping[str, str] | None = None,
+    root: Path = CGROUP_ROOT,
+    load: float | None = None,
+    machine_cores: int | None = None,
+) -> int:
+    """``free_cores()`` shared among the torchrun processes on this machine (``LOCAL_WORLD_SIZE``), at least 1."""
     env = os.environ if env is None else env
     try:
         local = max(1, int(env.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
         local = 1
-    return max(1, usable_cores(root) // local)
+    return max(1, free_cores(root, load, machine_cores) // local)
 
 
 def check_threads(value: object, where: str) -> int:
@@ -103,7 +136,7 @@ def choose_threads(requested: int | None = None, env: Mapping[str, str] | None =
         return check_threads(env[THREADS_VARIABLE], THREADS_VARIABLE), THREADS_VARIABLE
     if env.get("OMP_NUM_THREADS", "").strip():
         return None, "OMP_NUM_THREADS"
-    return default_threads(env), "the cores this process may use"
+    return default_threads(env), "the free cores this process may use"
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from mimic_explorer.util.threads import (
     cgroup_cpu_limit,
     choose_threads,
     default_threads,
+    free_cores,
     run_threads,
     usable_cores,
 )
@@ -55,11 +56,21 @@ def test_the_quota_caps_the_affinity_rounded_down_and_never_below_one(tmp_path):
     assert usable_cores(_cgroup_v2(tmp_path / "d", f"{64 * 100000} 100000")) == AFFINITY  # a large quota: the mask
 
 
-def test_the_cores_are_shared_among_the_torchrun_processes_on_this_machine(tmp_path):
+def test_the_free_cores_are_shared_among_the_torchrun_processes_on_this_machine(tmp_path):
+    root, idle = tmp_path / "a", {"load": 0.0, "machine_cores": AFFINITY}
+    assert default_threads({}, root, **idle) == AFFINITY
+    assert default_threads({"LOCAL_WORLD_SIZE": "2"}, root, **idle) == max(1, AFFINITY // 2)
+    assert default_threads({"LOCAL_WORLD_SIZE": str(AFFINITY * 4)}, root, **idle) == 1
+
+
+def test_cores_the_machines_other_work_keeps_busy_are_left_to_it(tmp_path):
     root = tmp_path / "a"
-    assert default_threads({}, root) == AFFINITY
-    assert default_threads({"LOCAL_WORLD_SIZE": "2"}, root) == max(1, AFFINITY // 2)
-    assert default_threads({"LOCAL_WORLD_SIZE": str(AFFINITY * 4)}, root) == 1
+    whole = AFFINITY  # this process may use every core of the machine
+    assert free_cores(root, load=0.4, machine_cores=whole) == AFFINITY
+    assert free_cores(root, load=1.0, machine_cores=whole) == max(1, AFFINITY - 1)
+    assert free_cores(root, load=AFFINITY * 3.0, machine_cores=whole) == 1  # never below one
+    # inside a smaller cpuset the machine's load says nothing about this process's share
+    assert free_cores(root, load=AFFINITY * 3.0, machine_cores=whole * 8) == AFFINITY
 
 
 def test_threads_given_beat_the_variable_which_beats_omp_which_beats_the_default():
@@ -67,7 +78,8 @@ def test_threads_given_beat_the_variable_which_beats_omp_which_beats_the_default
     assert choose_threads(2, both) == (2, "--threads")
     assert choose_threads(None, both) == (3, THREADS_VARIABLE)
     assert choose_threads(None, {"OMP_NUM_THREADS": "5"}) == (None, "OMP_NUM_THREADS")  # torch already honours it
-    assert choose_threads(None, {}) == (default_threads({}), "the cores this process may use")
+    count, who = choose_threads(None, {})  # the machine's load is read now: the count may move with it
+    assert who == "the free cores this process may use" and 1 <= count <= AFFINITY
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
