@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from mimic_explorer import __version__
 from mimic_explorer.util import choices
 
 EPILOG = """examples:
@@ -70,24 +71,33 @@ def _add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--force", action="store_true", help="rebuild even when --out already holds this demo run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_threads(p)
     p.set_defaults(func=_cmd_demo)
 
 
-def _cmd_demo(args) -> int:
-    import torch
+def _add_threads(p) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch's intra-op threads (default: $MIMIC_EXPLORER_THREADS, else the cores this process may use that "
+        "the machine's other work leaves free (its load average), shared among the torchrun processes on this machine)",
+    )
 
+
+def _cmd_demo(args) -> int:
     from mimic_explorer.commands.demo import DemoConfig, build_demo, format_summary
     from mimic_explorer.store.targets import check_run_target
     from mimic_explorer.util.progress import tqdm_progress
 
     check_run_target(args.out)  # before anything is computed
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     try:
         summary = build_demo(
             args.out,
             DemoConfig(noise_rate=args.noise, epochs=args.epochs, seed=args.seed),
             progress=None if args.quiet else tqdm_progress(),
             force=args.force,
+            threads=args.threads,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -162,6 +172,7 @@ def _add_run_options(p, command: str) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=128, help="mini-batch size per process")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding")
+    _add_threads(p)
     p.add_argument(
         "--label-noise",
         type=float,
@@ -926,6 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"mimic-explorer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_train(sub)

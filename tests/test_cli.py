@@ -245,3 +245,21 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path, capsys):
         port = taken.getsockname()[1]
         assert main(["serve", str(tmp_path), "--port", str(port), "--address", "127.0.0.1"]) == 2
     assert _one_error_line(capsys) == f"error: port {port} on 127.0.0.1 is already in use; pick another with --port"
+
+
+def test_version_prints_the_packages_version(capsys):
+    import tomllib
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    version = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out.strip() == f"mimic-explorer {version}"
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "score"])
+def test_threads_below_one_is_one_line_before_any_work(tmp_path, capsys, command):
+    out = tmp_path / "run"
+    assert main([*_command(command, out, tmp_path), "--threads", "0"]) == 2
+    assert _one_error_line(capsys) == "error: --threads must be a whole number of threads >= 1, got 0"
+    assert not out.exists()

@@ -222,3 +222,17 @@ def test_the_checks_catch_what_they_are_for():
     assert "--init" not in flags["score"] and "--init" in flags["train"]
     assert command_uses("mimic-explorer COMMAND --help", set(flags)) == []
     assert slug("Image–text pairs: scoring (issue 14)") == "imagetext-pairs-scoring-issue-14"
+
+
+def test_the_notebook_is_saved_with_its_outputs_and_its_pictures_are_static_pngs():
+    """A reader on GitHub sees what the notebook shows without running it: every code cell ran, in order,
+    and the plots are PNG images (the explorer itself needs a live kernel; tests/e2e/test_notebook.py runs it)."""
+    import json
+
+    cells = [
+        c for c in json.loads((ROOT / "notebooks" / "explore.ipynb").read_text())["cells"] if c["cell_type"] == "code"
+    ]
+    assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
+    assert not [c for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+    pictures = [o for c in cells for o in c["outputs"] if "image/png" in o.get("data", {})]
+    assert len(pictures) == 4

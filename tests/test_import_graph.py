@@ -25,7 +25,7 @@ LAYERS = [
     {"training"},
     {"tasks"},
     {"commands"},
-    {"cli", "__main__", "ui", "app", "(root)"},
+    {"cli", "__main__", "api", "ui", "app", "(root)"},
 ]
 #: imports across layers that the rules allow although they point up
 ALLOWED_UPWARD = {("scoring", "mimic_explorer.models.heads")}

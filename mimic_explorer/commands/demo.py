@@ -32,6 +32,7 @@ from mimic_explorer.training.signals import evaluate_signals
 from mimic_explorer.util.distributed import DistContext
 from mimic_explorer.util.fingerprint import dataset_fingerprint, state_fingerprint
 from mimic_explorer.util.progress import Progress
+from mimic_explorer.util.threads import check_threads
 
 
 @dataclass
@@ -76,10 +77,13 @@ class _DemoOptions:
     out: str
     config: DemoConfig = field(default_factory=DemoConfig)
     force: bool = False
+    threads: int | None = None  # torch's intra-op threads (``util.threads``); not part of the run's identity
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting, before anything is written."""
         self.config.validate()
+        if self.threads is not None:
+            check_threads(self.threads, "--threads")
 
     def identity(self) -> dict:
         """The demo's settings and the command: what decides its numbers, so the run id changes with them."""
@@ -115,6 +119,7 @@ def build_demo(
     *,
     force: bool = False,
     log: Log | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Write a complete demo run into ``out`` (or find it there already) and return its summary.
 
@@ -133,6 +138,9 @@ def build_demo(
         Recompute even when ``out`` already holds the demo (or holds another run).
     log
         Called with each line for the person running it (default: standard error).
+    threads
+        torch's intra-op threads for the run (default: ``MIMIC_EXPLORER_THREADS``, else the cores this
+        process may use; ``util.threads``).
 
     Returns
     -------
@@ -147,7 +155,7 @@ def build_demo(
     RunDirectoryError
         ``out`` cannot be used, or another process is writing it.
     """
-    options = _DemoOptions(str(out), config or DemoConfig(), force)
+    options = _DemoOptions(str(out), config or DemoConfig(), force, threads)
     outcome = run_lifecycle(options, _prepare, _run, resumable=False, progress=progress, log=log)
     return outcome.summary
 

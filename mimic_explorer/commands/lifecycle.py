@@ -1,9 +1,10 @@
 """One run's life, the same for ``train``, ``score`` and ``demo``.
 
-validate → prepare (inputs and their fingerprints; nothing is written) → run id → reuse, refuse or
-resume (rank 0 decides, every rank follows) → ``RunWriter`` (creates the directory and takes its lock
-before anything in it is touched) → the command's work loop, under the failure guard → finalize
-(summary, total time, status complete) → ``RunOutcome``.
+validate → torch's threads for the run (``util.threads``; the caller's count comes back after it) →
+prepare (inputs and their fingerprints; nothing is written) → run id → reuse, refuse or resume (rank 0
+decides, every rank follows) → ``RunWriter`` (creates the directory and takes its lock before anything
+in it is touched) → the command's work loop, under the failure guard → finalize (summary, total time,
+status complete) → ``RunOutcome``.
 
 Why one module: every command used to run its own copy of this sequence, and the copies drifted (one
 created the directory twice, one never refused a different run). A command now supplies its options,
@@ -31,6 +32,7 @@ from mimic_explorer.store.writer import RunDirectoryError, RunWriter
 from mimic_explorer.tasks.base import Prepared
 from mimic_explorer.util.distributed import DistContext, init_distributed, resolve_device
 from mimic_explorer.util.progress import Progress
+from mimic_explorer.util.threads import run_threads
 
 Log = Callable[[str], None]
 Inputs = TypeVar("Inputs")
@@ -116,21 +118,23 @@ def run_lifecycle(
     Raises ``ValueError`` for bad options or a different run in ``--out`` (before anything is written)
     and ``RunDirectoryError`` when ``--out`` cannot be used or another process is writing it."""
     options.validate()
-    dist = init_distributed(_backend_device(options.device))
-    try:
-        device = resolve_device(options.device, dist)
-        return _live(
-            options,
-            prepare,
-            work,
-            dist,
-            device,
-            resumable,
-            progress or (lambda stage, done, total: None),
-            log or _to_stderr,
-        )
-    finally:
-        dist.close()
+    with run_threads(getattr(options, "threads", None)) as threads:
+        dist = init_distributed(_backend_device(options.device))
+        try:
+            device = resolve_device(options.device, dist)
+            return _live(
+                options,
+                prepare,
+                work,
+                dist,
+                device,
+                threads,
+                resumable,
+                progress or (lambda stage, done, total: None),
+                log or _to_stderr,
+            )
+        finally:
+            dist.close()
 
 
 def _backend_device(device: str) -> str:
@@ -143,6 +147,7 @@ def _live(
     work: Work,
     dist: DistContext,
     device: str,
+    threads: int,
     resumable: bool,
     progress: Progress,
     log: Log,
@@ -159,7 +164,7 @@ def _live(
     writer = _open_writer(options, dist, layout, run_id, device, prepared, resuming)
     with failure_recorded(writer, dist):  # from here on whatever fails (writing run.log too) lets go of the lock
         tee_log(layout.log, lambda text: None, dist.rank)(
-            f"{options.describe()} -> {layout.root} (device {device}, {dist.world} process(es))"
+            f"{options.describe()} -> {layout.root} (device {device}, {dist.world} process(es), {threads} thread(s))"
         )
         log = tee_log(layout.log, log, dist.rank)
         if dist.is_main:

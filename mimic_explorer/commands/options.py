@@ -29,6 +29,7 @@ from mimic_explorer.util.choices import (
     REWEIGHTS,
     SCORE_METHODS,
 )
+from mimic_explorer.util.threads import check_threads
 
 #: fields that change how a run is made or reported but not what it computes
 #: (``subset`` is the keep-list's path: its content hash is a fingerprint of the run instead, so a moved
@@ -45,6 +46,7 @@ NON_IDENTITY = (
     "checkpoint_every",
     "subset",
     "metadata",
+    "threads",
 )
 
 
@@ -125,6 +127,9 @@ class CommonOptions:
         ``auto``, ``cpu`` or ``cuda[:N]``.
     workers
         DataLoader worker processes for decoding.
+    threads
+        torch's intra-op threads for the run; None: ``MIMIC_EXPLORER_THREADS``, else the cores this
+        process may use shared among the torchrun processes on this machine (``util.threads``).
     trust_pickle
         Allow checkpoints that run code (``--trust-checkpoint``): only for files one trusts.
     force
@@ -161,6 +166,7 @@ class CommonOptions:
     aggregation: str = "majority"
     device: str = "auto"
     workers: int = 0
+    threads: int | None = None  # torch's intra-op threads (``util.threads``); None: the environment's or the default
     trust_pickle: bool = False
     force: bool = False
     quiet: bool = False
@@ -180,6 +186,8 @@ class CommonOptions:
         _require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         _require(self.reference_noise >= 0, f"--reference-noise must be >= 0, got {self.reference_noise}")
         _require(self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
+        if self.threads is not None:
+            check_threads(self.threads, "--threads")
         _require(
             self.device in ("auto", "cpu") or self.device.startswith("cuda"),
             f"unknown device {self.device!r}; use auto, cpu or cuda",
@@ -227,8 +235,9 @@ class CommonOptions:
         return {"command": self.command, **{k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}}
 
     def to_dict(self) -> dict[str, Any]:
-        """Every option, as ``meta.json`` records it under ``config``."""
-        return {"command": self.command, **asdict(self)}
+        """Every option, as ``meta.json`` records it under ``config`` — but ``threads``: how a process shares its
+        machine, which a resumed run may do differently; ``run.log`` says how many threads each start used."""
+        return {"command": self.command, **{k: v for k, v in asdict(self).items() if k != "threads"}}
 
     def describe(self) -> str:
         """One line for ``run.log``: what is run on what."""

@@ -11,25 +11,26 @@ from mimic_explorer.filters.spec import SpecError
 from mimic_explorer.store.filter_files import pair_problem, read_spec_file
 from mimic_explorer.store.layout import spec_beside
 from mimic_explorer.tasks import task_for
-from mimic_explorer.tasks.base import Job, Prepared
+from mimic_explorer.tasks.base import Given, Job, Prepared
 
 
-def prepare_job(options: Any, device: str, *, check_size: bool = False) -> Prepared[Job]:
+def prepare_job(options: Any, device: str, *, check_size: bool = False, given: Given | None = None) -> Prepared[Job]:
     """Open ``--data``, let its task refuse the options it cannot use (before any noise is injected or
     model built), open the pool and have the task prepare the command's models.
 
-    ``check_size``: refuse a batch larger than the pool (``train``: a batch must fit the data)."""
+    ``check_size``: refuse a batch larger than the pool (``train``: a batch must fit the data).
+    ``given``: a pool or models a Python caller holds already, used in place of what the options name."""
     if options.subset:
         _check_subset_pair(options.subset)
-    source = open_source(options.data)
+    source = given.source if given is not None and given.source is not None else open_source(options.data)
     task = task_for(source)
     task.check_options(options)
     pool = open_pool(options, source)
     if check_size and options.batch_size > len(pool.source):
         raise ValueError(f"--batch-size {options.batch_size} is larger than the dataset ({len(pool.source)} samples)")
     if options.command == "train":
-        return task.prepare_train(options, pool, device)
-    return task.prepare_score(options, pool, device)
+        return task.prepare_train(options, pool, device, given)
+    return task.prepare_score(options, pool, device, given)
 
 
 def _check_subset_pair(keep_list: str) -> None:

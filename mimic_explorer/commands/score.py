@@ -35,7 +35,7 @@ from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.store.writer import drop_error_parts, read_error_parts, write_score_part
-from mimic_explorer.tasks.base import Job, Passes, Prepared
+from mimic_explorer.tasks.base import Given, Job, Passes, Prepared
 from mimic_explorer.training.pool_batches import chunk_bounds
 from mimic_explorer.training.pool_pass import thumbnail_pass
 from mimic_explorer.util.distributed import DistContext
@@ -46,7 +46,9 @@ ScoreRun = RunContext[ScoreOptions, Job]
 STEPS_PER_CHUNK = 100_000
 
 
-def run_score(options: ScoreOptions, progress: Progress | None = None, log: Log | None = None) -> RunOutcome:
+def run_score(
+    options: ScoreOptions, progress: Progress | None = None, log: Log | None = None, *, given: Given | None = None
+) -> RunOutcome:
     """Score every sample of the pool (or return the finished run, or resume the unfinished one).
 
     The same as ``mimic-explorer score``: the pool is cut into chunks of ``options.chunk_size``
@@ -61,6 +63,8 @@ def run_score(options: ScoreOptions, progress: Progress | None = None, log: Log 
         Called as ``progress(stage, done, total)`` as the work advances (default: nothing).
     log
         Called with each line for the person running it (default: standard error); also kept in ``run.log``.
+    given
+        A pool or models the caller holds already (``mimic_explorer.api``), in place of what ``options`` names.
 
     Returns
     -------
@@ -76,11 +80,11 @@ def run_score(options: ScoreOptions, progress: Progress | None = None, log: Log 
     RunDirectoryError
         ``options.out`` cannot be used, or another process is writing it.
     """
-    return run_lifecycle(options, _prepare, _score_and_finalize, progress=progress, log=log)
 
+    def prepare(options: ScoreOptions, ctx: DistContext, device: str) -> Prepared[Job]:
+        return prepare_job(options, device, given=given)
 
-def _prepare(options: ScoreOptions, ctx: DistContext, device: str) -> Prepared[Job]:
-    return prepare_job(options, device)
+    return run_lifecycle(options, prepare, _score_and_finalize, progress=progress, log=log)
 
 
 def score_step(chunk: int, step: int) -> int:

@@ -24,7 +24,7 @@ from mimic_explorer.data.errors import ERROR_COLUMNS, BadSample, ErrorLog
 from mimic_explorer.store.atomic import write_parquet
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.store.writer import drop_error_parts, read_error_parts
-from mimic_explorer.tasks.base import Job, Passes, Prepared
+from mimic_explorer.tasks.base import Given, Job, Passes, Prepared
 from mimic_explorer.training.epoch_parts import EpochParts, resume_epoch
 from mimic_explorer.training.loop import NonFiniteLossError, TrainConfig, train
 from mimic_explorer.util.distributed import DistContext
@@ -33,7 +33,9 @@ from mimic_explorer.util.progress import Progress
 TrainRun = RunContext[TrainOptions, Job]
 
 
-def run_train(options: TrainOptions, progress: Progress | None = None, log: Log | None = None) -> RunOutcome:
+def run_train(
+    options: TrainOptions, progress: Progress | None = None, log: Log | None = None, *, given: Given | None = None
+) -> RunOutcome:
     """Make (or reuse, or resume) a training run and return where it is and its summary.
 
     The same as ``mimic-explorer train``: under ``torchrun`` every process calls it and each trains on
@@ -48,6 +50,8 @@ def run_train(options: TrainOptions, progress: Progress | None = None, log: Log 
         Called as ``progress(stage, done, total)`` as the work advances (default: nothing).
     log
         Called with each line for the person running it (default: standard error); also kept in ``run.log``.
+    given
+        A pool or models the caller holds already (``mimic_explorer.api``), in place of what ``options`` names.
 
     Returns
     -------
@@ -63,11 +67,11 @@ def run_train(options: TrainOptions, progress: Progress | None = None, log: Log 
     RunDirectoryError
         ``options.out`` cannot be used, or another process is writing it.
     """
-    return run_lifecycle(options, _prepare, _train_and_finalize, progress=progress, log=log)
 
+    def prepare(options: TrainOptions, ctx: DistContext, device: str) -> Prepared[Job]:
+        return prepare_job(options, device, check_size=True, given=given)
 
-def _prepare(options: TrainOptions, ctx: DistContext, device: str) -> Prepared[Job]:
-    return prepare_job(options, device, check_size=True)
+    return run_lifecycle(options, prepare, _train_and_finalize, progress=progress, log=log)
 
 
 def _config(options: TrainOptions, device: str) -> TrainConfig:

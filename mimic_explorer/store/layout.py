@@ -82,6 +82,7 @@ _INDEX_OLD = ".index-old-"
 LOCK = ".lock"
 STATE = "state.pt"
 LOG = "run.log"
+TRAINED_MODEL = "trained_model.pt"
 #: suffix of the metadata file saved beside a checkpoint by ``train --save-model``
 CHECKPOINT_SIDECAR_SUFFIX = ".meta.json"
 #: suffix of the filter spec written beside every keep-list (``keep.csv`` -> ``keep.csv.spec.json``)
@@ -246,6 +247,12 @@ class RunLayout:
     def state(self) -> Path:
         """``state.pt``: the training state an unfinished run resumes from."""
         return self.root / STATE
+
+    @property
+    def trained_model(self) -> Path:
+        """The weights a ``train`` run from Python saves (``mimic_explorer.api``: read back when the run is found
+        finished); the command line saves them where ``--save-model`` says."""
+        return self.root / TRAINED_MODEL
 
     @property
     def log(self) -> Path:

@@ -25,6 +25,7 @@ from torch import nn
 
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.data.pool import Pool
+from mimic_explorer.data.source import Source
 from mimic_explorer.data.transforms import ImageTransform
 from mimic_explorer.scoring.losses import PerSampleLoss
 from mimic_explorer.store.thumbs import ThumbnailWriter
@@ -48,6 +49,23 @@ class Prepared(Generic[Inputs]):
     facts: dict[str, Any] = field(default_factory=dict)  # ``RunMeta`` fields recorded when the run starts
     warnings: list[str] = field(default_factory=list)  # printed, and kept in ``meta.json``
     notes: list[str] = field(default_factory=list)  # defaults that were assumed: printed and in ``run.log``
+
+
+@dataclass
+class Given:
+    """What a Python caller hands a run in place of what its options name (``mimic_explorer.api``).
+
+    ``source``: the pool, already opened (a dataset in memory, ``data.torch_source``), in place of
+    ``--data``. ``model`` and ``reference``: models already built, in place of ``--arch`` with its
+    checkpoint files — the caller's own module need not be rebuildable from a name, so it is handed in
+    as it is (the caller passes copies: a run moves them to its device and trains them). ``transform``:
+    picture → model input, in place of the model's preprocessing (``data.torch_source.ModelInputs``).
+    A field left None: the options' own."""
+
+    source: Source | None = None
+    model: nn.Module | None = None
+    reference: nn.Module | None = None
+    transform: Callable | None = None
 
 
 @dataclass
@@ -194,12 +212,13 @@ class Task(Protocol):
     def check_options(self, options: Any) -> None:
         """Raise ``ValueError`` for an option this task cannot use, before anything is written."""
 
-    def prepare_train(self, options: Any, pool: Pool, device: str) -> Any:
-        """Build and check the models of a ``train`` run: a ``Prepared`` with the ``Job``, the
-        fingerprints of data, init and reference, and the facts ``meta.json`` records."""
+    def prepare_train(self, options: Any, pool: Pool, device: str, given: Given | None = None) -> Any:
+        """Build and check the models of a ``train`` run (or take the ones ``given``): a ``Prepared`` with the
+        ``Job``, the fingerprints of data, init and reference, and the facts ``meta.json`` records."""
 
-    def prepare_score(self, options: Any, pool: Pool, device: str) -> Any:
-        """Build and check the model and reference of a ``score`` run: a ``Prepared`` as for ``train``."""
+    def prepare_score(self, options: Any, pool: Pool, device: str, given: Given | None = None) -> Any:
+        """Build and check the model and reference of a ``score`` run (or take the ones ``given``): a ``Prepared`` as
+        for ``train``."""
 
     def train_mode(self, job: Job, options: Any, run: Any) -> TrainMode:
         """The way this run trains (the options choose: linear probe, fine-tune, frozen towers …)."""

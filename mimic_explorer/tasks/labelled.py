@@ -37,7 +37,7 @@ from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.scoring.prepared import BatchScores, PreparedScorer
 from mimic_explorer.store.meta import write_checkpoint_sidecar
 from mimic_explorer.store.sample_rows import samples_table
-from mimic_explorer.tasks.base import Held, Job, Models, Passes, Prepared, ScoreBatch
+from mimic_explorer.tasks.base import Given, Held, Job, Models, Passes, Prepared, ScoreBatch
 from mimic_explorer.tasks.classifier_models import build_models, model_facts
 from mimic_explorer.training.batches import TensorBatches
 from mimic_explorer.training.drift import DriftMeter
@@ -345,10 +345,11 @@ class LabelledTask:
         return "weight"
 
     # ------------------------------------------------------------------ preparing
-    def prepare_train(self, options: Any, pool: Pool, device: str) -> Prepared:
-        """Build and check model and reference of a ``train`` run (``tasks.classifier_models``): the job, the
-        fingerprints of data, init, reference and preprocessing, and the facts ``meta.json`` records."""
-        models = build_models(options, pool.source, device)
+    def prepare_train(self, options: Any, pool: Pool, device: str, given: Given | None = None) -> Prepared:
+        """Build and check model and reference of a ``train`` run (``tasks.classifier_models``; or check the ones
+        ``given``): the job, the fingerprints of data, init, reference and preprocessing, and the facts ``meta.json``
+        records."""
+        models = build_models(options, pool.source, device, given)
         fingerprints = {
             **pool_fingerprints(pool),
             "init": models.init_fingerprint,
@@ -366,10 +367,10 @@ class LabelledTask:
         )
         return Prepared(Job(self, pool, models), fingerprints, facts, pool.warnings + models.warnings, models.notes)
 
-    def prepare_score(self, options: Any, pool: Pool, device: str) -> Prepared:
-        """Load and check the ``--model`` checkpoint and its reference: the job, the fingerprints of data, model,
-        reference and preprocessing, and the facts ``meta.json`` records."""
-        models = build_models(options, pool.source, device)  # the --model checkpoint loaded, head included
+    def prepare_score(self, options: Any, pool: Pool, device: str, given: Given | None = None) -> Prepared:
+        """Load and check the ``--model`` checkpoint and its reference (or check the ones ``given``): the job, the
+        fingerprints of data, model, reference and preprocessing, and the facts ``meta.json`` records."""
+        models = build_models(options, pool.source, device, given)  # the --model checkpoint loaded, head included
         models.model.eval()
         fingerprints = {
             **pool_fingerprints(pool),

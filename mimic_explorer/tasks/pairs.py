@@ -53,7 +53,7 @@ from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.run_arrays import RowArrayWriter, read_row_array
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.tasks.base import Held, Job, Passes, Prepared, ScoreBatch
+from mimic_explorer.tasks.base import Given, Held, Job, Passes, Prepared, ScoreBatch
 from mimic_explorer.tasks.dual_models import DEFAULT_MIMIC_LAYER, build_pair_models, build_train_pair_models
 from mimic_explorer.tasks.labelled import pool_rows
 from mimic_explorer.training.batches import MIN_PAIR_BATCH, CaptionDraws, pair_batches
@@ -555,11 +555,13 @@ class PairsTask:
         return False
 
     # ------------------------------------------------------------------ preparing
-    def prepare_score(self, options: Any, pool: Pool, device: str) -> Prepared:
+    def prepare_score(self, options: Any, pool: Pool, device: str, given: Given | None = None) -> Prepared:
         """Load the dual-encoder checkpoint and its reference, swap captions when asked: the job, the fingerprints of
-        data, model and reference, and the facts ``meta.json`` records."""
+        data, model and reference, and the facts ``meta.json`` records. ``given``: a transform only (in-memory dual
+        encoders are refused: ``_refuse_given_models``)."""
+        _refuse_given_models(given)
         captions = pair_captions(pool, options.caption_noise, options.noise_seed)
-        models = build_pair_models(options, device)
+        models = _with_given_transform(build_pair_models(options, device), given)
         # the data fingerprint covers the captions; the swapped ones follow from --caption-noise and --noise-seed
         fingerprints = {
             **pool_fingerprints(pool),
@@ -580,13 +582,14 @@ class PairsTask:
         )
         return Prepared(Job(self, pool, models, captions), fingerprints, facts, pool.warnings + models.warnings)
 
-    def prepare_train(self, options: Any, pool: Pool, device: str) -> Prepared:
+    def prepare_train(self, options: Any, pool: Pool, device: str, given: Given | None = None) -> Prepared:
         """Build the dual encoder to train (from ``--init``, the reference's towers or fresh) and check it against the
-        reference: the job, the fingerprints, and the facts ``meta.json`` records."""
+        reference: the job, the fingerprints, and the facts ``meta.json`` records. ``given``: a transform only."""
+        _refuse_given_models(given)
         captions = pair_captions(pool, options.caption_noise, options.noise_seed)
         captions.sets = _caption_sets(pool) if options.all_captions else None
         texts = [c for row in captions.sets for c in row] if captions.sets is not None else captions.captions.tolist()
-        models = build_train_pair_models(options, texts, device)
+        models = _with_given_transform(build_train_pair_models(options, texts, device), given)
         if models.reference is not None and options.frozen_image_tower:
             differing = image_tower_differences(models.model, models.reference)
             if differing:
@@ -785,6 +788,24 @@ class PairsTask:
                 "truncated_captions": truncated,
             }
         }
+
+
+def _refuse_given_models(given: Given | None) -> None:
+    """Dual encoders come from checkpoint files only: a dual encoder is more than a module (its tokenizer, its
+    towers' outputs and projections are found by the checkpoint's recorded architecture), so one built in memory
+    cannot be handed in as it is."""
+    if given is not None and (given.model is not None or given.reference is not None):
+        raise ValueError(
+            "image-text pairs are scored with dual encoders from checkpoint files: save the model and reference "
+            "(a dual-encoder checkpoint, or an open_clip model) and pass their paths with arch="
+        )
+
+
+def _with_given_transform(models, given: Given | None):
+    """``models`` with the caller's picture → input transform in place of the checkpoint's, when one is given."""
+    if given is not None and given.transform is not None:
+        models.transform = given.transform
+    return models
 
 
 def _trained_part(options: Any) -> str:

@@ -180,3 +180,24 @@ def test_out_that_is_a_file_is_refused_and_kept(tmp_path):
     with pytest.raises(RunDirectoryError, match="not a directory"):
         _run(StandIn(str(target)))
     assert target.read_text() == "keep me"
+
+
+@dataclass
+class Threaded(StandIn):
+    threads: int | None = None
+
+
+def test_a_run_uses_the_threads_asked_for_says_so_in_its_log_and_gives_the_callers_back(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    seen = []
+
+    def work(run):
+        seen.append(torch.get_num_threads())
+        return _work(run)
+
+    run_lifecycle(Threaded(str(tmp_path / "run"), threads=wanted), _prepare, work, log=lambda text: None)
+    assert seen == [wanted] and torch.get_num_threads() == before
+    assert f"1 process(es), {wanted} thread(s))" in RunLayout(tmp_path / "run").log.read_text()
