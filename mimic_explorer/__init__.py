@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "mimic_scores", "open_run", "score", "train"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mimic_explorer.api import score, train
+    from mimic_explorer.commands.python_api import score, train
     from mimic_explorer.scoring.api import mimic_scores
     from mimic_explorer.store.reader import open_run
 
@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return mimic_scores
     if name in ("score", "train"):
-        from mimic_explorer import api
+        from mimic_explorer.commands import python_api as api
 
         return getattr(api, name)
     if name == "open_run":

@@ -1,6 +1,6 @@
 """``python -m mimic_explorer`` (and ``torchrun -m mimic_explorer``) runs the CLI."""
 
-from mimic_explorer.cli import main
+from mimic_explorer.cli import console_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

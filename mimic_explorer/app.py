@@ -5,8 +5,9 @@ import sys
 import panel as pn
 
 from mimic_explorer.ui.page import serve_page
-from mimic_explorer.ui.server_errors import install_terse_error_replies
+from mimic_explorer.ui.server_errors import install_quiet_disconnects, install_terse_error_replies
 
 install_terse_error_replies()  # the browser gets one-line error replies; tracebacks stay in the server log
+install_quiet_disconnects()  # a tab closed mid-write is one log line, not two tracebacks
 pn.extension("tabulator", sizing_mode="stretch_width")
 serve_page(sys.argv[1:]).servable(title="mimic_explorer")

@@ -978,5 +978,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def console_main() -> None:
+    """The ``mimic-explorer`` program (and ``python -m mimic_explorer``): ``main`` on ``sys.argv``, then an exit that
+    a native thread pool's teardown cannot turn into SIGABRT after the work is written
+    (``util/process_exit.py``). An unexpected exception still ends the usual way, with its traceback."""
+    from mimic_explorer.util.process_exit import exit_after_python_teardown
+
+    exit_after_python_teardown(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

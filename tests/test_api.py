@@ -200,7 +200,7 @@ def test_the_top_level_names_the_api_without_importing_torch_first():
     import subprocess
     import sys
 
-    from mimic_explorer import api
+    from mimic_explorer.commands import python_api as api
 
     code = "import sys, mimic_explorer; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)

@@ -51,7 +51,8 @@ def run_train(
     log
         Called with each line for the person running it (default: standard error); also kept in ``run.log``.
     given
-        A pool or models the caller holds already (``mimic_explorer.api``), in place of what ``options`` names.
+        A pool or models the caller holds already (``mimic_explorer.commands.python_api``), in place of what
+        ``options`` names.
 
     Returns
     -------

@@ -1,6 +1,6 @@
 """A torch ``Dataset`` (or a ``DataLoader``'s, or a Hugging Face ``datasets.Dataset``) as a ``Source``.
 
-Why an adapter and not a second pipeline: the Python API (``mimic_explorer.api``) runs the command
+Why an adapter and not a second pipeline: the Python API (``mimic_explorer.commands.python_api``) runs the command
 line's drivers, which read a pool through ``Source`` — ids, labels or captions, class names up front,
 ``load(i)`` by position, bad samples reported — so a dataset held in memory gets the same runs,
 resumes, thumbnails and app as a folder on disk.

@@ -250,8 +250,8 @@ class RunLayout:
 
     @property
     def trained_model(self) -> Path:
-        """The weights a ``train`` run from Python saves (``mimic_explorer.api``: read back when the run is found
-        finished); the command line saves them where ``--save-model`` says."""
+        """The weights a ``train`` run from Python saves (``mimic_explorer.commands.python_api``: read back when the
+        run is found finished); the command line saves them where ``--save-model`` says."""
         return self.root / TRAINED_MODEL
 
     @property

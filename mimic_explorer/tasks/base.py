@@ -53,7 +53,7 @@ class Prepared(Generic[Inputs]):
 
 @dataclass
 class Given:
-    """What a Python caller hands a run in place of what its options name (``mimic_explorer.api``).
+    """What a Python caller hands a run in place of what its options name (``mimic_explorer.commands.python_api``).
 
     ``source``: the pool, already opened (a dataset in memory, ``data.torch_source``), in place of
     ``--data``. ``model`` and ``reference``: models already built, in place of ``--arch`` with its

@@ -9,11 +9,20 @@ sent to the browser. Bokeh has no setting for this, and ``ServerConnection.error
 every ``ERROR`` reply is made, so the served app (``app.py``) wraps that method: the reply keeps its
 request id and gets a one-line reason without a traceback. Bokeh's own log line (with the traceback)
 is untouched, so nothing is lost for whoever runs the server.
+
+A browser tab that closes while the server is still writing to it is no error at all, yet Tornado's
+write future then fails with ``WebSocketClosedError`` that nobody awaits, and asyncio's default handler
+prints "Task exception was never retrieved" with two chained tracebacks into the server log, where a
+person reading it looks for a bug. ``install_quiet_disconnects`` says that in one line instead and
+leaves every other unretrieved exception to asyncio's default handler.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
+import weakref
 from typing import Any
 
 from bokeh.server.connection import ServerConnection
@@ -52,3 +61,42 @@ def install_terse_error_replies() -> None:
     error.__wrapped__ = original  # type: ignore[attr-defined]
     error.__doc__ = original.__doc__
     ServerConnection.error = error  # type: ignore[method-assign]
+
+
+#: the log line for a browser that went away while the server wrote to it
+DISCONNECT_LINE = "a browser tab closed while the server was still sending to it (nothing lost)"
+_QUIETED: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def is_disconnect(error: BaseException | None) -> bool:
+    """Whether ``error`` only says the websocket's peer has gone (Tornado's closed-stream errors)."""
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    return isinstance(error, (WebSocketClosedError, StreamClosedError))
+
+
+def install_quiet_disconnects(loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Log a closed tab as one line on ``loop`` (default: the server's running loop); hand every other
+    exception to the handler the loop had. Idempotent per loop."""
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            from tornado.ioloop import IOLoop
+
+            loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
+    if loop in _QUIETED:
+        return
+    previous = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if is_disconnect(context.get("exception")):
+            logging.getLogger("mimic_explorer.serve").info(DISCONNECT_LINE)
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+    _QUIETED.add(loop)

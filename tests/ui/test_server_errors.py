@@ -78,3 +78,38 @@ def test_the_reason_is_one_bounded_line():
         one_line_reason(None, "UnknownReferenceError('a')\nmore")
         == "UnknownReferenceError('a') (details in the server log)"
     )
+
+
+def test_a_tab_closed_mid_write_is_one_log_line_and_other_errors_keep_their_traceback(caplog):
+    """Tornado's write future fails with ``WebSocketClosedError`` when the browser has gone; nobody awaits
+    it, so asyncio reports it when the task is collected. The server says so in one line; any other
+    unretrieved exception still reaches the loop's own handler with its traceback."""
+    import gc
+
+    from tornado.websocket import WebSocketClosedError
+
+    from mimic_explorer.ui.server_errors import DISCONNECT_LINE, install_quiet_disconnects
+
+    async def closed():
+        raise WebSocketClosedError()
+
+    async def broken():
+        raise ValueError("a real bug")
+
+    loop = asyncio.new_event_loop()
+    seen: list[dict] = []
+    loop.set_exception_handler(lambda loop, context: seen.append(context))
+    try:
+        install_quiet_disconnects(loop)
+        install_quiet_disconnects(loop)  # idempotent: the previous handler is not wrapped twice
+        with caplog.at_level(logging.INFO, logger="mimic_explorer.serve"):
+            for make in (closed, broken):
+                task = loop.create_task(make())
+                loop.run_until_complete(asyncio.sleep(0.01))
+                assert task.done()
+                del task
+                gc.collect()
+    finally:
+        loop.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "mimic_explorer.serve"] == [DISCONNECT_LINE]
+    assert len(seen) == 1 and isinstance(seen[0]["exception"], ValueError)
