@@ -20,8 +20,12 @@ With ``--map`` (the run gets 64-d float16 embeddings): the Map view's rows — t
 render with the layout kept, a box and a lasso selection (galleries, "selected N · kept K" and the
 highlight updated), and "more like this" (exact, and HNSW when built).
 
+Also: ``Explorer.select(sample_id)`` in a fresh explorer (the index's sorted id hashes, not a pandas
+index over every id) and, with ``--cli-export``, the command-line export in fresh processes (time and
+peak RSS).
+
 Usage: python benchmarks/bench_app.py [--samples 1000000] [--run DIR] [--repeat 3] [--path index|whole] [--tabs]
-       [--map]
+       [--map] [--cli-export]
 """
 
 from __future__ import annotations
@@ -124,6 +128,38 @@ def time_map(run_dir: Path, explorer) -> None:
     print(f"map: more like this ({kind}, 5 samples): median {statistics.median(similar) * 1000:.1f} ms")
 
 
+#: runs the command line in a child and reports the child's peak resident memory on its last line
+_PEAK_CHILD = (
+    "import resource, sys\n"
+    "from mimic_explorer.cli import main\n"
+    "status = main(sys.argv[1:])\n"
+    "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(status)\n"
+)
+
+
+def time_cli_export(run_dir: Path) -> None:
+    """``mimic-explorer export RUN --quantile 0.3`` in csv and parquet (and uids for a pairs run), each in a
+    fresh process with the app index already built: wall time and the process's peak RSS."""
+    import json
+
+    pairs = json.loads((run_dir / "meta.json").read_text()).get("source", {}).get("pool_kind") == "pairs"
+    column = ["--column", "clip_score_ref"] if pairs else []
+    with tempfile.TemporaryDirectory(prefix="bench-cli-export-") as folder:
+        for fmt in ("csv", "parquet", *(("uids",) if pairs else ())):
+            out = Path(folder) / f"keep.{'npy' if fmt == 'uids' else fmt}"
+            command = [sys.executable, "-c", _PEAK_CHILD, "export", str(run_dir), "--quantile", "0.3", *column]
+            started = time.perf_counter()
+            proc = subprocess.run(
+                [*command, "--format", fmt, "--out", str(out)], capture_output=True, text=True, check=False
+            )
+            seconds = time.perf_counter() - started
+            peak = next((int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_KB")), 0)
+            size = out.stat().st_size / 1e6 if out.exists() else 0
+            status = "" if proc.returncode == 0 else f" FAILED: {proc.stderr.strip().splitlines()[-1]}"
+            print(f"CLI export --format {fmt} ({size:.0f} MB): {seconds:.2f} s, peak RSS {peak / 1e6:.2f} GB{status}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
@@ -136,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         help="open through the app index (default) or read samples.parquet whole",
     )
     parser.add_argument("--tabs", action="store_true", help="also time the lazy tabs (slow at millions)")
+    parser.add_argument(
+        "--cli-export",
+        action="store_true",
+        help="also time `mimic-explorer export` (csv, parquet; uids on a pairs run) in fresh processes",
+    )
     parser.add_argument("--map", action="store_true", help="the run has embeddings: time the Map view's rows")
     parser.add_argument(
         "--open-only",
@@ -248,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     now, peak = rss_gb()
     print(f"server RSS after open, changes, pages, clicks and export: {now:.2f} GB (peak {peak:.2f} GB)")
+    fresh = Explorer(run_dir, restore=False)  # no id was looked up in this one yet
+    some_id = str(fresh.state.rows([fresh.state.total // 3])["sample_id"].iloc[0])
+    first, _ = timed(lambda: fresh.select(some_id))
+    again, _ = timed(lambda: fresh.select(str(fresh.state.rows([7])["sample_id"].iloc[0])))
+    print(f"select(sample_id) in a fresh explorer: first {first:.3f} s, next {again:.3f} s")
+    if args.cli_export:
+        time_cli_export(run_dir)
     if args.map:
         time_map(run_dir, explorer)
     if not args.tabs:

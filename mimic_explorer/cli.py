@@ -579,7 +579,7 @@ def _add_export(sub) -> None:
     p.set_defaults(func=_cmd_export)
 
 
-def _export_rule(args, run):
+def _export_rule(args, run, samples):
     """The filter the export arguments ask for, and the spec it was read from (None without --spec)."""
     from mimic_explorer.filters.rules import FilterRule, all_of
     from mimic_explorer.filters.spec import rule_from_spec
@@ -594,7 +594,7 @@ def _export_rule(args, run):
         return all_of([_parse_rule(text) for text in args.rule]), None
     if args.spec:
         spec = read_spec_file(args.spec)
-        return rule_from_spec(spec, run.meta, run.samples), spec
+        return rule_from_spec(spec, run.meta, samples), spec
     column = args.column or "mimic_score"
     if args.ensemble:
         return FilterRule("ensemble", None, column, args.per_class), None
@@ -662,6 +662,7 @@ def _cmd_export(args) -> int:
     from mimic_explorer.store.filter_files import check_target, export
     from mimic_explorer.store.reader import RunError, open_run
     from mimic_explorer.store.reviews import ReviewError
+    from mimic_explorer.store.sample_columns import indexed_samples
     from mimic_explorer.store.targets import OutputFileError, check_output_file
 
     try:
@@ -682,10 +683,11 @@ def _cmd_export(args) -> int:
             check_output_file(str(args.out).rstrip("/") + ".spec.json", "--out's spec")  # the folder's place
         check_target(args.out, fmt)  # ... and a folder where the spec goes
         run = open_run(args.run)
-        rule, spec = _export_rule(args, run)
+        samples = indexed_samples(run)  # the app's index: csv / parquet / uids stream at any pool size
+        rule, spec = _export_rule(args, run, samples)
         reviews = _export_reviews(args, run)
         result, written, out, spec_path = export(
-            run.samples, run.meta, rule, fmt, args.out, reapplying=spec, reviews=reviews
+            samples, run.meta, rule, fmt, args.out, reapplying=spec, reviews=reviews
         )
     except SpecError as exc:
         raise UserError(f"spec {args.spec}: {exc}" if args.spec else str(exc)) from None

@@ -34,13 +34,14 @@ import pyarrow as pa
 
 from mimic_explorer.store.atomic import write_json
 from mimic_explorer.store.histogram import Histogram
+from mimic_explorer.store.id_lookup import IdLookup, probe_hash
 from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index
 from mimic_explorer.store.layout import IndexFiles, RunLayout
 from mimic_explorer.store.trajectory_index import read_trajectories
 
-INDEX_VERSION = (
-    4  # 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders
-)
+#: 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders;
+#: 5: sorted sample-id hashes (rows by id without reading every id)
+INDEX_VERSION = 5
 log = logging.getLogger(__name__)
 
 
@@ -441,6 +442,32 @@ class AppIndex:
         if getattr(array, "_mmap", None) is not None:
             array._mmap.madvise(mmap.MADV_DONTNEED)
         return value
+
+    # ------------------------------------------------------------------ rows by id
+
+    @cached_property
+    def _id_lookup(self) -> IdLookup | None:
+        entry = self.manifest.get("ids")
+        if not entry or entry.get("probe") != probe_hash():
+            if entry:
+                log.warning("this pandas hashes sample ids differently from the index build: ids are found the slow way")
+            return None
+
+        def ids_at(positions: np.ndarray) -> list[str]:
+            return self.take_text(positions, ["sample_id"]).column("sample_id").cast(pa.string()).to_pylist()
+
+        return IdLookup(self._map(self.files.id_hashes), self._map(self.files.id_order), ids_at)
+
+    def positions_of(self, sample_ids) -> np.ndarray:
+        """Row position of each sample id (−1 where the run has none), in the order asked: a binary search
+        over the stored id hashes, O(log n) an id (the whole id column is read only by an index without them)."""
+        lookup = self._id_lookup
+        if lookup is None:
+            known = self.shared(("id-position",), lambda: pd.Index(self.text_column("sample_id")))
+            return np.asarray(known.get_indexer([str(i) for i in sample_ids]), dtype=np.int64)
+        found = lookup.positions(sample_ids)
+        self.release()
+        return found
 
     # ------------------------------------------------------------------ rows
 

@@ -4,7 +4,8 @@ Why: opening a 12.8 M-sample run must not read the whole table into pandas and s
 does that work once per run and leaves files the app memory-maps: every numeric column as a ``.npy``
 (its own dtype, so values and comparisons are exactly the table's), each score column's ascending
 order and sorted values, its histogram, the per-class counts, and the text columns (``sample_id``,
-``source``, ...) in one uncompressed Arrow file for reading rows by position. Peak memory is a few
+``source``, ...) in one uncompressed Arrow file for reading rows by position, and the sorted hashes of
+the sample ids for finding a row by id (``store.id_lookup``). Peak memory is a few
 copies of one column, never the table. The folder layout is ``store.layout.IndexFiles``; validity,
 locking and the atomic swap are ``store.app_index``'s.
 """
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.histogram import histogram
+from mimic_explorer.store.id_lookup import write_id_lookup
 from mimic_explorer.store.layout import IndexFiles
 from mimic_explorer.store.score_groups import sort_by_group
 from mimic_explorer.store.stable_order import stable_argsort
@@ -169,6 +171,13 @@ def _sample_ids(files: IndexFiles) -> pa.Array | None:
     return table.column("sample_id").combine_chunks() if "sample_id" in table.column_names else None
 
 
+def _build_id_lookup(files: IndexFiles, n: int) -> dict[str, Any]:
+    """The sorted id hashes and their rows (``store.id_lookup``), from the text file a batch at a time."""
+    reader = pa.ipc.open_file(pa.memory_map(str(files.text), "r"))
+    batches = (reader.get_batch(i).column("sample_id") for i in range(reader.num_record_batches))
+    return write_id_lookup(batches, n, files.id_hashes, files.id_order)
+
+
 def _build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles) -> bool:
     """Write each sample's thumbnail (offset, length) by sample position, from the run's thumbnail
     index (matched by id: by position where it lists the samples in order, else by a hash of the
@@ -247,7 +256,9 @@ def build_index(
             if thumbs_index is not None and ids is not None
             else None
         )
+        id_lookup = pool.submit(_build_id_lookup, files, n_rows) if "sample_id" in text else None
         scores = dict(pool.map(lambda item: index_column(*item), columns))
+        id_lookup = id_lookup.result() if id_lookup is not None else None
         trajectories = trajectories.result() if trajectories is not None else None
         thumbnails = thumbnails.result() if thumbnails is not None else False
     classes = groups[2] if groups is not None else None
@@ -263,5 +274,6 @@ def build_index(
         "classes": classes,
         "trajectories": trajectories,
         "thumbnails": thumbnails,
+        "ids": id_lookup,
         "files": {path.name: path.stat().st_size for path in sorted(folder.iterdir())},
     }

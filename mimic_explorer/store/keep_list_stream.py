@@ -5,7 +5,8 @@ Why: at 12.8 M samples the in-memory export builds a frame of every sample, sort
 in one piece (minutes, gigabytes). The index already holds each score column's order, so the kept
 rows come out highest score first (ties by position, NaN last: ``keep_list``'s stable sort) a chunk
 at a time. csv is byte-identical to ``render_export``; parquet holds the same rows (in several row
-groups); npy is the mask; json and uids, which are rendered whole by design, go through
+groups); npy is the mask; uids (DataComp's sorted 128-bit array) is the same array, decoded from the
+index's text a batch at a time; json, which is rendered whole by design, goes through
 ``render_export`` itself.
 """
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mimic_explorer.filters.formats import check_format, render_export
+from mimic_explorer.filters.formats import UID_DTYPE, check_format, check_uids, render_export
 from mimic_explorer.filters.rules import FilterResult
 from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.atomic import atomic_write
@@ -31,10 +32,27 @@ CHUNK_ROWS = 1 << 19
 
 
 def descending_positions(index, column: str) -> np.ndarray:
-    """Positions by ``column`` highest first, equal scores by position, NaN last by position: the
-    stable ascending order of the negated scores (NaN stay NaN, so they stay last)."""
-    values = np.negative(np.asarray(index.column(column), dtype=np.float64))
-    return stable_argsort(values)
+    """Positions by ``column`` highest first, equal scores by position, NaN last by position.
+
+    Read from the order the index stores (ascending, ties by position, NaN last) instead of sorting
+    again (seconds at 12.8 M): the non-NaN part reversed, then each run of equal values turned back to
+    ascending position (a reversed run has them descending); the NaN tail stays as it is."""
+    if column not in index.score_columns:
+        return stable_argsort(np.negative(np.asarray(index.column(column), dtype=np.float64)))
+    valid = index.valid_count(column)
+    order = np.asarray(index.order(column))
+    values = np.asarray(index.sorted_values(column)[:valid])[::-1]
+    descending = np.asarray(order[:valid][::-1], dtype=np.int64)
+    if valid > 1:
+        starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+        ends = np.append(starts[1:], valid)
+        lengths = ends - starts
+        if (lengths > 1).any():  # ties: slot i of a run [s, e) takes the element at s + e - 1 - i
+            first = np.repeat(starts + ends - 1, lengths)
+            descending = descending[first - np.arange(valid)]
+    result = np.concatenate((descending, np.asarray(order[valid:], dtype=np.int64)))
+    index.release()
+    return result
 
 
 def _pieces(samples: SampleColumns, keep: np.ndarray, column: str, reviewed: np.ndarray | None = None):
@@ -160,6 +178,10 @@ def _write_csv_lines(fh, lines: pa.Array) -> None:
     fh.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
 
 
+def _has_text_ids(samples) -> bool:
+    return isinstance(samples, SampleColumns) and "sample_id" in samples.app_index.text.column_names
+
+
 def _streamable(samples, column: str) -> bool:
     if not isinstance(samples, SampleColumns):
         return False
@@ -201,6 +223,14 @@ def write_keep_list_into(
         with open(path, "wb") as fh:
             np.save(fh, result.keep)
         return
+    if (
+        export_format == "uids"
+        and isinstance(samples, SampleColumns)
+        and "sample_id" in samples.app_index.text.column_names
+    ):
+        with open(path, "wb") as fh:
+            np.save(fh, _datacomp_uids(samples, result.keep))
+        return
     if export_format in ("json", "uids") or not _streamable(samples, column):
         data = render_export(samples, result, column, export_format)
         with open(path, "wb") as fh:
@@ -232,6 +262,62 @@ def write_keep_list_into(
     finally:
         if writer is not None:
             writer.close()
+
+
+#: each ASCII byte's value as a hex digit (0 for anything else: ``_uid_halves`` checks the text first)
+_HEX_DIGIT = np.zeros(256, dtype=np.uint8)
+for _value, _digits in enumerate(("0123456789", "abcdef", "ABCDEF")):
+    for _offset, _char in enumerate(_digits):
+        _HEX_DIGIT[ord(_char)] = _offset + (10 if _value else 0)
+
+
+def _uid_halves(ids: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (high, low) 64-bit halves of 32-hex-digit uids, read from the Arrow text buffer without a
+    Python string each; None when one of them is not such a uid."""
+    ids = ids.cast(pa.string())
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+    if ids.null_count or not pc.all(pc.match_substring_regex(ids, r"^[0-9a-fA-F]{32}$")).as_py():
+        return None
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset : ids.offset + len(ids) + 1]
+    text = np.frombuffer(ids.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, 32)
+    digits = _HEX_DIGIT[text]
+    raw = (digits[:, 0::2] << 4) | digits[:, 1::2]  # 16 bytes a uid, most significant first
+    halves = np.ascontiguousarray(raw).view(">u8").astype(np.uint64)
+    return halves[:, 0], halves[:, 1]
+
+
+def _datacomp_uids(samples: SampleColumns, keep: np.ndarray) -> np.ndarray:
+    """``filters.formats.datacomp_uids`` of the run, a record batch of ids at a time: the pool's uids as
+    two 64-bit halves (16 bytes a sample, not a Python string), sorted once to find repeats and order the
+    kept ones. Any problem (an id that is not a uid, a repeated uid) goes to ``check_uids`` itself, for
+    its message."""
+    index = samples.app_index
+    high, low = np.empty(index.n, dtype=np.uint64), np.empty(index.n, dtype=np.uint64)
+    start = 0
+    for batch in index.text.select(["sample_id"]).to_batches():
+        halves = _uid_halves(batch.column(0))
+        if halves is None:
+            check_uids(samples["sample_id"])  # raises, naming the ids
+            raise AssertionError("an id failed the uid pattern but passed check_uids")
+        high[start : start + batch.num_rows], low[start : start + batch.num_rows] = halves
+        start += batch.num_rows
+    index.release()
+    order = np.argsort(high, kind="stable")
+    sorted_high = high[order]
+    if (sorted_high[1:] == sorted_high[:-1]).any():  # equal high halves (rare for real uids): both halves
+        order = np.lexsort((low, high))
+        sorted_high = high[order]
+    del high
+    sorted_low = low[order]
+    del low
+    if ((sorted_high[1:] == sorted_high[:-1]) & (sorted_low[1:] == sorted_low[:-1])).any():
+        check_uids(samples["sample_id"])  # raises, naming the repeated uids
+        raise AssertionError("a uid repeats but passed check_uids")
+    kept = np.asarray(keep, dtype=bool)[order]
+    pairs = np.empty(int(kept.sum()), dtype=UID_DTYPE)
+    pairs["f0"], pairs["f1"] = sorted_high[kept], sorted_low[kept]
+    return pairs
 
 
 def _no_rows(samples: SampleColumns) -> pd.DataFrame:

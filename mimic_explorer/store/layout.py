@@ -387,6 +387,16 @@ class IndexFiles:
         return self.folder / f"trajectory-{number:02d}.npy"
 
     @property
+    def id_hashes(self) -> Path:
+        """Every sample id's 64-bit hash, ascending (``store.id_lookup``: rows by id in O(log n))."""
+        return self.folder / "id-hashes.npy"
+
+    @property
+    def id_order(self) -> Path:
+        """The row of each hash in ``id_hashes``."""
+        return self.folder / "id-order.npy"
+
+    @property
     def trajectory_rows(self) -> Path:
         """How many score rows each (sample, epoch) cell averages (0: the sample has none that epoch)."""
         return self.folder / "trajectory-rows.npy"

@@ -385,7 +385,10 @@ class ExplorerState:
         self.__dict__.pop("_orderings", None)
 
     def positions_of(self, sample_ids) -> np.ndarray:
-        """Row positions of many sample ids at once (−1 for an id not in the run)."""
+        """Row positions of many sample ids at once (−1 for an id not in the run): through the app index's
+        sorted id hashes when there is one (no id column read), else an index over the table's ids."""
+        if self._app_index is not None:
+            return self._app_index.positions_of(sample_ids)
         return self._position_of.get_indexer([str(i) for i in sample_ids])
 
     def ids_mask(self, clause: FilterRule) -> np.ndarray:
@@ -460,6 +463,9 @@ class ExplorerState:
 
     def position(self, sample_id: str) -> int | None:
         """Row position of a sample id (ids are unique in a run), or None when it is not in the run."""
+        if self._app_index is not None:
+            found = int(self._app_index.positions_of([sample_id])[0])
+            return None if found < 0 else found
         try:
             found = self._position_of.get_loc(str(sample_id))
         except KeyError:

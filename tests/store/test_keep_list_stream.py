@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import io
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mimic_explorer.filters.formats import render_export
-from mimic_explorer.filters.rules import FilterRule, apply_rule
-from mimic_explorer.store import keep_list_stream
+from mimic_explorer.filters.rules import FilterError, FilterRule, apply_rule
+from mimic_explorer.store import index_build, keep_list_stream
 from mimic_explorer.store.keep_list_stream import write_keep_list
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.sample_columns import indexed_samples
-from tests.ui_helpers import synthetic_run
+from tests.ui_helpers import synthetic_pairs_run, synthetic_run
 
 RULES = [
     FilterRule("threshold", 0.5),
@@ -51,11 +52,20 @@ def test_streamed_keep_list_equals_the_in_memory_export(run, rule, export_format
         assert out.read_bytes() == expected
 
 
-def test_kept_rows_come_highest_first_ties_by_position_nan_last(run):
+@pytest.mark.parametrize("column", ["mimic_score", "reference_loss", "signed_zeros"])
+def test_kept_rows_come_highest_first_ties_by_position_nan_last(run, column, tmp_path):
+    samples = run.samples
+    if column == "signed_zeros":  # -0.0 equals 0.0: one run of ties, by position
+        path = tmp_path / "run"
+        shutil.copytree(run.path, path, ignore=shutil.ignore_patterns("index"))
+        frame = samples.copy()
+        frame[column] = np.resize([0.0, -0.0, 1.0, np.nan, -0.0, 0.0, 2.0, 2.0], len(frame))
+        frame.to_parquet(path / "samples.parquet", index=False)
+        run, samples = open_run(path), frame
     index = indexed_samples(run).app_index
-    values = run.samples["mimic_score"].to_numpy()
+    values = samples[column].to_numpy()
     expected = pd.Series(values).sort_values(ascending=False, kind="stable").index.to_numpy()
-    np.testing.assert_array_equal(keep_list_stream.descending_positions(index, "mimic_score"), expected)
+    np.testing.assert_array_equal(keep_list_stream.descending_positions(index, column), expected)
 
 
 EDGE_SCORES = [
@@ -153,3 +163,51 @@ def test_a_relabel_review_streams_label_reviewed_as_the_in_memory_export(run, ex
         found = pd.read_csv(out, dtype={"sample_id": str}) if export_format == "csv" else pd.read_json(out)
     found = found.set_index(found["sample_id"].astype(str))
     assert found.loc[ids[0], "label_reviewed"] == 7 and ids[1] not in found.index and ids[2] in found.index
+
+
+def _pairs_run(path, change=None):
+    path = synthetic_pairs_run(path, n=3100, thumbnails=False)
+    if change is not None:
+        frame = pd.read_parquet(path / "samples.parquet")
+        change(frame)
+        frame.to_parquet(path / "samples.parquet", index=False, row_group_size=1000)
+    return open_run(path)
+
+
+def _upper(frame):
+    frame.loc[::3, "sample_id"] = frame.loc[::3, "sample_id"].str.upper()  # DataComp uids are any case
+
+
+@pytest.mark.parametrize("change", [None, _upper], ids=["lower", "mixed-case"])
+def test_streamed_uids_equal_the_in_memory_datacomp_array(tmp_path, change, monkeypatch):
+    """Decoded from the index's text in batches (several here), the sorted uid array is DataComp's."""
+    monkeypatch.setattr(index_build, "BATCH_ROWS", 1000)
+    run = _pairs_run(tmp_path / "run", change)
+    rule = FilterRule("quantile", 0.3, column="clip_score_ref")
+    samples = indexed_samples(run)
+    assert len(samples.app_index.text.to_batches()) > 1
+    expected = render_export(run.samples, apply_rule(run.samples, rule), rule.column, "uids")
+    out = write_keep_list(samples, apply_rule(samples, rule), rule.column, "uids", tmp_path / "keep.npy")
+    assert out.read_bytes() == expected
+    assert len(np.load(out)) == apply_rule(run.samples, rule).kept > 0
+
+
+def _not_a_uid(frame):
+    frame.loc[7, "sample_id"] = "not-a-uid"
+
+
+def _repeated(frame):
+    frame.loc[9, "sample_id"] = frame.loc[2000, "sample_id"].upper()  # the same uid in another case
+
+
+@pytest.mark.parametrize("change", [_not_a_uid, _repeated], ids=["not-a-uid", "repeated"])
+def test_streamed_uids_refuse_what_the_in_memory_export_refuses_with_its_message(tmp_path, change):
+    run = _pairs_run(tmp_path / "run", change)
+    rule = FilterRule("threshold", 0.0, column="clip_score_ref")
+    with pytest.raises(FilterError) as in_memory:
+        render_export(run.samples, apply_rule(run.samples, rule), rule.column, "uids")
+    samples = indexed_samples(run)
+    with pytest.raises(FilterError) as streamed:
+        write_keep_list(samples, apply_rule(samples, rule), rule.column, "uids", tmp_path / "keep.npy")
+    assert str(streamed.value) == str(in_memory.value)
+    assert not (tmp_path / "keep.npy").exists()
