@@ -450,7 +450,7 @@ class AppIndex:
         entry = self.manifest.get("ids")
         if not entry or entry.get("probe") != probe_hash():
             if entry:
-                log.warning("this pandas hashes sample ids differently from the index build: ids are found the slow way")
+                log.warning("this pandas hashes sample ids unlike the index build: ids are found the slow way")
             return None
 
         def ids_at(positions: np.ndarray) -> list[str]:
