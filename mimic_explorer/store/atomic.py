@@ -183,3 +183,24 @@ def json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def mapped_array_file(path: str | os.PathLike, dtype: np.dtype | str, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` file of ``shape`` mapped for writing, its disk blocks reserved before the first write.
+
+    Why: ``open_memmap`` makes a sparse file, and a write through the map to a block the full disk cannot
+    give kills the process with SIGBUS — no exception, no one-line error, a run left "running". Reserving
+    every block first (``posix_fallocate``, which reads back as zeros) turns a full disk into an
+    ``OSError`` (ENOSPC) here, before anything is written."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    allocate = getattr(os, "posix_fallocate", None)  # absent on macOS: its filesystems do not overcommit
+    if allocate is not None:
+        try:
+            with open(path, "r+b") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size:
+                    allocate(handle.fileno(), 0, size)
+        except OSError:
+            del array
+            raise
+    return array

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimic_explorer.store.atomic import AtomicFile, atomic_write
+from mimic_explorer.store.atomic import AtomicFile, atomic_write, mapped_array_file
 
 
 class RowArrayWriter:
@@ -39,9 +39,7 @@ class RowArrayWriter:
         if values.ndim != 2:
             raise ValueError(f"{self.path.name}: rows of values are expected, got shape {values.shape}")
         if self._array is None:
-            self._array = np.lib.format.open_memmap(
-                self._file.tmp, mode="w+", dtype=self.dtype, shape=(self.rows, values.shape[1])
-            )
+            self._array = mapped_array_file(self._file.tmp, self.dtype, (self.rows, values.shape[1]))
         rows = np.asarray(rows, dtype=np.int64)
         self._array[rows] = values.astype(self.dtype, copy=False)
         self._written[rows] = True

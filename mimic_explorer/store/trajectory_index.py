@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mimic_explorer.store.arrow_pool import release_arrow_memory
+from mimic_explorer.store.atomic import mapped_array_file
 from mimic_explorer.store.layout import IndexFiles
 from mimic_explorer.store.scores import SIGNALS
 
@@ -61,8 +62,8 @@ def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> d
     shape = (len(epochs), len(ids))
     paths = [files.trajectory(k) for k in range(len(signals))]
     for path in paths:
-        np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=shape)  # a sparse file of zeros
-    np.lib.format.open_memmap(files.trajectory_rows, mode="w+", dtype=np.int32, shape=shape)
+        mapped_array_file(path, np.float64, shape)  # zeros, every block reserved (a full disk: OSError, not SIGBUS)
+    mapped_array_file(files.trajectory_rows, np.int32, shape)
     positions = Positions(ids)
     for part in parts:
         sums = [np.load(path, mmap_mode="r+") for path in paths]

@@ -85,7 +85,12 @@ class RunWriter:
         self.started = time.perf_counter()
         self._take_lock()
         try:
-            for folder in (self.layout.root, self.layout.scores_dir, self.layout.thumbs_dir):
+            for folder in (
+                self.layout.root,
+                self.layout.scores_dir,
+                self.layout.thumbs_dir,
+                self.layout.embeddings_dir,
+            ):
                 remove_stale_temporaries(folder, any_writer=True)  # a killed writer's: we hold the lock
             if fresh:
                 self.layout.clear_score_parts()

@@ -141,7 +141,9 @@ class AppIndexCommand:
 
     def prepare(self, space: Workspace, baseline: Path | None, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(self.source(space), folder / "run", copy_function=shutil.copy2)
+        # the first open builds the index: one that ``export`` built in the shared run is not copied
+        fresh = None if self.stale else shutil.ignore_patterns("index", ".index*")
+        shutil.copytree(self.source(space), folder / "run", copy_function=shutil.copy2, ignore=fresh)
 
     def run(self, zygote: Zygote, space: Workspace, folder: Path, env: dict | None = None) -> Result:
         return zygote.call("tests.faults.app_open:open_in_app", [folder / "run"], env=env)
