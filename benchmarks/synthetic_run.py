@@ -96,14 +96,17 @@ def _write_epochs(path: Path, ids, score: np.ndarray, loss: np.ndarray, epochs: 
     for epoch in range(epochs):
         drift = (epoch + 1) / epochs
         proj = (score - 0.5) * 2 * drift + rng.normal(0, 0.3, n)
+        recorded = {  # float32 numbers in float64 columns, as a run records its tensors' values
+            "proj": proj,
+            "weight": np.exp(proj) / (batch * np.exp(0.5)),
+            "loss": loss * (2 - drift),
+        }
         pd.DataFrame(
             {
                 "sample_id": ids,
                 "epoch": np.full(n, epoch, dtype=np.int32),
                 "step": np.arange(n) // batch,
-                "proj": proj,
-                "weight": np.exp(proj) / (batch * np.exp(0.5)),
-                "loss": loss * (2 - drift),
+                **{name: values.astype(np.float32).astype(np.float64) for name, values in recorded.items()},
                 "batch_size": np.full(n, batch, dtype=np.int32),
             }
         ).to_parquet(path / "scores" / f"epoch-{epoch:04d}.parquet", index=False)

@@ -63,6 +63,12 @@ class EpochScores:
         frame["sample_id"] = frame["sample_id"].astype(str)
         return frame.groupby(["sample_id", "epoch"], as_index=False)[signals].mean().sort_values(["sample_id", "epoch"])
 
+    @classmethod
+    def noisy_marker(cls, noisy: np.ndarray, samples) -> pa.Array:
+        """What ``values`` and ``quantile_bands`` take to split clean / mislabeled, from the mask by row
+        position: the set of those samples' ids (the parts know samples by id)."""
+        return cls.id_set(samples["sample_id"].to_numpy()[noisy])
+
     @staticmethod
     def id_set(sample_ids) -> pa.Array:
         """Ids as the set ``values`` and ``quantile_bands`` mark rows by (build once, pass many times)."""

@@ -7,10 +7,16 @@ trajectory is one column of a memory-mapped array per signal. Values are the mea
 (sample, epoch), as ``EpochScores.trajectories`` gives them. Parts written in ``samples.parquet``
 order (the usual case) map rows to samples by position; any other order goes through one hash
 lookup of the ids.
+
+Built as float64 sums and int32 row counts, then compacted where nothing is lost: a signal whose
+every mean is a float32 number (a run's signals come from float32 tensors) is stored as float32 means,
+row counts that fit as uint8 — 6 bytes a cell instead of 12 for one signal, exact either way; the
+manifest says which (``stored``, ``rows_dtype``).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +88,69 @@ def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> d
             _accumulate(rows, sums, epoch, where[keep], columns, distinct)
         del sums, rows  # unmapped: written pages go to the page cache, out of this process
         release_arrow_memory()  # the part's decoded batches
-    return {"signals": signals, "epochs": epochs.tolist(), "layout": "epochs-by-samples"}
+    stored = [_compact_signal(path, files.trajectory_rows) for path in paths]
+    rows_dtype, most_rows = _compact_rows(files.trajectory_rows)
+    return {
+        "most_rows": most_rows,  # 1: each (sample, epoch) one score row, so a cell's mean is that row's value
+        "signals": signals,
+        "epochs": epochs.tolist(),
+        "layout": "epochs-by-samples",
+        "stored": stored,
+        "rows_dtype": rows_dtype,
+    }
+
+
+#: samples compacted at a time (of every epoch): the build's memory stays a few of these
+COMPACT_SAMPLES = 1 << 20
+
+
+def _compact_signal(path: Path, rows_path: Path) -> str:
+    """Replace a signal's float64 sums with its float32 means when every mean is a float32 number (what
+    a run records: its signals come from float32 tensors), half the bytes and still exact; else keep
+    the sums. Returns how the signal is stored: ``"mean32"`` or ``"sum64"``."""
+    sums, rows = np.load(path, mmap_mode="r"), np.load(rows_path, mmap_mode="r")
+    compact = path.with_name(path.stem + ".mean32.npy")
+    means = mapped_array_file(compact, np.float32, sums.shape)
+    exact = True
+    for start in range(0, sums.shape[1], COMPACT_SAMPLES):
+        span = slice(start, start + COMPACT_SAMPLES)
+        count = np.asarray(rows[:, span])
+        mean = np.divide(sums[:, span], count, out=np.zeros(count.shape), where=count > 0)
+        narrow = mean.astype(np.float32)
+        if not np.array_equal(narrow.astype(np.float64), mean, equal_nan=True):
+            exact = False
+            break
+        means[:, span] = narrow
+    means.flush()
+    del means, sums, rows
+    if not exact:
+        compact.unlink()
+        return "sum64"
+    os.replace(compact, path)
+    return "mean32"
+
+
+def _compact_rows(rows_path: Path) -> tuple[str, int]:
+    """Store the per-cell row counts as uint8 when none exceeds 255 (one row per sample and epoch is the
+    usual case); returns the dtype stored and the largest count."""
+    rows = np.load(rows_path, mmap_mode="r")
+    largest = max(
+        (
+            int(np.asarray(rows[:, s : s + COMPACT_SAMPLES]).max(initial=0))
+            for s in range(0, rows.shape[1], COMPACT_SAMPLES)
+        ),
+        default=0,
+    )
+    if largest > np.iinfo(np.uint8).max:
+        return "int32", largest
+    compact = rows_path.with_name(rows_path.stem + ".uint8.npy")
+    small = mapped_array_file(compact, np.uint8, rows.shape)
+    for start in range(0, rows.shape[1], COMPACT_SAMPLES):
+        small[:, start : start + COMPACT_SAMPLES] = rows[:, start : start + COMPACT_SAMPLES]
+    small.flush()
+    del small, rows
+    os.replace(compact, rows_path)
+    return "uint8", largest
 
 
 def _accumulate(
@@ -120,11 +188,12 @@ def read_trajectories(
     sample id then epoch — ``EpochScores.trajectories``'s frame. ``rows``, ``sums``: the index's
     arrays (``IndexFiles.trajectory_rows``, ``IndexFiles.trajectory(k)``), memory-mapped."""
     signals, epochs = record["signals"], np.asarray(record["epochs"])
-    rows = rows[:, positions].T
+    stored = record.get("stored") or ["sum64"] * len(signals)  # an index built before compaction: sums
+    rows = np.asarray(rows[:, positions].T, dtype=np.int64)
     sample, epoch = np.nonzero(rows)
     frame = pd.DataFrame({"sample_id": np.asarray(ids, dtype=object)[sample], "epoch": epochs[epoch]})
-    for signal, values in zip(signals, sums, strict=True):
-        values = values[:, positions].T
-        frame[signal] = values[sample, epoch] / rows[sample, epoch]
+    for signal, values, how in zip(signals, sums, stored, strict=True):
+        values = np.asarray(values[:, positions].T, dtype=np.float64)
+        frame[signal] = values[sample, epoch] if how == "mean32" else values[sample, epoch] / rows[sample, epoch]
     frame["sample_id"] = frame["sample_id"].astype(str)
     return frame.sort_values(["sample_id", "epoch"], kind="stable").reset_index(drop=True)

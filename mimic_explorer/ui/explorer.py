@@ -27,6 +27,7 @@ from panel.viewable import Viewer
 from mimic_explorer.filters.reviews import apply_reviews
 from mimic_explorer.filters.rules import IDS, FilterError, Rule
 from mimic_explorer.store.filter_files import SavedFilter, latest_saved_rule
+from mimic_explorer.store.indexed_epochs import epoch_scores_for
 from mimic_explorer.store.reader import Run, open_run
 from mimic_explorer.store.reviews import ReviewError, applied_for_spec
 from mimic_explorer.ui.controls import FilterControls
@@ -128,7 +129,8 @@ class Explorer(Viewer):
             self.lines,
             **{k: params.pop(k) for k in list(params) if k in Distribution.param},
         )
-        self.detail = DetailView(self.state, self.thumbs, self.run.epoch_scores)
+        epochs = epoch_scores_for(self.state.app_index, self.run.epoch_scores)  # the index's arrays when exact
+        self.detail = DetailView(self.state, self.thumbs, epochs)
         self.galleries = Galleries(self.state, self.filter, self.live, self.thumbs, self.detail, self.picks, **params)
         self.map_view = MapView(
             self.state,
@@ -147,7 +149,7 @@ class Explorer(Viewer):
             self.state,
             self.live,
             self.lines,
-            self.run.epoch_scores,
+            epochs,
             self.picks,
             self.distribution.param.log_counts,
             map_view=self.map_view,

@@ -154,11 +154,7 @@ class MoreViews(Viewer):
             return pn.pane.Markdown(NO_EPOCHS)
         signal = self._signal_select()
         samples = self.state.samples
-        noisy_ids = (
-            self.epochs.id_set(samples["sample_id"].to_numpy()[self.state.counter.noisy])
-            if self.state.has_truth
-            else None
-        )
+        noisy_ids = self.epochs.noisy_marker(self.state.counter.noisy, samples) if self.state.has_truth else None
 
         def bands(sig: str):
             return pn.pane.HoloViews(

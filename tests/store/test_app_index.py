@@ -260,6 +260,32 @@ def test_trajectories_of_parts_in_another_order_and_a_changed_part(run_dir):
     assert (open_index(run_dir).trajectories([10]).query("epoch == 1")["proj"] == 7.0).all()
 
 
+def test_trajectories_of_float32_signals_are_stored_compact_and_exact(run_dir, monkeypatch):
+    """Signals recorded from float32 tensors are kept as float32 means with uint8 row counts (half the
+    bytes), a signal whose mean is not a float32 number as float64 sums — the values exactly the parts'."""
+    from mimic_explorer.store import trajectory_index
+    from mimic_explorer.store.scores import EpochScores
+
+    monkeypatch.setattr(trajectory_index, "COMPACT_SAMPLES", 700)  # several chunks
+    layout = RunLayout(run_dir)
+    for number, part in enumerate(layout.epoch_parts()):
+        frame = pd.read_parquet(part)
+        for signal in ("proj", "weight"):
+            frame[signal] = frame[signal].astype(np.float32).astype(np.float64)  # as a run records them
+        if number == 1:  # one sample twice in an epoch, its mean proj no float32 number (a float64 run's)
+            frame = pd.concat([frame, frame.iloc[[4]].assign(proj=frame["proj"].iloc[4] + 1e-9)])
+        frame.to_parquet(part, index=False)
+    index = open_index(run_dir)
+    record = index.manifest["trajectories"]
+    stored = dict(zip(record["signals"], record["stored"], strict=True))
+    assert stored["weight"] == "mean32" and stored["proj"] == "sum64" and record["rows_dtype"] == "uint8"
+    assert index._map(index.files.trajectory(record["signals"].index("weight"))).dtype == np.float32
+    ids = open_run(run_dir).samples["sample_id"]
+    positions = [4, 2999, 0, 1500]
+    expected = EpochScores(run_dir).trajectories([ids.iloc[p] for p in positions]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(index.trajectories(positions), expected, check_dtype=False, check_exact=True)
+
+
 def test_thumbnails_by_position_from_the_index_equal_the_thumbnail_store(tmp_path):
     path = synthetic_run(tmp_path / "thumbs-run", n=400)
     index = open_index(path)

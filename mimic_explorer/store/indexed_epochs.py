@@ -1,0 +1,116 @@
+"""Per-epoch distributions and trajectories from the app index's (epochs × samples) arrays.
+
+Why: the "Per epoch" tab plots each signal's quantile bands over epochs and one epoch's histogram,
+split clean / mislabeled. Read from the score parts (``store.scores.EpochScores``) that means decoding
+every part and testing 12.8 M ids against a set of the mislabeled ones per part — 20 s and more at
+DataComp scale. The index already holds every (sample, epoch) cell as one array row per epoch, and
+the mislabeled samples are a mask by position, so a band is one row of an array.
+
+Exact where it is used: only when every (sample, epoch) cell holds one score row (``most_rows`` ≤ 1
+in the index manifest — a cell's value is then that row's value, and the distribution of the cells is
+the distribution of the rows). A run that scored a sample twice in an epoch keeps ``EpochScores``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from mimic_explorer.store.scores import QUANTILES, EpochScores
+
+
+class IndexedEpochScores:
+    """``EpochScores``'s questions answered from an ``AppIndex`` (see the module docstring); the mislabeled
+    samples are passed as a boolean mask by row position (``noisy_marker``), not as a set of ids."""
+
+    def __init__(self, index, parts: EpochScores):
+        self._index = index
+        self._parts = parts
+        self._record = index.manifest["trajectories"]
+
+    available = True
+
+    @property
+    def signals(self) -> list[str]:
+        """The per-epoch signals, in the order the app offers them."""
+        return list(self._record["signals"])
+
+    @property
+    def epochs(self) -> list[int]:
+        """The epochs, ascending."""
+        return [int(e) for e in self._record["epochs"]]
+
+    @staticmethod
+    def noisy_marker(noisy: np.ndarray, samples) -> np.ndarray:
+        """What ``values`` and ``quantile_bands`` take to split clean / mislabeled: the mask itself."""
+        return np.asarray(noisy, dtype=bool)
+
+    @cached_property
+    def _stored(self) -> dict[str, str]:
+        return dict(zip(self.signals, self._record.get("stored") or ["sum64"] * len(self.signals), strict=True))
+
+    def _epoch_row(self, signal: str, epoch_number: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the signal's value of every sample in one epoch, which samples have a row that epoch)."""
+        k = self.signals.index(signal)
+        values = np.asarray(self._index._map(self._index.files.trajectory(k))[epoch_number], dtype=np.float64)
+        present = np.asarray(self._index._map(self._index.files.trajectory_rows)[epoch_number]) > 0
+        if self._stored[signal] != "mean32":
+            values = values.copy()  # sums of one row each: the values themselves (most_rows ≤ 1)
+        return values, present
+
+    def values(
+        self, signal: str, epoch: int | None = None, noisy: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One signal's values (one epoch, or all, epoch after epoch) and, given the mislabeled mask, which they are."""
+        if signal not in self.signals:
+            return np.array([]), None
+        numbers = range(len(self.epochs)) if epoch is None else [self.epochs.index(int(epoch))]
+        chunks, marks = [], []
+        for number in numbers:
+            values, present = self._epoch_row(signal, number)
+            chunks.append(values[present])
+            if noisy is not None:
+                marks.append(noisy[present])
+        self._index.release()
+        return np.concatenate(chunks), (np.concatenate(marks) if noisy is not None else None)
+
+    def quantile_bands(self, signal: str, noisy: np.ndarray | None = None) -> pd.DataFrame:
+        """Per epoch (and per group clean / mislabeled when ``noisy`` is given): the 5/25/50/75/95 % quantiles."""
+        names = [f"q{round(q * 100)}" for q in QUANTILES]
+        rows = []
+        if signal in self.signals:
+            for number, epoch in enumerate(self.epochs):
+                values, present = self._epoch_row(signal, number)
+                groups = (
+                    {"all": present} if noisy is None else {"clean": present & ~noisy, "mislabeled": present & noisy}
+                )
+                for group, mask in groups.items():
+                    part = values[mask]
+                    part = part[np.isfinite(part)]
+                    if len(part):
+                        quantiles = np.quantile(part, QUANTILES)
+                        rows.append({"epoch": epoch, "group": group, **dict(zip(names, quantiles, strict=True))})
+                self._index.release()
+        return (
+            pd.DataFrame(rows, columns=["epoch", "group", *names])
+            .sort_values(["group", "epoch"])
+            .reset_index(drop=True)
+        )
+
+    def trajectories(self, sample_ids: list[str], signals: list[str] | None = None) -> pd.DataFrame:
+        """Rows ``sample_id, epoch, <signals>`` for the given ids: the index's trajectories, found by id."""
+        signals = [s for s in (signals or self.signals) if s in self.signals]
+        positions = self._index.positions_of(sample_ids)
+        frame = self._index.trajectories(positions[positions >= 0])
+        return frame[["sample_id", "epoch", *signals]].reset_index(drop=True)
+
+
+def epoch_scores_for(index, parts: EpochScores):
+    """The per-epoch reader for a run: from the index when it holds one score row per (sample, epoch)
+    cell, else the score parts themselves."""
+    record = index.manifest.get("trajectories") if index is not None else None
+    if not record or record.get("most_rows", 2) > 1:
+        return parts
+    return IndexedEpochScores(index, parts)
