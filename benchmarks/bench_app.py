@@ -128,12 +128,15 @@ def time_map(run_dir: Path, explorer) -> None:
     print(f"map: more like this ({kind}, 5 samples): median {statistics.median(similar) * 1000:.1f} ms")
 
 
-#: runs the command line in a child and reports the child's peak resident memory on its last line
+#: runs the command line in a child and reports the child's peak resident memory on its last line: VmHWM
+#: of its own address space (``ru_maxrss`` would not do: Linux keeps it across exec, so a child of this
+#: benchmark would report the benchmark's own peak)
 _PEAK_CHILD = (
-    "import resource, sys\n"
+    "import sys\n"
     "from mimic_explorer.cli import main\n"
     "status = main(sys.argv[1:])\n"
-    "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "peak = next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+    "print('PEAK_KB', peak, file=sys.stderr)\n"
     "sys.exit(status)\n"
 )
 

@@ -43,30 +43,57 @@ def _representable(lo: float, hi: float) -> tuple[float, float]:
     return max(lo, -_LARGEST_EDGE), min(hi, _LARGEST_EDGE)
 
 
-def robust_range(values: np.ndarray, tail: float = 0.001, presorted: bool = False) -> tuple[float, float]:
-    """Score range without the most extreme 0.1 % at each end (never empty, and of a finite width, so
-    that every ``hi - lo`` the app computes from it is a number)."""
-    finite = values if presorted else np.sort(values[np.isfinite(values)])
+TAIL = 0.001
+
+
+def _quantiles(finite: np.ndarray, qs: list[float], presorted: bool) -> list[float]:
+    """``_sorted_quantile`` of each q, from sorted values, or — unsorted — from one ``np.partition`` at the
+    order statistics the qs need (O(n), not a sort: the same values, so the same results)."""
+    if presorted:
+        return [_sorted_quantile(finite, q) for q in qs]
+    last = len(finite) - 1
+    below = [int(np.floor(q * last)) for q in qs]
+    above = [min(b + 1, last) for b in below]
+    part = np.partition(finite, sorted(set(below + above)))
+    return [float(part[b] + (part[a] - part[b]) * (q * last - b)) for q, b, a in zip(qs, below, above, strict=True)]
+
+
+def _range_from(finite: np.ndarray, presorted: bool, ends: list[float] | None, tail: float) -> tuple[float, float]:
+    """The robust range of the finite values (``ends``: their ``tail`` and ``1 - tail`` quantiles, if known)."""
     if len(finite) == 0:
         return 0.0, 1.0
     if len(finite) > 1000:
-        lo, hi = _sorted_quantile(finite, tail), _sorted_quantile(finite, 1 - tail)
-    else:
+        lo, hi = ends if ends is not None else _quantiles(finite, [tail, 1 - tail], presorted)
+    elif presorted:
         lo, hi = float(finite[0]), float(finite[-1])
+    else:
+        lo, hi = float(finite.min()), float(finite.max())
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     return _representable(float(lo), float(hi))
+
+
+def robust_range(values: np.ndarray, tail: float = TAIL, presorted: bool = False) -> tuple[float, float]:
+    """Score range without the most extreme 0.1 % at each end (never empty, and of a finite width, so
+    that every ``hi - lo`` the app computes from it is a number)."""
+    finite = values if presorted else values[np.isfinite(values)]
+    return _range_from(finite, presorted, None, tail)
+
+
+def _bins_from(n: int, quartiles: tuple[float, float], lo: float, hi: float) -> int:
+    if n < 2:
+        return 20
+    width = 2 * (quartiles[1] - quartiles[0]) / n ** (1 / 3)
+    if width <= 0:
+        return 60
+    return max(20, math.ceil(min(120.0, (hi - lo) / width)))  # capped before ceil: the ratio may overflow to inf
 
 
 def bin_count(sorted_finite: np.ndarray, lo: float, hi: float) -> int:
     """Freedman–Diaconis bins over the robust range, kept between 20 and 120 so bars stay readable."""
     if len(sorted_finite) < 2:
         return 20
-    iqr = _sorted_quantile(sorted_finite, 0.75) - _sorted_quantile(sorted_finite, 0.25)
-    width = 2 * iqr / len(sorted_finite) ** (1 / 3)
-    if width <= 0:
-        return 60
-    return max(20, math.ceil(min(120.0, (hi - lo) / width)))  # capped before ceil: the ratio may overflow to inf
+    return _bins_from(len(sorted_finite), tuple(_quantiles(sorted_finite, [0.25, 0.75], True)), lo, hi)
 
 
 def histogram(
@@ -80,10 +107,14 @@ def histogram(
     ``sorted_finite``: the finite values already sorted, if the caller has them (saves a sort)."""
     finite_mask = np.isfinite(values)
     finite = values[finite_mask]
-    if sorted_finite is None:
-        sorted_finite = np.sort(finite)
-    lo, hi = _representable(*value_range) if value_range else robust_range(sorted_finite, presorted=True)
-    bins = bins or bin_count(sorted_finite, lo, hi)
+    presorted = sorted_finite is not None
+    source = sorted_finite if presorted else finite
+    known = _quantiles(source, [TAIL, 1 - TAIL, 0.25, 0.75], presorted) if len(source) >= 2 else None
+    if value_range:
+        lo, hi = _representable(*value_range)
+    else:
+        lo, hi = _range_from(source, presorted, known[:2] if known else None, TAIL)
+    bins = bins or _bins_from(len(source), tuple(known[2:]) if known else (0.0, 0.0), lo, hi)
     clipped = int(((finite < lo) | (finite > hi)).sum())
     clipped_values = np.clip(finite, lo, hi, out=finite)  # finite is a copy: clipped in place
     counts, edges = np.histogram(clipped_values, bins=bins, range=(lo, hi))

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.histogram import histogram
 from mimic_explorer.store.id_lookup import write_id_lookup
+from mimic_explorer.store.indexed_epochs import stored_bands
 from mimic_explorer.store.layout import IndexFiles
 from mimic_explorer.store.score_groups import sort_by_group
 from mimic_explorer.store.stable_order import stable_argsort
@@ -250,7 +251,15 @@ def build_index(
     columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if _is_score_column(name, dtype)]
     ids = _sample_ids(files) if score_parts or thumbs_index is not None else None
     with ThreadPoolExecutor(max_workers=2) as pool:  # sorts and file writes release the GIL: two at a time
-        trajectories = pool.submit(build_trajectories, list(score_parts), ids, files) if ids is not None else None
+        truth = None if truth_unreadable else noisy
+
+        def trajectories_and_bands() -> dict[str, Any] | None:
+            record = build_trajectories(list(score_parts), ids, files)
+            if record is not None:  # the Per epoch tab's bands, read at its first render
+                record["bands"] = stored_bands(files, record, truth)
+            return record
+
+        trajectories = pool.submit(trajectories_and_bands) if ids is not None else None
         thumbnails = (
             pool.submit(_build_thumb_locations, thumbs_index, ids, files)
             if thumbs_index is not None and ids is not None
@@ -262,7 +271,7 @@ def build_index(
         trajectories = trajectories.result() if trajectories is not None else None
         thumbnails = thumbnails.result() if thumbnails is not None else False
     classes = groups[2] if groups is not None else None
-    labels = noisy = groups = None  # released before the manifest is built (the closures above hold them)
+    labels = noisy = truth = groups = None  # released before the manifest is built (the closures above hold them)
     return {
         "rows": n_rows,
         "columns": column_names,

@@ -77,27 +77,26 @@ class IndexedEpochScores:
         return np.concatenate(chunks), (np.concatenate(marks) if noisy is not None else None)
 
     def quantile_bands(self, signal: str, noisy: np.ndarray | None = None) -> pd.DataFrame:
-        """Per epoch (and per group clean / mislabeled when ``noisy`` is given): the 5/25/50/75/95 % quantiles."""
-        names = [f"q{round(q * 100)}" for q in QUANTILES]
+        """Per epoch (and per group clean / mislabeled when ``noisy`` is given): the 5/25/50/75/95 % quantiles —
+        those the index build stored when ``noisy`` is the run's own ``is_noisy`` (or None), else computed."""
         rows = []
         if signal in self.signals:
-            for number, epoch in enumerate(self.epochs):
-                values, present = self._epoch_row(signal, number)
-                groups = (
-                    {"all": present} if noisy is None else {"clean": present & ~noisy, "mislabeled": present & noisy}
-                )
-                for group, mask in groups.items():
-                    part = values[mask]
-                    part = part[np.isfinite(part)]
-                    if len(part):
-                        quantiles = np.quantile(part, QUANTILES)
-                        rows.append({"epoch": epoch, "group": group, **dict(zip(names, quantiles, strict=True))})
-                self._index.release()
-        return (
-            pd.DataFrame(rows, columns=["epoch", "group", *names])
-            .sort_values(["group", "epoch"])
-            .reset_index(drop=True)
-        )
+            stored = (self._record.get("bands") or {}).get(signal)
+            if stored is not None and (noisy is None or self._is_the_runs_truth(noisy)):
+                rows = [row for group in _groups(noisy is not None) for row in stored.get(group, [])]
+            else:
+                for number, epoch in enumerate(self.epochs):
+                    values, present = self._epoch_row(signal, number)
+                    rows += band_rows(values, present, noisy, epoch)
+                    self._index.release()
+        return _bands_frame(rows)
+
+    def _is_the_runs_truth(self, noisy: np.ndarray) -> bool:
+        if not self._index.is_numeric("is_noisy"):
+            return False
+        same = np.array_equal(np.asarray(self._index.column("is_noisy"), dtype=bool), noisy)
+        self._index.release()
+        return same
 
     def trajectories(self, sample_ids: list[str], signals: list[str] | None = None) -> pd.DataFrame:
         """Rows ``sample_id, epoch, <signals>`` for the given ids: the index's trajectories, found by id."""
@@ -105,6 +104,51 @@ class IndexedEpochScores:
         positions = self._index.positions_of(sample_ids)
         frame = self._index.trajectories(positions[positions >= 0])
         return frame[["sample_id", "epoch", *signals]].reset_index(drop=True)
+
+
+BAND_NAMES = [f"q{round(q * 100)}" for q in QUANTILES]
+
+
+def _groups(split: bool) -> tuple[str, ...]:
+    return ("clean", "mislabeled") if split else ("all",)
+
+
+def band_rows(values: np.ndarray, present: np.ndarray, noisy: np.ndarray | None, epoch: int) -> list[dict]:
+    """One epoch's quantile-band rows (``EpochScores.quantile_bands``'s): each group's finite values."""
+    groups = {"all": present} if noisy is None else {"clean": present & ~noisy, "mislabeled": present & noisy}
+    rows = []
+    for group, mask in groups.items():
+        part = values[mask]
+        part = part[np.isfinite(part)]
+        if len(part):
+            quantiles = np.quantile(part, QUANTILES).tolist()
+            rows.append({"epoch": int(epoch), "group": group, **dict(zip(BAND_NAMES, quantiles, strict=True))})
+    return rows
+
+
+def _bands_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["epoch", "group", *BAND_NAMES])
+    return frame.sort_values(["group", "epoch"]).reset_index(drop=True)
+
+
+def stored_bands(files, record: dict, noisy: np.ndarray | None) -> dict[str, dict[str, list[dict]]] | None:
+    """The bands of every signal for the index manifest — of all samples, and clean / mislabeled when the
+    run has ground truth — computed once at build, so the Per epoch tab's first render reads them; None
+    when a (sample, epoch) cell may hold several rows (the bands are then the rows')."""
+    if record.get("most_rows", 2) > 1:
+        return None
+    rows_file = np.load(files.trajectory_rows, mmap_mode="r")
+    bands = {}
+    for k, signal in enumerate(record["signals"]):
+        array = np.load(files.trajectory(k), mmap_mode="r")
+        by_group: dict[str, list[dict]] = {}
+        for number, epoch in enumerate(record["epochs"]):
+            values, present = np.asarray(array[number], dtype=np.float64), np.asarray(rows_file[number]) > 0
+            for split in (False, True) if noisy is not None else (False,):
+                for row in band_rows(values, present, noisy if split else None, epoch):
+                    by_group.setdefault(row["group"], []).append(row)
+        bands[signal] = by_group
+    return bands
 
 
 def epoch_scores_for(index, parts: EpochScores):

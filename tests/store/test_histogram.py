@@ -1,6 +1,7 @@
 """Histograms of score columns whose values reach the largest floats (a diverged run's losses)."""
 
 import numpy as np
+import pytest
 
 from mimic_explorer.store.histogram import bin_count, histogram, robust_range
 
@@ -30,3 +31,21 @@ def test_bin_count_caps_a_ratio_that_overflows():
     # a tiny interquartile range beside a huge span: (hi - lo) / width is inf
     values = np.sort(np.r_[np.zeros(10), np.full(10, 1e-300), [1e308]])
     assert bin_count(values, 0.0, 1e308) == 120
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 999, 1001, 20_000])
+def test_quantiles_by_partition_give_the_histogram_of_a_sorted_array(n):
+    """Without sorted values the histogram finds its four quantiles by ``np.partition``: the same
+    order statistics, so the same range, bins and counts as from the sorted array."""
+    rng = np.random.default_rng(n)
+    values = np.round(rng.normal(size=n), 2)  # ties
+    if n > 10:
+        values[[1, 5]] = [np.nan, np.inf]
+    noisy = rng.random(n) < 0.3
+    finite = np.sort(values[np.isfinite(values)])
+    fast, sorted_ = histogram(values, noisy=noisy), histogram(values, noisy=noisy, sorted_finite=finite)
+    np.testing.assert_array_equal(fast.edges, sorted_.edges)
+    np.testing.assert_array_equal(fast.counts, sorted_.counts)
+    np.testing.assert_array_equal(fast.noisy, sorted_.noisy)
+    assert fast.clipped == sorted_.clipped
+    assert robust_range(values) == robust_range(finite, presorted=True)

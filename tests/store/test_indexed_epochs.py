@@ -46,6 +46,11 @@ def test_bands_values_and_trajectories_equal_the_score_parts(run_dir, float64_pa
             order, expected_order = np.lexsort((values, marks)), np.lexsort((expected, expected_marks))
             np.testing.assert_array_equal(values[order], expected[expected_order])  # same values, any order
             np.testing.assert_array_equal(marks[order], expected_marks[expected_order])
+    assert indexed._record["bands"]  # those came from the build; another split is computed
+    other = np.arange(len(noisy)) % 3 == 0
+    pd.testing.assert_frame_equal(
+        indexed.quantile_bands("proj", other), parts.quantile_bands("proj", parts.noisy_marker(other, run.samples))
+    )
     ids = run.samples["sample_id"].iloc[[5, 1799, 0]].tolist() + ["not-in-the-run"]
     pd.testing.assert_frame_equal(
         indexed.trajectories(ids, ["proj"]),
