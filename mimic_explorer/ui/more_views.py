@@ -121,12 +121,15 @@ class MoreViews(Viewer):
             {
                 xcol: samples[xcol].to_numpy(dtype=float),
                 ycol: samples[ycol].to_numpy(dtype=float),
-                "sample_id": samples["sample_id"].to_numpy(),
+                "sample_id": samples["sample_id"].array,  # as stored (Arrow text stays Arrow: no 12.8 M str objects)
             }
         )
         if self.state.has_classes:
-            names = np.array([self.state.label_name(c) for c in counter.classes.tolist()], dtype=object)
-            frame["class"] = names[counter.codes]
+            names = [self.state.label_name(c) for c in counter.classes.tolist()]
+            if len(set(names)) == len(names):  # categories from codes: no string per sample
+                frame["class"] = pd.Categorical.from_codes(counter.codes, categories=names)
+            else:
+                frame["class"] = np.asarray(names, dtype=object)[counter.codes]
         if self.state.has_captions and len(frame) <= plots.RASTERIZE_ABOVE:  # hover shows it (small runs only)
             frame["caption"] = samples["caption"].astype(str).str.slice(0, 90).to_numpy()
         truth = self.state.has_truth
