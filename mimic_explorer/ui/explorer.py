@@ -30,6 +30,7 @@ from mimic_explorer.store.filter_files import SavedFilter, latest_saved_rule
 from mimic_explorer.store.indexed_epochs import epoch_scores_for
 from mimic_explorer.store.reader import Run, open_run
 from mimic_explorer.store.reviews import ReviewError, applied_for_spec
+from mimic_explorer.ui import plots
 from mimic_explorer.ui.controls import FilterControls
 from mimic_explorer.ui.counting import Counts
 from mimic_explorer.ui.cut_lines import CutLines
@@ -155,6 +156,8 @@ class Explorer(Viewer):
             map_view=self.map_view,
         )
         self.live.param.watch(self._move_lines, "counts")
+        if self.state.total > plots.RASTERIZE_ABOVE:  # the Scatter tab will rasterize: compile its kernels now
+            plots.warm_up_datashader()
         if isinstance(restored, SavedFilter):
             self.notice.show(*self._restored_text(restored))
         elif restored:
