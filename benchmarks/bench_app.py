@@ -324,10 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.median(with_tabs) * 1000:.1f} ms, max {max(with_tabs) * 1000:.1f} ms"
     )
 
-    print(
-        f"machine: {cpu_name()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, panel {pn.__version__}"
-    )
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, panel {pn.__version__}")
     ok = statistics.median(loads) < 3.0 and statistics.median(changes) < 0.2 and statistics.median(with_tabs) < 0.2
     print("PASS" if ok else "FAIL", "(load < 3 s, threshold change < 0.2 s)")
     if tmp is not None:

@@ -10,8 +10,10 @@ process is gone (``remove_stale_temporaries``) — or every one in a folder whos
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
+import mmap
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -204,3 +206,17 @@ def mapped_array_file(path: str | os.PathLike, dtype: np.dtype | str, shape: tup
             del array
             raise
     return array
+
+
+def release_mapped_pages(array: np.ndarray) -> None:
+    """Hand back the pages that reads or writes through ``array``'s memory map made resident in this process
+    (``madvise(MADV_DONTNEED)``; a shared file map's written pages stay in the page cache and reach the
+    file). Why: every page touched through a map counts in the process's resident memory until the map
+    goes, so a pass over a file of hundreds of MB would hold all of it."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is None:
+        base = getattr(array, "base", None)
+        mapping = base if isinstance(base, mmap.mmap) else None
+    if mapping is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or no madvise here
+            mapping.madvise(mmap.MADV_DONTNEED)

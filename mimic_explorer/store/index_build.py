@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mimic_explorer.store.arrow_pool import release_arrow_memory
+from mimic_explorer.store.atomic import mapped_array_file, release_mapped_pages
+from mimic_explorer.store.external_sort import group_bounds, sort_column
 from mimic_explorer.store.histogram import histogram
 from mimic_explorer.store.id_lookup import write_id_lookup
 from mimic_explorer.store.indexed_epochs import stored_bands
 from mimic_explorer.store.layout import IndexFiles
-from mimic_explorer.store.score_groups import sort_by_group
-from mimic_explorer.store.stable_order import stable_argsort
 from mimic_explorer.store.trajectory_index import Positions, build_trajectories
 
 #: Columns that hold identities or categories, never a score to threshold, sort or plot.
@@ -183,8 +183,11 @@ def _build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles)
     """Write each sample's thumbnail (offset, length) by sample position, from the run's thumbnail
     index (matched by id: by position where it lists the samples in order, else by a hash of the
     ids). Why: the app then opens without reading millions of thumbnail ids (seconds at 12.8 M)."""
-    offsets = np.full(len(ids), -1, dtype=np.int64)
-    lengths = np.zeros(len(ids), dtype=np.int64)
+    offsets = mapped_array_file(files.thumb_offsets, np.int64, (len(ids),))  # through maps whose pages are
+    lengths = mapped_array_file(files.thumb_lengths, np.int64, (len(ids),))  # handed back batch by batch
+    for start in range(0, len(ids), BATCH_ROWS):
+        offsets[start : start + BATCH_ROWS] = -1
+        release_mapped_pages(offsets)
     positions, start = Positions(ids), 0
     for batch in pq.ParquetFile(thumbs_index).iter_batches(
         batch_size=BATCH_ROWS, columns=["sample_id", "offset", "length"]
@@ -194,8 +197,8 @@ def _build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles)
         known = where >= 0
         offsets[where[known]] = batch.column("offset").to_numpy(zero_copy_only=False)[known]
         lengths[where[known]] = batch.column("length").to_numpy(zero_copy_only=False)[known]
-    np.save(files.thumb_offsets, offsets)
-    np.save(files.thumb_lengths, lengths)
+        release_mapped_pages(offsets), release_mapped_pages(lengths)
+    offsets.flush(), lengths.flush()
     return True
 
 
@@ -226,26 +229,29 @@ def build_index(
     groups = _groups(labels, n_rows, noisy, "label" in text)
 
     def index_column(number: int, name: str) -> tuple[str, dict[str, Any]]:
-        values = read(name).astype(np.float64, copy=False)
-        order = stable_argsort(values)  # NaN last, ties by position: RuleCounter's order
-        if len(order) < 2**31:
-            order = order.astype(POSITION_TYPE)  # what is stored, and half the memory from here on
-        np.save(files.order(number), order)
-        sorted_values = values[order]
-        np.save(files.sorted_values(number), sorted_values)
-        valid = int(len(values) - np.isnan(values).sum())
-        bounds = None
-        if groups is not None:
-            grouped, bounds = sort_by_group(values, order[:valid], groups[0], groups[1], sorted_values[:valid])
-            np.save(files.grouped(number), grouped)
-            del grouped
-        del order
+        # sorted out of core (runs on disk, merged a block at a time): memory stays a few chunks
+        column = np.load(files.column(number), mmap_mode="r")
+        found = sort_column(
+            column,
+            files.order(number),
+            files.sorted_values(number),
+            folder / f".sort-{number:03d}",
+            position_type=POSITION_TYPE if n_rows < 2**31 else np.int64,
+            grouped_path=files.grouped(number) if groups is not None else None,
+            group=groups[0] if groups is not None else None,
+            n_groups=groups[1] if groups is not None else 0,
+            mapped=mapped_array_file,
+        )
+        sorted_values = np.load(files.sorted_values(number), mmap_mode="r")
+        valid = found.valid
+        below_inf = int(np.searchsorted(sorted_values[:valid], np.inf, side="left"))  # +inf sit at the top
+        above_minus_inf = int(np.searchsorted(sorted_values[:valid], -np.inf, side="right"))
         return name, {
             "number": number,
             "valid": valid,
-            "finite": int(np.isfinite(values).sum()),
-            "group_bounds": None if bounds is None else bounds.tolist(),
-            "histogram": None if truth_unreadable else _histogram_record(values, sorted_values, noisy),
+            "finite": below_inf - above_minus_inf,
+            "group_bounds": None if groups is None else group_bounds(found).tolist(),
+            "histogram": None if truth_unreadable else _histogram_record(column, sorted_values, noisy),
         }
 
     columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if _is_score_column(name, dtype)]

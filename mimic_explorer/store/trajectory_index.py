@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mimic_explorer.store.arrow_pool import release_arrow_memory
-from mimic_explorer.store.atomic import mapped_array_file
+from mimic_explorer.store.atomic import mapped_array_file, release_mapped_pages
 from mimic_explorer.store.layout import IndexFiles
 from mimic_explorer.store.scores import SIGNALS
 
@@ -86,6 +86,8 @@ def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> d
                 for signal in signals
             ]
             _accumulate(rows, sums, epoch, where[keep], columns, distinct)
+            for array in (rows, *sums):  # the batch's written pages: the page cache's, not this process's
+                release_mapped_pages(array)
         del sums, rows  # unmapped: written pages go to the page cache, out of this process
         release_arrow_memory()  # the part's decoded batches
     stored = [_compact_signal(path, files.trajectory_rows) for path in paths]
@@ -121,6 +123,8 @@ def _compact_signal(path: Path, rows_path: Path) -> str:
             exact = False
             break
         means[:, span] = narrow
+        for array in (sums, rows, means):
+            release_mapped_pages(array)
     means.flush()
     del means, sums, rows
     if not exact:
@@ -134,19 +138,17 @@ def _compact_rows(rows_path: Path) -> tuple[str, int]:
     """Store the per-cell row counts as uint8 when none exceeds 255 (one row per sample and epoch is the
     usual case); returns the dtype stored and the largest count."""
     rows = np.load(rows_path, mmap_mode="r")
-    largest = max(
-        (
-            int(np.asarray(rows[:, s : s + COMPACT_SAMPLES]).max(initial=0))
-            for s in range(0, rows.shape[1], COMPACT_SAMPLES)
-        ),
-        default=0,
-    )
+    largest = 0
+    for start in range(0, rows.shape[1], COMPACT_SAMPLES):
+        largest = max(largest, int(np.asarray(rows[:, start : start + COMPACT_SAMPLES]).max(initial=0)))
+        release_mapped_pages(rows)
     if largest > np.iinfo(np.uint8).max:
         return "int32", largest
     compact = rows_path.with_name(rows_path.stem + ".uint8.npy")
     small = mapped_array_file(compact, np.uint8, rows.shape)
     for start in range(0, rows.shape[1], COMPACT_SAMPLES):
         small[:, start : start + COMPACT_SAMPLES] = rows[:, start : start + COMPACT_SAMPLES]
+        release_mapped_pages(small), release_mapped_pages(rows)
     small.flush()
     del small, rows
     os.replace(compact, rows_path)

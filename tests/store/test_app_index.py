@@ -75,6 +75,15 @@ def test_index_equals_the_whole_table_on_a_synthetic_run(run_dir):
     assert view.describe().equals(samples.describe())  # anything else: the whole table
 
 
+def test_index_sorted_in_many_runs_equals_the_whole_table(run_dir, monkeypatch):
+    """The out-of-core sort with chunks and merge blocks far smaller than the run: the same index."""
+    from mimic_explorer.store import external_sort
+
+    monkeypatch.setattr(external_sort, "CHUNK_ROWS", 256)
+    monkeypatch.setattr(external_sort, "BLOCK_ROWS", 31)
+    _check_equal_to_whole_table(run_dir)
+
+
 @pytest.mark.slow
 def test_index_equals_the_whole_table_on_a_real_run(demo_run, tmp_path):
     _check_equal_to_whole_table(copy_run(demo_run, tmp_path / "demo"))

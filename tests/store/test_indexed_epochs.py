@@ -51,7 +51,7 @@ def test_bands_values_and_trajectories_equal_the_score_parts(run_dir, float64_pa
     pd.testing.assert_frame_equal(
         indexed.quantile_bands("proj", other), parts.quantile_bands("proj", parts.noisy_marker(other, run.samples))
     )
-    ids = run.samples["sample_id"].iloc[[5, 1799, 0]].tolist() + ["not-in-the-run"]
+    ids = [*run.samples["sample_id"].iloc[[5, 1799, 0]].tolist(), "not-in-the-run"]
     pd.testing.assert_frame_equal(
         indexed.trajectories(ids, ["proj"]),
         parts.trajectories(ids, ["proj"]).reset_index(drop=True),
