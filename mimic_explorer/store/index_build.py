@@ -251,7 +251,9 @@ def build_index(
             "valid": valid,
             "finite": below_inf - above_minus_inf,
             "group_bounds": None if groups is None else group_bounds(found).tolist(),
-            "histogram": None if truth_unreadable else _histogram_record(column, sorted_values, noisy),
+            "histogram": None
+            if truth_unreadable
+            else _histogram_record(column.astype(np.float64, copy=False), sorted_values, noisy),
         }
 
     columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if _is_score_column(name, dtype)]

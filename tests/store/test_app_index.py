@@ -29,6 +29,7 @@ def run_dir(tmp_path):
     frame.loc[[3, 17, 2000], "mimic_score"] = np.nan  # NaN and ties must sort as the explorer sorts them
     frame.loc[[5, 6, 7], "mimic_score"] = 0.5
     frame.loc[[8], "mimic_score"] = np.inf
+    frame["times_seen"] = np.arange(len(frame)) % 7  # an integer score column: sorted and binned as floats
     frame.to_parquet(path / "samples.parquet", index=False, row_group_size=700)  # several row groups
     return path
 
