@@ -12,7 +12,6 @@ the run as it was and its half-written files removed. See docs/ARCHITECTURE.md (
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mimic_explorer.store.atomic import write_json
+from mimic_explorer.store.atomic import release_mapped_pages, write_json
 from mimic_explorer.store.histogram import Histogram
 from mimic_explorer.store.id_lookup import IdLookup, probe_hash
 from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index
@@ -268,12 +267,10 @@ class AppIndex:
         than it reads (the kernel maps whole folios and the pages around a fault: ~0.4 MB per row
         read from each column here). Readers call this after an operation, so the server's resident
         memory is what it holds, not every page it ever looked at."""
-        mappings = [array._mmap for array in list(self._maps.values()) if getattr(array, "_mmap", None) is not None]
+        for array in list(self._maps.values()):
+            release_mapped_pages(array)
         if "_text_map" in self.__dict__:
-            mappings.append(self._text_map)
-        for mapping in mappings:
-            with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or a platform without madvise
-                mapping.madvise(mmap.MADV_DONTNEED)
+            release_mapped_pages(self._text_map)
 
     def column(self, name: str) -> np.ndarray:
         """A numeric column, memory-mapped (read-only)."""
@@ -439,8 +436,7 @@ class AppIndex:
         """One value of a mapped ``.npy``, its pages unmapped again (a mapped read maps ~0.4 MB)."""
         array = self._map(path)
         value = int(array[position])
-        if getattr(array, "_mmap", None) is not None:
-            array._mmap.madvise(mmap.MADV_DONTNEED)
+        release_mapped_pages(array)
         return value
 
     # ------------------------------------------------------------------ rows by id

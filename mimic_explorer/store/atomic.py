@@ -208,12 +208,12 @@ def mapped_array_file(path: str | os.PathLike, dtype: np.dtype | str, shape: tup
     return array
 
 
-def release_mapped_pages(array: np.ndarray) -> None:
-    """Hand back the pages that reads or writes through ``array``'s memory map made resident in this process
-    (``madvise(MADV_DONTNEED)``; a shared file map's written pages stay in the page cache and reach the
-    file). Why: every page touched through a map counts in the process's resident memory until the map
-    goes, so a pass over a file of hundreds of MB would hold all of it."""
-    mapping = getattr(array, "_mmap", None)
+def release_mapped_pages(array: np.ndarray | mmap.mmap) -> None:
+    """Hand back the pages that reads or writes through ``array``'s memory map (or the ``mmap`` itself) made
+    resident in this process (``madvise(MADV_DONTNEED)``; a shared file map's written pages stay in the page
+    cache and reach the file). Why: every page touched through a map counts in the process's resident
+    memory until the map goes, so a pass over a file of hundreds of MB would hold all of it."""
+    mapping = array if isinstance(array, mmap.mmap) else getattr(array, "_mmap", None)
     if mapping is None:
         base = getattr(array, "base", None)
         mapping = base if isinstance(base, mmap.mmap) else None

@@ -13,8 +13,6 @@ the distribution of the rows). A run that scored a sample twice in an epoch keep
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import numpy as np
 import pandas as pd
 
@@ -47,17 +45,12 @@ class IndexedEpochScores:
         """What ``values`` and ``quantile_bands`` take to split clean / mislabeled: the mask itself."""
         return np.asarray(noisy, dtype=bool)
 
-    @cached_property
-    def _stored(self) -> dict[str, str]:
-        return dict(zip(self.signals, self._record.get("stored") or ["sum64"] * len(self.signals), strict=True))
-
     def _epoch_row(self, signal: str, epoch_number: int) -> tuple[np.ndarray, np.ndarray]:
-        """(the signal's value of every sample in one epoch, which samples have a row that epoch)."""
+        """(the signal's value of every sample in one epoch, which samples have a row that epoch): stored means,
+        or sums of one row each — the values themselves (``most_rows`` ≤ 1)."""
         k = self.signals.index(signal)
         values = np.asarray(self._index._map(self._index.files.trajectory(k))[epoch_number], dtype=np.float64)
         present = np.asarray(self._index._map(self._index.files.trajectory_rows)[epoch_number]) > 0
-        if self._stored[signal] != "mean32":
-            values = values.copy()  # sums of one row each: the values themselves (most_rows ≤ 1)
         return values, present
 
     def values(

@@ -71,3 +71,21 @@ def _packed_order(values: np.ndarray) -> np.ndarray:
     members = order[fix]
     order[fix] = members[np.lexsort((members, values[members], run[fix]))]
     return order
+
+
+def descending_from_ascending(ascending: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """Positions highest first, equal values by position, from the stable ascending order of the same
+    (non-NaN) values and those values in that order — in O(n), without sorting again: the order
+    reversed, then each run of equal values turned back to ascending position (reversed, a run has
+    its positions descending; slot i of a run [s, e) takes the entry at s + e - 1 - i)."""
+    reverse = np.asarray(ascending)[::-1]
+    values = np.asarray(sorted_values)[::-1]
+    n = len(reverse)
+    if n < 2:
+        return reverse.copy()
+    starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+    ends = np.append(starts[1:], n)
+    lengths = ends - starts
+    if not (lengths > 1).any():
+        return reverse.copy()
+    return reverse[np.repeat(starts + ends - 1, lengths) - np.arange(n)]

@@ -32,6 +32,7 @@ from mimic_explorer.filters.rules import (
     refuse_per_class_without_classes,
 )
 from mimic_explorer.store.score_groups import sort_by_group
+from mimic_explorer.store.stable_order import descending_from_ascending
 
 
 @dataclass
@@ -145,19 +146,8 @@ class RuleCounter:
         if np.isneginf(self.scores).any():  # -inf ties with NaN there: take the literal definition
             return np.argsort(-np.nan_to_num(self.scores, nan=-np.inf), kind="stable")
         n_valid = len(self.scores) - int(nan.sum())
-        reverse = self.ascending[:n_valid][::-1]
-        values = self.scores[reverse]
-        if len(reverse) == 0:
-            return self.ascending.copy()
-        change = np.empty(len(reverse), dtype=bool)
-        change[0] = True
-        np.not_equal(values[1:], values[:-1], out=change[1:])
-        starts = np.flatnonzero(change)
-        ends = np.append(starts[1:], len(reverse)) - 1
-        group = np.cumsum(change) - 1
-        fixed = np.empty_like(reverse)
-        fixed[starts[group] + ends[group] - np.arange(len(reverse))] = reverse
-        return np.concatenate([fixed, self.ascending[n_valid:]])
+        valid = self.ascending[:n_valid]
+        return np.concatenate([descending_from_ascending(valid, self.scores[valid]), self.ascending[n_valid:]])
 
     @cached_property
     def _class_descending(self) -> list[np.ndarray]:
