@@ -28,25 +28,9 @@ from tests.ui_helpers import ROOT, copy_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 README_SCREENSHOT = ROOT / "assets" / "screenshot.png"
 KEPT = re.compile(r"Kept: (\d+) of (\d+)")
 K = 16  # the explorer's default images per gallery
-
-
-def _need_browser():
-    missing = []
-    if not Path(CHROMIUM).exists():
-        missing.append(CHROMIUM)
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing.append("the playwright Python package")
-    if missing:
-        message = f"browser tests need {' and '.join(missing)}"
-        if os.environ.get("MIMIC_EXPLORER_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def _free_port() -> int:
@@ -103,17 +87,6 @@ def served(args: list[str], log_path: Path, env: dict | None = None, ready_timeo
 def _no_traceback(log_path: Path) -> None:
     text = log_path.read_text()
     assert "Traceback" not in text, text[-4000:]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    _need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        yield browser
-        browser.close()
 
 
 def _kept(page) -> tuple[int, int]:

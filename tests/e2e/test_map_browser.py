@@ -15,33 +15,13 @@ import time
 
 import pytest
 
-from tests.e2e.test_app_browser import CHROMIUM, _need_browser, _no_traceback, served
+from tests.e2e.test_app_browser import _no_traceback, served
 from tests.ui_helpers import synthetic_run
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SELECTED = re.compile(r"selected ([\d,]+) · kept ([\d,]+)")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    _need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        yield browser
-        browser.close()
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _open_map(page, url: str):
@@ -100,19 +80,19 @@ def test_box_selection_export_and_a_review_that_survives_a_reload(browser, tmp_p
         page.mouse.down()
         page.mouse.move(x0 + box["width"] * 0.3, y0 + box["height"] * 0.35, steps=10)
         page.mouse.up()
-        n, kept = _wait(lambda: _selected(page), 60, "the selected line")
+        n, kept = wait_for(lambda: _selected(page), 60, "the selected line")
         assert 0 < n < 600 and 0 <= kept <= n
         page.screenshot(path=str(tmp_path / "map.png"))
 
         rows = _download(page, "Export the selection", tmp_path / "selection.csv")
         chosen = {row["sample_id"] for row in rows}
         assert len(rows) == n == len(chosen)
-        shown = _wait(lambda: (ids := _gallery_ids(page)) != before and ids, 30, "the galleries to follow")
+        shown = wait_for(lambda: (ids := _gallery_ids(page)) != before and ids, 30, "the galleries to follow")
         assert shown <= chosen  # every card is a selected sample
 
         baseline = _download(page, "Download keep-list", tmp_path / "before.csv")
         page.get_by_text("Mark drop", exact=True).first.click()
-        _wait(lambda: (run / "reviews.parquet").exists(), 30, "the review log")
+        wait_for(lambda: (run / "reviews.parquet").exists(), 30, "the review log")
 
         page.reload()
         _open_map(page, url)
