@@ -138,19 +138,20 @@ def _compact_rows(rows_path: Path) -> tuple[str, int]:
     """Store the per-cell row counts as uint8 when none exceeds 255 (one row per sample and epoch is the
     usual case); returns the dtype stored and the largest count."""
     rows = np.load(rows_path, mmap_mode="r")
-    largest = 0
-    for start in range(0, rows.shape[1], COMPACT_SAMPLES):
-        largest = max(largest, int(np.asarray(rows[:, start : start + COMPACT_SAMPLES]).max(initial=0)))
-        release_mapped_pages(rows)
-    if largest > np.iinfo(np.uint8).max:
-        return "int32", largest
     compact = rows_path.with_name(rows_path.stem + ".uint8.npy")
     small = mapped_array_file(compact, np.uint8, rows.shape)
-    for start in range(0, rows.shape[1], COMPACT_SAMPLES):
-        small[:, start : start + COMPACT_SAMPLES] = rows[:, start : start + COMPACT_SAMPLES]
+    largest = 0
+    for start in range(0, rows.shape[1], COMPACT_SAMPLES):  # one pass: copied while the counts fit
+        block = np.asarray(rows[:, start : start + COMPACT_SAMPLES])
+        largest = max(largest, int(block.max(initial=0)))
+        if largest <= np.iinfo(np.uint8).max:
+            small[:, start : start + COMPACT_SAMPLES] = block
         release_mapped_pages(small), release_mapped_pages(rows)
     small.flush()
     del small, rows
+    if largest > np.iinfo(np.uint8).max:
+        compact.unlink()
+        return "int32", largest
     os.replace(compact, rows_path)
     return "uint8", largest
 

@@ -307,3 +307,20 @@ def test_thumbnails_by_position_from_the_index_equal_the_thumbnail_store(tmp_pat
         assert by_index.get(ids.iloc[position], position) == whole.get(ids.iloc[position], position) is not None
     assert by_index._ids is None  # the thumbnail ids were never read
     assert index.thumbnail_location(400) is None
+
+
+def test_row_counts_past_255_keep_int32_and_exact_trajectories(run_dir, monkeypatch):
+    """A sample scored 300 times in one epoch does not fit a uint8 count: the counts stay int32."""
+    from mimic_explorer.store import trajectory_index
+    from mimic_explorer.store.scores import EpochScores
+
+    monkeypatch.setattr(trajectory_index, "COMPACT_SAMPLES", 700)  # the large count sits in a later chunk
+    part = RunLayout(run_dir).epoch_parts()[0]
+    frame = pd.read_parquet(part)
+    pd.concat([frame, *[frame.iloc[[2100]]] * 299]).to_parquet(part, index=False)
+    index = open_index(run_dir)
+    record = index.manifest["trajectories"]
+    assert record["rows_dtype"] == "int32" and record["most_rows"] == 300
+    ids = open_run(run_dir).samples["sample_id"]
+    expected = EpochScores(run_dir).trajectories([ids.iloc[2100], ids.iloc[5]]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(index.trajectories([2100, 5]), expected, check_dtype=False)
