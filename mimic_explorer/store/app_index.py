@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mimic_explorer.store.atomic import release_mapped_pages, write_json
+from mimic_explorer.store.atomic import load_npy, release_mapped_pages, write_json
 from mimic_explorer.store.histogram import Histogram
 from mimic_explorer.store.id_lookup import IdLookup, probe_hash
 from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index
@@ -238,7 +238,7 @@ class AppIndex:
 
     def _map(self, path: Path) -> np.ndarray:
         if path not in self._maps:
-            self._maps[path] = np.load(path, mmap_mode="r")
+            self._maps[path] = load_npy(path, mmap_mode="r")
         return self._maps[path]
 
     def map_all(self) -> None:

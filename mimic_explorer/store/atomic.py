@@ -16,6 +16,7 @@ import json
 import mmap
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,18 @@ def release_mapped_pages(array: np.ndarray | mmap.mmap) -> None:
     if mapping is not None:
         with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or no madvise here
             mapping.madvise(mmap.MADV_DONTNEED)
+
+
+_NPY_HEADER = threading.Lock()
+
+
+def load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load`` of a ``.npy`` file (memory-mapped with ``mmap_mode``), one thread at a time.
+
+    Why: ``np.load`` parses the file's header with ``ast.literal_eval``, and CPython 3.11 compiles an AST
+    with a recursion-depth counter shared by every thread: two threads parsing at once can fail with
+    ``SystemError: AST constructor recursion depth mismatch``. The index build reads its files from
+    several threads, so every read of a ``.npy`` in ``store`` goes through this lock (a header parse and a
+    map take microseconds; a whole-file read is of a small file)."""
+    with _NPY_HEADER:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)

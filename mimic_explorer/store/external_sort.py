@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimic_explorer.store.atomic import release_mapped_pages
+from mimic_explorer.store.atomic import load_npy, release_mapped_pages
 from mimic_explorer.store.stable_order import stable_argsort
 
 #: values sorted in memory at a time (8 bytes each, plus the sort's own scratch)
@@ -69,8 +69,8 @@ def _runs(
 
 def _merged(runs: list[tuple[Path, Path]], block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(values, positions) blocks of the runs merged in (value, position) order."""
-    values = [np.load(v, mmap_mode="r") for v, _ in runs]
-    positions = [np.load(p, mmap_mode="r") for _, p in runs]
+    values = [load_npy(v, mmap_mode="r") for v, _ in runs]
+    positions = [load_npy(p, mmap_mode="r") for _, p in runs]
     at = [0] * len(runs)
     while True:
         live = [r for r in range(len(runs)) if at[r] < len(values[r])]
@@ -149,7 +149,7 @@ def sort_column(
                     for member, start, end in zip(members.tolist(), starts.tolist(), ends.tolist(), strict=True):
                         grouped.write(int(offsets[member]), v[by_group[start:end]])
                         offsets[member] += end - start
-            order.write(done, np.load(nan_path))
+            order.write(done, load_npy(nan_path))
             values_out.write(done, np.full(n - done, np.nan))
         finally:
             for output in (order, values_out, grouped):

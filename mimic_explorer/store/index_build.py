@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mimic_explorer.store.arrow_pool import release_arrow_memory
-from mimic_explorer.store.atomic import mapped_array_file, release_mapped_pages
+from mimic_explorer.store.atomic import load_npy, mapped_array_file, release_mapped_pages
 from mimic_explorer.store.external_sort import group_bounds, sort_column
 from mimic_explorer.store.histogram import histogram
 from mimic_explorer.store.id_lookup import write_id_lookup
@@ -220,7 +220,7 @@ def build_index(
 
     def read(name: str) -> np.ndarray | None:
         """A whole column, read (not mapped: its pages leave with the array)."""
-        return np.load(files.column(number_of[name])) if name in number_of else None
+        return load_npy(files.column(number_of[name])) if name in number_of else None
 
     noisy = read("is_noisy")
     noisy = None if noisy is None else noisy.astype(bool, copy=False)
@@ -230,7 +230,7 @@ def build_index(
 
     def index_column(number: int, name: str) -> tuple[str, dict[str, Any]]:
         # sorted out of core (runs on disk, merged a block at a time): memory stays a few chunks
-        column = np.load(files.column(number), mmap_mode="r")
+        column = load_npy(files.column(number), mmap_mode="r")
         found = sort_column(
             column,
             files.order(number),
@@ -242,7 +242,7 @@ def build_index(
             n_groups=groups[1] if groups is not None else 0,
             mapped=mapped_array_file,
         )
-        sorted_values = np.load(files.sorted_values(number), mmap_mode="r")
+        sorted_values = load_npy(files.sorted_values(number), mmap_mode="r")
         valid = found.valid
         below_inf = int(np.searchsorted(sorted_values[:valid], np.inf, side="left"))  # +inf sit at the top
         above_minus_inf = int(np.searchsorted(sorted_values[:valid], -np.inf, side="right"))

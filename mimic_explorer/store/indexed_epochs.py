@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mimic_explorer.store.atomic import load_npy
 from mimic_explorer.store.scores import QUANTILES, EpochScores
 
 
@@ -130,10 +131,10 @@ def stored_bands(files, record: dict, noisy: np.ndarray | None) -> dict[str, dic
     when a (sample, epoch) cell may hold several rows (the bands are then the rows')."""
     if record.get("most_rows", 2) > 1:
         return None
-    rows_file = np.load(files.trajectory_rows, mmap_mode="r")
+    rows_file = load_npy(files.trajectory_rows, mmap_mode="r")
     bands = {}
     for k, signal in enumerate(record["signals"]):
-        array = np.load(files.trajectory(k), mmap_mode="r")
+        array = load_npy(files.trajectory(k), mmap_mode="r")
         by_group: dict[str, list[dict]] = {}
         for number, epoch in enumerate(record["epochs"]):
             values, present = np.asarray(array[number], dtype=np.float64), np.asarray(rows_file[number]) > 0

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mimic_explorer.store.atomic import load_npy
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import RunError, check_format, read_meta
 from mimic_explorer.store.scores import EpochScores
@@ -95,13 +96,13 @@ class Run:
         """The reference's class probabilities, (samples, classes) float32 memory-mapped, row r = ``samples`` row r
         (labelled train runs; None otherwise): cleanlab's ``pred_probs``."""
         path = self.layout.reference_probs
-        return np.load(path, mmap_mode="r") if path.exists() else None
+        return load_npy(path, mmap_mode="r") if path.exists() else None
 
     def embedding(self, source: str = "image") -> np.ndarray | None:
         """The run's ``source`` embeddings (``image`` or ``text``), (samples, dim) float16 memory-mapped, row r =
         ``samples`` row r; None when the run has none."""
         path = self.layout.embedding(source)
-        return np.load(path, mmap_mode="r") if path.exists() else None
+        return load_npy(path, mmap_mode="r") if path.exists() else None
 
     @cached_property
     def thumbnails(self) -> ThumbnailReader:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mimic_explorer.store.arrow_pool import release_arrow_memory
-from mimic_explorer.store.atomic import mapped_array_file, release_mapped_pages
+from mimic_explorer.store.atomic import load_npy, mapped_array_file, release_mapped_pages
 from mimic_explorer.store.layout import IndexFiles
 from mimic_explorer.store.scores import SIGNALS
 
@@ -72,8 +72,8 @@ def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> d
     mapped_array_file(files.trajectory_rows, np.int32, shape)
     positions = Positions(ids)
     for part in parts:
-        sums = [np.load(path, mmap_mode="r+") for path in paths]
-        rows = np.load(files.trajectory_rows, mmap_mode="r+")
+        sums = [load_npy(path, mmap_mode="r+") for path in paths]
+        rows = load_npy(files.trajectory_rows, mmap_mode="r+")
         offset = 0
         for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS, columns=["sample_id", "epoch", *signals]):
             where, distinct = positions.of(batch.column("sample_id").cast(pa.string()), offset)
@@ -110,7 +110,7 @@ def _compact_signal(path: Path, rows_path: Path) -> str:
     """Replace a signal's float64 sums with its float32 means when every mean is a float32 number (what
     a run records: its signals come from float32 tensors), half the bytes and still exact; else keep
     the sums. Returns how the signal is stored: ``"mean32"`` or ``"sum64"``."""
-    sums, rows = np.load(path, mmap_mode="r"), np.load(rows_path, mmap_mode="r")
+    sums, rows = load_npy(path, mmap_mode="r"), load_npy(rows_path, mmap_mode="r")
     compact = path.with_name(path.stem + ".mean32.npy")
     means = mapped_array_file(compact, np.float32, sums.shape)
     exact = True
@@ -137,7 +137,7 @@ def _compact_signal(path: Path, rows_path: Path) -> str:
 def _compact_rows(rows_path: Path) -> tuple[str, int]:
     """Store the per-cell row counts as uint8 when none exceeds 255 (one row per sample and epoch is the
     usual case); returns the dtype stored and the largest count."""
-    rows = np.load(rows_path, mmap_mode="r")
+    rows = load_npy(rows_path, mmap_mode="r")
     compact = rows_path.with_name(rows_path.stem + ".uint8.npy")
     small = mapped_array_file(compact, np.uint8, rows.shape)
     largest = 0
