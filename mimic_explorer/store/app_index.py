@@ -18,6 +18,7 @@ import logging
 import mmap
 import os
 import shutil
+import tempfile
 import threading
 import uuid
 import weakref
@@ -34,13 +35,16 @@ import pyarrow as pa
 from mimic_explorer.store.atomic import load_npy, release_mapped_pages, write_json
 from mimic_explorer.store.histogram import Histogram
 from mimic_explorer.store.id_lookup import IdLookup, probe_hash
-from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index
+from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index, run_groups
 from mimic_explorer.store.layout import IndexFiles, RunLayout
+from mimic_explorer.store.ordered_values import OrderedValues
+from mimic_explorer.store.score_index import index_score_column
 from mimic_explorer.store.trajectory_index import read_trajectories
 
 #: 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders;
-#: 5: sorted sample-id hashes (rows by id without reading every id)
-INDEX_VERSION = 5
+#: 5: sorted sample-id hashes (rows by id without reading every id); 6: no sorted values (read through
+#: the order), grouped positions instead of grouped values, columns other than the app's sorted on first use
+INDEX_VERSION = 6
 log = logging.getLogger(__name__)
 
 
@@ -211,6 +215,9 @@ class AppIndex:
         self._maps: dict[Path, np.ndarray] = {}
         self._shared: dict[tuple, Any] = {}
         self._shared_lock = threading.RLock()  # a value may be built from another
+        self._sorted_later: dict[str, dict[str, Any]] = {}  # records of columns sorted on first use
+        self._order_files: dict[int, IndexFiles] = {}  # where such a column's order lies, when not in the index
+        self._sort_lock = threading.Lock()
 
     def shared(self, key: tuple, build: Callable[[], Any]) -> Any:
         """A value derived from this index (a column's sorted counter...), built once by ``build()``
@@ -330,27 +337,125 @@ class AppIndex:
     # ------------------------------------------------------------------ per score column
 
     def _score(self, name: str) -> dict[str, Any]:
+        """``name``'s record (counts, group bounds, histogram), the column sorted first if it is not yet."""
         if name not in self._scores:
             raise KeyError(f"no score column {name!r}; available: {', '.join(self.score_columns)}")
-        return self._scores[name]
+        record = self._scores[name]
+        if record.get("sorted", True):
+            return record
+        if name in self._sorted_later:
+            return self._sorted_later[name]
+        groups = self._class_groups  # made before the sort lock is taken (it takes the shared-value lock)
+        with self._sort_lock:
+            if name not in self._sorted_later:
+                self._sorted_later[name] = self._sort_on_first_use(name, int(record["number"]), groups)
+            return self._sorted_later[name]
+
+    @cached_property
+    def _class_groups(self):
+        """(class groups, mislabeled flags, whether the truth has nulls): what sorting a column needs."""
+        numeric = [(entry["name"], np.dtype(entry["dtype"])) for entry in self.manifest["numeric"]]
+        return self.shared(("class-groups",), lambda: run_groups(self.files, numeric, self.manifest["text"], self.n))
+
+    def is_sorted(self, name: str) -> bool:
+        """Whether ``name``'s order is ready (else the first read of it sorts the column: seconds at 12.8 M)."""
+        record = self._scores.get(name)
+        if record is None or record.get("sorted", True) or name in self._sorted_later:
+            return True
+        return self._read_sorted_record(int(record["number"])) is not None
+
+    def _read_sorted_record(self, number: int) -> dict[str, Any] | None:
+        """The record a first-use sort left in the index folder, if it belongs to this index and its
+        files are whole."""
+        try:
+            stored = json.loads(self.files.sorted_record(number).read_text(encoding="utf-8"))
+            sizes = {name: (self.files.folder / name).stat().st_size for name in stored["files"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if stored.get("source") != self.manifest.get("source") or sizes != stored["files"]:
+            return None
+        return stored["record"]
+
+    def _sort_on_first_use(self, name: str, number: int, groups: tuple) -> dict[str, Any]:
+        """Sort column ``number`` now, into the index folder (under the index lock, so every process
+        sorts it once) or — when the run cannot be written or the index was replaced meanwhile — into a
+        temporary folder whose files this process maps (and the system removes)."""
+        log.info("sorting %s of %s for the first time (%d rows)", name, self.layout.root, self.n)
+        try:
+            with _locked(self.layout):
+                if _read_manifest(self.layout) != self.manifest:
+                    raise IndexUnavailable("the index was replaced since it was opened")
+                record = self._read_sorted_record(number)
+                if record is None:
+                    record = self._sort_into(self.files.folder, number, groups)
+                    names = [self.files.order(number).name]
+                    if record.get("group_bounds") is not None:
+                        names.append(self.files.grouped(number).name)
+                    files = {n: (self.files.folder / n).stat().st_size for n in names}
+                    write_json(
+                        self.files.sorted_record(number),
+                        {"source": self.manifest.get("source"), "record": record, "files": files},
+                    )
+                return record
+        except (IndexUnavailable, OSError) as exc:
+            log.warning(
+                "cannot keep the order of %s in %s (%s): sorting it in a temporary folder", name, self.layout.root, exc
+            )
+        with tempfile.TemporaryDirectory(prefix="mimic-order-") as folder:
+            record = self._sort_into(Path(folder), number, groups)
+            where = self._order_files[number] = IndexFiles(Path(folder))
+            self._map(where.order(number))  # mapped before the folder goes: the map keeps the file
+            if record.get("group_bounds") is not None:
+                self._map(where.grouped(number))
+        return record
+
+    def _sort_into(self, folder: Path, number: int, groups: tuple) -> dict[str, Any]:
+        """Sort column ``number`` (read from this index) with its order written to ``folder``: first into a
+        hidden sub-folder, then renamed into place, so no reader ever maps a half-written order."""
+        groups, noisy, truth_unreadable = groups
+        scratch = folder / f".sorting-{number:03d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        scratch.mkdir()
+        try:
+            out = IndexFiles(scratch)
+            record = index_score_column(
+                self.files,
+                number,
+                self.n,
+                groups,
+                noisy,
+                scratch / "runs",
+                with_histogram=not truth_unreadable,
+                out=out,
+            )
+            os.replace(out.order(number), IndexFiles(folder).order(number))
+            if record.get("group_bounds") is not None:
+                os.replace(out.grouped(number), IndexFiles(folder).grouped(number))
+        finally:
+            _remove(scratch)
+        return record
+
+    def _where(self, number: int) -> IndexFiles:
+        return self._order_files.get(number, self.files)
 
     def order(self, name: str) -> np.ndarray:
         """Row positions by ``name``, ascending (stable: ties by position; NaN last)."""
-        return self._map(self.files.order(self._score(name)["number"]))
+        number = self._score(name)["number"]
+        return self._map(self._where(number).order(number))
 
-    def sorted_values(self, name: str) -> np.ndarray:
-        """``name``'s values (float64) in ``order``."""
-        return self._map(self.files.sorted_values(self._score(name)["number"]))
+    def sorted_values(self, name: str) -> OrderedValues:
+        """``name``'s values (float64) in ``order``: read through the order, never stored twice."""
+        return OrderedValues(self.column(name), self.order(name))
 
-    def grouped(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def grouped(self, name: str) -> tuple[OrderedValues, OrderedValues, np.ndarray] | None:
         """(non-NaN values ascending, values by (class, mislabeled) group, group bounds) — what the live
         counter would sort (``score_groups.sort_by_group``); None when the labels are not integers."""
         record = self._score(name)
         if record.get("group_bounds") is None:
             return None
+        column, number = self.column(name), record["number"]
         return (
-            self.sorted_values(name)[: record["valid"]],
-            self._map(self.files.grouped(record["number"])),
+            OrderedValues(column, self.order(name)[: record["valid"]]),
+            OrderedValues(column, self._map(self._where(number).grouped(number))),
             np.asarray(record["group_bounds"], dtype=np.int64),
         )
 
@@ -365,7 +470,7 @@ class AppIndex:
     def count_split(self, name: str, threshold: float) -> tuple[int, int]:
         """(samples with score ≥ threshold, samples with score < threshold), NaN in neither: O(log n)."""
         valid = self.valid_count(name)
-        below = int(np.searchsorted(self.sorted_values(name)[:valid], threshold, side="left"))
+        below = int(self.sorted_values(name)[:valid].searchsorted(threshold, side="left"))
         return valid - below, below
 
     def lowest(self, name: str, k: int) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Sort a column of any length in bounded memory: sorted runs on disk, then a blockwise k-way merge.
 
 Why: the app index stores, per score column, the ascending order of its values (ties by position, NaN
-last: numpy's stable argsort) and the values in that order, and the same values grouped by (class,
-mislabeled). Sorting a column in memory needs about 40 bytes a sample at once (5 GB a column at 128 M,
+last: numpy's stable argsort) and the same positions grouped by (class, mislabeled), ascending by
+value within each group (the values themselves are read through those positions:
+``store.ordered_values``). Sorting a column in memory needs about 40 bytes a sample at once (5 GB a column at 128 M,
 two columns at a time); here a chunk of ``chunk_rows`` values is sorted at a time and written as a run,
 and the runs are merged a block at a time, so the memory is a few chunks' worth whatever the pool size.
 
@@ -33,10 +34,12 @@ BLOCK_ROWS = 1 << 18
 
 @dataclass
 class SortedColumn:
-    """What ``sort_column`` found: how many values are not NaN, and per group how many non-NaN values."""
+    """What ``sort_column`` found: how many values are not NaN, how many of them are finite (±inf
+    left out), and per group how many non-NaN values."""
 
     valid: int
     group_counts: np.ndarray | None
+    finite: int = 0
 
 
 def _runs(
@@ -45,7 +48,7 @@ def _runs(
     """Sort ``column`` a chunk at a time into run files (non-NaN values ascending with their positions);
     NaN positions go to one file in position order."""
     runs, nan_path = [], folder / "nan.npy"
-    nan_positions, valid = [], 0
+    nan_positions, valid, infinite = [], 0, 0
     counts = np.zeros(n_groups, dtype=np.int64) if group is not None else None
     for number, start in enumerate(range(0, len(column), chunk_rows)):
         values = np.asarray(column[start : start + chunk_rows], dtype=np.float64) + 0.0  # -0.0 ties with 0.0
@@ -63,8 +66,9 @@ def _runs(
         np.save(run[1], positions.astype(np.int64))
         runs.append(run)
         valid += len(kept)
+        infinite += int(np.isinf(values[kept]).sum())
     np.save(nan_path, np.concatenate(nan_positions) if nan_positions else np.zeros(0, dtype=np.int64))
-    return runs, nan_path, SortedColumn(valid, counts)
+    return runs, nan_path, SortedColumn(valid, counts, valid - infinite)
 
 
 def _merged(runs: list[tuple[Path, Path]], block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -106,7 +110,6 @@ def _merged(runs: list[tuple[Path, Path]], block: int) -> Iterator[tuple[np.ndar
 def sort_column(
     column: np.ndarray,
     order_path: Path,
-    sorted_path: Path,
     scratch: Path,
     *,
     position_type: np.dtype = np.int32,
@@ -118,10 +121,10 @@ def sort_column(
     mapped: Callable[[Path, np.dtype, tuple[int, ...]], np.ndarray] | None = None,
 ) -> SortedColumn:
     """Write ``column``'s stable ascending order (NaN last, by position) as ``position_type`` to
-    ``order_path``, the values in that order (float64) to ``sorted_path`` and — given ``group`` (a small
-    int per position) — the non-NaN values grouped by group, ascending within each, to ``grouped_path``;
-    each equal to the in-memory ``stable_argsort`` / ``score_groups.sort_by_group``. ``scratch``: an
-    empty folder for the runs (removed here). ``mapped``: makes a writable ``.npy`` map (default
+    ``order_path`` and — given ``group`` (a small int per position) — the non-NaN positions grouped by
+    group, ascending by value within each (ties by position), to ``grouped_path``; each equal to the
+    in-memory ``stable_argsort`` / ``score_groups.sort_by_group``'s order. ``scratch``: an empty folder
+    for the runs (removed here). ``mapped``: makes a writable ``.npy`` map (default
     ``np.lib.format.open_memmap``; the index passes one that reserves its disk blocks first)."""
     chunk_rows, block = chunk_rows or CHUNK_ROWS, block or BLOCK_ROWS
     mapped = mapped or (lambda path, dtype, shape: np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape))
@@ -130,29 +133,26 @@ def sort_column(
     try:
         runs, nan_path, found = _runs(column, scratch, chunk_rows, group, n_groups)
         order = _Output(mapped, order_path, position_type, n)
-        values_out = _Output(mapped, sorted_path, np.float64, n)
         grouped = offsets = None
         if grouped_path is not None and group is not None:
-            grouped = _Output(mapped, grouped_path, np.float64, found.valid)
+            grouped = _Output(mapped, grouped_path, position_type, found.valid)
             offsets = np.concatenate(([0], np.cumsum(found.group_counts)[:-1]))
         try:
             done = 0
-            for v, p in _merged(runs, block):
+            for _, p in _merged(runs, block):
                 order.write(done, p)
-                values_out.write(done, v)
-                done += len(v)
+                done += len(p)
                 if grouped is not None:
                     g = group[p]
                     by_group = np.argsort(g, kind="stable")  # stable: ascending values within each group
                     members, starts = np.unique(g[by_group], return_index=True)
                     ends = np.append(starts[1:], len(g))
                     for member, start, end in zip(members.tolist(), starts.tolist(), ends.tolist(), strict=True):
-                        grouped.write(int(offsets[member]), v[by_group[start:end]])
+                        grouped.write(int(offsets[member]), p[by_group[start:end]])
                         offsets[member] += end - start
             order.write(done, load_npy(nan_path))
-            values_out.write(done, np.full(n - done, np.nan))
         finally:
-            for output in (order, values_out, grouped):
+            for output in (order, grouped):
                 if output is not None:
                     output.close()
     finally:
@@ -184,5 +184,5 @@ class _Output:
 
 
 def group_bounds(found: SortedColumn) -> np.ndarray:
-    """Where each group starts in the grouped values (and where the last ends): ``sort_by_group``'s bounds."""
+    """Where each group starts in the grouped positions (and where the last ends): ``sort_by_group``'s bounds."""
     return np.concatenate(([0], np.cumsum(found.group_counts))).astype(np.int64)

@@ -96,6 +96,10 @@ def bin_count(sorted_finite: np.ndarray, lo: float, hi: float) -> int:
     return _bins_from(len(sorted_finite), tuple(_quantiles(sorted_finite, [0.25, 0.75], True)), lo, hi)
 
 
+#: values counted at a time when the sorted finite values are known (the bins need nothing else whole)
+CHUNK_ROWS = 1 << 22
+
+
 def histogram(
     values: np.ndarray,
     bins: int | None = None,
@@ -104,21 +108,29 @@ def histogram(
     sorted_finite: np.ndarray | None = None,
 ) -> Histogram:
     """Counts over a robust range; outliers are clipped into the edge bins rather than stretching them.
-    ``sorted_finite``: the finite values already sorted, if the caller has them (saves a sort)."""
-    finite_mask = np.isfinite(values)
-    finite = values[finite_mask]
+    ``sorted_finite``: the finite values already sorted (an array or ``OrderedValues``), if the caller
+    has them: saves a sort, and the values are then counted a chunk at a time (memory: one chunk, not
+    a copy of the column)."""
     presorted = sorted_finite is not None
-    source = sorted_finite if presorted else finite
+    source = sorted_finite if presorted else np.asarray(values)[np.isfinite(values)]
     known = _quantiles(source, [TAIL, 1 - TAIL, 0.25, 0.75], presorted) if len(source) >= 2 else None
     if value_range:
         lo, hi = _representable(*value_range)
     else:
         lo, hi = _range_from(source, presorted, known[:2] if known else None, TAIL)
     bins = bins or _bins_from(len(source), tuple(known[2:]) if known else (0.0, 0.0), lo, hi)
-    clipped = int(((finite < lo) | (finite > hi)).sum())
-    clipped_values = np.clip(finite, lo, hi, out=finite)  # finite is a copy: clipped in place
-    counts, edges = np.histogram(clipped_values, bins=bins, range=(lo, hi))
-    noisy_counts = None
-    if noisy is not None:
-        noisy_counts, _ = np.histogram(clipped_values[noisy[finite_mask]], bins=edges)
+    edges = np.histogram_bin_edges(np.zeros(0), bins=bins, range=(lo, hi))
+    counts = np.zeros(bins, dtype=np.int64)
+    noisy_counts = None if noisy is None else np.zeros(bins, dtype=np.int64)
+    clipped = 0
+    step = CHUNK_ROWS if presorted else max(len(values), 1)
+    for start in range(0, len(values), step):
+        chunk = np.asarray(values[start : start + step], dtype=np.float64)
+        finite_mask = np.isfinite(chunk)
+        finite = chunk[finite_mask]  # a copy: clipped in place
+        clipped += int(((finite < lo) | (finite > hi)).sum())
+        clipped_values = np.clip(finite, lo, hi, out=finite)
+        counts += np.histogram(clipped_values, bins=bins, range=(lo, hi))[0]
+        if noisy_counts is not None:
+            noisy_counts += np.histogram(clipped_values[noisy[start : start + step][finite_mask]], bins=edges)[0]
     return Histogram(edges, counts, noisy_counts, clipped)

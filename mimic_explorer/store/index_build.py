@@ -23,11 +23,10 @@ import pyarrow.parquet as pq
 
 from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.atomic import load_npy, mapped_array_file, release_mapped_pages
-from mimic_explorer.store.external_sort import group_bounds, sort_column
-from mimic_explorer.store.histogram import histogram
 from mimic_explorer.store.id_lookup import write_id_lookup
 from mimic_explorer.store.indexed_epochs import stored_bands
 from mimic_explorer.store.layout import IndexFiles
+from mimic_explorer.store.score_index import ClassGroups, class_groups, columns_sorted_at_build, index_score_column
 from mimic_explorer.store.trajectory_index import Positions, build_trajectories
 
 #: Columns that hold identities or categories, never a score to threshold, sort or plot.
@@ -37,8 +36,6 @@ NON_SCORE_COLUMNS = frozenset(
 #: Columns always kept as text (an integer id is still an id, read back as a string as ``Run.samples`` does).
 TEXT_ALWAYS = frozenset({"sample_id"})
 BATCH_ROWS = 1 << 20
-#: stored orders hold positions as int32 below 2**31 rows (half the bytes to write and to map)
-POSITION_TYPE = np.int32
 
 
 def _may_have_nulls(metadata: pq.FileMetaData, column: int) -> bool:
@@ -139,32 +136,24 @@ def _copy_columns(
             handle.close()
 
 
-def _histogram_record(values: np.ndarray, sorted_values: np.ndarray, noisy: np.ndarray | None) -> dict[str, Any]:
-    n_valid = len(values) - int(np.isnan(values).sum())
-    valid = sorted_values[:n_valid]
-    lo, hi = np.searchsorted(valid, -np.inf, side="right"), np.searchsorted(valid, np.inf)
-    hist = histogram(values, noisy=noisy, sorted_finite=valid[lo:hi])
-    return {
-        "edges": hist.edges.tolist(),
-        "counts": hist.counts.tolist(),
-        "clipped": hist.clipped,
-        "noisy": None if hist.noisy is None else hist.noisy.tolist(),
-    }
+def run_groups(
+    files: IndexFiles, numeric: list[tuple[str, np.dtype]], text: list[str], n_rows: int
+) -> tuple[ClassGroups | None, np.ndarray | None, bool]:
+    """(the class groups, the mislabeled flags, whether the ground truth has nulls) from the index's
+    column files: what sorting a score column needs, at build and on first use alike. No groups when
+    the labels are not integers (the live counter then groups them itself)."""
+    number_of = {name: number for number, (name, _) in enumerate(numeric)}
 
+    def mapped(name: str) -> np.ndarray | None:
+        return load_npy(files.column(number_of[name]), mmap_mode="r") if name in number_of else None
 
-def _groups(
-    labels: np.ndarray | None, n: int, noisy: np.ndarray | None, text_labels: bool
-) -> tuple[np.ndarray, int, dict[str, list] | None] | None:
-    """(group of each sample: class code · 2 + mislabeled, number of groups, the labels and their
-    counts) as the live counter forms them; None when the labels are not integers (the counter then
-    groups them itself)."""
-    if text_labels or (labels is not None and labels.dtype.kind not in "iu"):
-        return None
-    classes, codes = np.unique(labels if labels is not None else np.zeros(n, dtype=np.int64), return_inverse=True)
-    codes = codes.reshape(-1)
-    counts = {"labels": classes.tolist(), "counts": np.bincount(codes, minlength=len(classes)).tolist()}
-    group = codes.astype(np.int32) * 2 + (noisy if noisy is not None else 0)  # int32: half the memory
-    return group, 2 * len(classes), counts if labels is not None else None
+    noisy = mapped("is_noisy")
+    noisy = None if noisy is None else np.asarray(noisy, dtype=bool)  # one byte a sample, read once
+    truth_unreadable = "is_noisy" in text  # nulls in the ground truth: the explorer computes its own histogram
+    labels = mapped("label")
+    if "label" in text or (labels is not None and labels.dtype.kind not in "iu"):
+        return None, noisy, truth_unreadable
+    return class_groups(labels, n_rows, noisy), noisy, truth_unreadable
 
 
 def _sample_ids(files: IndexFiles) -> pa.Array | None:
@@ -184,7 +173,7 @@ def _build_thumb_locations(thumbs_index: Path, ids: pa.Array, files: IndexFiles)
     index (matched by id: by position where it lists the samples in order, else by a hash of the
     ids). Why: the app then opens without reading millions of thumbnail ids (seconds at 12.8 M)."""
     offsets = mapped_array_file(files.thumb_offsets, np.int64, (len(ids),))  # through maps whose pages are
-    lengths = mapped_array_file(files.thumb_lengths, np.int64, (len(ids),))  # handed back batch by batch
+    lengths = mapped_array_file(files.thumb_lengths, np.uint32, (len(ids),))  # handed back batch by batch
     for start in range(0, len(ids), BATCH_ROWS):
         offsets[start : start + BATCH_ROWS] = -1
         release_mapped_pages(offsets)
@@ -216,47 +205,19 @@ def build_index(
     n_rows, column_names = parquet.metadata.num_rows, [field.name for field in parquet.schema_arrow]
     del parquet  # the reader keeps what it decoded (the size of the table) until it goes
     release_arrow_memory()
-    number_of = {name: number for number, (name, _) in enumerate(numeric)}
-
-    def read(name: str) -> np.ndarray | None:
-        """A whole column, read (not mapped: its pages leave with the array)."""
-        return load_npy(files.column(number_of[name])) if name in number_of else None
-
-    noisy = read("is_noisy")
-    noisy = None if noisy is None else noisy.astype(bool, copy=False)
-    truth_unreadable = "is_noisy" in text  # nulls in the ground truth: the explorer computes its own histogram
-    labels = read("label")
-    groups = _groups(labels, n_rows, noisy, "label" in text)
+    groups, noisy, truth_unreadable = run_groups(files, numeric, text, n_rows)
+    scores = [(number, name) for number, (name, dtype) in enumerate(numeric) if _is_score_column(name, dtype)]
+    columns = [
+        (number, name) for number, name in scores if name in columns_sorted_at_build([name for _, name in scores])
+    ]
 
     def index_column(number: int, name: str) -> tuple[str, dict[str, Any]]:
         # sorted out of core (runs on disk, merged a block at a time): memory stays a few chunks
-        column = load_npy(files.column(number), mmap_mode="r")
-        found = sort_column(
-            column,
-            files.order(number),
-            files.sorted_values(number),
-            folder / f".sort-{number:03d}",
-            position_type=POSITION_TYPE if n_rows < 2**31 else np.int64,
-            grouped_path=files.grouped(number) if groups is not None else None,
-            group=groups[0] if groups is not None else None,
-            n_groups=groups[1] if groups is not None else 0,
-            mapped=mapped_array_file,
+        record = index_score_column(
+            files, number, n_rows, groups, noisy, folder / f".sort-{number:03d}", with_histogram=not truth_unreadable
         )
-        sorted_values = load_npy(files.sorted_values(number), mmap_mode="r")
-        valid = found.valid
-        below_inf = int(np.searchsorted(sorted_values[:valid], np.inf, side="left"))  # +inf sit at the top
-        above_minus_inf = int(np.searchsorted(sorted_values[:valid], -np.inf, side="right"))
-        return name, {
-            "number": number,
-            "valid": valid,
-            "finite": below_inf - above_minus_inf,
-            "group_bounds": None if groups is None else group_bounds(found).tolist(),
-            "histogram": None
-            if truth_unreadable
-            else _histogram_record(column.astype(np.float64, copy=False), sorted_values, noisy),
-        }
+        return name, record
 
-    columns = [(number, name) for number, (name, dtype) in enumerate(numeric) if _is_score_column(name, dtype)]
     ids = _sample_ids(files) if score_parts or thumbs_index is not None else None
     with ThreadPoolExecutor(max_workers=2) as pool:  # sorts and file writes release the GIL: two at a time
         truth = None if truth_unreadable else noisy
@@ -274,12 +235,12 @@ def build_index(
             else None
         )
         id_lookup = pool.submit(_build_id_lookup, files, n_rows) if "sample_id" in text else None
-        scores = dict(pool.map(lambda item: index_column(*item), columns))
+        sorted_columns = dict(pool.map(lambda item: index_column(*item), columns))
         id_lookup = id_lookup.result() if id_lookup is not None else None
         trajectories = trajectories.result() if trajectories is not None else None
         thumbnails = thumbnails.result() if thumbnails is not None else False
-    classes = groups[2] if groups is not None else None
-    labels = noisy = truth = groups = None  # released before the manifest is built (the closures above hold them)
+    classes = groups.classes if groups is not None else None
+    noisy = truth = groups = None  # released before the manifest is built (the closures above hold them)
     return {
         "rows": n_rows,
         "columns": column_names,
@@ -287,7 +248,8 @@ def build_index(
             {"name": name, "number": number, "dtype": dtype.str} for number, (name, dtype) in enumerate(numeric)
         ],
         "text": text,
-        "scores": scores,
+        # every score column; those not sorted yet get their order on first use (``AppIndex.sorted_record``)
+        "scores": {name: sorted_columns.get(name, {"number": number, "sorted": False}) for number, name in scores},
         "classes": classes,
         "trajectories": trajectories,
         "thumbnails": thumbnails,

@@ -374,13 +374,13 @@ class IndexFiles:
         """Row positions of a score column, ascending (stable, NaN last)."""
         return self.folder / f"order-{number:03d}.npy"
 
-    def sorted_values(self, number: int) -> Path:
-        """The score column's values in ``order`` (what ``searchsorted`` runs on)."""
-        return self.folder / f"sorted-{number:03d}.npy"
-
     def grouped(self, number: int) -> Path:
-        """The score column's non-NaN values sorted by (class, mislabeled) group, then by value."""
+        """The positions of the score column's non-NaN values sorted by (class, mislabeled) group, then by value."""
         return self.folder / f"grouped-{number:03d}.npy"
+
+    def sorted_record(self, number: int) -> Path:
+        """A column sorted on first use: its counts, histogram and file sizes (written after its files)."""
+        return self.folder / f"sorted-{number:03d}.json"
 
     def trajectory(self, number: int) -> Path:
         """One per-epoch signal as an (epochs × samples) array: a sample's trajectory is one column."""

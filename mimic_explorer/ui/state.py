@@ -413,8 +413,12 @@ class ExplorerState:
             if label is not None:
                 order = order[self.samples["label"].to_numpy()[order] == label]
             stored = label is None and self.matches is None and self._app_index is not None
-            scores = self._app_index.sorted_values(self.column) if stored else self.scores[order]
-            n_finite = int(np.isfinite(scores).sum())
+            if stored:  # read through the stored order: nothing gathered here
+                scores = self._app_index.sorted_values(self.column)
+                n_finite = self._app_index.finite_count(self.column)
+            else:
+                scores = self.scores[order]
+                n_finite = int(np.isfinite(scores).sum())
             self._orderings[label] = (order[:n_finite], scores[:n_finite])
         return self._orderings[label]
 

@@ -5,9 +5,11 @@ two processes open a run together."""
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -324,3 +326,81 @@ def test_row_counts_past_255_keep_int32_and_exact_trajectories(run_dir, monkeypa
     ids = open_run(run_dir).samples["sample_id"]
     expected = EpochScores(run_dir).trajectories([ids.iloc[2100], ids.iloc[5]]).reset_index(drop=True)
     pd.testing.assert_frame_equal(index.trajectories([2100, 5]), expected, check_dtype=False)
+
+
+def test_only_the_columns_the_app_opens_on_are_sorted_at_build_the_rest_on_first_use(run_dir, monkeypatch):
+    index = open_index(run_dir)
+    files, scores = IndexFiles(RunLayout(run_dir).index_dir), index.manifest["scores"]
+    assert scores["mimic_score"].get("sorted", True) and files.order(scores["mimic_score"]["number"]).exists()
+    later = scores["reference_loss"]
+    assert later == {"number": later["number"], "sorted": False}
+    assert not files.order(later["number"]).exists() and not index.is_sorted("reference_loss")
+    assert not list(files.folder.glob("sorted-*.npy"))  # sorted values are read through the order, not stored
+
+    values = open_run(run_dir).samples["reference_loss"].to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(index.order("reference_loss"), np.argsort(values, kind="stable"))
+    assert files.order(later["number"]).exists() and files.sorted_record(later["number"]).exists()
+    assert index.is_sorted("reference_loss")
+
+    sorts = []
+    real = app_index.index_score_column
+    monkeypatch.setattr(app_index, "index_score_column", lambda *a, **k: sorts.append(a[1]) or real(*a, **k))
+    app_index._OPEN.clear()
+    again = open_index(run_dir)  # another session's index: reads the record the first sort left
+    assert again is not index
+    np.testing.assert_array_equal(again.order("reference_loss"), index.order("reference_loss"))
+    assert again.histogram("reference_loss").counts.tolist() == index.histogram("reference_loss").counts.tolist()
+    assert sorts == []
+
+
+def test_a_first_use_record_of_another_index_or_with_a_short_file_is_not_trusted(run_dir):
+    index = open_index(run_dir)
+    index.order("grand")
+    files, number = IndexFiles(RunLayout(run_dir).index_dir), index.manifest["scores"]["grand"]["number"]
+    record = json.loads(files.sorted_record(number).read_text())
+    app_index._OPEN.clear()
+    with open(files.order(number), "r+b") as handle:  # a truncated order: sorted again, whole
+        handle.truncate(files.order(number).stat().st_size - 4)
+    values = open_run(run_dir).samples["grand"].to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(open_index(run_dir).order("grand"), np.argsort(values, kind="stable"))
+    record["source"] = {"size": 1}
+    files.sorted_record(number).write_text(json.dumps(record))
+    app_index._OPEN.clear()
+    fresh = open_index(run_dir)
+    assert not fresh.is_sorted("grand")
+    np.testing.assert_array_equal(fresh.order("grand"), np.argsort(values, kind="stable"))
+
+
+def test_a_column_that_cannot_be_sorted_into_the_run_is_sorted_in_a_temporary_folder(run_dir, monkeypatch):
+    index = open_index(run_dir)
+
+    def refused(layout):
+        raise IndexUnavailable(f"cannot lock {layout.index_lock}: read-only")
+
+    monkeypatch.setattr(app_index, "_locked", refused)
+    samples = open_run(run_dir).samples
+    values = samples["reference_loss"].to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(index.order("reference_loss"), np.argsort(values, kind="stable"))
+    grouped = index.grouped("reference_loss")
+    assert grouped is not None and np.asarray(grouped[1]).shape == (int((~np.isnan(values)).sum()),)
+    assert (
+        not IndexFiles(RunLayout(run_dir).index_dir)
+        .order(index.manifest["scores"]["reference_loss"]["number"])
+        .exists()
+    )
+    assert index.count_split("reference_loss", float(np.nanmedian(values))) == (
+        int((values >= np.nanmedian(values)).sum()),
+        int((values < np.nanmedian(values)).sum()),
+    )
+
+
+def test_many_threads_asking_for_an_unsorted_column_sort_it_once(run_dir, monkeypatch):
+    index = open_index(run_dir)
+    sorts = []
+    real = app_index.index_score_column
+    monkeypatch.setattr(app_index, "index_score_column", lambda *a, **k: sorts.append(a[1]) or real(*a, **k))
+    with ThreadPoolExecutor(4) as pool:
+        orders = list(pool.map(lambda _: np.asarray(index.order("model_loss")), range(8)))
+    assert len(sorts) == 1
+    for order in orders[1:]:
+        np.testing.assert_array_equal(order, orders[0])
