@@ -17,7 +17,7 @@ bound empties its block, so each round makes progress.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +158,67 @@ def sort_column(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return found
+
+
+def sort_key_chunks(
+    chunks: Iterable[np.ndarray],
+    n: int,
+    keys_path: Path,
+    order_path: Path,
+    scratch: Path,
+    *,
+    position_type: np.dtype = np.int32,
+    chunk_rows: int | None = None,
+    block: int | None = None,
+) -> None:
+    """Sort ``n`` integer keys arriving as ``chunks`` in position order (e.g. the sample ids' hashes, a
+    batch at a time) without holding them all: ``order_path`` gets the positions by key (ties by
+    position: numpy's stable argsort), ``keys_path`` the keys in that order. Memory: one chunk."""
+    chunk_rows, block = chunk_rows or CHUNK_ROWS, block or BLOCK_ROWS
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        runs, held, start, dtype = [], [], 0, None
+
+        def spill() -> None:
+            keys = np.concatenate(held) if len(held) > 1 else held[0]
+            local = np.argsort(keys, kind="stable")
+            run = (scratch / f"run-{len(runs):05d}-values.npy", scratch / f"run-{len(runs):05d}-positions.npy")
+            np.save(run[0], keys[local])
+            np.save(run[1], local.astype(np.int64) + (start - len(keys)))
+            runs.append(run)
+            held.clear()
+
+        pending = 0
+        for chunk in chunks:
+            chunk = np.asarray(chunk)
+            dtype = chunk.dtype
+            while len(chunk):
+                take = chunk[: chunk_rows - pending]
+                held.append(take)
+                pending += len(take)
+                start += len(take)
+                chunk = chunk[len(take) :]
+                if pending == chunk_rows:
+                    spill()
+                    pending = 0
+        if held:
+            spill()
+        if start != n:
+            raise OSError(f"the keys gave {start} rows, {n} expected")
+        mapped = lambda path, kind, shape: np.lib.format.open_memmap(path, mode="w+", dtype=kind, shape=shape)  # noqa: E731
+        order = _Output(mapped, order_path, position_type, n)
+        keys_out = _Output(mapped, keys_path, dtype if dtype is not None else np.uint64, n)
+        try:
+            done = 0
+            for v, p in _merged(runs, block):
+                order.write(done, p)
+                keys_out.write(done, v)
+                done += len(p)
+        finally:
+            order.close()
+            keys_out.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class _Output:

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mimic_explorer.store.external_sort import sort_key_chunks
+
 HASH_NAME = "pandas.util.hash_array(categorize=False)"
 #: the id whose hash, recorded at build time, tells whether this pandas hashes the same way
 PROBE = "mimic_explorer sample id probe"
@@ -41,19 +43,20 @@ def probe_hash() -> int:
     return int(hash_ids([PROBE])[0])
 
 
-def write_id_lookup(batches: Iterable[pa.Array], n: int, hashes_path: Path, order_path: Path) -> dict[str, Any]:
-    """Hash the ids (a batch at a time: never all of them as Python strings), sort, and save the sorted
-    hashes and the row of each; returns the manifest entry."""
-    hashes = np.empty(n, dtype=np.uint64)
-    start = 0
-    for batch in batches:
-        hashes[start : start + len(batch)] = hash_ids(batch)
-        start += len(batch)
-    if start != n:
-        raise OSError(f"the sample ids gave {start} rows, the table has {n}")
-    order = np.argsort(hashes, kind="stable")  # equal hashes by row: the same files on every build
-    np.save(order_path, order.astype(np.int32) if n < 2**31 else order)
-    np.save(hashes_path, hashes[order])
+def write_id_lookup(
+    batches: Iterable[pa.Array], n: int, hashes_path: Path, order_path: Path, scratch: Path
+) -> dict[str, Any]:
+    """Hash the ids a batch at a time (never all of them as Python strings), sort the hashes out of core
+    (``scratch``: an empty folder for the sorted runs, removed after) and save the sorted hashes and the
+    row of each; returns the manifest entry. Memory: a few million hashes, whatever the pool size."""
+    sort_key_chunks(
+        (hash_ids(batch) for batch in batches),  # equal hashes by row: the same files on every build
+        n,
+        hashes_path,
+        order_path,
+        scratch,
+        position_type=np.int32 if n < 2**31 else np.int64,
+    )
     return {"hash": HASH_NAME, "probe": probe_hash()}
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.store.atomic import load_npy
+from mimic_explorer.store.atomic import load_npy, release_mapped_pages
 from mimic_explorer.store.scores import QUANTILES, EpochScores
 
 
@@ -112,10 +112,10 @@ def band_rows(values: np.ndarray, present: np.ndarray, noisy: np.ndarray | None,
     groups = {"all": present} if noisy is None else {"clean": present & ~noisy, "mislabeled": present & noisy}
     rows = []
     for group, mask in groups.items():
-        part = values[mask]
-        part = part[np.isfinite(part)]
+        part = values[mask]  # in the values' own dtype (float32 trajectories: half the bytes of a float64 copy)
+        part = np.asarray(part[np.isfinite(part)], dtype=np.float64)
         if len(part):
-            quantiles = np.quantile(part, QUANTILES).tolist()
+            quantiles = np.quantile(part, QUANTILES, overwrite_input=True).tolist()  # part is this loop's copy
             rows.append({"epoch": int(epoch), "group": group, **dict(zip(BAND_NAMES, quantiles, strict=True))})
     return rows
 
@@ -137,10 +137,11 @@ def stored_bands(files, record: dict, noisy: np.ndarray | None) -> dict[str, dic
         array = load_npy(files.trajectory(k), mmap_mode="r")
         by_group: dict[str, list[dict]] = {}
         for number, epoch in enumerate(record["epochs"]):
-            values, present = np.asarray(array[number], dtype=np.float64), np.asarray(rows_file[number]) > 0
+            values, present = array[number], np.asarray(rows_file[number]) > 0  # values read where the masks pick
             for split in (False, True) if noisy is not None else (False,):
                 for row in band_rows(values, present, noisy if split else None, epoch):
                     by_group.setdefault(row["group"], []).append(row)
+            release_mapped_pages(array), release_mapped_pages(rows_file)
         bands[signal] = by_group
     return bands
 

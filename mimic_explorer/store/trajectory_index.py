@@ -17,6 +17,7 @@ manifest says which (``stored``, ``rows_dtype``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +36,40 @@ BATCH_ROWS = 1 << 20
 
 class Positions:
     """Sample positions of score rows: by position when a batch repeats the samples' ids in order,
-    else by a hash of the ids (built once, only when needed)."""
+    else by a hash of the ids (built once, only when needed: every id as a Python string).
 
-    def __init__(self, ids: pa.Array):
+    ``ids`` may be a chunked array over a memory map (the index's text file); ``release`` then hands
+    back the pages a comparison read, so a pass over 128 M ids holds one batch of them, not all."""
+
+    def __init__(self, ids: pa.Array | pa.ChunkedArray, release: Callable[[], None] | None = None):
         self.ids = ids
+        self._release = release or (lambda: None)
         self._lookup: pd.Index | None = None
 
     def of(self, batch_ids: pa.Array, offset: int) -> tuple[np.ndarray, bool]:
         """(positions, whether they are distinct); -1 for an id the samples do not have."""
         rows = len(batch_ids)
-        if offset + rows <= len(self.ids) and batch_ids.equals(self.ids.slice(offset, rows)):
-            return np.arange(offset, offset + rows), True
+        if offset + rows <= len(self.ids):
+            same = pa.chunked_array([batch_ids], type=batch_ids.type).equals(
+                _chunked(self.ids.slice(offset, rows), batch_ids.type)
+            )
+            self._release()
+            if same:
+                return np.arange(offset, offset + rows), True
         if self._lookup is None:
             self._lookup = pd.Index(self.ids.to_numpy(zero_copy_only=False))
+            self._release()
         return self._lookup.get_indexer(batch_ids.to_numpy(zero_copy_only=False)), False
 
 
-def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> dict[str, Any] | None:
+def _chunked(ids: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
+    chunked = ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids], type=ids.type)
+    return chunked if chunked.type == kind else chunked.cast(kind)
+
+
+def build_trajectories(parts: list[Path], ids: Positions, files: IndexFiles) -> dict[str, Any] | None:
     """Write the trajectory arrays for the run's score ``parts``; None when it has none.
-    ``ids``: the samples' ids (string array, samples.parquet order).
+    ``ids``: the samples' ids (samples.parquet order) as ``Positions``.
 
     Arrays are (epochs × samples): a part holds one epoch (or a few) in sample order, so its rows land
     in one contiguous stretch of each array; the arrays are mapped for one part at a time, so the
@@ -64,18 +80,21 @@ def build_trajectories(parts: list[Path], ids: pa.Array, files: IndexFiles) -> d
     signals = [s for s in SIGNALS if s in names]
     if not signals or "epoch" not in names:
         return None
-    epochs = np.unique(np.concatenate([pq.read_table(p, columns=["epoch"]).column("epoch").to_numpy() for p in parts]))
-    shape = (len(epochs), len(ids))
+    epochs = np.unique(  # a part's distinct epochs at a time: never every row's epoch at once
+        np.concatenate([np.unique(pq.read_table(p, columns=["epoch"]).column("epoch").to_numpy()) for p in parts])
+    )
+    shape = (len(epochs), len(ids.ids))
     paths = [files.trajectory(k) for k in range(len(signals))]
     for path in paths:
         mapped_array_file(path, np.float64, shape)  # zeros, every block reserved (a full disk: OSError, not SIGBUS)
     mapped_array_file(files.trajectory_rows, np.int32, shape)
-    positions = Positions(ids)
+    positions = ids
     for part in parts:
         sums = [load_npy(path, mmap_mode="r+") for path in paths]
         rows = load_npy(files.trajectory_rows, mmap_mode="r+")
         offset = 0
-        for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS, columns=["sample_id", "epoch", *signals]):
+        reader = pq.ParquetFile(part, pre_buffer=False)  # a pre-buffering reader keeps what it has read
+        for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=["sample_id", "epoch", *signals]):
             where, distinct = positions.of(batch.column("sample_id").cast(pa.string()), offset)
             offset += batch.num_rows
             known = where >= 0

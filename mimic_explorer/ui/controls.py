@@ -13,7 +13,9 @@ on it, and a one-line note says why, with a button one click from ``mimic_score`
 
 from __future__ import annotations
 
+import functools
 import html
+import threading
 
 import numpy as np
 import panel as pn
@@ -56,16 +58,75 @@ def slider_step(lo: float, hi: float) -> float:
     return float((hi - lo) / 1000) or 0.001
 
 
+class ColumnPicker:
+    """The score-column select of a clause. A column the run's index has not sorted yet (it sorts the
+    columns the app opens on when it is built, the rest on first use: seconds at 12.8 M samples, a
+    minute at 128 M) is prepared in a background thread while a note says so, and the clause switches
+    to it when it is ready: the page stays responsive, for this session and every other one."""
+
+    def __init__(self, model: ClauseModel, state: ExplorerState, *, label: str, notify, **widget_params):
+        self.model, self.state, self.notify = model, state, notify
+        self.widget = pn.widgets.Select(
+            options=list(model.param.column.objects), value=model.column, label=label, **widget_params
+        )
+        self.pending: threading.Thread | None = None
+        self.widget.param.watch(self._picked, "value")
+        model.param.watch(lambda event: setattr(self.widget, "value", event.new), "column")
+        model.param.watch(lambda event: setattr(self.widget, "options", list(event.new)), "column", what="objects")
+
+    def _picked(self, event) -> None:
+        column = event.new
+        if column == self.model.column or self.pending is not None:
+            return
+        if self.state.column_ready(column):
+            self.model.column = column
+            return
+        self.notify(f"Sorting {column} for the first time ({self.state.total:,} samples); it opens when ready.", "info")
+        self.widget.disabled = True
+        document = pn.state.curdoc if pn.state.curdoc is not None and pn.state.curdoc.session_context else None
+        self.pending = threading.Thread(target=self._prepare, args=(column, document), daemon=True)
+        self.pending.start()
+
+    def _prepare(self, column: str, document) -> None:
+        try:
+            self.state.prepare_column(column)
+            failure = None
+        except Exception as exc:  # noqa: BLE001 - shown to the person who asked, the old column kept
+            failure = exc
+        finish = functools.partial(self._finish, column, failure)
+        if document is not None:
+            document.add_next_tick_callback(finish)  # back on the session's own loop, as Bokeh requires
+        else:
+            finish()
+
+    def _finish(self, column: str, failure: Exception | None) -> None:
+        self.pending = None
+        self.widget.disabled = False
+        if failure is not None:
+            self.widget.value = self.model.column
+            self.notify(f"Could not open {column}: {failure}", "danger")
+            return
+        self.notify("", "info")
+        self.model.column = column
+
+
 class _ClauseWidgets:
     """The views of one clause's parameters: column, rule and the value each rule uses (the threshold
     slider follows the clause's column range). ``rules``: the rule labels offered."""
 
-    def __init__(self, model: ClauseModel, state: ExplorerState, rules: dict[str, str], column_label: str = "Score"):
+    def __init__(
+        self,
+        model: ClauseModel,
+        state: ExplorerState,
+        rules: dict[str, str],
+        column_label: str = "Score",
+        notify=lambda text, kind: None,
+    ):
         self.model, self.state = model, state
         rule = model.param.rule.rx()
         lo, hi = state.score_range(model.column)
         wide = dict(sizing_mode="stretch_width")
-        self.column = pn.widgets.Select.from_param(model.param.column, label=column_label, **wide)
+        self.column = ColumnPicker(model, state, label=column_label, notify=notify, **wide).widget
         self.rule = pn.widgets.RadioButtonGroup.from_param(
             model.param.rule, options=rules, color="primary", variant="outline", stylesheets=[RULE_BUTTONS_CSS], **wide
         )
@@ -113,11 +174,15 @@ class _ClauseWidgets:
 class _ClauseControls(Viewer):
     """One further clause in a box: "AND", its column, a remove button, its rule and value."""
 
-    def __init__(self, clause: ClauseModel, model: FilterModel, state: ExplorerState, **params):
+    def __init__(self, clause: ClauseModel, model: FilterModel, state: ExplorerState, notify=None, **params):
         super().__init__(**params)
         self.clause = clause
         self.widgets = _ClauseWidgets(
-            clause, state, {k: v for k, v in RULE_LABELS.items() if v != "ensemble"}, column_label="AND on"
+            clause,
+            state,
+            {k: v for k, v in RULE_LABELS.items() if v != "ensemble"},
+            column_label="AND on",
+            notify=notify or (lambda text, kind: None),
         )
         self.remove = pn.widgets.Button(
             label="✕", description="Remove this clause", color="light", width=40, align="end"
@@ -144,7 +209,7 @@ class FilterControls(Viewer):
         self.model, self.live, self.state, self.notice = model, live, state, notice
         wide = dict(sizing_mode="stretch_width")
         rules = {k: v for k, v in RULE_LABELS.items() if v != "ensemble" or state.has_ensemble}
-        self.first = _ClauseWidgets(model, state, rules)
+        self.first = _ClauseWidgets(model, state, rules, notify=notice.show)
         self.column, self.rule, self.slider = self.first.column, self.first.rule, self.first.slider
         self.quantile, self.top_fraction, self.keep_n = self.first.quantile, self.first.top_fraction, self.first.keep_n
         self.per_class = self.first.per_class
@@ -231,7 +296,10 @@ class FilterControls(Viewer):
         """Rebuild the boxes of the further clauses when one is added or removed (not on their edits)."""
         if [id(box.clause) for box in self.boxes] != [id(c) for c in self.model.more]:
             boxes = {id(box.clause): box for box in self.boxes}
-            self.boxes = [boxes.get(id(c)) or _ClauseControls(c, self.model, self.state) for c in self.model.more]
+            self.boxes = [
+                boxes.get(id(c)) or _ClauseControls(c, self.model, self.state, self.notice.show)
+                for c in self.model.more
+            ]
             self.clauses[:] = self.boxes
 
     def _on_typed(self, event) -> None:

@@ -161,6 +161,21 @@ class ExplorerState:
         """Whether the run has Stage 2's ensemble vote (``keep``), so the ensemble rule is offered."""
         return self.counter.ensemble is not None
 
+    def column_ready(self, column: str) -> bool:
+        """Whether switching to ``column`` is quick: its order is in the index (or the run is read whole,
+        where a column is sorted in memory in well under a second). A column the index sorts on first
+        use is not ready until ``prepare_column`` ran."""
+        index = self._app_index
+        if index is None or column not in index.score_columns:
+            return True
+        return column in self._counters or index.is_sorted(column)
+
+    def prepare_column(self, column: str) -> None:
+        """Do the slow part of switching to ``column`` now (sort it if the index has not, build its
+        counter and range), e.g. in a background thread while the app says so; the switch is then quick."""
+        self.counter_for(column)
+        self.score_range(column)
+
     def score_range(self, column: str | None = None) -> tuple[float, float]:
         """The full finite range of a column (what a typed threshold is checked against)."""
         values = self.counter_for(column).sorted_finite

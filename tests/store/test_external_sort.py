@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mimic_explorer.store.external_sort import group_bounds, sort_column
+from mimic_explorer.store.external_sort import group_bounds, sort_column, sort_key_chunks
 from mimic_explorer.store.score_groups import sort_by_group
 from mimic_explorer.store.stable_order import stable_argsort
 
@@ -49,3 +49,22 @@ def test_the_merged_runs_equal_the_in_memory_sorts(tmp_path, n, chunk, block):
     np.testing.assert_array_equal(grouped_positions, expected[:valid][np.argsort(keys, kind="stable")])
     np.testing.assert_array_equal(group_bounds(found), bounds)
     assert not (tmp_path / "scratch").exists()  # the runs are gone
+
+
+@pytest.mark.parametrize("n,chunk,block", [(0, 4, 2), (1, 4, 2), (50, 7, 3), (3000, 256, 40), (3000, 5000, 5000)])
+def test_keys_arriving_in_batches_sort_as_numpy_does(tmp_path, n, chunk, block):
+    rng = np.random.default_rng(n)
+    keys = rng.integers(0, 40, size=n).astype(np.uint64) * np.uint64(2**58)  # ties, and the top bit in use
+    pieces = np.split(keys, np.sort(rng.choice(max(n, 1), size=min(n, 9), replace=False))) if n else [keys]
+    sort_key_chunks(
+        pieces, n, tmp_path / "keys.npy", tmp_path / "order.npy", tmp_path / "scratch", chunk_rows=chunk, block=block
+    )
+    expected = np.argsort(keys, kind="stable")
+    np.testing.assert_array_equal(np.load(tmp_path / "order.npy"), expected)
+    np.testing.assert_array_equal(np.load(tmp_path / "keys.npy"), keys[expected])
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_keys_fewer_than_promised_are_an_error(tmp_path):
+    with pytest.raises(OSError, match="gave 3 rows, 4 expected"):
+        sort_key_chunks([np.arange(3, dtype=np.uint64)], 4, tmp_path / "k.npy", tmp_path / "o.npy", tmp_path / "s")
