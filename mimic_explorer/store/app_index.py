@@ -43,7 +43,8 @@ from mimic_explorer.store.trajectory_index import read_trajectories
 
 #: 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders;
 #: 5: sorted sample-id hashes (rows by id without reading every id); 6: no sorted values (read through
-#: the order), grouped positions instead of grouped values, columns other than the app's sorted on first use
+#: the order), grouped positions instead of grouped values, columns other than the app's sorted on first use,
+#: integer columns stored in the narrowest type that holds them
 INDEX_VERSION = 6
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,8 @@ class AppIndex:
             release_mapped_pages(self._text_map)
 
     def column(self, name: str) -> np.ndarray:
-        """A numeric column, memory-mapped (read-only)."""
+        """A numeric column, memory-mapped (read-only), in the type its file holds: the table's own, or a
+        narrower integer type that holds every value (``dtype(name)`` is the table's; ``rows`` casts back)."""
         if name not in self._numeric:
             raise KeyError(f"{name!r} is not a numeric column of the index")
         return self._map(self.files.column(self._numeric[name]["number"]))
@@ -583,7 +585,7 @@ class AppIndex:
         if text is not None:
             text.index = index
         data = {
-            name: pd.Series(np.asarray(self.column(name)[positions]), index=index)
+            name: pd.Series(np.asarray(self.column(name)[positions]).astype(self.dtype(name), copy=False), index=index)
             if name in self._numeric
             else text[name]
             for name in self.columns

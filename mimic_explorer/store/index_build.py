@@ -82,6 +82,37 @@ def _plan_columns(parquet: pq.ParquetFile) -> tuple[list[tuple[str, np.dtype]], 
     return numeric, text
 
 
+#: the integer types a column may be stored as, narrowest first
+_NARROW_INTEGERS = (np.int8, np.int16, np.int32)
+
+
+def _narrow_types(parquet: pq.ParquetFile, numeric: list[tuple[str, np.dtype]]) -> dict[str, np.dtype]:
+    """The narrowest integer type that holds each 64/32-bit integer column's values, from the row groups'
+    statistics (min and max), where every row group has them: class labels fit one byte, and at 128 M
+    samples that is 0.9 GB less index per column. Reads give the table's own dtype back (``AppIndex``)."""
+    metadata, names = parquet.metadata, parquet.schema_arrow.names
+    narrow = {}
+    for name, dtype in numeric:
+        if dtype.kind not in "iu" or dtype.itemsize == 1:
+            continue
+        number, lo, hi = names.index(name), None, None
+        for group in range(metadata.num_row_groups):
+            stats = metadata.row_group(group).column(number).statistics
+            if stats is None or not stats.has_min_max:
+                lo = None
+                break
+            lo = stats.min if lo is None else min(lo, stats.min)
+            hi = stats.max if hi is None else max(hi, stats.max)
+        if lo is None or metadata.num_row_groups == 0:
+            continue
+        for kind in _NARROW_INTEGERS:
+            info = np.iinfo(kind)
+            if info.min <= lo and hi <= info.max and np.dtype(kind).itemsize < dtype.itemsize:
+                narrow[name] = np.dtype(kind)
+                break
+    return narrow
+
+
 def _is_score_column(name: str, dtype: np.dtype) -> bool:
     """A numeric, non-boolean column that is not an identity or a category."""
     return name not in NON_SCORE_COLUMNS and dtype.kind in "iuf"
@@ -106,7 +137,11 @@ def _text_schema(parquet: pq.ParquetFile, text: list[str]) -> pa.Schema:
 
 
 def _copy_columns(
-    parquet: pq.ParquetFile, files: IndexFiles, numeric: list[tuple[str, np.dtype]], text: list[str]
+    parquet: pq.ParquetFile,
+    files: IndexFiles,
+    numeric: list[tuple[str, np.dtype]],
+    text: list[str],
+    narrow: dict[str, np.dtype],
 ) -> None:
     """Stream the table into the column files and the text file, through file writes (not memory
     maps: pages written stay out of the process's resident memory). No file is synced on its own:
@@ -116,7 +151,8 @@ def _copy_columns(
     sinks = {}
     try:
         for number, (name, dtype) in enumerate(numeric):
-            header = np.lib.format.open_memmap(files.column(number), mode="w+", dtype=dtype, shape=(n,)).offset
+            stored = narrow.get(name, dtype)
+            header = np.lib.format.open_memmap(files.column(number), mode="w+", dtype=stored, shape=(n,)).offset
             sinks[name] = open(files.column(number), "r+b")  # noqa: SIM115 - one per column, closed in the finally
             sinks[name].seek(header)
         schema = _text_schema(parquet, text)
@@ -125,7 +161,11 @@ def _copy_columns(
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
                 for name, dtype in numeric:
                     values = batch.column(name).to_numpy(zero_copy_only=False)
-                    sinks[name].write(memoryview(np.ascontiguousarray(values, dtype=dtype)).cast("B"))
+                    stored = narrow.get(name, dtype)
+                    written = np.ascontiguousarray(values, dtype=stored)
+                    if stored != dtype and not np.array_equal(written, values):  # statistics that lied
+                        raise OSError(f"samples.parquet's statistics for {name!r} do not cover its values")
+                    sinks[name].write(memoryview(written).cast("B"))
                 if text:
                     columns = [batch.column(name).cast(field.type) for name, field in zip(text, schema, strict=True)]
                     writer.write_batch(pa.record_batch(columns, schema=schema))
@@ -210,7 +250,8 @@ def build_index(
     parquet = pq.ParquetFile(samples, pre_buffer=False)
     files = IndexFiles(folder)
     numeric, text = _plan_columns(parquet)
-    _copy_columns(parquet, files, numeric, text)
+    narrow = _narrow_types(parquet, numeric)
+    _copy_columns(parquet, files, numeric, text, narrow)
     n_rows, column_names = parquet.metadata.num_rows, [field.name for field in parquet.schema_arrow]
     del parquet  # the reader keeps what it decoded (the size of the table) until it goes
     release_arrow_memory()
@@ -258,8 +299,14 @@ def build_index(
     return {
         "rows": n_rows,
         "columns": column_names,
-        "numeric": [
-            {"name": name, "number": number, "dtype": dtype.str} for number, (name, dtype) in enumerate(numeric)
+        "numeric": [  # "stored": the narrower integer type the file holds, where it differs from the table's
+            {
+                "name": name,
+                "number": number,
+                "dtype": dtype.str,
+                **({"stored": narrow[name].str} if name in narrow else {}),
+            }
+            for number, (name, dtype) in enumerate(numeric)
         ],
         "text": text,
         # every score column; those not sorted yet get their order on first use (``AppIndex.sorted_record``)

@@ -61,7 +61,7 @@ def _pieces(samples: SampleColumns, keep: np.ndarray, column: str, reviewed: np.
         positions = kept[start : start + CHUNK_ROWS]
         yield (
             index.take_text(positions, names),
-            None if labels is None else np.asarray(labels[positions]),
+            None if labels is None else np.asarray(labels[positions]).astype(index.dtype("label"), copy=False),
             np.asarray(scores[positions], dtype=np.float64),
             None if reviewed is None else reviewed[positions],
         )
