@@ -491,6 +491,11 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
                 members = labels == cls
                 keep[members] = scores[members] >= cls_value
                 thresholds[str(cls)] = float(cls_value)
+        elif not rule.per_class and _stored_finite(samples, rule.column) is not None and rule.kind != "keep_count":
+            # the run's index holds the column's order: the cut is one read, not a copy and partition of it
+            cut = fraction_cut(_stored_finite(samples, rule.column), rule.kind, value)
+            keep = scores >= cut if cut is not None else np.zeros(n, dtype=bool)
+            thresholds["all"] = cut
         elif not rule.per_class:
             keep, thresholds["all"] = _resolve_one(scores, rule.kind, value, n)
         else:
@@ -542,6 +547,18 @@ def fraction_cut(sorted_finite: np.ndarray, kind: str, value: float) -> float | 
     if n == 0 or drop >= n:
         return None
     return float(sorted_finite[drop])
+
+
+def _stored_finite(samples, column: str):
+    """The column's finite scores ascending as the run's app index reads them through its stored order
+    (``store.ordered_values.OrderedValues``), when ``samples`` come through one; else None."""
+    index = getattr(samples, "app_index", None)
+    if index is None or column not in index.score_columns:
+        return None
+    values = index.sorted_values(column)
+    valid = index.valid_count(column)
+    lo = int(values[:valid].searchsorted(-np.inf, side="right"))
+    return values[lo : lo + index.finite_count(column)]
 
 
 def _resolve_one(scores: np.ndarray, kind: str, value: float, n: int) -> tuple[np.ndarray, float | None]:

@@ -210,9 +210,16 @@ def _sample_ids(files: IndexFiles) -> tuple[pa.ChunkedArray, mmap.mmap] | None:
 
 def _build_id_lookup(files: IndexFiles, n: int) -> dict[str, Any]:
     """The sorted id hashes and their rows (``store.id_lookup``), from the text file a batch at a time."""
-    reader = pa.ipc.open_file(pa.memory_map(str(files.text), "r"))
-    batches = (reader.get_batch(i).column("sample_id") for i in range(reader.num_record_batches))
-    return write_id_lookup(batches, n, files.id_hashes, files.id_order, files.folder / ".sort-ids")
+    with open(files.text, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
+
+    def batches():
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i).column("sample_id")
+            release_mapped_pages(mapped)  # the batch's pages, once hashed: the pass holds one batch of ids
+
+    return write_id_lookup(batches(), n, files.id_hashes, files.id_order, files.folder / ".sort-ids")
 
 
 def _build_thumb_locations(thumbs_index: Path, ids: Positions, files: IndexFiles) -> bool:

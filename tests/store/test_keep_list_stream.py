@@ -42,6 +42,7 @@ def run(tmp_path_factory):
 @pytest.mark.parametrize("export_format", ["csv", "parquet", "npy", "json"])
 def test_streamed_keep_list_equals_the_in_memory_export(run, rule, export_format, tmp_path, monkeypatch):
     monkeypatch.setattr(keep_list_stream, "CHUNK_ROWS", 300)  # several chunks
+    monkeypatch.setattr(keep_list_stream, "DESCENDING_BLOCK", 211)  # blocks of the order cut inside runs of ties
     samples = indexed_samples(run)
     result = apply_rule(samples, rule)
     expected = render_export(run.samples, apply_rule(run.samples, rule), rule.column, export_format)
@@ -52,8 +53,11 @@ def test_streamed_keep_list_equals_the_in_memory_export(run, rule, export_format
         assert out.read_bytes() == expected
 
 
+@pytest.mark.parametrize("block", [None, 7, 100])  # small blocks: runs of ties cross their cuts
 @pytest.mark.parametrize("column", ["mimic_score", "reference_loss", "signed_zeros"])
-def test_kept_rows_come_highest_first_ties_by_position_nan_last(run, column, tmp_path):
+def test_kept_rows_come_highest_first_ties_by_position_nan_last(run, column, block, tmp_path, monkeypatch):
+    if block is not None:
+        monkeypatch.setattr(keep_list_stream, "DESCENDING_BLOCK", block)
     samples = run.samples
     if column == "signed_zeros":  # -0.0 equals 0.0: one run of ties, by position
         path = tmp_path / "run"
