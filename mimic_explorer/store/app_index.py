@@ -12,6 +12,7 @@ the run as it was and its half-written files removed. See docs/ARCHITECTURE.md (
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -44,8 +45,8 @@ from mimic_explorer.store.trajectory_index import read_trajectories
 #: 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders;
 #: 5: sorted sample-id hashes (rows by id without reading every id); 6: no sorted values (read through
 #: the order), grouped positions instead of grouped values, columns other than the app's sorted on first use,
-#: integer columns stored in the narrowest type that holds them
-INDEX_VERSION = 6
+#: integer columns stored in the narrowest type that holds them; 7: text columns with few values dictionary-encoded
+INDEX_VERSION = 7
 log = logging.getLogger(__name__)
 
 
@@ -202,6 +203,21 @@ def _valid_manifest(layout: RunLayout, build: bool) -> dict[str, Any]:
     return manifest
 
 
+def _close_all(descriptors: dict[Path, int]) -> None:
+    for descriptor in descriptors.values():
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    descriptors.clear()
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """``table`` with its dictionary-encoded columns as their plain values (what ``Run.samples`` reads)."""
+    for number, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(number, field.name, table.column(number).cast(field.type.value_type))
+    return table
+
+
 class AppIndex:
     """Memory-mapped columns of one run and the per-score-column orders; nothing is read until asked."""
 
@@ -219,6 +235,9 @@ class AppIndex:
         self._sorted_later: dict[str, dict[str, Any]] = {}  # records of columns sorted on first use
         self._order_files: dict[int, IndexFiles] = {}  # where such a column's order lies, when not in the index
         self._sort_lock = threading.Lock()
+        self._map_lock = threading.RLock()
+        self._descriptors: dict[Path, int] = {}
+        weakref.finalize(self, _close_all, self._descriptors)
 
     def shared(self, key: tuple, build: Callable[[], Any]) -> Any:
         """A value derived from this index (a column's sorted counter...), built once by ``build()``
@@ -245,9 +264,20 @@ class AppIndex:
         return None if entry is None else np.dtype(entry["dtype"])
 
     def _map(self, path: Path) -> np.ndarray:
-        if path not in self._maps:
-            self._maps[path] = load_npy(path, mmap_mode="r")
-        return self._maps[path]
+        """``path`` memory-mapped, through a descriptor kept open for ``read_at`` (mapped from
+        ``/proc/self/fd`` where there is one, so map and descriptor are one file whatever happens to
+        the name)."""
+        with self._map_lock:
+            if path not in self._maps:
+                descriptor = os.open(path, os.O_RDONLY)
+                try:
+                    via = Path(f"/proc/self/fd/{descriptor}")
+                    self._maps[path] = load_npy(via if via.exists() else path, mmap_mode="r")
+                except BaseException:
+                    os.close(descriptor)
+                    raise
+                self._descriptors[path] = descriptor
+            return self._maps[path]
 
     def map_all(self) -> None:
         """Map every file of the index now (no page is read): later reads see these files even if
@@ -280,6 +310,11 @@ class AppIndex:
         if "_text_map" in self.__dict__:
             release_mapped_pages(self._text_map)
 
+    def _column_path(self, name: str) -> Path:
+        if name not in self._numeric:
+            raise KeyError(f"{name!r} is not a numeric column of the index")
+        return self.files.column(self._numeric[name]["number"])
+
     def column(self, name: str) -> np.ndarray:
         """A numeric column, memory-mapped (read-only), in the type its file holds: the table's own, or a
         narrower integer type that holds every value (``dtype(name)`` is the table's; ``rows`` casts back)."""
@@ -299,7 +334,11 @@ class AppIndex:
 
     def take_text(self, positions: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """The text rows at ``positions`` (in that order): each record batch's own ``take``, which
-        reads only those rows (a ``take`` on the whole table joins its batches first: every row)."""
+        reads only those rows (a ``take`` on the whole table joins its batches first: every row).
+        Dictionary-encoded columns (few distinct values, e.g. ``source``) come back as plain text."""
+        return _decoded(self._take_text(positions, columns))
+
+    def _take_text(self, positions: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         table = self.text if columns is None else self.text.select(columns)
         positions = np.asarray(positions, dtype=np.int64)
         batches = table.to_batches()
@@ -333,7 +372,7 @@ class AppIndex:
 
     def text_column(self, name: str) -> pd.Series:
         """A whole text column (``sample_id`` as str, as ``Run.samples`` has it): O(n), read on demand."""
-        series = self._as_written(self.text.select([name]).to_pandas())[name].rename(name)
+        series = self._as_written(_decoded(self.text.select([name])).to_pandas())[name].rename(name)
         return series.astype(str) if name == "sample_id" else series
 
     # ------------------------------------------------------------------ per score column
@@ -540,11 +579,33 @@ class AppIndex:
         return None if offset < 0 else (offset, length)
 
     def _read_int64(self, path: Path, position: int) -> int:
-        """One value of a mapped ``.npy``, its pages unmapped again (a mapped read maps ~0.4 MB)."""
+        """One value of an index ``.npy``, read with one ``pread`` (``read_at``)."""
+        return int(self.read_at(path, np.array([position]))[0])
+
+    #: below this many rows a read goes through ``pread`` per row instead of the memory map
+    FEW_ROWS = 256
+
+    def read_at(self, path: Path, positions: np.ndarray) -> np.ndarray:
+        """``np.load(path)[positions]`` for a few positions: one ``pread`` of each value through the map's
+        own file. Why not the map: a page fault reads ahead around it (hundreds of KB a row when the
+        page cache does not hold the file: at 128 M samples the index is larger than this machine's
+        memory, and a gallery of 16 cards took 0.4 s of faults per threshold change); a pread reads the
+        block the value lies in."""
         array = self._map(path)
-        value = int(array[position])
-        release_mapped_pages(array)
-        return value
+        if len(positions) > self.FEW_ROWS:
+            values = np.asarray(array[positions])
+            release_mapped_pages(array)
+            return values
+        size, offset = array.dtype.itemsize, array.offset
+        descriptor = self._descriptor(path)
+        raw = b"".join(os.pread(descriptor, size, offset + int(p) * size) for p in positions)
+        return np.frombuffer(raw, dtype=array.dtype).copy()
+
+    def _descriptor(self, path: Path) -> int:
+        """The read-only descriptor ``_map`` opened ``path`` through: the map's own file, even after
+        another process has replaced the index."""
+        self._map(path)
+        return self._descriptors[path]
 
     # ------------------------------------------------------------------ rows by id
 
@@ -585,7 +646,9 @@ class AppIndex:
         if text is not None:
             text.index = index
         data = {
-            name: pd.Series(np.asarray(self.column(name)[positions]).astype(self.dtype(name), copy=False), index=index)
+            name: pd.Series(
+                self.read_at(self._column_path(name), positions).astype(self.dtype(name), copy=False), index=index
+            )
             if name in self._numeric
             else text[name]
             for name in self.columns

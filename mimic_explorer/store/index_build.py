@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mimic_explorer.store.arrow_pool import release_arrow_memory
@@ -122,8 +123,45 @@ def _is_score_column(name: str, dtype: np.dtype) -> bool:
 PANDAS_DTYPES_KEY = b"pandas_dtypes"
 
 
-def _text_schema(parquet: pq.ParquetFile, text: list[str]) -> pa.Schema:
+#: a text column with at most this many distinct values is stored dictionary-encoded (``source``: the
+#: shard or data spec, a few values repeated on every row: one or two bytes a row instead of the text)
+MOST_DISTINCT_ENCODED = 1 << 15
+
+
+def _dictionaries(parquet: pq.ParquetFile, text: list[str]) -> dict[str, pa.Array]:
+    """Each low-cardinality string column's distinct values (sorted), found a row group at a time and
+    given up on as soon as a column has more than ``MOST_DISTINCT_ENCODED`` (a caption column stops
+    after its first row group). Never ``sample_id`` or a column with nulls."""
+    candidates = [
+        name
+        for name in text
+        if name not in TEXT_ALWAYS
+        and (
+            pa.types.is_string(parquet.schema_arrow.field(name).type)
+            or pa.types.is_large_string(parquet.schema_arrow.field(name).type)
+        )
+        and not _may_have_nulls(parquet.metadata, parquet.schema_arrow.names.index(name))
+    ]
+    found: dict[str, pa.Array] = {}
+    for name in candidates:
+        distinct: set[str] = set()
+        for group in range(parquet.metadata.num_row_groups):
+            values = parquet.read_row_group(group, columns=[name]).column(name)
+            distinct.update(pc.unique(values).to_pylist())
+            if len(distinct) > MOST_DISTINCT_ENCODED:
+                break
+        else:
+            if distinct:
+                found[name] = pa.array(sorted(distinct), parquet.schema_arrow.field(name).type)
+    return found
+
+
+def _text_schema(parquet: pq.ParquetFile, text: list[str], dictionaries: dict[str, pa.Array]) -> pa.Schema:
     fields = [parquet.schema_arrow.field(name) for name in text]
+    fields = [
+        f.with_type(pa.dictionary(_index_type(len(dictionaries[f.name])), f.type)) if f.name in dictionaries else f
+        for f in fields
+    ]
     columns = (parquet.schema_arrow.pandas_metadata or {}).get("columns", [])
     dtypes = {
         c["name"]: c["numpy_type"]
@@ -134,6 +172,17 @@ def _text_schema(parquet: pq.ParquetFile, text: list[str]) -> pa.Schema:
         [f.with_type(pa.string()) if f.name in TEXT_ALWAYS else f for f in fields],
         metadata={PANDAS_DTYPES_KEY: json.dumps(dtypes).encode()},
     )
+
+
+def _index_type(size: int) -> pa.DataType:
+    return pa.int8() if size <= 127 else pa.int16()
+
+
+def _encoded(values: pa.Array, dictionary: pa.Array, kind: pa.DataType) -> pa.DictionaryArray:
+    """``values`` as indices into the column's one dictionary (every batch the same: an Arrow file
+    cannot replace a dictionary between batches)."""
+    indices = pc.index_in(values, value_set=dictionary).cast(kind.index_type)
+    return pa.DictionaryArray.from_arrays(indices, dictionary)
 
 
 def _copy_columns(
@@ -155,7 +204,8 @@ def _copy_columns(
             header = np.lib.format.open_memmap(files.column(number), mode="w+", dtype=stored, shape=(n,)).offset
             sinks[name] = open(files.column(number), "r+b")  # noqa: SIM115 - one per column, closed in the finally
             sinks[name].seek(header)
-        schema = _text_schema(parquet, text)
+        dictionaries = _dictionaries(parquet, text)
+        schema = _text_schema(parquet, text, dictionaries)
         offset = 0
         with pa.OSFile(str(files.text), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
@@ -167,7 +217,12 @@ def _copy_columns(
                         raise OSError(f"samples.parquet's statistics for {name!r} do not cover its values")
                     sinks[name].write(memoryview(written).cast("B"))
                 if text:
-                    columns = [batch.column(name).cast(field.type) for name, field in zip(text, schema, strict=True)]
+                    columns = [
+                        _encoded(batch.column(name), dictionaries[name], field.type)
+                        if name in dictionaries
+                        else batch.column(name).cast(field.type)
+                        for name, field in zip(text, schema, strict=True)
+                    ]
                     writer.write_batch(pa.record_batch(columns, schema=schema))
                 offset += batch.num_rows
         if offset != n:

@@ -272,9 +272,11 @@ class RuleCounter:
         hi = float(values[-1]) if hi is None else hi
         grid = np.linspace(lo, hi, points)
         frame = pd.DataFrame({"threshold": grid, "kept": len(values) - np.searchsorted(values, grid, side="left")})
-        if self.has_truth:
-            noisy = np.sort(np.concatenate(self._group_sorted[1::2])) if self._group_sorted else np.array([])
-            frame["noisy kept"] = len(noisy) - np.searchsorted(noisy, grid, side="left")
+        if self.has_truth:  # each mislabeled group searched where it lies (no copy of its scores, no sort)
+            noisy_kept = np.zeros(len(grid), dtype=np.int64)
+            for values_of_group in self._group_sorted[1::2]:
+                noisy_kept += len(values_of_group) - np.searchsorted(values_of_group, grid, side="left")
+            frame["noisy kept"] = noisy_kept
             frame["clean kept"] = frame["kept"] - frame["noisy kept"]
         return frame
 

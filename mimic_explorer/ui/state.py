@@ -40,6 +40,31 @@ def _releasing(method):
     return wrapper
 
 
+def _default_threshold(counter: RuleCounter) -> float:
+    """``ExplorerState.default_threshold`` of the counter's column: the lowest finite score its own keep
+    split keeps (when that split keeps some and drops some), else the median of the finite scores.
+
+    Read along the ascending order, a block at a time, until a kept sample appears (no copy of the
+    kept scores: 128 M of them would be a gigabyte); the median from its one or two middle values."""
+    values = counter.sorted_finite
+    if len(values) == 0:
+        return 0.0
+    keep = counter.ensemble  # the column's own split: combined_keep for combined_score
+    if keep is not None and keep.any() and not keep.all():
+        order, scores, block = counter.ascending, counter.scores, 1 << 20
+        for start in range(0, len(order), block):
+            positions = np.asarray(order[start : start + block])
+            kept = positions[keep[positions]]
+            kept_scores = scores[kept]
+            kept_scores = kept_scores[np.isfinite(kept_scores)]
+            if len(kept_scores):
+                return float(kept_scores.min())  # ascending: the block's smallest kept is the overall smallest
+    n = len(values)
+    if n % 2:
+        return float(values[n // 2])
+    return float(np.mean(np.array([values[n // 2 - 1], values[n // 2]], dtype=np.float64)))  # as np.median
+
+
 class ExplorerState:
     """A run's samples plus sorted views of one score column; answers every question the views ask."""
 
@@ -60,7 +85,7 @@ class ExplorerState:
         ]
         if not self.score_columns:
             raise ValueError("the run's samples have no numeric score column")
-        self.has_classes = has_classes(self.samples)
+        self.has_classes = self._shared(("has-classes",), lambda: has_classes(self.samples))
         self.has_captions = "caption" in self.samples.columns
         #: what a ground-truth noisy sample is in this pool's words
         self.noisy_word = "mislabeled" if self.has_classes or not self.has_captions else "swapped caption"
@@ -188,16 +213,7 @@ class ExplorerState:
         """Start where the column's own filter cuts it (``combined_keep`` for ``combined_score``), else
         where the run's ensemble filter does, else at the median."""
         counter = self.counter_for(column)
-        values = counter.sorted_finite
-        if len(values) == 0:
-            return 0.0
-        keep = counter.ensemble  # the column's own split: combined_keep for combined_score
-        if keep is not None and keep.any() and (~keep).any():
-            kept_scores = counter.scores[keep]
-            kept_scores = kept_scores[np.isfinite(kept_scores)]
-            if len(kept_scores):
-                return float(kept_scores.min())
-        return float(np.median(values))
+        return self._shared(("default-threshold", counter.column), lambda: _default_threshold(counter))
 
     # ------------------------------------------------------------------ rules and counts
 

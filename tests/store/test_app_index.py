@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from mimic_explorer.store import app_index, index_build
@@ -416,3 +417,20 @@ def test_integer_columns_are_stored_in_the_narrowest_type_and_read_back_in_their
     assert index.column("mimic_score").dtype == np.float64
     rows = index.rows(np.array([5, 0, 2999]))
     pd.testing.assert_frame_equal(rows, open_run(run_dir).samples.iloc[[5, 0, 2999]])
+
+
+def test_text_columns_with_few_values_are_dictionary_encoded_and_read_back_as_text(run_dir, monkeypatch):
+    frame = pd.read_parquet(run_dir / "samples.parquet")
+    frame["source"] = np.where(np.arange(len(frame)) % 3 == 0, "shard-a.tar", "shard-b.tar")
+    frame["shard_note"] = [f"note {i % 5}" for i in range(len(frame))]  # five values: more than allowed below
+    frame.to_parquet(run_dir / "samples.parquet", index=False, row_group_size=700)
+    monkeypatch.setattr(index_build, "MOST_DISTINCT_ENCODED", 3)
+    index = open_index(run_dir)
+    assert pa.types.is_dictionary(index.text.schema.field("source").type)
+    assert not pa.types.is_dictionary(index.text.schema.field("shard_note").type)
+    assert not pa.types.is_dictionary(index.text.schema.field("sample_id").type)
+    samples = open_run(run_dir).samples
+    positions = np.array([2999, 0, 1, 2, 1500])
+    pd.testing.assert_frame_equal(index.rows(positions), samples.iloc[positions])
+    pd.testing.assert_series_equal(index.text_column("source"), samples["source"])
+    assert not pa.types.is_dictionary(index.take_text(positions, ["source"]).column("source").type)
