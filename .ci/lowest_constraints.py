@@ -1,9 +1,9 @@
 """Print a pip constraints file that pins every dependency of pyproject.toml (and of the extras named on
 the command line) to its lower bound; with ``--check``, say which installed versions differ from them.
 
-Why a constraints file rather than ``uv pip install --resolution lowest-direct``: uv does not see the
-torch wheels kept on the test machines' disk, so it would fetch a multi-GB CUDA build of the oldest
-torch; pip reads its own configuration (which points at those wheels) and takes the same pins.
+Why a constraints file rather than ``uv pip install --resolution lowest-direct``: uv does not read
+pip's configuration, which on the test machines points at wheels kept on disk; pip takes the same pins
+from there or from PyPI (the oldest torch, a multi-GB CUDA build, comes from PyPI).
 Dependencies without a ``>=`` bound are left to the resolver.
 """
 
