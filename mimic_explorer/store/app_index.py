@@ -110,10 +110,19 @@ def _remove(path: Path) -> None:
 
 
 def _rebuild(layout: RunLayout) -> dict[str, Any]:
-    """Build into a hidden folder, then swap it in; on any failure remove what was written."""
+    """Build into a hidden folder, then swap it in; on any failure remove what was written.
+
+    The index being replaced is stale (or truncated, or of another version): nothing will read it
+    again, so it is removed before the build, not after — at 128 M samples the two side by side would
+    need 40 GB. A process that has its files mapped keeps reading them (an unlinked file lives on
+    while it is mapped)."""
     for leftover in layout.index_leftovers():  # a killed build's folders (we hold the lock)
         _remove(leftover)
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if layout.index_dir.exists():
+        stale = layout.index_old_dir(token)
+        os.replace(layout.index_dir, stale)
+        _remove(stale)
     building = layout.index_build_dir(token)
     try:
         building.mkdir()
