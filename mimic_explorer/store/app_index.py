@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mimic_explorer.store.atomic import load_npy, release_mapped_pages, write_json
-from mimic_explorer.store.histogram import Histogram
+from mimic_explorer.store.histogram import Histogram, histogram_from_record
 from mimic_explorer.store.id_lookup import IdLookup, probe_hash
 from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index, run_groups
 from mimic_explorer.store.layout import IndexFiles, RunLayout
@@ -45,8 +45,9 @@ from mimic_explorer.store.trajectory_index import read_trajectories
 #: 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders;
 #: 5: sorted sample-id hashes (rows by id without reading every id); 6: no sorted values (read through
 #: the order), grouped positions instead of grouped values, columns other than the app's sorted on first use,
-#: integer columns stored in the narrowest type that holds them; 7: text columns with few values dictionary-encoded
-INDEX_VERSION = 7
+#: integer columns stored in the narrowest type that holds them; 7: text columns with few values dictionary-encoded;
+#: 8: each (signal, epoch) histogram of the Per epoch tab stored
+INDEX_VERSION = 8
 log = logging.getLogger(__name__)
 
 
@@ -535,15 +536,7 @@ class AppIndex:
     def histogram(self, name: str) -> Histogram | None:
         """The stored histogram (with mislabeled counts when the run knows them), None when not stored."""
         record = self._score(name)["histogram"]
-        if record is None:
-            return None
-        noisy = None if record["noisy"] is None else np.asarray(record["noisy"], dtype=np.int64)
-        return Histogram(
-            np.asarray(record["edges"], dtype=np.float64),
-            np.asarray(record["counts"], dtype=np.int64),
-            noisy,
-            int(record["clipped"]),
-        )
+        return None if record is None else histogram_from_record(record)
 
     @property
     def class_counts(self) -> pd.Series | None:

@@ -28,7 +28,8 @@ def _sorted_quantile(sorted_values: np.ndarray, q: float) -> float:
     position = q * (len(sorted_values) - 1)
     below = int(np.floor(position))
     above = min(below + 1, len(sorted_values) - 1)
-    return float(sorted_values[below] + (sorted_values[above] - sorted_values[below]) * (position - below))
+    low, high = np.float64(sorted_values[below]), np.float64(sorted_values[above])  # float64 arithmetic always
+    return float(low + (high - low) * (position - below))
 
 
 #: a quarter of the largest float: a range within ±this has a finite width, and so do its bin edges
@@ -54,8 +55,11 @@ def _quantiles(finite: np.ndarray, qs: list[float], presorted: bool) -> list[flo
     last = len(finite) - 1
     below = [int(np.floor(q * last)) for q in qs]
     above = [min(b + 1, last) for b in below]
-    part = np.partition(finite, sorted(set(below + above)))
-    return [float(part[b] + (part[a] - part[b]) * (q * last - b)) for q, b, a in zip(qs, below, above, strict=True)]
+    finite.partition(sorted(set(below + above)))  # in place: the caller's own copy of the finite values
+    picked = {i: np.float64(finite[i]) for i in set(below + above)}  # float64 arithmetic, whatever the input
+    return [
+        float(picked[b] + (picked[a] - picked[b]) * (q * last - b)) for q, b, a in zip(qs, below, above, strict=True)
+    ]
 
 
 def _range_from(finite: np.ndarray, presorted: bool, ends: list[float] | None, tail: float) -> tuple[float, float]:
@@ -109,10 +113,10 @@ def histogram(
 ) -> Histogram:
     """Counts over a robust range; outliers are clipped into the edge bins rather than stretching them.
     ``sorted_finite``: the finite values already sorted (an array or ``OrderedValues``), if the caller
-    has them: saves a sort, and the values are then counted a chunk at a time (memory: one chunk, not
-    a copy of the column)."""
+    has them: saves a copy and a partition. Values are counted a chunk at a time; float32 values give
+    the float64 result (every quantile is computed in float64 from the same order statistics)."""
     presorted = sorted_finite is not None
-    source = sorted_finite if presorted else np.asarray(values)[np.isfinite(values)]
+    source = sorted_finite if presorted else np.asarray(values)[np.isfinite(values)]  # a copy: partitioned in place
     known = _quantiles(source, [TAIL, 1 - TAIL, 0.25, 0.75], presorted) if len(source) >= 2 else None
     if value_range:
         lo, hi = _representable(*value_range)
@@ -123,7 +127,7 @@ def histogram(
     counts = np.zeros(bins, dtype=np.int64)
     noisy_counts = None if noisy is None else np.zeros(bins, dtype=np.int64)
     clipped = 0
-    step = CHUNK_ROWS if presorted else max(len(values), 1)
+    step = CHUNK_ROWS
     for start in range(0, len(values), step):
         chunk = np.asarray(values[start : start + step], dtype=np.float64)
         finite_mask = np.isfinite(chunk)
@@ -134,3 +138,24 @@ def histogram(
         if noisy_counts is not None:
             noisy_counts += np.histogram(clipped_values[noisy[start : start + step][finite_mask]], bins=edges)[0]
     return Histogram(edges, counts, noisy_counts, clipped)
+
+
+def histogram_record(hist: Histogram) -> dict:
+    """A histogram as JSON-ready lists (what the app index's manifest stores)."""
+    return {
+        "edges": hist.edges.tolist(),
+        "counts": hist.counts.tolist(),
+        "clipped": hist.clipped,
+        "noisy": None if hist.noisy is None else hist.noisy.tolist(),
+    }
+
+
+def histogram_from_record(record: dict) -> Histogram:
+    """The ``Histogram`` a ``histogram_record`` describes."""
+    noisy = None if record["noisy"] is None else np.asarray(record["noisy"], dtype=np.int64)
+    return Histogram(
+        np.asarray(record["edges"], dtype=np.float64),
+        np.asarray(record["counts"], dtype=np.int64),
+        noisy,
+        int(record["clipped"]),
+    )

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mimic_explorer.store.atomic import load_npy, release_mapped_pages
+from mimic_explorer.store.histogram import Histogram, histogram, histogram_from_record, histogram_record
 from mimic_explorer.store.scores import QUANTILES, EpochScores
 
 
@@ -50,7 +51,7 @@ class IndexedEpochScores:
         """(the signal's value of every sample in one epoch, which samples have a row that epoch): stored means,
         or sums of one row each — the values themselves (``most_rows`` ≤ 1)."""
         k = self.signals.index(signal)
-        values = np.asarray(self._index._map(self._index.files.trajectory(k))[epoch_number], dtype=np.float64)
+        values = self._index._map(self._index.files.trajectory(k))[epoch_number]  # read where the caller picks
         present = np.asarray(self._index._map(self._index.files.trajectory_rows)[epoch_number]) > 0
         return values, present
 
@@ -64,7 +65,7 @@ class IndexedEpochScores:
         chunks, marks = [], []
         for number in numbers:
             values, present = self._epoch_row(signal, number)
-            chunks.append(values[present])
+            chunks.append(np.asarray(values[present], dtype=np.float64))
             if noisy is not None:
                 marks.append(noisy[present])
         self._index.release()
@@ -84,6 +85,18 @@ class IndexedEpochScores:
                     rows += band_rows(values, present, noisy, epoch)
                     self._index.release()
         return _bands_frame(rows)
+
+    def histogram(self, signal: str, epoch: int, noisy: np.ndarray | None = None) -> Histogram:
+        """One signal's histogram in one epoch (mislabeled counted apart given the mask): the one the index
+        build stored when ``noisy`` is the run's own ``is_noisy`` (or None), else computed from the row."""
+        number = self.epochs.index(int(epoch))
+        stored = ((self._record.get("histograms") or {}).get(signal) or {}).get("split" if noisy is not None else "all")
+        if stored is not None and (noisy is None or self._is_the_runs_truth(noisy)):
+            return histogram_from_record(stored[number])
+        values, present = self._epoch_row(signal, number)
+        found = histogram(values[present], noisy=None if noisy is None else noisy[present])
+        self._index.release()
+        return found
 
     def _is_the_runs_truth(self, noisy: np.ndarray) -> bool:
         if not self._index.is_numeric("is_noisy"):
@@ -132,17 +145,24 @@ def stored_bands(files, record: dict, noisy: np.ndarray | None) -> dict[str, dic
     if record.get("most_rows", 2) > 1:
         return None
     rows_file = load_npy(files.trajectory_rows, mmap_mode="r")
-    bands = {}
+    bands, histograms = {}, {}
     for k, signal in enumerate(record["signals"]):
         array = load_npy(files.trajectory(k), mmap_mode="r")
         by_group: dict[str, list[dict]] = {}
+        by_split: dict[str, list[dict]] = {"all": [], **({"split": []} if noisy is not None else {})}
         for number, epoch in enumerate(record["epochs"]):
             values, present = array[number], np.asarray(rows_file[number]) > 0  # values read where the masks pick
             for split in (False, True) if noisy is not None else (False,):
                 for row in band_rows(values, present, noisy if split else None, epoch):
                     by_group.setdefault(row["group"], []).append(row)
+            present_values = values[present]  # the stored dtype (float32: half a float64 copy); exact either way
+            by_split["all"].append(histogram_record(histogram(present_values)))
+            if noisy is not None:
+                by_split["split"].append(histogram_record(histogram(present_values, noisy=noisy[present])))
+            del present_values
             release_mapped_pages(array), release_mapped_pages(rows_file)
-        bands[signal] = by_group
+        bands[signal], histograms[signal] = by_group, by_split
+    record["histograms"] = histograms  # the Per epoch tab's histograms, one per (signal, epoch)
     return bands
 
 

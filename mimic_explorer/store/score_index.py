@@ -17,7 +17,7 @@ import numpy as np
 
 from mimic_explorer.store.atomic import load_npy, mapped_array_file
 from mimic_explorer.store.external_sort import group_bounds, sort_column
-from mimic_explorer.store.histogram import histogram
+from mimic_explorer.store.histogram import histogram, histogram_record
 from mimic_explorer.store.layout import IndexFiles
 from mimic_explorer.store.ordered_values import OrderedValues
 
@@ -76,13 +76,7 @@ def class_groups(labels: np.ndarray | None, n: int, noisy: np.ndarray | None) ->
 
 def _histogram_record(column: np.ndarray, ordered: OrderedValues, noisy: np.ndarray | None) -> dict[str, Any]:
     lo, hi = ordered.searchsorted(-np.inf, side="right"), ordered.searchsorted(np.inf)
-    hist = histogram(column, noisy=noisy, sorted_finite=ordered[int(lo) : int(hi)])
-    return {
-        "edges": hist.edges.tolist(),
-        "counts": hist.counts.tolist(),
-        "clipped": hist.clipped,
-        "noisy": None if hist.noisy is None else hist.noisy.tolist(),
-    }
+    return histogram_record(histogram(column, noisy=noisy, sorted_finite=ordered[int(lo) : int(hi)]))
 
 
 def index_score_column(

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from mimic_explorer.store.histogram import Histogram, histogram
 from mimic_explorer.store.layout import RunLayout
 
 #: Per-epoch signals the app knows how to plot, in the order it offers them.
@@ -88,6 +89,11 @@ class EpochScores:
         if noisy_ids is not None:
             noisy = pc.is_in(table.column("sample_id"), value_set=noisy_ids).to_numpy(zero_copy_only=False)
         return values, noisy
+
+    def histogram(self, signal: str, epoch: int, noisy_ids: pa.Array | None = None) -> Histogram:
+        """The histogram of one signal in one epoch (mislabeled rows counted apart given ``noisy_ids``)."""
+        values, noisy = self.values(signal, epoch, noisy_ids)
+        return histogram(values, noisy=noisy)
 
     def quantile_bands(self, signal: str, noisy_ids: pa.Array | None = None) -> pd.DataFrame:
         """Per epoch (and per group clean / mislabeled when ``noisy_ids`` — from ``id_set`` — is

@@ -19,7 +19,7 @@ from mimic_explorer.ui import plots
 from mimic_explorer.ui.cut_lines import CutLines
 from mimic_explorer.ui.galleries import Selection
 from mimic_explorer.ui.live import LiveCounts
-from mimic_explorer.ui.state import ExplorerState, histogram
+from mimic_explorer.ui.state import ExplorerState
 
 NO_EPOCHS = "This run recorded no per-epoch scores."
 
@@ -167,10 +167,12 @@ class MoreViews(Viewer):
             )
 
         def epoch_hist(sig: str, ep: int, log: bool):
-            values, noisy = self.epochs.values(sig, ep, noisy_ids)
             return pn.pane.HoloViews(
                 plots.histogram_element(
-                    histogram(values, noisy=noisy), f"{sig} (epoch {ep})", log, noisy_word=self.state.noisy_word
+                    self.epochs.histogram(sig, ep, noisy_ids),
+                    f"{sig} (epoch {ep})",
+                    log,
+                    noisy_word=self.state.noisy_word,
                 ),
                 sizing_mode="stretch_width",
             )

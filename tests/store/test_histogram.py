@@ -49,3 +49,16 @@ def test_quantiles_by_partition_give_the_histogram_of_a_sorted_array(n):
     np.testing.assert_array_equal(fast.noisy, sorted_.noisy)
     assert fast.clipped == sorted_.clipped
     assert robust_range(values) == robust_range(finite, presorted=True)
+
+
+def test_float32_values_give_the_histogram_of_the_same_numbers_in_float64(monkeypatch):
+    rng = np.random.default_rng(3)
+    values = rng.gamma(2.0, 0.7, 50_001).astype(np.float32)
+    values[[3, 9]] = [np.inf, np.nan]
+    noisy = rng.random(len(values)) < 0.3
+    monkeypatch.setattr("mimic_explorer.store.histogram.CHUNK_ROWS", 4096)  # counted in several chunks
+    narrow, wide = histogram(values, noisy=noisy), histogram(values.astype(np.float64), noisy=noisy)
+    np.testing.assert_array_equal(narrow.edges, wide.edges)
+    np.testing.assert_array_equal(narrow.counts, wide.counts)
+    np.testing.assert_array_equal(narrow.noisy, wide.noisy)
+    assert narrow.clipped == wide.clipped and narrow.counts.sum() == len(values) - 2

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from mimic_explorer.store.app_index import open_index
+from mimic_explorer.store.histogram import histogram
 from mimic_explorer.store.indexed_epochs import IndexedEpochScores, epoch_scores_for
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.reader import open_run
@@ -68,3 +69,41 @@ def test_a_sample_scored_twice_in_an_epoch_keeps_the_score_parts(run_dir):
     _, parts, chosen = _both(run_dir)
     assert chosen is parts
     assert epoch_scores_for(None, parts) is parts
+
+
+def _assert_same_histogram(found, expected):
+    np.testing.assert_array_equal(found.edges, expected.edges)
+    np.testing.assert_array_equal(found.counts, expected.counts)
+    assert found.clipped == expected.clipped
+    if expected.noisy is None:
+        assert found.noisy is None
+    else:
+        np.testing.assert_array_equal(found.noisy, expected.noisy)
+
+
+@pytest.mark.parametrize("float64_parts", [False, True], ids=["float32 signals", "float64 signals"])
+def test_each_epochs_histogram_is_stored_at_build_and_equals_the_score_parts(run_dir, float64_parts, monkeypatch):
+    if float64_parts:
+        for part in RunLayout(run_dir).epoch_parts():
+            frame = pd.read_parquet(part)
+            frame["loss"] += 1e-9
+            frame.to_parquet(part, index=False)
+    run, parts, indexed = _both(run_dir)
+    noisy = run.samples["is_noisy"].to_numpy(dtype=bool)
+    by_ids, by_mask = parts.noisy_marker(noisy, run.samples), indexed.noisy_marker(noisy, run.samples)
+    assert set(indexed._record["histograms"]) == set(parts.signals)
+    computed = []
+    monkeypatch.setattr(
+        "mimic_explorer.store.indexed_epochs.histogram", lambda *a, **k: computed.append(1) or histogram(*a, **k)
+    )
+    for signal in parts.signals:
+        for epoch in parts.epochs:
+            _assert_same_histogram(indexed.histogram(signal, epoch), parts.histogram(signal, epoch))
+            _assert_same_histogram(indexed.histogram(signal, epoch, by_mask), parts.histogram(signal, epoch, by_ids))
+    assert computed == []  # every one read from the build's record
+    other = np.arange(len(noisy)) % 4 == 0  # another split: computed from the index's rows
+    _assert_same_histogram(
+        indexed.histogram("proj", parts.epochs[0], other),
+        parts.histogram("proj", parts.epochs[0], parts.noisy_marker(other, run.samples)),
+    )
+    assert computed == [1]
