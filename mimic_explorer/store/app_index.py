@@ -533,6 +533,12 @@ class AppIndex:
         finite = self.finite_count(name)
         return np.asarray(self.order(name)[max(0, finite - k) : finite][::-1])
 
+    def class_bin_counts(self, name: str) -> np.ndarray | None:
+        """(classes × bins) counts of ``name`` in its stored histogram's bins, by class code (the Per class
+        tab), when the index counted them; None otherwise."""
+        counts = self._score(name).get("class_counts")
+        return None if counts is None else np.asarray(counts, dtype=np.int64)
+
     def histogram(self, name: str) -> Histogram | None:
         """The stored histogram (with mislabeled counts when the run knows them), None when not stored."""
         record = self._score(name)["histogram"]

@@ -159,3 +159,18 @@ def histogram_from_record(record: dict) -> Histogram:
         noisy,
         int(record["clipped"]),
     )
+
+
+def class_bin_counts(scores: np.ndarray, codes: np.ndarray, n_classes: int, edges: np.ndarray) -> np.ndarray:
+    """(classes × bins) counts of the finite ``scores`` in the bins of ``edges`` (values beyond them
+    counted in the edge bins), by class code: the Per class tab's small multiples. A chunk at a time,
+    so the memory is a chunk's whatever the pool size; the app index stores them for its sorted columns."""
+    lo, hi, bins = edges[0], edges[-1], len(edges) - 1
+    table = np.zeros(n_classes * bins, dtype=np.int64)
+    for start in range(0, len(scores), CHUNK_ROWS):
+        values = np.asarray(scores[start : start + CHUNK_ROWS], dtype=np.float64)
+        finite = np.isfinite(values)
+        index = np.clip(((np.clip(values[finite], lo, hi) - lo) / (hi - lo) * bins).astype(np.int64), 0, bins - 1)
+        chunk_codes = np.asarray(codes[start : start + CHUNK_ROWS])[finite].astype(np.int64)
+        table += np.bincount(chunk_codes * bins + index, minlength=n_classes * bins)
+    return table.reshape(n_classes, bins)

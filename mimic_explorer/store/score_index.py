@@ -17,7 +17,7 @@ import numpy as np
 
 from mimic_explorer.store.atomic import load_npy, mapped_array_file
 from mimic_explorer.store.external_sort import group_bounds, sort_column
-from mimic_explorer.store.histogram import histogram, histogram_record
+from mimic_explorer.store.histogram import class_bin_counts, histogram, histogram_record
 from mimic_explorer.store.layout import IndexFiles
 from mimic_explorer.store.ordered_values import OrderedValues
 
@@ -110,10 +110,29 @@ def index_score_column(
     )
     order = load_npy(out.order(number), mmap_mode="r")
     ordered = OrderedValues(column, order[: found.valid])
+    record = _histogram_record(column, ordered, noisy) if with_histogram else None
+    class_counts = None
+    if record is not None and groups is not None:  # the Per class tab's counts, in the same bins
+        codes = _GroupCodes(groups.group)
+        class_counts = class_bin_counts(column, codes, groups.n_groups // 2, np.asarray(record["edges"])).tolist()
     return {
         "number": number,
         "valid": found.valid,
         "finite": found.finite,
         "group_bounds": None if groups is None else group_bounds(found).tolist(),
-        "histogram": _histogram_record(column, ordered, noisy) if with_histogram else None,
+        "histogram": record,
+        "class_counts": class_counts,
     }
+
+
+class _GroupCodes:
+    """Class codes read from the (class · 2 + mislabeled) groups a slice at a time."""
+
+    def __init__(self, group: np.ndarray):
+        self._group = group
+
+    def __len__(self) -> int:
+        return len(self._group)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return self._group[key] // 2

@@ -24,6 +24,11 @@ from mimic_explorer.ui.state import ExplorerState
 NO_EPOCHS = "This run recorded no per-epoch scores."
 
 
+#: the scatter draws every sample up to this many, and every k-th sample of a larger run: at 128 M the
+#: two columns alone are 2 GB to copy, and the density a person reads off the plot is the same
+SCATTER_MOST_POINTS = 16_000_000
+
+
 class MoreViews(Viewer):
     """Lazily built tabs; ``log_counts`` is the parameter (of another component) that sets log axes."""
 
@@ -117,25 +122,31 @@ class MoreViews(Viewer):
         if xcol == ycol:
             return pn.pane.Markdown("Pick two different scores for x and y.")
         samples, counter = self.state.samples, self.state.counter
+        total = len(samples)
+        every = -(-total // SCATTER_MOST_POINTS)  # past the cap, every k-th sample: a uniform sample
         frame = pd.DataFrame(
             {
-                xcol: samples[xcol].to_numpy(dtype=float),
-                ycol: samples[ycol].to_numpy(dtype=float),
-                "sample_id": samples["sample_id"].array,  # as stored (Arrow text stays Arrow: no 12.8 M str objects)
+                xcol: samples[xcol].to_numpy(dtype=float)[::every],
+                ycol: samples[ycol].to_numpy(dtype=float)[::every],
+                # as stored (Arrow text stays Arrow: no 12.8 M str objects)
+                "sample_id": samples["sample_id"].array.take(np.arange(0, total, every))
+                if every > 1
+                else samples["sample_id"].array,
             }
         )
         if self.state.has_classes:
             names = [self.state.label_name(c) for c in counter.classes.tolist()]
             if len(set(names)) == len(names):  # categories from codes: no string per sample
-                frame["class"] = pd.Categorical.from_codes(counter.codes, categories=names)
+                frame["class"] = pd.Categorical.from_codes(counter.codes[::every], categories=names)
             else:
-                frame["class"] = np.asarray(names, dtype=object)[counter.codes]
+                frame["class"] = np.asarray(names, dtype=object)[counter.codes[::every]]
         if self.state.has_captions and len(frame) <= plots.RASTERIZE_ABOVE:  # hover shows it (small runs only)
             frame["caption"] = samples["caption"].astype(str).str.slice(0, 90).to_numpy()
         truth = self.state.has_truth
         if truth:  # from codes: building 12.8 M strings to categorise them took seconds
             words = sorted(["clean", self.state.noisy_word])
-            codes = np.where(counter.noisy, words.index(self.state.noisy_word), words.index("clean")).astype(np.int8)
+            noisy = counter.noisy[::every]
+            codes = np.where(noisy, words.index(self.state.noisy_word), words.index("clean")).astype(np.int8)
             frame["truth"] = pd.Categorical.from_codes(codes, categories=words)
         frame = frame[np.isfinite(frame[xcol]) & np.isfinite(frame[ycol])]
         element = plots.scatter_element(frame, xcol, ycol, truth, self.state.noisy_word)
@@ -147,6 +158,8 @@ class MoreViews(Viewer):
             if big
             else f"{len(frame):,} points; hover names the sample."
         )
+        if every > 1:
+            note += f" A uniform sample: one sample in {every} of the run's {total:,}."
         return pn.Column(
             pn.pane.Markdown(note), pn.pane.HoloViews(element, sizing_mode="stretch_width"), sizing_mode="stretch_width"
         )

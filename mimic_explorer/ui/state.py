@@ -14,7 +14,12 @@ import numpy as np
 import pandas as pd
 
 from mimic_explorer.filters.rules import CompoundRule, FilterResult, FilterRule, Rule, apply_rule, describe, has_classes
-from mimic_explorer.store.histogram import Histogram, histogram, robust_range  # the views import them from here
+from mimic_explorer.store.histogram import (
+    Histogram,
+    class_bin_counts,
+    histogram,
+    robust_range,
+)  # the views import them from here
 from mimic_explorer.store.index_build import NON_SCORE_COLUMNS  # identities and categories
 from mimic_explorer.store.reader import Run
 from mimic_explorer.store.sample_columns import SampleColumns, indexed_samples
@@ -351,12 +356,15 @@ class ExplorerState:
         """Shared bin edges and counts per class (the ``limit`` largest classes) for small multiples."""
         hist = self.histogram()
         edges = hist.edges
-        lo, hi = edges[0], edges[-1]
-        finite = np.isfinite(self.scores)
-        bins = len(edges) - 1
-        index = np.clip(((np.clip(self.scores[finite], lo, hi) - lo) / (hi - lo) * bins).astype(np.int64), 0, bins - 1)
-        codes = self.counter.codes[finite].astype(np.int64)
-        table = np.bincount(codes * bins + index, minlength=len(self.counter.classes) * bins).reshape(-1, bins)
+        n_classes = len(self.counter.classes)
+        stored = self._app_index.class_bin_counts(self.column) if self._app_index is not None else None
+        if stored is not None and stored.shape == (n_classes, len(edges) - 1):  # counted when the index was built
+            table = stored
+        else:
+            table = self._shared(
+                ("class-histograms", self.column),
+                lambda: class_bin_counts(self.scores, self.counter.codes, n_classes, edges),
+            )
         largest = np.argsort(-self.counter.total_per_class, kind="stable")[:limit]
         shown = sorted(int(self.counter.classes[c]) for c in largest)
         code_of = {int(c): i for i, c in enumerate(self.counter.classes.tolist())}

@@ -245,8 +245,20 @@ def test_a_large_synthetic_run_is_rasterized_with_datashader(tmp_path):
     _render(explorer)
     scatter = explorer.more_views.tabs[explorer.more_views.tabs.active][0]
     view = scatter[1]._pane if hasattr(scatter[1], "_pane") else scatter[1]
-    assert "60,000 points rasterized with Datashader" in view[0].object
+    assert "60,000 points rasterized with Datashader" in view[0].object and "uniform sample" not in view[0].object
     assert isinstance(view[1], pn.pane.HoloViews)
+
+
+def test_past_the_scatter_cap_a_uniform_sample_is_drawn_and_said(tmp_path, monkeypatch):
+    monkeypatch.setattr("mimic_explorer.ui.more_views.SCATTER_MOST_POINTS", 1000)
+    monkeypatch.setattr("mimic_explorer.ui.plots.RASTERIZE_ABOVE", 100)
+    explorer = Explorer(synthetic_run(tmp_path / "run", n=2500, epochs=2, thumbnails=False))
+    explorer.more_views.tabs.active = explorer.more_views.tabs._names.index("Scatter")
+    _render(explorer)
+    scatter = explorer.more_views.tabs[explorer.more_views.tabs.active][0]
+    view = scatter[1]._pane if hasattr(scatter[1], "_pane") else scatter[1]
+    assert "834 points rasterized" in view[0].object  # every 3rd of 2,500 (all finite here)
+    assert "A uniform sample: one sample in 3 of the run's 2,500." in view[0].object
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "running", "newer", "corrupt", "empty-folder"])

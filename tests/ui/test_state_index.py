@@ -35,6 +35,10 @@ def test_state_through_the_index_equals_the_state_on_the_whole_table(tmp_path, m
         np.testing.assert_array_equal(a.edges, b.edges)
         np.testing.assert_array_equal(a.counts, b.counts)
         np.testing.assert_array_equal(a.noisy, b.noisy)
+        per_class, expected = indexed.class_histograms(), whole.class_histograms()  # counted at build / now
+        assert indexed.app_index.class_bin_counts(column) is not None  # at build, or when first sorted
+        np.testing.assert_array_equal(per_class[0], expected[0])
+        assert per_class[2] == expected[2] and all((per_class[1][k] == expected[1][k]).all() for k in expected[2])
         for label in (None, 3):
             np.testing.assert_array_equal(indexed.lowest(16, label), whole.lowest(16, label))
             np.testing.assert_array_equal(indexed.highest(16, label), whole.highest(16, label))
