@@ -13,6 +13,8 @@ index's text a batch at a time; json, which is rendered whole by design, goes th
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +58,6 @@ def descending_blocks(index, column: str, block: int | None = None):
             start = int(values[:valid].searchsorted(values[start], side="left"))
         ascending = np.asarray(order[start:end], dtype=np.int64)
         yield descending_from_ascending(ascending, np.asarray(values[start:end]))
-        index.release()
         end = start
     if valid < index.n:
         yield np.asarray(order[valid:], dtype=np.int64)
@@ -84,8 +85,53 @@ def _pieces(samples: SampleColumns, keep: np.ndarray, column: str, reviewed: np.
             np.asarray(scores[positions], dtype=np.float64),
             None if reviewed is None else reviewed[positions],
         )
-        index.release()  # the pages this chunk mapped: the export's memory stays one chunk's
         release_arrow_memory()
+    # the maps' pages are handed back once, at the end: a chunk of random rows touches nearly every page
+    # of the columns it reads, so handing them back after each chunk only made the next one fault them
+    # in again (90 s against 62 s for a csv of 89.6 M rows at 128 M samples, for 0.5 GB less peak)
+    index.release()
+
+
+def _one_ahead(pieces):
+    """``pieces``, each made in a background thread while the caller formats and writes the one before
+    (the gathers and Arrow's formatting release the GIL: two cores, about twice the rows a second). An
+    error in the thread is raised here; a caller that stops early stops the thread."""
+    slot: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def offer(item) -> bool:
+        """Hand ``item`` over (False when the consumer has stopped: nobody will take it)."""
+        while not stop.is_set():
+            try:
+                slot.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for piece in pieces:
+                if not offer((piece, None)):
+                    return
+            offer((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            offer((done, exc))
+
+    worker = threading.Thread(target=produce, name="keep-list-rows", daemon=True)
+    worker.start()
+    try:
+        while True:
+            piece, error = slot.get()
+            if piece is done:
+                if error is not None:
+                    raise error
+                return
+            yield piece
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _kept_chunks(blocks, keep: np.ndarray, size: int):
@@ -266,7 +312,7 @@ def write_keep_list_into(
     if export_format == "csv":
         with open(path, "wb") as fh:
             header = True
-            for piece in _pieces(samples, result.keep, column, result.label_reviewed):
+            for piece in _one_ahead(_pieces(samples, result.keep, column, result.label_reviewed)):
                 lines = _csv_text(piece)
                 if lines is None:
                     fh.write(_frame(piece).to_csv(index=False, header=header).encode("utf-8"))
@@ -280,7 +326,7 @@ def write_keep_list_into(
         return
     writer = None
     try:
-        for piece in _pieces(samples, result.keep, column, result.label_reviewed):
+        for piece in _one_ahead(_pieces(samples, result.keep, column, result.label_reviewed)):
             table = pa.Table.from_pandas(_frame(piece), preserve_index=False)
             writer = writer or pq.ParquetWriter(str(path), table.schema)
             writer.write_table(table)

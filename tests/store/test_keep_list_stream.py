@@ -215,3 +215,25 @@ def test_streamed_uids_refuse_what_the_in_memory_export_refuses_with_its_message
         write_keep_list(samples, apply_rule(samples, rule), rule.column, "uids", tmp_path / "keep.npy")
     assert str(streamed.value) == str(in_memory.value)
     assert not (tmp_path / "keep.npy").exists()
+
+
+def test_pieces_made_one_ahead_come_in_order_and_errors_reach_the_writer():
+    assert list(keep_list_stream._one_ahead(iter(range(7)))) == list(range(7))
+
+    def failing():
+        yield 1
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        list(keep_list_stream._one_ahead(failing()))
+    made = []
+
+    def counted():
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    for piece in keep_list_stream._one_ahead(counted()):  # the writer stops early: so does the maker
+        if piece == 2:
+            break
+    assert len(made) <= 5
