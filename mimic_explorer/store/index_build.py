@@ -108,7 +108,8 @@ def _narrow_types(parquet: pq.ParquetFile, numeric: list[tuple[str, np.dtype]]) 
             continue
         for kind in _NARROW_INTEGERS:
             info = np.iinfo(kind)
-            if info.min <= lo and hi <= info.max and np.dtype(kind).itemsize < dtype.itemsize:
+            # one value of room at each end: code that adds or subtracts one (a label + 1) cannot wrap
+            if info.min < lo and hi < info.max and np.dtype(kind).itemsize < dtype.itemsize:
                 narrow[name] = np.dtype(kind)
                 break
     return narrow

@@ -315,7 +315,8 @@ def _encode(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     table lookup instead of a sort when the labels are small non-negative integers (the usual case).
     Codes come in the smallest integer type that holds twice the class count (the group numbers)."""
     if labels.dtype.kind in "iu" and len(labels) and labels.min() >= -1 and labels.max() < 1 << 20:
-        shifted = labels + 1  # -1: the one "class" of a pool without classes
+        # -1: the one "class" of a pool without classes (added in at least int16: a narrow label type stays exact)
+        shifted = np.add(labels, 1, dtype=np.result_type(labels.dtype, np.int16))
         present = np.bincount(shifted) > 0
         classes = np.flatnonzero(present) - 1
         lookup = (np.cumsum(present) - 1).astype(_small_int(2 * len(classes) + 1))

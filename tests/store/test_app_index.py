@@ -411,10 +411,12 @@ def test_many_threads_asking_for_an_unsorted_column_sort_it_once(run_dir, monkey
 def test_integer_columns_are_stored_in_the_narrowest_type_and_read_back_in_their_own(run_dir):
     frame = pd.read_parquet(run_dir / "samples.parquet")
     frame["wide_label"] = np.arange(len(frame)) % 300 - 150  # needs two bytes
+    frame["edge_label"] = np.arange(len(frame)) % 128  # 127 fits a byte, but leaves no room for a label + 1
     frame.to_parquet(run_dir / "samples.parquet", index=False, row_group_size=700)
     index = open_index(run_dir)
     assert index.column("label").dtype == np.int8 and index.dtype("label") == np.int64
     assert index.column("wide_label").dtype == np.int16 and index.dtype("wide_label") == np.int64
+    assert index.column("edge_label").dtype == np.int16
     assert index.column("mimic_score").dtype == np.float64
     rows = index.rows(np.array([5, 0, 2999]))
     pd.testing.assert_frame_equal(rows, open_run(run_dir).samples.iloc[[5, 0, 2999]])

@@ -61,3 +61,11 @@ def test_state_through_the_index_equals_the_state_on_the_whole_table(tmp_path, m
     pd.testing.assert_frame_equal(indexed.rows(positions), whole.rows(positions))
     assert indexed.record(int(positions[0])) == whole.record(int(positions[0]))
     assert indexed.position("syn-0001234") == whole.position("syn-0001234") == 1234
+
+
+def test_narrow_labels_at_the_top_of_their_type_are_grouped_exactly():
+    from mimic_explorer.ui.counting import _encode
+
+    labels = np.array([127, -1, 0, 127, 5], dtype=np.int8)
+    classes, codes = _encode(labels)
+    assert classes.tolist() == [-1, 0, 5, 127] and codes.tolist() == [3, 0, 1, 3, 2]
