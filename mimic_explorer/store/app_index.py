@@ -46,8 +46,9 @@ from mimic_explorer.store.trajectory_index import read_trajectories
 #: 5: sorted sample-id hashes (rows by id without reading every id); 6: no sorted values (read through
 #: the order), grouped positions instead of grouped values, columns other than the app's sorted on first use,
 #: integer columns stored in the narrowest type that holds them; 7: text columns with few values dictionary-encoded;
-#: 8: each (signal, epoch) histogram of the Per epoch tab stored
-INDEX_VERSION = 8
+#: 8: each (signal, epoch) histogram of the Per epoch tab stored; 9: thumbnail offsets as uint32 when they
+#: fit, a missing thumbnail marked by length 0
+INDEX_VERSION = 9
 log = logging.getLogger(__name__)
 
 
@@ -584,7 +585,7 @@ class AppIndex:
         offset, length = (
             self._read_int64(path, position) for path in (self.files.thumb_offsets, self.files.thumb_lengths)
         )
-        return None if offset < 0 else (offset, length)
+        return None if length == 0 else (offset, length)  # no thumbnail: length 0 (an image is never empty)
 
     def _read_int64(self, path: Path, position: int) -> int:
         """One value of an index ``.npy``, read with one ``pread`` (``read_at``)."""

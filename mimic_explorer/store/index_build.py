@@ -27,7 +27,7 @@ from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.atomic import load_npy, mapped_array_file, release_mapped_pages
 from mimic_explorer.store.id_lookup import write_id_lookup
 from mimic_explorer.store.indexed_epochs import stored_bands
-from mimic_explorer.store.layout import IndexFiles
+from mimic_explorer.store.layout import THUMBS_BLOB, IndexFiles
 from mimic_explorer.store.score_index import ClassGroups, class_groups, columns_sorted_at_build, index_score_column
 from mimic_explorer.store.trajectory_index import Positions, build_trajectories
 
@@ -283,11 +283,12 @@ def _build_thumb_locations(thumbs_index: Path, ids: Positions, files: IndexFiles
     index (matched by id: by position where it lists the samples in order, else by a hash of the
     ids). Why: the app then opens without reading millions of thumbnail ids (seconds at 12.8 M)."""
     n = len(ids.ids)
-    offsets = mapped_array_file(files.thumb_offsets, np.int64, (n,))  # through maps whose pages are
-    lengths = mapped_array_file(files.thumb_lengths, np.uint32, (n,))  # handed back batch by batch
-    for start in range(0, n, BATCH_ROWS):
-        offsets[start : start + BATCH_ROWS] = -1
-        release_mapped_pages(offsets)
+    blob = thumbs_index.parent / THUMBS_BLOB
+    small = blob.exists() and blob.stat().st_size < 2**32  # offsets as uint32: 4 bytes a sample less
+    # through maps whose pages are handed back batch by batch; a sample without a thumbnail keeps
+    # length 0 (the files start zeroed)
+    offsets = mapped_array_file(files.thumb_offsets, np.uint32 if small else np.int64, (n,))
+    lengths = mapped_array_file(files.thumb_lengths, np.uint32, (n,))
     positions, start = ids, 0
     for batch in pq.ParquetFile(thumbs_index, pre_buffer=False).iter_batches(
         batch_size=BATCH_ROWS, columns=["sample_id", "offset", "length"]

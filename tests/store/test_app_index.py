@@ -311,6 +311,12 @@ def test_thumbnails_by_position_from_the_index_equal_the_thumbnail_store(tmp_pat
         assert by_index.get(ids.iloc[position], position) == whole.get(ids.iloc[position], position) is not None
     assert by_index._ids is None  # the thumbnail ids were never read
     assert index.thumbnail_location(400) is None
+    assert index._map(index.files.thumb_offsets).dtype == np.uint32  # a small thumbs.bin: 4-byte offsets
+
+    listed = pd.read_parquet(path / "thumbs" / "index.parquet")
+    listed[listed["sample_id"] != ids.iloc[17]].to_parquet(path / "thumbs" / "index.parquet", index=False)
+    index = open_index(path)  # rebuilt (the thumbnail index changed): sample 17 has none now
+    assert index.thumbnail_location(17) is None and index.thumbnail_location(16) is not None
 
 
 def test_row_counts_past_255_keep_int32_and_exact_trajectories(run_dir, monkeypatch):
