@@ -45,7 +45,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
 
-from synthetic_run import write_synthetic_run
+from synthetic_run import write_large_synthetic_run, write_synthetic_run
+
+#: above this many samples the synthetic run is written a chunk at a time, with 2 epochs of rows
+LARGE_RUN = 20_000_000
 
 
 def cpu_name() -> str:
@@ -201,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="bench-app-")
         run_dir = Path(tmp.name) / "run"
     if not (run_dir / "meta.json").exists():
-        write_time, _ = timed(lambda: write_synthetic_run(run_dir, args.samples, embeddings=64 if args.map else 0))
-        print(f"wrote synthetic run ({args.samples:,} samples, 5 epochs) in {write_time:.1f} s: {run_dir}")
+        if args.samples > LARGE_RUN:  # a chunk at a time, 2 epochs (the 128 M simulation fits disk and memory)
+            write_time, _ = timed(lambda: write_large_synthetic_run(run_dir, args.samples, epochs=2))
+            epochs = 2
+        else:
+            write_time, _ = timed(lambda: write_synthetic_run(run_dir, args.samples, embeddings=64 if args.map else 0))
+            epochs = 5
+        print(f"wrote synthetic run ({args.samples:,} samples, {epochs} epochs) in {write_time:.1f} s: {run_dir}")
 
     from mimic_explorer.store.layout import RunLayout
 
