@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui_helpers import ROOT, copy_run
+from mimic_explorer.store.layout import IndexFiles, RunLayout
+from tests.ui_helpers import ROOT, copy_run, synthetic_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -291,3 +292,24 @@ def test_a_pairs_run_with_a_compound_filter_in_a_real_browser(browser, tmp_path)
         page.close()
     _no_traceback(log)
     assert PAIRS_SCREENSHOT.stat().st_size > 30_000
+
+
+def test_a_column_sorted_on_first_use_opens_in_a_real_browser(browser, tmp_path):
+    """A score column the index did not sort at build: picked in the page, sorted in the server's
+    background thread, then opened through the session's own loop — the count follows, no traceback."""
+    run = synthetic_run(tmp_path / "run", n=3000, classes=4, epochs=2, thumbnails=False)
+    with served([str(run)], tmp_path / "serve.log") as (url, log):
+        page = browser.new_page(viewport={"width": 1600, "height": 1050})
+        page.goto(url, timeout=120_000)
+        page.get_by_text(KEPT).first.wait_for(timeout=120_000)
+        before = _settled_kept(page)
+        assert _kept(page)[1] == 3000
+        select = page.locator("select").first
+        assert "reference_loss" in select.evaluate("e => [...e.options].map(o => o.value)")
+        select.select_option("reference_loss")
+        index = IndexFiles(RunLayout(run).index_dir)
+        _wait_for(lambda: list(index.folder.glob("sorted-*.json")), 60, "the column's first sort")
+        _wait_for(lambda: not select.is_disabled() and _kept(page)[0] != before, 60, "the column to open")
+        assert select.input_value() == "reference_loss"
+        page.close()
+    _no_traceback(log)
