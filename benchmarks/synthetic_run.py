@@ -91,25 +91,60 @@ def _write_thumbnails(path: Path, ids, blobs: list[bytes], which: np.ndarray) ->
     )
 
 
-def _write_epochs(path: Path, ids, score: np.ndarray, loss: np.ndarray, epochs: int, rng, batch: int = 256) -> None:
+def _epoch_columns(
+    score: np.ndarray, loss: np.ndarray, epoch: int, epochs: int, rng, first: int = 0, batch: int = 256
+) -> dict[str, np.ndarray]:
+    """One epoch's score-part columns (but the ids) for samples ``first`` onwards: the recorded
+    signals drift towards the sample's score over the epochs."""
     n = len(score)
+    drift = (epoch + 1) / epochs
+    proj = (score - 0.5) * 2 * drift + rng.normal(0, 0.3, n)
+    recorded = {  # float32 numbers in float64 columns, as a run records its tensors' values
+        "proj": proj,
+        "weight": np.exp(proj) / (batch * np.exp(0.5)),
+        "loss": loss * (2 - drift),
+    }
+    return {
+        "epoch": np.full(n, epoch, dtype=np.int32),
+        "step": np.arange(first, first + n) // batch,
+        **{name: values.astype(np.float32).astype(np.float64) for name, values in recorded.items()},
+        "batch_size": np.full(n, batch, dtype=np.int32),
+    }
+
+
+def _write_epochs(path: Path, ids, score: np.ndarray, loss: np.ndarray, epochs: int, rng) -> None:
     for epoch in range(epochs):
-        drift = (epoch + 1) / epochs
-        proj = (score - 0.5) * 2 * drift + rng.normal(0, 0.3, n)
-        recorded = {  # float32 numbers in float64 columns, as a run records its tensors' values
-            "proj": proj,
-            "weight": np.exp(proj) / (batch * np.exp(0.5)),
-            "loss": loss * (2 - drift),
-        }
-        pd.DataFrame(
-            {
-                "sample_id": ids,
-                "epoch": np.full(n, epoch, dtype=np.int32),
-                "step": np.arange(n) // batch,
-                **{name: values.astype(np.float32).astype(np.float64) for name, values in recorded.items()},
-                "batch_size": np.full(n, batch, dtype=np.int32),
-            }
-        ).to_parquet(path / "scores" / f"epoch-{epoch:04d}.parquet", index=False)
+        pd.DataFrame({"sample_id": ids, **_epoch_columns(score, loss, epoch, epochs, rng)}).to_parquet(
+            path / "scores" / f"epoch-{epoch:04d}.parquet", index=False
+        )
+
+
+def _labelled_columns(rng, n: int, classes: int, noise: float, epochs: int) -> dict[str, np.ndarray]:
+    """A labelled pool's samples.parquet columns after ``sample_id`` and ``source``: a ``noise``
+    fraction mislabeled, scoring low on every signal (the draws in one fixed order per ``rng``)."""
+    true_label = rng.integers(0, classes, n)
+    is_noisy = rng.random(n) < noise
+    label = np.where(is_noisy, (true_label + rng.integers(1, classes, n)) % classes, true_label)
+    score = np.where(is_noisy, rng.normal(0.25, 0.12, n), rng.normal(0.75, 0.12, n)).clip(0, 1)
+    pred = np.where(rng.random(n) < 0.9, true_label, rng.integers(0, classes, n))
+    ref_loss = np.where(is_noisy, rng.gamma(4, 0.8, n), rng.gamma(1, 0.1, n))
+    model_loss = ref_loss * rng.uniform(0.5, 1.5, n)
+    return {
+        "label": label,
+        "true_label": true_label,
+        "is_noisy": is_noisy,
+        "pred": pred,
+        "mimic_score": score,
+        "keep": score >= 0.5,
+        "votes": np.round(score * epochs) / epochs,
+        "proj_mean": (score - 0.5) * 2 + rng.normal(0, 0.1, n),
+        "proj_min": (score - 0.9) * 2,
+        "proj_last": (score - 0.5) * 2 + rng.normal(0, 0.3, n),
+        "reference_loss": ref_loss,
+        "model_loss": model_loss,
+        "reducible_loss": model_loss - ref_loss,
+        "grand": np.sqrt(model_loss) + rng.gamma(1, 0.2, n),
+    }
 
 
 def _add_combined(samples: pd.DataFrame, rng, summary: dict) -> None:
@@ -147,44 +182,20 @@ def write_synthetic_run(
     (path / "scores").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     ids = pd.array([f"syn-{i:07d}" for i in range(n)], dtype="str")
-    true_label = rng.integers(0, classes, n)
-    is_noisy = rng.random(n) < noise
-    label = np.where(is_noisy, (true_label + rng.integers(1, classes, n)) % classes, true_label)
-    score = np.where(is_noisy, rng.normal(0.25, 0.12, n), rng.normal(0.75, 0.12, n)).clip(0, 1)
-    keep = score >= 0.5
-    pred = np.where(rng.random(n) < 0.9, true_label, rng.integers(0, classes, n))
-    ref_loss = np.where(is_noisy, rng.gamma(4, 0.8, n), rng.gamma(1, 0.1, n))
-    model_loss = ref_loss * rng.uniform(0.5, 1.5, n)
-    samples = pd.DataFrame(
-        {
-            "sample_id": ids,
-            "source": "synthetic",
-            "label": label,
-            "true_label": true_label,
-            "is_noisy": is_noisy,
-            "pred": pred,
-            "mimic_score": score,
-            "keep": keep,
-            "votes": np.round(score * epochs) / epochs,
-            "proj_mean": (score - 0.5) * 2 + rng.normal(0, 0.1, n),
-            "proj_min": (score - 0.9) * 2,
-            "proj_last": (score - 0.5) * 2 + rng.normal(0, 0.3, n),
-            "reference_loss": ref_loss,
-            "model_loss": model_loss,
-            "reducible_loss": model_loss - ref_loss,
-            "grand": np.sqrt(model_loss) + rng.gamma(1, 0.2, n),
-        }
-    )
+    columns = _labelled_columns(rng, n, classes, noise, epochs)
+    samples = pd.DataFrame({"sample_id": ids, "source": "synthetic", **columns})
     if embeddings:
-        samples["ref_pred"] = pred
+        samples["ref_pred"] = columns["pred"]
         samples["ref_prob"] = rng.uniform(0.4, 1.0, n)
     blobs = _thumbnail_blobs(64, seed) if thumbnails else None
     if embeddings:
-        write_synthetic_vectors(path, true_label, classes, embeddings, seed, pred, samples["ref_prob"].to_numpy())
+        write_synthetic_vectors(
+            path, columns["true_label"], classes, embeddings, seed, columns["pred"], samples["ref_prob"].to_numpy()
+        )
     return _write_run(
         path,
         samples,
-        model_loss,
+        columns["model_loss"],
         epochs,
         rng,
         combined,
@@ -393,50 +404,17 @@ def write_large_synthetic_run(
             rng = np.random.default_rng([seed, start // chunk])
             digits = pc.utf8_lpad(pc.cast(pa.array(np.arange(start, start + m)), pa.string()), width=9, padding="0")
             ids = pc.binary_join_element_wise("syn-", digits, "")
-            true_label = rng.integers(0, classes, m)
-            is_noisy = rng.random(m) < noise
-            label = np.where(is_noisy, (true_label + rng.integers(1, classes, m)) % classes, true_label)
-            score = np.where(is_noisy, rng.normal(0.25, 0.12, m), rng.normal(0.75, 0.12, m)).clip(0, 1)
-            pred = np.where(rng.random(m) < 0.9, true_label, rng.integers(0, classes, m))
-            ref_loss = np.where(is_noisy, rng.gamma(4, 0.8, m), rng.gamma(1, 0.1, m))
-            model_loss = ref_loss * rng.uniform(0.5, 1.5, m)
-            kept += int((score >= 0.5).sum())
-            table = pa.table(
-                {
-                    "sample_id": ids,
-                    "source": pa.array(np.full(m, "synthetic", dtype=object), type=pa.string()),
-                    "label": label,
-                    "true_label": true_label,
-                    "is_noisy": is_noisy,
-                    "pred": pred,
-                    "mimic_score": score,
-                    "keep": score >= 0.5,
-                    "votes": np.round(score * epochs) / epochs,
-                    "proj_mean": (score - 0.5) * 2 + rng.normal(0, 0.1, m),
-                    "proj_min": (score - 0.9) * 2,
-                    "proj_last": (score - 0.5) * 2 + rng.normal(0, 0.3, m),
-                    "reference_loss": ref_loss,
-                    "model_loss": model_loss,
-                    "reducible_loss": model_loss - ref_loss,
-                    "grand": np.sqrt(model_loss) + rng.gamma(1, 0.2, m),
-                }
-            )
+            columns = _labelled_columns(rng, m, classes, noise, epochs)
+            score = columns["mimic_score"]
+            kept += int(columns["keep"].sum())
+            source = pa.array(np.full(m, "synthetic", dtype=object), type=pa.string())
+            table = pa.table({"sample_id": ids, "source": source, **columns})
             if samples_writer is None:
                 samples_writer = pq.ParquetWriter(path / "samples.parquet", table.schema)
             samples_writer.write_table(table, row_group_size=1 << 20)
             for epoch in range(epochs):
-                drift = (epoch + 1) / epochs
-                proj = (score - 0.5) * 2 * drift + rng.normal(0, 0.3, m)
                 part = pa.table(
-                    {
-                        "sample_id": ids,
-                        "epoch": np.full(m, epoch, dtype=np.int32),
-                        "step": (np.arange(start, start + m) // 256),
-                        "proj": proj.astype(np.float32).astype(np.float64),
-                        "weight": (np.exp(proj) / (256 * np.exp(0.5))).astype(np.float32).astype(np.float64),
-                        "loss": (model_loss * (2 - drift)).astype(np.float32).astype(np.float64),
-                        "batch_size": np.full(m, 256, dtype=np.int32),
-                    }
+                    {"sample_id": ids, **_epoch_columns(score, columns["model_loss"], epoch, epochs, rng, first=start)}
                 )
                 if epoch_writers[epoch] is None:
                     epoch_writers[epoch] = pq.ParquetWriter(path / "scores" / f"epoch-{epoch:04d}.parquet", part.schema)
