@@ -491,13 +491,14 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
                 members = labels == cls
                 keep[members] = scores[members] >= cls_value
                 thresholds[str(cls)] = float(cls_value)
-        elif not rule.per_class and _stored_finite(samples, rule.column) is not None and rule.kind != "keep_count":
-            # the run's index holds the column's order: the cut is one read, not a copy and partition of it
-            cut = fraction_cut(_stored_finite(samples, rule.column), rule.kind, value)
-            keep = scores >= cut if cut is not None else np.zeros(n, dtype=bool)
-            thresholds["all"] = cut
         elif not rule.per_class:
-            keep, thresholds["all"] = _resolve_one(scores, rule.kind, value, n)
+            stored = _stored_finite(samples, rule.column) if rule.kind != "keep_count" else None
+            if stored is not None:  # the run's index holds the column's order: the cut is one read, not a partition
+                cut = fraction_cut(stored, rule.kind, value)
+                keep = scores >= cut if cut is not None else np.zeros(n, dtype=bool)
+                thresholds["all"] = cut
+            else:
+                keep, thresholds["all"] = _resolve_one(scores, rule.kind, value, n)
         else:
             keep = np.zeros(n, dtype=bool)
             classes = np.unique(labels)

@@ -329,9 +329,7 @@ class AppIndex:
     def column(self, name: str) -> np.ndarray:
         """A numeric column, memory-mapped (read-only), in the type its file holds: the table's own, or a
         narrower integer type that holds every value (``dtype(name)`` is the table's; ``rows`` casts back)."""
-        if name not in self._numeric:
-            raise KeyError(f"{name!r} is not a numeric column of the index")
-        return self._map(self.files.column(self._numeric[name]["number"]))
+        return self._map(self._column_path(name))
 
     @cached_property
     def _text_map(self) -> mmap.mmap:
@@ -461,10 +459,11 @@ class AppIndex:
                 self._map(where.grouped(number))
         return record
 
-    def _sort_into(self, folder: Path, number: int, groups: tuple) -> dict[str, Any]:
+    def _sort_into(self, folder: Path, number: int, needs: tuple) -> dict[str, Any]:
         """Sort column ``number`` (read from this index) with its order written to ``folder``: first into a
-        hidden sub-folder, then renamed into place, so no reader ever maps a half-written order."""
-        groups, noisy, truth_unreadable = groups
+        hidden sub-folder, then renamed into place, so no reader ever maps a half-written order.
+        ``needs``: ``_class_groups``."""
+        groups, noisy, truth_unreadable = needs
         scratch = folder / f".sorting-{number:03d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         scratch.mkdir()
         try:

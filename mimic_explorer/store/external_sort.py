@@ -127,7 +127,7 @@ def sort_column(
     for the runs (removed here). ``mapped``: makes a writable ``.npy`` map (default
     ``np.lib.format.open_memmap``; the index passes one that reserves its disk blocks first)."""
     chunk_rows, block = chunk_rows or CHUNK_ROWS, block or BLOCK_ROWS
-    mapped = mapped or (lambda path, dtype, shape: np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape))
+    mapped = mapped or _new_npy
     n = len(column)
     scratch.mkdir(parents=True, exist_ok=True)
     try:
@@ -205,9 +205,8 @@ def sort_key_chunks(
             spill()
         if start != n:
             raise OSError(f"the keys gave {start} rows, {n} expected")
-        mapped = lambda path, kind, shape: np.lib.format.open_memmap(path, mode="w+", dtype=kind, shape=shape)  # noqa: E731
-        order = _Output(mapped, order_path, position_type, n)
-        keys_out = _Output(mapped, keys_path, dtype if dtype is not None else np.uint64, n)
+        order = _Output(_new_npy, order_path, position_type, n)
+        keys_out = _Output(_new_npy, keys_path, dtype if dtype is not None else np.uint64, n)
         try:
             done = 0
             for v, p in _merged(runs, block):
@@ -219,6 +218,11 @@ def sort_key_chunks(
             keys_out.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _new_npy(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A new writable ``.npy`` of ``shape`` (what ``_Output`` writes into when no other maker is given)."""
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
 
 class _Output:

@@ -100,7 +100,7 @@ def bin_count(sorted_finite: np.ndarray, lo: float, hi: float) -> int:
     return _bins_from(len(sorted_finite), tuple(_quantiles(sorted_finite, [0.25, 0.75], True)), lo, hi)
 
 
-#: values counted at a time when the sorted finite values are known (the bins need nothing else whole)
+#: values counted at a time (once the bins are known, counting needs nothing else whole)
 CHUNK_ROWS = 1 << 22
 
 
@@ -127,16 +127,15 @@ def histogram(
     counts = np.zeros(bins, dtype=np.int64)
     noisy_counts = None if noisy is None else np.zeros(bins, dtype=np.int64)
     clipped = 0
-    step = CHUNK_ROWS
-    for start in range(0, len(values), step):
-        chunk = np.asarray(values[start : start + step], dtype=np.float64)
+    for start in range(0, len(values), CHUNK_ROWS):
+        chunk = np.asarray(values[start : start + CHUNK_ROWS], dtype=np.float64)
         finite_mask = np.isfinite(chunk)
         finite = chunk[finite_mask]  # a copy: clipped in place
         clipped += int(((finite < lo) | (finite > hi)).sum())
         clipped_values = np.clip(finite, lo, hi, out=finite)
         counts += np.histogram(clipped_values, bins=bins, range=(lo, hi))[0]
         if noisy_counts is not None:
-            noisy_counts += np.histogram(clipped_values[noisy[start : start + step][finite_mask]], bins=edges)[0]
+            noisy_counts += np.histogram(clipped_values[noisy[start : start + CHUNK_ROWS][finite_mask]], bins=edges)[0]
     return Histogram(edges, counts, noisy_counts, clipped)
 
 

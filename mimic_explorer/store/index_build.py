@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from mimic_explorer.store.arrow_pool import release_arrow_memory
 from mimic_explorer.store.atomic import load_npy, mapped_array_file, release_mapped_pages
 from mimic_explorer.store.id_lookup import write_id_lookup
-from mimic_explorer.store.indexed_epochs import stored_bands
+from mimic_explorer.store.indexed_epochs import stored_epoch_views
 from mimic_explorer.store.layout import THUMBS_BLOB, IndexFiles
 from mimic_explorer.store.score_index import ClassGroups, class_groups, columns_sorted_at_build, index_score_column
 from mimic_explorer.store.trajectory_index import Positions, build_trajectories
@@ -253,12 +253,19 @@ def run_groups(
     return class_groups(labels, n_rows, noisy), noisy, truth_unreadable
 
 
+def _text_reader(files: IndexFiles) -> tuple[pa.ipc.RecordBatchFileReader, mmap.mmap]:
+    """A reader of the index's text file over a map of it, and that map: what reads through it is
+    zero-copy, and ``release_mapped_pages(map)`` hands back the pages a pass has read."""
+    with open(files.text, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped))), mapped
+
+
 def _sample_ids(files: IndexFiles) -> tuple[pa.ChunkedArray, mmap.mmap] | None:
     """The samples' ids, zero-copy over a map of the text file, and that map (whose pages the passes
     over the ids hand back batch by batch: a pass over 128 M ids holds one batch of them)."""
-    with open(files.text, "rb") as handle:
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    table = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped))).read_all()
+    reader, mapped = _text_reader(files)
+    table = reader.read_all()
     if "sample_id" not in table.column_names:
         return None
     return table.column("sample_id"), mapped
@@ -266,9 +273,7 @@ def _sample_ids(files: IndexFiles) -> tuple[pa.ChunkedArray, mmap.mmap] | None:
 
 def _build_id_lookup(files: IndexFiles, n: int) -> dict[str, Any]:
     """The sorted id hashes and their rows (``store.id_lookup``), from the text file a batch at a time."""
-    with open(files.text, "rb") as handle:
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
+    reader, mapped = _text_reader(files)
 
     def batches():
         for i in range(reader.num_record_batches):
@@ -321,9 +326,8 @@ def build_index(
     release_arrow_memory()
     groups, noisy, truth_unreadable = run_groups(files, numeric, text, n_rows)
     scores = [(number, name) for number, (name, dtype) in enumerate(numeric) if _is_score_column(name, dtype)]
-    columns = [
-        (number, name) for number, name in scores if name in columns_sorted_at_build([name for _, name in scores])
-    ]
+    at_build = columns_sorted_at_build([name for _, name in scores])
+    columns = [(number, name) for number, name in scores if name in at_build]
 
     def index_column(number: int, name: str) -> tuple[str, dict[str, Any]]:
         # sorted out of core (runs on disk, merged a block at a time): memory stays a few chunks
@@ -343,8 +347,8 @@ def build_index(
 
         def trajectories_and_bands() -> dict[str, Any] | None:
             record = build_trajectories(list(score_parts), positions(), files)
-            if record is not None:  # the Per epoch tab's bands, read at its first render
-                record["bands"] = stored_bands(files, record, truth)
+            if record is not None:  # the Per epoch tab's bands and histograms, read at its first render
+                record["bands"], record["histograms"] = stored_epoch_views(files, record, truth)
             return record
 
         trajectories = pool.submit(trajectories_and_bands) if ids is not None else None
@@ -373,7 +377,7 @@ def build_index(
             for number, (name, dtype) in enumerate(numeric)
         ],
         "text": text,
-        # every score column; those not sorted yet get their order on first use (``AppIndex.sorted_record``)
+        # every score column; those not sorted yet get their order on first use (``AppIndex._score``)
         "scores": {name: sorted_columns.get(name, {"number": number, "sorted": False}) for number, name in scores},
         "classes": classes,
         "trajectories": trajectories,

@@ -138,12 +138,13 @@ def _bands_frame(rows: list[dict]) -> pd.DataFrame:
     return frame.sort_values(["group", "epoch"]).reset_index(drop=True)
 
 
-def stored_bands(files, record: dict, noisy: np.ndarray | None) -> dict[str, dict[str, list[dict]]] | None:
-    """The bands of every signal for the index manifest — of all samples, and clean / mislabeled when the
-    run has ground truth — computed once at build, so the Per epoch tab's first render reads them; None
-    when a (sample, epoch) cell may hold several rows (the bands are then the rows')."""
+def stored_epoch_views(files, record: dict, noisy: np.ndarray | None) -> tuple[dict | None, dict | None]:
+    """(the bands of every signal, each (signal, epoch)'s histogram) for the index manifest — of all
+    samples, and clean / mislabeled when the run has ground truth — computed once at build, so the Per
+    epoch tab's first render reads them; (None, None) when a (sample, epoch) cell may hold several rows
+    (the bands are then the rows')."""
     if record.get("most_rows", 2) > 1:
-        return None
+        return None, None
     rows_file = load_npy(files.trajectory_rows, mmap_mode="r")
     bands, histograms = {}, {}
     for k, signal in enumerate(record["signals"]):
@@ -162,8 +163,7 @@ def stored_bands(files, record: dict, noisy: np.ndarray | None) -> dict[str, dic
             del present_values
             release_mapped_pages(array), release_mapped_pages(rows_file)
         bands[signal], histograms[signal] = by_group, by_split
-    record["histograms"] = histograms  # the Per epoch tab's histograms, one per (signal, epoch)
-    return bands
+    return bands, histograms
 
 
 def epoch_scores_for(index, parts: EpochScores):
