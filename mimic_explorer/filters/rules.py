@@ -512,7 +512,18 @@ def apply_rule(samples: pd.DataFrame, rule: Rule) -> FilterResult:
                 target = per_class_counts[cls] if rule.kind == "keep_count" else value
                 sub_keep, thresholds[str(cls)] = _resolve_one(scores[members], rule.kind, target, len(members))
                 keep[members] = sub_keep
+    _hand_back_pages(samples)
     return _result(keep, labels, thresholds)
+
+
+def _hand_back_pages(samples) -> None:
+    """Hand back the pages a rule read through the run's app index (``AppIndex.release``), where
+    ``samples`` come through one. Why: a rule reads whole columns, and a page read through a map stays
+    in the process's resident memory until handed back (1.2 GB at 128 M samples, held through the
+    export that follows)."""
+    index = getattr(samples, "app_index", None)
+    if index is not None:
+        index.release()
 
 
 def ids_mask(samples: pd.DataFrame, rule: FilterRule) -> np.ndarray:

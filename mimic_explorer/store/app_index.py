@@ -40,15 +40,16 @@ from mimic_explorer.store.index_build import PANDAS_DTYPES_KEY, build_index, run
 from mimic_explorer.store.layout import IndexFiles, RunLayout
 from mimic_explorer.store.ordered_values import OrderedValues
 from mimic_explorer.store.score_index import index_score_column
-from mimic_explorer.store.trajectory_index import read_trajectories
+from mimic_explorer.store.trajectory_index import read_trajectories, row_counts
 
 #: 3: pandas nullable dtypes restored from the text file; 4: trajectories epochs × samples, int32 orders;
 #: 5: sorted sample-id hashes (rows by id without reading every id); 6: no sorted values (read through
 #: the order), grouped positions instead of grouped values, columns other than the app's sorted on first use,
 #: integer columns stored in the narrowest type that holds them; 7: text columns with few values dictionary-encoded;
 #: 8: each (signal, epoch) histogram of the Per epoch tab stored; 9: thumbnail offsets as uint32 when they
-#: fit, a missing thumbnail marked by length 0
-INDEX_VERSION = 9
+#: fit, a missing thumbnail marked by length 0; 10: no trajectory row counts stored when every (epoch, sample)
+#: cell holds one row, thumbnail lengths as uint16 when they fit
+INDEX_VERSION = 10
 log = logging.getLogger(__name__)
 
 
@@ -345,28 +346,80 @@ class AppIndex:
         """The text rows at ``positions`` (in that order): each record batch's own ``take``, which
         reads only those rows (a ``take`` on the whole table joins its batches first: every row).
         Dictionary-encoded columns (few distinct values, e.g. ``source``) come back as plain text."""
-        return _decoded(self._take_text(positions, columns))
+        return self.gather(positions, columns)[0]
 
-    def _take_text(self, positions: np.ndarray, columns: list[str] | None = None) -> pa.Table:
-        table = self.text if columns is None else self.text.select(columns)
+    def gather(
+        self,
+        positions: np.ndarray,
+        text_columns: list[str] | None = None,
+        numeric: dict[str, np.ndarray] | None = None,
+        release_every: int | None = None,
+    ) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        """(the text rows at ``positions`` as ``take_text`` gives them; each array of ``numeric`` at
+        ``positions``), in the order of ``positions``.
+
+        Rows are read in file order, record batch by record batch (each batch's own ``take``), and put
+        back in the asked order once at the end. ``release_every``: hand this process's mapped pages
+        back after every that many rows read (a gather of millions of rows in score order: without it
+        every page of the files it touched would stay resident until the end)."""
+        table = self.text if text_columns is None else self.text.select(text_columns)
+        numeric = numeric or {}
         positions = np.asarray(positions, dtype=np.int64)
         batches = table.to_batches()
         if len(batches) <= 1 or len(positions) == 0:
-            return table.take(pa.array(positions))
+            taken = _decoded(table.take(pa.array(positions)))
+            return taken, {name: np.asarray(array[positions]) for name, array in numeric.items()}
         starts = np.cumsum([0] + [batch.num_rows for batch in batches])
         which = (np.searchsorted(starts, positions, side="right") - 1).astype(
             np.int16 if len(batches) < 2**15 else np.int64
         )
         by_batch = np.argsort(which, kind="stable")  # a radix sort of small ints
         grouped, bounds = positions[by_batch], np.searchsorted(which[by_batch], np.arange(len(batches) + 1))
-        pieces = [
-            batches[b].take(pa.array(grouped[bounds[b] : bounds[b + 1]] - starts[b]))
-            for b in range(len(batches))
-            if bounds[b + 1] > bounds[b]
-        ]
+        pieces, parts, read = [], {name: [] for name in numeric}, 0
+        for b in range(len(batches)):
+            if bounds[b + 1] == bounds[b]:
+                continue
+            rows = grouped[bounds[b] : bounds[b + 1]]
+            pieces.append(batches[b].take(pa.array(rows - starts[b])))
+            for name, array in numeric.items():
+                parts[name].append(np.asarray(array[rows]))
+            read += len(rows)
+            if release_every is not None and read >= release_every:
+                self.release()
+                read = 0
+        if release_every is not None:
+            self.release()
         back = np.empty(len(positions), dtype=np.int64)
         back[by_batch] = np.arange(len(positions))
-        return pa.Table.from_batches(pieces, schema=table.schema).take(pa.array(back))
+        taken = _decoded(pa.Table.from_batches(pieces, schema=table.schema).take(pa.array(back)))
+        return taken, {name: np.concatenate(values)[back] for name, values in parts.items()}
+
+    #: the slices of a file ``read_in_file_order`` reads one after the other
+    FILE_SLICES = 16
+    #: files up to this size in all are read whole through their maps, their pages kept until the
+    #: caller hands them back: a page is then faulted in once, not once per read
+    MAPPED_BUDGET = 1 << 29
+
+    def read_in_file_order(self, array: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """``array[positions]`` (an index column's map) read a ``1/FILE_SLICES`` of the file at a time,
+        this process's mapped pages handed back after each. Why: millions of positions in score order
+        touch nearly every page of the file, and each page read through a map stays resident until
+        handed back — the whole file's worth (1 GB a float64 column at 128 M samples) at once. A file
+        within ``MAPPED_BUDGET`` is read whole."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if array.nbytes <= self.MAPPED_BUDGET:
+            return np.asarray(array[positions])
+        slice_of = (positions * self.FILE_SLICES // max(self.n, 1)).astype(np.int16)
+        by_slice = np.argsort(slice_of, kind="stable")  # a radix sort of small ints
+        bounds = np.searchsorted(slice_of[by_slice], np.arange(self.FILE_SLICES + 1))
+        out = np.empty(len(positions), dtype=array.dtype)
+        for number in range(self.FILE_SLICES):
+            if bounds[number + 1] == bounds[number]:
+                continue
+            these = by_slice[bounds[number] : bounds[number + 1]]
+            out[these] = array[positions[these]]
+            self.release()
+        return out
 
     @cached_property
     def _text_dtypes(self) -> dict[str, str]:
@@ -565,7 +618,7 @@ class AppIndex:
         ids = self.take_text(positions, ["sample_id"]).column("sample_id").to_pylist()
         record = self.manifest["trajectories"]
         sums = [self._map(self.files.trajectory(k)) for k in range(len(record["signals"]))]
-        frame = read_trajectories(record, self._map(self.files.trajectory_rows), sums, positions, ids)
+        frame = read_trajectories(record, row_counts(record, self.files, self._map), sums, positions, ids)
         self.release()
         return frame
 

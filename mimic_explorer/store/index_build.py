@@ -283,6 +283,22 @@ def _build_id_lookup(files: IndexFiles, n: int) -> dict[str, Any]:
     return write_id_lookup(batches(), n, files.id_hashes, files.id_order, files.folder / ".sort-ids")
 
 
+def _largest(path: Path, column: str) -> float:
+    """The largest value of ``column`` in the parquet file at ``path`` by its row-group statistics
+    (infinity where a row group has none: the caller then keeps its widest type)."""
+    metadata = pq.ParquetFile(path).metadata
+    number = metadata.schema.to_arrow_schema().get_field_index(column)
+    largest = 0
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(number).statistics
+        if metadata.row_group(group).num_rows == 0:
+            continue
+        if stats is None or not stats.has_min_max:
+            return float("inf")
+        largest = max(largest, stats.max)
+    return largest
+
+
 def _build_thumb_locations(thumbs_index: Path, ids: Positions, files: IndexFiles) -> bool:
     """Write each sample's thumbnail (offset, length) by sample position, from the run's thumbnail
     index (matched by id: by position where it lists the samples in order, else by a hash of the
@@ -293,7 +309,8 @@ def _build_thumb_locations(thumbs_index: Path, ids: Positions, files: IndexFiles
     # through maps whose pages are handed back batch by batch; a sample without a thumbnail keeps
     # length 0 (the files start zeroed)
     offsets = mapped_array_file(files.thumb_offsets, np.uint32 if small else np.int64, (n,))
-    lengths = mapped_array_file(files.thumb_lengths, np.uint32, (n,))
+    length_type = np.uint16 if _largest(thumbs_index, "length") < 2**16 else np.uint32  # thumbnails: a few KB
+    lengths = mapped_array_file(files.thumb_lengths, length_type, (n,))
     positions, start = ids, 0
     for batch in pq.ParquetFile(thumbs_index, pre_buffer=False).iter_batches(
         batch_size=BATCH_ROWS, columns=["sample_id", "offset", "length"]
@@ -302,7 +319,10 @@ def _build_thumb_locations(thumbs_index: Path, ids: Positions, files: IndexFiles
         start += batch.num_rows
         known = where >= 0
         offsets[where[known]] = batch.column("offset").to_numpy(zero_copy_only=False)[known]
-        lengths[where[known]] = batch.column("length").to_numpy(zero_copy_only=False)[known]
+        found = batch.column("length").to_numpy(zero_copy_only=False)[known]
+        if len(found) and found.max() > np.iinfo(length_type).max:  # statistics that lied
+            raise OSError(f"{thumbs_index}'s statistics for 'length' do not cover its values")
+        lengths[where[known]] = found
         release_mapped_pages(offsets), release_mapped_pages(lengths)
     offsets.flush(), lengths.flush()
     return True

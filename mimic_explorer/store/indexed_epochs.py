@@ -19,6 +19,7 @@ import pandas as pd
 from mimic_explorer.store.atomic import load_npy, release_mapped_pages
 from mimic_explorer.store.histogram import Histogram, histogram, histogram_from_record, histogram_record
 from mimic_explorer.store.scores import QUANTILES, EpochScores
+from mimic_explorer.store.trajectory_index import row_counts
 
 
 class IndexedEpochScores:
@@ -52,7 +53,7 @@ class IndexedEpochScores:
         or sums of one row each — the values themselves (``most_rows`` ≤ 1)."""
         k = self.signals.index(signal)
         values = self._index._map(self._index.files.trajectory(k))[epoch_number]  # read where the caller picks
-        present = np.asarray(self._index._map(self._index.files.trajectory_rows)[epoch_number]) > 0
+        present = np.asarray(row_counts(self._record, self._index.files, self._index._map)[epoch_number]) > 0
         return values, present
 
     def values(
@@ -145,7 +146,7 @@ def stored_epoch_views(files, record: dict, noisy: np.ndarray | None) -> tuple[d
     (the bands are then the rows')."""
     if record.get("most_rows", 2) > 1:
         return None, None
-    rows_file = load_npy(files.trajectory_rows, mmap_mode="r")
+    rows_file = row_counts(record, files, lambda path: load_npy(path, mmap_mode="r"))
     bands, histograms = {}, {}
     for k, signal in enumerate(record["signals"]):
         array = load_npy(files.trajectory(k), mmap_mode="r")

@@ -154,25 +154,41 @@ def _compact_signal(path: Path, rows_path: Path) -> str:
 
 
 def _compact_rows(rows_path: Path) -> tuple[str, int]:
-    """Store the per-cell row counts as uint8 when none exceeds 255 (one row per sample and epoch is the
-    usual case); returns the dtype stored and the largest count."""
+    """Store the per-cell row counts as uint8 when none exceeds 255, and not at all when every cell holds
+    exactly one row (one row per sample and epoch, the usual case: ``row_counts`` gives them back as a
+    view of ones); returns how they are stored (``"ones"``, ``"uint8"`` or ``"int32"``) and the largest count."""
     rows = load_npy(rows_path, mmap_mode="r")
     compact = rows_path.with_name(rows_path.stem + ".uint8.npy")
     small = mapped_array_file(compact, np.uint8, rows.shape)
-    largest = 0
+    largest, smallest = 0, None
     for start in range(0, rows.shape[1], COMPACT_SAMPLES):  # one pass: copied while the counts fit
         block = np.asarray(rows[:, start : start + COMPACT_SAMPLES])
         largest = max(largest, int(block.max(initial=0)))
+        low = int(block.min(initial=largest))
+        smallest = low if smallest is None else min(smallest, low)
         if largest <= np.iinfo(np.uint8).max:
             small[:, start : start + COMPACT_SAMPLES] = block
         release_mapped_pages(small), release_mapped_pages(rows)
     small.flush()
     del small, rows
+    if largest == 1 and smallest == 1:
+        compact.unlink()
+        rows_path.unlink()
+        return "ones", 1
     if largest > np.iinfo(np.uint8).max:
         compact.unlink()
         return "int32", largest
     os.replace(compact, rows_path)
     return "uint8", largest
+
+
+def row_counts(record: dict[str, Any], files: IndexFiles, load: Callable[[Path], np.ndarray]) -> np.ndarray:
+    """The (epochs × samples) row counts of the index's trajectories, read with ``load`` (a memory map):
+    a read-only view of ones, taking no memory, when the build found one row in every cell."""
+    if record.get("rows_dtype") == "ones":
+        shape = load(files.trajectory(0)).shape
+        return np.broadcast_to(np.ones(1, dtype=np.uint8), shape)
+    return load(files.trajectory_rows)
 
 
 def _accumulate(

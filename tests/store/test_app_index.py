@@ -251,6 +251,8 @@ def test_trajectories_equal_the_score_parts(run_dir):
 
     index = open_index(run_dir)
     assert index.has_trajectories
+    # one row per sample and epoch: the counts are not stored (all ones), the values still the parts'
+    assert index.manifest["trajectories"]["rows_dtype"] == "ones" and not index.files.trajectory_rows.exists()
     ids = open_run(run_dir).samples["sample_id"]
     positions = [2999, 0, 1500]
     expected = EpochScores(run_dir).trajectories([ids.iloc[p] for p in positions]).reset_index(drop=True)
@@ -312,11 +314,30 @@ def test_thumbnails_by_position_from_the_index_equal_the_thumbnail_store(tmp_pat
     assert by_index._ids is None  # the thumbnail ids were never read
     assert index.thumbnail_location(400) is None
     assert index._map(index.files.thumb_offsets).dtype == np.uint32  # a small thumbs.bin: 4-byte offsets
+    assert index._map(index.files.thumb_lengths).dtype == np.uint16  # thumbnails of a few KB: 2-byte lengths
 
     listed = pd.read_parquet(path / "thumbs" / "index.parquet")
     listed[listed["sample_id"] != ids.iloc[17]].to_parquet(path / "thumbs" / "index.parquet", index=False)
     index = open_index(path)  # rebuilt (the thumbnail index changed): sample 17 has none now
     assert index.thumbnail_location(17) is None and index.thumbnail_location(16) is not None
+
+
+def test_a_sample_missing_from_an_epoch_keeps_its_row_counts(run_dir):
+    """Counts of 0 and 1: stored (uint8), so the Per epoch views leave the missing sample out of that epoch."""
+    from mimic_explorer.store.scores import EpochScores
+
+    part = RunLayout(run_dir).epoch_parts()[0]
+    frame = pd.read_parquet(part)
+    missing = frame["sample_id"].iloc[3]
+    frame[frame["sample_id"] != missing].to_parquet(part, index=False)
+    index = open_index(run_dir)
+    record = index.manifest["trajectories"]
+    assert record["rows_dtype"] == "uint8" and index.files.trajectory_rows.exists()
+    position = int(np.flatnonzero(open_run(run_dir).samples["sample_id"] == missing)[0])
+    expected = EpochScores(run_dir).trajectories([missing]).reset_index(drop=True)
+    got = index.trajectories([position])
+    assert len(got) == len(record["epochs"]) - 1
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
 
 
 def test_row_counts_past_255_keep_int32_and_exact_trajectories(run_dir, monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 from mimic_explorer.filters.formats import render_export
 from mimic_explorer.filters.rules import FilterError, FilterRule, apply_rule
 from mimic_explorer.store import index_build, keep_list_stream
+from mimic_explorer.store.app_index import AppIndex
 from mimic_explorer.store.keep_list_stream import write_keep_list
 from mimic_explorer.store.reader import open_run
 from mimic_explorer.store.sample_columns import indexed_samples
@@ -42,6 +43,8 @@ def run(tmp_path_factory):
 @pytest.mark.parametrize("export_format", ["csv", "parquet", "npy", "json"])
 def test_streamed_keep_list_equals_the_in_memory_export(run, rule, export_format, tmp_path, monkeypatch):
     monkeypatch.setattr(keep_list_stream, "CHUNK_ROWS", 300)  # several chunks
+    monkeypatch.setattr(keep_list_stream, "GATHER_ROWS", 700)  # several gathers, each handed out in chunks
+    monkeypatch.setattr(AppIndex, "MAPPED_BUDGET", 0)  # read a slice of the files at a time, pages handed back
     monkeypatch.setattr(keep_list_stream, "DESCENDING_BLOCK", 211)  # blocks of the order cut inside runs of ties
     samples = indexed_samples(run)
     result = apply_rule(samples, rule)
