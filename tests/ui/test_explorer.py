@@ -249,16 +249,18 @@ def test_a_large_synthetic_run_is_rasterized_with_datashader(tmp_path):
     assert isinstance(view[1], pn.pane.HoloViews)
 
 
-def test_past_the_scatter_cap_a_uniform_sample_is_drawn_and_said(tmp_path, monkeypatch):
+def test_past_the_scatter_cap_a_sample_is_drawn_and_said(tmp_path, monkeypatch):
     monkeypatch.setattr("mimic_explorer.ui.more_views.SCATTER_MOST_POINTS", 1000)
+    monkeypatch.setattr("mimic_explorer.ui.more_views.SCATTER_RUN", 100)
     monkeypatch.setattr("mimic_explorer.ui.plots.RASTERIZE_ABOVE", 100)
     explorer = Explorer(synthetic_run(tmp_path / "run", n=2500, epochs=2, thumbnails=False))
     explorer.more_views.tabs.active = explorer.more_views.tabs._names.index("Scatter")
     _render(explorer)
     scatter = explorer.more_views.tabs[explorer.more_views.tabs.active][0]
     view = scatter[1]._pane if hasattr(scatter[1], "_pane") else scatter[1]
-    assert "834 points rasterized" in view[0].object  # every 3rd of 2,500 (all finite here)
-    assert "A uniform sample: one sample in 3 of the run's 2,500." in view[0].object
+    # runs of 100 consecutive samples, one run in every 300: 9 runs, the last cut at 2,500 (all finite here)
+    assert "900 points rasterized" in view[0].object
+    assert "A sample: one in 3 of the run's 2,500, in runs of 100 consecutive samples" in view[0].object
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "running", "newer", "corrupt", "empty-folder"])
@@ -368,3 +370,13 @@ def test_remote_browsers_are_refused_unless_sharing_is_intended(monkeypatch, dem
     with monkeypatch.context() as m:
         m.setattr(type(page_module.pn.state), "curdoc", property(lambda self: session_from("10.1.2.3", "example.org")))
         assert page_module.client_is_local()
+
+
+def test_the_scatter_sample_is_runs_of_consecutive_samples_spread_over_the_pool(monkeypatch):
+    from mimic_explorer.ui import more_views
+
+    monkeypatch.setattr(more_views, "SCATTER_RUN", 4)
+    assert more_views.scatter_sample(25, 1) == slice(None)
+    np.testing.assert_array_equal(more_views.scatter_sample(25, 3), [0, 1, 2, 3, 12, 13, 14, 15, 24])
+    positions = more_views.scatter_sample(10_000, 7)
+    assert abs(len(positions) - 10_000 / 7) < 4 and positions.max() >= 10_000 - 7 * 4  # the whole pool
