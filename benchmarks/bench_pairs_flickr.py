@@ -29,11 +29,20 @@ never sees a pool photo; the test photos are in neither):
    and with Grad-Mimic re-weighting: recall, the mimic score's AUROC and the towers' drift from P
    after the last epoch.
 
+``--study`` (issue 25) instead measures the pairs signals on three noise protocols at each of
+``--rates``: ``swap`` (the captions of the chosen pairs deranged, ``--caption-noise``), ``hard`` (each
+chosen pair gets the caption of the most similar other photo under P's image embedding) and
+``hard-words`` (of the photo whose caption shares the most content words); per pool one run with the
+text and one with the image projection as mimic layer; then every signal, the z-score combinations,
+the batch-noise remedies of the reference loss (``pairs_study``), the AND filter against the CLIP score
+alone, quality estimators, and the app's default (this checkout's pairs ``combined_score``), as
+markdown tables and ``WORK/study.json``.
+
 Every run is a ``mimic-explorer`` command; the CLI reuses a finished identical run, so a rerun only
 computes what changed. Runs and files live under ``--work`` (outside the repository). Prints markdown
 tables and writes ``WORK/results.json``.
 
-Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_pairs_flickr.py [--work DIR] [--image-tower FILE]
+Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_pairs_flickr.py [--work DIR] [--image-tower FILE] [--study]
 """
 
 from __future__ import annotations
@@ -536,6 +545,16 @@ def study_cell(bench: Bench, p: Path, protocol: str, rate: float) -> dict:
         frame[name] = values
     remedy_s = time.perf_counter() - remedy_started
     signals = pairs_study.study(frame, is_noisy, STUDY_COMBOS)
+    # quality estimators from the reference's CLIP score and random mismatches of the pool (the swap null)
+    clip = (emb["image"] * emb["text"]).sum(1)
+    null = pairs_study.mismatch_null(emb["image"], emb["text"], seed=a.seed)
+    estimators = {
+        "GMM split of the default (combined_keep)": None,  # filled below
+        "Storey, random-mismatch null (λ = 0.5)": pairs_study.storey_quality(clip, null),
+        "mixture, random-mismatch null + Gaussian clean": pairs_study.known_null_quality(clip, null),
+        "GMM split of clip_score_ref": signals["clip_score_ref"]["kept"],
+        "Stage 2 keep (mimic_score, gmm)": float(samples["keep"].astype(bool).mean()),
+    }
     # the app's default on this pool: this checkout's pairs combined score and its split (what ``finalize``
     # writes as combined_score / combined_keep; recomputed here so runs cached by another checkout agree)
     from mimic_explorer.stage2 import baselines
@@ -546,6 +565,7 @@ def study_cell(bench: Bench, p: Path, protocol: str, rate: float) -> dict:
         "auroc": pairs_study.auroc(is_noisy, -score),
         "kept": pairs_study.split_quality(score),
     }
+    estimators["GMM split of the default (combined_keep)"] = default["kept"]
     filters = {
         "mimic (text)": pairs_study.and_filter(
             is_noisy, frame["clip_score_ref"].to_numpy(), frame["mimic_score"].to_numpy()
@@ -561,6 +581,7 @@ def study_cell(bench: Bench, p: Path, protocol: str, rate: float) -> dict:
         "signals": signals,
         "default": default,
         "and_filter": filters,
+        "quality_estimators": estimators,
         "runs_s": round(runs_s, 1),
         "remedy_s": round(remedy_s, 2),
     }
@@ -610,7 +631,12 @@ def study_tables(cells: list[dict]) -> str:
                     "bad kept, CLIP only (same size)": round(f["clip_only_bad"], 3),
                 }
             )
-    return out + markdown(rows)
+    out += markdown(rows) + "\n\n"
+    lines = ["| quality estimate | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cells)]
+    for name in cells[0]["quality_estimators"]:
+        lines.append(f"| {name} | " + " | ".join(f"{c['quality_estimators'][name]:.3f}" for c in cells) + " |")
+    lines.append("| true quality | " + " | ".join(f"{c['true_quality']:.3f}" for c in cells) + " |")
+    return out + "\n".join(lines)
 
 
 def markdown(rows: list[dict]) -> str:

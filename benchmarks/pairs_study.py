@@ -110,3 +110,36 @@ def study(frame: pd.DataFrame, is_noisy: np.ndarray, combos: dict[str, tuple[str
             continue
         out[name] = {"auroc": auroc(is_noisy, -values), "kept": split_quality(standardise(values))}
     return out
+
+
+def mismatch_null(image: np.ndarray, text: np.ndarray, count: int = 20_000, seed: int = 0) -> np.ndarray:
+    """CLIP scores of random mismatched pairs of the pool (photo i, caption j ≠ i) under the reference: the
+    distribution a randomly swapped caption's score is drawn from."""
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(image), count), rng.integers(0, len(image), count)
+    i, j = i[i != j], j[i != j]
+    return (image[i] * text[j]).sum(1)
+
+
+def storey_quality(score: np.ndarray, null: np.ndarray, lam: float = 0.5) -> float:
+    """1 − Storey's null proportion: p_i = P_null(S ≥ s_i); bad pairs' p-values are uniform, so
+    #{p > λ} / (N (1 − λ)) estimates their fraction (an over-estimate where clean pairs look like the null)."""
+    null = np.sort(null)
+    p = 1.0 - np.searchsorted(null, score, side="left") / len(null)
+    return float(1.0 - min(1.0, (p > lam).mean() / (1.0 - lam)))
+
+
+def known_null_quality(score: np.ndarray, null: np.ndarray, iterations: int = 300) -> float:
+    """The clean fraction of a two-part mixture whose bad part has the null's density (a kernel estimate)
+    and whose clean part is Gaussian, by EM."""
+    from scipy.stats import gaussian_kde, norm
+
+    f0 = gaussian_kde(null)(score)
+    bad, mean, sd = 0.5, float(np.quantile(score, 0.75)), float(score.std())
+    for _ in range(iterations):
+        f1 = norm.pdf(score, mean, sd)
+        r = bad * f0 / (bad * f0 + (1 - bad) * f1)
+        bad, w = float(r.mean()), 1 - r
+        mean = float((w * score).sum() / w.sum())
+        sd = float(np.sqrt((w * (score - mean) ** 2).sum() / w.sum()))
+    return 1.0 - bad

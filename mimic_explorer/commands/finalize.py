@@ -7,7 +7,8 @@ Why in chunks: at millions of samples neither the score rows nor the per-sample 
 comfortably, so ``finish_samples`` works through the pool one range of positions (``STAGE2_CHUNK``) at
 a time, in two passes: the first gathers what needs the whole pool (``stage2.Stage2Fitter``: the
 tie-break's spread and subsamples for 2-group fits; ``baselines.Moments`` of the combined score's two
-halves; a subsample of the combined score for its GMM keep threshold), the second writes each range's
+halves — an image-text pairs run's of its three inputs, ``baselines.PAIR_COMBINED_INPUTS``; a subsample
+of the combined score for its GMM keep threshold), the second writes each range's
 rows to ``samples.parquet`` as a row group stream. Signals that cost a model pass (``train``) are
 computed once, in the first pass, and kept in a scratch file in between. ``add_stage2`` is the same
 computation on one range holding the whole pool (the in-memory path, for small pools and tests); the
@@ -47,6 +48,8 @@ ROW_ARRAYS = {"reference_probs": np.float32, "embedding_image": np.float16, "emb
 #: score-row columns Stage 2 reads
 ROW_COLUMNS = ("epoch", "step", "position", "proj", "weight", "batch_size", "cos")
 COMBINED_COLUMNS = ("combined_score", "combined_keep")
+#: pairs combined-score inputs that are Stage-2 columns, read in pass 1 from the score rows (a row column's mean)
+PAIR_ROW_MEANS = {"proj_mean": "proj"}
 
 Signals = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -229,14 +232,11 @@ class _PairCombined:
     scales: dict[str, Standardiser] | None = None
     split: stage2.TwoGroupSplit | None = None
 
-    #: inputs that are Stage-2 columns, read in pass 1 from the score rows (the per-sample mean of a row column)
-    ROW_MEANS = {"proj_mean": "proj"}
-
     @classmethod
     def applies(cls, frame: pd.DataFrame) -> bool:
         """Whether a range's frame holds every input (a pairs run scored against a reference)."""
         return "caption" in frame.columns and all(
-            name in frame.columns or name in cls.ROW_MEANS for name in baselines.PAIR_COMBINED_INPUTS
+            name in frame.columns or name in PAIR_ROW_MEANS for name in baselines.PAIR_COMBINED_INPUTS
         )
 
     @classmethod
@@ -245,7 +245,7 @@ class _PairCombined:
         positions = frame["position"].to_numpy()
         derived = {
             name: _per_sample(rows, column, positions)
-            for name, column in cls.ROW_MEANS.items()
+            for name, column in PAIR_ROW_MEANS.items()
             if name in baselines.PAIR_COMBINED_INPUTS and name not in frame.columns
         }
         return frame.assign(**derived)
