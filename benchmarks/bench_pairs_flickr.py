@@ -513,7 +513,24 @@ STUDY_COLUMNS = (
 )
 
 
-def study_cell(bench: Bench, p: Path, protocol: str, rate: float) -> dict:
+def clean_held_out(bench: Bench, p: Path) -> float:
+    """The mean reference CLIP score of clean held-out pairs: the test photos with caption #0, scored
+    against P by the pool command (one epoch, nothing injected); from the embeddings the run stores."""
+    a = bench.args
+    args = pool_args(bench, p)
+    args[1] = a.test  # --data: the test photos
+    args[args.index("--epochs") + 1] = "1"
+    at = args.index("--test-data")
+    del args[at : at + 2]
+    run = open_run(bench.cli("clean-test-ref", "train", *args, "--starting-epoch", "1", "--reference", str(p)))
+    n = len(run.samples)
+    image, text = (read_row_array(run.layout.embedding(k), n).astype(np.float64) for k in ("image", "text"))
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    return float((image * text).sum(1).mean())
+
+
+def study_cell(bench: Bench, p: Path, protocol: str, rate: float, clean_mean: float) -> dict:
     """Every studied signal of one pool (``pairs_study``): the text-layer run and the image-layer run on the
     same noisy pool, the batch-noise remedies of the reference loss, the AND filter."""
     import pairs_study
@@ -554,6 +571,9 @@ def study_cell(bench: Bench, p: Path, protocol: str, rate: float) -> dict:
         "mixture, random-mismatch null + Gaussian clean": pairs_study.known_null_quality(clip, null),
         "GMM split of clip_score_ref": signals["clip_score_ref"]["kept"],
         "Stage 2 keep (mimic_score, gmm)": float(samples["keep"].astype(bool).mean()),
+        "held-out clean mean vs mismatch mean (test photos)": pairs_study.held_out_quality(
+            clip, pairs_study.mismatch_mean(emb["image"], emb["text"]), clean_mean
+        ),
     }
     # the app's default on this pool: this checkout's pairs combined score and its split (what ``finalize``
     # writes as combined_score / combined_keep; recomputed here so runs cached by another checkout agree)
@@ -697,8 +717,9 @@ def main() -> None:
     p = pretrained(bench, image_tower(bench))
     if args.study:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
+        clean_mean = clean_held_out(bench, p)
         cells = [
-            study_cell(bench, p, protocol, float(rate))
+            study_cell(bench, p, protocol, float(rate), clean_mean)
             for protocol in args.protocols.split(",")
             for rate in args.rates.split(",")
         ]

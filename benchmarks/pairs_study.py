@@ -143,3 +143,16 @@ def known_null_quality(score: np.ndarray, null: np.ndarray, iterations: int = 30
         mean = float((w * score).sum() / w.sum())
         sd = float(np.sqrt((w * (score - mean) ** 2).sum() / w.sum()))
     return 1.0 - bad
+
+
+def mismatch_mean(image: np.ndarray, text: np.ndarray) -> float:
+    """The exact mean CLIP score of every mismatched pair (photo i, caption j ≠ i) of the pool:
+    (Σu · Σt − Σ u_i·t_i) / (N (N − 1)), O(N·D)."""
+    n = len(image)
+    return float((image.sum(0) @ text.sum(0) - (image * text).sum()) / (n * (n - 1)))
+
+
+def held_out_quality(clip: np.ndarray, null_mean: float, clean_mean: float) -> float:
+    """The clean fraction q solving mean(pool) = q · mean(clean) + (1 − q) · mean(mismatched): the reference
+    CLIP score's mean over clean held-out pairs and over the pool's mismatched pairs as the two parts."""
+    return float((clip.mean() - null_mean) / (clean_mean - null_mean))
