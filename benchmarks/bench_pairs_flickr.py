@@ -29,11 +29,20 @@ never sees a pool photo; the test photos are in neither):
    and with Grad-Mimic re-weighting: recall, the mimic score's AUROC and the towers' drift from P
    after the last epoch.
 
+``--study`` (issue 25) instead measures the pairs signals on three noise protocols at each of
+``--rates``: ``swap`` (the captions of the chosen pairs deranged, ``--caption-noise``), ``hard`` (each
+chosen pair gets the caption of the most similar other photo under P's image embedding) and
+``hard-words`` (of the photo whose caption shares the most content words); per pool one run with the
+text and one with the image projection as mimic layer; then every signal, the z-score combinations,
+the batch-noise remedies of the reference loss (``pairs_study``), the AND filter against the CLIP score
+alone, quality estimators, and the app's default (this checkout's pairs ``combined_score``), as
+markdown tables and ``WORK/study.json``.
+
 Every run is a ``mimic-explorer`` command; the CLI reuses a finished identical run, so a rerun only
 computes what changed. Runs and files live under ``--work`` (outside the repository). Prints markdown
 tables and writes ``WORK/results.json``.
 
-Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_pairs_flickr.py [--work DIR] [--image-tower FILE]
+Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_pairs_flickr.py [--work DIR] [--image-tower FILE] [--study]
 """
 
 from __future__ import annotations
@@ -49,10 +58,12 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mimic_explorer import open_run
 from mimic_explorer.data.specs import open_source
+from mimic_explorer.store.run_arrays import read_row_array
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -185,24 +196,127 @@ def pool_args(bench: Bench, p: Path) -> list[str]:
     ]
 
 
-def scored(bench: Bench, p: Path, rate: float, binarise: str, reweight: bool = False) -> Path:
+def scored(
+    bench: Bench,
+    p: Path,
+    rate: float,
+    binarise: str,
+    reweight: bool = False,
+    layer: str | None = None,
+    data: Path | None = None,
+) -> Path:
     """A run against P on the noisy pool: scores recorded at every step while the projections train
-    plainly (``--starting-epoch`` = the epochs: uniform weights), or with Grad-Mimic re-weighting."""
+    plainly (``--starting-epoch`` = the epochs: uniform weights), or with Grad-Mimic re-weighting.
+    ``layer``: the mimic layer (default ``--mimic-layer``); ``data``: a hard-negative pool's shard
+    (``hard_pool``: its captions already replaced, so no ``--caption-noise``)."""
     plain = [] if reweight else ["--starting-epoch", str(bench.args.pool_epochs)]
+    layer = layer or bench.args.mimic_layer
+    args = pool_args(bench, p)
+    noise = ["--caption-noise", str(rate)]
+    if data is not None:
+        args[1], noise = f"wds:{data}", []
+    name = f"{'gm' if reweight else 'rec'}-{int(rate * 100)}-{binarise}"
+    if data is not None:
+        name = f"{data.name.rsplit('-', 2)[0]}-{name}"  # hard-… or hard-words-…
+    if layer != bench.args.mimic_layer:
+        name += f"-{layer}"
     return bench.cli(
-        f"{'gm' if reweight else 'rec'}-{int(rate * 100)}-{binarise}",
+        name,
         "train",
-        *pool_args(bench, p),
+        *args,
         *plain,
         "--reference",
         str(p),
         "--mimic-layer",
-        bench.args.mimic_layer,
-        "--caption-noise",
-        str(rate),
+        layer,
+        *noise,
         "--binarise",
         binarise,
     )
+
+
+#: words the word-overlap protocol does not count (they say nothing about what a photo shows)
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "is",
+        "are",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "and",
+        "with",
+        "its",
+        "his",
+        "her",
+        "their",
+        "by",
+        "for",
+        "from",
+        "into",
+        "while",
+        "as",
+        "two",
+        "three",
+        "one",
+    ]
+)
+
+
+def content_words(caption: str) -> set[str]:
+    return {w for w in "".join(c if c.isalnum() else " " for c in caption.lower()).split() if w not in STOPWORDS}
+
+
+def word_overlap(captions: np.ndarray) -> np.ndarray:
+    """(N, N) Jaccard overlap of the captions' content words."""
+    sets = [content_words(c) for c in captions]
+    vocabulary = {w: k for k, w in enumerate(sorted(set().union(*sets)))}
+    bags = np.zeros((len(sets), len(vocabulary)), dtype=np.float32)
+    for row, words in enumerate(sets):
+        bags[row, [vocabulary[w] for w in words]] = 1.0
+    shared = bags @ bags.T
+    sizes = bags.sum(1)
+    return shared / np.maximum(sizes[:, None] + sizes[None, :] - shared, 1.0)
+
+
+def hard_pool(bench: Bench, p: Path, rate: float, by: str = "image") -> tuple[Path, pd.Series]:
+    """The hard-negative protocol: ``int(rate · N)`` seeded-chosen pairs each get the caption of the most
+    similar OTHER photo of the pool (a photo whose caption is the same text is skipped) — a plausible
+    caption written for a similar photo, not a random one. ``by``: ``image`` — nearest neighbour under P's
+    image embedding (cosine; the embeddings the swap run at ``rate`` stored, ``embeddings/image.npy``: a
+    photo's embedding under P does not depend on its caption), adversarial to P by construction;
+    ``words`` — the photo whose caption shares the most content words (Jaccard), independent of any
+    model. Written once as a shard; returns it and the truth (``is_noisy`` by sample id)."""
+    run = open_run(scored(bench, p, rate, bench.args.keep_binarise))
+    samples = run.samples
+    ids = samples["sample_id"].astype(str).to_numpy()
+    own = samples["true_caption" if "true_caption" in samples.columns else "caption"].astype(str).to_numpy()
+    path = bench.work / "subsets" / f"hard{'' if by == 'image' else '-' + by}-{int(rate * 100)}-{len(ids)}.tar"
+    truth_file = path.with_suffix(".truth.csv")
+    if path.exists() and truth_file.exists():
+        truth = pd.read_csv(truth_file, dtype={"sample_id": str}).set_index("sample_id")["is_noisy"]
+        return path, truth.astype(bool)
+    if by == "image":
+        image = read_row_array(run.layout.embedding("image"), len(ids)).astype(np.float64)
+        image /= np.linalg.norm(image, axis=1, keepdims=True)
+    else:
+        overlap = word_overlap(own)
+    rng = np.random.default_rng(bench.args.seed)
+    chosen = np.sort(rng.choice(len(ids), size=int(rate * len(ids)), replace=False))
+    captions = own.copy()
+    for i in chosen:
+        similarity = image @ image[i] if by == "image" else overlap[i].astype(np.float64)
+        similarity[own == own[i]] = -np.inf  # itself, and any photo with the very same caption
+        captions[i] = own[int(np.argmax(similarity))]
+    noisy = np.zeros(len(ids), dtype=bool)
+    noisy[chosen] = True
+    write_shard(path, open_source(bench.args.pool).shards, dict(zip(ids, captions, strict=True)))
+    pd.DataFrame({"sample_id": ids, "is_noisy": noisy}).to_csv(truth_file, index=False)
+    return path, pd.Series(noisy, index=ids, name="is_noisy")
 
 
 def detection_rows(run: Path) -> dict[str, dict]:
@@ -371,6 +485,180 @@ def tower_rows(bench: Bench, p: Path) -> list[dict]:
     return rows
 
 
+#: the hard-negative protocols: how the most similar other photo is found
+HARD_BY = {"hard": "image", "hard-words": "words"}
+#: the study's combinations (z-scores of the utilities averaged, ``pairs_study.zmean``)
+STUDY_COMBOS = {
+    "z(clip_ref)+z(clip_model)": ("clip_score_ref", "clip_score_model"),
+    "z(clip_ref)+z(-log model_loss)": ("clip_score_ref", "model_loss"),
+    "z(clip_ref)+z(-log ref_loss)": ("clip_score_ref", "reference_loss"),
+    "z(clip_ref)+z(mimic)": ("clip_score_ref", "mimic_score"),
+    "z(clip_ref)+z(proj_mean)": ("clip_score_ref", "proj_mean"),
+    "z(clip_ref)+z(mimic_image)": ("clip_score_ref", "mimic_score_image"),
+    "z(cos_mean)+z(-log ref_loss) (labelled form)": ("cos_mean", "reference_loss"),
+    "z(clip_ref)+z(clip_model)+z(-log model_loss)": ("clip_score_ref", "clip_score_model", "model_loss"),
+    "z(clip_model)+z(-log model_loss)": ("clip_score_model", "model_loss"),
+    "z(clip_ref)+z(clip_model)+z(proj_mean)": ("clip_score_ref", "clip_score_model", "proj_mean"),
+    "z(clip_ref)+z(-log ref_loss_bank)": ("clip_score_ref", "reference_loss_bank"),
+}
+STUDY_COLUMNS = (
+    "mimic_score",
+    "proj_mean",
+    "proj_last",
+    "cos_mean",
+    "clip_score_ref",
+    "clip_score_model",
+    "reference_loss",
+    "model_loss",
+)
+
+
+def clean_held_out(bench: Bench, p: Path) -> float:
+    """The mean reference CLIP score of clean held-out pairs: the test photos with caption #0, scored
+    against P by the pool command (one epoch, nothing injected); from the embeddings the run stores."""
+    a = bench.args
+    args = pool_args(bench, p)
+    args[1] = a.test  # --data: the test photos
+    args[args.index("--epochs") + 1] = "1"
+    at = args.index("--test-data")
+    del args[at : at + 2]
+    run = open_run(bench.cli("clean-test-ref", "train", *args, "--starting-epoch", "1", "--reference", str(p)))
+    n = len(run.samples)
+    image, text = (read_row_array(run.layout.embedding(k), n).astype(np.float64) for k in ("image", "text"))
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    return float((image * text).sum(1).mean())
+
+
+def study_cell(bench: Bench, p: Path, protocol: str, rate: float, clean_mean: float) -> dict:
+    """Every studied signal of one pool (``pairs_study``): the text-layer run and the image-layer run on the
+    same noisy pool, the batch-noise remedies of the reference loss, the AND filter."""
+    import pairs_study
+    import torch
+
+    a = bench.args
+    data, truth = (None, None) if protocol == "swap" else hard_pool(bench, p, rate, by=HARD_BY[protocol])
+    started = time.perf_counter()
+    text_run = open_run(scored(bench, p, rate, a.keep_binarise, layer="text", data=data))
+    image_run = open_run(scored(bench, p, rate, a.keep_binarise, layer="image", data=data))
+    samples = text_run.samples
+    frame = samples[["sample_id", *[c for c in STUDY_COLUMNS if c in samples.columns]]].copy()
+    frame["sample_id"] = frame["sample_id"].astype(str)
+    image = image_run.samples.set_index(image_run.samples["sample_id"].astype(str))
+    for column in ("mimic_score", "proj_mean", "cos_mean"):
+        frame[f"{column}_image"] = image[column].reindex(frame["sample_id"]).to_numpy()
+    is_noisy = (
+        samples["is_noisy"].to_numpy(bool) if truth is None else truth.reindex(frame["sample_id"]).to_numpy(dtype=bool)
+    )
+    runs_s = time.perf_counter() - started
+    # batch noise: the reference loss recomputed from the stored reference embeddings
+    from mimic_explorer.models.dual_checkpoint import read_dual_checkpoint
+
+    scale = float(torch.as_tensor(read_dual_checkpoint(p)[1]["logit_scale"]).exp())
+    emb = {k: read_row_array(text_run.layout.embedding(k), len(frame)).astype(np.float64) for k in ("image", "text")}
+    emb = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in emb.items()}
+    remedy_started = time.perf_counter()
+    for name, values in pairs_study.batch_remedies(emb["image"], emb["text"], scale, a.batch_size, k=8).items():
+        frame[name] = values
+    remedy_s = time.perf_counter() - remedy_started
+    signals = pairs_study.study(frame, is_noisy, STUDY_COMBOS)
+    # quality estimators from the reference's CLIP score and random mismatches of the pool (the swap null)
+    clip = (emb["image"] * emb["text"]).sum(1)
+    null = pairs_study.mismatch_null(emb["image"], emb["text"], seed=a.seed)
+    estimators = {
+        "GMM split of the default (combined_keep)": None,  # filled below
+        "Storey, random-mismatch null (λ = 0.5)": pairs_study.storey_quality(clip, null),
+        "mixture, random-mismatch null + Gaussian clean": pairs_study.known_null_quality(clip, null),
+        "GMM split of clip_score_ref": signals["clip_score_ref"]["kept"],
+        "Stage 2 keep (mimic_score, gmm)": float(samples["keep"].astype(bool).mean()),
+        "held-out clean mean vs mismatch mean (test photos)": pairs_study.held_out_quality(
+            clip, pairs_study.mismatch_mean(emb["image"], emb["text"]), clean_mean
+        ),
+    }
+    # the app's default on this pool: this checkout's pairs combined score and its split (what ``finalize``
+    # writes as combined_score / combined_keep; recomputed here so runs cached by another checkout agree)
+    from mimic_explorer.stage2 import baselines
+
+    score = baselines.pair_combined_score({n: samples[n].to_numpy() for n in baselines.PAIR_COMBINED_INPUTS})
+    default = {
+        "inputs": list(baselines.PAIR_COMBINED_INPUTS),
+        "auroc": pairs_study.auroc(is_noisy, -score),
+        "kept": pairs_study.split_quality(score),
+    }
+    estimators["GMM split of the default (combined_keep)"] = default["kept"]
+    filters = {
+        "mimic (text)": pairs_study.and_filter(
+            is_noisy, frame["clip_score_ref"].to_numpy(), frame["mimic_score"].to_numpy()
+        ),
+        "mimic (image)": pairs_study.and_filter(
+            is_noisy, frame["clip_score_ref"].to_numpy(), frame["mimic_score_image"].to_numpy()
+        ),
+    }
+    return {
+        "protocol": protocol,
+        "rate": rate,
+        "true_quality": float(1 - is_noisy.mean()),
+        "signals": signals,
+        "default": default,
+        "and_filter": filters,
+        "quality_estimators": estimators,
+        "runs_s": round(runs_s, 1),
+        "remedy_s": round(remedy_s, 2),
+    }
+
+
+def study_tables(cells: list[dict]) -> str:
+    """The study as markdown: AUROC per signal and pool, the default against the best single signal,
+    kept against true quality, and the AND filter."""
+    singles = [s for s in cells[0]["signals"] if s not in STUDY_COMBOS]
+    combos = [s for s in cells[0]["signals"] if s in STUDY_COMBOS]
+    head = [f"{c['protocol']} {int(c['rate'] * 100)} %" for c in cells]
+    lines = ["| signal (AUROC; GMM split's kept fraction) | " + " | ".join(head) + " |"]
+    lines.append("|---|" + "---:|" * len(cells))
+    for name in singles + combos:
+        row = [
+            f"{c['signals'][name]['auroc']:.3f} ({c['signals'][name]['kept']:.2f})" if name in c["signals"] else "—"
+            for c in cells
+        ]
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines.append("| true quality | " + " | ".join(f"{c['true_quality']:.2f}" for c in cells) + " |")
+    out = "\n".join(lines) + "\n\n"
+    rows = []
+    for c in cells:
+        best = max((n for n in singles), key=lambda n: c["signals"][n]["auroc"])
+        d = c["default"]
+        rows.append(
+            {
+                "pool": f"{c['protocol']} {int(c['rate'] * 100)} %",
+                "best single": f"{best} {c['signals'][best]['auroc']:.3f}",
+                "default AUROC": round(d["auroc"], 3) if d else float("nan"),
+                "default − best": round(d["auroc"] - c["signals"][best]["auroc"], 3) if d else float("nan"),
+                "kept": round(d["kept"], 3) if d else float("nan"),
+                "true quality": round(c["true_quality"], 3),
+                "kept − true": round(d["kept"] - c["true_quality"], 3) if d else float("nan"),
+            }
+        )
+    out += markdown(rows) + "\n\n"
+    rows = []
+    for c in cells:
+        for layer, f in c["and_filter"].items():
+            rows.append(
+                {
+                    "pool": f"{c['protocol']} {int(c['rate'] * 100)} %",
+                    "mimic layer": layer,
+                    "kept": f["kept"],
+                    "bad kept, CLIP top 70 % ∧ mimic": round(f["clip_and_mimic_bad"], 3),
+                    "bad kept, CLIP only (same size)": round(f["clip_only_bad"], 3),
+                }
+            )
+    out += markdown(rows) + "\n\n"
+    lines = ["| quality estimate | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cells)]
+    for name in cells[0]["quality_estimators"]:
+        lines.append(f"| {name} | " + " | ".join(f"{c['quality_estimators'][name]:.3f}" for c in cells) + " |")
+    lines.append("| true quality | " + " | ".join(f"{c['true_quality']:.3f}" for c in cells) + " |")
+    return out + "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     head = list(rows[0])
     lines = [
@@ -411,10 +699,37 @@ def main() -> None:
     parser.add_argument("--no-recall", action="store_true", help="skip the filtered-subset recall rows")
     parser.add_argument("--towers", action="store_true", help="also plain vs Grad-Mimic with the towers trained")
     parser.add_argument("--force", action="store_true", help="redo every run (the CLI otherwise reuses finished ones)")
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help="the pairs signal study (issue 25): both protocols at --rates, text and image layer, "
+        "combinations, batch-noise remedies, AND filters; writes WORK/study.json",
+    )
+    parser.add_argument(
+        "--protocols",
+        default="swap,hard,hard-words",
+        help="the study's noise protocols: swap (random derangement), hard (the caption of the nearest photo "
+        "under P's image embedding), hard-words (of the photo whose caption shares the most content words)",
+    )
     args = parser.parse_args()
     bench = Bench(args)
     started = time.perf_counter()
     p = pretrained(bench, image_tower(bench))
+    if args.study:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        clean_mean = clean_held_out(bench, p)
+        cells = [
+            study_cell(bench, p, protocol, float(rate), clean_mean)
+            for protocol in args.protocols.split(",")
+            for rate in args.rates.split(",")
+        ]
+        print(study_tables(cells))
+        total = round(time.perf_counter() - started, 1)
+        (bench.work / "study.json").write_text(
+            json.dumps({"cells": cells, "walls_s": bench.walls, "total_s": total}, indent=1)
+        )
+        print(f"\nwalls (s): {bench.walls}; total {total} s")
+        return
     results: dict = {
         "options": vars(args),
         "reference_recall": open_run(bench.made["pretrained"]).meta["summary"]["test_recall"],

@@ -7,7 +7,8 @@ Why in chunks: at millions of samples neither the score rows nor the per-sample 
 comfortably, so ``finish_samples`` works through the pool one range of positions (``STAGE2_CHUNK``) at
 a time, in two passes: the first gathers what needs the whole pool (``stage2.Stage2Fitter``: the
 tie-break's spread and subsamples for 2-group fits; ``baselines.Moments`` of the combined score's two
-halves; a subsample of the combined score for its GMM keep threshold), the second writes each range's
+halves — an image-text pairs run's of its three inputs, ``baselines.PAIR_COMBINED_INPUTS``; a subsample
+of the combined score for its GMM keep threshold), the second writes each range's
 rows to ``samples.parquet`` as a row group stream. Signals that cost a model pass (``train``) are
 computed once, in the first pass, and kept in a scratch file in between. ``add_stage2`` is the same
 computation on one range holding the whole pool (the in-memory path, for small pools and tests); the
@@ -47,6 +48,8 @@ ROW_ARRAYS = {"reference_probs": np.float32, "embedding_image": np.float16, "emb
 #: score-row columns Stage 2 reads
 ROW_COLUMNS = ("epoch", "step", "position", "proj", "weight", "batch_size", "cos")
 COMBINED_COLUMNS = ("combined_score", "combined_keep")
+#: pairs combined-score inputs that are Stage-2 columns, read in pass 1 from the score rows (a row column's mean)
+PAIR_ROW_MEANS = {"proj_mean": "proj"}
 
 Signals = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -215,6 +218,68 @@ class _Combined:
         return {"combined_score": score, "combined_keep": self.split.upper(score)}
 
 
+@dataclass
+class _PairCombined:
+    """Pass-1 state of a pairs run's combined score (``baselines.pair_combined_score``): the moments of each
+    input's utility and a subsample for the split — the labelled ``_Combined``'s machinery on other inputs."""
+
+    total: int
+    cap: int
+    moments: dict[str, Moments] = field(
+        default_factory=lambda: {name: Moments() for name in baselines.PAIR_COMBINED_INPUTS}
+    )
+    sample: list[tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)
+    scales: dict[str, Standardiser] | None = None
+    split: stage2.TwoGroupSplit | None = None
+
+    @classmethod
+    def applies(cls, frame: pd.DataFrame) -> bool:
+        """Whether a range's frame holds every input (a pairs run scored against a reference)."""
+        return "caption" in frame.columns and all(
+            name in frame.columns or name in PAIR_ROW_MEANS for name in baselines.PAIR_COMBINED_INPUTS
+        )
+
+    @classmethod
+    def inputs(cls, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` with the inputs that come from the score rows (pass 1 has no Stage-2 columns yet)."""
+        positions = frame["position"].to_numpy()
+        derived = {
+            name: _per_sample(rows, column, positions)
+            for name, column in PAIR_ROW_MEANS.items()
+            if name in baselines.PAIR_COMBINED_INPUTS and name not in frame.columns
+        }
+        return frame.assign(**derived)
+
+    def add(self, positions: np.ndarray, frame: pd.DataFrame) -> None:
+        """Take one range's inputs into the moments, and a seeded subsample of them for the split."""
+        inputs = {name: frame[name].to_numpy(np.float64) for name in baselines.PAIR_COMBINED_INPUTS}
+        for name, values in inputs.items():
+            self.moments[name].add(baselines.pair_utility(name, values), positions)
+        chosen = stage2.fit_sample(positions, self.total, self.cap)
+        self.sample.append((positions[chosen], {name: values[chosen] for name, values in inputs.items()}))
+
+    def fit(self) -> bool:
+        """Fit the keep threshold; False when an input has no finite value (nothing to combine)."""
+        if not self.sample or not all(m.count for m in self.moments.values()):
+            return False
+        self.scales = {name: m.standardiser() for name, m in self.moments.items()}
+        positions = np.concatenate([part[0] for part in self.sample])
+        order = np.argsort(positions, kind="stable")
+        inputs = {
+            name: np.concatenate([part[1][name] for part in self.sample])[order]
+            for name in baselines.PAIR_COMBINED_INPUTS
+        }
+        values = baselines.pair_combined_score(inputs, self.scales)
+        self.split = stage2.TwoGroupSplit.fit(values[np.isfinite(values)], "gmm")
+        return True
+
+    def columns(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """``combined_score`` and ``combined_keep`` of one range's frame, with the scales and split ``fit`` found."""
+        inputs = {name: frame[name].to_numpy(np.float64) for name in baselines.PAIR_COMBINED_INPUTS}
+        score = baselines.pair_combined_score(inputs, self.scales)
+        return {"combined_score": score, "combined_keep": self.split.upper(score)}
+
+
 class _Finisher:
     """Stage 2 over ranges of positions: ``observe`` every range (pass 1), ``fit``, then ``finish``
     every range (pass 2). A range is its samples' base frame (with ``position``) and score rows."""
@@ -223,6 +288,8 @@ class _Finisher:
         self.options = options
         self.fitter = stage2.Stage2Fitter(options.binarisation, options.aggregation, total, options.cap)
         self.combined = _Combined(total, options.cap)
+        self.pair_combined = _PairCombined(total, options.cap)  # pairs runs: used instead of ``combined``
+        self.pairs = False
         self.combine = False
         self.fit_result: stage2.Stage2Fit | None = None
 
@@ -231,7 +298,10 @@ class _Finisher:
         if not self.options.scored:
             return
         self.fitter.add(rows)
-        if "reference_loss" in frame.columns:
+        if _PairCombined.applies(frame):  # image-text pairs: their own combined score
+            self.pairs = True
+            self.pair_combined.add(frame["position"].to_numpy(), _PairCombined.inputs(frame, rows))
+        elif "reference_loss" in frame.columns:
             cos_mean = _per_sample(rows, "cos", frame["position"].to_numpy())
             self.combined.add(frame["position"].to_numpy(), cos_mean, frame["reference_loss"].to_numpy(np.float64))
 
@@ -239,7 +309,7 @@ class _Finisher:
         """Fit Stage 2 (and the combined score, where the run has one) on what the ranges contributed."""
         if self.options.scored:
             self.fit_result = self.fitter.fit()
-            self.combine = self.combined.fit()
+            self.combine = self.pair_combined.fit() if self.pairs else self.combined.fit()
 
     def finish(self, frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
         """The range's samples.parquet rows (without ``position``)."""
@@ -258,7 +328,10 @@ class _Finisher:
                 out[column] = result[column].fillna(False).to_numpy(dtype=bool)
             else:
                 out[column] = result[column].to_numpy(dtype=np.float64)
-        if self.combine:
+        if self.combine and self.pairs:
+            for name, values in self.pair_combined.columns(out).items():
+                out[name] = values
+        elif self.combine:
             for name, values in self.combined.columns(
                 out["cos_mean"].to_numpy(), out["reference_loss"].to_numpy()
             ).items():

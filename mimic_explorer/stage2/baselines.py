@@ -152,3 +152,38 @@ def combined_score(
     if scales is None:
         return (standardise(cos_mean) + standardise(loss_utility)) / 2
     return (scales[0](cos_mean) + scales[1](loss_utility)) / 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image-text pairs: the combined score of a pairs run (``combined_score`` / ``combined_keep`` there).
+#
+# Why other inputs than the labelled one: on pairs the mimic score of a projection layer ranks bad pairs below the
+# CLIP scores and the losses, and most clearly so when the bad captions were written for similar photos (hard
+# negatives); a pair's loss and mimic score also depend on the batch it was scored in, its CLIP scores do not.
+# benchmarks/RESULTS.md, "Image-text pairs: hard negatives and the default ranking (issue 25)".
+
+#: the columns a pairs run's combined score averages, as standardised utilities (``pair_utility``)
+PAIR_COMBINED_INPUTS = ("clip_score_ref", "clip_score_model", "proj_mean")
+
+
+def pair_utility(column: str, values: np.ndarray) -> np.ndarray:
+    """A pairs combined-score input as a utility: CLIP scores as they are, losses as −log(loss) (clipped at 1e-6,
+    as ``reference_utility``), anything else signed by ``UTILITY_SIGN``."""
+    values = np.asarray(values, dtype=np.float64)
+    if column.endswith("_loss"):
+        return reference_utility(values)
+    return UTILITY_SIGN[column] * values
+
+
+def pair_combined_score(inputs: dict[str, np.ndarray], scales: dict[str, Standardiser] | None = None) -> np.ndarray:
+    """Utility (higher = keep) of a pairs run: the mean of the standardised utilities of ``PAIR_COMBINED_INPUTS``
+    (``inputs``: one array per name, one value per pair). ``scales``: the standardisers of the whole pool, by name,
+    when the values given are one chunk of it; else computed from the values."""
+    parts = []
+    for name in PAIR_COMBINED_INPUTS:
+        values = pair_utility(name, inputs[name])
+        parts.append(standardise(values) if scales is None else scales[name](values))
+    shapes = {p.shape for p in parts}
+    if len(shapes) != 1:
+        raise ValueError(f"the combined score's inputs have different shapes {sorted(shapes)}; one value per pair each")
+    return np.mean(parts, axis=0)

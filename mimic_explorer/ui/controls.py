@@ -8,7 +8,8 @@ threshold beyond the scores is allowed (it keeps nothing).
 
 Further clauses (``FilterModel.more``) get the same views in a box each, with a button that removes
 the clause; "AND a rule on another column" adds one. Where a run has ``combined_score`` the app opens
-on it, and a one-line note says why, with a button one click from ``mimic_score`` (and back).
+on it, and a one-line note says why (image-text pairs have their own combined score and note), with a
+button one click from ``mimic_score`` (and back).
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ COMBINED_NOTE = (
     "Opened on <b>combined_score</b> (mimic and reference loss, averaged as z-scores): on the benchmark "
     "whose reference never saw the pool it beat mimic_score alone and came within about 0.004 AUROC "
     "of the reference loss (benchmarks/RESULTS.md)."
+)
+#: the note on an image-text pairs run, whose combined score joins other columns (``baselines.PAIR_COMBINED_INPUTS``)
+PAIR_COMBINED_NOTE = (
+    "Opened on <b>combined_score</b> (the CLIP score under the reference and under the model and the mean "
+    "mimic projection, averaged as z-scores): on Flickr8k pairs with random swapped captions it ranked bad pairs "
+    "above every single signal; with hard negatives (captions of similar photos) no signal ranked well "
+    "(benchmarks/RESULTS.md, issue 25)."
 )
 
 KEPT_CSS = """
@@ -284,7 +292,7 @@ class FilterControls(Viewer):
             )
         )
         note = pn.pane.HTML(
-            COMBINED_NOTE,
+            PAIR_COMBINED_NOTE if self.state.has_captions else COMBINED_NOTE,
             stylesheets=[KEPT_CSS],
             css_classes=["me-note"],
             sizing_mode="stretch_width",

@@ -104,7 +104,8 @@ class ExplorerState:
     @property
     def default_column(self) -> str:
         """The score the app opens on: ``combined_score`` where the run has it (it ranks noisy samples
-        better than ``mimic_score`` alone: benchmarks/RESULTS.md, issue 15), else ``mimic_score``."""
+        better than ``mimic_score`` alone: benchmarks/RESULTS.md, issue 15; on image-text pairs it is the
+        pairs combined score, issue 25), else ``mimic_score``."""
         return next((c for c in ("combined_score", "mimic_score") if c in self.score_columns), self.score_columns[0])
 
     # ------------------------------------------------------------------ the score column

@@ -211,3 +211,15 @@ def test_the_uids_format_on_a_run_without_uids_says_why_and_stays_on_the_old_for
     explorer.exports.format.value = "uids"
     assert explorer.exports.format.value == "json"
     assert "not 32-hex-digit (128-bit) uids, e.g. 'syn-0000000'" in explorer.notice.message
+
+
+def test_a_pairs_run_opens_on_its_combined_score_with_the_pairs_note(tmp_path):
+    explorer = Explorer(synthetic_pairs_run(tmp_path / "run", n=300, epochs=1, combined=True, thumbnails=False))
+    _render(explorer)
+    assert explorer.column == "combined_score"
+    note = explorer.filter_controls.score_note
+    assert note.visible and note[0].visible
+    assert "CLIP score" in note[0].object and "hard" in note[0].object  # the pairs note, not the labelled one
+    assert "0.004 AUROC" not in note[0].object
+    note[1].clicks += 1  # mimic_score one click away, as on labelled runs
+    assert explorer.column == "mimic_score" and not note[0].visible
