@@ -366,7 +366,9 @@ class AppIndex:
         numeric = numeric or {}
         positions = np.asarray(positions, dtype=np.int64)
         batches = table.to_batches()
-        if len(batches) <= 1 or len(positions) == 0:
+        if len(positions) == 0:  # a take on the whole table joins its batches first: every row, for none
+            return _decoded(table.slice(0, 0)), {name: np.asarray(array[:0]) for name, array in numeric.items()}
+        if len(batches) <= 1:
             taken = _decoded(table.take(pa.array(positions)))
             return taken, {name: np.asarray(array[positions]) for name, array in numeric.items()}
         starts = np.cumsum([0] + [batch.num_rows for batch in batches])
