@@ -194,7 +194,9 @@ def issue25_rows(results: dict) -> list[dict]:
 
 def issue25_table(results: dict) -> str:
     def mark(margin: float, ok: bool) -> str:
-        return "met" if ok else f"**missed by {abs(margin):.3f}**"
+        if ok:
+            return "met"
+        return f"**missed by {abs(margin):.3f}**" if abs(margin) >= 0.0005 else "**missed by < 0.001**"
 
     lines = [
         (

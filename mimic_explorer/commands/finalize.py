@@ -220,7 +220,8 @@ class _Combined:
             np.concatenate(parts) for parts in list(zip(*self.sample, strict=True))[:4]
         )
         widths = {part[4].shape[1] for part in self.sample if len(part[4])}
-        probs = np.concatenate([part[4] for part in self.sample]) if len(widths) == 1 else None
+        width = next(iter(widths)) if len(widths) == 1 else None  # parts without rows may have any width
+        probs = None if width is None else np.concatenate([p[4].reshape(len(p[4]), width) for p in self.sample])
         order = np.argsort(positions, kind="stable")
         values = baselines.combined_score(cos_mean[order], loss[order], self.scales)
         finite = np.isfinite(values)

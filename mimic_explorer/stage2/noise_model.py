@@ -14,11 +14,12 @@ fraction (the dataset quality) is their mean. ``T`` is a full matrix, so class-d
 Why this and not a two-group mixture on the score: the split of a 1-D (or 2-D) Gaussian mixture on the
 combined score depends on the shape of the two groups. With class-dependent noise, or a smaller reference,
 the clean group's lower tail (hard clean samples of confusable classes) looks like the noisy group, and
-the mixture's kept fraction missed the true quality by 0.10–0.25 on CIFAR-10 (benchmarks/RESULTS.md,
+the mixture's kept fraction missed the true quality by up to 0.27 on CIFAR-10 (benchmarks/RESULTS.md,
 "A split that estimates quality"). The noise model's estimate depends on the reference's probabilities
 being roughly calibrated, not on the score's shape; it was within 0.02 of the truth in every measured
-cell. The keep threshold is then the combined score's (1 − q̂) quantile: the split keeps the top q̂ of the
-default ranking, so the kept fraction *is* the quality estimate.
+setting (three reference sizes, two backbones, symmetric and asymmetric noise). The keep threshold is
+then the combined score's (1 − q̂) quantile: the split keeps the top q̂ of the default ranking, so the
+kept fraction *is* the quality estimate.
 
 When not to trust it (``SplitReport.warnings``): the clean and noisy groups, weighted by the posterior,
 overlap on the combined score (Ashman's D below ``OVERLAP_D``): the count is an estimate but many single
@@ -183,7 +184,7 @@ def split_warnings(report: SplitReport, classes: int | None = None) -> tuple[str
     if report.method != "noise model":
         out.append(
             "no class probabilities from the reference: the split is the two-group mixture on the score, "
-            "which missed the true quality by up to 0.25 under class-dependent noise"
+            "which missed the true quality by up to 0.27 under class-dependent noise"
         )
     if np.isfinite(report.separation) and report.separation < OVERLAP_D:
         out.append(
