@@ -16,7 +16,7 @@ Everything goes through the real pipeline (``run_train``), so the runs are cache
 invocation reuses every finished run. Prints a markdown table and writes JSON next to it.
 
     python benchmarks/bench_detection.py [--work DIR] [--skip-cifar] [--epochs 20] [--arch ARCH --image-size N]
-    python benchmarks/bench_detection.py --study [--work DIR]
+    python benchmarks/bench_detection.py --study [--labelled-only] [--work DIR]
 
 Runs are kept in ``--work`` (default ``../bench_work/detection`` beside the repository, so they
 outlive a worktree): the study under ``study/``, the issue-4 runs under ``issue4/`` (another ``--arch``'s
@@ -197,6 +197,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(WORK), help="where runs are kept (default: %(default)s)")
     parser.add_argument("--study", action="store_true", help="the disjoint-reference study (issue 15) instead")
+    parser.add_argument(
+        "--labelled-only",
+        action="store_true",
+        help="with --study: the labelled-pool settings alone (no Stage-1 method cells, no fine-tuned pair)",
+    )
     parser.add_argument("--skip-cifar", action="store_true")
     parser.add_argument("--epochs", type=int, default=20, help="linear-probe epochs")
     parser.add_argument(
@@ -223,7 +228,7 @@ def main() -> int:
     if args.study:
         from detection_study import run_study
 
-        return run_study(Path(args.work) / "study")
+        return run_study(Path(args.work) / "study", labelled_only=args.labelled_only)
     work = Path(args.work) / "issue4"
     work.mkdir(parents=True, exist_ok=True)
     rows = digits_rows(work)

@@ -19,6 +19,8 @@ from mimic_explorer.stage2.baselines import UTILITY_SIGN
 from mimic_explorer.stage2.evaluation import detection_metrics
 
 Cell = tuple[np.ndarray, np.ndarray]  # (utility, keep)
+#: the default ranking with the package's split (``finalize.combined_split``: the noise-model quantile)
+NOISE_MODEL_CELL = "combined_score; noise-model split"
 
 
 def load(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -27,6 +29,14 @@ def load(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     opened = open_run(run)
     return opened.samples.reset_index(drop=True), opened.scores
+
+
+def load_probs(run: Path) -> np.ndarray | None:
+    """The reference's class probabilities of a run (a row per samples row), or None."""
+    from mimic_explorer.store.reader import open_run
+
+    probs = open_run(run).reference_probs
+    return None if probs is None else np.asarray(probs, dtype=np.float64)
 
 
 def metrics(is_noisy: np.ndarray, cell: Cell) -> dict[str, float]:
@@ -68,8 +78,16 @@ def stage2_cell(scores: pd.DataFrame, order: pd.Index, binarisation: str, aggreg
     return result["mimic_score"].to_numpy(dtype=np.float64), result["keep"].fillna(False).to_numpy(dtype=bool)
 
 
-def gm_cells(samples: pd.DataFrame, scores: pd.DataFrame, extra: dict[str, Cell] | None = None) -> dict[str, Cell]:
-    """Every cell of one Grad-Mimic run (recorded epochs), plus ``extra`` (e.g. cleanlab)."""
+def gm_cells(
+    samples: pd.DataFrame,
+    scores: pd.DataFrame,
+    extra: dict[str, Cell] | None = None,
+    probs: np.ndarray | None = None,
+    reports: dict | None = None,
+) -> dict[str, Cell]:
+    """Every cell of one Grad-Mimic run (recorded epochs), plus ``extra`` (e.g. cleanlab). ``probs``: the
+    reference's class probabilities (the noise-model split and the label posterior); the split's report
+    goes into ``reports`` under "combined split" when given."""
     order = pd.Index(samples["sample_id"])
     proj = per_epoch(scores, "proj", order)
     cos = per_epoch(scores, "cos", order)
@@ -123,6 +141,19 @@ def gm_cells(samples: pd.DataFrame, scores: pd.DataFrame, extra: dict[str, Cell]
         combined = baselines.combined_score(cos.mean(1), samples["reference_loss"].to_numpy(np.float64))
         for rule in ("gmm", "kmeans"):
             cells[f"combined_score; {rule}"] = (combined, split(combined, rule))
+        if probs is not None:
+            from mimic_explorer.commands.finalize import combined_split
+            from mimic_explorer.stage2.noise_model import fit_noise_model
+
+            labels = samples["label"].to_numpy(np.int64)
+            score, keep, report = combined_split(
+                samples["cos_mean"].to_numpy(np.float64), samples["reference_loss"].to_numpy(np.float64), labels, probs
+            )
+            cells[NOISE_MODEL_CELL] = (score, keep)
+            if reports is not None and report is not None:
+                reports["combined split"] = report.as_dict()
+            posterior = fit_noise_model(probs, labels).posterior(probs, labels)
+            cells["label posterior (noise model); ≥ 0.5"] = (posterior, posterior >= 0.5)
         posterior = (clean_posterior(mean_proj) + clean_posterior(log_ref)) / 2
         cells["posterior-avg(mean proj, −log ref loss); ≥ 0.5"] = (posterior, posterior >= 0.5)
         cells["posterior(mean proj); ≥ 0.5"] = (clean_posterior(mean_proj), clean_posterior(mean_proj) >= 0.5)

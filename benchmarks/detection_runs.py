@@ -7,14 +7,16 @@ Protocol (CIFAR-10 shards in ``../shared/data/cifar10``, 10,000 images each):
   must be as new to the backbone as the pool is, or the reference would sit on features that were fit
   to its own images and look better than a user's reference ever does;
 - clean set (the reference's data): shard 03 with its clean labels (10,000 images), or a small clean
-  set of 2,000 images (200 per class, the first of each class in shard 03), written by this script as
-  JPEG files plus a manifest under the work folder;
+  set of 2,000 or 3,000 images (200 / 300 per class, the first of each class in shard 03), written by
+  this script as JPEG files plus a manifest under the work folder;
 - pool: shards 00–01 (20,000 images) with 20 / 40 / 60 % symmetric or 40 % asymmetric injected noise
   (the project's own noise tools, seed 0); test set: shard 04;
 - every model is a linear probe on the frozen backbone's cached features (``--linear-probe``, batch
-  128, AdamW lr 1e-3): the reference on the clean set (20 epochs on 10,000 images; 100 epochs on 2,000
-  so both references take about the same number of steps), Grad-Mimic on the noisy pool
+  128, AdamW lr 1e-3): the reference on the clean set (20 epochs on 10,000 images; 100 on 2,000 and
+  66 on 3,000, so every reference takes about the same number of steps), Grad-Mimic on the noisy pool
   (20 epochs, normed_proj, T = 1, unless the cell says otherwise);
+- a second backbone (``SECOND_BACKBONE``): small_cnn from seed 1, 4 epochs on shard 02, with the 10k and
+  2k references and the same four noise settings;
 - mimic layers beyond the head need a backbone that moves: reference and model are then fine-tuned
   end to end from the backbone (2 epochs, AdamW lr 1e-4; reference on shard 03, model plainly on the
   noisy pool), and the model's checkpoint is scored by ``score --params head | <last block> | all``.
@@ -46,7 +48,7 @@ NOISES = [
     ("asym40", 0.4, "asymmetric"),
 ]
 #: clean-set name -> number of clean images (None: the whole shard 03)
-CLEAN_SETS = {"clean10k": None, "clean2k": 2000}
+CLEAN_SETS = {"clean10k": None, "clean2k": 2000, "clean3k": 3000}
 #: Stage-1 method / temperature cells, at 40 % symmetric noise with the 10k reference
 METHOD_CELLS = [("proj", 1.0), ("cos", 1.0), ("normed_cos", 1.0), ("normed_proj", 1.0), ("normed_proj", 5.0)]
 #: mimic-layer cells of the fine-tuned pair: name -> --params
@@ -61,11 +63,20 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+#: a second backbone (issue 25: is the split robust to the backbone?): small_cnn from another seed, trained
+#: for half the epochs on the same shard 02; its runs live in a sub-folder of the study, for these clean sets
+SECOND_BACKBONE = dict(folder="small_cnn-seed1-4ep", seed=1, epochs=4)
+SECOND_BACKBONE_CLEAN_SETS = ("clean10k", "clean2k")
+
+
 @dataclass
 class Study:
-    """Where the study's runs live and how they are made."""
+    """Where the study's runs live and how they are made (``seed`` and ``backbone_epochs``: the backbone's
+    plain training)."""
 
     work: Path
+    seed: int = 0
+    backbone_epochs: int = 8
 
     @property
     def backbone(self) -> Path:
@@ -95,12 +106,13 @@ class Study:
                 f"wds:{SHARDS}/train-02.tar",
                 "small_cnn",
                 str(self.work / "backbone-run"),
-                epochs=8,
+                epochs=self.backbone_epochs,
                 batch_size=128,
                 lr=2e-3,
                 test_data=TEST,
                 save_model=str(self.backbone),
                 quiet=True,
+                seed=self.seed,
             ),
             log=say,
         )

@@ -11,14 +11,26 @@ import time
 from pathlib import Path
 
 import numpy as np
-from detection_cells import evaluate_cells, gm_cells, load, metrics, split
-from detection_runs import CLEAN_SETS, LAYER_CELLS, METHOD_CELLS, NOISES, POOL, Study, say
+from detection_cells import NOISE_MODEL_CELL, evaluate_cells, gm_cells, load, load_probs, metrics, split
+from detection_runs import (
+    CLEAN_SETS,
+    LAYER_CELLS,
+    METHOD_CELLS,
+    NOISES,
+    POOL,
+    SECOND_BACKBONE,
+    SECOND_BACKBONE_CLEAN_SETS,
+    Study,
+    say,
+)
 
 #: rows of the headline table (cell name as in detection_cells / detection_cleanlab -> shown name)
 HEADLINE = {
     "mimic_score (weight ≥ 1/B, majority)": "mimic_score today (weight ≥ 1/B, majority)",
     "mean proj (all epochs); gmm": "mean proj, GMM split",
-    "combined_score; gmm": "**combined_score** (z(mean cos) + z(−log ref loss)), GMM split",
+    "combined_score; gmm": "combined_score (z(mean cos) + z(−log ref loss)), GMM split (before issue 25)",
+    NOISE_MODEL_CELL: "**combined_score**, noise-model split (the package's since issue 25)",
+    "label posterior (noise model); ≥ 0.5": "label posterior of the noise model, ≥ 0.5",
     "vote gmm / majority": "mimic_score, GMM vote, majority",
     "reference_loss; gmm": "reference loss, GMM split",
     "reducible_loss; gmm": "reducible loss, GMM split",
@@ -40,7 +52,9 @@ def _summary(run: Path) -> dict:
     return open_run(run).meta.get("summary", {})
 
 
-def collect(work: Path) -> dict:
+def collect(work: Path, labelled_only: bool = False) -> dict:
+    """Every run and cell of the study; ``labelled_only``: the labelled-pool settings alone (no
+    Stage-1 method cells, no fine-tuned pair and its mimic-layer scores)."""
     from detection_cleanlab import cleanlab_cells
 
     study = Study(work)
@@ -48,19 +62,35 @@ def collect(work: Path) -> dict:
     out: dict = {
         "accuracy": {"backbone (shard 02)": _summary(work / "backbone-run").get("test_accuracy")},
         "settings": {},
+        "splits": {},
         "methods": {},
         "layers": {},
     }
-    for clean in CLEAN_SETS:
-        reference = study.reference(clean)
-        out["accuracy"][f"reference {clean}"] = _summary(work / f"reference-{clean}-run").get("test_accuracy")
+    second = Study(
+        work / SECOND_BACKBONE["folder"], seed=SECOND_BACKBONE["seed"], backbone_epochs=SECOND_BACKBONE["epochs"]
+    )
+    second.make_backbone()
+    out["accuracy"]["second backbone (seed 1, 4 epochs)"] = _summary(second.work / "backbone-run").get("test_accuracy")
+    grid = [("", study, clean) for clean in CLEAN_SETS]
+    grid += [(f"{SECOND_BACKBONE['folder']}:", second, clean) for clean in SECOND_BACKBONE_CLEAN_SETS]
+    for prefix, where, clean in grid:
+        reference = where.reference(clean)
+        out["accuracy"][f"{prefix}reference {clean}"] = _summary(where.work / f"reference-{clean}-run").get(
+            "test_accuracy"
+        )
         for noise in NOISES:
-            run = study.grad_mimic(noise, clean)
+            run = where.grad_mimic(noise, clean)
             samples, scores = load(run)
-            extra = cleanlab_cells(samples, study.backbone, reference, _noise_options(noise), work / "cleanlab")
-            out["settings"][f"{clean}/{noise[0]}"] = evaluate_cells(samples, gm_cells(samples, scores, extra))
-            out["accuracy"][f"Grad-Mimic {clean}/{noise[0]}"] = _summary(run).get("test_accuracy")
-            say(f"done {clean}/{noise[0]}")
+            extra = cleanlab_cells(samples, where.backbone, reference, _noise_options(noise), work / "cleanlab")
+            reports: dict = {}
+            cells = gm_cells(samples, scores, extra, load_probs(run), reports)
+            key = f"{prefix}{clean}/{noise[0]}"
+            out["settings"][key] = evaluate_cells(samples, cells)
+            out["splits"][key] = reports.get("combined split")
+            out["accuracy"][f"Grad-Mimic {key}"] = _summary(run).get("test_accuracy")
+            say(f"done {key}")
+    if labelled_only:
+        return out
     for method, temperature in METHOD_CELLS:
         run = study.grad_mimic(NOISES[1], "clean10k", method, temperature)
         samples, scores = load(run)
@@ -102,12 +132,108 @@ def _table(title: str, columns: list[str], rows: dict[str, dict[str, dict | None
     return [*lines, ""]
 
 
+#: the single signals the default ranking is held against (cells of detection_cells / detection_cleanlab)
+SINGLE_SIGNALS = {
+    "mimic_score (weight ≥ 1/B, majority)": "mimic_score",
+    "mean cos (all epochs); gmm": "mean cos",
+    "mean proj (all epochs); gmm": "mean proj",
+    "reference_loss; gmm": "reference loss",
+    "reducible_loss; gmm": "reducible loss",
+    "model_loss; gmm": "model loss",
+    "grand; gmm": "GraNd",
+    "cleanlab (5-fold CV probs)": "cleanlab CV",
+    "cleanlab (reference probs)": "cleanlab ref",
+}
+CLEANLAB = ("cleanlab (5-fold CV probs)", "cleanlab (reference probs)")
+MIMIC_KEEP = "mimic_score (weight ≥ 1/B, majority)"
+
+
+def issue25_rows(results: dict) -> list[dict]:
+    """Per setting: the default ranking (combined_score) and its split (the noise-model quantile) against the
+    issue's three bars: AUROC ≥ best single signal − 0.005; |kept − true quality| ≤ 0.05; F1 ≥ the better of
+    the mimic keep and cleanlab (either probability source)."""
+    rows = []
+    for key, cells in results["settings"].items():
+        own = cells.get(NOISE_MODEL_CELL)
+        if own is None:
+            continue
+        name, best = max(((n, cells[c]["auroc"]) for c, n in SINGLE_SIGNALS.items() if c in cells), key=lambda t: t[1])
+        f1_bar_name, f1_bar = max(
+            (
+                ("mimic keep" if c == MIMIC_KEEP else SINGLE_SIGNALS[c], cells[c]["f1"])
+                for c in (MIMIC_KEEP, *CLEANLAB)
+                if c in cells
+            ),
+            key=lambda t: t[1],
+        )
+        true_quality = own["estimated_quality"] - own["quality_error"]
+        split = (results.get("splits") or {}).get(key) or {}
+        rows.append(
+            {
+                "setting": key,
+                "auroc": own["auroc"],
+                "best_signal": name,
+                "best_auroc": best,
+                "auroc_margin": own["auroc"] - (best - 0.005),
+                "kept": own["estimated_quality"],
+                "true_quality": true_quality,
+                "quality_error": own["quality_error"],
+                "old_gmm_error": cells["combined_score; gmm"]["quality_error"],
+                "f1": own["f1"],
+                "f1_bar_name": f1_bar_name,
+                "f1_bar": f1_bar,
+                "f1_margin": own["f1"] - f1_bar,
+                "old_gmm_f1": cells["combined_score; gmm"]["f1"],
+                "posterior_auroc": (cells.get("label posterior (noise model); ≥ 0.5") or {}).get("auroc"),
+                "separation": split.get("separation"),
+                "warnings": split.get("warnings", []),
+            }
+        )
+    return rows
+
+
+def issue25_table(results: dict) -> str:
+    def mark(margin: float, ok: bool) -> str:
+        if ok:
+            return "met"
+        return f"**missed by {abs(margin):.3f}**" if abs(margin) >= 0.0005 else "**missed by < 0.001**"
+
+    lines = [
+        (
+            "**Issue 25: the default ranking and its split** (combined_score; split = top q̂ of the ranking, q̂ "
+            "the noise model's clean fraction; bars: AUROC ≥ best single signal − 0.005, |kept − true| ≤ 0.05, "
+            "F1 ≥ max(mimic keep, cleanlab))"
+        ),
+        "",
+        (
+            "| setting | AUROC (best single signal) | AUROC bar | kept / true quality (old GMM split's error) "
+            "| quality bar | F1 (old GMM split) vs bar | F1 bar | separation D | label posterior AUROC |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in issue25_rows(results):
+        quality_ok = abs(r["quality_error"]) <= 0.05
+        lines.append(
+            f"| {r['setting']} | {r['auroc']:.3f} ({r['best_signal']} {r['best_auroc']:.3f}) "
+            f"| {mark(r['auroc_margin'], r['auroc_margin'] >= 0)} "
+            f"| {r['kept']:.3f} / {r['true_quality']:.3f} ({r['quality_error']:+.3f}; old {r['old_gmm_error']:+.3f}) "
+            f"| {mark(abs(r['quality_error']) - 0.05, quality_ok)} "
+            f"| {r['f1']:.3f} ({r['old_gmm_f1']:.3f}) vs {r['f1_bar_name']} {r['f1_bar']:.3f} "
+            f"| {mark(r['f1_margin'], r['f1_margin'] >= 0)} "
+            f"| {'–' if r['separation'] is None else format(r['separation'], '.2f')}"
+            f"{' ⚠' if r['warnings'] else ''} "
+            f"| {'–' if r['posterior_auroc'] is None else format(r['posterior_auroc'], '.3f')} |"
+        )
+    return "\n".join([*lines, ""])
+
+
 def markdown(results: dict) -> str:
     noises = [n[0] for n in NOISES]
     lines = [
         "Test accuracy (shard 04): "
         + ", ".join(f"{k} {v:.3f}" for k, v in results["accuracy"].items() if v is not None),
         "",
+        issue25_table(results),
     ]
     for clean in CLEAN_SETS:
         rows = {
@@ -129,20 +255,24 @@ def markdown(results: dict) -> str:
         "combined_score; gmm",
         "reference_loss; gmm",
     ]
-    rows = {name: {m: results["methods"][m].get(name) for m in results["methods"]} for name in picks}
-    lines += _table("Stage-1 method and temperature (clean10k, sym40)", list(results["methods"]), rows)
-    layer_rows = {
-        f"{cell}: {rule}": {"sym40": m} for cell, cells in results["layers"].items() for rule, m in cells.items()
-    }
-    lines += _table("Mimic layers (end-to-end fine-tuned pair, score of one checkpoint, sym40)", ["sym40"], layer_rows)
+    if results["methods"]:
+        rows = {name: {m: results["methods"][m].get(name) for m in results["methods"]} for name in picks}
+        lines += _table("Stage-1 method and temperature (clean10k, sym40)", list(results["methods"]), rows)
+    if results["layers"]:
+        layer_rows = {
+            f"{cell}: {rule}": {"sym40": m} for cell, cells in results["layers"].items() for rule, m in cells.items()
+        }
+        lines += _table(
+            "Mimic layers (end-to-end fine-tuned pair, score of one checkpoint, sym40)", ["sym40"], layer_rows
+        )
     return "\n".join(lines)
 
 
-def run_study(work: Path) -> int:
+def run_study(work: Path, labelled_only: bool = False) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MIMIC_EXPLORER_CACHE", str(work / "cache"))
     t0 = time.perf_counter()
-    results = collect(work)
+    results = collect(work, labelled_only)
     results["wall_s"] = time.perf_counter() - t0
     (work / "study.json").write_text(json.dumps(results, indent=1))
     print(markdown(results))

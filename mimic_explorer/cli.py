@@ -462,7 +462,8 @@ RULE_HELP = """\
 filters:
   one rule: --ensemble | --threshold X | --quantile Q | --top-fraction F | --keep-count N
             (on --column, default mimic_score; --per-class resolves it within each class;
-            --ensemble --column combined_score keeps the combined score's own split, combined_keep)
+            --ensemble --column combined_score keeps the combined score's own split, combined_keep:
+            its top q-hat, q-hat the label-noise model's quality estimate)
   several rules, all of which must keep a sample (AND), each on its own column:
     --rule COLUMN:KIND=VALUE[:per-class]   (repeat --rule; or --rule ensemble for the Stage-2 filter)
       KIND  min    keep COLUMN >= VALUE                      (threshold)

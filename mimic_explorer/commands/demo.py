@@ -245,7 +245,12 @@ def _run(run: DemoRun) -> RunOutcome:
     )
     samples = add_signals(samples, signals, pool.sample_ids[signals["index"]])
     write_signal_arrays(layout, signals, signals["index"], len(samples))  # the pool is all good, in order
-    samples = add_stage2(samples, scores, "weight", "majority")
+    probs = None
+    if signals.get("reference_probs") is not None:
+        given = np.asarray(signals["reference_probs"], dtype=np.float64)
+        probs = np.full((len(samples), given.shape[1]), np.nan)
+        probs[np.asarray(signals["index"], dtype=np.int64)] = given
+    samples = add_stage2(samples, scores, "weight", "majority", reference_probs=probs)
     writer.write_samples(samples)
 
     with ThumbnailWriter(layout.root) as thumbs:

@@ -8,7 +8,8 @@ comfortably, so ``finish_samples`` works through the pool one range of positions
 a time, in two passes: the first gathers what needs the whole pool (``stage2.Stage2Fitter``: the
 tie-break's spread and subsamples for 2-group fits; ``baselines.Moments`` of the combined score's two
 halves — an image-text pairs run's of its three inputs, ``baselines.PAIR_COMBINED_INPUTS``; a subsample
-of the combined score for its GMM keep threshold), the second writes each range's
+of the combined score, with the given labels and the reference's class probabilities, for its keep
+threshold: ``stage2.noise_model``; a pairs run's: a GMM split), the second writes each range's
 rows to ``samples.parquet`` as a row group stream. Signals that cost a model pass (``train``) are
 computed once, in the first pass, and kept in a scratch file in between. ``add_stage2`` is the same
 computation on one range holding the whole pool (the in-memory path, for small pools and tests); the
@@ -20,7 +21,7 @@ The walk from ``--out`` to the app is in docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mimic_explorer.stage2 import baselines
+from mimic_explorer.stage2 import baselines, noise_model
 from mimic_explorer.stage2 import votes as stage2
 from mimic_explorer.stage2.baselines import MOMENT_BLOCK, Moments, Standardiser
 from mimic_explorer.stage2.evaluation import detection_metrics, threshold_at_quality
@@ -183,39 +184,109 @@ class Finished:
 
 @dataclass
 class _Combined:
-    """Pass-1 state of the combined score: the moments of its two halves and a subsample for its split."""
+    """Pass-1 state of the combined score: the moments of its two halves, and a subsample (with the given
+    labels and the reference's class probabilities, where the run has them) for its split."""
 
     total: int
     cap: int
     cos: Moments = field(default_factory=Moments)
     loss: Moments = field(default_factory=Moments)
-    sample: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    sample: list[tuple[np.ndarray, ...]] = field(default_factory=list)
     scales: tuple[Standardiser, Standardiser] | None = None
-    split: stage2.TwoGroupSplit | None = None
+    split: stage2.TwoGroupSplit | None = None  # the fallback split, without class probabilities
+    threshold: float | None = None  # the noise model's keep threshold on the score
+    report: noise_model.SplitReport | None = None
 
-    def add(self, positions: np.ndarray, cos_mean: np.ndarray, reference_loss: np.ndarray) -> None:
-        """Take one range's mean cos and reference loss into the moments, and a seeded subsample of it for the split
-        (the pool need not fit in memory)."""
+    def add(
+        self,
+        positions: np.ndarray,
+        cos_mean: np.ndarray,
+        reference_loss: np.ndarray,
+        labels: np.ndarray | None = None,
+        probs: np.ndarray | None = None,
+    ) -> None:
+        """Take one range's mean cos and reference loss into the moments, and a seeded subsample of it (with its
+        labels and class probabilities) for the split (the pool need not fit in memory)."""
         self.cos.add(cos_mean, positions)
         self.loss.add(baselines.reference_utility(reference_loss), positions)
         chosen = stage2.fit_sample(positions, self.total, self.cap)
-        self.sample.append((positions[chosen], cos_mean[chosen], reference_loss[chosen]))
+        labels = np.full(len(positions), -1, dtype=np.int64) if labels is None else labels
+        probs = np.full((len(positions), 0), np.nan) if probs is None else probs
+        self.sample.append((positions[chosen], cos_mean[chosen], reference_loss[chosen], labels[chosen], probs[chosen]))
 
     def fit(self) -> bool:
         """Fit the keep threshold; False when no sample has a mean cos (nothing to combine)."""
         if not self.cos.count or not self.loss.count:
             return False
         self.scales = (self.cos.standardiser(), self.loss.standardiser())
-        positions, cos_mean, loss = (np.concatenate(parts) for parts in zip(*self.sample, strict=True))
+        positions, cos_mean, loss, labels = (
+            np.concatenate(parts) for parts in list(zip(*self.sample, strict=True))[:4]
+        )
+        widths = {part[4].shape[1] for part in self.sample if len(part[4])}
+        width = next(iter(widths)) if len(widths) == 1 else None  # parts without rows may have any width
+        probs = None if width is None else np.concatenate([p[4].reshape(len(p[4]), width) for p in self.sample])
         order = np.argsort(positions, kind="stable")
         values = baselines.combined_score(cos_mean[order], loss[order], self.scales)
-        self.split = stage2.TwoGroupSplit.fit(values[np.isfinite(values)], "gmm")
+        finite = np.isfinite(values)
+        self.split = stage2.TwoGroupSplit.fit(values[finite], "gmm")
+        mixture_quality = float(self.split.upper(values[finite]).mean()) if finite.any() else float("nan")
+        labels = labels[order]
+        usable = finite & (labels >= 0)
+        if probs is not None and widths != {0}:
+            probs = probs[order]
+            usable &= np.isfinite(probs).all(1) & (labels < probs.shape[1])
+        if probs is None or widths == {0} or not usable.any():
+            self.report = noise_model.SplitReport("two-group mixture", mixture_quality, mixture_quality, float("nan"))
+            self.report = replace(self.report, warnings=noise_model.split_warnings(self.report))
+            return True
+        classes = probs.shape[1]
+        em_rows = usable & stage2.fit_sample(positions[order], self.total, noise_model.cap_for(classes, self.cap))
+        model = noise_model.fit_noise_model(probs[em_rows], labels[em_rows])
+        posterior = model.posterior(probs[usable], labels[usable])
+        self.threshold = noise_model.quantile_threshold(values[finite], model.clean_fraction)
+        report = noise_model.SplitReport(
+            "noise model",
+            model.clean_fraction,
+            mixture_quality,
+            noise_model.ashman_d(values[usable], posterior),
+            model.reference_accuracy,
+            model.converged,
+        )
+        self.report = replace(report, warnings=noise_model.split_warnings(report, classes))
         return True
 
     def columns(self, cos_mean: np.ndarray, reference_loss: np.ndarray) -> dict[str, np.ndarray]:
         """``combined_score`` and ``combined_keep`` of one range, with the scales and the split ``fit`` found."""
         score = baselines.combined_score(cos_mean, reference_loss, self.scales)
-        return {"combined_score": score, "combined_keep": self.split.upper(score)}
+        keep = self.split.upper(score) if self.threshold is None else np.isfinite(score) & (score >= self.threshold)
+        return {"combined_score": score, "combined_keep": keep}
+
+
+def combined_split(
+    cos_mean: np.ndarray,
+    reference_loss: np.ndarray,
+    labels: np.ndarray | None = None,
+    reference_probs: np.ndarray | None = None,
+    *,
+    cap: int = stage2.FIT_CAP,
+) -> tuple[np.ndarray, np.ndarray, noise_model.SplitReport | None]:
+    """``combined_score``, ``combined_keep`` and the split's report of a whole pool held in memory (row i = pool
+    position i), as ``finish_samples`` computes them range by range: for benchmarks and notebooks that
+    recompute the split of a finished run from its files."""
+    combined = _Combined(len(cos_mean), cap)
+    positions = np.arange(len(cos_mean))
+    probs = None if reference_probs is None else np.asarray(reference_probs, dtype=np.float64)
+    combined.add(
+        positions,
+        np.asarray(cos_mean, dtype=np.float64),
+        np.asarray(reference_loss, dtype=np.float64),
+        None if labels is None else np.asarray(labels, dtype=np.int64),
+        probs,
+    )
+    if not combined.fit():
+        return np.full(len(cos_mean), np.nan), np.zeros(len(cos_mean), dtype=bool), None
+    columns = combined.columns(np.asarray(cos_mean, dtype=np.float64), np.asarray(reference_loss, dtype=np.float64))
+    return columns["combined_score"], columns["combined_keep"], combined.report
 
 
 @dataclass
@@ -293,8 +364,10 @@ class _Finisher:
         self.combine = False
         self.fit_result: stage2.Stage2Fit | None = None
 
-    def observe(self, frame: pd.DataFrame, rows: pd.DataFrame) -> None:
-        """Pass 1 over a range: its score rows into the Stage-2 fitter, its combined-score halves into their moments."""
+    def observe(self, frame: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray | None = None) -> None:
+        """Pass 1 over a range: its score rows into the Stage-2 fitter, its combined-score halves into their
+        moments (with the given labels and ``probs``, the reference's class probabilities of the frame's rows
+        where the run has them, for the combined score's split)."""
         if not self.options.scored:
             return
         self.fitter.add(rows)
@@ -303,7 +376,10 @@ class _Finisher:
             self.pair_combined.add(frame["position"].to_numpy(), _PairCombined.inputs(frame, rows))
         elif "reference_loss" in frame.columns:
             cos_mean = _per_sample(rows, "cos", frame["position"].to_numpy())
-            self.combined.add(frame["position"].to_numpy(), cos_mean, frame["reference_loss"].to_numpy(np.float64))
+            labels = _labels(frame)
+            self.combined.add(
+                frame["position"].to_numpy(), cos_mean, frame["reference_loss"].to_numpy(np.float64), labels, probs
+            )
 
     def fit(self) -> None:
         """Fit Stage 2 (and the combined score, where the run has one) on what the ranges contributed."""
@@ -339,6 +415,13 @@ class _Finisher:
         return out
 
 
+def _labels(frame: pd.DataFrame) -> np.ndarray | None:
+    """The given labels as int64 (−1 where missing), or None for a pool without class labels."""
+    if "label" not in frame.columns or not pd.api.types.is_numeric_dtype(frame["label"]):
+        return None
+    return pd.to_numeric(frame["label"], errors="coerce").fillna(-1).to_numpy(np.int64)
+
+
 def _per_sample(rows: pd.DataFrame, column: str, positions: np.ndarray) -> np.ndarray:
     """Mean of a score-row column per sample (finite values), at ``positions`` (NaN where none)."""
     if column not in rows.columns or not len(rows):
@@ -360,11 +443,13 @@ def add_stage2(
     positions: np.ndarray | None = None,
     total: int | None = None,
     cap: int = stage2.FIT_CAP,
+    reference_probs: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The in-memory path: ``samples`` (base columns and signals, one row per sample) with Stage 2's
     columns added from ``scores`` (every score row), the whole pool as one range. ``positions``: each
     sample's pool position (default: from the score rows' ``position`` column, else the row order);
-    ``total``: the pool size (default: the last position + 1)."""
+    ``total``: the pool size (default: the last position + 1); ``reference_probs``: the reference's class
+    probabilities, a row per ``samples`` row, for the combined score's noise-model split."""
     if positions is None:
         if "position" in scores.columns and len(scores):
             by_id = scores.drop_duplicates("sample_id").set_index("sample_id")["position"]
@@ -384,7 +469,8 @@ def add_stage2(
         Stage2Options(binarisation, aggregation, cap=cap),
         int(positions.max()) + 1 if total is None and len(positions) else (total or 0),
     )
-    finisher.observe(frame, rows)
+    probs = None if reference_probs is None else np.asarray(reference_probs, dtype=np.float64)[order]
+    finisher.observe(frame, rows, probs)
     finisher.fit()
     out = finisher.finish(frame, rows)
     return out.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
@@ -431,20 +517,27 @@ def _ranges(size: int, chunk: int) -> list[tuple[int, int]]:
 
 def _base_frame(
     pool: PoolView, positions: np.ndarray, arrays: RowArrays | None = None, first_row: int = 0
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, np.ndarray | None]:
     """One range's base columns and signal columns; its vector signals go to ``arrays`` (samples rows from
-    ``first_row``), or are dropped without it."""
+    ``first_row``), or are dropped without it. Also the range's reference class probabilities (a row per
+    frame row, NaN where a sample has none), or None when the pool gives none (for the combined split)."""
     frame = pool.base(positions).reset_index(drop=True)
     frame.insert(0, "position", positions)
+    probs = None
     if pool.signals is not None:
         found = dict(pool.signals(positions))
         rows = np.searchsorted(positions, np.asarray(found.pop("index"), dtype=np.int64)) if "index" in found else None
+        given = found.get("reference_probs")
+        if given is not None and len(given):
+            given = np.asarray(given, dtype=np.float64).reshape(len(given), -1)
+            probs = np.full((len(positions), given.shape[1]), np.nan)
+            probs[np.arange(len(positions)) if rows is None else rows] = given
         if arrays is not None:
             arrays.take(found, first_row + (np.arange(len(positions)) if rows is None else rows))
         for name in ROW_ARRAYS:
             found.pop(name, None)
         frame = pd.concat([frame, _signal_columns(found, len(positions), rows)], axis=1)
-    return frame
+    return frame, probs
 
 
 def finish_samples(writer: RunWriter, pool: PoolView, options: Stage2Options) -> Finished:
@@ -471,21 +564,21 @@ def finish_samples(writer: RunWriter, pool: PoolView, options: Stage2Options) ->
         first_row = 0
         for start, stop in ranges:  # pass 1: base frames (signals kept in the scratch file), fits
             good = pool.good(start, stop)
-            frame = _base_frame(pool, good, arrays, first_row)
+            frame, probs = _base_frame(pool, good, arrays, first_row)
             first_row += len(good)
             if scratch is not None:
                 scratch.put(frame)
             if options.scored:
-                finisher.observe(frame, rows_of(start, stop))
+                finisher.observe(frame, rows_of(start, stop), probs)
         finisher.fit()
         if arrays is not None:  # complete now; published before samples.parquet, which says the run's rows
             arrays.commit()
         with writer.samples_writer() as samples:  # pass 2: each range's rows, streamed
             for index, (start, stop) in enumerate(ranges):
-                frame = scratch.get(index) if scratch is not None else _base_frame(pool, pool.good(start, stop))
+                frame = scratch.get(index) if scratch is not None else _base_frame(pool, pool.good(start, stop))[0]
                 samples.write(finisher.finish(frame, rows_of(start, stop) if options.scored else None))
             if not ranges:
-                samples.write(finisher.finish(_base_frame(pool, np.zeros(0, dtype=np.int64)), rows_of(0, 0)))
+                samples.write(finisher.finish(_base_frame(pool, np.zeros(0, dtype=np.int64))[0], rows_of(0, 0)))
     except BaseException:
         if arrays is not None:
             arrays.abort()
@@ -493,7 +586,10 @@ def finish_samples(writer: RunWriter, pool: PoolView, options: Stage2Options) ->
     finally:
         if scratch is not None:
             scratch.remove()
-    return _evaluate_file(layout)
+    finished = _evaluate_file(layout)
+    if finisher.combine and finisher.combined.report is not None:
+        finished.summary["combined_split"] = finisher.combined.report.as_dict()
+    return finished
 
 
 def _evaluate_file(layout: RunLayout) -> Finished:

@@ -45,8 +45,9 @@ MAX_COLUMN_CHARS = 256
 
 
 def keep_column(column: str) -> str:
-    """The keep column the ensemble rule on ``column`` reads: ``combined_keep`` (the GMM split of the
-    combined score) for ``combined_score``, the run's Stage-2 vote ``keep`` for every other column."""
+    """The keep column the ensemble rule on ``column`` reads: ``combined_keep`` (the combined score's own
+    split: the top q̂ of it, q̂ the noise model's quality estimate) for ``combined_score``, the run's Stage-2
+    vote ``keep`` for every other column."""
     return OWN_KEEP.get(column, "keep")
 
 

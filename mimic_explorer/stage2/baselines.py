@@ -11,8 +11,9 @@ mimic projection is the first-order change of a sample's loss along the task vec
 *reducible* loss, which subtracts the model's own view of the sample. Averaging the standardised
 mean cos with the standardised log reference loss ranks within 0.008 AUROC of the reference loss on
 symmetric noise and 0.04 above it on asymmetric noise (where the mimic score alone is also better),
-and its values split into two groups more cleanly than the heavy-tailed loss, so a 2-component fit
-gives a keep threshold and a quality estimate.
+and the log tames the loss's heavy tail. Its keep threshold (``combined_keep``) is the score's
+(1 − q̂) quantile, q̂ the clean fraction of a label-noise model fitted with the reference's class
+probabilities (``stage2.noise_model``), so the kept fraction is the quality estimate.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def combined_score(
 
     ``cos_mean`` is the sample's mean cos over the recorded epochs; the log tames the loss's heavy
     tail so one badly fit sample does not set the scale (losses are clipped at 1e-6 first). Its keep
-    threshold is ``stage2.split_two_groups(score, "gmm")``. ``scales``: the two standardisers of the
+    threshold: ``finalize.combined_split`` (the noise-model quantile; without class probabilities the
+    2-component GMM split, ``stage2.split_two_groups(score, "gmm")``). ``scales``: the two standardisers of the
     whole pool when the values given are one chunk of it (``Moments``); else computed from the values.
     """
     cos_mean = np.asarray(cos_mean, dtype=np.float64)

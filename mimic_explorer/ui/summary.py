@@ -61,6 +61,9 @@ def summary_facts(meta: dict[str, Any], samples: pd.DataFrame) -> list[tuple[str
         combined = float(samples["combined_keep"].mean())
     if combined is not None:
         facts.append(("quality, combined filter", _fmt(float(combined))))
+    split = summary.get("combined_split")
+    if isinstance(split, dict) and split.get("warnings"):
+        facts.append(("combined filter: not to be trusted", "; ".join(str(w) for w in split["warnings"])))
     if "is_noisy" in samples.columns:
         facts.append(("true quality", _fmt(1.0 - float(samples["is_noisy"].mean()))))
     detection = summary.get("detection") or (meta.get("evaluation") or {}).get("mimic_score") or {}

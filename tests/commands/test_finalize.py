@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mimic_explorer.commands.finalize import PoolView, Stage2Options, add_stage2, finish_samples
+from mimic_explorer.commands.finalize import PoolView, Stage2Options, add_stage2, combined_split, finish_samples
 from mimic_explorer.stage2 import baselines
 from mimic_explorer.stage2 import votes as stage2
 from mimic_explorer.store.layout import RunLayout
@@ -56,11 +56,21 @@ def test_the_combined_score_is_written_beside_mimic_score_as_the_library_compute
     np.testing.assert_allclose(samples["cos_mean"].to_numpy(), expected_cos, rtol=1e-12)
     combined = baselines.combined_score(samples["cos_mean"].to_numpy(), samples["reference_loss"].to_numpy())
     assert np.array_equal(samples["combined_score"].to_numpy(), combined)
-    keep = stage2.split_two_groups(combined, "gmm")
+    # the split: the top q̂ of the score, q̂ the noise model's clean fraction from the reference's class
+    # probabilities (the run's reference_probs.npy); recomputed from the files, it is the same
+    probs = np.load(real_run / "reference_probs.npy")
+    _, keep, report = combined_split(
+        samples["cos_mean"].to_numpy(), samples["reference_loss"].to_numpy(), samples["label"].to_numpy(), probs
+    )
     assert np.array_equal(samples["combined_keep"].to_numpy(), keep)
-    assert 0.3 < keep.mean() < 1.0
+    assert report.method == "noise model"
+    assert abs(keep.mean() - (1 - samples["is_noisy"].mean())) < 0.05  # 30 % injected noise
     meta = json.loads((real_run / "meta.json").read_text())
     assert meta["summary"]["combined_quality"] == pytest.approx(keep.mean())
+    written = meta["summary"]["combined_split"]
+    assert written["method"] == "noise model" and written["warnings"] == list(report.warnings)
+    assert written["estimated_quality"] == pytest.approx(report.estimated_quality)
+    assert written["separation"] == pytest.approx(report.separation)
     assert "combined_score" in meta["evaluation"]
     assert meta["evaluation"]["combined_score"]["auroc"] > 0.6
 
@@ -74,6 +84,7 @@ def _refinish(run: Path, tmp_path: Path, options: Stage2Options, row_group_rows:
     signals["model_pred"] = samples["pred"].to_numpy(dtype=np.int64)
     signals["ref_pred"] = samples["ref_pred"].to_numpy(dtype=np.int64)
     signals["ref_prob"] = samples["ref_prob"].to_numpy()
+    signals["reference_probs"] = np.load(run / "reference_probs.npy")
     pool = PoolView(
         len(samples),
         np.zeros(0, dtype=np.int64),
@@ -88,7 +99,8 @@ def _refinish(run: Path, tmp_path: Path, options: Stage2Options, row_group_rows:
 
 def _in_memory(run: Path, tmp_path: Path, binarisation: str, cap: int) -> pd.DataFrame:
     samples = pd.read_parquet(run / "samples.parquet")[[*BASE, *SIGNALS, "pred", "ref_pred", "ref_prob"]]
-    frame = add_stage2(samples, _scores(run), binarisation, "majority", cap=cap)
+    probs = np.load(run / "reference_probs.npy")
+    frame = add_stage2(samples, _scores(run), binarisation, "majority", cap=cap, reference_probs=probs)
     path = tmp_path / f"in-memory-{binarisation}.parquet"
     with SamplesWriter(path) as writer:
         writer.write(frame)

@@ -192,6 +192,19 @@ def test_summary_facts_and_feature_basis_warning(small_run):
     assert run_warnings({"same_init": False, "warnings": []}) == [BASIS_WARNING]
     own = "reference init differs from the model's: scores may be meaningless"
     assert run_warnings({"same_init": False, "warnings": [own]}) == [own]  # not said twice
+    assert "combined filter: not to be trusted" not in facts
+
+
+def test_summary_facts_say_when_the_combined_split_is_not_to_be_trusted(small_run):
+    run = open_run(small_run)
+    meta = {**run.meta, "summary": {**run.meta.get("summary", {}), "combined_quality": 0.78}}
+    meta["summary"]["combined_split"] = {"method": "noise model", "separation": 2.4, "warnings": []}
+    assert "combined filter: not to be trusted" not in dict(summary_facts(meta, run.samples))
+    overlap = "the clean and noisy groups overlap on the score (Ashman's D 1.61 < 2)"
+    meta["summary"]["combined_split"] = {"method": "noise model", "separation": 1.61, "warnings": [overlap]}
+    facts = dict(summary_facts(meta, run.samples))
+    assert facts["quality, combined filter"] == "0.780"
+    assert facts["combined filter: not to be trusted"] == overlap
 
 
 def test_find_runs_lists_runs_with_their_status(tmp_path, small_run):
