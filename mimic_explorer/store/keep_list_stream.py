@@ -82,8 +82,7 @@ def _pieces(samples: SampleColumns, keep: np.ndarray, column: str, reviewed: np.
     label_type = index.dtype("label") if labels is not None else None
     names = [c for c in ("sample_id", "source") if c in index.text.column_names]
     numeric = {"score": scores} if labels is None else {"score": scores, "label": labels}
-    mapped = index.files.text.stat().st_size + sum(array.nbytes for array in numeric.values())
-    large = mapped > index.MAPPED_BUDGET  # files past the budget: gathered in file order, pages handed back
+    large = _large(index, score_column)
     for positions in _kept_chunks(descending_blocks(index, score_column), keep, GATHER_ROWS if large else CHUNK_ROWS):
         rows, label_values, score_values = _gather(index, positions, names, numeric, large)
         for start in range(0, len(positions), CHUNK_ROWS):
@@ -97,6 +96,20 @@ def _pieces(samples: SampleColumns, keep: np.ndarray, column: str, reviewed: np.
         del rows, label_values, score_values
         release_arrow_memory()
     index.release()
+
+
+def _large(index, score_column: str) -> bool:
+    """Whether the files an export reads (the text, the score and label columns) are past the index's
+    ``MAPPED_BUDGET``: then rows are gathered ``GATHER_ROWS`` at a time, in file order, pages handed back."""
+    columns = [score_column, *(["label"] if index.is_numeric("label") else [])]
+    return index.files.text.stat().st_size + sum(index.column(c).nbytes for c in columns) > index.MAPPED_BUDGET
+
+
+def _waiting(samples, column: str) -> int:
+    """How many pieces may wait for the writer (``_one_ahead``): a gather's worth when gathers are large."""
+    index = samples.app_index
+    large = _large(index, column if column in index.score_columns else "mimic_score")
+    return max(1, GATHER_ROWS // CHUNK_ROWS) if large else 1
 
 
 #: kept rows gathered from the index files at a time (then handed out ``CHUNK_ROWS`` at a time)
@@ -123,11 +136,15 @@ def _gather(index, positions: np.ndarray, names: list[str], numeric: dict[str, n
     return rows, values.get("label"), values["score"].astype(np.float64, copy=False)
 
 
-def _one_ahead(pieces):
-    """``pieces``, each made in a background thread while the caller formats and writes the one before
+def _one_ahead(pieces, waiting: int = 1):
+    """``pieces``, made in a background thread while the caller formats and writes the ones before
     (the gathers and Arrow's formatting release the GIL: two cores, about twice the rows a second). An
-    error in the thread is raised here; a caller that stops early stops the thread."""
-    slot: queue.Queue = queue.Queue(maxsize=1)
+    error in the thread is raised here; a caller that stops early stops the thread.
+
+    Up to ``waiting`` pieces wait: one gather's (``_waiting``: views of one gathered table) when a gather
+    hands out several pieces at once, since with one slot the thread would wait for the caller to write all
+    but the last before starting the next gather, and the caller would then wait for that gather."""
+    slot: queue.Queue = queue.Queue(maxsize=waiting)
     stop = threading.Event()
     done = object()
 
@@ -343,7 +360,9 @@ def write_keep_list_into(
     if export_format == "csv":
         with open(path, "wb") as fh:
             header = True
-            for piece in _one_ahead(_pieces(samples, result.keep, column, result.label_reviewed)):
+            for piece in _one_ahead(
+                _pieces(samples, result.keep, column, result.label_reviewed), _waiting(samples, column)
+            ):
                 lines = _csv_text(piece)
                 if lines is None:
                     fh.write(_frame(piece).to_csv(index=False, header=header).encode("utf-8"))
@@ -357,7 +376,9 @@ def write_keep_list_into(
         return
     writer = None
     try:
-        for piece in _one_ahead(_pieces(samples, result.keep, column, result.label_reviewed)):
+        for piece in _one_ahead(
+            _pieces(samples, result.keep, column, result.label_reviewed), _waiting(samples, column)
+        ):
             table = pa.Table.from_pandas(_frame(piece), preserve_index=False)
             writer = writer or pq.ParquetWriter(str(path), table.schema)
             writer.write_table(table)
