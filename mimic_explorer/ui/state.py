@@ -24,6 +24,7 @@ from mimic_explorer.store.index_build import NON_SCORE_COLUMNS  # identities and
 from mimic_explorer.store.reader import Run
 from mimic_explorer.store.sample_columns import SampleColumns, indexed_samples
 from mimic_explorer.ui.counting import Counts, RuleCounter, SampleGroups, compound_counts
+from mimic_explorer.util.positions import sorted_distinct
 
 #: Score columns listed first, in this order, when a run has them: the default ranking (issue 15's
 #: combined score where there is one, else the mimic score), then the CLIP scores of a pairs pool.
@@ -410,7 +411,7 @@ class ExplorerState:
         if positions is None:
             self.selected = None
         else:
-            self.selected = np.unique(np.asarray(positions, dtype=np.int64))
+            self.selected = sorted_distinct(positions)
         self._combine_matches()
         return None if self.selected is None else len(self.selected)
 

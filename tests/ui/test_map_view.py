@@ -121,6 +121,18 @@ def test_the_confusion_matrix_cells_select_their_samples(explorer):
     assert (samples["ref_pred"].to_numpy()[chosen] == row["suggested"]).all()
 
 
+def test_the_confusion_matrix_counts_every_pair_of_given_and_suggested_label(explorer):
+    samples = explorer.samples
+    frame = pd.DataFrame({"given": samples["label"].to_numpy(), "suggested": samples["ref_pred"].to_numpy()})
+    expected = frame.value_counts().rename("count").reset_index().sort_values(["given", "suggested"])
+    table = MapState(explorer.state).confusion()
+    assert (
+        table[["given", "suggested", "count"]].astype("int64").values.tolist()
+        == expected.astype("int64").values.tolist()
+    )
+    assert table["given name"].tolist() == [explorer.state.label_name(v) for v in table["given"]]
+
+
 def test_more_like_this_lists_nearest_neighbours_and_selects_them(explorer):
     first = explorer.samples["sample_id"].iloc[0]
     similar = explorer.more_like_this(first, 8)
