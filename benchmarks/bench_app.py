@@ -25,7 +25,7 @@ index over every id) and, with ``--cli-export``, the command-line export in fres
 peak RSS).
 
 Usage: python benchmarks/bench_app.py [--samples 1000000] [--run DIR] [--repeat 3] [--path index|whole] [--tabs]
-       [--map] [--cli-export]
+       [--map [--no-neighbours]] [--cli-export]
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ def rss_gb() -> tuple[float, float]:
     return now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def time_map(run_dir: Path, explorer) -> None:
-    """The Map view's rows (see the module docstring)."""
+def time_map(run_dir: Path, explorer, neighbours: bool = True) -> None:
+    """The Map view's rows (see the module docstring); ``neighbours``: also build the HNSW index (when
+    hnswlib is installed) and time "more like this"."""
     import numpy as np
     import panel as pn
     from bokeh.document import Document
@@ -93,7 +94,7 @@ def time_map(run_dir: Path, explorer) -> None:
     n = explorer.state.total
     seconds, _ = timed(lambda: make_map(layout, n, method="pca", neighbours=False))
     print(f"map: PCA layout made and kept (mimic-explorer map): {seconds:.1f} s")
-    if hnswlib_available():
+    if neighbours and hnswlib_available():
         from mimic_explorer.maps.neighbours import build_hnsw_index
         from mimic_explorer.store.run_arrays import read_row_array
 
@@ -124,6 +125,8 @@ def time_map(run_dir: Path, explorer) -> None:
     triangle = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [lo[0], hi[1]]])
     lassos = [timed(lambda: view._on_lasso(triangle))[0] for _ in range(3)]
     print(f"map: lasso selection ({len(view.selected):,} selected): median {statistics.median(lassos):.3f} s")
+    if not neighbours:
+        return
     view.map._search = None
     rows = np.random.default_rng(0).choice(n, 5, replace=False)
     similar = [timed(lambda r=r: view.map.more_like_this(int(r), 12))[0] for r in rows]
@@ -184,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also time `mimic-explorer export` (csv, parquet; uids on a pairs run) in fresh processes",
     )
     parser.add_argument("--map", action="store_true", help="the run has embeddings: time the Map view's rows")
+    parser.add_argument(
+        "--no-neighbours",
+        action="store_true",
+        help="with --map: no HNSW index and no 'more like this' rows (the HNSW build takes ~1 h at 12.8 M here)",
+    )
     parser.add_argument(
         "--open-only",
         action="store_true",
@@ -308,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cli_export:
         time_cli_export(run_dir)
     if args.map:
-        time_map(run_dir, explorer)
+        time_map(run_dir, explorer, neighbours=not args.no_neighbours)
     if not args.tabs:
         print(
             f"machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, panel {pn.__version__}"
