@@ -70,19 +70,28 @@ def descending_positions(index, column: str) -> np.ndarray:
     return np.concatenate(list(descending_blocks(index, column)) or [np.zeros(0, dtype=np.int64)])
 
 
-def _pieces(samples: SampleColumns, keep: np.ndarray, column: str, reviewed: np.ndarray | None = None):
-    """Kept rows, highest score first, a chunk at a time: (ids and sources as Arrow, labels or None,
-    scores as float64, labels after review or None) — ``filters.formats.keep_list``'s columns before they
-    become a frame or csv text. Rows are gathered ``GATHER_ROWS`` at a time past the index's mapped budget (``_gather``)
-    and handed out ``CHUNK_ROWS`` at a time."""
+def _kept_pieces(samples: SampleColumns, result: FilterResult, column: str):
+    """The kept rows of ``result`` for a writer, highest ``column`` first (``mimic_score`` when the index
+    has no such score column): ``_pieces`` made in a background thread (``_one_ahead``), with a gather's
+    worth of them allowed to wait when gathers are large."""
     index = samples.app_index
     score_column = column if column in index.score_columns else "mimic_score"
-    scores = index.column(score_column)
+    large = _large(index, score_column)
+    waiting = max(1, GATHER_ROWS // CHUNK_ROWS) if large else 1
+    return _one_ahead(_pieces(index, result.keep, score_column, large, result.label_reviewed), waiting)
+
+
+def _pieces(index, keep: np.ndarray, score_column: str, large: bool, reviewed: np.ndarray | None = None):
+    """Kept rows, highest score first, a chunk at a time: (ids and sources as Arrow, labels or None,
+    scores as float64, labels after review or None) — ``filters.formats.keep_list``'s columns before they
+    become a frame or csv text. Rows are gathered ``GATHER_ROWS`` at a time when ``large`` (``_large``:
+    ``_gather``), else ``CHUNK_ROWS`` at a time, and handed out ``CHUNK_ROWS`` at a time."""
     labels = index.column("label") if index.is_numeric("label") else None
     label_type = index.dtype("label") if labels is not None else None
     names = [c for c in ("sample_id", "source") if c in index.text.column_names]
-    numeric = {"score": scores} if labels is None else {"score": scores, "label": labels}
-    large = _large(index, score_column)
+    numeric = {"score": index.column(score_column)}
+    if labels is not None:
+        numeric["label"] = labels
     for positions in _kept_chunks(descending_blocks(index, score_column), keep, GATHER_ROWS if large else CHUNK_ROWS):
         rows, label_values, score_values = _gather(index, positions, names, numeric, large)
         for start in range(0, len(positions), CHUNK_ROWS):
@@ -103,13 +112,6 @@ def _large(index, score_column: str) -> bool:
     ``MAPPED_BUDGET``: then rows are gathered ``GATHER_ROWS`` at a time, in file order, pages handed back."""
     columns = [score_column, *(["label"] if index.is_numeric("label") else [])]
     return index.files.text.stat().st_size + sum(index.column(c).nbytes for c in columns) > index.MAPPED_BUDGET
-
-
-def _waiting(samples, column: str) -> int:
-    """How many pieces may wait for the writer (``_one_ahead``): a gather's worth when gathers are large."""
-    index = samples.app_index
-    large = _large(index, column if column in index.score_columns else "mimic_score")
-    return max(1, GATHER_ROWS // CHUNK_ROWS) if large else 1
 
 
 #: kept rows gathered from the index files at a time (then handed out ``CHUNK_ROWS`` at a time)
@@ -141,7 +143,7 @@ def _one_ahead(pieces, waiting: int = 1):
     (the gathers and Arrow's formatting release the GIL: two cores, about twice the rows a second). An
     error in the thread is raised here; a caller that stops early stops the thread.
 
-    Up to ``waiting`` pieces wait: one gather's (``_waiting``: views of one gathered table) when a gather
+    Up to ``waiting`` pieces wait: one gather's (``_kept_pieces``: views of one gathered table) when a gather
     hands out several pieces at once, since with one slot the thread would wait for the caller to write all
     but the last before starting the next gather, and the caller would then wait for that gather."""
     slot: queue.Queue = queue.Queue(maxsize=waiting)
@@ -360,9 +362,7 @@ def write_keep_list_into(
     if export_format == "csv":
         with open(path, "wb") as fh:
             header = True
-            for piece in _one_ahead(
-                _pieces(samples, result.keep, column, result.label_reviewed), _waiting(samples, column)
-            ):
+            for piece in _kept_pieces(samples, result, column):
                 lines = _csv_text(piece)
                 if lines is None:
                     fh.write(_frame(piece).to_csv(index=False, header=header).encode("utf-8"))
@@ -376,9 +376,7 @@ def write_keep_list_into(
         return
     writer = None
     try:
-        for piece in _one_ahead(
-            _pieces(samples, result.keep, column, result.label_reviewed), _waiting(samples, column)
-        ):
+        for piece in _kept_pieces(samples, result, column):
             table = pa.Table.from_pandas(_frame(piece), preserve_index=False)
             writer = writer or pq.ParquetWriter(str(path), table.schema)
             writer.write_table(table)

@@ -224,9 +224,7 @@ class MapView(Viewer):
     # ------------------------------------------------------------------ the plot
 
     def _frame(self) -> tuple[pd.DataFrame, bool]:
-        keep = self.live.counts.keep if self.live.counts is not None else None
-        if self.colouring == KEPT and keep is None:
-            keep = self.state.apply(self.model.to_rule()).keep
+        keep = self._kept_mask() if self.colouring == KEPT else None  # only the "kept" colouring reads it
         values = self.map.values(self.colouring, keep, self.search.value)
         coords = self.map.coords
         # the columns as they are (a consolidating copy of 12.8 M rows took 0.3 s of every draw)
