@@ -42,7 +42,7 @@ from mimic_explorer.store.writer import RunWriter
 STAGE2_CHUNK = 65_536
 #: per-sample signal columns, in the order samples.parquet holds them
 SIGNAL_COLUMNS = ("reference_loss", "model_loss", "reducible_loss", "grand")
-#: the suggested label: the reference's predicted class and its probability (labelled train runs)
+#: the suggested label: the reference's predicted class and its probability (labelled runs with a reference)
 SUGGESTION_COLUMNS = ("ref_pred", "ref_prob")
 #: signals that are a vector per sample, written as run arrays (row r = samples.parquet row r), and their dtype
 ROW_ARRAYS = {"reference_probs": np.float32, "embedding_image": np.float16, "embedding_text": np.float16}
@@ -399,6 +399,8 @@ class _Finisher:
         if self.options.losses_from_rows:
             out["model_loss"] = _per_sample(rows, "loss", positions)
             out["pred"] = pd.array(_last_per_sample(rows, "pred", positions), dtype="Int64")
+            if "reference_loss" in out.columns:  # a labelled score run's reference pass (store.chunk_signals)
+                out["reducible_loss"] = out["model_loss"] - out["reference_loss"]
         for column in stage2.PER_SAMPLE_COLUMNS:
             if column == "keep":  # a sample without score rows is not kept
                 out[column] = result[column].fillna(False).to_numpy(dtype=bool)

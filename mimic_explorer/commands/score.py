@@ -33,6 +33,13 @@ from mimic_explorer.commands.prepare import prepare_job
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.store.atomic import write_parquet
+from mimic_explorer.store.chunk_signals import (
+    POSITIONS,
+    ChunkSignals,
+    chunk_signals_path,
+    gather_signals,
+    write_chunk_signals,
+)
 from mimic_explorer.store.thumbs import ThumbnailWriter
 from mimic_explorer.store.writer import drop_error_parts, read_error_parts, write_score_part
 from mimic_explorer.tasks.base import Given, Job, Passes, Prepared
@@ -113,13 +120,17 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
         if layout.chunk_part_of(chunk) is None:  # else finished before an interruption
             start, stop = chunks[chunk]
             found = ErrorLog()
-            rows = []
+            rows, signals = [], []
             for step, batch in enumerate(mode.batches(start, stop, Passes(thumbs, found, {}, run.progress))):
                 scores = scorer(batch.inputs, batch.targets)
                 signal = scores.proj if options.score_method == "proj" else scores.cos
                 weights = stage1_weights(signal, "normed_" + options.score_method, options.temperature)
-                rows.append(task.score_rows(job, batch, scores, weights, score_step(chunk, step)))
-            write_parquet(layout.error_part(chunk), found.to_frame())  # before the part: a kill between loses nothing
+                seen = mode.reference_pass(batch)
+                rows.append(task.score_rows(job, batch, scores, weights, score_step(chunk, step), seen))
+                signals.append({POSITIONS: batch.positions, **seen.signals})
+            # both before the part, which says the chunk is done: a kill between loses nothing
+            write_chunk_signals(chunk_signals_path(layout, chunk), *_split_positions(gather_signals(signals)))
+            write_parquet(layout.error_part(chunk), found.to_frame())
             write_score_part(layout.chunk_part(chunk, ctx.rank if ctx.active else None), _concat(rows))
             if thumbs is not None and mode.decodes():
                 thumbnailed.add(chunk)
@@ -131,6 +142,11 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
     if not ctx.is_main:
         return run.outcome({})
     return _finalize(run, errors, started)
+
+
+def _split_positions(signals: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    rest = dict(signals)
+    return rest.pop(POSITIONS), rest
 
 
 def _concat(rows: list) -> pd.DataFrame:
@@ -165,9 +181,10 @@ def _finalize(run: ScoreRun, errors: ErrorLog, started: float) -> RunOutcome:
     task = job.task
     merged = pd.concat([errors.to_frame(), read_error_parts(layout)], ignore_index=True).drop_duplicates("sample_id")
     all_errors, bad = with_positions(merged, job.sample_ids)
+    chunks = ChunkSignals(layout, chunk_bounds(len(job.pool.source), options.chunk_size, task.min_batch))
     finished = finish_samples(
         writer,
-        PoolView(len(job.pool.source), bad, task.score_base_rows(job, layout)),
+        PoolView(len(job.pool.source), bad, task.score_base_rows(job, layout), chunks if chunks.available() else None),
         Stage2Options(options.binarisation, options.aggregation, losses_from_rows=task.losses_from_rows()),
     )
     summary = {**finished.summary, "skipped": len(all_errors), **task.score_summary(job, options, layout, run.log)}

@@ -26,8 +26,8 @@ from mimic_explorer.store.run_arrays import read_row_array
 #: the map name of a user's own coordinates
 USER_COORDS = "coords"
 HOW_TO_GET = (
-    "embeddings are kept by Grad-Mimic train runs (train --reference …; labelled: linear probe or fine-tune; "
-    "pairs: every mode), not by score or plain runs"
+    "embeddings are kept by runs with a reference: Grad-Mimic train runs (train --reference …) and score "
+    "runs (score --model … --reference …, from this version on), not by plain runs"
 )
 
 Progress = Callable[[str, int, int], None]

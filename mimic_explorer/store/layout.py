@@ -13,10 +13,11 @@ described for readers in docs/ARCHITECTURE.md (the run-directory contract).
     errors.parquet       samples that could not be read, with the reason (and pool position)
     thumbs/              thumbnails: one blob file plus an index of (sample_id, offset, length)
     filters/             keep-lists and their specs saved from the app
-    reference_probs.npy  labelled train runs: the reference's class probabilities, (samples, classes) float32,
-                         row r = samples.parquet row r (cleanlab's ``pred_probs``)
+    reference_probs.npy  labelled runs with a reference: the reference's class probabilities,
+                         (samples, classes) float32, row r = samples.parquet row r (cleanlab's ``pred_probs``)
     embeddings/          one vector per sample, float16, row r = samples.parquet row r: ``image.npy``
-                         (a classifier's head inputs, a pair's image embedding under the reference) and
+                         (a classifier's head inputs — a score run's are the reference's — a pair's image
+                         embedding under the reference) and
                          ``text.npy`` (a pair's caption embedding under the reference)
     maps/                2-D layouts of the samples: ``NAME.npy`` (samples, 2) float32 by row and
                          ``NAME.json`` (how it was made); NAME is SOURCE-METHOD or ``coords`` (the user's own)

@@ -181,6 +181,17 @@ class ScoreBatch:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class ReferencePass:
+    """What the reference's pass over one scoring batch gives beside the model's scores: columns of the
+    batch's score rows (pairs: the reference's CLIP score and loss), and per-sample signals kept until
+    the run is finished (``store.chunk_signals``): the suggested label, the class probabilities and the
+    map's vectors, which become samples columns and run arrays as a train run's end-of-run signals do."""
+
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    signals: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class ScoreMode(Protocol):
     """How one task scores a fixed checkpoint."""
 
@@ -198,6 +209,10 @@ class ScoreMode(Protocol):
 
     def decodes(self) -> bool:
         """Whether ``batches`` decodes images (so thumbnails come with it)."""
+        ...
+
+    def reference_pass(self, batch: ScoreBatch) -> ReferencePass:
+        """The reference's outputs for one batch (eval mode, no autograd): its rows' columns and signals."""
         ...
 
 
@@ -230,9 +245,16 @@ class Task(Protocol):
         """Stage 2's per-epoch vote of a ``train`` run when ``--binarise`` is not given."""
 
     def score_rows(
-        self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int
+        self,
+        job: Job,
+        batch: ScoreBatch,
+        scores: BatchScores,
+        weights: torch.Tensor,
+        step: int,
+        reference: ReferencePass,
     ) -> pd.DataFrame:
-        """The score rows of one scoring batch (``training.recording.score_rows`` plus the task's columns)."""
+        """The score rows of one scoring batch (``training.recording.score_rows`` plus the task's columns, among
+        them ``reference.rows``)."""
 
     def train_rows(self, job: Job, held: Held, signals: Any) -> tuple[BaseRows, Signals | None]:
         """``samples.parquet``'s base columns of a trained run, and its end-of-run signals as columns."""

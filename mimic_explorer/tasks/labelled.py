@@ -37,7 +37,7 @@ from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.scoring.prepared import BatchScores, PreparedScorer
 from mimic_explorer.store.meta import write_checkpoint_sidecar
 from mimic_explorer.store.sample_rows import samples_table
-from mimic_explorer.tasks.base import Given, Held, Job, Models, Passes, Prepared, ScoreBatch
+from mimic_explorer.tasks.base import Given, Held, Job, Models, Passes, Prepared, ReferencePass, ScoreBatch
 from mimic_explorer.tasks.classifier_models import build_models, model_facts
 from mimic_explorer.training.batches import TensorBatches
 from mimic_explorer.training.drift import DriftMeter
@@ -45,7 +45,7 @@ from mimic_explorer.training.features import Features, extract_features
 from mimic_explorer.training.pool_batches import PoolBatches
 from mimic_explorer.training.pool_pass import pool_pass, thumbnail_pass
 from mimic_explorer.training.recording import scored_batch_rows
-from mimic_explorer.training.signals import collect_signals, evaluate_signals
+from mimic_explorer.training.signals import collect_signals, evaluate_signals, reference_class_signals
 from mimic_explorer.util.fingerprint import state_fingerprint
 
 #: options only an image-text pool can use, with what a labelled pool offers instead
@@ -310,6 +310,13 @@ class LabelledScoring:
                     thumbs.add(source.sample_ids[p], t)
             yield ScoreBatch(positions, batch.inputs.to(self.run.device), batch.targets.to(self.run.device))
 
+    def reference_pass(self, batch: ScoreBatch) -> ReferencePass:
+        """The reference's loss, suggested label, class probabilities and head input for one batch
+        (``training.signals.reference_class_signals``): kept per chunk, they become the run's ``ref_pred`` /
+        ``ref_prob`` / ``reference_loss`` columns, ``reference_probs.npy`` and the map's ``embeddings/image.npy``."""
+        head = LinearProbe.HEAD if self.features is not None else self.job.models.head_name
+        return ReferencePass(signals=reference_class_signals(self.scored_reference, batch.inputs, batch.targets, head))
+
     def _feature_batches(self, start: int, stop: int) -> Iterator[ScoreBatch]:
         """Batches of the pool positions ``start … stop − 1`` from the cache entry, read by one explicit
         read (memory stays one chunk)."""
@@ -399,8 +406,17 @@ class LabelledTask:
         return LabelledScoring(job, options, run)
 
     # ------------------------------------------------------------------ rows
-    def score_rows(self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int) -> Any:
-        """The score rows of one batch: proj, Stage-1 weight, cos, loss and the predicted class."""
+    def score_rows(
+        self,
+        job: Job,
+        batch: ScoreBatch,
+        scores: BatchScores,
+        weights: torch.Tensor,
+        step: int,
+        reference: ReferencePass,
+    ) -> Any:
+        """The score rows of one batch: proj, Stage-1 weight, cos, loss and the predicted class (the reference's
+        signals are samples columns, not row columns)."""
         return scored_batch_rows(job.sample_ids, batch.positions, step, scores, weights, pred=scores.outputs.argmax(-1))
 
     def train_rows(self, job: Job, held: Held, signals: Any):

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mimic_explorer.data.captions import PAIRS
@@ -53,7 +54,7 @@ from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.run_arrays import RowArrayWriter, read_row_array
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.tasks.base import Given, Held, Job, Passes, Prepared, ScoreBatch
+from mimic_explorer.tasks.base import Given, Held, Job, Passes, Prepared, ReferencePass, ScoreBatch
 from mimic_explorer.tasks.dual_models import DEFAULT_MIMIC_LAYER, build_pair_models, build_train_pair_models
 from mimic_explorer.tasks.labelled import pool_rows
 from mimic_explorer.training.batches import MIN_PAIR_BATCH, CaptionDraws, pair_batches
@@ -461,6 +462,20 @@ class PairScoring:
             inputs = (batch.inputs.to(self.run.device), tokens.ids.to(self.run.device))
             yield ScoreBatch(positions, inputs, None, {"truncated": np.asarray(tokens.truncated, dtype=bool)})
 
+    def reference_pass(self, batch: ScoreBatch) -> ReferencePass:
+        """The reference's CLIP score and InfoNCE loss of each pair (score-row columns), and its image and caption
+        embeddings, unit length (the map's vectors, kept per chunk until the run is finished)."""
+        reference = self.job.models.reference
+        with torch.no_grad(), preserved_modes(reference):
+            outputs = reference(*batch.inputs)
+            loss = InfoNCELoss()(outputs, None)
+        rows = {"clip_score_ref": _numpy(clip_score(outputs.image, outputs.text)), "reference_loss": _numpy(loss)}
+        signals = {
+            "embedding_image": F.normalize(outputs.image.float(), dim=-1).to(torch.float16).cpu().numpy(),
+            "embedding_text": F.normalize(outputs.text.float(), dim=-1).to(torch.float16).cpu().numpy(),
+        }
+        return ReferencePass(rows, signals)
+
 
 def _numpy(values: torch.Tensor) -> np.ndarray:
     return values.detach().double().cpu().numpy()
@@ -638,18 +653,21 @@ class PairsTask:
         return PairScoring(job, options, run)
 
     # ------------------------------------------------------------------ rows
-    def score_rows(self, job: Job, batch: ScoreBatch, scores: BatchScores, weights: torch.Tensor, step: int):
-        """The score rows of one batch with the pairs' own columns: CLIP score under model and reference, the
-        reference's loss, and whether the caption was cut."""
-        images, ids = batch.inputs
-        with torch.no_grad():
-            reference = job.models.reference(images, ids)
-            reference_loss = InfoNCELoss()(reference, None)
+    def score_rows(
+        self,
+        job: Job,
+        batch: ScoreBatch,
+        scores: BatchScores,
+        weights: torch.Tensor,
+        step: int,
+        reference: ReferencePass,
+    ):
+        """The score rows of one batch with the pairs' own columns: CLIP score under the model, the reference's
+        CLIP score and loss (``reference.rows``), and whether the caption was cut."""
         outputs = scores.outputs
         extra = {
             "clip_score_model": _numpy(clip_score(outputs.image, outputs.text)),
-            "clip_score_ref": _numpy(clip_score(reference.image, reference.text)),
-            "reference_loss": _numpy(reference_loss),
+            **reference.rows,
             "truncated": batch.extra["truncated"],
         }
         return scored_batch_rows(job.sample_ids, batch.positions, step, scores, weights, extra=extra)

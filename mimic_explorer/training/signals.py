@@ -114,6 +114,41 @@ def collect_signals(
     return signals
 
 
+@torch.no_grad()
+def reference_class_signals(
+    reference: nn.Module, inputs: Tensor, targets: Tensor, head_name: str | None = None
+) -> dict[str, np.ndarray]:
+    """One batch's signals under a classifier's reference alone (eval mode): its loss, its suggested label
+    (``ref_pred``, ``ref_prob``), its class probabilities (``reference_probs``, float32: cleanlab's
+    ``pred_probs``) and its head input (``embedding_image``, float16: the map's vector).
+
+    What a ``score`` run keeps per sample: scoring a fixed checkpoint has no end-of-run pass, so the
+    reference's pass over each scoring batch gives these. The vector is the *reference's* head input —
+    for a linear probe, the shared backbone's features (as a train run's); for a whole network, the
+    reference's penultimate features, as a pairs run maps the reference's embeddings."""
+    name = head_of(reference, head_name, inputs)
+    captured: list[Tensor] = []
+    hook = reference.get_submodule(name).register_forward_hook(
+        lambda module, args, output: captured.append(_pooled(args[0].detach()))
+    )
+    try:
+        with preserved_modes(reference):
+            logits = reference(inputs).float()
+    finally:
+        hook.remove()
+    probs = torch.softmax(logits, dim=-1)
+    best = probs.max(dim=-1)
+    found = {
+        "reference_loss": F.cross_entropy(logits, targets.long(), reduction="none").double(),
+        "ref_pred": best.indices,
+        "ref_prob": best.values.double(),
+        "reference_probs": probs,
+    }
+    if captured and captured[-1].shape[0] == len(targets):
+        found["embedding_image"] = captured[-1].reshape(len(targets), -1).to(torch.float16)
+    return {key: value.cpu().numpy() for key, value in found.items()}
+
+
 def evaluate_signals(
     model: nn.Module,
     reference: nn.Module,

@@ -242,7 +242,7 @@ class MapState:
 
     @property
     def has_suggestions(self) -> bool:
-        """Whether the run has the reference's suggested label (labelled train runs)."""
+        """Whether the run has the reference's suggested label (labelled runs with a reference)."""
         return self.state.has_classes and "ref_pred" in self.state.samples.columns
 
     def confusion(self) -> pd.DataFrame:

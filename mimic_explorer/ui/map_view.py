@@ -188,10 +188,10 @@ class MapView(Viewer):
 
     def _no_map_text(self) -> str:
         return (
-            "This run has no embeddings to map. Grad-Mimic train runs (train --reference …) keep them: a "
-            "linear probe's backbone features, a fine-tuned network's penultimate features, a pair's image and "
-            "caption embeddings. You can also bring your own coordinates: mimic-explorer map RUN --coords "
-            "FILE.parquet (sample_id, x, y)."
+            "This run has no embeddings to map. Runs with a reference keep them (train --reference …, "
+            "score --model … --reference …): a linear probe's backbone features, a network's penultimate "
+            "features, a pair's image and caption embeddings. You can also bring your own coordinates: "
+            "mimic-explorer map RUN --coords FILE.parquet (sample_id, x, y)."
         )
 
     def _make_now(self) -> None:

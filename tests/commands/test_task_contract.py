@@ -260,6 +260,42 @@ def test_score_writes_every_good_sample_once(task):
     assert all(run.thumbnails.get(s) is not None for s in task.good_ids)  # the photos, for the app
 
 
+def _reference_arrays(run: Run) -> dict[str, np.ndarray]:
+    """The run arrays the reference's pass writes (class probabilities, embeddings), by name, read whole."""
+    found = {"reference_probs": run.reference_probs, **{f"embedding_{s}": run.embedding(s) for s in ("image", "text")}}
+    return {name: np.asarray(values) for name, values in found.items() if values is not None}
+
+
+def test_score_keeps_the_reference_signals_a_train_run_keeps(task):
+    """The Map and the suggested labels of a score run: the reference's pass over each scoring batch gives what
+    a Grad-Mimic train run's end-of-run pass gives, on the same pool and reference (row r = samples row r)."""
+    run, trained = task.score, task.grad_mimic
+    arrays = _reference_arrays(run)
+    expected = (
+        {"embedding_image", "reference_probs"}
+        if task.case.name.startswith("labelled")
+        else {
+            "embedding_image",
+            "embedding_text",
+        }
+    )
+    assert set(arrays) == expected
+    assert all(len(values) == len(task.good_ids) for values in arrays.values())
+    if "reference_probs" in arrays:  # labelled: the suggested label, its probability and the reference loss
+        np.testing.assert_allclose(arrays["reference_probs"], np.asarray(trained.reference_probs), atol=1e-5)
+        samples, wanted = run.samples, trained.samples
+        assert samples["ref_pred"].tolist() == wanted["ref_pred"].tolist()
+        assert (samples["ref_pred"] == arrays["reference_probs"].argmax(1)).all()
+        for column in ("ref_prob", "reference_loss"):
+            np.testing.assert_allclose(samples[column], wanted[column], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(samples["reducible_loss"], samples["model_loss"] - samples["reference_loss"])
+    else:  # pairs: the reference's unit-length embeddings of each photo and caption, as a frozen-towers run keeps
+        for name in expected:
+            np.testing.assert_allclose(arrays[name], _reference_arrays(trained)[name], atol=2e-3)
+            np.testing.assert_allclose(np.linalg.norm(arrays[name].astype(np.float32), axis=1), 1, atol=2e-3)
+    assert run.layout.scratch_files() == []  # the per-chunk files are gone once the run is complete
+
+
 class Killed(Exception):
     """Raised in place of a kill, right after a chunk part is committed."""
 
@@ -316,6 +352,10 @@ def test_a_killed_score_resumes_at_its_first_missing_chunk_and_equals_an_uninter
         check_exact=True,
     )
     pd.testing.assert_frame_equal(resumed.errors, whole.errors)  # a bad sample found before the kill is kept
+    resumed_arrays, whole_arrays = _reference_arrays(resumed), _reference_arrays(whole)
+    assert sorted(resumed_arrays) == sorted(whole_arrays) and whole_arrays
+    for name, values in whole_arrays.items():  # chunks 0 and 1's reference signals were kept through the kill
+        np.testing.assert_array_equal(resumed_arrays[name], values, err_msg=name)
     assert all(resumed.thumbnails.get(s) is not None for s in task.good_ids)  # chunks 0 and 1 too
 
 

@@ -66,6 +66,9 @@ def test_torchrun_score_equals_single_process(digits_reference, other_model, tmp
     a_samples = a.samples.set_index("sample_id").sort_index()
     b_samples = b.samples.set_index("sample_id").sort_index()
     assert (a_samples["keep"] == b_samples["keep"]).all()
+    assert (a_samples["ref_pred"] == b_samples["ref_pred"]).all()  # every rank's chunks' reference signals
+    np.testing.assert_allclose(np.asarray(b.reference_probs), np.asarray(a.reference_probs), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(b.embedding("image")), np.asarray(a.embedding("image")), atol=1e-3)
 
 
 @pytest.mark.slow

@@ -108,6 +108,10 @@ def test_scores_equal_the_scorer_on_the_batch_each_pair_was_scored_in(pool, tmp_
     np.testing.assert_allclose(
         rows["reference_loss"].to_numpy(), InfoNCELoss()(ref_out, None).double().numpy(), rtol=1e-5
     )
+    run = open_run(outcome.path)  # the map's vectors: the reference's unit-length embeddings, row r = samples row r
+    for source, values in (("image", ref_out.image), ("text", ref_out.text)):
+        expected = torch.nn.functional.normalize(values, dim=-1).numpy()
+        np.testing.assert_allclose(run.embedding(source)[rows.index].astype(np.float32), expected, atol=2e-3)
 
 
 @pytest.mark.parametrize(
