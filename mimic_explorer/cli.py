@@ -215,6 +215,14 @@ def _add_run_options(p, command: str) -> None:
         help="allow checkpoints that run code: pickled whole models, and dual-encoder files whose recorded "
         "architecture names a file.py:function or module:function to import (only for files you trust)",
     )
+    p.add_argument(
+        "--no-embeddings",
+        dest="embeddings",
+        action="store_false",
+        help="do not keep the reference's embeddings (embeddings/: the Map's vectors; a pair's two 512-d "
+        "embeddings take 2 KB, 262 GB at 128 M pairs): the Map then needs your own coordinates "
+        "(mimic-explorer map RUN --coords)",
+    )
     p.add_argument("--force", action="store_true", help="recompute even when --out already holds this run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

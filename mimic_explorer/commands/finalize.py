@@ -78,6 +78,13 @@ def _signal_columns(signals: dict[str, np.ndarray], rows: int, index: np.ndarray
     return frame
 
 
+def kept_signals(signals: dict[str, np.ndarray], embeddings: bool) -> dict[str, np.ndarray]:
+    """``signals`` without the embeddings when the run does not keep them (``--no-embeddings``)."""
+    if embeddings:
+        return signals
+    return {name: values for name, values in signals.items() if not name.startswith("embedding_")}
+
+
 def array_path(layout: RunLayout, name: str) -> Path:
     """Where the run array of signal ``name`` (one of ``ROW_ARRAYS``) is written."""
     if name == "reference_probs":

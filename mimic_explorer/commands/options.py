@@ -49,6 +49,9 @@ NON_IDENTITY = (
     "threads",
 )
 
+#: fields added after runs were made, and their defaults: in a run's identity only when set otherwise
+LATER_DEFAULTS = {"embeddings": True}
+
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
@@ -172,6 +175,9 @@ class CommonOptions:
     quiet: bool = False
     subset: str | None = None  # a keep-list (``export``'s csv/json/parquet/npy/uids): the pool is its samples only
     metadata: str | None = None  # parquet file(s) joined by uid/sample_id into samples.parquet (``data.metadata``)
+    #: keep the reference's embeddings (``embeddings/``, the Map's vectors); False (``--no-embeddings``) for pools
+    #: where they would take too much disk (a pair's two 512-d embeddings: 2 KB, 262 GB at 128 M pairs)
+    embeddings: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option (as the command line spells it)."""
@@ -231,8 +237,16 @@ class CommonOptions:
             parse_transform_text(self.transform)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine the run's results, and the command."""
-        return {"command": self.command, **{k: v for k, v in asdict(self).items() if k not in NON_IDENTITY}}
+        """The fields that determine the run's results, and the command (a field added after runs were made is left
+        out at its default, ``LATER_DEFAULTS``, so those runs keep their ids)."""
+        return {
+            "command": self.command,
+            **{
+                k: v
+                for k, v in asdict(self).items()
+                if k not in NON_IDENTITY and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
+            },
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """Every option, as ``meta.json`` records it under ``config`` — but ``threads``: how a process shares its

@@ -26,7 +26,14 @@ import time
 import numpy as np
 import pandas as pd
 
-from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, with_positions
+from mimic_explorer.commands.finalize import (
+    PoolView,
+    Stage2Options,
+    finish_samples,
+    format_evaluation,
+    kept_signals,
+    with_positions,
+)
 from mimic_explorer.commands.lifecycle import Log, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.commands.options import ScoreOptions
 from mimic_explorer.commands.prepare import prepare_job
@@ -127,7 +134,7 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
                 weights = stage1_weights(signal, "normed_" + options.score_method, options.temperature)
                 seen = mode.reference_pass(batch)
                 rows.append(task.score_rows(job, batch, scores, weights, score_step(chunk, step), seen))
-                signals.append({POSITIONS: batch.positions, **seen.signals})
+                signals.append({POSITIONS: batch.positions, **kept_signals(seen.signals, options.embeddings)})
             # both before the part, which says the chunk is done: a kill between loses nothing
             write_chunk_signals(chunk_signals_path(layout, chunk), *_split_positions(gather_signals(signals)))
             write_parquet(layout.error_part(chunk), found.to_frame())

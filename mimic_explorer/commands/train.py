@@ -16,7 +16,14 @@ from typing import Any
 
 import torch
 
-from mimic_explorer.commands.finalize import PoolView, Stage2Options, finish_samples, format_evaluation, with_positions
+from mimic_explorer.commands.finalize import (
+    PoolView,
+    Stage2Options,
+    finish_samples,
+    format_evaluation,
+    kept_signals,
+    with_positions,
+)
 from mimic_explorer.commands.lifecycle import Log, RunContext, RunOutcome, run_lifecycle
 from mimic_explorer.commands.options import TrainOptions
 from mimic_explorer.commands.prepare import prepare_job
@@ -177,6 +184,11 @@ def _train_and_finalize(run: TrainRun) -> RunOutcome:
     return _finalize(run, mode, held, batches, trained, errors, drift, timings)
 
 
+def _without_embeddings(signals):
+    """``signals`` (positions → signal arrays) without the embeddings (``--no-embeddings``)."""
+    return lambda positions: kept_signals(signals(positions), embeddings=False)
+
+
 def _finalize(run: TrainRun, mode, held, batches, trained, errors: ErrorLog, drift, timings: dict) -> RunOutcome:
     """Rank 0: the saved model, the end-of-run signals, Stage 2 into samples.parquet, the summary,
     the held-out metric, the drift and errors — then the lifecycle marks the run complete."""
@@ -188,6 +200,8 @@ def _finalize(run: TrainRun, mode, held, batches, trained, errors: ErrorLog, dri
     errors_frame, bad = with_positions(errors.to_frame(), source.sample_ids)
     base, signals = task.train_rows(job, held, mode.signals(held, batches) if scored else None)
     binarisation = options.binarisation or task.default_binarisation()
+    if signals is not None and not options.embeddings:
+        signals = _without_embeddings(signals)
     finished = finish_samples(
         writer,
         PoolView(len(source), bad, base, signals),

@@ -243,13 +243,13 @@ class _PairMode:
         """The per-pair signals, and the reference's embeddings written batch by batch to scratch files of the run
         by held row (millions of pairs' vectors never sit in memory), read back memory-mapped."""
         layout = self.run.layout
-        writers = {
-            name: RowArrayWriter(layout.scratch(name), len(held.positions), np.float16) for name in PAIR_EMBEDDINGS
-        }
+        kept = PAIR_EMBEDDINGS if self.options.embeddings else ()  # --no-embeddings: none written, even as scratch
+        writers = {name: RowArrayWriter(layout.scratch(name), len(held.positions), np.float16) for name in kept}
 
         def keep_vectors(index: np.ndarray, found: dict[str, np.ndarray]) -> None:
             for name, values in found.items():
-                writers[name].write(index, values)
+                if name in writers:
+                    writers[name].write(index, values)
 
         try:
             found = collect_pair_signals(

@@ -296,6 +296,25 @@ def test_score_keeps_the_reference_signals_a_train_run_keeps(task):
     assert run.layout.scratch_files() == []  # the per-chunk files are gone once the run is complete
 
 
+@pytest.mark.parametrize("command", ["train", "score"])
+def test_no_embeddings_keeps_every_other_signal_and_no_vector_on_disk(task, command, tmp_path):
+    """``--no-embeddings`` (a pool whose embeddings would fill the disk): no ``embeddings/`` — not even as a
+    scratch file on the way — and the same samples, suggested labels and class probabilities."""
+    task.score  # noqa: B018 - makes the checkpoints
+    if command == "train":
+        reference = str(task.root / "reference.pt")
+        options = task.train_options(tmp_path / "run", epochs=2, reference=reference, embeddings=False)
+        run, full = open_run(run_train(options).path), task.grad_mimic
+    else:
+        run, full = open_run(run_score(task.score_options(tmp_path / "run", embeddings=False)).path), task.score
+    assert _reference_arrays(full).keys() & {"embedding_image", "embedding_text"}  # kept by default
+    assert run.layout.embedding_sources() == [] and not run.layout.embeddings_dir.exists()
+    assert run.layout.scratch_files() == []
+    pd.testing.assert_frame_equal(run.samples, full.samples)
+    assert (run.reference_probs is None) == (full.reference_probs is None)
+    assert run.meta["run_id"] != full.meta["run_id"]  # another run: the directory of one is not the other's
+
+
 class Killed(Exception):
     """Raised in place of a kill, right after a chunk part is committed."""
 
