@@ -21,6 +21,8 @@ from mimic_explorer.stage2.evaluation import detection_metrics
 Cell = tuple[np.ndarray, np.ndarray]  # (utility, keep)
 #: the default ranking with the package's split (``finalize.combined_split``: the noise-model quantile)
 NOISE_MODEL_CELL = "combined_score; noise-model split"
+#: the ranking before the model's loss joined it: (z(mean cos) + z(−log ref loss)) / 2, its GMM split
+TWO_PART_CELL = "combined_score before (mean cos, ref loss); gmm"
 
 
 def load(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -138,16 +140,23 @@ def gm_cells(
         for name, values in combos.items():
             for rule in ("gmm", "kmeans"):
                 cells[f"{name}; {rule}"] = (values, split(values, rule))
-        combined = baselines.combined_score(cos.mean(1), samples["reference_loss"].to_numpy(np.float64))
+        model_loss = samples["model_loss"].to_numpy(np.float64) if "model_loss" in samples.columns else None
+        combined = baselines.combined_score(cos.mean(1), samples["reference_loss"].to_numpy(np.float64), model_loss)
         for rule in ("gmm", "kmeans"):
             cells[f"combined_score; {rule}"] = (combined, split(combined, rule))
+        two_parts = baselines.combined_score(cos.mean(1), samples["reference_loss"].to_numpy(np.float64))
+        cells[TWO_PART_CELL] = (two_parts, split(two_parts, "gmm"))
         if probs is not None:
             from mimic_explorer.commands.finalize import combined_split
             from mimic_explorer.stage2.noise_model import fit_noise_model
 
             labels = samples["label"].to_numpy(np.int64)
             score, keep, report = combined_split(
-                samples["cos_mean"].to_numpy(np.float64), samples["reference_loss"].to_numpy(np.float64), labels, probs
+                samples["cos_mean"].to_numpy(np.float64),
+                samples["reference_loss"].to_numpy(np.float64),
+                labels,
+                probs,
+                model_loss=model_loss,
             )
             cells[NOISE_MODEL_CELL] = (score, keep)
             if reports is not None and report is not None:

@@ -191,15 +191,17 @@ class Finished:
 
 @dataclass
 class _Combined:
-    """Pass-1 state of the combined score: the moments of its two halves, and a subsample (with the given
-    labels and the reference's class probabilities, where the run has them) for its split."""
+    """Pass-1 state of the combined score: the moments of its parts (mean cos, the reference's and the model's
+    loss), and a subsample (with the given labels and the reference's class probabilities, where the run has
+    them) for its split."""
 
     total: int
     cap: int
     cos: Moments = field(default_factory=Moments)
     loss: Moments = field(default_factory=Moments)
+    model: Moments = field(default_factory=Moments)
     sample: list[tuple[np.ndarray, ...]] = field(default_factory=list)
-    scales: tuple[Standardiser, Standardiser] | None = None
+    scales: tuple[Standardiser, ...] | None = None
     split: stage2.TwoGroupSplit | None = None  # the fallback split, without class probabilities
     threshold: float | None = None  # the noise model's keep threshold on the score
     report: noise_model.SplitReport | None = None
@@ -211,38 +213,67 @@ class _Combined:
         reference_loss: np.ndarray,
         labels: np.ndarray | None = None,
         probs: np.ndarray | None = None,
+        model_loss: np.ndarray | None = None,
     ) -> None:
-        """Take one range's mean cos and reference loss into the moments, and a seeded subsample of it (with its
-        labels and class probabilities) for the split (the pool need not fit in memory)."""
+        """Take one range's mean cos, reference loss and model loss into the moments, and a seeded subsample of it
+        (with its labels and class probabilities) for the split (the pool need not fit in memory)."""
+        model_loss = np.full(len(positions), np.nan) if model_loss is None else model_loss
         self.cos.add(cos_mean, positions)
         self.loss.add(baselines.reference_utility(reference_loss), positions)
+        self.model.add(baselines.reference_utility(model_loss), positions)
         chosen = stage2.fit_sample(positions, self.total, self.cap)
         labels = np.full(len(positions), -1, dtype=np.int64) if labels is None else labels
         probs = np.full((len(positions), 0), np.nan) if probs is None else probs
-        self.sample.append((positions[chosen], cos_mean[chosen], reference_loss[chosen], labels[chosen], probs[chosen]))
+        self.sample.append(
+            (
+                positions[chosen],
+                cos_mean[chosen],
+                reference_loss[chosen],
+                model_loss[chosen],
+                labels[chosen],
+                probs[chosen],
+            )
+        )
+
+    @property
+    def _with_model(self) -> bool:
+        """Whether the model's loss is a part (every run that records one; not the in-memory callers without it)."""
+        return bool(self.model.count)
+
+    def _score(self, cos_mean: np.ndarray, reference_loss: np.ndarray, model_loss: np.ndarray | None) -> np.ndarray:
+        model = model_loss if self._with_model else None
+        return baselines.combined_score(cos_mean, reference_loss, model, scales=self.scales)
 
     def fit(self) -> bool:
         """Fit the keep threshold; False when no sample has a mean cos (nothing to combine)."""
         if not self.cos.count or not self.loss.count:
             return False
-        self.scales = (self.cos.standardiser(), self.loss.standardiser())
-        positions, cos_mean, loss, labels = (
-            np.concatenate(parts) for parts in list(zip(*self.sample, strict=True))[:4]
+        parts = (self.cos, self.loss, self.model) if self._with_model else (self.cos, self.loss)
+        self.scales = tuple(part.standardiser() for part in parts)
+        positions, cos_mean, loss, model_loss, labels = (
+            np.concatenate(parts) for parts in list(zip(*self.sample, strict=True))[:5]
         )
-        widths = {part[4].shape[1] for part in self.sample if len(part[4])}
+        widths = {part[5].shape[1] for part in self.sample if len(part[5])}
         width = next(iter(widths)) if len(widths) == 1 else None  # parts without rows may have any width
-        probs = None if width is None else np.concatenate([p[4].reshape(len(p[4]), width) for p in self.sample])
+        probs = None if width is None else np.concatenate([p[5].reshape(len(p[5]), width) for p in self.sample])
         order = np.argsort(positions, kind="stable")
-        values = baselines.combined_score(cos_mean[order], loss[order], self.scales)
+        values = self._score(cos_mean[order], loss[order], model_loss[order])
         finite = np.isfinite(values)
-        self.split = stage2.TwoGroupSplit.fit(values[finite], "gmm")
-        mixture_quality = float(self.split.upper(values[finite]).mean()) if finite.any() else float("nan")
+        # the two-group mixture (the cross-check, and the split without class probabilities) is fitted on mean cos
+        # and the reference loss only: the model loss's skewed utility bends the ranking's distribution away from
+        # two groups (the mixture's clean fraction was 0.21-0.56 against a true 0.80 with it; RESULTS.md)
+        mixed = baselines.combined_score(cos_mean[order], loss[order], scales=self.scales[:2])
+        mixed_finite = np.isfinite(mixed)
+        self.split = stage2.TwoGroupSplit.fit(mixed[mixed_finite], "gmm")
+        mixture_quality = float(self.split.upper(mixed[mixed_finite]).mean()) if mixed_finite.any() else float("nan")
         labels = labels[order]
         usable = finite & (labels >= 0)
         if probs is not None and widths != {0}:
             probs = probs[order]
             usable &= np.isfinite(probs).all(1) & (labels < probs.shape[1])
         if probs is None or widths == {0} or not usable.any():
+            if self._with_model and finite.any():  # the top (mixture's clean fraction) of the ranking
+                self.threshold = noise_model.quantile_threshold(values[finite], mixture_quality)
             self.report = noise_model.SplitReport("two-group mixture", mixture_quality, mixture_quality, float("nan"))
             self.report = replace(self.report, warnings=noise_model.split_warnings(self.report))
             return True
@@ -262,9 +293,11 @@ class _Combined:
         self.report = replace(report, warnings=noise_model.split_warnings(report, classes))
         return True
 
-    def columns(self, cos_mean: np.ndarray, reference_loss: np.ndarray) -> dict[str, np.ndarray]:
+    def columns(
+        self, cos_mean: np.ndarray, reference_loss: np.ndarray, model_loss: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """``combined_score`` and ``combined_keep`` of one range, with the scales and the split ``fit`` found."""
-        score = baselines.combined_score(cos_mean, reference_loss, self.scales)
+        score = self._score(cos_mean, reference_loss, model_loss)
         keep = self.split.upper(score) if self.threshold is None else np.isfinite(score) & (score >= self.threshold)
         return {"combined_score": score, "combined_keep": keep}
 
@@ -275,24 +308,29 @@ def combined_split(
     labels: np.ndarray | None = None,
     reference_probs: np.ndarray | None = None,
     *,
+    model_loss: np.ndarray | None = None,
     cap: int = stage2.FIT_CAP,
 ) -> tuple[np.ndarray, np.ndarray, noise_model.SplitReport | None]:
     """``combined_score``, ``combined_keep`` and the split's report of a whole pool held in memory (row i = pool
     position i), as ``finish_samples`` computes them range by range: for benchmarks and notebooks that
-    recompute the split of a finished run from its files."""
+    recompute the split of a finished run from its files (give ``model_loss`` as the run has it)."""
     combined = _Combined(len(cos_mean), cap)
     positions = np.arange(len(cos_mean))
     probs = None if reference_probs is None else np.asarray(reference_probs, dtype=np.float64)
+    cos_mean = np.asarray(cos_mean, dtype=np.float64)
+    reference_loss = np.asarray(reference_loss, dtype=np.float64)
+    model_loss = None if model_loss is None else np.asarray(model_loss, dtype=np.float64)
     combined.add(
         positions,
-        np.asarray(cos_mean, dtype=np.float64),
-        np.asarray(reference_loss, dtype=np.float64),
+        cos_mean,
+        reference_loss,
         None if labels is None else np.asarray(labels, dtype=np.int64),
         probs,
+        model_loss,
     )
     if not combined.fit():
         return np.full(len(cos_mean), np.nan), np.zeros(len(cos_mean), dtype=bool), None
-    columns = combined.columns(np.asarray(cos_mean, dtype=np.float64), np.asarray(reference_loss, dtype=np.float64))
+    columns = combined.columns(cos_mean, reference_loss, model_loss)
     return columns["combined_score"], columns["combined_keep"], combined.report
 
 
@@ -382,11 +420,23 @@ class _Finisher:
             self.pairs = True
             self.pair_combined.add(frame["position"].to_numpy(), _PairCombined.inputs(frame, rows))
         elif "reference_loss" in frame.columns:
-            cos_mean = _per_sample(rows, "cos", frame["position"].to_numpy())
+            positions = frame["position"].to_numpy()
+            cos_mean = _per_sample(rows, "cos", positions)
             labels = _labels(frame)
             self.combined.add(
-                frame["position"].to_numpy(), cos_mean, frame["reference_loss"].to_numpy(np.float64), labels, probs
+                positions,
+                cos_mean,
+                frame["reference_loss"].to_numpy(np.float64),
+                labels,
+                probs,
+                self._model_loss(frame, rows, positions),
             )
+
+    def _model_loss(self, frame: pd.DataFrame, rows: pd.DataFrame, positions: np.ndarray) -> np.ndarray | None:
+        """The model's loss of a range: its end-of-run signal, or (``score``) the mean over its score rows."""
+        if self.options.losses_from_rows:
+            return _per_sample(rows, "loss", positions)
+        return frame["model_loss"].to_numpy(np.float64) if "model_loss" in frame.columns else None
 
     def fit(self) -> None:
         """Fit Stage 2 (and the combined score, where the run has one) on what the ranges contributed."""
@@ -417,8 +467,9 @@ class _Finisher:
             for name, values in self.pair_combined.columns(out).items():
                 out[name] = values
         elif self.combine:
+            model_loss = out["model_loss"].to_numpy(np.float64) if "model_loss" in out.columns else None
             for name, values in self.combined.columns(
-                out["cos_mean"].to_numpy(), out["reference_loss"].to_numpy()
+                out["cos_mean"].to_numpy(), out["reference_loss"].to_numpy(), model_loss
             ).items():
                 out[name] = values
         return out

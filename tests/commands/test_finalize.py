@@ -54,13 +54,14 @@ def test_the_combined_score_is_written_beside_mimic_score_as_the_library_compute
     scores = _scores(real_run)
     expected_cos = scores.groupby("sample_id")["cos"].mean().reindex(samples["sample_id"]).to_numpy()
     np.testing.assert_allclose(samples["cos_mean"].to_numpy(), expected_cos, rtol=1e-12)
-    combined = baselines.combined_score(samples["cos_mean"].to_numpy(), samples["reference_loss"].to_numpy())
+    parts = [samples[c].to_numpy() for c in ("cos_mean", "reference_loss", "model_loss")]
+    combined = baselines.combined_score(*parts)  # mean cos, the reference's loss and the model's own
     assert np.array_equal(samples["combined_score"].to_numpy(), combined)
     # the split: the top q̂ of the score, q̂ the noise model's clean fraction from the reference's class
     # probabilities (the run's reference_probs.npy); recomputed from the files, it is the same
     probs = np.load(real_run / "reference_probs.npy")
     _, keep, report = combined_split(
-        samples["cos_mean"].to_numpy(), samples["reference_loss"].to_numpy(), samples["label"].to_numpy(), probs
+        parts[0], parts[1], samples["label"].to_numpy(), probs, model_loss=samples["model_loss"].to_numpy()
     )
     assert np.array_equal(samples["combined_keep"].to_numpy(), keep)
     assert report.method == "noise model"

@@ -34,6 +34,32 @@ def test_combined_score_is_the_mean_of_two_standardised_utilities():
     assert np.argmax(baselines.combined_score(cos_mean, loss)) == 0
 
 
+def test_the_model_loss_is_a_third_standardised_utility():
+    cos_mean = np.array([0.3, -0.1, 0.2, 0.0])
+    reference_loss = np.array([0.1, 2.0, 0.5, 1.0])
+    model_loss = np.array([0.2, 0.1, 3.0, 1.0])
+    expected = (
+        baselines.standardise(cos_mean)
+        + baselines.standardise(-np.log(reference_loss))
+        + baselines.standardise(-np.log(model_loss))
+    ) / 3
+    np.testing.assert_allclose(baselines.combined_score(cos_mean, reference_loss, model_loss), expected)
+    # in chunks, with the whole pool's standardisers, the same numbers
+    scales = tuple(
+        baselines.Standardiser(float(np.mean(u)), float(np.std(u)))
+        for u in (cos_mean, -np.log(reference_loss), -np.log(model_loss))
+    )
+    chunked = np.concatenate(
+        [
+            baselines.combined_score(cos_mean[a:b], reference_loss[a:b], model_loss[a:b], scales=scales)
+            for a, b in ((0, 2), (2, 4))
+        ]
+    )
+    np.testing.assert_allclose(chunked, expected)
+    with pytest.raises(ValueError, match="2 standardisers for 3 parts"):
+        baselines.combined_score(cos_mean, reference_loss, model_loss, scales=scales[:2])
+
+
 def test_combined_score_does_not_let_one_huge_loss_set_the_scale():
     cos_mean = np.array([0.3, 0.2, -0.2, -0.3])
     loss = np.array([0.05, 0.1, 3.0, 3.0])

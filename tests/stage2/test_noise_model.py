@@ -133,6 +133,25 @@ def test_without_class_probabilities_the_split_falls_back_to_the_score_mixture_a
     assert combined.report.method == "two-group mixture" and not combined.report.trusted
 
 
+def test_with_the_model_loss_the_ranking_has_three_parts_and_the_mixture_stays_on_two():
+    """The model's loss joins the ranking; the two-group mixture (cross-check and fallback split) is still fitted
+    on mean cos and the reference loss, and without class probabilities the split keeps the top (its clean
+    fraction) of the three-part ranking."""
+    probs, given, is_noisy = _pool(n=4_000)
+    cos, loss = _scores(probs, given, is_noisy)
+    model_loss = np.where(is_noisy, 2.0, 0.3) * np.random.default_rng(5).lognormal(0.0, 0.4, len(given))
+    combined = _Combined(len(given), stage2.FIT_CAP)
+    combined.add(np.arange(len(given)), cos, loss, given, None, model_loss)
+    combined.fit()
+    out = combined.columns(cos, loss, model_loss)
+    np.testing.assert_allclose(out["combined_score"], baselines.combined_score(cos, loss, model_loss))
+    mixture = stage2.split_two_groups(baselines.combined_score(cos, loss), "gmm").mean()
+    assert combined.report.estimated_quality == pytest.approx(mixture)
+    assert out["combined_keep"].mean() == pytest.approx(mixture, abs=1e-3)
+    kept_scores = out["combined_score"][out["combined_keep"]]
+    assert kept_scores.min() >= out["combined_score"][~out["combined_keep"]].max()  # the top of the ranking
+
+
 def test_quantile_threshold_keeps_the_asked_fraction():
     values = np.arange(100.0)
     assert (values >= noise_model.quantile_threshold(values, 0.3)).sum() == 30

@@ -80,6 +80,5 @@ def test_a_labelled_pool_keeps_its_own_combined_score():
     samples, rows = _pairs()
     labelled = samples.drop(columns=["caption", "clip_score_ref", "clip_score_model"])
     out = add_stage2(labelled, rows, "weight", "majority")
-    np.testing.assert_allclose(
-        out["combined_score"], baselines.combined_score(out["cos_mean"].to_numpy(), out["reference_loss"].to_numpy())
-    )
+    parts = [out[c].to_numpy() for c in ("cos_mean", "reference_loss", "model_loss")]
+    np.testing.assert_allclose(out["combined_score"], baselines.combined_score(*parts))
