@@ -566,7 +566,6 @@ def study_cell(bench: Bench, p: Path, protocol: str, rate: float, clean_mean: fl
     clip = (emb["image"] * emb["text"]).sum(1)
     null = pairs_study.mismatch_null(emb["image"], emb["text"], seed=a.seed)
     estimators = {
-        "GMM split of the default (combined_keep)": None,  # filled below
         "Storey, random-mismatch null (λ = 0.5)": pairs_study.storey_quality(clip, null),
         "mixture, random-mismatch null + Gaussian clean": pairs_study.known_null_quality(clip, null),
         "GMM split of clip_score_ref": signals["clip_score_ref"]["kept"],
@@ -576,16 +575,25 @@ def study_cell(bench: Bench, p: Path, protocol: str, rate: float, clean_mean: fl
         ),
     }
     # the app's default on this pool: this checkout's pairs combined score and its split (what ``finalize``
-    # writes as combined_score / combined_keep; recomputed here so runs cached by another checkout agree)
+    # writes as combined_score / combined_keep, with the pool run's --test-data as the held-out clean pairs;
+    # recomputed here so runs cached by another checkout agree)
+    from mimic_explorer.commands.finalize import pair_combined_split
     from mimic_explorer.stage2 import baselines
+    from mimic_explorer.stage2.evaluation import detection_metrics
+    from mimic_explorer.stage2.pair_quality import CleanPairs
 
-    score = baselines.pair_combined_score({n: samples[n].to_numpy() for n in baselines.PAIR_COMBINED_INPUTS})
+    inputs = {n: samples[n].to_numpy() for n in baselines.PAIR_COMBINED_INPUTS}
+    clean = CleanPairs(clean_mean, 0, emb["image"].sum(0), emb["text"].sum(0))
+    score, keep, report = pair_combined_split(inputs, clean)
     default = {
         "inputs": list(baselines.PAIR_COMBINED_INPUTS),
         "auroc": pairs_study.auroc(is_noisy, -score),
-        "kept": pairs_study.split_quality(score),
+        "kept": float(keep.mean()),
+        "f1": detection_metrics(is_noisy, score, keep)["f1"],
+        "split": report.as_dict(),
     }
-    estimators["GMM split of the default (combined_keep)"] = default["kept"]
+    estimators["GMM split of the default (combined_keep before)"] = pairs_study.split_quality(score)
+    estimators["the default's split now: held-out clean pairs (combined_keep)"] = default["kept"]
     filters = {
         "mimic (text)": pairs_study.and_filter(
             is_noisy, frame["clip_score_ref"].to_numpy(), frame["mimic_score"].to_numpy()
@@ -636,6 +644,8 @@ def study_tables(cells: list[dict]) -> str:
                 "kept": round(d["kept"], 3) if d else float("nan"),
                 "true quality": round(c["true_quality"], 3),
                 "kept − true": round(d["kept"] - c["true_quality"], 3) if d else float("nan"),
+                "split": (d.get("split") or {}).get("method", "two-group mixture") if d else "",
+                "F1 (bad pairs dropped)": round(d["f1"], 3) if d and "f1" in d else float("nan"),
             }
         )
     out += markdown(rows) + "\n\n"

@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mimic_explorer.stage2 import baselines, noise_model
+from mimic_explorer.stage2 import baselines, noise_model, pair_quality
 from mimic_explorer.stage2 import votes as stage2
 from mimic_explorer.stage2.baselines import MOMENT_BLOCK, Moments, Standardiser
 from mimic_explorer.stage2.evaluation import detection_metrics, threshold_at_quality
@@ -177,6 +177,7 @@ class Stage2Options:
     aggregation: str = "majority"
     scored: bool = True  # False (no reference): mimic_score NaN and every sample kept
     losses_from_rows: bool = False  # ``score``: model_loss and pred come from the score rows
+    clean_pairs: pair_quality.CleanPairs | None = None  # a pairs run's held-out clean pairs, for its quality estimate
     chunk: int = STAGE2_CHUNK
     cap: int = stage2.FIT_CAP
 
@@ -334,6 +335,28 @@ def combined_split(
     return columns["combined_score"], columns["combined_keep"], combined.report
 
 
+def pair_combined_split(
+    inputs: dict[str, np.ndarray], clean: pair_quality.CleanPairs | None = None, *, cap: int = stage2.FIT_CAP
+) -> tuple[np.ndarray, np.ndarray, noise_model.SplitReport | None]:
+    """A pairs run's ``combined_score``, ``combined_keep`` and the split's report for a whole pool held in memory
+    (``inputs``: ``baselines.PAIR_COMBINED_INPUTS`` by name, row i = pool position i; ``clean``: held-out clean
+    pairs, as ``train --test-data`` gives them), as ``finish_samples`` computes them range by range."""
+    frame = pd.DataFrame({name: np.asarray(inputs[name], dtype=np.float64) for name in baselines.PAIR_COMBINED_INPUTS})
+    combined = _PairCombined(len(frame), cap, clean=clean)
+    combined.add(np.arange(len(frame)), frame)
+    if not combined.fit():
+        return np.full(len(frame), np.nan), np.zeros(len(frame), dtype=bool), None
+    columns = combined.columns(frame)
+    return columns["combined_score"], columns["combined_keep"], combined.report
+
+
+#: why a pairs run's split without held-out clean pairs is only a rough guide (RESULTS.md, issue 25)
+PAIR_MIXTURE_WARNING = (
+    "no held-out clean pairs (train --test-data): the split is the two-group mixture on the score, which kept "
+    "0.62-0.68 of Flickr8k pools whatever their clean fraction (0.5-0.7): a rough guide, not an estimate"
+)
+
+
 @dataclass
 class _PairCombined:
     """Pass-1 state of a pairs run's combined score (``baselines.pair_combined_score``): the moments of each
@@ -347,6 +370,9 @@ class _PairCombined:
     sample: list[tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)
     scales: dict[str, Standardiser] | None = None
     split: stage2.TwoGroupSplit | None = None
+    clean: pair_quality.CleanPairs | None = None  # held-out clean pairs (``train --test-data``): the estimate
+    threshold: float | None = None  # the top q̂ of the score, q̂ from ``clean``
+    report: noise_model.SplitReport | None = None
 
     @classmethod
     def applies(cls, frame: pd.DataFrame) -> bool:
@@ -386,13 +412,45 @@ class _PairCombined:
             for name in baselines.PAIR_COMBINED_INPUTS
         }
         values = baselines.pair_combined_score(inputs, self.scales)
-        self.split = stage2.TwoGroupSplit.fit(values[np.isfinite(values)], "gmm")
+        finite = np.isfinite(values)
+        self.split = stage2.TwoGroupSplit.fit(values[finite], "gmm")
+        mixture_quality = float(self.split.upper(values[finite]).mean()) if finite.any() else float("nan")
+        self.report = self._estimate(values[finite], mixture_quality)
         return True
+
+    def _estimate(self, values: np.ndarray, mixture_quality: float) -> noise_model.SplitReport:
+        """The split's report; with held-out clean pairs, the keep threshold at their clean-fraction estimate
+        (``stage2.pair_quality``), else the two-group mixture's split, said to be a rough guide."""
+        if self.clean is None:
+            return noise_model.SplitReport(
+                "two-group mixture",
+                mixture_quality,
+                mixture_quality,
+                float("nan"),
+                warnings=(PAIR_MIXTURE_WARNING,),
+            )
+        scores = self.moments["clip_score_ref"]  # the pool's reference CLIP scores (utility = the score itself)
+        pool_mean = scores.standardiser().mean
+        mismatched = pair_quality.mismatch_mean(
+            self.clean.image_sum, self.clean.text_sum, pool_mean * scores.count, scores.count
+        )
+        raw = pair_quality.clean_fraction(pool_mean, self.clean.clean_mean, mismatched)
+        warned = pair_quality.estimate_warnings(raw, self.clean.clean_mean, mismatched)
+        if not np.isfinite(raw) or not len(values):
+            return noise_model.SplitReport(
+                "two-group mixture", mixture_quality, mixture_quality, float("nan"), warnings=warned
+            )
+        estimate = float(np.clip(raw, 0.0, 1.0))
+        self.threshold = noise_model.quantile_threshold(values, estimate)
+        # what it cannot see (docs/guide/image-text-pools.md): a bad pair the reference scores like a clean one
+        return noise_model.SplitReport("held-out clean pairs", estimate, mixture_quality, float("nan"), warnings=warned)
 
     def columns(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """``combined_score`` and ``combined_keep`` of one range's frame, with the scales and split ``fit`` found."""
         inputs = {name: frame[name].to_numpy(np.float64) for name in baselines.PAIR_COMBINED_INPUTS}
         score = baselines.pair_combined_score(inputs, self.scales)
+        if self.threshold is not None:
+            return {"combined_score": score, "combined_keep": np.isfinite(score) & (score >= self.threshold)}
         return {"combined_score": score, "combined_keep": self.split.upper(score)}
 
 
@@ -404,7 +462,8 @@ class _Finisher:
         self.options = options
         self.fitter = stage2.Stage2Fitter(options.binarisation, options.aggregation, total, options.cap)
         self.combined = _Combined(total, options.cap)
-        self.pair_combined = _PairCombined(total, options.cap)  # pairs runs: used instead of ``combined``
+        # pairs runs: used instead of ``combined``
+        self.pair_combined = _PairCombined(total, options.cap, clean=options.clean_pairs)
         self.pairs = False
         self.combine = False
         self.fit_result: stage2.Stage2Fit | None = None
@@ -647,8 +706,9 @@ def finish_samples(writer: RunWriter, pool: PoolView, options: Stage2Options) ->
         if scratch is not None:
             scratch.remove()
     finished = _evaluate_file(layout)
-    if finisher.combine and finisher.combined.report is not None:
-        finished.summary["combined_split"] = finisher.combined.report.as_dict()
+    report = (finisher.pair_combined if finisher.pairs else finisher.combined).report if finisher.combine else None
+    if report is not None:
+        finished.summary["combined_split"] = report.as_dict()
     return finished
 
 

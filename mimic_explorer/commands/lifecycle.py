@@ -24,7 +24,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import torch
 
 from mimic_explorer.commands.guard import failure_recorded
-from mimic_explorer.commands.run_identity import agree_on_reuse, make_run_id
+from mimic_explorer.commands.run_identity import agree_on_reuse, make_run_id, remove_leftover_scratch
 from mimic_explorer.commands.runlog import tee_log
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.meta import read_run_meta
@@ -228,10 +228,14 @@ def _start_writer(
 
 def _finalize(writer: RunWriter, outcome: RunOutcome) -> None:
     """Rank 0, after the work loop wrote samples and errors: the summary, the total time, no resume
-    point, and — the last write — status complete."""
+    point, and — the last write — status complete; then the finishing stage's scratch files go.
+
+    Why after: a finish killed before ``meta.json`` says complete is finished again on resume, and needs
+    what the scratch files hold (a score run's per-chunk reference signals). A kill between the two
+    leaves them in a complete run; the next command that reuses it removes them
+    (``run_identity.remove_leftover_scratch``)."""
     writer.meta.summary = outcome.summary
     writer.meta.timings["total_s"] = time.perf_counter() - writer.started
     writer.layout.state.unlink(missing_ok=True)
-    for scratch in writer.layout.scratch_files():  # what the finishing stage kept between its passes
-        scratch.unlink(missing_ok=True)
     writer.complete()
+    remove_leftover_scratch(writer.layout)

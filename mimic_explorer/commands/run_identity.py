@@ -28,6 +28,13 @@ def make_run_id(command: str, identity: dict, fingerprints: dict) -> str:
     return f"{command}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
+def remove_leftover_scratch(layout: RunLayout) -> None:
+    """Remove the finishing stage's scratch files of a complete run (a kill right after it was marked complete
+    leaves them: they are removed after, so that a finish killed before can be finished again)."""
+    for scratch in layout.scratch_files():
+        scratch.unlink(missing_ok=True)
+
+
 def _existing_state(out: Path, run_id: str) -> tuple[str, str]:
     """(state, why): 'absent' | 'complete' (same run, reusable) | 'resumable' (same run, unfinished) |
     'other' (a different run, a ``meta.json`` that cannot be read, or one of a newer format — never
@@ -52,6 +59,7 @@ def _reuse_or_refuse(out: Path, run_id: str, force: bool, log: Callable[[str], N
     state, why = _existing_state(out, run_id)
     if state == "complete" and not force:
         remove_stale_lock(RunLayout(out))
+        remove_leftover_scratch(RunLayout(out))
         log(f"cached: {out} already holds this run ({run_id}); --force recomputes")
         return state, read_run_meta(out).summary
     if state == "other" and not force:

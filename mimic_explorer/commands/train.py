@@ -198,14 +198,16 @@ def _finalize(run: TrainRun, mode, held, batches, trained, errors: ErrorLog, dri
     if options.save_model:
         task.save_model(job, options, writer.meta, held)
     errors_frame, bad = with_positions(errors.to_frame(), source.sample_ids)
-    base, signals = task.train_rows(job, held, mode.signals(held, batches) if scored else None)
+    found = mode.signals(held, batches) if scored else None
+    base, signals = task.train_rows(job, held, found)
+    clean = task.clean_pairs(job, options, found, run.device) if scored else None
     binarisation = options.binarisation or task.default_binarisation()
     if signals is not None and not options.embeddings:
         signals = _without_embeddings(signals)
     finished = finish_samples(
         writer,
         PoolView(len(source), bad, base, signals),
-        Stage2Options(binarisation, options.aggregation, scored=scored),
+        Stage2Options(binarisation, options.aggregation, scored=scored, clean_pairs=clean),
     )
     summary: dict = {
         "samples": finished.summary["samples"],

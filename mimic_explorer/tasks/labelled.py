@@ -450,6 +450,10 @@ class LabelledTask:
         """``test_accuracy`` of the trained model on ``--test-data``."""
         return {"test_accuracy": test_accuracy(options, job.models, trained, device)}
 
+    def clean_pairs(self, job: Job, options: Any, found: Any, device: str) -> None:
+        """None: a labelled run's quality estimate comes from the reference's class probabilities (the noise model)."""
+        return None
+
     def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log) -> dict:
         """Nothing: a labelled run's summary is the commands' own."""
         return {}

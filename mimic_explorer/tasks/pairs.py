@@ -50,6 +50,7 @@ from mimic_explorer.models.dual_registry import is_open_clip
 from mimic_explorer.scoring.context import preserved_modes
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score, retrieval_recall
 from mimic_explorer.scoring.prepared import BatchScores, PreparedScorer
+from mimic_explorer.stage2.pair_quality import CleanPairs
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.run_arrays import RowArrayWriter, read_row_array
 from mimic_explorer.store.score_rows import ScoreRows
@@ -168,6 +169,9 @@ class PairSignals:
     frame: pd.DataFrame
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     rows: np.ndarray | None = None
+    #: the sums of every pair's unit embeddings, by name (kept with --no-embeddings too): the quality estimate's
+    #: mean over wrong pairings (``stage2.pair_quality``)
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _PairMode:
@@ -246,8 +250,12 @@ class _PairMode:
         kept = PAIR_EMBEDDINGS if self.options.embeddings else ()  # --no-embeddings: none written, even as scratch
         writers = {name: RowArrayWriter(layout.scratch(name), len(held.positions), np.float16) for name in kept}
 
+        sums: dict[str, np.ndarray] = {}
+
         def keep_vectors(index: np.ndarray, found: dict[str, np.ndarray]) -> None:
             for name, values in found.items():
+                total = np.asarray(values, dtype=np.float64).sum(axis=0)
+                sums[name] = total if name not in sums else sums[name] + total
                 if name in writers:
                     writers[name].write(index, values)
 
@@ -270,7 +278,7 @@ class _PairMode:
         order = np.argsort(found["index"], kind="stable")
         frame = pd.DataFrame(found).rename(columns={"batch": "score_batch"}).set_index("index").iloc[order]
         vectors = {name: read_row_array(path) for name, path in paths.items() if path is not None}
-        return PairSignals(frame, vectors, held_rows[order])
+        return PairSignals(frame, vectors, held_rows[order], sums)
 
 
 class FrozenTowersMode(_PairMode):
@@ -766,6 +774,17 @@ class PairsTask:
         recall, ranked = held_out_recall(options.test_data, job.models, device, options.workers)
         return {"test_recall": recall, "test_recall_ranked": ranked}
 
+    def clean_pairs(self, job: Job, options: Any, found: PairSignals | None, device: str) -> CleanPairs | None:
+        """With ``--test-data`` (held-out pairs known to be clean) and a reference: the reference's mean CLIP score
+        over them, and the sums of the pool's embeddings — what the split's clean-fraction estimate needs
+        (``stage2.pair_quality``). None otherwise."""
+        if not options.test_data or found is None or set(found.sums) != set(PAIR_EMBEDDINGS):
+            return None
+        scores = held_out_clip_scores(options.test_data, job.models, device, options.workers)
+        return CleanPairs(
+            float(scores.mean()), len(scores), found.sums["embedding_image"], found.sums["embedding_text"]
+        )
+
     def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log) -> dict:
         """The pairs' part of the summary: the loss, batch size, mimic layer, what trained and how many captions were
         cut (said to ``log`` too)."""
@@ -835,6 +854,23 @@ def _trained_part(options: Any) -> str:
         if options.frozen_image_tower
         else "both towers and projections"
     ) + drawn
+
+
+def held_out_clip_scores(spec: str, models, device: str, workers: int = 0) -> np.ndarray:
+    """The reference's CLIP score of each held-out pair ``spec`` (its caption #0, as the pool's): the clean pairs'
+    side of a pairs run's quality estimate."""
+    test = open_source(spec)
+    if test.pool_kind != PAIRS:
+        raise ValueError(f"--test-data {spec} is a labelled pool; recall needs image-text pairs")
+    reference = models.reference
+
+    def encode(images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        outputs = reference(images.to(device), ids.to(device))
+        return clip_score(outputs.image, outputs.text).double().cpu()
+
+    with torch.no_grad(), preserved_modes(reference):
+        scores, _, _ = _pair_rows_pass(models, test, test.labels, test.captions, workers, None, None, encode)
+    return scores.numpy()
 
 
 def held_out_recall(spec: str, models, device: str, workers: int = 0) -> tuple[dict[str, float], dict[str, int]]:

@@ -173,3 +173,39 @@ def test_init_takes_a_dual_checkpoint_whole_or_an_image_classifier_for_the_image
     tower = {k.removeprefix("image_tower."): v for k, v in trained.state_dict().items() if k.startswith("image_tower.")}
     shared = [k for k in tower if k in ours and ours[k].shape == tower[k].shape]
     assert shared and all(torch.equal(tower[k], ours[k]) for k in shared)  # the image tower is the classifier's
+
+
+@pytest.mark.slow
+def test_held_out_clean_pairs_set_the_split_at_their_clean_fraction_estimate(pools, reference, tmp_path):
+    """With --test-data (pairs known to be clean), the split keeps the top q̂ of combined_score, q̂ placing the pool's
+    mean reference CLIP score between the held-out pairs' mean and the mean over the pool's wrong pairings."""
+    _, clean, pool = pools
+    ref_path, _ = reference
+    kw = dict(reference=str(ref_path), caption_noise=0.5, mimic_layer="text")
+    run = open_run(run_train(options(pool, tmp_path / "held", test_data=clean, **kw)).path)
+    split = run.meta["summary"]["combined_split"]
+    assert split["method"] == "held-out clean pairs"
+    samples = run.samples
+    # the estimate, recomputed from the run's own files and the reference's CLIP scores of the held-out pairs
+    image, text = (np.asarray(run.embedding(s), dtype=np.float64) for s in ("image", "text"))
+    model, config = load_pair_model(str(ref_path), "small_dual", "--reference")
+    source = open_source(clean)
+    transform = dual_transform(model, config)
+    with torch.no_grad():
+        out = model.eval()(
+            torch.stack([transform(source.load(i)) for i in range(len(source))]),
+            model.tokenizer.encode([str(c) for c in source.captions]).ids,
+        )
+    clean_mean = clip_score(out.image, out.text).double().mean().item()
+    pool_scores = samples["clip_score_ref"].to_numpy()
+    n = len(pool_scores)
+    mismatched = (image.sum(0) @ text.sum(0) - pool_scores.sum()) / (n * (n - 1))
+    expected = np.clip((pool_scores.mean() - mismatched) / (clean_mean - mismatched), 0, 1)
+    assert split["estimated_quality"] == pytest.approx(expected, abs=2e-3)
+    assert samples["combined_keep"].mean() == pytest.approx(expected, abs=1 / n + 1e-9)
+    kept = samples["combined_score"][samples["combined_keep"]]
+    assert kept.min() >= samples["combined_score"][~samples["combined_keep"]].max()
+    # without held-out pairs: the mixture, said to be a rough guide
+    plain = open_run(run_train(options(pool, tmp_path / "plain", **kw)).path)
+    assert plain.meta["summary"]["combined_split"]["method"] == "two-group mixture"
+    assert "rough guide" in plain.meta["summary"]["combined_split"]["warnings"][0]
