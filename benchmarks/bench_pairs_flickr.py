@@ -590,6 +590,9 @@ def study_cell(bench: Bench, p: Path, protocol: str, rate: float, clean_mean: fl
         "auroc": pairs_study.auroc(is_noisy, -score),
         "kept": float(keep.mean()),
         "f1": detection_metrics(is_noisy, score, keep)["f1"],
+        "mimic_keep_f1": detection_metrics(
+            is_noisy, samples["mimic_score"].to_numpy(), samples["keep"].to_numpy(dtype=bool)
+        )["f1"],
         "split": report.as_dict(),
     }
     estimators["GMM split of the default (combined_keep before)"] = pairs_study.split_quality(score)
@@ -646,6 +649,7 @@ def study_tables(cells: list[dict]) -> str:
                 "kept − true": round(d["kept"] - c["true_quality"], 3) if d else float("nan"),
                 "split": (d.get("split") or {}).get("method", "two-group mixture") if d else "",
                 "F1 (bad pairs dropped)": round(d["f1"], 3) if d and "f1" in d else float("nan"),
+                "F1 of the mimic keep": round(d["mimic_keep_f1"], 3) if d and "mimic_keep_f1" in d else float("nan"),
             }
         )
     out += markdown(rows) + "\n\n"
