@@ -466,6 +466,9 @@ class _Finisher:
         self.pair_combined = _PairCombined(total, options.cap, clean=options.clean_pairs)
         self.pairs = False
         self.combine = False
+        #: the combined score's mimic part: each sample's mean cos, or its mean proj where the run recorded no cos
+        #: (``score --method proj``, the default of a fixed checkpoint)
+        self.mimic_signal: str | None = None
         self.fit_result: stage2.Stage2Fit | None = None
 
     def observe(self, frame: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray | None = None) -> None:
@@ -480,7 +483,10 @@ class _Finisher:
             self.pair_combined.add(frame["position"].to_numpy(), _PairCombined.inputs(frame, rows))
         elif "reference_loss" in frame.columns:
             positions = frame["position"].to_numpy()
-            cos_mean = _per_sample(rows, "cos", positions)
+            if self.mimic_signal is None and len(rows):
+                recorded = "cos" in rows.columns and np.isfinite(pd.to_numeric(rows["cos"], errors="coerce")).any()
+                self.mimic_signal = "cos" if recorded else "proj"
+            cos_mean = _per_sample(rows, self.mimic_signal or "cos", positions)
             labels = _labels(frame)
             self.combined.add(
                 positions,
@@ -527,9 +533,8 @@ class _Finisher:
                 out[name] = values
         elif self.combine:
             model_loss = out["model_loss"].to_numpy(np.float64) if "model_loss" in out.columns else None
-            for name, values in self.combined.columns(
-                out["cos_mean"].to_numpy(), out["reference_loss"].to_numpy(), model_loss
-            ).items():
+            mimic = out["proj_mean" if self.mimic_signal == "proj" else "cos_mean"].to_numpy()
+            for name, values in self.combined.columns(mimic, out["reference_loss"].to_numpy(), model_loss).items():
                 out[name] = values
         return out
 

@@ -140,19 +140,20 @@ def combined_score(
     scales: tuple[Standardiser, ...] | None = None,
 ) -> np.ndarray:
     """Utility (higher = keep) joining the mimic score, the loss under the reference and the model's own loss:
-    ``(z(cos_mean) + z(−log reference_loss) + z(−log model_loss)) / 3`` with z the standardisation over the pool
-    (without ``model_loss``, the mean of the first two).
+        ``(z(cos_mean) + z(−log reference_loss) + z(−log model_loss)) / 3`` with z the standardisation over the pool
+        (without ``model_loss``, the mean of the first two).
 
-    Why three witnesses: the mimic score says where the sample's gradient points, the reference how well a
-    better model fits its label, the model how well the run itself does — the same three kinds of signal a
-    pairs run's combined score averages (``PAIR_COMBINED_INPUTS``). Where one is weak the others carry the
-    ranking: over the 20 disjoint-reference settings of benchmarks/RESULTS.md ("A split that estimates
-    quality"), the three together are within 0.005 AUROC of the best single signal in all 20, the first two
-    in 16. ``cos_mean`` is the sample's mean cos over the recorded epochs; the log tames a loss's heavy tail so
-    one badly fit sample does not set the scale (losses are clipped at 1e-6 first). Its keep threshold:
-    ``finalize.combined_split`` (the noise-model quantile; without class probabilities the 2-component GMM
-    split, ``stage2.split_two_groups(score, "gmm")``). ``scales``: the standardisers of the whole pool, one per
-    part, when the values given are one chunk of it (``Moments``); else computed from the values.
+        Why three witnesses: the mimic score says where the sample's gradient points, the reference how well a
+        better model fits its label, the model how well the run itself does — the same three kinds of signal a
+        pairs run's combined score averages (``PAIR_COMBINED_INPUTS``). Where one is weak the others carry the
+        ranking: over the 20 disjoint-reference settings of benchmarks/RESULTS.md ("A split that estimates
+        quality"), the three together are within 0.005 AUROC of the best single signal in all 20, the first two
+        in 16. ``cos_mean`` is the sample's mean cos over the recorded epochs (a run that recorded no cos passes its
+    mean proj); the log tames a loss's heavy tail so
+        one badly fit sample does not set the scale (losses are clipped at 1e-6 first). Its keep threshold:
+        ``finalize.combined_split`` (the noise-model quantile; without class probabilities the 2-component GMM
+        split, ``stage2.split_two_groups(score, "gmm")``). ``scales``: the standardisers of the whole pool, one per
+        part, when the values given are one chunk of it (``Moments``); else computed from the values.
     """
     parts = [np.asarray(cos_mean, dtype=np.float64), reference_utility(reference_loss)]
     if model_loss is not None:

@@ -42,6 +42,7 @@ from mimic_explorer.commands.options import ScoreOptions, TrainOptions
 from mimic_explorer.commands.score import run_score
 from mimic_explorer.commands.train import run_train
 from mimic_explorer.data.specs import open_source
+from mimic_explorer.stage2 import baselines
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.reader import Run
 from tests.subset_helpers import write_ids
@@ -289,6 +290,9 @@ def test_score_keeps_the_reference_signals_a_train_run_keeps(task):
         for column in ("ref_prob", "reference_loss"):
             np.testing.assert_allclose(samples[column], wanted[column], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(samples["reducible_loss"], samples["model_loss"] - samples["reference_loss"])
+        # the default ranking: --method proj records no cos, so each sample's mean proj is its mimic part
+        parts = [samples[c].to_numpy() for c in ("proj_mean", "reference_loss", "model_loss")]
+        np.testing.assert_allclose(samples["combined_score"], baselines.combined_score(*parts))
     else:  # pairs: the reference's unit-length embeddings of each photo and caption, as a frozen-towers run keeps
         for name in expected:
             np.testing.assert_allclose(arrays[name], _reference_arrays(trained)[name], atol=2e-3)
