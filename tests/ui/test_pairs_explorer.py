@@ -181,7 +181,7 @@ def test_a_run_with_a_combined_score_opens_on_it_and_says_why(tmp_path):
     assert (
         note.visible
         and "beat mimic_score alone" in note[0].object
-        and "0.004 AUROC" in note[0].object
+        and "within 0.005 AUROC of the best single signal" in note[0].object
         and note[0].visible
     )
     cut = samples.loc[samples["combined_keep"], "combined_score"].min()  # starts at the combined filter's own cut
@@ -220,6 +220,6 @@ def test_a_pairs_run_opens_on_its_combined_score_with_the_pairs_note(tmp_path):
     note = explorer.filter_controls.score_note
     assert note.visible and note[0].visible
     assert "CLIP score" in note[0].object and "hard" in note[0].object  # the pairs note, not the labelled one
-    assert "0.004 AUROC" not in note[0].object
+    assert "all 20 settings measured" not in note[0].object  # the labelled note's claim
     note[1].clicks += 1  # mimic_score one click away, as on labelled runs
     assert explorer.column == "mimic_score" and not note[0].visible
