@@ -464,6 +464,12 @@ def _add_pair_score_options(p) -> None:
         "the mimic layers)",
     )
     _add_caption_noise(pairs)
+    pairs.add_argument(
+        "--test-data",
+        metavar="SPEC",
+        help="held-out pairs known to be clean, drawn like the pool: the split of combined_score then keeps the "
+        "pool's estimated clean fraction (blind to bad pairs the reference scores like clean ones)",
+    )
 
 
 RULE_HELP = """\

@@ -340,7 +340,7 @@ def pair_combined_split(
 ) -> tuple[np.ndarray, np.ndarray, noise_model.SplitReport | None]:
     """A pairs run's ``combined_score``, ``combined_keep`` and the split's report for a whole pool held in memory
     (``inputs``: ``baselines.PAIR_COMBINED_INPUTS`` by name, row i = pool position i; ``clean``: held-out clean
-    pairs, as ``train --test-data`` gives them), as ``finish_samples`` computes them range by range."""
+    pairs, as ``--test-data`` gives them), as ``finish_samples`` computes them range by range."""
     frame = pd.DataFrame({name: np.asarray(inputs[name], dtype=np.float64) for name in baselines.PAIR_COMBINED_INPUTS})
     combined = _PairCombined(len(frame), cap, clean=clean)
     combined.add(np.arange(len(frame)), frame)
@@ -352,7 +352,7 @@ def pair_combined_split(
 
 #: why a pairs run's split without held-out clean pairs is only a rough guide (RESULTS.md, issue 25)
 PAIR_MIXTURE_WARNING = (
-    "no held-out clean pairs (train --test-data): the split is the two-group mixture on the score, which kept "
+    "no held-out clean pairs (--test-data): the split is the two-group mixture on the score, which kept "
     "0.62-0.68 of Flickr8k pools whatever their clean fraction (0.5-0.7): a rough guide, not an estimate"
 )
 
@@ -370,7 +370,7 @@ class _PairCombined:
     sample: list[tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)
     scales: dict[str, Standardiser] | None = None
     split: stage2.TwoGroupSplit | None = None
-    clean: pair_quality.CleanPairs | None = None  # held-out clean pairs (``train --test-data``): the estimate
+    clean: pair_quality.CleanPairs | None = None  # held-out clean pairs (``--test-data``): the estimate
     threshold: float | None = None  # the top q̂ of the score, q̂ from ``clean``
     report: noise_model.SplitReport | None = None
 

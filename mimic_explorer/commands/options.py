@@ -51,6 +51,8 @@ NON_IDENTITY = (
 
 #: fields added after runs were made, and their defaults: in a run's identity only when set otherwise
 LATER_DEFAULTS = {"embeddings": True}
+#: ``score``'s own (``train`` has had ``test_data`` from the start)
+LATER_SCORE_DEFAULTS = {**LATER_DEFAULTS, "test_data": None}
 
 
 def _require(ok: bool, message: str) -> None:
@@ -147,6 +149,8 @@ class CommonOptions:
     """
 
     command: ClassVar[str] = ""
+    #: fields added after runs of this command were made: left out of the identity at these values
+    later_defaults: ClassVar[dict[str, Any]] = LATER_DEFAULTS
     data: str
     arch: str
     out: str
@@ -238,13 +242,13 @@ class CommonOptions:
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the run's results, and the command (a field added after runs were made is left
-        out at its default, ``LATER_DEFAULTS``, so those runs keep their ids)."""
+        out at its default, ``later_defaults``, so those runs keep their ids)."""
         return {
             "command": self.command,
             **{
                 k: v
                 for k, v in asdict(self).items()
-                if k not in NON_IDENTITY and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
+                if k not in NON_IDENTITY and not (k in self.later_defaults and v == self.later_defaults[k])
             },
         }
 
@@ -354,6 +358,9 @@ class ScoreOptions(CommonOptions):
         Samples per part file: the unit a killed run resumes from.
     mimic_layer, caption_noise
         Image-text pools only: the tower whose last projection is scored, and swapped captions.
+    test_data
+        Image-text pools only: held-out pairs known to be clean, drawn like the pool; the split of
+        ``combined_score`` then keeps the pool's estimated clean fraction (``stage2.pair_quality``).
 
     Raises
     ------
@@ -363,6 +370,7 @@ class ScoreOptions(CommonOptions):
     """
 
     command: ClassVar[str] = "score"
+    later_defaults: ClassVar[dict[str, Any]] = LATER_SCORE_DEFAULTS
     #: chunks and batches follow the pool's order alone: a run resumes on any number of processes
     resumes_on_any_process_count: ClassVar[bool] = True
     model: str | None = None
@@ -372,6 +380,7 @@ class ScoreOptions(CommonOptions):
     chunk_size: int = 8192  # samples per part file (the unit of resuming)
     mimic_layer: str | None = None  # image-text pools: image | text (the tower whose projection is the mimic layer)
     caption_noise: float = 0.0  # image-text pools: fraction of pairs whose captions are swapped
+    test_data: str | None = None  # image-text pools: held-out clean pairs, for the split's quality estimate
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option (as the command line spells it): ``score`` needs ``--model``

@@ -127,7 +127,7 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
         if layout.chunk_part_of(chunk) is None:  # else finished before an interruption
             start, stop = chunks[chunk]
             found = ErrorLog()
-            rows, signals = [], []
+            rows, signals, totals = [], [], {}
             for step, batch in enumerate(mode.batches(start, stop, Passes(thumbs, found, {}, run.progress))):
                 scores = scorer(batch.inputs, batch.targets)
                 signal = scores.proj if options.score_method == "proj" else scores.cos
@@ -135,8 +135,9 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
                 seen = mode.reference_pass(batch)
                 rows.append(task.score_rows(job, batch, scores, weights, score_step(chunk, step), seen))
                 signals.append({POSITIONS: batch.positions, **kept_signals(seen.signals, options.embeddings)})
+                add_totals(totals, seen.signals)
             # both before the part, which says the chunk is done: a kill between loses nothing
-            write_chunk_signals(chunk_signals_path(layout, chunk), *_split_positions(gather_signals(signals)))
+            write_chunk_signals(chunk_signals_path(layout, chunk), *_split_positions(gather_signals(signals)), totals)
             write_parquet(layout.error_part(chunk), found.to_frame())
             write_score_part(layout.chunk_part(chunk, ctx.rank if ctx.active else None), _concat(rows))
             if thumbs is not None and mode.decodes():
@@ -149,6 +150,15 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
     if not ctx.is_main:
         return run.outcome({})
     return _finalize(run, errors, started)
+
+
+def add_totals(totals: dict[str, np.ndarray], signals: dict[str, np.ndarray]) -> None:
+    """Add one batch's embedding sums to its chunk's ``totals`` (a pairs run's quality estimate needs them, kept
+    also with ``--no-embeddings``)."""
+    for name, values in signals.items():
+        if name.startswith("embedding_"):
+            total = np.asarray(values, dtype=np.float64).sum(axis=0)
+            totals[name] = total if name not in totals else totals[name] + total
 
 
 def _split_positions(signals: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -189,10 +199,13 @@ def _finalize(run: ScoreRun, errors: ErrorLog, started: float) -> RunOutcome:
     merged = pd.concat([errors.to_frame(), read_error_parts(layout)], ignore_index=True).drop_duplicates("sample_id")
     all_errors, bad = with_positions(merged, job.sample_ids)
     chunks = ChunkSignals(layout, chunk_bounds(len(job.pool.source), options.chunk_size, task.min_batch))
+    clean = task.clean_pairs(job, options, chunks.totals(), run.device)
     finished = finish_samples(
         writer,
         PoolView(len(job.pool.source), bad, task.score_base_rows(job, layout), chunks if chunks.available() else None),
-        Stage2Options(options.binarisation, options.aggregation, losses_from_rows=task.losses_from_rows()),
+        Stage2Options(
+            options.binarisation, options.aggregation, losses_from_rows=task.losses_from_rows(), clean_pairs=clean
+        ),
     )
     summary = {**finished.summary, "skipped": len(all_errors), **task.score_summary(job, options, layout, run.log)}
     summary.pop("true_quality", None)

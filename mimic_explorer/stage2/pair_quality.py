@@ -8,7 +8,7 @@ the pool's mean is a mix of the clean pairs' mean and the mismatched pairs' mean
 
     mean(pool) = q · mean(clean) + (1 − q) · mean(mismatched),
 
-where mean(clean) comes from held-out pairs known to be clean (``train --test-data``), and
+where mean(clean) comes from held-out pairs known to be clean (``--test-data``), and
 mean(mismatched) — the mean over every *wrong* pairing of the pool's own photos and captions — is exact
 from the sums of the pool's unit embeddings: Σ_{i≠j} u_i·t_j = (Σu)·(Σt) − Σ u_i·t_i. It measured 0.697
 and 0.503 against true 0.700 and 0.500. What it assumes, and so when not to trust it: that the

@@ -24,6 +24,8 @@ from mimic_explorer.store.layout import RunLayout
 
 #: the key holding each row's pool position
 POSITIONS = "index"
+#: the prefix of a chunk-level total (not a row per position): ``total:NAME`` (``ChunkSignals.totals``)
+TOTAL = "total:"
 
 
 def chunk_signals_path(layout: RunLayout, chunk: int) -> Path:
@@ -31,10 +33,19 @@ def chunk_signals_path(layout: RunLayout, chunk: int) -> Path:
     return layout.scratch(f"signals-chunk-{chunk:06d}")
 
 
-def write_chunk_signals(path: str | os.PathLike, positions: np.ndarray, signals: dict[str, np.ndarray]) -> Path:
-    """Write one chunk's signals (row i: pool position ``positions[i]``) atomically."""
+def write_chunk_signals(
+    path: str | os.PathLike,
+    positions: np.ndarray,
+    signals: dict[str, np.ndarray],
+    totals: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write one chunk's signals (row i: pool position ``positions[i]``) atomically, with chunk-level ``totals``
+    (sums over the chunk's rows kept even where the rows are not: a pairs run's embedding sums)."""
     arrays = {POSITIONS: np.asarray(positions, dtype=np.int64)}
+    arrays.update({TOTAL + name: np.asarray(values) for name, values in (totals or {}).items()})
     for name, values in signals.items():
+        if name.startswith(TOTAL):
+            raise ValueError(f"signal {name!r}: the prefix {TOTAL!r} names chunk totals")
         values = np.asarray(values)
         if len(values) != len(arrays[POSITIONS]):
             raise ValueError(f"signal {name!r} has {len(values)} rows for {len(arrays[POSITIONS])} positions")
@@ -67,6 +78,23 @@ class ChunkSignals:
         self.starts = np.asarray([start for start, _ in bounds], dtype=np.int64)
         self._cached: tuple[int, dict[str, np.ndarray] | None] | None = None
 
+    def totals(self) -> dict[str, np.ndarray]:
+        """The chunk-level totals summed over every chunk (a name only when every chunk with a file has it)."""
+        found: dict[str, np.ndarray] = {}
+        seen: list[set[str]] = []
+        for chunk in range(len(self.starts)):
+            path = chunk_signals_path(self.layout, chunk)
+            if not path.exists():
+                continue
+            with np.load(path) as stored:
+                names = {n.removeprefix(TOTAL) for n in stored.files if n.startswith(TOTAL)}
+                seen.append(names)
+                for name in names:
+                    value = stored[TOTAL + name].astype(np.float64)
+                    found[name] = value if name not in found else found[name] + value
+        common = set.intersection(*seen) if seen else set()
+        return {name: values for name, values in found.items() if name in common}
+
     def available(self) -> bool:
         """Whether any chunk has a signals file (runs scored before they were kept have none)."""
         return any(chunk_signals_path(self.layout, c).exists() for c in range(len(self.starts)))
@@ -95,5 +123,5 @@ class ChunkSignals:
             if found is None:
                 continue
             wanted = np.isin(found[POSITIONS], positions, assume_unique=True)
-            parts.append({name: values[wanted] for name, values in found.items()})
+            parts.append({name: values[wanted] for name, values in found.items() if not name.startswith(TOTAL)})
         return gather_signals(parts)

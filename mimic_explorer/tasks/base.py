@@ -268,9 +268,10 @@ class Task(Protocol):
     def held_out(self, job: Job, options: Any, trained: nn.Module, device: str) -> dict:
         """``--test-data``: the held-out metric of the trained model (accuracy; recall@k)."""
 
-    def clean_pairs(self, job: Job, options: Any, found: Any, device: str) -> Any:
-        """What a ``train`` run's split may know of the pool's clean fraction beyond its scores — an image-text
-        pool's held-out clean pairs (``--test-data``, ``stage2.pair_quality.CleanPairs``) — or None."""
+    def clean_pairs(self, job: Job, options: Any, sums: dict[str, np.ndarray] | None, device: str) -> Any:
+        """What a run's split may know of the pool's clean fraction beyond its scores — an image-text pool's
+        held-out clean pairs (``--test-data``, ``stage2.pair_quality.CleanPairs``, with ``sums``: the pool's
+        embedding sums by name) — or None."""
 
     def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log: Callable[[str], None]) -> dict:
         """The task's part of a ``train`` run's summary (said to ``log`` where a person should know)."""

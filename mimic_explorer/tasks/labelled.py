@@ -340,8 +340,12 @@ class LabelledTask:
     def check_options(self, options: Any) -> None:
         """Refuse, before anything is written, an option only an image-text pool can use."""
         named = [flag for flag, (field, _) in IMAGE_TEXT_ONLY.items() if getattr(options, field, None)]
+        if options.command == "score" and getattr(options, "test_data", None):
+            named.append("--test-data")  # score's held-out clean pairs; train's --test-data is a test accuracy
         if named:
-            hint = ", ".join(f"{IMAGE_TEXT_ONLY[n][1]} instead of {n}" for n in named if IMAGE_TEXT_ONLY[n][1])
+            hint = ", ".join(
+                f"{IMAGE_TEXT_ONLY[n][1]} instead of {n}" for n in named if IMAGE_TEXT_ONLY.get(n, (None, None))[1]
+            )
             raise ValueError(
                 f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
                 f"and {options.data} is a labelled pool" + (f"; on a labelled pool use {hint}" if hint else "")
@@ -450,7 +454,7 @@ class LabelledTask:
         """``test_accuracy`` of the trained model on ``--test-data``."""
         return {"test_accuracy": test_accuracy(options, job.models, trained, device)}
 
-    def clean_pairs(self, job: Job, options: Any, found: Any, device: str) -> None:
+    def clean_pairs(self, job: Job, options: Any, sums: Any, device: str) -> None:
         """None: a labelled run's quality estimate comes from the reference's class probabilities (the noise model)."""
         return None
 

@@ -774,16 +774,14 @@ class PairsTask:
         recall, ranked = held_out_recall(options.test_data, job.models, device, options.workers)
         return {"test_recall": recall, "test_recall_ranked": ranked}
 
-    def clean_pairs(self, job: Job, options: Any, found: PairSignals | None, device: str) -> CleanPairs | None:
+    def clean_pairs(self, job: Job, options: Any, sums: dict[str, np.ndarray] | None, device: str) -> CleanPairs | None:
         """With ``--test-data`` (held-out pairs known to be clean) and a reference: the reference's mean CLIP score
-        over them, and the sums of the pool's embeddings — what the split's clean-fraction estimate needs
-        (``stage2.pair_quality``). None otherwise."""
-        if not options.test_data or found is None or set(found.sums) != set(PAIR_EMBEDDINGS):
+        over them, with ``sums`` (the sums of the pool's embeddings, by name) — what the split's clean-fraction
+        estimate needs (``stage2.pair_quality``). None otherwise."""
+        if not getattr(options, "test_data", None) or not sums or set(sums) != set(PAIR_EMBEDDINGS):
             return None
         scores = held_out_clip_scores(options.test_data, job.models, device, options.workers)
-        return CleanPairs(
-            float(scores.mean()), len(scores), found.sums["embedding_image"], found.sums["embedding_text"]
-        )
+        return CleanPairs(float(scores.mean()), len(scores), sums["embedding_image"], sums["embedding_text"])
 
     def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log) -> dict:
         """The pairs' part of the summary: the loss, batch size, mimic layer, what trained and how many captions were

@@ -131,6 +131,7 @@ CASES = [
             "score": [
                 ({"caption_noise": 0.3}, f"--caption-noise: {IMAGE_TEXT_ONLY}"),
                 ({"mimic_layer": "image"}, f"--mimic-layer: {IMAGE_TEXT_ONLY}"),
+                ({"test_data": "held-out"}, f"--test-data: {IMAGE_TEXT_ONLY}"),
             ],
         },
     ),

@@ -84,6 +84,37 @@ def test_pairs_run_writes_uids_captions_and_every_per_pair_column(pool, tmp_path
     assert all(run.thumbnails.get(s)[8:12] == b"WEBP" for s in samples["sample_id"])  # the photos, for the app
 
 
+def test_held_out_clean_pairs_set_the_score_runs_split(pool, tmp_path):
+    """score --test-data: as a train run's, the split keeps the top q̂, q̂ from the held-out pairs and the pool's
+    embedding sums (kept per chunk, so also with --no-embeddings and whichever rank scored a chunk)."""
+    spec = pool[0]
+    run = open_run(run_score(options(pool, tmp_path / "run", caption_noise=0.3, test_data=spec)).path)
+    bare = open_run(
+        run_score(options(pool, tmp_path / "bare", caption_noise=0.3, test_data=spec, embeddings=False)).path
+    )
+    split = run.meta["summary"]["combined_split"]
+    assert split["method"] == "held-out clean pairs"
+    assert bare.meta["summary"]["combined_split"] == split and bare.layout.embedding_sources() == []
+    samples = run.samples
+    assert samples["combined_keep"].mean() == pytest.approx(split["estimated_quality"], abs=1 / len(samples) + 1e-9)
+    # the estimate from the run's own files: the held-out pairs here are the pool's own photos with their own
+    # captions (all clean), so q̂ places the noisy pool between them and its wrong pairings
+    image, text = (np.asarray(run.embedding(s), dtype=np.float64) for s in ("image", "text"))
+    reference, config = load_pair_model(pool[2], "small_dual", "--reference")
+    source = open_source(spec)
+    transform = dual_transform(reference, config)
+    with torch.no_grad():
+        out = reference.eval()(
+            torch.stack([transform(source.load(i)) for i in range(len(source))]),
+            reference.tokenizer.encode([str(c) for c in source.captions]).ids,
+        )
+    clean_mean = clip_score(out.image, out.text).double().mean().item()
+    scores, n = samples["clip_score_ref"].to_numpy(), len(samples)
+    mismatched = (image.sum(0) @ text.sum(0) - scores.sum()) / (n * (n - 1))
+    expected = np.clip((scores.mean() - mismatched) / (clean_mean - mismatched), 0, 1)
+    assert split["estimated_quality"] == pytest.approx(expected, abs=2e-3)
+
+
 @pytest.mark.parametrize(
     "layers",
     [dict(mimic_layer="text"), dict(params="text_tower.mlp.2.weight,text_projection.weight")],
