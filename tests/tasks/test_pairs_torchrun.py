@@ -77,7 +77,7 @@ def _same_samples(a: pd.DataFrame, b: pd.DataFrame) -> None:
 def test_torchrun_pairs_score_equals_one_process(pool, tmp_path):
     """Chunks of contiguous positions go to the ranks in turn and are cut into batches by the pool's
     order alone, so two processes score every pair with the batch-mates one process gives it."""
-    args = _score_args(pool, 7)
+    args = [*_score_args(pool, 7), "--test-data", pool[0]]  # held-out clean pairs: the pool's own photos
     single = run_cli(*args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     multi = run_torchrun(*args, "--out", str(tmp_path / "two"), timeout=300)
@@ -87,6 +87,13 @@ def test_torchrun_pairs_score_equals_one_process(pool, tmp_path):
     parts = sorted(p.name for p in (tmp_path / "two" / "scores").glob("chunk-*-rank*.parquet"))
     assert {name.split("-rank")[1] for name in parts} == {"000.parquet", "001.parquet"}
     _same_samples(one.samples, two.samples)
+    # the split's estimate from every rank's chunk totals (embedding sums), and the embeddings by samples row
+    split_one, split_two = (r.meta["summary"]["combined_split"] for r in (one, two))
+    assert split_one["method"] == split_two["method"] == "held-out clean pairs"
+    assert split_two["estimated_quality"] == pytest.approx(split_one["estimated_quality"], abs=1e-6)
+    assert (one.samples["combined_keep"] == two.samples["combined_keep"]).all()
+    for side in ("image", "text"):
+        np.testing.assert_allclose(np.asarray(two.embedding(side)), np.asarray(one.embedding(side)), atol=1e-3)
     assert all(two.thumbnails.get(s) is not None for s in two.samples["sample_id"])  # every rank's pairs, for the app
     # every pair in exactly one batch of consecutive pool positions; the batch-relative columns are the
     # scorer's on the batch each pair was scored in
