@@ -15,7 +15,10 @@ the run was started under torchrun and finished in one process or not. A part is
 rank wrote it (``RunLayout.chunk_part_of``).
 
 Within a batch the Stage-1 weight is ``softmax(proj)`` so the same Stage-2 rules apply; the default
-Stage-2 vote for a single checkpoint is ``proj ≥ 0``. The task supplies the batches, the rows and
+Stage-2 vote for a single checkpoint is ``proj ≥ 0``. Beside the scores, the mode's reference pass gives
+each batch what a train run's end-of-run pass gives (the suggested label, class probabilities, the map's
+embeddings): kept per chunk (``store.chunk_signals``) before the chunk's part, so they too survive a kill
+and come from whichever rank scored the chunk. The task supplies the batches, the rows and
 the samples' columns (``tasks``); nothing here asks which modality it runs.
 """
 
