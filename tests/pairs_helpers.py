@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -108,3 +109,26 @@ def batch_of(samples: pd.DataFrame, number: int, source, model, transform):
     positions = [source.index_of(s) for s in rows["sample_id"]]
     images = torch.stack([transform(source.load(p)) for p in positions])
     return rows, (images, model.tokenizer.encode([source.captions[p] for p in positions]).ids)
+
+
+def expected_clean_fraction(run, reference_path, held_out_spec: str) -> float:
+    """A pairs run's clean-fraction estimate recomputed from its own files: the reference's mean CLIP score over
+    the held-out pairs (caption #0 each), placed against the pool's mean and the exact mean over its wrong
+    pairings (from the stored unit embeddings), clipped to [0, 1] — what ``stage2.pair_quality`` should give."""
+    from mimic_explorer.scoring.contrastive import clip_score
+    from mimic_explorer.tasks.dual_models import load_pair_model
+
+    image, text = (np.asarray(run.embedding(s), dtype=np.float64) for s in ("image", "text"))
+    reference, config = load_pair_model(str(reference_path), "small_dual", "--reference")
+    source = open_source(held_out_spec)
+    transform = dual_transform(reference, config)
+    with torch.no_grad():
+        out = reference.eval()(
+            torch.stack([transform(source.load(i)) for i in range(len(source))]),
+            reference.tokenizer.encode([str(c) for c in source.captions]).ids,
+        )
+    clean_mean = clip_score(out.image, out.text).double().mean().item()
+    scores = run.samples["clip_score_ref"].to_numpy()
+    n = len(scores)
+    mismatched = (image.sum(0) @ text.sum(0) - scores.sum()) / (n * (n - 1))
+    return float(np.clip((scores.mean() - mismatched) / (clean_mean - mismatched), 0, 1))

@@ -42,6 +42,7 @@ from mimic_explorer.commands.options import ScoreOptions
 from mimic_explorer.commands.prepare import prepare_job
 from mimic_explorer.data.errors import ErrorLog
 from mimic_explorer.scoring.stage1 import stage1_weights
+from mimic_explorer.stage2.pair_quality import add_embedding_sums
 from mimic_explorer.store.atomic import write_parquet
 from mimic_explorer.store.chunk_signals import (
     POSITIONS,
@@ -138,7 +139,7 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
                 seen = mode.reference_pass(batch)
                 rows.append(task.score_rows(job, batch, scores, weights, score_step(chunk, step), seen))
                 signals.append({POSITIONS: batch.positions, **kept_signals(seen.signals, options.embeddings)})
-                add_totals(totals, seen.signals)
+                add_embedding_sums(totals, seen.signals)  # also with --no-embeddings: the pairs' quality estimate
             # both before the part, which says the chunk is done: a kill between loses nothing
             write_chunk_signals(chunk_signals_path(layout, chunk), *_split_positions(gather_signals(signals)), totals)
             write_parquet(layout.error_part(chunk), found.to_frame())
@@ -153,15 +154,6 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
     if not ctx.is_main:
         return run.outcome({})
     return _finalize(run, errors, started)
-
-
-def add_totals(totals: dict[str, np.ndarray], signals: dict[str, np.ndarray]) -> None:
-    """Add one batch's embedding sums to its chunk's ``totals`` (a pairs run's quality estimate needs them, kept
-    also with ``--no-embeddings``)."""
-    for name, values in signals.items():
-        if name.startswith("embedding_"):
-            total = np.asarray(values, dtype=np.float64).sum(axis=0)
-            totals[name] = total if name not in totals else totals[name] + total
 
 
 def _split_positions(signals: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -202,7 +194,7 @@ def _finalize(run: ScoreRun, errors: ErrorLog, started: float) -> RunOutcome:
     merged = pd.concat([errors.to_frame(), read_error_parts(layout)], ignore_index=True).drop_duplicates("sample_id")
     all_errors, bad = with_positions(merged, job.sample_ids)
     chunks = ChunkSignals(layout, chunk_bounds(len(job.pool.source), options.chunk_size, task.min_batch))
-    clean = task.clean_pairs(job, options, chunks.totals(), run.device)
+    clean = task.clean_pairs(job, options, chunks.totals, run.device)
     finished = finish_samples(
         writer,
         PoolView(len(job.pool.source), bad, task.score_base_rows(job, layout), chunks if chunks.available() else None),

@@ -200,7 +200,7 @@ def _finalize(run: TrainRun, mode, held, batches, trained, errors: ErrorLog, dri
     errors_frame, bad = with_positions(errors.to_frame(), source.sample_ids)
     found = mode.signals(held, batches) if scored else None
     base, signals = task.train_rows(job, held, found)
-    clean = task.clean_pairs(job, options, getattr(found, "sums", None), run.device) if scored else None
+    clean = task.clean_pairs(job, options, lambda: getattr(found, "sums", None), run.device) if scored else None
     binarisation = options.binarisation or task.default_binarisation()
     if signals is not None and not options.embeddings:
         signals = _without_embeddings(signals)

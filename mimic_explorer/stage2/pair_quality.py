@@ -41,6 +41,15 @@ class CleanPairs:
     text_sum: np.ndarray
 
 
+def add_embedding_sums(sums: dict[str, np.ndarray], signals: dict[str, np.ndarray]) -> None:
+    """Add one batch's embeddings (``embedding_*`` arrays of ``signals``, a row per pair) to ``sums``, by name, in
+    float64: what ``mismatch_mean`` needs of a pool, gathered batch by batch."""
+    for name, values in signals.items():
+        if name.startswith("embedding_"):
+            total = np.asarray(values, dtype=np.float64).sum(axis=0)
+            sums[name] = total if name not in sums else sums[name] + total
+
+
 def mismatch_mean(image_sum: np.ndarray, text_sum: np.ndarray, matched_sum: float, count: int) -> float:
     """The mean CLIP score over every wrong pairing (i ≠ j) of ``count`` pairs with unit embeddings summing to
     ``image_sum`` and ``text_sum``, whose own pairings' scores sum to ``matched_sum``."""

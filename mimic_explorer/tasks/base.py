@@ -38,6 +38,8 @@ Inputs = TypeVar("Inputs")
 #: what a finished run's samples need per range of pool positions (``commands.finalize.PoolView``)
 BaseRows = Callable[[np.ndarray], pd.DataFrame]
 Signals = Callable[[np.ndarray], dict[str, np.ndarray]]
+#: the sums of a pool's embeddings by name, or None: a call, since a score run reads them from every chunk file
+EmbeddingSums = Callable[[], dict[str, np.ndarray] | None]
 
 
 @dataclass
@@ -268,10 +270,10 @@ class Task(Protocol):
     def held_out(self, job: Job, options: Any, trained: nn.Module, device: str) -> dict:
         """``--test-data``: the held-out metric of the trained model (accuracy; recall@k)."""
 
-    def clean_pairs(self, job: Job, options: Any, sums: dict[str, np.ndarray] | None, device: str) -> Any:
+    def clean_pairs(self, job: Job, options: Any, sums: EmbeddingSums, device: str) -> Any:
         """What a run's split may know of the pool's clean fraction beyond its scores — an image-text pool's
-        held-out clean pairs (``--test-data``, ``stage2.pair_quality.CleanPairs``, with ``sums``: the pool's
-        embedding sums by name) — or None."""
+        held-out clean pairs (``--test-data``, ``stage2.pair_quality.CleanPairs``, with ``sums()``: the pool's
+        embedding sums by name, asked for only then) — or None."""
 
     def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log: Callable[[str], None]) -> dict:
         """The task's part of a ``train`` run's summary (said to ``log`` where a person should know)."""

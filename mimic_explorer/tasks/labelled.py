@@ -37,7 +37,17 @@ from mimic_explorer.models.probe import LinearProbe
 from mimic_explorer.scoring.prepared import BatchScores, PreparedScorer
 from mimic_explorer.store.meta import write_checkpoint_sidecar
 from mimic_explorer.store.sample_rows import samples_table
-from mimic_explorer.tasks.base import Given, Held, Job, Models, Passes, Prepared, ReferencePass, ScoreBatch
+from mimic_explorer.tasks.base import (
+    EmbeddingSums,
+    Given,
+    Held,
+    Job,
+    Models,
+    Passes,
+    Prepared,
+    ReferencePass,
+    ScoreBatch,
+)
 from mimic_explorer.tasks.classifier_models import build_models, model_facts
 from mimic_explorer.training.batches import TensorBatches
 from mimic_explorer.training.drift import DriftMeter
@@ -57,6 +67,8 @@ IMAGE_TEXT_ONLY = {
     "--all-captions": ("all_captions", None),
     "--fresh-projections": ("fresh_projections", None),
 }
+#: ``score``'s own: held-out clean pairs (``train --test-data`` on a labelled pool is its test accuracy)
+SCORE_IMAGE_TEXT_ONLY = {**IMAGE_TEXT_ONLY, "--test-data": ("test_data", None)}
 #: the backbone's drift warning ends with this advice
 FINE_TUNE_ADVICE = "head-layer mimic scores may be no better than chance (use a linear probe or less drift)"
 
@@ -339,13 +351,10 @@ class LabelledTask:
 
     def check_options(self, options: Any) -> None:
         """Refuse, before anything is written, an option only an image-text pool can use."""
-        named = [flag for flag, (field, _) in IMAGE_TEXT_ONLY.items() if getattr(options, field, None)]
-        if options.command == "score" and getattr(options, "test_data", None):
-            named.append("--test-data")  # score's held-out clean pairs; train's --test-data is a test accuracy
+        only = SCORE_IMAGE_TEXT_ONLY if options.command == "score" else IMAGE_TEXT_ONLY
+        named = [flag for flag, (field, _) in only.items() if getattr(options, field, None)]
         if named:
-            hint = ", ".join(
-                f"{IMAGE_TEXT_ONLY[n][1]} instead of {n}" for n in named if IMAGE_TEXT_ONLY.get(n, (None, None))[1]
-            )
+            hint = ", ".join(f"{only[n][1]} instead of {n}" for n in named if only[n][1])
             raise ValueError(
                 f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
                 f"and {options.data} is a labelled pool" + (f"; on a labelled pool use {hint}" if hint else "")
@@ -454,7 +463,7 @@ class LabelledTask:
         """``test_accuracy`` of the trained model on ``--test-data``."""
         return {"test_accuracy": test_accuracy(options, job.models, trained, device)}
 
-    def clean_pairs(self, job: Job, options: Any, sums: Any, device: str) -> None:
+    def clean_pairs(self, job: Job, options: Any, sums: EmbeddingSums, device: str) -> None:
         """None: a labelled run's quality estimate comes from the reference's class probabilities (the noise model)."""
         return None
 

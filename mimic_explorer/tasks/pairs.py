@@ -34,7 +34,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mimic_explorer.data.captions import PAIRS
@@ -50,12 +49,12 @@ from mimic_explorer.models.dual_registry import is_open_clip
 from mimic_explorer.scoring.context import preserved_modes
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score, retrieval_recall
 from mimic_explorer.scoring.prepared import BatchScores, PreparedScorer
-from mimic_explorer.stage2.pair_quality import CleanPairs
+from mimic_explorer.stage2.pair_quality import CleanPairs, add_embedding_sums
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.run_arrays import RowArrayWriter, read_row_array
 from mimic_explorer.store.score_rows import ScoreRows
 from mimic_explorer.store.thumbs import ThumbnailWriter
-from mimic_explorer.tasks.base import Given, Held, Job, Passes, Prepared, ReferencePass, ScoreBatch
+from mimic_explorer.tasks.base import EmbeddingSums, Given, Held, Job, Passes, Prepared, ReferencePass, ScoreBatch
 from mimic_explorer.tasks.dual_models import DEFAULT_MIMIC_LAYER, build_pair_models, build_train_pair_models
 from mimic_explorer.tasks.labelled import pool_rows
 from mimic_explorer.training.batches import MIN_PAIR_BATCH, CaptionDraws, pair_batches
@@ -63,7 +62,7 @@ from mimic_explorer.training.drift import DriftMeter
 from mimic_explorer.training.pool_batches import StreamedPairs, whole_batches
 from mimic_explorer.training.pool_pass import no_input, pool_pass
 from mimic_explorer.training.recording import scored_batch_rows
-from mimic_explorer.training.signals import PAIR_EMBEDDINGS, collect_pair_signals
+from mimic_explorer.training.signals import PAIR_EMBEDDINGS, collect_pair_signals, unit_embeddings
 from mimic_explorer.training.towers import (
     caption_sets,
     draw_counts,
@@ -253,9 +252,8 @@ class _PairMode:
         sums: dict[str, np.ndarray] = {}
 
         def keep_vectors(index: np.ndarray, found: dict[str, np.ndarray]) -> None:
+            add_embedding_sums(sums, found)
             for name, values in found.items():
-                total = np.asarray(values, dtype=np.float64).sum(axis=0)
-                sums[name] = total if name not in sums else sums[name] + total
                 if name in writers:
                     writers[name].write(index, values)
 
@@ -478,10 +476,7 @@ class PairScoring:
             outputs = reference(*batch.inputs)
             loss = InfoNCELoss()(outputs, None)
         rows = {"clip_score_ref": _numpy(clip_score(outputs.image, outputs.text)), "reference_loss": _numpy(loss)}
-        signals = {
-            "embedding_image": F.normalize(outputs.image.float(), dim=-1).to(torch.float16).cpu().numpy(),
-            "embedding_text": F.normalize(outputs.text.float(), dim=-1).to(torch.float16).cpu().numpy(),
-        }
+        signals = {name: values.cpu().numpy() for name, values in unit_embeddings(outputs.image, outputs.text).items()}
         return ReferencePass(rows, signals)
 
 
@@ -774,14 +769,17 @@ class PairsTask:
         recall, ranked = held_out_recall(options.test_data, job.models, device, options.workers)
         return {"test_recall": recall, "test_recall_ranked": ranked}
 
-    def clean_pairs(self, job: Job, options: Any, sums: dict[str, np.ndarray] | None, device: str) -> CleanPairs | None:
+    def clean_pairs(self, job: Job, options: Any, sums: EmbeddingSums, device: str) -> CleanPairs | None:
         """With ``--test-data`` (held-out pairs known to be clean) and a reference: the reference's mean CLIP score
-        over them, with ``sums`` (the sums of the pool's embeddings, by name) — what the split's clean-fraction
+        over them, with ``sums()`` (the sums of the pool's embeddings, by name) — what the split's clean-fraction
         estimate needs (``stage2.pair_quality``). None otherwise."""
-        if not getattr(options, "test_data", None) or not sums or set(sums) != set(PAIR_EMBEDDINGS):
+        if not getattr(options, "test_data", None):
+            return None
+        pool = sums()
+        if not pool or set(pool) != set(PAIR_EMBEDDINGS):
             return None
         scores = held_out_clip_scores(options.test_data, job.models, device, options.workers)
-        return CleanPairs(float(scores.mean()), len(scores), sums["embedding_image"], sums["embedding_text"])
+        return CleanPairs(float(scores.mean()), len(scores), pool["embedding_image"], pool["embedding_text"])
 
     def train_summary(self, job: Job, options: Any, held: Held, scored: bool, log) -> dict:
         """The pairs' part of the summary: the loss, batch size, mimic layer, what trained and how many captions were
@@ -854,12 +852,18 @@ def _trained_part(options: Any) -> str:
     ) + drawn
 
 
-def held_out_clip_scores(spec: str, models, device: str, workers: int = 0) -> np.ndarray:
-    """The reference's CLIP score of each held-out pair ``spec`` (its caption #0, as the pool's): the clean pairs'
-    side of a pairs run's quality estimate."""
+def _held_out_pairs(spec: str):
+    """The ``--test-data`` source, refused in one line when it is a labelled pool."""
     test = open_source(spec)
     if test.pool_kind != PAIRS:
         raise ValueError(f"--test-data {spec} is a labelled pool; recall needs image-text pairs")
+    return test
+
+
+def held_out_clip_scores(spec: str, models, device: str, workers: int = 0) -> np.ndarray:
+    """The reference's CLIP score of each held-out pair ``spec`` (its caption #0, as the pool's): the clean pairs'
+    side of a pairs run's quality estimate."""
+    test = _held_out_pairs(spec)
     reference = models.reference
 
     def encode(images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -876,9 +880,7 @@ def held_out_recall(spec: str, models, device: str, workers: int = 0) -> tuple[d
     with every caption each photo has (Flickr8k's and COCO's five; the standard protocol: a photo
     retrieves any of its captions, each caption retrieves its photo) — one caption where the
     shards list no others. Returns (recall, what was ranked: {"photos", "captions"})."""
-    test = open_source(spec)
-    if test.pool_kind != PAIRS:
-        raise ValueError(f"--test-data {spec} is a labelled pool; recall needs image-text pairs")
+    test = _held_out_pairs(spec)
     model = models.model
     with torch.no_grad(), preserved_modes(model):
         model.eval()

@@ -52,6 +52,36 @@ def _pooled(inputs: Tensor) -> Tensor:
     return inputs.reshape(inputs.shape[0], -1, inputs.shape[-1]).mean(dim=1)
 
 
+def _head_input_recorder(head: nn.Module) -> tuple[list[Tensor], Any]:
+    """Record the input of each call of ``head``, one vector per sample (``_pooled``): the map's vector. Returns
+    the list it fills and the hook's handle (remove it when done)."""
+    captured: list[Tensor] = []
+    handle = head.register_forward_hook(lambda module, args, output: captured.append(_pooled(args[0].detach())))
+    return captured, handle
+
+
+def _reference_class_outputs(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """A classifier reference's per-sample loss (on ``logits`` as given), suggested label and its probability,
+    and class probabilities (computed in float32)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    best = probs.max(dim=-1)
+    return {
+        "reference_loss": F.cross_entropy(logits, targets, reduction="none"),
+        "ref_pred": best.indices,
+        "ref_prob": best.values,
+        "reference_probs": probs,
+    }
+
+
+def unit_embeddings(image: Tensor, text: Tensor) -> dict[str, Tensor]:
+    """A dual encoder's image and caption embeddings at unit length, float16 (``PAIR_EMBEDDINGS``: the map's
+    vectors)."""
+    return {
+        "embedding_image": F.normalize(image.float(), dim=-1).to(torch.float16),
+        "embedding_text": F.normalize(text.float(), dim=-1).to(torch.float16),
+    }
+
+
 @torch.no_grad()
 def collect_signals(
     model: nn.Module,
@@ -76,7 +106,6 @@ def collect_signals(
     reference.eval()
     keys = ("index", "model_loss", "reference_loss", "grand", "final_proj", "model_pred", "ref_pred", "ref_prob")
     out: dict[str, list] = {k: [] for k in (*keys, "reference_probs", "embedding_image")}
-    captured: list[Tensor] = []
     hook = None
     try:
         for index, x, y in batches:
@@ -84,23 +113,16 @@ def collect_signals(
             if scorer is None:
                 name = head_of(model, head_name, x)
                 scorer = PreparedScorer(model, reference, params="head", method="cos", head_name=name)
-                hook = model.get_submodule(name).register_forward_hook(
-                    lambda module, args, output: captured.append(_pooled(args[0].detach()))
-                )
+                captured, hook = _head_input_recorder(model.get_submodule(name))
             captured.clear()
             scores = scorer(x, y)
-            logits = reference(x)
-            probs = torch.softmax(logits.float(), dim=-1)
             out["index"].append(torch.as_tensor(index))
             out["model_loss"].append(scores.loss)
-            out["reference_loss"].append(F.cross_entropy(logits, y, reduction="none"))
             out["grand"].append(scores.grad_norm)
             out["final_proj"].append(scores.proj)
             out["model_pred"].append(scores.outputs.argmax(-1))
-            best = probs.max(dim=-1)
-            out["ref_pred"].append(best.indices)
-            out["ref_prob"].append(best.values)
-            out["reference_probs"].append(probs)
+            for key, values in _reference_class_outputs(reference(x), y).items():
+                out[key].append(values)
             if captured:
                 out["embedding_image"].append(captured[-1].reshape(len(y), -1).to(torch.float16))
     finally:
@@ -126,24 +148,13 @@ def reference_class_signals(
     reference's pass over each scoring batch gives these. The vector is the *reference's* head input —
     for a linear probe, the shared backbone's features (as a train run's); for a whole network, the
     reference's penultimate features, as a pairs run maps the reference's embeddings."""
-    name = head_of(reference, head_name, inputs)
-    captured: list[Tensor] = []
-    hook = reference.get_submodule(name).register_forward_hook(
-        lambda module, args, output: captured.append(_pooled(args[0].detach()))
-    )
+    captured, hook = _head_input_recorder(reference.get_submodule(head_of(reference, head_name, inputs)))
     try:
         with preserved_modes(reference):
             logits = reference(inputs).float()
     finally:
         hook.remove()
-    probs = torch.softmax(logits, dim=-1)
-    best = probs.max(dim=-1)
-    found = {
-        "reference_loss": F.cross_entropy(logits, targets.long(), reduction="none").double(),
-        "ref_pred": best.indices,
-        "ref_prob": best.values.double(),
-        "reference_probs": probs,
-    }
+    found = _reference_class_outputs(logits, targets.long())
     if captured and captured[-1].shape[0] == len(targets):
         found["embedding_image"] = captured[-1].reshape(len(targets), -1).to(torch.float16)
     return {key: value.cpu().numpy() for key, value in found.items()}
@@ -213,10 +224,7 @@ def collect_pair_signals(
             )
             out["clip_score_model"].append(clip_score(scores.outputs[0], scores.outputs[1]))
             out["clip_score_ref"].append(clip_score(ref_out[0], ref_out[1]))
-            embedded = {
-                "embedding_image": F.normalize(ref_out[0].float(), dim=-1).to(torch.float16),
-                "embedding_text": F.normalize(ref_out[1].float(), dim=-1).to(torch.float16),
-            }
+            embedded = unit_embeddings(ref_out[0], ref_out[1])
             if vectors is None:
                 for name, values in embedded.items():
                     out[name].append(values)

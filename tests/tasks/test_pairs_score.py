@@ -20,7 +20,7 @@ from mimic_explorer.data.specs import open_source
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
 from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
-from tests.pairs_helpers import batch_of, needs_flickr, scored_pool
+from tests.pairs_helpers import batch_of, expected_clean_fraction, needs_flickr, scored_pool
 
 pytestmark = [needs_flickr, pytest.mark.slow]  # real runs: a few seconds each
 
@@ -99,20 +99,7 @@ def test_held_out_clean_pairs_set_the_score_runs_split(pool, tmp_path):
     assert samples["combined_keep"].mean() == pytest.approx(split["estimated_quality"], abs=1 / len(samples) + 1e-9)
     # the estimate from the run's own files: the held-out pairs here are the pool's own photos with their own
     # captions (all clean), so q̂ places the noisy pool between them and its wrong pairings
-    image, text = (np.asarray(run.embedding(s), dtype=np.float64) for s in ("image", "text"))
-    reference, config = load_pair_model(pool[2], "small_dual", "--reference")
-    source = open_source(spec)
-    transform = dual_transform(reference, config)
-    with torch.no_grad():
-        out = reference.eval()(
-            torch.stack([transform(source.load(i)) for i in range(len(source))]),
-            reference.tokenizer.encode([str(c) for c in source.captions]).ids,
-        )
-    clean_mean = clip_score(out.image, out.text).double().mean().item()
-    scores, n = samples["clip_score_ref"].to_numpy(), len(samples)
-    mismatched = (image.sum(0) @ text.sum(0) - scores.sum()) / (n * (n - 1))
-    expected = np.clip((scores.mean() - mismatched) / (clean_mean - mismatched), 0, 1)
-    assert split["estimated_quality"] == pytest.approx(expected, abs=2e-3)
+    assert split["estimated_quality"] == pytest.approx(expected_clean_fraction(run, pool[2], spec), abs=2e-3)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from mimic_explorer.data.specs import open_source
 from mimic_explorer.models.dual import tower_differences
 from mimic_explorer.scoring.contrastive import clip_score, retrieval_recall
 from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
-from tests.pairs_helpers import dies_once_in_epoch, flickr_pool, needs_flickr
+from tests.pairs_helpers import dies_once_in_epoch, expected_clean_fraction, flickr_pool, needs_flickr
 
 pytestmark = [needs_flickr]
 PAIRS = 24
@@ -187,22 +187,9 @@ def test_held_out_clean_pairs_set_the_split_at_their_clean_fraction_estimate(poo
     assert split["method"] == "held-out clean pairs"
     samples = run.samples
     # the estimate, recomputed from the run's own files and the reference's CLIP scores of the held-out pairs
-    image, text = (np.asarray(run.embedding(s), dtype=np.float64) for s in ("image", "text"))
-    model, config = load_pair_model(str(ref_path), "small_dual", "--reference")
-    source = open_source(clean)
-    transform = dual_transform(model, config)
-    with torch.no_grad():
-        out = model.eval()(
-            torch.stack([transform(source.load(i)) for i in range(len(source))]),
-            model.tokenizer.encode([str(c) for c in source.captions]).ids,
-        )
-    clean_mean = clip_score(out.image, out.text).double().mean().item()
-    pool_scores = samples["clip_score_ref"].to_numpy()
-    n = len(pool_scores)
-    mismatched = (image.sum(0) @ text.sum(0) - pool_scores.sum()) / (n * (n - 1))
-    expected = np.clip((pool_scores.mean() - mismatched) / (clean_mean - mismatched), 0, 1)
+    expected = expected_clean_fraction(run, ref_path, clean)
     assert split["estimated_quality"] == pytest.approx(expected, abs=2e-3)
-    assert samples["combined_keep"].mean() == pytest.approx(expected, abs=1 / n + 1e-9)
+    assert samples["combined_keep"].mean() == pytest.approx(expected, abs=1 / len(samples) + 1e-9)
     kept = samples["combined_score"][samples["combined_keep"]]
     assert kept.min() >= samples["combined_score"][~samples["combined_keep"]].max()
     # without held-out pairs: the mixture, said to be a rough guide
