@@ -470,6 +470,15 @@ def _add_pair_score_options(p) -> None:
         help="held-out pairs known to be clean, drawn like the pool: the split of combined_score then keeps the "
         "pool's estimated clean fraction (blind to bad pairs the reference scores like clean ones)",
     )
+    pairs.add_argument(
+        "--redraws",
+        type=int,
+        default=1,
+        metavar="K",
+        help="score each pair in K batchings (the pool's order and K-1 shuffles of its chunk, seeded by --seed) "
+        "and record the means of proj, cos and loss: a pair's score then depends less on its batch-mates; "
+        "costs K scoring passes, decoding included. The summary's batch_noise says how much batching mattered",
+    )
 
 
 RULE_HELP = """\

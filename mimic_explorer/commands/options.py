@@ -52,7 +52,7 @@ NON_IDENTITY = (
 #: fields added after runs were made, and their defaults: in a run's identity only when set otherwise
 LATER_DEFAULTS = {"embeddings": True}
 #: ``score``'s own (``train`` has had ``test_data`` from the start)
-LATER_SCORE_DEFAULTS = {**LATER_DEFAULTS, "test_data": None}
+LATER_SCORE_DEFAULTS = {**LATER_DEFAULTS, "test_data": None, "redraws": 1}
 
 
 def _require(ok: bool, message: str) -> None:
@@ -361,6 +361,9 @@ class ScoreOptions(CommonOptions):
     test_data
         Image-text pools only: held-out pairs known to be clean, drawn like the pool; the split of
         ``combined_score`` then keeps the pool's estimated clean fraction (``stage2.pair_quality``).
+    redraws
+        Image-text pools only: batchings each pair is scored in (the pool's order and ``redraws`` − 1
+        seeded shuffles of its chunk); its proj, cos and loss are the means (``scoring.redraws``).
 
     Raises
     ------
@@ -381,6 +384,7 @@ class ScoreOptions(CommonOptions):
     mimic_layer: str | None = None  # image-text pools: image | text (the tower whose projection is the mimic layer)
     caption_noise: float = 0.0  # image-text pools: fraction of pairs whose captions are swapped
     test_data: str | None = None  # image-text pools: held-out clean pairs, for the split's quality estimate
+    redraws: int = 1  # image-text pools: batchings each pair is scored in, averaged
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option (as the command line spells it): ``score`` needs ``--model``
@@ -391,6 +395,9 @@ class ScoreOptions(CommonOptions):
         _require(bool(self.reference), "score needs --reference CKPT (the better model)")
         _require(self.score_method in SCORE_METHODS, f"unknown --method {self.score_method!r}; choose proj or cos")
         _require(self.chunk_size >= 1, f"--chunk-size must be >= 1, got {self.chunk_size}")
+        _require(
+            self.redraws >= 1, f"--redraws must be >= 1 (the batchings each pair is scored in), got {self.redraws}"
+        )
         _require(bool(self.mimic_params()), "--params names no parameter; use head, all or comma-separated names")
         _require(
             not self.linear_probe or self.mimic_params() == "head",

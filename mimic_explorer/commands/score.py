@@ -20,6 +20,10 @@ each batch what a train run's end-of-run pass gives (the suggested label, class 
 embeddings): kept per chunk (``store.chunk_signals``) before the chunk's part, so they too survive a kill
 and come from whichever rank scored the chunk. The task supplies the batches, the rows and
 the samples' columns (``tasks``); nothing here asks which modality it runs.
+
+``--redraws K`` (tasks whose loss couples the batch): each chunk is also scored in K − 1 seeded
+shuffles before its pool-order pass, and the rows carry each pair's means over the K batchings
+(``scoring.redraws``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from mimic_explorer.commands.lifecycle import Log, RunContext, RunOutcome, run_l
 from mimic_explorer.commands.options import ScoreOptions
 from mimic_explorer.commands.prepare import prepare_job
 from mimic_explorer.data.errors import ErrorLog
+from mimic_explorer.scoring.redraws import RedrawSums
 from mimic_explorer.scoring.stage1 import stage1_weights
 from mimic_explorer.stage2.pair_quality import add_embedding_sums
 from mimic_explorer.store.atomic import write_parquet
@@ -132,14 +137,19 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
             start, stop = chunks[chunk]
             found = ErrorLog()
             rows, signals, totals = [], [], {}
+            redrawn = _redrawn_scores(mode, scorer, start, stop, options.redraws)
             for step, batch in enumerate(mode.batches(start, stop, Passes(thumbs, found, {}, run.progress))):
                 scores = scorer(batch.inputs, batch.targets)
+                if redrawn is not None:  # the means over every batching of the chunk
+                    scores = redrawn.averaged(batch.positions, scores)
                 signal = scores.proj if options.score_method == "proj" else scores.cos
                 weights = stage1_weights(signal, "normed_" + options.score_method, options.temperature)
                 seen = mode.reference_pass(batch)
                 rows.append(task.score_rows(job, batch, scores, weights, score_step(chunk, step), seen))
                 signals.append({POSITIONS: batch.positions, **kept_signals(seen.signals, options.embeddings)})
                 add_embedding_sums(totals, seen.signals)  # also with --no-embeddings: the pairs' quality estimate
+            if redrawn is not None:
+                totals.update(redrawn.totals())
             # both before the part, which says the chunk is done: a kill between loses nothing
             write_chunk_signals(chunk_signals_path(layout, chunk), *_split_positions(gather_signals(signals)), totals)
             write_parquet(layout.error_part(chunk), found.to_frame())
@@ -154,6 +164,17 @@ def _score_and_finalize(run: ScoreRun) -> RunOutcome:
     if not ctx.is_main:
         return run.outcome({})
     return _finalize(run, errors, started)
+
+
+def _redrawn_scores(mode, scorer, start: int, stop: int, draws: int) -> RedrawSums | None:
+    """``--redraws K``: the scores of the chunk's K − 1 re-drawn batchings, summed per pair (None for one)."""
+    if draws <= 1:
+        return None
+    sums = RedrawSums(start, stop)
+    for draw in range(1, draws):
+        for batch in mode.redrawn_batches(start, stop, draw):
+            sums.add(batch.positions, scorer(batch.inputs, batch.targets))
+    return sums
 
 
 def _split_positions(signals: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

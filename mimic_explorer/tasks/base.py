@@ -209,6 +209,11 @@ class ScoreMode(Protocol):
         """Batches of the pool positions ``start … stop − 1`` (thumbnails recorded when ``passes.thumbs``)."""
         ...
 
+    def redrawn_batches(self, start: int, stop: int, draw: int) -> Iterator[ScoreBatch]:
+        """``--redraws``: the same positions cut into batches after shuffle ``draw`` (scores alone). Only a task
+        whose loss couples the batch has it; the others refuse ``--redraws`` in ``Task.check_options``."""
+        ...
+
     def decodes(self) -> bool:
         """Whether ``batches`` decodes images (so thumbnails come with it)."""
         ...

@@ -353,8 +353,10 @@ class LabelledTask:
         """Refuse, before anything is written, an option only an image-text pool can use."""
         only = SCORE_IMAGE_TEXT_ONLY if options.command == "score" else IMAGE_TEXT_ONLY
         named = [flag for flag, (field, _) in only.items() if getattr(options, field, None)]
+        if getattr(options, "redraws", 1) > 1:
+            named.append(f"--redraws {options.redraws}")  # a sample's cross-entropy ignores its batch-mates
         if named:
-            hint = ", ".join(f"{only[n][1]} instead of {n}" for n in named if only[n][1])
+            hint = ", ".join(f"{only[n][1]} instead of {n}" for n in named if n in only and only[n][1])
             raise ValueError(
                 f"{', '.join(named)}: only for image-text pools (captions in .txt/.json or a caption column), "
                 f"and {options.data} is a labelled pool" + (f"; on a labelled pool use {hint}" if hint else "")

@@ -49,7 +49,9 @@ from mimic_explorer.models.dual_registry import is_open_clip
 from mimic_explorer.scoring.context import preserved_modes
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score, retrieval_recall
 from mimic_explorer.scoring.prepared import BatchScores, PreparedScorer
+from mimic_explorer.scoring.redraws import batch_noise, redraw_order
 from mimic_explorer.stage2.pair_quality import CleanPairs, add_embedding_sums
+from mimic_explorer.store.chunk_signals import ChunkSignals
 from mimic_explorer.store.layout import RunLayout
 from mimic_explorer.store.run_arrays import RowArrayWriter, read_row_array
 from mimic_explorer.store.score_rows import ScoreRows
@@ -59,7 +61,7 @@ from mimic_explorer.tasks.dual_models import DEFAULT_MIMIC_LAYER, build_pair_mod
 from mimic_explorer.tasks.labelled import pool_rows
 from mimic_explorer.training.batches import MIN_PAIR_BATCH, CaptionDraws, pair_batches
 from mimic_explorer.training.drift import DriftMeter
-from mimic_explorer.training.pool_batches import StreamedPairs, whole_batches
+from mimic_explorer.training.pool_batches import StreamedPairs, chunk_bounds, whole_batches
 from mimic_explorer.training.pool_pass import no_input, pool_pass
 from mimic_explorer.training.recording import scored_batch_rows
 from mimic_explorer.training.signals import PAIR_EMBEDDINGS, collect_pair_signals, unit_embeddings
@@ -442,6 +444,14 @@ class PairScoring:
     def batches(self, start: int, stop: int, passes: Passes) -> Iterator[ScoreBatch]:
         """Batches of the positions ``start … stop − 1`` in pool order, tokenized; a pair left alone in a batch cannot
         be scored (InfoNCE needs a negative) and is a bad sample."""
+        return self._batches(np.arange(start, stop), passes.thumbs, passes.errors)
+
+    def redrawn_batches(self, start: int, stop: int, draw: int) -> Iterator[ScoreBatch]:
+        """The same positions cut into batches after a shuffle (``--redraws``: ``scoring.redraws.redraw_order``), for
+        the scores alone: no thumbnails, and bad pairs were already recorded by the pool-order pass."""
+        return self._batches(redraw_order(start, stop, self.options.seed, draw), None, ErrorLog())
+
+    def _batches(self, indices: np.ndarray, thumbs: ThumbnailWriter | None, errors: ErrorLog) -> Iterator[ScoreBatch]:
         job, options = self.job, self.options
         source, models, captions = job.pool.source, job.models, job.data.captions
         stream = pool_pass(
@@ -449,20 +459,18 @@ class PairScoring:
             job.pool.labels,
             models.transform,
             options.batch_size,
-            indices=np.arange(start, stop),
-            thumbnails=passes.thumbs is not None,
+            indices=indices,
+            thumbnails=thumbs is not None,
             workers=options.workers,
-            errors=passes.errors,
+            errors=errors,
         )
         for batch in whole_batches(stream, options.batch_size):
             positions = batch.index.numpy()
-            if passes.thumbs is not None:
+            if thumbs is not None:
                 for p, t in zip(positions, batch.thumbs, strict=True):
-                    passes.thumbs.add(source.sample_ids[p], t)
+                    thumbs.add(source.sample_ids[p], t)
             if len(positions) < MIN_PAIR_BATCH:
-                passes.errors.add(
-                    BadSample(source.sample_ids[positions[0]], source.source_of(int(positions[0])), ALONE)
-                )
+                errors.add(BadSample(source.sample_ids[positions[0]], source.source_of(int(positions[0])), ALONE))
                 continue
             tokens = models.model.tokenizer.encode(captions[positions].tolist())
             inputs = (batch.inputs.to(self.run.device), tokens.ids.to(self.run.device))
@@ -812,15 +820,25 @@ class PairsTask:
                 f"{truncated} caption(s) were longer than the text encoder's context and were cut (column "
                 "caption_truncated)"
             )
-        return {
-            "pairs": {
-                "loss": "symmetric InfoNCE of each pair within its scoring batch",
-                "batch_size": options.batch_size,
-                "batches": len(self._steps(layout)),
-                "mimic_layers": job.models.mimic_layers,
-                "truncated_captions": truncated,
-            }
+        pairs = {
+            "loss": "symmetric InfoNCE of each pair within its scoring batch",
+            "batch_size": options.batch_size,
+            "batches": len(self._steps(layout)),
+            "mimic_layers": job.models.mimic_layers,
+            "truncated_captions": truncated,
         }
+        if options.redraws > 1:
+            chunks = ChunkSignals(layout, chunk_bounds(len(job.pool.source), options.chunk_size, self.min_batch))
+            noise = batch_noise(chunks.totals(), options.redraws)
+            pairs["loss"] = f"symmetric InfoNCE of each pair, the mean over {options.redraws} batchings of its chunk"
+            pairs["batch_noise"] = noise
+            if noise is not None:
+                log(
+                    f"batch noise: {noise['noise_share_one_draw']:.1%} of one batching's proj variance, "
+                    f"{noise['noise_share_averaged']:.1%} after the mean over {options.redraws} "
+                    "(summary.pairs.batch_noise)"
+                )
+        return {"pairs": pairs}
 
 
 def _refuse_given_models(given: Given | None) -> None:

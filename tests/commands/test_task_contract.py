@@ -132,6 +132,7 @@ CASES = [
                 ({"caption_noise": 0.3}, f"--caption-noise: {IMAGE_TEXT_ONLY}"),
                 ({"mimic_layer": "image"}, f"--mimic-layer: {IMAGE_TEXT_ONLY}"),
                 ({"test_data": "held-out"}, f"--test-data: {IMAGE_TEXT_ONLY}"),
+                ({"redraws": 3}, f"--redraws 3: {IMAGE_TEXT_ONLY}"),
             ],
         },
     ),

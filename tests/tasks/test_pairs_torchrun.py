@@ -111,6 +111,22 @@ def test_torchrun_pairs_score_equals_one_process(pool, tmp_path):
         np.testing.assert_allclose(rows["proj_last"].to_numpy(), expected.double().numpy(), rtol=1e-4, atol=1e-6)
 
 
+def test_torchrun_redrawn_pairs_score_equals_one_process(pool, tmp_path):
+    """--redraws: each chunk's shuffles are seeded by the chunk alone, so the rank that scores it makes the same
+    batchings, and rank 0 sums every rank's batch-noise totals into the same summary."""
+    args = [*_score_args(pool, 7), "--redraws", "3", "--seed", "5"]
+    single = run_cli(*args, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    multi = run_torchrun(*args, "--out", str(tmp_path / "two"), timeout=300)
+    assert multi.returncode == 0, multi.stderr
+    one, two = open_run(tmp_path / "one"), open_run(tmp_path / "two")
+    assert two.meta["world_size"] == 2
+    _same_samples(one.samples, two.samples)
+    noise_one, noise_two = (r.meta["summary"]["pairs"]["batch_noise"] for r in (one, two))
+    assert noise_one["pairs"] == noise_two["pairs"] == PAIRS
+    assert noise_two["noise_share_one_draw"] == pytest.approx(noise_one["noise_share_one_draw"], rel=1e-4)
+
+
 def test_pairs_score_killed_under_torchrun_resumes_in_one_process(pool, tmp_path):
     """kill -9 of one rank of ``torchrun --nproc_per_node=2 score`` after its second chunk part, then the
     same command in one process: the run completes with every pair once, equal to an uninterrupted run."""
