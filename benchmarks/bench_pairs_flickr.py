@@ -684,8 +684,9 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that fix the protocol — where runs live, the data, P's pretraining and the pool runs —
+    shared with ``bench_pairs_redraws.py``: the same defaults find the same cached image tower, P and pools."""
     parser.add_argument("--work", default="/work/bench_work/pairs_flickr")
     parser.add_argument("--image-tower", help="an image classifier checkpoint for the image tower (default: train one)")
     parser.add_argument("--pool", default=f"wds:{FLICKR}/train-{{00..01}}.tar")
@@ -710,20 +711,25 @@ def main() -> None:
         default="gmm",
         help="the Stage-2 binarisation whose keep column the mimic filters use",
     )
-    parser.add_argument("--no-recall", action="store_true", help="skip the filtered-subset recall rows")
-    parser.add_argument("--towers", action="store_true", help="also plain vs Grad-Mimic with the towers trained")
     parser.add_argument("--force", action="store_true", help="redo every run (the CLI otherwise reuses finished ones)")
-    parser.add_argument(
-        "--study",
-        action="store_true",
-        help="the pairs signal study (issue 25): both protocols at --rates, text and image layer, "
-        "combinations, batch-noise remedies, AND filters; writes WORK/study.json",
-    )
     parser.add_argument(
         "--protocols",
         default="swap,hard,hard-words",
         help="the study's noise protocols: swap (random derangement), hard (the caption of the nearest photo "
         "under P's image embedding), hard-words (of the photo whose caption shares the most content words)",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_protocol_arguments(parser)
+    parser.add_argument("--no-recall", action="store_true", help="skip the filtered-subset recall rows")
+    parser.add_argument("--towers", action="store_true", help="also plain vs Grad-Mimic with the towers trained")
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help="the pairs signal study (issue 25): both protocols at --rates, text and image layer, "
+        "combinations, batch-noise remedies, AND filters; writes WORK/study.json",
     )
     args = parser.parse_args()
     bench = Bench(args)

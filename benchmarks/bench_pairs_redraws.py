@@ -27,7 +27,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pairs_flickr import FLICKR, HARD_BY, Bench, hard_pool, image_tower, pool_args, pretrained
+from bench_pairs_flickr import HARD_BY, Bench, add_protocol_arguments, hard_pool, image_tower, pool_args, pretrained
 
 from mimic_explorer import open_run
 from mimic_explorer.stage2.evaluation import auroc
@@ -137,30 +137,11 @@ def layer_table(cells: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default="/work/bench_work/pairs_flickr")
-    parser.add_argument("--image-tower", help="an image classifier checkpoint for the image tower (default: train one)")
-    parser.add_argument("--pool", default=f"wds:{FLICKR}/train-{{00..01}}.tar")
-    parser.add_argument("--test", default=f"wds:{FLICKR}/train-02.tar")
-    for flag, kind, default in (
-        ("--image-size", int, 64),
-        ("--batch-size", int, 128),
-        ("--seed", int, 0),
-        ("--pre-epochs", int, 20),
-        ("--pre-lr", float, 2e-3),
-        ("--pre-wd", float, 1.0),
-        ("--pool-epochs", int, 5),
-        ("--pool-lr", float, 3e-3),
-        ("--draws", int, 4),
-    ):
-        parser.add_argument(flag, type=kind, default=default)
-    parser.add_argument("--rates", default="0.3,0.5")
+    add_protocol_arguments(parser)
+    parser.add_argument("--draws", type=int, default=4, help="K of --redraws K, beside one batching")
     parser.add_argument(
         "--score-batch-sizes", default="128,16", help="the scoring batch sizes (noise grows as B shrinks)"
     )
-    parser.add_argument("--protocols", default="swap,hard,hard-words")
-    parser.add_argument("--mimic-layer", default="text")
-    parser.add_argument("--keep-binarise", default="gmm")
-    parser.add_argument("--force", action="store_true", help="redo every run (the CLI otherwise reuses finished ones)")
     args = parser.parse_args()
     bench = Bench(args)
     started = time.perf_counter()

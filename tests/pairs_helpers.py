@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mimic_explorer.commands.options import ScoreOptions
 from mimic_explorer.data.specs import open_source
 from mimic_explorer.models.dual_checkpoint import save_dual_encoder
 from mimic_explorer.models.small_dual import build_small_dual_encoder
@@ -101,6 +102,22 @@ def scored_pool(folder: Path, count: int) -> tuple[str, Path, Path]:
     """(``wds:`` spec, M.pt, R.pt): a pool of the first ``count`` dev pairs and its two checkpoints."""
     spec = f"wds:{flickr_pool(folder / 'pool.tar', count)}"
     return (spec, *make_checkpoints(spec, folder))
+
+
+def scored_pool_options(pool: tuple[str, Path, Path], out: Path, **kw) -> ScoreOptions:
+    """``score`` options of a ``scored_pool`` (spec, M.pt, R.pt) into ``out``, on the CPU and quiet; ``kw`` sets the
+    rest (batch and chunk sizes, the mimic layer …)."""
+    spec, model, reference = pool
+    return ScoreOptions(
+        data=spec,
+        arch="small_dual",
+        out=str(out),
+        model=str(model),
+        reference=str(reference),
+        device="cpu",
+        quiet=True,
+        **kw,
+    )
 
 
 def batch_of(samples: pd.DataFrame, number: int, source, model, transform):

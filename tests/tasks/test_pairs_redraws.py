@@ -19,7 +19,7 @@ from mimic_explorer.scoring.contrastive import InfoNCELoss
 from mimic_explorer.scoring.redraws import redraw_order
 from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
 from tests.commands.test_task_contract import ChunkParts, Killed
-from tests.pairs_helpers import needs_flickr, scored_pool
+from tests.pairs_helpers import needs_flickr, scored_pool, scored_pool_options
 
 pytestmark = [needs_flickr, pytest.mark.slow]  # real runs: a few seconds each
 
@@ -32,21 +32,8 @@ def pool(tmp_path_factory):
 
 
 def options(pool, out, **kw) -> ScoreOptions:
-    spec, model, reference = pool
-    return ScoreOptions(
-        data=spec,
-        arch="small_dual",
-        out=str(out),
-        model=str(model),
-        reference=str(reference),
-        batch_size=BATCH,
-        chunk_size=CHUNK,
-        mimic_layer="text",
-        score_method="cos",
-        seed=SEED,
-        device="cpu",
-        quiet=True,
-        **kw,
+    return scored_pool_options(
+        pool, out, batch_size=BATCH, chunk_size=CHUNK, mimic_layer="text", score_method="cos", seed=SEED, **kw
     )
 
 

@@ -20,7 +20,7 @@ from mimic_explorer.data.specs import open_source
 from mimic_explorer.scoring import mimic_scores
 from mimic_explorer.scoring.contrastive import InfoNCELoss, clip_score
 from mimic_explorer.tasks.dual_models import dual_transform, load_pair_model
-from tests.pairs_helpers import batch_of, expected_clean_fraction, needs_flickr, scored_pool
+from tests.pairs_helpers import batch_of, expected_clean_fraction, needs_flickr, scored_pool, scored_pool_options
 
 pytestmark = [needs_flickr, pytest.mark.slow]  # real runs: a few seconds each
 
@@ -33,19 +33,7 @@ def pool(tmp_path_factory):
 
 
 def options(pool, out, **kw) -> ScoreOptions:
-    spec, model, reference = pool
-    return ScoreOptions(
-        data=spec,
-        arch="small_dual",
-        out=str(out),
-        model=str(model),
-        reference=str(reference),
-        batch_size=8,
-        chunk_size=13,
-        device="cpu",
-        quiet=True,
-        **kw,
-    )
+    return scored_pool_options(pool, out, batch_size=8, chunk_size=13, **kw)
 
 
 def test_pairs_run_writes_uids_captions_and_every_per_pair_column(pool, tmp_path):
